@@ -1,0 +1,8 @@
+//! iser-target: an iSCSI target whose protocol core is transport-independent.
+//!
+//! Layers, bottom to top:
+//! - [`backend`]: where blocks live (RAM, regular file, block device).
+//! - [`scsi`]: SPC-4/SBC-3 command handling; failures become sense data.
+//! - [`iscsi`]: the sans-IO iSCSI core (PDU codec, text negotiation, login, sessions).
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
