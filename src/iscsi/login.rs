@@ -1,0 +1,341 @@
+//! The login phase (RFC 7143 §6): stages, T/C bits, session identity, key negotiation and login
+//! status on failure. AuthMethod=None is the only authentication method offered.
+
+use super::connection::{
+    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Phase,
+};
+use super::pdu::{Header, LoginRequest, LoginResponse, Pdu, Stage};
+use super::text::{self, KeyAnswer, KeyPhase, KeyValue, Negotiator};
+
+/// Login progress of one connection.
+#[derive(Debug)]
+pub(crate) struct LoginState {
+    negotiator: Negotiator,
+    /// No Login Request seen yet.
+    first: bool,
+    stage: Stage,
+    isid: [u8; 6],
+    tsih: u16,
+    itt: u32,
+    cmd_sn: u32,
+    initiator_name: Option<String>,
+    discovery: bool,
+    target: Option<usize>,
+    /// Text of a request split over several PDUs (C bit).
+    partial: Vec<u8>,
+    /// The Login Response to send once the session is bound.
+    final_response: Option<(LoginResponse, Vec<KeyValue>)>,
+}
+
+impl LoginState {
+    pub(crate) fn new(config: &CoreConfig) -> Self {
+        LoginState {
+            negotiator: Negotiator::new(config.policy.clone()),
+            first: true,
+            stage: Stage::Security,
+            isid: [0; 6],
+            tsih: 0,
+            itt: 0,
+            cmd_sn: 0,
+            initiator_name: None,
+            discovery: false,
+            target: None,
+            partial: Vec::new(),
+            final_response: None,
+        }
+    }
+}
+
+/// What processing one login request decided.
+enum Outcome {
+    /// Send this response (more login PDUs follow).
+    Respond(LoginResponse, Vec<KeyValue>),
+    /// Login complete pending session binding.
+    Bind(LoginResponse, Vec<KeyValue>),
+    Fail(LoginStatus),
+}
+
+impl Connection {
+    pub(super) fn handle_login_pdu(&mut self, pdu: Pdu) {
+        let Phase::Login(mut state) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            unreachable!("called in the login phase only");
+        };
+        let Header::LoginRequest(req) = pdu.header else {
+            // Anything but a Login Request before login completes: RFC 7143 §6.1 says the target
+            // must not answer, so close without a word.
+            log::warn!(
+                "{:?} PDU before login completed; closing",
+                pdu.header.opcode()
+            );
+            self.phase = Phase::Login(state);
+            self.close(CloseReason::ProtocolError("PDU before login".into()));
+            return;
+        };
+        let outcome = self.login_step(&mut state, &req, pdu.data);
+        match outcome {
+            Outcome::Respond(resp, keys) => {
+                self.send_login_response(resp, &keys);
+                self.phase = Phase::Login(state);
+            }
+            Outcome::Bind(resp, keys) => {
+                let request = BindRequest {
+                    initiator_name: state.initiator_name.clone().unwrap_or_default(),
+                    isid: state.isid,
+                    tsih: state.tsih,
+                    target: state.target,
+                };
+                state.final_response = Some((resp, keys));
+                self.phase = Phase::Binding(state);
+                self.actions.push_back(Action::BindSession(request));
+            }
+            Outcome::Fail(status) => {
+                self.fail_login(&state, &req, status);
+            }
+        }
+    }
+
+    /// Processes one Login Request.
+    fn login_step(&mut self, state: &mut LoginState, req: &LoginRequest, data: Vec<u8>) -> Outcome {
+        if state.first {
+            if req.version_min > 0 {
+                return Outcome::Fail(LoginStatus::UNSUPPORTED_VERSION);
+            }
+            state.first = false;
+            state.isid = req.isid;
+            state.tsih = req.tsih;
+            state.stage = req.current_stage;
+            // The first response starts this connection's StatSN where the initiator expects it.
+            self.stat_sn = req.exp_stat_sn;
+        } else if req.isid != state.isid || req.tsih != state.tsih {
+            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+        }
+        state.itt = req.itt;
+        state.cmd_sn = req.cmd_sn;
+        if req.current_stage != state.stage || req.current_stage == Stage::FullFeature {
+            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+        }
+        let mut response = LoginResponse {
+            transit: false,
+            continue_flag: false,
+            current_stage: state.stage,
+            next_stage: state.stage,
+            version_max: 0,
+            version_active: 0,
+            isid: state.isid,
+            tsih: 0,
+            itt: req.itt,
+            stat_sn: 0,
+            exp_cmd_sn: req.cmd_sn,
+            max_cmd_sn: req.cmd_sn.wrapping_add(self.config.queue_depth.max(1) - 1),
+            status_class: 0,
+            status_detail: 0,
+        };
+        state.partial.extend_from_slice(&data);
+        if req.continue_flag {
+            // More text follows in the next Login Request: acknowledge with an empty response.
+            if state.partial.len() > 64 * 1024 {
+                return Outcome::Fail(LoginStatus::OUT_OF_RESOURCES);
+            }
+            return Outcome::Respond(response, Vec::new());
+        }
+        let text = std::mem::take(&mut state.partial);
+        let pairs = match text::parse(&text) {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                log::warn!("login text: {e}");
+                return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+            }
+        };
+        let was_initial = self.initiator_name.is_empty() && state.initiator_name.is_none();
+        let phase = if state.stage == Stage::Security {
+            KeyPhase::Security
+        } else {
+            KeyPhase::Operational
+        };
+        state.negotiator.next_round();
+        let mut answer = Vec::new();
+        let mut failure = None;
+        for (key, value) in &pairs {
+            match key.as_str() {
+                "InitiatorName" => {
+                    if value.is_empty() {
+                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                    }
+                    state.initiator_name = Some(value.clone());
+                }
+                "InitiatorAlias" => {}
+                "SessionType" => match value.as_str() {
+                    "Discovery" => state.discovery = true,
+                    "Normal" => state.discovery = false,
+                    _ => {
+                        failure.get_or_insert(LoginStatus::SESSION_TYPE_NOT_SUPPORTED);
+                    }
+                },
+                "TargetName" => {
+                    state.target = self
+                        .config
+                        .targets
+                        .iter()
+                        .position(|t| t.name.eq_ignore_ascii_case(value));
+                    if state.target.is_none() {
+                        failure.get_or_insert(LoginStatus::NOT_FOUND);
+                    }
+                }
+                "AuthMethod" => {
+                    if phase != KeyPhase::Security {
+                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                    } else if value.split(',').any(|m| m == "None") {
+                        answer.push((key.clone(), "None".to_string()));
+                    } else {
+                        answer.push((key.clone(), "Reject".to_string()));
+                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                    }
+                }
+                k if k.starts_with("CHAP_") => {
+                    failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                }
+                // Keys only a target may send.
+                "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
+                    failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                }
+                _ => match state.negotiator.offer(key, value, phase, state.tsih == 0) {
+                    Ok(KeyAnswer::Reply(kv)) => answer.push(kv),
+                    Ok(KeyAnswer::Accepted) => {}
+                    Ok(KeyAnswer::NotOperational) => {
+                        answer.push((key.clone(), "NotUnderstood".to_string()))
+                    }
+                    Err(e) => {
+                        log::warn!("login key: {e}");
+                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                    }
+                },
+            }
+        }
+        if let Some(status) = failure {
+            return Outcome::Fail(status);
+        }
+        if was_initial {
+            // The leading Login Request must name the initiator and, for a normal session, the
+            // target; the first response carries TargetPortalGroupTag (brief §1 rule 6).
+            let Some(initiator) = state.initiator_name.clone() else {
+                return Outcome::Fail(LoginStatus::MISSING_PARAMETER);
+            };
+            if !state.discovery {
+                let Some(target) = state.target else {
+                    return Outcome::Fail(LoginStatus::MISSING_PARAMETER);
+                };
+                if !self.config.targets[target].allows(&initiator) {
+                    log::warn!(
+                        "initiator {initiator} is not allowed on {}",
+                        self.config.targets[target].name
+                    );
+                    return Outcome::Fail(LoginStatus::AUTHORIZATION_FAILED);
+                }
+            }
+            self.initiator_name = initiator;
+            answer.push((
+                "TargetPortalGroupTag".to_string(),
+                self.config.portal_group_tag.to_string(),
+            ));
+        }
+        if !req.transit {
+            return Outcome::Respond(response, answer);
+        }
+        if req.next_stage <= state.stage {
+            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+        }
+        response.transit = true;
+        response.next_stage = req.next_stage;
+        if req.next_stage == Stage::FullFeature {
+            answer.extend(state.negotiator.declarations());
+            return Outcome::Bind(response, answer);
+        }
+        state.stage = req.next_stage;
+        Outcome::Respond(response, answer)
+    }
+
+    fn send_login_response(&mut self, mut response: LoginResponse, keys: &[KeyValue]) {
+        response.stat_sn = self.next_stat_sn_for_login();
+        let pdu = Pdu::with_data(Header::LoginResponse(response), text::encode(keys));
+        self.actions.push_back(Action::Send(pdu));
+    }
+
+    fn fail_login(&mut self, state: &LoginState, req: &LoginRequest, status: LoginStatus) {
+        log::warn!(
+            "login of {} failed: status {:#04x}{:02x}",
+            state
+                .initiator_name
+                .as_deref()
+                .unwrap_or("unnamed initiator"),
+            status.class,
+            status.detail
+        );
+        let response = LoginResponse {
+            transit: false,
+            continue_flag: false,
+            current_stage: state.stage,
+            next_stage: state.stage,
+            version_max: 0,
+            version_active: 0,
+            isid: req.isid,
+            tsih: 0,
+            itt: req.itt,
+            stat_sn: 0,
+            exp_cmd_sn: req.cmd_sn,
+            max_cmd_sn: req.cmd_sn,
+            status_class: status.class,
+            status_detail: status.detail,
+        };
+        self.send_login_response(response, &[]);
+        self.close(CloseReason::LoginFailed);
+    }
+
+    /// Sends the final Login Response (or the failure) once the session is bound.
+    pub(super) fn finish_login(&mut self, mut state: LoginState, result: Result<u16, LoginStatus>) {
+        let (mut response, keys) = state
+            .final_response
+            .take()
+            .expect("binding follows a final login request");
+        match result {
+            Ok(tsih) => {
+                self.tsih = tsih;
+                self.target = state.target;
+                self.discovery = state.discovery;
+                response.tsih = tsih;
+                let params = state.negotiator.params().clone();
+                self.enter_full_feature(params, state.cmd_sn);
+                self.negotiator = Some(state.negotiator);
+                self.send_login_response(response, &keys);
+                self.actions
+                    .push_back(Action::SetFrameSettings(self.frame_settings()));
+                log::info!(
+                    "{} session {:#06x} of {} started",
+                    if self.discovery {
+                        "discovery"
+                    } else {
+                        "normal"
+                    },
+                    tsih,
+                    self.initiator_name
+                );
+            }
+            Err(status) => {
+                let req = LoginRequest {
+                    transit: false,
+                    continue_flag: false,
+                    current_stage: state.stage,
+                    next_stage: state.stage,
+                    version_max: 0,
+                    version_min: 0,
+                    isid: state.isid,
+                    tsih: state.tsih,
+                    itt: state.itt,
+                    cid: 0,
+                    cmd_sn: state.cmd_sn,
+                    exp_stat_sn: 0,
+                };
+                self.fail_login(&state, &req, status);
+            }
+        }
+    }
+}
