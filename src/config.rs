@@ -208,6 +208,7 @@ impl Config {
             message: format!("cannot read configuration file: {e}"),
             file: Some(path.to_path_buf()),
             location: None,
+            location_in_message: false,
         })?;
         Config::from_yaml_str(&text).map_err(|mut e| {
             e.file = Some(path.to_path_buf());
@@ -270,6 +271,9 @@ pub struct ConfigError {
     message: String,
     file: Option<PathBuf>,
     location: Option<(usize, usize)>,
+    /// The message already says where (libyaml syntax errors do), so
+    /// `Display` must not repeat the location.
+    location_in_message: bool,
 }
 
 impl ConfigError {
@@ -279,6 +283,7 @@ impl ConfigError {
             message: message.into(),
             file: None,
             location: None,
+            location_in_message: false,
         }
     }
 
@@ -294,6 +299,17 @@ impl ConfigError {
                 text = stripped.to_string();
             }
         }
+        // libyaml syntax errors carry their own marks ("... at line 2 column 1,
+        // while parsing a flow sequence at line 1 column 10") and no path.
+        if text.contains(" at line ") {
+            return ConfigError {
+                field: String::new(),
+                message: format!("YAML syntax error: {text}"),
+                file: None,
+                location,
+                location_in_message: true,
+            };
+        }
         let mut field = String::new();
         if let Some((head, rest)) = text.split_once(": ") {
             let looks_like_path = !head.is_empty()
@@ -305,24 +321,45 @@ impl ConfigError {
                 text = rest.to_string();
             }
         }
-        // Point unknown-key errors at the key itself rather than its parent,
-        // so `targets[0].luns[0].blocksize: unknown field ...` reads naturally.
-        if let Some(key) = text
-            .strip_prefix("unknown field `")
+        // Point unknown/duplicate-key errors at the key itself rather than its
+        // parent, so `targets[0].luns[0].blocksize: unknown field ...` reads naturally.
+        let key = ["unknown field `", "duplicate field `"]
+            .iter()
+            .find_map(|p| text.strip_prefix(p))
             .and_then(|r| r.split_once('`'))
-            .map(|(k, _)| k.to_string())
-        {
+            .map(|(k, _)| k.to_string());
+        if let Some(key) = key {
             field = if field.is_empty() {
                 key
             } else {
                 format!("{field}.{key}")
             };
         }
+        // Do not leak our private type names into user-facing messages.
+        for raw in [
+            "RawConfig",
+            "RawPortal",
+            "RawTarget",
+            "RawLun",
+            "RawBacking",
+            "RawLimits",
+        ] {
+            text = text.replace(&format!("struct {raw}"), "a mapping");
+        }
+        // A YAML integer beyond u64 reaches serde_yaml::Value as u128.
+        if let Some(n) = text
+            .strip_prefix("invalid type: integer `")
+            .and_then(|r| r.split_once("` as u128"))
+            .map(|(n, _)| n.to_string())
+        {
+            text = format!("{n} is too large; numbers must fit in 64 bits");
+        }
         ConfigError {
             field,
             message: text,
             file: None,
             location,
+            location_in_message: false,
         }
     }
 
@@ -354,7 +391,8 @@ impl fmt::Display for ConfigError {
             write!(f, "{}: ", self.field)?;
         }
         f.write_str(&self.message)?;
-        match (&self.file, self.location) {
+        let location = self.location.filter(|_| !self.location_in_message);
+        match (&self.file, location) {
             (Some(file), Some((l, c))) => {
                 write!(f, " (in {} at line {l} column {c})", file.display())
             }

@@ -939,3 +939,43 @@ fn max_io_size_multiple_of_4096() {
 fn negative_limit_is_a_type_error_with_path() {
     fails(&with_limits("queue_depth: -1"), "limits.queue_depth", "-1");
 }
+
+#[test]
+fn serde_level_errors_read_well() {
+    // Syntax errors: one location, prefixed as such.
+    let e = Config::from_yaml_str("portals: [{address: 0.0.0.0}\n").unwrap_err();
+    let s = e.to_string();
+    assert!(s.starts_with("YAML syntax error: "), "{s}");
+    assert_eq!(s.matches("(at line").count(), 0, "{s}");
+    assert!(e.location().is_some());
+    // Duplicate keys name the key.
+    fails(
+        &format!("{MINIMAL}portals: []\n"),
+        "portals",
+        "duplicate field `portals`",
+    );
+    // Wrong shapes do not leak internal type names.
+    let e = Config::from_yaml_str("- a\n- b\n").unwrap_err();
+    assert!(!e.to_string().contains("Raw"), "{e}");
+    assert!(e.to_string().contains("expected a mapping"), "{e}");
+    // Integers beyond 64 bits.
+    fails(
+        &with_lun("backing: {type: file, path: /x, size: 99999999999999999999}"),
+        "targets[0].luns[0].backing.size",
+        "too large",
+    );
+}
+
+#[test]
+fn block_style_ipv6_needs_no_quotes() {
+    let c = ok("
+portals:
+  - address: ::1
+  - address: fe80::1
+targets:
+  - name: iqn.2026-11.org.example:t
+    luns: [{backing: {type: ram, size: 1M}}]
+");
+    assert_eq!(c.portals[0].address, "::1".parse::<IpAddr>().unwrap());
+    assert_eq!(c.portals[1].address, "fe80::1".parse::<IpAddr>().unwrap());
+}
