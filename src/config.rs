@@ -709,6 +709,13 @@ impl RawLun {
 
 impl RawBacking {
     fn resolve(self, path: &str, block_size: u32) -> CResult<Backing> {
+        // Block devices take no size; say so before complaining about its value.
+        if self.kind.as_deref() == Some("block") && self.size.is_some() {
+            return err(
+                &format!("{path}.size"),
+                "not used by type block; a block device reports its own size",
+            );
+        }
         let size = match &self.size {
             None => None,
             Some(v) => {
@@ -763,9 +770,6 @@ impl RawBacking {
                 })
             }
             Some("block") => {
-                if self.size.is_some() {
-                    return not_used("size", "block", "a block device reports its own size");
-                }
                 if self.create.is_some() {
                     return not_used("create", "block", "block devices are never created");
                 }

@@ -632,6 +632,11 @@ fn backing_errors() {
         "its own size",
     );
     fails(
+        &with_lun("backing: {type: block, path: /dev/sda, size: 1000}"),
+        &format!("{p}.backing.size"),
+        "its own size",
+    );
+    fails(
         &with_lun("backing: {type: block, path: /dev/sda, create: false}"),
         &format!("{p}.backing.create"),
         "not used by type block",
