@@ -8,5 +8,6 @@
 //! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod iscsi;
 pub mod scsi;
