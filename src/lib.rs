@@ -11,3 +11,4 @@
 pub mod config;
 pub mod iscsi;
 pub mod scsi;
+pub mod server;

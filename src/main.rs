@@ -1,1 +1,129 @@
-fn main() {}
+//! `iser-target`: serve block devices, files and RAM disks over iSCSI.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+
+use iser_target::config::Config;
+use iser_target::server::Server;
+
+#[derive(Parser)]
+#[command(version, about = "An iSCSI target for block devices, files and RAM disks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured targets until SIGINT or SIGTERM.
+    Serve {
+        /// YAML configuration; without it, one 1 GiB RAM LUN is served on TCP 0.0.0.0:3260.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file without serving it.
+    CheckConfig {
+        /// The YAML configuration to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                let luns: usize = config.targets.iter().map(|t| t.luns.len()).sum();
+                println!(
+                    "{}: valid ({} portal(s), {} target(s), {} LUN(s))",
+                    file.display(),
+                    config.portals.len(),
+                    config.targets.len(),
+                    luns
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match &path {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default_ram(),
+    };
+    // Block the stop signals before any thread starts so that every thread inherits the mask and
+    // only the sigwait below sees them.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGTERM);
+    if let Err(e) = stop_signals.thread_block() {
+        eprintln!("cannot block SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
+    let server = match Server::start(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if path.is_none() {
+        print_connect_help(&config, &server);
+    }
+    let signal = match stop_signals.wait() {
+        Ok(signal) => signal,
+        Err(e) => {
+            eprintln!("waiting for signals: {e}");
+            Signal::SIGTERM
+        }
+    };
+    log::info!("{signal:?} received: finishing in-flight commands");
+    match server.shutdown() {
+        Ok(()) => {
+            log::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error during shutdown: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// With the embedded default, tell the user what is served and how to reach it.
+fn print_connect_help(config: &Config, server: &Server) {
+    let target = &config.targets[0];
+    println!("Serving {} (no --config given: one RAM LUN).", target.name);
+    for addr in server.local_addrs() {
+        let host = if addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        let portal = match host {
+            IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
+            IpAddr::V4(v4) => format!("{v4}:{}", addr.port()),
+        };
+        println!("Connect with open-iscsi (use this host's address from other machines):");
+        println!("  iscsiadm -m discovery -t sendtargets -p {portal}");
+        println!("  iscsiadm -m node -T {} -p {portal} --login", target.name);
+        println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
+    }
+}

@@ -1,0 +1,311 @@
+//! The running target: opens the backends, binds the portals, accepts connections and shuts down
+//! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
+
+mod io;
+mod registry;
+mod tcp;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::backend::{Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend};
+use crate::config::{Backing, Config, Transport};
+use crate::iscsi::text::TargetPolicy;
+use crate::iscsi::{CoreConfig, TargetDescriptor};
+use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
+
+pub use registry::{SessionControl, SessionGuard, SessionRegistry};
+
+/// How long shutdown waits for connections to finish their running commands.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a reinstating login waits for the old session to close.
+const REINSTATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A LUN's backing store could not be opened.
+    #[error("target {target} LUN {lun}: {source}")]
+    Backend {
+        target: String,
+        lun: u64,
+        source: BackendError,
+    },
+    /// A portal could not be bound.
+    #[error("portal {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A portal asks for a transport this build cannot serve.
+    #[error("portal {addr}: transport `iser` is not implemented yet; use `transport: tcp`")]
+    TransportUnavailable { addr: SocketAddr },
+    /// Flushing the backends at shutdown failed: acknowledged writes may not be durable.
+    #[error("flushing target {target}: {source}")]
+    Flush {
+        target: String,
+        source: BackendError,
+    },
+    /// Any other I/O failure (thread creation).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Live connections, so shutdown can reach those still logging in.
+pub(crate) struct ConnectionSet {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Sender<tcp::Event>>>,
+    emptied: Condvar,
+}
+
+/// Removes a connection from the set when its thread ends.
+pub(crate) struct ConnectionRegistration {
+    set: Arc<ConnectionSet>,
+    id: u64,
+}
+
+impl Drop for ConnectionRegistration {
+    fn drop(&mut self) {
+        let mut live = self.set.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.set.emptied.notify_all();
+        }
+    }
+}
+
+impl ConnectionSet {
+    fn new() -> Arc<Self> {
+        Arc::new(ConnectionSet {
+            next_id: AtomicU64::new(1),
+            live: Mutex::new(HashMap::new()),
+            emptied: Condvar::new(),
+        })
+    }
+
+    fn register(set: &Arc<Self>, events: Sender<tcp::Event>) -> ConnectionRegistration {
+        let id = set.next_id.fetch_add(1, Ordering::Relaxed);
+        set.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, events);
+        ConnectionRegistration {
+            set: Arc::clone(set),
+            id,
+        }
+    }
+
+    /// Asks every connection to finish and close; waits up to `grace`. Returns those left.
+    fn shut_down_all(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for events in live.values() {
+            let _ = events.send(tcp::Event::Shutdown);
+        }
+        while !live.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            live = self
+                .emptied
+                .wait_timeout(live, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        live.len()
+    }
+}
+
+/// State shared by all connections.
+pub(crate) struct Shared {
+    pub(crate) targets: Vec<crate::config::Target>,
+    pub(crate) scsi_targets: Vec<Arc<ScsiTarget>>,
+    pub(crate) registry: Arc<SessionRegistry>,
+    pub(crate) connections: Arc<ConnectionSet>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A started target: listening on its portals until [`Server::shutdown`].
+pub struct Server {
+    shared: Arc<Shared>,
+    stop_accepting: Arc<AtomicBool>,
+    listeners: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+/// Opens one LUN's backing store. With the write cache off, files and devices are opened
+/// write-through (O_DSYNC) so every write is durable before GOOD.
+fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendError> {
+    let write_through = !lun.write_cache;
+    Ok(match &lun.backing {
+        Backing::Ram { size } => Arc::new(RamBackend::new(*size)),
+        Backing::File { path, size, create } => {
+            Arc::new(FileBackend::open(path, *size, *create, write_through)?)
+        }
+        Backing::Block { path } => Arc::new(BlockDeviceBackend::open(path, write_through)?),
+    })
+}
+
+/// Builds the SCSI view of every configured target.
+pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, ServerError> {
+    let mut out = Vec::new();
+    for target in &config.targets {
+        let mut luns = Vec::new();
+        for lun in &target.luns {
+            let backend = open_backend(lun).map_err(|source| ServerError::Backend {
+                target: target.name.clone(),
+                lun: lun.id,
+                source,
+            })?;
+            let params = LunParams {
+                lun: lun.id,
+                block_size: lun.block_size,
+                read_only: lun.read_only,
+                write_cache: lun.write_cache,
+                serial: lun.serial.clone(),
+                naa_id: lun.identifier,
+                vendor: "ISERTGT".into(),
+                product: "iser-target".into(),
+                revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
+            };
+            log::info!(
+                "{} LUN {}: {} backend, {} bytes{}",
+                target.name,
+                lun.id,
+                backend.kind(),
+                backend.size(),
+                if lun.read_only { ", read-only" } else { "" }
+            );
+            luns.push(Arc::new(LogicalUnit::new(params, backend)));
+        }
+        out.push(Arc::new(ScsiTarget::new(luns)));
+    }
+    Ok(out)
+}
+
+/// The core's view of the configuration for one transport.
+fn core_config(config: &Config, transport: Transport, max_transfer_length: u32) -> CoreConfig {
+    let limits = &config.limits;
+    let portals = config
+        .portals
+        .iter()
+        .filter(|p| p.transport == transport)
+        .map(|p| SocketAddr::new(p.address, p.port))
+        .collect();
+    CoreConfig {
+        targets: config
+            .targets
+            .iter()
+            .map(|t| TargetDescriptor {
+                name: t.name.clone(),
+                allowed_initiators: t.allowed_initiators.clone(),
+                luns: t.luns.iter().map(|l| l.id).collect(),
+            })
+            .collect(),
+        portals,
+        portal_group_tag: 1,
+        policy: TargetPolicy {
+            max_recv_data_segment_length: limits.max_recv_data_segment_length,
+            max_burst_length: limits.max_burst_length,
+            first_burst_length: limits.first_burst_length,
+            max_outstanding_r2t: limits.max_outstanding_r2t,
+            digests_allowed: true,
+            require_initial_r2t: false,
+            iser: false,
+        },
+        queue_depth: limits.queue_depth,
+        max_transfer_length,
+        nop_interval: (limits.nop_interval_secs > 0)
+            .then(|| Duration::from_secs(limits.nop_interval_secs)),
+        nop_timeout: Duration::from_secs(limits.nop_timeout_secs),
+        login_timeout: Duration::from_secs(limits.login_timeout_secs),
+    }
+}
+
+impl Server {
+    /// Opens every backend, binds every portal and starts accepting.
+    pub fn start(config: &Config) -> Result<Server, ServerError> {
+        for portal in &config.portals {
+            if portal.transport == Transport::Iser {
+                return Err(ServerError::TransportUnavailable {
+                    addr: SocketAddr::new(portal.address, portal.port),
+                });
+            }
+        }
+        let scsi_targets = build_scsi_targets(config)?;
+        let shared = Arc::new(Shared {
+            targets: config.targets.clone(),
+            scsi_targets,
+            registry: SessionRegistry::new(config.limits.max_sessions as usize, REINSTATE_TIMEOUT),
+            connections: ConnectionSet::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let core = Arc::new(core_config(
+            config,
+            Transport::Tcp,
+            crate::scsi::MAX_TRANSFER_BYTES,
+        ));
+        let stop_accepting = Arc::new(AtomicBool::new(false));
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for portal in &config.portals {
+            let addr = SocketAddr::new(portal.address, portal.port);
+            let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            listener.set_nonblocking(true)?;
+            local_addrs.push(listener.local_addr()?);
+            log::info!("listening on {addr} (tcp)");
+            listeners.push(tcp::spawn_listener(
+                listener,
+                Arc::clone(&core),
+                Arc::clone(&shared),
+                Arc::clone(&stop_accepting),
+            )?);
+        }
+        Ok(Server {
+            shared,
+            stop_accepting,
+            listeners,
+            local_addrs,
+        })
+    }
+
+    /// The bound portal addresses (with the real port when 0 was configured).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting, lets connections finish their running commands and close, then flushes
+    /// every backend so acknowledged writes are durable.
+    pub fn shutdown(self) -> Result<(), ServerError> {
+        self.stop_accepting.store(true, Ordering::SeqCst);
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for handle in self.listeners {
+            let _ = handle.join();
+        }
+        self.shared.registry.shutdown_all();
+        let left = self.shared.connections.shut_down_all(SHUTDOWN_GRACE);
+        if left > 0 {
+            log::warn!("{left} connection(s) did not finish within {SHUTDOWN_GRACE:?}");
+        }
+        for (target, scsi) in self.shared.targets.iter().zip(&self.shared.scsi_targets) {
+            scsi.flush_all().map_err(|source| ServerError::Flush {
+                target: target.name.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}

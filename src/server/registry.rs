@@ -1,0 +1,248 @@
+//! Sessions across connections: TSIH allocation, the session limit, and reinstatement of a session
+//! whose initiator logs in again with the same ISID (RFC 7143 §6.3.5, brief §12.3).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::iscsi::{BindRequest, LoginStatus};
+
+/// How a registered session can be told to end.
+pub trait SessionControl: Send + Sync {
+    /// Ask the session's connection to finish running commands and close.
+    fn request_shutdown(&self);
+}
+
+/// The identity that decides reinstatement: initiator, ISID and target (RFC 7143 §4.4.3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    initiator: String,
+    isid: [u8; 6],
+    target: Option<String>,
+}
+
+struct Entry {
+    key: SessionKey,
+    control: Arc<dyn SessionControl>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    next_tsih: u16,
+    by_tsih: HashMap<u16, Entry>,
+}
+
+/// All sessions of the process.
+pub struct SessionRegistry {
+    sessions: Mutex<Sessions>,
+    changed: Condvar,
+    max_sessions: usize,
+    reinstate_timeout: Duration,
+}
+
+/// Keeps a session registered; dropping it ends the registration.
+pub struct SessionGuard {
+    registry: Arc<SessionRegistry>,
+    tsih: u16,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.registry.lock();
+        sessions.by_tsih.remove(&self.tsih);
+        drop(sessions);
+        self.registry.changed.notify_all();
+    }
+}
+
+impl SessionRegistry {
+    /// A registry admitting at most `max_sessions` sessions; a reinstatement waits at most
+    /// `reinstate_timeout` for the old session to close.
+    pub fn new(max_sessions: usize, reinstate_timeout: Duration) -> Arc<Self> {
+        Arc::new(SessionRegistry {
+            sessions: Mutex::new(Sessions {
+                next_tsih: 1,
+                by_tsih: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            max_sessions,
+            reinstate_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        // A panic while holding the lock leaves the map consistent (every update is one insert or
+        // remove), so poisoning can be ignored.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.lock().by_tsih.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Binds a login to a session. `target_name` is `None` for discovery sessions. Blocks while an
+    /// old session with the same identity is being torn down (reinstatement).
+    pub fn bind(
+        self: &Arc<Self>,
+        request: &BindRequest,
+        target_name: Option<&str>,
+        control: Arc<dyn SessionControl>,
+    ) -> Result<SessionGuard, LoginStatus> {
+        if request.tsih != 0 {
+            // Adding a connection to an existing session: we allow one connection per session.
+            let sessions = self.lock();
+            return Err(if sessions.by_tsih.contains_key(&request.tsih) {
+                LoginStatus::TOO_MANY_CONNECTIONS
+            } else {
+                LoginStatus::SESSION_DOES_NOT_EXIST
+            });
+        }
+        let key = SessionKey {
+            initiator: request.initiator_name.to_ascii_lowercase(),
+            isid: request.isid,
+            target: target_name.map(|t| t.to_ascii_lowercase()),
+        };
+        let deadline = Instant::now() + self.reinstate_timeout;
+        let mut sessions = self.lock();
+        let mut asked = false;
+        // Reinstatement: end the old session with this identity before admitting the new one.
+        while let Some(old) = sessions.by_tsih.values().find(|e| e.key == key) {
+            if !asked && target_name.is_some() {
+                log::info!(
+                    "reinstating session of {} (ISID {:02x?})",
+                    request.initiator_name,
+                    request.isid
+                );
+                old.control.request_shutdown();
+                asked = true;
+            } else if target_name.is_none() {
+                // Discovery sessions are not reinstated; a duplicate is simply another session.
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Brief §12.3: tell the initiator to retry rather than make it wait forever.
+                return Err(LoginStatus::SERVICE_UNAVAILABLE);
+            }
+            sessions = self
+                .changed
+                .wait_timeout(sessions, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if sessions.by_tsih.len() >= self.max_sessions {
+            return Err(LoginStatus::OUT_OF_RESOURCES);
+        }
+        let mut tsih = sessions.next_tsih;
+        while tsih == 0 || sessions.by_tsih.contains_key(&tsih) {
+            tsih = tsih.wrapping_add(1);
+        }
+        sessions.next_tsih = tsih.wrapping_add(1);
+        sessions.by_tsih.insert(tsih, Entry { key, control });
+        Ok(SessionGuard {
+            registry: Arc::clone(self),
+            tsih,
+        })
+    }
+
+    /// Asks every session to end (server shutdown).
+    pub fn shutdown_all(&self) {
+        for entry in self.lock().by_tsih.values() {
+            entry.control.request_shutdown();
+        }
+    }
+}
+
+impl SessionGuard {
+    /// The TSIH assigned to the session.
+    pub fn tsih(&self) -> u16 {
+        self.tsih
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+    impl SessionControl for Counter {
+        fn request_shutdown(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn request(isid: u8) -> BindRequest {
+        BindRequest {
+            initiator_name: "iqn.2026-11.test:init".into(),
+            isid: [0, 2, 0x3d, 0, 0, isid],
+            tsih: 0,
+            target: Some(0),
+        }
+    }
+
+    #[test]
+    fn allocates_distinct_tsihs_and_enforces_the_limit() {
+        let registry = SessionRegistry::new(2, Duration::from_millis(50));
+        let a = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
+        let b = registry.bind(&request(2), Some("t"), Arc::new(Counter::default())).unwrap();
+        assert_ne!(a.tsih(), b.tsih());
+        assert!(matches!(
+            registry.bind(&request(3), Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::OUT_OF_RESOURCES)
+        ));
+        drop(a);
+        assert!(registry.bind(&request(3), Some("t"), Arc::new(Counter::default())).is_ok());
+    }
+
+    #[test]
+    fn reinstatement_shuts_down_the_old_session_first() {
+        let registry = SessionRegistry::new(8, Duration::from_secs(5));
+        let old_control = Arc::new(Counter::default());
+        let old = registry.bind(&request(1), Some("t"), old_control.clone()).unwrap();
+        let releaser = std::thread::spawn(move || {
+            while old_control.0.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        });
+        let new = registry.bind(&request(1), Some("t"), Arc::new(Counter::default()));
+        assert!(new.is_ok());
+        releaser.join().unwrap();
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn reinstatement_times_out_with_a_retry_status() {
+        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let _stuck = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
+        assert!(matches!(
+            registry.bind(&request(1), Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::SERVICE_UNAVAILABLE)
+        ));
+    }
+
+    #[test]
+    fn nonzero_tsih_is_refused() {
+        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let a = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
+        let mut join = request(1);
+        join.tsih = a.tsih();
+        assert!(matches!(
+            registry.bind(&join, Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::TOO_MANY_CONNECTIONS)
+        ));
+        join.tsih = a.tsih().wrapping_add(100);
+        assert!(matches!(
+            registry.bind(&join, Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::SESSION_DOES_NOT_EXIST)
+        ));
+    }
+}
