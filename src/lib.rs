@@ -6,3 +6,5 @@
 //! - [`iscsi`]: the sans-IO iSCSI core (PDU codec, text negotiation, login, sessions).
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
+
+pub mod backend;
