@@ -8,3 +8,4 @@
 //! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
 
 pub mod backend;
+pub mod scsi;
