@@ -3,7 +3,7 @@
 
 use super::cdb::Cdb;
 use super::sense::{self, Sense};
-use super::{op, CmdResult, LogicalUnit, Plan, ScsiOutcome};
+use super::{op, CmdResult, LogicalUnit, Plan, ScsiOutcome, ScsiRequest};
 use crate::backend::{Backend, BackendError};
 
 /// Device limits advertised in VPD page B0h and enforced on every command.
@@ -13,7 +13,8 @@ pub(super) mod limits {
     /// Preferred transfer size, in bytes.
     pub const OPTIMAL_TRANSFER_BYTES: u32 = 1 << 20;
     /// Largest range one UNMAP descriptor may cover, in bytes.
-    pub const MAX_UNMAP_BYTES: u32 = 1 << 30;
+    /// (512 MiB: at 512-byte blocks exactly the 1 Mi-block ceiling libiscsi accepts.)
+    pub const MAX_UNMAP_BYTES: u32 = 512 << 20;
     /// Largest WRITE SAME range, in bytes.
     pub const MAX_WRITE_SAME_BYTES: u32 = 1 << 30;
     /// Most block descriptors accepted in one UNMAP parameter list.
@@ -334,7 +335,12 @@ impl LogicalUnit {
 }
 
 /// Decodes the block commands (everything that may touch the medium).
-pub(super) fn plan<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> CmdResult<Plan<'a>> {
+pub(super) fn plan<'a>(
+    lu: &LogicalUnit,
+    cdb: Cdb<'_>,
+    req: &ScsiRequest<'a>,
+) -> CmdResult<Plan<'a>> {
+    let data_out = req.data_out;
     match cdb.opcode() {
         op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => plan_read(lu, cdb),
         op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
@@ -348,7 +354,7 @@ pub(super) fn plan<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> Cm
         op::SYNCHRONIZE_CACHE_16 => plan_sync(lu, cdb.be64(2), u64::from(cdb.be32(10))),
         op::UNMAP => plan_unmap(lu, cdb, data_out),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => plan_write_same(lu, cdb, data_out),
-        op::COMPARE_AND_WRITE => plan_compare_and_write(lu, cdb, data_out),
+        op::COMPARE_AND_WRITE => plan_compare_and_write(lu, cdb, req),
         _ => Err(Sense::new(
             sense::ILLEGAL_REQUEST,
             sense::INVALID_COMMAND_OPCODE,
@@ -513,10 +519,12 @@ fn plan_write_same<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> Cm
     }
     let unmap = flags & 0x08 != 0;
     let ndob = ws16 && flags & 0x01 != 0;
+    // Range first: libiscsi's test_writesame10_0blocks.c expects LBA OUT OF RANGE for
+    // 0 blocks past the end, and INVALID FIELD (WSNZ=1) only for 0 blocks in range.
+    lu.check_range(lba, blocks)?;
     if blocks == 0 || blocks > u64::from(limits_for(lu.params().block_size).max_write_same) {
         return Err(Sense::invalid_cdb_field(len_at, None));
     }
-    lu.check_range(lba, blocks)?;
     if lu.params().read_only {
         return Err(write_protected());
     }
@@ -540,11 +548,14 @@ fn plan_write_same<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> Cm
 }
 
 /// COMPARE AND WRITE (SBC-3 5.2): Data-Out is the compare blocks followed by the write
-/// blocks. NUMBER OF LOGICAL BLOCKS = 0 is not an error and does nothing.
+/// blocks. NUMBER OF LOGICAL BLOCKS = 0 is not an error and does nothing. The expected
+/// transfer length must be exactly 2 × blocks: libiscsi's
+/// test_compareandwrite_invalid_dataout_size.c requires failure for both a too small and a
+/// too large Data-Out, so a mismatch is INVALID FIELD IN CDB (NUMBER OF LOGICAL BLOCKS).
 fn plan_compare_and_write<'a>(
     lu: &LogicalUnit,
     cdb: Cdb<'_>,
-    data_out: &'a [u8],
+    req: &ScsiRequest<'a>,
 ) -> CmdResult<Plan<'a>> {
     let flags = cdb.byte(1);
     if flags >> 5 != 0 {
@@ -563,7 +574,11 @@ fn plan_compare_and_write<'a>(
         return Err(write_protected());
     }
     let half = lu.bytes(u64::from(blocks))? as usize;
-    let data = data_out.get(..2 * half).ok_or_else(short_data_out)?;
+    let bad_length = || Sense::invalid_cdb_field(13, None);
+    if req.expected_transfer_length as usize != 2 * half {
+        return Err(bad_length());
+    }
+    let data = req.data_out.get(..2 * half).ok_or_else(bad_length)?;
     let (compare, write) = data.split_at(half);
     Ok(Plan::Io {
         request: BlockRequest::CompareAndWrite {

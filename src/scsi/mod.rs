@@ -286,13 +286,13 @@ impl LogicalUnit {
     /// REPORT LUNS is a target-level command: see [`ScsiTarget::execute`].
     pub fn plan<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
         let cdb = Cdb::new(req.cdb);
-        match self.plan_inner(cdb, req.data_out) {
+        match self.plan_inner(cdb, req) {
             Ok(p) => p,
             Err(s) => s.into(),
         }
     }
 
-    fn plan_inner<'a>(&self, cdb: Cdb<'_>, data_out: &'a [u8]) -> CmdResult<Plan<'a>> {
+    fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
         if cdb.is_empty() || !opcodes::is_supported(opcode, cdb.service_action()) {
             return Err(Sense::new(
@@ -311,10 +311,21 @@ impl LogicalUnit {
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 done(ScsiOutcome::with_data(mode::mode_sense(self, cdb)?))
             }
-            op::MODE_SELECT_6 | op::MODE_SELECT_10 => done(
-                ScsiOutcome::good().with_data_out_length(mode::mode_select(self, cdb, data_out)?),
-            ),
-            op::START_STOP_UNIT => done(ScsiOutcome::good()),
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+                done(ScsiOutcome::good().with_data_out_length(mode::mode_select(
+                    self,
+                    cdb,
+                    req.data_out,
+                )?))
+            }
+            op::START_STOP_UNIT => {
+                // POWER CONDITION 0 with LOEJ asks to load/eject a medium that is not
+                // removable (RMB=0): libiscsi's test_startstopunit_simple.c expects failure.
+                if cdb.byte(4) & 0xF0 == 0 && cdb.byte(4) & 0x02 != 0 {
+                    return Err(Sense::invalid_cdb_field(4, Some(1)));
+                }
+                done(ScsiOutcome::good())
+            }
             op::PREVENT_ALLOW => {
                 if cdb.byte(4) & 0x03 > 1 {
                     return Err(Sense::invalid_cdb_field(4, Some(1)));
@@ -324,7 +335,7 @@ impl LogicalUnit {
             op::READ_CAPACITY_10 => done(ScsiOutcome::with_data(self.read_capacity_10(cdb)?)),
             op::SERVICE_ACTION_IN_16 => done(ScsiOutcome::with_data(self.read_capacity_16(cdb))),
             op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
-            _ => block::plan(self, cdb, data_out),
+            _ => block::plan(self, cdb, req),
         }
     }
 

@@ -501,7 +501,7 @@ fn unmap() {
     );
     assert_good(&exec(&lu, &unmap_cdb(0), &[]));
     let small = ram_lu(1 << 22, 512);
-    let list = unmap_list(&[(0, (1 << 21) + 1)]);
+    let list = unmap_list(&[(0, (1 << 20) + 1)]);
     assert_check(
         &exec(&small, &unmap_cdb(list.len()), &list),
         ILLEGAL_REQUEST,
@@ -604,8 +604,15 @@ fn compare_and_write() {
     assert_check(
         &exec(&lu, &caw_cdb(5, 2), &buf[..2000]),
         ILLEGAL_REQUEST,
-        INVALID_FIELD_IN_CIU,
+        INVALID_FIELD_IN_CDB,
     );
+    // Too much Data-Out is rejected as well (EDTL must be exactly 2 x blocks).
+    assert_check(
+        &exec(&lu, &caw_cdb(5, 1), &buf),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
+    assert_eq!(read_blocks(&lu, 5, 2), vec![b'b'; 1024]);
 }
 
 #[test]
@@ -935,6 +942,18 @@ fn misc_commands() {
     assert_eq!((o.data_in[0], o.data_in[2], o.data_in[12]), (0x70, 0, 0));
     assert_eq!(exec(&lu, &[0x03, 1, 0, 0, 8, 0], &[]).data_in.len(), 8);
     assert_good(&exec(&lu, &[0x1B, 0, 0, 0, 1, 0], &[]));
+    assert_good(&exec(&lu, &[0x1B, 1, 0, 0, 0x13, 0], &[]));
+    assert_check(
+        &exec(&lu, &[0x1B, 1, 0, 0, 0x02, 0], &[]),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
+    assert_good(&exec(&lu, &[0x1B, 1, 0, 0, 0x13, 0], &[]));
+    assert_check(
+        &exec(&lu, &[0x1B, 1, 0, 0, 0x02, 0], &[]),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
     assert_good(&exec(&lu, &[0x1E, 0, 0, 0, 1, 0], &[]));
     assert_check(
         &exec(&lu, &[0x1E, 0, 0, 0, 2, 0], &[]),
