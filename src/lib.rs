@@ -8,6 +8,7 @@
 //! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod config;
 pub mod iscsi;
 pub mod scsi;

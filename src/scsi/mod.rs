@@ -1,42 +1,530 @@
-//! Placeholder replaced by the SCSI layer at merge: only the types the iSCSI core consumes.
+//! SPC-4 / SBC-3 command handling for block logical units.
+//!
+//! The layer is sans-IO: [`LogicalUnit::plan`] decodes and validates a CDB and yields either
+//! an immediate answer ([`Plan::Done`]) or a primitive [`BlockRequest`]; [`run`] executes a
+//! block request against a [`Backend`]; [`finish`] maps the result back to a [`ScsiOutcome`].
+//! [`ScsiTarget::execute`] strings the three together (blocking; called on I/O worker
+//! threads). Every failure is sense data, never a panic: CDB fields are read through
+//! bounds-safe accessors and all LBA arithmetic is checked.
 
-/// SAM task attribute.
+mod block;
+mod cdb;
+mod inquiry;
+mod mode;
+mod opcodes;
+pub mod sense;
+
+pub use block::{finish, run, BlockReply, BlockRequest};
+/// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
+pub use block::limits::MAX_TRANSFER_BYTES;
+
+use crate::backend::{Backend, BackendError};
+use cdb::Cdb;
+use sense::Sense;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// SAM status codes carried in the iSCSI SCSI Response.
+pub mod status {
+    /// The command completed successfully.
+    pub const GOOD: u8 = 0x00;
+    /// The command failed; sense data describes why.
+    pub const CHECK_CONDITION: u8 = 0x02;
+    /// PRE-FETCH style success with the condition met.
+    pub const CONDITION_MET: u8 = 0x04;
+    /// The LU is busy; the initiator should retry.
+    pub const BUSY: u8 = 0x08;
+    /// Another I_T nexus holds a conflicting reservation.
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+    /// The task set is full; the initiator should retry.
+    pub const TASK_SET_FULL: u8 = 0x28;
+}
+
+/// Operation codes handled by this module (SPC-4 / SBC-3).
+mod op {
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0A;
+    pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SELECT_6: u8 = 0x15;
+    pub const MODE_SENSE_6: u8 = 0x1A;
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    pub const PREVENT_ALLOW: u8 = 0x1E;
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_10: u8 = 0x28;
+    pub const WRITE_10: u8 = 0x2A;
+    pub const WRITE_VERIFY_10: u8 = 0x2E;
+    pub const VERIFY_10: u8 = 0x2F;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const MODE_SELECT_10: u8 = 0x55;
+    pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const READ_16: u8 = 0x88;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const WRITE_16: u8 = 0x8A;
+    pub const WRITE_VERIFY_16: u8 = 0x8E;
+    pub const VERIFY_16: u8 = 0x8F;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
+    pub const REPORT_LUNS: u8 = 0xA0;
+    pub const MAINTENANCE_IN: u8 = 0xA3;
+    pub const READ_12: u8 = 0xA8;
+    pub const WRITE_12: u8 = 0xAA;
+    pub const WRITE_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
+
+    /// SERVICE ACTION IN(16) service action: READ CAPACITY(16).
+    pub const SA_READ_CAPACITY_16: u8 = 0x10;
+    /// MAINTENANCE IN service action: REPORT SUPPORTED OPERATION CODES.
+    pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+}
+
+/// Result type of command decoding: an error is the sense condition to report.
+type CmdResult<T> = Result<T, Sense>;
+
+/// Static description of one logical unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunParams {
+    /// LUN number; 0..=255 use peripheral addressing, up to 16383 flat (see [`encode_lun`]).
+    pub lun: u64,
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    /// Reject writes with DATA PROTECT and report WP in MODE SENSE.
+    pub read_only: bool,
+    /// Initial WCE (write-back cache); MODE SELECT can change it at run time.
+    pub write_cache: bool,
+    /// VPD 0x80 unit serial number (ASCII).
+    pub serial: String,
+    /// LU designator for VPD 0x83. Reported as NAA 5 (IEEE Registered, 8 bytes): the top
+    /// nibble is forced to 5 and the low 60 bits are used as given, so the caller should put
+    /// a (locally administered) OUI in bits 59..36 and a stable per-LU value below it.
+    pub naa_id: u64,
+    /// T10 vendor identification (8 ASCII chars, space padded on output).
+    pub vendor: String,
+    /// Product identification (16 ASCII chars, space padded on output).
+    pub product: String,
+    /// Product revision level (4 ASCII chars, space padded on output).
+    pub revision: String,
+}
+
+/// SAM task attribute from the iSCSI header (ordering is enforced by the iSCSI layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskAttr {
+    /// No tag (treated as simple).
     Untagged,
+    /// SIMPLE: may be reordered with other simple tasks.
     Simple,
+    /// ORDERED: runs after all older tasks.
     Ordered,
+    /// HEAD OF QUEUE: runs before all queued tasks.
     HeadOfQueue,
+    /// ACA: only meaningful with NACA, which we do not support.
     Aca,
 }
 
-/// Result of one SCSI command.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One SCSI command as delivered by the iSCSI layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ScsiRequest<'a> {
+    /// Decoded LUN number (`u64::MAX` when the 8-byte LUN field was undecodable).
+    pub lun: u64,
+    /// The CDB (16 bytes from the BHS plus any extended CDB AHS); may carry trailing bytes.
+    pub cdb: &'a [u8],
+    /// All Data-Out the initiator sent: min(expected transfer length, what arrived).
+    pub data_out: &'a [u8],
+    /// Expected data transfer length from the iSCSI header.
+    pub expected_transfer_length: u32,
+    /// Task attribute.
+    pub task_attr: TaskAttr,
+}
+
+/// The result of one command: status, sense, Data-In and how much Data-Out it called for.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScsiOutcome {
+    /// SAM status (see [`status`]).
     pub status: u8,
+    /// Fixed-format sense data (18 bytes); empty unless CHECK CONDITION.
     pub sense: Vec<u8>,
+    /// Data-In at the length the command itself wants; the iSCSI layer truncates to EDTL
+    /// and computes residuals from this length.
     pub data_in: Vec<u8>,
+    /// For Data-Out commands, how many bytes the command calls for (e.g. blocks × block
+    /// size for WRITE); 0 otherwise. The iSCSI layer computes write residuals from it.
     pub data_out_length: u32,
 }
 
 impl ScsiOutcome {
-    /// GOOD, no data.
+    /// GOOD status, no data.
     pub fn good() -> Self {
-        Self::default()
-    }
-    /// CHECK CONDITION with fixed-format sense.
-    pub fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
-        let mut sense = vec![0u8; 18];
-        sense[0] = 0x70;
-        sense[2] = key;
-        sense[7] = 10;
-        sense[12] = asc;
-        sense[13] = ascq;
         ScsiOutcome {
-            status: 2,
-            sense,
+            status: status::GOOD,
+            sense: Vec::new(),
             data_in: Vec::new(),
             data_out_length: 0,
         }
     }
+
+    /// GOOD status carrying Data-In.
+    pub fn with_data(data_in: Vec<u8>) -> Self {
+        ScsiOutcome {
+            data_in,
+            ..ScsiOutcome::good()
+        }
+    }
+
+    /// CHECK CONDITION with fixed-format sense for key/ASC/ASCQ.
+    pub fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+        ScsiOutcome::from_sense(&Sense::new(key, (asc, ascq)))
+    }
+
+    /// CHECK CONDITION with the given sense condition (INFORMATION, field pointer...).
+    pub fn from_sense(s: &Sense) -> Self {
+        ScsiOutcome {
+            status: status::CHECK_CONDITION,
+            sense: s.to_fixed(),
+            ..ScsiOutcome::good()
+        }
+    }
+
+    /// Sets how many Data-Out bytes the command called for.
+    pub fn with_data_out_length(mut self, len: u32) -> Self {
+        self.data_out_length = len;
+        self
+    }
+
+    /// Sense key of a CHECK CONDITION outcome (0 when there is no sense data).
+    pub fn sense_key(&self) -> u8 {
+        self.sense.get(2).map_or(0, |k| k & 0x0F)
+    }
+
+    /// (ASC, ASCQ) of a CHECK CONDITION outcome ((0, 0) when there is no sense data).
+    pub fn asc_ascq(&self) -> (u8, u8) {
+        (
+            self.sense.get(12).copied().unwrap_or(0),
+            self.sense.get(13).copied().unwrap_or(0),
+        )
+    }
 }
+
+/// What a decoded command needs next: an immediate answer or one primitive block operation.
+#[derive(Debug)]
+pub enum Plan<'a> {
+    /// The command is complete (answered from metadata, or rejected).
+    Done(ScsiOutcome),
+    /// Run `request` against the backend (see [`LogicalUnit::run`]), then [`finish`].
+    Io {
+        /// The block operation to perform.
+        request: BlockRequest<'a>,
+        /// Data-Out bytes the command called for, passed through to the outcome.
+        data_out_length: u32,
+    },
+}
+
+impl From<Sense> for Plan<'_> {
+    fn from(s: Sense) -> Self {
+        Plan::Done(ScsiOutcome::from_sense(&s))
+    }
+}
+
+/// One logical unit: parameters, mutable mode state (WCE), and its backend. Shared by all
+/// sessions (`Arc`).
+pub struct LogicalUnit {
+    params: LunParams,
+    backend: Arc<dyn Backend>,
+    num_blocks: u64,
+    wce: AtomicBool,
+    /// Ordinary I/O holds this shared; COMPARE AND WRITE holds it exclusively so that its
+    /// read-compare-write is atomic against every other writer of the LU.
+    io_lock: RwLock<()>,
+}
+
+impl LogicalUnit {
+    /// Creates a LU over `backend`; capacity is the backend size in whole blocks.
+    pub fn new(params: LunParams, backend: Arc<dyn Backend>) -> Self {
+        let num_blocks = backend
+            .size()
+            .checked_div(u64::from(params.block_size))
+            .unwrap_or(0);
+        LogicalUnit {
+            wce: AtomicBool::new(params.write_cache),
+            params,
+            backend,
+            num_blocks,
+            io_lock: RwLock::new(()),
+        }
+    }
+
+    /// The static parameters.
+    pub fn params(&self) -> &LunParams {
+        &self.params
+    }
+
+    /// Capacity in logical blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
+    /// Current WCE (write-back caching) setting.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.wce.load(Ordering::Relaxed)
+    }
+
+    /// The backing storage.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn set_write_cache(&self, on: bool) {
+        self.wce.store(on, Ordering::Relaxed);
+    }
+
+    fn block_size(&self) -> u64 {
+        u64::from(self.params.block_size)
+    }
+
+    /// Decodes and validates a command addressed to this LU (pure: no backend I/O).
+    /// REPORT LUNS is a target-level command: see [`ScsiTarget::execute`].
+    pub fn plan<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
+        let cdb = Cdb::new(req.cdb);
+        match self.plan_inner(cdb, req) {
+            Ok(p) => p,
+            Err(s) => s.into(),
+        }
+    }
+
+    fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
+        let opcode = cdb.opcode();
+        if cdb.is_empty() || !opcodes::is_supported(opcode, cdb.service_action()) {
+            return Err(Sense::new(
+                sense::ILLEGAL_REQUEST,
+                sense::INVALID_COMMAND_OPCODE,
+            ));
+        }
+        if cdb_too_short(cdb) {
+            return Err(Sense::invalid_cdb_field(0, None));
+        }
+        let done = |o: ScsiOutcome| Ok(Plan::Done(o));
+        match opcode {
+            op::TEST_UNIT_READY => done(ScsiOutcome::good()),
+            op::REQUEST_SENSE => done(request_sense(cdb, None)),
+            op::INQUIRY => done(ScsiOutcome::with_data(inquiry::inquiry(self, cdb)?)),
+            op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+                done(ScsiOutcome::with_data(mode::mode_sense(self, cdb)?))
+            }
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+                done(ScsiOutcome::good().with_data_out_length(mode::mode_select(
+                    self,
+                    cdb,
+                    req.data_out,
+                )?))
+            }
+            op::START_STOP_UNIT => {
+                // POWER CONDITION 0 with LOEJ asks to load/eject a medium that is not
+                // removable (RMB=0): libiscsi's test_startstopunit_simple.c expects failure.
+                if cdb.byte(4) & 0xF0 == 0 && cdb.byte(4) & 0x02 != 0 {
+                    return Err(Sense::invalid_cdb_field(4, Some(1)));
+                }
+                done(ScsiOutcome::good())
+            }
+            op::PREVENT_ALLOW => {
+                if cdb.byte(4) & 0x03 > 1 {
+                    return Err(Sense::invalid_cdb_field(4, Some(1)));
+                }
+                done(ScsiOutcome::good())
+            }
+            op::READ_CAPACITY_10 => done(ScsiOutcome::with_data(self.read_capacity_10(cdb)?)),
+            op::SERVICE_ACTION_IN_16 => done(ScsiOutcome::with_data(self.read_capacity_16(cdb))),
+            op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
+            _ => block::plan(self, cdb, req),
+        }
+    }
+
+    /// READ CAPACITY(10): last LBA (saturated to 0xFFFFFFFF) and block length.
+    fn read_capacity_10(&self, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
+        // PMI = 0 requires LOGICAL BLOCK ADDRESS = 0 (SBC-3 5.15).
+        if cdb.byte(8) & 0x01 == 0 && cdb.be32(2) != 0 {
+            return Err(Sense::invalid_cdb_field(2, None));
+        }
+        let last = self.num_blocks.saturating_sub(1).min(0xFFFF_FFFF) as u32;
+        let mut d = Vec::with_capacity(8);
+        d.extend_from_slice(&last.to_be_bytes());
+        d.extend_from_slice(&self.params.block_size.to_be_bytes());
+        Ok(d)
+    }
+
+    /// READ CAPACITY(16) parameter data (32 bytes, cut to the allocation length).
+    fn read_capacity_16(&self, cdb: Cdb<'_>) -> Vec<u8> {
+        let mut d = vec![0u8; 32];
+        d[0..8].copy_from_slice(&self.num_blocks.saturating_sub(1).to_be_bytes());
+        d[8..12].copy_from_slice(&self.params.block_size.to_be_bytes());
+        if self.backend.supports_discard() {
+            d[14] = 0x80 | 0x40; // LBPME, LBPRZ: unmapped blocks read as zeroes.
+        }
+        truncate(d, cdb.be32(10) as usize)
+    }
+
+    /// Runs a block request under the LU's I/O lock (exclusive for COMPARE AND WRITE).
+    pub fn run(&self, request: &BlockRequest<'_>) -> Result<BlockReply, BackendError> {
+        if request.needs_exclusive() {
+            let _g = self.io_lock.write().unwrap_or_else(|p| p.into_inner());
+            run(&*self.backend, request)
+        } else {
+            let _g = self.io_lock.read().unwrap_or_else(|p| p.into_inner());
+            run(&*self.backend, request)
+        }
+    }
+
+    /// Executes one command to completion (plan, run, finish). Blocking.
+    pub fn execute(&self, req: &ScsiRequest<'_>) -> ScsiOutcome {
+        match self.plan(req) {
+            Plan::Done(o) => o,
+            Plan::Io {
+                request,
+                data_out_length,
+            } => {
+                let result = self.run(&request);
+                finish(&request, result, data_out_length)
+            }
+        }
+    }
+}
+
+/// True when the received CDB is shorter than its opcode's CDB length.
+fn cdb_too_short(cdb: Cdb<'_>) -> bool {
+    cdb::cdb_length(cdb.opcode()).is_some_and(|n| cdb.len() < n)
+}
+
+/// Cuts parameter data to the allocation length.
+fn truncate(mut d: Vec<u8>, alloc: usize) -> Vec<u8> {
+    d.truncate(alloc);
+    d
+}
+
+/// REQUEST SENSE: we keep no deferred errors or unit attentions, so the answer is
+/// NO SENSE, or `pending` (e.g. LU NOT SUPPORTED for a missing LUN). Always fixed format.
+fn request_sense(cdb: Cdb<'_>, pending: Option<Sense>) -> ScsiOutcome {
+    let s = pending.unwrap_or(Sense::new(sense::NO_SENSE, sense::NO_ADDITIONAL_SENSE));
+    ScsiOutcome::with_data(truncate(s.to_fixed(), usize::from(cdb.byte(4))))
+}
+
+/// Encodes a LUN number as the 8-byte SAM LUN: peripheral addressing below 256, flat
+/// addressing below 16384, extended flat space (0xD2, 24-bit) above.
+pub fn encode_lun(lun: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else if lun < 0x4000 {
+        b[0] = 0x40 | (lun >> 8) as u8;
+        b[1] = lun as u8;
+    } else {
+        b[0] = 0xD2;
+        b[1..4].copy_from_slice(&(lun as u32 & 0xFF_FFFF).to_be_bytes()[1..]);
+    }
+    b
+}
+
+/// Decodes the 8-byte SAM LUN forms produced by [`encode_lun`]; anything else is `u64::MAX`.
+pub fn decode_lun(b: &[u8; 8]) -> u64 {
+    let rest_zero = |from: usize| b[from..].iter().all(|&x| x == 0);
+    match b[0] >> 6 {
+        0 if b[0] == 0 && rest_zero(2) => u64::from(b[1]),
+        1 if rest_zero(2) => (u64::from(b[0] & 0x3F) << 8) | u64::from(b[1]),
+        3 if b[0] == 0xD2 && rest_zero(4) => {
+            (u64::from(b[1]) << 16) | (u64::from(b[2]) << 8) | u64::from(b[3])
+        }
+        _ => u64::MAX,
+    }
+}
+
+/// The set of LUNs one iSCSI target exposes; executes commands (REPORT LUNS and unknown
+/// LUNs are handled here).
+pub struct ScsiTarget {
+    luns: Vec<Arc<LogicalUnit>>,
+}
+
+impl ScsiTarget {
+    /// A target over `luns` (kept in ascending LUN order for REPORT LUNS).
+    pub fn new(mut luns: Vec<Arc<LogicalUnit>>) -> Self {
+        luns.sort_by_key(|l| l.params.lun);
+        ScsiTarget { luns }
+    }
+
+    /// The logical units, in ascending LUN order.
+    pub fn luns(&self) -> &[Arc<LogicalUnit>] {
+        &self.luns
+    }
+
+    /// The LU with LUN number `lun`, if any.
+    pub fn lun(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.luns.iter().find(|l| l.params.lun == lun)
+    }
+
+    /// Execute one command to completion. Blocking (does backend I/O); called on I/O worker
+    /// threads, concurrently.
+    pub fn execute(&self, req: &ScsiRequest<'_>) -> ScsiOutcome {
+        let cdb = Cdb::new(req.cdb);
+        if cdb.opcode() == op::REPORT_LUNS && !cdb.is_empty() {
+            return match self.report_luns(cdb) {
+                Ok(d) => ScsiOutcome::with_data(d),
+                Err(s) => ScsiOutcome::from_sense(&s),
+            };
+        }
+        if let Some(lu) = self.lun(req.lun) {
+            return lu.execute(req);
+        }
+        let not_supported = Sense::new(sense::ILLEGAL_REQUEST, sense::LU_NOT_SUPPORTED);
+        match cdb.opcode() {
+            // SPC-4 6.6.2: INQUIRY to a LUN that is not there answers PQ=3, type 1Fh.
+            op::INQUIRY if !cdb.is_empty() && cdb.byte(1) & 0x03 == 0 => {
+                ScsiOutcome::with_data(inquiry::not_present(cdb))
+            }
+            op::REQUEST_SENSE if !cdb.is_empty() => request_sense(cdb, Some(not_supported)),
+            _ => ScsiOutcome::from_sense(&not_supported),
+        }
+    }
+
+    /// REPORT LUNS parameter data (SPC-4 6.33).
+    fn report_luns(&self, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
+        if cdb_too_short(cdb) {
+            return Err(Sense::invalid_cdb_field(0, None));
+        }
+        let alloc = cdb.be32(6);
+        if alloc < 16 {
+            return Err(Sense::invalid_cdb_field(6, None));
+        }
+        let luns: Vec<u64> = match cdb.byte(2) {
+            0 | 2 => self.luns.iter().map(|l| l.params.lun).collect(),
+            1 => Vec::new(), // well-known LUNs only: we have none
+            _ => return Err(Sense::invalid_cdb_field(2, None)),
+        };
+        let mut d = Vec::with_capacity(8 + luns.len() * 8);
+        d.extend_from_slice(&((luns.len() * 8) as u32).to_be_bytes());
+        d.extend_from_slice(&[0; 4]);
+        for l in luns {
+            d.extend_from_slice(&encode_lun(l));
+        }
+        Ok(truncate(d, alloc as usize))
+    }
+
+    /// Flush every LUN's backend (used at shutdown); reports the first failure.
+    pub fn flush_all(&self) -> Result<(), BackendError> {
+        let mut first = Ok(());
+        for lu in &self.luns {
+            if let Err(e) = lu.backend.flush() {
+                log::error!("flush of LUN {} failed: {e}", lu.params.lun);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! Sparse in-memory backend: chunks are allocated on first write.
+
+use super::{check_range, Backend, BackendError};
+use std::sync::RwLock;
+
+/// Allocation unit of the RAM backend.
+const CHUNK: u64 = 1 << 20;
+
+/// A sparse RAM disk. Memory is allocated per 1 MiB chunk on first write, so an unwritten
+/// LUN costs only its chunk table; each chunk has its own `RwLock`, so readers never
+/// serialize and writers only contend on the chunks they touch.
+pub struct RamBackend {
+    size: u64,
+    chunks: Vec<RwLock<Option<Box<[u8]>>>>,
+}
+
+impl RamBackend {
+    /// Creates a zero-filled RAM disk of `size` bytes (no chunk is allocated yet).
+    pub fn new(size: u64) -> Self {
+        let n = size.div_ceil(CHUNK) as usize;
+        RamBackend {
+            size,
+            chunks: (0..n).map(|_| RwLock::new(None)).collect(),
+        }
+    }
+
+    /// Number of chunks currently holding memory (for tests and statistics).
+    pub fn allocated_chunks(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter(|c| c.read().map(|g| g.is_some()).unwrap_or(true))
+            .count()
+    }
+
+    /// Splits `offset..offset+len` into (chunk index, offset in chunk, length) pieces.
+    fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (usize, usize, usize)> {
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let idx = pos / CHUNK;
+            let in_chunk = pos % CHUNK;
+            let n = (CHUNK - in_chunk).min(end - pos);
+            pos += n;
+            Some((idx as usize, in_chunk as usize, n as usize))
+        })
+    }
+
+    fn chunk(&self, idx: usize) -> Result<&RwLock<Option<Box<[u8]>>>, BackendError> {
+        self.chunks
+            .get(idx)
+            .ok_or_else(|| BackendError::out_of_range(idx as u64 * CHUNK, CHUNK, self.size))
+    }
+
+    fn poisoned() -> BackendError {
+        BackendError::new(std::io::ErrorKind::Other, "RAM chunk lock poisoned")
+    }
+}
+
+impl Backend for RamBackend {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        let mut done = 0usize;
+        for (idx, off, n) in Self::pieces(offset, buf.len() as u64) {
+            let guard = self.chunk(idx)?.read().map_err(|_| Self::poisoned())?;
+            let dst = &mut buf[done..done + n];
+            match guard.as_ref() {
+                Some(c) => dst.copy_from_slice(&c[off..off + n]),
+                None => dst.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
+        check_range(offset, data.len() as u64, self.size)?;
+        let mut done = 0usize;
+        for (idx, off, n) in Self::pieces(offset, data.len() as u64) {
+            let mut guard = self.chunk(idx)?.write().map_err(|_| Self::poisoned())?;
+            let c = guard.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
+            c[off..off + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        check_range(offset, len, self.size)?;
+        for (idx, off, n) in Self::pieces(offset, len) {
+            let mut guard = self.chunk(idx)?.write().map_err(|_| Self::poisoned())?;
+            if off == 0 && n as u64 == CHUNK {
+                *guard = None;
+            } else if let Some(c) = guard.as_mut() {
+                c[off..off + n].fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        // Unallocated chunks already read as zeroes, so zeroing is discarding.
+        self.discard(offset, len)
+    }
+
+    fn supports_discard(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "ram"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn unwritten_reads_zero_and_costs_nothing() {
+        let b = RamBackend::new(1 << 30);
+        assert_eq!(b.allocated_chunks(), 0);
+        let mut buf = vec![1u8; 4096];
+        b.read_at(&mut buf, 12345).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+        assert_eq!(b.allocated_chunks(), 0);
+    }
+
+    #[test]
+    fn write_read_across_chunks() {
+        let b = RamBackend::new(4 * CHUNK);
+        let data: Vec<u8> = (0..3 * CHUNK as usize).map(|i| (i % 251) as u8).collect();
+        b.write_at(&data, CHUNK / 2).unwrap();
+        assert_eq!(b.allocated_chunks(), 4);
+        let mut back = vec![0u8; data.len()];
+        b.read_at(&mut back, CHUNK / 2).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn discard_frees_whole_chunks_and_zeroes_partial() {
+        let b = RamBackend::new(3 * CHUNK);
+        b.write_at(&vec![7u8; 3 * CHUNK as usize], 0).unwrap();
+        b.discard(CHUNK / 2, 2 * CHUNK).unwrap();
+        assert_eq!(b.allocated_chunks(), 2);
+        let mut back = vec![0u8; 3 * CHUNK as usize];
+        b.read_at(&mut back, 0).unwrap();
+        let half = (CHUNK / 2) as usize;
+        assert!(back[..half].iter().all(|&x| x == 7));
+        assert!(back[half..half + 2 * CHUNK as usize]
+            .iter()
+            .all(|&x| x == 0));
+        assert!(back[half + 2 * CHUNK as usize..].iter().all(|&x| x == 7));
+        b.write_zeroes(0, CHUNK).unwrap();
+        assert_eq!(b.allocated_chunks(), 1);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let b = RamBackend::new(1000);
+        let mut buf = [0u8; 10];
+        assert!(b.read_at(&mut buf, 995).is_err());
+        assert!(b.write_at(&buf, u64::MAX - 2).is_err());
+        assert!(b.discard(0, 1001).is_err());
+    }
+
+    #[test]
+    fn concurrent_writers_on_distinct_ranges() {
+        let b = Arc::new(RamBackend::new(8 * CHUNK));
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..64u64 {
+                        let off = (t as u64 * 64 + i) * 4096;
+                        b.write_at(&[t + 1; 4096], off).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut buf = [0u8; 4096];
+        for t in 0..4u8 {
+            b.read_at(&mut buf, t as u64 * 64 * 4096).unwrap();
+            assert!(buf.iter().all(|&x| x == t + 1));
+        }
+    }
+}

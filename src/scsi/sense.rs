@@ -1,0 +1,177 @@
+//! Sense keys, additional sense codes and the fixed-format sense data builder (SPC-4 4.5.3).
+
+/// Sense key: no error to report.
+pub const NO_SENSE: u8 = 0x0;
+/// Sense key: the device is not ready.
+pub const NOT_READY: u8 = 0x2;
+/// Sense key: unrecoverable medium (backend I/O) error.
+pub const MEDIUM_ERROR: u8 = 0x3;
+/// Sense key: internal target failure.
+pub const HARDWARE_ERROR: u8 = 0x4;
+/// Sense key: something in the CDB or parameter list is wrong.
+pub const ILLEGAL_REQUEST: u8 = 0x5;
+/// Sense key: unit attention (reset, parameters changed...).
+pub const UNIT_ATTENTION: u8 = 0x6;
+/// Sense key: write to a write-protected LU.
+pub const DATA_PROTECT: u8 = 0x7;
+/// Sense key: command aborted.
+pub const ABORTED_COMMAND: u8 = 0xB;
+/// Sense key: VERIFY / COMPARE AND WRITE data did not match the medium.
+pub const MISCOMPARE: u8 = 0xE;
+
+/// ASC/ASCQ: no additional sense information.
+pub const NO_ADDITIONAL_SENSE: (u8, u8) = (0x00, 0x00);
+/// ASC/ASCQ: write error.
+pub const WRITE_ERROR: (u8, u8) = (0x0C, 0x00);
+/// ASC/ASCQ: invalid field in command information unit (data-out shorter than the CDB needs).
+pub const INVALID_FIELD_IN_CIU: (u8, u8) = (0x0E, 0x03);
+/// ASC/ASCQ: unrecovered read error.
+pub const UNRECOVERED_READ_ERROR: (u8, u8) = (0x11, 0x00);
+/// ASC/ASCQ: parameter list length error.
+pub const PARAMETER_LIST_LENGTH_ERROR: (u8, u8) = (0x1A, 0x00);
+/// ASC/ASCQ: miscompare during verify operation.
+pub const MISCOMPARE_DURING_VERIFY: (u8, u8) = (0x1D, 0x00);
+/// ASC/ASCQ: invalid command operation code (also used for unsupported service actions).
+pub const INVALID_COMMAND_OPCODE: (u8, u8) = (0x20, 0x00);
+/// ASC/ASCQ: logical block address out of range.
+pub const LBA_OUT_OF_RANGE: (u8, u8) = (0x21, 0x00);
+/// ASC/ASCQ: invalid field in CDB.
+pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
+/// ASC/ASCQ: logical unit not supported.
+pub const LU_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
+/// ASC/ASCQ: invalid field in parameter list.
+pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
+/// ASC/ASCQ: write protected.
+pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
+/// ASC/ASCQ: space allocation failed write protect (thin backing store is full).
+pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
+/// ASC/ASCQ: saving parameters not supported.
+pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
+/// ASC/ASCQ: internal target failure.
+pub const INTERNAL_TARGET_FAILURE: (u8, u8) = (0x44, 0x00);
+
+/// Length of fixed-format sense data as we build it.
+pub const FIXED_SENSE_LEN: usize = 18;
+
+/// Sense-key-specific field pointer for ILLEGAL REQUEST: which byte (and bit) is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldPointer {
+    /// True when the field is in the CDB, false when in the parameter list (C/D bit).
+    pub in_cdb: bool,
+    /// Byte offset of the bad field.
+    pub byte: u16,
+    /// Bit position (0..=7) of the bad field's most significant bit, when known.
+    pub bit: Option<u8>,
+}
+
+/// One sense condition, before encoding: the unit of failure inside the SCSI layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sense {
+    /// Sense key (bits 3..0 of byte 2).
+    pub key: u8,
+    /// Additional sense code.
+    pub asc: u8,
+    /// Additional sense code qualifier.
+    pub ascq: u8,
+    /// INFORMATION field (sets VALID); e.g. the miscompare offset.
+    pub information: Option<u32>,
+    /// Field pointer for ILLEGAL REQUEST (sets SKSV).
+    pub field: Option<FieldPointer>,
+}
+
+impl Sense {
+    /// A sense condition from a key and an (ASC, ASCQ) pair.
+    pub fn new(key: u8, (asc, ascq): (u8, u8)) -> Self {
+        Sense {
+            key,
+            asc,
+            ascq,
+            information: None,
+            field: None,
+        }
+    }
+
+    /// ILLEGAL REQUEST / INVALID FIELD IN CDB pointing at `byte` (and `bit`) of the CDB.
+    pub fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
+            ..Sense::new(ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
+        }
+    }
+
+    /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST pointing at `byte` of the list.
+    pub fn invalid_param_field(byte: u16) -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit: None,
+            }),
+            ..Sense::new(ILLEGAL_REQUEST, INVALID_FIELD_IN_PARAMETER_LIST)
+        }
+    }
+
+    /// Encodes as 18 bytes of fixed-format (0x70, current error) sense data.
+    pub fn to_fixed(&self) -> Vec<u8> {
+        let mut s = vec![0u8; FIXED_SENSE_LEN];
+        s[0] = 0x70;
+        if let Some(info) = self.information {
+            s[0] |= 0x80;
+            s[3..7].copy_from_slice(&info.to_be_bytes());
+        }
+        s[2] = self.key & 0x0F;
+        s[7] = (FIXED_SENSE_LEN - 8) as u8;
+        s[12] = self.asc;
+        s[13] = self.ascq;
+        if let Some(fp) = self.field {
+            s[15] = 0x80 | if fp.in_cdb { 0x40 } else { 0 };
+            if let Some(bit) = fp.bit {
+                s[15] |= 0x08 | (bit & 0x07);
+            }
+            s[16..18].copy_from_slice(&fp.byte.to_be_bytes());
+        }
+        s
+    }
+}
+
+/// Fixed-format sense data for a key and ASC/ASCQ with no extra fields.
+pub fn fixed(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    Sense::new(key, (asc, ascq)).to_fixed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_layout() {
+        let s = fixed(ILLEGAL_REQUEST, 0x20, 0x00);
+        assert_eq!(s.len(), 18);
+        assert_eq!(s[0], 0x70);
+        assert_eq!(s[2], 5);
+        assert_eq!(s[7], 10);
+        assert_eq!((s[12], s[13]), (0x20, 0));
+        assert_eq!(s[15], 0);
+    }
+
+    #[test]
+    fn information_and_field_pointer() {
+        let s = Sense {
+            information: Some(0x1234),
+            ..Sense::new(MISCOMPARE, MISCOMPARE_DURING_VERIFY)
+        }
+        .to_fixed();
+        assert_eq!(s[0], 0xF0);
+        assert_eq!(&s[3..7], &[0, 0, 0x12, 0x34]);
+        let s = Sense::invalid_cdb_field(2, Some(7)).to_fixed();
+        assert_eq!(s[15], 0x80 | 0x40 | 0x08 | 7);
+        assert_eq!(&s[16..18], &[0, 2]);
+        let s = Sense::invalid_param_field(300).to_fixed();
+        assert_eq!(s[15], 0x80);
+        assert_eq!(&s[16..18], &300u16.to_be_bytes());
+    }
+}

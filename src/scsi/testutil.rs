@@ -1,0 +1,90 @@
+//! Helpers shared by the SCSI unit tests.
+
+use super::*;
+use crate::backend::RamBackend;
+
+/// Parameters of a test LU.
+pub fn params(lun: u64, block_size: u32) -> LunParams {
+    LunParams {
+        lun,
+        block_size,
+        read_only: false,
+        write_cache: true,
+        serial: format!("SER{lun:05}"),
+        naa_id: 0x0012_3456_0000_0000 | lun,
+        vendor: "ISERTGT".into(),
+        product: "RAMDISK".into(),
+        revision: "0001".into(),
+    }
+}
+
+/// A LU over a RAM backend of `blocks` blocks.
+pub fn ram_lu(blocks: u64, block_size: u32) -> Arc<LogicalUnit> {
+    let be = Arc::new(RamBackend::new(blocks * u64::from(block_size)));
+    Arc::new(LogicalUnit::new(params(0, block_size), be))
+}
+
+/// A request to LUN `lun` with Data-Out.
+pub fn req<'a>(lun: u64, cdb: &'a [u8], data_out: &'a [u8]) -> ScsiRequest<'a> {
+    ScsiRequest {
+        lun,
+        cdb,
+        data_out,
+        expected_transfer_length: data_out.len() as u32,
+        task_attr: TaskAttr::Simple,
+    }
+}
+
+/// Runs `cdb` (padded to 16 bytes like the BHS) with `data_out` on `lu`.
+pub fn exec(lu: &LogicalUnit, cdb: &[u8], data_out: &[u8]) -> ScsiOutcome {
+    let mut c = [0u8; 16];
+    c[..cdb.len()].copy_from_slice(cdb);
+    lu.execute(&req(lu.params().lun, &c, data_out))
+}
+
+/// Asserts CHECK CONDITION with the given key and ASC/ASCQ.
+#[track_caller]
+pub fn assert_check(o: &ScsiOutcome, key: u8, asc_ascq: (u8, u8)) {
+    assert_eq!(o.status, status::CHECK_CONDITION, "outcome {o:?}");
+    assert_eq!(o.sense_key(), key, "sense {:02x?}", o.sense);
+    assert_eq!(o.asc_ascq(), asc_ascq, "sense {:02x?}", o.sense);
+}
+
+/// Asserts GOOD status.
+#[track_caller]
+pub fn assert_good(o: &ScsiOutcome) {
+    assert_eq!(o.status, status::GOOD, "sense {:02x?}", o.sense);
+    assert!(o.sense.is_empty());
+}
+
+/// READ(16) CDB.
+pub fn read16(lba: u64, blocks: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x88;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// WRITE(16) CDB with optional FUA.
+pub fn write16(lba: u64, blocks: u32, fua: bool) -> Vec<u8> {
+    let mut c = read16(lba, blocks);
+    c[0] = 0x8A;
+    if fua {
+        c[1] = 0x08;
+    }
+    c
+}
+
+/// A tiny deterministic PRNG (xorshift64*) for fuzz-style tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next pseudo-random value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
