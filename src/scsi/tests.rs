@@ -539,6 +539,19 @@ fn write_same() {
     assert_good(&o);
     assert_eq!(o.data_out_length, 0);
     assert!(read_blocks(&lu, 100, 2).iter().all(|&b| b == 0));
+    // Data-Out must be exactly one block.
+    let two = [pattern.clone(), pattern.clone()].concat();
+    assert_check(
+        &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &two),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
+    // Zero blocks past the end is out of range, not a WSNZ violation.
+    assert_check(
+        &exec(&lu, &[0x41, 0, 0, 0, 0x04, 0x01, 0, 0, 0, 0], &pattern),
+        ILLEGAL_REQUEST,
+        LBA_OUT_OF_RANGE,
+    );
     // Errors: zero blocks (WSNZ), beyond the end, ANCHOR, missing data.
     assert_check(
         &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0], &pattern),
@@ -558,7 +571,7 @@ fn write_same() {
     assert_check(
         &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &pattern[..100]),
         ILLEGAL_REQUEST,
-        INVALID_FIELD_IN_CIU,
+        INVALID_FIELD_IN_CDB,
     );
 }
 
