@@ -133,7 +133,7 @@ fn vpd_pages() {
     let b0 = vpd(0xB0);
     assert_eq!(b0.len(), 64);
     assert_eq!(b0[4] & 1, 1, "WSNZ");
-    assert_eq!(b0[5], limits_for_test::MAX_CAW);
+    assert_eq!(b0[5], super::block::limits::MAX_COMPARE_AND_WRITE);
     let be32 = |at: usize| u32::from_be_bytes([b0[at], b0[at + 1], b0[at + 2], b0[at + 3]]);
     assert_eq!(be32(8), (8 << 20) / 512);
     assert!(be32(12) > 0);
@@ -153,10 +153,6 @@ fn vpd_pages() {
     );
     // Allocation length is honoured.
     assert_eq!(exec(&lu, &inquiry(true, 0xB0, 16), &[]).data_in.len(), 16);
-}
-
-mod limits_for_test {
-    pub const MAX_CAW: u8 = super::super::block::limits::MAX_COMPARE_AND_WRITE;
 }
 
 #[test]
