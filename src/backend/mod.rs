@@ -4,6 +4,8 @@
 //! and range-checks every request before it reaches a backend, so backends only re-check
 //! bounds defensively.
 
+#![forbid(unsafe_code)]
+
 mod file;
 mod ram;
 

@@ -353,7 +353,7 @@ pub(super) fn plan<'a>(
         op::SYNCHRONIZE_CACHE_10 => plan_sync(lu, u64::from(cdb.be32(2)), u64::from(cdb.be16(7))),
         op::SYNCHRONIZE_CACHE_16 => plan_sync(lu, cdb.be64(2), u64::from(cdb.be32(10))),
         op::UNMAP => plan_unmap(lu, cdb, data_out),
-        op::WRITE_SAME_10 | op::WRITE_SAME_16 => plan_write_same(lu, cdb, data_out),
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => plan_write_same(lu, cdb, req),
         op::COMPARE_AND_WRITE => plan_compare_and_write(lu, cdb, req),
         _ => Err(Sense::new(
             sense::ILLEGAL_REQUEST,
@@ -503,7 +503,14 @@ fn plan_unmap<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> CmdResu
 }
 
 /// WRITE SAME(10/16), with UNMAP and (16 only) NDOB. WSNZ=1: zero blocks is rejected.
-fn plan_write_same<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> CmdResult<Plan<'a>> {
+/// Unless NDOB, the expected transfer length must be exactly one block:
+/// libiscsi's test_writesame10_invalid_dataout_size.c requires failure for half a block
+/// and for two blocks, reported here as INVALID FIELD IN CDB.
+fn plan_write_same<'a>(
+    lu: &LogicalUnit,
+    cdb: Cdb<'_>,
+    req: &ScsiRequest<'a>,
+) -> CmdResult<Plan<'a>> {
     let ws16 = cdb.opcode() == op::WRITE_SAME_16;
     let flags = cdb.byte(1);
     let (lba, blocks, len_at) = if ws16 {
@@ -532,7 +539,10 @@ fn plan_write_same<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> Cm
     let (pattern, data_out_length) = if ndob {
         (None, 0)
     } else {
-        let block = data_out.get(..bs as usize).ok_or_else(short_data_out)?;
+        if u64::from(req.expected_transfer_length) != bs {
+            return Err(Sense::invalid_cdb_field(len_at, None));
+        }
+        let block = req.data_out.get(..bs as usize).ok_or_else(short_data_out)?;
         (Some(block), lu.params().block_size)
     };
     Ok(Plan::Io {

@@ -7,6 +7,8 @@
 //! threads). Every failure is sense data, never a panic: CDB fields are read through
 //! bounds-safe accessors and all LBA arithmetic is checked.
 
+#![forbid(unsafe_code)]
+
 mod block;
 mod cdb;
 mod inquiry;

@@ -133,7 +133,7 @@ fn vpd_pages() {
     let b0 = vpd(0xB0);
     assert_eq!(b0.len(), 64);
     assert_eq!(b0[4] & 1, 1, "WSNZ");
-    assert_eq!(b0[5], limits_for_test::MAX_CAW);
+    assert_eq!(b0[5], super::block::limits::MAX_COMPARE_AND_WRITE);
     let be32 = |at: usize| u32::from_be_bytes([b0[at], b0[at + 1], b0[at + 2], b0[at + 3]]);
     assert_eq!(be32(8), (8 << 20) / 512);
     assert!(be32(12) > 0);
@@ -153,10 +153,6 @@ fn vpd_pages() {
     );
     // Allocation length is honoured.
     assert_eq!(exec(&lu, &inquiry(true, 0xB0, 16), &[]).data_in.len(), 16);
-}
-
-mod limits_for_test {
-    pub const MAX_CAW: u8 = super::super::block::limits::MAX_COMPARE_AND_WRITE;
 }
 
 #[test]
@@ -539,6 +535,19 @@ fn write_same() {
     assert_good(&o);
     assert_eq!(o.data_out_length, 0);
     assert!(read_blocks(&lu, 100, 2).iter().all(|&b| b == 0));
+    // Data-Out must be exactly one block.
+    let two = [pattern.clone(), pattern.clone()].concat();
+    assert_check(
+        &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &two),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
+    // Zero blocks past the end is out of range, not a WSNZ violation.
+    assert_check(
+        &exec(&lu, &[0x41, 0, 0, 0, 0x04, 0x01, 0, 0, 0, 0], &pattern),
+        ILLEGAL_REQUEST,
+        LBA_OUT_OF_RANGE,
+    );
     // Errors: zero blocks (WSNZ), beyond the end, ANCHOR, missing data.
     assert_check(
         &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0], &pattern),
@@ -558,7 +567,7 @@ fn write_same() {
     assert_check(
         &exec(&lu, &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &pattern[..100]),
         ILLEGAL_REQUEST,
-        INVALID_FIELD_IN_CIU,
+        INVALID_FIELD_IN_CDB,
     );
 }
 
