@@ -577,16 +577,19 @@ fn plan_compare_and_write<'a>(
         return Err(Sense::invalid_cdb_field(13, None));
     }
     lu.check_range(lba, u64::from(blocks))?;
+    let half = lu.bytes(u64::from(blocks))? as usize;
+    let bad_length = || Sense::invalid_cdb_field(13, None);
+    // The Data-Out must be exactly both halves, even for 0 blocks: libiscsi's
+    // test_compareandwrite_simple.c sends "256 blocks" (byte 13 wraps to 0) with 256 blocks of
+    // data and expects INVALID FIELD IN CDB; LIO checks the length the same way.
+    if req.expected_transfer_length as usize != 2 * half {
+        return Err(bad_length());
+    }
     if blocks == 0 {
         return Ok(Plan::Done(ScsiOutcome::good()));
     }
     if lu.params().read_only {
         return Err(write_protected());
-    }
-    let half = lu.bytes(u64::from(blocks))? as usize;
-    let bad_length = || Sense::invalid_cdb_field(13, None);
-    if req.expected_transfer_length as usize != 2 * half {
-        return Err(bad_length());
     }
     let data = req.data_out.get(..2 * half).ok_or_else(bad_length)?;
     let (compare, write) = data.split_at(half);

@@ -16,9 +16,9 @@ mod mode;
 mod opcodes;
 pub mod sense;
 
-pub use block::{finish, run, BlockReply, BlockRequest};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::MAX_TRANSFER_BYTES;
+pub use block::{finish, run, BlockReply, BlockRequest};
 
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;

@@ -600,6 +600,12 @@ fn compare_and_write() {
     assert_eq!(read_blocks(&lu, 5, 2), vec![b'b'; 1024]);
     // Limits and short data.
     assert_good(&exec(&lu, &caw_cdb(5, 0), &[]));
+    // libiscsi's "256 blocks" wraps byte 13 to 0 but still sends data: a length mismatch.
+    assert_check(
+        &exec(&lu, &caw_cdb(5, 0), &buf[..1024]),
+        ILLEGAL_REQUEST,
+        INVALID_FIELD_IN_CDB,
+    );
     assert_check(
         &exec(&lu, &caw_cdb(63, 2), &buf),
         ILLEGAL_REQUEST,
