@@ -11,7 +11,10 @@ use iser_target::config::Config;
 use iser_target::server::Server;
 
 #[derive(Parser)]
-#[command(version, about = "An iSCSI target for block devices, files and RAM disks")]
+#[command(
+    version,
+    about = "An iSCSI target for block devices, files and RAM disks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

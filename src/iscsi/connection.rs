@@ -265,6 +265,8 @@ struct R2tWindow {
     offset: u32,
     length: u32,
     received: u32,
+    /// Data-Out PDUs received for this R2T: the DataSN the next one must carry.
+    next_data_sn: u32,
 }
 
 #[derive(Debug)]
@@ -282,6 +284,8 @@ struct Task {
     state: TaskState,
     /// Unsolicited Data-Out may still arrive (no F bit yet on the unsolicited sequence).
     unsolicited_open: bool,
+    /// DataSN the next unsolicited Data-Out must carry.
+    unsolicited_data_sn: u32,
     next_r2t_offset: u32,
     r2t_sn: u32,
     r2ts: Vec<R2tWindow>,
@@ -741,6 +745,7 @@ impl Connection {
             write,
             state: TaskState::AwaitingData,
             unsolicited_open,
+            unsolicited_data_sn: 0,
             next_r2t_offset: received,
             r2t_sn: 0,
             r2ts: Vec::new(),
@@ -787,6 +792,7 @@ impl Connection {
                     offset,
                     length,
                     received: 0,
+                    next_data_sn: 0,
                 });
             }
             let header = Header::ReadyToTransfer(ReadyToTransfer {
@@ -823,28 +829,41 @@ impl Connection {
         let offset = h.buffer_offset;
         let in_order = offset == task.data_out.len() as u32;
         let end = offset.checked_add(len);
+        // DataSN counts the PDUs of each sequence from 0 (RFC 7143 §11.7.5).
         let valid = if h.ttt == RESERVED_TAG {
-            task.unsolicited_open
+            let ok = task.unsolicited_open
                 && in_order
-                && end.is_some_and(|e| e <= task.expected_length.min(first_burst))
+                && h.data_sn == task.unsolicited_data_sn
+                && end.is_some_and(|e| e <= task.expected_length.min(first_burst));
+            if ok {
+                task.unsolicited_data_sn += 1;
+            }
+            ok
         } else if let Some(window) = task.r2ts.iter_mut().find(|w| w.ttt == h.ttt) {
             let ok = in_order
+                && h.data_sn == window.next_data_sn
                 && offset >= window.offset
                 && end.is_some_and(|e| e <= window.offset + window.length);
             if ok {
                 window.received += len;
+                window.next_data_sn += 1;
             }
             ok
         } else {
             false
         };
         if !valid {
+            // At ErrorRecoveryLevel 0 a Data-Out sequence error cannot be recovered: reject the
+            // PDU and drop the connection, as LIO does (iscsit_dataout_check_datasn); the
+            // initiator reinstates the session and retries the command.
             log::warn!(
-                "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x}",
+                "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x} DataSN {}",
                 h.itt,
-                h.ttt
+                h.ttt,
+                h.data_sn
             );
-            self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);
+            self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
+            self.close(CloseReason::ProtocolError("Data-Out sequence error".into()));
             return;
         }
         task.data_out.extend_from_slice(&pdu.data);
@@ -1016,12 +1035,15 @@ impl Connection {
         write: bool,
         exp_data_sn: u32,
     ) {
-        let wanted = if write {
+        // A data-out command is judged by the Data-Out its CDB calls for, even when the initiator
+        // cleared the W bit because EDTL is 0 (libiscsi's Write10Residuals: overflow of 512).
+        let data_out = write || outcome.data_out_length > 0;
+        let wanted = if data_out {
             outcome.data_out_length as u64
         } else {
             outcome.data_in.len() as u64
         };
-        let (overflow, underflow, residual) = if outcome.status == 0 || write || wanted > 0 {
+        let (overflow, underflow, residual) = if outcome.status == 0 || data_out || wanted > 0 {
             residual(wanted, edtl)
         } else {
             (false, false, 0)

@@ -21,7 +21,11 @@ pub struct IoWorkers {
 
 impl IoWorkers {
     /// Starts `count` workers for `target`, reporting to `sink`.
-    pub fn start(count: usize, target: Arc<ScsiTarget>, sink: CompletionSink) -> std::io::Result<Self> {
+    pub fn start(
+        count: usize,
+        target: Arc<ScsiTarget>,
+        sink: CompletionSink,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<ScsiTask>();
         let mut threads = Vec::with_capacity(count);
         for index in 0..count.max(1) {

@@ -263,7 +263,8 @@ impl Server {
         let mut local_addrs = Vec::new();
         for portal in &config.portals {
             let addr = SocketAddr::new(portal.address, portal.port);
-            let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            let listener =
+                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
             listener.set_nonblocking(true)?;
             local_addrs.push(listener.local_addr()?);
             log::info!("listening on {addr} (tcp)");

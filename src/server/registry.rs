@@ -191,22 +191,30 @@ mod tests {
     #[test]
     fn allocates_distinct_tsihs_and_enforces_the_limit() {
         let registry = SessionRegistry::new(2, Duration::from_millis(50));
-        let a = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
-        let b = registry.bind(&request(2), Some("t"), Arc::new(Counter::default())).unwrap();
+        let a = registry
+            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
+        let b = registry
+            .bind(&request(2), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
         assert_ne!(a.tsih(), b.tsih());
         assert!(matches!(
             registry.bind(&request(3), Some("t"), Arc::new(Counter::default())),
             Err(LoginStatus::OUT_OF_RESOURCES)
         ));
         drop(a);
-        assert!(registry.bind(&request(3), Some("t"), Arc::new(Counter::default())).is_ok());
+        assert!(registry
+            .bind(&request(3), Some("t"), Arc::new(Counter::default()))
+            .is_ok());
     }
 
     #[test]
     fn reinstatement_shuts_down_the_old_session_first() {
         let registry = SessionRegistry::new(8, Duration::from_secs(5));
         let old_control = Arc::new(Counter::default());
-        let old = registry.bind(&request(1), Some("t"), old_control.clone()).unwrap();
+        let old = registry
+            .bind(&request(1), Some("t"), old_control.clone())
+            .unwrap();
         let releaser = std::thread::spawn(move || {
             while old_control.0.load(Ordering::SeqCst) == 0 {
                 std::thread::sleep(Duration::from_millis(5));
@@ -222,7 +230,9 @@ mod tests {
     #[test]
     fn reinstatement_times_out_with_a_retry_status() {
         let registry = SessionRegistry::new(8, Duration::from_millis(30));
-        let _stuck = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
+        let _stuck = registry
+            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
         assert!(matches!(
             registry.bind(&request(1), Some("t"), Arc::new(Counter::default())),
             Err(LoginStatus::SERVICE_UNAVAILABLE)
@@ -232,7 +242,9 @@ mod tests {
     #[test]
     fn nonzero_tsih_is_refused() {
         let registry = SessionRegistry::new(8, Duration::from_millis(30));
-        let a = registry.bind(&request(1), Some("t"), Arc::new(Counter::default())).unwrap();
+        let a = registry
+            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
         let mut join = request(1);
         join.tsih = a.tsih();
         assert!(matches!(

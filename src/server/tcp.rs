@@ -57,7 +57,10 @@ pub(super) fn spawn_listener(
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 // Wake up periodically to notice shutdown without a self-connect trick.
-                let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let mut fds = [nix::poll::PollFd::new(
+                    listener.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
                 match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
                     Ok(0) => continue,
                     Ok(_) => {}
@@ -134,7 +137,12 @@ struct Driver {
     closed: bool,
 }
 
-fn serve_connection(stream: TcpStream, peer: SocketAddr, core: Arc<CoreConfig>, shared: Arc<Shared>) {
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: Arc<CoreConfig>,
+    shared: Arc<Shared>,
+) {
     let (events, inbox) = crossbeam_channel::unbounded();
     let _registration = ConnectionSet::register(&shared.connections, events.clone());
     if let Err(e) = run_connection(stream, peer, core, shared, events, inbox) {
@@ -251,9 +259,7 @@ impl Driver {
                     self.settings = settings;
                 }
                 Action::BindSession(request) => {
-                    let target_name = request
-                        .target
-                        .map(|t| self.shared.targets[t].name.clone());
+                    let target_name = request.target.map(|t| self.shared.targets[t].name.clone());
                     let control = Arc::new(ChannelControl(self.events.clone()));
                     let result = self
                         .shared
@@ -264,9 +270,10 @@ impl Driver {
                 }
                 Action::Execute(task) => match &self.workers {
                     Some(workers) => workers.submit(task),
-                    None => self
-                        .conn
-                        .handle_scsi_complete(task.id, ScsiOutcome::check_condition(0x04, 0x44, 0x00)),
+                    None => self.conn.handle_scsi_complete(
+                        task.id,
+                        ScsiOutcome::check_condition(0x04, 0x44, 0x00),
+                    ),
                 },
                 Action::Close(reason) => {
                     self.flush(&mut out);
