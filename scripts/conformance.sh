@@ -145,7 +145,8 @@ if [[ $status == completed ]]; then
 fi
 
 # Parse the CUnit basic-mode log: "Suite: S", "  Test: T ...", optional log
-# lines, then "passed" or "FAILED" (possibly on the test line itself).
+# lines (indented), then "passed" or "FAILED" at the start of a line or right
+# after the " ...".
 parse() {
     awk -v list="$suites" '
     # The FAMILY.Suite list in run order.
@@ -171,13 +172,16 @@ parse() {
         i = index(line, " ...")
         cur = suite "." substr(line, 1, i - 1)
         rest = substr(line, i + 4)
-        skip = (rest ~ /\[SKIPPED\]/)
-        if (rest ~ /passed$/ && rest !~ /\[/) { finish("passed") }
-        else if (rest ~ /FAILED$/ && rest !~ /\[/) { finish("FAILED") }
+        skip = 0
+        # CUnit prints the result right after " ..." with no newline, so log
+        # text of the next setup/teardown may follow it on the same line.
+        if (rest ~ /^passed/) finish("passed")
+        else if (rest ~ /^FAILED/) finish("FAILED")
+        else skip = (rest ~ /\[SKIPPED\]/)
         next
     }
-    cur != "" && /^passed$/ { finish("passed"); next }
-    cur != "" && /^FAILED$/ { finish("FAILED"); next }
+    cur != "" && /^passed/ { finish("passed"); next }
+    cur != "" && /^FAILED/ { finish("FAILED"); next }
     cur != "" && /\[SKIPPED\]/ { skip = 1 }
     cur != "" && /^Run Summary:/ { cur = "" }
     END { if (cur != "") print "inprogress=" cur }
