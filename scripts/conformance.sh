@@ -35,8 +35,10 @@
 # "LUN is too big" for >2^31 blocks; those still count as passed.)
 #
 # Exit status: 0 suite completed (failures allowed) and target still reachable;
-# 1 usage or tool error; 2 hang (stall or timeout); 3 target not reachable
-# after the run (crash?) or iscsi-test-cu died; 4 fewer passes than --min-pass.
+# 1 usage or tool error; 2 hang (stall or timeout) of a target that still
+# accepts connections; 3 target not reachable after the run (status
+# target-down: crashed?) or iscsi-test-cu died without a summary (status
+# crashed); 4 fewer passes than --min-pass.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 1; }
@@ -156,6 +158,7 @@ parse() {
         if (result == "FAILED") print "failing=" cur
         else if (skip) print "skipped=" cur
         else print "passed=" cur
+        last = cur
         cur = ""
     }
     /^Suite: / {
@@ -184,7 +187,10 @@ parse() {
     cur != "" && /^FAILED/ { finish("FAILED"); next }
     cur != "" && /\[SKIPPED\]/ { skip = 1 }
     cur != "" && /^Run Summary:/ { cur = "" }
-    END { if (cur != "") print "inprogress=" cur }
+    END {
+        if (cur != "") print "inprogress=" cur
+        else if (last != "") print "inprogress=(between tests, after " last ")"
+    }
     ' "$log"
 }
 results=$(parse)
@@ -214,9 +220,14 @@ if row=$(grep -E '^ +tests +[0-9]+' "$log"); then
     passed=$(( c_passed - skipped ))
 fi
 
-if [[ $status == completed ]] && ! portal_up; then
+# A dead target often looks like a hang (libiscsi keeps reconnecting), so
+# check the portal whatever happened.
+if ! portal_up; then
     status=target-down
-    echo "conformance.sh: target no longer accepts connections on $host:$port" >&2
+    echo "conformance.sh: target no longer accepts connections on $host:$port (crashed?)" >&2
+fi
+if [[ $status == completed ]]; then
+    hung_test=
 fi
 
 {
