@@ -23,8 +23,10 @@ iqn=iqn.2026-11.io.iser-target:tgt-baseline
 
 if ! command -v tgtd >/dev/null || ! command -v iscsi-test-cu >/dev/null; then
     echo "tgt-baseline.sh: installing tgt and libiscsi-bin" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tgt libiscsi-bin >/dev/null
+    # Wait for the dpkg lock rather than fail if another install is running.
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 \
+        install -y -qq --no-install-recommends tgt libiscsi-bin >/dev/null
 fi
 
 mkdir -p "$out"
