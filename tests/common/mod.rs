@@ -1,0 +1,449 @@
+//! Helpers for whole-binary tests: run `iser-target serve` on a free port of
+//! 127.0.0.1 and drive it with libiscsi's command-line initiators.
+//!
+//! Interface assumed of the binary:
+//! - `iser-target serve --config FILE` serves until SIGINT/SIGTERM and exits 0
+//!   after a clean shutdown;
+//! - `iser-target check-config FILE` exits 0 if FILE is valid, non-zero with a
+//!   message naming the bad field on stderr otherwise.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long the server may take to accept TCP connections after spawn.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the server may take to exit after SIGTERM/SIGINT.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the binary under test, built by cargo for integration tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_iser-target")
+}
+
+/// Root of the crate (where `scripts/` and `config/` live).
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// True if `tool` is an executable on PATH.
+pub fn have_tool(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let p = dir.join(tool);
+            p.is_file()
+                && fs::metadata(&p).is_ok_and(|m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o111 != 0
+                })
+        })
+    })
+}
+
+/// Returns from the calling test, loudly, if any of the external tools is
+/// missing (scripts/test.sh installs them; a bare `cargo test` may not have).
+#[macro_export]
+macro_rules! require_tools {
+    ($($tool:expr),+ $(,)?) => {
+        for tool in [$($tool),+] {
+            if !$crate::common::have_tool(tool) {
+                eprintln!(
+                    "SKIPPED {}: `{}` is not installed (apt-get install libiscsi-bin; \
+                     scripts/test.sh does this)",
+                    module_path!(),
+                    tool
+                );
+                return;
+            }
+        }
+    };
+}
+
+/// A scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh, uniquely named directory.
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "iser-target-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released, so a small race remains).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Where a LUN's blocks live.
+#[derive(Clone, Debug)]
+pub enum Backing {
+    /// `{ type: ram, size }`, size like "64M".
+    Ram { size: String },
+    /// `{ type: file, path, size, create: true }`; a relative path is put in
+    /// the server's temp dir.
+    File { path: PathBuf, size: String },
+}
+
+/// One LUN of a target.
+#[derive(Clone, Debug)]
+pub struct LunSpec {
+    pub id: u64,
+    pub backing: Backing,
+}
+
+impl LunSpec {
+    pub fn ram(id: u64, size: &str) -> LunSpec {
+        LunSpec {
+            id,
+            backing: Backing::Ram { size: size.into() },
+        }
+    }
+
+    pub fn file(id: u64, file_name: &str, size: &str) -> LunSpec {
+        LunSpec {
+            id,
+            backing: Backing::File {
+                path: file_name.into(),
+                size: size.into(),
+            },
+        }
+    }
+}
+
+/// One target of the generated config.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub name: String,
+    /// Empty means anyone may log in.
+    pub allowed_initiators: Vec<String>,
+    pub luns: Vec<LunSpec>,
+}
+
+impl TargetSpec {
+    pub fn new(name: &str, luns: Vec<LunSpec>) -> TargetSpec {
+        TargetSpec {
+            name: name.into(),
+            allowed_initiators: Vec::new(),
+            luns,
+        }
+    }
+
+    pub fn allow(mut self, initiator: &str) -> TargetSpec {
+        self.allowed_initiators.push(initiator.into());
+        self
+    }
+}
+
+/// Renders the YAML config for `targets` served on 127.0.0.1:`port`.
+pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
+    let mut y = String::new();
+    writeln!(y, "portals:").unwrap();
+    writeln!(y, "  - address: 127.0.0.1").unwrap();
+    writeln!(y, "    port: {port}").unwrap();
+    writeln!(y, "    transport: tcp").unwrap();
+    writeln!(y, "targets:").unwrap();
+    for t in targets {
+        writeln!(y, "  - name: {}", t.name).unwrap();
+        if t.allowed_initiators.is_empty() {
+            writeln!(y, "    allowed_initiators: []").unwrap();
+        } else {
+            writeln!(y, "    allowed_initiators:").unwrap();
+            for i in &t.allowed_initiators {
+                writeln!(y, "      - {i}").unwrap();
+            }
+        }
+        writeln!(y, "    luns:").unwrap();
+        for l in &t.luns {
+            writeln!(y, "      - id: {}", l.id).unwrap();
+            match &l.backing {
+                Backing::Ram { size } => {
+                    writeln!(y, "        backing: {{ type: ram, size: {size} }}").unwrap()
+                }
+                Backing::File { path, size } => {
+                    let path = dir.join(path);
+                    writeln!(
+                        y,
+                        "        backing: {{ type: file, path: {}, size: {size}, create: true }}",
+                        path.display()
+                    )
+                    .unwrap();
+                    writeln!(y, "        write_cache: false").unwrap();
+                }
+            }
+        }
+    }
+    writeln!(y, "limits: {{ queue_depth: 64 }}").unwrap();
+    y
+}
+
+/// A running `iser-target serve`. Dropping it sends SIGTERM and fails the
+/// test unless the server exits 0 within [`SHUTDOWN_TIMEOUT`].
+pub struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Server {
+    /// Serves `targets` on a free port of 127.0.0.1 and waits until it accepts
+    /// TCP connections.
+    pub fn start(targets: &[TargetSpec]) -> Server {
+        let dir = TempDir::new("serve");
+        let port = free_port();
+        let config = render_config(port, targets, dir.path());
+        let config_path = dir.path().join("config.yaml");
+        fs::write(&config_path, &config).expect("write config");
+        let log_path = dir.path().join("server.log");
+        let log = fs::File::create(&log_path).expect("create server log");
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn iser-target");
+        let mut server = Server {
+            child: Some(child),
+            port,
+            dir,
+            config_path,
+            log_path,
+        };
+        server.wait_until_listening(&config);
+        server
+    }
+
+    fn wait_until_listening(&mut self, config: &str) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
+                self.child = None;
+                panic!(
+                    "iser-target exited ({status}) before listening on {addr}\n\
+                     --- config ---\n{config}--- server output ---\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                let child = self.child.take().unwrap();
+                let _ = kill_hard(child);
+                panic!(
+                    "iser-target not listening on {addr} after {STARTUP_TIMEOUT:?}\n\
+                     --- config ---\n{config}--- server output ---\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("server already stopped")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `iscsi://127.0.0.1:PORT` (the discovery URL).
+    pub fn portal_url(&self) -> String {
+        format!("iscsi://127.0.0.1:{}", self.port)
+    }
+
+    /// `iscsi://127.0.0.1:PORT/TARGET/LUN`.
+    pub fn lun_url(&self, target: &str, lun: u64) -> String {
+        format!("iscsi://127.0.0.1:{}/{target}/{lun}", self.port)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The server's temp dir (holds config, log and file LUNs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Panics (with the server's output) if the server has exited: a crash.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
+            self.child = None;
+            panic!(
+                "iser-target died ({status}) while serving\n--- server output ---\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Sends `signal` and returns the exit status; panics if the server does
+    /// not exit within [`SHUTDOWN_TIMEOUT`] (a hang).
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        self.assert_alive();
+        let mut child = self.child.take().expect("server already stopped");
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, signal).expect("signal iser-target");
+        match wait_timeout(&mut child, SHUTDOWN_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = kill_hard(child);
+                panic!(
+                    "iser-target still running {SHUTDOWN_TIMEOUT:?} after {signal}\n\
+                     --- server output ---\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit (status 0).
+    pub fn stop(mut self) {
+        self.stop_and_check(Signal::SIGTERM);
+    }
+
+    fn stop_and_check(&mut self, signal: Signal) {
+        let status = self.stop_with(signal);
+        assert!(
+            status.success(),
+            "iser-target exited with {status} after {signal}, want 0\n--- server output ---\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if thread::panicking() {
+            // The test already failed; just don't leak the process.
+            let _ = kill_hard(self.child.take().unwrap());
+            return;
+        }
+        self.stop_and_check(Signal::SIGTERM);
+    }
+}
+
+fn kill_hard(mut child: Child) -> std::io::Result<ExitStatus> {
+    let _ = child.kill();
+    child.wait()
+}
+
+/// Waits for `child` up to `timeout`; None if it is still running.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to completion with captured output; panics if it takes longer
+/// than `timeout` (the target under test hung).
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let Some(status) = wait_timeout(&mut child, timeout) else {
+        let _ = kill_hard(child);
+        panic!("{shown} did not finish within {timeout:?}: target hung?");
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Runs `cmd` and returns its stdout, panicking with both streams unless it
+/// exits 0 within `timeout`.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd, timeout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed ({})\n--- stdout ---\n{stdout}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Parses `key=value` lines (as in scripts/conformance.sh's summary.txt);
+/// repeated keys keep every value in order.
+pub fn parse_summary(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
