@@ -853,9 +853,11 @@ impl Connection {
             false
         };
         if !valid {
-            // At ErrorRecoveryLevel 0 a Data-Out sequence error cannot be recovered: reject the
-            // PDU and drop the connection, as LIO does (iscsit_dataout_check_datasn); the
-            // initiator reinstates the session and retries the command.
+            // At ErrorRecoveryLevel 0 a Data-Out sequence error cannot be recovered within the
+            // task: reject the PDU and end the task with ABORTED COMMAND / DATA PHASE ERROR, so
+            // the initiator retries it. The session goes on; later Data-Out for this ITT is
+            // dropped as unknown. (Dropping the connection instead, as LIO does, crashes
+            // libiscsi 1.19's iscsi-test-cu in iSCSIDataSnInvalid.)
             log::warn!(
                 "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x} DataSN {}",
                 h.itt,
@@ -863,7 +865,10 @@ impl Connection {
                 h.data_sn
             );
             self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
-            self.close(CloseReason::ProtocolError("Data-Out sequence error".into()));
+            let task = self.tasks.remove(&id).expect("found above");
+            let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
+            self.send_scsi_response(task.itt, &outcome, task.expected_length, true, 0);
+            self.schedule();
             return;
         }
         task.data_out.extend_from_slice(&pdu.data);

@@ -127,9 +127,29 @@ pub enum TaskAttr {
     Aca,
 }
 
+/// The initiator side of an I_T nexus: who sent a command. Reservations are held per nexus.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nexus {
+    /// iSCSI initiator name (as given at login).
+    pub initiator_name: String,
+    /// Initiator session ID: with the name it identifies the initiator port.
+    pub isid: [u8; 6],
+}
+
+impl Nexus {
+    /// The iSCSI initiator port name (RFC 7143 §4.2.7.2): `name,i,0x<ISID>`, used in
+    /// TransportIDs.
+    pub fn initiator_port(&self) -> String {
+        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{},i,0x{isid}", self.initiator_name)
+    }
+}
+
 /// One SCSI command as delivered by the iSCSI layer.
 #[derive(Debug, Clone, Copy)]
 pub struct ScsiRequest<'a> {
+    /// The I_T nexus the command arrived on.
+    pub nexus: &'a Nexus,
     /// Decoded LUN number (`u64::MAX` when the 8-byte LUN field was undecodable).
     pub lun: u64,
     /// The CDB (16 bytes from the BHS plus any extended CDB AHS); may carry trailing bytes.

@@ -24,9 +24,16 @@ pub fn ram_lu(blocks: u64, block_size: u32) -> Arc<LogicalUnit> {
     Arc::new(LogicalUnit::new(params(0, block_size), be))
 }
 
+/// The nexus unit tests send from.
+pub static TEST_NEXUS: std::sync::LazyLock<Nexus> = std::sync::LazyLock::new(|| Nexus {
+    initiator_name: "iqn.2026-11.test:initiator".into(),
+    isid: [0x00, 0x02, 0x3d, 0, 0, 1],
+});
+
 /// A request to LUN `lun` with Data-Out.
 pub fn req<'a>(lun: u64, cdb: &'a [u8], data_out: &'a [u8]) -> ScsiRequest<'a> {
     ScsiRequest {
+        nexus: &TEST_NEXUS,
         lun,
         cdb,
         data_out,

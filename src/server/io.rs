@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::iscsi::{ScsiTask, TaskId};
-use crate::scsi::{ScsiOutcome, ScsiRequest, ScsiTarget};
+use crate::scsi::{Nexus, ScsiOutcome, ScsiRequest, ScsiTarget};
 
 /// Where finished commands are reported (the connection's event queue).
 pub type CompletionSink = Arc<dyn Fn(TaskId, ScsiOutcome) + Send + Sync>;
@@ -20,10 +20,11 @@ pub struct IoWorkers {
 }
 
 impl IoWorkers {
-    /// Starts `count` workers for `target`, reporting to `sink`.
+    /// Starts `count` workers running commands from `nexus` on `target`, reporting to `sink`.
     pub fn start(
         count: usize,
         target: Arc<ScsiTarget>,
+        nexus: Arc<Nexus>,
         sink: CompletionSink,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<ScsiTask>();
@@ -32,11 +33,13 @@ impl IoWorkers {
             let queue: Receiver<ScsiTask> = queue.clone();
             let target = Arc::clone(&target);
             let sink = Arc::clone(&sink);
+            let nexus = Arc::clone(&nexus);
             let handle = std::thread::Builder::new()
                 .name(format!("io-worker-{index}"))
                 .spawn(move || {
                     for task in queue {
                         let outcome = target.execute(&ScsiRequest {
+                            nexus: &nexus,
                             lun: task.lun,
                             cdb: &task.cdb,
                             data_out: &task.data_out,

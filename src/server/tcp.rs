@@ -20,7 +20,7 @@ use super::registry::{SessionControl, SessionGuard};
 use super::{ConnectionSet, Shared};
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::{Action, CloseReason, Connection, CoreConfig, TaskId};
-use crate::scsi::ScsiOutcome;
+use crate::scsi::{Nexus, ScsiOutcome};
 
 /// A send that cannot make progress for this long means the initiator is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -304,7 +304,11 @@ impl Driver {
                 let _ = events.send(Event::Completed(id, outcome));
             });
             let scsi = Arc::clone(&self.shared.scsi_targets[target]);
-            match IoWorkers::start(WORKERS_PER_SESSION, scsi, sink) {
+            let nexus = Arc::new(Nexus {
+                initiator_name: request.initiator_name.clone(),
+                isid: request.isid,
+            });
+            match IoWorkers::start(WORKERS_PER_SESSION, scsi, nexus, sink) {
                 Ok(workers) => self.workers = Some(workers),
                 Err(e) => {
                     log::error!("cannot start I/O workers: {e}");
