@@ -179,7 +179,11 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
                 naa_id: lun.identifier,
                 vendor: "ISERTGT".into(),
                 product: "iser-target".into(),
-                revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
+                revision: format!(
+                    "{}.{}",
+                    env!("CARGO_PKG_VERSION_MAJOR"),
+                    env!("CARGO_PKG_VERSION_MINOR")
+                ),
             };
             log::info!(
                 "{} LUN {}: {} backend, {} bytes{}",

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this). Installs what it needs.
+#
+#   1. style gates: cargo fmt --check, cargo clippy -D warnings
+#   2. unit tests of every layer (debug build: overflow checks on)
+#   3. whole-binary tests against libiscsi's initiators over 127.0.0.1, including
+#      iscsi-test-cu on a RAM LUN and a file LUN (release build)
+#   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
+#      initiator in a QEMU guest
+#
+# Environment: SKIP_VM=1 skips tier 4 (says so loudly); everything else always runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n=== %s\n' "$*"; }
+
+# --- packages -------------------------------------------------------------------
+need_pkgs=()
+for pkg in libiscsi-bin pkg-config; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
+done
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]}"
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    # Another apt may hold the lock on shared machines; wait for it rather than fail.
+    $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need_pkgs[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+
+# --- tier 1: style --------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# --- tier 2: unit tests ---------------------------------------------------------
+log "unit tests"
+cargo test --workspace --lib --bins
+
+# --- tier 3: whole-binary tests against real initiators -------------------------
+log "whole-binary tests (libiscsi over TCP on 127.0.0.1)"
+cargo test --release --test libiscsi -- --test-threads=2
+
+# --- tier 4: SoftRoCE VM ----------------------------------------------------------
+if [[ ${SKIP_VM:-0} == 1 ]]; then
+    echo "SKIPPED: SoftRoCE VM tier (SKIP_VM=1)" >&2
+else
+    log "SoftRoCE VM self-test (LIO ib_isert + open-iscsi iser in a QEMU guest)"
+    set +e
+    scripts/softroce-vm.sh --selftest
+    status=$?
+    set -e
+    if [[ $status -eq 77 ]]; then
+        echo "SKIPPED: this machine cannot run the QEMU guest (see the SKIP line above)" >&2
+    elif [[ $status -ne 0 ]]; then
+        echo "SoftRoCE VM self-test failed with status $status" >&2
+        exit "$status"
+    fi
+fi
+
+log "all tests passed"
