@@ -15,8 +15,11 @@ pub(crate) mod limits {
     /// Largest range one UNMAP descriptor may cover, in bytes.
     /// (512 MiB: at 512-byte blocks exactly the 1 Mi-block ceiling libiscsi accepts.)
     pub const MAX_UNMAP_BYTES: u32 = 512 << 20;
-    /// Largest WRITE SAME range, in bytes.
-    pub const MAX_WRITE_SAME_BYTES: u32 = 1 << 30;
+    /// Largest WRITE SAME range, in bytes: the same 8 MiB per-command bound as a transfer, so
+    /// one command cannot keep a worker writing zeroes for seconds. (With 1 GiB, libiscsi's
+    /// WriteSame16.Unmap also writes 65536 blocks in one WRITE(16) first, beyond our transfer
+    /// limit; with a smaller limit it checks that 65536 blocks are refused instead.)
+    pub const MAX_WRITE_SAME_BYTES: u32 = MAX_TRANSFER_BYTES;
     /// Most block descriptors accepted in one UNMAP parameter list.
     pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
     /// Most blocks in one COMPARE AND WRITE (VPD B0h byte 5).
