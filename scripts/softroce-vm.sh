@@ -7,6 +7,8 @@
 #   scripts/softroce-vm.sh --selftest               prove the environment works
 #   scripts/softroce-vm.sh -c 'CMDS'                run bash -c CMDS in the guest
 #                                                   (scripts/guest/lib.sh sourced)
+#   scripts/softroce-vm.sh --shell                  interactive bash on the guest console
+#                                                   (lib.sh sourced; `exit` ends the VM)
 #   scripts/softroce-vm.sh --check                  only detect whether the VM can run
 #
 # Exit status: the guest script's exit status; 124 if the hard timeout fired;
@@ -38,6 +40,7 @@ TIMEOUT="${SOFTROCE_VM_TIMEOUT:-600}"
 MEM="${SOFTROCE_VM_MEM:-2048}"
 SMP="${SOFTROCE_VM_SMP:-2}"
 DEBUG="${SOFTROCE_VM_DEBUG:-0}"
+INTERACTIVE=0
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 CACHE="${SOFTROCE_VM_CACHE:-$TARGET_DIR/softroce-vm}"
@@ -287,16 +290,17 @@ run_guest() {
     write_cmd "$ctl" "$results" "$@"
 
     local append="console=ttyS0 panic=-1 oops=panic softroce_moddir=$KDIR/root/lib/modules/$KVER"
-    append+=" softroce_init=$GUEST_DIR/init.sh softroce_results=$results"
+    append+=" softroce_init=$GUEST_DIR/init.sh softroce_results=$results softroce_interactive=$INTERACTIVE"
     if [[ "$DEBUG" == 1 ]]; then append+=" loglevel=7 softroce_debug=1"; else append+=" quiet loglevel=3"; fi
     # tsc/clocksource: TCG's TSC is unstable; letting the kernel find that out
     # itself costs a "clocksource watchdog" warning on the console.
     append+=" tsc=unstable"
 
+    # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
     local qemu=(qemu-system-x86_64
         -nodefaults -no-user-config -no-reboot
         -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
-        -display none -serial stdio -monitor none
+        -display none -monitor none
         # No network device at all: guest traffic (rxe on dummy0) cannot leave.
         -nic none
         -kernel "$KDIR/root/boot/vmlinuz-$KVER" -initrd "$KDIR/initramfs.cpio.gz"
@@ -310,13 +314,37 @@ run_guest() {
     [[ "$DEBUG" == 1 ]] && log "qemu: ${qemu[*]}"
     log "booting guest (kernel $KVER, timeout ${TIMEOUT}s, results in $results)"
     t0=$SECONDS
-    # stdin from /dev/null: -serial stdio would otherwise put a terminal into
-    # raw mode and forward keystrokes (Ctrl-C) to the guest instead of qemu.
-    # sed -u strips the CR of the guest tty's ONLCR and streams line by line.
-    set +e
-    timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null 2>&1 | sed -u 's/\r$//'
-    qrc=${PIPESTATUS[0]}
-    set -e
+    # `timeout` puts QEMU in its own process group, so a Ctrl-C on the
+    # terminal never reaches QEMU; forward INT/TERM to timeout (which passes
+    # it on to QEMU) so an interrupted run does not leave a guest behind.
+    local interrupted=0 tpid=""
+    trap 'interrupted=1; [[ -n "$tpid" ]] && kill -TERM "$tpid" 2>/dev/null' INT TERM
+    if [[ "$INTERACTIVE" == 1 ]]; then
+        # Interactive: the terminal talks to the guest console directly
+        # (mon:stdio multiplexes the QEMU monitor: Ctrl-A x quits QEMU).
+        timeout -k 10 "$TIMEOUT" "${qemu[@]}" -serial mon:stdio &
+        tpid=$!
+        until wait "$tpid"; qrc=$?; ! kill -0 "$tpid" 2>/dev/null; do :; done
+    else
+        qemu+=(-serial stdio)
+        # stdin from /dev/null: with a terminal on stdin QEMU would put it in
+        # raw mode and forward keystrokes to the guest.  sed -u strips the CR
+        # the guest tty's ONLCR adds and streams line by line.
+        ( timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null 2>&1 &
+          echo $! >"$ctl/timeout.pid"
+          wait $!; echo $? >"$ctl/qemu.rc" ) | sed -u 's/\r$//' &
+        local ppid=$!
+        while [[ ! -s "$ctl/timeout.pid" ]] && kill -0 "$ppid" 2>/dev/null; do sleep 0.05; done
+        tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
+        until wait "$ppid"; ! kill -0 "$ppid" 2>/dev/null; do :; done
+        qrc="$(cat "$ctl/qemu.rc" 2>/dev/null || echo 1)"
+    fi
+    trap - INT TERM
+    if [[ $interrupted == 1 ]]; then
+        log "interrupted; guest killed"
+        rm -rf "$ctl"
+        exit 130
+    fi
     if [[ $qrc == 124 || $qrc == 137 ]]; then
         log "FAIL: guest did not finish within ${TIMEOUT}s (SOFTROCE_VM_TIMEOUT); killed"
         rm -rf "$ctl"
@@ -340,6 +368,7 @@ main() {
         --selftest) mode=selftest; shift ;;
         --check) mode=check; shift ;;
         -c) [[ $# -ge 2 ]] || die "-c needs a command string"; mode=cmd ;;
+        --shell) mode=shell; INTERACTIVE=1 ;;
     esac
     check_platform
     ensure_packages
@@ -350,9 +379,14 @@ main() {
     case "$mode" in
         selftest) run_guest "$GUEST_DIR/selftest.sh" "$@" || rc=$? ;;
         cmd) run_guest bash -c "source $GUEST_DIR/lib.sh; $2" || rc=$? ;;
+        shell) run_guest bash --rcfile "$GUEST_DIR/lib.sh" -i || rc=$? ;;
         run)
             local script="$1"; shift
-            [[ -e "$script" ]] && script="$(readlink -f "$script")"
+            if [[ -e "$script" ]]; then
+                script="$(readlink -f "$script")"
+            elif [[ "$script" == */* ]]; then
+                die "guest script $script not found"
+            fi   # else: a command name, looked up in the guest's PATH
             run_guest "$script" "$@" || rc=$? ;;
     esac
     exit "$rc"

@@ -56,9 +56,14 @@ ulimit -l unlimited
 [[ "$(arg softroce_debug)" == 1 || "${SOFTROCE_VM_DEBUG:-0}" == 1 ]] && set -x
 
 echo "softroce-vm: guest up after $(cut -d' ' -f1 /proc/uptime)s, running command"
-# setsid: give the command a session so that a guest script using job control
-# or `kill 0` does not take PID 1 with it.
-setsid bash /run/softroce/ctl/cmd.sh </dev/null >/dev/console 2>&1 &
+if [[ "$(arg softroce_interactive)" == 1 ]]; then
+    # Interactive (--shell): the console must be the controlling tty, or bash
+    # has no job control and Ctrl-C would hit PID 1 (setsid -c = TIOCSCTTY).
+    setsid -c bash /run/softroce/ctl/cmd.sh </dev/console >/dev/console 2>&1 &
+else
+    # setsid: a guest script using `kill 0` must not take PID 1 with it.
+    setsid bash /run/softroce/ctl/cmd.sh </dev/null >/dev/console 2>&1 &
+fi
 wait $!
 rc=$?
 echo "softroce-vm: command exited with status $rc after $(cut -d' ' -f1 /proc/uptime)s"

@@ -16,6 +16,7 @@
 SOFTROCE_NETDEV="${SOFTROCE_NETDEV:-dummy0}"
 SOFTROCE_RXE="${SOFTROCE_RXE:-rxe0}"
 SOFTROCE_ADDR_CIDR="${SOFTROCE_ADDR_CIDR:-192.168.77.1/24}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 SOFTROCE_ADDR="${SOFTROCE_ADDR_CIDR%/*}"
 SOFTROCE_INITIATOR_IQN="${SOFTROCE_INITIATOR_IQN:-iqn.2004-10.com.example:softroce-vm-initiator}"
 SOFTROCE_ISCSI_PORT="${SOFTROCE_ISCSI_PORT:-3260}"
@@ -96,7 +97,7 @@ iscsid_ready() {
 # softroce_setup: everything a typical test needs.
 softroce_setup() {
     softroce_mounts
-    rxe_setup
+    rxe_setup "$SOFTROCE_ADDR_CIDR"
     iscsid_start
 }
 
