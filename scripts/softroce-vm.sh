@@ -106,13 +106,16 @@ ensure_packages() {
     fi
     # shellcheck disable=SC2086
     log "installing:" $missing
+    # DPkg::Lock::Timeout: parallel runs (other worktrees) may hold the dpkg
+    # lock; wait for it instead of failing.
+    local apt=(apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
     # Try without `apt-get update` first (fast when lists are fresh); a stale
     # list fails with 404s, then update and retry once.
     # shellcheck disable=SC2086
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2; then
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing >&2; then
         apt-get update -q >&2 || die "apt-get update failed"
         # shellcheck disable=SC2086
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2 \
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing >&2 \
             || die "apt-get install failed:" $missing
     fi
 }
@@ -215,17 +218,25 @@ build_initramfs() {
     rm -rf "$ir"
 }
 
-# Sets KDIR and KVER.  Cache key = package name + version + stage-1 init hash.
+# Sets KDIR and KVER.  Cache key = package name + version + stage-1 init hash,
+# so a new kernel package (Debian point release / security update) or an edit
+# of stage1_init rebuilds; otherwise the cache is reused.
 ensure_kernel() {
     mkdir -p "$CACHE"
-    local pkg ver key
+    local pkg ver="" key
     pkg="$(kernel_package)"
-    [[ -n "$pkg" ]] || die "cannot resolve the kernel package (apt-cache depends linux-image-amd64); run apt-get update or set SOFTROCE_VM_KERNEL_PKG"
-    ver="$(apt-cache policy "$pkg" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')"
+    if [[ -z "$pkg" && "$(id -u)" == 0 && "${SOFTROCE_VM_NO_INSTALL:-0}" != 1 ]]; then
+        # Fresh machine / cleaned apt lists (container images): no package
+        # metadata to resolve linux-image-amd64 yet.
+        apt-get update -q >&2 || true
+        pkg="$(kernel_package)"
+    fi
+    [[ -n "$pkg" ]] && ver="$(apt-cache policy "$pkg" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')"
     if [[ -z "$ver" || "$ver" == "(none)" ]]; then
-        # Offline / stale lists: reuse whatever cached build of this package exists.
-        KDIR="$(find "$CACHE" -maxdepth 1 -type d -name "kernel-$pkg-*" | sort | tail -n1)"
-        [[ -n "$KDIR" ]] || die "no candidate version for $pkg (run apt-get update)"
+        # Offline with stale lists: reuse the newest cached build, if any.
+        KDIR="$(find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' -exec test -f '{}/kver' ';' -print | sort | tail -n1)"
+        [[ -n "$KDIR" ]] || die "cannot resolve the guest kernel package (apt-cache depends linux-image-amd64 / policy); run apt-get update or set SOFTROCE_VM_KERNEL_PKG"
+        log "warning: cannot resolve the kernel package version; reusing $KDIR"
     else
         key="$(stage1_init | sha256sum | cut -c1-12)"
         KDIR="$CACHE/kernel-$pkg-$ver-$key"
@@ -234,11 +245,14 @@ ensure_kernel() {
             exec 9>"$CACHE/.lock"
             flock 9
             if [[ ! -f "$KDIR/kver" ]]; then
-                # Drop builds of other versions: each is ~400 MB.
+                # Drop builds of other versions (each is ~400 MB unpacked) and
+                # half-finished builds of runs killed mid-way.
+                rm -rf "$CACHE"/.build.*
                 find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' ! -path "$KDIR" -exec rm -rf {} +
                 build_kernel_cache "$pkg" "$ver" "$KDIR"
             fi
             flock -u 9
+            exec 9>&-
         fi
     fi
     KVER="$(cat "$KDIR/kver")"
@@ -275,6 +289,8 @@ run_guest() {
     local ctl results rc=0 qrc=0 t0
     local runid; runid="$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$CACHE/runs"
+    # Control dirs of runs that were SIGKILLed (normally removed at the end).
+    find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
     ctl="$(mktemp -d "$CACHE/runs/$runid.XXXX")"
     if [[ -n "${SOFTROCE_VM_RESULTS:-}" ]]; then
         mkdir -p "$SOFTROCE_VM_RESULTS"
