@@ -62,7 +62,7 @@ rxe_setup() {
     if ! rdma link show "$rxe/1" >/dev/null 2>&1; then
         rdma link add "$rxe" type rxe netdev "$dev" || sr_die "rdma link add $rxe failed"
     fi
-    sr_wait 10 rxe_port_active "$rxe" || sr_die "$rxe port did not become ACTIVE"
+    sr_wait 30 rxe_port_active "$rxe" || sr_die "$rxe port did not become ACTIVE"
     sr_log "$rxe on $dev ($cidr) is ACTIVE"
 }
 
@@ -83,7 +83,7 @@ iscsid_start() {
         # iscsiadm reaches iscsid over an abstract unix socket; until it is
         # listening every iscsiadm call fails with "can not connect" (rc 20).
         # `-m session` with no sessions returns 21 once iscsid answers.
-        sr_wait 10 iscsid_ready || { cat /run/iscsid.log >&2; sr_die "iscsid did not come up"; }
+        sr_wait 30 iscsid_ready || { cat /run/iscsid.log >&2; sr_die "iscsid did not come up"; }
     fi
     sr_log "iscsid running (initiator $SOFTROCE_INITIATOR_IQN)"
 }
@@ -99,6 +99,24 @@ softroce_setup() {
     softroce_mounts
     rxe_setup "$SOFTROCE_ADDR_CIDR"
     iscsid_start
+}
+
+# wait_rdma_listen ADDR:PORT [TIMEOUT]: wait until some RDMA CM id listens
+# on ADDR:PORT (e.g. a target started in the background).  Uses the rdma
+# tool's cm_id resource dump ("state LISTEN ... src-addr ADDR:PORT").
+wait_rdma_listen() {
+    sr_wait "${2:-30}" rdma_listening "$1" || { sr_log "nothing listens on RDMA CM $1"; return 1; }
+}
+rdma_listening() {
+    rdma resource show cm_id 2>/dev/null | grep 'state LISTEN' | grep -q "src-addr $1 "
+}
+
+# wait_tcp_listen ADDR:PORT [TIMEOUT]: same for a TCP listener.
+wait_tcp_listen() {
+    sr_wait "${2:-30}" tcp_listening "$1" || { sr_log "nothing listens on TCP $1"; return 1; }
+}
+tcp_listening() {
+    ss -Hltn "sport = :${1##*:}" 2>/dev/null | grep -q "${1%:*}:${1##*:}"
 }
 
 # ------------------------------------------------------- initiator helpers
@@ -148,7 +166,7 @@ tcp_login()  { iscsi_login "$1" "$2" tcp "${3:-}"; }
 # last disk_snapshot/iscsi_login and print its /dev path.  The SCSI scan after
 # login is asynchronous; devtmpfs creates the node (there is no udev here).
 find_new_disk() {
-    local t="${1:-20}" end d
+    local t="${1:-60}" end d
     end=$((SECONDS + t))
     while ((SECONDS < end)); do
         d="$(comm -13 <(printf '%s\n' "${SR_DISKS_BEFORE:-}") <(sr_list_disks) | head -n1)"

@@ -25,16 +25,11 @@ step "1. rping over $SOFTROCE_RXE ($ADDR)"
 # -S must match on both ends: the server RDMA-READs the client's advertised
 # buffer into its own; a smaller server buffer fails with IBV_WC_LOC_PROT_ERR
 # ("cq completion failed status 4").
-rping -s -a "$ADDR" -C 10 -S 1024 >/tmp/rping-server.log 2>&1 &
+rping -s -a "$ADDR" -p 7174 -C 10 -S 1024 >/tmp/rping-server.log 2>&1 &
 srv=$!
-# The server needs a moment to listen and the client does not retry a
-# rejected connect (RDMA_CM_EVENT_REJECTED / "connect error"): retry it.
-ok=0
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-    sleep 0.5
-    if rping -c -a "$ADDR" -C 10 -S 1024 -v >/tmp/rping-client.log 2>&1; then ok=1; break; fi
-done
-((ok)) || { cat /tmp/rping-client.log /tmp/rping-server.log >&2; sr_die "rping client failed"; }
+wait_rdma_listen "$ADDR:7174" || sr_die "rping server did not start"
+rping -c -a "$ADDR" -p 7174 -C 10 -S 1024 -v >/tmp/rping-client.log 2>&1 \
+    || { cat /tmp/rping-client.log /tmp/rping-server.log >&2; sr_die "rping client failed"; }
 wait "$srv" || { cat /tmp/rping-server.log >&2; sr_die "rping server failed"; }
 n="$(grep -c '^ping data' /tmp/rping-client.log || true)"
 [[ "$n" == 10 ]] || sr_die "rping: expected 10 verified pings, got $n"
@@ -42,6 +37,8 @@ sr_log "rping: $n pings with verified data OK"
 
 step "2. LIO ib_isert target + open-iscsi over iSER"
 lio_setup_isert "$ADDR" "$IQN" 64 fileio
+wait_rdma_listen "$ADDR:$SOFTROCE_ISCSI_PORT" || sr_die "LIO isert is not listening"
+wait_tcp_listen "$ADDR:$SOFTROCE_ISCSI_PORT" || sr_die "LIO iscsi/tcp is not listening"
 disc="$(iscsi_discover "$ADDR" iser)" || sr_die "iSER discovery failed"
 printf '%s\n' "$disc" >&2
 grep -q " $IQN\$" <<<"$disc" || sr_die "discovery did not report $IQN"
@@ -49,7 +46,7 @@ iscsiadm -m node -o delete >/dev/null 2>&1 || true
 iser_login "$ADDR" "$IQN" || sr_die "iSER login failed"
 tr="$(session_transport "$IQN")"
 [[ "$tr" == iser ]] || sr_die "session transport is '$tr', expected iser"
-disk="$(find_new_disk 30)" || sr_die "no disk after iSER login"
+disk="$(find_new_disk 60)" || sr_die "no disk after iSER login"
 [[ "$(session_disk "$IQN")" == "$disk" ]] || sr_die "session_disk disagrees with find_new_disk ($disk)"
 sr_log "iSER session up, LUN is $disk ($(($(cat "/sys/block/${disk#/dev/}/size") / 2048)) MiB)"
 verify_disk "$disk" "$MIB" || sr_die "iSER data verify failed"
@@ -58,12 +55,12 @@ cmp -n "$((MIB << 20))" <(dd if="$disk" bs=1M count="$MIB" iflag=direct status=n
     || sr_die "LIO backing file does not hold the data written over iSER"
 sr_log "LIO backing file holds the data written over iSER"
 iser_logout "$IQN" "$ADDR" || sr_die "iSER logout failed"
-sr_wait 10 bash -c "[[ ! -e $disk ]]" || sr_die "$disk still present after logout"
+sr_wait 30 bash -c "[[ ! -e $disk ]]" || sr_die "$disk still present after logout"
 
 step "3. same LUN over iSCSI/TCP"
 tcp_login "$ADDR" "$IQN" || sr_die "TCP login failed"
 [[ "$(session_transport "$IQN")" == tcp ]] || sr_die "session transport is not tcp"
-disk="$(find_new_disk 30)" || sr_die "no disk after TCP login"
+disk="$(find_new_disk 60)" || sr_die "no disk after TCP login"
 verify_disk "$disk" 4 || sr_die "TCP data verify failed"
 iscsi_logout "$IQN" "$ADDR" || sr_die "TCP logout failed"
 
