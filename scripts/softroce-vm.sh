@@ -26,7 +26,9 @@
 #                         guest at the same path and in $SOFTROCE_RESULTS
 #   SOFTROCE_VM_CACHE     cache dir for kernel + initramfs (target/softroce-vm)
 #   SOFTROCE_VM_KERNEL_PKG   Debian kernel package (default: what linux-image-amd64 depends on)
-#   SOFTROCE_VM_NO_INSTALL   1 = never run apt-get (fail/skip if something is missing)
+#   SOFTROCE_VM_QEMU      QEMU binary (qemu-system-x86_64)
+#   SOFTROCE_VM_NO_INSTALL   1 = never run apt-get (skip if something is missing)
+#   SOFTROCE_VM_REQUIRE   1 = "cannot run here" fails (exit 1) instead of skipping (77)
 #   SOFTROCE_VM_ENV       space-separated extra variable names to pass into the guest
 #                         (SOFTROCE_*, RUST_LOG, RUST_BACKTRACE are always passed)
 #   CARGO_TARGET_DIR      honoured to locate the build tree
@@ -41,6 +43,7 @@ MEM="${SOFTROCE_VM_MEM:-2048}"
 SMP="${SOFTROCE_VM_SMP:-2}"
 DEBUG="${SOFTROCE_VM_DEBUG:-0}"
 INTERACTIVE=0
+QEMU="${SOFTROCE_VM_QEMU:-qemu-system-x86_64}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 CACHE="${SOFTROCE_VM_CACHE:-$TARGET_DIR/softroce-vm}"
@@ -89,7 +92,7 @@ missing_packages() {
 
 ensure_packages() {
     command -v dpkg-query >/dev/null || {
-        command -v qemu-system-x86_64 >/dev/null || cannot_run "no dpkg and no qemu-system-x86_64"
+        command -v "$QEMU" >/dev/null || cannot_run "no dpkg and no $QEMU"
         log "warning: not a Debian-like host; assuming the guest tools are installed"
         return 0
     }
@@ -121,9 +124,9 @@ ensure_packages() {
 }
 
 check_qemu() {
-    command -v qemu-system-x86_64 >/dev/null || cannot_run "qemu-system-x86_64 not installed"
+    command -v "$QEMU" >/dev/null || cannot_run "$QEMU not installed"
     # Fails e.g. when the binary cannot start at all (missing libs, seccomp).
-    qemu-system-x86_64 -version >/dev/null 2>&1 || cannot_run "qemu-system-x86_64 -version fails"
+    "$QEMU" -version >/dev/null 2>&1 || cannot_run "$QEMU -version fails"
 }
 
 # ------------------------------------------------------- kernel + initramfs
@@ -154,14 +157,15 @@ for m in $(cat /modules.list); do
     insmod "/modules/$m.ko" || fail "insmod $m failed"
 done
 mkdir -p /lower /upper /newroot
-# msize: bigger is much faster on TCG; 512 KiB is the virtio transport max
-# in 6.1 (9pnet_virtio: VIRTQUEUE_NUM * PAGE_SIZE), larger values get clamped.
+# msize: bigger is much faster (fewer 9p round trips); 512000 is the
+# virtio transport's maximum in 6.1 (net/9p/trans_virtio.c:
+# .maxsize = PAGE_SIZE * (VIRTQUEUE_NUM - 3)); larger values get clamped.
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower \
     || fail "mount 9p hostroot failed"
 mount -t tmpfs -o mode=0755 tmpfs /upper
 mkdir -p /upper/upper /upper/work
-# index/redirect_dir/metacopy off: 9p lower has no file handles / xattr
-# support overlay could use; the defaults would only produce warnings.
+# index/redirect_dir/metacopy pinned off: none is needed for a throw-away
+# upper, and it keeps behaviour independent of the overlay module's defaults.
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/upper,workdir=/upper/work,index=off,redirect_dir=off,metacopy=off overlay /newroot \
     || fail "mount overlay failed"
 MODDIR="$(arg softroce_moddir)"
@@ -313,7 +317,7 @@ run_guest() {
     append+=" tsc=unstable"
 
     # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
-    local qemu=(qemu-system-x86_64
+    local qemu=("$QEMU"
         -nodefaults -no-user-config -no-reboot
         -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
         -display none -monitor none
