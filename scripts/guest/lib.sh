@@ -232,6 +232,40 @@ verify_disk() {
     rm -f "$pat" "$got"
 }
 
+# fio_verify DEV [SIZE] [BS] [IODEPTH]: random O_DIRECT writes with crc32c
+# verification on read-back (libaio; exercises queue depth > 1, unlike dd).
+fio_verify() {
+    local dev="$1" size="${2:-16M}" bs="${3:-64k}" qd="${4:-8}"
+    fio --name=softroce-verify --filename="$dev" --direct=1 --ioengine=libaio \
+        --rw=randwrite --bs="$bs" --iodepth="$qd" --size="$size" \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/dev/null \
+        || { sr_log "fio verify on $dev failed"; return 1; }
+    sr_log "fio_verify $dev: $size random writes bs=$bs qd=$qd verified OK"
+}
+
+# bg_start NAME CMD...: run CMD in the background, output to
+# $SOFTROCE_RESULTS/NAME.log (comes back to the host), pid in SR_BG_NAME.
+# bg_stop NAME: SIGTERM it, wait up to 10 s, then SIGKILL.  Returns its exit
+# status, except that dying from our SIGTERM (143) counts as success.
+bg_start() {
+    local name="$1"; shift
+    local log="${SOFTROCE_RESULTS:-/tmp}/$name.log"
+    "$@" >"$log" 2>&1 &
+    printf -v "SR_BG_$name" '%s' "$!"
+    sr_log "started $name (pid $!): $* (log: $log)"
+}
+bg_stop() {
+    local var="SR_BG_$1" rc=0
+    local pid="${!var:-}"
+    [[ -n "$pid" ]] || { sr_log "bg_stop: $1 was not started"; return 1; }
+    kill -TERM "$pid" 2>/dev/null || true
+    sr_wait 10 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || rc=$?
+    [[ $rc == 143 ]] && rc=0
+    [[ $rc == 0 ]] || sr_log "$1 (pid $pid) ended with status $rc"
+    return "$rc"
+}
+
 # ------------------------------------------------- LIO reference target
 # lio_setup_isert ADDR IQN [SIZE_MIB] [fileio|ramdisk] [PORT]
 # A LIO target IQN with one LUN and a network portal on ADDR:PORT that

@@ -4,7 +4,8 @@
 # in-kernel reference components:
 #   1. rping (RDMA CM + RC QP + RDMA READ/WRITE) over rxe0, both ends in the guest
 #   2. LIO ib_isert target <- open-iscsi/ib_iser: discovery + login over iSER,
-#      16 MiB O_DIRECT write / read / compare, data checked in LIO's backing file
+#      16 MiB O_DIRECT write / read / compare, data checked in LIO's backing file,
+#      8 MiB fio random writes at queue depth 8 with crc32c verify
 #   3. the same LUN over iSCSI/TCP (exercises the tcp helpers)
 #   4. logout, LIO teardown, no suspicious kernel messages
 # When this passes and the project's target fails, the failure is ours.
@@ -54,6 +55,8 @@ verify_disk "$disk" "$MIB" || sr_die "iSER data verify failed"
 cmp -n "$((MIB << 20))" <(dd if="$disk" bs=1M count="$MIB" iflag=direct status=none) "$(lio_backing_file)" \
     || sr_die "LIO backing file does not hold the data written over iSER"
 sr_log "LIO backing file holds the data written over iSER"
+# Queue depth > 1 (dd only ever has one command in flight).
+fio_verify "$disk" 8M 64k 8 || sr_die "iSER fio verify failed"
 iser_logout "$IQN" "$ADDR" || sr_die "iSER logout failed"
 sr_wait 30 bash -c "[[ ! -e $disk ]]" || sr_die "$disk still present after logout"
 
