@@ -312,8 +312,9 @@ run_guest() {
     local append="console=ttyS0 panic=-1 oops=panic softroce_moddir=$KDIR/root/lib/modules/$KVER"
     append+=" softroce_init=$GUEST_DIR/init.sh softroce_results=$results softroce_interactive=$INTERACTIVE"
     if [[ "$DEBUG" == 1 ]]; then append+=" loglevel=7 softroce_debug=1"; else append+=" quiet loglevel=3"; fi
-    # tsc/clocksource: TCG's TSC is unstable; letting the kernel find that out
-    # itself costs a "clocksource watchdog" warning on the console.
+    # TCG's emulated TSC is not tied to real time (it runs at the speed of
+    # the emulation, which varies with host load); mark it unstable up front
+    # so the guest does not pick it as clocksource.
     append+=" tsc=unstable"
 
     # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
