@@ -1,0 +1,367 @@
+# shellcheck shell=bash
+# scripts/guest/lib.sh — helpers for test scripts running inside the SoftRoCE
+# guest (scripts/softroce-vm.sh).  Source it:
+#
+#     source "$SOFTROCE_GUEST_LIB"     # or "$(dirname "$0")/lib.sh"
+#     softroce_setup                   # rxe0 on dummy0 (192.168.77.1/24), iscsid
+#
+# Everything here runs inside the guest only: it loads modules, creates
+# netdevs and RDMA links; never source it on a host.
+#
+# Initiator helpers (iscsi_discover, iscsi_login/iser_login/tcp_login,
+# find_new_disk, iscsi_logout) do not assume the target is LIO: point them at
+# any target listening on the rxe address.  lio_* helpers configure the
+# reference target (LIO + ib_isert) through configfs.
+
+SOFTROCE_NETDEV="${SOFTROCE_NETDEV:-dummy0}"
+SOFTROCE_RXE="${SOFTROCE_RXE:-rxe0}"
+SOFTROCE_ADDR_CIDR="${SOFTROCE_ADDR_CIDR:-192.168.77.1/24}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+SOFTROCE_ADDR="${SOFTROCE_ADDR_CIDR%/*}"
+SOFTROCE_INITIATOR_IQN="${SOFTROCE_INITIATOR_IQN:-iqn.2004-10.com.example:softroce-vm-initiator}"
+SOFTROCE_ISCSI_PORT="${SOFTROCE_ISCSI_PORT:-3260}"
+CONFIGFS_TARGET=/sys/kernel/config/target
+
+sr_log() { printf '[guest %s] %s\n' "$(cut -d' ' -f1 /proc/uptime)" "$*" >&2; }
+sr_die() { sr_log "FATAL: $*"; exit 1; }
+
+# sr_wait SECONDS CMD...: poll CMD every 0.2 s until it succeeds.
+sr_wait() {
+    local t="$1"; shift
+    local end=$((SECONDS + t))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < end)) || return 1
+        sleep 0.2
+    done
+}
+
+sr_modprobe() {
+    local m
+    for m in "$@"; do modprobe "$m" || sr_die "modprobe $m failed"; done
+}
+
+# ----------------------------------------------------------------- basics
+softroce_mounts() {
+    sr_modprobe configfs
+    mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+    # Registering memory pins pages: lift RLIMIT_MEMLOCK (default 8 MiB) for
+    # this shell and its children (init.sh already did it for PID 1's tree).
+    ulimit -l unlimited
+}
+
+# rxe_setup [ADDR/PREFIX] [NETDEV] [RXE]: a dummy netdev carrying ADDR with a
+# SoftRoCE (RoCEv2) device on top.  The dummy netdev never transmits anything
+# anywhere; rxe loops packets to local QPs itself, so both ends of a
+# connection can live in this guest on the same address.
+rxe_setup() {
+    local cidr="${1:-$SOFTROCE_ADDR_CIDR}" dev="${2:-$SOFTROCE_NETDEV}" rxe="${3:-$SOFTROCE_RXE}"
+    sr_modprobe dummy rdma_rxe ib_uverbs rdma_ucm
+    ip link show "$dev" >/dev/null 2>&1 || ip link add "$dev" type dummy
+    ip addr add "$cidr" dev "$dev" 2>/dev/null || true
+    ip link set "$dev" up
+    if ! rdma link show "$rxe/1" >/dev/null 2>&1; then
+        rdma link add "$rxe" type rxe netdev "$dev" || sr_die "rdma link add $rxe failed"
+    fi
+    sr_wait 30 rxe_port_active "$rxe" || sr_die "$rxe port did not become ACTIVE"
+    sr_log "$rxe on $dev ($cidr) is ACTIVE"
+}
+
+rxe_port_active() {
+    rdma link show "$1/1" 2>/dev/null | grep -q 'state ACTIVE'
+}
+
+# iscsid_start: open-iscsi's daemon in the foreground mode, backgrounded.
+# Writes a fresh initiator name and clears the node database in the overlay
+# (the host's /etc/iscsi is the lower layer; nothing is written to the host).
+iscsid_start() {
+    sr_modprobe scsi_transport_iscsi iscsi_tcp ib_iser sd_mod
+    mkdir -p /etc/iscsi /run/lock/iscsi
+    printf 'InitiatorName=%s\n' "$SOFTROCE_INITIATOR_IQN" >/etc/iscsi/initiatorname.iscsi
+    rm -rf /etc/iscsi/nodes /etc/iscsi/send_targets /var/lib/iscsi/nodes /var/lib/iscsi/send_targets
+    if ! pgrep -x iscsid >/dev/null; then
+        iscsid -f >/run/iscsid.log 2>&1 &
+        # iscsiadm reaches iscsid over an abstract unix socket; until it is
+        # listening every iscsiadm call fails with "can not connect" (rc 20).
+        # `-m session` with no sessions returns 21 once iscsid answers.
+        sr_wait 30 iscsid_ready || { cat /run/iscsid.log >&2; sr_die "iscsid did not come up"; }
+    fi
+    sr_log "iscsid running (initiator $SOFTROCE_INITIATOR_IQN)"
+}
+
+iscsid_ready() {
+    local rc=0
+    iscsiadm -m session >/dev/null 2>&1 || rc=$?
+    [[ $rc == 0 || $rc == 21 ]]
+}
+
+# softroce_setup: everything a typical test needs.
+softroce_setup() {
+    softroce_mounts
+    rxe_setup "$SOFTROCE_ADDR_CIDR"
+    iscsid_start
+}
+
+# wait_rdma_listen ADDR:PORT [TIMEOUT]: wait until some RDMA CM id listens
+# on ADDR:PORT (e.g. a target started in the background).  Uses the rdma
+# tool's cm_id resource dump ("state LISTEN ... src-addr ADDR:PORT").
+wait_rdma_listen() {
+    sr_wait "${2:-30}" rdma_listening "$1" || { sr_log "nothing listens on RDMA CM $1"; return 1; }
+}
+rdma_listening() {
+    rdma resource show cm_id 2>/dev/null | grep 'state LISTEN' | grep -q "src-addr $1 "
+}
+
+# wait_tcp_listen ADDR:PORT [TIMEOUT]: same for a TCP listener.
+wait_tcp_listen() {
+    sr_wait "${2:-30}" tcp_listening "$1" || { sr_log "nothing listens on TCP $1"; return 1; }
+}
+tcp_listening() {
+    ss -Hltn "sport = :${1##*:}" 2>/dev/null | grep -q "${1%:*}:${1##*:}"
+}
+
+# ------------------------------------------------------- initiator helpers
+# iSCSI iface names: open-iscsi has built-in ifaces "default" (tcp) and "iser".
+sr_iface() {
+    case "${1:-iser}" in
+        iser) echo iser ;;
+        tcp|default) echo default ;;
+        *) sr_die "unknown transport '$1' (iser|tcp)" ;;
+    esac
+}
+
+# iscsi_discover ADDR [iser|tcp] [PORT]: SendTargets discovery; prints
+# "ADDR:PORT,TPGT IQN" lines (iscsiadm's format) and returns iscsiadm's status.
+iscsi_discover() {
+    local addr="$1" iface; iface="$(sr_iface "${2:-iser}")"
+    local port="${3:-$SOFTROCE_ISCSI_PORT}"
+    iscsiadm -m discovery -t st -p "$addr:$port" -I "$iface"
+}
+
+# disk_snapshot: remember the current set of SCSI disks for find_new_disk.
+# (Called automatically by iscsi_login.)
+disk_snapshot() {
+    SR_DISKS_BEFORE="$(sr_list_disks)"
+}
+
+sr_list_disks() {
+    local d
+    for d in /sys/block/sd*; do [[ -e "$d" ]] && basename "$d"; done | sort
+}
+
+# iscsi_login ADDR IQN [iser|tcp] [PORT]: log in to one target portal.
+# Creates the node record itself, so no prior discovery is needed.
+iscsi_login() {
+    local addr="$1" iqn="$2" iface; iface="$(sr_iface "${3:-iser}")"
+    local port="${4:-$SOFTROCE_ISCSI_PORT}"
+    disk_snapshot
+    iscsiadm -m node -o new -T "$iqn" -p "$addr:$port" -I "$iface" >/dev/null \
+        || { sr_log "iscsiadm -o new failed"; return 1; }
+    sr_log "login $iqn at $addr:$port over ${3:-iser}"
+    iscsiadm -m node -T "$iqn" -p "$addr:$port" -I "$iface" --login
+}
+iser_login() { iscsi_login "$1" "$2" iser "${3:-}"; }
+tcp_login()  { iscsi_login "$1" "$2" tcp "${3:-}"; }
+
+# find_new_disk [TIMEOUT]: wait for a SCSI disk that was not there at the
+# last disk_snapshot/iscsi_login and print its /dev path.  The SCSI scan after
+# login is asynchronous; devtmpfs creates the node (there is no udev here).
+find_new_disk() {
+    local t="${1:-60}" end d
+    end=$((SECONDS + t))
+    while ((SECONDS < end)); do
+        d="$(comm -13 <(printf '%s\n' "${SR_DISKS_BEFORE:-}") <(sr_list_disks) | head -n1)"
+        if [[ -n "$d" && -b "/dev/$d" ]] && (( $(cat "/sys/block/$d/size") > 0 )); then
+            echo "/dev/$d"; return 0
+        fi
+        sleep 0.2
+    done
+    sr_log "no new SCSI disk appeared within ${t}s"
+    return 1
+}
+
+# session_disk IQN: /dev path of the disk(s) of the session to IQN (sysfs,
+# independent of snapshots).
+session_disk() {
+    local s b
+    for s in /sys/class/iscsi_session/session*; do
+        [[ "$(cat "$s/targetname" 2>/dev/null)" == "$1" ]] || continue
+        for b in "$s"/device/target*/*/block/*; do
+            [[ -e "$b" ]] && echo "/dev/$(basename "$b")"
+        done
+    done
+}
+
+# session_transport IQN: "iser" or "tcp" for the logged-in session to IQN.
+session_transport() {
+    iscsiadm -m session 2>/dev/null | awk -v iqn="$1" '$4 == iqn { sub(":", "", $1); print $1; exit }'
+}
+
+# iscsi_logout [IQN [ADDR [PORT]]]: log out of one target, or of all sessions;
+# deletes the node records too.
+iscsi_logout() {
+    local rc=0
+    if [[ -n "${1:-}" ]]; then
+        local args=(-T "$1")
+        [[ -n "${2:-}" ]] && args+=(-p "$2:${3:-$SOFTROCE_ISCSI_PORT}")
+        iscsiadm -m node "${args[@]}" --logout || rc=$?
+        iscsiadm -m node "${args[@]}" -o delete >/dev/null 2>&1 || true
+    else
+        iscsiadm -m node --logoutall=all || rc=$?
+        iscsiadm -m node -o delete >/dev/null 2>&1 || true
+    fi
+    return "$rc"
+}
+iser_logout() { iscsi_logout "$@"; }
+
+# verify_disk DEV [MiB]: write MiB (16) of random data with O_DIRECT, read it
+# back with O_DIRECT, compare.  Uses $SOFTROCE_WORK (default /tmp) for the
+# pattern files.
+verify_disk() {
+    local dev="$1" mib="${2:-16}" work="${SOFTROCE_WORK:-/tmp}"
+    local pat="$work/pattern.$$" got="$work/readback.$$"
+    head -c "$((mib << 20))" /dev/urandom >"$pat"
+    dd if="$pat" of="$dev" bs=1M count="$mib" oflag=direct conv=fsync status=none \
+        || { sr_log "O_DIRECT write to $dev failed"; return 1; }
+    dd if="$dev" of="$got" bs=1M count="$mib" iflag=direct status=none \
+        || { sr_log "O_DIRECT read from $dev failed"; return 1; }
+    if ! cmp "$pat" "$got"; then
+        sr_log "data read back from $dev differs from what was written"
+        return 1
+    fi
+    sr_log "verify_disk $dev: ${mib} MiB O_DIRECT write/read compare OK"
+    rm -f "$pat" "$got"
+}
+
+# fio_verify DEV [SIZE] [BS] [IODEPTH]: random O_DIRECT writes with crc32c
+# verification on read-back (libaio; exercises queue depth > 1, unlike dd).
+fio_verify() {
+    local dev="$1" size="${2:-16M}" bs="${3:-64k}" qd="${4:-8}"
+    fio --name=softroce-verify --filename="$dev" --direct=1 --ioengine=libaio \
+        --rw=randwrite --bs="$bs" --iodepth="$qd" --size="$size" \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/dev/null \
+        || { sr_log "fio verify on $dev failed"; return 1; }
+    sr_log "fio_verify $dev: $size random writes bs=$bs qd=$qd verified OK"
+}
+
+# bg_start NAME CMD...: run CMD in the background, output to
+# $SOFTROCE_RESULTS/NAME.log (comes back to the host), pid in SR_BG_NAME.
+# bg_stop NAME: SIGTERM it, wait up to 10 s, then SIGKILL.  Returns its exit
+# status, except that dying from our SIGTERM (143) counts as success.
+bg_start() {
+    local name="$1"; shift
+    local log="${SOFTROCE_RESULTS:-/tmp}/$name.log"
+    "$@" >"$log" 2>&1 &
+    printf -v "SR_BG_$name" '%s' "$!"
+    sr_log "started $name (pid $!): $* (log: $log)"
+}
+bg_stop() {
+    local var="SR_BG_$1" rc=0
+    local pid="${!var:-}"
+    [[ -n "$pid" ]] || { sr_log "bg_stop: $1 was not started"; return 1; }
+    kill -TERM "$pid" 2>/dev/null || true
+    sr_wait 10 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || rc=$?
+    [[ $rc == 143 ]] && rc=0
+    [[ $rc == 0 ]] || sr_log "$1 (pid $pid) ended with status $rc"
+    return "$rc"
+}
+
+# ------------------------------------------------- LIO reference target
+# lio_setup_isert ADDR IQN [SIZE_MIB] [fileio|ramdisk] [PORT]
+# A LIO target IQN with one LUN and a network portal on ADDR:PORT that
+# accepts both iSCSI/TCP and iSER (np/<portal>/iser = 1).  No ACLs, no auth:
+# demo mode with write access (generate_node_acls=1,
+# demo_mode_write_protect=0).  fileio backs the LUN with a sparse file on
+# tmpfs ($SOFTROCE_LIO_DIR, default /run/lio), which lets tests look at what
+# the target actually stored.  targetcli is not used: it needs a D-Bus
+# service (rtslib via targetd/dbus) that the guest does not run.
+lio_setup_isert() {
+    local addr="$1" iqn="$2" mib="${3:-64}" kind="${4:-fileio}" port="${5:-$SOFTROCE_ISCSI_PORT}"
+    local dir="${SOFTROCE_LIO_DIR:-/run/lio}" so tpg np
+    softroce_mounts
+    sr_modprobe target_core_mod iscsi_target_mod ib_isert
+    case "$kind" in
+        fileio)
+            sr_modprobe target_core_file
+            mkdir -p "$dir"
+            truncate -s "${mib}M" "$dir/lun0.img"
+            so="$CONFIGFS_TARGET/core/fileio_0/lun0"
+            mkdir -p "$so"
+            echo "fd_dev_name=$dir/lun0.img,fd_dev_size=$((mib << 20))" >"$so/control"
+            ;;
+        ramdisk)
+            # rd_mcp lives in target_core_mod itself.
+            so="$CONFIGFS_TARGET/core/rd_mcp_0/lun0"
+            mkdir -p "$so"
+            echo "rd_pages=$((mib << 8))" >"$so/control"
+            ;;
+        *) sr_die "lio_setup_isert: unknown backstore '$kind'" ;;
+    esac
+    echo 1 >"$so/enable"
+    tpg="$CONFIGFS_TARGET/iscsi/$iqn/tpgt_1"
+    mkdir -p "$tpg/lun/lun_0"
+    ln -s "$so" "$tpg/lun/lun_0/lio_lun0"
+    np="$tpg/np/$addr:$port"
+    mkdir "$np"                    # starts the iSCSI/TCP listener
+    echo 1 >"$np/iser"             # adds the iSER (RDMA CM) listener
+    echo 1 >"$tpg/attrib/generate_node_acls"
+    echo 1 >"$tpg/attrib/cache_dynamic_acls"
+    echo 0 >"$tpg/attrib/demo_mode_write_protect"
+    echo 0 >"$tpg/attrib/authentication"
+    echo 1 >"$tpg/enable"
+    sr_log "LIO target $iqn: ${mib} MiB $kind LUN, portal $addr:$port (tcp+iser)"
+}
+
+# lio_backing_file: path of the fileio LUN's backing file.
+lio_backing_file() { echo "${SOFTROCE_LIO_DIR:-/run/lio}/lun0.img"; }
+
+# lio_teardown: remove every LIO iSCSI target and backstore (reverse order of
+# creation; configfs refuses rmdir while something still links to an object).
+lio_teardown() {
+    local iqn tpg x
+    [[ -d "$CONFIGFS_TARGET/iscsi" ]] || return 0
+    for iqn in "$CONFIGFS_TARGET"/iscsi/iqn.* "$CONFIGFS_TARGET"/iscsi/eui.* "$CONFIGFS_TARGET"/iscsi/naa.*; do
+        [[ -d "$iqn" ]] || continue
+        for tpg in "$iqn"/tpgt_*; do
+            [[ -d "$tpg" ]] || continue
+            echo 0 >"$tpg/enable" 2>/dev/null || true
+            for x in "$tpg"/np/*; do
+                [[ -d "$x" ]] || continue
+                echo 0 >"$x/iser" 2>/dev/null || true
+                rmdir "$x"
+            done
+            for x in "$tpg"/lun/lun_*; do
+                [[ -d "$x" ]] || continue
+                find "$x" -maxdepth 1 -type l -delete
+                rmdir "$x"
+            done
+            for x in "$tpg"/acls/*; do [[ -d "$x" ]] && rmdir "$x"; done
+            rmdir "$tpg"
+        done
+        rmdir "$iqn"
+    done
+    for x in "$CONFIGFS_TARGET"/core/*_*/*; do
+        [[ -d "$x" && -e "$x/enable" ]] && rmdir "$x"
+    done
+    for x in "$CONFIGFS_TARGET"/core/*_*; do
+        [[ -d "$x" ]] && rmdir "$x" 2>/dev/null
+    done
+    rm -rf "${SOFTROCE_LIO_DIR:-/run/lio}"
+    sr_log "LIO configuration removed"
+}
+
+# dmesg_check: fail if the kernel log shows iSER/RDMA/SCSI trouble that a
+# passing data compare could hide (messages from ib_iser / ib_isert / rxe).
+dmesg_check() {
+    local bad
+    # The kernel command line is logged too; keep it out of the match.
+    bad="$(dmesg | grep -v 'ommand line:' \
+        | grep -E -e 'BUG:|WARNING:|Oops|general protection|Call Trace' \
+                  -e 'wrong datalen|unexpected remote invalidation|RNR retry|retry exceeded' \
+                  -e '(iser|isert|rxe)[^ ]*: .*([Ee]rror|[Ff]ail)' || true)"
+    if [[ -n "$bad" ]]; then
+        sr_log "suspicious kernel messages:"
+        printf '%s\n' "$bad" >&2
+        return 1
+    fi
+}

@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# softroce-vm.sh — run a test script inside a throw-away QEMU guest that has
+# real RDMA (SoftRoCE / rdma_rxe), LIO (incl. ib_isert) and the Linux iSCSI
+# initiator (open-iscsi + ib_iser), on a host whose kernel has none of them.
+#
+#   scripts/softroce-vm.sh GUEST_SCRIPT [ARGS...]   run GUEST_SCRIPT in the guest
+#   scripts/softroce-vm.sh --selftest               prove the environment works
+#   scripts/softroce-vm.sh -c 'CMDS'                run bash -c CMDS in the guest
+#                                                   (scripts/guest/lib.sh sourced)
+#   scripts/softroce-vm.sh --shell                  interactive bash on the guest console
+#                                                   (lib.sh sourced; `exit` ends the VM)
+#   scripts/softroce-vm.sh --check                  only detect whether the VM can run
+#
+# Exit status: the guest script's exit status; 124 if the hard timeout fired;
+# 77 ("skip") only when this machine truly cannot run the guest (no QEMU and no
+# way to install it, not x86_64 Linux, ...).  With SOFTROCE_VM_REQUIRE=1 the
+# "cannot run" case is a failure (exit 1) instead of a skip.
+#
+# Environment (all optional):
+#   SOFTROCE_VM_TIMEOUT   hard timeout in seconds for the whole guest run (600)
+#   SOFTROCE_VM_MEM       guest RAM in MiB (2048)
+#   SOFTROCE_VM_SMP       guest CPUs (2)
+#   SOFTROCE_VM_DEBUG     1 = show the full kernel console, `set -x` in guest init
+#   SOFTROCE_VM_RESULTS   host dir the guest may write results to (shared rw);
+#                         default target/softroce-vm/results/<run>; visible in the
+#                         guest at the same path and in $SOFTROCE_RESULTS
+#   SOFTROCE_VM_CACHE     cache dir for kernel + initramfs (target/softroce-vm)
+#   SOFTROCE_VM_KERNEL_PKG   Debian kernel package (default: what linux-image-amd64 depends on)
+#   SOFTROCE_VM_QEMU      QEMU binary (qemu-system-x86_64)
+#   SOFTROCE_VM_NO_INSTALL   1 = never run apt-get (skip if something is missing)
+#   SOFTROCE_VM_REQUIRE   1 = "cannot run here" fails (exit 1) instead of skipping (77)
+#   SOFTROCE_VM_ENV       space-separated extra variable names to pass into the guest
+#                         (SOFTROCE_*, RUST_LOG, RUST_BACKTRACE are always passed)
+#   CARGO_TARGET_DIR      honoured to locate the build tree
+set -euo pipefail
+
+SELF="$(readlink -f "${BASH_SOURCE[0]}")"
+REPO_ROOT="$(cd "$(dirname "$SELF")/.." && pwd -P)"
+GUEST_DIR="$REPO_ROOT/scripts/guest"
+
+TIMEOUT="${SOFTROCE_VM_TIMEOUT:-600}"
+MEM="${SOFTROCE_VM_MEM:-2048}"
+SMP="${SOFTROCE_VM_SMP:-2}"
+DEBUG="${SOFTROCE_VM_DEBUG:-0}"
+INTERACTIVE=0
+QEMU="${SOFTROCE_VM_QEMU:-qemu-system-x86_64}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
+CACHE="${SOFTROCE_VM_CACHE:-$TARGET_DIR/softroce-vm}"
+
+# Modules the busybox initramfs must insmod, in dependency order, to mount the
+# host's / over virtio-9p and put an overlay on it (Debian builds all of these
+# as modules, none built in; order established by hand, see issue #3).
+INITRAMFS_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+                   9pnet 9pnet_virtio netfs fscache 9p overlay)
+
+# Host packages the guest uses (the guest runs the host's userspace over 9p).
+PACKAGES=(qemu-system-x86 busybox-static rdma-core ibverbs-utils perftest rdmacm-utils
+          open-iscsi libiscsi-bin fio sg3-utils e2fsprogs kmod iproute2 util-linux
+          procps coreutils)
+
+log()  { printf 'softroce-vm: %s\n' "$*" >&2; }
+die()  { log "error: $*"; exit 1; }
+# "This machine cannot run the guest at all": skip (77) unless told it's required.
+cannot_run() {
+    log "SKIP: cannot run the SoftRoCE VM on this machine: $*"
+    if [[ "${SOFTROCE_VM_REQUIRE:-0}" == 1 ]]; then
+        log "SOFTROCE_VM_REQUIRE=1, so this is a failure"
+        exit 1
+    fi
+    exit 77
+}
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
+
+# ---------------------------------------------------------------- host checks
+check_platform() {
+    [[ "$(uname -s)" == Linux ]] || cannot_run "not Linux"
+    [[ "$(uname -m)" == x86_64 ]] || cannot_run "not x86_64 (guest kernel is Debian amd64)"
+    case "$REPO_ROOT$CACHE" in
+        *[[:space:]]*) die "repo/cache path contains whitespace; the guest kernel command line cannot carry it" ;;
+    esac
+}
+
+missing_packages() {
+    local p st
+    for p in "${PACKAGES[@]}"; do
+        st="$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)"
+        [[ "$st" == installed ]] || printf '%s\n' "$p"
+    done
+}
+
+ensure_packages() {
+    command -v dpkg-query >/dev/null || {
+        command -v "$QEMU" >/dev/null || cannot_run "no dpkg and no $QEMU"
+        log "warning: not a Debian-like host; assuming the guest tools are installed"
+        return 0
+    }
+    local missing
+    missing="$(missing_packages)"
+    [[ -z "$missing" ]] && return 0
+    # shellcheck disable=SC2086  # word-splitting the package list is intended
+    if [[ "${SOFTROCE_VM_NO_INSTALL:-0}" == 1 ]]; then
+        cannot_run "missing packages and SOFTROCE_VM_NO_INSTALL=1:" $missing
+    fi
+    if [[ "$(id -u)" != 0 ]]; then
+        # shellcheck disable=SC2086
+        cannot_run "missing packages and not root (install them: apt-get install" $missing")"
+    fi
+    # shellcheck disable=SC2086
+    log "installing:" $missing
+    # DPkg::Lock::Timeout: parallel runs (other worktrees) may hold the dpkg
+    # lock; wait for it instead of failing.
+    local apt=(apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+    # Try without `apt-get update` first (fast when lists are fresh); a stale
+    # list fails with 404s, then update and retry once.
+    # shellcheck disable=SC2086
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing >&2; then
+        apt-get update -q >&2 || die "apt-get update failed"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing >&2 \
+            || die "apt-get install failed:" $missing
+    fi
+}
+
+check_qemu() {
+    command -v "$QEMU" >/dev/null || cannot_run "$QEMU not installed"
+    # Fails e.g. when the binary cannot start at all (missing libs, seccomp).
+    "$QEMU" -version >/dev/null 2>&1 || cannot_run "$QEMU -version fails"
+}
+
+# ------------------------------------------------------- kernel + initramfs
+kernel_package() {
+    if [[ -n "${SOFTROCE_VM_KERNEL_PKG:-}" ]]; then
+        printf '%s\n' "$SOFTROCE_VM_KERNEL_PKG"; return
+    fi
+    # linux-image-amd64 is a metapackage: "Depends: linux-image-6.1.0-NN-amd64".
+    apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
+# Stage-1 init: runs from the initramfs as PID 1 under busybox.
+# Kept here (not in the repo tree) because it is baked into the cached
+# initramfs; its hash is part of the cache key so edits trigger a rebuild.
+stage1_init() {
+    cat <<'EOF'
+#!/bin/busybox sh
+# softroce-vm stage 1: mount host / (9p, ro) + tmpfs overlay, switch_root.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+arg() { for a in $(cat /proc/cmdline); do case "$a" in "$1="*) echo "${a#*=}";; esac; done; }
+fail() { echo "softroce-vm stage1: $*" >/dev/console; dmesg | tail -30; echo o >/proc/sysrq-trigger; sleep 10; }
+KVER="$(uname -r)"
+for m in $(cat /modules.list); do
+    insmod "/modules/$m.ko" || fail "insmod $m failed"
+done
+mkdir -p /lower /upper /newroot
+# msize: bigger is much faster (fewer 9p round trips); 512000 is the
+# virtio transport's maximum in 6.1 (net/9p/trans_virtio.c:
+# .maxsize = PAGE_SIZE * (VIRTQUEUE_NUM - 3)); larger values get clamped.
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower \
+    || fail "mount 9p hostroot failed"
+mount -t tmpfs -o mode=0755 tmpfs /upper
+mkdir -p /upper/upper /upper/work
+# index/redirect_dir/metacopy pinned off: none is needed for a throw-away
+# upper, and it keeps behaviour independent of the overlay module's defaults.
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/upper,workdir=/upper/work,index=off,redirect_dir=off,metacopy=off overlay /newroot \
+    || fail "mount overlay failed"
+MODDIR="$(arg softroce_moddir)"
+mkdir -p "/newroot/lib/modules/$KVER"
+mount --bind "/newroot$MODDIR" "/newroot/lib/modules/$KVER" || fail "bind modules failed"
+INIT="$(arg softroce_init)"
+[ -x "/newroot$INIT" ] || fail "stage-2 init $INIT not found/executable in host root"
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot "$INIT"
+EOF
+}
+
+build_kernel_cache() {
+    local pkg="$1" ver="$2" kdir="$3"
+    local tmp; tmp="$(mktemp -d "$CACHE/.build.XXXXXX")"
+    log "fetching kernel $pkg $ver (cold cache)"
+    # apt-get download as root into a dir _apt cannot write prints a harmless
+    # "Download is performed unsandboxed as root" warning; make it quiet by
+    # doing the download in the (root-owned) temp dir with the sandbox off.
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver" >&2) \
+        || die "apt-get download $pkg=$ver failed"
+    dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+    rm -f "$tmp"/*.deb
+    local kver
+    kver="$(basename "$(find "$tmp/root/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")"
+    [[ -n "$kver" ]] || die "no /lib/modules/<version> in $pkg"
+    # The package ships no modules.dep (normally generated by its postinst).
+    depmod -b "$tmp/root" "$kver"
+    build_initramfs "$tmp" "$kver"
+    printf '%s\n' "$kver" >"$tmp/kver"
+    rm -rf "$kdir"
+    mv "$tmp" "$kdir"
+}
+
+build_initramfs() {
+    local kd="$1" kver="$2" m f
+    local ir="$kd/initramfs"
+    mkdir -p "$ir/bin" "$ir/modules" "$ir/proc" "$ir/sys" "$ir/dev"
+    cp /bin/busybox "$ir/bin/busybox"
+    : >"$ir/modules.list"
+    for m in "${INITRAMFS_MODULES[@]}"; do
+        f="$(find "$kd/root/lib/modules/$kver" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)"
+        [[ -n "$f" ]] || die "module $m not found in kernel package"
+        case "$f" in
+            *.xz) xz -dc "$f" >"$ir/modules/$m.ko" ;;
+            *) cp "$f" "$ir/modules/$m.ko" ;;
+        esac
+        echo "$m" >>"$ir/modules.list"
+    done
+    stage1_init >"$ir/init"
+    chmod 755 "$ir/init"
+    (cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$kd/initramfs.cpio.gz"
+    rm -rf "$ir"
+}
+
+# Sets KDIR and KVER.  Cache key = package name + version + stage-1 init hash,
+# so a new kernel package (Debian point release / security update) or an edit
+# of stage1_init rebuilds; otherwise the cache is reused.
+ensure_kernel() {
+    mkdir -p "$CACHE"
+    local pkg ver="" key
+    pkg="$(kernel_package)"
+    if [[ -z "$pkg" && "$(id -u)" == 0 && "${SOFTROCE_VM_NO_INSTALL:-0}" != 1 ]]; then
+        # Fresh machine / cleaned apt lists (container images): no package
+        # metadata to resolve linux-image-amd64 yet.
+        apt-get update -q >&2 || true
+        pkg="$(kernel_package)"
+    fi
+    [[ -n "$pkg" ]] && ver="$(apt-cache policy "$pkg" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')"
+    if [[ -z "$ver" || "$ver" == "(none)" ]]; then
+        # Offline with stale lists: reuse the newest cached build, if any.
+        KDIR="$(find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' -exec test -f '{}/kver' ';' -print | sort | tail -n1)"
+        [[ -n "$KDIR" ]] || die "cannot resolve the guest kernel package (apt-cache depends linux-image-amd64 / policy); run apt-get update or set SOFTROCE_VM_KERNEL_PKG"
+        log "warning: cannot resolve the kernel package version; reusing $KDIR"
+    else
+        key="$(stage1_init | sha256sum | cut -c1-12)"
+        KDIR="$CACHE/kernel-$pkg-$ver-$key"
+        if [[ ! -f "$KDIR/kver" ]]; then
+            # flock: parallel runs from the same tree must not build twice.
+            exec 9>"$CACHE/.lock"
+            flock 9
+            if [[ ! -f "$KDIR/kver" ]]; then
+                # Drop builds of other versions (each is ~400 MB unpacked) and
+                # half-finished builds of runs killed mid-way.
+                rm -rf "$CACHE"/.build.*
+                find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' ! -path "$KDIR" -exec rm -rf {} +
+                build_kernel_cache "$pkg" "$ver" "$KDIR"
+            fi
+            flock -u 9
+            exec 9>&-
+        fi
+    fi
+    KVER="$(cat "$KDIR/kver")"
+}
+
+# ------------------------------------------------------------------ the run
+guest_env_names() {
+    compgen -v | grep -E '^(SOFTROCE_|RUST_LOG$|RUST_BACKTRACE$)' | grep -v '^SOFTROCE_VM_' || true
+    local v
+    for v in ${SOFTROCE_VM_ENV:-}; do printf '%s\n' "$v"; done
+    printf '%s\n' SOFTROCE_VM_DEBUG
+}
+
+write_cmd() {
+    local ctl="$1" results="$2"; shift 2
+    local v
+    {
+        echo "# generated by softroce-vm.sh"
+        while read -r v; do
+            [[ -n "$v" && -n "${!v+x}" ]] && printf 'export %s=%q\n' "$v" "${!v}"
+        done < <(guest_env_names | sort -u)
+        printf 'export PATH=%q\n' "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+        printf 'export SOFTROCE_REPO=%q\n' "$REPO_ROOT"
+        printf 'export SOFTROCE_RESULTS=%q\n' "$results"
+        printf 'export SOFTROCE_GUEST_LIB=%q\n' "$GUEST_DIR/lib.sh"
+        if [[ -d "$PWD" ]]; then printf 'cd %q 2>/dev/null || cd /\n' "$PWD"; fi
+        printf 'exec'
+        printf ' %q' "$@"
+        printf '\n'
+    } >"$ctl/cmd.sh"
+}
+
+run_guest() {
+    local ctl results rc=0 qrc=0 t0
+    local runid; runid="$(date +%Y%m%d-%H%M%S)-$$"
+    mkdir -p "$CACHE/runs"
+    # Control dirs of runs that were SIGKILLed (normally removed at the end).
+    find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
+    ctl="$(mktemp -d "$CACHE/runs/$runid.XXXX")"
+    if [[ -n "${SOFTROCE_VM_RESULTS:-}" ]]; then
+        mkdir -p "$SOFTROCE_VM_RESULTS"
+        results="$(cd "$SOFTROCE_VM_RESULTS" && pwd -P)"
+    else
+        results="$CACHE/results/$runid"
+        mkdir -p "$results"
+        ln -sfn "$runid" "$CACHE/results/last"
+        # keep the 10 newest result dirs
+        find "$CACHE/results" -mindepth 1 -maxdepth 1 -type d | sort | head -n -10 | xargs -r rm -rf
+    fi
+    case "$results" in *[[:space:]]*) die "results path contains whitespace" ;; esac
+    write_cmd "$ctl" "$results" "$@"
+
+    local append="console=ttyS0 panic=-1 oops=panic softroce_moddir=$KDIR/root/lib/modules/$KVER"
+    append+=" softroce_init=$GUEST_DIR/init.sh softroce_results=$results softroce_interactive=$INTERACTIVE"
+    if [[ "$DEBUG" == 1 ]]; then append+=" loglevel=7 softroce_debug=1"; else append+=" quiet loglevel=3"; fi
+    # TCG's emulated TSC is not tied to real time (it runs at the speed of
+    # the emulation, which varies with host load); mark it unstable up front
+    # so the guest does not pick it as clocksource.
+    append+=" tsc=unstable"
+
+    # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
+    local qemu=("$QEMU"
+        -nodefaults -no-user-config -no-reboot
+        -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
+        -display none -monitor none
+        # No network device at all: guest traffic (rxe on dummy0) cannot leave.
+        -nic none
+        -kernel "$KDIR/root/boot/vmlinuz-$KVER" -initrd "$KDIR/initramfs.cpio.gz"
+        -append "$append"
+        # Host / read-only; multidevs=remap because / spans several host
+        # filesystems (inode numbers would collide otherwise, QEMU warns).
+        -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+        -virtfs "local,path=$ctl,mount_tag=softroce_ctl,security_model=none,multidevs=remap"
+        -virtfs "local,path=$results,mount_tag=softroce_results,security_model=none,multidevs=remap"
+    )
+    [[ "$DEBUG" == 1 ]] && log "qemu: ${qemu[*]}"
+    log "booting guest (kernel $KVER, timeout ${TIMEOUT}s, results in $results)"
+    t0=$SECONDS
+    # `timeout` puts QEMU in its own process group, so a Ctrl-C on the
+    # terminal never reaches QEMU; forward INT/TERM to timeout (which passes
+    # it on to QEMU) so an interrupted run does not leave a guest behind.
+    local interrupted=0 tpid=""
+    trap 'interrupted=1; [[ -n "$tpid" ]] && kill -TERM "$tpid" 2>/dev/null' INT TERM
+    if [[ "$INTERACTIVE" == 1 ]]; then
+        # Interactive: the terminal talks to the guest console directly
+        # (mon:stdio multiplexes the QEMU monitor: Ctrl-A x quits QEMU).
+        timeout -k 10 "$TIMEOUT" "${qemu[@]}" -serial mon:stdio &
+        tpid=$!
+        until wait "$tpid"; qrc=$?; ! kill -0 "$tpid" 2>/dev/null; do :; done
+    else
+        qemu+=(-serial stdio)
+        # stdin from /dev/null: with a terminal on stdin QEMU would put it in
+        # raw mode and forward keystrokes to the guest.  sed -u strips the CR
+        # the guest tty's ONLCR adds and streams line by line.
+        ( timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null 2>&1 &
+          echo $! >"$ctl/timeout.pid"
+          wait $!; echo $? >"$ctl/qemu.rc" ) | sed -u 's/\r$//' &
+        local ppid=$!
+        while [[ ! -s "$ctl/timeout.pid" ]] && kill -0 "$ppid" 2>/dev/null; do sleep 0.05; done
+        tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
+        until wait "$ppid"; ! kill -0 "$ppid" 2>/dev/null; do :; done
+        qrc="$(cat "$ctl/qemu.rc" 2>/dev/null || echo 1)"
+    fi
+    trap - INT TERM
+    if [[ $interrupted == 1 ]]; then
+        log "interrupted; guest killed"
+        rm -rf "$ctl"
+        exit 130
+    fi
+    if [[ $qrc == 124 || $qrc == 137 ]]; then
+        log "FAIL: guest did not finish within ${TIMEOUT}s (SOFTROCE_VM_TIMEOUT); killed"
+        rm -rf "$ctl"
+        exit 124
+    fi
+    if [[ -f "$ctl/status" ]]; then
+        rc="$(cat "$ctl/status")"
+    else
+        log "FAIL: guest exited without reporting a status (qemu rc=$qrc; kernel panic or init failure?)"
+        rc=1
+    fi
+    rm -rf "$ctl"
+    log "guest finished in $((SECONDS - t0))s with status $rc"
+    return "$rc"
+}
+
+main() {
+    local mode=run
+    case "${1:-}" in
+        ""|-h|--help) usage; [[ -n "${1:-}" ]] && exit 0; exit 2 ;;
+        --selftest) mode=selftest; shift ;;
+        --check) mode=check; shift ;;
+        -c) [[ $# -ge 2 ]] || die "-c needs a command string"; mode=cmd ;;
+        --shell) mode=shell; INTERACTIVE=1 ;;
+    esac
+    check_platform
+    ensure_packages
+    check_qemu
+    ensure_kernel
+    if [[ $mode == check ]]; then log "ok: can run the guest (kernel $KVER, cache $KDIR)"; exit 0; fi
+    local rc=0
+    case "$mode" in
+        selftest) run_guest "$GUEST_DIR/selftest.sh" "$@" || rc=$? ;;
+        cmd) run_guest bash -c "source $GUEST_DIR/lib.sh; $2" || rc=$? ;;
+        shell) run_guest bash --rcfile "$GUEST_DIR/lib.sh" -i || rc=$? ;;
+        run)
+            local script="$1"; shift
+            if [[ -e "$script" ]]; then
+                script="$(readlink -f "$script")"
+            elif [[ "$script" == */* ]]; then
+                die "guest script $script not found"
+            fi   # else: a command name, looked up in the guest's PATH
+            run_guest "$script" "$@" || rc=$? ;;
+    esac
+    exit "$rc"
+}
+
+main "$@"
