@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdma_ffi::{
-    list_devices, live_counts, raise_memlock_limit, Access, CmEvent, CmEventKind, CmId, CompletionChannel,
-    CompletionQueue, ConnParams, EventChannel, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, WcOpcode,
-    WcStatus, WorkCompletion,
+    list_devices, live_counts, raise_memlock_limit, Access, CmEvent, CmEventKind, CmId,
+    CompletionChannel, CompletionQueue, ConnParams, EventChannel, MemoryRegion, ProtectionDomain,
+    QpCaps, QueuePair, WcOpcode, WcStatus, WorkCompletion,
 };
 
 type R<T> = Result<T, Box<dyn StdError + Send + Sync>>;
@@ -58,7 +58,9 @@ fn wait_event(ch: &EventChannel, want: CmEventKind) -> R<CmEvent> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         ensure!(!left.is_zero(), "timed out waiting for {want:?}");
-        let Some(ev) = ch.get_event_timeout(left)? else { continue };
+        let Some(ev) = ch.get_event_timeout(left)? else {
+            continue;
+        };
         if ev.kind == want {
             return Ok(ev);
         }
@@ -69,7 +71,11 @@ fn wait_event(ch: &EventChannel, want: CmEventKind) -> R<CmEvent> {
             | CmEventKind::Unreachable
             | CmEventKind::Rejected
             | CmEventKind::DeviceRemoval => {
-                return Err(format!("waiting for {want:?}: got {:?} status {}", ev.kind, ev.status).into())
+                return Err(format!(
+                    "waiting for {want:?}: got {:?} status {}",
+                    ev.kind, ev.status
+                )
+                .into())
             }
             other => println!("  (skipping CM event {other:?} on id {})", ev.id),
         }
@@ -118,7 +124,10 @@ fn print_devices() -> R<()> {
     for d in &devs {
         println!("device {} guid {:016x}", d.name, d.node_guid);
         for p in &d.ports {
-            println!("  port {} {:?} mtu {} {:?}", p.number, p.state, p.active_mtu, p.link_layer);
+            println!(
+                "  port {} {:?} mtu {} {:?}",
+                p.number, p.state, p.active_mtu, p.link_layer
+            );
             for g in &p.gids {
                 println!("    gid[{}] {} {:?}", g.index, g.gid, g.gid_type);
             }
@@ -142,7 +151,11 @@ fn client(addr: SocketAddr, hang: bool) -> R<()> {
     let scq = CompletionQueue::new(&ctx, 64, None)?;
     let rcq = CompletionQueue::new(&ctx, 64, None)?;
     let qp = QueuePair::create(id, &pd, &scq, &rcq, QpCaps::default())?;
-    let data = MemoryRegion::new(&pd, MIB, Access::LOCAL_WRITE | Access::REMOTE_READ | Access::REMOTE_WRITE)?;
+    let data = MemoryRegion::new(
+        &pd,
+        MIB,
+        Access::LOCAL_WRITE | Access::REMOTE_READ | Access::REMOTE_WRITE,
+    )?;
     fill(&data, pattern_a)?;
     let msg = MemoryRegion::new(&pd, 4096, Access::LOCAL_WRITE)?;
     qp.post_recv(100, &msg, 0, 64)?;
@@ -154,7 +167,11 @@ fn client(addr: SocketAddr, hang: bool) -> R<()> {
         rnr_retry_count: 7,
     })?;
     let ev = wait_event(&ch, CmEventKind::Established)?;
-    ensure!(ev.private_data.starts_with(&ISER_HDR), "REP private data {:02x?}", ev.private_data);
+    ensure!(
+        ev.private_data.starts_with(&ISER_HDR),
+        "REP private data {:02x?}",
+        ev.private_data
+    );
     println!(
         "client: established {:?} -> {:?}, REP private data {:02x?} ({} bytes)",
         qp.id().local_addr(),
@@ -162,10 +179,21 @@ fn client(addr: SocketAddr, hang: bool) -> R<()> {
         &ev.private_data[..4],
         ev.private_data.len()
     );
-    msg.write(1024, &encode(&Desc { addr: data.addr(), rkey: data.rkey(), len: MIB as u32 }))?;
+    msg.write(
+        1024,
+        &encode(&Desc {
+            addr: data.addr(),
+            rkey: data.rkey(),
+            len: MIB as u32,
+        }),
+    )?;
     qp.post_send(1, &msg, 1024, 16, true, None)?;
     let wc = wait_wc(&scq, "client send")?;
-    ensure!(wc.opcode == WcOpcode::Send, "client send opcode {:?}", wc.opcode);
+    ensure!(
+        wc.opcode == WcOpcode::Send,
+        "client send opcode {:?}",
+        wc.opcode
+    );
     if hang {
         println!("client: ready, waiting to be killed");
         loop {
@@ -175,13 +203,29 @@ fn client(addr: SocketAddr, hang: bool) -> R<()> {
     let wc = wait_wc(&rcq, "client recv DONE")?;
     let mut done = [0u8; 4];
     msg.read(0, &mut done)?;
-    ensure!(wc.byte_len == 4 && &done == b"DONE", "client got {:?} {:?}", wc, done);
-    verify(&data, pattern_b, "RDMA WRITE from passive side into active MR")?;
+    ensure!(
+        wc.byte_len == 4 && &done == b"DONE",
+        "client got {:?} {:?}",
+        wc,
+        done
+    );
+    verify(
+        &data,
+        pattern_b,
+        "RDMA WRITE from passive side into active MR",
+    )?;
     qp.id().disconnect()?;
     wait_event(&ch, CmEventKind::Disconnected)?;
     let flushed = qp.drain(Duration::from_secs(5))?;
-    ensure!(qp.outstanding() == (0, 0), "client outstanding after drain {:?}", qp.outstanding());
-    println!("client: disconnected and drained ({} flush completions)", flushed.len());
+    ensure!(
+        qp.outstanding() == (0, 0),
+        "client outstanding after drain {:?}",
+        qp.outstanding()
+    );
+    println!(
+        "client: disconnected and drained ({} flush completions)",
+        flushed.len()
+    );
     Ok(())
 }
 
@@ -199,7 +243,11 @@ struct Conn {
 /// 4-byte private data 0x80 and wait for the peer's descriptor Send.
 fn accept_one(ch: &EventChannel, listener: &CmId) -> R<Conn> {
     let ev = wait_event(ch, CmEventKind::ConnectRequest)?;
-    ensure!(ev.listen_id == Some(listener.handle()), "listen handle {:?}", ev.listen_id);
+    ensure!(
+        ev.listen_id == Some(listener.handle()),
+        "listen handle {:?}",
+        ev.listen_id
+    );
     println!(
         "server: connect request: private data {} bytes, starts {:02x?}; initiator_depth {} responder_resources {} retry {} rnr {}",
         ev.private_data.len(),
@@ -209,7 +257,11 @@ fn accept_one(ch: &EventChannel, listener: &CmId) -> R<Conn> {
         ev.conn.retry_count,
         ev.conn.rnr_retry_count
     );
-    ensure!(ev.private_data.starts_with(&ISER_HDR), "REQ private data {:02x?}", ev.private_data);
+    ensure!(
+        ev.private_data.starts_with(&ISER_HDR),
+        "REQ private data {:02x?}",
+        ev.private_data
+    );
     println!("PASS: passive side sees the active side's private data at the start");
     let id = ev.new_id.ok_or("ConnectRequest without id")?;
     ensure!(id.handle() == ev.id, "event id/handle mismatch");
@@ -225,7 +277,9 @@ fn accept_one(ch: &EventChannel, listener: &CmId) -> R<Conn> {
     let buf = MemoryRegion::new(&pd, MIB, Access::LOCAL_WRITE)?;
     qp.post_recv(200, &msg, 0, 64)?; // before accept
     rcq.req_notify(false)?;
-    let depth = (ev.conn.initiator_depth as i32).min(attrs.max_qp_init_rd_atom).max(1) as u8;
+    let depth = (ev.conn.initiator_depth as i32)
+        .min(attrs.max_qp_init_rd_atom)
+        .max(1) as u8;
     qp.id().accept(&ConnParams {
         private_data: ISER_HDR.to_vec(),
         initiator_depth: depth,
@@ -234,24 +288,47 @@ fn accept_one(ch: &EventChannel, listener: &CmId) -> R<Conn> {
         rnr_retry_count: 7,
     })?;
     // The first Send may complete before ESTABLISHED: wait on the completion channel.
-    let fired = cch.get_event_timeout(T)?.ok_or("no completion-channel event for the first receive")?;
-    ensure!(fired == rcq.handle(), "channel event for cq {fired}, expected {}", rcq.handle());
+    let fired = cch
+        .get_event_timeout(T)?
+        .ok_or("no completion-channel event for the first receive")?;
+    ensure!(
+        fired == rcq.handle(),
+        "channel event for cq {fired}, expected {}",
+        rcq.handle()
+    );
     let wc = wait_wc(&rcq, "server recv descriptor")?;
-    ensure!(wc.opcode == WcOpcode::Recv && wc.byte_len == 16 && wc.wr_id == 200, "recv {wc:?}");
+    ensure!(
+        wc.opcode == WcOpcode::Recv && wc.byte_len == 16 && wc.wr_id == 200,
+        "recv {wc:?}"
+    );
     wait_event(ch, CmEventKind::Established)?;
-    println!("server: established {:?} <- {:?}", qp.id().local_addr(), qp.id().peer_addr());
+    println!(
+        "server: established {:?} <- {:?}",
+        qp.id().local_addr(),
+        qp.id().peer_addr()
+    );
     let mut d = [0u8; 16];
     msg.read(0, &mut d)?;
     let peer = decode(&d);
     ensure!(peer.len as usize == MIB, "peer len {}", peer.len);
-    Ok(Conn { qp, scq, msg, buf, peer })
+    Ok(Conn {
+        qp,
+        scq,
+        msg,
+        buf,
+        peer,
+    })
 }
 
 fn listen(ch: &EventChannel, addr: SocketAddr) -> R<CmId> {
     let l = CmId::create(ch)?;
     l.bind(addr)?;
     l.listen(8)?;
-    println!("server: listening on {:?} (handle {})", l.local_addr(), l.handle());
+    println!(
+        "server: listening on {:?} (handle {})",
+        l.local_addr(),
+        l.handle()
+    );
     Ok(l)
 }
 
@@ -266,7 +343,10 @@ fn selftest(addr: SocketAddr) -> R<()> {
         // RDMA READ 1 MiB out of the peer's MR.
         c.qp.post_rdma_read(1, &c.buf, 0, MIB, c.peer.addr, c.peer.rkey, true)?;
         let wc = wait_wc(&c.scq, "RDMA READ")?;
-        ensure!(wc.opcode == WcOpcode::RdmaRead && wc.wr_id == 1, "read wc {wc:?}");
+        ensure!(
+            wc.opcode == WcOpcode::RdmaRead && wc.wr_id == 1,
+            "read wc {wc:?}"
+        );
         verify(&c.buf, pattern_a, "RDMA READ of the active side's MR")?;
         // RDMA WRITE 1 MiB (unsignaled) followed by a signaled Send: the Send's
         // completion retires the unsignaled write too.
@@ -274,27 +354,49 @@ fn selftest(addr: SocketAddr) -> R<()> {
         c.qp.post_rdma_write(2, &c.buf, 0, MIB, c.peer.addr, c.peer.rkey, false)?;
         c.msg.write(2048, b"DONE")?;
         c.qp.post_send(3, &c.msg, 2048, 4, true, None)?;
-        ensure!(c.qp.outstanding() == (2, 0), "outstanding {:?}", c.qp.outstanding());
+        ensure!(
+            c.qp.outstanding() == (2, 0),
+            "outstanding {:?}",
+            c.qp.outstanding()
+        );
         let wc = wait_wc(&c.scq, "Send DONE")?;
-        ensure!(wc.wr_id == 3 && wc.opcode == WcOpcode::Send, "send wc {wc:?}");
-        ensure!(c.qp.outstanding() == (0, 0), "outstanding after send {:?}", c.qp.outstanding());
+        ensure!(
+            wc.wr_id == 3 && wc.opcode == WcOpcode::Send,
+            "send wc {wc:?}"
+        );
+        ensure!(
+            c.qp.outstanding() == (0, 0),
+            "outstanding after send {:?}",
+            c.qp.outstanding()
+        );
         println!("PASS: RDMA WRITE (unsignaled) + Send passive -> active; outstanding table empty");
         // Slice access only once no WR holds the MR.
         let mut buf = c.buf;
-        ensure!(Arc::get_mut(&mut buf).and_then(|m| m.as_slice()).is_some(), "no exclusive access to idle local MR");
+        ensure!(
+            Arc::get_mut(&mut buf).and_then(|m| m.as_slice()).is_some(),
+            "no exclusive access to idle local MR"
+        );
         let qp = c.qp;
         qp.post_recv(201, &c.msg, 0, 64)?; // will be flushed
         let mut data_again = c.msg.clone();
-        ensure!(Arc::get_mut(&mut data_again).is_none(), "MR with a posted WR must not be exclusively accessible");
+        ensure!(
+            Arc::get_mut(&mut data_again).is_none(),
+            "MR with a posted WR must not be exclusively accessible"
+        );
         drop(data_again);
         wait_event(&ch, CmEventKind::Disconnected)?;
         qp.id().disconnect().ok(); // already disconnected by the peer; harmless
         let flushed = qp.drain(Duration::from_secs(5))?;
         ensure!(
-            flushed.iter().any(|w| w.wr_id == 201 && w.status == WcStatus::WrFlushErr),
+            flushed
+                .iter()
+                .any(|w| w.wr_id == 201 && w.status == WcStatus::WrFlushErr),
             "expected the posted receive to flush: {flushed:?}"
         );
-        println!("PASS: DISCONNECTED -> drain: {} flush completion(s), table empty", flushed.len());
+        println!(
+            "PASS: DISCONNECTED -> drain: {} flush completion(s), table empty",
+            flushed.len()
+        );
     }
     cl.join().map_err(|_| "client thread panicked")??;
     println!("PASS: active side verified, disconnected and drained");
@@ -311,7 +413,12 @@ fn kill_test(addr: SocketAddr) -> R<()> {
     let listener = listen(&ch, addr)?;
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
-        .args(["client", &addr.ip().to_string(), &addr.port().to_string(), "--hang"])
+        .args([
+            "client",
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            "--hang",
+        ])
         .spawn()?;
     let result = (|| -> R<()> {
         let c = accept_one(&ch, &listener)?;
@@ -322,7 +429,10 @@ fn kill_test(addr: SocketAddr) -> R<()> {
         let mut posted = false;
         let mut v = Vec::new();
         let outcome = loop {
-            ensure!(start.elapsed() < Duration::from_secs(90), "no error/flush or DISCONNECTED within 90 s");
+            ensure!(
+                start.elapsed() < Duration::from_secs(90),
+                "no error/flush or DISCONNECTED within 90 s"
+            );
             if !posted {
                 c.qp.post_rdma_read(reads, &c.buf, 0, MIB, c.peer.addr, c.peer.rkey, true)?;
                 posted = true;
@@ -330,26 +440,37 @@ fn kill_test(addr: SocketAddr) -> R<()> {
             if c.scq.poll(&mut v, 4)? > 0 {
                 let wc = v.pop().unwrap();
                 if wc.status != WcStatus::Success {
-                    break format!("error completion {:?} (vendor_err {})", wc.status, wc.vendor_err);
+                    break format!(
+                        "error completion {:?} (vendor_err {})",
+                        wc.status, wc.vendor_err
+                    );
                 }
                 reads += 1;
                 posted = false;
                 if reads == 3 {
                     child.kill()?; // SIGKILL
                     killed_at = Some(Instant::now());
-                    println!("server: 3 x 1 MiB RDMA READs done, peer process SIGKILLed mid-transfer");
+                    println!(
+                        "server: 3 x 1 MiB RDMA READs done, peer process SIGKILLed mid-transfer"
+                    );
                 }
             }
             if let Some(ev) = ch.get_event()? {
                 println!("server: CM event {:?}", ev.kind);
-                if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::TimewaitExit) {
+                if matches!(
+                    ev.kind,
+                    CmEventKind::Disconnected | CmEventKind::TimewaitExit
+                ) {
                     break format!("{:?}", ev.kind);
                 }
             }
             std::thread::sleep(Duration::from_micros(200));
         };
         let since = killed_at.map(|t| t.elapsed()).unwrap_or_default();
-        println!("server: detected peer death by {outcome} {:.1} s after the kill ({reads} reads ok)", since.as_secs_f64());
+        println!(
+            "server: detected peer death by {outcome} {:.1} s after the kill ({reads} reads ok)",
+            since.as_secs_f64()
+        );
         let t0 = Instant::now();
         c.qp.id().disconnect().ok();
         let flushed = c.qp.drain(Duration::from_secs(30))?;
@@ -385,7 +506,14 @@ fn main() {
         }
     };
     match raise_memlock_limit() {
-        Ok(l) => println!("RLIMIT_MEMLOCK now {}", if l == u64::MAX { "unlimited".into() } else { l.to_string() }),
+        Ok(l) => println!(
+            "RLIMIT_MEMLOCK now {}",
+            if l == u64::MAX {
+                "unlimited".into()
+            } else {
+                l.to_string()
+            }
+        ),
         Err(e) => println!("warning: could not raise RLIMIT_MEMLOCK: {e}"),
     }
     let r = match mode {
