@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdma_ffi::{
-    list_devices, live_counts, raise_memlock_limit, Access, CmEvent, CmEventKind, CmId,
-    CompletionChannel, CompletionQueue, ConnParams, EventChannel, MemoryRegion, ProtectionDomain,
-    QpCaps, QueuePair, WcOpcode, WcStatus, WorkCompletion,
+    list_devices, live_counts, raise_memlock_limit, Access, AsyncEventKind, CmEvent, CmEventKind,
+    CmId, CompletionChannel, CompletionQueue, ConnParams, EventChannel, MemoryRegion,
+    ProtectionDomain, QpCaps, QueuePair, WcOpcode, WcStatus, WorkCompletion,
 };
 
 type R<T> = Result<T, Box<dyn StdError + Send + Sync>>;
@@ -139,7 +139,18 @@ fn print_devices() -> R<()> {
 
 // ------------------------------------------------------------------ active side
 
-fn client(addr: SocketAddr, hang: bool) -> R<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Full exchange, orderly disconnect + drain.
+    Full,
+    /// Connect, send the descriptor, then wait to be SIGKILLed.
+    Hang,
+    /// Connect, send the descriptor, wait for the peer's disconnect, then
+    /// drop everything without disconnect/drain (Drop must cope).
+    ExpectDisconnect,
+}
+
+fn client(addr: SocketAddr, mode: Mode) -> R<()> {
     let ch = EventChannel::new()?;
     let id = CmId::create(&ch)?;
     id.resolve_addr(None, addr, Duration::from_secs(2))?;
@@ -194,7 +205,16 @@ fn client(addr: SocketAddr, hang: bool) -> R<()> {
         "client send opcode {:?}",
         wc.opcode
     );
-    if hang {
+    if mode == Mode::ExpectDisconnect {
+        qp.post_recv(101, &msg, 0, 64)?; // left outstanding on purpose
+        wait_event(&ch, CmEventKind::Disconnected)?;
+        println!(
+            "client: peer disconnected; dropping QP with {:?} outstanding, no drain",
+            qp.outstanding()
+        );
+        return Ok(());
+    }
+    if mode == Mode::Hang {
         println!("client: ready, waiting to be killed");
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -302,6 +322,15 @@ fn accept_one(ch: &EventChannel, listener: &CmId) -> R<Conn> {
         "recv {wc:?}"
     );
     wait_event(ch, CmEventKind::Established)?;
+    // Data before the RTU raises COMM_EST on some devices: tell rdma_cm.
+    ctx.set_async_nonblocking(true)?;
+    while let Some(ae) = ctx.get_async_event()? {
+        println!("server: async event {ae:?}");
+        if ae.kind == AsyncEventKind::CommEst && ae.qp_num == Some(qp.qp_num()) {
+            qp.id().notify_comm_est()?;
+            println!("server: COMM_EST -> rdma_notify");
+        }
+    }
     println!(
         "server: established {:?} <- {:?}",
         qp.id().local_addr(),
@@ -336,7 +365,7 @@ fn selftest(addr: SocketAddr) -> R<()> {
     print_devices()?;
     let ch = EventChannel::new()?;
     let listener = listen(&ch, addr)?;
-    let cl = std::thread::spawn(move || client(addr, false).map_err(|e| e.to_string()));
+    let cl = std::thread::spawn(move || client(addr, Mode::Full).map_err(|e| e.to_string()));
     {
         let c = accept_one(&ch, &listener)?;
         println!("PASS: Send active -> passive (receive posted before accept)");
@@ -405,6 +434,37 @@ fn selftest(addr: SocketAddr) -> R<()> {
     println!("live objects after teardown: {lc:?}");
     ensure!(lc == Default::default(), "leaked objects: {lc:?}");
     println!("PASS: no leaked MRs/QPs/CQs/PDs/ids");
+    Ok(())
+}
+
+/// The passive side drops its connection (QP with outstanding receives and
+/// an unsignaled write) without disconnect/drain; the active side drops
+/// without drain after DISCONNECTED. Drop must disconnect, flush and free
+/// everything on both sides.
+fn drop_test(addr: SocketAddr) -> R<()> {
+    let ch = EventChannel::new()?;
+    let listener = listen(&ch, addr)?;
+    let cl =
+        std::thread::spawn(move || client(addr, Mode::ExpectDisconnect).map_err(|e| e.to_string()));
+    {
+        let c = accept_one(&ch, &listener)?;
+        for i in 0..4 {
+            c.qp.post_recv(300 + i, &c.msg, 0, 64)?;
+        }
+        c.qp.post_rdma_write(400, &c.buf, 0, 4096, c.peer.addr, c.peer.rkey, false)?;
+        println!(
+            "server: dropping connection with {:?} outstanding, no disconnect/drain",
+            c.qp.outstanding()
+        );
+        let t0 = Instant::now();
+        drop(c);
+        println!("server: Drop took {:?}", t0.elapsed());
+    }
+    cl.join().map_err(|_| "client thread panicked")??;
+    drop(listener);
+    let lc = live_counts();
+    ensure!(lc == Default::default(), "leaked objects: {lc:?}");
+    println!("PASS: Drop without drain on both sides left no objects: {lc:?}");
     Ok(())
 }
 
@@ -519,7 +579,15 @@ fn main() {
     let r = match mode {
         "selftest" => selftest(addr),
         "kill-test" => kill_test(addr),
-        "client" => client(addr, args.iter().any(|a| a == "--hang")),
+        "drop-test" => drop_test(addr),
+        "client" => client(
+            addr,
+            if args.iter().any(|a| a == "--hang") {
+                Mode::Hang
+            } else {
+                Mode::Full
+            },
+        ),
         m => Err(format!("unknown mode {m}").into()),
     };
     match r {

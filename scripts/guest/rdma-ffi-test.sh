@@ -7,10 +7,12 @@
 # Inside the guest (what the harness runs):
 #     softroce-vm.sh scripts/guest/rdma-ffi-test.sh
 #
-# Runs target/debug/examples/pingpong twice on rxe0's address:
+# Runs target/debug/examples/pingpong three times on rxe0's address:
 #   selftest   list devices; passive + active side; Send both ways; 1 MiB RDMA
 #              READ and WRITE verified; private data check; disconnect, drain,
 #              no leaked MRs/QPs/CQs/PDs/ids
+#   drop-test  both sides drop their QP (receives outstanding) without
+#              disconnect/drain: Drop disconnects, flushes, frees everything
 #   kill-test  peer process SIGKILLed mid-transfer: the passive side sees an
 #              error completion or DISCONNECTED and tears down without hanging
 set -euo pipefail
@@ -37,6 +39,10 @@ rxe_setup "$SOFTROCE_ADDR_CIDR"
 rc=0
 sr_log "rdma-ffi selftest on $SOFTROCE_ADDR"
 timeout 180 "$BIN" selftest "$SOFTROCE_ADDR" 18515 || rc=$?
+if ((rc == 0)); then
+    sr_log "rdma-ffi drop-test on $SOFTROCE_ADDR"
+    timeout 180 "$BIN" drop-test "$SOFTROCE_ADDR" 18517 || rc=$?
+fi
 if ((rc == 0)); then
     sr_log "rdma-ffi kill-test on $SOFTROCE_ADDR"
     timeout 180 "$BIN" kill-test "$SOFTROCE_ADDR" 18516 || rc=$?
