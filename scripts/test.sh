@@ -16,7 +16,8 @@ log() { printf '\n=== %s\n' "$*"; }
 
 # --- packages -------------------------------------------------------------------
 need_pkgs=()
-for pkg in libiscsi-bin pkg-config; do
+# libibverbs-dev, librdmacm-dev and libclang-dev build rdma-ffi (bindgen over rdma-core).
+for pkg in libiscsi-bin pkg-config libibverbs-dev librdmacm-dev libclang-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -56,6 +57,9 @@ else
     elif [[ $status -ne 0 ]]; then
         echo "SoftRoCE VM self-test failed with status $status" >&2
         exit "$status"
+    else
+        log "rdma-ffi on rxe: connect, Send, 1 MiB RDMA READ/WRITE, drop and kill teardown"
+        scripts/guest/rdma-ffi-test.sh
     fi
 fi
 
