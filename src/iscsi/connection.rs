@@ -215,6 +215,10 @@ pub enum Action {
     Close(CloseReason),
 }
 
+/// Data bytes an iSER initiator's full-feature receive buffers hold (ib_iser ISER_RECV_DATA_SEG_LEN,
+/// libiscsi likewise).
+pub const ISER_FULL_FEATURE_RESPONSE_DATA: usize = 128;
+
 /// Reject reasons (RFC 7143 §11.17.1).
 pub(super) mod reject_reason {
     pub const DATA_DIGEST_ERROR: u8 = 0x02;
@@ -518,6 +522,13 @@ impl Connection {
         }
     }
 
+    /// The transport found the connection unusable (a failed RDMA operation, a malformed Send):
+    /// close at once, without answering.
+    pub fn handle_transport_error(&mut self, reason: CloseReason) {
+        log::warn!("closing connection: {reason:?}");
+        self.close(reason);
+    }
+
     /// A framing problem reported by the transport.
     pub fn handle_frame_error(&mut self, error: FrameError, now: Instant) {
         self.last_activity = now;
@@ -680,7 +691,7 @@ impl Connection {
 
     fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>, _now: Instant) {
         // A ping from the initiator (ITT valid): echo the data, TTT reserved (brief §1 rule 15).
-        let max = self.params.initiator_max_recv_data_segment_length as usize;
+        let max = self.response_data_limit();
         let mut data = data;
         data.truncate(max);
         let stat_sn = self.next_stat_sn();
@@ -981,7 +992,12 @@ impl Connection {
         let sent_len = full.min(edtl as u64) as usize;
         let data = &outcome.data_in[..sent_len];
         let (overflow, underflow, residual) = residual(full, edtl);
-        let max_pdu = self.params.initiator_max_recv_data_segment_length.max(512) as usize;
+        // Over iSER a Data-In becomes an RDMA Write, so only the burst bounds it.
+        let max_pdu = if self.params.rdma_extensions {
+            self.params.max_burst_length.max(512) as usize
+        } else {
+            self.params.initiator_max_recv_data_segment_length.max(512) as usize
+        };
         let max_burst = self.params.max_burst_length.max(512) as usize;
         let collapse = outcome.sense.is_empty();
         let mut offset = 0usize;
@@ -1251,7 +1267,7 @@ impl Connection {
 
     /// Sends up to one PDU's worth of a Text Response, keeping the rest for the next request.
     fn send_text_piece(&mut self, h: &TextRequest, mut body: Vec<u8>) {
-        let max = self.params.initiator_max_recv_data_segment_length.max(512) as usize;
+        let max = self.response_data_limit();
         let (continue_flag, ttt) = if body.len() > max {
             let rest = body.split_off(max);
             let ttt = self.fresh_ttt();
@@ -1371,6 +1387,18 @@ impl Connection {
         self.params = params;
         self.exp_cmd_sn = exp_cmd_sn;
         self.phase = Phase::FullFeature;
+    }
+
+    /// Largest data segment of a response PDU (NOP-In, Text Response) the initiator can take.
+    ///
+    /// Over iSER the Linux and libiscsi initiators receive full-feature PDUs in 204-byte buffers,
+    /// 128 bytes of data, whatever InitiatorRecvDataSegmentLength says (brief §4.1 R-a).
+    fn response_data_limit(&self) -> usize {
+        if self.params.rdma_extensions {
+            ISER_FULL_FEATURE_RESPONSE_DATA
+        } else {
+            self.params.initiator_max_recv_data_segment_length.max(512) as usize
+        }
     }
 
     /// Frame settings matching the negotiated parameters.

@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod framing;
+pub mod iser;
 mod login;
 pub mod pdu;
 pub mod text;

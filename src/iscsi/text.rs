@@ -442,18 +442,26 @@ impl Negotiator {
                 }
                 _ => reject(),
             },
+            // RFC 7145 §6.4-6.5: both negotiated with result function min; only over iSER.
+            "InitiatorRecvDataSegmentLength" | "TargetRecvDataSegmentLength" if !pol.iser => {
+                reply("Irrelevant".into())
+            }
             "InitiatorRecvDataSegmentLength" => match parse_number(value) {
                 Some(n @ 512..=16_777_215) => {
-                    p.initiator_recv_data_segment_length = n as u32;
-                    Ok(KeyAnswer::Accepted)
+                    // What we may send; Linux really takes 128 bytes in full feature phase
+                    // whatever is agreed here (brief §4.1 R-a), which the core honours.
+                    p.initiator_recv_data_segment_length =
+                        (n as u32).min(pol.max_recv_data_segment_length);
+                    reply(p.initiator_recv_data_segment_length.to_string())
                 }
                 _ => reject(),
             },
             "TargetRecvDataSegmentLength" => match parse_number(value) {
-                // Declarative from the target's side; the initiator's offer is a hint we clamp
-                // to our receive buffers (brief §1 rule 5).
-                Some(512..=16_777_215) => {
-                    p.target_recv_data_segment_length = pol.max_recv_data_segment_length;
+                // What the initiator may send us: never more than our receive buffers hold
+                // (brief §1 rule 5).
+                Some(n @ 512..=16_777_215) => {
+                    p.target_recv_data_segment_length =
+                        (n as u32).min(pol.max_recv_data_segment_length);
                     reply(p.target_recv_data_segment_length.to_string())
                 }
                 _ => reject(),

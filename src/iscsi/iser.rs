@@ -1,0 +1,907 @@
+//! iSER (RFC 7145) on top of the core, still without I/O: framing of PDUs in RDMA Sends, and the
+//! data-movement planner that turns the core's Data-In into RDMA Writes and its R2Ts into RDMA
+//! Reads. The transport only posts what [`FabricOp`]s say and reports completions back.
+//!
+//! Byte-level facts come from the project's protocol brief (docs: `iser-brief.md`): §3 the 28-byte
+//! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
+//! data-out that arrives in Sends is immediate data.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::connection::{Action, CloseReason, Connection, CoreConfig, LoginStatus, TaskId};
+use super::pdu::{self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, BHS_LEN};
+use crate::scsi::ScsiOutcome;
+
+/// Length of the iSER control-type header in front of every PDU.
+pub const ISER_HEADER_LEN: usize = 28;
+/// Data bytes one of our receive buffers holds beyond the headers: the TargetRecvDataSegmentLength
+/// we agree to (brief §4.2: 76 + 8192 bytes).
+pub const RECV_DATA_CAPACITY: usize = 8192;
+/// Bytes a receive buffer needs: iSER header, BHS, room for an extended-CDB AHS, data.
+pub const RECV_BUFFER_LEN: usize = ISER_HEADER_LEN + BHS_LEN + 64 + RECV_DATA_CAPACITY;
+
+/// iSER opcode (high nibble of byte 0): an iSCSI control-type PDU follows.
+const ISER_ISCSI_CTRL: u8 = 0x10;
+/// iSER opcode of a Hello message, which no initiator we serve sends (brief §3.2).
+const ISER_HELLO: u8 = 0x20;
+/// Write STag valid.
+const ISER_WSV: u8 = 0x08;
+/// Read STag valid.
+const ISER_RSV: u8 = 0x04;
+
+/// The 28-byte iSER header (brief §3.1); all fields big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IserHeader {
+    pub flags: u8,
+    pub write_stag: u32,
+    pub write_va: u64,
+    pub read_stag: u32,
+    pub read_va: u64,
+}
+
+impl IserHeader {
+    /// The header of every target-to-initiator Send: control type, no STags.
+    pub const CONTROL: IserHeader = IserHeader {
+        flags: ISER_ISCSI_CTRL,
+        write_stag: 0,
+        write_va: 0,
+        read_stag: 0,
+        read_va: 0,
+    };
+
+    /// Parses the first 28 bytes of a received Send.
+    pub fn decode(bytes: &[u8]) -> Option<IserHeader> {
+        let b = bytes.get(..ISER_HEADER_LEN)?;
+        let u32_at = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u64_at = |at: usize| (u64::from(u32_at(at)) << 32) | u64::from(u32_at(at + 4));
+        Some(IserHeader {
+            flags: b[0],
+            write_stag: u32_at(4),
+            write_va: u64_at(8),
+            read_stag: u32_at(16),
+            read_va: u64_at(20),
+        })
+    }
+
+    /// Serialises the header.
+    pub fn encode(&self) -> [u8; ISER_HEADER_LEN] {
+        let mut b = [0u8; ISER_HEADER_LEN];
+        b[0] = self.flags;
+        b[4..8].copy_from_slice(&self.write_stag.to_be_bytes());
+        b[8..16].copy_from_slice(&self.write_va.to_be_bytes());
+        b[16..20].copy_from_slice(&self.read_stag.to_be_bytes());
+        b[20..28].copy_from_slice(&self.read_va.to_be_bytes());
+        b
+    }
+}
+
+/// The 4 bytes of CM private data we answer a connect request with (brief §2.3): 0x80, we do not
+/// use zero-based addressing, | 0x40, we do not send with invalidate (the initiator then
+/// invalidates its MRs itself, which is always correct).
+pub fn accept_private_data(_request_private_data: &[u8]) -> [u8; 4] {
+    [0x80 | 0x40, 0, 0, 0]
+}
+
+/// Encodes a PDU as the payload of one Send: iSER header, BHS, AHS, data padded to 4 bytes.
+pub fn encode_send(pdu: &Pdu) -> Vec<u8> {
+    let mut out = IserHeader::CONTROL.encode().to_vec();
+    out.extend_from_slice(&pdu.encode_header());
+    out.extend_from_slice(&pdu.data);
+    out.resize(out.len() + pdu::padding(pdu.data.len()), 0);
+    out
+}
+
+/// One operation the RDMA fabric must perform, in order. A Send posted after an RDMA Write on
+/// the same QP is delivered after it (RC ordering), which is what makes a SCSI Response safe to
+/// post right behind its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FabricOp {
+    /// Post a Send whose payload is these bytes (iSER header + BHS + data).
+    Send(Vec<u8>),
+    /// RDMA Write `data` into the initiator's buffer at (stag, va).
+    RdmaWrite { stag: u32, va: u64, data: Vec<u8> },
+    /// RDMA Read `len` bytes from (stag, va); report with
+    /// [`IserConnection::handle_rdma_read_complete`] or [`IserConnection::handle_rdma_read_failed`].
+    RdmaRead {
+        token: u64,
+        stag: u32,
+        va: u64,
+        len: u32,
+    },
+    /// Settle session identity; answer with [`IserConnection::handle_session_bound`].
+    BindSession(super::BindRequest),
+    /// Run a SCSI command; answer with [`IserConnection::handle_scsi_complete`].
+    Execute(super::ScsiTask),
+    /// Disconnect, drain, free. Nothing follows.
+    Close(CloseReason),
+}
+
+/// The initiator's buffers for one command, from the iSER header of its SCSI Command.
+#[derive(Debug, Clone, Copy)]
+struct RemoteBuffers {
+    read: Option<(u32, u64)>,
+    write: Option<(u32, u64)>,
+    /// Bytes that came in the command's Send (immediate data): the advertised WriteVA points past
+    /// them (brief §1 rule 8, §6.2).
+    unsolicited: u32,
+}
+
+/// An RDMA Read in flight, standing in for the Data-Out that answers one R2T.
+#[derive(Debug, Clone)]
+struct PendingRead {
+    itt: u32,
+    ttt: u32,
+    lun: [u8; 8],
+    offset: u32,
+}
+
+/// A connection speaking iSER: the core plus iSER framing and data movement.
+#[derive(Debug)]
+pub struct IserConnection {
+    core: Connection,
+    buffers: HashMap<u32, RemoteBuffers>,
+    reads: HashMap<u64, PendingRead>,
+    next_token: u64,
+    /// Sends held back because an RDMA Read is still in flight: a TMF Response must not let the
+    /// initiator free a buffer we are still reading (brief §6.4). Everything after it waits too,
+    /// to keep the order.
+    held: VecDeque<FabricOp>,
+    ops: VecDeque<FabricOp>,
+    closed: bool,
+}
+
+impl IserConnection {
+    /// A new connection in the login phase.
+    pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
+        IserConnection {
+            core: Connection::new(config, local_addr, now),
+            buffers: HashMap::new(),
+            reads: HashMap::new(),
+            next_token: 1,
+            held: VecDeque::new(),
+            ops: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// The wrapped core (negotiated parameters, state queries).
+    pub fn core(&self) -> &Connection {
+        &self.core
+    }
+
+    /// True once a Close has been emitted.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The payload of one received Send.
+    pub fn handle_receive(&mut self, message: &[u8], now: Instant) {
+        match self.decode_receive(message, now) {
+            Ok(Some(pdu)) => self.core.handle_pdu(pdu, now),
+            Ok(None) => {}
+            Err(reason) => {
+                log::warn!("iSER receive: {reason}");
+                self.core_close(CloseReason::ProtocolError(reason));
+            }
+        }
+        self.pump();
+    }
+
+    /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes).
+    fn decode_receive(&mut self, message: &[u8], now: Instant) -> Result<Option<Pdu>, String> {
+        let header = IserHeader::decode(message).ok_or("Send shorter than the iSER header")?;
+        match header.flags & 0xf0 {
+            ISER_ISCSI_CTRL => {}
+            ISER_HELLO => return Err("iSER Hello is not supported".into()),
+            other => return Err(format!("unknown iSER opcode {other:#04x}")),
+        }
+        let rest = &message[ISER_HEADER_LEN..];
+        if rest.len() < BHS_LEN {
+            // LIO crashed on short login Sends (brief); we just refuse them.
+            return Err(format!(
+                "Send of {} bytes carries no whole BHS",
+                message.len()
+            ));
+        }
+        let ahs_len = pdu::total_ahs_length(rest).map_err(|e| e.to_string())?;
+        let data_len = pdu::data_segment_length(rest).map_err(|e| e.to_string())? as usize;
+        if data_len > RECV_DATA_CAPACITY {
+            return Err(format!(
+                "data segment of {data_len} bytes exceeds {RECV_DATA_CAPACITY}"
+            ));
+        }
+        let data_start = BHS_LEN + ahs_len;
+        let data_end = data_start + data_len;
+        if rest.len() < data_end {
+            return Err(format!(
+                "Send of {} bytes is shorter than its PDU ({} bytes)",
+                message.len(),
+                ISER_HEADER_LEN + data_end
+            ));
+        }
+        let pdu = match Pdu::decode(
+            &rest[..BHS_LEN],
+            &rest[BHS_LEN..data_start],
+            rest[data_start..data_end].to_vec(),
+        ) {
+            Ok(pdu) => pdu,
+            Err(error) => {
+                // Stream framing is not at stake (one PDU per Send): answer like over TCP.
+                self.core.handle_frame_error(
+                    super::framing::FrameError::Malformed {
+                        header: rest[..data_start].to_vec(),
+                        error,
+                    },
+                    now,
+                );
+                return Ok(None);
+            }
+        };
+        if let Header::ScsiCommand(cmd) = &pdu.header {
+            let read = (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va));
+            let write =
+                (header.flags & ISER_WSV != 0).then_some((header.write_stag, header.write_va));
+            self.buffers.insert(
+                cmd.itt,
+                RemoteBuffers {
+                    read,
+                    write,
+                    unsolicited: pdu.data.len() as u32,
+                },
+            );
+        }
+        Ok(Some(pdu))
+    }
+
+    /// An RDMA Read finished: its bytes are the Data-Out the R2T asked for.
+    pub fn handle_rdma_read_complete(&mut self, token: u64, data: Vec<u8>, now: Instant) {
+        if let Some(read) = self.reads.remove(&token) {
+            let header = Header::DataOut(DataOut {
+                final_flag: true,
+                lun: read.lun,
+                itt: read.itt,
+                ttt: read.ttt,
+                exp_stat_sn: 0,
+                data_sn: 0,
+                buffer_offset: read.offset,
+            });
+            self.core.handle_pdu(Pdu::with_data(header, data), now);
+        }
+        self.pump();
+    }
+
+    /// An RDMA Read failed (remote access error, flush): the connection cannot go on.
+    pub fn handle_rdma_read_failed(&mut self, token: u64) {
+        self.reads.remove(&token);
+        self.core_close(CloseReason::ProtocolError("RDMA Read failed".into()));
+        self.pump();
+    }
+
+    /// Answer to [`FabricOp::BindSession`].
+    pub fn handle_session_bound(&mut self, result: Result<u16, LoginStatus>) {
+        self.core.handle_session_bound(result);
+        self.pump();
+    }
+
+    /// Answer to [`FabricOp::Execute`].
+    pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
+        self.core.handle_scsi_complete(id, outcome);
+        self.pump();
+    }
+
+    /// Timers (login deadline, NOP-In keep-alive).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Server stop or session reinstatement.
+    pub fn handle_shutdown(&mut self) {
+        self.core.handle_shutdown();
+        self.pump();
+    }
+
+    /// When [`IserConnection::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    /// The next fabric operation.
+    pub fn poll_op(&mut self) -> Option<FabricOp> {
+        self.ops.pop_front()
+    }
+
+    fn core_close(&mut self, reason: CloseReason) {
+        // Through the core, so it stops too; its Close action reaches the fabric in pump().
+        self.core.handle_transport_error(reason);
+    }
+
+    fn emit(&mut self, op: FabricOp) {
+        if self.closed {
+            return;
+        }
+        if matches!(op, FabricOp::Close(_)) {
+            self.closed = true;
+            self.held.clear();
+            self.ops.push_back(op);
+            return;
+        }
+        let is_send = matches!(op, FabricOp::Send(_));
+        if !self.held.is_empty() || (is_send && self.must_hold_send(&op)) {
+            self.held.push_back(op);
+        } else {
+            self.ops.push_back(op);
+        }
+    }
+
+    /// A TMF Response may not overtake an RDMA Read of a buffer the initiator would then free.
+    fn must_hold_send(&self, op: &FabricOp) -> bool {
+        let FabricOp::Send(bytes) = op else {
+            return false;
+        };
+        !self.reads.is_empty()
+            && bytes.get(ISER_HEADER_LEN).map(|b| b & 0x3f)
+                == Some(pdu::Opcode::TaskMgmtResponse as u8)
+    }
+
+    fn release_held(&mut self) {
+        if self.reads.is_empty() {
+            while let Some(op) = self.held.pop_front() {
+                self.ops.push_back(op);
+            }
+        }
+    }
+
+    /// Translates the core's actions into fabric operations.
+    fn pump(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send(pdu) => self.translate_send(pdu),
+                // No digests over iSER; the core's frame settings do not apply.
+                Action::SetFrameSettings(_) => {}
+                Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),
+                Action::Execute(task) => self.emit(FabricOp::Execute(task)),
+                Action::Close(reason) => self.emit(FabricOp::Close(reason)),
+            }
+        }
+        self.release_held();
+    }
+
+    fn translate_send(&mut self, pdu: Pdu) {
+        match pdu.header {
+            Header::DataIn(h) => self.data_in(h, pdu.data),
+            Header::ReadyToTransfer(h) => self.r2t(h),
+            Header::NopIn(h) => {
+                // NOP-In carries no data over iSER (brief §1 rule 15).
+                self.emit(FabricOp::Send(encode_send(&Pdu::new(Header::NopIn(h)))));
+            }
+            Header::ScsiResponse(ref h) => {
+                self.buffers.remove(&h.itt);
+                self.emit(FabricOp::Send(encode_send(&pdu)));
+            }
+            _ => self.emit(FabricOp::Send(encode_send(&pdu))),
+        }
+    }
+
+    /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
+    /// (never piggy-backed over iSER, brief §1 rule 10).
+    fn data_in(&mut self, h: DataIn, data: Vec<u8>) {
+        let Some((stag, va)) = self.buffers.get(&h.itt).and_then(|b| b.read) else {
+            log::warn!(
+                "READ data for ITT {:#x} but the initiator advertised no read buffer",
+                h.itt
+            );
+            self.core_close(CloseReason::ProtocolError(
+                "Data-In without a Read STag".into(),
+            ));
+            return;
+        };
+        if !data.is_empty() {
+            self.emit(FabricOp::RdmaWrite {
+                stag,
+                va: va.wrapping_add(u64::from(h.buffer_offset)),
+                data,
+            });
+        }
+        if h.status_present {
+            self.buffers.remove(&h.itt);
+            let response = Header::ScsiResponse(ScsiResponse {
+                overflow: h.overflow,
+                underflow: h.underflow,
+                response: 0,
+                status: h.status,
+                itt: h.itt,
+                stat_sn: h.stat_sn,
+                exp_cmd_sn: h.exp_cmd_sn,
+                max_cmd_sn: h.max_cmd_sn,
+                exp_data_sn: h.data_sn.wrapping_add(1),
+                residual_count: h.residual_count,
+            });
+            self.emit(FabricOp::Send(encode_send(&Pdu::new(response))));
+        }
+    }
+
+    /// R2T → RDMA Read from WriteVA + (offset − immediate bytes) (brief §1 rule 8).
+    fn r2t(&mut self, h: ReadyToTransfer) {
+        let Some(buffers) = self.buffers.get(&h.itt).copied() else {
+            self.core_close(CloseReason::ProtocolError("R2T for an unknown task".into()));
+            return;
+        };
+        let Some((stag, va)) = buffers.write else {
+            log::warn!(
+                "WRITE for ITT {:#x} needs data but the initiator advertised no write buffer",
+                h.itt
+            );
+            self.core_close(CloseReason::ProtocolError(
+                "solicited data without a Write STag".into(),
+            ));
+            return;
+        };
+        let Some(relative) = h.buffer_offset.checked_sub(buffers.unsolicited) else {
+            self.core_close(CloseReason::ProtocolError(
+                "R2T below the solicited data".into(),
+            ));
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.reads.insert(
+            token,
+            PendingRead {
+                itt: h.itt,
+                ttt: h.ttt,
+                lun: h.lun,
+                offset: h.buffer_offset,
+            },
+        );
+        self.emit(FabricOp::RdmaRead {
+            token,
+            stag,
+            va: va.wrapping_add(u64::from(relative)),
+            len: h.desired_length,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::pdu::{
+        LoginRequest, LoginResponse, NopIn, NopOut, ScsiCommand, Stage, TaskAttribute,
+        TaskMgmtRequest,
+    };
+    use crate::iscsi::text::{self, TargetPolicy};
+    use crate::iscsi::TargetDescriptor;
+    use std::time::Duration;
+
+    const TARGET: &str = "iqn.2026-11.io.iser-target:t";
+
+    fn config() -> Arc<CoreConfig> {
+        Arc::new(CoreConfig {
+            targets: vec![TargetDescriptor {
+                name: TARGET.into(),
+                allowed_initiators: vec![],
+                luns: vec![0],
+            }],
+            policy: TargetPolicy {
+                max_recv_data_segment_length: RECV_DATA_CAPACITY as u32,
+                max_burst_length: 512 * 1024,
+                first_burst_length: 65536,
+                max_outstanding_r2t: 1,
+                digests_allowed: false,
+                require_initial_r2t: true,
+                iser: true,
+            },
+            queue_depth: 16,
+            nop_interval: Some(Duration::from_secs(15)),
+            ..CoreConfig::default()
+        })
+    }
+
+    fn send_bytes(header: IserHeader, pdu: &Pdu) -> Vec<u8> {
+        let mut out = header.encode().to_vec();
+        out.extend_from_slice(&pdu.encode_header());
+        out.extend_from_slice(&pdu.data);
+        out
+    }
+
+    fn ctrl(pdu: &Pdu) -> Vec<u8> {
+        send_bytes(IserHeader::CONTROL, pdu)
+    }
+
+    /// Decodes the PDU inside a Send we emitted.
+    fn sent_pdu(bytes: &[u8]) -> Pdu {
+        assert_eq!(IserHeader::decode(bytes), Some(IserHeader::CONTROL));
+        let rest = &bytes[ISER_HEADER_LEN..];
+        let dl = pdu::data_segment_length(rest).unwrap() as usize;
+        assert!(
+            rest.len() - BHS_LEN - dl < 4,
+            "at most 3 pad bytes (brief R-e)"
+        );
+        Pdu::decode(&rest[..BHS_LEN], &[], rest[BHS_LEN..BHS_LEN + dl].to_vec()).unwrap()
+    }
+
+    fn drain(conn: &mut IserConnection) -> Vec<FabricOp> {
+        std::iter::from_fn(|| conn.poll_op()).collect()
+    }
+
+    /// Logs in a normal iSER session the way ib_iser does (one operational request) and returns
+    /// the final Login Response and its keys.
+    fn login(conn: &mut IserConnection, now: Instant) -> (LoginResponse, Vec<text::KeyValue>) {
+        let keys = text::encode(&[
+            (
+                "InitiatorName".to_string(),
+                "iqn.2026-11.test:host".to_string(),
+            ),
+            ("TargetName".to_string(), TARGET.to_string()),
+            ("SessionType".to_string(), "Normal".to_string()),
+            ("InitialR2T".to_string(), "No".to_string()),
+            ("ImmediateData".to_string(), "Yes".to_string()),
+            ("MaxBurstLength".to_string(), "16776192".to_string()),
+            ("FirstBurstLength".to_string(), "262144".to_string()),
+            ("MaxOutstandingR2T".to_string(), "1".to_string()),
+            ("ErrorRecoveryLevel".to_string(), "0".to_string()),
+            ("RDMAExtensions".to_string(), "Yes".to_string()),
+            (
+                "InitiatorRecvDataSegmentLength".to_string(),
+                "262144".to_string(),
+            ),
+            (
+                "TargetRecvDataSegmentLength".to_string(),
+                "8192".to_string(),
+            ),
+        ]);
+        let request = Header::LoginRequest(LoginRequest {
+            transit: true,
+            continue_flag: false,
+            current_stage: Stage::Operational,
+            next_stage: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid: [0, 2, 0x3d, 0, 0, 1],
+            tsih: 0,
+            itt: 0,
+            cid: 0,
+            cmd_sn: 100,
+            exp_stat_sn: 7,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(request, keys)), now);
+        let ops = drain(conn);
+        assert!(
+            matches!(ops.as_slice(), [FabricOp::BindSession(_)]),
+            "{ops:?}"
+        );
+        conn.handle_session_bound(Ok(5));
+        let ops = drain(conn);
+        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let pdu = sent_pdu(bytes);
+        let Header::LoginResponse(resp) = pdu.header else {
+            panic!()
+        };
+        (resp, text::parse(&pdu.data).unwrap())
+    }
+
+    fn command(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, cdb0: u8) -> ScsiCommand {
+        let mut cdb = vec![0u8; 16];
+        cdb[0] = cdb0;
+        ScsiCommand {
+            immediate: false,
+            final_flag: true,
+            read,
+            write,
+            attribute: TaskAttribute::Simple,
+            lun: [0; 8],
+            itt,
+            expected_data_length: edtl,
+            cmd_sn,
+            exp_stat_sn: 8,
+            cdb,
+            bidi_read_length: None,
+        }
+    }
+
+    #[test]
+    fn login_answers_only_keys_open_iscsi_knows() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        let (resp, keys) = login(&mut conn, now);
+        assert!(resp.transit && resp.next_stage == Stage::FullFeature);
+        assert_eq!(resp.tsih, 5);
+        assert_eq!(resp.exp_cmd_sn, 100);
+        assert_eq!(
+            resp.max_cmd_sn, 115,
+            "window of queue_depth 16 (brief §1 rule 14)"
+        );
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("RDMAExtensions"), Some("Yes"));
+        assert_eq!(
+            get("InitialR2T"),
+            Some("Yes"),
+            "forced for iSER (brief §1 rule 16)"
+        );
+        assert_eq!(get("TargetRecvDataSegmentLength"), Some("8192"));
+        assert_eq!(get("TargetPortalGroupTag"), Some("1"));
+        assert_eq!(
+            get("MaxRecvDataSegmentLength"),
+            None,
+            "never over iSER (brief §1 rule 5)"
+        );
+        // Every key answered is one open-iscsi's get_op_params_text_keys recognises (brief §5.3).
+        let known = [
+            "TargetAlias",
+            "TargetAddress",
+            "TargetPortalGroupTag",
+            "InitialR2T",
+            "ImmediateData",
+            "MaxRecvDataSegmentLength",
+            "FirstBurstLength",
+            "MaxBurstLength",
+            "HeaderDigest",
+            "DataDigest",
+            "DefaultTime2Wait",
+            "DefaultTime2Retain",
+            "OFMarker",
+            "OFMarkInt",
+            "IFMarker",
+            "IFMarkInt",
+            "DataPDUInOrder",
+            "DataSequenceInOrder",
+            "MaxOutstandingR2T",
+            "MaxConnections",
+            "ErrorRecoveryLevel",
+            "RDMAExtensions",
+            "InitiatorRecvDataSegmentLength",
+            "TargetRecvDataSegmentLength",
+        ];
+        for (key, _) in &keys {
+            assert!(
+                known.contains(&key.as_str()),
+                "open-iscsi would fail on {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_becomes_rdma_write_then_response() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        login(&mut conn, now);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_RSV,
+            read_stag: 0xabc,
+            read_va: 0x7000_0000,
+            ..IserHeader::default()
+        };
+        let cmd = Pdu::new(Header::ScsiCommand(command(
+            0x1000_0001,
+            100,
+            true,
+            false,
+            4096,
+            0x28,
+        )));
+        conn.handle_receive(&send_bytes(iser, &cmd), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        // The command produced 8 KiB but the initiator's buffer is 4 KiB: overflow.
+        let outcome = ScsiOutcome {
+            status: 0,
+            sense: vec![],
+            data_in: vec![0x5a; 8192],
+            data_out_length: 0,
+        };
+        conn.handle_scsi_complete(task.id, outcome);
+        let ops = drain(&mut conn);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert_eq!(
+            ops[0],
+            FabricOp::RdmaWrite {
+                stag: 0xabc,
+                va: 0x7000_0000,
+                data: vec![0x5a; 4096]
+            }
+        );
+        let FabricOp::Send(bytes) = &ops[1] else {
+            panic!()
+        };
+        let Header::ScsiResponse(resp) = sent_pdu(bytes).header else {
+            panic!()
+        };
+        assert_eq!(
+            resp.itt, 0x1000_0001,
+            "ITT echoed verbatim (brief §1 rule 13)"
+        );
+        assert!(resp.overflow && !resp.underflow);
+        assert_eq!(resp.residual_count, 4096);
+    }
+
+    #[test]
+    fn write_reads_solicited_data_past_the_immediate_bytes() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        login(&mut conn, now);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: 0x77,
+            write_va: 0x9000_1000,
+            ..IserHeader::default()
+        };
+        let mut cmd = command(0x22, 100, false, true, 3 * 4096, 0x2a);
+        cmd.final_flag = true;
+        let pdu = Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]);
+        conn.handle_receive(&send_bytes(iser, &pdu), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::RdmaRead {
+            token,
+            stag,
+            va,
+            len,
+        }] = ops.as_slice()
+        else {
+            panic!("{ops:?}")
+        };
+        // WriteVA already points past the 4096 immediate bytes (brief §1 rule 8).
+        assert_eq!((*stag, *va, *len), (0x77, 0x9000_1000, 8192));
+        conn.handle_rdma_read_complete(*token, vec![2u8; 8192], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(&task.data_out[..4096], &[1u8; 4096][..]);
+        assert_eq!(&task.data_out[4096..], &[2u8; 8192][..]);
+    }
+
+    #[test]
+    fn tmf_response_waits_for_rdma_reads_in_flight() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        login(&mut conn, now);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: 1,
+            write_va: 0x1000,
+            ..IserHeader::default()
+        };
+        let pdu = Pdu::new(Header::ScsiCommand(command(
+            0x33, 100, false, true, 4096, 0x2a,
+        )));
+        conn.handle_receive(&send_bytes(iser, &pdu), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::RdmaRead { token, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let abort = Header::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: 1,
+            lun: [0; 8],
+            itt: 0x34,
+            referenced_task_tag: 0x33,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+            ref_cmd_sn: 100,
+            exp_data_sn: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(abort)), now);
+        assert!(
+            drain(&mut conn).is_empty(),
+            "held while the RDMA Read may still touch the buffer"
+        );
+        conn.handle_rdma_read_complete(*token, vec![0; 4096], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let Header::TaskMgmtResponse(resp) = sent_pdu(bytes).header else {
+            panic!()
+        };
+        assert_eq!((resp.itt, resp.response), (0x34, 0));
+    }
+
+    #[test]
+    fn nop_in_carries_no_data() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        login(&mut conn, now);
+        let ping = Header::NopOut(NopOut {
+            immediate: true,
+            lun: [0; 8],
+            itt: 9,
+            ttt: u32::MAX,
+            cmd_sn: 100,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(ping, vec![1; 8])), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let pdu = sent_pdu(bytes);
+        assert!(matches!(
+            pdu.header,
+            Header::NopIn(NopIn {
+                itt: 9,
+                ttt: u32::MAX,
+                ..
+            })
+        ));
+        assert!(pdu.data.is_empty(), "brief §1 rule 15");
+    }
+
+    #[test]
+    fn bad_sends_close_the_connection() {
+        let now = Instant::now();
+        let short_login = [0x10u8; 40];
+        let mut hello = [0u8; 76];
+        hello[0] = 0x20;
+        let mut oversized = IserHeader::CONTROL.encode().to_vec();
+        let mut bhs = Header::NopOut(NopOut::default()).encode(0);
+        bhs[5..8].copy_from_slice(&[0, 0x40, 0]); // 16 KiB data segment
+        oversized.extend_from_slice(&bhs);
+        for message in [&short_login[..], &hello[..], &oversized[..], &[][..]] {
+            let mut conn = IserConnection::new(config(), None, now);
+            conn.handle_receive(message, now);
+            let ops = drain(&mut conn);
+            assert!(
+                matches!(
+                    ops.as_slice(),
+                    [FabricOp::Close(CloseReason::ProtocolError(_))]
+                ),
+                "{ops:?}"
+            );
+            assert!(conn.is_closed());
+        }
+    }
+
+    #[test]
+    fn data_in_without_read_stag_closes() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, now);
+        login(&mut conn, now);
+        let cmd = Pdu::new(Header::ScsiCommand(command(
+            0x44, 100, true, false, 512, 0x28,
+        )));
+        conn.handle_receive(&ctrl(&cmd), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        conn.handle_scsi_complete(
+            task.id,
+            ScsiOutcome {
+                status: 0,
+                sense: vec![],
+                data_in: vec![0; 512],
+                data_out_length: 0,
+            },
+        );
+        let ops = drain(&mut conn);
+        assert!(matches!(ops.as_slice(), [FabricOp::Close(_)]), "{ops:?}");
+    }
+
+    #[test]
+    fn header_round_trip_is_big_endian() {
+        let h = IserHeader {
+            flags: 0x18,
+            write_stag: 0x0102_0304,
+            write_va: 0x1112_1314_1516_1718,
+            read_stag: 0x2122_2324,
+            read_va: 0x3132_3334_3536_3738,
+        };
+        let bytes = h.encode();
+        assert_eq!(&bytes[4..8], &[1, 2, 3, 4]);
+        assert_eq!(bytes[8], 0x11);
+        assert_eq!(IserHeader::decode(&bytes), Some(h));
+        assert_eq!(accept_private_data(&[0x80, 0, 0, 0]), [0xc0, 0, 0, 0]);
+    }
+}
