@@ -493,14 +493,15 @@ impl RawConfig {
         for (i, rp) in raw_portals.into_iter().enumerate() {
             let path = format!("portals[{i}]");
             let p = rp.resolve(&path)?;
-            if let Some(j) = portals
-                .iter()
-                .position(|q| q.address == p.address && q.port == p.port)
-            {
+            // TCP and RDMA CM have separate port spaces: a TCP and an iSER portal may share an
+            // address and port (brief §2.1), two portals of the same transport may not.
+            if let Some(j) = portals.iter().position(|q| {
+                q.address == p.address && q.port == p.port && q.transport == p.transport
+            }) {
                 return err(
                     &path,
                     format!(
-                        "{} port {} is already used by portals[{j}]; each address/port pair can be bound once",
+                        "{} port {} is already used by portals[{j}]; each address/port pair can be bound once per transport",
                         p.address, p.port
                     ),
                 );

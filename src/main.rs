@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 
-use iser_target::config::Config;
+use iser_target::config::{Config, Portal, Transport, DEFAULT_PORT};
 use iser_target::server::Server;
 
 #[derive(Parser)]
@@ -24,10 +24,13 @@ struct Cli {
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM.
     Serve {
-        /// YAML configuration; without it, one 1 GiB RAM LUN is served on TCP 0.0.0.0:3260.
+        /// YAML configuration; without it, one 1 GiB RAM LUN is served on TCP 0.0.0.0:3260 (and
+        /// iSER 0.0.0.0:3260 when an RDMA device has an active port).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// List the RDMA devices iSER portals can use: ports, state, MTU and GIDs.
+    Devices,
     /// Validate a configuration file without serving it.
     CheckConfig {
         /// The YAML configuration to check.
@@ -57,7 +60,37 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
+        Command::Devices => devices(),
     }
+}
+
+/// `iser-target devices`.
+fn devices() -> ExitCode {
+    let devices = match rdma_ffi::list_devices() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("no RDMA devices ({e})");
+            return ExitCode::SUCCESS;
+        }
+    };
+    if devices.is_empty() {
+        println!("no RDMA devices");
+        println!("hint: {}", iser_target::server::iser::SOFTROCE_HINT);
+        return ExitCode::SUCCESS;
+    }
+    for d in &devices {
+        println!("{} (node GUID {:016x})", d.name, d.node_guid);
+        for p in &d.ports {
+            println!(
+                "  port {}: {:?}, MTU {}, link layer {:?}",
+                p.number, p.state, p.active_mtu, p.link_layer
+            );
+            for g in &p.gids {
+                println!("    GID[{}] {} {:?}", g.index, g.gid, g.gid_type);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
@@ -69,7 +102,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => Config::default_ram(),
+        None => default_config(),
     };
     // Block the stop signals before any thread starts so that every thread inherits the mask and
     // only the sigwait below sees them.
@@ -110,11 +143,27 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// The embedded default, plus an iSER portal on 0.0.0.0:3260 when RDMA is usable here.
+fn default_config() -> Config {
+    let mut config = Config::default_ram();
+    if iser_target::server::iser::rdma_available() {
+        log::info!("an RDMA device has an active port: serving iSER on 0.0.0.0:3260 too");
+        config.portals.push(Portal {
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: DEFAULT_PORT,
+            transport: Transport::Iser,
+        });
+    } else {
+        log::info!("no active RDMA port on this host: serving iSCSI over TCP only");
+    }
+    config
+}
+
 /// With the embedded default, tell the user what is served and how to reach it.
 fn print_connect_help(config: &Config, server: &Server) {
     let target = &config.targets[0];
     println!("Serving {} (no --config given: one RAM LUN).", target.name);
-    for addr in server.local_addrs() {
+    for (addr, configured) in server.local_addrs().iter().zip(&config.portals) {
         let host = if addr.ip().is_unspecified() {
             IpAddr::from([127, 0, 0, 1])
         } else {
@@ -124,9 +173,16 @@ fn print_connect_help(config: &Config, server: &Server) {
             IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
             IpAddr::V4(v4) => format!("{v4}:{}", addr.port()),
         };
+        let iface = match configured.transport {
+            Transport::Tcp => "",
+            Transport::Iser => " -I iser",
+        };
         println!("Connect with open-iscsi (use this host's address from other machines):");
-        println!("  iscsiadm -m discovery -t sendtargets -p {portal}");
-        println!("  iscsiadm -m node -T {} -p {portal} --login", target.name);
+        println!("  iscsiadm -m discovery -t sendtargets -p {portal}{iface}");
+        println!(
+            "  iscsiadm -m node -T {} -p {portal}{iface} --login",
+            target.name
+        );
         println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
     }
 }

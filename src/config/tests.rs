@@ -179,6 +179,24 @@ targets:
 }
 
 #[test]
+fn tcp_and_iser_portals_may_share_an_address_and_port() {
+    // TCP and RDMA CM port spaces are separate (brief §2.1).
+    let c = ok("
+portals:
+  - address: 192.168.77.1
+  - address: 192.168.77.1
+    transport: iser
+targets:
+  - name: iqn.2026-11.org.example:t
+    luns: [{backing: {type: ram, size: 1M}}]
+");
+    assert_eq!(c.portals.len(), 2);
+    assert_eq!(c.portals[0].port, c.portals[1].port);
+    assert_eq!(c.portals[0].transport, Transport::Tcp);
+    assert_eq!(c.portals[1].transport, Transport::Iser);
+}
+
+#[test]
 fn default_ram_is_as_documented() {
     let c = Config::default_ram();
     assert_eq!(c.portals.len(), 1);
@@ -364,7 +382,12 @@ fn portal_errors() {
         "use tcp or iser",
     );
     fails(
-        &format!("portals: [{{address: 0.0.0.0}}, {{address: 0.0.0.0, port: 3260, transport: iser}}]\n{t}"),
+        &format!("portals: [{{address: 0.0.0.0}}, {{address: 0.0.0.0, port: 3260, transport: tcp}}]\n{t}"),
+        "portals[1]",
+        "already used by portals[0]",
+    );
+    fails(
+        &format!("portals: [{{address: 0.0.0.0, transport: iser}}, {{address: 0.0.0.0, transport: iser}}]\n{t}"),
         "portals[1]",
         "already used by portals[0]",
     );

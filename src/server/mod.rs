@@ -2,7 +2,9 @@
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
 mod io;
+pub mod iser;
 mod registry;
+mod session;
 mod tcp;
 
 use std::collections::HashMap;
@@ -11,8 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::Sender;
 
 use crate::backend::{Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend};
 use crate::config::{Backing, Config, Transport};
@@ -43,9 +43,12 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// A portal asks for a transport this build cannot serve.
-    #[error("portal {addr}: transport `iser` is not implemented yet; use `transport: tcp`")]
-    TransportUnavailable { addr: SocketAddr },
+    /// An iSER portal could not be started (no RDMA device, address not on one...).
+    #[error("iSER portal {addr}: {message}")]
+    Rdma { addr: SocketAddr, message: String },
+    /// iSER portals are configured but this host cannot serve them.
+    #[error("iSER: {0}")]
+    RdmaUnavailable(String),
     /// Flushing the backends at shutdown failed: acknowledged writes may not be durable.
     #[error("flushing target {target}: {source}")]
     Flush {
@@ -60,7 +63,7 @@ pub enum ServerError {
 /// Live connections, so shutdown can reach those still logging in.
 pub(crate) struct ConnectionSet {
     next_id: AtomicU64,
-    live: Mutex<HashMap<u64, Sender<tcp::Event>>>,
+    live: Mutex<HashMap<u64, Arc<dyn SessionControl>>>,
     emptied: Condvar,
 }
 
@@ -89,12 +92,12 @@ impl ConnectionSet {
         })
     }
 
-    fn register(set: &Arc<Self>, events: Sender<tcp::Event>) -> ConnectionRegistration {
+    fn register(set: &Arc<Self>, control: Arc<dyn SessionControl>) -> ConnectionRegistration {
         let id = set.next_id.fetch_add(1, Ordering::Relaxed);
         set.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, events);
+            .insert(id, control);
         ConnectionRegistration {
             set: Arc::clone(set),
             id,
@@ -105,8 +108,8 @@ impl ConnectionSet {
     fn shut_down_all(&self, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        for events in live.values() {
-            let _ = events.send(tcp::Event::Shutdown);
+        for control in live.values() {
+            control.request_shutdown();
         }
         while !live.is_empty() {
             let now = Instant::now();
@@ -143,6 +146,9 @@ pub struct Server {
     shared: Arc<Shared>,
     stop_accepting: Arc<AtomicBool>,
     listeners: Vec<JoinHandle<()>>,
+    /// iSER event threads; they outlive the TCP listeners so closing connections still get
+    /// their rdma_cm events.
+    iser_portals: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
 }
 
@@ -200,8 +206,13 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
     Ok(out)
 }
 
-/// The core's view of the configuration for one transport.
-fn core_config(config: &Config, transport: Transport, max_transfer_length: u32) -> CoreConfig {
+/// The core's view of the configuration for the portals of one transport.
+fn core_config(
+    config: &Config,
+    transport: Transport,
+    policy: TargetPolicy,
+    max_transfer_length: u32,
+) -> CoreConfig {
     let limits = &config.limits;
     let portals = config
         .portals
@@ -221,15 +232,7 @@ fn core_config(config: &Config, transport: Transport, max_transfer_length: u32) 
             .collect(),
         portals,
         portal_group_tag: 1,
-        policy: TargetPolicy {
-            max_recv_data_segment_length: limits.max_recv_data_segment_length,
-            max_burst_length: limits.max_burst_length,
-            first_burst_length: limits.first_burst_length,
-            max_outstanding_r2t: limits.max_outstanding_r2t,
-            digests_allowed: true,
-            require_initial_r2t: false,
-            iser: false,
-        },
+        policy,
         queue_depth: limits.queue_depth,
         max_transfer_length,
         nop_interval: (limits.nop_interval_secs > 0)
@@ -239,14 +242,68 @@ fn core_config(config: &Config, transport: Transport, max_transfer_length: u32) 
     }
 }
 
+/// The core configuration of the TCP portals.
+fn tcp_core_config(config: &Config) -> CoreConfig {
+    let limits = &config.limits;
+    let policy = TargetPolicy {
+        max_recv_data_segment_length: limits.max_recv_data_segment_length,
+        max_burst_length: limits.max_burst_length,
+        first_burst_length: limits.first_burst_length,
+        max_outstanding_r2t: limits.max_outstanding_r2t,
+        digests_allowed: true,
+        require_initial_r2t: false,
+        iser: false,
+    };
+    core_config(
+        config,
+        Transport::Tcp,
+        policy,
+        crate::scsi::MAX_TRANSFER_BYTES,
+    )
+}
+
+/// The core configuration of the iSER portals: no digests, InitialR2T=Yes, receive-buffer-sized
+/// data segments, bursts no larger than one registered staging buffer (brief §4, §5.3).
+fn iser_core_config(config: &Config) -> CoreConfig {
+    let limits = &config.limits;
+    let max_io = limits.max_io_size;
+    let policy = TargetPolicy {
+        max_recv_data_segment_length: iser::RECV_DATA_CAPACITY as u32,
+        max_burst_length: max_io,
+        first_burst_length: limits.first_burst_length.min(max_io),
+        max_outstanding_r2t: limits.max_outstanding_r2t,
+        digests_allowed: false,
+        require_initial_r2t: true,
+        iser: true,
+    };
+    // Transfers larger than a staging buffer get a one-off registration in the driver.
+    core_config(
+        config,
+        Transport::Iser,
+        policy,
+        crate::scsi::MAX_TRANSFER_BYTES,
+    )
+}
+
 impl Server {
     /// Opens every backend, binds every portal and starts accepting.
     pub fn start(config: &Config) -> Result<Server, ServerError> {
-        for portal in &config.portals {
-            if portal.transport == Transport::Iser {
-                return Err(ServerError::TransportUnavailable {
-                    addr: SocketAddr::new(portal.address, portal.port),
-                });
+        let wants_iser = config.portals.iter().any(|p| p.transport == Transport::Iser);
+        if wants_iser {
+            iser::check_devices().map_err(ServerError::RdmaUnavailable)?;
+            match rdma_ffi::raise_memlock_limit() {
+                Ok(u64::MAX) => {}
+                Ok(limit) if limit < 64 << 20 => log::warn!(
+                    "RLIMIT_MEMLOCK is only {limit} bytes; iSER connections may fail to register \
+                     buffers (raise it with `ulimit -l unlimited` or LimitMEMLOCK=infinity)"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ServerError::RdmaUnavailable(format!(
+                        "cannot raise RLIMIT_MEMLOCK ({e}); registering RDMA buffers needs \
+                         locked memory: run with `ulimit -l unlimited` or LimitMEMLOCK=infinity"
+                    )))
+                }
             }
         }
         let scsi_targets = build_scsi_targets(config)?;
@@ -257,34 +314,55 @@ impl Server {
             connections: ConnectionSet::new(),
             stopping: AtomicBool::new(false),
         });
-        let core = Arc::new(core_config(
-            config,
-            Transport::Tcp,
-            crate::scsi::MAX_TRANSFER_BYTES,
-        ));
+        let tcp_core = Arc::new(tcp_core_config(config));
+        let iser_core = Arc::new(iser_core_config(config));
+        let sizing = iser::Sizing::new(&config.limits);
         let stop_accepting = Arc::new(AtomicBool::new(false));
-        let mut listeners = Vec::new();
-        let mut local_addrs = Vec::new();
-        for portal in &config.portals {
-            let addr = SocketAddr::new(portal.address, portal.port);
-            let listener =
-                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
-            listener.set_nonblocking(true)?;
-            local_addrs.push(listener.local_addr()?);
-            log::info!("listening on {addr} (tcp)");
-            listeners.push(tcp::spawn_listener(
-                listener,
-                Arc::clone(&core),
-                Arc::clone(&shared),
-                Arc::clone(&stop_accepting),
-            )?);
-        }
-        Ok(Server {
+        let mut server = Server {
             shared,
             stop_accepting,
-            listeners,
-            local_addrs,
-        })
+            listeners: Vec::new(),
+            iser_portals: Vec::new(),
+            local_addrs: Vec::new(),
+        };
+        for portal in &config.portals {
+            let addr = SocketAddr::new(portal.address, portal.port);
+            let started = match portal.transport {
+                Transport::Tcp => server.start_tcp(addr, &tcp_core),
+                Transport::Iser => iser::start_portal(
+                    addr,
+                    Arc::clone(&iser_core),
+                    Arc::clone(&server.shared),
+                    sizing,
+                    Arc::clone(&server.stop_accepting),
+                )
+                .map(|p| {
+                    server.local_addrs.push(p.local);
+                    server.iser_portals.push(p.thread);
+                }),
+            };
+            if let Err(e) = started {
+                // Do not leave the portals already started running.
+                let _ = server.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(server)
+    }
+
+    fn start_tcp(&mut self, addr: SocketAddr, core: &Arc<CoreConfig>) -> Result<(), ServerError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        listener.set_nonblocking(true)?;
+        self.local_addrs.push(listener.local_addr()?);
+        log::info!("listening on {addr} (tcp)");
+        self.listeners.push(tcp::spawn_listener(
+            listener,
+            Arc::clone(core),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.stop_accepting),
+        )?);
+        Ok(())
     }
 
     /// The bound portal addresses (with the real port when 0 was configured).
@@ -304,6 +382,9 @@ impl Server {
         let left = self.shared.connections.shut_down_all(SHUTDOWN_GRACE);
         if left > 0 {
             log::warn!("{left} connection(s) did not finish within {SHUTDOWN_GRACE:?}");
+        }
+        for handle in self.iser_portals {
+            let _ = handle.join();
         }
         for (target, scsi) in self.shared.targets.iter().zip(&self.shared.scsi_targets) {
             scsi.flush_all().map_err(|source| ServerError::Flush {

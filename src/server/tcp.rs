@@ -15,17 +15,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::io::IoWorkers;
-use super::registry::{SessionControl, SessionGuard};
+use super::registry::SessionControl;
+use super::session::SessionSlot;
 use super::{ConnectionSet, Shared};
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::{Action, CloseReason, Connection, CoreConfig, TaskId};
-use crate::scsi::{Nexus, ScsiOutcome};
+use crate::scsi::ScsiOutcome;
 
 /// A send that cannot make progress for this long means the initiator is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Backend worker threads per session.
-const WORKERS_PER_SESSION: usize = 4;
 
 /// What wakes a connection's thread.
 pub(super) enum Event {
@@ -132,8 +130,7 @@ struct Driver {
     reader: PduReader,
     shared: Arc<Shared>,
     events: Sender<Event>,
-    session: Option<SessionGuard>,
-    workers: Option<IoWorkers>,
+    session: SessionSlot,
     closed: bool,
 }
 
@@ -144,7 +141,8 @@ fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let (events, inbox) = crossbeam_channel::unbounded();
-    let _registration = ConnectionSet::register(&shared.connections, events.clone());
+    let control = Arc::new(ChannelControl(events.clone()));
+    let _registration = ConnectionSet::register(&shared.connections, control);
     if let Err(e) = run_connection(stream, peer, core, shared, events, inbox) {
         log::warn!("connection from {peer}: {e}");
     }
@@ -171,8 +169,7 @@ fn run_connection(
         reader: PduReader::new(),
         shared,
         events,
-        session: None,
-        workers: None,
+        session: SessionSlot::default(),
         closed: false,
     };
     if driver.shared.stopping() {
@@ -181,8 +178,7 @@ fn run_connection(
     driver.run(&inbox);
     let _ = driver.stream.shutdown(Shutdown::Both);
     // Let running commands finish before the session is unregistered (reinstatement waits on it).
-    drop(driver.workers.take());
-    drop(driver.session.take());
+    driver.session.release();
     let _ = reader_thread.join();
     log::info!("connection from {peer} closed");
     Ok(())
@@ -259,22 +255,19 @@ impl Driver {
                     self.settings = settings;
                 }
                 Action::BindSession(request) => {
-                    let target_name = request.target.map(|t| self.shared.targets[t].name.clone());
                     let control = Arc::new(ChannelControl(self.events.clone()));
-                    let result = self
-                        .shared
-                        .registry
-                        .bind(&request, target_name.as_deref(), control)
-                        .and_then(|guard| self.start_session(&request, guard));
+                    let events = self.events.clone();
+                    let sink: super::io::CompletionSink = Arc::new(move |id, outcome| {
+                        let _ = events.send(Event::Completed(id, outcome));
+                    });
+                    let result = self.session.bind(&self.shared, &request, control, sink);
                     self.conn.handle_session_bound(result);
                 }
-                Action::Execute(task) => match &self.workers {
-                    Some(workers) => workers.submit(task),
-                    None => self.conn.handle_scsi_complete(
-                        task.id,
-                        ScsiOutcome::check_condition(0x04, 0x44, 0x00),
-                    ),
-                },
+                Action::Execute(task) => {
+                    if let Some((id, outcome)) = self.session.execute(task) {
+                        self.conn.handle_scsi_complete(id, outcome);
+                    }
+                }
                 Action::Close(reason) => {
                     self.flush(&mut out);
                     match reason {
@@ -289,35 +282,6 @@ impl Driver {
             }
         }
         self.flush(&mut out);
-    }
-
-    /// Registers the session and, for a normal session, starts its I/O workers.
-    fn start_session(
-        &mut self,
-        request: &crate::iscsi::BindRequest,
-        guard: SessionGuard,
-    ) -> Result<u16, crate::iscsi::LoginStatus> {
-        let tsih = guard.tsih();
-        if let Some(target) = request.target {
-            let events = self.events.clone();
-            let sink: super::io::CompletionSink = Arc::new(move |id, outcome| {
-                let _ = events.send(Event::Completed(id, outcome));
-            });
-            let scsi = Arc::clone(&self.shared.scsi_targets[target]);
-            let nexus = Arc::new(Nexus {
-                initiator_name: request.initiator_name.clone(),
-                isid: request.isid,
-            });
-            match IoWorkers::start(WORKERS_PER_SESSION, scsi, nexus, sink) {
-                Ok(workers) => self.workers = Some(workers),
-                Err(e) => {
-                    log::error!("cannot start I/O workers: {e}");
-                    return Err(crate::iscsi::LoginStatus::OUT_OF_RESOURCES);
-                }
-            }
-        }
-        self.session = Some(guard);
-        Ok(tsih)
     }
 
     fn flush(&mut self, out: &mut Vec<u8>) {
