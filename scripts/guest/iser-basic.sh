@@ -1,0 +1,309 @@
+#!/bin/bash
+# iSER end-to-end test of our target against the Linux kernel initiator
+# (open-iscsi + ib_iser) and libiscsi, in the SoftRoCE guest.
+#
+# On the host (builds target/release/iser-target, then boots the guest):
+#     scripts/guest/iser-basic.sh
+# Inside the guest (what the harness runs):
+#     scripts/softroce-vm.sh scripts/guest/iser-basic.sh
+#
+# SOFTROCE_ISER_STAGES (default "all") may name a subset, space-separated:
+#     login io fs multi large sg libiscsi faults
+# Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO="$(cd "$HERE/../.." && pwd -P)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+BIN="$TARGET_DIR/release/iser-target"
+
+if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
+    # Host side.
+    (cd "$REPO" && cargo build --release --bin iser-target) || exit 1
+    VM="${SOFTROCE_VM:-$REPO/scripts/softroce-vm.sh}"
+    [[ -x "$VM" ]] || { echo "SKIP: no SoftRoCE harness at $VM" >&2; exit 77; }
+    exec "$VM" "$HERE/$(basename "${BASH_SOURCE[0]}")"
+fi
+
+# Guest side.
+# shellcheck source=scripts/guest/lib.sh
+source "$SOFTROCE_GUEST_LIB"
+ADDR="$SOFTROCE_ADDR"
+PORT="$SOFTROCE_ISCSI_PORT"
+T_RAM=iqn.2026-11.io.iser-target:ram
+T_FILE=iqn.2026-11.io.iser-target:file
+WORK=/run/iser-test
+RESULTS="${SOFTROCE_RESULTS:-/tmp}"
+STAGES=" ${SOFTROCE_ISER_STAGES:-all} "
+FAILED=0
+TARGET_PID=
+
+want() { [[ "$STAGES" == *" all "* || "$STAGES" == *" $1 "* ]]; }
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+# check NAME CMD...: run CMD, print PASS/FAIL with its duration.
+check() {
+    local name="$1" t0=$SECONDS; shift
+    if "$@"; then pass "$name ($((SECONDS - t0)) s)"; else fail "$name"; fi
+}
+
+start_target() {
+    "$BIN" serve --config "$WORK/config.yaml" >>"$RESULTS/iser-target.log" 2>&1 &
+    TARGET_PID=$!
+    sr_log "iser-target started (pid $TARGET_PID, log $RESULTS/iser-target.log)"
+    wait_rdma_listen "$ADDR:$PORT" 30 && wait_tcp_listen "$ADDR:$PORT" 30
+}
+target_alive() { kill -0 "$TARGET_PID" 2>/dev/null; }
+
+# disk_of IQN: wait for the session's disk and print its /dev path.
+disk_of() {
+    local end=$((SECONDS + 60)) d
+    while ((SECONDS < end)); do
+        d="$(session_disk "$1" | head -n1)"
+        if [[ -n "$d" && -b "$d" ]] && (($(cat "/sys/block/${d#/dev/}/size") > 0)); then
+            echo "$d"; return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+size_mib() { echo $(($(cat "/sys/block/${1#/dev/}/size") / 2048)); }
+
+login_iser() {
+    iser_login "$ADDR" "$1" >/dev/null || return 1
+    [[ "$(session_transport "$1")" == iser ]] || { sr_log "session to $1 is not iser"; return 1; }
+    disk_of "$1" >/dev/null
+}
+logout_one() { iscsi_logout "$1" "$ADDR" >/dev/null; }
+
+fio_write_then_verify() {  # DEV SIZE BS QD
+    local common=(--filename="$1" --direct=1 --ioengine=libaio --rw=randwrite --bs="$3"
+        --iodepth="$4" --size="$2" --verify=crc32c --randseed=1234 --output-format=terse)
+    fio --name=write "${common[@]}" --do_verify=0 >/dev/null \
+        && fio --name=verify "${common[@]}" --verify_only=1 --verify_fatal=1 >/dev/null
+}
+
+# ------------------------------------------------------------------ setup
+softroce_setup
+mkdir -p "$WORK"
+cat >"$WORK/config.yaml" <<EOF
+portals:
+  - address: $ADDR
+    transport: iser
+  - address: $ADDR
+    transport: tcp
+targets:
+  - name: $T_RAM
+    luns:
+      - backing: {type: ram, size: 256M}
+  - name: $T_FILE
+    luns:
+      - backing: {type: file, path: $WORK/file-lun.img, size: 128M, create: true}
+        write_cache: false
+EOF
+: >"$RESULTS/iser-target.log"
+export RUST_LOG="${RUST_LOG:-info}"
+check "target starts with an iser and a tcp portal on $ADDR:$PORT" start_target
+target_alive || { fail "target died at start"; tail -20 "$RESULTS/iser-target.log"; exit 1; }
+
+# ------------------------------------------------------------------ login
+if want login; then
+    disc="$(iscsi_discover "$ADDR" iser 2>&1)"
+    printf '%s\n' "$disc" >&2
+    if grep -q " $T_RAM\$" <<<"$disc" && grep -q " $T_FILE\$" <<<"$disc"; then
+        pass "SendTargets discovery over iSER lists both targets"
+    else
+        fail "SendTargets discovery over iSER"
+    fi
+    iscsiadm -m node -o delete >/dev/null 2>&1 || true
+    check "login over iSER to $T_RAM" login_iser "$T_RAM"
+    RAM_DISK="$(disk_of "$T_RAM")"
+    [[ -n "$RAM_DISK" && "$(size_mib "$RAM_DISK")" == 256 ]] \
+        && pass "RAM LUN is $RAM_DISK, 256 MiB" || fail "RAM LUN size ($RAM_DISK)"
+    check "verify_disk 16 MiB O_DIRECT over iSER" verify_disk "$RAM_DISK" 16
+fi
+RAM_DISK="$(session_disk "$T_RAM" | head -n1)"
+if [[ -z "$RAM_DISK" ]]; then
+    login_iser "$T_RAM" || fail "login to $T_RAM"
+    RAM_DISK="$(disk_of "$T_RAM")"
+fi
+
+# --------------------------------------------------------------------- io
+if want io; then
+    check "fio randwrite 64 MiB bs=64k qd=16 + crc32c read-back verify" \
+        fio_write_then_verify "$RAM_DISK" 64M 64k 16
+    check "fio randwrite 16 MiB bs=4k qd=32 + verify" fio_write_then_verify "$RAM_DISK" 16M 4k 32
+fi
+
+# --------------------------------------------------------------------- fs
+fs_round() {
+    local disk
+    disk="$(disk_of "$T_FILE")" || return 1
+    mkfs.ext4 -q -F "$disk" || return 1
+    mkdir -p "$WORK/mnt"
+    mount "$disk" "$WORK/mnt" || return 1
+    for i in 1 2 3 4; do head -c $((i * 3 << 20)) /dev/urandom >"$WORK/mnt/f$i"; done
+    (cd "$WORK/mnt" && sha256sum f*) >"$WORK/sums"
+    sync
+    umount "$WORK/mnt" || return 1
+    fsck.ext4 -fn "$disk" >/dev/null 2>&1
+}
+fs_check_again() {
+    local disk
+    disk="$(disk_of "$T_FILE")" || return 1
+    mount "$disk" "$WORK/mnt" || return 1
+    (cd "$WORK/mnt" && sha256sum -c --quiet "$WORK/sums")
+    local rc=$?
+    umount "$WORK/mnt"
+    return $rc
+}
+if want fs; then
+    check "login over iSER to $T_FILE" login_iser "$T_FILE"
+    check "mkfs.ext4 + mount + write 30 MiB of files + sync + umount + fsck -fn" fs_round
+    check "logout of $T_FILE" logout_one "$T_FILE"
+    check "login again to $T_FILE" login_iser "$T_FILE"
+    check "files still intact after logout/login (file LUN)" fs_check_again
+fi
+
+# ------------------------------------------------------------------ multi
+if want multi; then
+    session_disk "$T_FILE" | grep -q . || login_iser "$T_FILE" || fail "login to $T_FILE"
+    n="$(iscsiadm -m session 2>/dev/null | grep -c '^iser:')"
+    [[ "$n" == 2 ]] && pass "two iSER sessions at once" || fail "expected 2 iSER sessions, have $n"
+    FILE_DISK="$(disk_of "$T_FILE")"
+    fio_write_then_verify "$RAM_DISK" 32M 16k 16 &
+    a=$!
+    fio_write_then_verify "$FILE_DISK" 32M 16k 16 &
+    b=$!
+    wait $a && wait $b && pass "fio verify on both sessions concurrently" \
+        || fail "fio verify on both sessions concurrently"
+    logout_one "$T_FILE" || fail "logout of $T_FILE"
+fi
+
+# ------------------------------------------------------------------ large
+if want large; then
+    sr_log "max_sectors_kb of $RAM_DISK: $(cat "/sys/block/${RAM_DISK#/dev/}/queue/max_sectors_kb")"
+    check "fio bs=1m direct randwrite 64 MiB + verify" fio_write_then_verify "$RAM_DISK" 64M 1m 4
+    check "fio bs=4m direct randwrite 64 MiB + verify" fio_write_then_verify "$RAM_DISK" 64M 4m 4
+    check "fio bs=4m sequential read 128 MiB" fio --name=seqread --filename="$RAM_DISK" \
+        --direct=1 --ioengine=libaio --rw=read --bs=4m --iodepth=4 --size=128M --output-format=terse
+fi
+
+# --------------------------------------------------------------------- sg
+cw_test() {  # COMPARE AND WRITE: match then miscompare
+    local dev="$1" bs
+    bs="$(cat "/sys/block/${dev#/dev/}/queue/logical_block_size")"
+    dd if="$dev" of="$WORK/old.bin" bs="$bs" skip=100 count=1 iflag=direct status=none || return 1
+    head -c "$bs" /dev/urandom >"$WORK/new.bin"
+    cat "$WORK/old.bin" "$WORK/new.bin" >"$WORK/cw.bin"
+    sg_compare_and_write --in="$WORK/cw.bin" --lba=100 --num=1 --xferlen=$((2 * bs)) "$dev" || return 1
+    dd if="$dev" of="$WORK/now.bin" bs="$bs" skip=100 count=1 iflag=direct status=none || return 1
+    cmp -s "$WORK/new.bin" "$WORK/now.bin" || { sr_log "COMPARE AND WRITE did not write"; return 1; }
+    # Now the compare half is stale: must report MISCOMPARE (exit status 14).
+    local rc=0
+    sg_compare_and_write -q --in="$WORK/cw.bin" --lba=100 --num=1 --xferlen=$((2 * bs)) "$dev" || rc=$?
+    [[ $rc == 14 ]] || { sr_log "expected MISCOMPARE (14), got $rc"; return 1; }
+}
+if want sg; then
+    check "sg_inq standard" sg_inq "$RAM_DISK"
+    for p in 0x00 0x80 0x83 0xb0 0xb1 0xb2; do
+        check "sg_inq -p $p" sg_inq -p "$p" "$RAM_DISK"
+    done
+    check "sg_readcap -l" sg_readcap -l "$RAM_DISK"
+    check "sg_luns" sg_luns "$RAM_DISK"
+    check "sg_sync" sg_sync "$RAM_DISK"
+    check "sg_unmap lba 0 num 8" sg_unmap --force --lba=0 --num=8 "$RAM_DISK"
+    check "sg_write_same --unmap (16)" sg_write_same --16 --unmap --lba=16 --num=8 "$RAM_DISK"
+    check "sg_compare_and_write (match writes, stale compare miscompares)" cw_test "$RAM_DISK"
+    check "verify_disk after sg tests" verify_disk "$RAM_DISK" 4
+fi >"$RESULTS/sg.log" 2>&1
+want sg && grep -E '^(PASS|FAIL):' "$RESULTS/sg.log" && FAILED=$((FAILED + $(grep -c '^FAIL:' "$RESULTS/sg.log")))
+
+# --------------------------------------------------------------- libiscsi
+if want libiscsi; then
+    LI=iqn.2026-11.io.iser-target:libiscsi-initiator
+    check "libiscsi iscsi-inq iser://" iscsi-inq -i "$LI" "iser://$ADDR/$T_RAM/0"
+    check "libiscsi iscsi-readcapacity16 iser://" iscsi-readcapacity16 -i "$LI" "iser://$ADDR/$T_RAM/0"
+    # libiscsi 1.19's iscsi-ls only parses iscsi:// portal URLs (its portal parser knows no
+    # iser://), so list over TCP.
+    check "libiscsi iscsi-ls -s (iscsi://, 1.19 has no iser:// portal URLs)" \
+        iscsi-ls -i "$LI" -s "iscsi://$ADDR"
+fi
+
+# --------------------------------------------------------- checkpoint dmesg
+check "no suspicious kernel messages before the fault tests" dmesg_check
+
+# ----------------------------------------------------------------- faults
+if want faults || want kill; then
+    # Logout while fio runs.
+    fio --name=bg --thread --filename="$RAM_DISK" --direct=1 --ioengine=libaio --rw=randrw --bs=64k \
+        --iodepth=16 --size=128M --time_based --runtime=30 >/dev/null 2>&1 &
+    f=$!
+    sleep 3
+    check "logout while fio runs" logout_one "$T_RAM"
+    wait $f 2>/dev/null
+    check "target still up after logout under I/O" target_alive
+    check "login again after logout under I/O" login_iser "$T_RAM"
+    RAM_DISK="$(disk_of "$T_RAM")"
+
+    # fio SIGKILLed mid-I/O.
+    fio --name=bg --thread --filename="$RAM_DISK" --direct=1 --ioengine=libaio --rw=randrw --bs=128k \
+        --iodepth=32 --size=128M --time_based --runtime=30 >/dev/null 2>&1 &
+    f=$!
+    sleep 3
+    kill -KILL $f; wait $f 2>/dev/null
+    check "verify_disk after fio was SIGKILLed mid-I/O" verify_disk "$RAM_DISK" 8
+    check "logout after the SIGKILL test" logout_one "$T_RAM"
+fi
+if want faults || want devdel; then
+    session_disk "$T_RAM" | grep -q . && logout_one "$T_RAM"
+
+    # RDMA device deleted and re-added.
+    t0=$SECONDS
+    ( sleep 8; ls -l "/proc/$TARGET_PID/fd" | grep -i -e infiniband -e uverbs -e rdma_cm >&2
+      for p in $(pgrep -x rdma); do sr_log "rdma pid $p stack:"; cat "/proc/$p/stack" >&2; done ) &
+    timeout 40 rdma link delete "$SOFTROCE_RXE" && pass "rdma link delete $SOFTROCE_RXE ($((SECONDS - t0)) s)" \
+        || fail "rdma link delete $SOFTROCE_RXE"
+    sleep 2
+    check "target survives the device removal" target_alive
+    rdma link add "$SOFTROCE_RXE" type rxe netdev "$SOFTROCE_NETDEV" \
+        && sr_wait 30 rxe_port_active "$SOFTROCE_RXE" \
+        && pass "$SOFTROCE_RXE re-added" || fail "re-adding $SOFTROCE_RXE"
+    check "target listens again on the re-added device" wait_rdma_listen "$ADDR:$PORT" 30
+    check "login over iSER after the device came back" login_iser "$T_RAM"
+    RAM_DISK="$(disk_of "$T_RAM")"
+    check "verify_disk after the device came back" verify_disk "$RAM_DISK" 8
+
+    # Device removed under a live session.
+    t0=$SECONDS
+    timeout 60 rdma link delete "$SOFTROCE_RXE" \
+        && pass "rdma link delete under a live session ($((SECONDS - t0)) s)" \
+        || fail "rdma link delete under a live session"
+    sleep 2
+    check "target survives device removal under a live session" target_alive
+    iscsi_logout >/dev/null 2>&1
+    rdma link add "$SOFTROCE_RXE" type rxe netdev "$SOFTROCE_NETDEV" \
+        && sr_wait 30 rxe_port_active "$SOFTROCE_RXE" || fail "re-adding $SOFTROCE_RXE (2)"
+    check "target listens again (2)" wait_rdma_listen "$ADDR:$PORT" 30
+    check "login over iSER again (2)" login_iser "$T_RAM"
+    check "verify_disk (2)" verify_disk "$(disk_of "$T_RAM")" 8
+    check "target accepts a new login to $T_FILE" login_iser "$T_FILE"
+fi
+
+# ----------------------------------------------------------------- finish
+iscsi_logout >/dev/null 2>&1
+if target_alive; then
+    t0=$SECONDS
+    kill -TERM "$TARGET_PID"
+    rc=0
+    wait "$TARGET_PID" || rc=$?
+    [[ $rc == 0 ]] && pass "SIGTERM: target exited 0 ($((SECONDS - t0)) s)" \
+        || fail "SIGTERM: target exited with $rc"
+else
+    fail "target was not running at the end"
+fi
+bad="$(dmesg | grep -E 'BUG:|WARNING:|Oops|general protection|Call Trace|wrong datalen|unexpected remote invalidation|RNR retry' || true)"
+[[ -z "$bad" ]] && pass "no kernel BUG/WARNING/RNR/framing messages" \
+    || { fail "kernel messages:"; printf '%s\n' "$bad"; }
+grep -E 'ERROR|WARN' "$RESULTS/iser-target.log" | tail -20 >&2
+echo "iser-basic: $FAILED failed check(s)"
+((FAILED == 0))
