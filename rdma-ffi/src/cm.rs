@@ -369,6 +369,27 @@ impl ConnParams {
     }
 }
 
+/// Makes librdmacm re-read the device list (`rdma_get_devices` + `rdma_free_devices`).
+///
+/// librdmacm keeps its own context open on every device an id was ever bound to, and only
+/// closes the context of a removed device when it re-reads the list. The kernel's
+/// `rdma link delete` (and any hot-unplug of a device without context disassociation, such as
+/// rxe) waits until every context is closed, so a long-running process should call this after
+/// a `DeviceRemoval` once its own ids and verbs objects on that device are gone. librdmacm 44
+/// cannot notice the removal of the *last* device (it gives up on an empty list).
+/// Returns the number of devices librdmacm now knows.
+pub fn refresh_cm_devices() -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: valid out-pointer; the returned NULL-terminated array is ours until
+    // rdma_free_devices, and we do not look inside it.
+    let list = unsafe { rdma_get_devices(&mut n) };
+    if !list.is_null() {
+        // SAFETY: `list` came from rdma_get_devices and is released exactly once.
+        unsafe { rdma_free_devices(list) };
+    }
+    n.max(0) as usize
+}
+
 /// An rdma_cm id (`rdma_create_id`, `RDMA_PS_TCP`). Dropping it calls
 /// `rdma_destroy_id`. An id that carries a QP is owned by its
 /// [`QueuePair`](crate::QueuePair), which destroys the QP first.

@@ -39,7 +39,9 @@ mod sockaddr;
 mod tracker;
 mod verbs;
 
-pub use cm::{CmEvent, CmEventKind, CmId, ConnParams, EventChannel, EventConnParams};
+pub use cm::{
+    refresh_cm_devices, CmEvent, CmEventKind, CmId, ConnParams, EventChannel, EventConnParams,
+};
 pub use device::{list_devices, DeviceInfo, GidInfo, GidType, LinkLayer, PortInfo, PortState};
 pub use error::{Error, Result};
 pub use verbs::{
