@@ -69,9 +69,14 @@ disk_of() {
 size_mib() { echo $(($(cat "/sys/block/${1#/dev/}/size") / 2048)); }
 
 login_iser() {
-    iser_login "$ADDR" "$1" >/dev/null || return 1
-    [[ "$(session_transport "$1")" == iser ]] || { sr_log "session to $1 is not iser"; return 1; }
-    disk_of "$1" >/dev/null
+    iser_login "$ADDR" "$1" >/dev/null || { diagnose "iscsiadm login to $1 failed"; return 1; }
+    [[ "$(session_transport "$1")" == iser ]] || { diagnose "session to $1 is not iser"; return 1; }
+    disk_of "$1" >/dev/null || { diagnose "no disk for $1"; return 1; }
+}
+diagnose() {
+    sr_log "$*; session state and kernel log:"
+    iscsiadm -m session -P 3 2>&1 | grep -E 'Target:|State|Attached|Transport' >&2
+    dmesg | tail -25 >&2
 }
 logout_one() { iscsi_logout "$1" "$ADDR" >/dev/null; }
 
@@ -257,7 +262,13 @@ fi
 if want faults || want devdel; then
     session_disk "$T_RAM" | grep -q . && logout_one "$T_RAM"
 
-    # RDMA device deleted and re-added.
+    # RDMA device deleted and re-added. librdmacm only notices a removed device while another
+    # one remains (it gives up on an empty device list), and rxe has no context
+    # disassociation, so `rdma link delete` would wait for the target to exit: keep a second
+    # SoftRoCE device around, as a host with two RDMA NICs would have.
+    ip link add dummy1 type dummy 2>/dev/null; ip addr add 192.168.78.1/24 dev dummy1
+    ip link set dummy1 up
+    rdma link add rxe1 type rxe netdev dummy1 || fail "rdma link add rxe1"
     t0=$SECONDS
     ( sleep 8; ls -l "/proc/$TARGET_PID/fd" | grep -i -e infiniband -e uverbs -e rdma_cm >&2
       for p in $(pgrep -x rdma); do sr_log "rdma pid $p stack:"; cat "/proc/$p/stack" >&2; done ) &

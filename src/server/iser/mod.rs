@@ -201,6 +201,8 @@ impl Listener {
         if self.relisten_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        // Lets librdmacm close its context on a removed device; `rdma link delete` waits for it.
+        rdma_ffi::refresh_cm_devices();
         match listen(&self.channel, self.addr) {
             Ok(id) => {
                 log::info!("listening on {} (iser) again", self.addr);
