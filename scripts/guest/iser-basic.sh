@@ -8,9 +8,11 @@
 #     scripts/softroce-vm.sh scripts/guest/iser-basic.sh
 #
 # SOFTROCE_ISER_STAGES (default "all") may name a subset, space-separated:
-#     login io fs multi large sg libiscsi faults
+#     login io fs multi large sg libiscsi faults (= kill devdel) cli
 # Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
 set -uo pipefail
+# `A && pass || fail` is fine here: pass never fails.
+# shellcheck disable=SC2015
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../.." && pwd -P)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -270,8 +272,6 @@ if want faults || want devdel; then
     ip link set dummy1 up
     rdma link add rxe1 type rxe netdev dummy1 || fail "rdma link add rxe1"
     t0=$SECONDS
-    ( sleep 8; ls -l "/proc/$TARGET_PID/fd" | grep -i -e infiniband -e uverbs -e rdma_cm >&2
-      for p in $(pgrep -x rdma); do sr_log "rdma pid $p stack:"; cat "/proc/$p/stack" >&2; done ) &
     timeout 40 rdma link delete "$SOFTROCE_RXE" && pass "rdma link delete $SOFTROCE_RXE ($((SECONDS - t0)) s)" \
         || fail "rdma link delete $SOFTROCE_RXE"
     sleep 2
@@ -301,17 +301,68 @@ if want faults || want devdel; then
 fi
 
 # ----------------------------------------------------------------- finish
-iscsi_logout >/dev/null 2>&1
+# Stop with SIGTERM while a session is logged in and I/O runs: exit status 0.
+session_disk "$T_FILE" | grep -q . || login_iser "$T_FILE" >/dev/null 2>&1
+FILE_DISK="$(session_disk "$T_FILE" | head -n1)"
+if [[ -n "$FILE_DISK" ]]; then
+    fio --name=bg --thread --filename="$FILE_DISK" --direct=1 --ioengine=libaio --rw=randwrite \
+        --bs=64k --iodepth=8 --size=64M --time_based --runtime=20 >/dev/null 2>&1 &
+    f=$!
+    sleep 2
+fi
 if target_alive; then
     t0=$SECONDS
     kill -TERM "$TARGET_PID"
     rc=0
     wait "$TARGET_PID" || rc=$?
-    [[ $rc == 0 ]] && pass "SIGTERM: target exited 0 ($((SECONDS - t0)) s)" \
+    [[ $rc == 0 ]] && pass "SIGTERM with a live session under I/O: target exited 0 ($((SECONDS - t0)) s)" \
         || fail "SIGTERM: target exited with $rc"
 else
     fail "target was not running at the end"
 fi
+[[ -n "${f:-}" ]] && { kill -KILL "$f" 2>/dev/null; wait "$f" 2>/dev/null; }
+iscsi_logout >/dev/null 2>&1
+
+if want cli; then
+    devs="$("$BIN" devices 2>&1)"
+    printf '%s\n' "$devs" >&2
+    grep -q "^$SOFTROCE_RXE" <<<"$devs" && grep -q "ACTIVE\|Active" <<<"$devs" \
+        && pass "iser-target devices lists $SOFTROCE_RXE and its active port" \
+        || fail "iser-target devices"
+    # An iSER portal on an address no RDMA device owns fails at startup, saying why.
+    cat >"$WORK/bad.yaml" <<EOF
+portals: [{address: 127.0.0.1, transport: iser}]
+targets: [{name: $T_RAM, luns: [{backing: {type: ram, size: 1M}}]}]
+EOF
+    out="$(timeout 20 "$BIN" serve --config "$WORK/bad.yaml" 2>&1)"
+    rc=$?
+    printf '%s\n' "$out" | tail -2 >&2
+    [[ $rc != 0 && $rc != 124 ]] && grep -q "not an address of an RDMA device" <<<"$out" \
+        && pass "iSER portal on 127.0.0.1 fails at startup with advice" \
+        || fail "iSER portal on 127.0.0.1 (rc $rc)"
+    # The default configuration serves iSER too when an RDMA port is active.
+    "$BIN" serve >"$RESULTS/default.log" 2>&1 &
+    d=$!
+    if wait_rdma_listen "0.0.0.0:$PORT" 20 && wait_tcp_listen "0.0.0.0:$PORT" 20; then
+        pass "default configuration listens on iSER and TCP 0.0.0.0:$PORT"
+        disc="$(iscsi_discover "$ADDR" iser 2>&1)"
+        grep -q "iqn.2026-11.io.iser-target:ram0" <<<"$disc" \
+            && pass "default configuration: discovery over iSER" || fail "default discovery: $disc"
+        iscsiadm -m node -o delete >/dev/null 2>&1
+        if login_iser iqn.2026-11.io.iser-target:ram0; then
+            check "default configuration: login + verify_disk over iSER" \
+                verify_disk "$(disk_of iqn.2026-11.io.iser-target:ram0)" 4
+        else
+            fail "default configuration: login over iSER"
+        fi
+        iscsi_logout >/dev/null 2>&1
+    else
+        fail "default configuration does not listen on iSER 0.0.0.0:$PORT"
+    fi
+    kill -TERM "$d"; rc=0; wait "$d" || rc=$?
+    [[ $rc == 0 ]] && pass "default configuration: SIGTERM exit 0" || fail "default target exit $rc"
+fi
+
 bad="$(dmesg | grep -E 'BUG:|WARNING:|Oops|general protection|Call Trace|wrong datalen|unexpected remote invalidation|RNR retry' || true)"
 [[ -z "$bad" ]] && pass "no kernel BUG/WARNING/RNR/framing messages" \
     || { fail "kernel messages:"; printf '%s\n' "$bad"; }

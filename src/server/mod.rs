@@ -288,7 +288,10 @@ fn iser_core_config(config: &Config) -> CoreConfig {
 impl Server {
     /// Opens every backend, binds every portal and starts accepting.
     pub fn start(config: &Config) -> Result<Server, ServerError> {
-        let wants_iser = config.portals.iter().any(|p| p.transport == Transport::Iser);
+        let wants_iser = config
+            .portals
+            .iter()
+            .any(|p| p.transport == Transport::Iser);
         if wants_iser {
             iser::check_devices().map_err(ServerError::RdmaUnavailable)?;
             match rdma_ffi::raise_memlock_limit() {

@@ -236,9 +236,7 @@ impl Listener {
                 }
                 self.accept(id, &event);
             }
-            CmEventKind::DeviceRemoval | CmEventKind::AddrChange
-                if Some(event.id) == listener =>
-            {
+            CmEventKind::DeviceRemoval | CmEventKind::AddrChange if Some(event.id) == listener => {
                 log::warn!(
                     "{}: {:?} on the listener; listening again when the address is back",
                     self.addr,
@@ -350,7 +348,10 @@ impl Listener {
         // One WR of the send queue is kept for the drain marker.
         let max_send_wr = self.sizing.max_send_wr.min(max_wr - 1).max(1);
         let max_cqe = attrs.max_cqe.max(1);
-        let channel = try_id!(CompletionChannel::new(&ctx), "creating a completion channel");
+        let channel = try_id!(
+            CompletionChannel::new(&ctx),
+            "creating a completion channel"
+        );
         try_id!(channel.set_nonblocking(true), "completion channel");
         let send_cq = try_id!(
             CompletionQueue::new(&ctx, (max_send_wr as i32 + 1).min(max_cqe), Some(&channel)),
@@ -375,8 +376,9 @@ impl Listener {
             let _ = qp.id().reject(&[]);
             (format!("{what}: {e}"), None)
         };
-        let recv_mr = MemoryRegion::new(&pd, recv_slots as usize * RECV_STRIDE, Access::LOCAL_WRITE)
-            .map_err(|e| fail("registering receive buffers", e))?;
+        let recv_mr =
+            MemoryRegion::new(&pd, recv_slots as usize * RECV_STRIDE, Access::LOCAL_WRITE)
+                .map_err(|e| fail("registering receive buffers", e))?;
         let arena = MemoryRegion::new(&pd, self.sizing.arena, Access::LOCAL_WRITE)
             .map_err(|e| fail("registering the staging arena", e))?;
         for slot in 0..recv_slots as usize {
@@ -427,8 +429,10 @@ pub(super) fn check_devices() -> Result<(), String> {
 /// portal).
 pub fn rdma_available() -> bool {
     rdma_ffi::list_devices().is_ok_and(|devices| {
-        devices
-            .iter()
-            .any(|d| d.ports.iter().any(|p| p.state == rdma_ffi::PortState::Active))
+        devices.iter().any(|d| {
+            d.ports
+                .iter()
+                .any(|p| p.state == rdma_ffi::PortState::Active)
+        })
     })
 }
