@@ -1,4 +1,6 @@
 #!/bin/bash
+# `A && pass || fail` is fine in this file: pass never fails.
+# shellcheck disable=SC2015
 # iSER end-to-end test of our target against the Linux kernel initiator
 # (open-iscsi + ib_iser) and libiscsi, in the SoftRoCE guest.
 #
@@ -11,8 +13,6 @@
 #     login io fs multi large sg libiscsi faults (= kill devdel) cli
 # Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
 set -uo pipefail
-# `A && pass || fail` is fine here: pass never fails.
-# shellcheck disable=SC2015
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../.." && pwd -P)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -320,8 +320,9 @@ if target_alive; then
 else
     fail "target was not running at the end"
 fi
-[[ -n "${f:-}" ]] && { kill -KILL "$f" 2>/dev/null; wait "$f" 2>/dev/null; }
+# Log out first: fio's outstanding I/O is held by the initiator (replacement_timeout) until then.
 iscsi_logout >/dev/null 2>&1
+[[ -n "${f:-}" ]] && { kill -KILL "$f" 2>/dev/null; wait "$f" 2>/dev/null; }
 
 if want cli; then
     devs="$("$BIN" devices 2>&1)"
