@@ -330,17 +330,20 @@ if want cli; then
     grep -q "^$SOFTROCE_RXE" <<<"$devs" && grep -q "ACTIVE\|Active" <<<"$devs" \
         && pass "iser-target devices lists $SOFTROCE_RXE and its active port" \
         || fail "iser-target devices"
-    # An iSER portal on an address no RDMA device owns fails at startup, saying why.
+    # An iSER portal on the address of a netdev without an RDMA device fails at startup,
+    # saying why. (Loopback addresses would not do: rdma_cm binds them to some device.)
+    ip link add dummy2 type dummy 2>/dev/null; ip addr add 192.168.79.1/24 dev dummy2
+    ip link set dummy2 up
     cat >"$WORK/bad.yaml" <<EOF
-portals: [{address: 127.0.0.1, transport: iser}]
+portals: [{address: 192.168.79.1, transport: iser}]
 targets: [{name: $T_RAM, luns: [{backing: {type: ram, size: 1M}}]}]
 EOF
     out="$(timeout 20 "$BIN" serve --config "$WORK/bad.yaml" 2>&1)"
     rc=$?
     printf '%s\n' "$out" | tail -2 >&2
     [[ $rc != 0 && $rc != 124 ]] && grep -q "not an address of an RDMA device" <<<"$out" \
-        && pass "iSER portal on 127.0.0.1 fails at startup with advice" \
-        || fail "iSER portal on 127.0.0.1 (rc $rc)"
+        && pass "iSER portal on a non-RDMA netdev's address fails at startup with advice" \
+        || fail "iSER portal on a non-RDMA netdev's address (rc $rc)"
     # The default configuration serves iSER too when an RDMA port is active.
     "$BIN" serve >"$RESULTS/default.log" 2>&1 &
     d=$!
