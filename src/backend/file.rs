@@ -56,6 +56,24 @@ fn try_fallocate(
     }
 }
 
+/// Deallocates (`PUNCH_HOLE`) or zeroes (`ZERO_RANGE`) a range of `file`, the storage of
+/// `backend`; where the file system or device cannot, writes zero buffers instead. Reads of the
+/// range return zeroes afterwards either way.
+fn fallocate_or_write_zeroes<B: Backend>(
+    backend: &B,
+    file: &File,
+    mode: FallocateFlags,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    check_range(offset, len, backend.size())?;
+    if try_fallocate(file, mode, offset, len)? {
+        Ok(())
+    } else {
+        write_zero_buffers(backend, offset, len)
+    }
+}
+
 /// A LUN stored in a regular (usually sparse) file.
 pub struct FileBackend {
     file: File,
@@ -116,31 +134,23 @@ impl Backend for FileBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.file,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.file,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn supports_discard(&self) -> bool {
@@ -228,31 +238,23 @@ impl Backend for BlockDeviceBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.buffered,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.buffered,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn supports_discard(&self) -> bool {

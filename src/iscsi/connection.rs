@@ -1334,17 +1334,8 @@ impl Connection {
         // Reasons: 0 close session, 1 close connection, 2 remove connection for recovery.
         // With one connection per session, 0 and 1 both end the session; 2 needs ERL 2.
         if h.reason == 2 {
-            let stat_sn = self.next_stat_sn();
-            let header = Header::LogoutResponse(LogoutResponse {
-                response: 2, // connection recovery is not supported
-                itt: h.itt,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                time2wait: 0,
-                time2retain: 0,
-            });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            // Response 2: connection recovery is not supported.
+            self.send_logout_response(h.itt, 2);
             return;
         }
         // Tasks still waiting for data or their turn are dropped; running ones finish first so
@@ -1365,19 +1356,24 @@ impl Connection {
         }
         let reason = reason.clone();
         if let Some(itt) = self.pending_logout.take() {
-            let stat_sn = self.next_stat_sn();
-            let header = Header::LogoutResponse(LogoutResponse {
-                response: 0,
-                itt,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                time2wait: 0,
-                time2retain: 0,
-            });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            self.send_logout_response(itt, 0);
         }
         self.close(reason);
+    }
+
+    /// Logout Response; Time2Wait/Time2Retain 0 since nothing is kept for recovery at ERL 0.
+    fn send_logout_response(&mut self, itt: u32, response: u8) {
+        let stat_sn = self.next_stat_sn();
+        let header = Header::LogoutResponse(LogoutResponse {
+            response,
+            itt,
+            stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            time2wait: 0,
+            time2retain: 0,
+        });
+        self.actions.push_back(Action::Send(Pdu::new(header)));
     }
 
     // ---------------------------------------------------------------- helpers for login.rs
