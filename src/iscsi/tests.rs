@@ -1,0 +1,860 @@
+//! End-to-end tests of the sans-IO core: a scripted in-memory initiator drives a [`Connection`]
+//! through login and full feature phase, every PDU crossing the wire format (framing + digests).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::connection::{
+    Action, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor, TaskId,
+};
+use super::framing::{self, FrameError, FrameSettings, PduReader};
+use super::pdu::{
+    self, DataOut, Header, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, SnackRequest,
+    Stage, TaskAttribute, TaskMgmtRequest, TextRequest, RESERVED_TAG,
+};
+use super::text;
+use crate::scsi::ScsiOutcome;
+
+const TARGET: &str = "iqn.2026-01.test:disk";
+const SECRET_TARGET: &str = "iqn.2026-01.test:secret";
+const INITIATOR: &str = "iqn.2026-01.test:host";
+const ISID: [u8; 6] = [0x80, 1, 2, 3, 4, 5];
+const BLOCK: usize = 512;
+/// StatSN the initiator expects first (the target starts its StatSN there).
+const FIRST_STAT_SN: u32 = 0x100;
+/// CmdSN of the login (and of the first command).
+const FIRST_CMD_SN: u32 = 10;
+
+/// Two targets: one open to all with LUNs 0 and 1, one restricted to another initiator.
+fn config() -> CoreConfig {
+    CoreConfig {
+        targets: vec![
+            TargetDescriptor {
+                name: TARGET.into(),
+                allowed_initiators: vec![],
+                luns: vec![0, 1],
+            },
+            TargetDescriptor {
+                name: SECRET_TARGET.into(),
+                allowed_initiators: vec!["iqn.2026-01.test:other".into()],
+                luns: vec![0],
+            },
+        ],
+        portals: vec!["0.0.0.0:3260".parse().unwrap()],
+        queue_depth: 16,
+        max_transfer_length: 1 << 20,
+        ..CoreConfig::default()
+    }
+}
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let owned: Vec<text::KeyValue> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    text::encode(&owned)
+}
+
+fn keys_of(pdu: &Pdu) -> HashMap<String, String> {
+    text::parse(&pdu.data).unwrap().into_iter().collect()
+}
+
+/// A RAM disk backend for READ(10)/WRITE(10); any other CDB completes GOOD without data.
+#[derive(Default)]
+struct RamBackend {
+    luns: HashMap<u64, Vec<u8>>,
+}
+
+impl RamBackend {
+    fn run(&mut self, task: &ScsiTask) -> ScsiOutcome {
+        let cdb = &task.cdb;
+        let disk = self
+            .luns
+            .entry(task.lun)
+            .or_insert_with(|| vec![0; 64 * BLOCK]);
+        let lba = u32::from_be_bytes([cdb[2], cdb[3], cdb[4], cdb[5]]) as usize;
+        let blocks = u16::from_be_bytes([cdb[7], cdb[8]]) as usize;
+        let range = lba * BLOCK..(lba + blocks) * BLOCK;
+        match cdb[0] {
+            0x28 => ScsiOutcome {
+                data_in: disk[range].to_vec(),
+                ..ScsiOutcome::good()
+            },
+            0x2a => {
+                disk[range.clone()].copy_from_slice(&task.data_out[..range.len()]);
+                ScsiOutcome {
+                    data_out_length: range.len() as u32,
+                    ..ScsiOutcome::good()
+                }
+            }
+            _ => ScsiOutcome::good(),
+        }
+    }
+}
+
+fn read10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x28;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn write10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = read10(lba, blocks);
+    cdb[0] = 0x2a;
+    cdb
+}
+
+/// Test initiator + target connection + fake backend, pumped by hand.
+struct Pair {
+    conn: Connection,
+    base: Instant,
+    now: Instant,
+    /// Frame settings in force (digests apply both ways; the limit is the target's receive size).
+    settings: FrameSettings,
+    /// What the target sent, decoded from the wire.
+    inbox: VecDeque<Pdu>,
+    /// BindSession answer.
+    bind_answer: Result<u16, LoginStatus>,
+    bind_requests: usize,
+    /// Complete Execute actions immediately through the backend.
+    auto_complete: bool,
+    /// Executes not completed yet (when `auto_complete` is false).
+    deferred: Vec<ScsiTask>,
+    /// Every Execute the target issued.
+    executed: Vec<ScsiTask>,
+    backend: RamBackend,
+    closed: Option<CloseReason>,
+    frame_settings_seen: Vec<FrameSettings>,
+    // initiator state
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    next_itt: u32,
+}
+
+impl Pair {
+    fn new(config: CoreConfig) -> Self {
+        let base = Instant::now();
+        let local: SocketAddr = "192.0.2.7:3260".parse().unwrap();
+        Pair {
+            conn: Connection::new(Arc::new(config), Some(local), base),
+            base,
+            now: base,
+            settings: FrameSettings::default(),
+            inbox: VecDeque::new(),
+            bind_answer: Ok(0x1234),
+            bind_requests: 0,
+            auto_complete: true,
+            deferred: Vec::new(),
+            executed: Vec::new(),
+            backend: RamBackend::default(),
+            closed: None,
+            frame_settings_seen: Vec::new(),
+            cmd_sn: FIRST_CMD_SN,
+            exp_stat_sn: FIRST_STAT_SN,
+            next_itt: 1,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.conn.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Carries out every pending action.
+    fn pump(&mut self) {
+        while let Some(action) = self.conn.poll_action() {
+            assert!(self.closed.is_none(), "action {action:?} after Close");
+            match action {
+                Action::Send(pdu) => {
+                    let bytes = framing::encode(&pdu, &self.settings);
+                    let mut reader = PduReader::new();
+                    reader.push(&bytes);
+                    let wide = FrameSettings {
+                        max_data_segment_length: 1 << 24,
+                        ..self.settings
+                    };
+                    let decoded = reader.next_pdu(&wide).unwrap().unwrap();
+                    assert_eq!(decoded, pdu, "target PDU survives the wire");
+                    assert_eq!(reader.buffered(), 0);
+                    self.inbox.push_back(decoded);
+                }
+                Action::SetFrameSettings(s) => {
+                    self.settings = s;
+                    self.frame_settings_seen.push(s);
+                }
+                Action::BindSession(_) => {
+                    self.bind_requests += 1;
+                    self.conn.handle_session_bound(self.bind_answer);
+                }
+                Action::Execute(task) => {
+                    self.executed.push(task.clone());
+                    if self.auto_complete {
+                        let outcome = self.backend.run(&task);
+                        self.conn.handle_scsi_complete(task.id, outcome);
+                    } else {
+                        self.deferred.push(task);
+                    }
+                }
+                Action::Close(reason) => self.closed = Some(reason),
+            }
+        }
+    }
+
+    /// Sends one PDU from the initiator over the wire.
+    fn send(&mut self, pdu: Pdu) {
+        let bytes = framing::encode(&pdu, &self.settings);
+        let mut reader = PduReader::new();
+        reader.push(&bytes);
+        match reader.next_pdu(&self.settings) {
+            Ok(Some(decoded)) => {
+                assert_eq!(decoded, pdu);
+                self.conn.handle_pdu(decoded, self.now);
+            }
+            Ok(None) => unreachable!("whole PDU pushed"),
+            Err(e) => self.conn.handle_frame_error(e, self.now),
+        }
+        self.pump();
+    }
+
+    /// Feeds raw bytes as a stream, as a transport would.
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        let mut reader = PduReader::new();
+        reader.push(bytes);
+        loop {
+            match reader.next_pdu(&self.settings) {
+                Ok(Some(p)) => self.conn.handle_pdu(p, self.now),
+                Ok(None) => break,
+                Err(e) => {
+                    let fatal = e.is_fatal();
+                    self.conn.handle_frame_error(e, self.now);
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+            self.pump();
+        }
+        self.pump();
+    }
+
+    fn complete_deferred(&mut self, id: TaskId, outcome: ScsiOutcome) {
+        self.deferred.retain(|t| t.id != id);
+        self.conn.handle_scsi_complete(id, outcome);
+        self.pump();
+    }
+
+    fn take(&mut self) -> Vec<Pdu> {
+        self.inbox.drain(..).collect()
+    }
+
+    fn take_one(&mut self) -> Pdu {
+        let all = self.take();
+        assert_eq!(all.len(), 1, "expected one PDU, got {all:?}");
+        all.into_iter().next().unwrap()
+    }
+
+    fn itt(&mut self) -> u32 {
+        let itt = self.next_itt;
+        self.next_itt += 1;
+        itt
+    }
+
+    fn login_request(
+        &mut self,
+        current: Stage,
+        next: Option<Stage>,
+        continue_flag: bool,
+        keys: &[(&str, &str)],
+    ) -> Pdu {
+        Pdu::with_data(
+            Header::LoginRequest(LoginRequest {
+                transit: next.is_some(),
+                continue_flag,
+                current_stage: current,
+                next_stage: next.unwrap_or(current),
+                version_max: 0,
+                version_min: 0,
+                isid: ISID,
+                tsih: 0,
+                itt: 0x77,
+                cid: 0,
+                cmd_sn: self.cmd_sn,
+                exp_stat_sn: self.exp_stat_sn,
+            }),
+            kv(keys),
+        )
+    }
+
+    /// One login request; returns the target's response (asserting there is exactly one).
+    fn login_step(&mut self, current: Stage, next: Option<Stage>, keys: &[(&str, &str)]) -> Pdu {
+        let req = self.login_request(current, next, false, keys);
+        self.send(req);
+        let resp = self.take_one();
+        if let Header::LoginResponse(r) = &resp.header {
+            self.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        }
+        resp
+    }
+
+    /// Security → operational → full feature for a normal session, with extra operational keys.
+    fn login(&mut self, operational: &[(&str, &str)]) -> HashMap<String, String> {
+        let r = self.login_step(
+            Stage::Security,
+            Some(Stage::Operational),
+            &[
+                ("InitiatorName", INITIATOR),
+                ("TargetName", TARGET),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(login_status(&r), (0, 0));
+        let r = self.login_step(Stage::Operational, Some(Stage::FullFeature), operational);
+        assert_eq!(login_status(&r), (0, 0));
+        assert!(self.conn.is_full_feature());
+        keys_of(&r)
+    }
+
+    fn command(
+        &mut self,
+        itt: u32,
+        cdb: Vec<u8>,
+        read: bool,
+        write: bool,
+        edtl: u32,
+    ) -> ScsiCommand {
+        let cmd = ScsiCommand {
+            immediate: false,
+            final_flag: true,
+            read,
+            write,
+            attribute: TaskAttribute::Simple,
+            lun: pdu::encode_lun(0),
+            itt,
+            expected_data_length: edtl,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb,
+            bidi_read_length: None,
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        cmd
+    }
+
+    fn send_command(&mut self, cmd: ScsiCommand, data: Vec<u8>) {
+        self.send(Pdu::with_data(Header::ScsiCommand(cmd), data));
+    }
+
+    fn data_out(&mut self, itt: u32, ttt: u32, offset: u32, data: Vec<u8>, final_flag: bool) {
+        self.send(Pdu::with_data(
+            Header::DataOut(DataOut {
+                final_flag,
+                lun: pdu::encode_lun(0),
+                itt,
+                ttt,
+                exp_stat_sn: self.exp_stat_sn,
+                data_sn: 0,
+                buffer_offset: offset,
+            }),
+            data,
+        ));
+    }
+
+    fn nop_out(&mut self, itt: u32, ttt: u32, immediate: bool, data: Vec<u8>) {
+        let cmd_sn = self.cmd_sn;
+        if !immediate {
+            self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        }
+        self.send(Pdu::with_data(
+            Header::NopOut(NopOut {
+                immediate,
+                lun: [0; 8],
+                itt,
+                ttt,
+                cmd_sn,
+                exp_stat_sn: self.exp_stat_sn,
+            }),
+            data,
+        ));
+    }
+
+    fn tmf(&mut self, function: u8, lun: u64, referenced: u32, ref_cmd_sn: u32) -> u32 {
+        let itt = self.itt();
+        let tmf = TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: pdu::encode_lun(lun),
+            itt,
+            referenced_task_tag: referenced,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        };
+        self.send(Pdu::new(Header::TaskMgmtRequest(tmf)));
+        itt
+    }
+
+    fn logout(&mut self) -> u32 {
+        let itt = self.itt();
+        let req = LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt,
+            cid: 0,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+        };
+        self.send(Pdu::new(Header::LogoutRequest(req)));
+        itt
+    }
+
+    fn text(&mut self, itt: u32, ttt: u32, body: Vec<u8>) {
+        let req = TextRequest {
+            immediate: false,
+            final_flag: true,
+            continue_flag: false,
+            lun: [0; 8],
+            itt,
+            ttt,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        self.send(Pdu::with_data(Header::TextRequest(req), body));
+    }
+}
+
+fn login_status(pdu: &Pdu) -> (u8, u8) {
+    match &pdu.header {
+        Header::LoginResponse(r) => (r.status_class, r.status_detail),
+        other => panic!("not a Login Response: {other:?}"),
+    }
+}
+
+fn logged_in(operational: &[(&str, &str)]) -> Pair {
+    let mut pair = Pair::new(config());
+    pair.login(operational);
+    pair.take();
+    pair
+}
+
+/// (StatSN, ExpCmdSN, MaxCmdSN) of any response that carries them.
+fn sequence(pdu: &Pdu) -> (u32, u32, u32) {
+    match &pdu.header {
+        Header::ScsiResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::DataIn(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::NopIn(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::TaskMgmtResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::TextResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::LogoutResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::ReadyToTransfer(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::Reject(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        Header::LoginResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn),
+        other => panic!("no sequence numbers in {other:?}"),
+    }
+}
+
+fn scsi_response(pdu: &Pdu) -> &pdu::ScsiResponse {
+    match &pdu.header {
+        Header::ScsiResponse(h) => h,
+        other => panic!("not a SCSI Response: {other:?}"),
+    }
+}
+
+fn r2t(pdu: &Pdu) -> &pdu::ReadyToTransfer {
+    match &pdu.header {
+        Header::ReadyToTransfer(h) => h,
+        other => panic!("not an R2T: {other:?}"),
+    }
+}
+
+fn data_in(pdu: &Pdu) -> &pdu::DataIn {
+    match &pdu.header {
+        Header::DataIn(h) => h,
+        other => panic!("not a Data-In: {other:?}"),
+    }
+}
+
+fn reject_reason(pdu: &Pdu) -> u8 {
+    match &pdu.header {
+        Header::Reject(h) => h.reason,
+        other => panic!("not a Reject: {other:?}"),
+    }
+}
+
+fn tmf_response(pdu: &Pdu) -> &pdu::TaskMgmtResponse {
+    match &pdu.header {
+        Header::TaskMgmtResponse(h) => h,
+        other => panic!("not a TMF Response: {other:?}"),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------ login
+
+#[test]
+fn login_security_operational_full_feature() {
+    let mut pair = Pair::new(config());
+    let r = pair.login_step(
+        Stage::Security,
+        Some(Stage::Operational),
+        &[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("SessionType", "Normal"),
+            ("AuthMethod", "None"),
+        ],
+    );
+    let Header::LoginResponse(h) = &r.header else {
+        unreachable!()
+    };
+    assert_eq!((h.status_class, h.status_detail), (0, 0));
+    assert!(h.transit);
+    assert_eq!(h.current_stage, Stage::Security);
+    assert_eq!(h.next_stage, Stage::Operational);
+    assert_eq!(h.isid, ISID);
+    assert_eq!(h.tsih, 0, "TSIH only in the final response");
+    assert_eq!(h.itt, 0x77);
+    assert_eq!(
+        h.stat_sn, FIRST_STAT_SN,
+        "StatSN starts at the initiator's ExpStatSN"
+    );
+    assert_eq!(h.exp_cmd_sn, FIRST_CMD_SN);
+    assert_eq!(h.max_cmd_sn, FIRST_CMD_SN + 15);
+    let keys = keys_of(&r);
+    assert_eq!(keys["AuthMethod"], "None");
+    assert_eq!(
+        keys["TargetPortalGroupTag"], "1",
+        "TPGT in the first response"
+    );
+
+    let r = pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[
+            ("MaxBurstLength", "131072"),
+            ("MaxRecvDataSegmentLength", "65536"),
+        ],
+    );
+    let Header::LoginResponse(h) = &r.header else {
+        unreachable!()
+    };
+    assert!(h.transit);
+    assert_eq!(h.next_stage, Stage::FullFeature);
+    assert_eq!(h.tsih, 0x1234);
+    assert_eq!(h.stat_sn, FIRST_STAT_SN + 1);
+    let keys = keys_of(&r);
+    assert_eq!(keys["MaxBurstLength"], "131072");
+    assert_eq!(
+        keys["MaxRecvDataSegmentLength"], "262144",
+        "target declares its MRDSL"
+    );
+    assert!(!keys.contains_key("TargetPortalGroupTag"), "TPGT only once");
+    assert_eq!(pair.bind_requests, 1);
+    assert_eq!(
+        pair.frame_settings_seen,
+        vec![FrameSettings {
+            header_digest: false,
+            data_digest: false,
+            max_data_segment_length: 262_144
+        }]
+    );
+    assert!(pair.conn.is_full_feature());
+    assert_eq!(pair.conn.params().max_burst_length, 131_072);
+    assert_eq!(
+        pair.conn.params().initiator_max_recv_data_segment_length,
+        65_536
+    );
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(15))
+    );
+}
+
+#[test]
+fn login_straight_to_operational() {
+    let mut pair = Pair::new(config());
+    let r = pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    let keys = keys_of(&r);
+    assert_eq!(keys["TargetPortalGroupTag"], "1");
+    assert_eq!(keys["MaxRecvDataSegmentLength"], "262144");
+    assert!(pair.conn.is_full_feature());
+}
+
+#[test]
+fn login_with_continued_text() {
+    let mut pair = Pair::new(config());
+    let all = kv(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", TARGET),
+        ("AuthMethod", "None"),
+    ]);
+    let (first, second) = all.split_at(7); // split inside a key
+    let mut req = pair.login_request(Stage::Security, None, true, &[]);
+    req.data = first.to_vec();
+    pair.send(req);
+    let r = pair.take_one();
+    assert_eq!(login_status(&r), (0, 0));
+    assert!(r.data.is_empty(), "a C-bit request gets an empty response");
+    let mut req = pair.login_request(Stage::Security, Some(Stage::Operational), false, &[]);
+    req.data = second.to_vec();
+    pair.send(req);
+    let r = pair.take_one();
+    assert_eq!(login_status(&r), (0, 0));
+    assert_eq!(keys_of(&r)["AuthMethod"], "None");
+    assert_eq!(sequence(&r).0, FIRST_STAT_SN + 1);
+}
+
+fn login_failure(config: CoreConfig, stage: Stage, keys: &[(&str, &str)]) -> ((u8, u8), Pair) {
+    let mut pair = Pair::new(config);
+    let next = if stage == Stage::Security {
+        Stage::Operational
+    } else {
+        Stage::FullFeature
+    };
+    let r = pair.login_step(stage, Some(next), keys);
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+    let Header::LoginResponse(h) = &r.header else {
+        unreachable!()
+    };
+    assert!(!h.transit);
+    (login_status(&r), pair)
+}
+
+#[test]
+fn login_failures_carry_the_right_status() {
+    let base = [("InitiatorName", INITIATOR), ("TargetName", TARGET)];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut v = base.to_vec();
+        v.push(extra);
+        v
+    };
+    // Operational key in the security stage.
+    let (s, _) = login_failure(config(), Stage::Security, &with(("MaxBurstLength", "512")));
+    assert_eq!(s, (2, 0));
+    let (s, _) = login_failure(
+        config(),
+        Stage::Security,
+        &[("InitiatorName", INITIATOR), ("TargetName", "iqn.nope")],
+    );
+    assert_eq!(s, (2, 3));
+    let (s, _) = login_failure(
+        config(),
+        Stage::Security,
+        &[("InitiatorName", INITIATOR), ("TargetName", SECRET_TARGET)],
+    );
+    assert_eq!(s, (2, 2));
+    let (s, _) = login_failure(config(), Stage::Security, &[("TargetName", TARGET)]);
+    assert_eq!(s, (2, 7));
+    let (s, _) = login_failure(config(), Stage::Security, &[("InitiatorName", INITIATOR)]);
+    assert_eq!(s, (2, 7), "normal session needs TargetName");
+    let (s, _) = login_failure(config(), Stage::Security, &with(("AuthMethod", "CHAP")));
+    assert_eq!(s, (2, 1));
+    let (s, _) = login_failure(config(), Stage::Security, &with(("SessionType", "Weird")));
+    assert_eq!(s, (2, 9));
+}
+
+#[test]
+fn login_rejects_unsupported_version() {
+    let mut pair = Pair::new(config());
+    let mut req = pair.login_request(
+        Stage::Security,
+        Some(Stage::Operational),
+        false,
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
+    if let Header::LoginRequest(h) = &mut req.header {
+        h.version_min = 1;
+        h.version_max = 1;
+    }
+    pair.send(req);
+    assert_eq!(login_status(&pair.take_one()), (2, 5));
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+}
+
+#[test]
+fn login_bind_failure_is_reported() {
+    let mut pair = Pair::new(config());
+    pair.bind_answer = Err(LoginStatus::TOO_MANY_CONNECTIONS);
+    let r = pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
+    assert_eq!(login_status(&r), (2, 6));
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+    assert!(pair.frame_settings_seen.is_empty());
+}
+
+#[test]
+fn non_login_pdu_before_login_closes_silently() {
+    let mut pair = Pair::new(config());
+    pair.nop_out(1, RESERVED_TAG, true, vec![]);
+    assert!(pair.take().is_empty(), "no response before login");
+    assert!(matches!(pair.closed, Some(CloseReason::ProtocolError(_))));
+}
+
+#[test]
+fn digests_switch_on_after_the_final_response() {
+    let mut pair = Pair::new(config());
+    let r = pair.login_step(
+        Stage::Security,
+        Some(Stage::Operational),
+        &[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("AuthMethod", "None"),
+        ],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    let r = pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[("HeaderDigest", "CRC32C,None"), ("DataDigest", "CRC32C")],
+    );
+    let keys = keys_of(&r);
+    assert_eq!(keys["HeaderDigest"], "CRC32C");
+    assert_eq!(keys["DataDigest"], "CRC32C");
+    assert_eq!(pair.frame_settings_seen.len(), 1);
+    assert!(pair.settings.header_digest && pair.settings.data_digest);
+    // From now on both directions carry digests: a ping round-trips through the framing.
+    pair.nop_out(5, RESERVED_TAG, true, b"ping".to_vec());
+    let r = pair.take_one();
+    assert_eq!(r.data, b"ping");
+    // A corrupted data digest is rejected with reason 0x02, the connection stays up.
+    let nop = Pdu::with_data(
+        Header::NopOut(NopOut {
+            immediate: true,
+            itt: 6,
+            ttt: RESERVED_TAG,
+            cmd_sn: pair.cmd_sn,
+            ..Default::default()
+        }),
+        b"data".to_vec(),
+    );
+    let mut bytes = framing::encode(&nop, &pair.settings);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    pair.send_bytes(&bytes);
+    assert_eq!(reject_reason(&pair.take_one()), 0x02);
+    assert!(pair.closed.is_none());
+    // A corrupted header digest is fatal.
+    let mut bytes = framing::encode(&nop, &pair.settings);
+    bytes[49] ^= 0xff;
+    pair.send_bytes(&bytes);
+    assert!(pair.take().is_empty());
+    assert!(matches!(pair.closed, Some(CloseReason::ProtocolError(_))));
+}
+
+#[test]
+fn login_times_out() {
+    let mut pair = Pair::new(config());
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.base + Duration::from_secs(15))
+    );
+    pair.advance(Duration::from_secs(14));
+    assert!(pair.closed.is_none());
+    pair.advance(Duration::from_secs(1));
+    assert_eq!(pair.closed, Some(CloseReason::Timeout));
+    assert!(pair.take().is_empty());
+}
+
+fn discovery_pair(config: CoreConfig, mrdsl: &str) -> Pair {
+    let mut pair = Pair::new(config);
+    let r = pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[
+            ("InitiatorName", INITIATOR),
+            ("SessionType", "Discovery"),
+            ("MaxRecvDataSegmentLength", mrdsl),
+        ],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    pair
+}
+
+#[test]
+fn discovery_lists_allowed_targets_with_the_local_address() {
+    let mut cfg = config();
+    cfg.portals.push("[2001:db8::1]:3261".parse().unwrap());
+    let mut pair = discovery_pair(cfg, "8192");
+    pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
+    let r = pair.take_one();
+    let Header::TextResponse(h) = &r.header else {
+        panic!("{r:?}")
+    };
+    assert!(h.final_flag && !h.continue_flag);
+    assert_eq!(h.itt, 9);
+    assert_eq!(h.ttt, RESERVED_TAG);
+    let pairs = text::parse(&r.data).unwrap();
+    let expected: Vec<(String, String)> = vec![
+        ("TargetName".into(), TARGET.into()),
+        ("TargetAddress".into(), "192.0.2.7:3260,1".into()),
+        ("TargetAddress".into(), "[2001:db8::1]:3261,1".into()),
+    ];
+    assert_eq!(pairs, expected, "the secret target is hidden");
+    // Discovery sessions carry no SCSI commands.
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+    assert!(pair.executed.is_empty());
+}
+
+#[test]
+fn long_send_targets_is_continued() {
+    let mut cfg = config();
+    for i in 0..40 {
+        cfg.targets.push(TargetDescriptor {
+            name: format!("iqn.2026-01.test:a-rather-long-target-name-number-{i:03}"),
+            allowed_initiators: vec![],
+            luns: vec![0],
+        });
+    }
+    let mut pair = discovery_pair(cfg, "512");
+    pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
+    let mut body = Vec::new();
+    let mut pieces = 0;
+    loop {
+        let r = pair.take_one();
+        let Header::TextResponse(h) = r.header.clone() else {
+            panic!("{r:?}")
+        };
+        assert!(r.data.len() <= 512);
+        assert_eq!(h.itt, 9);
+        body.extend_from_slice(&r.data);
+        pieces += 1;
+        if h.final_flag {
+            assert!(!h.continue_flag);
+            assert_eq!(h.ttt, RESERVED_TAG);
+            break;
+        }
+        assert!(h.continue_flag);
+        assert_ne!(h.ttt, RESERVED_TAG);
+        pair.text(9, h.ttt, vec![]);
+    }
+    assert!(pieces > 3);
+    let pairs = text::parse(&body).unwrap();
+    let names = pairs.iter().filter(|(k, _)| k == "TargetName").count();
+    assert_eq!(names, 41);
+    // A continuation with a stale TTT is rejected.
+    pair.text(9, 0x4444, vec![]);
+    assert_eq!(reject_reason(&pair.take_one()), 0x09);
+}
