@@ -272,6 +272,8 @@ struct Task {
     id: TaskId,
     itt: u32,
     cmd_sn: u32,
+    /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
+    immediate: bool,
     lun: u64,
     lun_field: [u8; 8],
     cdb: Vec<u8>,
@@ -478,9 +480,13 @@ impl Connection {
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
     /// `queue_depth`, and never moves backwards (brief §1 rule 14).
+    ///
+    /// Only tasks that consumed a CmdSN below ExpCmdSN count: held commands already sit inside the
+    /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
+    /// without ExpCmdSN moving. A full queue closes the window (MaxCmdSN = ExpCmdSN - 1).
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        let outstanding = (self.tasks.len() + self.held.len()) as u32;
-        let room = self.config.queue_depth.saturating_sub(outstanding).max(1);
+        let outstanding = self.tasks.values().filter(|t| !t.immediate).count() as u32;
+        let room = self.config.queue_depth.saturating_sub(outstanding);
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
@@ -638,7 +644,8 @@ impl Connection {
             self.dispatch_command(pdu, now);
             return;
         }
-        if cmd_sn == self.exp_cmd_sn {
+        let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
+        if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.dispatch_command(pdu, now);
             // Commands that were waiting for this one.
@@ -732,6 +739,7 @@ impl Connection {
             id,
             itt: h.itt,
             cmd_sn: h.cmd_sn,
+            immediate: h.immediate,
             lun,
             lun_field: h.lun,
             cdb: h.cdb,
