@@ -858,3 +858,132 @@ fn long_send_targets_is_continued() {
     pair.text(9, 0x4444, vec![]);
     assert_eq!(reject_reason(&pair.take_one()), 0x09);
 }
+
+// ------------------------------------------------------------------------------------ CmdSN window
+
+/// A no-data command (TEST UNIT READY) with the given CmdSN.
+fn tur(pair: &mut Pair, itt: u32, cmd_sn: u32, immediate: bool) -> Pdu {
+    let mut cmd = pair.command(itt, vec![0u8; 16], false, false, 0);
+    cmd.cmd_sn = cmd_sn;
+    cmd.immediate = immediate;
+    Pdu::new(Header::ScsiCommand(cmd))
+}
+
+#[test]
+fn commands_in_order_advance_exp_cmd_sn_and_stat_sn() {
+    let mut pair = logged_in(&[]);
+    for i in 0..3u32 {
+        let pdu = tur(&mut pair, 100 + i, FIRST_CMD_SN + i, false);
+        pair.send(pdu);
+        let r = pair.take_one();
+        assert_eq!(scsi_response(&r).itt, 100 + i);
+        assert_eq!(
+            sequence(&r),
+            (
+                FIRST_STAT_SN + 2 + i,
+                FIRST_CMD_SN + 1 + i,
+                FIRST_CMD_SN + 16 + i
+            )
+        );
+    }
+}
+
+#[test]
+fn immediate_commands_do_not_advance_exp_cmd_sn() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let pdu = tur(&mut pair, 1, FIRST_CMD_SN, true);
+    pair.send(pdu);
+    assert_eq!(pair.deferred.len(), 1);
+    pair.nop_out(50, RESERVED_TAG, true, vec![]);
+    let (_, exp, max) = sequence(&pair.take_one());
+    // NOTE: immediate commands sit outside the CmdSN window and so outside queue_depth.
+    assert_eq!((exp, max), (FIRST_CMD_SN, FIRST_CMD_SN + 15));
+    pair.auto_complete = true;
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    assert_eq!(sequence(&pair.take_one()).1, FIRST_CMD_SN);
+    let pdu = tur(&mut pair, 2, FIRST_CMD_SN, false);
+    pair.send(pdu);
+    assert_eq!(sequence(&pair.take_one()).1, FIRST_CMD_SN + 1);
+}
+
+#[test]
+fn out_of_window_commands_are_dropped_silently() {
+    let mut pair = logged_in(&[]);
+    // Behind the window (already used) and beyond MaxCmdSN.
+    for sn in [FIRST_CMD_SN - 1, FIRST_CMD_SN + 16, FIRST_CMD_SN + 1000] {
+        let pdu = tur(&mut pair, 7, sn, false);
+        pair.send(pdu);
+        assert!(pair.take().is_empty(), "CmdSN {sn} must be ignored");
+    }
+    assert!(pair.executed.is_empty());
+    assert!(pair.closed.is_none());
+}
+
+#[test]
+fn command_ahead_of_exp_cmd_sn_waits_for_the_gap() {
+    let mut pair = logged_in(&[]);
+    let later = tur(&mut pair, 2, FIRST_CMD_SN + 1, false);
+    pair.send(later);
+    assert!(pair.take().is_empty());
+    assert!(pair.executed.is_empty());
+    // An immediate NOP shows the window did not move or shrink.
+    pair.nop_out(50, RESERVED_TAG, true, vec![]);
+    let (_, exp, max) = sequence(&pair.take_one());
+    assert_eq!((exp, max), (FIRST_CMD_SN, FIRST_CMD_SN + 15));
+    let first = tur(&mut pair, 1, FIRST_CMD_SN, false);
+    pair.send(first);
+    let r = pair.take();
+    let itts: Vec<u32> = r.iter().map(|p| scsi_response(p).itt).collect();
+    assert_eq!(itts, vec![1, 2]);
+    assert_eq!(sequence(&r[1]).1, FIRST_CMD_SN + 2);
+}
+
+#[test]
+fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let mut last_max = FIRST_CMD_SN + 15;
+    let mut check = |pdus: &[Pdu], last_max: &mut u32| {
+        for p in pdus {
+            let (_, exp, max) = sequence(p);
+            assert!(
+                !super::connection::sn_lt(max, *last_max),
+                "MaxCmdSN went back"
+            );
+            assert!(!super::connection::sn_lt(max.wrapping_add(1), exp));
+            *last_max = max;
+        }
+    };
+    // Fill the queue with 16 running commands; each response to a ping shows the window shrink.
+    for i in 0..16u32 {
+        let pdu = tur(&mut pair, 100 + i, FIRST_CMD_SN + i, false);
+        pair.send(pdu);
+        pair.nop_out(500 + i, RESERVED_TAG, true, vec![]);
+        let r = pair.take();
+        check(&r, &mut last_max);
+        // Window: ExpCmdSN advanced by one per command, room shrank by one: MaxCmdSN constant.
+        assert_eq!(sequence(&r[0]).2, FIRST_CMD_SN + 15);
+    }
+    assert_eq!(pair.deferred.len(), 16);
+    // The queue is full: MaxCmdSN = ExpCmdSN - 1 closes the window, a 17th command is dropped.
+    let (_, exp, max) = {
+        pair.nop_out(600, RESERVED_TAG, true, vec![]);
+        sequence(&pair.take_one())
+    };
+    assert_eq!(exp, FIRST_CMD_SN + 16);
+    assert_eq!(max, exp - 1, "full queue closes the window");
+    let extra = tur(&mut pair, 200, FIRST_CMD_SN + 16, false);
+    pair.send(extra);
+    assert_eq!(pair.deferred.len(), 16, "queue_depth respected");
+    // Immediate commands with ITTs held, held commands, completions: MaxCmdSN only grows.
+    let held = tur(&mut pair, 201, FIRST_CMD_SN + 17, false);
+    pair.send(held);
+    for task in pair.deferred.clone() {
+        pair.complete_deferred(task.id, ScsiOutcome::good());
+        let r = pair.take();
+        check(&r, &mut last_max);
+    }
+    assert_eq!(last_max, FIRST_CMD_SN + 16 + 15);
+}
