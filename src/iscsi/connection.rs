@@ -779,7 +779,10 @@ impl Connection {
             if task.unsolicited_open {
                 return;
             }
-            while task.r2ts.len() < max_outstanding && task.next_r2t_offset < task.expected_length {
+            // Windows created in this call are only pushed below: count them too.
+            while task.r2ts.len() + r2ts.len() < max_outstanding
+                && task.next_r2t_offset < task.expected_length
+            {
                 let offset = task.next_r2t_offset;
                 let length = (task.expected_length - offset).min(max_burst);
                 task.next_r2t_offset += length;
