@@ -860,6 +860,8 @@ impl Connection {
         }
         task.data_out.extend_from_slice(&pdu.data);
         if h.ttt == RESERVED_TAG {
+            // Solicited data starts where the unsolicited data stopped.
+            task.next_r2t_offset = task.data_out.len() as u32;
             if h.final_flag {
                 task.unsolicited_open = false;
             }
