@@ -987,3 +987,362 @@ fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
     }
     assert_eq!(last_max, FIRST_CMD_SN + 16 + 15);
 }
+
+// ------------------------------------------------------------------------------------ writes
+
+fn logged_in_with(cfg: CoreConfig, operational: &[(&str, &str)]) -> Pair {
+    let mut pair = Pair::new(cfg);
+    pair.login(operational);
+    pair.take();
+    pair
+}
+
+/// Reads `blocks` blocks at `lba` back through the target (collapsed Data-In).
+fn read_back(pair: &mut Pair, lba: u32, blocks: u16) -> Vec<u8> {
+    let itt = pair.itt();
+    let len = blocks as u32 * BLOCK as u32;
+    let cmd = pair.command(itt, read10(lba, blocks), true, false, len);
+    pair.send_command(cmd, vec![]);
+    let mut out = Vec::new();
+    for p in pair.take() {
+        out.extend_from_slice(&p.data);
+        assert!(data_in(&p).itt == itt);
+    }
+    out
+}
+
+#[test]
+fn write_with_immediate_data_only() {
+    let mut pair = logged_in(&[]);
+    let data = pattern(1024, 1);
+    let cmd = pair.command(1, write10(3, 2), false, true, 1024);
+    pair.send_command(cmd, data.clone());
+    let r = pair.take_one();
+    let h = scsi_response(&r);
+    assert_eq!((h.itt, h.status, h.response), (1, 0, 0));
+    assert!(!h.overflow && !h.underflow);
+    assert_eq!(h.residual_count, 0);
+    assert_eq!(h.stat_sn, FIRST_STAT_SN + 2);
+    assert_eq!(pair.executed[0].data_out, data);
+    assert_eq!(pair.executed[0].expected_transfer_length, 1024);
+    assert_eq!(read_back(&mut pair, 3, 2), data);
+}
+
+#[test]
+fn unsolicited_data_out_up_to_first_burst_then_r2ts() {
+    let mut pair = logged_in(&[
+        ("InitialR2T", "No"),
+        ("FirstBurstLength", "4096"),
+        ("MaxBurstLength", "8192"),
+    ]);
+    let data = pattern(20480, 7);
+    let mut cmd = pair.command(1, write10(0, 40), false, true, 20480);
+    cmd.final_flag = false;
+    pair.send_command(cmd, data[..1024].to_vec());
+    assert!(pair.take().is_empty(), "waiting for unsolicited data");
+    pair.data_out(1, RESERVED_TAG, 1024, data[1024..2048].to_vec(), false);
+    pair.data_out(1, RESERVED_TAG, 2048, data[2048..4096].to_vec(), true);
+    let r = pair.take_one();
+    let h = r2t(&r).clone();
+    assert_eq!(
+        (h.itt, h.r2t_sn, h.buffer_offset, h.desired_length),
+        (1, 0, 4096, 8192)
+    );
+    assert_ne!(h.ttt, RESERVED_TAG);
+    // R2T carries the current StatSN without taking it.
+    assert_eq!(h.stat_sn, FIRST_STAT_SN + 2);
+    pair.data_out(1, h.ttt, 4096, data[4096..12288].to_vec(), true);
+    let h2 = r2t(&pair.take_one()).clone();
+    assert_eq!(
+        (h2.r2t_sn, h2.buffer_offset, h2.desired_length),
+        (1, 12288, 8192)
+    );
+    assert_ne!(h2.ttt, h.ttt);
+    pair.data_out(1, h2.ttt, 12288, data[12288..].to_vec(), true);
+    let r = pair.take_one();
+    assert_eq!(scsi_response(&r).status, 0);
+    assert_eq!(sequence(&r).0, FIRST_STAT_SN + 2);
+    assert_eq!(pair.executed[0].data_out, data);
+    assert_eq!(read_back(&mut pair, 0, 40), data);
+}
+
+#[test]
+fn unsolicited_data_beyond_first_burst_is_rejected() {
+    let mut pair = logged_in(&[("InitialR2T", "No"), ("FirstBurstLength", "4096")]);
+    let mut cmd = pair.command(1, write10(0, 16), false, true, 8192);
+    cmd.final_flag = false;
+    pair.send_command(cmd, vec![]);
+    pair.data_out(1, RESERVED_TAG, 0, vec![1; 8192], true);
+    assert_eq!(reject_reason(&pair.take_one()), 0x09);
+    assert!(pair.executed.is_empty());
+}
+
+#[test]
+fn r2t_sequences_split_by_max_burst_with_several_outstanding() {
+    let mut cfg = config();
+    cfg.policy.max_outstanding_r2t = 4;
+    let mut pair = logged_in_with(
+        cfg,
+        &[
+            ("ImmediateData", "No"),
+            ("MaxBurstLength", "4096"),
+            ("FirstBurstLength", "4096"),
+            ("MaxOutstandingR2T", "2"),
+        ],
+    );
+    assert_eq!(pair.conn.params().max_outstanding_r2t, 2);
+    let data = pattern(16384 + 1024, 3);
+    let cmd = pair.command(1, write10(0, 34), false, true, data.len() as u32);
+    pair.send_command(cmd, vec![]);
+    let r2ts: Vec<_> = pair.take().iter().map(|p| r2t(p).clone()).collect();
+    assert_eq!(r2ts.len(), 2);
+    assert_eq!(
+        (
+            r2ts[0].r2t_sn,
+            r2ts[0].buffer_offset,
+            r2ts[0].desired_length
+        ),
+        (0, 0, 4096)
+    );
+    assert_eq!(
+        (
+            r2ts[1].r2t_sn,
+            r2ts[1].buffer_offset,
+            r2ts[1].desired_length
+        ),
+        (1, 4096, 4096)
+    );
+    assert_ne!(r2ts[0].ttt, r2ts[1].ttt);
+    // Answer the first R2T in two PDUs; only the F bit ends the sequence and frees a slot.
+    pair.data_out(1, r2ts[0].ttt, 0, data[..2048].to_vec(), false);
+    assert!(pair.take().is_empty());
+    pair.data_out(1, r2ts[0].ttt, 2048, data[2048..4096].to_vec(), true);
+    let third = r2t(&pair.take_one()).clone();
+    assert_eq!(
+        (third.r2t_sn, third.buffer_offset, third.desired_length),
+        (2, 8192, 4096)
+    );
+    pair.data_out(1, r2ts[1].ttt, 4096, data[4096..8192].to_vec(), true);
+    let fourth = r2t(&pair.take_one()).clone();
+    assert_eq!(
+        (fourth.r2t_sn, fourth.buffer_offset, fourth.desired_length),
+        (3, 12288, 4096)
+    );
+    pair.data_out(1, third.ttt, 8192, data[8192..12288].to_vec(), true);
+    let fifth = r2t(&pair.take_one()).clone();
+    assert_eq!(
+        (fifth.r2t_sn, fifth.buffer_offset, fifth.desired_length),
+        (4, 16384, 1024)
+    );
+    pair.data_out(1, fourth.ttt, 12288, data[12288..16384].to_vec(), true);
+    assert!(pair.take().is_empty());
+    pair.data_out(1, fifth.ttt, 16384, data[16384..].to_vec(), true);
+    assert_eq!(scsi_response(&pair.take_one()).status, 0);
+    assert_eq!(pair.executed[0].data_out, data);
+}
+
+#[test]
+fn bad_data_out_is_rejected_and_unknown_itt_dropped() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    let cmd = pair.command(1, write10(0, 4), false, true, 2048);
+    pair.send_command(cmd, vec![]);
+    let ttt = r2t(&pair.take_one()).ttt;
+    pair.data_out(1, ttt ^ 0x55, 0, vec![0; 512], false);
+    assert_eq!(reject_reason(&pair.take_one()), 0x09, "wrong TTT");
+    pair.data_out(1, ttt, 2048, vec![0; 512], false);
+    assert_eq!(
+        reject_reason(&pair.take_one()),
+        0x09,
+        "offset beyond the R2T"
+    );
+    pair.data_out(1, ttt, 0, vec![0; 4096], false);
+    assert_eq!(
+        reject_reason(&pair.take_one()),
+        0x09,
+        "more than the R2T asked"
+    );
+    pair.data_out(1, RESERVED_TAG, 0, vec![0; 512], false);
+    assert_eq!(
+        reject_reason(&pair.take_one()),
+        0x09,
+        "unsolicited with InitialR2T=Yes"
+    );
+    pair.data_out(99, ttt, 0, vec![0; 512], true);
+    assert!(pair.take().is_empty(), "data for an unknown ITT is dropped");
+    assert!(pair.executed.is_empty());
+    // The task is still intact and completes normally.
+    pair.data_out(1, ttt, 0, vec![9; 2048], true);
+    assert_eq!(scsi_response(&pair.take_one()).status, 0);
+    assert_eq!(pair.executed[0].data_out, vec![9; 2048]);
+}
+
+#[test]
+fn transfer_beyond_max_transfer_length_fails_with_sense() {
+    let mut pair = logged_in(&[]);
+    let cmd = pair.command(1, write10(0, 4096), false, true, (1 << 20) + 512);
+    pair.send_command(cmd, vec![]);
+    let r = pair.take_one();
+    let h = scsi_response(&r);
+    assert_eq!(h.status, 2);
+    assert_eq!(
+        sequence(&r),
+        (FIRST_STAT_SN + 2, FIRST_CMD_SN + 1, FIRST_CMD_SN + 16)
+    );
+    assert_eq!(&r.data[..2], &[0, 18]);
+    assert_eq!(
+        (r.data[2 + 2], r.data[2 + 12], r.data[2 + 13]),
+        (0x05, 0x24, 0x00)
+    );
+    assert!(pair.executed.is_empty());
+    // Its Data-Out, if any arrives, is dropped.
+    pair.data_out(1, RESERVED_TAG, 0, vec![0; 512], true);
+    assert!(pair.take().is_empty());
+}
+
+#[test]
+fn write_residuals_follow_data_out_length() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, vec![0x8a; 16], false, true, 1024);
+    pair.send_command(cmd, vec![1; 1024]);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(
+        id,
+        ScsiOutcome {
+            data_out_length: 512,
+            ..ScsiOutcome::good()
+        },
+    );
+    let h = scsi_response(&pair.take_one()).clone();
+    assert!(h.underflow && !h.overflow);
+    assert_eq!(h.residual_count, 512);
+    let cmd = pair.command(2, vec![0x8a; 16], false, true, 1024);
+    pair.send_command(cmd, vec![1; 1024]);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(
+        id,
+        ScsiOutcome {
+            data_out_length: 4096,
+            ..ScsiOutcome::good()
+        },
+    );
+    let h = scsi_response(&pair.take_one()).clone();
+    assert!(h.overflow && !h.underflow);
+    assert_eq!(h.residual_count, 3072);
+}
+
+// ------------------------------------------------------------------------------------ reads
+
+#[test]
+fn read_data_in_split_by_mrdsl_with_f_bits_at_bursts() {
+    let mut pair = logged_in(&[
+        ("MaxRecvDataSegmentLength", "4096"),
+        ("MaxBurstLength", "8192"),
+    ]);
+    let data = pattern(20480, 5);
+    pair.backend.luns.insert(0, {
+        let mut d = vec![0; 64 * BLOCK];
+        d[..20480].copy_from_slice(&data);
+        d
+    });
+    let cmd = pair.command(4, read10(0, 40), true, false, 20480);
+    pair.send_command(cmd, vec![]);
+    let pdus = pair.take();
+    assert_eq!(pdus.len(), 5);
+    let mut got = Vec::new();
+    for (i, p) in pdus.iter().enumerate() {
+        let h = data_in(p);
+        assert_eq!(h.data_sn, i as u32);
+        assert_eq!(h.buffer_offset, 4096 * i as u32);
+        assert_eq!(p.data.len(), 4096);
+        assert_eq!(h.itt, 4);
+        assert_eq!(h.ttt, RESERVED_TAG);
+        let last = i == 4;
+        assert_eq!(h.final_flag, i == 1 || i == 3 || last, "F bit on PDU {i}");
+        assert_eq!(h.status_present, last);
+        if last {
+            assert_eq!(
+                (h.status, h.stat_sn, h.residual_count),
+                (0, FIRST_STAT_SN + 2, 0)
+            );
+            assert!(!h.overflow && !h.underflow);
+        }
+        got.extend_from_slice(&p.data);
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn read_with_sense_sends_a_separate_response() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(4, read10(0, 2), true, false, 1024);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    let mut outcome = ScsiOutcome::check_condition(0x03, 0x11, 0x00);
+    outcome.data_in = vec![7; 512];
+    pair.complete_deferred(id, outcome.clone());
+    let pdus = pair.take();
+    assert_eq!(pdus.len(), 2);
+    let d = data_in(&pdus[0]);
+    assert!(!d.status_present && d.final_flag);
+    assert_eq!(pdus[0].data, vec![7; 512]);
+    let h = scsi_response(&pdus[1]);
+    assert_eq!(h.status, 2);
+    assert_eq!(h.exp_data_sn, 1);
+    assert!(h.underflow);
+    assert_eq!(h.residual_count, 512);
+    assert_eq!(h.stat_sn, FIRST_STAT_SN + 2);
+    let mut expected = vec![0, 18];
+    expected.extend_from_slice(&outcome.sense);
+    assert_eq!(pdus[1].data, expected);
+}
+
+#[test]
+fn read_residual_overflow_and_underflow() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 4), true, false, 1024);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(
+        id,
+        ScsiOutcome {
+            data_in: pattern(2048, 1),
+            ..ScsiOutcome::good()
+        },
+    );
+    let p = pair.take_one();
+    let h = data_in(&p);
+    assert_eq!(
+        p.data,
+        pattern(2048, 1)[..1024].to_vec(),
+        "only EDTL bytes are sent"
+    );
+    assert!(h.status_present && h.overflow && !h.underflow);
+    assert_eq!(h.residual_count, 1024);
+
+    let cmd = pair.command(2, read10(0, 4), true, false, 2048);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(
+        id,
+        ScsiOutcome {
+            data_in: pattern(1024, 1),
+            ..ScsiOutcome::good()
+        },
+    );
+    let p = pair.take_one();
+    let h = data_in(&p);
+    assert!(h.status_present && h.underflow && !h.overflow);
+    assert_eq!(h.residual_count, 1024);
+
+    // No data at all for a read: a SCSI Response with the whole EDTL as underflow.
+    let cmd = pair.command(3, read10(0, 4), true, false, 2048);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    let h = scsi_response(&pair.take_one()).clone();
+    assert!(h.underflow);
+    assert_eq!(h.residual_count, 2048);
+}
