@@ -898,6 +898,8 @@ impl Connection {
         });
         let mut start = Vec::new();
         let mut earlier_pending = false;
+        // Behind an unfinished ORDERED task only HEAD OF QUEUE tasks may start.
+        let mut blocked = false;
         for task in order {
             let ready = task.state == TaskState::Ready;
             match task.attribute {
@@ -906,12 +908,12 @@ impl Connection {
                         start.push(task.id);
                     }
                 }
+                _ if blocked => {}
                 TaskAttribute::Ordered => {
                     if ready && !earlier_pending {
                         start.push(task.id);
                     }
-                    // Nothing after an unfinished ORDERED task may start.
-                    break;
+                    blocked = true;
                 }
                 _ => {
                     if ready {
