@@ -945,7 +945,7 @@ fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
     let mut pair = logged_in(&[]);
     pair.auto_complete = false;
     let mut last_max = FIRST_CMD_SN + 15;
-    let mut check = |pdus: &[Pdu], last_max: &mut u32| {
+    let check = |pdus: &[Pdu], last_max: &mut u32| {
         for p in pdus {
             let (_, exp, max) = sequence(p);
             assert!(
@@ -1345,4 +1345,355 @@ fn read_residual_overflow_and_underflow() {
     let h = scsi_response(&pair.take_one()).clone();
     assert!(h.underflow);
     assert_eq!(h.residual_count, 2048);
+}
+
+// ------------------------------------------------------------------------------------ ordering
+
+fn send_with_attribute(pair: &mut Pair, itt: u32, attribute: TaskAttribute) {
+    let mut cmd = pair.command(itt, vec![0u8; 16], false, false, 0);
+    cmd.attribute = attribute;
+    pair.send_command(cmd, vec![]);
+}
+
+fn executed_itts(pair: &Pair, itts: &HashMap<TaskId, u32>) -> Vec<u32> {
+    pair.executed.iter().map(|t| itts[&t.id]).collect()
+}
+
+#[test]
+fn ordered_task_waits_for_earlier_and_blocks_later_ones() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    send_with_attribute(&mut pair, 1, TaskAttribute::Simple);
+    send_with_attribute(&mut pair, 2, TaskAttribute::Ordered);
+    send_with_attribute(&mut pair, 3, TaskAttribute::Simple);
+    assert_eq!(pair.executed.len(), 1, "only the first simple task runs");
+    let first = pair.executed[0].id;
+    pair.complete_deferred(first, ScsiOutcome::good());
+    assert_eq!(pair.executed.len(), 2);
+    assert_eq!(pair.executed[1].attribute, crate::scsi::TaskAttr::Ordered);
+    let ordered = pair.executed[1].id;
+    pair.complete_deferred(ordered, ScsiOutcome::good());
+    assert_eq!(pair.executed.len(), 3);
+    let itts: Vec<u32> = pair.take().iter().map(|p| scsi_response(p).itt).collect();
+    assert_eq!(itts, vec![1, 2]);
+}
+
+#[test]
+fn head_of_queue_starts_at_once() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let mut itts = HashMap::new();
+    send_with_attribute(&mut pair, 1, TaskAttribute::Simple);
+    send_with_attribute(&mut pair, 2, TaskAttribute::Ordered);
+    send_with_attribute(&mut pair, 3, TaskAttribute::HeadOfQueue);
+    for (task, itt) in pair.executed.iter().zip([1, 3]) {
+        itts.insert(task.id, itt);
+    }
+    assert_eq!(
+        pair.executed.len(),
+        2,
+        "HEAD OF QUEUE passes the waiting ORDERED task"
+    );
+    assert_eq!(executed_itts(&pair, &itts), vec![1, 3]);
+    assert_eq!(
+        pair.executed[1].attribute,
+        crate::scsi::TaskAttr::HeadOfQueue
+    );
+}
+
+// ------------------------------------------------------------------------------------ TMF
+
+const ABORT_TASK: u8 = 1;
+const ABORT_TASK_SET: u8 = 2;
+const LOGICAL_UNIT_RESET: u8 = 5;
+const TARGET_WARM_RESET: u8 = 6;
+
+#[test]
+fn abort_task_awaiting_r2t_data() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    let cmd = pair.command(1, write10(0, 4), false, true, 2048);
+    pair.send_command(cmd, vec![]);
+    let ttt = r2t(&pair.take_one()).ttt;
+    let tmf_itt = pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    let r = pair.take_one();
+    let h = tmf_response(&r);
+    assert_eq!((h.itt, h.response), (tmf_itt, 0));
+    assert_eq!(
+        sequence(&r),
+        (FIRST_STAT_SN + 2, FIRST_CMD_SN + 1, FIRST_CMD_SN + 16)
+    );
+    // Data the initiator had in flight is dropped; no SCSI Response ever comes.
+    pair.data_out(1, ttt, 0, vec![0; 2048], true);
+    assert!(pair.take().is_empty());
+    assert!(pair.executed.is_empty());
+}
+
+#[test]
+fn abort_running_task_holds_the_tmf_response() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    let tmf_itt = pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    assert!(pair.take().is_empty(), "TMF response waits for the backend");
+    pair.complete_deferred(
+        id,
+        ScsiOutcome {
+            data_in: vec![1; 512],
+            ..ScsiOutcome::good()
+        },
+    );
+    let r = pair.take_one();
+    let h = tmf_response(&r);
+    assert_eq!(
+        (h.itt, h.response, h.stat_sn),
+        (tmf_itt, 0, FIRST_STAT_SN + 2)
+    );
+    // The ITT is free again.
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(pair.deferred.len(), 1);
+}
+
+#[test]
+fn abort_unknown_task_follows_ref_cmd_sn() {
+    let mut pair = logged_in(&[]);
+    let pdu = tur(&mut pair, 1, FIRST_CMD_SN, false);
+    pair.send(pdu);
+    pair.take();
+    // Referenced CmdSN already consumed: the task completed, so the abort "succeeded".
+    pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    // Never seen: TASK DOES NOT EXIST.
+    pair.tmf(ABORT_TASK, 0, 77, FIRST_CMD_SN + 5);
+    assert_eq!(tmf_response(&pair.take_one()).response, 1);
+}
+
+#[test]
+fn task_set_tmfs_on_missing_lun_and_target_reset() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    pair.auto_complete = false;
+    pair.tmf(ABORT_TASK_SET, 5, RESERVED_TAG, 0);
+    assert_eq!(tmf_response(&pair.take_one()).response, 2);
+    pair.tmf(LOGICAL_UNIT_RESET, 5, RESERVED_TAG, 0);
+    assert_eq!(tmf_response(&pair.take_one()).response, 2);
+    // A running read and a write waiting for data on LUN 0.
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    let cmd = pair.command(2, write10(0, 1), false, true, 512);
+    pair.send_command(cmd, vec![]);
+    assert!(matches!(pair.take_one().header, Header::ReadyToTransfer(_)));
+    // A reset of LUN 1 touches neither.
+    pair.tmf(LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0);
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(pair.conn.running_tasks(), 1);
+    let reset_itt = pair.tmf(TARGET_WARM_RESET, 0, RESERVED_TAG, 0);
+    assert!(pair.take().is_empty());
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    let r = pair.take_one();
+    assert_eq!(
+        (tmf_response(&r).itt, tmf_response(&r).response),
+        (reset_itt, 0)
+    );
+    assert_eq!(pair.conn.running_tasks(), 0);
+    // Both ITTs are free: the write was dropped too.
+    let cmd = pair.command(2, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    assert!(pair.take().is_empty());
+    assert_eq!(pair.deferred.len(), 1);
+}
+
+// ------------------------------------------------------------------------------------ NOP
+
+#[test]
+fn initiator_ping_is_echoed() {
+    let mut pair = logged_in(&[]);
+    pair.nop_out(5, RESERVED_TAG, false, b"hello".to_vec());
+    let r = pair.take_one();
+    let Header::NopIn(h) = &r.header else {
+        panic!("{r:?}")
+    };
+    assert_eq!((h.itt, h.ttt), (5, RESERVED_TAG));
+    assert_eq!(r.data, b"hello");
+    assert_eq!(
+        sequence(&r),
+        (FIRST_STAT_SN + 2, FIRST_CMD_SN + 1, FIRST_CMD_SN + 16)
+    );
+}
+
+#[test]
+fn target_ping_answered_keeps_the_connection() {
+    let mut pair = logged_in(&[]);
+    pair.advance(Duration::from_secs(14));
+    assert!(pair.take().is_empty());
+    pair.advance(Duration::from_secs(1));
+    let r = pair.take_one();
+    let Header::NopIn(h) = r.header.clone() else {
+        panic!("{r:?}")
+    };
+    assert_eq!(h.itt, RESERVED_TAG);
+    assert_ne!(h.ttt, RESERVED_TAG);
+    assert!(r.data.is_empty());
+    assert_eq!(
+        h.stat_sn,
+        FIRST_STAT_SN + 2,
+        "a ping does not take a StatSN"
+    );
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.nop_out(RESERVED_TAG, h.ttt, true, vec![]);
+    assert!(pair.take().is_empty(), "a ping answer is not answered");
+    pair.advance(Duration::from_secs(30));
+    assert!(pair.closed.is_none());
+    // Idle again: another ping.
+    assert!(matches!(pair.take_one().header, Header::NopIn(_)));
+}
+
+#[test]
+fn target_ping_unanswered_closes() {
+    let mut pair = logged_in(&[]);
+    pair.advance(Duration::from_secs(15));
+    assert_eq!(pair.take().len(), 1);
+    // Other traffic is not an answer.
+    pair.nop_out(5, RESERVED_TAG, true, vec![]);
+    pair.take();
+    pair.advance(Duration::from_secs(29));
+    assert!(pair.closed.is_none());
+    pair.advance(Duration::from_secs(1));
+    assert_eq!(pair.closed, Some(CloseReason::Timeout));
+}
+
+// ------------------------------------------------------------------------------------ logout, shutdown
+
+#[test]
+fn logout_waits_for_running_tasks() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    let logout_itt = pair.logout();
+    assert!(pair.take().is_empty());
+    assert!(pair.closed.is_none());
+    // New commands are not taken any more.
+    let cmd = pair.command(2, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(pair.executed.len(), 1);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    let pdus = pair.take();
+    assert_eq!(pdus.len(), 2);
+    assert_eq!(scsi_response(&pdus[0]).itt, 1);
+    let Header::LogoutResponse(h) = &pdus[1].header else {
+        panic!("{pdus:?}")
+    };
+    assert_eq!((h.itt, h.response), (logout_itt, 0));
+    assert_eq!(h.stat_sn, FIRST_STAT_SN + 3);
+    assert_eq!(pair.closed, Some(CloseReason::Logout));
+}
+
+#[test]
+fn shutdown_drains_running_tasks() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    pair.conn.handle_shutdown();
+    pair.pump();
+    assert!(pair.closed.is_none());
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    assert_eq!(scsi_response(&pair.take_one()).itt, 1);
+    assert_eq!(pair.closed, Some(CloseReason::Shutdown));
+}
+
+// ------------------------------------------------------------------------------------ bad input
+
+#[test]
+fn snack_and_target_opcodes_are_rejected() {
+    let mut pair = logged_in(&[]);
+    pair.send(Pdu::new(Header::SnackRequest(SnackRequest {
+        itt: 3,
+        ..Default::default()
+    })));
+    let r = pair.take_one();
+    assert_eq!(reject_reason(&r), 0x03);
+    assert_eq!(sequence(&r).0, FIRST_STAT_SN + 2);
+    assert_eq!(
+        r.data.len(),
+        pdu::BHS_LEN,
+        "the Reject carries the offending header"
+    );
+    assert_eq!(r.data[0] & 0x3f, 0x10);
+    pair.send(Pdu::new(Header::NopIn(pdu::NopIn::default())));
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+    pair.send(Pdu::new(Header::ScsiResponse(pdu::ScsiResponse::default())));
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+    assert!(pair.closed.is_none());
+}
+
+#[test]
+fn duplicate_itt_is_rejected() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(reject_reason(&pair.take_one()), 0x09);
+    assert_eq!(pair.executed.len(), 1);
+}
+
+#[test]
+fn frame_errors_reject_or_close() {
+    let mut pair = logged_in(&[]);
+    let mut bytes = framing::encode(&Pdu::new(Header::NopOut(NopOut::default())), &pair.settings);
+    bytes[0] = 0x1d; // unknown opcode
+    pair.send_bytes(&bytes);
+    assert_eq!(reject_reason(&pair.take_one()), 0x05);
+    let mut bytes = framing::encode(&Pdu::new(Header::NopOut(NopOut::default())), &pair.settings);
+    bytes[0] = 0x03 | 0x40; // login stage 2 is reserved
+    bytes[1] = 0x80 | (2 << 2) | 3;
+    pair.send_bytes(&bytes);
+    assert_eq!(reject_reason(&pair.take_one()), 0x09);
+    assert!(pair.closed.is_none());
+    let mut bytes = framing::encode(&Pdu::new(Header::NopOut(NopOut::default())), &pair.settings);
+    bytes[5..8].copy_from_slice(&[0x10, 0, 0]); // 1 MiB data segment > 256 KiB
+    pair.conn.handle_frame_error(
+        PduReader::new_with(&bytes)
+            .next_pdu(&pair.settings)
+            .unwrap_err(),
+        pair.now,
+    );
+    pair.pump();
+    assert!(pair.take().is_empty());
+    assert!(matches!(pair.closed, Some(CloseReason::ProtocolError(_))));
+}
+
+trait ReaderExt {
+    fn new_with(bytes: &[u8]) -> Self;
+}
+
+impl ReaderExt for PduReader {
+    fn new_with(bytes: &[u8]) -> Self {
+        let mut r = PduReader::new();
+        r.push(bytes);
+        r
+    }
+}
+
+#[test]
+fn frame_error_is_fatal_during_login() {
+    let mut pair = Pair::new(config());
+    pair.conn.handle_frame_error(
+        FrameError::DataDigest {
+            header: vec![0; 48],
+        },
+        pair.now,
+    );
+    pair.pump();
+    assert!(matches!(pair.closed, Some(CloseReason::ProtocolError(_))));
 }
