@@ -19,6 +19,10 @@ struct Harness {
     running: Vec<(u64, u32)>,
     defer: bool,
     closed: bool,
+    /// The target's latest ExpCmdSN, for fixing up commands in `steer` mode.
+    exp_cmd_sn: u32,
+    /// CDBs of WRITE-flagged SCSI Commands received; writes executed must come from these.
+    write_cdbs: Vec<Vec<u8>>,
 }
 
 impl Harness {
@@ -34,10 +38,17 @@ impl Harness {
                     let mut reader = PduReader::new();
                     reader.push(&encode(&pdu, &self.settings));
                     assert_eq!(reader.next_pdu(&wide).unwrap().unwrap(), pdu);
+                    if let Some(exp) = exp_cmd_sn(&pdu.header) {
+                        self.exp_cmd_sn = exp;
+                    }
                 }
                 Action::SetFrameSettings(s) => self.settings = s,
                 Action::BindSession(_) => self.conn.handle_session_bound(Ok(1)),
                 Action::Execute(task) => {
+                    assert!(task.data_out.len() as u64 <= task.expected_transfer_length as u64);
+                    if task.cdb[0] == 0x2a && !task.data_out.is_empty() {
+                        assert!(self.write_cdbs.contains(&task.cdb), "write without command");
+                    }
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));
                     } else {
@@ -48,6 +59,29 @@ impl Harness {
                 Action::Close(_) => self.closed = true,
             }
         }
+    }
+}
+
+fn exp_cmd_sn(header: &Header) -> Option<u32> {
+    Some(match header {
+        Header::ScsiResponse(h) => h.exp_cmd_sn,
+        Header::DataIn(h) => h.exp_cmd_sn,
+        Header::NopIn(h) => h.exp_cmd_sn,
+        Header::TaskMgmtResponse(h) => h.exp_cmd_sn,
+        Header::TextResponse(h) => h.exp_cmd_sn,
+        Header::ReadyToTransfer(h) => h.exp_cmd_sn,
+        _ => return None,
+    })
+}
+
+/// Points a command's CmdSN at the target's ExpCmdSN so it lands in the window.
+fn steer(header: &mut Header, exp: u32) {
+    match header {
+        Header::ScsiCommand(h) if !h.immediate => h.cmd_sn = exp,
+        Header::TaskMgmtRequest(h) if !h.immediate => h.cmd_sn = exp,
+        Header::TextRequest(h) if !h.immediate => h.cmd_sn = exp,
+        Header::NopOut(h) if !h.immediate => h.cmd_sn = exp,
+        _ => {}
     }
 }
 
@@ -108,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
         running: Vec::new(),
         defer: control & 1 != 0,
         closed: false,
+        exp_cmd_sn: 0,
+        write_cdbs: Vec::new(),
     };
+    let steering = control & 4 != 0;
     let login = Pdu::with_data(
         Header::LoginRequest(LoginRequest {
             transit: true,
@@ -132,13 +169,23 @@ fuzz_target!(|data: &[u8]| {
 
     // The stream arrives in chunks whose sizes the control byte picks; between chunks, time
     // passes and deferred tasks complete.
-    let chunk = 1 + (control as usize >> 2) * 7;
+    let chunk = 1 + (control as usize >> 3) * 7;
     let mut reader = PduReader::new();
     for piece in stream.chunks(chunk) {
         reader.push(piece);
         loop {
             match reader.next_pdu(&h.settings) {
-                Ok(Some(pdu)) => h.conn.handle_pdu(pdu, h.now),
+                Ok(Some(mut pdu)) => {
+                    if steering {
+                        steer(&mut pdu.header, h.exp_cmd_sn);
+                    }
+                    if let Header::ScsiCommand(c) = &pdu.header {
+                        if c.write {
+                            h.write_cdbs.push(c.cdb.clone());
+                        }
+                    }
+                    h.conn.handle_pdu(pdu, h.now)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let fatal = e.is_fatal();

@@ -2025,3 +2025,152 @@ fn fuzz_data_in_status_without_s_bit() {
         0x00, 0x00, 0x00,
     ]);
 }
+
+// ------------------------------------------------------------------------------------ more edges
+
+#[test]
+fn text_in_full_feature_updates_mrdsl_and_rejects_login_keys() {
+    let mut pair = logged_in(&[]);
+    pair.text(
+        3,
+        RESERVED_TAG,
+        kv(&[
+            ("MaxRecvDataSegmentLength", "1024"),
+            ("MaxBurstLength", "4096"),
+            ("X-Vendor", "1"),
+        ]),
+    );
+    let r = pair.take_one();
+    let answer = keys_of(&r);
+    assert_eq!(answer["MaxBurstLength"], "Reject");
+    assert_eq!(answer["X-Vendor"], "NotUnderstood");
+    assert!(
+        !answer.contains_key("MaxRecvDataSegmentLength"),
+        "declarative: no answer"
+    );
+    assert_eq!(
+        pair.conn.params().initiator_max_recv_data_segment_length,
+        1024
+    );
+    // Data-In now comes in 1 KiB pieces.
+    pair.backend.luns.insert(0, vec![3; 64 * BLOCK]);
+    let cmd = pair.command(4, read10(0, 4), true, false, 2048);
+    pair.send_command(cmd, vec![]);
+    let sizes: Vec<usize> = pair.take().iter().map(|p| p.data.len()).collect();
+    assert_eq!(sizes, vec![1024, 1024]);
+    // In a normal session SendTargets with an empty value names only the session's target.
+    pair.text(5, RESERVED_TAG, kv(&[("SendTargets", "")]));
+    let pairs = text::parse(&pair.take_one().data).unwrap();
+    assert_eq!(pairs[0], ("TargetName".to_string(), TARGET.to_string()));
+    assert_eq!(pairs.len(), 2);
+}
+
+#[test]
+fn logout_for_recovery_is_refused_and_the_session_goes_on() {
+    let mut pair = logged_in(&[]);
+    let req = LogoutRequest {
+        immediate: true,
+        reason: 2,
+        itt: 9,
+        cid: 0,
+        cmd_sn: pair.cmd_sn,
+        exp_stat_sn: pair.exp_stat_sn,
+    };
+    pair.send(Pdu::new(Header::LogoutRequest(req)));
+    let r = pair.take_one();
+    let Header::LogoutResponse(h) = &r.header else {
+        panic!("{r:?}")
+    };
+    assert_eq!((h.itt, h.response), (9, 2));
+    assert!(pair.closed.is_none());
+    assert!(pair.conn.is_full_feature());
+    let logout_itt = pair.logout();
+    let r = pair.take_one();
+    let Header::LogoutResponse(h) = &r.header else {
+        panic!("{r:?}")
+    };
+    assert_eq!((h.itt, h.response), (logout_itt, 0));
+    assert_eq!(pair.closed, Some(CloseReason::Logout));
+}
+
+#[test]
+fn cold_reset_answers_then_closes() {
+    let mut pair = logged_in(&[]);
+    pair.tmf(7, 0, RESERVED_TAG, 0);
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(pair.closed, Some(CloseReason::Shutdown));
+}
+
+#[test]
+fn unsupported_tmfs() {
+    let mut pair = logged_in(&[]);
+    pair.tmf(3, 0, RESERVED_TAG, 0); // CLEAR ACA
+    assert_eq!(tmf_response(&pair.take_one()).response, 5);
+    pair.tmf(8, 0, 1, 0); // TASK REASSIGN
+    assert_eq!(tmf_response(&pair.take_one()).response, 4);
+    pair.tmf(0x55, 0, 1, 0);
+    assert_eq!(tmf_response(&pair.take_one()).response, 5);
+}
+
+#[test]
+fn reject_takes_a_stat_sn() {
+    // NOTE: send_reject's doc comment says StatSN is not advanced, but the code (and LIO) give a
+    // Reject its own StatSN; this pins the code's behaviour.
+    let mut pair = logged_in(&[]);
+    pair.send(Pdu::new(Header::SnackRequest(SnackRequest::default())));
+    assert_eq!(sequence(&pair.take_one()).0, FIRST_STAT_SN + 2);
+    pair.nop_out(1, RESERVED_TAG, true, vec![]);
+    assert_eq!(sequence(&pair.take_one()).0, FIRST_STAT_SN + 3);
+}
+
+#[test]
+fn bidirectional_and_unsupported_immediate_data() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    // Bidirectional commands fail with INVALID FIELD IN CDB, after taking their CmdSN.
+    let cmd = pair.command(1, write10(0, 1), true, true, 512);
+    pair.send_command(cmd, vec![]);
+    let r = pair.take_one();
+    assert_eq!(scsi_response(&r).status, 2);
+    assert_eq!(sequence(&r).1, FIRST_CMD_SN + 1);
+    // Immediate data although ImmediateData=No: protocol error.
+    let cmd = pair.command(2, write10(0, 1), false, true, 512);
+    pair.send_command(cmd, vec![0; 512]);
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+    // Immediate data on a read.
+    let cmd = pair.command(3, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![0; 512]);
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+    assert!(pair.executed.is_empty());
+}
+
+#[test]
+fn login_keys_from_the_target_side_fail() {
+    let (s, _) = login_failure(
+        config(),
+        Stage::Security,
+        &[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("TargetAddress", "1.2.3.4"),
+        ],
+    );
+    assert_eq!(s, (2, 0));
+}
+
+#[test]
+fn login_isid_change_mid_login_fails() {
+    let mut pair = Pair::new(config());
+    let r = pair.login_step(
+        Stage::Security,
+        None,
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    let mut req = pair.login_request(Stage::Security, Some(Stage::Operational), false, &[]);
+    if let Header::LoginRequest(h) = &mut req.header {
+        h.isid[5] ^= 1;
+    }
+    pair.send(req);
+    assert_eq!(login_status(&pair.take_one()), (2, 0));
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+}
