@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connection::{
-    Action, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor, TaskId,
+    sn_lt, Action, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor,
+    TaskId,
 };
 use super::framing::{self, FrameError, FrameSettings, PduReader};
 use super::pdu::{
@@ -138,6 +139,9 @@ struct Pair {
     backend: RamBackend,
     closed: Option<CloseReason>,
     frame_settings_seen: Vec<FrameSettings>,
+    /// Last StatSN taken by a response, and the highest ExpCmdSN/MaxCmdSN seen.
+    last_stat_sn: Option<u32>,
+    last_window: Option<(u32, u32)>,
     // initiator state
     cmd_sn: u32,
     exp_stat_sn: u32,
@@ -162,6 +166,8 @@ impl Pair {
             backend: RamBackend::default(),
             closed: None,
             frame_settings_seen: Vec::new(),
+            last_stat_sn: None,
+            last_window: None,
             cmd_sn: FIRST_CMD_SN,
             exp_stat_sn: FIRST_STAT_SN,
             next_itt: 1,
@@ -190,6 +196,7 @@ impl Pair {
                     let decoded = reader.next_pdu(&wide).unwrap().unwrap();
                     assert_eq!(decoded, pdu, "target PDU survives the wire");
                     assert_eq!(reader.buffered(), 0);
+                    self.check_sequence(&decoded);
                     self.inbox.push_back(decoded);
                 }
                 Action::SetFrameSettings(s) => {
@@ -212,6 +219,37 @@ impl Pair {
                 Action::Close(reason) => self.closed = Some(reason),
             }
         }
+    }
+
+    /// StatSN goes up by one per status-bearing response (R2Ts and pings carry the next one
+    /// without taking it); ExpCmdSN and MaxCmdSN never move backwards.
+    fn check_sequence(&mut self, pdu: &Pdu) {
+        let takes_stat_sn = match &pdu.header {
+            Header::DataIn(h) if !h.status_present => return,
+            Header::NopIn(h) => h.itt != RESERVED_TAG,
+            Header::ReadyToTransfer(_) => false,
+            Header::LoginResponse(h) if h.status_class != 0 => return,
+            _ => true,
+        };
+        let (stat_sn, exp, max) = sequence(pdu);
+        if let Some(last) = self.last_stat_sn {
+            assert_eq!(
+                stat_sn,
+                last.wrapping_add(1),
+                "StatSN sequence broken at {pdu:?}"
+            );
+        }
+        if takes_stat_sn {
+            self.last_stat_sn = Some(stat_sn);
+        }
+        if matches!(pdu.header, Header::LoginResponse(_)) {
+            return;
+        }
+        if let Some((last_exp, last_max)) = self.last_window {
+            assert!(!sn_lt(exp, last_exp), "ExpCmdSN went back at {pdu:?}");
+            assert!(!sn_lt(max, last_max), "MaxCmdSN went back at {pdu:?}");
+        }
+        self.last_window = Some((exp, max));
     }
 
     /// Sends one PDU from the initiator over the wire.
@@ -2173,4 +2211,15 @@ fn login_isid_change_mid_login_fails() {
     pair.send(req);
     assert_eq!(login_status(&pair.take_one()), (2, 0));
     assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+}
+
+#[test]
+fn first_burst_is_clamped_to_a_later_max_burst() {
+    // NOTE: FirstBurstLength answered before a smaller MaxBurstLength is silently clamped
+    // afterwards (as LIO does): the answer said 65536, the session uses 4096. RFC 7143 §13.14
+    // forbids FirstBurstLength > MaxBurstLength, so the initiator's offer was already invalid.
+    let mut pair = Pair::new(config());
+    pair.login(&[("FirstBurstLength", "65536"), ("MaxBurstLength", "4096")]);
+    assert_eq!(pair.conn.params().max_burst_length, 4096);
+    assert_eq!(pair.conn.params().first_burst_length, 4096);
 }
