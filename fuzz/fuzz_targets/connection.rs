@@ -23,9 +23,56 @@ struct Harness {
     exp_cmd_sn: u32,
     /// CDBs of WRITE-flagged SCSI Commands received; writes executed must come from these.
     write_cdbs: Vec<Vec<u8>>,
+    /// Last StatSN a response took, and the last (ExpCmdSN, MaxCmdSN) seen.
+    last_stat_sn: Option<u32>,
+    last_window: Option<(u32, u32)>,
+}
+
+/// Serial number arithmetic: a < b.
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) as i32) > 0
 }
 
 impl Harness {
+    /// StatSN goes up by one per response that takes one; the CmdSN window never moves back.
+    fn check_sequence(&mut self, header: &Header) {
+        let (stat_sn, exp, max, takes) = match header {
+            Header::ScsiResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::DataIn(h) if h.status_present => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::DataIn(h) => {
+                self.window(h.exp_cmd_sn, h.max_cmd_sn);
+                return;
+            }
+            Header::NopIn(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, h.itt != u32::MAX),
+            Header::TaskMgmtResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::TextResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::LogoutResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::ReadyToTransfer(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, false),
+            Header::Reject(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
+            Header::LoginResponse(h) => {
+                self.last_stat_sn = Some(h.stat_sn);
+                return;
+            }
+            other => panic!("unexpected target PDU {other:?}"),
+        };
+        if let Some(last) = self.last_stat_sn {
+            assert_eq!(stat_sn, last.wrapping_add(1), "StatSN sequence broken");
+        }
+        if takes {
+            self.last_stat_sn = Some(stat_sn);
+        }
+        self.window(exp, max);
+    }
+
+    fn window(&mut self, exp: u32, max: u32) {
+        if let Some((last_exp, last_max)) = self.last_window {
+            assert!(!sn_lt(exp, last_exp), "ExpCmdSN went back");
+            assert!(!sn_lt(max, last_max), "MaxCmdSN went back");
+        }
+        self.last_window = Some((exp, max));
+        self.exp_cmd_sn = exp;
+    }
+
     fn pump(&mut self) {
         while let Some(action) = self.conn.poll_action() {
             assert!(!self.closed, "action after Close");
@@ -38,9 +85,7 @@ impl Harness {
                     let mut reader = PduReader::new();
                     reader.push(&encode(&pdu, &self.settings));
                     assert_eq!(reader.next_pdu(&wide).unwrap().unwrap(), pdu);
-                    if let Some(exp) = exp_cmd_sn(&pdu.header) {
-                        self.exp_cmd_sn = exp;
-                    }
+                    self.check_sequence(&pdu.header);
                 }
                 Action::SetFrameSettings(s) => self.settings = s,
                 Action::BindSession(_) => self.conn.handle_session_bound(Ok(1)),
@@ -60,18 +105,6 @@ impl Harness {
             }
         }
     }
-}
-
-fn exp_cmd_sn(header: &Header) -> Option<u32> {
-    Some(match header {
-        Header::ScsiResponse(h) => h.exp_cmd_sn,
-        Header::DataIn(h) => h.exp_cmd_sn,
-        Header::NopIn(h) => h.exp_cmd_sn,
-        Header::TaskMgmtResponse(h) => h.exp_cmd_sn,
-        Header::TextResponse(h) => h.exp_cmd_sn,
-        Header::ReadyToTransfer(h) => h.exp_cmd_sn,
-        _ => return None,
-    })
 }
 
 /// Points a command's CmdSN at the target's ExpCmdSN so it lands in the window.
@@ -144,6 +177,8 @@ fuzz_target!(|data: &[u8]| {
         closed: false,
         exp_cmd_sn: 0,
         write_cdbs: Vec::new(),
+        last_stat_sn: None,
+        last_window: None,
     };
     let steering = control & 4 != 0;
     let login = Pdu::with_data(
