@@ -2223,3 +2223,77 @@ fn first_burst_is_clamped_to_a_later_max_burst() {
     assert_eq!(pair.conn.params().max_burst_length, 4096);
     assert_eq!(pair.conn.params().first_burst_length, 4096);
 }
+
+#[test]
+fn short_r2t_sequence_is_asked_again() {
+    let mut pair = logged_in(&[("ImmediateData", "No"), ("MaxBurstLength", "4096")]);
+    let data = pattern(4096, 9);
+    let cmd = pair.command(1, write10(0, 8), false, true, 4096);
+    pair.send_command(cmd, vec![]);
+    let first = r2t(&pair.take_one()).clone();
+    assert_eq!((first.buffer_offset, first.desired_length), (0, 4096));
+    // The initiator ends the sequence early (F bit after 1 KiB): the rest is asked for again.
+    pair.data_out(1, first.ttt, 0, data[..1024].to_vec(), true);
+    let again = r2t(&pair.take_one()).clone();
+    assert_eq!(
+        (again.r2t_sn, again.buffer_offset, again.desired_length),
+        (1, 1024, 3072)
+    );
+    pair.data_out(1, again.ttt, 1024, data[1024..].to_vec(), true);
+    assert_eq!(scsi_response(&pair.take_one()).status, 0);
+    assert_eq!(pair.executed[0].data_out, data);
+}
+
+#[test]
+fn login_stage_going_backwards_fails() {
+    let mut pair = Pair::new(config());
+    let r = pair.login_step(
+        Stage::Operational,
+        None,
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    let r = pair.login_step(Stage::Operational, Some(Stage::Security), &[]);
+    assert_eq!(login_status(&r), (2, 0));
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+}
+
+#[test]
+fn endless_continued_login_text_runs_out_of_resources() {
+    let mut pair = Pair::new(config());
+    let mut status = (0, 0);
+    for _ in 0..20 {
+        let mut req = pair.login_request(Stage::Security, None, true, &[]);
+        req.data = vec![b'a'; 8192];
+        pair.send(req);
+        status = login_status(&pair.take_one());
+        if pair.closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(status, (3, 2));
+    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+}
+
+#[test]
+fn continued_text_request_is_not_reassembled() {
+    // NOTE: a Text Request with the C bit (request text continued in the next PDU, RFC 7143
+    // §11.10.2) is parsed on its own; a key split across PDUs is rejected. Initiators in practice
+    // (open-iscsi, libiscsi) never split their text requests, so this is a design question.
+    let mut pair = logged_in(&[]);
+    let req = TextRequest {
+        immediate: true,
+        final_flag: false,
+        continue_flag: true,
+        lun: [0; 8],
+        itt: 3,
+        ttt: RESERVED_TAG,
+        cmd_sn: pair.cmd_sn,
+        exp_stat_sn: pair.exp_stat_sn,
+    };
+    pair.send(Pdu::with_data(
+        Header::TextRequest(req),
+        b"SendTarg".to_vec(),
+    ));
+    assert_eq!(reject_reason(&pair.take_one()), 0x04);
+}
