@@ -169,7 +169,11 @@ fuzz_target!(|data: &[u8]| {
     config.policy.max_outstanding_r2t = 4;
     let now = Instant::now();
     let mut h = Harness {
-        conn: Connection::new(Arc::new(config), Some("192.0.2.1:3260".parse().unwrap()), now),
+        conn: Connection::new(
+            Arc::new(config),
+            Some("192.0.2.1:3260".parse().unwrap()),
+            now,
+        ),
         settings: FrameSettings::default(),
         now,
         running: Vec::new(),

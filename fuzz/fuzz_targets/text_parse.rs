@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         ..TargetPolicy::default()
     };
     for policy in [TargetPolicy::default(), iser] {
-        for phase in [KeyPhase::Security, KeyPhase::Operational, KeyPhase::FullFeature] {
+        for phase in [
+            KeyPhase::Security,
+            KeyPhase::Operational,
+            KeyPhase::FullFeature,
+        ] {
             for leading in [true, false] {
                 let mut negotiator = Negotiator::new(policy.clone());
                 for (key, value) in &pairs {
