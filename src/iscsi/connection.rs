@@ -278,6 +278,8 @@ struct Task {
     id: TaskId,
     itt: u32,
     cmd_sn: u32,
+    /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
+    immediate: bool,
     lun: u64,
     lun_field: [u8; 8],
     cdb: Vec<u8>,
@@ -486,9 +488,13 @@ impl Connection {
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
     /// `queue_depth`, and never moves backwards (brief §1 rule 14).
+    ///
+    /// Only tasks that consumed a CmdSN below ExpCmdSN count: held commands already sit inside the
+    /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
+    /// without ExpCmdSN moving. A full queue closes the window (MaxCmdSN = ExpCmdSN - 1).
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        let outstanding = (self.tasks.len() + self.held.len()) as u32;
-        let room = self.config.queue_depth.saturating_sub(outstanding).max(1);
+        let outstanding = self.tasks.values().filter(|t| !t.immediate).count() as u32;
+        let room = self.config.queue_depth.saturating_sub(outstanding);
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
@@ -653,7 +659,8 @@ impl Connection {
             self.dispatch_command(pdu, now);
             return;
         }
-        if cmd_sn == self.exp_cmd_sn {
+        let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
+        if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.dispatch_command(pdu, now);
             // Commands that were waiting for this one.
@@ -747,6 +754,7 @@ impl Connection {
             id,
             itt: h.itt,
             cmd_sn: h.cmd_sn,
+            immediate: h.immediate,
             lun,
             lun_field: h.lun,
             cdb: h.cdb,
@@ -787,7 +795,10 @@ impl Connection {
             if task.unsolicited_open {
                 return;
             }
-            while task.r2ts.len() < max_outstanding && task.next_r2t_offset < task.expected_length {
+            // Windows created in this call are only pushed below: count them too.
+            while task.r2ts.len() + r2ts.len() < max_outstanding
+                && task.next_r2t_offset < task.expected_length
+            {
                 let offset = task.next_r2t_offset;
                 let length = (task.expected_length - offset).min(max_burst);
                 task.next_r2t_offset += length;
@@ -884,6 +895,8 @@ impl Connection {
         }
         task.data_out.extend_from_slice(&pdu.data);
         if h.ttt == RESERVED_TAG {
+            // Solicited data starts where the unsolicited data stopped.
+            task.next_r2t_offset = task.data_out.len() as u32;
             if h.final_flag {
                 task.unsolicited_open = false;
             }
@@ -920,6 +933,8 @@ impl Connection {
         });
         let mut start = Vec::new();
         let mut earlier_pending = false;
+        // Behind an unfinished ORDERED task only HEAD OF QUEUE tasks may start.
+        let mut blocked = false;
         for task in order {
             let ready = task.state == TaskState::Ready;
             match task.attribute {
@@ -928,12 +943,12 @@ impl Connection {
                         start.push(task.id);
                     }
                 }
+                _ if blocked => {}
                 TaskAttribute::Ordered => {
                     if ready && !earlier_pending {
                         start.push(task.id);
                     }
-                    // Nothing after an unfinished ORDERED task may start.
-                    break;
+                    blocked = true;
                 }
                 _ => {
                     if ready {
