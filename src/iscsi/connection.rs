@@ -559,7 +559,7 @@ impl Connection {
         }
     }
 
-    /// Reject carrying the offending header (RFC 7143 §11.17): StatSN is not advanced.
+    /// Reject carrying the offending header (RFC 7143 §11.17). Like LIO, it takes a StatSN.
     pub(super) fn send_reject(&mut self, reason: u8, header: &[u8]) {
         let bhs = header[..header.len().min(pdu::BHS_LEN)].to_vec();
         let reject = Header::Reject(Reject {

@@ -146,6 +146,8 @@ struct Pair {
     cmd_sn: u32,
     exp_stat_sn: u32,
     next_itt: u32,
+    /// Next DataSN of each Data-Out sequence, keyed by (ITT, TTT); counts from 0 per sequence.
+    data_sns: HashMap<(u32, u32), u32>,
 }
 
 impl Pair {
@@ -171,6 +173,7 @@ impl Pair {
             cmd_sn: FIRST_CMD_SN,
             exp_stat_sn: FIRST_STAT_SN,
             next_itt: 1,
+            data_sns: HashMap::new(),
         }
     }
 
@@ -398,6 +401,12 @@ impl Pair {
     }
 
     fn data_out(&mut self, itt: u32, ttt: u32, offset: u32, data: Vec<u8>, final_flag: bool) {
+        let next = self.data_sns.entry((itt, ttt)).or_insert(0);
+        let data_sn = *next;
+        *next += 1;
+        if final_flag {
+            self.data_sns.remove(&(itt, ttt));
+        }
         self.send(Pdu::with_data(
             Header::DataOut(DataOut {
                 final_flag,
@@ -405,7 +414,7 @@ impl Pair {
                 itt,
                 ttt,
                 exp_stat_sn: self.exp_stat_sn,
-                data_sn: 0,
+                data_sn,
                 buffer_offset: offset,
             }),
             data,
@@ -1120,7 +1129,7 @@ fn unsolicited_data_beyond_first_burst_is_rejected() {
     cmd.final_flag = false;
     pair.send_command(cmd, vec![]);
     pair.data_out(1, RESERVED_TAG, 0, vec![1; 8192], true);
-    assert_eq!(reject_reason(&pair.take_one()), 0x09);
+    assert_data_phase_error(&pair.take(), 1, "beyond FirstBurstLength");
     assert!(pair.executed.is_empty());
 }
 
@@ -1188,37 +1197,68 @@ fn r2t_sequences_split_by_max_burst_with_several_outstanding() {
     assert_eq!(pair.executed[0].data_out, data);
 }
 
+/// Asserts the answer to a Data-Out sequence error: a Reject (protocol error) carrying the
+/// Data-Out, then the task ends with ABORTED COMMAND / DATA PHASE ERROR (4Bh/00h).
+fn assert_data_phase_error(pdus: &[Pdu], itt: u32, what: &str) {
+    assert_eq!(pdus.len(), 2, "{what}: {pdus:?}");
+    assert_eq!(reject_reason(&pdus[0]), 0x04, "{what}");
+    let response = scsi_response(&pdus[1]);
+    assert_eq!((response.itt, response.status), (itt, 2), "{what}");
+    let sense = &pdus[1].data[2..];
+    assert_eq!(
+        (sense[2] & 0x0f, sense[12], sense[13]),
+        (0x0b, 0x4b, 0x00),
+        "{what}"
+    );
+}
+
 #[test]
-fn bad_data_out_is_rejected_and_unknown_itt_dropped() {
+fn bad_data_out_ends_the_task_and_later_data_is_dropped() {
     let mut pair = logged_in(&[("ImmediateData", "No")]);
-    let cmd = pair.command(1, write10(0, 4), false, true, 2048);
+    // Each case gets a fresh WRITE: (what, the TTT to send given the R2T's, offset, length).
+    type TttChoice = fn(u32) -> u32;
+    let cases: [(&str, TttChoice, u32, usize); 4] = [
+        ("wrong TTT", |ttt| ttt ^ 0x55, 0, 512),
+        ("offset beyond the R2T", |ttt| ttt, 2048, 512),
+        ("more than the R2T asked", |ttt| ttt, 0, 4096),
+        ("unsolicited with InitialR2T=Yes", |_| RESERVED_TAG, 0, 512),
+    ];
+    for (index, (what, choose_ttt, offset, len)) in cases.into_iter().enumerate() {
+        let itt = 10 + index as u32;
+        let cmd = pair.command(itt, write10(0, 4), false, true, 2048);
+        pair.send_command(cmd, vec![]);
+        let ttt = choose_ttt(r2t(&pair.take_one()).ttt);
+        pair.data_out(itt, ttt, offset, vec![0; len], false);
+        assert_data_phase_error(&pair.take(), itt, what);
+        // The initiator may still be sending for the dead task: dropped quietly.
+        pair.data_out(itt, ttt, 0, vec![0; 512], true);
+        assert!(pair.take().is_empty(), "{what}: late data is dropped");
+    }
+    // A DataSN out of sequence (RFC 7143 §11.7.5; libiscsi iSCSIDataSnInvalid).
+    let cmd = pair.command(20, write10(0, 4), false, true, 2048);
     pair.send_command(cmd, vec![]);
     let ttt = r2t(&pair.take_one()).ttt;
-    pair.data_out(1, ttt ^ 0x55, 0, vec![0; 512], false);
-    assert_eq!(reject_reason(&pair.take_one()), 0x09, "wrong TTT");
-    pair.data_out(1, ttt, 2048, vec![0; 512], false);
-    assert_eq!(
-        reject_reason(&pair.take_one()),
-        0x09,
-        "offset beyond the R2T"
-    );
-    pair.data_out(1, ttt, 0, vec![0; 4096], false);
-    assert_eq!(
-        reject_reason(&pair.take_one()),
-        0x09,
-        "more than the R2T asked"
-    );
-    pair.data_out(1, RESERVED_TAG, 0, vec![0; 512], false);
-    assert_eq!(
-        reject_reason(&pair.take_one()),
-        0x09,
-        "unsolicited with InitialR2T=Yes"
-    );
+    pair.send(Pdu::with_data(
+        Header::DataOut(DataOut {
+            final_flag: false,
+            lun: pdu::encode_lun(0),
+            itt: 20,
+            ttt,
+            exp_stat_sn: pair.exp_stat_sn,
+            data_sn: 1,
+            buffer_offset: 0,
+        }),
+        vec![0; 512],
+    ));
+    assert_data_phase_error(&pair.take(), 20, "DataSN 1 first");
     pair.data_out(99, ttt, 0, vec![0; 512], true);
     assert!(pair.take().is_empty(), "data for an unknown ITT is dropped");
-    assert!(pair.executed.is_empty());
-    // The task is still intact and completes normally.
-    pair.data_out(1, ttt, 0, vec![9; 2048], true);
+    assert!(pair.executed.is_empty(), "no bad write reached the backend");
+    // The session goes on: a good write completes.
+    let cmd = pair.command(30, write10(0, 4), false, true, 2048);
+    pair.send_command(cmd, vec![]);
+    let ttt = r2t(&pair.take_one()).ttt;
+    pair.data_out(30, ttt, 0, vec![9; 2048], true);
     assert_eq!(scsi_response(&pair.take_one()).status, 0);
     assert_eq!(pair.executed[0].data_out, vec![9; 2048]);
 }
