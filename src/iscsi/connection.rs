@@ -1128,6 +1128,13 @@ impl Connection {
     // ---------------------------------------------------------------- task management
 
     fn handle_tmf(&mut self, h: TaskMgmtRequest) {
+        log::info!(
+            "{}: task management function {} (referenced ITT {:#x}, LUN {:02x?})",
+            self.initiator_name,
+            h.function,
+            h.referenced_task_tag,
+            h.lun
+        );
         let lun = pdu::decode_lun(&h.lun);
         let target_luns = self
             .target
