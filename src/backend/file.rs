@@ -143,6 +143,25 @@ impl Backend for FileBackend {
         }
     }
 
+    /// Holes and data via lseek(SEEK_DATA/SEEK_HOLE); file systems without support report
+    /// everything as data, which is correct (just not thin).
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
+        check_range(offset, max_len, self.size)?;
+        let fd = self.file.as_raw_fd();
+        let end = offset + max_len;
+        let clamp = |pos: libc::off_t| (u64::try_from(pos).unwrap_or(end)).min(end);
+        match nix::unistd::lseek(fd, off_t(offset)?, nix::unistd::Whence::SeekData) {
+            Ok(data) if clamp(data) > offset => Ok((false, clamp(data) - offset)),
+            Ok(_) => match nix::unistd::lseek(fd, off_t(offset)?, nix::unistd::Whence::SeekHole) {
+                Ok(hole) if clamp(hole) > offset => Ok((true, clamp(hole) - offset)),
+                _ => Ok((true, max_len)),
+            },
+            // ENXIO: no data at or after offset.
+            Err(Errno::ENXIO) => Ok((false, max_len)),
+            Err(_) => Ok((true, max_len)),
+        }
+    }
+
     fn supports_discard(&self) -> bool {
         true
     }
