@@ -297,6 +297,27 @@ mod tests {
     }
 
     #[test]
+    fn allocation_reports_data_and_holes() {
+        let p = temp_path("alloc.img");
+        let b = FileBackend::open(&p, Some(8 << 20), true, false).unwrap();
+        b.write_at(&[0xAB; 4096], 4 << 20).unwrap();
+        // Written data is always reported mapped, whatever the file system supports.
+        let (mapped, len) = b.allocation(4 << 20, 4096).unwrap();
+        assert!(mapped);
+        assert_eq!(len, 4096);
+        // A hole is reported deallocated where SEEK_HOLE works, up to the data at most.
+        let (mapped, len) = b.allocation(0, 8 << 20).unwrap();
+        assert!(len > 0 && len <= 8 << 20);
+        if !mapped {
+            assert!(len <= 4 << 20);
+        }
+        let (_, len) = b.allocation((4 << 20) + 4096, 100).unwrap();
+        assert!(len > 0 && len <= 100);
+        assert!(b.allocation(8 << 20, 1).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
     fn create_sparse_and_round_trip() {
         let p = temp_path("rt.img");
         let b = FileBackend::open(&p, Some(8 << 20), true, false).unwrap();

@@ -97,14 +97,14 @@ pub enum BlockRequest<'a> {
         data: &'a [u8],
         fua: bool,
     },
-    /// GET LBA STATUS: up to `max_descriptors` LBA status descriptors from block `lba` to
-    /// the end of an LU of `num_blocks` blocks of `block_size` bytes; replies with the
-    /// parameter data.
+    /// GET LBA STATUS: LBA status descriptors from block `lba` to the end of an LU of
+    /// `num_blocks` blocks of `block_size` bytes; replies with the parameter data cut to
+    /// `alloc` bytes.
     LbaStatus {
         lba: u64,
         num_blocks: u64,
         block_size: u64,
-        max_descriptors: usize,
+        alloc: usize,
     },
 }
 
@@ -174,8 +174,12 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
             lba,
             num_blocks,
             block_size,
-            max_descriptors,
-        } => lba_status(backend, *lba, *num_blocks, *block_size, *max_descriptors),
+            alloc,
+        } => {
+            let mut d = lba_status(backend, *lba, *num_blocks, *block_size, *alloc)?;
+            d.truncate(*alloc);
+            Ok(BlockReply::Data(d))
+        }
         BlockRequest::Flush => {
             backend.flush()?;
             Ok(BlockReply::Done)
@@ -225,15 +229,17 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
 
 /// Builds GET LBA STATUS parameter data (SBC-3 5.6.2) from the backend's allocation map:
 /// 8-byte header, then 16-byte descriptors (LBA, block count, provisioning status
-/// 0 = mapped, 1 = deallocated) starting at `lba`.
+/// 0 = mapped, 1 = deallocated) starting at `lba`, as many as fit in `alloc` (at least one,
+/// at most [`MAX_LBA_STATUS_DESCRIPTORS`]).
 fn lba_status(
     backend: &dyn Backend,
     lba: u64,
     num_blocks: u64,
     block_size: u64,
-    max_descriptors: usize,
-) -> Result<BlockReply, BackendError> {
+    alloc: usize,
+) -> Result<Vec<u8>, BackendError> {
     let bs = block_size.max(1);
+    let max_descriptors = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
     let mut descs: Vec<u8> = Vec::new();
     let mut pos = lba;
     while pos < num_blocks && descs.len() / 16 < max_descriptors {
@@ -250,7 +256,7 @@ fn lba_status(
     let mut d = ((descs.len() + 4) as u32).to_be_bytes().to_vec();
     d.extend_from_slice(&[0; 4]);
     d.extend_from_slice(&descs);
-    Ok(BlockReply::Data(d))
+    Ok(d)
 }
 
 /// Discards when the backend can (reads then return zeroes), else writes zeroes.
@@ -786,7 +792,7 @@ fn plan_get_lba_status<'a>(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Plan<'a>
             lba,
             num_blocks: lu.num_blocks(),
             block_size: lu.block_size(),
-            max_descriptors: (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS),
+            alloc,
         },
         data_out_length: 0,
     })
