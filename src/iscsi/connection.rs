@@ -211,6 +211,9 @@ pub enum Action {
     BindSession(BindRequest),
     /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`].
     Execute(ScsiTask),
+    /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset
+    /// clears (SPC-2 reservations) on the session's target. No answer.
+    Reset { lun: Option<u64> },
     /// Flush what was sent and close the connection. Nothing follows.
     Close(CloseReason),
 }
@@ -1170,14 +1173,15 @@ impl Connection {
                         .filter(|t| t.lun == l)
                         .map(|t| t.id)
                         .collect();
+                    if h.function == tmf::LOGICAL_UNIT_RESET {
+                        self.actions.push_back(Action::Reset { lun: Some(l) });
+                    }
                     (tmf::FUNCTION_COMPLETE, ids)
                 }
             }
-            tmf::TARGET_WARM_RESET => {
-                (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
-            }
-            tmf::TARGET_COLD_RESET => {
-                close_after = true;
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                close_after = h.function == tmf::TARGET_COLD_RESET;
+                self.actions.push_back(Action::Reset { lun: None });
                 (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
             }
             tmf::CLEAR_ACA => (tmf::FUNCTION_NOT_SUPPORTED, vec![]),

@@ -136,6 +136,8 @@ struct Pair {
     deferred: Vec<ScsiTask>,
     /// Every Execute the target issued.
     executed: Vec<ScsiTask>,
+    /// `Action::Reset` scopes seen, in order.
+    resets: Vec<Option<u64>>,
     backend: RamBackend,
     closed: Option<CloseReason>,
     frame_settings_seen: Vec<FrameSettings>,
@@ -165,6 +167,7 @@ impl Pair {
             auto_complete: true,
             deferred: Vec::new(),
             executed: Vec::new(),
+            resets: Vec::new(),
             backend: RamBackend::default(),
             closed: None,
             frame_settings_seen: Vec::new(),
@@ -219,6 +222,7 @@ impl Pair {
                         self.deferred.push(task);
                     }
                 }
+                Action::Reset { lun } => self.resets.push(lun),
                 Action::Close(reason) => self.closed = Some(reason),
             }
         }
@@ -1565,6 +1569,10 @@ fn task_set_tmfs_on_missing_lun_and_target_reset() {
     assert_eq!(tmf_response(&pair.take_one()).response, 2);
     pair.tmf(LOGICAL_UNIT_RESET, 5, RESERVED_TAG, 0);
     assert_eq!(tmf_response(&pair.take_one()).response, 2);
+    assert!(
+        pair.resets.is_empty(),
+        "no reset of a LUN that does not exist"
+    );
     // A running read and a write waiting for data on LUN 0.
     let cmd = pair.command(1, read10(0, 1), true, false, 512);
     pair.send_command(cmd, vec![]);
@@ -1575,7 +1583,9 @@ fn task_set_tmfs_on_missing_lun_and_target_reset() {
     pair.tmf(LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0);
     assert_eq!(tmf_response(&pair.take_one()).response, 0);
     assert_eq!(pair.conn.running_tasks(), 1);
+    assert_eq!(pair.resets, vec![Some(1)], "the SCSI layer resets LUN 1");
     let reset_itt = pair.tmf(TARGET_WARM_RESET, 0, RESERVED_TAG, 0);
+    assert_eq!(pair.resets, vec![Some(1), None], "then the whole target");
     assert!(pair.take().is_empty());
     let id = pair.deferred[0].id;
     pair.complete_deferred(id, ScsiOutcome::good());
@@ -2176,6 +2186,7 @@ fn cold_reset_answers_then_closes() {
     let mut pair = logged_in(&[]);
     pair.tmf(7, 0, RESERVED_TAG, 0);
     assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(pair.resets, vec![None]);
     assert_eq!(pair.closed, Some(CloseReason::Shutdown));
 }
 
@@ -2192,8 +2203,7 @@ fn unsupported_tmfs() {
 
 #[test]
 fn reject_takes_a_stat_sn() {
-    // NOTE: send_reject's doc comment says StatSN is not advanced, but the code (and LIO) give a
-    // Reject its own StatSN; this pins the code's behaviour.
+    // Like LIO, a Reject takes its own StatSN.
     let mut pair = logged_in(&[]);
     pair.send(Pdu::new(Header::SnackRequest(SnackRequest::default())));
     assert_eq!(sequence(&pair.take_one()).0, FIRST_STAT_SN + 2);

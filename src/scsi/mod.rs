@@ -275,8 +275,6 @@ pub struct LogicalUnit {
     io_lock: RwLock<()>,
     /// Persistent and SPC-2 reservations, shared by all sessions.
     pr: Mutex<pr::PrState>,
-    /// RESERVE(6)/RELEASE(6) supported (see [`ScsiTarget::enable_spc2_reservations`]).
-    spc2: AtomicBool,
 }
 
 impl LogicalUnit {
@@ -293,7 +291,6 @@ impl LogicalUnit {
             num_blocks,
             io_lock: RwLock::new(()),
             pr: Mutex::new(pr::PrState::default()),
-            spc2: AtomicBool::new(false),
         }
     }
 
@@ -332,19 +329,6 @@ impl LogicalUnit {
         self.reservations().reset();
     }
 
-    /// Turns RESERVE(6)/RELEASE(6) support on or off (off by default; see
-    /// [`ScsiTarget::enable_spc2_reservations`]). Turning it off drops any SPC-2 reservation.
-    pub fn set_spc2_reservations(&self, on: bool) {
-        self.spc2.store(on, Ordering::Relaxed);
-        if !on {
-            self.reservations().reset();
-        }
-    }
-
-    fn spc2_enabled(&self) -> bool {
-        self.spc2.load(Ordering::Relaxed)
-    }
-
     fn set_write_cache(&self, on: bool) {
         self.wce.store(on, Ordering::Relaxed);
     }
@@ -365,10 +349,7 @@ impl LogicalUnit {
 
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
-        if cdb.is_empty()
-            || !opcodes::is_supported(opcode, cdb.service_action())
-            || (opcodes::is_spc2(opcode) && !self.spc2_enabled())
-        {
+        if cdb.is_empty() || !opcodes::is_supported(opcode, cdb.service_action()) {
             return Err(Sense::new(
                 sense::ILLEGAL_REQUEST,
                 sense::INVALID_COMMAND_OPCODE,
@@ -427,10 +408,7 @@ impl LogicalUnit {
             op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
                 done(ScsiOutcome::with_data(read_defect_data(cdb)))
             }
-            op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(
-                cdb,
-                self.spc2_enabled(),
-            )?)),
+            op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
             _ => block::plan(self, cdb, req),
         }
     }
@@ -614,17 +592,6 @@ impl ScsiTarget {
             d.extend_from_slice(&encode_lun(l));
         }
         Ok(truncate(d, alloc as usize))
-    }
-
-    /// Enables RESERVE(6)/RELEASE(6) on every LU. Until this is called they answer
-    /// INVALID COMMAND OPERATION CODE, because an SPC-2 reservation must not outlive the
-    /// session that took it: call it once the server calls [`ScsiTarget::release_nexus`]
-    /// when a session ends and [`ScsiTarget::reset_lun`] / [`ScsiTarget::reset_target`] on
-    /// LOGICAL UNIT RESET / TARGET (WARM|COLD) RESET.
-    pub fn enable_spc2_reservations(&self) {
-        for lu in &self.luns {
-            lu.set_spc2_reservations(true);
-        }
     }
 
     /// I_T nexus loss (session ended): drops the SPC-2 reservations `nexus` holds on every

@@ -235,11 +235,6 @@ static COMMANDS: &[OpInfo] = &[
     ),
 ];
 
-/// RESERVE(6) / RELEASE(6): only supported once the server reports I_T nexus loss.
-pub(super) fn is_spc2(opcode: u8) -> bool {
-    matches!(opcode, op::RESERVE_6 | op::RELEASE_6)
-}
-
 /// True when `opcode` has service actions (so RSOC must be asked with one).
 fn has_service_actions(opcode: u8) -> bool {
     COMMANDS
@@ -273,10 +268,7 @@ const TIMEOUTS: [u8; 12] = [0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// REPORT SUPPORTED OPERATION CODES: reporting options 0 (all), 1 (opcode), 2 (opcode +
 /// service action) and 3 (opcode, service action if it has any); RCTD adds timeouts.
-/// `spc2` says whether RESERVE(6)/RELEASE(6) are enabled (see
-/// [`super::ScsiTarget::enable_spc2_reservations`]); when not, they are left out.
-pub(super) fn report_supported(cdb: Cdb<'_>, spc2: bool) -> CmdResult<Vec<u8>> {
-    let listed = |c: &&OpInfo| spc2 || !is_spc2(c.opcode);
+pub(super) fn report_supported(cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
     let rctd = cdb.byte(2) & 0x80 != 0;
     let options = cdb.byte(2) & 0x07;
     let req_op = cdb.byte(3);
@@ -285,9 +277,9 @@ pub(super) fn report_supported(cdb: Cdb<'_>, spc2: bool) -> CmdResult<Vec<u8>> {
     let d = match options {
         0 => {
             let desc_len = if rctd { 20 } else { 8 };
-            let count = COMMANDS.iter().filter(listed).count();
+            let count = COMMANDS.len();
             let mut d = ((count * desc_len) as u32).to_be_bytes().to_vec();
-            for c in COMMANDS.iter().filter(listed) {
+            for c in COMMANDS {
                 d.push(c.opcode);
                 d.push(0);
                 d.extend_from_slice(&u16::from(c.service_action.unwrap_or(0)).to_be_bytes());
@@ -314,7 +306,7 @@ pub(super) fn report_supported(cdb: Cdb<'_>, spc2: bool) -> CmdResult<Vec<u8>> {
             } else {
                 Some(0)
             };
-            match sa.and_then(|sa| find(req_op, sa)).filter(listed) {
+            match sa.and_then(|sa| find(req_op, sa)) {
                 Some(c) => {
                     let mut d = vec![0, if rctd { 0x80 } else { 0 } | 0x03];
                     d.extend_from_slice(&(c.usage.len() as u16).to_be_bytes());

@@ -822,13 +822,6 @@ mod tests {
         let lu = ram_lu(64, 512);
         let t = ScsiTarget::new(vec![lu.clone()]);
         let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
-        // Disabled until the server reports nexus loss.
-        assert_check(
-            &run_as(&lu, &a, &[0x16], &[]),
-            ILLEGAL_REQUEST,
-            INVALID_COMMAND_OPCODE,
-        );
-        t.enable_spc2_reservations();
         assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
         assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
         assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, CONFLICT);

@@ -134,6 +134,8 @@ struct Driver {
     events: Sender<Event>,
     session: Option<SessionGuard>,
     workers: Option<IoWorkers>,
+    /// Target index and I_T nexus of a normal session, for resets and nexus loss.
+    nexus: Option<(usize, Arc<Nexus>)>,
     closed: bool,
 }
 
@@ -173,6 +175,7 @@ fn run_connection(
         events,
         session: None,
         workers: None,
+        nexus: None,
         closed: false,
     };
     if driver.shared.stopping() {
@@ -182,6 +185,10 @@ fn run_connection(
     let _ = driver.stream.shutdown(Shutdown::Both);
     // Let running commands finish before the session is unregistered (reinstatement waits on it).
     drop(driver.workers.take());
+    // I_T nexus loss: SPC-2 reservations of this nexus go; persistent ones stay (SPC-4 §5.13).
+    if let Some((target, nexus)) = driver.nexus.take() {
+        driver.shared.scsi_targets[target].release_nexus(&nexus);
+    }
     drop(driver.session.take());
     let _ = reader_thread.join();
     log::info!("connection from {peer} closed");
@@ -275,6 +282,15 @@ impl Driver {
                         ScsiOutcome::check_condition(0x04, 0x44, 0x00),
                     ),
                 },
+                Action::Reset { lun } => {
+                    if let Some((target, _)) = &self.nexus {
+                        let scsi = &self.shared.scsi_targets[*target];
+                        match lun {
+                            Some(lun) => scsi.reset_lun(lun),
+                            None => scsi.reset_target(),
+                        }
+                    }
+                }
                 Action::Close(reason) => {
                     self.flush(&mut out);
                     match reason {
@@ -308,8 +324,11 @@ impl Driver {
                 initiator_name: request.initiator_name.clone(),
                 isid: request.isid,
             });
-            match IoWorkers::start(WORKERS_PER_SESSION, scsi, nexus, sink) {
-                Ok(workers) => self.workers = Some(workers),
+            match IoWorkers::start(WORKERS_PER_SESSION, scsi, Arc::clone(&nexus), sink) {
+                Ok(workers) => {
+                    self.workers = Some(workers);
+                    self.nexus = Some((target, nexus));
+                }
                 Err(e) => {
                     log::error!("cannot start I/O workers: {e}");
                     return Err(crate::iscsi::LoginStatus::OUT_OF_RESOURCES);
