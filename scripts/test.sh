@@ -60,6 +60,9 @@ else
     else
         log "rdma-ffi on rxe: connect, Send, 1 MiB RDMA READ/WRITE, drop and kill teardown"
         scripts/guest/rdma-ffi-test.sh
+        log "the Linux kernel initiator (open-iscsi) against our target over TCP"
+        cargo build --release --bin iser-target
+        scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
     fi
 fi
 

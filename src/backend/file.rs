@@ -56,6 +56,24 @@ fn try_fallocate(
     }
 }
 
+/// Deallocates (`PUNCH_HOLE`) or zeroes (`ZERO_RANGE`) a range of `file`, the storage of
+/// `backend`; where the file system or device cannot, writes zero buffers instead. Reads of the
+/// range return zeroes afterwards either way.
+fn fallocate_or_write_zeroes<B: Backend>(
+    backend: &B,
+    file: &File,
+    mode: FallocateFlags,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    check_range(offset, len, backend.size())?;
+    if try_fallocate(file, mode, offset, len)? {
+        Ok(())
+    } else {
+        write_zero_buffers(backend, offset, len)
+    }
+}
+
 /// A LUN stored in a regular (usually sparse) file.
 pub struct FileBackend {
     file: File,
@@ -116,30 +134,41 @@ impl Backend for FileBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.file,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.file,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
+        )
+    }
+
+    /// Holes and data via lseek(SEEK_DATA/SEEK_HOLE); file systems without support report
+    /// everything as data, which is correct (just not thin).
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
+        check_range(offset, max_len, self.size)?;
+        let fd = self.file.as_raw_fd();
+        let end = offset + max_len;
+        let clamp = |pos: libc::off_t| (u64::try_from(pos).unwrap_or(end)).min(end);
+        match nix::unistd::lseek(fd, off_t(offset)?, nix::unistd::Whence::SeekData) {
+            Ok(data) if clamp(data) > offset => Ok((false, clamp(data) - offset)),
+            Ok(_) => match nix::unistd::lseek(fd, off_t(offset)?, nix::unistd::Whence::SeekHole) {
+                Ok(hole) if clamp(hole) > offset => Ok((true, clamp(hole) - offset)),
+                _ => Ok((true, max_len)),
+            },
+            // ENXIO: no data at or after offset.
+            Err(Errno::ENXIO) => Ok((false, max_len)),
+            Err(_) => Ok((true, max_len)),
         }
     }
 
@@ -228,31 +257,23 @@ impl Backend for BlockDeviceBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.buffered,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        if try_fallocate(
+        fallocate_or_write_zeroes(
+            self,
             &self.buffered,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
-        )? {
-            Ok(())
-        } else {
-            write_zero_buffers(self, offset, len)
-        }
+        )
     }
 
     fn supports_discard(&self) -> bool {
@@ -275,6 +296,27 @@ mod tests {
         let p = dir.join(name);
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    #[test]
+    fn allocation_reports_data_and_holes() {
+        let p = temp_path("alloc.img");
+        let b = FileBackend::open(&p, Some(8 << 20), true, false).unwrap();
+        b.write_at(&[0xAB; 4096], 4 << 20).unwrap();
+        // Written data is always reported mapped, whatever the file system supports.
+        let (mapped, len) = b.allocation(4 << 20, 4096).unwrap();
+        assert!(mapped);
+        assert_eq!(len, 4096);
+        // A hole is reported deallocated where SEEK_HOLE works, up to the data at most.
+        let (mapped, len) = b.allocation(0, 8 << 20).unwrap();
+        assert!(len > 0 && len <= 8 << 20);
+        if !mapped {
+            assert!(len <= 4 << 20);
+        }
+        let (_, len) = b.allocation((4 << 20) + 4096, 100).unwrap();
+        assert!(len > 0 && len <= 100);
+        assert!(b.allocation(8 << 20, 1).is_err());
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub trait Backend: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         write_zero_buffers(self, offset, len)
     }
+    /// Provisioning status at `offset` (GET LBA STATUS): whether the byte there is backed by
+    /// allocated storage, and how many bytes from `offset` (1..=`max_len`) share that
+    /// status. The default reports everything as mapped.
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
+        check_range(offset, max_len, self.size())?;
+        Ok((true, max_len))
+    }
     /// Whether `discard` really deallocates (advertised to initiators as thin provisioning).
     fn supports_discard(&self) -> bool;
     /// Short backend name for logs: "ram", "file" or "block".

@@ -113,6 +113,25 @@ impl Backend for RamBackend {
         self.discard(offset, len)
     }
 
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
+        check_range(offset, max_len, self.size)?;
+        let allocated = |idx: usize| -> Result<bool, BackendError> {
+            Ok(self
+                .chunk(idx)?
+                .read()
+                .map_err(|_| Self::poisoned())?
+                .is_some())
+        };
+        let first = (offset / CHUNK) as usize;
+        let state = allocated(first)?;
+        let end = offset + max_len;
+        let mut idx = first + 1;
+        while (idx as u64) * CHUNK < end && allocated(idx)? == state {
+            idx += 1;
+        }
+        Ok((state, ((idx as u64) * CHUNK).min(end) - offset))
+    }
+
     fn supports_discard(&self) -> bool {
         true
     }
@@ -164,6 +183,25 @@ mod tests {
         assert!(back[half + 2 * CHUNK as usize..].iter().all(|&x| x == 7));
         b.write_zeroes(0, CHUNK).unwrap();
         assert_eq!(b.allocated_chunks(), 1);
+    }
+
+    #[test]
+    fn allocation_follows_chunks() {
+        let b = RamBackend::new(4 * CHUNK);
+        assert_eq!(
+            b.allocation(10, 4 * CHUNK - 10).unwrap(),
+            (false, 4 * CHUNK - 10)
+        );
+        b.write_at(&[1], CHUNK + 5).unwrap();
+        b.write_at(&[1], 2 * CHUNK).unwrap();
+        assert_eq!(b.allocation(0, 4 * CHUNK).unwrap(), (false, CHUNK));
+        assert_eq!(
+            b.allocation(CHUNK + 7, 3 * CHUNK - 7).unwrap(),
+            (true, 2 * CHUNK - 7)
+        );
+        assert_eq!(b.allocation(CHUNK, 100).unwrap(), (true, 100));
+        assert_eq!(b.allocation(3 * CHUNK, CHUNK).unwrap(), (false, CHUNK));
+        assert!(b.allocation(3 * CHUNK, CHUNK + 1).is_err());
     }
 
     #[test]

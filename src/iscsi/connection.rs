@@ -211,6 +211,9 @@ pub enum Action {
     BindSession(BindRequest),
     /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`].
     Execute(ScsiTask),
+    /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset
+    /// clears (SPC-2 reservations) on the session's target. No answer.
+    Reset { lun: Option<u64> },
     /// Flush what was sent and close the connection. Nothing follows.
     Close(CloseReason),
 }
@@ -278,6 +281,8 @@ struct Task {
     id: TaskId,
     itt: u32,
     cmd_sn: u32,
+    /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
+    immediate: bool,
     lun: u64,
     lun_field: [u8; 8],
     cdb: Vec<u8>,
@@ -486,9 +491,13 @@ impl Connection {
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
     /// `queue_depth`, and never moves backwards (brief §1 rule 14).
+    ///
+    /// Only tasks that consumed a CmdSN below ExpCmdSN count: held commands already sit inside the
+    /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
+    /// without ExpCmdSN moving. A full queue closes the window (MaxCmdSN = ExpCmdSN - 1).
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        let outstanding = (self.tasks.len() + self.held.len()) as u32;
-        let room = self.config.queue_depth.saturating_sub(outstanding).max(1);
+        let outstanding = self.tasks.values().filter(|t| !t.immediate).count() as u32;
+        let room = self.config.queue_depth.saturating_sub(outstanding);
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
@@ -553,7 +562,7 @@ impl Connection {
         }
     }
 
-    /// Reject carrying the offending header (RFC 7143 §11.17): StatSN is not advanced.
+    /// Reject carrying the offending header (RFC 7143 §11.17). Like LIO, it takes a StatSN.
     pub(super) fn send_reject(&mut self, reason: u8, header: &[u8]) {
         let bhs = header[..header.len().min(pdu::BHS_LEN)].to_vec();
         let reject = Header::Reject(Reject {
@@ -653,7 +662,8 @@ impl Connection {
             self.dispatch_command(pdu, now);
             return;
         }
-        if cmd_sn == self.exp_cmd_sn {
+        let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
+        if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.dispatch_command(pdu, now);
             // Commands that were waiting for this one.
@@ -747,6 +757,7 @@ impl Connection {
             id,
             itt: h.itt,
             cmd_sn: h.cmd_sn,
+            immediate: h.immediate,
             lun,
             lun_field: h.lun,
             cdb: h.cdb,
@@ -787,7 +798,10 @@ impl Connection {
             if task.unsolicited_open {
                 return;
             }
-            while task.r2ts.len() < max_outstanding && task.next_r2t_offset < task.expected_length {
+            // Windows created in this call are only pushed below: count them too.
+            while task.r2ts.len() + r2ts.len() < max_outstanding
+                && task.next_r2t_offset < task.expected_length
+            {
                 let offset = task.next_r2t_offset;
                 let length = (task.expected_length - offset).min(max_burst);
                 task.next_r2t_offset += length;
@@ -884,6 +898,8 @@ impl Connection {
         }
         task.data_out.extend_from_slice(&pdu.data);
         if h.ttt == RESERVED_TAG {
+            // Solicited data starts where the unsolicited data stopped.
+            task.next_r2t_offset = task.data_out.len() as u32;
             if h.final_flag {
                 task.unsolicited_open = false;
             }
@@ -920,6 +936,8 @@ impl Connection {
         });
         let mut start = Vec::new();
         let mut earlier_pending = false;
+        // Behind an unfinished ORDERED task only HEAD OF QUEUE tasks may start.
+        let mut blocked = false;
         for task in order {
             let ready = task.state == TaskState::Ready;
             match task.attribute {
@@ -928,12 +946,12 @@ impl Connection {
                         start.push(task.id);
                     }
                 }
+                _ if blocked => {}
                 TaskAttribute::Ordered => {
                     if ready && !earlier_pending {
                         start.push(task.id);
                     }
-                    // Nothing after an unfinished ORDERED task may start.
-                    break;
+                    blocked = true;
                 }
                 _ => {
                     if ready {
@@ -1113,6 +1131,13 @@ impl Connection {
     // ---------------------------------------------------------------- task management
 
     fn handle_tmf(&mut self, h: TaskMgmtRequest) {
+        log::info!(
+            "{}: task management function {} (referenced ITT {:#x}, LUN {:02x?})",
+            self.initiator_name,
+            h.function,
+            h.referenced_task_tag,
+            h.lun
+        );
         let lun = pdu::decode_lun(&h.lun);
         let target_luns = self
             .target
@@ -1148,14 +1173,15 @@ impl Connection {
                         .filter(|t| t.lun == l)
                         .map(|t| t.id)
                         .collect();
+                    if h.function == tmf::LOGICAL_UNIT_RESET {
+                        self.actions.push_back(Action::Reset { lun: Some(l) });
+                    }
                     (tmf::FUNCTION_COMPLETE, ids)
                 }
             }
-            tmf::TARGET_WARM_RESET => {
-                (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
-            }
-            tmf::TARGET_COLD_RESET => {
-                close_after = true;
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                close_after = h.function == tmf::TARGET_COLD_RESET;
+                self.actions.push_back(Action::Reset { lun: None });
                 (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
             }
             tmf::CLEAR_ACA => (tmf::FUNCTION_NOT_SUPPORTED, vec![]),
@@ -1334,17 +1360,8 @@ impl Connection {
         // Reasons: 0 close session, 1 close connection, 2 remove connection for recovery.
         // With one connection per session, 0 and 1 both end the session; 2 needs ERL 2.
         if h.reason == 2 {
-            let stat_sn = self.next_stat_sn();
-            let header = Header::LogoutResponse(LogoutResponse {
-                response: 2, // connection recovery is not supported
-                itt: h.itt,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                time2wait: 0,
-                time2retain: 0,
-            });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            // Response 2: connection recovery is not supported.
+            self.send_logout_response(h.itt, 2);
             return;
         }
         // Tasks still waiting for data or their turn are dropped; running ones finish first so
@@ -1365,19 +1382,24 @@ impl Connection {
         }
         let reason = reason.clone();
         if let Some(itt) = self.pending_logout.take() {
-            let stat_sn = self.next_stat_sn();
-            let header = Header::LogoutResponse(LogoutResponse {
-                response: 0,
-                itt,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                time2wait: 0,
-                time2retain: 0,
-            });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            self.send_logout_response(itt, 0);
         }
         self.close(reason);
+    }
+
+    /// Logout Response; Time2Wait/Time2Retain 0 since nothing is kept for recovery at ERL 0.
+    fn send_logout_response(&mut self, itt: u32, response: u8) {
+        let stat_sn = self.next_stat_sn();
+        let header = Header::LogoutResponse(LogoutResponse {
+            response,
+            itt,
+            stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+            time2wait: 0,
+            time2retain: 0,
+        });
+        self.actions.push_back(Action::Send(Pdu::new(header)));
     }
 
     // ---------------------------------------------------------------- helpers for login.rs

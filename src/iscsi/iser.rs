@@ -115,6 +115,8 @@ pub enum FabricOp {
     BindSession(super::BindRequest),
     /// Run a SCSI command; answer with [`IserConnection::handle_scsi_complete`].
     Execute(super::ScsiTask),
+    /// LOGICAL UNIT RESET / TARGET RESET of SCSI state (as [`Action::Reset`]).
+    Reset { lun: Option<u64> },
     /// Disconnect, drain, free. Nothing follows.
     Close(CloseReason),
 }
@@ -364,6 +366,7 @@ impl IserConnection {
                 Action::SetFrameSettings(_) => {}
                 Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),
                 Action::Execute(task) => self.emit(FabricOp::Execute(task)),
+                Action::Reset { lun } => self.emit(FabricOp::Reset { lun }),
                 Action::Close(reason) => self.emit(FabricOp::Close(reason)),
             }
         }

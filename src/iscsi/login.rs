@@ -28,6 +28,27 @@ pub(crate) struct LoginState {
 }
 
 impl LoginState {
+    /// A Login Response to the current request: same stage, no transit, the given status, and
+    /// MaxCmdSN = CmdSN + `window`.
+    fn response(&self, window: u32, status: LoginStatus) -> LoginResponse {
+        LoginResponse {
+            transit: false,
+            continue_flag: false,
+            current_stage: self.stage,
+            next_stage: self.stage,
+            version_max: 0,
+            version_active: 0,
+            isid: self.isid,
+            tsih: 0,
+            itt: self.itt,
+            stat_sn: 0,
+            exp_cmd_sn: self.cmd_sn,
+            max_cmd_sn: self.cmd_sn.wrapping_add(window),
+            status_class: status.class,
+            status_detail: status.detail,
+        }
+    }
+
     pub(crate) fn new(config: &CoreConfig) -> Self {
         LoginState {
             negotiator: Negotiator::new(config.policy.clone()),
@@ -88,20 +109,21 @@ impl Connection {
                 self.phase = Phase::Binding(state);
                 self.actions.push_back(Action::BindSession(request));
             }
-            Outcome::Fail(status) => {
-                self.fail_login(&state, &req, status);
-            }
+            Outcome::Fail(status) => self.fail_login(&state, status),
         }
     }
 
     /// Processes one Login Request.
     fn login_step(&mut self, state: &mut LoginState, req: &LoginRequest, data: Vec<u8>) -> Outcome {
+        // A failure response echoes these whatever went wrong.
+        state.itt = req.itt;
+        state.cmd_sn = req.cmd_sn;
         if state.first {
+            state.isid = req.isid;
             if req.version_min > 0 {
                 return Outcome::Fail(LoginStatus::UNSUPPORTED_VERSION);
             }
             state.first = false;
-            state.isid = req.isid;
             state.tsih = req.tsih;
             state.stage = req.current_stage;
             // The first response starts this connection's StatSN where the initiator expects it.
@@ -109,27 +131,17 @@ impl Connection {
         } else if req.isid != state.isid || req.tsih != state.tsih {
             return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
         }
-        state.itt = req.itt;
-        state.cmd_sn = req.cmd_sn;
         if req.current_stage != state.stage || req.current_stage == Stage::FullFeature {
             return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
         }
-        let mut response = LoginResponse {
-            transit: false,
-            continue_flag: false,
-            current_stage: state.stage,
-            next_stage: state.stage,
-            version_max: 0,
-            version_active: 0,
-            isid: state.isid,
-            tsih: 0,
-            itt: req.itt,
-            stat_sn: 0,
-            exp_cmd_sn: req.cmd_sn,
-            max_cmd_sn: req.cmd_sn.wrapping_add(self.config.queue_depth.max(1) - 1),
-            status_class: 0,
-            status_detail: 0,
-        };
+        let window = self.config.queue_depth.max(1) - 1;
+        let mut response = state.response(
+            window,
+            LoginStatus {
+                class: 0,
+                detail: 0,
+            },
+        );
         state.partial.extend_from_slice(&data);
         if req.continue_flag {
             // More text follows in the next Login Request: acknowledge with an empty response.
@@ -260,7 +272,7 @@ impl Connection {
         self.actions.push_back(Action::Send(pdu));
     }
 
-    fn fail_login(&mut self, state: &LoginState, req: &LoginRequest, status: LoginStatus) {
+    fn fail_login(&mut self, state: &LoginState, status: LoginStatus) {
         log::warn!(
             "login of {} failed: status {:#04x}{:02x}",
             state
@@ -270,23 +282,8 @@ impl Connection {
             status.class,
             status.detail
         );
-        let response = LoginResponse {
-            transit: false,
-            continue_flag: false,
-            current_stage: state.stage,
-            next_stage: state.stage,
-            version_max: 0,
-            version_active: 0,
-            isid: req.isid,
-            tsih: 0,
-            itt: req.itt,
-            stat_sn: 0,
-            exp_cmd_sn: req.cmd_sn,
-            max_cmd_sn: req.cmd_sn,
-            status_class: status.class,
-            status_detail: status.detail,
-        };
-        self.send_login_response(response, &[]);
+        // The connection ends, so the window does not matter: ExpCmdSN = MaxCmdSN = CmdSN.
+        self.send_login_response(state.response(0, status), &[]);
         self.close(CloseReason::LoginFailed);
     }
 
@@ -319,23 +316,7 @@ impl Connection {
                     self.initiator_name
                 );
             }
-            Err(status) => {
-                let req = LoginRequest {
-                    transit: false,
-                    continue_flag: false,
-                    current_stage: state.stage,
-                    next_stage: state.stage,
-                    version_max: 0,
-                    version_min: 0,
-                    isid: state.isid,
-                    tsih: state.tsih,
-                    itt: state.itt,
-                    cid: 0,
-                    cmd_sn: state.cmd_sn,
-                    exp_stat_sn: 0,
-                };
-                self.fail_login(&state, &req, status);
-            }
+            Err(status) => self.fail_login(&state, status),
         }
     }
 }

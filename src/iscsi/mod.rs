@@ -17,3 +17,6 @@ pub use connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask,
     TargetDescriptor, TaskId,
 };
+
+#[cfg(test)]
+mod tests;

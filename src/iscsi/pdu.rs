@@ -775,7 +775,8 @@ impl Header {
                 overflow: flags & 0x04 != 0,
                 underflow: flags & 0x02 != 0,
                 status_present: flags & 0x01 != 0,
-                status: b[3],
+                // Byte 3 is reserved unless the S bit is set (RFC 7143 §11.7.4).
+                status: if flags & 0x01 != 0 { b[3] } else { 0 },
                 lun: lun(b),
                 itt: be32(b, 16),
                 ttt: be32(b, 20),

@@ -24,6 +24,8 @@ pub(crate) mod limits {
     pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
     /// Most blocks in one COMPARE AND WRITE (VPD B0h byte 5).
     pub const MAX_COMPARE_AND_WRITE: u8 = 128;
+    /// Largest WRITE ATOMIC, in bytes (VPD B0h MAXIMUM ATOMIC TRANSFER LENGTH).
+    pub const MAX_ATOMIC_BYTES: u32 = 1 << 20;
     /// Preferred alignment of transfers and unmaps, in bytes.
     pub const GRANULARITY_BYTES: u32 = 4096;
 }
@@ -36,6 +38,7 @@ pub(super) struct Limits {
     pub granularity: u32,
     pub max_unmap_lbas: u32,
     pub max_write_same: u32,
+    pub max_atomic: u32,
 }
 
 /// Block-count limits for a block size (a zero block size is treated as 1 to stay total).
@@ -47,6 +50,7 @@ pub(super) fn limits_for(block_size: u32) -> Limits {
         granularity: (limits::GRANULARITY_BYTES / bs).max(1),
         max_unmap_lbas: limits::MAX_UNMAP_BYTES / bs,
         max_write_same: limits::MAX_WRITE_SAME_BYTES / bs,
+        max_atomic: (limits::MAX_ATOMIC_BYTES / bs).max(1),
     }
 }
 
@@ -84,19 +88,47 @@ pub enum BlockRequest<'a> {
     },
     /// Compare the medium at `offset` with `expected` (VERIFY with BYTCHK=1).
     Compare { offset: u64, expected: &'a [u8] },
+    /// Atomically OR `data` into the medium at `offset` (ORWRITE).
+    OrWrite {
+        offset: u64,
+        data: &'a [u8],
+        fua: bool,
+    },
+    /// Write `data` at `offset` excluding all other I/O (WRITE ATOMIC).
+    AtomicWrite {
+        offset: u64,
+        data: &'a [u8],
+        fua: bool,
+    },
+    /// GET LBA STATUS: LBA status descriptors from block `lba` to the end of an LU of
+    /// `num_blocks` blocks of `block_size` bytes; replies with the parameter data cut to
+    /// `alloc` bytes.
+    LbaStatus {
+        lba: u64,
+        num_blocks: u64,
+        block_size: u64,
+        alloc: usize,
+    },
 }
 
 impl BlockRequest<'_> {
     /// Whether the request must exclude all other I/O to the LU (COMPARE AND WRITE).
     pub fn needs_exclusive(&self) -> bool {
-        matches!(self, BlockRequest::CompareAndWrite { .. })
+        matches!(
+            self,
+            BlockRequest::CompareAndWrite { .. }
+                | BlockRequest::OrWrite { .. }
+                | BlockRequest::AtomicWrite { .. }
+        )
     }
 
     /// Whether the request only reads the medium (decides MEDIUM ERROR read vs write ASC).
     fn is_read(&self) -> bool {
         matches!(
             self,
-            BlockRequest::Read { .. } | BlockRequest::Compare { .. }
+            BlockRequest::Read { .. }
+                | BlockRequest::Compare { .. }
+                | BlockRequest::LbaStatus { .. }
         )
     }
 }
@@ -125,10 +157,31 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
             backend.read_at(&mut buf, *offset)?;
             Ok(BlockReply::Data(buf))
         }
-        BlockRequest::Write { offset, data, fua } => {
+        BlockRequest::Write { offset, data, fua }
+        | BlockRequest::AtomicWrite { offset, data, fua } => {
             backend.write_at(data, *offset)?;
             flush_if(*fua)?;
             Ok(BlockReply::Done)
+        }
+        BlockRequest::OrWrite { offset, data, fua } => {
+            let mut medium = vec![0u8; data.len()];
+            backend.read_at(&mut medium, *offset)?;
+            for (m, d) in medium.iter_mut().zip(data.iter()) {
+                *m |= d;
+            }
+            backend.write_at(&medium, *offset)?;
+            flush_if(*fua)?;
+            Ok(BlockReply::Done)
+        }
+        BlockRequest::LbaStatus {
+            lba,
+            num_blocks,
+            block_size,
+            alloc,
+        } => {
+            let mut d = lba_status(backend, *lba, *num_blocks, *block_size, *alloc)?;
+            d.truncate(*alloc);
+            Ok(BlockReply::Data(d))
         }
         BlockRequest::Flush => {
             backend.flush()?;
@@ -175,6 +228,38 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
             })
         }
     }
+}
+
+/// Builds GET LBA STATUS parameter data (SBC-3 5.6.2) from the backend's allocation map:
+/// 8-byte header, then 16-byte descriptors (LBA, block count, provisioning status
+/// 0 = mapped, 1 = deallocated) starting at `lba`, as many as fit in `alloc` (at least one,
+/// at most [`MAX_LBA_STATUS_DESCRIPTORS`]).
+fn lba_status(
+    backend: &dyn Backend,
+    lba: u64,
+    num_blocks: u64,
+    block_size: u64,
+    alloc: usize,
+) -> Result<Vec<u8>, BackendError> {
+    let bs = block_size.max(1);
+    let max_descriptors = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
+    let mut descs: Vec<u8> = Vec::new();
+    let mut pos = lba;
+    while pos < num_blocks && descs.len() / 16 < max_descriptors {
+        // At most u32::MAX blocks per descriptor.
+        let span = (num_blocks - pos).min(u64::from(u32::MAX));
+        let (mapped, bytes) = backend.allocation(pos * bs, span * bs)?;
+        let blocks = (bytes / bs).clamp(1, span);
+        descs.extend_from_slice(&pos.to_be_bytes());
+        descs.extend_from_slice(&(blocks as u32).to_be_bytes());
+        descs.push(u8::from(!mapped));
+        descs.extend_from_slice(&[0; 3]);
+        pos += blocks;
+    }
+    let mut d = ((descs.len() + 4) as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(&[0; 4]);
+    d.extend_from_slice(&descs);
+    Ok(d)
 }
 
 /// Discards when the backend can (reads then return zeroes), else writes zeroes.
@@ -358,6 +443,13 @@ pub(super) fn plan<'a>(
         op::UNMAP => plan_unmap(lu, cdb, data_out),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => plan_write_same(lu, cdb, req),
         op::COMPARE_AND_WRITE => plan_compare_and_write(lu, cdb, req),
+        op::PRE_FETCH_10 => plan_prefetch(lu, u64::from(cdb.be32(2)), u64::from(cdb.be16(7))),
+        op::PRE_FETCH_16 => plan_prefetch(lu, cdb.be64(2), u64::from(cdb.be32(10))),
+        op::ORWRITE_16 => plan_orwrite(lu, cdb, data_out),
+        op::WRITE_ATOMIC_16 => plan_write_atomic(lu, cdb, data_out),
+        op::SERVICE_ACTION_IN_16 if cdb.service_action() == op::SA_GET_LBA_STATUS => {
+            plan_get_lba_status(lu, cdb)
+        }
         _ => Err(Sense::new(
             sense::ILLEGAL_REQUEST,
             sense::INVALID_COMMAND_OPCODE,
@@ -604,5 +696,107 @@ fn plan_compare_and_write<'a>(
             fua: flags & 0x08 != 0 || !lu.write_cache_enabled(),
         },
         data_out_length: (2 * half) as u32,
+    })
+}
+
+/// PRE-FETCH(10/16): range-checked (0 blocks = to the end of the LU). There is no cache to
+/// load, so the answer is GOOD ("will not fit"), never CONDITION MET; IMMED changes nothing.
+fn plan_prefetch<'a>(lu: &LogicalUnit, lba: u64, blocks: u64) -> CmdResult<Plan<'a>> {
+    if blocks == 0 {
+        if lba > lu.num_blocks() {
+            return Err(lba_out_of_range());
+        }
+    } else {
+        lu.check_range(lba, blocks)?;
+    }
+    Ok(Plan::Done(ScsiOutcome::good()))
+}
+
+/// ORWRITE(16) (SBC-3 5.8): ORs Data-Out into the medium under the LU's exclusive lock.
+/// ORPROTECT must be 0; the whole Data-Out must be present.
+fn plan_orwrite<'a>(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &'a [u8]) -> CmdResult<Plan<'a>> {
+    let rw = decode_rw(cdb);
+    lu.check_rw(&rw)?;
+    if lu.params().read_only {
+        return Err(write_protected());
+    }
+    let need = lu.bytes(rw.blocks)?;
+    let data_out_length = u32::try_from(need).map_err(|_| lba_out_of_range())?;
+    if rw.blocks == 0 {
+        return Ok(Plan::Done(ScsiOutcome::good()));
+    }
+    let data = data_out.get(..need as usize).ok_or_else(short_data_out)?;
+    Ok(Plan::Io {
+        request: BlockRequest::OrWrite {
+            offset: lu.bytes(rw.lba)?,
+            data,
+            fua: rw.fua || !lu.write_cache_enabled(),
+        },
+        data_out_length,
+    })
+}
+
+/// WRITE ATOMIC(16) (SBC-4 5.48): a WRITE of at most MAXIMUM ATOMIC TRANSFER LENGTH blocks
+/// done under the LU's exclusive lock. Atomic boundaries are not supported (VPD B0h
+/// MAXIMUM ATOMIC BOUNDARY SIZE = 0), so ATOMIC BOUNDARY must be 0.
+fn plan_write_atomic<'a>(
+    lu: &LogicalUnit,
+    cdb: Cdb<'_>,
+    data_out: &'a [u8],
+) -> CmdResult<Plan<'a>> {
+    let flags = cdb.byte(1);
+    if flags >> 5 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(7)));
+    }
+    if cdb.be16(10) != 0 {
+        return Err(Sense::invalid_cdb_field(10, None));
+    }
+    let lba = cdb.be64(2);
+    let blocks = u64::from(cdb.be16(12));
+    if blocks > u64::from(limits_for(lu.params().block_size).max_atomic) {
+        return Err(Sense::invalid_cdb_field(12, None));
+    }
+    lu.check_range(lba, blocks)?;
+    if lu.params().read_only {
+        return Err(write_protected());
+    }
+    let need = lu.bytes(blocks)?;
+    let data_out_length = u32::try_from(need).map_err(|_| lba_out_of_range())?;
+    if blocks == 0 {
+        return Ok(Plan::Done(ScsiOutcome::good()));
+    }
+    // All or nothing: a short Data-Out cannot be written atomically.
+    let data = data_out.get(..need as usize).ok_or_else(short_data_out)?;
+    Ok(Plan::Io {
+        request: BlockRequest::AtomicWrite {
+            offset: lu.bytes(lba)?,
+            data,
+            fua: flags & 0x08 != 0 || !lu.write_cache_enabled(),
+        },
+        data_out_length,
+    })
+}
+
+/// Most LBA status descriptors returned by one GET LBA STATUS.
+const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
+
+/// GET LBA STATUS (SBC-3 5.6): STARTING LBA beyond the last LBA is LBA OUT OF RANGE.
+fn plan_get_lba_status<'a>(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Plan<'a>> {
+    let lba = cdb.be64(2);
+    let alloc = cdb.be32(10) as usize;
+    if lba >= lu.num_blocks() {
+        return Err(lba_out_of_range());
+    }
+    if alloc == 0 {
+        return Ok(Plan::Done(ScsiOutcome::good()));
+    }
+    Ok(Plan::Io {
+        request: BlockRequest::LbaStatus {
+            lba,
+            num_blocks: lu.num_blocks(),
+            block_size: lu.block_size(),
+            alloc,
+        },
+        data_out_length: 0,
     })
 }

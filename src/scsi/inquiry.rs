@@ -112,6 +112,9 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         put32(&mut d, 24, l.granularity);
     }
     d[32..40].copy_from_slice(&u64::from(l.max_write_same).to_be_bytes());
+    // WRITE ATOMIC: MAXIMUM ATOMIC TRANSFER LENGTH; alignment, granularity and the atomic
+    // boundary fields stay 0 (no restrictions / boundaries unsupported).
+    put32(&mut d, 40, l.max_atomic);
     d
 }
 

@@ -14,6 +14,7 @@ mod cdb;
 mod inquiry;
 mod mode;
 mod opcodes;
+mod pr;
 pub mod sense;
 
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
@@ -24,7 +25,7 @@ use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
 use sense::Sense;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// SAM status codes carried in the iSCSI SCSI Response.
 pub mod status {
@@ -50,6 +51,8 @@ mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW: u8 = 0x1E;
@@ -58,18 +61,25 @@ mod op {
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE_16: u8 = 0x8B;
     pub const WRITE_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
     pub const MAINTENANCE_IN: u8 = 0xA3;
@@ -77,9 +87,12 @@ mod op {
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
     /// SERVICE ACTION IN(16) service action: READ CAPACITY(16).
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
+    /// SERVICE ACTION IN(16) service action: GET LBA STATUS.
+    pub const SA_GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN service action: REPORT SUPPORTED OPERATION CODES.
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
 }
@@ -260,6 +273,8 @@ pub struct LogicalUnit {
     /// Ordinary I/O holds this shared; COMPARE AND WRITE holds it exclusively so that its
     /// read-compare-write is atomic against every other writer of the LU.
     io_lock: RwLock<()>,
+    /// Persistent and SPC-2 reservations, shared by all sessions.
+    pr: Mutex<pr::PrState>,
 }
 
 impl LogicalUnit {
@@ -275,6 +290,7 @@ impl LogicalUnit {
             backend,
             num_blocks,
             io_lock: RwLock::new(()),
+            pr: Mutex::new(pr::PrState::default()),
         }
     }
 
@@ -296,6 +312,21 @@ impl LogicalUnit {
     /// The backing storage.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    fn reservations(&self) -> MutexGuard<'_, pr::PrState> {
+        self.pr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// I_T nexus loss: drops the SPC-2 (RESERVE(6)) reservation held by `nexus`.
+    /// Persistent reservation registrations survive.
+    pub fn release_nexus(&self, nexus: &Nexus) {
+        self.reservations().release_nexus(nexus);
+    }
+
+    /// LOGICAL UNIT RESET: releases the SPC-2 reservation (persistent ones are kept).
+    pub fn reset(&self) {
+        self.reservations().reset();
     }
 
     fn set_write_cache(&self, on: bool) {
@@ -328,6 +359,10 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb_field(0, None));
         }
         let done = |o: ScsiOutcome| Ok(Plan::Done(o));
+        let nexus = req.nexus;
+        if self.reservations().conflicts(cdb, nexus) {
+            return done(pr::conflict());
+        }
         match opcode {
             op::TEST_UNIT_READY => done(ScsiOutcome::good()),
             op::REQUEST_SENSE => done(request_sense(cdb, None)),
@@ -357,7 +392,22 @@ impl LogicalUnit {
                 done(ScsiOutcome::good())
             }
             op::READ_CAPACITY_10 => done(ScsiOutcome::with_data(self.read_capacity_10(cdb)?)),
-            op::SERVICE_ACTION_IN_16 => done(ScsiOutcome::with_data(self.read_capacity_16(cdb))),
+            op::SERVICE_ACTION_IN_16 if cdb.service_action() == op::SA_READ_CAPACITY_16 => {
+                done(ScsiOutcome::with_data(self.read_capacity_16(cdb)))
+            }
+            op::RESERVE_6 => done(self.reservations().reserve6(cdb, nexus)),
+            op::RELEASE_6 => done(self.reservations().release6(cdb, nexus)),
+            op::PERSISTENT_RESERVE_IN => done(ScsiOutcome::with_data(
+                self.reservations().persistent_reserve_in(cdb)?,
+            )),
+            op::PERSISTENT_RESERVE_OUT => done(self.reservations().persistent_reserve_out(
+                cdb,
+                nexus,
+                req.data_out,
+            )),
+            op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
+                done(ScsiOutcome::with_data(read_defect_data(cdb)))
+            }
             op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
             _ => block::plan(self, cdb, req),
         }
@@ -416,6 +466,20 @@ impl LogicalUnit {
 /// True when the received CDB is shorter than its opcode's CDB length.
 fn cdb_too_short(cdb: Cdb<'_>) -> bool {
     cdb::cdb_length(cdb.opcode()).is_some_and(|n| cdb.len() < n)
+}
+
+/// READ DEFECT DATA(10)/(12): an empty defect list in the requested format. The P and G
+/// lists are reported valid (and empty) when asked for.
+fn read_defect_data(cdb: Cdb<'_>) -> Vec<u8> {
+    if cdb.opcode() == op::READ_DEFECT_DATA_10 {
+        let mut d = vec![0u8; 4];
+        d[1] = cdb.byte(2) & 0x1F; // PLISTV, GLISTV, format
+        truncate(d, usize::from(cdb.be16(7)))
+    } else {
+        let mut d = vec![0u8; 8];
+        d[1] = cdb.byte(1) & 0x1F;
+        truncate(d, cdb.be32(6) as usize)
+    }
 }
 
 /// Cuts parameter data to the allocation length.
@@ -528,6 +592,28 @@ impl ScsiTarget {
             d.extend_from_slice(&encode_lun(l));
         }
         Ok(truncate(d, alloc as usize))
+    }
+
+    /// I_T nexus loss (session ended): drops the SPC-2 reservations `nexus` holds on every
+    /// LU. Persistent reservation registrations are kept.
+    pub fn release_nexus(&self, nexus: &Nexus) {
+        for lu in &self.luns {
+            lu.release_nexus(nexus);
+        }
+    }
+
+    /// LOGICAL UNIT RESET of `lun`: releases its SPC-2 reservation. Unknown LUNs are ignored.
+    pub fn reset_lun(&self, lun: u64) {
+        if let Some(lu) = self.lun(lun) {
+            lu.reset();
+        }
+    }
+
+    /// TARGET (warm/cold) RESET: releases the SPC-2 reservations of every LU.
+    pub fn reset_target(&self) {
+        for lu in &self.luns {
+            lu.reset();
+        }
     }
 
     /// Flush every LUN's backend (used at shutdown); reports the first failure.

@@ -21,6 +21,14 @@ const fn e(opcode: u8, usage: &'static [u8]) -> OpInfo {
     }
 }
 
+const fn sa(opcode: u8, service_action: u8, usage: &'static [u8]) -> OpInfo {
+    OpInfo {
+        opcode,
+        service_action: Some(service_action),
+        usage,
+    }
+}
+
 const FF: u8 = 0xFF;
 
 /// Every command we implement, ascending by opcode. A bit is set in a usage map only when
@@ -32,6 +40,8 @@ static COMMANDS: &[OpInfo] = &[
     e(op::WRITE_6, &[0x0A, 0x1F, FF, FF, FF, 0]),
     e(op::INQUIRY, &[0x12, 0x01, FF, FF, FF, 0]),
     e(op::MODE_SELECT_6, &[0x15, 0x11, 0, 0, FF, 0]),
+    e(op::RESERVE_6, &[0x16, 0, 0, 0, 0, 0]),
+    e(op::RELEASE_6, &[0x17, 0, 0, 0, 0, 0]),
     e(op::MODE_SENSE_6, &[0x1A, 0x08, FF, FF, FF, 0]),
     e(op::START_STOP_UNIT, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
     e(op::PREVENT_ALLOW, &[0x1E, 0, 0, 0, 0x03, 0]),
@@ -47,8 +57,16 @@ static COMMANDS: &[OpInfo] = &[
     ),
     e(op::VERIFY_10, &[0x2F, 0x16, FF, FF, FF, FF, 0, FF, FF, 0]),
     e(
+        op::PRE_FETCH_10,
+        &[0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
+    ),
+    e(
         op::SYNCHRONIZE_CACHE_10,
         &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
+    ),
+    e(
+        op::READ_DEFECT_DATA_10,
+        &[0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0],
     ),
     e(
         op::WRITE_SAME_10,
@@ -57,6 +75,61 @@ static COMMANDS: &[OpInfo] = &[
     e(op::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
     e(op::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
     e(op::MODE_SENSE_10, &[0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        0,
+        &[0x5E, 0x1F, 0, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        1,
+        &[0x5E, 0x1F, 0, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        2,
+        &[0x5E, 0x1F, 0, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_IN,
+        3,
+        &[0x5E, 0x1F, 0, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        0,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        1,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        2,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        3,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        4,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        5,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
+    sa(
+        op::PERSISTENT_RESERVE_OUT,
+        6,
+        &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
+    ),
     e(
         op::READ_16,
         &[
@@ -76,6 +149,12 @@ static COMMANDS: &[OpInfo] = &[
         ],
     ),
     e(
+        op::ORWRITE_16,
+        &[
+            0x8B, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
+        ],
+    ),
+    e(
         op::WRITE_VERIFY_16,
         &[
             0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
@@ -85,6 +164,12 @@ static COMMANDS: &[OpInfo] = &[
         op::VERIFY_16,
         &[
             0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
+        ],
+    ),
+    e(
+        op::PRE_FETCH_16,
+        &[
+            0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
         ],
     ),
     e(
@@ -99,6 +184,12 @@ static COMMANDS: &[OpInfo] = &[
             0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
         ],
     ),
+    e(
+        op::WRITE_ATOMIC_16,
+        &[
+            0x9C, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
+        ],
+    ),
     OpInfo {
         opcode: op::SERVICE_ACTION_IN_16,
         service_action: Some(op::SA_READ_CAPACITY_16),
@@ -106,6 +197,13 @@ static COMMANDS: &[OpInfo] = &[
             0x9E, 0x1F, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
         ],
     },
+    sa(
+        op::SERVICE_ACTION_IN_16,
+        op::SA_GET_LBA_STATUS,
+        &[
+            0x9E, 0x1F, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
+        ],
+    ),
     e(
         op::REPORT_LUNS,
         &[0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0],
@@ -131,6 +229,10 @@ static COMMANDS: &[OpInfo] = &[
         op::VERIFY_12,
         &[0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
+    e(
+        op::READ_DEFECT_DATA_12,
+        &[0xB7, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
 ];
 
 /// True when `opcode` has service actions (so RSOC must be asked with one).
@@ -149,8 +251,16 @@ fn find(opcode: u8, sa: u8) -> Option<&'static OpInfo> {
 
 /// Whether the LU-level dispatcher implements `opcode` (with service action `sa`).
 /// REPORT LUNS is implemented at target level but listed here so RSOC reports it.
+/// PERSISTENT RESERVE IN/OUT accept every service action here and reject the unknown ones
+/// with INVALID FIELD IN CDB (libiscsi's test_prin_serviceaction_range.c), not as an
+/// unsupported command.
 pub(super) fn is_supported(opcode: u8, sa: u8) -> bool {
-    opcode != op::REPORT_LUNS && find(opcode, sa).is_some()
+    opcode != op::REPORT_LUNS
+        && (find(opcode, sa).is_some()
+            || matches!(
+                opcode,
+                op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT
+            ))
 }
 
 /// The 12-byte command timeouts descriptor (no timeouts specified).
@@ -167,7 +277,8 @@ pub(super) fn report_supported(cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
     let d = match options {
         0 => {
             let desc_len = if rctd { 20 } else { 8 };
-            let mut d = ((COMMANDS.len() * desc_len) as u32).to_be_bytes().to_vec();
+            let count = COMMANDS.len();
+            let mut d = ((count * desc_len) as u32).to_be_bytes().to_vec();
             for c in COMMANDS {
                 d.push(c.opcode);
                 d.push(0);
@@ -220,7 +331,12 @@ mod tests {
     #[test]
     fn table_is_sorted_and_consistent() {
         for w in COMMANDS.windows(2) {
-            assert!(w[0].opcode < w[1].opcode);
+            let key = |c: &OpInfo| (c.opcode, c.service_action);
+            assert!(key(&w[0]) < key(&w[1]));
+            // An opcode has service actions in every entry or in none.
+            if w[0].opcode == w[1].opcode {
+                assert!(w[0].service_action.is_some() && w[1].service_action.is_some());
+            }
         }
         for c in COMMANDS {
             assert_eq!(c.usage[0], c.opcode);

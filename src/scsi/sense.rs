@@ -41,6 +41,8 @@ pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
 pub const LU_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
 /// ASC/ASCQ: invalid field in parameter list.
 pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
+/// ASC/ASCQ: invalid release of persistent reservation.
+pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
 /// ASC/ASCQ: write protected.
 pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
 /// ASC/ASCQ: space allocation failed write protect (thin backing store is full).

@@ -20,6 +20,8 @@ const WORKERS_PER_SESSION: usize = 4;
 #[derive(Default)]
 pub(crate) struct SessionSlot {
     workers: Option<IoWorkers>,
+    /// Target index and I_T nexus of a normal session, for resets and nexus loss.
+    nexus: Option<(usize, Arc<Nexus>)>,
     session: Option<SessionGuard>,
 }
 
@@ -45,8 +47,11 @@ impl SessionSlot {
                 initiator_name: request.initiator_name.clone(),
                 isid: request.isid,
             });
-            match IoWorkers::start(WORKERS_PER_SESSION, scsi, nexus, sink) {
-                Ok(workers) => self.workers = Some(workers),
+            match IoWorkers::start(WORKERS_PER_SESSION, scsi, Arc::clone(&nexus), sink) {
+                Ok(workers) => {
+                    self.workers = Some(workers);
+                    self.nexus = Some((target, nexus));
+                }
                 Err(e) => {
                     log::error!("cannot start I/O workers: {e}");
                     return Err(LoginStatus::OUT_OF_RESOURCES);
@@ -70,9 +75,25 @@ impl SessionSlot {
         }
     }
 
-    /// Lets running commands finish, then unregisters the session.
-    pub(crate) fn release(&mut self) {
+    /// Answers `Reset`: LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET of the session's target.
+    pub(crate) fn reset(&self, shared: &Shared, lun: Option<u64>) {
+        if let Some((target, _)) = &self.nexus {
+            let scsi = &shared.scsi_targets[*target];
+            match lun {
+                Some(lun) => scsi.reset_lun(lun),
+                None => scsi.reset_target(),
+            }
+        }
+    }
+
+    /// Lets running commands finish, applies I_T nexus loss, then unregisters the session
+    /// (a reinstating login waits on that).
+    pub(crate) fn release(&mut self, shared: &Shared) {
         drop(self.workers.take());
+        // I_T nexus loss: SPC-2 reservations of this nexus go; persistent ones stay (SPC-4 §5.13).
+        if let Some((target, nexus)) = self.nexus.take() {
+            shared.scsi_targets[target].release_nexus(&nexus);
+        }
         drop(self.session.take());
     }
 }

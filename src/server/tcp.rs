@@ -178,7 +178,7 @@ fn run_connection(
     driver.run(&inbox);
     let _ = driver.stream.shutdown(Shutdown::Both);
     // Let running commands finish before the session is unregistered (reinstatement waits on it).
-    driver.session.release();
+    driver.session.release(&driver.shared);
     let _ = reader_thread.join();
     log::info!("connection from {peer} closed");
     Ok(())
@@ -268,6 +268,7 @@ impl Driver {
                         self.conn.handle_scsi_complete(id, outcome);
                     }
                 }
+                Action::Reset { lun } => self.session.reset(&self.shared, lun),
                 Action::Close(reason) => {
                     self.flush(&mut out);
                     match reason {

@@ -442,6 +442,7 @@ impl Driver {
                         self.conn.handle_scsi_complete(id, outcome);
                     }
                 }
+                FabricOp::Reset { lun } => self.session.reset(&self.shared, lun),
                 op => self.pending.push_back(op),
             }
         }
@@ -585,7 +586,7 @@ impl Driver {
                 }
                 self.track(posted, wr_id, buffer, Kind::Read { token, len })
             }
-            FabricOp::BindSession(_) | FabricOp::Execute(_) => {
+            FabricOp::BindSession(_) | FabricOp::Execute(_) | FabricOp::Reset { .. } => {
                 unreachable!("handled in pump")
             }
         }
@@ -662,6 +663,6 @@ impl Driver {
         }
         self.inflight.clear();
         self.pending.clear();
-        self.session.release();
+        self.session.release(&self.shared);
     }
 }

@@ -1,0 +1,167 @@
+#!/bin/bash
+# Our target against the Linux kernel initiator (open-iscsi) in the SoftRoCE guest.
+#
+#   scripts/softroce-vm.sh scripts/guest/linux-initiator.sh [tcp|iser]
+#
+# Builds nothing: run `cargo build --release` on the host first (scripts/test.sh does).
+# Starts target/release/iser-target in the guest on $SOFTROCE_ADDR with a RAM LUN and a file
+# LUN, then as the real kernel initiator: discovery, login, disk size, 16 MiB O_DIRECT compare,
+# fio random writes with crc32c verify, mkfs.ext4 + files + fsck, logout and login again with
+# the data still there, SCSI answers through sg3-utils, two sessions at once, a session dropped
+# under fio load, and a clean SIGTERM shutdown. Prints PASS/FAIL per check; exits non-zero on
+# any failure.
+set -euo pipefail
+# shellcheck source=scripts/guest/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
+
+TRANSPORT="${1:-tcp}"
+ADDR="$SOFTROCE_ADDR"
+PORT=3260
+REPO="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd -P)"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
+IQN_A=iqn.2026-11.io.iser-target:guest-a
+IQN_B=iqn.2026-11.io.iser-target:guest-b
+WORK=/run/iser-target-test
+FAILED=0
+
+# disk_of_size IQN BYTES: the disk of the session to IQN with that capacity (LUNs differ in size).
+disk_of_size() {
+    local d
+    for d in $(session_disk "$1"); do
+        if [[ "$(blockdev --getsize64 "$d")" == "$2" ]]; then echo "$d"; fi
+    done
+}
+pass() { sr_log "PASS: $*"; }
+fail() { sr_log "FAIL: $*"; FAILED=$((FAILED + 1)); }
+check() { # check NAME CMD...: run CMD, report PASS/FAIL, never abort the script
+    local name="$1"; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+[[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
+softroce_setup
+mkdir -p "$WORK"
+
+cat >"$WORK/config.yaml" <<EOF
+portals:
+  - { address: $ADDR, port: $PORT, transport: $TRANSPORT }
+targets:
+  - name: $IQN_A
+    luns:
+      - { id: 0, backing: { type: ram, size: 256M } }
+      - { id: 1, backing: { type: file, path: $WORK/lun1.img, size: 128M, create: true }, write_cache: false }
+  - name: $IQN_B
+    luns:
+      - { id: 0, backing: { type: ram, size: 64M } }
+limits: { nop_interval_secs: 5, nop_timeout_secs: 10 }
+EOF
+bg_start target env RUST_LOG=info "$BIN" serve --config "$WORK/config.yaml"
+if [[ $TRANSPORT == iser ]]; then
+    wait_rdma_listen "$ADDR:$PORT" || sr_die "target did not listen (see target.log)"
+else
+    wait_tcp_listen "$ADDR:$PORT" || sr_die "target did not listen (see target.log)"
+fi
+
+# --- discovery and login ------------------------------------------------------------------
+found="$(iscsi_discover "$ADDR" "$TRANSPORT" "$PORT" || true)"
+if grep -q "$IQN_A" <<<"$found" && grep -q "$IQN_B" <<<"$found"; then
+    pass "discovery over $TRANSPORT lists both targets"
+else
+    fail "discovery over $TRANSPORT: got '$found'"
+fi
+# Discovery leaves node records; iscsi_login makes its own, and two records for one portal
+# make iscsiadm log in twice ("session exists").
+iscsiadm -m node -o delete >/dev/null 2>&1 || true
+
+iscsi_login "$ADDR" "$IQN_A" "$TRANSPORT" "$PORT" >/dev/null || sr_die "login to $IQN_A failed"
+sleep 1
+mapfile -t disks < <(session_disk "$IQN_A" | sort)
+[[ ${#disks[@]} -eq 2 ]] || sr_die "expected 2 disks for $IQN_A, got ${disks[*]:-none}"
+ram_disk="$(disk_of_size "$IQN_A" 268435456)"
+file_disk="$(disk_of_size "$IQN_A" 134217728)"
+check "session is $TRANSPORT" test "$(session_transport "$IQN_A")" = "$TRANSPORT"
+check "RAM LUN is 256 MiB ($ram_disk)" test -n "$ram_disk"
+check "file LUN is 128 MiB ($file_disk)" test -n "$file_disk"
+
+# --- data ---------------------------------------------------------------------------------
+check "16 MiB O_DIRECT write/read compare on the RAM LUN" verify_disk "$ram_disk" 16
+check "fio 64 MiB randwrite crc32c verify (qd 16)" fio_verify "$ram_disk" 64M 64k 16
+check "fio 1 MiB requests verify" fio_verify "$ram_disk" 32M 1m 4
+check "fio 4 MiB requests verify" fio_verify "$ram_disk" 64M 4m 2
+
+mkdir -p /mnt/lun1
+if mkfs.ext4 -q -F "$file_disk" && mount "$file_disk" /mnt/lun1; then
+    head -c 8M /dev/urandom >/mnt/lun1/blob
+    sha="$(sha256sum </mnt/lun1/blob)"
+    sync
+    umount /mnt/lun1
+    check "fsck -fn clean after mkfs + files + sync" fsck.ext4 -fn "$file_disk"
+else
+    fail "mkfs.ext4 / mount on the file LUN"
+    sha=""
+fi
+
+# --- SCSI answers through the kernel's path (sg3-utils) -----------------------------------
+check "sg_inq standard" sg_inq "$ram_disk"
+for page in 0x00 0x80 0x83 0xb0 0xb1 0xb2; do
+    check "sg_inq VPD $page" sg_inq --page="$page" "$ram_disk"
+done
+check "sg_readcap -l" sg_readcap -l "$ram_disk"
+check "sg_luns" sg_luns "$ram_disk"
+check "sg_sync" sg_sync "$ram_disk"
+check "sg_unmap" sg_unmap --force --lba=0 --num=8 "$ram_disk"
+check "sg_write_same --unmap" sg_write_same --unmap --lba=8 --num=8 "$ram_disk"
+head -c 1024 /dev/zero >"$WORK/caw"   # compare 512 zero bytes (unmapped), write 512 zero bytes
+check "sg_compare_and_write" sg_compare_and_write --in="$WORK/caw" --lba=0 --num=1 --xferlen=1024 "$ram_disk"
+
+# --- logout, login again: the file LUN kept its data ----------------------------------------
+check "logout" iscsi_logout "$IQN_A"
+iscsi_login "$ADDR" "$IQN_A" "$TRANSPORT" "$PORT" >/dev/null || sr_die "second login failed"
+sleep 1
+file_disk="$(disk_of_size "$IQN_A" 134217728)"
+if [[ -n "$sha" && -n "$file_disk" ]] && mount "$file_disk" /mnt/lun1; then
+    check "file written before logout reads back identical" test "$(sha256sum </mnt/lun1/blob)" = "$sha"
+    umount /mnt/lun1
+else
+    fail "remount the file LUN after logging in again"
+fi
+
+# --- two sessions at once -------------------------------------------------------------------
+iscsi_login "$ADDR" "$IQN_B" "$TRANSPORT" "$PORT" >/dev/null || fail "login to $IQN_B"
+sleep 1
+disk_b="$(session_disk "$IQN_B" | head -n1)"
+ram_disk="$(disk_of_size "$IQN_A" 268435456)"
+fio_verify "$ram_disk" 32M 64k 8 & pa=$!
+fio_verify "$disk_b" 32M 64k 8 & pb=$!
+ra=0 rb=0
+wait "$pa" || ra=$?
+wait "$pb" || rb=$?
+check "two sessions verify concurrently" test "$ra$rb" = 00
+
+# --- faults ------------------------------------------------------------------------------------
+fio --name=load --filename="$disk_b" --direct=1 --ioengine=libaio --rw=randwrite --bs=64k \
+    --iodepth=16 --size=64M --time_based --runtime=30 >/dev/null 2>&1 & load=$!
+sleep 2
+check "logout while fio runs" iscsi_logout "$IQN_B"
+wait "$load" 2>/dev/null || true
+# --thread: fio otherwise runs each job in a child process, which SIGKILL to the parent leaves
+# running (and writing) behind our backs.
+fio --name=kill --thread --filename="$ram_disk" --direct=1 --ioengine=libaio --rw=randrw \
+    --bs=64k --iodepth=16 --size=64M --time_based --runtime=30 >/dev/null 2>&1 & victim=$!
+sleep 2
+kill -KILL "$victim"; wait "$victim" 2>/dev/null || true
+check "I/O after an initiator process was SIGKILLed mid-I/O" verify_disk "$ram_disk" 4
+check "target still up after the faults" kill -0 "$SR_BG_target"
+iscsi_login "$ADDR" "$IQN_B" "$TRANSPORT" "$PORT" >/dev/null && sleep 1
+check "new login after the faults works" test -n "$(session_disk "$IQN_B")"
+
+# --- shutdown -------------------------------------------------------------------------------
+iscsi_logout || true
+check "SIGTERM: clean exit 0" bg_stop target
+check "no suspicious kernel messages" dmesg_check
+
+if ((FAILED)); then
+    sr_log "$FAILED check(s) FAILED"
+    exit 1
+fi
+sr_log "all checks passed over $TRANSPORT"

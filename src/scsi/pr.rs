@@ -1,0 +1,862 @@
+//! Reservations: SPC-4 persistent reservations (PERSISTENT RESERVE IN/OUT) and SPC-2
+//! RESERVE(6)/RELEASE(6), plus the reservation-conflict check every command goes through.
+//!
+//! State lives in one `Mutex<PrState>` per logical unit, shared by all sessions. The LU has
+//! a single target port, so an I_T nexus is identified by the [`Nexus`] alone.
+//! Registrations survive I_T nexus loss; SPC-2 reservations do not (see
+//! [`PrState::release_nexus`]). APTPL is not supported (nothing is persisted).
+
+use super::cdb::Cdb;
+use super::sense::{self, Sense};
+use super::{op, status, truncate, CmdResult, Nexus, ScsiOutcome};
+
+/// Reservation types (SPC-4 Table 193).
+pub(super) mod ty {
+    pub const WRITE_EXCLUSIVE: u8 = 1;
+    pub const EXCLUSIVE_ACCESS: u8 = 3;
+    pub const WE_REGISTRANTS_ONLY: u8 = 5;
+    pub const EA_REGISTRANTS_ONLY: u8 = 6;
+    pub const WE_ALL_REGISTRANTS: u8 = 7;
+    pub const EA_ALL_REGISTRANTS: u8 = 8;
+}
+
+/// PERSISTENT RESERVE OUT service actions.
+mod sa {
+    pub const REGISTER: u8 = 0;
+    pub const RESERVE: u8 = 1;
+    pub const RELEASE: u8 = 2;
+    pub const CLEAR: u8 = 3;
+    pub const PREEMPT: u8 = 4;
+    pub const PREEMPT_AND_ABORT: u8 = 5;
+    pub const REGISTER_AND_IGNORE: u8 = 6;
+}
+
+fn valid_type(t: u8) -> bool {
+    matches!(
+        t,
+        ty::WRITE_EXCLUSIVE
+            | ty::EXCLUSIVE_ACCESS
+            | ty::WE_REGISTRANTS_ONLY
+            | ty::EA_REGISTRANTS_ONLY
+            | ty::WE_ALL_REGISTRANTS
+            | ty::EA_ALL_REGISTRANTS
+    )
+}
+
+fn all_registrants(t: u8) -> bool {
+    matches!(t, ty::WE_ALL_REGISTRANTS | ty::EA_ALL_REGISTRANTS)
+}
+
+/// One registration: an I_T nexus and its reservation key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Registration {
+    nexus: Nexus,
+    key: u64,
+}
+
+/// The persistent reservation: its type and (for non all-registrants types) its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reservation {
+    holder: Nexus,
+    rtype: u8,
+}
+
+/// Reservation state of one logical unit.
+#[derive(Debug, Default)]
+pub(super) struct PrState {
+    generation: u32,
+    /// Registrations in registration order.
+    regs: Vec<Registration>,
+    reservation: Option<Reservation>,
+    /// SPC-2 RESERVE(6) holder.
+    spc2: Option<Nexus>,
+}
+
+/// How a command is treated in the presence of reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Never conflicts (INQUIRY, REQUEST SENSE, PRIN, READ CAPACITY...).
+    Always,
+    /// Reads the medium or the LU state: allowed under Write Exclusive.
+    Read,
+    /// Modifies the medium or LU state: conflicts under every type for non-holders.
+    Write,
+}
+
+/// Persistent-reservation access class of a command (SPC-4 Table 56, SBC-3 Table 13).
+fn pr_access(cdb: Cdb<'_>) -> Access {
+    match cdb.opcode() {
+        op::TEST_UNIT_READY
+        | op::REQUEST_SENSE
+        | op::INQUIRY
+        | op::READ_CAPACITY_10
+        | op::MAINTENANCE_IN
+        | op::PERSISTENT_RESERVE_IN
+        | op::PERSISTENT_RESERVE_OUT => Access::Always,
+        op::SERVICE_ACTION_IN_16 if cdb.service_action() == op::SA_READ_CAPACITY_16 => {
+            Access::Always
+        }
+        op::PREVENT_ALLOW if cdb.byte(4) & 0x03 == 0 => Access::Always,
+        op::READ_6
+        | op::READ_10
+        | op::READ_12
+        | op::READ_16
+        | op::VERIFY_10
+        | op::VERIFY_12
+        | op::VERIFY_16
+        | op::MODE_SENSE_6
+        | op::MODE_SENSE_10
+        | op::PRE_FETCH_10
+        | op::PRE_FETCH_16
+        | op::READ_DEFECT_DATA_10
+        | op::READ_DEFECT_DATA_12
+        | op::SERVICE_ACTION_IN_16 => Access::Read,
+        _ => Access::Write,
+    }
+}
+
+/// Commands a non-holder may still send under an SPC-2 reservation (SPC-2 5.5.1).
+fn spc2_allowed(cdb: Cdb<'_>) -> bool {
+    match cdb.opcode() {
+        op::INQUIRY | op::REQUEST_SENSE | op::RELEASE_6 | op::MAINTENANCE_IN => true,
+        op::PREVENT_ALLOW => cdb.byte(4) & 0x03 == 0,
+        _ => false,
+    }
+}
+
+/// The RESERVATION CONFLICT outcome (no sense data).
+pub(super) fn conflict() -> ScsiOutcome {
+    ScsiOutcome {
+        status: status::RESERVATION_CONFLICT,
+        ..ScsiOutcome::good()
+    }
+}
+
+/// An error result of a PR service action: sense data or RESERVATION CONFLICT.
+enum PrError {
+    Sense(Sense),
+    Conflict,
+}
+
+impl From<Sense> for PrError {
+    fn from(s: Sense) -> Self {
+        PrError::Sense(s)
+    }
+}
+
+fn outcome(r: Result<(), PrError>) -> ScsiOutcome {
+    match r {
+        Ok(()) => ScsiOutcome::good(),
+        Err(PrError::Sense(s)) => ScsiOutcome::from_sense(&s),
+        Err(PrError::Conflict) => conflict(),
+    }
+}
+
+/// Length of the basic PERSISTENT RESERVE OUT parameter list.
+const PROUT_LIST_LEN: usize = 24;
+
+impl PrState {
+    fn key_of(&self, nexus: &Nexus) -> Option<u64> {
+        self.regs.iter().find(|r| &r.nexus == nexus).map(|r| r.key)
+    }
+
+    fn is_registered(&self, nexus: &Nexus) -> bool {
+        self.key_of(nexus).is_some()
+    }
+
+    /// Whether `nexus` holds the persistent reservation (every registrant does for the
+    /// all-registrants types).
+    fn is_holder(&self, nexus: &Nexus) -> bool {
+        match &self.reservation {
+            Some(r) if all_registrants(r.rtype) => self.is_registered(nexus),
+            Some(r) => &r.holder == nexus,
+            None => false,
+        }
+    }
+
+    /// The reservation-conflict check done before any command runs. `true` means the
+    /// command must be answered with RESERVATION CONFLICT.
+    pub(super) fn conflicts(&self, cdb: Cdb<'_>, nexus: &Nexus) -> bool {
+        if let Some(h) = &self.spc2 {
+            if h != nexus && !spc2_allowed(cdb) {
+                return true;
+            }
+        }
+        let Some(res) = &self.reservation else {
+            return false;
+        };
+        // Under a persistent reservation RESERVE/RELEASE(6) always conflict (SPC-4 5.13.3).
+        if matches!(cdb.opcode(), op::RESERVE_6 | op::RELEASE_6) {
+            return true;
+        }
+        if self.is_holder(nexus) {
+            return false;
+        }
+        let access = pr_access(cdb);
+        if access == Access::Always {
+            return false;
+        }
+        let registered = self.is_registered(nexus);
+        match res.rtype {
+            ty::WRITE_EXCLUSIVE => access == Access::Write,
+            ty::EXCLUSIVE_ACCESS => true,
+            ty::WE_REGISTRANTS_ONLY | ty::WE_ALL_REGISTRANTS => {
+                !registered && access == Access::Write
+            }
+            _ => !registered, // EA registrants only / all registrants
+        }
+    }
+
+    /// Drops the SPC-2 reservation held by `nexus` (I_T nexus loss). Registrations stay.
+    pub(super) fn release_nexus(&mut self, nexus: &Nexus) {
+        if self.spc2.as_ref() == Some(nexus) {
+            self.spc2 = None;
+        }
+    }
+
+    /// LU reset: SPC-2 reservations are released; persistent reservations are kept.
+    pub(super) fn reset(&mut self) {
+        self.spc2 = None;
+    }
+
+    /// RESERVE(6): conflicts with another nexus's SPC-2 reservation or any persistent
+    /// reservation (checked by [`PrState::conflicts`] before we get here).
+    pub(super) fn reserve6(&mut self, cdb: Cdb<'_>, nexus: &Nexus) -> ScsiOutcome {
+        // Third-party and extent reservations (obsolete in SPC-2) are not supported.
+        if cdb.byte(1) & 0x13 != 0 {
+            return ScsiOutcome::from_sense(&Sense::invalid_cdb_field(1, None));
+        }
+        match &self.spc2 {
+            Some(h) if h != nexus => conflict(),
+            _ => {
+                self.spc2 = Some(nexus.clone());
+                ScsiOutcome::good()
+            }
+        }
+    }
+
+    /// RELEASE(6): releases our SPC-2 reservation; a no-op for anyone else.
+    pub(super) fn release6(&mut self, cdb: Cdb<'_>, nexus: &Nexus) -> ScsiOutcome {
+        if cdb.byte(1) & 0x13 != 0 {
+            return ScsiOutcome::from_sense(&Sense::invalid_cdb_field(1, None));
+        }
+        if self.spc2.as_ref() == Some(nexus) {
+            self.spc2 = None;
+        }
+        ScsiOutcome::good()
+    }
+
+    /// PERSISTENT RESERVE IN (SPC-4 6.16).
+    pub(super) fn persistent_reserve_in(&self, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
+        let alloc = usize::from(cdb.be16(7));
+        let mut d = self.generation.to_be_bytes().to_vec();
+        match cdb.service_action() {
+            0 => {
+                // READ KEYS
+                d.extend_from_slice(&((self.regs.len() * 8) as u32).to_be_bytes());
+                for r in &self.regs {
+                    d.extend_from_slice(&r.key.to_be_bytes());
+                }
+            }
+            1 => {
+                // READ RESERVATION
+                match &self.reservation {
+                    None => d.extend_from_slice(&0u32.to_be_bytes()),
+                    Some(r) => {
+                        d.extend_from_slice(&16u32.to_be_bytes());
+                        let key = if all_registrants(r.rtype) {
+                            0
+                        } else {
+                            self.key_of(&r.holder).unwrap_or(0)
+                        };
+                        d.extend_from_slice(&key.to_be_bytes());
+                        d.extend_from_slice(&[0; 4]);
+                        d.extend_from_slice(&[0, r.rtype, 0, 0]); // scope 0 (LU) | type
+                    }
+                }
+            }
+            2 => {
+                // REPORT CAPABILITIES
+                d = vec![
+                    0x00,
+                    0x08,                             // length
+                    0x10,                             // CRH; SIP_C, ATP_C, PTPL_C = 0
+                    0x90, // TMV, ALLOW COMMANDS = 001b (TUR allowed under WE/EA)
+                    0x80 | 0x40 | 0x20 | 0x08 | 0x02, // WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
+                    0x01, // EX_AC_AR
+                    0,
+                    0,
+                ];
+            }
+            3 => {
+                // READ FULL STATUS
+                let mut descs = Vec::new();
+                for r in &self.regs {
+                    let holder = self.is_holder(&r.nexus);
+                    descs.extend_from_slice(&r.key.to_be_bytes());
+                    descs.extend_from_slice(&[0; 4]);
+                    descs.push(u8::from(holder)); // ALL_TG_PT = 0, R_HOLDER
+                    descs.push(match (&self.reservation, holder) {
+                        (Some(res), true) => res.rtype,
+                        _ => 0,
+                    });
+                    descs.extend_from_slice(&[0; 4]);
+                    descs.extend_from_slice(&1u16.to_be_bytes()); // relative target port 1
+                    let tid = transport_id(&r.nexus);
+                    descs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+                    descs.extend_from_slice(&tid);
+                }
+                d.extend_from_slice(&(descs.len() as u32).to_be_bytes());
+                d.extend_from_slice(&descs);
+            }
+            _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
+        }
+        Ok(truncate(d, alloc))
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 6.17). Returns the outcome and the Data-Out length the
+    /// command called for.
+    pub(super) fn persistent_reserve_out(
+        &mut self,
+        cdb: Cdb<'_>,
+        nexus: &Nexus,
+        data_out: &[u8],
+    ) -> ScsiOutcome {
+        let plen = cdb.be32(5);
+        outcome(self.prout(cdb, nexus, data_out, plen as usize)).with_data_out_length(plen)
+    }
+
+    fn prout(
+        &mut self,
+        cdb: Cdb<'_>,
+        nexus: &Nexus,
+        data_out: &[u8],
+        plen: usize,
+    ) -> Result<(), PrError> {
+        let action = cdb.service_action();
+        if action > sa::REGISTER_AND_IGNORE {
+            // REGISTER AND MOVE and reserved service actions.
+            return Err(Sense::invalid_cdb_field(1, Some(4)).into());
+        }
+        let scope = cdb.byte(2) >> 4;
+        let rtype = cdb.byte(2) & 0x0F;
+        let list_len_error =
+            || Sense::new(sense::ILLEGAL_REQUEST, sense::PARAMETER_LIST_LENGTH_ERROR);
+        if plen != PROUT_LIST_LEN {
+            return Err(list_len_error().into());
+        }
+        let list = Cdb::new(data_out.get(..PROUT_LIST_LEN).ok_or_else(list_len_error)?);
+        let rk = list.be64(0);
+        let sark = list.be64(8);
+        let flags = list.byte(20);
+        if flags & 0x08 != 0 {
+            return Err(Sense::invalid_param_field(20).into()); // SPEC_I_PT: SIP_C = 0
+        }
+        if flags & 0x04 != 0 {
+            return Err(Sense::invalid_param_field(20).into()); // ALL_TG_PT: ATP_C = 0
+        }
+        if flags & 0x01 != 0 {
+            return Err(Sense::invalid_param_field(20).into()); // APTPL: PTPL_C = 0
+        }
+        let needs_type = matches!(
+            action,
+            sa::RESERVE | sa::RELEASE | sa::PREEMPT | sa::PREEMPT_AND_ABORT
+        );
+        if needs_type {
+            if scope != 0 {
+                return Err(Sense::invalid_cdb_field(2, Some(7)).into());
+            }
+            if !valid_type(rtype) {
+                return Err(Sense::invalid_cdb_field(2, Some(3)).into());
+            }
+        }
+        let current = self.key_of(nexus);
+        if action == sa::REGISTER || action == sa::REGISTER_AND_IGNORE {
+            if action == sa::REGISTER && current.unwrap_or(0) != rk {
+                return Err(PrError::Conflict);
+            }
+            match (current, sark) {
+                (None, 0) => {}
+                (None, k) => {
+                    self.regs.push(Registration {
+                        nexus: nexus.clone(),
+                        key: k,
+                    });
+                    self.generation = self.generation.wrapping_add(1);
+                }
+                (Some(_), 0) => {
+                    self.unregister(nexus);
+                    self.generation = self.generation.wrapping_add(1);
+                }
+                (Some(_), k) => {
+                    if let Some(r) = self.regs.iter_mut().find(|r| &r.nexus == nexus) {
+                        r.key = k;
+                    }
+                    self.generation = self.generation.wrapping_add(1);
+                }
+            }
+            return Ok(());
+        }
+        // Every other service action needs a registered nexus with the matching key.
+        if current != Some(rk) {
+            return Err(PrError::Conflict);
+        }
+        match action {
+            sa::RESERVE => match &self.reservation {
+                None => {
+                    self.reservation = Some(Reservation {
+                        holder: nexus.clone(),
+                        rtype,
+                    });
+                    Ok(())
+                }
+                Some(r) if self.is_holder(nexus) && r.rtype == rtype => Ok(()),
+                Some(_) => Err(PrError::Conflict),
+            },
+            sa::RELEASE => match &self.reservation {
+                Some(r) if self.is_holder(nexus) => {
+                    if r.rtype != rtype {
+                        return Err(Sense::new(
+                            sense::ILLEGAL_REQUEST,
+                            sense::INVALID_RELEASE_OF_PR,
+                        )
+                        .into());
+                    }
+                    self.reservation = None;
+                    Ok(())
+                }
+                _ => Ok(()), // not the holder / no reservation: GOOD, nothing changes
+            },
+            sa::CLEAR => {
+                self.regs.clear();
+                self.reservation = None;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(())
+            }
+            _ => self.preempt(nexus, sark, rtype),
+        }
+    }
+
+    /// Removes `nexus`'s registration; releases the reservation when it was the holder
+    /// (or the last registrant of an all-registrants reservation).
+    fn unregister(&mut self, nexus: &Nexus) {
+        let was_holder = self.is_holder(nexus);
+        self.regs.retain(|r| &r.nexus != nexus);
+        if let Some(res) = &self.reservation {
+            let release = if all_registrants(res.rtype) {
+                self.regs.is_empty()
+            } else {
+                was_holder
+            };
+            if release {
+                self.reservation = None;
+            }
+        }
+    }
+
+    /// PREEMPT / PREEMPT AND ABORT (SPC-4 5.13.11.4). Task abort is not needed: commands
+    /// of other nexuses are not queued behind reservations here.
+    fn preempt(&mut self, nexus: &Nexus, sark: u64, rtype: u8) -> Result<(), PrError> {
+        let Some(res) = self.reservation.clone() else {
+            if sark == 0 {
+                return Err(Sense::invalid_param_field(8).into());
+            }
+            return self.remove_key(nexus, sark);
+        };
+        if all_registrants(res.rtype) {
+            if sark == 0 {
+                // Remove every other registration and take the reservation.
+                self.regs.retain(|r| &r.nexus == nexus);
+                self.reservation = Some(Reservation {
+                    holder: nexus.clone(),
+                    rtype,
+                });
+                self.generation = self.generation.wrapping_add(1);
+                return Ok(());
+            }
+            return self.remove_key(nexus, sark);
+        }
+        let holder_key = self.key_of(&res.holder);
+        if Some(sark) == holder_key {
+            self.regs.retain(|r| r.key != sark || &r.nexus == nexus);
+            self.reservation = Some(Reservation {
+                holder: nexus.clone(),
+                rtype,
+            });
+            self.generation = self.generation.wrapping_add(1);
+            return Ok(());
+        }
+        if sark == 0 {
+            return Err(Sense::invalid_param_field(8).into());
+        }
+        self.remove_key(nexus, sark)
+    }
+
+    /// Removes the registrations with key `sark` (other than `nexus`'s); none ⇒ conflict.
+    fn remove_key(&mut self, nexus: &Nexus, sark: u64) -> Result<(), PrError> {
+        let victims: Vec<Nexus> = self
+            .regs
+            .iter()
+            .filter(|r| r.key == sark && &r.nexus != nexus)
+            .map(|r| r.nexus.clone())
+            .collect();
+        if victims.is_empty() {
+            return Err(PrError::Conflict);
+        }
+        for v in &victims {
+            self.unregister(v);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        Ok(())
+    }
+}
+
+/// iSCSI TransportID, format 01b (initiator port name: `name,i,0x<ISID>`), SPC-4 7.6.4.6:
+/// NUL-terminated and padded to a multiple of 4 bytes.
+fn transport_id(nexus: &Nexus) -> Vec<u8> {
+    let mut name = nexus.initiator_port().into_bytes();
+    name.push(0);
+    while name.len() % 4 != 0 {
+        name.push(0);
+    }
+    let mut t = vec![0x40 | 0x05, 0];
+    t.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    t.extend_from_slice(&name);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sense::*;
+    use super::super::testutil::*;
+    use super::super::{status, LogicalUnit, ScsiOutcome, ScsiRequest, ScsiTarget, TaskAttr};
+    use super::*;
+
+    fn nexus(name: &str, last: u8) -> Nexus {
+        Nexus {
+            initiator_name: name.into(),
+            isid: [0x80, 0, 0, 0, 0, last],
+        }
+    }
+
+    fn run_as(lu: &LogicalUnit, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> ScsiOutcome {
+        let mut c = [0u8; 16];
+        c[..cdb.len()].copy_from_slice(cdb);
+        lu.execute(&ScsiRequest {
+            nexus: n,
+            lun: 0,
+            cdb: &c,
+            data_out,
+            expected_transfer_length: data_out.len() as u32,
+            task_attr: TaskAttr::Simple,
+        })
+    }
+
+    fn prout_cdb(action: u8, rtype: u8) -> Vec<u8> {
+        vec![0x5F, action, rtype, 0, 0, 0, 0, 0, 24, 0]
+    }
+
+    fn params(rk: u64, sark: u64, flags: u8) -> Vec<u8> {
+        let mut p = rk.to_be_bytes().to_vec();
+        p.extend_from_slice(&sark.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, flags, 0, 0, 0]);
+        p
+    }
+
+    fn prout(lu: &LogicalUnit, n: &Nexus, action: u8, rtype: u8, rk: u64, sark: u64) -> u8 {
+        let o = run_as(lu, n, &prout_cdb(action, rtype), &params(rk, sark, 0));
+        assert!(
+            o.status != status::CHECK_CONDITION,
+            "sense {:02x?}",
+            o.sense
+        );
+        o.status
+    }
+
+    fn prin(lu: &LogicalUnit, n: &Nexus, action: u8) -> Vec<u8> {
+        let o = run_as(lu, n, &[0x5E, action, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]);
+        assert_good(&o);
+        o.data_in
+    }
+
+    fn be32(d: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(d[at..at + 4].try_into().unwrap())
+    }
+
+    fn keys(lu: &LogicalUnit, n: &Nexus) -> (u32, Vec<u64>) {
+        let d = prin(lu, n, 0);
+        let keys = d[8..]
+            .chunks(8)
+            .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+            .collect();
+        assert_eq!(be32(&d, 4) as usize, d.len() - 8);
+        (be32(&d, 0), keys)
+    }
+
+    /// (read allowed, write allowed) for `n`.
+    fn access(lu: &LogicalUnit, n: &Nexus) -> (bool, bool) {
+        let r = run_as(lu, n, &read16(0, 1), &[]).status;
+        let w = run_as(lu, n, &write16(0, 1, false), &[0u8; 512]).status;
+        for s in [r, w] {
+            assert!(s == status::GOOD || s == status::RESERVATION_CONFLICT);
+        }
+        (r == status::GOOD, w == status::GOOD)
+    }
+
+    const GOOD: u8 = status::GOOD;
+    const CONFLICT: u8 = status::RESERVATION_CONFLICT;
+
+    #[test]
+    fn register_unregister_and_generation() {
+        let lu = ram_lu(64, 512);
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(keys(&lu, &a), (0, vec![]));
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0, 0x11), GOOD);
+        assert_eq!(prout(&lu, &b, sa::REGISTER_AND_IGNORE, 0, 0, 0x22), GOOD);
+        assert_eq!(keys(&lu, &a), (2, vec![0x11, 0x22]));
+        // Re-register with the wrong key conflicts; with the right key changes it.
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0x99, 0x33), CONFLICT);
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0, 0x33), CONFLICT);
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0x11, 0x33), GOOD);
+        assert_eq!(keys(&lu, &b), (3, vec![0x33, 0x22]));
+        // Unregister; unregistering an unregistered nexus is a no-op.
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0x33, 0), GOOD);
+        assert_eq!(prout(&lu, &a, sa::REGISTER_AND_IGNORE, 0, 0, 0), GOOD);
+        assert_eq!(keys(&lu, &b), (4, vec![0x22]));
+        // Truncated READ KEYS keeps the additional length.
+        let o = run_as(&lu, &a, &[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[]);
+        assert_eq!(o.data_in.len(), 8);
+        assert_eq!(be32(&o.data_in, 4), 8);
+    }
+
+    #[test]
+    fn parameter_list_validation() {
+        let lu = ram_lu(64, 512);
+        let a = nexus("iqn.a", 1);
+        let mut cdb = prout_cdb(sa::REGISTER, 0);
+        cdb[8] = 20;
+        let o = run_as(&lu, &a, &cdb, &params(0, 1, 0)[..20]);
+        assert_check(&o, ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR);
+        let o = run_as(&lu, &a, &prout_cdb(sa::REGISTER, 0), &params(0, 1, 0)[..10]);
+        assert_check(&o, ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR);
+        for flags in [0x01, 0x04, 0x08] {
+            let o = run_as(&lu, &a, &prout_cdb(sa::REGISTER, 0), &params(0, 1, flags));
+            assert_check(&o, ILLEGAL_REQUEST, INVALID_FIELD_IN_PARAMETER_LIST);
+        }
+        assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0, 1), GOOD);
+        // Bad type, bad scope, REGISTER AND MOVE, unknown PRIN service action.
+        for cdb in [
+            prout_cdb(sa::RESERVE, 2),
+            prout_cdb(sa::RESERVE, 0x11),
+            prout_cdb(7, 1),
+        ] {
+            let o = run_as(&lu, &a, &cdb, &params(1, 0, 0));
+            assert_check(&o, ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB);
+        }
+        for action in 4..0x20 {
+            let o = run_as(&lu, &a, &[0x5E, action, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]);
+            assert_check(&o, ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB);
+        }
+    }
+
+    #[test]
+    fn access_per_reservation_type() {
+        // (type, registered other: read, write; unregistered other: read, write)
+        let table = [
+            (ty::WRITE_EXCLUSIVE, (true, false), (true, false)),
+            (ty::EXCLUSIVE_ACCESS, (false, false), (false, false)),
+            (ty::WE_REGISTRANTS_ONLY, (true, true), (true, false)),
+            (ty::EA_REGISTRANTS_ONLY, (true, true), (false, false)),
+            (ty::WE_ALL_REGISTRANTS, (true, true), (true, false)),
+            (ty::EA_ALL_REGISTRANTS, (true, true), (false, false)),
+        ];
+        for (rtype, reg, unreg) in table {
+            let lu = ram_lu(64, 512);
+            let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+            assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0, 0xA), GOOD);
+            assert_eq!(prout(&lu, &b, sa::REGISTER, 0, 0, 0xB), GOOD);
+            assert_eq!(prout(&lu, &a, sa::RESERVE, rtype, 0xA, 0), GOOD);
+            // Reserving again with the same type is fine; another type conflicts.
+            assert_eq!(prout(&lu, &a, sa::RESERVE, rtype, 0xA, 0), GOOD);
+            let other = if rtype == 1 { 3 } else { 1 };
+            assert_eq!(prout(&lu, &a, sa::RESERVE, other, 0xA, 0), CONFLICT);
+            let rr = prin(&lu, &b, 1);
+            assert_eq!(be32(&rr, 4), 16);
+            let key = if all_registrants(rtype) { 0 } else { 0xA };
+            assert_eq!(u64::from_be_bytes(rr[8..16].try_into().unwrap()), key);
+            assert_eq!(rr[21], rtype);
+            assert_eq!(access(&lu, &a), (true, true), "type {rtype}");
+            assert_eq!(access(&lu, &b), reg, "type {rtype} registered");
+            // Always-allowed commands.
+            for cdb in [
+                &[0x12u8, 0, 0, 0, 36, 0][..],
+                &[0x00],
+                &[0x25],
+                &[0x03, 0, 0, 0, 18],
+            ] {
+                assert_eq!(run_as(&lu, &b, cdb, &[]).status, GOOD);
+            }
+            assert_eq!(prout(&lu, &b, sa::REGISTER, 0, 0xB, 0), GOOD);
+            assert_eq!(access(&lu, &b), unreg, "type {rtype} unregistered");
+            // Mode sense follows reads, mode select / sync cache / unmap follow writes.
+            let ms = run_as(&lu, &b, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).status;
+            assert_eq!(ms == GOOD, unreg.0);
+            let sc = run_as(&lu, &b, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).status;
+            assert_eq!(sc, CONFLICT);
+            // A release by a non-holder is a no-op; by the holder with the wrong type fails.
+            assert_eq!(prout(&lu, &b, sa::REGISTER, 0, 0, 0xB), GOOD);
+            if !all_registrants(rtype) {
+                assert_eq!(prout(&lu, &b, sa::RELEASE, rtype, 0xB, 0), GOOD);
+                assert_eq!(prin(&lu, &a, 1)[21], rtype);
+            }
+            let o = run_as(&lu, &a, &prout_cdb(sa::RELEASE, other), &params(0xA, 0, 0));
+            assert_check(&o, ILLEGAL_REQUEST, INVALID_RELEASE_OF_PR);
+            assert_eq!(prout(&lu, &a, sa::RELEASE, rtype, 0xA, 0), GOOD);
+            assert_eq!(be32(&prin(&lu, &a, 1), 4), 0);
+            assert_eq!(access(&lu, &b), (true, true));
+        }
+    }
+
+    #[test]
+    fn unregistering_the_holder_releases_unless_all_registrants() {
+        for (rtype, kept) in [(ty::WRITE_EXCLUSIVE, false), (ty::EA_ALL_REGISTRANTS, true)] {
+            let lu = ram_lu(64, 512);
+            let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+            prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+            prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+            assert_eq!(prout(&lu, &a, sa::RESERVE, rtype, 0xA, 0), GOOD);
+            assert_eq!(prout(&lu, &a, sa::REGISTER, 0, 0xA, 0), GOOD);
+            assert_eq!(be32(&prin(&lu, &b, 1), 4) == 16, kept);
+            if kept {
+                assert_eq!(prout(&lu, &b, sa::REGISTER, 0, 0xB, 0), GOOD);
+                assert_eq!(be32(&prin(&lu, &b, 1), 4), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn preempt_and_clear() {
+        let lu = ram_lu(64, 512);
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+        prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+        // No reservation: PREEMPT removes the registration, bumps the generation.
+        let (gen, _) = keys(&lu, &a);
+        assert_eq!(prout(&lu, &b, sa::PREEMPT, 3, 0xB, 0xA), GOOD);
+        assert_eq!(keys(&lu, &b), (gen + 1, vec![0xB]));
+        // Unknown key: conflict; unregistered preemptor: conflict.
+        assert_eq!(prout(&lu, &b, sa::PREEMPT, 3, 0xB, 0x77), CONFLICT);
+        assert_eq!(prout(&lu, &a, sa::PREEMPT, 3, 0xA, 0xB), CONFLICT);
+        // Preempting the holder moves the reservation, with the new type.
+        prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+        assert_eq!(
+            prout(&lu, &a, sa::RESERVE, ty::EXCLUSIVE_ACCESS, 0xA, 0),
+            GOOD
+        );
+        assert_eq!(access(&lu, &b), (false, false));
+        assert_eq!(
+            prout(
+                &lu,
+                &b,
+                sa::PREEMPT_AND_ABORT,
+                ty::WRITE_EXCLUSIVE,
+                0xB,
+                0xA
+            ),
+            GOOD
+        );
+        let rr = prin(&lu, &b, 1);
+        assert_eq!(u64::from_be_bytes(rr[8..16].try_into().unwrap()), 0xB);
+        assert_eq!(rr[21], ty::WRITE_EXCLUSIVE);
+        assert_eq!(keys(&lu, &b).1, vec![0xB]);
+        assert_eq!(access(&lu, &a), (true, false));
+        // CLEAR needs a registered key; it drops everything.
+        assert_eq!(prout(&lu, &a, sa::CLEAR, 0, 0xA, 0), CONFLICT);
+        let (gen, _) = keys(&lu, &a);
+        assert_eq!(prout(&lu, &b, sa::CLEAR, 0, 0xB, 0), GOOD);
+        assert_eq!(keys(&lu, &a), (gen + 1, vec![]));
+        assert_eq!(be32(&prin(&lu, &a, 1), 4), 0);
+        assert_eq!(access(&lu, &a), (true, true));
+    }
+
+    #[test]
+    fn report_capabilities_and_full_status() {
+        let lu = ram_lu(64, 512);
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 0xEF));
+        let caps = prin(&lu, &a, 2);
+        assert_eq!(caps.len(), 8);
+        assert_eq!(u16::from_be_bytes([caps[0], caps[1]]), 8);
+        assert_eq!(caps[2] & 0x0D, 0); // SIP_C, ATP_C, PTPL_C
+        assert_eq!(u16::from_be_bytes([caps[4], caps[5]]), 0xEA01);
+        prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+        prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+        prout(&lu, &b, sa::RESERVE, ty::WE_REGISTRANTS_ONLY, 0xB, 0);
+        let d = prin(&lu, &a, 3);
+        assert_eq!(be32(&d, 0), 2);
+        assert_eq!(be32(&d, 4) as usize, d.len() - 8);
+        let mut at = 8;
+        let mut seen = Vec::new();
+        while at < d.len() {
+            let key = u64::from_be_bytes(d[at..at + 8].try_into().unwrap());
+            let holder = d[at + 12] & 1 == 1;
+            let tid_len = be32(&d, at + 20) as usize;
+            let tid = &d[at + 24..at + 24 + tid_len];
+            assert_eq!(tid[0], 0x45);
+            assert_eq!(u16::from_be_bytes([tid[2], tid[3]]) as usize, tid_len - 4);
+            assert_eq!(tid_len % 4, 0);
+            let name: Vec<u8> = tid[4..].iter().copied().take_while(|&c| c != 0).collect();
+            seen.push((key, holder, d[at + 13], String::from_utf8(name).unwrap()));
+            at += 24 + tid_len;
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0xA, false, 0, "iqn.a,i,0x800000000001".to_string()),
+                (0xB, true, 5, "iqn.b,i,0x8000000000ef".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn reserve6_conflicts_and_is_released_on_nexus_loss() {
+        let lu = ram_lu(64, 512);
+        let t = ScsiTarget::new(vec![lu.clone()]);
+        let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+        assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
+        assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
+        assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, CONFLICT);
+        assert_eq!(run_as(&lu, &b, &[0x17], &[]).status, GOOD); // no-op
+        assert_eq!(access(&lu, &b), (false, false));
+        assert_eq!(
+            run_as(&lu, &b, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).status,
+            CONFLICT
+        );
+        assert_eq!(run_as(&lu, &b, &[0x12, 0, 0, 0, 36, 0], &[]).status, GOOD);
+        assert_eq!(
+            run_as(&lu, &a, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).status,
+            GOOD
+        );
+        assert_eq!(access(&lu, &a), (true, true));
+        t.release_nexus(&b);
+        assert_eq!(access(&lu, &b), (false, false));
+        t.release_nexus(&a);
+        assert_eq!(access(&lu, &b), (true, true));
+        assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
+        t.reset_lun(1); // not ours: nothing happens
+        assert_eq!(access(&lu, &a), (false, false));
+        t.reset_lun(0);
+        assert_eq!(access(&lu, &a), (true, true));
+        assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
+        assert_eq!(run_as(&lu, &a, &[0x17], &[]).status, GOOD);
+        assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
+        t.reset_target();
+        assert_eq!(access(&lu, &a), (true, true));
+        // Persistent registrations survive nexus loss; RESERVE(6) conflicts under a PR.
+        prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+        prout(&lu, &a, sa::RESERVE, ty::WRITE_EXCLUSIVE, 0xA, 0);
+        t.release_nexus(&a);
+        assert_eq!(keys(&lu, &b).1, vec![0xA]);
+        assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, CONFLICT);
+        assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, CONFLICT);
+    }
+}
