@@ -37,6 +37,7 @@ pub const SOFTROCE_HINT: &str =
 
 /// Receive buffer stride: the adapter's buffer size rounded to 64 bytes.
 const RECV_STRIDE: usize = RECV_BUFFER_LEN.div_ceil(64) * 64;
+const _: () = assert!(RECV_STRIDE >= RECV_BUFFER_LEN && RECV_STRIDE % 64 == 0);
 /// Receive buffers beyond the CmdSN window: immediate PDUs (NOP-Out, TMF, Logout, Text) and
 /// NOP-Out answers to our pings (brief §4.3).
 const RECV_HEADROOM: u32 = 16;
@@ -435,4 +436,64 @@ pub fn rdma_available() -> bool {
                 .any(|p| p.state == rdma_ffi::PortState::Active)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizing_follows_the_limits() {
+        let s = Sizing::new(&Limits::default());
+        assert_eq!(s.recv_slots, 128 + RECV_HEADROOM);
+        assert_eq!(s.max_send_wr, 2 * 128 + SEND_HEADROOM);
+        assert_eq!(s.arena, 2 << 20, "4 x 512 KiB");
+        let big = Sizing::new(&Limits {
+            max_io_size: 16 << 20,
+            ..Limits::default()
+        });
+        assert_eq!(big.arena, 64 << 20, "clamped");
+    }
+
+    #[test]
+    fn bind_errors_say_what_is_missing() {
+        let addr: SocketAddr = "192.0.2.1:3260".parse().unwrap();
+        let os = |errno| rdma_ffi::Error::Os {
+            op: "rdma_bind_addr",
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::ENODEV, libc::EADDRNOTAVAIL] {
+            let m = describe_bind_error(addr, &os(errno));
+            assert!(m.contains("not an address of an RDMA device"), "{m}");
+            assert!(m.contains("rdma link add rxe0 type rxe"), "{m}");
+        }
+        assert!(describe_bind_error(addr, &os(libc::EADDRINUSE)).contains("already uses"));
+    }
+
+    /// On a host without RDMA (CI), an iSER portal fails at start-up with advice instead of
+    /// serving TCP only.
+    #[test]
+    fn iser_portal_without_rdma_fails_at_start() {
+        if rdma_ffi::list_devices().is_ok_and(|d| !d.is_empty()) {
+            eprintln!("skipped: this host has an RDMA device");
+            return;
+        }
+        let config = crate::config::Config::from_yaml_str(
+            "portals: [{address: 127.0.0.1, port: 1, transport: iser}]\n\
+             targets: [{name: iqn.2026-11.org.example:t, luns: [{backing: {type: ram, size: 1M}}]}]\n",
+        )
+        .unwrap();
+        let err = match crate::server::Server::start(&config) {
+            Ok(server) => {
+                let _ = server.shutdown();
+                panic!("started without an RDMA device");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("no RDMA device") || err.contains("cannot list"),
+            "{err}"
+        );
+        assert!(err.contains("rdma link add"), "{err}");
+    }
 }
