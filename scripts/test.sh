@@ -6,7 +6,8 @@
 #   3. whole-binary tests against libiscsi's initiators over 127.0.0.1, including
 #      iscsi-test-cu on a RAM LUN and a file LUN (release build)
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
-#      initiator in a QEMU guest
+#      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
+#      and our target against the kernel initiator over TCP and over iSER
 #
 # Environment: SKIP_VM=1 skips tier 4 (says so loudly); everything else always runs.
 set -euo pipefail
@@ -60,9 +61,11 @@ else
     else
         log "rdma-ffi on rxe: connect, Send, 1 MiB RDMA READ/WRITE, drop and kill teardown"
         scripts/guest/rdma-ffi-test.sh
-        log "the Linux kernel initiator (open-iscsi) against our target over TCP"
         cargo build --release --bin iser-target
+        log "the Linux kernel initiator (open-iscsi) against our target over TCP"
         scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
+        log "open-iscsi (ib_iser) and libiscsi against our target over iSER on rxe"
+        scripts/softroce-vm.sh scripts/guest/iser-basic.sh
     fi
 fi
 
