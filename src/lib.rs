@@ -5,7 +5,7 @@
 //! - [`scsi`]: SPC-4/SBC-3 command handling; failures become sense data.
 //! - [`iscsi`]: the sans-IO iSCSI core (PDU codec, text negotiation, login, sessions).
 //! - [`config`]: the YAML configuration and its validation.
-//! - [`server`]: transports that only move bytes (TCP today) and the I/O workers.
+//! - [`server`]: transports that only move bytes (TCP and iSER) and the I/O workers.
 #![forbid(unsafe_code)]
 
 pub mod backend;
