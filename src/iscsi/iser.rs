@@ -78,11 +78,28 @@ impl IserHeader {
     }
 }
 
-/// The 4 bytes of CM private data we answer a connect request with (brief §2.3): 0x80, we do not
-/// use zero-based addressing, | 0x40, we do not send with invalidate (the initiator then
-/// invalidates its MRs itself, which is always correct).
-pub fn accept_private_data(_request_private_data: &[u8]) -> [u8; 4] {
-    [0x80 | 0x40, 0, 0, 0]
+/// CM private-data flag: zero-based virtual addressing not supported (brief §2.2).
+const CM_NO_ZBVA: u8 = 0x80;
+/// CM private-data flag: Send-with-Invalidate not supported.
+const CM_NO_SEND_WITH_INVALIDATE: u8 = 0x40;
+
+/// Whether the initiator accepts Send-with-Invalidate: its connect request leaves 0x40 clear
+/// (ib_iser does by default; libiscsi always sets it). The private data is parsed from its start,
+/// whatever its padded length.
+pub fn initiator_allows_send_with_invalidate(request_private_data: &[u8]) -> bool {
+    request_private_data
+        .first()
+        .is_some_and(|flags| flags & CM_NO_SEND_WITH_INVALIDATE == 0)
+}
+
+/// The 4 bytes of CM private data we answer a connect request with (brief §2.3): no zero-based
+/// addressing, and Send-with-Invalidate exactly when the initiator allows it.
+pub fn accept_private_data(request_private_data: &[u8]) -> [u8; 4] {
+    let mut flags = CM_NO_ZBVA;
+    if !initiator_allows_send_with_invalidate(request_private_data) {
+        flags |= CM_NO_SEND_WITH_INVALIDATE;
+    }
+    [flags, 0, 0, 0]
 }
 
 /// Encodes a PDU as the payload of one Send: iSER header, BHS, AHS, data padded to 4 bytes.
@@ -99,8 +116,12 @@ pub fn encode_send(pdu: &Pdu) -> Vec<u8> {
 /// post right behind its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FabricOp {
-    /// Post a Send whose payload is these bytes (iSER header + BHS + data).
-    Send(Vec<u8>),
+    /// Post a Send whose payload is these bytes (iSER header + BHS + data); with `invalidate`,
+    /// as Send-with-Invalidate of that rkey of the initiator's.
+    Send {
+        bytes: Vec<u8>,
+        invalidate: Option<u32>,
+    },
     /// RDMA Write `data` into the initiator's buffer at (stag, va).
     RdmaWrite { stag: u32, va: u64, data: Vec<u8> },
     /// RDMA Read `len` bytes from (stag, va); report with
@@ -151,19 +172,28 @@ pub struct IserConnection {
     /// initiator free a buffer we are still reading (brief §6.4). Everything after it waits too,
     /// to keep the order.
     held: VecDeque<FabricOp>,
+    /// Both sides agreed to Send-with-Invalidate in the CM exchange.
+    send_with_invalidate: bool,
     ops: VecDeque<FabricOp>,
     closed: bool,
 }
 
 impl IserConnection {
-    /// A new connection in the login phase.
-    pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
+    /// A new connection in the login phase. `send_with_invalidate` says whether the CM exchange
+    /// agreed to it (see [`accept_private_data`]).
+    pub fn new(
+        config: Arc<CoreConfig>,
+        local_addr: Option<SocketAddr>,
+        send_with_invalidate: bool,
+        now: Instant,
+    ) -> Self {
         IserConnection {
             core: Connection::new(config, local_addr, now),
             buffers: HashMap::new(),
             reads: HashMap::new(),
             next_token: 1,
             held: VecDeque::new(),
+            send_with_invalidate,
             ops: VecDeque::new(),
             closed: false,
         }
@@ -331,7 +361,7 @@ impl IserConnection {
             self.ops.push_back(op);
             return;
         }
-        let is_send = matches!(op, FabricOp::Send(_));
+        let is_send = matches!(op, FabricOp::Send { .. });
         if !self.held.is_empty() || (is_send && self.must_hold_send(&op)) {
             self.held.push_back(op);
         } else {
@@ -341,7 +371,7 @@ impl IserConnection {
 
     /// A TMF Response may not overtake an RDMA Read of a buffer the initiator would then free.
     fn must_hold_send(&self, op: &FabricOp) -> bool {
-        let FabricOp::Send(bytes) = op else {
+        let FabricOp::Send { bytes, .. } = op else {
             return false;
         };
         !self.reads.is_empty()
@@ -379,14 +409,45 @@ impl IserConnection {
             Header::ReadyToTransfer(h) => self.r2t(h),
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
-                self.emit(FabricOp::Send(encode_send(&Pdu::new(Header::NopIn(h)))));
+                self.send(&Pdu::new(Header::NopIn(h)));
             }
             Header::ScsiResponse(ref h) => {
-                self.buffers.remove(&h.itt);
-                self.emit(FabricOp::Send(encode_send(&pdu)));
+                let itt = h.itt;
+                self.respond(itt, &pdu);
             }
-            _ => self.emit(FabricOp::Send(encode_send(&pdu))),
+            _ => self.send(&pdu),
         }
+    }
+
+    /// A plain Send.
+    fn send(&mut self, pdu: &Pdu) {
+        self.emit(FabricOp::Send {
+            bytes: encode_send(pdu),
+            invalidate: None,
+        });
+    }
+
+    /// The SCSI Response that ends task `itt`: the last use of its STags, which it invalidates
+    /// when both sides agreed and the task advertised exactly one (brief §6.3: never for a
+    /// command with both, as Linux checks the rkey against each direction).
+    fn respond(&mut self, itt: u32, pdu: &Pdu) {
+        let invalidate = match self.buffers.remove(&itt) {
+            Some(RemoteBuffers {
+                read: Some((stag, _)),
+                write: None,
+                ..
+            })
+            | Some(RemoteBuffers {
+                read: None,
+                write: Some((stag, _)),
+                ..
+            }) if self.send_with_invalidate => Some(stag),
+            _ => None,
+        };
+        self.emit(FabricOp::Send {
+            bytes: encode_send(pdu),
+            invalidate,
+        });
     }
 
     /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
@@ -410,7 +471,6 @@ impl IserConnection {
             });
         }
         if h.status_present {
-            self.buffers.remove(&h.itt);
             let response = Header::ScsiResponse(ScsiResponse {
                 overflow: h.overflow,
                 underflow: h.underflow,
@@ -423,7 +483,7 @@ impl IserConnection {
                 exp_data_sn: h.data_sn.wrapping_add(1),
                 residual_count: h.residual_count,
             });
-            self.emit(FabricOp::Send(encode_send(&Pdu::new(response))));
+            self.respond(h.itt, &Pdu::new(response));
         }
     }
 
@@ -579,7 +639,7 @@ mod tests {
         );
         conn.handle_session_bound(Ok(5));
         let ops = drain(conn);
-        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+        let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
         let pdu = sent_pdu(bytes);
@@ -611,7 +671,7 @@ mod tests {
     #[test]
     fn login_answers_only_keys_open_iscsi_knows() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, false, now);
         let (resp, keys) = login(&mut conn, now);
         assert!(resp.transit && resp.next_stage == Stage::FullFeature);
         assert_eq!(resp.tsih, 5);
@@ -676,7 +736,7 @@ mod tests {
     #[test]
     fn read_becomes_rdma_write_then_response() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, true, now);
         login(&mut conn, now);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_RSV,
@@ -715,7 +775,7 @@ mod tests {
                 data: vec![0x5a; 4096]
             }
         );
-        let FabricOp::Send(bytes) = &ops[1] else {
+        let FabricOp::Send { bytes, invalidate } = &ops[1] else {
             panic!()
         };
         let Header::ScsiResponse(resp) = sent_pdu(bytes).header else {
@@ -727,12 +787,88 @@ mod tests {
         );
         assert!(resp.overflow && !resp.underflow);
         assert_eq!(resp.residual_count, 4096);
+        assert_eq!(
+            *invalidate,
+            Some(0xabc),
+            "the response invalidates the read STag"
+        );
+    }
+
+    /// Sends a command with the given iSER header and completes it with `outcome`; returns the
+    /// `invalidate` of the SCSI Response's Send.
+    fn response_invalidation(swi: bool, iser: IserHeader, read: bool, write: bool) -> Option<u32> {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, swi, now);
+        login(&mut conn, now);
+        let edtl = if read || write { 512 } else { 0 };
+        let data = if write { vec![7u8; 512] } else { vec![] };
+        let cmd = command(
+            0x50,
+            100,
+            read,
+            write,
+            edtl,
+            if write { 0x2a } else { 0x28 },
+        );
+        conn.handle_receive(
+            &send_bytes(iser, &Pdu::with_data(Header::ScsiCommand(cmd), data)),
+            now,
+        );
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let outcome = ScsiOutcome {
+            status: 0,
+            sense: vec![],
+            data_in: if read { vec![1; 512] } else { vec![] },
+            data_out_length: if write { 512 } else { 0 },
+        };
+        conn.handle_scsi_complete(task.id, outcome);
+        let ops = drain(&mut conn);
+        match ops.last() {
+            Some(FabricOp::Send { invalidate, .. }) => *invalidate,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_with_invalidate_only_when_agreed_and_unambiguous() {
+        let write = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: 0x11,
+            write_va: 0x1000,
+            ..IserHeader::default()
+        };
+        // libiscsi sets WSV even when all data was immediate: the STag is still its to free.
+        assert_eq!(response_invalidation(true, write, false, true), Some(0x11));
+        assert_eq!(
+            response_invalidation(false, write, false, true),
+            None,
+            "not agreed"
+        );
+        let both = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
+            read_stag: 0x22,
+            read_va: 0x2000,
+            ..write
+        };
+        assert_eq!(
+            response_invalidation(true, both, true, false),
+            None,
+            "two STags"
+        );
+        assert_eq!(
+            response_invalidation(true, IserHeader::CONTROL, false, false),
+            None,
+            "no STag"
+        );
     }
 
     #[test]
     fn write_reads_solicited_data_past_the_immediate_bytes() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, false, now);
         login(&mut conn, now);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_WSV,
@@ -768,7 +904,7 @@ mod tests {
     #[test]
     fn tmf_response_waits_for_rdma_reads_in_flight() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, false, now);
         login(&mut conn, now);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_WSV,
@@ -802,7 +938,7 @@ mod tests {
         );
         conn.handle_rdma_read_complete(*token, vec![0; 4096], now);
         let ops = drain(&mut conn);
-        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+        let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
         let Header::TaskMgmtResponse(resp) = sent_pdu(bytes).header else {
@@ -814,7 +950,7 @@ mod tests {
     #[test]
     fn nop_in_carries_no_data() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, false, now);
         login(&mut conn, now);
         let ping = Header::NopOut(NopOut {
             immediate: true,
@@ -826,7 +962,7 @@ mod tests {
         });
         conn.handle_receive(&ctrl(&Pdu::with_data(ping, vec![1; 8])), now);
         let ops = drain(&mut conn);
-        let [FabricOp::Send(bytes)] = ops.as_slice() else {
+        let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
         let pdu = sent_pdu(bytes);
@@ -852,7 +988,7 @@ mod tests {
         bhs[5..8].copy_from_slice(&[0, 0x40, 0]); // 16 KiB data segment
         oversized.extend_from_slice(&bhs);
         for message in [&short_login[..], &hello[..], &oversized[..], &[][..]] {
-            let mut conn = IserConnection::new(config(), None, now);
+            let mut conn = IserConnection::new(config(), None, false, now);
             conn.handle_receive(message, now);
             let ops = drain(&mut conn);
             assert!(
@@ -869,7 +1005,7 @@ mod tests {
     #[test]
     fn data_in_without_read_stag_closes() {
         let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, now);
+        let mut conn = IserConnection::new(config(), None, false, now);
         login(&mut conn, now);
         let cmd = Pdu::new(Header::ScsiCommand(command(
             0x44, 100, true, false, 512, 0x28,
@@ -905,6 +1041,12 @@ mod tests {
         assert_eq!(&bytes[4..8], &[1, 2, 3, 4]);
         assert_eq!(bytes[8], 0x11);
         assert_eq!(IserHeader::decode(&bytes), Some(h));
-        assert_eq!(accept_private_data(&[0x80, 0, 0, 0]), [0xc0, 0, 0, 0]);
+        // ib_iser (0x80): we agree to Send-with-Invalidate; libiscsi (0xC0): we decline.
+        // The passive side sees padded private data (brief §2.2): only byte 0 counts.
+        let mut padded = [0u8; 56];
+        padded[0] = 0x80;
+        assert_eq!(accept_private_data(&padded), [0x80, 0, 0, 0]);
+        assert_eq!(accept_private_data(&[0xc0, 0, 0, 0]), [0xc0, 0, 0, 0]);
+        assert_eq!(accept_private_data(&[]), [0xc0, 0, 0, 0]);
     }
 }

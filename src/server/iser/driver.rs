@@ -103,6 +103,8 @@ pub(super) struct Resources {
     pub(super) arena: Arc<MemoryRegion>,
     pub(super) max_send_wr: usize,
     pub(super) max_rdma_reads: usize,
+    /// The CM exchange agreed to Send-with-Invalidate.
+    pub(super) send_with_invalidate: bool,
 }
 
 /// Where a posted send-queue WR keeps its bytes.
@@ -172,10 +174,17 @@ pub(super) fn serve(
         .map_or_else(|| "?".to_string(), |a: SocketAddr| a.to_string());
     let local = res.qp.id().local_addr();
     let _registration = ConnectionSet::register(&shared.connections, Arc::new(mailbox.clone()));
-    log::info!("iSER connection from {peer}");
+    log::info!(
+        "iSER connection from {peer} (Send-with-Invalidate {})",
+        if res.send_with_invalidate {
+            "on"
+        } else {
+            "off"
+        }
+    );
     let ring = Ring::new(res.arena.len());
     let mut driver = Driver {
-        conn: IserConnection::new(core, local, Instant::now()),
+        conn: IserConnection::new(core, local, res.send_with_invalidate, Instant::now()),
         res,
         shared,
         mailbox,
@@ -514,12 +523,12 @@ impl Driver {
                     Ok((Posted::Later, Some(FabricOp::Close(reason))))
                 }
             }
-            FabricOp::Send(bytes) => {
+            FabricOp::Send { bytes, invalidate } => {
                 if !self.room() {
-                    return Ok((Posted::Later, Some(FabricOp::Send(bytes))));
+                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
                 }
                 let Some(buffer) = self.stage(bytes.len())? else {
-                    return Ok((Posted::Later, Some(FabricOp::Send(bytes))));
+                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
                 };
                 let (mr, offset) = self.buffer_mr(&buffer);
                 let wr_id = self.next_wr();
@@ -528,7 +537,7 @@ impl Driver {
                     .and_then(|()| {
                         self.res
                             .qp
-                            .post_send(wr_id, &mr, offset, bytes.len(), true, None)
+                            .post_send(wr_id, &mr, offset, bytes.len(), true, invalidate)
                     })
                     .map_err(|e| format!("posting a Send: {e}"));
                 self.track(posted, wr_id, buffer, Kind::Send)

@@ -24,7 +24,9 @@ use rdma_ffi::{
 
 use super::{ServerError, Shared, SHUTDOWN_GRACE};
 use crate::config::Limits;
-use crate::iscsi::iser::{accept_private_data, RECV_BUFFER_LEN};
+use crate::iscsi::iser::{
+    accept_private_data, initiator_allows_send_with_invalidate, RECV_BUFFER_LEN,
+};
 use crate::iscsi::CoreConfig;
 use driver::{Doorbell, Event, Mailbox, Resources, WR_RECV};
 
@@ -412,6 +414,7 @@ impl Listener {
             arena,
             max_send_wr: max_send_wr as usize,
             max_rdma_reads: (initiator_depth as usize).min(MAX_RDMA_READS),
+            send_with_invalidate: initiator_allows_send_with_invalidate(&event.private_data),
         };
         Ok((res, params))
     }
