@@ -11,7 +11,11 @@
 #
 # SOFTROCE_ISER_STAGES (default "all") may name a subset, space-separated:
 #     login io fs multi large sg libiscsi faults (= kill devdel) cli
-# Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
+# SOFTROCE_ISER_TARGET=lio runs the same checks against LIO ib_isert (the
+# reference, configured through configfs with the same two targets) instead of
+# our binary (default "ours"); checks that only make sense for our binary
+# print "SKIP: NAME (our binary only)".
+# Prints one PASS:/FAIL:/SKIP: line per check; exits 1 if any check failed.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../.." && pwd -P)"
@@ -38,10 +42,14 @@ RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 STAGES=" ${SOFTROCE_ISER_STAGES:-all} "
 FAILED=0
 TARGET_PID=
+MODE="${SOFTROCE_ISER_TARGET:-ours}"
+[[ "$MODE" == ours || "$MODE" == lio ]] || sr_die "SOFTROCE_ISER_TARGET must be ours or lio, not '$MODE'"
 
 want() { [[ "$STAGES" == *" all "* || "$STAGES" == *" $1 "* ]]; }
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+skip_ours() { echo "SKIP: $* (our binary only)"; }
+is_lio() { [[ "$MODE" == lio ]]; }
 # check NAME CMD...: run CMD, print PASS/FAIL with its duration.
 check() {
     local name="$1" t0=$SECONDS; shift
@@ -49,12 +57,45 @@ check() {
 }
 
 start_target() {
+    if is_lio; then
+        start_lio
+    else
+        start_ours
+    fi
+}
+start_ours() {
     "$BIN" serve --config "$WORK/config.yaml" >>"$RESULTS/iser-target.log" 2>&1 &
     TARGET_PID=$!
     sr_log "iser-target started (pid $TARGET_PID, log $RESULTS/iser-target.log)"
     wait_rdma_listen "$ADDR:$PORT" 30 && wait_tcp_listen "$ADDR:$PORT" 30
 }
-target_alive() { kill -0 "$TARGET_PID" 2>/dev/null; }
+# LIO: the same two targets on $ADDR:$PORT (TCP + iSER), demo mode. The RAM
+# target is fileio on tmpfs with UNMAP/WRITE SAME(UNMAP) enabled (thin like our
+# RAM LUN; rd_mcp cannot UNMAP); the file target is fileio, write cache off.
+start_lio() {
+    lio_teardown
+    lio_setup_isert "$ADDR" "$T_RAM" 256 fileio "$PORT" ram \
+        && lio_setup_isert "$ADDR" "$T_FILE" 128 fileio "$PORT" file || return 1
+    local core="$CONFIGFS_TARGET/core/fileio_0"
+    echo 1 >"$core/ram/attrib/emulate_tpu" || sr_log "LIO: cannot set emulate_tpu on ram"
+    echo 1 >"$core/ram/attrib/emulate_tpws" || sr_log "LIO: cannot set emulate_tpws on ram"
+    echo 0 >"$core/file/attrib/emulate_write_cache" || sr_log "LIO: cannot clear emulate_write_cache"
+    sr_log "LIO file LUN emulate_write_cache=$(cat "$core/file/attrib/emulate_write_cache")"
+    wait_rdma_listen "$ADDR:$PORT" 30 && wait_tcp_listen "$ADDR:$PORT" 30
+}
+# target_alive: our process is alive; for LIO, both targets are still
+# configured and enabled and the portal still takes a (discovery) login.
+target_alive() {
+    if is_lio; then
+        local t
+        for t in "$T_RAM" "$T_FILE"; do
+            [[ "$(cat "$CONFIGFS_TARGET/iscsi/$t/tpgt_1/enable" 2>/dev/null)" == 1 ]] || return 1
+        done
+        iscsi-ls -i iqn.2026-11.io.iser-target:alive-probe "iscsi://$ADDR:$PORT" 2>/dev/null | grep -q "$T_RAM"
+    else
+        kill -0 "$TARGET_PID" 2>/dev/null
+    fi
+}
 
 # disk_of IQN: wait for the session's disk and print its /dev path.
 disk_of() {
@@ -108,6 +149,7 @@ targets:
         write_cache: false
 EOF
 : >"$RESULTS/iser-target.log"
+sr_log "target under test: $MODE"
 export RUST_LOG="${RUST_LOG:-info}"
 check "target starts with an iser and a tcp portal on $ADDR:$PORT" start_target
 target_alive || { fail "target died at start"; tail -20 "$RESULTS/iser-target.log"; exit 1; }
@@ -310,7 +352,9 @@ if [[ -n "$FILE_DISK" ]]; then
     f=$!
     sleep 2
 fi
-if target_alive; then
+if is_lio; then
+    skip_ours "SIGTERM with a live session under I/O: target exited 0"
+elif target_alive; then
     t0=$SECONDS
     kill -TERM "$TARGET_PID"
     rc=0
@@ -324,7 +368,14 @@ fi
 iscsi_logout >/dev/null 2>&1
 [[ -n "${f:-}" ]] && { kill -KILL "$f" 2>/dev/null; wait "$f" 2>/dev/null; }
 
-if want cli; then
+if want cli && is_lio; then
+    skip_ours "iser-target devices lists $SOFTROCE_RXE and its active port"
+    skip_ours "iSER portal on a non-RDMA netdev's address fails at startup with advice"
+    skip_ours "default configuration listens on iSER and TCP 0.0.0.0:$PORT"
+    skip_ours "default configuration: discovery over iSER"
+    skip_ours "default configuration: login + verify_disk over iSER"
+    skip_ours "default configuration: SIGTERM exit 0"
+elif want cli; then
     devs="$("$BIN" devices 2>&1)"
     printf '%s\n' "$devs" >&2
     grep -q "^$SOFTROCE_RXE" <<<"$devs" && grep -q "ACTIVE\|Active" <<<"$devs" \
@@ -370,6 +421,12 @@ fi
 bad="$(dmesg | grep -E 'BUG:|WARNING:|Oops|general protection|Call Trace|wrong datalen|unexpected remote invalidation|RNR retry' || true)"
 [[ -z "$bad" ]] && pass "no kernel BUG/WARNING/RNR/framing messages" \
     || { fail "kernel messages:"; printf '%s\n' "$bad"; }
-grep -E 'ERROR|WARN' "$RESULTS/iser-target.log" | tail -20 >&2
+if is_lio; then
+    sr_log "isert/iscsi_target kernel messages (last 40):"
+    dmesg | grep -iE 'isert|iscsi_target|iSCSI|target_core' | tail -40 >&2
+    lio_teardown
+else
+    grep -E 'ERROR|WARN' "$RESULTS/iser-target.log" | tail -20 >&2
+fi
 echo "iser-basic: $FAILED failed check(s)"
 ((FAILED == 0))

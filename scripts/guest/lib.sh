@@ -267,7 +267,7 @@ bg_stop() {
 }
 
 # ------------------------------------------------- LIO reference target
-# lio_setup_isert ADDR IQN [SIZE_MIB] [fileio|ramdisk] [PORT]
+# lio_setup_isert ADDR IQN [SIZE_MIB] [fileio|ramdisk] [PORT] [NAME]
 # A LIO target IQN with one LUN and a network portal on ADDR:PORT that
 # accepts both iSCSI/TCP and iSER (np/<portal>/iser = 1).  No ACLs, no auth:
 # demo mode with write access (generate_node_acls=1,
@@ -275,29 +275,35 @@ bg_stop() {
 # tmpfs ($SOFTROCE_LIO_DIR, default /run/lio), which lets tests look at what
 # the target actually stored.  targetcli is not used: it needs a D-Bus
 # service (rtslib via targetd/dbus) that the guest does not run.
+# NAME (default lun0) names the backstore and the fileio file, so calling this
+# once per IQN with distinct NAMEs gives several targets on one portal.
 lio_setup_isert() {
     local addr="$1" iqn="$2" mib="${3:-64}" kind="${4:-fileio}" port="${5:-$SOFTROCE_ISCSI_PORT}"
-    local dir="${SOFTROCE_LIO_DIR:-/run/lio}" so tpg np
+    local name="${6:-lun0}" dir="${SOFTROCE_LIO_DIR:-/run/lio}" so tpg np
     softroce_mounts
     sr_modprobe target_core_mod iscsi_target_mod ib_isert
     case "$kind" in
         fileio)
             sr_modprobe target_core_file
             mkdir -p "$dir"
-            truncate -s "${mib}M" "$dir/lun0.img"
-            so="$CONFIGFS_TARGET/core/fileio_0/lun0"
+            truncate -s "${mib}M" "$dir/$name.img"
+            so="$CONFIGFS_TARGET/core/fileio_0/$name"
             mkdir -p "$so"
-            echo "fd_dev_name=$dir/lun0.img,fd_dev_size=$((mib << 20))" >"$so/control"
+            echo "fd_dev_name=$dir/$name.img,fd_dev_size=$((mib << 20))" >"$so/control"
             ;;
         ramdisk)
             # rd_mcp lives in target_core_mod itself.
-            so="$CONFIGFS_TARGET/core/rd_mcp_0/lun0"
+            so="$CONFIGFS_TARGET/core/rd_mcp_0/$name"
             mkdir -p "$so"
             echo "rd_pages=$((mib << 8))" >"$so/control"
             ;;
         *) sr_die "lio_setup_isert: unknown backstore '$kind'" ;;
     esac
     echo 1 >"$so/enable"
+    # As targetcli does: LIO answers INQUIRY VPD pages other than 0x00 (serial,
+    # device identification, block limits, ...) only once a unit serial is set,
+    # and that is only possible before the LUN is exported.
+    cat /proc/sys/kernel/random/uuid >"$so/wwn/vpd_unit_serial"
     tpg="$CONFIGFS_TARGET/iscsi/$iqn/tpgt_1"
     mkdir -p "$tpg/lun/lun_0"
     ln -s "$so" "$tpg/lun/lun_0/lio_lun0"
@@ -312,8 +318,8 @@ lio_setup_isert() {
     sr_log "LIO target $iqn: ${mib} MiB $kind LUN, portal $addr:$port (tcp+iser)"
 }
 
-# lio_backing_file: path of the fileio LUN's backing file.
-lio_backing_file() { echo "${SOFTROCE_LIO_DIR:-/run/lio}/lun0.img"; }
+# lio_backing_file [NAME]: path of the fileio LUN's backing file.
+lio_backing_file() { echo "${SOFTROCE_LIO_DIR:-/run/lio}/${1:-lun0}.img"; }
 
 # lio_teardown: remove every LIO iSCSI target and backstore (reverse order of
 # creation; configfs refuses rmdir while something still links to an object).
