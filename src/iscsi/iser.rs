@@ -649,6 +649,14 @@ mod tests {
         (resp, text::parse(&pdu.data).unwrap())
     }
 
+    /// A connection logged in as ib_iser does, with Send-with-Invalidate agreed or not.
+    fn logged_in(send_with_invalidate: bool) -> (IserConnection, Instant) {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, send_with_invalidate, now);
+        login(&mut conn, now);
+        (conn, now)
+    }
+
     fn command(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, cdb0: u8) -> ScsiCommand {
         let mut cdb = vec![0u8; 16];
         cdb[0] = cdb0;
@@ -735,9 +743,7 @@ mod tests {
 
     #[test]
     fn read_becomes_rdma_write_then_response() {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, true, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(true);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_RSV,
             read_stag: 0xabc,
@@ -797,9 +803,7 @@ mod tests {
     /// Sends a command with the given iSER header and completes it with `outcome`; returns the
     /// `invalidate` of the SCSI Response's Send.
     fn response_invalidation(swi: bool, iser: IserHeader, read: bool, write: bool) -> Option<u32> {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, swi, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(swi);
         let edtl = if read || write { 512 } else { 0 };
         let data = if write { vec![7u8; 512] } else { vec![] };
         let cmd = command(
@@ -867,9 +871,7 @@ mod tests {
 
     #[test]
     fn write_reads_solicited_data_past_the_immediate_bytes() {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, false, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(false);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_WSV,
             write_stag: 0x77,
@@ -903,9 +905,7 @@ mod tests {
 
     #[test]
     fn tmf_response_waits_for_rdma_reads_in_flight() {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, false, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(false);
         let iser = IserHeader {
             flags: ISER_ISCSI_CTRL | ISER_WSV,
             write_stag: 1,
@@ -949,9 +949,7 @@ mod tests {
 
     #[test]
     fn nop_in_carries_no_data() {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, false, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(false);
         let ping = Header::NopOut(NopOut {
             immediate: true,
             lun: [0; 8],
@@ -1004,9 +1002,7 @@ mod tests {
 
     #[test]
     fn data_in_without_read_stag_closes() {
-        let now = Instant::now();
-        let mut conn = IserConnection::new(config(), None, false, now);
-        login(&mut conn, now);
+        let (mut conn, now) = logged_in(false);
         let cmd = Pdu::new(Header::ScsiCommand(command(
             0x44, 100, true, false, 512, 0x28,
         )));
