@@ -79,16 +79,7 @@ fn devices() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for d in &devices {
-        println!("{} (node GUID {:016x})", d.name, d.node_guid);
-        for p in &d.ports {
-            println!(
-                "  port {}: {:?}, MTU {}, link layer {:?}",
-                p.number, p.state, p.active_mtu, p.link_layer
-            );
-            for g in &p.gids {
-                println!("    GID[{}] {} {:?}", g.index, g.gid, g.gid_type);
-            }
-        }
+        println!("{d}");
     }
     ExitCode::SUCCESS
 }

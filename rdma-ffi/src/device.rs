@@ -1,6 +1,7 @@
 //! Device enumeration: names, GUIDs, ports, GIDs.
 
 use std::ffi::CStr;
+use std::fmt;
 use std::net::Ipv6Addr;
 
 use rdma_sys::*;
@@ -18,6 +19,24 @@ extern "C" {
         flags: u32,
         entry_size: usize,
     ) -> libc::c_int;
+}
+
+/// A device, its ports and their GIDs, one per line: what `iser-target devices` prints.
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (node GUID {:016x})", self.name, self.node_guid)?;
+        for p in &self.ports {
+            write!(
+                f,
+                "\n  port {}: {:?}, MTU {}, link layer {:?}",
+                p.number, p.state, p.active_mtu, p.link_layer
+            )?;
+            for g in &p.gids {
+                write!(f, "\n    GID[{}] {} {:?}", g.index, g.gid, g.gid_type)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One RDMA device.
@@ -268,5 +287,30 @@ mod tests {
         for d in devs {
             assert!(!d.name.is_empty());
         }
+    }
+
+    #[test]
+    fn display_lists_ports_and_gids_one_per_line() {
+        let device = DeviceInfo {
+            name: "rxe0".into(),
+            node_guid: 0x0250_56ff_fe8a_0001,
+            ports: vec![PortInfo {
+                number: 1,
+                state: PortState::Active,
+                active_mtu: 1024,
+                link_layer: LinkLayer::Ethernet,
+                gids: vec![GidInfo {
+                    index: 1,
+                    gid: "::ffff:192.168.77.1".parse().unwrap(),
+                    gid_type: GidType::RoceV2,
+                }],
+            }],
+        };
+        assert_eq!(
+            device.to_string(),
+            "rxe0 (node GUID 025056fffe8a0001)\n\
+             \x20 port 1: Active, MTU 1024, link layer Ethernet\n\
+             \x20   GID[1] ::ffff:192.168.77.1 RoceV2"
+        );
     }
 }
