@@ -1294,32 +1294,30 @@ fn transfer_beyond_max_transfer_length_fails_with_sense() {
 fn write_residuals_follow_data_out_length() {
     let mut pair = logged_in(&[]);
     pair.auto_complete = false;
-    let cmd = pair.command(1, vec![0x8a; 16], false, true, 1024);
-    pair.send_command(cmd, vec![1; 1024]);
-    let id = pair.deferred[0].id;
-    pair.complete_deferred(
-        id,
-        ScsiOutcome {
-            data_out_length: 512,
-            ..ScsiOutcome::good()
-        },
-    );
-    let h = scsi_response(&pair.take_one()).clone();
-    assert!(h.underflow && !h.overflow);
-    assert_eq!(h.residual_count, 512);
-    let cmd = pair.command(2, vec![0x8a; 16], false, true, 1024);
-    pair.send_command(cmd, vec![1; 1024]);
-    let id = pair.deferred[0].id;
-    pair.complete_deferred(
-        id,
-        ScsiOutcome {
-            data_out_length: 4096,
-            ..ScsiOutcome::good()
-        },
-    );
-    let h = scsi_response(&pair.take_one()).clone();
-    assert!(h.overflow && !h.underflow);
-    assert_eq!(h.residual_count, 3072);
+    // EDTL 1024 each time: (the CDB's Data-Out, underflow, overflow, residual).
+    for (itt, (wanted, underflow, overflow, residual)) in
+        [(512, true, false, 512), (4096, false, true, 3072)]
+            .into_iter()
+            .enumerate()
+    {
+        let cmd = pair.command(itt as u32 + 1, vec![0x8a; 16], false, true, 1024);
+        pair.send_command(cmd, vec![1; 1024]);
+        let id = pair.deferred[0].id;
+        pair.complete_deferred(
+            id,
+            ScsiOutcome {
+                data_out_length: wanted,
+                ..ScsiOutcome::good()
+            },
+        );
+        let h = scsi_response(&pair.take_one()).clone();
+        assert_eq!(
+            (h.underflow, h.overflow),
+            (underflow, overflow),
+            "wanted {wanted}"
+        );
+        assert_eq!(h.residual_count, residual, "wanted {wanted}");
+    }
 }
 
 // ------------------------------------------------------------------------------------ reads
