@@ -66,6 +66,8 @@ else
         scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
         log "open-iscsi (ib_iser) and libiscsi against our target over iSER on rxe"
         scripts/softroce-vm.sh scripts/guest/iser-basic.sh
+        log "nothing acknowledged is lost: our target SIGKILLed under a logged iSER write load"
+        scripts/softroce-vm.sh scripts/guest/data-safety.sh
     fi
 fi
 
