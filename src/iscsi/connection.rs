@@ -11,6 +11,7 @@
 //! which is how LIO splits iscsi_target from isert too.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,11 +201,13 @@ pub enum CloseReason {
     Shutdown,
 }
 
-/// An effect the transport must carry out, in order.
+/// An effect the transport must carry out, in order. `C` is the transport's per-task context
+/// (see [`Connection::handle_pdu_with_context`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Transmit this PDU.
-    Send(Pdu),
+pub enum Action<C = ()> {
+    /// Transmit this PDU. `context` is the context of the task the PDU belongs to (its Data-In,
+    /// R2Ts and the SCSI Response that ends it), `None` for every other PDU.
+    Send { pdu: Pdu, context: Option<C> },
     /// From now on, frame PDUs with these settings (sent right after the final Login Response).
     SetFrameSettings(FrameSettings),
     /// Settle session identity; answer with [`Connection::handle_session_bound`].
@@ -277,8 +280,11 @@ struct R2tWindow {
 }
 
 #[derive(Debug)]
-struct Task {
+struct Task<C> {
     id: TaskId,
+    /// The transport's context, given with the SCSI Command PDU; it lives exactly as long as the
+    /// task.
+    context: C,
     itt: u32,
     cmd_sn: u32,
     /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
@@ -331,12 +337,16 @@ pub(super) enum Phase {
 }
 
 /// The state of one connection and its session.
+///
+/// `C` is an opaque per-task context the transport hands in with each SCSI Command PDU and gets
+/// back with every PDU of that task (an iSER transport keeps the initiator's STags there); the
+/// core only stores and returns it. TCP uses `()`.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection<C = ()> {
     pub(super) config: Arc<CoreConfig>,
     pub(super) local_addr: Option<SocketAddr>,
     pub(super) phase: Phase,
-    pub(super) actions: VecDeque<Action>,
+    pub(super) actions: VecDeque<Action<C>>,
     pub(super) params: SessionParams,
     pub(super) negotiator: Option<Negotiator>,
     /// Index of the target of a normal session.
@@ -349,9 +359,9 @@ pub struct Connection {
     pub(super) login_deadline: Instant,
     /// A Close action has been emitted.
     close_emitted: bool,
-    tasks: BTreeMap<TaskId, Task>,
-    /// Commands received ahead of ExpCmdSN (held until the gap fills).
-    held: BTreeMap<u32, Pdu>,
+    tasks: BTreeMap<TaskId, Task<C>>,
+    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills).
+    held: BTreeMap<u32, (Pdu, C)>,
     next_task_id: TaskId,
     next_ttt: u32,
     pending_tmfs: Vec<PendingTmf>,
@@ -362,7 +372,7 @@ pub struct Connection {
     ping_outstanding: Option<(u32, Instant)>,
 }
 
-impl Connection {
+impl<C: Clone + Debug> Connection<C> {
     /// A new connection in the login phase. `local_addr` is the address the initiator connected to
     /// (used for SendTargets when the portal is a wildcard).
     pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
@@ -395,7 +405,7 @@ impl Connection {
     }
 
     /// The next effect to carry out.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<Action<C>> {
         self.actions.pop_front()
     }
 
@@ -477,7 +487,7 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions.push_back(Action::Send(Pdu::new(header)));
+        self.send(Pdu::new(header));
     }
 
     fn fresh_ttt(&mut self) -> u32 {
@@ -506,6 +516,19 @@ impl Connection {
         let sn = self.stat_sn;
         self.stat_sn = self.stat_sn.wrapping_add(1);
         sn
+    }
+
+    /// Queues a PDU that belongs to no task.
+    pub(super) fn send(&mut self, pdu: Pdu) {
+        self.actions.push_back(Action::Send { pdu, context: None });
+    }
+
+    /// Queues a PDU of the task whose context is `context`.
+    fn send_for_task(&mut self, pdu: Pdu, context: &C) {
+        self.actions.push_back(Action::Send {
+            pdu,
+            context: Some(context.clone()),
+        });
     }
 
     pub(super) fn close(&mut self, reason: CloseReason) {
@@ -574,8 +597,7 @@ impl Connection {
         });
         // RFC 7143 §11.17: a Reject takes a StatSN like any response.
         self.stat_sn = self.stat_sn.wrapping_add(1);
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(reject, bhs)));
+        self.send(Pdu::with_data(reject, bhs));
     }
 
     fn reject_pdu(&mut self, reason: u8, pdu: &Pdu) {
@@ -583,8 +605,11 @@ impl Connection {
         self.send_reject(reason, &header);
     }
 
-    /// One PDU from the initiator.
-    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+    /// One PDU from the initiator, with the transport's context for it. The context of a SCSI
+    /// Command PDU stays with the command (while it waits for its CmdSN, and in its task) and comes
+    /// back in [`Action::Send`] with every PDU of the task; the context of any other PDU, or of a
+    /// command that never becomes a task, is dropped here.
+    pub fn handle_pdu_with_context(&mut self, pdu: Pdu, now: Instant, context: C) {
         self.last_activity = now;
         match &mut self.phase {
             Phase::Login(_) => self.handle_login_pdu(pdu),
@@ -593,7 +618,7 @@ impl Connection {
                     "PDU while the login response is pending".into(),
                 ));
             }
-            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now),
+            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now, context),
             Phase::Draining(_) => {
                 // Only answers to our pings matter now; everything else is dropped.
             }
@@ -613,7 +638,7 @@ impl Connection {
         self.finish_login(*state, result);
     }
 
-    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant) {
+    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant, context: C) {
         if self.discovery {
             // Discovery sessions carry only Text and Logout (RFC 7143 §6.3).
             match pdu.header {
@@ -659,21 +684,21 @@ impl Connection {
         }
         let (immediate, cmd_sn) = command_sequencing(&pdu.header);
         if immediate {
-            self.dispatch_command(pdu, now);
+            self.dispatch_command(pdu, context, now);
             return;
         }
         let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
         if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch_command(pdu, now);
+            self.dispatch_command(pdu, context, now);
             // Commands that were waiting for this one.
-            while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+            while let Some((next, context)) = self.held.remove(&self.exp_cmd_sn) {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.dispatch_command(next, now);
+                self.dispatch_command(next, context, now);
             }
         } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
             // Ahead of ExpCmdSN but inside the window: hold it until the gap fills.
-            self.held.entry(cmd_sn).or_insert(pdu);
+            self.held.entry(cmd_sn).or_insert((pdu, context));
         } else {
             // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
             log::debug!(
@@ -684,13 +709,13 @@ impl Connection {
         }
     }
 
-    fn dispatch_command(&mut self, pdu: Pdu, now: Instant) {
+    fn dispatch_command(&mut self, pdu: Pdu, context: C, now: Instant) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
         let Pdu { header, data } = pdu;
         match header {
-            Header::ScsiCommand(h) => self.handle_scsi_command(h, data),
+            Header::ScsiCommand(h) => self.handle_scsi_command(h, data, context),
             Header::TaskMgmtRequest(h) => self.handle_tmf(h),
             Header::TextRequest(h) => self.handle_text(h, data),
             Header::LogoutRequest(h) => self.handle_logout(h),
@@ -713,13 +738,12 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, data)));
+        self.send(Pdu::with_data(header, data));
     }
 
     // ---------------------------------------------------------------- SCSI commands and data
 
-    fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>) {
+    fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>, context: C) {
         if self.tasks.values().any(|t| t.itt == h.itt) {
             let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
             self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);
@@ -734,7 +758,7 @@ impl Connection {
             || edtl > self.config.max_transfer_length
         {
             let outcome = ScsiOutcome::check_condition(0x05, 0x24, 0x00);
-            self.send_scsi_response(h.itt, &outcome, edtl, false, 0);
+            self.send_scsi_response(h.itt, &context, &outcome, edtl, false, 0);
             return;
         }
         if !immediate_data.is_empty() {
@@ -755,6 +779,7 @@ impl Connection {
         let received = immediate_data.len() as u32;
         let task = Task {
             id,
+            context,
             itt: h.itt,
             cmd_sn: h.cmd_sn,
             immediate: h.immediate,
@@ -811,15 +836,17 @@ impl Connection {
         }
         for (itt, lun_field, offset, length, r2t_sn) in r2ts {
             let ttt = self.fresh_ttt();
-            if let Some(task) = self.tasks.get_mut(&id) {
-                task.r2ts.push(R2tWindow {
-                    ttt,
-                    offset,
-                    length,
-                    received: 0,
-                    next_data_sn: 0,
-                });
-            }
+            let Some(task) = self.tasks.get_mut(&id) else {
+                return;
+            };
+            task.r2ts.push(R2tWindow {
+                ttt,
+                offset,
+                length,
+                received: 0,
+                next_data_sn: 0,
+            });
+            let context = task.context.clone();
             let header = Header::ReadyToTransfer(ReadyToTransfer {
                 lun: lun_field,
                 itt,
@@ -832,7 +859,7 @@ impl Connection {
                 buffer_offset: offset,
                 desired_length: length,
             });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            self.send_for_task(Pdu::new(header), &context);
         }
     }
 
@@ -892,7 +919,14 @@ impl Connection {
             self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
             let task = self.tasks.remove(&id).expect("found above");
             let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
-            self.send_scsi_response(task.itt, &outcome, task.expected_length, true, 0);
+            self.send_scsi_response(
+                task.itt,
+                &task.context,
+                &outcome,
+                task.expected_length,
+                true,
+                0,
+            );
             self.schedule();
             return;
         }
@@ -924,7 +958,7 @@ impl Connection {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
-        let mut order: Vec<&Task> = self.tasks.values().collect();
+        let mut order: Vec<&Task<C>> = self.tasks.values().collect();
         order.sort_by(|a, b| {
             if a.cmd_sn == b.cmd_sn {
                 a.id.cmp(&b.id)
@@ -998,10 +1032,10 @@ impl Connection {
         self.maybe_finish_draining();
     }
 
-    fn send_command_result(&mut self, task: &Task, outcome: &ScsiOutcome) {
+    fn send_command_result(&mut self, task: &Task<C>, outcome: &ScsiOutcome) {
         let edtl = task.expected_length;
         if task.write || outcome.data_in.is_empty() {
-            self.send_scsi_response(task.itt, outcome, edtl, task.write, 0);
+            self.send_scsi_response(task.itt, &task.context, outcome, edtl, task.write, 0);
             return;
         }
         // Data-In, split by the initiator's MaxRecvDataSegmentLength, sequences by MaxBurstLength;
@@ -1009,7 +1043,7 @@ impl Connection {
         let full = outcome.data_in.len() as u64;
         let sent_len = full.min(edtl as u64) as usize;
         let data = &outcome.data_in[..sent_len];
-        let (overflow, underflow, residual) = residual(full, edtl);
+        let residual = Residual::of(full, edtl);
         // Over iSER a Data-In becomes an RDMA Write, so only the burst bounds it.
         let max_pdu = if self.params.rdma_extensions {
             self.params.max_burst_length.max(512) as usize
@@ -1034,8 +1068,8 @@ impl Connection {
             let header = Header::DataIn(DataIn {
                 final_flag: end_of_burst,
                 acknowledge: false,
-                overflow: with_status && overflow,
-                underflow: with_status && underflow,
+                overflow: with_status && residual.overflow,
+                underflow: with_status && residual.underflow,
                 status_present: with_status,
                 status: if with_status { outcome.status } else { 0 },
                 lun: task.lun_field,
@@ -1046,20 +1080,22 @@ impl Connection {
                 max_cmd_sn: self.max_cmd_sn(),
                 data_sn,
                 buffer_offset: offset as u32,
-                residual_count: if with_status { residual } else { 0 },
+                residual_count: if with_status { residual.count } else { 0 },
             });
-            self.actions.push_back(Action::Send(Pdu::with_data(
-                header,
-                data[offset..offset + len].to_vec(),
-            )));
+            self.send_for_task(
+                Pdu::with_data(header, data[offset..offset + len].to_vec()),
+                &task.context,
+            );
             data_sn += 1;
             offset += len;
         }
         if !collapse || sent_len == 0 {
-            let mut shown = outcome.clone();
-            shown.data_in.truncate(sent_len);
             self.send_scsi_response_with_residual(
-                task.itt, &shown, overflow, underflow, residual, data_sn,
+                task.itt,
+                &task.context,
+                outcome,
+                residual,
+                data_sn,
             );
         }
     }
@@ -1069,6 +1105,7 @@ impl Connection {
     fn send_scsi_response(
         &mut self,
         itt: u32,
+        context: &C,
         outcome: &ScsiOutcome,
         edtl: u32,
         write: bool,
@@ -1082,28 +1119,21 @@ impl Connection {
         } else {
             outcome.data_in.len() as u64
         };
-        let (overflow, underflow, residual) = if outcome.status == 0 || data_out || wanted > 0 {
-            residual(wanted, edtl)
+        let residual = if outcome.status == 0 || data_out || wanted > 0 {
+            Residual::of(wanted, edtl)
         } else {
-            (false, false, 0)
+            Residual::default()
         };
-        self.send_scsi_response_with_residual(
-            itt,
-            outcome,
-            overflow,
-            underflow,
-            residual,
-            exp_data_sn,
-        );
+        self.send_scsi_response_with_residual(itt, context, outcome, residual, exp_data_sn);
     }
 
+    /// SCSI Response with the status and sense of `outcome` (its data, if any, went in Data-In).
     fn send_scsi_response_with_residual(
         &mut self,
         itt: u32,
+        context: &C,
         outcome: &ScsiOutcome,
-        overflow: bool,
-        underflow: bool,
-        residual_count: u32,
+        residual: Residual,
         exp_data_sn: u32,
     ) {
         let mut data = Vec::new();
@@ -1113,8 +1143,8 @@ impl Connection {
         }
         let stat_sn = self.next_stat_sn();
         let header = Header::ScsiResponse(ScsiResponse {
-            overflow,
-            underflow,
+            overflow: residual.overflow,
+            underflow: residual.underflow,
             response: 0,
             status: outcome.status,
             itt,
@@ -1122,10 +1152,9 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
             exp_data_sn,
-            residual_count,
+            residual_count: residual.count,
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, data)));
+        self.send_for_task(Pdu::with_data(header, data), context);
     }
 
     // ---------------------------------------------------------------- task management
@@ -1230,7 +1259,7 @@ impl Connection {
                 exp_cmd_sn: self.exp_cmd_sn,
                 max_cmd_sn: self.max_cmd_sn(),
             });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            self.send(Pdu::new(header));
             if tmf.close_after {
                 self.handle_shutdown();
             }
@@ -1316,8 +1345,7 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, body)));
+        self.send(Pdu::with_data(header, body));
     }
 
     /// SendTargets answer (RFC 7143 Appendix C): targets this initiator may see, each with the
@@ -1399,7 +1427,7 @@ impl Connection {
             time2wait: 0,
             time2retain: 0,
         });
-        self.actions.push_back(Action::Send(Pdu::new(header)));
+        self.send(Pdu::new(header));
     }
 
     // ---------------------------------------------------------------- helpers for login.rs
@@ -1437,15 +1465,40 @@ impl Connection {
     }
 }
 
-/// Residual flags and count for a command that wanted `wanted` bytes against EDTL `edtl`.
-fn residual(wanted: u64, edtl: u32) -> (bool, bool, u32) {
-    let edtl = edtl as u64;
-    if wanted > edtl {
-        (true, false, (wanted - edtl).min(u32::MAX as u64) as u32)
-    } else if wanted < edtl {
-        (false, true, (edtl - wanted) as u32)
-    } else {
-        (false, false, 0)
+impl<C: Clone + Debug + Default> Connection<C> {
+    /// One PDU from the initiator, for a transport that keeps no per-task context (TCP): the
+    /// context is `C::default()`.
+    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+        self.handle_pdu_with_context(pdu, now, C::default());
+    }
+}
+
+/// Residual overflow/underflow flags and count of a SCSI Response or status-bearing Data-In
+/// (RFC 7143 §11.4.5).
+#[derive(Debug, Clone, Copy, Default)]
+struct Residual {
+    overflow: bool,
+    underflow: bool,
+    count: u32,
+}
+
+impl Residual {
+    /// The residual of a command that wanted `wanted` bytes against EDTL `edtl`.
+    fn of(wanted: u64, edtl: u32) -> Self {
+        let edtl = edtl as u64;
+        if wanted > edtl {
+            Residual {
+                overflow: true,
+                underflow: false,
+                count: (wanted - edtl).min(u32::MAX as u64) as u32,
+            }
+        } else {
+            Residual {
+                overflow: false,
+                underflow: wanted < edtl,
+                count: (edtl - wanted) as u32,
+            }
+        }
     }
 }
 
