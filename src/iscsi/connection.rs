@@ -23,6 +23,7 @@ use super::pdu::{
     ReadyToTransfer, Reject, ScsiCommand, ScsiResponse, TaskAttribute, TaskMgmtRequest,
     TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
 };
+use super::tasks::{R2tWindow, Task, TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::{ScsiOutcome, TaskAttr};
 
@@ -257,57 +258,6 @@ pub(super) fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (b.wrapping_sub(a) as i32) > 0
 }
 
-/// Where a command is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TaskState {
-    /// Waiting for (more) Data-Out.
-    AwaitingData,
-    /// All data in; waiting for its turn (task ordering).
-    Ready,
-    /// Handed to the backend.
-    Running,
-}
-
-/// An outstanding R2T of a write.
-#[derive(Debug, Clone, Copy)]
-struct R2tWindow {
-    ttt: u32,
-    offset: u32,
-    length: u32,
-    received: u32,
-    /// Data-Out PDUs received for this R2T: the DataSN the next one must carry.
-    next_data_sn: u32,
-}
-
-#[derive(Debug)]
-struct Task<C> {
-    id: TaskId,
-    /// The transport's context, given with the SCSI Command PDU; it lives exactly as long as the
-    /// task.
-    context: C,
-    itt: u32,
-    cmd_sn: u32,
-    /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
-    immediate: bool,
-    lun: u64,
-    lun_field: [u8; 8],
-    cdb: Vec<u8>,
-    attribute: TaskAttribute,
-    expected_length: u32,
-    data_out: Vec<u8>,
-    write: bool,
-    state: TaskState,
-    /// Unsolicited Data-Out may still arrive (no F bit yet on the unsolicited sequence).
-    unsolicited_open: bool,
-    /// DataSN the next unsolicited Data-Out must carry.
-    unsolicited_data_sn: u32,
-    next_r2t_offset: u32,
-    r2t_sn: u32,
-    r2ts: Vec<R2tWindow>,
-    /// Aborted by a TMF while running: its result is discarded.
-    aborted: bool,
-}
-
 /// A TMF response held until the tasks it aborted have left the backend.
 #[derive(Debug)]
 struct PendingTmf {
@@ -359,10 +309,11 @@ pub struct Connection<C = ()> {
     pub(super) login_deadline: Instant,
     /// A Close action has been emitted.
     close_emitted: bool,
-    tasks: BTreeMap<TaskId, Task<C>>,
+    tasks: TaskTable<C>,
+    /// Tasks about to start, kept between events so scheduling does not allocate.
+    starting: Vec<TaskId>,
     /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills).
     held: BTreeMap<u32, (Pdu, C)>,
-    next_task_id: TaskId,
     next_ttt: u32,
     pending_tmfs: Vec<PendingTmf>,
     pending_text: Option<PendingText>,
@@ -392,9 +343,9 @@ impl<C: Clone + Debug> Connection<C> {
             tsih: 0,
             stat_sn: 0,
             exp_cmd_sn: 0,
-            tasks: BTreeMap::new(),
+            tasks: TaskTable::new(),
+            starting: Vec::new(),
             held: BTreeMap::new(),
-            next_task_id: 1,
             next_ttt: 1,
             pending_tmfs: Vec::new(),
             pending_text: None,
@@ -426,10 +377,7 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Commands currently handed to the backend.
     pub fn running_tasks(&self) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| t.state == TaskState::Running)
-            .count()
+        self.tasks.running()
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
@@ -491,12 +439,7 @@ impl<C: Clone + Debug> Connection<C> {
     }
 
     fn fresh_ttt(&mut self) -> u32 {
-        let ttt = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        ttt
+        next_tag(&mut self.next_ttt)
     }
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
@@ -506,8 +449,7 @@ impl<C: Clone + Debug> Connection<C> {
     /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
     /// without ExpCmdSN moving. A full queue closes the window (MaxCmdSN = ExpCmdSN - 1).
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        let outstanding = self.tasks.values().filter(|t| !t.immediate).count() as u32;
-        let room = self.config.queue_depth.saturating_sub(outstanding);
+        let room = self.config.queue_depth.saturating_sub(self.tasks.queued());
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
@@ -544,8 +486,7 @@ impl<C: Clone + Debug> Connection<C> {
     pub fn handle_shutdown(&mut self) {
         match self.phase {
             Phase::FullFeature => {
-                self.held.clear();
-                self.tasks.retain(|_, t| t.state == TaskState::Running);
+                self.drop_waiting_commands();
                 self.phase = Phase::Draining(CloseReason::Shutdown);
                 self.maybe_finish_draining();
             }
@@ -744,7 +685,7 @@ impl<C: Clone + Debug> Connection<C> {
     // ---------------------------------------------------------------- SCSI commands and data
 
     fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>, context: C) {
-        if self.tasks.values().any(|t| t.itt == h.itt) {
+        if self.tasks.id_of_itt(h.itt).is_some() {
             let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
             self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);
             return;
@@ -769,8 +710,6 @@ impl<C: Clone + Debug> Connection<C> {
                 return;
             }
         }
-        let id = self.next_task_id;
-        self.next_task_id += 1;
         let write = h.write && edtl > 0;
         let unsolicited_open = write
             && !h.final_flag
@@ -778,10 +717,8 @@ impl<C: Clone + Debug> Connection<C> {
             && (immediate_data.len() as u32) < edtl.min(self.params.first_burst_length);
         let received = immediate_data.len() as u32;
         let task = Task {
-            id,
             context,
             itt: h.itt,
-            cmd_sn: h.cmd_sn,
             immediate: h.immediate,
             lun,
             lun_field: h.lun,
@@ -790,7 +727,6 @@ impl<C: Clone + Debug> Connection<C> {
             expected_length: edtl,
             data_out: immediate_data,
             write,
-            state: TaskState::AwaitingData,
             unsolicited_open,
             unsolicited_data_sn: 0,
             next_r2t_offset: received,
@@ -798,47 +734,43 @@ impl<C: Clone + Debug> Connection<C> {
             r2ts: Vec::new(),
             aborted: false,
         };
-        self.tasks.insert(id, task);
+        let id = self.tasks.insert(task);
         self.advance_write(id);
-        self.schedule();
     }
 
-    /// After data arrived (or a command started): issue R2Ts or mark the task ready.
+    /// After data arrived (or a command started): issue R2Ts, or mark the task ready and start it
+    /// if task ordering lets it.
     fn advance_write(&mut self, id: TaskId) {
+        if self.tasks.state(id) != Some(TaskState::AwaitingData) {
+            return;
+        }
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        if !task.write || task.data_out.len() as u32 >= task.expected_length {
+            self.tasks.set_ready(id);
+            if self.tasks.may_start(id) {
+                self.start(id);
+            }
+            return;
+        }
+        if task.unsolicited_open {
+            return;
+        }
         let max_outstanding = self.params.max_outstanding_r2t as usize;
         let max_burst = self.params.max_burst_length;
-        let mut r2ts = Vec::new();
-        {
-            let Some(task) = self.tasks.get_mut(&id) else {
+        let max_cmd_sn = self.max_cmd_sn();
+        loop {
+            let Some(task) = self.tasks.get_mut(id) else {
                 return;
             };
-            if task.state != TaskState::AwaitingData {
+            if task.r2ts.len() >= max_outstanding || task.next_r2t_offset >= task.expected_length {
                 return;
             }
-            let received = task.data_out.len() as u32;
-            if !task.write || received >= task.expected_length {
-                task.state = TaskState::Ready;
-                return;
-            }
-            if task.unsolicited_open {
-                return;
-            }
-            // Windows created in this call are only pushed below: count them too.
-            while task.r2ts.len() + r2ts.len() < max_outstanding
-                && task.next_r2t_offset < task.expected_length
-            {
-                let offset = task.next_r2t_offset;
-                let length = (task.expected_length - offset).min(max_burst);
-                task.next_r2t_offset += length;
-                r2ts.push((task.itt, task.lun_field, offset, length, task.r2t_sn));
-                task.r2t_sn += 1;
-            }
-        }
-        for (itt, lun_field, offset, length, r2t_sn) in r2ts {
-            let ttt = self.fresh_ttt();
-            let Some(task) = self.tasks.get_mut(&id) else {
-                return;
-            };
+            let offset = task.next_r2t_offset;
+            let length = (task.expected_length - offset).min(max_burst);
+            let ttt = next_tag(&mut self.next_ttt);
+            task.next_r2t_offset += length;
             task.r2ts.push(R2tWindow {
                 ttt,
                 offset,
@@ -846,19 +778,20 @@ impl<C: Clone + Debug> Connection<C> {
                 received: 0,
                 next_data_sn: 0,
             });
-            let context = task.context.clone();
             let header = Header::ReadyToTransfer(ReadyToTransfer {
-                lun: lun_field,
-                itt,
+                lun: task.lun_field,
+                itt: task.itt,
                 ttt,
                 // R2T carries the current StatSN without advancing it.
                 stat_sn: self.stat_sn,
                 exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                r2t_sn,
+                max_cmd_sn,
+                r2t_sn: task.r2t_sn,
                 buffer_offset: offset,
                 desired_length: length,
             });
+            task.r2t_sn += 1;
+            let context = task.context.clone();
             self.send_for_task(Pdu::new(header), &context);
         }
     }
@@ -867,16 +800,15 @@ impl<C: Clone + Debug> Connection<C> {
         let first_burst = self.params.first_burst_length;
         let Some(id) = self
             .tasks
-            .values()
-            .find(|t| t.itt == h.itt && t.state == TaskState::AwaitingData)
-            .map(|t| t.id)
+            .id_of_itt(h.itt)
+            .filter(|&id| self.tasks.state(id) == Some(TaskState::AwaitingData))
         else {
             // Data for a task we no longer know (aborted, or failed early): drop it quietly,
             // the initiator learns the task's fate from its response or the TMF response.
             log::debug!("Data-Out for unknown ITT {:#x}", h.itt);
             return;
         };
-        let task = self.tasks.get_mut(&id).expect("found above");
+        let task = self.tasks.get_mut(id).expect("found above");
         let len = pdu.data.len() as u32;
         let offset = h.buffer_offset;
         let in_order = offset == task.data_out.len() as u32;
@@ -917,7 +849,7 @@ impl<C: Clone + Debug> Connection<C> {
                 h.data_sn
             );
             self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
-            let task = self.tasks.remove(&id).expect("found above");
+            let task = self.tasks.remove(id).expect("found above");
             let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
             self.send_scsi_response(
                 task.itt,
@@ -949,79 +881,54 @@ impl<C: Clone + Debug> Connection<C> {
             }
         }
         self.advance_write(id);
-        self.schedule();
     }
 
-    /// Hands ready tasks to the backend in an order that honours task attributes: an ORDERED task
-    /// waits for every earlier task and holds back every later one; HEAD OF QUEUE goes at once.
+    /// Starts the tasks that tasks leaving the table released (task ordering, see
+    /// [`TaskTable::released_tasks`]). Tasks that become ready start at once in
+    /// [`Connection::advance_write`] when ordering allows.
     fn schedule(&mut self) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
-        let mut order: Vec<&Task<C>> = self.tasks.values().collect();
-        order.sort_by(|a, b| {
-            if a.cmd_sn == b.cmd_sn {
-                a.id.cmp(&b.id)
-            } else if sn_lt(a.cmd_sn, b.cmd_sn) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
-        });
-        let mut start = Vec::new();
-        let mut earlier_pending = false;
-        // Behind an unfinished ORDERED task only HEAD OF QUEUE tasks may start.
-        let mut blocked = false;
-        for task in order {
-            let ready = task.state == TaskState::Ready;
-            match task.attribute {
-                TaskAttribute::HeadOfQueue => {
-                    if ready {
-                        start.push(task.id);
-                    }
-                }
-                _ if blocked => {}
-                TaskAttribute::Ordered => {
-                    if ready && !earlier_pending {
-                        start.push(task.id);
-                    }
-                    blocked = true;
-                }
-                _ => {
-                    if ready {
-                        start.push(task.id);
-                    }
-                    earlier_pending = true;
-                }
-            }
+        let mut starting = std::mem::take(&mut self.starting);
+        self.tasks.released_tasks(&mut starting);
+        for id in starting.drain(..) {
+            self.start(id);
         }
-        for id in start {
-            let target = self.target.expect("normal session has a target");
-            let task = self.tasks.get_mut(&id).expect("listed above");
-            task.state = TaskState::Running;
-            let attribute = match task.attribute {
-                TaskAttribute::Untagged => TaskAttr::Untagged,
-                TaskAttribute::Simple => TaskAttr::Simple,
-                TaskAttribute::Ordered => TaskAttr::Ordered,
-                TaskAttribute::HeadOfQueue => TaskAttr::HeadOfQueue,
-                TaskAttribute::Aca => TaskAttr::Aca,
-            };
-            let scsi = ScsiTask {
-                id,
-                target,
-                lun: task.lun,
-                cdb: std::mem::take(&mut task.cdb),
-                data_out: std::mem::take(&mut task.data_out),
-                expected_transfer_length: task.expected_length,
-                attribute,
-            };
-            self.actions.push_back(Action::Execute(scsi));
+        self.starting = starting;
+    }
+
+    /// Hands a ready task to the backend.
+    fn start(&mut self, id: TaskId) {
+        if !matches!(self.phase, Phase::FullFeature) {
+            return;
         }
+        let target = self.target.expect("normal session has a target");
+        let Some(task) = self.tasks.start(id) else {
+            return;
+        };
+        let attribute = match task.attribute {
+            TaskAttribute::Untagged => TaskAttr::Untagged,
+            TaskAttribute::Simple => TaskAttr::Simple,
+            TaskAttribute::Ordered => TaskAttr::Ordered,
+            TaskAttribute::HeadOfQueue => TaskAttr::HeadOfQueue,
+            TaskAttribute::Aca => TaskAttr::Aca,
+        };
+        let scsi = ScsiTask {
+            id,
+            target,
+            lun: task.lun,
+            cdb: std::mem::take(&mut task.cdb),
+            data_out: std::mem::take(&mut task.data_out),
+            expected_transfer_length: task.expected_length,
+            attribute,
+        };
+        self.actions.push_back(Action::Execute(scsi));
     }
 
     /// Answer to [`Action::Execute`].
     pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
-        let Some(task) = self.tasks.remove(&id) else {
+        let Some(task) = self.tasks.remove(id) else {
             return;
         };
         if !task.aborted && !matches!(self.phase, Phase::Closed) {
@@ -1168,20 +1075,14 @@ impl<C: Clone + Debug> Connection<C> {
             h.lun
         );
         let lun = pdu::decode_lun(&h.lun);
-        let target_luns = self
-            .target
-            .map(|t| self.config.targets[t].luns.clone())
-            .unwrap_or_default();
-        let lun_exists = lun.is_some_and(|l| target_luns.contains(&l));
+        let lun_exists = match (self.target, lun) {
+            (Some(t), Some(l)) => self.config.targets[t].luns.contains(&l),
+            _ => false,
+        };
         let mut close_after = false;
         let (response, victims): (u8, Vec<TaskId>) = match h.function {
             tmf::ABORT_TASK => {
-                let victim = self
-                    .tasks
-                    .values()
-                    .find(|t| t.itt == h.referenced_task_tag)
-                    .map(|t| t.id);
-                match victim {
+                match self.tasks.id_of_itt(h.referenced_task_tag) {
                     Some(id) => (tmf::FUNCTION_COMPLETE, vec![id]),
                     // RFC 7143 §11.5.1: a task that completed before the abort arrived (RefCmdSN
                     // already consumed) counts as aborted; one never seen does not exist.
@@ -1198,9 +1099,9 @@ impl<C: Clone + Debug> Connection<C> {
                     let l = lun.expect("exists");
                     let ids = self
                         .tasks
-                        .values()
-                        .filter(|t| t.lun == l)
-                        .map(|t| t.id)
+                        .iter()
+                        .filter(|(_, t)| t.lun == l)
+                        .map(|(id, _)| id)
                         .collect();
                     if h.function == tmf::LOGICAL_UNIT_RESET {
                         self.actions.push_back(Action::Reset { lun: Some(l) });
@@ -1211,7 +1112,10 @@ impl<C: Clone + Debug> Connection<C> {
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 close_after = h.function == tmf::TARGET_COLD_RESET;
                 self.actions.push_back(Action::Reset { lun: None });
-                (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
+                (
+                    tmf::FUNCTION_COMPLETE,
+                    self.tasks.iter().map(|(id, _)| id).collect(),
+                )
             }
             tmf::CLEAR_ACA => (tmf::FUNCTION_NOT_SUPPORTED, vec![]),
             tmf::TASK_REASSIGN => (tmf::TASK_REASSIGN_NOT_SUPPORTED, vec![]),
@@ -1219,15 +1123,15 @@ impl<C: Clone + Debug> Connection<C> {
         };
         let mut waiting_for = Vec::new();
         for id in victims {
-            if let Some(task) = self.tasks.get_mut(&id) {
-                if task.state == TaskState::Running {
-                    // Cannot recall it from the backend: discard its result when it comes back,
-                    // and hold the TMF response until then (brief §1 rule 17).
+            if self.tasks.state(id) == Some(TaskState::Running) {
+                // Cannot recall it from the backend: discard its result when it comes back,
+                // and hold the TMF response until then (brief §1 rule 17).
+                if let Some(task) = self.tasks.get_mut(id) {
                     task.aborted = true;
-                    waiting_for.push(id);
-                } else {
-                    self.tasks.remove(&id);
                 }
+                waiting_for.push(id);
+            } else {
+                self.tasks.remove(id);
             }
         }
         self.pending_tmfs.push(PendingTmf {
@@ -1394,11 +1298,25 @@ impl<C: Clone + Debug> Connection<C> {
         }
         // Tasks still waiting for data or their turn are dropped; running ones finish first so
         // their responses precede the Logout Response.
-        self.held.clear();
-        self.tasks.retain(|_, t| t.state == TaskState::Running);
+        self.drop_waiting_commands();
         self.pending_logout = Some(h.itt);
         self.phase = Phase::Draining(CloseReason::Logout);
         self.maybe_finish_draining();
+    }
+
+    /// Drops every command not in the backend: held for a CmdSN gap, waiting for data or for its
+    /// turn.
+    fn drop_waiting_commands(&mut self) {
+        self.held.clear();
+        let waiting: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|&(id, _)| self.tasks.state(id) != Some(TaskState::Running))
+            .map(|(id, _)| id)
+            .collect();
+        for id in waiting {
+            self.tasks.remove(id);
+        }
     }
 
     fn maybe_finish_draining(&mut self) {
@@ -1500,6 +1418,16 @@ impl Residual {
             }
         }
     }
+}
+
+/// Takes the next target transfer tag from `next`, never the reserved one.
+fn next_tag(next: &mut u32) -> u32 {
+    let tag = *next;
+    *next = next.wrapping_add(1);
+    if *next == RESERVED_TAG {
+        *next = 1;
+    }
+    tag
 }
 
 /// (immediate, CmdSN) of a command PDU.
