@@ -71,6 +71,10 @@ pub struct CoreConfig {
     pub nop_timeout: Duration,
     /// Bound on the whole login phase.
     pub login_timeout: Duration,
+    /// A discovery session with no PDU from the initiator for this long is closed. Discovery
+    /// sessions are not pinged (an iSER discovery initiator has a single receive buffer), so
+    /// without this a silent one would live for ever.
+    pub discovery_idle_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -85,6 +89,7 @@ impl Default for CoreConfig {
             nop_interval: Some(Duration::from_secs(15)),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            discovery_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -196,7 +201,8 @@ pub enum CloseReason {
     LoginFailed,
     /// The peer violated the protocol in a way that cannot be answered.
     ProtocolError(String),
-    /// The initiator stopped answering pings, or login took too long.
+    /// The initiator stopped answering pings, login took too long, or a discovery session sat
+    /// idle.
     Timeout,
     /// The target is shutting down, or the session is being reinstated elsewhere.
     Shutdown,
@@ -232,6 +238,7 @@ pub(super) mod reject_reason {
     pub const SNACK_REJECT: u8 = 0x03;
     pub const PROTOCOL_ERROR: u8 = 0x04;
     pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const TOO_MANY_IMMEDIATE_COMMANDS: u8 = 0x06;
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
 
@@ -252,6 +259,13 @@ mod tmf {
     pub const TASK_REASSIGN_NOT_SUPPORTED: u8 = 4;
     pub const FUNCTION_NOT_SUPPORTED: u8 = 5;
 }
+
+/// Tasks a session may hold beyond `queue_depth`. Immediate SCSI commands take no CmdSN, so the
+/// CmdSN window does not bound them; past this many tasks in all, a further immediate command is
+/// rejected ("too many immediate commands", RFC 7143 §11.17.1) instead of buffered. 16 leaves
+/// room for a burst of immediate commands on top of a full queue while keeping the table, and so
+/// the memory one session can pin, bounded.
+pub const IMMEDIATE_COMMAND_HEADROOM: u32 = 16;
 
 /// Serial number arithmetic (RFC 1982, 32 bits): a < b.
 pub(super) fn sn_lt(a: u32, b: u32) -> bool {
@@ -384,7 +398,10 @@ impl<C: Clone + Debug> Connection<C> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Login(_) => Some(self.login_deadline),
-            Phase::FullFeature if !self.discovery => {
+            Phase::FullFeature if self.discovery => {
+                Some(self.last_activity + self.config.discovery_idle_timeout)
+            }
+            Phase::FullFeature => {
                 if let Some((_, sent)) = self.ping_outstanding {
                     Some(sent + self.config.nop_timeout)
                 } else {
@@ -395,14 +412,27 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
-    /// Timers: login deadline, NOP-In pings on idle connections, ping timeout.
+    /// Timers: login deadline, NOP-In pings on idle connections, ping timeout, idle discovery
+    /// sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
             Phase::Login(_) if now >= self.login_deadline => {
                 log::warn!("login did not complete in {:?}", self.config.login_timeout);
                 self.close(CloseReason::Timeout);
             }
-            Phase::FullFeature if !self.discovery => {
+            Phase::FullFeature
+                if self.discovery
+                    && now >= self.last_activity + self.config.discovery_idle_timeout =>
+            {
+                log::info!(
+                    "closing discovery session of {}: idle for {:?}",
+                    self.initiator_name,
+                    self.config.discovery_idle_timeout
+                );
+                self.close(CloseReason::Timeout);
+            }
+            Phase::FullFeature if self.discovery => {}
+            Phase::FullFeature => {
                 if let Some((_, sent)) = self.ping_outstanding {
                     if now >= sent + self.config.nop_timeout {
                         log::warn!(
@@ -685,6 +715,18 @@ impl<C: Clone + Debug> Connection<C> {
     // ---------------------------------------------------------------- SCSI commands and data
 
     fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>, context: C) {
+        let task_limit = self.config.queue_depth as usize + IMMEDIATE_COMMAND_HEADROOM as usize;
+        if h.immediate && self.tasks.len() >= task_limit {
+            log::warn!(
+                "{}: rejecting immediate command ITT {:#x}: {} tasks outstanding",
+                self.initiator_name,
+                h.itt,
+                self.tasks.len()
+            );
+            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
+            self.reject_pdu(reject_reason::TOO_MANY_IMMEDIATE_COMMANDS, &pdu);
+            return;
+        }
         if self.tasks.id_of_itt(h.itt).is_some() {
             let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
             self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);

@@ -110,6 +110,11 @@ impl<C> TaskTable<C> {
         }
     }
 
+    /// Tasks in the table.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

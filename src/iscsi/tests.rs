@@ -994,6 +994,50 @@ fn long_send_targets_is_continued() {
     assert_eq!(reject_reason(&pair.take_one()), 0x09);
 }
 
+#[test]
+fn idle_discovery_session_is_closed_without_pings() {
+    let mut cfg = config();
+    cfg.discovery_idle_timeout = Duration::from_secs(30);
+    cfg.nop_interval = Some(Duration::from_secs(5));
+    let mut pair = discovery_pair(cfg, "8192");
+    pair.take();
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.advance(Duration::from_secs(29));
+    assert!(pair.closed.is_none());
+    // A request restarts the clock.
+    pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
+    assert!(matches!(pair.take_one().header, Header::TextResponse(_)));
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.advance(Duration::from_secs(29));
+    assert!(
+        pair.closed.is_none(),
+        "58 s in, 29 s after the last request"
+    );
+    pair.advance(Duration::from_secs(1));
+    assert_eq!(pair.closed, Some(CloseReason::Timeout));
+    assert!(
+        pair.take().is_empty(),
+        "no NOP-In ever went to the discovery session"
+    );
+}
+
+#[test]
+fn normal_sessions_are_not_closed_for_idleness() {
+    let mut cfg = config();
+    cfg.discovery_idle_timeout = Duration::from_secs(1);
+    cfg.nop_interval = None;
+    let mut pair = logged_in_with(cfg, &[]);
+    assert_eq!(pair.conn.poll_timeout(), None);
+    pair.advance(Duration::from_secs(3600));
+    assert!(pair.closed.is_none());
+}
+
 // ------------------------------------------------------------------------------------ CmdSN window
 
 /// A no-data command (TEST UNIT READY) with the given CmdSN.
@@ -1121,6 +1165,49 @@ fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
         check(&r, &mut last_max);
     }
     assert_eq!(last_max, FIRST_CMD_SN + 16 + 15);
+}
+
+#[test]
+fn immediate_commands_beyond_the_headroom_are_rejected() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let limit = 16 + super::connection::IMMEDIATE_COMMAND_HEADROOM;
+    // A full queue of ordinary commands, then immediate ones up to the limit, all running.
+    for itt in 0..16 {
+        let pdu = tur(&mut pair, itt, FIRST_CMD_SN + itt, false);
+        pair.send(pdu);
+    }
+    for itt in 16..limit {
+        let pdu = tur(&mut pair, itt, FIRST_CMD_SN + 16, true);
+        pair.send(pdu);
+    }
+    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert!(pair.take().is_empty());
+    let pdu = tur(&mut pair, 1000, FIRST_CMD_SN + 16, true);
+    pair.send(pdu);
+    let sent = pair.take_with_contexts();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        reject_reason(&sent[0].0),
+        0x06,
+        "too many immediate commands"
+    );
+    assert_eq!(sent[0].1, None);
+    assert_eq!(pair.conn.running_tasks(), limit as usize, "no task for it");
+    assert_eq!(
+        pair.live_contexts(),
+        limit as usize,
+        "its context is dropped"
+    );
+    // One task finishes: an immediate command fits again.
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    pair.take();
+    let pdu = tur(&mut pair, 1001, FIRST_CMD_SN + 16, true);
+    pair.send(pdu);
+    assert!(pair.take().is_empty());
+    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert!(pair.closed.is_none());
 }
 
 // ------------------------------------------------------------------------------------ writes
