@@ -1171,7 +1171,7 @@ fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
 fn immediate_commands_beyond_the_headroom_are_rejected() {
     let mut pair = logged_in(&[]);
     pair.auto_complete = false;
-    let limit = 16 + super::connection::IMMEDIATE_COMMAND_HEADROOM;
+    let limit = 16 + super::commands::IMMEDIATE_COMMAND_HEADROOM;
     // A full queue of ordinary commands, then immediate ones up to the limit, all running.
     for itt in 0..16 {
         let pdu = tur(&mut pair, itt, FIRST_CMD_SN + itt, false);
