@@ -296,8 +296,9 @@ pub struct Connection<C = ()> {
     pub(super) tasks: TaskTable<C>,
     /// Tasks about to start, kept between events so scheduling does not allocate.
     pub(super) starting: Vec<TaskId>,
-    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills).
-    held: BTreeMap<u32, (Pdu, C)>,
+    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills);
+    /// `None` for a CmdSN given up by an ABORT TASK.
+    held: BTreeMap<u32, Option<(Pdu, C)>>,
     pub(super) next_ttt: u32,
     pub(super) pending_tmfs: Vec<PendingTmf>,
     pending_text: Option<PendingText>,
@@ -559,7 +560,7 @@ impl<C: Clone + Debug> Connection<C> {
                     "PDU while the login response is pending".into(),
                 ));
             }
-            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now, context),
+            Phase::FullFeature => self.handle_full_feature_pdu(pdu, context),
             Phase::Draining(_) => {
                 // Only answers to our pings matter now; everything else is dropped.
             }
@@ -579,7 +580,7 @@ impl<C: Clone + Debug> Connection<C> {
         self.finish_login(*state, result);
     }
 
-    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant, context: C) {
+    fn handle_full_feature_pdu(&mut self, pdu: Pdu, context: C) {
         if self.discovery {
             // Discovery sessions carry only Text and Logout (RFC 7143 §6.3).
             match pdu.header {
@@ -625,21 +626,18 @@ impl<C: Clone + Debug> Connection<C> {
         }
         let (immediate, cmd_sn) = command_sequencing(&pdu.header);
         if immediate {
-            self.dispatch_command(pdu, context, now);
+            self.dispatch_command(pdu, context);
             return;
         }
         let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
         if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch_command(pdu, context, now);
-            // Commands that were waiting for this one.
-            while let Some((next, context)) = self.held.remove(&self.exp_cmd_sn) {
-                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.dispatch_command(next, context, now);
-            }
-        } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
-            // Ahead of ExpCmdSN but inside the window: hold it until the gap fills.
-            self.held.entry(cmd_sn).or_insert((pdu, context));
+            self.dispatch_command(pdu, context);
+            self.dispatch_held();
+        } else if self.cmd_sn_in_window(cmd_sn) {
+            // Ahead of ExpCmdSN but inside the window: hold it until the gap fills (unless its
+            // CmdSN was already given up by an ABORT TASK).
+            self.held.entry(cmd_sn).or_insert(Some((pdu, context)));
         } else {
             // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
             log::debug!(
@@ -650,7 +648,34 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
-    fn dispatch_command(&mut self, pdu: Pdu, context: C, now: Instant) {
+    /// Whether `cmd_sn` lies in the CmdSN window, ExpCmdSN..=MaxCmdSN.
+    pub(super) fn cmd_sn_in_window(&self, cmd_sn: u32) -> bool {
+        !sn_lt(cmd_sn, self.exp_cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn)
+    }
+
+    /// Dispatches the held commands that ExpCmdSN has reached, in order.
+    fn dispatch_held(&mut self) {
+        while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            if let Some((pdu, context)) = next {
+                self.dispatch_command(pdu, context);
+            }
+        }
+    }
+
+    /// Takes `cmd_sn`, inside the window, as received without a command: an ABORT TASK of a
+    /// command that has not arrived (RFC 7143 §11.6.1). A command held with it is dropped, one
+    /// arriving later is ignored, and ExpCmdSN moves past it as past any received command.
+    pub(super) fn give_up_cmd_sn(&mut self, cmd_sn: u32) {
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.dispatch_held();
+        } else {
+            self.held.insert(cmd_sn, None);
+        }
+    }
+
+    fn dispatch_command(&mut self, pdu: Pdu, context: C) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
@@ -660,12 +685,12 @@ impl<C: Clone + Debug> Connection<C> {
             Header::TaskMgmtRequest(h) => self.handle_tmf(h),
             Header::TextRequest(h) => self.handle_text(h, data),
             Header::LogoutRequest(h) => self.handle_logout(h),
-            Header::NopOut(h) => self.handle_nop_out(h, data, now),
+            Header::NopOut(h) => self.handle_nop_out(h, data),
             _ => unreachable!("filtered in handle_full_feature_pdu"),
         }
     }
 
-    fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>, _now: Instant) {
+    fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>) {
         // A ping from the initiator (ITT valid): echo the data, TTT reserved (brief §1 rule 15).
         let max = self.response_data_limit();
         let mut data = data;

@@ -1816,12 +1816,46 @@ fn abort_unknown_task_follows_ref_cmd_sn() {
     let pdu = tur(&mut pair, 1, FIRST_CMD_SN, false);
     pair.send(pdu);
     pair.take();
-    // Referenced CmdSN already consumed: the task completed, so the abort "succeeded".
+    // RFC 7143 §11.6.1 c): RefCmdSN below the window, the task completed before the abort
+    // arrived: TASK DOES NOT EXIST (what libiscsi's AbortTaskSimpleAsync expects).
     pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
-    assert_eq!(tmf_response(&pair.take_one()).response, 0);
-    // Never seen: TASK DOES NOT EXIST.
+    assert_eq!(tmf_response(&pair.take_one()).response, 1);
+    // Inside the window but not before the TMF's own CmdSN: never sent, does not exist.
     pair.tmf(ABORT_TASK, 0, 77, FIRST_CMD_SN + 5);
     assert_eq!(tmf_response(&pair.take_one()).response, 1);
+    assert_eq!(pair.executed.len(), 1);
+}
+
+#[test]
+fn abort_of_a_command_not_yet_arrived_takes_its_cmd_sn() {
+    let mut pair = logged_in(&[]);
+    let first = FIRST_CMD_SN;
+    // CmdSN `first` is lost on the way; `first + 1` waits for it.
+    let held = tur(&mut pair, 2, first + 1, false);
+    pair.send(held);
+    assert!(pair.take().is_empty());
+    // RFC 7143 §11.6.1 b): the initiator aborts the held command (RefCmdSN inside the window,
+    // before the TMF's CmdSN): done, and the held command never runs.
+    pair.cmd_sn = first + 2;
+    pair.tmf(ABORT_TASK, 0, 2, first + 1);
+    let r = pair.take_one();
+    assert_eq!(tmf_response(&r).response, 0);
+    assert_eq!(sequence(&r).1, first, "the gap is still open");
+    assert_eq!(pair.live_contexts(), 0, "the held command is gone");
+    // Then aborts the lost one: its CmdSN counts as received and ExpCmdSN moves past both.
+    pair.tmf(ABORT_TASK, 0, 1, first);
+    let r = pair.take_one();
+    assert_eq!(tmf_response(&r).response, 0);
+    assert_eq!(sequence(&r).1, first + 2);
+    // The lost command turning up late is outside the window.
+    let late = tur(&mut pair, 1, first, false);
+    pair.send(late);
+    assert!(pair.take().is_empty());
+    assert!(pair.executed.is_empty());
+    // The session goes on from ExpCmdSN.
+    let next = tur(&mut pair, 3, first + 2, false);
+    pair.send(next);
+    assert_eq!(scsi_response(&pair.take_one()).itt, 3);
 }
 
 #[test]
