@@ -7,7 +7,7 @@
 #      iscsi-test-cu on a RAM LUN and a file LUN (release build)
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
-#      and our target against the kernel initiator over TCP and over iSER
+#      and our target against the kernel initiator over TCP and over iSER, with and without CHAP
 #
 # Environment: SKIP_VM=1 skips tier 4 (says so loudly); everything else always runs.
 set -euo pipefail
@@ -68,6 +68,8 @@ else
         scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
         log "open-iscsi (ib_iser) and libiscsi against our target over iSER on rxe"
         scripts/softroce-vm.sh scripts/guest/iser-basic.sh
+        log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
+        scripts/softroce-vm.sh scripts/guest/chap.sh
     fi
 fi
 

@@ -345,6 +345,15 @@ impl ChapExchange {
                         ]
                     }
                 };
+                log::info!(
+                    "CHAP: {} authenticated with {algorithm:?}{}",
+                    self.auth.chap.username,
+                    if answer.is_empty() {
+                        ""
+                    } else {
+                        ", target authenticated back (mutual)"
+                    }
+                );
                 self.step = Step::Authenticated;
                 Ok(answer)
             }
