@@ -8,10 +8,11 @@
 # one with one-way CHAP, one with mutual credentials, and discovery CHAP. Per transport, as the
 # real initiator with node.session.auth.* set through `iscsiadm -o update`:
 #   - discovery with and without the discovery credentials;
-#   - one-way CHAP (open-iscsi's default algorithm list) and a 4 MiB O_DIRECT write/read compare;
-#   - mutual CHAP with MD5 only, and a compare;
-#   - a wrong secret, a wrong user and a wrong target secret (mutual) refuse the login, and no
-#     disk appears.
+#   - one-way CHAP offering SHA3-256,SHA256,SHA1,MD5 (the target must pick SHA3-256) and a 4 MiB
+#     O_DIRECT write/read compare;
+#   - mutual CHAP with MD5 only (open-iscsi's default), and a compare;
+#   - a wrong secret, a wrong user (the target answers 0x0201) and a wrong target secret (mutual:
+#     the initiator refuses our response) refuse the login, and no disk appears.
 # Prints PASS/FAIL per check; exits non-zero on any failure.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
@@ -30,6 +31,8 @@ TARGET_SECRET=target-secret-5678
 DISC_USER=disc
 DISC_SECRET=discovery-secret-1
 WORK=/run/iser-target-chap
+TARGET_LOG="${SOFTROCE_RESULTS:-/tmp}/target.log"
+INITIATOR_LOG="${SOFTROCE_RESULTS:-/tmp}/iscsiadm.log"
 FAILED=0
 
 pass() { sr_log "PASS: $*"; }
@@ -111,11 +114,16 @@ login_works() {
     return "$rc"
 }
 
-# login_refused IQN TRANSPORT NAME=VALUE...: iscsiadm fails, no session, no new disk.
+# login_refused WHY IQN TRANSPORT NAME=VALUE...: iscsiadm fails, no session, no new disk, and
+# the target's log gains a line matching WHY (so the refusal is the one meant, not some other).
 login_refused() {
-    local iqn="$1" transport="$2" rc=0; shift 2
-    if chap_login "$iqn" "$transport" "$@" >/dev/null 2>&1; then
+    local why="$1" iqn="$2" transport="$3" rc=0 before; shift 3
+    before="$(grep -c -- "$why" "$TARGET_LOG" || true)"
+    if chap_login "$iqn" "$transport" "$@" >>"$INITIATOR_LOG" 2>&1; then
         sr_log "login to $iqn was accepted"; rc=1
+    fi
+    if (( $(grep -c -- "$why" "$TARGET_LOG" || true) <= before )); then
+        sr_log "the target's log has no new '$why'"; rc=1
     fi
     sleep 2
     if [[ -n "$(session_disk "$iqn")" ]] || [[ "$(sr_list_disks)" != "$SR_DISKS_BEFORE" ]]; then
@@ -139,7 +147,7 @@ discover() {
         iscsiadm "${db[@]}" -o update -n discovery.sendtargets.auth.username -v "$2" >/dev/null
         iscsiadm "${db[@]}" -o update -n discovery.sendtargets.auth.password -v "$3" >/dev/null
     fi
-    iscsiadm "${db[@]}" --discover 2>/dev/null || rc=$?
+    iscsiadm "${db[@]}" --discover 2>>"$INITIATOR_LOG" || rc=$?
     iscsiadm "${db[@]}" -o delete >/dev/null 2>&1 || true
     forget
     return "$rc"
@@ -159,29 +167,30 @@ for transport in tcp iser; do
     found="$(discover "$transport" || true)"
     check "$transport: discovery without credentials finds nothing" test -z "$found"
 
-    check "$transport: one-way CHAP (default algorithms), 4 MiB compare" \
-        login_works "$IQN_ONE" "$transport" "${ONE_WAY[@]}"
-    check "$transport: mutual CHAP with MD5 only, 4 MiB compare" \
-        login_works "$IQN_MUT" "$transport" "${MUTUAL[@]}" node.session.auth.chap_algs=MD5
+    check "$transport: one-way CHAP offering SHA3-256,SHA256,SHA1,MD5, 4 MiB compare" \
+        login_works "$IQN_ONE" "$transport" "${ONE_WAY[@]}" \
+        node.session.auth.chap_algs=SHA3-256,SHA256,SHA1,MD5
+    check "$transport: mutual CHAP with MD5 (open-iscsi's default), 4 MiB compare" \
+        login_works "$IQN_MUT" "$transport" "${MUTUAL[@]}"
     check "$transport: one-way login to the target with mutual credentials" \
         login_works "$IQN_MUT" "$transport" "${ONE_WAY[@]}"
-    check "$transport: wrong secret is refused, no disk" \
-        login_refused "$IQN_ONE" "$transport" node.session.auth.username="$USER" \
-        node.session.auth.password=wrong-secret-123
-    check "$transport: wrong user is refused, no disk" \
-        login_refused "$IQN_ONE" "$transport" node.session.auth.username=mallory \
-        node.session.auth.password="$SECRET"
+    check "$transport: wrong secret is refused (0x0201), no disk" \
+        login_refused "CHAP_R is wrong" "$IQN_ONE" "$transport" \
+        node.session.auth.username="$USER" node.session.auth.password=wrong-secret-123
+    check "$transport: wrong user is refused (0x0201), no disk" \
+        login_refused "CHAP_N names a user we do not know" "$IQN_ONE" "$transport" \
+        node.session.auth.username=mallory node.session.auth.password="$SECRET"
     check "$transport: wrong target secret (mutual) is refused by the initiator, no disk" \
-        login_refused "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
+        login_refused "target authenticated back" "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
         node.session.auth.username_in="$TARGET_USER" node.session.auth.password_in=not-the-target-1
 done
 
-log="${SOFTROCE_RESULTS:-/tmp}/target.log"
-check "open-iscsi's default list chose SHA3-256" grep -q "authenticated with Sha3_256" "$log"
+check "SHA3-256 chosen from open-iscsi's full list" \
+    grep -q "alice authenticated with Sha3_256" "$TARGET_LOG"
 check "MD5 when the initiator offers only MD5, mutual" \
-    grep -q "authenticated with Md5, target authenticated back (mutual)" "$log"
+    grep -q "alice authenticated with Md5, target authenticated back (mutual)" "$TARGET_LOG"
 check "no secret in the target's log" \
-    bash -c "! grep -qF -e '$SECRET' -e '$TARGET_SECRET' -e '$DISC_SECRET' '$log'"
+    bash -c "! grep -qF -e '$SECRET' -e '$TARGET_SECRET' -e '$DISC_SECRET' '$TARGET_LOG'"
 check "SIGTERM: clean exit 0" bg_stop target
 check "no suspicious kernel messages" dmesg_check
 

@@ -368,8 +368,9 @@ impl ChapExchange {
     }
 }
 
-/// The strongest algorithm of the offered list (SHA3-256 > SHA-256 > SHA-1 > MD5), which is also
-/// open-iscsi's default preference order (`node.session.auth.chap_algs`). Unknown numbers are
+/// The strongest algorithm of the offered list (SHA3-256 > SHA-256 > SHA-1 > MD5), the order
+/// open-iscsi's iscsid.conf suggests for `node.session.auth.chap_algs` (its built-in default is
+/// MD5 only, usr/idbm.c). Unknown numbers are
 /// skipped, as Linux's target does (chap_check_algorithm); values that are not numbers, and an
 /// empty list, are malformed.
 fn choose_algorithm(offered: &str) -> Result<Algorithm, ChapError> {

@@ -310,8 +310,9 @@ impl Connection {
                     );
                     return Outcome::Fail(LoginStatus::AUTHENTICATION_FAILED);
                 }
-                // CHAP is under way: stay in the security stage (T=0), as RFC 7143 §11.13.3 lets
-                // a target do. libiscsi asks to transit in its first request already.
+                // CHAP is under way: stay in the security stage with a partial response (T=0,
+                // "more negotiation needed", RFC 7143 §11.13). libiscsi asks to transit in its
+                // first request already (lib/login.c, ISCSI_LOGIN_SECNEG_PHASE_OFFER_CHAP).
                 return Outcome::Respond(response, answer);
             }
         }
@@ -324,7 +325,14 @@ impl Connection {
         response.transit = true;
         response.next_stage = req.next_stage;
         if req.next_stage == Stage::FullFeature {
-            answer.extend(state.negotiator.declarations());
+            // A response in the security stage carries security keys only, even the final one:
+            // open-iscsi's discovery goes from security straight to full feature
+            // (usr/login.c fill_security_params_text) and fails the login on any other key there
+            // ("can't accept ... in security stage", get_auth_key_type). Undeclared, our
+            // MaxRecvDataSegmentLength stays the RFC default the negotiator starts from.
+            if state.stage == Stage::Operational {
+                answer.extend(state.negotiator.declarations());
+            }
             return Outcome::Bind(response, answer);
         }
         state.stage = req.next_stage;

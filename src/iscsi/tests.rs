@@ -2897,3 +2897,40 @@ fn chap_per_initiator_credentials_win() {
     let r = pair.chap_respond(&[("CHAP_N", CHAP_USER), ("CHAP_R", &response)]);
     assert_eq!(login_status(&r), (0, 0));
 }
+
+#[test]
+fn chap_discovery_straight_from_security_to_full_feature() {
+    // open-iscsi's discovery over iSER (8192-byte MaxRecvDataSegmentLength, no digests) goes from
+    // the security stage straight to full feature (usr/login.c fill_security_params_text) and
+    // refuses any non-security key in that last security-stage response.
+    let mut cfg = config();
+    cfg.random = pattern_random;
+    cfg.discovery_auth = Some(chap_auth(false));
+    let mut pair = Pair::new(cfg);
+    let (algorithm, id, challenge) = pair.chap_challenge(
+        &[
+            ("InitiatorName", INITIATOR),
+            ("SessionType", "Discovery"),
+            ("AuthMethod", "CHAP"),
+        ],
+        "5",
+    );
+    let response = hex_response(algorithm, id, CHAP_SECRET, &challenge);
+    let r = pair.login_step(
+        Stage::Security,
+        Some(Stage::FullFeature),
+        &[("CHAP_N", CHAP_USER), ("CHAP_R", &response)],
+    );
+    assert_eq!(login_status(&r), (0, 0));
+    assert!(transit(&r));
+    assert!(
+        keys_of(&r).is_empty(),
+        "security keys only: {:?}",
+        keys_of(&r)
+    );
+    assert!(pair.conn.is_full_feature());
+    assert_eq!(pair.conn.params().target_max_recv_data_segment_length, 8192);
+    pair.take();
+    pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
+    assert!(keys_of(&pair.take_one()).contains_key("TargetName"));
+}
