@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
+
+mod auth;
+pub use auth::MIN_SECRET_LEN;
+
 // ---------------------------------------------------------------------------
 // Public, resolved configuration
 // ---------------------------------------------------------------------------
@@ -30,6 +35,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Session and protocol limits shared by the whole process.
     pub limits: Limits,
+    /// CHAP that discovery sessions must pass; `None`: discovery needs no authentication.
+    pub discovery_auth: Option<Authentication>,
 }
 
 /// One listening endpoint.
@@ -62,6 +69,11 @@ pub struct Target {
     pub allowed_initiators: Vec<String>,
     /// Logical units, at least one, ids unique within the target.
     pub luns: Vec<Lun>,
+    /// CHAP every login must pass (`auth`); `None`: no authentication.
+    pub auth: Option<Authentication>,
+    /// Credentials of the `allowed_initiators` entries that carry their own; they win over
+    /// `auth` for that initiator.
+    pub initiator_auth: Vec<(String, Authentication)>,
 }
 
 /// One logical unit of a target.
@@ -243,8 +255,11 @@ impl Config {
                     serial,
                     identifier,
                 }],
+                auth: None,
+                initiator_auth: Vec::new(),
             }],
             limits: Limits::default(),
+            discovery_auth: None,
         }
     }
 
@@ -347,6 +362,8 @@ impl ConfigError {
             "RawLun",
             "RawBacking",
             "RawLimits",
+            "RawAuth",
+            "RawCredentials",
         ] {
             text = text.replace(&format!("struct {raw}"), "a mapping");
         }
@@ -425,6 +442,7 @@ struct RawConfig {
     portals: Option<Vec<RawPortal>>,
     targets: Option<Vec<RawTarget>>,
     limits: Option<RawLimits>,
+    discovery_auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -439,8 +457,10 @@ struct RawPortal {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     name: Option<String>,
-    allowed_initiators: Option<Vec<String>>,
+    /// Bare names or `{ name, chap, mutual_chap }` mappings, told apart in [`auth`].
+    allowed_initiators: Option<Vec<Value>>,
     luns: Option<Vec<RawLun>>,
+    auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -570,10 +590,16 @@ impl RawConfig {
             None => Limits::default(),
         };
 
+        let discovery_auth = match self.discovery_auth {
+            Some(a) => Some(a.resolve("discovery_auth")?),
+            None => None,
+        };
+
         Ok(Config {
             portals,
             targets,
             limits,
+            discovery_auth,
         })
     }
 }
@@ -633,10 +659,34 @@ impl RawTarget {
         };
         check_iscsi_name(&name_path, &name)?;
 
-        let allowed_initiators = self.allowed_initiators.unwrap_or_default();
-        for (i, n) in allowed_initiators.iter().enumerate() {
-            check_iscsi_name(&format!("{path}.allowed_initiators[{i}]"), n)?;
+        let mut allowed_initiators = Vec::new();
+        let mut initiator_auth = Vec::new();
+        for (i, entry) in self
+            .allowed_initiators
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let ipath = format!("{path}.allowed_initiators[{i}]");
+            let (name, credentials) = auth::resolve_initiator(&ipath, entry)?;
+            if let Some(j) = allowed_initiators
+                .iter()
+                .position(|n: &String| n.eq_ignore_ascii_case(&name))
+            {
+                return err(
+                    &ipath,
+                    format!("\"{name}\" is already {path}.allowed_initiators[{j}]"),
+                );
+            }
+            if let Some(credentials) = credentials {
+                initiator_auth.push((name.clone(), credentials));
+            }
+            allowed_initiators.push(name);
         }
+        let auth = match self.auth {
+            Some(a) => Some(a.resolve(&format!("{path}.auth"))?),
+            None => None,
+        };
 
         let raw_luns = self.luns.unwrap_or_default();
         if raw_luns.is_empty() {
@@ -661,6 +711,8 @@ impl RawTarget {
             name,
             allowed_initiators,
             luns,
+            auth,
+            initiator_auth,
         })
     }
 }

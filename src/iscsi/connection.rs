@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::chap::{self, Authentication, RandomSource};
 use super::commands::PendingTmf;
 use super::framing::{FrameError, FrameSettings};
 use super::login::LoginState;
@@ -31,7 +32,7 @@ use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::TaskAttr;
 
-/// A target as the core needs to know it: name, ACL and LUN numbers.
+/// A target as the core needs to know it: name, ACL, credentials and LUN numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetDescriptor {
     /// iSCSI name (IQN/EUI/NAA).
@@ -40,6 +41,11 @@ pub struct TargetDescriptor {
     pub allowed_initiators: Vec<String>,
     /// LUN numbers this target exposes (for TMF LUN checks).
     pub luns: Vec<u64>,
+    /// CHAP every login to this target must pass; `None`: no authentication (unless the
+    /// initiator has credentials of its own in `initiator_auth`).
+    pub auth: Option<Authentication>,
+    /// Credentials of particular initiators (by iSCSI name); they win over `auth`.
+    pub initiator_auth: Vec<(String, Authentication)>,
 }
 
 impl TargetDescriptor {
@@ -50,6 +56,16 @@ impl TargetDescriptor {
                 .allowed_initiators
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(initiator))
+    }
+
+    /// The CHAP credentials `initiator` must log in with, if any: its own entry's, else the
+    /// target's.
+    pub fn authentication_for(&self, initiator: &str) -> Option<&Authentication> {
+        self.initiator_auth
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(initiator))
+            .map(|(_, auth)| auth)
+            .or(self.auth.as_ref())
     }
 }
 
@@ -79,6 +95,12 @@ pub struct CoreConfig {
     /// sessions are not pinged (an iSER discovery initiator has a single receive buffer), so
     /// without this a silent one would live for ever.
     pub discovery_idle_timeout: Duration,
+    /// CHAP discovery sessions must pass; `None`: discovery needs no authentication.
+    pub discovery_auth: Option<Authentication>,
+    /// Where CHAP identifiers and challenges come from. The core has no RNG of its own: the
+    /// server injects the operating system's CSPRNG, tests a fixed pattern. The default fails,
+    /// so a CHAP login on a core configured without a source ends with a target error.
+    pub random: RandomSource,
 }
 
 impl Default for CoreConfig {
@@ -94,6 +116,8 @@ impl Default for CoreConfig {
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
             discovery_idle_timeout: Duration::from_secs(30),
+            discovery_auth: None,
+            random: chap::no_random_source,
         }
     }
 }

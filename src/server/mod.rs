@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend};
 use crate::config::{Backing, Config, Transport};
+use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
 use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
@@ -228,6 +229,8 @@ fn core_config(
                 name: t.name.clone(),
                 allowed_initiators: t.allowed_initiators.clone(),
                 luns: t.luns.iter().map(|l| l.id).collect(),
+                auth: t.auth.clone(),
+                initiator_auth: t.initiator_auth.clone(),
             })
             .collect(),
         portals,
@@ -240,7 +243,14 @@ fn core_config(
         nop_timeout: Duration::from_secs(limits.nop_timeout_secs),
         login_timeout: Duration::from_secs(limits.login_timeout_secs),
         discovery_idle_timeout: Duration::from_secs(limits.discovery_idle_timeout_secs),
+        discovery_auth: config.discovery_auth.clone(),
+        random: os_random,
     }
+}
+
+/// CHAP identifiers and challenges come from the operating system's CSPRNG (getrandom(2)).
+fn os_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
+    getrandom::fill(buf).map_err(|e| RandomUnavailable(e.to_string()))
 }
 
 /// The core configuration of the TCP portals.

@@ -150,6 +150,8 @@ pub struct TargetSpec {
     /// Empty means anyone may log in.
     pub allowed_initiators: Vec<String>,
     pub luns: Vec<LunSpec>,
+    /// YAML lines added to the target's mapping as they are (e.g. an `auth:` key).
+    pub extra_yaml: String,
 }
 
 impl TargetSpec {
@@ -158,7 +160,14 @@ impl TargetSpec {
             name: name.into(),
             allowed_initiators: Vec::new(),
             luns,
+            extra_yaml: String::new(),
         }
+    }
+
+    /// Adds `line` (a key of the target, without indentation) to the target's mapping.
+    pub fn with_yaml(mut self, line: &str) -> TargetSpec {
+        writeln!(self.extra_yaml, "    {line}").unwrap();
+        self
     }
 
     pub fn allow(mut self, initiator: &str) -> TargetSpec {
@@ -185,6 +194,7 @@ pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
                 writeln!(y, "      - {i}").unwrap();
             }
         }
+        y.push_str(&t.extra_yaml);
         writeln!(y, "    luns:").unwrap();
         for l in &t.luns {
             writeln!(y, "      - id: {}", l.id).unwrap();
@@ -223,9 +233,15 @@ impl Server {
     /// Serves `targets` on a free port of 127.0.0.1 and waits until it accepts
     /// TCP connections.
     pub fn start(targets: &[TargetSpec]) -> Server {
+        Server::start_with(targets, "")
+    }
+
+    /// Like [`Server::start`], with `top_level_yaml` (whole lines, e.g. `discovery_auth: ...`)
+    /// appended to the configuration.
+    pub fn start_with(targets: &[TargetSpec], top_level_yaml: &str) -> Server {
         let dir = TempDir::new("serve");
         let port = free_port();
-        let config = render_config(port, targets, dir.path());
+        let config = render_config(port, targets, dir.path()) + top_level_yaml;
         let config_path = dir.path().join("config.yaml");
         fs::write(&config_path, &config).expect("write config");
         let log_path = dir.path().join("server.log");
