@@ -1,5 +1,9 @@
-//! Sessions across connections: TSIH allocation, the session limit, and reinstatement of a session
-//! whose initiator logs in again with the same ISID (RFC 7143 §6.3.5, brief §12.3).
+//! Sessions across connections: TSIH allocation, the session limits, and reinstatement of a
+//! session whose initiator logs in again with the same ISID (RFC 7143 §6.3.5).
+//!
+//! Normal and discovery sessions have separate limits: a discovery session gives access to no
+//! data and needs no authentication, so counting it against `max_sessions` would let anyone who
+//! can reach a portal lock real initiators out by holding discovery sessions open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,11 +36,22 @@ struct Sessions {
     by_tsih: HashMap<u16, Entry>,
 }
 
+impl Sessions {
+    /// Live discovery (`true`) or normal (`false`) sessions.
+    fn count(&self, discovery: bool) -> usize {
+        self.by_tsih
+            .values()
+            .filter(|e| e.key.target.is_none() == discovery)
+            .count()
+    }
+}
+
 /// All sessions of the process.
 pub struct SessionRegistry {
     sessions: Mutex<Sessions>,
     changed: Condvar,
     max_sessions: usize,
+    max_discovery_sessions: usize,
     reinstate_timeout: Duration,
 }
 
@@ -56,9 +71,13 @@ impl Drop for SessionGuard {
 }
 
 impl SessionRegistry {
-    /// A registry admitting at most `max_sessions` sessions; a reinstatement waits at most
-    /// `reinstate_timeout` for the old session to close.
-    pub fn new(max_sessions: usize, reinstate_timeout: Duration) -> Arc<Self> {
+    /// A registry admitting at most `max_sessions` normal and `max_discovery_sessions` discovery
+    /// sessions; a reinstatement waits at most `reinstate_timeout` for the old session to close.
+    pub fn new(
+        max_sessions: usize,
+        max_discovery_sessions: usize,
+        reinstate_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(SessionRegistry {
             sessions: Mutex::new(Sessions {
                 next_tsih: 1,
@@ -66,6 +85,7 @@ impl SessionRegistry {
             }),
             changed: Condvar::new(),
             max_sessions,
+            max_discovery_sessions,
             reinstate_timeout,
         })
     }
@@ -136,7 +156,23 @@ impl SessionRegistry {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        if sessions.by_tsih.len() >= self.max_sessions {
+        let discovery = key.target.is_none();
+        let (live, limit) = if discovery {
+            (sessions.count(true), self.max_discovery_sessions)
+        } else {
+            (sessions.count(false), self.max_sessions)
+        };
+        if live >= limit {
+            log::warn!(
+                "refused a {} session of {}: {limit} are already open (limits.{})",
+                if discovery { "discovery" } else { "normal" },
+                request.initiator_name,
+                if discovery {
+                    "max_discovery_sessions"
+                } else {
+                    "max_sessions"
+                }
+            );
             return Err(LoginStatus::OUT_OF_RESOURCES);
         }
         let mut tsih = sessions.next_tsih;
@@ -190,7 +226,7 @@ mod tests {
 
     #[test]
     fn allocates_distinct_tsihs_and_enforces_the_limit() {
-        let registry = SessionRegistry::new(2, Duration::from_millis(50));
+        let registry = SessionRegistry::new(2, 2, Duration::from_millis(50));
         let a = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();
@@ -209,8 +245,37 @@ mod tests {
     }
 
     #[test]
+    fn discovery_sessions_have_their_own_limit() {
+        let registry = SessionRegistry::new(1, 2, Duration::from_millis(50));
+        let discovery = |isid| {
+            let mut r = request(isid);
+            r.target = None;
+            r
+        };
+        let _d1 = registry
+            .bind(&discovery(1), None, Arc::new(Counter::default()))
+            .unwrap();
+        let _d2 = registry
+            .bind(&discovery(2), None, Arc::new(Counter::default()))
+            .unwrap();
+        assert!(matches!(
+            registry.bind(&discovery(3), None, Arc::new(Counter::default())),
+            Err(LoginStatus::OUT_OF_RESOURCES)
+        ));
+        // Full discovery slots leave the normal session slot free.
+        let _normal = registry
+            .bind(&request(4), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
+        assert!(matches!(
+            registry.bind(&request(5), Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::OUT_OF_RESOURCES)
+        ));
+        assert_eq!(registry.len(), 3);
+    }
+
+    #[test]
     fn reinstatement_shuts_down_the_old_session_first() {
-        let registry = SessionRegistry::new(8, Duration::from_secs(5));
+        let registry = SessionRegistry::new(8, 8, Duration::from_secs(5));
         let old_control = Arc::new(Counter::default());
         let old = registry
             .bind(&request(1), Some("t"), old_control.clone())
@@ -229,7 +294,7 @@ mod tests {
 
     #[test]
     fn reinstatement_times_out_with_a_retry_status() {
-        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let _stuck = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();
@@ -241,7 +306,7 @@ mod tests {
 
     #[test]
     fn nonzero_tsih_is_refused() {
-        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let a = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();
