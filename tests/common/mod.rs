@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod raw_login;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
@@ -169,6 +171,17 @@ impl TargetSpec {
 
 /// Renders the YAML config for `targets` served on 127.0.0.1:`port`.
 pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
+    render_config_with_limits(port, targets, dir, "")
+}
+
+/// Like [`render_config`], with `limits` (YAML flow-mapping entries such as
+/// `"login_timeout_secs: 2, max_connections_per_source: 4"`) added to the limits section.
+pub fn render_config_with_limits(
+    port: u16,
+    targets: &[TargetSpec],
+    dir: &Path,
+    limits: &str,
+) -> String {
     let mut y = String::new();
     writeln!(y, "portals:").unwrap();
     writeln!(y, "  - address: 127.0.0.1").unwrap();
@@ -205,7 +218,8 @@ pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
             }
         }
     }
-    writeln!(y, "limits: {{ queue_depth: 64 }}").unwrap();
+    let sep = if limits.is_empty() { "" } else { ", " };
+    writeln!(y, "limits: {{ queue_depth: 64{sep}{limits} }}").unwrap();
     y
 }
 
@@ -223,9 +237,14 @@ impl Server {
     /// Serves `targets` on a free port of 127.0.0.1 and waits until it accepts
     /// TCP connections.
     pub fn start(targets: &[TargetSpec]) -> Server {
+        Server::start_with_limits(targets, "")
+    }
+
+    /// Like [`Server::start`], with extra `limits` entries (see [`render_config_with_limits`]).
+    pub fn start_with_limits(targets: &[TargetSpec], limits: &str) -> Server {
         let dir = TempDir::new("serve");
         let port = free_port();
-        let config = render_config(port, targets, dir.path());
+        let config = render_config_with_limits(port, targets, dir.path(), limits);
         let config_path = dir.path().join("config.yaml");
         fs::write(&config_path, &config).expect("write config");
         let log_path = dir.path().join("server.log");
@@ -288,6 +307,29 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Process id of the running server (to read /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server already stopped").id()
+    }
+
+    /// Waits until the server's output holds at least `count` lines containing
+    /// `needle`; panics with the output after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.lines().filter(|l| l.contains(needle)).count() >= count {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {count} lines with {needle:?} after {timeout:?}\n--- server output ---\n{log}"
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `iscsi://127.0.0.1:PORT` (the discovery URL).
