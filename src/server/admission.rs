@@ -3,9 +3,10 @@
 //! on it. A host that floods us with connections can then hold at most its own share of a
 //! portal, and the process as a whole a bounded number of sockets.
 //!
-//! Both transports use it: the TCP listener for every accepted socket, the iSER portal for every
-//! connect request. The [`AdmissionTicket`] returned for an admitted connection holds its place
-//! and gives it back when dropped, so a connection counts exactly as long as it lives.
+//! The TCP listener asks it about every accepted socket. [`Admission::admit`] takes nothing but a
+//! portal and a source address, so an iSER connect-request handler can ask the same before it
+//! creates a queue pair. The [`AdmissionTicket`] returned for an admitted connection holds its
+//! place and gives it back when dropped, so a connection counts exactly as long as it lives.
 
 use std::collections::HashMap;
 use std::fmt;
