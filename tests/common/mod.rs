@@ -314,24 +314,6 @@ impl Server {
         self.child.as_ref().expect("server already stopped").id()
     }
 
-    /// Waits until the server's output holds at least `count` lines containing
-    /// `needle`; panics with the output after `timeout`.
-    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.log();
-            if log.lines().filter(|l| l.contains(needle)).count() >= count {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no {count} lines with {needle:?} after {timeout:?}\n--- server output ---\n{log}"
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// `iscsi://127.0.0.1:PORT` (the discovery URL).
     pub fn portal_url(&self) -> String {
         format!("iscsi://127.0.0.1:{}", self.port)

@@ -29,7 +29,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// After a failed accept (typically EMFILE: out of file descriptors) the listener is left alone
 /// this long; the pending connection stays in the kernel's backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one line per interval about failed accepts or evictions.
+/// At most one line per interval about failed accepts, evictions or failed logins, so that a
+/// client cycling through connections cannot flood the log.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where a connection stands after its latest input.
@@ -37,7 +38,9 @@ enum Progress {
     LoggingIn,
     /// The core asked for this action, which needs a thread of the connection's own.
     HandOff(Action),
-    Closed,
+    /// Closed; the reason is `Some` when it is worth reporting (not a peer that simply left,
+    /// such as a port probe or a health check, nor a shutdown).
+    Closed(Option<String>),
 }
 
 /// A connection that has not completed login.
@@ -59,11 +62,11 @@ impl PendingLogin {
     fn read_and_absorb(&mut self, buf: &mut [u8], now: Instant) {
         match self.stream.read(buf) {
             Ok(0) => {
-                log::info!(
+                log::debug!(
                     "{}: initiator closed the connection during login",
                     self.peer
                 );
-                self.progress = Progress::Closed;
+                self.progress = Progress::Closed(None);
             }
             Ok(n) => {
                 self.reader.push(&buf[..n]);
@@ -74,10 +77,7 @@ impl PendingLogin {
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) => {
-                log::warn!("{}: read failed during login: {e}", self.peer);
-                self.progress = Progress::Closed;
-            }
+            Err(e) => self.progress = Progress::Closed(Some(format!("read failed: {e}"))),
         }
     }
 
@@ -118,13 +118,10 @@ impl PendingLogin {
                 Action::Close(reason) => {
                     // A login reject is a few hundred bytes: the socket buffer takes it.
                     self.send_outbox();
-                    match reason {
-                        CloseReason::Shutdown => {
-                            log::debug!("{}: closing ({reason:?})", self.peer)
-                        }
-                        _ => log::warn!("{}: closing during login ({reason:?})", self.peer),
-                    }
-                    self.progress = Progress::Closed;
+                    self.progress = Progress::Closed(match reason {
+                        CloseReason::Shutdown => None,
+                        reason => Some(format!("{reason:?}")),
+                    });
                     return;
                 }
                 other => {
@@ -141,7 +138,7 @@ impl PendingLogin {
         while !self.outbox.is_empty() {
             match self.stream.write(&self.outbox) {
                 Ok(0) => {
-                    self.progress = Progress::Closed;
+                    self.progress = Progress::Closed(Some("send failed".into()));
                     return;
                 }
                 Ok(n) => {
@@ -150,8 +147,7 @@ impl PendingLogin {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log::warn!("{}: send failed during login: {e}", self.peer);
-                    self.progress = Progress::Closed;
+                    self.progress = Progress::Closed(Some(format!("send failed: {e}")));
                     return;
                 }
             }
@@ -180,6 +176,7 @@ pub(super) struct LoginPoller {
     accept_paused_until: Option<Instant>,
     accept_errors: LogThrottle,
     evictions: LogThrottle,
+    login_failures: LogThrottle,
 }
 
 impl LoginPoller {
@@ -198,6 +195,7 @@ impl LoginPoller {
             accept_paused_until: None,
             accept_errors: LogThrottle::new(LOG_INTERVAL),
             evictions: LogThrottle::new(LOG_INTERVAL),
+            login_failures: LogThrottle::new(LOG_INTERVAL),
         }
     }
 
@@ -310,11 +308,26 @@ impl LoginPoller {
             .drain(..)
             .partition(|p| matches!(p.progress, Progress::LoggingIn));
         self.pending = still;
+        let now = Instant::now();
         for pending in done {
-            let Progress::HandOff(first) = pending.progress else {
-                continue; // Closed: dropping the socket closes it and frees its place.
+            // Closed: dropping the socket closes it and frees its place.
+            let first = match pending.progress {
+                Progress::HandOff(first) => first,
+                Progress::Closed(Some(reason)) => {
+                    if let Some(held_back) = self.login_failures.permit(now) {
+                        log::warn!(
+                            "{}: closed during login: {reason} ({held_back} more failed logins \
+                             on {} since the last report)",
+                            pending.peer,
+                            self.portal
+                        );
+                    }
+                    continue;
+                }
+                Progress::Closed(None) | Progress::LoggingIn => continue,
             };
             let peer = pending.peer;
+            log::info!("connection from {peer}: login negotiated");
             let handoff = Handoff {
                 stream: pending.stream,
                 peer,
@@ -389,7 +402,7 @@ impl LoginPoller {
             log::warn!("{peer}: cannot set up the socket: {e}");
             return;
         }
-        log::info!("connection from {peer}");
+        log::debug!("connection from {peer}");
         let local = stream.local_addr().ok();
         self.pending.push_back(PendingLogin {
             conn: Connection::new(Arc::clone(&self.core), local, now),
