@@ -9,7 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::admission::LogThrottle;
 use crate::iscsi::{BindRequest, LoginStatus};
+
+/// At most one line per interval about logins refused for a full session limit.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a registered session can be told to end.
 pub trait SessionControl: Send + Sync {
@@ -30,10 +34,11 @@ struct Entry {
     control: Arc<dyn SessionControl>,
 }
 
-#[derive(Default)]
 struct Sessions {
     next_tsih: u16,
     by_tsih: HashMap<u16, Entry>,
+    /// Logins refused for a full session limit are reported at most once per interval.
+    refusal_log: LogThrottle,
 }
 
 impl Sessions {
@@ -82,6 +87,7 @@ impl SessionRegistry {
             sessions: Mutex::new(Sessions {
                 next_tsih: 1,
                 by_tsih: HashMap::new(),
+                refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             }),
             changed: Condvar::new(),
             max_sessions,
@@ -147,7 +153,8 @@ impl SessionRegistry {
             }
             let now = Instant::now();
             if now >= deadline {
-                // Brief §12.3: tell the initiator to retry rather than make it wait forever.
+                // SERVICE UNAVAILABLE (0x0301, RFC 7143 §11.13.5) tells the initiator to retry later
+                // rather than make it wait forever.
                 return Err(LoginStatus::SERVICE_UNAVAILABLE);
             }
             sessions = self
@@ -163,16 +170,18 @@ impl SessionRegistry {
             (sessions.count(false), self.max_sessions)
         };
         if live >= limit {
-            log::warn!(
-                "refused a {} session of {}: {limit} are already open (limits.{})",
-                if discovery { "discovery" } else { "normal" },
-                request.initiator_name,
-                if discovery {
-                    "max_discovery_sessions"
+            if let Some(held_back) = sessions.refusal_log.permit(Instant::now()) {
+                let (kind, key) = if discovery {
+                    ("discovery", "max_discovery_sessions")
                 } else {
-                    "max_sessions"
-                }
-            );
+                    ("normal", "max_sessions")
+                };
+                log::warn!(
+                    "refused a {kind} session of {}: {limit} are already open (limits.{key}; \
+                     {held_back} more refused since the last report)",
+                    request.initiator_name,
+                );
+            }
             return Err(LoginStatus::OUT_OF_RESOURCES);
         }
         let mut tsih = sessions.next_tsih;
