@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::raw_login::{self, connect_from, wait_for_close, PeerState, SessionType};
 use common::{run_ok, LunSpec, Server, TargetSpec};
-use iser_target::iscsi::pdu::Stage;
+use iser_target::iscsi::framing::{self, FrameSettings};
+use iser_target::iscsi::pdu::{Header, NopOut, Pdu, Stage};
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:limits";
 const INITIATOR: &str = "iqn.2026-11.io.iser-target:hostile";
@@ -372,5 +373,70 @@ fn a_second_login_with_the_same_isid_reinstates_the_session() {
         "the reinstated session's old connection was left open"
     );
     drop(second);
+    server.stop();
+}
+
+#[test]
+fn a_peer_that_sends_without_reading_cannot_grow_memory() {
+    let server = Server::start(&[target()]);
+    let mut stream = connect_from(HOSTILE, server.port());
+    let response = raw_login::login(
+        &mut stream,
+        INITIATOR,
+        raw_login::isid(9),
+        SessionType::Normal { target: TEST_IQN },
+    )
+    .expect("login");
+    assert_eq!(response.status_class, 0, "{response:?}");
+    let (_, rss_before) = threads_and_rss_kib(server.pid());
+
+    // Immediate NOP-Out pings with 8 KiB of data: the target echoes each one
+    // (RFC 7143 §11.18), and as we never read, its writes block while we keep
+    // sending. What it reads meanwhile must not pile up in memory.
+    let mut burst = Vec::new();
+    for itt in 0..32 {
+        let ping = Pdu::with_data(
+            Header::NopOut(NopOut {
+                immediate: true,
+                lun: [0; 8],
+                itt,
+                ttt: 0xffff_ffff,
+                cmd_sn: response.exp_cmd_sn,
+                exp_stat_sn: response.stat_sn.wrapping_add(1),
+            }),
+            vec![0x5a; 8192],
+        );
+        burst.extend_from_slice(&framing::encode(&ping, &FrameSettings::default()));
+    }
+    const FLOOD: usize = 256 << 20;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < FLOOD && started.elapsed() < Duration::from_secs(30) {
+        match stream.write(&burst) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("sending pings after {sent} bytes: {e}\n{}", server.log()),
+        }
+    }
+    let (_, rss) = threads_and_rss_kib(server.pid());
+    assert!(
+        rss <= rss_before + 64 * 1024,
+        "VmRSS grew from {rss_before} KiB to {rss} KiB while a peer sent {} MiB without reading",
+        sent >> 20
+    );
+    // The pings were valid: the target answers them once we read.
+    let answer = raw_login::read_pdu(&mut stream).expect("a NOP-In");
+    assert!(matches!(answer.header, Header::NopIn(_)), "{answer:?}");
+    drop(stream);
     server.stop();
 }

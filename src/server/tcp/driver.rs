@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ use crate::server::{ConnectionSet, Shared};
 
 /// A send that cannot make progress for this long means the initiator is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes one read may take from the socket.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes read but not yet taken by the connection thread beyond which the reader stops reading.
+const BACKLOG_LIMIT: usize = 16 * READ_CHUNK;
 
 /// What wakes a connection's thread.
 enum Event {
@@ -75,20 +79,67 @@ pub(super) fn spawn(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes the reader has forwarded that the connection thread has not taken yet. While the
+/// connection thread is blocked (writing to a peer that does not read, for up to
+/// [`WRITE_TIMEOUT`]) the reader stops at [`BACKLOG_LIMIT`], and TCP flow control holds the peer
+/// back, so a peer that sends without reading cannot grow the process's memory.
+#[derive(Default)]
+struct Backlog {
+    /// Bytes in flight, and whether the connection thread has finished.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Backlog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the backlog is under the limit; false once the connection has finished.
+    fn wait_for_room(&self) -> bool {
+        let mut state = self.lock();
+        while state.0 >= BACKLOG_LIMIT && !state.1 {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        !state.1
+    }
+
+    fn add(&self, bytes: usize) {
+        self.lock().0 += bytes;
+    }
+
+    fn take(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_sub(bytes);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn finish(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
 /// Reads the socket and forwards raw bytes; framing happens on the connection thread so that
 /// digest settings switch exactly where the core says.
-fn spawn_reader(mut stream: TcpStream, events: Sender<Event>) -> io::Result<JoinHandle<()>> {
+fn spawn_reader(
+    mut stream: TcpStream,
+    events: Sender<Event>,
+    backlog: Arc<Backlog>,
+) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("conn-reader".into())
         .spawn(move || {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
+            let mut buf = vec![0u8; READ_CHUNK];
+            while backlog.wait_for_room() {
                 match stream.read(&mut buf) {
                     Ok(0) => {
                         let _ = events.send(Event::ReadClosed(None));
                         return;
                     }
                     Ok(n) => {
+                        backlog.add(n);
                         if events.send(Event::Bytes(buf[..n].to_vec())).is_err() {
                             return;
                         }
@@ -112,6 +163,7 @@ struct Driver {
     reader: PduReader,
     shared: Arc<Shared>,
     events: Sender<Event>,
+    backlog: Arc<Backlog>,
     session: SessionSlot,
     closed: bool,
 }
@@ -134,7 +186,8 @@ fn run_connection(
     } = handoff;
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let reader_thread = spawn_reader(stream.try_clone()?, events.clone())?;
+    let backlog = Arc::new(Backlog::default());
+    let reader_thread = spawn_reader(stream.try_clone()?, events.clone(), Arc::clone(&backlog))?;
     let mut driver = Driver {
         conn,
         stream,
@@ -143,6 +196,7 @@ fn run_connection(
         reader,
         shared,
         events,
+        backlog,
         session: SessionSlot::default(),
         closed: false,
     };
@@ -157,6 +211,7 @@ fn run_connection(
     }
     driver.run(&inbox);
     let _ = driver.stream.shutdown(Shutdown::Both);
+    driver.backlog.finish();
     // Let running commands finish before the session is unregistered (reinstatement waits on it).
     driver.session.release(&driver.shared);
     let _ = reader_thread.join();
@@ -186,6 +241,7 @@ impl Driver {
             match event {
                 None => self.conn.handle_timeout(now),
                 Some(Event::Bytes(bytes)) => {
+                    self.backlog.take(bytes.len());
                     self.reader.push(&bytes);
                     self.consume_pdus(now);
                 }
