@@ -155,9 +155,10 @@ pub enum SessionType<'a> {
     Normal { target: &'a str },
 }
 
-/// A whole login in two requests (security, then operational stage), as
-/// libiscsi does it (lib/login.c). Returns the final response: status 0 and
-/// NSG FullFeature on success, the target's status class and detail otherwise.
+/// A whole login in two requests: security stage (names, AuthMethod=None),
+/// then operational stage (no digests). Returns the final response: status 0
+/// and NSG FullFeature on success, the target's status class and detail
+/// otherwise (from whichever request failed).
 pub fn login(
     stream: &mut TcpStream,
     initiator: &str,
