@@ -45,6 +45,8 @@ log "whole-binary tests (libiscsi over TCP on 127.0.0.1)"
 cargo test --release --test libiscsi -- --test-threads=2
 log "CHAP with libiscsi (one-way, mutual, wrong and missing credentials, discovery)"
 cargo test --release --test chap -- --test-threads=2
+log "whole-binary tests (hostile clients: connection caps, login deadline, discovery sessions)"
+cargo test --release --test limits -- --test-threads=2
 
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
 if [[ ${SKIP_VM:-0} == 1 ]]; then

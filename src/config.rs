@@ -138,6 +138,14 @@ impl Backing {
 pub struct Limits {
     /// Maximum concurrent sessions for the whole process (1..=4096).
     pub max_sessions: u32,
+    /// Maximum concurrent discovery sessions for the whole process, counted apart from
+    /// `max_sessions` so that discovery cannot crowd out normal logins (1..=4096).
+    pub max_discovery_sessions: u32,
+    /// Maximum TCP connections open at once on one portal, logged in or not (1..=65536).
+    pub max_connections_per_portal: u32,
+    /// Maximum connections open at once from one initiator IP address, over all portals
+    /// (1..=65536).
+    pub max_connections_per_source: u32,
     /// Commands in flight per session, i.e. the CmdSN window (1..=1024).
     pub queue_depth: u32,
     /// Offered MaxBurstLength in bytes (512..=16777215).
@@ -167,6 +175,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_sessions: 64,
+            max_discovery_sessions: 64,
+            max_connections_per_portal: 512,
+            max_connections_per_source: 64,
             queue_depth: 128,
             max_burst_length: 262_144,
             first_burst_length: 65_536,
@@ -489,6 +500,9 @@ struct RawBacking {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_sessions: Option<u64>,
+    max_discovery_sessions: Option<u64>,
+    max_connections_per_portal: Option<u64>,
+    max_connections_per_source: Option<u64>,
     queue_depth: Option<u64>,
     max_burst_length: Option<u64>,
     first_burst_length: Option<u64>,
@@ -853,6 +867,27 @@ impl RawLimits {
                 d.max_sessions,
                 1,
                 4096,
+            )?,
+            max_discovery_sessions: ranged(
+                &f("max_discovery_sessions"),
+                self.max_discovery_sessions,
+                d.max_discovery_sessions,
+                1,
+                4096,
+            )?,
+            max_connections_per_portal: ranged(
+                &f("max_connections_per_portal"),
+                self.max_connections_per_portal,
+                d.max_connections_per_portal,
+                1,
+                65536,
+            )?,
+            max_connections_per_source: ranged(
+                &f("max_connections_per_source"),
+                self.max_connections_per_source,
+                d.max_connections_per_source,
+                1,
+                65536,
             )?,
             queue_depth: ranged(&f("queue_depth"), self.queue_depth, d.queue_depth, 1, 1024)?,
             max_burst_length: ranged(

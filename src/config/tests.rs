@@ -78,6 +78,9 @@ fn minimal_config_gets_all_defaults() {
 fn limits_defaults_match_documentation() {
     let l = Limits::default();
     assert_eq!(l.max_sessions, 64);
+    assert_eq!(l.max_discovery_sessions, 64);
+    assert_eq!(l.max_connections_per_portal, 512);
+    assert_eq!(l.max_connections_per_source, 64);
     assert_eq!(l.queue_depth, 128);
     assert_eq!(l.max_burst_length, 262_144);
     assert_eq!(l.first_burst_length, 65_536);
@@ -903,6 +906,9 @@ targets:
 fn limits_ranges() {
     let cases: &[(&str, u64, u64)] = &[
         ("max_sessions", 1, 4096),
+        ("max_discovery_sessions", 1, 4096),
+        ("max_connections_per_portal", 1, 65536),
+        ("max_connections_per_source", 1, 65536),
         ("queue_depth", 1, 1024),
         ("max_burst_length", 512, 16_777_215),
         ("max_recv_data_segment_length", 512, 16_777_215),

@@ -1,6 +1,7 @@
 //! The running target: opens the backends, binds the portals, accepts connections and shuts down
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
+mod admission;
 mod io;
 pub mod iser;
 mod registry;
@@ -21,6 +22,7 @@ use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
 use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
 
+pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
 
 /// How long shutdown waits for connections to finish their running commands.
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) scsi_targets: Vec<Arc<ScsiTarget>>,
     pub(crate) registry: Arc<SessionRegistry>,
     pub(crate) connections: Arc<ConnectionSet>,
+    /// Connection caps per portal and per source address.
+    pub(crate) admission: Arc<Admission>,
     stopping: AtomicBool,
 }
 
@@ -324,8 +328,13 @@ impl Server {
         let shared = Arc::new(Shared {
             targets: config.targets.clone(),
             scsi_targets,
-            registry: SessionRegistry::new(config.limits.max_sessions as usize, REINSTATE_TIMEOUT),
+            registry: SessionRegistry::new(
+                config.limits.max_sessions as usize,
+                config.limits.max_discovery_sessions as usize,
+                REINSTATE_TIMEOUT,
+            ),
             connections: ConnectionSet::new(),
+            admission: Admission::new(&config.limits),
             stopping: AtomicBool::new(false),
         });
         let tcp_core = Arc::new(tcp_core_config(config));
@@ -372,6 +381,10 @@ impl Server {
         log::info!("listening on {addr} (tcp)");
         self.listeners.push(tcp::spawn_listener(
             listener,
+            PortalKey {
+                transport: Transport::Tcp,
+                addr,
+            },
             Arc::clone(core),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),
