@@ -514,7 +514,8 @@ impl<C: Clone + Debug> Connection<C> {
         for id in victims {
             if self.tasks.state(id) == Some(TaskState::Running) {
                 // Cannot recall it from the backend: discard its result when it comes back,
-                // and hold the TMF response until then (brief §1 rule 17).
+                // and hold the TMF response until then: the initiator frees the task's buffers
+                // once it sees the TMF Response (Linux drivers/scsi/libiscsi.c iscsi_eh_abort).
                 if let Some(task) = self.tasks.get_mut(id) {
                     task.aborted = true;
                 }
