@@ -447,7 +447,8 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
-    /// Target-initiated NOP-In: ITT reserved, a fresh TTT, no data (brief §1 rule 15).
+    /// Target-initiated NOP-In: ITT reserved, a fresh TTT, no data (RFC 7143 §11.19; Linux
+    /// drivers/scsi/libiscsi.c fails the connection on such a NOP-In with data).
     fn send_ping(&mut self, now: Instant) {
         let ttt = self.fresh_ttt();
         self.ping_outstanding = Some((ttt, now));
@@ -468,7 +469,8 @@ impl<C: Clone + Debug> Connection<C> {
     }
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
-    /// `queue_depth`, and never moves backwards (brief §1 rule 14).
+    /// `queue_depth`, and never moves backwards (Linux drivers/scsi/libiscsi.c
+    /// `__iscsi_update_cmdsn` only ever raises its copy).
     ///
     /// Only tasks that consumed a CmdSN below ExpCmdSN count: held commands already sit inside the
     /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
@@ -715,7 +717,7 @@ impl<C: Clone + Debug> Connection<C> {
     }
 
     fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>) {
-        // A ping from the initiator (ITT valid): echo the data, TTT reserved (brief §1 rule 15).
+        // A ping from the initiator (ITT valid): echo the data, TTT reserved (RFC 7143 §11.19).
         let max = self.response_data_limit();
         let mut data = data;
         data.truncate(max);
@@ -921,7 +923,9 @@ impl<C: Clone + Debug> Connection<C> {
     /// Largest data segment of a response PDU (NOP-In, Text Response) the initiator can take.
     ///
     /// Over iSER the Linux and libiscsi initiators receive full-feature PDUs in 204-byte buffers,
-    /// 128 bytes of data, whatever InitiatorRecvDataSegmentLength says (brief §4.1 R-a).
+    /// 128 bytes of data, whatever InitiatorRecvDataSegmentLength says (Linux
+    /// drivers/infiniband/ulp/iser/iscsi_iser.c `iscsi_iser_set_param` ignores
+    /// ISCSI_PARAM_MAX_RECV_DLENGTH).
     fn response_data_limit(&self) -> usize {
         if self.params.rdma_extensions {
             ISER_FULL_FEATURE_RESPONSE_DATA

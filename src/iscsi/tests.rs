@@ -1821,6 +1821,34 @@ fn abort_running_task_holds_the_tmf_response() {
 }
 
 #[test]
+fn tmfs_piling_up_behind_a_running_task_are_rejected() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    let limit = 16 + super::commands::IMMEDIATE_COMMAND_HEADROOM;
+    for _ in 0..limit {
+        pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    }
+    assert!(
+        pair.take().is_empty(),
+        "every abort waits for the running read"
+    );
+    let rejected = pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    let r = pair.take_one();
+    assert_eq!(
+        (tmf_response(&r).itt, tmf_response(&r).response),
+        (rejected, 255)
+    );
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    let answers = pair.take();
+    assert_eq!(answers.len(), limit as usize);
+    assert!(answers.iter().all(|p| tmf_response(p).response == 0));
+    assert!(pair.closed.is_none());
+}
+
+#[test]
 fn abort_unknown_task_follows_ref_cmd_sn() {
     let mut pair = logged_in(&[]);
     let pdu = tur(&mut pair, 1, FIRST_CMD_SN, false);
