@@ -3,6 +3,7 @@
 //! `scsi::ScsiTarget` over the RAM backend; its PDUs go out through `framing::encode`. Time,
 //! allocations and payload copies are counted only while the target side runs.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,11 @@ use iser_target::stats::{thread_payload_copies, CopyCounts};
 use mem_ffi::{AllocCounts, CountingAllocator};
 
 use crate::initiator::Wire;
+
+/// Bytes handed to the target's `PduReader` at a time: what one read of the server's TCP reader
+/// thread takes at most. Feeding it more at once would make it move the unconsumed rest again
+/// after every PDU.
+const CHUNK: usize = 256 << 10;
 
 /// What the target side cost, summed over every `send`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,8 +38,8 @@ pub struct PairTarget {
     settings: FrameSettings,
     reader: PduReader,
     /// Framed PDUs the target sent, not yet received by the initiator.
-    outbox: Vec<u8>,
-    /// What the initiator received last (kept to reuse its memory).
+    outbox: VecDeque<Vec<u8>>,
+    /// The PDU the initiator received last.
     delivered: Vec<u8>,
     now: Instant,
     pub cost: TargetCost,
@@ -82,7 +88,7 @@ impl PairTarget {
             nexus: None,
             settings: FrameSettings::default(),
             reader: PduReader::new(),
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             delivered: Vec::new(),
             now,
             cost: TargetCost::default(),
@@ -97,8 +103,7 @@ impl PairTarget {
             while let Some(action) = self.conn.poll_action() {
                 match action {
                     Action::Send(pdu) => {
-                        self.outbox
-                            .extend_from_slice(&framing::encode(&pdu, &self.settings));
+                        self.outbox.push_back(framing::encode(&pdu, &self.settings));
                     }
                     Action::SetFrameSettings(settings) => self.settings = settings,
                     Action::BindSession(request) => {
@@ -138,24 +143,28 @@ impl Wire for PairTarget {
         let started = Instant::now();
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
-        self.reader.push(bytes);
-        loop {
-            match self.reader.next_pdu(&self.settings) {
-                Ok(Some(pdu)) => self.conn.handle_pdu(pdu, self.now),
-                Ok(None) => break,
-                Err(error) => panic!("the initiator's framing is broken: {error}"),
+        for piece in bytes.chunks(CHUNK) {
+            self.reader.push(piece);
+            loop {
+                match self.reader.next_pdu(&self.settings) {
+                    Ok(Some(pdu)) => self.conn.handle_pdu(pdu, self.now),
+                    Ok(None) => break,
+                    Err(error) => panic!("the initiator's framing is broken: {error}"),
+                }
+                self.pump();
             }
-            self.pump();
         }
         self.cost.allocations = self.cost.allocations + (CountingAllocator::thread() - allocations);
         self.cost.copies = self.cost.copies + (thread_payload_copies() - copies);
         self.cost.time += started.elapsed();
     }
 
+    /// One PDU at a time.
     fn receive(&mut self) -> &[u8] {
-        assert!(!self.outbox.is_empty(), "the target has nothing to say");
-        std::mem::swap(&mut self.delivered, &mut self.outbox);
-        self.outbox.clear();
+        self.delivered = self
+            .outbox
+            .pop_front()
+            .expect("the target has nothing to say");
         &self.delivered
     }
 }
