@@ -6,11 +6,13 @@
 //! connections (TSIH allocation, reinstatement) is asked of the transport through
 //! [`connection::Action::BindSession`].
 
+mod commands;
 pub mod connection;
 pub mod framing;
 pub mod iser;
 mod login;
 pub mod pdu;
+mod tasks;
 pub mod text;
 
 pub use connection::{
