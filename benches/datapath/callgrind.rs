@@ -3,9 +3,17 @@
 //! output file per thread. Thread 1 is the main thread, which is the initiator; every other thread
 //! is the target. The difference between the two runs divided by COUNT is the cost of one command,
 //! without start-up, login, filling the LUN or shutdown.
+//!
+//! glibc copies large blocks with `rep movsb`, which valgrind counts as one instruction per byte;
+//! the runs raise glibc's thresholds for it (and `rep stosb`) so copies execute, and count, as the
+//! vector loops they are on CPUs without fast string instructions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// glibc tunables that keep memcpy and memset in vector loops at every size.
+const NO_REP_STRINGS: &str =
+    "glibc.cpu.x86_rep_movsb_threshold=1099511627776:glibc.cpu.x86_rep_stosb_threshold=1099511627776";
 
 /// Instructions executed, per side, in one callgrind run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,6 +53,7 @@ fn run(dir: &Path, workload: &str, count: u64) -> Instructions {
     let exe = std::env::current_exe().expect("path of this benchmark");
     let prefix = dir.join(format!("callgrind.{count}"));
     let status = Command::new("valgrind")
+        .env("GLIBC_TUNABLES", NO_REP_STRINGS)
         .arg("--tool=callgrind")
         .arg("--separate-threads=yes")
         .arg(format!("--callgrind-out-file={}", prefix.display()))

@@ -45,8 +45,9 @@ pub struct PairTarget {
     pub cost: TargetCost,
 }
 
-/// The core configuration the TCP portals of `config` get: what `Server::start` builds for them
-/// (server::tcp_core_config, which is private).
+/// The core configuration the TCP portals of `config` get, as far as the data path goes: what
+/// `Server::start` builds for them (server::tcp_core_config, which is private). Timers are left
+/// at their defaults: the pair has no clock.
 pub fn tcp_core_config(config: &Config) -> CoreConfig {
     let limits = &config.limits;
     CoreConfig {
@@ -59,8 +60,6 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
                 luns: t.luns.iter().map(|l| l.id).collect(),
             })
             .collect(),
-        portals: Vec::new(),
-        portal_group_tag: 1,
         policy: TargetPolicy {
             max_recv_data_segment_length: limits.max_recv_data_segment_length,
             max_burst_length: limits.max_burst_length,
@@ -72,9 +71,7 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
         },
         queue_depth: limits.queue_depth,
         max_transfer_length: iser_target::scsi::MAX_TRANSFER_BYTES,
-        nop_interval: None,
-        nop_timeout: Duration::from_secs(limits.nop_timeout_secs),
-        login_timeout: Duration::from_secs(limits.login_timeout_secs),
+        ..CoreConfig::default()
     }
 }
 
@@ -102,7 +99,7 @@ impl PairTarget {
         loop {
             while let Some(action) = self.conn.poll_action() {
                 match action {
-                    Action::Send(pdu) => {
+                    Action::Send { pdu, .. } => {
                         self.outbox.push_back(framing::encode(&pdu, &self.settings));
                     }
                     Action::SetFrameSettings(settings) => self.settings = settings,
