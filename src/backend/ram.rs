@@ -1,6 +1,7 @@
 //! Sparse in-memory backend: chunks are allocated on first write.
 
 use super::{check_range, Backend, BackendError};
+use crate::stats::count_payload_copy;
 use std::sync::RwLock;
 
 /// Allocation unit of the RAM backend.
@@ -71,7 +72,10 @@ impl Backend for RamBackend {
             let guard = self.chunk(idx)?.read().map_err(|_| Self::poisoned())?;
             let dst = &mut buf[done..done + n];
             match guard.as_ref() {
-                Some(c) => dst.copy_from_slice(&c[off..off + n]),
+                Some(c) => {
+                    dst.copy_from_slice(&c[off..off + n]);
+                    count_payload_copy(n);
+                }
                 None => dst.fill(0),
             }
             done += n;
@@ -86,6 +90,7 @@ impl Backend for RamBackend {
             let mut guard = self.chunk(idx)?.write().map_err(|_| Self::poisoned())?;
             let c = guard.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
             c[off..off + n].copy_from_slice(&data[done..done + n]);
+            count_payload_copy(n);
             done += n;
         }
         Ok(())
@@ -165,6 +170,26 @@ mod tests {
         let mut back = vec![0u8; data.len()];
         b.read_at(&mut back, CHUNK / 2).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn copies_counted_per_chunk_piece_and_not_for_holes() {
+        use crate::stats::{thread_payload_copies, CopyCounts};
+        let b = RamBackend::new(4 * CHUNK);
+        let before = thread_payload_copies();
+        // Straddles chunks 0 and 1: two pieces, each copied once.
+        b.write_at(&[7u8; 8192], CHUNK - 4096).unwrap();
+        let mut back = vec![0u8; 8192];
+        b.read_at(&mut back, CHUNK - 4096).unwrap();
+        // A hole is zero-filled, not copied.
+        b.read_at(&mut back, 3 * CHUNK).unwrap();
+        assert_eq!(
+            thread_payload_copies() - before,
+            CopyCounts {
+                copies: 4,
+                bytes: 2 * 8192
+            }
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`PduReader`] is sans-IO: the transport pushes whatever bytes it read, and pulls whole PDUs.
 
 use super::pdu::{self, DecodeError, Pdu, BHS_LEN};
+use crate::stats::count_payload_copy;
 
 /// Digest and size settings that change when login completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +108,11 @@ impl PduReader {
         if self.buffer.len() < total {
             return Ok(None);
         }
+        // The data segment was copied once into `buffer` by `push`, and is copied twice more
+        // here: out of `buffer` with the frame, then out of the frame into the PDU.
+        count_payload_copy(data_len as usize);
         let frame: Vec<u8> = self.buffer.drain(..total).collect();
+        count_payload_copy(data_len as usize);
         if settings.header_digest && frame[header_end..data_start] != digest(&frame[..header_end]) {
             return Err(FrameError::HeaderDigest);
         }
@@ -119,6 +124,7 @@ impl PduReader {
             }
         }
         let data = frame[data_start..data_start + data_len as usize].to_vec();
+        count_payload_copy(data.len());
         Pdu::decode(&header[..BHS_LEN], &header[BHS_LEN..], data)
             .map(Some)
             .map_err(|error| FrameError::Malformed { header, error })
@@ -135,6 +141,7 @@ pub fn encode(pdu: &Pdu, settings: &FrameSettings) -> Vec<u8> {
     if !pdu.data.is_empty() {
         let start = out.len();
         out.extend_from_slice(&pdu.data);
+        count_payload_copy(pdu.data.len());
         out.resize(out.len() + pdu::padding(pdu.data.len()), 0);
         if settings.data_digest {
             let d = digest(&out[start..]);
@@ -183,6 +190,33 @@ mod tests {
             assert_eq!(got, vec![sample(), odd]);
             assert_eq!(reader.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn a_data_segment_is_copied_four_times_across_the_wire_format() {
+        use crate::stats::{thread_payload_copies, CopyCounts};
+        let settings = FrameSettings::default();
+        let pdu = Pdu::with_data(
+            Header::NopOut(NopOut {
+                itt: 1,
+                ttt: pdu::RESERVED_TAG,
+                ..Default::default()
+            }),
+            vec![0x5a; 4096],
+        );
+        let before = thread_payload_copies();
+        let bytes = encode(&pdu, &settings);
+        let mut reader = PduReader::new();
+        reader.push(&bytes);
+        assert_eq!(reader.next_pdu(&settings).unwrap(), Some(pdu));
+        // encode; then push, the frame drained out of the buffer, the data cut out of the frame.
+        assert_eq!(
+            thread_payload_copies() - before,
+            CopyCounts {
+                copies: 4,
+                bytes: 4 * 4096
+            }
+        );
     }
 
     #[test]

@@ -281,6 +281,7 @@ fn write_pattern(
     let plen = pattern.len() as u64;
     let per_buf = (WRITE_SAME_BUF / plen).max(1);
     let buf: Vec<u8> = pattern.repeat(per_buf.min(len / plen) as usize);
+    crate::stats::count_payload_copy(buf.len());
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(buf.len() as u64);

@@ -257,8 +257,9 @@ fn os_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
     getrandom::fill(buf).map_err(|e| RandomUnavailable(e.to_string()))
 }
 
-/// The core configuration of the TCP portals.
-fn tcp_core_config(config: &Config) -> CoreConfig {
+/// The core configuration of the TCP portals (public so the data-path benchmark drives the core
+/// exactly as the server configures it).
+pub fn tcp_core_config(config: &Config) -> CoreConfig {
     let limits = &config.limits;
     let policy = TargetPolicy {
         max_recv_data_segment_length: limits.max_recv_data_segment_length,
