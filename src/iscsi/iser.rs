@@ -161,6 +161,27 @@ struct PendingRead {
     offset: u32,
 }
 
+/// Which RDMA Reads a Send must not overtake (brief §6.4: a Send that lets the initiator free a
+/// buffer may not pass an RDMA Read of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFence {
+    /// Nothing to wait for (NOP-In, Reject, Text...).
+    None,
+    /// The reads of this task: its SCSI Response ends its use of the STags.
+    Task(u32),
+    /// Every read in flight now: a TMF Response (the initiator invalidates the STags of every
+    /// task it covers) or a Logout Response (the initiator tears down all its buffers).
+    All,
+}
+
+/// A Send (or the Close behind a Logout Response) waiting for RDMA Reads to complete.
+#[derive(Debug)]
+struct HeldOp {
+    op: FabricOp,
+    /// Tokens of the reads still in flight that this op waits for.
+    waits_for: Vec<u64>,
+}
+
 /// A connection speaking iSER: the core plus iSER framing and data movement.
 #[derive(Debug)]
 pub struct IserConnection {
@@ -168,14 +189,18 @@ pub struct IserConnection {
     buffers: HashMap<u32, RemoteBuffers>,
     reads: HashMap<u64, PendingRead>,
     next_token: u64,
-    /// Sends held back because an RDMA Read is still in flight: a TMF Response must not let the
-    /// initiator free a buffer we are still reading (brief §6.4). Everything after it waits too,
-    /// to keep the order.
-    held: VecDeque<FabricOp>,
+    /// Sends held back behind RDMA Reads that were in flight when they were queued (see
+    /// [`ReadFence`]), in order; a later Send waits behind an earlier held one so responses keep
+    /// their StatSN order. RDMA Reads and Writes never wait here: a read created later is not
+    /// waited for, so the queue always drains.
+    held: VecDeque<HeldOp>,
     /// Both sides agreed to Send-with-Invalidate in the CM exchange.
     send_with_invalidate: bool,
     ops: VecDeque<FabricOp>,
+    /// The core closed the connection: nothing more is accepted from it.
     closed: bool,
+    /// The Close reached `ops`.
+    close_emitted: bool,
 }
 
 impl IserConnection {
@@ -196,6 +221,7 @@ impl IserConnection {
             send_with_invalidate,
             ops: VecDeque::new(),
             closed: false,
+            close_emitted: false,
         }
     }
 
@@ -206,7 +232,7 @@ impl IserConnection {
 
     /// True once a Close has been emitted.
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.close_emitted
     }
 
     /// The payload of one received Send.
@@ -290,7 +316,7 @@ impl IserConnection {
 
     /// An RDMA Read finished: its bytes are the Data-Out the R2T asked for.
     pub fn handle_rdma_read_complete(&mut self, token: u64, data: Vec<u8>, now: Instant) {
-        if let Some(read) = self.reads.remove(&token) {
+        if let Some(read) = self.read_finished(token) {
             let header = Header::DataOut(DataOut {
                 final_flag: true,
                 lun: read.lun,
@@ -308,8 +334,19 @@ impl IserConnection {
     /// An RDMA Read failed (remote access error, flush): the connection cannot go on.
     pub fn handle_rdma_read_failed(&mut self, token: u64) {
         self.reads.remove(&token);
-        self.core_close(CloseReason::ProtocolError("RDMA Read failed".into()));
+        let reason = CloseReason::ProtocolError("RDMA Read failed".into());
+        // At once: whatever is held (a Logout Response) must not go out on a broken connection.
+        self.close_at_once(reason.clone());
+        self.core_close(reason);
         self.pump();
+    }
+
+    /// Forgets a read that completed or failed; ops held for it may go.
+    fn read_finished(&mut self, token: u64) -> Option<PendingRead> {
+        for held in &mut self.held {
+            held.waits_for.retain(|t| *t != token);
+        }
+        self.reads.remove(&token)
     }
 
     /// Answer to [`FabricOp::BindSession`].
@@ -351,39 +388,71 @@ impl IserConnection {
         self.core.handle_transport_error(reason);
     }
 
+    /// Queues an operation that waits for nothing: RDMA Reads and Writes, session and SCSI
+    /// requests never wait behind held Sends (a Data-In RDMA Write still precedes its own
+    /// response, which is queued after it).
     fn emit(&mut self, op: FabricOp) {
         if self.closed {
             return;
         }
-        if matches!(op, FabricOp::Close(_)) {
+        if let FabricOp::Close(reason) = op {
             self.closed = true;
-            self.held.clear();
-            self.ops.push_back(op);
+            if reason == CloseReason::Logout && !self.held.is_empty() {
+                // The Logout Response is held: close only after it went out.
+                self.held.push_back(HeldOp {
+                    op: FabricOp::Close(reason),
+                    waits_for: Vec::new(),
+                });
+            } else {
+                self.close_at_once(reason);
+            }
             return;
         }
-        let is_send = matches!(op, FabricOp::Send { .. });
-        if !self.held.is_empty() || (is_send && self.must_hold_send(&op)) {
-            self.held.push_back(op);
-        } else {
+        self.ops.push_back(op);
+    }
+
+    /// Queues a Send behind the RDMA Reads `fence` names, and behind any Send already held.
+    fn emit_send(&mut self, bytes: Vec<u8>, invalidate: Option<u32>, fence: ReadFence) {
+        if self.closed {
+            return;
+        }
+        let waits_for: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| match fence {
+                ReadFence::None => false,
+                ReadFence::Task(itt) => read.itt == itt,
+                ReadFence::All => true,
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        let op = FabricOp::Send { bytes, invalidate };
+        if waits_for.is_empty() && self.held.is_empty() {
             self.ops.push_back(op);
+        } else {
+            self.held.push_back(HeldOp { op, waits_for });
         }
     }
 
-    /// A TMF Response may not overtake an RDMA Read of a buffer the initiator would then free.
-    fn must_hold_send(&self, op: &FabricOp) -> bool {
-        let FabricOp::Send { bytes, .. } = op else {
-            return false;
-        };
-        !self.reads.is_empty()
-            && bytes.get(ISER_HEADER_LEN).map(|b| b & 0x3f)
-                == Some(pdu::Opcode::TaskMgmtResponse as u8)
+    /// Emits the Close now, dropping whatever was held (nothing more goes out).
+    fn close_at_once(&mut self, reason: CloseReason) {
+        if self.close_emitted {
+            return;
+        }
+        self.closed = true;
+        self.close_emitted = true;
+        self.held.clear();
+        self.ops.push_back(FabricOp::Close(reason));
     }
 
+    /// Releases held ops, in order, up to the first that still waits for a read.
     fn release_held(&mut self) {
-        if self.reads.is_empty() {
-            while let Some(op) = self.held.pop_front() {
-                self.ops.push_back(op);
+        while self.held.front().is_some_and(|h| h.waits_for.is_empty()) {
+            let held = self.held.pop_front().expect("checked");
+            if matches!(held.op, FabricOp::Close(_)) {
+                self.close_emitted = true;
             }
+            self.ops.push_back(held.op);
         }
     }
 
@@ -409,27 +478,29 @@ impl IserConnection {
             Header::ReadyToTransfer(h) => self.r2t(h),
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
-                self.send(&Pdu::new(Header::NopIn(h)));
+                self.send(&Pdu::new(Header::NopIn(h)), ReadFence::None);
             }
             Header::ScsiResponse(ref h) => {
                 let itt = h.itt;
                 self.respond(itt, &pdu);
             }
-            _ => self.send(&pdu),
+            Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
+                self.send(&pdu, ReadFence::All)
+            }
+            _ => self.send(&pdu, ReadFence::None),
         }
     }
 
-    /// A plain Send.
-    fn send(&mut self, pdu: &Pdu) {
-        self.emit(FabricOp::Send {
-            bytes: encode_send(pdu),
-            invalidate: None,
-        });
+    /// A Send that ends no task.
+    fn send(&mut self, pdu: &Pdu, fence: ReadFence) {
+        self.emit_send(encode_send(pdu), None, fence);
     }
 
     /// The SCSI Response that ends task `itt`: the last use of its STags, which it invalidates
     /// when both sides agreed and the task advertised exactly one (brief §6.3: never for a
-    /// command with both, as Linux checks the rkey against each direction).
+    /// command with both, as Linux checks the rkey against each direction). It waits for the
+    /// task's RDMA Reads still in flight (the core may end a task early, e.g. after a bad
+    /// Data-Out that came in a Send).
     fn respond(&mut self, itt: u32, pdu: &Pdu) {
         let invalidate = match self.buffers.remove(&itt) {
             Some(RemoteBuffers {
@@ -444,10 +515,7 @@ impl IserConnection {
             }) if self.send_with_invalidate => Some(stag),
             _ => None,
         };
-        self.emit(FabricOp::Send {
-            bytes: encode_send(pdu),
-            invalidate,
-        });
+        self.emit_send(encode_send(pdu), invalidate, ReadFence::Task(itt));
     }
 
     /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
@@ -533,8 +601,8 @@ impl IserConnection {
 mod tests {
     use super::*;
     use crate::iscsi::pdu::{
-        LoginRequest, LoginResponse, NopIn, NopOut, ScsiCommand, Stage, TaskAttribute,
-        TaskMgmtRequest,
+        LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, Stage,
+        TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
     };
     use crate::iscsi::text::{self, TargetPolicy};
     use crate::iscsi::TargetDescriptor;
@@ -945,6 +1013,194 @@ mod tests {
             panic!()
         };
         assert_eq!((resp.itt, resp.response), (0x34, 0));
+    }
+
+    /// Sends a 4 KiB WRITE whose data the target must RDMA-Read; returns the read's token.
+    fn write_needing_read(conn: &mut IserConnection, itt: u32, cmd_sn: u32, now: Instant) -> u64 {
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: itt,
+            write_va: 0x1000,
+            ..IserHeader::default()
+        };
+        let pdu = Pdu::new(Header::ScsiCommand(command(
+            itt, cmd_sn, false, true, 4096, 0x2a,
+        )));
+        conn.handle_receive(&send_bytes(iser, &pdu), now);
+        let ops = drain(conn);
+        let [FabricOp::RdmaRead { token, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        *token
+    }
+
+    fn abort_task(itt: u32, rtt: u32, cmd_sn: u32) -> Vec<u8> {
+        ctrl(&Pdu::new(Header::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: 1,
+            lun: [0; 8],
+            itt,
+            referenced_task_tag: rtt,
+            cmd_sn,
+            exp_stat_sn: 8,
+            ref_cmd_sn: cmd_sn,
+            exp_data_sn: 0,
+        })))
+    }
+
+    fn sent_headers(ops: &[FabricOp]) -> Vec<Header> {
+        ops.iter()
+            .filter_map(|op| match op {
+                FabricOp::Send { bytes, .. } => Some(sent_pdu(bytes).header),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Linux sends ABORT TASK after a command timeout while other writes go on: a read created
+    /// while the TMF Response is held must neither wait behind it nor keep it held.
+    #[test]
+    fn reads_created_behind_a_held_tmf_response_do_not_stall_it() {
+        let (mut conn, now) = logged_in(false);
+        let first = write_needing_read(&mut conn, 0x33, 100, now);
+        conn.handle_receive(&abort_task(0x34, 0x33, 101), now);
+        assert!(drain(&mut conn).is_empty(), "TMF Response held");
+        // A later WRITE's read goes out at once.
+        let second = write_needing_read(&mut conn, 0x35, 101, now);
+        conn.handle_rdma_read_complete(first, vec![0; 4096], now);
+        let ops = drain(&mut conn);
+        let headers = sent_headers(&ops);
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::TaskMgmtResponse(TaskMgmtResponse { itt: 0x34, .. })]
+            ),
+            "{ops:?}"
+        );
+        // Nothing is held any more: the second write completes normally.
+        conn.handle_rdma_read_complete(second, vec![3; 4096], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(task.data_out, vec![3; 4096]);
+    }
+
+    /// Sends that end no task are not held by reads: a NOP-In answer goes out at once.
+    #[test]
+    fn nop_in_does_not_wait_for_reads() {
+        let (mut conn, now) = logged_in(false);
+        write_needing_read(&mut conn, 0x40, 100, now);
+        let ping = Header::NopOut(NopOut {
+            immediate: true,
+            lun: [0; 8],
+            itt: 9,
+            ttt: u32::MAX,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(ping)), now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(headers.as_slice(), [Header::NopIn(_)]),
+            "{headers:?}"
+        );
+    }
+
+    /// The initiator frees every buffer once it has the Logout Response: it waits for all reads,
+    /// and the connection closes only after it.
+    #[test]
+    fn logout_response_waits_for_every_read() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x50, 100, now);
+        let logout = Header::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 0x51,
+            cid: 0,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
+        let ops = drain(&mut conn);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, FabricOp::Send { .. } | FabricOp::Close(_))),
+            "{ops:?}"
+        );
+        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        let ops = drain(&mut conn);
+        let logout_at = ops
+            .iter()
+            .position(|op| {
+                matches!(op, FabricOp::Send { bytes, .. }
+                    if matches!(sent_pdu(bytes).header, Header::LogoutResponse(_)))
+            })
+            .unwrap_or_else(|| panic!("no Logout Response: {ops:?}"));
+        assert!(
+            matches!(ops.last(), Some(FabricOp::Close(CloseReason::Logout))),
+            "{ops:?}"
+        );
+        assert!(logout_at < ops.len() - 1);
+    }
+
+    /// A bad Data-Out that came in a Send ends the task early, while its RDMA Read is still in
+    /// flight: the SCSI Response (which lets the initiator free the buffer) waits for the read.
+    #[test]
+    fn early_response_waits_for_its_tasks_reads() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x60, 100, now);
+        // Unsolicited Data-Out although InitialR2T=Yes: the core rejects it and ends the task.
+        let data_out = Header::DataOut(DataOut {
+            final_flag: true,
+            lun: [0; 8],
+            itt: 0x60,
+            ttt: u32::MAX,
+            exp_stat_sn: 8,
+            data_sn: 0,
+            buffer_offset: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            !headers
+                .iter()
+                .any(|h| matches!(h, Header::ScsiResponse(_))),
+            "response overtook the read: {headers:?}"
+        );
+        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::ScsiResponse(ScsiResponse { itt: 0x60, status: 2, .. })]
+            ),
+            "{headers:?}"
+        );
+    }
+
+    /// A failed RDMA Read closes at once, even with a Logout Response held behind reads.
+    #[test]
+    fn failed_read_closes_despite_held_logout() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x70, 100, now);
+        let logout = Header::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 0x71,
+            cid: 0,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
+        drain(&mut conn);
+        conn.handle_rdma_read_failed(token);
+        let ops = drain(&mut conn);
+        assert!(
+            matches!(ops.as_slice(), [FabricOp::Close(CloseReason::ProtocolError(_))]),
+            "{ops:?}"
+        );
+        assert!(conn.is_closed());
     }
 
     #[test]
