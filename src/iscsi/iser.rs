@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::{Action, CloseReason, Connection, CoreConfig, LoginStatus, TaskId};
-use super::pdu::{self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, BHS_LEN};
+use super::pdu::{
+    self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, Stage, BHS_LEN,
+};
 use crate::scsi::ScsiOutcome;
 
 /// Length of the iSER control-type header in front of every PDU.
@@ -136,6 +138,11 @@ pub enum FabricOp {
     BindSession(super::BindRequest),
     /// Run a SCSI command; answer with [`IserConnection::handle_scsi_complete`].
     Execute(super::ScsiTask),
+    /// The login succeeded: post the full-feature receive buffers and set up the staging arena
+    /// now, before the final Login Response that follows (the initiator may send commands the
+    /// moment it has it; Linux drivers/infiniband/ulp/isert/ib_isert.c isert_put_login_tx does
+    /// the same).
+    EnterFullFeature,
     /// LOGICAL UNIT RESET / TARGET RESET of SCSI state (as [`Action::Reset`]).
     Reset { lun: Option<u64> },
     /// Disconnect, drain, free. Nothing follows.
@@ -487,6 +494,12 @@ impl IserConnection {
             Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
                 self.send(&pdu, ReadFence::All)
             }
+            Header::LoginResponse(ref h)
+                if h.transit && h.next_stage == Stage::FullFeature && h.status_class == 0 =>
+            {
+                self.emit(FabricOp::EnterFullFeature);
+                self.send(&pdu, ReadFence::None)
+            }
             _ => self.send(&pdu, ReadFence::None),
         }
     }
@@ -601,8 +614,8 @@ impl IserConnection {
 mod tests {
     use super::*;
     use crate::iscsi::pdu::{
-        LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, Stage,
-        TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
+        LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, TaskAttribute,
+        TaskMgmtRequest, TaskMgmtResponse,
     };
     use crate::iscsi::text::{self, TargetPolicy};
     use crate::iscsi::TargetDescriptor;
@@ -707,7 +720,8 @@ mod tests {
         );
         conn.handle_session_bound(Ok(5));
         let ops = drain(conn);
-        let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
+        // The full-feature buffers are posted before the final Login Response goes out.
+        let [FabricOp::EnterFullFeature, FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
         let pdu = sent_pdu(bytes);
@@ -1163,9 +1177,7 @@ mod tests {
         conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
         let headers = sent_headers(&drain(&mut conn));
         assert!(
-            !headers
-                .iter()
-                .any(|h| matches!(h, Header::ScsiResponse(_))),
+            !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
             "response overtook the read: {headers:?}"
         );
         conn.handle_rdma_read_complete(token, vec![0; 4096], now);
@@ -1173,7 +1185,11 @@ mod tests {
         assert!(
             matches!(
                 headers.as_slice(),
-                [Header::ScsiResponse(ScsiResponse { itt: 0x60, status: 2, .. })]
+                [Header::ScsiResponse(ScsiResponse {
+                    itt: 0x60,
+                    status: 2,
+                    ..
+                })]
             ),
             "{headers:?}"
         );
@@ -1197,7 +1213,10 @@ mod tests {
         conn.handle_rdma_read_failed(token);
         let ops = drain(&mut conn);
         assert!(
-            matches!(ops.as_slice(), [FabricOp::Close(CloseReason::ProtocolError(_))]),
+            matches!(
+                ops.as_slice(),
+                [FabricOp::Close(CloseReason::ProtocolError(_))]
+            ),
             "{ops:?}"
         );
         assert!(conn.is_closed());
