@@ -66,6 +66,8 @@ else
         scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
         log "open-iscsi (ib_iser) and libiscsi against our target over iSER on rxe"
         scripts/softroce-vm.sh scripts/guest/iser-basic.sh
+        log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
+        scripts/guest/iser-faults.sh
     fi
 fi
 

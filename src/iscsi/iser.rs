@@ -1222,6 +1222,56 @@ mod tests {
         assert!(conn.is_closed());
     }
 
+    /// A failed login sets up nothing for full feature phase.
+    #[test]
+    fn failed_login_posts_no_full_feature_buffers() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, false, now);
+        let keys = text::encode(&[
+            (
+                "InitiatorName".to_string(),
+                "iqn.2026-11.test:host".to_string(),
+            ),
+            (
+                "TargetName".to_string(),
+                "iqn.2026-11.test:no-such-target".to_string(),
+            ),
+            ("SessionType".to_string(), "Normal".to_string()),
+        ]);
+        let request = Header::LoginRequest(LoginRequest {
+            transit: true,
+            continue_flag: false,
+            current_stage: Stage::Operational,
+            next_stage: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid: [0, 2, 0x3d, 0, 0, 1],
+            tsih: 0,
+            itt: 0,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(request, keys)), now);
+        let ops = drain(&mut conn);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, FabricOp::EnterFullFeature)),
+            "{ops:?}"
+        );
+        let headers = sent_headers(&ops);
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::LoginResponse(LoginResponse {
+                    status_class: 2,
+                    ..
+                })]
+            ),
+            "{headers:?}"
+        );
+    }
+
     #[test]
     fn nop_in_carries_no_data() {
         let (mut conn, now) = logged_in(false);
