@@ -142,6 +142,9 @@ pub struct Limits {
     pub nop_timeout_secs: u64,
     /// Seconds allowed from TCP accept to full feature phase (1..=3600).
     pub login_timeout_secs: u64,
+    /// Seconds a discovery session may go without a PDU from the initiator before it is
+    /// closed (1..=3600).
+    pub discovery_idle_timeout_secs: u64,
     /// iSER: largest single data transfer staged through registered buffers
     /// (4096..=16 MiB, multiple of 4096).
     pub max_io_size: u32,
@@ -160,6 +163,7 @@ impl Default for Limits {
             nop_interval_secs: 15,
             nop_timeout_secs: 30,
             login_timeout_secs: 15,
+            discovery_idle_timeout_secs: 30,
             max_io_size: 524_288,
         }
     }
@@ -473,6 +477,7 @@ struct RawLimits {
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<u64>,
     login_timeout_secs: Option<u64>,
+    discovery_idle_timeout_secs: Option<u64>,
     max_io_size: Option<u64>,
 }
 
@@ -844,6 +849,13 @@ impl RawLimits {
                 &f("login_timeout_secs"),
                 self.login_timeout_secs,
                 d.login_timeout_secs,
+                1,
+                3600,
+            )?,
+            discovery_idle_timeout_secs: ranged(
+                &f("discovery_idle_timeout_secs"),
+                self.discovery_idle_timeout_secs,
+                d.discovery_idle_timeout_secs,
                 1,
                 3600,
             )?,

@@ -77,7 +77,7 @@ impl Harness {
         while let Some(action) = self.conn.poll_action() {
             assert!(!self.closed, "action after Close");
             match action {
-                Action::Send(pdu) => {
+                Action::Send { pdu, .. } => {
                     let wide = FrameSettings {
                         max_data_segment_length: 1 << 24,
                         ..self.settings
@@ -101,6 +101,8 @@ impl Harness {
                         self.conn.handle_scsi_complete(task.id, outcome);
                     }
                 }
+                // No SCSI state to reset in the harness.
+                Action::Reset { .. } => {}
                 Action::Close(_) => self.closed = true,
             }
         }

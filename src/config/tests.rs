@@ -86,6 +86,7 @@ fn limits_defaults_match_documentation() {
     assert_eq!(l.nop_interval_secs, 15);
     assert_eq!(l.nop_timeout_secs, 30);
     assert_eq!(l.login_timeout_secs, 15);
+    assert_eq!(l.discovery_idle_timeout_secs, 30);
     assert_eq!(l.max_io_size, 524_288);
 }
 
@@ -909,6 +910,7 @@ fn limits_ranges() {
         ("nop_interval_secs", 0, 3600),
         ("nop_timeout_secs", 1, 3600),
         ("login_timeout_secs", 1, 3600),
+        ("discovery_idle_timeout_secs", 1, 3600),
         ("max_io_size", 4096, 16 << 20),
     ];
     for &(key, min, max) in cases {

@@ -11,6 +11,7 @@
 //! which is how LIO splits iscsi_target from isert too.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use super::pdu::{
     ReadyToTransfer, Reject, ScsiCommand, ScsiResponse, TaskAttribute, TaskMgmtRequest,
     TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
 };
+use super::tasks::{R2tWindow, Task, TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::{ScsiOutcome, TaskAttr};
 
@@ -69,6 +71,10 @@ pub struct CoreConfig {
     pub nop_timeout: Duration,
     /// Bound on the whole login phase.
     pub login_timeout: Duration,
+    /// A discovery session with no PDU from the initiator for this long is closed. Discovery
+    /// sessions are not pinged (an iSER discovery initiator has a single receive buffer), so
+    /// without this a silent one would live for ever.
+    pub discovery_idle_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -83,6 +89,7 @@ impl Default for CoreConfig {
             nop_interval: Some(Duration::from_secs(15)),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            discovery_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -194,17 +201,20 @@ pub enum CloseReason {
     LoginFailed,
     /// The peer violated the protocol in a way that cannot be answered.
     ProtocolError(String),
-    /// The initiator stopped answering pings, or login took too long.
+    /// The initiator stopped answering pings, login took too long, or a discovery session sat
+    /// idle.
     Timeout,
     /// The target is shutting down, or the session is being reinstated elsewhere.
     Shutdown,
 }
 
-/// An effect the transport must carry out, in order.
+/// An effect the transport must carry out, in order. `C` is the transport's per-task context
+/// (see [`Connection::handle_pdu_with_context`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Transmit this PDU.
-    Send(Pdu),
+pub enum Action<C = ()> {
+    /// Transmit this PDU. `context` is the context of the task the PDU belongs to (its Data-In,
+    /// R2Ts and the SCSI Response that ends it), `None` for every other PDU.
+    Send { pdu: Pdu, context: Option<C> },
     /// From now on, frame PDUs with these settings (sent right after the final Login Response).
     SetFrameSettings(FrameSettings),
     /// Settle session identity; answer with [`Connection::handle_session_bound`].
@@ -228,6 +238,7 @@ pub(super) mod reject_reason {
     pub const SNACK_REJECT: u8 = 0x03;
     pub const PROTOCOL_ERROR: u8 = 0x04;
     pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const TOO_MANY_IMMEDIATE_COMMANDS: u8 = 0x06;
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
 
@@ -249,57 +260,16 @@ mod tmf {
     pub const FUNCTION_NOT_SUPPORTED: u8 = 5;
 }
 
+/// Tasks a session may hold beyond `queue_depth`. Immediate SCSI commands take no CmdSN, so the
+/// CmdSN window does not bound them; past this many tasks in all, a further immediate command is
+/// rejected ("too many immediate commands", RFC 7143 §11.17.1) instead of buffered. 16 leaves
+/// room for a burst of immediate commands on top of a full queue while keeping the table, and so
+/// the memory one session can pin, bounded.
+pub const IMMEDIATE_COMMAND_HEADROOM: u32 = 16;
+
 /// Serial number arithmetic (RFC 1982, 32 bits): a < b.
 pub(super) fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (b.wrapping_sub(a) as i32) > 0
-}
-
-/// Where a command is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TaskState {
-    /// Waiting for (more) Data-Out.
-    AwaitingData,
-    /// All data in; waiting for its turn (task ordering).
-    Ready,
-    /// Handed to the backend.
-    Running,
-}
-
-/// An outstanding R2T of a write.
-#[derive(Debug, Clone, Copy)]
-struct R2tWindow {
-    ttt: u32,
-    offset: u32,
-    length: u32,
-    received: u32,
-    /// Data-Out PDUs received for this R2T: the DataSN the next one must carry.
-    next_data_sn: u32,
-}
-
-#[derive(Debug)]
-struct Task {
-    id: TaskId,
-    itt: u32,
-    cmd_sn: u32,
-    /// Sent as an immediate command (takes no CmdSN, outside the queue depth).
-    immediate: bool,
-    lun: u64,
-    lun_field: [u8; 8],
-    cdb: Vec<u8>,
-    attribute: TaskAttribute,
-    expected_length: u32,
-    data_out: Vec<u8>,
-    write: bool,
-    state: TaskState,
-    /// Unsolicited Data-Out may still arrive (no F bit yet on the unsolicited sequence).
-    unsolicited_open: bool,
-    /// DataSN the next unsolicited Data-Out must carry.
-    unsolicited_data_sn: u32,
-    next_r2t_offset: u32,
-    r2t_sn: u32,
-    r2ts: Vec<R2tWindow>,
-    /// Aborted by a TMF while running: its result is discarded.
-    aborted: bool,
 }
 
 /// A TMF response held until the tasks it aborted have left the backend.
@@ -331,12 +301,16 @@ pub(super) enum Phase {
 }
 
 /// The state of one connection and its session.
+///
+/// `C` is an opaque per-task context the transport hands in with each SCSI Command PDU and gets
+/// back with every PDU of that task (an iSER transport keeps the initiator's STags there); the
+/// core only stores and returns it. TCP uses `()`.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection<C = ()> {
     pub(super) config: Arc<CoreConfig>,
     pub(super) local_addr: Option<SocketAddr>,
     pub(super) phase: Phase,
-    pub(super) actions: VecDeque<Action>,
+    pub(super) actions: VecDeque<Action<C>>,
     pub(super) params: SessionParams,
     pub(super) negotiator: Option<Negotiator>,
     /// Index of the target of a normal session.
@@ -349,10 +323,11 @@ pub struct Connection {
     pub(super) login_deadline: Instant,
     /// A Close action has been emitted.
     close_emitted: bool,
-    tasks: BTreeMap<TaskId, Task>,
-    /// Commands received ahead of ExpCmdSN (held until the gap fills).
-    held: BTreeMap<u32, Pdu>,
-    next_task_id: TaskId,
+    tasks: TaskTable<C>,
+    /// Tasks about to start, kept between events so scheduling does not allocate.
+    starting: Vec<TaskId>,
+    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills).
+    held: BTreeMap<u32, (Pdu, C)>,
     next_ttt: u32,
     pending_tmfs: Vec<PendingTmf>,
     pending_text: Option<PendingText>,
@@ -362,7 +337,7 @@ pub struct Connection {
     ping_outstanding: Option<(u32, Instant)>,
 }
 
-impl Connection {
+impl<C: Clone + Debug> Connection<C> {
     /// A new connection in the login phase. `local_addr` is the address the initiator connected to
     /// (used for SendTargets when the portal is a wildcard).
     pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
@@ -382,9 +357,9 @@ impl Connection {
             tsih: 0,
             stat_sn: 0,
             exp_cmd_sn: 0,
-            tasks: BTreeMap::new(),
+            tasks: TaskTable::new(),
+            starting: Vec::new(),
             held: BTreeMap::new(),
-            next_task_id: 1,
             next_ttt: 1,
             pending_tmfs: Vec::new(),
             pending_text: None,
@@ -395,7 +370,7 @@ impl Connection {
     }
 
     /// The next effect to carry out.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<Action<C>> {
         self.actions.pop_front()
     }
 
@@ -416,17 +391,17 @@ impl Connection {
 
     /// Commands currently handed to the backend.
     pub fn running_tasks(&self) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| t.state == TaskState::Running)
-            .count()
+        self.tasks.running()
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Login(_) => Some(self.login_deadline),
-            Phase::FullFeature if !self.discovery => {
+            Phase::FullFeature if self.discovery => {
+                Some(self.last_activity + self.config.discovery_idle_timeout)
+            }
+            Phase::FullFeature => {
                 if let Some((_, sent)) = self.ping_outstanding {
                     Some(sent + self.config.nop_timeout)
                 } else {
@@ -437,14 +412,27 @@ impl Connection {
         }
     }
 
-    /// Timers: login deadline, NOP-In pings on idle connections, ping timeout.
+    /// Timers: login deadline, NOP-In pings on idle connections, ping timeout, idle discovery
+    /// sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
             Phase::Login(_) if now >= self.login_deadline => {
                 log::warn!("login did not complete in {:?}", self.config.login_timeout);
                 self.close(CloseReason::Timeout);
             }
-            Phase::FullFeature if !self.discovery => {
+            Phase::FullFeature
+                if self.discovery
+                    && now >= self.last_activity + self.config.discovery_idle_timeout =>
+            {
+                log::info!(
+                    "closing discovery session of {}: idle for {:?}",
+                    self.initiator_name,
+                    self.config.discovery_idle_timeout
+                );
+                self.close(CloseReason::Timeout);
+            }
+            Phase::FullFeature if self.discovery => {}
+            Phase::FullFeature => {
                 if let Some((_, sent)) = self.ping_outstanding {
                     if now >= sent + self.config.nop_timeout {
                         log::warn!(
@@ -477,16 +465,11 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions.push_back(Action::Send(Pdu::new(header)));
+        self.send(Pdu::new(header));
     }
 
     fn fresh_ttt(&mut self) -> u32 {
-        let ttt = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        ttt
+        next_tag(&mut self.next_ttt)
     }
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
@@ -496,8 +479,7 @@ impl Connection {
     /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
     /// without ExpCmdSN moving. A full queue closes the window (MaxCmdSN = ExpCmdSN - 1).
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        let outstanding = self.tasks.values().filter(|t| !t.immediate).count() as u32;
-        let room = self.config.queue_depth.saturating_sub(outstanding);
+        let room = self.config.queue_depth.saturating_sub(self.tasks.queued());
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
@@ -506,6 +488,19 @@ impl Connection {
         let sn = self.stat_sn;
         self.stat_sn = self.stat_sn.wrapping_add(1);
         sn
+    }
+
+    /// Queues a PDU that belongs to no task.
+    pub(super) fn send(&mut self, pdu: Pdu) {
+        self.actions.push_back(Action::Send { pdu, context: None });
+    }
+
+    /// Queues a PDU of the task whose context is `context`.
+    fn send_for_task(&mut self, pdu: Pdu, context: &C) {
+        self.actions.push_back(Action::Send {
+            pdu,
+            context: Some(context.clone()),
+        });
     }
 
     pub(super) fn close(&mut self, reason: CloseReason) {
@@ -521,8 +516,7 @@ impl Connection {
     pub fn handle_shutdown(&mut self) {
         match self.phase {
             Phase::FullFeature => {
-                self.held.clear();
-                self.tasks.retain(|_, t| t.state == TaskState::Running);
+                self.drop_waiting_commands();
                 self.phase = Phase::Draining(CloseReason::Shutdown);
                 self.maybe_finish_draining();
             }
@@ -574,8 +568,7 @@ impl Connection {
         });
         // RFC 7143 §11.17: a Reject takes a StatSN like any response.
         self.stat_sn = self.stat_sn.wrapping_add(1);
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(reject, bhs)));
+        self.send(Pdu::with_data(reject, bhs));
     }
 
     fn reject_pdu(&mut self, reason: u8, pdu: &Pdu) {
@@ -583,8 +576,11 @@ impl Connection {
         self.send_reject(reason, &header);
     }
 
-    /// One PDU from the initiator.
-    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+    /// One PDU from the initiator, with the transport's context for it. The context of a SCSI
+    /// Command PDU stays with the command (while it waits for its CmdSN, and in its task) and comes
+    /// back in [`Action::Send`] with every PDU of the task; the context of any other PDU, or of a
+    /// command that never becomes a task, is dropped here.
+    pub fn handle_pdu_with_context(&mut self, pdu: Pdu, now: Instant, context: C) {
         self.last_activity = now;
         match &mut self.phase {
             Phase::Login(_) => self.handle_login_pdu(pdu),
@@ -593,7 +589,7 @@ impl Connection {
                     "PDU while the login response is pending".into(),
                 ));
             }
-            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now),
+            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now, context),
             Phase::Draining(_) => {
                 // Only answers to our pings matter now; everything else is dropped.
             }
@@ -613,7 +609,7 @@ impl Connection {
         self.finish_login(*state, result);
     }
 
-    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant) {
+    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant, context: C) {
         if self.discovery {
             // Discovery sessions carry only Text and Logout (RFC 7143 §6.3).
             match pdu.header {
@@ -659,21 +655,21 @@ impl Connection {
         }
         let (immediate, cmd_sn) = command_sequencing(&pdu.header);
         if immediate {
-            self.dispatch_command(pdu, now);
+            self.dispatch_command(pdu, context, now);
             return;
         }
         let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
         if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch_command(pdu, now);
+            self.dispatch_command(pdu, context, now);
             // Commands that were waiting for this one.
-            while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+            while let Some((next, context)) = self.held.remove(&self.exp_cmd_sn) {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.dispatch_command(next, now);
+                self.dispatch_command(next, context, now);
             }
         } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
             // Ahead of ExpCmdSN but inside the window: hold it until the gap fills.
-            self.held.entry(cmd_sn).or_insert(pdu);
+            self.held.entry(cmd_sn).or_insert((pdu, context));
         } else {
             // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
             log::debug!(
@@ -684,13 +680,13 @@ impl Connection {
         }
     }
 
-    fn dispatch_command(&mut self, pdu: Pdu, now: Instant) {
+    fn dispatch_command(&mut self, pdu: Pdu, context: C, now: Instant) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
         let Pdu { header, data } = pdu;
         match header {
-            Header::ScsiCommand(h) => self.handle_scsi_command(h, data),
+            Header::ScsiCommand(h) => self.handle_scsi_command(h, data, context),
             Header::TaskMgmtRequest(h) => self.handle_tmf(h),
             Header::TextRequest(h) => self.handle_text(h, data),
             Header::LogoutRequest(h) => self.handle_logout(h),
@@ -713,14 +709,25 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, data)));
+        self.send(Pdu::with_data(header, data));
     }
 
     // ---------------------------------------------------------------- SCSI commands and data
 
-    fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>) {
-        if self.tasks.values().any(|t| t.itt == h.itt) {
+    fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Vec<u8>, context: C) {
+        let task_limit = self.config.queue_depth as usize + IMMEDIATE_COMMAND_HEADROOM as usize;
+        if h.immediate && self.tasks.len() >= task_limit {
+            log::warn!(
+                "{}: rejecting immediate command ITT {:#x}: {} tasks outstanding",
+                self.initiator_name,
+                h.itt,
+                self.tasks.len()
+            );
+            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
+            self.reject_pdu(reject_reason::TOO_MANY_IMMEDIATE_COMMANDS, &pdu);
+            return;
+        }
+        if self.tasks.id_of_itt(h.itt).is_some() {
             let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
             self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);
             return;
@@ -734,7 +741,7 @@ impl Connection {
             || edtl > self.config.max_transfer_length
         {
             let outcome = ScsiOutcome::check_condition(0x05, 0x24, 0x00);
-            self.send_scsi_response(h.itt, &outcome, edtl, false, 0);
+            self.send_scsi_response(h.itt, &context, &outcome, edtl, false, 0);
             return;
         }
         if !immediate_data.is_empty() {
@@ -745,8 +752,6 @@ impl Connection {
                 return;
             }
         }
-        let id = self.next_task_id;
-        self.next_task_id += 1;
         let write = h.write && edtl > 0;
         let unsolicited_open = write
             && !h.final_flag
@@ -754,9 +759,8 @@ impl Connection {
             && (immediate_data.len() as u32) < edtl.min(self.params.first_burst_length);
         let received = immediate_data.len() as u32;
         let task = Task {
-            id,
+            context,
             itt: h.itt,
-            cmd_sn: h.cmd_sn,
             immediate: h.immediate,
             lun,
             lun_field: h.lun,
@@ -765,7 +769,6 @@ impl Connection {
             expected_length: edtl,
             data_out: immediate_data,
             write,
-            state: TaskState::AwaitingData,
             unsolicited_open,
             unsolicited_data_sn: 0,
             next_r2t_offset: received,
@@ -773,66 +776,65 @@ impl Connection {
             r2ts: Vec::new(),
             aborted: false,
         };
-        self.tasks.insert(id, task);
+        let id = self.tasks.insert(task);
         self.advance_write(id);
-        self.schedule();
     }
 
-    /// After data arrived (or a command started): issue R2Ts or mark the task ready.
+    /// After data arrived (or a command started): issue R2Ts, or mark the task ready and start it
+    /// if task ordering lets it.
     fn advance_write(&mut self, id: TaskId) {
+        if self.tasks.state(id) != Some(TaskState::AwaitingData) {
+            return;
+        }
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        if !task.write || task.data_out.len() as u32 >= task.expected_length {
+            self.tasks.set_ready(id);
+            if self.tasks.may_start(id) {
+                self.start(id);
+            }
+            return;
+        }
+        if task.unsolicited_open {
+            return;
+        }
         let max_outstanding = self.params.max_outstanding_r2t as usize;
         let max_burst = self.params.max_burst_length;
-        let mut r2ts = Vec::new();
-        {
-            let Some(task) = self.tasks.get_mut(&id) else {
+        let max_cmd_sn = self.max_cmd_sn();
+        loop {
+            let Some(task) = self.tasks.get_mut(id) else {
                 return;
             };
-            if task.state != TaskState::AwaitingData {
+            if task.r2ts.len() >= max_outstanding || task.next_r2t_offset >= task.expected_length {
                 return;
             }
-            let received = task.data_out.len() as u32;
-            if !task.write || received >= task.expected_length {
-                task.state = TaskState::Ready;
-                return;
-            }
-            if task.unsolicited_open {
-                return;
-            }
-            // Windows created in this call are only pushed below: count them too.
-            while task.r2ts.len() + r2ts.len() < max_outstanding
-                && task.next_r2t_offset < task.expected_length
-            {
-                let offset = task.next_r2t_offset;
-                let length = (task.expected_length - offset).min(max_burst);
-                task.next_r2t_offset += length;
-                r2ts.push((task.itt, task.lun_field, offset, length, task.r2t_sn));
-                task.r2t_sn += 1;
-            }
-        }
-        for (itt, lun_field, offset, length, r2t_sn) in r2ts {
-            let ttt = self.fresh_ttt();
-            if let Some(task) = self.tasks.get_mut(&id) {
-                task.r2ts.push(R2tWindow {
-                    ttt,
-                    offset,
-                    length,
-                    received: 0,
-                    next_data_sn: 0,
-                });
-            }
+            let offset = task.next_r2t_offset;
+            let length = (task.expected_length - offset).min(max_burst);
+            let ttt = next_tag(&mut self.next_ttt);
+            task.next_r2t_offset += length;
+            task.r2ts.push(R2tWindow {
+                ttt,
+                offset,
+                length,
+                received: 0,
+                next_data_sn: 0,
+            });
             let header = Header::ReadyToTransfer(ReadyToTransfer {
-                lun: lun_field,
-                itt,
+                lun: task.lun_field,
+                itt: task.itt,
                 ttt,
                 // R2T carries the current StatSN without advancing it.
                 stat_sn: self.stat_sn,
                 exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                r2t_sn,
+                max_cmd_sn,
+                r2t_sn: task.r2t_sn,
                 buffer_offset: offset,
                 desired_length: length,
             });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            task.r2t_sn += 1;
+            let context = task.context.clone();
+            self.send_for_task(Pdu::new(header), &context);
         }
     }
 
@@ -840,16 +842,15 @@ impl Connection {
         let first_burst = self.params.first_burst_length;
         let Some(id) = self
             .tasks
-            .values()
-            .find(|t| t.itt == h.itt && t.state == TaskState::AwaitingData)
-            .map(|t| t.id)
+            .id_of_itt(h.itt)
+            .filter(|&id| self.tasks.state(id) == Some(TaskState::AwaitingData))
         else {
             // Data for a task we no longer know (aborted, or failed early): drop it quietly,
             // the initiator learns the task's fate from its response or the TMF response.
             log::debug!("Data-Out for unknown ITT {:#x}", h.itt);
             return;
         };
-        let task = self.tasks.get_mut(&id).expect("found above");
+        let task = self.tasks.get_mut(id).expect("found above");
         let len = pdu.data.len() as u32;
         let offset = h.buffer_offset;
         let in_order = offset == task.data_out.len() as u32;
@@ -890,9 +891,16 @@ impl Connection {
                 h.data_sn
             );
             self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
-            let task = self.tasks.remove(&id).expect("found above");
+            let task = self.tasks.remove(id).expect("found above");
             let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
-            self.send_scsi_response(task.itt, &outcome, task.expected_length, true, 0);
+            self.send_scsi_response(
+                task.itt,
+                &task.context,
+                &outcome,
+                task.expected_length,
+                true,
+                0,
+            );
             self.schedule();
             return;
         }
@@ -915,79 +923,54 @@ impl Connection {
             }
         }
         self.advance_write(id);
-        self.schedule();
     }
 
-    /// Hands ready tasks to the backend in an order that honours task attributes: an ORDERED task
-    /// waits for every earlier task and holds back every later one; HEAD OF QUEUE goes at once.
+    /// Starts the tasks that tasks leaving the table released (task ordering, see
+    /// [`TaskTable::released_tasks`]). Tasks that become ready start at once in
+    /// [`Connection::advance_write`] when ordering allows.
     fn schedule(&mut self) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
-        let mut order: Vec<&Task> = self.tasks.values().collect();
-        order.sort_by(|a, b| {
-            if a.cmd_sn == b.cmd_sn {
-                a.id.cmp(&b.id)
-            } else if sn_lt(a.cmd_sn, b.cmd_sn) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
-        });
-        let mut start = Vec::new();
-        let mut earlier_pending = false;
-        // Behind an unfinished ORDERED task only HEAD OF QUEUE tasks may start.
-        let mut blocked = false;
-        for task in order {
-            let ready = task.state == TaskState::Ready;
-            match task.attribute {
-                TaskAttribute::HeadOfQueue => {
-                    if ready {
-                        start.push(task.id);
-                    }
-                }
-                _ if blocked => {}
-                TaskAttribute::Ordered => {
-                    if ready && !earlier_pending {
-                        start.push(task.id);
-                    }
-                    blocked = true;
-                }
-                _ => {
-                    if ready {
-                        start.push(task.id);
-                    }
-                    earlier_pending = true;
-                }
-            }
+        let mut starting = std::mem::take(&mut self.starting);
+        self.tasks.released_tasks(&mut starting);
+        for id in starting.drain(..) {
+            self.start(id);
         }
-        for id in start {
-            let target = self.target.expect("normal session has a target");
-            let task = self.tasks.get_mut(&id).expect("listed above");
-            task.state = TaskState::Running;
-            let attribute = match task.attribute {
-                TaskAttribute::Untagged => TaskAttr::Untagged,
-                TaskAttribute::Simple => TaskAttr::Simple,
-                TaskAttribute::Ordered => TaskAttr::Ordered,
-                TaskAttribute::HeadOfQueue => TaskAttr::HeadOfQueue,
-                TaskAttribute::Aca => TaskAttr::Aca,
-            };
-            let scsi = ScsiTask {
-                id,
-                target,
-                lun: task.lun,
-                cdb: std::mem::take(&mut task.cdb),
-                data_out: std::mem::take(&mut task.data_out),
-                expected_transfer_length: task.expected_length,
-                attribute,
-            };
-            self.actions.push_back(Action::Execute(scsi));
+        self.starting = starting;
+    }
+
+    /// Hands a ready task to the backend.
+    fn start(&mut self, id: TaskId) {
+        if !matches!(self.phase, Phase::FullFeature) {
+            return;
         }
+        let target = self.target.expect("normal session has a target");
+        let Some(task) = self.tasks.start(id) else {
+            return;
+        };
+        let attribute = match task.attribute {
+            TaskAttribute::Untagged => TaskAttr::Untagged,
+            TaskAttribute::Simple => TaskAttr::Simple,
+            TaskAttribute::Ordered => TaskAttr::Ordered,
+            TaskAttribute::HeadOfQueue => TaskAttr::HeadOfQueue,
+            TaskAttribute::Aca => TaskAttr::Aca,
+        };
+        let scsi = ScsiTask {
+            id,
+            target,
+            lun: task.lun,
+            cdb: std::mem::take(&mut task.cdb),
+            data_out: std::mem::take(&mut task.data_out),
+            expected_transfer_length: task.expected_length,
+            attribute,
+        };
+        self.actions.push_back(Action::Execute(scsi));
     }
 
     /// Answer to [`Action::Execute`].
     pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
-        let Some(task) = self.tasks.remove(&id) else {
+        let Some(task) = self.tasks.remove(id) else {
             return;
         };
         if !task.aborted && !matches!(self.phase, Phase::Closed) {
@@ -998,10 +981,10 @@ impl Connection {
         self.maybe_finish_draining();
     }
 
-    fn send_command_result(&mut self, task: &Task, outcome: &ScsiOutcome) {
+    fn send_command_result(&mut self, task: &Task<C>, outcome: &ScsiOutcome) {
         let edtl = task.expected_length;
         if task.write || outcome.data_in.is_empty() {
-            self.send_scsi_response(task.itt, outcome, edtl, task.write, 0);
+            self.send_scsi_response(task.itt, &task.context, outcome, edtl, task.write, 0);
             return;
         }
         // Data-In, split by the initiator's MaxRecvDataSegmentLength, sequences by MaxBurstLength;
@@ -1009,7 +992,7 @@ impl Connection {
         let full = outcome.data_in.len() as u64;
         let sent_len = full.min(edtl as u64) as usize;
         let data = &outcome.data_in[..sent_len];
-        let (overflow, underflow, residual) = residual(full, edtl);
+        let residual = Residual::of(full, edtl);
         // Over iSER a Data-In becomes an RDMA Write, so only the burst bounds it.
         let max_pdu = if self.params.rdma_extensions {
             self.params.max_burst_length.max(512) as usize
@@ -1034,8 +1017,8 @@ impl Connection {
             let header = Header::DataIn(DataIn {
                 final_flag: end_of_burst,
                 acknowledge: false,
-                overflow: with_status && overflow,
-                underflow: with_status && underflow,
+                overflow: with_status && residual.overflow,
+                underflow: with_status && residual.underflow,
                 status_present: with_status,
                 status: if with_status { outcome.status } else { 0 },
                 lun: task.lun_field,
@@ -1046,20 +1029,22 @@ impl Connection {
                 max_cmd_sn: self.max_cmd_sn(),
                 data_sn,
                 buffer_offset: offset as u32,
-                residual_count: if with_status { residual } else { 0 },
+                residual_count: if with_status { residual.count } else { 0 },
             });
-            self.actions.push_back(Action::Send(Pdu::with_data(
-                header,
-                data[offset..offset + len].to_vec(),
-            )));
+            self.send_for_task(
+                Pdu::with_data(header, data[offset..offset + len].to_vec()),
+                &task.context,
+            );
             data_sn += 1;
             offset += len;
         }
         if !collapse || sent_len == 0 {
-            let mut shown = outcome.clone();
-            shown.data_in.truncate(sent_len);
             self.send_scsi_response_with_residual(
-                task.itt, &shown, overflow, underflow, residual, data_sn,
+                task.itt,
+                &task.context,
+                outcome,
+                residual,
+                data_sn,
             );
         }
     }
@@ -1069,6 +1054,7 @@ impl Connection {
     fn send_scsi_response(
         &mut self,
         itt: u32,
+        context: &C,
         outcome: &ScsiOutcome,
         edtl: u32,
         write: bool,
@@ -1082,28 +1068,21 @@ impl Connection {
         } else {
             outcome.data_in.len() as u64
         };
-        let (overflow, underflow, residual) = if outcome.status == 0 || data_out || wanted > 0 {
-            residual(wanted, edtl)
+        let residual = if outcome.status == 0 || data_out || wanted > 0 {
+            Residual::of(wanted, edtl)
         } else {
-            (false, false, 0)
+            Residual::default()
         };
-        self.send_scsi_response_with_residual(
-            itt,
-            outcome,
-            overflow,
-            underflow,
-            residual,
-            exp_data_sn,
-        );
+        self.send_scsi_response_with_residual(itt, context, outcome, residual, exp_data_sn);
     }
 
+    /// SCSI Response with the status and sense of `outcome` (its data, if any, went in Data-In).
     fn send_scsi_response_with_residual(
         &mut self,
         itt: u32,
+        context: &C,
         outcome: &ScsiOutcome,
-        overflow: bool,
-        underflow: bool,
-        residual_count: u32,
+        residual: Residual,
         exp_data_sn: u32,
     ) {
         let mut data = Vec::new();
@@ -1113,8 +1092,8 @@ impl Connection {
         }
         let stat_sn = self.next_stat_sn();
         let header = Header::ScsiResponse(ScsiResponse {
-            overflow,
-            underflow,
+            overflow: residual.overflow,
+            underflow: residual.underflow,
             response: 0,
             status: outcome.status,
             itt,
@@ -1122,10 +1101,9 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
             exp_data_sn,
-            residual_count,
+            residual_count: residual.count,
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, data)));
+        self.send_for_task(Pdu::with_data(header, data), context);
     }
 
     // ---------------------------------------------------------------- task management
@@ -1139,20 +1117,14 @@ impl Connection {
             h.lun
         );
         let lun = pdu::decode_lun(&h.lun);
-        let target_luns = self
-            .target
-            .map(|t| self.config.targets[t].luns.clone())
-            .unwrap_or_default();
-        let lun_exists = lun.is_some_and(|l| target_luns.contains(&l));
+        let lun_exists = match (self.target, lun) {
+            (Some(t), Some(l)) => self.config.targets[t].luns.contains(&l),
+            _ => false,
+        };
         let mut close_after = false;
         let (response, victims): (u8, Vec<TaskId>) = match h.function {
             tmf::ABORT_TASK => {
-                let victim = self
-                    .tasks
-                    .values()
-                    .find(|t| t.itt == h.referenced_task_tag)
-                    .map(|t| t.id);
-                match victim {
+                match self.tasks.id_of_itt(h.referenced_task_tag) {
                     Some(id) => (tmf::FUNCTION_COMPLETE, vec![id]),
                     // RFC 7143 §11.5.1: a task that completed before the abort arrived (RefCmdSN
                     // already consumed) counts as aborted; one never seen does not exist.
@@ -1169,9 +1141,9 @@ impl Connection {
                     let l = lun.expect("exists");
                     let ids = self
                         .tasks
-                        .values()
-                        .filter(|t| t.lun == l)
-                        .map(|t| t.id)
+                        .iter()
+                        .filter(|(_, t)| t.lun == l)
+                        .map(|(id, _)| id)
                         .collect();
                     if h.function == tmf::LOGICAL_UNIT_RESET {
                         self.actions.push_back(Action::Reset { lun: Some(l) });
@@ -1182,7 +1154,10 @@ impl Connection {
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 close_after = h.function == tmf::TARGET_COLD_RESET;
                 self.actions.push_back(Action::Reset { lun: None });
-                (tmf::FUNCTION_COMPLETE, self.tasks.keys().copied().collect())
+                (
+                    tmf::FUNCTION_COMPLETE,
+                    self.tasks.iter().map(|(id, _)| id).collect(),
+                )
             }
             tmf::CLEAR_ACA => (tmf::FUNCTION_NOT_SUPPORTED, vec![]),
             tmf::TASK_REASSIGN => (tmf::TASK_REASSIGN_NOT_SUPPORTED, vec![]),
@@ -1190,15 +1165,15 @@ impl Connection {
         };
         let mut waiting_for = Vec::new();
         for id in victims {
-            if let Some(task) = self.tasks.get_mut(&id) {
-                if task.state == TaskState::Running {
-                    // Cannot recall it from the backend: discard its result when it comes back,
-                    // and hold the TMF response until then (brief §1 rule 17).
+            if self.tasks.state(id) == Some(TaskState::Running) {
+                // Cannot recall it from the backend: discard its result when it comes back,
+                // and hold the TMF response until then (brief §1 rule 17).
+                if let Some(task) = self.tasks.get_mut(id) {
                     task.aborted = true;
-                    waiting_for.push(id);
-                } else {
-                    self.tasks.remove(&id);
                 }
+                waiting_for.push(id);
+            } else {
+                self.tasks.remove(id);
             }
         }
         self.pending_tmfs.push(PendingTmf {
@@ -1230,7 +1205,7 @@ impl Connection {
                 exp_cmd_sn: self.exp_cmd_sn,
                 max_cmd_sn: self.max_cmd_sn(),
             });
-            self.actions.push_back(Action::Send(Pdu::new(header)));
+            self.send(Pdu::new(header));
             if tmf.close_after {
                 self.handle_shutdown();
             }
@@ -1316,8 +1291,7 @@ impl Connection {
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
         });
-        self.actions
-            .push_back(Action::Send(Pdu::with_data(header, body)));
+        self.send(Pdu::with_data(header, body));
     }
 
     /// SendTargets answer (RFC 7143 Appendix C): targets this initiator may see, each with the
@@ -1366,11 +1340,25 @@ impl Connection {
         }
         // Tasks still waiting for data or their turn are dropped; running ones finish first so
         // their responses precede the Logout Response.
-        self.held.clear();
-        self.tasks.retain(|_, t| t.state == TaskState::Running);
+        self.drop_waiting_commands();
         self.pending_logout = Some(h.itt);
         self.phase = Phase::Draining(CloseReason::Logout);
         self.maybe_finish_draining();
+    }
+
+    /// Drops every command not in the backend: held for a CmdSN gap, waiting for data or for its
+    /// turn.
+    fn drop_waiting_commands(&mut self) {
+        self.held.clear();
+        let waiting: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|&(id, _)| self.tasks.state(id) != Some(TaskState::Running))
+            .map(|(id, _)| id)
+            .collect();
+        for id in waiting {
+            self.tasks.remove(id);
+        }
     }
 
     fn maybe_finish_draining(&mut self) {
@@ -1399,7 +1387,7 @@ impl Connection {
             time2wait: 0,
             time2retain: 0,
         });
-        self.actions.push_back(Action::Send(Pdu::new(header)));
+        self.send(Pdu::new(header));
     }
 
     // ---------------------------------------------------------------- helpers for login.rs
@@ -1437,16 +1425,51 @@ impl Connection {
     }
 }
 
-/// Residual flags and count for a command that wanted `wanted` bytes against EDTL `edtl`.
-fn residual(wanted: u64, edtl: u32) -> (bool, bool, u32) {
-    let edtl = edtl as u64;
-    if wanted > edtl {
-        (true, false, (wanted - edtl).min(u32::MAX as u64) as u32)
-    } else if wanted < edtl {
-        (false, true, (edtl - wanted) as u32)
-    } else {
-        (false, false, 0)
+impl<C: Clone + Debug + Default> Connection<C> {
+    /// One PDU from the initiator, for a transport that keeps no per-task context (TCP): the
+    /// context is `C::default()`.
+    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+        self.handle_pdu_with_context(pdu, now, C::default());
     }
+}
+
+/// Residual overflow/underflow flags and count of a SCSI Response or status-bearing Data-In
+/// (RFC 7143 §11.4.5).
+#[derive(Debug, Clone, Copy, Default)]
+struct Residual {
+    overflow: bool,
+    underflow: bool,
+    count: u32,
+}
+
+impl Residual {
+    /// The residual of a command that wanted `wanted` bytes against EDTL `edtl`.
+    fn of(wanted: u64, edtl: u32) -> Self {
+        let edtl = edtl as u64;
+        if wanted > edtl {
+            Residual {
+                overflow: true,
+                underflow: false,
+                count: (wanted - edtl).min(u32::MAX as u64) as u32,
+            }
+        } else {
+            Residual {
+                overflow: false,
+                underflow: wanted < edtl,
+                count: (edtl - wanted) as u32,
+            }
+        }
+    }
+}
+
+/// Takes the next target transfer tag from `next`, never the reserved one.
+fn next_tag(next: &mut u32) -> u32 {
+    let tag = *next;
+    *next = next.wrapping_add(1);
+    if *next == RESERVED_TAG {
+        *next = 1;
+    }
+    tag
 }
 
 /// (immediate, CmdSN) of a command PDU.

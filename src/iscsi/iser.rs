@@ -467,7 +467,7 @@ impl IserConnection {
     fn pump(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Send(pdu) => self.translate_send(pdu),
+                Action::Send { pdu, .. } => self.translate_send(pdu),
                 // No digests over iSER; the core's frame settings do not apply.
                 Action::SetFrameSettings(_) => {}
                 Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),

@@ -1,6 +1,8 @@
 //! The login phase (RFC 7143 §6): stages, T/C bits, session identity, key negotiation and login
 //! status on failure. AuthMethod=None is the only authentication method offered.
 
+use std::fmt::Debug;
+
 use super::connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Phase,
 };
@@ -76,7 +78,7 @@ enum Outcome {
     Fail(LoginStatus),
 }
 
-impl Connection {
+impl<C: Clone + Debug> Connection<C> {
     pub(super) fn handle_login_pdu(&mut self, pdu: Pdu) {
         let Phase::Login(mut state) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             unreachable!("called in the login phase only");
@@ -269,7 +271,7 @@ impl Connection {
     fn send_login_response(&mut self, mut response: LoginResponse, keys: &[KeyValue]) {
         response.stat_sn = self.next_stat_sn_for_login();
         let pdu = Pdu::with_data(Header::LoginResponse(response), text::encode(keys));
-        self.actions.push_back(Action::Send(pdu));
+        self.send(pdu);
     }
 
     fn fail_login(&mut self, state: &LoginState, status: LoginStatus) {

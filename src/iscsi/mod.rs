@@ -11,6 +11,7 @@ pub mod framing;
 pub mod iser;
 mod login;
 pub mod pdu;
+mod tasks;
 pub mod text;
 
 pub use connection::{

@@ -1,9 +1,9 @@
 //! End-to-end tests of the sans-IO core: a scripted in-memory initiator drives a [`Connection`]
 //! through login and full feature phase, every PDU crossing the wire format (framing + digests).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::connection::{
@@ -119,8 +119,12 @@ fn write10(lba: u32, blocks: u16) -> Vec<u8> {
 }
 
 /// Test initiator + target connection + fake backend, pumped by hand.
+///
+/// Every PDU the initiator sends goes in with a fresh transport context, an `Arc` holding a serial
+/// number: the serial tells which command a context came with, the `Arc`'s count whether the core
+/// still holds it.
 struct Pair {
-    conn: Connection,
+    conn: Connection<Arc<u64>>,
     base: Instant,
     now: Instant,
     /// Frame settings in force (digests apply both ways; the limit is the target's receive size).
@@ -150,6 +154,16 @@ struct Pair {
     next_itt: u32,
     /// Next DataSN of each Data-Out sequence, keyed by (ITT, TTT); counts from 0 per sequence.
     data_sns: HashMap<(u32, u32), u32>,
+    // transport contexts
+    next_context: u64,
+    /// Every context handed to the target, to see which it still holds.
+    contexts: Vec<Weak<u64>>,
+    /// ITT of the SCSI Command each context came with.
+    command_contexts: HashMap<u64, u32>,
+    /// Contexts whose task ended with a status-bearing PDU.
+    ended_contexts: HashSet<u64>,
+    /// Context of each PDU in `inbox`.
+    inbox_contexts: VecDeque<Option<u64>>,
 }
 
 impl Pair {
@@ -177,6 +191,58 @@ impl Pair {
             exp_stat_sn: FIRST_STAT_SN,
             next_itt: 1,
             data_sns: HashMap::new(),
+            next_context: 1,
+            contexts: Vec::new(),
+            command_contexts: HashMap::new(),
+            ended_contexts: HashSet::new(),
+            inbox_contexts: VecDeque::new(),
+        }
+    }
+
+    /// Hands one decoded PDU to the target with a fresh context.
+    fn deliver(&mut self, pdu: Pdu) {
+        let serial = self.next_context;
+        self.next_context += 1;
+        if let Header::ScsiCommand(h) = &pdu.header {
+            self.command_contexts.insert(serial, h.itt);
+        }
+        let context = Arc::new(serial);
+        self.contexts.push(Arc::downgrade(&context));
+        self.conn.handle_pdu_with_context(pdu, self.now, context);
+    }
+
+    /// Contexts the target still holds.
+    fn live_contexts(&self) -> usize {
+        self.contexts
+            .iter()
+            .filter(|c| c.strong_count() > 0)
+            .count()
+    }
+
+    /// Data-In, R2Ts and SCSI Responses carry the context of the SCSI Command they belong to, and
+    /// nothing of a task follows the PDU that ended it; every other PDU carries no context.
+    fn check_context(&mut self, pdu: &Pdu, context: Option<&Arc<u64>>) {
+        let (itt, ends_task) = match &pdu.header {
+            Header::DataIn(h) => (h.itt, h.status_present),
+            Header::ReadyToTransfer(h) => (h.itt, false),
+            Header::ScsiResponse(h) => (h.itt, true),
+            _ => {
+                assert!(context.is_none(), "context on a PDU of no task: {pdu:?}");
+                return;
+            }
+        };
+        let serial = **context.unwrap_or_else(|| panic!("task PDU without a context: {pdu:?}"));
+        assert_eq!(
+            self.command_contexts.get(&serial),
+            Some(&itt),
+            "context of another PDU on {pdu:?}"
+        );
+        assert!(
+            !self.ended_contexts.contains(&serial),
+            "PDU after its task ended: {pdu:?}"
+        );
+        if ends_task {
+            self.ended_contexts.insert(serial);
         }
     }
 
@@ -191,7 +257,7 @@ impl Pair {
         while let Some(action) = self.conn.poll_action() {
             assert!(self.closed.is_none(), "action {action:?} after Close");
             match action {
-                Action::Send(pdu) => {
+                Action::Send { pdu, context } => {
                     let bytes = framing::encode(&pdu, &self.settings);
                     let mut reader = PduReader::new();
                     reader.push(&bytes);
@@ -203,6 +269,8 @@ impl Pair {
                     assert_eq!(decoded, pdu, "target PDU survives the wire");
                     assert_eq!(reader.buffered(), 0);
                     self.check_sequence(&decoded);
+                    self.check_context(&decoded, context.as_ref());
+                    self.inbox_contexts.push_back(context.map(|c| *c));
                     self.inbox.push_back(decoded);
                 }
                 Action::SetFrameSettings(s) => {
@@ -267,7 +335,7 @@ impl Pair {
         match reader.next_pdu(&self.settings) {
             Ok(Some(decoded)) => {
                 assert_eq!(decoded, pdu);
-                self.conn.handle_pdu(decoded, self.now);
+                self.deliver(decoded);
             }
             Ok(None) => unreachable!("whole PDU pushed"),
             Err(e) => self.conn.handle_frame_error(e, self.now),
@@ -281,7 +349,7 @@ impl Pair {
         reader.push(bytes);
         loop {
             match reader.next_pdu(&self.settings) {
-                Ok(Some(p)) => self.conn.handle_pdu(p, self.now),
+                Ok(Some(p)) => self.deliver(p),
                 Ok(None) => break,
                 Err(e) => {
                     let fatal = e.is_fatal();
@@ -303,7 +371,14 @@ impl Pair {
     }
 
     fn take(&mut self) -> Vec<Pdu> {
+        self.inbox_contexts.clear();
         self.inbox.drain(..).collect()
+    }
+
+    /// What the target sent, each PDU with the serial of the context it came back with.
+    fn take_with_contexts(&mut self) -> Vec<(Pdu, Option<u64>)> {
+        let contexts = std::mem::take(&mut self.inbox_contexts);
+        self.inbox.drain(..).zip(contexts).collect()
     }
 
     fn take_one(&mut self) -> Pdu {
@@ -919,6 +994,50 @@ fn long_send_targets_is_continued() {
     assert_eq!(reject_reason(&pair.take_one()), 0x09);
 }
 
+#[test]
+fn idle_discovery_session_is_closed_without_pings() {
+    let mut cfg = config();
+    cfg.discovery_idle_timeout = Duration::from_secs(30);
+    cfg.nop_interval = Some(Duration::from_secs(5));
+    let mut pair = discovery_pair(cfg, "8192");
+    pair.take();
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.advance(Duration::from_secs(29));
+    assert!(pair.closed.is_none());
+    // A request restarts the clock.
+    pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
+    assert!(matches!(pair.take_one().header, Header::TextResponse(_)));
+    assert_eq!(
+        pair.conn.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
+    pair.advance(Duration::from_secs(29));
+    assert!(
+        pair.closed.is_none(),
+        "58 s in, 29 s after the last request"
+    );
+    pair.advance(Duration::from_secs(1));
+    assert_eq!(pair.closed, Some(CloseReason::Timeout));
+    assert!(
+        pair.take().is_empty(),
+        "no NOP-In ever went to the discovery session"
+    );
+}
+
+#[test]
+fn normal_sessions_are_not_closed_for_idleness() {
+    let mut cfg = config();
+    cfg.discovery_idle_timeout = Duration::from_secs(1);
+    cfg.nop_interval = None;
+    let mut pair = logged_in_with(cfg, &[]);
+    assert_eq!(pair.conn.poll_timeout(), None);
+    pair.advance(Duration::from_secs(3600));
+    assert!(pair.closed.is_none());
+}
+
 // ------------------------------------------------------------------------------------ CmdSN window
 
 /// A no-data command (TEST UNIT READY) with the given CmdSN.
@@ -1046,6 +1165,49 @@ fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
         check(&r, &mut last_max);
     }
     assert_eq!(last_max, FIRST_CMD_SN + 16 + 15);
+}
+
+#[test]
+fn immediate_commands_beyond_the_headroom_are_rejected() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let limit = 16 + super::connection::IMMEDIATE_COMMAND_HEADROOM;
+    // A full queue of ordinary commands, then immediate ones up to the limit, all running.
+    for itt in 0..16 {
+        let pdu = tur(&mut pair, itt, FIRST_CMD_SN + itt, false);
+        pair.send(pdu);
+    }
+    for itt in 16..limit {
+        let pdu = tur(&mut pair, itt, FIRST_CMD_SN + 16, true);
+        pair.send(pdu);
+    }
+    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert!(pair.take().is_empty());
+    let pdu = tur(&mut pair, 1000, FIRST_CMD_SN + 16, true);
+    pair.send(pdu);
+    let sent = pair.take_with_contexts();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        reject_reason(&sent[0].0),
+        0x06,
+        "too many immediate commands"
+    );
+    assert_eq!(sent[0].1, None);
+    assert_eq!(pair.conn.running_tasks(), limit as usize, "no task for it");
+    assert_eq!(
+        pair.live_contexts(),
+        limit as usize,
+        "its context is dropped"
+    );
+    // One task finishes: an immediate command fits again.
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    pair.take();
+    let pdu = tur(&mut pair, 1001, FIRST_CMD_SN + 16, true);
+    pair.send(pdu);
+    assert!(pair.take().is_empty());
+    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert!(pair.closed.is_none());
 }
 
 // ------------------------------------------------------------------------------------ writes
@@ -1490,6 +1652,109 @@ fn head_of_queue_starts_at_once() {
     );
 }
 
+/// A command marked by its ITT in the last CDB byte, so executed tasks can be told apart: a
+/// one-block WRITE(10) when `write`, else TEST UNIT READY.
+fn send_marked(pair: &mut Pair, itt: u32, attribute: TaskAttribute, write: bool) {
+    let mut cdb = if write { write10(0, 1) } else { vec![0u8; 16] };
+    cdb[15] = itt as u8;
+    let edtl = if write { BLOCK as u32 } else { 0 };
+    let mut cmd = pair.command(itt, cdb, false, write, edtl);
+    cmd.attribute = attribute;
+    pair.send_command(cmd, vec![]);
+}
+
+/// Marks of the commands the target handed to the backend, in order.
+fn executed_marks(pair: &Pair) -> Vec<u32> {
+    pair.executed.iter().map(|t| t.cdb[15] as u32).collect()
+}
+
+fn complete_marked(pair: &mut Pair, itt: u32) {
+    let task = pair
+        .deferred
+        .iter()
+        .find(|t| t.cdb[15] as u32 == itt)
+        .unwrap_or_else(|| panic!("command {itt} is not running"))
+        .clone();
+    let outcome = pair.backend.run(&task);
+    pair.complete_deferred(task.id, outcome);
+}
+
+#[test]
+fn ordering_with_writes_waiting_for_data_and_successive_ordered_tasks() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    pair.auto_complete = false;
+    send_marked(&mut pair, 1, TaskAttribute::Simple, true);
+    let ttt = r2t(&pair.take_one()).ttt;
+    send_marked(&mut pair, 2, TaskAttribute::Ordered, false);
+    send_marked(&mut pair, 3, TaskAttribute::Simple, false);
+    send_marked(&mut pair, 4, TaskAttribute::HeadOfQueue, false);
+    send_marked(&mut pair, 5, TaskAttribute::Ordered, false);
+    send_marked(&mut pair, 6, TaskAttribute::Simple, false);
+    assert_eq!(executed_marks(&pair), vec![4], "only HEAD OF QUEUE passes");
+    // The write's data completes it: no ORDERED task is ahead of it, so it starts.
+    pair.data_out(1, ttt, 0, vec![7; BLOCK], true);
+    assert_eq!(executed_marks(&pair), vec![4, 1]);
+    complete_marked(&mut pair, 4);
+    assert_eq!(
+        executed_marks(&pair),
+        vec![4, 1],
+        "HEAD OF QUEUE held nothing back"
+    );
+    complete_marked(&mut pair, 1);
+    assert_eq!(
+        executed_marks(&pair),
+        vec![4, 1, 2],
+        "the first ORDERED task's turn"
+    );
+    complete_marked(&mut pair, 2);
+    assert_eq!(
+        executed_marks(&pair),
+        vec![4, 1, 2, 3],
+        "the task between the ORDERED ones, not the second ORDERED one"
+    );
+    complete_marked(&mut pair, 3);
+    assert_eq!(executed_marks(&pair), vec![4, 1, 2, 3, 5]);
+    complete_marked(&mut pair, 5);
+    assert_eq!(executed_marks(&pair), vec![4, 1, 2, 3, 5, 6]);
+    complete_marked(&mut pair, 6);
+    assert_eq!(pair.conn.running_tasks(), 0);
+    assert_eq!(pair.live_contexts(), 0);
+}
+
+#[test]
+fn aborting_a_waiting_ordered_task_releases_the_tasks_behind_it() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    pair.auto_complete = false;
+    send_marked(&mut pair, 1, TaskAttribute::Simple, true);
+    pair.take();
+    send_marked(&mut pair, 2, TaskAttribute::Ordered, false);
+    send_marked(&mut pair, 3, TaskAttribute::Simple, false);
+    send_marked(&mut pair, 4, TaskAttribute::Untagged, false);
+    assert!(pair.executed.is_empty());
+    pair.tmf(ABORT_TASK, 0, 2, FIRST_CMD_SN + 1);
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(
+        executed_marks(&pair),
+        vec![3, 4],
+        "in arrival order, the write still waiting for its data"
+    );
+    assert_eq!(pair.conn.running_tasks(), 2);
+}
+
+#[test]
+fn an_ordered_write_at_the_front_starts_when_its_data_is_in() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    pair.auto_complete = false;
+    send_marked(&mut pair, 1, TaskAttribute::Ordered, true);
+    let ttt = r2t(&pair.take_one()).ttt;
+    send_marked(&mut pair, 2, TaskAttribute::Simple, false);
+    assert!(pair.executed.is_empty(), "held back by the ORDERED write");
+    pair.data_out(1, ttt, 0, vec![7; BLOCK], true);
+    assert_eq!(executed_marks(&pair), vec![1]);
+    complete_marked(&mut pair, 1);
+    assert_eq!(executed_marks(&pair), vec![1, 2]);
+}
+
 // ------------------------------------------------------------------------------------ TMF
 
 const ABORT_TASK: u8 = 1;
@@ -1793,6 +2058,116 @@ fn frame_error_is_fatal_during_login() {
     assert!(matches!(pair.closed, Some(CloseReason::ProtocolError(_))));
 }
 
+// ------------------------------------------------------------------------------------ transport contexts
+
+/// Serial of the context the latest SCSI Command with this ITT came with.
+fn context_of(pair: &Pair, itt: u32) -> u64 {
+    pair.command_contexts
+        .iter()
+        .filter(|(_, &i)| i == itt)
+        .map(|(&serial, _)| serial)
+        .max()
+        .expect("a command with this ITT was sent")
+}
+
+#[test]
+fn task_pdus_come_back_with_their_commands_context() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    let write = pair.command(1, write10(0, 1), false, true, 512);
+    let read = pair.command(2, read10(8, 1), true, false, 512);
+    // The read arrives first and waits for the write's CmdSN, its context with it.
+    pair.send_command(read, vec![]);
+    assert!(pair.take().is_empty());
+    pair.send_command(write, vec![]);
+    let (write_context, read_context) = (context_of(&pair, 1), context_of(&pair, 2));
+    let sent = pair.take_with_contexts();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let ttt = r2t(&sent[0].0).ttt;
+    assert_eq!(sent[0].1, Some(write_context), "R2T");
+    assert!(data_in(&sent[1].0).status_present);
+    assert_eq!(sent[1].1, Some(read_context), "Data-In with status");
+    pair.data_out(1, ttt, 0, pattern(512, 3), true);
+    let sent = pair.take_with_contexts();
+    assert_eq!(scsi_response(&sent[0].0).itt, 1);
+    assert_eq!(sent[0].1, Some(write_context), "SCSI Response");
+    // PDUs of no task carry none.
+    pair.nop_out(50, RESERVED_TAG, true, vec![]);
+    let sent = pair.take_with_contexts();
+    assert!(matches!(sent[0].0.header, Header::NopIn(_)));
+    assert_eq!(sent[0].1, None);
+    assert_eq!(pair.live_contexts(), 0, "finished tasks keep no context");
+}
+
+#[test]
+fn contexts_are_dropped_with_their_tasks() {
+    let mut pair = logged_in(&[("ImmediateData", "No")]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(
+        pair.live_contexts(),
+        1,
+        "the running task holds its context"
+    );
+    // A duplicate ITT is rejected and never becomes a task.
+    let cmd = pair.command(1, vec![0; 16], false, false, 0);
+    pair.send_command(cmd, vec![]);
+    let sent = pair.take_with_contexts();
+    assert_eq!(reject_reason(&sent[0].0), 0x09);
+    assert_eq!(sent[0].1, None, "a Reject belongs to no task");
+    assert_eq!(pair.live_contexts(), 1, "duplicate dropped");
+    // A command outside the window is ignored.
+    let sn = pair.cmd_sn;
+    let pdu = tur(&mut pair, 7, sn + 1000, false);
+    pair.cmd_sn = sn;
+    pair.send(pdu);
+    assert_eq!(pair.live_contexts(), 1, "out-of-window command dropped");
+    // A write waiting for data, aborted.
+    let cmd = pair.command(2, write10(0, 4), false, true, 2048);
+    pair.send_command(cmd, vec![]);
+    assert_eq!(pair.live_contexts(), 2);
+    pair.take();
+    pair.tmf(ABORT_TASK, 0, 2, sn);
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(pair.live_contexts(), 1, "aborted write dropped");
+    // A write ended by a data-phase error.
+    let cmd = pair.command(3, write10(0, 4), false, true, 2048);
+    pair.send_command(cmd, vec![]);
+    let ttt = r2t(&pair.take_one()).ttt;
+    pair.data_out(3, ttt ^ 0x55, 0, vec![0; 512], false);
+    let sent = pair.take_with_contexts();
+    assert_data_phase_error(
+        &sent.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+        3,
+        "wrong TTT",
+    );
+    assert_eq!(sent[1].1, Some(context_of(&pair, 3)));
+    assert_eq!(pair.live_contexts(), 1, "failed write dropped");
+    // The running read, aborted: its context goes when the backend gives it back.
+    pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    assert_eq!(pair.live_contexts(), 1);
+    let id = pair.deferred[0].id;
+    pair.complete_deferred(id, ScsiOutcome::good());
+    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    assert_eq!(
+        pair.live_contexts(),
+        0,
+        "aborted read dropped on completion"
+    );
+    // A command held for a CmdSN gap, dropped by logout.
+    let sn = pair.cmd_sn;
+    let pdu = tur(&mut pair, 4, sn + 1, false);
+    pair.send(pdu);
+    assert_eq!(
+        pair.live_contexts(),
+        1,
+        "the held command keeps its context"
+    );
+    pair.logout();
+    assert!(matches!(pair.take_one().header, Header::LogoutResponse(_)));
+    assert_eq!(pair.live_contexts(), 0, "held command dropped at logout");
+}
+
 // ------------------------------------------------------------------------------------ random input
 
 /// xorshift64*: deterministic, dependency-free randomness for property tests.
@@ -2019,7 +2394,7 @@ fn random_pdus_never_panic_or_write_without_a_command() {
                                 write_commands.push((h.itt, h.cdb.clone(), h.expected_data_length));
                             }
                         }
-                        pair.conn.handle_pdu(p, pair.now);
+                        pair.deliver(p);
                     }
                     Ok(None) => break,
                     Err(e) => {

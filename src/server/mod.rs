@@ -239,6 +239,7 @@ fn core_config(
             .then(|| Duration::from_secs(limits.nop_interval_secs)),
         nop_timeout: Duration::from_secs(limits.nop_timeout_secs),
         login_timeout: Duration::from_secs(limits.login_timeout_secs),
+        discovery_idle_timeout: Duration::from_secs(limits.discovery_idle_timeout_secs),
     }
 }
 

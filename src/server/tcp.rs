@@ -245,7 +245,7 @@ impl Driver {
         let mut out = Vec::new();
         while let Some(action) = self.conn.poll_action() {
             match action {
-                Action::Send(pdu) => {
+                Action::Send { pdu, .. } => {
                     log::trace!("{} -> {:?}", self.peer, pdu);
                     out.extend_from_slice(&framing::encode(&pdu, &self.settings));
                 }
