@@ -149,8 +149,10 @@ pub enum FabricOp {
     Close(CloseReason),
 }
 
-/// The initiator's buffers for one command, from the iSER header of its SCSI Command.
-#[derive(Debug, Clone, Copy)]
+/// The initiator's buffers for one command, from the iSER header of its SCSI Command: the
+/// core's per-task context, so the STags live exactly as long as the task the core accepted (a
+/// dropped, rejected or duplicate-ITT command never touches a live task's STags).
+#[derive(Debug, Clone, Copy, Default)]
 struct RemoteBuffers {
     read: Option<(u32, u64)>,
     write: Option<(u32, u64)>,
@@ -192,8 +194,7 @@ struct HeldOp {
 /// A connection speaking iSER: the core plus iSER framing and data movement.
 #[derive(Debug)]
 pub struct IserConnection {
-    core: Connection,
-    buffers: HashMap<u32, RemoteBuffers>,
+    core: Connection<RemoteBuffers>,
     reads: HashMap<u64, PendingRead>,
     next_token: u64,
     /// Sends held back behind RDMA Reads that were in flight when they were queued (see
@@ -221,7 +222,6 @@ impl IserConnection {
     ) -> Self {
         IserConnection {
             core: Connection::new(config, local_addr, now),
-            buffers: HashMap::new(),
             reads: HashMap::new(),
             next_token: 1,
             held: VecDeque::new(),
@@ -232,11 +232,6 @@ impl IserConnection {
         }
     }
 
-    /// The wrapped core (negotiated parameters, state queries).
-    pub fn core(&self) -> &Connection {
-        &self.core
-    }
-
     /// True once a Close has been emitted.
     pub fn is_closed(&self) -> bool {
         self.close_emitted
@@ -245,7 +240,7 @@ impl IserConnection {
     /// The payload of one received Send.
     pub fn handle_receive(&mut self, message: &[u8], now: Instant) {
         match self.decode_receive(message, now) {
-            Ok(Some(pdu)) => self.core.handle_pdu(pdu, now),
+            Ok(Some((pdu, buffers))) => self.core.handle_pdu_with_context(pdu, now, buffers),
             Ok(None) => {}
             Err(reason) => {
                 log::warn!("iSER receive: {reason}");
@@ -255,8 +250,13 @@ impl IserConnection {
         self.pump();
     }
 
-    /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes).
-    fn decode_receive(&mut self, message: &[u8], now: Instant) -> Result<Option<Pdu>, String> {
+    /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes); a SCSI
+    /// Command comes with the buffers its iSER header advertises.
+    fn decode_receive(
+        &mut self,
+        message: &[u8],
+        now: Instant,
+    ) -> Result<Option<(Pdu, RemoteBuffers)>, String> {
         let header = IserHeader::decode(message).ok_or("Send shorter than the iSER header")?;
         match header.flags & 0xf0 {
             ISER_ISCSI_CTRL => {}
@@ -305,20 +305,17 @@ impl IserConnection {
                 return Ok(None);
             }
         };
-        if let Header::ScsiCommand(cmd) = &pdu.header {
-            let read = (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va));
-            let write =
-                (header.flags & ISER_WSV != 0).then_some((header.write_stag, header.write_va));
-            self.buffers.insert(
-                cmd.itt,
-                RemoteBuffers {
-                    read,
-                    write,
-                    unsolicited: pdu.data.len() as u32,
-                },
-            );
-        }
-        Ok(Some(pdu))
+        // STags count only on SCSI Commands (brief §3.3).
+        let buffers = match &pdu.header {
+            Header::ScsiCommand(_) => RemoteBuffers {
+                read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
+                write: (header.flags & ISER_WSV != 0)
+                    .then_some((header.write_stag, header.write_va)),
+                unsolicited: pdu.data.len() as u32,
+            },
+            _ => RemoteBuffers::default(),
+        };
+        Ok(Some((pdu, buffers)))
     }
 
     /// An RDMA Read finished: its bytes are the Data-Out the R2T asked for.
@@ -467,7 +464,7 @@ impl IserConnection {
     fn pump(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Send { pdu, .. } => self.translate_send(pdu),
+                Action::Send { pdu, context } => self.translate_send(pdu, context),
                 // No digests over iSER; the core's frame settings do not apply.
                 Action::SetFrameSettings(_) => {}
                 Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),
@@ -479,17 +476,19 @@ impl IserConnection {
         self.release_held();
     }
 
-    fn translate_send(&mut self, pdu: Pdu) {
+    /// One PDU of the core; `buffers` is its task's context when it belongs to a task.
+    fn translate_send(&mut self, pdu: Pdu, buffers: Option<RemoteBuffers>) {
+        let buffers = buffers.unwrap_or_default();
         match pdu.header {
-            Header::DataIn(h) => self.data_in(h, pdu.data),
-            Header::ReadyToTransfer(h) => self.r2t(h),
+            Header::DataIn(h) => self.data_in(h, pdu.data, buffers),
+            Header::ReadyToTransfer(h) => self.r2t(h, buffers),
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
                 self.send(&Pdu::new(Header::NopIn(h)), ReadFence::None);
             }
             Header::ScsiResponse(ref h) => {
                 let itt = h.itt;
-                self.respond(itt, &pdu);
+                self.respond(itt, &pdu, buffers);
             }
             Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
                 self.send(&pdu, ReadFence::All)
@@ -514,18 +513,18 @@ impl IserConnection {
     /// command with both, as Linux checks the rkey against each direction). It waits for the
     /// task's RDMA Reads still in flight (the core may end a task early, e.g. after a bad
     /// Data-Out that came in a Send).
-    fn respond(&mut self, itt: u32, pdu: &Pdu) {
-        let invalidate = match self.buffers.remove(&itt) {
-            Some(RemoteBuffers {
+    fn respond(&mut self, itt: u32, pdu: &Pdu, buffers: RemoteBuffers) {
+        let invalidate = match buffers {
+            RemoteBuffers {
                 read: Some((stag, _)),
                 write: None,
                 ..
-            })
-            | Some(RemoteBuffers {
+            }
+            | RemoteBuffers {
                 read: None,
                 write: Some((stag, _)),
                 ..
-            }) if self.send_with_invalidate => Some(stag),
+            } if self.send_with_invalidate => Some(stag),
             _ => None,
         };
         self.emit_send(encode_send(pdu), invalidate, ReadFence::Task(itt));
@@ -533,8 +532,8 @@ impl IserConnection {
 
     /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
     /// (never piggy-backed over iSER, brief §1 rule 10).
-    fn data_in(&mut self, h: DataIn, data: Vec<u8>) {
-        let Some((stag, va)) = self.buffers.get(&h.itt).and_then(|b| b.read) else {
+    fn data_in(&mut self, h: DataIn, data: Vec<u8>, buffers: RemoteBuffers) {
+        let Some((stag, va)) = buffers.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
                 h.itt
@@ -564,16 +563,12 @@ impl IserConnection {
                 exp_data_sn: h.data_sn.wrapping_add(1),
                 residual_count: h.residual_count,
             });
-            self.respond(h.itt, &Pdu::new(response));
+            self.respond(h.itt, &Pdu::new(response), buffers);
         }
     }
 
     /// R2T → RDMA Read from WriteVA + (offset − immediate bytes) (brief §1 rule 8).
-    fn r2t(&mut self, h: ReadyToTransfer) {
-        let Some(buffers) = self.buffers.get(&h.itt).copied() else {
-            self.core_close(CloseReason::ProtocolError("R2T for an unknown task".into()));
-            return;
-        };
+    fn r2t(&mut self, h: ReadyToTransfer, buffers: RemoteBuffers) {
         let Some((stag, va)) = buffers.write else {
             log::warn!(
                 "WRITE for ITT {:#x} needs data but the initiator advertised no write buffer",
@@ -1269,6 +1264,46 @@ mod tests {
                 })]
             ),
             "{headers:?}"
+        );
+    }
+
+    /// A command the core drops (CmdSN outside the window) that reuses a live task's ITT must
+    /// not redirect that task's data to its own STag.
+    #[test]
+    fn a_dropped_command_reusing_an_itt_leaves_the_live_tasks_stags_alone() {
+        let (mut conn, now) = logged_in(false);
+        let read_header = |stag: u32| IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_RSV,
+            read_stag: stag,
+            read_va: 0x7000_0000,
+            ..IserHeader::default()
+        };
+        let cmd = |cmd_sn| {
+            Pdu::new(Header::ScsiCommand(command(
+                0x80, cmd_sn, true, false, 512, 0x28,
+            )))
+        };
+        conn.handle_receive(&send_bytes(read_header(0xa), &cmd(100)), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        // Far outside the window: silently dropped by the core (RFC 7143 §4.2.2.1).
+        conn.handle_receive(&send_bytes(read_header(0xb), &cmd(5000)), now);
+        assert!(drain(&mut conn).is_empty());
+        conn.handle_scsi_complete(
+            task.id,
+            ScsiOutcome {
+                status: 0,
+                sense: vec![],
+                data_in: vec![1; 512],
+                data_out_length: 0,
+            },
+        );
+        let ops = drain(&mut conn);
+        assert!(
+            matches!(ops.first(), Some(FabricOp::RdmaWrite { stag: 0xa, .. })),
+            "{ops:?}"
         );
     }
 
