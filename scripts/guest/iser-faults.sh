@@ -2,8 +2,11 @@
 # `A && pass || fail` is fine in this file: pass never fails.
 # shellcheck disable=SC2015
 # Faults a real initiator and a hostile peer reach over iSER, in the SoftRoCE guest:
-#   - LU reset and target reset (sg_reset) while fio writes 1 MiB blocks: the TMF Response
-#     must not stall behind the RDMA Reads of the writes that keep coming;
+#   - ABORT TASK for a command stuck in the backend (a suspended device-mapper LUN, SCSI
+#     timeout 2 s) while fio writes 1 MiB blocks to another LUN of the session: the TMF
+#     Response must not stall behind the RDMA Reads of the writes that keep coming (Linux
+#     aborts timed-out commands while other I/O goes on);
+#   - LU reset and target reset (sg_reset) while fio writes 1 MiB blocks;
 #   - a peer offering no RDMA Read resources is rejected with a log line;
 #   - a peer that breaks its QP (RDMA Write with a bogus rkey) is disconnected at once,
 #     not left as a zombie until the login timeout;
@@ -37,6 +40,7 @@ source "$SOFTROCE_GUEST_LIB"
 ADDR="$SOFTROCE_ADDR"
 PORT="$SOFTROCE_ISCSI_PORT"
 T_RAM=iqn.2026-11.io.iser-target:ram
+T_SLOW=iqn.2026-11.io.iser-target:slow
 WORK=/run/iser-faults
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 LOG="$RESULTS/iser-faults-target.log"
@@ -70,6 +74,12 @@ conn_errors() { dmesg | grep -c "detected conn error"; }
 
 softroce_setup
 mkdir -p "$WORK"
+# LUN 1 of $T_SLOW: a device-mapper linear device over a loop device, which the test suspends
+# to keep one command in the backend.
+sr_modprobe loop dm_mod
+truncate -s 64M "$WORK/slow.img"
+LOOP="$(losetup --find --show "$WORK/slow.img")" || sr_die "losetup failed"
+dmsetup create iser-slow --table "0 $((64 << 11)) linear $LOOP 0" || sr_die "dmsetup create failed"
 # A long login timeout: a hostile peer's connection must end because its QP broke, not because
 # it never logged in.
 cat >"$WORK/config.yaml" <<EOF
@@ -82,9 +92,16 @@ targets:
   - name: $T_RAM
     luns:
       - backing: {type: ram, size: 512M}
+  - name: $T_SLOW
+    luns:
+      - id: 0
+        backing: {type: ram, size: 256M}
+      - id: 1
+        backing: {type: block, path: /dev/mapper/iser-slow}
+        write_cache: false
 EOF
 : >"$LOG"
-export RUST_LOG="${RUST_LOG:-info}"
+export RUST_LOG="${RUST_LOG:-info,iser_target::iscsi::iser=debug}"
 "$BIN" serve --config "$WORK/config.yaml" >>"$LOG" 2>&1 &
 TARGET_PID=$!
 check "target starts" wait_rdma_listen "$ADDR:$PORT" 30
@@ -102,6 +119,50 @@ printf '%s\n' "$out" >&2
 grep -q '^PASS' <<<"$out" \
     && pass "a peer whose RDMA Write breaks the QP is disconnected ($(grep -o 'disconnected [0-9.]* s' <<<"$out"))" \
     || fail "QP error: the target did not disconnect the broken connection"
+
+# ------------------------------------- ABORT TASK while other writes go on
+# disk_by_size IQN MiB: the session's disk of that size.
+disk_by_size() {
+    local d
+    for d in $(session_disk "$1"); do
+        (($(cat "/sys/block/${d#/dev/}/size") == $2 * 2048)) && { echo "$d"; return 0; }
+    done
+    return 1
+}
+abort_under_load() {
+    iser_login "$ADDR" "$T_SLOW" >/dev/null || return 1
+    sr_wait 60 disk_by_size "$T_SLOW" 256 && sr_wait 60 disk_by_size "$T_SLOW" 64 || return 1
+    local fast slow held0 errors0 conns0 f d rc=0
+    fast="$(disk_by_size "$T_SLOW" 256)"
+    slow="$(disk_by_size "$T_SLOW" 64)"
+    echo 2 >"/sys/block/${slow#/dev/}/device/timeout"
+    held0="$(grep -c "Response held behind" "$LOG")"
+    errors0="$(conn_errors)"
+    conns0="$(connections_accepted)"
+    fio --name=abort --filename="$fast" --direct=1 --ioengine=libaio --rw=randwrite --bs=1m \
+        --iodepth=16 --size=256M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --output-format=terse >"$RESULTS/abort-fio.log" 2>&1 &
+    f=$!
+    sleep 4
+    dmsetup suspend iser-slow
+    # Stuck in the target's backend: times out at the initiator after 2 s -> ABORT TASK.
+    dd if=/dev/urandom of="$slow" bs=4k count=1 oflag=direct status=none &
+    d=$!
+    sleep 8
+    dmsetup resume iser-slow
+    wait "$d" || { sr_log "dd to the stalled LUN failed"; rc=1; }
+    wait "$f" || { sr_log "fio failed:"; tail -3 "$RESULTS/abort-fio.log" >&2; rc=1; }
+    dmesg | grep -iE "abort|timing out|conn error" | tail -5 >&2
+    sr_log "TMF/Logout Responses held behind RDMA Reads so far: $(grep -c "Response held behind" "$LOG") (before: $held0)"
+    if [[ "$(conn_errors)" != "$errors0" || "$(connections_accepted)" != "$conns0" ]]; then
+        sr_log "the connection failed and logged in again"
+        rc=1
+    fi
+    iscsi_logout "$T_SLOW" "$ADDR" >/dev/null || rc=1
+    return "$rc"
+}
+check "ABORT TASK of a stalled command while 1 MiB writes go on: fio verify passes, the connection survives" \
+    abort_under_load
 
 # ------------------------------------------------- TMF under write load
 check "login over iSER" login_ram
@@ -152,6 +213,8 @@ wait "$h"
 grep -E '^(PASS|FAIL)|CM event' "$RESULTS/hold.log" >&2
 
 # ---------------------------------------------------------------- finish
+dmsetup remove iser-slow
+losetup -d "$LOOP"
 kill -0 "$TARGET_PID" 2>/dev/null && pass "target still running" || fail "target died"
 kill -TERM "$TARGET_PID"
 rc=0

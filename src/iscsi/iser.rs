@@ -430,6 +430,12 @@ impl IserConnection {
             })
             .map(|(token, _)| *token)
             .collect();
+        if fence == ReadFence::All && !waits_for.is_empty() {
+            log::debug!(
+                "TMF or Logout Response held behind {} RDMA Reads",
+                waits_for.len()
+            );
+        }
         let op = FabricOp::Send { bytes, invalidate };
         if waits_for.is_empty() && self.held.is_empty() {
             self.ops.push_back(op);
