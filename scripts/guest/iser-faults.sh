@@ -80,6 +80,9 @@ sr_modprobe loop dm_mod
 truncate -s 64M "$WORK/slow.img"
 LOOP="$(losetup --find --show "$WORK/slow.img")" || sr_die "losetup failed"
 dmsetup create iser-slow --table "0 $((64 << 11)) linear $LOOP 0" || sr_die "dmsetup create failed"
+# No udev in the guest: use the kernel's name (devtmpfs), not /dev/mapper.
+SLOW_DEV="/dev/$(dmsetup info -c --noheadings -o blkdevname iser-slow)"
+[[ -b "$SLOW_DEV" ]] || sr_die "no block device for iser-slow ($SLOW_DEV)"
 # A long login timeout: a hostile peer's connection must end because its QP broke, not because
 # it never logged in.
 cat >"$WORK/config.yaml" <<EOF
@@ -97,7 +100,7 @@ targets:
       - id: 0
         backing: {type: ram, size: 256M}
       - id: 1
-        backing: {type: block, path: /dev/mapper/iser-slow}
+        backing: {type: block, path: $SLOW_DEV}
         write_cache: false
 EOF
 : >"$LOG"
