@@ -22,7 +22,9 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../.." && pwd -P)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release/iser-target"
+# ISER_FAULTS_BIN runs another build instead (e.g. an older commit's, to see what fails there;
+# pass it into the guest with SOFTROCE_VM_ENV=ISER_FAULTS_BIN).
+BIN="${ISER_FAULTS_BIN:-$TARGET_DIR/release/iser-target}"
 PEER="$TARGET_DIR/debug/examples/iser-peer"
 
 if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
