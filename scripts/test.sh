@@ -74,6 +74,8 @@ else
         scripts/softroce-vm.sh scripts/guest/data-safety.sh
         log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
         scripts/softroce-vm.sh scripts/guest/chap.sh
+        log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
+        scripts/guest/iser-faults.sh
     fi
 fi
 
