@@ -27,8 +27,9 @@ use rdma_ffi::{
     EventChannel, EventConnParams, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, VerbsContext,
 };
 
+use super::admission::PortalKey;
 use super::{ServerError, Shared, SHUTDOWN_GRACE};
-use crate::config::Limits;
+use crate::config::{Limits, Transport};
 use crate::iscsi::iser::{
     accept_private_data, initiator_allows_send_with_invalidate, RECV_BUFFER_LEN,
 };
@@ -402,6 +403,27 @@ impl Listener {
     /// rejects it: registering memory and creating verbs objects stay off this thread. The
     /// route exists before the thread starts, so no CM event for the new id is lost.
     fn hand_over(&mut self, id: CmId, event: CmEvent) {
+        // The connection caps of `limits` hold for iSER as for TCP: a refused request costs no
+        // thread and no verbs objects (admission logs why, rate-limited).
+        let portal = PortalKey {
+            transport: Transport::Iser,
+            addr: self.addr,
+        };
+        let Some(source) = id.peer_addr().map(|a| a.ip()) else {
+            log::warn!(
+                "{}: a connect request without a peer address; rejecting",
+                self.addr
+            );
+            let _ = id.reject(&[]);
+            return;
+        };
+        let ticket = match self.shared.admission.admit(portal, source, || false) {
+            Ok(ticket) => ticket,
+            Err(_) => {
+                let _ = id.reject(&[]);
+                return;
+            }
+        };
         if let Some(ctx) = id.verbs() {
             self.watch_device(ctx);
         }
@@ -434,6 +456,8 @@ impl Listener {
         let spawned = std::thread::Builder::new()
             .name("iser-conn".into())
             .spawn(move || {
+                // Held for the connection's life: its place under the caps.
+                let _ticket = ticket;
                 let mut guard = guard;
                 if let Some(res) =
                     set_up_and_accept(id, &request, &pds, sizing, &mailbox, &mut guard)
