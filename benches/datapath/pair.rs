@@ -1,14 +1,18 @@
 //! The in-memory pair: the target's side of the wire in the benchmark's own thread. Bytes from the
-//! initiator go through a `PduReader` into `iscsi::Connection`; its commands run at once on a
-//! `scsi::ScsiTarget` over the RAM backend; its PDUs go out through `framing::encode`. Time,
+//! initiator go through a `PduReader` into `iscsi::tcp::TcpConnection` (the core and its TCP
+//! datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs go
+//! out framed as the server's vectored writes frame them (`framing::frame_parts` around the data
+//! where it lies; joining them here stands for the kernel's copy into the socket). Time,
 //! allocations and payload copies are counted only while the target side runs.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iser_target::iscsi::framing::{self, FrameSettings, PduReader};
-use iser_target::iscsi::{Action, CloseReason, Connection, CoreConfig};
+use iser_target::iscsi::framing::{frame_parts, FrameSettings, PduReader};
+use iser_target::iscsi::pdu::Header;
+use iser_target::iscsi::tcp::{TcpAction, TcpConnection};
+use iser_target::iscsi::{CloseReason, CoreConfig};
 use iser_target::scsi::{Nexus, ScsiRequest, ScsiTarget};
 use iser_target::stats::{thread_payload_copies, CopyCounts};
 use mem_ffi::{AllocCounts, CountingAllocator};
@@ -30,7 +34,7 @@ pub struct TargetCost {
 
 /// The core, SCSI and RAM backend of one session, driven by hand.
 pub struct PairTarget {
-    conn: Connection,
+    conn: TcpConnection,
     scsi: Arc<ScsiTarget>,
     nexus: Option<Nexus>,
     settings: FrameSettings,
@@ -48,7 +52,7 @@ impl PairTarget {
     pub fn new(core: Arc<CoreConfig>, scsi: Arc<ScsiTarget>) -> Self {
         let now = Instant::now();
         PairTarget {
-            conn: Connection::new(core, None, now),
+            conn: TcpConnection::new(core, None, now),
             scsi,
             nexus: None,
             settings: FrameSettings::default(),
@@ -60,6 +64,15 @@ impl PairTarget {
         }
     }
 
+    /// The stream bytes of one PDU whose data segment is `data`.
+    fn frame(&mut self, header: &Header, data: &[u8]) {
+        let parts = frame_parts(header, data, &self.settings);
+        let mut bytes = parts.head.clone();
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(parts.tail());
+        self.outbox.push_back(bytes);
+    }
+
     /// Carries out the core's actions until it has none left, running commands as they come,
     /// as the server's connection thread and I/O workers would.
     fn pump(&mut self) {
@@ -67,21 +80,27 @@ impl PairTarget {
         loop {
             while let Some(action) = self.conn.poll_action() {
                 match action {
-                    Action::Send { pdu, .. } => {
-                        self.outbox.push_back(framing::encode(&pdu, &self.settings));
-                    }
-                    Action::SetFrameSettings(settings) => self.settings = settings,
-                    Action::BindSession(request) => {
+                    TcpAction::Send { pdu, .. } => self.frame(&pdu.header, &pdu.data),
+                    TcpAction::SendDataIn {
+                        header,
+                        data,
+                        range,
+                        ..
+                    } => self.frame(&header, &data[range]),
+                    TcpAction::SetFrameSettings(settings) => self.settings = settings,
+                    TcpAction::BindSession(request) => {
                         self.nexus = Some(Nexus {
                             initiator_name: request.initiator_name.clone(),
                             isid: request.isid,
                         });
                         self.conn.handle_session_bound(Ok(1));
                     }
-                    Action::Execute(task) => ready.push(task),
-                    Action::Reset { .. } => {}
-                    Action::Close(CloseReason::Logout) => {}
-                    Action::Close(reason) => panic!("the target closed the connection: {reason:?}"),
+                    TcpAction::Execute(task) => ready.push(task),
+                    TcpAction::Reset { .. } => {}
+                    TcpAction::Close(CloseReason::Logout) => {}
+                    TcpAction::Close(reason) => {
+                        panic!("the target closed the connection: {reason:?}")
+                    }
                 }
             }
             if ready.is_empty() {

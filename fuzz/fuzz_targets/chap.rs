@@ -80,7 +80,7 @@ fn stage(operational: bool) -> Stage {
 fuzz_target!(|data: &[u8]| {
     let mutual = data.first().is_some_and(|b| b & 0x80 != 0);
     let now = Instant::now();
-    let mut conn = Connection::new(Arc::new(config(mutual)), None, now);
+    let mut conn: Connection = Connection::new(Arc::new(config(mutual)), None, now);
     // The target's latest CHAP_A, CHAP_I and CHAP_C.
     let mut challenge: Option<(Algorithm, u8, Vec<u8>)> = None;
     let mut proved = false;
@@ -170,7 +170,13 @@ fuzz_target!(|data: &[u8]| {
                     conn.handle_session_bound(Ok(1));
                 }
                 Action::Close(_) => closed = true,
-                Action::SetFrameSettings(_) | Action::Execute(_) | Action::Reset { .. } => {}
+                Action::SetFrameSettings(_)
+                | Action::Execute(_)
+                | Action::Reset { .. }
+                | Action::PutData { .. }
+                | Action::GetData { .. }
+                | Action::Respond { .. }
+                | Action::Release(_) => {}
             }
         }
         proved |= sent_right_response;

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use iser_target::iscsi::framing::{encode, FrameSettings, PduReader};
 use iser_target::iscsi::pdu::{Header, LoginRequest, Pdu, Stage};
-use iser_target::iscsi::{text, Action, Connection, CoreConfig, TargetDescriptor};
+use iser_target::iscsi::tcp::{TcpAction, TcpConnection};
+use iser_target::iscsi::{text, CoreConfig, TargetDescriptor};
 use iser_target::scsi::ScsiOutcome;
 use libfuzzer_sys::fuzz_target;
 
 struct Harness {
-    conn: Connection,
+    conn: TcpConnection,
     settings: FrameSettings,
     now: Instant,
     /// Tasks handed to the backend and not completed yet.
@@ -73,23 +74,32 @@ impl Harness {
         self.exp_cmd_sn = exp;
     }
 
+    /// A PDU the target sent must survive the wire format and keep the sequence numbers.
+    fn check_sent(&mut self, pdu: Pdu) {
+        let wide = FrameSettings {
+            max_data_segment_length: 1 << 24,
+            ..self.settings
+        };
+        let mut reader = PduReader::new();
+        reader.push(&encode(&pdu, &self.settings));
+        assert_eq!(reader.next_pdu(&wide).unwrap().unwrap(), pdu);
+        self.check_sequence(&pdu.header);
+    }
+
     fn pump(&mut self) {
         while let Some(action) = self.conn.poll_action() {
             assert!(!self.closed, "action after Close");
             match action {
-                Action::Send { pdu, .. } => {
-                    let wide = FrameSettings {
-                        max_data_segment_length: 1 << 24,
-                        ..self.settings
-                    };
-                    let mut reader = PduReader::new();
-                    reader.push(&encode(&pdu, &self.settings));
-                    assert_eq!(reader.next_pdu(&wide).unwrap().unwrap(), pdu);
-                    self.check_sequence(&pdu.header);
-                }
-                Action::SetFrameSettings(s) => self.settings = s,
-                Action::BindSession(_) => self.conn.handle_session_bound(Ok(1)),
-                Action::Execute(task) => {
+                TcpAction::SendDataIn {
+                    header,
+                    data,
+                    range,
+                    ..
+                } => self.check_sent(Pdu::with_data(header, data[range].to_vec())),
+                TcpAction::Send { pdu, .. } => self.check_sent(pdu),
+                TcpAction::SetFrameSettings(s) => self.settings = s,
+                TcpAction::BindSession(_) => self.conn.handle_session_bound(Ok(1)),
+                TcpAction::Execute(task) => {
                     assert!(task.data_out.len() as u64 <= task.expected_transfer_length as u64);
                     if task.cdb[0] == 0x2a && !task.data_out.is_empty() {
                         assert!(self.write_cdbs.contains(&task.cdb), "write without command");
@@ -102,8 +112,8 @@ impl Harness {
                     }
                 }
                 // No SCSI state to reset in the harness.
-                Action::Reset { .. } => {}
-                Action::Close(_) => self.closed = true,
+                TcpAction::Reset { .. } => {}
+                TcpAction::Close(_) => self.closed = true,
             }
         }
     }
@@ -173,7 +183,7 @@ fuzz_target!(|data: &[u8]| {
     config.policy.max_outstanding_r2t = 4;
     let now = Instant::now();
     let mut h = Harness {
-        conn: Connection::new(
+        conn: TcpConnection::new(
             Arc::new(config),
             Some("192.0.2.1:3260".parse().unwrap()),
             now,
@@ -208,7 +218,7 @@ fuzz_target!(|data: &[u8]| {
     );
     h.conn.handle_pdu(login, now);
     h.pump();
-    assert!(h.conn.is_full_feature());
+    assert!(h.conn.core().is_full_feature());
 
     // The stream arrives in chunks whose sizes the control byte picks; between chunks, time
     // passes and deferred tasks complete.

@@ -1,17 +1,18 @@
-//! SCSI commands of a session: acceptance (ITT, transfer limits, immediate data), Data-Out and
-//! R2Ts, task ordering, Data-In and status, and task management functions. The task table itself is
+//! SCSI commands of a session: acceptance (ITT, transfer limits, immediate data), the data-out
+//! each write still needs, task ordering, read data and status (as datamover actions), and task
+//! management functions. The task table itself is
 //! in [`super::tasks`].
 
 use std::fmt::Debug;
 
 use super::connection::{
-    next_tag, reject_reason, sn_lt, Action, Connection, Phase, ScsiTask, TaskId,
+    reject_reason, sn_lt, Action, Connection, Phase, Residual, ScsiTask, SequenceNumbers, TaskId,
+    TaskRef,
 };
 use super::pdu::{
-    self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiCommand, ScsiResponse, TaskAttribute,
-    TaskMgmtRequest, TaskMgmtResponse, RESERVED_TAG,
+    self, Header, Pdu, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
 };
-use super::tasks::{R2tWindow, Task, TaskState};
+use super::tasks::{Task, TaskState};
 use crate::scsi::{ScsiOutcome, TaskAttr};
 
 /// TMF function codes (RFC 7143 §11.5.1).
@@ -82,7 +83,13 @@ impl<C: Clone + Debug> Connection<C> {
             || edtl > self.config.max_transfer_length
         {
             let outcome = ScsiOutcome::check_condition(0x05, 0x24, 0x00);
-            self.send_scsi_response(h.itt, &context, &outcome, edtl, false, 0);
+            let task = TaskRef {
+                id: 0,
+                itt: h.itt,
+                lun: h.lun,
+                context,
+            };
+            self.send_scsi_response(task, &outcome, edtl, false);
             return;
         }
         if !immediate_data.is_empty() {
@@ -94,11 +101,17 @@ impl<C: Clone + Debug> Connection<C> {
             }
         }
         let write = h.write && edtl > 0;
-        let unsolicited_open = write
+        let received = immediate_data.len() as u32;
+        // Unsolicited Data-Out may follow (RFC 7143 §4.2.5.2.2) up to FirstBurstLength.
+        let unsolicited_end = if write
             && !h.final_flag
             && !self.params.initial_r2t
-            && (immediate_data.len() as u32) < edtl.min(self.params.first_burst_length);
-        let received = immediate_data.len() as u32;
+            && received < edtl.min(self.params.first_burst_length)
+        {
+            edtl.min(self.params.first_burst_length)
+        } else {
+            received
+        };
         let task = Task {
             context,
             itt: h.itt,
@@ -108,162 +121,117 @@ impl<C: Clone + Debug> Connection<C> {
             cdb: h.cdb,
             attribute: h.attribute,
             expected_length: edtl,
-            data_out: immediate_data,
             write,
-            unsolicited_open,
-            unsolicited_data_sn: 0,
-            next_r2t_offset: received,
-            r2t_sn: 0,
-            r2ts: Vec::new(),
+            received,
             aborted: false,
         };
         let id = self.tasks.insert(task);
-        self.advance_write(id);
+        if write {
+            let numbers = self.sequence_numbers();
+            let task = self.task_ref(id).expect("just inserted");
+            self.actions.push_back(Action::GetData {
+                task,
+                immediate: immediate_data,
+                range: received..edtl,
+                unsolicited_end,
+                numbers,
+            });
+        }
+        self.start_if_complete(id);
     }
 
-    /// After data arrived (or a command started): issue R2Ts, or mark the task ready and start it
-    /// if task ordering lets it.
-    fn advance_write(&mut self, id: TaskId) {
+    /// What a datamover needs to address task `id`.
+    fn task_ref(&self, id: TaskId) -> Option<TaskRef<C>> {
+        self.tasks.get(id).map(|task| TaskRef {
+            id,
+            itt: task.itt,
+            lun: task.lun_field,
+            context: task.context.clone(),
+        })
+    }
+
+    /// Once all of a task's data-out is in: mark it ready and start it if task ordering lets it.
+    fn start_if_complete(&mut self, id: TaskId) {
         if self.tasks.state(id) != Some(TaskState::AwaitingData) {
             return;
         }
         let Some(task) = self.tasks.get(id) else {
             return;
         };
-        if !task.write || task.data_out.len() as u32 >= task.expected_length {
+        if !task.write || task.received >= task.expected_length {
             self.tasks.set_ready(id);
             if self.tasks.may_start(id) {
                 self.start(id);
             }
-            return;
-        }
-        if task.unsolicited_open {
-            return;
-        }
-        let max_outstanding = self.params.max_outstanding_r2t as usize;
-        let max_burst = self.params.max_burst_length;
-        let max_cmd_sn = self.max_cmd_sn();
-        loop {
-            let Some(task) = self.tasks.get_mut(id) else {
-                return;
-            };
-            if task.r2ts.len() >= max_outstanding || task.next_r2t_offset >= task.expected_length {
-                return;
-            }
-            let offset = task.next_r2t_offset;
-            let length = (task.expected_length - offset).min(max_burst);
-            let ttt = next_tag(&mut self.next_ttt);
-            task.next_r2t_offset += length;
-            task.r2ts.push(R2tWindow {
-                ttt,
-                offset,
-                length,
-                received: 0,
-                next_data_sn: 0,
-            });
-            let header = Header::ReadyToTransfer(ReadyToTransfer {
-                lun: task.lun_field,
-                itt: task.itt,
-                ttt,
-                // R2T carries the current StatSN without advancing it.
-                stat_sn: self.stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn,
-                r2t_sn: task.r2t_sn,
-                buffer_offset: offset,
-                desired_length: length,
-            });
-            task.r2t_sn += 1;
-            let context = task.context.clone();
-            self.send_for_task(Pdu::new(header), &context);
         }
     }
 
-    pub(super) fn handle_data_out(&mut self, h: DataOut, pdu: Pdu) {
-        let first_burst = self.params.first_burst_length;
-        let Some(id) = self
-            .tasks
-            .id_of_itt(h.itt)
-            .filter(|&id| self.tasks.state(id) == Some(TaskState::AwaitingData))
-        else {
-            // Data for a task we no longer know (aborted, or failed early): drop it quietly,
-            // the initiator learns the task's fate from its response or the TMF response.
-            log::debug!("Data-Out for unknown ITT {:#x}", h.itt);
+    /// The datamover brought the initiator's data for `range` of task `task`'s buffer, in order.
+    /// A range that does not continue what arrived before, or a task that no longer waits for
+    /// data (aborted), is ignored.
+    pub fn handle_data_received(&mut self, task: TaskId, range: std::ops::Range<u32>) {
+        if self.tasks.state(task) != Some(TaskState::AwaitingData) {
+            return;
+        }
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
-        let task = self.tasks.get_mut(id).expect("found above");
-        let len = pdu.data.len() as u32;
-        let offset = h.buffer_offset;
-        let in_order = offset == task.data_out.len() as u32;
-        let end = offset.checked_add(len);
-        // DataSN counts the PDUs of each sequence from 0 (RFC 7143 §11.7.5).
-        let valid = if h.ttt == RESERVED_TAG {
-            let ok = task.unsolicited_open
-                && in_order
-                && h.data_sn == task.unsolicited_data_sn
-                && end.is_some_and(|e| e <= task.expected_length.min(first_burst));
-            if ok {
-                task.unsolicited_data_sn += 1;
-            }
-            ok
-        } else if let Some(window) = task.r2ts.iter_mut().find(|w| w.ttt == h.ttt) {
-            let ok = in_order
-                && h.data_sn == window.next_data_sn
-                && offset >= window.offset
-                && end.is_some_and(|e| e <= window.offset + window.length);
-            if ok {
-                window.received += len;
-                window.next_data_sn += 1;
-            }
-            ok
-        } else {
-            false
-        };
-        if !valid {
-            // At ErrorRecoveryLevel 0 a Data-Out sequence error cannot be recovered within the
-            // task: reject the PDU and end the task with ABORTED COMMAND / DATA PHASE ERROR, so
-            // the initiator retries it. The session goes on; later Data-Out for this ITT is
-            // dropped as unknown. (Dropping the connection instead, as LIO does, crashes
-            // libiscsi 1.19's iscsi-test-cu in iSCSIDataSnInvalid.)
+        if range.start != t.received || range.end < range.start || range.end > t.expected_length {
             log::warn!(
-                "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x} DataSN {}",
-                h.itt,
-                h.ttt,
-                h.data_sn
+                "data range {range:?} for ITT {:#x} does not follow the {} bytes received",
+                t.itt,
+                t.received
             );
-            self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
-            let task = self.tasks.remove(id).expect("found above");
-            let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
-            self.send_scsi_response(
-                task.itt,
-                &task.context,
-                &outcome,
-                task.expected_length,
-                true,
-                0,
-            );
-            self.schedule();
             return;
         }
-        task.data_out.extend_from_slice(&pdu.data);
-        if h.ttt == RESERVED_TAG {
-            // Solicited data starts where the unsolicited data stopped.
-            task.next_r2t_offset = task.data_out.len() as u32;
-            if h.final_flag {
-                task.unsolicited_open = false;
-            }
-        } else if h.final_flag {
-            // The R2T's sequence is over, whether or not it delivered everything asked for.
-            let ttt = h.ttt;
-            if let Some(pos) = task.r2ts.iter().position(|w| w.ttt == ttt) {
-                let window = task.r2ts.remove(pos);
-                if window.received < window.length {
-                    // Short sequence: ask again for the rest from where the data stopped.
-                    task.next_r2t_offset = task.data_out.len() as u32;
-                }
-            }
+        t.received = range.end;
+        self.start_if_complete(task);
+    }
+
+    /// The datamover found a Data-Out of task `task` that breaks the data sequence (offset,
+    /// DataSN, TTT or length); `header` is the offending PDU's header.
+    ///
+    /// At ErrorRecoveryLevel 0 a Data-Out sequence error cannot be recovered within the task:
+    /// reject the PDU and end the task with ABORTED COMMAND / DATA PHASE ERROR, so the initiator
+    /// retries it. The session goes on; later Data-Out for this ITT is dropped as unknown.
+    /// (Dropping the connection instead, as LIO does, crashes libiscsi 1.19's iscsi-test-cu in
+    /// iSCSIDataSnInvalid.)
+    pub fn handle_data_phase_error(&mut self, task: TaskId, header: &[u8]) {
+        if self.tasks.state(task) != Some(TaskState::AwaitingData) {
+            return;
         }
-        self.advance_write(id);
+        self.send_reject(reject_reason::PROTOCOL_ERROR, header);
+        let task_ref = self.task_ref(task).expect("state checked");
+        let task = self.tasks.remove(task).expect("state checked");
+        let outcome = ScsiOutcome::check_condition(0x0b, 0x4b, 0x00);
+        self.send_scsi_response(task_ref, &outcome, task.expected_length, true);
+        self.schedule();
+    }
+
+    /// A Data-Out the datamover did not take (iSER carries data-out in RDMA Reads, so a Data-Out
+    /// in a Send is one): for a task waiting for data it is a data phase error; for any other
+    /// ITT it is dropped quietly, the initiator learns the task's fate from its response or the
+    /// TMF response.
+    pub(super) fn handle_stray_data_out(&mut self, itt: u32, pdu: &Pdu) {
+        match self
+            .tasks
+            .id_of_itt(itt)
+            .filter(|&id| self.tasks.state(id) == Some(TaskState::AwaitingData))
+        {
+            Some(id) => {
+                log::warn!("Data-Out for ITT {itt:#x} that the datamover did not solicit");
+                self.handle_data_phase_error(id, &pdu.encode_header());
+            }
+            None => log::debug!("Data-Out for unknown ITT {itt:#x}"),
+        }
+    }
+
+    /// Takes a task out of the table without a response, telling the datamover.
+    pub(super) fn drop_task(&mut self, id: TaskId) {
+        if let Some(task_ref) = self.task_ref(id) {
+            self.tasks.remove(id);
+            self.actions.push_back(Action::Release(task_ref));
+        }
     }
 
     /// Starts the tasks that tasks leaving the table released (task ordering, see
@@ -302,7 +270,7 @@ impl<C: Clone + Debug> Connection<C> {
             target,
             lun: task.lun,
             cdb: std::mem::take(&mut task.cdb),
-            data_out: std::mem::take(&mut task.data_out),
+            data_out: Vec::new(),
             expected_transfer_length: task.expected_length,
             attribute,
         };
@@ -311,95 +279,57 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Answer to [`Action::Execute`].
     pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
-        let Some(task) = self.tasks.remove(id) else {
+        let Some(task_ref) = self.task_ref(id) else {
             return;
         };
+        let task = self.tasks.remove(id).expect("found above");
         if !task.aborted && !matches!(self.phase, Phase::Closed) {
-            self.send_command_result(&task, &outcome);
+            self.send_command_result(task_ref, &task, outcome);
+        } else {
+            self.actions.push_back(Action::Release(task_ref));
         }
         self.release_tmfs(id);
         self.schedule();
         self.maybe_finish_draining();
     }
 
-    fn send_command_result(&mut self, task: &Task<C>, outcome: &ScsiOutcome) {
+    fn send_command_result(&mut self, task_ref: TaskRef<C>, task: &Task<C>, outcome: ScsiOutcome) {
         let edtl = task.expected_length;
         if task.write || outcome.data_in.is_empty() {
-            self.send_scsi_response(task.itt, &task.context, outcome, edtl, task.write, 0);
+            self.send_scsi_response(task_ref, &outcome, edtl, task.write);
             return;
         }
-        // Data-In, split by the initiator's MaxRecvDataSegmentLength, sequences by MaxBurstLength;
-        // status rides in the last Data-In when there is no sense data (phase collapse).
+        // The data the initiator asked for (never more than EDTL), then the status; a datamover
+        // may collapse the two where the transport allows (RFC 7143 §11.7.4).
         let full = outcome.data_in.len() as u64;
-        let sent_len = full.min(edtl as u64) as usize;
-        let data = &outcome.data_in[..sent_len];
+        let sent_len = full.min(edtl as u64) as u32;
         let residual = Residual::of(full, edtl);
-        // Over iSER a Data-In becomes an RDMA Write, so only the burst bounds it.
-        let max_pdu = if self.params.rdma_extensions {
-            self.params.max_burst_length.max(512) as usize
-        } else {
-            self.params.initiator_max_recv_data_segment_length.max(512) as usize
-        };
-        let max_burst = self.params.max_burst_length.max(512) as usize;
-        let collapse = outcome.sense.is_empty();
-        let mut offset = 0usize;
-        let mut data_sn = 0u32;
-        let mut burst_used = 0usize;
-        while offset < sent_len {
-            let len = (sent_len - offset).min(max_pdu).min(max_burst - burst_used);
-            let last = offset + len == sent_len;
-            burst_used += len;
-            let end_of_burst = last || burst_used == max_burst;
-            if end_of_burst {
-                burst_used = 0;
-            }
-            let with_status = last && collapse;
-            let stat_sn = if with_status { self.next_stat_sn() } else { 0 };
-            let header = Header::DataIn(DataIn {
-                final_flag: end_of_burst,
-                acknowledge: false,
-                overflow: with_status && residual.overflow,
-                underflow: with_status && residual.underflow,
-                status_present: with_status,
-                status: if with_status { outcome.status } else { 0 },
-                lun: task.lun_field,
-                itt: task.itt,
-                ttt: RESERVED_TAG,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-                data_sn,
-                buffer_offset: offset as u32,
-                residual_count: if with_status { residual.count } else { 0 },
+        let ScsiOutcome {
+            status,
+            sense,
+            data_in,
+            ..
+        } = outcome;
+        if sent_len > 0 {
+            let numbers = self.sequence_numbers();
+            self.actions.push_back(Action::PutData {
+                task: task_ref.clone(),
+                data: data_in,
+                range: 0..sent_len,
+                numbers,
             });
-            self.send_for_task(
-                Pdu::with_data(header, data[offset..offset + len].to_vec()),
-                &task.context,
-            );
-            data_sn += 1;
-            offset += len;
         }
-        if !collapse || sent_len == 0 {
-            self.send_scsi_response_with_residual(
-                task.itt,
-                &task.context,
-                outcome,
-                residual,
-                data_sn,
-            );
-        }
+        self.respond(task_ref, status, sense, residual);
     }
 
-    /// SCSI Response for a command without Data-In: residuals from the command's own transfer
+    /// Final status of a command without Data-In: residuals from the command's own transfer
     /// length (writes) or from its data (no data at all).
     fn send_scsi_response(
         &mut self,
-        itt: u32,
-        context: &C,
+        task: TaskRef<C>,
         outcome: &ScsiOutcome,
         edtl: u32,
         write: bool,
-        exp_data_sn: u32,
     ) {
         // A data-out command is judged by the Data-Out its CDB calls for, even when the initiator
         // cleared the W bit because EDTL is 0 (libiscsi's Write10Residuals: overflow of 512).
@@ -414,37 +344,24 @@ impl<C: Clone + Debug> Connection<C> {
         } else {
             Residual::default()
         };
-        self.send_scsi_response_with_residual(itt, context, outcome, residual, exp_data_sn);
+        self.respond(task, outcome.status, outcome.sense.clone(), residual);
     }
 
-    /// SCSI Response with the status and sense of `outcome` (its data, if any, went in Data-In).
-    fn send_scsi_response_with_residual(
-        &mut self,
-        itt: u32,
-        context: &C,
-        outcome: &ScsiOutcome,
-        residual: Residual,
-        exp_data_sn: u32,
-    ) {
-        let mut data = Vec::new();
-        if !outcome.sense.is_empty() {
-            data.extend_from_slice(&(outcome.sense.len() as u16).to_be_bytes());
-            data.extend_from_slice(&outcome.sense);
-        }
+    /// Queues the final status of a task; it takes a StatSN.
+    fn respond(&mut self, task: TaskRef<C>, status: u8, sense: Vec<u8>, residual: Residual) {
         let stat_sn = self.next_stat_sn();
-        let header = Header::ScsiResponse(ScsiResponse {
-            overflow: residual.overflow,
-            underflow: residual.underflow,
-            response: 0,
-            status: outcome.status,
-            itt,
+        let numbers = SequenceNumbers {
             stat_sn,
             exp_cmd_sn: self.exp_cmd_sn,
             max_cmd_sn: self.max_cmd_sn(),
-            exp_data_sn,
-            residual_count: residual.count,
+        };
+        self.actions.push_back(Action::Respond {
+            task,
+            status,
+            sense,
+            residual,
+            numbers,
         });
-        self.send_for_task(Pdu::with_data(header, data), context);
     }
 
     // ---------------------------------------------------------------- task management
@@ -540,7 +457,7 @@ impl<C: Clone + Debug> Connection<C> {
                 }
                 waiting_for.push(id);
             } else {
-                self.tasks.remove(id);
+                self.drop_task(id);
             }
         }
         self.pending_tmfs.push(PendingTmf {
@@ -581,34 +498,5 @@ impl<C: Clone + Debug> Connection<C> {
             max_cmd_sn: self.max_cmd_sn(),
         });
         self.send(Pdu::new(header));
-    }
-}
-
-/// Residual overflow/underflow flags and count of a SCSI Response or status-bearing Data-In
-/// (RFC 7143 §11.4.5).
-#[derive(Debug, Clone, Copy, Default)]
-struct Residual {
-    overflow: bool,
-    underflow: bool,
-    count: u32,
-}
-
-impl Residual {
-    /// The residual of a command that wanted `wanted` bytes against EDTL `edtl`.
-    fn of(wanted: u64, edtl: u32) -> Self {
-        let edtl = edtl as u64;
-        if wanted > edtl {
-            Residual {
-                overflow: true,
-                underflow: false,
-                count: (wanted - edtl).min(u32::MAX as u64) as u32,
-            }
-        } else {
-            Residual {
-                overflow: false,
-                underflow: wanted < edtl,
-                count: (edtl - wanted) as u32,
-            }
-        }
     }
 }

@@ -10,9 +10,10 @@
 //! Logout, Reject); SCSI commands and task management are in `commands.rs`, the task table in
 //! `tasks.rs`, the login phase in `login.rs`.
 //!
-//! The core speaks in Data-In and R2T PDUs whatever the transport: an iSER transport turns a Data-In
-//! into an RDMA Write and answers an R2T with an RDMA Read whose data it feeds back as Data-Out,
-//! which is how LIO splits iscsi_target from isert too.
+//! The core never speaks Data-In or R2T PDUs: it says what data must move ([`Action::PutData`],
+//! [`Action::GetData`]) and what status ends a task ([`Action::Respond`]), and a datamover
+//! ([`super::tcp`] for iSCSI/TCP, [`super::iser`] for iSER) carries that out and reports the
+//! data-out it brought in with [`Connection::handle_data_received`] (RFC 5047's split).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -236,18 +237,109 @@ pub enum CloseReason {
     Shutdown,
 }
 
+/// The task a data-movement action belongs to, with what a datamover needs to address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRef<C> {
+    /// The task's id; 0 for a command refused before it became a task (its response is all
+    /// there is).
+    pub id: TaskId,
+    /// Initiator task tag.
+    pub itt: u32,
+    /// The LUN field of the SCSI Command, echoed in Data-In and R2T PDUs.
+    pub lun: [u8; 8],
+    /// The transport's context given with the SCSI Command (see
+    /// [`Connection::handle_pdu_with_context`]).
+    pub context: C,
+}
+
+/// StatSN, ExpCmdSN and MaxCmdSN as they stood when the core produced an action; the PDUs a
+/// datamover builds for it carry them. For [`Action::Respond`], `stat_sn` is the StatSN taken
+/// by that response; otherwise it is the current one, not advanced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SequenceNumbers {
+    pub stat_sn: u32,
+    pub exp_cmd_sn: u32,
+    pub max_cmd_sn: u32,
+}
+
+/// Residual overflow/underflow flags and count of a command's final status (RFC 7143 §11.4.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Residual {
+    pub overflow: bool,
+    pub underflow: bool,
+    pub count: u32,
+}
+
+impl Residual {
+    /// The residual of a command that wanted `wanted` bytes against EDTL `edtl`.
+    pub fn of(wanted: u64, edtl: u32) -> Self {
+        let edtl = edtl as u64;
+        if wanted > edtl {
+            Residual {
+                overflow: true,
+                underflow: false,
+                count: (wanted - edtl).min(u32::MAX as u64) as u32,
+            }
+        } else {
+            Residual {
+                overflow: false,
+                underflow: wanted < edtl,
+                count: (edtl - wanted) as u32,
+            }
+        }
+    }
+}
+
 /// An effect the transport must carry out, in order. `C` is the transport's per-task context
 /// (see [`Connection::handle_pdu_with_context`]).
+///
+/// Data movement is said in meaning, as the iSCSI Datamover Interface (RFC 5047) splits it:
+/// [`Action::PutData`] (Put_Data), [`Action::GetData`] (Get_Data), [`Action::Respond`]
+/// (Send_Control of the SCSI Response). iSCSI/TCP turns them into Data-In, R2T and SCSI Response
+/// PDUs ([`super::tcp`]), iSER into RDMA Writes, RDMA Reads and a Send ([`super::iser`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<C = ()> {
-    /// Transmit this PDU. `context` is the context of the task the PDU belongs to (its Data-In,
-    /// R2Ts and the SCSI Response that ends it), `None` for every other PDU.
-    Send { pdu: Pdu, context: Option<C> },
+    /// Transmit this control PDU (login, text, NOP-In, Reject, TMF and Logout responses); it
+    /// belongs to no task.
+    Send(Pdu),
+    /// Send bytes `range` of `data`, the task's Data-In buffer, to the initiator at the same
+    /// offsets. [`Action::Respond`] follows at once.
+    PutData {
+        task: TaskRef<C>,
+        data: Vec<u8>,
+        range: std::ops::Range<u32>,
+        numbers: SequenceNumbers,
+    },
+    /// A write task: its data-out buffer starts with `immediate` (bytes `0..range.start`, which
+    /// came with the command); bring the initiator's data for `range` into it and report each
+    /// in-order piece with [`Connection::handle_data_received`]. The initiator may send
+    /// `range.start..unsolicited_end` unsolicited (InitialR2T=No); the rest must be solicited.
+    /// An empty `range` asks for nothing: all data came with the command.
+    GetData {
+        task: TaskRef<C>,
+        immediate: Vec<u8>,
+        range: std::ops::Range<u32>,
+        unsolicited_end: u32,
+        numbers: SequenceNumbers,
+    },
+    /// The final status of a task; the task ends. `sense` is the raw sense data (empty for
+    /// none).
+    Respond {
+        task: TaskRef<C>,
+        status: u8,
+        sense: Vec<u8>,
+        residual: Residual,
+        numbers: SequenceNumbers,
+    },
+    /// The task ended without a response (aborted, dropped at logout or shutdown): forget its
+    /// buffers and stop fetching its data.
+    Release(TaskRef<C>),
     /// From now on, frame PDUs with these settings (sent right after the final Login Response).
     SetFrameSettings(FrameSettings),
     /// Settle session identity; answer with [`Connection::handle_session_bound`].
     BindSession(BindRequest),
-    /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`].
+    /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`]. The
+    /// datamover fills `data_out` from the buffer it brought the write data into.
     Execute(ScsiTask),
     /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset
     /// clears (SPC-2 reservations) on the session's target. No answer.
@@ -489,15 +581,28 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Queues a PDU that belongs to no task.
     pub(super) fn send(&mut self, pdu: Pdu) {
-        self.actions.push_back(Action::Send { pdu, context: None });
+        self.actions.push_back(Action::Send(pdu));
     }
 
-    /// Queues a PDU of the task whose context is `context`.
-    pub(super) fn send_for_task(&mut self, pdu: Pdu, context: &C) {
-        self.actions.push_back(Action::Send {
-            pdu,
-            context: Some(context.clone()),
-        });
+    /// StatSN (current, not advanced), ExpCmdSN and MaxCmdSN now: what a datamover puts in the
+    /// R2Ts it issues between the core's actions.
+    pub fn sequence_numbers(&self) -> SequenceNumbers {
+        SequenceNumbers {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+        }
+    }
+
+    /// A fresh target transfer tag (never the reserved one), from the counter NOP-In pings and
+    /// Text continuations use too.
+    pub fn take_target_transfer_tag(&mut self) -> u32 {
+        self.fresh_ttt()
+    }
+
+    /// A datamover handled a PDU itself (Data-Out): the connection is not idle.
+    pub fn record_activity(&mut self, now: Instant) {
+        self.last_activity = now;
     }
 
     pub(super) fn close(&mut self, reason: CloseReason) {
@@ -620,8 +725,8 @@ impl<C: Clone + Debug> Connection<C> {
         // DataOut, and NopOut answering our ping, are not ordered by CmdSN.
         match &pdu.header {
             Header::DataOut(h) => {
-                let h = h.clone();
-                self.handle_data_out(h, pdu);
+                let itt = h.itt;
+                self.handle_stray_data_out(itt, &pdu);
                 return;
             }
             Header::NopOut(h) if h.itt == RESERVED_TAG => {
@@ -878,7 +983,7 @@ impl<C: Clone + Debug> Connection<C> {
             .map(|(id, _)| id)
             .collect();
         for id in waiting {
-            self.tasks.remove(id);
+            self.drop_task(id);
         }
     }
 

@@ -131,6 +131,48 @@ impl PduReader {
     }
 }
 
+/// The bytes that frame a data segment on the stream: the header (+ header digest) that goes
+/// before it and the padding (+ data digest) that goes after, so the data itself can be written
+/// from wherever it lies (a vectored write), never copied into a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameParts {
+    pub head: Vec<u8>,
+    tail: [u8; 7],
+    tail_len: usize,
+}
+
+impl FrameParts {
+    /// Padding and data digest, to write after the data segment.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..self.tail_len]
+    }
+}
+
+/// Frames `header` around a data segment of `data` (see [`FrameParts`]).
+pub fn frame_parts(header: &pdu::Header, data: &[u8], settings: &FrameSettings) -> FrameParts {
+    let mut head = header.encode(data.len());
+    if settings.header_digest {
+        let d = digest(&head);
+        head.extend_from_slice(&d);
+    }
+    let mut tail = [0u8; 7];
+    let mut tail_len = 0;
+    if !data.is_empty() {
+        let pad = pdu::padding(data.len());
+        tail_len = pad;
+        if settings.data_digest {
+            let crc = crc32c::crc32c_append(crc32c::crc32c(data), &tail[..pad]);
+            tail[pad..pad + 4].copy_from_slice(&crc.to_le_bytes());
+            tail_len += 4;
+        }
+    }
+    FrameParts {
+        head,
+        tail,
+        tail_len,
+    }
+}
+
 /// Serialises a PDU for the stream: header (+digest), data padded to 4 bytes (+digest).
 pub fn encode(pdu: &Pdu, settings: &FrameSettings) -> Vec<u8> {
     let mut out = pdu.encode_header();
@@ -166,6 +208,26 @@ mod tests {
             }),
             b"SendTargets=All\0".to_vec(),
         )
+    }
+
+    #[test]
+    fn frame_parts_around_the_data_are_the_encoded_frame() {
+        for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+            let settings = FrameSettings {
+                header_digest: hd,
+                data_digest: dd,
+                max_data_segment_length: 8192,
+            };
+            for extra in 0..4 {
+                let mut pdu = sample();
+                pdu.data.extend(std::iter::repeat(b'x').take(extra));
+                let parts = frame_parts(&pdu.header, &pdu.data, &settings);
+                let mut joined = parts.head.clone();
+                joined.extend_from_slice(&pdu.data);
+                joined.extend_from_slice(parts.tail());
+                assert_eq!(joined, encode(&pdu, &settings), "hd {hd} dd {dd} +{extra}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! iSER (RFC 7145) on top of the core, still without I/O: framing of PDUs in RDMA Sends, and the
-//! data-movement planner that turns the core's Data-In into RDMA Writes and its R2Ts into RDMA
-//! Reads. The transport only posts what [`FabricOp`]s say and reports completions back.
+//! iSER datamover, which carries out the core's data actions with RDMA: [`Action::PutData`] is an
+//! RDMA Write to the initiator's read buffer, [`Action::GetData`] RDMA Reads of the whole
+//! solicited range at once from its write buffer, [`Action::Respond`] the SCSI Response Send. No
+//! Data-In, R2T or Data-Out PDU is made or parsed for data that moves by RDMA. The transport only
+//! posts what [`FabricOp`]s say and reports completions back.
 //!
 //! Byte-level facts come from the project's protocol brief (docs: `iser-brief.md`): §3 the 28-byte
 //! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
@@ -8,13 +11,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::connection::{Action, CloseReason, Connection, CoreConfig, LoginStatus, TaskId};
-use super::pdu::{
-    self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, Stage, BHS_LEN,
+use super::connection::{
+    Action, CloseReason, Connection, CoreConfig, LoginStatus, Residual, SequenceNumbers, TaskId,
+    TaskRef,
 };
+use super::pdu::{self, Header, Pdu, ScsiResponse, Stage, BHS_LEN};
 use crate::scsi::ScsiOutcome;
 
 /// Length of the iSER control-type header in front of every PDU.
@@ -126,8 +131,10 @@ pub enum FabricOp {
     },
     /// RDMA Write `data` into the initiator's buffer at (stag, va).
     RdmaWrite { stag: u32, va: u64, data: Vec<u8> },
-    /// RDMA Read `len` bytes from (stag, va); report with
-    /// [`IserConnection::handle_rdma_read_complete`] or [`IserConnection::handle_rdma_read_failed`].
+    /// RDMA Read `len` bytes from (stag, va); place them with
+    /// [`IserConnection::rdma_read_destination`] and report with
+    /// [`IserConnection::handle_rdma_read_complete`], or report
+    /// [`IserConnection::handle_rdma_read_failed`].
     RdmaRead {
         token: u64,
         stag: u32,
@@ -161,13 +168,25 @@ struct RemoteBuffers {
     unsolicited: u32,
 }
 
-/// An RDMA Read in flight, standing in for the Data-Out that answers one R2T.
+/// An RDMA Read in flight: one piece of a write's solicited data.
 #[derive(Debug, Clone)]
 struct PendingRead {
+    task: TaskId,
     itt: u32,
-    ttt: u32,
-    lun: [u8; 8],
-    offset: u32,
+    /// Where its bytes go in the task's buffer.
+    range: Range<u32>,
+}
+
+/// A write whose data is being read: its buffer (sized to the whole transfer, immediate data at
+/// the front) and which pieces have landed.
+#[derive(Debug)]
+struct IserWrite {
+    buffer: Vec<u8>,
+    /// Bytes in from offset 0, in order: what the core has been told.
+    received: u32,
+    /// Pieces that completed ahead of an earlier one (completions of one QP come in order, so
+    /// this stays empty in practice), as (start, end).
+    landed: Vec<(u32, u32)>,
 }
 
 /// Which RDMA Reads a Send must not overtake (brief §6.4: a Send that lets the initiator free a
@@ -196,6 +215,13 @@ struct HeldOp {
 pub struct IserConnection {
     core: Connection<RemoteBuffers>,
     reads: HashMap<u64, PendingRead>,
+    /// Writes whose data is being read, by task.
+    writes: HashMap<TaskId, IserWrite>,
+    /// Data buffers of writes whose data is all in, until the core executes them.
+    complete: HashMap<TaskId, Vec<u8>>,
+    /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
+    /// the ExpDataSN of its SCSI Response.
+    data_in_sequences: Option<(TaskId, u32)>,
     next_token: u64,
     /// Sends held back behind RDMA Reads that were in flight when they were queued (see
     /// [`ReadFence`]), in order; a later Send waits behind an earlier held one so responses keep
@@ -207,6 +233,8 @@ pub struct IserConnection {
     ops: VecDeque<FabricOp>,
     /// The core closed the connection: nothing more is accepted from it.
     closed: bool,
+    /// The transport failed the connection: no more Sends, only the Close.
+    failed: bool,
     /// The Close reached `ops`.
     close_emitted: bool,
 }
@@ -223,11 +251,15 @@ impl IserConnection {
         IserConnection {
             core: Connection::new(config, local_addr, now),
             reads: HashMap::new(),
+            writes: HashMap::new(),
+            complete: HashMap::new(),
+            data_in_sequences: None,
             next_token: 1,
             held: VecDeque::new(),
             send_with_invalidate,
             ops: VecDeque::new(),
             closed: false,
+            failed: false,
             close_emitted: false,
         }
     }
@@ -318,19 +350,22 @@ impl IserConnection {
         Ok(Some((pdu, buffers)))
     }
 
-    /// An RDMA Read finished: its bytes are the Data-Out the R2T asked for.
-    pub fn handle_rdma_read_complete(&mut self, token: u64, data: Vec<u8>, now: Instant) {
+    /// Where the bytes of RDMA Read `token` go: its piece of the task's buffer. `None` when the
+    /// task ended meanwhile (the bytes are not wanted).
+    pub fn rdma_read_destination(&mut self, token: u64) -> Option<&mut [u8]> {
+        let read = self.reads.get(&token)?;
+        let write = self.writes.get_mut(&read.task)?;
+        write
+            .buffer
+            .get_mut(read.range.start as usize..read.range.end as usize)
+    }
+
+    /// An RDMA Read finished (its bytes placed through
+    /// [`IserConnection::rdma_read_destination`]): the core learns which data-out is in.
+    pub fn handle_rdma_read_complete(&mut self, token: u64, now: Instant) {
+        self.core.record_activity(now);
         if let Some(read) = self.read_finished(token) {
-            let header = Header::DataOut(DataOut {
-                final_flag: true,
-                lun: read.lun,
-                itt: read.itt,
-                ttt: read.ttt,
-                exp_stat_sn: 0,
-                data_sn: 0,
-                buffer_offset: read.offset,
-            });
-            self.core.handle_pdu(Pdu::with_data(header, data), now);
+            self.read_landed(read);
         }
         self.pump();
     }
@@ -343,6 +378,31 @@ impl IserConnection {
         self.close_at_once(reason.clone());
         self.core_close(reason);
         self.pump();
+    }
+
+    /// Records a landed piece and tells the core what is now in, in order.
+    fn read_landed(&mut self, read: PendingRead) {
+        let Some(write) = self.writes.get_mut(&read.task) else {
+            return;
+        };
+        write.landed.push((read.range.start, read.range.end));
+        let before = write.received;
+        while let Some(pos) = write
+            .landed
+            .iter()
+            .position(|&(start, _)| start == write.received)
+        {
+            write.received = write.landed.swap_remove(pos).1;
+        }
+        let after = write.received;
+        if after == before {
+            return;
+        }
+        if after as usize >= write.buffer.len() {
+            let write = self.writes.remove(&read.task).expect("found above");
+            self.complete.insert(read.task, write.buffer);
+        }
+        self.core.handle_data_received(read.task, before..after);
     }
 
     /// Forgets a read that completed or failed; ops held for it may go.
@@ -389,6 +449,8 @@ impl IserConnection {
 
     fn core_close(&mut self, reason: CloseReason) {
         // Through the core, so it stops too; its Close action reaches the fabric in pump().
+        // Nothing the core queued before it (a task's response) goes out any more.
+        self.failed = true;
         self.core.handle_transport_error(reason);
     }
 
@@ -417,7 +479,7 @@ impl IserConnection {
 
     /// Queues a Send behind the RDMA Reads `fence` names, and behind any Send already held.
     fn emit_send(&mut self, bytes: Vec<u8>, invalidate: Option<u32>, fence: ReadFence) {
-        if self.closed {
+        if self.closed || self.failed {
             return;
         }
         let waits_for: Vec<u64> = self
@@ -470,11 +532,33 @@ impl IserConnection {
     fn pump(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Send { pdu, context } => self.translate_send(pdu, context),
+                Action::Send(pdu) => self.translate_send(pdu),
+                Action::PutData {
+                    task, data, range, ..
+                } => self.put_data(task, data, range),
+                Action::GetData {
+                    task,
+                    immediate,
+                    range,
+                    ..
+                } => self.get_data(task, immediate, range),
+                Action::Respond {
+                    task,
+                    status,
+                    sense,
+                    residual,
+                    numbers,
+                } => self.respond(task, status, &sense, residual, numbers),
+                Action::Release(task) => self.forget(task.id),
                 // No digests over iSER; the core's frame settings do not apply.
                 Action::SetFrameSettings(_) => {}
                 Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),
-                Action::Execute(task) => self.emit(FabricOp::Execute(task)),
+                Action::Execute(mut task) => {
+                    if let Some(buffer) = self.complete.remove(&task.id) {
+                        task.data_out = buffer;
+                    }
+                    self.emit(FabricOp::Execute(task))
+                }
                 Action::Reset { lun } => self.emit(FabricOp::Reset { lun }),
                 Action::Close(reason) => self.emit(FabricOp::Close(reason)),
             }
@@ -482,19 +566,12 @@ impl IserConnection {
         self.release_held();
     }
 
-    /// One PDU of the core; `buffers` is its task's context when it belongs to a task.
-    fn translate_send(&mut self, pdu: Pdu, buffers: Option<RemoteBuffers>) {
-        let buffers = buffers.unwrap_or_default();
+    /// A control PDU of the core.
+    fn translate_send(&mut self, pdu: Pdu) {
         match pdu.header {
-            Header::DataIn(h) => self.data_in(h, pdu.data, buffers),
-            Header::ReadyToTransfer(h) => self.r2t(h, buffers),
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
                 self.send(&Pdu::new(Header::NopIn(h)), ReadFence::None);
-            }
-            Header::ScsiResponse(ref h) => {
-                let itt = h.itt;
-                self.respond(itt, &pdu, buffers);
             }
             Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
                 self.send(&pdu, ReadFence::All)
@@ -514,13 +591,49 @@ impl IserConnection {
         self.emit_send(encode_send(pdu), None, fence);
     }
 
-    /// The SCSI Response that ends task `itt`: the last use of its STags, which it invalidates
-    /// when both sides agreed and the task advertised exactly one (brief §6.3: never for a
-    /// command with both, as Linux checks the rkey against each direction). It waits for the
-    /// task's RDMA Reads still in flight (the core may end a task early, e.g. after a bad
-    /// Data-Out that came in a Send).
-    fn respond(&mut self, itt: u32, pdu: &Pdu, buffers: RemoteBuffers) {
-        let invalidate = match buffers {
+    /// Drops what the datamover holds for a task that ended. Its reads still in flight stay
+    /// tracked, for the Sends that must wait for them; their bytes are not wanted.
+    fn forget(&mut self, task: TaskId) {
+        self.writes.remove(&task);
+        self.complete.remove(&task);
+    }
+
+    /// The SCSI Response that ends a task: the last use of its STags, which it invalidates when
+    /// both sides agreed and the task advertised exactly one (brief §6.3: never for a command
+    /// with both, as Linux checks the rkey against each direction). It waits for the task's RDMA
+    /// Reads still in flight (the core may end a task early, e.g. after a bad Data-Out that came
+    /// in a Send). Status never rides on data over iSER (brief §1 rule 10).
+    fn respond(
+        &mut self,
+        task: TaskRef<RemoteBuffers>,
+        status: u8,
+        sense: &[u8],
+        residual: Residual,
+        numbers: SequenceNumbers,
+    ) {
+        self.forget(task.id);
+        let exp_data_sn = match self.data_in_sequences.take() {
+            Some((id, sequences)) if id == task.id => sequences,
+            _ => 0,
+        };
+        let mut data = Vec::new();
+        if !sense.is_empty() {
+            data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+            data.extend_from_slice(sense);
+        }
+        let header = Header::ScsiResponse(ScsiResponse {
+            overflow: residual.overflow,
+            underflow: residual.underflow,
+            response: 0,
+            status,
+            itt: task.itt,
+            stat_sn: numbers.stat_sn,
+            exp_cmd_sn: numbers.exp_cmd_sn,
+            max_cmd_sn: numbers.max_cmd_sn,
+            exp_data_sn,
+            residual_count: residual.count,
+        });
+        let invalidate = match task.context {
             RemoteBuffers {
                 read: Some((stag, _)),
                 write: None,
@@ -533,81 +646,97 @@ impl IserConnection {
             } if self.send_with_invalidate => Some(stag),
             _ => None,
         };
-        self.emit_send(encode_send(pdu), invalidate, ReadFence::Task(itt));
+        let pdu = Pdu::with_data(header, data);
+        self.emit_send(encode_send(&pdu), invalidate, ReadFence::Task(task.itt));
     }
 
-    /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
-    /// (never piggy-backed over iSER, brief §1 rule 10).
-    fn data_in(&mut self, h: DataIn, data: Vec<u8>, buffers: RemoteBuffers) {
-        let Some((stag, va)) = buffers.read else {
+    /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
+    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, mut data: Vec<u8>, range: Range<u32>) {
+        let Some((stag, va)) = task.context.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
-                h.itt
+                task.itt
             );
             self.core_close(CloseReason::ProtocolError(
                 "Data-In without a Read STag".into(),
             ));
             return;
         };
+        // ExpDataSN counts the sequences the data would take over TCP, as before iSER skipped
+        // the Data-In PDUs.
+        let max_burst = self.core.params().max_burst_length.max(512);
+        let len = range.end.saturating_sub(range.start);
+        self.data_in_sequences = Some((task.id, len.div_ceil(max_burst)));
+        data.truncate(range.end as usize);
+        if range.start > 0 {
+            data.drain(..(range.start as usize).min(data.len()));
+        }
         if !data.is_empty() {
             self.emit(FabricOp::RdmaWrite {
                 stag,
-                va: va.wrapping_add(u64::from(h.buffer_offset)),
+                va: va.wrapping_add(u64::from(range.start)),
                 data,
             });
         }
-        if h.status_present {
-            let response = Header::ScsiResponse(ScsiResponse {
-                overflow: h.overflow,
-                underflow: h.underflow,
-                response: 0,
-                status: h.status,
-                itt: h.itt,
-                stat_sn: h.stat_sn,
-                exp_cmd_sn: h.exp_cmd_sn,
-                max_cmd_sn: h.max_cmd_sn,
-                exp_data_sn: h.data_sn.wrapping_add(1),
-                residual_count: h.residual_count,
-            });
-            self.respond(h.itt, &Pdu::new(response), buffers);
-        }
     }
 
-    /// R2T → RDMA Read from WriteVA + (offset − immediate bytes) (brief §1 rule 8).
-    fn r2t(&mut self, h: ReadyToTransfer, buffers: RemoteBuffers) {
+    /// A write's solicited data → RDMA Reads of the whole range at once from WriteVA + (offset −
+    /// immediate bytes) (brief §1 rule 8), in pieces of at most MaxBurstLength; the driver keeps
+    /// as many in flight as the initiator's RDMA Read depth allows.
+    fn get_data(&mut self, task: TaskRef<RemoteBuffers>, immediate: Vec<u8>, range: Range<u32>) {
+        if range.is_empty() {
+            self.complete.insert(task.id, immediate);
+            return;
+        }
+        let buffers = task.context;
         let Some((stag, va)) = buffers.write else {
             log::warn!(
                 "WRITE for ITT {:#x} needs data but the initiator advertised no write buffer",
-                h.itt
+                task.itt
             );
             self.core_close(CloseReason::ProtocolError(
                 "solicited data without a Write STag".into(),
             ));
             return;
         };
-        let Some(relative) = h.buffer_offset.checked_sub(buffers.unsolicited) else {
+        let Some(relative) = range.start.checked_sub(buffers.unsolicited) else {
             self.core_close(CloseReason::ProtocolError(
-                "R2T below the solicited data".into(),
+                "solicited data below the immediate data".into(),
             ));
             return;
         };
-        let token = self.next_token;
-        self.next_token += 1;
-        self.reads.insert(
-            token,
-            PendingRead {
-                itt: h.itt,
-                ttt: h.ttt,
-                lun: h.lun,
-                offset: h.buffer_offset,
+        let mut buffer = immediate;
+        buffer.resize(range.end as usize, 0);
+        self.writes.insert(
+            task.id,
+            IserWrite {
+                buffer,
+                received: range.start,
+                landed: Vec::new(),
             },
         );
-        self.emit(FabricOp::RdmaRead {
-            token,
-            stag,
-            va: va.wrapping_add(u64::from(relative)),
-            len: h.desired_length,
-        });
+        let piece = self.core.params().max_burst_length.max(512);
+        let mut offset = range.start;
+        while offset < range.end {
+            let len = (range.end - offset).min(piece);
+            let token = self.next_token;
+            self.next_token += 1;
+            self.reads.insert(
+                token,
+                PendingRead {
+                    task: task.id,
+                    itt: task.itt,
+                    range: offset..offset + len,
+                },
+            );
+            self.emit(FabricOp::RdmaRead {
+                token,
+                stag,
+                va: va.wrapping_add(u64::from(relative + (offset - range.start))),
+                len,
+            });
+            offset += len;
+        }
     }
 }
 
@@ -615,8 +744,8 @@ impl IserConnection {
 mod tests {
     use super::*;
     use crate::iscsi::pdu::{
-        LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, TaskAttribute,
-        TaskMgmtRequest, TaskMgmtResponse,
+        DataOut, LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand,
+        TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
     };
     use crate::iscsi::text::{self, TargetPolicy};
     use crate::iscsi::TargetDescriptor;
@@ -669,6 +798,14 @@ mod tests {
             "at most 3 pad bytes (brief R-e)"
         );
         Pdu::decode(&rest[..BHS_LEN], &[], rest[BHS_LEN..BHS_LEN + dl].to_vec()).unwrap()
+    }
+
+    /// The driver's part of a finished RDMA Read: place its bytes, then report it.
+    fn complete_read(conn: &mut IserConnection, token: u64, data: Vec<u8>, now: Instant) {
+        if let Some(destination) = conn.rdma_read_destination(token) {
+            destination.copy_from_slice(&data);
+        }
+        conn.handle_rdma_read_complete(token, now);
     }
 
     fn drain(conn: &mut IserConnection) -> Vec<FabricOp> {
@@ -979,7 +1116,7 @@ mod tests {
         };
         // WriteVA already points past the 4096 immediate bytes (brief §1 rule 8).
         assert_eq!((*stag, *va, *len), (0x77, 0x9000_1000, 8192));
-        conn.handle_rdma_read_complete(*token, vec![2u8; 8192], now);
+        complete_read(&mut conn, *token, vec![2u8; 8192], now);
         let ops = drain(&mut conn);
         let [FabricOp::Execute(task)] = ops.as_slice() else {
             panic!("{ops:?}")
@@ -1021,7 +1158,7 @@ mod tests {
             drain(&mut conn).is_empty(),
             "held while the RDMA Read may still touch the buffer"
         );
-        conn.handle_rdma_read_complete(*token, vec![0; 4096], now);
+        complete_read(&mut conn, *token, vec![0; 4096], now);
         let ops = drain(&mut conn);
         let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
@@ -1084,7 +1221,7 @@ mod tests {
         assert!(drain(&mut conn).is_empty(), "TMF Response held");
         // A later WRITE's read goes out at once.
         let second = write_needing_read(&mut conn, 0x35, 101, now);
-        conn.handle_rdma_read_complete(first, vec![0; 4096], now);
+        complete_read(&mut conn, first, vec![0; 4096], now);
         let ops = drain(&mut conn);
         let headers = sent_headers(&ops);
         assert!(
@@ -1095,7 +1232,7 @@ mod tests {
             "{ops:?}"
         );
         // Nothing is held any more: the second write completes normally.
-        conn.handle_rdma_read_complete(second, vec![3; 4096], now);
+        complete_read(&mut conn, second, vec![3; 4096], now);
         let ops = drain(&mut conn);
         let [FabricOp::Execute(task)] = ops.as_slice() else {
             panic!("{ops:?}")
@@ -1145,7 +1282,7 @@ mod tests {
                 .any(|op| matches!(op, FabricOp::Send { .. } | FabricOp::Close(_))),
             "{ops:?}"
         );
-        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        complete_read(&mut conn, token, vec![0; 4096], now);
         let ops = drain(&mut conn);
         let logout_at = ops
             .iter()
@@ -1183,7 +1320,7 @@ mod tests {
             !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
             "response overtook the read: {headers:?}"
         );
-        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        complete_read(&mut conn, token, vec![0; 4096], now);
         let headers = sent_headers(&drain(&mut conn));
         assert!(
             matches!(

@@ -14,11 +14,12 @@ pub mod iser;
 mod login;
 pub mod pdu;
 mod tasks;
+pub mod tcp;
 pub mod text;
 
 pub use connection::{
-    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask,
-    TargetDescriptor, TaskId,
+    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
+    SequenceNumbers, TargetDescriptor, TaskId, TaskRef,
 };
 
 #[cfg(test)]

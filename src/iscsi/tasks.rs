@@ -18,23 +18,12 @@ use super::pdu::TaskAttribute;
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TaskState {
-    /// Waiting for (more) Data-Out.
+    /// Waiting for (more) data-out from the datamover.
     AwaitingData,
     /// All data in; waiting for its turn (task ordering).
     Ready,
     /// Handed to the backend.
     Running,
-}
-
-/// An outstanding R2T of a write.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct R2tWindow {
-    pub(super) ttt: u32,
-    pub(super) offset: u32,
-    pub(super) length: u32,
-    pub(super) received: u32,
-    /// Data-Out PDUs received for this R2T: the DataSN the next one must carry.
-    pub(super) next_data_sn: u32,
 }
 
 /// One SCSI command.
@@ -51,15 +40,10 @@ pub(super) struct Task<C> {
     pub(super) cdb: Vec<u8>,
     pub(super) attribute: TaskAttribute,
     pub(super) expected_length: u32,
-    pub(super) data_out: Vec<u8>,
     pub(super) write: bool,
-    /// Unsolicited Data-Out may still arrive (no F bit yet on the unsolicited sequence).
-    pub(super) unsolicited_open: bool,
-    /// DataSN the next unsolicited Data-Out must carry.
-    pub(super) unsolicited_data_sn: u32,
-    pub(super) next_r2t_offset: u32,
-    pub(super) r2t_sn: u32,
-    pub(super) r2ts: Vec<R2tWindow>,
+    /// Data-out bytes the datamover has brought in, in order from offset 0 (immediate data
+    /// included); the task is ready once this reaches `expected_length`.
+    pub(super) received: u32,
     /// Aborted by a TMF while running: its result is discarded.
     pub(super) aborted: bool,
 }
@@ -293,13 +277,8 @@ mod tests {
             cdb: vec![0; 16],
             attribute,
             expected_length: 0,
-            data_out: Vec::new(),
             write: false,
-            unsolicited_open: false,
-            unsolicited_data_sn: 0,
-            next_r2t_offset: 0,
-            r2t_sn: 0,
-            r2ts: Vec::new(),
+            received: 0,
             aborted: false,
         }
     }

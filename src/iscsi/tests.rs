@@ -1,5 +1,6 @@
-//! End-to-end tests of the sans-IO core: a scripted in-memory initiator drives a [`Connection`]
-//! through login and full feature phase, every PDU crossing the wire format (framing + digests).
+//! End-to-end tests of the sans-IO core and its iSCSI/TCP datamover: a scripted in-memory
+//! initiator drives a [`TcpConnection`] through login and full feature phase, every PDU crossing
+//! the wire format (framing + digests).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -11,14 +12,14 @@ use super::chap::{
     RandomUnavailable, Secret,
 };
 use super::connection::{
-    sn_lt, Action, CloseReason, Connection, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor,
-    TaskId,
+    sn_lt, CloseReason, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor, TaskId,
 };
 use super::framing::{self, FrameError, FrameSettings, PduReader};
 use super::pdu::{
     self, DataOut, Header, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, SnackRequest,
     Stage, TaskAttribute, TaskMgmtRequest, TextRequest, RESERVED_TAG,
 };
+use super::tcp::{TcpAction, TcpConnection};
 use super::text;
 use crate::scsi::ScsiOutcome;
 
@@ -132,7 +133,7 @@ fn write10(lba: u32, blocks: u16) -> Vec<u8> {
 /// number: the serial tells which command a context came with, the `Arc`'s count whether the core
 /// still holds it.
 struct Pair {
-    conn: Connection<Arc<u64>>,
+    conn: TcpConnection<Arc<u64>>,
     base: Instant,
     now: Instant,
     /// Frame settings in force (digests apply both ways; the limit is the target's receive size).
@@ -179,7 +180,7 @@ impl Pair {
         let base = Instant::now();
         let local: SocketAddr = "192.0.2.7:3260".parse().unwrap();
         Pair {
-            conn: Connection::new(Arc::new(config), Some(local), base),
+            conn: TcpConnection::new(Arc::new(config), Some(local), base),
             base,
             now: base,
             settings: FrameSettings::default(),
@@ -265,31 +266,26 @@ impl Pair {
         while let Some(action) = self.conn.poll_action() {
             assert!(self.closed.is_none(), "action {action:?} after Close");
             match action {
-                Action::Send { pdu, context } => {
-                    let bytes = framing::encode(&pdu, &self.settings);
-                    let mut reader = PduReader::new();
-                    reader.push(&bytes);
-                    let wide = FrameSettings {
-                        max_data_segment_length: 1 << 24,
-                        ..self.settings
-                    };
-                    let decoded = reader.next_pdu(&wide).unwrap().unwrap();
-                    assert_eq!(decoded, pdu, "target PDU survives the wire");
-                    assert_eq!(reader.buffered(), 0);
-                    self.check_sequence(&decoded);
-                    self.check_context(&decoded, context.as_ref());
-                    self.inbox_contexts.push_back(context.map(|c| *c));
-                    self.inbox.push_back(decoded);
+                TcpAction::Send { pdu, context } => self.receive(pdu, context),
+                TcpAction::SendDataIn {
+                    header,
+                    data,
+                    range,
+                    context,
+                } => {
+                    // The wire bytes a vectored write of header and buffer slice produces.
+                    let pdu = Pdu::with_data(header, data[range].to_vec());
+                    self.receive(pdu, Some(context));
                 }
-                Action::SetFrameSettings(s) => {
+                TcpAction::SetFrameSettings(s) => {
                     self.settings = s;
                     self.frame_settings_seen.push(s);
                 }
-                Action::BindSession(_) => {
+                TcpAction::BindSession(_) => {
                     self.bind_requests += 1;
                     self.conn.handle_session_bound(self.bind_answer);
                 }
-                Action::Execute(task) => {
+                TcpAction::Execute(task) => {
                     self.executed.push(task.clone());
                     if self.auto_complete {
                         let outcome = self.backend.run(&task);
@@ -298,10 +294,28 @@ impl Pair {
                         self.deferred.push(task);
                     }
                 }
-                Action::Reset { lun } => self.resets.push(lun),
-                Action::Close(reason) => self.closed = Some(reason),
+                TcpAction::Reset { lun } => self.resets.push(lun),
+                TcpAction::Close(reason) => self.closed = Some(reason),
             }
         }
+    }
+
+    /// One PDU the target sent, checked as it crosses the wire.
+    fn receive(&mut self, pdu: Pdu, context: Option<Arc<u64>>) {
+        let bytes = framing::encode(&pdu, &self.settings);
+        let mut reader = PduReader::new();
+        reader.push(&bytes);
+        let wide = FrameSettings {
+            max_data_segment_length: 1 << 24,
+            ..self.settings
+        };
+        let decoded = reader.next_pdu(&wide).unwrap().unwrap();
+        assert_eq!(decoded, pdu, "target PDU survives the wire");
+        assert_eq!(reader.buffered(), 0);
+        self.check_sequence(&decoded);
+        self.check_context(&decoded, context.as_ref());
+        self.inbox_contexts.push_back(context.map(|c| *c));
+        self.inbox.push_back(decoded);
     }
 
     /// StatSN goes up by one per status-bearing response (R2Ts and pings carry the next one
@@ -453,7 +467,7 @@ impl Pair {
         assert_eq!(login_status(&r), (0, 0));
         let r = self.login_step(Stage::Operational, Some(Stage::FullFeature), operational);
         assert_eq!(login_status(&r), (0, 0));
-        assert!(self.conn.is_full_feature());
+        assert!(self.conn.core().is_full_feature());
         keys_of(&r)
     }
 
@@ -713,10 +727,13 @@ fn login_security_operational_full_feature() {
             max_data_segment_length: 262_144
         }]
     );
-    assert!(pair.conn.is_full_feature());
-    assert_eq!(pair.conn.params().max_burst_length, 131_072);
+    assert!(pair.conn.core().is_full_feature());
+    assert_eq!(pair.conn.core().params().max_burst_length, 131_072);
     assert_eq!(
-        pair.conn.params().initiator_max_recv_data_segment_length,
+        pair.conn
+            .core()
+            .params()
+            .initiator_max_recv_data_segment_length,
         65_536
     );
     assert_eq!(
@@ -737,7 +754,7 @@ fn login_straight_to_operational() {
     let keys = keys_of(&r);
     assert_eq!(keys["TargetPortalGroupTag"], "1");
     assert_eq!(keys["MaxRecvDataSegmentLength"], "262144");
-    assert!(pair.conn.is_full_feature());
+    assert!(pair.conn.core().is_full_feature());
 }
 
 #[test]
@@ -1191,7 +1208,7 @@ fn immediate_commands_beyond_the_headroom_are_rejected() {
         let pdu = tur(&mut pair, itt, FIRST_CMD_SN + 16, true);
         pair.send(pdu);
     }
-    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert_eq!(pair.conn.core().running_tasks(), limit as usize);
     assert!(pair.take().is_empty());
     let pdu = tur(&mut pair, 1000, FIRST_CMD_SN + 16, true);
     pair.send(pdu);
@@ -1203,7 +1220,11 @@ fn immediate_commands_beyond_the_headroom_are_rejected() {
         "too many immediate commands"
     );
     assert_eq!(sent[0].1, None);
-    assert_eq!(pair.conn.running_tasks(), limit as usize, "no task for it");
+    assert_eq!(
+        pair.conn.core().running_tasks(),
+        limit as usize,
+        "no task for it"
+    );
     assert_eq!(
         pair.live_contexts(),
         limit as usize,
@@ -1216,7 +1237,7 @@ fn immediate_commands_beyond_the_headroom_are_rejected() {
     let pdu = tur(&mut pair, 1001, FIRST_CMD_SN + 16, true);
     pair.send(pdu);
     assert!(pair.take().is_empty());
-    assert_eq!(pair.conn.running_tasks(), limit as usize);
+    assert_eq!(pair.conn.core().running_tasks(), limit as usize);
     assert!(pair.closed.is_none());
 }
 
@@ -1322,7 +1343,7 @@ fn r2t_sequences_split_by_max_burst_with_several_outstanding() {
             ("MaxOutstandingR2T", "2"),
         ],
     );
-    assert_eq!(pair.conn.params().max_outstanding_r2t, 2);
+    assert_eq!(pair.conn.core().params().max_outstanding_r2t, 2);
     let data = pattern(16384 + 1024, 3);
     let cmd = pair.command(1, write10(0, 34), false, true, data.len() as u32);
     pair.send_command(cmd, vec![]);
@@ -1727,7 +1748,7 @@ fn ordering_with_writes_waiting_for_data_and_successive_ordered_tasks() {
     complete_marked(&mut pair, 5);
     assert_eq!(executed_marks(&pair), vec![4, 1, 2, 3, 5, 6]);
     complete_marked(&mut pair, 6);
-    assert_eq!(pair.conn.running_tasks(), 0);
+    assert_eq!(pair.conn.core().running_tasks(), 0);
     assert_eq!(pair.live_contexts(), 0);
 }
 
@@ -1748,7 +1769,7 @@ fn aborting_a_waiting_ordered_task_releases_the_tasks_behind_it() {
         vec![3, 4],
         "in arrival order, the write still waiting for its data"
     );
-    assert_eq!(pair.conn.running_tasks(), 2);
+    assert_eq!(pair.conn.core().running_tasks(), 2);
 }
 
 #[test]
@@ -1917,7 +1938,7 @@ fn task_set_tmfs_on_missing_lun_and_target_reset() {
     // A reset of LUN 1 touches neither.
     pair.tmf(LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0);
     assert_eq!(tmf_response(&pair.take_one()).response, 0);
-    assert_eq!(pair.conn.running_tasks(), 1);
+    assert_eq!(pair.conn.core().running_tasks(), 1);
     assert_eq!(pair.resets, vec![Some(1)], "the SCSI layer resets LUN 1");
     let reset_itt = pair.tmf(TARGET_WARM_RESET, 0, RESERVED_TAG, 0);
     assert_eq!(pair.resets, vec![Some(1), None], "then the whole target");
@@ -1929,7 +1950,7 @@ fn task_set_tmfs_on_missing_lun_and_target_reset() {
         (tmf_response(&r).itt, tmf_response(&r).response),
         (reset_itt, 0)
     );
-    assert_eq!(pair.conn.running_tasks(), 0);
+    assert_eq!(pair.conn.core().running_tasks(), 0);
     // Both ITTs are free: the write was dropped too.
     let cmd = pair.command(2, vec![0; 16], false, false, 0);
     pair.send_command(cmd, vec![]);
@@ -2582,7 +2603,10 @@ fn text_in_full_feature_updates_mrdsl_and_rejects_login_keys() {
         "declarative: no answer"
     );
     assert_eq!(
-        pair.conn.params().initiator_max_recv_data_segment_length,
+        pair.conn
+            .core()
+            .params()
+            .initiator_max_recv_data_segment_length,
         1024
     );
     // Data-In now comes in 1 KiB pieces.
@@ -2616,7 +2640,7 @@ fn logout_for_recovery_is_refused_and_the_session_goes_on() {
     };
     assert_eq!((h.itt, h.response), (9, 2));
     assert!(pair.closed.is_none());
-    assert!(pair.conn.is_full_feature());
+    assert!(pair.conn.core().is_full_feature());
     let logout_itt = pair.logout();
     let r = pair.take_one();
     let Header::LogoutResponse(h) = &r.header else {
@@ -2715,8 +2739,8 @@ fn first_burst_is_clamped_to_a_later_max_burst() {
     // forbids FirstBurstLength > MaxBurstLength, so the initiator's offer was already invalid.
     let mut pair = Pair::new(config());
     pair.login(&[("FirstBurstLength", "65536"), ("MaxBurstLength", "4096")]);
-    assert_eq!(pair.conn.params().max_burst_length, 4096);
-    assert_eq!(pair.conn.params().first_burst_length, 4096);
+    assert_eq!(pair.conn.core().params().max_burst_length, 4096);
+    assert_eq!(pair.conn.core().params().first_burst_length, 4096);
 }
 
 #[test]
@@ -2890,7 +2914,7 @@ impl Pair {
     fn finish_operational(&mut self) {
         let r = self.login_step(Stage::Operational, Some(Stage::FullFeature), &[]);
         assert_eq!(login_status(&r), (0, 0));
-        assert!(self.conn.is_full_feature());
+        assert!(self.conn.core().is_full_feature());
     }
 }
 
@@ -2903,7 +2927,7 @@ fn assert_refused(pair: &Pair, r: &Pdu, status: (u8, u8)) {
     assert_eq!(login_status(r), status);
     assert!(!transit(r));
     assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
-    assert!(!pair.conn.is_full_feature());
+    assert!(!pair.conn.core().is_full_feature());
     assert_eq!(pair.bind_requests, 0, "never reaches session binding");
     assert!(pair.executed.is_empty());
 }
@@ -3365,8 +3389,14 @@ fn chap_discovery_straight_from_security_to_full_feature() {
         "security keys only: {:?}",
         keys_of(&r)
     );
-    assert!(pair.conn.is_full_feature());
-    assert_eq!(pair.conn.params().target_max_recv_data_segment_length, 8192);
+    assert!(pair.conn.core().is_full_feature());
+    assert_eq!(
+        pair.conn
+            .core()
+            .params()
+            .target_max_recv_data_segment_length,
+        8192
+    );
     pair.take();
     pair.text(9, RESERVED_TAG, kv(&[("SendTargets", "All")]));
     assert!(keys_of(&pair.take_one()).contains_key("TargetName"));

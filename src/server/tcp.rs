@@ -14,6 +14,7 @@
 
 mod driver;
 mod login;
+mod outbox;
 
 use std::io;
 use std::net::TcpListener;

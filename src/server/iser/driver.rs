@@ -38,6 +38,7 @@ use crate::scsi::ScsiOutcome;
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionSet, Shared};
+use crate::stats::count_payload_copy;
 
 /// wr_id bit marking a receive; bits 32.. name the receive area, the low bits the slot.
 const WR_RECV: u64 = 1 << 62;
@@ -454,18 +455,24 @@ impl Driver {
             Kind::Read { token, len } => {
                 self.reads -= 1;
                 if wc.status == WcStatus::Success && self.ending.is_none() {
-                    let mut data = vec![0u8; len];
-                    let read = match &done.buffer {
-                        Buffer::Arena(start) => match &self.arena {
-                            Some((arena, _)) => arena.read(*start, &mut data),
-                            None => Ok(()),
-                        },
-                        Buffer::OneOff(mr) => mr.read(0, &mut data),
+                    // The one copy of write data: from the staging buffer straight into the
+                    // task's buffer (none when the task ended meanwhile).
+                    let read = match self.conn.rdma_read_destination(token) {
+                        Some(destination) if destination.len() == len => {
+                            count_payload_copy(len);
+                            match &done.buffer {
+                                Buffer::Arena(start) => match &self.arena {
+                                    Some((arena, _)) => arena.read(*start, destination),
+                                    None => Ok(()),
+                                },
+                                Buffer::OneOff(mr) => mr.read(0, destination),
+                            }
+                        }
+                        _ => Ok(()),
                     };
                     match read {
                         Ok(()) => {
-                            self.conn
-                                .handle_rdma_read_complete(token, data, Instant::now());
+                            self.conn.handle_rdma_read_complete(token, Instant::now());
                             Ok(())
                         }
                         Err(e) => Err(format!("reading RDMA Read data: {e}")),
@@ -717,6 +724,7 @@ impl Driver {
                 };
                 let (mr, offset) = self.buffer_mr(&buffer);
                 let wr_id = self.next_wr();
+                count_payload_copy(data.len());
                 let posted = mr
                     .write(offset, &data)
                     .and_then(|()| {

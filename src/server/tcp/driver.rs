@@ -1,7 +1,7 @@
 //! A logged-in TCP connection: its own thread drives the sans-IO core, a reader thread feeds it
 //! the bytes the socket delivers, the session's worker pool runs the backend I/O.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::iscsi::framing::{self, FrameSettings, PduReader};
-use crate::iscsi::{Action, CloseReason, Connection, TaskId};
+use super::outbox::Outbox;
+use crate::iscsi::framing::{FrameSettings, PduReader};
+use crate::iscsi::tcp::{TcpAction, TcpConnection};
+use crate::iscsi::{CloseReason, TaskId};
 use crate::scsi::ScsiOutcome;
 use crate::server::admission::AdmissionTicket;
 use crate::server::registry::SessionControl;
@@ -47,14 +49,14 @@ impl SessionControl for ChannelControl {
 pub(super) struct Handoff {
     pub(super) stream: TcpStream,
     pub(super) peer: SocketAddr,
-    pub(super) conn: Connection,
+    pub(super) conn: TcpConnection,
     /// Bytes received but not yet framed.
     pub(super) reader: PduReader,
     pub(super) settings: FrameSettings,
     /// Encoded PDUs the poller could not send yet; they go first.
     pub(super) unsent: Vec<u8>,
     /// The action that made the poller hand the connection over; carried out first.
-    pub(super) first: Action,
+    pub(super) first: TcpAction,
     /// The connection's place under the connection caps, held until it closes.
     pub(super) ticket: AdmissionTicket,
 }
@@ -156,7 +158,7 @@ fn spawn_reader(
 
 /// Everything one connection thread owns.
 struct Driver {
-    conn: Connection,
+    conn: TcpConnection,
     stream: TcpStream,
     peer: SocketAddr,
     settings: FrameSettings,
@@ -203,7 +205,8 @@ fn run_connection(
     if driver.shared.stopping() {
         driver.conn.handle_shutdown();
     } else {
-        let mut out = unsent;
+        let mut out = Outbox::default();
+        out.push_bytes(unsent);
         driver.perform(first, &mut out);
         driver.flush(&mut out);
         // Anything the initiator sent right behind its last Login Request.
@@ -282,7 +285,7 @@ impl Driver {
     }
 
     fn carry_out_actions(&mut self) {
-        let mut out = Vec::new();
+        let mut out = Outbox::default();
         while let Some(action) = self.conn.poll_action() {
             self.perform(action, &mut out);
             if self.closed {
@@ -294,18 +297,27 @@ impl Driver {
 
     /// Carries out one action; PDUs to send are framed into `out`, written at the latest when
     /// the frame settings change or the connection closes.
-    fn perform(&mut self, action: Action, out: &mut Vec<u8>) {
+    fn perform(&mut self, action: TcpAction, out: &mut Outbox) {
         match action {
-            Action::Send { pdu, .. } => {
+            TcpAction::Send { pdu, .. } => {
                 log::trace!("{} -> {:?}", self.peer, pdu);
-                out.extend_from_slice(&framing::encode(&pdu, &self.settings));
+                out.push_pdu(pdu, &self.settings);
             }
-            Action::SetFrameSettings(settings) => {
+            TcpAction::SendDataIn {
+                header,
+                data,
+                range,
+                ..
+            } => {
+                log::trace!("{} -> {:?} ({} bytes)", self.peer, header, range.len());
+                out.push_shared(&header, data, range, &self.settings);
+            }
+            TcpAction::SetFrameSettings(settings) => {
                 // Everything queued so far was framed with the old settings; send it first.
                 self.flush(out);
                 self.settings = settings;
             }
-            Action::BindSession(request) => {
+            TcpAction::BindSession(request) => {
                 let control = Arc::new(ChannelControl(self.events.clone()));
                 let events = self.events.clone();
                 let sink: crate::server::io::CompletionSink = Arc::new(move |id, outcome| {
@@ -314,13 +326,13 @@ impl Driver {
                 let result = self.session.bind(&self.shared, &request, control, sink);
                 self.conn.handle_session_bound(result);
             }
-            Action::Execute(task) => {
+            TcpAction::Execute(task) => {
                 if let Some((id, outcome)) = self.session.execute(task) {
                     self.conn.handle_scsi_complete(id, outcome);
                 }
             }
-            Action::Reset { lun } => self.session.reset(&self.shared, lun),
-            Action::Close(reason) => {
+            TcpAction::Reset { lun } => self.session.reset(&self.shared, lun),
+            TcpAction::Close(reason) => {
                 self.flush(out);
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {
@@ -333,15 +345,17 @@ impl Driver {
         }
     }
 
-    fn flush(&mut self, out: &mut Vec<u8>) {
-        if out.is_empty() || self.closed {
-            out.clear();
+    fn flush(&mut self, out: &mut Outbox) {
+        if out.is_empty() {
             return;
         }
-        if let Err(e) = self.stream.write_all(out) {
+        if self.closed {
+            out.write_to(&mut io::sink()).ok();
+            return;
+        }
+        if let Err(e) = out.write_to(&mut self.stream) {
             log::warn!("{}: send failed: {e}", self.peer);
             self.closed = true;
         }
-        out.clear();
     }
 }

@@ -15,7 +15,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::driver::{self, Handoff};
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
-use crate::iscsi::{Action, CloseReason, Connection, CoreConfig};
+use crate::iscsi::tcp::{TcpAction, TcpConnection};
+use crate::iscsi::{CloseReason, CoreConfig};
 use crate::server::admission::{AdmissionTicket, LogThrottle, PortalKey};
 use crate::server::Shared;
 
@@ -37,7 +38,7 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 enum Progress {
     LoggingIn,
     /// The core asked for this action, which needs a thread of the connection's own.
-    HandOff(Action),
+    HandOff(TcpAction),
     /// Closed; the reason is `Some` when it is worth reporting (not a peer that simply left,
     /// such as a port probe or a health check, nor a shutdown).
     Closed(Option<String>),
@@ -48,7 +49,7 @@ struct PendingLogin {
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-    conn: Connection,
+    conn: TcpConnection,
     reader: PduReader,
     settings: FrameSettings,
     /// Encoded PDUs the socket has not taken yet; nothing more is read until it has.
@@ -108,14 +109,14 @@ impl PendingLogin {
     fn take_actions(&mut self) {
         while let Some(action) = self.conn.poll_action() {
             match action {
-                Action::Send { pdu, .. } => {
+                TcpAction::Send { pdu, .. } => {
                     log::trace!("{} -> {:?}", self.peer, pdu);
                     self.outbox
                         .extend_from_slice(&framing::encode(&pdu, &self.settings));
                 }
                 // PDUs are framed as they are queued, so later ones simply use the new settings.
-                Action::SetFrameSettings(settings) => self.settings = settings,
-                Action::Close(reason) => {
+                TcpAction::SetFrameSettings(settings) => self.settings = settings,
+                TcpAction::Close(reason) => {
                     // A login reject is a few hundred bytes: the socket buffer takes it.
                     self.send_outbox();
                     self.progress = Progress::Closed(match reason {
@@ -405,7 +406,7 @@ impl LoginPoller {
         log::debug!("connection from {peer}");
         let local = stream.local_addr().ok();
         self.pending.push_back(PendingLogin {
-            conn: Connection::new(Arc::clone(&self.core), local, now),
+            conn: TcpConnection::new(Arc::clone(&self.core), local, now),
             stream,
             peer,
             accepted: now,

@@ -1,0 +1,532 @@
+//! The iSCSI/TCP datamover, without I/O: it wraps the core [`Connection`] and turns its
+//! data-movement actions into PDUs. [`Action::PutData`] becomes Data-In PDUs (split by the
+//! initiator's MaxRecvDataSegmentLength, sequences by MaxBurstLength), [`Action::GetData`] R2Ts
+//! (MaxBurstLength each, up to MaxOutstandingR2T at a time, more as sequences complete) and the
+//! acceptance of unsolicited Data-Out, [`Action::Respond`] a SCSI Response or the status of the
+//! last Data-In (phase collapse, RFC 7143 §11.7.4, when there is no sense data). Data-Out PDUs
+//! are checked here (TTT, offset, DataSN, length) and their data placed in the task's buffer; the
+//! core learns only which bytes arrived ([`Connection::handle_data_received`]).
+//!
+//! Outgoing Data-In PDUs carry a slice of the task's read buffer ([`TcpAction::SendDataIn`]), so
+//! the transport can write header and data with one vectored write, without copying the data.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::connection::{
+    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
+    SequenceNumbers, TaskId, TaskRef,
+};
+use super::framing::{FrameError, FrameSettings};
+use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, RESERVED_TAG};
+use crate::scsi::ScsiOutcome;
+use crate::stats::count_payload_copy;
+
+/// An effect the TCP transport must carry out, in order. `C` is the core's per-task context
+/// (see [`Connection::handle_pdu_with_context`]); TCP itself needs none and uses `()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpAction<C = ()> {
+    /// Transmit this PDU; `context` is its task's for R2Ts and SCSI Responses, `None` for
+    /// control PDUs.
+    Send { pdu: Pdu, context: Option<C> },
+    /// Transmit a Data-In PDU whose data segment is bytes `range` of `data` (a task's read
+    /// buffer, shared by all its Data-In PDUs).
+    SendDataIn {
+        header: Header,
+        data: Arc<Vec<u8>>,
+        range: Range<usize>,
+        context: C,
+    },
+    /// As [`Action::SetFrameSettings`].
+    SetFrameSettings(FrameSettings),
+    /// As [`Action::BindSession`]; answer with [`TcpConnection::handle_session_bound`].
+    BindSession(BindRequest),
+    /// As [`Action::Execute`], with the write data in `data_out`; answer with
+    /// [`TcpConnection::handle_scsi_complete`].
+    Execute(ScsiTask),
+    /// As [`Action::Reset`].
+    Reset { lun: Option<u64> },
+    /// As [`Action::Close`].
+    Close(CloseReason),
+}
+
+/// An outstanding R2T of a write.
+#[derive(Debug, Clone, Copy)]
+struct R2tWindow {
+    ttt: u32,
+    offset: u32,
+    length: u32,
+    received: u32,
+    /// Data-Out PDUs received for this R2T: the DataSN the next one must carry.
+    next_data_sn: u32,
+}
+
+/// A write whose data is still coming: its buffer and its Data-Out sequences.
+#[derive(Debug)]
+struct Write<C> {
+    id: TaskId,
+    context: C,
+    itt: u32,
+    lun: [u8; 8],
+    expected_length: u32,
+    /// The data-out so far, in order from offset 0 (its length is what arrived).
+    buffer: Vec<u8>,
+    /// End of the range the initiator may send unsolicited; `None` once that sequence ended.
+    unsolicited_end: Option<u32>,
+    /// DataSN the next unsolicited Data-Out must carry.
+    unsolicited_data_sn: u32,
+    next_r2t_offset: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tWindow>,
+}
+
+impl<C> Write<C> {
+    fn received(&self) -> u32 {
+        self.buffer.len() as u32
+    }
+}
+
+/// The last Data-In of a read, held until the task's status tells whether it carries it.
+#[derive(Debug)]
+struct LastDataIn<C> {
+    task: TaskId,
+    context: C,
+    header: DataIn,
+    data: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+/// An iSCSI/TCP connection: the core plus its TCP datamover.
+#[derive(Debug)]
+pub struct TcpConnection<C = ()> {
+    core: Connection<C>,
+    /// Writes waiting for data, by ITT (unique among the core's tasks).
+    writes: HashMap<u32, Write<C>>,
+    /// Data buffers of writes whose data is all in, until the core executes them.
+    complete: HashMap<TaskId, Vec<u8>>,
+    last_data_in: Option<LastDataIn<C>>,
+    /// Data-In PDUs sent for the read being answered: the ExpDataSN of its SCSI Response.
+    data_in_sent: u32,
+    out: VecDeque<TcpAction<C>>,
+}
+
+impl<C: Clone + Debug + Default> TcpConnection<C> {
+    /// A new connection in the login phase (see [`Connection::new`]).
+    pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
+        TcpConnection {
+            core: Connection::new(config, local_addr, now),
+            writes: HashMap::new(),
+            complete: HashMap::new(),
+            last_data_in: None,
+            data_in_sent: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The core underneath.
+    pub fn core(&self) -> &Connection<C> {
+        &self.core
+    }
+
+    /// The next effect to carry out.
+    pub fn poll_action(&mut self) -> Option<TcpAction<C>> {
+        if self.out.is_empty() {
+            self.pump();
+        }
+        self.out.pop_front()
+    }
+
+    /// When [`TcpConnection::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    /// True once the connection has nothing more to do.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// One PDU from the initiator. Data-Out for a write waiting for data is taken here; every
+    /// other PDU goes to the core.
+    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+        self.handle_pdu_with_context(pdu, now, C::default());
+    }
+
+    /// One PDU with the transport's context for it (see
+    /// [`Connection::handle_pdu_with_context`]).
+    pub fn handle_pdu_with_context(&mut self, pdu: Pdu, now: Instant, context: C) {
+        self.pump();
+        match &pdu.header {
+            Header::DataOut(h)
+                if self.core.is_full_feature() && self.writes.contains_key(&h.itt) =>
+            {
+                let h = h.clone();
+                self.core.record_activity(now);
+                self.handle_data_out(h, pdu);
+            }
+            _ => self.core.handle_pdu_with_context(pdu, now, context),
+        }
+        self.pump();
+    }
+
+    /// A framing problem (see [`Connection::handle_frame_error`]).
+    pub fn handle_frame_error(&mut self, error: FrameError, now: Instant) {
+        self.core.handle_frame_error(error, now);
+        self.pump();
+    }
+
+    /// Answer to [`TcpAction::BindSession`].
+    pub fn handle_session_bound(&mut self, result: Result<u16, LoginStatus>) {
+        self.core.handle_session_bound(result);
+        self.pump();
+    }
+
+    /// Answer to [`TcpAction::Execute`].
+    pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
+        self.core.handle_scsi_complete(id, outcome);
+        self.pump();
+    }
+
+    /// Timers (see [`Connection::handle_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Server stop or session reinstatement (see [`Connection::handle_shutdown`]).
+    pub fn handle_shutdown(&mut self) {
+        self.core.handle_shutdown();
+        self.pump();
+    }
+
+    /// Translates the core's actions into PDUs and transport effects.
+    fn pump(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            if !matches!(action, Action::Respond { .. }) {
+                self.flush_last_data_in();
+            }
+            match action {
+                Action::Send(pdu) => self.out.push_back(TcpAction::Send { pdu, context: None }),
+                Action::PutData {
+                    task,
+                    data,
+                    range,
+                    numbers,
+                } => self.put_data(task, data, range, numbers),
+                Action::GetData {
+                    task,
+                    immediate,
+                    range,
+                    unsolicited_end,
+                    numbers,
+                } => self.get_data(task, immediate, range, unsolicited_end, numbers),
+                Action::Respond {
+                    task,
+                    status,
+                    sense,
+                    residual,
+                    numbers,
+                } => self.respond(task, status, sense, residual, numbers),
+                Action::Release(task) => self.forget(&task),
+                Action::SetFrameSettings(s) => self.out.push_back(TcpAction::SetFrameSettings(s)),
+                Action::BindSession(r) => self.out.push_back(TcpAction::BindSession(r)),
+                Action::Execute(mut task) => {
+                    if let Some(buffer) = self.complete.remove(&task.id) {
+                        task.data_out = buffer;
+                    }
+                    self.out.push_back(TcpAction::Execute(task));
+                }
+                Action::Reset { lun } => self.out.push_back(TcpAction::Reset { lun }),
+                Action::Close(reason) => self.out.push_back(TcpAction::Close(reason)),
+            }
+        }
+    }
+
+    fn flush_last_data_in(&mut self) {
+        if let Some(last) = self.last_data_in.take() {
+            self.out.push_back(TcpAction::SendDataIn {
+                header: Header::DataIn(last.header),
+                data: last.data,
+                range: last.range,
+                context: last.context,
+            });
+        }
+    }
+
+    /// Data-In PDUs for `range` of the task's read data; the last one is held for the status.
+    fn put_data(
+        &mut self,
+        task: TaskRef<C>,
+        data: Vec<u8>,
+        range: Range<u32>,
+        numbers: SequenceNumbers,
+    ) {
+        let params = self.core.params();
+        let max_pdu = params.initiator_max_recv_data_segment_length.max(512) as usize;
+        let max_burst = params.max_burst_length.max(512) as usize;
+        let data = Arc::new(data);
+        let (start, end) = (range.start as usize, (range.end as usize).min(data.len()));
+        let mut offset = start;
+        let mut data_sn = 0u32;
+        let mut burst_used = 0usize;
+        while offset < end {
+            let len = (end - offset).min(max_pdu).min(max_burst - burst_used);
+            let last = offset + len == end;
+            burst_used += len;
+            let end_of_burst = last || burst_used == max_burst;
+            if end_of_burst {
+                burst_used = 0;
+            }
+            let header = DataIn {
+                final_flag: end_of_burst,
+                lun: task.lun,
+                itt: task.itt,
+                ttt: RESERVED_TAG,
+                exp_cmd_sn: numbers.exp_cmd_sn,
+                max_cmd_sn: numbers.max_cmd_sn,
+                data_sn,
+                buffer_offset: offset as u32,
+                ..DataIn::default()
+            };
+            let piece = offset..offset + len;
+            if last {
+                self.last_data_in = Some(LastDataIn {
+                    task: task.id,
+                    context: task.context.clone(),
+                    header,
+                    data: Arc::clone(&data),
+                    range: piece,
+                });
+            } else {
+                self.out.push_back(TcpAction::SendDataIn {
+                    header: Header::DataIn(header),
+                    data: Arc::clone(&data),
+                    range: piece,
+                    context: task.context.clone(),
+                });
+            }
+            data_sn += 1;
+            offset += len;
+        }
+        self.data_in_sent = data_sn;
+    }
+
+    /// The status of a task: in its last Data-In when there is no sense data, else a SCSI
+    /// Response (sense data behind its 2-byte length, RFC 7143 §11.4.7).
+    fn respond(
+        &mut self,
+        task: TaskRef<C>,
+        status: u8,
+        sense: Vec<u8>,
+        residual: Residual,
+        numbers: SequenceNumbers,
+    ) {
+        self.forget(&task);
+        let exp_data_sn = match &self.last_data_in {
+            Some(last) if last.task == task.id => std::mem::take(&mut self.data_in_sent),
+            _ => {
+                self.flush_last_data_in();
+                0
+            }
+        };
+        if sense.is_empty() {
+            if let Some(mut last) = self.last_data_in.take() {
+                last.header.status_present = true;
+                last.header.status = status;
+                last.header.overflow = residual.overflow;
+                last.header.underflow = residual.underflow;
+                last.header.residual_count = residual.count;
+                last.header.stat_sn = numbers.stat_sn;
+                last.header.exp_cmd_sn = numbers.exp_cmd_sn;
+                last.header.max_cmd_sn = numbers.max_cmd_sn;
+                self.last_data_in = Some(last);
+                self.flush_last_data_in();
+                return;
+            }
+        }
+        self.flush_last_data_in();
+        let mut data = Vec::new();
+        if !sense.is_empty() {
+            data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+            data.extend_from_slice(&sense);
+        }
+        let header = Header::ScsiResponse(ScsiResponse {
+            overflow: residual.overflow,
+            underflow: residual.underflow,
+            response: 0,
+            status,
+            itt: task.itt,
+            stat_sn: numbers.stat_sn,
+            exp_cmd_sn: numbers.exp_cmd_sn,
+            max_cmd_sn: numbers.max_cmd_sn,
+            exp_data_sn,
+            residual_count: residual.count,
+        });
+        self.out.push_back(TcpAction::Send {
+            pdu: Pdu::with_data(header, data),
+            context: Some(task.context),
+        });
+    }
+
+    /// Drops what the datamover holds for a task that ended.
+    fn forget(&mut self, task: &TaskRef<C>) {
+        if self.writes.get(&task.itt).is_some_and(|w| w.id == task.id) {
+            self.writes.remove(&task.itt);
+        }
+        self.complete.remove(&task.id);
+    }
+
+    /// A write: its buffer starts with the immediate data; unsolicited Data-Out may follow, the
+    /// rest is solicited with R2Ts.
+    fn get_data(
+        &mut self,
+        task: TaskRef<C>,
+        immediate: Vec<u8>,
+        range: Range<u32>,
+        unsolicited_end: u32,
+        numbers: SequenceNumbers,
+    ) {
+        let mut buffer = immediate;
+        if range.is_empty() {
+            self.complete.insert(task.id, buffer);
+            return;
+        }
+        buffer.reserve_exact((range.end as usize).saturating_sub(buffer.len()));
+        let write = Write {
+            id: task.id,
+            context: task.context,
+            itt: task.itt,
+            lun: task.lun,
+            expected_length: range.end,
+            buffer,
+            unsolicited_end: (unsolicited_end > range.start).then_some(unsolicited_end),
+            unsolicited_data_sn: 0,
+            next_r2t_offset: range.start,
+            r2t_sn: 0,
+            r2ts: Vec::new(),
+        };
+        self.writes.insert(task.itt, write);
+        self.solicit(task.itt, numbers);
+    }
+
+    /// Issues R2Ts for the data still unasked for, up to MaxOutstandingR2T at a time.
+    fn solicit(&mut self, itt: u32, numbers: SequenceNumbers) {
+        let max_outstanding = self.core.params().max_outstanding_r2t as usize;
+        let max_burst = self.core.params().max_burst_length;
+        loop {
+            let Some(write) = self.writes.get_mut(&itt) else {
+                return;
+            };
+            if write.unsolicited_end.is_some()
+                || write.r2ts.len() >= max_outstanding
+                || write.next_r2t_offset >= write.expected_length
+            {
+                return;
+            }
+            let offset = write.next_r2t_offset;
+            let length = (write.expected_length - offset).min(max_burst);
+            let ttt = self.core.take_target_transfer_tag();
+            write.next_r2t_offset += length;
+            write.r2ts.push(R2tWindow {
+                ttt,
+                offset,
+                length,
+                received: 0,
+                next_data_sn: 0,
+            });
+            let header = Header::ReadyToTransfer(ReadyToTransfer {
+                lun: write.lun,
+                itt: write.itt,
+                ttt,
+                // R2T carries the current StatSN without advancing it.
+                stat_sn: numbers.stat_sn,
+                exp_cmd_sn: numbers.exp_cmd_sn,
+                max_cmd_sn: numbers.max_cmd_sn,
+                r2t_sn: write.r2t_sn,
+                buffer_offset: offset,
+                desired_length: length,
+            });
+            write.r2t_sn += 1;
+            let context = Some(write.context.clone());
+            self.out.push_back(TcpAction::Send {
+                pdu: Pdu::new(header),
+                context,
+            });
+        }
+    }
+
+    fn handle_data_out(&mut self, h: DataOut, pdu: Pdu) {
+        let first_burst = self.core.params().first_burst_length;
+        let write = self.writes.get_mut(&h.itt).expect("checked by the caller");
+        let len = pdu.data.len() as u32;
+        let offset = h.buffer_offset;
+        let in_order = offset == write.received();
+        let end = offset.checked_add(len);
+        // DataSN counts the PDUs of each sequence from 0 (RFC 7143 §11.7.5).
+        let valid = if h.ttt == RESERVED_TAG {
+            let ok = write.unsolicited_end.is_some()
+                && in_order
+                && h.data_sn == write.unsolicited_data_sn
+                && end.is_some_and(|e| e <= write.expected_length.min(first_burst));
+            if ok {
+                write.unsolicited_data_sn += 1;
+            }
+            ok
+        } else if let Some(window) = write.r2ts.iter_mut().find(|w| w.ttt == h.ttt) {
+            let ok = in_order
+                && h.data_sn == window.next_data_sn
+                && offset >= window.offset
+                && end.is_some_and(|e| e <= window.offset + window.length);
+            if ok {
+                window.received += len;
+                window.next_data_sn += 1;
+            }
+            ok
+        } else {
+            false
+        };
+        if !valid {
+            log::warn!(
+                "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x} DataSN {}",
+                h.itt,
+                h.ttt,
+                h.data_sn
+            );
+            let id = write.id;
+            self.core.handle_data_phase_error(id, &pdu.encode_header());
+            return;
+        }
+        write.buffer.extend_from_slice(&pdu.data);
+        count_payload_copy(pdu.data.len());
+        if h.ttt == RESERVED_TAG {
+            // Solicited data starts where the unsolicited data stopped.
+            write.next_r2t_offset = write.received();
+            if h.final_flag {
+                write.unsolicited_end = None;
+            }
+        } else if h.final_flag {
+            // The R2T's sequence is over, whether or not it delivered everything asked for.
+            if let Some(pos) = write.r2ts.iter().position(|w| w.ttt == h.ttt) {
+                let window = write.r2ts.remove(pos);
+                if window.received < window.length {
+                    // Short sequence: ask again for the rest from where the data stopped.
+                    write.next_r2t_offset = write.received();
+                }
+            }
+        }
+        let id = write.id;
+        let received = write.received();
+        if received >= write.expected_length {
+            let write = self.writes.remove(&h.itt).expect("found above");
+            self.complete.insert(id, write.buffer);
+        }
+        self.core.handle_data_received(id, offset..offset + len);
+        self.pump();
+        let numbers = self.core.sequence_numbers();
+        self.solicit(h.itt, numbers);
+    }
+}

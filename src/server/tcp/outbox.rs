@@ -1,0 +1,170 @@
+//! PDUs framed for the socket but not written yet, kept as pieces (framing bytes, a control PDU's
+//! data, a slice of a task's read buffer) and written with vectored writes, so no data segment
+//! is ever copied into a frame on its way out.
+
+use std::io::{self, IoSlice, Write};
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::iscsi::framing::{frame_parts, FrameSettings};
+use crate::iscsi::pdu::{Header, Pdu};
+
+/// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024).
+const MAX_IOVECS: usize = 1024;
+
+/// One contiguous piece of the byte stream.
+enum Piece {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Owned(bytes) => bytes,
+            Piece::Shared(buffer, range) => &buffer[range.clone()],
+        }
+    }
+}
+
+/// Framed PDUs waiting to be written, in order.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pieces: Vec<Piece>,
+    /// Bytes of `pieces[0]` already written.
+    written: usize,
+}
+
+impl Outbox {
+    pub(super) fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Queues a PDU; its data segment is moved in, not copied.
+    pub(super) fn push_pdu(&mut self, pdu: Pdu, settings: &FrameSettings) {
+        let parts = frame_parts(&pdu.header, &pdu.data, settings);
+        let tail = parts.tail().to_vec();
+        self.push(Piece::Owned(parts.head));
+        self.push(Piece::Owned(pdu.data));
+        self.push(Piece::Owned(tail));
+    }
+
+    /// Queues a PDU whose data segment is bytes `range` of `buffer`.
+    pub(super) fn push_shared(
+        &mut self,
+        header: &Header,
+        buffer: Arc<Vec<u8>>,
+        range: Range<usize>,
+        settings: &FrameSettings,
+    ) {
+        let parts = frame_parts(header, &buffer[range.clone()], settings);
+        let tail = parts.tail().to_vec();
+        self.push(Piece::Owned(parts.head));
+        self.push(Piece::Shared(buffer, range));
+        self.push(Piece::Owned(tail));
+    }
+
+    /// Queues raw stream bytes (PDUs framed before the connection got its own thread).
+    pub(super) fn push_bytes(&mut self, bytes: Vec<u8>) {
+        self.push(Piece::Owned(bytes));
+    }
+
+    fn push(&mut self, piece: Piece) {
+        if !piece.bytes().is_empty() {
+            self.pieces.push(piece);
+        }
+    }
+
+    /// Writes everything queued (blocking), then forgets it; on error the rest is dropped.
+    pub(super) fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let result = self.write_all(out);
+        self.pieces.clear();
+        self.written = 0;
+        result
+    }
+
+    fn write_all(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let mut first = 0;
+        while first < self.pieces.len() {
+            let end = (first + MAX_IOVECS).min(self.pieces.len());
+            let slices: Vec<IoSlice<'_>> = self.pieces[first..end]
+                .iter()
+                .enumerate()
+                .map(|(i, piece)| {
+                    let bytes = piece.bytes();
+                    IoSlice::new(if i == 0 {
+                        &bytes[self.written..]
+                    } else {
+                        bytes
+                    })
+                })
+                .collect();
+            let mut n = match out.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            // Skip what went out: whole pieces, then part of the next.
+            while n > 0 {
+                let left = self.pieces[first].bytes().len() - self.written;
+                if n >= left {
+                    n -= left;
+                    first += 1;
+                    self.written = 0;
+                } else {
+                    self.written += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::framing;
+    use crate::iscsi::pdu::{DataIn, NopIn};
+
+    /// A writer that takes at most a few bytes per call, to exercise partial vectored writes.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_vectored_writes_produce_the_encoded_stream() {
+        let settings = FrameSettings {
+            header_digest: true,
+            data_digest: true,
+            max_data_segment_length: 8192,
+        };
+        let nop = Pdu::with_data(Header::NopIn(NopIn::default()), b"ping!".to_vec());
+        let buffer = Arc::new((0..=255u8).collect::<Vec<u8>>());
+        let data_in = Header::DataIn(DataIn {
+            buffer_offset: 10,
+            ..DataIn::default()
+        });
+        let mut outbox = Outbox::default();
+        outbox.push_pdu(nop.clone(), &settings);
+        outbox.push_shared(&data_in, Arc::clone(&buffer), 10..111, &settings);
+        let mut wire = Trickle(Vec::new());
+        outbox.write_to(&mut wire).unwrap();
+        assert!(outbox.is_empty());
+        let mut expected = framing::encode(&nop, &settings);
+        let slice = Pdu::with_data(data_in, buffer[10..111].to_vec());
+        expected.extend_from_slice(&framing::encode(&slice, &settings));
+        assert_eq!(wire.0, expected);
+    }
+}
