@@ -4,6 +4,8 @@
 //!
 //! [`PduReader`] is sans-IO: the transport pushes whatever bytes it read, and pulls whole PDUs.
 
+use std::collections::VecDeque;
+
 use super::pdu::{self, DecodeError, Pdu, BHS_LEN};
 use crate::stats::count_payload_copy;
 
@@ -60,9 +62,36 @@ pub fn digest(bytes: &[u8]) -> [u8; 4] {
 }
 
 /// Accumulates stream bytes and yields complete PDUs.
+///
+/// The bytes are kept in the chunks they arrived in ([`PduReader::push_owned`] takes a read
+/// buffer without copying it), and a data segment is copied once, out of the chunks into where
+/// it belongs: a new `Vec` for [`PduReader::next_pdu`], or a buffer of the caller's choosing for
+/// [`PduReader::take_data_into`] (a write task's buffer).
 #[derive(Debug, Default)]
 pub struct PduReader {
-    buffer: Vec<u8>,
+    /// Received bytes, oldest first; each with whether it was copied in by [`PduReader::push`].
+    chunks: VecDeque<(Vec<u8>, bool)>,
+    /// Bytes of the front chunk already consumed.
+    front_offset: usize,
+    /// Bytes buffered and not consumed.
+    len: usize,
+}
+
+/// The header of the next PDU, all of whose bytes have arrived; its data is still in the reader
+/// and must be taken with [`PduReader::take_data_into`] or [`PduReader::take_pdu`].
+#[derive(Debug)]
+pub struct Frame {
+    /// BHS and AHS as received.
+    pub raw_header: Vec<u8>,
+    /// The decoded header, or why it does not decode.
+    pub header: Result<pdu::Header, DecodeError>,
+    /// Length of the data segment (without padding).
+    pub data_len: usize,
+    /// Stream bytes between the header and the data (the header digest).
+    data_start: usize,
+    /// Stream bytes of the whole PDU.
+    total: usize,
+    data_digest: bool,
 }
 
 impl PduReader {
@@ -71,24 +100,82 @@ impl PduReader {
         Self::default()
     }
 
-    /// Appends bytes read from the transport.
+    /// Appends bytes read from the transport (copying them).
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.chunks.push_back((bytes.to_vec(), true));
+        }
+    }
+
+    /// Appends a buffer the transport read into, without copying it.
+    pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.chunks.push_back((bytes, false));
+        }
     }
 
     /// Bytes buffered but not yet consumed.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.len
     }
 
-    /// Takes the next complete PDU, if all its bytes have arrived.
-    pub fn next_pdu(&mut self, settings: &FrameSettings) -> Result<Option<Pdu>, FrameError> {
-        if self.buffer.len() < BHS_LEN {
+    /// Calls `f` with the buffered bytes `start..start + len` (relative to the first unconsumed
+    /// byte), piece by piece, each with whether it was copied in by `push`.
+    fn for_each_piece(&self, start: usize, len: usize, mut f: impl FnMut(&[u8], bool)) {
+        let mut skip = start + self.front_offset;
+        let mut left = len;
+        for (chunk, copied) in &self.chunks {
+            if left == 0 {
+                return;
+            }
+            if skip >= chunk.len() {
+                skip -= chunk.len();
+                continue;
+            }
+            let piece = &chunk[skip..chunk.len().min(skip + left)];
+            skip = 0;
+            left -= piece.len();
+            f(piece, *copied);
+        }
+    }
+
+    /// Copies buffered bytes `start..start + out.len()` into `out` (headers and digests).
+    fn copy_out(&self, start: usize, out: &mut [u8]) {
+        let mut at = 0;
+        self.for_each_piece(start, out.len(), |piece, _| {
+            out[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        });
+    }
+
+    /// Drops the first `n` buffered bytes.
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("n <= len").0.len() - self.front_offset;
+            if n >= front {
+                n -= front;
+                self.chunks.pop_front();
+                self.front_offset = 0;
+            } else {
+                self.front_offset += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// The header of the next PDU, once all of its bytes have arrived. A header digest mismatch
+    /// or an oversized data segment is fatal ([`FrameError::is_fatal`]).
+    pub fn next_frame(&self, settings: &FrameSettings) -> Result<Option<Frame>, FrameError> {
+        if self.len < BHS_LEN {
             return Ok(None);
         }
-        let bhs = &self.buffer[..BHS_LEN];
-        let ahs_len = pdu::total_ahs_length(bhs).expect("buffer holds a BHS");
-        let data_len = pdu::data_segment_length(bhs).expect("buffer holds a BHS");
+        let mut bhs = [0u8; BHS_LEN];
+        self.copy_out(0, &mut bhs);
+        let ahs_len = pdu::total_ahs_length(&bhs).expect("a whole BHS");
+        let data_len = pdu::data_segment_length(&bhs).expect("a whole BHS");
         if data_len > settings.max_data_segment_length {
             return Err(FrameError::DataTooLong {
                 length: data_len,
@@ -99,35 +186,80 @@ impl PduReader {
         let hd = if settings.header_digest { 4 } else { 0 };
         let data_start = header_end + hd;
         let padded = data_len as usize + pdu::padding(data_len as usize);
-        let dd = if settings.data_digest && data_len > 0 {
-            4
-        } else {
-            0
-        };
-        let total = data_start + padded + dd;
-        if self.buffer.len() < total {
+        let data_digest = settings.data_digest && data_len > 0;
+        let total = data_start + padded + if data_digest { 4 } else { 0 };
+        if self.len < total {
             return Ok(None);
         }
-        // The data segment was copied once into `buffer` by `push`, and is copied twice more
-        // here: out of `buffer` with the frame, then out of the frame into the PDU.
-        count_payload_copy(data_len as usize);
-        let frame: Vec<u8> = self.buffer.drain(..total).collect();
-        count_payload_copy(data_len as usize);
-        if settings.header_digest && frame[header_end..data_start] != digest(&frame[..header_end]) {
+        let mut raw_header = vec![0u8; data_start];
+        self.copy_out(0, &mut raw_header);
+        if settings.header_digest && raw_header[header_end..] != digest(&raw_header[..header_end]) {
             return Err(FrameError::HeaderDigest);
         }
-        let header = frame[..header_end].to_vec();
-        if dd != 0 {
-            let padded_data = &frame[data_start..data_start + padded];
-            if frame[data_start + padded..total] != digest(padded_data) {
-                return Err(FrameError::DataDigest { header });
+        raw_header.truncate(header_end);
+        let header = pdu::Header::decode(&raw_header[..BHS_LEN], &raw_header[BHS_LEN..]);
+        Ok(Some(Frame {
+            raw_header,
+            header,
+            data_len: data_len as usize,
+            data_start,
+            total,
+            data_digest,
+        }))
+    }
+
+    /// Consumes `frame` (from [`PduReader::next_frame`]), appending its data segment to `out`:
+    /// the one copy of those bytes. On a data digest mismatch `out` is left as it was.
+    pub fn take_data_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let before = out.len();
+        let mut crc = 0u32;
+        let mut copied_in = false;
+        self.for_each_piece(frame.data_start, frame.data_len, |piece, copied| {
+            out.extend_from_slice(piece);
+            crc = crc32c::crc32c_append(crc, piece);
+            copied_in |= copied;
+        });
+        count_payload_copy(frame.data_len);
+        if copied_in {
+            // `push` copied these bytes once already.
+            count_payload_copy(frame.data_len);
+        }
+        if frame.data_digest {
+            let pad = pdu::padding(frame.data_len);
+            let mut trailer = [0u8; 7];
+            self.copy_out(frame.data_start + frame.data_len, &mut trailer[..pad + 4]);
+            crc = crc32c::crc32c_append(crc, &trailer[..pad]);
+            if trailer[pad..pad + 4] != crc.to_le_bytes() {
+                out.truncate(before);
+                self.consume(frame.total);
+                return Err(FrameError::DataDigest {
+                    header: frame.raw_header.clone(),
+                });
             }
         }
-        let data = frame[data_start..data_start + data_len as usize].to_vec();
-        count_payload_copy(data.len());
-        Pdu::decode(&header[..BHS_LEN], &header[BHS_LEN..], data)
-            .map(Some)
-            .map_err(|error| FrameError::Malformed { header, error })
+        self.consume(frame.total);
+        Ok(())
+    }
+
+    /// Consumes `frame` as a whole PDU, its data in a new `Vec`.
+    pub fn take_pdu(&mut self, frame: Frame) -> Result<Pdu, FrameError> {
+        let mut data = Vec::with_capacity(frame.data_len);
+        self.take_data_into(&frame, &mut data)?;
+        match frame.header {
+            Ok(header) => Ok(Pdu { header, data }),
+            Err(error) => Err(FrameError::Malformed {
+                header: frame.raw_header,
+                error,
+            }),
+        }
+    }
+
+    /// Takes the next complete PDU, if all its bytes have arrived.
+    pub fn next_pdu(&mut self, settings: &FrameSettings) -> Result<Option<Pdu>, FrameError> {
+        match self.next_frame(settings)? {
+            Some(frame) => self.take_pdu(frame).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -255,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn a_data_segment_is_copied_four_times_across_the_wire_format() {
+    fn a_data_segment_is_copied_once_out_of_the_reader() {
         use crate::stats::{thread_payload_copies, CopyCounts};
         let settings = FrameSettings::default();
         let pdu = Pdu::with_data(
@@ -271,12 +403,26 @@ mod tests {
         let mut reader = PduReader::new();
         reader.push(&bytes);
         assert_eq!(reader.next_pdu(&settings).unwrap(), Some(pdu));
-        // encode; then push, the frame drained out of the buffer, the data cut out of the frame.
+        // encode; then push, and the data copied out of the reader's chunks.
         assert_eq!(
             thread_payload_copies() - before,
             CopyCounts {
-                copies: 4,
-                bytes: 4 * 4096
+                copies: 3,
+                bytes: 3 * 4096
+            }
+        );
+        // A buffer the transport read into is not copied again: the data is copied once.
+        let before = thread_payload_copies();
+        reader.push_owned(bytes);
+        let frame = reader.next_frame(&settings).unwrap().unwrap();
+        let mut task_buffer = vec![1u8; 10];
+        reader.take_data_into(&frame, &mut task_buffer).unwrap();
+        assert_eq!(&task_buffer[10..], &[0x5a; 4096][..]);
+        assert_eq!(
+            thread_payload_copies() - before,
+            CopyCounts {
+                copies: 1,
+                bytes: 4096
             }
         );
     }

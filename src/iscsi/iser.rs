@@ -21,6 +21,7 @@ use super::connection::{
 };
 use super::pdu::{self, Header, Pdu, ScsiResponse, Stage, BHS_LEN};
 use crate::scsi::ScsiOutcome;
+use crate::stats::count_payload_copy;
 
 /// Length of the iSER control-type header in front of every PDU.
 pub const ISER_HEADER_LEN: usize = 28;
@@ -319,6 +320,8 @@ impl IserConnection {
                 ISER_HEADER_LEN + data_end
             ));
         }
+        // Immediate data (and text) is copied once, out of the receive buffer.
+        count_payload_copy(data_len);
         let pdu = match Pdu::decode(
             &rest[..BHS_LEN],
             &rest[BHS_LEN..data_start],
@@ -1123,6 +1126,69 @@ mod tests {
         };
         assert_eq!(&task.data_out[..4096], &[1u8; 4096][..]);
         assert_eq!(&task.data_out[4096..], &[2u8; 8192][..]);
+    }
+
+    /// The adapter itself copies no read data (it moves into the RDMA Write) and no RDMA Read
+    /// data (the driver places it straight into the task's buffer); only immediate data is
+    /// copied, once, out of the receive buffer. With the driver's one copy through the staging
+    /// arena, each byte of a READ or WRITE is copied once.
+    #[test]
+    fn the_adapter_copies_only_immediate_data() {
+        use crate::stats::{thread_payload_copies, CopyCounts};
+        let (mut conn, now) = logged_in(false);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
+            write_stag: 0x77,
+            write_va: 0x9000_1000,
+            read_stag: 0x78,
+            read_va: 0x7000_0000,
+        };
+        let mut cmd = command(0x22, 100, false, true, 3 * 4096, 0x2a);
+        cmd.final_flag = true;
+        let send = send_bytes(
+            iser,
+            &Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]),
+        );
+        let before = thread_payload_copies();
+        conn.handle_receive(&send, now);
+        let ops = drain(&mut conn);
+        let [FabricOp::RdmaRead { token, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        complete_read(&mut conn, *token, vec![2u8; 8192], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let id = task.id;
+        let read = Pdu::new(Header::ScsiCommand(command(
+            0x23, 101, true, false, 8192, 0x28,
+        )));
+        conn.handle_receive(&send_bytes(iser, &read), now);
+        conn.handle_scsi_complete(id, ScsiOutcome::good());
+        let ops = drain(&mut conn);
+        let Some(FabricOp::Execute(read_task)) =
+            ops.iter().find(|op| matches!(op, FabricOp::Execute(_)))
+        else {
+            panic!("{ops:?}")
+        };
+        conn.handle_scsi_complete(
+            read_task.id,
+            ScsiOutcome {
+                data_in: vec![3; 8192],
+                ..ScsiOutcome::good()
+            },
+        );
+        assert!(drain(&mut conn)
+            .iter()
+            .any(|op| matches!(op, FabricOp::RdmaWrite { data, .. } if data.len() == 8192)));
+        assert_eq!(
+            thread_payload_copies() - before,
+            CopyCounts {
+                copies: 1,
+                bytes: 4096
+            }
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
     SequenceNumbers, TaskId, TaskRef,
 };
-use super::framing::{FrameError, FrameSettings};
+use super::framing::{Frame, FrameError, FrameSettings, PduReader};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, RESERVED_TAG};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
@@ -459,40 +459,65 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         }
     }
 
+    /// Takes the PDU whose header `reader` framed as `frame` out of it and handles it: the data
+    /// of a Data-Out a write is waiting for is copied from the received bytes straight into the
+    /// task's buffer (the one copy on receive); any other PDU is taken whole, with `context`
+    /// (see [`TcpConnection::handle_pdu_with_context`]). Framing errors go to the core.
+    pub fn receive_frame(
+        &mut self,
+        reader: &mut PduReader,
+        frame: Frame,
+        now: Instant,
+        context: C,
+    ) {
+        if let Ok(Header::DataOut(h)) = &frame.header {
+            if let Some(buffer) = self.data_out_buffer(h, frame.data_len) {
+                let h = h.clone();
+                match reader.take_data_into(&frame, buffer) {
+                    Ok(()) => self.handle_placed_data_out(h, frame.data_len, now),
+                    Err(error) => self.handle_frame_error(error, now),
+                }
+                return;
+            }
+        }
+        match reader.take_pdu(frame) {
+            Ok(pdu) => self.handle_pdu_with_context(pdu, now, context),
+            Err(error) => self.handle_frame_error(error, now),
+        }
+    }
+
+    /// Where the data of a Data-Out goes when the transport has not read it yet: `Some(buffer)`
+    /// when it is valid data of a write waiting for data, and its `len` bytes must be appended
+    /// to `buffer` (the task's buffer; the one copy of those bytes on receive), after which
+    /// [`TcpConnection::handle_placed_data_out`] reports it. `None`: read the PDU whole and hand
+    /// it to [`TcpConnection::handle_pdu`].
+    pub fn data_out_buffer(&mut self, h: &DataOut, len: usize) -> Option<&mut Vec<u8>> {
+        if !self.core.is_full_feature() {
+            return None;
+        }
+        let first_burst = self.core.params().first_burst_length;
+        let write = self.writes.get_mut(&h.itt)?;
+        let len = u32::try_from(len).ok()?;
+        data_out_fits(write, h, len, first_burst).then_some(&mut write.buffer)
+    }
+
+    /// The data of a Data-Out that [`TcpConnection::data_out_buffer`] accepted is in place.
+    pub fn handle_placed_data_out(&mut self, h: DataOut, len: usize, now: Instant) {
+        self.pump();
+        self.core.record_activity(now);
+        self.data_out_placed(h, len as u32);
+        self.pump();
+    }
+
     fn handle_data_out(&mut self, h: DataOut, pdu: Pdu) {
         let first_burst = self.core.params().first_burst_length;
         let write = self.writes.get_mut(&h.itt).expect("checked by the caller");
         let len = pdu.data.len() as u32;
-        let offset = h.buffer_offset;
-        let in_order = offset == write.received();
-        let end = offset.checked_add(len);
-        // DataSN counts the PDUs of each sequence from 0 (RFC 7143 §11.7.5).
-        let valid = if h.ttt == RESERVED_TAG {
-            let ok = write.unsolicited_end.is_some()
-                && in_order
-                && h.data_sn == write.unsolicited_data_sn
-                && end.is_some_and(|e| e <= write.expected_length.min(first_burst));
-            if ok {
-                write.unsolicited_data_sn += 1;
-            }
-            ok
-        } else if let Some(window) = write.r2ts.iter_mut().find(|w| w.ttt == h.ttt) {
-            let ok = in_order
-                && h.data_sn == window.next_data_sn
-                && offset >= window.offset
-                && end.is_some_and(|e| e <= window.offset + window.length);
-            if ok {
-                window.received += len;
-                window.next_data_sn += 1;
-            }
-            ok
-        } else {
-            false
-        };
-        if !valid {
+        if !data_out_fits(write, &h, len, first_burst) {
             log::warn!(
-                "invalid Data-Out for ITT {:#x}: offset {offset} length {len} TTT {:#x} DataSN {}",
+                "invalid Data-Out for ITT {:#x}: offset {} length {len} TTT {:#x} DataSN {}",
                 h.itt,
+                h.buffer_offset,
                 h.ttt,
                 h.data_sn
             );
@@ -502,15 +527,29 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         }
         write.buffer.extend_from_slice(&pdu.data);
         count_payload_copy(pdu.data.len());
+        self.data_out_placed(h, len);
+    }
+
+    /// Books a valid Data-Out whose `len` bytes are in the task's buffer: its sequence, the
+    /// core's count of data in, and further R2Ts.
+    fn data_out_placed(&mut self, h: DataOut, len: u32) {
+        let Some(write) = self.writes.get_mut(&h.itt) else {
+            return;
+        };
+        let offset = h.buffer_offset;
         if h.ttt == RESERVED_TAG {
+            write.unsolicited_data_sn += 1;
             // Solicited data starts where the unsolicited data stopped.
             write.next_r2t_offset = write.received();
             if h.final_flag {
                 write.unsolicited_end = None;
             }
-        } else if h.final_flag {
-            // The R2T's sequence is over, whether or not it delivered everything asked for.
-            if let Some(pos) = write.r2ts.iter().position(|w| w.ttt == h.ttt) {
+        } else if let Some(pos) = write.r2ts.iter().position(|w| w.ttt == h.ttt) {
+            let window = &mut write.r2ts[pos];
+            window.received += len;
+            window.next_data_sn += 1;
+            if h.final_flag {
+                // The R2T's sequence is over, whether or not it delivered everything asked for.
                 let window = write.r2ts.remove(pos);
                 if window.received < window.length {
                     // Short sequence: ask again for the rest from where the data stopped.
@@ -519,8 +558,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
             }
         }
         let id = write.id;
-        let received = write.received();
-        if received >= write.expected_length {
+        if write.received() >= write.expected_length {
             let write = self.writes.remove(&h.itt).expect("found above");
             self.complete.insert(id, write.buffer);
         }
@@ -528,5 +566,27 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         self.pump();
         let numbers = self.core.sequence_numbers();
         self.solicit(h.itt, numbers);
+    }
+}
+
+/// Whether a Data-Out of `len` bytes continues `write`'s data as its sequences allow: in order,
+/// with the DataSN its sequence expects (counted from 0 per sequence, RFC 7143 §11.7.5), inside
+/// the unsolicited range (FirstBurstLength) or the R2T its TTT names.
+fn data_out_fits<C>(write: &Write<C>, h: &DataOut, len: u32, first_burst: u32) -> bool {
+    let offset = h.buffer_offset;
+    let in_order = offset == write.received();
+    let end = offset.checked_add(len);
+    if h.ttt == RESERVED_TAG {
+        write.unsolicited_end.is_some()
+            && in_order
+            && h.data_sn == write.unsolicited_data_sn
+            && end.is_some_and(|e| e <= write.expected_length.min(first_burst))
+    } else if let Some(window) = write.r2ts.iter().find(|w| w.ttt == h.ttt) {
+        in_order
+            && h.data_sn == window.next_data_sn
+            && offset >= window.offset
+            && end.is_some_and(|e| e <= window.offset + window.length)
+    } else {
+        false
     }
 }

@@ -22,6 +22,7 @@ use super::pdu::{
 use super::tcp::{TcpAction, TcpConnection};
 use super::text;
 use crate::scsi::ScsiOutcome;
+use crate::stats::{thread_payload_copies, CopyCounts};
 
 const TARGET: &str = "iqn.2026-01.test:disk";
 const SECRET_TARGET: &str = "iqn.2026-01.test:secret";
@@ -173,6 +174,9 @@ struct Pair {
     ended_contexts: HashSet<u64>,
     /// Context of each PDU in `inbox`.
     inbox_contexts: VecDeque<Option<u64>>,
+    /// Payload copies the harness made itself (encoding the initiator's PDUs, checking the
+    /// target's on the wire), to tell the target's own apart.
+    harness_copies: CopyCounts,
 }
 
 impl Pair {
@@ -205,19 +209,20 @@ impl Pair {
             command_contexts: HashMap::new(),
             ended_contexts: HashSet::new(),
             inbox_contexts: VecDeque::new(),
+            harness_copies: CopyCounts::default(),
         }
     }
 
-    /// Hands one decoded PDU to the target with a fresh context.
-    fn deliver(&mut self, pdu: Pdu) {
+    /// A fresh context for a PDU with this header.
+    fn fresh_context(&mut self, header: Option<&Header>) -> Arc<u64> {
         let serial = self.next_context;
         self.next_context += 1;
-        if let Header::ScsiCommand(h) = &pdu.header {
+        if let Some(Header::ScsiCommand(h)) = header {
             self.command_contexts.insert(serial, h.itt);
         }
         let context = Arc::new(serial);
         self.contexts.push(Arc::downgrade(&context));
-        self.conn.handle_pdu_with_context(pdu, self.now, context);
+        context
     }
 
     /// Contexts the target still holds.
@@ -302,6 +307,7 @@ impl Pair {
 
     /// One PDU the target sent, checked as it crosses the wire.
     fn receive(&mut self, pdu: Pdu, context: Option<Arc<u64>>) {
+        let copies = thread_payload_copies();
         let bytes = framing::encode(&pdu, &self.settings);
         let mut reader = PduReader::new();
         reader.push(&bytes);
@@ -316,6 +322,7 @@ impl Pair {
         self.check_context(&decoded, context.as_ref());
         self.inbox_contexts.push_back(context.map(|c| *c));
         self.inbox.push_back(decoded);
+        self.harness_copies = self.harness_copies + (thread_payload_copies() - copies);
     }
 
     /// StatSN goes up by one per status-bearing response (R2Ts and pings carry the next one
@@ -351,27 +358,30 @@ impl Pair {
 
     /// Sends one PDU from the initiator over the wire.
     fn send(&mut self, pdu: Pdu) {
+        let copies = thread_payload_copies();
         let bytes = framing::encode(&pdu, &self.settings);
-        let mut reader = PduReader::new();
-        reader.push(&bytes);
-        match reader.next_pdu(&self.settings) {
-            Ok(Some(decoded)) => {
-                assert_eq!(decoded, pdu);
-                self.deliver(decoded);
-            }
-            Ok(None) => unreachable!("whole PDU pushed"),
-            Err(e) => self.conn.handle_frame_error(e, self.now),
-        }
-        self.pump();
+        self.harness_copies = self.harness_copies + (thread_payload_copies() - copies);
+        self.receive_stream(bytes);
     }
 
     /// Feeds raw bytes as a stream, as a transport would.
     fn send_bytes(&mut self, bytes: &[u8]) {
+        self.receive_stream(bytes.to_vec());
+    }
+
+    /// The target's side of a socket read: the buffer is handed over whole, framed, and each PDU
+    /// taken out of it by the datamover, as the TCP driver does (Data-Out data straight into its
+    /// task's buffer).
+    fn receive_stream(&mut self, bytes: Vec<u8>) {
         let mut reader = PduReader::new();
-        reader.push(bytes);
+        reader.push_owned(bytes);
         loop {
-            match reader.next_pdu(&self.settings) {
-                Ok(Some(p)) => self.deliver(p),
+            match reader.next_frame(&self.settings) {
+                Ok(Some(frame)) => {
+                    let context = self.fresh_context(frame.header.as_ref().ok());
+                    self.conn
+                        .receive_frame(&mut reader, frame, self.now, context);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let fatal = e.is_fatal();
@@ -1262,6 +1272,52 @@ fn read_back(pair: &mut Pair, lba: u32, blocks: u16) -> Vec<u8> {
         assert!(data_in(&p).itt == itt);
     }
     out
+}
+
+/// Payload copies the target makes while `f` runs, the harness's own left out.
+fn target_copies(pair: &mut Pair, f: impl FnOnce(&mut Pair)) -> CopyCounts {
+    let harness = pair.harness_copies;
+    let before = thread_payload_copies();
+    f(pair);
+    (thread_payload_copies() - before) - (pair.harness_copies - harness)
+}
+
+/// What the iSCSI/TCP transport (core, datamover, framing; the test backend copies nothing it
+/// counts) copies per command: a READ nothing, its Data-In PDUs going out as slices of the read
+/// buffer; a WRITE each byte once, from the received bytes into the task's buffer, whether it
+/// came as immediate data or in Data-Out PDUs.
+#[test]
+fn tcp_transport_copies_reads_never_and_writes_once() {
+    let mut pair = logged_in(&[
+        ("ImmediateData", "Yes"),
+        ("MaxBurstLength", "8192"),
+        ("MaxRecvDataSegmentLength", "4096"),
+    ]);
+    let data = pattern(16384, 3);
+    let write = target_copies(&mut pair, |pair| {
+        let cmd = pair.command(1, write10(0, 32), false, true, 16384);
+        pair.send_command(cmd, data[..4096].to_vec());
+        let first = r2t(&pair.take_one()).clone();
+        assert_eq!((first.buffer_offset, first.desired_length), (4096, 8192));
+        pair.data_out(1, first.ttt, 4096, data[4096..8192].to_vec(), false);
+        pair.data_out(1, first.ttt, 8192, data[8192..12288].to_vec(), true);
+        let second = r2t(&pair.take_one()).clone();
+        assert_eq!((second.buffer_offset, second.desired_length), (12288, 4096));
+        pair.data_out(1, second.ttt, 12288, data[12288..].to_vec(), true);
+        assert_eq!(scsi_response(&pair.take_one()).status, 0);
+    });
+    assert_eq!(pair.executed[0].data_out, data);
+    assert_eq!(
+        write,
+        CopyCounts {
+            copies: 4,
+            bytes: 16384
+        }
+    );
+    let mut back = Vec::new();
+    let read = target_copies(&mut pair, |pair| back = read_back(pair, 0, 32));
+    assert_eq!(back, data);
+    assert_eq!(read, CopyCounts::default());
 }
 
 #[test]
@@ -2478,16 +2534,18 @@ fn random_pdus_never_panic_or_write_without_a_command() {
             pair.auto_complete = rng.chance(60);
             let bytes = random_wire_bytes(&mut rng, &pair);
             let mut reader = PduReader::new();
-            reader.push(&bytes);
+            reader.push_owned(bytes);
             loop {
-                match reader.next_pdu(&pair.settings) {
-                    Ok(Some(p)) => {
-                        if let Header::ScsiCommand(h) = &p.header {
+                match reader.next_frame(&pair.settings) {
+                    Ok(Some(frame)) => {
+                        if let Ok(Header::ScsiCommand(h)) = &frame.header {
                             if h.write {
                                 write_commands.push((h.itt, h.cdb.clone(), h.expected_data_length));
                             }
                         }
-                        pair.deliver(p);
+                        let context = pair.fresh_context(frame.header.as_ref().ok());
+                        pair.conn
+                            .receive_frame(&mut reader, frame, pair.now, context);
                     }
                     Ok(None) => break,
                     Err(e) => {

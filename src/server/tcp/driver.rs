@@ -23,6 +23,9 @@ use crate::server::{ConnectionSet, Shared};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes one read may take from the socket.
 const READ_CHUNK: usize = 256 * 1024;
+/// Smallest buffer a read is given: the buffer follows the size of recent reads, so a connection
+/// with small PDUs does not zero a large buffer per read.
+const MIN_READ_CHUNK: usize = 16 * 1024;
 /// Bytes read but not yet taken by the connection thread beyond which the reader stops reading.
 const BACKLOG_LIMIT: usize = 16 * READ_CHUNK;
 
@@ -133,8 +136,11 @@ fn spawn_reader(
     std::thread::Builder::new()
         .name("conn-reader".into())
         .spawn(move || {
-            let mut buf = vec![0u8; READ_CHUNK];
+            // Each read gets a buffer of its own that is handed over whole: the bytes are not
+            // copied on their way to the connection thread.
+            let mut size = READ_CHUNK;
             while backlog.wait_for_room() {
+                let mut buf = vec![0u8; size];
                 match stream.read(&mut buf) {
                     Ok(0) => {
                         let _ = events.send(Event::ReadClosed(None));
@@ -142,7 +148,13 @@ fn spawn_reader(
                     }
                     Ok(n) => {
                         backlog.add(n);
-                        if events.send(Event::Bytes(buf[..n].to_vec())).is_err() {
+                        buf.truncate(n);
+                        size = if n == size {
+                            (size * 2).min(READ_CHUNK)
+                        } else {
+                            (n * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
+                        };
+                        if events.send(Event::Bytes(buf)).is_err() {
                             return;
                         }
                     }
@@ -245,7 +257,7 @@ impl Driver {
                 None => self.conn.handle_timeout(now),
                 Some(Event::Bytes(bytes)) => {
                     self.backlog.take(bytes.len());
-                    self.reader.push(&bytes);
+                    self.reader.push_owned(bytes);
                     self.consume_pdus(now);
                 }
                 Some(Event::ReadClosed(error)) => {
@@ -269,17 +281,23 @@ impl Driver {
     }
 
     /// Decodes every complete PDU buffered, applying the core's actions after each one so frame
-    /// settings change exactly after the final Login Response.
+    /// settings change exactly after the final Login Response. The data of a Data-Out the
+    /// datamover expects is copied from the received bytes straight into its task's buffer.
     fn consume_pdus(&mut self, now: Instant) {
         while !self.closed {
-            match self.reader.next_pdu(&self.settings) {
-                Ok(Some(pdu)) => {
-                    log::trace!("{} <- {:?}", self.peer, pdu);
-                    self.conn.handle_pdu(pdu, now);
-                }
+            let frame = match self.reader.next_frame(&self.settings) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return,
-                Err(error) => self.conn.handle_frame_error(error, now),
+                Err(error) => {
+                    self.conn.handle_frame_error(error, now);
+                    self.carry_out_actions();
+                    continue;
+                }
+            };
+            if let Ok(header) = &frame.header {
+                log::trace!("{} <- {header:?}", self.peer);
             }
+            self.conn.receive_frame(&mut self.reader, frame, now, ());
             self.carry_out_actions();
         }
     }
