@@ -1,5 +1,5 @@
 //! The in-memory pair: the target's side of the wire in the benchmark's own thread. Bytes from the
-//! initiator go through a `PduReader` into `iscsi::tcp::TcpConnection` (the core and its TCP
+//! initiator go, a read buffer at a time, through a `PduReader` into `iscsi::tcp::TcpConnection` (the core and its TCP
 //! datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs go
 //! out framed as the server's vectored writes frame them (`framing::frame_parts` around the data
 //! where it lies; joining them here stands for the kernel's copy into the socket). Time,
@@ -128,10 +128,14 @@ impl Wire for PairTarget {
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
         for piece in bytes.chunks(CHUNK) {
-            self.reader.push(piece);
+            // The socket read into a buffer of its own (the kernel's copy, not counted).
+            self.reader.push_owned(piece.to_vec());
             loop {
-                match self.reader.next_pdu(&self.settings) {
-                    Ok(Some(pdu)) => self.conn.handle_pdu(pdu, self.now),
+                match self.reader.next_frame(&self.settings) {
+                    Ok(Some(frame)) => {
+                        self.conn
+                            .receive_frame(&mut self.reader, frame, self.now, ())
+                    }
                     Ok(None) => break,
                     Err(error) => panic!("the initiator's framing is broken: {error}"),
                 }

@@ -46,8 +46,8 @@ pub use device::{list_devices, DeviceInfo, GidInfo, GidType, LinkLayer, PortInfo
 pub use error::{Error, Result};
 pub use verbs::{
     Access, AsyncEvent, AsyncEventKind, CompletionChannel, CompletionQueue, CreateQpError,
-    DeviceAttrs, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, VerbsContext, WcOpcode,
-    WcStatus, WorkCompletion,
+    DeviceAttrs, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, SendOp, SendWr, VerbsContext,
+    WcOpcode, WcStatus, WorkCompletion,
 };
 
 use std::sync::atomic::{AtomicUsize, Ordering};

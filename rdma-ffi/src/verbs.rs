@@ -873,6 +873,42 @@ impl From<CreateQpError> for Error {
     }
 }
 
+/// What one WR of [`QueuePair::post_send_list`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOp {
+    /// A Send, or a Send-with-Invalidate of the peer's rkey `invalidate`.
+    Send {
+        /// The peer's rkey to invalidate, if any.
+        invalidate: Option<u32>,
+    },
+    /// An RDMA Write to the peer's `remote_addr`/`rkey`.
+    RdmaWrite {
+        /// Address in the peer's memory.
+        remote_addr: u64,
+        /// The peer's rkey of that memory.
+        rkey: u32,
+    },
+}
+
+/// One WR of a chained [`QueuePair::post_send_list`]: `len` bytes at
+/// `offset` of `mr`.
+#[derive(Debug, Clone, Copy)]
+pub struct SendWr<'a> {
+    /// The caller's id, reported in the completion.
+    pub wr_id: u64,
+    /// What the WR does.
+    pub op: SendOp,
+    /// The local memory the bytes are in (or, for a Send, come from).
+    pub mr: &'a Arc<MemoryRegion>,
+    /// Where in `mr`.
+    pub offset: usize,
+    /// How many bytes.
+    pub len: usize,
+    /// Whether the WR produces a completion of its own; an unsignaled one is
+    /// retired by the next signaled completion of the send queue.
+    pub signaled: bool,
+}
+
 /// An RC queue pair created on a [`CmId`] with `rdma_create_qp`; it owns the
 /// id. Dropping it: `rdma_disconnect` (errors ignored), QP to ERROR, drain
 /// (bounded), `rdma_destroy_qp`, release MR references (or leak them if the
@@ -1062,6 +1098,75 @@ impl QueuePair {
             t.send.pop_back();
         }
         check_ibv("ibv_post_send", r)
+    }
+
+    /// Post several send-queue WRs as one linked list in a single
+    /// `ibv_post_send`, in order. Typically RDMA Writes unsignaled followed by
+    /// a signaled Send: the Send's completion retires the Writes before it
+    /// (RC completes a send queue in order). On failure the WRs before the
+    /// one the provider refused were posted and stay tracked; the error says
+    /// how many.
+    pub fn post_send_list(&self, wrs: &[SendWr<'_>]) -> Result<()> {
+        for wr in wrs {
+            self.check_open(wr.wr_id)?;
+        }
+        let mut sges = Vec::with_capacity(wrs.len());
+        for wr in wrs {
+            sges.push(wr.mr.sge(wr.offset, wr.len)?);
+        }
+        // SAFETY: plain data (unions of integers/pointers); zero is valid.
+        let mut raw: Vec<ibv_send_wr> = wrs.iter().map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (i, wr) in wrs.iter().enumerate() {
+            let r = &mut raw[i];
+            r.wr_id = wr.wr_id;
+            r.sg_list = &mut sges[i];
+            r.num_sge = if wr.len > 0 { 1 } else { 0 };
+            r.send_flags = if wr.signaled { 2 } else { 0 }; // IBV_SEND_SIGNALED
+            match wr.op {
+                SendOp::Send { invalidate: None } => r.opcode = ibv_wr_opcode::IBV_WR_SEND,
+                SendOp::Send {
+                    invalidate: Some(rkey),
+                } => {
+                    r.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
+                    r.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
+                }
+                SendOp::RdmaWrite { remote_addr, rkey } => {
+                    r.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                    r.wr.rdma = rdma_t { remote_addr, rkey };
+                }
+            }
+        }
+        for i in 1..raw.len() {
+            let next: *mut ibv_send_wr = &mut raw[i];
+            raw[i - 1].next = next;
+        }
+        if raw.is_empty() {
+            return Ok(());
+        }
+        let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
+        let mut t = lock(&self.tracker);
+        for wr in wrs {
+            t.send.push_back(Pending {
+                wr_id: wr.wr_id,
+                marker: false,
+                hold: Some(wr.mr.clone()),
+            });
+        }
+        // SAFETY: valid QP; the WR list, its links and SGEs live in `raw` and
+        // `sges` across the call; every MR stays registered while the tracker
+        // holds its Arc.
+        let r = unsafe { ibv_post_send(self.qp(), raw.as_mut_ptr(), &mut bad) };
+        if r != 0 {
+            // The WRs from the refused one on were not posted.
+            let refused = raw.iter().position(|wr| std::ptr::eq(wr, bad)).unwrap_or(0);
+            for _ in refused..raw.len() {
+                t.send.pop_back();
+            }
+            return check_ibv("ibv_post_send (list)", r).map_err(|e| {
+                Error::Invalid(format!("{e} ({refused} of {} WRs posted)", raw.len()))
+            });
+        }
+        Ok(())
     }
 
     /// Post a Send (or Send-with-Invalidate of `invalidate`) of `len` bytes at

@@ -61,6 +61,11 @@ pub fn digest(bytes: &[u8]) -> [u8; 4] {
     crc32c::crc32c(bytes).to_le_bytes()
 }
 
+/// A received buffer shorter than this is appended to the previous chunk.
+const SMALL_CHUNK: usize = 512;
+/// Small buffers are appended to a chunk until it holds this many bytes.
+const COALESCED_CHUNK: usize = 64 * 1024;
+
 /// Accumulates stream bytes and yields complete PDUs.
 ///
 /// The bytes are kept in the chunks they arrived in ([`PduReader::push_owned`] takes a read
@@ -108,8 +113,19 @@ impl PduReader {
         }
     }
 
-    /// Appends a buffer the transport read into, without copying it.
+    /// Appends a buffer the transport read into, without copying it. A small one is appended to
+    /// the last chunk instead, so bytes that trickle in one by one cost no chunk each.
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.len() < SMALL_CHUNK {
+            if let Some((last, copied)) = self.chunks.back_mut() {
+                if last.len() < COALESCED_CHUNK {
+                    self.len += bytes.len();
+                    last.extend_from_slice(&bytes);
+                    *copied = true;
+                    return;
+                }
+            }
+        }
         if !bytes.is_empty() {
             self.len += bytes.len();
             self.chunks.push_back((bytes, false));
@@ -208,7 +224,8 @@ impl PduReader {
         }))
     }
 
-    /// Consumes `frame` (from [`PduReader::next_frame`]), appending its data segment to `out`:
+    /// Consumes `frame` (the one [`PduReader::next_frame`] just returned, nothing taken since),
+    /// appending its data segment to `out`:
     /// the one copy of those bytes. On a data digest mismatch `out` is left as it was.
     pub fn take_data_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let before = out.len();
@@ -340,6 +357,26 @@ mod tests {
             }),
             b"SendTargets=All\0".to_vec(),
         )
+    }
+
+    /// Bytes handed over one at a time (a peer trickling its PDUs) are gathered into few chunks.
+    #[test]
+    fn trickled_buffers_are_coalesced() {
+        let settings = FrameSettings::default();
+        let mut big = sample();
+        big.data = vec![7; 6000];
+        let bytes = [encode(&big, &settings), encode(&sample(), &settings)].concat();
+        let mut reader = PduReader::new();
+        let mut got = Vec::new();
+        for b in bytes {
+            reader.push_owned(vec![b]);
+            assert!(reader.chunks.len() <= 1, "{} chunks", reader.chunks.len());
+            while let Some(p) = reader.next_pdu(&settings).unwrap() {
+                got.push(p);
+            }
+        }
+        assert_eq!(got, vec![big, sample()]);
+        assert_eq!(reader.buffered(), 0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
     Access, AsyncEventKind, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion,
-    ProtectionDomain, QueuePair, WcStatus, WorkCompletion,
+    ProtectionDomain, QueuePair, SendOp, SendWr, WcStatus, WorkCompletion,
 };
 
 use super::ring::Ring;
@@ -444,6 +444,16 @@ impl Driver {
             log::warn!("{}: completion for unknown wr_id {}", self.peer, wc.wr_id);
             return;
         };
+        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response)
+        // completed with it: a send queue completes in posting order.
+        for _ in 0..pos {
+            if let Some(earlier) = self.inflight.pop_front() {
+                if let Buffer::Arena(start) = earlier.buffer {
+                    self.free_staged(start);
+                }
+            }
+        }
+        let pos = 0;
         let Some(done) = self.inflight.remove(pos) else {
             return;
         };
@@ -622,6 +632,21 @@ impl Driver {
             let Some(op) = self.pending.pop_front() else {
                 return;
             };
+            if matches!(op, FabricOp::RdmaWrite { .. })
+                && matches!(self.pending.ops.front(), Some(FabricOp::Send { .. }))
+            {
+                // READ data and the Send behind it (its response, as a rule) go as one chain.
+                let send = self.pending.pop_front().expect("peeked");
+                match self.post_write_and_send(op, send) {
+                    Ok(None) => continue,
+                    Ok(Some((write, send))) => {
+                        self.pending.push_front(send);
+                        self.pending.push_front(write);
+                        return;
+                    }
+                    Err(e) => return self.fail(e),
+                }
+            }
             match self.post(op) {
                 Ok((Posted::Yes, _)) => {}
                 Ok((Posted::Later, Some(op))) => {
@@ -773,6 +798,94 @@ impl Driver {
                 unreachable!("handled in pump")
             }
         }
+    }
+
+    /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
+    /// the Send signaled: its completion retires the Write too (RC completes a send queue in
+    /// order). Hands both back when they do not fit yet.
+    fn post_write_and_send(
+        &mut self,
+        write: FabricOp,
+        send: FabricOp,
+    ) -> Result<Option<(FabricOp, FabricOp)>, String> {
+        let (FabricOp::RdmaWrite { stag, va, data }, FabricOp::Send { bytes, invalidate }) =
+            (&write, &send)
+        else {
+            unreachable!("called with an RDMA Write and a Send")
+        };
+        if data.is_empty() || self.inflight.len() + 2 > self.res.max_send_wr {
+            return if data.is_empty() {
+                self.pending.push_front(send);
+                Ok(None)
+            } else {
+                Ok(Some((write, send)))
+            };
+        }
+        let Some(write_buffer) = self.stage(data.len())? else {
+            return Ok(Some((write, send)));
+        };
+        let send_buffer = match self.stage(bytes.len()) {
+            Ok(Some(buffer)) => buffer,
+            Ok(None) => {
+                self.unstage(&write_buffer);
+                return Ok(Some((write, send)));
+            }
+            Err(e) => {
+                self.unstage(&write_buffer);
+                return Err(e);
+            }
+        };
+        let (write_mr, write_offset) = self.buffer_mr(&write_buffer);
+        let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
+        let write_wr = self.next_wr();
+        let send_wr = self.next_wr();
+        count_payload_copy(data.len());
+        let posted = write_mr
+            .write(write_offset, data)
+            .and_then(|()| send_mr.write(send_offset, bytes))
+            .and_then(|()| {
+                self.res.qp.post_send_list(&[
+                    SendWr {
+                        wr_id: write_wr,
+                        op: SendOp::RdmaWrite {
+                            remote_addr: *va,
+                            rkey: *stag,
+                        },
+                        mr: &write_mr,
+                        offset: write_offset,
+                        len: data.len(),
+                        signaled: false,
+                    },
+                    SendWr {
+                        wr_id: send_wr,
+                        op: SendOp::Send {
+                            invalidate: *invalidate,
+                        },
+                        mr: &send_mr,
+                        offset: send_offset,
+                        len: bytes.len(),
+                        signaled: true,
+                    },
+                ])
+            })
+            .map_err(|e| format!("posting an RDMA Write and a Send: {e}"));
+        if let Err(e) = posted {
+            // A refused list leaves the connection failing; the staged bytes go with it.
+            self.unstage(&send_buffer);
+            self.unstage(&write_buffer);
+            return Err(e);
+        }
+        self.inflight.push_back(InFlight {
+            wr_id: write_wr,
+            buffer: write_buffer,
+            kind: Kind::Write,
+        });
+        self.inflight.push_back(InFlight {
+            wr_id: send_wr,
+            buffer: send_buffer,
+            kind: Kind::Send,
+        });
+        Ok(None)
     }
 
     fn next_wr(&mut self) -> u64 {

@@ -149,6 +149,11 @@ fn spawn_reader(
                     Ok(n) => {
                         backlog.add(n);
                         buf.truncate(n);
+                        if n * 4 < buf.capacity() {
+                            // Mostly empty: give the rest back, so a peer that trickles bytes
+                            // cannot make each of them hold a whole buffer.
+                            buf.shrink_to_fit();
+                        }
                         size = if n == size {
                             (size * 2).min(READ_CHUNK)
                         } else {
