@@ -1191,6 +1191,50 @@ mod tests {
         );
     }
 
+    /// A WRITE larger than MaxBurstLength is fetched with all its RDMA Reads at once, no round
+    /// trip through the core per burst; pieces landing out of order are reported in order.
+    #[test]
+    fn a_large_write_is_fetched_with_all_its_reads_at_once() {
+        let (mut conn, now) = logged_in(false);
+        let burst = 512 * 1024;
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: 0x55,
+            write_va: 0x10_0000,
+            ..IserHeader::default()
+        };
+        let cmd = command(0x40, 100, false, true, 3 * burst, 0x2a);
+        conn.handle_receive(&send_bytes(iser, &Pdu::new(Header::ScsiCommand(cmd))), now);
+        let ops = drain(&mut conn);
+        let reads: Vec<(u64, u64, u32)> = ops
+            .iter()
+            .map(|op| match op {
+                FabricOp::RdmaRead { token, va, len, .. } => (*token, *va, *len),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            reads.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(),
+            vec![
+                (0x10_0000, burst),
+                (0x10_0000 + u64::from(burst), burst),
+                (0x10_0000 + 2 * u64::from(burst), burst)
+            ]
+        );
+        complete_read(&mut conn, reads[1].0, vec![2; burst as usize], now);
+        complete_read(&mut conn, reads[2].0, vec![3; burst as usize], now);
+        assert!(drain(&mut conn).is_empty(), "the first piece is still out");
+        complete_read(&mut conn, reads[0].0, vec![1; burst as usize], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let b = burst as usize;
+        assert!(task.data_out[..b].iter().all(|&x| x == 1));
+        assert!(task.data_out[b..2 * b].iter().all(|&x| x == 2));
+        assert!(task.data_out[2 * b..].iter().all(|&x| x == 3));
+    }
+
     #[test]
     fn tmf_response_waits_for_rdma_reads_in_flight() {
         let (mut conn, now) = logged_in(false);
