@@ -38,8 +38,14 @@ fn batched_writes_reads_and_datasync() {
     let file = open(&path, 0).unwrap();
     let mut ring: Ring<u32> = Ring::new(8).unwrap();
     for i in 0..4u32 {
-        ring.push_write(i, Arc::clone(&file), u64::from(i) * 4096, vec![i as u8 + 1; 4096], i == 3)
-            .unwrap();
+        ring.push_write(
+            i,
+            Arc::clone(&file),
+            u64::from(i) * 4096,
+            vec![i as u8 + 1; 4096],
+            i == 3,
+        )
+        .unwrap();
     }
     assert_eq!(ring.in_flight(), 4);
     let done = collect(&mut ring, 4);
@@ -49,7 +55,13 @@ fn batched_writes_reads_and_datasync() {
     }
     ring.push_datasync(10, Arc::clone(&file)).unwrap();
     for i in 0..4u32 {
-        ring.push_read(20 + i, Arc::clone(&file), u64::from(i) * 4096, vec![0; 4096]).unwrap();
+        ring.push_read(
+            20 + i,
+            Arc::clone(&file),
+            u64::from(i) * 4096,
+            vec![0; 4096],
+        )
+        .unwrap();
     }
     let done = collect(&mut ring, 5);
     for c in done {
@@ -76,10 +88,14 @@ fn full_ring_hands_the_operation_back() {
     let path = scratch("full.img", 1 << 16);
     let file = open(&path, 0).unwrap();
     let mut ring: Ring<u32> = Ring::new(2).unwrap();
-    ring.push_read(1, Arc::clone(&file), 0, vec![0; 512]).unwrap();
-    ring.push_read(2, Arc::clone(&file), 512, vec![0; 512]).unwrap();
+    ring.push_read(1, Arc::clone(&file), 0, vec![0; 512])
+        .unwrap();
+    ring.push_read(2, Arc::clone(&file), 512, vec![0; 512])
+        .unwrap();
     assert!(ring.is_full());
-    let refused = ring.push_read(3, Arc::clone(&file), 0, vec![7; 100]).unwrap_err();
+    let refused = ring
+        .push_read(3, Arc::clone(&file), 0, vec![7; 100])
+        .unwrap_err();
     assert_eq!(refused.token, 3);
     assert_eq!(refused.buf.unwrap(), vec![7; 100]);
     collect(&mut ring, 2);
@@ -94,12 +110,14 @@ fn read_past_end_is_an_error_and_errors_carry_errno() {
     let file = open(&path, 0).unwrap();
     let mut ring: Ring<u32> = Ring::new(4).unwrap();
     // 1000 bytes exist: the first read returns them short, the continuation reads 0 bytes.
-    ring.push_read(1, Arc::clone(&file), 0, vec![0; 4096]).unwrap();
+    ring.push_read(1, Arc::clone(&file), 0, vec![0; 4096])
+        .unwrap();
     let c = collect(&mut ring, 1).pop().unwrap();
     assert_eq!(c.result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     // Writing through a read-only descriptor fails with EBADF.
     let read_only = Arc::new(File::open(&path).unwrap());
-    ring.push_write(2, read_only, 0, vec![1; 10], false).unwrap();
+    ring.push_write(2, read_only, 0, vec![1; 10], false)
+        .unwrap();
     let c = collect(&mut ring, 1).pop().unwrap();
     assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::EBADF));
     assert_eq!(c.buf.unwrap(), vec![1; 10]);
@@ -137,7 +155,11 @@ impl Aligned {
     fn new(len: usize, fill: u8) -> Self {
         let storage = vec![fill; len + 4096];
         let start = (4096 - storage.as_ptr() as usize % 4096) % 4096;
-        Aligned { storage, start, len }
+        Aligned {
+            storage,
+            start,
+            len,
+        }
     }
     fn bytes(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
@@ -166,20 +188,26 @@ fn o_direct_round_trip_or_the_expected_refusal() {
         Err(e) => {
             // Only a file system without O_DIRECT support may refuse, and it does so at open
             // with EINVAL (tmpfs before Linux 6.6, overlay on some lower layers).
-            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "unexpected refusal: {e}");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EINVAL),
+                "unexpected refusal: {e}"
+            );
             eprintln!("O_DIRECT refused by /var/tmp's file system; round trip skipped");
             return;
         }
     };
     let mut ring: Ring<u8, Aligned> = Ring::new(4).unwrap();
-    ring.push_write(1, Arc::clone(&file), 8192, Aligned::new(8192, 0x5A), true).unwrap();
+    ring.push_write(1, Arc::clone(&file), 8192, Aligned::new(8192, 0x5A), true)
+        .unwrap();
     let mut out = Vec::new();
     while out.is_empty() {
         ring.wait().unwrap();
         ring.reap(&mut out);
     }
     assert_eq!(out.pop().unwrap().result.unwrap(), 8192);
-    ring.push_read(2, Arc::clone(&file), 8192, Aligned::new(8192, 0)).unwrap();
+    ring.push_read(2, Arc::clone(&file), 8192, Aligned::new(8192, 0))
+        .unwrap();
     while out.is_empty() {
         ring.wait().unwrap();
         ring.reap(&mut out);

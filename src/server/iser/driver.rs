@@ -441,7 +441,7 @@ impl Driver {
                 FabricOp::BindSession(request) => {
                     let control = Arc::new(self.mailbox.clone());
                     let mailbox = self.mailbox.clone();
-                    let sink: crate::server::io::CompletionSink =
+                    let sink: crate::server::session::CompletionSink =
                         Arc::new(move |id, outcome| mailbox.post(Event::Completed(id, outcome)));
                     let result = self.session.bind(&self.shared, &request, control, sink);
                     self.conn.handle_session_bound(result);
