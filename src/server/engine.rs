@@ -563,12 +563,12 @@ impl EngineThread {
         })
     }
 
-    /// Pushes backlogged operations into free ring slots and submits them in one batch.
+    /// Pushes backlogged operations into free ring slots. They are submitted, all at once, by
+    /// the `io_uring_enter` that next waits for completions.
     fn submit_backlog(&mut self) {
         let Some(ring) = self.ring.as_mut() else {
             return;
         };
-        let mut pushed = false;
         while let Some(waiting) = self.backlog.pop_front() {
             let Waiting { token, file, buf } = waiting;
             let primitive = token.primitive;
@@ -582,7 +582,7 @@ impl EngineThread {
                 (_, _) => ring.push_datasync(token, Arc::clone(&file)),
             };
             match refused {
-                Ok(()) => pushed = true,
+                Ok(()) => {}
                 Err(full) => {
                     self.backlog.push_front(Waiting {
                         token: full.token,
@@ -591,11 +591,6 @@ impl EngineThread {
                     });
                     break;
                 }
-            }
-        }
-        if pushed {
-            if let Err(e) = ring.submit() {
-                log::error!("io_uring submit failed: {e}");
             }
         }
     }
