@@ -44,11 +44,31 @@ fn off_t(v: u64) -> Result<libc::off_t, BackendError> {
 pub struct BackendFiles {
     buffered: Arc<File>,
     direct: Option<Arc<File>>,
+    /// Opened O_DSYNC: every write is durable at completion.
+    sync_writes: bool,
+    /// A regular file (not a block device).
+    regular: bool,
+}
+
+/// How an asynchronous FUA write is made durable before it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuaMethod {
+    /// Already: the descriptors are O_DSYNC (write cache off).
+    Implied,
+    /// RWF_DSYNC on the write itself (block devices).
+    WriteFlag,
+    /// fdatasync once the write has completed (regular files). io_uring runs buffered writes
+    /// to one regular file one at a time on a worker hashed by inode (Linux
+    /// io_uring/io_uring.c `io_prep_async_work`, `hash_reg_file`), so an RWF_DSYNC write would
+    /// hold that worker through its journal commit; a separate fdatasync is not hashed and
+    /// overlaps with the others, as concurrent O_DSYNC pwrites did.
+    SyncAfter,
 }
 
 impl BackendFiles {
     fn open(path: &Path, create: bool, sync_writes: bool) -> io::Result<Self> {
         let buffered = Arc::new(open_rw(path, create, sync_writes, 0)?);
+        let regular = buffered.metadata()?.file_type().is_file();
         let direct = match open_rw(path, false, sync_writes, libc::O_DIRECT) {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
@@ -60,7 +80,21 @@ impl BackendFiles {
                 None
             }
         };
-        Ok(BackendFiles { buffered, direct })
+        Ok(BackendFiles {
+            buffered,
+            direct,
+            sync_writes,
+            regular,
+        })
+    }
+
+    /// How a FUA write submitted asynchronously becomes durable (see [`FuaMethod`]).
+    pub fn fua_method(&self) -> FuaMethod {
+        match (self.sync_writes, self.regular) {
+            (true, _) => FuaMethod::Implied,
+            (false, true) => FuaMethod::SyncAfter,
+            (false, false) => FuaMethod::WriteFlag,
+        }
     }
 
     /// The descriptor for a transfer of `len` bytes at `offset` from/to memory at `addr`:
@@ -383,8 +417,11 @@ mod tests {
         // Reopen without size: keeps the file size; a bigger size extends it.
         let b = FileBackend::open(&p, None, false, true).unwrap();
         assert_eq!(b.size(), 8 << 20);
+        // Write-through descriptors make FUA implicit; otherwise a file syncs after the write.
+        assert_eq!(b.files().unwrap().fua_method(), FuaMethod::Implied);
         let b = FileBackend::open(&p, Some(16 << 20), false, false).unwrap();
         assert_eq!(b.size(), 16 << 20);
+        assert_eq!(b.files().unwrap().fua_method(), FuaMethod::SyncAfter);
         std::fs::remove_file(&p).unwrap();
     }
 

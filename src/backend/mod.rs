@@ -9,7 +9,7 @@
 mod file;
 mod ram;
 
-pub use file::{BackendFiles, BlockDeviceBackend, FileBackend};
+pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 
 use std::io;

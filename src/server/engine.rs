@@ -4,7 +4,8 @@
 //! Each engine thread owns an io_uring ([`uring_ffi::Ring`]) and an inbox (a channel whose
 //! sender wakes the ring). A command is planned on the engine thread (pure), then:
 //! - READ, WRITE and SYNCHRONIZE CACHE on file and block backends are submitted to the ring
-//!   (O_DIRECT when buffer, offset and length are 4096-aligned; RWF_DSYNC for FUA;
+//!   (O_DIRECT when buffer, offset and length are 4096-aligned; FUA: RWF_DSYNC on block
+//!   devices, an fdatasync after the write on files, nothing more on O_DSYNC descriptors;
 //!   fdatasync for SYNCHRONIZE CACHE) and finished when their completion is reaped;
 //! - READ, WRITE and SYNCHRONIZE CACHE on RAM run inline on the engine thread;
 //! - everything rare (UNMAP, WRITE SAME, COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, GET LBA
@@ -28,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 use uring_ffi::{Completion, Ring, SetupError, Waker};
 
 use super::gate::{Access, IoGate};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, FuaMethod};
 use crate::iscsi::{ScsiTask, TaskId};
 use crate::scsi::{
     finish, run, runs_exclusively, BlockReply, Nexus, Prepared, Primitive, ScsiOutcome,
@@ -378,22 +379,39 @@ struct InFlight {
     primitive: Primitive,
     data_out_length: u32,
     lun_index: usize,
+    /// A FUA write's fdatasync, submitted once the write has completed.
+    sync_after: Option<Arc<File>>,
+}
+
+/// What to push into the ring for an operation.
+enum Submission {
+    Read {
+        offset: u64,
+        buf: Vec<u8>,
+    },
+    Write {
+        offset: u64,
+        buf: Vec<u8>,
+        dsync: bool,
+    },
+    DataSync,
 }
 
 /// An operation waiting for a free ring slot.
 struct Waiting {
     token: InFlight,
     file: Arc<File>,
-    buf: Option<Vec<u8>>,
+    submission: Submission,
 }
 
-/// A ring operation decided by planning (the command travels separately).
+/// A ring operation decided by planning (the command travels separately; a write's buffer,
+/// the command's Data-Out, is filled in when the command is handed over).
 struct RingOp {
     primitive: Primitive,
     data_out_length: u32,
     file: Arc<File>,
-    /// The read buffer (a write's buffer is the command's Data-Out).
-    read_buf: Option<Vec<u8>>,
+    submission: Submission,
+    sync_after: Option<Arc<File>>,
 }
 
 /// Where an admitted command goes after planning.
@@ -495,13 +513,13 @@ impl EngineThread {
         match route {
             Route::Done(outcome) => self.shared.complete(job, outcome, gate),
             Route::Pool => self.shared.to_pool(job, Access::Shared, lun_index),
-            Route::Ring(op) => {
-                let mut buf = op.read_buf;
-                if let Primitive::Write { len, .. } = op.primitive {
+            Route::Ring(mut op) => {
+                if let (Primitive::Write { len, .. }, Submission::Write { buf, .. }) =
+                    (op.primitive, &mut op.submission)
+                {
                     // The written range is a prefix of Data-Out: hand the buffer itself over.
-                    let mut data = std::mem::take(&mut job.task.data_out);
-                    data.truncate(len);
-                    buf = Some(data);
+                    *buf = std::mem::take(&mut job.task.data_out);
+                    buf.truncate(len);
                 }
                 self.backlog.push_back(Waiting {
                     token: InFlight {
@@ -509,9 +527,10 @@ impl EngineThread {
                         primitive: op.primitive,
                         data_out_length: op.data_out_length,
                         lun_index,
+                        sync_after: op.sync_after,
                     },
                     file: op.file,
-                    buf,
+                    submission: op.submission,
                 });
                 self.submit_backlog();
             }
@@ -541,25 +560,30 @@ impl EngineThread {
         if self.ring.is_none() {
             return Route::Pool;
         }
-        let (file, read_buf) = match primitive {
+        let mut sync_after = None;
+        let (file, submission) = match primitive {
             Primitive::Read { offset, len } => {
                 let buf = vec![0u8; len];
-                (
-                    files.for_transfer(buf.as_ptr() as usize, len, offset),
-                    Some(buf),
-                )
+                let file = files.for_transfer(buf.as_ptr() as usize, len, offset);
+                (file, Submission::Read { offset, buf })
             }
-            Primitive::Write { offset, len, .. } => (
-                files.for_transfer(job.task.data_out.as_ptr() as usize, len, offset),
-                None,
-            ),
-            Primitive::Flush => (files.sync_file(), None),
+            Primitive::Write { offset, len, fua } => {
+                let dsync = fua && files.fua_method() == FuaMethod::WriteFlag;
+                if fua && files.fua_method() == FuaMethod::SyncAfter {
+                    sync_after = Some(Arc::clone(files.sync_file()));
+                }
+                let file = files.for_transfer(job.task.data_out.as_ptr() as usize, len, offset);
+                let buf = Vec::new();
+                (file, Submission::Write { offset, buf, dsync })
+            }
+            Primitive::Flush => (files.sync_file(), Submission::DataSync),
         };
         Route::Ring(RingOp {
             primitive,
             data_out_length,
             file: Arc::clone(file),
-            read_buf,
+            submission,
+            sync_after,
         })
     }
 
@@ -569,40 +593,68 @@ impl EngineThread {
         let Some(ring) = self.ring.as_mut() else {
             return;
         };
-        while let Some(waiting) = self.backlog.pop_front() {
-            let Waiting { token, file, buf } = waiting;
-            let primitive = token.primitive;
-            let refused = match (primitive, buf) {
-                (Primitive::Read { offset, .. }, Some(buf)) => {
-                    ring.push_read(token, Arc::clone(&file), offset, buf)
-                }
-                (Primitive::Write { offset, fua, .. }, Some(buf)) => {
-                    ring.push_write(token, Arc::clone(&file), offset, buf, fua)
-                }
-                (_, _) => ring.push_datasync(token, Arc::clone(&file)),
+        while let Some(Waiting {
+            token,
+            file,
+            submission,
+        }) = self.backlog.pop_front()
+        {
+            let refused = match submission {
+                Submission::Read { offset, buf } => ring
+                    .push_read(token, Arc::clone(&file), offset, buf)
+                    .map_err(|full| {
+                        (
+                            full.token,
+                            Submission::Read {
+                                offset,
+                                buf: full.buf.unwrap_or_default(),
+                            },
+                        )
+                    }),
+                Submission::Write { offset, buf, dsync } => ring
+                    .push_write(token, Arc::clone(&file), offset, buf, dsync)
+                    .map_err(|full| {
+                        let buf = full.buf.unwrap_or_default();
+                        (full.token, Submission::Write { offset, buf, dsync })
+                    }),
+                Submission::DataSync => ring
+                    .push_datasync(token, Arc::clone(&file))
+                    .map_err(|full| (full.token, Submission::DataSync)),
             };
-            match refused {
-                Ok(()) => {}
-                Err(full) => {
-                    self.backlog.push_front(Waiting {
-                        token: full.token,
-                        file,
-                        buf: full.buf,
-                    });
-                    break;
-                }
+            if let Err((token, submission)) = refused {
+                // Every slot is busy: retry after the next completions.
+                self.backlog.push_front(Waiting {
+                    token,
+                    file,
+                    submission,
+                });
+                break;
             }
         }
     }
 
     /// Finishes a command whose ring operation completed.
     fn finish_io(&mut self, completion: Completion<InFlight, Vec<u8>>) {
+        let mut token = completion.token;
+        if completion.result.is_ok() {
+            if let Some(file) = token.sync_after.take() {
+                // A FUA write on a regular file: durable only after this fdatasync.
+                self.backlog.push_back(Waiting {
+                    token,
+                    file,
+                    submission: Submission::DataSync,
+                });
+                self.submit_backlog();
+                return;
+            }
+        }
         let InFlight {
             job,
             primitive,
             data_out_length,
             lun_index,
-        } = completion.token;
+            ..
+        } = token;
         let result = match completion.result {
             Ok(_) => Ok(match (primitive, completion.buf) {
                 (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data),
