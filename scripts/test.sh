@@ -7,7 +7,7 @@
 #      iscsi-test-cu on a RAM LUN and a file LUN (release build)
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
-#      and our target against the kernel initiator over TCP and over iSER
+#      and our target against the kernel initiator over TCP and over iSER, with and without CHAP
 #
 # Environment: SKIP_VM=1 skips tier 4 (says so loudly); everything else always runs.
 set -euo pipefail
@@ -43,6 +43,10 @@ cargo test --workspace --lib --bins
 # --- tier 3: whole-binary tests against real initiators -------------------------
 log "whole-binary tests (libiscsi over TCP on 127.0.0.1)"
 cargo test --release --test libiscsi -- --test-threads=2
+log "CHAP with libiscsi (one-way, mutual, wrong and missing credentials, discovery)"
+cargo test --release --test chap -- --test-threads=2
+log "whole-binary tests (hostile clients: connection caps, login deadline, discovery sessions)"
+cargo test --release --test limits -- --test-threads=2
 
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
 if [[ ${SKIP_VM:-0} == 1 ]]; then
@@ -66,6 +70,10 @@ else
         scripts/softroce-vm.sh scripts/guest/linux-initiator.sh tcp
         log "open-iscsi (ib_iser) and libiscsi against our target over iSER on rxe"
         scripts/softroce-vm.sh scripts/guest/iser-basic.sh
+        log "nothing acknowledged is lost: our target SIGKILLed under a logged iSER write load"
+        scripts/softroce-vm.sh scripts/guest/data-safety.sh
+        log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
+        scripts/softroce-vm.sh scripts/guest/chap.sh
     fi
 fi
 

@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
+
+mod auth;
+pub use auth::MIN_SECRET_LEN;
+
 // ---------------------------------------------------------------------------
 // Public, resolved configuration
 // ---------------------------------------------------------------------------
@@ -30,6 +35,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Session and protocol limits shared by the whole process.
     pub limits: Limits,
+    /// CHAP that discovery sessions must pass; `None`: discovery needs no authentication.
+    pub discovery_auth: Option<Authentication>,
 }
 
 /// One listening endpoint.
@@ -62,6 +69,11 @@ pub struct Target {
     pub allowed_initiators: Vec<String>,
     /// Logical units, at least one, ids unique within the target.
     pub luns: Vec<Lun>,
+    /// CHAP every login must pass (`auth`); `None`: no authentication.
+    pub auth: Option<Authentication>,
+    /// Credentials of the `allowed_initiators` entries that carry their own; they win over
+    /// `auth` for that initiator.
+    pub initiator_auth: Vec<(String, Authentication)>,
 }
 
 /// One logical unit of a target.
@@ -126,6 +138,14 @@ impl Backing {
 pub struct Limits {
     /// Maximum concurrent sessions for the whole process (1..=4096).
     pub max_sessions: u32,
+    /// Maximum concurrent discovery sessions for the whole process, counted apart from
+    /// `max_sessions` so that discovery cannot crowd out normal logins (1..=4096).
+    pub max_discovery_sessions: u32,
+    /// Maximum TCP connections open at once on one portal, logged in or not (1..=65536).
+    pub max_connections_per_portal: u32,
+    /// Maximum connections open at once from one initiator IP address, over all portals
+    /// (1..=65536).
+    pub max_connections_per_source: u32,
     /// Commands in flight per session, i.e. the CmdSN window (1..=1024).
     pub queue_depth: u32,
     /// Offered MaxBurstLength in bytes (512..=16777215).
@@ -155,6 +175,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_sessions: 64,
+            max_discovery_sessions: 64,
+            max_connections_per_portal: 512,
+            max_connections_per_source: 64,
             queue_depth: 128,
             max_burst_length: 262_144,
             first_burst_length: 65_536,
@@ -243,8 +266,11 @@ impl Config {
                     serial,
                     identifier,
                 }],
+                auth: None,
+                initiator_auth: Vec::new(),
             }],
             limits: Limits::default(),
+            discovery_auth: None,
         }
     }
 
@@ -347,6 +373,8 @@ impl ConfigError {
             "RawLun",
             "RawBacking",
             "RawLimits",
+            "RawAuth",
+            "RawCredentials",
         ] {
             text = text.replace(&format!("struct {raw}"), "a mapping");
         }
@@ -425,6 +453,7 @@ struct RawConfig {
     portals: Option<Vec<RawPortal>>,
     targets: Option<Vec<RawTarget>>,
     limits: Option<RawLimits>,
+    discovery_auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -439,8 +468,10 @@ struct RawPortal {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     name: Option<String>,
-    allowed_initiators: Option<Vec<String>>,
+    /// Bare names or `{ name, chap, mutual_chap }` mappings, told apart in [`auth`].
+    allowed_initiators: Option<Vec<Value>>,
     luns: Option<Vec<RawLun>>,
+    auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +500,9 @@ struct RawBacking {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_sessions: Option<u64>,
+    max_discovery_sessions: Option<u64>,
+    max_connections_per_portal: Option<u64>,
+    max_connections_per_source: Option<u64>,
     queue_depth: Option<u64>,
     max_burst_length: Option<u64>,
     first_burst_length: Option<u64>,
@@ -570,10 +604,16 @@ impl RawConfig {
             None => Limits::default(),
         };
 
+        let discovery_auth = match self.discovery_auth {
+            Some(a) => Some(a.resolve("discovery_auth")?),
+            None => None,
+        };
+
         Ok(Config {
             portals,
             targets,
             limits,
+            discovery_auth,
         })
     }
 }
@@ -633,10 +673,34 @@ impl RawTarget {
         };
         check_iscsi_name(&name_path, &name)?;
 
-        let allowed_initiators = self.allowed_initiators.unwrap_or_default();
-        for (i, n) in allowed_initiators.iter().enumerate() {
-            check_iscsi_name(&format!("{path}.allowed_initiators[{i}]"), n)?;
+        let mut allowed_initiators = Vec::new();
+        let mut initiator_auth = Vec::new();
+        for (i, entry) in self
+            .allowed_initiators
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let ipath = format!("{path}.allowed_initiators[{i}]");
+            let (name, credentials) = auth::resolve_initiator(&ipath, entry)?;
+            if let Some(j) = allowed_initiators
+                .iter()
+                .position(|n: &String| n.eq_ignore_ascii_case(&name))
+            {
+                return err(
+                    &ipath,
+                    format!("\"{name}\" is already {path}.allowed_initiators[{j}]"),
+                );
+            }
+            if let Some(credentials) = credentials {
+                initiator_auth.push((name.clone(), credentials));
+            }
+            allowed_initiators.push(name);
         }
+        let auth = match self.auth {
+            Some(a) => Some(a.resolve(&format!("{path}.auth"))?),
+            None => None,
+        };
 
         let raw_luns = self.luns.unwrap_or_default();
         if raw_luns.is_empty() {
@@ -661,6 +725,8 @@ impl RawTarget {
             name,
             allowed_initiators,
             luns,
+            auth,
+            initiator_auth,
         })
     }
 }
@@ -801,6 +867,27 @@ impl RawLimits {
                 d.max_sessions,
                 1,
                 4096,
+            )?,
+            max_discovery_sessions: ranged(
+                &f("max_discovery_sessions"),
+                self.max_discovery_sessions,
+                d.max_discovery_sessions,
+                1,
+                4096,
+            )?,
+            max_connections_per_portal: ranged(
+                &f("max_connections_per_portal"),
+                self.max_connections_per_portal,
+                d.max_connections_per_portal,
+                1,
+                65536,
+            )?,
+            max_connections_per_source: ranged(
+                &f("max_connections_per_source"),
+                self.max_connections_per_source,
+                d.max_connections_per_source,
+                1,
+                65536,
             )?,
             queue_depth: ranged(&f("queue_depth"), self.queue_depth, d.queue_depth, 1, 1024)?,
             max_burst_length: ranged(

@@ -58,6 +58,8 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
                 name: t.name.clone(),
                 allowed_initiators: t.allowed_initiators.clone(),
                 luns: t.luns.iter().map(|l| l.id).collect(),
+                auth: t.auth.clone(),
+                initiator_auth: t.initiator_auth.clone(),
             })
             .collect(),
         policy: TargetPolicy {

@@ -161,6 +161,8 @@ fuzz_target!(|data: &[u8]| {
             name: "iqn.2026-01.fuzz:disk".into(),
             allowed_initiators: vec![],
             luns: vec![0, 1],
+            auth: None,
+            initiator_auth: vec![],
         }],
         portals: vec!["0.0.0.0:3260".parse().unwrap()],
         queue_depth: 8,

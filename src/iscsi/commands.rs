@@ -30,13 +30,15 @@ mod tmf {
     pub const LUN_DOES_NOT_EXIST: u8 = 2;
     pub const TASK_REASSIGN_NOT_SUPPORTED: u8 = 4;
     pub const FUNCTION_NOT_SUPPORTED: u8 = 5;
+    pub const FUNCTION_REJECTED: u8 = 255;
 }
 
 /// Tasks a session may hold beyond `queue_depth`. Immediate SCSI commands take no CmdSN, so the
 /// CmdSN window does not bound them; past this many tasks in all, a further immediate command is
 /// rejected ("too many immediate commands", RFC 7143 §11.17.1) instead of buffered. 16 leaves
 /// room for a burst of immediate commands on top of a full queue while keeping the table, and so
-/// the memory one session can pin, bounded.
+/// the memory one session can pin, bounded. The same bound applies to TMF responses waiting for
+/// aborted tasks to leave the backend.
 pub(super) const IMMEDIATE_COMMAND_HEADROOM: u32 = 16;
 
 /// A TMF response held until the tasks it aborted have left the backend.
@@ -55,8 +57,7 @@ impl<C: Clone + Debug> Connection<C> {
         immediate_data: Vec<u8>,
         context: C,
     ) {
-        let task_limit = self.config.queue_depth as usize + IMMEDIATE_COMMAND_HEADROOM as usize;
-        if h.immediate && self.tasks.len() >= task_limit {
+        if h.immediate && self.tasks.len() >= self.outstanding_limit() {
             log::warn!(
                 "{}: rejecting immediate command ITT {:#x}: {} tasks outstanding",
                 self.initiator_name,
@@ -448,6 +449,11 @@ impl<C: Clone + Debug> Connection<C> {
 
     // ---------------------------------------------------------------- task management
 
+    /// Tasks, or TMFs waiting for aborted tasks, a session may hold at once.
+    fn outstanding_limit(&self) -> usize {
+        self.config.queue_depth as usize + IMMEDIATE_COMMAND_HEADROOM as usize
+    }
+
     pub(super) fn handle_tmf(&mut self, h: TaskMgmtRequest) {
         log::info!(
             "{}: task management function {} (referenced ITT {:#x}, LUN {:02x?})",
@@ -456,6 +462,19 @@ impl<C: Clone + Debug> Connection<C> {
             h.referenced_task_tag,
             h.lun
         );
+        if self.pending_tmfs.len() >= self.outstanding_limit() {
+            // Each of those waits for tasks still in the backend; an initiator that piles up
+            // more gets "Function rejected" (RFC 7143 §11.6.1). Linux never does: it sends one
+            // TMF at a time per session (drivers/scsi/libiscsi.c iscsi_exec_task_mgmt_fn).
+            log::warn!(
+                "{}: rejecting TMF ITT {:#x}: {} TMF responses pending",
+                self.initiator_name,
+                h.itt,
+                self.pending_tmfs.len()
+            );
+            self.send_tmf_response(h.itt, tmf::FUNCTION_REJECTED);
+            return;
+        }
         let lun = pdu::decode_lun(&h.lun);
         let lun_exists = match (self.target, lun) {
             (Some(t), Some(l)) => self.config.targets[t].luns.contains(&l),
@@ -466,11 +485,18 @@ impl<C: Clone + Debug> Connection<C> {
             tmf::ABORT_TASK => {
                 match self.tasks.id_of_itt(h.referenced_task_tag) {
                     Some(id) => (tmf::FUNCTION_COMPLETE, vec![id]),
-                    // RFC 7143 §11.5.1: a task that completed before the abort arrived (RefCmdSN
-                    // already consumed) counts as aborted; one never seen does not exist.
-                    None if sn_lt(h.ref_cmd_sn, self.exp_cmd_sn) => {
+                    // RFC 7143 §11.6.1: no such task, but RefCmdSN is inside the CmdSN window
+                    // and before the TMF's own CmdSN: the command has not arrived (or waits for
+                    // a gap). Its CmdSN counts as received and the abort as done.
+                    None if self.cmd_sn_in_window(h.ref_cmd_sn)
+                        && sn_lt(h.ref_cmd_sn, h.cmd_sn) =>
+                    {
+                        self.give_up_cmd_sn(h.ref_cmd_sn);
                         (tmf::FUNCTION_COMPLETE, vec![])
                     }
+                    // Outside the window: a task that already completed, or one never sent.
+                    // libiscsi's test_async_abort_simple.c expects exactly this for a write
+                    // that finished before its abort arrived.
                     None => (tmf::TASK_DOES_NOT_EXIST, vec![]),
                 }
             }
@@ -507,7 +533,8 @@ impl<C: Clone + Debug> Connection<C> {
         for id in victims {
             if self.tasks.state(id) == Some(TaskState::Running) {
                 // Cannot recall it from the backend: discard its result when it comes back,
-                // and hold the TMF response until then (brief §1 rule 17).
+                // and hold the TMF response until then: the initiator frees the task's buffers
+                // once it sees the TMF Response (Linux drivers/scsi/libiscsi.c iscsi_eh_abort).
                 if let Some(task) = self.tasks.get_mut(id) {
                     task.aborted = true;
                 }
@@ -537,19 +564,23 @@ impl<C: Clone + Debug> Connection<C> {
             .position(|t| t.waiting_for.is_empty())
         {
             let tmf = self.pending_tmfs.remove(pos);
-            let stat_sn = self.next_stat_sn();
-            let header = Header::TaskMgmtResponse(TaskMgmtResponse {
-                response: tmf.response,
-                itt: tmf.itt,
-                stat_sn,
-                exp_cmd_sn: self.exp_cmd_sn,
-                max_cmd_sn: self.max_cmd_sn(),
-            });
-            self.send(Pdu::new(header));
+            self.send_tmf_response(tmf.itt, tmf.response);
             if tmf.close_after {
                 self.handle_shutdown();
             }
         }
+    }
+
+    fn send_tmf_response(&mut self, itt: u32, response: u8) {
+        let stat_sn = self.next_stat_sn();
+        let header = Header::TaskMgmtResponse(TaskMgmtResponse {
+            response,
+            itt,
+            stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn(),
+        });
+        self.send(Pdu::new(header));
     }
 }
 

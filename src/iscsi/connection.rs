@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::chap::{self, Authentication, RandomSource};
 use super::commands::PendingTmf;
 use super::framing::{FrameError, FrameSettings};
 use super::login::LoginState;
@@ -31,7 +32,7 @@ use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::TaskAttr;
 
-/// A target as the core needs to know it: name, ACL and LUN numbers.
+/// A target as the core needs to know it: name, ACL, credentials and LUN numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetDescriptor {
     /// iSCSI name (IQN/EUI/NAA).
@@ -40,6 +41,11 @@ pub struct TargetDescriptor {
     pub allowed_initiators: Vec<String>,
     /// LUN numbers this target exposes (for TMF LUN checks).
     pub luns: Vec<u64>,
+    /// CHAP every login to this target must pass; `None`: no authentication (unless the
+    /// initiator has credentials of its own in `initiator_auth`).
+    pub auth: Option<Authentication>,
+    /// Credentials of particular initiators (by iSCSI name); they win over `auth`.
+    pub initiator_auth: Vec<(String, Authentication)>,
 }
 
 impl TargetDescriptor {
@@ -50,6 +56,16 @@ impl TargetDescriptor {
                 .allowed_initiators
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(initiator))
+    }
+
+    /// The CHAP credentials `initiator` must log in with, if any: its own entry's, else the
+    /// target's.
+    pub fn authentication_for(&self, initiator: &str) -> Option<&Authentication> {
+        self.initiator_auth
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(initiator))
+            .map(|(_, auth)| auth)
+            .or(self.auth.as_ref())
     }
 }
 
@@ -79,6 +95,12 @@ pub struct CoreConfig {
     /// sessions are not pinged (an iSER discovery initiator has a single receive buffer), so
     /// without this a silent one would live for ever.
     pub discovery_idle_timeout: Duration,
+    /// CHAP discovery sessions must pass; `None`: discovery needs no authentication.
+    pub discovery_auth: Option<Authentication>,
+    /// Where CHAP identifiers and challenges come from. The core has no RNG of its own: the
+    /// server injects the operating system's CSPRNG, tests a fixed pattern. The default fails,
+    /// so a CHAP login on a core configured without a source ends with a target error.
+    pub random: RandomSource,
 }
 
 impl Default for CoreConfig {
@@ -94,6 +116,8 @@ impl Default for CoreConfig {
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
             discovery_idle_timeout: Duration::from_secs(30),
+            discovery_auth: None,
+            random: chap::no_random_source,
         }
     }
 }
@@ -296,8 +320,9 @@ pub struct Connection<C = ()> {
     pub(super) tasks: TaskTable<C>,
     /// Tasks about to start, kept between events so scheduling does not allocate.
     pub(super) starting: Vec<TaskId>,
-    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills).
-    held: BTreeMap<u32, (Pdu, C)>,
+    /// Commands received ahead of ExpCmdSN, with their contexts (held until the gap fills);
+    /// `None` for a CmdSN given up by an ABORT TASK.
+    held: BTreeMap<u32, Option<(Pdu, C)>>,
     pub(super) next_ttt: u32,
     pub(super) pending_tmfs: Vec<PendingTmf>,
     pending_text: Option<PendingText>,
@@ -422,7 +447,8 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
-    /// Target-initiated NOP-In: ITT reserved, a fresh TTT, no data (brief §1 rule 15).
+    /// Target-initiated NOP-In: ITT reserved, a fresh TTT, no data (RFC 7143 §11.19; Linux
+    /// drivers/scsi/libiscsi.c fails the connection on such a NOP-In with data).
     fn send_ping(&mut self, now: Instant) {
         let ttt = self.fresh_ttt();
         self.ping_outstanding = Some((ttt, now));
@@ -443,7 +469,8 @@ impl<C: Clone + Debug> Connection<C> {
     }
 
     /// MaxCmdSN: the window shrinks by the commands in flight so a session never holds more than
-    /// `queue_depth`, and never moves backwards (brief §1 rule 14).
+    /// `queue_depth`, and never moves backwards (Linux drivers/scsi/libiscsi.c
+    /// `__iscsi_update_cmdsn` only ever raises its copy).
     ///
     /// Only tasks that consumed a CmdSN below ExpCmdSN count: held commands already sit inside the
     /// window, and immediate ones take no CmdSN, so counting either would pull MaxCmdSN back
@@ -559,7 +586,7 @@ impl<C: Clone + Debug> Connection<C> {
                     "PDU while the login response is pending".into(),
                 ));
             }
-            Phase::FullFeature => self.handle_full_feature_pdu(pdu, now, context),
+            Phase::FullFeature => self.handle_full_feature_pdu(pdu, context),
             Phase::Draining(_) => {
                 // Only answers to our pings matter now; everything else is dropped.
             }
@@ -579,7 +606,7 @@ impl<C: Clone + Debug> Connection<C> {
         self.finish_login(*state, result);
     }
 
-    fn handle_full_feature_pdu(&mut self, pdu: Pdu, now: Instant, context: C) {
+    fn handle_full_feature_pdu(&mut self, pdu: Pdu, context: C) {
         if self.discovery {
             // Discovery sessions carry only Text and Logout (RFC 7143 §6.3).
             match pdu.header {
@@ -625,21 +652,18 @@ impl<C: Clone + Debug> Connection<C> {
         }
         let (immediate, cmd_sn) = command_sequencing(&pdu.header);
         if immediate {
-            self.dispatch_command(pdu, context, now);
+            self.dispatch_command(pdu, context);
             return;
         }
         let window_open = !sn_lt(self.max_cmd_sn(), self.exp_cmd_sn);
         if cmd_sn == self.exp_cmd_sn && window_open {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch_command(pdu, context, now);
-            // Commands that were waiting for this one.
-            while let Some((next, context)) = self.held.remove(&self.exp_cmd_sn) {
-                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.dispatch_command(next, context, now);
-            }
-        } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
-            // Ahead of ExpCmdSN but inside the window: hold it until the gap fills.
-            self.held.entry(cmd_sn).or_insert((pdu, context));
+            self.dispatch_command(pdu, context);
+            self.dispatch_held();
+        } else if self.cmd_sn_in_window(cmd_sn) {
+            // Ahead of ExpCmdSN but inside the window: hold it until the gap fills (unless its
+            // CmdSN was already given up by an ABORT TASK).
+            self.held.entry(cmd_sn).or_insert(Some((pdu, context)));
         } else {
             // Outside the window: RFC 7143 §4.2.2.1 says silently ignore.
             log::debug!(
@@ -650,7 +674,34 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
-    fn dispatch_command(&mut self, pdu: Pdu, context: C, now: Instant) {
+    /// Whether `cmd_sn` lies in the CmdSN window, ExpCmdSN..=MaxCmdSN.
+    pub(super) fn cmd_sn_in_window(&self, cmd_sn: u32) -> bool {
+        !sn_lt(cmd_sn, self.exp_cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn)
+    }
+
+    /// Dispatches the held commands that ExpCmdSN has reached, in order.
+    fn dispatch_held(&mut self) {
+        while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            if let Some((pdu, context)) = next {
+                self.dispatch_command(pdu, context);
+            }
+        }
+    }
+
+    /// Takes `cmd_sn`, inside the window, as received without a command: an ABORT TASK of a
+    /// command that has not arrived (RFC 7143 §11.6.1). A command held with it is dropped, one
+    /// arriving later is ignored, and ExpCmdSN moves past it as past any received command.
+    pub(super) fn give_up_cmd_sn(&mut self, cmd_sn: u32) {
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.dispatch_held();
+        } else {
+            self.held.insert(cmd_sn, None);
+        }
+    }
+
+    fn dispatch_command(&mut self, pdu: Pdu, context: C) {
         if !matches!(self.phase, Phase::FullFeature) {
             return;
         }
@@ -660,13 +711,13 @@ impl<C: Clone + Debug> Connection<C> {
             Header::TaskMgmtRequest(h) => self.handle_tmf(h),
             Header::TextRequest(h) => self.handle_text(h, data),
             Header::LogoutRequest(h) => self.handle_logout(h),
-            Header::NopOut(h) => self.handle_nop_out(h, data, now),
+            Header::NopOut(h) => self.handle_nop_out(h, data),
             _ => unreachable!("filtered in handle_full_feature_pdu"),
         }
     }
 
-    fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>, _now: Instant) {
-        // A ping from the initiator (ITT valid): echo the data, TTT reserved (brief §1 rule 15).
+    fn handle_nop_out(&mut self, h: NopOut, data: Vec<u8>) {
+        // A ping from the initiator (ITT valid): echo the data, TTT reserved (RFC 7143 §11.19).
         let max = self.response_data_limit();
         let mut data = data;
         data.truncate(max);
@@ -872,7 +923,9 @@ impl<C: Clone + Debug> Connection<C> {
     /// Largest data segment of a response PDU (NOP-In, Text Response) the initiator can take.
     ///
     /// Over iSER the Linux and libiscsi initiators receive full-feature PDUs in 204-byte buffers,
-    /// 128 bytes of data, whatever InitiatorRecvDataSegmentLength says (brief §4.1 R-a).
+    /// 128 bytes of data, whatever InitiatorRecvDataSegmentLength says (Linux
+    /// drivers/infiniband/ulp/iser/iscsi_iser.c `iscsi_iser_set_param` ignores
+    /// ISCSI_PARAM_MAX_RECV_DLENGTH).
     fn response_data_limit(&self) -> usize {
         if self.params.rdma_extensions {
             ISER_FULL_FEATURE_RESPONSE_DATA

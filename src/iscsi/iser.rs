@@ -548,6 +548,8 @@ mod tests {
                 name: TARGET.into(),
                 allowed_initiators: vec![],
                 luns: vec![0],
+                auth: None,
+                initiator_auth: vec![],
             }],
             policy: TargetPolicy {
                 max_recv_data_segment_length: RECV_DATA_CAPACITY as u32,

@@ -1,8 +1,14 @@
-//! The login phase (RFC 7143 §6): stages, T/C bits, session identity, key negotiation and login
-//! status on failure. AuthMethod=None is the only authentication method offered.
+//! The login phase (RFC 7143 §6): stages, T/C bits, session identity, authentication, key
+//! negotiation and login status on failure.
+//!
+//! Authentication: a target (or initiator entry) with CHAP credentials offers `AuthMethod=CHAP`
+//! only and keeps the login in the security stage (answering T=0) until the exchange in
+//! [`super::chap`] succeeds; every other login settles `AuthMethod=None`, or skips the security
+//! stage altogether.
 
 use std::fmt::Debug;
 
+use super::chap::{Authentication, ChapError, ChapExchange, ChapKeys};
 use super::connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Phase,
 };
@@ -27,6 +33,26 @@ pub(crate) struct LoginState {
     partial: Vec<u8>,
     /// The Login Response to send once the session is bound.
     final_response: Option<(LoginResponse, Vec<KeyValue>)>,
+    /// The credentials this login must prove, known once the initiator and target are.
+    required_auth: Option<Authentication>,
+    auth: AuthProgress,
+}
+
+/// How far authentication has come.
+#[derive(Debug)]
+enum AuthProgress {
+    /// No AuthMethod settled yet.
+    Pending,
+    /// AuthMethod=None settled.
+    NotRequired,
+    /// AuthMethod=CHAP settled; the exchange is under way or done.
+    Chap(ChapExchange),
+}
+
+impl AuthProgress {
+    fn authenticated(&self) -> bool {
+        matches!(self, AuthProgress::Chap(exchange) if exchange.is_authenticated())
+    }
 }
 
 impl LoginState {
@@ -65,6 +91,8 @@ impl LoginState {
             target: None,
             partial: Vec::new(),
             final_response: None,
+            required_auth: None,
+            auth: AuthProgress::Pending,
         }
     }
 }
@@ -169,6 +197,8 @@ impl<C: Clone + Debug> Connection<C> {
         state.negotiator.next_round();
         let mut answer = Vec::new();
         let mut failure = None;
+        let mut auth_offer = None;
+        let mut chap_keys = ChapKeys::default();
         for (key, value) in &pairs {
             match key.as_str() {
                 "InitiatorName" => {
@@ -196,17 +226,17 @@ impl<C: Clone + Debug> Connection<C> {
                     }
                 }
                 "AuthMethod" => {
-                    if phase != KeyPhase::Security {
+                    if phase != KeyPhase::Security || auth_offer.replace(value.clone()).is_some() {
                         failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
-                    } else if value.split(',').any(|m| m == "None") {
-                        answer.push((key.clone(), "None".to_string()));
-                    } else {
-                        answer.push((key.clone(), "Reject".to_string()));
-                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
                     }
                 }
                 k if k.starts_with("CHAP_") => {
-                    failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                    if phase != KeyPhase::Security {
+                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                    } else if let Err(e) = chap_keys.take(k, value) {
+                        log::warn!("CHAP: {e}");
+                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                    }
                 }
                 // Keys only a target may send.
                 "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
@@ -246,11 +276,47 @@ impl<C: Clone + Debug> Connection<C> {
                     return Outcome::Fail(LoginStatus::AUTHORIZATION_FAILED);
                 }
             }
+            state.required_auth = if state.discovery {
+                self.config.discovery_auth.clone()
+            } else {
+                state
+                    .target
+                    .and_then(|t| self.config.targets[t].authentication_for(&initiator))
+                    .cloned()
+            };
             self.initiator_name = initiator;
             answer.push((
                 "TargetPortalGroupTag".to_string(),
                 self.config.portal_group_tag.to_string(),
             ));
+        }
+        if let Err(status) = self.authenticate(state, auth_offer, chap_keys, &mut answer) {
+            return Outcome::Fail(status);
+        }
+        if state.required_auth.is_some() && !state.auth.authenticated() {
+            if state.stage != Stage::Security {
+                // libiscsi without credentials skips the security stage: its first Login Request
+                // already has CSG=1 (lib/login.c, iscsi_login_add_* with no user set). tgt answers
+                // that with an authentication failure, and so do we.
+                log::warn!(
+                    "login of {} skips the CHAP authentication it needs",
+                    self.initiator_name
+                );
+                return Outcome::Fail(LoginStatus::AUTHENTICATION_FAILED);
+            }
+            if req.transit {
+                if matches!(state.auth, AuthProgress::Pending) {
+                    log::warn!(
+                        "login of {} leaves the security stage without authenticating",
+                        self.initiator_name
+                    );
+                    return Outcome::Fail(LoginStatus::AUTHENTICATION_FAILED);
+                }
+                // CHAP is under way: stay in the security stage with a partial response (T=0,
+                // "more negotiation needed", RFC 7143 §11.13). libiscsi asks to transit in its
+                // first request already (lib/login.c, ISCSI_LOGIN_SECNEG_PHASE_OFFER_CHAP).
+                return Outcome::Respond(response, answer);
+            }
         }
         if !req.transit {
             return Outcome::Respond(response, answer);
@@ -261,11 +327,81 @@ impl<C: Clone + Debug> Connection<C> {
         response.transit = true;
         response.next_stage = req.next_stage;
         if req.next_stage == Stage::FullFeature {
-            answer.extend(state.negotiator.declarations());
+            // A response in the security stage carries security keys only, even the final one:
+            // open-iscsi's discovery goes from security straight to full feature
+            // (usr/login.c fill_security_params_text) and fails the login on any other key there
+            // ("can't accept ... in security stage", get_auth_key_type). Undeclared, our
+            // MaxRecvDataSegmentLength stays the RFC default the negotiator starts from.
+            if state.stage == Stage::Operational {
+                answer.extend(state.negotiator.declarations());
+            }
             return Outcome::Bind(response, answer);
         }
         state.stage = req.next_stage;
         Outcome::Respond(response, answer)
+    }
+
+    /// Settles AuthMethod and runs the CHAP exchange for one request's keys, appending the answer.
+    fn authenticate(
+        &self,
+        state: &mut LoginState,
+        offer: Option<String>,
+        keys: ChapKeys,
+        answer: &mut Vec<KeyValue>,
+    ) -> Result<(), LoginStatus> {
+        if let Some(offer) = offer {
+            if !matches!(state.auth, AuthProgress::Pending) {
+                log::warn!("AuthMethod offered again after it was settled");
+                return Err(LoginStatus::INITIATOR_ERROR);
+            }
+            let offers = |method: &str| offer.split(',').any(|m| m == method);
+            let choice = match &state.required_auth {
+                Some(auth) if offers("CHAP") => {
+                    state.auth = AuthProgress::Chap(ChapExchange::new(auth.clone()));
+                    "CHAP"
+                }
+                Some(_) => {
+                    log::warn!(
+                        "{} offers AuthMethod={offer} but CHAP is required",
+                        self.initiator_name
+                    );
+                    return Err(LoginStatus::AUTHENTICATION_FAILED);
+                }
+                None if offers("None") => {
+                    state.auth = AuthProgress::NotRequired;
+                    "None"
+                }
+                None => {
+                    log::warn!(
+                        "{} offers AuthMethod={offer}; no credentials are configured for it",
+                        self.initiator_name
+                    );
+                    return Err(LoginStatus::AUTHENTICATION_FAILED);
+                }
+            };
+            answer.push(("AuthMethod".to_string(), choice.to_string()));
+        }
+        match &mut state.auth {
+            AuthProgress::Chap(exchange) => match exchange.step(keys, self.config.random) {
+                Ok(keys) => answer.extend(keys),
+                Err(e) => {
+                    log::warn!("CHAP login of {} failed: {e}", self.initiator_name);
+                    return Err(match e {
+                        ChapError::Random(_) => LoginStatus::TARGET_ERROR,
+                        _ => LoginStatus::AUTHENTICATION_FAILED,
+                    });
+                }
+            },
+            _ if !keys.is_empty() => {
+                log::warn!(
+                    "{} sends CHAP keys without AuthMethod=CHAP",
+                    self.initiator_name
+                );
+                return Err(LoginStatus::AUTHENTICATION_FAILED);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn send_login_response(&mut self, mut response: LoginResponse, keys: &[KeyValue]) {

@@ -1,6 +1,7 @@
 //! The running target: opens the backends, binds the portals, accepts connections and shuts down
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
+mod admission;
 mod io;
 pub mod iser;
 mod registry;
@@ -16,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend};
 use crate::config::{Backing, Config, Transport};
+use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
 use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
 
+pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
 
 /// How long shutdown waits for connections to finish their running commands.
@@ -132,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) scsi_targets: Vec<Arc<ScsiTarget>>,
     pub(crate) registry: Arc<SessionRegistry>,
     pub(crate) connections: Arc<ConnectionSet>,
+    /// Connection caps per portal and per source address.
+    pub(crate) admission: Arc<Admission>,
     stopping: AtomicBool,
 }
 
@@ -228,6 +233,8 @@ fn core_config(
                 name: t.name.clone(),
                 allowed_initiators: t.allowed_initiators.clone(),
                 luns: t.luns.iter().map(|l| l.id).collect(),
+                auth: t.auth.clone(),
+                initiator_auth: t.initiator_auth.clone(),
             })
             .collect(),
         portals,
@@ -240,7 +247,14 @@ fn core_config(
         nop_timeout: Duration::from_secs(limits.nop_timeout_secs),
         login_timeout: Duration::from_secs(limits.login_timeout_secs),
         discovery_idle_timeout: Duration::from_secs(limits.discovery_idle_timeout_secs),
+        discovery_auth: config.discovery_auth.clone(),
+        random: os_random,
     }
+}
+
+/// CHAP identifiers and challenges come from the operating system's CSPRNG (getrandom(2)).
+fn os_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
+    getrandom::fill(buf).map_err(|e| RandomUnavailable(e.to_string()))
 }
 
 /// The core configuration of the TCP portals.
@@ -314,8 +328,13 @@ impl Server {
         let shared = Arc::new(Shared {
             targets: config.targets.clone(),
             scsi_targets,
-            registry: SessionRegistry::new(config.limits.max_sessions as usize, REINSTATE_TIMEOUT),
+            registry: SessionRegistry::new(
+                config.limits.max_sessions as usize,
+                config.limits.max_discovery_sessions as usize,
+                REINSTATE_TIMEOUT,
+            ),
             connections: ConnectionSet::new(),
+            admission: Admission::new(&config.limits),
             stopping: AtomicBool::new(false),
         });
         let tcp_core = Arc::new(tcp_core_config(config));
@@ -362,6 +381,10 @@ impl Server {
         log::info!("listening on {addr} (tcp)");
         self.listeners.push(tcp::spawn_listener(
             listener,
+            PortalKey {
+                transport: Transport::Tcp,
+                addr,
+            },
             Arc::clone(core),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),

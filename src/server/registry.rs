@@ -1,11 +1,19 @@
-//! Sessions across connections: TSIH allocation, the session limit, and reinstatement of a session
-//! whose initiator logs in again with the same ISID (RFC 7143 §6.3.5, brief §12.3).
+//! Sessions across connections: TSIH allocation, the session limits, and reinstatement of a
+//! session whose initiator logs in again with the same ISID (RFC 7143 §6.3.5).
+//!
+//! Normal and discovery sessions have separate limits: a discovery session gives access to no
+//! data and needs no authentication, so counting it against `max_sessions` would let anyone who
+//! can reach a portal lock real initiators out by holding discovery sessions open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::admission::LogThrottle;
 use crate::iscsi::{BindRequest, LoginStatus};
+
+/// At most one line per interval about logins refused for a full session limit.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a registered session can be told to end.
 pub trait SessionControl: Send + Sync {
@@ -26,10 +34,21 @@ struct Entry {
     control: Arc<dyn SessionControl>,
 }
 
-#[derive(Default)]
 struct Sessions {
     next_tsih: u16,
     by_tsih: HashMap<u16, Entry>,
+    /// Logins refused for a full session limit are reported at most once per interval.
+    refusal_log: LogThrottle,
+}
+
+impl Sessions {
+    /// Live discovery (`true`) or normal (`false`) sessions.
+    fn count(&self, discovery: bool) -> usize {
+        self.by_tsih
+            .values()
+            .filter(|e| e.key.target.is_none() == discovery)
+            .count()
+    }
 }
 
 /// All sessions of the process.
@@ -37,6 +56,7 @@ pub struct SessionRegistry {
     sessions: Mutex<Sessions>,
     changed: Condvar,
     max_sessions: usize,
+    max_discovery_sessions: usize,
     reinstate_timeout: Duration,
 }
 
@@ -56,16 +76,22 @@ impl Drop for SessionGuard {
 }
 
 impl SessionRegistry {
-    /// A registry admitting at most `max_sessions` sessions; a reinstatement waits at most
-    /// `reinstate_timeout` for the old session to close.
-    pub fn new(max_sessions: usize, reinstate_timeout: Duration) -> Arc<Self> {
+    /// A registry admitting at most `max_sessions` normal and `max_discovery_sessions` discovery
+    /// sessions; a reinstatement waits at most `reinstate_timeout` for the old session to close.
+    pub fn new(
+        max_sessions: usize,
+        max_discovery_sessions: usize,
+        reinstate_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(SessionRegistry {
             sessions: Mutex::new(Sessions {
                 next_tsih: 1,
                 by_tsih: HashMap::new(),
+                refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             }),
             changed: Condvar::new(),
             max_sessions,
+            max_discovery_sessions,
             reinstate_timeout,
         })
     }
@@ -127,7 +153,8 @@ impl SessionRegistry {
             }
             let now = Instant::now();
             if now >= deadline {
-                // Brief §12.3: tell the initiator to retry rather than make it wait forever.
+                // SERVICE UNAVAILABLE (0x0301, RFC 7143 §11.13.5) tells the initiator to retry later
+                // rather than make it wait forever.
                 return Err(LoginStatus::SERVICE_UNAVAILABLE);
             }
             sessions = self
@@ -136,7 +163,25 @@ impl SessionRegistry {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        if sessions.by_tsih.len() >= self.max_sessions {
+        let discovery = key.target.is_none();
+        let (live, limit) = if discovery {
+            (sessions.count(true), self.max_discovery_sessions)
+        } else {
+            (sessions.count(false), self.max_sessions)
+        };
+        if live >= limit {
+            if let Some(held_back) = sessions.refusal_log.permit(Instant::now()) {
+                let (kind, key) = if discovery {
+                    ("discovery", "max_discovery_sessions")
+                } else {
+                    ("normal", "max_sessions")
+                };
+                log::warn!(
+                    "refused a {kind} session of {}: {limit} are already open (limits.{key}; \
+                     {held_back} more refused since the last report)",
+                    request.initiator_name,
+                );
+            }
             return Err(LoginStatus::OUT_OF_RESOURCES);
         }
         let mut tsih = sessions.next_tsih;
@@ -190,7 +235,7 @@ mod tests {
 
     #[test]
     fn allocates_distinct_tsihs_and_enforces_the_limit() {
-        let registry = SessionRegistry::new(2, Duration::from_millis(50));
+        let registry = SessionRegistry::new(2, 2, Duration::from_millis(50));
         let a = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();
@@ -209,8 +254,37 @@ mod tests {
     }
 
     #[test]
+    fn discovery_sessions_have_their_own_limit() {
+        let registry = SessionRegistry::new(1, 2, Duration::from_millis(50));
+        let discovery = |isid| {
+            let mut r = request(isid);
+            r.target = None;
+            r
+        };
+        let _d1 = registry
+            .bind(&discovery(1), None, Arc::new(Counter::default()))
+            .unwrap();
+        let _d2 = registry
+            .bind(&discovery(2), None, Arc::new(Counter::default()))
+            .unwrap();
+        assert!(matches!(
+            registry.bind(&discovery(3), None, Arc::new(Counter::default())),
+            Err(LoginStatus::OUT_OF_RESOURCES)
+        ));
+        // Full discovery slots leave the normal session slot free.
+        let _normal = registry
+            .bind(&request(4), Some("t"), Arc::new(Counter::default()))
+            .unwrap();
+        assert!(matches!(
+            registry.bind(&request(5), Some("t"), Arc::new(Counter::default())),
+            Err(LoginStatus::OUT_OF_RESOURCES)
+        ));
+        assert_eq!(registry.len(), 3);
+    }
+
+    #[test]
     fn reinstatement_shuts_down_the_old_session_first() {
-        let registry = SessionRegistry::new(8, Duration::from_secs(5));
+        let registry = SessionRegistry::new(8, 8, Duration::from_secs(5));
         let old_control = Arc::new(Counter::default());
         let old = registry
             .bind(&request(1), Some("t"), old_control.clone())
@@ -229,7 +303,7 @@ mod tests {
 
     #[test]
     fn reinstatement_times_out_with_a_retry_status() {
-        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let _stuck = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();
@@ -241,7 +315,7 @@ mod tests {
 
     #[test]
     fn nonzero_tsih_is_refused() {
-        let registry = SessionRegistry::new(8, Duration::from_millis(30));
+        let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let a = registry
             .bind(&request(1), Some("t"), Arc::new(Counter::default()))
             .unwrap();

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod raw_login;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
@@ -150,6 +152,8 @@ pub struct TargetSpec {
     /// Empty means anyone may log in.
     pub allowed_initiators: Vec<String>,
     pub luns: Vec<LunSpec>,
+    /// YAML lines added to the target's mapping as they are (e.g. an `auth:` key).
+    pub extra_yaml: String,
 }
 
 impl TargetSpec {
@@ -158,7 +162,14 @@ impl TargetSpec {
             name: name.into(),
             allowed_initiators: Vec::new(),
             luns,
+            extra_yaml: String::new(),
         }
+    }
+
+    /// Adds `line` (a key of the target, without indentation) to the target's mapping.
+    pub fn with_yaml(mut self, line: &str) -> TargetSpec {
+        writeln!(self.extra_yaml, "    {line}").unwrap();
+        self
     }
 
     pub fn allow(mut self, initiator: &str) -> TargetSpec {
@@ -169,6 +180,17 @@ impl TargetSpec {
 
 /// Renders the YAML config for `targets` served on 127.0.0.1:`port`.
 pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
+    render_config_with_limits(port, targets, dir, "")
+}
+
+/// Like [`render_config`], with `limits` (YAML flow-mapping entries such as
+/// `"login_timeout_secs: 2, max_connections_per_source: 4"`) added to the limits section.
+pub fn render_config_with_limits(
+    port: u16,
+    targets: &[TargetSpec],
+    dir: &Path,
+    limits: &str,
+) -> String {
     let mut y = String::new();
     writeln!(y, "portals:").unwrap();
     writeln!(y, "  - address: 127.0.0.1").unwrap();
@@ -185,6 +207,7 @@ pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
                 writeln!(y, "      - {i}").unwrap();
             }
         }
+        y.push_str(&t.extra_yaml);
         writeln!(y, "    luns:").unwrap();
         for l in &t.luns {
             writeln!(y, "      - id: {}", l.id).unwrap();
@@ -205,7 +228,8 @@ pub fn render_config(port: u16, targets: &[TargetSpec], dir: &Path) -> String {
             }
         }
     }
-    writeln!(y, "limits: {{ queue_depth: 64 }}").unwrap();
+    let sep = if limits.is_empty() { "" } else { ", " };
+    writeln!(y, "limits: {{ queue_depth: 64{sep}{limits} }}").unwrap();
     y
 }
 
@@ -223,9 +247,25 @@ impl Server {
     /// Serves `targets` on a free port of 127.0.0.1 and waits until it accepts
     /// TCP connections.
     pub fn start(targets: &[TargetSpec]) -> Server {
+        Server::start_configured(targets, "", "")
+    }
+
+    /// Like [`Server::start`], with `top_level_yaml` (whole lines, e.g. `discovery_auth: ...`)
+    /// appended to the configuration.
+    pub fn start_with(targets: &[TargetSpec], top_level_yaml: &str) -> Server {
+        Server::start_configured(targets, "", top_level_yaml)
+    }
+
+    /// Like [`Server::start`], with extra `limits` entries (see [`render_config_with_limits`]).
+    pub fn start_with_limits(targets: &[TargetSpec], limits: &str) -> Server {
+        Server::start_configured(targets, limits, "")
+    }
+
+    /// Serves `targets` with extra `limits` entries and `top_level_yaml` appended.
+    fn start_configured(targets: &[TargetSpec], limits: &str, top_level_yaml: &str) -> Server {
         let dir = TempDir::new("serve");
         let port = free_port();
-        let config = render_config(port, targets, dir.path());
+        let config = render_config_with_limits(port, targets, dir.path(), limits) + top_level_yaml;
         let config_path = dir.path().join("config.yaml");
         fs::write(&config_path, &config).expect("write config");
         let log_path = dir.path().join("server.log");
@@ -288,6 +328,11 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Process id of the running server (to read /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server already stopped").id()
     }
 
     /// `iscsi://127.0.0.1:PORT` (the discovery URL).

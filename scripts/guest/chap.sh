@@ -1,0 +1,201 @@
+#!/bin/bash
+# CHAP against the Linux kernel initiator (open-iscsi) in the SoftRoCE guest, over TCP and iSER.
+#
+#   scripts/softroce-vm.sh scripts/guest/chap.sh
+#
+# Builds nothing: run `cargo build --release` on the host first (scripts/test.sh does).
+# Serves two targets from target/release/iser-target on $SOFTROCE_ADDR (a TCP and an iSER portal):
+# one with one-way CHAP, one with mutual credentials, and discovery CHAP. Per transport, as the
+# real initiator with node.session.auth.* set through `iscsiadm -o update`:
+#   - discovery with and without the discovery credentials;
+#   - one-way CHAP offering SHA3-256,SHA256,SHA1,MD5 (the target must pick SHA3-256) and a 4 MiB
+#     O_DIRECT write/read compare;
+#   - mutual CHAP with MD5 only (open-iscsi's default), and a compare;
+#   - a wrong secret, a wrong user (the target answers 0x0201) and a wrong target secret (mutual:
+#     the initiator refuses our response) refuse the login, and no disk appears.
+# Prints PASS/FAIL per check; exits non-zero on any failure.
+set -euo pipefail
+# shellcheck source=scripts/guest/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
+
+ADDR="$SOFTROCE_ADDR"
+PORT=3260
+REPO="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd -P)"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
+IQN_ONE=iqn.2026-11.io.iser-target:chap-one-way
+IQN_MUT=iqn.2026-11.io.iser-target:chap-mutual
+USER=alice
+SECRET=alice-secret-1234
+TARGET_USER=tgt0
+TARGET_SECRET=target-secret-5678
+DISC_USER=disc
+DISC_SECRET=discovery-secret-1
+WORK=/run/iser-target-chap
+TARGET_LOG="${SOFTROCE_RESULTS:-/tmp}/target.log"
+INITIATOR_LOG="${SOFTROCE_RESULTS:-/tmp}/iscsiadm.log"
+FAILED=0
+
+pass() { sr_log "PASS: $*"; }
+fail() { sr_log "FAIL: $*"; FAILED=$((FAILED + 1)); }
+check() { # check NAME CMD...: run CMD, report PASS/FAIL, never abort the script
+    local name="$1"; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+[[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
+softroce_setup
+mkdir -p "$WORK"
+printf '%s\n' "$TARGET_SECRET" >"$WORK/target-secret"
+
+cat >"$WORK/config.yaml" <<EOF
+portals:
+  - { address: $ADDR, port: $PORT, transport: tcp }
+  - { address: $ADDR, port: $PORT, transport: iser }
+discovery_auth:
+  chap: { username: $DISC_USER, secret: $DISC_SECRET }
+targets:
+  - name: $IQN_ONE
+    auth:
+      chap: { username: $USER, secret: $SECRET }
+    luns:
+      - { id: 0, backing: { type: ram, size: 32M } }
+  - name: $IQN_MUT
+    auth:
+      chap: { username: $USER, secret: $SECRET }
+      mutual_chap: { username: $TARGET_USER, secret_file: $WORK/target-secret }
+    luns:
+      - { id: 0, backing: { type: ram, size: 32M } }
+EOF
+bg_start target env RUST_LOG=info "$BIN" serve --config "$WORK/config.yaml"
+wait_tcp_listen "$ADDR:$PORT" || sr_die "target did not listen on TCP (see target.log)"
+wait_rdma_listen "$ADDR:$PORT" || sr_die "target did not listen on iSER (see target.log)"
+
+# node_update IQN IFACE NAME=VALUE...: set node record settings.
+node_update() {
+    local iqn="$1" iface="$2" kv; shift 2
+    for kv in "$@"; do
+        iscsiadm -m node -T "$iqn" -p "$ADDR:$PORT" -I "$iface" -o update \
+            -n "${kv%%=*}" -v "${kv#*=}" >/dev/null
+    done
+}
+
+# chap_login IQN TRANSPORT NAME=VALUE...: a fresh node record with CHAP and these settings, then
+# log in. Returns iscsiadm's status.
+chap_login() {
+    local iqn="$1" transport="$2" iface; shift 2
+    iface="$(sr_iface "$transport")"
+    disk_snapshot
+    iscsiadm -m node -o new -T "$iqn" -p "$ADDR:$PORT" -I "$iface" >/dev/null
+    node_update "$iqn" "$iface" node.session.auth.authmethod=CHAP "$@"
+    sr_log "CHAP login $iqn over $transport"
+    iscsiadm -m node -T "$iqn" -p "$ADDR:$PORT" -I "$iface" --login
+}
+
+# forget: log out of everything and drop every node record.
+forget() {
+    iscsiadm -m node --logoutall=all >/dev/null 2>&1 || true
+    iscsiadm -m node -o delete >/dev/null 2>&1 || true
+}
+
+# login_works IQN TRANSPORT NAME=VALUE...: login succeeds, the disk appears, 4 MiB compare, logout.
+login_works() {
+    local iqn="$1" transport="$2" disk; shift 2
+    chap_login "$iqn" "$transport" "$@" >/dev/null || { sr_log "login refused"; forget; return 1; }
+    local rc=0
+    if [[ "$(session_transport "$iqn")" != "$transport" ]]; then
+        sr_log "session to $iqn is not $transport"; rc=1
+    elif ! disk="$(find_new_disk 60)"; then
+        rc=1
+    else
+        verify_disk "$disk" 4 || rc=1
+    fi
+    iscsi_logout "$iqn" "$ADDR" "$PORT" >/dev/null || rc=1
+    forget
+    return "$rc"
+}
+
+# login_refused WHY IQN TRANSPORT NAME=VALUE...: iscsiadm fails, no session, no new disk, and
+# the target's log gains a line matching WHY (so the refusal is the one meant, not some other).
+login_refused() {
+    local why="$1" iqn="$2" transport="$3" rc=0 before; shift 3
+    before="$(grep -c -- "$why" "$TARGET_LOG" || true)"
+    if chap_login "$iqn" "$transport" "$@" >>"$INITIATOR_LOG" 2>&1; then
+        sr_log "login to $iqn was accepted"; rc=1
+    fi
+    if (( $(grep -c -- "$why" "$TARGET_LOG" || true) <= before )); then
+        sr_log "the target's log has no new '$why'"; rc=1
+    fi
+    sleep 2
+    if [[ -n "$(session_disk "$iqn")" ]] || [[ "$(sr_list_disks)" != "$SR_DISKS_BEFORE" ]]; then
+        sr_log "a disk appeared: $(sr_list_disks)"; rc=1
+    fi
+    if iscsiadm -m session 2>/dev/null | grep -q "$iqn"; then
+        sr_log "a session to $iqn exists"; rc=1
+    fi
+    forget
+    return "$rc"
+}
+
+# discover TRANSPORT [USER SECRET]: SendTargets through a discoverydb record, with discovery CHAP
+# when USER is given; prints the targets found.
+discover() {
+    local iface rc=0; iface="$(sr_iface "$1")"
+    local db=(-m discoverydb -t st -p "$ADDR:$PORT" -I "$iface")
+    iscsiadm "${db[@]}" -o new >/dev/null
+    if [[ -n "${2:-}" ]]; then
+        iscsiadm "${db[@]}" -o update -n discovery.sendtargets.auth.authmethod -v CHAP >/dev/null
+        iscsiadm "${db[@]}" -o update -n discovery.sendtargets.auth.username -v "$2" >/dev/null
+        iscsiadm "${db[@]}" -o update -n discovery.sendtargets.auth.password -v "$3" >/dev/null
+    fi
+    iscsiadm "${db[@]}" --discover 2>>"$INITIATOR_LOG" || rc=$?
+    iscsiadm "${db[@]}" -o delete >/dev/null 2>&1 || true
+    forget
+    return "$rc"
+}
+
+ONE_WAY=(node.session.auth.username="$USER" node.session.auth.password="$SECRET")
+MUTUAL=("${ONE_WAY[@]}" node.session.auth.username_in="$TARGET_USER"
+        node.session.auth.password_in="$TARGET_SECRET")
+
+for transport in tcp iser; do
+    found="$(discover "$transport" "$DISC_USER" "$DISC_SECRET" || true)"
+    if grep -q "$IQN_ONE" <<<"$found" && grep -q "$IQN_MUT" <<<"$found"; then
+        pass "$transport: discovery with discovery CHAP lists both targets"
+    else
+        fail "$transport: discovery with discovery CHAP: got '$found'"
+    fi
+    found="$(discover "$transport" || true)"
+    check "$transport: discovery without credentials finds nothing" test -z "$found"
+
+    check "$transport: one-way CHAP offering SHA3-256,SHA256,SHA1,MD5, 4 MiB compare" \
+        login_works "$IQN_ONE" "$transport" "${ONE_WAY[@]}" \
+        node.session.auth.chap_algs=SHA3-256,SHA256,SHA1,MD5
+    check "$transport: mutual CHAP with MD5 (open-iscsi's default), 4 MiB compare" \
+        login_works "$IQN_MUT" "$transport" "${MUTUAL[@]}"
+    check "$transport: one-way login to the target with mutual credentials" \
+        login_works "$IQN_MUT" "$transport" "${ONE_WAY[@]}"
+    check "$transport: wrong secret is refused (0x0201), no disk" \
+        login_refused "CHAP_R is wrong" "$IQN_ONE" "$transport" \
+        node.session.auth.username="$USER" node.session.auth.password=wrong-secret-123
+    check "$transport: wrong user is refused (0x0201), no disk" \
+        login_refused "CHAP_N names a user we do not know" "$IQN_ONE" "$transport" \
+        node.session.auth.username=mallory node.session.auth.password="$SECRET"
+    check "$transport: wrong target secret (mutual) is refused by the initiator, no disk" \
+        login_refused "target authenticated back" "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
+        node.session.auth.username_in="$TARGET_USER" node.session.auth.password_in=not-the-target-1
+done
+
+check "SHA3-256 chosen from open-iscsi's full list" \
+    grep -q "alice authenticated with Sha3_256" "$TARGET_LOG"
+check "MD5 when the initiator offers only MD5, mutual" \
+    grep -q "alice authenticated with Md5, target authenticated back (mutual)" "$TARGET_LOG"
+check "no secret in the target's log" \
+    bash -c "! grep -qF -e '$SECRET' -e '$TARGET_SECRET' -e '$DISC_SECRET' '$TARGET_LOG'"
+check "SIGTERM: clean exit 0" bg_stop target
+check "no suspicious kernel messages" dmesg_check
+
+if ((FAILED)); then
+    sr_log "$FAILED check(s) FAILED"
+    exit 1
+fi
+sr_log "all CHAP checks passed over TCP and iSER"

@@ -1,0 +1,347 @@
+//! A logged-in TCP connection: its own thread drives the sans-IO core, a reader thread feeds it
+//! the bytes the socket delivers, the session's worker pool runs the backend I/O.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::iscsi::framing::{self, FrameSettings, PduReader};
+use crate::iscsi::{Action, CloseReason, Connection, TaskId};
+use crate::scsi::ScsiOutcome;
+use crate::server::admission::AdmissionTicket;
+use crate::server::registry::SessionControl;
+use crate::server::session::SessionSlot;
+use crate::server::{ConnectionSet, Shared};
+
+/// A send that cannot make progress for this long means the initiator is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes one read may take from the socket.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes read but not yet taken by the connection thread beyond which the reader stops reading.
+const BACKLOG_LIMIT: usize = 16 * READ_CHUNK;
+
+/// What wakes a connection's thread.
+enum Event {
+    Bytes(Vec<u8>),
+    ReadClosed(Option<io::Error>),
+    Completed(TaskId, ScsiOutcome),
+    Shutdown,
+}
+
+/// Lets the registry and the server ask a connection to shut down.
+struct ChannelControl(Sender<Event>);
+
+impl SessionControl for ChannelControl {
+    fn request_shutdown(&self) {
+        let _ = self.0.send(Event::Shutdown);
+    }
+}
+
+/// A connection whose login the core has accepted, as the login poller hands it over: the core
+/// has just asked for something only a thread of its own may do (bind the session, which can
+/// wait for a reinstated session to close).
+pub(super) struct Handoff {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) conn: Connection,
+    /// Bytes received but not yet framed.
+    pub(super) reader: PduReader,
+    pub(super) settings: FrameSettings,
+    /// Encoded PDUs the poller could not send yet; they go first.
+    pub(super) unsent: Vec<u8>,
+    /// The action that made the poller hand the connection over; carried out first.
+    pub(super) first: Action,
+    /// The connection's place under the connection caps, held until it closes.
+    pub(super) ticket: AdmissionTicket,
+}
+
+/// Starts the thread of a logged-in connection. The connection is registered for shutdown
+/// before the thread starts, so a shutdown racing with the hand-over still reaches it.
+pub(super) fn spawn(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()> {
+    let (events, inbox) = crossbeam_channel::unbounded();
+    let registration = ConnectionSet::register(
+        &shared.connections,
+        Arc::new(ChannelControl(events.clone())),
+    );
+    let peer = handoff.peer;
+    std::thread::Builder::new()
+        .name(format!("conn-{peer}"))
+        .spawn(move || {
+            let _registration = registration;
+            if let Err(e) = run_connection(handoff, shared, events, inbox) {
+                log::warn!("connection from {peer}: {e}");
+            }
+        })?;
+    Ok(())
+}
+
+/// Bytes the reader has forwarded that the connection thread has not taken yet. While the
+/// connection thread is blocked (writing to a peer that does not read, for up to
+/// [`WRITE_TIMEOUT`]) the reader stops at [`BACKLOG_LIMIT`], and TCP flow control holds the peer
+/// back, so a peer that sends without reading cannot grow the process's memory.
+#[derive(Default)]
+struct Backlog {
+    /// Bytes in flight, and whether the connection thread has finished.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Backlog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the backlog is under the limit; false once the connection has finished.
+    fn wait_for_room(&self) -> bool {
+        let mut state = self.lock();
+        while state.0 >= BACKLOG_LIMIT && !state.1 {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        !state.1
+    }
+
+    fn add(&self, bytes: usize) {
+        self.lock().0 += bytes;
+    }
+
+    fn take(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_sub(bytes);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn finish(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Reads the socket and forwards raw bytes; framing happens on the connection thread so that
+/// digest settings switch exactly where the core says.
+fn spawn_reader(
+    mut stream: TcpStream,
+    events: Sender<Event>,
+    backlog: Arc<Backlog>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("conn-reader".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; READ_CHUNK];
+            while backlog.wait_for_room() {
+                match stream.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = events.send(Event::ReadClosed(None));
+                        return;
+                    }
+                    Ok(n) => {
+                        backlog.add(n);
+                        if events.send(Event::Bytes(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = events.send(Event::ReadClosed(Some(e)));
+                        return;
+                    }
+                }
+            }
+        })
+}
+
+/// Everything one connection thread owns.
+struct Driver {
+    conn: Connection,
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: FrameSettings,
+    reader: PduReader,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    backlog: Arc<Backlog>,
+    session: SessionSlot,
+    closed: bool,
+}
+
+fn run_connection(
+    handoff: Handoff,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+) -> io::Result<()> {
+    let Handoff {
+        stream,
+        peer,
+        conn,
+        reader,
+        settings,
+        unsent,
+        first,
+        ticket: _ticket,
+    } = handoff;
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let backlog = Arc::new(Backlog::default());
+    let reader_thread = spawn_reader(stream.try_clone()?, events.clone(), Arc::clone(&backlog))?;
+    let mut driver = Driver {
+        conn,
+        stream,
+        peer,
+        settings,
+        reader,
+        shared,
+        events,
+        backlog,
+        session: SessionSlot::default(),
+        closed: false,
+    };
+    if driver.shared.stopping() {
+        driver.conn.handle_shutdown();
+    } else {
+        let mut out = unsent;
+        driver.perform(first, &mut out);
+        driver.flush(&mut out);
+        // Anything the initiator sent right behind its last Login Request.
+        driver.consume_pdus(Instant::now());
+    }
+    driver.run(&inbox);
+    let _ = driver.stream.shutdown(Shutdown::Both);
+    driver.backlog.finish();
+    // Let running commands finish before the session is unregistered (reinstatement waits on it).
+    driver.session.release(&driver.shared);
+    let _ = reader_thread.join();
+    log::info!("connection from {peer} closed");
+    Ok(())
+}
+
+impl Driver {
+    fn run(&mut self, inbox: &Receiver<Event>) {
+        while !self.closed {
+            self.carry_out_actions();
+            if self.closed {
+                break;
+            }
+            let event = match self.conn.poll_timeout() {
+                Some(deadline) => match inbox.recv_deadline(deadline) {
+                    Ok(event) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match inbox.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => return,
+                },
+            };
+            let now = Instant::now();
+            match event {
+                None => self.conn.handle_timeout(now),
+                Some(Event::Bytes(bytes)) => {
+                    self.backlog.take(bytes.len());
+                    self.reader.push(&bytes);
+                    self.consume_pdus(now);
+                }
+                Some(Event::ReadClosed(error)) => {
+                    match error {
+                        Some(e) => log::warn!("{}: read failed: {e}", self.peer),
+                        None if !self.conn.is_closed() => {
+                            log::info!("{}: initiator closed the connection", self.peer)
+                        }
+                        None => {}
+                    }
+                    self.closed = true;
+                }
+                Some(Event::Completed(id, outcome)) => self.conn.handle_scsi_complete(id, outcome),
+                Some(Event::Shutdown) => self.conn.handle_shutdown(),
+            }
+            // A peer that keeps the inbox busy must not keep a due timer from firing.
+            if self.conn.poll_timeout().is_some_and(|due| due <= now) {
+                self.conn.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Decodes every complete PDU buffered, applying the core's actions after each one so frame
+    /// settings change exactly after the final Login Response.
+    fn consume_pdus(&mut self, now: Instant) {
+        while !self.closed {
+            match self.reader.next_pdu(&self.settings) {
+                Ok(Some(pdu)) => {
+                    log::trace!("{} <- {:?}", self.peer, pdu);
+                    self.conn.handle_pdu(pdu, now);
+                }
+                Ok(None) => return,
+                Err(error) => self.conn.handle_frame_error(error, now),
+            }
+            self.carry_out_actions();
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
+        let mut out = Vec::new();
+        while let Some(action) = self.conn.poll_action() {
+            self.perform(action, &mut out);
+            if self.closed {
+                return;
+            }
+        }
+        self.flush(&mut out);
+    }
+
+    /// Carries out one action; PDUs to send are framed into `out`, written at the latest when
+    /// the frame settings change or the connection closes.
+    fn perform(&mut self, action: Action, out: &mut Vec<u8>) {
+        match action {
+            Action::Send { pdu, .. } => {
+                log::trace!("{} -> {:?}", self.peer, pdu);
+                out.extend_from_slice(&framing::encode(&pdu, &self.settings));
+            }
+            Action::SetFrameSettings(settings) => {
+                // Everything queued so far was framed with the old settings; send it first.
+                self.flush(out);
+                self.settings = settings;
+            }
+            Action::BindSession(request) => {
+                let control = Arc::new(ChannelControl(self.events.clone()));
+                let events = self.events.clone();
+                let sink: crate::server::io::CompletionSink = Arc::new(move |id, outcome| {
+                    let _ = events.send(Event::Completed(id, outcome));
+                });
+                let result = self.session.bind(&self.shared, &request, control, sink);
+                self.conn.handle_session_bound(result);
+            }
+            Action::Execute(task) => {
+                if let Some((id, outcome)) = self.session.execute(task) {
+                    self.conn.handle_scsi_complete(id, outcome);
+                }
+            }
+            Action::Reset { lun } => self.session.reset(&self.shared, lun),
+            Action::Close(reason) => {
+                self.flush(out);
+                match reason {
+                    CloseReason::Logout | CloseReason::Shutdown => {
+                        log::debug!("{}: closing ({reason:?})", self.peer)
+                    }
+                    _ => log::warn!("{}: closing ({reason:?})", self.peer),
+                }
+                self.closed = true;
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() || self.closed {
+            out.clear();
+            return;
+        }
+        if let Err(e) = self.stream.write_all(out) {
+            log::warn!("{}: send failed: {e}", self.peer);
+            self.closed = true;
+        }
+        out.clear();
+    }
+}
