@@ -182,7 +182,9 @@ fn main() {
     {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("usage: iser-peer hold|zero-resources|bad-write ADDR PORT [COUNT [SRC]]: {e}");
+            eprintln!(
+                "usage: iser-peer hold|zero-resources|bad-write ADDR PORT [COUNT [SRC]]: {e}"
+            );
             std::process::exit(2);
         }
     };
