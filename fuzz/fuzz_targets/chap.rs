@@ -92,8 +92,14 @@ fuzz_target!(|data: &[u8]| {
         let mut body = body.to_vec();
         if flags & 0x10 != 0 {
             let mut identity = text::encode(&[
-                ("InitiatorName".to_string(), "iqn.2026-01.fuzz:host".to_string()),
-                ("TargetName".to_string(), "iqn.2026-01.fuzz:disk".to_string()),
+                (
+                    "InitiatorName".to_string(),
+                    "iqn.2026-01.fuzz:host".to_string(),
+                ),
+                (
+                    "TargetName".to_string(),
+                    "iqn.2026-01.fuzz:disk".to_string(),
+                ),
                 ("AuthMethod".to_string(), "CHAP,None".to_string()),
             ]);
             identity.extend_from_slice(&body);
@@ -151,7 +157,8 @@ fuzz_target!(|data: &[u8]| {
                     }
                     let keys = text::parse(&pdu.data).expect("target text parses");
                     let get = |k: &str| keys.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-                    if let (Some(a), Some(i), Some(c)) = (get("CHAP_A"), get("CHAP_I"), get("CHAP_C"))
+                    if let (Some(a), Some(i), Some(c)) =
+                        (get("CHAP_A"), get("CHAP_I"), get("CHAP_C"))
                     {
                         let algorithm = match a.as_str() {
                             "5" => Algorithm::Md5,
