@@ -20,7 +20,7 @@
 //! read or command already completed), then shut down when `payload[0]` is odd.
 #![no_main]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,10 @@ struct Harness {
     /// Read buffers (the target RDMA Writes into them) and write buffers (it RDMA Reads them).
     read_buffers: Vec<Advertised>,
     write_buffers: Vec<Advertised>,
-    /// STags a SCSI Response invalidated and no later command advertised again.
+    /// Commands that advertised each STag. A real initiator registers a fresh STag per command;
+    /// the fuzzer may reuse one, and then which command an operation serves is ambiguous.
+    advertisements: HashMap<u32, usize>,
+    /// STags a SCSI Response invalidated.
     invalidated: HashSet<u32>,
     /// RDMA Reads posted and not answered: (token, len).
     reads: Vec<(u64, u32)>,
@@ -102,7 +105,7 @@ impl Harness {
         let edtl = u64::from(u32::from_be_bytes([bhs[20], bhs[21], bhs[22], bhs[23]]));
         let immediate = u64::from(u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]));
         if iser.flags & 0x04 != 0 {
-            self.invalidated.remove(&iser.read_stag);
+            *self.advertisements.entry(iser.read_stag).or_default() += 1;
             self.read_buffers.push(Advertised {
                 stag: iser.read_stag,
                 va: iser.read_va,
@@ -110,7 +113,7 @@ impl Harness {
             });
         }
         if iser.flags & 0x08 != 0 {
-            self.invalidated.remove(&iser.write_stag);
+            *self.advertisements.entry(iser.write_stag).or_default() += 1;
             // WriteVA points past the immediate data (RFC 7145 §7.3.1).
             self.write_buffers.push(Advertised {
                 stag: iser.write_stag,
@@ -127,10 +130,7 @@ impl Harness {
                 FabricOp::Send { bytes, invalidate } => self.check_send(&bytes, invalidate),
                 FabricOp::RdmaWrite { stag, va, data } => {
                     assert!(!data.is_empty(), "empty RDMA Write");
-                    assert!(
-                        !self.invalidated.contains(&stag),
-                        "RDMA Write to invalidated STag {stag:#x}"
-                    );
+                    self.check_valid(stag);
                     assert!(
                         self.read_buffers.iter().any(|b| b.holds(stag, va, data.len() as u64)),
                         "RDMA Write of {} bytes at {stag:#x}:{va:#x} outside every advertised read buffer {:?}",
@@ -145,10 +145,7 @@ impl Harness {
                     len,
                 } => {
                     assert!(len > 0 && len <= MAX_BURST, "RDMA Read of {len} bytes");
-                    assert!(
-                        !self.invalidated.contains(&stag),
-                        "RDMA Read from invalidated STag {stag:#x}"
-                    );
+                    self.check_valid(stag);
                     assert!(
                         self.write_buffers.iter().any(|b| b.holds(stag, va, u64::from(len))),
                         "RDMA Read of {len} bytes at {stag:#x}:{va:#x} outside every advertised write buffer {:?}",
@@ -185,6 +182,14 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// An STag one command advertised is dead once a SCSI Response invalidated it.
+    fn check_valid(&self, stag: u32) {
+        assert!(
+            !self.invalidated.contains(&stag) || self.advertisements[&stag] > 1,
+            "RDMA operation on STag {stag:#x} after its command's response invalidated it"
+        );
     }
 
     /// A Send must be one whole control-type PDU from target to initiator that fits the receive
@@ -392,6 +397,7 @@ fuzz_target!(|data: &[u8]| {
         sequence: SequenceCheck::new(QUEUE_DEPTH),
         read_buffers: Vec::new(),
         write_buffers: Vec::new(),
+        advertisements: HashMap::new(),
         invalidated: HashSet::new(),
         reads: Vec::new(),
         running: Vec::new(),
