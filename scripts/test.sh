@@ -48,11 +48,13 @@ cargo test --workspace --lib --bins
 cargo test -p rdma-ffi --test host
 
 # --- tier 2f: fuzzing --------------------------------------------------------------
+# A crash fails the run, but only at the end: the later tiers still report.
+fuzz_status=0
 if [[ ${SKIP_FUZZ:-0} == 1 ]]; then
     echo "SKIPPED: fuzz tier (SKIP_FUZZ=1): no fuzz target ran" >&2
 else
     log "fuzzing: every target for ${FUZZ_SECONDS:-20}s from fuzz/corpus/ (scripts/fuzz.sh)"
-    scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-20}" || fuzz_status=$?
 fi
 
 # --- tier 3: whole-binary tests against real initiators -------------------------
@@ -84,4 +86,8 @@ else
     fi
 fi
 
+if [[ $fuzz_status -ne 0 ]]; then
+    echo "FAILED: the fuzz tier (see its log above: crash input and stack)" >&2
+    exit "$fuzz_status"
+fi
 log "all tests passed"
