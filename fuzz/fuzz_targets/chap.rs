@@ -80,7 +80,7 @@ fn stage(operational: bool) -> Stage {
 fuzz_target!(|data: &[u8]| {
     let mutual = data.first().is_some_and(|b| b & 0x80 != 0);
     let now = Instant::now();
-    let mut conn = Connection::new(Arc::new(config(mutual)), None, now);
+    let mut conn = Connection::<()>::new(Arc::new(config(mutual)), None, now);
     // The target's latest CHAP_A, CHAP_I and CHAP_C.
     let mut challenge: Option<(Algorithm, u8, Vec<u8>)> = None;
     let mut proved = false;
@@ -144,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
         while let Some(action) = conn.poll_action() {
             assert!(!closed, "action {action:?} after Close");
             match action {
-                Action::Send(pdu) => {
+                Action::Send { pdu, .. } => {
                     let Header::LoginResponse(r) = &pdu.header else {
                         panic!("{pdu:?} during login");
                     };
