@@ -85,6 +85,9 @@ fuzz_target!(|data: &[u8]| {
     let mut challenge: Option<(Algorithm, u8, Vec<u8>)> = None;
     let mut proved = false;
     let mut closed = false;
+    // The final Login Response went out: a further Login Request is a protocol error that the
+    // core answers with a Reject (RFC 7143 §11.17.1), not a Login Response.
+    let mut logged_in = false;
     for (n, piece) in data.split(|&b| b == 0xff).enumerate().take(16) {
         let Some((&flags, body)) = piece.split_first() else {
             continue;
@@ -145,6 +148,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(!closed, "action {action:?} after Close");
             match action {
                 Action::Send { pdu, .. } => {
+                    if logged_in {
+                        assert!(
+                            matches!(&pdu.header, Header::Reject(r) if r.reason == 4),
+                            "{pdu:?} after the login completed"
+                        );
+                        continue;
+                    }
                     let Header::LoginResponse(r) = &pdu.header else {
                         panic!("{pdu:?} during login");
                     };
@@ -152,6 +162,7 @@ fuzz_target!(|data: &[u8]| {
                         assert!(pdu.data.is_empty(), "a failed login says nothing more");
                         continue;
                     }
+                    logged_in = r.transit && r.next_stage == Stage::FullFeature;
                     if r.current_stage == Stage::Security && r.transit {
                         assert!(proved || sent_right_response, "left security unproved");
                     }
