@@ -2,7 +2,7 @@
 # Benchmark: our target against LIO and tgt, over iSER and iSCSI/TCP, in one SoftRoCE guest run.
 #
 #   cargo build --release --bin iser-target
-#   SOFTROCE_VM_TIMEOUT=1800 scripts/softroce-vm.sh scripts/guest/bench.sh [REPEATS] [SECONDS]
+#   SOFTROCE_VM_TIMEOUT=2400 scripts/softroce-vm.sh scripts/guest/bench.sh [REPEATS] [SECONDS]
 #
 # The three targets run side by side in the guest and export the same 256 MiB file on tmpfs,
 # write cache on: ours (`backing: {type: file}`, `write_cache: true`) on port 3261, LIO (fileio,
@@ -15,13 +15,14 @@
 # Beside each figure: guest CPU per I/O = busy jiffies of all CPUs from /proc/stat across the
 # fio run / I/Os. It counts the kernel targets' threads and softirq work, our target, and the
 # initiator side (fio, iscsi_tcp/ib_iser, rxe) which is the same for every target.
-# REPEATS rounds (default 3); medians. The table (also $SOFTROCE_RESULTS/bench.md) gives
+# REPEATS rounds (default 3); medians. Every run's fio JSON is kept in $SOFTROCE_RESULTS/fio/,
+# every run's figures in bench.tsv. The table (also $SOFTROCE_RESULTS/bench.md) gives
 # ours / better-of-LIO-and-tgt for throughput and better / ours for latency: > 1 means ours
 # is better in both.
 #
 # The guest runs under TCG emulation on shared host cores and rxe is software RDMA: absolute
 # figures mean little, ratios measured in the same run are what to read. A full run (3 rounds
-# of 5 s) takes about 12 minutes plus boot, hence the longer SOFTROCE_VM_TIMEOUT.
+# of 5 s: 90 fio runs, 18 logins) takes 15-20 minutes plus boot, hence SOFTROCE_VM_TIMEOUT.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -57,7 +58,8 @@ WORKLOADS=(
     "write-128k-qd8|--rw=write --bs=128k --iodepth=8"
 )
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
-RUNS="$RESULTS/bench.tsv"
+FIO_DIR="$RESULTS/fio"   # one fio JSON per run
+RUNS="$WORK/runs.tsv"     # round, target, fabric, workload, busy jiffies, JSON path
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release --bin iser-target' first"
 
 # busy_jiffies: jiffies all CPUs spent not idle (user nice system irq softirq steal; guest
@@ -68,40 +70,36 @@ busy_jiffies() {
     echo $((user + nice + system + irq + softirq + steal))
 }
 
-# run_fio DEV ARGS...: one fio run; prints "iops mib_s lat_mean_us lat_p99_us ios busy_jiffies".
-# The JSON goes to a file and is parsed after the second /proc/stat sample, so that only fio
-# itself falls inside the CPU window.
+# run_fio DEV JSON ARGS...: one fio run, its JSON report to the file JSON; prints the busy
+# jiffies of the guest across it.  Parsing waits until the end: python starts slowly under TCG
+# and must not fall inside a CPU window or stretch the run.
 run_fio() {
-    local dev="$1" before after; shift
+    local dev="$1" json="$2" before after; shift 2
     before="$(busy_jiffies)"
     fio --name=bench --filename="$dev" --direct=1 --ioengine=libaio --runtime="$RUNTIME" \
         --time_based --size="${LUN_MIB}M" --norandommap --lat_percentiles=1 \
-        --output-format=json --output="$WORK/fio.json" "$@" >/dev/null 2>&1 ||
+        --output-format=json --output="$json" "$@" >/dev/null 2>&1 ||
         { sr_log "fio $* on $dev failed"; return 1; }
     after="$(busy_jiffies)"
-    python3 - "$WORK/fio.json" "$((after - before))" <<'EOF'
-import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0]
-r, w = job["read"], job["write"]
-d = r if r["total_ios"] else w
-p99 = d["lat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
-print(f'{r["iops"] + w["iops"]:.0f} {(r["bw_bytes"] + w["bw_bytes"]) / 2**20:.1f} '
-      f'{d["lat_ns"]["mean"] / 1000:.1f} {p99:.0f} {r["total_ios"] + w["total_ios"]} {sys.argv[2]}')
-EOF
+    echo $((after - before))
 }
 
 # measure ROUND TARGET FABRIC: log in, every workload once, log out.
 measure() {
-    local round="$1" target="$2" fabric="$3" iqn="${IQN[$2,$3]}" dev w name figures
+    local round="$1" target="$2" fabric="$3" iqn="${IQN[$2,$3]}" dev cache w name json busy
     iscsi_login "$ADDR" "$iqn" "$fabric" "${PORT[$target]}" >/dev/null ||
         sr_die "$target: login over $fabric failed"
     dev="$(find_new_disk 60)" || sr_die "$target: no disk over $fabric"
     [[ "$(blockdev --getsize64 "$dev")" == $((LUN_MIB << 20)) ]] || sr_die "$target: $dev has the wrong size"
+    # What the kernel read from the caching mode page: every target must run with WCE=1.
+    cache="$(cat /sys/block/"${dev#/dev/}"/device/scsi_disk/*/cache_type)"
+    [[ "$cache" == "write back" ]] || sr_die "$target over $fabric: cache_type is '$cache', not 'write back'"
     for w in "${WORKLOADS[@]}"; do
         name="${w%%|*}"
+        json="$FIO_DIR/$round-$target-$fabric-$name.json"
         # shellcheck disable=SC2086  # the fio arguments are words
-        figures="$(run_fio "$dev" ${w#*|})" || sr_die "$target over $fabric: $name failed"
-        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$fabric" "$name" "${figures// /$'\t'}" >>"$RUNS"
+        busy="$(run_fio "$dev" "$json" ${w#*|})" || sr_die "$target over $fabric: $name failed"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$fabric" "$name" "$busy" "$json" >>"$RUNS"
     done
     iscsi_logout "$iqn" "$ADDR" "${PORT[$target]}" >/dev/null || sr_die "$target: logout over $fabric failed"
     sr_log "round $round: $target over $fabric measured"
@@ -109,7 +107,8 @@ measure() {
 
 softroce_setup
 mkdir -p "$WORK"
-printf 'round\ttarget\tfabric\tworkload\tiops\tmib_s\tlat_mean_us\tlat_p99_us\tios\tbusy_jiffies\n' >"$RUNS"
+mkdir -p "$FIO_DIR"
+: >"$RUNS"
 # The one LUN file, every page allocated (written once), as a LUN in use has it.
 dd if=/dev/zero of="$LUN_FILE" bs=1M count="$LUN_MIB" status=none
 
@@ -157,20 +156,32 @@ lio_teardown
 bg_stop ours || sr_die "our target did not stop cleanly (see ours.log)"
 dmesg_check || sr_die "kernel log shows errors during the benchmark"
 
-python3 - "$RUNS" "$REPEATS" "$RUNTIME" "$(getconf CLK_TCK)" "$IDLE_PCT" "$(nproc)" "$(uname -r)" \
+python3 - "$RUNS" "$RESULTS/bench.tsv" "$REPEATS" "$RUNTIME" "$(getconf CLK_TCK)" "$IDLE_PCT" "$(nproc)" "$(uname -r)" \
     "$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || echo unknown)" \
     "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" >"$RESULTS/bench.md" <<'EOF'
 import statistics, sys
-path, repeats, runtime, hz, idle, cpus, kernel, tgt_version, commit = sys.argv[1:]
+import json
+index, tsv, repeats, runtime, hz, idle, cpus, kernel, tgt_version, commit = sys.argv[1:]
 hz = float(hz)
 runs = {}
 busy_shares = []
-for row in list(open(path))[1:]:
-    rnd, target, fabric, workload, iops, mib, lat, p99, ios, busy = row.rstrip("\n").split("\t")
-    cpu_us = float(busy) * 1e6 / hz / float(ios)
-    busy_shares.append(float(busy) / (float(runtime) * hz * int(cpus)))
-    runs.setdefault((target, fabric, workload), []).append(
-        dict(iops=float(iops), mib=float(mib), lat=float(lat), p99=float(p99), cpu=cpu_us))
+with open(tsv, "w") as out:
+    out.write("round\ttarget\tfabric\tworkload\tiops\tmib_s\tlat_mean_us\tlat_p99_us\tios\t"
+              "busy_jiffies\tcpu_us_per_io\n")
+    for row in open(index):
+        rnd, target, fabric, workload, busy, path = row.rstrip("\n").split("\t")
+        job = json.load(open(path))["jobs"][0]
+        r, w = job["read"], job["write"]
+        d = r if r["total_ios"] else w
+        ios = r["total_ios"] + w["total_ios"]
+        run = dict(iops=r["iops"] + w["iops"], mib=(r["bw_bytes"] + w["bw_bytes"]) / 2**20,
+                   lat=d["lat_ns"]["mean"] / 1000,
+                   p99=d["lat_ns"].get("percentile", {}).get("99.000000", 0) / 1000,
+                   cpu=float(busy) * 1e6 / hz / ios)
+        busy_shares.append(float(busy) / (float(runtime) * hz * int(cpus)))
+        runs.setdefault((target, fabric, workload), []).append(run)
+        out.write(f"{rnd}\t{target}\t{fabric}\t{workload}\t{run['iops']:.0f}\t{run['mib']:.1f}\t"
+                  f"{run['lat']:.1f}\t{run['p99']:.0f}\t{ios}\t{busy}\t{run['cpu']:.0f}\n")
 def med(t, f, w, key):
     return statistics.median(r[key] for r in runs[(t, f, w)])
 # (row label, workload, figure, unit, lower is better)
