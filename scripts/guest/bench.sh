@@ -58,7 +58,7 @@ WORKLOADS=(
     "write-128k-qd8|--rw=write --bs=128k --iodepth=8"
 )
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
-FIO_DIR="$RESULTS/fio"   # one fio JSON per run
+FIO_DIR="$WORK/fio"      # one fio JSON per run, on tmpfs; copied to $RESULTS/fio at the end
 RUNS="$WORK/runs.tsv"     # round, target, fabric, workload, busy jiffies, JSON path
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release --bin iser-target' first"
 
@@ -106,8 +106,7 @@ measure() {
 }
 
 softroce_setup
-mkdir -p "$WORK"
-mkdir -p "$FIO_DIR"
+mkdir -p "$WORK" "$FIO_DIR"
 : >"$RUNS"
 # The one LUN file, every page allocated (written once), as a LUN in use has it.
 dd if=/dev/zero of="$LUN_FILE" bs=1M count="$LUN_MIB" status=none
@@ -155,6 +154,7 @@ tgt_stop "$TGT_CONTROL_PORT" || sr_log "tgtd did not stop cleanly"
 lio_teardown
 bg_stop ours || sr_die "our target did not stop cleanly (see ours.log)"
 dmesg_check || sr_die "kernel log shows errors during the benchmark"
+cp -r "$FIO_DIR" "$RESULTS/"
 
 python3 - "$RUNS" "$RESULTS/bench.tsv" "$REPEATS" "$RUNTIME" "$(getconf CLK_TCK)" "$IDLE_PCT" "$(nproc)" "$(uname -r)" \
     "$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || echo unknown)" \
