@@ -3,13 +3,16 @@
 #
 #   1. style gates: cargo fmt --check, cargo clippy -D warnings
 #   2. unit tests of every layer (debug build: overflow checks on)
+#   2f. fuzzing: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 20) each from the
+#      seed corpus in fuzz/corpus/ (scripts/fuzz.sh; installs nightly and cargo-fuzz); a crash fails
 #   3. whole-binary tests against libiscsi's initiators over 127.0.0.1, including
 #      iscsi-test-cu on a RAM LUN and a file LUN (release build)
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
 #      and our target against the kernel initiator over TCP and over iSER, with and without CHAP
 #
-# Environment: SKIP_VM=1 skips tier 4 (says so loudly); everything else always runs.
+# Environment: SKIP_VM=1 skips tier 4, SKIP_FUZZ=1 the fuzz tier (both say so loudly); everything
+# else always runs. Tests that need a tool fail when it is missing (REQUIRE_TOOLS=1 below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,8 @@ if ((${#need_pkgs[@]})); then
     $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need_pkgs[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+# Whole-binary tests fail instead of skipping when a tool they need is missing.
+export REQUIRE_TOOLS=1
 
 # --- tier 1: style --------------------------------------------------------------
 log "cargo fmt --check"
@@ -39,6 +44,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 # --- tier 2: unit tests ---------------------------------------------------------
 log "unit tests"
 cargo test --workspace --lib --bins
+# rdma-ffi's host tests: what this host's (absent) RDMA must make the verbs/CM calls do.
+cargo test -p rdma-ffi --test host
+
+# --- tier 2f: fuzzing --------------------------------------------------------------
+# A crash fails the run, but only at the end: the later tiers still report.
+fuzz_status=0
+if [[ ${SKIP_FUZZ:-0} == 1 ]]; then
+    echo "SKIPPED: fuzz tier (SKIP_FUZZ=1): no fuzz target ran" >&2
+else
+    log "fuzzing: every target for ${FUZZ_SECONDS:-20}s from fuzz/corpus/ (scripts/fuzz.sh)"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-20}" || fuzz_status=$?
+fi
 
 # --- tier 3: whole-binary tests against real initiators -------------------------
 log "whole-binary tests (libiscsi over TCP on 127.0.0.1)"
@@ -74,7 +91,13 @@ else
         scripts/softroce-vm.sh scripts/guest/data-safety.sh
         log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
         scripts/softroce-vm.sh scripts/guest/chap.sh
+        log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
+        scripts/guest/iser-faults.sh
     fi
 fi
 
+if [[ $fuzz_status -ne 0 ]]; then
+    echo "FAILED: the fuzz tier (see its log above: crash input and stack)" >&2
+    exit "$fuzz_status"
+fi
 log "all tests passed"

@@ -70,6 +70,10 @@ pub enum AsyncEventKind {
     CommEst,
     /// QP fatal error.
     QpFatal,
+    /// Invalid request on the QP (the peer sent a request we could not serve).
+    QpRequestError,
+    /// Access violation on the QP (e.g. an RDMA operation with a bad rkey).
+    QpAccessError,
     /// Last WQE reached (SRQ).
     QpLastWqeReached,
     /// CQ error.
@@ -125,6 +129,15 @@ impl VerbsContext {
         unsafe { (*self.raw.as_ptr()).async_fd }
     }
 
+    /// The async event fd, borrowed for polling. It stays open as long as librdmacm keeps the
+    /// context, i.e. until the device is removed and [`crate::refresh_cm_devices`] runs: drop
+    /// the handle before that.
+    pub fn async_fd_borrowed(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the fd belongs to the open context, which outlives this borrow of the handle
+        // as documented above.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.async_fd()) }
+    }
+
     /// Set the async fd non-blocking.
     pub fn set_async_nonblocking(&self, nonblocking: bool) -> Result<()> {
         set_fd_nonblocking(self.async_fd(), nonblocking)
@@ -150,6 +163,8 @@ impl VerbsContext {
         let (kind, is_qp) = match ev.event_type {
             IBV_EVENT_COMM_EST => (AsyncEventKind::CommEst, true),
             IBV_EVENT_QP_FATAL => (AsyncEventKind::QpFatal, true),
+            IBV_EVENT_QP_REQ_ERR => (AsyncEventKind::QpRequestError, true),
+            IBV_EVENT_QP_ACCESS_ERR => (AsyncEventKind::QpAccessError, true),
             IBV_EVENT_QP_LAST_WQE_REACHED => (AsyncEventKind::QpLastWqeReached, true),
             IBV_EVENT_CQ_ERR => (AsyncEventKind::CqErr, false),
             IBV_EVENT_PORT_ACTIVE => (AsyncEventKind::PortActive, false),

@@ -245,7 +245,13 @@ impl<C: Clone + Debug> Connection<C> {
             self.schedule();
             return;
         }
+        let (held, at) = (task.data_out.len(), task.data_out.as_ptr());
         task.data_out.extend_from_slice(&pdu.data);
+        crate::stats::count_payload_copy(pdu.data.len());
+        if task.data_out.as_ptr() != at {
+            // Growing the buffer moved the data already held.
+            crate::stats::count_payload_copy(held);
+        }
         if h.ttt == RESERVED_TAG {
             // Solicited data starts where the unsolicited data stopped.
             task.next_r2t_offset = task.data_out.len() as u32;
@@ -376,6 +382,7 @@ impl<C: Clone + Debug> Connection<C> {
                 Pdu::with_data(header, data[offset..offset + len].to_vec()),
                 &task.context,
             );
+            crate::stats::count_payload_copy(len);
             data_sn += 1;
             offset += len;
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::{Action, CloseReason, Connection, CoreConfig, LoginStatus, TaskId};
-use super::pdu::{self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, BHS_LEN};
+use super::pdu::{
+    self, DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, Stage, BHS_LEN,
+};
 use crate::scsi::ScsiOutcome;
 
 /// Length of the iSER control-type header in front of every PDU.
@@ -136,14 +138,21 @@ pub enum FabricOp {
     BindSession(super::BindRequest),
     /// Run a SCSI command; answer with [`IserConnection::handle_scsi_complete`].
     Execute(super::ScsiTask),
+    /// The login succeeded: post the full-feature receive buffers and set up the staging arena
+    /// now, before the final Login Response that follows (the initiator may send commands the
+    /// moment it has it; Linux drivers/infiniband/ulp/isert/ib_isert.c isert_put_login_tx does
+    /// the same).
+    EnterFullFeature,
     /// LOGICAL UNIT RESET / TARGET RESET of SCSI state (as [`Action::Reset`]).
     Reset { lun: Option<u64> },
     /// Disconnect, drain, free. Nothing follows.
     Close(CloseReason),
 }
 
-/// The initiator's buffers for one command, from the iSER header of its SCSI Command.
-#[derive(Debug, Clone, Copy)]
+/// The initiator's buffers for one command, from the iSER header of its SCSI Command: the
+/// core's per-task context, so the STags live exactly as long as the task the core accepted (a
+/// dropped, rejected or duplicate-ITT command never touches a live task's STags).
+#[derive(Debug, Clone, Copy, Default)]
 struct RemoteBuffers {
     read: Option<(u32, u64)>,
     write: Option<(u32, u64)>,
@@ -161,21 +170,45 @@ struct PendingRead {
     offset: u32,
 }
 
+/// Which RDMA Reads a Send must not overtake (brief §6.4: a Send that lets the initiator free a
+/// buffer may not pass an RDMA Read of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFence {
+    /// Nothing to wait for (NOP-In, Reject, Text...).
+    None,
+    /// The reads of this task: its SCSI Response ends its use of the STags.
+    Task(u32),
+    /// Every read in flight now: a TMF Response (the initiator invalidates the STags of every
+    /// task it covers) or a Logout Response (the initiator tears down all its buffers).
+    All,
+}
+
+/// A Send (or the Close behind a Logout Response) waiting for RDMA Reads to complete.
+#[derive(Debug)]
+struct HeldOp {
+    op: FabricOp,
+    /// Tokens of the reads still in flight that this op waits for.
+    waits_for: Vec<u64>,
+}
+
 /// A connection speaking iSER: the core plus iSER framing and data movement.
 #[derive(Debug)]
 pub struct IserConnection {
-    core: Connection,
-    buffers: HashMap<u32, RemoteBuffers>,
+    core: Connection<RemoteBuffers>,
     reads: HashMap<u64, PendingRead>,
     next_token: u64,
-    /// Sends held back because an RDMA Read is still in flight: a TMF Response must not let the
-    /// initiator free a buffer we are still reading (brief §6.4). Everything after it waits too,
-    /// to keep the order.
-    held: VecDeque<FabricOp>,
+    /// Sends held back behind RDMA Reads that were in flight when they were queued (see
+    /// [`ReadFence`]), in order; a later Send waits behind an earlier held one so responses keep
+    /// their StatSN order. RDMA Reads and Writes never wait here: a read created later is not
+    /// waited for, so the queue always drains.
+    held: VecDeque<HeldOp>,
     /// Both sides agreed to Send-with-Invalidate in the CM exchange.
     send_with_invalidate: bool,
     ops: VecDeque<FabricOp>,
+    /// The core closed the connection: nothing more is accepted from it.
     closed: bool,
+    /// The Close reached `ops`.
+    close_emitted: bool,
 }
 
 impl IserConnection {
@@ -189,30 +222,25 @@ impl IserConnection {
     ) -> Self {
         IserConnection {
             core: Connection::new(config, local_addr, now),
-            buffers: HashMap::new(),
             reads: HashMap::new(),
             next_token: 1,
             held: VecDeque::new(),
             send_with_invalidate,
             ops: VecDeque::new(),
             closed: false,
+            close_emitted: false,
         }
-    }
-
-    /// The wrapped core (negotiated parameters, state queries).
-    pub fn core(&self) -> &Connection {
-        &self.core
     }
 
     /// True once a Close has been emitted.
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.close_emitted
     }
 
     /// The payload of one received Send.
     pub fn handle_receive(&mut self, message: &[u8], now: Instant) {
         match self.decode_receive(message, now) {
-            Ok(Some(pdu)) => self.core.handle_pdu(pdu, now),
+            Ok(Some((pdu, buffers))) => self.core.handle_pdu_with_context(pdu, now, buffers),
             Ok(None) => {}
             Err(reason) => {
                 log::warn!("iSER receive: {reason}");
@@ -222,8 +250,13 @@ impl IserConnection {
         self.pump();
     }
 
-    /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes).
-    fn decode_receive(&mut self, message: &[u8], now: Instant) -> Result<Option<Pdu>, String> {
+    /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes); a SCSI
+    /// Command comes with the buffers its iSER header advertises.
+    fn decode_receive(
+        &mut self,
+        message: &[u8],
+        now: Instant,
+    ) -> Result<Option<(Pdu, RemoteBuffers)>, String> {
         let header = IserHeader::decode(message).ok_or("Send shorter than the iSER header")?;
         match header.flags & 0xf0 {
             ISER_ISCSI_CTRL => {}
@@ -272,25 +305,22 @@ impl IserConnection {
                 return Ok(None);
             }
         };
-        if let Header::ScsiCommand(cmd) = &pdu.header {
-            let read = (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va));
-            let write =
-                (header.flags & ISER_WSV != 0).then_some((header.write_stag, header.write_va));
-            self.buffers.insert(
-                cmd.itt,
-                RemoteBuffers {
-                    read,
-                    write,
-                    unsolicited: pdu.data.len() as u32,
-                },
-            );
-        }
-        Ok(Some(pdu))
+        // STags count only on SCSI Commands (brief §3.3).
+        let buffers = match &pdu.header {
+            Header::ScsiCommand(_) => RemoteBuffers {
+                read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
+                write: (header.flags & ISER_WSV != 0)
+                    .then_some((header.write_stag, header.write_va)),
+                unsolicited: pdu.data.len() as u32,
+            },
+            _ => RemoteBuffers::default(),
+        };
+        Ok(Some((pdu, buffers)))
     }
 
     /// An RDMA Read finished: its bytes are the Data-Out the R2T asked for.
     pub fn handle_rdma_read_complete(&mut self, token: u64, data: Vec<u8>, now: Instant) {
-        if let Some(read) = self.reads.remove(&token) {
+        if let Some(read) = self.read_finished(token) {
             let header = Header::DataOut(DataOut {
                 final_flag: true,
                 lun: read.lun,
@@ -308,8 +338,19 @@ impl IserConnection {
     /// An RDMA Read failed (remote access error, flush): the connection cannot go on.
     pub fn handle_rdma_read_failed(&mut self, token: u64) {
         self.reads.remove(&token);
-        self.core_close(CloseReason::ProtocolError("RDMA Read failed".into()));
+        let reason = CloseReason::ProtocolError("RDMA Read failed".into());
+        // At once: whatever is held (a Logout Response) must not go out on a broken connection.
+        self.close_at_once(reason.clone());
+        self.core_close(reason);
         self.pump();
+    }
+
+    /// Forgets a read that completed or failed; ops held for it may go.
+    fn read_finished(&mut self, token: u64) -> Option<PendingRead> {
+        for held in &mut self.held {
+            held.waits_for.retain(|t| *t != token);
+        }
+        self.reads.remove(&token)
     }
 
     /// Answer to [`FabricOp::BindSession`].
@@ -351,39 +392,77 @@ impl IserConnection {
         self.core.handle_transport_error(reason);
     }
 
+    /// Queues an operation that waits for nothing: RDMA Reads and Writes, session and SCSI
+    /// requests never wait behind held Sends (a Data-In RDMA Write still precedes its own
+    /// response, which is queued after it).
     fn emit(&mut self, op: FabricOp) {
         if self.closed {
             return;
         }
-        if matches!(op, FabricOp::Close(_)) {
+        if let FabricOp::Close(reason) = op {
             self.closed = true;
-            self.held.clear();
-            self.ops.push_back(op);
+            if reason == CloseReason::Logout && !self.held.is_empty() {
+                // The Logout Response is held: close only after it went out.
+                self.held.push_back(HeldOp {
+                    op: FabricOp::Close(reason),
+                    waits_for: Vec::new(),
+                });
+            } else {
+                self.close_at_once(reason);
+            }
             return;
         }
-        let is_send = matches!(op, FabricOp::Send { .. });
-        if !self.held.is_empty() || (is_send && self.must_hold_send(&op)) {
-            self.held.push_back(op);
-        } else {
+        self.ops.push_back(op);
+    }
+
+    /// Queues a Send behind the RDMA Reads `fence` names, and behind any Send already held.
+    fn emit_send(&mut self, bytes: Vec<u8>, invalidate: Option<u32>, fence: ReadFence) {
+        if self.closed {
+            return;
+        }
+        let waits_for: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| match fence {
+                ReadFence::None => false,
+                ReadFence::Task(itt) => read.itt == itt,
+                ReadFence::All => true,
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        if fence == ReadFence::All && !waits_for.is_empty() {
+            log::debug!(
+                "TMF or Logout Response held behind {} RDMA Reads",
+                waits_for.len()
+            );
+        }
+        let op = FabricOp::Send { bytes, invalidate };
+        if waits_for.is_empty() && self.held.is_empty() {
             self.ops.push_back(op);
+        } else {
+            self.held.push_back(HeldOp { op, waits_for });
         }
     }
 
-    /// A TMF Response may not overtake an RDMA Read of a buffer the initiator would then free.
-    fn must_hold_send(&self, op: &FabricOp) -> bool {
-        let FabricOp::Send { bytes, .. } = op else {
-            return false;
-        };
-        !self.reads.is_empty()
-            && bytes.get(ISER_HEADER_LEN).map(|b| b & 0x3f)
-                == Some(pdu::Opcode::TaskMgmtResponse as u8)
+    /// Emits the Close now, dropping whatever was held (nothing more goes out).
+    fn close_at_once(&mut self, reason: CloseReason) {
+        if self.close_emitted {
+            return;
+        }
+        self.closed = true;
+        self.close_emitted = true;
+        self.held.clear();
+        self.ops.push_back(FabricOp::Close(reason));
     }
 
+    /// Releases held ops, in order, up to the first that still waits for a read.
     fn release_held(&mut self) {
-        if self.reads.is_empty() {
-            while let Some(op) = self.held.pop_front() {
-                self.ops.push_back(op);
+        while self.held.front().is_some_and(|h| h.waits_for.is_empty()) {
+            let held = self.held.pop_front().expect("checked");
+            if matches!(held.op, FabricOp::Close(_)) {
+                self.close_emitted = true;
             }
+            self.ops.push_back(held.op);
         }
     }
 
@@ -391,7 +470,7 @@ impl IserConnection {
     fn pump(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Send { pdu, .. } => self.translate_send(pdu),
+                Action::Send { pdu, context } => self.translate_send(pdu, context),
                 // No digests over iSER; the core's frame settings do not apply.
                 Action::SetFrameSettings(_) => {}
                 Action::BindSession(request) => self.emit(FabricOp::BindSession(request)),
@@ -403,57 +482,64 @@ impl IserConnection {
         self.release_held();
     }
 
-    fn translate_send(&mut self, pdu: Pdu) {
+    /// One PDU of the core; `buffers` is its task's context when it belongs to a task.
+    fn translate_send(&mut self, pdu: Pdu, buffers: Option<RemoteBuffers>) {
+        let buffers = buffers.unwrap_or_default();
         match pdu.header {
-            Header::DataIn(h) => self.data_in(h, pdu.data),
-            Header::ReadyToTransfer(h) => self.r2t(h),
+            Header::DataIn(h) => self.data_in(h, pdu.data, buffers),
+            Header::ReadyToTransfer(h) => self.r2t(h, buffers),
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
-                self.send(&Pdu::new(Header::NopIn(h)));
+                self.send(&Pdu::new(Header::NopIn(h)), ReadFence::None);
             }
             Header::ScsiResponse(ref h) => {
                 let itt = h.itt;
-                self.respond(itt, &pdu);
+                self.respond(itt, &pdu, buffers);
             }
-            _ => self.send(&pdu),
+            Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
+                self.send(&pdu, ReadFence::All)
+            }
+            Header::LoginResponse(ref h)
+                if h.transit && h.next_stage == Stage::FullFeature && h.status_class == 0 =>
+            {
+                self.emit(FabricOp::EnterFullFeature);
+                self.send(&pdu, ReadFence::None)
+            }
+            _ => self.send(&pdu, ReadFence::None),
         }
     }
 
-    /// A plain Send.
-    fn send(&mut self, pdu: &Pdu) {
-        self.emit(FabricOp::Send {
-            bytes: encode_send(pdu),
-            invalidate: None,
-        });
+    /// A Send that ends no task.
+    fn send(&mut self, pdu: &Pdu, fence: ReadFence) {
+        self.emit_send(encode_send(pdu), None, fence);
     }
 
     /// The SCSI Response that ends task `itt`: the last use of its STags, which it invalidates
     /// when both sides agreed and the task advertised exactly one (brief §6.3: never for a
-    /// command with both, as Linux checks the rkey against each direction).
-    fn respond(&mut self, itt: u32, pdu: &Pdu) {
-        let invalidate = match self.buffers.remove(&itt) {
-            Some(RemoteBuffers {
+    /// command with both, as Linux checks the rkey against each direction). It waits for the
+    /// task's RDMA Reads still in flight (the core may end a task early, e.g. after a bad
+    /// Data-Out that came in a Send).
+    fn respond(&mut self, itt: u32, pdu: &Pdu, buffers: RemoteBuffers) {
+        let invalidate = match buffers {
+            RemoteBuffers {
                 read: Some((stag, _)),
                 write: None,
                 ..
-            })
-            | Some(RemoteBuffers {
+            }
+            | RemoteBuffers {
                 read: None,
                 write: Some((stag, _)),
                 ..
-            }) if self.send_with_invalidate => Some(stag),
+            } if self.send_with_invalidate => Some(stag),
             _ => None,
         };
-        self.emit(FabricOp::Send {
-            bytes: encode_send(pdu),
-            invalidate,
-        });
+        self.emit_send(encode_send(pdu), invalidate, ReadFence::Task(itt));
     }
 
     /// Data-In → RDMA Write to ReadVA + offset; status, if any, follows as a SCSI Response
     /// (never piggy-backed over iSER, brief §1 rule 10).
-    fn data_in(&mut self, h: DataIn, data: Vec<u8>) {
-        let Some((stag, va)) = self.buffers.get(&h.itt).and_then(|b| b.read) else {
+    fn data_in(&mut self, h: DataIn, data: Vec<u8>, buffers: RemoteBuffers) {
+        let Some((stag, va)) = buffers.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
                 h.itt
@@ -483,16 +569,12 @@ impl IserConnection {
                 exp_data_sn: h.data_sn.wrapping_add(1),
                 residual_count: h.residual_count,
             });
-            self.respond(h.itt, &Pdu::new(response));
+            self.respond(h.itt, &Pdu::new(response), buffers);
         }
     }
 
     /// R2T → RDMA Read from WriteVA + (offset − immediate bytes) (brief §1 rule 8).
-    fn r2t(&mut self, h: ReadyToTransfer) {
-        let Some(buffers) = self.buffers.get(&h.itt).copied() else {
-            self.core_close(CloseReason::ProtocolError("R2T for an unknown task".into()));
-            return;
-        };
+    fn r2t(&mut self, h: ReadyToTransfer, buffers: RemoteBuffers) {
         let Some((stag, va)) = buffers.write else {
             log::warn!(
                 "WRITE for ITT {:#x} needs data but the initiator advertised no write buffer",
@@ -533,8 +615,8 @@ impl IserConnection {
 mod tests {
     use super::*;
     use crate::iscsi::pdu::{
-        LoginRequest, LoginResponse, NopIn, NopOut, ScsiCommand, Stage, TaskAttribute,
-        TaskMgmtRequest,
+        LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, TaskAttribute,
+        TaskMgmtRequest, TaskMgmtResponse,
     };
     use crate::iscsi::text::{self, TargetPolicy};
     use crate::iscsi::TargetDescriptor;
@@ -641,7 +723,8 @@ mod tests {
         );
         conn.handle_session_bound(Ok(5));
         let ops = drain(conn);
-        let [FabricOp::Send { bytes, .. }] = ops.as_slice() else {
+        // The full-feature buffers are posted before the final Login Response goes out.
+        let [FabricOp::EnterFullFeature, FabricOp::Send { bytes, .. }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
         let pdu = sent_pdu(bytes);
@@ -947,6 +1030,289 @@ mod tests {
             panic!()
         };
         assert_eq!((resp.itt, resp.response), (0x34, 0));
+    }
+
+    /// Sends a 4 KiB WRITE whose data the target must RDMA-Read; returns the read's token.
+    fn write_needing_read(conn: &mut IserConnection, itt: u32, cmd_sn: u32, now: Instant) -> u64 {
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: itt,
+            write_va: 0x1000,
+            ..IserHeader::default()
+        };
+        let pdu = Pdu::new(Header::ScsiCommand(command(
+            itt, cmd_sn, false, true, 4096, 0x2a,
+        )));
+        conn.handle_receive(&send_bytes(iser, &pdu), now);
+        let ops = drain(conn);
+        let [FabricOp::RdmaRead { token, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        *token
+    }
+
+    fn abort_task(itt: u32, rtt: u32, cmd_sn: u32) -> Vec<u8> {
+        ctrl(&Pdu::new(Header::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: 1,
+            lun: [0; 8],
+            itt,
+            referenced_task_tag: rtt,
+            cmd_sn,
+            exp_stat_sn: 8,
+            ref_cmd_sn: cmd_sn,
+            exp_data_sn: 0,
+        })))
+    }
+
+    fn sent_headers(ops: &[FabricOp]) -> Vec<Header> {
+        ops.iter()
+            .filter_map(|op| match op {
+                FabricOp::Send { bytes, .. } => Some(sent_pdu(bytes).header),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Linux sends ABORT TASK after a command timeout while other writes go on: a read created
+    /// while the TMF Response is held must neither wait behind it nor keep it held.
+    #[test]
+    fn reads_created_behind_a_held_tmf_response_do_not_stall_it() {
+        let (mut conn, now) = logged_in(false);
+        let first = write_needing_read(&mut conn, 0x33, 100, now);
+        conn.handle_receive(&abort_task(0x34, 0x33, 101), now);
+        assert!(drain(&mut conn).is_empty(), "TMF Response held");
+        // A later WRITE's read goes out at once.
+        let second = write_needing_read(&mut conn, 0x35, 101, now);
+        conn.handle_rdma_read_complete(first, vec![0; 4096], now);
+        let ops = drain(&mut conn);
+        let headers = sent_headers(&ops);
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::TaskMgmtResponse(TaskMgmtResponse { itt: 0x34, .. })]
+            ),
+            "{ops:?}"
+        );
+        // Nothing is held any more: the second write completes normally.
+        conn.handle_rdma_read_complete(second, vec![3; 4096], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(task.data_out, vec![3; 4096]);
+    }
+
+    /// Sends that end no task are not held by reads: a NOP-In answer goes out at once.
+    #[test]
+    fn nop_in_does_not_wait_for_reads() {
+        let (mut conn, now) = logged_in(false);
+        write_needing_read(&mut conn, 0x40, 100, now);
+        let ping = Header::NopOut(NopOut {
+            immediate: true,
+            lun: [0; 8],
+            itt: 9,
+            ttt: u32::MAX,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(ping)), now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(headers.as_slice(), [Header::NopIn(_)]),
+            "{headers:?}"
+        );
+    }
+
+    /// The initiator frees every buffer once it has the Logout Response: it waits for all reads,
+    /// and the connection closes only after it.
+    #[test]
+    fn logout_response_waits_for_every_read() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x50, 100, now);
+        let logout = Header::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 0x51,
+            cid: 0,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
+        let ops = drain(&mut conn);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, FabricOp::Send { .. } | FabricOp::Close(_))),
+            "{ops:?}"
+        );
+        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        let ops = drain(&mut conn);
+        let logout_at = ops
+            .iter()
+            .position(|op| {
+                matches!(op, FabricOp::Send { bytes, .. }
+                    if matches!(sent_pdu(bytes).header, Header::LogoutResponse(_)))
+            })
+            .unwrap_or_else(|| panic!("no Logout Response: {ops:?}"));
+        assert!(
+            matches!(ops.last(), Some(FabricOp::Close(CloseReason::Logout))),
+            "{ops:?}"
+        );
+        assert!(logout_at < ops.len() - 1);
+    }
+
+    /// A bad Data-Out that came in a Send ends the task early, while its RDMA Read is still in
+    /// flight: the SCSI Response (which lets the initiator free the buffer) waits for the read.
+    #[test]
+    fn early_response_waits_for_its_tasks_reads() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x60, 100, now);
+        // Unsolicited Data-Out although InitialR2T=Yes: the core rejects it and ends the task.
+        let data_out = Header::DataOut(DataOut {
+            final_flag: true,
+            lun: [0; 8],
+            itt: 0x60,
+            ttt: u32::MAX,
+            exp_stat_sn: 8,
+            data_sn: 0,
+            buffer_offset: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
+            "response overtook the read: {headers:?}"
+        );
+        conn.handle_rdma_read_complete(token, vec![0; 4096], now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::ScsiResponse(ScsiResponse {
+                    itt: 0x60,
+                    status: 2,
+                    ..
+                })]
+            ),
+            "{headers:?}"
+        );
+    }
+
+    /// A failed RDMA Read closes at once, even with a Logout Response held behind reads.
+    #[test]
+    fn failed_read_closes_despite_held_logout() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x70, 100, now);
+        let logout = Header::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 0x71,
+            cid: 0,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        });
+        conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
+        drain(&mut conn);
+        conn.handle_rdma_read_failed(token);
+        let ops = drain(&mut conn);
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [FabricOp::Close(CloseReason::ProtocolError(_))]
+            ),
+            "{ops:?}"
+        );
+        assert!(conn.is_closed());
+    }
+
+    /// A failed login sets up nothing for full feature phase.
+    #[test]
+    fn failed_login_posts_no_full_feature_buffers() {
+        let now = Instant::now();
+        let mut conn = IserConnection::new(config(), None, false, now);
+        let keys = text::encode(&[
+            (
+                "InitiatorName".to_string(),
+                "iqn.2026-11.test:host".to_string(),
+            ),
+            (
+                "TargetName".to_string(),
+                "iqn.2026-11.test:no-such-target".to_string(),
+            ),
+            ("SessionType".to_string(), "Normal".to_string()),
+        ]);
+        let request = Header::LoginRequest(LoginRequest {
+            transit: true,
+            continue_flag: false,
+            current_stage: Stage::Operational,
+            next_stage: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid: [0, 2, 0x3d, 0, 0, 1],
+            tsih: 0,
+            itt: 0,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(request, keys)), now);
+        let ops = drain(&mut conn);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, FabricOp::EnterFullFeature)),
+            "{ops:?}"
+        );
+        let headers = sent_headers(&ops);
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::LoginResponse(LoginResponse {
+                    status_class: 2,
+                    ..
+                })]
+            ),
+            "{headers:?}"
+        );
+    }
+
+    /// A command the core drops (CmdSN outside the window) that reuses a live task's ITT must
+    /// not redirect that task's data to its own STag.
+    #[test]
+    fn a_dropped_command_reusing_an_itt_leaves_the_live_tasks_stags_alone() {
+        let (mut conn, now) = logged_in(false);
+        let read_header = |stag: u32| IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_RSV,
+            read_stag: stag,
+            read_va: 0x7000_0000,
+            ..IserHeader::default()
+        };
+        let cmd = |cmd_sn| {
+            Pdu::new(Header::ScsiCommand(command(
+                0x80, cmd_sn, true, false, 512, 0x28,
+            )))
+        };
+        conn.handle_receive(&send_bytes(read_header(0xa), &cmd(100)), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        // Far outside the window: silently dropped by the core (RFC 7143 §4.2.2.1).
+        conn.handle_receive(&send_bytes(read_header(0xb), &cmd(5000)), now);
+        assert!(drain(&mut conn).is_empty());
+        conn.handle_scsi_complete(
+            task.id,
+            ScsiOutcome {
+                status: 0,
+                sense: vec![],
+                data_in: vec![1; 512],
+                data_out_length: 0,
+            },
+        );
+        let ops = drain(&mut conn);
+        assert!(
+            matches!(ops.first(), Some(FabricOp::RdmaWrite { stag: 0xa, .. })),
+            "{ops:?}"
+        );
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! receives and RDMA Read completions to the sans-IO [`IserConnection`] and posts the fabric
 //! operations it asks for.
 //!
-//! Resources: a registered receive area sliced into `recv_slots` buffers (all posted before
-//! `rdma_accept` and each re-posted as soon as its bytes are copied out, before the PDU is
-//! handled), and a registered staging arena from which every send-queue work request (Sends,
-//! RDMA Write sources, RDMA Read targets) takes its bytes ring-fashion, since send-queue
-//! completions arrive in posting order. Every send WR is signaled; at most `max_send_wr` are
-//! outstanding and at most `max_rdma_reads` RDMA Reads. An operation that cannot be posted yet
-//! waits, with everything behind it, until completions free room.
+//! Resources: registered receive areas sliced into buffers — a couple for the login phase,
+//! posted before `rdma_accept`, and the full-feature set posted before the final Login Response
+//! — each re-posted as soon as its bytes are copied out, before the PDU is handled; and a
+//! registered staging arena, set up with the full-feature buffers, from which every send-queue
+//! work request (Sends, RDMA Write sources, RDMA Read targets) takes its bytes ring-fashion,
+//! since send-queue completions arrive in posting order (during login, Sends register their
+//! bytes one by one). Every send WR is signaled; at most `max_send_wr` are outstanding and at
+//! most `max_rdma_reads` RDMA Reads. An operation that cannot be posted yet waits, with
+//! everything behind it, until completions free room; an initiator that lets too many PDUs pile
+//! up that way is dropped.
+//!
+//! Any failed or flushed completion outside teardown, and a fatal async event on the QP, end the
+//! connection: the QP is in error and nothing more will move on it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,8 +27,8 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
-    Access, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion, ProtectionDomain,
-    QueuePair, WcStatus, WorkCompletion,
+    Access, AsyncEventKind, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion,
+    ProtectionDomain, QueuePair, WcStatus, WorkCompletion,
 };
 
 use super::ring::Ring;
@@ -33,8 +39,25 @@ use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionSet, Shared};
 
-/// wr_id bit marking a receive; the low bits are the slot index.
-pub(super) const WR_RECV: u64 = 1 << 62;
+/// wr_id bit marking a receive; bits 32.. name the receive area, the low bits the slot.
+const WR_RECV: u64 = 1 << 62;
+/// Receive area of the login buffers.
+pub(super) const LOGIN_AREA: u32 = 0;
+/// Receive area of the full-feature buffers.
+const FULL_FEATURE_AREA: u32 = 1;
+
+/// The wr_id of receive buffer `slot` of `area`.
+pub(super) fn recv_wr_id(area: u32, slot: u32) -> u64 {
+    WR_RECV | (u64::from(area) << 32) | u64::from(slot)
+}
+
+/// (area, slot) of a receive wr_id.
+fn recv_slot(wr_id: u64) -> (usize, usize) {
+    (
+        ((wr_id & !WR_RECV) >> 32) as usize,
+        (wr_id & 0xffff_ffff) as usize,
+    )
+}
 /// How long a closing connection waits for its last Sends (a Logout Response) to complete.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long teardown waits for DISCONNECTED after `rdma_disconnect`.
@@ -50,6 +73,8 @@ pub(super) enum Event {
     Shutdown,
     /// An rdma_cm event for this connection's id.
     Cm(CmEventKind),
+    /// An asynchronous event of this connection's QP.
+    Async(AsyncEventKind),
 }
 
 /// An eventfd that wakes the connection's poll.
@@ -93,18 +118,79 @@ impl SessionControl for Mailbox {
 
 /// Everything created for a connection at accept time.
 pub(super) struct Resources {
+    /// Name of the RDMA device.
+    pub(super) device: String,
     pub(super) qp: QueuePair,
     pub(super) send_cq: Arc<CompletionQueue>,
     pub(super) recv_cq: Arc<CompletionQueue>,
     pub(super) channel: Arc<CompletionChannel>,
     pub(super) pd: Arc<ProtectionDomain>,
-    pub(super) recv_mr: Arc<MemoryRegion>,
+    /// Receive areas by index: the login buffers, then (from login on) the full-feature ones.
+    pub(super) recv_areas: Vec<Arc<MemoryRegion>>,
     pub(super) recv_stride: usize,
-    pub(super) arena: Arc<MemoryRegion>,
+    /// Full-feature receive buffers to post at login.
+    pub(super) full_recv_slots: u32,
+    /// Bytes of the staging arena to register at login.
+    pub(super) arena_len: usize,
     pub(super) max_send_wr: usize,
+    /// Most PDUs that may wait for room on the send queue.
+    pub(super) max_pending_sends: usize,
     pub(super) max_rdma_reads: usize,
     /// The CM exchange agreed to Send-with-Invalidate.
     pub(super) send_with_invalidate: bool,
+}
+
+/// Operations waiting to be posted, in order, with a bound on the Sends among them.
+struct Backlog {
+    ops: VecDeque<FabricOp>,
+    sends: usize,
+    max_sends: usize,
+}
+
+impl Backlog {
+    fn new(max_sends: usize) -> Self {
+        Backlog {
+            ops: VecDeque::new(),
+            sends: 0,
+            max_sends,
+        }
+    }
+
+    /// Queues `op`; fails when more Sends wait than the initiator could ever have asked for.
+    fn push_back(&mut self, op: FabricOp) -> Result<(), String> {
+        if matches!(op, FabricOp::Send { .. }) {
+            if self.sends >= self.max_sends {
+                return Err(format!(
+                    "{} PDUs are waiting to be sent: the initiator stopped taking them",
+                    self.sends
+                ));
+            }
+            self.sends += 1;
+        }
+        self.ops.push_back(op);
+        Ok(())
+    }
+
+    fn pop_front(&mut self) -> Option<FabricOp> {
+        let op = self.ops.pop_front()?;
+        if matches!(op, FabricOp::Send { .. }) {
+            self.sends -= 1;
+        }
+        Some(op)
+    }
+
+    /// Puts back an op that could not be posted yet.
+    fn push_front(&mut self, op: FabricOp) {
+        if matches!(op, FabricOp::Send { .. }) {
+            self.sends += 1;
+        }
+        self.ops.push_front(op);
+    }
+
+    fn clear(&mut self) {
+        self.ops.clear();
+        self.sends = 0;
+    }
 }
 
 /// Where a posted send-queue WR keeps its bytes.
@@ -147,8 +233,9 @@ struct Driver {
     mailbox: Mailbox,
     inbox: Receiver<Event>,
     session: SessionSlot,
-    ring: Ring,
-    pending: VecDeque<FabricOp>,
+    /// The staging arena and its allocator, from login on.
+    arena: Option<(Arc<MemoryRegion>, Ring)>,
+    pending: Backlog,
     inflight: VecDeque<InFlight>,
     next_wr: u64,
     reads: usize,
@@ -182,7 +269,7 @@ pub(super) fn serve(
             "off"
         }
     );
-    let ring = Ring::new(res.arena.len());
+    let pending = Backlog::new(res.max_pending_sends);
     let mut driver = Driver {
         conn: IserConnection::new(core, local, res.send_with_invalidate, Instant::now()),
         res,
@@ -190,8 +277,8 @@ pub(super) fn serve(
         mailbox,
         inbox,
         session: SessionSlot::default(),
-        ring,
-        pending: VecDeque::new(),
+        arena: None,
+        pending,
         inflight: VecDeque::new(),
         next_wr: 1,
         reads: 0,
@@ -321,23 +408,25 @@ impl Driver {
 
     fn on_recv(&mut self, wc: &WorkCompletion) {
         if wc.status != WcStatus::Success {
-            if wc.status != WcStatus::WrFlushErr {
-                self.fail(format!("receive completion {:?}", wc.status));
-            }
+            // A flush outside teardown means the QP went into error (the peer broke it).
+            self.fail(format!("receive completion {:?}", wc.status));
             return;
         }
-        let slot = (wc.wr_id & !WR_RECV) as usize;
+        let (area, slot) = recv_slot(wc.wr_id);
+        let Some(mr) = self.res.recv_areas.get(area).cloned() else {
+            return self.fail(format!("receive completion for unknown area {area}"));
+        };
         let offset = slot * self.res.recv_stride;
         let mut message = vec![0u8; (wc.byte_len as usize).min(self.res.recv_stride)];
-        if let Err(e) = self.res.recv_mr.read(offset, &mut message) {
+        if let Err(e) = mr.read(offset, &mut message) {
             return self.fail(format!("reading receive buffer {slot}: {e}"));
         }
         // Re-post before the PDU is handled, so the buffer is back before any response leaves.
         if self.ending.is_none() {
-            if let Err(e) =
-                self.res
-                    .qp
-                    .post_recv(wc.wr_id, &self.res.recv_mr, offset, self.res.recv_stride)
+            if let Err(e) = self
+                .res
+                .qp
+                .post_recv(wc.wr_id, &mr, offset, self.res.recv_stride)
             {
                 return self.fail(format!("re-posting receive buffer {slot}: {e}"));
             }
@@ -367,7 +456,10 @@ impl Driver {
                 if wc.status == WcStatus::Success && self.ending.is_none() {
                     let mut data = vec![0u8; len];
                     let read = match &done.buffer {
-                        Buffer::Arena(start) => self.res.arena.read(*start, &mut data),
+                        Buffer::Arena(start) => match &self.arena {
+                            Some((arena, _)) => arena.read(*start, &mut data),
+                            None => Ok(()),
+                        },
                         Buffer::OneOff(mr) => mr.read(0, &mut data),
                     };
                     match read {
@@ -388,12 +480,13 @@ impl Driver {
             Kind::Send | Kind::Write => Ok(()),
         };
         if let Some(start) = arena_start {
-            self.ring.free(start);
+            self.free_staged(start);
         }
         if let Err(e) = result {
             return self.fail(e);
         }
-        if wc.status != WcStatus::Success && wc.status != WcStatus::WrFlushErr {
+        // A flush outside teardown means the QP went into error (the peer broke it).
+        if wc.status != WcStatus::Success {
             self.fail(format!(
                 "send-queue completion {:?} (vendor error {:#x})",
                 wc.status, wc.vendor_err
@@ -415,7 +508,24 @@ impl Driver {
                     }
                 }
                 Event::Cm(kind) => self.on_cm(kind),
+                Event::Async(kind) => self.on_async(kind),
             }
+        }
+    }
+
+    fn on_async(&mut self, kind: AsyncEventKind) {
+        match kind {
+            // Data arrived before the RTU: tell rdma_cm the connection is up (LIO
+            // isert_qp_event_callback does the same), or it may time the connection out.
+            AsyncEventKind::CommEst => {
+                if let Err(e) = self.res.qp.id().notify_comm_est() {
+                    log::debug!("{}: rdma_notify: {e}", self.peer);
+                }
+            }
+            AsyncEventKind::QpFatal
+            | AsyncEventKind::QpRequestError
+            | AsyncEventKind::QpAccessError => self.fail(format!("QP async event {kind:?}")),
+            other => log::debug!("{}: async event {other:?}", self.peer),
         }
     }
 
@@ -452,9 +562,52 @@ impl Driver {
                     }
                 }
                 FabricOp::Reset { lun } => self.session.reset(&self.shared, lun),
-                op => self.pending.push_back(op),
+                FabricOp::EnterFullFeature => {
+                    if let Err(e) = self.enter_full_feature() {
+                        return self.fail(e);
+                    }
+                }
+                op => {
+                    if let Err(e) = self.pending.push_back(op) {
+                        return self.fail(e);
+                    }
+                }
             }
         }
+    }
+
+    /// Posts the full-feature receive buffers and registers the staging arena; called before
+    /// the final Login Response is queued.
+    fn enter_full_feature(&mut self) -> Result<(), String> {
+        if self.arena.is_some() {
+            return Ok(());
+        }
+        let slots = self.res.full_recv_slots;
+        let stride = self.res.recv_stride;
+        let mr = MemoryRegion::new(&self.res.pd, slots as usize * stride, Access::LOCAL_WRITE)
+            .map_err(|e| format!("registering receive buffers: {e}"))?;
+        for slot in 0..slots {
+            self.res
+                .qp
+                .post_recv(
+                    recv_wr_id(FULL_FEATURE_AREA, slot),
+                    &mr,
+                    slot as usize * stride,
+                    stride,
+                )
+                .map_err(|e| format!("posting receive buffers: {e}"))?;
+        }
+        debug_assert_eq!(self.res.recv_areas.len(), FULL_FEATURE_AREA as usize);
+        self.res.recv_areas.push(mr);
+        let arena = MemoryRegion::new(&self.res.pd, self.res.arena_len, Access::LOCAL_WRITE)
+            .map_err(|e| format!("registering the staging arena: {e}"))?;
+        let ring = Ring::new(arena.len());
+        self.arena = Some((arena, ring));
+        log::debug!(
+            "{}: full feature phase, {slots} receive buffers posted",
+            self.peer
+        );
+        Ok(())
     }
 
     fn post_pending(&mut self) {
@@ -478,10 +631,11 @@ impl Driver {
         self.inflight.len() < self.res.max_send_wr
     }
 
-    /// Stages `len` bytes: arena space, or a one-off registration for oversized transfers.
+    /// Stages `len` bytes: arena space, or a one-off registration for oversized transfers and
+    /// for the Sends of the login phase.
     fn stage(&mut self, len: usize) -> Result<Option<Buffer>, String> {
-        if self.ring.fits(len) {
-            Ok(self.ring.alloc(len).map(Buffer::Arena))
+        if let Some((_, ring)) = self.arena.as_mut().filter(|(_, ring)| ring.fits(len)) {
+            Ok(ring.alloc(len).map(Buffer::Arena))
         } else {
             MemoryRegion::new(&self.res.pd, len, Access::LOCAL_WRITE)
                 .map(|mr| Some(Buffer::OneOff(mr)))
@@ -490,15 +644,24 @@ impl Driver {
     }
 
     fn buffer_mr(&self, buffer: &Buffer) -> (Arc<MemoryRegion>, usize) {
-        match buffer {
-            Buffer::Arena(start) => (Arc::clone(&self.res.arena), *start),
-            Buffer::OneOff(mr) => (Arc::clone(mr), 0),
+        match (buffer, &self.arena) {
+            (Buffer::Arena(start), Some((arena, _))) => (Arc::clone(arena), *start),
+            (Buffer::OneOff(mr), _) => (Arc::clone(mr), 0),
+            (Buffer::Arena(_), None) => {
+                unreachable!("arena space is handed out only with an arena")
+            }
         }
     }
 
     fn unstage(&mut self, buffer: &Buffer) {
         if let Buffer::Arena(start) = buffer {
-            self.ring.free(*start);
+            self.free_staged(*start);
+        }
+    }
+
+    fn free_staged(&mut self, start: usize) {
+        if let Some((_, ring)) = &mut self.arena {
+            ring.free(start);
         }
     }
 
@@ -595,7 +758,10 @@ impl Driver {
                 }
                 self.track(posted, wr_id, buffer, Kind::Read { token, len })
             }
-            FabricOp::BindSession(_) | FabricOp::Execute(_) | FabricOp::Reset { .. } => {
+            FabricOp::BindSession(_)
+            | FabricOp::Execute(_)
+            | FabricOp::Reset { .. }
+            | FabricOp::EnterFullFeature => {
                 unreachable!("handled in pump")
             }
         }
@@ -673,5 +839,51 @@ impl Driver {
         self.inflight.clear();
         self.pending.clear();
         self.session.release(&self.shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send() -> FabricOp {
+        FabricOp::Send {
+            bytes: vec![0; 76],
+            invalidate: None,
+        }
+    }
+
+    #[test]
+    fn backlog_bounds_the_sends_waiting() {
+        let mut backlog = Backlog::new(2);
+        backlog.push_back(send()).unwrap();
+        // RDMA operations are bounded by the command window, not here.
+        for _ in 0..10 {
+            backlog
+                .push_back(FabricOp::RdmaWrite {
+                    stag: 1,
+                    va: 0,
+                    data: vec![],
+                })
+                .unwrap();
+        }
+        backlog.push_back(send()).unwrap();
+        let err = backlog.push_back(send()).unwrap_err();
+        assert!(err.contains("stopped taking them"), "{err}");
+        // Posting one makes room; putting it back (not posted yet) takes it again.
+        let first = backlog.pop_front().unwrap();
+        backlog.push_back(send()).unwrap();
+        backlog.push_front(first);
+        assert!(backlog.push_back(send()).is_err());
+        backlog.clear();
+        backlog.push_back(send()).unwrap();
+    }
+
+    #[test]
+    fn receive_wr_ids_name_area_and_slot() {
+        let id = recv_wr_id(FULL_FEATURE_AREA, 143);
+        assert_eq!(recv_slot(id), (1, 143));
+        assert_eq!(recv_slot(recv_wr_id(LOGIN_AREA, 1)), (0, 1));
+        assert_ne!(id & WR_RECV, 0);
     }
 }

@@ -272,6 +272,8 @@ impl Driver {
             match self.reader.next_pdu(&self.settings) {
                 Ok(Some(pdu)) => {
                     log::trace!("{} <- {:?}", self.peer, pdu);
+                    // The reader thread copied this data segment out of its read buffer.
+                    crate::stats::count_payload_copy(pdu.data.len());
                     self.conn.handle_pdu(pdu, now);
                 }
                 Ok(None) => return,
@@ -299,6 +301,7 @@ impl Driver {
             Action::Send { pdu, .. } => {
                 log::trace!("{} -> {:?}", self.peer, pdu);
                 out.extend_from_slice(&framing::encode(&pdu, &self.settings));
+                crate::stats::count_payload_copy(pdu.data.len());
             }
             Action::SetFrameSettings(settings) => {
                 // Everything queued so far was framed with the old settings; send it first.
