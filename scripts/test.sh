@@ -66,6 +66,9 @@ log "whole-binary tests (hostile clients: connection caps, login deadline, disco
 cargo test --release --test limits -- --test-threads=2
 
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
+# Each guest run may take up to 20 minutes before it counts as hung (the harness's default is 10;
+# iser-basic.sh alone takes 3 minutes on an idle 2-core machine and twice that under load).
+export SOFTROCE_VM_TIMEOUT="${SOFTROCE_VM_TIMEOUT:-1200}"
 if [[ ${SKIP_VM:-0} == 1 ]]; then
     echo "SKIPPED: SoftRoCE VM tier (SKIP_VM=1)" >&2
 else
