@@ -168,6 +168,9 @@ pub struct Limits {
     /// iSER: largest single data transfer staged through registered buffers
     /// (4096..=16 MiB, multiple of 4096).
     pub max_io_size: u32,
+    /// Threads of the process-wide I/O engine that runs every session's commands
+    /// (1..=256; default: the number of CPUs).
+    pub io_threads: u32,
 }
 
 impl Default for Limits {
@@ -188,8 +191,14 @@ impl Default for Limits {
             login_timeout_secs: 15,
             discovery_idle_timeout_secs: 30,
             max_io_size: 524_288,
+            io_threads: default_io_threads(),
         }
     }
+}
+
+/// One I/O engine thread per CPU the process may run on (1 if that cannot be determined).
+fn default_io_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(256) as u32)
 }
 
 impl Target {
@@ -513,6 +522,7 @@ struct RawLimits {
     login_timeout_secs: Option<u64>,
     discovery_idle_timeout_secs: Option<u64>,
     max_io_size: Option<u64>,
+    io_threads: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -953,6 +963,7 @@ impl RawLimits {
                 4096,
                 16 << 20,
             )?,
+            io_threads: ranged(&f("io_threads"), self.io_threads, d.io_threads, 1, 256)?,
         };
         if l.first_burst_length > l.max_burst_length {
             return err(

@@ -1,8 +1,9 @@
 //! Whole-binary tests: `iser-target serve` driven by libiscsi's user-space
 //! initiators (package libiscsi-bin) over TCP on 127.0.0.1.
 //!
-//! Tests that need a libiscsi tool skip loudly when it is missing;
-//! scripts/test.sh installs them.
+//! Tests that need a libiscsi tool skip loudly when it is missing, and fail
+//! under CI (`CI=true`) or `REQUIRE_TOOLS=1`; scripts/test.sh installs the
+//! tools and sets `REQUIRE_TOOLS=1`.
 
 #[macro_use]
 mod common;
@@ -331,11 +332,16 @@ fn serve_exits_zero_on_sigint() {
 }
 
 /// `serve` with no --config: RAM target iqn.2026-11.io.iser-target:ram0 on
-/// 0.0.0.0:3260. Skips if 3260 is taken.
+/// 0.0.0.0:3260. Skips if 3260 is taken, and fails then where tools are required.
 #[test]
 fn serve_without_config_uses_default_ram_target() {
     require_tools!("iscsi-ls");
     if std::net::TcpListener::bind(("0.0.0.0", 3260)).is_err() {
+        assert!(
+            !common::tools_required(),
+            "port 3260 is in use: stop the iSCSI target listening there (tgt, LIO) to test \
+             the default configuration"
+        );
         eprintln!("SKIPPED serve_without_config_uses_default_ram_target: port 3260 is in use");
         return;
     }
@@ -401,10 +407,11 @@ fn check_config_accepts_shipped_examples() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     examples.sort();
-    if examples.is_empty() {
-        eprintln!("SKIPPED check_config_accepts_shipped_examples: no config/*.yaml yet");
-        return;
-    }
+    assert!(
+        !examples.is_empty(),
+        "no config/*.yaml in {}",
+        dir.display()
+    );
     for path in examples {
         let out = check_config(&path);
         assert!(

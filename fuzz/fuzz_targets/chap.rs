@@ -80,11 +80,14 @@ fn stage(operational: bool) -> Stage {
 fuzz_target!(|data: &[u8]| {
     let mutual = data.first().is_some_and(|b| b & 0x80 != 0);
     let now = Instant::now();
-    let mut conn: Connection = Connection::new(Arc::new(config(mutual)), None, now);
+    let mut conn = Connection::<()>::new(Arc::new(config(mutual)), None, now);
     // The target's latest CHAP_A, CHAP_I and CHAP_C.
     let mut challenge: Option<(Algorithm, u8, Vec<u8>)> = None;
     let mut proved = false;
     let mut closed = false;
+    // The final Login Response went out: a further Login Request is a protocol error that the
+    // core answers with a Reject (RFC 7143 §11.17.1), not a Login Response.
+    let mut logged_in = false;
     for (n, piece) in data.split(|&b| b == 0xff).enumerate().take(16) {
         let Some((&flags, body)) = piece.split_first() else {
             continue;
@@ -92,8 +95,14 @@ fuzz_target!(|data: &[u8]| {
         let mut body = body.to_vec();
         if flags & 0x10 != 0 {
             let mut identity = text::encode(&[
-                ("InitiatorName".to_string(), "iqn.2026-01.fuzz:host".to_string()),
-                ("TargetName".to_string(), "iqn.2026-01.fuzz:disk".to_string()),
+                (
+                    "InitiatorName".to_string(),
+                    "iqn.2026-01.fuzz:host".to_string(),
+                ),
+                (
+                    "TargetName".to_string(),
+                    "iqn.2026-01.fuzz:disk".to_string(),
+                ),
                 ("AuthMethod".to_string(), "CHAP,None".to_string()),
             ]);
             identity.extend_from_slice(&body);
@@ -139,6 +148,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(!closed, "action {action:?} after Close");
             match action {
                 Action::Send(pdu) => {
+                    if logged_in {
+                        assert!(
+                            matches!(&pdu.header, Header::Reject(r) if r.reason == 4),
+                            "{pdu:?} after the login completed"
+                        );
+                        continue;
+                    }
                     let Header::LoginResponse(r) = &pdu.header else {
                         panic!("{pdu:?} during login");
                     };
@@ -146,12 +162,14 @@ fuzz_target!(|data: &[u8]| {
                         assert!(pdu.data.is_empty(), "a failed login says nothing more");
                         continue;
                     }
+                    logged_in = r.transit && r.next_stage == Stage::FullFeature;
                     if r.current_stage == Stage::Security && r.transit {
                         assert!(proved || sent_right_response, "left security unproved");
                     }
                     let keys = text::parse(&pdu.data).expect("target text parses");
                     let get = |k: &str| keys.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-                    if let (Some(a), Some(i), Some(c)) = (get("CHAP_A"), get("CHAP_I"), get("CHAP_C"))
+                    if let (Some(a), Some(i), Some(c)) =
+                        (get("CHAP_A"), get("CHAP_I"), get("CHAP_C"))
                     {
                         let algorithm = match a.as_str() {
                             "5" => Algorithm::Md5,

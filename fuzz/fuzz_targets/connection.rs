@@ -9,7 +9,7 @@ use iser_target::iscsi::framing::{encode, FrameSettings, PduReader};
 use iser_target::iscsi::pdu::{Header, LoginRequest, Pdu, Stage};
 use iser_target::iscsi::tcp::{TcpAction, TcpConnection};
 use iser_target::iscsi::{text, CoreConfig, TargetDescriptor};
-use iser_target::scsi::ScsiOutcome;
+use iser_target_fuzz::{scsi_outcome, SequenceCheck};
 use libfuzzer_sys::fuzz_target;
 
 struct Harness {
@@ -20,60 +20,12 @@ struct Harness {
     running: Vec<(u64, u32)>,
     defer: bool,
     closed: bool,
-    /// The target's latest ExpCmdSN, for fixing up commands in `steer` mode.
-    exp_cmd_sn: u32,
+    sequence: SequenceCheck,
     /// CDBs of WRITE-flagged SCSI Commands received; writes executed must come from these.
     write_cdbs: Vec<Vec<u8>>,
-    /// Last StatSN a response took, and the last (ExpCmdSN, MaxCmdSN) seen.
-    last_stat_sn: Option<u32>,
-    last_window: Option<(u32, u32)>,
-}
-
-/// Serial number arithmetic: a < b.
-fn sn_lt(a: u32, b: u32) -> bool {
-    a != b && (b.wrapping_sub(a) as i32) > 0
 }
 
 impl Harness {
-    /// StatSN goes up by one per response that takes one; the CmdSN window never moves back.
-    fn check_sequence(&mut self, header: &Header) {
-        let (stat_sn, exp, max, takes) = match header {
-            Header::ScsiResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::DataIn(h) if h.status_present => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::DataIn(h) => {
-                self.window(h.exp_cmd_sn, h.max_cmd_sn);
-                return;
-            }
-            Header::NopIn(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, h.itt != u32::MAX),
-            Header::TaskMgmtResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::TextResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::LogoutResponse(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::ReadyToTransfer(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, false),
-            Header::Reject(h) => (h.stat_sn, h.exp_cmd_sn, h.max_cmd_sn, true),
-            Header::LoginResponse(h) => {
-                self.last_stat_sn = Some(h.stat_sn);
-                return;
-            }
-            other => panic!("unexpected target PDU {other:?}"),
-        };
-        if let Some(last) = self.last_stat_sn {
-            assert_eq!(stat_sn, last.wrapping_add(1), "StatSN sequence broken");
-        }
-        if takes {
-            self.last_stat_sn = Some(stat_sn);
-        }
-        self.window(exp, max);
-    }
-
-    fn window(&mut self, exp: u32, max: u32) {
-        if let Some((last_exp, last_max)) = self.last_window {
-            assert!(!sn_lt(exp, last_exp), "ExpCmdSN went back");
-            assert!(!sn_lt(max, last_max), "MaxCmdSN went back");
-        }
-        self.last_window = Some((exp, max));
-        self.exp_cmd_sn = exp;
-    }
-
     /// A PDU the target sent must survive the wire format and keep the sequence numbers.
     fn check_sent(&mut self, pdu: Pdu) {
         let wide = FrameSettings {
@@ -83,7 +35,7 @@ impl Harness {
         let mut reader = PduReader::new();
         reader.push(&encode(&pdu, &self.settings));
         assert_eq!(reader.next_pdu(&wide).unwrap().unwrap(), pdu);
-        self.check_sequence(&pdu.header);
+        self.sequence.check(&pdu.header);
     }
 
     fn pump(&mut self) {
@@ -107,11 +59,11 @@ impl Harness {
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));
                     } else {
-                        let outcome = outcome(task.expected_transfer_length, task.cdb[0]);
+                        let outcome = scsi_outcome(task.expected_transfer_length, task.cdb[0]);
                         self.conn.handle_scsi_complete(task.id, outcome);
                     }
                 }
-                // No SCSI state to reset in the harness.
+                // Nothing of SCSI state lives in the harness: a reset has nothing to clear.
                 TcpAction::Reset { .. } => {}
                 TcpAction::Close(_) => self.closed = true,
             }
@@ -127,21 +79,6 @@ fn steer(header: &mut Header, exp: u32) {
         Header::TextRequest(h) if !h.immediate => h.cmd_sn = exp,
         Header::NopOut(h) if !h.immediate => h.cmd_sn = exp,
         _ => {}
-    }
-}
-
-fn outcome(edtl: u32, selector: u8) -> ScsiOutcome {
-    match selector % 4 {
-        0 => ScsiOutcome::good(),
-        1 => ScsiOutcome {
-            data_in: vec![0xa5; (edtl as usize).min(70_000) + selector as usize % 3 * 100],
-            ..ScsiOutcome::good()
-        },
-        2 => ScsiOutcome::check_condition(5, 0x24, 0),
-        _ => ScsiOutcome {
-            data_out_length: edtl / 2,
-            ..ScsiOutcome::good()
-        },
     }
 }
 
@@ -193,10 +130,8 @@ fuzz_target!(|data: &[u8]| {
         running: Vec::new(),
         defer: control & 1 != 0,
         closed: false,
-        exp_cmd_sn: 0,
+        sequence: SequenceCheck::new(8),
         write_cdbs: Vec::new(),
-        last_stat_sn: None,
-        last_window: None,
     };
     let steering = control & 4 != 0;
     let login = Pdu::with_data(
@@ -230,7 +165,7 @@ fuzz_target!(|data: &[u8]| {
             match reader.next_pdu(&h.settings) {
                 Ok(Some(mut pdu)) => {
                     if steering {
-                        steer(&mut pdu.header, h.exp_cmd_sn);
+                        steer(&mut pdu.header, h.sequence.exp_cmd_sn());
                     }
                     if let Header::ScsiCommand(c) = &pdu.header {
                         if c.write {
@@ -255,7 +190,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Some((id, edtl)) = h.running.pop() {
-            h.conn.handle_scsi_complete(id, outcome(edtl, piece[0]));
+            h.conn
+                .handle_scsi_complete(id, scsi_outcome(edtl, piece[0]));
             h.pump();
         }
         h.now += Duration::from_secs(piece[0] as u64 / 16);
@@ -268,7 +204,7 @@ fuzz_target!(|data: &[u8]| {
     h.conn.handle_shutdown();
     h.pump();
     while let Some((id, edtl)) = h.running.pop() {
-        h.conn.handle_scsi_complete(id, outcome(edtl, 0));
+        h.conn.handle_scsi_complete(id, scsi_outcome(edtl, 0));
         h.pump();
     }
     assert!(h.closed, "shutdown with no running tasks closes");

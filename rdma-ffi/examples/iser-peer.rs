@@ -2,8 +2,10 @@
 //! it speaks only rdma_cm and verbs, never iSCSI.
 //!
 //! ```text
-//! iser-peer hold ADDR PORT COUNT      open COUNT connections that never log in; print
-//!                                     "HOLDING n" and keep them until stdin closes
+//! iser-peer hold ADDR PORT COUNT [SRC]
+//!                                     try COUNT connections that never log in (from source
+//!                                     address SRC if given); print "HOLDING n REFUSED m" and
+//!                                     keep the accepted ones until stdin closes
 //! iser-peer zero-resources ADDR PORT  connect offering responder_resources 0; expect a reject
 //! iser-peer bad-write ADDR PORT       connect, RDMA Write with an rkey the target never gave
 //!                                     (its QP goes into error); expect the target to disconnect
@@ -54,10 +56,14 @@ fn expect_event(channel: &EventChannel, want: CmEventKind) -> R<CmEvent> {
 }
 
 /// Resolves, creates a QP and sends the connect request; returns the answer event.
-fn connect(addr: SocketAddr, responder_resources: u8) -> R<(Peer, CmEvent)> {
+fn connect(
+    addr: SocketAddr,
+    src: Option<SocketAddr>,
+    responder_resources: u8,
+) -> R<(Peer, CmEvent)> {
     let channel = EventChannel::new()?;
     let id = CmId::create(&channel)?;
-    id.resolve_addr(None, addr, Duration::from_secs(2))?;
+    id.resolve_addr(src, addr, Duration::from_secs(2))?;
     expect_event(&channel, CmEventKind::AddrResolved)?;
     id.resolve_route(Duration::from_secs(2))?;
     expect_event(&channel, CmEventKind::RouteResolved)?;
@@ -90,20 +96,21 @@ fn connect(addr: SocketAddr, responder_resources: u8) -> R<(Peer, CmEvent)> {
     ))
 }
 
-fn hold(addr: SocketAddr, count: usize) -> R<()> {
+fn hold(addr: SocketAddr, count: usize, src: Option<SocketAddr>) -> R<()> {
     let mut peers = Vec::with_capacity(count);
+    let mut refused = 0;
     for i in 0..count {
-        let (peer, answer) = connect(addr, 4)?;
-        if answer.kind != CmEventKind::Established {
-            return Err(format!(
-                "connection {i}: {:?} (status {})",
-                answer.kind, answer.status
-            )
-            .into());
+        let (peer, answer) = connect(addr, src, 4)?;
+        match answer.kind {
+            CmEventKind::Established => peers.push(peer),
+            // The target's connection caps: counted, the attempt goes on.
+            CmEventKind::Rejected => refused += 1,
+            other => {
+                return Err(format!("connection {i}: {other:?} (status {})", answer.status).into())
+            }
         }
-        peers.push(peer);
     }
-    println!("HOLDING {}", peers.len());
+    println!("HOLDING {} REFUSED {refused}", peers.len());
     // Until the script closes stdin.
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     let lost = peers
@@ -121,7 +128,7 @@ fn hold(addr: SocketAddr, count: usize) -> R<()> {
 }
 
 fn zero_resources(addr: SocketAddr) -> R<()> {
-    let (_peer, answer) = connect(addr, 0)?;
+    let (_peer, answer) = connect(addr, None, 0)?;
     if answer.kind != CmEventKind::Rejected {
         return Err(format!("expected a reject, got {:?}", answer.kind).into());
     }
@@ -130,7 +137,7 @@ fn zero_resources(addr: SocketAddr) -> R<()> {
 }
 
 fn bad_write(addr: SocketAddr) -> R<()> {
-    let (peer, answer) = connect(addr, 4)?;
+    let (peer, answer) = connect(addr, None, 4)?;
     if answer.kind != CmEventKind::Established {
         return Err(format!("connect: {:?} (status {})", answer.kind, answer.status).into());
     }
@@ -175,7 +182,9 @@ fn main() {
     {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("usage: iser-peer hold|zero-resources|bad-write ADDR PORT [COUNT]: {e}");
+            eprintln!(
+                "usage: iser-peer hold|zero-resources|bad-write ADDR PORT [COUNT [SRC]]: {e}"
+            );
             std::process::exit(2);
         }
     };
@@ -183,10 +192,18 @@ fn main() {
         println!("warning: could not raise RLIMIT_MEMLOCK: {e}");
     }
     let result = match mode {
-        "hold" => match args.get(3).map(|c| c.parse::<usize>()) {
-            Some(Ok(count)) => hold(addr, count),
-            _ => Err("hold needs a COUNT".into()),
-        },
+        "hold" => {
+            let src = match args.get(4).map(|a| format!("{a}:0").parse::<SocketAddr>()) {
+                None => Ok(None),
+                Some(Ok(src)) => Ok(Some(src)),
+                Some(Err(e)) => Err(format!("bad source address: {e}")),
+            };
+            match (args.get(3).map(|c| c.parse::<usize>()), src) {
+                (Some(Ok(count)), Ok(src)) => hold(addr, count, src),
+                (_, Err(e)) => Err(e.into()),
+                _ => Err("hold needs a COUNT".into()),
+            }
+        }
         "zero-resources" => zero_resources(addr),
         "bad-write" => bad_write(addr),
         m => Err(format!("unknown mode {m:?}").into()),

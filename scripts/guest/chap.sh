@@ -86,7 +86,10 @@ chap_login() {
     iface="$(sr_iface "$transport")"
     disk_snapshot
     iscsiadm -m node -o new -T "$iqn" -p "$ADDR:$PORT" -I "$iface" >/dev/null
-    node_update "$iqn" "$iface" node.session.auth.authmethod=CHAP "$@"
+    # One login attempt per session: a refused login is final, and a session that hit the
+    # initiator race (see initiator_races) never recovers by retrying anyway.
+    node_update "$iqn" "$iface" node.session.initial_login_retry_max=0 \
+        node.session.auth.authmethod=CHAP "$@"
     sr_log "CHAP login $iqn over $transport"
     iscsiadm -m node -T "$iqn" -p "$ADDR:$PORT" -I "$iface" --login
 }
@@ -97,10 +100,29 @@ forget() {
     iscsiadm -m node -o delete >/dev/null 2>&1 || true
 }
 
+# initiator_races: how often the kernel initiator has hit its own login-task race so far.
+# Sometimes (about one CHAP login over iSER in eight under TCG) libiscsi's login task is still
+# referenced when iscsid sends the next Login Request, the kernel refuses to send it ("Login/Text
+# in progress. Cannot start new task", open-iscsi issue #424) and every retry on that connection
+# fails the same way. The target never sees that request, so such an attempt says nothing about
+# it: the checks below try once more with a fresh session when, and only when, dmesg shows it.
+initiator_races() { dmesg | grep -c "Login/Text in progress. Cannot start new task" || true; }
+
+# attempt CHECK ARGS...: run CHECK; if it fails and the initiator race happened meanwhile, say so
+# and run it once more.
+attempt() {
+    local races; races="$(initiator_races)"
+    "$@" && return 0
+    (( $(initiator_races) > races )) || return 1
+    sr_log "the initiator hit its login-task race (open-iscsi issue #424); trying again"
+    "$@"
+}
+
 # login_works IQN TRANSPORT NAME=VALUE...: login succeeds, the disk appears, 4 MiB compare, logout.
 login_works() {
     local iqn="$1" transport="$2" disk; shift 2
-    chap_login "$iqn" "$transport" "$@" >/dev/null || { sr_log "login refused"; forget; return 1; }
+    chap_login "$iqn" "$transport" "$@" >>"$INITIATOR_LOG" 2>&1 \
+        || { sr_log "login refused"; forget; return 1; }
     local rc=0
     if [[ "$(session_transport "$iqn")" != "$transport" ]]; then
         sr_log "session to $iqn is not $transport"; rc=1
@@ -168,20 +190,20 @@ for transport in tcp iser; do
     check "$transport: discovery without credentials finds nothing" test -z "$found"
 
     check "$transport: one-way CHAP offering SHA3-256,SHA256,SHA1,MD5, 4 MiB compare" \
-        login_works "$IQN_ONE" "$transport" "${ONE_WAY[@]}" \
+        attempt login_works "$IQN_ONE" "$transport" "${ONE_WAY[@]}" \
         node.session.auth.chap_algs=SHA3-256,SHA256,SHA1,MD5
     check "$transport: mutual CHAP with MD5 (open-iscsi's default), 4 MiB compare" \
-        login_works "$IQN_MUT" "$transport" "${MUTUAL[@]}"
+        attempt login_works "$IQN_MUT" "$transport" "${MUTUAL[@]}"
     check "$transport: one-way login to the target with mutual credentials" \
-        login_works "$IQN_MUT" "$transport" "${ONE_WAY[@]}"
+        attempt login_works "$IQN_MUT" "$transport" "${ONE_WAY[@]}"
     check "$transport: wrong secret is refused (0x0201), no disk" \
-        login_refused "CHAP_R is wrong" "$IQN_ONE" "$transport" \
+        attempt login_refused "CHAP_R is wrong" "$IQN_ONE" "$transport" \
         node.session.auth.username="$USER" node.session.auth.password=wrong-secret-123
     check "$transport: wrong user is refused (0x0201), no disk" \
-        login_refused "CHAP_N names a user we do not know" "$IQN_ONE" "$transport" \
+        attempt login_refused "CHAP_N names a user we do not know" "$IQN_ONE" "$transport" \
         node.session.auth.username=mallory node.session.auth.password="$SECRET"
     check "$transport: wrong target secret (mutual) is refused by the initiator, no disk" \
-        login_refused "target authenticated back" "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
+        attempt login_refused "target authenticated back" "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
         node.session.auth.username_in="$TARGET_USER" node.session.auth.password_in=not-the-target-1
 done
 

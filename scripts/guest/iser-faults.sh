@@ -10,7 +10,8 @@
 #   - a peer offering no RDMA Read resources is rejected with a log line;
 #   - a peer that breaks its QP (RDMA Write with a bogus rkey) is disconnected at once,
 #     not left as a zombie until the login timeout;
-#   - 200 connections that never log in cost little memory and leave a real login working.
+#   - 200 connections that never log in, from a second address: the per-source cap refuses all
+#     but 64, those cost little memory, and a real login from the first address works.
 # The hostile peers are rdma-ffi's `iser-peer` example.
 #
 # On the host (builds target/release/iser-target and the example, then boots the guest):
@@ -193,18 +194,27 @@ check "verify_disk after the resets" verify_disk "$DISK" 8
 check "logout" iscsi_logout "$T_RAM" "$ADDR"
 
 # ------------------------------------------ 200 connections that never log in
+# From a second address of the guest, as a hostile host would be: the per-source cap
+# (limits.max_connections_per_source, 64 by default) refuses what is beyond it, and the real
+# initiator on $ADDR is not held back by them.
 COUNT=200
+CAP=64
+HOSTILE=192.168.77.2
+ip addr add "$HOSTILE/24" dev "$SOFTROCE_NETDEV" || sr_die "cannot add $HOSTILE to $SOFTROCE_NETDEV"
 rss0="$(rss_kib)"
 mkfifo "$WORK/hold.in"
-"$PEER" hold "$ADDR" "$PORT" "$COUNT" <"$WORK/hold.in" >"$RESULTS/hold.log" 2>&1 &
+"$PEER" hold "$ADDR" "$PORT" "$COUNT" "$HOSTILE" <"$WORK/hold.in" >"$RESULTS/hold.log" 2>&1 &
 h=$!
 exec 7>"$WORK/hold.in"
-if sr_wait 300 grep -q "^HOLDING $COUNT" "$RESULTS/hold.log"; then
-    pass "$COUNT connections accepted that never log in"
+if sr_wait 300 grep -q "^HOLDING " "$RESULTS/hold.log"; then
+    read -r _ held _ refused < <(grep "^HOLDING " "$RESULTS/hold.log")
+    ((held == CAP && refused == COUNT - CAP)) \
+        && pass "$COUNT connections that never log in from one host: $held accepted, $refused refused by the per-source cap" \
+        || fail "$COUNT connections from one host: $held accepted, $refused refused (want $CAP and $((COUNT - CAP)))"
     sleep 2
     rss1="$(rss_kib)"
-    per=$(((rss1 - rss0) / COUNT))
-    sr_log "target RSS $rss0 KiB -> $rss1 KiB with $COUNT idle connections: ${per} KiB each"
+    per=$(((rss1 - rss0) / (held > 0 ? held : 1)))
+    sr_log "target RSS $rss0 KiB -> $rss1 KiB with $held idle connections: ${per} KiB each"
     ((per < 512)) && pass "memory per connection that has not logged in: ${per} KiB (< 512 KiB)" \
         || fail "memory per connection that has not logged in: ${per} KiB"
     check "a real open-iscsi login works beside them" login_ram

@@ -356,6 +356,86 @@ lio_teardown() {
     sr_log "LIO configuration removed"
 }
 
+# lio_write_cache NAME [0|1]: advertise (1, default) or withdraw the volatile write cache
+# (WCE in the caching mode page) of the fileio backstore NAME.  lio_setup_isert's fileio
+# backstores open their file O_DSYNC and report WCE=0; on tmpfs a sync costs nothing (shmem's
+# fsync is a no-op), so WCE=1 there only changes what the initiator is told, which is what a
+# benchmark comparing targets "with write cache on" needs.  emulate_write_cache may be changed
+# while the LUN is exported (drivers/target/target_core_configfs.c).
+lio_write_cache() {
+    local attr="$CONFIGFS_TARGET/core/fileio_0/$1/attrib/emulate_write_cache"
+    [[ -e "$attr" ]] || { sr_log "lio_write_cache: no fileio backstore $1"; return 1; }
+    echo "${2:-1}" >"$attr"
+}
+
+# --------------------------------------------------- tgt reference target
+# tgt_start ADDR [CONTROL_PORT]: a private tgtd (Debian's tgt, built with iSER) in the
+# background, iSCSI/TCP on ADDR:3260 and iSER on port 3260 of every address (tgt's iser driver
+# binds its RDMA CM listener to INADDR_ANY, usr/iscsi/iser.c iser_ib_init).  The iSER port is
+# tgt's default because it cannot be chosen reliably: iser_param_parser (usr/iscsi/iser.c)
+# checks errno after strtol without clearing it first, so tgtd 1.0.85 refuses "--iser
+# port=N" with "invalid port supplied".  pool_sz_mb=128, tgt's minimum, caps the registered
+# buffer pool, which would otherwise pin 1 GiB of the guest at the first iSER login.  Log in
+# $SOFTROCE_RESULTS/tgtd.log.  tgt serves one transport per target: add an "iscsi" target for
+# TCP and an "iser" target for iSER (tgt_add_target).
+tgt_start() {
+    local addr="$1" cport="${2:-1}" port=3260
+    bg_start tgtd tgtd -f -C "$cport" --iscsi "portal=$addr:$port" --iser pool_sz_mb=128
+    wait_tcp_listen "$addr:$port" || { sr_log "tgtd: no iSCSI/TCP listener"; return 1; }
+    wait_rdma_listen "0.0.0.0:$port" || { sr_log "tgtd: no iSER listener"; return 1; }
+    sr_log "tgtd up: iSCSI/TCP $addr:$port, iSER *:$port, control port $cport"
+}
+
+# tgt_add_target CONTROL_PORT TID iscsi|iser IQN FILE: target TID named IQN on the given
+# transport, open to every initiator address, with FILE as LUN 1 (bs rdwr: pread/pwrite on the
+# file; tgt's LUN 0 is its own controller LU).  tgt's caching mode page has WCE set by default
+# (usr/sbc.c), so the write cache is on.  An iser target also gets $SOFTROCE_INITIATOR_IQN in
+# its initiator-name ACL: tgt 1.0.85's iSER login (usr/iscsi/iser_text.c iser_login_start)
+# demands that the address ACL *and* the name ACL pass, and an empty name ACL never passes, so
+# every iSER login fails with "target not found" (tgt commit b73c64d fixed it in 2023).
+tgt_add_target() {
+    local cport="$1" tid="$2" lld="$3" iqn="$4" file="$5"
+    local adm=(tgtadm -C "$cport" --lld "$lld") name_acl=()
+    [[ "$lld" == iser ]] && name_acl=(--initiator-name "$SOFTROCE_INITIATOR_IQN")
+    if ! "${adm[@]}" --mode target --op new --tid "$tid" --targetname "$iqn" ||
+        ! "${adm[@]}" --mode target --op bind --tid "$tid" --initiator-address ALL ||
+        { ((${#name_acl[@]})) && ! "${adm[@]}" --mode target --op bind --tid "$tid" "${name_acl[@]}"; } ||
+        ! "${adm[@]}" --mode logicalunit --op new --tid "$tid" --lun 1 \
+            --backing-store "$file" --bstype rdwr; then
+        sr_log "tgt_add_target: tgtadm failed for $iqn ($lld)"
+        return 1
+    fi
+    sr_log "tgt target $tid $iqn over $lld: LUN 1 = $file (bs rdwr)"
+}
+
+# tgt_stop [CONTROL_PORT]: delete every target of the tgtd started by tgt_start, then stop it
+# (tgtd ignores SIGTERM; "system delete" ends it once no targets are left).  It first waits for
+# the last I_T nexus to go and a little longer: tgtd 1.0.85 segfaults when a target is deleted
+# while an iSER connection that just logged out is still flushing its receive queue.
+tgt_stop() {
+    local cport="${1:-1}" lld tid
+    sr_wait 30 tgt_idle "$cport" || sr_log "tgt_stop: tgtd still has sessions; deleting anyway"
+    sleep 2
+    for lld in iscsi iser; do
+        for tid in $(tgtadm -C "$cport" --lld "$lld" --mode target --op show 2>/dev/null |
+                         awk '/^Target [0-9]+:/ { sub(":", "", $2); print $2 }'); do
+            tgtadm -C "$cport" --lld "$lld" --mode target --op delete --force --tid "$tid" || true
+        done
+    done
+    tgtadm -C "$cport" --mode system --op delete >/dev/null 2>&1 || true
+    sr_wait 10 bash -c "! kill -0 ${SR_BG_tgtd:-0}" || true
+    bg_stop tgtd
+}
+
+# tgt_idle CONTROL_PORT: true when no tgt target has an I_T nexus (a session) left.
+tgt_idle() {
+    local lld
+    for lld in iscsi iser; do
+        tgtadm -C "$1" --lld "$lld" --mode target --op show | grep -q 'I_T nexus: ' && return 1
+    done
+    return 0
+}
+
 # dmesg_check: fail if the kernel log shows iSER/RDMA/SCSI trouble that a
 # passing data compare could hide (messages from ib_iser / ib_isert / rxe).
 dmesg_check() {

@@ -1,4 +1,5 @@
-//! Backends over a regular file or a block device, using positioned I/O (pread/pwrite).
+//! Backends over a regular file or a block device. The synchronous methods use positioned I/O
+//! (pread/pwrite); [`BackendFiles`] hands the same descriptors to the io_uring executor.
 
 use super::{check_range, write_zero_buffers, Backend, BackendError};
 use nix::errno::Errno;
@@ -8,8 +9,11 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Alignment required for the O_DIRECT path of [`BlockDeviceBackend`].
+/// Alignment of buffer address, offset and length for the O_DIRECT descriptor: 4096 is a
+/// multiple of every logical block size we serve (512 and 4096) and of the usual file system
+/// block, so it is safe on 512e and 4Kn devices alike.
 const DIRECT_ALIGN: usize = 4096;
 
 /// Opens `path` read-write, with O_DSYNC when `sync_writes` (write-through LUNs).
@@ -31,6 +35,100 @@ fn open_rw(path: &Path, create: bool, sync_writes: bool, extra_flags: i32) -> io
 fn off_t(v: u64) -> Result<libc::off_t, BackendError> {
     libc::off_t::try_from(v)
         .map_err(|_| BackendError::new(io::ErrorKind::InvalidInput, "offset too large"))
+}
+
+/// The descriptors of a file or block device: a buffered one, and an O_DIRECT one for aligned
+/// transfers (which bypass the page cache) where the file system or driver allows it. Both
+/// are opened O_DSYNC for write-through LUNs.
+#[derive(Debug)]
+pub struct BackendFiles {
+    buffered: Arc<File>,
+    direct: Option<Arc<File>>,
+    /// Opened O_DSYNC: every write is durable at completion.
+    sync_writes: bool,
+    /// A regular file (not a block device).
+    regular: bool,
+}
+
+/// How an asynchronous FUA write is made durable before it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuaMethod {
+    /// Already: the descriptors are O_DSYNC (write cache off).
+    Implied,
+    /// RWF_DSYNC on the write itself (block devices).
+    WriteFlag,
+    /// fdatasync once the write has completed (regular files). io_uring runs buffered writes
+    /// to one regular file one at a time on a worker hashed by inode (Linux
+    /// io_uring/io_uring.c `io_prep_async_work`, `hash_reg_file`), so an RWF_DSYNC write would
+    /// hold that worker through its journal commit; a separate fdatasync is not hashed and
+    /// overlaps with the others, as concurrent O_DSYNC pwrites did.
+    SyncAfter,
+}
+
+impl BackendFiles {
+    fn open(path: &Path, create: bool, sync_writes: bool) -> io::Result<Self> {
+        let buffered = Arc::new(open_rw(path, create, sync_writes, 0)?);
+        let regular = buffered.metadata()?.file_type().is_file();
+        let direct = match open_rw(path, false, sync_writes, libc::O_DIRECT) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                // tmpfs and some drivers refuse O_DIRECT; buffered I/O is still correct.
+                log::info!(
+                    "{}: O_DIRECT unavailable ({e}); buffered I/O only",
+                    path.display()
+                );
+                None
+            }
+        };
+        Ok(BackendFiles {
+            buffered,
+            direct,
+            sync_writes,
+            regular,
+        })
+    }
+
+    /// How a FUA write submitted asynchronously becomes durable (see [`FuaMethod`]).
+    pub fn fua_method(&self) -> FuaMethod {
+        match (self.sync_writes, self.regular) {
+            (true, _) => FuaMethod::Implied,
+            (false, true) => FuaMethod::SyncAfter,
+            (false, false) => FuaMethod::WriteFlag,
+        }
+    }
+
+    /// The descriptor for a transfer of `len` bytes at `offset` from/to memory at `addr`:
+    /// O_DIRECT when all three are multiples of 4096 and O_DIRECT is available.
+    pub fn for_transfer(&self, addr: usize, len: usize, offset: u64) -> &Arc<File> {
+        let aligned = addr % DIRECT_ALIGN == 0
+            && len % DIRECT_ALIGN == 0
+            && offset % DIRECT_ALIGN as u64 == 0;
+        match &self.direct {
+            Some(d) if aligned => d,
+            _ => &self.buffered,
+        }
+    }
+
+    /// The descriptor to fdatasync. One is enough: both descriptors share the inode (the
+    /// block device's, for a device), whose dirty pages and device cache fdatasync flushes.
+    pub fn sync_file(&self) -> &Arc<File> {
+        &self.buffered
+    }
+
+    /// Whether aligned transfers bypass the page cache.
+    pub fn has_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.for_transfer(buf.as_ptr() as usize, buf.len(), offset)
+            .read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.for_transfer(data.as_ptr() as usize, data.len(), offset)
+            .write_all_at(data, offset)
+    }
 }
 
 /// Runs fallocate with `mode | KEEP_SIZE`; `Ok(false)` means the file system or device does
@@ -76,7 +174,7 @@ fn fallocate_or_write_zeroes<B: Backend>(
 
 /// A LUN stored in a regular (usually sparse) file.
 pub struct FileBackend {
-    file: File,
+    files: BackendFiles,
     size: u64,
 }
 
@@ -93,7 +191,8 @@ impl FileBackend {
         create: bool,
         sync_writes: bool,
     ) -> Result<Self, BackendError> {
-        let file = open_rw(path, create, sync_writes, 0)?;
+        let files = BackendFiles::open(path, create, sync_writes)?;
+        let file = &files.buffered;
         let current = file.metadata()?.len();
         let size = match size {
             Some(s) => {
@@ -110,7 +209,7 @@ impl FileBackend {
                 format!("{}: backing file has size 0", path.display()),
             ));
         }
-        Ok(FileBackend { file, size })
+        Ok(FileBackend { files, size })
     }
 }
 
@@ -121,22 +220,22 @@ impl Backend for FileBackend {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
         check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.file.read_exact_at(buf, offset)?)
+        Ok(self.files.read_at(buf, offset)?)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
         check_range(offset, data.len() as u64, self.size)?;
-        Ok(self.file.write_all_at(data, offset)?)
+        Ok(self.files.write_at(data, offset)?)
     }
 
     fn flush(&self) -> Result<(), BackendError> {
-        Ok(self.file.sync_data()?)
+        Ok(self.files.sync_file().sync_data()?)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         fallocate_or_write_zeroes(
             self,
-            &self.file,
+            &self.files.buffered,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
@@ -146,7 +245,7 @@ impl Backend for FileBackend {
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         fallocate_or_write_zeroes(
             self,
-            &self.file,
+            &self.files.buffered,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
@@ -157,7 +256,7 @@ impl Backend for FileBackend {
     /// everything as data, which is correct (just not thin).
     fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
         check_range(offset, max_len, self.size)?;
-        let fd = self.file.as_raw_fd();
+        let fd = self.files.buffered.as_raw_fd();
         let end = offset + max_len;
         let clamp = |pos: libc::off_t| (u64::try_from(pos).unwrap_or(end)).min(end);
         match nix::unistd::lseek(fd, off_t(offset)?, nix::unistd::Whence::SeekData) {
@@ -179,14 +278,17 @@ impl Backend for FileBackend {
     fn kind(&self) -> &'static str {
         "file"
     }
+
+    fn files(&self) -> Option<&BackendFiles> {
+        Some(&self.files)
+    }
 }
 
 /// A LUN on a whole block device. Aligned requests (offset, length and buffer address all
-/// multiples of 4096) go through a second O_DIRECT descriptor to bypass the page cache;
+/// multiples of 4096) go through the O_DIRECT descriptor to bypass the page cache;
 /// everything else uses the buffered descriptor.
 pub struct BlockDeviceBackend {
-    buffered: File,
-    direct: Option<File>,
+    files: BackendFiles,
     size: u64,
 }
 
@@ -194,40 +296,15 @@ impl BlockDeviceBackend {
     /// Opens a block device read-write; its size is found by seeking to the end.
     /// If O_DIRECT cannot be opened (some drivers refuse it) only the buffered path is used.
     pub fn open(path: &Path, sync_writes: bool) -> Result<Self, BackendError> {
-        let buffered = open_rw(path, false, sync_writes, 0)?;
-        let size = (&buffered).seek(SeekFrom::End(0))?;
+        let files = BackendFiles::open(path, false, sync_writes)?;
+        let size = (&*files.buffered).seek(SeekFrom::End(0))?;
         if size == 0 {
             return Err(BackendError::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: device has size 0", path.display()),
             ));
         }
-        let direct = match open_rw(path, false, sync_writes, libc::O_DIRECT) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                log::warn!(
-                    "{}: O_DIRECT unavailable ({e}); using buffered I/O only",
-                    path.display()
-                );
-                None
-            }
-        };
-        Ok(BlockDeviceBackend {
-            buffered,
-            direct,
-            size,
-        })
-    }
-
-    /// The descriptor to use for a transfer of `len` bytes at `offset` from/to `addr`.
-    fn fd_for(&self, addr: usize, len: usize, offset: u64) -> &File {
-        let aligned = addr % DIRECT_ALIGN == 0
-            && len % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0;
-        match &self.direct {
-            Some(d) if aligned => d,
-            _ => &self.buffered,
-        }
+        Ok(BlockDeviceBackend { files, size })
     }
 }
 
@@ -238,28 +315,22 @@ impl Backend for BlockDeviceBackend {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
         check_range(offset, buf.len() as u64, self.size)?;
-        let fd = self.fd_for(buf.as_ptr() as usize, buf.len(), offset);
-        Ok(fd.read_exact_at(buf, offset)?)
+        Ok(self.files.read_at(buf, offset)?)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
         check_range(offset, data.len() as u64, self.size)?;
-        let fd = self.fd_for(data.as_ptr() as usize, data.len(), offset);
-        Ok(fd.write_all_at(data, offset)?)
+        Ok(self.files.write_at(data, offset)?)
     }
 
     fn flush(&self) -> Result<(), BackendError> {
-        self.buffered.sync_data()?;
-        if let Some(d) = &self.direct {
-            d.sync_data()?;
-        }
-        Ok(())
+        Ok(self.files.sync_file().sync_data()?)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         fallocate_or_write_zeroes(
             self,
-            &self.buffered,
+            &self.files.buffered,
             FallocateFlags::FALLOC_FL_PUNCH_HOLE,
             offset,
             len,
@@ -269,7 +340,7 @@ impl Backend for BlockDeviceBackend {
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         fallocate_or_write_zeroes(
             self,
-            &self.buffered,
+            &self.files.buffered,
             FallocateFlags::FALLOC_FL_ZERO_RANGE,
             offset,
             len,
@@ -282,6 +353,10 @@ impl Backend for BlockDeviceBackend {
 
     fn kind(&self) -> &'static str {
         "block"
+    }
+
+    fn files(&self) -> Option<&BackendFiles> {
+        Some(&self.files)
     }
 }
 
@@ -342,8 +417,11 @@ mod tests {
         // Reopen without size: keeps the file size; a bigger size extends it.
         let b = FileBackend::open(&p, None, false, true).unwrap();
         assert_eq!(b.size(), 8 << 20);
+        // Write-through descriptors make FUA implicit; otherwise a file syncs after the write.
+        assert_eq!(b.files().unwrap().fua_method(), FuaMethod::Implied);
         let b = FileBackend::open(&p, Some(16 << 20), false, false).unwrap();
         assert_eq!(b.size(), 16 << 20);
+        assert_eq!(b.files().unwrap().fua_method(), FuaMethod::SyncAfter);
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -9,7 +9,7 @@
 mod file;
 mod ram;
 
-pub use file::{BlockDeviceBackend, FileBackend};
+pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 
 use std::io;
@@ -105,6 +105,12 @@ pub trait Backend: Send + Sync {
     fn supports_discard(&self) -> bool;
     /// Short backend name for logs: "ram", "file" or "block".
     fn kind(&self) -> &'static str;
+    /// The descriptors of a backend stored in a file or block device, for executors that
+    /// submit reads, writes and syncs themselves (io_uring); `None` for in-memory backends,
+    /// whose I/O completes inline.
+    fn files(&self) -> Option<&BackendFiles> {
+        None
+    }
 }
 
 /// Size of the zero buffer used when zeroing by writing.

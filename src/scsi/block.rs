@@ -133,6 +133,56 @@ impl BlockRequest<'_> {
     }
 }
 
+/// The block requests an asynchronous executor submits itself (one read, one write or one
+/// sync), in owned form: a written range is always a prefix of the command's Data-Out, so the
+/// executor can hand the Data-Out buffer itself to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primitive {
+    /// Read `len` bytes at `offset`.
+    Read { offset: u64, len: usize },
+    /// Write the first `len` bytes of Data-Out at `offset`; `fua`: durable at completion.
+    Write { offset: u64, len: usize, fua: bool },
+    /// Make all completed writes durable.
+    Flush,
+}
+
+impl BlockRequest<'_> {
+    /// This request as a [`Primitive`], when it is a plain READ, WRITE or SYNCHRONIZE CACHE.
+    /// `data_out` is the command's Data-Out; a write whose data is not its prefix is `None`.
+    pub fn primitive(&self, data_out: &[u8]) -> Option<Primitive> {
+        match self {
+            BlockRequest::Read { offset, len } => Some(Primitive::Read {
+                offset: *offset,
+                len: *len,
+            }),
+            BlockRequest::Write { offset, data, fua } if data.as_ptr() == data_out.as_ptr() => {
+                Some(Primitive::Write {
+                    offset: *offset,
+                    len: data.len(),
+                    fua: *fua,
+                })
+            }
+            BlockRequest::Flush => Some(Primitive::Flush),
+            _ => None,
+        }
+    }
+}
+
+impl Primitive {
+    /// Maps the primitive's result to the SCSI outcome, exactly as [`finish`] does.
+    pub fn finish(
+        &self,
+        result: Result<BlockReply, BackendError>,
+        data_out_length: u32,
+    ) -> ScsiOutcome {
+        outcome(
+            matches!(self, Primitive::Read { .. }),
+            result,
+            data_out_length,
+        )
+    }
+}
+
 /// What a successfully executed [`BlockRequest`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockReply {
@@ -313,6 +363,15 @@ pub fn finish(
     result: Result<BlockReply, BackendError>,
     data_out_length: u32,
 ) -> ScsiOutcome {
+    outcome(request.is_read(), result, data_out_length)
+}
+
+/// The outcome of a block operation that only read the medium (`is_read`) or wrote it.
+fn outcome(
+    is_read: bool,
+    result: Result<BlockReply, BackendError>,
+    data_out_length: u32,
+) -> ScsiOutcome {
     let outcome = match result {
         Ok(BlockReply::Done) => ScsiOutcome::good(),
         Ok(BlockReply::Data(d)) => ScsiOutcome::with_data(d),
@@ -326,7 +385,7 @@ pub fn finish(
                 Sense::new(sense::DATA_PROTECT, sense::SPACE_ALLOCATION_FAILED)
             } else if e.kind() == std::io::ErrorKind::InvalidInput {
                 Sense::new(sense::HARDWARE_ERROR, sense::INTERNAL_TARGET_FAILURE)
-            } else if request.is_read() {
+            } else if is_read {
                 Sense::new(sense::MEDIUM_ERROR, sense::UNRECOVERED_READ_ERROR)
             } else {
                 Sense::new(sense::MEDIUM_ERROR, sense::WRITE_ERROR)

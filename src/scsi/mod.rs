@@ -3,8 +3,10 @@
 //! The layer is sans-IO: [`LogicalUnit::plan`] decodes and validates a CDB and yields either
 //! an immediate answer ([`Plan::Done`]) or a primitive [`BlockRequest`]; [`run`] executes a
 //! block request against a [`Backend`]; [`finish`] maps the result back to a [`ScsiOutcome`].
-//! [`ScsiTarget::execute`] strings the three together (blocking; called on I/O worker
-//! threads). Every failure is sense data, never a panic: CDB fields are read through
+//! [`ScsiTarget::prepare`] does the first step for a whole target; the server's engine runs the
+//! request asynchronously (io_uring, inline for RAM, or a blocking pool) and finishes it.
+//! [`ScsiTarget::execute`] strings the three together synchronously (tests, benchmarks,
+//! tools). Every failure is sense data, never a panic: CDB fields are read through
 //! bounds-safe accessors and all LBA arithmetic is checked.
 
 #![forbid(unsafe_code)]
@@ -19,7 +21,7 @@ pub mod sense;
 
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::MAX_TRANSFER_BYTES;
-pub use block::{finish, run, BlockReply, BlockRequest};
+pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
@@ -270,8 +272,9 @@ pub struct LogicalUnit {
     backend: Arc<dyn Backend>,
     num_blocks: u64,
     wce: AtomicBool,
-    /// Ordinary I/O holds this shared; COMPARE AND WRITE holds it exclusively so that its
-    /// read-compare-write is atomic against every other writer of the LU.
+    /// For the synchronous entry ([`LogicalUnit::run`]): ordinary I/O holds this shared;
+    /// COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold it exclusively. The server's engine
+    /// orders I/O with its own non-blocking gate instead.
     io_lock: RwLock<()>,
     /// Persistent and SPC-2 reservations, shared by all sessions.
     pr: Mutex<pr::PrState>,
@@ -437,7 +440,8 @@ impl LogicalUnit {
         truncate(d, cdb.be32(10) as usize)
     }
 
-    /// Runs a block request under the LU's I/O lock (exclusive for COMPARE AND WRITE).
+    /// Runs a block request synchronously under the LU's I/O lock (exclusive for COMPARE AND
+    /// WRITE, ORWRITE and WRITE ATOMIC).
     pub fn run(&self, request: &BlockRequest<'_>) -> Result<BlockReply, BackendError> {
         if request.needs_exclusive() {
             let _g = self.io_lock.write().unwrap_or_else(|p| p.into_inner());
@@ -461,6 +465,16 @@ impl LogicalUnit {
             }
         }
     }
+}
+
+/// Whether a command with this CDB must run with no other I/O in flight on its LU (COMPARE AND
+/// WRITE, ORWRITE, WRITE ATOMIC: exactly the commands whose [`BlockRequest::needs_exclusive`]).
+/// Decided from the operation code alone, so an executor can order a command before planning it.
+pub fn runs_exclusively(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first(),
+        Some(&(op::COMPARE_AND_WRITE | op::ORWRITE_16 | op::WRITE_ATOMIC_16))
+    )
 }
 
 /// True when the received CDB is shorter than its opcode's CDB length.
@@ -524,6 +538,24 @@ pub fn decode_lun(b: &[u8; 8]) -> u64 {
     }
 }
 
+/// A command decoded against a target, before any backend I/O (see [`ScsiTarget::prepare`]).
+pub enum Prepared<'t, 'a> {
+    /// The command is complete.
+    Done(ScsiOutcome),
+    /// Run `request` on the LU at position `lun_index` of [`ScsiTarget::luns`], then
+    /// [`finish`].
+    Io {
+        /// The addressed logical unit.
+        lu: &'t Arc<LogicalUnit>,
+        /// Its index in [`ScsiTarget::luns`].
+        lun_index: usize,
+        /// The block operation to perform.
+        request: BlockRequest<'a>,
+        /// Data-Out bytes the command called for, passed through to the outcome.
+        data_out_length: u32,
+    },
+}
+
 /// The set of LUNs one iSCSI target exposes; executes commands (REPORT LUNS and unknown
 /// LUNs are handled here).
 pub struct ScsiTarget {
@@ -542,24 +574,60 @@ impl ScsiTarget {
         &self.luns
     }
 
+    /// The position in [`ScsiTarget::luns`] of the LU with LUN number `lun`, if any.
+    pub fn lun_index(&self, lun: u64) -> Option<usize> {
+        self.luns.iter().position(|l| l.params.lun == lun)
+    }
+
     /// The LU with LUN number `lun`, if any.
     pub fn lun(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
         self.luns.iter().find(|l| l.params.lun == lun)
     }
 
-    /// Execute one command to completion. Blocking (does backend I/O); called on I/O worker
-    /// threads, concurrently.
+    /// Executes one command to completion, synchronously (backend I/O on the calling thread,
+    /// under the LU's I/O lock). Safe to call concurrently.
     pub fn execute(&self, req: &ScsiRequest<'_>) -> ScsiOutcome {
+        match self.prepare(req) {
+            Prepared::Done(outcome) => outcome,
+            Prepared::Io {
+                lu,
+                request,
+                data_out_length,
+                ..
+            } => finish(&request, lu.run(&request), data_out_length),
+        }
+    }
+
+    /// Decodes one command (pure: no backend I/O): target-level commands and unknown LUNs are
+    /// answered here, everything else is planned by its LU.
+    pub fn prepare<'t, 'a>(&'t self, req: &ScsiRequest<'a>) -> Prepared<'t, 'a> {
         let cdb = Cdb::new(req.cdb);
         if cdb.opcode() == op::REPORT_LUNS && !cdb.is_empty() {
-            return match self.report_luns(cdb) {
+            return Prepared::Done(match self.report_luns(cdb) {
                 Ok(d) => ScsiOutcome::with_data(d),
                 Err(s) => ScsiOutcome::from_sense(&s),
+            });
+        }
+        if let Some(lun_index) = self.lun_index(req.lun) {
+            let lu = &self.luns[lun_index];
+            return match lu.plan(req) {
+                Plan::Done(outcome) => Prepared::Done(outcome),
+                Plan::Io {
+                    request,
+                    data_out_length,
+                } => Prepared::Io {
+                    lu,
+                    lun_index,
+                    request,
+                    data_out_length,
+                },
             };
         }
-        if let Some(lu) = self.lun(req.lun) {
-            return lu.execute(req);
-        }
+        Prepared::Done(Self::absent_lun(cdb))
+    }
+
+    /// The answer of a command addressed to a LUN the target does not have.
+    fn absent_lun(cdb: Cdb<'_>) -> ScsiOutcome {
         let not_supported = Sense::new(sense::ILLEGAL_REQUEST, sense::LU_NOT_SUPPORTED);
         match cdb.opcode() {
             // SPC-4 6.6.2: INQUIRY to a LUN that is not there answers PQ=3, type 1Fh.

@@ -546,6 +546,7 @@ fn orwrite() {
         panic!("ORWRITE needs I/O")
     };
     assert!(request.needs_exclusive());
+    assert!(runs_exclusively(&c));
 }
 
 #[test]
@@ -586,6 +587,7 @@ fn write_atomic() {
         panic!("WRITE ATOMIC needs I/O")
     };
     assert!(request.needs_exclusive());
+    assert!(runs_exclusively(&c));
     let mut p = params(0, 512);
     p.read_only = true;
     let ro = LogicalUnit::new(p, Arc::new(RamBackend::new(1 << 20)));
@@ -1179,6 +1181,14 @@ fn plan_is_pure_and_run_finish_complete_it() {
         }
     );
     assert!(!request.needs_exclusive());
+    assert!(!runs_exclusively(r.cdb));
+    assert_eq!(
+        request.primitive(r.data_out),
+        Some(Primitive::Read {
+            offset: 1536,
+            len: 1024
+        })
+    );
     let reply = run(&**lu.backend(), &request);
     let o = finish(&request, reply, data_out_length);
     assert_eq!(o.data_in, vec![0; 1024]);

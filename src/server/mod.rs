@@ -2,7 +2,8 @@
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
 mod admission;
-mod io;
+mod engine;
+mod gate;
 pub mod iser;
 mod registry;
 mod session;
@@ -137,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<ConnectionSet>,
     /// Connection caps per portal and per source address.
     pub(crate) admission: Arc<Admission>,
+    /// The process-wide I/O engine running every session's commands.
+    pub(crate) engine: engine::Engine,
     stopping: AtomicBool,
 }
 
@@ -326,6 +329,20 @@ impl Server {
             }
         }
         let scsi_targets = build_scsi_targets(config)?;
+        let engine = engine::Engine::start(
+            scsi_targets.clone(),
+            config.limits.io_threads as usize,
+            engine::IoMode::Auto,
+        )?;
+        log::info!(
+            "I/O engine: {} thread(s), file and block I/O {}",
+            config.limits.io_threads,
+            if engine.uses_io_uring() {
+                "through io_uring"
+            } else {
+                "on the blocking pool (no io_uring)"
+            }
+        );
         let shared = Arc::new(Shared {
             targets: config.targets.clone(),
             scsi_targets,
@@ -336,6 +353,7 @@ impl Server {
             ),
             connections: ConnectionSet::new(),
             admission: Admission::new(&config.limits),
+            engine,
             stopping: AtomicBool::new(false),
         });
         let tcp_core = Arc::new(tcp_core_config(config));
@@ -398,8 +416,8 @@ impl Server {
         &self.local_addrs
     }
 
-    /// Stops accepting, lets connections finish their running commands and close, then flushes
-    /// every backend so acknowledged writes are durable.
+    /// Stops accepting, lets connections finish their running commands and close, drains the
+    /// I/O engine, then flushes every backend so acknowledged writes are durable.
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.stop_accepting.store(true, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -414,6 +432,9 @@ impl Server {
         for handle in self.iser_portals {
             let _ = handle.join();
         }
+        // Every command the engine accepted completes before the backends are flushed, so a
+        // write acknowledged at the last moment is covered by the flush.
+        self.shared.engine.shutdown();
         for (target, scsi) in self.shared.targets.iter().zip(&self.shared.scsi_targets) {
             scsi.flush_all().map_err(|source| ServerError::Flush {
                 target: target.name.clone(),

@@ -1,25 +1,23 @@
 //! What every transport's connection driver does with the core's session-level requests: bind a
-//! login to a session (registry + I/O workers), run SCSI commands, and release both in the right
-//! order when the connection ends. Shared by the TCP and iSER drivers.
+//! login to a session (registry + a link to the I/O engine), run SCSI commands, and release both
+//! in the right order when the connection ends. Shared by the TCP and iSER drivers.
 
 use std::sync::Arc;
 
-use super::io::{CompletionSink, IoWorkers};
+pub(crate) use super::engine::CompletionSink;
+use super::engine::EngineSession;
 use super::registry::{SessionControl, SessionGuard};
 use super::Shared;
 use crate::iscsi::{BindRequest, LoginStatus, ScsiTask};
 use crate::scsi::{Nexus, ScsiOutcome};
 
-/// Backend worker threads per session.
-const WORKERS_PER_SESSION: usize = 4;
-
 /// The session a connection belongs to, once its login is bound.
 ///
-/// Field order matters: the workers are dropped (finishing running commands) before the
-/// session is unregistered, because a reinstating login waits on the registration.
+/// Release order matters: the session's commands are drained before the session is
+/// unregistered, because a reinstating login waits on the registration.
 #[derive(Default)]
 pub(crate) struct SessionSlot {
-    workers: Option<IoWorkers>,
+    engine: Option<EngineSession>,
     /// Target index and I_T nexus of a normal session, for resets and nexus loss.
     nexus: Option<(usize, Arc<Nexus>)>,
     session: Option<SessionGuard>,
@@ -27,8 +25,8 @@ pub(crate) struct SessionSlot {
 
 impl SessionSlot {
     /// Answers `Action::BindSession` / `FabricOp::BindSession`: registers the session (waiting for
-    /// a reinstated one to close) and, for a normal session, starts its I/O workers reporting to
-    /// `sink`. Returns the TSIH or the login failure status.
+    /// a reinstated one to close) and, for a normal session, attaches it to the I/O engine,
+    /// reporting to `sink`. Returns the TSIH or the login failure status.
     pub(crate) fn bind(
         &mut self,
         shared: &Shared,
@@ -42,33 +40,24 @@ impl SessionSlot {
             .bind(request, target_name.as_deref(), control)?;
         let tsih = guard.tsih();
         if let Some(target) = request.target {
-            let scsi = Arc::clone(&shared.scsi_targets[target]);
             let nexus = Arc::new(Nexus {
                 initiator_name: request.initiator_name.clone(),
                 isid: request.isid,
             });
-            match IoWorkers::start(WORKERS_PER_SESSION, scsi, Arc::clone(&nexus), sink) {
-                Ok(workers) => {
-                    self.workers = Some(workers);
-                    self.nexus = Some((target, nexus));
-                }
-                Err(e) => {
-                    log::error!("cannot start I/O workers: {e}");
-                    return Err(LoginStatus::OUT_OF_RESOURCES);
-                }
-            }
+            self.engine = Some(shared.engine.session(target, Arc::clone(&nexus), sink));
+            self.nexus = Some((target, nexus));
         }
         self.session = Some(guard);
         Ok(tsih)
     }
 
-    /// Answers `Execute`: queues the command on the session's workers. Without workers (no
-    /// normal session bound) the command fails at once with HARDWARE ERROR / INTERNAL TARGET
-    /// FAILURE, returned for the caller to hand back to the core.
+    /// Answers `Execute`: queues the command on the engine. Without a normal session bound the
+    /// command fails at once with HARDWARE ERROR / INTERNAL TARGET FAILURE, returned for the
+    /// caller to hand back to the core.
     pub(crate) fn execute(&self, task: ScsiTask) -> Option<(u64, ScsiOutcome)> {
-        match &self.workers {
-            Some(workers) => {
-                workers.submit(task);
+        match &self.engine {
+            Some(engine) => {
+                engine.submit(task);
                 None
             }
             None => Some((task.id, ScsiOutcome::check_condition(0x04, 0x44, 0x00))),
@@ -89,7 +78,9 @@ impl SessionSlot {
     /// Lets running commands finish, applies I_T nexus loss, then unregisters the session
     /// (a reinstating login waits on that).
     pub(crate) fn release(&mut self, shared: &Shared) {
-        drop(self.workers.take());
+        if let Some(engine) = self.engine.take() {
+            engine.drain();
+        }
         // I_T nexus loss: SPC-2 reservations of this nexus go; persistent ones stay (SPC-4 §5.13).
         if let Some((target, nexus)) = self.nexus.take() {
             shared.scsi_targets[target].release_nexus(&nexus);

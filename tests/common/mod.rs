@@ -53,19 +53,39 @@ pub fn have_tool(tool: &str) -> bool {
     })
 }
 
-/// Returns from the calling test, loudly, if any of the external tools is
-/// missing (scripts/test.sh installs them; a bare `cargo test` may not have).
+/// True when a missing tool must fail the test instead of skipping it: under CI (`CI=true`, as CI
+/// services set it) or with `REQUIRE_TOOLS=1` (scripts/test.sh sets it).
+pub fn tools_required() -> bool {
+    let set = |name: &str, on: &[&str]| std::env::var(name).is_ok_and(|v| on.contains(&v.as_str()));
+    set("CI", &["true", "1"]) || set("REQUIRE_TOOLS", &["1"])
+}
+
+/// What a missing tool means: a failure when [`tools_required`], otherwise a loud skip. Returns
+/// whether the test may go on.
+pub fn check_tool(module: &str, tool: &str) -> bool {
+    if have_tool(tool) {
+        return true;
+    }
+    // The test harness names each test's thread after the test.
+    let current = thread::current();
+    let test = current.name().unwrap_or(module);
+    let advice = "apt-get install libiscsi-bin (scripts/test.sh does this)";
+    assert!(
+        !tools_required(),
+        "{test}: `{tool}` is not installed and this run requires it (CI=true or \
+         REQUIRE_TOOLS=1): {advice}"
+    );
+    eprintln!("SKIPPED {test}: `{tool}` is not installed ({advice})");
+    false
+}
+
+/// Returns from the calling test if one of the external tools is missing, saying so loudly; under
+/// CI or `REQUIRE_TOOLS=1` the test fails instead (see [`check_tool`]).
 #[macro_export]
 macro_rules! require_tools {
     ($($tool:expr),+ $(,)?) => {
         for tool in [$($tool),+] {
-            if !$crate::common::have_tool(tool) {
-                eprintln!(
-                    "SKIPPED {}: `{}` is not installed (apt-get install libiscsi-bin; \
-                     scripts/test.sh does this)",
-                    module_path!(),
-                    tool
-                );
+            if !$crate::common::check_tool(module_path!(), tool) {
                 return;
             }
         }

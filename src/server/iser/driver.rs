@@ -118,16 +118,21 @@ impl SessionControl for Mailbox {
 }
 
 /// Everything created for a connection at accept time.
+///
+/// Field order is drop order, and it matters: `qp` owns the connection's rdma_cm id, and
+/// librdmacm closes a removed device's context as soon as the last id on it is destroyed
+/// (librdmacm cma.c, ucma_put_device). Every verbs object must be released before that, or its
+/// destroy call fails with EBADF and its registered memory leaks: the receive areas first, then
+/// the queue pair, whose own drop destroys the QP, its CQs, channel and PD and the id last.
 pub(super) struct Resources {
     /// Name of the RDMA device.
     pub(super) device: String,
-    pub(super) qp: QueuePair,
+    /// Receive areas by index: the login buffers, then (from login on) the full-feature ones.
+    pub(super) recv_areas: Vec<Arc<MemoryRegion>>,
     pub(super) send_cq: Arc<CompletionQueue>,
     pub(super) recv_cq: Arc<CompletionQueue>,
     pub(super) channel: Arc<CompletionChannel>,
     pub(super) pd: Arc<ProtectionDomain>,
-    /// Receive areas by index: the login buffers, then (from login on) the full-feature ones.
-    pub(super) recv_areas: Vec<Arc<MemoryRegion>>,
     pub(super) recv_stride: usize,
     /// Full-feature receive buffers to post at login.
     pub(super) full_recv_slots: u32,
@@ -139,6 +144,8 @@ pub(super) struct Resources {
     pub(super) max_rdma_reads: usize,
     /// The CM exchange agreed to Send-with-Invalidate.
     pub(super) send_with_invalidate: bool,
+    /// Last: see the drop order above.
+    pub(super) qp: QueuePair,
 }
 
 /// Operations waiting to be posted, in order, with a bound on the Sends among them.
@@ -229,15 +236,16 @@ enum Posted {
 
 struct Driver {
     conn: IserConnection,
+    /// The staging arena and its allocator, from login on. Before `res`: registered memory is
+    /// released before the connection's rdma_cm id (see [`Resources`]).
+    arena: Option<(Arc<MemoryRegion>, Ring)>,
+    inflight: VecDeque<InFlight>,
     res: Resources,
     shared: Arc<Shared>,
     mailbox: Mailbox,
     inbox: Receiver<Event>,
     session: SessionSlot,
-    /// The staging arena and its allocator, from login on.
-    arena: Option<(Arc<MemoryRegion>, Ring)>,
     pending: Backlog,
-    inflight: VecDeque<InFlight>,
     next_wr: u64,
     reads: usize,
     ending: Option<Ending>,
@@ -568,7 +576,7 @@ impl Driver {
                 FabricOp::BindSession(request) => {
                     let control = Arc::new(self.mailbox.clone());
                     let mailbox = self.mailbox.clone();
-                    let sink: crate::server::io::CompletionSink =
+                    let sink: crate::server::session::CompletionSink =
                         Arc::new(move |id, outcome| mailbox.post(Event::Completed(id, outcome)));
                     let result = self.session.bind(&self.shared, &request, control, sink);
                     self.conn.handle_session_bound(result);

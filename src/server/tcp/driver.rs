@@ -343,7 +343,7 @@ impl Driver {
             TcpAction::BindSession(request) => {
                 let control = Arc::new(ChannelControl(self.events.clone()));
                 let events = self.events.clone();
-                let sink: crate::server::io::CompletionSink = Arc::new(move |id, outcome| {
+                let sink: crate::server::session::CompletionSink = Arc::new(move |id, outcome| {
                     let _ = events.send(Event::Completed(id, outcome));
                 });
                 let result = self.session.bind(&self.shared, &request, control, sink);
