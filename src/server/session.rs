@@ -76,7 +76,9 @@ impl SessionSlot {
     }
 
     /// Lets running commands finish, applies I_T nexus loss, then unregisters the session
-    /// (a reinstating login waits on that).
+    /// (a reinstating login waits on that). Drivers call it when the core closes the
+    /// connection, before its last PDUs go out, and again at teardown, where it does nothing
+    /// more.
     pub(crate) fn release(&mut self, shared: &Shared) {
         if let Some(engine) = self.engine.take() {
             engine.drain();

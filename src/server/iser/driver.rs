@@ -592,6 +592,15 @@ impl Driver {
                         return self.fail(e);
                     }
                 }
+                FabricOp::Close(reason) => {
+                    // I_T nexus loss before the Logout Response queued ahead of this Close is
+                    // posted: an initiator that logs in again at once must not meet this
+                    // session's SPC-2 reservation (libiscsi's Reserve6.Logout).
+                    self.session.release(&self.shared);
+                    if let Err(e) = self.pending.push_back(FabricOp::Close(reason)) {
+                        return self.fail(e);
+                    }
+                }
                 op => {
                     if let Err(e) = self.pending.push_back(op) {
                         return self.fail(e);

@@ -356,6 +356,10 @@ impl Driver {
             }
             TcpAction::Reset { lun } => self.session.reset(&self.shared, lun),
             TcpAction::Close(reason) => {
+                // I_T nexus loss before the last PDUs (a Logout Response) go out: an initiator
+                // that logs in again at once must not meet this session's SPC-2 reservation
+                // (libiscsi's Reserve6.Logout does exactly that).
+                self.session.release(&self.shared);
                 self.flush(out);
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {
