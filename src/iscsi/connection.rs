@@ -290,6 +290,36 @@ impl Residual {
     }
 }
 
+/// The SCSI Response PDU that ends a task (RFC 7143 §11.4): status, residual and the sense
+/// data with its 2-byte length prefix (§11.4.7.2). Both datamovers build it with this.
+pub fn scsi_response_pdu(
+    itt: u32,
+    status: u8,
+    sense: &[u8],
+    residual: Residual,
+    numbers: SequenceNumbers,
+    exp_data_sn: u32,
+) -> Pdu {
+    let mut data = Vec::new();
+    if !sense.is_empty() {
+        data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+        data.extend_from_slice(sense);
+    }
+    let header = Header::ScsiResponse(pdu::ScsiResponse {
+        overflow: residual.overflow,
+        underflow: residual.underflow,
+        response: 0,
+        status,
+        itt,
+        stat_sn: numbers.stat_sn,
+        exp_cmd_sn: numbers.exp_cmd_sn,
+        max_cmd_sn: numbers.max_cmd_sn,
+        exp_data_sn,
+        residual_count: residual.count,
+    });
+    Pdu::with_data(header, data)
+}
+
 /// An effect the transport must carry out, in order. `C` is the transport's per-task context
 /// (see [`Connection::handle_pdu_with_context`]).
 ///

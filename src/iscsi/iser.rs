@@ -15,11 +15,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::connection::scsi_response_pdu;
 use super::connection::{
     Action, CloseReason, Connection, CoreConfig, LoginStatus, Residual, SequenceNumbers, TaskId,
     TaskRef,
 };
-use super::pdu::{self, Header, Pdu, ScsiResponse, Stage, BHS_LEN};
+use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 
@@ -619,23 +620,7 @@ impl IserConnection {
             Some((id, sequences)) if id == task.id => sequences,
             _ => 0,
         };
-        let mut data = Vec::new();
-        if !sense.is_empty() {
-            data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
-            data.extend_from_slice(sense);
-        }
-        let header = Header::ScsiResponse(ScsiResponse {
-            overflow: residual.overflow,
-            underflow: residual.underflow,
-            response: 0,
-            status,
-            itt: task.itt,
-            stat_sn: numbers.stat_sn,
-            exp_cmd_sn: numbers.exp_cmd_sn,
-            max_cmd_sn: numbers.max_cmd_sn,
-            exp_data_sn,
-            residual_count: residual.count,
-        });
+        let pdu = scsi_response_pdu(task.itt, status, sense, residual, numbers, exp_data_sn);
         let invalidate = match task.context {
             RemoteBuffers {
                 read: Some((stag, _)),
@@ -649,7 +634,7 @@ impl IserConnection {
             } if self.send_with_invalidate => Some(stag),
             _ => None,
         };
-        let pdu = Pdu::with_data(header, data);
+
         self.emit_send(encode_send(&pdu), invalidate, ReadFence::Task(task.itt));
     }
 
@@ -1435,7 +1420,7 @@ mod tests {
         assert!(
             matches!(
                 headers.as_slice(),
-                [Header::ScsiResponse(ScsiResponse {
+                [Header::ScsiResponse(pdu::ScsiResponse {
                     itt: 0x60,
                     status: 2,
                     ..

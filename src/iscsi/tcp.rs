@@ -17,12 +17,13 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::connection::scsi_response_pdu;
 use super::connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
     SequenceNumbers, TaskId, TaskRef,
 };
 use super::framing::{Frame, FrameError, FrameSettings, PduReader};
-use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, ScsiResponse, RESERVED_TAG};
+use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 
@@ -349,25 +350,9 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
             }
         }
         self.flush_last_data_in();
-        let mut data = Vec::new();
-        if !sense.is_empty() {
-            data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
-            data.extend_from_slice(&sense);
-        }
-        let header = Header::ScsiResponse(ScsiResponse {
-            overflow: residual.overflow,
-            underflow: residual.underflow,
-            response: 0,
-            status,
-            itt: task.itt,
-            stat_sn: numbers.stat_sn,
-            exp_cmd_sn: numbers.exp_cmd_sn,
-            max_cmd_sn: numbers.max_cmd_sn,
-            exp_data_sn,
-            residual_count: residual.count,
-        });
+        let response = scsi_response_pdu(task.itt, status, &sense, residual, numbers, exp_data_sn);
         self.out.push_back(TcpAction::Send {
-            pdu: Pdu::with_data(header, data),
+            pdu: response,
             context: Some(task.context),
         });
     }
