@@ -1264,6 +1264,19 @@ mod tests {
         assert_eq!((resp.itt, resp.response), (0x34, 0));
     }
 
+    /// An immediate Logout Request closing the session (reason 0), with CmdSN 101: the one after
+    /// the tests' WRITE at CmdSN 100.
+    fn close_session_request(itt: u32) -> Header {
+        Header::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt,
+            cid: 0,
+            cmd_sn: 101,
+            exp_stat_sn: 8,
+        })
+    }
+
     /// Sends a 4 KiB WRITE whose data the target must RDMA-Read; returns the read's token.
     fn write_needing_read(conn: &mut IserConnection, itt: u32, cmd_sn: u32, now: Instant) -> u64 {
         let iser = IserHeader {
@@ -1362,14 +1375,7 @@ mod tests {
     fn logout_response_waits_for_every_read() {
         let (mut conn, now) = logged_in(false);
         let token = write_needing_read(&mut conn, 0x50, 100, now);
-        let logout = Header::LogoutRequest(LogoutRequest {
-            immediate: true,
-            reason: 0,
-            itt: 0x51,
-            cid: 0,
-            cmd_sn: 101,
-            exp_stat_sn: 8,
-        });
+        let logout = close_session_request(0x51);
         conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
         let ops = drain(&mut conn);
         assert!(
@@ -1435,14 +1441,7 @@ mod tests {
     fn failed_read_closes_despite_held_logout() {
         let (mut conn, now) = logged_in(false);
         let token = write_needing_read(&mut conn, 0x70, 100, now);
-        let logout = Header::LogoutRequest(LogoutRequest {
-            immediate: true,
-            reason: 0,
-            itt: 0x71,
-            cid: 0,
-            cmd_sn: 101,
-            exp_stat_sn: 8,
-        });
+        let logout = close_session_request(0x71);
         conn.handle_receive(&ctrl(&Pdu::new(logout)), now);
         drain(&mut conn);
         conn.handle_rdma_read_failed(token);
