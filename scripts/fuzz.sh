@@ -84,7 +84,8 @@ for target in "${targets[@]}"; do
         for crash in $(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$out"); do
             [[ -f $crash ]] || continue
             echo "!! $target: crash input $crash ($(stat -c %s "$crash") bytes):" >&2
-            od -An -tx1 -v "$crash" | head -n 64 >&2
+            # `head` may close the pipe early; under pipefail that must not end the script.
+            od -An -tx1 -v "$crash" | head -n 64 >&2 || true
         done
         echo "!! $target failed (full log: fuzz/$out)" >&2
     fi

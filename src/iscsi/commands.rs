@@ -470,11 +470,14 @@ impl<C: Clone + Debug> Connection<C> {
         self.schedule();
     }
 
-    /// Sends TMF responses whose aborted tasks have all left the backend.
+    /// Sends TMF responses whose aborted tasks have all left the backend. A TARGET COLD RESET
+    /// among them ends the session only after every response released with it went out, so
+    /// nothing follows the connection's Close.
     fn release_tmfs(&mut self, finished: TaskId) {
         for tmf in &mut self.pending_tmfs {
             tmf.waiting_for.retain(|&id| id != finished);
         }
+        let mut shut_down = false;
         while let Some(pos) = self
             .pending_tmfs
             .iter()
@@ -482,9 +485,10 @@ impl<C: Clone + Debug> Connection<C> {
         {
             let tmf = self.pending_tmfs.remove(pos);
             self.send_tmf_response(tmf.itt, tmf.response);
-            if tmf.close_after {
-                self.handle_shutdown();
-            }
+            shut_down |= tmf.close_after;
+        }
+        if shut_down {
+            self.handle_shutdown();
         }
     }
 

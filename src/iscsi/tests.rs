@@ -2717,6 +2717,25 @@ fn cold_reset_answers_then_closes() {
     assert_eq!(pair.closed, Some(CloseReason::Shutdown));
 }
 
+/// Found by the `connection` fuzz target: a TARGET COLD RESET and a later TMF both waited for
+/// one running task; its completion released the reset (which closed the connection) and then
+/// sent the other response after the Close.
+#[test]
+fn cold_reset_released_with_another_tmf_closes_last() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    let reset_itt = pair.tmf(7, 0, RESERVED_TAG, 0);
+    let abort_itt = pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    assert!(pair.take().is_empty(), "both TMF responses wait for the backend");
+    pair.complete_deferred(id, ScsiOutcome::good());
+    let itts: Vec<u32> = pair.take().iter().map(|r| tmf_response(r).itt).collect();
+    assert_eq!(itts, vec![reset_itt, abort_itt]);
+    assert_eq!(pair.closed, Some(CloseReason::Shutdown));
+}
+
 #[test]
 fn unsupported_tmfs() {
     let mut pair = logged_in(&[]);
