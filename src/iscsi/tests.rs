@@ -2729,7 +2729,10 @@ fn cold_reset_released_with_another_tmf_closes_last() {
     let id = pair.deferred[0].id;
     let reset_itt = pair.tmf(7, 0, RESERVED_TAG, 0);
     let abort_itt = pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
-    assert!(pair.take().is_empty(), "both TMF responses wait for the backend");
+    assert!(
+        pair.take().is_empty(),
+        "both TMF responses wait for the backend"
+    );
     pair.complete_deferred(id, ScsiOutcome::good());
     let itts: Vec<u32> = pair.take().iter().map(|r| tmf_response(r).itt).collect();
     assert_eq!(itts, vec![reset_itt, abort_itt]);

@@ -240,6 +240,34 @@ impl Admission {
     }
 }
 
+/// Descriptors one admitted connection may hold at once: a TCP socket, or an iSER connection's
+/// rdma_cm id, completion channel and eventfd, with room to spare.
+const DESCRIPTORS_PER_CONNECTION: u64 = 4;
+/// Descriptors for everything else: listeners, backing files, io_uring instances and their
+/// eventfds, the log.
+const DESCRIPTORS_BASE: u64 = 256;
+
+/// Open descriptors the process needs for every portal to reach its connection cap.
+pub(crate) fn descriptors_needed(portals: usize, limits: &Limits) -> u64 {
+    let per_portal = u64::from(limits.max_connections_per_portal) * DESCRIPTORS_PER_CONNECTION;
+    DESCRIPTORS_BASE + portals as u64 * per_portal
+}
+
+/// Raises the soft RLIMIT_NOFILE towards `needed` (never above the hard limit, never lower than
+/// it was) so that the connection caps, not EMFILE, decide who is refused: the usual soft limit
+/// of 1024 is below what 512 connections on each of two portals take. Returns the soft limit
+/// in force afterwards.
+pub(crate) fn raise_open_file_limit(needed: u64) -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = needed.min(hard);
+    if target <= soft {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    Ok(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +403,25 @@ mod tests {
         assert_eq!(throttle.permit(start + Duration::from_secs(10)), Some(500));
         assert_eq!(throttle.permit(start + Duration::from_secs(11)), None);
         assert_eq!(throttle.permit(start + Duration::from_secs(21)), Some(1));
+    }
+
+    #[test]
+    fn descriptors_cover_every_portal_at_its_cap() {
+        let limits = Limits::default();
+        let one = descriptors_needed(1, &limits);
+        assert_eq!(one, 256 + 512 * 4);
+        assert_eq!(descriptors_needed(3, &limits) - one, 2 * 512 * 4);
+    }
+
+    #[test]
+    fn open_file_limit_is_raised_within_the_hard_limit_and_never_lowered() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Asking for less than what is in force changes nothing.
+        assert_eq!(raise_open_file_limit(1).unwrap(), soft);
+        let wanted = soft.saturating_add(16);
+        let now = raise_open_file_limit(wanted).unwrap();
+        assert_eq!(now, wanted.min(hard));
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (now, hard));
     }
 }

@@ -328,6 +328,16 @@ impl Server {
                 }
             }
         }
+        let descriptors = admission::descriptors_needed(config.portals.len(), &config.limits);
+        match admission::raise_open_file_limit(descriptors) {
+            Ok(limit) if limit < descriptors => log::warn!(
+                "the open-file limit is {limit} descriptors, fewer than the {descriptors} the \
+                 connection caps can take; connections beyond it fail with EMFILE (raise it with \
+                 `ulimit -n` or LimitNOFILE=)"
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+        }
         let scsi_targets = build_scsi_targets(config)?;
         let engine = engine::Engine::start(
             scsi_targets.clone(),
