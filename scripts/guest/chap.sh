@@ -33,14 +33,7 @@ DISC_SECRET=discovery-secret-1
 WORK=/run/iser-target-chap
 TARGET_LOG="${SOFTROCE_RESULTS:-/tmp}/target.log"
 INITIATOR_LOG="${SOFTROCE_RESULTS:-/tmp}/iscsiadm.log"
-FAILED=0
 
-pass() { sr_log "PASS: $*"; }
-fail() { sr_log "FAIL: $*"; FAILED=$((FAILED + 1)); }
-check() { # check NAME CMD...: run CMD, report PASS/FAIL, never abort the script
-    local name="$1"; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
 
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 softroce_setup
@@ -216,8 +209,5 @@ check "no secret in the target's log" \
 check "SIGTERM: clean exit 0" bg_stop target
 check "no suspicious kernel messages" dmesg_check
 
-if ((FAILED)); then
-    sr_log "$FAILED check(s) FAILED"
-    exit 1
-fi
+sr_checks_done chap || exit 1
 sr_log "all CHAP checks passed over TCP and iSER"

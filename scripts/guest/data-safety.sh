@@ -15,30 +15,18 @@
 # each logged only after write() (and, with the cache on, fsync()) returned.
 # Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
 set -uo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-REPO="$(cd "$HERE/../.." && pwd -P)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release/iser-target"
-
-if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
-    # Host side.
-    (cd "$REPO" && cargo build --release --bin iser-target) || exit 1
-    exec "$REPO/scripts/softroce-vm.sh" "$HERE/$(basename "${BASH_SOURCE[0]}")"
-fi
+# shellcheck source=scripts/guest/entry.sh
+source "$(dirname "${BASH_SOURCE[0]}")/entry.sh" "cargo build --release --bin iser-target"
 
 # Guest side.
-# shellcheck source=scripts/guest/lib.sh
-source "$SOFTROCE_GUEST_LIB"
+BIN="$TARGET_DIR/release/iser-target"
 ADDR="$SOFTROCE_ADDR"
 PORT="$SOFTROCE_ISCSI_PORT"
 WORK=/run/data-safety
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 WRITER="$HERE/ack-writer.py"
-FAILED=0
 TARGET_PID=
 
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
 
 start_target() {
     "$BIN" serve --config "$WORK/config.yaml" >>"$RESULTS/data-safety-target.log" 2>&1 &
@@ -120,5 +108,4 @@ crash_test write-back iqn.2026-11.io.iser-target:safe-wb 32
 
 kill -TERM "$TARGET_PID"
 wait "$TARGET_PID" 2>/dev/null
-echo "data-safety: $FAILED failed check(s)"
-((FAILED == 0))
+sr_checks_done data-safety

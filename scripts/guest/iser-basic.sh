@@ -17,22 +17,11 @@
 # print "SKIP: NAME (our binary only)".
 # Prints one PASS:/FAIL:/SKIP: line per check; exits 1 if any check failed.
 set -uo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-REPO="$(cd "$HERE/../.." && pwd -P)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release/iser-target"
-
-if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
-    # Host side.
-    (cd "$REPO" && cargo build --release --bin iser-target) || exit 1
-    VM="${SOFTROCE_VM:-$REPO/scripts/softroce-vm.sh}"
-    [[ -x "$VM" ]] || { echo "SKIP: no SoftRoCE harness at $VM" >&2; exit 77; }
-    exec "$VM" "$HERE/$(basename "${BASH_SOURCE[0]}")"
-fi
+# shellcheck source=scripts/guest/entry.sh
+source "$(dirname "${BASH_SOURCE[0]}")/entry.sh" "cargo build --release --bin iser-target"
 
 # Guest side.
-# shellcheck source=scripts/guest/lib.sh
-source "$SOFTROCE_GUEST_LIB"
+BIN="$TARGET_DIR/release/iser-target"
 ADDR="$SOFTROCE_ADDR"
 PORT="$SOFTROCE_ISCSI_PORT"
 T_RAM=iqn.2026-11.io.iser-target:ram
@@ -40,21 +29,13 @@ T_FILE=iqn.2026-11.io.iser-target:file
 WORK=/run/iser-test
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 STAGES=" ${SOFTROCE_ISER_STAGES:-all} "
-FAILED=0
 TARGET_PID=
 MODE="${SOFTROCE_ISER_TARGET:-ours}"
 [[ "$MODE" == ours || "$MODE" == lio ]] || sr_die "SOFTROCE_ISER_TARGET must be ours or lio, not '$MODE'"
 
 want() { [[ "$STAGES" == *" all "* || "$STAGES" == *" $1 "* ]]; }
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
 skip_ours() { echo "SKIP: $* (our binary only)"; }
 is_lio() { [[ "$MODE" == lio ]]; }
-# check NAME CMD...: run CMD, print PASS/FAIL with its duration.
-check() {
-    local name="$1" t0=$SECONDS; shift
-    if "$@"; then pass "$name ($((SECONDS - t0)) s)"; else fail "$name"; fi
-}
 
 start_target() {
     if is_lio; then
@@ -428,5 +409,4 @@ if is_lio; then
 else
     grep -E 'ERROR|WARN' "$RESULTS/iser-target.log" | tail -20 >&2
 fi
-echo "iser-basic: $FAILED failed check(s)"
-((FAILED == 0))
+sr_checks_done iser-basic

@@ -20,26 +20,15 @@
 #     scripts/softroce-vm.sh scripts/guest/iser-faults.sh
 # Prints one PASS:/FAIL: line per check; exits 1 if any check failed.
 set -uo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-REPO="$(cd "$HERE/../.." && pwd -P)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+# shellcheck source=scripts/guest/entry.sh
+source "$(dirname "${BASH_SOURCE[0]}")/entry.sh" \
+    "cargo build --release --bin iser-target" "cargo build -p rdma-ffi --example iser-peer"
+
+# Guest side.
 # ISER_FAULTS_BIN runs another build instead (e.g. an older commit's, to see what fails there;
 # pass it into the guest with SOFTROCE_VM_ENV=ISER_FAULTS_BIN).
 BIN="${ISER_FAULTS_BIN:-$TARGET_DIR/release/iser-target}"
 PEER="$TARGET_DIR/debug/examples/iser-peer"
-
-if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
-    # Host side.
-    (cd "$REPO" && cargo build --release --bin iser-target && cargo build -p rdma-ffi --example iser-peer) \
-        || exit 1
-    VM="${SOFTROCE_VM:-$REPO/scripts/softroce-vm.sh}"
-    [[ -x "$VM" ]] || { echo "SKIP: no SoftRoCE harness at $VM" >&2; exit 77; }
-    exec "$VM" "$HERE/$(basename "${BASH_SOURCE[0]}")"
-fi
-
-# Guest side.
-# shellcheck source=scripts/guest/lib.sh
-source "$SOFTROCE_GUEST_LIB"
 ADDR="$SOFTROCE_ADDR"
 PORT="$SOFTROCE_ISCSI_PORT"
 T_RAM=iqn.2026-11.io.iser-target:ram
@@ -47,16 +36,9 @@ T_SLOW=iqn.2026-11.io.iser-target:slow
 WORK=/run/iser-faults
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 LOG="$RESULTS/iser-faults-target.log"
-FAILED=0
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 [[ -x "$PEER" ]] || sr_die "$PEER missing: run 'cargo build -p rdma-ffi --example iser-peer' first"
 
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
-check() {
-    local name="$1" t0=$SECONDS; shift
-    if "$@"; then pass "$name ($((SECONDS - t0)) s)"; else fail "$name"; fi
-}
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$TARGET_PID/status"; }
 disk_of() {
     local end=$((SECONDS + 60)) d
@@ -239,5 +221,4 @@ bad="$(dmesg | grep -E 'BUG:|WARNING:|Oops|general protection|Call Trace|wrong d
 [[ -z "$bad" ]] && pass "no kernel BUG/WARNING/RNR/framing messages" \
     || { fail "kernel messages:"; printf '%s\n' "$bad"; }
 grep -E 'ERROR|WARN' "$LOG" | tail -20 >&2
-echo "iser-faults: $FAILED failed check(s)"
-((FAILED == 0))
+sr_checks_done iser-faults

@@ -25,6 +25,23 @@ CONFIGFS_TARGET=/sys/kernel/config/target
 sr_log() { printf '[guest %s] %s\n' "$(cut -d' ' -f1 /proc/uptime)" "$*" >&2; }
 sr_die() { sr_log "FATAL: $*"; exit 1; }
 
+# Check reporting shared by the test scripts: one "PASS: …" or "FAIL: …" line per check on
+# stdout, failures counted in FAILED; `sr_checks_done NAME` prints the count and returns
+# non-zero when a check failed (the script's exit status).
+FAILED=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+# check NAME CMD...: run CMD and report it with its duration; never aborts the script.
+check() {
+    local name="$1" t0=$SECONDS
+    shift
+    if "$@"; then pass "$name ($((SECONDS - t0)) s)"; else fail "$name"; fi
+}
+sr_checks_done() {
+    echo "$1: $FAILED failed check(s)"
+    ((FAILED == 0))
+}
+
 # sr_wait SECONDS CMD...: poll CMD every 0.2 s until it succeeds.
 sr_wait() {
     local t="$1"; shift

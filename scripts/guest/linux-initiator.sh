@@ -22,7 +22,6 @@ BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
 IQN_A=iqn.2026-11.io.iser-target:guest-a
 IQN_B=iqn.2026-11.io.iser-target:guest-b
 WORK=/run/iser-target-test
-FAILED=0
 
 # disk_of_size IQN BYTES: the disk of the session to IQN with that capacity (LUNs differ in size).
 disk_of_size() {
@@ -30,12 +29,6 @@ disk_of_size() {
     for d in $(session_disk "$1"); do
         if [[ "$(blockdev --getsize64 "$d")" == "$2" ]]; then echo "$d"; fi
     done
-}
-pass() { sr_log "PASS: $*"; }
-fail() { sr_log "FAIL: $*"; FAILED=$((FAILED + 1)); }
-check() { # check NAME CMD...: run CMD, report PASS/FAIL, never abort the script
-    local name="$1"; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
 }
 
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
@@ -160,8 +153,5 @@ iscsi_logout || true
 check "SIGTERM: clean exit 0" bg_stop target
 check "no suspicious kernel messages" dmesg_check
 
-if ((FAILED)); then
-    sr_log "$FAILED check(s) FAILED"
-    exit 1
-fi
+sr_checks_done linux-initiator || exit 1
 sr_log "all checks passed over $TRANSPORT"

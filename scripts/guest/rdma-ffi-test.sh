@@ -16,22 +16,11 @@
 #   kill-test  peer process SIGKILLed mid-transfer: the passive side sees an
 #              error completion or DISCONNECTED and tears down without hanging
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-REPO="$(cd "$HERE/../.." && pwd -P)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/debug/examples/pingpong"
-
-if [[ -z "${SOFTROCE_GUEST_LIB:-}" ]]; then
-    # Host side.
-    (cd "$REPO" && cargo build -p rdma-ffi --examples)
-    VM="${SOFTROCE_VM:-$REPO/scripts/softroce-vm.sh}"
-    [[ -x "$VM" ]] || { echo "SKIP: no SoftRoCE harness at $VM (set SOFTROCE_VM)" >&2; exit 77; }
-    exec "$VM" "$HERE/$(basename "${BASH_SOURCE[0]}")"
-fi
+# shellcheck source=scripts/guest/entry.sh
+source "$(dirname "${BASH_SOURCE[0]}")/entry.sh" "cargo build -p rdma-ffi --examples"
 
 # Guest side.
-# shellcheck source=/dev/null
-source "$SOFTROCE_GUEST_LIB"
+BIN="$TARGET_DIR/debug/examples/pingpong"
 softroce_mounts
 rxe_setup "$SOFTROCE_ADDR_CIDR"
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build -p rdma-ffi --examples' on the host first"
