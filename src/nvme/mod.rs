@@ -35,3 +35,6 @@ pub use queue::{
     Action, CloseReason, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Queue,
 };
 pub use registry::ControllerRegistry;
+
+#[cfg(test)]
+mod tests;

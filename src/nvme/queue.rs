@@ -82,8 +82,6 @@ pub enum CloseReason {
     KeepAliveExpired,
     /// No ICReq or Connect in time.
     ConnectTimeout,
-    /// The Connect was refused.
-    ConnectFailed,
     /// The environment asked (controller reset, target shutdown).
     Shutdown,
 }
@@ -360,12 +358,7 @@ impl Queue {
             }
             Err(e) => backend_status(&op, &e),
         };
-        if !status.is_success() {
-            if let Some(s) = &shared {
-                s.record_error(self.qid, cid, status, nsid, lba);
-            }
-        }
-        self.complete(cid, status, 0);
+        self.respond_about(cid, status, 0, nsid, lba);
     }
 
     fn handle_pdu(&mut self, received: Received) {
@@ -571,12 +564,8 @@ impl Queue {
         };
         match outcome {
             Outcome::Complete(status, result) => {
-                if !status.is_success() {
-                    if let Some(b) = &self.binding {
-                        b.shared.record_error(self.qid, cid, status, sqe.nsid(), 0);
-                    }
-                }
-                self.complete(cid, status, result)
+                self.commands.remove(&cid);
+                self.respond_about(cid, status, result, sqe.nsid(), 0)
             }
             Outcome::Data(bytes) => {
                 self.commands.remove(&cid);
@@ -624,6 +613,17 @@ impl Queue {
 
     /// Sends a CapsuleResp for `cid`.
     pub(super) fn respond(&mut self, cid: u16, status: Status, result: u64) {
+        self.respond_about(cid, status, result, 0, 0)
+    }
+
+    /// Sends a CapsuleResp for `cid`, a command on namespace `nsid` at `lba`; a failure goes
+    /// to the controller's error log.
+    fn respond_about(&mut self, cid: u16, status: Status, result: u64, nsid: u32, lba: u64) {
+        if !status.is_success() {
+            if let Some(b) = &self.binding {
+                b.shared.record_error(self.qid, cid, status, nsid, lba);
+            }
+        }
         let cqe = Completion {
             result,
             sqhd: self.sqhd,
@@ -683,10 +683,11 @@ impl Queue {
         self.phase = Phase::Connecting;
     }
 
-    /// The Connect was refused: the queue answers and closes.
+    /// The Connect was refused: the queue answers and waits for another Connect, as it does
+    /// after a Connect with invalid parameters (the host decides whether to retry or close).
     pub(super) fn refuse_connect(&mut self, cid: u16, status: Status, result: u64) {
+        self.phase = Phase::AwaitingConnect;
         self.complete(cid, status, result);
-        self.close(CloseReason::ConnectFailed);
     }
 
     /// Sets (or clears) the keep-alive deadline.
