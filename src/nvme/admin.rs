@@ -282,6 +282,7 @@ impl Queue {
         self.go_live(pending, binding);
         self.keep_alive();
         self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        self.process();
     }
 
     /// The environment joined this I/O queue to its controller (or refused to).
@@ -308,6 +309,7 @@ impl Queue {
         };
         self.go_live(pending, binding);
         self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        self.process();
     }
 
     fn refuse(&mut self, cid: u16, refusal: ConnectRefusal) {
@@ -346,7 +348,10 @@ impl Queue {
             // CAP: MQES, CQR, TO 7.5 s (15 × 500 ms, as Linux's nvmet), CSS NVM; MPSMIN and
             // MPSMAX 4 KiB.
             (property::CAP, true) => {
-                u64::from(self.config.max_queue_size - 1) | 1 << 16 | 15 << 24 | 1 << 37
+                u64::from(self.config.max_queue_size.saturating_sub(1))
+                    | 1 << 16
+                    | 15 << 24
+                    | 1 << 37
             }
             (property::VS, false) => u64::from(VERSION),
             (property::CC, false) => u64::from(admin.cc),
@@ -507,7 +512,7 @@ impl Queue {
                     io_queues: granted,
                 };
                 self.push(Action::ControllerChanged { cntlid, state });
-                let n = u64::from(granted - 1);
+                let n = u64::from(granted.saturating_sub(1));
                 Outcome::Complete(Status::SUCCESS, n | n << 16)
             }
             fid::KEEP_ALIVE_TIMER => {
@@ -562,7 +567,8 @@ impl Queue {
                     max_io_queues
                 } else {
                     admin.io_queues
-                }) - 1;
+                })
+                .saturating_sub(1);
                 n | n << 16
             }
             fid::VOLATILE_WRITE_CACHE => u64::from(cache),

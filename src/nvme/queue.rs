@@ -294,7 +294,13 @@ impl Queue {
         }
         self.now = now;
         self.reader.push(bytes);
-        while self.phase != Phase::Closed {
+        self.process();
+    }
+
+    /// Handles the buffered PDUs. While a Connect waits for the environment the rest stay
+    /// buffered: what follows the Connect runs on the queue it creates.
+    pub(super) fn process(&mut self) {
+        while !matches!(self.phase, Phase::Closed | Phase::Connecting) {
             match self.reader.next_pdu(&self.limits) {
                 Ok(Some(received)) => self.handle_pdu(received),
                 Ok(None) => break,
@@ -377,8 +383,7 @@ impl Queue {
             (HostPdu::H2CData(h), Phase::Live) => {
                 self.handle_h2c_data(h, data, data_digest_ok, &header)
             }
-            // An ICReq twice, or anything before it, or a PDU while Connect is pending (the
-            // host must wait for its response: NVMe-oF 1.1 §3.3).
+            // An ICReq twice, or anything before it.
             _ => self.terminate(Fes::PduSequenceError, 0, &header),
         }
     }
@@ -688,6 +693,7 @@ impl Queue {
     pub(super) fn refuse_connect(&mut self, cid: u16, status: Status, result: u64) {
         self.phase = Phase::AwaitingConnect;
         self.complete(cid, status, result);
+        self.process();
     }
 
     /// Sets (or clears) the keep-alive deadline.
@@ -725,6 +731,7 @@ impl Queue {
 
     pub(super) fn close(&mut self, reason: CloseReason) {
         self.phase = Phase::Closed;
+        self.pending_connect = None;
         self.commands.clear();
         self.executing.clear();
         self.actions.push_back(Action::Close(reason));

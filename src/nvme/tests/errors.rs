@@ -195,28 +195,53 @@ fn host_termination_closes_quietly() {
 }
 
 #[test]
-fn a_pdu_while_connect_is_pending_is_a_sequence_error() {
-    let config = Arc::new(config());
-    let env = env(&config);
-    let mut p = Pair::new(config, env, Instant::now());
+fn commands_behind_a_pending_connect_wait_for_it() {
+    let mut p = Pair::fresh();
     p.initialize(false, false);
-    // The Connect and a second command in one read: the environment has not answered when
-    // the second arrives, so the queue holds nothing for it to run on.
+    // The Connect and a Property Get in one read: the Property Get is held in the buffer until
+    // the environment created the controller, then runs on it.
     let mut bytes = p.host.capsule(
         &connect_sqe(1, 0, 31, 0),
         &connect_data(0xFFFF, SUBSYSTEM, HOST),
     );
-    bytes.extend(p.host.capsule(&Sqe::fabrics(0x04, 2), &[]));
+    bytes.extend(p.host.capsule(&Sqe::fabrics(0x04, 2).cdw(11, 0x08), &[]));
     p.queue.handle_bytes(&bytes, p.now);
-    let mut actions = Vec::new();
-    while let Some(a) = p.queue.poll_action() {
-        actions.push(a);
-    }
-    assert!(matches!(actions[0], Action::CreateController(_)));
     assert!(matches!(
-        actions.last(),
-        Some(Action::Close(CloseReason::ProtocolError(_)))
+        p.queue.poll_action(),
+        Some(Action::CreateController(_))
     ));
+    assert!(p.queue.poll_action().is_none());
+    p.queue
+        .handle_controller_created(Err(crate::nvme::ConnectRefusal::ControllerBusy), p.now);
+    p.pump();
+    match p.take().as_slice() {
+        [Got::Resp(connect), Got::Resp(get)] => {
+            assert_eq!((connect.cid, connect.status), (1, (1, 0x81)));
+            assert_eq!(
+                (get.cid, get.status),
+                (2, (0, 0x0C)),
+                "no controller: sequence error"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // An answer after the queue closed changes nothing.
+    let mut p = Pair::fresh();
+    p.initialize(false, false);
+    let bytes = p.host.capsule(
+        &connect_sqe(1, 0, 31, 0),
+        &connect_data(0xFFFF, SUBSYSTEM, HOST),
+    );
+    p.queue.handle_bytes(&bytes, p.now);
+    p.queue.poll_action();
+    p.queue.handle_shutdown();
+    p.queue
+        .handle_controller_created(Err(crate::nvme::ConnectRefusal::ControllerBusy), p.now);
+    assert!(matches!(
+        p.queue.poll_action(),
+        Some(Action::Close(CloseReason::Shutdown))
+    ));
+    assert!(p.queue.poll_action().is_none());
 }
 
 #[test]
