@@ -18,7 +18,7 @@ use super::queue::{
     PendingConnect, Queue,
 };
 
-/// Length of the Connect command's data (NVMe-oF 1.1 Figure 20).
+/// Length of the Connect command's data (NVMe-oF 1.1).
 const CONNECT_DATA_LEN: usize = 1024;
 /// Offsets in the Connect data, for "invalid parameter" answers.
 const CONNECT_CNTLID_OFFSET: u16 = 16;
@@ -28,7 +28,7 @@ const CONNECT_HOSTNQN_OFFSET: u16 = 512;
 /// Subsystem index standing for the discovery subsystem in [`CreateRequest`].
 pub const DISCOVERY_SUBSYSTEM: usize = usize::MAX;
 
-/// Feature identifiers we answer (base 2.0 Figure 317).
+/// Feature identifiers we answer (base 2.0).
 mod fid {
     pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
     pub const NUMBER_OF_QUEUES: u8 = 0x07;
@@ -58,7 +58,7 @@ const IO_COMMANDS: [(u8, bool); 6] = [
 ];
 
 /// Connect's "invalid parameter" result: IATTR (1: in the data, 0: in the SQE) in bits 23:16
-/// and the parameter's byte offset in bits 15:0 (NVMe-oF 1.1 Figure 21; Linux
+/// and the parameter's byte offset in bits 15:0 (NVMe-oF 1.1; Linux
 /// drivers/nvme/target/fabrics-cmd.c IPO_IATTR_CONNECT_DATA / _SQE).
 fn invalid_parameter(in_data: bool, offset: u16) -> Outcome {
     Outcome::Complete(
@@ -222,7 +222,7 @@ impl Queue {
             sq_size: sqsize + 1,
             kato_ms: sqe.connect_kato(),
             subsystem,
-            // CATTR bit 2: the host disabled SQ flow control (NVMe-oF 1.1 Figure 20).
+            // CATTR bit 2: the host disabled SQ flow control (NVMe-oF 1.1).
             sq_flow_disabled: sqe.connect_cattr() & 1 << 2 != 0,
         };
         let subsystem_index = subsystem.unwrap_or(DISCOVERY_SUBSYSTEM);
@@ -555,7 +555,7 @@ impl Queue {
         if !known {
             return Outcome::status(Status::INVALID_FIELD);
         }
-        // SEL 3: supported capabilities (base 2.0 Figure 192): changeable (bit 2), except the
+        // SEL 3: supported capabilities (base 2.0): changeable (bit 2), except the
         // cache, which is fixed.
         if select == 3 {
             let changeable = feature != fid::VOLATILE_WRITE_CACHE;

@@ -179,7 +179,7 @@ impl Status {
     pub const SGL_TYPE_INVALID: Self = Self::new(0, 0x11, true);
     pub const SGL_OFFSET_INVALID: Self = Self::new(0, 0x16, true);
     pub const NAMESPACE_WRITE_PROTECTED: Self = Self::new(0, 0x20, true);
-    /// A data digest error (NVMe/TCP 1.0 §3.6.2.7): the host may retry.
+    /// A data digest error (NVMe/TCP 1.0 H2CData PDU): the host may retry.
     pub const TRANSIENT_TRANSPORT_ERROR: Self = Self::new(0, 0x22, false);
     pub const LBA_OUT_OF_RANGE: Self = Self::new(0, 0x80, true);
     pub const CAPACITY_EXCEEDED: Self = Self::new(0, 0x81, true);
@@ -192,7 +192,7 @@ impl Status {
     pub const CONNECT_INCOMPATIBLE_FORMAT: Self = Self::new(1, 0x80, true);
     /// Fabrics Connect: no controller can be created now.
     pub const CONNECT_CONTROLLER_BUSY: Self = Self::new(1, 0x81, false);
-    /// Fabrics Connect: a parameter is invalid; DW0 says which (NVMe-oF 1.1 §3.3, Figure 21).
+    /// Fabrics Connect: a parameter is invalid; DW0 says which (NVMe-oF 1.1 §3.3).
     pub const CONNECT_INVALID_PARAMETERS: Self = Self::new(1, 0x82, true);
     /// Fabrics Connect: the host NQN is not allowed on the subsystem.
     pub const CONNECT_INVALID_HOST: Self = Self::new(1, 0x84, true);
@@ -236,7 +236,7 @@ impl Completion {
     }
 }
 
-/// Admin command opcodes (base 2.0 §5, Figure 138).
+/// Admin command opcodes (base 2.0 §5).
 pub mod admin_opcode {
     pub const GET_LOG_PAGE: u8 = 0x02;
     pub const IDENTIFY: u8 = 0x06;
@@ -257,7 +257,7 @@ pub mod io_opcode {
     pub const DATASET_MANAGEMENT: u8 = 0x09;
 }
 
-/// Fabrics command types (NVMe-oF 1.1 §3, Figure 19).
+/// Fabrics command types (NVMe-oF 1.1 §3).
 pub mod fctype {
     pub const PROPERTY_SET: u8 = 0x00;
     pub const CONNECT: u8 = 0x01;

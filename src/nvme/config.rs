@@ -61,7 +61,7 @@ impl SubsystemDescriptor {
     }
 }
 
-/// Address family of a discovery log entry (NVMe-oF 1.1 §5.3, Figure 42).
+/// Address family of a discovery log entry (NVMe-oF 1.1 §5.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressFamily {
     Ipv4 = 1,

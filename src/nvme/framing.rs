@@ -2,9 +2,9 @@
 //! transport pushes what it read, [`PduReader::next_pdu`] yields whole, validated PDUs.
 //!
 //! Every malformation is a [`FrameError`] carrying the fatal error status and field offset a
-//! C2HTermReq reports (§3.6.2.4): after it the stream cannot be trusted and the connection
+//! C2HTermReq reports: after it the stream cannot be trusted and the connection
 //! ends. A data digest mismatch is not fatal (the lengths were protected by the header): the
-//! PDU is delivered with [`Received::data_digest_ok`] false and its command fails (§3.6.2.7).
+//! PDU is delivered with [`Received::data_digest_ok`] false and its command fails.
 
 use super::command::{Sqe, SQE_LEN};
 use super::pdu::{
@@ -161,7 +161,7 @@ fn check_common_header(ch: &CommonHeader, limits: &FrameLimits) -> Result<Layout
     if ch.hlen as usize != hlen {
         return invalid(CommonHeader::HLEN_OFFSET);
     }
-    // Digests apply to neither the ICReq (they are not negotiated yet) nor a TermReq (§3.6.2.4:
+    // Digests apply to neither the ICReq (they are not negotiated yet) nor a TermReq (TermReq PDUs:
     // HDGSTF and DDGSTF are cleared so a peer can read it whatever failed).
     let digestible = matches!(ch.pdu_type, pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA);
     let header_digest = limits.header_digest && digestible;

@@ -7,7 +7,7 @@ use super::controller::{ERROR_LOG_ENTRIES, VERSION};
 /// Size of every Identify data structure.
 pub const IDENTIFY_LEN: usize = 4096;
 
-/// CNS values we answer (base 2.0 Figure 273).
+/// CNS values we answer (base 2.0).
 pub mod cns {
     pub const NAMESPACE: u8 = 0x00;
     pub const CONTROLLER: u8 = 0x01;
@@ -58,7 +58,7 @@ fn mdts(max_transfer: u32) -> u8 {
     (max_transfer / 4096).max(1).ilog2() as u8
 }
 
-/// Identify Controller (base 2.0 Figure 275; NVMe-oF 1.1 §4.1 for the fabrics fields).
+/// Identify Controller (base 2.0 Identify Controller data structure; NVMe-oF 1.1 for the fabrics fields).
 /// `subsystem` is `None` for the discovery controller.
 pub fn controller(
     config: &NvmeConfig,
@@ -113,7 +113,7 @@ pub fn controller(
     d
 }
 
-/// Identify Namespace for the NVM command set (NVM Command Set 1.0 Figure 97).
+/// Identify Namespace for the NVM command set (NVM Command Set 1.0).
 pub fn namespace(ns: &NamespaceDescriptor) -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];
     put64(&mut d, 0, ns.blocks); // NSZE
@@ -149,7 +149,7 @@ pub fn active_namespaces(subsystem: &SubsystemDescriptor, after: u32) -> Vec<u8>
     d
 }
 
-/// Namespace Identification Descriptor list (base 2.0 Figure 276): EUI-64, NGUID, UUID and the
+/// Namespace Identification Descriptor list (base 2.0): EUI-64, NGUID, UUID and the
 /// command set identifier (NVM).
 pub fn namespace_descriptors(ns: &NamespaceDescriptor) -> Vec<u8> {
     let mut d = Vec::with_capacity(IDENTIFY_LEN);
@@ -166,7 +166,7 @@ pub fn namespace_descriptors(ns: &NamespaceDescriptor) -> Vec<u8> {
     d
 }
 
-/// I/O Command Set Independent Identify Namespace (base 2.0 Figure 280).
+/// I/O Command Set Independent Identify Namespace (base 2.0).
 pub fn csi_independent_namespace(ns: &NamespaceDescriptor) -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];
     d[0] = u8::from(ns.thin); // NSFEAT
@@ -183,7 +183,7 @@ pub fn nvm_command_set_specific() -> Vec<u8> {
     vec![0u8; IDENTIFY_LEN]
 }
 
-/// Identify I/O Command Set data structure (base 2.0 Figure 282): one combination, NVM only.
+/// Identify I/O Command Set data structure (base 2.0): one combination, NVM only.
 pub fn command_set_list() -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];
     put64(&mut d, 0, 1);

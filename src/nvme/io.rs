@@ -174,7 +174,7 @@ pub fn plan(sqe: &Sqe, ns: &NamespaceDescriptor, max_transfer: u32) -> Result<Io
     }
 }
 
-/// Completes a Dataset Management plan with its range list (NVM Command Set 1.0 Figure 39:
+/// Completes a Dataset Management plan with its range list (NVM Command Set 1.0:
 /// context attributes, length in blocks, starting LBA). Without the Attribute Deallocate
 /// (CDW11 bit 2) the command is only a hint: `None`, nothing to run.
 pub fn dataset_management(
@@ -202,7 +202,7 @@ pub fn dataset_management(
 }
 
 /// The status of a failed backend operation: media errors for reads and writes
-/// (base 2.0 Figure 104), Capacity Exceeded when thin storage ran out of space.
+/// (base 2.0), Capacity Exceeded when thin storage ran out of space.
 pub fn backend_status(op: &IoOp, error: &BackendError) -> Status {
     if error.is_out_of_space() {
         Status::CAPACITY_EXCEEDED

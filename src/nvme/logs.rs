@@ -15,10 +15,10 @@ pub mod lid {
     pub const DISCOVERY: u8 = 0x70;
 }
 
-/// The transport type of NVMe/TCP in log entries (NVMe-oF 1.1 Figure 42).
+/// The transport type of NVMe/TCP in log entries (NVMe-oF 1.1).
 const TRTYPE_TCP: u8 = 3;
 
-/// Error Information log (base 2.0 Figure 206), 64 bytes per entry, newest first.
+/// Error Information log (base 2.0), 64 bytes per entry, newest first.
 pub fn error_information(entries: &[ErrorEntry]) -> Vec<u8> {
     let mut d = Vec::with_capacity(entries.len().max(1) * 64);
     for e in entries {
@@ -36,14 +36,14 @@ pub fn error_information(entries: &[ErrorEntry]) -> Vec<u8> {
     d
 }
 
-/// SMART / Health Information (base 2.0 Figure 207) for the whole controller.
+/// SMART / Health Information (base 2.0) for the whole controller.
 pub fn smart(counters: &Counters) -> Vec<u8> {
     let mut d = vec![0u8; 512];
     // Composite temperature: a room-temperature 300 K; nothing here heats up.
     d[1..3].copy_from_slice(&300u16.to_le_bytes());
     d[3] = 100; // available spare
     d[4] = 10; // available spare threshold
-               // Data units are thousands of 512-byte units, rounded up (base 2.0 Figure 207).
+               // Data units are thousands of 512-byte units, rounded up (base 2.0).
     let units = |bytes: u64| u128::from(bytes.div_ceil(512).div_ceil(1000));
     d[32..48].copy_from_slice(&units(counters.bytes_read).to_le_bytes());
     d[48..64].copy_from_slice(&units(counters.bytes_written).to_le_bytes());
@@ -54,7 +54,7 @@ pub fn smart(counters: &Counters) -> Vec<u8> {
     d
 }
 
-/// Firmware Slot Information (base 2.0 Figure 209): slot 1 active, holding `firmware`.
+/// Firmware Slot Information (base 2.0): slot 1 active, holding `firmware`.
 pub fn firmware_slot(firmware: &str) -> Vec<u8> {
     let mut d = vec![0u8; 512];
     d[0] = 1;
@@ -66,7 +66,7 @@ pub fn firmware_slot(firmware: &str) -> Vec<u8> {
     d
 }
 
-/// Changed Namespace List (base 2.0 Figure 210): up to 1024 NSIDs, or FFFFFFFFh first when more
+/// Changed Namespace List (base 2.0): up to 1024 NSIDs, or FFFFFFFFh first when more
 /// changed.
 pub fn changed_namespaces(changed: &[u32]) -> Vec<u8> {
     let mut d = vec![0u8; 4096];
@@ -80,7 +80,7 @@ pub fn changed_namespaces(changed: &[u32]) -> Vec<u8> {
     d
 }
 
-/// Commands Supported and Effects (base 2.0 Figure 211): admin and I/O commands we accept,
+/// Commands Supported and Effects (base 2.0): admin and I/O commands we accept,
 /// with Logical Block Content Change on the writing ones.
 pub fn command_effects(admin: &[u8], io: &[(u8, bool)]) -> Vec<u8> {
     let mut d = vec![0u8; 4096];
@@ -94,7 +94,7 @@ pub fn command_effects(admin: &[u8], io: &[(u8, bool)]) -> Vec<u8> {
     d
 }
 
-/// The discovery log page (NVMe-oF 1.1 Figures 41, 42): header and one 1024-byte entry per
+/// The discovery log page (NVMe-oF 1.1): header and one 1024-byte entry per
 /// subsystem port. `generation` changes whenever the entries do.
 pub fn discovery(entries: &[DiscoveryEntry], generation: u64) -> Vec<u8> {
     let mut d = vec![0u8; 1024 * (1 + entries.len())];

@@ -1,4 +1,4 @@
-//! NVMe/TCP PDUs (NVMe/TCP Transport Specification 1.0, §3.6.2): the 8-byte common header, the
+//! NVMe/TCP PDUs (NVMe/TCP Transport Specification 1.0, PDU definitions): the 8-byte common header, the
 //! PDU-specific headers of what a host sends (ICReq, CapsuleCmd, H2CData, H2CTermReq) as typed
 //! accessors over validated bytes, and encoders for what a controller sends (ICResp,
 //! CapsuleResp, C2HData, R2T, C2HTermReq). All multi-byte fields are little-endian.
@@ -9,12 +9,12 @@
 
 use super::command::{Completion, Sqe, SQE_LEN};
 
-/// Length of the common header (§3.6.2.1).
+/// Length of the common header (common header).
 pub const CH_LEN: usize = 8;
 /// Length of a CRC32C digest.
 pub const DIGEST_LEN: usize = 4;
 
-/// PDU types (§3.6.2.1, Figure 23).
+/// PDU types (common header).
 pub mod pdu_type {
     pub const IC_REQ: u8 = 0x00;
     pub const IC_RESP: u8 = 0x01;
@@ -27,7 +27,7 @@ pub mod pdu_type {
     pub const R2T: u8 = 0x09;
 }
 
-/// Common header flags (§3.6.2.1).
+/// Common header flags (common header).
 pub mod flags {
     /// A header digest follows the PDU header.
     pub const HDGSTF: u8 = 0x01;
@@ -35,12 +35,12 @@ pub mod flags {
     pub const DDGSTF: u8 = 0x02;
     /// C2HData/H2CData: the last PDU of the data transfer (of a command, or of an R2T).
     pub const LAST_PDU: u8 = 0x04;
-    /// C2HData: the command completed successfully; no CapsuleResp follows (§3.6.2.8, only when
+    /// C2HData: the command completed successfully; no CapsuleResp follows (C2HData PDU, only when
     /// SQ flow control is disabled).
     pub const SUCCESS: u8 = 0x08;
 }
 
-/// HLEN of each PDU type (§3.6.2.2 - §3.6.2.10).
+/// HLEN of each PDU type (each PDU's definition).
 pub mod hlen {
     pub const IC: usize = 128;
     pub const TERM_REQ: usize = 24;
@@ -50,11 +50,12 @@ pub mod hlen {
     pub const R2T: usize = 24;
 }
 
-/// Largest data a TermReq carries: the PDU header in error, up to a PLEN of 152 (§3.6.2.4;
+/// Largest data a TermReq carries: the PDU header in error, up to a PLEN of 152 (TermReq PDUs;
 /// Linux include/linux/nvme-tcp.h NVME_TCP_MAX_C2HTERM_PLEN).
 pub const MAX_TERM_DATA: usize = 152 - hlen::TERM_REQ;
 
-/// Fatal error status of a TermReq (§3.6.2.4, Figure 27).
+/// Fatal error status of a TermReq (NVMe/TCP 1.0 TermReq PDUs; Linux include/linux/nvme-tcp.h
+/// enum nvme_tcp_fatal_error_status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fes {
     /// A PDU header field is invalid; FEI is its byte offset in the PDU.
@@ -71,7 +72,7 @@ pub enum Fes {
     UnsupportedParameter = 0x06,
 }
 
-/// The common header of a PDU (§3.6.2.1).
+/// The common header of a PDU (common header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommonHeader {
     pub pdu_type: u8,
@@ -116,7 +117,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// ICReq (§3.6.2.2): the host's connection parameters, the first PDU on every connection.
+/// ICReq PDU: the host's connection parameters, the first PDU on every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcReq {
     /// PDU format version; only 0 exists.
@@ -145,7 +146,7 @@ impl IcReq {
     }
 }
 
-/// ICResp (§3.6.2.3): the controller's answer to ICReq.
+/// ICResp PDU: the controller's answer to ICReq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcResp {
     /// Controller PDU data alignment, 0's based dwords; Linux's host refuses anything but 0
@@ -178,7 +179,7 @@ impl IcResp {
     }
 }
 
-/// H2CData (§3.6.2.7) header fields.
+/// H2CData PDU header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H2CDataHeader {
     /// Command capsule CID of the command this data belongs to.
@@ -210,7 +211,7 @@ impl H2CDataHeader {
     }
 }
 
-/// H2CTermReq (§3.6.2.4) fields: why the host is ending the connection.
+/// H2CTermReq PDU fields: why the host is ending the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermReq {
     pub fes: u16,
@@ -309,12 +310,12 @@ pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendS
     Framed { head, tail }
 }
 
-/// A CapsuleResp (§3.6.2.6) carrying `cqe`, as bytes.
+/// A CapsuleResp PDU carrying `cqe`, as bytes.
 pub fn capsule_resp(cqe: &Completion, s: &SendSettings) -> Vec<u8> {
     frame(pdu_type::CAPSULE_RESP, 0, &cqe.encode(), &[], s).head
 }
 
-/// The PSH of a C2HData PDU (§3.6.2.8) for `datal` bytes at `datao` of command `cccid`.
+/// The PSH of a C2HData PDU for `datal` bytes at `datao` of command `cccid`.
 pub fn c2h_data_psh(cccid: u16, datao: u32, datal: u32) -> [u8; 16] {
     let mut psh = [0u8; 16];
     psh[0..2].copy_from_slice(&cccid.to_le_bytes());
@@ -323,7 +324,7 @@ pub fn c2h_data_psh(cccid: u16, datao: u32, datal: u32) -> [u8; 16] {
     psh
 }
 
-/// An R2T (§3.6.2.9) asking for `r2tl` bytes at `r2to` of command `cccid`, tagged `ttag`.
+/// An R2T PDU asking for `r2tl` bytes at `r2to` of command `cccid`, tagged `ttag`.
 pub fn r2t(cccid: u16, ttag: u16, r2to: u32, r2tl: u32, s: &SendSettings) -> Vec<u8> {
     let mut psh = [0u8; 16];
     psh[0..2].copy_from_slice(&cccid.to_le_bytes());
@@ -333,7 +334,7 @@ pub fn r2t(cccid: u16, ttag: u16, r2to: u32, r2tl: u32, s: &SendSettings) -> Vec
     frame(pdu_type::R2T, 0, &psh, &[], s).head
 }
 
-/// A C2HTermReq (§3.6.2.4) with the offending PDU header (cut to [`MAX_TERM_DATA`]). It never
+/// A C2HTermReq PDU with the offending PDU header (cut to [`MAX_TERM_DATA`]). It never
 /// carries digests: the host must be able to read it whatever went wrong (Linux
 /// drivers/nvme/host/tcp.c reads a C2HTermReq without checking a digest).
 pub fn c2h_term_req(fes: Fes, fei: u32, offending: &[u8]) -> Vec<u8> {

@@ -388,7 +388,7 @@ impl Queue {
         }
     }
 
-    /// ICReq → ICResp (NVMe/TCP 1.0 §3.6.2.2, §3.6.2.3).
+    /// ICReq → ICResp (NVMe/TCP 1.0 ICReq and ICResp PDUs).
     fn handle_ic_req(&mut self, req: IcReq, header: &[u8]) {
         if req.pfv != 0 {
             return self.terminate(Fes::UnsupportedParameter, IcReq::PFV_OFFSET, header);
@@ -441,8 +441,8 @@ impl Queue {
             return self.respond(cid, status, 0);
         }
         let sgl = sqe.sgl();
-        // Data direction from the opcode's low two bits (base 2.0 §5, Figure 138; fabrics
-        // command types likewise, NVMe-oF 1.1 Figure 19): bit 0 is host to controller.
+        // Data direction from the opcode's low two bits (base 2.0 §5,; fabrics
+        // command types likewise, NVMe-oF 1.1): bit 0 is host to controller.
         let direction = if sqe.opcode() == FABRICS_OPCODE {
             sqe.fctype()
         } else {
@@ -511,7 +511,7 @@ impl Queue {
         self.actions.push_back(Action::Send(bytes));
     }
 
-    /// H2CData (NVMe/TCP 1.0 §3.6.2.7): in order, within the R2T it answers.
+    /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
     fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Vec<u8>, digest_ok: bool, hdr: &[u8]) {
         let Some(command) = self.commands.get_mut(&h.cccid) else {
             return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
@@ -530,7 +530,7 @@ impl Queue {
             return self.terminate(Fes::DataOutOfRange, H2CDataHeader::DATAL_OFFSET, hdr);
         }
         let end = end as u32;
-        // LAST_PDU marks the last H2CData of an R2T (§3.6.2.7), no sooner and no later.
+        // LAST_PDU marks the last H2CData of an R2T, no sooner and no later.
         if h.last != (end == r2t_end) {
             return self.terminate(Fes::InvalidHeaderField, 1, hdr);
         }
@@ -545,8 +545,8 @@ impl Queue {
             return self.solicit(h.cccid);
         }
         if command.digest_failed {
-            // A data digest error fails the command, not the connection (§3.6.2.7... the
-            // command completes with Transient Transport Error).
+            // A data digest error fails the command with Transient Transport Error, not the
+            // connection: the header, and so the stream, was intact.
             self.commands.remove(&h.cccid);
             return self.respond(h.cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
         }
@@ -641,7 +641,7 @@ impl Queue {
     }
 
     /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
-    /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 §3.6.2.8; Linux
+    /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
     /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
     fn send_data(&mut self, cid: u16, data: Arc<Vec<u8>>) {
         self.commands.remove(&cid);
@@ -716,7 +716,7 @@ impl Queue {
         )
     }
 
-    /// Sends a C2HTermReq and closes (NVMe/TCP 1.0 §3.6.2.4).
+    /// Sends a C2HTermReq and closes (NVMe/TCP 1.0 C2HTermReq PDU).
     fn terminate(&mut self, fes: Fes, fei: u32, header: &[u8]) {
         if self.phase == Phase::Closed {
             return;

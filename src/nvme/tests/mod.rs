@@ -166,7 +166,7 @@ pub enum Got {
     },
 }
 
-/// Parses one controller PDU as the host would (NVMe/TCP 1.0 §3.6.2 layouts).
+/// Parses one controller PDU as the host would (NVMe/TCP 1.0 PDU layouts).
 fn parse(b: &[u8], header_digest: bool, data_digest: bool) -> Got {
     let (t, flags, hlen, pdo, plen) = (b[0], b[1], b[2] as usize, b[3], le32(b, 4));
     assert_eq!(plen as usize, b.len(), "PLEN covers the PDU");
@@ -341,7 +341,7 @@ pub fn ic_req(pfv: u16, hpda: u8, header_digest: bool, data_digest: bool) -> Vec
     b
 }
 
-/// Connect data (NVMe-oF 1.1 Figure 20).
+/// Connect data (NVMe-oF 1.1 Connect command data).
 pub fn connect_data(cntlid: u16, subnqn: &str, hostnqn: &str) -> Vec<u8> {
     let mut d = vec![0u8; 1024];
     d[0..16].copy_from_slice(&HOST_ID);
