@@ -534,8 +534,12 @@ impl Queue {
         if h.last != (end == r2t_end) {
             return self.terminate(Fes::InvalidHeaderField, 1, hdr);
         }
-        command.data.extend_from_slice(&data);
-        crate::stats::count_payload_copy(data.len());
+        if command.data.is_empty() {
+            command.data = data;
+        } else {
+            command.data.extend_from_slice(&data);
+            crate::stats::count_payload_copy(data.len());
+        }
         command.digest_failed |= !digest_ok;
         command.state = CommandState::ReceivingData { next: end, r2t_end };
         if end < r2t_end {

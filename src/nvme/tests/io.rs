@@ -302,3 +302,54 @@ fn data_digest_errors_fail_the_command_not_the_connection() {
     assert_eq!(medium, vec![0; 512], "nothing written");
     assert!(io.closed.is_none());
 }
+
+#[test]
+fn payload_copies_per_command() {
+    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
+    let (_admin, mut io) = admin_and_io();
+    io.defer_io = true;
+    // In-capsule write: the framer's one copy out of the stream; the data then moves.
+    reset_thread_payload_copies();
+    io.command(&Sqe::new(0x01, 1, 1).cdw(12, 7).sgl(4096, true), &[1; 4096]);
+    let write = io.deferred.pop().unwrap();
+    assert_eq!(write.data.len(), 4096);
+    assert_eq!(
+        thread_payload_copies(),
+        CopyCounts {
+            copies: 1,
+            bytes: 4096
+        }
+    );
+    io.queue.handle_io_complete(write.id, Ok(BlockReply::Done));
+    io.pump();
+    io.take();
+    // A write in two R2Ts: the framer's copy of each H2CData, and the second R2T's data
+    // appended to the first's.
+    reset_thread_payload_copies();
+    let data = vec![2u8; 2 * MAX_H2C as usize];
+    let sqe = Sqe::new(0x01, 2, 1)
+        .cdw(12, 2 * MAX_H2C / 512 - 1)
+        .sgl(data.len() as u32, false);
+    io.command(&sqe, &[]);
+    for (offset, chunk) in data.chunks(MAX_H2C as usize).enumerate() {
+        let bytes = io.host.h2c_data(2, 2, offset as u32 * MAX_H2C, chunk, true);
+        io.send(&bytes);
+    }
+    assert_eq!(io.deferred.pop().unwrap().data, data);
+    assert_eq!(
+        thread_payload_copies(),
+        CopyCounts {
+            copies: 3,
+            bytes: 3 * u64::from(MAX_H2C)
+        }
+    );
+    // A read: the backend's buffer goes out in the C2HData action as it is.
+    io.take();
+    io.command(&Sqe::new(0x02, 3, 1).cdw(12, 7).sgl(4096, false), &[]);
+    let read = io.deferred.pop().unwrap();
+    reset_thread_payload_copies();
+    io.queue
+        .handle_io_complete(read.id, Ok(BlockReply::Data(vec![3; 4096])));
+    io.pump();
+    assert_eq!(thread_payload_copies(), CopyCounts::default());
+}
