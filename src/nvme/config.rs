@@ -94,7 +94,8 @@ pub struct NvmeConfig {
     /// Largest in-capsule data of an I/O command (IOCCSZ is this plus the SQE, in 16-byte
     /// units).
     pub in_capsule_data: u32,
-    /// MAXH2CDATA announced in ICResp: the largest H2CData PDU and R2T.
+    /// MAXH2CDATA announced in ICResp: the largest H2CData PDU and R2T (see
+    /// [`NvmeConfig::maxh2cdata`]).
     pub max_h2c_data: u32,
     /// Largest data transfer of one command (MDTS), a power of two times 4 KiB.
     pub max_transfer: u32,
@@ -104,6 +105,15 @@ pub struct NvmeConfig {
     pub discovery_kato: Duration,
     /// Bound on the time between accepting a connection and a completed Connect.
     pub connect_timeout: Duration,
+}
+
+impl NvmeConfig {
+    /// The MAXH2CDATA we announce: `max_h2c_data` rounded down to a multiple of 4 and at least
+    /// 4096, as Linux's host requires (drivers/nvme/host/tcp.c nvme_tcp_init_connection: "invalid
+    /// maxh2cdata returned").
+    pub fn maxh2cdata(&self) -> u32 {
+        (self.max_h2c_data & !3).max(4096)
+    }
 }
 
 impl Default for NvmeConfig {
@@ -129,3 +139,19 @@ pub const ADMIN_IN_CAPSULE_DATA: u32 = 8192;
 
 /// Admin submission queue entries at most (Linux's host asks for NVME_AQ_DEPTH, 32).
 pub const MAX_ADMIN_QUEUE_SIZE: u16 = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maxh2cdata_is_what_linux_accepts() {
+        let with = |max_h2c_data| NvmeConfig {
+            max_h2c_data,
+            ..NvmeConfig::default()
+        };
+        assert_eq!(with(131_072).maxh2cdata(), 131_072);
+        assert_eq!(with(10_001).maxh2cdata(), 10_000);
+        assert_eq!(with(512).maxh2cdata(), 4096);
+    }
+}

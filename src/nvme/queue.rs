@@ -226,7 +226,7 @@ impl Queue {
             header_digest: false,
             data_digest: false,
             max_in_capsule: ADMIN_IN_CAPSULE_DATA.max(config.in_capsule_data),
-            max_h2c_data: config.max_h2c_data,
+            max_h2c_data: config.maxh2cdata(),
         };
         Queue {
             deadline: Some(now + config.connect_timeout),
@@ -400,7 +400,7 @@ impl Queue {
             cpda: 0,
             header_digest: req.header_digest,
             data_digest: req.data_digest,
-            maxh2cdata: self.config.max_h2c_data,
+            maxh2cdata: self.config.maxh2cdata(),
         };
         self.actions.push_back(Action::Send(resp.encode()));
         self.limits.header_digest = req.header_digest;
@@ -496,7 +496,7 @@ impl Queue {
     /// Sends an R2T for the next piece of a command's host data (one R2T outstanding per
     /// command, MAXR2T 0 suffices).
     fn solicit(&mut self, cid: u16) {
-        let max = self.config.max_h2c_data;
+        let max = self.config.maxh2cdata();
         let Some(command) = self.commands.get_mut(&cid) else {
             return;
         };
