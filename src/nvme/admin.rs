@@ -374,6 +374,19 @@ impl Queue {
             ready: admin.ready(),
             io_queues: admin.io_queues,
         };
+        // A reset or shutdown ends the held Asynchronous Event Requests without completions
+        // (the host discards its outstanding commands) and the event configuration.
+        let dropped = if change == CcChange::Disabled {
+            admin.async_event_config = 0;
+            admin.notice_pending = false;
+            admin.notice_masked = false;
+            std::mem::take(&mut admin.held_events)
+        } else {
+            Vec::new()
+        };
+        for cid in dropped {
+            self.forget(cid);
+        }
         if change != CcChange::Nothing {
             self.push(Action::ControllerChanged { cntlid, state });
         }

@@ -709,7 +709,12 @@ impl Queue {
         self.actions.push_back(action);
     }
 
-    /// CIDs of held commands (Asynchronous Event Requests).
+    /// Drops a held command without a completion.
+    pub(super) fn forget(&mut self, cid: u16) {
+        self.commands.remove(&cid);
+    }
+
+    /// Whether `cid` is a held command (an Asynchronous Event Request).
     pub(super) fn is_held(&self, cid: u16) -> bool {
         matches!(
             self.commands.get(&cid),

@@ -223,6 +223,9 @@ impl Pair {
 fn disabling_the_controller_shuts_its_io_queues() {
     let (mut admin, mut io) = admin_and_io();
     let cntlid = admin.queue.cntlid().unwrap();
+    for cid in 30..34 {
+        assert!(admin.command(&Sqe::new(0x0C, cid, 0), &[]).is_empty());
+    }
     assert_eq!(admin.set_cc(0).status, (0, 0));
     assert_eq!(admin.get_property(0x1C, false).result & 1, 0);
     let shut = std::mem::take(&mut admin.env.borrow_mut().shut_down);
@@ -234,6 +237,10 @@ fn disabling_the_controller_shuts_its_io_queues() {
     assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
     let cqe = admin.resp(&Sqe::new(0x18, 40, 0), &[]);
     assert_eq!(cqe.status, (0, 0));
+    // The reset dropped the held Asynchronous Event Requests: four fit again, CIDs reused.
+    for cid in 30..34 {
+        assert!(admin.command(&Sqe::new(0x0C, cid, 0), &[]).is_empty());
+    }
 }
 
 #[test]
