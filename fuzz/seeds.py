@@ -244,9 +244,126 @@ def chap_seeds():
     ]))
 
 
+# ---------------------------------------------------------------- NVMe/TCP queue
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return struct.pack("<I", c ^ 0xFFFFFFFF)
+
+
+def nvme_pdu(header, data=b"", hdgst=False, ddgst=False):
+    """An NVMe/TCP PDU (NVMe/TCP 1.0 §3.6.1): `header` is CH + PSH with PDO/PLEN left zero."""
+    hd = 4 if hdgst else 0
+    dd = 4 if ddgst and data else 0
+    hlen = len(header)
+    pdo = hlen + hd if data else 0
+    plen = hlen + hd + len(data) + dd
+    flags = header[1] | (1 if hd else 0) | (2 if dd else 0)
+    h = bytes([header[0], flags, header[2], pdo]) + struct.pack("<I", plen) + header[8:]
+    out = h + (crc32c(h) if hd else b"") + data
+    return out + (crc32c(data) if dd else b"")
+
+
+def sqe(opcode, cid, nsid=0, cdw=None, sgl_len=0, in_capsule=False):
+    """A 64-byte SQE: `cdw` maps dword numbers 10-15 to values; SGL1 of `sgl_len` bytes."""
+    b = bytearray(64)
+    b[0] = opcode
+    b[1] = 0x40
+    struct.pack_into("<HI", b, 2, cid, nsid)
+    struct.pack_into("<I", b, 32, sgl_len)
+    b[39] = 0x01 if in_capsule else 0x5A
+    for n, v in (cdw or {}).items():
+        struct.pack_into("<I", b, n * 4, v)
+    return bytes(b)
+
+
+def fabrics(fctype, cid, cdw=None):
+    """A fabrics command SQE (opcode 7Fh, command type in byte 4)."""
+    b = bytearray(sqe(0x7F, cid, 0, cdw))
+    b[4] = fctype
+    return bytes(b)
+
+
+def capsule(cmd, data=b"", **digests):
+    return nvme_pdu(bytes([4, 0, 72]) + b"\0" * 5 + cmd, data, **digests)
+
+
+def h2c_data(cid, ttag, offset, data, last=True, **digests):
+    header = bytes([6, 4 if last else 0, 24]) + b"\0" * 5 + struct.pack("<HHII4x", cid, ttag, offset, len(data))
+    return nvme_pdu(header, data, **digests)
+
+
+def nvme_admin_stream():
+    """What Linux's host and nvme-cli send on an enabled admin queue."""
+    numd = lambda n: (n // 4 - 1) << 16
+    return b"".join([
+        capsule(sqe(0x06, 1, 0, {10: 1}, 4096)),                     # Identify Controller
+        capsule(sqe(0x06, 2, 0, {10: 2}, 4096)),                     # active namespaces
+        capsule(sqe(0x06, 3, 1, {10: 0}, 4096)),                     # Identify Namespace 1
+        capsule(sqe(0x06, 4, 1, {10: 3}, 4096)),                     # descriptors
+        capsule(sqe(0x06, 5, 0, {10: 6}, 4096)),                     # NVM controller (CSI 0)
+        capsule(sqe(0x09, 6, 0, {10: 0x0B, 11: 1 << 8})),            # async event config
+        capsule(sqe(0x0C, 7)),                                       # Asynchronous Event Request
+        capsule(sqe(0x02, 8, 0xFFFFFFFF, {10: 2 | numd(512)}, 512)),  # SMART
+        capsule(sqe(0x02, 9, 0, {10: 1 | numd(64)}, 64)),            # error log
+        capsule(sqe(0x02, 10, 0, {10: 3 | numd(512)}, 512)),         # firmware slot
+        capsule(sqe(0x02, 11, 0, {10: 5 | numd(4096)}, 4096)),       # command effects
+        capsule(sqe(0x02, 12, 0, {10: 4 | numd(4096)}, 4096)),       # changed namespaces
+        capsule(sqe(0x0A, 13, 0, {10: 0x0F})),                       # Get Features KATO
+        capsule(sqe(0x0A, 14, 0, {10: 0x06})),                       # Get Features VWC
+        capsule(sqe(0x18, 15)),                                      # Keep Alive
+        capsule(sqe(0x08, 16, 0, {10: 1 | 3 << 16})),                # Abort
+        capsule(fabrics(0x04, 17, {11: 0x1C})),                      # Property Get CSTS
+    ])
+
+
+def nvme_io_stream(**d):
+    """I/O on queue 1: in-capsule write, a write by R2T (TTAG = CID) in two H2CData PDUs, read,
+    flush, Write Zeroes, Dataset Management, Compare, Disconnect."""
+    out = [
+        capsule(sqe(0x01, 1, 1, {12: 7}, 4096, True), b"\x11" * 4096, **d),
+        capsule(sqe(0x01, 2, 1, {10: 8, 12: 31}, 16384), **d),
+        h2c_data(2, 2, 0, b"\x22" * 4096, last=False, **d),
+        h2c_data(2, 2, 4096, b"\x33" * 4096, **d),
+        h2c_data(2, 2, 8192, b"\x44" * 8192, **d),
+        capsule(sqe(0x02, 3, 1, {12: 15}, 8192), **d),
+        capsule(sqe(0x00, 4, 1), **d),
+        capsule(sqe(0x08, 5, 1, {10: 40, 12: 7 | 1 << 25}), **d),
+        capsule(sqe(0x09, 6, 1, {10: 0, 11: 4}, 16, True), struct.pack("<IIQ", 0, 8, 48), **d),
+        capsule(sqe(0x05, 7, 1, {12: 0}, 512, True), b"\x11" * 512, **d),
+        capsule(sqe(0x02, 8, 2, {12: 0}, 4096), **d),
+        capsule(fabrics(0x08, 9), **d),                              # Disconnect
+    ]
+    return b"".join(out)
+
+
+def nvme_pdu_seeds():
+    # Control: bit 0 header digest, bit 1 data digest, bit 2 I/O queue, bit 3 defer I/O,
+    # bit 4 SQ flow control disabled, bits 5-7 chunk size (1 + n·13 bytes).
+    write("nvme_pdu", "admin", bytes([7 << 5]) + nvme_admin_stream())
+    write("nvme_pdu", "io", bytes([0b00100 | 7 << 5]) + nvme_io_stream())
+    write("nvme_pdu", "io-digests-deferred", bytes([0b11111 | 2 << 5]) + nvme_io_stream(hdgst=True, ddgst=True))
+
+
 if __name__ == "__main__":
     chap_seeds()
     iser_seeds()
     connection_seeds()
     pdu_decode_seeds()
     text_parse_seeds()
+    nvme_pdu_seeds()

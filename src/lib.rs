@@ -4,6 +4,7 @@
 //! - [`backend`]: where blocks live (RAM, regular file, block device).
 //! - [`scsi`]: SPC-4/SBC-3 command handling; failures become sense data.
 //! - [`iscsi`]: the sans-IO iSCSI core (PDU codec, text negotiation, login, sessions).
+//! - [`nvme`]: the sans-IO NVMe/TCP core (PDU codec, queues, fabrics/admin/I/O commands).
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`server`]: transports that only move bytes (TCP and iSER) and the I/O workers.
 //!
@@ -13,6 +14,7 @@
 pub mod backend;
 pub mod config;
 pub mod iscsi;
+pub mod nvme;
 pub mod scsi;
 pub mod server;
 pub mod stats;

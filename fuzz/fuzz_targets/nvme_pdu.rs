@@ -1,0 +1,329 @@
+//! Arbitrary bytes as the host's stream on a connected NVMe/TCP queue: through the framer into
+//! an admin queue (enabled controller) or an I/O queue, with I/O run on RAM namespaces at once or
+//! deferred, and time passing.
+//!
+//! Input: a control byte, then the stream. Control bits: 0 header digest, 1 data digest,
+//! 2 an I/O queue (else the admin queue), 3 defer I/O, 4 SQ flow control disabled, 5-7 the chunk
+//! size the stream arrives in (1 + n·13 bytes).
+//!
+//! Checks: no panic; no action after Close; every PDU the controller sends is well formed (a
+//! type it may send, PLEN its length, HLEN right for its type, digests as negotiated); every I/O
+//! stays inside its namespace; shutdown closes.
+#![no_main]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iser_target::backend::{Backend, RamBackend};
+use iser_target::nvme::{
+    Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp,
+    NamespaceDescriptor, NvmeConfig, Queue, SubsystemDescriptor,
+};
+use libfuzzer_sys::fuzz_target;
+
+const SUBSYSTEM: &str = "nqn.2026-01.fuzz:disk";
+const HOST: &str = "nqn.2026-01.fuzz:host";
+const BLOCKS: u64 = 256;
+
+fn config() -> NvmeConfig {
+    let ns = |nsid: u32, block_size: u32, read_only: bool| NamespaceDescriptor {
+        nsid,
+        block_size,
+        blocks: BLOCKS,
+        read_only,
+        volatile_write_cache: true,
+        thin: true,
+        nguid: [nsid as u8; 16],
+        eui64: [nsid as u8; 8],
+        uuid: [nsid as u8; 16],
+    };
+    NvmeConfig {
+        subsystems: vec![SubsystemDescriptor {
+            nqn: SUBSYSTEM.into(),
+            allowed_hosts: vec![],
+            namespaces: vec![ns(1, 512, false), ns(2, 4096, true)],
+            serial: "fuzz".into(),
+            model: "fuzz".into(),
+            firmware: "1".into(),
+        }],
+        discovery: vec![DiscoveryEntry {
+            subsystem_nqn: SUBSYSTEM.into(),
+            port_id: 1,
+            address_family: AddressFamily::Ipv4,
+            address: "192.0.2.1".into(),
+            service_id: "4420".into(),
+        }],
+        max_queue_size: 16,
+        max_io_queues: 2,
+        in_capsule_data: 4096,
+        max_h2c_data: 8192,
+        max_transfer: 64 * 1024,
+        ..NvmeConfig::default()
+    }
+}
+
+/// Host-side PDU framing, written here apart from the crate's codec.
+#[derive(Clone, Copy)]
+struct Host {
+    header_digest: bool,
+    data_digest: bool,
+}
+
+impl Host {
+    fn ic_req(&self) -> Vec<u8> {
+        let mut b = vec![0, 0, 128, 0, 128, 0, 0, 0, 0, 0, 0];
+        b.push(u8::from(self.header_digest) | u8::from(self.data_digest) << 1);
+        b.resize(128, 0);
+        b
+    }
+
+    fn capsule(&self, sqe: &[u8; 64], data: &[u8]) -> Vec<u8> {
+        let hd = if self.header_digest { 4 } else { 0 };
+        let dd = if self.data_digest && !data.is_empty() { 4 } else { 0 };
+        let pdo = if data.is_empty() { 0 } else { 72 + hd };
+        let plen = (72 + hd + data.len() + dd) as u32;
+        let flags = u8::from(hd > 0) | if dd > 0 { 2 } else { 0 };
+        let mut b = vec![4, flags, 72, pdo as u8];
+        b.extend_from_slice(&plen.to_le_bytes());
+        b.extend_from_slice(sqe);
+        if hd > 0 {
+            let d = crc32c::crc32c(&b).to_le_bytes();
+            b.extend_from_slice(&d);
+        }
+        b.extend_from_slice(data);
+        if dd > 0 {
+            b.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        }
+        b
+    }
+}
+
+fn sqe(opcode: u8, fctype: u8, cid: u16) -> [u8; 64] {
+    let mut s = [0u8; 64];
+    s[0] = opcode;
+    s[1] = 0x40;
+    s[2..4].copy_from_slice(&cid.to_le_bytes());
+    s[4] = fctype;
+    s
+}
+
+fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
+    let mut s = sqe(0x7F, 0x01, 0xF000);
+    s[32..36].copy_from_slice(&1024u32.to_le_bytes());
+    s[39] = 0x01;
+    s[42..44].copy_from_slice(&qid.to_le_bytes());
+    s[44..46].copy_from_slice(&15u16.to_le_bytes());
+    s[46] = cattr;
+    s[48..52].copy_from_slice(&10_000u32.to_le_bytes());
+    let mut d = vec![0u8; 1024];
+    d[16..18].copy_from_slice(&cntlid.to_le_bytes());
+    d[256..256 + SUBSYSTEM.len()].copy_from_slice(SUBSYSTEM.as_bytes());
+    d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
+    host.capsule(&s, &d)
+}
+
+/// Enable (CC.EN, IOSQES 6, IOCQES 4) and two I/O queues.
+fn enable(host: &Host) -> Vec<u8> {
+    let mut cc = sqe(0x7F, 0x00, 0xF001);
+    cc[44..48].copy_from_slice(&0x14u32.to_le_bytes());
+    cc[48..56].copy_from_slice(&(1u64 | 6 << 16 | 4 << 20).to_le_bytes());
+    let mut queues = sqe(0x09, 0, 0xF002);
+    queues[40] = 0x07;
+    queues[44..48].copy_from_slice(&(1u32 | 1 << 16).to_le_bytes());
+    let mut b = host.capsule(&cc, &[]);
+    b.extend(host.capsule(&queues, &[]));
+    b
+}
+
+/// Checks one PDU the controller sent.
+fn check_pdu(b: &[u8], host: &Host) {
+    assert!(b.len() >= 8);
+    let (t, flags, hlen, pdo) = (b[0], b[1], b[2] as usize, b[3] as usize);
+    let plen = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+    assert_eq!(plen, b.len(), "PLEN");
+    let expected_hlen = match t {
+        1 => 128,
+        3 | 5 | 7 | 9 => 24,
+        other => panic!("controller PDU type {other}"),
+    };
+    assert_eq!(hlen, expected_hlen);
+    let digested = host.header_digest && t != 1 && t != 3;
+    assert_eq!(flags & 1 != 0, digested, "HDGSTF");
+    if digested {
+        assert_eq!(b[hlen..hlen + 4], crc32c::crc32c(&b[..hlen]).to_le_bytes());
+    }
+    if t == 7 {
+        assert!(pdo >= hlen && pdo < plen);
+        let dd = host.data_digest;
+        assert_eq!(flags & 2 != 0, dd);
+        let end = plen - if dd { 4 } else { 0 };
+        let datal = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+        assert_eq!(datal, end - pdo);
+        if dd {
+            assert_eq!(b[end..], crc32c::crc32c(&b[pdo..end]).to_le_bytes());
+        }
+    } else if t != 3 {
+        assert_eq!(pdo, 0);
+        assert_eq!(plen, hlen + if digested { 4 } else { 0 });
+    }
+}
+
+struct Harness {
+    queue: Queue,
+    registry: ControllerRegistry,
+    backends: Vec<Arc<RamBackend>>,
+    host: Host,
+    now: Instant,
+    defer: bool,
+    deferred: Vec<IoCommand>,
+    closed: bool,
+}
+
+impl Harness {
+    fn pump(&mut self) {
+        while let Some(action) = self.queue.poll_action() {
+            assert!(!self.closed, "action after Close");
+            match action {
+                Action::Send(bytes) => check_pdu(&bytes, &self.host),
+                Action::SendData {
+                    head,
+                    data,
+                    range,
+                    tail,
+                } => {
+                    let mut b = head;
+                    b.extend_from_slice(&data[range]);
+                    b.extend_from_slice(&tail);
+                    check_pdu(&b, &self.host);
+                }
+                Action::CreateController(req) => {
+                    let r = self.registry.create(&req);
+                    self.queue.handle_controller_created(r, self.now);
+                }
+                Action::JoinController(req) => {
+                    let r = self.registry.join(&req);
+                    self.queue.handle_controller_joined(r, self.now);
+                }
+                Action::ControllerChanged { cntlid, state } => {
+                    self.registry.update(cntlid, state);
+                }
+                Action::Execute(io) => {
+                    let backend = self.backends[io.nsid as usize - 1].clone();
+                    let size = backend.size();
+                    let inside = |offset: u64, len: u64| offset.checked_add(len).is_some_and(|e| e <= size);
+                    match &io.op {
+                        IoOp::Read { offset, len } => assert!(inside(*offset, *len as u64)),
+                        IoOp::Write { offset, .. } | IoOp::Compare { offset } => {
+                            assert!(!io.data.is_empty() && inside(*offset, io.data.len() as u64))
+                        }
+                        IoOp::WriteZeroes { offset, len, .. } => assert!(inside(*offset, *len)),
+                        IoOp::Deallocate { ranges } => {
+                            assert!(ranges.iter().all(|&(o, l)| inside(o, l)))
+                        }
+                        IoOp::Flush => {}
+                    }
+                    if self.defer {
+                        self.deferred.push(io);
+                    } else {
+                        let result = io.execute(&*backend);
+                        assert!(result.is_ok(), "in-range I/O on RAM succeeds");
+                        self.queue.handle_io_complete(io.id, result);
+                    }
+                }
+                Action::Close(_) => self.closed = true,
+            }
+        }
+    }
+
+    fn complete_one(&mut self) {
+        if let Some(io) = self.deferred.pop() {
+            let backend = self.backends[io.nsid as usize - 1].clone();
+            let result = io.execute(&*backend);
+            self.queue.handle_io_complete(io.id, result);
+            self.pump();
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let config = Arc::new(config());
+    let now = Instant::now();
+    let host = Host {
+        header_digest: control & 1 != 0,
+        data_digest: control & 2 != 0,
+    };
+    let io_queue = control & 4 != 0;
+    let cattr = if control & 16 != 0 { 4 } else { 0 };
+    let backends: Vec<Arc<RamBackend>> = vec![
+        Arc::new(RamBackend::new(BLOCKS * 512)),
+        Arc::new(RamBackend::new(BLOCKS * 4096)),
+    ];
+    // An admin queue brought up first; the fuzzed queue is it, or an I/O queue joining it.
+    let admin_host = if io_queue { Host { header_digest: false, data_digest: false } } else { host };
+    let mut admin = Harness {
+        queue: Queue::new(config.clone(), now),
+        registry: ControllerRegistry::new(),
+        backends: backends.clone(),
+        host: admin_host,
+        now,
+        defer: false,
+        deferred: Vec::new(),
+        closed: false,
+    };
+    let mut setup = admin_host.ic_req();
+    admin.queue.handle_bytes(&setup, now);
+    admin.pump();
+    setup = connect(&admin_host, 0, 0xFFFF, if io_queue { 0 } else { cattr });
+    setup.extend(enable(&admin_host));
+    admin.queue.handle_bytes(&setup, now);
+    admin.pump();
+    assert!(admin.queue.is_live() && !admin.closed);
+    let mut h = if io_queue {
+        let cntlid = admin.queue.cntlid().unwrap();
+        let mut h = Harness {
+            queue: Queue::new(config, now),
+            registry: std::mem::take(&mut admin.registry),
+            backends,
+            host,
+            now,
+            defer: false,
+            deferred: Vec::new(),
+            closed: false,
+        };
+        h.queue.handle_bytes(&host.ic_req(), now);
+        h.pump();
+        h.queue.handle_bytes(&connect(&host, 1, cntlid, cattr), now);
+        h.pump();
+        assert!(h.queue.is_live(), "I/O queue connected");
+        h
+    } else {
+        admin
+    };
+    h.defer = control & 8 != 0;
+    let chunk = 1 + (control as usize >> 5) * 13;
+    for piece in stream.chunks(chunk) {
+        h.queue.handle_bytes(piece, h.now);
+        h.pump();
+        if h.closed {
+            return;
+        }
+        if piece[0] & 1 != 0 {
+            h.complete_one();
+        }
+        h.now += Duration::from_millis(u64::from(piece[0]) * 40);
+        h.queue.handle_timeout(h.now);
+        h.pump();
+        if h.closed {
+            return;
+        }
+    }
+    while !h.deferred.is_empty() {
+        h.complete_one();
+    }
+    h.queue.handle_shutdown();
+    h.pump();
+    assert!(h.closed, "shutdown closes");
+});

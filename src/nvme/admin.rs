@@ -1,0 +1,645 @@
+//! Fabrics commands (NVMe-oF 1.1 §3: Connect, Property Get/Set, Disconnect), admin commands
+//! (base 2.0 §5: Identify, Get Log Page, Set/Get Features, Asynchronous Event Request, Keep
+//! Alive, Abort) and the dispatch of I/O commands, as methods of [`Queue`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::command::{admin_opcode, fctype, io_opcode, sqe_offset, Sqe, Status};
+use super::config::{SubsystemDescriptor, DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE};
+use super::controller::{
+    property, AdminState, CcChange, ControllerShared, AEC_NAMESPACE_ATTRIBUTE, VERSION,
+};
+use super::identify::{self, cns, MAX_HELD_EVENTS};
+use super::io::{self, IoCommand};
+use super::logs::{self, lid};
+use super::queue::{
+    Action, Binding, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Outcome,
+    PendingConnect, Queue,
+};
+
+/// Length of the Connect command's data (NVMe-oF 1.1).
+const CONNECT_DATA_LEN: usize = 1024;
+/// Offsets in the Connect data, for "invalid parameter" answers.
+const CONNECT_CNTLID_OFFSET: u16 = 16;
+const CONNECT_SUBNQN_OFFSET: u16 = 256;
+const CONNECT_HOSTNQN_OFFSET: u16 = 512;
+
+/// Subsystem index standing for the discovery subsystem in [`CreateRequest`].
+pub const DISCOVERY_SUBSYSTEM: usize = usize::MAX;
+
+/// Feature identifiers we answer (base 2.0).
+mod fid {
+    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
+    pub const NUMBER_OF_QUEUES: u8 = 0x07;
+    pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
+    pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
+}
+
+/// Admin commands an I/O controller accepts (for the command effects log).
+const ADMIN_COMMANDS: [u8; 7] = [
+    admin_opcode::GET_LOG_PAGE,
+    admin_opcode::IDENTIFY,
+    admin_opcode::ABORT,
+    admin_opcode::SET_FEATURES,
+    admin_opcode::GET_FEATURES,
+    admin_opcode::ASYNC_EVENT_REQUEST,
+    admin_opcode::KEEP_ALIVE,
+];
+
+/// I/O commands, with whether they change logical block content.
+const IO_COMMANDS: [(u8, bool); 6] = [
+    (io_opcode::FLUSH, false),
+    (io_opcode::WRITE, true),
+    (io_opcode::READ, false),
+    (io_opcode::COMPARE, false),
+    (io_opcode::WRITE_ZEROES, true),
+    (io_opcode::DATASET_MANAGEMENT, true),
+];
+
+/// Connect's "invalid parameter" result: IATTR (1: in the data, 0: in the SQE) in bits 23:16
+/// and the parameter's byte offset in bits 15:0 (NVMe-oF 1.1; Linux
+/// drivers/nvme/target/fabrics-cmd.c IPO_IATTR_CONNECT_DATA / _SQE).
+fn invalid_parameter(in_data: bool, offset: u16) -> Outcome {
+    Outcome::Complete(
+        Status::CONNECT_INVALID_PARAMETERS,
+        u64::from(in_data) << 16 | u64::from(offset),
+    )
+}
+
+/// An NQN field: bytes up to the first NUL, as UTF-8.
+fn nqn(field: &[u8]) -> Option<&str> {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    std::str::from_utf8(&field[..end])
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+impl Queue {
+    fn subsystem(&self) -> Option<&SubsystemDescriptor> {
+        let index = self.binding.as_ref()?.subsystem?;
+        self.config.subsystems.get(index)
+    }
+
+    /// Checks that can fail a command before its host data is fetched: Connect's data length,
+    /// and an I/O command's namespace, range, write protection and SGL length.
+    pub(super) fn check_before_data(&self, sqe: &Sqe) -> Result<(), Status> {
+        let sgl_len = sqe.sgl().length as usize;
+        if sqe.opcode() == super::command::FABRICS_OPCODE {
+            if sqe.fctype() == fctype::CONNECT && sgl_len != CONNECT_DATA_LEN {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+            return Ok(());
+        }
+        if self.qid == 0 {
+            return Ok(());
+        }
+        let plan = self.plan_io(sqe)?;
+        let wanted = plan.host_data.max(plan.controller_data);
+        if wanted != sgl_len {
+            return Err(Status::DATA_SGL_LENGTH_INVALID);
+        }
+        Ok(())
+    }
+
+    fn plan_io(&self, sqe: &Sqe) -> Result<io::IoPlan, Status> {
+        let ns = self
+            .subsystem()
+            .and_then(|s| s.namespace(sqe.nsid()))
+            .ok_or(Status::INVALID_NAMESPACE)?;
+        io::plan(sqe, ns, self.config.max_transfer)
+    }
+
+    /// An I/O command whose host data is in `data`.
+    pub(super) fn io_command(&mut self, sqe: &Sqe, data: Vec<u8>) -> Outcome {
+        let plan = match self.plan_io(sqe) {
+            Ok(plan) => plan,
+            Err(status) => return Outcome::status(status),
+        };
+        let op = if sqe.opcode() == io_opcode::DATASET_MANAGEMENT {
+            let ns = self
+                .subsystem()
+                .and_then(|s| s.namespace(sqe.nsid()))
+                .expect("planned");
+            match io::dataset_management(sqe, ns, &data) {
+                Ok(Some(op)) => op,
+                Ok(None) => return Outcome::status(Status::SUCCESS),
+                Err(status) => return Outcome::status(status),
+            }
+        } else {
+            plan.op
+        };
+        let data = if plan.host_data > 0 && sqe.opcode() != io_opcode::DATASET_MANAGEMENT {
+            data
+        } else {
+            Vec::new()
+        };
+        let io = IoCommand {
+            id: self.next_io_id(),
+            nsid: sqe.nsid(),
+            op,
+            data,
+        };
+        Outcome::Pending(io, plan.lba)
+    }
+
+    /// A fabrics command (NVMe-oF 1.1 §3).
+    pub(super) fn fabrics_command(&mut self, sqe: &Sqe, data: &[u8]) -> Outcome {
+        let connected = self.binding.is_some();
+        match sqe.fctype() {
+            fctype::CONNECT if !connected => self.connect(sqe, data),
+            fctype::CONNECT => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
+            fctype::PROPERTY_GET if self.qid == 0 => {
+                self.keep_alive();
+                self.property_get(sqe)
+            }
+            fctype::PROPERTY_SET if self.qid == 0 => {
+                self.keep_alive();
+                self.property_set(sqe)
+            }
+            fctype::DISCONNECT if self.qid != 0 => {
+                self.respond(sqe.cid(), Status::SUCCESS, 0);
+                self.close(super::queue::CloseReason::Disconnect);
+                Outcome::Held
+            }
+            // Property commands belong on the admin queue and Disconnect on an I/O queue
+            // (NVMe-oF 1.1 §3.4, §3.5); anything else is unknown.
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET | fctype::DISCONNECT => {
+                Outcome::status(Status::INVALID_FIELD)
+            }
+            _ => Outcome::status(Status::INVALID_OPCODE),
+        }
+    }
+
+    /// Connect (NVMe-oF 1.1 §3.3): checks the parameters, then asks the environment for a
+    /// controller (admin queue) or to join one (I/O queue).
+    fn connect(&mut self, sqe: &Sqe, data: &[u8]) -> Outcome {
+        if sqe.recfmt() != 0 {
+            return Outcome::status(Status::CONNECT_INCOMPATIBLE_FORMAT);
+        }
+        if data.len() != CONNECT_DATA_LEN {
+            return Outcome::status(Status::DATA_SGL_LENGTH_INVALID);
+        }
+        let host_id: [u8; 16] = data[0..16].try_into().expect("16 bytes");
+        let cntlid = u16::from_le_bytes([data[16], data[17]]);
+        let Some(subnqn) = nqn(&data[256..512]) else {
+            return invalid_parameter(true, CONNECT_SUBNQN_OFFSET);
+        };
+        let Some(host_nqn) = nqn(&data[512..768]) else {
+            return invalid_parameter(true, CONNECT_HOSTNQN_OFFSET);
+        };
+        let subsystem = if subnqn == DISCOVERY_NQN {
+            None
+        } else {
+            match self.config.subsystems.iter().position(|s| s.nqn == subnqn) {
+                Some(i) => Some(i),
+                None => return invalid_parameter(true, CONNECT_SUBNQN_OFFSET),
+            }
+        };
+        if let Some(i) = subsystem {
+            if !self.config.subsystems[i].allows(host_nqn) {
+                return Outcome::status(Status::CONNECT_INVALID_HOST);
+            }
+        }
+        let qid = sqe.connect_qid();
+        if qid != 0 && (subsystem.is_none() || qid > self.config.max_io_queues) {
+            return invalid_parameter(false, sqe_offset::QID);
+        }
+        let max_size = if qid == 0 {
+            MAX_ADMIN_QUEUE_SIZE
+        } else {
+            self.config.max_queue_size
+        };
+        let sqsize = sqe.connect_sqsize();
+        if sqsize == 0 || sqsize >= max_size {
+            return invalid_parameter(false, sqe_offset::SQSIZE);
+        }
+        let pending = PendingConnect {
+            cid: sqe.cid(),
+            cntlid,
+            host_nqn: host_nqn.to_string(),
+            qid,
+            sq_size: sqsize + 1,
+            kato_ms: sqe.connect_kato(),
+            subsystem,
+            // CATTR bit 2: the host disabled SQ flow control (NVMe-oF 1.1).
+            sq_flow_disabled: sqe.connect_cattr() & 1 << 2 != 0,
+        };
+        let subsystem_index = subsystem.unwrap_or(DISCOVERY_SUBSYSTEM);
+        let action = if qid == 0 {
+            Action::CreateController(CreateRequest {
+                subsystem: subsystem_index,
+                host_nqn: host_nqn.to_string(),
+                host_id,
+            })
+        } else {
+            Action::JoinController(JoinRequest {
+                cntlid,
+                qid,
+                subsystem: subsystem_index,
+                host_nqn: host_nqn.to_string(),
+                host_id,
+            })
+        };
+        self.await_connect(pending);
+        self.push(action);
+        Outcome::Held
+    }
+
+    /// The environment created the controller of this admin queue (or refused to).
+    pub fn handle_controller_created(
+        &mut self,
+        result: Result<(u16, Arc<ControllerShared>), ConnectRefusal>,
+        now: Instant,
+    ) {
+        self.now = now;
+        let Some(pending) = self.pending_connect.take() else {
+            return;
+        };
+        let (cntlid, shared) = match result {
+            Ok(created) => created,
+            Err(refusal) => return self.refuse(pending.cid, refusal),
+        };
+        let kato_ms = if pending.kato_ms == 0 && pending.subsystem.is_none() {
+            self.config
+                .discovery_kato
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32
+        } else {
+            pending.kato_ms
+        };
+        self.admin = Some(AdminState {
+            kato_ms,
+            ..AdminState::default()
+        });
+        let cid = pending.cid;
+        let binding = Binding {
+            cntlid,
+            subsystem: pending.subsystem,
+            host_nqn: pending.host_nqn.clone(),
+            shared,
+        };
+        self.go_live(pending, binding);
+        self.keep_alive();
+        self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        self.process();
+    }
+
+    /// The environment joined this I/O queue to its controller (or refused to).
+    pub fn handle_controller_joined(
+        &mut self,
+        result: Result<Arc<ControllerShared>, ConnectRefusal>,
+        now: Instant,
+    ) {
+        self.now = now;
+        let Some(pending) = self.pending_connect.take() else {
+            return;
+        };
+        let shared = match result {
+            Ok(shared) => shared,
+            Err(refusal) => return self.refuse(pending.cid, refusal),
+        };
+        let cid = pending.cid;
+        let cntlid = pending.cntlid;
+        let binding = Binding {
+            cntlid,
+            subsystem: pending.subsystem,
+            host_nqn: pending.host_nqn.clone(),
+            shared,
+        };
+        self.go_live(pending, binding);
+        self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        self.process();
+    }
+
+    fn refuse(&mut self, cid: u16, refusal: ConnectRefusal) {
+        let (status, result) = match refusal {
+            ConnectRefusal::ControllerBusy => (Status::CONNECT_CONTROLLER_BUSY, 0),
+            ConnectRefusal::UnknownController => (
+                Status::CONNECT_INVALID_PARAMETERS,
+                1 << 16 | u64::from(CONNECT_CNTLID_OFFSET),
+            ),
+            ConnectRefusal::ControllerNotReady => (Status::COMMAND_SEQUENCE_ERROR, 0),
+            ConnectRefusal::InvalidQueue => (
+                Status::CONNECT_INVALID_PARAMETERS,
+                u64::from(sqe_offset::QID),
+            ),
+        };
+        self.refuse_connect(cid, status, result);
+    }
+
+    /// Restarts the keep alive timer of an admin queue (any command counts: a host that sends
+    /// commands is alive).
+    fn keep_alive(&mut self) {
+        let Some(admin) = &self.admin else {
+            return;
+        };
+        let deadline =
+            (admin.kato_ms > 0).then(|| self.now + Duration::from_millis(u64::from(admin.kato_ms)));
+        self.set_deadline(deadline);
+    }
+
+    fn property_get(&mut self, sqe: &Sqe) -> Outcome {
+        let Some(admin) = &self.admin else {
+            return Outcome::status(Status::COMMAND_SEQUENCE_ERROR);
+        };
+        let eight = sqe.property_size() == 1;
+        let value = match (sqe.property_offset(), eight) {
+            // CAP: MQES, CQR, TO 7.5 s (15 × 500 ms, as Linux's nvmet), CSS NVM; MPSMIN and
+            // MPSMAX 4 KiB.
+            (property::CAP, true) => {
+                u64::from(self.config.max_queue_size.saturating_sub(1))
+                    | 1 << 16
+                    | 15 << 24
+                    | 1 << 37
+            }
+            (property::VS, false) => u64::from(VERSION),
+            (property::CC, false) => u64::from(admin.cc),
+            (property::CSTS, false) => u64::from(admin.csts),
+            _ => return Outcome::status(Status::INVALID_FIELD),
+        };
+        Outcome::Complete(Status::SUCCESS, value)
+    }
+
+    fn property_set(&mut self, sqe: &Sqe) -> Outcome {
+        if sqe.property_offset() != property::CC || sqe.property_size() != 0 {
+            return Outcome::status(Status::INVALID_FIELD);
+        }
+        let cntlid = self.cntlid();
+        let (Some(admin), Some(cntlid)) = (self.admin.as_mut(), cntlid) else {
+            return Outcome::status(Status::COMMAND_SEQUENCE_ERROR);
+        };
+        let change = admin.write_cc(sqe.property_value() as u32);
+        let state = ControllerState {
+            ready: admin.ready(),
+            io_queues: admin.io_queues,
+        };
+        // A reset or shutdown ends the held Asynchronous Event Requests without completions
+        // (the host discards its outstanding commands) and the event configuration.
+        let dropped = if change == CcChange::Disabled {
+            admin.async_event_config = 0;
+            admin.notice_pending = false;
+            admin.notice_masked = false;
+            std::mem::take(&mut admin.held_events)
+        } else {
+            Vec::new()
+        };
+        for cid in dropped {
+            self.forget(cid);
+        }
+        if change != CcChange::Nothing {
+            self.push(Action::ControllerChanged { cntlid, state });
+        }
+        Outcome::status(Status::SUCCESS)
+    }
+
+    /// An admin command (base 2.0 §5) on a connected admin queue.
+    pub(super) fn admin_command(&mut self, sqe: &Sqe) -> Outcome {
+        let ready = self.admin.as_ref().is_some_and(AdminState::ready);
+        if !ready {
+            // Linux drivers/nvme/target/admin-cmd.c (nvmet_check_ctrl_status): admin commands
+            // need CC.EN and CSTS.RDY.
+            return Outcome::status(Status::COMMAND_SEQUENCE_ERROR);
+        }
+        self.keep_alive();
+        let discovery = self.subsystem().is_none();
+        match sqe.opcode() {
+            admin_opcode::IDENTIFY => self.identify(sqe),
+            admin_opcode::GET_LOG_PAGE => self.get_log_page(sqe),
+            admin_opcode::SET_FEATURES => self.set_features(sqe),
+            admin_opcode::GET_FEATURES => self.get_features(sqe),
+            admin_opcode::ASYNC_EVENT_REQUEST => self.async_event_request(sqe),
+            admin_opcode::KEEP_ALIVE => Outcome::status(Status::SUCCESS),
+            // Commands already handed to a backend cannot be recalled: report "not aborted"
+            // (DW0 bit 0), as Linux drivers/nvme/target/admin-cmd.c does for every Abort.
+            admin_opcode::ABORT if !discovery => Outcome::Complete(Status::SUCCESS, 1),
+            _ => Outcome::status(Status::INVALID_OPCODE),
+        }
+    }
+
+    fn identify(&mut self, sqe: &Sqe) -> Outcome {
+        let cns = (sqe.cdw(10) & 0xFF) as u8;
+        let csi = (sqe.cdw(11) >> 24) as u8;
+        let cntlid = self.cntlid().unwrap_or(0);
+        let Some(subsystem) = self.subsystem() else {
+            return match cns {
+                cns::CONTROLLER => Outcome::Data(identify::controller(&self.config, None, cntlid)),
+                _ => Outcome::status(Status::INVALID_FIELD),
+            };
+        };
+        let namespace = || {
+            subsystem
+                .namespace(sqe.nsid())
+                .ok_or(Status::INVALID_NAMESPACE)
+        };
+        let data = match cns {
+            cns::CONTROLLER => Ok(identify::controller(&self.config, Some(subsystem), cntlid)),
+            cns::NAMESPACE => namespace().map(identify::namespace),
+            cns::ACTIVE_NAMESPACES if sqe.nsid() >= 0xFFFF_FFFE => Err(Status::INVALID_NAMESPACE),
+            cns::ACTIVE_NAMESPACES => Ok(identify::active_namespaces(subsystem, sqe.nsid())),
+            cns::NAMESPACE_DESCRIPTORS => namespace().map(identify::namespace_descriptors),
+            cns::CSI_NAMESPACE if csi == 0 => {
+                namespace().map(|_| identify::nvm_command_set_specific())
+            }
+            cns::CSI_CONTROLLER if csi == 0 => Ok(identify::nvm_command_set_specific()),
+            cns::CSI_INDEPENDENT_NAMESPACE => namespace().map(identify::csi_independent_namespace),
+            cns::COMMAND_SET_LIST => Ok(identify::command_set_list()),
+            _ => Err(Status::INVALID_FIELD),
+        };
+        match data {
+            Ok(d) => Outcome::Data(d),
+            Err(status) => Outcome::status(status),
+        }
+    }
+
+    fn get_log_page(&mut self, sqe: &Sqe) -> Outcome {
+        let cdw10 = sqe.cdw(10);
+        let log_id = (cdw10 & 0xFF) as u8;
+        let retain_event = cdw10 & 1 << 15 != 0;
+        // NUMD, 0's based dwords: NUMDL in CDW10 31:16, NUMDU in CDW11 15:0.
+        let numd = (u64::from(sqe.cdw(11) & 0xFFFF) << 16 | u64::from(cdw10 >> 16)) + 1;
+        let len = numd * 4;
+        if len > u64::from(self.config.max_transfer) {
+            return Outcome::status(Status::INVALID_FIELD);
+        }
+        let offset = u64::from(sqe.cdw(13)) << 32 | u64::from(sqe.cdw(12));
+        let Some(binding) = &self.binding else {
+            return Outcome::status(Status::COMMAND_SEQUENCE_ERROR);
+        };
+        let subsystem = self.subsystem();
+        let log = match (log_id, subsystem) {
+            (lid::ERROR, _) => logs::error_information(&binding.shared.errors()),
+            (lid::DISCOVERY, None) => {
+                let entries: Vec<_> = self
+                    .config
+                    .discovery
+                    .iter()
+                    .filter(|e| logs::visible(e, &self.config.subsystems, &binding.host_nqn))
+                    .cloned()
+                    .collect();
+                // GENCTR changes whenever the entries do: a checksum of their log.
+                let generation = u64::from(crc32c::crc32c(&logs::discovery(&entries, 0)));
+                logs::discovery(&entries, generation)
+            }
+            (lid::SMART, Some(_)) => logs::smart(&binding.shared.counters()),
+            (lid::FIRMWARE_SLOT, Some(s)) => logs::firmware_slot(&s.firmware),
+            (lid::COMMAND_EFFECTS, Some(_)) => logs::command_effects(&ADMIN_COMMANDS, &IO_COMMANDS),
+            (lid::CHANGED_NAMESPACES, Some(_)) => {
+                let admin = self.admin.as_mut().expect("admin queue");
+                let log = logs::changed_namespaces(&admin.changed_namespaces);
+                if !retain_event {
+                    admin.changed_namespaces.clear();
+                    admin.notice_masked = false;
+                }
+                log
+            }
+            _ => return Outcome::status(Status::INVALID_LOG_PAGE),
+        };
+        match logs::window(&log, offset, len as usize) {
+            Ok(d) => Outcome::Data(d),
+            Err(status) => Outcome::status(status),
+        }
+    }
+
+    fn set_features(&mut self, sqe: &Sqe) -> Outcome {
+        let cdw10 = sqe.cdw(10);
+        let cdw11 = sqe.cdw(11);
+        if cdw10 & 1 << 31 != 0 {
+            return Outcome::status(Status::FEATURE_NOT_SAVEABLE);
+        }
+        let discovery = self.subsystem().is_none();
+        let max_io_queues = self.config.max_io_queues;
+        let cntlid = self.cntlid().unwrap_or(0);
+        let discovery_kato = self.config.discovery_kato;
+        let admin = self.admin.as_mut().expect("admin queue");
+        match (cdw10 & 0xFF) as u8 {
+            fid::NUMBER_OF_QUEUES if !discovery => {
+                let (sq, cq) = (cdw11 & 0xFFFF, cdw11 >> 16);
+                if sq == 0xFFFF || cq == 0xFFFF {
+                    return Outcome::status(Status::INVALID_FIELD);
+                }
+                let granted = (sq.min(cq) + 1).min(u32::from(max_io_queues)) as u16;
+                admin.io_queues = granted;
+                let state = ControllerState {
+                    ready: admin.ready(),
+                    io_queues: granted,
+                };
+                self.push(Action::ControllerChanged { cntlid, state });
+                let n = u64::from(granted.saturating_sub(1));
+                Outcome::Complete(Status::SUCCESS, n | n << 16)
+            }
+            fid::KEEP_ALIVE_TIMER => {
+                admin.kato_ms = if cdw11 == 0 && discovery {
+                    discovery_kato.as_millis().min(u128::from(u32::MAX)) as u32
+                } else {
+                    cdw11
+                };
+                self.keep_alive();
+                Outcome::status(Status::SUCCESS)
+            }
+            fid::ASYNC_EVENT_CONFIG => {
+                admin.async_event_config = cdw11;
+                self.deliver_notice();
+                Outcome::status(Status::SUCCESS)
+            }
+            // The cache mode is the LUN's configuration, not the host's to change.
+            fid::VOLATILE_WRITE_CACHE if !discovery => {
+                Outcome::status(Status::FEATURE_NOT_CHANGEABLE)
+            }
+            _ => Outcome::status(Status::INVALID_FIELD),
+        }
+    }
+
+    fn get_features(&mut self, sqe: &Sqe) -> Outcome {
+        let cdw10 = sqe.cdw(10);
+        let select = (cdw10 >> 8) & 7;
+        let feature = (cdw10 & 0xFF) as u8;
+        let discovery = self.subsystem().is_none();
+        let cache = self
+            .subsystem()
+            .is_some_and(|s| s.namespaces.iter().any(|n| n.volatile_write_cache));
+        let max_io_queues = self.config.max_io_queues;
+        let admin = self.admin.as_ref().expect("admin queue");
+        let known = match feature {
+            fid::NUMBER_OF_QUEUES | fid::VOLATILE_WRITE_CACHE => !discovery,
+            fid::KEEP_ALIVE_TIMER | fid::ASYNC_EVENT_CONFIG => true,
+            _ => false,
+        };
+        if !known {
+            return Outcome::status(Status::INVALID_FIELD);
+        }
+        // SEL 3: supported capabilities (base 2.0): changeable (bit 2), except the
+        // cache, which is fixed.
+        if select == 3 {
+            let changeable = feature != fid::VOLATILE_WRITE_CACHE;
+            return Outcome::Complete(Status::SUCCESS, u64::from(changeable) << 2);
+        }
+        let value = match feature {
+            fid::NUMBER_OF_QUEUES => {
+                let n = u64::from(if admin.io_queues == 0 {
+                    max_io_queues
+                } else {
+                    admin.io_queues
+                })
+                .saturating_sub(1);
+                n | n << 16
+            }
+            fid::VOLATILE_WRITE_CACHE => u64::from(cache),
+            fid::KEEP_ALIVE_TIMER => u64::from(admin.kato_ms),
+            _ => u64::from(admin.async_event_config),
+        };
+        Outcome::Complete(Status::SUCCESS, value)
+    }
+
+    fn async_event_request(&mut self, sqe: &Sqe) -> Outcome {
+        let admin = self.admin.as_mut().expect("admin queue");
+        if admin.held_events.len() >= MAX_HELD_EVENTS {
+            return Outcome::status(Status::ASYNC_EVENT_LIMIT_EXCEEDED);
+        }
+        admin.held_events.push(sqe.cid());
+        Outcome::Held
+    }
+
+    /// Namespaces of this admin queue's subsystem changed (resized, added, removed): remember
+    /// them for the Changed Namespace List log and tell the host by an asynchronous event
+    /// when it enabled namespace attribute notices.
+    pub fn handle_namespaces_changed(&mut self, nsids: &[u32]) {
+        if self.is_closed() || self.subsystem().is_none() {
+            return;
+        }
+        let Some(admin) = self.admin.as_mut() else {
+            return;
+        };
+        for &id in nsids {
+            if !admin.changed_namespaces.contains(&id) {
+                admin.changed_namespaces.push(id);
+            }
+        }
+        admin.notice_pending = true;
+        self.deliver_notice();
+    }
+
+    /// Completes a held Asynchronous Event Request with a namespace attribute notice, if one
+    /// is pending, enabled and not masked (base 2.0 §5.2).
+    pub(super) fn deliver_notice(&mut self) {
+        let Some(admin) = self.admin.as_ref() else {
+            return;
+        };
+        if !admin.notice_pending
+            || admin.notice_masked
+            || admin.async_event_config & AEC_NAMESPACE_ATTRIBUTE == 0
+        {
+            return;
+        }
+        let Some(position) = admin.held_events.iter().position(|&cid| self.is_held(cid)) else {
+            return;
+        };
+        let admin = self.admin.as_mut().expect("admin queue");
+        let cid = admin.held_events.remove(position);
+        admin.notice_pending = false;
+        admin.notice_masked = true;
+        // Event type 2 (notice), information 0 (namespace attribute changed), log page 04h.
+        let result = 2 | u64::from(lid::CHANGED_NAMESPACES) << 16;
+        self.complete(cid, Status::SUCCESS, result);
+    }
+}

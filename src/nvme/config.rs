@@ -1,0 +1,157 @@
+//! What the NVMe/TCP core needs from configuration: subsystems with their namespaces and allowed
+//! hosts, the discovery log entries, and queue limits. Shared by every queue of a portal.
+
+use std::time::Duration;
+
+/// The NQN of the discovery subsystem (NVMe-oF 1.1 §7.2.2).
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
+/// One namespace of a subsystem: its size and identity. The identifiers must be stable across
+/// restarts (hosts match multipath devices and filesystems by them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceDescriptor {
+    /// Namespace ID, 1-based.
+    pub nsid: u32,
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    /// Capacity in logical blocks.
+    pub blocks: u64,
+    /// Writes fail with Namespace Is Write Protected.
+    pub read_only: bool,
+    /// The backend acknowledges writes before they are durable; Flush and FUA make them so.
+    pub volatile_write_cache: bool,
+    /// The backend really deallocates (thin provisioning; NSFEAT THINP).
+    pub thin: bool,
+    pub nguid: [u8; 16],
+    pub eui64: [u8; 8],
+    pub uuid: [u8; 16],
+}
+
+impl NamespaceDescriptor {
+    /// log2 of the block size (LBADS).
+    pub fn lba_shift(&self) -> u32 {
+        self.block_size.trailing_zeros()
+    }
+}
+
+/// An NVM subsystem as the core needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubsystemDescriptor {
+    pub nqn: String,
+    /// Host NQNs allowed to connect; empty means any.
+    pub allowed_hosts: Vec<String>,
+    pub namespaces: Vec<NamespaceDescriptor>,
+    /// Serial number reported by Identify Controller (ASCII, up to 20 characters).
+    pub serial: String,
+    /// Model number (ASCII, up to 40 characters).
+    pub model: String,
+    /// Firmware revision (ASCII, up to 8 characters).
+    pub firmware: String,
+}
+
+impl SubsystemDescriptor {
+    /// Whether `host_nqn` may connect.
+    pub fn allows(&self, host_nqn: &str) -> bool {
+        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h == host_nqn)
+    }
+
+    /// The namespace with this NSID.
+    pub fn namespace(&self, nsid: u32) -> Option<&NamespaceDescriptor> {
+        self.namespaces.iter().find(|n| n.nsid == nsid)
+    }
+}
+
+/// Address family of a discovery log entry (NVMe-oF 1.1 §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressFamily {
+    Ipv4 = 1,
+    Ipv6 = 2,
+}
+
+/// One entry of the discovery log page: a subsystem reachable at a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryEntry {
+    pub subsystem_nqn: String,
+    /// The NVM subsystem port ID.
+    pub port_id: u16,
+    pub address_family: AddressFamily,
+    /// Transport address, e.g. "192.0.2.1".
+    pub address: String,
+    /// Transport service ID: the TCP port, e.g. "4420".
+    pub service_id: String,
+}
+
+/// Everything the core needs from configuration.
+#[derive(Debug, Clone)]
+pub struct NvmeConfig {
+    pub subsystems: Vec<SubsystemDescriptor>,
+    /// The discovery log page, as the environment computes it for this portal.
+    pub discovery: Vec<DiscoveryEntry>,
+    /// Largest I/O submission queue (entries); CAP.MQES is one less.
+    pub max_queue_size: u16,
+    /// I/O queues a controller may have.
+    pub max_io_queues: u16,
+    /// Largest in-capsule data of an I/O command (IOCCSZ is this plus the SQE, in 16-byte
+    /// units).
+    pub in_capsule_data: u32,
+    /// MAXH2CDATA announced in ICResp: the largest H2CData PDU and R2T (see
+    /// [`NvmeConfig::maxh2cdata`]).
+    pub max_h2c_data: u32,
+    /// Largest data transfer of one command (MDTS), a power of two times 4 KiB.
+    pub max_transfer: u32,
+    /// Keep alive timeout of a discovery controller whose host asked for none: Linux's
+    /// nvme-cli connects discovery controllers with KATO 0, and a forgotten one must not live
+    /// for ever (Linux drivers/nvme/target/core.c uses NVMET_DISC_KATO_MS, 120 s).
+    pub discovery_kato: Duration,
+    /// Bound on the time between accepting a connection and a completed Connect.
+    pub connect_timeout: Duration,
+}
+
+impl NvmeConfig {
+    /// The MAXH2CDATA we announce: `max_h2c_data` rounded down to a multiple of 4 and at least
+    /// 4096, as Linux's host requires (drivers/nvme/host/tcp.c nvme_tcp_init_connection: "invalid
+    /// maxh2cdata returned").
+    pub fn maxh2cdata(&self) -> u32 {
+        (self.max_h2c_data & !3).max(4096)
+    }
+}
+
+impl Default for NvmeConfig {
+    fn default() -> Self {
+        NvmeConfig {
+            subsystems: Vec::new(),
+            discovery: Vec::new(),
+            max_queue_size: 128,
+            max_io_queues: 64,
+            in_capsule_data: 8192,
+            max_h2c_data: 128 * 1024,
+            max_transfer: 1 << 20,
+            discovery_kato: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Largest in-capsule data on an admin queue: Linux sends admin commands' data (Connect's
+/// 1024 bytes among them) in the capsule up to this size (include/linux/nvme-tcp.h
+/// NVME_TCP_ADMIN_CCSZ, 8 KiB).
+pub const ADMIN_IN_CAPSULE_DATA: u32 = 8192;
+
+/// Admin submission queue entries at most (Linux's host asks for NVME_AQ_DEPTH, 32).
+pub const MAX_ADMIN_QUEUE_SIZE: u16 = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maxh2cdata_is_what_linux_accepts() {
+        let with = |max_h2c_data| NvmeConfig {
+            max_h2c_data,
+            ..NvmeConfig::default()
+        };
+        assert_eq!(with(131_072).maxh2cdata(), 131_072);
+        assert_eq!(with(10_001).maxh2cdata(), 10_000);
+        assert_eq!(with(512).maxh2cdata(), 4096);
+    }
+}

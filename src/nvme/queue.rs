@@ -1,0 +1,748 @@
+//! One NVMe/TCP connection, which is one queue of a controller (NVMe/TCP 1.0 §2.1), as a
+//! state machine.
+//!
+//! Inputs: [`Queue::handle_bytes`] (what the socket read), [`Queue::handle_controller_created`]
+//! and [`Queue::handle_controller_joined`] (answers to the cross-connection actions),
+//! [`Queue::handle_io_complete`], [`Queue::handle_namespaces_changed`],
+//! [`Queue::handle_timeout`] and [`Queue::handle_shutdown`]. Outputs: [`Action`]s from
+//! [`Queue::poll_action`] and the next deadline from [`Queue::poll_timeout`]. Time is always
+//! passed in. The first fatal error ends the queue: a C2HTermReq when the host broke the
+//! protocol, then [`Action::Close`], and nothing after it.
+//!
+//! This file holds the connection phases, the PDU exchange and the data phase of commands
+//! (in-capsule data, R2T/H2CData, C2HData); `admin.rs` the fabrics and admin commands.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::command::{sgl_type, Completion, Sqe, Status, FABRICS_OPCODE};
+use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
+use super::controller::{AdminState, ControllerShared};
+use super::framing::{FrameError, FrameLimits, PduReader, Received};
+use super::io::{backend_status, IoCommand, IoId, IoOp};
+use super::pdu::{
+    self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, SendSettings,
+};
+use crate::backend::BackendError;
+use crate::scsi::BlockReply;
+
+/// What an admin queue Connect asks of the environment: a new controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    /// Index into [`NvmeConfig::subsystems`]; `usize::MAX` for the discovery subsystem.
+    pub subsystem: usize,
+    pub host_nqn: String,
+    pub host_id: [u8; 16],
+}
+
+/// What an I/O queue Connect asks of the environment: to join controller `cntlid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub cntlid: u16,
+    pub qid: u16,
+    pub subsystem: usize,
+    pub host_nqn: String,
+    pub host_id: [u8; 16],
+}
+
+/// Why the environment refused a Connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefusal {
+    #[error("no controller ID is free")]
+    ControllerBusy,
+    #[error("no such controller for this host and subsystem")]
+    UnknownController,
+    #[error("the controller is not enabled")]
+    ControllerNotReady,
+    #[error("the queue ID is beyond the queues granted, or already connected")]
+    InvalidQueue,
+}
+
+/// What an admin queue tells the environment of its controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ControllerState {
+    /// CSTS.RDY: I/O queues may connect.
+    pub ready: bool,
+    /// I/O queues granted (Set Features, Number of Queues).
+    pub io_queues: u16,
+}
+
+/// Why the queue is closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The host broke the protocol; a C2HTermReq was sent.
+    ProtocolError(String),
+    /// The host sent an H2CTermReq.
+    HostTerminated { fes: u16 },
+    /// A Disconnect command completed.
+    Disconnect,
+    /// No Keep Alive within KATO: the controller is dead (base 2.0 §3.9).
+    KeepAliveExpired,
+    /// No ICReq or Connect in time.
+    ConnectTimeout,
+    /// The environment asked (controller reset, target shutdown).
+    Shutdown,
+}
+
+/// An effect the transport must carry out, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send these bytes (whole PDUs).
+    Send(Vec<u8>),
+    /// Send `head`, bytes `range` of `data`, then `tail`: a C2HData PDU whose data is a read
+    /// buffer, not copied into the PDU.
+    SendData {
+        head: Vec<u8>,
+        data: Arc<Vec<u8>>,
+        range: Range<usize>,
+        tail: Vec<u8>,
+    },
+    /// Create a controller (admin queue Connect); answer with
+    /// [`Queue::handle_controller_created`].
+    CreateController(CreateRequest),
+    /// Join an I/O queue to a controller; answer with [`Queue::handle_controller_joined`].
+    JoinController(JoinRequest),
+    /// The admin queue's controller changed readiness or I/O queue count; when it is no longer
+    /// ready its I/O queues must be shut down ([`super::ControllerRegistry::update`]).
+    ControllerChanged { cntlid: u16, state: ControllerState },
+    /// Run this block operation on namespace `nsid` of the queue's subsystem.
+    Execute(IoCommand),
+    /// Flush what was sent and close the connection. Nothing follows.
+    Close(CloseReason),
+}
+
+/// Connection phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for ICReq.
+    Initializing,
+    /// ICResp sent; waiting for a Connect command.
+    AwaitingConnect,
+    /// Connect asked of the environment; waiting for its answer.
+    Connecting,
+    Live,
+    Closed,
+}
+
+/// The queue's place in a controller, once connected.
+#[derive(Debug, Clone)]
+pub(super) struct Binding {
+    pub cntlid: u16,
+    /// Index of the subsystem; `None` for the discovery controller.
+    pub subsystem: Option<usize>,
+    pub host_nqn: String,
+    pub shared: Arc<ControllerShared>,
+}
+
+/// A Connect waiting for the environment.
+#[derive(Debug, Clone)]
+pub(super) struct PendingConnect {
+    pub cid: u16,
+    /// The controller an I/O queue joins (from the Connect data).
+    pub cntlid: u16,
+    pub host_nqn: String,
+    pub qid: u16,
+    pub sq_size: u16,
+    pub kato_ms: u32,
+    pub subsystem: Option<usize>,
+    pub sq_flow_disabled: bool,
+}
+
+/// Where a command is in its life.
+#[derive(Debug)]
+enum CommandState {
+    /// Receiving host data solicited by an R2T: bytes `next..r2t_end` of the current R2T.
+    ReceivingData { next: u32, r2t_end: u32 },
+    /// In the environment, as this I/O of `bytes` host data.
+    Executing { op: IoOp, lba: u64, bytes: u64 },
+    /// An Asynchronous Event Request, held.
+    Held,
+}
+
+#[derive(Debug)]
+struct Command {
+    sqe: Box<Sqe>,
+    data: Vec<u8>,
+    /// Host data the command takes in all.
+    host_data: u32,
+    /// A data digest failed on some of its data: it completes with a transient error.
+    digest_failed: bool,
+    state: CommandState,
+}
+
+/// What handling a command produced.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Complete now with this status and result (DW0/DW1).
+    Complete(Status, u64),
+    /// Send this data to the host, then complete successfully.
+    Data(Vec<u8>),
+    /// Handed to the environment; completes later.
+    Pending(IoCommand, u64),
+    /// The command is held (Asynchronous Event Request) or waits for the environment
+    /// (Connect).
+    Held,
+}
+
+impl Outcome {
+    pub fn status(status: Status) -> Self {
+        Outcome::Complete(status, 0)
+    }
+}
+
+/// One NVMe/TCP queue.
+#[derive(Debug)]
+pub struct Queue {
+    pub(super) config: Arc<NvmeConfig>,
+    reader: PduReader,
+    limits: FrameLimits,
+    send: SendSettings,
+    phase: Phase,
+    actions: VecDeque<Action>,
+    /// Connect or keep-alive deadline.
+    deadline: Option<Instant>,
+    pub(super) qid: u16,
+    /// Entries of the submission queue (SQSIZE + 1).
+    sq_size: u16,
+    sqhd: u16,
+    sq_flow_disabled: bool,
+    pub(super) binding: Option<Binding>,
+    /// Registers and features; only on an admin queue.
+    pub(super) admin: Option<AdminState>,
+    pub(super) pending_connect: Option<PendingConnect>,
+    commands: HashMap<u16, Command>,
+    executing: HashMap<IoId, u16>,
+    next_io: IoId,
+    /// The time of the latest input, for keep-alive deadlines set by commands.
+    pub(super) now: Instant,
+}
+
+impl Queue {
+    /// A new connection, waiting for ICReq.
+    pub fn new(config: Arc<NvmeConfig>, now: Instant) -> Self {
+        let limits = FrameLimits {
+            header_digest: false,
+            data_digest: false,
+            max_in_capsule: ADMIN_IN_CAPSULE_DATA.max(config.in_capsule_data),
+            max_h2c_data: config.maxh2cdata(),
+        };
+        Queue {
+            deadline: Some(now + config.connect_timeout),
+            config,
+            reader: PduReader::new(),
+            limits,
+            send: SendSettings {
+                data_alignment: 4,
+                ..SendSettings::default()
+            },
+            phase: Phase::Initializing,
+            actions: VecDeque::new(),
+            qid: 0,
+            sq_size: 0,
+            sqhd: 0,
+            sq_flow_disabled: false,
+            binding: None,
+            admin: None,
+            pending_connect: None,
+            commands: HashMap::new(),
+            executing: HashMap::new(),
+            next_io: 1,
+            now,
+        }
+    }
+
+    /// The next effect to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Queue::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline.filter(|_| self.phase != Phase::Closed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// True once Connect completed.
+    pub fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// The queue ID (0: admin queue), valid once live.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// The controller this queue belongs to, once live.
+    pub fn cntlid(&self) -> Option<u16> {
+        self.binding.as_ref().map(|b| b.cntlid)
+    }
+
+    /// Commands handed to the environment and not completed.
+    pub fn running(&self) -> usize {
+        self.executing.len()
+    }
+
+    /// Bytes read from the socket.
+    pub fn handle_bytes(&mut self, bytes: &[u8], now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = now;
+        self.reader.push(bytes);
+        self.process();
+    }
+
+    /// Handles the buffered PDUs. While a Connect waits for the environment the rest stay
+    /// buffered: what follows the Connect runs on the queue it creates.
+    pub(super) fn process(&mut self) {
+        while !matches!(self.phase, Phase::Closed | Phase::Connecting) {
+            match self.reader.next_pdu(&self.limits) {
+                Ok(Some(received)) => self.handle_pdu(received),
+                Ok(None) => break,
+                Err(FrameError { fes, fei, header }) => {
+                    self.terminate(fes, fei, &header);
+                }
+            }
+        }
+    }
+
+    /// Time passed: a Connect that did not come, or a keep alive that did not.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        match self.deadline {
+            Some(d) if d <= now && self.phase != Phase::Closed => {
+                let reason = if self.phase == Phase::Live {
+                    CloseReason::KeepAliveExpired
+                } else {
+                    CloseReason::ConnectTimeout
+                };
+                self.close(reason);
+            }
+            _ => {}
+        }
+    }
+
+    /// The environment ends the queue (controller reset or shutdown, target shutdown).
+    pub fn handle_shutdown(&mut self) {
+        if self.phase != Phase::Closed {
+            self.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// The backend finished I/O `id`.
+    pub fn handle_io_complete(&mut self, id: IoId, result: Result<BlockReply, BackendError>) {
+        let Some(cid) = self.executing.remove(&id) else {
+            return;
+        };
+        let Some(command) = self.commands.remove(&cid) else {
+            return;
+        };
+        let CommandState::Executing { op, lba, bytes, .. } = command.state else {
+            return;
+        };
+        let shared = self.binding.as_ref().map(|b| b.shared.clone());
+        let nsid = command.sqe.nsid();
+        let status = match result {
+            Ok(BlockReply::Data(data)) => {
+                if let Some(s) = &shared {
+                    s.count_read(data.len() as u64);
+                }
+                self.send_data(cid, Arc::new(data));
+                return;
+            }
+            Ok(BlockReply::Miscompare { .. }) => Status::COMPARE_FAILURE,
+            Ok(BlockReply::Done) => {
+                if let (Some(s), IoOp::Write { .. }) = (&shared, &op) {
+                    s.count_write(bytes);
+                }
+                Status::SUCCESS
+            }
+            Err(e) => backend_status(&op, &e),
+        };
+        self.respond_about(cid, status, 0, nsid, lba);
+    }
+
+    fn handle_pdu(&mut self, received: Received) {
+        let Received {
+            pdu,
+            header,
+            data,
+            data_digest_ok,
+        } = received;
+        match (pdu, self.phase) {
+            (HostPdu::IcReq(req), Phase::Initializing) => self.handle_ic_req(req, &header),
+            (HostPdu::H2CTermReq(t), _) => self.close(CloseReason::HostTerminated { fes: t.fes }),
+            (HostPdu::CapsuleCmd(sqe), Phase::AwaitingConnect | Phase::Live) => {
+                self.handle_capsule(sqe, data, data_digest_ok)
+            }
+            (HostPdu::H2CData(h), Phase::Live) => {
+                self.handle_h2c_data(h, data, data_digest_ok, &header)
+            }
+            // An ICReq twice, or anything before it.
+            _ => self.terminate(Fes::PduSequenceError, 0, &header),
+        }
+    }
+
+    /// ICReq → ICResp (NVMe/TCP 1.0 ICReq and ICResp PDUs).
+    fn handle_ic_req(&mut self, req: IcReq, header: &[u8]) {
+        if req.pfv != 0 {
+            return self.terminate(Fes::UnsupportedParameter, IcReq::PFV_OFFSET, header);
+        }
+        if req.hpda > 31 {
+            return self.terminate(Fes::InvalidHeaderField, IcReq::HPDA_OFFSET, header);
+        }
+        let resp = IcResp {
+            cpda: 0,
+            header_digest: req.header_digest,
+            data_digest: req.data_digest,
+            maxh2cdata: self.config.maxh2cdata(),
+        };
+        self.actions.push_back(Action::Send(resp.encode()));
+        self.limits.header_digest = req.header_digest;
+        self.limits.data_digest = req.data_digest;
+        self.send = SendSettings {
+            header_digest: req.header_digest,
+            data_digest: req.data_digest,
+            data_alignment: (usize::from(req.hpda) + 1) * 4,
+        };
+        self.phase = Phase::AwaitingConnect;
+    }
+
+    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Vec<u8>, data_digest_ok: bool) {
+        if self.phase == Phase::Live {
+            self.sqhd = (self.sqhd + 1) % self.sq_size.max(1);
+            if self.commands.len() >= usize::from(self.sq_size) {
+                // More commands than the queue has entries: the host ignored SQ flow control.
+                let mut header = vec![pdu_type::CAPSULE_CMD];
+                header.extend_from_slice(&sqe.0[..8]);
+                return self.terminate(Fes::PduSequenceError, 0, &header);
+            }
+        }
+        let cid = sqe.cid();
+        if self.commands.contains_key(&cid) {
+            return self.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
+        }
+        if !data_digest_ok {
+            return self.respond(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
+        }
+        if self.phase == Phase::AwaitingConnect
+            && !(sqe.opcode() == FABRICS_OPCODE && sqe.fctype() == super::command::fctype::CONNECT)
+        {
+            // Linux drivers/nvme/target/core.c answers any command on an unconnected queue
+            // this way (nvmet_parse_connect_cmd).
+            return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+        }
+        if let Err(status) = self.check_before_data(&sqe) {
+            return self.respond(cid, status, 0);
+        }
+        let sgl = sqe.sgl();
+        // Data direction from the opcode's low two bits (base 2.0 §5,; fabrics
+        // command types likewise, NVMe-oF 1.1): bit 0 is host to controller.
+        let direction = if sqe.opcode() == FABRICS_OPCODE {
+            sqe.fctype()
+        } else {
+            sqe.opcode()
+        } & 3;
+        let takes_host_data = direction & 1 != 0 && sgl.length > 0;
+        if sqe.psdt() == 0 && sgl.length > 0 {
+            return self.respond(cid, Status::INVALID_FIELD, 0);
+        }
+        let mut command = Command {
+            sqe,
+            data: Vec::new(),
+            host_data: if takes_host_data { sgl.length } else { 0 },
+            digest_failed: false,
+            state: CommandState::ReceivingData {
+                next: 0,
+                r2t_end: 0,
+            },
+        };
+        match sgl.descriptor_type {
+            _ if sgl.length == 0 && data.is_empty() => {}
+            sgl_type::IN_CAPSULE if takes_host_data => {
+                let start = usize::try_from(sgl.address).unwrap_or(usize::MAX);
+                let Some(bytes) = start
+                    .checked_add(sgl.length as usize)
+                    .and_then(|end| data.get(start..end))
+                else {
+                    return self.respond(cid, Status::SGL_OFFSET_INVALID, 0);
+                };
+                command.data = if start == 0 && bytes.len() == data.len() {
+                    data
+                } else {
+                    bytes.to_vec()
+                };
+            }
+            sgl_type::TRANSPORT if data.is_empty() => {
+                if sgl.length > self.config.max_transfer {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                if takes_host_data {
+                    self.commands.insert(cid, command);
+                    return self.solicit(cid);
+                }
+            }
+            _ => return self.respond(cid, Status::SGL_TYPE_INVALID, 0),
+        }
+        self.commands.insert(cid, command);
+        self.dispatch(cid);
+    }
+
+    /// Sends an R2T for the next piece of a command's host data (one R2T outstanding per
+    /// command, MAXR2T 0 suffices).
+    fn solicit(&mut self, cid: u16) {
+        let max = self.config.maxh2cdata();
+        let Some(command) = self.commands.get_mut(&cid) else {
+            return;
+        };
+        let offset = command.data.len() as u32;
+        let length = (command.host_data - offset).min(max);
+        command.state = CommandState::ReceivingData {
+            next: offset,
+            r2t_end: offset + length,
+        };
+        // The transfer tag is the command's CID: unique among outstanding commands.
+        let bytes = pdu::r2t(cid, cid, offset, length, &self.send);
+        self.actions.push_back(Action::Send(bytes));
+    }
+
+    /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
+    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Vec<u8>, digest_ok: bool, hdr: &[u8]) {
+        let Some(command) = self.commands.get_mut(&h.cccid) else {
+            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
+        };
+        let CommandState::ReceivingData { next, r2t_end } = command.state else {
+            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
+        };
+        if h.ttag != h.cccid {
+            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::TTAG_OFFSET, hdr);
+        }
+        if h.datao != next {
+            return self.terminate(Fes::DataOutOfRange, H2CDataHeader::DATAO_OFFSET, hdr);
+        }
+        let end = u64::from(h.datao) + u64::from(h.datal);
+        if end > u64::from(r2t_end) {
+            return self.terminate(Fes::DataOutOfRange, H2CDataHeader::DATAL_OFFSET, hdr);
+        }
+        let end = end as u32;
+        // LAST_PDU marks the last H2CData of an R2T, no sooner and no later.
+        if h.last != (end == r2t_end) {
+            return self.terminate(Fes::InvalidHeaderField, 1, hdr);
+        }
+        if command.data.is_empty() {
+            command.data = data;
+        } else {
+            command.data.extend_from_slice(&data);
+            crate::stats::count_payload_copy(data.len());
+        }
+        command.digest_failed |= !digest_ok;
+        command.state = CommandState::ReceivingData { next: end, r2t_end };
+        if end < r2t_end {
+            return;
+        }
+        if end < command.host_data {
+            return self.solicit(h.cccid);
+        }
+        if command.digest_failed {
+            // A data digest error fails the command with Transient Transport Error, not the
+            // connection: the header, and so the stream, was intact.
+            self.commands.remove(&h.cccid);
+            return self.respond(h.cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
+        }
+        self.dispatch(h.cccid);
+    }
+
+    /// Runs a command whose host data is all in.
+    fn dispatch(&mut self, cid: u16) {
+        let Some(command) = self.commands.get_mut(&cid) else {
+            return;
+        };
+        let sqe = command.sqe.clone();
+        let data = std::mem::take(&mut command.data);
+        let outcome = if sqe.opcode() == FABRICS_OPCODE {
+            self.fabrics_command(&sqe, &data)
+        } else if self.qid == 0 {
+            self.admin_command(&sqe)
+        } else {
+            self.io_command(&sqe, data)
+        };
+        match outcome {
+            Outcome::Complete(status, result) => {
+                self.commands.remove(&cid);
+                self.respond_about(cid, status, result, sqe.nsid(), 0)
+            }
+            Outcome::Data(bytes) => {
+                self.commands.remove(&cid);
+                let sgl_len = sqe.sgl().length as usize;
+                if sgl_len < bytes.len() {
+                    self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
+                } else {
+                    self.send_data(cid, Arc::new(bytes));
+                }
+            }
+            Outcome::Pending(io, lba) => {
+                let id = io.id;
+                self.executing.insert(id, cid);
+                if let Some(c) = self.commands.get_mut(&cid) {
+                    c.state = CommandState::Executing {
+                        op: io.op.clone(),
+                        lba,
+                        bytes: io.data.len() as u64,
+                    };
+                }
+                self.actions.push_back(Action::Execute(io));
+            }
+            Outcome::Held => {
+                if let Some(c) = self.commands.get_mut(&cid) {
+                    c.state = CommandState::Held;
+                }
+                // A held Asynchronous Event Request may take a notice at once.
+                self.deliver_notice();
+            }
+        }
+    }
+
+    /// A fresh I/O ID.
+    pub(super) fn next_io_id(&mut self) -> IoId {
+        let id = self.next_io;
+        self.next_io += 1;
+        id
+    }
+
+    /// A held command (Connect, Asynchronous Event Request) completes.
+    pub(super) fn complete(&mut self, cid: u16, status: Status, result: u64) {
+        self.commands.remove(&cid);
+        self.respond(cid, status, result);
+    }
+
+    /// Sends a CapsuleResp for `cid`.
+    pub(super) fn respond(&mut self, cid: u16, status: Status, result: u64) {
+        self.respond_about(cid, status, result, 0, 0)
+    }
+
+    /// Sends a CapsuleResp for `cid`, a command on namespace `nsid` at `lba`; a failure goes
+    /// to the controller's error log.
+    fn respond_about(&mut self, cid: u16, status: Status, result: u64, nsid: u32, lba: u64) {
+        if !status.is_success() {
+            if let Some(b) = &self.binding {
+                b.shared.record_error(self.qid, cid, status, nsid, lba);
+            }
+        }
+        let cqe = Completion {
+            result,
+            sqhd: self.sqhd,
+            sqid: self.qid,
+            cid,
+            status,
+        };
+        let bytes = pdu::capsule_resp(&cqe, &self.send);
+        self.actions.push_back(Action::Send(bytes));
+    }
+
+    /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
+    /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
+    /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
+    fn send_data(&mut self, cid: u16, data: Arc<Vec<u8>>) {
+        self.commands.remove(&cid);
+        if data.is_empty() {
+            return self.respond(cid, Status::SUCCESS, 0);
+        }
+        let mut pdu_flags = flags::LAST_PDU;
+        if self.sq_flow_disabled {
+            pdu_flags |= flags::SUCCESS;
+        }
+        let psh = c2h_data_psh(cid, 0, data.len() as u32);
+        let framed = pdu::frame(pdu_type::C2H_DATA, pdu_flags, &psh, &data, &self.send);
+        self.actions.push_back(Action::SendData {
+            head: framed.head,
+            range: 0..data.len(),
+            data,
+            tail: framed.tail,
+        });
+        if !self.sq_flow_disabled {
+            self.respond(cid, Status::SUCCESS, 0);
+        }
+    }
+
+    /// The Connect was accepted: the queue is live with these parameters.
+    pub(super) fn go_live(&mut self, connect: PendingConnect, binding: Binding) {
+        self.phase = Phase::Live;
+        self.qid = connect.qid;
+        self.sq_size = connect.sq_size;
+        self.sq_flow_disabled = connect.sq_flow_disabled;
+        // A Connect completes with the SQ head it left (one entry consumed).
+        self.sqhd = 1 % self.sq_size.max(1);
+        self.binding = Some(binding);
+        if self.qid != 0 {
+            self.limits.max_in_capsule = self.config.in_capsule_data;
+        } else {
+            self.limits.max_in_capsule = ADMIN_IN_CAPSULE_DATA;
+        }
+        self.deadline = None;
+    }
+
+    /// Marks Connect as waiting for the environment.
+    pub(super) fn await_connect(&mut self, pending: PendingConnect) {
+        self.pending_connect = Some(pending);
+        self.phase = Phase::Connecting;
+    }
+
+    /// The Connect was refused: the queue answers and waits for another Connect, as it does
+    /// after a Connect with invalid parameters (the host decides whether to retry or close).
+    pub(super) fn refuse_connect(&mut self, cid: u16, status: Status, result: u64) {
+        self.phase = Phase::AwaitingConnect;
+        self.complete(cid, status, result);
+        self.process();
+    }
+
+    /// Sets (or clears) the keep-alive deadline.
+    pub(super) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    pub(super) fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// Drops a held command without a completion.
+    pub(super) fn forget(&mut self, cid: u16) {
+        self.commands.remove(&cid);
+    }
+
+    /// Whether `cid` is a held command (an Asynchronous Event Request).
+    pub(super) fn is_held(&self, cid: u16) -> bool {
+        matches!(
+            self.commands.get(&cid),
+            Some(Command {
+                state: CommandState::Held,
+                ..
+            })
+        )
+    }
+
+    /// Sends a C2HTermReq and closes (NVMe/TCP 1.0 C2HTermReq PDU).
+    fn terminate(&mut self, fes: Fes, fei: u32, header: &[u8]) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.actions
+            .push_back(Action::Send(pdu::c2h_term_req(fes, fei, header)));
+        self.close(CloseReason::ProtocolError(format!(
+            "{fes:?} at byte {fei} of a {} PDU",
+            header.first().copied().unwrap_or(0xFF)
+        )));
+    }
+
+    pub(super) fn close(&mut self, reason: CloseReason) {
+        self.phase = Phase::Closed;
+        self.pending_connect = None;
+        self.commands.clear();
+        self.executing.clear();
+        self.actions.push_back(Action::Close(reason));
+    }
+}
