@@ -371,6 +371,18 @@ impl PartialEq<[u8]> for Buf {
     }
 }
 
+impl<const N: usize> PartialEq<[u8; N]> for Buf {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&[u8]> for Buf {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+
 impl PartialEq<Vec<u8>> for Buf {
     fn eq(&self, other: &Vec<u8>) -> bool {
         **self == **other

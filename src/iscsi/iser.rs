@@ -23,6 +23,7 @@ use super::connection::{
 use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
+use mem_ffi::Buf;
 
 /// Length of the iSER control-type header in front of every PDU.
 pub const ISER_HEADER_LEN: usize = 28;
@@ -131,8 +132,14 @@ pub enum FabricOp {
         bytes: Vec<u8>,
         invalidate: Option<u32>,
     },
-    /// RDMA Write `data` into the initiator's buffer at (stag, va).
-    RdmaWrite { stag: u32, va: u64, data: Vec<u8> },
+    /// RDMA Write bytes `range` of `data` (the task's read buffer, handed over until the write
+    /// completes) into the initiator's buffer at (stag, va).
+    RdmaWrite {
+        stag: u32,
+        va: u64,
+        data: Buf,
+        range: Range<usize>,
+    },
     /// RDMA Read `len` bytes from (stag, va); place them with
     /// [`IserConnection::rdma_read_destination`] and report with
     /// [`IserConnection::handle_rdma_read_complete`], or report
@@ -170,6 +177,14 @@ struct RemoteBuffers {
     unsolicited: u32,
 }
 
+/// One parsed Send.
+enum Received {
+    /// A whole PDU, with the buffers of a SCSI Command.
+    Pdu(Pdu, RemoteBuffers),
+    /// A SCSI Command in full feature phase, its immediate data already in its task buffer.
+    Command(pdu::ScsiCommand, Buf, RemoteBuffers),
+}
+
 /// An RDMA Read in flight: one piece of a write's solicited data.
 #[derive(Debug, Clone)]
 struct PendingRead {
@@ -183,7 +198,9 @@ struct PendingRead {
 /// the front) and which pieces have landed.
 #[derive(Debug)]
 struct IserWrite {
-    buffer: Vec<u8>,
+    /// The task's pool buffer, its length the whole transfer: bytes past `received` are not
+    /// the initiator's yet (old bytes of the pool until their RDMA Read lands).
+    buffer: Buf,
     /// Bytes in from offset 0, in order: what the core has been told.
     received: u32,
     /// Pieces that completed ahead of an earlier one (completions of one QP come in order, so
@@ -220,7 +237,7 @@ pub struct IserConnection {
     /// Writes whose data is being read, by task.
     writes: HashMap<TaskId, IserWrite>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Vec<u8>>,
+    complete: HashMap<TaskId, Buf>,
     /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
     /// the ExpDataSN of its SCSI Response.
     data_in_sequences: Option<(TaskId, u32)>,
@@ -274,7 +291,12 @@ impl IserConnection {
     /// The payload of one received Send.
     pub fn handle_receive(&mut self, message: &[u8], now: Instant) {
         match self.decode_receive(message, now) {
-            Ok(Some((pdu, buffers))) => self.core.handle_pdu_with_context(pdu, now, buffers),
+            Ok(Some(Received::Pdu(pdu, buffers))) => {
+                self.core.handle_pdu_with_context(pdu, now, buffers)
+            }
+            Ok(Some(Received::Command(h, buffer, buffers))) => self
+                .core
+                .handle_scsi_command_with_buffer(h, buffer, now, buffers),
             Ok(None) => {}
             Err(reason) => {
                 log::warn!("iSER receive: {reason}");
@@ -286,11 +308,7 @@ impl IserConnection {
 
     /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes); a SCSI
     /// Command comes with the buffers its iSER header advertises.
-    fn decode_receive(
-        &mut self,
-        message: &[u8],
-        now: Instant,
-    ) -> Result<Option<(Pdu, RemoteBuffers)>, String> {
+    fn decode_receive(&mut self, message: &[u8], now: Instant) -> Result<Option<Received>, String> {
         let header = IserHeader::decode(message).ok_or("Send shorter than the iSER header")?;
         match header.flags & 0xf0 {
             ISER_ISCSI_CTRL => {}
@@ -321,13 +339,25 @@ impl IserConnection {
                 ISER_HEADER_LEN + data_end
             ));
         }
-        // Immediate data (and text) is copied once, out of the receive buffer.
+        let data = &rest[data_start..data_end];
+        if let Ok(Header::ScsiCommand(h)) =
+            Header::decode(&rest[..BHS_LEN], &rest[BHS_LEN..data_start])
+        {
+            if self.core.is_full_feature() {
+                // Immediate data is copied once, out of the receive buffer into the task's
+                // buffer (sized for the whole transfer).
+                let capacity = self.core.command_buffer_capacity(&h, data.len());
+                let mut buffer = mem_ffi::pool::global().with_capacity(capacity);
+                buffer.extend_from_slice(data);
+                count_payload_copy(data.len());
+                let buffers = Self::remote_buffers(&header, data.len());
+                return Ok(Some(Received::Command(h, buffer, buffers)));
+            }
+        }
+        // Text (and anything before full feature phase) is copied once, out of the receive
+        // buffer.
         count_payload_copy(data_len);
-        let pdu = match Pdu::decode(
-            &rest[..BHS_LEN],
-            &rest[BHS_LEN..data_start],
-            rest[data_start..data_end].to_vec(),
-        ) {
+        let pdu = match Pdu::decode(&rest[..BHS_LEN], &rest[BHS_LEN..data_start], data.to_vec()) {
             Ok(pdu) => pdu,
             Err(error) => {
                 // Stream framing is not at stake (one PDU per Send): answer like over TCP.
@@ -343,15 +373,19 @@ impl IserConnection {
         };
         // STags count only on SCSI Commands (brief §3.3).
         let buffers = match &pdu.header {
-            Header::ScsiCommand(_) => RemoteBuffers {
-                read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
-                write: (header.flags & ISER_WSV != 0)
-                    .then_some((header.write_stag, header.write_va)),
-                unsolicited: pdu.data.len() as u32,
-            },
+            Header::ScsiCommand(_) => Self::remote_buffers(&header, pdu.data.len()),
             _ => RemoteBuffers::default(),
         };
-        Ok(Some((pdu, buffers)))
+        Ok(Some(Received::Pdu(pdu, buffers)))
+    }
+
+    /// The initiator's buffers a SCSI Command's iSER header advertises.
+    fn remote_buffers(header: &IserHeader, immediate: usize) -> RemoteBuffers {
+        RemoteBuffers {
+            read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
+            write: (header.flags & ISER_WSV != 0).then_some((header.write_stag, header.write_va)),
+            unsolicited: immediate as u32,
+        }
     }
 
     /// Where the bytes of RDMA Read `token` go: its piece of the task's buffer. `None` when the
@@ -542,10 +576,10 @@ impl IserConnection {
                 } => self.put_data(task, data, range),
                 Action::GetData {
                     task,
-                    immediate,
+                    buffer,
                     range,
                     ..
-                } => self.get_data(task, immediate, range),
+                } => self.get_data(task, buffer, range),
                 Action::Respond {
                     task,
                     status,
@@ -639,7 +673,7 @@ impl IserConnection {
     }
 
     /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
-    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, mut data: Vec<u8>, range: Range<u32>) {
+    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, data: Buf, range: Range<u32>) {
         let Some((stag, va)) = task.context.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
@@ -655,15 +689,14 @@ impl IserConnection {
         let max_burst = self.core.params().max_burst_length.max(512);
         let len = range.end.saturating_sub(range.start);
         self.data_in_sequences = Some((task.id, len.div_ceil(max_burst)));
-        data.truncate(range.end as usize);
-        if range.start > 0 {
-            data.drain(..(range.start as usize).min(data.len()));
-        }
-        if !data.is_empty() {
+        let end = (range.end as usize).min(data.len());
+        let start = (range.start as usize).min(end);
+        if start < end {
             self.emit(FabricOp::RdmaWrite {
                 stag,
                 va: va.wrapping_add(u64::from(range.start)),
                 data,
+                range: start..end,
             });
         }
     }
@@ -671,9 +704,9 @@ impl IserConnection {
     /// A write's solicited data → RDMA Reads of the whole range at once from WriteVA + (offset −
     /// immediate bytes) (brief §1 rule 8), in pieces of at most MaxBurstLength; the driver keeps
     /// as many in flight as the initiator's RDMA Read depth allows.
-    fn get_data(&mut self, task: TaskRef<RemoteBuffers>, immediate: Vec<u8>, range: Range<u32>) {
+    fn get_data(&mut self, task: TaskRef<RemoteBuffers>, buffer: Buf, range: Range<u32>) {
         if range.is_empty() {
-            self.complete.insert(task.id, immediate);
+            self.complete.insert(task.id, buffer);
             return;
         }
         let buffers = task.context;
@@ -693,8 +726,9 @@ impl IserConnection {
             ));
             return;
         };
-        let mut buffer = immediate;
-        buffer.resize(range.end as usize, 0);
+        let mut buffer = buffer;
+        // The core sized the buffer for the whole transfer.
+        buffer.set_len(range.end as usize);
         self.writes.insert(
             task.id,
             IserWrite {
@@ -977,7 +1011,7 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: vec![],
-            data_in: vec![0x5a; 8192],
+            data_in: mem_ffi::Buf::copy_from_slice(&vec![0x5a; 8192]),
             data_out_length: 0,
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -988,7 +1022,8 @@ mod tests {
             FabricOp::RdmaWrite {
                 stag: 0xabc,
                 va: 0x7000_0000,
-                data: vec![0x5a; 4096]
+                data: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
+                range: 0..4096,
             }
         );
         let FabricOp::Send { bytes, invalidate } = &ops[1] else {
@@ -1035,7 +1070,7 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: vec![],
-            data_in: if read { vec![1; 512] } else { vec![] },
+            data_in: mem_ffi::Buf::copy_from_slice(&if read { vec![1; 512] } else { vec![] }),
             data_out_length: if write { 512 } else { 0 },
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -1160,7 +1195,7 @@ mod tests {
         conn.handle_scsi_complete(
             read_task.id,
             ScsiOutcome {
-                data_in: vec![3; 8192],
+                data_in: mem_ffi::Buf::copy_from_slice(&vec![3; 8192]),
                 ..ScsiOutcome::good()
             },
         );
@@ -1535,7 +1570,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: vec![],
-                data_in: vec![1; 512],
+                data_in: mem_ffi::Buf::copy_from_slice(&vec![1; 512]),
                 data_out_length: 0,
             },
         );
@@ -1615,7 +1650,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: vec![],
-                data_in: vec![0; 512],
+                data_in: mem_ffi::Buf::copy_from_slice(&vec![0; 512]),
                 data_out_length: 0,
             },
         );

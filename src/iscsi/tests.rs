@@ -99,7 +99,7 @@ impl RamBackend {
         }
         match cdb[0] {
             0x28 => ScsiOutcome {
-                data_in: disk[range].to_vec(),
+                data_in: mem_ffi::Buf::copy_from_slice(&disk[range].to_vec()),
                 ..ScsiOutcome::good()
             },
             0x2a => {
@@ -1618,7 +1618,7 @@ fn read_with_sense_sends_a_separate_response() {
     pair.send_command(cmd, vec![]);
     let id = pair.deferred[0].id;
     let mut outcome = ScsiOutcome::check_condition(0x03, 0x11, 0x00);
-    outcome.data_in = vec![7; 512];
+    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]);
     pair.complete_deferred(id, outcome.clone());
     let pdus = pair.take();
     assert_eq!(pdus.len(), 2);
@@ -1646,7 +1646,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: pattern(2048, 1),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)),
             ..ScsiOutcome::good()
         },
     );
@@ -1666,7 +1666,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: pattern(1024, 1),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)),
             ..ScsiOutcome::good()
         },
     );
@@ -1881,7 +1881,7 @@ fn abort_running_task_holds_the_tmf_response() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: vec![1; 512],
+            data_in: mem_ffi::Buf::copy_from_slice(&vec![1; 512]),
             ..ScsiOutcome::good()
         },
     );

@@ -50,7 +50,7 @@ fn write_blocks(lu: &LogicalUnit, lba: u64, data: &[u8]) {
 fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u32) -> Vec<u8> {
     let o = exec(lu, &read16(lba, blocks), &[]);
     assert_good(&o);
-    o.data_in
+    o.data_in.to_vec()
 }
 
 #[test]

@@ -82,7 +82,7 @@ impl Client {
             target: 0,
             lun,
             cdb,
-            data_out,
+            data_out: mem_ffi::Buf::copy_from_slice(&data_out),
             expected_transfer_length,
             attribute: TaskAttr::Simple,
         });
@@ -99,7 +99,7 @@ impl Client {
     fn read(&self, lba: u64, blocks: u32) -> Vec<u8> {
         let o = self.exec(read16(lba, blocks), Vec::new());
         assert_eq!(o.status, status::GOOD, "{o:?}");
-        o.data_in
+        o.data_in.to_vec()
     }
 }
 

@@ -754,21 +754,33 @@ impl Driver {
                     .map_err(|e| format!("posting a Send: {e}"));
                 self.track(posted, wr_id, buffer, Kind::Send)
             }
-            FabricOp::RdmaWrite { stag, va, data } => {
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data: source,
+                range,
+            } => {
+                let data = &source[range.clone()];
                 if data.is_empty() {
                     return Ok((Posted::Yes, None));
                 }
+                let later = |source, range| FabricOp::RdmaWrite {
+                    stag,
+                    va,
+                    data: source,
+                    range,
+                };
                 if !self.room() {
-                    return Ok((Posted::Later, Some(FabricOp::RdmaWrite { stag, va, data })));
+                    return Ok((Posted::Later, Some(later(source, range))));
                 }
                 let Some(buffer) = self.stage(data.len())? else {
-                    return Ok((Posted::Later, Some(FabricOp::RdmaWrite { stag, va, data })));
+                    return Ok((Posted::Later, Some(later(source, range))));
                 };
                 let (mr, offset) = self.buffer_mr(&buffer);
                 let wr_id = self.next_wr();
                 count_payload_copy(data.len());
                 let posted = mr
-                    .write(offset, &data)
+                    .write(offset, data)
                     .and_then(|()| {
                         self.res
                             .qp
@@ -825,11 +837,19 @@ impl Driver {
         write: FabricOp,
         send: FabricOp,
     ) -> Result<Option<(FabricOp, FabricOp)>, String> {
-        let (FabricOp::RdmaWrite { stag, va, data }, FabricOp::Send { bytes, invalidate }) =
-            (&write, &send)
+        let (
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data,
+                range,
+            },
+            FabricOp::Send { bytes, invalidate },
+        ) = (&write, &send)
         else {
             unreachable!("called with an RDMA Write and a Send")
         };
+        let data = &data[range.clone()];
         if data.is_empty() || self.inflight.len() + 2 > self.res.max_send_wr {
             return if data.is_empty() {
                 self.pending.push_front(send);
@@ -1001,7 +1021,8 @@ mod tests {
                 .push_back(FabricOp::RdmaWrite {
                     stag: 1,
                     va: 0,
-                    data: vec![],
+                    data: mem_ffi::Buf::empty(),
+                    range: 0..0,
                 })
                 .unwrap();
         }
