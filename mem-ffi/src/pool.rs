@@ -34,12 +34,35 @@ const CLASSES: usize = 16;
 pub struct ArenaId(pub u32);
 
 /// One arena: its id and the memory it spans (`len` bytes from `addr`, page-aligned, mapped
-/// for the life of the process).
+/// for the life of the process). Only a pool makes them, so an `Arena` always names memory that
+/// stays mapped: what lets `rdma-ffi` register it safely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Arena {
-    pub id: ArenaId,
-    pub addr: usize,
-    pub len: usize,
+    id: ArenaId,
+    addr: usize,
+    len: usize,
+}
+
+impl Arena {
+    /// Its stable id.
+    pub fn id(&self) -> ArenaId {
+        self.id
+    }
+
+    /// Address of its first byte (page-aligned).
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it spans no bytes (never, for a pool's arena).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A free buffer: its start and the arena it belongs to.
@@ -293,6 +316,12 @@ impl Buf {
         let arenas = pool.arenas.lock().unwrap_or_else(|p| p.into_inner());
         arenas.get(self.arena.0 as usize).copied()
     }
+
+    /// Where the buffer starts inside its arena, in bytes (`None` for an empty buffer).
+    pub fn arena_offset(&self) -> Option<usize> {
+        let arena = self.arena_extent()?;
+        Some(self.ptr.as_ptr() as usize - arena.addr)
+    }
 }
 
 impl Default for Buf {
@@ -459,7 +488,7 @@ mod tests {
             .collect();
         assert_eq!(extents.len(), 2);
         for extent in extents {
-            assert_eq!(extent.len, 8 << 20);
+            assert_eq!(extent.len(), 8 << 20);
         }
     }
 
@@ -485,7 +514,7 @@ mod tests {
         let again = pool.alloc(16384);
         assert_eq!(pool.arenas().len(), 1, "threads shared one arena");
         let arena = again.arena_extent().unwrap();
-        assert!((arena.addr..arena.addr + arena.len).contains(&addr));
+        assert!((arena.addr()..arena.addr() + arena.len()).contains(&addr));
     }
 
     #[test]
@@ -495,11 +524,14 @@ mod tests {
         let b = pool.alloc(2 << 20);
         let ea = a.arena_extent().unwrap();
         let eb = b.arena_extent().unwrap();
-        assert_ne!(ea.id, eb.id);
+        assert_ne!(ea.id(), eb.id());
         for (buf, extent) in [(&a, ea), (&b, eb)] {
             let start = buf.as_ptr() as usize;
-            assert!(start >= extent.addr && start + buf.capacity() <= extent.addr + extent.len);
-            assert_eq!(extent.addr % PAGE, 0);
+            assert!(
+                start >= extent.addr() && start + buf.capacity() <= extent.addr() + extent.len()
+            );
+            assert_eq!(extent.addr() % PAGE, 0);
+            assert_eq!(buf.arena_offset(), Some(start - extent.addr()));
         }
         assert_eq!(pool.arenas(), vec![ea, eb]);
     }

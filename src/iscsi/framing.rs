@@ -103,7 +103,7 @@ pub struct Frame {
 /// buffer with room for it.
 pub trait DataSink {
     /// Bytes held so far.
-    fn len(&self) -> usize;
+    fn held(&self) -> usize;
     /// Appends `bytes`.
     fn append(&mut self, bytes: &[u8]);
     /// Drops everything from `len` on.
@@ -111,7 +111,7 @@ pub trait DataSink {
 }
 
 impl DataSink for Vec<u8> {
-    fn len(&self) -> usize {
+    fn held(&self) -> usize {
         Vec::len(self)
     }
     fn append(&mut self, bytes: &[u8]) {
@@ -123,7 +123,7 @@ impl DataSink for Vec<u8> {
 }
 
 impl DataSink for mem_ffi::Buf {
-    fn len(&self) -> usize {
+    fn held(&self) -> usize {
         <[u8]>::len(self)
     }
     fn append(&mut self, bytes: &[u8]) {
@@ -267,7 +267,7 @@ impl PduReader {
         frame: &Frame,
         out: &mut impl DataSink,
     ) -> Result<(), FrameError> {
-        let before = out.len();
+        let before = out.held();
         let mut crc = 0u32;
         let mut copied_in = false;
         self.for_each_piece(frame.data_start, frame.data_len, |piece, copied| {

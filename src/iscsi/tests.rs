@@ -99,7 +99,7 @@ impl RamBackend {
         }
         match cdb[0] {
             0x28 => ScsiOutcome {
-                data_in: mem_ffi::Buf::copy_from_slice(&disk[range].to_vec()),
+                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]),
                 ..ScsiOutcome::good()
             },
             0x2a => {
@@ -1881,7 +1881,7 @@ fn abort_running_task_holds_the_tmf_response() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&vec![1; 512]),
+            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
             ..ScsiOutcome::good()
         },
     );
