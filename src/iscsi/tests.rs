@@ -1156,6 +1156,32 @@ fn command_ahead_of_exp_cmd_sn_waits_for_the_gap() {
     assert_eq!(sequence(&r[1]).1, FIRST_CMD_SN + 2);
 }
 
+/// A WRITE whose immediate data the datamover placed in its pool buffer on receipt, but whose
+/// CmdSN is ahead of ExpCmdSN, waits for the gap like any command and keeps its data.
+#[test]
+fn held_write_keeps_its_immediate_data() {
+    let mut pair = logged_in(&[("ImmediateData", "Yes")]);
+    let data = pattern(1024, 7);
+    let first = pair.command(1, read10(0, 1), true, false, 512);
+    let mut write = pair.command(2, write10(0, 2), false, true, 1024);
+    write.cmd_sn = FIRST_CMD_SN + 1;
+    pair.send_command(write, data.clone());
+    assert!(pair.take().is_empty(), "held for the gap");
+    pair.send_command(first, vec![]);
+    let statuses: Vec<u8> = pair
+        .take()
+        .iter()
+        .filter_map(|p| match &p.header {
+            Header::ScsiResponse(h) => Some(h.status),
+            Header::DataIn(h) if h.status_present => Some(h.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, vec![0, 0]);
+    assert_eq!(pair.executed[1].data_out, data);
+    assert_eq!(read_back(&mut pair, 0, 2), data);
+}
+
 #[test]
 fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
     let mut pair = logged_in(&[]);
