@@ -16,3 +16,6 @@ pub mod iscsi;
 pub mod scsi;
 pub mod server;
 pub mod stats;
+
+/// The pool buffer that carries a command's payload through every layer.
+pub use mem_ffi::Buf;

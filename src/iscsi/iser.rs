@@ -400,9 +400,9 @@ impl IserConnection {
         }
     }
 
-    /// Where the bytes of RDMA Read `token` go: its piece of the task's buffer. `None` when the
-    /// task ended meanwhile (the bytes are not wanted).
-    #[cfg(test)]
+    /// The bytes RDMA Read `token` lands on, for a stand-in of the fabric (the tests, the fuzz
+    /// target) to write; the driver posts the read where [`IserConnection::rdma_read_placement`]
+    /// says instead. `None` when the task ended meanwhile (the bytes are not wanted).
     pub fn rdma_read_destination(&mut self, token: u64) -> Option<&mut [u8]> {
         let read = self.reads.get(&token)?;
         let write = self.writes.get_mut(&read.task)?;
