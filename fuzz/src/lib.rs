@@ -94,7 +94,8 @@ pub fn scsi_outcome(edtl: u32, selector: u8) -> ScsiOutcome {
         1 => ScsiOutcome {
             data_in: iser_target::Buf::copy_from_slice(&vec![
                 0xa5;
-                (edtl as usize).min(70_000) + selector as usize % 3 * 100
+                (edtl as usize).min(70_000)
+                    + selector as usize % 3 * 100
             ]),
             ..ScsiOutcome::good()
         },
