@@ -13,7 +13,10 @@
 //! there (zeroes for a new arena): always initialized memory, never another live buffer's, but
 //! unspecified. Every path that creates a buffer and lets its bytes reach an initiator must fill
 //! all of them first (a read fills the whole buffer or fails; a write buffer exposes only the
-//! bytes that arrived). Use [`Buf::zeroed`] or [`Buf::copy_from_slice`] where that is not so.
+//! bytes that arrived). [`Buf::copy_from_slice`] builds a buffer of exactly some bytes.
+//!
+//! The pool keeps its high-water mark: memory is never given back to the system (a transport
+//! may have registered it), so its size is that of the most buffers ever live at once.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -250,13 +253,6 @@ impl Buf {
     pub fn copy_from_slice(data: &[u8]) -> Buf {
         let mut buf = global().with_capacity(data.len());
         buf.extend_from_slice(data);
-        buf
-    }
-
-    /// A buffer of the global pool of `len` zero bytes.
-    pub fn zeroed(len: usize) -> Buf {
-        let mut buf = global().alloc(len);
-        buf.fill(0);
         buf
     }
 
