@@ -274,6 +274,8 @@ struct Driver {
     disconnected: bool,
     peer: String,
     wcs: Vec<WorkCompletion>,
+    /// The last received Send, copied out of its receive buffer (reused: no allocation per PDU).
+    received: Vec<u8>,
 }
 
 /// Runs one accepted connection to its end on the calling thread.
@@ -318,6 +320,7 @@ pub(super) fn serve(
         disconnected: false,
         peer,
         wcs: Vec::with_capacity(32),
+        received: Vec::new(),
     };
     if driver.shared.stopping() {
         driver.conn.handle_shutdown();
@@ -448,8 +451,11 @@ impl Driver {
             return self.fail(format!("receive completion for unknown area {area}"));
         };
         let offset = slot * self.res.recv_stride;
-        let mut message = vec![0u8; (wc.byte_len as usize).min(self.res.recv_stride)];
-        if let Err(e) = mr.read(offset, &mut message) {
+        let len = (wc.byte_len as usize).min(self.res.recv_stride);
+        if self.received.len() < len {
+            self.received.resize(self.res.recv_stride, 0);
+        }
+        if let Err(e) = mr.read(offset, &mut self.received[..len]) {
             return self.fail(format!("reading receive buffer {slot}: {e}"));
         }
         // Re-post before the PDU is handled, so the buffer is back before any response leaves.
@@ -465,8 +471,9 @@ impl Driver {
         if self.ending.is_some() {
             return;
         }
-        log::trace!("{} <- {} bytes", self.peer, message.len());
-        self.conn.handle_receive(&message, Instant::now());
+        log::trace!("{} <- {len} bytes", self.peer);
+        self.conn
+            .handle_receive(&self.received[..len], Instant::now());
     }
 
     fn on_send(&mut self, wc: &WorkCompletion) {
