@@ -18,3 +18,6 @@ pub mod nvme;
 pub mod scsi;
 pub mod server;
 pub mod stats;
+
+/// The pool buffer that carries a command's payload through every layer.
+pub use mem_ffi::Buf;

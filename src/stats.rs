@@ -1,4 +1,5 @@
-//! Counters of payload bytes copied in user space: SCSI data and PDU data segments, not headers.
+//! Counters of payload bytes copied in user space: SCSI data and PDU data segments, not headers;
+//! and of file and block transfers that take the O_DIRECT path.
 //!
 //! Every place on the data path that copies payload from one buffer of ours to another calls
 //! [`count_payload_copy`], so a benchmark can print bytes copied per command and show what each
@@ -63,6 +64,19 @@ pub fn count_payload_copy(bytes: usize) {
     // `try_with`: a copy made while the thread is being torn down is still counted globally.
     let _ = THREAD_COPIES.try_with(|c| c.set(c.get().wrapping_add(1)));
     let _ = THREAD_BYTES.try_with(|c| c.set(c.get().wrapping_add(bytes)));
+}
+
+static DIRECT_TRANSFERS: AtomicU64 = AtomicU64::new(0);
+
+/// Records one file or block transfer that goes through the O_DIRECT descriptor (buffer,
+/// offset and length aligned), bypassing the page cache.
+pub fn count_direct_transfer() {
+    DIRECT_TRANSFERS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// O_DIRECT transfers chosen by every thread since the process started.
+pub fn global_direct_transfers() -> u64 {
+    DIRECT_TRANSFERS.load(Ordering::Relaxed)
 }
 
 /// Payload copies made by every thread since the process started.

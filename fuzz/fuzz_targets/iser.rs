@@ -134,13 +134,19 @@ impl Harness {
                     assert!(!self.entered_full_feature, "EnterFullFeature twice");
                     self.entered_full_feature = true;
                 }
-                FabricOp::RdmaWrite { stag, va, data } => {
-                    assert!(!data.is_empty(), "empty RDMA Write");
+                FabricOp::RdmaWrite {
+                    stag,
+                    va,
+                    data,
+                    range,
+                } => {
+                    assert!(!range.is_empty(), "empty RDMA Write");
+                    assert!(range.end <= data.len(), "RDMA Write beyond its buffer");
                     self.check_valid(stag);
                     assert!(
-                        self.read_buffers.iter().any(|b| b.holds(stag, va, data.len() as u64)),
+                        self.read_buffers.iter().any(|b| b.holds(stag, va, range.len() as u64)),
                         "RDMA Write of {} bytes at {stag:#x}:{va:#x} outside every advertised read buffer {:?}",
-                        data.len(),
+                        range.len(),
                         self.read_buffers
                     );
                 }

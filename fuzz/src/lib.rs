@@ -92,7 +92,11 @@ pub fn scsi_outcome(edtl: u32, selector: u8) -> ScsiOutcome {
     match selector % 4 {
         0 => ScsiOutcome::good(),
         1 => ScsiOutcome {
-            data_in: vec![0xa5; (edtl as usize).min(70_000) + selector as usize % 3 * 100],
+            data_in: iser_target::Buf::copy_from_slice(&vec![
+                0xa5;
+                (edtl as usize).min(70_000)
+                    + selector as usize % 3 * 100
+            ]),
             ..ScsiOutcome::good()
         },
         2 => ScsiOutcome::check_condition(5, 0x24, 0),

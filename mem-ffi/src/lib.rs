@@ -1,13 +1,17 @@
 //! Memory the target manages itself, and the only place outside `rdma-ffi` where `unsafe` code
 //! is allowed for it.
 //!
-//! Today this is [`CountingAllocator`], a global allocator that wraps the system allocator and
-//! counts allocations, so a benchmark can print allocations per command. It is installed with
-//! `#[global_allocator]` in benchmark binaries only, never in the server. Registered, page-aligned
-//! I/O buffers carried by handle will live here too.
+//! - [`Pool`] and [`Buf`]: page-aligned I/O buffers from `mmap` arenas, recycled through free
+//!   lists, carried by handle through the data path so that io_uring can use O_DIRECT and iSER
+//!   can RDMA straight from and into them (see [`pool`]).
+//! - [`CountingAllocator`], a global allocator that wraps the system allocator and counts
+//!   allocations, so a benchmark can print allocations per command. It is installed with
+//!   `#[global_allocator]` in benchmark binaries only, never in the server.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 
 mod counting;
+pub mod pool;
 
 pub use counting::{AllocCounts, CountingAllocator};
+pub use pool::{Arena, ArenaId, Buf, Pool};

@@ -261,7 +261,9 @@ pub struct MemoryRegion {
     mr: NonNull<ibv_mr>,
     buf: NonNull<u8>,
     len: usize,
-    layout: Layout,
+    /// The allocation behind `buf` when the region owns it; `None` for a registered pool arena
+    /// (memory of `mem_ffi`, mapped for the life of the process).
+    layout: Option<Layout>,
     access: Access,
     /// Serialises CPU copies in/out of the buffer between threads.
     cpu: Mutex<()>,
@@ -333,11 +335,63 @@ impl MemoryRegion {
             mr,
             buf,
             len,
-            layout,
+            layout: Some(layout),
             access,
             cpu: Mutex::new(()),
             _pd: pd.clone(),
         }))
+    }
+
+    /// Registers an arena of a `mem_ffi` buffer pool on `pd` with `access`, so work requests
+    /// can move data straight from and into the pool's buffers (addressed by their offset in the
+    /// arena, [`mem_ffi::Buf::arena_offset`]). The region does not own the memory: arenas stay
+    /// mapped for the life of the process, so deregistering is all its drop does. It has no CPU
+    /// accessors ([`MemoryRegion::read`], [`MemoryRegion::write`] and [`MemoryRegion::fill`]
+    /// fail): the bytes belong to the buffers, and whoever posts a work request over a range
+    /// must own the `Buf` there and keep it until the completion.
+    pub fn register_arena(
+        pd: &Arc<ProtectionDomain>,
+        arena: &mem_ffi::Arena,
+        access: Access,
+    ) -> Result<Arc<Self>> {
+        let buf = NonNull::new(arena.addr() as *mut u8)
+            .ok_or_else(|| Error::Invalid("arena at address 0".into()))?;
+        if arena.is_empty() {
+            return Err(Error::Invalid("memory region length 0".into()));
+        }
+        // SAFETY: a `mem_ffi::Arena` is made only by its pool and names `len` bytes of mapped
+        // memory that is never unmapped, so it outlives the registration.
+        let mr = unsafe {
+            ibv_reg_mr(
+                pd.raw.as_ptr(),
+                buf.as_ptr() as *mut libc::c_void,
+                arena.len(),
+                access.0 as i32,
+            )
+        };
+        let Some(mr) = NonNull::new(mr) else {
+            return Err(Error::last_os("ibv_reg_mr"));
+        };
+        inc(&LIVE_MRS);
+        Ok(Arc::new(MemoryRegion {
+            mr,
+            buf,
+            len: arena.len(),
+            layout: None,
+            access,
+            cpu: Mutex::new(()),
+            _pd: pd.clone(),
+        }))
+    }
+
+    /// CPU accessors work on regions that own their buffer only.
+    fn check_cpu_range(&self, offset: usize, len: usize) -> Result<()> {
+        if self.layout.is_none() {
+            return Err(Error::Invalid(
+                "a registered pool arena is accessed through its buffers".into(),
+            ));
+        }
+        self.check_range(offset, len)
     }
 
     /// Local key.
@@ -387,7 +441,7 @@ impl MemoryRegion {
     /// mix of old and new bytes (no undefined behaviour: no reference to the
     /// shared memory is ever formed).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        self.check_range(offset, out.len())?;
+        self.check_cpu_range(offset, out.len())?;
         let _g = lock(&self.cpu);
         // SAFETY: range checked; source is our live allocation, destination
         // a distinct Rust slice; CPU writers are excluded by `cpu`.
@@ -404,7 +458,7 @@ impl MemoryRegion {
     /// Copy `data` into the buffer at `offset`. Writing bytes that a posted
     /// WR is sending/receiving gives unspecified (but not undefined) results.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len())?;
+        self.check_cpu_range(offset, data.len())?;
         let _g = lock(&self.cpu);
         // SAFETY: range checked; destination is our live allocation, source a
         // distinct Rust slice; other CPU accessors are excluded by `cpu`.
@@ -416,7 +470,7 @@ impl MemoryRegion {
 
     /// Fill `len` bytes at `offset` with `byte`.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
-        self.check_range(offset, len)?;
+        self.check_cpu_range(offset, len)?;
         let _g = lock(&self.cpu);
         // SAFETY: range checked; our live allocation; CPU accessors excluded.
         unsafe { std::ptr::write_bytes(self.buf.as_ptr().add(offset), byte, len) };
@@ -432,7 +486,7 @@ impl MemoryRegion {
 
     /// Mutable variant of [`as_slice`](Self::as_slice), same conditions.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if self.access.is_remote() {
+        if self.access.is_remote() || self.layout.is_none() {
             return None;
         }
         // SAFETY: `&mut self` proves no QP holds a clone of the Arc (so no
@@ -464,9 +518,9 @@ impl Drop for MemoryRegion {
                 self.len
             );
             LEAKED_MRS.fetch_add(1, Ordering::SeqCst);
-        } else {
-            // SAFETY: deregistered: the device can no longer touch it.
-            unsafe { std::alloc::dealloc(self.buf.as_ptr(), self.layout) };
+        } else if let Some(layout) = self.layout {
+            // SAFETY: deregistered: the device can no longer touch it; allocated with `layout`.
+            unsafe { std::alloc::dealloc(self.buf.as_ptr(), layout) };
         }
         dec(&LIVE_MRS);
     }

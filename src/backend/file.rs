@@ -104,7 +104,10 @@ impl BackendFiles {
             && len % DIRECT_ALIGN == 0
             && offset % DIRECT_ALIGN as u64 == 0;
         match &self.direct {
-            Some(d) if aligned => d,
+            Some(d) if aligned => {
+                crate::stats::count_direct_transfer();
+                d
+            }
             _ => &self.buffered,
         }
     }

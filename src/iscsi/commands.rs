@@ -14,6 +14,8 @@ use super::pdu::{
 };
 use super::tasks::{Task, TaskState};
 use crate::scsi::{ScsiOutcome, TaskAttr};
+use crate::stats::count_payload_copy;
+use mem_ffi::Buf;
 
 /// TMF function codes (RFC 7143 §11.5.1).
 mod tmf {
@@ -52,12 +54,7 @@ pub(super) struct PendingTmf {
 }
 
 impl<C: Clone + Debug> Connection<C> {
-    pub(super) fn handle_scsi_command(
-        &mut self,
-        h: ScsiCommand,
-        immediate_data: Vec<u8>,
-        context: C,
-    ) {
+    pub(super) fn handle_scsi_command(&mut self, h: ScsiCommand, immediate_data: Buf, context: C) {
         if h.immediate && self.tasks.len() >= self.outstanding_limit() {
             log::warn!(
                 "{}: rejecting immediate command ITT {:#x}: {} tasks outstanding",
@@ -65,12 +62,12 @@ impl<C: Clone + Debug> Connection<C> {
                 h.itt,
                 self.tasks.len()
             );
-            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
+            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data.to_vec());
             self.reject_pdu(reject_reason::TOO_MANY_IMMEDIATE_COMMANDS, &pdu);
             return;
         }
         if self.tasks.id_of_itt(h.itt).is_some() {
-            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
+            let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data.to_vec());
             self.reject_pdu(reject_reason::INVALID_PDU_FIELD, &pdu);
             return;
         }
@@ -95,7 +92,7 @@ impl<C: Clone + Debug> Connection<C> {
         if !immediate_data.is_empty() {
             let limit = edtl.min(self.params.first_burst_length);
             if !h.write || !self.params.immediate_data || immediate_data.len() as u32 > limit {
-                let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data);
+                let pdu = Pdu::with_data(Header::ScsiCommand(h), immediate_data.to_vec());
                 self.reject_pdu(reject_reason::PROTOCOL_ERROR, &pdu);
                 return;
             }
@@ -127,11 +124,19 @@ impl<C: Clone + Debug> Connection<C> {
         };
         let id = self.tasks.insert(task);
         if write {
+            let mut buffer = immediate_data;
+            if buffer.capacity() < edtl as usize {
+                // The transport left no room for the rest of the transfer.
+                let mut whole = mem_ffi::pool::global().with_capacity(edtl as usize);
+                whole.extend_from_slice(&buffer);
+                count_payload_copy(buffer.len());
+                buffer = whole;
+            }
             let numbers = self.sequence_numbers();
             let task = self.task_ref(id).expect("just inserted");
             self.actions.push_back(Action::GetData {
                 task,
-                immediate: immediate_data,
+                buffer,
                 range: received..edtl,
                 unsolicited_end,
                 numbers,
@@ -270,7 +275,7 @@ impl<C: Clone + Debug> Connection<C> {
             target,
             lun: task.lun,
             cdb: std::mem::take(&mut task.cdb),
-            data_out: Vec::new(),
+            data_out: Buf::empty(),
             expected_transfer_length: task.expected_length,
             attribute,
         };

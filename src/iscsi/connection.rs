@@ -26,12 +26,13 @@ use super::commands::PendingTmf;
 use super::framing::{FrameError, FrameSettings};
 use super::login::LoginState;
 use super::pdu::{
-    self, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, TextRequest,
-    TextResponse, RESERVED_TAG,
+    self, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, ScsiCommand,
+    TextRequest, TextResponse, RESERVED_TAG,
 };
 use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::TaskAttr;
+use mem_ffi::Buf;
 
 /// A target as the core needs to know it: name, ACL, credentials and LUN numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +217,9 @@ pub struct ScsiTask {
     /// Decoded LUN number (`u64::MAX` when the LUN field was undecodable).
     pub lun: u64,
     pub cdb: Vec<u8>,
-    pub data_out: Vec<u8>,
+    /// The write data the datamover brought in (empty for commands without Data-Out): the
+    /// task's pool buffer itself, which the backend writes from.
+    pub data_out: Buf,
     pub expected_transfer_length: u32,
     pub attribute: TaskAttr,
 }
@@ -332,22 +335,23 @@ pub enum Action<C = ()> {
     /// Transmit this control PDU (login, text, NOP-In, Reject, TMF and Logout responses); it
     /// belongs to no task.
     Send(Pdu),
-    /// Send bytes `range` of `data`, the task's Data-In buffer, to the initiator at the same
-    /// offsets. [`Action::Respond`] follows at once.
+    /// Send bytes `range` of `data`, the task's Data-In buffer (the pool buffer the backend
+    /// read into), to the initiator at the same offsets. [`Action::Respond`] follows at once.
     PutData {
         task: TaskRef<C>,
-        data: Vec<u8>,
+        data: Buf,
         range: std::ops::Range<u32>,
         numbers: SequenceNumbers,
     },
-    /// A write task: its data-out buffer starts with `immediate` (bytes `0..range.start`, which
-    /// came with the command); bring the initiator's data for `range` into it and report each
-    /// in-order piece with [`Connection::handle_data_received`]. The initiator may send
+    /// A write task: `buffer` is its whole data-out buffer (capacity for `range.end` bytes),
+    /// holding the immediate data (its length, `range.start` bytes, came with the command);
+    /// bring the initiator's data for `range` into it and report each in-order piece with
+    /// [`Connection::handle_data_received`]. The initiator may send
     /// `range.start..unsolicited_end` unsolicited (InitialR2T=No); the rest must be solicited.
     /// An empty `range` asks for nothing: all data came with the command.
     GetData {
         task: TaskRef<C>,
-        immediate: Vec<u8>,
+        buffer: Buf,
         range: std::ops::Range<u32>,
         unsolicited_end: u32,
         numbers: SequenceNumbers,
@@ -369,7 +373,7 @@ pub enum Action<C = ()> {
     /// Settle session identity; answer with [`Connection::handle_session_bound`].
     BindSession(BindRequest),
     /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`]. The
-    /// datamover fills `data_out` from the buffer it brought the write data into.
+    /// datamover puts the buffer it brought the write data into in `data_out`.
     Execute(ScsiTask),
     /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset
     /// clears (SPC-2 reservations) on the session's target. No answer.
@@ -729,6 +733,62 @@ impl<C: Clone + Debug> Connection<C> {
         }
     }
 
+    /// A SCSI Command PDU whose immediate data the transport has already placed in `buffer`
+    /// (see [`Connection::command_buffer_capacity`]), so it is not copied again. A command that
+    /// is not dispatched at once (a CmdSN gap, not full feature phase, a discovery session)
+    /// takes the path of [`Connection::handle_pdu_with_context`].
+    pub fn handle_scsi_command_with_buffer(
+        &mut self,
+        h: ScsiCommand,
+        buffer: Buf,
+        now: Instant,
+        context: C,
+    ) {
+        let dispatchable = matches!(self.phase, Phase::FullFeature)
+            && !self.discovery
+            && (h.immediate
+                || (h.cmd_sn == self.exp_cmd_sn && !sn_lt(self.max_cmd_sn(), h.cmd_sn)));
+        if !dispatchable {
+            let pdu = Pdu::with_data(Header::ScsiCommand(h), buffer.to_vec());
+            self.handle_pdu_with_context(pdu, now, context);
+            return;
+        }
+        self.last_activity = now;
+        if !h.immediate {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+        }
+        self.handle_scsi_command(h, buffer, context);
+        if !matches!(self.phase, Phase::FullFeature) {
+            return;
+        }
+        self.dispatch_held();
+    }
+
+    /// Capacity of the buffer for a command's data-out whose immediate data is `immediate_len`
+    /// bytes: the whole transfer of a write (bounded by the transfer limit; a longer one is
+    /// refused anyway), else just the data that came.
+    pub fn command_buffer_capacity(&self, h: &ScsiCommand, immediate_len: usize) -> usize {
+        let whole = if h.write {
+            h.expected_data_length.min(self.config.max_transfer_length) as usize
+        } else {
+            0
+        };
+        whole.max(immediate_len)
+    }
+
+    /// The pool buffer for a command that arrived as a whole PDU: its immediate data copied in
+    /// (the one copy of those bytes in the core), room for the rest of the transfer.
+    fn command_buffer(&self, h: &ScsiCommand, data: &[u8]) -> Buf {
+        let capacity = self.command_buffer_capacity(h, data.len());
+        if capacity == 0 {
+            return Buf::empty();
+        }
+        let mut buffer = mem_ffi::pool::global().with_capacity(capacity);
+        buffer.extend_from_slice(data);
+        crate::stats::count_payload_copy(data.len());
+        buffer
+    }
+
     /// Answer to [`Action::BindSession`].
     pub fn handle_session_bound(&mut self, result: Result<u16, LoginStatus>) {
         let state = match std::mem::replace(&mut self.phase, Phase::Closed) {
@@ -842,7 +902,10 @@ impl<C: Clone + Debug> Connection<C> {
         }
         let Pdu { header, data } = pdu;
         match header {
-            Header::ScsiCommand(h) => self.handle_scsi_command(h, data, context),
+            Header::ScsiCommand(h) => {
+                let buffer = self.command_buffer(&h, &data);
+                self.handle_scsi_command(h, buffer, context)
+            }
             Header::TaskMgmtRequest(h) => self.handle_tmf(h),
             Header::TextRequest(h) => self.handle_text(h, data),
             Header::LogoutRequest(h) => self.handle_logout(h),

@@ -99,6 +99,41 @@ pub struct Frame {
     data_digest: bool,
 }
 
+/// Where [`PduReader::take_data_into`] appends a PDU's data: a `Vec`, or a command's pool
+/// buffer with room for it.
+pub trait DataSink {
+    /// Bytes held so far.
+    fn held(&self) -> usize;
+    /// Appends `bytes`.
+    fn append(&mut self, bytes: &[u8]);
+    /// Drops everything from `len` on.
+    fn truncate(&mut self, len: usize);
+}
+
+impl DataSink for Vec<u8> {
+    fn held(&self) -> usize {
+        Vec::len(self)
+    }
+    fn append(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+impl DataSink for mem_ffi::Buf {
+    fn held(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn append(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn truncate(&mut self, len: usize) {
+        mem_ffi::Buf::truncate(self, len);
+    }
+}
+
 impl PduReader {
     /// An empty reader.
     pub fn new() -> Self {
@@ -227,12 +262,16 @@ impl PduReader {
     /// Consumes `frame` (the one [`PduReader::next_frame`] just returned, nothing taken since),
     /// appending its data segment to `out`:
     /// the one copy of those bytes. On a data digest mismatch `out` is left as it was.
-    pub fn take_data_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        let before = out.len();
+    pub fn take_data_into(
+        &mut self,
+        frame: &Frame,
+        out: &mut impl DataSink,
+    ) -> Result<(), FrameError> {
+        let before = out.held();
         let mut crc = 0u32;
         let mut copied_in = false;
         self.for_each_piece(frame.data_start, frame.data_len, |piece, copied| {
-            out.extend_from_slice(piece);
+            out.append(piece);
             crc = crc32c::crc32c_append(crc, piece);
             copied_in |= copied;
         });

@@ -23,6 +23,7 @@ use super::connection::{
 use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
+use mem_ffi::Buf;
 
 /// Length of the iSER control-type header in front of every PDU.
 pub const ISER_HEADER_LEN: usize = 28;
@@ -131,10 +132,16 @@ pub enum FabricOp {
         bytes: Vec<u8>,
         invalidate: Option<u32>,
     },
-    /// RDMA Write `data` into the initiator's buffer at (stag, va).
-    RdmaWrite { stag: u32, va: u64, data: Vec<u8> },
-    /// RDMA Read `len` bytes from (stag, va); place them with
-    /// [`IserConnection::rdma_read_destination`] and report with
+    /// RDMA Write bytes `range` of `data` (the task's read buffer, handed over until the write
+    /// completes) into the initiator's buffer at (stag, va).
+    RdmaWrite {
+        stag: u32,
+        va: u64,
+        data: Buf,
+        range: Range<usize>,
+    },
+    /// RDMA Read `len` bytes from (stag, va) straight into the task's buffer, where
+    /// [`IserConnection::rdma_read_placement`] says, and report with
     /// [`IserConnection::handle_rdma_read_complete`], or report
     /// [`IserConnection::handle_rdma_read_failed`].
     RdmaRead {
@@ -170,6 +177,22 @@ struct RemoteBuffers {
     unsolicited: u32,
 }
 
+/// Where an RDMA Read lands: `len` bytes at `offset` of a pool arena (inside the task's buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPlacement {
+    pub arena: mem_ffi::Arena,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// One parsed Send.
+enum Received {
+    /// A whole PDU, with the buffers of a SCSI Command.
+    Pdu(Pdu, RemoteBuffers),
+    /// A SCSI Command in full feature phase, its immediate data already in its task buffer.
+    Command(pdu::ScsiCommand, Buf, RemoteBuffers),
+}
+
 /// An RDMA Read in flight: one piece of a write's solicited data.
 #[derive(Debug, Clone)]
 struct PendingRead {
@@ -183,7 +206,9 @@ struct PendingRead {
 /// the front) and which pieces have landed.
 #[derive(Debug)]
 struct IserWrite {
-    buffer: Vec<u8>,
+    /// The task's pool buffer, its length the whole transfer: bytes past `received` are not
+    /// the initiator's yet (old bytes of the pool until their RDMA Read lands).
+    buffer: Buf,
     /// Bytes in from offset 0, in order: what the core has been told.
     received: u32,
     /// Pieces that completed ahead of an earlier one (completions of one QP come in order, so
@@ -220,7 +245,10 @@ pub struct IserConnection {
     /// Writes whose data is being read, by task.
     writes: HashMap<TaskId, IserWrite>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Vec<u8>>,
+    complete: HashMap<TaskId, Buf>,
+    /// Buffers of writes that ended while RDMA Reads into them were in flight: kept until the
+    /// last of those completes, so the pool never hands out memory the NIC may still write.
+    retired: HashMap<TaskId, Buf>,
     /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
     /// the ExpDataSN of its SCSI Response.
     data_in_sequences: Option<(TaskId, u32)>,
@@ -255,6 +283,7 @@ impl IserConnection {
             reads: HashMap::new(),
             writes: HashMap::new(),
             complete: HashMap::new(),
+            retired: HashMap::new(),
             data_in_sequences: None,
             next_token: 1,
             held: VecDeque::new(),
@@ -274,7 +303,12 @@ impl IserConnection {
     /// The payload of one received Send.
     pub fn handle_receive(&mut self, message: &[u8], now: Instant) {
         match self.decode_receive(message, now) {
-            Ok(Some((pdu, buffers))) => self.core.handle_pdu_with_context(pdu, now, buffers),
+            Ok(Some(Received::Pdu(pdu, buffers))) => {
+                self.core.handle_pdu_with_context(pdu, now, buffers)
+            }
+            Ok(Some(Received::Command(h, buffer, buffers))) => self
+                .core
+                .handle_scsi_command_with_buffer(h, buffer, now, buffers),
             Ok(None) => {}
             Err(reason) => {
                 log::warn!("iSER receive: {reason}");
@@ -286,11 +320,7 @@ impl IserConnection {
 
     /// Parses one Send: iSER header, then a whole PDU (no digests, at most 3 pad bytes); a SCSI
     /// Command comes with the buffers its iSER header advertises.
-    fn decode_receive(
-        &mut self,
-        message: &[u8],
-        now: Instant,
-    ) -> Result<Option<(Pdu, RemoteBuffers)>, String> {
+    fn decode_receive(&mut self, message: &[u8], now: Instant) -> Result<Option<Received>, String> {
         let header = IserHeader::decode(message).ok_or("Send shorter than the iSER header")?;
         match header.flags & 0xf0 {
             ISER_ISCSI_CTRL => {}
@@ -321,13 +351,25 @@ impl IserConnection {
                 ISER_HEADER_LEN + data_end
             ));
         }
-        // Immediate data (and text) is copied once, out of the receive buffer.
+        let data = &rest[data_start..data_end];
+        if let Ok(Header::ScsiCommand(h)) =
+            Header::decode(&rest[..BHS_LEN], &rest[BHS_LEN..data_start])
+        {
+            if self.core.is_full_feature() {
+                // Immediate data is copied once, out of the receive buffer into the task's
+                // buffer (sized for the whole transfer).
+                let capacity = self.core.command_buffer_capacity(&h, data.len());
+                let mut buffer = mem_ffi::pool::global().with_capacity(capacity);
+                buffer.extend_from_slice(data);
+                count_payload_copy(data.len());
+                let buffers = Self::remote_buffers(&header, data.len());
+                return Ok(Some(Received::Command(h, buffer, buffers)));
+            }
+        }
+        // Text (and anything before full feature phase) is copied once, out of the receive
+        // buffer.
         count_payload_copy(data_len);
-        let pdu = match Pdu::decode(
-            &rest[..BHS_LEN],
-            &rest[BHS_LEN..data_start],
-            rest[data_start..data_end].to_vec(),
-        ) {
+        let pdu = match Pdu::decode(&rest[..BHS_LEN], &rest[BHS_LEN..data_start], data.to_vec()) {
             Ok(pdu) => pdu,
             Err(error) => {
                 // Stream framing is not at stake (one PDU per Send): answer like over TCP.
@@ -343,19 +385,24 @@ impl IserConnection {
         };
         // STags count only on SCSI Commands (brief §3.3).
         let buffers = match &pdu.header {
-            Header::ScsiCommand(_) => RemoteBuffers {
-                read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
-                write: (header.flags & ISER_WSV != 0)
-                    .then_some((header.write_stag, header.write_va)),
-                unsolicited: pdu.data.len() as u32,
-            },
+            Header::ScsiCommand(_) => Self::remote_buffers(&header, pdu.data.len()),
             _ => RemoteBuffers::default(),
         };
-        Ok(Some((pdu, buffers)))
+        Ok(Some(Received::Pdu(pdu, buffers)))
     }
 
-    /// Where the bytes of RDMA Read `token` go: its piece of the task's buffer. `None` when the
-    /// task ended meanwhile (the bytes are not wanted).
+    /// The initiator's buffers a SCSI Command's iSER header advertises.
+    fn remote_buffers(header: &IserHeader, immediate: usize) -> RemoteBuffers {
+        RemoteBuffers {
+            read: (header.flags & ISER_RSV != 0).then_some((header.read_stag, header.read_va)),
+            write: (header.flags & ISER_WSV != 0).then_some((header.write_stag, header.write_va)),
+            unsolicited: immediate as u32,
+        }
+    }
+
+    /// The bytes RDMA Read `token` lands on, for a stand-in of the fabric (the tests, the fuzz
+    /// target) to write; the driver posts the read where [`IserConnection::rdma_read_placement`]
+    /// says instead. `None` when the task ended meanwhile (the bytes are not wanted).
     pub fn rdma_read_destination(&mut self, token: u64) -> Option<&mut [u8]> {
         let read = self.reads.get(&token)?;
         let write = self.writes.get_mut(&read.task)?;
@@ -364,8 +411,38 @@ impl IserConnection {
             .get_mut(read.range.start as usize..read.range.end as usize)
     }
 
-    /// An RDMA Read finished (its bytes placed through
-    /// [`IserConnection::rdma_read_destination`]): the core learns which data-out is in.
+    /// Where RDMA Read `token` lands: its piece of the task's pool buffer, as the buffer's arena
+    /// (for the memory registration that covers it) and the byte offset in that arena. `None`
+    /// when the read is no longer wanted (its task ended before it was posted): report it
+    /// complete without posting it.
+    pub fn rdma_read_placement(&self, token: u64) -> Option<ReadPlacement> {
+        let read = self.reads.get(&token)?;
+        let write = self.writes.get(&read.task)?;
+        let range = read.range.start as usize..read.range.end as usize;
+        write.buffer.get(range.clone())?;
+        Some(ReadPlacement {
+            arena: write.buffer.arena_extent()?,
+            offset: write.buffer.arena_offset()? + range.start,
+            len: range.len(),
+        })
+    }
+
+    /// Forgets (leaks) the buffers that RDMA Reads still in flight may write: for a teardown
+    /// whose QP drain failed, when the device may still write them.
+    pub fn leak_buffers_under_reads(&mut self) {
+        let tasks: Vec<TaskId> = self.reads.values().map(|r| r.task).collect();
+        for task in tasks {
+            if let Some(write) = self.writes.remove(&task) {
+                std::mem::forget(write.buffer);
+            }
+            if let Some(buffer) = self.retired.remove(&task) {
+                std::mem::forget(buffer);
+            }
+        }
+    }
+
+    /// An RDMA Read finished (its bytes landed where [`IserConnection::rdma_read_placement`]
+    /// said): the core learns which data-out is in.
     pub fn handle_rdma_read_complete(&mut self, token: u64, now: Instant) {
         self.core.record_activity(now);
         if let Some(read) = self.read_finished(token) {
@@ -376,7 +453,9 @@ impl IserConnection {
 
     /// An RDMA Read failed (remote access error, flush): the connection cannot go on.
     pub fn handle_rdma_read_failed(&mut self, token: u64) {
-        self.reads.remove(&token);
+        if let Some(read) = self.reads.remove(&token) {
+            self.release_retired(read.task);
+        }
         let reason = CloseReason::ProtocolError("RDMA Read failed".into());
         // At once: whatever is held (a Logout Response) must not go out on a broken connection.
         self.close_at_once(reason.clone());
@@ -414,7 +493,16 @@ impl IserConnection {
         for held in &mut self.held {
             held.waits_for.retain(|t| *t != token);
         }
-        self.reads.remove(&token)
+        let read = self.reads.remove(&token)?;
+        self.release_retired(read.task);
+        Some(read)
+    }
+
+    /// Returns an ended write's buffer to the pool once no RDMA Read into it is in flight.
+    fn release_retired(&mut self, task: TaskId) {
+        if self.retired.contains_key(&task) && !self.reads.values().any(|r| r.task == task) {
+            self.retired.remove(&task);
+        }
     }
 
     /// Answer to [`FabricOp::BindSession`].
@@ -542,10 +630,10 @@ impl IserConnection {
                 } => self.put_data(task, data, range),
                 Action::GetData {
                     task,
-                    immediate,
+                    buffer,
                     range,
                     ..
-                } => self.get_data(task, immediate, range),
+                } => self.get_data(task, buffer, range),
                 Action::Respond {
                     task,
                     status,
@@ -598,7 +686,11 @@ impl IserConnection {
     /// Drops what the datamover holds for a task that ended. Its reads still in flight stay
     /// tracked, for the Sends that must wait for them; their bytes are not wanted.
     fn forget(&mut self, task: TaskId) {
-        self.writes.remove(&task);
+        if let Some(write) = self.writes.remove(&task) {
+            if self.reads.values().any(|r| r.task == task) {
+                self.retired.insert(task, write.buffer);
+            }
+        }
         self.complete.remove(&task);
     }
 
@@ -639,7 +731,7 @@ impl IserConnection {
     }
 
     /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
-    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, mut data: Vec<u8>, range: Range<u32>) {
+    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, data: Buf, range: Range<u32>) {
         let Some((stag, va)) = task.context.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
@@ -655,15 +747,14 @@ impl IserConnection {
         let max_burst = self.core.params().max_burst_length.max(512);
         let len = range.end.saturating_sub(range.start);
         self.data_in_sequences = Some((task.id, len.div_ceil(max_burst)));
-        data.truncate(range.end as usize);
-        if range.start > 0 {
-            data.drain(..(range.start as usize).min(data.len()));
-        }
-        if !data.is_empty() {
+        let end = (range.end as usize).min(data.len());
+        let start = (range.start as usize).min(end);
+        if start < end {
             self.emit(FabricOp::RdmaWrite {
                 stag,
                 va: va.wrapping_add(u64::from(range.start)),
                 data,
+                range: start..end,
             });
         }
     }
@@ -671,9 +762,9 @@ impl IserConnection {
     /// A write's solicited data → RDMA Reads of the whole range at once from WriteVA + (offset −
     /// immediate bytes) (brief §1 rule 8), in pieces of at most MaxBurstLength; the driver keeps
     /// as many in flight as the initiator's RDMA Read depth allows.
-    fn get_data(&mut self, task: TaskRef<RemoteBuffers>, immediate: Vec<u8>, range: Range<u32>) {
+    fn get_data(&mut self, task: TaskRef<RemoteBuffers>, buffer: Buf, range: Range<u32>) {
         if range.is_empty() {
-            self.complete.insert(task.id, immediate);
+            self.complete.insert(task.id, buffer);
             return;
         }
         let buffers = task.context;
@@ -693,8 +784,9 @@ impl IserConnection {
             ));
             return;
         };
-        let mut buffer = immediate;
-        buffer.resize(range.end as usize, 0);
+        let mut buffer = buffer;
+        // The core sized the buffer for the whole transfer.
+        buffer.set_len(range.end as usize);
         self.writes.insert(
             task.id,
             IserWrite {
@@ -977,7 +1069,7 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: vec![],
-            data_in: vec![0x5a; 8192],
+            data_in: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
             data_out_length: 0,
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -988,7 +1080,8 @@ mod tests {
             FabricOp::RdmaWrite {
                 stag: 0xabc,
                 va: 0x7000_0000,
-                data: vec![0x5a; 4096]
+                data: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
+                range: 0..4096,
             }
         );
         let FabricOp::Send { bytes, invalidate } = &ops[1] else {
@@ -1035,7 +1128,7 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: vec![],
-            data_in: if read { vec![1; 512] } else { vec![] },
+            data_in: mem_ffi::Buf::copy_from_slice(&if read { vec![1; 512] } else { vec![] }),
             data_out_length: if write { 512 } else { 0 },
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -1113,10 +1206,11 @@ mod tests {
         assert_eq!(&task.data_out[4096..], &[2u8; 8192][..]);
     }
 
-    /// The adapter itself copies no read data (it moves into the RDMA Write) and no RDMA Read
-    /// data (the driver places it straight into the task's buffer); only immediate data is
-    /// copied, once, out of the receive buffer. With the driver's one copy through the staging
-    /// arena, each byte of a READ or WRITE is copied once.
+    /// The adapter itself copies no read data (its buffer moves into the RDMA Write) and no RDMA
+    /// Read data (the NIC places it straight into the task's buffer); only immediate data is
+    /// copied, once, out of the receive buffer into the task's buffer. The driver copies no
+    /// payload either (it posts from and into the task buffers), so a READ and a WRITE fetched
+    /// by RDMA Read cost no copy.
     #[test]
     fn the_adapter_copies_only_immediate_data() {
         use crate::stats::{thread_payload_copies, CopyCounts};
@@ -1160,7 +1254,7 @@ mod tests {
         conn.handle_scsi_complete(
             read_task.id,
             ScsiOutcome {
-                data_in: vec![3; 8192],
+                data_in: mem_ffi::Buf::copy_from_slice(&[3; 8192]),
                 ..ScsiOutcome::good()
             },
         );
@@ -1436,6 +1530,108 @@ mod tests {
         );
     }
 
+    /// Zero copy: an RDMA Read lands in the WRITE's own pool buffer (past its immediate data),
+    /// the very buffer the backend then gets as `data_out`; the RDMA Write of READ data is
+    /// posted from the outcome's buffer itself.
+    #[test]
+    fn rdma_moves_data_straight_between_initiator_and_task_buffers() {
+        let (mut conn, now) = logged_in(false);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
+            write_stag: 0x77,
+            write_va: 0x9000_1000,
+            read_stag: 0x78,
+            read_va: 0x7000_0000,
+        };
+        let mut cmd = command(0x90, 100, false, true, 3 * 4096, 0x2a);
+        cmd.final_flag = true;
+        let send = send_bytes(
+            iser,
+            &Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]),
+        );
+        conn.handle_receive(&send, now);
+        let ops = drain(&mut conn);
+        let [FabricOp::RdmaRead { token, len, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let place = conn.rdma_read_placement(*token).expect("a read in flight");
+        assert_eq!(place.len, *len as usize);
+        assert_eq!(
+            place.offset % 4096,
+            0,
+            "page-aligned: past one page of immediate data"
+        );
+        complete_read(&mut conn, *token, vec![2u8; 8192], now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(task.data_out.arena_extent(), Some(place.arena));
+        assert_eq!(task.data_out.arena_offset().unwrap() + 4096, place.offset);
+        assert_eq!(&task.data_out[..4096], &[1u8; 4096][..]);
+        assert_eq!(&task.data_out[4096..], &[2u8; 8192][..]);
+        let id = task.id;
+        conn.handle_scsi_complete(id, ScsiOutcome::good());
+        drain(&mut conn);
+
+        let read = Pdu::new(Header::ScsiCommand(command(
+            0x91, 101, true, false, 8192, 0x28,
+        )));
+        conn.handle_receive(&send_bytes(iser, &read), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let data = Buf::copy_from_slice(&[3u8; 8192]);
+        let source = data.as_ptr();
+        conn.handle_scsi_complete(task.id, ScsiOutcome::with_buf(data));
+        let ops = drain(&mut conn);
+        let Some(FabricOp::RdmaWrite { data, range, .. }) = ops.first() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!((data.as_ptr(), range.clone()), (source, 0..8192));
+    }
+
+    /// A WRITE that ends while its RDMA Read is in flight keeps its buffer out of the pool until
+    /// the read completes (the NIC may still be writing it); a read of an ended task that was
+    /// not posted yet has no place to land.
+    #[test]
+    fn an_ended_writes_buffer_is_not_recycled_under_its_read() {
+        let (mut conn, now) = logged_in(false);
+        let token = write_needing_read(&mut conn, 0x92, 100, now);
+        let place = conn.rdma_read_placement(token).unwrap();
+        let span = place.arena.addr() + place.offset..place.arena.addr() + place.offset + place.len;
+        // Unsolicited Data-Out although InitialR2T=Yes: the core ends the task at once.
+        let data_out = Header::DataOut(DataOut {
+            final_flag: true,
+            lun: [0; 8],
+            itt: 0x92,
+            ttt: u32::MAX,
+            exp_stat_sn: 8,
+            data_sn: 0,
+            buffer_offset: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+        drain(&mut conn);
+        assert_eq!(conn.rdma_read_placement(token), None, "the task is gone");
+        assert_eq!(conn.retired.len(), 1, "its buffer is held for the read");
+        let others: Vec<Buf> = (0..256)
+            .map(|_| mem_ffi::pool::global().alloc(4096))
+            .collect();
+        for other in &others {
+            let start = other.as_ptr() as usize;
+            assert!(
+                !span.contains(&start),
+                "the pool handed out a buffer under a read in flight"
+            );
+        }
+        complete_read(&mut conn, token, vec![0; 4096], now);
+        assert!(
+            conn.retired.is_empty(),
+            "released once the read is reported"
+        );
+    }
+
     /// A failed RDMA Read closes at once, even with a Logout Response held behind reads.
     #[test]
     fn failed_read_closes_despite_held_logout() {
@@ -1535,7 +1731,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: vec![],
-                data_in: vec![1; 512],
+                data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
                 data_out_length: 0,
             },
         );
@@ -1615,7 +1811,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: vec![],
-                data_in: vec![0; 512],
+                data_in: mem_ffi::Buf::copy_from_slice(&[0; 512]),
                 data_out_length: 0,
             },
         );

@@ -26,6 +26,7 @@ use super::framing::{Frame, FrameError, FrameSettings, PduReader};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
+use mem_ffi::Buf;
 
 /// An effect the TCP transport must carry out, in order. `C` is the core's per-task context
 /// (see [`Connection::handle_pdu_with_context`]); TCP itself needs none and uses `()`.
@@ -38,7 +39,7 @@ pub enum TcpAction<C = ()> {
     /// buffer, shared by all its Data-In PDUs).
     SendDataIn {
         header: Header,
-        data: Arc<Vec<u8>>,
+        data: Arc<Buf>,
         range: Range<usize>,
         context: C,
     },
@@ -74,8 +75,9 @@ struct Write<C> {
     itt: u32,
     lun: [u8; 8],
     expected_length: u32,
-    /// The data-out so far, in order from offset 0 (its length is what arrived).
-    buffer: Vec<u8>,
+    /// The task's pool buffer: the data-out so far, in order from offset 0 (its length is what
+    /// arrived; its capacity the whole transfer).
+    buffer: Buf,
     /// End of the range the initiator may send unsolicited; `None` once that sequence ended.
     unsolicited_end: Option<u32>,
     /// DataSN the next unsolicited Data-Out must carry.
@@ -97,7 +99,7 @@ struct LastDataIn<C> {
     task: TaskId,
     context: C,
     header: DataIn,
-    data: Arc<Vec<u8>>,
+    data: Arc<Buf>,
     range: Range<usize>,
 }
 
@@ -108,7 +110,7 @@ pub struct TcpConnection<C = ()> {
     /// Writes waiting for data, by ITT (unique among the core's tasks).
     writes: HashMap<u32, Write<C>>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Vec<u8>>,
+    complete: HashMap<TaskId, Buf>,
     last_data_in: Option<LastDataIn<C>>,
     /// Data-In PDUs sent for the read being answered: the ExpDataSN of its SCSI Response.
     data_in_sent: u32,
@@ -220,11 +222,11 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
                 } => self.put_data(task, data, range, numbers),
                 Action::GetData {
                     task,
-                    immediate,
+                    buffer,
                     range,
                     unsolicited_end,
                     numbers,
-                } => self.get_data(task, immediate, range, unsolicited_end, numbers),
+                } => self.get_data(task, buffer, range, unsolicited_end, numbers),
                 Action::Respond {
                     task,
                     status,
@@ -262,7 +264,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     fn put_data(
         &mut self,
         task: TaskRef<C>,
-        data: Vec<u8>,
+        data: Buf,
         range: Range<u32>,
         numbers: SequenceNumbers,
     ) {
@@ -370,17 +372,15 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     fn get_data(
         &mut self,
         task: TaskRef<C>,
-        immediate: Vec<u8>,
+        buffer: Buf,
         range: Range<u32>,
         unsolicited_end: u32,
         numbers: SequenceNumbers,
     ) {
-        let mut buffer = immediate;
         if range.is_empty() {
             self.complete.insert(task.id, buffer);
             return;
         }
-        buffer.reserve_exact((range.end as usize).saturating_sub(buffer.len()));
         let write = Write {
             id: task.id,
             context: task.context,
@@ -465,6 +465,25 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
                 return;
             }
         }
+        if let Ok(Header::ScsiCommand(h)) = &frame.header {
+            if frame.data_len > 0 && self.core.is_full_feature() {
+                // Immediate data goes straight into the task's buffer, sized for the whole
+                // transfer: the one copy of those bytes.
+                let h = h.clone();
+                let capacity = self.core.command_buffer_capacity(&h, frame.data_len);
+                let mut buffer = mem_ffi::pool::global().with_capacity(capacity);
+                match reader.take_data_into(&frame, &mut buffer) {
+                    Ok(()) => {
+                        self.pump();
+                        self.core
+                            .handle_scsi_command_with_buffer(h, buffer, now, context);
+                        self.pump();
+                    }
+                    Err(error) => self.handle_frame_error(error, now),
+                }
+                return;
+            }
+        }
         match reader.take_pdu(frame) {
             Ok(pdu) => self.handle_pdu_with_context(pdu, now, context),
             Err(error) => self.handle_frame_error(error, now),
@@ -476,7 +495,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     /// to `buffer` (the task's buffer; the one copy of those bytes on receive), after which
     /// [`TcpConnection::handle_placed_data_out`] reports it. `None`: read the PDU whole and hand
     /// it to [`TcpConnection::handle_pdu`].
-    pub fn data_out_buffer(&mut self, h: &DataOut, len: usize) -> Option<&mut Vec<u8>> {
+    pub fn data_out_buffer(&mut self, h: &DataOut, len: usize) -> Option<&mut Buf> {
         if !self.core.is_full_feature() {
             return None;
         }

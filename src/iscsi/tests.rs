@@ -99,7 +99,7 @@ impl RamBackend {
         }
         match cdb[0] {
             0x28 => ScsiOutcome {
-                data_in: disk[range].to_vec(),
+                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]),
                 ..ScsiOutcome::good()
             },
             0x2a => {
@@ -1156,6 +1156,32 @@ fn command_ahead_of_exp_cmd_sn_waits_for_the_gap() {
     assert_eq!(sequence(&r[1]).1, FIRST_CMD_SN + 2);
 }
 
+/// A WRITE whose immediate data the datamover placed in its pool buffer on receipt, but whose
+/// CmdSN is ahead of ExpCmdSN, waits for the gap like any command and keeps its data.
+#[test]
+fn held_write_keeps_its_immediate_data() {
+    let mut pair = logged_in(&[("ImmediateData", "Yes")]);
+    let data = pattern(1024, 7);
+    let first = pair.command(1, read10(0, 1), true, false, 512);
+    let mut write = pair.command(2, write10(0, 2), false, true, 1024);
+    write.cmd_sn = FIRST_CMD_SN + 1;
+    pair.send_command(write, data.clone());
+    assert!(pair.take().is_empty(), "held for the gap");
+    pair.send_command(first, vec![]);
+    let statuses: Vec<u8> = pair
+        .take()
+        .iter()
+        .filter_map(|p| match &p.header {
+            Header::ScsiResponse(h) => Some(h.status),
+            Header::DataIn(h) if h.status_present => Some(h.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, vec![0, 0]);
+    assert_eq!(pair.executed[1].data_out, data);
+    assert_eq!(read_back(&mut pair, 0, 2), data);
+}
+
 #[test]
 fn max_cmd_sn_never_decreases_and_tracks_queue_depth() {
     let mut pair = logged_in(&[]);
@@ -1618,7 +1644,7 @@ fn read_with_sense_sends_a_separate_response() {
     pair.send_command(cmd, vec![]);
     let id = pair.deferred[0].id;
     let mut outcome = ScsiOutcome::check_condition(0x03, 0x11, 0x00);
-    outcome.data_in = vec![7; 512];
+    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]);
     pair.complete_deferred(id, outcome.clone());
     let pdus = pair.take();
     assert_eq!(pdus.len(), 2);
@@ -1646,7 +1672,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: pattern(2048, 1),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)),
             ..ScsiOutcome::good()
         },
     );
@@ -1666,7 +1692,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: pattern(1024, 1),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)),
             ..ScsiOutcome::good()
         },
     );
@@ -1881,7 +1907,7 @@ fn abort_running_task_holds_the_tmf_response() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: vec![1; 512],
+            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
             ..ScsiOutcome::good()
         },
     );

@@ -27,6 +27,7 @@ use super::pdu::{
 };
 use crate::backend::BackendError;
 use crate::scsi::BlockReply;
+use crate::Buf;
 
 /// What an admin queue Connect asks of the environment: a new controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +96,7 @@ pub enum Action {
     /// buffer, not copied into the PDU.
     SendData {
         head: Vec<u8>,
-        data: Arc<Vec<u8>>,
+        data: Arc<Buf>,
         range: Range<usize>,
         tail: Vec<u8>,
     },
@@ -582,7 +583,8 @@ impl Queue {
                 if sgl_len < bytes.len() {
                     self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
                 } else {
-                    self.send_data(cid, Arc::new(bytes));
+                    // Admin replies are small; a copy into a pool buffer keeps one data type.
+                    self.send_data(cid, Arc::new(Buf::copy_from_slice(&bytes)));
                 }
             }
             Outcome::Pending(io, lba) => {
@@ -647,7 +649,7 @@ impl Queue {
     /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
     /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
     /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
-    fn send_data(&mut self, cid: u16, data: Arc<Vec<u8>>) {
+    fn send_data(&mut self, cid: u16, data: Arc<Buf>) {
         self.commands.remove(&cid);
         if data.is_empty() {
             return self.respond(cid, Status::SUCCESS, 0);

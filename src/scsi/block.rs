@@ -5,6 +5,7 @@ use super::cdb::Cdb;
 use super::sense::{self, Sense};
 use super::{op, CmdResult, LogicalUnit, Plan, ScsiOutcome, ScsiRequest};
 use crate::backend::{Backend, BackendError};
+use mem_ffi::Buf;
 
 /// Device limits advertised in VPD page B0h and enforced on every command.
 pub(crate) mod limits {
@@ -188,8 +189,8 @@ impl Primitive {
 pub enum BlockReply {
     /// Completed; nothing to return.
     Done,
-    /// Data read from the medium.
-    Data(Vec<u8>),
+    /// Data read from the medium, filling the whole pool buffer.
+    Data(Buf),
     /// The compare failed at this byte offset within the compared data; nothing written.
     Miscompare { offset: u64 },
 }
@@ -203,7 +204,9 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
     let flush_if = |fua: bool| if fua { backend.flush() } else { Ok(()) };
     match req {
         BlockRequest::Read { offset, len } => {
-            let mut buf = vec![0u8; *len];
+            // A recycled pool buffer holds another command's old bytes: `read_at` fills all of
+            // it or fails, and a failed read's buffer is dropped, never sent.
+            let mut buf = mem_ffi::pool::global().alloc(*len);
             backend.read_at(&mut buf, *offset)?;
             Ok(BlockReply::Data(buf))
         }
@@ -231,7 +234,7 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
         } => {
             let mut d = lba_status(backend, *lba, *num_blocks, *block_size, *alloc)?;
             d.truncate(*alloc);
-            Ok(BlockReply::Data(d))
+            Ok(BlockReply::Data(Buf::copy_from_slice(&d)))
         }
         BlockRequest::Flush => {
             backend.flush()?;
@@ -374,7 +377,7 @@ fn outcome(
 ) -> ScsiOutcome {
     let outcome = match result {
         Ok(BlockReply::Done) => ScsiOutcome::good(),
-        Ok(BlockReply::Data(d)) => ScsiOutcome::with_data(d),
+        Ok(BlockReply::Data(d)) => ScsiOutcome::with_buf(d),
         Ok(BlockReply::Miscompare { offset }) => ScsiOutcome::from_sense(&Sense {
             information: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
             ..Sense::new(sense::MISCOMPARE, sense::MISCOMPARE_DURING_VERIFY)

@@ -25,6 +25,7 @@ pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
+use mem_ffi::Buf;
 use sense::Sense;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -185,8 +186,9 @@ pub struct ScsiOutcome {
     /// Fixed-format sense data (18 bytes); empty unless CHECK CONDITION.
     pub sense: Vec<u8>,
     /// Data-In at the length the command itself wants; the iSCSI layer truncates to EDTL
-    /// and computes residuals from this length.
-    pub data_in: Vec<u8>,
+    /// and computes residuals from this length. A READ's is the pool buffer the backend read
+    /// into (filled completely, or the read failed); small replies are copied into one.
+    pub data_in: Buf,
     /// For Data-Out commands, how many bytes the command calls for (e.g. blocks × block
     /// size for WRITE); 0 otherwise. The iSCSI layer computes write residuals from it.
     pub data_out_length: u32,
@@ -198,13 +200,19 @@ impl ScsiOutcome {
         ScsiOutcome {
             status: status::GOOD,
             sense: Vec::new(),
-            data_in: Vec::new(),
+            data_in: Buf::empty(),
             data_out_length: 0,
         }
     }
 
-    /// GOOD status carrying Data-In.
+    /// GOOD status carrying a small reply built in memory (INQUIRY, MODE SENSE, ...), copied
+    /// into a pool buffer.
     pub fn with_data(data_in: Vec<u8>) -> Self {
+        ScsiOutcome::with_buf(Buf::copy_from_slice(&data_in))
+    }
+
+    /// GOOD status carrying Data-In already in a pool buffer (a READ's).
+    pub fn with_buf(data_in: Buf) -> Self {
         ScsiOutcome {
             data_in,
             ..ScsiOutcome::good()

@@ -576,7 +576,7 @@ mod tests {
     fn prin(lu: &LogicalUnit, n: &Nexus, action: u8) -> Vec<u8> {
         let o = run_as(lu, n, &[0x5E, action, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]);
         assert_good(&o);
-        o.data_in
+        o.data_in.to_vec()
     }
 
     fn be32(d: &[u8], at: usize) -> u32 {

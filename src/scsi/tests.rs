@@ -50,7 +50,7 @@ fn write_blocks(lu: &LogicalUnit, lba: u64, data: &[u8]) {
 fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u32) -> Vec<u8> {
     let o = exec(lu, &read16(lba, blocks), &[]);
     assert_good(&o);
-    o.data_in
+    o.data_in.to_vec()
 }
 
 #[test]
@@ -1239,6 +1239,40 @@ fn file_backed_lun() {
         &[0x91, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         &[],
     ));
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Payload copies the SCSI layer and backends make per READ and WRITE (the transports' own are
+/// pinned beside them): a file or block LU reads into the command's pool buffer and writes from
+/// it through the kernel, no copy in user space; a RAM LU copies once each way between its
+/// chunks and the buffer (registering the RAM LU's memory for RDMA is what would remove the
+/// READ copy).
+#[test]
+fn backend_payload_copies_per_read_and_write() {
+    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
+    let dir = std::env::temp_dir().join(format!("iser-scsi-copies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lun.img");
+    let _ = std::fs::remove_file(&path);
+    let file = LogicalUnit::new(
+        params(0, 4096),
+        Arc::new(FileBackend::open(&path, Some(1 << 20), true, false).unwrap()),
+    );
+    let ram = ram_lu(256, 4096);
+    let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
+    for (lu, copies) in [(&file, 0), (&ram, 1)] {
+        reset_thread_payload_copies();
+        assert_good(&exec(lu, &write16(4, 2, false), &data));
+        let write = thread_payload_copies();
+        reset_thread_payload_copies();
+        assert_eq!(read_blocks(lu, 4, 2), data);
+        let read = thread_payload_copies();
+        let expected = CopyCounts {
+            copies,
+            bytes: copies * data.len() as u64,
+        };
+        assert_eq!((write, read), (expected, expected), "copies {copies}");
+    }
     std::fs::remove_file(&path).unwrap();
 }
 

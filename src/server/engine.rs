@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use mem_ffi::Buf;
 use uring_ffi::{Completion, Ring, SetupError, Waker};
 
 use super::gate::{Access, IoGate};
@@ -385,15 +386,8 @@ struct InFlight {
 
 /// What to push into the ring for an operation.
 enum Submission {
-    Read {
-        offset: u64,
-        buf: Vec<u8>,
-    },
-    Write {
-        offset: u64,
-        buf: Vec<u8>,
-        dsync: bool,
-    },
+    Read { offset: u64, buf: Buf },
+    Write { offset: u64, buf: Buf, dsync: bool },
     DataSync,
 }
 
@@ -428,9 +422,9 @@ enum Route {
 /// operations waiting for a ring slot, and a reusable completion buffer.
 struct EngineThread {
     shared: Arc<EngineShared>,
-    ring: Option<Ring<InFlight>>,
+    ring: Option<Ring<InFlight, Buf>>,
     backlog: VecDeque<Waiting>,
-    completions: Vec<Completion<InFlight, Vec<u8>>>,
+    completions: Vec<Completion<InFlight, Buf>>,
 }
 
 impl EngineThread {
@@ -563,7 +557,10 @@ impl EngineThread {
         let mut sync_after = None;
         let (file, submission) = match primitive {
             Primitive::Read { offset, len } => {
-                let buf = vec![0u8; len];
+                // Page-aligned, so O_DIRECT applies when offset and length are aligned too. The
+                // ring fills it whole or fails (short reads are continued, EOF is an error): no
+                // old bytes of the pool reach the initiator.
+                let buf = mem_ffi::pool::global().alloc(len);
                 let file = files.for_transfer(buf.as_ptr() as usize, len, offset);
                 (file, Submission::Read { offset, buf })
             }
@@ -573,7 +570,7 @@ impl EngineThread {
                     sync_after = Some(Arc::clone(files.sync_file()));
                 }
                 let file = files.for_transfer(job.task.data_out.as_ptr() as usize, len, offset);
-                let buf = Vec::new();
+                let buf = Buf::empty();
                 (file, Submission::Write { offset, buf, dsync })
             }
             Primitive::Flush => (files.sync_file(), Submission::DataSync),
@@ -634,7 +631,7 @@ impl EngineThread {
     }
 
     /// Finishes a command whose ring operation completed.
-    fn finish_io(&mut self, completion: Completion<InFlight, Vec<u8>>) {
+    fn finish_io(&mut self, completion: Completion<InFlight, Buf>) {
         let mut token = completion.token;
         if completion.result.is_ok() {
             if let Some(file) = token.sync_after.take() {

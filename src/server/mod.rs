@@ -282,7 +282,7 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
 }
 
 /// The core configuration of the iSER portals: no digests, InitialR2T=Yes, receive-buffer-sized
-/// data segments, bursts no larger than one registered staging buffer (brief §4, §5.3).
+/// data segments, bursts of at most `max_io_size` (brief §4, §5.3).
 fn iser_core_config(config: &Config) -> CoreConfig {
     let limits = &config.limits;
     let max_io = limits.max_io_size;
@@ -295,7 +295,7 @@ fn iser_core_config(config: &Config) -> CoreConfig {
         require_initial_r2t: true,
         iser: true,
     };
-    // Transfers larger than a staging buffer get a one-off registration in the driver.
+    // RDMA moves data straight from and into the commands' pool buffers, whatever their size.
     core_config(
         config,
         Transport::Iser,

@@ -1,7 +1,7 @@
 //! A small safe wrapper over io_uring (the `io-uring` crate) for file and block-device I/O.
 //!
 //! Every operation owns what the kernel touches until its completion has been reaped: the
-//! buffer (any [`IoBuf`], e.g. `Vec<u8>`) and the file (`Arc<File>`). Operations are pushed into
+//! buffer (any [`IoBuf`]: a page-aligned `mem_ffi::Buf`, or a `Vec<u8>`) and the file (`Arc<File>`). Operations are pushed into
 //! preallocated slots (no heap allocation per operation in steady state), submitted in batches
 //! by one `io_uring_enter`, and reaped in batches as [`Completion`]s carrying the caller's token,
 //! the result and the buffer. Short reads and writes are continued inside the ring, so a
@@ -38,6 +38,21 @@ pub unsafe trait IoBuf: Send + 'static {
 // SAFETY: a Vec's elements live in a heap allocation that does not move when the Vec is moved;
 // the ring owns the Vec for the whole operation, so it is neither resized nor accessed.
 unsafe impl IoBuf for Vec<u8> {
+    fn io_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn io_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    fn io_len(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: a pool buffer's bytes live in an arena that is never unmapped and does not move when
+// the `Buf` is moved; the ring owns the `Buf` for the whole operation, so nothing else touches
+// them and the pool does not hand them out again until the `Buf` is dropped after completion.
+unsafe impl IoBuf for mem_ffi::Buf {
     fn io_ptr(&self) -> *const u8 {
         self.as_ptr()
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::backend::BackendError;
+use crate::Buf;
 
 /// Writes `data` at `lba` of namespace 1 through R2T/H2CData, the host sending each R2T's data
 /// in `pieces` H2CData PDUs. Returns the final completion.
@@ -348,8 +349,10 @@ fn payload_copies_per_command() {
     io.command(&Sqe::new(0x02, 3, 1).cdw(12, 7).sgl(4096, false), &[]);
     let read = io.deferred.pop().unwrap();
     reset_thread_payload_copies();
-    io.queue
-        .handle_io_complete(read.id, Ok(BlockReply::Data(vec![3; 4096])));
+    io.queue.handle_io_complete(
+        read.id,
+        Ok(BlockReply::Data(Buf::copy_from_slice(&[3; 4096]))),
+    );
     io.pump();
     assert_eq!(thread_payload_copies(), CopyCounts::default());
 }

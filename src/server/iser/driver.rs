@@ -5,25 +5,31 @@
 //!
 //! Resources: registered receive areas sliced into buffers — a couple for the login phase,
 //! posted before `rdma_accept`, and the full-feature set posted before the final Login Response
-//! — each re-posted as soon as its bytes are copied out, before the PDU is handled; and a
-//! registered staging arena, set up with the full-feature buffers, from which every send-queue
-//! work request (Sends, RDMA Write sources, RDMA Read targets) takes its bytes ring-fashion,
-//! since send-queue completions arrive in posting order (during login, Sends register their
-//! bytes one by one). Every send WR is signaled; at most `max_send_wr` are outstanding and at
-//! most `max_rdma_reads` RDMA Reads. An operation that cannot be posted yet waits, with
+//! — each re-posted as soon as its bytes are copied out, before the PDU is handled; a
+//! registered staging arena, set up with the full-feature buffers, from which every Send takes
+//! its bytes ring-fashion, since send-queue completions arrive in posting order (during login,
+//! Sends register their bytes one by one); and registrations of the buffer pool's arenas
+//! (`mem_ffi`), made the first time a task's buffer in one is met: RDMA Writes go straight from
+//! a READ's buffer and RDMA Reads land straight in a WRITE's, with no copy. A buffer under a
+//! posted WR is never recycled: an RDMA Write's source is held with the WR until its
+//! completion, a WRITE's buffer by the adapter until its reads are reported, and both are
+//! leaked if the QP cannot be drained at teardown. Sends are signaled, an RDMA Write chained
+//! ahead of its response is not; at most `max_send_wr` are outstanding and at most
+//! `max_rdma_reads` RDMA Reads. An operation that cannot be posted yet waits, with
 //! everything behind it, until completions free room; an initiator that lets too many PDUs pile
 //! up that way is dropped.
 //!
 //! Any failed or flushed completion outside teardown, and a fatal async event on the QP, end the
 //! connection: the QP is in error and nothing more will move on it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use mem_ffi::{Arena, ArenaId, Buf};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
@@ -38,7 +44,6 @@ use crate::scsi::ScsiOutcome;
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionSet, Shared};
-use crate::stats::count_payload_copy;
 
 /// wr_id bit marking a receive; bits 32.. name the receive area, the low bits the slot.
 const WR_RECV: u64 = 1 << 62;
@@ -201,17 +206,29 @@ impl Backlog {
     }
 }
 
+/// Bytes of a Send staged in registered memory.
+enum Staged {
+    Arena(usize),
+    /// A one-off registration for a Send larger than the arena (and those of the login phase).
+    OneOff(Arc<MemoryRegion>),
+}
+
 /// Where a posted send-queue WR keeps its bytes.
 enum Buffer {
-    Arena(usize),
-    /// A one-off registration for a transfer larger than the arena.
-    OneOff(Arc<MemoryRegion>),
+    /// A Send's bytes, copied into registered memory.
+    Staged(Staged),
+    /// A task's read data, the source of an RDMA Write: held here until the completion, so
+    /// the pool does not hand it out while the NIC reads it.
+    Task(Buf),
+    /// A task's write buffer, the target of an RDMA Read: the adapter keeps it until the read
+    /// is reported (see [`IserConnection::rdma_read_placement`]).
+    InTask,
 }
 
 enum Kind {
     Send,
     Write,
-    Read { token: u64, len: usize },
+    Read { token: u64 },
 }
 
 struct InFlight {
@@ -239,6 +256,10 @@ struct Driver {
     /// The staging arena and its allocator, from login on. Before `res`: registered memory is
     /// released before the connection's rdma_cm id (see [`Resources`]).
     arena: Option<(Arc<MemoryRegion>, Ring)>,
+    /// Registrations of the buffer pool's arenas on this connection's PD, made the first time
+    /// a task's buffer in the arena is met; RDMA Writes and Reads go straight from and into the
+    /// tasks' buffers through them. Before `res`, as `arena`.
+    pool_mrs: HashMap<ArenaId, Arc<MemoryRegion>>,
     inflight: VecDeque<InFlight>,
     res: Resources,
     shared: Arc<Shared>,
@@ -253,6 +274,8 @@ struct Driver {
     disconnected: bool,
     peer: String,
     wcs: Vec<WorkCompletion>,
+    /// The last received Send, copied out of its receive buffer (reused: no allocation per PDU).
+    received: Vec<u8>,
 }
 
 /// Runs one accepted connection to its end on the calling thread.
@@ -287,6 +310,7 @@ pub(super) fn serve(
         inbox,
         session: SessionSlot::default(),
         arena: None,
+        pool_mrs: HashMap::new(),
         pending,
         inflight: VecDeque::new(),
         next_wr: 1,
@@ -296,6 +320,7 @@ pub(super) fn serve(
         disconnected: false,
         peer,
         wcs: Vec::with_capacity(32),
+        received: Vec::new(),
     };
     if driver.shared.stopping() {
         driver.conn.handle_shutdown();
@@ -426,8 +451,11 @@ impl Driver {
             return self.fail(format!("receive completion for unknown area {area}"));
         };
         let offset = slot * self.res.recv_stride;
-        let mut message = vec![0u8; (wc.byte_len as usize).min(self.res.recv_stride)];
-        if let Err(e) = mr.read(offset, &mut message) {
+        let len = (wc.byte_len as usize).min(self.res.recv_stride);
+        if self.received.len() < len {
+            self.received.resize(self.res.recv_stride, 0);
+        }
+        if let Err(e) = mr.read(offset, &mut self.received[..len]) {
             return self.fail(format!("reading receive buffer {slot}: {e}"));
         }
         // Re-post before the PDU is handled, so the buffer is back before any response leaves.
@@ -443,8 +471,9 @@ impl Driver {
         if self.ending.is_some() {
             return;
         }
-        log::trace!("{} <- {} bytes", self.peer, message.len());
-        self.conn.handle_receive(&message, Instant::now());
+        log::trace!("{} <- {len} bytes", self.peer);
+        self.conn
+            .handle_receive(&self.received[..len], Instant::now());
     }
 
     fn on_send(&mut self, wc: &WorkCompletion) {
@@ -456,7 +485,7 @@ impl Driver {
         // completed with it: a send queue completes in posting order.
         for _ in 0..pos {
             if let Some(earlier) = self.inflight.pop_front() {
-                if let Buffer::Arena(start) = earlier.buffer {
+                if let Buffer::Staged(Staged::Arena(start)) = earlier.buffer {
                     self.free_staged(start);
                 }
             }
@@ -465,51 +494,22 @@ impl Driver {
         let Some(done) = self.inflight.remove(pos) else {
             return;
         };
-        let arena_start = match &done.buffer {
-            Buffer::Arena(start) => Some(*start),
-            Buffer::OneOff(_) => None,
-        };
-        let result = match done.kind {
-            Kind::Read { token, len } => {
-                self.reads -= 1;
-                if wc.status == WcStatus::Success && self.ending.is_none() {
-                    // The one copy of write data: from the staging buffer straight into the
-                    // task's buffer (none when the task ended meanwhile).
-                    let read = match self.conn.rdma_read_destination(token) {
-                        Some(destination) if destination.len() == len => {
-                            count_payload_copy(len);
-                            match &done.buffer {
-                                Buffer::Arena(start) => match &self.arena {
-                                    Some((arena, _)) => arena.read(*start, destination),
-                                    None => Ok(()),
-                                },
-                                Buffer::OneOff(mr) => mr.read(0, destination),
-                            }
-                        }
-                        _ => Ok(()),
-                    };
-                    match read {
-                        Ok(()) => {
-                            self.conn.handle_rdma_read_complete(token, Instant::now());
-                            Ok(())
-                        }
-                        Err(e) => Err(format!("reading RDMA Read data: {e}")),
-                    }
+        if let Buffer::Staged(Staged::Arena(start)) = &done.buffer {
+            self.free_staged(*start);
+        }
+        if let Kind::Read { token } = done.kind {
+            self.reads -= 1;
+            if self.ending.is_none() {
+                // The data landed in the task's buffer itself: nothing to copy.
+                if wc.status == WcStatus::Success {
+                    self.conn.handle_rdma_read_complete(token, Instant::now());
                 } else {
-                    if wc.status != WcStatus::Success && self.ending.is_none() {
-                        self.conn.handle_rdma_read_failed(token);
-                    }
-                    Ok(())
+                    self.conn.handle_rdma_read_failed(token);
                 }
             }
-            Kind::Send | Kind::Write => Ok(()),
-        };
-        if let Some(start) = arena_start {
-            self.free_staged(start);
         }
-        if let Err(e) = result {
-            return self.fail(e);
-        }
+        // An RDMA Write's source buffer goes back to the pool only now.
+        drop(done);
         // A flush outside teardown means the QP went into error (the peer broke it).
         if wc.status != WcStatus::Success {
             self.fail(format!(
@@ -682,28 +682,28 @@ impl Driver {
 
     /// Stages `len` bytes: arena space, or a one-off registration for oversized transfers and
     /// for the Sends of the login phase.
-    fn stage(&mut self, len: usize) -> Result<Option<Buffer>, String> {
+    fn stage(&mut self, len: usize) -> Result<Option<Staged>, String> {
         if let Some((_, ring)) = self.arena.as_mut().filter(|(_, ring)| ring.fits(len)) {
-            Ok(ring.alloc(len).map(Buffer::Arena))
+            Ok(ring.alloc(len).map(Staged::Arena))
         } else {
             MemoryRegion::new(&self.res.pd, len, Access::LOCAL_WRITE)
-                .map(|mr| Some(Buffer::OneOff(mr)))
+                .map(|mr| Some(Staged::OneOff(mr)))
                 .map_err(|e| format!("registering a {len}-byte staging buffer: {e}"))
         }
     }
 
-    fn buffer_mr(&self, buffer: &Buffer) -> (Arc<MemoryRegion>, usize) {
+    fn buffer_mr(&self, buffer: &Staged) -> (Arc<MemoryRegion>, usize) {
         match (buffer, &self.arena) {
-            (Buffer::Arena(start), Some((arena, _))) => (Arc::clone(arena), *start),
-            (Buffer::OneOff(mr), _) => (Arc::clone(mr), 0),
-            (Buffer::Arena(_), None) => {
+            (Staged::Arena(start), Some((arena, _))) => (Arc::clone(arena), *start),
+            (Staged::OneOff(mr), _) => (Arc::clone(mr), 0),
+            (Staged::Arena(_), None) => {
                 unreachable!("arena space is handed out only with an arena")
             }
         }
     }
 
-    fn unstage(&mut self, buffer: &Buffer) {
-        if let Buffer::Arena(start) = buffer {
+    fn unstage(&mut self, buffer: &Staged) {
+        if let Staged::Arena(start) = buffer {
             self.free_staged(*start);
         }
     }
@@ -752,30 +752,43 @@ impl Driver {
                             .post_send(wr_id, &mr, offset, bytes.len(), true, invalidate)
                     })
                     .map_err(|e| format!("posting a Send: {e}"));
-                self.track(posted, wr_id, buffer, Kind::Send)
+                self.track(posted, wr_id, Buffer::Staged(buffer), Kind::Send)
             }
-            FabricOp::RdmaWrite { stag, va, data } => {
-                if data.is_empty() {
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data,
+                range,
+            } => {
+                if range.is_empty() {
                     return Ok((Posted::Yes, None));
                 }
                 if !self.room() {
-                    return Ok((Posted::Later, Some(FabricOp::RdmaWrite { stag, va, data })));
+                    let op = FabricOp::RdmaWrite {
+                        stag,
+                        va,
+                        data,
+                        range,
+                    };
+                    return Ok((Posted::Later, Some(op)));
                 }
-                let Some(buffer) = self.stage(data.len())? else {
-                    return Ok((Posted::Later, Some(FabricOp::RdmaWrite { stag, va, data })));
-                };
-                let (mr, offset) = self.buffer_mr(&buffer);
+                // Straight from the task's read buffer: no staging, no copy.
+                let (mr, offset) = self.pool_mr(&data)?;
                 let wr_id = self.next_wr();
-                count_payload_copy(data.len());
-                let posted = mr
-                    .write(offset, &data)
-                    .and_then(|()| {
-                        self.res
-                            .qp
-                            .post_rdma_write(wr_id, &mr, offset, data.len(), va, stag, true)
-                    })
+                let posted = self
+                    .res
+                    .qp
+                    .post_rdma_write(
+                        wr_id,
+                        &mr,
+                        offset + range.start,
+                        range.len(),
+                        va,
+                        stag,
+                        true,
+                    )
                     .map_err(|e| format!("posting an RDMA Write: {e}"));
-                self.track(posted, wr_id, buffer, Kind::Write)
+                self.track(posted, wr_id, Buffer::Task(data), Kind::Write)
             }
             FabricOp::RdmaRead {
                 token,
@@ -783,30 +796,34 @@ impl Driver {
                 va,
                 len,
             } => {
-                let op = FabricOp::RdmaRead {
-                    token,
-                    stag,
-                    va,
-                    len,
-                };
                 if !self.room() || self.reads >= self.res.max_rdma_reads {
+                    let op = FabricOp::RdmaRead {
+                        token,
+                        stag,
+                        va,
+                        len,
+                    };
                     return Ok((Posted::Later, Some(op)));
                 }
-                let len = len as usize;
-                let Some(buffer) = self.stage(len)? else {
-                    return Ok((Posted::Later, Some(op)));
+                let Some(place) = self.conn.rdma_read_placement(token) else {
+                    // Its task ended before the read went out: nothing to fetch. Reported done
+                    // so the Sends that wait for it may go.
+                    self.conn.handle_rdma_read_complete(token, Instant::now());
+                    self.pump();
+                    return Ok((Posted::Yes, None));
                 };
-                let (mr, offset) = self.buffer_mr(&buffer);
+                // Straight into the task's write buffer: no staging, no copy.
+                let mr = self.arena_mr(&place.arena)?;
                 let wr_id = self.next_wr();
                 let posted = self
                     .res
                     .qp
-                    .post_rdma_read(wr_id, &mr, offset, len, va, stag, true)
+                    .post_rdma_read(wr_id, &mr, place.offset, place.len, va, stag, true)
                     .map_err(|e| format!("posting an RDMA Read: {e}"));
                 if posted.is_ok() {
                     self.reads += 1;
                 }
-                self.track(posted, wr_id, buffer, Kind::Read { token, len })
+                self.track(posted, wr_id, Buffer::InTask, Kind::Read { token })
             }
             FabricOp::BindSession(_)
             | FabricOp::Execute(_)
@@ -819,65 +836,75 @@ impl Driver {
 
     /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
     /// the Send signaled: its completion retires the Write too (RC completes a send queue in
-    /// order). Hands both back when they do not fit yet.
+    /// order). The Write goes straight from the task's read buffer. Hands both back when they
+    /// do not fit yet.
     fn post_write_and_send(
         &mut self,
         write: FabricOp,
         send: FabricOp,
     ) -> Result<Option<(FabricOp, FabricOp)>, String> {
-        let (FabricOp::RdmaWrite { stag, va, data }, FabricOp::Send { bytes, invalidate }) =
-            (&write, &send)
+        let (
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data,
+                range,
+            },
+            FabricOp::Send { bytes, invalidate },
+        ) = (write, send)
         else {
             unreachable!("called with an RDMA Write and a Send")
         };
-        if data.is_empty() || self.inflight.len() + 2 > self.res.max_send_wr {
-            return if data.is_empty() {
-                self.pending.push_front(send);
-                Ok(None)
-            } else {
-                Ok(Some((write, send)))
-            };
+        if range.is_empty() {
+            self.pending
+                .push_front(FabricOp::Send { bytes, invalidate });
+            return Ok(None);
         }
-        let Some(write_buffer) = self.stage(data.len())? else {
-            return Ok(Some((write, send)));
+        let hand_back = |data, range, bytes, invalidate| {
+            Ok(Some((
+                FabricOp::RdmaWrite {
+                    stag,
+                    va,
+                    data,
+                    range,
+                },
+                FabricOp::Send { bytes, invalidate },
+            )))
         };
-        let send_buffer = match self.stage(bytes.len()) {
-            Ok(Some(buffer)) => buffer,
-            Ok(None) => {
-                self.unstage(&write_buffer);
-                return Ok(Some((write, send)));
-            }
+        if self.inflight.len() + 2 > self.res.max_send_wr {
+            return hand_back(data, range, bytes, invalidate);
+        }
+        let Some(send_buffer) = self.stage(bytes.len())? else {
+            return hand_back(data, range, bytes, invalidate);
+        };
+        let (write_mr, write_offset) = match self.pool_mr(&data) {
+            Ok(found) => found,
             Err(e) => {
-                self.unstage(&write_buffer);
+                self.unstage(&send_buffer);
                 return Err(e);
             }
         };
-        let (write_mr, write_offset) = self.buffer_mr(&write_buffer);
         let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
         let write_wr = self.next_wr();
         let send_wr = self.next_wr();
-        count_payload_copy(data.len());
-        let posted = write_mr
-            .write(write_offset, data)
-            .and_then(|()| send_mr.write(send_offset, bytes))
+        let posted = send_mr
+            .write(send_offset, &bytes)
             .and_then(|()| {
                 self.res.qp.post_send_list(&[
                     SendWr {
                         wr_id: write_wr,
                         op: SendOp::RdmaWrite {
-                            remote_addr: *va,
-                            rkey: *stag,
+                            remote_addr: va,
+                            rkey: stag,
                         },
                         mr: &write_mr,
-                        offset: write_offset,
-                        len: data.len(),
+                        offset: write_offset + range.start,
+                        len: range.len(),
                         signaled: false,
                     },
                     SendWr {
                         wr_id: send_wr,
-                        op: SendOp::Send {
-                            invalidate: *invalidate,
-                        },
+                        op: SendOp::Send { invalidate },
                         mr: &send_mr,
                         offset: send_offset,
                         len: bytes.len(),
@@ -889,20 +916,46 @@ impl Driver {
         if let Err(e) = posted {
             // A refused list leaves the connection failing; the staged bytes go with it.
             self.unstage(&send_buffer);
-            self.unstage(&write_buffer);
             return Err(e);
         }
         self.inflight.push_back(InFlight {
             wr_id: write_wr,
-            buffer: write_buffer,
+            buffer: Buffer::Task(data),
             kind: Kind::Write,
         });
         self.inflight.push_back(InFlight {
             wr_id: send_wr,
-            buffer: send_buffer,
+            buffer: Buffer::Staged(send_buffer),
             kind: Kind::Send,
         });
         Ok(None)
+    }
+
+    /// The registration of a pool arena on this connection's PD, made on first use. Arenas
+    /// stay mapped for the life of the process, so a registration stays valid as long as the
+    /// connection keeps it.
+    fn arena_mr(&mut self, arena: &Arena) -> Result<Arc<MemoryRegion>, String> {
+        if let Some(mr) = self.pool_mrs.get(&arena.id()) {
+            return Ok(Arc::clone(mr));
+        }
+        let mr = MemoryRegion::register_arena(&self.res.pd, arena, Access::LOCAL_WRITE)
+            .map_err(|e| format!("registering buffer arena of {} bytes: {e}", arena.len()))?;
+        log::debug!(
+            "{}: registered buffer arena {:?} ({} bytes)",
+            self.peer,
+            arena.id(),
+            arena.len()
+        );
+        self.pool_mrs.insert(arena.id(), Arc::clone(&mr));
+        Ok(mr)
+    }
+
+    /// The registration covering a task's pool buffer, and the buffer's offset in it.
+    fn pool_mr(&mut self, buf: &Buf) -> Result<(Arc<MemoryRegion>, usize), String> {
+        let (Some(arena), Some(offset)) = (buf.arena_extent(), buf.arena_offset()) else {
+            return Err("an RDMA transfer of a buffer outside the pool".into());
+        };
+        Ok((self.arena_mr(&arena)?, offset))
     }
 
     fn next_wr(&mut self) -> u64 {
@@ -928,7 +981,9 @@ impl Driver {
                 Ok((Posted::Yes, None))
             }
             Err(e) => {
-                self.unstage(&buffer);
+                if let Buffer::Staged(staged) = &buffer {
+                    self.unstage(staged);
+                }
                 Err(e)
             }
         }
@@ -972,7 +1027,20 @@ impl Driver {
         }
         match self.res.qp.drain(DRAIN_TIMEOUT) {
             Ok(flushed) => log::debug!("{}: drained {} WRs", self.peer, flushed.len()),
-            Err(e) => log::warn!("{}: draining the QP: {e}", self.peer),
+            Err(e) => {
+                // The device may still read or write the buffers of posted WRs: leak them
+                // rather than let the pool hand them to another command.
+                log::warn!(
+                    "{}: draining the QP: {e}; leaking the buffers of posted work requests",
+                    self.peer
+                );
+                for posted in self.inflight.drain(..) {
+                    if let Buffer::Task(buf) = posted.buffer {
+                        std::mem::forget(buf);
+                    }
+                }
+                self.conn.leak_buffers_under_reads();
+            }
         }
         self.inflight.clear();
         self.pending.clear();
@@ -1001,7 +1069,8 @@ mod tests {
                 .push_back(FabricOp::RdmaWrite {
                     stag: 1,
                     va: 0,
-                    data: vec![],
+                    data: mem_ffi::Buf::empty(),
+                    range: 0..0,
                 })
                 .unwrap();
         }

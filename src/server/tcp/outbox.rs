@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::iscsi::framing::{frame_parts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
+use mem_ffi::Buf;
 
 /// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024).
 const MAX_IOVECS: usize = 1024;
@@ -15,7 +16,7 @@ const MAX_IOVECS: usize = 1024;
 /// One contiguous piece of the byte stream.
 enum Piece {
     Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>, Range<usize>),
+    Shared(Arc<Buf>, Range<usize>),
 }
 
 impl Piece {
@@ -53,7 +54,7 @@ impl Outbox {
     pub(super) fn push_shared(
         &mut self,
         header: &Header,
-        buffer: Arc<Vec<u8>>,
+        buffer: Arc<Buf>,
         range: Range<usize>,
         settings: &FrameSettings,
     ) {
@@ -151,7 +152,7 @@ mod tests {
             max_data_segment_length: 8192,
         };
         let nop = Pdu::with_data(Header::NopIn(NopIn::default()), b"ping!".to_vec());
-        let buffer = Arc::new((0..=255u8).collect::<Vec<u8>>());
+        let buffer = Arc::new(Buf::copy_from_slice(&(0..=255u8).collect::<Vec<u8>>()));
         let data_in = Header::DataIn(DataIn {
             buffer_offset: 10,
             ..DataIn::default()
