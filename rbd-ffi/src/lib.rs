@@ -12,7 +12,10 @@
 //! calling thread if librbd refused the submission. It must not block for long (librbd's
 //! completion threads are few) and must not drop the last handle of the image.
 //!
-//! Dropping an [`Image`] waits until every submitted operation has called its `done`.
+//! `done` may submit further operations on the same image (to chain them).
+//!
+//! Dropping an [`Image`] waits until every submitted operation has called its `done`, then
+//! closes it; dropped inside a `done`, it is closed on a thread of its own.
 
 mod sys;
 
@@ -253,6 +256,11 @@ impl Pending {
     }
 }
 
+thread_local! {
+    /// Whether this thread is running a `done` closure (inside librbd's callback).
+    static IN_COMPLETION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// librbd's completion callback (on a librbd thread).
 unsafe extern "C" fn complete(c: sys::RbdCompletionT, arg: *mut c_void) {
     // SAFETY: `arg` is the Box<Pending> leaked by `Image::submit` for this completion, and
@@ -263,7 +271,9 @@ unsafe extern "C" fn complete(c: sys::RbdCompletionT, arg: *mut c_void) {
     // SAFETY: nothing refers to the completion after this (librbd allows release here).
     unsafe { sys::rbd_aio_release(c) };
     // Unwinding out of an extern "C" function is undefined behaviour: stop instead.
+    IN_COMPLETION.with(|flag| flag.set(true));
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pending.run(ret as i64)));
+    IN_COMPLETION.with(|flag| flag.set(false));
     if run.is_err() {
         eprintln!("rbd-ffi: an I/O completion handler panicked; aborting");
         std::process::abort();
@@ -522,8 +532,39 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        let closer = Closer {
+            handle: self.handle,
+            in_flight: Arc::clone(&self.in_flight),
+            _pool: Arc::clone(&self._pool),
+        };
+        if IN_COMPLETION.with(|flag| flag.get()) {
+            // Closing waits for librbd's callbacks, this one included: not on this thread.
+            let spawned = std::thread::Builder::new()
+                .name("rbd-close".into())
+                .spawn(move || closer.close());
+            if let Err(e) = spawned {
+                log::error!("cannot start a thread to close an RBD image ({e}); leaking it");
+            }
+        } else {
+            closer.close();
+        }
+    }
+}
+
+/// What closing an image needs, movable to another thread.
+struct Closer {
+    handle: sys::RbdImageT,
+    in_flight: Arc<InFlight>,
+    _pool: Arc<Pool>,
+}
+
+// SAFETY: the handle is only used by `close`, once, after the Image that owned it is gone.
+unsafe impl Send for Closer {}
+
+impl Closer {
+    fn close(self) {
         self.in_flight.wait_idle();
-        // SAFETY: no operation is in flight and no other reference to the handle exists.
+        // SAFETY: the Image is gone, no operation is in flight, the handle is closed once.
         let ret = unsafe { sys::rbd_close(self.handle) };
         if ret < 0 {
             log::warn!("{}", Error::new("rbd_close", ret.into()));
