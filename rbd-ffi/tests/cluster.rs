@@ -1,6 +1,6 @@
 //! rbd-ffi against a real Ceph cluster: the one `scripts/ceph-cluster.sh start` brings up
 //! (or the conf named by `RBD_TEST_CONF`). Without a cluster the tests fail under CI
-//! (`CI=true`) and are skipped, loudly, elsewhere.
+//! (`CI=true`) or with `REQUIRE_TOOLS=1`, and are skipped, loudly, elsewhere.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -26,7 +26,9 @@ fn cluster_conf() -> Option<PathBuf> {
         "no Ceph cluster at {} (run scripts/ceph-cluster.sh start)",
         conf.display()
     );
-    if std::env::var("CI").as_deref() == Ok("true") {
+    let required =
+        |name: &str, on: &[&str]| std::env::var(name).is_ok_and(|v| on.contains(&v.as_str()));
+    if required("CI", &["true", "1"]) || required("REQUIRE_TOOLS", &["1"]) {
         panic!("{msg}");
     }
     eprintln!("SKIPPED: {msg}");
