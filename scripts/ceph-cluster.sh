@@ -124,6 +124,9 @@ mgr initial modules =
 
 [client]
 keyring = $DIR/client.admin.keyring
+# One admin socket per client context, so a test can ask a running target's librbd for its
+# settings (ceph --admin-daemon SOCKET config get rbd_cache).
+admin socket = $DIR/run/\$name.\$pid.\$cctid.asok
 EOF
 }
 

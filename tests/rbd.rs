@@ -132,6 +132,57 @@ fn data_round_trips_matches_rbd_export_and_survives_a_restart() {
     server.stop();
 }
 
+/// The value of Ceph option `name` in the running target's librbd, asked through the admin
+/// socket scripts/ceph-cluster.sh gives every client (`run/client.admin.PID.CCTID.asok`).
+fn target_ceph_option(conf: &std::path::Path, server: &Server, name: &str) -> String {
+    let run_dir = conf.parent().unwrap().join("run");
+    let prefix = format!("client.admin.{}.", server.pid());
+    let socket = fs::read_dir(&run_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            file.starts_with(&prefix) && file.ends_with(".asok")
+        })
+        .unwrap_or_else(|| panic!("no admin socket {prefix}*.asok in {}", run_dir.display()));
+    let out = run(
+        Command::new("ceph")
+            .arg("--admin-daemon")
+            .arg(&socket)
+            .args(["config", "get", name]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "ceph --admin-daemon failed");
+    // {
+    //     "rbd_cache": "false"
+    // }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"{name}\"")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"));
+    let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
+    value.trim().trim_matches('"').to_string()
+}
+
+#[test]
+fn write_cache_setting_decides_librbd_cache() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    for write_cache in [false, true] {
+        let lun = rbd_lun(&conf, &image_name("cache"), "16M", write_cache);
+        let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun])]);
+        assert_eq!(
+            target_ceph_option(&conf, &server, "rbd_cache"),
+            write_cache.to_string(),
+            "write_cache: {write_cache}"
+        );
+        server.stop();
+    }
+}
+
 #[test]
 fn iscsi_test_cu_sbc_suites_pass() {
     require_tools!("iscsi-test-cu");
