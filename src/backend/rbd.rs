@@ -292,6 +292,11 @@ fn discard_all(image: &Image, ranges: Vec<(u64, u64)>, done: AsyncDone) {
     }
 }
 
+/// Whether librbd compares and writes `len` bytes at `offset` itself (within one sector).
+fn fits_librbd_compare_and_write(offset: u64, len: u64) -> bool {
+    offset % LIBRBD_CAW_SECTOR + len <= LIBRBD_CAW_SECTOR
+}
+
 /// COMPARE AND WRITE. Within one 512-byte sector librbd does it atomically in the OSD, which
 /// holds across gateways too. Longer ranges, which Ceph 16 refuses, are read, compared and
 /// written here: atomic against this process's I/O because the engine runs the command
@@ -304,8 +309,7 @@ fn compare_and_write(
     fua: bool,
     done: AsyncDone,
 ) {
-    let len = compare.len() as u64;
-    if offset % LIBRBD_CAW_SECTOR + len <= LIBRBD_CAW_SECTOR {
+    if fits_librbd_compare_and_write(offset, compare.len() as u64) {
         let flusher = Arc::clone(&image);
         image.aio_compare_and_write(offset, compare, data, move |r, _, _| match r {
             Ok(Compared::Mismatch { offset }) => done(Ok(AsyncReply::Miscompare { offset })),
@@ -327,4 +331,39 @@ fn compare_and_write(
             then_flush_if(fua, &flusher, r, done)
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_sector_goes_to_librbd_compare_and_write() {
+        assert!(fits_librbd_compare_and_write(0, 512));
+        assert!(fits_librbd_compare_and_write(4096 + 512, 512));
+        assert!(!fits_librbd_compare_and_write(0, 1024));
+        assert!(!fits_librbd_compare_and_write(256, 512));
+    }
+
+    #[test]
+    fn operation_ranges_cover_every_byte_touched() {
+        let discard = AsyncOp::Discard {
+            ranges: vec![(8192, 512), (1024, 512)],
+        };
+        assert_eq!(op_range(&discard), (1024, 7680));
+        assert_eq!(op_range(&AsyncOp::Flush), (0, 0));
+        let write = AsyncOp::Write {
+            offset: 4096,
+            data: vec![0; 1024],
+            fua: false,
+        };
+        assert_eq!(op_range(&write), (4096, 1024));
+        let caw = AsyncOp::CompareAndWrite {
+            offset: 512,
+            compare: vec![0; 512],
+            data: vec![1; 512],
+            fua: true,
+        };
+        assert_eq!(op_range(&caw), (512, 512));
+    }
 }
