@@ -21,5 +21,10 @@ if ! command -v cc >/dev/null; then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq gcc
 fi
+# rbd-ffi links librbd and librados (RBD LUNs); Debian ships them in librbd-dev.
+if [[ ! -e /usr/include/rbd/librbd.h ]]; then
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends librbd-dev
+fi
 cargo build --release --bin iser-target
 exec target/release/iser-target serve "$@"

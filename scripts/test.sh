@@ -7,6 +7,8 @@
 #      seed corpus in fuzz/corpus/ (scripts/fuzz.sh; installs nightly and cargo-fuzz); a crash fails
 #   3. whole-binary tests against libiscsi's initiators over 127.0.0.1, including
 #      iscsi-test-cu on a RAM LUN and a file LUN (release build)
+#   3r. RBD: a one-node Ceph cluster (scripts/ceph-cluster.sh; installs the Ceph packages),
+#      rbd-ffi's tests and RBD LUNs over iSCSI against it, then the cluster is stopped
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
 #      and our target against the kernel initiator over TCP and over iSER, with and without CHAP
@@ -20,8 +22,9 @@ log() { printf '\n=== %s\n' "$*"; }
 
 # --- packages -------------------------------------------------------------------
 need_pkgs=()
-# libibverbs-dev, librdmacm-dev and libclang-dev build rdma-ffi (bindgen over rdma-core).
-for pkg in libiscsi-bin pkg-config libibverbs-dev librdmacm-dev libclang-dev; do
+# libibverbs-dev, librdmacm-dev and libclang-dev build rdma-ffi (bindgen over rdma-core);
+# librbd-dev (with librados-dev) links rbd-ffi.
+for pkg in libiscsi-bin pkg-config libibverbs-dev librdmacm-dev libclang-dev librbd-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -64,6 +67,16 @@ log "CHAP with libiscsi (one-way, mutual, wrong and missing credentials, discove
 cargo test --release --test chap -- --test-threads=2
 log "whole-binary tests (hostile clients: connection caps, login deadline, discovery sessions)"
 cargo test --release --test limits -- --test-threads=2
+
+# --- tier 3r: Ceph RBD ----------------------------------------------------------------
+# The cluster must come up: a machine that cannot install or start Ceph fails here.
+log "RBD: one-node Ceph cluster, rbd-ffi against it, RBD LUNs over iSCSI (round trip, SBC suites)"
+scripts/ceph-cluster.sh start
+trap 'scripts/ceph-cluster.sh stop' EXIT
+cargo test --release -p rbd-ffi --test cluster -- --test-threads=2
+cargo test --release --test rbd -- --test-threads=2
+trap - EXIT
+scripts/ceph-cluster.sh stop
 
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
 # Each guest run may take up to 20 minutes before it counts as hung (the harness's default is 10;

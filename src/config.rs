@@ -119,6 +119,26 @@ pub enum Backing {
         /// Absolute path of the device node.
         path: PathBuf,
     },
+    /// A Ceph RBD image, reached through librbd.
+    Rbd(RbdBacking),
+}
+
+/// Where an RBD image lives and how to reach it (`backing: {type: rbd, ...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdBacking {
+    /// The RADOS pool holding the image.
+    pub pool: String,
+    /// The image's name within the pool.
+    pub image: String,
+    /// Size for a newly created image; `None` means the image must exist. An existing
+    /// image keeps its own size.
+    pub size: Option<u64>,
+    /// Create the image (sized to `size`) if it does not exist.
+    pub create: bool,
+    /// Absolute path of the ceph.conf naming the monitors (and the keyring).
+    pub conf: PathBuf,
+    /// The cephx id to connect as, without the `client.` prefix.
+    pub user: String,
 }
 
 impl Backing {
@@ -129,6 +149,7 @@ impl Backing {
             Backing::Ram { size } => Some(*size),
             Backing::File { size, .. } => *size,
             Backing::Block { .. } => None,
+            Backing::Rbd(rbd) => rbd.size,
         }
     }
 }
@@ -503,6 +524,10 @@ struct RawBacking {
     size: Option<Value>,
     path: Option<String>,
     create: Option<bool>,
+    pool: Option<String>,
+    image: Option<String>,
+    conf: Option<String>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -763,7 +788,7 @@ impl RawLun {
         let Some(rb) = self.backing else {
             return err(
                 &format!("{path}.backing"),
-                "required: one of {type: ram, size}, {type: file, path, size, create}, {type: block, path}",
+                "required: one of {type: ram, size}, {type: file, path, size, create}, {type: block, path}, {type: rbd, pool, image, size, create, conf, user}",
             );
         };
         let backing = rb.resolve(&format!("{path}.backing"), block_size)?;
@@ -813,8 +838,24 @@ impl RawBacking {
                 format!("not used by type {kind}; {why}"),
             )
         };
+        if self.kind.as_deref() != Some("rbd") {
+            let rbd_only = [
+                ("pool", self.pool.is_some()),
+                ("image", self.image.is_some()),
+                ("conf", self.conf.is_some()),
+                ("user", self.user.is_some()),
+            ];
+            if let Some((field, _)) = rbd_only.iter().find(|(_, set)| *set) {
+                let kind = self.kind.as_deref().unwrap_or("(none)");
+                return not_used(
+                    field,
+                    kind,
+                    "only type rbd takes pool, image, conf and user",
+                );
+            }
+        }
         match self.kind.as_deref() {
-            None => err(&format!("{path}.type"), "required: ram, file or block"),
+            None => err(&format!("{path}.type"), "required: ram, file, block or rbd"),
             Some("ram") => {
                 if self.path.is_some() {
                     return not_used("path", "ram", "ram takes only size");
@@ -858,9 +899,33 @@ impl RawBacking {
                 let dev = check_abs_path(&format!("{path}.path"), self.path, "block")?;
                 Ok(Backing::Block { path: dev })
             }
+            Some("rbd") => {
+                if self.path.is_some() {
+                    return not_used("path", "rbd", "an RBD image is named by pool and image");
+                }
+                let create = self.create.unwrap_or(false);
+                if create && size.is_none() {
+                    return err(
+                        &format!("{path}.size"),
+                        "required when create: true, so the new image can be sized",
+                    );
+                }
+                let conf = match self.conf {
+                    None => PathBuf::from(DEFAULT_CEPH_CONF),
+                    Some(conf) => check_abs_path(&format!("{path}.conf"), Some(conf), "rbd")?,
+                };
+                Ok(Backing::Rbd(RbdBacking {
+                    pool: check_rados_name(&format!("{path}.pool"), self.pool, "pool")?,
+                    image: check_rados_name(&format!("{path}.image"), self.image, "image")?,
+                    size,
+                    create,
+                    conf,
+                    user: check_cephx_id(&format!("{path}.user"), self.user)?,
+                }))
+            }
             Some(other) => err(
                 &format!("{path}.type"),
-                format!("\"{other}\" is not a backing type; use ram, file or block"),
+                format!("\"{other}\" is not a backing type; use ram, file, block or rbd"),
             ),
         }
     }
@@ -1010,6 +1075,52 @@ fn check_abs_path(field: &str, path: Option<String>, kind: &str) -> CResult<Path
         );
     }
     Ok(pb)
+}
+
+/// The ceph.conf an RBD backing uses when `conf` is not given.
+const DEFAULT_CEPH_CONF: &str = "/etc/ceph/ceph.conf";
+/// The cephx id an RBD backing uses when `user` is not given.
+const DEFAULT_CEPH_USER: &str = "admin";
+
+/// A pool or image name: required, printable ASCII without spaces, and without the `/` and
+/// `@` that the `rbd` tool reads as pool and snapshot separators.
+fn check_rados_name(field: &str, name: Option<String>, what: &str) -> CResult<String> {
+    let Some(name) = name else {
+        return err(field, format!("required for type rbd: the {what} name"));
+    };
+    let bad = name
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || c == '/' || c == '@');
+    if name.is_empty() || name.len() > 255 || bad.is_some() {
+        return err(
+            field,
+            format!(
+                "\"{name}\" is not a usable {what} name; use 1-255 printable ASCII characters \
+                 without spaces, '/' or '@'"
+            ),
+        );
+    }
+    Ok(name)
+}
+
+/// A cephx id such as `admin` or `iscsi-gw` (without the `client.` prefix).
+fn check_cephx_id(field: &str, user: Option<String>) -> CResult<String> {
+    let Some(user) = user else {
+        return Ok(DEFAULT_CEPH_USER.to_string());
+    };
+    if let Some(id) = user.strip_prefix("client.") {
+        return err(
+            field,
+            format!("\"{user}\": give the cephx id without \"client.\", e.g. {id}"),
+        );
+    }
+    if user.is_empty() || user.len() > 255 || !user.chars().all(|c| c.is_ascii_graphic()) {
+        return err(
+            field,
+            format!("\"{user}\" is not a cephx id; use printable ASCII without spaces"),
+        );
+    }
+    Ok(user)
 }
 
 fn check_size_fits_blocks(field: &str, size: u64, block_size: u32) -> CResult<()> {

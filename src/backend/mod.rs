@@ -8,14 +8,18 @@
 
 mod file;
 mod ram;
+mod rbd;
 
 pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
 pub use ram::RamBackend;
+pub use rbd::RbdBackend;
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
+
+use mem_ffi::Buf;
 
 /// Errors from backing storage: the `io::Error` kind, OS error number and message, kept as
 /// plain data so the error is `Clone` and can be mapped to sense data.
@@ -111,6 +115,56 @@ pub trait Backend: Send + Sync {
     fn files(&self) -> Option<&BackendFiles> {
         None
     }
+    /// The asynchronous interface of a backend whose I/O completes on threads of its own
+    /// (RBD); `None` for the others.
+    fn asynchronous(&self) -> Option<&dyn AsyncBackend> {
+        None
+    }
+}
+
+/// An operation for an [`AsyncBackend`]; buffers travel with the operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AsyncOp {
+    /// Read `len` bytes at `offset`; replies [`AsyncReply::Data`].
+    Read { offset: u64, len: usize },
+    /// Write `data` at `offset`; `fua`: durable before completion.
+    Write { offset: u64, data: Buf, fua: bool },
+    /// Make every completed write durable.
+    Flush,
+    /// Deallocate each (offset, length) byte range; they read back as zeroes.
+    Discard { ranges: Vec<(u64, u64)> },
+    /// Set `len` bytes at `offset` to zeroes; `fua`: durable before completion.
+    WriteZeroes { offset: u64, len: u64, fua: bool },
+    /// Atomically with respect to this process's other I/O to the LU (the engine runs it
+    /// alone): if the medium at `offset` equals `compare`, write `data` (same length).
+    CompareAndWrite {
+        offset: u64,
+        compare: Buf,
+        data: Buf,
+        fua: bool,
+    },
+}
+
+/// What a successful [`AsyncOp`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsyncReply {
+    /// Completed; nothing to return.
+    Done,
+    /// The bytes read.
+    Data(Buf),
+    /// COMPARE AND WRITE found a difference at this byte offset of the compared range.
+    Miscompare { offset: u64 },
+}
+
+/// Receives the result of an [`AsyncOp`], on whichever thread completed it.
+pub type AsyncDone = Box<dyn FnOnce(Result<AsyncReply, BackendError>) + Send>;
+
+/// A backend that takes operations and reports their completion later, from its own
+/// threads, instead of blocking the caller.
+pub trait AsyncBackend: Send + Sync {
+    /// Starts `op`; `done` runs exactly once with its result (on the calling thread when
+    /// the operation could not be started). `done` must not block.
+    fn submit(&self, op: AsyncOp, done: AsyncDone);
 }
 
 /// Size of the zero buffer used when zeroing by writing.

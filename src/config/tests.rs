@@ -585,12 +585,12 @@ fn backing_errors() {
     fails(
         &with_lun("backing: {size: 1M}"),
         &format!("{p}.backing.type"),
-        "ram, file or block",
+        "ram, file, block or rbd",
     );
     fails(
         &with_lun("backing: {type: nvme}"),
         &format!("{p}.backing.type"),
-        "use ram, file or block",
+        "use ram, file, block or rbd",
     );
     fails(
         &with_lun("backing: {type: ram}"),
@@ -1195,4 +1195,95 @@ fn chap_config_errors_name_the_field() {
         "discovery_auth.chap.secret",
         "required",
     );
+}
+
+#[test]
+fn rbd_backing_resolves_with_defaults_and_in_full() {
+    let c = ok(&with_lun("backing: {type: rbd, pool: rbd, image: disk0}"));
+    assert_eq!(
+        c.targets[0].luns[0].backing,
+        Backing::Rbd(RbdBacking {
+            pool: "rbd".into(),
+            image: "disk0".into(),
+            size: None,
+            create: false,
+            conf: "/etc/ceph/ceph.conf".into(),
+            user: "admin".into(),
+        })
+    );
+    let c = ok(&with_lun(
+        "backing: {type: rbd, pool: rbd, image: disk0, size: 100G, create: true, \
+         conf: /etc/ceph/ceph.conf, user: iscsi-gw}",
+    ));
+    let backing = &c.targets[0].luns[0].backing;
+    assert_eq!(backing.configured_size(), Some(100 << 30));
+    assert!(matches!(backing, Backing::Rbd(r) if r.create && r.user == "iscsi-gw"));
+}
+
+#[test]
+fn rbd_backing_errors_name_the_field() {
+    let p = "targets[0].luns[0].backing";
+    let cases = [
+        ("{type: rbd, image: disk0}", "pool", "required for type rbd"),
+        ("{type: rbd, pool: rbd}", "image", "required for type rbd"),
+        (
+            "{type: rbd, pool: \"a b\", image: x}",
+            "pool",
+            "not a usable pool name",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: a/b}",
+            "image",
+            "not a usable image name",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, create: true}",
+            "size",
+            "required when create",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, size: 1000}",
+            "size",
+            "multiple of block_size",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, conf: ceph.conf}",
+            "conf",
+            "not an absolute path",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, user: client.admin}",
+            "user",
+            "without \"client.\"",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, path: /x}",
+            "path",
+            "not used by type rbd",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, secret: y}",
+            "",
+            "unknown field",
+        ),
+        (
+            "{type: file, path: /x, pool: rbd}",
+            "pool",
+            "not used by type file",
+        ),
+        (
+            "{type: ram, size: 1M, user: admin}",
+            "user",
+            "not used by type ram",
+        ),
+    ];
+    for (backing, field, needle) in cases {
+        let yaml = with_lun(&format!("backing: {backing}"));
+        if field.is_empty() {
+            let e = Config::from_yaml_str(&yaml).expect_err(backing);
+            assert!(e.to_string().contains(needle), "{e}");
+        } else {
+            fails(&yaml, &format!("{p}.{field}"), needle);
+        }
+    }
 }

@@ -8,6 +8,10 @@
 //!   devices, an fdatasync after the write on files, nothing more on O_DSYNC descriptors;
 //!   fdatasync for SYNCHRONIZE CACHE) and finished when their completion is reaped;
 //! - READ, WRITE and SYNCHRONIZE CACHE on RAM run inline on the engine thread;
+//! - on asynchronous backends (RBD), READ, WRITE, SYNCHRONIZE CACHE, UNMAP, WRITE SAME of
+//!   zeroes and COMPARE AND WRITE are submitted from the engine thread; the backend's
+//!   completion, on its own thread, posts the command back to the engine thread's inbox,
+//!   where it is finished (see `engine/aio.rs`);
 //! - everything rare (UNMAP, WRITE SAME, COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, GET LBA
 //!   STATUS, VERIFY) runs on a small process-wide blocking pool, as does all file and block I/O
 //!   when io_uring is unavailable.
@@ -29,8 +33,10 @@ use crossbeam_channel::{Receiver, Sender};
 use mem_ffi::Buf;
 use uring_ffi::{Completion, Ring, SetupError, Waker};
 
+use self::aio::Planned;
+
 use super::gate::{Access, IoGate};
-use crate::backend::{BackendError, FuaMethod};
+use crate::backend::{AsyncReply, BackendError, FuaMethod};
 use crate::iscsi::{ScsiTask, TaskId};
 use crate::scsi::{
     finish, run, runs_exclusively, BlockReply, Nexus, Prepared, Primitive, ScsiOutcome,
@@ -92,9 +98,21 @@ enum Message {
     /// A new command: to be ordered by its LU's gate.
     Run(Job),
     /// A command the gate has admitted after parking it.
-    Admitted(Job, usize),
+    Admitted(Job, Access, usize),
+    /// A command whose asynchronous backend operation has completed.
+    AsyncDone(AsyncDone),
     /// Leave once nothing is in flight.
     Stop,
+}
+
+/// A finished asynchronous backend operation, on its way back to the command's engine thread.
+struct AsyncDone {
+    job: Job,
+    access: Access,
+    lun_index: usize,
+    is_read: bool,
+    data_out_length: u32,
+    result: Result<AsyncReply, BackendError>,
 }
 
 /// What the blocking pool receives.
@@ -161,15 +179,24 @@ impl EngineShared {
         self.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Hands an admitted command to the place it runs: exclusive ones to the blocking pool,
-    /// shared ones back to their session's engine thread.
+    /// Hands an admitted command to the place it runs: exclusive ones to the blocking pool
+    /// (unless their LU's backend is asynchronous), the others back to their session's engine
+    /// thread.
     fn run_admitted(&self, access: Access, lun_index: usize, job: Job) {
-        match access {
-            Access::Exclusive => self.to_pool(job, access, lun_index),
-            Access::Shared => {
-                self.inboxes[job.session.thread].send(Message::Admitted(job, lun_index))
-            }
+        if access == Access::Exclusive && !self.is_asynchronous(&job, lun_index) {
+            self.to_pool(job, access, lun_index)
+        } else {
+            self.inboxes[job.session.thread].send(Message::Admitted(job, access, lun_index))
         }
+    }
+
+    /// Whether the job's LU has an asynchronous backend (whose exclusive commands are
+    /// submitted from the engine thread like the others).
+    fn is_asynchronous(&self, job: &Job, lun_index: usize) -> bool {
+        self.targets[job.session.target].luns()[lun_index]
+            .backend()
+            .asynchronous()
+            .is_some()
     }
 
     fn to_pool(&self, job: Job, access: Access, lun_index: usize) {
@@ -414,6 +441,8 @@ enum Route {
     Done(ScsiOutcome),
     /// Submit to the ring.
     Ring(RingOp),
+    /// Submit to the LU's asynchronous backend (with the command's Data-Out length).
+    Async(Planned, u32),
     /// Run on the blocking pool.
     Pool,
 }
@@ -466,7 +495,12 @@ impl EngineThread {
     fn handle(&mut self, message: Message) -> bool {
         match message {
             Message::Run(job) => self.order(job),
-            Message::Admitted(job, lun_index) => self.start(job, lun_index),
+            Message::Admitted(job, access, lun_index) => self.start(job, access, lun_index),
+            Message::AsyncDone(done) => {
+                let outcome = aio::outcome(done.is_read, done.result, done.data_out_length);
+                self.shared
+                    .complete(done.job, outcome, Some((done.access, done.lun_index)));
+            }
             Message::Stop => return false,
         }
         true
@@ -493,20 +527,25 @@ impl EngineThread {
         };
         let gate = &self.shared.gates[job.session.target][lun_index];
         if let Some(job) = gate.enter(access, job) {
-            match access {
-                Access::Exclusive => self.shared.to_pool(job, access, lun_index),
-                Access::Shared => self.start(job, lun_index),
+            if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
+                self.shared.to_pool(job, access, lun_index)
+            } else {
+                self.start(job, access, lun_index)
             }
         }
     }
 
-    /// Plans an admitted shared command and runs it: inline, on the ring, or on the pool.
-    fn start(&mut self, mut job: Job, lun_index: usize) {
-        let gate = Some((Access::Shared, lun_index));
+    /// Plans an admitted command and runs it: inline, on the ring, on an asynchronous
+    /// backend, or on the pool.
+    fn start(&mut self, mut job: Job, access: Access, lun_index: usize) {
+        let gate = Some((access, lun_index));
         let route = self.route(&job);
         match route {
             Route::Done(outcome) => self.shared.complete(job, outcome, gate),
-            Route::Pool => self.shared.to_pool(job, Access::Shared, lun_index),
+            Route::Pool => self.shared.to_pool(job, access, lun_index),
+            Route::Async(planned, data_out_length) => {
+                self.submit_async(job, access, lun_index, planned, data_out_length)
+            }
             Route::Ring(mut op) => {
                 if let (Primitive::Write { len, .. }, Submission::Write { buf, .. }) =
                     (op.primitive, &mut op.submission)
@@ -543,6 +582,12 @@ impl EngineThread {
                 ..
             } => (lu, request, data_out_length),
         };
+        if lu.backend().asynchronous().is_some() {
+            return match Planned::of(&request, &job.task.data_out) {
+                Some(planned) => Route::Async(planned, data_out_length),
+                None => Route::Pool,
+            };
+        }
         let Some(primitive) = request.primitive(&job.task.data_out) else {
             return Route::Pool;
         };
@@ -582,6 +627,44 @@ impl EngineThread {
             submission,
             sync_after,
         })
+    }
+
+    /// Hands a command's operation to its LU's asynchronous backend. The completion posts the
+    /// command back to this thread's inbox, where [`Message::AsyncDone`] finishes it.
+    fn submit_async(
+        &mut self,
+        mut job: Job,
+        access: Access,
+        lun_index: usize,
+        planned: Planned,
+        data_out_length: u32,
+    ) {
+        let is_read = planned.is_read();
+        let op = planned.into_op(std::mem::take(&mut job.task.data_out));
+        let lu = Arc::clone(&self.shared.targets[job.session.target].luns()[lun_index]);
+        let Some(backend) = lu.backend().asynchronous() else {
+            // Unreachable: routed here only for asynchronous backends. Answered as an
+            // internal target failure rather than trusted.
+            let outcome = ScsiOutcome::check_condition(0x04, 0x44, 0x00);
+            return self
+                .shared
+                .complete(job, outcome, Some((access, lun_index)));
+        };
+        let shared = Arc::clone(&self.shared);
+        backend.submit(
+            op,
+            Box::new(move |result| {
+                let thread = job.session.thread;
+                shared.inboxes[thread].send(Message::AsyncDone(AsyncDone {
+                    job,
+                    access,
+                    lun_index,
+                    is_read,
+                    data_out_length,
+                    result,
+                }));
+            }),
+        );
     }
 
     /// Pushes backlogged operations into free ring slots. They are submitted, all at once, by
@@ -691,5 +774,6 @@ fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
     }
 }
 
+mod aio;
 #[cfg(test)]
 mod tests;

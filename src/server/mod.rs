@@ -16,7 +16,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend};
+use crate::backend::{
+    Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend, RbdBackend,
+};
 use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
@@ -170,6 +172,7 @@ fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendErr
             Arc::new(FileBackend::open(path, *size, *create, write_through)?)
         }
         Backing::Block { path } => Arc::new(BlockDeviceBackend::open(path, write_through)?),
+        Backing::Rbd(rbd) => Arc::new(RbdBackend::open(rbd, lun.write_cache)?),
     })
 }
 

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod block_io;
 pub mod raw_login;
 
 use std::fmt::Write as _;
@@ -137,6 +138,9 @@ pub enum Backing {
     /// `{ type: file, path, size, create: true }`; a relative path is put in
     /// the server's temp dir.
     File { path: PathBuf, size: String },
+    /// A backing mapping written out as given (e.g. `{ type: rbd, ... }`), with the
+    /// LUN's write cache set to `write_cache`.
+    Yaml { backing: String, write_cache: bool },
 }
 
 /// One LUN of a target.
@@ -244,6 +248,13 @@ pub fn render_config_with_limits(
                     )
                     .unwrap();
                     writeln!(y, "        write_cache: false").unwrap();
+                }
+                Backing::Yaml {
+                    backing,
+                    write_cache,
+                } => {
+                    writeln!(y, "        backing: {backing}").unwrap();
+                    writeln!(y, "        write_cache: {write_cache}").unwrap();
                 }
             }
         }

@@ -1,0 +1,302 @@
+//! Whole-binary tests of RBD LUNs against a real one-node Ceph cluster, the one
+//! `scripts/ceph-cluster.sh start` brings up (or the conf named by `RBD_TEST_CONF`), driven
+//! over iSCSI/TCP by libiscsi's iscsi-test-cu and by the bulk-data session of
+//! `tests/common/block_io.rs`. Without a cluster the tests fail under CI (`CI=true`) or
+//! `REQUIRE_TOOLS=1`, and are skipped loudly elsewhere. scripts/test.sh's RBD tier starts the
+//! cluster, runs them and stops it.
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::block_io::BlockSession;
+use common::{parse_summary, run, Backing, LunSpec, Server, TargetSpec, TempDir};
+
+const TEST_IQN: &str = "iqn.2026-11.io.iser-target:rbd";
+const MIB: usize = 1 << 20;
+/// Tests of the SBC suites run below that pass on an RBD LUN (libiscsi 1.19.0, Ceph 16), as
+/// many as on a RAM LUN; the 7 others are skipped on both as not applicable (e.g. LBPPB < 2),
+/// none fails. Fewer fails the test.
+const SBC_PASSED: u64 = 52;
+
+/// The test cluster's ceph.conf, or `None` (after saying so) when there is none.
+fn cluster_conf() -> Option<PathBuf> {
+    let conf = std::env::var_os("RBD_TEST_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::manifest_dir().join("target/ceph-cluster/ceph.conf"));
+    if conf.exists() {
+        return Some(conf);
+    }
+    let msg = format!(
+        "no Ceph cluster at {} (run scripts/ceph-cluster.sh start)",
+        conf.display()
+    );
+    if common::tools_required() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// A fresh image name for this test run.
+fn image_name(tag: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("it-{tag}-{}-{stamp}", std::process::id())
+}
+
+/// LUN 0 on image `image` of pool `rbd`, created with `size` if missing.
+fn rbd_lun(conf: &std::path::Path, image: &str, size: &str, write_cache: bool) -> LunSpec {
+    LunSpec {
+        id: 0,
+        backing: Backing::Yaml {
+            backing: format!(
+                "{{ type: rbd, pool: rbd, image: {image}, size: {size}, create: true, \
+                 conf: {}, user: admin }}",
+                conf.display()
+            ),
+            write_cache,
+        },
+    }
+}
+
+/// 64 MiB of data no two MiB of which are alike.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 512) as u8).wrapping_mul(13) ^ (i as u8))
+        .collect()
+}
+
+/// Reads `len` bytes from LUN 0 of the server, 1 MiB per command.
+fn read_all(server: &Server, len: usize) -> Vec<u8> {
+    let mut session = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let mut out = Vec::with_capacity(len);
+    for chunk in 0..len / MIB {
+        let lba = (chunk * MIB / 512) as u64;
+        out.extend(session.read(lba, MIB, 512).expect("READ(16)"));
+    }
+    out
+}
+
+#[test]
+fn data_round_trips_matches_rbd_export_and_survives_a_restart() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let image = image_name("roundtrip");
+    let lun = rbd_lun(&conf, &image, "128M", false);
+    let data = pattern(64 * MIB);
+    let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun.clone()])]);
+    let mut session = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let started = Instant::now();
+    for (n, chunk) in data.chunks(MIB).enumerate() {
+        let lba = (n * MIB / 512) as u64;
+        session.write(lba, chunk, 512).expect("WRITE(16)");
+    }
+    eprintln!("wrote 64 MiB in {:?}", started.elapsed());
+    assert!(
+        read_all(&server, data.len()) == data,
+        "read back what was written"
+    );
+    drop(session);
+    server.stop();
+
+    // The image itself holds the bytes.
+    let exported = Command::new("rbd")
+        .arg("-c")
+        .arg(&conf)
+        .args(["export", &format!("rbd/{image}"), "-"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run rbd export");
+    assert!(exported.status.success(), "rbd export failed");
+    assert_eq!(exported.stdout.len(), 128 * MIB, "image keeps its size");
+    assert!(
+        exported.stdout[..64 * MIB] == data[..],
+        "rbd export shows the written bytes"
+    );
+    assert!(exported.stdout[64 * MIB..].iter().all(|&b| b == 0));
+
+    // A new target process on the same (now existing) image serves the same data.
+    let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun])]);
+    assert!(
+        read_all(&server, data.len()) == data,
+        "data kept across a restart"
+    );
+    server.stop();
+}
+
+/// The value of Ceph option `name` in the running target's librbd, asked through the admin
+/// socket scripts/ceph-cluster.sh gives every client (`run/client.admin.PID.CCTID.asok`).
+fn target_ceph_option(conf: &std::path::Path, server: &Server, name: &str) -> String {
+    let run_dir = conf.parent().unwrap().join("run");
+    let prefix = format!("client.admin.{}.", server.pid());
+    let socket = fs::read_dir(&run_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            file.starts_with(&prefix) && file.ends_with(".asok")
+        })
+        .unwrap_or_else(|| panic!("no admin socket {prefix}*.asok in {}", run_dir.display()));
+    let out = run(
+        Command::new("ceph")
+            .arg("--admin-daemon")
+            .arg(&socket)
+            .args(["config", "get", name]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "ceph --admin-daemon failed");
+    // {
+    //     "rbd_cache": "false"
+    // }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"{name}\"")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"));
+    let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
+    value.trim().trim_matches('"').to_string()
+}
+
+#[test]
+fn write_cache_setting_decides_librbd_cache() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    for write_cache in [false, true] {
+        let lun = rbd_lun(&conf, &image_name("cache"), "16M", write_cache);
+        let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun])]);
+        assert_eq!(
+            target_ceph_option(&conf, &server, "rbd_cache"),
+            write_cache.to_string(),
+            "write_cache: {write_cache}"
+        );
+        server.stop();
+    }
+}
+
+#[test]
+fn iscsi_test_cu_sbc_suites_pass() {
+    require_tools!("iscsi-test-cu");
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    // librbd's write cache on: SYNCHRONIZE CACHE and FUA go through its flush.
+    let lun = rbd_lun(&conf, &image_name("sbc"), "256M", true);
+    let mut server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun])]);
+    let out_dir = server.dir().join("sbc");
+    let suites = "SCSI.Read10,SCSI.Read16,SCSI.Write10,SCSI.Write16,SCSI.WriteVerify16,\
+                  SCSI.Unmap,SCSI.WriteSame10,SCSI.WriteSame16,SCSI.CompareAndWrite,\
+                  SCSI.SynchronizeCache10,SCSI.SynchronizeCache16,SCSI.GetLBAStatus";
+    let out = run(
+        Command::new(common::manifest_dir().join("scripts/conformance.sh"))
+            .args(["--tests", suites, "--stall", "120", "--timeout", "600"])
+            .arg(server.lun_url(TEST_IQN, 0))
+            .arg(&out_dir),
+        Duration::from_secs(630),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = fs::read_to_string(out_dir.join("summary.txt"))
+        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}"));
+    let kv = parse_summary(&summary);
+    let get = |k: &str| {
+        kv.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    server.assert_alive();
+    assert_eq!(get("status"), "completed", "{summary}\n{stdout}");
+    assert_eq!(get("failed"), "0", "{summary}\n{stdout}");
+    let passed: u64 = get("passed").parse().expect("passed=N");
+    assert!(
+        passed >= SBC_PASSED,
+        "{passed} passed, fewer than {SBC_PASSED}:\n{summary}"
+    );
+    server.stop();
+}
+
+/// Runs `serve` on a config with one RBD LUN and expects start-up to fail within `within`
+/// with a message containing each of `needles`.
+fn start_up_fails(backing: &str, within: Duration, needles: &[&str]) {
+    let dir = TempDir::new("rbd-fail");
+    let config = dir.path().join("config.yaml");
+    let port = common::free_port();
+    fs::write(
+        &config,
+        format!(
+            "portals: [{{address: 127.0.0.1, port: {port}}}]\ntargets:\n  - name: {TEST_IQN}\n    \
+             allowed_initiators: []\n    luns:\n      - backing: {backing}\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = run(
+        Command::new(common::binary())
+            .args(["serve", "--config"])
+            .arg(&config),
+        within + Duration::from_secs(15),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started anyway: {stderr}");
+    assert!(started.elapsed() < within, "took {:?}", started.elapsed());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+    }
+}
+
+#[test]
+fn unreachable_cluster_fails_start_up_clearly() {
+    // No cluster needed: a conf whose monitor address nothing listens on.
+    let dir = TempDir::new("rbd-unreachable");
+    let conf = dir.path().join("ceph.conf");
+    fs::write(
+        &conf,
+        "[global]\nmon host = 127.0.0.1:1\nauth client required = none\n",
+    )
+    .unwrap();
+    let backing = format!(
+        "{{type: rbd, pool: rbd, image: disk0, conf: {}}}",
+        conf.display()
+    );
+    start_up_fails(
+        &backing,
+        Duration::from_secs(45),
+        &["rbd/disk0", "connecting to the cluster's monitors"],
+    );
+}
+
+#[test]
+fn missing_pool_and_image_fail_start_up_clearly() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let c = conf.display();
+    start_up_fails(
+        &format!("{{type: rbd, pool: no-such-pool, image: x, conf: {c}}}"),
+        Duration::from_secs(30),
+        &[
+            "no-such-pool/x",
+            "opening the pool",
+            "No such file or directory",
+        ],
+    );
+    start_up_fails(
+        &format!("{{type: rbd, pool: rbd, image: no-such-image, conf: {c}}}"),
+        Duration::from_secs(30),
+        &[
+            "rbd/no-such-image",
+            "opening the image",
+            "No such file or directory",
+        ],
+    );
+}
