@@ -26,7 +26,7 @@ use super::commands::PendingTmf;
 use super::framing::{FrameError, FrameSettings};
 use super::login::LoginState;
 use super::pdu::{
-    self, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, TextRequest,
+    self, CdbBytes, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, TextRequest,
     TextResponse, RESERVED_TAG,
 };
 use super::tasks::{TaskState, TaskTable};
@@ -215,7 +215,7 @@ pub struct ScsiTask {
     pub target: usize,
     /// Decoded LUN number (`u64::MAX` when the LUN field was undecodable).
     pub lun: u64,
-    pub cdb: Vec<u8>,
+    pub cdb: CdbBytes,
     pub data_out: Vec<u8>,
     pub expected_transfer_length: u32,
     pub attribute: TaskAttr,

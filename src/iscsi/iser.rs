@@ -881,7 +881,7 @@ mod tests {
             expected_data_length: edtl,
             cmd_sn,
             exp_stat_sn: 8,
-            cdb,
+            cdb: cdb.into(),
             bidi_read_length: None,
         }
     }

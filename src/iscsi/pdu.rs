@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub use super::cdb::CdbBytes;
+
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
 /// Reserved task tag value ("no task").
@@ -125,7 +127,7 @@ pub struct ScsiCommand {
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
     /// The CDB: 16 bytes from the BHS followed by any Extended CDB AHS bytes.
-    pub cdb: Vec<u8>,
+    pub cdb: CdbBytes,
     /// Expected Bidirectional Read Data Length AHS, if present.
     pub bidi_read_length: Option<u32>,
 }
@@ -601,8 +603,7 @@ impl Header {
             }),
             Opcode::ScsiCommand => {
                 let extra = parse_command_ahs(ahs)?;
-                let mut cdb = b[32..48].to_vec();
-                cdb.extend_from_slice(&extra.extended_cdb);
+                let cdb = CdbBytes::new(&b[32..48], &extra.extended_cdb);
                 let attribute = match flags & 7 {
                     0 => TaskAttribute::Untagged,
                     1 => TaskAttribute::Simple,
@@ -1113,7 +1114,7 @@ mod tests {
             expected_data_length: 4096,
             cmd_sn: 9,
             exp_stat_sn: 10,
-            cdb: (0..32).collect(),
+            cdb: CdbBytes::from((0..32).collect::<Vec<u8>>()),
             bidi_read_length: Some(512),
         }));
         round_trip(Header::TaskMgmtRequest(TaskMgmtRequest {
@@ -1281,7 +1282,7 @@ mod tests {
             expected_data_length: 0,
             cmd_sn: 1,
             exp_stat_sn: 1,
-            cdb: vec![0; 16],
+            cdb: CdbBytes::from([0; 16]),
             bidi_read_length: None,
         })
         .encode(0);

@@ -11,9 +11,44 @@
 //! commands that are ahead of ExpCmdSN), immediate ones when they are received.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
+use super::cdb::CdbBytes;
 use super::connection::TaskId;
 use super::pdu::TaskAttribute;
+
+/// A map keyed by task ids or ITTs, hashed with [`IntHasher`] instead of std's SipHash, which
+/// cost more per command than the rest of the table's work.
+pub(super) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+/// One multiplication per integer key. It resists no chosen keys, and needs not: the keys are
+/// ITTs of one connection's own tasks, at most its command window plus a few immediate commands,
+/// so an initiator that picks colliding ITTs slows only its own lookups, and only to a scan of
+/// that many entries.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        // The product's high half depends on every bit of the key; rotated down, it picks the
+        // bucket, and hashbrown's 7-bit tag comes from the well-mixed bits above it.
+        self.0.rotate_left(32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +72,7 @@ pub(super) struct Task<C> {
     pub(super) immediate: bool,
     pub(super) lun: u64,
     pub(super) lun_field: [u8; 8],
-    pub(super) cdb: Vec<u8>,
+    pub(super) cdb: CdbBytes,
     pub(super) attribute: TaskAttribute,
     pub(super) expected_length: u32,
     pub(super) write: bool,
@@ -61,9 +96,9 @@ struct Entry<C> {
 /// The tasks of a connection, indexed by id and ITT, with the arrival order task ordering needs.
 #[derive(Debug)]
 pub(super) struct TaskTable<C> {
-    entries: HashMap<TaskId, Entry<C>>,
+    entries: IntMap<TaskId, Entry<C>>,
     /// ITT → task; ITTs are unique among the tasks (a duplicate is rejected before insertion).
-    by_itt: HashMap<u32, TaskId>,
+    by_itt: IntMap<u32, TaskId>,
     /// Ends of the arrival list of every task but HEAD OF QUEUE ones, linked through the entries.
     oldest: Option<TaskId>,
     newest: Option<TaskId>,
@@ -82,8 +117,8 @@ pub(super) struct TaskTable<C> {
 impl<C> TaskTable<C> {
     pub(super) fn new() -> Self {
         TaskTable {
-            entries: HashMap::new(),
-            by_itt: HashMap::new(),
+            entries: IntMap::default(),
+            by_itt: IntMap::default(),
             oldest: None,
             newest: None,
             ordered: VecDeque::new(),
@@ -274,7 +309,7 @@ mod tests {
             immediate,
             lun: 0,
             lun_field: [0; 8],
-            cdb: vec![0; 16],
+            cdb: CdbBytes::default(),
             attribute,
             expected_length: 0,
             write: false,

@@ -10,7 +10,7 @@
 //! Outgoing Data-In PDUs carry a slice of the task's read buffer ([`TcpAction::SendDataIn`]), so
 //! the transport can write header and data with one vectored write, without copying the data.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -24,6 +24,7 @@ use super::connection::{
 };
 use super::framing::{Frame, FrameError, FrameSettings, PduReader};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
+use super::tasks::IntMap;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 
@@ -106,9 +107,9 @@ struct LastDataIn<C> {
 pub struct TcpConnection<C = ()> {
     core: Connection<C>,
     /// Writes waiting for data, by ITT (unique among the core's tasks).
-    writes: HashMap<u32, Write<C>>,
+    writes: IntMap<u32, Write<C>>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Vec<u8>>,
+    complete: IntMap<TaskId, Vec<u8>>,
     last_data_in: Option<LastDataIn<C>>,
     /// Data-In PDUs sent for the read being answered: the ExpDataSN of its SCSI Response.
     data_in_sent: u32,
@@ -120,8 +121,8 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
         TcpConnection {
             core: Connection::new(config, local_addr, now),
-            writes: HashMap::new(),
-            complete: HashMap::new(),
+            writes: IntMap::default(),
+            complete: IntMap::default(),
             last_data_in: None,
             data_in_sent: 0,
             out: VecDeque::new(),

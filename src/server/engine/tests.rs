@@ -81,7 +81,7 @@ impl Client {
             id,
             target: 0,
             lun,
-            cdb,
+            cdb: cdb.into(),
             data_out,
             expected_transfer_length,
             attribute: TaskAttr::Simple,
