@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-pub use super::cdb::CdbBytes;
+pub use super::bytes::{CdbBytes, HeaderBytes};
 
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
@@ -603,7 +603,7 @@ impl Header {
             }),
             Opcode::ScsiCommand => {
                 let extra = parse_command_ahs(ahs)?;
-                let cdb = CdbBytes::new(&b[32..48], &extra.extended_cdb);
+                let cdb = CdbBytes::concat(&b[32..48], &extra.extended_cdb);
                 let attribute = match flags & 7 {
                     0 => TaskAttribute::Untagged,
                     1 => TaskAttribute::Simple,
@@ -829,7 +829,12 @@ impl Header {
 
     /// Encodes the BHS followed by any AHS; `data_len` fills DataSegmentLength.
     pub fn encode(&self, data_len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; BHS_LEN];
+        self.encode_bytes(data_len).to_vec()
+    }
+
+    /// As [`Header::encode`], inline (no allocation) unless there is an AHS.
+    pub fn encode_bytes(&self, data_len: usize) -> HeaderBytes {
+        let mut b = [0u8; BHS_LEN];
         let mut ahs = Vec::new();
         b[0] = self.opcode() as u8;
         match self {
@@ -1050,8 +1055,7 @@ impl Header {
         b[4] = (ahs.len() / 4) as u8;
         let dsl = (data_len as u32).to_be_bytes();
         b[5..8].copy_from_slice(&dsl[1..4]);
-        b.extend_from_slice(&ahs);
-        b
+        HeaderBytes::concat(&b, &ahs)
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::cdb::CdbBytes;
+use super::bytes::CdbBytes;
 use super::connection::TaskId;
 use super::pdu::TaskAttribute;
 
