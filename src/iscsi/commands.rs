@@ -13,6 +13,7 @@ use super::pdu::{
     self, Header, Pdu, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
 };
 use super::tasks::{Task, TaskState};
+use crate::scsi::sense::SenseData;
 use crate::scsi::{ScsiOutcome, TaskAttr};
 
 /// TMF function codes (RFC 7143 §11.5.1).
@@ -344,11 +345,11 @@ impl<C: Clone + Debug> Connection<C> {
         } else {
             Residual::default()
         };
-        self.respond(task, outcome.status, outcome.sense.clone(), residual);
+        self.respond(task, outcome.status, outcome.sense, residual);
     }
 
     /// Queues the final status of a task; it takes a StatSN.
-    fn respond(&mut self, task: TaskRef<C>, status: u8, sense: Vec<u8>, residual: Residual) {
+    fn respond(&mut self, task: TaskRef<C>, status: u8, sense: SenseData, residual: Residual) {
         let stat_sn = self.next_stat_sn();
         let numbers = SequenceNumbers {
             stat_sn,

@@ -31,6 +31,7 @@ use super::pdu::{
 };
 use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
+use crate::scsi::sense::SenseData;
 use crate::scsi::TaskAttr;
 
 /// A target as the core needs to know it: name, ACL, credentials and LUN numbers.
@@ -357,7 +358,7 @@ pub enum Action<C = ()> {
     Respond {
         task: TaskRef<C>,
         status: u8,
-        sense: Vec<u8>,
+        sense: SenseData,
         residual: Residual,
         numbers: SequenceNumbers,
     },

@@ -976,7 +976,7 @@ mod tests {
         // The command produced 8 KiB but the initiator's buffer is 4 KiB: overflow.
         let outcome = ScsiOutcome {
             status: 0,
-            sense: vec![],
+            sense: Default::default(),
             data_in: vec![0x5a; 8192],
             data_out_length: 0,
         };
@@ -1034,7 +1034,7 @@ mod tests {
         };
         let outcome = ScsiOutcome {
             status: 0,
-            sense: vec![],
+            sense: Default::default(),
             data_in: if read { vec![1; 512] } else { vec![] },
             data_out_length: if write { 512 } else { 0 },
         };
@@ -1534,7 +1534,7 @@ mod tests {
             task.id,
             ScsiOutcome {
                 status: 0,
-                sense: vec![],
+                sense: Default::default(),
                 data_in: vec![1; 512],
                 data_out_length: 0,
             },
@@ -1614,7 +1614,7 @@ mod tests {
             task.id,
             ScsiOutcome {
                 status: 0,
-                sense: vec![],
+                sense: Default::default(),
                 data_in: vec![0; 512],
                 data_out_length: 0,
             },

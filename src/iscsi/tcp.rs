@@ -25,6 +25,7 @@ use super::connection::{
 use super::framing::{Frame, FrameError, FrameSettings, PduReader};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
 use super::tasks::IntMap;
+use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 
@@ -327,7 +328,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         &mut self,
         task: TaskRef<C>,
         status: u8,
-        sense: Vec<u8>,
+        sense: SenseData,
         residual: Residual,
         numbers: SequenceNumbers,
     ) {
