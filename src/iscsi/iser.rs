@@ -9,7 +9,7 @@
 //! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
 //! data-out that arrives in Sends is immediate data.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use super::connection::{
     TaskRef,
 };
 use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
+use super::tasks::IntMap;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 
@@ -216,11 +217,11 @@ struct HeldOp {
 #[derive(Debug)]
 pub struct IserConnection {
     core: Connection<RemoteBuffers>,
-    reads: HashMap<u64, PendingRead>,
+    reads: IntMap<u64, PendingRead>,
     /// Writes whose data is being read, by task.
-    writes: HashMap<TaskId, IserWrite>,
+    writes: IntMap<TaskId, IserWrite>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Vec<u8>>,
+    complete: IntMap<TaskId, Vec<u8>>,
     /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
     /// the ExpDataSN of its SCSI Response.
     data_in_sequences: Option<(TaskId, u32)>,
@@ -252,9 +253,9 @@ impl IserConnection {
     ) -> Self {
         IserConnection {
             core: Connection::new(config, local_addr, now),
-            reads: HashMap::new(),
-            writes: HashMap::new(),
-            complete: HashMap::new(),
+            reads: IntMap::default(),
+            writes: IntMap::default(),
+            complete: IntMap::default(),
             data_in_sequences: None,
             next_token: 1,
             held: VecDeque::new(),

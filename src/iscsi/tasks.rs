@@ -17,8 +17,9 @@ use super::bytes::CdbBytes;
 use super::connection::TaskId;
 use super::pdu::TaskAttribute;
 
-/// A map keyed by task ids or ITTs, hashed with [`IntHasher`] instead of std's SipHash, which
-/// cost more per command than the rest of the table's work.
+/// A map keyed by task ids, ITTs or the iSER adapter's own read tokens, hashed with
+/// [`IntHasher`] instead of std's SipHash, which cost more per command than the rest of the
+/// table's work.
 pub(super) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// One multiplication per integer key. It resists no chosen keys, and needs not: the keys are
