@@ -153,17 +153,8 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Once all of a task's data-out is in: mark it ready and start it if task ordering lets it.
     fn start_if_complete(&mut self, id: TaskId) {
-        if self.tasks.state(id) != Some(TaskState::AwaitingData) {
-            return;
-        }
-        let Some(task) = self.tasks.get(id) else {
-            return;
-        };
-        if !task.write || task.received >= task.expected_length {
-            self.tasks.set_ready(id);
-            if self.tasks.may_start(id) {
-                self.start(id);
-            }
+        if self.tasks.ready_if_complete(id) {
+            self.start(id);
         }
     }
 

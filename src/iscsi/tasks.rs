@@ -232,12 +232,30 @@ impl<C> TaskTable<C> {
         self.entries.iter().map(|(&id, e)| (id, &e.task))
     }
 
-    /// All data of a task is in.
-    pub(super) fn set_ready(&mut self, id: TaskId) {
-        if let Some(entry) = self.entries.get_mut(&id) {
-            if entry.state == TaskState::AwaitingData {
-                entry.state = TaskState::Ready;
-            }
+    /// Marks a task that waits for data ready once all its data-out is in (a task without
+    /// data-out at once); whether task ordering lets it start now. One lookup for what the
+    /// start of every command needs.
+    pub(super) fn ready_if_complete(&mut self, id: TaskId) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        let task = &entry.task;
+        if entry.state != TaskState::AwaitingData
+            || (task.write && task.received < task.expected_length)
+        {
+            return false;
+        }
+        entry.state = TaskState::Ready;
+        let attribute = task.attribute;
+        self.ordering_allows(id, attribute)
+    }
+
+    /// Whether task ordering lets a ready task with this id and attribute start now.
+    fn ordering_allows(&self, id: TaskId, attribute: TaskAttribute) -> bool {
+        match attribute {
+            TaskAttribute::HeadOfQueue => true,
+            TaskAttribute::Ordered => self.oldest == Some(id),
+            _ => self.ordered.front().map_or(true, |&ordered| id < ordered),
         }
     }
 
@@ -246,14 +264,7 @@ impl<C> TaskTable<C> {
         let Some(entry) = self.entries.get(&id) else {
             return false;
         };
-        if entry.state != TaskState::Ready {
-            return false;
-        }
-        match entry.task.attribute {
-            TaskAttribute::HeadOfQueue => true,
-            TaskAttribute::Ordered => self.oldest == Some(id),
-            _ => self.ordered.front().map_or(true, |&ordered| id < ordered),
-        }
+        entry.state == TaskState::Ready && self.ordering_allows(id, entry.task.attribute)
     }
 
     /// Hands a ready task to the backend: it is running from now on.
@@ -400,10 +411,11 @@ mod tests {
                         }
                         let i = waiting[rng.below(waiting.len() as u64) as usize];
                         let id = model[i].0;
-                        table.set_ready(id);
+                        let may_start = table.ready_if_complete(id);
                         model[i].2 = TaskState::Ready;
                         let allowed = reference_startable(&model);
-                        assert_eq!(table.may_start(id), allowed.contains(&id), "seed {seed}");
+                        assert_eq!(may_start, allowed.contains(&id), "seed {seed}");
+                        assert_eq!(table.may_start(id), may_start, "seed {seed}");
                         assert!(allowed.iter().all(|&a| a == id), "seed {seed}: {allowed:?}");
                         if table.may_start(id) {
                             assert!(table.start(id).is_some());
@@ -463,7 +475,7 @@ mod tests {
         assert!(table.ordered.is_empty());
         // The ITT is free again and a new task goes to the front.
         let c = table.insert(task(1, TaskAttribute::Ordered, false));
-        table.set_ready(c);
+        assert!(table.ready_if_complete(c));
         assert!(table.may_start(c));
     }
 }
