@@ -1,8 +1,10 @@
 //! Instructions per command, counted by `valgrind --tool=callgrind`: the benchmark runs itself
 //! under callgrind twice, with 0 and with COUNT commands of a workload (`--callgrind`), one
-//! output file per thread. Thread 1 is the main thread, which is the initiator; every other thread
-//! is the target. The difference between the two runs divided by COUNT is the cost of one command,
-//! without start-up, login, filling the LUN or shutdown.
+//! output file per thread. Over TCP, thread 1 is the main thread, which is the initiator; every
+//! other thread is the target. In the pair both sides share the main thread, so callgrind counts
+//! only inside the pair's `Wire::send` (`--toggle-collect`), which is where the target runs. The
+//! difference between the two runs divided by COUNT is the cost of one command, without start-up,
+//! login, filling the LUN or shutdown.
 //!
 //! glibc copies large blocks with `rep movsb`, which valgrind counts as one instruction per byte;
 //! the runs raise glibc's thresholds for it (and `rep stosb`) so copies execute, and count, as the
@@ -10,6 +12,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::Fabric;
+
+/// The function callgrind counts in, in the pair: the target's side of every exchange.
+const PAIR_TARGET: &str = "*PairTarget as *Wire>::send";
 
 /// glibc tunables that keep memcpy and memset in vector loops at every size.
 const NO_REP_STRINGS: &str =
@@ -22,44 +29,60 @@ struct Instructions {
     target: u64,
 }
 
-/// Runs `datapath --callgrind WORKLOAD COUNT` under callgrind (COUNT = 0 and `count`) and prints
-/// instructions per command. Exits non-zero when valgrind is missing or a run fails.
-pub fn report(workload: &str, count: u64) {
+/// Runs `datapath --callgrind WORKLOAD COUNT FABRIC` under callgrind (COUNT = 0 and `count`) and
+/// prints instructions per command. Exits non-zero when valgrind is missing or a run fails.
+pub fn report(fabric: Fabric, workload: &str, count: u64) {
     if count == 0 {
         eprintln!("--callgrind-report needs a command count above 0");
         std::process::exit(2);
     }
     let dir = std::env::temp_dir().join(format!("datapath-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create a directory for callgrind's output");
-    let base = run(&dir, workload, 0);
-    let full = run(&dir, workload, count);
+    let base = run(&dir, fabric, workload, 0);
+    let full = run(&dir, fabric, workload, count);
     let _ = std::fs::remove_dir_all(&dir);
     let per_command = |a: u64, b: u64| (a as f64 - b as f64) / count as f64;
-    println!("callgrind, {workload} at queue depth 1 over TCP, {count} commands:");
+    let over = match fabric {
+        Fabric::Pair => "the pair",
+        Fabric::Tcp => "TCP",
+    };
+    println!("callgrind, {workload} at queue depth 1 over {over}, {count} commands:");
     println!(
         "  target    {:>10.0} instructions per command ({} in the run, {} without commands)",
         per_command(full.target, base.target),
         full.target,
         base.target
     );
-    println!(
-        "  initiator {:>10.0} instructions per command",
-        per_command(full.initiator, base.initiator)
-    );
+    if fabric == Fabric::Tcp {
+        println!(
+            "  initiator {:>10.0} instructions per command",
+            per_command(full.initiator, base.initiator)
+        );
+    }
 }
 
-/// One callgrind run of `count` commands; the instructions of each side.
-fn run(dir: &Path, workload: &str, count: u64) -> Instructions {
+/// One callgrind run of `count` commands; the instructions of each side (in the pair, only the
+/// target's are counted).
+fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
     let exe = std::env::current_exe().expect("path of this benchmark");
     let prefix = dir.join(format!("callgrind.{count}"));
-    let status = Command::new("valgrind")
+    let mut command = Command::new("valgrind");
+    command
         .env("GLIBC_TUNABLES", NO_REP_STRINGS)
         .arg("--tool=callgrind")
         .arg("--separate-threads=yes")
         .arg(format!("--callgrind-out-file={}", prefix.display()))
-        .arg("--quiet")
+        .arg("--quiet");
+    let fabric_arg = match fabric {
+        Fabric::Pair => {
+            command.arg(format!("--toggle-collect={PAIR_TARGET}"));
+            "pair"
+        }
+        Fabric::Tcp => "tcp",
+    };
+    let status = command
         .arg(&exe)
-        .args(["--callgrind", workload, &count.to_string()])
+        .args(["--callgrind", workload, &count.to_string(), fabric_arg])
         .status();
     match status {
         Ok(s) if s.success() => {}
@@ -73,9 +96,9 @@ fn run(dir: &Path, workload: &str, count: u64) -> Instructions {
         }
     }
     let mut sum = Instructions::default();
-    for (thread, path) in thread_files(&prefix) {
+    for (thread, path) in thread_files(&prefix, fabric) {
         let instructions = totals(&path);
-        if thread == 1 {
+        if thread == 1 && fabric == Fabric::Tcp {
             sum.initiator += instructions;
         } else {
             sum.target += instructions;
@@ -85,7 +108,7 @@ fn run(dir: &Path, workload: &str, count: u64) -> Instructions {
 }
 
 /// The per-thread output files of a run: `PREFIX-NN`, NN the valgrind thread number.
-fn thread_files(prefix: &Path) -> Vec<(u32, PathBuf)> {
+fn thread_files(prefix: &Path, fabric: Fabric) -> Vec<(u32, PathBuf)> {
     let name = prefix
         .file_name()
         .and_then(|n| n.to_str())
@@ -107,7 +130,7 @@ fn thread_files(prefix: &Path) -> Vec<(u32, PathBuf)> {
         })
         .collect();
     assert!(
-        files.iter().any(|(t, _)| *t == 1) && files.len() > 1,
+        files.iter().any(|(t, _)| *t == 1) && (fabric == Fabric::Pair || files.len() > 1),
         "callgrind wrote no per-thread files for {}",
         prefix.display()
     );

@@ -291,7 +291,7 @@ impl Initiator {
         let offset = self.next_offset;
         self.next_offset = (offset + len) % REGION;
         let itt = self.itt();
-        let mut cdb = vec![0u8; 16];
+        let mut cdb = [0u8; 16];
         cdb[0] = if op == Op::Read { 0x28 } else { 0x2a };
         cdb[2..6].copy_from_slice(&((offset / BLOCK) as u32).to_be_bytes());
         cdb[7..9].copy_from_slice(&((len / BLOCK) as u16).to_be_bytes());
@@ -306,7 +306,7 @@ impl Initiator {
             expected_data_length: len as u32,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb,
+            cdb: cdb.into(),
             bidi_read_length: None,
         };
         self.cmd_sn = self.cmd_sn.wrapping_add(1);

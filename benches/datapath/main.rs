@@ -12,10 +12,10 @@
 //! several runs after a warm-up. See docs/benchmarks.md.
 //!
 //! Usage: `datapath [--runs N] [--scale X] [FILTER...]` (a case runs when its name contains every
-//! FILTER); `datapath --callgrind WORKLOAD COUNT` runs exactly COUNT commands of WORKLOAD
-//! (`4k-read`, `128k-write`, ...) at queue depth 1 over TCP, for `valgrind --tool=callgrind`;
-//! `datapath --callgrind-report WORKLOAD COUNT` runs that under callgrind itself and prints
-//! instructions per command.
+//! FILTER); `datapath --callgrind WORKLOAD COUNT [tcp|pair]` runs exactly COUNT commands of
+//! WORKLOAD (`4k-read`, `128k-write`, ...) at queue depth 1 over TCP or the pair, for
+//! `valgrind --tool=callgrind`; `datapath --callgrind-report WORKLOAD COUNT [tcp|pair]` runs that
+//! under callgrind itself and prints instructions per command.
 
 mod callgrind;
 mod initiator;
@@ -326,37 +326,63 @@ fn run_benchmarks(options: &Options) {
     }
 }
 
-/// Exactly `count` commands of one workload at queue depth 1 over TCP, after login and filling
-/// the region: a repeatable instruction count under callgrind.
-fn run_fixed(op: Op, len: usize, count: u64) {
-    let server = loopback::start_server(config());
-    let mut wire = TcpWire::connect(&server);
-    let mut initiator = Initiator::login(&mut wire, TARGET);
-    initiator.fill_region(&mut wire);
-    initiator.set_verify(false);
-    initiator.run(&mut wire, op, len, 1, count);
-    initiator.logout(&mut wire);
-    server.shutdown().expect("clean shutdown");
+/// Exactly `count` commands of one workload at queue depth 1 over `fabric`, after login and
+/// filling the region: a repeatable instruction count under callgrind.
+fn run_fixed(fabric: Fabric, op: Op, len: usize, count: u64) {
+    let config = config();
+    match fabric {
+        Fabric::Pair => {
+            let core = Arc::new(iser_target::server::tcp_core_config(&config));
+            let scsi = iser_target::server::build_scsi_targets(&config)
+                .expect("RAM LUN")
+                .remove(0);
+            let mut target = PairTarget::new(core, scsi);
+            let mut initiator = Initiator::login(&mut target, TARGET);
+            initiator.fill_region(&mut target);
+            initiator.set_verify(false);
+            initiator.run(&mut target, op, len, 1, count);
+            initiator.logout(&mut target);
+        }
+        Fabric::Tcp => {
+            let server = loopback::start_server(config);
+            let mut wire = TcpWire::connect(&server);
+            let mut initiator = Initiator::login(&mut wire, TARGET);
+            initiator.fill_region(&mut wire);
+            initiator.set_verify(false);
+            initiator.run(&mut wire, op, len, 1, count);
+            initiator.logout(&mut wire);
+            server.shutdown().expect("clean shutdown");
+        }
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: datapath [--runs N] [--scale X] [FILTER...]\n       \
-         datapath --callgrind WORKLOAD COUNT\n       \
-         datapath --callgrind-report WORKLOAD COUNT\n\
-         WORKLOAD: 4k-read, 4k-write, 128k-read, 128k-write, ..."
+         datapath --callgrind WORKLOAD COUNT [tcp|pair]\n       \
+         datapath --callgrind-report WORKLOAD COUNT [tcp|pair]\n\
+         WORKLOAD: 4k-read, 4k-write, 128k-read, 128k-write, ...; fabric tcp unless given"
     );
     std::process::exit(2)
 }
 
-fn workload_and_count(args: &mut impl Iterator<Item = String>) -> (Op, usize, u64) {
+/// `WORKLOAD COUNT [FABRIC]`, the rest of a `--callgrind` command line.
+fn fixed_workload(mut args: impl Iterator<Item = String>) -> (Fabric, Op, usize, u64) {
     let Some((op, len)) = args.next().as_deref().and_then(parse_workload) else {
         usage()
     };
     let Some(count) = args.next().and_then(|c| c.parse().ok()) else {
         usage()
     };
-    (op, len, count)
+    let fabric = match args.next().as_deref() {
+        None | Some("tcp") => Fabric::Tcp,
+        Some("pair") => Fabric::Pair,
+        Some(_) => usage(),
+    };
+    if args.next().is_some() {
+        usage()
+    }
+    (fabric, op, len, count)
 }
 
 fn main() {
@@ -379,13 +405,13 @@ fn main() {
                 _ => usage(),
             },
             "--callgrind" => {
-                let (op, len, count) = workload_and_count(&mut args);
-                run_fixed(op, len, count);
+                let (fabric, op, len, count) = fixed_workload(args);
+                run_fixed(fabric, op, len, count);
                 return;
             }
             "--callgrind-report" => {
-                let (op, len, count) = workload_and_count(&mut args);
-                callgrind::report(&workload_name(op, len), count);
+                let (fabric, op, len, count) = fixed_workload(args);
+                callgrind::report(fabric, &workload_name(op, len), count);
                 return;
             }
             filter if !filter.starts_with('-') => options.filters.push(filter.to_string()),

@@ -3,7 +3,9 @@
 //! datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs go
 //! out framed as the server's vectored writes frame them (`framing::frame_parts` around the data
 //! where it lies; joining them here stands for the kernel's copy into the socket). Time,
-//! allocations and payload copies are counted only while the target side runs.
+//! allocations and payload copies are counted only while the target side runs, and allocations
+//! without the read buffer that stands for the socket read (the transport's, not the core's);
+//! the joined PDUs reuse their buffers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use iser_target::iscsi::framing::{frame_parts, FrameSettings, PduReader};
 use iser_target::iscsi::pdu::Header;
 use iser_target::iscsi::tcp::{TcpAction, TcpConnection};
-use iser_target::iscsi::{CloseReason, CoreConfig};
+use iser_target::iscsi::{CloseReason, CoreConfig, ScsiTask};
 use iser_target::scsi::{Nexus, ScsiRequest, ScsiTarget};
 use iser_target::stats::{thread_payload_copies, CopyCounts};
 use mem_ffi::{AllocCounts, CountingAllocator};
@@ -43,6 +45,10 @@ pub struct PairTarget {
     outbox: VecDeque<Vec<u8>>,
     /// The PDU the initiator received last.
     delivered: Vec<u8>,
+    /// Buffers of delivered PDUs, for the next ones.
+    spare: Vec<Vec<u8>>,
+    /// Commands the core asked to run, kept between calls.
+    ready: Vec<ScsiTask>,
     now: Instant,
     pub cost: TargetCost,
 }
@@ -59,6 +65,8 @@ impl PairTarget {
             reader: PduReader::new(),
             outbox: VecDeque::new(),
             delivered: Vec::new(),
+            spare: Vec::new(),
+            ready: Vec::new(),
             now,
             cost: TargetCost::default(),
         }
@@ -67,7 +75,9 @@ impl PairTarget {
     /// The stream bytes of one PDU whose data segment is `data`.
     fn frame(&mut self, header: &Header, data: &[u8]) {
         let parts = frame_parts(header, data, &self.settings);
-        let mut bytes = parts.head.clone();
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&parts.head);
         bytes.extend_from_slice(data);
         bytes.extend_from_slice(parts.tail());
         self.outbox.push_back(bytes);
@@ -76,7 +86,7 @@ impl PairTarget {
     /// Carries out the core's actions until it has none left, running commands as they come,
     /// as the server's connection thread and I/O workers would.
     fn pump(&mut self) {
-        let mut ready = Vec::new();
+        let mut ready = std::mem::take(&mut self.ready);
         loop {
             while let Some(action) = self.conn.poll_action() {
                 match action {
@@ -104,6 +114,7 @@ impl PairTarget {
                 }
             }
             if ready.is_empty() {
+                self.ready = ready;
                 return;
             }
             let nexus = self.nexus.as_ref().expect("commands only after login");
@@ -127,9 +138,14 @@ impl Wire for PairTarget {
         let started = Instant::now();
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
+        let mut socket_reads = AllocCounts::default();
         for piece in bytes.chunks(CHUNK) {
-            // The socket read into a buffer of its own (the kernel's copy, not counted).
-            self.reader.push_owned(piece.to_vec());
+            // The socket read into a buffer of its own (the kernel's copy, not counted; nor is
+            // the buffer: the transport's, not the core's).
+            let before_read = CountingAllocator::thread();
+            let buffer = piece.to_vec();
+            socket_reads = socket_reads + (CountingAllocator::thread() - before_read);
+            self.reader.push_owned(buffer);
             loop {
                 match self.reader.next_frame(&self.settings) {
                     Ok(Some(frame)) => {
@@ -142,17 +158,20 @@ impl Wire for PairTarget {
                 self.pump();
             }
         }
-        self.cost.allocations = self.cost.allocations + (CountingAllocator::thread() - allocations);
+        self.cost.allocations =
+            self.cost.allocations + (CountingAllocator::thread() - allocations - socket_reads);
         self.cost.copies = self.cost.copies + (thread_payload_copies() - copies);
         self.cost.time += started.elapsed();
     }
 
     /// One PDU at a time.
     fn receive(&mut self) -> &[u8] {
-        self.delivered = self
+        let next = self
             .outbox
             .pop_front()
             .expect("the target has nothing to say");
+        self.spare
+            .push(std::mem::replace(&mut self.delivered, next));
         &self.delivered
     }
 }

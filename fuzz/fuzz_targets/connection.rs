@@ -54,7 +54,7 @@ impl Harness {
                 TcpAction::Execute(task) => {
                     assert!(task.data_out.len() as u64 <= task.expected_transfer_length as u64);
                     if task.cdb[0] == 0x2a && !task.data_out.is_empty() {
-                        assert!(self.write_cdbs.contains(&task.cdb), "write without command");
+                        assert!(self.write_cdbs.contains(&task.cdb.to_vec()), "write without command");
                     }
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));
@@ -169,7 +169,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     if let Header::ScsiCommand(c) = &pdu.header {
                         if c.write {
-                            h.write_cdbs.push(c.cdb.clone());
+                            h.write_cdbs.push(c.cdb.to_vec());
                         }
                     }
                     h.conn.handle_pdu(pdu, h.now)

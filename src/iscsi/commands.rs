@@ -13,6 +13,7 @@ use super::pdu::{
     self, Header, Pdu, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
 };
 use super::tasks::{Task, TaskState};
+use crate::scsi::sense::SenseData;
 use crate::scsi::{ScsiOutcome, TaskAttr};
 use crate::stats::count_payload_copy;
 use mem_ffi::Buf;
@@ -157,17 +158,8 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Once all of a task's data-out is in: mark it ready and start it if task ordering lets it.
     fn start_if_complete(&mut self, id: TaskId) {
-        if self.tasks.state(id) != Some(TaskState::AwaitingData) {
-            return;
-        }
-        let Some(task) = self.tasks.get(id) else {
-            return;
-        };
-        if !task.write || task.received >= task.expected_length {
-            self.tasks.set_ready(id);
-            if self.tasks.may_start(id) {
-                self.start(id);
-            }
+        if self.tasks.ready_if_complete(id) {
+            self.start(id);
         }
     }
 
@@ -349,11 +341,11 @@ impl<C: Clone + Debug> Connection<C> {
         } else {
             Residual::default()
         };
-        self.respond(task, outcome.status, outcome.sense.clone(), residual);
+        self.respond(task, outcome.status, outcome.sense, residual);
     }
 
     /// Queues the final status of a task; it takes a StatSN.
-    fn respond(&mut self, task: TaskRef<C>, status: u8, sense: Vec<u8>, residual: Residual) {
+    fn respond(&mut self, task: TaskRef<C>, status: u8, sense: SenseData, residual: Residual) {
         let stat_sn = self.next_stat_sn();
         let numbers = SequenceNumbers {
             stat_sn,

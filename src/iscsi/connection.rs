@@ -26,11 +26,12 @@ use super::commands::PendingTmf;
 use super::framing::{FrameError, FrameSettings};
 use super::login::LoginState;
 use super::pdu::{
-    self, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, ScsiCommand,
+    self, CdbBytes, Header, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject, ScsiCommand,
     TextRequest, TextResponse, RESERVED_TAG,
 };
 use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
+use crate::scsi::sense::SenseData;
 use crate::scsi::TaskAttr;
 use mem_ffi::Buf;
 
@@ -216,7 +217,7 @@ pub struct ScsiTask {
     pub target: usize,
     /// Decoded LUN number (`u64::MAX` when the LUN field was undecodable).
     pub lun: u64,
-    pub cdb: Vec<u8>,
+    pub cdb: CdbBytes,
     /// The write data the datamover brought in (empty for commands without Data-Out): the
     /// task's pool buffer itself, which the backend writes from.
     pub data_out: Buf,
@@ -361,7 +362,7 @@ pub enum Action<C = ()> {
     Respond {
         task: TaskRef<C>,
         status: u8,
-        sense: Vec<u8>,
+        sense: SenseData,
         residual: Residual,
         numbers: SequenceNumbers,
     },

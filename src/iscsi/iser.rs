@@ -9,7 +9,7 @@
 //! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
 //! data-out that arrives in Sends is immediate data.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use super::connection::{
     TaskRef,
 };
 use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
+use super::tasks::IntMap;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 use mem_ffi::Buf;
@@ -241,14 +242,14 @@ struct HeldOp {
 #[derive(Debug)]
 pub struct IserConnection {
     core: Connection<RemoteBuffers>,
-    reads: HashMap<u64, PendingRead>,
+    reads: IntMap<u64, PendingRead>,
     /// Writes whose data is being read, by task.
-    writes: HashMap<TaskId, IserWrite>,
+    writes: IntMap<TaskId, IserWrite>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Buf>,
+    complete: IntMap<TaskId, Buf>,
     /// Buffers of writes that ended while RDMA Reads into them were in flight: kept until the
     /// last of those completes, so the pool never hands out memory the NIC may still write.
-    retired: HashMap<TaskId, Buf>,
+    retired: IntMap<TaskId, Buf>,
     /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
     /// the ExpDataSN of its SCSI Response.
     data_in_sequences: Option<(TaskId, u32)>,
@@ -280,10 +281,10 @@ impl IserConnection {
     ) -> Self {
         IserConnection {
             core: Connection::new(config, local_addr, now),
-            reads: HashMap::new(),
-            writes: HashMap::new(),
-            complete: HashMap::new(),
-            retired: HashMap::new(),
+            reads: IntMap::default(),
+            writes: IntMap::default(),
+            complete: IntMap::default(),
+            retired: IntMap::default(),
             data_in_sequences: None,
             next_token: 1,
             held: VecDeque::new(),
@@ -973,7 +974,7 @@ mod tests {
             expected_data_length: edtl,
             cmd_sn,
             exp_stat_sn: 8,
-            cdb,
+            cdb: cdb.into(),
             bidi_read_length: None,
         }
     }
@@ -1068,7 +1069,7 @@ mod tests {
         // The command produced 8 KiB but the initiator's buffer is 4 KiB: overflow.
         let outcome = ScsiOutcome {
             status: 0,
-            sense: vec![],
+            sense: Default::default(),
             data_in: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
             data_out_length: 0,
         };
@@ -1127,7 +1128,7 @@ mod tests {
         };
         let outcome = ScsiOutcome {
             status: 0,
-            sense: vec![],
+            sense: Default::default(),
             data_in: mem_ffi::Buf::copy_from_slice(&if read { vec![1; 512] } else { vec![] }),
             data_out_length: if write { 512 } else { 0 },
         };
@@ -1730,7 +1731,7 @@ mod tests {
             task.id,
             ScsiOutcome {
                 status: 0,
-                sense: vec![],
+                sense: Default::default(),
                 data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
                 data_out_length: 0,
             },
@@ -1810,7 +1811,7 @@ mod tests {
             task.id,
             ScsiOutcome {
                 status: 0,
-                sense: vec![],
+                sense: Default::default(),
                 data_in: mem_ffi::Buf::copy_from_slice(&[0; 512]),
                 data_out_length: 0,
             },

@@ -6,6 +6,7 @@
 //! connections (TSIH allocation, reinstatement) is asked of the transport through
 //! [`connection::Action::BindSession`].
 
+pub mod bytes;
 pub mod chap;
 mod commands;
 pub mod connection;

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub use super::bytes::{CdbBytes, HeaderBytes};
+
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
 /// Reserved task tag value ("no task").
@@ -125,7 +127,7 @@ pub struct ScsiCommand {
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
     /// The CDB: 16 bytes from the BHS followed by any Extended CDB AHS bytes.
-    pub cdb: Vec<u8>,
+    pub cdb: CdbBytes,
     /// Expected Bidirectional Read Data Length AHS, if present.
     pub bidi_read_length: Option<u32>,
 }
@@ -601,8 +603,7 @@ impl Header {
             }),
             Opcode::ScsiCommand => {
                 let extra = parse_command_ahs(ahs)?;
-                let mut cdb = b[32..48].to_vec();
-                cdb.extend_from_slice(&extra.extended_cdb);
+                let cdb = CdbBytes::concat(&b[32..48], &extra.extended_cdb);
                 let attribute = match flags & 7 {
                     0 => TaskAttribute::Untagged,
                     1 => TaskAttribute::Simple,
@@ -828,7 +829,12 @@ impl Header {
 
     /// Encodes the BHS followed by any AHS; `data_len` fills DataSegmentLength.
     pub fn encode(&self, data_len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; BHS_LEN];
+        self.encode_bytes(data_len).to_vec()
+    }
+
+    /// As [`Header::encode`], inline (no allocation) unless there is an AHS.
+    pub fn encode_bytes(&self, data_len: usize) -> HeaderBytes {
+        let mut b = [0u8; BHS_LEN];
         let mut ahs = Vec::new();
         b[0] = self.opcode() as u8;
         match self {
@@ -1049,8 +1055,7 @@ impl Header {
         b[4] = (ahs.len() / 4) as u8;
         let dsl = (data_len as u32).to_be_bytes();
         b[5..8].copy_from_slice(&dsl[1..4]);
-        b.extend_from_slice(&ahs);
-        b
+        HeaderBytes::concat(&b, &ahs)
     }
 }
 
@@ -1113,7 +1118,7 @@ mod tests {
             expected_data_length: 4096,
             cmd_sn: 9,
             exp_stat_sn: 10,
-            cdb: (0..32).collect(),
+            cdb: CdbBytes::from((0..32).collect::<Vec<u8>>()),
             bidi_read_length: Some(512),
         }));
         round_trip(Header::TaskMgmtRequest(TaskMgmtRequest {
@@ -1281,7 +1286,7 @@ mod tests {
             expected_data_length: 0,
             cmd_sn: 1,
             exp_stat_sn: 1,
-            cdb: vec![0; 16],
+            cdb: CdbBytes::from([0; 16]),
             bidi_read_length: None,
         })
         .encode(0);

@@ -10,7 +10,7 @@
 //! Outgoing Data-In PDUs carry a slice of the task's read buffer ([`TcpAction::SendDataIn`]), so
 //! the transport can write header and data with one vectored write, without copying the data.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -24,6 +24,8 @@ use super::connection::{
 };
 use super::framing::{Frame, FrameError, FrameSettings, PduReader};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
+use super::tasks::IntMap;
+use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 use mem_ffi::Buf;
@@ -108,10 +110,13 @@ struct LastDataIn<C> {
 pub struct TcpConnection<C = ()> {
     core: Connection<C>,
     /// Writes waiting for data, by ITT (unique among the core's tasks).
-    writes: HashMap<u32, Write<C>>,
+    writes: IntMap<u32, Write<C>>,
     /// Data buffers of writes whose data is all in, until the core executes them.
-    complete: HashMap<TaskId, Buf>,
+    complete: IntMap<TaskId, Buf>,
     last_data_in: Option<LastDataIn<C>>,
+    /// R2T lists of writes that ended, emptied, for the next writes: soliciting data then costs
+    /// no allocation. At most one per write that was in flight at once.
+    spare_r2ts: Vec<Vec<R2tWindow>>,
     /// Data-In PDUs sent for the read being answered: the ExpDataSN of its SCSI Response.
     data_in_sent: u32,
     out: VecDeque<TcpAction<C>>,
@@ -122,9 +127,10 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     pub fn new(config: Arc<CoreConfig>, local_addr: Option<SocketAddr>, now: Instant) -> Self {
         TcpConnection {
             core: Connection::new(config, local_addr, now),
-            writes: HashMap::new(),
-            complete: HashMap::new(),
+            writes: IntMap::default(),
+            complete: IntMap::default(),
             last_data_in: None,
+            spare_r2ts: Vec::new(),
             data_in_sent: 0,
             out: VecDeque::new(),
         }
@@ -324,7 +330,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         &mut self,
         task: TaskRef<C>,
         status: u8,
-        sense: Vec<u8>,
+        sense: SenseData,
         residual: Residual,
         numbers: SequenceNumbers,
     ) {
@@ -362,7 +368,9 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     /// Drops what the datamover holds for a task that ended.
     fn forget(&mut self, task: &TaskRef<C>) {
         if self.writes.get(&task.itt).is_some_and(|w| w.id == task.id) {
-            self.writes.remove(&task.itt);
+            if let Some(write) = self.writes.remove(&task.itt) {
+                self.keep_r2ts(write.r2ts);
+            }
         }
         self.complete.remove(&task.id);
     }
@@ -392,10 +400,18 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
             unsolicited_data_sn: 0,
             next_r2t_offset: range.start,
             r2t_sn: 0,
-            r2ts: Vec::new(),
+            r2ts: self.spare_r2ts.pop().unwrap_or_default(),
         };
         self.writes.insert(task.itt, write);
         self.solicit(task.itt, numbers);
+    }
+
+    /// Keeps the R2T list of a write that ended for a later one.
+    fn keep_r2ts(&mut self, mut r2ts: Vec<R2tWindow>) {
+        if r2ts.capacity() > 0 {
+            r2ts.clear();
+            self.spare_r2ts.push(r2ts);
+        }
     }
 
     /// Issues R2Ts for the data still unasked for, up to MaxOutstandingR2T at a time.
@@ -565,6 +581,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         if write.received() >= write.expected_length {
             let write = self.writes.remove(&h.itt).expect("found above");
             self.complete.insert(id, write.buffer);
+            self.keep_r2ts(write.r2ts);
         }
         self.core.handle_data_received(id, offset..offset + len);
         self.pump();

@@ -500,7 +500,7 @@ impl Pair {
             expected_data_length: edtl,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb,
+            cdb: cdb.into(),
             bidi_read_length: None,
         };
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
@@ -2412,7 +2412,7 @@ fn random_pdu(rng: &mut Rng, pair: &Pair) -> Pdu {
                 },
                 cmd_sn,
                 exp_stat_sn: 0,
-                cdb,
+                cdb: cdb.into(),
                 bidi_read_length: None,
             })
         }
@@ -2485,7 +2485,7 @@ fn random_pdu(rng: &mut Rng, pair: &Pair) -> Pdu {
             expected_data_length: 1024,
             cmd_sn: pair.cmd_sn,
             exp_stat_sn: 0,
-            cdb: write10(rng.below(60) as u32, 2),
+            cdb: write10(rng.below(60) as u32, 2).into(),
             bidi_read_length: None,
         }),
         _ => Header::LogoutRequest(LogoutRequest {
@@ -2566,7 +2566,11 @@ fn random_pdus_never_panic_or_write_without_a_command() {
                     Ok(Some(frame)) => {
                         if let Ok(Header::ScsiCommand(h)) = &frame.header {
                             if h.write {
-                                write_commands.push((h.itt, h.cdb.clone(), h.expected_data_length));
+                                write_commands.push((
+                                    h.itt,
+                                    h.cdb.to_vec(),
+                                    h.expected_data_length,
+                                ));
                             }
                         }
                         let context = pair.fresh_context(frame.header.as_ref().ok());
@@ -2604,8 +2608,10 @@ fn random_pdus_never_panic_or_write_without_a_command() {
             for task in &pair.executed[checked..] {
                 if task.cdb.first() == Some(&0x2a) && !task.data_out.is_empty() {
                     assert!(
-                        write_commands.iter().any(|(_, cdb, edtl)| *cdb == task.cdb
-                            && task.data_out.len() as u64 <= *edtl as u64),
+                        write_commands
+                            .iter()
+                            .any(|(_, cdb, edtl)| **cdb == *task.cdb
+                                && task.data_out.len() as u64 <= *edtl as u64),
                         "seed {seed}: write executed without a matching command: {task:?}"
                     );
                 }

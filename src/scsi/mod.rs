@@ -26,7 +26,7 @@ pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
 use mem_ffi::Buf;
-use sense::Sense;
+use sense::{Sense, SenseData};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -184,7 +184,7 @@ pub struct ScsiOutcome {
     /// SAM status (see [`status`]).
     pub status: u8,
     /// Fixed-format sense data (18 bytes); empty unless CHECK CONDITION.
-    pub sense: Vec<u8>,
+    pub sense: SenseData,
     /// Data-In at the length the command itself wants; the iSCSI layer truncates to EDTL
     /// and computes residuals from this length. A READ's is the pool buffer the backend read
     /// into (filled completely, or the read failed); small replies are copied into one.
@@ -199,7 +199,7 @@ impl ScsiOutcome {
     pub fn good() -> Self {
         ScsiOutcome {
             status: status::GOOD,
-            sense: Vec::new(),
+            sense: SenseData::default(),
             data_in: Buf::empty(),
             data_out_length: 0,
         }
@@ -228,7 +228,7 @@ impl ScsiOutcome {
     pub fn from_sense(s: &Sense) -> Self {
         ScsiOutcome {
             status: status::CHECK_CONDITION,
-            sense: s.to_fixed(),
+            sense: s.to_sense_data(),
             ..ScsiOutcome::good()
         }
     }

@@ -119,7 +119,19 @@ impl Sense {
 
     /// Encodes as 18 bytes of fixed-format (0x70, current error) sense data.
     pub fn to_fixed(&self) -> Vec<u8> {
-        let mut s = vec![0u8; FIXED_SENSE_LEN];
+        self.encode_fixed().to_vec()
+    }
+
+    /// As [`Sense::to_fixed`], held inline.
+    pub fn to_sense_data(&self) -> SenseData {
+        SenseData {
+            bytes: self.encode_fixed(),
+            len: FIXED_SENSE_LEN as u8,
+        }
+    }
+
+    fn encode_fixed(&self) -> [u8; FIXED_SENSE_LEN] {
+        let mut s = [0u8; FIXED_SENSE_LEN];
         s[0] = 0x70;
         if let Some(info) = self.information {
             s[0] |= 0x80;
@@ -137,6 +149,28 @@ impl Sense {
             s[16..18].copy_from_slice(&fp.byte.to_be_bytes());
         }
         s
+    }
+}
+
+/// The sense data of a command's outcome: fixed-format (18 bytes) or none, held inline so that
+/// neither costs an allocation. Reads as `&[u8]`, empty for none.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenseData {
+    bytes: [u8; FIXED_SENSE_LEN],
+    len: u8,
+}
+
+impl std::ops::Deref for SenseData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for SenseData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -175,5 +209,12 @@ mod tests {
         let s = Sense::invalid_param_field(300).to_fixed();
         assert_eq!(s[15], 0x80);
         assert_eq!(&s[16..18], &300u16.to_be_bytes());
+    }
+
+    #[test]
+    fn inline_sense_data_is_the_fixed_format() {
+        let sense = Sense::invalid_cdb_field(2, Some(7));
+        assert_eq!(&*sense.to_sense_data(), &sense.to_fixed()[..]);
+        assert!(SenseData::default().is_empty());
     }
 }

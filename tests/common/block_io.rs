@@ -143,7 +143,7 @@ impl BlockSession {
             expected_data_length: len as u32,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb,
+            cdb: cdb.into(),
             bidi_read_length: None,
         };
         self.cmd_sn = self.cmd_sn.wrapping_add(1);

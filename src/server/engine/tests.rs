@@ -83,7 +83,7 @@ impl Client {
             id,
             target: 0,
             lun,
-            cdb,
+            cdb: cdb.into(),
             data_out: mem_ffi::Buf::copy_from_slice(&data_out),
             expected_transfer_length,
             attribute: TaskAttr::Simple,

@@ -45,7 +45,7 @@ impl Outbox {
     pub(super) fn push_pdu(&mut self, pdu: Pdu, settings: &FrameSettings) {
         let parts = frame_parts(&pdu.header, &pdu.data, settings);
         let tail = parts.tail().to_vec();
-        self.push(Piece::Owned(parts.head));
+        self.push(Piece::Owned(parts.head.to_vec()));
         self.push(Piece::Owned(pdu.data));
         self.push(Piece::Owned(tail));
     }
@@ -60,7 +60,7 @@ impl Outbox {
     ) {
         let parts = frame_parts(header, &buffer[range.clone()], settings);
         let tail = parts.tail().to_vec();
-        self.push(Piece::Owned(parts.head));
+        self.push(Piece::Owned(parts.head.to_vec()));
         self.push(Piece::Shared(buffer, range));
         self.push(Piece::Owned(tail));
     }
