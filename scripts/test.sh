@@ -64,6 +64,8 @@ log "CHAP with libiscsi (one-way, mutual, wrong and missing credentials, discove
 cargo test --release --test chap -- --test-threads=2
 log "whole-binary tests (hostile clients: connection caps, login deadline, discovery sessions)"
 cargo test --release --test limits -- --test-threads=2
+log "whole-binary tests (connections on the engine threads: a stalled initiator, shutdown, reinstatement)"
+cargo test --release --test engine_threads -- --test-threads=2
 
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
 # Each guest run may take up to 20 minutes before it counts as hung (the harness's default is 10;

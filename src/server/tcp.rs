@@ -15,6 +15,7 @@
 mod driver;
 mod login;
 mod outbox;
+mod resident;
 
 use std::io;
 use std::net::TcpListener;

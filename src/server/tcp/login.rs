@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::driver::{self, Handoff};
+use super::resident;
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, CoreConfig};
@@ -339,7 +340,13 @@ impl LoginPoller {
                 first,
                 ticket: pending.ticket,
             };
-            if let Err(e) = driver::spawn(handoff, Arc::clone(&self.shared)) {
+            let shared = Arc::clone(&self.shared);
+            let handed = if shared.engine.runs_connections() {
+                resident::hand_over(handoff, shared)
+            } else {
+                driver::spawn(handoff, shared)
+            };
+            if let Err(e) = handed {
                 log::error!("cannot start a thread for {peer}: {e}");
             }
         }

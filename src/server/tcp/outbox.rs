@@ -33,11 +33,25 @@ pub(super) struct Outbox {
     pieces: Vec<Piece>,
     /// Bytes of `pieces[0]` already written.
     written: usize,
+    /// Bytes queued and not written yet.
+    queued: usize,
 }
 
 impl Outbox {
     pub(super) fn is_empty(&self) -> bool {
         self.pieces.is_empty()
+    }
+
+    /// Bytes queued and not written yet.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Forgets everything queued.
+    pub(super) fn clear(&mut self) {
+        self.pieces.clear();
+        self.written = 0;
+        self.queued = 0;
     }
 
     /// Queues a PDU; its data segment is moved in, not copied.
@@ -70,7 +84,9 @@ impl Outbox {
     }
 
     fn push(&mut self, piece: Piece) {
-        if !piece.bytes().is_empty() {
+        let len = piece.bytes().len();
+        if len > 0 {
+            self.queued += len;
             self.pieces.push(piece);
         }
     }
@@ -78,16 +94,33 @@ impl Outbox {
     /// Writes everything queued (blocking), then forgets it; on error the rest is dropped.
     pub(super) fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
         let result = self.write_all(out);
-        self.pieces.clear();
-        self.written = 0;
+        self.clear();
         result
     }
 
+    /// Writes as much as `out` takes without blocking (a non-blocking socket); what it does not
+    /// take stays queued. `Ok(true)` when everything is written, `Ok(false)` when `out` is full.
+    pub(super) fn send(&mut self, out: &mut impl Write) -> io::Result<bool> {
+        match self.write_all(out) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes until everything is written or `out` fails; written pieces are dropped either way.
     fn write_all(&mut self, out: &mut impl Write) -> io::Result<()> {
         let mut first = 0;
-        while first < self.pieces.len() {
-            let end = (first + MAX_IOVECS).min(self.pieces.len());
-            let slices: Vec<IoSlice<'_>> = self.pieces[first..end]
+        let result = self.write_pieces(out, &mut first);
+        self.pieces.drain(..first);
+        result
+    }
+
+    fn write_pieces(&mut self, out: &mut impl Write, first: &mut usize) -> io::Result<()> {
+        while *first < self.pieces.len() {
+            let first_index = *first;
+            let end = (first_index + MAX_IOVECS).min(self.pieces.len());
+            let slices: Vec<IoSlice<'_>> = self.pieces[first_index..end]
                 .iter()
                 .enumerate()
                 .map(|(i, piece)| {
@@ -106,11 +139,12 @@ impl Outbox {
                 Err(e) => return Err(e),
             };
             // Skip what went out: whole pieces, then part of the next.
+            self.queued -= n;
             while n > 0 {
-                let left = self.pieces[first].bytes().len() - self.written;
+                let left = self.pieces[*first].bytes().len() - self.written;
                 if n >= left {
                     n -= left;
-                    first += 1;
+                    *first += 1;
                     self.written = 0;
                 } else {
                     self.written += n;
