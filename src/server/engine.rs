@@ -80,8 +80,17 @@ struct SessionContext {
     /// The engine thread running this session's commands.
     thread: usize,
     /// Commands submitted and not yet reported to `sink`.
-    outstanding: Mutex<usize>,
+    outstanding: Mutex<Outstanding>,
     drained: Condvar,
+}
+
+/// A session's commands in the engine, and whether anyone waits for them to drain (the
+/// condition variable is signalled only then: a signal is a system call, and a session whose
+/// commands finish one by one would otherwise pay one per command).
+#[derive(Default)]
+struct Outstanding {
+    commands: usize,
+    drainers: usize,
 }
 
 /// A command and the session it belongs to.
@@ -198,8 +207,8 @@ impl EngineShared {
             .outstanding
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *outstanding -= 1;
-        if *outstanding == 0 {
+        outstanding.commands -= 1;
+        if outstanding.commands == 0 && outstanding.drainers > 0 {
             session.drained.notify_all();
         }
         drop(outstanding);
@@ -399,7 +408,7 @@ impl Engine {
                 nexus,
                 report,
                 thread,
-                outstanding: Mutex::new(0),
+                outstanding: Mutex::default(),
                 drained: Condvar::new(),
             }),
         }
@@ -447,11 +456,11 @@ impl EngineSession {
 
     /// Accounts a command as outstanding and makes it a job of this session.
     fn job(&self, task: ScsiTask) -> Job {
-        *self
-            .context
+        self.context
             .outstanding
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) += 1;
+            .unwrap_or_else(|p| p.into_inner())
+            .commands += 1;
         self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
         Job {
             task,
@@ -461,11 +470,11 @@ impl EngineSession {
 
     /// Commands submitted and not yet reported.
     pub(crate) fn outstanding(&self) -> usize {
-        *self
-            .context
+        self.context
             .outstanding
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .commands
     }
 
     /// Waits until every command of the session has been reported to its sink.
@@ -475,13 +484,15 @@ impl EngineSession {
             .outstanding
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        while *outstanding > 0 {
+        outstanding.drainers += 1;
+        while outstanding.commands > 0 {
             outstanding = self
                 .context
                 .drained
                 .wait(outstanding)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        outstanding.drainers -= 1;
     }
 }
 

@@ -201,4 +201,51 @@ mod tests {
         expected.extend_from_slice(&framing::encode(&slice, &settings));
         assert_eq!(wire.0, expected);
     }
+
+    /// A non-blocking socket whose send buffer takes `room` more bytes.
+    struct Full {
+        wire: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room).min(7);
+            self.room -= n;
+            self.wire.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_queued_for_the_next_send() {
+        let settings = FrameSettings::default();
+        let first = Pdu::with_data(Header::NopIn(NopIn::default()), vec![1; 100]);
+        let second = Pdu::with_data(Header::NopIn(NopIn::default()), vec![2; 300]);
+        let mut expected = framing::encode(&first, &settings);
+        expected.extend_from_slice(&framing::encode(&second, &settings));
+        let mut outbox = Outbox::default();
+        outbox.push_pdu(first, &settings);
+        outbox.push_pdu(second, &settings);
+        assert_eq!(outbox.queued(), expected.len());
+        let mut socket = Full {
+            wire: Vec::new(),
+            room: 150,
+        };
+        assert!(!outbox.send(&mut socket).unwrap(), "the socket took it all");
+        assert_eq!(outbox.queued(), expected.len() - 150);
+        assert!(!outbox.is_empty());
+        socket.room = usize::MAX;
+        assert!(outbox.send(&mut socket).unwrap());
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.queued(), 0);
+        assert_eq!(socket.wire, expected);
+    }
 }
