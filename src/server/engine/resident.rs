@@ -145,17 +145,22 @@ impl EngineThread {
     pub(super) fn settle_residents(&mut self) {
         loop {
             while !self.local.is_empty() {
-                for (id, task, outcome) in std::mem::take(&mut self.local) {
+                let mut local = std::mem::take(&mut self.local);
+                for (id, task, outcome) in local.drain(..) {
                     self.with_resident(id, |resident, io| resident.completed(task, outcome, io));
                 }
+                // Keep the allocation for the next turn (unless new completions took its place).
+                if self.local.is_empty() {
+                    self.local = local;
+                }
             }
-            let mut touched = std::mem::take(&mut self.touched);
-            if touched.is_empty() {
+            if self.touched.is_empty() {
                 return;
             }
+            let mut touched = std::mem::take(&mut self.touched);
             touched.sort_unstable();
             touched.dedup();
-            for id in touched {
+            for &id in &touched {
                 let Some(mut resident) = self.residents.get_mut(&id).and_then(Option::take) else {
                     continue;
                 };
@@ -165,6 +170,10 @@ impl EngineThread {
                 } else if let Some(place) = self.residents.get_mut(&id) {
                     *place = Some(resident);
                 }
+            }
+            touched.clear();
+            if self.touched.is_empty() {
+                self.touched = touched;
             }
             // Settling may have started commands that finished inline: another round.
             if self.local.is_empty() {
