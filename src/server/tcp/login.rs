@@ -1,7 +1,8 @@
 //! The listener thread of one TCP portal: accepts connections under the connection caps and
 //! drives every connection that has not logged in yet from a single `poll` loop, with
 //! non-blocking sockets. A connection leaves the loop closed (login failed, timed out, peer
-//! gone, evicted) or handed to a thread of its own once the core asks to bind its session.
+//! gone, evicted) or handed over once the core asks to bind its session: to its session's
+//! engine thread after binding (`resident.rs`), or, without io_uring, to a thread of its own.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -296,7 +297,7 @@ impl LoginPoller {
         Ok((listener_ready, ready))
     }
 
-    /// Closes the connections that are done and hands the logged-in ones to their own thread.
+    /// Closes the connections that are done and hands the logged-in ones over.
     fn settle(&mut self) {
         if self
             .pending
