@@ -80,6 +80,7 @@ log "building the release binary"
 (cd "$repo" && cargo build --release --quiet --bin iser-target) || die "cargo build failed"
 bin=$target_dir/release/iser-target
 load=$target_dir/bench-tcp/iscsi-load
+mkdir -p "$(dirname "$load")"
 if [[ ! -x $load || $here/bench/iscsi-load.c -nt $load ]]; then
     gcc -O2 -Wall -Wextra -std=gnu11 -o "$load" "$here/bench/iscsi-load.c" -liscsi || die "building iscsi-load failed"
 fi

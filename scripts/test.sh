@@ -67,6 +67,8 @@ log "CHAP with libiscsi (one-way, mutual, wrong and missing credentials, discove
 cargo test --release --test chap -- --test-threads=2
 log "whole-binary tests (hostile clients: connection caps, login deadline, discovery sessions)"
 cargo test --release --test limits -- --test-threads=2
+log "whole-binary tests (connections on the engine threads: a stalled initiator, shutdown, reinstatement)"
+cargo test --release --test engine_threads -- --test-threads=2
 
 # --- tier 3r: Ceph RBD ----------------------------------------------------------------
 # The cluster must come up: a machine that cannot install or start Ceph fails here.

@@ -21,13 +21,17 @@
 //!
 //! Sessions are spread over engine threads round-robin; a session's outstanding commands are
 //! bounded by its CmdSN window, and a ring's slots beyond that wait in a per-thread backlog.
+//!
+//! Logged-in TCP connections live on the engine thread of their session ([`Resident`]): their
+//! socket readiness comes from polls in the same ring, their commands are ordered without an
+//! inbox hop and their completions are handed straight back to them (see `resident.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mem_ffi::Buf;
@@ -43,8 +47,21 @@ use crate::scsi::{
     ScsiRequest, ScsiTarget,
 };
 
+mod resident;
+
+pub(crate) use resident::{Interest, Residence, Resident, ThreadIo};
+
 /// Where finished commands are reported (the connection's event queue).
 pub type CompletionSink = Arc<dyn Fn(TaskId, ScsiOutcome) + Send + Sync>;
+
+/// How a session's finished commands reach its connection.
+enum Report {
+    /// Through the connection's own sink (connections with threads of their own: iSER).
+    Sink(CompletionSink),
+    /// To the [`Resident`] with this id on the session's engine thread, directly when the
+    /// command finished there, else through the thread's inbox.
+    Resident(u64),
+}
 
 /// Operation slots of each engine thread's ring (more commands wait in its backlog).
 const RING_SLOTS: u32 = 256;
@@ -66,12 +83,21 @@ struct SessionContext {
     /// Index of the session's target in the engine's targets.
     target: usize,
     nexus: Arc<Nexus>,
-    sink: CompletionSink,
+    report: Report,
     /// The engine thread running this session's commands.
     thread: usize,
     /// Commands submitted and not yet reported to `sink`.
-    outstanding: Mutex<usize>,
+    outstanding: Mutex<Outstanding>,
     drained: Condvar,
+}
+
+/// A session's commands in the engine, and whether anyone waits for them to drain (the
+/// condition variable is signalled only then: a signal is a system call, and a session whose
+/// commands finish one by one would otherwise pay one per command).
+#[derive(Default)]
+struct Outstanding {
+    commands: usize,
+    drainers: usize,
 }
 
 /// A command and the session it belongs to.
@@ -101,9 +127,18 @@ enum Message {
     Admitted(Job, Access, usize),
     /// A command whose asynchronous backend operation has completed.
     AsyncDone(AsyncDone),
-    /// Leave once nothing is in flight.
+    /// A connection moving in to run on this thread.
+    Attach(u64, Box<dyn Resident>),
+    /// A resident's command finished on another thread (the blocking pool).
+    Completed(u64, TaskId, ScsiOutcome),
+    /// Something outside asks a resident to look at its state (shutdown, reinstatement).
+    Poke(u64),
+    /// Close every resident, and leave once nothing is in flight.
     Stop,
 }
+
+/// A command of a resident's session that finished on the resident's own thread.
+type LocalCompletion = (u64, TaskId, ScsiOutcome);
 
 /// A finished asynchronous backend operation, on its way back to the command's engine thread.
 struct AsyncDone {
@@ -151,15 +186,35 @@ struct EngineShared {
     pool: Sender<PoolMessage>,
     pool_threads: usize,
     next_thread: AtomicUsize,
+    /// Ids handed out to residents.
+    next_resident: AtomicU64,
     /// Commands submitted to the engine and not yet completed.
     outstanding: AtomicUsize,
 }
 
 impl EngineShared {
     /// Reports `outcome`, releases the LU's gate (resubmitting what it admits) and accounts
-    /// the command as finished. Called on whichever thread finished the I/O.
-    fn complete(&self, job: Job, outcome: ScsiOutcome, gate: Option<(Access, usize)>) {
-        (job.session.sink)(job.task.id, outcome);
+    /// the command as finished. Called on whichever thread finished the I/O; an engine thread
+    /// passes its index and its list of local completions, so a resident of that thread gets
+    /// the outcome without an inbox hop.
+    fn complete(
+        &self,
+        job: Job,
+        outcome: ScsiOutcome,
+        gate: Option<(Access, usize)>,
+        local: Option<(usize, &mut Vec<LocalCompletion>)>,
+    ) {
+        let remote = match (&job.session.report, local) {
+            (Report::Sink(sink), _) => {
+                sink(job.task.id, outcome);
+                None
+            }
+            (Report::Resident(id), Some((thread, local))) if thread == job.session.thread => {
+                local.push((*id, job.task.id, outcome));
+                None
+            }
+            (Report::Resident(id), _) => Some(Message::Completed(*id, job.task.id, outcome)),
+        };
         if let Some((access, lun_index)) = gate {
             let admitted = self.gates[job.session.target][lun_index].leave(access);
             for (access, next) in admitted {
@@ -171,11 +226,16 @@ impl EngineShared {
             .outstanding
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *outstanding -= 1;
-        if *outstanding == 0 {
+        outstanding.commands -= 1;
+        if outstanding.commands == 0 && outstanding.drainers > 0 {
             session.drained.notify_all();
         }
         drop(outstanding);
+        if let Some(message) = remote {
+            // Sent only now: a resident releases its session once it sees no command
+            // outstanding, so the count must be down when it gets this completion.
+            self.inboxes[session.thread].send(message);
+        }
         self.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -274,6 +334,7 @@ impl Engine {
             pool,
             pool_threads,
             next_thread: AtomicUsize::new(0),
+            next_resident: AtomicU64::new(1),
             outstanding: AtomicUsize::new(0),
         });
         let engine = Engine {
@@ -283,10 +344,14 @@ impl Engine {
         };
         for (index, (queue, ring)) in queues.into_iter().enumerate() {
             let worker = EngineThread {
+                index,
                 shared: Arc::clone(&shared),
                 ring,
                 backlog: VecDeque::new(),
                 completions: Vec::with_capacity(RING_SLOTS as usize),
+                local: Vec::new(),
+                residents: HashMap::new(),
+                touched: Vec::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("io-engine-{index}"))
@@ -313,6 +378,12 @@ impl Engine {
         self.uses_io_uring
     }
 
+    /// Whether engine threads can run connections ([`Resident`]s): they need the ring to wait
+    /// for sockets; without io_uring connections keep threads of their own.
+    pub(crate) fn runs_connections(&self) -> bool {
+        self.uses_io_uring
+    }
+
     /// Attaches a session of target `target` (index into the engine's targets) for `nexus`;
     /// its commands run on the next engine thread in turn and report to `sink`.
     pub(crate) fn session(
@@ -321,16 +392,51 @@ impl Engine {
         nexus: Arc<Nexus>,
         sink: CompletionSink,
     ) -> EngineSession {
-        let thread =
-            self.shared.next_thread.fetch_add(1, Ordering::Relaxed) % self.shared.inboxes.len();
+        self.session_on(self.next_thread(), target, nexus, Report::Sink(sink))
+    }
+
+    /// Attaches a session whose connection will live at `residence`: its commands run on that
+    /// engine thread and report to the resident there.
+    pub(crate) fn resident_session(
+        &self,
+        residence: &Residence,
+        target: usize,
+        nexus: Arc<Nexus>,
+    ) -> EngineSession {
+        self.session_on(
+            residence.thread(),
+            target,
+            nexus,
+            Report::Resident(residence.id()),
+        )
+    }
+
+    /// Reserves a place for a connection on the next engine thread in turn (see
+    /// [`Engine::runs_connections`]).
+    pub(crate) fn reserve_residence(&self) -> Residence {
+        let id = self.shared.next_resident.fetch_add(1, Ordering::Relaxed);
+        Residence::new(Arc::clone(&self.shared), self.next_thread(), id)
+    }
+
+    fn next_thread(&self) -> usize {
+        self.shared.next_thread.fetch_add(1, Ordering::Relaxed) % self.shared.inboxes.len()
+    }
+
+    fn session_on(
+        &self,
+        thread: usize,
+        target: usize,
+        nexus: Arc<Nexus>,
+        report: Report,
+    ) -> EngineSession {
         EngineSession {
             shared: Arc::clone(&self.shared),
             context: Arc::new(SessionContext {
                 target,
                 nexus,
-                sink,
+                report,
                 thread,
-                outstanding: Mutex::new(0),
+                outstanding: Mutex::default(),
                 drained: Condvar::new(),
             }),
         }
@@ -372,16 +478,31 @@ pub(crate) struct EngineSession {
 impl EngineSession {
     /// Queues a command; its outcome goes to the session's sink.
     pub(crate) fn submit(&self, task: ScsiTask) {
-        *self
-            .context
+        let job = self.job(task);
+        self.shared.inboxes[self.context.thread].send(Message::Run(job));
+    }
+
+    /// Accounts a command as outstanding and makes it a job of this session.
+    fn job(&self, task: ScsiTask) -> Job {
+        self.context
             .outstanding
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) += 1;
+            .unwrap_or_else(|p| p.into_inner())
+            .commands += 1;
         self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
-        self.shared.inboxes[self.context.thread].send(Message::Run(Job {
+        Job {
             task,
             session: Arc::clone(&self.context),
-        }));
+        }
+    }
+
+    /// Commands submitted and not yet reported.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.context
+            .outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .commands
     }
 
     /// Waits until every command of the session has been reported to its sink.
@@ -391,13 +512,15 @@ impl EngineSession {
             .outstanding
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        while *outstanding > 0 {
+        outstanding.drainers += 1;
+        while outstanding.commands > 0 {
             outstanding = self
                 .context
                 .drained
                 .wait(outstanding)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        outstanding.drainers -= 1;
     }
 }
 
@@ -447,13 +570,30 @@ enum Route {
     Pool,
 }
 
+/// What a ring operation of an engine thread is for.
+enum Token {
+    /// A command's I/O.
+    Io(InFlight),
+    /// A resident's readiness poll.
+    Poll(u64, Interest),
+}
+
 /// One engine thread: its ring (absent when io_uring is unavailable), its backlog of
-/// operations waiting for a ring slot, and a reusable completion buffer.
+/// operations waiting for a ring slot, a reusable completion buffer, and the connections
+/// living on it.
 struct EngineThread {
+    index: usize,
     shared: Arc<EngineShared>,
-    ring: Option<Ring<InFlight, Buf>>,
+    ring: Option<Ring<Token, Buf>>,
     backlog: VecDeque<Waiting>,
-    completions: Vec<Completion<InFlight, Buf>>,
+    completions: Vec<Completion<Token, Buf>>,
+    /// Commands of residents that finished on this thread, not yet handed to them.
+    local: Vec<LocalCompletion>,
+    /// The connections living here (`None` while one is being called).
+    residents: HashMap<u64, Option<Box<dyn Resident>>>,
+    /// Residents that had events this turn: they write their output and are checked for the
+    /// end once the turn's events are all in.
+    touched: Vec<u64>,
 }
 
 impl EngineThread {
@@ -471,23 +611,35 @@ impl EngineThread {
             while let Ok(message) = queue.try_recv() {
                 stopping |= !self.handle(message);
             }
+            self.settle_residents();
             self.submit_backlog();
+            let timeout = self
+                .next_deadline()
+                .map(|due| due.saturating_duration_since(Instant::now()));
             let Some(ring) = self.ring.as_mut() else {
                 return;
             };
-            if stopping && ring.in_flight() == 0 && self.backlog.is_empty() {
+            if stopping
+                && ring.in_flight() == 0
+                && self.backlog.is_empty()
+                && self.residents.is_empty()
+            {
                 return;
             }
-            if let Err(e) = ring.wait() {
+            if let Err(e) = ring.wait_timeout(timeout) {
                 log::error!("io_uring wait failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
             ring.reap(&mut self.completions);
             let mut completions = std::mem::take(&mut self.completions);
             for completion in completions.drain(..) {
-                self.finish_io(completion);
+                match completion.token {
+                    Token::Io(token) => self.finish_io(token, completion.result, completion.buf),
+                    Token::Poll(id, interest) => self.poll_ready(id, interest, completion.result),
+                }
             }
             self.completions = completions;
+            self.fire_timers(Instant::now());
         }
     }
 
@@ -498,10 +650,17 @@ impl EngineThread {
             Message::Admitted(job, access, lun_index) => self.start(job, access, lun_index),
             Message::AsyncDone(done) => {
                 let outcome = aio::outcome(done.is_read, done.result, done.data_out_length);
-                self.shared
-                    .complete(done.job, outcome, Some((done.access, done.lun_index)));
+                let gate = Some((done.access, done.lun_index));
+                let local = Some((self.index, &mut self.local));
+                self.shared.complete(done.job, outcome, gate, local);
             }
-            Message::Stop => return false,
+            Message::Attach(id, resident) => self.attach(id, resident),
+            Message::Completed(id, task, outcome) => self.local.push((id, task, outcome)),
+            Message::Poke(id) => self.with_resident(id, |resident, io| resident.poked(io)),
+            Message::Stop => {
+                self.stop_residents();
+                return false;
+            }
         }
         true
     }
@@ -517,7 +676,8 @@ impl EngineThread {
                 // rather than trusted.
                 Prepared::Io { .. } => ScsiOutcome::check_condition(0x04, 0x44, 0x00),
             };
-            self.shared.complete(job, outcome, None);
+            let local = Some((self.index, &mut self.local));
+            self.shared.complete(job, outcome, None, local);
             return;
         };
         let access = if runs_exclusively(&job.task.cdb) {
@@ -541,7 +701,10 @@ impl EngineThread {
         let gate = Some((access, lun_index));
         let route = self.route(&job);
         match route {
-            Route::Done(outcome) => self.shared.complete(job, outcome, gate),
+            Route::Done(outcome) => {
+                let local = Some((self.index, &mut self.local));
+                self.shared.complete(job, outcome, gate, local)
+            }
             Route::Pool => self.shared.to_pool(job, access, lun_index),
             Route::Async(planned, data_out_length) => {
                 self.submit_async(job, access, lun_index, planned, data_out_length)
@@ -646,9 +809,10 @@ impl EngineThread {
             // Unreachable: routed here only for asynchronous backends. Answered as an
             // internal target failure rather than trusted.
             let outcome = ScsiOutcome::check_condition(0x04, 0x44, 0x00);
+            let local = Some((self.index, &mut self.local));
             return self
                 .shared
-                .complete(job, outcome, Some((access, lun_index)));
+                .complete(job, outcome, Some((access, lun_index)), local);
         };
         let shared = Arc::clone(&self.shared);
         backend.submit(
@@ -681,7 +845,7 @@ impl EngineThread {
         {
             let refused = match submission {
                 Submission::Read { offset, buf } => ring
-                    .push_read(token, Arc::clone(&file), offset, buf)
+                    .push_read(Token::Io(token), Arc::clone(&file), offset, buf)
                     .map_err(|full| {
                         (
                             full.token,
@@ -692,31 +856,33 @@ impl EngineThread {
                         )
                     }),
                 Submission::Write { offset, buf, dsync } => ring
-                    .push_write(token, Arc::clone(&file), offset, buf, dsync)
+                    .push_write(Token::Io(token), Arc::clone(&file), offset, buf, dsync)
                     .map_err(|full| {
                         let buf = full.buf.unwrap_or_default();
                         (full.token, Submission::Write { offset, buf, dsync })
                     }),
                 Submission::DataSync => ring
-                    .push_datasync(token, Arc::clone(&file))
+                    .push_datasync(Token::Io(token), Arc::clone(&file))
                     .map_err(|full| (full.token, Submission::DataSync)),
             };
             if let Err((token, submission)) = refused {
-                // Every slot is busy: retry after the next completions.
-                self.backlog.push_front(Waiting {
-                    token,
-                    file,
-                    submission,
-                });
+                // Every slot is busy: retry after the next completions. (The token comes back
+                // as it was pushed: command I/O.)
+                if let Token::Io(token) = token {
+                    self.backlog.push_front(Waiting {
+                        token,
+                        file,
+                        submission,
+                    });
+                }
                 break;
             }
         }
     }
 
     /// Finishes a command whose ring operation completed.
-    fn finish_io(&mut self, completion: Completion<InFlight, Buf>) {
-        let mut token = completion.token;
-        if completion.result.is_ok() {
+    fn finish_io(&mut self, mut token: InFlight, result: std::io::Result<usize>, buf: Option<Buf>) {
+        if result.is_ok() {
             if let Some(file) = token.sync_after.take() {
                 // A FUA write on a regular file: durable only after this fdatasync.
                 self.backlog.push_back(Waiting {
@@ -735,16 +901,17 @@ impl EngineThread {
             lun_index,
             ..
         } = token;
-        let result = match completion.result {
-            Ok(_) => Ok(match (primitive, completion.buf) {
+        let result = match result {
+            Ok(_) => Ok(match (primitive, buf) {
                 (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data),
                 _ => BlockReply::Done,
             }),
             Err(e) => Err(BackendError::from(e)),
         };
         let outcome = primitive.finish(result, data_out_length);
+        let local = Some((self.index, &mut self.local));
         self.shared
-            .complete(job, outcome, Some((Access::Shared, lun_index)));
+            .complete(job, outcome, Some((Access::Shared, lun_index)), local);
     }
 }
 
@@ -770,7 +937,7 @@ fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
                 ..
             } => finish(&request, run(&**lu.backend(), &request), data_out_length),
         };
-        shared.complete(job, outcome, Some((access, lun_index)));
+        shared.complete(job, outcome, Some((access, lun_index)), None);
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 pub(crate) use super::engine::CompletionSink;
-use super::engine::EngineSession;
+use super::engine::{EngineSession, Residence, ThreadIo};
 use super::registry::{SessionControl, SessionGuard};
 use super::Shared;
 use crate::iscsi::{BindRequest, LoginStatus, ScsiTask};
@@ -34,6 +34,32 @@ impl SessionSlot {
         control: Arc<dyn SessionControl>,
         sink: CompletionSink,
     ) -> Result<u16, LoginStatus> {
+        self.bind_with(shared, request, control, |target, nexus| {
+            shared.engine.session(target, nexus, sink)
+        })
+    }
+
+    /// Like [`SessionSlot::bind`], for a connection that will live at `residence` on an engine
+    /// thread: the session's commands run on that thread and report to the connection there.
+    pub(crate) fn bind_resident(
+        &mut self,
+        shared: &Shared,
+        request: &BindRequest,
+        control: Arc<dyn SessionControl>,
+        residence: &Residence,
+    ) -> Result<u16, LoginStatus> {
+        self.bind_with(shared, request, control, |target, nexus| {
+            shared.engine.resident_session(residence, target, nexus)
+        })
+    }
+
+    fn bind_with(
+        &mut self,
+        shared: &Shared,
+        request: &BindRequest,
+        control: Arc<dyn SessionControl>,
+        attach: impl FnOnce(usize, Arc<Nexus>) -> EngineSession,
+    ) -> Result<u16, LoginStatus> {
         let target_name = request.target.map(|t| shared.targets[t].name.clone());
         let guard = shared
             .registry
@@ -44,7 +70,7 @@ impl SessionSlot {
                 initiator_name: request.initiator_name.clone(),
                 isid: request.isid,
             });
-            self.engine = Some(shared.engine.session(target, Arc::clone(&nexus), sink));
+            self.engine = Some(attach(target, Arc::clone(&nexus)));
             self.nexus = Some((target, nexus));
         }
         self.session = Some(guard);
@@ -62,6 +88,28 @@ impl SessionSlot {
             }
             None => Some((task.id, ScsiOutcome::check_condition(0x04, 0x44, 0x00))),
         }
+    }
+
+    /// Answers `Execute` for a connection living on its session's engine thread: the command
+    /// runs there at once. Without a normal session it fails as in [`SessionSlot::execute`].
+    pub(crate) fn execute_here(
+        &self,
+        task: ScsiTask,
+        io: &mut ThreadIo<'_>,
+    ) -> Option<(u64, ScsiOutcome)> {
+        match &self.engine {
+            Some(engine) => {
+                io.execute(engine, task);
+                None
+            }
+            None => Some((task.id, ScsiOutcome::check_condition(0x04, 0x44, 0x00))),
+        }
+    }
+
+    /// Commands submitted and not yet reported (a connection on an engine thread releases its
+    /// session only when this is zero, so [`SessionSlot::release`] does not wait there).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.engine.as_ref().map_or(0, EngineSession::outstanding)
     }
 
     /// Answers `Reset`: LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET of the session's target.

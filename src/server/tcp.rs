@@ -2,19 +2,22 @@
 //!
 //! Until a connection has logged in it costs no thread: each portal's listener thread accepts,
 //! applies the connection caps ([`super::admission`]) and drives every connection still logging
-//! in from one `poll` loop ([`login`]), each bounded by `limits.login_timeout_secs`. Only a
-//! connection whose login the core accepts is handed to a thread of its own ([`driver`]), with a
-//! reader thread feeding it the socket's bytes and a per-session worker pool running the
-//! backend I/O. So a host that opens connections and never logs in holds a socket and a few
-//! kilobytes each, within its caps, and cannot crowd out a real initiator's login.
+//! in from one `poll` loop ([`login`]), each bounded by `limits.login_timeout_secs`. So a host
+//! that opens connections and never logs in holds a socket and a few kilobytes each, within its
+//! caps, and cannot crowd out a real initiator's login.
 //!
-//! Threads rather than an event loop once logged in: a connection's work is dominated by
-//! backend I/O and socket writes that may block (a slow initiator), and a thread per connection
-//! confines each stall to the connection that caused it (docs/architecture.md).
+//! A connection whose login the core accepts has its session bound on a short-lived thread
+//! (binding may wait for a reinstated session to close) and then moves to the I/O engine thread
+//! that runs its session's commands ([`resident`]): from then on that thread polls its socket,
+//! runs the core and writes, without blocking, alongside the other connections living there
+//! (docs/architecture.md). Where io_uring is unavailable the engine threads cannot wait for
+//! sockets, and a logged-in connection gets a thread of its own and a reader thread instead
+//! ([`driver`]).
 
 mod driver;
 mod login;
 mod outbox;
+mod resident;
 
 use std::io;
 use std::net::TcpListener;

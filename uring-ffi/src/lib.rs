@@ -1,4 +1,5 @@
-//! A small safe wrapper over io_uring (the `io-uring` crate) for file and block-device I/O.
+//! A small safe wrapper over io_uring (the `io-uring` crate) for file and block-device I/O, and
+//! readiness polls on sockets so one thread can wait for its I/O and its connections at once.
 //!
 //! Every operation owns what the kernel touches until its completion has been reaped: the
 //! buffer (any [`IoBuf`]: a page-aligned `mem_ffi::Buf`, or a `Vec<u8>`) and the file (`Arc<File>`). Operations are pushed into
@@ -9,6 +10,8 @@
 //!
 //! A [`Waker`] (an eventfd polled by the ring) lets other threads interrupt [`Ring::wait`], so a
 //! thread can sleep in one place for both its own I/O and new work from elsewhere.
+//! [`Ring::push_poll`] adds one-shot readiness polls on any descriptor (a socket), and
+//! [`Ring::wait_timeout`] bounds the sleep (a connection's timers).
 //!
 //! This is the only place of the project (besides the other `*-ffi` crates) with `unsafe`.
 
@@ -16,6 +19,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
@@ -91,9 +95,10 @@ impl std::error::Error for SetupError {}
 pub struct Completion<T, B> {
     /// The token given when the operation was pushed.
     pub token: T,
-    /// Bytes transferred (the whole buffer for reads and writes), or the error.
+    /// Bytes transferred (the whole buffer for reads and writes), the ready events of a poll,
+    /// or the error.
     pub result: io::Result<usize>,
-    /// The buffer handed over with the operation (`None` for fsync).
+    /// The buffer handed over with the operation (`None` for fsync and polls).
     pub buf: Option<B>,
 }
 
@@ -110,15 +115,24 @@ pub struct Full<T, B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Read,
-    Write { dsync: bool },
+    Write {
+        dsync: bool,
+    },
     DataSync,
+    /// A one-shot poll for these `poll(2)` events.
+    Poll {
+        events: u32,
+    },
 }
+
+/// A descriptor an operation keeps open until it completes (a file, a socket).
+type Descriptor = Arc<dyn AsRawFd + Send + Sync>;
 
 /// One operation in flight: everything the kernel may touch is owned here until completion.
 struct Slot<T, B> {
     token: T,
     kind: Kind,
-    file: Arc<File>,
+    file: Descriptor,
     buf: Option<B>,
     offset: u64,
     /// Bytes already transferred (a short read or write is continued from here).
@@ -193,6 +207,15 @@ impl<T, B: IoBuf> Ring<T, B> {
                 )));
             }
         }
+        // Timed waits pass their timeout to io_uring_enter (IORING_FEAT_EXT_ARG, Linux 5.11),
+        // which also guarantees no completion is ever dropped (IORING_FEAT_NODROP, Linux 5.5):
+        // polls are not bounded by the slot count.
+        if !ring.params().is_feature_ext_arg() {
+            return Err(SetupError::Unavailable(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring without IORING_FEAT_EXT_ARG (Linux < 5.11)",
+            )));
+        }
         let waker = Arc::new(Waker::new().map_err(SetupError::Failed)?);
         let mut ring = Ring {
             ring,
@@ -250,11 +273,25 @@ impl<T, B: IoBuf> Ring<T, B> {
         self.push(token, Kind::DataSync, file, 0, None)
     }
 
+    /// Queues a one-shot poll of `fd` for `events` (`libc::POLLIN`, `libc::POLLOUT`...); it
+    /// completes with the events that are ready (`Ok(revents)`), also `POLLHUP`/`POLLERR` when
+    /// the descriptor is shut down. `fd` stays open until then, so a pending poll is ended by
+    /// `shutdown(2)` on a socket, not by dropping it. Polls never find the ring full: they get
+    /// slots beyond the fixed ones (a connection holds at most a poll or two).
+    pub fn push_poll(&mut self, token: T, fd: Descriptor, events: u32) {
+        if self.free.is_empty() {
+            self.free.push(self.slots.len() as u32);
+            self.slots.push(None);
+        }
+        // A free slot exists now, so this cannot be refused.
+        let _ = self.push(token, Kind::Poll { events }, fd, 0, None);
+    }
+
     fn push(
         &mut self,
         token: T,
         kind: Kind,
-        file: Arc<File>,
+        file: Descriptor,
         offset: u64,
         buf: Option<B>,
     ) -> Result<(), Full<T, B>> {
@@ -299,6 +336,7 @@ impl<T, B: IoBuf> Ring<T, B> {
                         .rw_flags(flags)
                         .build()
                 }
+                (Kind::Poll { events }, _) => opcode::PollAdd::new(fd, events).build(),
                 _ => opcode::Fsync::new(fd)
                     .flags(types::FsyncFlags::DATASYNC)
                     .build(),
@@ -357,6 +395,31 @@ impl<T, B: IoBuf> Ring<T, B> {
         }
     }
 
+    /// Like [`Ring::wait`], but returns after `timeout` at the latest (`None`: no limit).
+    pub fn wait_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let Some(timeout) = timeout else {
+            return self.wait();
+        };
+        if !self.ring.completion().is_empty() || timeout.is_zero() {
+            return self.submit().map(drop);
+        }
+        let timespec = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&timespec);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            // ETIME: the timeout passed; EINTR: a signal; EBUSY: completions to reap first.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Moves every finished operation into `out` (continuing short transfers in the ring).
     /// Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<Completion<T, B>>) -> usize {
@@ -398,6 +461,7 @@ impl<T, B: IoBuf> Ring<T, B> {
         let outcome = match (slot.kind, result) {
             (_, r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
             (Kind::DataSync, _) => Ok(0),
+            (Kind::Poll { .. }, revents) => Ok(revents as usize),
             (Kind::Read, 0) if slot.done < total => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end of the file",

@@ -244,3 +244,63 @@ fn setup_errors_are_classified() {
         SetupError::Failed(_)
     ));
 }
+
+#[test]
+fn socket_polls_report_readiness_and_end_at_shutdown() {
+    use std::os::unix::net::UnixStream;
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let ours = Arc::new(ours);
+    let mut ring: Ring<u32> = Ring::new(1).unwrap();
+    // The fixed slot is taken by a read; polls still get slots of their own.
+    let path = scratch("poll.img", 4096);
+    ring.push_read(1, open(&path, 0).unwrap(), 0, vec![0; 4096])
+        .unwrap();
+    assert!(ring.is_full());
+    ring.push_poll(2, ours.clone(), libc::POLLOUT as u32);
+    ring.push_poll(3, ours.clone(), libc::POLLIN as u32);
+    let mut done = collect(&mut ring, 2);
+    done.sort_by_key(|c| c.token);
+    assert_eq!(done[0].token, 1);
+    assert_eq!(done[1].token, 2);
+    let revents = *done[1].result.as_ref().unwrap() as i16;
+    assert!(revents & libc::POLLOUT != 0, "{revents:#x}");
+    assert_eq!(ring.in_flight(), 1, "the read poll waits for data");
+    peer.write_all(b"ping").unwrap();
+    let done = collect(&mut ring, 1);
+    assert_eq!(done[0].token, 3);
+    assert!(*done[0].result.as_ref().unwrap() as i16 & libc::POLLIN != 0);
+    // A poll that nothing will satisfy ends when the socket is shut down.
+    let mut buf = [0u8; 4];
+    (&*ours).read_exact(&mut buf).unwrap();
+    ring.push_poll(4, ours.clone(), libc::POLLIN as u32);
+    ours.shutdown(std::net::Shutdown::Both).unwrap();
+    let done = collect(&mut ring, 1);
+    assert_eq!(done[0].token, 4);
+    assert!(*done[0].result.as_ref().unwrap() as i16 & libc::POLLHUP != 0);
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn timed_waits_return_when_the_time_is_up_or_earlier_on_a_wake() {
+    let mut ring: Ring<u32> = Ring::new(4).unwrap();
+    let start = std::time::Instant::now();
+    ring.wait_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(ring.reap(&mut out), 0);
+    assert!(
+        start.elapsed() >= Duration::from_millis(45),
+        "{:?}",
+        start.elapsed()
+    );
+    let waker = ring.waker();
+    let wakes = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+    });
+    let start = std::time::Instant::now();
+    ring.wait_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(25));
+    wakes.join().unwrap();
+    ring.reap(&mut out);
+    assert!(out.is_empty());
+}

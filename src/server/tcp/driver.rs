@@ -1,5 +1,6 @@
-//! A logged-in TCP connection: its own thread drives the sans-IO core, a reader thread feeds it
-//! the bytes the socket delivers, the session's worker pool runs the backend I/O.
+//! A logged-in TCP connection where io_uring is unavailable (the engine threads then cannot
+//! wait for sockets; see `resident.rs` for the normal case): its own thread drives the sans-IO
+//! core, a reader thread feeds it the bytes the socket delivers, the engine runs its commands.
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};

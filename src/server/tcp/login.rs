@@ -1,7 +1,8 @@
 //! The listener thread of one TCP portal: accepts connections under the connection caps and
 //! drives every connection that has not logged in yet from a single `poll` loop, with
 //! non-blocking sockets. A connection leaves the loop closed (login failed, timed out, peer
-//! gone, evicted) or handed to a thread of its own once the core asks to bind its session.
+//! gone, evicted) or handed over once the core asks to bind its session: to its session's
+//! engine thread after binding (`resident.rs`), or, without io_uring, to a thread of its own.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::driver::{self, Handoff};
+use super::resident;
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, CoreConfig};
@@ -295,7 +297,7 @@ impl LoginPoller {
         Ok((listener_ready, ready))
     }
 
-    /// Closes the connections that are done and hands the logged-in ones to their own thread.
+    /// Closes the connections that are done and hands the logged-in ones over.
     fn settle(&mut self) {
         if self
             .pending
@@ -339,7 +341,13 @@ impl LoginPoller {
                 first,
                 ticket: pending.ticket,
             };
-            if let Err(e) = driver::spawn(handoff, Arc::clone(&self.shared)) {
+            let shared = Arc::clone(&self.shared);
+            let handed = if shared.engine.runs_connections() {
+                resident::hand_over(handoff, shared)
+            } else {
+                driver::spawn(handoff, shared)
+            };
+            if let Err(e) = handed {
                 log::error!("cannot start a thread for {peer}: {e}");
             }
         }

@@ -34,11 +34,25 @@ pub(super) struct Outbox {
     pieces: Vec<Piece>,
     /// Bytes of `pieces[0]` already written.
     written: usize,
+    /// Bytes queued and not written yet.
+    queued: usize,
 }
 
 impl Outbox {
     pub(super) fn is_empty(&self) -> bool {
         self.pieces.is_empty()
+    }
+
+    /// Bytes queued and not written yet.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Forgets everything queued.
+    pub(super) fn clear(&mut self) {
+        self.pieces.clear();
+        self.written = 0;
+        self.queued = 0;
     }
 
     /// Queues a PDU; its data segment is moved in, not copied.
@@ -71,7 +85,9 @@ impl Outbox {
     }
 
     fn push(&mut self, piece: Piece) {
-        if !piece.bytes().is_empty() {
+        let len = piece.bytes().len();
+        if len > 0 {
+            self.queued += len;
             self.pieces.push(piece);
         }
     }
@@ -79,16 +95,33 @@ impl Outbox {
     /// Writes everything queued (blocking), then forgets it; on error the rest is dropped.
     pub(super) fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
         let result = self.write_all(out);
-        self.pieces.clear();
-        self.written = 0;
+        self.clear();
         result
     }
 
+    /// Writes as much as `out` takes without blocking (a non-blocking socket); what it does not
+    /// take stays queued. `Ok(true)` when everything is written, `Ok(false)` when `out` is full.
+    pub(super) fn send(&mut self, out: &mut impl Write) -> io::Result<bool> {
+        match self.write_all(out) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes until everything is written or `out` fails; written pieces are dropped either way.
     fn write_all(&mut self, out: &mut impl Write) -> io::Result<()> {
         let mut first = 0;
-        while first < self.pieces.len() {
-            let end = (first + MAX_IOVECS).min(self.pieces.len());
-            let slices: Vec<IoSlice<'_>> = self.pieces[first..end]
+        let result = self.write_pieces(out, &mut first);
+        self.pieces.drain(..first);
+        result
+    }
+
+    fn write_pieces(&mut self, out: &mut impl Write, first: &mut usize) -> io::Result<()> {
+        while *first < self.pieces.len() {
+            let first_index = *first;
+            let end = (first_index + MAX_IOVECS).min(self.pieces.len());
+            let slices: Vec<IoSlice<'_>> = self.pieces[first_index..end]
                 .iter()
                 .enumerate()
                 .map(|(i, piece)| {
@@ -107,11 +140,12 @@ impl Outbox {
                 Err(e) => return Err(e),
             };
             // Skip what went out: whole pieces, then part of the next.
+            self.queued -= n;
             while n > 0 {
-                let left = self.pieces[first].bytes().len() - self.written;
+                let left = self.pieces[*first].bytes().len() - self.written;
                 if n >= left {
                     n -= left;
-                    first += 1;
+                    *first += 1;
                     self.written = 0;
                 } else {
                     self.written += n;
@@ -167,5 +201,52 @@ mod tests {
         let slice = Pdu::with_data(data_in, buffer[10..111].to_vec());
         expected.extend_from_slice(&framing::encode(&slice, &settings));
         assert_eq!(wire.0, expected);
+    }
+
+    /// A non-blocking socket whose send buffer takes `room` more bytes.
+    struct Full {
+        wire: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room).min(7);
+            self.room -= n;
+            self.wire.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_queued_for_the_next_send() {
+        let settings = FrameSettings::default();
+        let first = Pdu::with_data(Header::NopIn(NopIn::default()), vec![1; 100]);
+        let second = Pdu::with_data(Header::NopIn(NopIn::default()), vec![2; 300]);
+        let mut expected = framing::encode(&first, &settings);
+        expected.extend_from_slice(&framing::encode(&second, &settings));
+        let mut outbox = Outbox::default();
+        outbox.push_pdu(first, &settings);
+        outbox.push_pdu(second, &settings);
+        assert_eq!(outbox.queued(), expected.len());
+        let mut socket = Full {
+            wire: Vec::new(),
+            room: 150,
+        };
+        assert!(!outbox.send(&mut socket).unwrap(), "the socket took it all");
+        assert_eq!(outbox.queued(), expected.len() - 150);
+        assert!(!outbox.is_empty());
+        socket.room = usize::MAX;
+        assert!(outbox.send(&mut socket).unwrap());
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.queued(), 0);
+        assert_eq!(socket.wire, expected);
     }
 }
