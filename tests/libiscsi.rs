@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{parse_summary, run, run_ok, LunSpec, Server, TargetSpec};
+use common::{parse_summary, run, run_ok, ConformanceRun, LunSpec, Server, TargetSpec};
 use nix::sys::signal::Signal;
 
 /// Tests iser-target passes (not counting skipped) under `iscsi-test-cu -d` (libiscsi 1.19.0,
@@ -487,38 +487,25 @@ fn conformance_run(kind: &str, lun: LunSpec) {
         .unwrap_or_else(|| common::manifest_dir().join("build/conformance"))
         .join(kind);
     // tgt needs ~40 s per run; allow generous slack on slow CI machines.
-    let out = run(
-        Command::new(common::manifest_dir().join("scripts/conformance.sh"))
-            .args(["--timeout", "1200", "--stall", "120"])
-            .arg(server.lun_url(TEST_IQN, 0))
-            .arg(&out_dir),
+    let conformance = ConformanceRun::run(
+        &["--timeout", "1200", "--stall", "120"],
+        &server.lun_url(TEST_IQN, 0),
+        &out_dir,
         Duration::from_secs(1300),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = &conformance.stdout;
     eprintln!("{stdout}");
-    let summary = fs::read_to_string(out_dir.join("summary.txt"))
-        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}"));
-    let kv = parse_summary(&summary);
-    let get = |k: &str| {
-        kv.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     server.assert_alive();
     assert_eq!(
-        get("status"),
+        conformance.get("status"),
         "completed",
         "{kind} LUN: suite did not complete (hung test: {}); log in {}\n{stdout}",
-        get("hung_test"),
+        conformance.get("hung_test"),
         out_dir.display()
     );
-    let passed: u64 = get("passed").parse().expect("passed=N");
-    let failed: u64 = get("failed").parse().expect("failed=N");
-    let failing: Vec<&str> = summary
-        .lines()
-        .filter_map(|l| l.strip_prefix("failing="))
-        .collect();
+    let passed = conformance.count("passed");
+    let failed = conformance.count("failed");
+    let failing = conformance.failing();
     assert_eq!(
         failed,
         0,

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::block_io::BlockSession;
-use common::{parse_summary, run, Backing, LunSpec, Server, TargetSpec, TempDir};
+use common::{run, Backing, ConformanceRun, LunSpec, Server, TargetSpec, TempDir};
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:rbd";
 const MIB: usize = 1 << 20;
@@ -196,27 +196,21 @@ fn iscsi_test_cu_sbc_suites_pass() {
     let suites = "SCSI.Read10,SCSI.Read16,SCSI.Write10,SCSI.Write16,SCSI.WriteVerify16,\
                   SCSI.Unmap,SCSI.WriteSame10,SCSI.WriteSame16,SCSI.CompareAndWrite,\
                   SCSI.SynchronizeCache10,SCSI.SynchronizeCache16,SCSI.GetLBAStatus";
-    let out = run(
-        Command::new(common::manifest_dir().join("scripts/conformance.sh"))
-            .args(["--tests", suites, "--stall", "120", "--timeout", "600"])
-            .arg(server.lun_url(TEST_IQN, 0))
-            .arg(&out_dir),
+    let conformance = ConformanceRun::run(
+        &["--tests", suites, "--stall", "120", "--timeout", "600"],
+        &server.lun_url(TEST_IQN, 0),
+        &out_dir,
         Duration::from_secs(630),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = fs::read_to_string(out_dir.join("summary.txt"))
-        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}"));
-    let kv = parse_summary(&summary);
-    let get = |k: &str| {
-        kv.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let (summary, stdout) = (&conformance.summary, &conformance.stdout);
     server.assert_alive();
-    assert_eq!(get("status"), "completed", "{summary}\n{stdout}");
-    assert_eq!(get("failed"), "0", "{summary}\n{stdout}");
-    let passed: u64 = get("passed").parse().expect("passed=N");
+    assert_eq!(
+        conformance.get("status"),
+        "completed",
+        "{summary}\n{stdout}"
+    );
+    assert_eq!(conformance.count("failed"), 0, "{summary}\n{stdout}");
+    let passed = conformance.count("passed");
     assert!(
         passed >= SBC_PASSED,
         "{passed} passed, fewer than {SBC_PASSED}:\n{summary}"

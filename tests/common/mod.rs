@@ -523,3 +523,59 @@ pub fn parse_summary(text: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A finished run of scripts/conformance.sh: its summary.txt and what the script printed.
+pub struct ConformanceRun {
+    /// The whole summary.txt (`key=value` lines).
+    pub summary: String,
+    /// The script's stdout, for failure messages.
+    pub stdout: String,
+    values: Vec<(String, String)>,
+}
+
+impl ConformanceRun {
+    /// Runs scripts/conformance.sh with `args` (e.g. `--tests`, `--timeout`) against `url`,
+    /// writing into `out_dir`, killed after `limit`. Panics when no summary was written.
+    pub fn run(args: &[&str], url: &str, out_dir: &Path, limit: Duration) -> ConformanceRun {
+        let out = run(
+            Command::new(manifest_dir().join("scripts/conformance.sh"))
+                .args(args)
+                .arg(url)
+                .arg(out_dir),
+            limit,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary = fs::read_to_string(out_dir.join("summary.txt"))
+            .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}"));
+        let values = parse_summary(&summary);
+        ConformanceRun {
+            summary,
+            stdout,
+            values,
+        }
+    }
+
+    /// The value of `key` in the summary ("" when absent).
+    pub fn get(&self, key: &str) -> &str {
+        self.values
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// A count from the summary (`passed`, `failed`, …).
+    pub fn count(&self, key: &str) -> u64 {
+        let value = self.get(key);
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={value:?} is not a count:\n{}", self.summary))
+    }
+
+    /// The names of the failing tests.
+    pub fn failing(&self) -> Vec<&str> {
+        self.summary
+            .lines()
+            .filter_map(|l| l.strip_prefix("failing="))
+            .collect()
+    }
+}
