@@ -19,6 +19,6 @@ pub mod pool;
 pub mod shared;
 
 pub use counting::{AllocCounts, CountingAllocator};
-pub use payload::Payload;
+pub use payload::{LentRanges, Payload};
 pub use pool::{Arena, ArenaId, Buf, Pool};
 pub use shared::{Lent, Region};

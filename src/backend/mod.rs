@@ -12,7 +12,7 @@ mod ram;
 pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 
-use mem_ffi::Lent;
+use mem_ffi::LentRanges;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -108,7 +108,7 @@ pub trait Backend: Send + Sync {
     /// it keeps its blocks in shared pool memory (RAM): a transport sends them from there.
     /// `None` for backends whose data must be read into a buffer. The whole range must lie
     /// inside the backend.
-    fn lend(&self, offset: u64, len: u64) -> Result<Option<Vec<Lent>>, BackendError> {
+    fn lend(&self, offset: u64, len: u64) -> Result<Option<LentRanges>, BackendError> {
         check_range(offset, len, self.size())?;
         Ok(None)
     }

@@ -3,7 +3,8 @@
 
 use super::{check_range, Backend, BackendError};
 use crate::stats::count_payload_copy;
-use mem_ffi::shared::{zeroes, Lent, Region};
+use mem_ffi::shared::{zeroes, Region};
+use mem_ffi::LentRanges;
 use std::sync::RwLock;
 
 /// Allocation unit of the RAM backend.
@@ -111,9 +112,9 @@ impl Backend for RamBackend {
         Ok(())
     }
 
-    fn lend(&self, offset: u64, len: u64) -> Result<Option<Vec<Lent>>, BackendError> {
+    fn lend(&self, offset: u64, len: u64) -> Result<Option<LentRanges>, BackendError> {
         check_range(offset, len, self.size)?;
-        let mut lent = Vec::with_capacity(Self::pieces(offset, len).count());
+        let mut lent = LentRanges::new();
         for (idx, off, n) in Self::pieces(offset, len) {
             let guard = self.chunk(idx)?.read().map_err(|_| Self::poisoned())?;
             lent.push(match guard.as_ref() {
@@ -255,8 +256,8 @@ mod tests {
     }
 
     /// What a NIC would send from the lent ranges, in order.
-    fn sent(lent: &[Lent]) -> Vec<u8> {
-        mem_ffi::Payload::Lent(lent.to_vec()).into_buf().to_vec()
+    fn sent(lent: &LentRanges) -> Vec<u8> {
+        mem_ffi::Payload::Lent(lent.clone()).to_vec()
     }
 
     #[test]
@@ -270,7 +271,7 @@ mod tests {
         assert_eq!(thread_payload_copies(), before, "lending copies nothing");
         assert_eq!(lent.len(), 2);
         assert_eq!(
-            lent[1].as_ptr(),
+            lent.iter().nth(1).unwrap().as_ptr(),
             zeroes(1).as_ptr(),
             "the hole is the zero region"
         );

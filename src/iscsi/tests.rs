@@ -99,7 +99,7 @@ impl RamBackend {
         }
         match cdb[0] {
             0x28 => ScsiOutcome {
-                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]),
+                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]).into(),
                 ..ScsiOutcome::good()
             },
             0x2a => {
@@ -1644,7 +1644,7 @@ fn read_with_sense_sends_a_separate_response() {
     pair.send_command(cmd, vec![]);
     let id = pair.deferred[0].id;
     let mut outcome = ScsiOutcome::check_condition(0x03, 0x11, 0x00);
-    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]);
+    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]).into();
     pair.complete_deferred(id, outcome.clone());
     let pdus = pair.take();
     assert_eq!(pdus.len(), 2);
@@ -1672,7 +1672,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)).into(),
             ..ScsiOutcome::good()
         },
     );
@@ -1692,7 +1692,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)).into(),
             ..ScsiOutcome::good()
         },
     );
@@ -1907,7 +1907,7 @@ fn abort_running_task_holds_the_tmf_response() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
+            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]).into(),
             ..ScsiOutcome::good()
         },
     );

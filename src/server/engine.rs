@@ -654,7 +654,7 @@ impl EngineThread {
         } = token;
         let result = match completion.result {
             Ok(_) => Ok(match (primitive, completion.buf) {
-                (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data),
+                (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data.into()),
                 _ => BlockReply::Done,
             }),
             Err(e) => Err(BackendError::from(e)),
