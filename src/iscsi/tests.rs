@@ -1346,6 +1346,39 @@ fn tcp_transport_copies_reads_never_and_writes_once() {
     assert_eq!(read, CopyCounts::default());
 }
 
+/// A READ from a RAM LUN reaches the iSCSI/TCP datamover as the LUN's memory lent; Data-In is
+/// digested and framed from a buffer of the connection's own, so the datamover copies it into
+/// one, once: the one copy of an iSCSI/TCP READ from RAM (the backend itself copies nothing).
+#[test]
+fn tcp_transport_copies_a_lent_ram_read_once() {
+    use crate::scsi::testutil::{assert_good, exec, ram_lu, read16, write16};
+    let lu = ram_lu(64, BLOCK as u32);
+    let data = pattern(8192, 5);
+    assert_good(&exec(&lu, &write16(0, 16, false), &data));
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let mut back = Vec::new();
+    let read = target_copies(&mut pair, |pair| {
+        let cmd = pair.command(1, read10(0, 16), true, false, 8192);
+        pair.send_command(cmd, vec![]);
+        let task = pair.deferred.pop().expect("the READ was executed");
+        let outcome = exec(&lu, &read16(0, 16), &[]);
+        assert!(outcome.data_in.lent().is_some(), "lent by the RAM LUN");
+        pair.complete_deferred(task.id, outcome);
+        for p in pair.take() {
+            back.extend_from_slice(&p.data);
+        }
+    });
+    assert_eq!(back, data);
+    assert_eq!(
+        read,
+        CopyCounts {
+            copies: 1,
+            bytes: 8192
+        }
+    );
+}
+
 #[test]
 fn write_with_immediate_data_only() {
     let mut pair = logged_in(&[]);
