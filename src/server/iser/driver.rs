@@ -783,10 +783,11 @@ impl Driver {
                     .qp
                     .post_send_list(&writes)
                     .map_err(|e| format!("posting RDMA Writes: {e}"));
-                posted?;
+                // Tracked even when refused: a list may be refused part way, and the teardown
+                // that follows keeps (or leaks) the data of whatever the device may still read.
                 let ids: Vec<u64> = writes.iter().map(|w| w.wr_id).collect();
                 self.track_writes(&ids, data);
-                Ok((Posted::Yes, None))
+                posted.map(|()| (Posted::Yes, None))
             }
             FabricOp::RdmaRead {
                 token,
@@ -891,13 +892,15 @@ impl Driver {
             .write(send_offset, &bytes)
             .and_then(|()| self.res.qp.post_send_list(&chain))
             .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
+        // The Writes are tracked even when the list is refused (it may be refused part way):
+        // the teardown that follows keeps (or leaks) the data the device may still read.
+        let ids: Vec<u64> = chain[..chain.len() - 1].iter().map(|w| w.wr_id).collect();
+        self.track_writes(&ids, data);
         if let Err(e) = posted {
             // A refused list leaves the connection failing; the staged bytes go with it.
             self.unstage(&send_buffer);
             return Err(e);
         }
-        let ids: Vec<u64> = chain[..chain.len() - 1].iter().map(|w| w.wr_id).collect();
-        self.track_writes(&ids, data);
         self.inflight.push_back(InFlight {
             wr_id: send_wr,
             buffer: Buffer::Staged(send_buffer),
