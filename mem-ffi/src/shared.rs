@@ -330,6 +330,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cpu_copy_of_lent_bytes_sees_each_write_whole() {
+        // The writer keeps the region (`&mut`), a transport thread copies the lent bytes out:
+        // the chunk's CPU lock orders them, so every copy holds one write's bytes, never a mix.
+        let pool = Pool::new();
+        let mut region = Region::zeroed(pool, 64 << 10);
+        let lent = region.lend(0..64 << 10);
+        let reader = std::thread::spawn(move || {
+            let mut out = vec![0u8; lent.len()];
+            for _ in 0..200 {
+                lent.copy_to(&mut out);
+                assert!(out.iter().all(|&b| b == out[0]), "a torn copy");
+            }
+        });
+        for round in 0..200u32 {
+            region.write(0, &vec![round as u8; 64 << 10]);
+        }
+        reader.join().unwrap();
+    }
+
+    #[test]
     fn zeroes_are_one_shared_registered_region() {
         let a = zeroes(4096);
         let b = zeroes(ZEROES_LEN);
