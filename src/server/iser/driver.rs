@@ -785,8 +785,7 @@ impl Driver {
                     .map_err(|e| format!("posting RDMA Writes: {e}"));
                 // Tracked even when refused: a list may be refused part way, and the teardown
                 // that follows keeps (or leaks) the data of whatever the device may still read.
-                let ids: Vec<u64> = writes.iter().map(|w| w.wr_id).collect();
-                self.track_writes(&ids, data);
+                self.track_writes(writes.iter().map(|w| w.wr_id), data);
                 posted.map(|()| (Posted::Yes, None))
             }
             FabricOp::RdmaRead {
@@ -894,8 +893,7 @@ impl Driver {
             .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
         // The Writes are tracked even when the list is refused (it may be refused part way):
         // the teardown that follows keeps (or leaks) the data the device may still read.
-        let ids: Vec<u64> = chain[..chain.len() - 1].iter().map(|w| w.wr_id).collect();
-        self.track_writes(&ids, data);
+        self.track_writes(chain[..chain.len() - 1].iter().map(|w| w.wr_id), data);
         if let Err(e) = posted {
             // A refused list leaves the connection failing; the staged bytes go with it.
             self.unstage(&send_buffer);
@@ -985,13 +983,16 @@ impl Driver {
     }
 
     /// Tracks posted RDMA Writes of `data`: the last holds it until its completion.
-    fn track_writes(&mut self, wr_ids: &[u64], data: Payload) {
+    fn track_writes(&mut self, wr_ids: impl ExactSizeIterator<Item = u64>, data: Payload) {
         let mut data = Some(data);
-        for (i, &wr_id) in wr_ids.iter().enumerate() {
-            let buffer = if i + 1 == wr_ids.len() {
-                Buffer::Task(data.take().expect("taken once"))
-            } else {
-                Buffer::Chained
+        let last = wr_ids.len().saturating_sub(1);
+        for (i, wr_id) in wr_ids.enumerate() {
+            let buffer = match data.take() {
+                Some(data) if i == last => Buffer::Task(data),
+                kept => {
+                    data = kept;
+                    Buffer::Chained
+                }
             };
             self.inflight.push_back(InFlight {
                 wr_id,
