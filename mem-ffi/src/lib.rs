@@ -4,6 +4,9 @@
 //! - [`Pool`] and [`Buf`]: page-aligned I/O buffers from `mmap` arenas, recycled through free
 //!   lists, carried by handle through the data path so that io_uring can use O_DIRECT and iSER
 //!   can RDMA straight from and into them (see [`pool`]).
+//! - [`Region`] and [`Lent`]: pool memory a RAM LUN keeps its blocks in, written and read by
+//!   copies only, and lent by address to transports that send from it (see [`shared`]);
+//!   [`Payload`], a command's Data-In either way.
 //! - [`CountingAllocator`], a global allocator that wraps the system allocator and counts
 //!   allocations, so a benchmark can print allocations per command. It is installed with
 //!   `#[global_allocator]` in benchmark binaries only, never in the server.
@@ -11,7 +14,11 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 
 mod counting;
+pub mod payload;
 pub mod pool;
+pub mod shared;
 
 pub use counting::{AllocCounts, CountingAllocator};
+pub use payload::{LentRanges, Payload};
 pub use pool::{Arena, ArenaId, Buf, Pool};
+pub use shared::{Lent, Region};

@@ -14,6 +14,7 @@ pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 pub use rbd::RbdBackend;
 
+use mem_ffi::LentRanges;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -107,6 +108,14 @@ pub trait Backend: Send + Sync {
     }
     /// Whether `discard` really deallocates (advertised to initiators as thin provisioning).
     fn supports_discard(&self) -> bool;
+    /// Bytes `offset..offset + len` lent from the backend's own memory, without a copy, when
+    /// it keeps its blocks in shared pool memory (RAM): a transport sends them from there.
+    /// `None` for backends whose data must be read into a buffer. The whole range must lie
+    /// inside the backend.
+    fn lend(&self, offset: u64, len: u64) -> Result<Option<LentRanges>, BackendError> {
+        check_range(offset, len, self.size())?;
+        Ok(None)
+    }
     /// Short backend name for logs: "ram", "file" or "block".
     fn kind(&self) -> &'static str;
     /// The descriptors of a backend stored in a file or block device, for executors that

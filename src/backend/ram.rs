@@ -1,7 +1,10 @@
-//! Sparse in-memory backend: chunks are allocated on first write.
+//! Sparse in-memory backend: chunks are allocated on first write, in pool memory that READs
+//! are lent from.
 
 use super::{check_range, Backend, BackendError};
 use crate::stats::count_payload_copy;
+use mem_ffi::shared::{zeroes, Region};
+use mem_ffi::LentRanges;
 use std::sync::RwLock;
 
 /// Allocation unit of the RAM backend.
@@ -10,9 +13,17 @@ const CHUNK: u64 = 1 << 20;
 /// A sparse RAM disk. Memory is allocated per 1 MiB chunk on first write, so an unwritten
 /// LUN costs only its chunk table; each chunk has its own `RwLock`, so readers never
 /// serialize and writers only contend on the chunks they touch.
+///
+/// Chunks are [`Region`]s of the global buffer pool, the memory iSER registers by arena: a READ
+/// is lent ([`Backend::lend`]) and RDMA-written from the chunk itself, holes from the shared zero
+/// region. A lent chunk stays alive after a discard until the transport is done with it; a
+/// WRITE to a chunk while it is lent goes in by copy and a READ overlapping it may send, per
+/// byte, the old or the new data, as any target may for overlapping commands (see
+/// [`mem_ffi::shared`]). Pool memory is never returned to the system: freed chunks serve later
+/// chunks and I/O buffers.
 pub struct RamBackend {
     size: u64,
-    chunks: Vec<RwLock<Option<Box<[u8]>>>>,
+    chunks: Vec<RwLock<Option<Region>>>,
 }
 
 impl RamBackend {
@@ -49,7 +60,7 @@ impl RamBackend {
         })
     }
 
-    fn chunk(&self, idx: usize) -> Result<&RwLock<Option<Box<[u8]>>>, BackendError> {
+    fn chunk(&self, idx: usize) -> Result<&RwLock<Option<Region>>, BackendError> {
         self.chunks
             .get(idx)
             .ok_or_else(|| BackendError::out_of_range(idx as u64 * CHUNK, CHUNK, self.size))
@@ -73,7 +84,7 @@ impl Backend for RamBackend {
             let dst = &mut buf[done..done + n];
             match guard.as_ref() {
                 Some(c) => {
-                    dst.copy_from_slice(&c[off..off + n]);
+                    c.read_into(off, dst);
                     count_payload_copy(n);
                 }
                 None => dst.fill(0),
@@ -88,8 +99,9 @@ impl Backend for RamBackend {
         let mut done = 0usize;
         for (idx, off, n) in Self::pieces(offset, data.len() as u64) {
             let mut guard = self.chunk(idx)?.write().map_err(|_| Self::poisoned())?;
-            let c = guard.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-            c[off..off + n].copy_from_slice(&data[done..done + n]);
+            let c = guard
+                .get_or_insert_with(|| Region::zeroed(mem_ffi::pool::global(), CHUNK as usize));
+            c.write(off, &data[done..done + n]);
             count_payload_copy(n);
             done += n;
         }
@@ -100,6 +112,20 @@ impl Backend for RamBackend {
         Ok(())
     }
 
+    fn lend(&self, offset: u64, len: u64) -> Result<Option<LentRanges>, BackendError> {
+        check_range(offset, len, self.size)?;
+        let mut lent = LentRanges::new();
+        for (idx, off, n) in Self::pieces(offset, len) {
+            let guard = self.chunk(idx)?.read().map_err(|_| Self::poisoned())?;
+            lent.push(match guard.as_ref() {
+                Some(c) => c.lend(off..off + n),
+                // A piece never exceeds a chunk, and the zero region is a chunk long.
+                None => zeroes(n),
+            });
+        }
+        Ok(Some(lent))
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         check_range(offset, len, self.size)?;
         for (idx, off, n) in Self::pieces(offset, len) {
@@ -107,7 +133,7 @@ impl Backend for RamBackend {
             if off == 0 && n as u64 == CHUNK {
                 *guard = None;
             } else if let Some(c) = guard.as_mut() {
-                c[off..off + n].fill(0);
+                c.zero(off, n);
             }
         }
         Ok(())
@@ -227,6 +253,65 @@ mod tests {
         assert_eq!(b.allocation(CHUNK, 100).unwrap(), (true, 100));
         assert_eq!(b.allocation(3 * CHUNK, CHUNK).unwrap(), (false, CHUNK));
         assert!(b.allocation(3 * CHUNK, CHUNK + 1).is_err());
+    }
+
+    /// What a NIC would send from the lent ranges, in order.
+    fn sent(lent: &LentRanges) -> Vec<u8> {
+        mem_ffi::Payload::Lent(lent.clone()).to_vec()
+    }
+
+    #[test]
+    fn reads_are_lent_from_chunks_and_the_zero_region_without_a_copy() {
+        use crate::stats::thread_payload_copies;
+        let b = RamBackend::new(4 * CHUNK);
+        b.write_at(&[5u8; 4096], CHUNK - 4096).unwrap();
+        let before = thread_payload_copies();
+        // 128 KiB over the end of chunk 0 (written) into chunk 1 (a hole).
+        let lent = b.lend(CHUNK - 4096, 128 << 10).unwrap().unwrap();
+        assert_eq!(thread_payload_copies(), before, "lending copies nothing");
+        assert_eq!(lent.len(), 2);
+        assert_eq!(
+            lent.iter().nth(1).unwrap().as_ptr(),
+            zeroes(1).as_ptr(),
+            "the hole is the zero region"
+        );
+        assert!(
+            lent.iter().all(|l| l.arena_extent().is_some()),
+            "registrable"
+        );
+        let mut expected = vec![5u8; 4096];
+        expected.resize(128 << 10, 0);
+        assert_eq!(sent(&lent), expected);
+        assert_eq!(b.allocated_chunks(), 1, "lending a hole allocates nothing");
+        assert!(b.lend(4 * CHUNK - 1, 2).is_err());
+    }
+
+    #[test]
+    fn a_lent_chunk_survives_unmap_and_later_writes_land_in_a_new_chunk() {
+        let b = RamBackend::new(2 * CHUNK);
+        b.write_at(&[3u8; 8192], 0).unwrap();
+        let lent = b.lend(0, 8192).unwrap().unwrap();
+        b.discard(0, CHUNK).unwrap();
+        assert_eq!(b.allocated_chunks(), 0);
+        b.write_at(&[4u8; 8192], 0).unwrap();
+        assert_eq!(
+            sent(&lent),
+            vec![3u8; 8192],
+            "the unmapped chunk is still lent whole"
+        );
+        let again = b.lend(0, 8192).unwrap().unwrap();
+        assert_eq!(sent(&again), vec![4u8; 8192]);
+    }
+
+    #[test]
+    fn writes_to_a_lent_chunk_show_in_later_reads_of_it() {
+        // The per-block semantics of a READ racing a WRITE: the lent range names the chunk's
+        // memory, so what is sent is what the chunk holds when the transport sends it.
+        let b = RamBackend::new(CHUNK);
+        b.write_at(&[1u8; 4096], 0).unwrap();
+        let lent = b.lend(0, 4096).unwrap().unwrap();
+        b.write_at(&[2u8; 4096], 0).unwrap();
+        assert_eq!(sent(&lent), vec![2u8; 4096]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::tasks::{TaskState, TaskTable};
 use super::text::{self, KeyAnswer, KeyPhase, Negotiator, SessionParams, TargetPolicy};
 use crate::scsi::sense::SenseData;
 use crate::scsi::TaskAttr;
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 
 /// A target as the core needs to know it: name, ACL, credentials and LUN numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,11 +336,12 @@ pub enum Action<C = ()> {
     /// Transmit this control PDU (login, text, NOP-In, Reject, TMF and Logout responses); it
     /// belongs to no task.
     Send(Pdu),
-    /// Send bytes `range` of `data`, the task's Data-In buffer (the pool buffer the backend
-    /// read into), to the initiator at the same offsets. [`Action::Respond`] follows at once.
+    /// Send bytes `range` of `data`, the task's Data-In (the pool buffer the backend read
+    /// into, or a RAM LUN's memory lent), to the initiator at the same offsets.
+    /// [`Action::Respond`] follows at once.
     PutData {
         task: TaskRef<C>,
-        data: Buf,
+        data: Payload,
         range: std::ops::Range<u32>,
         numbers: SequenceNumbers,
     },

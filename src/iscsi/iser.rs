@@ -24,7 +24,7 @@ use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
 use super::tasks::IntMap;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 
 /// Length of the iSER control-type header in front of every PDU.
 pub const ISER_HEADER_LEN: usize = 28;
@@ -138,7 +138,7 @@ pub enum FabricOp {
     RdmaWrite {
         stag: u32,
         va: u64,
-        data: Buf,
+        data: Payload,
         range: Range<usize>,
     },
     /// RDMA Read `len` bytes from (stag, va) straight into the task's buffer, where
@@ -732,7 +732,7 @@ impl IserConnection {
     }
 
     /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
-    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, data: Buf, range: Range<u32>) {
+    fn put_data(&mut self, task: TaskRef<RemoteBuffers>, data: Payload, range: Range<u32>) {
         let Some((stag, va)) = task.context.read else {
             log::warn!(
                 "READ data for ITT {:#x} but the initiator advertised no read buffer",
@@ -1070,7 +1070,7 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: Default::default(),
-            data_in: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
+            data_in: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]).into(),
             data_out_length: 0,
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -1081,7 +1081,7 @@ mod tests {
             FabricOp::RdmaWrite {
                 stag: 0xabc,
                 va: 0x7000_0000,
-                data: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]),
+                data: mem_ffi::Buf::copy_from_slice(&[0x5a; 8192]).into(),
                 range: 0..4096,
             }
         );
@@ -1129,7 +1129,8 @@ mod tests {
         let outcome = ScsiOutcome {
             status: 0,
             sense: Default::default(),
-            data_in: mem_ffi::Buf::copy_from_slice(&if read { vec![1; 512] } else { vec![] }),
+            data_in: mem_ffi::Buf::copy_from_slice(&if read { vec![1; 512] } else { vec![] })
+                .into(),
             data_out_length: if write { 512 } else { 0 },
         };
         conn.handle_scsi_complete(task.id, outcome);
@@ -1255,7 +1256,7 @@ mod tests {
         conn.handle_scsi_complete(
             read_task.id,
             ScsiOutcome {
-                data_in: mem_ffi::Buf::copy_from_slice(&[3; 8192]),
+                data_in: mem_ffi::Buf::copy_from_slice(&[3; 8192]).into(),
                 ..ScsiOutcome::good()
             },
         );
@@ -1269,6 +1270,73 @@ mod tests {
                 bytes: 4096
             }
         );
+    }
+
+    /// A READ from a RAM LUN is RDMA-written straight from the LUN's memory: the SCSI outcome
+    /// lends the chunks, the core and the adapter pass them on, and nothing copies a byte. A
+    /// 128 KiB READ over the end of a written chunk into an unwritten one goes out as one RDMA
+    /// Write per piece: the chunk's last block, then the shared zero region.
+    #[test]
+    fn a_ram_read_is_rdma_written_from_the_lun_memory_without_a_copy() {
+        use crate::scsi::testutil::{assert_good, exec, ram_lu, read16, write16};
+        use crate::stats::{thread_payload_copies, CopyCounts};
+        let lu = ram_lu(512, 4096);
+        assert_good(&exec(&lu, &write16(255, 1, false), &[6u8; 4096]));
+        let (mut conn, now) = logged_in(false);
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_RSV,
+            write_stag: 0,
+            write_va: 0,
+            read_stag: 0x78,
+            read_va: 0x7000_0000,
+        };
+        let read = Pdu::new(Header::ScsiCommand(command(
+            0x31,
+            100,
+            true,
+            false,
+            128 << 10,
+            0x88,
+        )));
+        conn.handle_receive(&send_bytes(iser, &read), now);
+        let ops = drain(&mut conn);
+        let [FabricOp::Execute(task)] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        let before = thread_payload_copies();
+        let outcome = exec(&lu, &read16(255, 32), &[]);
+        assert_good(&outcome);
+        conn.handle_scsi_complete(task.id, outcome);
+        let ops = drain(&mut conn);
+        assert_eq!(thread_payload_copies() - before, CopyCounts::default());
+        let Some(FabricOp::RdmaWrite {
+            stag,
+            va,
+            data,
+            range,
+        }) = ops.first()
+        else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(
+            (*stag, *va, range.clone()),
+            (0x78, 0x7000_0000, 0..128 << 10)
+        );
+        let lent = data.lent().expect("lent from the LUN, not copied");
+        let pieces = data.pieces(range.clone()).expect("all in pool arenas");
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert_eq!((pieces[0].len, pieces[1].len), (4096, (128 << 10) - 4096));
+        assert_eq!(
+            pieces[0].arena,
+            lent.iter().next().unwrap().arena_extent().unwrap()
+        );
+        let zeroes = mem_ffi::shared::zeroes(1);
+        assert_eq!(pieces[1].arena, zeroes.arena_extent().unwrap());
+        assert_eq!(pieces[1].offset, zeroes.arena_offset().unwrap());
+        let mut expected = vec![6u8; 4096];
+        expected.resize(128 << 10, 0);
+        assert_eq!(data.to_vec(), expected);
+        assert!(matches!(ops.get(1), Some(FabricOp::Send { .. })), "{ops:?}");
     }
 
     /// A WRITE larger than MaxBurstLength is fetched with all its RDMA Reads at once, no round
@@ -1590,6 +1658,9 @@ mod tests {
         let Some(FabricOp::RdmaWrite { data, range, .. }) = ops.first() else {
             panic!("{ops:?}")
         };
+        let Payload::Owned(data) = data else {
+            panic!("{data:?}")
+        };
         assert_eq!((data.as_ptr(), range.clone()), (source, 0..8192));
     }
 
@@ -1732,7 +1803,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: Default::default(),
-                data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
+                data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]).into(),
                 data_out_length: 0,
             },
         );
@@ -1812,7 +1883,7 @@ mod tests {
             ScsiOutcome {
                 status: 0,
                 sense: Default::default(),
-                data_in: mem_ffi::Buf::copy_from_slice(&[0; 512]),
+                data_in: mem_ffi::Buf::copy_from_slice(&[0; 512]).into(),
                 data_out_length: 0,
             },
         );

@@ -28,7 +28,7 @@ use super::tasks::IntMap;
 use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 
 /// An effect the TCP transport must carry out, in order. `C` is the core's per-task context
 /// (see [`Connection::handle_pdu_with_context`]); TCP itself needs none and uses `()`.
@@ -270,10 +270,16 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     fn put_data(
         &mut self,
         task: TaskRef<C>,
-        data: Buf,
+        data: Payload,
         range: Range<u32>,
         numbers: SequenceNumbers,
     ) {
+        // Data-In PDUs are digested and written from a buffer of the connection's own: lent
+        // memory (a RAM LUN's) is copied into one, the single copy of an iSCSI/TCP READ.
+        if let Some(lent) = data.lent() {
+            lent.iter().for_each(|l| count_payload_copy(l.len()));
+        }
+        let data = data.into_buf();
         let params = self.core.params();
         let max_pdu = params.initiator_max_recv_data_segment_length.max(512) as usize;
         let max_burst = params.max_burst_length.max(512) as usize;

@@ -99,7 +99,7 @@ impl RamBackend {
         }
         match cdb[0] {
             0x28 => ScsiOutcome {
-                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]),
+                data_in: mem_ffi::Buf::copy_from_slice(&disk[range]).into(),
                 ..ScsiOutcome::good()
             },
             0x2a => {
@@ -1346,6 +1346,39 @@ fn tcp_transport_copies_reads_never_and_writes_once() {
     assert_eq!(read, CopyCounts::default());
 }
 
+/// A READ from a RAM LUN reaches the iSCSI/TCP datamover as the LUN's memory lent; Data-In is
+/// digested and framed from a buffer of the connection's own, so the datamover copies it into
+/// one, once: the one copy of an iSCSI/TCP READ from RAM (the backend itself copies nothing).
+#[test]
+fn tcp_transport_copies_a_lent_ram_read_once() {
+    use crate::scsi::testutil::{assert_good, exec, ram_lu, read16, write16};
+    let lu = ram_lu(64, BLOCK as u32);
+    let data = pattern(8192, 5);
+    assert_good(&exec(&lu, &write16(0, 16, false), &data));
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let mut back = Vec::new();
+    let read = target_copies(&mut pair, |pair| {
+        let cmd = pair.command(1, read10(0, 16), true, false, 8192);
+        pair.send_command(cmd, vec![]);
+        let task = pair.deferred.pop().expect("the READ was executed");
+        let outcome = exec(&lu, &read16(0, 16), &[]);
+        assert!(outcome.data_in.lent().is_some(), "lent by the RAM LUN");
+        pair.complete_deferred(task.id, outcome);
+        for p in pair.take() {
+            back.extend_from_slice(&p.data);
+        }
+    });
+    assert_eq!(back, data);
+    assert_eq!(
+        read,
+        CopyCounts {
+            copies: 1,
+            bytes: 8192
+        }
+    );
+}
+
 #[test]
 fn write_with_immediate_data_only() {
     let mut pair = logged_in(&[]);
@@ -1644,7 +1677,7 @@ fn read_with_sense_sends_a_separate_response() {
     pair.send_command(cmd, vec![]);
     let id = pair.deferred[0].id;
     let mut outcome = ScsiOutcome::check_condition(0x03, 0x11, 0x00);
-    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]);
+    outcome.data_in = mem_ffi::Buf::copy_from_slice(&[7; 512]).into();
     pair.complete_deferred(id, outcome.clone());
     let pdus = pair.take();
     assert_eq!(pdus.len(), 2);
@@ -1672,7 +1705,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(2048, 1)).into(),
             ..ScsiOutcome::good()
         },
     );
@@ -1692,7 +1725,7 @@ fn read_residual_overflow_and_underflow() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)),
+            data_in: mem_ffi::Buf::copy_from_slice(&pattern(1024, 1)).into(),
             ..ScsiOutcome::good()
         },
     );
@@ -1907,7 +1940,7 @@ fn abort_running_task_holds_the_tmf_response() {
     pair.complete_deferred(
         id,
         ScsiOutcome {
-            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]),
+            data_in: mem_ffi::Buf::copy_from_slice(&[1; 512]).into(),
             ..ScsiOutcome::good()
         },
     );

@@ -353,7 +353,13 @@ impl Queue {
                 if let Some(s) = &shared {
                     s.count_read(data.len() as u64);
                 }
-                self.send_data(cid, Arc::new(data));
+                // C2HData is digested and framed from a buffer of the queue's own: a RAM
+                // namespace's lent memory is copied into one (one copy, as for iSCSI/TCP).
+                if let Some(lent) = data.lent() {
+                    lent.iter()
+                        .for_each(|l| crate::stats::count_payload_copy(l.len()));
+                }
+                self.send_data(cid, Arc::new(data.into_buf()));
                 return;
             }
             Ok(BlockReply::Miscompare { .. }) => Status::COMPARE_FAILURE,

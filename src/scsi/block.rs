@@ -5,7 +5,7 @@ use super::cdb::Cdb;
 use super::sense::{self, Sense};
 use super::{op, CmdResult, LogicalUnit, Plan, ScsiOutcome, ScsiRequest};
 use crate::backend::{Backend, BackendError};
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 
 /// Device limits advertised in VPD page B0h and enforced on every command.
 pub(crate) mod limits {
@@ -189,8 +189,9 @@ impl Primitive {
 pub enum BlockReply {
     /// Completed; nothing to return.
     Done,
-    /// Data read from the medium, filling the whole pool buffer.
-    Data(Buf),
+    /// Data read from the medium: a pool buffer it fills whole, or the backend's own memory
+    /// lent (RAM).
+    Data(Payload),
     /// The compare failed at this byte offset within the compared data; nothing written.
     Miscompare { offset: u64 },
 }
@@ -204,11 +205,14 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
     let flush_if = |fua: bool| if fua { backend.flush() } else { Ok(()) };
     match req {
         BlockRequest::Read { offset, len } => {
+            if let Some(lent) = backend.lend(*offset, *len as u64)? {
+                return Ok(BlockReply::Data(Payload::Lent(lent)));
+            }
             // A recycled pool buffer holds another command's old bytes: `read_at` fills all of
             // it or fails, and a failed read's buffer is dropped, never sent.
             let mut buf = mem_ffi::pool::global().alloc(*len);
             backend.read_at(&mut buf, *offset)?;
-            Ok(BlockReply::Data(buf))
+            Ok(BlockReply::Data(buf.into()))
         }
         BlockRequest::Write { offset, data, fua }
         | BlockRequest::AtomicWrite { offset, data, fua } => {
@@ -234,7 +238,7 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
         } => {
             let mut d = lba_status(backend, *lba, *num_blocks, *block_size, *alloc)?;
             d.truncate(*alloc);
-            Ok(BlockReply::Data(Buf::copy_from_slice(&d)))
+            Ok(BlockReply::Data(Buf::copy_from_slice(&d).into()))
         }
         BlockRequest::Flush => {
             backend.flush()?;

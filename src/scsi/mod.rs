@@ -25,7 +25,7 @@ pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 use sense::{Sense, SenseData};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -187,8 +187,9 @@ pub struct ScsiOutcome {
     pub sense: SenseData,
     /// Data-In at the length the command itself wants; the iSCSI layer truncates to EDTL
     /// and computes residuals from this length. A READ's is the pool buffer the backend read
-    /// into (filled completely, or the read failed); small replies are copied into one.
-    pub data_in: Buf,
+    /// into (filled completely, or the read failed) or, from a RAM LUN, the ranges of its
+    /// memory lent; small replies are copied into a buffer.
+    pub data_in: Payload,
     /// For Data-Out commands, how many bytes the command calls for (e.g. blocks × block
     /// size for WRITE); 0 otherwise. The iSCSI layer computes write residuals from it.
     pub data_out_length: u32,
@@ -200,7 +201,7 @@ impl ScsiOutcome {
         ScsiOutcome {
             status: status::GOOD,
             sense: SenseData::default(),
-            data_in: Buf::empty(),
+            data_in: Payload::empty(),
             data_out_length: 0,
         }
     }
@@ -211,10 +212,10 @@ impl ScsiOutcome {
         ScsiOutcome::with_buf(Buf::copy_from_slice(&data_in))
     }
 
-    /// GOOD status carrying Data-In already in a pool buffer (a READ's).
-    pub fn with_buf(data_in: Buf) -> Self {
+    /// GOOD status carrying a READ's Data-In: a pool buffer or lent ranges.
+    pub fn with_buf(data_in: impl Into<Payload>) -> Self {
         ScsiOutcome {
-            data_in,
+            data_in: data_in.into(),
             ..ScsiOutcome::good()
         }
     }

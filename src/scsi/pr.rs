@@ -626,7 +626,7 @@ mod tests {
         // Truncated READ KEYS keeps the additional length.
         let o = run_as(&lu, &a, &[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[]);
         assert_eq!(o.data_in.len(), 8);
-        assert_eq!(be32(&o.data_in, 4), 8);
+        assert_eq!(be32(&o.data_in.to_vec(), 4), 8);
     }
 
     #[test]

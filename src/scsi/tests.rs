@@ -83,7 +83,7 @@ fn standard_inquiry() {
     let lu = ram_lu(64, 512);
     let o = exec(&lu, &inquiry(false, 0, 255), &[]);
     assert_good(&o);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     assert_eq!(d.len(), 96);
     assert_eq!(d[0], 0);
     assert_eq!(d[2], 0x06);
@@ -113,10 +113,11 @@ fn vpd_pages() {
     let vpd = |page| {
         let o = exec(&lu, &inquiry(true, page, 1024), &[]);
         assert_good(&o);
-        assert_eq!(o.data_in[1], page);
-        let len = usize::from(u16::from_be_bytes([o.data_in[2], o.data_in[3]]));
-        assert_eq!(o.data_in.len(), len + 4);
-        o.data_in
+        let d = o.data_in.to_vec();
+        assert_eq!(d[1], page);
+        let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+        assert_eq!(d.len(), len + 4);
+        d
     };
     let p0 = vpd(0x00);
     assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
@@ -171,7 +172,7 @@ fn missing_lun_and_report_luns() {
     let inq = inquiry(false, 0, 96);
     let o = t.execute(&req(7, &inq, &[]));
     assert_good(&o);
-    assert_eq!(o.data_in[0], 0x7F);
+    assert_eq!(o.data_in.to_vec()[0], 0x7F);
     assert_check(
         &t.execute(&req(7, &[0; 16], &[])),
         ILLEGAL_REQUEST,
@@ -184,7 +185,10 @@ fn missing_lun_and_report_luns() {
     );
     let o = t.execute(&req(7, &[0x03, 0, 0, 0, 18, 0], &[]));
     assert_good(&o);
-    assert_eq!((o.data_in[12], o.data_in[2]), (0x25, ILLEGAL_REQUEST));
+    assert_eq!(
+        (o.data_in.to_vec()[12], o.data_in.to_vec()[2]),
+        (0x25, ILLEGAL_REQUEST)
+    );
     assert_good(&t.execute(&req(5, &[0; 16], &[])));
 
     let rl = |select: u8, alloc: u32| {
@@ -196,13 +200,13 @@ fn missing_lun_and_report_luns() {
     // REPORT LUNS works whatever LUN it is addressed to.
     let o = t.execute(&req(99, &rl(0, 4096), &[]));
     assert_good(&o);
-    assert_eq!(&o.data_in[0..4], &24u32.to_be_bytes());
-    assert_eq!(&o.data_in[8..16], &[0; 8]);
-    assert_eq!(&o.data_in[16..24], &[0, 5, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(&o.data_in[24..32], &[0x41, 0x2C, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&o.data_in.to_vec()[0..4], &24u32.to_be_bytes());
+    assert_eq!(&o.data_in.to_vec()[8..16], &[0; 8]);
+    assert_eq!(&o.data_in.to_vec()[16..24], &[0, 5, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&o.data_in.to_vec()[24..32], &[0x41, 0x2C, 0, 0, 0, 0, 0, 0]);
     assert_eq!(t.execute(&req(0, &rl(2, 16), &[])).data_in.len(), 16);
     let o = t.execute(&req(0, &rl(1, 16), &[]));
-    assert_eq!(&o.data_in[0..4], &[0; 4]);
+    assert_eq!(&o.data_in.to_vec()[0..4], &[0; 4]);
     assert_check(
         &t.execute(&req(0, &rl(0, 15), &[])),
         ILLEGAL_REQUEST,
@@ -241,9 +245,9 @@ fn read_capacity() {
     let o = exec(&lu, &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32], &[]);
     assert_good(&o);
     assert_eq!(o.data_in.len(), 32);
-    assert_eq!(&o.data_in[0..8], &999u64.to_be_bytes());
-    assert_eq!(&o.data_in[8..12], &4096u32.to_be_bytes());
-    assert_eq!(o.data_in[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    assert_eq!(&o.data_in.to_vec()[0..8], &999u64.to_be_bytes());
+    assert_eq!(&o.data_in.to_vec()[8..12], &4096u32.to_be_bytes());
+    assert_eq!(o.data_in.to_vec()[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
     let o = exec(&lu, &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12], &[]);
     assert_eq!(o.data_in.len(), 12);
 }
@@ -425,7 +429,7 @@ fn read_only_lun() {
     caw[13] = 1;
     assert_check(&exec(&lu, &caw, &[0; 1024]), DATA_PROTECT, prot);
     let o = exec(&lu, &[0x1A, 0, 0x3F, 0, 4, 0], &[]);
-    assert_eq!(o.data_in[2], 0x90, "WP and DPOFUA");
+    assert_eq!(o.data_in.to_vec()[2], 0x90, "WP and DPOFUA");
 }
 
 fn cdb16(opcode: u8, flags: u8, lba: u64, len_at: usize, len: &[u8]) -> Vec<u8> {
@@ -492,22 +496,25 @@ fn get_lba_status() {
     };
     let o = gls(5, 1024);
     assert_good(&o);
-    assert_eq!(descs(&o.data_in), vec![(5, 8187, 1)]);
+    assert_eq!(descs(&o.data_in.to_vec()), vec![(5, 8187, 1)]);
     write_blocks(&lu, 2048 + 7, &[1u8; 512]);
     let o = gls(0, 1024);
     assert_eq!(
-        descs(&o.data_in),
+        descs(&o.data_in.to_vec()),
         vec![(0, 2048, 1), (2048, 2048, 0), (4096, 4096, 1)]
     );
     // Allocation length for one descriptor; a tiny one truncates.
-    assert_eq!(descs(&gls(2050, 24).data_in), vec![(2050, 2046, 0)]);
+    assert_eq!(
+        descs(&gls(2050, 24).data_in.to_vec()),
+        vec![(2050, 2046, 0)]
+    );
     assert_eq!(gls(0, 4).data_in.len(), 4);
     assert_good(&gls(0, 0));
-    assert_eq!(descs(&gls(8191, 24).data_in), vec![(8191, 1, 1)]);
+    assert_eq!(descs(&gls(8191, 24).data_in.to_vec()), vec![(8191, 1, 1)]);
     // UNMAP of a whole chunk deallocates it again.
     let list = unmap_list(&[(2048, 2048)]);
     assert_good(&exec(&lu, &unmap_cdb(list.len()), &list));
-    assert_eq!(descs(&gls(0, 1024).data_in), vec![(0, 8192, 1)]);
+    assert_eq!(descs(&gls(0, 1024).data_in.to_vec()), vec![(0, 8192, 1)]);
     assert_check(&gls(8192, 24), ILLEGAL_REQUEST, LBA_OUT_OF_RANGE);
     assert_check(&gls(u64::MAX, 24), ILLEGAL_REQUEST, LBA_OUT_OF_RANGE);
 }
@@ -579,7 +586,7 @@ fn write_atomic() {
     // VPD B0h reports the limit it enforces (bytes 44..48).
     let o = exec(&lu, &inquiry(true, 0xB0, 64), &[]);
     assert_eq!(
-        u32::from_be_bytes(o.data_in[44..48].try_into().unwrap()),
+        u32::from_be_bytes(o.data_in.to_vec()[44..48].try_into().unwrap()),
         2048
     );
     let c = wa(0, 1, 0);
@@ -913,7 +920,7 @@ fn mode_sense() {
     let lu = ram_lu(1000, 512);
     let o = exec(&lu, &mode_sense6(0, 0x3F, 0, 255), &[]);
     assert_good(&o);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     assert_eq!(usize::from(d[0]), d.len() - 1);
     assert_eq!(d[2], 0x10, "DPOFUA, not WP");
     assert_eq!(d[3], 8);
@@ -932,13 +939,13 @@ fn mode_sense() {
     // DBD, all subpages, a single page.
     let o = exec(&lu, &mode_sense6(0x08, 0x08, 0xFF, 255), &[]);
     assert_eq!(o.data_in.len(), 4 + 20);
-    assert_eq!(o.data_in[3], 0);
+    assert_eq!(o.data_in.to_vec()[3], 0);
     // Changeable: only WCE. Default follows the configured WCE.
     let o = exec(&lu, &mode_sense6(0x08, 0x40 | 0x08, 0, 255), &[]);
-    assert_eq!(o.data_in[4 + 2], 0x04);
-    assert!(o.data_in[4 + 3..].iter().all(|&b| b == 0));
+    assert_eq!(o.data_in.to_vec()[4 + 2], 0x04);
+    assert!(o.data_in.to_vec()[4 + 3..].iter().all(|&b| b == 0));
     let o = exec(&lu, &mode_sense6(0x08, 0x40 | 0x0A, 0, 255), &[]);
-    assert!(o.data_in[4 + 2..].iter().all(|&b| b == 0));
+    assert!(o.data_in.to_vec()[4 + 2..].iter().all(|&b| b == 0));
     assert_good(&exec(&lu, &mode_sense6(0x08, 0x80 | 0x3F, 0, 255), &[]));
     // Saved values: not supported.
     assert_check(
@@ -958,12 +965,12 @@ fn mode_sense() {
     );
     // MODE SENSE(10), short and long (LLBAA) block descriptors.
     let o = exec(&lu, &mode_sense10(0, 0x08, 0, 512), &[]);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     assert_eq!(usize::from(u16::from_be_bytes([d[0], d[1]])), d.len() - 2);
     assert_eq!((d[4], d[7]), (0, 8));
     assert_eq!(d.len(), 8 + 8 + 20);
     let o = exec(&lu, &mode_sense10(0x10, 0x08, 0, 512), &[]);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     assert_eq!((d[4], d[7]), (1, 16));
     assert_eq!(&d[8..16], &1000u64.to_be_bytes());
     assert_eq!(&d[20..24], &512u32.to_be_bytes());
@@ -978,7 +985,7 @@ fn mode_select_toggles_wce() {
     let lu = ram_lu(100, 512);
     let caching = |lu: &LogicalUnit| {
         let o = exec(lu, &mode_sense6(0x08, 0x08, 0, 255), &[]);
-        o.data_in[4..].to_vec()
+        o.data_in.to_vec()[4..].to_vec()
     };
     // MODE SELECT(6) with the caching page, WCE cleared (as Linux's cache_type does).
     let mut page = caching(&lu);
@@ -1058,7 +1065,7 @@ fn report_supported_operation_codes() {
     let lu = ram_lu(100, 512);
     let o = exec(&lu, &rsoc(0, 0, 0, 65535), &[]);
     assert_good(&o);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     let len = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
     assert_eq!(d.len(), len + 4);
     assert_eq!(len % 8, 0);
@@ -1073,12 +1080,12 @@ fn report_supported_operation_codes() {
             &[],
         );
         assert_good(&one);
-        assert_eq!(one.data_in[1] & 0x03, 0x03, "opcode {opcode:#x}");
+        assert_eq!(one.data_in.to_vec()[1] & 0x03, 0x03, "opcode {opcode:#x}");
         assert_eq!(
-            u16::from_be_bytes([one.data_in[2], one.data_in[3]]),
+            u16::from_be_bytes([one.data_in.to_vec()[2], one.data_in.to_vec()[3]]),
             cdb_len
         );
-        assert_eq!(one.data_in[4], opcode);
+        assert_eq!(one.data_in.to_vec()[4], opcode);
         assert_eq!(one.data_in.len(), 4 + usize::from(cdb_len));
         // Everything listed really is implemented (no INVALID COMMAND OPERATION CODE).
         let mut probe = vec![0u8; 16];
@@ -1093,7 +1100,7 @@ fn report_supported_operation_codes() {
         .any(|c| c[0] == 0x9E && c[2..4] == [0, 0x10] && c[5] & 1 == 1));
     // With RCTD: 20-byte descriptors with CTDP and a timeouts descriptor.
     let o = exec(&lu, &rsoc(0x80, 0, 0, 65535), &[]);
-    let d = &o.data_in;
+    let d = &o.data_in.to_vec();
     assert_eq!(
         u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize % 20,
         0
@@ -1102,10 +1109,10 @@ fn report_supported_operation_codes() {
     assert_eq!(&d[4 + 8..4 + 10], &[0, 0x0A]);
     // Linux's WRITE SAME probe: reporting option 1, allocation = CDB size + 4.
     let o = exec(&lu, &rsoc(1, 0x93, 0, 20), &[]);
-    assert_eq!(o.data_in[1] & 3, 3);
+    assert_eq!(o.data_in.to_vec()[1] & 3, 3);
     assert_eq!(o.data_in.len(), 20);
     let o = exec(&lu, &rsoc(0x81, 0x28, 0, 64), &[]);
-    assert_eq!(o.data_in[1], 0x83);
+    assert_eq!(o.data_in.to_vec()[1], 0x83);
     assert_eq!(o.data_in.len(), 4 + 10 + 12);
     // Not supported, wrong option for the opcode, bad option, tiny allocation.
     assert_eq!(exec(&lu, &rsoc(1, 0x3C, 0, 64), &[]).data_in, [0, 1, 0, 0]);
@@ -1113,7 +1120,10 @@ fn report_supported_operation_codes() {
         exec(&lu, &rsoc(2, 0x9E, 0x13, 64), &[]).data_in,
         [0, 1, 0, 0]
     );
-    assert_eq!(exec(&lu, &rsoc(3, 0x28, 0x55, 64), &[]).data_in[1] & 3, 3);
+    assert_eq!(
+        exec(&lu, &rsoc(3, 0x28, 0x55, 64), &[]).data_in.to_vec()[1] & 3,
+        3
+    );
     assert_check(
         &exec(&lu, &rsoc(1, 0x9E, 0, 64), &[]),
         ILLEGAL_REQUEST,
@@ -1138,7 +1148,14 @@ fn misc_commands() {
     let o = exec(&lu, &[0x03, 0, 0, 0, 252, 0], &[]);
     assert_good(&o);
     assert_eq!(o.data_in.len(), 18);
-    assert_eq!((o.data_in[0], o.data_in[2], o.data_in[12]), (0x70, 0, 0));
+    assert_eq!(
+        (
+            o.data_in.to_vec()[0],
+            o.data_in.to_vec()[2],
+            o.data_in.to_vec()[12]
+        ),
+        (0x70, 0, 0)
+    );
     assert_eq!(exec(&lu, &[0x03, 1, 0, 0, 8, 0], &[]).data_in.len(), 8);
     assert_good(&exec(&lu, &[0x1B, 0, 0, 0, 1, 0], &[]));
     assert_good(&exec(&lu, &[0x1B, 1, 0, 0, 0x13, 0], &[]));
@@ -1260,18 +1277,28 @@ fn backend_payload_copies_per_read_and_write() {
     );
     let ram = ram_lu(256, 4096);
     let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
-    for (lu, copies) in [(&file, 0), (&ram, 1)] {
+    // File: the backend writes from and reads into the command's buffer. RAM: a WRITE copies
+    // into the chunk once; a READ lends the chunk itself (a transport sends from it).
+    for (lu, write_copies, read_copies) in [(&file, 0, 0), (&ram, 1, 0)] {
+        let counts = |copies: u64| CopyCounts {
+            copies,
+            bytes: copies * data.len() as u64,
+        };
         reset_thread_payload_copies();
         assert_good(&exec(lu, &write16(4, 2, false), &data));
         let write = thread_payload_copies();
         reset_thread_payload_copies();
-        assert_eq!(read_blocks(lu, 4, 2), data);
-        let read = thread_payload_copies();
-        let expected = CopyCounts {
-            copies,
-            bytes: copies * data.len() as u64,
-        };
-        assert_eq!((write, read), (expected, expected), "copies {copies}");
+        let read = exec(lu, &read16(4, 2), &[]);
+        let read_counts = thread_payload_copies();
+        assert_good(&read);
+        assert_eq!(read.data_in.lent().is_some(), lu.backend().kind() == "ram");
+        assert_eq!(read.data_in.to_vec(), data);
+        assert_eq!(
+            (write, read_counts),
+            (counts(write_copies), counts(read_copies)),
+            "{}",
+            lu.backend().kind()
+        );
     }
     std::fs::remove_file(&path).unwrap();
 }

@@ -903,7 +903,7 @@ impl EngineThread {
         } = token;
         let result = match result {
             Ok(_) => Ok(match (primitive, buf) {
-                (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data),
+                (Primitive::Read { .. }, Some(data)) => BlockReply::Data(data.into()),
                 _ => BlockReply::Done,
             }),
             Err(e) => Err(BackendError::from(e)),

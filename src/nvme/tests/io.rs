@@ -351,7 +351,7 @@ fn payload_copies_per_command() {
     reset_thread_payload_copies();
     io.queue.handle_io_complete(
         read.id,
-        Ok(BlockReply::Data(Buf::copy_from_slice(&[3; 4096]))),
+        Ok(BlockReply::Data(Buf::copy_from_slice(&[3; 4096]).into())),
     );
     io.pump();
     assert_eq!(thread_payload_copies(), CopyCounts::default());

@@ -148,7 +148,7 @@ pub(super) fn outcome(
 ) -> ScsiOutcome {
     let result = result.map(|reply| match reply {
         AsyncReply::Done => BlockReply::Done,
-        AsyncReply::Data(data) => BlockReply::Data(data),
+        AsyncReply::Data(data) => BlockReply::Data(data.into()),
         AsyncReply::Miscompare { offset } => BlockReply::Miscompare { offset },
     });
     // The primitives map results exactly as `finish` does; only read-or-not matters.

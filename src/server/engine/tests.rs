@@ -157,6 +157,13 @@ fn ram_lun_read_write_flush() {
     )
     .unwrap();
     read_write_flush(&engine);
+    // Inline on the engine thread, a RAM READ comes back lent from the LUN's memory, not copied.
+    let c = Client::new(&engine);
+    let o = c.exec(read16(2, 2), Vec::new());
+    let lent = o.data_in.lent().expect("a RAM READ is lent");
+    assert!(lent.iter().all(|l| l.arena_extent().is_some()));
+    assert_eq!(o.data_in.to_vec(), vec![0xA1; 2 * BS]);
+    c.session.drain();
 }
 
 #[test]

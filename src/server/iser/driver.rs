@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mem_ffi::{Arena, ArenaId, Buf};
+use mem_ffi::{Arena, ArenaId, Payload};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
@@ -217,9 +217,12 @@ enum Staged {
 enum Buffer {
     /// A Send's bytes, copied into registered memory.
     Staged(Staged),
-    /// A task's read data, the source of an RDMA Write: held here until the completion, so
-    /// the pool does not hand it out while the NIC reads it.
-    Task(Buf),
+    /// A task's read data, the source of its RDMA Writes: held by the last of them until the
+    /// completion, so the pool does not hand it out (nor a RAM LUN free it) while the NIC
+    /// reads it.
+    Task(Payload),
+    /// An RDMA Write of a piece of read data whose later Write of the same chain holds it.
+    Chained,
     /// A task's write buffer, the target of an RDMA Read: the adapter keeps it until the read
     /// is reported (see [`IserConnection::rdma_read_placement`]).
     InTask,
@@ -763,7 +766,9 @@ impl Driver {
                 if range.is_empty() {
                     return Ok((Posted::Yes, None));
                 }
-                if !self.room() {
+                // Straight from the task's read buffer or the RAM LUN's memory: no copy.
+                let sources = self.write_sources(&data, range.clone())?;
+                if !self.room_for(sources.len()) {
                     let op = FabricOp::RdmaWrite {
                         stag,
                         va,
@@ -772,23 +777,16 @@ impl Driver {
                     };
                     return Ok((Posted::Later, Some(op)));
                 }
-                // Straight from the task's read buffer: no staging, no copy.
-                let (mr, offset) = self.pool_mr(&data)?;
-                let wr_id = self.next_wr();
+                let writes = self.write_wrs(&sources, va, stag, true);
                 let posted = self
                     .res
                     .qp
-                    .post_rdma_write(
-                        wr_id,
-                        &mr,
-                        offset + range.start,
-                        range.len(),
-                        va,
-                        stag,
-                        true,
-                    )
-                    .map_err(|e| format!("posting an RDMA Write: {e}"));
-                self.track(posted, wr_id, Buffer::Task(data), Kind::Write)
+                    .post_send_list(&writes)
+                    .map_err(|e| format!("posting RDMA Writes: {e}"));
+                // Tracked even when refused: a list may be refused part way, and the teardown
+                // that follows keeps (or leaks) the data of whatever the device may still read.
+                self.track_writes(writes.iter().map(|w| w.wr_id), data);
+                posted.map(|()| (Posted::Yes, None))
             }
             FabricOp::RdmaRead {
                 token,
@@ -871,58 +869,36 @@ impl Driver {
                 FabricOp::Send { bytes, invalidate },
             )))
         };
-        if self.inflight.len() + 2 > self.res.max_send_wr {
+        let sources = self.write_sources(&data, range.clone())?;
+        if !self.room_for(sources.len() + 1) {
             return hand_back(data, range, bytes, invalidate);
         }
         let Some(send_buffer) = self.stage(bytes.len())? else {
             return hand_back(data, range, bytes, invalidate);
         };
-        let (write_mr, write_offset) = match self.pool_mr(&data) {
-            Ok(found) => found,
-            Err(e) => {
-                self.unstage(&send_buffer);
-                return Err(e);
-            }
-        };
         let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
-        let write_wr = self.next_wr();
+        let mut chain = self.write_wrs(&sources, va, stag, false);
         let send_wr = self.next_wr();
+        chain.push(SendWr {
+            wr_id: send_wr,
+            op: SendOp::Send { invalidate },
+            mr: &send_mr,
+            offset: send_offset,
+            len: bytes.len(),
+            signaled: true,
+        });
         let posted = send_mr
             .write(send_offset, &bytes)
-            .and_then(|()| {
-                self.res.qp.post_send_list(&[
-                    SendWr {
-                        wr_id: write_wr,
-                        op: SendOp::RdmaWrite {
-                            remote_addr: va,
-                            rkey: stag,
-                        },
-                        mr: &write_mr,
-                        offset: write_offset + range.start,
-                        len: range.len(),
-                        signaled: false,
-                    },
-                    SendWr {
-                        wr_id: send_wr,
-                        op: SendOp::Send { invalidate },
-                        mr: &send_mr,
-                        offset: send_offset,
-                        len: bytes.len(),
-                        signaled: true,
-                    },
-                ])
-            })
-            .map_err(|e| format!("posting an RDMA Write and a Send: {e}"));
+            .and_then(|()| self.res.qp.post_send_list(&chain))
+            .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
+        // The Writes are tracked even when the list is refused (it may be refused part way):
+        // the teardown that follows keeps (or leaks) the data the device may still read.
+        self.track_writes(chain[..chain.len() - 1].iter().map(|w| w.wr_id), data);
         if let Err(e) = posted {
             // A refused list leaves the connection failing; the staged bytes go with it.
             self.unstage(&send_buffer);
             return Err(e);
         }
-        self.inflight.push_back(InFlight {
-            wr_id: write_wr,
-            buffer: Buffer::Task(data),
-            kind: Kind::Write,
-        });
         self.inflight.push_back(InFlight {
             wr_id: send_wr,
             buffer: Buffer::Staged(send_buffer),
@@ -950,12 +926,80 @@ impl Driver {
         Ok(mr)
     }
 
-    /// The registration covering a task's pool buffer, and the buffer's offset in it.
-    fn pool_mr(&mut self, buf: &Buf) -> Result<(Arc<MemoryRegion>, usize), String> {
-        let (Some(arena), Some(offset)) = (buf.arena_extent(), buf.arena_offset()) else {
-            return Err("an RDMA transfer of a buffer outside the pool".into());
-        };
-        Ok((self.arena_mr(&arena)?, offset))
+    /// Whether `wrs` more send-queue WRs fit now. The largest READ (8 MiB, lent from a RAM
+    /// LUN as at most 9 pieces of its 1 MiB chunks) and its Send fit within the queue's
+    /// headroom, so a chain that does not fit only waits for completions.
+    fn room_for(&self, wrs: usize) -> bool {
+        self.inflight.len() + wrs <= self.res.max_send_wr
+    }
+
+    /// The sources of the RDMA Writes for bytes `range` of a task's Data-In: one registration
+    /// (of the arena holding it), offset in it and length per piece (one for a pool buffer, one
+    /// per chunk or hole for a RAM LUN's lent memory).
+    fn write_sources(
+        &mut self,
+        data: &Payload,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<(Arc<MemoryRegion>, usize, usize)>, String> {
+        let pieces = data
+            .pieces(range)
+            .ok_or("an RDMA transfer of memory outside the pool")?;
+        pieces
+            .iter()
+            .map(|piece| Ok((self.arena_mr(&piece.arena)?, piece.offset, piece.len)))
+            .collect()
+    }
+
+    /// One RDMA Write per source, to consecutive remote addresses from `va`, chained in order;
+    /// only the last is signaled when `signal_last` (a Send that follows signals instead).
+    fn write_wrs<'a>(
+        &mut self,
+        sources: &'a [(Arc<MemoryRegion>, usize, usize)],
+        va: u64,
+        stag: u32,
+        signal_last: bool,
+    ) -> Vec<SendWr<'a>> {
+        let mut remote = va;
+        let last = sources.len().saturating_sub(1);
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, (mr, offset, len))| {
+                let wr = SendWr {
+                    wr_id: self.next_wr(),
+                    op: SendOp::RdmaWrite {
+                        remote_addr: remote,
+                        rkey: stag,
+                    },
+                    mr,
+                    offset: *offset,
+                    len: *len,
+                    signaled: signal_last && i == last,
+                };
+                remote = remote.wrapping_add(*len as u64);
+                wr
+            })
+            .collect()
+    }
+
+    /// Tracks posted RDMA Writes of `data`: the last holds it until its completion.
+    fn track_writes(&mut self, wr_ids: impl ExactSizeIterator<Item = u64>, data: Payload) {
+        let mut data = Some(data);
+        let last = wr_ids.len().saturating_sub(1);
+        for (i, wr_id) in wr_ids.enumerate() {
+            let buffer = match data.take() {
+                Some(data) if i == last => Buffer::Task(data),
+                kept => {
+                    data = kept;
+                    Buffer::Chained
+                }
+            };
+            self.inflight.push_back(InFlight {
+                wr_id,
+                buffer,
+                kind: Kind::Write,
+            });
+        }
     }
 
     fn next_wr(&mut self) -> u64 {
@@ -1069,7 +1113,7 @@ mod tests {
                 .push_back(FabricOp::RdmaWrite {
                     stag: 1,
                     va: 0,
-                    data: mem_ffi::Buf::empty(),
+                    data: mem_ffi::Payload::empty(),
                     range: 0..0,
                 })
                 .unwrap();

@@ -1,0 +1,270 @@
+//! What a command sends to the initiator: a pool buffer of its own, or byte ranges lent from a
+//! RAM LUN's memory (see [`crate::shared`]).
+
+use crate::pool::{global, Arena};
+use crate::shared::Lent;
+use crate::Buf;
+use std::ops::Range;
+
+/// A command's Data-In: the pool buffer a backend read into, or the ranges of a RAM LUN's memory
+/// that hold the data, in order (a read may span chunks; holes are lent from the shared zero
+/// region). Either way the transport sends from it by address; only [`Payload::into_buf`]
+/// makes a CPU copy, for a transport that needs the bytes in a buffer of its own.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A buffer the command owns.
+    Owned(Buf),
+    /// Ranges lent from shared memory, to be sent one after the other.
+    Lent(LentRanges),
+}
+
+/// Lent ranges in order, the first two held inline: a transfer of up to 1 MiB touches at most
+/// two of a RAM LUN's 1 MiB chunks, so such a READ allocates nothing to say where its data is.
+#[derive(Debug, Clone, Default)]
+pub struct LentRanges {
+    inline: [Option<Lent>; 2],
+    more: Vec<Lent>,
+}
+
+impl LentRanges {
+    /// No ranges yet.
+    pub fn new() -> LentRanges {
+        LentRanges::default()
+    }
+
+    /// Appends a range after the others.
+    pub fn push(&mut self, lent: Lent) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) if self.more.is_empty() => *slot = Some(lent),
+            _ => self.more.push(lent),
+        }
+    }
+
+    /// The ranges in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Lent> {
+        self.inline.iter().flatten().chain(&self.more)
+    }
+
+    /// How many ranges.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.inline[0].is_none()
+    }
+}
+
+impl FromIterator<Lent> for LentRanges {
+    fn from_iter<I: IntoIterator<Item = Lent>>(iter: I) -> LentRanges {
+        let mut ranges = LentRanges::new();
+        iter.into_iter().for_each(|lent| ranges.push(lent));
+        ranges
+    }
+}
+
+/// One contiguous piece of a payload as a device sees it: `len` bytes at `offset` of `arena`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// The pool arena holding the bytes (what a transport registers).
+    pub arena: Arena,
+    /// Where the bytes start inside the arena.
+    pub offset: usize,
+    /// How many bytes.
+    pub len: usize,
+}
+
+impl Payload {
+    /// No data.
+    pub const fn empty() -> Payload {
+        Payload::Owned(Buf::empty())
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Owned(buf) => buf.len(),
+            Payload::Lent(ranges) => ranges.iter().map(Lent::len).sum(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The lent ranges, when the data is lent.
+    pub fn lent(&self) -> Option<&LentRanges> {
+        match self {
+            Payload::Owned(_) => None,
+            Payload::Lent(ranges) => Some(ranges),
+        }
+    }
+
+    /// Where bytes `range` of the payload lie, piece by piece in order (one per lent range it
+    /// touches), or `None` when some of them are outside the pool (an empty buffer).
+    pub fn pieces(&self, range: Range<usize>) -> Option<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        let mut push = |arena: Option<Arena>, offset: Option<usize>, len: usize| {
+            pieces.push(Piece {
+                arena: arena?,
+                offset: offset?,
+                len,
+            });
+            Some(())
+        };
+        match self {
+            Payload::Owned(buf) => {
+                if range.end > buf.len() {
+                    return None;
+                }
+                let start = buf.arena_offset().map(|o| o + range.start);
+                push(buf.arena_extent(), start, range.len())?;
+            }
+            Payload::Lent(ranges) => {
+                let mut at = 0;
+                for lent in ranges.iter() {
+                    let (from, to) = (at, at + lent.len());
+                    at = to;
+                    let (start, end) = (range.start.max(from), range.end.min(to));
+                    if start < end {
+                        let offset = lent.arena_offset().map(|o| o + start - from);
+                        push(lent.arena_extent(), offset, end - start)?;
+                    }
+                }
+                if range.end > at {
+                    return None;
+                }
+            }
+        }
+        Some(pieces)
+    }
+
+    /// The bytes in a buffer of their own: the owned buffer itself, or a copy of the lent
+    /// ranges into a new buffer of the global pool.
+    pub fn into_buf(self) -> Buf {
+        match self {
+            Payload::Owned(buf) => buf,
+            Payload::Lent(ranges) => {
+                let mut buf = global().alloc(ranges.iter().map(Lent::len).sum());
+                let mut at = 0;
+                for lent in ranges.iter() {
+                    lent.copy_to(&mut buf[at..at + lent.len()]);
+                    at += lent.len();
+                }
+                buf
+            }
+        }
+    }
+}
+
+impl Payload {
+    /// A copy of the bytes in a `Vec` (for tests and for replies inspected in memory).
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Payload::Owned(buf) => buf.to_vec(),
+            Payload::Lent(_) => self.clone().into_buf().to_vec(),
+        }
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::empty()
+    }
+}
+
+impl From<Buf> for Payload {
+    fn from(buf: Buf) -> Payload {
+        Payload::Owned(buf)
+    }
+}
+
+impl PartialEq for Payload {
+    /// Equal contents, however held (for tests: it copies lent bytes out).
+    fn eq(&self, other: &Payload) -> bool {
+        self.len() == other.len() && self.to_vec() == other.to_vec()
+    }
+}
+
+impl Eq for Payload {}
+
+impl PartialEq<[u8]> for Payload {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.len() == other.len() && self.to_vec() == other
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Payload {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl PartialEq<Vec<u8>> for Payload {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        *self == other[..]
+    }
+}
+
+impl PartialEq<&[u8]> for Payload {
+    fn eq(&self, other: &&[u8]) -> bool {
+        *self == **other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::{zeroes, Region};
+    use crate::Pool;
+
+    #[test]
+    fn lent_ranges_keep_their_order_past_the_inline_ones() {
+        let pool = Pool::new();
+        let region = Region::zeroed(pool, 8192);
+        let ranges: LentRanges = (0..5)
+            .map(|i| region.lend(i * 1000..i * 1000 + 10))
+            .collect();
+        assert_eq!(ranges.len(), 5);
+        let starts: Vec<usize> = ranges
+            .iter()
+            .map(|l| l.as_ptr() as usize - region.lend(0..0).as_ptr() as usize)
+            .collect();
+        assert_eq!(starts, vec![0, 1000, 2000, 3000, 4000]);
+        assert!(LentRanges::new().is_empty() && !ranges.is_empty());
+    }
+
+    #[test]
+    fn pieces_follow_lent_ranges_and_owned_buffers() {
+        let pool = Pool::new();
+        let mut region = Region::zeroed(pool, 1 << 20);
+        region.write((1 << 20) - 4096, &[9u8; 4096]);
+        let lent = [region.lend((1 << 20) - 4096..1 << 20), zeroes(8192)];
+        let payload = Payload::Lent(lent.into_iter().collect());
+        assert_eq!(payload.len(), 12288);
+        let pieces = payload.pieces(1000..10000).unwrap();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len, 3096);
+        assert_eq!(pieces[1].len, 5904);
+        let lent = payload.lent().unwrap().iter().next().unwrap();
+        assert_eq!(pieces[0].offset, lent.arena_offset().unwrap() + 1000);
+        assert_eq!(pieces[1].offset, zeroes(1).arena_offset().unwrap());
+        assert!(payload.pieces(0..12289).is_none());
+        let mut expected = vec![9u8; 4096];
+        expected.resize(12288, 0);
+        assert_eq!(*payload.clone().into_buf(), expected[..]);
+        assert_eq!(payload, Payload::from(Buf::copy_from_slice(&expected)));
+        assert_eq!(payload.lent().map(LentRanges::len), Some(2));
+
+        let owned = Payload::from(pool.alloc(8192));
+        let Payload::Owned(buf) = &owned else {
+            panic!()
+        };
+        let whole = owned.pieces(4096..8192).unwrap();
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].offset, buf.arena_offset().unwrap() + 4096);
+        assert!(Payload::empty().pieces(0..1).is_none());
+    }
+}
