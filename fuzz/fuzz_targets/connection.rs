@@ -54,7 +54,10 @@ impl Harness {
                 TcpAction::Execute(task) => {
                     assert!(task.data_out.len() as u64 <= task.expected_transfer_length as u64);
                     if task.cdb[0] == 0x2a && !task.data_out.is_empty() {
-                        assert!(self.write_cdbs.contains(&task.cdb.to_vec()), "write without command");
+                        assert!(
+                            self.write_cdbs.contains(&task.cdb.to_vec()),
+                            "write without command"
+                        );
                     }
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));

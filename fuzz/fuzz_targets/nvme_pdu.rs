@@ -79,7 +79,11 @@ impl Host {
 
     fn capsule(&self, sqe: &[u8; 64], data: &[u8]) -> Vec<u8> {
         let hd = if self.header_digest { 4 } else { 0 };
-        let dd = if self.data_digest && !data.is_empty() { 4 } else { 0 };
+        let dd = if self.data_digest && !data.is_empty() {
+            4
+        } else {
+            0
+        };
         let pdo = if data.is_empty() { 0 } else { 72 + hd };
         let plen = (72 + hd + data.len() + dd) as u32;
         let flags = u8::from(hd > 0) | if dd > 0 { 2 } else { 0 };
@@ -210,7 +214,8 @@ impl Harness {
                 Action::Execute(io) => {
                     let backend = self.backends[io.nsid as usize - 1].clone();
                     let size = backend.size();
-                    let inside = |offset: u64, len: u64| offset.checked_add(len).is_some_and(|e| e <= size);
+                    let inside =
+                        |offset: u64, len: u64| offset.checked_add(len).is_some_and(|e| e <= size);
                     match &io.op {
                         IoOp::Read { offset, len } => assert!(inside(*offset, *len as u64)),
                         IoOp::Write { offset, .. } | IoOp::Compare { offset } => {
@@ -262,7 +267,14 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(RamBackend::new(BLOCKS * 4096)),
     ];
     // An admin queue brought up first; the fuzzed queue is it, or an I/O queue joining it.
-    let admin_host = if io_queue { Host { header_digest: false, data_digest: false } } else { host };
+    let admin_host = if io_queue {
+        Host {
+            header_digest: false,
+            data_digest: false,
+        }
+    } else {
+        host
+    };
     let mut admin = Harness {
         queue: Queue::new(config.clone(), now),
         registry: ControllerRegistry::new(),

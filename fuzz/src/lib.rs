@@ -96,7 +96,8 @@ pub fn scsi_outcome(edtl: u32, selector: u8) -> ScsiOutcome {
                 0xa5;
                 (edtl as usize).min(70_000)
                     + selector as usize % 3 * 100
-            ]),
+            ])
+            .into(),
             ..ScsiOutcome::good()
         },
         2 => ScsiOutcome::check_condition(5, 0x24, 0),
