@@ -865,6 +865,29 @@ mod tests {
         out
     }
 
+    /// The Send of a 12 KiB WRITE with ITT `itt` whose first 4 KiB come as immediate data; the
+    /// rest is to be fetched from WriteVA 0x9000_1000 (STag 0x77). ReadVA is advertised too.
+    fn write_with_immediate_data(itt: u32) -> Vec<u8> {
+        let mut cmd = command(itt, 100, false, true, 3 * 4096, 0x2a);
+        cmd.final_flag = true;
+        send_bytes(
+            both_stags(),
+            &Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]),
+        )
+    }
+
+    /// An iSER header advertising a write STag (0x77 at 0x9000_1000) and a read STag (0x78 at
+    /// 0x7000_0000).
+    fn both_stags() -> IserHeader {
+        IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
+            write_stag: 0x77,
+            write_va: 0x9000_1000,
+            read_stag: 0x78,
+            read_va: 0x7000_0000,
+        }
+    }
+
     fn ctrl(pdu: &Pdu) -> Vec<u8> {
         send_bytes(IserHeader::CONTROL, pdu)
     }
@@ -1177,16 +1200,7 @@ mod tests {
     #[test]
     fn write_reads_solicited_data_past_the_immediate_bytes() {
         let (mut conn, now) = logged_in(false);
-        let iser = IserHeader {
-            flags: ISER_ISCSI_CTRL | ISER_WSV,
-            write_stag: 0x77,
-            write_va: 0x9000_1000,
-            ..IserHeader::default()
-        };
-        let mut cmd = command(0x22, 100, false, true, 3 * 4096, 0x2a);
-        cmd.final_flag = true;
-        let pdu = Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]);
-        conn.handle_receive(&send_bytes(iser, &pdu), now);
+        conn.handle_receive(&write_with_immediate_data(0x22), now);
         let ops = drain(&mut conn);
         let [FabricOp::RdmaRead {
             token,
@@ -1217,19 +1231,7 @@ mod tests {
     fn the_adapter_copies_only_immediate_data() {
         use crate::stats::{thread_payload_copies, CopyCounts};
         let (mut conn, now) = logged_in(false);
-        let iser = IserHeader {
-            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
-            write_stag: 0x77,
-            write_va: 0x9000_1000,
-            read_stag: 0x78,
-            read_va: 0x7000_0000,
-        };
-        let mut cmd = command(0x22, 100, false, true, 3 * 4096, 0x2a);
-        cmd.final_flag = true;
-        let send = send_bytes(
-            iser,
-            &Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]),
-        );
+        let send = write_with_immediate_data(0x22);
         let before = thread_payload_copies();
         conn.handle_receive(&send, now);
         let ops = drain(&mut conn);
@@ -1245,7 +1247,7 @@ mod tests {
         let read = Pdu::new(Header::ScsiCommand(command(
             0x23, 101, true, false, 8192, 0x28,
         )));
-        conn.handle_receive(&send_bytes(iser, &read), now);
+        conn.handle_receive(&send_bytes(both_stags(), &read), now);
         conn.handle_scsi_complete(id, ScsiOutcome::good());
         let ops = drain(&mut conn);
         let Some(FabricOp::Execute(read_task)) =
@@ -1605,19 +1607,7 @@ mod tests {
     #[test]
     fn rdma_moves_data_straight_between_initiator_and_task_buffers() {
         let (mut conn, now) = logged_in(false);
-        let iser = IserHeader {
-            flags: ISER_ISCSI_CTRL | ISER_WSV | ISER_RSV,
-            write_stag: 0x77,
-            write_va: 0x9000_1000,
-            read_stag: 0x78,
-            read_va: 0x7000_0000,
-        };
-        let mut cmd = command(0x90, 100, false, true, 3 * 4096, 0x2a);
-        cmd.final_flag = true;
-        let send = send_bytes(
-            iser,
-            &Pdu::with_data(Header::ScsiCommand(cmd), vec![1u8; 4096]),
-        );
+        let send = write_with_immediate_data(0x90);
         conn.handle_receive(&send, now);
         let ops = drain(&mut conn);
         let [FabricOp::RdmaRead { token, len, .. }] = ops.as_slice() else {
@@ -1646,7 +1636,7 @@ mod tests {
         let read = Pdu::new(Header::ScsiCommand(command(
             0x91, 101, true, false, 8192, 0x28,
         )));
-        conn.handle_receive(&send_bytes(iser, &read), now);
+        conn.handle_receive(&send_bytes(both_stags(), &read), now);
         let ops = drain(&mut conn);
         let [FabricOp::Execute(task)] = ops.as_slice() else {
             panic!("{ops:?}")
