@@ -11,7 +11,8 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{EngineSession, EngineShared, EngineThread, Message, Token};
+use super::thread::{EngineThread, Token};
+use super::{EngineSession, EngineShared, Message};
 use crate::iscsi::{ScsiTask, TaskId};
 use crate::scsi::ScsiOutcome;
 

@@ -6,6 +6,7 @@ use crate::scsi::testutil::params;
 use crate::scsi::{sense, status, LogicalUnit, TaskAttr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 const BS: usize = 512;
 
