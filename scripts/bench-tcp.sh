@@ -95,6 +95,9 @@ tgt_img=/dev/shm/bench-tcp-tgt-$$.img
 ours_pid=
 tgt_pid=
 
+# shellcheck source=scripts/tgtd.sh
+source "$here/tgtd.sh"
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     if [[ -n $ours_pid ]] && kill -0 "$ours_pid" 2>/dev/null; then
@@ -103,14 +106,7 @@ cleanup() {
         kill -KILL "$ours_pid" 2>/dev/null || true
         wait "$ours_pid" 2>/dev/null || true
     fi
-    if [[ -n $tgt_pid ]] && kill -0 "$tgt_pid" 2>/dev/null; then
-        # tgtd ignores SIGTERM; it stops on "system delete" once it has no targets left.
-        tgtadm -C "$cport" --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
-        tgtadm -C "$cport" --mode system --op delete >/dev/null 2>&1 || true
-        for _ in $(seq 50); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$tgt_pid" 2>/dev/null || true
-        wait "$tgt_pid" 2>/dev/null || true
-    fi
+    tgtd_stop "$tgt_pid" "$cport"
     rm -f "$ours_img" "$tgt_img"
 }
 trap cleanup EXIT

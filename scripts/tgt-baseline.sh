@@ -35,17 +35,12 @@ ram_img=/dev/shm/tgt-baseline-$$.img
 file_img=$file_dir/tgt-baseline-$$.img
 tgt_pid=
 
+# shellcheck source=scripts/tgtd.sh
+source "$here/tgtd.sh"
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
-    if [[ -n $tgt_pid ]] && kill -0 "$tgt_pid" 2>/dev/null; then
-        # tgtd ignores SIGTERM; it stops on "system delete" once it has no
-        # targets left.
-        tgtadm -C "$cport" --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
-        tgtadm -C "$cport" --mode system --op delete >/dev/null 2>&1 || true
-        for _ in $(seq 50); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$tgt_pid" 2>/dev/null || true
-        wait "$tgt_pid" 2>/dev/null || true
-    fi
+    tgtd_stop "$tgt_pid" "$cport"
     rm -f "$ram_img" "$file_img"
 }
 trap cleanup EXIT
