@@ -221,3 +221,37 @@ fn closing_the_admin_queue_ends_the_controller_and_its_io_queues() {
     assert_eq!(cqe.status, (1, 0x82), "Connect Invalid Parameters");
     server.assert_alive();
 }
+
+#[test]
+fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
+    let (mut server, port) = serve(target());
+    let options = Options {
+        subsystem: SUBSYSTEM,
+        host_nqn: HOST_NQN,
+        qid: 0,
+        cntlid: 0xFFFF,
+        sqsize: 31,
+        kato_ms: 1000,
+    };
+    let (mut admin, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert!(cqe.ok());
+    let cntlid = cqe.result as u16;
+    admin.enable().unwrap();
+    assert!(admin.set_io_queues(1).unwrap().ok());
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    // No Keep Alive: the target closes the admin queue after KATO, and the I/O queue with it.
+    let started = std::time::Instant::now();
+    for stream in [admin.stream(), q.stream()] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The target still serves.
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    assert!(q.write(1, 0, &[3; 512], 512).unwrap().ok());
+    server.assert_alive();
+}

@@ -363,7 +363,18 @@ impl NvmeResident {
         let Some((cntlid, qid)) = self.place.take() else {
             return;
         };
-        self.nvme.lock_queues().remove(&(cntlid, qid));
+        {
+            // Only this queue's own entry: after a controller reset a new queue with the same
+            // ID may have joined while this one was still closing.
+            let mut queues = self.nvme.lock_queues();
+            let mine: Arc<dyn SessionControl> = self.control.clone();
+            if queues
+                .get(&(cntlid, qid))
+                .is_some_and(|c| Arc::ptr_eq(c, &mine))
+            {
+                queues.remove(&(cntlid, qid));
+            }
+        }
         if qid == 0 {
             let ended = self.nvme.lock_registry().remove(cntlid);
             self.nvme.shut_down_queues(cntlid, &ended);
