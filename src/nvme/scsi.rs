@@ -294,6 +294,54 @@ mod tests {
         assert_eq!(status_of(&run(&t, io(empty, Vec::new()))), Status::SUCCESS);
     }
 
+    /// A persistent reservation an iSCSI initiator holds fences NVMe hosts (docs/nvme.md).
+    #[test]
+    fn a_scsi_reservation_fences_nvme_writes() {
+        let t = target();
+        let iscsi = Nexus {
+            initiator_name: "iqn.2026-11.org.example:initiator".into(),
+            isid: [0x80, 0, 0, 0, 0, 1],
+        };
+        let prout = |service_action: u8, rtype: u8, rk: u64, sark: u64| {
+            let mut cdb = [0u8; 10];
+            cdb[0] = 0x5F;
+            cdb[1] = service_action;
+            cdb[2] = rtype;
+            cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+            let mut list = [0u8; 24];
+            list[0..8].copy_from_slice(&rk.to_be_bytes());
+            list[8..16].copy_from_slice(&sark.to_be_bytes());
+            let request = ScsiRequest {
+                nexus: &iscsi,
+                lun: 0,
+                cdb: &cdb,
+                data_out: &list,
+                expected_transfer_length: 24,
+                task_attr: TaskAttr::Simple,
+            };
+            match t.prepare(&request) {
+                Prepared::Done(outcome) => outcome.status,
+                Prepared::Io { .. } => panic!("PR OUT is not I/O"),
+            }
+        };
+        assert_eq!(prout(0x00, 0, 0, 7), status::GOOD, "REGISTER");
+        assert_eq!(
+            prout(0x01, 0x01, 7, 0),
+            status::GOOD,
+            "RESERVE, Write Exclusive"
+        );
+        let write = io(
+            IoOp::Write {
+                offset: 0,
+                fua: false,
+            },
+            vec![1; 512],
+        );
+        assert_eq!(status_of(&run(&t, write)), Status::RESERVATION_CONFLICT);
+        // Reads are allowed under Write Exclusive.
+        assert_eq!(read(&t, 0, 512), vec![0; 512]);
+    }
+
     #[test]
     fn scsi_failures_become_nvme_statuses() {
         let t = target();
