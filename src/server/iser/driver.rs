@@ -54,7 +54,7 @@ use crate::server::engine::Residence;
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
-use post::{Backlog, Buffer, InFlight, Kind, Staged};
+use post::{Backlog, Buffer, InFlight, Kind, ReadWr, Staged};
 
 /// Completions taken from a CQ per `ibv_poll_cq`.
 const CQ_BATCH: usize = 32;
@@ -208,6 +208,8 @@ struct Driver {
     moving_in: bool,
     /// Commands the core asked to run, for the resident to hand to its engine thread.
     to_execute: Vec<ScsiTask>,
+    /// RDMA Reads being gathered into one post (kept: no allocation per WRITE).
+    read_batch: Vec<ReadWr>,
     /// On an engine thread the core closed the connection while commands were outstanding:
     /// the session is released (I_T nexus loss) once they are reported, and nothing more is
     /// posted until then.
@@ -269,6 +271,7 @@ pub(super) fn serve(
         residence,
         moving_in: false,
         to_execute: Vec::new(),
+        read_batch: Vec::new(),
         release_pending: false,
         arena: None,
         pool_mrs: HashMap::new(),
@@ -417,13 +420,19 @@ impl Driver {
         Ok(())
     }
 
-    fn poll_cqs(&mut self) {
+    /// Takes every completion of both CQs, [`CQ_BATCH`] per poll, handling each batch before
+    /// the next; `true` when there was any.
+    fn poll_cqs(&mut self) -> bool {
+        let mut any = false;
         loop {
             let mut seen = 0;
             self.wcs.clear();
             match self.res.recv_cq.poll(&mut self.wcs, CQ_BATCH) {
                 Ok(n) => seen += n,
-                Err(e) => return self.fail(format!("polling the receive CQ: {e}")),
+                Err(e) => {
+                    self.fail(format!("polling the receive CQ: {e}"));
+                    return any;
+                }
             }
             let wcs = std::mem::take(&mut self.wcs);
             for wc in &wcs {
@@ -433,15 +442,19 @@ impl Driver {
             self.wcs.clear();
             match self.res.send_cq.poll(&mut self.wcs, CQ_BATCH) {
                 Ok(n) => seen += n,
-                Err(e) => return self.fail(format!("polling the send CQ: {e}")),
+                Err(e) => {
+                    self.fail(format!("polling the send CQ: {e}"));
+                    return any;
+                }
             }
             let wcs = std::mem::take(&mut self.wcs);
             for wc in &wcs {
                 self.on_send(wc);
             }
             self.wcs = wcs;
+            any |= seen > 0;
             if seen == 0 || self.done {
-                return;
+                return any;
             }
             // Completions free room: post what waited, and handle what the core produced.
             self.pump();
@@ -490,19 +503,32 @@ impl Driver {
             log::warn!("{}: completion for unknown wr_id {}", self.peer, wc.wr_id);
             return;
         };
-        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response)
-        // completed with it: a send queue completes in posting order.
-        for _ in 0..pos {
-            if let Some(earlier) = self.inflight.pop_front() {
-                if let Buffer::Staged(Staged::Arena(start)) = earlier.buffer {
-                    self.free_staged(start);
-                }
-            }
+        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response,
+        // RDMA Reads chained ahead of the last of a batch) completed with it: a send queue
+        // completes in posting order.
+        for i in 0..=pos {
+            let Some(done) = self.inflight.pop_front() else {
+                break;
+            };
+            let status = if i == pos {
+                wc.status
+            } else {
+                WcStatus::Success
+            };
+            self.retire(done, status);
         }
-        let pos = 0;
-        let Some(done) = self.inflight.remove(pos) else {
-            return;
-        };
+        // A flush outside teardown means the QP went into error (the peer broke it).
+        if wc.status != WcStatus::Success {
+            self.fail(format!(
+                "send-queue completion {:?} (vendor error {:#x})",
+                wc.status, wc.vendor_err
+            ));
+        }
+    }
+
+    /// A completed send-queue WR: its staged bytes are freed, an RDMA Read reported to the
+    /// adapter, an RDMA Write's source buffer given back (only now).
+    fn retire(&mut self, done: InFlight, status: WcStatus) {
         if let Buffer::Staged(Staged::Arena(start)) = &done.buffer {
             self.free_staged(*start);
         }
@@ -510,21 +536,12 @@ impl Driver {
             self.reads -= 1;
             if self.ending.is_none() {
                 // The data landed in the task's buffer itself: nothing to copy.
-                if wc.status == WcStatus::Success {
+                if status == WcStatus::Success {
                     self.conn.handle_rdma_read_complete(token, Instant::now());
                 } else {
                     self.conn.handle_rdma_read_failed(token);
                 }
             }
-        }
-        // An RDMA Write's source buffer goes back to the pool only now.
-        drop(done);
-        // A flush outside teardown means the QP went into error (the peer broke it).
-        if wc.status != WcStatus::Success {
-            self.fail(format!(
-                "send-queue completion {:?} (vendor error {:#x})",
-                wc.status, wc.vendor_err
-            ));
         }
     }
 

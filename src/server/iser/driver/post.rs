@@ -95,6 +95,17 @@ pub(super) enum Kind {
     Read { token: u64 },
 }
 
+/// An RDMA Read about to be posted (kept between calls: no allocation per WRITE).
+pub(super) struct ReadWr {
+    wr_id: u64,
+    token: u64,
+    mr: Arc<MemoryRegion>,
+    offset: usize,
+    len: usize,
+    va: u64,
+    stag: u32,
+}
+
 pub(super) struct InFlight {
     pub(super) wr_id: u64,
     pub(super) buffer: Buffer,
@@ -114,6 +125,13 @@ impl Driver {
             return;
         }
         while !self.done {
+            if matches!(self.pending.ops.front(), Some(FabricOp::RdmaRead { .. })) {
+                match self.post_reads() {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(e) => return self.fail(e),
+                }
+            }
             let Some(op) = self.pending.pop_front() else {
                 return;
             };
@@ -253,41 +271,7 @@ impl Driver {
                 self.track_writes(writes.iter().map(|w| w.wr_id), data);
                 posted.map(|()| (Posted::Yes, None))
             }
-            FabricOp::RdmaRead {
-                token,
-                stag,
-                va,
-                len,
-            } => {
-                if !self.room() || self.reads >= self.res.max_rdma_reads {
-                    let op = FabricOp::RdmaRead {
-                        token,
-                        stag,
-                        va,
-                        len,
-                    };
-                    return Ok((Posted::Later, Some(op)));
-                }
-                let Some(place) = self.conn.rdma_read_placement(token) else {
-                    // Its task ended before the read went out: nothing to fetch. Reported done
-                    // so the Sends that wait for it may go.
-                    self.conn.handle_rdma_read_complete(token, Instant::now());
-                    self.pump();
-                    return Ok((Posted::Yes, None));
-                };
-                // Straight into the task's write buffer: no staging, no copy.
-                let mr = self.arena_mr(&place.arena)?;
-                let wr_id = self.next_wr();
-                let posted = self
-                    .res
-                    .qp
-                    .post_rdma_read(wr_id, &mr, place.offset, place.len, va, stag, true)
-                    .map_err(|e| format!("posting an RDMA Read: {e}"));
-                if posted.is_ok() {
-                    self.reads += 1;
-                }
-                self.track(posted, wr_id, Buffer::InTask, Kind::Read { token })
-            }
+            FabricOp::RdmaRead { .. } => unreachable!("posted by post_reads"),
             FabricOp::BindSession(_)
             | FabricOp::Execute(_)
             | FabricOp::Reset { .. }
@@ -295,6 +279,92 @@ impl Driver {
                 unreachable!("handled in pump")
             }
         }
+    }
+
+    /// Posts the RDMA Reads at the front of the backlog — all of a WRITE's solicited data, and
+    /// those of the WRITEs behind it — as many as the initiator's read depth and the send queue
+    /// allow, as one chained `ibv_post_send` with only the last signaled: its completion
+    /// retires the others (RC completes a send queue in order). Each lands straight in its
+    /// task's write buffer. `Ok(false)` when not even the first fits yet.
+    fn post_reads(&mut self) -> Result<bool, String> {
+        let mut batch = std::mem::take(&mut self.read_batch);
+        batch.clear();
+        let mut progress = false;
+        while self.reads + batch.len() < self.res.max_rdma_reads && self.room_for(batch.len() + 1) {
+            let Some(FabricOp::RdmaRead {
+                token,
+                stag,
+                va,
+                len: _,
+            }) = self.pending.ops.front()
+            else {
+                break;
+            };
+            let (token, stag, va) = (*token, *stag, *va);
+            self.pending.pop_front();
+            progress = true;
+            let Some(place) = self.conn.rdma_read_placement(token) else {
+                // Its task ended before the read went out: nothing to fetch. Reported done so
+                // the Sends that wait for it may go.
+                self.conn.handle_rdma_read_complete(token, Instant::now());
+                self.pump();
+                continue;
+            };
+            // Straight into the task's write buffer: no staging, no copy.
+            let mr = match self.arena_mr(&place.arena) {
+                Ok(mr) => mr,
+                Err(e) => {
+                    self.read_batch = batch;
+                    return Err(e);
+                }
+            };
+            let wr_id = self.next_wr();
+            batch.push(ReadWr {
+                wr_id,
+                token,
+                mr,
+                offset: place.offset,
+                len: place.len,
+                va,
+                stag,
+            });
+        }
+        let posted = if batch.is_empty() {
+            Ok(())
+        } else {
+            let last = batch.len() - 1;
+            let wrs: Vec<SendWr<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, read)| SendWr {
+                    wr_id: read.wr_id,
+                    op: SendOp::RdmaRead {
+                        remote_addr: read.va,
+                        rkey: read.stag,
+                    },
+                    mr: &read.mr,
+                    offset: read.offset,
+                    len: read.len,
+                    signaled: i == last,
+                })
+                .collect();
+            self.res
+                .qp
+                .post_send_list(&wrs)
+                .map_err(|e| format!("posting {} RDMA Reads: {e}", wrs.len()))
+        };
+        // Tracked even when the list is refused (it may be refused part way): the teardown
+        // that follows keeps (or leaks) the buffers the device may still write.
+        for read in batch.drain(..) {
+            self.reads += 1;
+            self.inflight.push_back(InFlight {
+                wr_id: read.wr_id,
+                buffer: Buffer::InTask,
+                kind: Kind::Read { token: read.token },
+            });
+        }
+        self.read_batch = batch;
+        posted.map(|()| progress)
     }
 
     /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
