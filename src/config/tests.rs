@@ -91,6 +91,7 @@ fn limits_defaults_match_documentation() {
     assert_eq!(l.login_timeout_secs, 15);
     assert_eq!(l.discovery_idle_timeout_secs, 30);
     assert_eq!(l.max_io_size, 524_288);
+    assert_eq!(l.busy_poll_us, 0);
 }
 
 #[test]
@@ -918,6 +919,7 @@ fn limits_ranges() {
         ("login_timeout_secs", 1, 3600),
         ("discovery_idle_timeout_secs", 1, 3600),
         ("max_io_size", 4096, 16 << 20),
+        ("busy_poll_us", 0, 1000),
     ];
     for &(key, min, max) in cases {
         ok(&with_limits(&format!(

@@ -347,6 +347,7 @@ impl Server {
             config.limits.io_threads as usize,
             engine::IoMode::Auto,
         )?;
+        engine.set_busy_poll(Duration::from_micros(config.limits.busy_poll_us.into()));
         log::info!(
             "I/O engine: {} thread(s), file and block I/O {}",
             config.limits.io_threads,
