@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
+pub use crate::scsi::AluaState;
 
 mod auth;
 pub use auth::MIN_SECRET_LEN;
@@ -39,6 +40,12 @@ pub struct Config {
     pub limits: Limits,
     /// CHAP that discovery sessions must pass; `None`: discovery needs no authentication.
     pub discovery_auth: Option<Authentication>,
+    /// This gateway's ALUA target port group (1..=65535, default 1): also its relative target
+    /// port identifier and iSCSI target portal group tag. Gateways exporting one LU need
+    /// different ones (docs/multipath.md).
+    pub target_port_group: u16,
+    /// The asymmetric access state this gateway reports for its LUs (default active/optimized).
+    pub alua_state: AluaState,
 }
 
 /// One listening endpoint.
@@ -316,6 +323,8 @@ impl Config {
             }],
             limits: Limits::default(),
             discovery_auth: None,
+            target_port_group: 1,
+            alua_state: AluaState::ActiveOptimized,
         }
     }
 
@@ -499,6 +508,8 @@ struct RawConfig {
     targets: Option<Vec<RawTarget>>,
     limits: Option<RawLimits>,
     discovery_auth: Option<auth::RawAuth>,
+    target_port_group: Option<u64>,
+    alua_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -673,11 +684,35 @@ impl RawConfig {
             None => None,
         };
 
+        let target_port_group = match self.target_port_group {
+            None => 1,
+            Some(g @ 1..=65535) => g as u16,
+            Some(g) => {
+                return err(
+                    "target_port_group",
+                    format!("{g} is out of range; use 1..=65535 (default 1), different on each gateway of a LUN"),
+                )
+            }
+        };
+        let alua_state = match self.alua_state.as_deref() {
+            None | Some("active-optimized") => AluaState::ActiveOptimized,
+            Some("active-non-optimized") => AluaState::ActiveNonOptimized,
+            Some("standby") => AluaState::Standby,
+            Some(other) => {
+                return err(
+                    "alua_state",
+                    format!("\"{other}\" is not an ALUA state; use active-optimized (default), active-non-optimized or standby"),
+                )
+            }
+        };
+
         Ok(Config {
             portals,
             targets,
             limits,
             discovery_auth,
+            target_port_group,
+            alua_state,
         })
     }
 }

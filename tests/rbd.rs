@@ -294,3 +294,37 @@ fn missing_pool_and_image_fail_start_up_clearly() {
         ],
     );
 }
+
+#[test]
+fn two_gateways_on_one_image() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    // Two target processes, target port groups 1 and 2, on one image with its cache off: what
+    // one acknowledged is in the OSDs, so the other reads it (docs/multipath.md).
+    let lun = rbd_lun(&conf, &image_name("gateways"), "64M", false);
+    let targets = [TargetSpec::new(TEST_IQN, vec![lun])];
+    let a = Server::start_with(&targets, "target_port_group: 1\n");
+    let b = Server::start_with(&targets, "target_port_group: 2\n");
+    let mut sa = BlockSession::login(a.port(), TEST_IQN, 0).expect("login to A");
+    let mut sb = BlockSession::login(b.port(), TEST_IQN, 0).expect("login to B");
+    let data = pattern(8 * MIB);
+    for (n, chunk) in data[..4 * MIB].chunks(MIB).enumerate() {
+        sa.write((n * MIB / 512) as u64, chunk, 512)
+            .expect("WRITE through A");
+    }
+    for (n, chunk) in data[4 * MIB..].chunks(MIB).enumerate() {
+        sb.write(((4 + n) * MIB / 512) as u64, chunk, 512)
+            .expect("WRITE through B");
+    }
+    for (s, name) in [(&mut sa, "A"), (&mut sb, "B")] {
+        let mut back = Vec::with_capacity(data.len());
+        for n in 0..8 {
+            back.extend(s.read((n * MIB / 512) as u64, MIB, 512).expect("READ"));
+        }
+        assert!(back == data, "gateway {name} reads what both wrote");
+    }
+    drop((sa, sb));
+    a.stop();
+    b.stop();
+}

@@ -1289,3 +1289,32 @@ fn rbd_backing_errors_name_the_field() {
         }
     }
 }
+
+#[test]
+fn alua_port_defaults_and_choices() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.target_port_group, 1);
+    assert_eq!(c.alua_state, AluaState::ActiveOptimized);
+    let c = ok(&format!(
+        "{MINIMAL}target_port_group: 2\nalua_state: active-non-optimized\n"
+    ));
+    assert_eq!(c.target_port_group, 2);
+    assert_eq!(c.alua_state, AluaState::ActiveNonOptimized);
+    let c = ok(&format!("{MINIMAL}alua_state: standby\n"));
+    assert_eq!(c.alua_state, AluaState::Standby);
+    fails(
+        &format!("{MINIMAL}target_port_group: 0\n"),
+        "target_port_group",
+        "1..=65535",
+    );
+    fails(
+        &format!("{MINIMAL}target_port_group: 65536\n"),
+        "target_port_group",
+        "1..=65535",
+    );
+    fails(
+        &format!("{MINIMAL}alua_state: offline\n"),
+        "alua_state",
+        "active-optimized",
+    );
+}

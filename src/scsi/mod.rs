@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alua;
 mod block;
 mod cdb;
 mod inquiry;
@@ -19,6 +20,7 @@ mod opcodes;
 mod pr;
 pub mod sense;
 
+pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
@@ -126,6 +128,8 @@ pub struct LunParams {
     pub product: String,
     /// Product revision level (4 ASCII chars, space padded on output).
     pub revision: String,
+    /// The target port this LU is reached through, for ALUA (see [`AluaPort`]).
+    pub alua: AluaPort,
 }
 
 /// SAM task attribute from the iSCSI header (ordering is enforced by the iSCSI layer).
@@ -370,6 +374,7 @@ impl LogicalUnit {
         if cdb_too_short(cdb) {
             return Err(Sense::invalid_cdb_field(0, None));
         }
+        self.params.alua.check_access(cdb)?;
         let done = |o: ScsiOutcome| Ok(Plan::Done(o));
         let nexus = req.nexus;
         if self.reservations().conflicts(cdb, nexus) {
@@ -419,6 +424,11 @@ impl LogicalUnit {
             )),
             op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
                 done(ScsiOutcome::with_data(read_defect_data(cdb)))
+            }
+            op::MAINTENANCE_IN if cdb.service_action() == alua::SA_REPORT_TARGET_PORT_GROUPS => {
+                done(ScsiOutcome::with_data(
+                    self.params.alua.report_target_port_groups(cdb)?,
+                ))
             }
             op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
             _ => block::plan(self, cdb, req),

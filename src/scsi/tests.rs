@@ -61,7 +61,7 @@ fn test_unit_ready_and_unknown_opcodes() {
         &[0x7Fu8][..],
         &[0xC0],
         &[0x9E, 0x13],
-        &[0xA3, 0x0A],
+        &[0xA3, 0x05],
         &[0x3C],
         &[0xA0],
     ] {
