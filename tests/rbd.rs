@@ -294,3 +294,77 @@ fn missing_pool_and_image_fail_start_up_clearly() {
         ],
     );
 }
+
+/// The last LBA READ CAPACITY(16) reports.
+fn last_lba(session: &mut BlockSession) -> u64 {
+    let reply = session
+        .command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32], 32)
+        .expect("READ CAPACITY(16)");
+    assert_eq!(reply.status, 0, "READ CAPACITY(16): {reply:02x?}");
+    u64::from_be_bytes(reply.data[..8].try_into().unwrap())
+}
+
+#[test]
+fn resizing_the_image_changes_capacity_with_a_unit_attention() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let image = image_name("resize");
+    let server = Server::start(&[TargetSpec::new(
+        TEST_IQN,
+        vec![rbd_lun(&conf, &image, "16M", false)],
+    )]);
+    let mut first = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let mut second = BlockSession::login_as(server.port(), TEST_IQN, 0, 8).expect("login");
+    assert_eq!(last_lba(&mut first), 16 * MIB as u64 / 512 - 1);
+    assert_eq!(last_lba(&mut second), 16 * MIB as u64 / 512 - 1);
+
+    // Another client grows the image.
+    let out = run(
+        Command::new("rbd").arg("-c").arg(&conf).args([
+            "resize",
+            "--size",
+            "32M",
+            &format!("rbd/{image}"),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "rbd resize failed");
+
+    // The next command of each session (TEST UNIT READY) reports CAPACITY DATA HAS CHANGED
+    // once librbd's update watch has told the target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attention = loop {
+        let reply = first.command(&[0; 6], 0).expect("TEST UNIT READY");
+        if reply.status != 0 || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(attention.status, 2, "no unit attention: {attention:02x?}");
+    let key_asc_ascq = |s: &[u8]| (s[2] & 0x0F, s[12], s[13]);
+    assert_eq!(key_asc_ascq(&attention.sense), (0x6, 0x2A, 0x09));
+    assert_eq!(
+        first.command(&[0; 6], 0).expect("TUR").status,
+        0,
+        "reported once"
+    );
+    assert_eq!(last_lba(&mut first), 32 * MIB as u64 / 512 - 1);
+    // The other session gets it through REQUEST SENSE, as GOOD status with the sense data.
+    let sensed = second
+        .command(&[0x03, 0, 0, 0, 18, 0], 18)
+        .expect("REQUEST SENSE");
+    assert_eq!(sensed.status, 0);
+    assert_eq!(key_asc_ascq(&sensed.data), (0x6, 0x2A, 0x09));
+    assert_eq!(last_lba(&mut second), 32 * MIB as u64 / 512 - 1);
+
+    // The new blocks are usable up to the new end.
+    let tail = pattern(MIB);
+    let lba = (31 * MIB / 512) as u64;
+    first
+        .write(lba, &tail, 512)
+        .expect("WRITE past the old end");
+    assert!(first.read(lba, MIB, 512).expect("READ") == tail);
+    drop((first, second));
+    server.stop();
+}

@@ -5,13 +5,17 @@
 //! blocking [`Backend`] methods serve the rare commands the engine runs on its blocking pool
 //! (WRITE SAME with a pattern, ORWRITE, VERIFY, WRITE ATOMIC).
 //!
+//! The image's size is followed as others resize it (`rbd resize`): [`Backend::size`] reports
+//! the new size, which the SCSI layer turns into a new capacity and a CAPACITY DATA HAS
+//! CHANGED unit attention.
+//!
 //! Durability follows the LUN's cache mode: with `write_cache: false` librbd's cache is off,
 //! so librbd acknowledges a write only once the OSDs have it; with the cache on, a write is
 //! in librbd's volatile cache until a flush (SYNCHRONIZE CACHE, or the flush after a FUA
 //! write) completes.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +35,8 @@ const LIBRBD_CAW_SECTOR: u64 = 512;
 /// A LUN whose blocks live in an RBD image.
 pub struct RbdBackend {
     image: Arc<Image>,
-    size: u64,
+    /// The image's size in bytes, updated by librbd's update watch.
+    size: Arc<AtomicU64>,
 }
 
 impl RbdBackend {
@@ -91,9 +96,22 @@ impl RbdBackend {
                 "{what}: existing image of {size} bytes kept (size: {wanted} is for creating it)"
             );
         }
+        let followed = Arc::new(AtomicU64::new(size));
+        let (setter, image_name) = (Arc::clone(&followed), what.clone());
+        image
+            .watch_size(move |new| {
+                log::info!("{image_name}: resized to {new} bytes");
+                setter.store(new, Ordering::Relaxed);
+            })
+            .map_err(|e| {
+                BackendError::new(
+                    io::ErrorKind::Other,
+                    format!("{what}: watching its size: {e}"),
+                )
+            })?;
         Ok(RbdBackend {
             image: Arc::new(image),
-            size,
+            size: followed,
         })
     }
 }
@@ -150,16 +168,16 @@ fn backend_error(e: rbd_ffi::Error) -> BackendError {
 
 impl Backend for RbdBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         self.image.read(offset, buf).map_err(backend_error)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
         self.image.write(offset, data).map_err(backend_error)
     }
 
@@ -168,12 +186,12 @@ impl Backend for RbdBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         self.image.discard(offset, len).map_err(backend_error)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         self.image.write_zeroes(offset, len).map_err(backend_error)
     }
 
@@ -193,7 +211,7 @@ impl Backend for RbdBackend {
 impl AsyncBackend for RbdBackend {
     fn submit(&self, op: AsyncOp, done: AsyncDone) {
         let (offset, len) = op_range(&op);
-        if let Err(e) = check_range(offset, len, self.size) {
+        if let Err(e) = check_range(offset, len, self.size()) {
             return done(Err(e));
         }
         let image = Arc::clone(&self.image);
