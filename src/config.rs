@@ -154,7 +154,13 @@ pub struct RbdBacking {
     pub conf: PathBuf,
     /// The cephx id to connect as, without the `client.` prefix.
     pub user: String,
+    /// Seconds an operation may wait on the OSDs or monitors (`rados_osd_op_timeout`,
+    /// `rados_mon_op_timeout`) before it fails and the command is answered BUSY.
+    pub timeout_secs: u64,
 }
+
+/// Default of [`RbdBacking::timeout_secs`].
+pub const DEFAULT_RBD_TIMEOUT_SECS: u64 = 20;
 
 impl Backing {
     /// The configured size in bytes, if the configuration fixes one
@@ -556,6 +562,7 @@ struct RawBacking {
     image: Option<String>,
     conf: Option<String>,
     user: Option<String>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -914,13 +921,14 @@ impl RawBacking {
                 ("image", self.image.is_some()),
                 ("conf", self.conf.is_some()),
                 ("user", self.user.is_some()),
+                ("timeout_secs", self.timeout_secs.is_some()),
             ];
             if let Some((field, _)) = rbd_only.iter().find(|(_, set)| *set) {
                 let kind = self.kind.as_deref().unwrap_or("(none)");
                 return not_used(
                     field,
                     kind,
-                    "only type rbd takes pool, image, conf and user",
+                    "only type rbd takes pool, image, conf, user and timeout_secs",
                 );
             }
         }
@@ -991,6 +999,13 @@ impl RawBacking {
                     create,
                     conf,
                     user: check_cephx_id(&format!("{path}.user"), self.user)?,
+                    timeout_secs: ranged(
+                        &format!("{path}.timeout_secs"),
+                        self.timeout_secs,
+                        DEFAULT_RBD_TIMEOUT_SECS,
+                        1,
+                        3600,
+                    )?,
                 }))
             }
             Some(other) => err(

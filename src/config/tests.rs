@@ -1211,15 +1211,17 @@ fn rbd_backing_resolves_with_defaults_and_in_full() {
             create: false,
             conf: "/etc/ceph/ceph.conf".into(),
             user: "admin".into(),
+            timeout_secs: 20,
         })
     );
     let c = ok(&with_lun(
         "backing: {type: rbd, pool: rbd, image: disk0, size: 100G, create: true, \
-         conf: /etc/ceph/ceph.conf, user: iscsi-gw}",
+         conf: /etc/ceph/ceph.conf, user: iscsi-gw, timeout_secs: 5}",
     ));
     let backing = &c.targets[0].luns[0].backing;
     assert_eq!(backing.configured_size(), Some(100 << 30));
     assert!(matches!(backing, Backing::Rbd(r) if r.create && r.user == "iscsi-gw"));
+    assert!(matches!(backing, Backing::Rbd(r) if r.timeout_secs == 5));
 }
 
 #[test]
@@ -1276,6 +1278,16 @@ fn rbd_backing_errors_name_the_field() {
         (
             "{type: ram, size: 1M, user: admin}",
             "user",
+            "not used by type ram",
+        ),
+        (
+            "{type: rbd, pool: rbd, image: x, timeout_secs: 0}",
+            "timeout_secs",
+            "out of range",
+        ),
+        (
+            "{type: ram, size: 1M, timeout_secs: 5}",
+            "timeout_secs",
             "not used by type ram",
         ),
     ];

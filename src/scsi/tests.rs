@@ -1333,3 +1333,22 @@ fn random_cdbs_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_timed_out_backend_operation_is_answered_busy_other_errors_check_condition() {
+    let lu = ram_lu(64, 512);
+    let cdb = read16(0, 8);
+    let Plan::Io { request, .. } = lu.plan(&req(0, &cdb, &[])) else {
+        panic!("READ(16) plans I/O");
+    };
+    let timed_out = BackendError::new(std::io::ErrorKind::TimedOut, "rbd_aio_read: timed out");
+    let o = finish(&request, Err(timed_out), 0);
+    assert_eq!(o.status, status::BUSY);
+    assert!(o.sense.is_empty());
+    let failed = BackendError::new(std::io::ErrorKind::Other, "rbd_aio_read: I/O error");
+    assert_check(
+        &finish(&request, Err(failed), 0),
+        MEDIUM_ERROR,
+        UNRECOVERED_READ_ERROR,
+    );
+}

@@ -42,11 +42,17 @@ pub struct BlockSession {
 impl BlockSession {
     /// Logs in to `target` on 127.0.0.1:`port` and addresses LUN `lun` (< 256).
     pub fn login(port: u16, target: &str, lun: u8) -> io::Result<BlockSession> {
+        Self::login_as(port, target, lun, 7)
+    }
+
+    /// As [`BlockSession::login`], with ISID number `isid_n` (see [`isid`]): sessions with
+    /// different ISIDs are different I_T nexuses; the same ISID reinstates the session.
+    pub fn login_as(port: u16, target: &str, lun: u8, isid_n: u16) -> io::Result<BlockSession> {
         let mut stream = raw_login::connect_from(Ipv4Addr::LOCALHOST, port);
         let response = raw_login::login(
             &mut stream,
             "iqn.2026-11.io.iser-target:block-io",
-            isid(7),
+            isid(isid_n),
             SessionType::Normal { target },
         )?;
         if response.status_class != 0 {
