@@ -192,6 +192,7 @@ mod tests {
             vendor: "V".into(),
             product: "P".into(),
             revision: "1".into(),
+            alua: Default::default(),
         };
         let lu = LogicalUnit::new(params, Arc::new(RamBackend::new(64 * 512)));
         ScsiTarget::new(vec![Arc::new(lu)])
