@@ -164,6 +164,10 @@ pub fn status_of(outcome: &ScsiOutcome) -> Status {
                     Status::INVALID_NAMESPACE
                 }
                 sense::ILLEGAL_REQUEST => Status::INVALID_FIELD,
+                // The LUN's target port group is in ALUA standby (this gateway is not the one
+                // serving it): the NVMe path-related status, so a multipathing host tries
+                // another path.
+                sense::NOT_READY if asc == (0x04, 0x0B) => Status::ASYMMETRIC_ACCESS_INACCESSIBLE,
                 // A unit attention or a LUN not ready: the command did not run; the host may
                 // retry (DNR clear).
                 sense::UNIT_ATTENTION | sense::NOT_READY => Status::NAMESPACE_NOT_READY,
@@ -382,6 +386,10 @@ mod tests {
         assert_eq!(
             status_of(&check(sense::UNIT_ATTENTION, 0x29)),
             Status::NAMESPACE_NOT_READY
+        );
+        assert_eq!(
+            status_of(&ScsiOutcome::check_condition(sense::NOT_READY, 0x04, 0x0B)),
+            Status::ASYMMETRIC_ACCESS_INACCESSIBLE
         );
         let conflict = ScsiOutcome {
             status: status::RESERVATION_CONFLICT,
