@@ -94,7 +94,7 @@ impl Outbox {
 
     /// Queues bytes `range` of `buffer` as they are (a read buffer framed by another
     /// transport: NVMe/TCP C2HData).
-    pub(crate) fn push_buffer(&mut self, buffer: Arc<Buf>, range: Range<usize>) {
+    pub(crate) fn push_buffer(&mut self, buffer: DataInBuf, range: Range<usize>) {
         self.push(Piece::Shared(buffer, range));
     }
 
