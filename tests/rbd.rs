@@ -338,6 +338,8 @@ fn two_gateways_on_one_image() {
     drop((sa, sb));
     a.stop();
     b.stop();
+}
+
 /// The last LBA READ CAPACITY(16) reports.
 fn last_lba(session: &mut BlockSession) -> u64 {
     let reply = session

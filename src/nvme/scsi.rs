@@ -181,25 +181,10 @@ pub fn status_of(outcome: &ScsiOutcome) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::RamBackend;
-    use crate::scsi::{LogicalUnit, LunParams, Nexus, Prepared, ScsiRequest, ScsiTarget};
-    use std::sync::Arc;
+    use crate::scsi::{Nexus, Prepared, ScsiRequest, ScsiTarget};
 
     fn target() -> ScsiTarget {
-        let params = LunParams {
-            lun: 0,
-            block_size: 512,
-            read_only: false,
-            write_cache: true,
-            serial: "s".into(),
-            naa_id: 0x6001_4050_0000_0001,
-            vendor: "V".into(),
-            product: "P".into(),
-            revision: "1".into(),
-            alua: Default::default(),
-        };
-        let lu = LogicalUnit::new(params, Arc::new(RamBackend::new(64 * 512)));
-        ScsiTarget::new(vec![Arc::new(lu)])
+        ScsiTarget::new(vec![crate::scsi::testutil::ram_lu(64, 512)])
     }
 
     fn run(target: &ScsiTarget, io: IoCommand) -> ScsiOutcome {

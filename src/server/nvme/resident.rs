@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::NvmeState;
+use crate::iscsi::tcp::DataInBuf;
 use crate::iscsi::TaskId;
 use crate::nvme::{Action, CloseReason, Queue, DISCOVERY_SUBSYSTEM};
 use crate::scsi::{Nexus, ScsiOutcome};
@@ -270,7 +271,7 @@ impl NvmeResident {
                 tail,
             } => {
                 self.outbox.push_bytes(head);
-                self.outbox.push_buffer(data, range);
+                self.outbox.push_buffer(DataInBuf::Shared(data), range);
                 self.outbox.push_bytes(tail);
             }
             Action::CreateController(request) => {

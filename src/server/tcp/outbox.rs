@@ -94,12 +94,8 @@ impl Outbox {
 
     /// Queues bytes `range` of `buffer` as they are (a read buffer framed by another
     /// transport: NVMe/TCP C2HData).
-    pub(crate) fn push_buffer(
-        &mut self,
-        buffer: std::sync::Arc<mem_ffi::Buf>,
-        range: Range<usize>,
-    ) {
-        self.push(Piece::Shared(DataInBuf::Shared(buffer), range));
+    pub(crate) fn push_buffer(&mut self, buffer: DataInBuf, range: Range<usize>) {
+        self.push(Piece::Shared(buffer, range));
     }
 
     /// Queues raw stream bytes (PDUs framed before the connection got its own thread).
