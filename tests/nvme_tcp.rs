@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::block_io::BlockSession;
 use common::nvme_host::{
-    self, admin_queue, io_queue, pdu_type, read_pdu, NvmeQueue, Options, Sqe, DISCOVERY_NQN,
-    HOST_NQN,
+    self, admin_queue, io_queue, io_queue_with, pdu_type, read_pdu, Digests, NvmeQueue, Options,
+    Sqe, DISCOVERY_NQN, HOST_NQN,
 };
 use common::{free_port, LunSpec, Server, TargetSpec};
 
@@ -268,4 +268,28 @@ fn shutdown_closes_live_queues_and_exits_cleanly() {
         let mut rest = Vec::new();
         assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
     }
+}
+
+#[test]
+fn two_io_queues_with_header_and_data_digests() {
+    let (mut server, port) = serve(target());
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 2);
+    let both = Digests {
+        header: true,
+        data: true,
+    };
+    let header_only = Digests {
+        header: true,
+        data: false,
+    };
+    for (qid, digests) in [(1, both), (2, header_only)] {
+        let mut q = io_queue_with(port, SUBSYSTEM, HOST_NQN, cntlid, qid, digests);
+        let small = pattern(2048, qid as u8);
+        let large = pattern(64 * 1024, 40 + qid as u8);
+        assert!(q.write(1, 64, &small, 512).unwrap().ok(), "{digests:?}");
+        assert!(q.write(2, 256, &large, 512).unwrap().ok(), "{digests:?}");
+        assert_eq!(q.read(1, 64, small.len(), 512).unwrap().1, small);
+        assert!(q.read(2, 256, large.len(), 512).unwrap().1 == large);
+    }
+    server.assert_alive();
 }

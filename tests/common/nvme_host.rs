@@ -1,6 +1,7 @@
 //! A small NVMe/TCP host for whole-binary tests: one queue per [`NvmeQueue`] (a TCP
 //! connection), commands one at a time, PDUs built and parsed here from the NVMe/TCP 1.0 and
-//! NVMe-oF 1.1 layouts, independently of the target's codec. No digests.
+//! NVMe-oF 1.1 layouts, independently of the target's codec; header and data digests (CRC32C)
+//! when asked for.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -126,25 +127,66 @@ pub struct Options<'a> {
     pub kato_ms: u32,
 }
 
+/// Which digests a connection uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digests {
+    pub header: bool,
+    pub data: bool,
+}
+
 /// One NVMe/TCP connection, past ICReq.
 pub struct NvmeQueue {
     stream: TcpStream,
     next_cid: u16,
+    digests: Digests,
     /// MAXH2CDATA from ICResp.
     pub maxh2cdata: u32,
 }
 
 /// A 128-byte ICReq (PFV `pfv`, no digests).
 pub fn ic_req(pfv: u16) -> Vec<u8> {
+    ic_req_with(pfv, Digests::default())
+}
+
+fn ic_req_with(pfv: u16, digests: Digests) -> Vec<u8> {
     let mut b = vec![0u8; 128];
     b[0] = pdu_type::IC_REQ;
     b[2] = 128;
     b[4..8].copy_from_slice(&128u32.to_le_bytes());
     b[8..10].copy_from_slice(&pfv.to_le_bytes());
+    b[11] = u8::from(digests.header) | u8::from(digests.data) << 1;
     b
 }
 
-/// Reads one PDU; an error when the stream ends first.
+/// Frames a host PDU: `header` (CH and PSH, PLEN and PDO filled in here), its header digest,
+/// `data` at the next dword and its data digest, as `digests` say.
+fn frame(mut header: Vec<u8>, data: &[u8], digests: Digests) -> Vec<u8> {
+    let hlen = header.len();
+    let hd = if digests.header { 4 } else { 0 };
+    let dd = if digests.data && !data.is_empty() {
+        4
+    } else {
+        0
+    };
+    let pdo = if data.is_empty() { 0 } else { hlen + hd };
+    header[1] |= u8::from(hd > 0) | if dd > 0 { 2 } else { 0 };
+    header[3] = pdo as u8;
+    let plen = (hlen + hd + data.len() + dd) as u32;
+    header[4..8].copy_from_slice(&plen.to_le_bytes());
+    let mut pdu = header;
+    if hd > 0 {
+        let digest = crc32c::crc32c(&pdu);
+        pdu.extend_from_slice(&digest.to_le_bytes());
+    }
+    pdu.extend_from_slice(data);
+    if dd > 0 {
+        pdu.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    }
+    pdu
+}
+
+/// Reads one PDU, checking the digests its flags announce; an error when the stream ends
+/// first or a digest is wrong.
 pub fn read_pdu(stream: &mut TcpStream) -> io::Result<Pdu> {
     let mut ch = [0u8; 8];
     stream.read_exact(&mut ch)?;
@@ -161,8 +203,22 @@ pub fn read_pdu(stream: &mut TcpStream) -> io::Result<Pdu> {
     stream.read_exact(&mut rest)?;
     let mut header = ch.to_vec();
     header.extend_from_slice(&rest[..hlen - 8]);
-    let data = if pdo > 0 && pdo <= plen {
-        rest[pdo - 8..].to_vec()
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad {what}"));
+    if ch[1] & 0x01 != 0 {
+        let got = rest
+            .get(hlen - 8..hlen - 4)
+            .ok_or_else(|| bad("header digest"))?;
+        if got != crc32c::crc32c(&header).to_le_bytes() {
+            return Err(bad("header digest"));
+        }
+    }
+    let dd = if ch[1] & 0x02 != 0 { 4 } else { 0 };
+    let data = if pdo > 0 && pdo + dd <= plen {
+        let data = rest[pdo - 8..plen - 8 - dd].to_vec();
+        if dd > 0 && rest[plen - 8 - dd..] != crc32c::crc32c(&data).to_le_bytes() {
+            return Err(bad("data digest"));
+        }
+        data
     } else {
         Vec::new()
     };
@@ -170,13 +226,18 @@ pub fn read_pdu(stream: &mut TcpStream) -> io::Result<Pdu> {
 }
 
 impl NvmeQueue {
-    /// Opens a connection to 127.0.0.1:`port` and exchanges ICReq/ICResp.
+    /// Opens a connection to 127.0.0.1:`port` and exchanges ICReq/ICResp, without digests.
     pub fn open(port: u16) -> io::Result<NvmeQueue> {
+        NvmeQueue::open_with(port, Digests::default())
+    }
+
+    /// Opens a connection asking for `digests`.
+    pub fn open_with(port: u16, digests: Digests) -> io::Result<NvmeQueue> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut stream = TcpStream::connect_timeout(&addr, RESPONSE_TIMEOUT)?;
         stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        stream.write_all(&ic_req(0))?;
+        stream.write_all(&ic_req_with(0, digests))?;
         let resp = read_pdu(&mut stream)?;
         if resp.kind() != pdu_type::IC_RESP || resp.header.len() != 128 {
             return Err(io::Error::new(
@@ -185,16 +246,36 @@ impl NvmeQueue {
             ));
         }
         let maxh2cdata = u32::from_le_bytes(resp.header[12..16].try_into().unwrap());
+        let granted = Digests {
+            header: resp.header[11] & 1 != 0,
+            data: resp.header[11] & 2 != 0,
+        };
+        if granted != digests {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("asked for {digests:?}, ICResp grants {granted:?}"),
+            ));
+        }
         Ok(NvmeQueue {
             stream,
             next_cid: 1,
+            digests,
             maxh2cdata,
         })
     }
 
     /// Opens a connection and sends Connect: the CQE (whose result is the controller ID).
     pub fn connect(port: u16, options: &Options<'_>) -> io::Result<(NvmeQueue, Cqe)> {
-        let mut queue = NvmeQueue::open(port)?;
+        NvmeQueue::connect_with(port, options, Digests::default())
+    }
+
+    /// [`NvmeQueue::connect`] with digests.
+    pub fn connect_with(
+        port: u16,
+        options: &Options<'_>,
+        digests: Digests,
+    ) -> io::Result<(NvmeQueue, Cqe)> {
+        let mut queue = NvmeQueue::open_with(port, digests)?;
         let mut data = vec![0u8; 1024];
         data[0..16].copy_from_slice(&[0x5A; 16]); // host ID
         data[16..18].copy_from_slice(&options.cntlid.to_le_bytes());
@@ -226,17 +307,12 @@ impl NvmeQueue {
         sqe.0[2..4].copy_from_slice(&cid.to_le_bytes());
         let in_capsule = !data_out.is_empty() && data_out.len() <= 8192;
         sqe.set_sgl(data_out.len().max(data_in) as u32, in_capsule);
-        let mut pdu = vec![0u8; 72];
-        pdu[0] = pdu_type::CAPSULE_CMD;
-        pdu[2] = 72;
-        if in_capsule {
-            pdu[3] = 72;
-            pdu.extend_from_slice(data_out);
-        }
-        let plen = pdu.len() as u32;
-        pdu[4..8].copy_from_slice(&plen.to_le_bytes());
-        pdu[8..72].copy_from_slice(&sqe.0);
-        self.stream.write_all(&pdu)?;
+        let mut header = vec![0u8; 72];
+        header[0] = pdu_type::CAPSULE_CMD;
+        header[2] = 72;
+        header[8..72].copy_from_slice(&sqe.0);
+        let data = if in_capsule { data_out } else { &[] };
+        self.stream.write_all(&frame(header, data, self.digests))?;
         let mut received = vec![0u8; data_in];
         loop {
             let p = read_pdu(&mut self.stream)?;
@@ -274,19 +350,16 @@ impl NvmeQueue {
         let chunk = self.maxh2cdata as usize;
         let count = data.len().div_ceil(chunk);
         for (i, piece) in data.chunks(chunk).enumerate() {
-            let mut pdu = vec![0u8; 24];
-            pdu[0] = pdu_type::H2C_DATA;
-            pdu[1] = if i + 1 == count { 0x04 } else { 0 }; // LAST_PDU
-            pdu[2] = 24;
-            pdu[3] = 24;
-            pdu[4..8].copy_from_slice(&((24 + piece.len()) as u32).to_le_bytes());
-            pdu[8..10].copy_from_slice(&cid.to_le_bytes());
-            pdu[10..12].copy_from_slice(&ttag.to_le_bytes());
+            let mut header = vec![0u8; 24];
+            header[0] = pdu_type::H2C_DATA;
+            header[1] = if i + 1 == count { 0x04 } else { 0 }; // LAST_PDU
+            header[2] = 24;
+            header[8..10].copy_from_slice(&cid.to_le_bytes());
+            header[10..12].copy_from_slice(&ttag.to_le_bytes());
             let datao = offset + (i * chunk) as u32;
-            pdu[12..16].copy_from_slice(&datao.to_le_bytes());
-            pdu[16..20].copy_from_slice(&(piece.len() as u32).to_le_bytes());
-            pdu.extend_from_slice(piece);
-            self.stream.write_all(&pdu)?;
+            header[12..16].copy_from_slice(&datao.to_le_bytes());
+            header[16..20].copy_from_slice(&(piece.len() as u32).to_le_bytes());
+            self.stream.write_all(&frame(header, piece, self.digests))?;
         }
         Ok(())
     }
@@ -393,6 +466,18 @@ pub fn admin_queue(port: u16, subsystem: &str, host_nqn: &str, io_queues: u16) -
 
 /// Connects I/O queue `qid` of controller `cntlid`.
 pub fn io_queue(port: u16, subsystem: &str, host_nqn: &str, cntlid: u16, qid: u16) -> NvmeQueue {
+    io_queue_with(port, subsystem, host_nqn, cntlid, qid, Digests::default())
+}
+
+/// [`io_queue`] with digests.
+pub fn io_queue_with(
+    port: u16,
+    subsystem: &str,
+    host_nqn: &str,
+    cntlid: u16,
+    qid: u16,
+    digests: Digests,
+) -> NvmeQueue {
     let options = Options {
         subsystem,
         host_nqn,
@@ -401,7 +486,7 @@ pub fn io_queue(port: u16, subsystem: &str, host_nqn: &str, cntlid: u16, qid: u1
         sqsize: 127,
         kato_ms: 0,
     };
-    let (queue, cqe) = NvmeQueue::connect(port, &options).expect("I/O queue connect");
+    let (queue, cqe) = NvmeQueue::connect_with(port, &options, digests).expect("I/O queue connect");
     assert!(cqe.ok(), "I/O queue Connect: {cqe:?}");
     queue
 }
