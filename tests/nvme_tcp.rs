@@ -293,3 +293,35 @@ fn two_io_queues_with_header_and_data_digests() {
     }
     server.assert_alive();
 }
+
+/// Not a test: prints the mean round trip of 4 KiB READ and WRITE at queue depth 1 over
+/// NVMe/TCP and over iSCSI/TCP to the same RAM LUN on 127.0.0.1, each driven by a minimal
+/// synchronous host of `tests/common` (so the figures compare the target's two paths, not
+/// kernel initiators). Run with
+/// `cargo test --release --test nvme_tcp -- --ignored --nocapture qd1_round_trip_figures`.
+#[test]
+#[ignore]
+fn qd1_round_trip_figures() {
+    const N: usize = 20_000;
+    let (_server, port) = serve(target());
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    let mut iscsi = BlockSession::login(_server.port(), TARGET, 0).unwrap();
+    let data = pattern(4096, 1);
+    let mean = |f: &mut dyn FnMut(u64)| {
+        let start = std::time::Instant::now();
+        for i in 0..N as u64 {
+            f((i * 8) % (16 << 11));
+        }
+        start.elapsed().as_secs_f64() * 1e6 / N as f64
+    };
+    let nvme_write = mean(&mut |lba| assert!(q.write(1, lba, &data, 512).unwrap().ok()));
+    let nvme_read = mean(&mut |lba| assert!(q.read(1, lba, 4096, 512).unwrap().0.ok()));
+    let iscsi_write = mean(&mut |lba| iscsi.write(lba, &data, 512).unwrap());
+    let iscsi_read = mean(&mut |lba| {
+        iscsi.read(lba, 4096, 512).unwrap();
+    });
+    println!("4 KiB QD1 round trip, mean of {N}, RAM LUN, 127.0.0.1:");
+    println!("  NVMe/TCP   write {nvme_write:6.1} us   read {nvme_read:6.1} us");
+    println!("  iSCSI/TCP  write {iscsi_write:6.1} us   read {iscsi_read:6.1} us");
+}
