@@ -17,9 +17,12 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
+pub use crate::scsi::AluaState;
 
 mod auth;
 pub use auth::MIN_SECRET_LEN;
+mod nvme;
+pub use nvme::{default_nqn, DEFAULT_NVME_TCP_PORT};
 
 // ---------------------------------------------------------------------------
 // Public, resolved configuration
@@ -37,6 +40,12 @@ pub struct Config {
     pub limits: Limits,
     /// CHAP that discovery sessions must pass; `None`: discovery needs no authentication.
     pub discovery_auth: Option<Authentication>,
+    /// This gateway's ALUA target port group (1..=65535, default 1): also its relative target
+    /// port identifier and iSCSI target portal group tag. Gateways exporting one LU need
+    /// different ones (docs/multipath.md).
+    pub target_port_group: u16,
+    /// The asymmetric access state this gateway reports for its LUs (default active/optimized).
+    pub alua_state: AluaState,
 }
 
 /// One listening endpoint.
@@ -44,7 +53,7 @@ pub struct Config {
 pub struct Portal {
     /// IP address to bind (v4 or v6; `0.0.0.0` / `::` for all interfaces).
     pub address: IpAddr,
-    /// TCP port, 1..=65535 (default 3260, the IANA iSCSI port).
+    /// TCP port, 1..=65535 (default 3260, the IANA iSCSI port; 4420 for `nvme-tcp`).
     pub port: u16,
     /// How PDUs are carried on this portal.
     pub transport: Transport,
@@ -58,6 +67,8 @@ pub enum Transport {
     Tcp,
     /// iSCSI Extensions for RDMA (RFC 7145).
     Iser,
+    /// NVMe/TCP (NVMe/TCP transport specification 1.0): every target is an NVM subsystem.
+    NvmeTcp,
 }
 
 /// One iSCSI target: a name initiators log in to, an access list and its LUNs.
@@ -74,6 +85,10 @@ pub struct Target {
     /// Credentials of the `allowed_initiators` entries that carry their own; they win over
     /// `auth` for that initiator.
     pub initiator_auth: Vec<(String, Authentication)>,
+    /// NVMe subsystem NQN (`nqn:`; default [`default_nqn`] of the name), unique.
+    pub nqn: String,
+    /// Host NQNs allowed to connect over NVMe/TCP; empty means any host.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One logical unit of a target.
@@ -139,7 +154,13 @@ pub struct RbdBacking {
     pub conf: PathBuf,
     /// The cephx id to connect as, without the `client.` prefix.
     pub user: String,
+    /// Seconds an operation may wait on the OSDs or monitors (`rados_osd_op_timeout`,
+    /// `rados_mon_op_timeout`) before it fails and the command is answered BUSY.
+    pub timeout_secs: u64,
 }
+
+/// Default of [`RbdBacking::timeout_secs`].
+pub const DEFAULT_RBD_TIMEOUT_SECS: u64 = 20;
 
 impl Backing {
     /// The configured size in bytes, if the configuration fixes one
@@ -192,6 +213,10 @@ pub struct Limits {
     /// Threads of the process-wide I/O engine that runs every session's commands
     /// (1..=256; default: the number of CPUs).
     pub io_threads: u32,
+    /// Microseconds an engine thread with iSER connections polls their completion queues
+    /// before it sleeps (0..=1000; default 0: it sleeps at once). Trades a core's time for
+    /// latency.
+    pub busy_poll_us: u32,
 }
 
 impl Default for Limits {
@@ -213,6 +238,7 @@ impl Default for Limits {
             discovery_idle_timeout_secs: 30,
             max_io_size: 524_288,
             io_threads: default_io_threads(),
+            busy_poll_us: 0,
         }
     }
 }
@@ -298,9 +324,13 @@ impl Config {
                 }],
                 auth: None,
                 initiator_auth: Vec::new(),
+                nqn: default_nqn(DEFAULT_TARGET_NAME),
+                allowed_hosts: Vec::new(),
             }],
             limits: Limits::default(),
             discovery_auth: None,
+            target_port_group: 1,
+            alua_state: AluaState::ActiveOptimized,
         }
     }
 
@@ -484,6 +514,8 @@ struct RawConfig {
     targets: Option<Vec<RawTarget>>,
     limits: Option<RawLimits>,
     discovery_auth: Option<auth::RawAuth>,
+    target_port_group: Option<u64>,
+    alua_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -502,6 +534,8 @@ struct RawTarget {
     allowed_initiators: Option<Vec<Value>>,
     luns: Option<Vec<RawLun>>,
     auth: Option<auth::RawAuth>,
+    nqn: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +562,7 @@ struct RawBacking {
     image: Option<String>,
     conf: Option<String>,
     user: Option<String>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -548,6 +583,7 @@ struct RawLimits {
     discovery_idle_timeout_secs: Option<u64>,
     max_io_size: Option<u64>,
     io_threads: Option<u64>,
+    busy_poll_us: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -568,9 +604,11 @@ impl RawConfig {
             let path = format!("portals[{i}]");
             let p = rp.resolve(&path)?;
             // TCP and RDMA CM have separate port spaces: a TCP and an iSER portal may share an
-            // address and port (brief §2.1), two portals of the same transport may not.
+            // address and port (brief §2.1), two portals of the same port space may not
+            // (iSCSI/TCP and NVMe/TCP are both TCP).
+            let rdma = |t: Transport| t == Transport::Iser;
             if let Some(j) = portals.iter().position(|q| {
-                q.address == p.address && q.port == p.port && q.transport == p.transport
+                q.address == p.address && q.port == p.port && rdma(q.transport) == rdma(p.transport)
             }) {
                 return err(
                     &path,
@@ -600,6 +638,15 @@ impl RawConfig {
                     format!(
                         "\"{}\" duplicates targets[{j}].name; target names must be unique",
                         t.name
+                    ),
+                );
+            }
+            if let Some(j) = targets.iter().position(|u| u.nqn == t.nqn) {
+                return err(
+                    &format!("{path}.nqn"),
+                    format!(
+                        "\"{}\" is already targets[{j}]'s NQN; subsystem NQNs must be unique",
+                        t.nqn
                     ),
                 );
             }
@@ -644,11 +691,35 @@ impl RawConfig {
             None => None,
         };
 
+        let target_port_group = match self.target_port_group {
+            None => 1,
+            Some(g @ 1..=65535) => g as u16,
+            Some(g) => {
+                return err(
+                    "target_port_group",
+                    format!("{g} is out of range; use 1..=65535 (default 1), different on each gateway of a LUN"),
+                )
+            }
+        };
+        let alua_state = match self.alua_state.as_deref() {
+            None | Some("active-optimized") => AluaState::ActiveOptimized,
+            Some("active-non-optimized") => AluaState::ActiveNonOptimized,
+            Some("standby") => AluaState::Standby,
+            Some(other) => {
+                return err(
+                    "alua_state",
+                    format!("\"{other}\" is not an ALUA state; use active-optimized (default), active-non-optimized or standby"),
+                )
+            }
+        };
+
         Ok(Config {
             portals,
             targets,
             limits,
             discovery_auth,
+            target_port_group,
+            alua_state,
         })
     }
 }
@@ -669,23 +740,25 @@ impl RawPortal {
                 ),
             )
         })?;
+        let transport = match self.transport.as_deref() {
+            None | Some("tcp") => Transport::Tcp,
+            Some("iser") => Transport::Iser,
+            Some("nvme-tcp") => Transport::NvmeTcp,
+            Some(other) => {
+                return err(
+                    &format!("{path}.transport"),
+                    format!("\"{other}\" is not a transport; use tcp, iser or nvme-tcp"),
+                )
+            }
+        };
         let port = match self.port {
+            None if transport == Transport::NvmeTcp => DEFAULT_NVME_TCP_PORT,
             None => DEFAULT_PORT,
             Some(p) if (1..=65535).contains(&p) => p as u16,
             Some(p) => {
                 return err(
                     &format!("{path}.port"),
-                    format!("{p} is out of range; use 1..=65535 (default 3260)"),
-                )
-            }
-        };
-        let transport = match self.transport.as_deref() {
-            None | Some("tcp") => Transport::Tcp,
-            Some("iser") => Transport::Iser,
-            Some(other) => {
-                return err(
-                    &format!("{path}.transport"),
-                    format!("\"{other}\" is not a transport; use tcp or iser"),
+                    format!("{p} is out of range; use 1..=65535 (default 3260, 4420 for nvme-tcp)"),
                 )
             }
         };
@@ -756,12 +829,16 @@ impl RawTarget {
             }
             luns.push(lun);
         }
+        let nqn = nvme::resolve_nqn(path, self.nqn, &name)?;
+        let allowed_hosts = nvme::resolve_hosts(path, self.allowed_hosts)?;
         Ok(Target {
             name,
             allowed_initiators,
             luns,
             auth,
             initiator_auth,
+            nqn,
+            allowed_hosts,
         })
     }
 }
@@ -844,13 +921,14 @@ impl RawBacking {
                 ("image", self.image.is_some()),
                 ("conf", self.conf.is_some()),
                 ("user", self.user.is_some()),
+                ("timeout_secs", self.timeout_secs.is_some()),
             ];
             if let Some((field, _)) = rbd_only.iter().find(|(_, set)| *set) {
                 let kind = self.kind.as_deref().unwrap_or("(none)");
                 return not_used(
                     field,
                     kind,
-                    "only type rbd takes pool, image, conf and user",
+                    "only type rbd takes pool, image, conf, user and timeout_secs",
                 );
             }
         }
@@ -921,6 +999,13 @@ impl RawBacking {
                     create,
                     conf,
                     user: check_cephx_id(&format!("{path}.user"), self.user)?,
+                    timeout_secs: ranged(
+                        &format!("{path}.timeout_secs"),
+                        self.timeout_secs,
+                        DEFAULT_RBD_TIMEOUT_SECS,
+                        1,
+                        3600,
+                    )?,
                 }))
             }
             Some(other) => err(
@@ -1029,6 +1114,13 @@ impl RawLimits {
                 16 << 20,
             )?,
             io_threads: ranged(&f("io_threads"), self.io_threads, d.io_threads, 1, 256)?,
+            busy_poll_us: ranged(
+                &f("busy_poll_us"),
+                self.busy_poll_us,
+                d.busy_poll_us,
+                0,
+                1000,
+            )?,
         };
         if l.first_burst_length > l.max_burst_length {
             return err(

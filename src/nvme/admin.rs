@@ -17,6 +17,7 @@ use super::queue::{
     Action, Binding, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Outcome,
     PendingConnect, Queue,
 };
+use crate::Buf;
 
 /// Length of the Connect command's data (NVMe-oF 1.1).
 const CONNECT_DATA_LEN: usize = 1024;
@@ -111,7 +112,7 @@ impl Queue {
     }
 
     /// An I/O command whose host data is in `data`.
-    pub(super) fn io_command(&mut self, sqe: &Sqe, data: Vec<u8>) -> Outcome {
+    pub(super) fn io_command(&mut self, sqe: &Sqe, data: Buf) -> Outcome {
         let plan = match self.plan_io(sqe) {
             Ok(plan) => plan,
             Err(status) => return Outcome::status(status),
@@ -132,7 +133,7 @@ impl Queue {
         let data = if plan.host_data > 0 && sqe.opcode() != io_opcode::DATASET_MANAGEMENT {
             data
         } else {
-            Vec::new()
+            Buf::empty()
         };
         let io = IoCommand {
             id: self.next_io_id(),
@@ -441,7 +442,9 @@ impl Queue {
             cns::CSI_NAMESPACE if csi == 0 => {
                 namespace().map(|_| identify::nvm_command_set_specific())
             }
-            cns::CSI_CONTROLLER if csi == 0 => Ok(identify::nvm_command_set_specific()),
+            cns::CSI_CONTROLLER if csi == 0 => {
+                Ok(identify::nvm_controller(self.config.max_transfer))
+            }
             cns::CSI_INDEPENDENT_NAMESPACE => namespace().map(identify::csi_independent_namespace),
             cns::COMMAND_SET_LIST => Ok(identify::command_set_list()),
             _ => Err(Status::INVALID_FIELD),

@@ -26,8 +26,9 @@ use super::pdu::{
     self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, SendSettings,
 };
 use crate::backend::BackendError;
-use crate::scsi::BlockReply;
+use crate::scsi::{BlockReply, ScsiOutcome};
 use crate::Buf;
+use mem_ffi::Payload;
 
 /// What an admin queue Connect asks of the environment: a new controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +166,8 @@ enum CommandState {
 #[derive(Debug)]
 struct Command {
     sqe: Box<Sqe>,
-    data: Vec<u8>,
+    /// Host data received so far: a pool buffer the backend writes from.
+    data: Buf,
     /// Host data the command takes in all.
     host_data: u32,
     /// A data digest failed on some of its data: it completes with a transient error.
@@ -337,6 +339,30 @@ impl Queue {
 
     /// The backend finished I/O `id`.
     pub fn handle_io_complete(&mut self, id: IoId, result: Result<BlockReply, BackendError>) {
+        self.finish_io(id, |op| match result {
+            Ok(BlockReply::Data(data)) => Ok(Some(data)),
+            Ok(BlockReply::Miscompare { .. }) => Err(Status::COMPARE_FAILURE),
+            Ok(BlockReply::Done) => Ok(None),
+            Err(e) => Err(backend_status(op, &e)),
+        });
+    }
+
+    /// The LUN finished I/O `id`, run as the SCSI command [`super::scsi::lower`] made of it.
+    pub fn handle_scsi_complete(&mut self, id: IoId, outcome: ScsiOutcome) {
+        self.finish_io(id, |op| match super::scsi::status_of(&outcome) {
+            s if !s.is_success() => Err(s),
+            _ if matches!(op, IoOp::Read { .. }) => Ok(Some(outcome.data_in)),
+            _ => Ok(None),
+        });
+    }
+
+    /// Completes I/O `id` with what `result` makes of its operation: data for the host, done,
+    /// or a failure status.
+    fn finish_io(
+        &mut self,
+        id: IoId,
+        result: impl FnOnce(&IoOp) -> Result<Option<Payload>, Status>,
+    ) {
         let Some(cid) = self.executing.remove(&id) else {
             return;
         };
@@ -348,8 +374,8 @@ impl Queue {
         };
         let shared = self.binding.as_ref().map(|b| b.shared.clone());
         let nsid = command.sqe.nsid();
-        let status = match result {
-            Ok(BlockReply::Data(data)) => {
+        let status = match result(&op) {
+            Ok(Some(data)) => {
                 if let Some(s) = &shared {
                     s.count_read(data.len() as u64);
                 }
@@ -362,14 +388,13 @@ impl Queue {
                 self.send_data(cid, Arc::new(data.into_buf()));
                 return;
             }
-            Ok(BlockReply::Miscompare { .. }) => Status::COMPARE_FAILURE,
-            Ok(BlockReply::Done) => {
+            Ok(None) => {
                 if let (Some(s), IoOp::Write { .. }) = (&shared, &op) {
                     s.count_write(bytes);
                 }
                 Status::SUCCESS
             }
-            Err(e) => backend_status(&op, &e),
+            Err(status) => status,
         };
         self.respond_about(cid, status, 0, nsid, lba);
     }
@@ -420,7 +445,7 @@ impl Queue {
         self.phase = Phase::AwaitingConnect;
     }
 
-    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Vec<u8>, data_digest_ok: bool) {
+    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Buf, data_digest_ok: bool) {
         if self.phase == Phase::Live {
             self.sqhd = (self.sqhd + 1) % self.sq_size.max(1);
             if self.commands.len() >= usize::from(self.sq_size) {
@@ -461,7 +486,7 @@ impl Queue {
         }
         let mut command = Command {
             sqe,
-            data: Vec::new(),
+            data: Buf::empty(),
             host_data: if takes_host_data { sgl.length } else { 0 },
             digest_failed: false,
             state: CommandState::ReceivingData {
@@ -473,16 +498,16 @@ impl Queue {
             _ if sgl.length == 0 && data.is_empty() => {}
             sgl_type::IN_CAPSULE if takes_host_data => {
                 let start = usize::try_from(sgl.address).unwrap_or(usize::MAX);
-                let Some(bytes) = start
+                let Some(end) = start
                     .checked_add(sgl.length as usize)
-                    .and_then(|end| data.get(start..end))
+                    .filter(|&end| end <= data.len())
                 else {
                     return self.respond(cid, Status::SGL_OFFSET_INVALID, 0);
                 };
-                command.data = if start == 0 && bytes.len() == data.len() {
+                command.data = if start == 0 && end == data.len() {
                     data
                 } else {
-                    bytes.to_vec()
+                    Buf::copy_from_slice(&data[start..end])
                 };
             }
             sgl_type::TRANSPORT if data.is_empty() => {
@@ -519,7 +544,7 @@ impl Queue {
     }
 
     /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
-    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Vec<u8>, digest_ok: bool, hdr: &[u8]) {
+    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Buf, digest_ok: bool, hdr: &[u8]) {
         let Some(command) = self.commands.get_mut(&h.cccid) else {
             return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
         };
@@ -541,9 +566,16 @@ impl Queue {
         if h.last != (end == r2t_end) {
             return self.terminate(Fes::InvalidHeaderField, 1, hdr);
         }
-        if command.data.is_empty() {
+        if command.data.is_empty() && data.len() == command.host_data as usize {
+            // All the command's data in one PDU: its buffer is the command's.
             command.data = data;
         } else {
+            if command.data.capacity() < command.host_data as usize {
+                // A buffer for the whole transfer, which the PDUs' data is gathered into.
+                let mut whole = mem_ffi::pool::global().with_capacity(command.host_data as usize);
+                whole.extend_from_slice(&command.data);
+                command.data = whole;
+            }
             command.data.extend_from_slice(&data);
             crate::stats::count_payload_copy(data.len());
         }

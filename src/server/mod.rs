@@ -5,6 +5,7 @@ mod admission;
 mod engine;
 mod gate;
 pub mod iser;
+mod nvme;
 mod registry;
 mod session;
 mod tcp;
@@ -23,7 +24,7 @@ use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
-use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
+use crate::scsi::{AluaPort, LogicalUnit, LunParams, ScsiTarget};
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// iSER portals are configured but this host cannot serve them.
     #[error("iSER: {0}")]
     RdmaUnavailable(String),
+    /// NVMe/TCP portals are configured but this host cannot serve them (no io_uring).
+    #[error("NVMe/TCP: {0}")]
+    NvmeUnavailable(String),
     /// Flushing the backends at shutdown failed: acknowledged writes may not be durable.
     #[error("flushing target {target}: {source}")]
     Flush {
@@ -176,6 +180,12 @@ fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendErr
     })
 }
 
+/// Whether NVMe/TCP portals can be served here: they need io_uring (the engine threads wait
+/// for their sockets in their rings).
+pub fn nvme_tcp_available() -> bool {
+    uring_ffi::Ring::<mem_ffi::Buf>::new(8).is_ok()
+}
+
 /// Builds the SCSI view of every configured target.
 pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, ServerError> {
     let mut out = Vec::new();
@@ -201,6 +211,10 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
                     env!("CARGO_PKG_VERSION_MAJOR"),
                     env!("CARGO_PKG_VERSION_MINOR")
                 ),
+                alua: AluaPort {
+                    group: config.target_port_group,
+                    state: config.alua_state,
+                },
             };
             log::info!(
                 "{} LUN {}: {} backend, {} bytes{}",
@@ -244,7 +258,8 @@ fn core_config(
             })
             .collect(),
         portals,
-        portal_group_tag: 1,
+        // One port per gateway process: its portal group tag is its target port group.
+        portal_group_tag: config.target_port_group,
         policy,
         queue_depth: limits.queue_depth,
         max_transfer_length,
@@ -347,6 +362,7 @@ impl Server {
             config.limits.io_threads as usize,
             engine::IoMode::Auto,
         )?;
+        engine.set_busy_poll(Duration::from_micros(config.limits.busy_poll_us.into()));
         log::info!(
             "I/O engine: {} thread(s), file and block I/O {}",
             config.limits.io_threads,
@@ -372,6 +388,30 @@ impl Server {
         let tcp_core = Arc::new(tcp_core_config(config));
         let iser_core = Arc::new(iser_core_config(config));
         let sizing = iser::Sizing::new(&config.limits);
+        let wants_nvme = config
+            .portals
+            .iter()
+            .any(|p| p.transport == Transport::NvmeTcp);
+        if wants_nvme {
+            nvme::check_available(&shared).map_err(ServerError::NvmeUnavailable)?;
+        }
+        // NVMe/TCP portals are bound first: the discovery log names their real ports.
+        let mut nvme_listeners = Vec::new();
+        for portal in config
+            .portals
+            .iter()
+            .filter(|p| p.transport == Transport::NvmeTcp)
+        {
+            let addr = SocketAddr::new(portal.address, portal.port);
+            let listener =
+                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            listener.set_nonblocking(true)?;
+            let bound = SocketAddr::new(portal.address, listener.local_addr()?.port());
+            nvme_listeners.push((bound, listener));
+        }
+        let bound: Vec<SocketAddr> = nvme_listeners.iter().map(|(a, _)| *a).collect();
+        let nvme_state = nvme::NvmeState::new(config, &shared.scsi_targets, &bound);
+        let mut nvme_listeners = nvme_listeners.into_iter();
         let stop_accepting = Arc::new(AtomicBool::new(false));
         let mut server = Server {
             shared,
@@ -395,6 +435,10 @@ impl Server {
                     server.local_addrs.push(p.local);
                     server.iser_portals.push(p.thread);
                 }),
+                Transport::NvmeTcp => match nvme_listeners.next() {
+                    Some((_, listener)) => server.start_nvme(listener, addr, &nvme_state),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = started {
                 // Do not leave the portals already started running.
@@ -418,6 +462,27 @@ impl Server {
                 addr,
             },
             Arc::clone(core),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.stop_accepting),
+        )?);
+        Ok(())
+    }
+
+    fn start_nvme(
+        &mut self,
+        listener: TcpListener,
+        addr: SocketAddr,
+        state: &Arc<nvme::NvmeState>,
+    ) -> Result<(), ServerError> {
+        self.local_addrs.push(listener.local_addr()?);
+        log::info!("listening on {addr} (nvme-tcp)");
+        self.listeners.push(nvme::spawn_listener(
+            listener,
+            PortalKey {
+                transport: Transport::NvmeTcp,
+                addr,
+            },
+            Arc::clone(state),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),
         )?);
