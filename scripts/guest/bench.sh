@@ -15,6 +15,7 @@
 # Beside each figure: guest CPU per I/O = busy jiffies of all CPUs from /proc/stat across the
 # fio run / I/Os. It counts the kernel targets' threads and softirq work, our target, and the
 # initiator side (fio, iscsi_tcp/ib_iser, rxe) which is the same for every target.
+# SOFTROCE_BENCH_BUSY_POLL_US sets our `limits.busy_poll_us` (default 0: no busy-polling).
 # REPEATS rounds (default 3); medians. Every run's fio JSON is kept in $SOFTROCE_RESULTS/fio/,
 # every run's figures in bench.tsv. The table (also $SOFTROCE_RESULTS/bench.md) gives
 # ours / better-of-LIO-and-tgt for throughput and better / ours for latency: > 1 means ours
@@ -119,6 +120,7 @@ targets:
   - name: ${IQN[ours,tcp]}
     luns:
       - { id: 0, write_cache: true, backing: { type: file, path: $LUN_FILE } }
+limits: { busy_poll_us: ${SOFTROCE_BENCH_BUSY_POLL_US:-0} }
 EOF
 bg_start ours "$BIN" serve --config "$WORK/ours.yaml"
 wait_rdma_listen "$ADDR:${PORT[ours]}" || sr_die "our target does not listen for iSER (see ours.log)"
