@@ -77,6 +77,7 @@ fn target() -> ScsiTarget {
                 product: "fuzz".into(),
                 alua: Default::default(),
                 revision: "1".into(),
+                alua: Default::default(),
             };
             let backend = Arc::new(RamBackend::new(BLOCKS * u64::from(block_size)));
             Arc::new(LogicalUnit::new(params, backend))

@@ -201,6 +201,9 @@ impl Status {
     pub const CONNECT_INVALID_PARAMETERS: Self = Self::new(1, 0x82, true);
     /// Fabrics Connect: the host NQN is not allowed on the subsystem.
     pub const CONNECT_INVALID_HOST: Self = Self::new(1, 0x84, true);
+    /// Path related: the namespace is not accessible through this controller (base 2.0
+    /// Asymmetric Access Inaccessible); a multipathing host tries another path.
+    pub const ASYMMETRIC_ACCESS_INACCESSIBLE: Self = Self::new(3, 0x02, false);
     pub const WRITE_FAULT: Self = Self::new(2, 0x80, false);
     pub const UNRECOVERED_READ_ERROR: Self = Self::new(2, 0x81, false);
     pub const COMPARE_FAILURE: Self = Self::new(2, 0x85, true);

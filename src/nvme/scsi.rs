@@ -164,6 +164,10 @@ pub fn status_of(outcome: &ScsiOutcome) -> Status {
                     Status::INVALID_NAMESPACE
                 }
                 sense::ILLEGAL_REQUEST => Status::INVALID_FIELD,
+                // The LUN's target port group is in ALUA standby (this gateway is not the one
+                // serving it): the NVMe path-related status, so a multipathing host tries
+                // another path.
+                sense::NOT_READY if asc == (0x04, 0x0B) => Status::ASYMMETRIC_ACCESS_INACCESSIBLE,
                 // A unit attention or a LUN not ready: the command did not run; the host may
                 // retry (DNR clear).
                 sense::UNIT_ATTENTION | sense::NOT_READY => Status::NAMESPACE_NOT_READY,
@@ -280,6 +284,54 @@ mod tests {
         assert_eq!(status_of(&run(&t, io(empty, Vec::new()))), Status::SUCCESS);
     }
 
+    /// A persistent reservation an iSCSI initiator holds fences NVMe hosts (docs/nvme.md).
+    #[test]
+    fn a_scsi_reservation_fences_nvme_writes() {
+        let t = target();
+        let iscsi = Nexus {
+            initiator_name: "iqn.2026-11.org.example:initiator".into(),
+            isid: [0x80, 0, 0, 0, 0, 1],
+        };
+        let prout = |service_action: u8, rtype: u8, rk: u64, sark: u64| {
+            let mut cdb = [0u8; 10];
+            cdb[0] = 0x5F;
+            cdb[1] = service_action;
+            cdb[2] = rtype;
+            cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+            let mut list = [0u8; 24];
+            list[0..8].copy_from_slice(&rk.to_be_bytes());
+            list[8..16].copy_from_slice(&sark.to_be_bytes());
+            let request = ScsiRequest {
+                nexus: &iscsi,
+                lun: 0,
+                cdb: &cdb,
+                data_out: &list,
+                expected_transfer_length: 24,
+                task_attr: TaskAttr::Simple,
+            };
+            match t.prepare(&request) {
+                Prepared::Done(outcome) => outcome.status,
+                Prepared::Io { .. } => panic!("PR OUT is not I/O"),
+            }
+        };
+        assert_eq!(prout(0x00, 0, 0, 7), status::GOOD, "REGISTER");
+        assert_eq!(
+            prout(0x01, 0x01, 7, 0),
+            status::GOOD,
+            "RESERVE, Write Exclusive"
+        );
+        let write = io(
+            IoOp::Write {
+                offset: 0,
+                fua: false,
+            },
+            vec![1; 512],
+        );
+        assert_eq!(status_of(&run(&t, write)), Status::RESERVATION_CONFLICT);
+        // Reads are allowed under Write Exclusive.
+        assert_eq!(read(&t, 0, 512), vec![0; 512]);
+    }
+
     #[test]
     fn scsi_failures_become_nvme_statuses() {
         let t = target();
@@ -319,6 +371,10 @@ mod tests {
         assert_eq!(
             status_of(&check(sense::UNIT_ATTENTION, 0x29)),
             Status::NAMESPACE_NOT_READY
+        );
+        assert_eq!(
+            status_of(&ScsiOutcome::check_condition(sense::NOT_READY, 0x04, 0x0B)),
+            Status::ASYMMETRIC_ACCESS_INACCESSIBLE
         );
         let conflict = ScsiOutcome {
             status: status::RESERVATION_CONFLICT,

@@ -106,10 +106,14 @@ impl NvmeState {
                 });
             }
         }
+        let defaults = NvmeConfig::default();
         let nvme = NvmeConfig {
             subsystems,
             discovery,
-            ..NvmeConfig::default()
+            // One R2T and one H2CData PDU for a whole write (Linux's nvmet announces 4 MiB):
+            // the PDU's buffer is then the command's, with no gathering copy.
+            max_h2c_data: defaults.max_transfer,
+            ..defaults
         };
         Arc::new(NvmeState {
             config: Arc::new(nvme),
