@@ -533,8 +533,10 @@ nvme_disconnect() {
 }
 
 # nvmet_setup ADDR PORT NQN DEVICE [PORT_ID]: a kernel NVMe/TCP target (nvmet-tcp) exporting
-# DEVICE (a block device: the bdev backend, whose Write Zeroes works on any device) as namespace
-# 1 of subsystem NQN, open to any host, listening on ADDR:PORT.
+# DEVICE as namespace 1 of subsystem NQN, open to any host, listening on ADDR:PORT. A block
+# device gets the bdev backend (its Write Zeroes works on any device); a regular file the file
+# backend with buffered_io=1, as tmpfs refuses the O_DIRECT open it makes otherwise (its Write
+# Zeroes is FALLOC_FL_ZERO_RANGE, which tmpfs refuses too: use a loop device to test that).
 nvmet_setup() {
     local addr="$1" port="$2" nqn="$3" dev="$4" id="${5:-1}"
     local s="$CONFIGFS_NVMET/subsystems/$nqn" p="$CONFIGFS_NVMET/ports/$id"
@@ -542,6 +544,7 @@ nvmet_setup() {
     sr_modprobe nvmet nvmet_tcp
     mkdir "$s" && echo 1 >"$s/attr_allow_any_host" &&
         mkdir "$s/namespaces/1" && echo -n "$dev" >"$s/namespaces/1/device_path" &&
+        { [[ ! -f "$dev" ]] || echo 1 >"$s/namespaces/1/buffered_io"; } &&
         echo 1 >"$s/namespaces/1/enable" &&
         mkdir "$p" && echo "$addr" >"$p/addr_traddr" && echo tcp >"$p/addr_trtype" &&
         echo "$port" >"$p/addr_trsvcid" && echo ipv4 >"$p/addr_adrfam" &&
