@@ -13,9 +13,9 @@
 # fsck; disconnect, reconnect, the files intact; two I/O queues with header and data digests
 # (nvme connect -g -G -i 2) under a verifying fio; the keep-alive timeout tearing down the
 # controller of a host that vanished (an nftables rule drops all traffic of a host connected
-# from a second address) while the target goes on serving others. One PASS/FAIL line per
-# check, a "N/M passed" line per target (also in $SOFTROCE_RESULTS/nvme-tcp-summary.txt);
-# exits non-zero when a check failed.
+# from a second address) while the target goes on serving others; nvme connect-all. One
+# PASS/FAIL line per check, a "N/M passed" line per target (also in
+# $SOFTROCE_RESULTS/nvme-tcp-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -203,13 +203,20 @@ EOF
     sr_wait 30 test -z "$(nvme_ctrls "$N")"
 }
 
+# nvme connect-all: discovery, then a connection to every subsystem the log lists.
+connect_all() {
+    nvme connect-all -t tcp -a "$ADDR" -s "$P" >/dev/null || return 1
+    DEV="$(nvme_wait_ns "$N" 30)" || return 1
+    nvme_disconnect "$N"
+}
+
 still_serving() {
     connect_and_find && fio_verify "$DEV" 16M 64k 8 && nvme_disconnect "$N"
 }
 
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
-    local failed_before=$FAILED total=20
+    local failed_before=$FAILED total=21
     sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
     check "$T: nvme discover lists $N" discover_lists
     if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
@@ -243,6 +250,7 @@ run_checks() {
     nvme_disconnect "$N" >/dev/null 2>&1 || true
     check "$T: keep-alive timeout tears down a vanished host's controller" keep_alive_teardown
     check "$T: still serving a new host afterwards" still_serving
+    check "$T: nvme connect-all" connect_all
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
 
