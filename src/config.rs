@@ -20,6 +20,8 @@ pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
 
 mod auth;
 pub use auth::MIN_SECRET_LEN;
+mod nvme;
+pub use nvme::{default_nqn, DEFAULT_NVME_TCP_PORT};
 
 // ---------------------------------------------------------------------------
 // Public, resolved configuration
@@ -44,7 +46,7 @@ pub struct Config {
 pub struct Portal {
     /// IP address to bind (v4 or v6; `0.0.0.0` / `::` for all interfaces).
     pub address: IpAddr,
-    /// TCP port, 1..=65535 (default 3260, the IANA iSCSI port).
+    /// TCP port, 1..=65535 (default 3260, the IANA iSCSI port; 4420 for `nvme-tcp`).
     pub port: u16,
     /// How PDUs are carried on this portal.
     pub transport: Transport,
@@ -58,6 +60,8 @@ pub enum Transport {
     Tcp,
     /// iSCSI Extensions for RDMA (RFC 7145).
     Iser,
+    /// NVMe/TCP (NVMe/TCP transport specification 1.0): every target is an NVM subsystem.
+    NvmeTcp,
 }
 
 /// One iSCSI target: a name initiators log in to, an access list and its LUNs.
@@ -74,6 +78,10 @@ pub struct Target {
     /// Credentials of the `allowed_initiators` entries that carry their own; they win over
     /// `auth` for that initiator.
     pub initiator_auth: Vec<(String, Authentication)>,
+    /// NVMe subsystem NQN (`nqn:`; default [`default_nqn`] of the name), unique.
+    pub nqn: String,
+    /// Host NQNs allowed to connect over NVMe/TCP; empty means any host.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One logical unit of a target.
@@ -298,6 +306,8 @@ impl Config {
                 }],
                 auth: None,
                 initiator_auth: Vec::new(),
+                nqn: default_nqn(DEFAULT_TARGET_NAME),
+                allowed_hosts: Vec::new(),
             }],
             limits: Limits::default(),
             discovery_auth: None,
@@ -502,6 +512,8 @@ struct RawTarget {
     allowed_initiators: Option<Vec<Value>>,
     luns: Option<Vec<RawLun>>,
     auth: Option<auth::RawAuth>,
+    nqn: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -568,9 +580,11 @@ impl RawConfig {
             let path = format!("portals[{i}]");
             let p = rp.resolve(&path)?;
             // TCP and RDMA CM have separate port spaces: a TCP and an iSER portal may share an
-            // address and port (brief §2.1), two portals of the same transport may not.
+            // address and port (brief §2.1), two portals of the same port space may not
+            // (iSCSI/TCP and NVMe/TCP are both TCP).
+            let rdma = |t: Transport| t == Transport::Iser;
             if let Some(j) = portals.iter().position(|q| {
-                q.address == p.address && q.port == p.port && q.transport == p.transport
+                q.address == p.address && q.port == p.port && rdma(q.transport) == rdma(p.transport)
             }) {
                 return err(
                     &path,
@@ -600,6 +614,15 @@ impl RawConfig {
                     format!(
                         "\"{}\" duplicates targets[{j}].name; target names must be unique",
                         t.name
+                    ),
+                );
+            }
+            if let Some(j) = targets.iter().position(|u| u.nqn == t.nqn) {
+                return err(
+                    &format!("{path}.nqn"),
+                    format!(
+                        "\"{}\" is already targets[{j}]'s NQN; subsystem NQNs must be unique",
+                        t.nqn
                     ),
                 );
             }
@@ -669,23 +692,25 @@ impl RawPortal {
                 ),
             )
         })?;
+        let transport = match self.transport.as_deref() {
+            None | Some("tcp") => Transport::Tcp,
+            Some("iser") => Transport::Iser,
+            Some("nvme-tcp") => Transport::NvmeTcp,
+            Some(other) => {
+                return err(
+                    &format!("{path}.transport"),
+                    format!("\"{other}\" is not a transport; use tcp, iser or nvme-tcp"),
+                )
+            }
+        };
         let port = match self.port {
+            None if transport == Transport::NvmeTcp => DEFAULT_NVME_TCP_PORT,
             None => DEFAULT_PORT,
             Some(p) if (1..=65535).contains(&p) => p as u16,
             Some(p) => {
                 return err(
                     &format!("{path}.port"),
-                    format!("{p} is out of range; use 1..=65535 (default 3260)"),
-                )
-            }
-        };
-        let transport = match self.transport.as_deref() {
-            None | Some("tcp") => Transport::Tcp,
-            Some("iser") => Transport::Iser,
-            Some(other) => {
-                return err(
-                    &format!("{path}.transport"),
-                    format!("\"{other}\" is not a transport; use tcp or iser"),
+                    format!("{p} is out of range; use 1..=65535 (default 3260, 4420 for nvme-tcp)"),
                 )
             }
         };
@@ -756,12 +781,16 @@ impl RawTarget {
             }
             luns.push(lun);
         }
+        let nqn = nvme::resolve_nqn(path, self.nqn, &name)?;
+        let allowed_hosts = nvme::resolve_hosts(path, self.allowed_hosts)?;
         Ok(Target {
             name,
             allowed_initiators,
             luns,
             auth,
             initiator_auth,
+            nqn,
+            allowed_hosts,
         })
     }
 }

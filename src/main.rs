@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 
-use iser_target::config::{Config, Portal, Transport, DEFAULT_PORT};
+use iser_target::config::{Config, Portal, Transport, DEFAULT_NVME_TCP_PORT, DEFAULT_PORT};
 use iser_target::server::Server;
 
 #[derive(Parser)]
@@ -145,7 +145,16 @@ fn default_config() -> Config {
             transport: Transport::Iser,
         });
     } else {
-        log::info!("no active RDMA port on this host: serving iSCSI over TCP only");
+        log::info!("no active RDMA port on this host: no iSER portal");
+    }
+    if iser_target::server::nvme_tcp_available() {
+        config.portals.push(Portal {
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: DEFAULT_NVME_TCP_PORT,
+            transport: Transport::NvmeTcp,
+        });
+    } else {
+        log::warn!("io_uring is unavailable here: no NVMe/TCP portal (it needs io_uring)");
     }
     config
 }
@@ -167,6 +176,17 @@ fn print_connect_help(config: &Config, server: &Server) {
         let iface = match configured.transport {
             Transport::Tcp => "",
             Transport::Iser => " -I iser",
+            Transport::NvmeTcp => {
+                let ip = match host {
+                    IpAddr::V6(v6) => v6.to_string(),
+                    IpAddr::V4(v4) => v4.to_string(),
+                };
+                let port = addr.port();
+                println!("Connect with nvme-cli (use this host's address from other machines):");
+                println!("  nvme discover -t tcp -a {ip} -s {port}");
+                println!("  nvme connect -t tcp -a {ip} -s {port} -n {}", target.nqn);
+                continue;
+            }
         };
         println!("Connect with open-iscsi (use this host's address from other machines):");
         println!("  iscsiadm -m discovery -t sendtargets -p {portal}{iface}");
@@ -174,6 +194,6 @@ fn print_connect_help(config: &Config, server: &Server) {
             "  iscsiadm -m node -T {} -p {portal}{iface} --login",
             target.name
         );
-        println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
     }
+    println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
 }

@@ -383,7 +383,7 @@ fn portal_errors() {
     fails(
         &format!("portals: [{{address: 0.0.0.0, transport: rdma}}]\n{t}"),
         "portals[0].transport",
-        "use tcp or iser",
+        "use tcp, iser or nvme-tcp",
     );
     fails(
         &format!("portals: [{{address: 0.0.0.0}}, {{address: 0.0.0.0, port: 3260, transport: tcp}}]\n{t}"),

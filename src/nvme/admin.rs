@@ -441,7 +441,9 @@ impl Queue {
             cns::CSI_NAMESPACE if csi == 0 => {
                 namespace().map(|_| identify::nvm_command_set_specific())
             }
-            cns::CSI_CONTROLLER if csi == 0 => Ok(identify::nvm_command_set_specific()),
+            cns::CSI_CONTROLLER if csi == 0 => {
+                Ok(identify::nvm_controller(self.config.max_transfer))
+            }
             cns::CSI_INDEPENDENT_NAMESPACE => namespace().map(identify::csi_independent_namespace),
             cns::COMMAND_SET_LIST => Ok(identify::command_set_list()),
             _ => Err(Status::INVALID_FIELD),

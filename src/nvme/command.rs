@@ -183,6 +183,11 @@ impl Status {
     pub const TRANSIENT_TRANSPORT_ERROR: Self = Self::new(0, 0x22, false);
     pub const LBA_OUT_OF_RANGE: Self = Self::new(0, 0x80, true);
     pub const CAPACITY_EXCEEDED: Self = Self::new(0, 0x81, true);
+    /// The namespace cannot take commands now; the host may retry (DNR clear).
+    pub const NAMESPACE_NOT_READY: Self = Self::new(0, 0x82, false);
+    /// A reservation held over another fabric (SCSI persistent reservations) fences the
+    /// namespace.
+    pub const RESERVATION_CONFLICT: Self = Self::new(0, 0x83, true);
     pub const INVALID_QUEUE_IDENTIFIER: Self = Self::new(1, 0x01, true);
     pub const ASYNC_EVENT_LIMIT_EXCEEDED: Self = Self::new(1, 0x05, true);
     pub const INVALID_LOG_PAGE: Self = Self::new(1, 0x09, true);

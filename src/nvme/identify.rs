@@ -183,6 +183,19 @@ pub fn nvm_command_set_specific() -> Vec<u8> {
     vec![0u8; IDENTIFY_LEN]
 }
 
+/// The NVM command set's I/O Command Set specific Identify Controller (CNS 06h, NVM Command
+/// Set 1.0): WZSL as MDTS (Write Zeroes is bounded like a transfer), DMRL 0 (no limit below
+/// the 256 ranges NR can say) and DMRSL
+/// [`super::io::DSM_MAX_RANGE_BLOCKS`] blocks per range (each range becomes one UNMAP
+/// descriptor). Linux limits its discards and write-zeroes by these
+/// (drivers/nvme/host/core.c nvme_init_non_mdts_limits).
+pub fn nvm_controller(max_transfer: u32) -> Vec<u8> {
+    let mut d = vec![0u8; IDENTIFY_LEN];
+    d[1] = mdts(max_transfer); // WZSL
+    put32(&mut d, 4, super::io::DSM_MAX_RANGE_BLOCKS); // DMRSL
+    d
+}
+
 /// Identify I/O Command Set data structure (base 2.0): one combination, NVM only.
 pub fn command_set_list() -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];

@@ -99,8 +99,14 @@ pub struct IoPlan {
     pub lba: u64,
 }
 
-/// Largest Dataset Management range count (NR is 0's based, 8 bits).
+/// Bytes of one Dataset Management range.
 const DSM_RANGE_LEN: usize = 16;
+/// Most Dataset Management ranges in one command (NR is 0's based, 8 bits).
+pub const DSM_MAX_RANGES: usize = 256;
+/// Most logical blocks in one Dataset Management range we accept (DMRSL in Identify CNS 06h):
+/// the SCSI layer's largest UNMAP descriptor at the largest block size, so a range always fits
+/// one UNMAP descriptor.
+pub const DSM_MAX_RANGE_BLOCKS: u32 = crate::scsi::MAX_UNMAP_BYTES / 4096;
 
 /// Decodes an I/O command for namespace `ns`, checking its LBA range, size and write
 /// protection. `max_transfer` bounds one command's data (MDTS).
@@ -153,6 +159,8 @@ pub fn plan(sqe: &Sqe, ns: &NamespaceDescriptor, max_transfer: u32) -> Result<Io
         io_opcode::FLUSH => Ok(plan(IoOp::Flush, 0, 0)),
         io_opcode::WRITE_ZEROES => {
             let (offset, len) = range()?;
+            // Bounded like a transfer (WZSL in Identify CNS 06h is MDTS).
+            transfer(len)?;
             let deallocate = sqe.cdw(12) & 1 << 25 != 0;
             let op = IoOp::WriteZeroes {
                 offset,
@@ -164,11 +172,18 @@ pub fn plan(sqe: &Sqe, ns: &NamespaceDescriptor, max_transfer: u32) -> Result<Io
         }
         io_opcode::DATASET_MANAGEMENT => {
             let ranges = (sqe.cdw(10) & 0xFF) as usize + 1;
-            Ok(plan(
-                IoOp::Deallocate { ranges: Vec::new() },
-                ranges * DSM_RANGE_LEN,
-                0,
-            ))
+            // Linux sends the range list in a buffer of all 256 ranges whatever NR says
+            // (drivers/nvme/host/core.c nvme_setup_discard: alloc_size = sizeof(*range) *
+            // NVME_DSM_MAX_RANGES, and the data length is alloc_size): take any data length
+            // from NR's ranges up to 256 ranges, and read NR's ranges from it.
+            let sgl = sqe.sgl().length as usize;
+            let host_data =
+                if (ranges * DSM_RANGE_LEN..=DSM_MAX_RANGES * DSM_RANGE_LEN).contains(&sgl) {
+                    sgl
+                } else {
+                    ranges * DSM_RANGE_LEN
+                };
+            Ok(plan(IoOp::Deallocate { ranges: Vec::new() }, host_data, 0))
         }
         _ => Err(Status::INVALID_OPCODE),
     }
@@ -186,9 +201,15 @@ pub fn dataset_management(
         return Ok(None);
     }
     let shift = ns.lba_shift();
+    let count = (sqe.cdw(10) & 0xFF) as usize + 1;
+    let data = data.get(..count * DSM_RANGE_LEN).unwrap_or(data);
     let mut ranges = Vec::with_capacity(data.len() / DSM_RANGE_LEN);
     for r in data.chunks_exact(DSM_RANGE_LEN) {
-        let blocks = u64::from(u32::from_le_bytes(r[4..8].try_into().expect("4 bytes")));
+        let length = u32::from_le_bytes(r[4..8].try_into().expect("4 bytes"));
+        if length > DSM_MAX_RANGE_BLOCKS {
+            return Err(Status::INVALID_FIELD);
+        }
+        let blocks = u64::from(length);
         let slba = u64::from_le_bytes(r[8..16].try_into().expect("8 bytes"));
         match slba.checked_add(blocks) {
             Some(end) if end <= ns.blocks => {}

@@ -115,13 +115,16 @@ pub fn discovery(entries: &[DiscoveryEntry], generation: u64) -> Vec<u8> {
         svc.fill(b' ');
         svc[..e.service_id.len().min(32)]
             .copy_from_slice(&e.service_id.as_bytes()[..e.service_id.len().min(32)]);
-        let addr = &mut b[256..512];
+        // SUBNQN at bytes 256..511, TRADDR at 512..767 (NVMe-oF 1.1 Discovery Log Page
+        // Entry; Linux include/linux/nvme.h struct nvmf_disc_rsp_page_entry: subnqn, then
+        // traddr). nvme-cli connects to the TRADDR it finds here.
+        let nqn = e.subsystem_nqn.as_bytes();
+        let n = nqn.len().min(255);
+        b[256..256 + n].copy_from_slice(&nqn[..n]);
+        let addr = &mut b[512..768];
         addr.fill(b' ');
         addr[..e.address.len().min(256)]
             .copy_from_slice(&e.address.as_bytes()[..e.address.len().min(256)]);
-        let nqn = e.subsystem_nqn.as_bytes();
-        let n = nqn.len().min(255);
-        b[512..512 + n].copy_from_slice(&nqn[..n]);
         // TSAS for TCP: SECTYPE 0, no security.
     }
     d
@@ -170,9 +173,13 @@ mod tests {
         assert_eq!(&b[0..3], &[3, 1, 2]);
         assert_eq!(&b[32..36], b"4420");
         assert_eq!(b[36], b' ');
-        assert_eq!(&b[256..265], b"192.0.2.1");
-        assert_eq!(&b[512..533], b"nqn.2026-01.test:disk");
-        assert_eq!(b[533], 0);
+        // SUBNQN first, then TRADDR (struct nvmf_disc_rsp_page_entry): swapped, nvme-cli
+        // would try to connect to the NQN as an address.
+        assert_eq!(&b[256..277], b"nqn.2026-01.test:disk");
+        assert_eq!(b[277], 0);
+        assert_eq!(&b[512..521], b"192.0.2.1");
+        assert_eq!(b[521], b' ');
+        assert_eq!(&b[768..1024], &[0u8; 256][..], "TSAS: no security");
     }
 
     #[test]

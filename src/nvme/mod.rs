@@ -23,6 +23,7 @@ pub mod logs;
 pub mod pdu;
 mod queue;
 pub mod registry;
+pub mod scsi;
 
 pub use admin::DISCOVERY_SUBSYSTEM;
 pub use config::{

@@ -26,8 +26,9 @@ use super::pdu::{
     self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, SendSettings,
 };
 use crate::backend::BackendError;
-use crate::scsi::BlockReply;
+use crate::scsi::{BlockReply, ScsiOutcome};
 use crate::Buf;
+use mem_ffi::Payload;
 
 /// What an admin queue Connect asks of the environment: a new controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,6 +338,30 @@ impl Queue {
 
     /// The backend finished I/O `id`.
     pub fn handle_io_complete(&mut self, id: IoId, result: Result<BlockReply, BackendError>) {
+        self.finish_io(id, |op| match result {
+            Ok(BlockReply::Data(data)) => Ok(Some(data)),
+            Ok(BlockReply::Miscompare { .. }) => Err(Status::COMPARE_FAILURE),
+            Ok(BlockReply::Done) => Ok(None),
+            Err(e) => Err(backend_status(op, &e)),
+        });
+    }
+
+    /// The LUN finished I/O `id`, run as the SCSI command [`super::scsi::lower`] made of it.
+    pub fn handle_scsi_complete(&mut self, id: IoId, outcome: ScsiOutcome) {
+        self.finish_io(id, |op| match super::scsi::status_of(&outcome) {
+            s if !s.is_success() => Err(s),
+            _ if matches!(op, IoOp::Read { .. }) => Ok(Some(outcome.data_in)),
+            _ => Ok(None),
+        });
+    }
+
+    /// Completes I/O `id` with what `result` makes of its operation: data for the host, done,
+    /// or a failure status.
+    fn finish_io(
+        &mut self,
+        id: IoId,
+        result: impl FnOnce(&IoOp) -> Result<Option<Payload>, Status>,
+    ) {
         let Some(cid) = self.executing.remove(&id) else {
             return;
         };
@@ -348,8 +373,8 @@ impl Queue {
         };
         let shared = self.binding.as_ref().map(|b| b.shared.clone());
         let nsid = command.sqe.nsid();
-        let status = match result {
-            Ok(BlockReply::Data(data)) => {
+        let status = match result(&op) {
+            Ok(Some(data)) => {
                 if let Some(s) = &shared {
                     s.count_read(data.len() as u64);
                 }
@@ -362,14 +387,13 @@ impl Queue {
                 self.send_data(cid, Arc::new(data.into_buf()));
                 return;
             }
-            Ok(BlockReply::Miscompare { .. }) => Status::COMPARE_FAILURE,
-            Ok(BlockReply::Done) => {
+            Ok(None) => {
                 if let (Some(s), IoOp::Write { .. }) = (&shared, &op) {
                     s.count_write(bytes);
                 }
                 Status::SUCCESS
             }
-            Err(e) => backend_status(&op, &e),
+            Err(status) => status,
         };
         self.respond_about(cid, status, 0, nsid, lba);
     }

@@ -20,7 +20,7 @@ mod pr;
 pub mod sense;
 
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
-pub use block::limits::MAX_TRANSFER_BYTES;
+pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 
 use crate::backend::{Backend, BackendError};

@@ -34,6 +34,7 @@ impl fmt::Display for PortalKey {
         let transport = match self.transport {
             Transport::Tcp => "tcp",
             Transport::Iser => "iser",
+            Transport::NvmeTcp => "nvme-tcp",
         };
         write!(f, "{} ({transport})", self.addr)
     }

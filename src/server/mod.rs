@@ -5,6 +5,7 @@ mod admission;
 mod engine;
 mod gate;
 pub mod iser;
+mod nvme;
 mod registry;
 mod session;
 mod tcp;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// iSER portals are configured but this host cannot serve them.
     #[error("iSER: {0}")]
     RdmaUnavailable(String),
+    /// NVMe/TCP portals are configured but this host cannot serve them (no io_uring).
+    #[error("NVMe/TCP: {0}")]
+    NvmeUnavailable(String),
     /// Flushing the backends at shutdown failed: acknowledged writes may not be durable.
     #[error("flushing target {target}: {source}")]
     Flush {
@@ -174,6 +178,12 @@ fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendErr
         Backing::Block { path } => Arc::new(BlockDeviceBackend::open(path, write_through)?),
         Backing::Rbd(rbd) => Arc::new(RbdBackend::open(rbd, lun.write_cache)?),
     })
+}
+
+/// Whether NVMe/TCP portals can be served here: they need io_uring (the engine threads wait
+/// for their sockets in their rings).
+pub fn nvme_tcp_available() -> bool {
+    uring_ffi::Ring::<mem_ffi::Buf>::new(8).is_ok()
 }
 
 /// Builds the SCSI view of every configured target.
@@ -372,6 +382,30 @@ impl Server {
         let tcp_core = Arc::new(tcp_core_config(config));
         let iser_core = Arc::new(iser_core_config(config));
         let sizing = iser::Sizing::new(&config.limits);
+        let wants_nvme = config
+            .portals
+            .iter()
+            .any(|p| p.transport == Transport::NvmeTcp);
+        if wants_nvme {
+            nvme::check_available(&shared).map_err(ServerError::NvmeUnavailable)?;
+        }
+        // NVMe/TCP portals are bound first: the discovery log names their real ports.
+        let mut nvme_listeners = Vec::new();
+        for portal in config
+            .portals
+            .iter()
+            .filter(|p| p.transport == Transport::NvmeTcp)
+        {
+            let addr = SocketAddr::new(portal.address, portal.port);
+            let listener =
+                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            listener.set_nonblocking(true)?;
+            let bound = SocketAddr::new(portal.address, listener.local_addr()?.port());
+            nvme_listeners.push((bound, listener));
+        }
+        let bound: Vec<SocketAddr> = nvme_listeners.iter().map(|(a, _)| *a).collect();
+        let nvme_state = nvme::NvmeState::new(config, &shared.scsi_targets, &bound);
+        let mut nvme_listeners = nvme_listeners.into_iter();
         let stop_accepting = Arc::new(AtomicBool::new(false));
         let mut server = Server {
             shared,
@@ -395,6 +429,10 @@ impl Server {
                     server.local_addrs.push(p.local);
                     server.iser_portals.push(p.thread);
                 }),
+                Transport::NvmeTcp => match nvme_listeners.next() {
+                    Some((_, listener)) => server.start_nvme(listener, addr, &nvme_state),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = started {
                 // Do not leave the portals already started running.
@@ -418,6 +456,27 @@ impl Server {
                 addr,
             },
             Arc::clone(core),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.stop_accepting),
+        )?);
+        Ok(())
+    }
+
+    fn start_nvme(
+        &mut self,
+        listener: TcpListener,
+        addr: SocketAddr,
+        state: &Arc<nvme::NvmeState>,
+    ) -> Result<(), ServerError> {
+        self.local_addrs.push(listener.local_addr()?);
+        log::info!("listening on {addr} (nvme-tcp)");
+        self.listeners.push(nvme::spawn_listener(
+            listener,
+            PortalKey {
+                transport: Transport::NvmeTcp,
+                addr,
+            },
+            Arc::clone(state),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),
         )?);

@@ -16,7 +16,7 @@
 
 mod driver;
 mod login;
-mod outbox;
+pub(super) mod outbox;
 mod resident;
 
 use std::io;

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod block_io;
+pub mod nvme_host;
 pub mod raw_login;
 
 use std::fmt::Write as _;
@@ -292,11 +293,31 @@ impl Server {
         Server::start_configured(targets, limits, "")
     }
 
+    /// Like [`Server::start`], with more portals: `portals` are YAML list entries (whole lines
+    /// such as `"  - { address: 127.0.0.1, port: 4420, transport: nvme-tcp }\n"`) added after
+    /// the iSCSI/TCP portal the server is waited on.
+    pub fn start_with_portals(targets: &[TargetSpec], portals: &str) -> Server {
+        Server::start_full(targets, "", "", portals)
+    }
+
     /// Serves `targets` with extra `limits` entries and `top_level_yaml` appended.
     fn start_configured(targets: &[TargetSpec], limits: &str, top_level_yaml: &str) -> Server {
+        Server::start_full(targets, limits, top_level_yaml, "")
+    }
+
+    fn start_full(
+        targets: &[TargetSpec],
+        limits: &str,
+        top_level_yaml: &str,
+        portals: &str,
+    ) -> Server {
         let dir = TempDir::new("serve");
         let port = free_port();
-        let config = render_config_with_limits(port, targets, dir.path(), limits) + top_level_yaml;
+        let config = render_config_with_limits(port, targets, dir.path(), limits).replacen(
+            "targets:\n",
+            &format!("{portals}targets:\n"),
+            1,
+        ) + top_level_yaml;
         let config_path = dir.path().join("config.yaml");
         fs::write(&config_path, &config).expect("write config");
         let log_path = dir.path().join("server.log");

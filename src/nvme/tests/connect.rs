@@ -327,7 +327,7 @@ fn discovery_controller() {
     );
     assert_eq!(&log[1024..1027], &[3, 1, 2]);
     assert_eq!(
-        &log[1024 + 512..1024 + 512 + SUBSYSTEM.len()],
+        &log[1024 + 256..1024 + 256 + SUBSYSTEM.len()],
         SUBSYSTEM.as_bytes()
     );
     // No namespaces, no I/O queues, no SMART log here.

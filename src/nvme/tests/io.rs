@@ -137,6 +137,29 @@ fn flush_write_zeroes_deallocate_compare() {
     assert_eq!((cqe.status, cqe.dnr), ((2, 0x85), true));
 }
 
+/// Linux sends a Dataset Management range list of 4 KiB whatever NR says
+/// (drivers/nvme/host/core.c nvme_setup_discard); only NR's ranges count.
+#[test]
+fn dataset_management_takes_linux_4k_range_buffer() {
+    let (_admin, mut io) = admin_and_io();
+    let pattern = fill(&io.backend(1), 1 << 20);
+    let mut list = vec![0xFFu8; 4096]; // beyond NR: garbage that would be out of range
+    list[..16].fill(0);
+    list[4..8].copy_from_slice(&2u32.to_le_bytes());
+    list[8..16].copy_from_slice(&10u64.to_le_bytes());
+    let dsm = Sqe::new(0x09, 1, 1).cdw(10, 0).cdw(11, 4).sgl(4096, true);
+    assert_eq!(io.resp(&dsm, &list).status, (0, 0));
+    let (back, _) = read(&mut io, 2, 1, 0, 8192);
+    let mut expected = pattern[..8192].to_vec();
+    expected[10 * 512..12 * 512].fill(0);
+    assert_eq!(back, expected);
+    // Shorter than NR's ranges, or longer than 256 ranges: the SGL length is wrong.
+    let short = Sqe::new(0x09, 3, 1).cdw(10, 1).cdw(11, 4).sgl(16, true);
+    assert_eq!(io.resp(&short, &list[..16]).status, (0, 0x0F));
+    let long = Sqe::new(0x09, 4, 1).cdw(10, 0).cdw(11, 4).sgl(4112, false);
+    assert_eq!(io.resp(&long, &[]).status, (0, 0x0F));
+}
+
 #[test]
 fn failures_map_to_nvme_status_codes() {
     let (mut admin, mut io) = admin_and_io();

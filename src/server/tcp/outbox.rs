@@ -30,7 +30,7 @@ impl Piece {
 
 /// Framed PDUs waiting to be written, in order.
 #[derive(Default)]
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     pieces: Vec<Piece>,
     /// Bytes of `pieces[0]` already written.
     written: usize,
@@ -39,17 +39,17 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pieces.is_empty()
     }
 
     /// Bytes queued and not written yet.
-    pub(super) fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued
     }
 
     /// Forgets everything queued.
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.pieces.clear();
         self.written = 0;
         self.queued = 0;
@@ -79,8 +79,14 @@ impl Outbox {
         self.push(Piece::Owned(tail));
     }
 
+    /// Queues bytes `range` of `buffer` as they are (a read buffer framed by another
+    /// transport: NVMe/TCP C2HData).
+    pub(crate) fn push_buffer(&mut self, buffer: Arc<Buf>, range: Range<usize>) {
+        self.push(Piece::Shared(buffer, range));
+    }
+
     /// Queues raw stream bytes (PDUs framed before the connection got its own thread).
-    pub(super) fn push_bytes(&mut self, bytes: Vec<u8>) {
+    pub(crate) fn push_bytes(&mut self, bytes: Vec<u8>) {
         self.push(Piece::Owned(bytes));
     }
 
@@ -101,7 +107,7 @@ impl Outbox {
 
     /// Writes as much as `out` takes without blocking (a non-blocking socket); what it does not
     /// take stays queued. `Ok(true)` when everything is written, `Ok(false)` when `out` is full.
-    pub(super) fn send(&mut self, out: &mut impl Write) -> io::Result<bool> {
+    pub(crate) fn send(&mut self, out: &mut impl Write) -> io::Result<bool> {
         match self.write_all(out) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),

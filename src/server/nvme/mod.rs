@@ -1,0 +1,287 @@
+//! NVMe/TCP portals. Each accepted connection is one queue of a controller (NVMe/TCP 1.0 §2.1)
+//! and lives on an I/O engine thread from the start, like a logged-in iSCSI/TCP connection
+//! ([`resident`]): the thread polls its socket in its ring, feeds the sans-IO [`Queue`], runs
+//! its I/O on the namespace's LUN as the equivalent SCSI command ([`crate::nvme::scsi`]) and
+//! writes the PDUs. There is no login phase to park, so a portal's listener thread only
+//! accepts and applies the connection caps.
+//!
+//! What spans connections is [`NvmeState`]: the controller registry (dynamic controller
+//! model) and the live queues by controller and queue ID, through which a controller's reset,
+//! shutdown or death (its admin queue closed, keep-alive expired) ends its I/O queues.
+//!
+//! NVMe/TCP portals need io_uring (the engine threads wait for sockets in their rings); where
+//! it is unavailable the server refuses to start them, saying so.
+
+mod resident;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::admission::PortalKey;
+use super::registry::SessionControl;
+use super::Shared;
+use crate::config::{Backing, Config};
+use crate::nvme::{
+    AddressFamily, ControllerRegistry, DiscoveryEntry, NamespaceDescriptor, NvmeConfig,
+    SubsystemDescriptor,
+};
+use crate::scsi::ScsiTarget;
+
+/// How often the listener looks at the stop flag while no connection arrives.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
+/// Where a namespace's I/O goes: the LUN behind it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NamespaceLun {
+    pub nsid: u32,
+    pub lun: u64,
+    pub block_size: u32,
+}
+
+/// State shared by every NVMe/TCP connection of the process.
+pub(crate) struct NvmeState {
+    /// Subsystems, limits and the discovery log (with the portals' configured addresses).
+    config: Arc<NvmeConfig>,
+    registry: Mutex<ControllerRegistry>,
+    /// Live queues by (controller ID, queue ID).
+    queues: Mutex<HashMap<(u16, u16), Arc<dyn SessionControl>>>,
+    /// Per subsystem (= target index): its namespaces' LUNs.
+    namespaces: Vec<Vec<NamespaceLun>>,
+}
+
+impl NvmeState {
+    /// The NVMe view of `config`, whose LUNs are `scsi_targets`.
+    /// `portals` are the NVMe/TCP portals' addresses as configured, with the ports bound.
+    pub(crate) fn new(
+        config: &Config,
+        scsi_targets: &[Arc<ScsiTarget>],
+        portals: &[SocketAddr],
+    ) -> Arc<NvmeState> {
+        let mut subsystems = Vec::new();
+        let mut namespaces = Vec::new();
+        for (target, scsi) in config.targets.iter().zip(scsi_targets) {
+            let mut descriptors = Vec::new();
+            let mut luns = Vec::new();
+            for lun in &target.luns {
+                let size = scsi
+                    .luns()
+                    .iter()
+                    .find(|lu| lu.params().lun == lun.id)
+                    .map_or(0, |lu| lu.backend().size());
+                let nsid = (lun.id + 1) as u32;
+                descriptors.push(namespace_descriptor(lun, nsid, size));
+                luns.push(NamespaceLun {
+                    nsid,
+                    lun: lun.id,
+                    block_size: lun.block_size,
+                });
+            }
+            subsystems.push(SubsystemDescriptor {
+                nqn: target.nqn.clone(),
+                allowed_hosts: target.allowed_hosts.clone(),
+                namespaces: descriptors,
+                serial: format!("{:016x}", fnv(target.nqn.as_bytes())),
+                model: "iser-target".into(),
+                firmware: env!("CARGO_PKG_VERSION").chars().take(8).collect(),
+            });
+            namespaces.push(luns);
+        }
+        let mut discovery = Vec::new();
+        for (index, portal) in portals.iter().enumerate() {
+            for target in &config.targets {
+                discovery.push(DiscoveryEntry {
+                    subsystem_nqn: target.nqn.clone(),
+                    port_id: index as u16 + 1,
+                    address_family: family(portal.ip()),
+                    address: portal.ip().to_string(),
+                    service_id: portal.port().to_string(),
+                });
+            }
+        }
+        let nvme = NvmeConfig {
+            subsystems,
+            discovery,
+            ..NvmeConfig::default()
+        };
+        Arc::new(NvmeState {
+            config: Arc::new(nvme),
+            registry: Mutex::new(ControllerRegistry::new()),
+            queues: Mutex::new(HashMap::new()),
+            namespaces,
+        })
+    }
+
+    /// The configuration a connection accepted at `local` sees: a discovery entry of a
+    /// wildcard portal (0.0.0.0, ::) names the address the host reached instead, which is one
+    /// it can connect to (0.0.0.0 would make it connect to itself).
+    fn config_for(&self, local: SocketAddr) -> Arc<NvmeConfig> {
+        if !self.config.discovery.iter().any(|e| {
+            e.address
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.is_unspecified())
+        }) {
+            return Arc::clone(&self.config);
+        }
+        let mut config = (*self.config).clone();
+        for entry in &mut config.discovery {
+            if entry
+                .address
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.is_unspecified())
+                && entry.service_id == local.port().to_string()
+            {
+                entry.address = local.ip().to_canonical().to_string();
+                entry.address_family = family(local.ip().to_canonical());
+            }
+        }
+        Arc::new(config)
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, ControllerRegistry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_queues(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), Arc<dyn SessionControl>>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the I/O queues `qids` of controller `cntlid` to close.
+    fn shut_down_queues(&self, cntlid: u16, qids: &[u16]) {
+        let queues = self.lock_queues();
+        for qid in qids {
+            if let Some(control) = queues.get(&(cntlid, *qid)) {
+                control.request_shutdown();
+            }
+        }
+    }
+
+    /// The LUN of namespace `nsid` of subsystem `subsystem`.
+    fn namespace(&self, subsystem: usize, nsid: u32) -> Option<NamespaceLun> {
+        self.namespaces
+            .get(subsystem)?
+            .iter()
+            .find(|n| n.nsid == nsid)
+            .copied()
+    }
+}
+
+fn family(address: IpAddr) -> AddressFamily {
+    match address {
+        IpAddr::V4(_) => AddressFamily::Ipv4,
+        IpAddr::V6(_) => AddressFamily::Ipv6,
+    }
+}
+
+/// FNV-1a, for stable identifiers derived from names.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A LUN as a namespace. Its identifiers come from the LUN's 8-byte NAA identifier, the one
+/// SCSI VPD page 83h shows: EUI-64 is those 8 bytes, NGUID those 8 bytes followed by 8 zero
+/// bytes, and the UUID those 8 bytes and their FNV hash, marked as an RFC 9562 version 8
+/// UUID. So the namespace keeps its identity across restarts and matches the LUN's.
+fn namespace_descriptor(lun: &crate::config::Lun, nsid: u32, size: u64) -> NamespaceDescriptor {
+    let naa = lun.identifier.to_be_bytes();
+    let mut nguid = [0u8; 16];
+    nguid[..8].copy_from_slice(&naa);
+    let mut uuid = [0u8; 16];
+    uuid[..8].copy_from_slice(&naa);
+    uuid[8..].copy_from_slice(&fnv(&naa).to_be_bytes());
+    uuid[6] = (uuid[6] & 0x0F) | 0x80;
+    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    NamespaceDescriptor {
+        nsid,
+        block_size: lun.block_size,
+        blocks: size / u64::from(lun.block_size),
+        read_only: lun.read_only,
+        volatile_write_cache: lun.write_cache,
+        // Every backing but a plain block device really frees deallocated blocks.
+        thin: !matches!(lun.backing, Backing::Block { .. }),
+        nguid,
+        eui64: naa,
+        uuid,
+    }
+}
+
+/// Fails when NVMe/TCP portals cannot be served here: they need io_uring.
+pub(super) fn check_available(shared: &Shared) -> Result<(), String> {
+    if shared.engine.runs_connections() {
+        Ok(())
+    } else {
+        Err(
+            "NVMe/TCP portals need io_uring, which this kernel or its settings refuse (see \
+             the io_uring warning above: kernel.io_uring_disabled, a seccomp filter, or a \
+             kernel older than 5.11); remove the nvme-tcp portals or allow io_uring"
+                .into(),
+        )
+    }
+}
+
+/// Accepts connections on one NVMe/TCP portal until `stop` is set; each goes straight to an
+/// engine thread.
+pub(super) fn spawn_listener(
+    listener: TcpListener,
+    portal: PortalKey,
+    nvme: Arc<NvmeState>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name(format!("nvme-{local}"))
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                let timeout = PollTimeout::try_from(ACCEPT_POLL).unwrap_or(PollTimeout::NONE);
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        log::warn!("poll on NVMe/TCP portal {local}: {e}");
+                        std::thread::sleep(ACCEPT_POLL);
+                        continue;
+                    }
+                }
+                loop {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            let Ok(ticket) = shared.admission.admit(portal, peer.ip(), || false)
+                            else {
+                                continue; // dropping the stream closes it
+                            };
+                            if let Err(e) = resident::start(
+                                stream,
+                                peer,
+                                ticket,
+                                Arc::clone(&nvme),
+                                Arc::clone(&shared),
+                            ) {
+                                log::warn!("NVMe/TCP connection from {peer}: {e}");
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            log::warn!("accept on NVMe/TCP portal {local}: {e}");
+                            std::thread::sleep(ACCEPT_POLL);
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+}

@@ -1,0 +1,407 @@
+//! A small NVMe/TCP host for whole-binary tests: one queue per [`NvmeQueue`] (a TCP
+//! connection), commands one at a time, PDUs built and parsed here from the NVMe/TCP 1.0 and
+//! NVMe-oF 1.1 layouts, independently of the target's codec. No digests.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// How long a response may take.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The host NQN the tests use unless they need another.
+pub const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0c0d4d6c-2f53-4c33-9a7a-aa0000000001";
+/// The discovery subsystem's NQN.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
+/// PDU types (NVMe/TCP 1.0).
+pub mod pdu_type {
+    pub const IC_REQ: u8 = 0x00;
+    pub const IC_RESP: u8 = 0x01;
+    pub const H2C_TERM_REQ: u8 = 0x02;
+    pub const C2H_TERM_REQ: u8 = 0x03;
+    pub const CAPSULE_CMD: u8 = 0x04;
+    pub const CAPSULE_RESP: u8 = 0x05;
+    pub const H2C_DATA: u8 = 0x06;
+    pub const C2H_DATA: u8 = 0x07;
+    pub const R2T: u8 = 0x09;
+}
+
+/// One PDU from the controller: its header (CH and PSH) and data.
+#[derive(Debug)]
+pub struct Pdu {
+    pub header: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl Pdu {
+    pub fn kind(&self) -> u8 {
+        self.header[0]
+    }
+}
+
+/// A completion queue entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Cqe {
+    pub result: u64,
+    pub sqhd: u16,
+    pub cid: u16,
+    /// (status code type, status code).
+    pub status: (u8, u8),
+    pub dnr: bool,
+}
+
+impl Cqe {
+    fn parse(b: &[u8]) -> Cqe {
+        let field = u16::from_le_bytes([b[14], b[15]]) >> 1;
+        Cqe {
+            result: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+            sqhd: u16::from_le_bytes([b[8], b[9]]),
+            cid: u16::from_le_bytes([b[12], b[13]]),
+            status: (((field >> 8) & 7) as u8, field as u8),
+            dnr: field & 1 << 14 != 0,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status == (0, 0)
+    }
+}
+
+/// A submission queue entry under construction.
+#[derive(Clone)]
+pub struct Sqe(pub [u8; 64]);
+
+impl Sqe {
+    /// An admin or I/O command `opcode` on namespace `nsid`.
+    pub fn new(opcode: u8, nsid: u32) -> Sqe {
+        let mut b = [0u8; 64];
+        b[0] = opcode;
+        b[1] = 0x40; // PSDT: SGLs (NVMe-oF requires them)
+        b[4..8].copy_from_slice(&nsid.to_le_bytes());
+        Sqe(b)
+    }
+
+    /// A fabrics command of type `fctype`.
+    pub fn fabrics(fctype: u8) -> Sqe {
+        let mut s = Sqe::new(0x7F, 0);
+        s.0[4..8].fill(0);
+        s.0[4] = fctype;
+        s
+    }
+
+    pub fn cdw(mut self, n: usize, value: u32) -> Sqe {
+        self.0[n * 4..n * 4 + 4].copy_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub fn bytes(mut self, at: usize, value: &[u8]) -> Sqe {
+        self.0[at..at + value.len()].copy_from_slice(value);
+        self
+    }
+
+    /// Starting LBA (CDW10-11) and 0's based block count (CDW12 bits 15:0).
+    pub fn lba(self, slba: u64, blocks: u16) -> Sqe {
+        self.bytes(40, &slba.to_le_bytes())
+            .cdw(12, u32::from(blocks - 1))
+    }
+
+    fn set_sgl(&mut self, length: u32, in_capsule: bool) {
+        let sgl = &mut self.0[24..40];
+        sgl.fill(0);
+        sgl[8..12].copy_from_slice(&length.to_le_bytes());
+        // Data Block (offset) in the capsule, or Transport Data Block (NVMe/TCP 1.0).
+        sgl[15] = if in_capsule { 0x01 } else { 0x5A };
+    }
+}
+
+/// Connection options of a queue.
+pub struct Options<'a> {
+    pub subsystem: &'a str,
+    pub host_nqn: &'a str,
+    /// 0 for the admin queue.
+    pub qid: u16,
+    /// The controller an I/O queue joins (0xFFFF for an admin queue).
+    pub cntlid: u16,
+    pub sqsize: u16,
+    pub kato_ms: u32,
+}
+
+/// One NVMe/TCP connection, past ICReq.
+pub struct NvmeQueue {
+    stream: TcpStream,
+    next_cid: u16,
+    /// MAXH2CDATA from ICResp.
+    pub maxh2cdata: u32,
+}
+
+/// A 128-byte ICReq (PFV `pfv`, no digests).
+pub fn ic_req(pfv: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 128];
+    b[0] = pdu_type::IC_REQ;
+    b[2] = 128;
+    b[4..8].copy_from_slice(&128u32.to_le_bytes());
+    b[8..10].copy_from_slice(&pfv.to_le_bytes());
+    b
+}
+
+/// Reads one PDU; an error when the stream ends first.
+pub fn read_pdu(stream: &mut TcpStream) -> io::Result<Pdu> {
+    let mut ch = [0u8; 8];
+    stream.read_exact(&mut ch)?;
+    let hlen = usize::from(ch[2]);
+    let pdo = usize::from(ch[3]);
+    let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+    if !(8..=16 << 20).contains(&plen) || hlen < 8 || hlen > plen {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad common header",
+        ));
+    }
+    let mut rest = vec![0u8; plen - 8];
+    stream.read_exact(&mut rest)?;
+    let mut header = ch.to_vec();
+    header.extend_from_slice(&rest[..hlen - 8]);
+    let data = if pdo > 0 && pdo <= plen {
+        rest[pdo - 8..].to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Pdu { header, data })
+}
+
+impl NvmeQueue {
+    /// Opens a connection to 127.0.0.1:`port` and exchanges ICReq/ICResp.
+    pub fn open(port: u16) -> io::Result<NvmeQueue> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&addr, RESPONSE_TIMEOUT)?;
+        stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&ic_req(0))?;
+        let resp = read_pdu(&mut stream)?;
+        if resp.kind() != pdu_type::IC_RESP || resp.header.len() != 128 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected ICResp, got {:?}", &resp.header[..8]),
+            ));
+        }
+        let maxh2cdata = u32::from_le_bytes(resp.header[12..16].try_into().unwrap());
+        Ok(NvmeQueue {
+            stream,
+            next_cid: 1,
+            maxh2cdata,
+        })
+    }
+
+    /// Opens a connection and sends Connect: the CQE (whose result is the controller ID).
+    pub fn connect(port: u16, options: &Options<'_>) -> io::Result<(NvmeQueue, Cqe)> {
+        let mut queue = NvmeQueue::open(port)?;
+        let mut data = vec![0u8; 1024];
+        data[0..16].copy_from_slice(&[0x5A; 16]); // host ID
+        data[16..18].copy_from_slice(&options.cntlid.to_le_bytes());
+        data[256..256 + options.subsystem.len()].copy_from_slice(options.subsystem.as_bytes());
+        data[512..512 + options.host_nqn.len()].copy_from_slice(options.host_nqn.as_bytes());
+        let sqe = Sqe::fabrics(0x01)
+            .bytes(42, &options.qid.to_le_bytes())
+            .bytes(44, &options.sqsize.to_le_bytes())
+            .cdw(12, options.kato_ms);
+        let (cqe, _) = queue.command(sqe, &data, 0)?;
+        Ok((queue, cqe))
+    }
+
+    /// The raw stream, to send malformed bytes.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Runs one command: `data_out` in the capsule when it fits 8 KiB, else through R2Ts;
+    /// `data_in` bytes expected back through C2HData. Returns the completion and the data.
+    pub fn command(
+        &mut self,
+        mut sqe: Sqe,
+        data_out: &[u8],
+        data_in: usize,
+    ) -> io::Result<(Cqe, Vec<u8>)> {
+        let cid = self.next_cid;
+        self.next_cid = self.next_cid.wrapping_add(1);
+        sqe.0[2..4].copy_from_slice(&cid.to_le_bytes());
+        let in_capsule = !data_out.is_empty() && data_out.len() <= 8192;
+        sqe.set_sgl(data_out.len().max(data_in) as u32, in_capsule);
+        let mut pdu = vec![0u8; 72];
+        pdu[0] = pdu_type::CAPSULE_CMD;
+        pdu[2] = 72;
+        if in_capsule {
+            pdu[3] = 72;
+            pdu.extend_from_slice(data_out);
+        }
+        let plen = pdu.len() as u32;
+        pdu[4..8].copy_from_slice(&plen.to_le_bytes());
+        pdu[8..72].copy_from_slice(&sqe.0);
+        self.stream.write_all(&pdu)?;
+        let mut received = vec![0u8; data_in];
+        loop {
+            let p = read_pdu(&mut self.stream)?;
+            match p.kind() {
+                pdu_type::CAPSULE_RESP => {
+                    let cqe = Cqe::parse(&p.header[8..24]);
+                    return Ok((cqe, received));
+                }
+                pdu_type::C2H_DATA => {
+                    let offset = u32::from_le_bytes(p.header[12..16].try_into().unwrap()) as usize;
+                    let end = offset + p.data.len();
+                    if end > received.len() {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "C2HData beyond"));
+                    }
+                    received[offset..end].copy_from_slice(&p.data);
+                }
+                pdu_type::R2T => {
+                    let ttag = u16::from_le_bytes([p.header[10], p.header[11]]);
+                    let r2to = u32::from_le_bytes(p.header[12..16].try_into().unwrap());
+                    let r2tl = u32::from_le_bytes(p.header[16..20].try_into().unwrap());
+                    self.h2c_data(cid, ttag, r2to, &data_out[r2to as usize..][..r2tl as usize])?;
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected PDU type {other:#x}: {:?}", p.header),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends `data` for an R2T, in PDUs of at most MAXH2CDATA.
+    fn h2c_data(&mut self, cid: u16, ttag: u16, offset: u32, data: &[u8]) -> io::Result<()> {
+        let chunk = self.maxh2cdata as usize;
+        let count = data.len().div_ceil(chunk);
+        for (i, piece) in data.chunks(chunk).enumerate() {
+            let mut pdu = vec![0u8; 24];
+            pdu[0] = pdu_type::H2C_DATA;
+            pdu[1] = if i + 1 == count { 0x04 } else { 0 }; // LAST_PDU
+            pdu[2] = 24;
+            pdu[3] = 24;
+            pdu[4..8].copy_from_slice(&((24 + piece.len()) as u32).to_le_bytes());
+            pdu[8..10].copy_from_slice(&cid.to_le_bytes());
+            pdu[10..12].copy_from_slice(&ttag.to_le_bytes());
+            let datao = offset + (i * chunk) as u32;
+            pdu[12..16].copy_from_slice(&datao.to_le_bytes());
+            pdu[16..20].copy_from_slice(&(piece.len() as u32).to_le_bytes());
+            pdu.extend_from_slice(piece);
+            self.stream.write_all(&pdu)?;
+        }
+        Ok(())
+    }
+
+    /// Property Set (CC etc.) on an admin queue.
+    pub fn property_set(&mut self, offset: u32, value: u32) -> io::Result<Cqe> {
+        let sqe = Sqe::fabrics(0x00)
+            .cdw(11, offset)
+            .bytes(48, &u64::from(value).to_le_bytes());
+        Ok(self.command(sqe, &[], 0)?.0)
+    }
+
+    /// Property Get of a 4-byte property.
+    pub fn property_get(&mut self, offset: u32) -> io::Result<u64> {
+        let (cqe, _) = self.command(Sqe::fabrics(0x04).cdw(11, offset), &[], 0)?;
+        assert!(cqe.ok(), "Property Get {offset:#x}: {cqe:?}");
+        Ok(cqe.result)
+    }
+
+    /// Enables the controller (CC.EN with 64-byte SQEs and 16-byte CQEs) and waits for
+    /// CSTS.RDY, as Linux's host does.
+    pub fn enable(&mut self) -> io::Result<()> {
+        let cqe = self.property_set(0x14, 1 | 6 << 16 | 4 << 20)?;
+        assert!(cqe.ok(), "CC.EN: {cqe:?}");
+        for _ in 0..100 {
+            if self.property_get(0x1C)? & 1 == 1 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "CSTS.RDY never set",
+        ))
+    }
+
+    /// Set Features, Number of Queues: asks for `n` I/O queues.
+    pub fn set_io_queues(&mut self, n: u16) -> io::Result<Cqe> {
+        let count = u32::from(n - 1);
+        let sqe = Sqe::new(0x09, 0).cdw(10, 0x07).cdw(11, count | count << 16);
+        Ok(self.command(sqe, &[], 0)?.0)
+    }
+
+    /// Identify with `cns` (4096 bytes).
+    pub fn identify(&mut self, cns: u8, nsid: u32) -> io::Result<(Cqe, Vec<u8>)> {
+        self.command(Sqe::new(0x06, nsid).cdw(10, u32::from(cns)), &[], 4096)
+    }
+
+    /// Get Log Page `lid`, `len` bytes (a multiple of 4).
+    pub fn get_log_page(&mut self, lid: u8, len: usize) -> io::Result<(Cqe, Vec<u8>)> {
+        let numd = (len / 4 - 1) as u32;
+        let sqe = Sqe::new(0x02, 0).cdw(10, u32::from(lid) | (numd & 0xFFFF) << 16);
+        self.command(sqe, &[], len)
+    }
+
+    /// Write `data` at `slba` of namespace `nsid` (blocks of `block_size` bytes).
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        data: &[u8],
+        block_size: usize,
+    ) -> io::Result<Cqe> {
+        let blocks = (data.len() / block_size) as u16;
+        Ok(self
+            .command(Sqe::new(0x01, nsid).lba(slba, blocks), data, 0)?
+            .0)
+    }
+
+    /// Read `len` bytes at `slba` of namespace `nsid`.
+    pub fn read(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        len: usize,
+        block_size: usize,
+    ) -> io::Result<(Cqe, Vec<u8>)> {
+        let blocks = (len / block_size) as u16;
+        self.command(Sqe::new(0x02, nsid).lba(slba, blocks), &[], len)
+    }
+}
+
+/// Connects an admin queue to `subsystem`, enables the controller and asks for `io_queues`
+/// I/O queues: the queue and the controller ID.
+pub fn admin_queue(port: u16, subsystem: &str, host_nqn: &str, io_queues: u16) -> (NvmeQueue, u16) {
+    let options = Options {
+        subsystem,
+        host_nqn,
+        qid: 0,
+        cntlid: 0xFFFF,
+        sqsize: 31,
+        kato_ms: 30_000,
+    };
+    let (mut admin, cqe) = NvmeQueue::connect(port, &options).expect("admin queue connect");
+    assert!(cqe.ok(), "admin Connect: {cqe:?}");
+    let cntlid = cqe.result as u16;
+    admin.enable().expect("enable the controller");
+    if subsystem != DISCOVERY_NQN {
+        let cqe = admin.set_io_queues(io_queues).expect("Set Features");
+        assert!(cqe.ok(), "Set Features (Number of Queues): {cqe:?}");
+    }
+    (admin, cntlid)
+}
+
+/// Connects I/O queue `qid` of controller `cntlid`.
+pub fn io_queue(port: u16, subsystem: &str, host_nqn: &str, cntlid: u16, qid: u16) -> NvmeQueue {
+    let options = Options {
+        subsystem,
+        host_nqn,
+        qid,
+        cntlid,
+        sqsize: 127,
+        kato_ms: 0,
+    };
+    let (queue, cqe) = NvmeQueue::connect(port, &options).expect("I/O queue connect");
+    assert!(cqe.ok(), "I/O queue Connect: {cqe:?}");
+    queue
+}

@@ -1,0 +1,257 @@
+//! NVMe/TCP against the whole binary: a `transport: nvme-tcp` portal served beside the iSCSI
+//! one, driven by the small host of `common::nvme_host` (admin and I/O queues, Identify, I/O
+//! in-capsule and by R2T, the discovery log, bad input, `allowed_hosts`), and the same LUN
+//! read back over iSCSI.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::block_io::BlockSession;
+use common::nvme_host::{
+    self, admin_queue, io_queue, pdu_type, read_pdu, NvmeQueue, Options, Sqe, DISCOVERY_NQN,
+    HOST_NQN,
+};
+use common::{free_port, LunSpec, Server, TargetSpec};
+
+const TARGET: &str = "iqn.2026-11.io.iser-target:nvme0";
+/// The NQN derived from [`TARGET`] (docs/configuration.md).
+const SUBSYSTEM: &str = "nqn.2026-11.io.iser-target:nvme0";
+
+/// A server with one target (a 16 MiB RAM LUN 0 and a 4 MiB file LUN 1) on an iSCSI/TCP
+/// portal and an NVMe/TCP portal; returns the server and the NVMe/TCP port.
+fn serve(target: TargetSpec) -> (Server, u16) {
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    (Server::start_with_portals(&[target], &portals), nvme_port)
+}
+
+fn target() -> TargetSpec {
+    TargetSpec::new(
+        TARGET,
+        vec![LunSpec::ram(0, "16M"), LunSpec::file(1, "lun1.img", "4M")],
+    )
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+#[test]
+fn connect_identify_and_round_trip_data_on_both_namespaces() {
+    let (mut server, port) = serve(target());
+    let (mut admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 2);
+    // Identify Controller: the subsystem NQN (bytes 768..1023) and the controller ID.
+    let (cqe, ctrl) = admin.identify(0x01, 0).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(&ctrl[768..768 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
+    assert_eq!(u16::from_le_bytes([ctrl[78], ctrl[79]]), cntlid);
+    // Active namespaces: LUN id N is namespace N+1.
+    let (cqe, list) = admin.identify(0x02, 0).unwrap();
+    assert!(cqe.ok());
+    assert_eq!(&list[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    // Identify Namespace: NSZE in 512-byte blocks.
+    let (_, ns) = admin.identify(0x00, 1).unwrap();
+    assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 16 << 11);
+    let (_, ns) = admin.identify(0x00, 2).unwrap();
+    assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 4 << 11);
+
+    let mut q1 = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    let mut q2 = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 2);
+    for (nsid, queue) in [(1u32, &mut q1), (2, &mut q2)] {
+        // In the capsule (4 KiB) and by R2T (256 KiB, more than MAXH2CDATA).
+        let small = pattern(4096, nsid as u8);
+        let large = pattern(256 * 1024, 7 + nsid as u8);
+        let cqe = queue.write(nsid, 8, &small, 512).unwrap();
+        assert!(cqe.ok(), "write ns {nsid}: {cqe:?}");
+        let cqe = queue.write(nsid, 1024, &large, 512).unwrap();
+        assert!(cqe.ok(), "R2T write ns {nsid}: {cqe:?}");
+        let (cqe, back) = queue.read(nsid, 8, 4096, 512).unwrap();
+        assert!(cqe.ok());
+        assert_eq!(back, small, "namespace {nsid}");
+        let (cqe, back) = queue.read(nsid, 1024, large.len(), 512).unwrap();
+        assert!(cqe.ok());
+        assert!(
+            back == large,
+            "namespace {nsid}: the R2T write did not read back"
+        );
+        // Flush, then a read beyond the end: LBA Out of Range.
+        assert!(queue.command(Sqe::new(0x00, nsid), &[], 0).unwrap().0.ok());
+        let blocks = if nsid == 1 { 16 << 11 } else { 4 << 11 };
+        let (cqe, _) = queue.read(nsid, blocks, 512, 512).unwrap();
+        assert_eq!((cqe.status, cqe.dnr), ((0, 0x80), true));
+    }
+    // The same LUN over iSCSI sees what NVMe wrote.
+    let mut iscsi = BlockSession::login(server.port(), TARGET, 1).unwrap();
+    assert_eq!(iscsi.read(8, 4096, 512).unwrap(), pattern(4096, 2));
+    server.assert_alive();
+}
+
+#[test]
+fn discovery_log_lists_the_subsystem_at_the_portal() {
+    let (_server, port) = serve(target());
+    let (mut discovery, _) = admin_queue(port, DISCOVERY_NQN, HOST_NQN, 0);
+    let (cqe, log) = discovery.get_log_page(0x70, 2048).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
+    let entry = &log[1024..2048];
+    assert_eq!(&entry[0..3], &[3, 1, 2], "TCP, IPv4, NVM subsystem");
+    let port_text = port.to_string();
+    assert_eq!(&entry[32..32 + port_text.len()], port_text.as_bytes());
+    // SUBNQN at 256, TRADDR at 512 (struct nvmf_disc_rsp_page_entry).
+    assert_eq!(&entry[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
+    assert_eq!(&entry[512..521], b"127.0.0.1");
+}
+
+#[test]
+fn bad_input_gets_a_c2h_term_req_and_a_clean_close() {
+    let (mut server, port) = serve(target());
+    // ICReq with PFV 1.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(nvme_host::RESPONSE_TIMEOUT))
+        .unwrap();
+    raw.write_all(&nvme_host::ic_req(1)).unwrap();
+    let term = read_pdu(&mut raw).unwrap();
+    assert_eq!(term.kind(), pdu_type::C2H_TERM_REQ);
+    assert_eq!(
+        u16::from_le_bytes([term.header[8], term.header[9]]),
+        0x06,
+        "FES"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        raw.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the C2HTermReq"
+    );
+
+    // A live I/O queue that sends an unknown PDU type, and one that sends H2CData for a
+    // command it never sent.
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 2);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    let mut junk = vec![0u8; 24];
+    junk[0] = 0x7E;
+    junk[2] = 24;
+    junk[4..8].copy_from_slice(&24u32.to_le_bytes());
+    q.stream().write_all(&junk).unwrap();
+    let term = read_pdu(q.stream()).unwrap();
+    assert_eq!(term.kind(), pdu_type::C2H_TERM_REQ);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 2);
+    let mut h2c = vec![0u8; 28];
+    h2c[0] = pdu_type::H2C_DATA;
+    h2c[1] = 0x04;
+    h2c[2] = 24;
+    h2c[3] = 24;
+    h2c[4..8].copy_from_slice(&28u32.to_le_bytes());
+    h2c[8..10].copy_from_slice(&77u16.to_le_bytes());
+    h2c[16..20].copy_from_slice(&4u32.to_le_bytes());
+    q.stream().write_all(&h2c).unwrap();
+    let term = read_pdu(q.stream()).unwrap();
+    assert_eq!(term.kind(), pdu_type::C2H_TERM_REQ);
+
+    // I/O before Connect: Command Sequence Error, the queue stays.
+    let mut unconnected = NvmeQueue::open(port).unwrap();
+    let (cqe, _) = unconnected
+        .command(Sqe::new(0x02, 1).lba(0, 1), &[], 512)
+        .unwrap();
+    assert_eq!(cqe.status, (0, 0x0C));
+
+    // Everything else still works.
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    assert!(q.write(1, 0, &[9; 512], 512).unwrap().ok());
+    server.assert_alive();
+}
+
+#[test]
+fn allowed_hosts_refuses_other_hosts() {
+    let allowed = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+    let (mut server, port) = serve(target().with_yaml(&format!("allowed_hosts: [{allowed}]")));
+    let options = Options {
+        subsystem: SUBSYSTEM,
+        host_nqn: HOST_NQN,
+        qid: 0,
+        cntlid: 0xFFFF,
+        sqsize: 31,
+        kato_ms: 30_000,
+    };
+    let (_, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert_eq!(
+        (cqe.status, cqe.dnr),
+        ((1, 0x84), true),
+        "Connect Invalid Host"
+    );
+    // The discovery log leaves out what the host may not connect to.
+    let (mut discovery, _) = admin_queue(port, DISCOVERY_NQN, HOST_NQN, 0);
+    let (cqe, log) = discovery.get_log_page(0x70, 1024).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 0);
+    // The allowed host connects.
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, allowed, 1);
+    let mut q = io_queue(port, SUBSYSTEM, allowed, cntlid, 1);
+    assert!(q.write(1, 0, &[1; 4096], 512).unwrap().ok());
+    server.assert_alive();
+}
+
+#[test]
+fn closing_the_admin_queue_ends_the_controller_and_its_io_queues() {
+    let (mut server, port) = serve(target());
+    let (admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    drop(admin);
+    // The I/O queue is closed by the target.
+    let mut rest = Vec::new();
+    q.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(q.stream().read_to_end(&mut rest).unwrap(), 0);
+    // The controller is gone: an I/O queue cannot join it.
+    let options = Options {
+        subsystem: SUBSYSTEM,
+        host_nqn: HOST_NQN,
+        qid: 1,
+        cntlid,
+        sqsize: 31,
+        kato_ms: 0,
+    };
+    let (_, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert_eq!(cqe.status, (1, 0x82), "Connect Invalid Parameters");
+    server.assert_alive();
+}
+
+#[test]
+fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
+    let (mut server, port) = serve(target());
+    let options = Options {
+        subsystem: SUBSYSTEM,
+        host_nqn: HOST_NQN,
+        qid: 0,
+        cntlid: 0xFFFF,
+        sqsize: 31,
+        kato_ms: 1000,
+    };
+    let (mut admin, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert!(cqe.ok());
+    let cntlid = cqe.result as u16;
+    admin.enable().unwrap();
+    assert!(admin.set_io_queues(1).unwrap().ok());
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    // No Keep Alive: the target closes the admin queue after KATO, and the I/O queue with it.
+    let started = std::time::Instant::now();
+    for stream in [admin.stream(), q.stream()] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The target still serves.
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    assert!(q.write(1, 0, &[3; 512], 512).unwrap().ok());
+    server.assert_alive();
+}
