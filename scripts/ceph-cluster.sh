@@ -6,6 +6,9 @@
 #                                   the pool is usable (idempotent: a running cluster is kept)
 #   scripts/ceph-cluster.sh stop    stop the daemons by the PIDs recorded at start, remove the
 #                                   cluster's directory (idempotent)
+#   scripts/ceph-cluster.sh osd-stop   stop the OSD (SIGTERM) and wait until the monitor has it
+#                                   down: I/O to the pool then waits (fault tests)
+#   scripts/ceph-cluster.sh osd-start  start the stopped OSD again, wait until the pool is usable
 #   scripts/ceph-cluster.sh env     print the path of the cluster's ceph.conf
 #   scripts/ceph-cluster.sh status  print `ceph -s`
 #
@@ -237,16 +240,62 @@ stop() {
     say "stopped; removed $DIR"
 }
 
+# The id of the cluster's one OSD, from its PID file (osd.ID.pid).
+osd_id() {
+    local f
+    for f in "$DIR"/pids/osd.*.pid; do
+        [ -e "$f" ] || die "no OSD in $DIR (is the cluster started?)"
+        f="${f##*/osd.}"
+        echo "${f%.pid}"
+        return 0
+    done
+}
+
+osd_stop() {
+    local id pid
+    id="$(osd_id)"
+    pid="$(cat "$DIR/pids/osd.$id.pid")"
+    kill -0 "$pid" 2>/dev/null || die "osd.$id (PID $pid) is not running"
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || die "osd.$id (PID $pid) ignored SIGTERM for 30s"
+        sleep 0.2
+    done
+    # A cleanly stopped OSD tells the monitor; wait until the map says so.
+    until ceph_cli osd dump 2>/dev/null | grep -q "^osd\.$id down"; do
+        [ $SECONDS -lt $deadline ] || die "the monitor still has osd.$id up"
+        sleep 0.5
+    done
+    rm -f "$DIR/ready"
+    say "osd.$id stopped"
+}
+
+osd_start() {
+    local id
+    id="$(osd_id)"
+    if kill -0 "$(cat "$DIR/pids/osd.$id.pid")" 2>/dev/null; then
+        say "osd.$id already running"
+    else
+        spawn "osd.$id" ceph-osd -i "$id"
+    fi
+    wait_usable
+    touch "$DIR/ready"
+    say "osd.$id started"
+}
+
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+osd-stop) osd_stop ;;
+osd-start) osd_start ;;
 env) echo "$CONF" ;;
 status)
     [ -e "$CONF" ] || die "no cluster in $DIR"
     ceph_cli -s
     ;;
 *)
-    echo "usage: $0 start|stop|env|status" >&2
+    echo "usage: $0 start|stop|osd-stop|osd-start|env|status" >&2
     exit 2
     ;;
 esac

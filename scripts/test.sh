@@ -70,6 +70,10 @@ log "whole-binary tests (hostile clients: connection caps, login deadline, disco
 cargo test --release --test limits -- --test-threads=2
 log "whole-binary tests (connections on the engine threads: a stalled initiator, shutdown, reinstatement)"
 cargo test --release --test engine_threads -- --test-threads=2
+log "whole-binary tests (NVMe/TCP: queues, I/O in-capsule and by R2T, discovery, bad input, allowed_hosts)"
+cargo test --release --test nvme_tcp -- --test-threads=2
+log "two gateways on one LUN (ALUA: VPD 0x83, REPORT TARGET PORT GROUPS, standby, libiscsi MultipathIO)"
+cargo test --release --test gateways -- --test-threads=2
 
 # --- tier 3r: Ceph RBD ----------------------------------------------------------------
 # The cluster must come up: a machine that cannot install or start Ceph fails here.

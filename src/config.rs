@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 pub use crate::iscsi::chap::{Authentication, Credentials, Secret};
+pub use crate::scsi::AluaState;
 
 mod auth;
 pub use auth::MIN_SECRET_LEN;
@@ -39,6 +40,12 @@ pub struct Config {
     pub limits: Limits,
     /// CHAP that discovery sessions must pass; `None`: discovery needs no authentication.
     pub discovery_auth: Option<Authentication>,
+    /// This gateway's ALUA target port group (1..=65535, default 1): also its relative target
+    /// port identifier and iSCSI target portal group tag. Gateways exporting one LU need
+    /// different ones (docs/multipath.md).
+    pub target_port_group: u16,
+    /// The asymmetric access state this gateway reports for its LUs (default active/optimized).
+    pub alua_state: AluaState,
 }
 
 /// One listening endpoint.
@@ -147,7 +154,13 @@ pub struct RbdBacking {
     pub conf: PathBuf,
     /// The cephx id to connect as, without the `client.` prefix.
     pub user: String,
+    /// Seconds an operation may wait on the OSDs or monitors (`rados_osd_op_timeout`,
+    /// `rados_mon_op_timeout`) before it fails and the command is answered BUSY.
+    pub timeout_secs: u64,
 }
+
+/// Default of [`RbdBacking::timeout_secs`].
+pub const DEFAULT_RBD_TIMEOUT_SECS: u64 = 20;
 
 impl Backing {
     /// The configured size in bytes, if the configuration fixes one
@@ -200,6 +213,10 @@ pub struct Limits {
     /// Threads of the process-wide I/O engine that runs every session's commands
     /// (1..=256; default: the number of CPUs).
     pub io_threads: u32,
+    /// Microseconds an engine thread with iSER connections polls their completion queues
+    /// before it sleeps (0..=1000; default 0: it sleeps at once). Trades a core's time for
+    /// latency.
+    pub busy_poll_us: u32,
 }
 
 impl Default for Limits {
@@ -221,6 +238,7 @@ impl Default for Limits {
             discovery_idle_timeout_secs: 30,
             max_io_size: 524_288,
             io_threads: default_io_threads(),
+            busy_poll_us: 0,
         }
     }
 }
@@ -311,6 +329,8 @@ impl Config {
             }],
             limits: Limits::default(),
             discovery_auth: None,
+            target_port_group: 1,
+            alua_state: AluaState::ActiveOptimized,
         }
     }
 
@@ -494,6 +514,8 @@ struct RawConfig {
     targets: Option<Vec<RawTarget>>,
     limits: Option<RawLimits>,
     discovery_auth: Option<auth::RawAuth>,
+    target_port_group: Option<u64>,
+    alua_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +562,7 @@ struct RawBacking {
     image: Option<String>,
     conf: Option<String>,
     user: Option<String>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -560,6 +583,7 @@ struct RawLimits {
     discovery_idle_timeout_secs: Option<u64>,
     max_io_size: Option<u64>,
     io_threads: Option<u64>,
+    busy_poll_us: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -667,11 +691,35 @@ impl RawConfig {
             None => None,
         };
 
+        let target_port_group = match self.target_port_group {
+            None => 1,
+            Some(g @ 1..=65535) => g as u16,
+            Some(g) => {
+                return err(
+                    "target_port_group",
+                    format!("{g} is out of range; use 1..=65535 (default 1), different on each gateway of a LUN"),
+                )
+            }
+        };
+        let alua_state = match self.alua_state.as_deref() {
+            None | Some("active-optimized") => AluaState::ActiveOptimized,
+            Some("active-non-optimized") => AluaState::ActiveNonOptimized,
+            Some("standby") => AluaState::Standby,
+            Some(other) => {
+                return err(
+                    "alua_state",
+                    format!("\"{other}\" is not an ALUA state; use active-optimized (default), active-non-optimized or standby"),
+                )
+            }
+        };
+
         Ok(Config {
             portals,
             targets,
             limits,
             discovery_auth,
+            target_port_group,
+            alua_state,
         })
     }
 }
@@ -873,13 +921,14 @@ impl RawBacking {
                 ("image", self.image.is_some()),
                 ("conf", self.conf.is_some()),
                 ("user", self.user.is_some()),
+                ("timeout_secs", self.timeout_secs.is_some()),
             ];
             if let Some((field, _)) = rbd_only.iter().find(|(_, set)| *set) {
                 let kind = self.kind.as_deref().unwrap_or("(none)");
                 return not_used(
                     field,
                     kind,
-                    "only type rbd takes pool, image, conf and user",
+                    "only type rbd takes pool, image, conf, user and timeout_secs",
                 );
             }
         }
@@ -950,6 +999,13 @@ impl RawBacking {
                     create,
                     conf,
                     user: check_cephx_id(&format!("{path}.user"), self.user)?,
+                    timeout_secs: ranged(
+                        &format!("{path}.timeout_secs"),
+                        self.timeout_secs,
+                        DEFAULT_RBD_TIMEOUT_SECS,
+                        1,
+                        3600,
+                    )?,
                 }))
             }
             Some(other) => err(
@@ -1058,6 +1114,13 @@ impl RawLimits {
                 16 << 20,
             )?,
             io_threads: ranged(&f("io_threads"), self.io_threads, d.io_threads, 1, 256)?,
+            busy_poll_us: ranged(
+                &f("busy_poll_us"),
+                self.busy_poll_us,
+                d.busy_poll_us,
+                0,
+                1000,
+            )?,
         };
         if l.first_burst_length > l.max_burst_length {
             return err(

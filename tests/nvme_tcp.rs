@@ -255,3 +255,17 @@ fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
     assert!(q.write(1, 0, &[3; 512], 512).unwrap().ok());
     server.assert_alive();
 }
+
+#[test]
+fn shutdown_closes_live_queues_and_exits_cleanly() {
+    let (mut server, port) = serve(target());
+    let (mut admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    assert!(q.write(2, 0, &[5; 8192], 512).unwrap().ok());
+    let status = server.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    for stream in [admin.stream(), q.stream()] {
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+    }
+}

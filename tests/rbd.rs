@@ -11,6 +11,7 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use common::block_io::BlockSession;
@@ -23,8 +24,18 @@ const MIB: usize = 1 << 20;
 /// none fails. Fewer fails the test.
 const SBC_PASSED: u64 = 52;
 
+/// Held shared by the tests that use the cluster, exclusively by the one that stops its OSD.
+static CLUSTER_USE: RwLock<()> = RwLock::new(());
+
+/// The test cluster's ceph.conf, or `None` (after saying so) when there is none; the guard
+/// keeps the OSD running while it is held.
+fn cluster_conf() -> Option<(PathBuf, RwLockReadGuard<'static, ()>)> {
+    let shared = CLUSTER_USE.read().unwrap_or_else(|p| p.into_inner());
+    Some((cluster_conf_path()?, shared))
+}
+
 /// The test cluster's ceph.conf, or `None` (after saying so) when there is none.
-fn cluster_conf() -> Option<PathBuf> {
+fn cluster_conf_path() -> Option<PathBuf> {
     let conf = std::env::var_os("RBD_TEST_CONF")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::manifest_dir().join("target/ceph-cluster/ceph.conf"));
@@ -86,7 +97,7 @@ fn read_all(server: &Server, len: usize) -> Vec<u8> {
 
 #[test]
 fn data_round_trips_matches_rbd_export_and_survives_a_restart() {
-    let Some(conf) = cluster_conf() else {
+    let Some((conf, _cluster)) = cluster_conf() else {
         return;
     };
     let image = image_name("roundtrip");
@@ -168,7 +179,7 @@ fn target_ceph_option(conf: &std::path::Path, server: &Server, name: &str) -> St
 
 #[test]
 fn write_cache_setting_decides_librbd_cache() {
-    let Some(conf) = cluster_conf() else {
+    let Some((conf, _cluster)) = cluster_conf() else {
         return;
     };
     for write_cache in [false, true] {
@@ -186,7 +197,7 @@ fn write_cache_setting_decides_librbd_cache() {
 #[test]
 fn iscsi_test_cu_sbc_suites_pass() {
     require_tools!("iscsi-test-cu");
-    let Some(conf) = cluster_conf() else {
+    let Some((conf, _cluster)) = cluster_conf() else {
         return;
     };
     // librbd's write cache on: SYNCHRONIZE CACHE and FUA go through its flush.
@@ -271,7 +282,7 @@ fn unreachable_cluster_fails_start_up_clearly() {
 
 #[test]
 fn missing_pool_and_image_fail_start_up_clearly() {
-    let Some(conf) = cluster_conf() else {
+    let Some((conf, _cluster)) = cluster_conf() else {
         return;
     };
     let c = conf.display();
@@ -293,4 +304,215 @@ fn missing_pool_and_image_fail_start_up_clearly() {
             "No such file or directory",
         ],
     );
+}
+
+#[test]
+fn two_gateways_on_one_image() {
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    // Two target processes, target port groups 1 and 2, on one image with its cache off: what
+    // one acknowledged is in the OSDs, so the other reads it (docs/multipath.md).
+    let lun = rbd_lun(&conf, &image_name("gateways"), "64M", false);
+    let targets = [TargetSpec::new(TEST_IQN, vec![lun])];
+    let a = Server::start_with(&targets, "target_port_group: 1\n");
+    let b = Server::start_with(&targets, "target_port_group: 2\n");
+    let mut sa = BlockSession::login(a.port(), TEST_IQN, 0).expect("login to A");
+    let mut sb = BlockSession::login(b.port(), TEST_IQN, 0).expect("login to B");
+    let data = pattern(8 * MIB);
+    for (n, chunk) in data[..4 * MIB].chunks(MIB).enumerate() {
+        sa.write((n * MIB / 512) as u64, chunk, 512)
+            .expect("WRITE through A");
+    }
+    for (n, chunk) in data[4 * MIB..].chunks(MIB).enumerate() {
+        sb.write(((4 + n) * MIB / 512) as u64, chunk, 512)
+            .expect("WRITE through B");
+    }
+    for (s, name) in [(&mut sa, "A"), (&mut sb, "B")] {
+        let mut back = Vec::with_capacity(data.len());
+        for n in 0..8 {
+            back.extend(s.read((n * MIB / 512) as u64, MIB, 512).expect("READ"));
+        }
+        assert!(back == data, "gateway {name} reads what both wrote");
+    }
+    drop((sa, sb));
+    a.stop();
+    b.stop();
+/// The last LBA READ CAPACITY(16) reports.
+fn last_lba(session: &mut BlockSession) -> u64 {
+    let reply = session
+        .command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32], 32)
+        .expect("READ CAPACITY(16)");
+    assert_eq!(reply.status, 0, "READ CAPACITY(16): {reply:02x?}");
+    u64::from_be_bytes(reply.data[..8].try_into().unwrap())
+}
+
+#[test]
+fn resizing_the_image_changes_capacity_with_a_unit_attention() {
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    let image = image_name("resize");
+    let server = Server::start(&[TargetSpec::new(
+        TEST_IQN,
+        vec![rbd_lun(&conf, &image, "16M", false)],
+    )]);
+    let mut first = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let mut second = BlockSession::login_as(server.port(), TEST_IQN, 0, 8).expect("login");
+    assert_eq!(last_lba(&mut first), 16 * MIB as u64 / 512 - 1);
+    assert_eq!(last_lba(&mut second), 16 * MIB as u64 / 512 - 1);
+
+    // Another client grows the image.
+    let out = run(
+        Command::new("rbd").arg("-c").arg(&conf).args([
+            "resize",
+            "--size",
+            "32M",
+            &format!("rbd/{image}"),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "rbd resize failed");
+
+    // The next command of each session (TEST UNIT READY) reports CAPACITY DATA HAS CHANGED
+    // once librbd's update watch has told the target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attention = loop {
+        let reply = first.command(&[0; 6], 0).expect("TEST UNIT READY");
+        if reply.status != 0 || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(attention.status, 2, "no unit attention: {attention:02x?}");
+    let key_asc_ascq = |s: &[u8]| (s[2] & 0x0F, s[12], s[13]);
+    assert_eq!(key_asc_ascq(&attention.sense), (0x6, 0x2A, 0x09));
+    assert_eq!(
+        first.command(&[0; 6], 0).expect("TUR").status,
+        0,
+        "reported once"
+    );
+    assert_eq!(last_lba(&mut first), 32 * MIB as u64 / 512 - 1);
+    // The other session gets it through REQUEST SENSE, as GOOD status with the sense data.
+    let sensed = second
+        .command(&[0x03, 0, 0, 0, 18, 0], 18)
+        .expect("REQUEST SENSE");
+    assert_eq!(sensed.status, 0);
+    assert_eq!(key_asc_ascq(&sensed.data), (0x6, 0x2A, 0x09));
+    assert_eq!(last_lba(&mut second), 32 * MIB as u64 / 512 - 1);
+
+    // The new blocks are usable up to the new end.
+    let tail = pattern(MIB);
+    let lba = (31 * MIB / 512) as u64;
+    first
+        .write(lba, &tail, 512)
+        .expect("WRITE past the old end");
+    assert!(first.read(lba, MIB, 512).expect("READ") == tail);
+    drop((first, second));
+    server.stop();
+}
+
+/// Runs `scripts/ceph-cluster.sh ACTION` on the cluster of `conf`.
+fn ceph_cluster(conf: &std::path::Path, action: &str) -> bool {
+    let out = run(
+        Command::new(common::manifest_dir().join("scripts/ceph-cluster.sh"))
+            .arg(action)
+            .env("CEPH_CLUSTER_DIR", conf.parent().unwrap()),
+        Duration::from_secs(240),
+    );
+    if !out.status.success() {
+        eprintln!(
+            "ceph-cluster.sh {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
+
+/// Starts the OSD again when dropped, so that a failing test leaves a usable cluster.
+struct OsdRestart<'a>(&'a std::path::Path);
+
+impl Drop for OsdRestart<'_> {
+    fn drop(&mut self) {
+        ceph_cluster(self.0, "osd-start");
+    }
+}
+
+/// READ(16) of `blocks` 512-byte blocks at `lba`.
+fn read16(lba: u64, blocks: u32) -> Vec<u8> {
+    let mut cdb = vec![0x88; 16];
+    cdb[1..].fill(0);
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+#[test]
+fn a_stopped_osd_makes_its_lun_busy_not_the_others_and_io_resumes() {
+    // The OSD is stopped: no other test may use the cluster meanwhile.
+    let _alone = CLUSTER_USE.write().unwrap_or_else(|p| p.into_inner());
+    let Some(conf) = cluster_conf_path() else {
+        return;
+    };
+    let image = image_name("osd");
+    let rbd = LunSpec {
+        id: 0,
+        backing: Backing::Yaml {
+            backing: format!(
+                "{{ type: rbd, pool: rbd, image: {image}, size: 16M, create: true, \
+                 conf: {}, user: admin, timeout_secs: 4 }}",
+                conf.display()
+            ),
+            write_cache: false,
+        },
+    };
+    let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![rbd, LunSpec::ram(1, "16M")])]);
+    let mut on_rbd = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let mut on_ram = BlockSession::login_as(server.port(), TEST_IQN, 1, 8).expect("login");
+    let before = pattern(MIB);
+    on_rbd
+        .write(0, &before, 512)
+        .expect("WRITE before the OSD stops");
+
+    assert!(ceph_cluster(&conf, "osd-stop"), "osd-stop");
+    let restart = OsdRestart(&conf);
+    // Blocks the OSD has (written above, so librbd's object map sends the I/O there).
+    let rbd_io = std::thread::spawn(move || {
+        let read = on_rbd.command(&read16(0, 8), 4096).expect("READ answered");
+        let write = on_rbd.write(8, &pattern(4096), 512);
+        (on_rbd, read, write)
+    });
+    // Meanwhile the RAM LUN of the same target answers every command.
+    let ram_data = pattern(MIB);
+    let mut rounds = 0;
+    while !rbd_io.is_finished() {
+        on_ram.write(0, &ram_data, 512).expect("RAM LUN WRITE");
+        assert!(on_ram.read(0, MIB, 512).expect("RAM LUN READ") == ram_data);
+        rounds += 1;
+    }
+    let (mut on_rbd, read, write) = rbd_io.join().unwrap();
+    eprintln!("{rounds} MiB round trips on the RAM LUN while the RBD LUN waited");
+    assert_eq!(read.status, 0x08, "READ with the OSD down: {read:02x?}");
+    let write = write.expect_err("WRITE with the OSD down");
+    assert!(write.to_string().contains("status 0x08"), "{write}");
+
+    // The OSD back, the LUN serves I/O again, with the data written before.
+    drop(restart);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        match on_rbd.read(0, MIB, 512) {
+            Ok(data) => break data,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("READ after the OSD came back: {e}"),
+        }
+    };
+    assert!(after == before, "data kept");
+    on_rbd
+        .write(0, &pattern(4096), 512)
+        .expect("WRITE after the OSD came back");
+    drop((on_rbd, on_ram));
+    server.stop();
 }

@@ -1,11 +1,11 @@
 //! The in-memory pair: the target's side of the wire in the benchmark's own thread. Bytes from the
-//! initiator go, a read buffer at a time, through a `PduReader` into `iscsi::tcp::TcpConnection` (the core and its TCP
-//! datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs go
-//! out framed as the server's vectored writes frame them (`framing::frame_parts` around the data
-//! where it lies; joining them here stands for the kernel's copy into the socket). Time,
-//! allocations and payload copies are counted only while the target side runs, and allocations
-//! without the read buffer that stands for the socket read (the transport's, not the core's);
-//! the joined PDUs reuse their buffers.
+//! initiator are copied, a socket read at a time, into the `PduReader`'s own read buffers (as the
+//! server reads its socket into them) and go on into `iscsi::tcp::TcpConnection` (the core and its
+//! TCP datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs
+//! go out framed as the server's vectored writes frame them (`framing::frame_parts` around the
+//! data where it lies; joining them here stands for the kernel's copy into the socket). Time,
+//! allocations and payload copies are counted only while the target side runs; the joined PDUs
+//! reuse their buffers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -138,14 +138,15 @@ impl Wire for PairTarget {
         let started = Instant::now();
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
-        let mut socket_reads = AllocCounts::default();
-        for piece in bytes.chunks(CHUNK) {
-            // The socket read into a buffer of its own (the kernel's copy, not counted; nor is
-            // the buffer: the transport's, not the core's).
-            let before_read = CountingAllocator::thread();
-            let buffer = piece.to_vec();
-            socket_reads = socket_reads + (CountingAllocator::thread() - before_read);
-            self.reader.push_owned(buffer);
+        for mut piece in bytes.chunks(CHUNK) {
+            // The socket read into the reader's buffer (the kernel's copy, not counted).
+            while !piece.is_empty() {
+                let buffer = self.reader.read_buffer(CHUNK);
+                let n = buffer.len().min(piece.len());
+                buffer[..n].copy_from_slice(&piece[..n]);
+                self.reader.push_read(n);
+                piece = &piece[n..];
+            }
             loop {
                 match self.reader.next_frame(&self.settings) {
                     Ok(Some(frame)) => {
@@ -158,8 +159,7 @@ impl Wire for PairTarget {
                 self.pump();
             }
         }
-        self.cost.allocations =
-            self.cost.allocations + (CountingAllocator::thread() - allocations - socket_reads);
+        self.cost.allocations = self.cost.allocations + (CountingAllocator::thread() - allocations);
         self.cost.copies = self.cost.copies + (thread_payload_copies() - copies);
         self.cost.time += started.elapsed();
     }

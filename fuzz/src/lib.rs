@@ -1,4 +1,7 @@
-//! Checks shared by the fuzz targets that drive a whole connection (TCP `connection`, `iser`).
+//! Checks shared by the fuzz targets that drive a whole connection (TCP `connection`, `iser`),
+//! and the NVMe/TCP host side of `nvme_pdu` and `nvme_queue` ([`nvme`]).
+
+pub mod nvme;
 
 use iser_target::iscsi::pdu::{Header, Stage};
 use iser_target::scsi::ScsiOutcome;

@@ -3,7 +3,8 @@
 //!
 //! * [`Cluster::connect`]: a cluster handle from a `ceph.conf` and a cephx user id.
 //! * [`Cluster::pool`] → [`Pool`]: an I/O context; [`Pool::create_image`], [`Pool::open_image`].
-//! * [`Image`]: size, blocking I/O, and asynchronous I/O (`rbd_aio_*`).
+//! * [`Image`]: size (followed as others resize it: [`Image::watch_size`]), resizing, blocking
+//!   I/O, and asynchronous I/O (`rbd_aio_*`).
 //!
 //! # Asynchronous operations
 //! Each `Image::aio_*` call takes its buffers by value and a `done` closure. The buffers belong
@@ -18,6 +19,7 @@
 //! closes it; dropped inside a `done`, it is closed on a thread of its own.
 
 mod sys;
+mod watch;
 
 use mem_ffi::Buf;
 use std::ffi::{c_void, CString};
@@ -179,6 +181,7 @@ impl Pool {
         Ok(Image {
             handle,
             in_flight: Arc::new(InFlight::default()),
+            watch: Mutex::new(None),
             _pool: Arc::clone(self),
         })
     }
@@ -285,6 +288,8 @@ unsafe extern "C" fn complete(c: sys::RbdCompletionT, arg: *mut c_void) {
 pub struct Image {
     handle: sys::RbdImageT,
     in_flight: Arc<InFlight>,
+    /// The size watch, once [`Image::watch_size`] registered it.
+    watch: Mutex<Option<watch::SizeWatch>>,
     /// Keeps the I/O context open while the image is.
     _pool: Arc<Pool>,
 }
@@ -310,6 +315,29 @@ impl Image {
         let ret = unsafe { sys::rbd_get_size(self.handle, &mut size) };
         check("rbd_get_size", ret.into())?;
         Ok(size)
+    }
+
+    /// Resizes the image to `size` bytes (blocking); shrinking discards the data past it.
+    pub fn resize(&self, size: u64) -> Result<(), Error> {
+        // SAFETY: the image is open; no buffers are involved.
+        let ret = unsafe { sys::rbd_resize(self.handle, size) };
+        check("rbd_resize", ret.into()).map(drop)
+    }
+
+    /// Calls `on_change` with the new size each time the image's size changes, whoever
+    /// resized it (this process or another client), until the image is dropped. It runs on
+    /// a thread of its own and must not drop the image. A second watch is EBUSY.
+    pub fn watch_size(&self, on_change: impl Fn(u64) + Send + 'static) -> Result<(), Error> {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if watch.is_some() {
+            return Err(Error::new("rbd_update_watch", -i64::from(libc::EBUSY)));
+        }
+        *watch = Some(watch::SizeWatch::start(
+            self.handle,
+            self.size()?,
+            Box::new(on_change),
+        )?);
+        Ok(())
     }
 
     /// Fills `buf` from `offset` (blocking).
@@ -541,6 +569,11 @@ impl Drop for Image {
     fn drop(&mut self) {
         let closer = Closer {
             handle: self.handle,
+            watch: self
+                .watch
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
             in_flight: Arc::clone(&self.in_flight),
             _pool: Arc::clone(&self._pool),
         };
@@ -561,6 +594,7 @@ impl Drop for Image {
 /// What closing an image needs, movable to another thread.
 struct Closer {
     handle: sys::RbdImageT,
+    watch: Option<watch::SizeWatch>,
     in_flight: Arc<InFlight>,
     _pool: Arc<Pool>,
 }
@@ -570,6 +604,9 @@ unsafe impl Send for Closer {}
 
 impl Closer {
     fn close(self) {
+        if let Some(watch) = self.watch {
+            watch.stop();
+        }
         self.in_flight.wait_idle();
         // SAFETY: the Image is gone, no operation is in flight, the handle is closed once.
         let ret = unsafe { sys::rbd_close(self.handle) };

@@ -9,6 +9,7 @@ pub type RadosIoctxT = *mut c_void;
 pub type RbdImageT = *mut c_void;
 pub type RbdCompletionT = *mut c_void;
 pub type RbdCallbackT = Option<unsafe extern "C" fn(cb: RbdCompletionT, arg: *mut c_void)>;
+pub type RbdUpdateCallbackT = Option<unsafe extern "C" fn(arg: *mut c_void)>;
 
 #[link(name = "rados")]
 extern "C" {
@@ -32,6 +33,14 @@ extern "C" {
     ) -> c_int;
     pub fn rbd_close(image: RbdImageT) -> c_int;
     pub fn rbd_get_size(image: RbdImageT, size: *mut u64) -> c_int;
+    pub fn rbd_resize(image: RbdImageT, size: u64) -> c_int;
+    pub fn rbd_update_watch(
+        image: RbdImageT,
+        handle: *mut u64,
+        watch_cb: RbdUpdateCallbackT,
+        arg: *mut c_void,
+    ) -> c_int;
+    pub fn rbd_update_unwatch(image: RbdImageT, handle: u64) -> c_int;
 
     pub fn rbd_read(image: RbdImageT, ofs: u64, len: size_t, buf: *mut c_char) -> ssize_t;
     pub fn rbd_write(image: RbdImageT, ofs: u64, len: size_t, buf: *const c_char) -> ssize_t;

@@ -254,3 +254,26 @@ fn unreachable_cluster_fails_within_the_mount_timeout() {
         .expect("missing conf");
     assert_eq!(e.op(), "rados_conf_read_file", "{e}");
 }
+
+#[test]
+fn resize_is_seen_by_the_size_watch() {
+    let Some((_pool, image)) = fresh_image("resize", 8 * MIB as u64) else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel();
+    image
+        .watch_size(move |size| tx.send(size).unwrap())
+        .expect("watch");
+    assert_eq!(
+        image.watch_size(|_| {}).unwrap_err().errno(),
+        libc::EBUSY,
+        "one watch per image"
+    );
+    image.resize(24 * MIB as u64).expect("grow");
+    assert_eq!(wait(&rx), 24 * MIB as u64);
+    image.resize(4 * MIB as u64).expect("shrink");
+    assert_eq!(wait(&rx), 4 * MIB as u64);
+    assert_eq!(image.size().unwrap(), 4 * MIB as u64);
+    // Dropping the image removes the watch and ends its thread.
+    drop(image);
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdma_ffi::{
     list_devices, live_counts, raise_memlock_limit, Access, AsyncEventKind, CmEvent, CmEventKind,
     CmId, CompletionChannel, CompletionQueue, ConnParams, EventChannel, MemoryRegion,
-    ProtectionDomain, QpCaps, QueuePair, WcOpcode, WcStatus, WorkCompletion,
+    ProtectionDomain, QpCaps, QueuePair, SendOp, SendWr, WcOpcode, WcStatus, WorkCompletion,
 };
 
 type R<T> = Result<T, Box<dyn StdError + Send + Sync>>;
@@ -368,6 +368,37 @@ fn selftest(addr: SocketAddr) -> R<()> {
             "read wc {wc:?}"
         );
         verify(&c.buf, pattern_a, "RDMA READ of the active side's MR")?;
+        // The same 1 MiB again as two chained RDMA Reads in one post, only the last signaled:
+        // its completion retires the first (RC completes a send queue in order).
+        fill(&c.buf, |_| 0)?;
+        let half = MIB / 2;
+        let reads = [0, half].map(|at| SendWr {
+            wr_id: 4 + at as u64 / half as u64,
+            op: SendOp::RdmaRead {
+                remote_addr: c.peer.addr + at as u64,
+                rkey: c.peer.rkey,
+            },
+            mr: &c.buf,
+            offset: at,
+            len: half,
+            signaled: at == half,
+        });
+        c.qp.post_send_list(&reads)?;
+        let wc = wait_wc(&c.scq, "chained RDMA READs")?;
+        ensure!(
+            wc.opcode == WcOpcode::RdmaRead && wc.wr_id == 5,
+            "chained read wc {wc:?}"
+        );
+        ensure!(
+            c.qp.outstanding() == (0, 0),
+            "outstanding after chained reads {:?}",
+            c.qp.outstanding()
+        );
+        verify(
+            &c.buf,
+            pattern_a,
+            "two chained RDMA READs of the active side's MR",
+        )?;
         // RDMA WRITE 1 MiB (unsignaled) followed by a signaled Send: the Send's
         // completion retires the unsignaled write too.
         fill(&c.buf, pattern_b)?;

@@ -942,6 +942,14 @@ pub enum SendOp {
         /// The peer's rkey of that memory.
         rkey: u32,
     },
+    /// An RDMA Read from the peer's `remote_addr`/`rkey` into the WR's local
+    /// memory (which needs [`Access::LOCAL_WRITE`]).
+    RdmaRead {
+        /// Address in the peer's memory.
+        remote_addr: u64,
+        /// The peer's rkey of that memory.
+        rkey: u32,
+    },
 }
 
 /// One WR of a chained [`QueuePair::post_send_list`]: `len` bytes at
@@ -1186,6 +1194,10 @@ impl QueuePair {
                 }
                 SendOp::RdmaWrite { remote_addr, rkey } => {
                     r.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                    r.wr.rdma = rdma_t { remote_addr, rkey };
+                }
+                SendOp::RdmaRead { remote_addr, rkey } => {
+                    r.opcode = ibv_wr_opcode::IBV_WR_RDMA_READ;
                     r.wr.rdma = rdma_t { remote_addr, rkey };
                 }
             }

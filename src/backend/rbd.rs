@@ -5,13 +5,21 @@
 //! blocking [`Backend`] methods serve the rare commands the engine runs on its blocking pool
 //! (WRITE SAME with a pattern, ORWRITE, VERIFY, WRITE ATOMIC).
 //!
+//! The image's size is followed as others resize it (`rbd resize`): [`Backend::size`] reports
+//! the new size, which the SCSI layer turns into a new capacity and a CAPACITY DATA HAS
+//! CHANGED unit attention.
+//!
 //! Durability follows the LUN's cache mode: with `write_cache: false` librbd's cache is off,
-//! so librbd acknowledges a write only once the OSDs have it; with the cache on, a write is
-//! in librbd's volatile cache until a flush (SYNCHRONIZE CACHE, or the flush after a FUA
-//! write) completes.
+//! so librbd acknowledges a write only once the OSDs have it (a FUA write needs nothing
+//! more); with the cache on, a write is in librbd's volatile cache until a flush
+//! (SYNCHRONIZE CACHE, or the flush after a FUA write) completes.
+//!
+//! An operation the cluster does not answer within `timeout_secs` fails with ETIMEDOUT
+//! (librados' op timeouts), which the SCSI layer answers BUSY: a stopped OSD delays the
+//! commands of its LUN, never the other LUNs, and never forever.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +39,10 @@ const LIBRBD_CAW_SECTOR: u64 = 512;
 /// A LUN whose blocks live in an RBD image.
 pub struct RbdBackend {
     image: Arc<Image>,
-    size: u64,
+    /// The image's size in bytes, updated by librbd's update watch.
+    size: Arc<AtomicU64>,
+    /// Whether librbd's cache is on: only then does a FUA write need a flush after it.
+    cache: bool,
 }
 
 impl RbdBackend {
@@ -91,9 +102,23 @@ impl RbdBackend {
                 "{what}: existing image of {size} bytes kept (size: {wanted} is for creating it)"
             );
         }
+        let followed = Arc::new(AtomicU64::new(size));
+        let (setter, image_name) = (Arc::clone(&followed), what.clone());
+        image
+            .watch_size(move |new| {
+                log::info!("{image_name}: resized to {new} bytes");
+                setter.store(new, Ordering::Relaxed);
+            })
+            .map_err(|e| {
+                BackendError::new(
+                    io::ErrorKind::Other,
+                    format!("{what}: watching its size: {e}"),
+                )
+            })?;
         Ok(RbdBackend {
             image: Arc::new(image),
-            size,
+            size: followed,
+            cache: write_cache,
         })
     }
 }
@@ -106,13 +131,17 @@ fn open_image(
     stage: impl Fn(&'static str),
 ) -> Result<Image, (&'static str, rbd_ffi::Error)> {
     let timeout = deadline.as_secs().max(1).to_string();
+    let op_timeout = spec.timeout_secs.to_string();
     let options = [
         ("rbd_cache", if write_cache { "true" } else { "false" }),
         // The target advertises LBPRZ (unmapped blocks read as zeroes): librbd must zero
         // the parts of a discard that do not cover whole objects instead of skipping them.
         ("rbd_skip_partial_discard", "false"),
         ("client_mount_timeout", timeout.as_str()),
-        ("rados_mon_op_timeout", timeout.as_str()),
+        // An operation the OSDs (or monitors) do not answer in time fails with ETIMEDOUT
+        // instead of waiting for them forever; the command is then answered BUSY.
+        ("rados_osd_op_timeout", op_timeout.as_str()),
+        ("rados_mon_op_timeout", op_timeout.as_str()),
     ];
     let connecting = "connecting to the cluster's monitors";
     let cluster =
@@ -150,16 +179,16 @@ fn backend_error(e: rbd_ffi::Error) -> BackendError {
 
 impl Backend for RbdBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         self.image.read(offset, buf).map_err(backend_error)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
         self.image.write(offset, data).map_err(backend_error)
     }
 
@@ -168,12 +197,12 @@ impl Backend for RbdBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         self.image.discard(offset, len).map_err(backend_error)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         self.image.write_zeroes(offset, len).map_err(backend_error)
     }
 
@@ -193,10 +222,13 @@ impl Backend for RbdBackend {
 impl AsyncBackend for RbdBackend {
     fn submit(&self, op: AsyncOp, done: AsyncDone) {
         let (offset, len) = op_range(&op);
-        if let Err(e) = check_range(offset, len, self.size) {
+        if let Err(e) = check_range(offset, len, self.size()) {
             return done(Err(e));
         }
         let image = Arc::clone(&self.image);
+        // With librbd's cache off, a write completes once the OSDs have it (durable): FUA
+        // needs no flush after it.
+        let flush_after = |fua: bool| fua && self.cache;
         match op {
             AsyncOp::Read { offset, len } => {
                 self.image
@@ -205,8 +237,9 @@ impl AsyncBackend for RbdBackend {
                     })
             }
             AsyncOp::Write { offset, data, fua } => {
+                let flush = flush_after(fua);
                 self.image.aio_write(offset, data, move |r, _| {
-                    then_flush_if(fua, &image, r, done)
+                    then_flush_if(flush, &image, r, done)
                 })
             }
             AsyncOp::Flush => self
@@ -214,15 +247,16 @@ impl AsyncBackend for RbdBackend {
                 .aio_flush(move |r| done(r.map(|()| AsyncReply::Done).map_err(backend_error))),
             AsyncOp::Discard { ranges } => discard_all(&self.image, ranges, done),
             AsyncOp::WriteZeroes { offset, len, fua } => {
+                let flush = flush_after(fua);
                 self.image
-                    .aio_write_zeroes(offset, len, move |r| then_flush_if(fua, &image, r, done))
+                    .aio_write_zeroes(offset, len, move |r| then_flush_if(flush, &image, r, done))
             }
             AsyncOp::CompareAndWrite {
                 offset,
                 compare,
                 data,
                 fua,
-            } => compare_and_write(image, offset, compare, data, fua, done),
+            } => compare_and_write(image, offset, compare, data, flush_after(fua), done),
         }
     }
 }
@@ -247,11 +281,11 @@ fn op_range(op: &AsyncOp) -> (u64, u64) {
     }
 }
 
-/// Reports a completed write; with `fua`, only after a flush has made it durable.
-fn then_flush_if(fua: bool, image: &Image, written: Result<(), rbd_ffi::Error>, done: AsyncDone) {
+/// Reports a completed write; with `flush`, only after a flush has made it durable.
+fn then_flush_if(flush: bool, image: &Image, written: Result<(), rbd_ffi::Error>, done: AsyncDone) {
     match written {
         Err(e) => done(Err(backend_error(e))),
-        Ok(()) if fua => {
+        Ok(()) if flush => {
             image.aio_flush(move |r| done(r.map(|()| AsyncReply::Done).map_err(backend_error)))
         }
         Ok(()) => done(Ok(AsyncReply::Done)),
@@ -302,20 +336,21 @@ fn fits_librbd_compare_and_write(offset: u64, len: u64) -> bool {
 /// COMPARE AND WRITE. Within one 512-byte sector librbd does it atomically in the OSD, which
 /// holds across gateways too. Longer ranges, which Ceph 16 refuses, are read, compared and
 /// written here: atomic against this process's I/O because the engine runs the command
-/// alone on its LU, but not against another gateway writing the same image.
+/// alone on its LU, but not against another gateway writing the same image. `flush`: make
+/// the write durable (FUA with librbd's cache on) before reporting.
 fn compare_and_write(
     image: Arc<Image>,
     offset: u64,
     compare: Buf,
     data: Buf,
-    fua: bool,
+    flush: bool,
     done: AsyncDone,
 ) {
     if fits_librbd_compare_and_write(offset, compare.len() as u64) {
         let flusher = Arc::clone(&image);
         image.aio_compare_and_write(offset, compare, data, move |r, _, _| match r {
             Ok(Compared::Mismatch { offset }) => done(Ok(AsyncReply::Miscompare { offset })),
-            Ok(Compared::Written) => then_flush_if(fua, &flusher, Ok(()), done),
+            Ok(Compared::Written) => then_flush_if(flush, &flusher, Ok(()), done),
             Err(e) => done(Err(backend_error(e))),
         });
         return;
@@ -333,7 +368,7 @@ fn compare_and_write(
             }
             let flusher = Arc::clone(&image);
             image.aio_write(offset, data, move |r, _| {
-                then_flush_if(fua, &flusher, r, done)
+                then_flush_if(flush, &flusher, r, done)
             });
         },
     );

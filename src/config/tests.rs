@@ -91,6 +91,7 @@ fn limits_defaults_match_documentation() {
     assert_eq!(l.login_timeout_secs, 15);
     assert_eq!(l.discovery_idle_timeout_secs, 30);
     assert_eq!(l.max_io_size, 524_288);
+    assert_eq!(l.busy_poll_us, 0);
 }
 
 #[test]
@@ -918,6 +919,7 @@ fn limits_ranges() {
         ("login_timeout_secs", 1, 3600),
         ("discovery_idle_timeout_secs", 1, 3600),
         ("max_io_size", 4096, 16 << 20),
+        ("busy_poll_us", 0, 1000),
     ];
     for &(key, min, max) in cases {
         ok(&with_limits(&format!(
@@ -1209,15 +1211,17 @@ fn rbd_backing_resolves_with_defaults_and_in_full() {
             create: false,
             conf: "/etc/ceph/ceph.conf".into(),
             user: "admin".into(),
+            timeout_secs: 20,
         })
     );
     let c = ok(&with_lun(
         "backing: {type: rbd, pool: rbd, image: disk0, size: 100G, create: true, \
-         conf: /etc/ceph/ceph.conf, user: iscsi-gw}",
+         conf: /etc/ceph/ceph.conf, user: iscsi-gw, timeout_secs: 5}",
     ));
     let backing = &c.targets[0].luns[0].backing;
     assert_eq!(backing.configured_size(), Some(100 << 30));
     assert!(matches!(backing, Backing::Rbd(r) if r.create && r.user == "iscsi-gw"));
+    assert!(matches!(backing, Backing::Rbd(r) if r.timeout_secs == 5));
 }
 
 #[test]
@@ -1276,6 +1280,16 @@ fn rbd_backing_errors_name_the_field() {
             "user",
             "not used by type ram",
         ),
+        (
+            "{type: rbd, pool: rbd, image: x, timeout_secs: 0}",
+            "timeout_secs",
+            "out of range",
+        ),
+        (
+            "{type: ram, size: 1M, timeout_secs: 5}",
+            "timeout_secs",
+            "not used by type ram",
+        ),
     ];
     for (backing, field, needle) in cases {
         let yaml = with_lun(&format!("backing: {backing}"));
@@ -1286,4 +1300,33 @@ fn rbd_backing_errors_name_the_field() {
             fails(&yaml, &format!("{p}.{field}"), needle);
         }
     }
+}
+
+#[test]
+fn alua_port_defaults_and_choices() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.target_port_group, 1);
+    assert_eq!(c.alua_state, AluaState::ActiveOptimized);
+    let c = ok(&format!(
+        "{MINIMAL}target_port_group: 2\nalua_state: active-non-optimized\n"
+    ));
+    assert_eq!(c.target_port_group, 2);
+    assert_eq!(c.alua_state, AluaState::ActiveNonOptimized);
+    let c = ok(&format!("{MINIMAL}alua_state: standby\n"));
+    assert_eq!(c.alua_state, AluaState::Standby);
+    fails(
+        &format!("{MINIMAL}target_port_group: 0\n"),
+        "target_port_group",
+        "1..=65535",
+    );
+    fails(
+        &format!("{MINIMAL}target_port_group: 65536\n"),
+        "target_port_group",
+        "1..=65535",
+    );
+    fails(
+        &format!("{MINIMAL}alua_state: offline\n"),
+        "alua_state",
+        "active-optimized",
+    );
 }

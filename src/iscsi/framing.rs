@@ -65,21 +65,38 @@ pub fn digest(bytes: &[u8]) -> [u8; 4] {
 const SMALL_CHUNK: usize = 512;
 /// Small buffers are appended to a chunk until it holds this many bytes.
 const COALESCED_CHUNK: usize = 64 * 1024;
+/// [`PduReader::read_buffer`] reads into the free end of the last read buffer while it has at
+/// least this much room (a peer trickling its bytes fills buffers rather than starting new ones).
+const MIN_TAIL_ROOM: usize = 4096;
+
+/// Received bytes: `bytes[..filled]` arrived; a read buffer's `bytes[filled..]` is room for more.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Vec<u8>,
+    filled: usize,
+    /// Copied in by [`PduReader::push`] or [`PduReader::push_owned`] (counted as a copy).
+    copied: bool,
+}
 
 /// Accumulates stream bytes and yields complete PDUs.
 ///
-/// The bytes are kept in the chunks they arrived in ([`PduReader::push_owned`] takes a read
-/// buffer without copying it), and a data segment is copied once, out of the chunks into where
-/// it belongs: a new `Vec` for [`PduReader::next_pdu`], or a buffer of the caller's choosing for
-/// [`PduReader::take_data_into`] (a write task's buffer).
+/// The bytes are kept in the chunks they arrived in, and a data segment is copied once, out of
+/// the chunks into where it belongs: a new `Vec` for [`PduReader::next_pdu`], or a buffer of the
+/// caller's choosing for [`PduReader::take_data_into`] (a write task's buffer). A transport
+/// reads straight into the reader ([`PduReader::read_buffer`], [`PduReader::push_read`]): into
+/// the free end of the last buffer, else into a fresh one; a buffer whose bytes are all consumed
+/// is kept (one at most) for the next read, so a connection in steady state allocates nothing
+/// to receive.
 #[derive(Debug, Default)]
 pub struct PduReader {
-    /// Received bytes, oldest first; each with whether it was copied in by [`PduReader::push`].
-    chunks: VecDeque<(Vec<u8>, bool)>,
+    /// Received bytes, oldest first.
+    chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already consumed.
     front_offset: usize,
     /// Bytes buffered and not consumed.
     len: usize,
+    /// A consumed read buffer (its whole length initialized), for the next read.
+    spare: Option<Vec<u8>>,
 }
 
 /// The header of the next PDU, all of whose bytes have arrived; its data is still in the reader
@@ -144,7 +161,11 @@ impl PduReader {
     pub fn push(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.len += bytes.len();
-            self.chunks.push_back((bytes.to_vec(), true));
+            self.chunks.push_back(Chunk {
+                bytes: bytes.to_vec(),
+                filled: bytes.len(),
+                copied: true,
+            });
         }
     }
 
@@ -152,18 +173,71 @@ impl PduReader {
     /// the last chunk instead, so bytes that trickle in one by one cost no chunk each.
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
         if bytes.len() < SMALL_CHUNK {
-            if let Some((last, copied)) = self.chunks.back_mut() {
-                if last.len() < COALESCED_CHUNK {
+            if let Some(last) = self.chunks.back_mut() {
+                if last.filled < COALESCED_CHUNK {
                     self.len += bytes.len();
-                    last.extend_from_slice(&bytes);
-                    *copied = true;
+                    last.bytes.truncate(last.filled);
+                    last.bytes.extend_from_slice(&bytes);
+                    last.filled = last.bytes.len();
+                    last.copied = true;
                     return;
                 }
             }
         }
         if !bytes.is_empty() {
             self.len += bytes.len();
-            self.chunks.push_back((bytes, false));
+            self.chunks.push_back(Chunk {
+                filled: bytes.len(),
+                bytes,
+                copied: false,
+            });
+        }
+    }
+
+    /// Room for the transport to read into; report what it read with
+    /// [`PduReader::push_read`] before using the reader otherwise. The free end of the last read
+    /// buffer when it has room enough, else the kept buffer when it holds at least `size`
+    /// bytes, else a new buffer of `size` bytes (at least one).
+    pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
+        let tail_room = self
+            .chunks
+            .back()
+            .is_some_and(|last| !last.copied && last.bytes.len() - last.filled >= MIN_TAIL_ROOM);
+        if !tail_room {
+            let bytes = match self.spare.take() {
+                Some(spare) if spare.len() >= size => spare,
+                _ => vec![0; size.max(1)],
+            };
+            self.chunks.push_back(Chunk {
+                bytes,
+                filled: 0,
+                copied: false,
+            });
+        }
+        let last = self.chunks.back_mut().expect("a read buffer");
+        &mut last.bytes[last.filled..]
+    }
+
+    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
+    pub fn push_read(&mut self, n: usize) {
+        let Some(last) = self.chunks.back_mut() else {
+            return;
+        };
+        let n = n.min(last.bytes.len() - last.filled);
+        last.filled += n;
+        self.len += n;
+        if last.filled == 0 {
+            // Nothing arrived in a buffer of its own: keep it for the next read.
+            if let Some(chunk) = self.chunks.pop_back() {
+                self.keep(chunk);
+            }
+        }
+    }
+
+    /// Keeps a read buffer none of whose bytes are needed any more for the next read.
+    fn keep(&mut self, chunk: Chunk) {
+        if !chunk.copied {
+            self.spare = Some(chunk.bytes);
         }
     }
 
@@ -177,18 +251,18 @@ impl PduReader {
     fn for_each_piece(&self, start: usize, len: usize, mut f: impl FnMut(&[u8], bool)) {
         let mut skip = start + self.front_offset;
         let mut left = len;
-        for (chunk, copied) in &self.chunks {
+        for chunk in &self.chunks {
             if left == 0 {
                 return;
             }
-            if skip >= chunk.len() {
-                skip -= chunk.len();
+            if skip >= chunk.filled {
+                skip -= chunk.filled;
                 continue;
             }
-            let piece = &chunk[skip..chunk.len().min(skip + left)];
+            let piece = &chunk.bytes[skip..chunk.filled.min(skip + left)];
             skip = 0;
             left -= piece.len();
-            f(piece, *copied);
+            f(piece, chunk.copied);
         }
     }
 
@@ -201,14 +275,15 @@ impl PduReader {
         });
     }
 
-    /// Drops the first `n` buffered bytes.
+    /// Drops the first `n` buffered bytes; a read buffer emptied is kept for the next read.
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let front = self.chunks.front().expect("n <= len").0.len() - self.front_offset;
+            let front = self.chunks.front().expect("n <= len").filled - self.front_offset;
             if n >= front {
                 n -= front;
-                self.chunks.pop_front();
+                let chunk = self.chunks.pop_front().expect("a front chunk");
+                self.keep(chunk);
                 self.front_offset = 0;
             } else {
                 self.front_offset += n;
@@ -427,6 +502,75 @@ mod tests {
         }
         assert_eq!(got, vec![big, sample()]);
         assert_eq!(reader.buffered(), 0);
+    }
+
+    /// Reads `stream` into `reader` through its own buffers, `step` bytes per read at most.
+    fn read_in(reader: &mut PduReader, mut stream: &[u8], step: usize, size: usize) {
+        while !stream.is_empty() {
+            let room = reader.read_buffer(size);
+            let n = room.len().min(step).min(stream.len());
+            room[..n].copy_from_slice(&stream[..n]);
+            reader.push_read(n);
+            stream = &stream[n..];
+        }
+    }
+
+    /// PDUs read straight into the reader's buffers decode whatever the reads' sizes, and a
+    /// buffer whose bytes are consumed serves the next read: receiving allocates nothing in
+    /// steady state, and the reader keeps one spare buffer at most.
+    #[test]
+    fn read_buffers_are_filled_then_reused() {
+        let settings = FrameSettings::default();
+        let mut big = sample();
+        big.data = vec![7; 6000];
+        let bytes = [encode(&big, &settings), encode(&sample(), &settings)].concat();
+        for step in [1, 3, 100, 4095, 4096, 5000, bytes.len()] {
+            let mut reader = PduReader::new();
+            let mut got = Vec::new();
+            for round in 0..3 {
+                read_in(&mut reader, &bytes, step, 16 << 10);
+                // Trickled bytes fill the free end of one buffer rather than start new ones.
+                assert_eq!(reader.chunks.len(), 1, "step {step}");
+                let buffer = reader.chunks[0].bytes.as_ptr();
+                while let Some(p) = reader.next_pdu(&settings).unwrap() {
+                    got.push(p);
+                }
+                assert_eq!(reader.buffered(), 0);
+                assert!(reader.chunks.is_empty());
+                let spare = reader.spare.as_ref().expect("the consumed buffer is kept");
+                assert_eq!(spare.as_ptr(), buffer, "step {step} round {round}");
+                // The next read goes into the same buffer.
+                assert_eq!(reader.read_buffer(16 << 10).as_ptr(), buffer);
+                reader.push_read(0);
+                assert!(reader.chunks.is_empty() && reader.spare.is_some());
+            }
+            let expected: Vec<Pdu> = (0..3).flat_map(|_| [big.clone(), sample()]).collect();
+            assert_eq!(got, expected, "step {step}");
+        }
+    }
+
+    /// A PDU larger than a read buffer spans several; all but the last are dropped once
+    /// consumed, the last one kept.
+    #[test]
+    fn a_pdu_spanning_read_buffers() {
+        let settings = FrameSettings {
+            max_data_segment_length: 1 << 20,
+            ..FrameSettings::default()
+        };
+        let mut big = sample();
+        big.data = (0..100_000u32).map(|i| i as u8).collect();
+        let bytes = encode(&big, &settings);
+        let mut reader = PduReader::new();
+        read_in(&mut reader, &bytes, usize::MAX, 16 << 10);
+        assert_eq!(reader.chunks.len(), bytes.len().div_ceil(16 << 10));
+        let frame = reader.next_frame(&settings).unwrap().unwrap();
+        let mut out = mem_ffi::pool::global().with_capacity(big.data.len());
+        reader.take_data_into(&frame, &mut out).unwrap();
+        assert_eq!(&out[..], &big.data[..]);
+        assert!(reader.chunks.is_empty());
+        assert_eq!(reader.spare.as_ref().map(Vec::len), Some(16 << 10));
+        // A kept buffer smaller than asked for is replaced.
+        assert_eq!(reader.read_buffer(64 << 10).len(), 64 << 10);
     }
 
     #[test]

@@ -30,6 +30,27 @@ use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 use mem_ffi::{Buf, Payload};
 
+/// The read buffer a Data-In PDU's data segment is a slice of: the task's own buffer when one
+/// PDU carries all of the data (no allocation), shared by the PDUs of a longer read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataInBuf {
+    /// The only PDU's buffer.
+    Whole(Buf),
+    /// One of several PDUs' buffer.
+    Shared(Arc<Buf>),
+}
+
+impl std::ops::Deref for DataInBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            DataInBuf::Whole(buf) => buf,
+            DataInBuf::Shared(buf) => buf,
+        }
+    }
+}
+
 /// An effect the TCP transport must carry out, in order. `C` is the core's per-task context
 /// (see [`Connection::handle_pdu_with_context`]); TCP itself needs none and uses `()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +62,7 @@ pub enum TcpAction<C = ()> {
     /// buffer, shared by all its Data-In PDUs).
     SendDataIn {
         header: Header,
-        data: Arc<Buf>,
+        data: DataInBuf,
         range: Range<usize>,
         context: C,
     },
@@ -101,7 +122,7 @@ struct LastDataIn<C> {
     task: TaskId,
     context: C,
     header: DataIn,
-    data: Arc<Buf>,
+    data: DataInBuf,
     range: Range<usize>,
 }
 
@@ -283,8 +304,13 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         let params = self.core.params();
         let max_pdu = params.initiator_max_recv_data_segment_length.max(512) as usize;
         let max_burst = params.max_burst_length.max(512) as usize;
-        let data = Arc::new(data);
         let (start, end) = (range.start as usize, (range.end as usize).min(data.len()));
+        // One PDU (a 4 KiB READ) owns the buffer; several share it.
+        let mut data = if end.saturating_sub(start) <= max_pdu.min(max_burst) {
+            DataInBuf::Whole(data)
+        } else {
+            DataInBuf::Shared(Arc::new(data))
+        };
         let mut offset = start;
         let mut data_sn = 0u32;
         let mut burst_used = 0usize;
@@ -313,13 +339,13 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
                     task: task.id,
                     context: task.context.clone(),
                     header,
-                    data: Arc::clone(&data),
+                    data: std::mem::replace(&mut data, DataInBuf::Whole(Buf::empty())),
                     range: piece,
                 });
             } else {
                 self.out.push_back(TcpAction::SendDataIn {
                     header: Header::DataIn(header),
-                    data: Arc::clone(&data),
+                    data: data.clone(),
                     range: piece,
                     context: task.context.clone(),
                 });

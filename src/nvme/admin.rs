@@ -17,6 +17,7 @@ use super::queue::{
     Action, Binding, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Outcome,
     PendingConnect, Queue,
 };
+use crate::Buf;
 
 /// Length of the Connect command's data (NVMe-oF 1.1).
 const CONNECT_DATA_LEN: usize = 1024;
@@ -111,7 +112,7 @@ impl Queue {
     }
 
     /// An I/O command whose host data is in `data`.
-    pub(super) fn io_command(&mut self, sqe: &Sqe, data: Vec<u8>) -> Outcome {
+    pub(super) fn io_command(&mut self, sqe: &Sqe, data: Buf) -> Outcome {
         let plan = match self.plan_io(sqe) {
             Ok(plan) => plan,
             Err(status) => return Outcome::status(status),
@@ -132,7 +133,7 @@ impl Queue {
         let data = if plan.host_data > 0 && sqe.opcode() != io_opcode::DATASET_MANAGEMENT {
             data
         } else {
-            Vec::new()
+            Buf::empty()
         };
         let io = IoCommand {
             id: self.next_io_id(),

@@ -12,6 +12,7 @@ use super::pdu::{
     CH_LEN, DIGEST_LEN, MAX_TERM_DATA,
 };
 use crate::stats::count_payload_copy;
+use crate::Buf;
 
 /// What the framer accepts; set by the queue as the ICReq exchange and Connect settle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,9 @@ pub struct Received {
     pub pdu: HostPdu,
     /// The PDU header (CH + PSH), for a C2HTermReq about it.
     pub header: Vec<u8>,
-    /// In-capsule data or H2CData data (empty when none).
-    pub data: Vec<u8>,
+    /// In-capsule data or H2CData data (empty when none), in a pool buffer that goes on to
+    /// the backend.
+    pub data: Buf,
     /// False when a data digest was present and did not match.
     pub data_digest_ok: bool,
 }
@@ -133,7 +135,7 @@ impl PduReader {
                 HostPdu::H2CData(h)
             }
         };
-        let data = pdu[data_range].to_vec();
+        let data = Buf::copy_from_slice(&pdu[data_range]);
         count_payload_copy(data.len());
         self.consumed += plen;
         Ok(Some(Received {
@@ -281,7 +283,7 @@ mod tests {
         r.push(&bytes[bytes.len() - 1..]);
         let got = r.next_pdu(&limits).unwrap().unwrap();
         assert!(matches!(got.pdu, HostPdu::CapsuleCmd(ref s) if s.opcode() == 2));
-        assert_eq!(got.data, vec![9u8; 100]);
+        assert_eq!(&got.data[..], &[9u8; 100][..]);
         assert!(got.data_digest_ok);
         assert_eq!(r.buffered(), 0);
     }

@@ -7,6 +7,7 @@ use super::command::{io_opcode, Sqe, Status};
 use super::config::NamespaceDescriptor;
 use crate::backend::{Backend, BackendError};
 use crate::scsi::{BlockReply, BlockRequest};
+use crate::Buf;
 
 /// Identifies an I/O command handed to the environment, unique within its queue.
 pub type IoId = u64;
@@ -40,8 +41,9 @@ pub struct IoCommand {
     pub id: IoId,
     pub nsid: u32,
     pub op: IoOp,
-    /// The host's data for Write and Compare (empty otherwise).
-    pub data: Vec<u8>,
+    /// The host's data for Write and Compare (empty otherwise): the pool buffer it was
+    /// received into, which the backend writes from.
+    pub data: Buf,
 }
 
 impl IoCommand {
@@ -324,7 +326,7 @@ mod tests {
             id: 1,
             nsid: 1,
             op,
-            data: Vec::new(),
+            data: Buf::empty(),
         };
         cmd.execute(&backend).unwrap();
         let mut buf = vec![0u8; 2048];

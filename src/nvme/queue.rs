@@ -166,7 +166,8 @@ enum CommandState {
 #[derive(Debug)]
 struct Command {
     sqe: Box<Sqe>,
-    data: Vec<u8>,
+    /// Host data received so far: a pool buffer the backend writes from.
+    data: Buf,
     /// Host data the command takes in all.
     host_data: u32,
     /// A data digest failed on some of its data: it completes with a transient error.
@@ -444,7 +445,7 @@ impl Queue {
         self.phase = Phase::AwaitingConnect;
     }
 
-    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Vec<u8>, data_digest_ok: bool) {
+    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Buf, data_digest_ok: bool) {
         if self.phase == Phase::Live {
             self.sqhd = (self.sqhd + 1) % self.sq_size.max(1);
             if self.commands.len() >= usize::from(self.sq_size) {
@@ -485,7 +486,7 @@ impl Queue {
         }
         let mut command = Command {
             sqe,
-            data: Vec::new(),
+            data: Buf::empty(),
             host_data: if takes_host_data { sgl.length } else { 0 },
             digest_failed: false,
             state: CommandState::ReceivingData {
@@ -497,16 +498,16 @@ impl Queue {
             _ if sgl.length == 0 && data.is_empty() => {}
             sgl_type::IN_CAPSULE if takes_host_data => {
                 let start = usize::try_from(sgl.address).unwrap_or(usize::MAX);
-                let Some(bytes) = start
+                let Some(end) = start
                     .checked_add(sgl.length as usize)
-                    .and_then(|end| data.get(start..end))
+                    .filter(|&end| end <= data.len())
                 else {
                     return self.respond(cid, Status::SGL_OFFSET_INVALID, 0);
                 };
-                command.data = if start == 0 && bytes.len() == data.len() {
+                command.data = if start == 0 && end == data.len() {
                     data
                 } else {
-                    bytes.to_vec()
+                    Buf::copy_from_slice(&data[start..end])
                 };
             }
             sgl_type::TRANSPORT if data.is_empty() => {
@@ -543,7 +544,7 @@ impl Queue {
     }
 
     /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
-    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Vec<u8>, digest_ok: bool, hdr: &[u8]) {
+    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Buf, digest_ok: bool, hdr: &[u8]) {
         let Some(command) = self.commands.get_mut(&h.cccid) else {
             return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
         };
@@ -565,9 +566,16 @@ impl Queue {
         if h.last != (end == r2t_end) {
             return self.terminate(Fes::InvalidHeaderField, 1, hdr);
         }
-        if command.data.is_empty() {
+        if command.data.is_empty() && data.len() == command.host_data as usize {
+            // All the command's data in one PDU: its buffer is the command's.
             command.data = data;
         } else {
+            if command.data.capacity() < command.host_data as usize {
+                // A buffer for the whole transfer, which the PDUs' data is gathered into.
+                let mut whole = mem_ffi::pool::global().with_capacity(command.host_data as usize);
+                whole.extend_from_slice(&command.data);
+                command.data = whole;
+            }
             command.data.extend_from_slice(&data);
             crate::stats::count_payload_copy(data.len());
         }

@@ -33,8 +33,14 @@ mod op {
 }
 
 /// The SCSI task for `io` on LUN `lun` of target `target`, whose blocks are `block_size` bytes.
-/// The task's id is the I/O's id.
+/// The task's id is the I/O's id; the host's data buffer becomes the task's Data-Out as it is.
 pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTask {
+    let IoCommand {
+        id,
+        op: operation,
+        data,
+        ..
+    } = io;
     let bs = u64::from(block_size);
     let mut cdb = [0u8; 16];
     let rw = |cdb: &mut [u8; 16], opcode: u8, offset: u64, len: u64| {
@@ -42,26 +48,28 @@ pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTas
         cdb[2..10].copy_from_slice(&(offset / bs).to_be_bytes());
         cdb[10..14].copy_from_slice(&((len / bs) as u32).to_be_bytes());
     };
-    let (data_out, expected) = match &io.op {
+    let (data_out, expected) = match &operation {
         IoOp::Read { offset, len } => {
             rw(&mut cdb, op::READ_16, *offset, *len as u64);
             (Buf::empty(), *len)
         }
         IoOp::Write { offset, fua } => {
-            rw(&mut cdb, op::WRITE_16, *offset, io.data.len() as u64);
+            rw(&mut cdb, op::WRITE_16, *offset, data.len() as u64);
             if *fua {
                 cdb[1] |= 0x08;
             }
-            (host_data(&io.data), io.data.len())
+            let len = data.len();
+            (data, len)
         }
         IoOp::Flush => {
             cdb[0] = op::SYNCHRONIZE_CACHE_16;
             (Buf::empty(), 0)
         }
         IoOp::Compare { offset } => {
-            rw(&mut cdb, op::VERIFY_16, *offset, io.data.len() as u64);
+            rw(&mut cdb, op::VERIFY_16, *offset, data.len() as u64);
             cdb[1] = 0x01 << 1; // BYTCHK 01b: compare Data-Out with the medium
-            (host_data(&io.data), io.data.len())
+            let len = data.len();
+            (data, len)
         }
         IoOp::WriteZeroes {
             offset, len, fua, ..
@@ -101,7 +109,7 @@ pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTas
         _ => 16,
     };
     ScsiTask {
-        id: io.id,
+        id,
         target,
         lun,
         cdb: CdbBytes::concat(&cdb[..cdb_len], &[]),
@@ -109,12 +117,6 @@ pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTas
         expected_transfer_length: expected as u32,
         attribute: TaskAttr::Simple,
     }
-}
-
-/// The host's data in a pool buffer, which the backend writes from.
-fn host_data(data: &[u8]) -> Buf {
-    crate::stats::count_payload_copy(data.len());
-    Buf::copy_from_slice(data)
 }
 
 /// The UNMAP parameter list (SBC-3 5.28.2) for byte ranges on blocks of `bs` bytes; each range
@@ -190,6 +192,7 @@ mod tests {
             vendor: "V".into(),
             product: "P".into(),
             revision: "1".into(),
+            alua: Default::default(),
         };
         let lu = LogicalUnit::new(params, Arc::new(RamBackend::new(64 * 512)));
         ScsiTarget::new(vec![Arc::new(lu)])
@@ -229,7 +232,7 @@ mod tests {
             id: 1,
             nsid: 1,
             op,
-            data,
+            data: Buf::copy_from_slice(&data),
         }
     }
 
@@ -290,6 +293,54 @@ mod tests {
         assert_eq!(&back[5120..], &[0x11; 3072]);
         let empty = IoOp::Deallocate { ranges: Vec::new() };
         assert_eq!(status_of(&run(&t, io(empty, Vec::new()))), Status::SUCCESS);
+    }
+
+    /// A persistent reservation an iSCSI initiator holds fences NVMe hosts (docs/nvme.md).
+    #[test]
+    fn a_scsi_reservation_fences_nvme_writes() {
+        let t = target();
+        let iscsi = Nexus {
+            initiator_name: "iqn.2026-11.org.example:initiator".into(),
+            isid: [0x80, 0, 0, 0, 0, 1],
+        };
+        let prout = |service_action: u8, rtype: u8, rk: u64, sark: u64| {
+            let mut cdb = [0u8; 10];
+            cdb[0] = 0x5F;
+            cdb[1] = service_action;
+            cdb[2] = rtype;
+            cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+            let mut list = [0u8; 24];
+            list[0..8].copy_from_slice(&rk.to_be_bytes());
+            list[8..16].copy_from_slice(&sark.to_be_bytes());
+            let request = ScsiRequest {
+                nexus: &iscsi,
+                lun: 0,
+                cdb: &cdb,
+                data_out: &list,
+                expected_transfer_length: 24,
+                task_attr: TaskAttr::Simple,
+            };
+            match t.prepare(&request) {
+                Prepared::Done(outcome) => outcome.status,
+                Prepared::Io { .. } => panic!("PR OUT is not I/O"),
+            }
+        };
+        assert_eq!(prout(0x00, 0, 0, 7), status::GOOD, "REGISTER");
+        assert_eq!(
+            prout(0x01, 0x01, 7, 0),
+            status::GOOD,
+            "RESERVE, Write Exclusive"
+        );
+        let write = io(
+            IoOp::Write {
+                offset: 0,
+                fua: false,
+            },
+            vec![1; 512],
+        );
+        assert_eq!(status_of(&run(&t, write)), Status::RESERVATION_CONFLICT);
+        // Reads are allowed under Write Exclusive.
+        assert_eq!(read(&t, 0, 512), vec![0; 512]);
     }
 
     #[test]

@@ -386,6 +386,15 @@ fn outcome(
             information: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
             ..Sense::new(sense::MISCOMPARE, sense::MISCOMPARE_DURING_VERIFY)
         }),
+        // The backend gave up waiting (an RBD operation past its timeout): nothing is known
+        // to have failed, so the initiator is asked to retry (SAM-5 5.3.1, BUSY).
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            log::warn!("backend I/O timed out, answering BUSY: {e}");
+            ScsiOutcome {
+                status: super::status::BUSY,
+                ..ScsiOutcome::good()
+            }
+        }
         Err(e) => {
             log::error!("backend I/O failed: {e}");
             let s = if e.is_out_of_space() {

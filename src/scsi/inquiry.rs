@@ -29,6 +29,9 @@ fn standard(lu: Option<&LogicalUnit>, byte0: u8) -> Vec<u8> {
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HiSup | response data format 2
     d[4] = (STD_LEN - 5) as u8;
+    if lu.is_some() {
+        d[5] = super::alua::TPGS_IMPLICIT;
+    }
     d[7] = 0x02; // CmdQue
     if let Some(lu) = lu {
         let p = lu.params();
@@ -79,7 +82,8 @@ pub(super) fn inquiry(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
     Ok(truncate(d, alloc))
 }
 
-/// VPD 0x83 descriptors: NAA 5 (binary, LU association) and T10 vendor ID (ASCII).
+/// VPD 0x83 descriptors: NAA 5 (binary, LU association), T10 vendor ID (ASCII), then the
+/// relative target port and target port group of this gateway (see [`super::alua`]).
 fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     let p = lu.params();
     let naa = (p.naa_id & 0x0FFF_FFFF_FFFF_FFFF) | (5 << 60);
@@ -90,6 +94,7 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     t10.extend(p.serial.bytes().filter(u8::is_ascii_graphic).take(64));
     d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
     d.extend_from_slice(&t10);
+    d.extend_from_slice(&p.alua.designators());
     d
 }
 

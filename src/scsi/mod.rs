@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alua;
 mod block;
 mod cdb;
 mod inquiry;
@@ -18,7 +19,9 @@ mod mode;
 mod opcodes;
 mod pr;
 pub mod sense;
+mod ua;
 
+pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
@@ -27,7 +30,7 @@ use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
 use mem_ffi::{Buf, Payload};
 use sense::{Sense, SenseData};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// SAM status codes carried in the iSCSI SCSI Response.
@@ -126,6 +129,8 @@ pub struct LunParams {
     pub product: String,
     /// Product revision level (4 ASCII chars, space padded on output).
     pub revision: String,
+    /// The target port this LU is reached through, for ALUA (see [`AluaPort`]).
+    pub alua: AluaPort,
 }
 
 /// SAM task attribute from the iSCSI header (ordering is enforced by the iSCSI layer).
@@ -279,7 +284,8 @@ impl From<Sense> for Plan<'_> {
 pub struct LogicalUnit {
     params: LunParams,
     backend: Arc<dyn Backend>,
-    num_blocks: u64,
+    /// Capacity in blocks as last reported; follows the backend when it is resized.
+    num_blocks: AtomicU64,
     wce: AtomicBool,
     /// For the synchronous entry ([`LogicalUnit::run`]): ordinary I/O holds this shared;
     /// COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold it exclusively. The server's engine
@@ -287,22 +293,22 @@ pub struct LogicalUnit {
     io_lock: RwLock<()>,
     /// Persistent and SPC-2 reservations, shared by all sessions.
     pr: Mutex<pr::PrState>,
+    /// Unit attention conditions pending per I_T nexus.
+    unit_attentions: Mutex<ua::UnitAttentions>,
 }
 
 impl LogicalUnit {
     /// Creates a LU over `backend`; capacity is the backend size in whole blocks.
     pub fn new(params: LunParams, backend: Arc<dyn Backend>) -> Self {
-        let num_blocks = backend
-            .size()
-            .checked_div(u64::from(params.block_size))
-            .unwrap_or(0);
+        let num_blocks = blocks_of(backend.size(), params.block_size);
         LogicalUnit {
             wce: AtomicBool::new(params.write_cache),
             params,
             backend,
-            num_blocks,
+            num_blocks: AtomicU64::new(num_blocks),
             io_lock: RwLock::new(()),
             pr: Mutex::new(pr::PrState::default()),
+            unit_attentions: Mutex::new(ua::UnitAttentions::default()),
         }
     }
 
@@ -313,7 +319,7 @@ impl LogicalUnit {
 
     /// Capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.num_blocks.load(Ordering::Relaxed)
     }
 
     /// Current WCE (write-back caching) setting.
@@ -330,10 +336,49 @@ impl LogicalUnit {
         self.pr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// I_T nexus loss: drops the SPC-2 (RESERVE(6)) reservation held by `nexus`.
-    /// Persistent reservation registrations survive.
+    fn unit_attentions(&self) -> MutexGuard<'_, ua::UnitAttentions> {
+        self.unit_attentions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows a backend whose size changed (an RBD image resized from outside): the new
+    /// capacity is reported from now on, and every nexus that knew the old one gets a
+    /// CAPACITY DATA HAS CHANGED unit attention (SBC-3 4.10).
+    fn follow_capacity(&self) {
+        let now = blocks_of(self.backend.size(), self.params.block_size);
+        let before = self.num_blocks.swap(now, Ordering::Relaxed);
+        if before != now {
+            log::info!(
+                "LUN {}: capacity changed from {before} to {now} blocks",
+                self.params.lun
+            );
+            self.unit_attentions().establish_all(Sense::new(
+                sense::UNIT_ATTENTION,
+                sense::CAPACITY_DATA_HAS_CHANGED,
+            ));
+        }
+    }
+
+    /// The unit attention, if any, that `cdb` from `nexus` is answered with instead of being
+    /// run (SPC-4 5.14): every command but INQUIRY, REPORT LUNS and REQUEST SENSE reports
+    /// and clears the oldest pending one. Records the nexus so later conditions reach it.
+    fn unit_attention(&self, cdb: Cdb<'_>, nexus: &Nexus) -> Option<Sense> {
+        let mut ua = self.unit_attentions();
+        match cdb.opcode() {
+            op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => {
+                ua.register(nexus);
+                None
+            }
+            _ => ua.take(nexus),
+        }
+    }
+
+    /// I_T nexus loss: drops the SPC-2 (RESERVE(6)) reservation held by `nexus` and its
+    /// pending unit attentions. Persistent reservation registrations survive.
     pub fn release_nexus(&self, nexus: &Nexus) {
         self.reservations().release_nexus(nexus);
+        self.unit_attentions().remove(nexus);
     }
 
     /// LOGICAL UNIT RESET: releases the SPC-2 reservation (persistent ones are kept).
@@ -361,6 +406,12 @@ impl LogicalUnit {
 
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
+        self.follow_capacity();
+        if !cdb.is_empty() {
+            if let Some(attention) = self.unit_attention(cdb, req.nexus) {
+                return Err(attention);
+            }
+        }
         if cdb.is_empty() || !opcodes::is_supported(opcode, cdb.service_action()) {
             return Err(Sense::new(
                 sense::ILLEGAL_REQUEST,
@@ -370,6 +421,7 @@ impl LogicalUnit {
         if cdb_too_short(cdb) {
             return Err(Sense::invalid_cdb_field(0, None));
         }
+        self.params.alua.check_access(cdb)?;
         let done = |o: ScsiOutcome| Ok(Plan::Done(o));
         let nexus = req.nexus;
         if self.reservations().conflicts(cdb, nexus) {
@@ -377,7 +429,10 @@ impl LogicalUnit {
         }
         match opcode {
             op::TEST_UNIT_READY => done(ScsiOutcome::good()),
-            op::REQUEST_SENSE => done(request_sense(cdb, None)),
+            op::REQUEST_SENSE => {
+                let pending = self.unit_attentions().take(nexus);
+                done(request_sense(cdb, pending))
+            }
             op::INQUIRY => done(ScsiOutcome::with_data(inquiry::inquiry(self, cdb)?)),
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 done(ScsiOutcome::with_data(mode::mode_sense(self, cdb)?))
@@ -420,6 +475,11 @@ impl LogicalUnit {
             op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
                 done(ScsiOutcome::with_data(read_defect_data(cdb)))
             }
+            op::MAINTENANCE_IN if cdb.service_action() == alua::SA_REPORT_TARGET_PORT_GROUPS => {
+                done(ScsiOutcome::with_data(
+                    self.params.alua.report_target_port_groups(cdb)?,
+                ))
+            }
             op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),
             _ => block::plan(self, cdb, req),
         }
@@ -431,7 +491,7 @@ impl LogicalUnit {
         if cdb.byte(8) & 0x01 == 0 && cdb.be32(2) != 0 {
             return Err(Sense::invalid_cdb_field(2, None));
         }
-        let last = self.num_blocks.saturating_sub(1).min(0xFFFF_FFFF) as u32;
+        let last = self.num_blocks().saturating_sub(1).min(0xFFFF_FFFF) as u32;
         let mut d = Vec::with_capacity(8);
         d.extend_from_slice(&last.to_be_bytes());
         d.extend_from_slice(&self.params.block_size.to_be_bytes());
@@ -441,7 +501,7 @@ impl LogicalUnit {
     /// READ CAPACITY(16) parameter data (32 bytes, cut to the allocation length).
     fn read_capacity_16(&self, cdb: Cdb<'_>) -> Vec<u8> {
         let mut d = vec![0u8; 32];
-        d[0..8].copy_from_slice(&self.num_blocks.saturating_sub(1).to_be_bytes());
+        d[0..8].copy_from_slice(&self.num_blocks().saturating_sub(1).to_be_bytes());
         d[8..12].copy_from_slice(&self.params.block_size.to_be_bytes());
         if self.backend.supports_discard() {
             d[14] = 0x80 | 0x40; // LBPME, LBPRZ: unmapped blocks read as zeroes.
@@ -474,6 +534,11 @@ impl LogicalUnit {
             }
         }
     }
+}
+
+/// Whole blocks of `block_size` in `bytes`.
+fn blocks_of(bytes: u64, block_size: u32) -> u64 {
+    bytes.checked_div(u64::from(block_size)).unwrap_or(0)
 }
 
 /// Whether a command with this CDB must run with no other I/O in flight on its LU (COMPARE AND
@@ -511,8 +576,8 @@ fn truncate(mut d: Vec<u8>, alloc: usize) -> Vec<u8> {
     d
 }
 
-/// REQUEST SENSE: we keep no deferred errors or unit attentions, so the answer is
-/// NO SENSE, or `pending` (e.g. LU NOT SUPPORTED for a missing LUN). Always fixed format.
+/// REQUEST SENSE: `pending` (the oldest unit attention, or LU NOT SUPPORTED for a missing
+/// LUN), else NO SENSE (we keep no deferred errors). Always fixed format.
 fn request_sense(cdb: Cdb<'_>, pending: Option<Sense>) -> ScsiOutcome {
     let s = pending.unwrap_or(Sense::new(sense::NO_SENSE, sense::NO_ADDITIONAL_SENSE));
     ScsiOutcome::with_data(truncate(s.to_fixed(), usize::from(cdb.byte(4))))

@@ -208,6 +208,11 @@ static COMMANDS: &[OpInfo] = &[
         op::REPORT_LUNS,
         &[0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0],
     ),
+    sa(
+        op::MAINTENANCE_IN,
+        super::alua::SA_REPORT_TARGET_PORT_GROUPS,
+        &[0xA3, 0xFF, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
     OpInfo {
         opcode: op::MAINTENANCE_IN,
         service_action: Some(op::SA_REPORT_SUPPORTED_OPCODES),

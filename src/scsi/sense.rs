@@ -47,6 +47,8 @@ pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
 pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
 /// ASC/ASCQ: space allocation failed write protect (thin backing store is full).
 pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
+/// ASC/ASCQ: capacity data has changed (unit attention after the LU was resized).
+pub const CAPACITY_DATA_HAS_CHANGED: (u8, u8) = (0x2A, 0x09);
 /// ASC/ASCQ: saving parameters not supported.
 pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
 /// ASC/ASCQ: internal target failure.
@@ -83,7 +85,7 @@ pub struct Sense {
 
 impl Sense {
     /// A sense condition from a key and an (ASC, ASCQ) pair.
-    pub fn new(key: u8, (asc, ascq): (u8, u8)) -> Self {
+    pub const fn new(key: u8, (asc, ascq): (u8, u8)) -> Self {
         Sense {
             key,
             asc,

@@ -61,7 +61,7 @@ fn test_unit_ready_and_unknown_opcodes() {
         &[0x7Fu8][..],
         &[0xC0],
         &[0x9E, 0x13],
-        &[0xA3, 0x0A],
+        &[0xA3, 0x05],
         &[0x3C],
         &[0xA0],
     ] {
@@ -1332,4 +1332,23 @@ fn random_cdbs_never_panic() {
             }
         }
     }
+}
+
+#[test]
+fn a_timed_out_backend_operation_is_answered_busy_other_errors_check_condition() {
+    let lu = ram_lu(64, 512);
+    let cdb = read16(0, 8);
+    let Plan::Io { request, .. } = lu.plan(&req(0, &cdb, &[])) else {
+        panic!("READ(16) plans I/O");
+    };
+    let timed_out = BackendError::new(std::io::ErrorKind::TimedOut, "rbd_aio_read: timed out");
+    let o = finish(&request, Err(timed_out), 0);
+    assert_eq!(o.status, status::BUSY);
+    assert!(o.sense.is_empty());
+    let failed = BackendError::new(std::io::ErrorKind::Other, "rbd_aio_read: I/O error");
+    assert_check(
+        &finish(&request, Err(failed), 0),
+        MEDIUM_ERROR,
+        UNRECOVERED_READ_ERROR,
+    );
 }

@@ -15,6 +15,7 @@ pub fn params(lun: u64, block_size: u32) -> LunParams {
         vendor: "ISERTGT".into(),
         product: "RAMDISK".into(),
         revision: "0001".into(),
+        alua: AluaPort::default(),
     }
 }
 

@@ -182,6 +182,8 @@ struct EngineShared {
     next_resident: AtomicU64,
     /// Commands submitted to the engine and not yet completed.
     outstanding: AtomicUsize,
+    /// How long an engine thread with residents busy-polls before sleeping (µs; 0: never).
+    busy_poll_us: AtomicU64,
 }
 
 impl EngineShared {
@@ -328,6 +330,7 @@ impl Engine {
             next_thread: AtomicUsize::new(0),
             next_resident: AtomicU64::new(1),
             outstanding: AtomicUsize::new(0),
+            busy_poll_us: AtomicU64::new(0),
         });
         let engine = Engine {
             shared: Arc::clone(&shared),
@@ -354,6 +357,13 @@ impl Engine {
 
     fn threads_mut(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets engine threads that run connections poll them for `spin` before sleeping
+    /// (`limits.busy_poll_us`; zero: sleep at once).
+    pub(crate) fn set_busy_poll(&self, spin: Duration) {
+        let us = u64::try_from(spin.as_micros()).unwrap_or(u64::MAX);
+        self.shared.busy_poll_us.store(us, Ordering::Relaxed);
     }
 
     /// Whether file and block I/O goes through io_uring (else the blocking pool).

@@ -24,7 +24,7 @@ use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
-use crate::scsi::{LogicalUnit, LunParams, ScsiTarget};
+use crate::scsi::{AluaPort, LogicalUnit, LunParams, ScsiTarget};
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
@@ -211,6 +211,10 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
                     env!("CARGO_PKG_VERSION_MAJOR"),
                     env!("CARGO_PKG_VERSION_MINOR")
                 ),
+                alua: AluaPort {
+                    group: config.target_port_group,
+                    state: config.alua_state,
+                },
             };
             log::info!(
                 "{} LUN {}: {} backend, {} bytes{}",
@@ -254,7 +258,8 @@ fn core_config(
             })
             .collect(),
         portals,
-        portal_group_tag: 1,
+        // One port per gateway process: its portal group tag is its target port group.
+        portal_group_tag: config.target_port_group,
         policy,
         queue_depth: limits.queue_depth,
         max_transfer_length,
@@ -357,6 +362,7 @@ impl Server {
             config.limits.io_threads as usize,
             engine::IoMode::Auto,
         )?;
+        engine.set_busy_poll(Duration::from_micros(config.limits.busy_poll_us.into()));
         log::info!(
             "I/O engine: {} thread(s), file and block I/O {}",
             config.limits.io_threads,

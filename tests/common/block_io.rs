@@ -17,6 +17,17 @@ use super::raw_login::{self, isid, SessionType, RESPONSE_TIMEOUT};
 /// target's own declaration never goes below.
 const SEGMENT: usize = 8192;
 
+/// What [`BlockSession::command`] got back.
+#[derive(Debug)]
+pub struct CommandReply {
+    /// SAM status.
+    pub status: u8,
+    /// Data-In.
+    pub data: Vec<u8>,
+    /// Sense data (fixed format from this target); empty unless CHECK CONDITION.
+    pub sense: Vec<u8>,
+}
+
 /// A logged-in normal session on LUN `lun` of a target.
 pub struct BlockSession {
     stream: TcpStream,
@@ -31,11 +42,17 @@ pub struct BlockSession {
 impl BlockSession {
     /// Logs in to `target` on 127.0.0.1:`port` and addresses LUN `lun` (< 256).
     pub fn login(port: u16, target: &str, lun: u8) -> io::Result<BlockSession> {
+        Self::login_as(port, target, lun, 7)
+    }
+
+    /// As [`BlockSession::login`], with ISID number `isid_n` (see [`isid`]): sessions with
+    /// different ISIDs are different I_T nexuses; the same ISID reinstates the session.
+    pub fn login_as(port: u16, target: &str, lun: u8, isid_n: u16) -> io::Result<BlockSession> {
         let mut stream = raw_login::connect_from(Ipv4Addr::LOCALHOST, port);
         let response = raw_login::login(
             &mut stream,
             "iqn.2026-11.io.iser-target:block-io",
-            isid(7),
+            isid(isid_n),
             SessionType::Normal { target },
         )?;
         if response.status_class != 0 {
@@ -118,6 +135,44 @@ impl BlockSession {
         }
     }
 
+    /// Runs a command without Data-Out (`cdb`, up to 16 bytes) expecting up to `data_in`
+    /// bytes of Data-In: returns its status, Data-In and sense data (without the iSCSI
+    /// SenseLength prefix).
+    pub fn command(&mut self, cdb: &[u8], data_in: usize) -> io::Result<CommandReply> {
+        let mut padded = vec![0u8; 16];
+        padded[..cdb.len()].copy_from_slice(cdb);
+        self.send_cdb(padded, data_in, data_in > 0, false)?;
+        let mut data = Vec::new();
+        loop {
+            let pdu = self.next_pdu()?;
+            match pdu.header {
+                Header::DataIn(d) => {
+                    data.extend_from_slice(&pdu.data);
+                    if d.status_present {
+                        self.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                        let status = d.status;
+                        let sense = Vec::new();
+                        return Ok(CommandReply {
+                            status,
+                            data,
+                            sense,
+                        });
+                    }
+                }
+                Header::ScsiResponse(r) => {
+                    self.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    let sense = pdu.data.get(2..).unwrap_or_default().to_vec();
+                    return Ok(CommandReply {
+                        status: r.status,
+                        data,
+                        sense,
+                    });
+                }
+                other => return Err(io::Error::other(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
     /// Sends a READ(16) (0x88) or WRITE(16) (0x8A) command; returns its ITT.
     fn send_command(
         &mut self,
@@ -131,12 +186,17 @@ impl BlockSession {
         cdb[0] = opcode;
         cdb[2..10].copy_from_slice(&lba.to_be_bytes());
         cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        self.send_cdb(cdb, len, opcode == 0x88, opcode == 0x8A)
+    }
+
+    /// Sends a command of `len` expected bytes; returns its ITT.
+    fn send_cdb(&mut self, cdb: Vec<u8>, len: usize, read: bool, write: bool) -> io::Result<u32> {
         self.itt += 1;
         let command = ScsiCommand {
             immediate: false,
             final_flag: true,
-            read: opcode == 0x88,
-            write: opcode == 0x8A,
+            read,
+            write,
             attribute: TaskAttribute::Simple,
             lun: self.lun,
             itt: self.itt,

@@ -371,6 +371,11 @@ impl<T, B: IoBuf> Ring<T, B> {
         self.waker_armed = true;
     }
 
+    /// Whether completions wait to be reaped (no system call: for a thread that busy-polls).
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     /// Submits everything queued (one `io_uring_enter`); returns how many entries were taken.
     pub fn submit(&mut self) -> io::Result<usize> {
         loop {

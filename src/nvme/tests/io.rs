@@ -347,8 +347,9 @@ fn payload_copies_per_command() {
     io.queue.handle_io_complete(write.id, Ok(BlockReply::Done));
     io.pump();
     io.take();
-    // A write in two R2Ts: the framer's copy of each H2CData, and the second R2T's data
-    // appended to the first's.
+    // A write in two R2Ts: the framer's copy of each H2CData, then each into the command's
+    // buffer, sized for the whole transfer, which goes to the backend as it is. (A write whose
+    // data comes in one H2CData keeps that PDU's buffer: one copy, as in-capsule.)
     reset_thread_payload_copies();
     let data = vec![2u8; 2 * MAX_H2C as usize];
     let sqe = Sqe::new(0x01, 2, 1)
@@ -363,8 +364,8 @@ fn payload_copies_per_command() {
     assert_eq!(
         thread_payload_copies(),
         CopyCounts {
-            copies: 3,
-            bytes: 3 * u64::from(MAX_H2C)
+            copies: 4,
+            bytes: 4 * u64::from(MAX_H2C)
         }
     );
     // A read: the backend's buffer goes out in the C2HData action as it is.

@@ -54,6 +54,11 @@ pub(crate) trait Resident: Send {
     fn deadline(&self) -> Option<Instant>;
     /// Whether it has ended: no poll armed, no command outstanding. It is dropped then.
     fn is_finished(&self) -> bool;
+    /// The thread busy-polls (`limits.busy_poll_us`) instead of sleeping: look for work
+    /// without a system call (an iSER connection polls its CQs). `true` when it found some.
+    fn spin(&mut self, _io: &mut ThreadIo<'_>) -> bool {
+        false
+    }
 }
 
 /// A place reserved for a connection on one engine thread, before it moves in. Cloned into
@@ -206,6 +211,29 @@ impl EngineThread {
         for id in due {
             self.with_resident(id, |resident, io| resident.timeout(now, io));
         }
+    }
+
+    /// Lets every resident look for work once ([`Resident::spin`]); `true` when one found some
+    /// (it is settled with this turn's others).
+    pub(super) fn spin_residents(&mut self) -> bool {
+        let mut ids = std::mem::take(&mut self.spin_ids);
+        ids.clear();
+        ids.extend(self.residents.keys().copied());
+        let mut found = false;
+        for &id in &ids {
+            let Some(mut resident) = self.residents.get_mut(&id).and_then(Option::take) else {
+                continue;
+            };
+            if resident.spin(&mut ThreadIo { thread: self, id }) {
+                found = true;
+                self.touched.push(id);
+            }
+            if let Some(place) = self.residents.get_mut(&id) {
+                *place = Some(resident);
+            }
+        }
+        self.spin_ids = ids;
+        found
     }
 
     /// Ends every resident (engine stop, after the server's shutdown grace).

@@ -700,3 +700,79 @@ fn a_resident_gets_its_completions_on_its_thread_with_the_count_already_down() {
     );
     engine.shutdown();
 }
+
+/// A resident with nothing to poll but its spins: it finds work on its third.
+struct SpinResident {
+    spins: Arc<AtomicUsize>,
+    found: bool,
+    seen: Sender<Seen>,
+}
+
+impl Resident for SpinResident {
+    fn start(&mut self, _: &mut ThreadIo<'_>) {}
+    fn ready(&mut self, _: Interest, _: std::io::Result<usize>, _: &mut ThreadIo<'_>) {}
+    fn completed(&mut self, _: TaskId, _: ScsiOutcome, _: &mut ThreadIo<'_>) {}
+    fn poked(&mut self, _: &mut ThreadIo<'_>) {
+        let _ = self.seen.send(Seen::Poked);
+    }
+    fn timeout(&mut self, _: Instant, _: &mut ThreadIo<'_>) {}
+    fn abort(&mut self, _: &mut ThreadIo<'_>) {}
+    fn settle(&mut self, _: &mut ThreadIo<'_>) {}
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    fn is_finished(&self) -> bool {
+        self.found
+    }
+    fn spin(&mut self, _: &mut ThreadIo<'_>) -> bool {
+        self.found = self.spins.fetch_add(1, Ordering::SeqCst) + 1 >= 3;
+        self.found
+    }
+}
+
+impl Drop for SpinResident {
+    fn drop(&mut self) {
+        let _ = self.seen.send(Seen::Dropped);
+    }
+}
+
+/// `limits.busy_poll_us`: without it a thread with residents sleeps and never spins them;
+/// with it the thread polls them before sleeping, and one that finds work is settled (here:
+/// found finished and dropped) with no wake-up from outside.
+#[test]
+fn busy_polling_spins_residents_only_when_set() {
+    let engine = Engine::start(
+        vec![target(Arc::new(RamBackend::new(1 << 20)), true)],
+        1,
+        IoMode::Auto,
+    )
+    .unwrap();
+    assert!(engine.runs_connections());
+    let residence = engine.reserve_residence();
+    let spins = Arc::new(AtomicUsize::new(0));
+    let (seen, events) = crossbeam_channel::unbounded();
+    residence.attach(Box::new(SpinResident {
+        spins: Arc::clone(&spins),
+        found: false,
+        seen,
+    }));
+    residence.poke();
+    assert_eq!(
+        events.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Seen::Poked
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(spins.load(Ordering::SeqCst), 0, "spun without busy_poll_us");
+    engine.set_busy_poll(Duration::from_micros(500));
+    residence.poke();
+    assert_eq!(
+        events.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Seen::Poked
+    );
+    assert_eq!(
+        events.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Seen::Dropped
+    );
+    assert!(spins.load(Ordering::SeqCst) >= 3);
+    engine.shutdown();
+}

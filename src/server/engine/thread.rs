@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ pub(super) struct EngineThread {
     /// Residents that had events this turn: they write their output and are checked for the
     /// end once the turn's events are all in.
     pub(super) touched: Vec<u64>,
+    /// Resident ids of one busy-poll round (kept: no allocation per round).
+    pub(super) spin_ids: Vec<u64>,
 }
 
 impl EngineThread {
@@ -106,6 +109,7 @@ impl EngineThread {
             local: Vec::new(),
             residents: HashMap::new(),
             touched: Vec::new(),
+            spin_ids: Vec::new(),
         }
     }
 
@@ -138,6 +142,13 @@ impl EngineThread {
             {
                 return;
             }
+            if self.busy_poll(queue, timeout) {
+                // A resident found work while spinning: another turn without sleeping.
+                continue;
+            }
+            let Some(ring) = self.ring.as_mut() else {
+                return;
+            };
             if let Err(e) = ring.wait_timeout(timeout) {
                 log::error!("io_uring wait failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
@@ -152,6 +163,37 @@ impl EngineThread {
             }
             self.completions = completions;
             self.fire_timers(Instant::now());
+        }
+    }
+
+    /// With `limits.busy_poll_us` set and residents here, spins that long (at most until
+    /// `timeout`) before the ring sleeps: submits what is queued, then polls the residents
+    /// ([`Resident::spin`]), the ring's completions and the inbox without system calls.
+    /// `true` when a resident found work (the caller settles it and turns again); `false` when
+    /// the time is up or the ring or inbox has something (the ring's wait returns at once).
+    fn busy_poll(&mut self, queue: &Receiver<Message>, timeout: Option<Duration>) -> bool {
+        let spin = Duration::from_micros(self.shared.busy_poll_us.load(Ordering::Relaxed));
+        if spin.is_zero() || self.residents.is_empty() {
+            return false;
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
+        if let Err(e) = ring.submit() {
+            log::error!("io_uring submit failed: {e}");
+            return false;
+        }
+        let start = Instant::now();
+        let spin = timeout.map_or(spin, |t| t.min(spin));
+        loop {
+            if self.spin_residents() {
+                return true;
+            }
+            let ring_ready = self.ring.as_mut().is_some_and(Ring::has_completions);
+            if ring_ready || !queue.is_empty() || start.elapsed() >= spin {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 

@@ -1,7 +1,11 @@
-//! One iSER connection: a thread that sleeps on the completion channel of the connection's CQs
-//! and on a doorbell (an eventfd rung by the I/O workers and the rdma_cm event thread), feeds
-//! receives and RDMA Read completions to the sans-IO [`IserConnection`] and posts the fabric
-//! operations it asks for.
+//! One iSER connection: it logs in on a thread of its own, which sleeps on the completion
+//! channel of the connection's CQs and on a doorbell (an eventfd rung by the rdma_cm event
+//! thread and by shutdown); once its session is bound it moves to that session's engine thread
+//! ([`resident`]), which polls the same two descriptors through an epoll set in its ring and
+//! runs the connection's commands without a thread hop. Either way it feeds receives and RDMA
+//! Read completions (polled [`CQ_BATCH`] at a time) to the sans-IO [`IserConnection`] and posts
+//! the fabric operations it asks for ([`post`]). Without io_uring the connection stays on its
+//! own thread to the end, its commands reporting through its mailbox.
 //!
 //! Resources: registered receive areas sliced into buffers — a couple for the login phase,
 //! posted before `rdma_accept`, and the full-feature set posted before the final Login Response
@@ -20,31 +24,40 @@
 //! up that way is dropped.
 //!
 //! Any failed or flushed completion outside teardown, and a fatal async event on the QP, end the
-//! connection: the QP is in error and nothing more will move on it.
+//! connection: the QP is in error and nothing more will move on it. Teardown (disconnect, the
+//! wait for DISCONNECTED, the QP drain) blocks, so a resident hands it to a short-lived thread.
+
+mod post;
+mod resident;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mem_ffi::{Arena, ArenaId, Payload};
+use mem_ffi::ArenaId;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
     Access, AsyncEventKind, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion,
-    ProtectionDomain, QueuePair, SendOp, SendWr, WcStatus, WorkCompletion,
+    ProtectionDomain, QueuePair, WcStatus, WorkCompletion,
 };
 
 use super::ring::Ring;
 use crate::iscsi::iser::{FabricOp, IserConnection};
-use crate::iscsi::{CloseReason, CoreConfig, TaskId};
+use crate::iscsi::{CloseReason, CoreConfig, ScsiTask, TaskId};
 use crate::scsi::ScsiOutcome;
+use crate::server::engine::Residence;
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
-use crate::server::{ConnectionSet, Shared};
+use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
+use post::{Backlog, Buffer, InFlight, Kind, ReadWr, Staged};
 
+/// Completions taken from a CQ per `ibv_poll_cq`.
+const CQ_BATCH: usize = 32;
 /// wr_id bit marking a receive; bits 32.. name the receive area, the low bits the slot.
 const WR_RECV: u64 = 1 << 62;
 /// Receive area of the login buffers.
@@ -83,21 +96,33 @@ pub(super) enum Event {
     Async(AsyncEventKind),
 }
 
-/// An eventfd that wakes the connection's poll.
-pub(super) struct Doorbell(EventFd);
+/// An eventfd that wakes the connection (its thread's poll, or its engine thread's epoll set),
+/// with a flag so that a wake-up reads the eventfd only when it was rung.
+pub(super) struct Doorbell {
+    fd: EventFd,
+    rung: AtomicBool,
+}
 
 impl Doorbell {
     pub(super) fn new() -> std::io::Result<Arc<Self>> {
         let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
-        Ok(Arc::new(Doorbell(fd)))
+        Ok(Arc::new(Doorbell {
+            fd,
+            rung: AtomicBool::new(false),
+        }))
     }
 
     fn ring(&self) {
-        let _ = self.0.write(1);
+        // Written before the flag is set: a clear that misses the flag leaves the eventfd
+        // readable, so the next wake-up comes at once and finds it set.
+        let _ = self.fd.write(1);
+        self.rung.store(true, Ordering::Release);
     }
 
     fn clear(&self) {
-        let _ = self.0.read();
+        if self.rung.load(Ordering::Acquire) && self.rung.swap(false, Ordering::AcqRel) {
+            let _ = self.fd.read();
+        }
     }
 }
 
@@ -153,105 +178,12 @@ pub(super) struct Resources {
     pub(super) qp: QueuePair,
 }
 
-/// Operations waiting to be posted, in order, with a bound on the Sends among them.
-struct Backlog {
-    ops: VecDeque<FabricOp>,
-    sends: usize,
-    max_sends: usize,
-}
-
-impl Backlog {
-    fn new(max_sends: usize) -> Self {
-        Backlog {
-            ops: VecDeque::new(),
-            sends: 0,
-            max_sends,
-        }
-    }
-
-    /// Queues `op`; fails when more Sends wait than the initiator could ever have asked for.
-    fn push_back(&mut self, op: FabricOp) -> Result<(), String> {
-        if matches!(op, FabricOp::Send { .. }) {
-            if self.sends >= self.max_sends {
-                return Err(format!(
-                    "{} PDUs are waiting to be sent: the initiator stopped taking them",
-                    self.sends
-                ));
-            }
-            self.sends += 1;
-        }
-        self.ops.push_back(op);
-        Ok(())
-    }
-
-    fn pop_front(&mut self) -> Option<FabricOp> {
-        let op = self.ops.pop_front()?;
-        if matches!(op, FabricOp::Send { .. }) {
-            self.sends -= 1;
-        }
-        Some(op)
-    }
-
-    /// Puts back an op that could not be posted yet.
-    fn push_front(&mut self, op: FabricOp) {
-        if matches!(op, FabricOp::Send { .. }) {
-            self.sends += 1;
-        }
-        self.ops.push_front(op);
-    }
-
-    fn clear(&mut self) {
-        self.ops.clear();
-        self.sends = 0;
-    }
-}
-
-/// Bytes of a Send staged in registered memory.
-enum Staged {
-    Arena(usize),
-    /// A one-off registration for a Send larger than the arena (and those of the login phase).
-    OneOff(Arc<MemoryRegion>),
-}
-
-/// Where a posted send-queue WR keeps its bytes.
-enum Buffer {
-    /// A Send's bytes, copied into registered memory.
-    Staged(Staged),
-    /// A task's read data, the source of its RDMA Writes: held by the last of them until the
-    /// completion, so the pool does not hand it out (nor a RAM LUN free it) while the NIC
-    /// reads it.
-    Task(Payload),
-    /// An RDMA Write of a piece of read data whose later Write of the same chain holds it.
-    Chained,
-    /// A task's write buffer, the target of an RDMA Read: the adapter keeps it until the read
-    /// is reported (see [`IserConnection::rdma_read_placement`]).
-    InTask,
-}
-
-enum Kind {
-    Send,
-    Write,
-    Read { token: u64 },
-}
-
-struct InFlight {
-    wr_id: u64,
-    buffer: Buffer,
-    kind: Kind,
-}
-
 /// Why the connection is going away.
 enum Ending {
     /// The core closed it (Logout, shutdown, protocol error...): let its last Sends go out first.
     Core(CloseReason, Instant),
     /// The fabric failed or the peer disconnected: stop at once.
     Fabric(String),
-}
-
-enum Posted {
-    Yes,
-    /// Not enough room yet; retry after completions.
-    Later,
 }
 
 struct Driver {
@@ -269,6 +201,19 @@ struct Driver {
     mailbox: Mailbox,
     inbox: Receiver<Event>,
     session: SessionSlot,
+    /// The place reserved for the connection on an engine thread, where it moves once its
+    /// session is bound (`None` without io_uring: it stays on its own thread).
+    residence: Option<Residence>,
+    /// The session is bound at `residence`: the connection thread hands the driver over.
+    moving_in: bool,
+    /// Commands the core asked to run, for the resident to hand to its engine thread.
+    to_execute: Vec<ScsiTask>,
+    /// RDMA Reads being gathered into one post (kept: no allocation per WRITE).
+    read_batch: Vec<ReadWr>,
+    /// On an engine thread the core closed the connection while commands were outstanding:
+    /// the session is released (I_T nexus loss) once they are reported, and nothing more is
+    /// posted until then.
+    release_pending: bool,
     pending: Backlog,
     next_wr: u64,
     reads: usize,
@@ -279,15 +224,22 @@ struct Driver {
     wcs: Vec<WorkCompletion>,
     /// The last received Send, copied out of its receive buffer (reused: no allocation per PDU).
     received: Vec<u8>,
+    /// The connection's place under the connection caps, its routes and its registration for
+    /// shutdown: held until teardown is over.
+    _held: Box<dyn Send>,
+    _registration: ConnectionRegistration,
 }
 
-/// Runs one accepted connection to its end on the calling thread.
+/// Runs one accepted connection: its login on the calling thread, then (when the engine runs
+/// connections) on an engine thread as a [`resident::IserResident`], else to its end here.
+/// `held` lives as long as the connection.
 pub(super) fn serve(
     res: Resources,
     core: Arc<CoreConfig>,
     shared: Arc<Shared>,
     mailbox: Mailbox,
     inbox: Receiver<Event>,
+    held: Box<dyn Send>,
 ) {
     let peer = res
         .qp
@@ -295,7 +247,7 @@ pub(super) fn serve(
         .peer_addr()
         .map_or_else(|| "?".to_string(), |a: SocketAddr| a.to_string());
     let local = res.qp.id().local_addr();
-    let _registration = ConnectionSet::register(&shared.connections, Arc::new(mailbox.clone()));
+    let registration = ConnectionSet::register(&shared.connections, Arc::new(mailbox.clone()));
     log::info!(
         "iSER connection from {peer} (Send-with-Invalidate {})",
         if res.send_with_invalidate {
@@ -305,6 +257,10 @@ pub(super) fn serve(
         }
     );
     let pending = Backlog::new(res.max_pending_sends);
+    let residence = shared
+        .engine
+        .runs_connections()
+        .then(|| shared.engine.reserve_residence());
     let mut driver = Driver {
         conn: IserConnection::new(core, local, res.send_with_invalidate, Instant::now()),
         res,
@@ -312,6 +268,11 @@ pub(super) fn serve(
         mailbox,
         inbox,
         session: SessionSlot::default(),
+        residence,
+        moving_in: false,
+        to_execute: Vec::new(),
+        read_batch: Vec::new(),
+        release_pending: false,
         arena: None,
         pool_mrs: HashMap::new(),
         pending,
@@ -322,38 +283,38 @@ pub(super) fn serve(
         done: false,
         disconnected: false,
         peer,
-        wcs: Vec::with_capacity(32),
+        wcs: Vec::with_capacity(CQ_BATCH),
         received: Vec::new(),
+        _held: held,
+        _registration: registration,
     };
     if driver.shared.stopping() {
         driver.conn.handle_shutdown();
     }
     driver.run();
-    driver.teardown();
-    log::info!("iSER connection from {} closed", driver.peer);
+    if driver.moving_in && !driver.done {
+        if let Some(residence) = driver.residence.clone() {
+            resident::move_in(driver, &residence);
+            return;
+        }
+    }
+    driver.finish();
 }
 
 impl Driver {
+    /// Runs the connection on this thread until it ends or moves to its engine thread.
     fn run(&mut self) {
         if let Err(e) = self.arm() {
             self.fail(format!("arming the CQs: {e}"));
             return;
         }
-        while !self.done {
-            self.poll_cqs();
-            self.drain_inbox();
-            self.pump();
-            self.post_pending();
-            if self.done {
-                break;
+        loop {
+            self.turn();
+            if self.done || self.moving_in {
+                return;
             }
             let now = Instant::now();
-            let mut deadline = self.conn.poll_timeout();
-            if let Some(Ending::Core(_, since)) = &self.ending {
-                let linger = *since + LINGER;
-                deadline = Some(deadline.map_or(linger, |d| d.min(linger)));
-            }
-            let timeout = match deadline {
+            let timeout = match self.deadline() {
                 Some(d) => {
                     let ms = d.saturating_duration_since(now).as_millis();
                     PollTimeout::try_from(ms.min(60_000) as u32 + 1).unwrap_or(PollTimeout::MAX)
@@ -362,35 +323,83 @@ impl Driver {
             };
             let mut fds = [
                 PollFd::new(self.res.channel.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.mailbox.bell.0.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.mailbox.bell.fd.as_fd(), PollFlags::POLLIN),
             ];
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     self.fail(format!("poll: {e}"));
-                    break;
-                }
-            }
-            self.mailbox.bell.clear();
-            if let Err(e) = self.ack_channel() {
-                self.fail(format!("completion channel: {e}"));
-                break;
-            }
-            let now = Instant::now();
-            if self.conn.poll_timeout().is_some_and(|d| d <= now) {
-                self.conn.handle_timeout(now);
-            }
-            if let Some(Ending::Core(reason, since)) = &self.ending {
-                if now >= *since + LINGER {
-                    log::debug!(
-                        "{}: closing ({reason:?}) with {} WRs still outstanding",
-                        self.peer,
-                        self.inflight.len()
-                    );
-                    self.done = true;
+                    return;
                 }
             }
         }
+    }
+
+    /// Everything one wake-up calls for: completion-channel events acknowledged (and the CQs
+    /// re-armed), completions polled in batches, events from other threads, the core's
+    /// operations posted, timers.
+    fn turn(&mut self) {
+        if self.done {
+            return;
+        }
+        self.mailbox.bell.clear();
+        if let Err(e) = self.ack_channel() {
+            return self.fail(format!("completion channel: {e}"));
+        }
+        self.poll_cqs();
+        self.drain_inbox();
+        self.pump();
+        self.post_pending();
+        self.check_timers(Instant::now());
+    }
+
+    /// When the connection next needs [`Driver::check_timers`]: the core's timer (NOP-In), or
+    /// the end of the linger of a closing connection.
+    fn deadline(&self) -> Option<Instant> {
+        let mut deadline = self.conn.poll_timeout();
+        if let Some(Ending::Core(_, since)) = &self.ending {
+            let linger = *since + LINGER;
+            deadline = Some(deadline.map_or(linger, |d| d.min(linger)));
+        }
+        deadline
+    }
+
+    /// Fires the core's timer and ends a closing connection whose linger is over.
+    fn check_timers(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if self.conn.poll_timeout().is_some_and(|d| d <= now) {
+            self.conn.handle_timeout(now);
+            self.pump();
+            self.post_pending();
+        }
+        if let Some(Ending::Core(reason, since)) = &self.ending {
+            if now >= *since + LINGER {
+                log::debug!(
+                    "{}: closing ({reason:?}) with {} WRs still outstanding",
+                    self.peer,
+                    self.inflight.len()
+                );
+                self.done = true;
+            }
+        }
+    }
+
+    /// Once the core's Close waited for the session's commands: releases the session (nothing
+    /// waits, none is outstanding) and posts what waited behind it.
+    fn release_if_idle(&mut self) {
+        if self.release_pending && self.session.outstanding() == 0 {
+            self.session.release(&self.shared);
+            self.release_pending = false;
+            self.post_pending();
+        }
+    }
+
+    /// Tears the connection down on the calling thread (which may block: not an engine thread).
+    fn finish(mut self) {
+        self.teardown();
+        log::info!("iSER connection from {} closed", self.peer);
     }
 
     /// Re-arms both CQs; completions that raced the arming are found by the next poll.
@@ -411,13 +420,19 @@ impl Driver {
         Ok(())
     }
 
-    fn poll_cqs(&mut self) {
+    /// Takes every completion of both CQs, [`CQ_BATCH`] per poll, handling each batch before
+    /// the next; `true` when there was any.
+    fn poll_cqs(&mut self) -> bool {
+        let mut any = false;
         loop {
             let mut seen = 0;
             self.wcs.clear();
-            match self.res.recv_cq.poll(&mut self.wcs, 32) {
+            match self.res.recv_cq.poll(&mut self.wcs, CQ_BATCH) {
                 Ok(n) => seen += n,
-                Err(e) => return self.fail(format!("polling the receive CQ: {e}")),
+                Err(e) => {
+                    self.fail(format!("polling the receive CQ: {e}"));
+                    return any;
+                }
             }
             let wcs = std::mem::take(&mut self.wcs);
             for wc in &wcs {
@@ -425,17 +440,21 @@ impl Driver {
             }
             self.wcs = wcs;
             self.wcs.clear();
-            match self.res.send_cq.poll(&mut self.wcs, 32) {
+            match self.res.send_cq.poll(&mut self.wcs, CQ_BATCH) {
                 Ok(n) => seen += n,
-                Err(e) => return self.fail(format!("polling the send CQ: {e}")),
+                Err(e) => {
+                    self.fail(format!("polling the send CQ: {e}"));
+                    return any;
+                }
             }
             let wcs = std::mem::take(&mut self.wcs);
             for wc in &wcs {
                 self.on_send(wc);
             }
             self.wcs = wcs;
+            any |= seen > 0;
             if seen == 0 || self.done {
-                return;
+                return any;
             }
             // Completions free room: post what waited, and handle what the core produced.
             self.pump();
@@ -484,19 +503,32 @@ impl Driver {
             log::warn!("{}: completion for unknown wr_id {}", self.peer, wc.wr_id);
             return;
         };
-        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response)
-        // completed with it: a send queue completes in posting order.
-        for _ in 0..pos {
-            if let Some(earlier) = self.inflight.pop_front() {
-                if let Buffer::Staged(Staged::Arena(start)) = earlier.buffer {
-                    self.free_staged(start);
-                }
-            }
+        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response,
+        // RDMA Reads chained ahead of the last of a batch) completed with it: a send queue
+        // completes in posting order.
+        for i in 0..=pos {
+            let Some(done) = self.inflight.pop_front() else {
+                break;
+            };
+            let status = if i == pos {
+                wc.status
+            } else {
+                WcStatus::Success
+            };
+            self.retire(done, status);
         }
-        let pos = 0;
-        let Some(done) = self.inflight.remove(pos) else {
-            return;
-        };
+        // A flush outside teardown means the QP went into error (the peer broke it).
+        if wc.status != WcStatus::Success {
+            self.fail(format!(
+                "send-queue completion {:?} (vendor error {:#x})",
+                wc.status, wc.vendor_err
+            ));
+        }
+    }
+
+    /// A completed send-queue WR: its staged bytes are freed, an RDMA Read reported to the
+    /// adapter, an RDMA Write's source buffer given back (only now).
+    fn retire(&mut self, done: InFlight, status: WcStatus) {
         if let Buffer::Staged(Staged::Arena(start)) = &done.buffer {
             self.free_staged(*start);
         }
@@ -504,21 +536,12 @@ impl Driver {
             self.reads -= 1;
             if self.ending.is_none() {
                 // The data landed in the task's buffer itself: nothing to copy.
-                if wc.status == WcStatus::Success {
+                if status == WcStatus::Success {
                     self.conn.handle_rdma_read_complete(token, Instant::now());
                 } else {
                     self.conn.handle_rdma_read_failed(token);
                 }
             }
-        }
-        // An RDMA Write's source buffer goes back to the pool only now.
-        drop(done);
-        // A flush outside teardown means the QP went into error (the peer broke it).
-        if wc.status != WcStatus::Success {
-            self.fail(format!(
-                "send-queue completion {:?} (vendor error {:#x})",
-                wc.status, wc.vendor_err
-            ));
         }
     }
 
@@ -578,14 +601,35 @@ impl Driver {
             match op {
                 FabricOp::BindSession(request) => {
                     let control = Arc::new(self.mailbox.clone());
-                    let mailbox = self.mailbox.clone();
-                    let sink: crate::server::session::CompletionSink =
-                        Arc::new(move |id, outcome| mailbox.post(Event::Completed(id, outcome)));
-                    let result = self.session.bind(&self.shared, &request, control, sink);
+                    let result = match &self.residence {
+                        Some(residence) => {
+                            let result = self.session.bind_resident(
+                                &self.shared,
+                                &request,
+                                control,
+                                residence,
+                            );
+                            // Bound to run on that engine thread: the connection moves there
+                            // once this turn is over.
+                            self.moving_in = result.is_ok();
+                            result
+                        }
+                        None => {
+                            let mailbox = self.mailbox.clone();
+                            let sink: crate::server::session::CompletionSink =
+                                Arc::new(move |id, outcome| {
+                                    mailbox.post(Event::Completed(id, outcome))
+                                });
+                            self.session.bind(&self.shared, &request, control, sink)
+                        }
+                    };
                     self.conn.handle_session_bound(result);
                 }
                 FabricOp::Execute(task) => {
-                    if let Some((id, outcome)) = self.session.execute(task) {
+                    if self.residence.is_some() {
+                        // Run by the resident on its engine thread when this call returns.
+                        self.to_execute.push(task);
+                    } else if let Some((id, outcome)) = self.session.execute(task) {
                         self.conn.handle_scsi_complete(id, outcome);
                     }
                 }
@@ -598,8 +642,13 @@ impl Driver {
                 FabricOp::Close(reason) => {
                     // I_T nexus loss before the Logout Response queued ahead of this Close is
                     // posted: an initiator that logs in again at once must not meet this
-                    // session's SPC-2 reservation (libiscsi's Reserve6.Logout).
-                    self.session.release(&self.shared);
+                    // session's SPC-2 reservation (libiscsi's Reserve6.Logout). On an engine
+                    // thread that waits (without blocking) for the session's commands.
+                    if self.residence.is_some() && self.session.outstanding() > 0 {
+                        self.release_pending = true;
+                    } else {
+                        self.session.release(&self.shared);
+                    }
                     if let Err(e) = self.pending.push_back(FabricOp::Close(reason)) {
                         return self.fail(e);
                     }
@@ -646,393 +695,6 @@ impl Driver {
         );
         Ok(())
     }
-
-    fn post_pending(&mut self) {
-        while !self.done {
-            let Some(op) = self.pending.pop_front() else {
-                return;
-            };
-            if matches!(op, FabricOp::RdmaWrite { .. })
-                && matches!(self.pending.ops.front(), Some(FabricOp::Send { .. }))
-            {
-                // READ data and the Send behind it (its response, as a rule) go as one chain.
-                let send = self.pending.pop_front().expect("peeked");
-                match self.post_write_and_send(op, send) {
-                    Ok(None) => continue,
-                    Ok(Some((write, send))) => {
-                        self.pending.push_front(send);
-                        self.pending.push_front(write);
-                        return;
-                    }
-                    Err(e) => return self.fail(e),
-                }
-            }
-            match self.post(op) {
-                Ok((Posted::Yes, _)) => {}
-                Ok((Posted::Later, Some(op))) => {
-                    self.pending.push_front(op);
-                    return;
-                }
-                Ok((Posted::Later, None)) => return,
-                Err(e) => return self.fail(e),
-            }
-        }
-    }
-
-    fn room(&self) -> bool {
-        self.inflight.len() < self.res.max_send_wr
-    }
-
-    /// Stages `len` bytes: arena space, or a one-off registration for oversized transfers and
-    /// for the Sends of the login phase.
-    fn stage(&mut self, len: usize) -> Result<Option<Staged>, String> {
-        if let Some((_, ring)) = self.arena.as_mut().filter(|(_, ring)| ring.fits(len)) {
-            Ok(ring.alloc(len).map(Staged::Arena))
-        } else {
-            MemoryRegion::new(&self.res.pd, len, Access::LOCAL_WRITE)
-                .map(|mr| Some(Staged::OneOff(mr)))
-                .map_err(|e| format!("registering a {len}-byte staging buffer: {e}"))
-        }
-    }
-
-    fn buffer_mr(&self, buffer: &Staged) -> (Arc<MemoryRegion>, usize) {
-        match (buffer, &self.arena) {
-            (Staged::Arena(start), Some((arena, _))) => (Arc::clone(arena), *start),
-            (Staged::OneOff(mr), _) => (Arc::clone(mr), 0),
-            (Staged::Arena(_), None) => {
-                unreachable!("arena space is handed out only with an arena")
-            }
-        }
-    }
-
-    fn unstage(&mut self, buffer: &Staged) {
-        if let Staged::Arena(start) = buffer {
-            self.free_staged(*start);
-        }
-    }
-
-    fn free_staged(&mut self, start: usize) {
-        if let Some((_, ring)) = &mut self.arena {
-            ring.free(start);
-        }
-    }
-
-    /// Posts one operation, or hands it back when it has to wait.
-    fn post(&mut self, op: FabricOp) -> Result<(Posted, Option<FabricOp>), String> {
-        match op {
-            FabricOp::Close(reason) => {
-                if self.ending.is_none() {
-                    match &reason {
-                        CloseReason::Logout | CloseReason::Shutdown => {
-                            log::debug!("{}: closing ({reason:?})", self.peer)
-                        }
-                        _ => log::warn!("{}: closing ({reason:?})", self.peer),
-                    }
-                    self.ending = Some(Ending::Core(reason.clone(), Instant::now()));
-                }
-                if self.inflight.is_empty() {
-                    self.done = true;
-                    Ok((Posted::Yes, None))
-                } else {
-                    // Wait for the last Sends (e.g. the Logout Response) to complete.
-                    Ok((Posted::Later, Some(FabricOp::Close(reason))))
-                }
-            }
-            FabricOp::Send { bytes, invalidate } => {
-                if !self.room() {
-                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
-                }
-                let Some(buffer) = self.stage(bytes.len())? else {
-                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
-                };
-                let (mr, offset) = self.buffer_mr(&buffer);
-                let wr_id = self.next_wr();
-                let posted = mr
-                    .write(offset, &bytes)
-                    .and_then(|()| {
-                        self.res
-                            .qp
-                            .post_send(wr_id, &mr, offset, bytes.len(), true, invalidate)
-                    })
-                    .map_err(|e| format!("posting a Send: {e}"));
-                self.track(posted, wr_id, Buffer::Staged(buffer), Kind::Send)
-            }
-            FabricOp::RdmaWrite {
-                stag,
-                va,
-                data,
-                range,
-            } => {
-                if range.is_empty() {
-                    return Ok((Posted::Yes, None));
-                }
-                // Straight from the task's read buffer or the RAM LUN's memory: no copy.
-                let sources = self.write_sources(&data, range.clone())?;
-                if !self.room_for(sources.len()) {
-                    let op = FabricOp::RdmaWrite {
-                        stag,
-                        va,
-                        data,
-                        range,
-                    };
-                    return Ok((Posted::Later, Some(op)));
-                }
-                let writes = self.write_wrs(&sources, va, stag, true);
-                let posted = self
-                    .res
-                    .qp
-                    .post_send_list(&writes)
-                    .map_err(|e| format!("posting RDMA Writes: {e}"));
-                // Tracked even when refused: a list may be refused part way, and the teardown
-                // that follows keeps (or leaks) the data of whatever the device may still read.
-                self.track_writes(writes.iter().map(|w| w.wr_id), data);
-                posted.map(|()| (Posted::Yes, None))
-            }
-            FabricOp::RdmaRead {
-                token,
-                stag,
-                va,
-                len,
-            } => {
-                if !self.room() || self.reads >= self.res.max_rdma_reads {
-                    let op = FabricOp::RdmaRead {
-                        token,
-                        stag,
-                        va,
-                        len,
-                    };
-                    return Ok((Posted::Later, Some(op)));
-                }
-                let Some(place) = self.conn.rdma_read_placement(token) else {
-                    // Its task ended before the read went out: nothing to fetch. Reported done
-                    // so the Sends that wait for it may go.
-                    self.conn.handle_rdma_read_complete(token, Instant::now());
-                    self.pump();
-                    return Ok((Posted::Yes, None));
-                };
-                // Straight into the task's write buffer: no staging, no copy.
-                let mr = self.arena_mr(&place.arena)?;
-                let wr_id = self.next_wr();
-                let posted = self
-                    .res
-                    .qp
-                    .post_rdma_read(wr_id, &mr, place.offset, place.len, va, stag, true)
-                    .map_err(|e| format!("posting an RDMA Read: {e}"));
-                if posted.is_ok() {
-                    self.reads += 1;
-                }
-                self.track(posted, wr_id, Buffer::InTask, Kind::Read { token })
-            }
-            FabricOp::BindSession(_)
-            | FabricOp::Execute(_)
-            | FabricOp::Reset { .. }
-            | FabricOp::EnterFullFeature => {
-                unreachable!("handled in pump")
-            }
-        }
-    }
-
-    /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
-    /// the Send signaled: its completion retires the Write too (RC completes a send queue in
-    /// order). The Write goes straight from the task's read buffer. Hands both back when they
-    /// do not fit yet.
-    fn post_write_and_send(
-        &mut self,
-        write: FabricOp,
-        send: FabricOp,
-    ) -> Result<Option<(FabricOp, FabricOp)>, String> {
-        let (
-            FabricOp::RdmaWrite {
-                stag,
-                va,
-                data,
-                range,
-            },
-            FabricOp::Send { bytes, invalidate },
-        ) = (write, send)
-        else {
-            unreachable!("called with an RDMA Write and a Send")
-        };
-        if range.is_empty() {
-            self.pending
-                .push_front(FabricOp::Send { bytes, invalidate });
-            return Ok(None);
-        }
-        let hand_back = |data, range, bytes, invalidate| {
-            Ok(Some((
-                FabricOp::RdmaWrite {
-                    stag,
-                    va,
-                    data,
-                    range,
-                },
-                FabricOp::Send { bytes, invalidate },
-            )))
-        };
-        let sources = self.write_sources(&data, range.clone())?;
-        if !self.room_for(sources.len() + 1) {
-            return hand_back(data, range, bytes, invalidate);
-        }
-        let Some(send_buffer) = self.stage(bytes.len())? else {
-            return hand_back(data, range, bytes, invalidate);
-        };
-        let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
-        let mut chain = self.write_wrs(&sources, va, stag, false);
-        let send_wr = self.next_wr();
-        chain.push(SendWr {
-            wr_id: send_wr,
-            op: SendOp::Send { invalidate },
-            mr: &send_mr,
-            offset: send_offset,
-            len: bytes.len(),
-            signaled: true,
-        });
-        let posted = send_mr
-            .write(send_offset, &bytes)
-            .and_then(|()| self.res.qp.post_send_list(&chain))
-            .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
-        // The Writes are tracked even when the list is refused (it may be refused part way):
-        // the teardown that follows keeps (or leaks) the data the device may still read.
-        self.track_writes(chain[..chain.len() - 1].iter().map(|w| w.wr_id), data);
-        if let Err(e) = posted {
-            // A refused list leaves the connection failing; the staged bytes go with it.
-            self.unstage(&send_buffer);
-            return Err(e);
-        }
-        self.inflight.push_back(InFlight {
-            wr_id: send_wr,
-            buffer: Buffer::Staged(send_buffer),
-            kind: Kind::Send,
-        });
-        Ok(None)
-    }
-
-    /// The registration of a pool arena on this connection's PD, made on first use. Arenas
-    /// stay mapped for the life of the process, so a registration stays valid as long as the
-    /// connection keeps it.
-    fn arena_mr(&mut self, arena: &Arena) -> Result<Arc<MemoryRegion>, String> {
-        if let Some(mr) = self.pool_mrs.get(&arena.id()) {
-            return Ok(Arc::clone(mr));
-        }
-        let mr = MemoryRegion::register_arena(&self.res.pd, arena, Access::LOCAL_WRITE)
-            .map_err(|e| format!("registering buffer arena of {} bytes: {e}", arena.len()))?;
-        log::debug!(
-            "{}: registered buffer arena {:?} ({} bytes)",
-            self.peer,
-            arena.id(),
-            arena.len()
-        );
-        self.pool_mrs.insert(arena.id(), Arc::clone(&mr));
-        Ok(mr)
-    }
-
-    /// Whether `wrs` more send-queue WRs fit now. The largest READ (8 MiB, lent from a RAM
-    /// LUN as at most 9 pieces of its 1 MiB chunks) and its Send fit within the queue's
-    /// headroom, so a chain that does not fit only waits for completions.
-    fn room_for(&self, wrs: usize) -> bool {
-        self.inflight.len() + wrs <= self.res.max_send_wr
-    }
-
-    /// The sources of the RDMA Writes for bytes `range` of a task's Data-In: one registration
-    /// (of the arena holding it), offset in it and length per piece (one for a pool buffer, one
-    /// per chunk or hole for a RAM LUN's lent memory).
-    fn write_sources(
-        &mut self,
-        data: &Payload,
-        range: std::ops::Range<usize>,
-    ) -> Result<Vec<(Arc<MemoryRegion>, usize, usize)>, String> {
-        let pieces = data
-            .pieces(range)
-            .ok_or("an RDMA transfer of memory outside the pool")?;
-        pieces
-            .iter()
-            .map(|piece| Ok((self.arena_mr(&piece.arena)?, piece.offset, piece.len)))
-            .collect()
-    }
-
-    /// One RDMA Write per source, to consecutive remote addresses from `va`, chained in order;
-    /// only the last is signaled when `signal_last` (a Send that follows signals instead).
-    fn write_wrs<'a>(
-        &mut self,
-        sources: &'a [(Arc<MemoryRegion>, usize, usize)],
-        va: u64,
-        stag: u32,
-        signal_last: bool,
-    ) -> Vec<SendWr<'a>> {
-        let mut remote = va;
-        let last = sources.len().saturating_sub(1);
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, (mr, offset, len))| {
-                let wr = SendWr {
-                    wr_id: self.next_wr(),
-                    op: SendOp::RdmaWrite {
-                        remote_addr: remote,
-                        rkey: stag,
-                    },
-                    mr,
-                    offset: *offset,
-                    len: *len,
-                    signaled: signal_last && i == last,
-                };
-                remote = remote.wrapping_add(*len as u64);
-                wr
-            })
-            .collect()
-    }
-
-    /// Tracks posted RDMA Writes of `data`: the last holds it until its completion.
-    fn track_writes(&mut self, wr_ids: impl ExactSizeIterator<Item = u64>, data: Payload) {
-        let mut data = Some(data);
-        let last = wr_ids.len().saturating_sub(1);
-        for (i, wr_id) in wr_ids.enumerate() {
-            let buffer = match data.take() {
-                Some(data) if i == last => Buffer::Task(data),
-                kept => {
-                    data = kept;
-                    Buffer::Chained
-                }
-            };
-            self.inflight.push_back(InFlight {
-                wr_id,
-                buffer,
-                kind: Kind::Write,
-            });
-        }
-    }
-
-    fn next_wr(&mut self) -> u64 {
-        let id = self.next_wr;
-        self.next_wr += 1;
-        id
-    }
-
-    fn track(
-        &mut self,
-        posted: Result<(), String>,
-        wr_id: u64,
-        buffer: Buffer,
-        kind: Kind,
-    ) -> Result<(Posted, Option<FabricOp>), String> {
-        match posted {
-            Ok(()) => {
-                self.inflight.push_back(InFlight {
-                    wr_id,
-                    buffer,
-                    kind,
-                });
-                Ok((Posted::Yes, None))
-            }
-            Err(e) => {
-                if let Buffer::Staged(staged) = &buffer {
-                    self.unstage(staged);
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// The fabric failed: stop at once.
     fn fail(&mut self, why: String) {
         if self.ending.is_none() {
@@ -1095,39 +757,27 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn send() -> FabricOp {
-        FabricOp::Send {
-            bytes: vec![0; 76],
-            invalidate: None,
-        }
-    }
-
+    /// A wake-up reads the eventfd only when it was rung, and leaves it unreadable then (a
+    /// level-triggered epoll set would otherwise wake the engine thread again and again).
     #[test]
-    fn backlog_bounds_the_sends_waiting() {
-        let mut backlog = Backlog::new(2);
-        backlog.push_back(send()).unwrap();
-        // RDMA operations are bounded by the command window, not here.
-        for _ in 0..10 {
-            backlog
-                .push_back(FabricOp::RdmaWrite {
-                    stag: 1,
-                    va: 0,
-                    data: mem_ffi::Payload::empty(),
-                    range: 0..0,
-                })
-                .unwrap();
-        }
-        backlog.push_back(send()).unwrap();
-        let err = backlog.push_back(send()).unwrap_err();
-        assert!(err.contains("stopped taking them"), "{err}");
-        // Posting one makes room; putting it back (not posted yet) takes it again.
-        let first = backlog.pop_front().unwrap();
-        backlog.push_back(send()).unwrap();
-        backlog.push_front(first);
-        assert!(backlog.push_back(send()).is_err());
-        backlog.clear();
-        backlog.push_back(send()).unwrap();
+    fn the_doorbell_is_read_only_when_rung() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let bell = Doorbell::new().unwrap();
+        let readable = |bell: &Doorbell| {
+            let mut fds = [PollFd::new(bell.fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+        };
+        assert!(!readable(&bell));
+        bell.ring();
+        bell.ring();
+        assert!(readable(&bell));
+        bell.clear();
+        assert!(!readable(&bell), "one read takes every ring");
+        // A clear with nothing rung makes no read (and blocks on nothing).
+        bell.clear();
+        assert!(!readable(&bell));
+        bell.ring();
+        assert!(readable(&bell));
     }
 
     #[test]

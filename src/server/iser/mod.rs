@@ -456,15 +456,14 @@ impl Listener {
         let spawned = std::thread::Builder::new()
             .name("iser-conn".into())
             .spawn(move || {
-                // Held for the connection's life: its place under the caps.
-                let _ticket = ticket;
                 let mut guard = guard;
                 if let Some(res) =
                     set_up_and_accept(id, &request, &pds, sizing, &mailbox, &mut guard)
                 {
-                    driver::serve(res, core, shared, mailbox, inbox);
+                    // Held for the connection's life: its place under the caps, its routes.
+                    let held = Box::new((ticket, guard));
+                    driver::serve(res, core, shared, mailbox, inbox, held);
                 }
-                drop(guard);
             });
         if let Err(e) = spawned {
             // The id went with the closure: dropping it rejects the request.

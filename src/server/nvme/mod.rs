@@ -285,3 +285,34 @@ pub(super) fn spawn_listener(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Portal, Transport};
+
+    #[test]
+    fn a_wildcard_portal_is_named_by_the_address_the_host_reached() {
+        let mut config = Config::default_ram();
+        config.portals.push(Portal {
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: 4420,
+            transport: Transport::NvmeTcp,
+        });
+        let scsi = crate::server::build_scsi_targets(&config).unwrap();
+        let portals = [SocketAddr::from(([0, 0, 0, 0], 4420))];
+        let state = NvmeState::new(&config, &scsi, &portals);
+        let base = &state.config.discovery;
+        assert_eq!(base.len(), 1);
+        assert_eq!(base[0].subsystem_nqn, "nqn.2026-11.io.iser-target:ram0");
+        let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 4420)));
+        assert_eq!(seen.discovery[0].address, "192.0.2.7");
+        assert_eq!(seen.discovery[0].service_id, "4420");
+        // The namespace: LUN 0 as NSID 1, its EUI-64 the LUN's NAA identifier.
+        let ns = &seen.subsystems[0].namespaces[0];
+        assert_eq!((ns.nsid, ns.blocks), (1, (1 << 30) / 512));
+        assert_eq!(ns.eui64, config.targets[0].luns[0].identifier.to_be_bytes());
+        assert_eq!(ns.nguid[..8], ns.eui64);
+        assert_eq!(ns.uuid[6] >> 4, 8, "UUID version 8");
+    }
+}

@@ -1,27 +1,35 @@
-//! PDUs framed for the socket but not written yet, kept as pieces (framing bytes, a control PDU's
-//! data, a slice of a task's read buffer) and written with vectored writes, so no data segment
-//! is ever copied into a frame on its way out.
+//! PDUs framed for the socket but not written yet, kept as pieces (a header, a control PDU's
+//! data, a slice of a task's read buffer, padding and digest) and written with vectored writes,
+//! so no data segment is ever copied into a frame on its way out. Headers and trailers are held
+//! inline in the pieces and the I/O vectors are built on the stack: queueing and writing a PDU
+//! allocates nothing once the list of pieces has grown to its working size.
 
 use std::io::{self, IoSlice, Write};
 use std::ops::Range;
-use std::sync::Arc;
 
-use crate::iscsi::framing::{frame_parts, FrameSettings};
+use crate::iscsi::bytes::HeaderBytes;
+use crate::iscsi::framing::{frame_parts, FrameParts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
-use mem_ffi::Buf;
+use crate::iscsi::tcp::DataInBuf;
 
-/// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024).
-const MAX_IOVECS: usize = 1024;
+/// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024; this many fit on the stack).
+const MAX_IOVECS: usize = 64;
 
 /// One contiguous piece of the byte stream.
 enum Piece {
+    /// A header and its digest.
+    Head(HeaderBytes),
+    /// Padding and data digest after a data segment.
+    Tail([u8; 7], u8),
     Owned(Vec<u8>),
-    Shared(Arc<Buf>, Range<usize>),
+    Shared(DataInBuf, Range<usize>),
 }
 
 impl Piece {
     fn bytes(&self) -> &[u8] {
         match self {
+            Piece::Head(bytes) => bytes,
+            Piece::Tail(bytes, len) => &bytes[..usize::from(*len)],
             Piece::Owned(bytes) => bytes,
             Piece::Shared(buffer, range) => &buffer[range.clone()],
         }
@@ -58,31 +66,40 @@ impl Outbox {
     /// Queues a PDU; its data segment is moved in, not copied.
     pub(super) fn push_pdu(&mut self, pdu: Pdu, settings: &FrameSettings) {
         let parts = frame_parts(&pdu.header, &pdu.data, settings);
-        let tail = parts.tail().to_vec();
-        self.push(Piece::Owned(parts.head.to_vec()));
+        self.push(Piece::Head(parts.head.clone()));
         self.push(Piece::Owned(pdu.data));
-        self.push(Piece::Owned(tail));
+        self.push_tail(&parts);
     }
 
     /// Queues a PDU whose data segment is bytes `range` of `buffer`.
     pub(super) fn push_shared(
         &mut self,
         header: &Header,
-        buffer: Arc<Buf>,
+        buffer: DataInBuf,
         range: Range<usize>,
         settings: &FrameSettings,
     ) {
         let parts = frame_parts(header, &buffer[range.clone()], settings);
-        let tail = parts.tail().to_vec();
-        self.push(Piece::Owned(parts.head.to_vec()));
+        self.push(Piece::Head(parts.head.clone()));
         self.push(Piece::Shared(buffer, range));
-        self.push(Piece::Owned(tail));
+        self.push_tail(&parts);
+    }
+
+    fn push_tail(&mut self, parts: &FrameParts) {
+        let tail = parts.tail();
+        let mut bytes = [0u8; 7];
+        bytes[..tail.len()].copy_from_slice(tail);
+        self.push(Piece::Tail(bytes, tail.len() as u8));
     }
 
     /// Queues bytes `range` of `buffer` as they are (a read buffer framed by another
     /// transport: NVMe/TCP C2HData).
-    pub(crate) fn push_buffer(&mut self, buffer: Arc<Buf>, range: Range<usize>) {
-        self.push(Piece::Shared(buffer, range));
+    pub(crate) fn push_buffer(
+        &mut self,
+        buffer: std::sync::Arc<mem_ffi::Buf>,
+        range: Range<usize>,
+    ) {
+        self.push(Piece::Shared(DataInBuf::Shared(buffer), range));
     }
 
     /// Queues raw stream bytes (PDUs framed before the connection got its own thread).
@@ -127,19 +144,21 @@ impl Outbox {
         while *first < self.pieces.len() {
             let first_index = *first;
             let end = (first_index + MAX_IOVECS).min(self.pieces.len());
-            let slices: Vec<IoSlice<'_>> = self.pieces[first_index..end]
-                .iter()
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            for (i, (slice, piece)) in slices
+                .iter_mut()
+                .zip(&self.pieces[first_index..end])
                 .enumerate()
-                .map(|(i, piece)| {
-                    let bytes = piece.bytes();
-                    IoSlice::new(if i == 0 {
-                        &bytes[self.written..]
-                    } else {
-                        bytes
-                    })
-                })
-                .collect();
-            let mut n = match out.write_vectored(&slices) {
+            {
+                let bytes = piece.bytes();
+                *slice = IoSlice::new(if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+            }
+            let slices = &slices[..end - first_index];
+            let mut n = match out.write_vectored(slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -168,6 +187,8 @@ mod tests {
     use super::*;
     use crate::iscsi::framing;
     use crate::iscsi::pdu::{DataIn, NopIn};
+    use mem_ffi::Buf;
+    use std::sync::Arc;
 
     /// A writer that takes at most a few bytes per call, to exercise partial vectored writes.
     struct Trickle(Vec<u8>);
@@ -199,7 +220,12 @@ mod tests {
         });
         let mut outbox = Outbox::default();
         outbox.push_pdu(nop.clone(), &settings);
-        outbox.push_shared(&data_in, Arc::clone(&buffer), 10..111, &settings);
+        outbox.push_shared(
+            &data_in,
+            DataInBuf::Shared(Arc::clone(&buffer)),
+            10..111,
+            &settings,
+        );
         let mut wire = Trickle(Vec::new());
         outbox.write_to(&mut wire).unwrap();
         assert!(outbox.is_empty());

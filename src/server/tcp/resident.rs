@@ -28,8 +28,8 @@ use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes one read may take from the socket.
 const READ_CHUNK: usize = 256 * 1024;
-/// Smallest buffer a read is given: the buffer follows the size of recent reads, so a connection
-/// with small PDUs does not zero a large buffer per read.
+/// Smallest new buffer a read is given: a new buffer follows the size of recent reads, so a
+/// connection with small PDUs does not hold a large one.
 const MIN_READ_CHUNK: usize = 16 * 1024;
 /// Reads per readiness event: a peer that keeps its socket full gets its turn, then the
 /// thread's other connections get theirs (the poll is armed again and fires at once).
@@ -137,7 +137,7 @@ struct TcpResident {
     outbox: Outbox,
     control: Arc<ResidentControl>,
     first: Option<FirstStep>,
-    /// Size of the next read's buffer (follows recent reads).
+    /// Size of the next read's buffer when the framer needs a new one (follows recent reads).
     read_size: usize,
     read_armed: bool,
     write_armed: bool,
@@ -272,11 +272,13 @@ impl TcpResident {
             if self.closing || self.outbox.queued() >= BACKLOG_LIMIT {
                 return;
             }
-            // Each read gets a buffer of its own that the framer keeps: received bytes are not
-            // copied on their way to the core.
-            let size = self.read_size;
-            let mut buf = vec![0u8; size];
-            match (&*self.stream).read(&mut buf) {
+            // The socket is read straight into the framer's buffers (reused once consumed):
+            // received bytes are not copied on their way to the core.
+            let buf = self.reader.read_buffer(self.read_size);
+            let room = buf.len();
+            let result = (&*self.stream).read(buf);
+            self.reader.push_read(*result.as_ref().unwrap_or(&0));
+            match result {
                 Ok(0) => {
                     if !self.conn.is_closed() {
                         log::info!("{}: initiator closed the connection", self.peer);
@@ -286,20 +288,14 @@ impl TcpResident {
                     return;
                 }
                 Ok(n) => {
-                    buf.truncate(n);
-                    if n * 4 < buf.capacity() {
-                        // Mostly empty: give the rest back, so a peer that trickles bytes
-                        // cannot make each of them hold a whole buffer.
-                        buf.shrink_to_fit();
-                    }
-                    self.read_size = if n == size {
-                        (size * 2).min(READ_CHUNK)
+                    // A new buffer follows the size of recent reads.
+                    self.read_size = if n == room {
+                        (room * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
                     } else {
                         (n * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
                     };
-                    self.reader.push_owned(buf);
                     self.consume_pdus(Instant::now(), io);
-                    if n < size {
+                    if n < room {
                         // The socket is very likely empty: wait for the next poll rather than
                         // spend a read on EAGAIN.
                         return;

@@ -1,0 +1,121 @@
+//! Host-side NVMe/TCP framing and checks shared by the NVMe fuzz targets (`nvme_pdu`,
+//! `nvme_queue`), written apart from the crate's codec.
+
+/// The subsystem the fuzz targets connect to.
+pub const SUBSYSTEM: &str = "nqn.2026-01.fuzz:disk";
+/// The host NQN they connect as.
+pub const HOST: &str = "nqn.2026-01.fuzz:host";
+
+/// Host-side PDU framing with the digests the host asked for.
+#[derive(Clone, Copy)]
+pub struct Host {
+    pub header_digest: bool,
+    pub data_digest: bool,
+}
+
+impl Host {
+    /// ICReq, PFV 0, asking for the host's digests.
+    pub fn ic_req(&self) -> Vec<u8> {
+        let mut b = vec![0, 0, 128, 0, 128, 0, 0, 0, 0, 0, 0];
+        b.push(u8::from(self.header_digest) | u8::from(self.data_digest) << 1);
+        b.resize(128, 0);
+        b
+    }
+
+    /// A CapsuleCmd with `data` in the capsule.
+    pub fn capsule(&self, sqe: &[u8; 64], data: &[u8]) -> Vec<u8> {
+        let hd = if self.header_digest { 4 } else { 0 };
+        let dd = if self.data_digest && !data.is_empty() {
+            4
+        } else {
+            0
+        };
+        let pdo = if data.is_empty() { 0 } else { 72 + hd };
+        let plen = (72 + hd + data.len() + dd) as u32;
+        let flags = u8::from(hd > 0) | if dd > 0 { 2 } else { 0 };
+        let mut b = vec![4, flags, 72, pdo as u8];
+        b.extend_from_slice(&plen.to_le_bytes());
+        b.extend_from_slice(sqe);
+        if hd > 0 {
+            let d = crc32c::crc32c(&b).to_le_bytes();
+            b.extend_from_slice(&d);
+        }
+        b.extend_from_slice(data);
+        if dd > 0 {
+            b.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        }
+        b
+    }
+}
+
+/// An SQE with `opcode`, fabrics command type `fctype` and command ID `cid`, SGLs.
+pub fn sqe(opcode: u8, fctype: u8, cid: u16) -> [u8; 64] {
+    let mut s = [0u8; 64];
+    s[0] = opcode;
+    s[1] = 0x40;
+    s[2..4].copy_from_slice(&cid.to_le_bytes());
+    s[4] = fctype;
+    s
+}
+
+/// Connect of queue `qid` to controller `cntlid` (0xFFFF: a new one) with attributes `cattr`.
+pub fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
+    let mut s = sqe(0x7F, 0x01, 0xF000);
+    s[32..36].copy_from_slice(&1024u32.to_le_bytes());
+    s[39] = 0x01;
+    s[42..44].copy_from_slice(&qid.to_le_bytes());
+    s[44..46].copy_from_slice(&15u16.to_le_bytes());
+    s[46] = cattr;
+    s[48..52].copy_from_slice(&10_000u32.to_le_bytes());
+    let mut d = vec![0u8; 1024];
+    d[16..18].copy_from_slice(&cntlid.to_le_bytes());
+    d[256..256 + SUBSYSTEM.len()].copy_from_slice(SUBSYSTEM.as_bytes());
+    d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
+    host.capsule(&s, &d)
+}
+
+/// Enable (CC.EN, IOSQES 6, IOCQES 4) and two I/O queues.
+pub fn enable(host: &Host) -> Vec<u8> {
+    let mut cc = sqe(0x7F, 0x00, 0xF001);
+    cc[44..48].copy_from_slice(&0x14u32.to_le_bytes());
+    cc[48..56].copy_from_slice(&(1u64 | 6 << 16 | 4 << 20).to_le_bytes());
+    let mut queues = sqe(0x09, 0, 0xF002);
+    queues[40] = 0x07;
+    queues[44..48].copy_from_slice(&(1u32 | 1 << 16).to_le_bytes());
+    let mut b = host.capsule(&cc, &[]);
+    b.extend(host.capsule(&queues, &[]));
+    b
+}
+
+/// Checks one PDU the controller sent; panics when it is malformed.
+pub fn check_pdu(b: &[u8], host: &Host) {
+    assert!(b.len() >= 8);
+    let (t, flags, hlen, pdo) = (b[0], b[1], b[2] as usize, b[3] as usize);
+    let plen = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+    assert_eq!(plen, b.len(), "PLEN");
+    let expected_hlen = match t {
+        1 => 128,
+        3 | 5 | 7 | 9 => 24,
+        other => panic!("controller PDU type {other}"),
+    };
+    assert_eq!(hlen, expected_hlen);
+    let digested = host.header_digest && t != 1 && t != 3;
+    assert_eq!(flags & 1 != 0, digested, "HDGSTF");
+    if digested {
+        assert_eq!(b[hlen..hlen + 4], crc32c::crc32c(&b[..hlen]).to_le_bytes());
+    }
+    if t == 7 {
+        assert!(pdo >= hlen && pdo < plen);
+        let dd = host.data_digest;
+        assert_eq!(flags & 2 != 0, dd);
+        let end = plen - if dd { 4 } else { 0 };
+        let datal = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+        assert_eq!(datal, end - pdo);
+        if dd {
+            assert_eq!(b[end..], crc32c::crc32c(&b[pdo..end]).to_le_bytes());
+        }
+    } else if t != 3 {
+        assert_eq!(pdo, 0);
+        assert_eq!(plen, hlen + if digested { 4 } else { 0 });
+    }
+}

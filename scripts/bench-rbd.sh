@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Benchmark an RBD LUN of ours beside librbd's own rate (`rbd bench`) on the same image and
+# beside tgt's RBD backend (Debian's tgt-rbd, `--bstype rbd`), over iSCSI/TCP on 127.0.0.1.
+#
+# Usage: scripts/bench-rbd.sh [--rounds N] [--duration SECONDS] [--size SIZE] [--out DIR]
+#   --rounds    rounds of every workload on the three (default 2); medians are reported
+#   --duration  seconds per measurement (default 8)
+#   --size      image size, with M or G suffix (default 512M); filled before measuring
+#   --out       where the per-run TSV, the table and the logs go
+#               (default target/bench-rbd/<UTC timestamp>)
+# Env: OURS_PORT (3283), TGT_PORT (3284), TGT_CONTROL_PORT (30)
+#
+# Needs the cluster of scripts/ceph-cluster.sh running (take /work/wt/ceph.lock-style locks
+# around it on a shared machine): `scripts/ceph-cluster.sh start`, this, then `stop`.
+#
+# One image (features: layering only, so the three clients opening it in turn do not pass an
+# exclusive lock back and forth; written in full first, so reads reach the OSD) is used by:
+#   rbd bench   librbd in the `rbd` tool, --io-threads = queue depth; its run is sized from a
+#               2-second calibration so it lasts about --duration seconds
+#   ours        `backing: {type: rbd}`, write_cache: false (librbd's cache off)
+#   tgt         tgtd with --bstype rbd, --bsopts conf=...;id=admin
+# all with librbd's cache off (a copy of the cluster's ceph.conf with `rbd cache = false`).
+# ours and tgt are driven by scripts/bench/iscsi-load.c (libiscsi, one session). Workloads:
+# 4 KiB random read and write QD32, 128 KiB sequential read and write QD8. Target CPU per I/O
+# as in bench-tcp.sh (utime + stime of the target process over the run / I/Os).
+#
+# Needs root (tgtd). Installs tgt, tgt-rbd, libiscsi-dev, gcc when missing.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+
+rounds=2
+duration=8
+size=512M
+out=
+while (($#)); do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --duration) duration=$2; shift 2 ;;
+        --size) size=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        *) echo "bench-rbd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench-rbd.sh: --rounds must be a positive integer" >&2; exit 2; }
+[[ $duration =~ ^[1-9][0-9]*$ ]] || { echo "bench-rbd.sh: --duration must be a positive integer" >&2; exit 2; }
+[[ $size =~ ^[1-9][0-9]*[MG]$ ]] || { echo "bench-rbd.sh: --size must look like 512M or 1G" >&2; exit 2; }
+
+ours_port=${OURS_PORT:-3283}
+tgt_port=${TGT_PORT:-3284}
+cport=${TGT_CONTROL_PORT:-30}
+iqn_ours=iqn.2026-11.io.iser-target:bench-rbd
+iqn_tgt=iqn.2026-11.io.iser-target:bench-rbd-tgt
+out=${out:-$target_dir/bench-rbd/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+log() { printf 'bench-rbd: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "needs root (tgtd)"
+cluster_conf=$("$here/ceph-cluster.sh" env)
+[[ -e $cluster_conf ]] || die "no Ceph cluster at $cluster_conf (run scripts/ceph-cluster.sh start)"
+need=()
+command -v tgtd >/dev/null && command -v tgtadm >/dev/null || need+=(tgt)
+[[ -e /usr/lib/tgt/backing-store/bs_rbd.so ]] || need+=(tgt-rbd)
+[[ -f /usr/include/iscsi/iscsi.h ]] || need+=(libiscsi-dev)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt=(apt-get -o DPkg::Lock::Timeout=300)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+        { "${apt[@]}" update -qq && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } ||
+        die "apt-get install ${need[*]} failed"
+fi
+
+log "building the release binary"
+(cd "$repo" && cargo build --release --quiet --bin iser-target) || die "cargo build failed"
+bin=$target_dir/release/iser-target
+load=$target_dir/bench-tcp/iscsi-load
+mkdir -p "$(dirname "$load")"
+if [[ ! -x $load || $here/bench/iscsi-load.c -nt $load ]]; then
+    gcc -O2 -Wall -Wextra -std=gnu11 -o "$load" "$here/bench/iscsi-load.c" -liscsi || die "building iscsi-load failed"
+fi
+
+port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+for p in "$ours_port" "$tgt_port"; do
+    port_open "$p" && die "something already listens on 127.0.0.1:$p (set OURS_PORT / TGT_PORT)"
+done
+
+# librbd's cache off for every client: the cluster's conf with `rbd cache = false` in [client].
+conf=$out/ceph.conf
+sed 's/^\[client\]$/[client]\nrbd cache = false/' "$cluster_conf" >"$conf"
+grep -q '^rbd cache = false$' "$conf" || die "no [client] section in $cluster_conf"
+image=bench-rbd-$$
+rbd_() { timeout 600 rbd -c "$conf" "$@"; }
+ours_pid=
+tgt_pid=
+
+# shellcheck source=scripts/tgtd.sh
+source "$here/tgtd.sh"
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    if [[ -n $ours_pid ]] && kill -0 "$ours_pid" 2>/dev/null; then
+        kill -TERM "$ours_pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$ours_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$ours_pid" 2>/dev/null || true
+        wait "$ours_pid" 2>/dev/null || true
+    fi
+    tgtd_stop "$tgt_pid" "$cport"
+    rbd_ rm --no-progress "rbd/$image" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "creating and filling rbd/$image ($size)"
+rbd_ create --size "$size" --image-feature layering "rbd/$image" || die "rbd create failed"
+rbd_ bench --io-type write --io-size 4M --io-threads 8 --io-pattern seq --io-total "$size" \
+    "rbd/$image" >"$out/fill.log" 2>&1 || die "filling the image failed; see $out/fill.log"
+
+cat >"$out/ours.yaml" <<EOF
+portals:
+  - { address: 127.0.0.1, port: $ours_port, transport: tcp }
+targets:
+  - name: $iqn_ours
+    luns:
+      - id: 0
+        write_cache: false
+        backing: { type: rbd, pool: rbd, image: $image, conf: $conf, user: admin }
+EOF
+"$bin" serve --config "$out/ours.yaml" >"$out/ours.log" 2>&1 &
+ours_pid=$!
+
+tgtd -f -C "$cport" --iscsi "portal=127.0.0.1:$tgt_port" >"$out/tgtd.log" 2>&1 &
+tgt_pid=$!
+
+wait_port() {
+    local port=$1 pid=$2 name=$3
+    for _ in $(seq 300); do
+        port_open "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || { cat "$out/$name.log" >&2; die "$name exited at start-up"; }
+        sleep 0.1
+    done
+    die "$name does not listen on 127.0.0.1:$port"
+}
+wait_port "$ours_port" "$ours_pid" ours
+wait_port "$tgt_port" "$tgt_pid" tgtd
+tgtadm_() { tgtadm -C "$cport" --lld iscsi "$@"; }
+tgtadm_ --mode target --op new --tid 1 --targetname "$iqn_tgt"
+tgtadm_ --mode target --op bind --tid 1 --initiator-address ALL
+# tgt's LUN 0 is its own controller LU, so the data LUN is 1.
+tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 --bstype rbd \
+    --backing-store "rbd/$image" --bsopts "conf=$conf;id=admin"
+
+url_ours=iscsi://127.0.0.1:$ours_port/$iqn_ours/0
+url_tgt=iscsi://127.0.0.1:$tgt_port/$iqn_tgt/1
+
+# cpu_ticks PID: utime + stime of PID and its children, in clock ticks (see bench-tcp.sh).
+cpu_ticks() {
+    local pid total=0 f
+    for pid in $1 $(pgrep -P "$1" || true); do
+        [[ -r /proc/$pid/stat ]] || continue
+        read -ra f <<<"$(sed 's/^.*) //' "/proc/$pid/stat")"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# workload name | iscsi-load arguments | rbd bench arguments
+workloads=(
+    "randread-4k-qd32|-R -s 4096 -q 32|--io-type read --io-pattern rand --io-size 4096 --io-threads 32"
+    "randwrite-4k-qd32|-w -R -s 4096 -q 32|--io-type write --io-pattern rand --io-size 4096 --io-threads 32"
+    "seqread-128k-qd8|-s 131072 -q 8|--io-type read --io-pattern seq --io-size 131072 --io-threads 8"
+    "seqwrite-128k-qd8|-w -s 131072 -q 8|--io-type write --io-pattern seq --io-size 131072 --io-threads 8"
+)
+results=$out/runs.tsv
+printf 'round\ttarget\tworkload\tios\tseconds\tiops\tmib_s\tcpu_ticks\n' >"$results"
+hz=$(getconf CLK_TCK)
+declare -A bench_total
+
+# rbd bench's progress lines are "SEC OPS OPS/SEC BYTES/SEC" with OPS cumulative; its summary
+# is "elapsed: S ops: N ops/sec: X bytes/sec: Y". A run is sized by bytes, not time: the size
+# for --duration seconds comes from a 2-second calibration run stopped by SIGINT.
+bench_calibrate() {
+    local name=$1 args=$2 io_size rate
+    io_size=$(sed -n 's/.*--io-size \([0-9]*\).*/\1/p' <<<"$args")
+    # shellcheck disable=SC2086  # args are words
+    rate=$(timeout -s INT 3 rbd -c "$conf" bench $args --io-total 1T "rbd/$image" 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ && $2 ~ /^[0-9]+$/ { s = $1; n = $2 } END { if (s > 0) print int(n / s) }') || true
+    [[ -n $rate && $rate -gt 0 ]] || die "rbd bench calibration of $name failed"
+    bench_total[$name]=$((rate * duration * io_size))
+    log "rbd bench $name: about $rate IOPS, runs of ${bench_total[$name]} bytes"
+}
+
+# measure ROUND TARGET WORKLOAD LOAD_ARGS BENCH_ARGS: one run; appends a line to runs.tsv.
+measure() {
+    local round=$1 target=$2 name=$3 args=$4 bargs=$5 pid url before after line ios seconds iops mib_s
+    if [[ $target == rbd-bench ]]; then
+        [[ -n ${bench_total[$name]:-} ]] || bench_calibrate "$name" "$bargs"
+        # shellcheck disable=SC2086  # args are words
+        line=$(rbd_ bench $bargs --io-total "${bench_total[$name]}" "rbd/$image" 2>&1 | grep '^elapsed:') ||
+            die "rbd bench $name failed"
+        # elapsed: S ops: N ops/sec: X bytes/sec: Y ...
+        read -r _ seconds _ ios _ iops _ <<<"$line"
+        mib_s=$(awk -v i="$iops" -v a="$bargs" 'BEGIN { split(a, w, " "); for (k in w) if (w[k] == "--io-size") s = w[k + 1]; printf "%.1f", i * s / 1048576 }')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$name" "$ios" "$seconds" \
+            "$iops" "$mib_s" 0 >>"$results"
+        log "round $round rbd-bench $name: $iops IOPS"
+        return
+    fi
+    if [[ $target == ours ]]; then pid=$ours_pid url=$url_ours; else pid=$tgt_pid url=$url_tgt; fi
+    before=$(cpu_ticks "$pid")
+    # shellcheck disable=SC2086  # args are words
+    line=$("$load" $args -t "$duration" "$url") || die "$target $name: iscsi-load failed"
+    after=$(cpu_ticks "$pid")
+    kill -0 "$pid" 2>/dev/null || die "$target died during $name"
+    IFS=' =' read -r _ ios _ seconds _ iops _ mib_s <<<"$line"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$name" "$ios" "$seconds" "$iops" \
+        "$mib_s" "$((after - before))" >>"$results"
+    log "round $round $target $name: $iops IOPS, $(awk -v t=$((after - before)) -v n="$ios" -v hz="$hz" \
+        'BEGIN { printf "%.1f", t * 1e6 / hz / n }') µs CPU/IO"
+}
+
+log "$rounds rounds x ${#workloads[@]} workloads x 3 x ${duration}s; results in $out"
+for round in $(seq "$rounds"); do
+    if ((round % 2)); then order=(rbd-bench ours tgt); else order=(tgt ours rbd-bench); fi
+    for w in "${workloads[@]}"; do
+        IFS='|' read -r name args bargs <<<"$w"
+        for target in "${order[@]}"; do
+            measure "$round" "$target" "$name" "$args" "$bargs"
+        done
+    done
+done
+
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=
+if git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then dirty=+dirty; fi
+versions="ceph $(dpkg-query -W -f='${Version}' librbd1 2>/dev/null || echo unknown), tgt $(dpkg-query -W -f='${Version}' tgt-rbd 2>/dev/null || echo unknown)"
+python3 - "$results" "$hz" "$rounds" "$duration" "$size" "$commit$dirty" "$versions" \
+    "$(nproc)" >"$out/table.md" <<'EOF'
+import statistics, sys, datetime
+path, hz, rounds, duration, size, commit, versions, cpus = sys.argv[1:]
+hz = float(hz)
+runs, order = {}, []
+for row in list(open(path))[1:]:
+    rnd, target, workload, ios, seconds, iops, mib, ticks = row.rstrip("\n").split("\t")
+    if workload not in order:
+        order.append(workload)
+    cpu_us = float(ticks) * 1e6 / hz / float(ios)
+    runs.setdefault((target, workload), []).append((float(iops), float(mib), cpu_us))
+med = lambda target, workload, i: statistics.median(r[i] for r in runs[(target, workload)])
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+print(f"RBD over iSCSI/TCP on 127.0.0.1, {now}, commit {commit}, {versions}, {cpus} CPUs; "
+      f"{size} image (layering), one-OSD cluster of scripts/ceph-cluster.sh, librbd cache off; "
+      f"medians of {rounds} rounds of {duration} s.")
+print()
+print("| workload | rbd bench IOPS | ours IOPS | tgt-rbd IOPS | ours/rbd bench | ours/tgt-rbd "
+      "| ours MiB/s | ours CPU/IO µs | tgt CPU/IO µs |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for w in order:
+    bi, oi, ti = med("rbd-bench", w, 0), med("ours", w, 0), med("tgt", w, 0)
+    print(f"| {w} | {bi:.0f} | {oi:.0f} | {ti:.0f} | {oi / bi:.2f} | {oi / ti:.2f} "
+          f"| {med('ours', w, 1):.1f} | {med('ours', w, 2):.1f} | {med('tgt', w, 2):.1f} |")
+EOF
+echo
+cat "$out/table.md"
+log "per-run figures: $results"

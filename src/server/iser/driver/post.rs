@@ -1,0 +1,609 @@
+//! Posting the adapter's fabric operations: Sends staged through the registered arena, RDMA
+//! Writes straight from a READ's buffer (chained with the response Send behind them, only the
+//! Send signalled), RDMA Reads straight into a WRITE's buffer; what cannot be posted yet waits
+//! in order in the [`Backlog`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mem_ffi::{Arena, Payload};
+use rdma_ffi::{Access, MemoryRegion, SendOp, SendWr};
+
+use super::{Driver, Ending};
+use crate::iscsi::iser::FabricOp;
+use crate::iscsi::CloseReason;
+
+/// Operations waiting to be posted, in order, with a bound on the Sends among them.
+pub(super) struct Backlog {
+    ops: VecDeque<FabricOp>,
+    sends: usize,
+    max_sends: usize,
+}
+
+impl Backlog {
+    pub(super) fn new(max_sends: usize) -> Self {
+        Backlog {
+            ops: VecDeque::new(),
+            sends: 0,
+            max_sends,
+        }
+    }
+
+    /// Queues `op`; fails when more Sends wait than the initiator could ever have asked for.
+    pub(super) fn push_back(&mut self, op: FabricOp) -> Result<(), String> {
+        if matches!(op, FabricOp::Send { .. }) {
+            if self.sends >= self.max_sends {
+                return Err(format!(
+                    "{} PDUs are waiting to be sent: the initiator stopped taking them",
+                    self.sends
+                ));
+            }
+            self.sends += 1;
+        }
+        self.ops.push_back(op);
+        Ok(())
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<FabricOp> {
+        let op = self.ops.pop_front()?;
+        if matches!(op, FabricOp::Send { .. }) {
+            self.sends -= 1;
+        }
+        Some(op)
+    }
+
+    /// Puts back an op that could not be posted yet.
+    pub(super) fn push_front(&mut self, op: FabricOp) {
+        if matches!(op, FabricOp::Send { .. }) {
+            self.sends += 1;
+        }
+        self.ops.push_front(op);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.ops.clear();
+        self.sends = 0;
+    }
+}
+
+/// Bytes of a Send staged in registered memory.
+pub(super) enum Staged {
+    Arena(usize),
+    /// A one-off registration for a Send larger than the arena (and those of the login phase).
+    OneOff(Arc<MemoryRegion>),
+}
+
+/// Where a posted send-queue WR keeps its bytes.
+pub(super) enum Buffer {
+    /// A Send's bytes, copied into registered memory.
+    Staged(Staged),
+    /// A task's read data, the source of its RDMA Writes: held by the last of them until the
+    /// completion, so the pool does not hand it out (nor a RAM LUN free it) while the NIC
+    /// reads it.
+    Task(Payload),
+    /// An RDMA Write of a piece of read data whose later Write of the same chain holds it.
+    Chained,
+    /// A task's write buffer, the target of an RDMA Read: the adapter keeps it until the read
+    /// is reported (see [`IserConnection::rdma_read_placement`]).
+    InTask,
+}
+
+pub(super) enum Kind {
+    Send,
+    Write,
+    Read { token: u64 },
+}
+
+/// An RDMA Read about to be posted (kept between calls: no allocation per WRITE).
+pub(super) struct ReadWr {
+    wr_id: u64,
+    token: u64,
+    mr: Arc<MemoryRegion>,
+    offset: usize,
+    len: usize,
+    va: u64,
+    stag: u32,
+}
+
+pub(super) struct InFlight {
+    pub(super) wr_id: u64,
+    pub(super) buffer: Buffer,
+    pub(super) kind: Kind,
+}
+
+enum Posted {
+    Yes,
+    /// Not enough room yet; retry after completions.
+    Later,
+}
+
+impl Driver {
+    pub(super) fn post_pending(&mut self) {
+        if self.release_pending {
+            // Nothing goes out before the session is released (see `Driver::pump`).
+            return;
+        }
+        while !self.done {
+            if matches!(self.pending.ops.front(), Some(FabricOp::RdmaRead { .. })) {
+                match self.post_reads() {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(e) => return self.fail(e),
+                }
+            }
+            let Some(op) = self.pending.pop_front() else {
+                return;
+            };
+            if matches!(op, FabricOp::RdmaWrite { .. })
+                && matches!(self.pending.ops.front(), Some(FabricOp::Send { .. }))
+            {
+                // READ data and the Send behind it (its response, as a rule) go as one chain.
+                let send = self.pending.pop_front().expect("peeked");
+                match self.post_write_and_send(op, send) {
+                    Ok(None) => continue,
+                    Ok(Some((write, send))) => {
+                        self.pending.push_front(send);
+                        self.pending.push_front(write);
+                        return;
+                    }
+                    Err(e) => return self.fail(e),
+                }
+            }
+            match self.post(op) {
+                Ok((Posted::Yes, _)) => {}
+                Ok((Posted::Later, Some(op))) => {
+                    self.pending.push_front(op);
+                    return;
+                }
+                Ok((Posted::Later, None)) => return,
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    fn room(&self) -> bool {
+        self.inflight.len() < self.res.max_send_wr
+    }
+
+    /// Stages `len` bytes: arena space, or a one-off registration for oversized transfers and
+    /// for the Sends of the login phase.
+    fn stage(&mut self, len: usize) -> Result<Option<Staged>, String> {
+        if let Some((_, ring)) = self.arena.as_mut().filter(|(_, ring)| ring.fits(len)) {
+            Ok(ring.alloc(len).map(Staged::Arena))
+        } else {
+            MemoryRegion::new(&self.res.pd, len, Access::LOCAL_WRITE)
+                .map(|mr| Some(Staged::OneOff(mr)))
+                .map_err(|e| format!("registering a {len}-byte staging buffer: {e}"))
+        }
+    }
+
+    fn buffer_mr(&self, buffer: &Staged) -> (Arc<MemoryRegion>, usize) {
+        match (buffer, &self.arena) {
+            (Staged::Arena(start), Some((arena, _))) => (Arc::clone(arena), *start),
+            (Staged::OneOff(mr), _) => (Arc::clone(mr), 0),
+            (Staged::Arena(_), None) => {
+                unreachable!("arena space is handed out only with an arena")
+            }
+        }
+    }
+
+    fn unstage(&mut self, buffer: &Staged) {
+        if let Staged::Arena(start) = buffer {
+            self.free_staged(*start);
+        }
+    }
+
+    pub(super) fn free_staged(&mut self, start: usize) {
+        if let Some((_, ring)) = &mut self.arena {
+            ring.free(start);
+        }
+    }
+
+    /// Posts one operation, or hands it back when it has to wait.
+    fn post(&mut self, op: FabricOp) -> Result<(Posted, Option<FabricOp>), String> {
+        match op {
+            FabricOp::Close(reason) => {
+                if self.ending.is_none() {
+                    match &reason {
+                        CloseReason::Logout | CloseReason::Shutdown => {
+                            log::debug!("{}: closing ({reason:?})", self.peer)
+                        }
+                        _ => log::warn!("{}: closing ({reason:?})", self.peer),
+                    }
+                    self.ending = Some(Ending::Core(reason.clone(), Instant::now()));
+                }
+                if self.inflight.is_empty() {
+                    self.done = true;
+                    Ok((Posted::Yes, None))
+                } else {
+                    // Wait for the last Sends (e.g. the Logout Response) to complete.
+                    Ok((Posted::Later, Some(FabricOp::Close(reason))))
+                }
+            }
+            FabricOp::Send { bytes, invalidate } => {
+                if !self.room() {
+                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
+                }
+                let Some(buffer) = self.stage(bytes.len())? else {
+                    return Ok((Posted::Later, Some(FabricOp::Send { bytes, invalidate })));
+                };
+                let (mr, offset) = self.buffer_mr(&buffer);
+                let wr_id = self.next_wr();
+                let posted = mr
+                    .write(offset, &bytes)
+                    .and_then(|()| {
+                        self.res
+                            .qp
+                            .post_send(wr_id, &mr, offset, bytes.len(), true, invalidate)
+                    })
+                    .map_err(|e| format!("posting a Send: {e}"));
+                self.track(posted, wr_id, Buffer::Staged(buffer), Kind::Send)
+            }
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data,
+                range,
+            } => {
+                if range.is_empty() {
+                    return Ok((Posted::Yes, None));
+                }
+                // Straight from the task's read buffer or the RAM LUN's memory: no copy.
+                let sources = self.write_sources(&data, range.clone())?;
+                if !self.room_for(sources.len()) {
+                    let op = FabricOp::RdmaWrite {
+                        stag,
+                        va,
+                        data,
+                        range,
+                    };
+                    return Ok((Posted::Later, Some(op)));
+                }
+                let writes = self.write_wrs(&sources, va, stag, true);
+                let posted = self
+                    .res
+                    .qp
+                    .post_send_list(&writes)
+                    .map_err(|e| format!("posting RDMA Writes: {e}"));
+                // Tracked even when refused: a list may be refused part way, and the teardown
+                // that follows keeps (or leaks) the data of whatever the device may still read.
+                self.track_writes(writes.iter().map(|w| w.wr_id), data);
+                posted.map(|()| (Posted::Yes, None))
+            }
+            FabricOp::RdmaRead { .. } => unreachable!("posted by post_reads"),
+            FabricOp::BindSession(_)
+            | FabricOp::Execute(_)
+            | FabricOp::Reset { .. }
+            | FabricOp::EnterFullFeature => {
+                unreachable!("handled in pump")
+            }
+        }
+    }
+
+    /// Posts the RDMA Reads at the front of the backlog — all of a WRITE's solicited data, and
+    /// those of the WRITEs behind it — as many as the initiator's read depth and the send queue
+    /// allow, as one chained `ibv_post_send` with only the last signaled: its completion
+    /// retires the others (RC completes a send queue in order). Each lands straight in its
+    /// task's write buffer. `Ok(false)` when not even the first fits yet.
+    fn post_reads(&mut self) -> Result<bool, String> {
+        let mut batch = std::mem::take(&mut self.read_batch);
+        batch.clear();
+        let mut progress = false;
+        while self.reads + batch.len() < self.res.max_rdma_reads && self.room_for(batch.len() + 1) {
+            let Some(FabricOp::RdmaRead {
+                token,
+                stag,
+                va,
+                len: _,
+            }) = self.pending.ops.front()
+            else {
+                break;
+            };
+            let (token, stag, va) = (*token, *stag, *va);
+            self.pending.pop_front();
+            progress = true;
+            let Some(place) = self.conn.rdma_read_placement(token) else {
+                // Its task ended before the read went out: nothing to fetch. Reported done so
+                // the Sends that wait for it may go.
+                self.conn.handle_rdma_read_complete(token, Instant::now());
+                self.pump();
+                continue;
+            };
+            // Straight into the task's write buffer: no staging, no copy.
+            let mr = match self.arena_mr(&place.arena) {
+                Ok(mr) => mr,
+                Err(e) => {
+                    self.read_batch = batch;
+                    return Err(e);
+                }
+            };
+            let wr_id = self.next_wr();
+            batch.push(ReadWr {
+                wr_id,
+                token,
+                mr,
+                offset: place.offset,
+                len: place.len,
+                va,
+                stag,
+            });
+        }
+        let posted = if batch.is_empty() {
+            Ok(())
+        } else {
+            let last = batch.len() - 1;
+            let wrs: Vec<SendWr<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, read)| SendWr {
+                    wr_id: read.wr_id,
+                    op: SendOp::RdmaRead {
+                        remote_addr: read.va,
+                        rkey: read.stag,
+                    },
+                    mr: &read.mr,
+                    offset: read.offset,
+                    len: read.len,
+                    signaled: i == last,
+                })
+                .collect();
+            self.res
+                .qp
+                .post_send_list(&wrs)
+                .map_err(|e| format!("posting {} RDMA Reads: {e}", wrs.len()))
+        };
+        // Tracked even when the list is refused (it may be refused part way): the teardown
+        // that follows keeps (or leaks) the buffers the device may still write.
+        for read in batch.drain(..) {
+            self.reads += 1;
+            self.inflight.push_back(InFlight {
+                wr_id: read.wr_id,
+                buffer: Buffer::InTask,
+                kind: Kind::Read { token: read.token },
+            });
+        }
+        self.read_batch = batch;
+        posted.map(|()| progress)
+    }
+
+    /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
+    /// the Send signaled: its completion retires the Write too (RC completes a send queue in
+    /// order). The Write goes straight from the task's read buffer. Hands both back when they
+    /// do not fit yet.
+    fn post_write_and_send(
+        &mut self,
+        write: FabricOp,
+        send: FabricOp,
+    ) -> Result<Option<(FabricOp, FabricOp)>, String> {
+        let (
+            FabricOp::RdmaWrite {
+                stag,
+                va,
+                data,
+                range,
+            },
+            FabricOp::Send { bytes, invalidate },
+        ) = (write, send)
+        else {
+            unreachable!("called with an RDMA Write and a Send")
+        };
+        if range.is_empty() {
+            self.pending
+                .push_front(FabricOp::Send { bytes, invalidate });
+            return Ok(None);
+        }
+        let hand_back = |data, range, bytes, invalidate| {
+            Ok(Some((
+                FabricOp::RdmaWrite {
+                    stag,
+                    va,
+                    data,
+                    range,
+                },
+                FabricOp::Send { bytes, invalidate },
+            )))
+        };
+        let sources = self.write_sources(&data, range.clone())?;
+        if !self.room_for(sources.len() + 1) {
+            return hand_back(data, range, bytes, invalidate);
+        }
+        let Some(send_buffer) = self.stage(bytes.len())? else {
+            return hand_back(data, range, bytes, invalidate);
+        };
+        let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
+        let mut chain = self.write_wrs(&sources, va, stag, false);
+        let send_wr = self.next_wr();
+        chain.push(SendWr {
+            wr_id: send_wr,
+            op: SendOp::Send { invalidate },
+            mr: &send_mr,
+            offset: send_offset,
+            len: bytes.len(),
+            signaled: true,
+        });
+        let posted = send_mr
+            .write(send_offset, &bytes)
+            .and_then(|()| self.res.qp.post_send_list(&chain))
+            .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
+        // The Writes are tracked even when the list is refused (it may be refused part way):
+        // the teardown that follows keeps (or leaks) the data the device may still read.
+        self.track_writes(chain[..chain.len() - 1].iter().map(|w| w.wr_id), data);
+        if let Err(e) = posted {
+            // A refused list leaves the connection failing; the staged bytes go with it.
+            self.unstage(&send_buffer);
+            return Err(e);
+        }
+        self.inflight.push_back(InFlight {
+            wr_id: send_wr,
+            buffer: Buffer::Staged(send_buffer),
+            kind: Kind::Send,
+        });
+        Ok(None)
+    }
+
+    /// The registration of a pool arena on this connection's PD, made on first use. Arenas
+    /// stay mapped for the life of the process, so a registration stays valid as long as the
+    /// connection keeps it.
+    fn arena_mr(&mut self, arena: &Arena) -> Result<Arc<MemoryRegion>, String> {
+        if let Some(mr) = self.pool_mrs.get(&arena.id()) {
+            return Ok(Arc::clone(mr));
+        }
+        let mr = MemoryRegion::register_arena(&self.res.pd, arena, Access::LOCAL_WRITE)
+            .map_err(|e| format!("registering buffer arena of {} bytes: {e}", arena.len()))?;
+        log::debug!(
+            "{}: registered buffer arena {:?} ({} bytes)",
+            self.peer,
+            arena.id(),
+            arena.len()
+        );
+        self.pool_mrs.insert(arena.id(), Arc::clone(&mr));
+        Ok(mr)
+    }
+
+    /// Whether `wrs` more send-queue WRs fit now. The largest READ (8 MiB, lent from a RAM
+    /// LUN as at most 9 pieces of its 1 MiB chunks) and its Send fit within the queue's
+    /// headroom, so a chain that does not fit only waits for completions.
+    fn room_for(&self, wrs: usize) -> bool {
+        self.inflight.len() + wrs <= self.res.max_send_wr
+    }
+
+    /// The sources of the RDMA Writes for bytes `range` of a task's Data-In: one registration
+    /// (of the arena holding it), offset in it and length per piece (one for a pool buffer, one
+    /// per chunk or hole for a RAM LUN's lent memory).
+    fn write_sources(
+        &mut self,
+        data: &Payload,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<(Arc<MemoryRegion>, usize, usize)>, String> {
+        let pieces = data
+            .pieces(range)
+            .ok_or("an RDMA transfer of memory outside the pool")?;
+        pieces
+            .iter()
+            .map(|piece| Ok((self.arena_mr(&piece.arena)?, piece.offset, piece.len)))
+            .collect()
+    }
+
+    /// One RDMA Write per source, to consecutive remote addresses from `va`, chained in order;
+    /// only the last is signaled when `signal_last` (a Send that follows signals instead).
+    fn write_wrs<'a>(
+        &mut self,
+        sources: &'a [(Arc<MemoryRegion>, usize, usize)],
+        va: u64,
+        stag: u32,
+        signal_last: bool,
+    ) -> Vec<SendWr<'a>> {
+        let mut remote = va;
+        let last = sources.len().saturating_sub(1);
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, (mr, offset, len))| {
+                let wr = SendWr {
+                    wr_id: self.next_wr(),
+                    op: SendOp::RdmaWrite {
+                        remote_addr: remote,
+                        rkey: stag,
+                    },
+                    mr,
+                    offset: *offset,
+                    len: *len,
+                    signaled: signal_last && i == last,
+                };
+                remote = remote.wrapping_add(*len as u64);
+                wr
+            })
+            .collect()
+    }
+
+    /// Tracks posted RDMA Writes of `data`: the last holds it until its completion.
+    fn track_writes(&mut self, wr_ids: impl ExactSizeIterator<Item = u64>, data: Payload) {
+        let mut data = Some(data);
+        let last = wr_ids.len().saturating_sub(1);
+        for (i, wr_id) in wr_ids.enumerate() {
+            let buffer = match data.take() {
+                Some(data) if i == last => Buffer::Task(data),
+                kept => {
+                    data = kept;
+                    Buffer::Chained
+                }
+            };
+            self.inflight.push_back(InFlight {
+                wr_id,
+                buffer,
+                kind: Kind::Write,
+            });
+        }
+    }
+
+    fn next_wr(&mut self) -> u64 {
+        let id = self.next_wr;
+        self.next_wr += 1;
+        id
+    }
+
+    fn track(
+        &mut self,
+        posted: Result<(), String>,
+        wr_id: u64,
+        buffer: Buffer,
+        kind: Kind,
+    ) -> Result<(Posted, Option<FabricOp>), String> {
+        match posted {
+            Ok(()) => {
+                self.inflight.push_back(InFlight {
+                    wr_id,
+                    buffer,
+                    kind,
+                });
+                Ok((Posted::Yes, None))
+            }
+            Err(e) => {
+                if let Buffer::Staged(staged) = &buffer {
+                    self.unstage(staged);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send() -> FabricOp {
+        FabricOp::Send {
+            bytes: vec![0; 76],
+            invalidate: None,
+        }
+    }
+
+    #[test]
+    fn backlog_bounds_the_sends_waiting() {
+        let mut backlog = Backlog::new(2);
+        backlog.push_back(send()).unwrap();
+        // RDMA operations are bounded by the command window, not here.
+        for _ in 0..10 {
+            backlog
+                .push_back(FabricOp::RdmaWrite {
+                    stag: 1,
+                    va: 0,
+                    data: mem_ffi::Payload::empty(),
+                    range: 0..0,
+                })
+                .unwrap();
+        }
+        backlog.push_back(send()).unwrap();
+        let err = backlog.push_back(send()).unwrap_err();
+        assert!(err.contains("stopped taking them"), "{err}");
+        // Posting one makes room; putting it back (not posted yet) takes it again.
+        let first = backlog.pop_front().unwrap();
+        backlog.push_back(send()).unwrap();
+        backlog.push_front(first);
+        assert!(backlog.push_back(send()).is_err());
+        backlog.clear();
+        backlog.push_back(send()).unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! Two `iser-target serve` processes exporting one file LUN, as two gateways of one LU with
+//! ALUA (docs/multipath.md): both report the same LU identity and each its own target port
+//! group; data written through one reads back through the other; a standby gateway answers
+//! inspection commands and refuses media access. libiscsi's MultipathIO suite runs across the
+//! two paths.
+
+#[macro_use]
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::block_io::{BlockSession, CommandReply};
+use common::{run_ok, LunSpec, Server, TargetSpec, TempDir};
+
+const TEST_IQN: &str = "iqn.2026-11.io.iser-target:shared";
+const MIB: usize = 1 << 20;
+
+/// A gateway in target port group `group` (and `alua_state`, when given) serving LUN 0 on
+/// `file`. The target name and LUN id are the same on every gateway, so the derived serial and
+/// identifier (VPD 0x80 / 0x83) are too.
+fn gateway(file: &std::path::Path, group: u16, state: Option<&str>) -> Server {
+    let lun = LunSpec::file(0, file.to_str().unwrap(), "16M");
+    let mut top = format!("target_port_group: {group}\n");
+    if let Some(state) = state {
+        top.push_str(&format!("alua_state: {state}\n"));
+    }
+    Server::start_with(&[TargetSpec::new(TEST_IQN, vec![lun])], &top)
+}
+
+fn session(server: &Server) -> BlockSession {
+    BlockSession::login(server.port(), TEST_IQN, 0).expect("login")
+}
+
+fn good(reply: CommandReply) -> Vec<u8> {
+    assert_eq!(reply.status, 0, "sense {:02x?}", reply.sense);
+    reply.data
+}
+
+/// INQUIRY VPD page `page`.
+fn vpd(s: &mut BlockSession, page: u8) -> Vec<u8> {
+    good(
+        s.command(&[0x12, 0x01, page, 0x01, 0x00, 0], 256)
+            .expect("INQUIRY"),
+    )
+}
+
+/// The designators of VPD page 0x83 as (association, type, value).
+fn designators(page: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 4 <= page.len() {
+        let len = usize::from(page[at + 3]);
+        let value = page[at + 4..at + 4 + len].to_vec();
+        out.push(((page[at + 1] >> 4) & 0x03, page[at + 1] & 0x0F, value));
+        at += 4 + len;
+    }
+    out
+}
+
+/// REPORT TARGET PORT GROUPS, extended header form.
+fn rtpg(s: &mut BlockSession) -> CommandReply {
+    s.command(&[0xA3, 0x20 | 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256)
+        .expect("RTPG")
+}
+
+/// (sense key, ASC, ASCQ) of a CHECK CONDITION reply.
+fn sense_of(reply: &CommandReply) -> (u8, u8, u8) {
+    assert_eq!(reply.status, 0x02, "want CHECK CONDITION");
+    let s = &reply.sense;
+    (s[2] & 0x0F, s[12], s[13])
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 512) as u8).wrapping_mul(31) ^ (i as u8) ^ seed)
+        .collect()
+}
+
+#[test]
+fn two_gateways_share_one_lun() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let a = gateway(&file, 1, None);
+    let b = gateway(&file, 2, None);
+
+    let (mut sa, mut sb) = (session(&a), session(&b));
+
+    // One LU identity, two target ports in two groups.
+    assert_eq!(vpd(&mut sa, 0x80), vpd(&mut sb, 0x80));
+    let (da, db) = (
+        designators(&vpd(&mut sa, 0x83)),
+        designators(&vpd(&mut sb, 0x83)),
+    );
+    let lu = |d: &[(u8, u8, Vec<u8>)]| d.iter().filter(|x| x.0 == 0).cloned().collect::<Vec<_>>();
+    assert_eq!(lu(&da), lu(&db));
+    assert!(da.contains(&(1, 4, vec![0, 0, 0, 1])), "{da:?}");
+    assert!(da.contains(&(1, 5, vec![0, 0, 0, 1])), "{da:?}");
+    assert!(db.contains(&(1, 4, vec![0, 0, 0, 2])), "{db:?}");
+    assert!(db.contains(&(1, 5, vec![0, 0, 0, 2])), "{db:?}");
+    let std = good(sa.command(&[0x12, 0, 0, 0, 96, 0], 96).unwrap());
+    assert_eq!(std[5] & 0x30, 0x10, "TPGS: implicit ALUA");
+
+    // Write-through file LUN: what one gateway acknowledged, the other reads.
+    let one = pattern(MIB, 1);
+    sa.write(1024, &one, 512).expect("write through A");
+    assert_eq!(sb.read(1024, MIB, 512).expect("read through B"), one);
+    let two = pattern(MIB, 2);
+    sb.write(4096, &two, 512).expect("write through B");
+    assert_eq!(sa.read(4096, MIB, 512).expect("read through A"), two);
+    drop((sa, sb));
+
+    // libiscsi's cross-path tests, with LBA 256 still zero:
+    // test_multipathio_compareandwrite.c zeroes LBAs 0..256 but compares LBAs 0..=256. Reset is not run: no unit attention crosses gateways.
+    require_tools!("iscsi-test-cu");
+    for test in ["Simple", "CompareAndWrite", "CompareAndWriteAsync"] {
+        run_ok(
+            Command::new("iscsi-test-cu")
+                .args(["-d", "-s", "-t", &format!("SCSI.MultipathIO.{test}")])
+                .arg(a.lun_url(TEST_IQN, 0))
+                .arg(b.lun_url(TEST_IQN, 0)),
+            Duration::from_secs(120),
+        );
+    }
+}
+
+#[test]
+fn each_gateway_reports_its_own_group_and_state() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let a = gateway(&file, 1, None);
+    let b = gateway(&file, 513, Some("active-non-optimized"));
+    let d = good(rtpg(&mut session(&a)));
+    // Extended header (format 001b), then one group: AO, S/AN/AO supported, id 1, one port 1.
+    assert_eq!(
+        d,
+        [0, 0, 0, 16, 0x10, 0, 0, 0, 0x00, 0x07, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    );
+    let d = good(rtpg(&mut session(&b)));
+    assert_eq!(&d[8..], &[0x01, 0x07, 2, 1, 0, 0, 0, 1, 0, 0, 2, 1]);
+    // The length-only header form.
+    let mut s = session(&b);
+    let d = good(
+        s.command(&[0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256)
+            .unwrap(),
+    );
+    assert_eq!(&d[..4], &[0, 0, 0, 12]);
+    // Active/non-optimized still serves I/O.
+    let data = pattern(64 * 1024, 3);
+    s.write(0, &data, 512)
+        .expect("write through the non-optimized gateway");
+    assert_eq!(s.read(0, data.len(), 512).unwrap(), data);
+}
+
+#[test]
+fn standby_gateway_answers_inspection_and_refuses_media_access() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let _a = gateway(&file, 1, None);
+    let b = gateway(&file, 2, Some("standby"));
+    let mut s = session(&b);
+    let d = good(rtpg(&mut s));
+    assert_eq!(d[8] & 0x0F, 0x02, "asymmetric access state: standby");
+    good(s.command(&[0x12, 0, 0, 0, 96, 0], 96).unwrap());
+    good(s.command(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8).unwrap());
+    good(
+        s.command(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256)
+            .unwrap(),
+    );
+    // LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE: multipathd's tur checker
+    // reads it as a standby ("ghost") path.
+    let standby = (0x02, 0x04, 0x0B);
+    let tur = s.command(&[0, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!(sense_of(&tur), standby);
+    let read = s.command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512).unwrap();
+    assert_eq!(sense_of(&read), standby);
+    assert!(
+        s.write(0, &[0u8; 512], 512).is_err(),
+        "a WRITE in standby must fail"
+    );
+}
