@@ -111,6 +111,8 @@ else
         scripts/softroce-vm.sh scripts/guest/data-safety.sh
         log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
         scripts/softroce-vm.sh scripts/guest/chap.sh
+        log "two gateways, one LUN: dm-multipath with ALUA, fio verify across a gateway SIGKILL"
+        scripts/softroce-vm.sh scripts/guest/multipath.sh
         log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
         scripts/guest/iser-faults.sh
     fi
