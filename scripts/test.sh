@@ -116,6 +116,8 @@ else
         scripts/softroce-vm.sh scripts/guest/chap.sh
         log "NVMe/TCP: the kernel's nvme-tcp host and nvme-cli against nvmet-tcp and against ours"
         scripts/softroce-vm.sh scripts/guest/nvme-tcp.sh
+        log "two gateways, one LUN: dm-multipath with ALUA, fio verify across a gateway SIGKILL"
+        scripts/softroce-vm.sh scripts/guest/multipath.sh
         log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
         scripts/guest/iser-faults.sh
     fi
