@@ -21,7 +21,8 @@
 #   tgt         tgtd with --bstype rbd, --bsopts conf=...;id=admin
 # all with librbd's cache off (a copy of the cluster's ceph.conf with `rbd cache = false`).
 # ours and tgt are driven by scripts/bench/iscsi-load.c (libiscsi, one session). Workloads:
-# 4 KiB random read and write QD32, 128 KiB sequential read and write QD8. Target CPU per I/O
+# 4 KiB random read and write QD32, 128 KiB sequential read and write QD8, and 128 KiB
+# sequential read QD32 (how far the QD8 figure is bound by latency). Target CPU per I/O
 # as in bench-tcp.sh (utime + stime of the target process over the run / I/Os).
 #
 # Needs root (tgtd). Installs tgt, tgt-rbd, libiscsi-dev, gcc when missing.
@@ -176,6 +177,7 @@ workloads=(
     "randread-4k-qd32|-R -s 4096 -q 32|--io-type read --io-pattern rand --io-size 4096 --io-threads 32"
     "randwrite-4k-qd32|-w -R -s 4096 -q 32|--io-type write --io-pattern rand --io-size 4096 --io-threads 32"
     "seqread-128k-qd8|-s 131072 -q 8|--io-type read --io-pattern seq --io-size 131072 --io-threads 8"
+    "seqread-128k-qd32|-s 131072 -q 32|--io-type read --io-pattern seq --io-size 131072 --io-threads 32"
     "seqwrite-128k-qd8|-w -s 131072 -q 8|--io-type write --io-pattern seq --io-size 131072 --io-threads 8"
 )
 results=$out/runs.tsv

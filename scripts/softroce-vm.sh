@@ -56,8 +56,8 @@ INITRAMFS_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_de
 
 # Host packages the guest uses (the guest runs the host's userspace over 9p).
 PACKAGES=(qemu-system-x86 busybox-static rdma-core ibverbs-utils perftest rdmacm-utils
-          open-iscsi libiscsi-bin fio sg3-utils e2fsprogs kmod iproute2 util-linux
-          procps coreutils)
+          open-iscsi libiscsi-bin fio sg3-utils e2fsprogs kmod iproute2 util-linux multipath-tools
+          procps coreutils nvme-cli nftables)
 
 log()  { printf 'softroce-vm: %s\n' "$*" >&2; }
 die()  { log "error: $*"; exit 1; }

@@ -11,7 +11,8 @@
 #      rbd-ffi's tests and RBD LUNs over iSCSI against it, then the cluster is stopped
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
-#      and our target against the kernel initiator over TCP and over iSER, with and without CHAP
+#      and our target against the kernel initiator over TCP and over iSER, with and without CHAP,
+#      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh)
 #
 # Environment: SKIP_VM=1 skips tier 4, SKIP_FUZZ=1 the fuzz tier (both say so loudly); everything
 # else always runs. Tests that need a tool fail when it is missing (REQUIRE_TOOLS=1 below).
@@ -113,6 +114,10 @@ else
         scripts/softroce-vm.sh scripts/guest/data-safety.sh
         log "CHAP and mutual CHAP with open-iscsi over TCP and iSER"
         scripts/softroce-vm.sh scripts/guest/chap.sh
+        log "NVMe/TCP: the kernel's nvme-tcp host and nvme-cli against nvmet-tcp and against ours"
+        scripts/softroce-vm.sh scripts/guest/nvme-tcp.sh
+        log "two gateways, one LUN: dm-multipath with ALUA, fio verify across a gateway SIGKILL"
+        scripts/softroce-vm.sh scripts/guest/multipath.sh
         log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
         scripts/guest/iser-faults.sh
     fi

@@ -69,6 +69,9 @@ fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
     let mut command = Command::new("valgrind");
     command
         .env("GLIBC_TUNABLES", NO_REP_STRINGS)
+        // valgrind does not return from an io_uring_enter waiting for completions: the engine
+        // threads wait in poll(2) on their rings instead.
+        .env("ISER_TARGET_RING_SLEEP", "poll")
         .arg("--tool=callgrind")
         .arg("--separate-threads=yes")
         .arg(format!("--callgrind-out-file={}", prefix.display()))

@@ -75,7 +75,6 @@ fn target() -> ScsiTarget {
                 naa_id: 0x6001_4050_0000_0000 + id as u64,
                 vendor: "FUZZ".into(),
                 product: "fuzz".into(),
-                alua: Default::default(),
                 revision: "1".into(),
             };
             let backend = Arc::new(RamBackend::new(BLOCKS * u64::from(block_size)));

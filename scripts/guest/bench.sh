@@ -1,28 +1,39 @@
 #!/bin/bash
-# Benchmark: our target against LIO and tgt, over iSER and iSCSI/TCP, in one SoftRoCE guest run.
+# Benchmark: our target against LIO and tgt over iSER and iSCSI/TCP, and against the kernel's
+# nvmet-tcp over NVMe/TCP, in one SoftRoCE guest run.
 #
 #   cargo build --release --bin iser-target
 #   SOFTROCE_VM_TIMEOUT=2400 scripts/softroce-vm.sh scripts/guest/bench.sh [REPEATS] [SECONDS]
+#   scripts/guest/bench-report.py target/softroce-vm/results/last --charts docs/bench \
+#       --update docs/benchmarks.md                  # on the host: PNG charts, the docs' table
 #
-# The three targets run side by side in the guest and export the same 256 MiB file on tmpfs,
-# write cache on: ours (`backing: {type: file}`, `write_cache: true`) on port 3261, LIO (fileio,
-# ib_isert + iSCSI/TCP, emulate_write_cache=1) on 3262, tgt (bs rdwr, an iser and an iscsi
-# target, WCE on by default) on 3260. Each round logs the kernel initiator in to every target
-# over every fabric in turn, the first target rotating from round to round, and runs fio
-# (libaio, O_DIRECT, SECONDS each, default 5) on the disk:
+# SOFTROCE_BENCH_FABRICS picks the fabrics (default "iser tcp nvme"): iser and tcp measure ours,
+# LIO and tgt; nvme measures ours (NVMe/TCP portal on 4421) and nvmet-tcp (file backend on the
+# same file, buffered_io=1, port 4420).
+#
+# The targets run side by side in the guest and export the same 256 MiB file on tmpfs, write
+# cache on: ours (`backing: {type: file}`, `write_cache: true`) on port 3261 (iSER, TCP) and
+# 4421 (NVMe/TCP), LIO (fileio, ib_isert + iSCSI/TCP, emulate_write_cache=1) on 3262, tgt (bs
+# rdwr, an iser and an iscsi target, WCE on by default) on 3260, nvmet-tcp on 4420. Each round
+# attaches the kernel initiator/host to every target over every fabric in turn, the first
+# target of each fabric rotating from round to round, and runs fio (libaio, O_DIRECT, SECONDS
+# each, default 5) on the disk:
 #   4 KiB random read QD1 (mean and p99 latency), 4 KiB random read and random write QD32
 #   (IOPS), 128 KiB sequential read and write QD8 (MiB/s).
 # Beside each figure: guest CPU per I/O = busy jiffies of all CPUs from /proc/stat across the
 # fio run / I/Os. It counts the kernel targets' threads and softirq work, our target, and the
-# initiator side (fio, iscsi_tcp/ib_iser, rxe) which is the same for every target.
+# initiator side (fio, iscsi_tcp/ib_iser/nvme_tcp, rxe) which is the same for every target of
+# a fabric.
+# SOFTROCE_BENCH_BUSY_POLL_US sets our `limits.busy_poll_us` (default 0: no busy-polling).
 # REPEATS rounds (default 3); medians. Every run's fio JSON is kept in $SOFTROCE_RESULTS/fio/,
-# every run's figures in bench.tsv. The table (also $SOFTROCE_RESULTS/bench.md) gives
-# ours / better-of-LIO-and-tgt for throughput and better / ours for latency: > 1 means ours
-# is better in both.
+# the index in runs.tsv, every run's figures in bench.tsv (scripts/guest/bench-report.py). The
+# table (also $SOFTROCE_RESULTS/bench.md) gives ours / the better reference of the fabric for
+# throughput and better / ours for latency: > 1 means ours is better in both.
 #
 # The guest runs under TCG emulation on shared host cores and rxe is software RDMA: absolute
 # figures mean little, ratios measured in the same run are what to read. A full run (3 rounds
-# of 5 s: 90 fio runs, 18 logins) takes 15-20 minutes plus boot, hence SOFTROCE_VM_TIMEOUT.
+# of 5 s: 120 fio runs, 24 logins/connects) takes 20-30 minutes plus boot, hence
+# SOFTROCE_VM_TIMEOUT.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -39,7 +50,8 @@ LUN_FILE="$WORK/lun.img"
 LUN_MIB=256
 TGT_CONTROL_PORT=1
 # tgt's iSER port is fixed at 3260 (see tgt_start in lib.sh).
-declare -A PORT=([ours]=3261 [lio]=3262 [tgt]=3260)
+declare -A PORT=([ours]=3261 [lio]=3262 [tgt]=3260 [ours,nvme]=4421 [nvmet,nvme]=4420)
+declare -A NQN=([ours]=nqn.2026-11.io.iser-target:bench [nvmet]=nqn.2026-11.io.iser-target:bench-nvmet)
 declare -A IQN=(
     [ours,iser]=iqn.2026-11.io.iser-target:bench [ours,tcp]=iqn.2026-11.io.iser-target:bench
     [lio,iser]=iqn.2003-01.org.linux-iscsi.softroce-vm:bench
@@ -47,8 +59,14 @@ declare -A IQN=(
     [tgt,iser]=iqn.2026-11.io.iser-target:bench-tgt-iser
     [tgt,tcp]=iqn.2026-11.io.iser-target:bench-tgt-tcp
 )
-TARGETS=(ours lio tgt)
-FABRICS=(iser tcp)
+read -r -a FABRICS <<<"${SOFTROCE_BENCH_FABRICS:-iser tcp nvme}"
+for f in "${FABRICS[@]}"; do
+    [[ $f == iser || $f == tcp || $f == nvme ]] || sr_die "SOFTROCE_BENCH_FABRICS: unknown fabric '$f' (iser tcp nvme)"
+done
+# has_fabric FABRIC: FABRIC is measured in this run.
+has_fabric() { [[ " ${FABRICS[*]} " == *" $1 "* ]]; }
+# targets_of FABRIC: the targets measured over FABRIC, ours first.
+targets_of() { if [[ $1 == nvme ]]; then echo ours nvmet; else echo ours lio tgt; fi; }
 # name|fio arguments
 WORKLOADS=(
     "randread-4k-qd1|--rw=randread --bs=4k --iodepth=1"
@@ -59,7 +77,7 @@ WORKLOADS=(
 )
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 FIO_DIR="$WORK/fio"      # one fio JSON per run, on tmpfs; copied to $RESULTS/fio at the end
-RUNS="$WORK/runs.tsv"     # round, target, fabric, workload, busy jiffies, JSON path
+RUNS="$WORK/runs.tsv"     # round, target, fabric, workload, busy jiffies, JSON file in fio/
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release --bin iser-target' first"
 
 # busy_jiffies: jiffies all CPUs spent not idle (user nice system irq softirq steal; guest
@@ -84,24 +102,48 @@ run_fio() {
     echo $((after - before))
 }
 
-# measure ROUND TARGET FABRIC: log in, every workload once, log out.
-measure() {
-    local round="$1" target="$2" fabric="$3" iqn="${IQN[$2,$3]}" dev cache w name json busy
-    iscsi_login "$ADDR" "$iqn" "$fabric" "${PORT[$target]}" >/dev/null ||
-        sr_die "$target: login over $fabric failed"
-    dev="$(find_new_disk 60)" || sr_die "$target: no disk over $fabric"
+# attach TARGET FABRIC: log in (iSCSI) or connect (NVMe/TCP); prints the disk.
+attach() {
+    local target="$1" fabric="$2" dev cache
+    if [[ $fabric == nvme ]]; then
+        nvme connect -t tcp -a "$ADDR" -s "${PORT[$target,nvme]}" -n "${NQN[$target]}" >/dev/null ||
+            sr_die "$target: nvme connect failed"
+        dev="$(nvme_wait_ns "${NQN[$target]}" 60)" || sr_die "$target: no namespace over NVMe/TCP"
+        # What the host read from Identify Controller's VWC: every target must have it.
+        cache="$(cat /sys/block/"${dev#/dev/}"/queue/write_cache)"
+    else
+        iscsi_login "$ADDR" "${IQN[$target,$fabric]}" "$fabric" "${PORT[$target]}" >/dev/null ||
+            sr_die "$target: login over $fabric failed"
+        dev="$(find_new_disk 60)" || sr_die "$target: no disk over $fabric"
+        # What the kernel read from the caching mode page: every target must run with WCE=1.
+        cache="$(cat /sys/block/"${dev#/dev/}"/device/scsi_disk/*/cache_type)"
+    fi
     [[ "$(blockdev --getsize64 "$dev")" == $((LUN_MIB << 20)) ]] || sr_die "$target: $dev has the wrong size"
-    # What the kernel read from the caching mode page: every target must run with WCE=1.
-    cache="$(cat /sys/block/"${dev#/dev/}"/device/scsi_disk/*/cache_type)"
-    [[ "$cache" == "write back" ]] || sr_die "$target over $fabric: cache_type is '$cache', not 'write back'"
+    [[ "$cache" == "write back" ]] || sr_die "$target over $fabric: write cache is '$cache', not 'write back'"
+    echo "$dev"
+}
+
+# detach TARGET FABRIC: log out or disconnect.
+detach() {
+    if [[ $2 == nvme ]]; then
+        nvme_disconnect "${NQN[$1]}" || sr_die "$1: nvme disconnect failed"
+    else
+        iscsi_logout "${IQN[$1,$2]}" "$ADDR" "${PORT[$1]}" >/dev/null || sr_die "$1: logout over $2 failed"
+    fi
+}
+
+# measure ROUND TARGET FABRIC: attach, every workload once, detach.
+measure() {
+    local round="$1" target="$2" fabric="$3" dev w name json busy
+    dev="$(attach "$target" "$fabric")"
     for w in "${WORKLOADS[@]}"; do
         name="${w%%|*}"
         json="$FIO_DIR/$round-$target-$fabric-$name.json"
         # shellcheck disable=SC2086  # the fio arguments are words
         busy="$(run_fio "$dev" "$json" ${w#*|})" || sr_die "$target over $fabric: $name failed"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$fabric" "$name" "$busy" "$json" >>"$RUNS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$fabric" "$name" "$busy" "${json##*/}" >>"$RUNS"
     done
-    iscsi_logout "$iqn" "$ADDR" "${PORT[$target]}" >/dev/null || sr_die "$target: logout over $fabric failed"
+    detach "$target" "$fabric"
     sr_log "round $round: $target over $fabric measured"
 }
 
@@ -111,108 +153,79 @@ mkdir -p "$WORK" "$FIO_DIR"
 # The one LUN file, every page allocated (written once), as a LUN in use has it.
 dd if=/dev/zero of="$LUN_FILE" bs=1M count="$LUN_MIB" status=none
 
-cat >"$WORK/ours.yaml" <<EOF
-portals:
-  - { address: $ADDR, port: ${PORT[ours]}, transport: iser }
-  - { address: $ADDR, port: ${PORT[ours]}, transport: tcp }
-targets:
-  - name: ${IQN[ours,tcp]}
-    luns:
-      - { id: 0, write_cache: true, backing: { type: file, path: $LUN_FILE } }
-EOF
+ISCSI=0
+if has_fabric iser || has_fabric tcp; then ISCSI=1; fi
+{
+    echo "portals:"
+    if ((ISCSI)); then
+        echo "  - { address: $ADDR, port: ${PORT[ours]}, transport: iser }"
+        echo "  - { address: $ADDR, port: ${PORT[ours]}, transport: tcp }"
+    fi
+    if has_fabric nvme; then echo "  - { address: $ADDR, port: ${PORT[ours,nvme]}, transport: nvme-tcp }"; fi
+    echo "targets:"
+    echo "  - name: ${IQN[ours,tcp]}"
+    if has_fabric nvme; then echo "    nqn: ${NQN[ours]}"; fi
+    echo "    luns:"
+    echo "      - { id: 0, write_cache: true, backing: { type: file, path: $LUN_FILE } }"
+    echo "limits: { busy_poll_us: ${SOFTROCE_BENCH_BUSY_POLL_US:-0} }"
+} >"$WORK/ours.yaml"
 bg_start ours "$BIN" serve --config "$WORK/ours.yaml"
-wait_rdma_listen "$ADDR:${PORT[ours]}" || sr_die "our target does not listen for iSER (see ours.log)"
-wait_tcp_listen "$ADDR:${PORT[ours]}" || sr_die "our target does not listen on TCP (see ours.log)"
+if ((ISCSI)); then
+    wait_rdma_listen "$ADDR:${PORT[ours]}" || sr_die "our target does not listen for iSER (see ours.log)"
+    wait_tcp_listen "$ADDR:${PORT[ours]}" || sr_die "our target does not listen on TCP (see ours.log)"
 
-# lio_setup_isert keeps its fileio file at $SOFTROCE_LIO_DIR/NAME.img: point it at the LUN file
-# (truncate to the same size leaves the data alone).
-SOFTROCE_LIO_DIR="$WORK" lio_setup_isert "$ADDR" "${IQN[lio,tcp]}" "$LUN_MIB" fileio "${PORT[lio]}" lun
-[[ "$(SOFTROCE_LIO_DIR="$WORK" lio_backing_file lun)" == "$LUN_FILE" ]] || sr_die "LIO does not use $LUN_FILE"
-lio_write_cache lun 1
+    # lio_setup_isert keeps its fileio file at $SOFTROCE_LIO_DIR/NAME.img: point it at the LUN
+    # file (truncate to the same size leaves the data alone).
+    SOFTROCE_LIO_DIR="$WORK" lio_setup_isert "$ADDR" "${IQN[lio,tcp]}" "$LUN_MIB" fileio "${PORT[lio]}" lun
+    [[ "$(SOFTROCE_LIO_DIR="$WORK" lio_backing_file lun)" == "$LUN_FILE" ]] || sr_die "LIO does not use $LUN_FILE"
+    lio_write_cache lun 1
 
-tgt_start "$ADDR" "$TGT_CONTROL_PORT" || sr_die "tgtd did not start (see tgtd.log)"
-tgt_add_target "$TGT_CONTROL_PORT" 1 iser "${IQN[tgt,iser]}" "$LUN_FILE" || sr_die "tgt iSER target"
-tgt_add_target "$TGT_CONTROL_PORT" 2 iscsi "${IQN[tgt,tcp]}" "$LUN_FILE" || sr_die "tgt iSCSI target"
+    tgt_start "$ADDR" "$TGT_CONTROL_PORT" || sr_die "tgtd did not start (see tgtd.log)"
+    tgt_add_target "$TGT_CONTROL_PORT" 1 iser "${IQN[tgt,iser]}" "$LUN_FILE" || sr_die "tgt iSER target"
+    tgt_add_target "$TGT_CONTROL_PORT" 2 iscsi "${IQN[tgt,tcp]}" "$LUN_FILE" || sr_die "tgt iSCSI target"
+fi
+if has_fabric nvme; then
+    wait_tcp_listen "$ADDR:${PORT[ours,nvme]}" || sr_die "our target does not listen on NVMe/TCP (see ours.log)"
+    nvme_host_setup
+    # The file backend on the LUN file itself (buffered_io: tmpfs refuses O_DIRECT); nvmet's
+    # Identify Controller always reports a volatile write cache.
+    nvmet_setup "$ADDR" "${PORT[nvmet,nvme]}" "${NQN[nvmet]}" "$LUN_FILE" 1 || sr_die "nvmet did not start"
+fi
 
-# What the guest burns with all three targets up and no session: the floor under CPU/IO.
+# What the guest burns with all targets up and no session: the floor under CPU/IO.
 idle_before="$(busy_jiffies)"; sleep 3; idle_after="$(busy_jiffies)"
 IDLE_PCT=$(( (idle_after - idle_before) * 100 / (3 * $(getconf CLK_TCK)) ))
-sr_log "idle guest with the three targets up: ${IDLE_PCT}% of one CPU busy"
-sr_log "$REPEATS rounds x ${#TARGETS[@]} targets x ${#FABRICS[@]} fabrics x ${#WORKLOADS[@]} workloads x ${RUNTIME} s"
+sr_log "idle guest with the targets up: ${IDLE_PCT}% of one CPU busy"
+sr_log "$REPEATS rounds x fabrics (${FABRICS[*]}) x their targets x ${#WORKLOADS[@]} workloads x ${RUNTIME} s"
 
+# Interleaved: each round measures every fabric and target once, the first target of each
+# fabric rotating from round to round.
 for round in $(seq "$REPEATS"); do
-    first=$(( (round - 1) % ${#TARGETS[@]} ))
-    order=("${TARGETS[@]:first}" "${TARGETS[@]:0:first}")
     for fabric in "${FABRICS[@]}"; do
-        for target in "${order[@]}"; do
+        read -r -a targets <<<"$(targets_of "$fabric")"
+        first=$(( (round - 1) % ${#targets[@]} ))
+        for target in "${targets[@]:first}" "${targets[@]:0:first}"; do
             measure "$round" "$target" "$fabric"
         done
     done
 done
 
-tgt_stop "$TGT_CONTROL_PORT" || sr_log "tgtd did not stop cleanly"
-lio_teardown
+if ((ISCSI)); then
+    tgt_stop "$TGT_CONTROL_PORT" || sr_log "tgtd did not stop cleanly"
+    lio_teardown
+fi
+if has_fabric nvme; then nvmet_teardown; fi
 bg_stop ours || sr_die "our target did not stop cleanly (see ours.log)"
 dmesg_check || sr_die "kernel log shows errors during the benchmark"
 cp -r "$FIO_DIR" "$RESULTS/"
+cp "$RUNS" "$RESULTS/runs.tsv"
 
-python3 - "$RUNS" "$RESULTS/bench.tsv" "$REPEATS" "$RUNTIME" "$(getconf CLK_TCK)" "$IDLE_PCT" "$(nproc)" "$(uname -r)" \
-    "$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || echo unknown)" \
-    "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" >"$RESULTS/bench.md" <<'EOF'
-import statistics, sys
-import json
-index, tsv, repeats, runtime, hz, idle, cpus, kernel, tgt_version, commit = sys.argv[1:]
-hz = float(hz)
-runs = {}
-busy_shares = []
-with open(tsv, "w") as out:
-    out.write("round\ttarget\tfabric\tworkload\tiops\tmib_s\tlat_mean_us\tlat_p99_us\tios\t"
-              "busy_jiffies\tcpu_us_per_io\n")
-    for row in open(index):
-        rnd, target, fabric, workload, busy, path = row.rstrip("\n").split("\t")
-        job = json.load(open(path))["jobs"][0]
-        r, w = job["read"], job["write"]
-        d = r if r["total_ios"] else w
-        ios = r["total_ios"] + w["total_ios"]
-        run = dict(iops=r["iops"] + w["iops"], mib=(r["bw_bytes"] + w["bw_bytes"]) / 2**20,
-                   lat=d["lat_ns"]["mean"] / 1000,
-                   p99=d["lat_ns"].get("percentile", {}).get("99.000000", 0) / 1000,
-                   cpu=float(busy) * 1e6 / hz / ios)
-        busy_shares.append(float(busy) / (float(runtime) * hz * int(cpus)))
-        runs.setdefault((target, fabric, workload), []).append(run)
-        out.write(f"{rnd}\t{target}\t{fabric}\t{workload}\t{run['iops']:.0f}\t{run['mib']:.1f}\t"
-                  f"{run['lat']:.1f}\t{run['p99']:.0f}\t{ios}\t{busy}\t{run['cpu']:.0f}\n")
-def med(t, f, w, key):
-    return statistics.median(r[key] for r in runs[(t, f, w)])
-# (row label, workload, figure, unit, lower is better)
-rows = [
-    ("4 KiB rand read QD1, mean latency", "randread-4k-qd1", "lat", "µs", True),
-    ("4 KiB rand read QD1, p99 latency", "randread-4k-qd1", "p99", "µs", True),
-    ("4 KiB rand read QD32", "randread-4k-qd32", "iops", "IOPS", False),
-    ("4 KiB rand write QD32", "randwrite-4k-qd32", "iops", "IOPS", False),
-    ("128 KiB seq read QD8", "read-128k-qd8", "mib", "MiB/s", False),
-    ("128 KiB seq write QD8", "write-128k-qd8", "mib", "MiB/s", False),
-]
-print(f"SoftRoCE guest (TCG), kernel {kernel}, commit {commit}, tgt {tgt_version}; one 256 MiB "
-      f"tmpfs file behind all three targets, write cache on; fio libaio O_DIRECT, medians of "
-      f"{repeats} rounds of {runtime} s. Idle guest with the targets up: {idle}% of one CPU; "
-      f"during the runs the guest's {cpus} CPUs were busy {statistics.median(busy_shares):.0%} "
-      f"of the time (median): near 100 % the guest is saturated and CPU/IO only restates "
-      f"the throughput.")
-print()
-print("**vs best**: ours ÷ the better of LIO and tgt for IOPS and MiB/s, the better (lower) "
-      "latency ÷ ours for latency, so > 1 means ours is better. **CPU/IO**: guest CPU µs per "
-      "I/O, all CPUs, initiator included.")
-print()
-print("| workload | fabric | ours | LIO | tgt | vs best | CPU/IO ours | CPU/IO LIO | CPU/IO tgt |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-for label, w, key, unit, lower_better in rows:
-    for f in ("iser", "tcp"):
-        o, l, t = (med(x, f, w, key) for x in ("ours", "lio", "tgt"))
-        ratio = min(l, t) / o if lower_better else o / max(l, t)
-        co, cl, ct = (med(x, f, w, "cpu") for x in ("ours", "lio", "tgt"))
-        fabric = "iSER" if f == "iser" else "TCP"
-        print(f"| {label} | {fabric} | {o:.0f} {unit} | {l:.0f} {unit} | {t:.0f} {unit} | "
-              f"{ratio:.2f} | {co:.0f} | {cl:.0f} | {ct:.0f} |")
+cat >"$RESULTS/meta.json" <<EOF
+{"repeats": $REPEATS, "runtime": $RUNTIME, "hz": $(getconf CLK_TCK), "idle_pct": $IDLE_PCT,
+ "cpus": $(nproc), "kernel": "$(uname -r)",
+ "tgt": "$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || echo unknown)",
+ "nvme_cli": "$(dpkg-query -W -f='${Version}' nvme-cli 2>/dev/null || echo unknown)",
+ "commit": "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 EOF
+python3 "$REPO/scripts/guest/bench-report.py" "$RESULTS" >"$RESULTS/bench.md"
 cat "$RESULTS/bench.md"

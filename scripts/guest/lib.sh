@@ -468,3 +468,107 @@ dmesg_check() {
         return 1
     fi
 }
+
+# ------------------------------------------------------------ NVMe/TCP host and nvmet
+# The kernel's NVMe/TCP host (nvme-tcp) driven by nvme-cli, and the kernel's NVMe/TCP target
+# (nvmet-tcp, configured through configfs) as the reference. Like the iSCSI helpers these do not
+# assume which target answers: point them at any NVMe/TCP portal on the rxe address.
+SOFTROCE_HOSTNQN="${SOFTROCE_HOSTNQN:-nqn.2014-08.org.nvmexpress:uuid:5e1f0c0e-0000-4000-8000-000000000001}"
+SOFTROCE_HOSTID="${SOFTROCE_HOSTID:-5e1f0c0e-0000-4000-8000-000000000001}"
+CONFIGFS_NVMET=/sys/kernel/config/nvmet
+
+# nvme_host_setup: the nvme-tcp host module and a fixed host NQN/ID in the guest's /etc (the
+# overlay: nothing reaches the host). nvme-cli reads /etc/nvme/hostnqn and hostid.
+nvme_host_setup() {
+    command -v nvme >/dev/null || sr_die "nvme-cli is not installed (softroce-vm.sh installs it)"
+    sr_modprobe nvme_core nvme_fabrics nvme_tcp
+    mkdir -p /etc/nvme
+    echo "$SOFTROCE_HOSTNQN" >/etc/nvme/hostnqn
+    echo "$SOFTROCE_HOSTID" >/etc/nvme/hostid
+}
+
+# nvme_ctrls NQN: names (nvme0 ...) of the host's controllers connected to subsystem NQN.
+nvme_ctrls() {
+    local c
+    for c in /sys/class/nvme/nvme*; do
+        [[ -e "$c/subsysnqn" && "$(cat "$c/subsysnqn" 2>/dev/null)" == "$1" ]] && basename "$c"
+    done
+    return 0
+}
+
+# nvme_ns_dev NQN: /dev path of the first namespace block device of subsystem NQN. With native
+# multipath (Debian's default) the disk hangs off the subsystem, without it off the controller.
+nvme_ns_dev() {
+    local s c b
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        [[ "$(cat "$s/subsysnqn" 2>/dev/null)" == "$1" ]] || continue
+        for b in "$s"/nvme*n*; do
+            [[ -e "$b" && -b "/dev/$(basename "$b")" ]] && { echo "/dev/$(basename "$b")"; return 0; }
+        done
+    done
+    for c in $(nvme_ctrls "$1"); do
+        for b in /sys/class/nvme/"$c"/nvme*n*; do
+            [[ -e "$b" && -b "/dev/$(basename "$b")" ]] && { echo "/dev/$(basename "$b")"; return 0; }
+        done
+    done
+    return 1
+}
+
+# nvme_wait_ns NQN [TIMEOUT]: wait for nvme_ns_dev NQN to exist with a non-zero size; prints it.
+nvme_wait_ns() {
+    local end=$((SECONDS + ${2:-30})) d
+    while ((SECONDS < end)); do
+        d="$(nvme_ns_dev "$1" || true)"
+        if [[ -n "$d" ]] && (($(cat "/sys/block/${d#/dev/}/size") > 0)); then echo "$d"; return 0; fi
+        sleep 0.2
+    done
+    sr_log "no namespace of $1 appeared within ${2:-30}s"
+    return 1
+}
+
+# nvme_disconnect NQN: disconnect every controller of NQN and wait until they are gone.
+nvme_disconnect() {
+    nvme disconnect -n "$1" >/dev/null || return 1
+    sr_wait 30 test -z "$(nvme_ctrls "$1")"
+}
+
+# nvmet_setup ADDR PORT NQN DEVICE [PORT_ID]: a kernel NVMe/TCP target (nvmet-tcp) exporting
+# DEVICE as namespace 1 of subsystem NQN, open to any host, listening on ADDR:PORT. A block
+# device gets the bdev backend (its Write Zeroes works on any device); a regular file the file
+# backend with buffered_io=1, as tmpfs refuses the O_DIRECT open it makes otherwise (its Write
+# Zeroes is FALLOC_FL_ZERO_RANGE, which tmpfs refuses too: use a loop device to test that).
+nvmet_setup() {
+    local addr="$1" port="$2" nqn="$3" dev="$4" id="${5:-1}"
+    local s="$CONFIGFS_NVMET/subsystems/$nqn" p="$CONFIGFS_NVMET/ports/$id"
+    softroce_mounts
+    sr_modprobe nvmet nvmet_tcp
+    mkdir "$s" && echo 1 >"$s/attr_allow_any_host" &&
+        mkdir "$s/namespaces/1" && echo -n "$dev" >"$s/namespaces/1/device_path" &&
+        { [[ ! -f "$dev" ]] || echo 1 >"$s/namespaces/1/buffered_io"; } &&
+        echo 1 >"$s/namespaces/1/enable" &&
+        mkdir "$p" && echo "$addr" >"$p/addr_traddr" && echo tcp >"$p/addr_trtype" &&
+        echo "$port" >"$p/addr_trsvcid" && echo ipv4 >"$p/addr_adrfam" &&
+        ln -s "$s" "$p/subsystems/$nqn" || { sr_log "nvmet_setup: configfs refused"; return 1; }
+    sr_log "nvmet-tcp: $nqn namespace 1 = $dev on $addr:$port"
+}
+
+# nvmet_teardown: remove every nvmet port and subsystem (links first, as configfs demands).
+nvmet_teardown() {
+    local p s n
+    [[ -d "$CONFIGFS_NVMET" ]] || return 0
+    for p in "$CONFIGFS_NVMET"/ports/*; do
+        [[ -d "$p" ]] || continue
+        find "$p/subsystems" -mindepth 1 -maxdepth 1 -type l -delete
+        rmdir "$p"
+    done
+    for s in "$CONFIGFS_NVMET"/subsystems/*; do
+        [[ -d "$s" ]] || continue
+        for n in "$s"/namespaces/*; do
+            [[ -d "$n" ]] || continue
+            echo 0 >"$n/enable"
+            rmdir "$n"
+        done
+        rmdir "$s"
+    done
+    sr_log "nvmet configuration removed"
+}

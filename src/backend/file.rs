@@ -48,6 +48,8 @@ pub struct BackendFiles {
     sync_writes: bool,
     /// A regular file (not a block device).
     regular: bool,
+    /// A regular file in tmpfs or ramfs: its pages live in memory only.
+    in_memory: bool,
 }
 
 /// How an asynchronous FUA write is made durable before it completes.
@@ -69,6 +71,7 @@ impl BackendFiles {
     fn open(path: &Path, create: bool, sync_writes: bool) -> io::Result<Self> {
         let buffered = Arc::new(open_rw(path, create, sync_writes, 0)?);
         let regular = buffered.metadata()?.file_type().is_file();
+        let in_memory = regular && in_memory_file_system(&buffered);
         let direct = match open_rw(path, false, sync_writes, libc::O_DIRECT) {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
@@ -85,7 +88,16 @@ impl BackendFiles {
             direct,
             sync_writes,
             regular,
+            in_memory,
         })
+    }
+
+    /// Whether the file's pages live only in memory (a regular file in tmpfs or ramfs): its
+    /// reads and writes are memory copies that never wait for a device, so an engine thread
+    /// runs them inline, as for a RAM LUN, rather than paying an io_uring round trip (for a
+    /// buffered write, a hand-off to a kernel worker) for each.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// How a FUA write submitted asynchronously becomes durable (see [`FuaMethod`]).
@@ -132,6 +144,17 @@ impl BackendFiles {
         self.for_transfer(data.as_ptr() as usize, data.len(), offset)
             .write_all_at(data, offset)
     }
+}
+
+/// ramfs's file system type (Linux include/uapi/linux/magic.h; not in the libc crate).
+const RAMFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x8584_58f6);
+
+/// Whether `file` lies in tmpfs or ramfs (memory only, never written to a device).
+fn in_memory_file_system(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file).is_ok_and(|fs| {
+        let kind = fs.filesystem_type();
+        kind == nix::sys::statfs::TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
 }
 
 /// Runs fallocate with `mode | KEEP_SIZE`; `Ok(false)` means the file system or device does
@@ -374,6 +397,24 @@ mod tests {
         let p = dir.join(name);
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    /// A file in /dev/shm (tmpfs) is in memory; one in /var/tmp (a disk file system, which the
+    /// O_DIRECT tests rely on too) is not.
+    #[test]
+    fn files_in_tmpfs_are_in_memory() {
+        let shm = PathBuf::from(format!("/dev/shm/iser-file-{}.img", std::process::id()));
+        let b = FileBackend::open(&shm, Some(1 << 20), true, false).unwrap();
+        assert!(b.files().unwrap().in_memory());
+        drop(b);
+        std::fs::remove_file(&shm).unwrap();
+        let dir = PathBuf::from(format!("/var/tmp/iser-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.img");
+        let b = FileBackend::open(&disk, Some(1 << 20), true, false).unwrap();
+        assert!(!b.files().unwrap().in_memory());
+        drop(b);
+        std::fs::remove_file(&disk).unwrap();
     }
 
     #[test]

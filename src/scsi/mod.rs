@@ -347,8 +347,14 @@ impl LogicalUnit {
     /// CAPACITY DATA HAS CHANGED unit attention (SBC-3 4.10).
     fn follow_capacity(&self) {
         let now = blocks_of(self.backend.size(), self.params.block_size);
-        let before = self.num_blocks.swap(now, Ordering::Relaxed);
-        if before != now {
+        let before = self.num_blocks.load(Ordering::Relaxed);
+        // Only a change writes the shared counter (and one command of all wins the race).
+        if before != now
+            && self
+                .num_blocks
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             log::info!(
                 "LUN {}: capacity changed from {before} to {now} blocks",
                 self.params.lun

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use uring_ffi::{Ring, SetupError, Waker};
+use uring_ffi::{Ring, SetupError, Sleep, Waker};
 
 use super::gate::{Access, IoGate};
 use crate::backend::{AsyncReply, BackendError};
@@ -263,6 +263,16 @@ impl EngineShared {
     }
 }
 
+/// How engine threads wait for their ring: `ISER_TARGET_RING_SLEEP=poll` makes them wait in
+/// `poll(2)` on the ring's descriptor instead of in `io_uring_enter`, which valgrind cannot
+/// follow (the datapath benchmark's `--callgrind-report` over TCP sets it).
+fn ring_sleep() -> Sleep {
+    match std::env::var("ISER_TARGET_RING_SLEEP").as_deref() {
+        Ok("poll") => Sleep::Poll,
+        _ => Sleep::Block,
+    }
+}
+
 /// The process-wide engine. Dropping it (or [`Engine::shutdown`]) waits for every command.
 pub(crate) struct Engine {
     shared: Arc<EngineShared>,
@@ -284,7 +294,10 @@ impl Engine {
         if mode == IoMode::Auto {
             for _ in 0..threads {
                 match Ring::new(RING_SLOTS) {
-                    Ok(ring) => rings.push(ring),
+                    Ok(mut ring) => {
+                        ring.set_sleep(ring_sleep());
+                        rings.push(ring)
+                    }
                     Err(SetupError::Unavailable(e)) => {
                         log::warn!(
                             "io_uring unavailable ({e}); file and block I/O runs on a blocking \

@@ -304,3 +304,34 @@ fn timed_waits_return_when_the_time_is_up_or_earlier_on_a_wake() {
     ring.reap(&mut out);
     assert!(out.is_empty());
 }
+
+/// In [`Sleep::Poll`] mode waits still return on a completion, on a wake-up and when their time
+/// is up, and the operations they submit complete.
+#[test]
+fn polling_waits_submit_and_return_like_blocking_ones() {
+    let path = scratch("poll.img", 1 << 16);
+    let file = open(&path, 0).unwrap();
+    let mut ring: Ring<u32> = Ring::new(4).unwrap();
+    ring.set_sleep(Sleep::Poll);
+    ring.push_write(1, Arc::clone(&file), 0, vec![9; 4096], false)
+        .unwrap();
+    let c = collect(&mut ring, 1).pop().unwrap();
+    assert_eq!((c.token, c.result.unwrap()), (1, 4096));
+    let start = std::time::Instant::now();
+    ring.wait_timeout(Some(Duration::from_millis(30))).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    let mut out = Vec::new();
+    assert_eq!(ring.reap(&mut out), 0);
+    let waker = ring.waker();
+    let wakes = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+    });
+    let start = std::time::Instant::now();
+    ring.wait_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(25));
+    wakes.join().unwrap();
+    ring.reap(&mut out);
+    assert!(out.is_empty());
+    std::fs::remove_file(&path).unwrap();
+}

@@ -184,6 +184,22 @@ fn file_lun_read_write_flush_through_io_uring() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A file in tmpfs runs inline on the engine thread, like a RAM LUN, and what it acknowledged
+/// is in the file.
+#[test]
+fn tmpfs_file_lun_runs_inline() {
+    let path = PathBuf::from(format!("/dev/shm/iser-engine-{}.img", std::process::id()));
+    let backend = Arc::new(FileBackend::open(&path, Some(1 << 20), true, false).unwrap());
+    assert!(backend.files().is_some_and(|f| f.in_memory()));
+    let engine = Engine::start(vec![target(backend, true)], 2, IoMode::Auto).unwrap();
+    read_write_flush(&engine);
+    engine.shutdown();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[2 * BS..4 * BS].iter().all(|&b| b == 0xA1));
+    assert!(bytes[4 * BS..5 * BS].iter().all(|&b| b == 0xB2));
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// Pool buffers are page-aligned, so a READ or WRITE of whole 4 KiB pages at an aligned offset
 /// takes the file's O_DIRECT descriptor through io_uring (with `Vec` buffers it never did: their
 /// addresses were not page-aligned).

@@ -308,8 +308,8 @@ impl EngineThread {
         let Some(primitive) = request.primitive(&job.task.data_out) else {
             return Route::Pool;
         };
-        let Some(files) = lu.backend().files() else {
-            // In memory: completes inline on this thread.
+        let Some(files) = lu.backend().files().filter(|f| !f.in_memory()) else {
+            // In memory (RAM, or a file in tmpfs or ramfs): completes inline on this thread.
             let result = run(&**lu.backend(), &request);
             return Route::Done(finish(&request, result, data_out_length));
         };

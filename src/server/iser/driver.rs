@@ -408,14 +408,25 @@ impl Driver {
         self.res.send_cq.req_notify(false)
     }
 
-    /// Consumes completion-channel events and re-arms.
+    /// Consumes completion-channel events and re-arms the CQs that fired (one that did not is
+    /// still armed: a CQ is disarmed only by the event it raises), saving a system call per
+    /// wake-up on providers that arm through the kernel (rxe).
     fn ack_channel(&self) -> rdma_ffi::Result<()> {
-        let mut fired = false;
-        while self.res.channel.get_event()?.is_some() {
-            fired = true;
+        let (mut recv, mut send) = (false, false);
+        while let Some(cq) = self.res.channel.get_event()? {
+            if cq == self.res.recv_cq.handle() {
+                recv = true;
+            } else if cq == self.res.send_cq.handle() {
+                send = true;
+            } else {
+                (recv, send) = (true, true);
+            }
         }
-        if fired {
-            self.arm()?;
+        if recv {
+            self.res.recv_cq.req_notify(false)?;
+        }
+        if send {
+            self.res.send_cq.req_notify(false)?;
         }
         Ok(())
     }

@@ -1,0 +1,276 @@
+#!/bin/bash
+# The kernel's NVMe/TCP host (nvme-tcp + nvme-cli) against the kernel's NVMe/TCP target
+# (nvmet-tcp, configfs) as the reference, and against ours: the same checks on both.
+#
+#   cargo build --release --bin iser-target      # for "ours"
+#   scripts/softroce-vm.sh scripts/guest/nvme-tcp.sh [nvmet] [ours]     (default: both)
+#
+# Each target exports one 256 MiB namespace backed by a file on tmpfs (nvmet: through a loop
+# device, its bdev backend; ours: `backing: {type: file}`), nvmet on port 4420, ours on 4421.
+# The checks, run against each target in turn: discovery; connect; the namespace's size; nvme
+# id-ctrl, id-ns, ns-descs, smart-log, list-subsys; fio 4 KiB random writes QD16 and 1 MiB
+# writes with crc32c verify; blkdiscard and blkdiscard -z with read-back; mkfs.ext4 + files +
+# fsck; disconnect, reconnect, the files intact; two I/O queues with header and data digests
+# (nvme connect -g -G -i 2) under a verifying fio; the keep-alive timeout tearing down the
+# controller of a host that vanished (an nftables rule drops all traffic of a host connected
+# from a second address) while the target goes on serving others; nvme connect-all. One
+# PASS/FAIL line per check, a "N/M passed" line per target (also in
+# $SOFTROCE_RESULTS/nvme-tcp-summary.txt); exits non-zero when a check failed.
+set -euo pipefail
+# shellcheck source=scripts/guest/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
+
+ADDR="$SOFTROCE_ADDR"
+# The vanishing host of the keep-alive check connects from this second address of dummy0.
+ADDR2=192.168.77.2
+REPO="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd -P)"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
+WORK=/run/nvme-tcp-test
+NS_MIB=256
+KATO=5
+declare -A PORT=([nvmet]=4420 [ours]=4421)
+declare -A NQN=([nvmet]=nqn.2026-11.io.iser-target:nvmet-ref [ours]=nqn.2026-11.io.iser-target:guest)
+RESULTS="${SOFTROCE_RESULTS:-/tmp}"
+TARGETS=("$@")
+((${#TARGETS[@]})) || TARGETS=(nvmet ours)
+
+# --- target setup ----------------------------------------------------------------------------
+start_nvmet() {
+    sr_modprobe loop
+    truncate -s "${NS_MIB}M" "$WORK/nvmet.img"
+    NVMET_LOOP="$(losetup -f --show "$WORK/nvmet.img")" || return 1
+    nvmet_setup "$ADDR" "${PORT[nvmet]}" "${NQN[nvmet]}" "$NVMET_LOOP" 1
+}
+stop_nvmet() {
+    nvmet_teardown
+    losetup -d "$NVMET_LOOP"
+}
+
+start_ours() {
+    [[ -x "$BIN" ]] || { sr_log "$BIN missing: run 'cargo build --release' on the host first"; return 1; }
+    cat >"$WORK/ours.yaml" <<EOF
+portals:
+  - { address: $ADDR, port: ${PORT[ours]}, transport: nvme-tcp }
+targets:
+  - name: iqn.2026-11.io.iser-target:guest
+    nqn: ${NQN[ours]}
+    luns:
+      - { id: 0, backing: { type: file, path: $WORK/ours.img, size: ${NS_MIB}M, create: true } }
+EOF
+    bg_start ours env RUST_LOG=info "$BIN" serve --config "$WORK/ours.yaml"
+    wait_tcp_listen "$ADDR:${PORT[ours]}" || { sr_log "our target does not listen (see ours.log)"; return 1; }
+}
+stop_ours() { bg_stop ours; }
+
+# --- checks (each takes the target's name; globals: T, P, N, DEV, CTRL) --------------------------
+connect() { nvme connect -t tcp -a "$ADDR" -s "$P" -n "$N" "$@" >/dev/null; }
+connect_and_find() {
+    connect "$@" || return 1
+    DEV="$(nvme_wait_ns "$N" 30)" || return 1
+    CTRL="/dev/$(nvme_ctrls "$N" | head -n1)"
+    sr_log "$T: $N connected: controller $CTRL, namespace $DEV"
+}
+
+discover_lists() {
+    local out
+    out="$(nvme discover -t tcp -a "$ADDR" -s "$P")" || return 1
+    grep -q "subnqn: *$N *\$" <<<"$out" && grep -q "trsvcid: *$P *\$" <<<"$out" ||
+        { printf '%s\n' "$out" >&2; return 1; }
+}
+
+id_ctrl_subnqn() {
+    nvme id-ctrl "$CTRL" | grep -q "^subnqn *: *$N\$"
+}
+
+# id-ns: the namespace size (NSZE) times the LBA size of the format in use is the disk's size.
+id_ns_size() {
+    local out nsze lbads
+    out="$(nvme id-ns "$DEV")" || return 1
+    nsze="$(awk '$1 == "nsze" { print $3 }' <<<"$out")"
+    lbads="$(awk '/in use/ { for (i = 1; i <= NF; i++) if ($i ~ /^lbads:/) { sub("lbads:", "", $i); print $i } }' <<<"$out")"
+    [[ -n "$nsze" && -n "$lbads" ]] || { printf '%s\n' "$out" >&2; return 1; }
+    (( nsze * (1 << lbads) == NS_MIB << 20 )) || { sr_log "nsze $nsze lbads $lbads"; return 1; }
+}
+
+# ns-descs: at least one namespace identifier (EUI-64, NGUID or UUID) that is not all zeros.
+ns_descs_identify() {
+    local out
+    out="$(nvme ns-descs "$DEV")" || return 1
+    grep -Eq '^(eui64|nguid|uuid) *: *[0-9a-f-]*[1-9a-f]' <<<"$out" || { printf '%s\n' "$out" >&2; return 1; }
+}
+
+smart_log() { nvme smart-log "$CTRL" | grep -q '^critical_warning'; }
+
+list_subsys() {
+    local out
+    out="$(nvme list-subsys)" || return 1
+    grep -q "NQN=$N" <<<"$out" && grep -q " tcp traddr=$ADDR,trsvcid=$P" <<<"$out" ||
+        { printf '%s\n' "$out" >&2; return 1; }
+}
+
+# is_zero DEV OFFSET_MIB MIB: those MiB of DEV read (O_DIRECT) as zeros.
+is_zero() {
+    cmp -s -n "$(($3 << 20))" <(dd if="$1" bs=1M skip="$2" count="$3" iflag=direct status=none) /dev/zero
+}
+fill_random() { dd if=/dev/urandom of="$1" bs=1M seek="$2" count="$3" oflag=direct conv=fsync status=none; }
+
+# blkdiscard (Dataset Management, deallocate) succeeds; the range reads back, as zeros when the
+# namespace says deallocated blocks read as zeros (id-ns DLFEAT bits 2:0 = 001b).
+discard_readback() {
+    local dlfeat
+    fill_random "$DEV" 0 8 && blkdiscard -o 0 -l $((8 << 20)) "$DEV" || return 1
+    dlfeat="$(nvme id-ns "$DEV" | awk '$1 == "dlfeat" { print $3 }')"
+    if (((dlfeat & 7) == 1)); then
+        is_zero "$DEV" 0 8
+    else
+        dd if="$DEV" of=/dev/null bs=1M count=8 iflag=direct status=none
+    fi
+}
+
+# blkdiscard -z (Write Zeroes, or zeros written by the host if the controller lacks it): zeros.
+zeroout_readback() {
+    fill_random "$DEV" 8 8 && blkdiscard -z -o $((8 << 20)) -l $((8 << 20)) "$DEV" && is_zero "$DEV" 8 8
+}
+
+FILES_SHA=""
+mkfs_files_fsck() {
+    mkdir -p /mnt/nvme
+    mkfs.ext4 -q -F "$DEV" && mount "$DEV" /mnt/nvme || return 1
+    head -c 8M /dev/urandom >/mnt/nvme/blob
+    cp -r "$REPO/scripts" /mnt/nvme/
+    FILES_SHA="$(cd /mnt/nvme && find . -type f ! -path './lost+found/*' -exec sha256sum {} + | sort | sha256sum)"
+    sync
+    umount /mnt/nvme
+    fsck.ext4 -fn "$DEV"
+}
+
+files_intact() {
+    local sha
+    [[ -n "$FILES_SHA" ]] && mount "$DEV" /mnt/nvme || return 1
+    sha="$(cd /mnt/nvme && find . -type f ! -path './lost+found/*' -exec sha256sum {} + | sort | sha256sum)"
+    umount /mnt/nvme
+    [[ "$sha" == "$FILES_SHA" ]]
+}
+
+# Two I/O queues and both digests: the controller has 3 queues (admin + 2 I/O).
+digests_two_queues() {
+    connect_and_find -g -G -i 2 || return 1
+    [[ "$(cat "/sys/class/nvme/${CTRL#/dev/}/queue_count")" == 3 ]] ||
+        { sr_log "queue_count $(cat "/sys/class/nvme/${CTRL#/dev/}/queue_count")"; return 1; }
+}
+# fio with two jobs (the scheduler spreads them over both CPUs, hence both queues).
+fio_two_jobs() {
+    fio --name=digests --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
+        --iodepth=8 --numjobs=2 --size=16M --offset_increment=16M --verify=crc32c --do_verify=1 \
+        --verify_fatal=1 --output-format=terse >/dev/null
+}
+
+# Established TCP connections between the target's port and ADDR2 (the target's side).
+conns_from_addr2() { ss -Htn state established "( sport = :$P )" dst "$ADDR2" | wc -l; }
+
+# The host at ADDR2 connects (keep-alive KATO s, giving up after 5 s without the target), then
+# vanishes: nftables drops every packet between it and the target, so no keep-alive and no FIN
+# reach the target. The target must tear the controller down (close its connections) by itself.
+keep_alive_teardown() {
+    local n end
+    ip addr add "$ADDR2/24" dev "$SOFTROCE_NETDEV" 2>/dev/null || true
+    connect_and_find -w "$ADDR2" -k "$KATO" -l 5 -c 2 || return 1
+    n="$(conns_from_addr2)"
+    ((n >= 2)) || { sr_log "$n connections from $ADDR2 before the drop"; return 1; }
+    nft -f - <<EOF || return 1
+table inet nvme_ka {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ip saddr $ADDR2 tcp dport $P drop
+        ip daddr $ADDR2 tcp sport $P drop
+    }
+}
+EOF
+    end=$((SECONDS + 4 * KATO + 10))
+    until (($(conns_from_addr2) == 0)); do
+        if ((SECONDS > end)); then
+            sr_log "the target still has $(conns_from_addr2) connection(s) from $ADDR2 after $((4 * KATO + 10)) s"
+            nft delete table inet nvme_ka
+            return 1
+        fi
+        sleep 1
+    done
+    sr_log "$T closed the vanished host's connections"
+    # The host comes back: its reconnect attempts (if ctrl-loss-tmo has not ended them yet) get
+    # through, and a disconnect cannot hang on a dropped SYN.
+    nft delete table inet nvme_ka
+    nvme disconnect -n "$N" >/dev/null 2>&1 || true
+    sr_wait 30 test -z "$(nvme_ctrls "$N")"
+}
+
+# nvme connect-all: discovery, then a connection to every subsystem the log lists.
+connect_all() {
+    nvme connect-all -t tcp -a "$ADDR" -s "$P" >/dev/null || return 1
+    DEV="$(nvme_wait_ns "$N" 30)" || return 1
+    nvme_disconnect "$N"
+}
+
+still_serving() {
+    connect_and_find && fio_verify "$DEV" 16M 64k 8 && nvme_disconnect "$N"
+}
+
+run_checks() {
+    T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
+    local failed_before=$FAILED total=21
+    sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
+    check "$T: nvme discover lists $N" discover_lists
+    if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
+        fail "$T: no namespace: the remaining checks cannot run"
+        FAILED=$((failed_before + total))
+        return 0
+    fi
+    check "$T: namespace is $NS_MIB MiB" test "$(blockdev --getsize64 "$DEV")" = $((NS_MIB << 20))
+    check "$T: nvme id-ctrl (subnqn)" id_ctrl_subnqn
+    check "$T: nvme id-ns (nsze x LBA size)" id_ns_size
+    check "$T: nvme ns-descs (a non-zero identifier)" ns_descs_identify
+    check "$T: nvme smart-log" smart_log
+    check "$T: nvme list-subsys" list_subsys
+    check "$T: fio 4 KiB randwrite QD16 crc32c verify" fio_verify "$DEV" 16M 4k 16
+    check "$T: fio 1 MiB writes crc32c verify" fio_verify "$DEV" 64M 1m 4
+    check "$T: blkdiscard, read-back" discard_readback
+    check "$T: blkdiscard -z, read-back zeros" zeroout_readback
+    check "$T: mkfs.ext4, files, fsck" mkfs_files_fsck
+    check "$T: nvme disconnect" nvme_disconnect "$N"
+    if check "$T: reconnect" connect_and_find; then
+        check "$T: files intact after reconnect" files_intact
+        nvme_disconnect "$N" || true
+    else
+        fail "$T: files intact after reconnect (not connected)"
+    fi
+    if check "$T: two I/O queues, header and data digests" digests_two_queues; then
+        check "$T: fio verify over the digest connection" fio_two_jobs
+    else
+        fail "$T: fio verify over the digest connection (not connected)"
+    fi
+    nvme_disconnect "$N" >/dev/null 2>&1 || true
+    check "$T: keep-alive timeout tears down a vanished host's controller" keep_alive_teardown
+    check "$T: still serving a new host afterwards" still_serving
+    check "$T: nvme connect-all" connect_all
+    echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
+}
+
+softroce_mounts
+rxe_setup "$SOFTROCE_ADDR_CIDR"
+nvme_host_setup
+command -v nft >/dev/null || sr_die "nft (nftables) is not installed (softroce-vm.sh installs it)"
+mkdir -p "$WORK"
+: >"$RESULTS/nvme-tcp-summary.txt"
+for t in "${TARGETS[@]}"; do
+    case "$t" in
+        nvmet|ours) ;;
+        *) sr_die "unknown target '$t' (nvmet|ours)" ;;
+    esac
+    if "start_$t"; then
+        run_checks "$t"
+        "stop_$t" || fail "$t: clean stop"
+    else
+        fail "$t: target did not start"
+    fi
+done
+check "no suspicious kernel messages" dmesg_check
+sr_checks_done nvme-tcp
