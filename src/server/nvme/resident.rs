@@ -87,10 +87,11 @@ pub(super) fn start(
     Ok(())
 }
 
-/// The engine session running a queue's I/O, and the subsystem it belongs to.
+/// The engine session running a queue's I/O, the subsystem it belongs to and its I_T nexus.
 struct Attached {
     session: EngineSession,
     subsystem: usize,
+    nexus: Arc<Nexus>,
 }
 
 struct NvmeResident {
@@ -348,11 +349,15 @@ impl NvmeResident {
                 initiator_name: host_nqn.to_string(),
                 isid: [0, 0, 0, 0, hi, lo],
             });
-            let session = self
-                .shared
-                .engine
-                .resident_session(&self.residence, subsystem, nexus);
-            self.engine = Some(Attached { session, subsystem });
+            let session =
+                self.shared
+                    .engine
+                    .resident_session(&self.residence, subsystem, Arc::clone(&nexus));
+            self.engine = Some(Attached {
+                session,
+                subsystem,
+                nexus,
+            });
         }
     }
 
@@ -360,7 +365,14 @@ impl NvmeResident {
     /// I/O queue leaves its controller. Called once no I/O is outstanding.
     fn release(&mut self) {
         self.released = true;
-        self.engine = None;
+        if let Some(attached) = self.engine.take() {
+            // I_T nexus loss, as an iSCSI session's end: the LUs forget the nexus (its unit
+            // attention queue), or every controller ever connected would stay listed there.
+            // Sibling queues of the controller that still run are registered again by their
+            // next command (losing a pending unit attention, which NVMe hosts cannot read).
+            drop(attached.session);
+            self.shared.scsi_targets[attached.subsystem].release_nexus(&attached.nexus);
+        }
         let Some((cntlid, qid)) = self.place.take() else {
             return;
         };
