@@ -76,6 +76,7 @@ fn target() -> ScsiTarget {
                 vendor: "FUZZ".into(),
                 product: "fuzz".into(),
                 revision: "1".into(),
+                alua: Default::default(),
             };
             let backend = Arc::new(RamBackend::new(BLOCKS * u64::from(block_size)));
             Arc::new(LogicalUnit::new(params, backend))
