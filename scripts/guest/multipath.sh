@@ -132,7 +132,8 @@ maps="$(dmsetup ls --target multipath | awk '{print $1}')"
     fail "multipath devices: '${maps//$'\n'/ }', want $WWID"
 grep -q "hwhandler='1 alua'" "$RESULTS/multipath-ll.txt" && pass "hardware handler: alua" ||
     fail "no alua hardware handler in multipath -ll"
-grep -q 'prio=50 status=active' "$RESULTS/multipath-ll.txt" &&
+# The group shows "enabled" until the first I/O selects it, "active" after.
+grep -Eq 'prio=50 status=(active|enabled)' "$RESULTS/multipath-ll.txt" &&
     (($(grep -c 'active ready running' "$RESULTS/multipath-ll.txt") == 2)) &&
     pass "one path group, ALUA priority 50 (active/optimized), two paths active ready running" ||
     fail "multipath -ll does not show two active/optimized paths"
