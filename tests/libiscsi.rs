@@ -530,3 +530,20 @@ fn conformance_ram_lun() {
 fn conformance_file_lun() {
     conformance_run("file", LunSpec::file(0, "conformance.img", "1G"));
 }
+
+/// A file LUN in tmpfs, whose I/O runs inline on the engine thread instead of through io_uring.
+#[test]
+fn conformance_tmpfs_file_lun() {
+    /// Removes the sparse file however the run ends.
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let path = Remove(format!(
+        "/dev/shm/iser-conformance-{}.img",
+        std::process::id()
+    ));
+    conformance_run("tmpfs-file", LunSpec::file(0, &path.0, "1G"));
+}

@@ -19,7 +19,7 @@ use super::pdu::{
     self, DataOut, Header, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, SnackRequest,
     Stage, TaskAttribute, TaskMgmtRequest, TextRequest, RESERVED_TAG,
 };
-use super::tcp::{TcpAction, TcpConnection};
+use super::tcp::{DataInBuf, TcpAction, TcpConnection};
 use super::text;
 use crate::scsi::ScsiOutcome;
 use crate::stats::{thread_payload_copies, CopyCounts};
@@ -177,6 +177,8 @@ struct Pair {
     /// Payload copies the harness made itself (encoding the initiator's PDUs, checking the
     /// target's on the wire), to tell the target's own apart.
     harness_copies: CopyCounts,
+    /// Data-In PDUs sent from a buffer they own, and from one they share.
+    data_in_buffers: (usize, usize),
 }
 
 impl Pair {
@@ -210,6 +212,7 @@ impl Pair {
             ended_contexts: HashSet::new(),
             inbox_contexts: VecDeque::new(),
             harness_copies: CopyCounts::default(),
+            data_in_buffers: (0, 0),
         }
     }
 
@@ -278,6 +281,10 @@ impl Pair {
                     range,
                     context,
                 } => {
+                    match &data {
+                        DataInBuf::Whole(_) => self.data_in_buffers.0 += 1,
+                        DataInBuf::Shared(_) => self.data_in_buffers.1 += 1,
+                    }
                     // The wire bytes a vectored write of header and buffer slice produces.
                     let pdu = Pdu::with_data(header, data[range].to_vec());
                     self.receive(pdu, Some(context));
@@ -1377,6 +1384,18 @@ fn tcp_transport_copies_a_lent_ram_read_once() {
             bytes: 8192
         }
     );
+}
+
+/// A READ that one Data-In PDU answers hands its buffer to the transport by value (no
+/// allocation); only a READ split into several PDUs shares it, through one `Arc`.
+#[test]
+fn one_data_in_pdu_owns_its_read_buffer() {
+    let mut pair = logged_in(&[]);
+    // The initiator's MaxRecvDataSegmentLength is the default 8192 bytes.
+    assert_eq!(read_back(&mut pair, 0, 16).len(), 8192);
+    assert_eq!(pair.data_in_buffers, (1, 0));
+    assert_eq!(read_back(&mut pair, 0, 64).len(), 32768);
+    assert_eq!(pair.data_in_buffers, (1, 4));
 }
 
 #[test]
