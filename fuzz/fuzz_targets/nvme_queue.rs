@@ -24,7 +24,7 @@ use iser_target::nvme::{
 use iser_target::scsi::{
     finish, run, LogicalUnit, LunParams, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
 };
-use iser_target_fuzz::nvme::{check_pdu, connect, enable, Host, HOST, SUBSYSTEM};
+use iser_target_fuzz::nvme::{connect, enable, handle_control, Host, HOST, SUBSYSTEM};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
@@ -101,29 +101,6 @@ impl Harness {
         while let Some(action) = self.queue.poll_action() {
             assert!(!self.closed, "action after Close");
             match action {
-                Action::Send(bytes) => check_pdu(&bytes, &self.host),
-                Action::SendData {
-                    head,
-                    data,
-                    range,
-                    tail,
-                } => {
-                    let mut b = head;
-                    b.extend_from_slice(&data[range]);
-                    b.extend_from_slice(&tail);
-                    check_pdu(&b, &self.host);
-                }
-                Action::CreateController(req) => {
-                    let r = self.registry.create(&req);
-                    self.queue.handle_controller_created(r, Instant::now());
-                }
-                Action::JoinController(req) => {
-                    let r = self.registry.join(&req);
-                    self.queue.handle_controller_joined(r, Instant::now());
-                }
-                Action::ControllerChanged { cntlid, state } => {
-                    self.registry.update(cntlid, state);
-                }
                 Action::Execute(io) => {
                     let index = io.nsid as usize - 1;
                     let op = io.op.clone();
@@ -151,6 +128,13 @@ impl Harness {
                     self.queue.handle_scsi_complete(id, outcome);
                 }
                 Action::Close(_) => self.closed = true,
+                other => handle_control(
+                    other,
+                    &mut self.queue,
+                    &mut self.registry,
+                    &self.host,
+                    Instant::now(),
+                ),
             }
         }
     }
