@@ -16,26 +16,16 @@ use std::time::{Duration, Instant};
 
 use iser_target::backend::{Backend, RamBackend};
 use iser_target::nvme::{
-    Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp,
-    NamespaceDescriptor, NvmeConfig, Queue, SubsystemDescriptor,
+    Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp, NvmeConfig, Queue,
+    SubsystemDescriptor,
 };
-use iser_target_fuzz::nvme::{connect, enable, handle_control, Host, SUBSYSTEM};
+use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, SUBSYSTEM};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
 
 fn config() -> NvmeConfig {
-    let ns = |nsid: u32, block_size: u32, read_only: bool| NamespaceDescriptor {
-        nsid,
-        block_size,
-        blocks: BLOCKS,
-        read_only,
-        volatile_write_cache: true,
-        thin: true,
-        nguid: [nsid as u8; 16],
-        eui64: [nsid as u8; 8],
-        uuid: [nsid as u8; 16],
-    };
+    let ns = |nsid, block_size, read_only| namespace(nsid, block_size, BLOCKS, read_only);
     NvmeConfig {
         subsystems: vec![SubsystemDescriptor {
             nqn: SUBSYSTEM.into(),

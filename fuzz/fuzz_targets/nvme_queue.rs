@@ -18,30 +18,19 @@ use std::time::{Duration, Instant};
 use iser_target::backend::RamBackend;
 use iser_target::nvme::command::Status;
 use iser_target::nvme::{
-    scsi, Action, ControllerRegistry, IoOp, NamespaceDescriptor, NvmeConfig, Queue,
-    SubsystemDescriptor,
+    scsi, Action, ControllerRegistry, IoOp, NvmeConfig, Queue, SubsystemDescriptor,
 };
 use iser_target::scsi::{
     finish, run, LogicalUnit, LunParams, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
 };
-use iser_target_fuzz::nvme::{connect, enable, handle_control, Host, HOST, SUBSYSTEM};
+use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, HOST, SUBSYSTEM};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 
 fn config() -> NvmeConfig {
-    let ns = |nsid: u32, block_size: u32| NamespaceDescriptor {
-        nsid,
-        block_size,
-        blocks: BLOCKS,
-        read_only: false,
-        volatile_write_cache: true,
-        thin: true,
-        nguid: [nsid as u8; 16],
-        eui64: [nsid as u8; 8],
-        uuid: [nsid as u8; 16],
-    };
+    let ns = |nsid, block_size| namespace(nsid, block_size, BLOCKS, false);
     NvmeConfig {
         subsystems: vec![SubsystemDescriptor {
             nqn: SUBSYSTEM.into(),

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use iser_target::nvme::{Action, ControllerRegistry, Queue};
+use iser_target::nvme::{Action, ControllerRegistry, NamespaceDescriptor, Queue};
 
 /// The subsystem the fuzz targets connect to.
 pub const SUBSYSTEM: &str = "nqn.2026-01.fuzz:disk";
@@ -161,5 +161,21 @@ pub fn handle_control(
         Action::Execute(_) | Action::Close(_) => {
             unreachable!("the fuzz target handles {action:?} itself")
         }
+    }
+}
+
+/// Namespace `nsid` of `blocks` blocks of `block_size` bytes, thin with a volatile write cache,
+/// its identifiers all bytes `nsid`.
+pub fn namespace(nsid: u32, block_size: u32, blocks: u64, read_only: bool) -> NamespaceDescriptor {
+    NamespaceDescriptor {
+        nsid,
+        block_size,
+        blocks,
+        read_only,
+        volatile_write_cache: true,
+        thin: true,
+        nguid: [nsid as u8; 16],
+        eui64: [nsid as u8; 8],
+        uuid: [nsid as u8; 16],
     }
 }
