@@ -37,61 +37,20 @@ rounds=2
 duration=8
 size=512M
 out=
-while (($#)); do
-    case $1 in
-        --rounds) rounds=$2; shift 2 ;;
-        --duration) duration=$2; shift 2 ;;
-        --size) size=$2; shift 2 ;;
-        --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-        *) echo "bench-rbd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-    esac
-done
-[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench-rbd.sh: --rounds must be a positive integer" >&2; exit 2; }
-[[ $duration =~ ^[1-9][0-9]*$ ]] || { echo "bench-rbd.sh: --duration must be a positive integer" >&2; exit 2; }
-[[ $size =~ ^[1-9][0-9]*[MG]$ ]] || { echo "bench-rbd.sh: --size must look like 512M or 1G" >&2; exit 2; }
-
 ours_port=${OURS_PORT:-3283}
 tgt_port=${TGT_PORT:-3284}
 cport=${TGT_CONTROL_PORT:-30}
 iqn_ours=iqn.2026-11.io.iser-target:bench-rbd
 iqn_tgt=iqn.2026-11.io.iser-target:bench-rbd-tgt
-out=${out:-$target_dir/bench-rbd/$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-log() { printf 'bench-rbd: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+bench_name=bench-rbd
+# shellcheck source=scripts/bench/lib.sh
+source "$here/bench/lib.sh"
+bench_args "$0" "$@"
 
 [[ $(id -u) == 0 ]] || die "needs root (tgtd)"
 cluster_conf=$("$here/ceph-cluster.sh" env)
 [[ -e $cluster_conf ]] || die "no Ceph cluster at $cluster_conf (run scripts/ceph-cluster.sh start)"
-need=()
-command -v tgtd >/dev/null && command -v tgtadm >/dev/null || need+=(tgt)
-[[ -e /usr/lib/tgt/backing-store/bs_rbd.so ]] || need+=(tgt-rbd)
-[[ -f /usr/include/iscsi/iscsi.h ]] || need+=(libiscsi-dev)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    apt=(apt-get -o DPkg::Lock::Timeout=300)
-    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
-        { "${apt[@]}" update -qq && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } ||
-        die "apt-get install ${need[*]} failed"
-fi
-
-log "building the release binary"
-(cd "$repo" && cargo build --release --quiet --bin iser-target) || die "cargo build failed"
-bin=$target_dir/release/iser-target
-load=$target_dir/bench-tcp/iscsi-load
-mkdir -p "$(dirname "$load")"
-if [[ ! -x $load || $here/bench/iscsi-load.c -nt $load ]]; then
-    gcc -O2 -Wall -Wextra -std=gnu11 -o "$load" "$here/bench/iscsi-load.c" -liscsi || die "building iscsi-load failed"
-fi
-
-port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-for p in "$ours_port" "$tgt_port"; do
-    port_open "$p" && die "something already listens on 127.0.0.1:$p (set OURS_PORT / TGT_PORT)"
-done
+if [[ -e /usr/lib/tgt/backing-store/bs_rbd.so ]]; then bench_prepare; else bench_prepare tgt-rbd; fi
 
 # librbd's cache off for every client: the cluster's conf with `rbd cache = false` in [client].
 conf=$out/ceph.conf
@@ -107,12 +66,7 @@ source "$here/tgtd.sh"
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
-    if [[ -n $ours_pid ]] && kill -0 "$ours_pid" 2>/dev/null; then
-        kill -TERM "$ours_pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$ours_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$ours_pid" 2>/dev/null || true
-        wait "$ours_pid" 2>/dev/null || true
-    fi
+    ours_stop
     tgtd_stop "$tgt_pid" "$cport"
     rbd_ rm --no-progress "rbd/$image" >/dev/null 2>&1 || true
 }
@@ -134,43 +88,13 @@ targets:
         write_cache: false
         backing: { type: rbd, pool: rbd, image: $image, conf: $conf, user: admin }
 EOF
-"$bin" serve --config "$out/ours.yaml" >"$out/ours.log" 2>&1 &
-ours_pid=$!
-
-tgtd -f -C "$cport" --iscsi "portal=127.0.0.1:$tgt_port" >"$out/tgtd.log" 2>&1 &
-tgt_pid=$!
-
-wait_port() {
-    local port=$1 pid=$2 name=$3
-    for _ in $(seq 300); do
-        port_open "$port" && return 0
-        kill -0 "$pid" 2>/dev/null || { cat "$out/$name.log" >&2; die "$name exited at start-up"; }
-        sleep 0.1
-    done
-    die "$name does not listen on 127.0.0.1:$port"
-}
-wait_port "$ours_port" "$ours_pid" ours
-wait_port "$tgt_port" "$tgt_pid" tgtd
-tgtadm_() { tgtadm -C "$cport" --lld iscsi "$@"; }
-tgtadm_ --mode target --op new --tid 1 --targetname "$iqn_tgt"
-tgtadm_ --mode target --op bind --tid 1 --initiator-address ALL
+bench_start 300
 # tgt's LUN 0 is its own controller LU, so the data LUN is 1.
 tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 --bstype rbd \
     --backing-store "rbd/$image" --bsopts "conf=$conf;id=admin"
 
 url_ours=iscsi://127.0.0.1:$ours_port/$iqn_ours/0
 url_tgt=iscsi://127.0.0.1:$tgt_port/$iqn_tgt/1
-
-# cpu_ticks PID: utime + stime of PID and its children, in clock ticks (see bench-tcp.sh).
-cpu_ticks() {
-    local pid total=0 f
-    for pid in $1 $(pgrep -P "$1" || true); do
-        [[ -r /proc/$pid/stat ]] || continue
-        read -ra f <<<"$(sed 's/^.*) //' "/proc/$pid/stat")"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 
 # workload name | iscsi-load arguments | rbd bench arguments
 workloads=(
@@ -201,7 +125,7 @@ bench_calibrate() {
 
 # measure ROUND TARGET WORKLOAD LOAD_ARGS BENCH_ARGS: one run; appends a line to runs.tsv.
 measure() {
-    local round=$1 target=$2 name=$3 args=$4 bargs=$5 pid url before after line ios seconds iops mib_s
+    local round=$1 target=$2 name=$3 args=$4 bargs=$5 line ios seconds iops mib_s
     if [[ $target == rbd-bench ]]; then
         [[ -n ${bench_total[$name]:-} ]] || bench_calibrate "$name" "$bargs"
         # shellcheck disable=SC2086  # args are words
@@ -215,17 +139,7 @@ measure() {
         log "round $round rbd-bench $name: $iops IOPS"
         return
     fi
-    if [[ $target == ours ]]; then pid=$ours_pid url=$url_ours; else pid=$tgt_pid url=$url_tgt; fi
-    before=$(cpu_ticks "$pid")
-    # shellcheck disable=SC2086  # args are words
-    line=$("$load" $args -t "$duration" "$url") || die "$target $name: iscsi-load failed"
-    after=$(cpu_ticks "$pid")
-    kill -0 "$pid" 2>/dev/null || die "$target died during $name"
-    IFS=' =' read -r _ ios _ seconds _ iops _ mib_s <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$name" "$ios" "$seconds" "$iops" \
-        "$mib_s" "$((after - before))" >>"$results"
-    log "round $round $target $name: $iops IOPS, $(awk -v t=$((after - before)) -v n="$ios" -v hz="$hz" \
-        'BEGIN { printf "%.1f", t * 1e6 / hz / n }') µs CPU/IO"
+    measure_load "$round" "$target" "$name" "$args"
 }
 
 log "$rounds rounds x ${#workloads[@]} workloads x 3 x ${duration}s; results in $out"

@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::block_io::BlockSession;
@@ -38,6 +39,13 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
         .collect()
+}
+
+/// The target closes `stream` within `timeout`, sending nothing more first.
+fn assert_closed_by_target(stream: &mut TcpStream, timeout: Duration) {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
 }
 
 #[test]
@@ -110,7 +118,7 @@ fn discovery_log_lists_the_subsystem_at_the_portal() {
 fn bad_input_gets_a_c2h_term_req_and_a_clean_close() {
     let (mut server, port) = serve(target());
     // ICReq with PFV 1.
-    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
     raw.set_read_timeout(Some(nvme_host::RESPONSE_TIMEOUT))
         .unwrap();
     raw.write_all(&nvme_host::ic_req(1)).unwrap();
@@ -203,11 +211,7 @@ fn closing_the_admin_queue_ends_the_controller_and_its_io_queues() {
     let mut q = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
     drop(admin);
     // The I/O queue is closed by the target.
-    let mut rest = Vec::new();
-    q.stream()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(q.stream().read_to_end(&mut rest).unwrap(), 0);
+    assert_closed_by_target(q.stream(), Duration::from_secs(5));
     // The controller is gone: an I/O queue cannot join it.
     let options = Options {
         subsystem: SUBSYSTEM,
@@ -242,11 +246,7 @@ fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
     // No Keep Alive: the target closes the admin queue after KATO, and the I/O queue with it.
     let started = std::time::Instant::now();
     for stream in [admin.stream(), q.stream()] {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut rest = Vec::new();
-        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        assert_closed_by_target(stream, Duration::from_secs(10));
     }
     assert!(started.elapsed() >= Duration::from_millis(900));
     // The target still serves.
@@ -265,8 +265,7 @@ fn shutdown_closes_live_queues_and_exits_cleanly() {
     let status = server.stop_with(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status}");
     for stream in [admin.stream(), q.stream()] {
-        let mut rest = Vec::new();
-        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        assert_closed_by_target(stream, nvme_host::RESPONSE_TIMEOUT);
     }
 }
 

@@ -16,26 +16,16 @@ use std::time::{Duration, Instant};
 
 use iser_target::backend::{Backend, RamBackend};
 use iser_target::nvme::{
-    Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp,
-    NamespaceDescriptor, NvmeConfig, Queue, SubsystemDescriptor,
+    Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp, NvmeConfig, Queue,
+    SubsystemDescriptor,
 };
-use iser_target_fuzz::nvme::{check_pdu, connect, enable, Host, SUBSYSTEM};
+use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, SUBSYSTEM};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
 
 fn config() -> NvmeConfig {
-    let ns = |nsid: u32, block_size: u32, read_only: bool| NamespaceDescriptor {
-        nsid,
-        block_size,
-        blocks: BLOCKS,
-        read_only,
-        volatile_write_cache: true,
-        thin: true,
-        nguid: [nsid as u8; 16],
-        eui64: [nsid as u8; 8],
-        uuid: [nsid as u8; 16],
-    };
+    let ns = |nsid, block_size, read_only| namespace(nsid, block_size, BLOCKS, read_only);
     NvmeConfig {
         subsystems: vec![SubsystemDescriptor {
             nqn: SUBSYSTEM.into(),
@@ -77,29 +67,6 @@ impl Harness {
         while let Some(action) = self.queue.poll_action() {
             assert!(!self.closed, "action after Close");
             match action {
-                Action::Send(bytes) => check_pdu(&bytes, &self.host),
-                Action::SendData {
-                    head,
-                    data,
-                    range,
-                    tail,
-                } => {
-                    let mut b = head;
-                    b.extend_from_slice(&data[range]);
-                    b.extend_from_slice(&tail);
-                    check_pdu(&b, &self.host);
-                }
-                Action::CreateController(req) => {
-                    let r = self.registry.create(&req);
-                    self.queue.handle_controller_created(r, self.now);
-                }
-                Action::JoinController(req) => {
-                    let r = self.registry.join(&req);
-                    self.queue.handle_controller_joined(r, self.now);
-                }
-                Action::ControllerChanged { cntlid, state } => {
-                    self.registry.update(cntlid, state);
-                }
                 Action::Execute(io) => {
                     let backend = self.backends[io.nsid as usize - 1].clone();
                     let size = backend.size();
@@ -125,6 +92,13 @@ impl Harness {
                     }
                 }
                 Action::Close(_) => self.closed = true,
+                other => handle_control(
+                    other,
+                    &mut self.queue,
+                    &mut self.registry,
+                    &self.host,
+                    self.now,
+                ),
             }
         }
     }

@@ -18,30 +18,19 @@ use std::time::{Duration, Instant};
 use iser_target::backend::RamBackend;
 use iser_target::nvme::command::Status;
 use iser_target::nvme::{
-    scsi, Action, ControllerRegistry, IoOp, NamespaceDescriptor, NvmeConfig, Queue,
-    SubsystemDescriptor,
+    scsi, Action, ControllerRegistry, IoOp, NvmeConfig, Queue, SubsystemDescriptor,
 };
 use iser_target::scsi::{
     finish, run, LogicalUnit, LunParams, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
 };
-use iser_target_fuzz::nvme::{check_pdu, connect, enable, Host, HOST, SUBSYSTEM};
+use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, HOST, SUBSYSTEM};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 
 fn config() -> NvmeConfig {
-    let ns = |nsid: u32, block_size: u32| NamespaceDescriptor {
-        nsid,
-        block_size,
-        blocks: BLOCKS,
-        read_only: false,
-        volatile_write_cache: true,
-        thin: true,
-        nguid: [nsid as u8; 16],
-        eui64: [nsid as u8; 8],
-        uuid: [nsid as u8; 16],
-    };
+    let ns = |nsid, block_size| namespace(nsid, block_size, BLOCKS, false);
     NvmeConfig {
         subsystems: vec![SubsystemDescriptor {
             nqn: SUBSYSTEM.into(),
@@ -101,29 +90,6 @@ impl Harness {
         while let Some(action) = self.queue.poll_action() {
             assert!(!self.closed, "action after Close");
             match action {
-                Action::Send(bytes) => check_pdu(&bytes, &self.host),
-                Action::SendData {
-                    head,
-                    data,
-                    range,
-                    tail,
-                } => {
-                    let mut b = head;
-                    b.extend_from_slice(&data[range]);
-                    b.extend_from_slice(&tail);
-                    check_pdu(&b, &self.host);
-                }
-                Action::CreateController(req) => {
-                    let r = self.registry.create(&req);
-                    self.queue.handle_controller_created(r, Instant::now());
-                }
-                Action::JoinController(req) => {
-                    let r = self.registry.join(&req);
-                    self.queue.handle_controller_joined(r, Instant::now());
-                }
-                Action::ControllerChanged { cntlid, state } => {
-                    self.registry.update(cntlid, state);
-                }
                 Action::Execute(io) => {
                     let index = io.nsid as usize - 1;
                     let op = io.op.clone();
@@ -151,6 +117,13 @@ impl Harness {
                     self.queue.handle_scsi_complete(id, outcome);
                 }
                 Action::Close(_) => self.closed = true,
+                other => handle_control(
+                    other,
+                    &mut self.queue,
+                    &mut self.registry,
+                    &self.host,
+                    Instant::now(),
+                ),
             }
         }
     }

@@ -1,6 +1,10 @@
 //! Host-side NVMe/TCP framing and checks shared by the NVMe fuzz targets (`nvme_pdu`,
 //! `nvme_queue`), written apart from the crate's codec.
 
+use std::time::Instant;
+
+use iser_target::nvme::{Action, ControllerRegistry, NamespaceDescriptor, Queue};
+
 /// The subsystem the fuzz targets connect to.
 pub const SUBSYSTEM: &str = "nqn.2026-01.fuzz:disk";
 /// The host NQN they connect as.
@@ -117,5 +121,61 @@ pub fn check_pdu(b: &[u8], host: &Host) {
     } else if t != 3 {
         assert_eq!(pdo, 0);
         assert_eq!(plen, hlen + if digested { 4 } else { 0 });
+    }
+}
+
+/// Carries out an action the NVMe fuzz targets all handle alike: checks each PDU the queue sends
+/// (`check_pdu`) and creates, joins or updates controllers in `registry`. `Execute` and `Close`
+/// are each target's own to handle and never come here.
+pub fn handle_control(
+    action: Action,
+    queue: &mut Queue,
+    registry: &mut ControllerRegistry,
+    host: &Host,
+    now: Instant,
+) {
+    match action {
+        Action::Send(bytes) => check_pdu(&bytes, host),
+        Action::SendData {
+            head,
+            data,
+            range,
+            tail,
+        } => {
+            let mut b = head;
+            b.extend_from_slice(&data[range]);
+            b.extend_from_slice(&tail);
+            check_pdu(&b, host);
+        }
+        Action::CreateController(req) => {
+            let r = registry.create(&req);
+            queue.handle_controller_created(r, now);
+        }
+        Action::JoinController(req) => {
+            let r = registry.join(&req);
+            queue.handle_controller_joined(r, now);
+        }
+        Action::ControllerChanged { cntlid, state } => {
+            registry.update(cntlid, state);
+        }
+        Action::Execute(_) | Action::Close(_) => {
+            unreachable!("the fuzz target handles {action:?} itself")
+        }
+    }
+}
+
+/// Namespace `nsid` of `blocks` blocks of `block_size` bytes, thin with a volatile write cache,
+/// its identifiers all bytes `nsid`.
+pub fn namespace(nsid: u32, block_size: u32, blocks: u64, read_only: bool) -> NamespaceDescriptor {
+    NamespaceDescriptor {
+        nsid,
+        block_size,
+        blocks,
+        read_only,
+        volatile_write_cache: true,
+        thin: true,
+        nguid: [nsid as u8; 16],
+        eui64: [nsid as u8; 8],
+        uuid: [nsid as u8; 16],
     }
 }
