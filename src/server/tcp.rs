@@ -15,6 +15,7 @@
 //! ([`driver`]).
 
 mod driver;
+pub(super) mod link;
 mod login;
 pub(super) mod outbox;
 mod resident;

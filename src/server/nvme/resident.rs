@@ -4,10 +4,9 @@
 //! namespace's LUN, PDUs into the outbox) and writes with non-blocking vectored writes.
 
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::NvmeState;
 use crate::iscsi::tcp::DataInBuf;
@@ -17,31 +16,8 @@ use crate::scsi::{Nexus, ScsiOutcome};
 use crate::server::admission::AdmissionTicket;
 use crate::server::engine::{EngineSession, Interest, Residence, Resident, ThreadIo};
 use crate::server::registry::SessionControl;
-use crate::server::tcp::outbox::Outbox;
+use crate::server::tcp::link::{ResidentControl, SocketLink, READS_PER_TURN, READ_CHUNK};
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
-
-/// A send that cannot make progress for this long means the host is gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes one read takes from the socket at most.
-const READ_CHUNK: usize = 256 * 1024;
-/// Reads per readiness event, so one busy host cannot starve the thread's other connections.
-const READS_PER_TURN: usize = 4;
-/// Output not yet taken by the host beyond which the connection stops reading (TCP flow
-/// control then holds the host back).
-const BACKLOG_LIMIT: usize = 16 * READ_CHUNK;
-
-/// Lets the server (shutdown) and the controller's admin queue (reset, death) end a queue.
-struct QueueControl {
-    requested: AtomicBool,
-    residence: Residence,
-}
-
-impl SessionControl for QueueControl {
-    fn request_shutdown(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        self.residence.poke();
-    }
-}
 
 /// Moves a freshly accepted connection to an engine thread.
 pub(super) fn start(
@@ -55,32 +31,21 @@ pub(super) fn start(
     stream.set_nodelay(true)?;
     let local = stream.local_addr()?;
     let residence = shared.engine.reserve_residence();
-    let control = Arc::new(QueueControl {
-        requested: AtomicBool::new(false),
-        residence: residence.clone(),
-    });
+    let control = ResidentControl::new(residence.clone());
     let registration = ConnectionSet::register(&shared.connections, control.clone());
     log::debug!("NVMe/TCP connection from {peer}");
     let queue = Queue::new(nvme.config_for(local), Instant::now());
     residence.attach(Box::new(NvmeResident {
         queue,
-        stream: Arc::new(stream),
-        peer,
+        link: SocketLink::new(stream, peer, "host"),
         nvme,
         shared,
         residence: residence.clone(),
         control,
-        outbox: Outbox::default(),
         read_buf: Vec::new(),
         engine: None,
         place: None,
-        read_armed: false,
-        write_armed: false,
-        closing: false,
-        broken: false,
         released: false,
-        shut: false,
-        stalled_since: None,
         _registration: registration,
         _ticket: ticket,
     }));
@@ -96,91 +61,67 @@ struct Attached {
 
 struct NvmeResident {
     queue: Queue,
-    stream: Arc<TcpStream>,
-    peer: SocketAddr,
+    link: SocketLink,
     nvme: Arc<NvmeState>,
     shared: Arc<Shared>,
     residence: Residence,
-    control: Arc<QueueControl>,
-    outbox: Outbox,
+    control: Arc<ResidentControl>,
     read_buf: Vec<u8>,
     /// Once connected to an NVM subsystem's controller.
     engine: Option<Attached>,
     /// (controller ID, queue ID) once connected, until released.
     place: Option<(u16, u16)>,
-    read_armed: bool,
-    write_armed: bool,
-    /// The queue is ending: no more reading; released once its I/O is reported.
-    closing: bool,
-    /// The host is gone or unresponsive: unsent output is dropped.
-    broken: bool,
-    /// Its I/O drained and its place in the controller given up.
+    /// Its I/O drained and its place in the controller given up (a closing queue is released
+    /// once its I/O is reported).
     released: bool,
-    shut: bool,
-    stalled_since: Option<Instant>,
     _registration: ConnectionRegistration,
     _ticket: AdmissionTicket,
 }
 
 impl Resident for NvmeResident {
     fn start(&mut self, io: &mut ThreadIo<'_>) {
-        if self.shared.stopping() || self.control.requested.load(Ordering::SeqCst) {
+        if self.shared.stopping() || self.control.requested() {
             self.queue.handle_shutdown();
             self.carry_out_actions(io);
         }
     }
 
     fn ready(&mut self, interest: Interest, result: io::Result<usize>, io: &mut ThreadIo<'_>) {
-        match interest {
-            Interest::Read => {
-                self.read_armed = false;
-                if let Err(e) = result {
-                    self.fail(format_args!("poll failed: {e}"));
-                } else if !self.closing {
-                    self.read(io);
-                }
-            }
-            Interest::Write => self.write_armed = false,
+        if self.link.ready(interest, result) {
+            self.read(io);
         }
     }
 
     fn completed(&mut self, id: TaskId, outcome: ScsiOutcome, io: &mut ThreadIo<'_>) {
-        if !self.closing {
+        if !self.link.closing {
             self.queue.handle_scsi_complete(id, outcome);
             self.carry_out_actions(io);
         }
     }
 
     fn poked(&mut self, io: &mut ThreadIo<'_>) {
-        if !self.closing && self.control.requested.load(Ordering::SeqCst) {
+        if !self.link.closing && self.control.requested() {
             self.queue.handle_shutdown();
             self.carry_out_actions(io);
         }
     }
 
     fn timeout(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
-        if self
-            .stalled_since
-            .is_some_and(|since| now >= since + WRITE_TIMEOUT)
-        {
-            self.fail(format_args!(
-                "send failed: the host took nothing for {WRITE_TIMEOUT:?}"
-            ));
+        if self.link.check_stall(now) {
             return;
         }
-        if !self.closing && self.queue.poll_timeout().is_some_and(|due| due <= now) {
+        if !self.link.closing && self.queue.poll_timeout().is_some_and(|due| due <= now) {
             self.queue.handle_timeout(now);
             self.carry_out_actions(io);
         }
     }
 
     fn abort(&mut self, _io: &mut ThreadIo<'_>) {
-        self.closing = true;
-        self.broken = true;
+        self.link.break_off();
     }
 
     fn settle(&mut self, io: &mut ThreadIo<'_>) {
-        if self.closing && !self.released {
+        if self.link.closing && !self.released {
             if self
                 .engine
                 .as_ref()
@@ -191,34 +132,15 @@ impl Resident for NvmeResident {
             }
             self.release();
         }
-        self.write(io);
-        if self.closing {
-            if !self.shut && (self.broken || self.outbox.is_empty()) {
-                // Ends the polls still armed (they complete with POLLHUP).
-                let _ = self.stream.shutdown(Shutdown::Both);
-                self.shut = true;
-            }
-        } else if !self.read_armed && self.outbox.queued() < BACKLOG_LIMIT {
-            self.read_armed = true;
-            io.poll(self.stream.clone(), Interest::Read);
-        }
+        self.link.settle(io);
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let write = self.stalled_since.map(|since| since + WRITE_TIMEOUT);
-        let core = if self.closing {
-            None
-        } else {
-            self.queue.poll_timeout()
-        };
-        match (write, core) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.link.deadline(self.queue.poll_timeout())
     }
 
     fn is_finished(&self) -> bool {
-        self.shut && !self.read_armed && !self.write_armed
+        self.link.is_finished()
     }
 }
 
@@ -226,17 +148,16 @@ impl NvmeResident {
     /// Reads what the socket has (a few buffers at most) and hands it to the queue.
     fn read(&mut self, io: &mut ThreadIo<'_>) {
         for _ in 0..READS_PER_TURN {
-            if self.closing || self.outbox.queued() >= BACKLOG_LIMIT {
+            if !self.link.may_read() {
                 return;
             }
             self.read_buf.resize(READ_CHUNK, 0);
-            match (&*self.stream).read(&mut self.read_buf) {
+            match (&*self.link.stream).read(&mut self.read_buf) {
                 Ok(0) => {
                     if !self.queue.is_closed() {
-                        log::info!("{}: NVMe/TCP host closed the connection", self.peer);
+                        log::info!("{}: NVMe/TCP host closed the connection", self.link.peer);
                     }
-                    self.closing = true;
-                    self.broken = true;
+                    self.link.break_off();
                     return;
                 }
                 Ok(n) => {
@@ -249,7 +170,7 @@ impl NvmeResident {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail(format_args!("read failed: {e}"));
+                    self.link.fail(format_args!("read failed: {e}"));
                     return;
                 }
             }
@@ -264,16 +185,17 @@ impl NvmeResident {
 
     fn perform(&mut self, action: Action, io: &mut ThreadIo<'_>) {
         match action {
-            Action::Send(bytes) => self.outbox.push_bytes(bytes),
+            Action::Send(bytes) => self.link.outbox.push_bytes(bytes),
             Action::SendData {
                 head,
                 data,
                 range,
                 tail,
             } => {
-                self.outbox.push_bytes(head);
-                self.outbox.push_buffer(DataInBuf::Shared(data), range);
-                self.outbox.push_bytes(tail);
+                let outbox = &mut self.link.outbox;
+                outbox.push_bytes(head);
+                outbox.push_buffer(DataInBuf::Shared(data), range);
+                outbox.push_bytes(tail);
             }
             Action::CreateController(request) => {
                 let result = self.nvme.lock_registry().create(&request);
@@ -324,14 +246,14 @@ impl NvmeResident {
             Action::Close(reason) => {
                 match &reason {
                     CloseReason::Disconnect | CloseReason::Shutdown => {
-                        log::debug!("{}: NVMe/TCP queue closing ({reason:?})", self.peer)
+                        log::debug!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)
                     }
                     CloseReason::HostTerminated { .. } => {
-                        log::info!("{}: NVMe/TCP queue closing ({reason:?})", self.peer)
+                        log::info!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)
                     }
-                    _ => log::warn!("{}: NVMe/TCP queue closing ({reason:?})", self.peer),
+                    _ => log::warn!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer),
                 }
-                self.closing = true;
+                self.link.closing = true;
             }
         }
     }
@@ -395,44 +317,6 @@ impl NvmeResident {
             self.nvme.lock_registry().leave(cntlid, qid);
         }
     }
-
-    /// Writes what the socket takes; the rest waits for POLLOUT.
-    fn write(&mut self, io: &mut ThreadIo<'_>) {
-        if self.broken {
-            self.outbox.clear();
-        }
-        if self.outbox.is_empty() {
-            self.stalled_since = None;
-            return;
-        }
-        if self.write_armed {
-            return;
-        }
-        let before = self.outbox.queued();
-        let mut stream: &TcpStream = &self.stream;
-        match self.outbox.send(&mut stream) {
-            Ok(true) => self.stalled_since = None,
-            Ok(false) => {
-                if self.outbox.queued() < before || self.stalled_since.is_none() {
-                    self.stalled_since = Some(Instant::now());
-                }
-                self.write_armed = true;
-                io.poll(self.stream.clone(), Interest::Write);
-            }
-            Err(e) => {
-                self.fail(format_args!("send failed: {e}"));
-                self.outbox.clear();
-            }
-        }
-    }
-
-    fn fail(&mut self, why: std::fmt::Arguments<'_>) {
-        if !self.broken {
-            log::warn!("{}: {why}", self.peer);
-        }
-        self.closing = true;
-        self.broken = true;
-    }
 }
 
 impl Drop for NvmeResident {
@@ -441,6 +325,6 @@ impl Drop for NvmeResident {
             // Dropped unsettled (its thread stopped): its I/O is over with the engine.
             self.release();
         }
-        log::debug!("NVMe/TCP connection from {} closed", self.peer);
+        log::debug!("NVMe/TCP connection from {} closed", self.link.peer);
     }
 }

@@ -7,50 +7,20 @@
 //! a short-lived thread of its own before the connection moves to the engine thread.
 
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::driver::Handoff;
-use super::outbox::Outbox;
+use super::link::{ResidentControl, SocketLink, MIN_READ_CHUNK, READS_PER_TURN, READ_CHUNK};
 use crate::iscsi::framing::{FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, LoginStatus, TaskId};
 use crate::scsi::ScsiOutcome;
 use crate::server::admission::AdmissionTicket;
-use crate::server::engine::{Interest, Residence, Resident, ThreadIo};
+use crate::server::engine::{Interest, Resident, ThreadIo};
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
-
-/// A send that cannot make progress for this long means the initiator is gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes one read may take from the socket.
-const READ_CHUNK: usize = 256 * 1024;
-/// Smallest new buffer a read is given: a new buffer follows the size of recent reads, so a
-/// connection with small PDUs does not hold a large one.
-const MIN_READ_CHUNK: usize = 16 * 1024;
-/// Reads per readiness event: a peer that keeps its socket full gets its turn, then the
-/// thread's other connections get theirs (the poll is armed again and fires at once).
-const READS_PER_TURN: usize = 4;
-/// Output not yet taken by the peer beyond which the connection stops reading: a peer that
-/// sends commands without reading the answers is held back by TCP flow control instead of
-/// growing the process's memory.
-const BACKLOG_LIMIT: usize = 16 * READ_CHUNK;
-
-/// Lets the registry and the server ask a resident connection to shut down.
-struct ResidentControl {
-    requested: AtomicBool,
-    residence: Residence,
-}
-
-impl SessionControl for ResidentControl {
-    fn request_shutdown(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        self.residence.poke();
-    }
-}
 
 /// What the connection does first on its engine thread.
 enum FirstStep {
@@ -65,10 +35,7 @@ enum FirstStep {
 /// shutdown before anything else, so a shutdown racing with the hand-over still reaches it.
 pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()> {
     let residence = shared.engine.reserve_residence();
-    let control = Arc::new(ResidentControl {
-        requested: AtomicBool::new(false),
-        residence: residence.clone(),
-    });
+    let control = ResidentControl::new(residence.clone());
     let registration = ConnectionSet::register(&shared.connections, control.clone());
     let Handoff {
         stream,
@@ -80,27 +47,19 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
         first,
         ticket,
     } = handoff;
-    let mut outbox = Outbox::default();
-    outbox.push_bytes(unsent);
+    let mut link = SocketLink::new(stream, peer, "initiator");
+    link.outbox.push_bytes(unsent);
     let connection = TcpResident {
         conn,
-        stream: Arc::new(stream),
-        peer,
+        link,
         settings,
         reader,
         shared,
         session: SessionSlot::default(),
-        outbox,
         control,
         first: None,
         read_size: READ_CHUNK,
-        read_armed: false,
-        write_armed: false,
-        closing: false,
-        broken: false,
         released: false,
-        shut: false,
-        stalled_since: None,
         _registration: registration,
         _ticket: ticket,
     };
@@ -128,30 +87,18 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
 /// Everything a logged-in connection owns on its engine thread.
 struct TcpResident {
     conn: TcpConnection,
-    stream: Arc<TcpStream>,
-    peer: SocketAddr,
+    link: SocketLink,
     settings: FrameSettings,
     reader: PduReader,
     shared: Arc<Shared>,
     session: SessionSlot,
-    outbox: Outbox,
     control: Arc<ResidentControl>,
     first: Option<FirstStep>,
     /// Size of the next read's buffer when the framer needs a new one (follows recent reads).
     read_size: usize,
-    read_armed: bool,
-    write_armed: bool,
-    /// The connection is ending: no more reading; the session is released once its commands
-    /// are reported, then the last output goes out and the socket is shut down.
-    closing: bool,
-    /// The peer is gone or unresponsive: unsent output is dropped.
-    broken: bool,
-    /// The session has been released (commands drained, nexus lost, unregistered).
+    /// The session has been released (commands drained, nexus lost, unregistered); a closing
+    /// connection sends its last output only after that.
     released: bool,
-    /// The socket has been shut down; the connection ends when its polls have completed.
-    shut: bool,
-    /// Since when output has been waiting without the peer taking any.
-    stalled_since: Option<Instant>,
     _registration: ConnectionRegistration,
     _ticket: AdmissionTicket,
 }
@@ -163,7 +110,7 @@ impl Resident for TcpResident {
             Some(FirstStep::Perform(action)) => self.perform(action, io),
             None => {}
         }
-        if self.shared.stopping() || self.control.requested.load(Ordering::SeqCst) {
+        if self.shared.stopping() || self.control.requested() {
             self.conn.handle_shutdown();
         }
         self.carry_out_actions(io);
@@ -172,57 +119,41 @@ impl Resident for TcpResident {
     }
 
     fn ready(&mut self, interest: Interest, result: io::Result<usize>, io: &mut ThreadIo<'_>) {
-        match interest {
-            Interest::Read => {
-                self.read_armed = false;
-                if let Err(e) = result {
-                    self.fail(format_args!("poll failed: {e}"));
-                } else if !self.closing {
-                    self.read(io);
-                }
-            }
-            // The next settle writes what the socket now takes.
-            Interest::Write => self.write_armed = false,
+        if self.link.ready(interest, result) {
+            self.read(io);
         }
     }
 
     fn completed(&mut self, id: TaskId, outcome: ScsiOutcome, io: &mut ThreadIo<'_>) {
-        if !self.closing {
+        if !self.link.closing {
             self.conn.handle_scsi_complete(id, outcome);
             self.carry_out_actions(io);
         }
     }
 
     fn poked(&mut self, io: &mut ThreadIo<'_>) {
-        if !self.closing && self.control.requested.load(Ordering::SeqCst) {
+        if !self.link.closing && self.control.requested() {
             self.conn.handle_shutdown();
             self.carry_out_actions(io);
         }
     }
 
     fn timeout(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
-        if self
-            .stalled_since
-            .is_some_and(|since| now >= since + WRITE_TIMEOUT)
-        {
-            self.fail(format_args!(
-                "send failed: the initiator took nothing for {WRITE_TIMEOUT:?}"
-            ));
+        if self.link.check_stall(now) {
             return;
         }
-        if !self.closing && self.conn.poll_timeout().is_some_and(|due| due <= now) {
+        if !self.link.closing && self.conn.poll_timeout().is_some_and(|due| due <= now) {
             self.conn.handle_timeout(now);
             self.carry_out_actions(io);
         }
     }
 
     fn abort(&mut self, _io: &mut ThreadIo<'_>) {
-        self.closing = true;
-        self.broken = true;
+        self.link.break_off();
     }
 
     fn settle(&mut self, io: &mut ThreadIo<'_>) {
-        if self.closing && !self.released {
+        if self.link.closing && !self.released {
             if self.session.outstanding() > 0 {
                 // Released when the last command is reported (a later settle).
                 return;
@@ -234,34 +165,15 @@ impl Resident for TcpResident {
             self.session.release(&self.shared);
             self.released = true;
         }
-        self.write(io);
-        if self.closing {
-            if !self.shut && (self.broken || self.outbox.is_empty()) {
-                // Ends the polls still armed (they complete with POLLHUP).
-                let _ = self.stream.shutdown(Shutdown::Both);
-                self.shut = true;
-            }
-        } else if !self.read_armed && self.outbox.queued() < BACKLOG_LIMIT {
-            self.read_armed = true;
-            io.poll(self.stream.clone(), Interest::Read);
-        }
+        self.link.settle(io);
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let write = self.stalled_since.map(|since| since + WRITE_TIMEOUT);
-        let core = if self.closing {
-            None
-        } else {
-            self.conn.poll_timeout()
-        };
-        match (write, core) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.link.deadline(self.conn.poll_timeout())
     }
 
     fn is_finished(&self) -> bool {
-        self.shut && !self.read_armed && !self.write_armed
+        self.link.is_finished()
     }
 }
 
@@ -269,22 +181,21 @@ impl TcpResident {
     /// Reads what the socket has (a few buffers at most) and runs the PDUs it completes.
     fn read(&mut self, io: &mut ThreadIo<'_>) {
         for _ in 0..READS_PER_TURN {
-            if self.closing || self.outbox.queued() >= BACKLOG_LIMIT {
+            if !self.link.may_read() {
                 return;
             }
             // The socket is read straight into the framer's buffers (reused once consumed):
             // received bytes are not copied on their way to the core.
             let buf = self.reader.read_buffer(self.read_size);
             let room = buf.len();
-            let result = (&*self.stream).read(buf);
+            let result = (&*self.link.stream).read(buf);
             self.reader.push_read(*result.as_ref().unwrap_or(&0));
             match result {
                 Ok(0) => {
                     if !self.conn.is_closed() {
-                        log::info!("{}: initiator closed the connection", self.peer);
+                        log::info!("{}: initiator closed the connection", self.link.peer);
                     }
-                    self.closing = true;
-                    self.broken = true;
+                    self.link.break_off();
                     return;
                 }
                 Ok(n) => {
@@ -304,7 +215,7 @@ impl TcpResident {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail(format_args!("read failed: {e}"));
+                    self.link.fail(format_args!("read failed: {e}"));
                     return;
                 }
             }
@@ -315,7 +226,7 @@ impl TcpResident {
     /// settings change exactly after the final Login Response. The data of a Data-Out the
     /// datamover expects is copied from the received bytes straight into its task's buffer.
     fn consume_pdus(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
-        while !self.closing {
+        while !self.link.closing {
             let frame = match self.reader.next_frame(&self.settings) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
@@ -326,7 +237,7 @@ impl TcpResident {
                 }
             };
             if let Ok(header) = &frame.header {
-                log::trace!("{} <- {header:?}", self.peer);
+                log::trace!("{} <- {header:?}", self.link.peer);
             }
             self.conn.receive_frame(&mut self.reader, frame, now, ());
             self.carry_out_actions(io);
@@ -343,8 +254,8 @@ impl TcpResident {
     fn perform(&mut self, action: TcpAction, io: &mut ThreadIo<'_>) {
         match action {
             TcpAction::Send { pdu, .. } => {
-                log::trace!("{} -> {:?}", self.peer, pdu);
-                self.outbox.push_pdu(pdu, &self.settings);
+                log::trace!("{} -> {:?}", self.link.peer, pdu);
+                self.link.outbox.push_pdu(pdu, &self.settings);
             }
             TcpAction::SendDataIn {
                 header,
@@ -352,8 +263,9 @@ impl TcpResident {
                 range,
                 ..
             } => {
-                log::trace!("{} -> {:?} ({} bytes)", self.peer, header, range.len());
-                self.outbox
+                log::trace!("{} -> {:?} ({} bytes)", self.link.peer, header, range.len());
+                self.link
+                    .outbox
                     .push_shared(&header, data, range, &self.settings);
             }
             // PDUs are framed as they are queued, so later ones simply use the new settings.
@@ -373,53 +285,13 @@ impl TcpResident {
             TcpAction::Close(reason) => {
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {
-                        log::debug!("{}: closing ({reason:?})", self.peer)
+                        log::debug!("{}: closing ({reason:?})", self.link.peer)
                     }
-                    _ => log::warn!("{}: closing ({reason:?})", self.peer),
+                    _ => log::warn!("{}: closing ({reason:?})", self.link.peer),
                 }
-                self.closing = true;
+                self.link.closing = true;
             }
         }
-    }
-
-    /// Writes what the socket takes; the rest waits for POLLOUT. Output waits while the
-    /// connection is closing and its session is not released yet (see `settle`).
-    fn write(&mut self, io: &mut ThreadIo<'_>) {
-        if self.broken {
-            self.outbox.clear();
-        }
-        if self.outbox.is_empty() {
-            self.stalled_since = None;
-            return;
-        }
-        if (self.closing && !self.released) || self.write_armed {
-            return;
-        }
-        let before = self.outbox.queued();
-        let mut stream: &TcpStream = &self.stream;
-        match self.outbox.send(&mut stream) {
-            Ok(true) => self.stalled_since = None,
-            Ok(false) => {
-                if self.outbox.queued() < before || self.stalled_since.is_none() {
-                    self.stalled_since = Some(Instant::now());
-                }
-                self.write_armed = true;
-                io.poll(self.stream.clone(), Interest::Write);
-            }
-            Err(e) => {
-                self.fail(format_args!("send failed: {e}"));
-                self.outbox.clear();
-            }
-        }
-    }
-
-    /// The connection cannot go on: log why and end it without sending more.
-    fn fail(&mut self, why: std::fmt::Arguments<'_>) {
-        if !self.broken {
-            log::warn!("{}: {why}", self.peer);
-        }
-        self.closing = true;
-        self.broken = true;
     }
 }
 
@@ -428,6 +300,6 @@ impl Drop for TcpResident {
         // Normally released in `settle`; a connection dropped unsettled (its thread stopped)
         // still unregisters its session.
         self.session.release(&self.shared);
-        log::info!("connection from {} closed", self.peer);
+        log::info!("connection from {} closed", self.link.peer);
     }
 }
