@@ -7,8 +7,8 @@
 # TCP and multipath-tools (multipathd, udev, scsi_dh_alua) assembles them. Checks:
 #   - scsi_dh_alua sees implicit ALUA and each path's port group, active/optimized;
 #   - `multipath -ll` shows one device with two active paths, ALUA priority 50 each;
-#   - fio (random writes, crc32c verify, QD16) runs on the multipath device while gateway A is
-#     SIGKILLed and, 10 s later, restarted: fio ends without an I/O error and verify passes;
+#   - fio (random writes capped at 1.5 MiB/s, crc32c verify, QD16) runs on the multipath device
+#     while gateway A is SIGKILLed and, 10 s later, restarted: fio ends without an I/O error and verify passes;
 #   - the path through gateway A comes back (multipathd shows two active paths again).
 #
 # On the host (builds target/release/iser-target, then boots the guest):
@@ -31,8 +31,11 @@ IDENTIFIER=5001405000000aa1
 WWID="3$IDENTIFIER"
 WORK=/run/multipath-test
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
-# About 1 min per loop at the 2-4 MB/s a TCG guest reaches on a busy 2-core host.
-FIO_SIZE=96M
+# fio's write rate is capped so that the run outlasts the kill and the restart on any host: 48 MiB
+# at 1.5 MiB/s is at least 32 s (a quiet CI host otherwise writes 96 MiB in 6 s and fio ended
+# before the failover was seen). A busy host slower than the cap only makes the run longer.
+FIO_SIZE=48M
+FIO_WRITE_RATE=1536k
 
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 
@@ -151,7 +154,7 @@ grep -q 'alua: supports implicit TPGS' "$RESULTS/dmesg-after-login.txt" && pass 
 DEV="/dev/mapper/$WWID"
 fio --name=failover --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
     --iodepth=16 --size="$FIO_SIZE" --verify=crc32c --do_verify=1 --verify_fatal=1 \
-    --verify_backlog=512 --verify_state_save=0 --loops=2 --eta=never \
+    --verify_backlog=512 --verify_state_save=0 --rate=,"$FIO_WRITE_RATE" --eta=never \
     --output="$RESULTS/fio-failover.txt" &
 FIO=$!
 sleep 8
