@@ -2,7 +2,7 @@
 //! ALUA (docs/multipath.md): both report the same LU identity and each its own target port
 //! group; data written through one reads back through the other; a standby gateway answers
 //! inspection commands and refuses media access. libiscsi's MultipathIO suite runs across the
-//! two paths.
+//! two paths. Over NVMe/TCP, the same gateways are controllers of one subsystem with ANA.
 
 #[macro_use]
 mod common;
@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::block_io::{BlockSession, CommandReply};
-use common::{run_ok, LunSpec, Server, TargetSpec, TempDir};
+use common::nvme_host::{admin_queue, io_queue, HOST_NQN};
+use common::{free_port, run_ok, LunSpec, Server, TargetSpec, TempDir};
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:shared";
 const MIB: usize = 1 << 20;
@@ -178,4 +179,91 @@ fn standby_gateway_answers_inspection_and_refuses_media_access() {
         s.write(0, &[0u8; 512], 512).is_err(),
         "a WRITE in standby must fail"
     );
+}
+
+/// The subsystem NQN derived from [`TEST_IQN`].
+const TEST_NQN: &str = "nqn.2026-11.io.iser-target:shared";
+
+/// [`gateway`] with an NVMe/TCP portal too; returns the server and the NVMe/TCP port.
+fn nvme_gateway(file: &std::path::Path, group: u16, state: &str) -> (Server, u16) {
+    let lun = LunSpec::file(0, file.to_str().unwrap(), "16M");
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let top = format!("target_port_group: {group}\nalua_state: {state}\n");
+    let server =
+        Server::start_with_portals_and(&[TargetSpec::new(TEST_IQN, vec![lun])], &portals, &top);
+    (server, nvme_port)
+}
+
+fn le32(d: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(d[at..at + 4].try_into().unwrap())
+}
+
+/// Three gateways of one file LUN over NVMe/TCP, as Linux's native multipath sees them: one
+/// subsystem NQN and serial, controller IDs that do not collide, one namespace identity, and
+/// per gateway its ANA group (the target port group) in the state of its ALUA state.
+#[test]
+fn gateways_report_ana_over_nvme_tcp() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let gateways = [
+        nvme_gateway(&file, 1, "active-optimized"),
+        nvme_gateway(&file, 2, "active-non-optimized"),
+        nvme_gateway(&file, 3, "standby"),
+    ];
+    let mut admins: Vec<_> = gateways
+        .iter()
+        .map(|(_, port)| admin_queue(*port, TEST_NQN, HOST_NQN, 1))
+        .collect();
+    let cntlids: Vec<u16> = admins.iter().map(|(_, c)| *c).collect();
+    assert!(
+        cntlids[0] != cntlids[1] && cntlids[1] != cntlids[2] && cntlids[0] != cntlids[2],
+        "Linux refuses a second controller with an ID it has in the subsystem: {cntlids:?}"
+    );
+    let mut identities = Vec::new();
+    for (i, (admin, _)) in admins.iter_mut().enumerate() {
+        let group = i as u32 + 1;
+        let (cqe, ctrl) = admin.identify(0x01, 0).unwrap();
+        assert!(cqe.ok(), "{cqe:?}");
+        assert_eq!(ctrl[76] & 0b1010, 0b1010, "CMIC: multi-controller, ANA");
+        assert_eq!(le32(&ctrl, 540), 1, "MNAN");
+        let (_, ns) = admin.identify(0x00, 1).unwrap();
+        assert_eq!(le32(&ns, 92), group, "ANAGRPID: the target port group");
+        assert_eq!(ns[30] & 1, 1, "NMIC: shared");
+        let (_, descriptors) = admin.identify(0x03, 1).unwrap();
+        identities.push((
+            ctrl[4..24].to_vec(),
+            ctrl[768..1024].to_vec(),
+            ns[104..128].to_vec(),
+            descriptors,
+        ));
+        // The ANA log as Linux sizes it: header, NANAGRPID (1) descriptors, MNAN NSIDs.
+        let (cqe, log) = admin.get_log_page(0x0C, 16 + 32 + 4).unwrap();
+        assert!(cqe.ok(), "{cqe:?}");
+        assert_eq!(u16::from_le_bytes([log[8], log[9]]), 1, "NGRPS");
+        assert_eq!((le32(&log, 16), le32(&log, 20)), (group, 1));
+        assert_eq!(
+            log[32],
+            [0x01, 0x02, 0x03][i],
+            "ANA state of gateway {group}"
+        );
+        assert_eq!(le32(&log, 48), 1, "NSID");
+    }
+    assert!(
+        identities.windows(2).all(|w| w[0] == w[1]),
+        "serial, subsystem NQN and namespace identifiers differ between gateways"
+    );
+
+    // Data written through the optimized gateway reads back through the non-optimized one;
+    // the standby (inaccessible) gateway refuses media access with the ANA status.
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut a = io_queue(gateways[0].1, TEST_NQN, HOST_NQN, cntlids[0], 1);
+    assert!(a.write(1, 64, &data, 512).unwrap().ok());
+    let mut b = io_queue(gateways[1].1, TEST_NQN, HOST_NQN, cntlids[1], 1);
+    let (cqe, back) = b.read(1, 64, data.len(), 512).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(back, data);
+    let mut c = io_queue(gateways[2].1, TEST_NQN, HOST_NQN, cntlids[2], 1);
+    let (cqe, _) = c.read(1, 64, 512, 512).unwrap();
+    assert_eq!(cqe.status, (3, 0x02), "Asymmetric Access Inaccessible");
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::{admin_opcode, fctype, io_opcode, sqe_offset, Sqe, Status};
-use super::config::{SubsystemDescriptor, DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE};
+use super::config::{
+    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE,
+};
 use super::controller::{
     property, AdminState, CcChange, ControllerShared, AEC_NAMESPACE_ATTRIBUTE, VERSION,
 };
@@ -76,10 +78,65 @@ fn nqn(field: &[u8]) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The current size in blocks of namespace `ns` of subsystem `index`: what the environment's
+/// [`NvmeConfig::capacity`] says, else its configured size.
+fn current_blocks(config: &NvmeConfig, index: usize, ns: &NamespaceDescriptor) -> u64 {
+    config
+        .capacity
+        .as_ref()
+        .and_then(|c| c.bytes(index, ns.nsid))
+        .map_or(ns.blocks, |bytes| bytes / u64::from(ns.block_size))
+}
+
 impl Queue {
     fn subsystem(&self) -> Option<&SubsystemDescriptor> {
         let index = self.binding.as_ref()?.subsystem?;
         self.config.subsystems.get(index)
+    }
+
+    /// Namespace `nsid` of this queue's NVM subsystem, with its current size.
+    fn namespace_now(&self, nsid: u32) -> Option<NamespaceDescriptor> {
+        let index = self.binding.as_ref()?.subsystem?;
+        let mut ns = self.config.subsystems.get(index)?.namespace(nsid)?.clone();
+        ns.blocks = current_blocks(&self.config, index, &ns);
+        Some(ns)
+    }
+
+    /// The current size of every namespace of this queue's NVM subsystem, by NSID.
+    fn namespace_sizes(&self) -> Vec<(u32, u64)> {
+        let Some(index) = self.binding.as_ref().and_then(|b| b.subsystem) else {
+            return Vec::new();
+        };
+        self.config.subsystems[index]
+            .namespaces
+            .iter()
+            .map(|ns| (ns.nsid, current_blocks(&self.config, index, ns)))
+            .collect()
+    }
+
+    /// Compares the namespaces' sizes with those this controller saw last, and reports the
+    /// resized ones as changed namespaces (a Namespace Attribute Changed notice, on which
+    /// Linux's host reads the Changed Namespace List and revalidates them: drivers/nvme/host/
+    /// core.c nvme_handle_aen_notice). Run on every admin command: a host sends Keep Alive
+    /// at least every KATO / 2 (Linux drivers/nvme/host/core.c nvme_keep_alive_work_period),
+    /// so a resize is reported within seconds without a clock in the core.
+    fn check_capacity(&mut self) {
+        if self.config.capacity.is_none() {
+            return;
+        }
+        let now = self.namespace_sizes();
+        let Some(admin) = self.admin.as_mut() else {
+            return;
+        };
+        let changed: Vec<u32> = now
+            .iter()
+            .filter(|size| !admin.namespace_sizes.contains(size))
+            .map(|&(nsid, _)| nsid)
+            .collect();
+        admin.namespace_sizes = now;
+        if !changed.is_empty() {
+            self.handle_namespaces_changed(&changed);
+        }
     }
 
     /// Checks that can fail a command before its host data is fetched: Connect's data length,
@@ -105,10 +162,9 @@ impl Queue {
 
     fn plan_io(&self, sqe: &Sqe) -> Result<io::IoPlan, Status> {
         let ns = self
-            .subsystem()
-            .and_then(|s| s.namespace(sqe.nsid()))
+            .namespace_now(sqe.nsid())
             .ok_or(Status::INVALID_NAMESPACE)?;
-        io::plan(sqe, ns, self.config.max_transfer)
+        io::plan(sqe, &ns, self.config.max_transfer)
     }
 
     /// An I/O command whose host data is in `data`.
@@ -118,11 +174,8 @@ impl Queue {
             Err(status) => return Outcome::status(status),
         };
         let op = if sqe.opcode() == io_opcode::DATASET_MANAGEMENT {
-            let ns = self
-                .subsystem()
-                .and_then(|s| s.namespace(sqe.nsid()))
-                .expect("planned");
-            match io::dataset_management(sqe, ns, &data) {
+            let ns = self.namespace_now(sqe.nsid()).expect("planned");
+            match io::dataset_management(sqe, &ns, &data) {
                 Ok(Some(op)) => op,
                 Ok(None) => return Outcome::status(Status::SUCCESS),
                 Err(status) => return Outcome::status(status),
@@ -281,6 +334,10 @@ impl Queue {
             shared,
         };
         self.go_live(pending, binding);
+        let sizes = self.namespace_sizes();
+        if let Some(admin) = self.admin.as_mut() {
+            admin.namespace_sizes = sizes;
+        }
         self.keep_alive();
         self.complete(cid, Status::SUCCESS, u64::from(cntlid));
         self.process();
@@ -403,6 +460,7 @@ impl Queue {
             return Outcome::status(Status::COMMAND_SEQUENCE_ERROR);
         }
         self.keep_alive();
+        self.check_capacity();
         let discovery = self.subsystem().is_none();
         match sqe.opcode() {
             admin_opcode::IDENTIFY => self.identify(sqe),
@@ -428,24 +486,28 @@ impl Queue {
                 _ => Outcome::status(Status::INVALID_FIELD),
             };
         };
+        let ana_group = self.config.ana.id;
         let namespace = || {
-            subsystem
-                .namespace(sqe.nsid())
+            self.namespace_now(sqe.nsid())
                 .ok_or(Status::INVALID_NAMESPACE)
         };
         let data = match cns {
             cns::CONTROLLER => Ok(identify::controller(&self.config, Some(subsystem), cntlid)),
-            cns::NAMESPACE => namespace().map(identify::namespace),
+            cns::NAMESPACE => namespace().map(|ns| identify::namespace(&ns, ana_group)),
             cns::ACTIVE_NAMESPACES if sqe.nsid() >= 0xFFFF_FFFE => Err(Status::INVALID_NAMESPACE),
             cns::ACTIVE_NAMESPACES => Ok(identify::active_namespaces(subsystem, sqe.nsid())),
-            cns::NAMESPACE_DESCRIPTORS => namespace().map(identify::namespace_descriptors),
+            cns::NAMESPACE_DESCRIPTORS => {
+                namespace().map(|ns| identify::namespace_descriptors(&ns))
+            }
             cns::CSI_NAMESPACE if csi == 0 => {
                 namespace().map(|_| identify::nvm_command_set_specific())
             }
             cns::CSI_CONTROLLER if csi == 0 => {
                 Ok(identify::nvm_controller(self.config.max_transfer))
             }
-            cns::CSI_INDEPENDENT_NAMESPACE => namespace().map(identify::csi_independent_namespace),
+            cns::CSI_INDEPENDENT_NAMESPACE => {
+                namespace().map(|ns| identify::csi_independent_namespace(&ns, ana_group))
+            }
             cns::COMMAND_SET_LIST => Ok(identify::command_set_list()),
             _ => Err(Status::INVALID_FIELD),
         };
@@ -487,6 +549,11 @@ impl Queue {
             (lid::SMART, Some(_)) => logs::smart(&binding.shared.counters()),
             (lid::FIRMWARE_SLOT, Some(s)) => logs::firmware_slot(&s.firmware),
             (lid::COMMAND_EFFECTS, Some(_)) => logs::command_effects(&ADMIN_COMMANDS, &IO_COMMANDS),
+            (lid::ANA, Some(s)) => {
+                let nsids: Vec<u32> = s.namespaces.iter().map(|n| n.nsid).collect();
+                // LSP bit 0 (CDW10 bit 8) is RGO, Return Groups Only.
+                logs::ana(self.config.ana, &nsids, cdw10 & 1 << 8 != 0)
+            }
             (lid::CHANGED_NAMESPACES, Some(_)) => {
                 let admin = self.admin.as_mut().expect("admin queue");
                 let log = logs::changed_namespaces(&admin.changed_namespaces);

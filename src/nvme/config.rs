@@ -1,6 +1,8 @@
 //! What the NVMe/TCP core needs from configuration: subsystems with their namespaces and allowed
 //! hosts, the discovery log entries, and queue limits. Shared by every queue of a portal.
 
+use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The NQN of the discovery subsystem (NVMe-oF 1.1 §7.2.2).
@@ -81,10 +83,57 @@ pub struct DiscoveryEntry {
     pub service_id: String,
 }
 
+/// The Asymmetric Namespace Access state of an ANA group as a controller reports it (NVMe base
+/// 2.0 §8.1.1; the ANA Group Descriptor's ANAS field). Only the states a configuration can
+/// choose exist here: Persistent Loss and Change are never reported (see [`AnaGroup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnaState {
+    Optimized = 0x01,
+    NonOptimized = 0x02,
+    Inaccessible = 0x03,
+}
+
+/// The ANA group every namespace of this target process belongs to, and its state on this
+/// process's controllers. A gateway's group is its ALUA target port group and its state the
+/// gateway's ALUA state (docs/multipath.md), so NVMe hosts see what SCSI initiators see. It is
+/// fixed for the life of the process: the ANA change notice is never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnaGroup {
+    /// ANAGRPID, 1..=[`ANA_GROUP_MAX`].
+    pub id: u32,
+    pub state: AnaState,
+}
+
+/// The largest ANA group ID (Identify Controller ANAGRPMAX): a target port group is 16 bits.
+pub const ANA_GROUP_MAX: u32 = 0xFFFF;
+
+impl Default for AnaGroup {
+    fn default() -> Self {
+        AnaGroup {
+            id: 1,
+            state: AnaState::Optimized,
+        }
+    }
+}
+
+/// Where the core reads a namespace's current size: the LUN's backend, whose size may change
+/// under a running target (an RBD image resized). Read for Identify Namespace, for the range
+/// checks of I/O commands and, on each admin command, to notice a change (NVMe base 2.0 §5.2:
+/// Namespace Attribute Changed).
+pub trait NamespaceCapacity: Send + Sync + Debug {
+    /// The size in bytes of namespace `nsid` of subsystem `subsystem` (an index into
+    /// [`NvmeConfig::subsystems`]), if it has one.
+    fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64>;
+}
+
 /// Everything the core needs from configuration.
 #[derive(Debug, Clone)]
 pub struct NvmeConfig {
     pub subsystems: Vec<SubsystemDescriptor>,
+    /// The ANA group of every namespace and its state on this process's controllers.
+    pub ana: AnaGroup,
+    /// The namespaces' current sizes; `None`: [`NamespaceDescriptor::blocks`] for ever.
+    pub capacity: Option<Arc<dyn NamespaceCapacity>>,
     /// The discovery log page, as the environment computes it for this portal.
     pub discovery: Vec<DiscoveryEntry>,
     /// Largest I/O submission queue (entries); CAP.MQES is one less.
@@ -120,6 +169,8 @@ impl Default for NvmeConfig {
     fn default() -> Self {
         NvmeConfig {
             subsystems: Vec::new(),
+            ana: AnaGroup::default(),
+            capacity: None,
             discovery: Vec::new(),
             max_queue_size: 128,
             max_io_queues: 64,

@@ -157,6 +157,9 @@ pub struct AdminState {
     pub notice_masked: bool,
     /// A notice waiting for an Asynchronous Event Request.
     pub notice_pending: bool,
+    /// The namespaces' sizes (NSID, blocks) when this controller last looked: a change is a
+    /// namespace attribute change.
+    pub namespace_sizes: Vec<(u32, u64)>,
 }
 
 /// What writing CC did to the controller.

@@ -1,7 +1,9 @@
 //! Identify data structures (base 2.0 §5.17.2; NVM Command Set 1.0 §4.1.5), built from the
 //! configuration. Each is 4096 bytes.
 
-use super::config::{NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN};
+use super::config::{
+    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, ANA_GROUP_MAX, DISCOVERY_NQN,
+};
 use super::controller::{ERROR_LOG_ENTRIES, VERSION};
 
 /// Size of every Identify data structure.
@@ -18,6 +20,18 @@ pub mod cns {
     pub const CSI_INDEPENDENT_NAMESPACE: u8 = 0x08;
     pub const COMMAND_SET_LIST: u8 = 0x1C;
 }
+
+/// CMIC bits (base 2.0 Identify Controller).
+mod cmic {
+    pub const MULTI_PORT: u8 = 1 << 0;
+    pub const MULTI_CONTROLLER: u8 = 1 << 1;
+    pub const ANA: u8 = 1 << 3;
+}
+
+/// ANATT, in seconds: the longest an ANA transition takes. Ours never change while the
+/// process runs; Linux doubles it for its ANA Change timer, which never starts here (Linux's
+/// nvmet reports 10 s too).
+const ANA_TRANSITION_TIME: u8 = 10;
 
 /// Keep Alive Support granularity we report, in 100 ms units (Linux's nvmet reports 1 s).
 pub const KEEP_ALIVE_GRANULARITY: u16 = 10;
@@ -74,7 +88,13 @@ pub fn controller(
     put_ascii(&mut d[24..64], model);
     put_ascii(&mut d[64..72], firmware);
     d[72] = 6; // RAB
-    d[76] = 1 << 1; // CMIC: the subsystem may have several controllers (dynamic model)
+               // CMIC: the subsystem may have several controllers (dynamic model); an NVM subsystem may
+               // also be served by several gateways (ports) and reports ANA (see below).
+    d[76] = if subsystem.is_some() {
+        cmic::MULTI_PORT | cmic::MULTI_CONTROLLER | cmic::ANA
+    } else {
+        cmic::MULTI_CONTROLLER
+    };
     d[77] = mdts(config.max_transfer);
     put16(&mut d, 78, cntlid);
     put32(&mut d, 80, VERSION);
@@ -89,12 +109,25 @@ pub fn controller(
     put16(&mut d, 266, 0x157); // WCTEMP, 343 K
     put16(&mut d, 268, 0x175); // CCTEMP, 373 K
     put16(&mut d, 320, KEEP_ALIVE_GRANULARITY); // KAS
+    if subsystem.is_some() {
+        // ANA reporting (base 2.0 §8.1.1): ANATT, ANACAP (Optimized, Non-optimized and
+        // Inaccessible can be reported), ANAGRPMAX and NANAGRPID (this controller has one
+        // group, so Linux sizes its ANA log buffer for one descriptor: drivers/nvme/host/
+        // multipath.c nvme_mpath_init_identify).
+        d[342] = ANA_TRANSITION_TIME;
+        d[343] = 0b111;
+        put32(&mut d, 344, ANA_GROUP_MAX);
+        put32(&mut d, 348, 1);
+    }
     d[512] = 0x66; // SQES: 64 bytes
     d[513] = 0x44; // CQES: 16 bytes
     put16(&mut d, 514, config.max_queue_size); // MAXCMD
     if let Some(s) = subsystem {
         let nn = s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0);
         put32(&mut d, 516, nn); // NN
+                                // MNAN: Linux refuses ANA when it is 0 or above NN (drivers/nvme/host/multipath.c
+                                // nvme_mpath_init_identify, "Invalid MNAN value") and sizes its ANA log buffer by it.
+        put32(&mut d, 540, nn);
         put16(&mut d, 520, 1 | 1 << 2 | 1 << 3); // ONCS: Compare, DSM, Write Zeroes
                                                  // VWC: a volatile write cache is present; bits 2:1 = 10b, Flush with the broadcast
                                                  // NSID is not supported.
@@ -113,8 +146,9 @@ pub fn controller(
     d
 }
 
-/// Identify Namespace for the NVM command set (NVM Command Set 1.0).
-pub fn namespace(ns: &NamespaceDescriptor) -> Vec<u8> {
+/// Identify Namespace for the NVM command set (NVM Command Set 1.0). `ns.blocks` is its
+/// current size; `anagrpid` its ANA group.
+pub fn namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];
     put64(&mut d, 0, ns.blocks); // NSZE
     put64(&mut d, 8, ns.blocks); // NCAP
@@ -125,6 +159,7 @@ pub fn namespace(ns: &NamespaceDescriptor) -> Vec<u8> {
     d[33] = 0x01 | 1 << 3;
     let bytes = u128::from(ns.blocks) * u128::from(ns.block_size);
     d[48..64].copy_from_slice(&bytes.to_le_bytes()); // NVMCAP
+    put32(&mut d, 92, anagrpid); // ANAGRPID
     d[99] = u8::from(ns.read_only); // NSATTR: write protected
     d[104..120].copy_from_slice(&ns.nguid);
     d[120..128].copy_from_slice(&ns.eui64);
@@ -166,13 +201,15 @@ pub fn namespace_descriptors(ns: &NamespaceDescriptor) -> Vec<u8> {
     d
 }
 
-/// I/O Command Set Independent Identify Namespace (base 2.0).
-pub fn csi_independent_namespace(ns: &NamespaceDescriptor) -> Vec<u8> {
+/// I/O Command Set Independent Identify Namespace (base 2.0; the layout of Linux's struct
+/// nvme_id_ns_cs_indep: NSFEAT, NMIC, RESCAP, FPI, ANAGRPID at 4, NSATTR at 8, NSTAT at 14).
+pub fn csi_independent_namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec<u8> {
     let mut d = vec![0u8; IDENTIFY_LEN];
     d[0] = u8::from(ns.thin); // NSFEAT
-    d[1] = 1; // NMIC
-    d[4] = u8::from(ns.read_only); // NSATTR
-    d[16] = 1; // NSTAT: ready
+    d[1] = 1; // NMIC: may be attached to several controllers
+    put32(&mut d, 4, anagrpid); // ANAGRPID
+    d[8] = u8::from(ns.read_only); // NSATTR
+    d[14] = 1; // NSTAT: ready
     d
 }
 
@@ -223,8 +260,10 @@ mod tests {
 
     #[test]
     fn namespace_fields() {
-        let d = namespace(&ns());
+        let d = namespace(&ns(), 7);
         assert_eq!(&d[0..8], &1000u64.to_le_bytes());
+        assert_eq!(d[30], 1, "NMIC: shared");
+        assert_eq!(&d[92..96], &7u32.to_le_bytes(), "ANAGRPID");
         assert_eq!(d[99], 1);
         assert_eq!(&d[104..120], &[0x11; 16]);
         assert_eq!(&d[120..128], &[0x22; 8]);

@@ -2,7 +2,7 @@
 //! Page cuts the requested window out of them.
 
 use super::command::Status;
-use super::config::{DiscoveryEntry, SubsystemDescriptor};
+use super::config::{AnaGroup, DiscoveryEntry, SubsystemDescriptor};
 use super::controller::{Counters, ErrorEntry};
 
 /// Log page identifiers we serve.
@@ -12,6 +12,7 @@ pub mod lid {
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NAMESPACES: u8 = 0x04;
     pub const COMMAND_EFFECTS: u8 = 0x05;
+    pub const ANA: u8 = 0x0C;
     pub const DISCOVERY: u8 = 0x70;
 }
 
@@ -90,6 +91,31 @@ pub fn command_effects(admin: &[u8], io: &[(u8, bool)]) -> Vec<u8> {
     for &(op, changes_content) in io {
         let at = 1024 + usize::from(op) * 4;
         d[at] = 1 | u8::from(changes_content) << 1; // CSUPP, LBCC
+    }
+    d
+}
+
+/// Asymmetric Namespace Access log (base 2.0 §5.16.1.12): a header (change count, number of
+/// group descriptors) and the one group of this process, with its state and its namespaces'
+/// NSIDs in ascending order (Linux drivers/nvme/host/multipath.c nvme_update_ana_state walks
+/// them in step with its sorted namespace list). `groups_only` is RGO (Return Groups Only):
+/// the descriptor without NSIDs. The change counts stay 0: the log never changes while the
+/// process runs.
+pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
+    let mut listed: Vec<u32> = if groups_only {
+        Vec::new()
+    } else {
+        nsids.to_vec()
+    };
+    listed.sort_unstable();
+    let mut d = vec![0u8; 16 + 32 + 4 * listed.len()];
+    d[8..10].copy_from_slice(&1u16.to_le_bytes()); // NGRPS
+    let desc = &mut d[16..48];
+    desc[0..4].copy_from_slice(&group.id.to_le_bytes()); // ANAGRPID
+    desc[4..8].copy_from_slice(&(listed.len() as u32).to_le_bytes()); // NNSIDV
+    desc[16] = group.state as u8; // ANAS
+    for (i, id) in listed.iter().enumerate() {
+        d[48 + 4 * i..52 + 4 * i].copy_from_slice(&id.to_le_bytes());
     }
     d
 }
@@ -180,6 +206,27 @@ mod tests {
         assert_eq!(&b[512..521], b"192.0.2.1");
         assert_eq!(b[521], b' ');
         assert_eq!(&b[768..1024], &[0u8; 256][..], "TSAS: no security");
+    }
+
+    #[test]
+    fn ana_log_layout() {
+        use super::super::config::AnaState;
+        let group = AnaGroup {
+            id: 2,
+            state: AnaState::NonOptimized,
+        };
+        let d = ana(group, &[3, 1], false);
+        assert_eq!(d.len(), 16 + 32 + 8);
+        assert_eq!(&d[0..8], &[0; 8], "CHGCNT");
+        assert_eq!(&d[8..10], &[1, 0], "NGRPS");
+        assert_eq!(&d[16..20], &2u32.to_le_bytes(), "ANAGRPID");
+        assert_eq!(&d[20..24], &2u32.to_le_bytes(), "NNSIDV");
+        assert_eq!(d[32], 0x02, "ANAS: non-optimized");
+        assert_eq!(&d[48..56], &[1, 0, 0, 0, 3, 0, 0, 0], "NSIDs ascending");
+        let d = ana(group, &[3, 1], true);
+        assert_eq!(d.len(), 48);
+        assert_eq!(&d[20..24], &[0; 4], "RGO: no NSIDs");
+        assert_eq!(d[32], 0x02);
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub mod scsi;
 
 pub use admin::DISCOVERY_SUBSYSTEM;
 pub use config::{
-    AddressFamily, DiscoveryEntry, NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
-    DISCOVERY_NQN,
+    AddressFamily, AnaGroup, AnaState, DiscoveryEntry, NamespaceCapacity, NamespaceDescriptor,
+    NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 pub use controller::ControllerShared;
 pub use io::{IoCommand, IoId, IoOp};

@@ -3,15 +3,35 @@
 //! actions with it. Dynamic controller model (NVMe-oF 1.1 §3.3): an admin queue Connect
 //! creates a controller and gets a fresh controller ID; an I/O queue Connect joins an existing
 //! one by ID, from the same host.
+//!
+//! Gateways serving one subsystem (docs/multipath.md) hand out controller IDs from disjoint
+//! ranges ([`gateway_cntlids`]): a host that reaches the subsystem through two of them
+//! refuses a second controller with an ID it already has (Linux drivers/nvme/host/core.c
+//! nvme_validate_cntlid, "Duplicate cntlid").
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::controller::ControllerShared;
 use super::queue::{ConnectRefusal, ControllerState, CreateRequest, JoinRequest};
 
 /// Controller IDs the dynamic model hands out (0xFFF0 and up are reserved, base 2.0 §3.1.2).
-const CNTLID_RANGE: std::ops::RangeInclusive<u16> = 1..=0xFFEF;
+const CNTLID_RANGE: RangeInclusive<u16> = 1..=0xFFEF;
+
+/// Controller IDs per gateway in [`gateway_cntlids`].
+const GATEWAY_CNTLIDS: u16 = 1024;
+/// Disjoint blocks of [`GATEWAY_CNTLIDS`] IDs that fit below 0xFFF0.
+const GATEWAY_BLOCKS: u16 = 63;
+
+/// The controller IDs of the gateway in ALUA target port group `group`: 1023 IDs, in a block
+/// of 1024 chosen by `group`, so gateways whose groups differ modulo 63 (any of 1..=63) never
+/// give a host two controllers with one ID. Group 1 gets 1..=1023.
+pub fn gateway_cntlids(group: u16) -> RangeInclusive<u16> {
+    let block = group.saturating_sub(1) % GATEWAY_BLOCKS;
+    let start = block * GATEWAY_CNTLIDS + 1;
+    start..=start + GATEWAY_CNTLIDS - 2
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -24,10 +44,18 @@ struct Entry {
 }
 
 /// All live controllers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControllerRegistry {
     controllers: BTreeMap<u16, Entry>,
+    /// The controller IDs this registry hands out.
+    cntlids: RangeInclusive<u16>,
     next_cntlid: u16,
+}
+
+impl Default for ControllerRegistry {
+    fn default() -> Self {
+        Self::with_cntlids(CNTLID_RANGE)
+    }
 }
 
 impl ControllerRegistry {
@@ -35,21 +63,33 @@ impl ControllerRegistry {
         Self::default()
     }
 
+    /// A registry that hands out controller IDs from `cntlids` (within 1..=0xFFEF) only.
+    pub fn with_cntlids(cntlids: RangeInclusive<u16>) -> Self {
+        let start = (*cntlids.start()).max(*CNTLID_RANGE.start());
+        let end = (*cntlids.end()).min(*CNTLID_RANGE.end()).max(start);
+        ControllerRegistry {
+            controllers: BTreeMap::new(),
+            cntlids: start..=end,
+            next_cntlid: start,
+        }
+    }
+
     /// A new controller for an admin queue Connect: its ID and shared state.
     pub fn create(
         &mut self,
         request: &CreateRequest,
     ) -> Result<(u16, Arc<ControllerShared>), ConnectRefusal> {
-        let span = CNTLID_RANGE.len();
-        let start = self.next_cntlid.max(*CNTLID_RANGE.start());
+        let (first, last) = (*self.cntlids.start(), *self.cntlids.end());
+        let span = usize::from(last - first) + 1;
+        let start = self.next_cntlid.clamp(first, last);
         let cntlid = (0..span)
             .map(|i| {
-                let offset = (usize::from(start - 1) + i) % span;
-                *CNTLID_RANGE.start() + offset as u16
+                let offset = (usize::from(start - first) + i) % span;
+                first + offset as u16
             })
             .find(|id| !self.controllers.contains_key(id))
             .ok_or(ConnectRefusal::ControllerBusy)?;
-        self.next_cntlid = cntlid.checked_add(1).unwrap_or(1);
+        self.next_cntlid = if cntlid == last { first } else { cntlid + 1 };
         let shared = Arc::new(ControllerShared::default());
         self.controllers.insert(
             cntlid,
@@ -145,6 +185,26 @@ mod tests {
             host_nqn: "nqn.2014-08.org.nvmexpress:uuid:host".into(),
             host_id: [7; 16],
         }
+    }
+
+    #[test]
+    fn gateways_hand_out_disjoint_controller_ids() {
+        assert_eq!(gateway_cntlids(1), 1..=1023);
+        assert_eq!(gateway_cntlids(2), 1025..=2047);
+        assert_eq!(gateway_cntlids(63), 63489..=64511);
+        assert_eq!(gateway_cntlids(64), gateway_cntlids(1));
+        assert!(*gateway_cntlids(63).end() < 0xFFF0);
+        let mut r = ControllerRegistry::with_cntlids(5..=6);
+        let ids: Vec<u16> = (0..2)
+            .map(|_| r.create(&create_request()).unwrap().0)
+            .collect();
+        assert_eq!(ids, [5, 6]);
+        assert_eq!(
+            r.create(&create_request()).unwrap_err(),
+            ConnectRefusal::ControllerBusy
+        );
+        r.remove(5);
+        assert_eq!(r.create(&create_request()).unwrap().0, 5);
     }
 
     #[test]

@@ -300,6 +300,15 @@ impl Server {
         Server::start_full(targets, "", "", portals)
     }
 
+    /// Like [`Server::start_with_portals`], with `top_level_yaml` appended as well.
+    pub fn start_with_portals_and(
+        targets: &[TargetSpec],
+        portals: &str,
+        top_level_yaml: &str,
+    ) -> Server {
+        Server::start_full(targets, "", top_level_yaml, portals)
+    }
+
     /// Serves `targets` with extra `limits` entries and `top_level_yaml` appended.
     fn start_configured(targets: &[TargetSpec], limits: &str, top_level_yaml: &str) -> Server {
         Server::start_full(targets, limits, top_level_yaml, "")

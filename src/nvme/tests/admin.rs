@@ -30,7 +30,7 @@ fn identify_structures() {
     let (_, cqe) = admin.data_in(&identify(0x06, 0, 0));
     assert_eq!(cqe.status, (0, 0));
     let (d, _) = admin.data_in(&identify(0x08, 2, 0));
-    assert_eq!((d[4], d[16]), (1, 1), "write protected, ready");
+    assert_eq!((d[8], d[14]), (1, 1), "write protected, ready");
     let (d, _) = admin.data_in(&identify(0x1C, 0, 0));
     assert_eq!(d[0], 1);
     // Active namespaces after NSID 1.

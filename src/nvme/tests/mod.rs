@@ -4,6 +4,7 @@
 //! virtual time.
 
 mod admin;
+mod ana;
 mod connect;
 mod errors;
 mod io;

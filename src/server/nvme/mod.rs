@@ -28,12 +28,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use super::admission::PortalKey;
 use super::registry::SessionControl;
 use super::Shared;
+use crate::backend::Backend;
 use crate::config::{Backing, Config};
+use crate::nvme::registry::gateway_cntlids;
 use crate::nvme::{
-    AddressFamily, ControllerRegistry, DiscoveryEntry, NamespaceDescriptor, NvmeConfig,
-    SubsystemDescriptor,
+    AddressFamily, AnaGroup, AnaState, ControllerRegistry, DiscoveryEntry, NamespaceCapacity,
+    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
 };
-use crate::scsi::ScsiTarget;
+use crate::scsi::{AluaState, ScsiTarget};
 
 /// How often the listener looks at the stop flag while no connection arrives.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
@@ -44,6 +46,30 @@ pub(super) struct NamespaceLun {
     pub nsid: u32,
     pub lun: u64,
     pub block_size: u32,
+}
+
+/// The namespaces' backends, whose sizes the core reads (an RBD image may be resized under a
+/// running target; the others keep their size).
+struct BackendCapacity {
+    /// Per subsystem (= target index): (NSID, the LUN's backend).
+    backends: Vec<Vec<(u32, Arc<dyn Backend>)>>,
+}
+
+impl std::fmt::Debug for BackendCapacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendCapacity").finish_non_exhaustive()
+    }
+}
+
+impl NamespaceCapacity for BackendCapacity {
+    fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64> {
+        let (_, backend) = self
+            .backends
+            .get(subsystem)?
+            .iter()
+            .find(|(n, _)| *n == nsid)?;
+        Some(backend.size())
+    }
 }
 
 /// State shared by every NVMe/TCP connection of the process.
@@ -67,16 +93,20 @@ impl NvmeState {
     ) -> Arc<NvmeState> {
         let mut subsystems = Vec::new();
         let mut namespaces = Vec::new();
+        let mut backends = Vec::new();
         for (target, scsi) in config.targets.iter().zip(scsi_targets) {
             let mut descriptors = Vec::new();
             let mut luns = Vec::new();
+            let mut target_backends = Vec::new();
             for lun in &target.luns {
-                let size = scsi
+                let nsid = (lun.id + 1) as u32;
+                let backend = scsi
                     .luns()
                     .iter()
                     .find(|lu| lu.params().lun == lun.id)
-                    .map_or(0, |lu| lu.backend().size());
-                let nsid = (lun.id + 1) as u32;
+                    .map(|lu| Arc::clone(lu.backend()));
+                let size = backend.as_ref().map_or(0, |b| b.size());
+                target_backends.extend(backend.map(|b| (nsid, b)));
                 descriptors.push(namespace_descriptor(lun, nsid, size));
                 luns.push(NamespaceLun {
                     nsid,
@@ -93,6 +123,7 @@ impl NvmeState {
                 firmware: env!("CARGO_PKG_VERSION").chars().take(8).collect(),
             });
             namespaces.push(luns);
+            backends.push(target_backends);
         }
         let mut discovery = Vec::new();
         for (index, portal) in portals.iter().enumerate() {
@@ -107,8 +138,21 @@ impl NvmeState {
             }
         }
         let defaults = NvmeConfig::default();
+        // The gateway's ALUA target port group is its ANA group, in the state that matches its
+        // ALUA state: a standby port refuses media access, as Inaccessible does (base 2.0
+        // §8.1.1.4), and a multipathing host keeps the path to use once it changes.
+        let ana = AnaGroup {
+            id: u32::from(config.target_port_group),
+            state: match config.alua_state {
+                AluaState::ActiveOptimized => AnaState::Optimized,
+                AluaState::ActiveNonOptimized => AnaState::NonOptimized,
+                AluaState::Standby => AnaState::Inaccessible,
+            },
+        };
         let nvme = NvmeConfig {
             subsystems,
+            ana,
+            capacity: Some(Arc::new(BackendCapacity { backends })),
             discovery,
             // One R2T and one H2CData PDU for a whole write (Linux's nvmet announces 4 MiB):
             // the PDU's buffer is then the command's, with no gathering copy.
@@ -117,7 +161,9 @@ impl NvmeState {
         };
         Arc::new(NvmeState {
             config: Arc::new(nvme),
-            registry: Mutex::new(ControllerRegistry::new()),
+            registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
+                config.target_port_group,
+            ))),
             queues: Mutex::new(HashMap::new()),
             namespaces,
         })
