@@ -22,7 +22,7 @@ pub use crate::scsi::AluaState;
 mod auth;
 pub use auth::MIN_SECRET_LEN;
 mod nvme;
-pub use nvme::{default_nqn, DEFAULT_NVME_TCP_PORT};
+pub use nvme::{default_nqn, DEFAULT_NVME_DISCOVERY_PORT, DEFAULT_NVME_TCP_PORT};
 
 // ---------------------------------------------------------------------------
 // Public, resolved configuration
@@ -69,6 +69,17 @@ pub enum Transport {
     Iser,
     /// NVMe/TCP (NVMe/TCP transport specification 1.0): every target is an NVM subsystem.
     NvmeTcp,
+    /// NVMe/TCP for discovery only (default port 8009, NVMe-oF 1.1 §7.4.4): only the
+    /// discovery subsystem can be connected; its log lists every subsystem on every `nvme-tcp`
+    /// portal.
+    NvmeTcpDiscovery,
+}
+
+impl Transport {
+    /// Whether the portal speaks NVMe/TCP (for I/O or for discovery only).
+    pub fn is_nvme(self) -> bool {
+        matches!(self, Transport::NvmeTcp | Transport::NvmeTcpDiscovery)
+    }
 }
 
 /// One iSCSI target: a name initiators log in to, an access list and its LUNs.
@@ -744,21 +755,29 @@ impl RawPortal {
             None | Some("tcp") => Transport::Tcp,
             Some("iser") => Transport::Iser,
             Some("nvme-tcp") => Transport::NvmeTcp,
+            Some("nvme-tcp-discovery") => Transport::NvmeTcpDiscovery,
             Some(other) => {
                 return err(
                     &format!("{path}.transport"),
-                    format!("\"{other}\" is not a transport; use tcp, iser or nvme-tcp"),
+                    format!(
+                        "\"{other}\" is not a transport; use tcp, iser, nvme-tcp or \
+                         nvme-tcp-discovery"
+                    ),
                 )
             }
         };
         let port = match self.port {
             None if transport == Transport::NvmeTcp => DEFAULT_NVME_TCP_PORT,
+            None if transport == Transport::NvmeTcpDiscovery => DEFAULT_NVME_DISCOVERY_PORT,
             None => DEFAULT_PORT,
             Some(p) if (1..=65535).contains(&p) => p as u16,
             Some(p) => {
                 return err(
                     &format!("{path}.port"),
-                    format!("{p} is out of range; use 1..=65535 (default 3260, 4420 for nvme-tcp)"),
+                    format!(
+                        "{p} is out of range; use 1..=65535 (default 3260, 4420 for nvme-tcp, \
+                         8009 for nvme-tcp-discovery)"
+                    ),
                 )
             }
         };

@@ -176,7 +176,7 @@ fn print_connect_help(config: &Config, server: &Server) {
         let iface = match configured.transport {
             Transport::Tcp => "",
             Transport::Iser => " -I iser",
-            Transport::NvmeTcp => {
+            transport @ (Transport::NvmeTcp | Transport::NvmeTcpDiscovery) => {
                 let ip = match host {
                     IpAddr::V6(v6) => v6.to_string(),
                     IpAddr::V4(v4) => v4.to_string(),
@@ -184,7 +184,9 @@ fn print_connect_help(config: &Config, server: &Server) {
                 let port = addr.port();
                 println!("Connect with nvme-cli (use this host's address from other machines):");
                 println!("  nvme discover -t tcp -a {ip} -s {port}");
-                println!("  nvme connect -t tcp -a {ip} -s {port} -n {}", target.nqn);
+                if transport == Transport::NvmeTcp {
+                    println!("  nvme connect -t tcp -a {ip} -s {port} -n {}", target.nqn);
+                }
                 continue;
             }
         };

@@ -114,6 +114,47 @@ fn discovery_log_lists_the_subsystem_at_the_portal() {
     assert_eq!(&entry[512..521], b"127.0.0.1");
 }
 
+/// A `transport: nvme-tcp-discovery` portal (port 8009 by default; a free one here) serves
+/// the discovery controller, whose log lists the subsystem on the NVMe/TCP I/O portal, and
+/// refuses Connect to the subsystem itself.
+#[test]
+fn a_discovery_portal_lists_the_io_portal_and_serves_nothing_else() {
+    let (io_port, discovery_port) = (free_port(), free_port());
+    let portals = format!(
+        "  - {{ address: 127.0.0.1, port: {io_port}, transport: nvme-tcp }}\n  \
+         - {{ address: 127.0.0.1, port: {discovery_port}, transport: nvme-tcp-discovery }}\n"
+    );
+    let mut server = Server::start_with_portals(&[target()], &portals);
+    let (mut discovery, _) = admin_queue(discovery_port, DISCOVERY_NQN, HOST_NQN, 0);
+    let (cqe, log) = discovery.get_log_page(0x70, 2048).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
+    let entry = &log[1024..2048];
+    let port_text = io_port.to_string();
+    assert_eq!(&entry[32..32 + port_text.len()], port_text.as_bytes());
+    assert_eq!(&entry[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
+    assert_eq!(&entry[512..521], b"127.0.0.1");
+    let options = Options {
+        subsystem: SUBSYSTEM,
+        host_nqn: HOST_NQN,
+        qid: 0,
+        cntlid: 0xFFFF,
+        sqsize: 31,
+        kato_ms: 30_000,
+    };
+    let (_, cqe) = NvmeQueue::connect(discovery_port, &options).unwrap();
+    assert_eq!(
+        (cqe.status, cqe.result),
+        ((1, 0x82), 1 << 16 | 256),
+        "Connect Invalid Parameters, at the SUBNQN"
+    );
+    // The subsystem is where the log says.
+    let (_admin, cntlid) = admin_queue(io_port, SUBSYSTEM, HOST_NQN, 1);
+    let mut q = io_queue(io_port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    assert!(q.write(1, 0, &[2; 4096], 512).unwrap().ok());
+    server.assert_alive();
+}
+
 #[test]
 fn bad_input_gets_a_c2h_term_req_and_a_clean_close() {
     let (mut server, port) = serve(target());

@@ -1,12 +1,17 @@
 //! The NVMe side of the configuration: each target is also an NVM subsystem with an NQN and
 //! a list of allowed host NQNs (`nqn:` and `allowed_hosts:` on a target), served on
-//! `transport: nvme-tcp` portals (default port 4420).
+//! `transport: nvme-tcp` portals (default port 4420), and discovery-only
+//! `transport: nvme-tcp-discovery` portals (default port 8009).
 
 use super::{err, CResult};
 use crate::nvme::DISCOVERY_NQN;
 
 /// The IANA-registered NVMe/TCP port, used when an `nvme-tcp` portal omits `port`.
 pub const DEFAULT_NVME_TCP_PORT: u16 = 4420;
+
+/// The IANA-registered NVMe-oF discovery port (NVMe-oF 1.1 §7.4.4), used when an
+/// `nvme-tcp-discovery` portal omits `port`.
+pub const DEFAULT_NVME_DISCOVERY_PORT: u16 = 8009;
 
 /// Longest NQN (NVMe base 2.0 §4.5: 223 bytes of UTF-8).
 const MAX_NQN_LEN: usize = 223;
@@ -125,6 +130,21 @@ mod tests {
         for name in ["iqn.2026-11.io.iser-target:ram0", "naa.52004567BA64678D"] {
             check_nqn("t", &default_nqn(name)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_discovery_portal_defaults_to_port_8009() {
+        use crate::config::{Config, Transport};
+        let c = Config::from_yaml_str(
+            "portals:\n  - { address: 0.0.0.0, transport: nvme-tcp-discovery }\n  \
+             - { address: 0.0.0.0, transport: nvme-tcp }\ntargets:\n  \
+             - name: iqn.2026-11.org.example:a\n    luns: [{ backing: { type: ram, size: 1M } }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.portals[0].transport, Transport::NvmeTcpDiscovery);
+        assert_eq!(c.portals[0].port, DEFAULT_NVME_DISCOVERY_PORT);
+        assert!(c.portals[0].transport.is_nvme() && c.portals[1].transport.is_nvme());
+        assert!(!Transport::Tcp.is_nvme());
     }
 
     #[test]

@@ -384,7 +384,7 @@ fn portal_errors() {
     fails(
         &format!("portals: [{{address: 0.0.0.0, transport: rdma}}]\n{t}"),
         "portals[0].transport",
-        "use tcp, iser or nvme-tcp",
+        "use tcp, iser, nvme-tcp or nvme-tcp-discovery",
     );
     fails(
         &format!("portals: [{{address: 0.0.0.0}}, {{address: 0.0.0.0, port: 3260, transport: tcp}}]\n{t}"),

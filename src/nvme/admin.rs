@@ -245,7 +245,11 @@ impl Queue {
         let subsystem = if subnqn == DISCOVERY_NQN {
             None
         } else {
-            match self.config.subsystems.iter().position(|s| s.nqn == subnqn) {
+            // On a discovery-only portal the NVM subsystems are not there to connect to, as
+            // Linux's nvmet answers a subsystem not linked to the port (drivers/nvme/target/
+            // core.c nvmet_alloc_ctrl: invalid parameter, the SUBNQN).
+            let found = self.config.subsystems.iter().position(|s| s.nqn == subnqn);
+            match found.filter(|_| !self.config.discovery_only) {
                 Some(i) => Some(i),
                 None => return invalid_parameter(true, CONNECT_SUBNQN_OFFSET),
             }

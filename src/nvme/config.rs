@@ -134,6 +134,9 @@ pub struct NvmeConfig {
     pub ana: AnaGroup,
     /// The namespaces' current sizes; `None`: [`NamespaceDescriptor::blocks`] for ever.
     pub capacity: Option<Arc<dyn NamespaceCapacity>>,
+    /// A discovery-only portal (port 8009): Connect to an NVM subsystem is refused, only the
+    /// discovery subsystem is served.
+    pub discovery_only: bool,
     /// The discovery log page, as the environment computes it for this portal.
     pub discovery: Vec<DiscoveryEntry>,
     /// Largest I/O submission queue (entries); CAP.MQES is one less.
@@ -171,6 +174,7 @@ impl Default for NvmeConfig {
             subsystems: Vec::new(),
             ana: AnaGroup::default(),
             capacity: None,
+            discovery_only: false,
             discovery: Vec::new(),
             max_queue_size: 128,
             max_io_queues: 64,

@@ -35,6 +35,7 @@ impl fmt::Display for PortalKey {
             Transport::Tcp => "tcp",
             Transport::Iser => "iser",
             Transport::NvmeTcp => "nvme-tcp",
+            Transport::NvmeTcpDiscovery => "nvme-tcp-discovery",
         };
         write!(f, "{} ({transport})", self.addr)
     }

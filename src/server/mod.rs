@@ -388,29 +388,30 @@ impl Server {
         let tcp_core = Arc::new(tcp_core_config(config));
         let iser_core = Arc::new(iser_core_config(config));
         let sizing = iser::Sizing::new(&config.limits);
-        let wants_nvme = config
-            .portals
-            .iter()
-            .any(|p| p.transport == Transport::NvmeTcp);
+        let wants_nvme = config.portals.iter().any(|p| p.transport.is_nvme());
         if wants_nvme {
             nvme::check_available(&shared).map_err(ServerError::NvmeUnavailable)?;
         }
         // NVMe/TCP portals are bound first: the discovery log names their real ports.
         let mut nvme_listeners = Vec::new();
-        for portal in config
-            .portals
-            .iter()
-            .filter(|p| p.transport == Transport::NvmeTcp)
-        {
+        for portal in config.portals.iter().filter(|p| p.transport.is_nvme()) {
             let addr = SocketAddr::new(portal.address, portal.port);
             let listener =
                 TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
             listener.set_nonblocking(true)?;
             let bound = SocketAddr::new(portal.address, listener.local_addr()?.port());
-            nvme_listeners.push((bound, listener));
+            nvme_listeners.push((portal.transport, bound, listener));
         }
-        let bound: Vec<SocketAddr> = nvme_listeners.iter().map(|(a, _)| *a).collect();
-        let nvme_state = nvme::NvmeState::new(config, &shared.scsi_targets, &bound);
+        let bound = |kind: Transport| -> Vec<SocketAddr> {
+            let of_kind = nvme_listeners.iter().filter(|(t, _, _)| *t == kind);
+            of_kind.map(|(_, a, _)| *a).collect()
+        };
+        let nvme_state = nvme::NvmeState::new(
+            config,
+            &shared.scsi_targets,
+            &bound(Transport::NvmeTcp),
+            &bound(Transport::NvmeTcpDiscovery),
+        );
         let mut nvme_listeners = nvme_listeners.into_iter();
         let stop_accepting = Arc::new(AtomicBool::new(false));
         let mut server = Server {
@@ -435,8 +436,10 @@ impl Server {
                     server.local_addrs.push(p.local);
                     server.iser_portals.push(p.thread);
                 }),
-                Transport::NvmeTcp => match nvme_listeners.next() {
-                    Some((_, listener)) => server.start_nvme(listener, addr, &nvme_state),
+                Transport::NvmeTcp | Transport::NvmeTcpDiscovery => match nvme_listeners.next() {
+                    Some((transport, _, listener)) => {
+                        server.start_nvme(listener, transport, addr, &nvme_state)
+                    }
                     None => Ok(()),
                 },
             };
@@ -471,17 +474,16 @@ impl Server {
     fn start_nvme(
         &mut self,
         listener: TcpListener,
+        transport: Transport,
         addr: SocketAddr,
         state: &Arc<nvme::NvmeState>,
     ) -> Result<(), ServerError> {
         self.local_addrs.push(listener.local_addr()?);
-        log::info!("listening on {addr} (nvme-tcp)");
+        let key = PortalKey { transport, addr };
+        log::info!("listening on {key}");
         self.listeners.push(nvme::spawn_listener(
             listener,
-            PortalKey {
-                transport: Transport::NvmeTcp,
-                addr,
-            },
+            key,
             Arc::clone(state),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),

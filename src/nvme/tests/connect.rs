@@ -353,3 +353,31 @@ fn discovery_controller() {
     p.advance(Duration::from_secs(121));
     assert_eq!(p.closed, Some(CloseReason::KeepAliveExpired));
 }
+
+/// A discovery-only portal (port 8009): the discovery controller as on any portal, and no
+/// Connect to an NVM subsystem.
+#[test]
+fn a_discovery_only_portal_refuses_nvm_subsystems() {
+    let cfg = NvmeConfig {
+        discovery_only: true,
+        ..config()
+    };
+    let env = env(&cfg);
+    let cfg = Arc::new(cfg);
+    let mut p = Pair::new(cfg.clone(), env.clone(), Instant::now());
+    let cqe = p.connect_admin_to(SUBSYSTEM, 0);
+    assert_eq!(cqe.status, (1, 0x82), "Connect Invalid Parameters");
+    assert_eq!(cqe.result, 1 << 16 | 256, "in the data, at SUBNQN");
+    let mut d = Pair::new(cfg, env, Instant::now());
+    assert_eq!(
+        d.connect_admin_to(super::super::DISCOVERY_NQN, 0).status,
+        (0, 0)
+    );
+    assert_eq!(d.set_cc(LINUX_CC).status, (0, 0));
+    let whole = Sqe::new(0x02, 80, 0)
+        .cdw(10, 0x70 | 511 << 16)
+        .sgl(2048, false);
+    let (log, _) = d.data_in(&whole);
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
+    assert_eq!(&log[1024 + 32..1024 + 36], b"4420", "the I/O portal's port");
+}

@@ -76,6 +76,10 @@ impl NamespaceCapacity for BackendCapacity {
 pub(crate) struct NvmeState {
     /// Subsystems, limits and the discovery log (with the portals' configured addresses).
     config: Arc<NvmeConfig>,
+    /// The same for the discovery-only portals: only the discovery subsystem is connectable.
+    discovery_config: Arc<NvmeConfig>,
+    /// The discovery-only portals, with the ports bound.
+    discovery_portals: Vec<SocketAddr>,
     registry: Mutex<ControllerRegistry>,
     /// Live queues by (controller ID, queue ID).
     queues: Mutex<HashMap<(u16, u16), Arc<dyn SessionControl>>>,
@@ -85,11 +89,14 @@ pub(crate) struct NvmeState {
 
 impl NvmeState {
     /// The NVMe view of `config`, whose LUNs are `scsi_targets`.
-    /// `portals` are the NVMe/TCP portals' addresses as configured, with the ports bound.
+    /// `portals` are the NVMe/TCP I/O portals' addresses as configured, with the ports bound
+    /// (the discovery log lists every subsystem on each); `discovery_portals` the
+    /// discovery-only ones.
     pub(crate) fn new(
         config: &Config,
         scsi_targets: &[Arc<ScsiTarget>],
         portals: &[SocketAddr],
+        discovery_portals: &[SocketAddr],
     ) -> Arc<NvmeState> {
         let mut subsystems = Vec::new();
         let mut namespaces = Vec::new();
@@ -159,8 +166,14 @@ impl NvmeState {
             max_h2c_data: defaults.max_transfer,
             ..defaults
         };
+        let discovery_config = NvmeConfig {
+            discovery_only: true,
+            ..nvme.clone()
+        };
         Arc::new(NvmeState {
             config: Arc::new(nvme),
+            discovery_config: Arc::new(discovery_config),
+            discovery_portals: discovery_portals.to_vec(),
             registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
                 config.target_port_group,
             ))),
@@ -169,27 +182,36 @@ impl NvmeState {
         })
     }
 
-    /// The configuration a connection accepted at `local` sees: a discovery entry of a
-    /// wildcard portal (0.0.0.0, ::) names the address the host reached instead, which is one
-    /// it can connect to (0.0.0.0 would make it connect to itself).
+    /// The configuration a connection accepted at `local` sees: a discovery-only portal's
+    /// when `local` is one, and a discovery entry of a wildcard portal (0.0.0.0, ::) names the
+    /// address the host reached instead, which is one it can connect to (0.0.0.0 would make
+    /// it connect to itself). A wildcard portal listens on that address too, whichever port
+    /// the host reached (a discovery portal's, say): an IPv4 one if the address is IPv4, an
+    /// IPv6 one (dual-stack) always.
     fn config_for(&self, local: SocketAddr) -> Arc<NvmeConfig> {
-        if !self.config.discovery.iter().any(|e| {
-            e.address
-                .parse::<IpAddr>()
-                .is_ok_and(|a| a.is_unspecified())
-        }) {
-            return Arc::clone(&self.config);
+        let discovery_portal = self.discovery_portals.iter().any(|p| {
+            p.port() == local.port()
+                && (p.ip().is_unspecified() || p.ip().to_canonical() == local.ip().to_canonical())
+        });
+        let base = if discovery_portal {
+            &self.discovery_config
+        } else {
+            &self.config
+        };
+        let reached = local.ip().to_canonical();
+        let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
+            Ok(IpAddr::V6(a)) => a.is_unspecified(),
+            Err(_) => false,
+        };
+        if !base.discovery.iter().any(reachable) {
+            return Arc::clone(base);
         }
-        let mut config = (*self.config).clone();
+        let mut config = (**base).clone();
         for entry in &mut config.discovery {
-            if entry
-                .address
-                .parse::<IpAddr>()
-                .is_ok_and(|a| a.is_unspecified())
-                && entry.service_id == local.port().to_string()
-            {
-                entry.address = local.ip().to_canonical().to_string();
-                entry.address_family = family(local.ip().to_canonical());
+            if reachable(entry) {
+                entry.address = reached.to_string();
+                entry.address_family = family(reached);
             }
         }
         Arc::new(config)
@@ -351,7 +373,7 @@ mod tests {
         });
         let scsi = crate::server::build_scsi_targets(&config).unwrap();
         let portals = [SocketAddr::from(([0, 0, 0, 0], 4420))];
-        let state = NvmeState::new(&config, &scsi, &portals);
+        let state = NvmeState::new(&config, &scsi, &portals, &[]);
         let base = &state.config.discovery;
         assert_eq!(base.len(), 1);
         assert_eq!(base[0].subsystem_nqn, "nqn.2026-11.io.iser-target:ram0");
@@ -364,5 +386,25 @@ mod tests {
         assert_eq!(ns.eui64, config.targets[0].luns[0].identifier.to_be_bytes());
         assert_eq!(ns.nguid[..8], ns.eui64);
         assert_eq!(ns.uuid[6] >> 4, 8, "UUID version 8");
+        assert!(!seen.discovery_only);
+    }
+
+    #[test]
+    fn a_discovery_portal_lists_the_io_portals_and_serves_discovery_only() {
+        let config = Config::default_ram();
+        let scsi = crate::server::build_scsi_targets(&config).unwrap();
+        let io = [SocketAddr::from(([0, 0, 0, 0], 4420))];
+        let discovery = [SocketAddr::from(([0, 0, 0, 0], 8009))];
+        let state = NvmeState::new(&config, &scsi, &io, &discovery);
+        let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 8009)));
+        assert!(seen.discovery_only);
+        assert_eq!(seen.discovery.len(), 1, "the I/O portal only");
+        assert_eq!(seen.discovery[0].address, "192.0.2.7");
+        assert_eq!(seen.discovery[0].service_id, "4420");
+        assert!(
+            !state
+                .config_for(SocketAddr::from(([192, 0, 2, 7], 4420)))
+                .discovery_only
+        );
     }
 }
