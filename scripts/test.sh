@@ -12,7 +12,8 @@
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
 #      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
 #      and our target against the kernel initiator over TCP and over iSER, with and without CHAP,
-#      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh)
+#      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh),
+#      two gateways under dm-multipath and under native NVMe multipath with ANA
 #
 # Environment: SKIP_VM=1 skips tier 4, SKIP_FUZZ=1 the fuzz tier (both say so loudly); everything
 # else always runs. Tests that need a tool fail when it is missing (REQUIRE_TOOLS=1 below).
@@ -118,6 +119,8 @@ else
         scripts/softroce-vm.sh scripts/guest/nvme-tcp.sh
         log "two gateways, one LUN: dm-multipath with ALUA, fio verify across a gateway SIGKILL"
         scripts/softroce-vm.sh scripts/guest/multipath.sh
+        log "two gateways over NVMe/TCP: native NVMe multipath with ANA, port 8009, fio verify across a SIGKILL"
+        scripts/softroce-vm.sh scripts/guest/nvme-multipath.sh
         log "iSER faults: resets under write load, broken QPs, 200 connections that never log in"
         scripts/guest/iser-faults.sh
     fi
