@@ -22,8 +22,13 @@
 # all with librbd's cache off (a copy of the cluster's ceph.conf with `rbd cache = false`).
 # ours and tgt are driven by scripts/bench/iscsi-load.c (libiscsi, one session). Workloads:
 # 4 KiB random read and write QD32, 128 KiB sequential read and write QD8, and 128 KiB
-# sequential read QD32 (how far the QD8 figure is bound by latency). Target CPU per I/O
-# as in bench-tcp.sh (utime + stime of the target process over the run / I/Os).
+# sequential read QD32 (how far the QD8 figure is bound by latency). "Sequential" is one
+# stream: iscsi-load keeps QD consecutive I/Os in flight, so `rbd bench` runs with
+# --io-pattern full-seq (thread i at i x io-size, each advancing by io-threads x io-size),
+# not its default `seq`, which gives each of its io-threads a stream of its own in a
+# different part of the image (tools/rbd/action/Bench.cc, Ceph 16).
+# CPU per I/O: of the target process as in bench-tcp.sh (utime + stime over the run / I/Os),
+# of the `rbd bench` process (its whole run, start-up included), and of the OSD over each run.
 #
 # Needs root (tgtd). Installs tgt, tgt-rbd, libiscsi-dev, gcc when missing.
 set -euo pipefail
@@ -100,13 +105,16 @@ url_tgt=iscsi://127.0.0.1:$tgt_port/$iqn_tgt/1
 workloads=(
     "randread-4k-qd32|-R -s 4096 -q 32|--io-type read --io-pattern rand --io-size 4096 --io-threads 32"
     "randwrite-4k-qd32|-w -R -s 4096 -q 32|--io-type write --io-pattern rand --io-size 4096 --io-threads 32"
-    "seqread-128k-qd8|-s 131072 -q 8|--io-type read --io-pattern seq --io-size 131072 --io-threads 8"
-    "seqread-128k-qd32|-s 131072 -q 32|--io-type read --io-pattern seq --io-size 131072 --io-threads 32"
-    "seqwrite-128k-qd8|-w -s 131072 -q 8|--io-type write --io-pattern seq --io-size 131072 --io-threads 8"
+    "seqread-128k-qd8|-s 131072 -q 8|--io-type read --io-pattern full-seq --io-size 131072 --io-threads 8"
+    "seqread-128k-qd32|-s 131072 -q 32|--io-type read --io-pattern full-seq --io-size 131072 --io-threads 32"
+    "seqwrite-128k-qd8|-w -s 131072 -q 8|--io-type write --io-pattern full-seq --io-size 131072 --io-threads 8"
 )
 results=$out/runs.tsv
 printf 'round\ttarget\tworkload\tios\tseconds\tiops\tmib_s\tcpu_ticks\n' >"$results"
+osd_results=$out/osd.tsv
+printf 'round\ttarget\tworkload\tosd_cpu_ticks\n' >"$osd_results"
 hz=$(getconf CLK_TCK)
+osd_pid=$(cat "$(dirname "$cluster_conf")"/pids/osd.*.pid) || die "no OSD PID file next to $cluster_conf"
 declare -A bench_total
 
 # rbd bench's progress lines are "SEC OPS OPS/SEC BYTES/SEC" with OPS cumulative; its summary
@@ -123,23 +131,30 @@ bench_calibrate() {
     log "rbd bench $name: about $rate IOPS, runs of ${bench_total[$name]} bytes"
 }
 
-# measure ROUND TARGET WORKLOAD LOAD_ARGS BENCH_ARGS: one run; appends a line to runs.tsv.
+# measure ROUND TARGET WORKLOAD LOAD_ARGS BENCH_ARGS: one run; appends a line to runs.tsv and
+# the OSD's CPU ticks over the run to osd.tsv.
 measure() {
     local round=$1 target=$2 name=$3 args=$4 bargs=$5 line ios seconds iops mib_s
+    local osd_before cpu
+    [[ $target != rbd-bench || -n ${bench_total[$name]:-} ]] || bench_calibrate "$name" "$bargs"
+    osd_before=$(cpu_ticks "$osd_pid")
     if [[ $target == rbd-bench ]]; then
-        [[ -n ${bench_total[$name]:-} ]] || bench_calibrate "$name" "$bargs"
+        # bash's `time` gives the user and system seconds of the rbd process.
         # shellcheck disable=SC2086  # args are words
-        line=$(rbd_ bench $bargs --io-total "${bench_total[$name]}" "rbd/$image" 2>&1 | grep '^elapsed:') ||
-            die "rbd bench $name failed"
+        cpu=$( { TIMEFORMAT='%3U %3S'; time rbd_ bench $bargs --io-total "${bench_total[$name]}" \
+            "rbd/$image" >"$out/rbd-bench.log" 2>&1; } 2>&1) || die "rbd bench $name failed"
+        line=$(grep '^elapsed:' "$out/rbd-bench.log") || die "rbd bench $name printed no summary"
         # elapsed: S ops: N ops/sec: X bytes/sec: Y ...
         read -r _ seconds _ ios _ iops _ <<<"$line"
         mib_s=$(awk -v i="$iops" -v a="$bargs" 'BEGIN { split(a, w, " "); for (k in w) if (w[k] == "--io-size") s = w[k + 1]; printf "%.1f", i * s / 1048576 }')
+        cpu=$(awk -v c="$cpu" -v hz="$hz" 'BEGIN { split(c, t, " "); printf "%d", (t[1] + t[2]) * hz }')
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$name" "$ios" "$seconds" \
-            "$iops" "$mib_s" 0 >>"$results"
+            "$iops" "$mib_s" "$cpu" >>"$results"
         log "round $round rbd-bench $name: $iops IOPS"
-        return
+    else
+        measure_load "$round" "$target" "$name" "$args"
     fi
-    measure_load "$round" "$target" "$name" "$args"
+    printf '%s\t%s\t%s\t%s\n' "$round" "$target" "$name" "$(($(cpu_ticks "$osd_pid") - osd_before))" >>"$osd_results"
 }
 
 log "$rounds rounds x ${#workloads[@]} workloads x 3 x ${duration}s; results in $out"
@@ -157,31 +172,44 @@ commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=
 if git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then dirty=+dirty; fi
 versions="ceph $(dpkg-query -W -f='${Version}' librbd1 2>/dev/null || echo unknown), tgt $(dpkg-query -W -f='${Version}' tgt-rbd 2>/dev/null || echo unknown)"
-python3 - "$results" "$hz" "$rounds" "$duration" "$size" "$commit$dirty" "$versions" \
-    "$(nproc)" >"$out/table.md" <<'EOF'
+python3 - "$results" "$osd_results" "$hz" "$rounds" "$duration" "$size" "$commit$dirty" \
+    "$versions" "$(nproc)" >"$out/table.md" <<'EOF'
 import statistics, sys, datetime
-path, hz, rounds, duration, size, commit, versions, cpus = sys.argv[1:]
+path, osd_path, hz, rounds, duration, size, commit, versions, cpus = sys.argv[1:]
 hz = float(hz)
-runs, order = {}, []
+osd = {}
+for row in list(open(osd_path))[1:]:
+    rnd, target, workload, ticks = row.rstrip("\n").split("\t")
+    osd[(rnd, target, workload)] = float(ticks)
+runs, order, iops_of = {}, [], {}
 for row in list(open(path))[1:]:
     rnd, target, workload, ios, seconds, iops, mib, ticks = row.rstrip("\n").split("\t")
     if workload not in order:
         order.append(workload)
     cpu_us = float(ticks) * 1e6 / hz / float(ios)
-    runs.setdefault((target, workload), []).append((float(iops), float(mib), cpu_us))
+    osd_us = osd[(rnd, target, workload)] * 1e6 / hz / float(ios)
+    runs.setdefault((target, workload), []).append((float(iops), float(mib), cpu_us, osd_us))
+    iops_of[(rnd, target, workload)] = float(iops)
 med = lambda target, workload, i: statistics.median(r[i] for r in runs[(target, workload)])
+# The machine's load drifts between rounds more than between the three runs of one round:
+# a ratio is the median of the rounds' ratios, each of two runs made back to back.
+ratio = lambda workload, peer: statistics.median(
+    iops_of[(r, "ours", w)] / iops_of[(r, peer, w)]
+    for (r, t, w) in iops_of if t == "ours" and w == workload)
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 print(f"RBD over iSCSI/TCP on 127.0.0.1, {now}, commit {commit}, {versions}, {cpus} CPUs; "
       f"{size} image (layering), one-OSD cluster of scripts/ceph-cluster.sh, librbd cache off; "
-      f"medians of {rounds} rounds of {duration} s.")
+      f"medians of {rounds} rounds of {duration} s (ratios: median of the rounds' ratios).")
 print()
 print("| workload | rbd bench IOPS | ours IOPS | tgt-rbd IOPS | ours/rbd bench | ours/tgt-rbd "
-      "| ours MiB/s | ours CPU/IO µs | tgt CPU/IO µs |")
+      "| ours MiB/s | CPU/IO µs rbd bench / ours / tgt | OSD CPU/IO µs rbd bench / ours / tgt |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for w in order:
     bi, oi, ti = med("rbd-bench", w, 0), med("ours", w, 0), med("tgt", w, 0)
-    print(f"| {w} | {bi:.0f} | {oi:.0f} | {ti:.0f} | {oi / bi:.2f} | {oi / ti:.2f} "
-          f"| {med('ours', w, 1):.1f} | {med('ours', w, 2):.1f} | {med('tgt', w, 2):.1f} |")
+    cpu = " / ".join(f"{med(t, w, 2):.0f}" for t in ("rbd-bench", "ours", "tgt"))
+    osd_cpu = " / ".join(f"{med(t, w, 3):.0f}" for t in ("rbd-bench", "ours", "tgt"))
+    print(f"| {w} | {bi:.0f} | {oi:.0f} | {ti:.0f} | {ratio(w, 'rbd-bench'):.2f} | {ratio(w, 'tgt'):.2f} "
+          f"| {med('ours', w, 1):.1f} | {cpu} | {osd_cpu} |")
 EOF
 echo
 cat "$out/table.md"

@@ -58,7 +58,7 @@ bench_prepare() {
     fi
 
     for p in "$ours_port" "$tgt_port"; do
-        port_open "$p" && die "something already listens on 127.0.0.1:$p (set OURS_PORT / TGT_PORT)"
+        if port_open "$p"; then die "something already listens on 127.0.0.1:$p (set OURS_PORT / TGT_PORT)"; fi
     done
 }
 
