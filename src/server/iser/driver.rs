@@ -366,7 +366,6 @@ impl Driver {
         if let Err(e) = self.ack_channel() {
             return self.fail(format!("completion channel: {e}"));
         }
-        self.now = None;
         self.poll_cqs();
         self.drain_inbox();
         self.pump();
@@ -376,8 +375,9 @@ impl Driver {
         self.now = None;
     }
 
-    /// The time of the current turn, read from the clock the first time it is needed (in a
-    /// guest without a vDSO clock each read is a system call).
+    /// The time of the current turn: on an engine thread the thread's wake-up time (set by the
+    /// resident), else read from the clock the first time it is needed (in a guest without a
+    /// vDSO clock each read is a system call).
     fn now(&mut self) -> Instant {
         *self.now.get_or_insert_with(Instant::now)
     }

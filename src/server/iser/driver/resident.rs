@@ -109,6 +109,7 @@ impl IserResident {
             match driver.arm_send_if_wanted() {
                 Ok(false) => return,
                 Ok(true) => {
+                    driver.now = Some(io.now());
                     let found = driver.poll_cqs();
                     driver.now = None;
                     if !found {
@@ -124,7 +125,9 @@ impl IserResident {
     /// Calls `f` on the driver (if it has not left) and runs the commands it produced.
     fn with(&mut self, io: &mut ThreadIo<'_>, f: impl FnOnce(&mut Driver)) {
         if let Some(driver) = self.driver.as_mut() {
+            driver.now = Some(io.now());
             f(driver);
+            driver.now = None;
             self.run_commands(io);
         }
     }
@@ -231,6 +234,7 @@ impl Resident for IserResident {
         };
         // The CQs stay armed: completions taken here still fire the channel once, which only
         // costs a wake-up that finds nothing.
+        driver.now = Some(io.now());
         let found = driver.poll_cqs();
         driver.now = None;
         if found {
