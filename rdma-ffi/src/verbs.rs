@@ -927,7 +927,7 @@ impl From<CreateQpError> for Error {
     }
 }
 
-/// What one WR of [`QueuePair::post_send_list`] does.
+/// What one WR of [`QueuePair::post_list`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendOp {
     /// A Send, or a Send-with-Invalidate of the peer's rkey `invalidate`.
@@ -952,7 +952,7 @@ pub enum SendOp {
     },
 }
 
-/// One WR of a chained [`QueuePair::post_send_list`]: `len` bytes at
+/// One WR of a chained [`crate::SendList`]: `len` bytes at
 /// `offset` of `mr`.
 #[derive(Debug, Clone, Copy)]
 pub struct SendWr<'a> {

@@ -13,8 +13,10 @@
 # and workload: each system call's count ÷ I/Os (those of at least 0.05), and the total;
 # written to $SOFTROCE_RESULTS/syscalls.txt. strace slows the target down a lot, so at QD > 1
 # more commands complete per wake-up than without it: read the QD1 counts as the per-command
-# cost, the others as what batching makes of it. SOFTROCE_BENCH_BUSY_POLL_US sets
-# `limits.busy_poll_us` (default 0).
+# cost, the others as what batching makes of it. Each workload then runs once more without
+# strace, and the target's user and system CPU time per I/O (utime and stime of all its
+# threads, /proc) is printed beside the counts: system time is where rxe does its work for
+# our posts. SOFTROCE_BENCH_BUSY_POLL_US sets `limits.busy_poll_us` (default 0).
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -79,6 +81,30 @@ count() {
         }' "$out"
 }
 
+# cpu_ticks: utime and stime (clock ticks) of our target, all threads.
+cpu_ticks() {
+    local st
+    read -r -a st <"/proc/$SR_BG_ours/stat"
+    echo "${st[13]} ${st[14]}"
+}
+
+# cpu FABRIC DEV NAME FIO-ARGS...: the target's user and system CPU per I/O across one fio
+# run of IOS I/Os without strace.
+cpu() {
+    local fabric="$1" dev="$2" name="$3" ios="$IOS" bs u0 s0 u1 s1 hz
+    shift 3
+    bs="$(sed -n 's/.*--bs=\([0-9]*\)k.*/\1/p' <<<"$*")"
+    ((ios <= 256 * 1024 / bs)) || ios=$((256 * 1024 / bs))
+    hz="$(getconf CLK_TCK)"
+    read -r u0 s0 < <(cpu_ticks)
+    fio --name="$name" --filename="$dev" --direct=1 --ioengine=libaio --size=256M \
+        --norandommap --number_ios="$ios" --output-format=terse "$@" >/dev/null 2>&1 ||
+        sr_die "fio $name over $fabric failed"
+    read -r u1 s1 < <(cpu_ticks)
+    printf '%-24s cpu: user %d µs/IO, system %d µs/IO\n' "$fabric $name" \
+        $(((u1 - u0) * 1000000 / hz / ios)) $(((s1 - s0) * 1000000 / hz / ios))
+}
+
 # fabric FABRIC: attach over FABRIC, count every workload, detach.
 fabric() {
     local f="$1" dev
@@ -89,12 +115,18 @@ fabric() {
         iscsi_login "$ADDR" "$IQN" "$f" "$PORT" >/dev/null || sr_die "login over $f failed"
         dev="$(find_new_disk 60)" || sr_die "no disk over $f"
     fi
-    count "$f" "$dev" randread-4k-qd1 --rw=randread --bs=4k --iodepth=1
-    count "$f" "$dev" randwrite-4k-qd1 --rw=randwrite --bs=4k --iodepth=1
-    count "$f" "$dev" randread-4k-qd32 --rw=randread --bs=4k --iodepth=32
-    count "$f" "$dev" randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32
-    count "$f" "$dev" read-128k-qd8 --rw=read --bs=128k --iodepth=8
-    count "$f" "$dev" write-128k-qd8 --rw=write --bs=128k --iodepth=8
+    local w
+    for w in "randread-4k-qd1 --rw=randread --bs=4k --iodepth=1" \
+        "randwrite-4k-qd1 --rw=randwrite --bs=4k --iodepth=1" \
+        "randread-4k-qd32 --rw=randread --bs=4k --iodepth=32" \
+        "randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32" \
+        "read-128k-qd8 --rw=read --bs=128k --iodepth=8" \
+        "write-128k-qd8 --rw=write --bs=128k --iodepth=8"; do
+        # shellcheck disable=SC2086  # name and fio arguments are words
+        count "$f" "$dev" $w
+        # shellcheck disable=SC2086
+        cpu "$f" "$dev" $w
+    done
     if [[ $f == nvme ]]; then
         nvme_disconnect "$NQN" || sr_die "nvme disconnect failed"
     else
