@@ -743,6 +743,8 @@ pub struct CompletionQueue {
     qps: Mutex<HashMap<u32, (SharedTracker, Queue)>>,
     /// Completions polled by a QP drain that belong to other QPs.
     stash: Mutex<Vec<WorkCompletion>>,
+    /// Entries retired by a poll, dropped outside the locks (kept: no allocation per poll).
+    retired: Mutex<Vec<Pending<Arc<MemoryRegion>>>>,
     _channel: Option<Arc<CompletionChannel>>,
 }
 
@@ -779,6 +781,7 @@ impl CompletionQueue {
             handle,
             qps: Mutex::new(HashMap::new()),
             stash: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             _channel: channel.cloned(),
         }))
     }
@@ -832,15 +835,14 @@ impl CompletionQueue {
         if r < 0 {
             return Err(Error::from_errno("ibv_poll_cq", -r));
         }
-        let mut retired = Vec::new();
+        let mut retired = std::mem::take(&mut *lock(&self.retired));
         for wc in &wcs[..r as usize] {
             let c = WorkCompletion::from_raw(wc);
             let entry = lock(&self.qps).get(&c.qp_num).map(|(t, q)| (t.clone(), *q));
             let mut ours = true;
             if let Some((t, q)) = entry {
                 let marker = c.wr_id == MARKER_WR_ID && q == Queue::Send;
-                let (r, caller) = lock(&t).complete(q, c.wr_id, marker);
-                retired.extend(r);
+                let caller = lock(&t).complete(q, c.wr_id, marker, &mut retired);
                 ours = caller;
                 if !caller && !marker {
                     log::warn!(
@@ -858,7 +860,8 @@ impl CompletionQueue {
                 }
             }
         }
-        drop(retired); // releases MR references outside the locks
+        retired.clear(); // releases MR references outside the locks
+        *lock(&self.retired) = retired;
         Ok(r as usize)
     }
 
