@@ -216,7 +216,8 @@ struct Driver {
     recv_armed: bool,
     /// The send CQ is armed. It is armed only while something waits for a send completion
     /// (see [`Driver::wants_send_events`]); otherwise send completions are reaped by the next
-    /// turn, sparing a wake-up, a channel read and a re-arm per command.
+    /// turn, sparing a wake-up, a channel read and a re-arm per command. Both are re-armed at
+    /// the end of a turn ([`Driver::arm_cqs`]).
     send_armed: bool,
     /// On an engine thread the core closed the connection while commands were outstanding:
     /// the session is released (I_T nexus loss) once they are reported, and nothing more is
@@ -327,11 +328,11 @@ impl Driver {
             if self.done || self.moving_in {
                 return;
             }
-            match self.arm_send_if_wanted() {
+            match self.arm_cqs() {
                 Ok(false) => {}
                 // Completions that came before the arming raise no event: look again.
                 Ok(true) => continue,
-                Err(e) => return self.fail(format!("arming the send CQ: {e}")),
+                Err(e) => return self.fail(format!("arming the CQs: {e}")),
             }
             let now = Instant::now();
             let timeout = match self.deadline() {
@@ -395,16 +396,25 @@ impl Driver {
                 || self.arena.is_none())
     }
 
-    /// Arms the send CQ when a send completion must wake the connection and it is not armed;
-    /// `true` when it did, and the caller polls the CQs once more (completions that came
-    /// before the arming raise no event).
-    fn arm_send_if_wanted(&mut self) -> rdma_ffi::Result<bool> {
-        if self.send_armed || self.done || !self.wants_send_events() {
+    /// Arms the CQs at the end of a turn, once its answers are posted (so arming is not on the
+    /// way of a response): the receive CQ if it fired, the send CQ if a send completion must
+    /// wake the connection. `true` when one was armed, and the caller polls the CQs once more
+    /// (completions that came before the arming raise no event).
+    fn arm_cqs(&mut self) -> rdma_ffi::Result<bool> {
+        if self.done {
             return Ok(false);
         }
-        self.res.send_cq.req_notify(false)?;
-        self.send_armed = true;
-        Ok(true)
+        let mut armed = false;
+        if !self.recv_armed {
+            self.arm()?;
+            armed = true;
+        }
+        if !self.send_armed && self.wants_send_events() {
+            self.res.send_cq.req_notify(false)?;
+            self.send_armed = true;
+            armed = true;
+        }
+        Ok(armed)
     }
 
     /// When the connection next needs [`Driver::check_timers`]: the core's timer (NOP-In), or
@@ -456,35 +466,28 @@ impl Driver {
         log::info!("iSER connection from {} closed", self.peer);
     }
 
-    /// Arms the receive CQ (the send CQ is armed when wanted, [`Driver::arm_send_if_wanted`]);
-    /// completions that raced the arming are found by the next poll.
+    /// Arms the receive CQ; completions that raced the arming are found by the next poll.
     fn arm(&mut self) -> rdma_ffi::Result<()> {
         self.res.recv_cq.req_notify(false)?;
         self.recv_armed = true;
         Ok(())
     }
 
-    /// Consumes completion-channel events and re-arms the receive CQ if it fired (one that did
-    /// not is still armed: a CQ is disarmed only by the event it raises), saving a system call
-    /// per wake-up on providers that arm through the kernel (rxe). A CQ raises at most one
-    /// event per arming, so reading stops once every armed CQ has reported: the read that
-    /// would only find the channel empty is spared too. A send CQ that fired is re-armed only
-    /// when wanted, after the turn.
+    /// Consumes completion-channel events; the CQs that fired are re-armed after the turn
+    /// ([`Driver::arm_cqs`]; one that did not is still armed: a CQ is disarmed only by the
+    /// event it raises, which saves a system call per wake-up on providers that arm through
+    /// the kernel, rxe). A CQ raises at most one event per arming, so reading stops once every
+    /// armed CQ has reported: the read that would only find the channel empty is spared too.
     fn ack_channel(&mut self) -> rdma_ffi::Result<()> {
-        let mut recv = false;
         while self.recv_armed || self.send_armed {
             let Some(cq) = self.res.channel.get_event()? else {
                 break;
             };
             if cq == self.res.recv_cq.handle() {
-                recv = true;
                 self.recv_armed = false;
             } else if cq == self.res.send_cq.handle() {
                 self.send_armed = false;
             }
-        }
-        if recv {
-            self.arm()?;
         }
         Ok(())
     }

@@ -98,15 +98,15 @@ impl IserResident {
     }
 
     /// Posts what this turn produced — with one `ibv_post_send` the responses of every command
-    /// that completed in it — and arms the send CQ if a send completion must wake the
-    /// connection, looking at the CQs once more after arming.
+    /// that completed in it — then re-arms the receive CQ if it fired and the send CQ if a
+    /// send completion must wake the connection, looking at the CQs once more after arming.
     fn post_and_arm(&mut self, io: &mut ThreadIo<'_>) {
         loop {
             let Some(driver) = self.driver.as_mut().filter(|d| !d.done) else {
                 return;
             };
             driver.post_pending();
-            match driver.arm_send_if_wanted() {
+            match driver.arm_cqs() {
                 Ok(false) => return,
                 Ok(true) => {
                     driver.now = Some(io.now());
@@ -117,7 +117,7 @@ impl IserResident {
                     }
                     self.run_commands(io);
                 }
-                Err(e) => return driver.fail(format!("arming the send CQ: {e}")),
+                Err(e) => return driver.fail(format!("arming the CQs: {e}")),
             }
         }
     }
