@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use rdma_ffi::{
     list_devices, live_counts, raise_memlock_limit, Access, AsyncEventKind, CmEvent, CmEventKind,
     CmId, CompletionChannel, CompletionQueue, ConnParams, EventChannel, MemoryRegion,
-    ProtectionDomain, QpCaps, QueuePair, SendOp, SendWr, WcOpcode, WcStatus, WorkCompletion,
+    ProtectionDomain, QpCaps, QueuePair, SendList, SendOp, SendWr, WcOpcode, WcStatus,
+    WorkCompletion,
 };
 
 type R<T> = Result<T, Box<dyn StdError + Send + Sync>>;
@@ -383,7 +384,11 @@ fn selftest(addr: SocketAddr) -> R<()> {
             len: half,
             signaled: at == half,
         });
-        c.qp.post_send_list(&reads)?;
+        let mut list = SendList::new();
+        for read in reads {
+            list.push(read)?;
+        }
+        c.qp.post_list(&mut list)?;
         let wc = wait_wc(&c.scq, "chained RDMA READs")?;
         ensure!(
             wc.opcode == WcOpcode::RdmaRead && wc.wr_id == 5,

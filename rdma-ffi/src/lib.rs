@@ -35,6 +35,7 @@
 mod cm;
 mod device;
 mod error;
+mod post;
 mod sockaddr;
 mod tracker;
 mod verbs;
@@ -44,6 +45,7 @@ pub use cm::{
 };
 pub use device::{list_devices, DeviceInfo, GidInfo, GidType, LinkLayer, PortInfo, PortState};
 pub use error::{Error, Result};
+pub use post::SendList;
 pub use verbs::{
     Access, AsyncEvent, AsyncEventKind, CompletionChannel, CompletionQueue, CreateQpError,
     DeviceAttrs, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, SendOp, SendWr, VerbsContext,

@@ -45,10 +45,18 @@ pub(crate) enum Queue {
 }
 
 impl<T> Tracker<T> {
-    /// Record a completion; returns the entries it retires (to be dropped by
-    /// the caller outside any lock) and whether the completion was one of ours
-    /// (`false` for an internal drain marker or an unknown wr_id).
-    pub fn complete(&mut self, queue: Queue, wr_id: u64, marker: bool) -> (Vec<Pending<T>>, bool) {
+    /// Record a completion; appends the entries it retires to `retired` (to be
+    /// dropped by the caller outside any lock; a vector the caller keeps, so
+    /// nothing is allocated per completion) and returns whether the completion
+    /// was one of ours (`false` for an internal drain marker or an unknown
+    /// wr_id).
+    pub fn complete(
+        &mut self,
+        queue: Queue,
+        wr_id: u64,
+        marker: bool,
+        retired: &mut Vec<Pending<T>>,
+    ) -> bool {
         let q = match queue {
             Queue::Send => &mut self.send,
             Queue::Recv => &mut self.recv,
@@ -57,13 +65,13 @@ impl<T> Tracker<T> {
             .iter()
             .position(|p| p.wr_id == wr_id && p.marker == marker)
         else {
-            return (Vec::new(), false);
+            return false;
         };
-        let retired: Vec<_> = match queue {
-            Queue::Send => q.drain(..=pos).collect(),
-            Queue::Recv => q.remove(pos).into_iter().collect(),
-        };
-        (retired, !marker)
+        match queue {
+            Queue::Send => retired.extend(q.drain(..=pos)),
+            Queue::Recv => retired.extend(q.remove(pos)),
+        }
+        !marker
     }
 
     /// Number of outstanding (send, recv) entries, markers included.
@@ -81,6 +89,13 @@ impl<T> Tracker<T> {
 mod tests {
     use super::*;
 
+    /// The entries a completion retires, and whether it was one of ours.
+    fn done(t: &mut Tracker<u32>, q: Queue, wr_id: u64, marker: bool) -> (Vec<Pending<u32>>, bool) {
+        let mut retired = Vec::new();
+        let ours = t.complete(q, wr_id, marker, &mut retired);
+        (retired, ours)
+    }
+
     fn p(wr_id: u64, hold: u32) -> Pending<u32> {
         Pending {
             wr_id,
@@ -96,7 +111,7 @@ mod tests {
         t.send.push_back(p(2, 20)); // unsignaled
         t.send.push_back(p(3, 30)); // signaled
         t.send.push_back(p(4, 40));
-        let (r, ours) = t.complete(Queue::Send, 3, false);
+        let (r, ours) = done(&mut t, Queue::Send, 3, false);
         assert!(ours);
         assert_eq!(
             r.iter().map(|p| p.hold.unwrap()).collect::<Vec<_>>(),
@@ -110,8 +125,8 @@ mod tests {
         let mut t = Tracker::default();
         t.recv.push_back(p(7, 1));
         t.recv.push_back(p(7, 2));
-        assert_eq!(t.complete(Queue::Recv, 7, false).0[0].hold, Some(1));
-        assert_eq!(t.complete(Queue::Recv, 7, false).0[0].hold, Some(2));
+        assert_eq!(done(&mut t, Queue::Recv, 7, false).0[0].hold, Some(1));
+        assert_eq!(done(&mut t, Queue::Recv, 7, false).0[0].hold, Some(2));
         assert!(t.is_empty());
     }
 
@@ -119,7 +134,7 @@ mod tests {
     fn unknown_and_marker() {
         let mut t: Tracker<u32> = Tracker::default();
         t.send.push_back(p(1, 1));
-        let (r, ours) = t.complete(Queue::Send, 99, false);
+        let (r, ours) = done(&mut t, Queue::Send, 99, false);
         assert!(r.is_empty() && !ours);
         t.send.push_back(Pending {
             wr_id: u64::MAX,
@@ -127,7 +142,7 @@ mod tests {
             hold: None,
         });
         // a caller WR with the marker's id is not confused with the marker
-        let (r, ours) = t.complete(Queue::Send, u64::MAX, true);
+        let (r, ours) = done(&mut t, Queue::Send, u64::MAX, true);
         assert_eq!(r.len(), 2);
         assert!(!ours);
         assert!(t.is_empty());
@@ -138,7 +153,7 @@ mod tests {
         let mut t = Tracker::default();
         t.recv.push_back(p(1, 1));
         t.recv.push_back(p(2, 2));
-        let (r, _) = t.complete(Queue::Recv, 2, false);
+        let (r, _) = done(&mut t, Queue::Recv, 2, false);
         assert_eq!(r.len(), 1);
         assert_eq!(t.outstanding(), (0, 1));
     }

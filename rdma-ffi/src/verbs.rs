@@ -15,7 +15,7 @@ use crate::error::{check_ibv, check_rdma, Error, Result};
 use crate::tracker::{Pending, Queue, Tracker};
 use crate::{dec, inc, LEAKED_MRS, LIVE_CQS, LIVE_MRS, LIVE_PDS, LIVE_QPS};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -495,7 +495,7 @@ impl MemoryRegion {
         Some(unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr(), self.len) })
     }
 
-    fn sge(&self, offset: usize, len: usize) -> Result<ibv_sge> {
+    pub(crate) fn sge(&self, offset: usize, len: usize) -> Result<ibv_sge> {
         self.check_range(offset, len)?;
         let length =
             u32::try_from(len).map_err(|_| Error::Invalid("WR length exceeds u32".into()))?;
@@ -731,7 +731,7 @@ impl WorkCompletion {
     }
 }
 
-type SharedTracker = Arc<Mutex<Tracker<Arc<MemoryRegion>>>>;
+pub(crate) type SharedTracker = Arc<Mutex<Tracker<Arc<MemoryRegion>>>>;
 
 /// A completion queue (`ibv_create_cq`), shared by `Arc` between the QPs
 /// using it. Polling it also retires the outstanding-WR entries (and so
@@ -743,6 +743,8 @@ pub struct CompletionQueue {
     qps: Mutex<HashMap<u32, (SharedTracker, Queue)>>,
     /// Completions polled by a QP drain that belong to other QPs.
     stash: Mutex<Vec<WorkCompletion>>,
+    /// Entries retired by a poll, dropped outside the locks (kept: no allocation per poll).
+    retired: Mutex<Vec<Pending<Arc<MemoryRegion>>>>,
     _channel: Option<Arc<CompletionChannel>>,
 }
 
@@ -779,6 +781,7 @@ impl CompletionQueue {
             handle,
             qps: Mutex::new(HashMap::new()),
             stash: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             _channel: channel.cloned(),
         }))
     }
@@ -832,15 +835,14 @@ impl CompletionQueue {
         if r < 0 {
             return Err(Error::from_errno("ibv_poll_cq", -r));
         }
-        let mut retired = Vec::new();
+        let mut retired = std::mem::take(&mut *lock(&self.retired));
         for wc in &wcs[..r as usize] {
             let c = WorkCompletion::from_raw(wc);
             let entry = lock(&self.qps).get(&c.qp_num).map(|(t, q)| (t.clone(), *q));
             let mut ours = true;
             if let Some((t, q)) = entry {
                 let marker = c.wr_id == MARKER_WR_ID && q == Queue::Send;
-                let (r, caller) = lock(&t).complete(q, c.wr_id, marker);
-                retired.extend(r);
+                let caller = lock(&t).complete(q, c.wr_id, marker, &mut retired);
                 ours = caller;
                 if !caller && !marker {
                     log::warn!(
@@ -858,7 +860,8 @@ impl CompletionQueue {
                 }
             }
         }
-        drop(retired); // releases MR references outside the locks
+        retired.clear(); // releases MR references outside the locks
+        *lock(&self.retired) = retired;
         Ok(r as usize)
     }
 
@@ -927,7 +930,7 @@ impl From<CreateQpError> for Error {
     }
 }
 
-/// What one WR of [`QueuePair::post_send_list`] does.
+/// What one WR of [`QueuePair::post_list`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendOp {
     /// A Send, or a Send-with-Invalidate of the peer's rkey `invalidate`.
@@ -952,7 +955,7 @@ pub enum SendOp {
     },
 }
 
-/// One WR of a chained [`QueuePair::post_send_list`]: `len` bytes at
+/// One WR of a chained [`crate::SendList`]: `len` bytes at
 /// `offset` of `mr`.
 #[derive(Debug, Clone, Copy)]
 pub struct SendWr<'a> {
@@ -977,7 +980,7 @@ pub struct SendWr<'a> {
 /// drain failed), then the id, CQs and PD references.
 pub struct QueuePair {
     qp_num: u32,
-    tracker: SharedTracker,
+    pub(crate) tracker: SharedTracker,
     closing: AtomicBool,
     drained: AtomicBool,
     send_cq: Arc<CompletionQueue>,
@@ -1062,12 +1065,12 @@ impl QueuePair {
         lock(&self.tracker).outstanding()
     }
 
-    fn qp(&self) -> *mut ibv_qp {
+    pub(crate) fn qp(&self) -> *mut ibv_qp {
         // SAFETY: the QP exists from create until Drop.
         unsafe { (*self.id.as_ptr()).qp }
     }
 
-    fn check_open(&self, wr_id: u64) -> Result<()> {
+    pub(crate) fn check_open(&self, wr_id: u64) -> Result<()> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(Error::from_errno("post (QP draining)", libc::ESHUTDOWN));
         }
@@ -1160,79 +1163,6 @@ impl QueuePair {
             t.send.pop_back();
         }
         check_ibv("ibv_post_send", r)
-    }
-
-    /// Post several send-queue WRs as one linked list in a single
-    /// `ibv_post_send`, in order. Typically RDMA Writes unsignaled followed by
-    /// a signaled Send: the Send's completion retires the Writes before it
-    /// (RC completes a send queue in order). On failure the WRs before the
-    /// one the provider refused were posted and stay tracked; the error says
-    /// how many.
-    pub fn post_send_list(&self, wrs: &[SendWr<'_>]) -> Result<()> {
-        for wr in wrs {
-            self.check_open(wr.wr_id)?;
-        }
-        let mut sges = Vec::with_capacity(wrs.len());
-        for wr in wrs {
-            sges.push(wr.mr.sge(wr.offset, wr.len)?);
-        }
-        // SAFETY: plain data (unions of integers/pointers); zero is valid.
-        let mut raw: Vec<ibv_send_wr> = wrs.iter().map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (i, wr) in wrs.iter().enumerate() {
-            let r = &mut raw[i];
-            r.wr_id = wr.wr_id;
-            r.sg_list = &mut sges[i];
-            r.num_sge = if wr.len > 0 { 1 } else { 0 };
-            r.send_flags = if wr.signaled { 2 } else { 0 }; // IBV_SEND_SIGNALED
-            match wr.op {
-                SendOp::Send { invalidate: None } => r.opcode = ibv_wr_opcode::IBV_WR_SEND,
-                SendOp::Send {
-                    invalidate: Some(rkey),
-                } => {
-                    r.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
-                    r.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
-                }
-                SendOp::RdmaWrite { remote_addr, rkey } => {
-                    r.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
-                    r.wr.rdma = rdma_t { remote_addr, rkey };
-                }
-                SendOp::RdmaRead { remote_addr, rkey } => {
-                    r.opcode = ibv_wr_opcode::IBV_WR_RDMA_READ;
-                    r.wr.rdma = rdma_t { remote_addr, rkey };
-                }
-            }
-        }
-        for i in 1..raw.len() {
-            let next: *mut ibv_send_wr = &mut raw[i];
-            raw[i - 1].next = next;
-        }
-        if raw.is_empty() {
-            return Ok(());
-        }
-        let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
-        let mut t = lock(&self.tracker);
-        for wr in wrs {
-            t.send.push_back(Pending {
-                wr_id: wr.wr_id,
-                marker: false,
-                hold: Some(wr.mr.clone()),
-            });
-        }
-        // SAFETY: valid QP; the WR list, its links and SGEs live in `raw` and
-        // `sges` across the call; every MR stays registered while the tracker
-        // holds its Arc.
-        let r = unsafe { ibv_post_send(self.qp(), raw.as_mut_ptr(), &mut bad) };
-        if r != 0 {
-            // The WRs from the refused one on were not posted.
-            let refused = raw.iter().position(|wr| std::ptr::eq(wr, bad)).unwrap_or(0);
-            for _ in refused..raw.len() {
-                t.send.pop_back();
-            }
-            return check_ibv("ibv_post_send (list)", r).map_err(|e| {
-                Error::Invalid(format!("{e} ({refused} of {} WRs posted)", raw.len()))
-            });
-        }
-        Ok(())
     }
 
     /// Post a Send (or Send-with-Invalidate of `invalidate`) of `len` bytes at

@@ -110,6 +110,11 @@ impl ThreadIo<'_> {
         self.thread.order(job);
     }
 
+    /// When the thread last woke up (one clock read per wake-up, shared by its residents).
+    pub(crate) fn now(&self) -> Instant {
+        self.thread.now
+    }
+
     /// Arms a one-shot poll of `fd`; [`Resident::ready`] follows. `fd` stays open until then.
     pub(crate) fn poll(&mut self, fd: Arc<dyn AsRawFd + Send + Sync>, interest: Interest) {
         if let Some(ring) = self.thread.ring.as_mut() {

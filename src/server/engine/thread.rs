@@ -91,6 +91,11 @@ pub(super) struct EngineThread {
     pub(super) touched: Vec<u64>,
     /// Resident ids of one busy-poll round (kept: no allocation per round).
     pub(super) spin_ids: Vec<u64>,
+    /// When the thread last woke up: the time of this turn for timers and residents
+    /// ([`super::ThreadIo::now`]). One clock read per wake-up: in a guest without a vDSO
+    /// clock (QEMU/TCG) each read is a system call. Timers are coarse (seconds), so a wait
+    /// bounded from this slightly old time ends at most one turn's work late.
+    pub(super) now: Instant,
 }
 
 impl EngineThread {
@@ -110,6 +115,7 @@ impl EngineThread {
             residents: HashMap::new(),
             touched: Vec::new(),
             spin_ids: Vec::new(),
+            now: Instant::now(),
         }
     }
 
@@ -131,7 +137,7 @@ impl EngineThread {
             self.submit_backlog();
             let timeout = self
                 .next_deadline()
-                .map(|due| due.saturating_duration_since(Instant::now()));
+                .map(|due| due.saturating_duration_since(self.now));
             let Some(ring) = self.ring.as_mut() else {
                 return;
             };
@@ -153,6 +159,7 @@ impl EngineThread {
                 log::error!("io_uring wait failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
+            self.now = Instant::now();
             ring.reap(&mut self.completions);
             let mut completions = std::mem::take(&mut self.completions);
             for completion in completions.drain(..) {
@@ -162,7 +169,7 @@ impl EngineThread {
                 }
             }
             self.completions = completions;
-            self.fire_timers(Instant::now());
+            self.fire_timers(self.now);
         }
     }
 
@@ -187,6 +194,7 @@ impl EngineThread {
         let spin = timeout.map_or(spin, |t| t.min(spin));
         loop {
             if self.spin_residents() {
+                self.now = Instant::now();
                 return true;
             }
             let ring_ready = self.ring.as_mut().is_some_and(Ring::has_completions);

@@ -43,7 +43,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
     Access, AsyncEventKind, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion,
-    ProtectionDomain, QueuePair, WcStatus, WorkCompletion,
+    ProtectionDomain, QueuePair, SendList, WcStatus, WorkCompletion,
 };
 
 use super::ring::Ring;
@@ -210,6 +210,15 @@ struct Driver {
     to_execute: Vec<ScsiTask>,
     /// RDMA Reads being gathered into one post (kept: no allocation per WRITE).
     read_batch: Vec<ReadWr>,
+    /// Send-queue WRs gathered for the next `ibv_post_send` (kept: no allocation per post).
+    sq: SendList,
+    /// The receive CQ is armed: its next completion raises a channel event.
+    recv_armed: bool,
+    /// The send CQ is armed. It is armed only while something waits for a send completion
+    /// (see [`Driver::wants_send_events`]); otherwise send completions are reaped by the next
+    /// turn, sparing a wake-up, a channel read and a re-arm per command. Both are re-armed at
+    /// the end of a turn ([`Driver::arm_cqs`]).
+    send_armed: bool,
     /// On an engine thread the core closed the connection while commands were outstanding:
     /// the session is released (I_T nexus loss) once they are reported, and nothing more is
     /// posted until then.
@@ -221,6 +230,8 @@ struct Driver {
     done: bool,
     disconnected: bool,
     peer: String,
+    /// The time of the current turn (see [`Driver::now`]); `None` between turns.
+    now: Option<Instant>,
     wcs: Vec<WorkCompletion>,
     /// The last received Send, copied out of its receive buffer (reused: no allocation per PDU).
     received: Vec<u8>,
@@ -272,6 +283,9 @@ pub(super) fn serve(
         moving_in: false,
         to_execute: Vec::new(),
         read_batch: Vec::new(),
+        sq: SendList::new(),
+        recv_armed: false,
+        send_armed: false,
         release_pending: false,
         arena: None,
         pool_mrs: HashMap::new(),
@@ -283,6 +297,7 @@ pub(super) fn serve(
         done: false,
         disconnected: false,
         peer,
+        now: None,
         wcs: Vec::with_capacity(CQ_BATCH),
         received: Vec::new(),
         _held: held,
@@ -312,6 +327,12 @@ impl Driver {
             self.turn();
             if self.done || self.moving_in {
                 return;
+            }
+            match self.arm_cqs() {
+                Ok(false) => {}
+                // Completions that came before the arming raise no event: look again.
+                Ok(true) => continue,
+                Err(e) => return self.fail(format!("arming the CQs: {e}")),
             }
             let now = Instant::now();
             let timeout = match self.deadline() {
@@ -350,7 +371,50 @@ impl Driver {
         self.drain_inbox();
         self.pump();
         self.post_pending();
-        self.check_timers(Instant::now());
+        let now = self.now();
+        self.check_timers(now);
+        self.now = None;
+    }
+
+    /// The time of the current turn: on an engine thread the thread's wake-up time (set by the
+    /// resident), else read from the clock the first time it is needed (in a guest without a
+    /// vDSO clock each read is a system call).
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
+    /// Whether a send completion must wake the connection: RDMA Reads are outstanding (a
+    /// WRITE waits for its data), operations wait for room on the send queue or in the
+    /// staging arena, the connection is closing (it waits for its last Sends), or it is still
+    /// logging in. Otherwise a completed Send or RDMA Write only frees what the next turn frees
+    /// as well — the next command's arrival wakes the connection anyway.
+    fn wants_send_events(&self) -> bool {
+        !self.inflight.is_empty()
+            && (self.reads > 0
+                || !self.pending.is_empty()
+                || self.ending.is_some()
+                || self.arena.is_none())
+    }
+
+    /// Arms the CQs at the end of a turn, once its answers are posted (so arming is not on the
+    /// way of a response): the receive CQ if it fired, the send CQ if a send completion must
+    /// wake the connection. `true` when one was armed, and the caller polls the CQs once more
+    /// (completions that came before the arming raise no event).
+    fn arm_cqs(&mut self) -> rdma_ffi::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let mut armed = false;
+        if !self.recv_armed {
+            self.arm()?;
+            armed = true;
+        }
+        if !self.send_armed && self.wants_send_events() {
+            self.res.send_cq.req_notify(false)?;
+            self.send_armed = true;
+            armed = true;
+        }
+        Ok(armed)
     }
 
     /// When the connection next needs [`Driver::check_timers`]: the core's timer (NOP-In), or
@@ -402,31 +466,28 @@ impl Driver {
         log::info!("iSER connection from {} closed", self.peer);
     }
 
-    /// Re-arms both CQs; completions that raced the arming are found by the next poll.
-    fn arm(&self) -> rdma_ffi::Result<()> {
+    /// Arms the receive CQ; completions that raced the arming are found by the next poll.
+    fn arm(&mut self) -> rdma_ffi::Result<()> {
         self.res.recv_cq.req_notify(false)?;
-        self.res.send_cq.req_notify(false)
+        self.recv_armed = true;
+        Ok(())
     }
 
-    /// Consumes completion-channel events and re-arms the CQs that fired (one that did not is
-    /// still armed: a CQ is disarmed only by the event it raises), saving a system call per
-    /// wake-up on providers that arm through the kernel (rxe).
-    fn ack_channel(&self) -> rdma_ffi::Result<()> {
-        let (mut recv, mut send) = (false, false);
-        while let Some(cq) = self.res.channel.get_event()? {
+    /// Consumes completion-channel events; the CQs that fired are re-armed after the turn
+    /// ([`Driver::arm_cqs`]; one that did not is still armed: a CQ is disarmed only by the
+    /// event it raises, which saves a system call per wake-up on providers that arm through
+    /// the kernel, rxe). A CQ raises at most one event per arming, so reading stops once every
+    /// armed CQ has reported: the read that would only find the channel empty is spared too.
+    fn ack_channel(&mut self) -> rdma_ffi::Result<()> {
+        while self.recv_armed || self.send_armed {
+            let Some(cq) = self.res.channel.get_event()? else {
+                break;
+            };
             if cq == self.res.recv_cq.handle() {
-                recv = true;
+                self.recv_armed = false;
             } else if cq == self.res.send_cq.handle() {
-                send = true;
-            } else {
-                (recv, send) = (true, true);
+                self.send_armed = false;
             }
-        }
-        if recv {
-            self.res.recv_cq.req_notify(false)?;
-        }
-        if send {
-            self.res.send_cq.req_notify(false)?;
         }
         Ok(())
     }
@@ -505,8 +566,8 @@ impl Driver {
             return;
         }
         log::trace!("{} <- {len} bytes", self.peer);
-        self.conn
-            .handle_receive(&self.received[..len], Instant::now());
+        let now = self.now();
+        self.conn.handle_receive(&self.received[..len], now);
     }
 
     fn on_send(&mut self, wc: &WorkCompletion) {
@@ -548,7 +609,8 @@ impl Driver {
             if self.ending.is_none() {
                 // The data landed in the task's buffer itself: nothing to copy.
                 if status == WcStatus::Success {
-                    self.conn.handle_rdma_read_complete(token, Instant::now());
+                    let now = self.now();
+                    self.conn.handle_rdma_read_complete(token, now);
                 } else {
                     self.conn.handle_rdma_read_failed(token);
                 }

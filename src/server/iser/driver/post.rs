@@ -1,7 +1,9 @@
 //! Posting the adapter's fabric operations: Sends staged through the registered arena, RDMA
 //! Writes straight from a READ's buffer (chained with the response Send behind them, only the
 //! Send signalled), RDMA Reads straight into a WRITE's buffer; what cannot be posted yet waits
-//! in order in the [`Backlog`].
+//! in order in the [`Backlog`]. Everything ready in one call of [`Driver::post_pending`] goes
+//! out as one chained `ibv_post_send` (a system call per post with rxe): on an engine thread
+//! that is every response of the commands that completed in the same turn.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -59,6 +61,10 @@ impl Backlog {
             self.sends += 1;
         }
         self.ops.push_front(op);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
     }
 
     pub(super) fn clear(&mut self) {
@@ -119,7 +125,28 @@ enum Posted {
 }
 
 impl Driver {
+    /// Posts what waits in the backlog, as far as room allows, with one `ibv_post_send`.
     pub(super) fn post_pending(&mut self) {
+        self.queue_pending();
+        if self.done {
+            // Failed while queueing: nothing more goes out (what was queued is not tracked
+            // by the QP, and the teardown flushes what was posted before).
+            self.sq.clear();
+            return;
+        }
+        if self.sq.is_empty() {
+            return;
+        }
+        let wrs = self.sq.len();
+        if let Err(e) = self.res.qp.post_list(&mut self.sq) {
+            // Every WR of the list is tracked (it may have been refused part way): the teardown
+            // that follows keeps (or leaks) the buffers the device may still use.
+            self.fail(format!("posting {wrs} work requests: {e}"));
+        }
+    }
+
+    /// Moves what waits in the backlog onto the send list, as far as room allows.
+    fn queue_pending(&mut self) {
         if self.release_pending {
             // Nothing goes out before the session is released (see `Driver::pump`).
             return;
@@ -233,9 +260,14 @@ impl Driver {
                 let posted = mr
                     .write(offset, &bytes)
                     .and_then(|()| {
-                        self.res
-                            .qp
-                            .post_send(wr_id, &mr, offset, bytes.len(), true, invalidate)
+                        self.sq.push(SendWr {
+                            wr_id,
+                            op: SendOp::Send { invalidate },
+                            mr: &mr,
+                            offset,
+                            len: bytes.len(),
+                            signaled: true,
+                        })
                     })
                     .map_err(|e| format!("posting a Send: {e}"));
                 self.track(posted, wr_id, Buffer::Staged(buffer), Kind::Send)
@@ -260,16 +292,9 @@ impl Driver {
                     };
                     return Ok((Posted::Later, Some(op)));
                 }
-                let writes = self.write_wrs(&sources, va, stag, true);
-                let posted = self
-                    .res
-                    .qp
-                    .post_send_list(&writes)
-                    .map_err(|e| format!("posting RDMA Writes: {e}"));
-                // Tracked even when refused: a list may be refused part way, and the teardown
-                // that follows keeps (or leaks) the data of whatever the device may still read.
-                self.track_writes(writes.iter().map(|w| w.wr_id), data);
-                posted.map(|()| (Posted::Yes, None))
+                let first = self.queue_writes(&sources, va, stag, true)?;
+                self.track_writes(first, sources.len(), data);
+                Ok((Posted::Yes, None))
             }
             FabricOp::RdmaRead { .. } => unreachable!("posted by post_reads"),
             FabricOp::BindSession(_)
@@ -281,11 +306,11 @@ impl Driver {
         }
     }
 
-    /// Posts the RDMA Reads at the front of the backlog — all of a WRITE's solicited data, and
+    /// Queues the RDMA Reads at the front of the backlog — all of a WRITE's solicited data, and
     /// those of the WRITEs behind it — as many as the initiator's read depth and the send queue
-    /// allow, as one chained `ibv_post_send` with only the last signaled: its completion
-    /// retires the others (RC completes a send queue in order). Each lands straight in its
-    /// task's write buffer. `Ok(false)` when not even the first fits yet.
+    /// allow, chained with only the last signaled: its completion retires the others (RC
+    /// completes a send queue in order). Each lands straight in its task's write buffer.
+    /// `Ok(false)` when not even the first fits yet.
     fn post_reads(&mut self) -> Result<bool, String> {
         let mut batch = std::mem::take(&mut self.read_batch);
         batch.clear();
@@ -329,32 +354,27 @@ impl Driver {
                 stag,
             });
         }
-        let posted = if batch.is_empty() {
-            Ok(())
-        } else {
-            let last = batch.len() - 1;
-            let wrs: Vec<SendWr<'_>> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, read)| SendWr {
-                    wr_id: read.wr_id,
-                    op: SendOp::RdmaRead {
-                        remote_addr: read.va,
-                        rkey: read.stag,
-                    },
-                    mr: &read.mr,
-                    offset: read.offset,
-                    len: read.len,
-                    signaled: i == last,
-                })
-                .collect();
-            self.res
-                .qp
-                .post_send_list(&wrs)
-                .map_err(|e| format!("posting {} RDMA Reads: {e}", wrs.len()))
-        };
-        // Tracked even when the list is refused (it may be refused part way): the teardown
-        // that follows keeps (or leaks) the buffers the device may still write.
+        let last = batch.len().saturating_sub(1);
+        let mut posted = Ok(());
+        for (i, read) in batch.iter().enumerate() {
+            let wr = SendWr {
+                wr_id: read.wr_id,
+                op: SendOp::RdmaRead {
+                    remote_addr: read.va,
+                    rkey: read.stag,
+                },
+                mr: &read.mr,
+                offset: read.offset,
+                len: read.len,
+                signaled: i == last,
+            };
+            if let Err(e) = self.sq.push(wr) {
+                posted = Err(format!("posting an RDMA Read: {e}"));
+                break;
+            }
+        }
+        // Tracked even when one is refused: the teardown that follows keeps (or leaks) the
+        // buffers the device may still write.
         for read in batch.drain(..) {
             self.reads += 1;
             self.inflight.push_back(InFlight {
@@ -367,8 +387,7 @@ impl Driver {
         posted.map(|()| progress)
     }
 
-    /// Posts an RDMA Write and the Send that follows it as one chained `ibv_post_send`, only
-    /// the Send signaled: its completion retires the Write too (RC completes a send queue in
+    /// Queues an RDMA Write and the Send that follows it, chained, only the Send signaled: its completion retires the Write too (RC completes a send queue in
     /// order). The Write goes straight from the task's read buffer. Hands both back when they
     /// do not fit yet.
     fn post_write_and_send(
@@ -412,23 +431,28 @@ impl Driver {
             return hand_back(data, range, bytes, invalidate);
         };
         let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
-        let mut chain = self.write_wrs(&sources, va, stag, false);
+        let queued = self.queue_writes(&sources, va, stag, false);
+        if let Ok(first) = queued {
+            // The Writes are tracked even when one is refused: the teardown that follows keeps
+            // (or leaks) the data the device may still read.
+            self.track_writes(first, sources.len(), data);
+        }
         let send_wr = self.next_wr();
-        chain.push(SendWr {
-            wr_id: send_wr,
-            op: SendOp::Send { invalidate },
-            mr: &send_mr,
-            offset: send_offset,
-            len: bytes.len(),
-            signaled: true,
+        let posted = queued.and_then(|_| {
+            send_mr
+                .write(send_offset, &bytes)
+                .and_then(|()| {
+                    self.sq.push(SendWr {
+                        wr_id: send_wr,
+                        op: SendOp::Send { invalidate },
+                        mr: &send_mr,
+                        offset: send_offset,
+                        len: bytes.len(),
+                        signaled: true,
+                    })
+                })
+                .map_err(|e| format!("posting RDMA Writes and a Send: {e}"))
         });
-        let posted = send_mr
-            .write(send_offset, &bytes)
-            .and_then(|()| self.res.qp.post_send_list(&chain))
-            .map_err(|e| format!("posting RDMA Writes and a Send: {e}"));
-        // The Writes are tracked even when the list is refused (it may be refused part way):
-        // the teardown that follows keeps (or leaks) the data the device may still read.
-        self.track_writes(chain[..chain.len() - 1].iter().map(|w| w.wr_id), data);
         if let Err(e) = posted {
             // A refused list leaves the connection failing; the staged bytes go with it.
             self.unstage(&send_buffer);
@@ -485,43 +509,47 @@ impl Driver {
             .collect()
     }
 
-    /// One RDMA Write per source, to consecutive remote addresses from `va`, chained in order;
-    /// only the last is signaled when `signal_last` (a Send that follows signals instead).
-    fn write_wrs<'a>(
+    /// Queues one RDMA Write per source, to consecutive remote addresses from `va`, chained in
+    /// order; only the last is signaled when `signal_last` (a Send that follows signals
+    /// instead). Their wr_ids follow one another from the one returned.
+    fn queue_writes(
         &mut self,
-        sources: &'a [(Arc<MemoryRegion>, usize, usize)],
+        sources: &[(Arc<MemoryRegion>, usize, usize)],
         va: u64,
         stag: u32,
         signal_last: bool,
-    ) -> Vec<SendWr<'a>> {
+    ) -> Result<u64, String> {
+        let first = self.next_wr;
         let mut remote = va;
         let last = sources.len().saturating_sub(1);
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, (mr, offset, len))| {
-                let wr = SendWr {
-                    wr_id: self.next_wr(),
-                    op: SendOp::RdmaWrite {
-                        remote_addr: remote,
-                        rkey: stag,
-                    },
-                    mr,
-                    offset: *offset,
-                    len: *len,
-                    signaled: signal_last && i == last,
-                };
-                remote = remote.wrapping_add(*len as u64);
-                wr
-            })
-            .collect()
+        for (i, (mr, offset, len)) in sources.iter().enumerate() {
+            let wr = SendWr {
+                wr_id: self.next_wr(),
+                op: SendOp::RdmaWrite {
+                    remote_addr: remote,
+                    rkey: stag,
+                },
+                mr,
+                offset: *offset,
+                len: *len,
+                signaled: signal_last && i == last,
+            };
+            self.sq
+                .push(wr)
+                .map_err(|e| format!("posting an RDMA Write: {e}"))?;
+            remote = remote.wrapping_add(*len as u64);
+        }
+        // Every source gets its wr_id even when one was refused, so the caller tracks them all.
+        self.next_wr = first + sources.len() as u64;
+        Ok(first)
     }
 
-    /// Tracks posted RDMA Writes of `data`: the last holds it until its completion.
-    fn track_writes(&mut self, wr_ids: impl ExactSizeIterator<Item = u64>, data: Payload) {
+    /// Tracks `count` posted RDMA Writes of `data` with wr_ids from `first` on: the last holds
+    /// it until its completion.
+    fn track_writes(&mut self, first: u64, count: usize, data: Payload) {
         let mut data = Some(data);
-        let last = wr_ids.len().saturating_sub(1);
-        for (i, wr_id) in wr_ids.enumerate() {
+        let last = count.saturating_sub(1);
+        for (i, wr_id) in (first..first + count as u64).enumerate() {
             let buffer = match data.take() {
                 Some(data) if i == last => Buffer::Task(data),
                 kept => {

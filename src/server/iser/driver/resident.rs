@@ -97,10 +97,37 @@ impl IserResident {
         }
     }
 
+    /// Posts what this turn produced — with one `ibv_post_send` the responses of every command
+    /// that completed in it — then re-arms the receive CQ if it fired and the send CQ if a
+    /// send completion must wake the connection, looking at the CQs once more after arming.
+    fn post_and_arm(&mut self, io: &mut ThreadIo<'_>) {
+        loop {
+            let Some(driver) = self.driver.as_mut().filter(|d| !d.done) else {
+                return;
+            };
+            driver.post_pending();
+            match driver.arm_cqs() {
+                Ok(false) => return,
+                Ok(true) => {
+                    driver.now = Some(io.now());
+                    let found = driver.poll_cqs();
+                    driver.now = None;
+                    if !found {
+                        return;
+                    }
+                    self.run_commands(io);
+                }
+                Err(e) => return driver.fail(format!("arming the CQs: {e}")),
+            }
+        }
+    }
+
     /// Calls `f` on the driver (if it has not left) and runs the commands it produced.
     fn with(&mut self, io: &mut ThreadIo<'_>, f: impl FnOnce(&mut Driver)) {
         if let Some(driver) = self.driver.as_mut() {
+            driver.now = Some(io.now());
             f(driver);
+            driver.now = None;
             self.run_commands(io);
         }
     }
@@ -120,13 +147,14 @@ impl Resident for IserResident {
     }
 
     fn completed(&mut self, id: TaskId, outcome: ScsiOutcome, io: &mut ThreadIo<'_>) {
+        // What the core answers is posted in `settle`, with the answers to every other command
+        // that completed in this turn.
         self.with(io, |driver| {
             if driver.ending.is_none() {
                 driver.conn.handle_scsi_complete(id, outcome);
                 driver.pump();
             }
             driver.release_if_idle();
-            driver.post_pending();
         });
     }
 
@@ -143,6 +171,7 @@ impl Resident for IserResident {
     }
 
     fn settle(&mut self, io: &mut ThreadIo<'_>) {
+        self.post_and_arm(io);
         let Some(driver) = self.driver.as_mut() else {
             return;
         };
@@ -205,7 +234,9 @@ impl Resident for IserResident {
         };
         // The CQs stay armed: completions taken here still fire the channel once, which only
         // costs a wake-up that finds nothing.
+        driver.now = Some(io.now());
         let found = driver.poll_cqs();
+        driver.now = None;
         if found {
             self.run_commands(io);
         }
