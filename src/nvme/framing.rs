@@ -43,7 +43,7 @@ pub struct FrameError {
 pub struct Received {
     pub pdu: HostPdu,
     /// The PDU header (CH + PSH), for a C2HTermReq about it.
-    pub header: Vec<u8>,
+    pub header: PduHeader,
     /// In-capsule data or H2CData data (empty when none), in a pool buffer that goes on to
     /// the backend.
     pub data: Buf,
@@ -62,6 +62,42 @@ pub const DIRECT_MIN: usize = 16 * 1024;
 /// transfer, or while an R2T is outstanding): the rest of the last PDU (its data digest) and the
 /// next PDU's header, so a large payload after it can go direct.
 const HEADER_FIRST: usize = DIGEST_LEN + hlen::DATA + DIGEST_LEN;
+
+/// A received PDU header (CH and PSH, at most an ICReq's 128 bytes), held inline: receiving a
+/// PDU allocates nothing for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PduHeader {
+    bytes: [u8; hlen::IC],
+    len: u8,
+}
+
+impl PduHeader {
+    /// The header `bytes` (at most 128).
+    ///
+    /// # Panics
+    /// When `bytes` is longer than an ICReq header; the framer checks HLEN first.
+    pub fn new(bytes: &[u8]) -> PduHeader {
+        let mut header = PduHeader {
+            bytes: [0; hlen::IC],
+            len: bytes.len() as u8,
+        };
+        header.bytes[..bytes.len()].copy_from_slice(bytes);
+        header
+    }
+}
+
+impl std::ops::Deref for PduHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for PduHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 /// Accumulates stream bytes and yields complete PDUs. The transport either pushes bytes it read
 /// ([`PduReader::push`]) or reads into [`PduReader::read_buffer`] and reports how much it read
@@ -87,7 +123,7 @@ pub struct PduReader {
 #[derive(Debug)]
 struct Direct {
     pdu: HostPdu,
-    header: Vec<u8>,
+    header: PduHeader,
     /// Sized to the payload; `data[..filled]` has arrived.
     data: Buf,
     filled: usize,
@@ -209,11 +245,11 @@ impl PduReader {
         if !whole && !direct {
             return Ok(None);
         }
-        let header = pending[..hlen].to_vec();
+        let header = PduHeader::new(&pending[..hlen]);
         let fail = |fes, fei| FrameError {
             fes,
             fei,
-            header: header.clone(),
+            header: header.to_vec(),
         };
         if layout.header_digest && pending[hlen..hlen + DIGEST_LEN] != digest(&header) {
             return Err(fail(Fes::HeaderDigestError, 0));

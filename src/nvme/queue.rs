@@ -626,7 +626,8 @@ impl Queue {
         let Some(command) = self.commands.get_mut(&cid) else {
             return;
         };
-        let sqe = command.sqe.clone();
+        // A copy on the stack, not a second box: dispatching allocates nothing for it.
+        let sqe: Sqe = (*command.sqe).clone();
         let data = std::mem::take(&mut command.data);
         let outcome = if sqe.opcode() == FABRICS_OPCODE {
             self.fabrics_command(&sqe, &data)
