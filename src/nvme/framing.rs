@@ -668,4 +668,30 @@ mod tests {
         r.push(&stream[..100]);
         assert_eq!(r.next_pdu(&limits).unwrap_err().fes, Fes::HeaderDigestError);
     }
+
+    #[test]
+    fn an_expected_payload_makes_reads_at_a_boundary_header_sized() {
+        let limits = FrameLimits {
+            max_h2c_data: 128 * 1024,
+            ..LIMITS
+        };
+        let payload = vec![6u8; 128 * 1024];
+        let mut r = PduReader::new();
+        assert_eq!(r.read_buffer(256 * 1024).len(), 256 * 1024);
+        r.push_read(0);
+        r.expect_data(true);
+        // At a PDU boundary: a header's worth only, so the payload can go direct.
+        assert_eq!(r.read_buffer(256 * 1024).len(), HEADER_FIRST);
+        r.push_read(0);
+        let (got, rooms) = read_through(&mut r, &h2c_data(&payload, &limits), 256 * 1024, &limits);
+        assert_eq!(&got[0].data[..], &payload[..]);
+        assert_eq!(rooms, vec![HEADER_FIRST, 128 * 1024 - (HEADER_FIRST - 24)]);
+        r.expect_data(false);
+        assert_eq!(
+            r.read_buffer(256 * 1024).len(),
+            HEADER_FIRST,
+            "right after a direct one"
+        );
+        r.push_read(0);
+    }
 }
