@@ -1,6 +1,6 @@
 //! Instructions per command, counted by `valgrind --tool=callgrind`: the benchmark runs itself
 //! under callgrind twice, with 0 and with COUNT commands of a workload (`--callgrind`), one
-//! output file per thread. Over TCP, thread 1 is the main thread, which is the initiator; every
+//! output file per thread. Over TCP and NVMe/TCP, thread 1 is the main thread, which is the initiator; every
 //! other thread is the target. In the pair both sides share the main thread, so callgrind counts
 //! only inside the pair's `Wire::send` (`--toggle-collect`), which is where the target runs. The
 //! difference between the two runs divided by COUNT is the cost of one command, without start-up,
@@ -45,6 +45,7 @@ pub fn report(fabric: Fabric, workload: &str, count: u64) {
     let over = match fabric {
         Fabric::Pair => "the pair",
         Fabric::Tcp => "TCP",
+        Fabric::Nvme => "NVMe/TCP",
     };
     println!("callgrind, {workload} at queue depth 1 over {over}, {count} commands:");
     println!(
@@ -53,7 +54,7 @@ pub fn report(fabric: Fabric, workload: &str, count: u64) {
         full.target,
         base.target
     );
-    if fabric == Fabric::Tcp {
+    if fabric != Fabric::Pair {
         println!(
             "  initiator {:>10.0} instructions per command",
             per_command(full.initiator, base.initiator)
@@ -82,6 +83,7 @@ fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
             "pair"
         }
         Fabric::Tcp => "tcp",
+        Fabric::Nvme => "nvme",
     };
     let status = command
         .arg(&exe)
@@ -101,7 +103,7 @@ fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
     let mut sum = Instructions::default();
     for (thread, path) in thread_files(&prefix, fabric) {
         let instructions = totals(&path);
-        if thread == 1 && fabric == Fabric::Tcp {
+        if thread == 1 && fabric != Fabric::Pair {
             sum.initiator += instructions;
         } else {
             sum.target += instructions;

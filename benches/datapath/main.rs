@@ -4,22 +4,25 @@
 //! and 32 through two fabrics:
 //! - `pair`: the sans-IO core, SCSI layer and RAM backend in this thread, every PDU crossing
 //!   `framing::encode` and `PduReader` ([`pair`]);
-//! - `tcp`: the real `Server` on 127.0.0.1 with a RAM LUN, over a TCP connection ([`loopback`]).
+//! - `tcp`: the real `Server` on 127.0.0.1 with a RAM LUN, over a TCP connection ([`loopback`]);
+//! - `nvme`: the same over NVMe/TCP, queue depth 1 only, driven by the whole-binary tests' NVMe/TCP
+//!   host ([`nvme`]).
 //!
 //! Per command it prints wall time, allocations (count and bytes) and payload bytes copied in user
 //! space, the last two for the target side only: in the pair, what the target's code did in this
-//! thread; over TCP, the whole process minus this (initiator) thread. Figures are medians of
+//! thread; over TCP and NVMe/TCP, the whole process minus this (initiator) thread. Figures are medians of
 //! several runs after a warm-up. See docs/benchmarks.md.
 //!
 //! Usage: `datapath [--runs N] [--scale X] [FILTER...]` (a case runs when its name contains every
 //! FILTER); `datapath --callgrind WORKLOAD COUNT [tcp|pair]` runs exactly COUNT commands of
-//! WORKLOAD (`4k-read`, `128k-write`, ...) at queue depth 1 over TCP or the pair, for
-//! `valgrind --tool=callgrind`; `datapath --callgrind-report WORKLOAD COUNT [tcp|pair]` runs that
+//! WORKLOAD (`4k-read`, `128k-write`, ...) at queue depth 1 over TCP, NVMe/TCP or the pair, for
+//! `valgrind --tool=callgrind`; `datapath --callgrind-report WORKLOAD COUNT [tcp|pair|nvme]` runs that
 //! under callgrind itself and prints instructions per command.
 
 mod callgrind;
 mod initiator;
 mod loopback;
+mod nvme;
 mod pair;
 
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use mem_ffi::{AllocCounts, CountingAllocator};
 
 use initiator::{Initiator, Op, Wire};
 use loopback::TcpWire;
+use nvme::NvmeBench;
 use pair::PairTarget;
 
 #[global_allocator]
@@ -55,6 +59,7 @@ fn config() -> Config {
 enum Fabric {
     Pair,
     Tcp,
+    Nvme,
 }
 
 /// One measured workload.
@@ -71,6 +76,7 @@ impl Case {
         let fabric = match self.fabric {
             Fabric::Pair => "pair",
             Fabric::Tcp => "tcp",
+            Fabric::Nvme => "nvme",
         };
         format!(
             "{fabric} {} qd{}",
@@ -84,8 +90,8 @@ impl Case {
         let base = match (self.fabric, self.len <= 4096) {
             (Fabric::Pair, true) => 20_000.0,
             (Fabric::Pair, false) => 2_000.0,
-            (Fabric::Tcp, true) => 5_000.0,
-            (Fabric::Tcp, false) => 1_000.0,
+            (Fabric::Tcp | Fabric::Nvme, true) => 5_000.0,
+            (Fabric::Tcp | Fabric::Nvme, false) => 1_000.0,
         };
         ((base * scale) as u64).max(10)
     }
@@ -191,6 +197,36 @@ fn measure<W: Wire>(
         .collect()
 }
 
+/// [`measure`] for NVMe/TCP: warms up, then `runs` runs of `commands` commands.
+fn measure_nvme(bench: &mut NvmeBench, case: &Case, runs: usize, commands: u64) -> Vec<Figures> {
+    let reading = || Reading {
+        target_time_ns: None,
+        allocations: CountingAllocator::global() - CountingAllocator::thread(),
+        copies: global_payload_copies() - thread_payload_copies(),
+    };
+    bench.run(case.op, case.len, (commands / 4).max(64));
+    (0..runs)
+        .map(|_| {
+            let before = reading();
+            let started = Instant::now();
+            bench.run(case.op, case.len, commands);
+            let ns = started.elapsed().as_nanos() as f64;
+            let after = reading();
+            let n = commands as f64;
+            let allocations = after.allocations - before.allocations;
+            let copies = after.copies - before.copies;
+            Figures {
+                ns: ns / n,
+                target_ns: None,
+                allocations: allocations.allocations as f64 / n,
+                allocated_bytes: allocations.bytes as f64 / n,
+                copies: copies.copies as f64 / n,
+                copied_bytes: copies.bytes as f64 / n,
+            }
+        })
+        .collect()
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
@@ -241,10 +277,14 @@ struct Options {
 
 fn cases() -> Vec<Case> {
     let mut all = Vec::new();
-    for fabric in [Fabric::Pair, Fabric::Tcp] {
+    for fabric in [Fabric::Pair, Fabric::Tcp, Fabric::Nvme] {
         for len in [4 << 10, 128 << 10] {
             for op in [Op::Read, Op::Write] {
                 for queue_depth in [1, 32] {
+                    // The NVMe/TCP host runs one command at a time.
+                    if fabric == Fabric::Nvme && queue_depth > 1 {
+                        continue;
+                    }
                     all.push(Case {
                         fabric,
                         op,
@@ -324,6 +364,18 @@ fn run_benchmarks(options: &Options) {
         initiator.logout(&mut wire);
         server.shutdown().expect("clean shutdown");
     }
+    let nvme_cases: Vec<&Case> = selected
+        .iter()
+        .filter(|c| c.fabric == Fabric::Nvme)
+        .collect();
+    if !nvme_cases.is_empty() {
+        let mut bench = NvmeBench::start();
+        for case in nvme_cases {
+            let runs = measure_nvme(&mut bench, case, options.runs, case.commands(options.scale));
+            print_case(case, &runs);
+        }
+        bench.shutdown();
+    }
 }
 
 /// Exactly `count` commands of one workload at queue depth 1 over `fabric`, after login and
@@ -353,14 +405,19 @@ fn run_fixed(fabric: Fabric, op: Op, len: usize, count: u64) {
             initiator.logout(&mut wire);
             server.shutdown().expect("clean shutdown");
         }
+        Fabric::Nvme => {
+            let mut bench = NvmeBench::start();
+            bench.run(op, len, count);
+            bench.shutdown();
+        }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: datapath [--runs N] [--scale X] [FILTER...]\n       \
-         datapath --callgrind WORKLOAD COUNT [tcp|pair]\n       \
-         datapath --callgrind-report WORKLOAD COUNT [tcp|pair]\n\
+         datapath --callgrind WORKLOAD COUNT [tcp|pair|nvme]\n       \
+         datapath --callgrind-report WORKLOAD COUNT [tcp|pair|nvme]\n\
          WORKLOAD: 4k-read, 4k-write, 128k-read, 128k-write, ...; fabric tcp unless given"
     );
     std::process::exit(2)
@@ -377,6 +434,7 @@ fn fixed_workload(mut args: impl Iterator<Item = String>) -> (Fabric, Op, usize,
     let fabric = match args.next().as_deref() {
         None | Some("tcp") => Fabric::Tcp,
         Some("pair") => Fabric::Pair,
+        Some("nvme") => Fabric::Nvme,
         Some(_) => usage(),
     };
     if args.next().is_some() {

@@ -43,7 +43,7 @@ pub struct FrameError {
 pub struct Received {
     pub pdu: HostPdu,
     /// The PDU header (CH + PSH), for a C2HTermReq about it.
-    pub header: Vec<u8>,
+    pub header: PduHeader,
     /// In-capsule data or H2CData data (empty when none), in a pool buffer that goes on to
     /// the backend.
     pub data: Buf,
@@ -51,12 +51,84 @@ pub struct Received {
     pub data_digest_ok: bool,
 }
 
-/// Accumulates stream bytes and yields complete PDUs.
+/// H2CData payloads at least this long that have not fully arrived with their header are read
+/// by the transport straight into the command's pool buffer ([`PduReader::read_buffer`]) rather
+/// than through the reader's buffer and a copy: under emulation (TCG guests) a 128 KiB copy costs
+/// as much guest CPU as a whole small command. Smaller payloads are copied, which saves the
+/// extra small read a direct transfer costs.
+pub const DIRECT_MIN: usize = 16 * 1024;
+
+/// Bytes one read takes at a PDU boundary where an H2CData payload may come (right after a direct
+/// transfer, or while an R2T is outstanding): the rest of the last PDU (its data digest) and the
+/// next PDU's header, so a large payload after it can go direct.
+const HEADER_FIRST: usize = DIGEST_LEN + hlen::DATA + DIGEST_LEN;
+
+/// A received PDU header (CH and PSH, at most an ICReq's 128 bytes), held inline: receiving a
+/// PDU allocates nothing for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PduHeader {
+    bytes: [u8; hlen::IC],
+    len: u8,
+}
+
+impl PduHeader {
+    /// The header `bytes` (at most 128).
+    ///
+    /// # Panics
+    /// When `bytes` is longer than an ICReq header; the framer checks HLEN first.
+    pub fn new(bytes: &[u8]) -> PduHeader {
+        let mut header = PduHeader {
+            bytes: [0; hlen::IC],
+            len: bytes.len() as u8,
+        };
+        header.bytes[..bytes.len()].copy_from_slice(bytes);
+        header
+    }
+}
+
+impl std::ops::Deref for PduHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for PduHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Accumulates stream bytes and yields complete PDUs. The transport either pushes bytes it read
+/// ([`PduReader::push`]) or reads into [`PduReader::read_buffer`] and reports how much it read
+/// with [`PduReader::push_read`]: then nothing is copied on the way in except small PDUs' data.
 #[derive(Debug, Default)]
 pub struct PduReader {
+    /// Received bytes in `buffer[consumed..filled]`; the rest is room for the next read (its
+    /// bytes initialized, old).
     buffer: Vec<u8>,
+    filled: usize,
     /// Bytes of `buffer` already consumed.
     consumed: usize,
+    /// An H2CData whose header arrived and whose payload is being read straight into its buffer.
+    direct: Option<Direct>,
+    /// The next read should bring only a header: right after a direct transfer.
+    header_first: bool,
+    /// An H2CData payload of at least [`DIRECT_MIN`] bytes is due (an R2T is outstanding): a
+    /// read at a PDU boundary brings only a header, so that payload can go direct.
+    data_expected: bool,
+}
+
+/// An H2CData PDU in the middle of a direct transfer.
+#[derive(Debug)]
+struct Direct {
+    pdu: HostPdu,
+    header: PduHeader,
+    /// Sized to the payload; `data[..filled]` has arrived.
+    data: Buf,
+    filled: usize,
+    /// Length of the data digest that follows the payload in the stream (0 or 4).
+    digest_len: usize,
 }
 
 /// The PDU header length each host PDU type must have; `None` for types a host never sends.
@@ -76,23 +148,81 @@ impl PduReader {
     }
 
     /// Appends bytes read from the transport.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.consumed > 0 && self.consumed * 2 >= self.buffer.len() {
-            self.buffer.drain(..self.consumed);
-            self.consumed = 0;
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.read_buffer(bytes.len());
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.push_read(n);
+            bytes = &bytes[n..];
         }
-        self.buffer.extend_from_slice(bytes);
     }
 
-    /// Bytes buffered and not yet consumed.
+    /// Room for the transport's next read, at most `size` bytes (at least one): the rest of a
+    /// direct transfer's payload, or room in the reader's buffer (only the next PDU header's
+    /// worth right after a direct transfer). Report what was read with
+    /// [`PduReader::push_read`] before using the reader otherwise.
+    pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
+        let size = size.max(1);
+        if let Some(direct) = &mut self.direct {
+            if direct.filled < direct.data.len() {
+                let end = direct.data.len().min(direct.filled + size);
+                return &mut direct.data[direct.filled..end];
+            }
+        }
+        let boundary = self.consumed == self.filled;
+        let size = if self.header_first || (self.data_expected && boundary) {
+            size.min(HEADER_FIRST)
+        } else {
+            size
+        };
+        if boundary {
+            self.consumed = 0;
+            self.filled = 0;
+        } else if self.consumed > 0 && self.buffer.len() - self.filled < size {
+            // What is left of a partly received PDU moves to the front.
+            self.buffer.copy_within(self.consumed..self.filled, 0);
+            self.filled -= self.consumed;
+            self.consumed = 0;
+        }
+        if self.buffer.len() - self.filled < size {
+            self.buffer.resize(self.filled + size, 0);
+        }
+        &mut self.buffer[self.filled..self.filled + size]
+    }
+
+    /// Whether an H2CData payload of at least [`DIRECT_MIN`] bytes is due: the queue says so
+    /// while it has an R2T outstanding for that much.
+    pub fn expect_data(&mut self, expected: bool) {
+        self.data_expected = expected;
+    }
+
+    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
+    pub fn push_read(&mut self, n: usize) {
+        if let Some(direct) = &mut self.direct {
+            if direct.filled < direct.data.len() {
+                direct.filled = (direct.filled + n).min(direct.data.len());
+                return;
+            }
+        }
+        self.filled = (self.filled + n).min(self.buffer.len());
+        if n > 0 {
+            self.header_first = false;
+        }
+    }
+
+    /// Bytes buffered and not yet consumed (a direct transfer's payload included).
     pub fn buffered(&self) -> usize {
-        self.buffer.len() - self.consumed
+        self.filled - self.consumed + self.direct.as_ref().map_or(0, |d| d.filled)
     }
 
     /// The next whole PDU, `Ok(None)` while more bytes are needed, or the fatal error in the
     /// stream. After an error the reader must not be used again.
     pub fn next_pdu(&mut self, limits: &FrameLimits) -> Result<Option<Received>, FrameError> {
-        let pending = &self.buffer[self.consumed..];
+        if self.direct.is_some() {
+            return Ok(self.finish_direct());
+        }
+        let pending = &self.buffer[self.consumed..self.filled];
         let Some(ch_bytes) = pending.get(..CH_LEN) else {
             return Ok(None);
         };
@@ -103,23 +233,27 @@ impl PduReader {
             header: pending[..pending.len().min(ch.hlen as usize).max(CH_LEN)].to_vec(),
         })?;
         let plen = ch.plen as usize;
-        if pending.len() < plen {
+        let hlen = ch.hlen as usize;
+        let data_range = layout.data_start..plen - layout.data_digest_len;
+        let whole = pending.len() >= plen;
+        // A large H2CData payload still to come goes straight into its buffer once the header
+        // is in.
+        let direct = !whole
+            && ch.pdu_type == pdu_type::H2C_DATA
+            && data_range.len() >= DIRECT_MIN
+            && pending.len() >= layout.data_start;
+        if !whole && !direct {
             return Ok(None);
         }
-        let pdu = &pending[..plen];
-        let hlen = ch.hlen as usize;
-        let header = pdu[..hlen].to_vec();
+        let header = PduHeader::new(&pending[..hlen]);
         let fail = |fes, fei| FrameError {
             fes,
             fei,
-            header: header.clone(),
+            header: header.to_vec(),
         };
-        if layout.header_digest && pdu[hlen..hlen + DIGEST_LEN] != digest(&header) {
+        if layout.header_digest && pending[hlen..hlen + DIGEST_LEN] != digest(&header) {
             return Err(fail(Fes::HeaderDigestError, 0));
         }
-        let data_range = layout.data_start..plen - layout.data_digest_len;
-        let data_digest_ok = layout.data_digest_len == 0
-            || pdu[data_range.end..plen] == digest(&pdu[data_range.clone()]);
         let host_pdu = match ch.pdu_type {
             pdu_type::IC_REQ => HostPdu::IcReq(IcReq::parse(&header)),
             pdu_type::H2C_TERM_REQ => HostPdu::H2CTermReq(TermReq::parse(&header)),
@@ -135,6 +269,25 @@ impl PduReader {
                 HostPdu::H2CData(h)
             }
         };
+        if direct {
+            // The payload bytes that came with the header are copied; the rest is read in place.
+            let arrived = &pending[data_range.start..];
+            let mut data = mem_ffi::pool::global().alloc(data_range.len());
+            data[..arrived.len()].copy_from_slice(arrived);
+            count_payload_copy(arrived.len());
+            self.direct = Some(Direct {
+                pdu: host_pdu,
+                header,
+                filled: arrived.len(),
+                data,
+                digest_len: layout.data_digest_len,
+            });
+            self.consumed = self.filled;
+            return Ok(None);
+        }
+        let pdu = &pending[..plen];
+        let data_digest_ok = layout.data_digest_len == 0
+            || pdu[data_range.end..plen] == digest(&pdu[data_range.clone()]);
         let data = Buf::copy_from_slice(&pdu[data_range]);
         count_payload_copy(data.len());
         self.consumed += plen;
@@ -144,6 +297,28 @@ impl PduReader {
             data,
             data_digest_ok,
         }))
+    }
+
+    /// The PDU of a direct transfer once its payload and data digest are in.
+    fn finish_direct(&mut self) -> Option<Received> {
+        let direct = self.direct.as_ref()?;
+        let pending = &self.buffer[self.consumed..self.filled];
+        if direct.filled < direct.data.len() || pending.len() < direct.digest_len {
+            return None;
+        }
+        let data_digest_ok =
+            direct.digest_len == 0 || pending[..direct.digest_len] == digest(&direct.data);
+        self.consumed += direct.digest_len;
+        self.header_first = true;
+        let Direct {
+            pdu, header, data, ..
+        } = self.direct.take()?;
+        Some(Received {
+            pdu,
+            header,
+            data,
+            data_digest_ok,
+        })
     }
 }
 
@@ -364,5 +539,159 @@ mod tests {
         b[16..20].copy_from_slice(&9u32.to_le_bytes());
         b.extend_from_slice(&[0u8; 8]);
         assert_eq!(error_of(&b, &LIMITS), (Fes::InvalidHeaderField, 16));
+    }
+
+    /// An H2CData PDU (CCCID 1, TTAG 1, DATAO 0) carrying `data`, LAST_PDU set.
+    fn h2c_data(data: &[u8], limits: &FrameLimits) -> Vec<u8> {
+        let hd = if limits.header_digest { 4 } else { 0 };
+        let dd = if limits.data_digest { 4 } else { 0 };
+        let pdo = 24 + hd;
+        let f = u8::from(hd > 0) | if dd > 0 { 2 } else { 0 } | 4;
+        let mut b = ch(6, f, 24, pdo as u8, (pdo + data.len() + dd) as u32);
+        b.resize(24, 0);
+        b[8..10].copy_from_slice(&1u16.to_le_bytes());
+        b[10..12].copy_from_slice(&1u16.to_le_bytes());
+        b[16..20].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        if hd > 0 {
+            let d = digest(&b);
+            b.extend_from_slice(&d);
+        }
+        b.extend_from_slice(data);
+        if dd > 0 {
+            b.extend_from_slice(&digest(data));
+        }
+        b
+    }
+
+    /// Feeds `stream` through `read_buffer`/`push_read` as a socket would, `chunk` bytes at
+    /// most per read; returns the PDUs and the size of every read's room.
+    fn read_through(
+        r: &mut PduReader,
+        stream: &[u8],
+        chunk: usize,
+        limits: &FrameLimits,
+    ) -> (Vec<Received>, Vec<usize>) {
+        let (mut got, mut rooms, mut at) = (Vec::new(), Vec::new(), 0);
+        while at < stream.len() {
+            let room = r.read_buffer(chunk);
+            let n = room.len().min(stream.len() - at);
+            rooms.push(room.len());
+            room[..n].copy_from_slice(&stream[at..at + n]);
+            r.push_read(n);
+            at += n;
+            while let Some(pdu) = r.next_pdu(limits).unwrap() {
+                got.push(pdu);
+            }
+        }
+        (got, rooms)
+    }
+
+    #[test]
+    fn large_h2c_data_is_read_straight_into_its_buffer() {
+        for (header_digest, data_digest) in [(false, false), (true, true)] {
+            let limits = FrameLimits {
+                header_digest,
+                data_digest,
+                max_h2c_data: 128 * 1024,
+                ..LIMITS
+            };
+            let payload: Vec<u8> = (0..64 * 1024).map(|i| (i * 7) as u8).collect();
+            let mut stream = h2c_data(&payload, &limits);
+            stream.extend(h2c_data(&payload, &limits));
+            stream.extend(capsule(&[3u8; 100], &limits));
+            let mut r = PduReader::new();
+            let (got, rooms) = read_through(&mut r, &stream, 4096, &limits);
+            assert_eq!(got.len(), 3);
+            for pdu in &got[..2] {
+                assert!(matches!(pdu.pdu, HostPdu::H2CData(ref h) if h.datal == 64 * 1024));
+                assert_eq!(&pdu.data[..], &payload[..]);
+                assert!(pdu.data_digest_ok);
+            }
+            assert_eq!(&got[2].data[..], &[3u8; 100][..]);
+            assert_eq!(r.buffered(), 0);
+            // After the first 4 KiB read, the payload's reads are the payload's rest (at most a
+            // chunk each); after it only the next header's worth is read.
+            assert!(rooms.contains(&HEADER_FIRST), "{rooms:?}");
+        }
+    }
+
+    #[test]
+    fn a_direct_transfer_gets_the_whole_rest_of_its_payload_in_one_read() {
+        let limits = FrameLimits {
+            max_h2c_data: 128 * 1024,
+            ..LIMITS
+        };
+        let payload = vec![5u8; 128 * 1024];
+        let stream = h2c_data(&payload, &limits);
+        let mut r = PduReader::new();
+        let (got, rooms) = read_through(&mut r, &stream, 256 * 1024, &limits);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].data[..], &payload[..]);
+        // The whole PDU fits the first read: nothing goes direct.
+        assert_eq!(rooms, vec![256 * 1024]);
+        let mut r = PduReader::new();
+        let (got, rooms) = read_through(&mut r, &stream, 1000, &limits);
+        assert_eq!(&got[0].data[..], &payload[..]);
+        // The first read brings the header and 976 bytes; then the payload's rest 1000 at a time.
+        assert_eq!(rooms[1], 1000);
+        assert!(rooms.iter().sum::<usize>() >= stream.len());
+    }
+
+    #[test]
+    fn direct_transfer_digest_mismatch_is_reported_not_fatal() {
+        let limits = FrameLimits {
+            data_digest: true,
+            max_h2c_data: 128 * 1024,
+            ..LIMITS
+        };
+        let mut stream = h2c_data(&[8u8; 32 * 1024], &limits);
+        let n = stream.len();
+        stream[n - 1] ^= 0xFF;
+        stream.extend(capsule(&[], &limits));
+        let mut r = PduReader::new();
+        let (got, _) = read_through(&mut r, &stream, 512, &limits);
+        assert_eq!(got.len(), 2);
+        assert!(!got[0].data_digest_ok);
+        assert!(matches!(got[1].pdu, HostPdu::CapsuleCmd(_)));
+    }
+
+    #[test]
+    fn direct_transfer_header_errors_come_with_the_header() {
+        let limits = FrameLimits {
+            header_digest: true,
+            max_h2c_data: 128 * 1024,
+            ..LIMITS
+        };
+        let mut stream = h2c_data(&[1u8; 32 * 1024], &limits);
+        stream[24] ^= 1;
+        let mut r = PduReader::new();
+        r.push(&stream[..100]);
+        assert_eq!(r.next_pdu(&limits).unwrap_err().fes, Fes::HeaderDigestError);
+    }
+
+    #[test]
+    fn an_expected_payload_makes_reads_at_a_boundary_header_sized() {
+        let limits = FrameLimits {
+            max_h2c_data: 128 * 1024,
+            ..LIMITS
+        };
+        let payload = vec![6u8; 128 * 1024];
+        let mut r = PduReader::new();
+        assert_eq!(r.read_buffer(256 * 1024).len(), 256 * 1024);
+        r.push_read(0);
+        r.expect_data(true);
+        // At a PDU boundary: a header's worth only, so the payload can go direct.
+        assert_eq!(r.read_buffer(256 * 1024).len(), HEADER_FIRST);
+        r.push_read(0);
+        let (got, rooms) = read_through(&mut r, &h2c_data(&payload, &limits), 256 * 1024, &limits);
+        assert_eq!(&got[0].data[..], &payload[..]);
+        assert_eq!(rooms, vec![HEADER_FIRST, 128 * 1024 - (HEADER_FIRST - 24)]);
+        r.expect_data(false);
+        assert_eq!(
+            r.read_buffer(256 * 1024).len(),
+            HEADER_FIRST,
+            "right after a direct one"
+        );
+        r.push_read(0);
     }
 }

@@ -1,7 +1,8 @@
 //! One NVMe/TCP connection, which is one queue of a controller (NVMe/TCP 1.0 §2.1), as a
 //! state machine.
 //!
-//! Inputs: [`Queue::handle_bytes`] (what the socket read), [`Queue::handle_controller_created`]
+//! Inputs: [`Queue::handle_bytes`] or [`Queue::read_buffer`] and [`Queue::handle_read`] (what
+//! the socket read), [`Queue::handle_controller_created`]
 //! and [`Queue::handle_controller_joined`] (answers to the cross-connection actions),
 //! [`Queue::handle_io_complete`], [`Queue::handle_namespaces_changed`],
 //! [`Queue::handle_timeout`] and [`Queue::handle_shutdown`]. Outputs: [`Action`]s from
@@ -297,6 +298,30 @@ impl Queue {
         }
         self.now = now;
         self.reader.push(bytes);
+        self.process();
+    }
+
+    /// Room for the next socket read, at most `size` bytes: the transport reads into it and
+    /// reports how much with [`Queue::handle_read`], so large H2CData payloads land in their
+    /// command's buffer without a copy (see [`PduReader::read_buffer`]).
+    pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
+        let expected = self.commands.values().any(|c| match c.state {
+            CommandState::ReceivingData { next, r2t_end } => {
+                r2t_end.saturating_sub(next) as usize >= super::framing::DIRECT_MIN
+            }
+            _ => false,
+        });
+        self.reader.expect_data(expected);
+        self.reader.read_buffer(size)
+    }
+
+    /// The socket read `n` bytes into [`Queue::read_buffer`]'s room.
+    pub fn handle_read(&mut self, n: usize, now: Instant) {
+        self.reader.push_read(n);
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = now;
         self.process();
     }
 
@@ -601,7 +626,8 @@ impl Queue {
         let Some(command) = self.commands.get_mut(&cid) else {
             return;
         };
-        let sqe = command.sqe.clone();
+        // A copy on the stack, not a second box: dispatching allocates nothing for it.
+        let sqe: Sqe = (*command.sqe).clone();
         let data = std::mem::take(&mut command.data);
         let outcome = if sqe.opcode() == FABRICS_OPCODE {
             self.fabrics_command(&sqe, &data)

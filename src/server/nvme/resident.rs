@@ -42,7 +42,6 @@ pub(super) fn start(
         shared,
         residence: residence.clone(),
         control,
-        read_buf: Vec::new(),
         engine: None,
         place: None,
         released: false,
@@ -66,7 +65,6 @@ struct NvmeResident {
     shared: Arc<Shared>,
     residence: Residence,
     control: Arc<ResidentControl>,
-    read_buf: Vec<u8>,
     /// Once connected to an NVM subsystem's controller.
     engine: Option<Attached>,
     /// (controller ID, queue ID) once connected, until released.
@@ -151,8 +149,18 @@ impl NvmeResident {
             if !self.link.may_read() {
                 return;
             }
-            self.read_buf.resize(READ_CHUNK, 0);
-            match (&*self.link.stream).read(&mut self.read_buf) {
+            // Read straight into the queue's framer, or into a command's buffer when a large
+            // H2CData payload is arriving: received bytes are not copied on their way in.
+            let buf = self.queue.read_buffer(READ_CHUNK);
+            let room = buf.len();
+            let result = (&*self.link.stream).read(buf);
+            if let Ok(n) = result {
+                if n > 0 {
+                    self.queue.handle_read(n, Instant::now());
+                    self.carry_out_actions(io);
+                }
+            }
+            match result {
                 Ok(0) => {
                     if !self.queue.is_closed() {
                         log::info!("{}: NVMe/TCP host closed the connection", self.link.peer);
@@ -161,9 +169,9 @@ impl NvmeResident {
                     return;
                 }
                 Ok(n) => {
-                    self.queue.handle_bytes(&self.read_buf[..n], Instant::now());
-                    self.carry_out_actions(io);
-                    if n < READ_CHUNK {
+                    // A short read very likely emptied the socket: wait for the next poll
+                    // rather than spend a read on EAGAIN.
+                    if n < room {
                         return;
                     }
                 }
