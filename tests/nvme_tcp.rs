@@ -134,14 +134,7 @@ fn a_discovery_portal_lists_the_io_portal_and_serves_nothing_else() {
     assert_eq!(&entry[32..32 + port_text.len()], port_text.as_bytes());
     assert_eq!(&entry[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
     assert_eq!(&entry[512..521], b"127.0.0.1");
-    let options = Options {
-        subsystem: SUBSYSTEM,
-        host_nqn: HOST_NQN,
-        qid: 0,
-        cntlid: 0xFFFF,
-        sqsize: 31,
-        kato_ms: 30_000,
-    };
+    let options = Options::admin(SUBSYSTEM, HOST_NQN);
     let (_, cqe) = NvmeQueue::connect(discovery_port, &options).unwrap();
     assert_eq!(
         (cqe.status, cqe.result),
@@ -219,14 +212,7 @@ fn bad_input_gets_a_c2h_term_req_and_a_clean_close() {
 fn allowed_hosts_refuses_other_hosts() {
     let allowed = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
     let (mut server, port) = serve(target().with_yaml(&format!("allowed_hosts: [{allowed}]")));
-    let options = Options {
-        subsystem: SUBSYSTEM,
-        host_nqn: HOST_NQN,
-        qid: 0,
-        cntlid: 0xFFFF,
-        sqsize: 31,
-        kato_ms: 30_000,
-    };
+    let options = Options::admin(SUBSYSTEM, HOST_NQN);
     let (_, cqe) = NvmeQueue::connect(port, &options).unwrap();
     assert_eq!(
         (cqe.status, cqe.dnr),
@@ -271,12 +257,8 @@ fn closing_the_admin_queue_ends_the_controller_and_its_io_queues() {
 fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
     let (mut server, port) = serve(target());
     let options = Options {
-        subsystem: SUBSYSTEM,
-        host_nqn: HOST_NQN,
-        qid: 0,
-        cntlid: 0xFFFF,
-        sqsize: 31,
         kato_ms: 1000,
+        ..Options::admin(SUBSYSTEM, HOST_NQN)
     };
     let (mut admin, cqe) = NvmeQueue::connect(port, &options).unwrap();
     assert!(cqe.ok());

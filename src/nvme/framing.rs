@@ -424,15 +424,7 @@ mod tests {
         let mut b = ch(4, f, 72, pdo as u8, plen as u32);
         b.resize(72, 0);
         b[8] = 0x02;
-        if hd > 0 {
-            let d = digest(&b);
-            b.extend_from_slice(&d);
-        }
-        b.extend_from_slice(data);
-        if dd > 0 {
-            b.extend_from_slice(&digest(data));
-        }
-        b
+        with_digests_and_data(b, data, hd > 0, dd > 0)
     }
 
     fn error_of(bytes: &[u8], limits: &FrameLimits) -> (Fes, u32) {
@@ -542,6 +534,19 @@ mod tests {
     }
 
     /// An H2CData PDU (CCCID 1, TTAG 1, DATAO 0) carrying `data`, LAST_PDU set.
+    /// Appends the header digest (when `hd`), `data` and its data digest (when `dd`) to `header`.
+    fn with_digests_and_data(mut header: Vec<u8>, data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
+        if hd {
+            let d = digest(&header);
+            header.extend_from_slice(&d);
+        }
+        header.extend_from_slice(data);
+        if dd {
+            header.extend_from_slice(&digest(data));
+        }
+        header
+    }
+
     fn h2c_data(data: &[u8], limits: &FrameLimits) -> Vec<u8> {
         let hd = if limits.header_digest { 4 } else { 0 };
         let dd = if limits.data_digest { 4 } else { 0 };
@@ -552,15 +557,7 @@ mod tests {
         b[8..10].copy_from_slice(&1u16.to_le_bytes());
         b[10..12].copy_from_slice(&1u16.to_le_bytes());
         b[16..20].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        if hd > 0 {
-            let d = digest(&b);
-            b.extend_from_slice(&d);
-        }
-        b.extend_from_slice(data);
-        if dd > 0 {
-            b.extend_from_slice(&digest(data));
-        }
-        b
+        with_digests_and_data(b, data, hd > 0, dd > 0)
     }
 
     /// Feeds `stream` through `read_buffer`/`push_read` as a socket would, `chunk` bytes at

@@ -127,6 +127,20 @@ pub struct Options<'a> {
     pub kato_ms: u32,
 }
 
+impl<'a> Options<'a> {
+    /// An admin queue's Connect: a new controller (0xFFFF), 32 entries, KATO 30 s.
+    pub fn admin(subsystem: &'a str, host_nqn: &'a str) -> Self {
+        Options {
+            subsystem,
+            host_nqn,
+            qid: 0,
+            cntlid: 0xFFFF,
+            sqsize: 31,
+            kato_ms: 30_000,
+        }
+    }
+}
+
 /// Which digests a connection uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Digests {
@@ -445,14 +459,7 @@ impl NvmeQueue {
 /// Connects an admin queue to `subsystem`, enables the controller and asks for `io_queues`
 /// I/O queues: the queue and the controller ID.
 pub fn admin_queue(port: u16, subsystem: &str, host_nqn: &str, io_queues: u16) -> (NvmeQueue, u16) {
-    let options = Options {
-        subsystem,
-        host_nqn,
-        qid: 0,
-        cntlid: 0xFFFF,
-        sqsize: 31,
-        kato_ms: 30_000,
-    };
+    let options = Options::admin(subsystem, host_nqn);
     let (mut admin, cqe) = NvmeQueue::connect(port, &options).expect("admin queue connect");
     assert!(cqe.ok(), "admin Connect: {cqe:?}");
     let cntlid = cqe.result as u16;
