@@ -41,12 +41,15 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
         stream,
         peer,
         conn,
-        reader,
+        mut reader,
         settings,
         unsent,
         first,
         ticket,
     } = handoff;
+    // This thread reads through the framer's `read_buffer`: the data of large Data-Out PDUs
+    // and immediate data can go straight from the socket into their task's buffer.
+    reader.set_direct_reads(true);
     let mut link = SocketLink::new(stream, peer, "initiator");
     link.outbox.push_bytes(unsent);
     let connection = TcpResident {
@@ -224,7 +227,9 @@ impl TcpResident {
 
     /// Decodes every complete PDU buffered, applying the core's actions after each one so frame
     /// settings change exactly after the final Login Response. The data of a Data-Out the
-    /// datamover expects is copied from the received bytes straight into its task's buffer.
+    /// datamover expects, and immediate data, goes straight into its task's buffer: read there
+    /// from the socket when its header came first (a large data segment), else copied from the
+    /// received bytes.
     fn consume_pdus(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
         while !self.link.closing {
             let frame = match self.reader.next_frame(&self.settings) {
