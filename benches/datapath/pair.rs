@@ -144,12 +144,17 @@ impl Wire for PairTarget {
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
         for mut piece in bytes.chunks(CHUNK) {
-            // The socket read into the reader's buffer, or straight into a task's buffer (the
-            // kernel's copy, not counted), each read's PDUs taken before the next read.
+            // The socket's vectored read into the reader's buffer, or straight into a task's
+            // buffer and the next header behind it (the kernel's copy, not counted), each
+            // read's PDUs taken before the next read.
             while !piece.is_empty() {
-                let buffer = self.reader.read_buffer(CHUNK);
-                let n = buffer.len().min(piece.len());
-                buffer[..n].copy_from_slice(&piece[..n]);
+                let (first, second) = self.reader.read_buffers(CHUNK);
+                let mut n = 0;
+                for room in [first, second] {
+                    let k = room.len().min(piece.len() - n);
+                    room[..k].copy_from_slice(&piece[n..n + k]);
+                    n += k;
+                }
                 self.reader.push_read(n);
                 piece = &piece[n..];
                 loop {

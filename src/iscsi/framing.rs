@@ -118,6 +118,8 @@ pub struct PduReader {
     /// Header and header digest length of the last settings seen: what a header-first read
     /// takes.
     header_len: usize,
+    /// The last [`PduReader::read_buffers`] gave a second room after a direct transfer's.
+    second_room: bool,
 }
 
 /// The header of the next PDU, all of whose bytes have arrived; its data is still in the reader
@@ -254,34 +256,48 @@ impl PduReader {
         } else {
             usize::MAX
         };
-        let tail_room = self
-            .chunks
+        Self::chunk_room(&mut self.chunks, &mut self.spare, size, limit)
+    }
+
+    /// Room at the end of the read buffers, at most `limit` bytes: the free end of the last one
+    /// when it has room enough, else the kept buffer when it holds at least `size` bytes, else
+    /// a new buffer of `size` bytes (at least one). A limited read still gets a buffer of full
+    /// size, so that buffer serves later reads too.
+    fn chunk_room<'a>(
+        chunks: &'a mut VecDeque<Chunk>,
+        spare: &mut Option<Vec<u8>>,
+        size: usize,
+        limit: usize,
+    ) -> &'a mut [u8] {
+        let tail_room = chunks
             .back()
             .is_some_and(|last| !last.copied && last.bytes.len() - last.filled >= MIN_TAIL_ROOM);
         if !tail_room {
-            // A header-first read still gets a buffer of full size (only its room is limited),
-            // so that buffer serves later reads too.
-            let bytes = match self.spare.take() {
+            let bytes = match spare.take() {
                 Some(spare) if spare.len() >= size => spare,
                 _ => vec![0; size.max(1)],
             };
-            self.chunks.push_back(Chunk {
+            chunks.push_back(Chunk {
                 bytes,
                 filled: 0,
                 copied: false,
             });
         }
-        let last = self.chunks.back_mut().expect("a read buffer");
+        let last = chunks.back_mut().expect("a read buffer");
         let end = last.bytes.len().min(last.filled.saturating_add(limit));
         &mut last.bytes[last.filled..end]
     }
 
-    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
-    pub fn push_read(&mut self, n: usize) {
+    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] (or
+    /// [`PduReader::read_buffers`], in order) gave it.
+    pub fn push_read(&mut self, mut n: usize) {
         if let Some(direct) = &mut self.direct {
-            if direct.room().is_some() {
-                direct.filled(n);
-                return;
+            if let Some(room) = direct.room() {
+                direct.filled(n.min(room));
+                if !std::mem::take(&mut self.second_room) {
+                    return;
+                }
+                n -= n.min(room);
             }
         }
         let Some(last) = self.chunks.back_mut() else {

@@ -71,6 +71,26 @@ impl PduReader {
         self.direct_reads = on;
     }
 
+    /// [`PduReader::read_buffer`] for a vectored read: while a data segment is being placed,
+    /// its rest and then room for what follows it in the stream (its padding and data digest
+    /// and the next PDU's header, no more), so one read takes the data and the next header
+    /// without the next PDU's data landing in the reader. Otherwise the second room is empty.
+    pub fn read_buffers(&mut self, size: usize) -> (&mut [u8], &mut [u8]) {
+        let Some(trailer) = self
+            .direct
+            .as_ref()
+            .filter(|d| d.room().is_some())
+            .map(Direct::trailer_len)
+        else {
+            return (self.read_buffer(size), &mut []);
+        };
+        let limit = trailer + self.header_len;
+        let second = Self::chunk_room(&mut self.chunks, &mut self.spare, size, limit);
+        self.second_room = true;
+        let first = self.direct.as_mut().expect("checked above").room_mut();
+        (first, second)
+    }
+
     /// The taker of a partial `frame` wants it whole: [`PduReader::next_frame`] yields it again
     /// once all its bytes have arrived.
     pub fn wait_whole(&mut self, frame: Frame) {
@@ -172,12 +192,12 @@ mod tests {
     }
 
     /// What [`feed`] got: whole PDUs, placed data segments (without the buffer's first 10
-    /// bytes) with their digest verdict, and the room of every read.
+    /// bytes) with their digest verdict, and the two rooms of every read.
     #[derive(Default)]
     struct Fed {
         whole: Vec<Pdu>,
         placed: Vec<(Vec<u8>, bool)>,
-        rooms: Vec<usize>,
+        rooms: Vec<(usize, usize)>,
     }
 
     /// Reads `stream` as a socket would, `step` bytes per read at most, placing every partial
@@ -186,10 +206,15 @@ mod tests {
         let mut fed = Fed::default();
         let mut at = 0;
         while at < stream.len() {
-            let room = r.read_buffer(step);
-            let n = room.len().min(step).min(stream.len() - at);
-            fed.rooms.push(room.len());
-            room[..n].copy_from_slice(&stream[at..at + n]);
+            // A vectored read: the first room, then the second.
+            let (first, second) = r.read_buffers(step);
+            fed.rooms.push((first.len(), second.len()));
+            let mut n = 0;
+            for room in [first, second] {
+                let k = room.len().min(step - n).min(stream.len() - at - n);
+                room[..k].copy_from_slice(&stream[at + n..at + n + k]);
+                n += k;
+            }
             r.push_read(n);
             at += n;
             while let Some(frame) = r.next_frame(s).unwrap() {
@@ -226,12 +251,14 @@ mod tests {
                 assert_eq!(fed.placed, vec![(a.data.clone(), true), (b.data, true)]);
                 assert_eq!(fed.whole, vec![small]);
                 assert_eq!(r.buffered(), 0);
-                // The first read brought a's header and the start of its data (copied); after
-                // a's data, a header-first read took its padding and digest and b's header
-                // alone, so none of b's data was copied; then the small PDU, copied.
+                // The first read brought a's header and the start of its data (copied); the
+                // read that ended a's data took its padding and digest and b's header in its
+                // second room, no more, so none of b's data was copied; then the small PDU,
+                // copied.
                 let header = 48 + if digests { 4 } else { 0 };
                 let trailer = pdu::padding(len) + if digests { 4 } else { 0 };
-                assert!(fed.rooms.contains(&(trailer + header)), "{:?}", fed.rooms);
+                let seconds: Vec<usize> = fed.rooms.iter().map(|r| r.1).collect();
+                assert!(seconds.contains(&(trailer + header)), "{:?}", fed.rooms);
                 assert_eq!(
                     copies,
                     CopyCounts {

@@ -6,7 +6,7 @@
 //! Binding the session may wait up to 10 s for a reinstated session to close, so it happens on
 //! a short-lived thread of its own before the connection moves to the engine thread.
 
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -187,11 +187,13 @@ impl TcpResident {
             if !self.link.may_read() {
                 return;
             }
-            // The socket is read straight into the framer's buffers (reused once consumed):
+            // The socket is read straight into the framer's buffers (reused once consumed), or
+            // into a task's buffer with the next header behind it (one vectored read):
             // received bytes are not copied on their way to the core.
-            let buf = self.reader.read_buffer(self.read_size);
-            let room = buf.len();
-            let result = (&*self.link.stream).read(buf);
+            let (first, second) = self.reader.read_buffers(self.read_size);
+            let room = first.len() + second.len();
+            let mut rooms = [IoSliceMut::new(first), IoSliceMut::new(second)];
+            let result = (&*self.link.stream).read_vectored(&mut rooms);
             self.reader.push_read(*result.as_ref().unwrap_or(&0));
             match result {
                 Ok(0) => {
