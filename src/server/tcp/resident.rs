@@ -181,10 +181,14 @@ impl Resident for TcpResident {
 }
 
 impl TcpResident {
-    /// Reads what the socket has (a few buffers at most) and runs the PDUs it completes.
+    /// Reads what the socket has (a few buffers' worth at most) and runs the PDUs it completes.
+    /// The turn's share is counted in bytes, [`READS_PER_TURN`] full buffers: direct reads end
+    /// at each large PDU's data, so counting reads would cut a turn of large writes to half
+    /// the bytes and double the polls per PDU.
     fn read(&mut self, io: &mut ThreadIo<'_>) {
-        for _ in 0..READS_PER_TURN {
-            if !self.link.may_read() {
+        let mut budget = READS_PER_TURN * READ_CHUNK;
+        for _ in 0..READS_PER_TURN * 4 {
+            if !self.link.may_read() || budget == 0 {
                 return;
             }
             // The socket is read straight into the framer's buffers (reused once consumed), or
@@ -204,6 +208,7 @@ impl TcpResident {
                     return;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     // A new buffer follows the size of recent reads.
                     self.read_size = if n == room {
                         (room * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
