@@ -5,7 +5,7 @@
 //! [`PduReader`] is sans-IO: the transport pushes whatever bytes it read, and pulls whole PDUs;
 //! with direct reads on ([`PduReader::set_direct_reads`]) it also yields the header of a PDU
 //! whose large data segment is still coming, so the transport can read that data straight
-//! into where it belongs ([`direct`]).
+//! into where it belongs ([`PduReader::place_data`]).
 
 mod direct;
 
@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use super::pdu::{self, DecodeError, HeaderBytes, Pdu, BHS_LEN};
 use crate::stats::count_payload_copy;
 use direct::Direct;
-pub use direct::DIRECT_MIN;
+pub use direct::{Arrival, DIRECT_MIN};
 
 /// Digest and size settings that change when login completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,25 +139,6 @@ pub struct Frame {
     data_digest: bool,
     /// Whether the data segment is in the reader, still coming, or already placed.
     pub arrival: Arrival,
-}
-
-/// How much of a [`Frame`]'s data segment has arrived, and where.
-#[derive(Debug)]
-pub enum Arrival {
-    /// All of it, in the reader: take it with [`PduReader::take_data_into`] or
-    /// [`PduReader::take_pdu`].
-    Whole,
-    /// Only the header (direct reads only, a data segment of [`DIRECT_MIN`] bytes or more):
-    /// give the reader its destination ([`PduReader::place_data`]) or ask for the PDU whole
-    /// ([`PduReader::wait_whole`]).
-    Partial,
-    /// The data segment has been read into the buffer given to [`PduReader::place_data`]
-    /// (appended to what it held); the PDU is consumed. On a data digest mismatch the buffer
-    /// is back to its length before.
-    Placed {
-        buffer: mem_ffi::Buf,
-        digest_ok: bool,
-    },
 }
 
 /// Where [`PduReader::take_data_into`] appends a PDU's data: a `Vec`, or a command's pool
@@ -315,12 +296,6 @@ impl PduReader {
                 self.keep(chunk);
             }
         }
-    }
-
-    /// Whether a data segment of [`DIRECT_MIN`] bytes or more is due (the datamover has an R2T
-    /// outstanding for that much): reads at a PDU boundary then take only a header's worth.
-    pub fn expect_data(&mut self, expected: bool) {
-        self.data_expected = expected;
     }
 
     /// Keeps a read buffer none of whose bytes are needed any more for the next read.

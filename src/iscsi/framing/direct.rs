@@ -6,13 +6,32 @@
 
 use mem_ffi::Buf;
 
-use super::{pdu, Arrival, Frame, PduReader};
+use super::{pdu, Frame, PduReader};
 use crate::stats::count_payload_copy;
 
 /// Data segments of at least this many bytes are read straight into their destination when
 /// their header arrives first. Smaller ones are copied out of the reader: a direct read costs
 /// one more socket read than taking the data with its header.
 pub const DIRECT_MIN: usize = 16 * 1024;
+
+/// How much of a [`Frame`]'s data segment has arrived, and where.
+#[derive(Debug)]
+pub enum Arrival {
+    /// All of it, in the reader: take it with [`PduReader::take_data_into`] or
+    /// [`PduReader::take_pdu`].
+    Whole,
+    /// Only the header (direct reads only, a data segment of [`DIRECT_MIN`] bytes or more):
+    /// give the reader its destination ([`PduReader::place_data`]) or ask for the PDU whole
+    /// ([`PduReader::wait_whole`]).
+    Partial,
+    /// The data segment has been read into the buffer given to [`PduReader::place_data`]
+    /// (appended to what it held); the PDU is consumed. On a data digest mismatch the buffer
+    /// is back to its length before.
+    Placed {
+        buffer: mem_ffi::Buf,
+        digest_ok: bool,
+    },
+}
 
 /// A data segment being read straight into its destination.
 #[derive(Debug)]
@@ -62,6 +81,12 @@ impl Direct {
 }
 
 impl PduReader {
+    /// Whether a data segment of [`DIRECT_MIN`] bytes or more is due (the datamover has an R2T
+    /// outstanding for that much): reads at a PDU boundary then take only a header's worth.
+    pub fn expect_data(&mut self, expected: bool) {
+        self.data_expected = expected;
+    }
+
     /// With direct reads on, [`PduReader::next_frame`] yields the header of a PDU whose data
     /// segment of [`DIRECT_MIN`] bytes or more is still coming ([`Arrival::Partial`]); the
     /// taker then places it ([`PduReader::place_data`]) or waits for it whole
