@@ -719,7 +719,8 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     }
 }
 
-/// The error of a PDU whose data digest did not match (RFC 7143 §7.8: the PDU is discarded).
+/// The error of a PDU whose data digest did not match, as [`PduReader::take_data_into`]
+/// reports it for a PDU read whole: the PDU is dropped and the core answers with a Reject.
 fn data_digest_error(frame: &Frame) -> FrameError {
     FrameError::DataDigest {
         header: frame.raw_header.to_vec(),
