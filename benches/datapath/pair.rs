@@ -62,7 +62,12 @@ impl PairTarget {
             scsi,
             nexus: None,
             settings: FrameSettings::default(),
-            reader: PduReader::new(),
+            reader: {
+                // As the server's resident connections read.
+                let mut reader = PduReader::new();
+                reader.set_direct_reads(true);
+                reader
+            },
             outbox: VecDeque::new(),
             delivered: Vec::new(),
             spare: Vec::new(),
@@ -139,24 +144,30 @@ impl Wire for PairTarget {
         let allocations = CountingAllocator::thread();
         let copies = thread_payload_copies();
         for mut piece in bytes.chunks(CHUNK) {
-            // The socket read into the reader's buffer (the kernel's copy, not counted).
+            // The socket's vectored read into the reader's buffer, or straight into a task's
+            // buffer and the next header behind it (the kernel's copy, not counted), each
+            // read's PDUs taken before the next read.
             while !piece.is_empty() {
-                let buffer = self.reader.read_buffer(CHUNK);
-                let n = buffer.len().min(piece.len());
-                buffer[..n].copy_from_slice(&piece[..n]);
+                let (first, second) = self.reader.read_buffers(CHUNK);
+                let mut n = 0;
+                for room in [first, second] {
+                    let k = room.len().min(piece.len() - n);
+                    room[..k].copy_from_slice(&piece[n..n + k]);
+                    n += k;
+                }
                 self.reader.push_read(n);
                 piece = &piece[n..];
-            }
-            loop {
-                match self.reader.next_frame(&self.settings) {
-                    Ok(Some(frame)) => {
-                        self.conn
-                            .receive_frame(&mut self.reader, frame, self.now, ())
+                loop {
+                    match self.reader.next_frame(&self.settings) {
+                        Ok(Some(frame)) => {
+                            self.conn
+                                .receive_frame(&mut self.reader, frame, self.now, ())
+                        }
+                        Ok(None) => break,
+                        Err(error) => panic!("the initiator's framing is broken: {error}"),
                     }
-                    Ok(None) => break,
-                    Err(error) => panic!("the initiator's framing is broken: {error}"),
+                    self.pump();
                 }
-                self.pump();
             }
         }
         self.cost.allocations = self.cost.allocations + (CountingAllocator::thread() - allocations);

@@ -136,13 +136,14 @@ pub fn handle_control(
 ) {
     match action {
         Action::Send(bytes) => check_pdu(&bytes, host),
+        Action::SendPdu(head) => check_pdu(&head, host),
         Action::SendData {
             head,
             data,
             range,
             tail,
         } => {
-            let mut b = head;
+            let mut b = head.to_vec();
             b.extend_from_slice(&data[range]);
             b.extend_from_slice(&tail);
             check_pdu(&b, host);

@@ -2,12 +2,19 @@
 //! digest, data segment padded to 4 bytes, optional data digest. CRC32C digests are stored
 //! little-endian, as Linux (`cpu_to_le32`) and libiscsi put them on the wire.
 //!
-//! [`PduReader`] is sans-IO: the transport pushes whatever bytes it read, and pulls whole PDUs.
+//! [`PduReader`] is sans-IO: the transport pushes whatever bytes it read, and pulls whole PDUs;
+//! with direct reads on ([`PduReader::set_direct_reads`]) it also yields the header of a PDU
+//! whose large data segment is still coming, so the transport can read that data straight
+//! into where it belongs ([`PduReader::place_data`]).
+
+mod direct;
 
 use std::collections::VecDeque;
 
 use super::pdu::{self, DecodeError, HeaderBytes, Pdu, BHS_LEN};
 use crate::stats::count_payload_copy;
+use direct::Direct;
+pub use direct::{Arrival, DIRECT_MIN};
 
 /// Digest and size settings that change when login completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +104,22 @@ pub struct PduReader {
     len: usize,
     /// A consumed read buffer (its whole length initialized), for the next read.
     spare: Option<Vec<u8>>,
+    /// [`PduReader::next_frame`] yields partial frames ([`Arrival::Partial`]).
+    direct_reads: bool,
+    /// The front PDU's taker wants it whole ([`PduReader::wait_whole`]).
+    whole_wanted: bool,
+    /// A data segment being read straight into its destination.
+    direct: Option<Direct>,
+    /// The next read at a PDU boundary should bring only a header: right after a direct
+    /// transfer (large PDUs tend to follow each other), or while one is expected.
+    header_first: bool,
+    /// A data segment of [`DIRECT_MIN`] bytes or more is expected (an R2T is outstanding).
+    data_expected: bool,
+    /// Header and header digest length of the last settings seen: what a header-first read
+    /// takes.
+    header_len: usize,
+    /// The last [`PduReader::read_buffers`] gave a second room after a direct transfer's.
+    second_room: bool,
 }
 
 /// The header of the next PDU, all of whose bytes have arrived; its data is still in the reader
@@ -114,6 +137,8 @@ pub struct Frame {
     /// Stream bytes of the whole PDU.
     total: usize,
     data_digest: bool,
+    /// Whether the data segment is in the reader, still coming, or already placed.
+    pub arrival: Arrival,
 }
 
 /// Where [`PduReader::take_data_into`] appends a PDU's data: a `Vec`, or a command's pool
@@ -195,37 +220,76 @@ impl PduReader {
     }
 
     /// Room for the transport to read into; report what it read with
-    /// [`PduReader::push_read`] before using the reader otherwise. The free end of the last read
-    /// buffer when it has room enough, else the kept buffer when it holds at least `size`
-    /// bytes, else a new buffer of `size` bytes (at least one).
+    /// [`PduReader::push_read`] before using the reader otherwise. The rest of a data segment
+    /// being placed ([`PduReader::place_data`]); else the free end of the last read buffer when
+    /// it has room enough, else the kept buffer when it holds at least `size` bytes, else a new
+    /// buffer of `size` bytes (at least one). Where a large data segment may come next (see
+    /// [`PduReader::expect_data`]), a read at a PDU boundary takes only a header's worth, so
+    /// that data can go direct.
     pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
-        let tail_room = self
-            .chunks
+        if self.direct.as_ref().is_some_and(|d| d.room().is_some()) {
+            return self.direct.as_mut().expect("checked above").room_mut();
+        }
+        let header_due = self.header_first || self.data_expected || self.direct.is_some();
+        let limit = if self.len == 0 && header_due {
+            // What is left of a placed PDU (padding, data digest) and the next header.
+            self.direct.as_ref().map_or(0, Direct::trailer_len) + self.header_len
+        } else {
+            usize::MAX
+        };
+        Self::chunk_room(&mut self.chunks, &mut self.spare, size, limit)
+    }
+
+    /// Room at the end of the read buffers, at most `limit` bytes: the free end of the last one
+    /// when it has room enough, else the kept buffer when it holds at least `size` bytes, else
+    /// a new buffer of `size` bytes (at least one). A limited read still gets a buffer of full
+    /// size, so that buffer serves later reads too.
+    fn chunk_room<'a>(
+        chunks: &'a mut VecDeque<Chunk>,
+        spare: &mut Option<Vec<u8>>,
+        size: usize,
+        limit: usize,
+    ) -> &'a mut [u8] {
+        let tail_room = chunks
             .back()
             .is_some_and(|last| !last.copied && last.bytes.len() - last.filled >= MIN_TAIL_ROOM);
         if !tail_room {
-            let bytes = match self.spare.take() {
+            let bytes = match spare.take() {
                 Some(spare) if spare.len() >= size => spare,
                 _ => vec![0; size.max(1)],
             };
-            self.chunks.push_back(Chunk {
+            chunks.push_back(Chunk {
                 bytes,
                 filled: 0,
                 copied: false,
             });
         }
-        let last = self.chunks.back_mut().expect("a read buffer");
-        &mut last.bytes[last.filled..]
+        let last = chunks.back_mut().expect("a read buffer");
+        let end = last.bytes.len().min(last.filled.saturating_add(limit));
+        &mut last.bytes[last.filled..end]
     }
 
-    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
-    pub fn push_read(&mut self, n: usize) {
+    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] (or
+    /// [`PduReader::read_buffers`], in order) gave it.
+    pub fn push_read(&mut self, mut n: usize) {
+        if let Some(direct) = &mut self.direct {
+            if let Some(room) = direct.room() {
+                direct.filled(n.min(room));
+                if !std::mem::take(&mut self.second_room) {
+                    return;
+                }
+                n -= n.min(room);
+            }
+        }
         let Some(last) = self.chunks.back_mut() else {
             return;
         };
         let n = n.min(last.bytes.len() - last.filled);
         last.filled += n;
         self.len += n;
+        if n > 0 {
+            self.header_first = false;
+        }
         if last.filled == 0 {
             // Nothing arrived in a buffer of its own: keep it for the next read.
             if let Some(chunk) = self.chunks.pop_back() {
@@ -241,9 +305,9 @@ impl PduReader {
         }
     }
 
-    /// Bytes buffered but not yet consumed.
+    /// Bytes buffered but not yet consumed (a data segment being placed included).
     pub fn buffered(&self) -> usize {
-        self.len
+        self.len + self.direct.as_ref().map_or(0, Direct::placed)
     }
 
     /// Calls `f` with the buffered bytes `start..start + len` (relative to the first unconsumed
@@ -292,9 +356,13 @@ impl PduReader {
         }
     }
 
-    /// The header of the next PDU, once all of its bytes have arrived. A header digest mismatch
-    /// or an oversized data segment is fatal ([`FrameError::is_fatal`]).
-    pub fn next_frame(&self, settings: &FrameSettings) -> Result<Option<Frame>, FrameError> {
+    /// The header of the next PDU, once all of its bytes have arrived (or, with direct reads,
+    /// once its header has, see [`Arrival`]). A header digest mismatch or an oversized data
+    /// segment is fatal ([`FrameError::is_fatal`]).
+    pub fn next_frame(&mut self, settings: &FrameSettings) -> Result<Option<Frame>, FrameError> {
+        if self.direct.is_some() {
+            return Ok(self.finish_direct());
+        }
         if self.len < BHS_LEN {
             return Ok(None);
         }
@@ -310,13 +378,22 @@ impl PduReader {
         }
         let header_end = BHS_LEN + ahs_len;
         let hd = if settings.header_digest { 4 } else { 0 };
+        self.header_len = BHS_LEN + hd;
         let data_start = header_end + hd;
         let padded = data_len as usize + pdu::padding(data_len as usize);
         let data_digest = settings.data_digest && data_len > 0;
         let total = data_start + padded + if data_digest { 4 } else { 0 };
-        if self.len < total {
+        let arrival = if self.len >= total {
+            Arrival::Whole
+        } else if self.direct_reads
+            && !self.whole_wanted
+            && data_len as usize >= DIRECT_MIN
+            && self.len >= data_start
+        {
+            Arrival::Partial
+        } else {
             return Ok(None);
-        }
+        };
         let mut raw_header = HeaderBytes::from(bhs);
         if ahs_len > 0 {
             let mut ahs = vec![0u8; ahs_len];
@@ -338,17 +415,20 @@ impl PduReader {
             data_start,
             total,
             data_digest,
+            arrival,
         }))
     }
 
-    /// Consumes `frame` (the one [`PduReader::next_frame`] just returned, nothing taken since),
-    /// appending its data segment to `out`:
+    /// Consumes `frame` (the one [`PduReader::next_frame`] just returned, nothing taken since,
+    /// all of it arrived: [`Arrival::Whole`]), appending its data segment to `out`:
     /// the one copy of those bytes. On a data digest mismatch `out` is left as it was.
     pub fn take_data_into(
         &mut self,
         frame: &Frame,
         out: &mut impl DataSink,
     ) -> Result<(), FrameError> {
+        debug_assert!(matches!(frame.arrival, Arrival::Whole));
+        self.whole_wanted = false;
         let before = out.held();
         let mut crc = 0u32;
         let mut copied_in = false;

@@ -22,7 +22,7 @@ use super::connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
     SequenceNumbers, TaskId, TaskRef,
 };
-use super::framing::{Frame, FrameError, FrameSettings, PduReader};
+use super::framing::{Arrival, Frame, FrameError, FrameSettings, PduReader, DIRECT_MIN};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
 use super::tasks::IntMap;
 use crate::scsi::sense::SenseData;
@@ -99,8 +99,11 @@ struct Write<C> {
     lun: [u8; 8],
     expected_length: u32,
     /// The task's pool buffer: the data-out so far, in order from offset 0 (its length is what
-    /// arrived; its capacity the whole transfer).
+    /// arrived; its capacity the whole transfer). Empty while the framer places a Data-Out's
+    /// data in it (`placing`).
     buffer: Buf,
+    /// The buffer is with the framer, a Data-Out's data being read into it.
+    placing: bool,
     /// End of the range the initiator may send unsolicited; `None` once that sequence ended.
     unsolicited_end: Option<u32>,
     /// DataSN the next unsolicited Data-Out must carry.
@@ -428,6 +431,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
             lun: task.lun,
             expected_length: range.end,
             buffer,
+            placing: false,
             unsolicited_end: (unsolicited_end > range.start).then_some(unsolicited_end),
             unsolicited_data_sn: 0,
             next_r2t_offset: range.start,
@@ -493,16 +497,34 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
     }
 
     /// Takes the PDU whose header `reader` framed as `frame` out of it and handles it: the data
-    /// of a Data-Out a write is waiting for is copied from the received bytes straight into the
-    /// task's buffer (the one copy on receive); any other PDU is taken whole, with `context`
-    /// (see [`TcpConnection::handle_pdu_with_context`]). Framing errors go to the core.
+    /// of a Data-Out a write is waiting for goes from the received bytes straight into the
+    /// task's buffer, as does a SCSI Command's immediate data into a buffer for the whole
+    /// transfer; any other PDU is taken whole, with `context` (see
+    /// [`TcpConnection::handle_pdu_with_context`]). Framing errors go to the core. A partial
+    /// frame (direct reads, [`Arrival::Partial`]) whose data has such a place gets the reader
+    /// to read the rest of the data into it; the frame comes back placed.
     pub fn receive_frame(
         &mut self,
         reader: &mut PduReader,
-        frame: Frame,
+        mut frame: Frame,
         now: Instant,
         context: C,
     ) {
+        match std::mem::replace(&mut frame.arrival, Arrival::Whole) {
+            Arrival::Whole => self.receive_whole(reader, frame, now, context),
+            Arrival::Partial => {
+                frame.arrival = Arrival::Partial;
+                self.receive_partial(reader, frame);
+            }
+            Arrival::Placed { buffer, digest_ok } => {
+                self.receive_placed(frame, buffer, digest_ok, now, context)
+            }
+        }
+        reader.expect_data(self.expects_large_data());
+    }
+
+    /// A PDU all of whose bytes have arrived.
+    fn receive_whole(&mut self, reader: &mut PduReader, frame: Frame, now: Instant, context: C) {
         if let Ok(Header::DataOut(h)) = &frame.header {
             if let Some(buffer) = self.data_out_buffer(h, frame.data_len) {
                 let h = h.clone();
@@ -513,29 +535,104 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
                 return;
             }
         }
-        if let Ok(Header::ScsiCommand(h)) = &frame.header {
-            if frame.data_len > 0 && self.core.is_full_feature() {
-                // Immediate data goes straight into the task's buffer, sized for the whole
-                // transfer: the one copy of those bytes.
-                let h = h.clone();
-                let capacity = self.core.command_buffer_capacity(&h, frame.data_len);
-                let mut buffer = mem_ffi::pool::global().with_capacity(capacity);
-                match reader.take_data_into(&frame, &mut buffer) {
-                    Ok(()) => {
-                        self.pump();
-                        self.core
-                            .handle_scsi_command_with_buffer(h, buffer, now, context);
-                        self.pump();
-                    }
-                    Err(error) => self.handle_frame_error(error, now),
-                }
-                return;
+        if let Some(mut buffer) = self.immediate_data_buffer(&frame) {
+            // Immediate data goes straight into the task's buffer, sized for the whole
+            // transfer: the one copy of those bytes.
+            match reader.take_data_into(&frame, &mut buffer) {
+                Ok(()) => self.run_command_with_buffer(frame, buffer, now, context),
+                Err(error) => self.handle_frame_error(error, now),
             }
+            return;
         }
         match reader.take_pdu(frame) {
             Ok(pdu) => self.handle_pdu_with_context(pdu, now, context),
             Err(error) => self.handle_frame_error(error, now),
         }
+    }
+
+    /// A PDU whose header is in and whose large data segment is still coming: the data of a
+    /// Data-Out a write is waiting for is read into the task's buffer (lent to the reader),
+    /// immediate data into a new buffer for the whole transfer; anything else (invalid
+    /// Data-Out included) is taken whole once it has arrived, and answered as it always is.
+    fn receive_partial(&mut self, reader: &mut PduReader, frame: Frame) {
+        if let Ok(Header::DataOut(h)) = &frame.header {
+            let itt = h.itt;
+            if self.data_out_buffer(h, frame.data_len).is_some() {
+                let write = self.writes.get_mut(&itt).expect("found above");
+                write.placing = true;
+                reader.place_data(frame, std::mem::take(&mut write.buffer));
+                return;
+            }
+        }
+        match self.immediate_data_buffer(&frame) {
+            Some(buffer) => reader.place_data(frame, buffer),
+            None => reader.wait_whole(frame),
+        }
+    }
+
+    /// A PDU whose data the reader placed in `buffer` (see [`TcpConnection::receive_partial`]).
+    fn receive_placed(
+        &mut self,
+        frame: Frame,
+        buffer: Buf,
+        digest_ok: bool,
+        now: Instant,
+        context: C,
+    ) {
+        if let Ok(Header::DataOut(h)) = &frame.header {
+            let Some(write) = self.writes.get_mut(&h.itt).filter(|w| w.placing) else {
+                // The write ended while its data was arriving (the connection is closing): the
+                // core answers the Data-Out as any for a task it does not know.
+                let pdu = Pdu::with_data(Header::DataOut(h.clone()), buffer.to_vec());
+                return self.handle_pdu_with_context(pdu, now, context);
+            };
+            write.placing = false;
+            write.buffer = buffer;
+            if !digest_ok {
+                return self.handle_frame_error(data_digest_error(&frame), now);
+            }
+            let h = h.clone();
+            return self.handle_placed_data_out(h, frame.data_len, now);
+        }
+        if !digest_ok {
+            return self.handle_frame_error(data_digest_error(&frame), now);
+        }
+        self.run_command_with_buffer(frame, buffer, now, context);
+    }
+
+    /// A buffer for a SCSI Command's immediate data, with room for the whole transfer; `None`
+    /// for any other PDU.
+    fn immediate_data_buffer(&self, frame: &Frame) -> Option<Buf> {
+        let Ok(Header::ScsiCommand(h)) = &frame.header else {
+            return None;
+        };
+        if frame.data_len == 0 || !self.core.is_full_feature() {
+            return None;
+        }
+        let capacity = self.core.command_buffer_capacity(h, frame.data_len);
+        Some(mem_ffi::pool::global().with_capacity(capacity))
+    }
+
+    /// Hands the core a SCSI Command whose immediate data is in `buffer`.
+    fn run_command_with_buffer(&mut self, frame: Frame, buffer: Buf, now: Instant, context: C) {
+        let Ok(Header::ScsiCommand(h)) = frame.header else {
+            return;
+        };
+        self.pump();
+        self.core
+            .handle_scsi_command_with_buffer(h, buffer, now, context);
+        self.pump();
+    }
+
+    /// Whether a write waits for a Data-Out of [`DIRECT_MIN`] bytes or more: an R2T or an
+    /// unsolicited range with that much still to come.
+    fn expects_large_data(&self) -> bool {
+        let large = DIRECT_MIN as u32;
+        self.writes.values().any(|w| {
+            w.r2ts.iter().any(|r| r.length - r.received >= large)
+                || w.unsolicited_end
+                    .is_some_and(|end| end.saturating_sub(w.received()) >= large)
+        })
     }
 
     /// Where the data of a Data-Out goes when the transport has not read it yet: `Some(buffer)`
@@ -619,6 +716,14 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         self.pump();
         let numbers = self.core.sequence_numbers();
         self.solicit(h.itt, numbers);
+    }
+}
+
+/// The error of a PDU whose data digest did not match, as [`PduReader::take_data_into`]
+/// reports it for a PDU read whole: the PDU is dropped and the core answers with a Reject.
+fn data_digest_error(frame: &Frame) -> FrameError {
+    FrameError::DataDigest {
+        header: frame.raw_header.to_vec(),
     }
 }
 

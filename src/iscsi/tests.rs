@@ -179,6 +179,9 @@ struct Pair {
     harness_copies: CopyCounts,
     /// Data-In PDUs sent from a buffer they own, and from one they share.
     data_in_buffers: (usize, usize),
+    /// Reads the stream as a resident connection does, when set: through one reader with
+    /// direct reads on, at most this many bytes per read.
+    direct: Option<(PduReader, usize)>,
 }
 
 impl Pair {
@@ -213,7 +216,16 @@ impl Pair {
             inbox_contexts: VecDeque::new(),
             harness_copies: CopyCounts::default(),
             data_in_buffers: (0, 0),
+            direct: None,
         }
+    }
+
+    /// From now on the stream is read as a resident connection reads its socket (see
+    /// [`Pair::direct`]).
+    fn read_directly(&mut self, read_size: usize) {
+        let mut reader = PduReader::new();
+        reader.set_direct_reads(true);
+        self.direct = Some((reader, read_size));
     }
 
     /// A fresh context for a PDU with this header.
@@ -380,14 +392,33 @@ impl Pair {
     /// taken out of it by the datamover, as the TCP driver does (Data-Out data straight into its
     /// task's buffer).
     fn receive_stream(&mut self, bytes: Vec<u8>) {
+        if let Some((mut reader, size)) = self.direct.take() {
+            // The socket's reads (the kernel's copy) into the reader's buffers or straight
+            // into a task's, each read's PDUs taken before the next.
+            let mut rest = &bytes[..];
+            while !rest.is_empty() && self.closed.is_none() {
+                let room = reader.read_buffer(size);
+                let n = room.len().min(rest.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                reader.push_read(n);
+                rest = &rest[n..];
+                self.consume_frames(&mut reader);
+            }
+            self.direct = Some((reader, size));
+            return;
+        }
         let mut reader = PduReader::new();
         reader.push_owned(bytes);
+        self.consume_frames(&mut reader);
+    }
+
+    /// Every PDU (or partial PDU) `reader` holds, through the datamover.
+    fn consume_frames(&mut self, reader: &mut PduReader) {
         loop {
             match reader.next_frame(&self.settings) {
                 Ok(Some(frame)) => {
                     let context = self.fresh_context(frame.header.as_ref().ok());
-                    self.conn
-                        .receive_frame(&mut reader, frame, self.now, context);
+                    self.conn.receive_frame(reader, frame, self.now, context);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -1351,6 +1382,206 @@ fn tcp_transport_copies_reads_never_and_writes_once() {
     let read = target_copies(&mut pair, |pair| back = read_back(pair, 0, 32));
     assert_eq!(back, data);
     assert_eq!(read, CopyCounts::default());
+}
+
+/// A large WRITE read as a resident connection reads its socket (direct reads): once a PDU's
+/// header is in, the rest of its data goes from the socket straight into the task's buffer,
+/// immediate data and Data-Out alike, the data digest checked over it in place. Only data
+/// that arrived in the same read as its header is copied: here the whole first PDU (its header
+/// and immediate data fit the first read), then nothing, because while an R2T is outstanding
+/// a read at a PDU boundary takes only a header's worth.
+#[test]
+fn tcp_transport_reads_large_write_data_in_place() {
+    for digest in ["None", "CRC32C"] {
+        let mut pair = logged_in(&[
+            ("ImmediateData", "Yes"),
+            ("FirstBurstLength", "65536"),
+            ("MaxBurstLength", "65536"),
+            ("HeaderDigest", digest),
+            ("DataDigest", digest),
+        ]);
+        pair.read_directly(256 << 10);
+        pair.backend.luns.insert(0, vec![0; 384 * BLOCK]);
+        let data = pattern(192 << 10, 9);
+        let write = target_copies(&mut pair, |pair| {
+            let cmd = pair.command(1, write10(0, 384), false, true, 192 << 10);
+            pair.send_command(cmd, data[..64 << 10].to_vec());
+            for offset in [64 << 10, 128 << 10] {
+                let r2t = r2t(&pair.take_one()).clone();
+                assert_eq!(r2t.buffer_offset, offset);
+                let end = offset as usize + (64 << 10);
+                let chunk = data[offset as usize..end].to_vec();
+                pair.data_out(1, r2t.ttt, offset, chunk, true);
+            }
+            assert_eq!(scsi_response(&pair.take_one()).status, 0);
+        });
+        assert_eq!(pair.executed[0].data_out, data, "digest {digest}");
+        assert_eq!(
+            write,
+            CopyCounts {
+                copies: 1,
+                bytes: 64 << 10
+            },
+            "digest {digest}"
+        );
+        // The next large WRITE, right after a direct transfer: its header is read on its own
+        // and every byte of its data lands in place.
+        let write = target_copies(&mut pair, |pair| {
+            let cmd = pair.command(2, write10(0, 128), false, true, 64 << 10);
+            pair.send_command(cmd, data[..64 << 10].to_vec());
+            assert_eq!(scsi_response(&pair.take_one()).status, 0);
+        });
+        assert_eq!(pair.executed[1].data_out, data[..64 << 10]);
+        assert_eq!(write, CopyCounts::default(), "digest {digest}");
+    }
+}
+
+/// Direct reads keep the protocol's answers to bad Data-Out: the same script gets the same
+/// PDUs back whether the stream is read whole or directly. A Data-Out with a bad data digest is
+/// dropped with a Reject (and its data asked again by the initiator), one for an unknown ITT
+/// or beyond its R2T is read whole and answered as always.
+#[test]
+fn direct_reads_answer_bad_data_out_as_before() {
+    fn script(pair: &mut Pair) -> Vec<Vec<Pdu>> {
+        let mut answers = Vec::new();
+        let data = pattern(64 << 10, 4);
+        let data_out = |itt: u32, ttt: u32, data: &[u8]| {
+            Pdu::with_data(
+                Header::DataOut(DataOut {
+                    final_flag: true,
+                    lun: pdu::encode_lun(0),
+                    itt,
+                    ttt,
+                    ..Default::default()
+                }),
+                data.to_vec(),
+            )
+        };
+        let cmd = pair.command(1, write10(0, 128), false, true, 64 << 10);
+        pair.send_command(cmd, vec![]);
+        let first = r2t(&pair.take_one()).clone();
+        let mut bytes = framing::encode(&data_out(1, first.ttt, &data), &pair.settings);
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        pair.send_bytes(&bytes);
+        answers.push(pair.take());
+        pair.data_out(1, first.ttt, 0, data.clone(), true);
+        answers.push(pair.take());
+        // Unknown ITT.
+        pair.send_bytes(&framing::encode(&data_out(77, 5, &data), &pair.settings));
+        answers.push(pair.take());
+        // Beyond its R2T.
+        let cmd = pair.command(2, write10(0, 64), false, true, 32 << 10);
+        pair.send_command(cmd, vec![]);
+        let second = r2t(&pair.take_one()).clone();
+        pair.data_out(2, second.ttt, 0, data.clone(), true);
+        answers.push(pair.take());
+        answers
+    }
+    let keys = [
+        ("ImmediateData", "No"),
+        ("MaxBurstLength", "65536"),
+        ("DataDigest", "CRC32C"),
+    ];
+    let mut whole = logged_in(&keys);
+    let mut direct = logged_in(&keys);
+    for pair in [&mut whole, &mut direct] {
+        pair.backend.luns.insert(0, vec![0; 128 * BLOCK]);
+    }
+    direct.read_directly(256 << 10);
+    let expected = script(&mut whole);
+    assert!(
+        matches!(&expected[0][..], [p] if matches!(p.header, Header::Reject(ref r) if r.reason == 0x02)),
+        "{:?}",
+        expected[0]
+    );
+    assert_eq!(script(&mut direct), expected);
+    assert_eq!(direct.executed.len(), whole.executed.len());
+}
+
+/// Random WRITEs (immediate data, R2T'd Data-Out in PDUs of random sizes, several commands in
+/// one stream read) get the same answers and write the same bytes whether the stream is read
+/// whole or directly, whatever the reads' sizes and with or without digests.
+#[test]
+fn direct_reads_match_whole_reads_on_random_writes() {
+    fn script(pair: &mut Pair, seed: u64) -> Vec<Vec<Pdu>> {
+        let mut rng = Rng(seed);
+        let mut answers = Vec::new();
+        let mut lba = 0u32;
+        for round in 0..12 {
+            let batch = 1 + rng.below(3) as usize;
+            if round % 2 == 0 {
+                // Several whole-immediate WRITEs back to back in one stream read.
+                let mut bytes = Vec::new();
+                for _ in 0..batch {
+                    let blocks = 1 + rng.below(128) as u16;
+                    let data = pattern(blocks as usize * BLOCK, rng.next() as u8);
+                    let itt = pair.itt();
+                    let len = data.len() as u32;
+                    let cmd = pair.command(itt, write10(lba % 512, blocks), false, true, len);
+                    let pdu = Pdu::with_data(Header::ScsiCommand(cmd), data);
+                    bytes.extend(framing::encode(&pdu, &pair.settings));
+                    lba += blocks as u32;
+                }
+                pair.send_bytes(&bytes);
+                answers.push(pair.take());
+                continue;
+            }
+            // Immediate data, then R2Ts answered in Data-Out PDUs of random sizes.
+            let blocks = 129 + rng.below(300) as u16;
+            let len = blocks as usize * BLOCK;
+            let data = pattern(len, rng.next() as u8);
+            let immediate = (rng.below(65) as usize * BLOCK).min(len);
+            let itt = pair.itt();
+            let cmd = pair.command(itt, write10(lba % 512, blocks), false, true, len as u32);
+            lba += blocks as u32;
+            pair.send_command(cmd, data[..immediate].to_vec());
+            loop {
+                let got = pair.take();
+                let Some(Header::ReadyToTransfer(r2t)) = got.last().map(|p| &p.header) else {
+                    answers.push(got);
+                    break;
+                };
+                let (ttt, mut at) = (r2t.ttt, r2t.buffer_offset as usize);
+                let end = at + r2t.desired_length as usize;
+                answers.push(got);
+                while at < end {
+                    let piece = ((1 + rng.below(128)) as usize * BLOCK).min(end - at);
+                    let chunk = data[at..at + piece].to_vec();
+                    pair.data_out(itt, ttt, at as u32, chunk, at + piece == end);
+                    at += piece;
+                }
+            }
+        }
+        answers
+    }
+    for seed in 1..=6u64 {
+        let digest = if seed % 2 == 0 { "CRC32C" } else { "None" };
+        let keys = [
+            ("ImmediateData", "Yes"),
+            ("FirstBurstLength", "65536"),
+            ("MaxBurstLength", "65536"),
+            ("HeaderDigest", digest),
+            ("DataDigest", digest),
+        ];
+        let mut whole = logged_in(&keys);
+        let mut direct = logged_in(&keys);
+        direct.read_directly([1000, 4096, 65536, 256 << 10][seed as usize % 4]);
+        for pair in [&mut whole, &mut direct] {
+            pair.backend.luns.insert(0, vec![0; 1024 * BLOCK]);
+        }
+        let before = thread_payload_copies();
+        let expected = script(&mut whole, seed * 7919);
+        let between = thread_payload_copies();
+        assert_eq!(script(&mut direct, seed * 7919), expected, "seed {seed}");
+        // The same script, the harness's copies alike: direct reads copied less.
+        let (read_whole, read_direct) = (between - before, thread_payload_copies() - between);
+        assert!(read_direct.bytes < read_whole.bytes, "seed {seed}");
+        let written =
+            |p: &Pair| -> Vec<Vec<u8>> { p.executed.iter().map(|t| t.data_out.to_vec()).collect() };
+        assert_eq!(written(&direct), written(&whole), "seed {seed}");
+        assert!(whole.executed.len() >= 12, "seed {seed}");
+    }
 }
 
 /// A READ from a RAM LUN reaches the iSCSI/TCP datamover as the LUN's memory lent; Data-In is

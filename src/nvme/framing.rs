@@ -259,7 +259,7 @@ impl PduReader {
             pdu_type::H2C_TERM_REQ => HostPdu::H2CTermReq(TermReq::parse(&header)),
             pdu_type::CAPSULE_CMD => {
                 let sqe: [u8; SQE_LEN] = header[CH_LEN..].try_into().expect("HLEN checked");
-                HostPdu::CapsuleCmd(Box::new(Sqe(sqe)))
+                HostPdu::CapsuleCmd(Sqe(sqe))
             }
             _ => {
                 let h = H2CDataHeader::parse(&ch, &header);

@@ -8,6 +8,7 @@
 //! (DDGST) if negotiated and there is data. `PLEN` counts all of it.
 
 use super::command::{Completion, Sqe, SQE_LEN};
+use crate::iscsi::bytes::InlineBytes;
 
 /// Length of the common header (common header).
 pub const CH_LEN: usize = 8;
@@ -103,9 +104,9 @@ impl CommonHeader {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[self.pdu_type, self.flags, self.hlen, self.pdo]);
-        out.extend_from_slice(&self.plen.to_le_bytes());
+    fn write(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&[self.pdu_type, self.flags, self.hlen, self.pdo]);
+        out[4..CH_LEN].copy_from_slice(&self.plen.to_le_bytes());
     }
 }
 
@@ -161,7 +162,7 @@ pub struct IcResp {
 impl IcResp {
     /// The whole PDU (no digests: they are not in effect until after the exchange).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(hlen::IC);
+        let mut out = vec![0; CH_LEN];
         CommonHeader {
             pdu_type: pdu_type::IC_RESP,
             flags: 0,
@@ -232,7 +233,8 @@ impl TermReq {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPdu {
     IcReq(IcReq),
-    CapsuleCmd(Box<Sqe>),
+    /// The SQE inline (64 bytes): receiving a command allocates nothing.
+    CapsuleCmd(Sqe),
     H2CData(H2CDataHeader),
     H2CTermReq(TermReq),
 }
@@ -252,13 +254,21 @@ pub fn digest(bytes: &[u8]) -> [u8; 4] {
     crc32c::crc32c(bytes).to_le_bytes()
 }
 
+/// The bytes of a controller PDU before its data: CH, PSH and header digest (24 + 4 bytes at
+/// most for CapsuleResp, R2T and C2HData), held inline; padding up to a PDO beyond that (a host
+/// asking HPDA > 0) moves it to the heap.
+pub type PduHead = InlineBytes<32>;
+
+/// The data digest after a PDU's data, or nothing.
+pub type PduTail = InlineBytes<{ DIGEST_LEN }>;
+
 /// The bytes of a PDU that precede its data (CH, PSH, HDGST, padding up to PDO) and the data
 /// digest that follows it: a transport writes `head`, the data, then `tail`, so read data need
-/// not be copied into the PDU.
+/// not be copied into the PDU. Neither allocates (see [`PduHead`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Framed {
-    pub head: Vec<u8>,
-    pub tail: Vec<u8>,
+    pub head: PduHead,
+    pub tail: PduTail,
 }
 
 /// Frames a controller PDU: `psh` is the PDU-specific header (HLEN − 8 bytes), `data` its data
@@ -287,7 +297,8 @@ pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendS
     } else {
         pdo + data.len() + ddgst
     };
-    let mut head = Vec::with_capacity(pdo.max(hlen + hdgst));
+    let mut header = [0u8; CH_LEN + 16 + DIGEST_LEN];
+    let header = &mut header[..hlen + hdgst];
     CommonHeader {
         pdu_type,
         flags: pdu_flags,
@@ -295,23 +306,26 @@ pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendS
         pdo: pdo as u8,
         plen: plen as u32,
     }
-    .write(&mut head);
-    head.extend_from_slice(psh);
+    .write(header);
+    header[CH_LEN..hlen].copy_from_slice(psh);
     if hdgst > 0 {
-        let d = digest(&head);
-        head.extend_from_slice(&d);
+        let d = digest(&header[..hlen]);
+        header[hlen..].copy_from_slice(&d);
     }
-    head.resize(pdo.max(head.len()), 0);
+    let mut head = PduHead::from(&header[..]);
+    if pdo > head.len() {
+        head.extend_from_slice(&[0; 128][..pdo - head.len()]);
+    }
     let tail = if ddgst > 0 {
-        digest(data).to_vec()
+        PduTail::from(digest(data))
     } else {
-        Vec::new()
+        PduTail::default()
     };
     Framed { head, tail }
 }
 
 /// A CapsuleResp PDU carrying `cqe`, as bytes.
-pub fn capsule_resp(cqe: &Completion, s: &SendSettings) -> Vec<u8> {
+pub fn capsule_resp(cqe: &Completion, s: &SendSettings) -> PduHead {
     frame(pdu_type::CAPSULE_RESP, 0, &cqe.encode(), &[], s).head
 }
 
@@ -325,7 +339,7 @@ pub fn c2h_data_psh(cccid: u16, datao: u32, datal: u32) -> [u8; 16] {
 }
 
 /// An R2T PDU asking for `r2tl` bytes at `r2to` of command `cccid`, tagged `ttag`.
-pub fn r2t(cccid: u16, ttag: u16, r2to: u32, r2tl: u32, s: &SendSettings) -> Vec<u8> {
+pub fn r2t(cccid: u16, ttag: u16, r2to: u32, r2tl: u32, s: &SendSettings) -> PduHead {
     let mut psh = [0u8; 16];
     psh[0..2].copy_from_slice(&cccid.to_le_bytes());
     psh[2..4].copy_from_slice(&ttag.to_le_bytes());
@@ -352,9 +366,7 @@ pub fn c2h_term_req(fes: Fes, fei: u32, offending: &[u8]) -> Vec<u8> {
             ..SendSettings::default()
         },
     );
-    let mut out = framed.head;
-    out.extend_from_slice(data);
-    out
+    [&framed.head[..], data].concat()
 }
 
 #[cfg(test)]
@@ -418,7 +430,7 @@ mod tests {
         assert_eq!(ch.plen, 32 + 10 + 4);
         assert_eq!(f.head.len(), 32);
         assert_eq!(&f.head[24..28], &digest(&f.head[..24]));
-        assert_eq!(f.tail, digest(&data).to_vec());
+        assert_eq!(&f.tail[..], &digest(&data));
     }
 
     #[test]

@@ -24,7 +24,8 @@ use super::controller::{AdminState, ControllerShared};
 use super::framing::{FrameError, FrameLimits, PduReader, Received};
 use super::io::{backend_status, IoCommand, IoId, IoOp};
 use super::pdu::{
-    self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, SendSettings,
+    self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, PduHead,
+    PduTail, SendSettings,
 };
 use crate::backend::BackendError;
 use crate::scsi::{BlockReply, ScsiOutcome};
@@ -92,15 +93,18 @@ pub enum CloseReason {
 /// An effect the transport must carry out, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send these bytes (whole PDUs).
+    /// Send these bytes (whole PDUs: ICResp, C2HTermReq).
     Send(Vec<u8>),
-    /// Send `head`, bytes `range` of `data`, then `tail`: a C2HData PDU whose data is a read
-    /// buffer, not copied into the PDU.
+    /// Send this PDU without data, held inline (CapsuleResp, R2T: one per command, which
+    /// costs no allocation).
+    SendPdu(PduHead),
+    /// Send `head`, bytes `range` of `data`, then `tail`: a C2HData PDU whose data is the
+    /// command's read buffer, moved here, not copied into the PDU.
     SendData {
-        head: Vec<u8>,
-        data: Arc<Buf>,
+        head: PduHead,
+        data: Buf,
         range: Range<usize>,
-        tail: Vec<u8>,
+        tail: PduTail,
     },
     /// Create a controller (admin queue Connect); answer with
     /// [`Queue::handle_controller_created`].
@@ -166,7 +170,7 @@ enum CommandState {
 
 #[derive(Debug)]
 struct Command {
-    sqe: Box<Sqe>,
+    sqe: Sqe,
     /// Host data received so far: a pool buffer the backend writes from.
     data: Buf,
     /// Host data the command takes in all.
@@ -410,7 +414,7 @@ impl Queue {
                     lent.iter()
                         .for_each(|l| crate::stats::count_payload_copy(l.len()));
                 }
-                self.send_data(cid, Arc::new(data.into_buf()));
+                self.send_data(cid, data.into_buf());
                 return;
             }
             Ok(None) => {
@@ -470,7 +474,7 @@ impl Queue {
         self.phase = Phase::AwaitingConnect;
     }
 
-    fn handle_capsule(&mut self, sqe: Box<Sqe>, data: Buf, data_digest_ok: bool) {
+    fn handle_capsule(&mut self, sqe: Sqe, data: Buf, data_digest_ok: bool) {
         if self.phase == Phase::Live {
             self.sqhd = (self.sqhd + 1) % self.sq_size.max(1);
             if self.commands.len() >= usize::from(self.sq_size) {
@@ -564,8 +568,8 @@ impl Queue {
             r2t_end: offset + length,
         };
         // The transfer tag is the command's CID: unique among outstanding commands.
-        let bytes = pdu::r2t(cid, cid, offset, length, &self.send);
-        self.actions.push_back(Action::Send(bytes));
+        let head = pdu::r2t(cid, cid, offset, length, &self.send);
+        self.actions.push_back(Action::SendPdu(head));
     }
 
     /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
@@ -626,8 +630,8 @@ impl Queue {
         let Some(command) = self.commands.get_mut(&cid) else {
             return;
         };
-        // A copy on the stack, not a second box: dispatching allocates nothing for it.
-        let sqe: Sqe = (*command.sqe).clone();
+        // A copy on the stack: dispatching allocates nothing for it.
+        let sqe: Sqe = command.sqe.clone();
         let data = std::mem::take(&mut command.data);
         let outcome = if sqe.opcode() == FABRICS_OPCODE {
             self.fabrics_command(&sqe, &data)
@@ -648,7 +652,7 @@ impl Queue {
                     self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
                 } else {
                     // Admin replies are small; a copy into a pool buffer keeps one data type.
-                    self.send_data(cid, Arc::new(Buf::copy_from_slice(&bytes)));
+                    self.send_data(cid, Buf::copy_from_slice(&bytes));
                 }
             }
             Outcome::Pending(io, lba) => {
@@ -706,14 +710,14 @@ impl Queue {
             cid,
             status,
         };
-        let bytes = pdu::capsule_resp(&cqe, &self.send);
-        self.actions.push_back(Action::Send(bytes));
+        let head = pdu::capsule_resp(&cqe, &self.send);
+        self.actions.push_back(Action::SendPdu(head));
     }
 
     /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
     /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
     /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
-    fn send_data(&mut self, cid: u16, data: Arc<Buf>) {
+    fn send_data(&mut self, cid: u16, data: Buf) {
         self.commands.remove(&cid);
         if data.is_empty() {
             return self.respond(cid, Status::SUCCESS, 0);

@@ -426,13 +426,17 @@ impl Pair {
                     self.host.header_digest,
                     self.host.data_digest,
                 )),
+                Action::SendPdu(head) => {
+                    self.received
+                        .push(parse(&head, self.host.header_digest, self.host.data_digest))
+                }
                 Action::SendData {
                     head,
                     data,
                     range,
                     tail,
                 } => {
-                    let mut bytes = head;
+                    let mut bytes = head.to_vec();
                     bytes.extend_from_slice(&data[range]);
                     bytes.extend_from_slice(&tail);
                     self.received.push(parse(

@@ -194,6 +194,7 @@ impl NvmeResident {
     fn perform(&mut self, action: Action, io: &mut ThreadIo<'_>) {
         match action {
             Action::Send(bytes) => self.link.outbox.push_bytes(bytes),
+            Action::SendPdu(head) => self.link.outbox.push_head(&head),
             Action::SendData {
                 head,
                 data,
@@ -201,9 +202,9 @@ impl NvmeResident {
                 tail,
             } => {
                 let outbox = &mut self.link.outbox;
-                outbox.push_bytes(head);
-                outbox.push_buffer(DataInBuf::Shared(data), range);
-                outbox.push_bytes(tail);
+                outbox.push_head(&head);
+                outbox.push_buffer(DataInBuf::Whole(data), range);
+                outbox.push_head(&tail);
             }
             Action::CreateController(request) => {
                 let result = self.nvme.lock_registry().create(&request);

@@ -98,6 +98,18 @@ impl Outbox {
         self.push(Piece::Shared(buffer, range));
     }
 
+    /// Queues a few bytes framed by another transport (NVMe/TCP headers and digests), held
+    /// inline: a header of up to 52 bytes or a digest costs no allocation.
+    pub(crate) fn push_head(&mut self, bytes: &[u8]) {
+        if bytes.len() <= 7 {
+            let mut tail = [0u8; 7];
+            tail[..bytes.len()].copy_from_slice(bytes);
+            self.push(Piece::Tail(tail, bytes.len() as u8));
+        } else {
+            self.push(Piece::Head(HeaderBytes::from(bytes)));
+        }
+    }
+
     /// Queues raw stream bytes (PDUs framed before the connection got its own thread).
     pub(crate) fn push_bytes(&mut self, bytes: Vec<u8>) {
         self.push(Piece::Owned(bytes));

@@ -6,7 +6,7 @@
 //! Binding the session may wait up to 10 s for a reinstated session to close, so it happens on
 //! a short-lived thread of its own before the connection moves to the engine thread.
 
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,12 +41,15 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
         stream,
         peer,
         conn,
-        reader,
+        mut reader,
         settings,
         unsent,
         first,
         ticket,
     } = handoff;
+    // This thread reads through the framer's `read_buffer`: the data of large Data-Out PDUs
+    // and immediate data can go straight from the socket into their task's buffer.
+    reader.set_direct_reads(true);
     let mut link = SocketLink::new(stream, peer, "initiator");
     link.outbox.push_bytes(unsent);
     let connection = TcpResident {
@@ -178,17 +181,23 @@ impl Resident for TcpResident {
 }
 
 impl TcpResident {
-    /// Reads what the socket has (a few buffers at most) and runs the PDUs it completes.
+    /// Reads what the socket has (a few buffers' worth at most) and runs the PDUs it completes.
+    /// The turn's share is counted in bytes, [`READS_PER_TURN`] full buffers: direct reads end
+    /// at each large PDU's data, so counting reads would cut a turn of large writes to half
+    /// the bytes and double the polls per PDU.
     fn read(&mut self, io: &mut ThreadIo<'_>) {
-        for _ in 0..READS_PER_TURN {
-            if !self.link.may_read() {
+        let mut budget = READS_PER_TURN * READ_CHUNK;
+        for _ in 0..READS_PER_TURN * 4 {
+            if !self.link.may_read() || budget == 0 {
                 return;
             }
-            // The socket is read straight into the framer's buffers (reused once consumed):
+            // The socket is read straight into the framer's buffers (reused once consumed), or
+            // into a task's buffer with the next header behind it (one vectored read):
             // received bytes are not copied on their way to the core.
-            let buf = self.reader.read_buffer(self.read_size);
-            let room = buf.len();
-            let result = (&*self.link.stream).read(buf);
+            let (first, second) = self.reader.read_buffers(self.read_size);
+            let room = first.len() + second.len();
+            let mut rooms = [IoSliceMut::new(first), IoSliceMut::new(second)];
+            let result = (&*self.link.stream).read_vectored(&mut rooms);
             self.reader.push_read(*result.as_ref().unwrap_or(&0));
             match result {
                 Ok(0) => {
@@ -199,6 +208,7 @@ impl TcpResident {
                     return;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     // A new buffer follows the size of recent reads.
                     self.read_size = if n == room {
                         (room * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
@@ -224,7 +234,9 @@ impl TcpResident {
 
     /// Decodes every complete PDU buffered, applying the core's actions after each one so frame
     /// settings change exactly after the final Login Response. The data of a Data-Out the
-    /// datamover expects is copied from the received bytes straight into its task's buffer.
+    /// datamover expects, and immediate data, goes straight into its task's buffer: read there
+    /// from the socket when its header came first (a large data segment), else copied from the
+    /// received bytes.
     fn consume_pdus(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
         while !self.link.closing {
             let frame = match self.reader.next_frame(&self.settings) {
