@@ -1,6 +1,7 @@
 #!/bin/bash
-# Where guest CPU goes at queue depth 1: ours against the kernel targets, profiled in the
-# SoftRoCE guest with perf (software event cpu-clock: TCG has no hardware counters).
+# Where guest CPU goes at queue depth 1: ours against the kernel targets in the SoftRoCE guest,
+# counted from /proc and optionally sampled with perf (software event cpu-clock only: TCG has no
+# hardware counters).
 #
 #   cargo build --release --bin iser-target
 #   SOFTROCE_VM_TIMEOUT=1500 flock /work/wt/vm.lock scripts/softroce-vm.sh scripts/guest/profile.sh
@@ -11,18 +12,22 @@
 #    same loop around os.getppid) and a round trip of two context switches with their
 #    wake-ups (`perf bench sched pipe`: processes and threads, on one CPU and free) cost.
 # 2. For each case of SOFTROCE_PROFILE_CASES (default "ours:nvme nvmet:nvme ours:tcp lio:tcp
-#    ours:iser lio:iser"), TARGET:FABRIC: attach the kernel initiator or host, one warm-up fio
-#    second, then fio 4 KiB random read at SOFTROCE_PROFILE_QD (default 1) for
-#    SOFTROCE_PROFILE_SECONDS (default 8), then again under `perf record -e cpu-clock -a -g`
-#    (SOFTROCE_PROFILE_FREQ samples a second, default 499; SOFTROCE_PROFILE_BIN: our binary). Printed per
-#    case: latency and IOPS; guest busy CPU, context switches and interrupts per I/O
-#    (/proc/stat); the target process's user and system time per I/O (ours only); and, from the
-#    profile, guest CPU µs per I/O by task (comm) and for the kernel paths that matter
-#    (system-call entry and exit, the scheduler, wake-ups, TCP, io_uring, rxe, idle), inclusive.
+#    ours:iser lio:iser"), TARGET:FABRIC, and each placement of SOFTROCE_PROFILE_PLACES (default
+#    "free"; "same": fio and our target on CPU 0; "cross": fio on CPU 0, ours on CPU 1), in
+#    SOFTROCE_PROFILE_ROUNDS rounds (default 1): attach the kernel initiator or host, one warm-up
+#    fio second, then fio 4 KiB random read at SOFTROCE_PROFILE_QD (default 1) for
+#    SOFTROCE_PROFILE_SECONDS (default 8). One "RESULT" line per run: mean latency, IOPS, guest
+#    busy CPU, context switches and interrupts per I/O (/proc/stat), and our process's user and
+#    system time per I/O (/proc). SOFTROCE_PROFILE_BIN names our binary.
+# 3. With SOFTROCE_PROFILE_PERF=1, the same run again under `perf record -e cpu-clock -a -g`
+#    (SOFTROCE_PROFILE_FREQ samples a second, default 499), reported as guest CPU µs per I/O by
+#    task and for the kernel paths that matter (system-call entry, the scheduler, wake-ups,
+#    TCP, io_uring, rxe, idle), inclusive. Off by default: under TCG on Linux 6.1 the samples
+#    land in the idle task (docs/benchmarks.md, "where QD1 time goes in the guest").
 #
 # Every target exports the same 256 MiB tmpfs file with the write cache on, as in bench.sh.
-# Results: $SOFTROCE_RESULTS/profile.txt, and per case the perf.data with the guest's kallsyms
-# (perf report -i CASE.data --kallsyms kallsyms on the host re-slices it).
+# Results: $SOFTROCE_RESULTS/profile.txt; with perf, per case the perf.data and the guest's
+# kallsyms (perf report -i CASE.data --kallsyms kallsyms on the host re-slices it).
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -238,7 +243,7 @@ profile() {
         "$(awk -v a="$i0" -v b="$i1" -v n="$ios" 'BEGIN{printf "%.2f", (b-a)/n}')" \
         "$([[ $target == ours ]] && echo "ours_user_us $(((ou1 - ou0) * 1000000 / HZ / ios))" \
             "ours_sys_us $(((os1 - os0) * 1000000 / HZ / ios))")"
-    if [[ "${SOFTROCE_PROFILE_PERF:-1}" != 1 ]]; then
+    if [[ "${SOFTROCE_PROFILE_PERF:-0}" != 1 ]]; then
         detach "$target" "$fabric" || sr_die "$target: detach over $fabric"
         return
     fi
@@ -287,7 +292,6 @@ profile() {
 environment
 softroce_setup
 setup_targets
-cp /proc/kallsyms "$RESULTS/kallsyms"
 read -r -a PLACES <<<"${SOFTROCE_PROFILE_PLACES:-free}"
 for round in $(seq "${SOFTROCE_PROFILE_ROUNDS:-1}"); do
     for where in "${PLACES[@]}"; do
@@ -298,7 +302,17 @@ for round in $(seq "${SOFTROCE_PROFILE_ROUNDS:-1}"); do
     done
     sr_log "round $round done"
 done
-cp "$WORK"/*.data "$RESULTS/" 2>/dev/null || true
+if [[ "${SOFTROCE_PROFILE_PERF:-0}" == 1 ]]; then
+    cp /proc/kallsyms "$RESULTS/kallsyms"
+    cp "$WORK"/*.data "$RESULTS/"
+fi
 nvmet_teardown
 lio_teardown
 bg_stop ours || sr_die "our target did not stop cleanly"
+# The run with the median latency of the rounds, per target, fabric and placement.
+say "## the run with the median latency per target, fabric and placement: mean latency µs, guest CPU µs per I/O, interrupts per I/O"
+awk '$1 == "RESULT" { print $2, $3, $4, $6, $10, $14 }' "$OUT" | sort -k1,3 -k4,4n |
+    awk '{ k = $1 " " $2 " " $3; n[k]++; lat[k, n[k]] = $4; cpu[k, n[k]] = $5; irq[k, n[k]] = $6 }
+         END { for (k in n) { m = int((n[k] + 1) / 2)
+               printf "  %-22s %6s %6s %6s (%d rounds)\n", k, lat[k, m], cpu[k, m], irq[k, m], n[k] } }' |
+    sort | tee -a "$OUT"
