@@ -156,7 +156,7 @@ impl NvmeResident {
             let result = (&*self.link.stream).read(buf);
             if let Ok(n) = result {
                 if n > 0 {
-                    self.queue.handle_read(n, Instant::now());
+                    self.queue.handle_read(n, io.now());
                     self.carry_out_actions(io);
                 }
             }
@@ -211,7 +211,7 @@ impl NvmeResident {
                 if let Ok((cntlid, _)) = &result {
                     self.join(*cntlid, 0, request.subsystem, &request.host_nqn);
                 }
-                self.queue.handle_controller_created(result, Instant::now());
+                self.queue.handle_controller_created(result, io.now());
             }
             Action::JoinController(request) => {
                 let result = self.nvme.lock_registry().join(&request);
@@ -223,7 +223,7 @@ impl NvmeResident {
                         &request.host_nqn,
                     );
                 }
-                self.queue.handle_controller_joined(result, Instant::now());
+                self.queue.handle_controller_joined(result, io.now());
             }
             Action::ControllerChanged { cntlid, state } => {
                 let ended = self.nvme.lock_registry().update(cntlid, state);

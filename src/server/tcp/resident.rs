@@ -118,7 +118,7 @@ impl Resident for TcpResident {
         }
         self.carry_out_actions(io);
         // Anything the initiator sent right behind its last Login Request.
-        self.consume_pdus(Instant::now(), io);
+        self.consume_pdus(io.now(), io);
     }
 
     fn ready(&mut self, interest: Interest, result: io::Result<usize>, io: &mut ThreadIo<'_>) {
@@ -215,7 +215,7 @@ impl TcpResident {
                     } else {
                         (n * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
                     };
-                    self.consume_pdus(Instant::now(), io);
+                    self.consume_pdus(io.now(), io);
                     if n < room {
                         // The socket is very likely empty: wait for the next poll rather than
                         // spend a read on EAGAIN.
