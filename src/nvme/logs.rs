@@ -99,8 +99,9 @@ pub fn command_effects(admin: &[u8], io: &[(u8, bool)]) -> Vec<u8> {
 /// group descriptors) and the one group of this process, with its state and its namespaces'
 /// NSIDs in ascending order (Linux drivers/nvme/host/multipath.c nvme_update_ana_state walks
 /// them in step with its sorted namespace list). `groups_only` is RGO (Return Groups Only):
-/// the descriptor without NSIDs. The change counts stay 0: the log never changes while the
-/// process runs.
+/// the descriptor without NSIDs. The change count, in the header and the descriptor, is the
+/// group's: how many times its state changed (as Linux's nvmet reports its nvmet_ana_chgcnt
+/// in both, drivers/nvme/target/admin-cmd.c nvmet_execute_get_log_page_ana).
 pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
     let mut listed: Vec<u32> = if groups_only {
         Vec::new()
@@ -109,10 +110,12 @@ pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
     };
     listed.sort_unstable();
     let mut d = vec![0u8; 16 + 32 + 4 * listed.len()];
+    d[0..8].copy_from_slice(&group.change_count.to_le_bytes()); // CHGCNT
     d[8..10].copy_from_slice(&1u16.to_le_bytes()); // NGRPS
     let desc = &mut d[16..48];
     desc[0..4].copy_from_slice(&group.id.to_le_bytes()); // ANAGRPID
     desc[4..8].copy_from_slice(&(listed.len() as u32).to_le_bytes()); // NNSIDV
+    desc[8..16].copy_from_slice(&group.change_count.to_le_bytes()); // CHGCNT
     desc[16] = group.state as u8; // ANAS
     for (i, id) in listed.iter().enumerate() {
         d[48 + 4 * i..52 + 4 * i].copy_from_slice(&id.to_le_bytes());
@@ -214,10 +217,12 @@ mod tests {
         let group = AnaGroup {
             id: 2,
             state: AnaState::NonOptimized,
+            change_count: 3,
         };
         let d = ana(group, &[3, 1], false);
         assert_eq!(d.len(), 16 + 32 + 8);
-        assert_eq!(&d[0..8], &[0; 8], "CHGCNT");
+        assert_eq!(&d[0..8], &3u64.to_le_bytes(), "CHGCNT");
+        assert_eq!(&d[24..32], &3u64.to_le_bytes(), "descriptor CHGCNT");
         assert_eq!(&d[8..10], &[1, 0], "NGRPS");
         assert_eq!(&d[16..20], &2u32.to_le_bytes(), "ANAGRPID");
         assert_eq!(&d[20..24], &2u32.to_le_bytes(), "NNSIDV");

@@ -155,6 +155,7 @@ impl NvmeState {
                 AluaState::ActiveNonOptimized => AnaState::NonOptimized,
                 AluaState::Standby => AnaState::Inaccessible,
             },
+            change_count: 0,
         };
         let nvme = NvmeConfig {
             subsystems,
