@@ -60,6 +60,17 @@ impl AluaState {
     }
 }
 
+/// The configuration's spelling (`alua_state:`).
+impl std::fmt::Display for AluaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AluaState::ActiveOptimized => "active-optimized",
+            AluaState::ActiveNonOptimized => "active-non-optimized",
+            AluaState::Standby => "standby",
+        })
+    }
+}
+
 /// This gateway's target port: its group, state and relative port identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AluaPort {

@@ -19,13 +19,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::admission::PortalKey;
+use super::engine::Residence;
 use super::registry::SessionControl;
 use super::Shared;
 use crate::backend::Backend;
@@ -72,17 +73,29 @@ impl NamespaceCapacity for BackendCapacity {
     }
 }
 
+/// How a live queue is reached from other threads.
+#[derive(Clone)]
+pub(super) struct QueueHandle {
+    /// Asks it to close.
+    pub control: Arc<dyn SessionControl>,
+    /// Its engine thread, poked to look at a changed ANA state.
+    pub residence: Residence,
+}
+
 /// State shared by every NVMe/TCP connection of the process.
 pub(crate) struct NvmeState {
-    /// Subsystems, limits and the discovery log (with the portals' configured addresses).
-    config: Arc<NvmeConfig>,
+    /// Subsystems, limits, the discovery log (with the portals' configured addresses) and
+    /// the ANA group as it is now (replaced when the ANA state changes).
+    config: RwLock<Arc<NvmeConfig>>,
     /// The same for the discovery-only portals: only the discovery subsystem is connectable.
-    discovery_config: Arc<NvmeConfig>,
+    discovery_config: RwLock<Arc<NvmeConfig>>,
     /// The discovery-only portals, with the ports bound.
     discovery_portals: Vec<SocketAddr>,
     registry: Mutex<ControllerRegistry>,
     /// Live queues by (controller ID, queue ID).
-    queues: Mutex<HashMap<(u16, u16), Arc<dyn SessionControl>>>,
+    queues: Mutex<HashMap<(u16, u16), QueueHandle>>,
+    /// The gateway's ANA group and its state now.
+    ana: Mutex<AnaGroup>,
     /// Per subsystem (= target index): its namespaces' LUNs.
     namespaces: Vec<Vec<NamespaceLun>>,
 }
@@ -146,15 +159,10 @@ impl NvmeState {
         }
         let defaults = NvmeConfig::default();
         // The gateway's ALUA target port group is its ANA group, in the state that matches its
-        // ALUA state: a standby port refuses media access, as Inaccessible does (base 2.0
-        // §8.1.1.4), and a multipathing host keeps the path to use once it changes.
+        // ALUA state.
         let ana = AnaGroup {
             id: u32::from(config.target_port_group),
-            state: match config.alua_state {
-                AluaState::ActiveOptimized => AnaState::Optimized,
-                AluaState::ActiveNonOptimized => AnaState::NonOptimized,
-                AluaState::Standby => AnaState::Inaccessible,
-            },
+            state: ana_state_of(config.alua_state),
             change_count: 0,
         };
         let nvme = NvmeConfig {
@@ -172,15 +180,52 @@ impl NvmeState {
             ..nvme.clone()
         };
         Arc::new(NvmeState {
-            config: Arc::new(nvme),
-            discovery_config: Arc::new(discovery_config),
+            config: RwLock::new(Arc::new(nvme)),
+            discovery_config: RwLock::new(Arc::new(discovery_config)),
             discovery_portals: discovery_portals.to_vec(),
             registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
                 config.target_port_group,
             ))),
             queues: Mutex::new(HashMap::new()),
+            ana: Mutex::new(ana),
             namespaces,
         })
+    }
+
+    /// The gateway's ANA group as it is now.
+    pub(super) fn ana(&self) -> AnaGroup {
+        *self.ana.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the gateway's ANA group to the state of ALUA state `alua` (a reloaded
+    /// configuration): connections accepted from now on start in it, and every admin queue's
+    /// thread is poked to hand it to its queue, which reports it with an incremented change
+    /// count and an ANA change notice. Returns whether the state changed.
+    pub(crate) fn set_alua_state(&self, alua: AluaState) -> bool {
+        let group = {
+            let mut ana = self.ana.lock().unwrap_or_else(|p| p.into_inner());
+            let state = ana_state_of(alua);
+            if ana.state == state {
+                return false;
+            }
+            ana.state = state;
+            ana.change_count += 1;
+            *ana
+        };
+        for config in [&self.config, &self.discovery_config] {
+            let mut config = config.write().unwrap_or_else(|p| p.into_inner());
+            let mut changed = (**config).clone();
+            changed.ana = group;
+            *config = Arc::new(changed);
+        }
+        // A queue that joins its controller after this loop reads the new group itself
+        // (resident.rs, after the join).
+        for ((_, qid), handle) in self.lock_queues().iter() {
+            if *qid == 0 {
+                handle.residence.poke();
+            }
+        }
+        true
     }
 
     /// The configuration a connection accepted at `local` sees: a discovery-only portal's
@@ -199,6 +244,7 @@ impl NvmeState {
         } else {
             &self.config
         };
+        let base = &*base.read().unwrap_or_else(|p| p.into_inner());
         let reached = local.ip().to_canonical();
         let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
@@ -222,9 +268,7 @@ impl NvmeState {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_queues(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), Arc<dyn SessionControl>>> {
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), QueueHandle>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -232,8 +276,8 @@ impl NvmeState {
     fn shut_down_queues(&self, cntlid: u16, qids: &[u16]) {
         let queues = self.lock_queues();
         for qid in qids {
-            if let Some(control) = queues.get(&(cntlid, *qid)) {
-                control.request_shutdown();
+            if let Some(handle) = queues.get(&(cntlid, *qid)) {
+                handle.control.request_shutdown();
             }
         }
     }
@@ -245,6 +289,17 @@ impl NvmeState {
             .iter()
             .find(|n| n.nsid == nsid)
             .copied()
+    }
+}
+
+/// The ANA state of a gateway in ALUA state `alua`: a standby port refuses media access, as
+/// Inaccessible does (base 2.0 §8.1.1.4), and a multipathing host keeps the path to use once
+/// it changes (Persistent Loss would make it drop the path for good).
+pub(crate) fn ana_state_of(alua: AluaState) -> AnaState {
+    match alua {
+        AluaState::ActiveOptimized => AnaState::Optimized,
+        AluaState::ActiveNonOptimized => AnaState::NonOptimized,
+        AluaState::Standby => AnaState::Inaccessible,
     }
 }
 
@@ -375,7 +430,8 @@ mod tests {
         let scsi = crate::server::build_scsi_targets(&config).unwrap();
         let portals = [SocketAddr::from(([0, 0, 0, 0], 4420))];
         let state = NvmeState::new(&config, &scsi, &portals, &[]);
-        let base = &state.config.discovery;
+        let current = Arc::clone(&state.config.read().unwrap());
+        let base = &current.discovery;
         assert_eq!(base.len(), 1);
         assert_eq!(base[0].subsystem_nqn, "nqn.2026-11.io.iser-target:ram0");
         let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 4420)));
