@@ -365,12 +365,17 @@ impl NvmeQueue {
         Ok(cid)
     }
 
-    /// Posts an Asynchronous Event Request without waiting: the controller holds it until it
-    /// has an event to report ([`NvmeQueue::next_completion`]). Returns its CID.
-    pub fn post_async_event_request(&mut self) -> io::Result<u16> {
-        let mut sqe = Sqe::new(0x0C, 0);
+    /// Sends `sqe`, a command without data, and does not wait for its completion
+    /// ([`NvmeQueue::next_completion`]): its CID.
+    pub fn post(&mut self, mut sqe: Sqe) -> io::Result<u16> {
         sqe.set_sgl(0, false);
         self.send_capsule(sqe, &[])
+    }
+
+    /// Posts an Asynchronous Event Request: the controller holds it until it has an event to
+    /// report. Returns its CID.
+    pub fn post_async_event_request(&mut self) -> io::Result<u16> {
+        self.post(Sqe::new(0x0C, 0))
     }
 
     /// The next completion the controller sends, within `timeout`: that of a command posted
