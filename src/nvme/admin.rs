@@ -548,8 +548,10 @@ impl Queue {
                     .cloned()
                     .collect();
                 // GENCTR changes whenever the entries do: a checksum of their log.
-                let generation = u64::from(crc32c::crc32c(&logs::discovery(&entries, 0)));
-                logs::discovery(&entries, generation)
+                let current = self.config.current_port.as_ref();
+                let unnumbered = logs::discovery(current, &entries, 0);
+                let generation = u64::from(crc32c::crc32c(&unnumbered));
+                logs::discovery(current, &entries, generation)
             }
             (lid::SMART, Some(_)) => logs::smart(&binding.shared.counters()),
             (lid::FIRMWARE_SLOT, Some(s)) => logs::firmware_slot(&s.firmware),

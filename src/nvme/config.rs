@@ -145,6 +145,11 @@ pub struct NvmeConfig {
     pub discovery_only: bool,
     /// The discovery log page, as the environment computes it for this portal.
     pub discovery: Vec<DiscoveryEntry>,
+    /// The port this connection arrived on, with the discovery subsystem's NQN: the discovery
+    /// log's first entry, the current discovery subsystem (subtype 3, NVMe-oF TP 8013), as
+    /// Linux's nvmet lists it (drivers/nvme/target/discovery.c
+    /// nvmet_execute_disc_get_log_page). `None`: no such entry.
+    pub current_port: Option<DiscoveryEntry>,
     /// Largest I/O submission queue (entries); CAP.MQES is one less.
     pub max_queue_size: u16,
     /// I/O queues a controller may have.
@@ -182,6 +187,7 @@ impl Default for NvmeConfig {
             capacity: None,
             discovery_only: false,
             discovery: Vec::new(),
+            current_port: None,
             max_queue_size: 128,
             max_io_queues: 64,
             in_capsule_data: 8192,

@@ -34,7 +34,7 @@ use crate::config::{Backing, Config};
 use crate::nvme::registry::gateway_cntlids;
 use crate::nvme::{
     AddressFamily, AnaGroup, AnaState, ControllerRegistry, DiscoveryEntry, NamespaceCapacity,
-    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
+    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 use crate::scsi::{AluaState, ScsiTarget};
 
@@ -89,7 +89,9 @@ pub(crate) struct NvmeState {
     config: RwLock<Arc<NvmeConfig>>,
     /// The same for the discovery-only portals: only the discovery subsystem is connectable.
     discovery_config: RwLock<Arc<NvmeConfig>>,
-    /// The discovery-only portals, with the ports bound.
+    /// The NVMe/TCP I/O portals, with the ports bound (port IDs 1, 2...).
+    io_portals: Vec<SocketAddr>,
+    /// The discovery-only portals, with the ports bound (port IDs after the I/O portals').
     discovery_portals: Vec<SocketAddr>,
     registry: Mutex<ControllerRegistry>,
     /// Live queues by (controller ID, queue ID).
@@ -182,6 +184,7 @@ impl NvmeState {
         Arc::new(NvmeState {
             config: RwLock::new(Arc::new(nvme)),
             discovery_config: RwLock::new(Arc::new(discovery_config)),
+            io_portals: portals.to_vec(),
             discovery_portals: discovery_portals.to_vec(),
             registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
                 config.target_port_group,
@@ -233,34 +236,46 @@ impl NvmeState {
     /// address the host reached instead, which is one it can connect to (0.0.0.0 would make
     /// it connect to itself). A wildcard portal listens on that address too, whichever port
     /// the host reached (a discovery portal's, say): an IPv4 one if the address is IPv4, an
-    /// IPv6 one (dual-stack) always.
+    /// IPv6 one (dual-stack) always. The port reached, with its port ID, is the discovery
+    /// log's current discovery subsystem entry, as nvmet names the port of the request
+    /// (drivers/nvme/target/discovery.c nvmet_set_disc_traddr: the address reached when the
+    /// port listens on any).
     fn config_for(&self, local: SocketAddr) -> Arc<NvmeConfig> {
-        let discovery_portal = self.discovery_portals.iter().any(|p| {
+        let serves = |p: &SocketAddr| {
             p.port() == local.port()
                 && (p.ip().is_unspecified() || p.ip().to_canonical() == local.ip().to_canonical())
-        });
-        let base = if discovery_portal {
+        };
+        let discovery_portal = self.discovery_portals.iter().position(serves);
+        let port_id = match discovery_portal {
+            // Discovery-only portals are numbered after the I/O portals.
+            Some(index) => self.io_portals.len() + index + 1,
+            None => self.io_portals.iter().position(serves).map_or(1, |i| i + 1),
+        };
+        let base = if discovery_portal.is_some() {
             &self.discovery_config
         } else {
             &self.config
         };
-        let base = &*base.read().unwrap_or_else(|p| p.into_inner());
+        let mut config = (**base.read().unwrap_or_else(|p| p.into_inner())).clone();
         let reached = local.ip().to_canonical();
         let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
             Ok(IpAddr::V6(a)) => a.is_unspecified(),
             Err(_) => false,
         };
-        if !base.discovery.iter().any(reachable) {
-            return Arc::clone(base);
-        }
-        let mut config = (**base).clone();
         for entry in &mut config.discovery {
             if reachable(entry) {
                 entry.address = reached.to_string();
                 entry.address_family = family(reached);
             }
         }
+        config.current_port = Some(DiscoveryEntry {
+            subsystem_nqn: DISCOVERY_NQN.into(),
+            port_id: port_id as u16,
+            address_family: family(reached),
+            address: reached.to_string(),
+            service_id: local.port().to_string(),
+        });
         Arc::new(config)
     }
 
@@ -437,6 +452,19 @@ mod tests {
         let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 4420)));
         assert_eq!(seen.discovery[0].address, "192.0.2.7");
         assert_eq!(seen.discovery[0].service_id, "4420");
+        let current = seen
+            .current_port
+            .as_ref()
+            .expect("the current discovery subsystem");
+        assert_eq!(
+            (
+                &*current.subsystem_nqn,
+                current.port_id,
+                &*current.address,
+                &*current.service_id
+            ),
+            (DISCOVERY_NQN, 1, "192.0.2.7", "4420")
+        );
         // The namespace: LUN 0 as NSID 1, its EUI-64 the LUN's NAA identifier.
         let ns = &seen.subsystems[0].namespaces[0];
         assert_eq!((ns.nsid, ns.blocks), (1, (1 << 30) / 512));
@@ -458,6 +486,12 @@ mod tests {
         assert_eq!(seen.discovery.len(), 1, "the I/O portal only");
         assert_eq!(seen.discovery[0].address, "192.0.2.7");
         assert_eq!(seen.discovery[0].service_id, "4420");
+        let current = seen.current_port.as_ref().unwrap();
+        assert_eq!(
+            (current.port_id, &*current.service_id),
+            (2, "8009"),
+            "the discovery portal, numbered after the I/O portal"
+        );
         assert!(
             !state
                 .config_for(SocketAddr::from(([192, 0, 2, 7], 4420)))
