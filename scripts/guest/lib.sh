@@ -613,9 +613,9 @@ gateway_logged() { (($(grep -c "$2" "$1") >= $3)); }
 FIO_SIZE=48M
 FIO_WRITE_RATE=1536k
 
-# fio_verify DEV OUTPUT [FIO_ARGS...]: fio's verified random writes on DEV (output in
+# gateway_fio DEV OUTPUT [FIO_ARGS...]: fio's verified random writes on DEV (output in
 # $RESULTS/OUTPUT); extra arguments (--size, --rate) are appended.
-fio_verify() {
+gateway_fio() {
     local dev="$1" out="$2"
     shift 2
     fio --name=gateways --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
@@ -638,7 +638,7 @@ fio_result() {
 # its verify passed.
 fio_across_gateway_kill() {
     local dev="$1" out="$2" addr="$3" fio_pid status
-    fio_verify "$dev" "$out" --size="$FIO_SIZE" --rate=,"$FIO_WRITE_RATE" &
+    gateway_fio "$dev" "$out" --size="$FIO_SIZE" --rate=,"$FIO_WRITE_RATE" &
     fio_pid=$!
     sleep 8
     if kill -0 "$fio_pid" 2>/dev/null; then

@@ -168,7 +168,7 @@ dmesg >"$RESULTS/dmesg-drained.txt"
 grep -q "alua: port group 01 state S" "$RESULTS/dmesg-drained.txt" &&
     pass "scsi_dh_alua: port group 01 in standby" ||
     fail "scsi_dh_alua did not see port group 01 in standby"
-fio_verify "$DEV" fio-drained.txt --size=16M
+gateway_fio "$DEV" fio-drained.txt --size=16M
 fio_result $? fio-drained.txt "$DEV with gateway a in standby"
 set_gateway_state a active-optimized || fail "gateway a did not take alua_state active-optimized"
 if sr_wait 30 paths_are "ready 50 ready 50"; then

@@ -167,7 +167,7 @@ sr_wait 15 path_is "$ADDR_A" "live inaccessible" && pass "gateway a in standby: 
     fail "path through A after draining: '$(path_state "$ADDR_A")', want 'live inaccessible'"
 ana_log_shows "$ADDR_A" 1 inaccessible && pass "nvme ana-log via A: group 1 inaccessible" ||
     fail "nvme ana-log via A after draining"
-fio_verify "$DEV" fio-nvme-drained.txt --size=16M
+gateway_fio "$DEV" fio-nvme-drained.txt --size=16M
 fio_result $? fio-nvme-drained.txt "$DEV with gateway a in standby"
 set_gateway_state a active-optimized || fail "gateway a did not take alua_state active-optimized"
 sr_wait 15 path_is "$ADDR_A" "live optimized" && pass "gateway a restored: path through A live, optimized" ||
