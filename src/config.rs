@@ -22,7 +22,9 @@ pub use crate::scsi::AluaState;
 mod auth;
 pub use auth::MIN_SECRET_LEN;
 mod nvme;
+mod reload;
 pub use nvme::{default_nqn, DEFAULT_NVME_DISCOVERY_PORT, DEFAULT_NVME_TCP_PORT};
+pub use reload::Reload;
 
 // ---------------------------------------------------------------------------
 // Public, resolved configuration

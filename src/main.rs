@@ -1,7 +1,7 @@
 //! `iser-target`: serve block devices, files and RAM disks over iSCSI.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the configured targets until SIGINT or SIGTERM.
+    /// Serve the configured targets until SIGINT or SIGTERM. SIGHUP re-reads the configuration
+    /// file and applies a changed `alua_state` (docs/multipath.md, draining a gateway).
     Serve {
         /// YAML configuration; without it, one 1 GiB RAM LUN is served on TCP 0.0.0.0:3260 (and
         /// iSER 0.0.0.0:3260 when an RDMA device has an active port).
@@ -85,7 +86,7 @@ fn devices() -> ExitCode {
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
-    let config = match &path {
+    let mut config = match &path {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -95,13 +96,14 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         },
         None => default_config(),
     };
-    // Block the stop signals before any thread starts so that every thread inherits the mask and
-    // only the sigwait below sees them.
-    let mut stop_signals = SigSet::empty();
-    stop_signals.add(Signal::SIGINT);
-    stop_signals.add(Signal::SIGTERM);
-    if let Err(e) = stop_signals.thread_block() {
-        eprintln!("cannot block SIGINT/SIGTERM: {e}");
+    // Block the stop and reload signals before any thread starts so that every thread inherits
+    // the mask and only the sigwait below sees them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("cannot block SIGINT/SIGTERM/SIGHUP: {e}");
         return ExitCode::FAILURE;
     }
     let server = match Server::start(&config) {
@@ -114,11 +116,14 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     if path.is_none() {
         print_connect_help(&config, &server);
     }
-    let signal = match stop_signals.wait() {
-        Ok(signal) => signal,
-        Err(e) => {
-            eprintln!("waiting for signals: {e}");
-            Signal::SIGTERM
+    let signal = loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => reload(&server, path.as_deref(), &mut config),
+            Ok(signal) => break signal,
+            Err(e) => {
+                eprintln!("waiting for signals: {e}");
+                break Signal::SIGTERM;
+            }
         }
     };
     log::info!("{signal:?} received: finishing in-flight commands");
@@ -131,6 +136,41 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             eprintln!("error during shutdown: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: re-reads the configuration file and applies a changed `alua_state`; any other
+/// difference is logged as needing a restart and left unapplied (and reported again on the
+/// next reload, since `running` keeps the values in force). A file that does not parse
+/// changes nothing.
+fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
+    let Some(path) = path else {
+        log::warn!("SIGHUP: serving the built-in configuration (no --config): nothing to re-read");
+        return;
+    };
+    let file = path.display();
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            log::error!("SIGHUP: {file} rejected, the running configuration stays: {e}");
+            return;
+        }
+    };
+    let reload = running.reload_to(&new);
+    for key in &reload.needs_restart {
+        log::warn!("SIGHUP: `{key}` changed in {file}: that takes a restart; not applied");
+    }
+    match reload.alua_state {
+        Some(state) => {
+            let from = running.alua_state;
+            server.set_alua_state(state);
+            running.alua_state = state;
+            log::info!("SIGHUP: ALUA state changed from {from} to {state}");
+        }
+        None if reload.needs_restart.is_empty() => {
+            log::info!("SIGHUP: {file} re-read; nothing changed");
+        }
+        None => {}
     }
 }
 

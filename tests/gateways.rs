@@ -267,3 +267,151 @@ fn gateways_report_ana_over_nvme_tcp() {
     let (cqe, _) = c.read(1, 64, 512, 512).unwrap();
     assert_eq!(cqe.status, (3, 0x02), "Asymmetric Access Inaccessible");
 }
+
+/// `config` with `alua_state: from` replaced by `to`.
+fn with_state(config: &str, from: &str, to: &str) -> String {
+    let from = format!("alua_state: {from}\n");
+    assert!(config.contains(&from), "{config}");
+    config.replacen(&from, &format!("alua_state: {to}\n"), 1)
+}
+
+/// The configuration file `server` was started with.
+fn config_of(server: &Server) -> String {
+    std::fs::read_to_string(server.config_path()).expect("read config")
+}
+
+/// Draining a gateway for maintenance: SIGHUP with `alua_state: standby` in its file moves it
+/// to standby while it runs. RTPG and the standby gating follow, every nexus gets the
+/// ASYMMETRIC ACCESS STATE CHANGED unit attention once; a file that does not parse changes
+/// nothing, and other changes are reported as needing a restart and left alone.
+#[test]
+fn sighup_changes_the_alua_state_of_a_running_gateway() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let mut a = gateway(&file, 1, Some("active-optimized"));
+    let mut s = session(&a);
+    let tur = [0u8, 0, 0, 0, 0, 0];
+    good(s.command(&tur, 0).unwrap());
+    assert_eq!(good(rtpg(&mut s))[8] & 0x0F, 0x00, "active/optimized");
+
+    let optimized = config_of(&a);
+    let standby = with_state(&optimized, "active-optimized", "standby");
+    let said = a.reload(&standby);
+    assert!(
+        said.contains("ALUA state changed from active-optimized to standby"),
+        "{said}"
+    );
+    // The unit attention first (scsi_dh_alua re-reads RTPG on it), then the new state.
+    assert_eq!(sense_of(&rtpg(&mut s)), (0x06, 0x2A, 0x06));
+    assert_eq!(good(rtpg(&mut s))[8] & 0x0F, 0x02, "standby");
+    assert_eq!(sense_of(&s.command(&tur, 0).unwrap()), (0x02, 0x04, 0x0B));
+    // A second session (another ISID), logged in after the change: standby, no unit attention.
+    let mut late = BlockSession::login_as(a.port(), TEST_IQN, 0, 2).expect("login");
+    assert_eq!(
+        sense_of(&late.command(&tur, 0).unwrap()),
+        (0x02, 0x04, 0x0B)
+    );
+
+    // A broken file is rejected; the state stays.
+    let broken = with_state(&standby, "standby", "offline");
+    let said = a.reload(&broken);
+    assert!(
+        said.contains("rejected, the running configuration stays"),
+        "{said}"
+    );
+    assert!(said.contains("alua_state"), "{said}");
+    assert_eq!(good(rtpg(&mut s))[8] & 0x0F, 0x02);
+
+    // Back to active/optimized, with a change that takes a restart: only the state is applied.
+    let back = optimized.replacen("target_port_group: 1\n", "target_port_group: 9\n", 1);
+    let said = a.reload(&back);
+    assert!(said.contains("`target_port_group` changed"), "{said}");
+    assert!(said.contains("takes a restart; not applied"), "{said}");
+    assert!(said.contains("from standby to active-optimized"), "{said}");
+    assert_eq!(sense_of(&s.command(&tur, 0).unwrap()), (0x06, 0x2A, 0x06));
+    let d = good(rtpg(&mut s));
+    assert_eq!(
+        (d[8] & 0x0F, &d[10..12]),
+        (0x00, &[0u8, 1][..]),
+        "AO, group 1"
+    );
+    let data = pattern(64 * 1024, 9);
+    s.write(0, &data, 512).expect("write after the return");
+    assert_eq!(
+        sense_of(&late.command(&tur, 0).unwrap()),
+        (0x06, 0x2A, 0x06)
+    );
+    assert_eq!(late.read(0, data.len(), 512).unwrap(), data);
+    // The same file again: nothing changes, nothing is raised.
+    let said = a.reload(&back);
+    assert!(said.contains("`target_port_group` changed"), "{said}");
+    assert!(!said.contains("ALUA state changed"), "{said}");
+    good(s.command(&tur, 0).unwrap());
+}
+
+/// Over NVMe/TCP, the same SIGHUP reaches a connected host as an ANA change notice on its
+/// held Asynchronous Event Request, and the ANA log shows the new state with a higher change
+/// count; I/O follows the state.
+#[test]
+fn sighup_sends_the_ana_change_notice_over_nvme_tcp() {
+    let dir = TempDir::new("gateways");
+    let file = dir.path().join("shared.img");
+    let (mut a, port) = nvme_gateway(&file, 1, "active-optimized");
+    let (mut admin, cntlid) = admin_queue(port, TEST_NQN, HOST_NQN, 1);
+    let (_, ctrl) = admin.identify(0x01, 0).unwrap();
+    assert_eq!(
+        le32(&ctrl, 92) & 1 << 11,
+        1 << 11,
+        "OAES: ANA change notices"
+    );
+    assert!(admin.enable_notices(1 << 8 | 1 << 11).unwrap().ok());
+    let aer = admin.post_async_event_request().unwrap();
+    let mut io = io_queue(port, TEST_NQN, HOST_NQN, cntlid, 1);
+    let data = pattern(4096, 5);
+    assert!(io.write(1, 0, &data, 512).unwrap().ok());
+
+    let ana_log = |admin: &mut common::nvme_host::NvmeQueue| {
+        let (cqe, log) = admin.get_log_page(0x0C, 16 + 32 + 4).unwrap();
+        assert!(cqe.ok(), "{cqe:?}");
+        let chgcnt = u64::from_le_bytes(log[0..8].try_into().unwrap());
+        (chgcnt, le32(&log, 16), log[32])
+    };
+    assert_eq!(ana_log(&mut admin), (0, 1, 0x01));
+
+    let optimized = config_of(&a);
+    let said = a.reload(&with_state(&optimized, "active-optimized", "standby"));
+    assert!(said.contains("to standby"), "{said}");
+    let aen = admin.next_completion(Duration::from_secs(10)).expect("AEN");
+    assert_eq!(
+        (aen.cid, aen.result as u32),
+        (aer, 0x0C_03_02),
+        "notice, ANA change, log 0Ch"
+    );
+    assert_eq!(ana_log(&mut admin), (1, 1, 0x03), "CHGCNT 1, inaccessible");
+    // The I/O queue's first command after the change reports the LU's unit attention as a
+    // retryable Namespace Not Ready; then the ANA status.
+    let (cqe, _) = io.read(1, 0, 512, 512).unwrap();
+    assert_eq!((cqe.status, cqe.dnr), ((0, 0x82), false));
+    let (cqe, _) = io.read(1, 0, 512, 512).unwrap();
+    assert_eq!(cqe.status, (3, 0x02), "Asymmetric Access Inaccessible");
+
+    // Back: a new AER carries the next notice; I/O is served again.
+    let aer = admin.post_async_event_request().unwrap();
+    a.reload(&optimized);
+    let aen = admin.next_completion(Duration::from_secs(10)).expect("AEN");
+    assert_eq!((aen.cid, aen.result as u32), (aer, 0x0C_03_02));
+    assert_eq!(ana_log(&mut admin), (2, 1, 0x01));
+    let (cqe, _) = io.read(1, 0, 512, 512).unwrap();
+    assert_eq!(
+        cqe.status,
+        (0, 0x82),
+        "the unit attention of the change back"
+    );
+    let (cqe, back) = io.read(1, 0, data.len(), 512).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(back, data);
+
+    // A controller connected after the changes starts in the current state and count.
+    let (mut fresh, _) = admin_queue(port, TEST_NQN, HOST_NQN, 1);
+    assert_eq!(ana_log(&mut fresh), (2, 1, 0x01));
+}

@@ -102,12 +102,25 @@ fn connect_identify_and_round_trip_data_on_both_namespaces() {
 fn discovery_log_lists_the_subsystem_at_the_portal() {
     let (_server, port) = serve(target());
     let (mut discovery, _) = admin_queue(port, DISCOVERY_NQN, HOST_NQN, 0);
-    let (cqe, log) = discovery.get_log_page(0x70, 2048).unwrap();
+    let (cqe, log) = discovery.get_log_page(0x70, 3072).unwrap();
     assert!(cqe.ok(), "{cqe:?}");
-    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
-    let entry = &log[1024..2048];
-    assert_eq!(&entry[0..3], &[3, 1, 2], "TCP, IPv4, NVM subsystem");
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 2);
+    // First the discovery subsystem itself at the port reached (subtype 3, as nvmet).
+    let current = &log[1024..2048];
+    assert_eq!(
+        &current[0..3],
+        &[3, 1, 3],
+        "TCP, IPv4, current discovery subsystem"
+    );
     let port_text = port.to_string();
+    assert_eq!(&current[32..32 + port_text.len()], port_text.as_bytes());
+    assert_eq!(
+        &current[256..256 + DISCOVERY_NQN.len()],
+        DISCOVERY_NQN.as_bytes()
+    );
+    assert_eq!(&current[512..521], b"127.0.0.1");
+    let entry = &log[2048..3072];
+    assert_eq!(&entry[0..3], &[3, 1, 2], "TCP, IPv4, NVM subsystem");
     assert_eq!(&entry[32..32 + port_text.len()], port_text.as_bytes());
     // SUBNQN at 256, TRADDR at 512 (struct nvmf_disc_rsp_page_entry).
     assert_eq!(&entry[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
@@ -126,10 +139,19 @@ fn a_discovery_portal_lists_the_io_portal_and_serves_nothing_else() {
     );
     let mut server = Server::start_with_portals(&[target()], &portals);
     let (mut discovery, _) = admin_queue(discovery_port, DISCOVERY_NQN, HOST_NQN, 0);
-    let (cqe, log) = discovery.get_log_page(0x70, 2048).unwrap();
+    let (cqe, log) = discovery.get_log_page(0x70, 3072).unwrap();
     assert!(cqe.ok(), "{cqe:?}");
-    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
-    let entry = &log[1024..2048];
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 2);
+    // The discovery portal itself (port ID 2, after the I/O portal), then the I/O portal.
+    let current = &log[1024..2048];
+    assert_eq!(
+        (current[2], current[4]),
+        (3, 2),
+        "current discovery subsystem, port 2"
+    );
+    let port_text = discovery_port.to_string();
+    assert_eq!(&current[32..32 + port_text.len()], port_text.as_bytes());
+    let entry = &log[2048..3072];
     let port_text = io_port.to_string();
     assert_eq!(&entry[32..32 + port_text.len()], port_text.as_bytes());
     assert_eq!(&entry[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
@@ -223,7 +245,11 @@ fn allowed_hosts_refuses_other_hosts() {
     let (mut discovery, _) = admin_queue(port, DISCOVERY_NQN, HOST_NQN, 0);
     let (cqe, log) = discovery.get_log_page(0x70, 1024).unwrap();
     assert!(cqe.ok(), "{cqe:?}");
-    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 0);
+    assert_eq!(
+        u64::from_le_bytes(log[8..16].try_into().unwrap()),
+        1,
+        "the current discovery subsystem alone"
+    );
     // The allowed host connects.
     let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, allowed, 1);
     let mut q = io_queue(port, SUBSYSTEM, allowed, cntlid, 1);

@@ -15,9 +15,12 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use common::block_io::BlockSession;
-use common::{run, Backing, ConformanceRun, LunSpec, Server, TargetSpec, TempDir};
+use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Sqe, HOST_NQN};
+use common::{free_port, run, Backing, ConformanceRun, LunSpec, Server, TargetSpec, TempDir};
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:rbd";
+/// The NVMe subsystem NQN derived from [`TEST_IQN`].
+const TEST_NQN: &str = "nqn.2026-11.io.iser-target:rbd";
 const MIB: usize = 1 << 20;
 /// Tests of the SBC suites run below that pass on an RBD LUN (libiscsi 1.19.0, Ceph 16), as
 /// many as on a RAM LUN; the 7 others are skipped on both as not applicable (e.g. LBPPB < 2),
@@ -365,16 +368,7 @@ fn resizing_the_image_changes_capacity_with_a_unit_attention() {
     assert_eq!(last_lba(&mut second), 16 * MIB as u64 / 512 - 1);
 
     // Another client grows the image.
-    let out = run(
-        Command::new("rbd").arg("-c").arg(&conf).args([
-            "resize",
-            "--size",
-            "32M",
-            &format!("rbd/{image}"),
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "rbd resize failed");
+    rbd_resize(&conf, &image, "32M");
 
     // The next command of each session (TEST UNIT READY) reports CAPACITY DATA HAS CHANGED
     // once librbd's update watch has told the target.
@@ -411,6 +405,105 @@ fn resizing_the_image_changes_capacity_with_a_unit_attention() {
         .expect("WRITE past the old end");
     assert!(first.read(lba, MIB, 512).expect("READ") == tail);
     drop((first, second));
+    server.stop();
+}
+
+/// `rbd resize` of `image` to `size`, as another client of the cluster.
+fn rbd_resize(conf: &std::path::Path, image: &str, size: &str) {
+    let out = run(
+        Command::new("rbd").arg("-c").arg(conf).args([
+            "resize",
+            "--size",
+            size,
+            &format!("rbd/{image}"),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "rbd resize failed");
+}
+
+/// NSZE of namespace 1 (Identify Namespace), in blocks.
+fn namespace_size(admin: &mut NvmeQueue) -> u64 {
+    let (cqe, ns) = admin.identify(0x00, 1).expect("Identify Namespace");
+    assert!(cqe.ok(), "Identify Namespace: {cqe:?}");
+    u64::from_le_bytes(ns[0..8].try_into().unwrap())
+}
+
+/// The same resize seen by an NVMe/TCP host: the controller completes its held Asynchronous
+/// Event Request with a Namespace Attribute Changed notice, the Changed Namespace List (04h)
+/// names NSID 1 and Identify Namespace shows the new size, as Linux's host reads them
+/// (drivers/nvme/host/core.c nvme_handle_aen_notice, then the namespace scan).
+#[test]
+fn resizing_the_image_reaches_an_nvme_host_as_a_namespace_attribute_notice() {
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    let image = image_name("nvme-resize");
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let server = Server::start_with_portals(
+        &[TargetSpec::new(
+            TEST_IQN,
+            vec![rbd_lun(&conf, &image, "16M", false)],
+        )],
+        &portals,
+    );
+    let (mut admin, cntlid) = admin_queue(nvme_port, TEST_NQN, HOST_NQN, 1);
+    assert_eq!(namespace_size(&mut admin), 16 * MIB as u64 / 512);
+    assert!(admin.enable_notices(1 << 8).expect("Set Features").ok());
+    let aer = admin.post_async_event_request().expect("AER");
+
+    rbd_resize(&conf, &image, "32M");
+
+    // The controller looks at the namespaces' sizes on each admin command; a host sends Keep
+    // Alive every few seconds. Keep alives until the notice arrives (librbd's update watch
+    // first has to tell the target of the new size).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let notice = 'waiting: loop {
+        let keep_alive = admin.post(Sqe::new(0x18, 0)).expect("Keep Alive");
+        let mut notice = None;
+        loop {
+            let cqe = admin
+                .next_completion(Duration::from_secs(10))
+                .expect("a completion");
+            if cqe.cid == aer {
+                notice = Some(cqe);
+            } else {
+                assert_eq!((cqe.cid, cqe.ok()), (keep_alive, true), "{cqe:?}");
+                break;
+            }
+        }
+        if let Some(cqe) = notice {
+            break 'waiting cqe;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Namespace Attribute Changed notice 30 s after the resize"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(notice.ok(), "{notice:?}");
+    assert_eq!(
+        notice.result as u32, 0x04_00_02,
+        "notice, namespace attribute changed, log 04h"
+    );
+    let (cqe, changed) = admin
+        .get_log_page(0x04, 4096)
+        .expect("Changed Namespace List");
+    assert!(cqe.ok(), "{cqe:?}");
+    let nsid = |at: usize| u32::from_le_bytes(changed[at..at + 4].try_into().unwrap());
+    assert_eq!((nsid(0), nsid(4)), (1, 0), "NSID 1 alone");
+    assert_eq!(namespace_size(&mut admin), 32 * MIB as u64 / 512);
+
+    // The new blocks are usable up to the new end.
+    let mut io = io_queue(nvme_port, TEST_NQN, HOST_NQN, cntlid, 1);
+    let tail = pattern(64 * 1024);
+    let lba = (32 * MIB - tail.len()) as u64 / 512;
+    assert!(io.write(1, lba, &tail, 512).expect("Write").ok());
+    let (cqe, back) = io.read(1, lba, tail.len(), 512).expect("Read");
+    assert!(cqe.ok(), "{cqe:?}");
+    assert!(back == tail, "read back past the old end");
+    drop((io, admin));
     server.stop();
 }
 

@@ -572,3 +572,100 @@ nvmet_teardown() {
     done
     sr_log "nvmet configuration removed"
 }
+
+# ------------------------------------------------------------- gateways
+# Several iser-target processes serving one LUN (multipath.sh, nvme-multipath.sh). The script
+# sets BIN (the binary), WORK (gateway NAME's configuration is $WORK/NAME.yaml), RESULTS
+# (gateway NAME logs to $RESULTS/gateway-NAME.log) and PORT (the portal waited on).
+
+# start_gateway NAME ADDR: run gateway NAME in the background (pid in GW_NAME) and wait until
+# it listens on ADDR:PORT.
+start_gateway() {
+    "$BIN" serve --config "$WORK/$1.yaml" >>"$RESULTS/gateway-$1.log" 2>&1 &
+    printf -v "GW_$1" '%s' "$!"
+    sr_log "gateway $1 started (pid $!) on $2:$PORT"
+    wait_tcp_listen "$2:$PORT" 30
+}
+
+# set_gateway_state NAME STATE: drain or restore gateway NAME while it runs: writes
+# `alua_state: STATE` into its configuration and sends SIGHUP (docs/multipath.md), then waits
+# until its log says the state changed.
+set_gateway_state() {
+    local conf="$WORK/$1.yaml" log="$RESULTS/gateway-$1.log" pid_var="GW_$1" seen
+    if grep -q '^alua_state:' "$conf"; then
+        sed -i "s/^alua_state:.*/alua_state: $2/" "$conf"
+    else
+        echo "alua_state: $2" >>"$conf"
+    fi
+    seen=$(grep -c 'ALUA state changed' "$log")
+    kill -HUP "${!pid_var}" || return 1
+    sr_wait 10 gateway_logged "$log" 'ALUA state changed' "$((seen + 1))" ||
+        { sr_log "gateway $1 did not change its ALUA state to $2"; return 1; }
+    sr_log "gateway $1 is $2 (SIGHUP)"
+}
+# gateway_logged LOG TEXT N: LOG has at least N lines with TEXT.
+gateway_logged() { (($(grep -c "$2" "$1") >= $3)); }
+
+# Gateway-failover fio: random 16 KiB writes at QD16 with crc32c verify, rate-capped so that the
+# run outlasts a gateway's kill and restart on any host: 48 MiB at 1.5 MiB/s is at least 32 s (a
+# quiet CI host otherwise writes 96 MiB in 6 s and fio ended before the failover was seen). A
+# busy host slower than the cap only makes the run longer.
+FIO_SIZE=48M
+FIO_WRITE_RATE=1536k
+
+# gateway_fio DEV OUTPUT [FIO_ARGS...]: fio's verified random writes on DEV (output in
+# $RESULTS/OUTPUT); extra arguments (--size, --rate) are appended.
+gateway_fio() {
+    local dev="$1" out="$2"
+    shift 2
+    fio --name=gateways --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
+        --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_backlog=512 \
+        --verify_state_save=0 --eta=never --output="$RESULTS/$out" "$@"
+}
+
+# fio_result STATUS OUTPUT WHAT: PASS when fio exited 0 and reported no error, else FAIL.
+fio_result() {
+    cat "$RESULTS/$2" >&2
+    if (($1 == 0)) && ! grep -q 'err=[^ 0]' "$RESULTS/$2"; then
+        pass "fio with crc32c verify on $3: no I/O error, verify passed"
+    else
+        fail "fio on $3 failed (status $1)"
+    fi
+}
+
+# fio_across_gateway_kill DEV OUTPUT ADDR: fio on DEV while gateway a (on ADDR) is SIGKILLed 8 s
+# in and restarted 10 s later; checks that fio outlasted the kill and ended without error with
+# its verify passed.
+fio_across_gateway_kill() {
+    local dev="$1" out="$2" addr="$3" fio_pid status
+    gateway_fio "$dev" "$out" --size="$FIO_SIZE" --rate=,"$FIO_WRITE_RATE" &
+    fio_pid=$!
+    sleep 8
+    if kill -0 "$fio_pid" 2>/dev/null; then
+        kill -KILL "$GW_a"
+        wait "$GW_a" 2>/dev/null
+        sr_log "gateway a SIGKILLed under fio"
+        sleep 10
+        if kill -0 "$fio_pid" 2>/dev/null; then
+            pass "fio still running 10 s after gateway a died"
+        else
+            fail "fio ended within 10 s of the kill (too short to show the failover?)"
+        fi
+        start_gateway a "$addr" || fail "gateway a did not start again"
+    else
+        fail "fio ended before gateway a was killed"
+    fi
+    wait "$fio_pid"
+    status=$?
+    fio_result "$status" "$out" "$dev across the failover"
+}
+
+# stop_gateways NAME...: SIGTERM each gateway and wait for it.
+stop_gateways() {
+    local g pid_var
+    for g in "$@"; do
+        pid_var="GW_$g"
+        kill -TERM "${!pid_var}" 2>/dev/null
+        wait "${!pid_var}" 2>/dev/null
+    done
+}

@@ -7,6 +7,10 @@
 # TCP and multipath-tools (multipathd, udev, scsi_dh_alua) assembles them. Checks:
 #   - scsi_dh_alua sees implicit ALUA and each path's port group, active/optimized;
 #   - `multipath -ll` shows one device with two active paths, ALUA priority 50 each;
+#   - gateway A drained by SIGHUP (alua_state: standby): scsi_dh_alua re-reads its port group
+#     (state S), `multipath -ll` shows its path as a standby ("ghost") path at priority 1, fio
+#     with verify goes on through gateway B; set back to active-optimized, A's path is active
+#     at priority 50 again;
 #   - fio (random writes capped at 1.5 MiB/s, crc32c verify, QD16) runs on the multipath device
 #     while gateway A is SIGKILLed and, 10 s later, restarted: fio ends without an I/O error and verify passes;
 #   - the path through gateway A comes back (multipathd shows two active paths again).
@@ -31,11 +35,6 @@ IDENTIFIER=5001405000000aa1
 WWID="3$IDENTIFIER"
 WORK=/run/multipath-test
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
-# fio's write rate is capped so that the run outlasts the kill and the restart on any host: 48 MiB
-# at 1.5 MiB/s is at least 32 s (a quiet CI host otherwise writes 96 MiB in 6 s and fio ended
-# before the failover was seen). A busy host slower than the cap only makes the run longer.
-FIO_SIZE=48M
-FIO_WRITE_RATE=1536k
 
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 
@@ -56,14 +55,6 @@ targets:
 EOF
 }
 
-# start_gateway NAME ADDR: run gateway NAME in the background (pid in GW_NAME).
-start_gateway() {
-    "$BIN" serve --config "$WORK/$1.yaml" >>"$RESULTS/gateway-$1.log" 2>&1 &
-    printf -v "GW_$1" '%s' "$!"
-    sr_log "gateway $1 started (pid $!) on $2:$PORT"
-    wait_tcp_listen "$2:$PORT" 30
-}
-
 # login ADDR: a node record with short failure timeouts, then login. replacement_timeout 5 s:
 # I/O on a dead session fails over to the other path after 5 s instead of open-iscsi's 120.
 login() {
@@ -81,6 +72,12 @@ active_paths() {
         awk -v w="$WWID" '$1 == w && $2 == "active" && $3 == "ready"' | wc -l
 }
 two_active_paths() { (($(active_paths) == 2)); }
+
+# paths_are SUMMARY: the map's paths, as "CHECKER-STATE PRIORITY" pairs sorted, are SUMMARY.
+paths_are() {
+    [[ "$(multipathd show paths format "%w %T %p" 2>/dev/null |
+        awk -v w="$WWID" '$1 == w {print $2, $3}' | sort | paste -sd' ')" == "$1" ]]
+}
 
 softroce_setup
 ip addr add "$ADDR_B/24" dev "$SOFTROCE_NETDEV" 2>/dev/null || true
@@ -150,31 +147,39 @@ done
 grep -q 'alua: supports implicit TPGS' "$RESULTS/dmesg-after-login.txt" && pass "scsi_dh_alua: implicit TPGS" ||
     fail "scsi_dh_alua did not see implicit TPGS"
 
-# fio on the multipath device while gateway A dies and comes back.
 DEV="/dev/mapper/$WWID"
-fio --name=failover --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
-    --iodepth=16 --size="$FIO_SIZE" --verify=crc32c --do_verify=1 --verify_fatal=1 \
-    --verify_backlog=512 --verify_state_save=0 --rate=,"$FIO_WRITE_RATE" --eta=never \
-    --output="$RESULTS/fio-failover.txt" &
-FIO=$!
-sleep 8
-if kill -0 "$FIO" 2>/dev/null; then
-    kill -KILL "$GW_a"
-    wait "$GW_a" 2>/dev/null
-    sr_log "gateway a SIGKILLed under fio"
-    sleep 10
-    kill -0 "$FIO" 2>/dev/null && pass "fio still running 10 s after gateway a died" ||
-        fail "fio ended within 10 s of the kill (too short to show the failover?)"
-    start_gateway a "$ADDR_A" || fail "gateway a did not start again"
+
+# Draining gateway A for maintenance: standby by SIGHUP. Its LU raises ASYMMETRIC ACCESS STATE
+# CHANGED on the path's next command (the tur checker's), scsi_dh_alua re-reads RTPG, the
+# checker sees the standby path as a ghost and the alua prioritizer gives it priority 1.
+set_gateway_state a standby || fail "gateway a did not take alua_state standby"
+if sr_wait 30 paths_are "ghost 1 ready 50"; then
+    pass "gateway a in standby: its path ghost at priority 1, gateway b's ready at 50"
 else
-    fail "fio ended before gateway a was killed"
+    fail "paths after draining gateway a: '$(multipathd show paths format "%w %T %p" | paste -sd' ')'"
 fi
-wait "$FIO"
-fio_status=$?
-cat "$RESULTS/fio-failover.txt" >&2
-((fio_status == 0)) && ! grep -q 'err=[^ 0]' "$RESULTS/fio-failover.txt" &&
-    pass "fio with crc32c verify on $DEV: no I/O error, verify passed across the failover" ||
-    fail "fio failed (status $fio_status)"
+multipath -ll >"$RESULTS/multipath-ll-drained.txt" 2>&1
+cat "$RESULTS/multipath-ll-drained.txt" >&2
+grep -q 'prio=1 status=enabled' "$RESULTS/multipath-ll-drained.txt" &&
+    grep -q 'active ghost running' "$RESULTS/multipath-ll-drained.txt" &&
+    pass "multipath -ll: gateway a's path in a priority 1 group, active ghost running" ||
+    fail "multipath -ll does not show gateway a's path as a standby path"
+dmesg >"$RESULTS/dmesg-drained.txt"
+grep -q "alua: port group 01 state S" "$RESULTS/dmesg-drained.txt" &&
+    pass "scsi_dh_alua: port group 01 in standby" ||
+    fail "scsi_dh_alua did not see port group 01 in standby"
+gateway_fio "$DEV" fio-drained.txt --size=16M
+fio_result $? fio-drained.txt "$DEV with gateway a in standby"
+set_gateway_state a active-optimized || fail "gateway a did not take alua_state active-optimized"
+if sr_wait 30 paths_are "ready 50 ready 50"; then
+    pass "gateway a back to active-optimized: both paths ready at priority 50"
+else
+    fail "paths after restoring gateway a: '$(multipathd show paths format "%w %T %p" | paste -sd' ')'"
+fi
+sr_wait 30 two_active_paths || fail "gateway a's path is not active again"
+
+# fio on the multipath device while gateway A dies and comes back.
+fio_across_gateway_kill "$DEV" fio-failover.txt "$ADDR_A"
 if sr_wait 90 two_active_paths; then
     pass "the path through gateway a came back: two active paths"
 else
@@ -188,10 +193,6 @@ multipath -F >/dev/null 2>&1 || true
 iscsi_logout "$IQN" >/dev/null || true
 kill -TERM "$MULTIPATHD" 2>/dev/null
 wait "$MULTIPATHD" 2>/dev/null
-for g in a b; do
-    pid_var="GW_$g"
-    kill -TERM "${!pid_var}" 2>/dev/null
-    wait "${!pid_var}" 2>/dev/null
-done
+stop_gateways a b
 dmesg_check || fail "suspicious kernel messages"
 sr_checks_done multipath

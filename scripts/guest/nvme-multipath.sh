@@ -13,6 +13,9 @@
 #   - `nvme list-subsys` names both paths; each path's ANA state (sysfs ana_state) is
 #     optimized through A and non-optimized through B, and `nvme ana-log` shows ANA group 1
 #     optimized on A's controller and group 2 non-optimized on B's;
+#   - gateway A drained by SIGHUP (alua_state: standby): the host gets the ANA change notice,
+#     the path through A turns inaccessible in sysfs and `nvme ana-log`, fio with verify goes
+#     on through B; set back to active-optimized, the path through A is optimized again;
 #   - fio (random writes capped at 1.5 MiB/s, crc32c verify, QD16) runs on the namespace while
 #     gateway A is SIGKILLed and, 10 s later, restarted: fio ends without an I/O error and
 #     verify passes (I/O moves to the non-optimized path while A is gone);
@@ -36,10 +39,6 @@ DISCOVERY_PORT=8009
 NQN=nqn.2026-11.io.iser-target:shared
 WORK=/run/nvme-multipath-test
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
-# As in multipath.sh: fio's write rate is capped so that the run outlasts the kill and the
-# restart on any host (48 MiB at 1.5 MiB/s is at least 32 s).
-FIO_SIZE=48M
-FIO_WRITE_RATE=1536k
 
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 
@@ -61,14 +60,6 @@ targets:
         serial: "nvmempath0"
         identifier: "5001405000000bb1"
 EOF
-}
-
-# start_gateway NAME ADDR: run gateway NAME in the background (pid in GW_NAME).
-start_gateway() {
-    "$BIN" serve --config "$WORK/$1.yaml" >>"$RESULTS/gateway-$1.log" 2>&1 &
-    printf -v "GW_$1" '%s' "$!"
-    sr_log "gateway $1 started (pid $!) on $2:$PORT"
-    wait_tcp_listen "$2:$PORT" 30
 }
 
 # connect ADDR: a controller through that gateway; reconnect every second after a loss, for
@@ -168,30 +159,22 @@ ana_log_shows "$ADDR_A" 1 optimized && pass "nvme ana-log via A: group 1 optimiz
 ana_log_shows "$ADDR_B" 2 non-optimized && pass "nvme ana-log via B: group 2 non-optimized, nsid 1" ||
     fail "nvme ana-log via B"
 
+# Draining gateway A for maintenance: standby by SIGHUP. The host gets the ANA change notice on
+# its held Asynchronous Event Request, reads the ANA log and sends I/O to B (non-optimized is
+# used when no optimized path is left).
+set_gateway_state a standby || fail "gateway a did not take alua_state standby"
+sr_wait 15 path_is "$ADDR_A" "live inaccessible" && pass "gateway a in standby: path through A live, ANA inaccessible" ||
+    fail "path through A after draining: '$(path_state "$ADDR_A")', want 'live inaccessible'"
+ana_log_shows "$ADDR_A" 1 inaccessible && pass "nvme ana-log via A: group 1 inaccessible" ||
+    fail "nvme ana-log via A after draining"
+gateway_fio "$DEV" fio-nvme-drained.txt --size=16M
+fio_result $? fio-nvme-drained.txt "$DEV with gateway a in standby"
+set_gateway_state a active-optimized || fail "gateway a did not take alua_state active-optimized"
+sr_wait 15 path_is "$ADDR_A" "live optimized" && pass "gateway a restored: path through A live, optimized" ||
+    fail "path through A after restoring: '$(path_state "$ADDR_A")', want 'live optimized'"
+
 # fio on the namespace while gateway A dies and comes back.
-fio --name=failover --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
-    --iodepth=16 --size="$FIO_SIZE" --verify=crc32c --do_verify=1 --verify_fatal=1 \
-    --verify_backlog=512 --verify_state_save=0 --rate=,"$FIO_WRITE_RATE" --eta=never \
-    --output="$RESULTS/fio-nvme-failover.txt" &
-FIO=$!
-sleep 8
-if kill -0 "$FIO" 2>/dev/null; then
-    kill -KILL "$GW_a"
-    wait "$GW_a" 2>/dev/null
-    sr_log "gateway a SIGKILLed under fio"
-    sleep 10
-    kill -0 "$FIO" 2>/dev/null && pass "fio still running 10 s after gateway a died" ||
-        fail "fio ended within 10 s of the kill (too short to show the failover?)"
-    start_gateway a "$ADDR_A" || fail "gateway a did not start again"
-else
-    fail "fio ended before gateway a was killed"
-fi
-wait "$FIO"
-fio_status=$?
-cat "$RESULTS/fio-nvme-failover.txt" >&2
-((fio_status == 0)) && ! grep -q 'err=[^ 0]' "$RESULTS/fio-nvme-failover.txt" &&
-    pass "fio with crc32c verify on $DEV: no I/O error, verify passed across the failover" ||
-    fail "fio failed (status $fio_status)"
+fio_across_gateway_kill "$DEV" fio-nvme-failover.txt "$ADDR_A"
 if sr_wait 90 path_is "$ADDR_A" "live optimized"; then
     pass "the path through gateway a came back: live, optimized"
 else
@@ -200,10 +183,6 @@ fi
 nvme list-subsys "$DEV" >&2
 
 nvme disconnect -n "$NQN" >/dev/null 2>&1 || true
-for g in a b; do
-    pid_var="GW_$g"
-    kill -TERM "${!pid_var}" 2>/dev/null
-    wait "${!pid_var}" 2>/dev/null
-done
+stop_gateways a b
 dmesg_check || fail "suspicious kernel messages"
 sr_checks_done nvme-multipath

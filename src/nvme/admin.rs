@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::{admin_opcode, fctype, io_opcode, sqe_offset, Sqe, Status};
+use super::config::AnaGroup;
 use super::config::{
     NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE,
 };
 use super::controller::{
-    property, AdminState, CcChange, ControllerShared, AEC_NAMESPACE_ATTRIBUTE, VERSION,
+    property, AdminState, CcChange, ControllerShared, Notice, NoticeState, VERSION,
 };
 use super::identify::{self, cns, MAX_HELD_EVENTS};
 use super::io::{self, IoCommand};
@@ -328,6 +329,7 @@ impl Queue {
         };
         self.admin = Some(AdminState {
             kato_ms,
+            ana: self.config.ana,
             ..AdminState::default()
         });
         let cid = pending.cid;
@@ -440,8 +442,7 @@ impl Queue {
         // (the host discards its outstanding commands) and the event configuration.
         let dropped = if change == CcChange::Disabled {
             admin.async_event_config = 0;
-            admin.notice_pending = false;
-            admin.notice_masked = false;
+            admin.notices = Default::default();
             std::mem::take(&mut admin.held_events)
         } else {
             Vec::new()
@@ -547,23 +548,31 @@ impl Queue {
                     .cloned()
                     .collect();
                 // GENCTR changes whenever the entries do: a checksum of their log.
-                let generation = u64::from(crc32c::crc32c(&logs::discovery(&entries, 0)));
-                logs::discovery(&entries, generation)
+                let current = self.config.current_port.as_ref();
+                let unnumbered = logs::discovery(current, &entries, 0);
+                let generation = u64::from(crc32c::crc32c(&unnumbered));
+                logs::discovery(current, &entries, generation)
             }
             (lid::SMART, Some(_)) => logs::smart(&binding.shared.counters()),
             (lid::FIRMWARE_SLOT, Some(s)) => logs::firmware_slot(&s.firmware),
             (lid::COMMAND_EFFECTS, Some(_)) => logs::command_effects(&ADMIN_COMMANDS, &IO_COMMANDS),
             (lid::ANA, Some(s)) => {
                 let nsids: Vec<u32> = s.namespaces.iter().map(|n| n.nsid).collect();
+                let admin = self.admin.as_mut().expect("admin queue");
+                // Read without RAE, the log shows the host all a pending notice would announce:
+                // the notice is cleared and unmasked (base 2.0 §5.2).
+                if !retain_event {
+                    *admin.notice(Notice::AnaChange) = NoticeState::default();
+                }
                 // LSP bit 0 (CDW10 bit 8) is RGO, Return Groups Only.
-                logs::ana(self.config.ana, &nsids, cdw10 & 1 << 8 != 0)
+                logs::ana(admin.ana, &nsids, cdw10 & 1 << 8 != 0)
             }
             (lid::CHANGED_NAMESPACES, Some(_)) => {
                 let admin = self.admin.as_mut().expect("admin queue");
                 let log = logs::changed_namespaces(&admin.changed_namespaces);
                 if !retain_event {
                     admin.changed_namespaces.clear();
-                    admin.notice_masked = false;
+                    *admin.notice(Notice::NamespaceAttribute) = NoticeState::default();
                 }
                 log
             }
@@ -689,31 +698,53 @@ impl Queue {
                 admin.changed_namespaces.push(id);
             }
         }
-        admin.notice_pending = true;
+        admin.notice(Notice::NamespaceAttribute).pending = true;
         self.deliver_notice();
     }
 
-    /// Completes a held Asynchronous Event Request with a namespace attribute notice, if one
-    /// is pending, enabled and not masked (base 2.0 §5.2).
-    pub(super) fn deliver_notice(&mut self) {
-        let Some(admin) = self.admin.as_ref() else {
-            return;
-        };
-        if !admin.notice_pending
-            || admin.notice_masked
-            || admin.async_event_config & AEC_NAMESPACE_ATTRIBUTE == 0
-        {
+    /// The gateway's ANA group changed state (its configuration was reloaded): an admin queue
+    /// of an NVM subsystem reports `group` in the ANA log from now on and, when it is new to
+    /// it, tells the host by an ANA change notice (base 2.0 §8.1.1.5), held until the host
+    /// enabled those notices and has an Asynchronous Event Request outstanding. Other queues
+    /// ignore it.
+    pub fn handle_ana_changed(&mut self, group: AnaGroup, now: Instant) {
+        if self.is_closed() || self.subsystem().is_none() {
             return;
         }
-        let Some(position) = admin.held_events.iter().position(|&cid| self.is_held(cid)) else {
+        self.now = now;
+        let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let admin = self.admin.as_mut().expect("admin queue");
-        let cid = admin.held_events.remove(position);
-        admin.notice_pending = false;
-        admin.notice_masked = true;
-        // Event type 2 (notice), information 0 (namespace attribute changed), log page 04h.
-        let result = 2 | u64::from(lid::CHANGED_NAMESPACES) << 16;
-        self.complete(cid, Status::SUCCESS, result);
+        if admin.ana == group {
+            return;
+        }
+        admin.ana = group;
+        admin.notice(Notice::AnaChange).pending = true;
+        self.deliver_notice();
+    }
+
+    /// Completes held Asynchronous Event Requests with the notices that are pending, enabled
+    /// and not masked (base 2.0 §5.2), one request each.
+    pub(super) fn deliver_notice(&mut self) {
+        for notice in Notice::ALL {
+            let Some(admin) = self.admin.as_ref() else {
+                return;
+            };
+            let enabled = admin.async_event_config & notice.enable_bit() != 0;
+            let state = admin.notices[notice as usize];
+            if !state.pending || state.masked || !enabled {
+                continue;
+            }
+            let Some(position) = admin.held_events.iter().position(|&cid| self.is_held(cid)) else {
+                return;
+            };
+            let admin = self.admin.as_mut().expect("admin queue");
+            let cid = admin.held_events.remove(position);
+            *admin.notice(notice) = NoticeState {
+                pending: false,
+                masked: true,
+            };
+            self.complete(cid, Status::SUCCESS, notice.result());
+        }
     }
 }

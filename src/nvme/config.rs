@@ -95,13 +95,17 @@ pub enum AnaState {
 
 /// The ANA group every namespace of this target process belongs to, and its state on this
 /// process's controllers. A gateway's group is its ALUA target port group and its state the
-/// gateway's ALUA state (docs/multipath.md), so NVMe hosts see what SCSI initiators see. It is
-/// fixed for the life of the process: the ANA change notice is never sent.
+/// gateway's ALUA state (docs/multipath.md), so NVMe hosts see what SCSI initiators see. The
+/// state changes when the gateway reloads its configuration: the environment hands the new
+/// group to every admin queue ([`super::Queue::handle_ana_changed`]), which sends the ANA
+/// change notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnaGroup {
     /// ANAGRPID, 1..=[`ANA_GROUP_MAX`].
     pub id: u32,
     pub state: AnaState,
+    /// How many times the state changed since the process started: the ANA log's CHGCNT.
+    pub change_count: u64,
 }
 
 /// The largest ANA group ID (Identify Controller ANAGRPMAX): a target port group is 16 bits.
@@ -112,6 +116,7 @@ impl Default for AnaGroup {
         AnaGroup {
             id: 1,
             state: AnaState::Optimized,
+            change_count: 0,
         }
     }
 }
@@ -130,7 +135,8 @@ pub trait NamespaceCapacity: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct NvmeConfig {
     pub subsystems: Vec<SubsystemDescriptor>,
-    /// The ANA group of every namespace and its state on this process's controllers.
+    /// The ANA group of every namespace and its state on this process's controllers when a
+    /// queue is created.
     pub ana: AnaGroup,
     /// The namespaces' current sizes; `None`: [`NamespaceDescriptor::blocks`] for ever.
     pub capacity: Option<Arc<dyn NamespaceCapacity>>,
@@ -139,6 +145,11 @@ pub struct NvmeConfig {
     pub discovery_only: bool,
     /// The discovery log page, as the environment computes it for this portal.
     pub discovery: Vec<DiscoveryEntry>,
+    /// The port this connection arrived on, with the discovery subsystem's NQN: the discovery
+    /// log's first entry, the current discovery subsystem (subtype 3, NVMe-oF TP 8013), as
+    /// Linux's nvmet lists it (drivers/nvme/target/discovery.c
+    /// nvmet_execute_disc_get_log_page). `None`: no such entry.
+    pub current_port: Option<DiscoveryEntry>,
     /// Largest I/O submission queue (entries); CAP.MQES is one less.
     pub max_queue_size: u16,
     /// I/O queues a controller may have.
@@ -176,6 +187,7 @@ impl Default for NvmeConfig {
             capacity: None,
             discovery_only: false,
             discovery: Vec::new(),
+            current_port: None,
             max_queue_size: 128,
             max_io_queues: 64,
             in_capsule_data: 8192,

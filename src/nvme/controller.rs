@@ -135,8 +135,51 @@ mod csts {
     pub const SHST_COMPLETE: u32 = 2 << 2;
 }
 
-/// Asynchronous Event Configuration: Namespace Attribute Notices (base 2.0 §5.27.1.7).
-pub const AEC_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
+/// A notice a controller sends through a held Asynchronous Event Request (base 2.0 §5.2:
+/// event type 2, Notice), each enabled by its bit of Asynchronous Event Configuration
+/// (§5.27.1.7) and announced in Identify Controller OAES.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Namespace Attribute Changed (information 00h): read the Changed Namespace List.
+    NamespaceAttribute,
+    /// Asymmetric Namespace Access Change (information 03h): read the ANA log. Linux's host
+    /// enables it when OAES has it (drivers/nvme/host/core.c nvme_enable_aen,
+    /// NVME_AEN_SUPPORTED) and answers it by reading the ANA log again
+    /// (nvme_handle_aen_notice, NVME_AER_NOTICE_ANA, which queues ana_work).
+    AnaChange,
+}
+
+impl Notice {
+    /// Every notice, in the order pending ones are delivered.
+    pub const ALL: [Notice; 2] = [Notice::NamespaceAttribute, Notice::AnaChange];
+
+    /// Its Asynchronous Event Configuration (and OAES) bit.
+    pub fn enable_bit(self) -> u32 {
+        match self {
+            Notice::NamespaceAttribute => 1 << 8,
+            Notice::AnaChange => 1 << 11,
+        }
+    }
+
+    /// The completion's Dword 0: event type 2 (notice), the information, the log page.
+    pub fn result(self) -> u64 {
+        let (information, log) = match self {
+            Notice::NamespaceAttribute => (0x00u64, super::logs::lid::CHANGED_NAMESPACES),
+            Notice::AnaChange => (0x03, super::logs::lid::ANA),
+        };
+        2 | information << 8 | u64::from(log) << 16
+    }
+}
+
+/// Where one notice type stands on a controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoticeState {
+    /// An event happened and waits for an Asynchronous Event Request.
+    pub pending: bool,
+    /// The notice was reported and its log page not read yet: further notices of the type
+    /// wait (base 2.0 §5.2, event masking).
+    pub masked: bool,
+}
 
 /// The admin queue's view of its controller.
 #[derive(Debug, Default)]
@@ -152,14 +195,20 @@ pub struct AdminState {
     pub held_events: Vec<u16>,
     /// Namespaces changed since the Changed Namespace List log was last read.
     pub changed_namespaces: Vec<u32>,
-    /// A namespace attribute notice was reported and its log page not read yet: further
-    /// notices of that type wait (base 2.0 §5.2, event masking).
-    pub notice_masked: bool,
-    /// A notice waiting for an Asynchronous Event Request.
-    pub notice_pending: bool,
+    /// The namespace attribute and ANA change notices (indexed as [`Notice::ALL`]).
+    pub notices: [NoticeState; 2],
     /// The namespaces' sizes (NSID, blocks) when this controller last looked: a change is a
     /// namespace attribute change.
     pub namespace_sizes: Vec<(u32, u64)>,
+    /// The ANA group and state this controller reports (the ANA log).
+    pub ana: super::config::AnaGroup,
+}
+
+impl AdminState {
+    /// The state of `notice`.
+    pub fn notice(&mut self, notice: Notice) -> &mut NoticeState {
+        &mut self.notices[notice as usize]
+    }
 }
 
 /// What writing CC did to the controller.
@@ -245,6 +294,25 @@ mod tests {
         let mut s = AdminState::default();
         assert_eq!(s.write_cc(1 | 7 << 16 | 4 << 20), CcChange::Nothing);
         assert_eq!(s.csts, csts::CFS);
+    }
+
+    #[test]
+    fn notice_completion_results() {
+        // Dword 0 as Linux decodes it: type in bits 2:0, information in 15:8, log in 23:16.
+        assert_eq!(Notice::NamespaceAttribute.result(), 0x04_00_02);
+        assert_eq!(Notice::AnaChange.result(), 0x0C_03_02);
+        let mut admin = AdminState::default();
+        admin.notice(Notice::AnaChange).pending = true;
+        assert_eq!(
+            admin.notices,
+            [
+                NoticeState::default(),
+                NoticeState {
+                    pending: true,
+                    masked: false
+                }
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::config::{
     NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, ANA_GROUP_MAX, DISCOVERY_NQN,
 };
-use super::controller::{ERROR_LOG_ENTRIES, VERSION};
+use super::controller::{Notice, ERROR_LOG_ENTRIES, VERSION};
 
 /// Size of every Identify data structure.
 pub const IDENTIFY_LEN: usize = 4096;
@@ -98,7 +98,12 @@ pub fn controller(
     d[77] = mdts(config.max_transfer);
     put16(&mut d, 78, cntlid);
     put32(&mut d, 80, VERSION);
-    put32(&mut d, 92, 1 << 8); // OAES: namespace attribute notices
+    // OAES: namespace attribute and, where ANA is reported, ANA change notices.
+    let oaes = match subsystem {
+        Some(_) => Notice::NamespaceAttribute.enable_bit() | Notice::AnaChange.enable_bit(),
+        None => Notice::NamespaceAttribute.enable_bit(),
+    };
+    put32(&mut d, 92, oaes);
     put32(&mut d, 96, 1); // CTRATT: 128-bit host identifier
     d[111] = if subsystem.is_some() { 1 } else { 2 }; // CNTRLTYPE: I/O or discovery
     d[258] = ABORT_LIMIT - 1; // ACL

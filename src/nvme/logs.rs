@@ -99,8 +99,9 @@ pub fn command_effects(admin: &[u8], io: &[(u8, bool)]) -> Vec<u8> {
 /// group descriptors) and the one group of this process, with its state and its namespaces'
 /// NSIDs in ascending order (Linux drivers/nvme/host/multipath.c nvme_update_ana_state walks
 /// them in step with its sorted namespace list). `groups_only` is RGO (Return Groups Only):
-/// the descriptor without NSIDs. The change counts stay 0: the log never changes while the
-/// process runs.
+/// the descriptor without NSIDs. The change count, in the header and the descriptor, is the
+/// group's: how many times its state changed (as Linux's nvmet reports its nvmet_ana_chgcnt
+/// in both, drivers/nvme/target/admin-cmd.c nvmet_execute_get_log_page_ana).
 pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
     let mut listed: Vec<u32> = if groups_only {
         Vec::new()
@@ -109,10 +110,12 @@ pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
     };
     listed.sort_unstable();
     let mut d = vec![0u8; 16 + 32 + 4 * listed.len()];
+    d[0..8].copy_from_slice(&group.change_count.to_le_bytes()); // CHGCNT
     d[8..10].copy_from_slice(&1u16.to_le_bytes()); // NGRPS
     let desc = &mut d[16..48];
     desc[0..4].copy_from_slice(&group.id.to_le_bytes()); // ANAGRPID
     desc[4..8].copy_from_slice(&(listed.len() as u32).to_le_bytes()); // NNSIDV
+    desc[8..16].copy_from_slice(&group.change_count.to_le_bytes()); // CHGCNT
     desc[16] = group.state as u8; // ANAS
     for (i, id) in listed.iter().enumerate() {
         d[48 + 4 * i..52 + 4 * i].copy_from_slice(&id.to_le_bytes());
@@ -120,40 +123,62 @@ pub fn ana(group: AnaGroup, nsids: &[u32], groups_only: bool) -> Vec<u8> {
     d
 }
 
-/// The discovery log page (NVMe-oF 1.1): header and one 1024-byte entry per
-/// subsystem port. `generation` changes whenever the entries do.
-pub fn discovery(entries: &[DiscoveryEntry], generation: u64) -> Vec<u8> {
-    let mut d = vec![0u8; 1024 * (1 + entries.len())];
+/// Discovery log entry subtypes (NVMe-oF 1.1 Figure 38, with TP 8013's current discovery
+/// subsystem).
+mod subtype {
+    pub const NVM_SUBSYSTEM: u8 = 2;
+    pub const CURRENT_DISCOVERY_SUBSYSTEM: u8 = 3;
+}
+
+/// The discovery log page (NVMe-oF 1.1): header and one 1024-byte entry per subsystem port,
+/// `current` (the discovery subsystem at the port the host is connected to) first when given.
+/// `generation` changes whenever the entries do. nvme-cli's connect-all skips the current
+/// discovery subsystem entry (fabrics.c: `if (e->subtype == NVME_NQN_CURR) continue`).
+pub fn discovery(
+    current: Option<&DiscoveryEntry>,
+    entries: &[DiscoveryEntry],
+    generation: u64,
+) -> Vec<u8> {
+    let listed: Vec<(&DiscoveryEntry, u8)> = current
+        .map(|c| (c, subtype::CURRENT_DISCOVERY_SUBSYSTEM))
+        .into_iter()
+        .chain(entries.iter().map(|e| (e, subtype::NVM_SUBSYSTEM)))
+        .collect();
+    let mut d = vec![0u8; 1024 * (1 + listed.len())];
     d[0..8].copy_from_slice(&generation.to_le_bytes());
-    d[8..16].copy_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (i, e) in entries.iter().enumerate() {
-        let b = &mut d[1024 * (i + 1)..1024 * (i + 2)];
-        b[0] = TRTYPE_TCP;
-        b[1] = e.address_family as u8;
-        b[2] = 2; // SUBTYPE: NVM subsystem
-                  // TREQ: secure channel not specified; SQ flow control may be disabled (bit 2), which
-                  // we support (C2HData SUCCESS).
-        b[3] = 1 << 2;
-        b[4..6].copy_from_slice(&e.port_id.to_le_bytes());
-        b[6..8].copy_from_slice(&0xFFFFu16.to_le_bytes()); // CNTLID: dynamic
-        b[8..10].copy_from_slice(&32u16.to_le_bytes()); // ASQSZ
-        let svc = &mut b[32..64];
-        svc.fill(b' ');
-        svc[..e.service_id.len().min(32)]
-            .copy_from_slice(&e.service_id.as_bytes()[..e.service_id.len().min(32)]);
-        // SUBNQN at bytes 256..511, TRADDR at 512..767 (NVMe-oF 1.1 Discovery Log Page
-        // Entry; Linux include/linux/nvme.h struct nvmf_disc_rsp_page_entry: subnqn, then
-        // traddr). nvme-cli connects to the TRADDR it finds here.
-        let nqn = e.subsystem_nqn.as_bytes();
-        let n = nqn.len().min(255);
-        b[256..256 + n].copy_from_slice(&nqn[..n]);
-        let addr = &mut b[512..768];
-        addr.fill(b' ');
-        addr[..e.address.len().min(256)]
-            .copy_from_slice(&e.address.as_bytes()[..e.address.len().min(256)]);
-        // TSAS for TCP: SECTYPE 0, no security.
+    d[8..16].copy_from_slice(&(listed.len() as u64).to_le_bytes());
+    for (i, (e, subtype)) in listed.into_iter().enumerate() {
+        discovery_entry(&mut d[1024 * (i + 1)..1024 * (i + 2)], e, subtype);
     }
     d
+}
+
+/// One 1024-byte Discovery Log Page Entry.
+fn discovery_entry(b: &mut [u8], e: &DiscoveryEntry, subtype: u8) {
+    b[0] = TRTYPE_TCP;
+    b[1] = e.address_family as u8;
+    b[2] = subtype;
+    // TREQ: secure channel not specified; SQ flow control may be disabled (bit 2), which we
+    // support (C2HData SUCCESS).
+    b[3] = 1 << 2;
+    b[4..6].copy_from_slice(&e.port_id.to_le_bytes());
+    b[6..8].copy_from_slice(&0xFFFFu16.to_le_bytes()); // CNTLID: dynamic
+    b[8..10].copy_from_slice(&32u16.to_le_bytes()); // ASQSZ
+    let svc = &mut b[32..64];
+    svc.fill(b' ');
+    svc[..e.service_id.len().min(32)]
+        .copy_from_slice(&e.service_id.as_bytes()[..e.service_id.len().min(32)]);
+    // SUBNQN at bytes 256..511, TRADDR at 512..767 (NVMe-oF 1.1 Discovery Log Page
+    // Entry; Linux include/linux/nvme.h struct nvmf_disc_rsp_page_entry: subnqn, then
+    // traddr). nvme-cli connects to the TRADDR it finds here.
+    let nqn = e.subsystem_nqn.as_bytes();
+    let n = nqn.len().min(255);
+    b[256..256 + n].copy_from_slice(&nqn[..n]);
+    let addr = &mut b[512..768];
+    addr.fill(b' ');
+    addr[..e.address.len().min(256)]
+        .copy_from_slice(&e.address.as_bytes()[..e.address.len().min(256)]);
+    // TSAS for TCP: SECTYPE 0, no security.
 }
 
 /// The window `offset..offset+len` of a log page, zero-filled past its end. An offset beyond
@@ -191,7 +216,7 @@ mod tests {
             address: "192.0.2.1".into(),
             service_id: "4420".into(),
         };
-        let d = discovery(std::slice::from_ref(&e), 7);
+        let d = discovery(None, std::slice::from_ref(&e), 7);
         assert_eq!(d.len(), 2048);
         assert_eq!(&d[0..8], &7u64.to_le_bytes());
         assert_eq!(&d[8..16], &1u64.to_le_bytes());
@@ -209,15 +234,43 @@ mod tests {
     }
 
     #[test]
+    fn the_current_discovery_subsystem_comes_first() {
+        let port = |nqn: &str, service_id: &str| DiscoveryEntry {
+            subsystem_nqn: nqn.into(),
+            port_id: 2,
+            address_family: AddressFamily::Ipv4,
+            address: "192.0.2.1".into(),
+            service_id: service_id.into(),
+        };
+        let current = port(super::super::DISCOVERY_NQN, "8009");
+        let d = discovery(Some(&current), &[port("nqn.2026-01.test:disk", "4420")], 1);
+        assert_eq!(d.len(), 3 * 1024);
+        assert_eq!(&d[8..16], &2u64.to_le_bytes(), "NUMREC");
+        let (first, second) = (&d[1024..2048], &d[2048..]);
+        assert_eq!(
+            &first[0..6],
+            &[3, 1, 3, 4, 2, 0],
+            "TCP, IPv4, current discovery, port 2"
+        );
+        assert_eq!(&first[32..36], b"8009");
+        assert_eq!(&first[256..292], b"nqn.2014-08.org.nvmexpress.discovery");
+        assert_eq!(&first[512..521], b"192.0.2.1");
+        assert_eq!(second[2], 2, "NVM subsystem");
+        assert_eq!(&second[32..36], b"4420");
+    }
+
+    #[test]
     fn ana_log_layout() {
         use super::super::config::AnaState;
         let group = AnaGroup {
             id: 2,
             state: AnaState::NonOptimized,
+            change_count: 3,
         };
         let d = ana(group, &[3, 1], false);
         assert_eq!(d.len(), 16 + 32 + 8);
-        assert_eq!(&d[0..8], &[0; 8], "CHGCNT");
+        assert_eq!(&d[0..8], &3u64.to_le_bytes(), "CHGCNT");
+        assert_eq!(&d[24..32], &3u64.to_le_bytes(), "descriptor CHGCNT");
         assert_eq!(&d[8..10], &[1, 0], "NGRPS");
         assert_eq!(&d[16..20], &2u32.to_le_bytes(), "ANAGRPID");
         assert_eq!(&d[20..24], &2u32.to_le_bytes(), "NNSIDV");

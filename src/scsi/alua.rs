@@ -7,7 +7,9 @@
 //! PORT GROUPS describes the one group this gateway is in. The initiator asks RTPG down every
 //! path and keeps, per path, the descriptor of the group that path's VPD 0x83 names
 //! (drivers/scsi/device_handler/scsi_dh_alua.c, alua_rtpg()). The state is set in the
-//! configuration; SET TARGET PORT GROUPS (explicit ALUA) is not supported.
+//! configuration and changes when the gateway reloads it ([`super::LogicalUnit::set_alua_state`],
+//! an implicit transition with a unit attention); SET TARGET PORT GROUPS (explicit ALUA) is not
+//! supported.
 
 use super::cdb::Cdb;
 use super::op;
@@ -40,12 +42,32 @@ pub enum AluaState {
 
 impl AluaState {
     /// The ASYMMETRIC ACCESS STATE code of RTPG.
-    fn code(self) -> u8 {
+    pub(super) fn code(self) -> u8 {
         match self {
             AluaState::ActiveOptimized => 0x0,
             AluaState::ActiveNonOptimized => 0x1,
             AluaState::Standby => 0x2,
         }
+    }
+
+    /// The state of a [`AluaState::code`] (an unknown code cannot be stored: standby).
+    pub(super) fn from_code(code: u8) -> AluaState {
+        match code {
+            0x0 => AluaState::ActiveOptimized,
+            0x1 => AluaState::ActiveNonOptimized,
+            _ => AluaState::Standby,
+        }
+    }
+}
+
+/// The configuration's spelling (`alua_state:`).
+impl std::fmt::Display for AluaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AluaState::ActiveOptimized => "active-optimized",
+            AluaState::ActiveNonOptimized => "active-non-optimized",
+            AluaState::Standby => "standby",
+        })
     }
 }
 
@@ -137,7 +159,8 @@ impl AluaPort {
         let header_len = if extended { 8 } else { 4 };
         d.extend_from_slice(&((group.len() + header_len - 4) as u32).to_be_bytes());
         if extended {
-            // FORMAT TYPE 001b; IMPLICIT TRANSITION TIME 0: the state never changes by itself.
+            // FORMAT TYPE 001b; IMPLICIT TRANSITION TIME 0: a reload changes the state at once,
+            // with no transitioning state in between.
             d.extend_from_slice(&[0x10, 0, 0, 0]);
         }
         d.extend_from_slice(&group);
@@ -238,6 +261,67 @@ mod tests {
                 "{cdb:02x?}"
             );
         }
+    }
+
+    #[test]
+    fn a_state_change_is_reported_by_rtpg_and_a_unit_attention_per_nexus() {
+        let lu = lu_with(AluaState::ActiveOptimized);
+        let nexus = |isid: u8| Nexus {
+            initiator_name: "iqn.2026-12.test:alua".into(),
+            isid: [0, 0, 0, 0, 0, isid],
+        };
+        let run = |n: &Nexus, cdb: &[u8]| {
+            let mut c = [0u8; 16];
+            c[..cdb.len()].copy_from_slice(cdb);
+            lu.execute(&ScsiRequest {
+                nexus: n,
+                lun: 0,
+                cdb: &c,
+                data_out: &[],
+                expected_transfer_length: 512,
+                task_attr: TaskAttr::Simple,
+            })
+        };
+        let (one, two, late) = (nexus(1), nexus(2), nexus(3));
+        let tur = [0u8; 6];
+        assert_eq!(run(&one, &tur).status, status::GOOD);
+        assert_eq!(run(&two, &tur).status, status::GOOD);
+        assert!(!lu.set_alua_state(AluaState::ActiveOptimized), "no change");
+        assert_eq!(run(&one, &tur).status, status::GOOD);
+
+        assert!(lu.set_alua_state(AluaState::Standby));
+        assert_eq!(lu.alua_port().state, AluaState::Standby);
+        // RTPG reports the UA first (it is not one of INQUIRY, REPORT LUNS, REQUEST SENSE),
+        // then the new state; the standby gating follows.
+        let o = run(&one, &rtpg(0, 256));
+        assert_eq!(
+            (o.status, o.sense_key(), o.asc_ascq()),
+            (status::CHECK_CONDITION, sense::UNIT_ATTENTION, (0x2A, 0x06))
+        );
+        let d = run(&one, &rtpg(0, 256)).data_in.to_vec();
+        assert_eq!(d[4] & 0x0F, 0x02, "standby");
+        let o = run(&one, &tur);
+        assert_eq!(
+            (o.sense_key(), o.asc_ascq()),
+            (sense::NOT_READY, (0x04, 0x0B))
+        );
+        // The other nexus: the UA, then standby; one that came later has nothing pending.
+        let o = run(&two, &tur);
+        assert_eq!(
+            (o.sense_key(), o.asc_ascq()),
+            (sense::UNIT_ATTENTION, (0x2A, 0x06))
+        );
+        let o = run(&two, &tur);
+        assert_eq!(o.asc_ascq(), (0x04, 0x0B));
+        let o = run(&late, &tur);
+        assert_eq!(o.asc_ascq(), (0x04, 0x0B));
+
+        // Back to active/optimized: a UA again, then media access is served.
+        assert!(lu.set_alua_state(AluaState::ActiveOptimized));
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let o = run(&late, &read);
+        assert_eq!(o.asc_ascq(), (0x2A, 0x06));
+        assert_eq!(run(&late, &read).status, status::GOOD);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
 use mem_ffi::{Buf, Payload};
 use sense::{Sense, SenseData};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// SAM status codes carried in the iSCSI SCSI Response.
@@ -129,7 +129,8 @@ pub struct LunParams {
     pub product: String,
     /// Product revision level (4 ASCII chars, space padded on output).
     pub revision: String,
-    /// The target port this LU is reached through, for ALUA (see [`AluaPort`]).
+    /// The target port this LU is reached through, for ALUA (see [`AluaPort`]), in its
+    /// initial state ([`LogicalUnit::set_alua_state`] changes it at run time).
     pub alua: AluaPort,
 }
 
@@ -295,12 +296,15 @@ pub struct LogicalUnit {
     pr: Mutex<pr::PrState>,
     /// Unit attention conditions pending per I_T nexus.
     unit_attentions: Mutex<ua::UnitAttentions>,
+    /// The target port group's current asymmetric access state ([`AluaState::code`]).
+    alua_state: AtomicU8,
 }
 
 impl LogicalUnit {
     /// Creates a LU over `backend`; capacity is the backend size in whole blocks.
     pub fn new(params: LunParams, backend: Arc<dyn Backend>) -> Self {
         let num_blocks = blocks_of(backend.size(), params.block_size);
+        let alua_state = AtomicU8::new(params.alua.state.code());
         LogicalUnit {
             wce: AtomicBool::new(params.write_cache),
             params,
@@ -309,6 +313,7 @@ impl LogicalUnit {
             io_lock: RwLock::new(()),
             pr: Mutex::new(pr::PrState::default()),
             unit_attentions: Mutex::new(ua::UnitAttentions::default()),
+            alua_state,
         }
     }
 
@@ -325,6 +330,33 @@ impl LogicalUnit {
     /// Current WCE (write-back caching) setting.
     pub fn write_cache_enabled(&self) -> bool {
         self.wce.load(Ordering::Relaxed)
+    }
+
+    /// This LU's target port with its current asymmetric access state.
+    pub fn alua_port(&self) -> AluaPort {
+        AluaPort {
+            group: self.params.alua.group,
+            state: AluaState::from_code(self.alua_state.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Changes the target port group's asymmetric access state (an implicit transition: the
+    /// gateway's configuration was reloaded). REPORT TARGET PORT GROUPS and the standby
+    /// gating follow at once, and when the state really changed every I_T nexus that knew
+    /// the old one gets an ASYMMETRIC ACCESS STATE CHANGED unit attention (SPC-4 5.15.2.3,
+    /// as LIO's core_alua_queue_state_change_ua() in drivers/target/target_core_alua.c does;
+    /// Linux's scsi_dh_alua answers it by asking RTPG again, alua_check_sense()). Returns
+    /// whether the state changed.
+    pub fn set_alua_state(&self, state: AluaState) -> bool {
+        let before = self.alua_state.swap(state.code(), Ordering::Relaxed);
+        if before == state.code() {
+            return false;
+        }
+        self.unit_attentions().establish_all(Sense::new(
+            sense::UNIT_ATTENTION,
+            sense::ASYMMETRIC_ACCESS_STATE_CHANGED,
+        ));
+        true
     }
 
     /// The backing storage.
@@ -427,7 +459,7 @@ impl LogicalUnit {
         if cdb_too_short(cdb) {
             return Err(Sense::invalid_cdb_field(0, None));
         }
-        self.params.alua.check_access(cdb)?;
+        self.alua_port().check_access(cdb)?;
         let done = |o: ScsiOutcome| Ok(Plan::Done(o));
         let nexus = req.nexus;
         if self.reservations().conflicts(cdb, nexus) {
@@ -483,7 +515,7 @@ impl LogicalUnit {
             }
             op::MAINTENANCE_IN if cdb.service_action() == alua::SA_REPORT_TARGET_PORT_GROUPS => {
                 done(ScsiOutcome::with_data(
-                    self.params.alua.report_target_port_groups(cdb)?,
+                    self.alua_port().report_target_port_groups(cdb)?,
                 ))
             }
             op::MAINTENANCE_IN => done(ScsiOutcome::with_data(opcodes::report_supported(cdb)?)),

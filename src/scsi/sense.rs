@@ -49,6 +49,9 @@ pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
 pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
 /// ASC/ASCQ: capacity data has changed (unit attention after the LU was resized).
 pub const CAPACITY_DATA_HAS_CHANGED: (u8, u8) = (0x2A, 0x09);
+/// ASC/ASCQ: asymmetric access state changed (unit attention after the target port group's
+/// ALUA state changed, SPC-4 5.15.2.3).
+pub const ASYMMETRIC_ACCESS_STATE_CHANGED: (u8, u8) = (0x2A, 0x06);
 /// ASC/ASCQ: saving parameters not supported.
 pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
 /// ASC/ASCQ: internal target failure.

@@ -24,7 +24,7 @@ use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
-use crate::scsi::{AluaPort, LogicalUnit, LunParams, ScsiTarget};
+use crate::scsi::{AluaPort, AluaState, LogicalUnit, LunParams, ScsiTarget};
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
@@ -164,6 +164,8 @@ pub struct Server {
     /// their rdma_cm events.
     iser_portals: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// The NVMe/TCP view (its ANA state follows the ALUA state).
+    nvme: Arc<nvme::NvmeState>,
 }
 
 /// Opens one LUN's backing store. With the write cache off, files and devices are opened
@@ -420,6 +422,7 @@ impl Server {
             listeners: Vec::new(),
             iser_portals: Vec::new(),
             local_addrs: Vec::new(),
+            nvme: Arc::clone(&nvme_state),
         };
         for portal in &config.portals {
             let addr = SocketAddr::new(portal.address, portal.port);
@@ -489,6 +492,22 @@ impl Server {
             Arc::clone(&self.stop_accepting),
         )?);
         Ok(())
+    }
+
+    /// Changes this gateway's ALUA state while it runs (a reloaded configuration, to drain
+    /// the gateway for maintenance or bring it back): every LU reports it through REPORT
+    /// TARGET PORT GROUPS and its standby gating, with an ASYMMETRIC ACCESS STATE CHANGED
+    /// unit attention for the I_T nexuses it has; NVMe/TCP controllers report the matching
+    /// ANA state with an ANA change notice. Returns whether the state changed.
+    pub fn set_alua_state(&self, state: AluaState) -> bool {
+        let mut changed = false;
+        for target in &self.shared.scsi_targets {
+            for lu in target.luns() {
+                changed |= lu.set_alua_state(state);
+            }
+        }
+        changed |= self.nvme.set_alua_state(state);
+        changed
     }
 
     /// The bound portal addresses (with the real port when 0 was configured).

@@ -420,6 +420,32 @@ impl Server {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Writes `config` over the server's configuration file and sends SIGHUP, then waits until
+    /// the server has logged its answer (a line with `SIGHUP:`); returns those lines.
+    pub fn reload(&mut self, config: &str) -> String {
+        self.assert_alive();
+        let seen = self.log().matches("SIGHUP:").count();
+        fs::write(&self.config_path, config).expect("rewrite config");
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP).expect("SIGHUP");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.matches("SIGHUP:").count() > seen {
+                // The lines of one reload are written together; give the last a moment.
+                thread::sleep(Duration::from_millis(50));
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP:")).collect();
+                return lines[seen..].join("\n");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no answer to SIGHUP\n--- server output ---\n{log}"
+            );
+            self.assert_alive();
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics (with the server's output) if the server has exited: a crash.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child_mut().try_wait().expect("try_wait") {

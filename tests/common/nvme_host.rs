@@ -316,17 +316,10 @@ impl NvmeQueue {
         data_out: &[u8],
         data_in: usize,
     ) -> io::Result<(Cqe, Vec<u8>)> {
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        sqe.0[2..4].copy_from_slice(&cid.to_le_bytes());
         let in_capsule = !data_out.is_empty() && data_out.len() <= 8192;
         sqe.set_sgl(data_out.len().max(data_in) as u32, in_capsule);
-        let mut header = vec![0u8; 72];
-        header[0] = pdu_type::CAPSULE_CMD;
-        header[2] = 72;
-        header[8..72].copy_from_slice(&sqe.0);
         let data = if in_capsule { data_out } else { &[] };
-        self.stream.write_all(&frame(header, data, self.digests))?;
+        let cid = self.send_capsule(sqe, data)?;
         let mut received = vec![0u8; data_in];
         loop {
             let p = read_pdu(&mut self.stream)?;
@@ -357,6 +350,54 @@ impl NvmeQueue {
                 }
             }
         }
+    }
+
+    /// Sends `sqe` with the next CID and `data` in the capsule: the CID.
+    fn send_capsule(&mut self, mut sqe: Sqe, data: &[u8]) -> io::Result<u16> {
+        let cid = self.next_cid;
+        self.next_cid = self.next_cid.wrapping_add(1);
+        sqe.0[2..4].copy_from_slice(&cid.to_le_bytes());
+        let mut header = vec![0u8; 72];
+        header[0] = pdu_type::CAPSULE_CMD;
+        header[2] = 72;
+        header[8..72].copy_from_slice(&sqe.0);
+        self.stream.write_all(&frame(header, data, self.digests))?;
+        Ok(cid)
+    }
+
+    /// Sends `sqe`, a command without data, and does not wait for its completion
+    /// ([`NvmeQueue::next_completion`]): its CID.
+    pub fn post(&mut self, mut sqe: Sqe) -> io::Result<u16> {
+        sqe.set_sgl(0, false);
+        self.send_capsule(sqe, &[])
+    }
+
+    /// Posts an Asynchronous Event Request: the controller holds it until it has an event to
+    /// report. Returns its CID.
+    pub fn post_async_event_request(&mut self) -> io::Result<u16> {
+        self.post(Sqe::new(0x0C, 0))
+    }
+
+    /// The next completion the controller sends, within `timeout`: that of a command posted
+    /// without waiting.
+    pub fn next_completion(&mut self, timeout: Duration) -> io::Result<Cqe> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let pdu = read_pdu(&mut self.stream);
+        self.stream.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        let pdu = pdu?;
+        if pdu.kind() != pdu_type::CAPSULE_RESP {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected a CapsuleResp, got PDU type {:#x}", pdu.kind()),
+            ));
+        }
+        Ok(Cqe::parse(&pdu.header[8..24]))
+    }
+
+    /// Set Features, Asynchronous Event Configuration: enables the notices of `bits`.
+    pub fn enable_notices(&mut self, bits: u32) -> io::Result<Cqe> {
+        let sqe = Sqe::new(0x09, 0).cdw(10, 0x0B).cdw(11, bits);
+        Ok(self.command(sqe, &[], 0)?.0)
     }
 
     /// Sends `data` for an R2T, in PDUs of at most MAXH2CDATA.

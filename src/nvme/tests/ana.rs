@@ -37,6 +37,7 @@ fn ana_reporting_in_identify_and_the_ana_log() {
     cfg.ana = AnaGroup {
         id: 2,
         state: AnaState::NonOptimized,
+        change_count: 0,
     };
     let env = env(&cfg);
     let mut admin = Pair::new(Arc::new(cfg), env, Instant::now());
@@ -84,6 +85,7 @@ fn a_standby_gateway_reports_inaccessible_and_discovery_has_no_ana() {
     cfg.ana = AnaGroup {
         id: 1,
         state: AnaState::Inaccessible,
+        change_count: 0,
     };
     let env = env(&cfg);
     let mut admin = Pair::new(Arc::new(cfg), env.clone(), Instant::now());
@@ -99,6 +101,112 @@ fn a_standby_gateway_reports_inaccessible_and_discovery_has_no_ana() {
     assert_eq!(id[343], 0, "ANACAP");
     let cqe = disc.resp(&get_log(12, 0x0C, 64, false), &[]);
     assert_eq!(cqe.status, (1, 0x09), "Invalid Log Page");
+}
+
+#[test]
+fn an_ana_state_change_is_announced_and_reported_with_its_change_count() {
+    let cfg = config();
+    let env = env(&cfg);
+    let mut admin = Pair::new(Arc::new(cfg), env.clone(), Instant::now());
+    admin.bring_up(1);
+    let (id, _) = admin.data_in(&identify(10, 0x01, 0));
+    assert_eq!(
+        le32(&id, 92),
+        1 << 8 | 1 << 11,
+        "OAES: namespace attribute, ANA change"
+    );
+    let (log, _) = admin.data_in(&get_log(11, 0x0C, 64, false));
+    assert_eq!((le64(&log, 0), log[32]), (0, 0x01), "CHGCNT 0, optimized");
+
+    // The gateway goes to standby before the host enabled the notice or posted an AER: the
+    // notice waits for both, and Set Features completes the AER first.
+    let standby = AnaGroup {
+        id: 1,
+        state: AnaState::Inaccessible,
+        change_count: 1,
+    };
+    admin.queue.handle_ana_changed(standby, Instant::now());
+    admin.pump();
+    assert!(admin.take().is_empty());
+    assert!(admin.command(&Sqe::new(0x0C, 12, 0), &[]).is_empty());
+    let aec = Sqe::new(0x09, 13, 0)
+        .cdw(10, 0x0B)
+        .cdw(11, 1 << 8 | 1 << 11);
+    match admin.command(&aec, &[]).as_slice() {
+        [Got::Resp(aen), Got::Resp(set)] => {
+            assert_eq!(
+                (aen.cid, aen.result),
+                (12, 0x0C_03_02),
+                "notice, ANA change, log 0Ch"
+            );
+            assert_eq!((set.cid, set.status), (13, (0, 0)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (log, _) = admin.data_in(&get_log(14, 0x0C, 64, false));
+    assert_eq!(le64(&log, 0), 1, "CHGCNT");
+    assert_eq!(le64(&log, 24), 1, "descriptor CHGCNT");
+    assert_eq!((le32(&log, 16), log[32]), (1, 0x03), "group 1 inaccessible");
+
+    // The same group again is no change; a real one with an AER held is announced at once.
+    assert!(admin.command(&Sqe::new(0x0C, 15, 0), &[]).is_empty());
+    admin.queue.handle_ana_changed(standby, Instant::now());
+    admin.pump();
+    assert!(admin.take().is_empty());
+    let optimized = AnaGroup {
+        state: AnaState::Optimized,
+        change_count: 2,
+        ..standby
+    };
+    admin.queue.handle_ana_changed(optimized, Instant::now());
+    admin.pump();
+    assert!(matches!(
+        admin.take().as_slice(),
+        [Got::Resp(Cqe {
+            cid: 15,
+            result: 0x0C_03_02,
+            ..
+        })]
+    ));
+    // Masked until the log is read without RAE (CDW10 bit 15): a read with RAE keeps it so.
+    assert!(admin.command(&Sqe::new(0x0C, 16, 0), &[]).is_empty());
+    let non_optimized = AnaGroup {
+        state: AnaState::NonOptimized,
+        change_count: 3,
+        ..standby
+    };
+    admin
+        .queue
+        .handle_ana_changed(non_optimized, Instant::now());
+    admin.pump();
+    assert!(admin.take().is_empty(), "masked");
+    let retain = Sqe::new(0x02, 17, 0xFFFF_FFFF)
+        .cdw(10, 0x0C | 1 << 15 | (64 / 4 - 1) << 16)
+        .sgl(64, false);
+    let (log, _) = admin.data_in(&retain);
+    assert_eq!((le64(&log, 0), log[32]), (3, 0x02));
+    let (log, _) = admin.data_in(&get_log(18, 0x0C, 64, false));
+    assert_eq!(log[32], 0x02);
+    // Unmasked: the next change reaches the AER still held.
+    admin.queue.handle_ana_changed(standby, Instant::now());
+    admin.pump();
+    assert!(matches!(
+        admin.take().as_slice(),
+        [Got::Resp(Cqe { cid: 16, .. })]
+    ));
+
+    // An I/O queue and the discovery controller have no ANA log and ignore the change.
+    let cntlid = admin.queue.cntlid().unwrap();
+    let mut io = admin.sibling();
+    assert_eq!(io.connect_io(cntlid, 1, 15).status, (0, 0));
+    io.queue.handle_ana_changed(optimized, Instant::now());
+    io.pump();
+    assert!(io.take().is_empty());
+    let mut disc = Pair::new(admin.queue.config.clone(), env, Instant::now());
+    assert_eq!(disc.connect_admin_to(DISCOVERY_NQN, 0).status, (0, 0));
+    disc.queue.handle_ana_changed(optimized, Instant::now());
+    disc.pump();
+    assert!(disc.take().is_empty());
 }
 
 /// A namespace size the test changes, as an RBD image resized under the target.

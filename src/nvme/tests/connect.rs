@@ -381,3 +381,47 @@ fn a_discovery_only_portal_refuses_nvm_subsystems() {
     assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
     assert_eq!(&log[1024 + 32..1024 + 36], b"4420", "the I/O portal's port");
 }
+
+/// The discovery log's first entry is the discovery subsystem at the port the host reached
+/// (subtype 3, as Linux's nvmet lists it), then the NVM subsystems it may see.
+#[test]
+fn the_discovery_log_names_the_current_discovery_subsystem_first() {
+    let cfg = NvmeConfig {
+        current_port: Some(DiscoveryEntry {
+            subsystem_nqn: super::super::DISCOVERY_NQN.into(),
+            port_id: 3,
+            address_family: AddressFamily::Ipv4,
+            address: "192.0.2.9".into(),
+            service_id: "8009".into(),
+        }),
+        ..config()
+    };
+    let env = env(&cfg);
+    let mut d = Pair::new(Arc::new(cfg), env, Instant::now());
+    assert_eq!(
+        d.connect_admin_to(super::super::DISCOVERY_NQN, 0).status,
+        (0, 0)
+    );
+    assert_eq!(d.set_cc(LINUX_CC).status, (0, 0));
+    let whole = Sqe::new(0x02, 81, 0)
+        .cdw(10, 0x70 | 767 << 16)
+        .sgl(3072, false);
+    let (log, _) = d.data_in(&whole);
+    assert_eq!(
+        u64::from_le_bytes(log[8..16].try_into().unwrap()),
+        2,
+        "NUMREC"
+    );
+    let current = &log[1024..2048];
+    assert_eq!(
+        &current[0..6],
+        &[3, 1, 3, 4, 3, 0],
+        "TCP, IPv4, current discovery, TREQ, port 3"
+    );
+    assert_eq!(&current[32..36], b"8009");
+    assert_eq!(&current[256..292], super::super::DISCOVERY_NQN.as_bytes());
+    assert_eq!(&current[512..521], b"192.0.2.9");
+    let subsystem = &log[2048..];
+    assert_eq!(subsystem[2], 2, "NVM subsystem");
+    assert_eq!(&subsystem[256..256 + SUBSYSTEM.len()], SUBSYSTEM.as_bytes());
+}

@@ -19,13 +19,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::admission::PortalKey;
+use super::engine::Residence;
 use super::registry::SessionControl;
 use super::Shared;
 use crate::backend::Backend;
@@ -33,7 +34,7 @@ use crate::config::{Backing, Config};
 use crate::nvme::registry::gateway_cntlids;
 use crate::nvme::{
     AddressFamily, AnaGroup, AnaState, ControllerRegistry, DiscoveryEntry, NamespaceCapacity,
-    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
+    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 use crate::scsi::{AluaState, ScsiTarget};
 
@@ -72,17 +73,31 @@ impl NamespaceCapacity for BackendCapacity {
     }
 }
 
+/// How a live queue is reached from other threads.
+#[derive(Clone)]
+pub(super) struct QueueHandle {
+    /// Asks it to close.
+    pub control: Arc<dyn SessionControl>,
+    /// Its engine thread, poked to look at a changed ANA state.
+    pub residence: Residence,
+}
+
 /// State shared by every NVMe/TCP connection of the process.
 pub(crate) struct NvmeState {
-    /// Subsystems, limits and the discovery log (with the portals' configured addresses).
-    config: Arc<NvmeConfig>,
+    /// Subsystems, limits, the discovery log (with the portals' configured addresses) and
+    /// the ANA group as it is now (replaced when the ANA state changes).
+    config: RwLock<Arc<NvmeConfig>>,
     /// The same for the discovery-only portals: only the discovery subsystem is connectable.
-    discovery_config: Arc<NvmeConfig>,
-    /// The discovery-only portals, with the ports bound.
+    discovery_config: RwLock<Arc<NvmeConfig>>,
+    /// The NVMe/TCP I/O portals, with the ports bound (port IDs 1, 2...).
+    io_portals: Vec<SocketAddr>,
+    /// The discovery-only portals, with the ports bound (port IDs after the I/O portals').
     discovery_portals: Vec<SocketAddr>,
     registry: Mutex<ControllerRegistry>,
     /// Live queues by (controller ID, queue ID).
-    queues: Mutex<HashMap<(u16, u16), Arc<dyn SessionControl>>>,
+    queues: Mutex<HashMap<(u16, u16), QueueHandle>>,
+    /// The gateway's ANA group and its state now.
+    ana: Mutex<AnaGroup>,
     /// Per subsystem (= target index): its namespaces' LUNs.
     namespaces: Vec<Vec<NamespaceLun>>,
 }
@@ -146,15 +161,11 @@ impl NvmeState {
         }
         let defaults = NvmeConfig::default();
         // The gateway's ALUA target port group is its ANA group, in the state that matches its
-        // ALUA state: a standby port refuses media access, as Inaccessible does (base 2.0
-        // §8.1.1.4), and a multipathing host keeps the path to use once it changes.
+        // ALUA state.
         let ana = AnaGroup {
             id: u32::from(config.target_port_group),
-            state: match config.alua_state {
-                AluaState::ActiveOptimized => AnaState::Optimized,
-                AluaState::ActiveNonOptimized => AnaState::NonOptimized,
-                AluaState::Standby => AnaState::Inaccessible,
-            },
+            state: ana_state_of(config.alua_state),
+            change_count: 0,
         };
         let nvme = NvmeConfig {
             subsystems,
@@ -171,15 +182,53 @@ impl NvmeState {
             ..nvme.clone()
         };
         Arc::new(NvmeState {
-            config: Arc::new(nvme),
-            discovery_config: Arc::new(discovery_config),
+            config: RwLock::new(Arc::new(nvme)),
+            discovery_config: RwLock::new(Arc::new(discovery_config)),
+            io_portals: portals.to_vec(),
             discovery_portals: discovery_portals.to_vec(),
             registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
                 config.target_port_group,
             ))),
             queues: Mutex::new(HashMap::new()),
+            ana: Mutex::new(ana),
             namespaces,
         })
+    }
+
+    /// The gateway's ANA group as it is now.
+    pub(super) fn ana(&self) -> AnaGroup {
+        *self.ana.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the gateway's ANA group to the state of ALUA state `alua` (a reloaded
+    /// configuration): connections accepted from now on start in it, and every admin queue's
+    /// thread is poked to hand it to its queue, which reports it with an incremented change
+    /// count and an ANA change notice. Returns whether the state changed.
+    pub(crate) fn set_alua_state(&self, alua: AluaState) -> bool {
+        let group = {
+            let mut ana = self.ana.lock().unwrap_or_else(|p| p.into_inner());
+            let state = ana_state_of(alua);
+            if ana.state == state {
+                return false;
+            }
+            ana.state = state;
+            ana.change_count += 1;
+            *ana
+        };
+        for config in [&self.config, &self.discovery_config] {
+            let mut config = config.write().unwrap_or_else(|p| p.into_inner());
+            let mut changed = (**config).clone();
+            changed.ana = group;
+            *config = Arc::new(changed);
+        }
+        // A queue that joins its controller after this loop reads the new group itself
+        // (resident.rs, after the join).
+        for ((_, qid), handle) in self.lock_queues().iter() {
+            if *qid == 0 {
+                handle.residence.poke();
+            }
+        }
+        true
     }
 
     /// The configuration a connection accepted at `local` sees: a discovery-only portal's
@@ -187,33 +236,46 @@ impl NvmeState {
     /// address the host reached instead, which is one it can connect to (0.0.0.0 would make
     /// it connect to itself). A wildcard portal listens on that address too, whichever port
     /// the host reached (a discovery portal's, say): an IPv4 one if the address is IPv4, an
-    /// IPv6 one (dual-stack) always.
+    /// IPv6 one (dual-stack) always. The port reached, with its port ID, is the discovery
+    /// log's current discovery subsystem entry, as nvmet names the port of the request
+    /// (drivers/nvme/target/discovery.c nvmet_set_disc_traddr: the address reached when the
+    /// port listens on any).
     fn config_for(&self, local: SocketAddr) -> Arc<NvmeConfig> {
-        let discovery_portal = self.discovery_portals.iter().any(|p| {
+        let serves = |p: &SocketAddr| {
             p.port() == local.port()
                 && (p.ip().is_unspecified() || p.ip().to_canonical() == local.ip().to_canonical())
-        });
-        let base = if discovery_portal {
+        };
+        let discovery_portal = self.discovery_portals.iter().position(serves);
+        let port_id = match discovery_portal {
+            // Discovery-only portals are numbered after the I/O portals.
+            Some(index) => self.io_portals.len() + index + 1,
+            None => self.io_portals.iter().position(serves).map_or(1, |i| i + 1),
+        };
+        let base = if discovery_portal.is_some() {
             &self.discovery_config
         } else {
             &self.config
         };
+        let mut config = (**base.read().unwrap_or_else(|p| p.into_inner())).clone();
         let reached = local.ip().to_canonical();
         let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
             Ok(IpAddr::V6(a)) => a.is_unspecified(),
             Err(_) => false,
         };
-        if !base.discovery.iter().any(reachable) {
-            return Arc::clone(base);
-        }
-        let mut config = (**base).clone();
         for entry in &mut config.discovery {
             if reachable(entry) {
                 entry.address = reached.to_string();
                 entry.address_family = family(reached);
             }
         }
+        config.current_port = Some(DiscoveryEntry {
+            subsystem_nqn: DISCOVERY_NQN.into(),
+            port_id: port_id as u16,
+            address_family: family(reached),
+            address: reached.to_string(),
+            service_id: local.port().to_string(),
+        });
         Arc::new(config)
     }
 
@@ -221,9 +283,7 @@ impl NvmeState {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_queues(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), Arc<dyn SessionControl>>> {
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<(u16, u16), QueueHandle>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -231,8 +291,8 @@ impl NvmeState {
     fn shut_down_queues(&self, cntlid: u16, qids: &[u16]) {
         let queues = self.lock_queues();
         for qid in qids {
-            if let Some(control) = queues.get(&(cntlid, *qid)) {
-                control.request_shutdown();
+            if let Some(handle) = queues.get(&(cntlid, *qid)) {
+                handle.control.request_shutdown();
             }
         }
     }
@@ -244,6 +304,17 @@ impl NvmeState {
             .iter()
             .find(|n| n.nsid == nsid)
             .copied()
+    }
+}
+
+/// The ANA state of a gateway in ALUA state `alua`: a standby port refuses media access, as
+/// Inaccessible does (base 2.0 §8.1.1.4), and a multipathing host keeps the path to use once
+/// it changes (Persistent Loss would make it drop the path for good).
+pub(crate) fn ana_state_of(alua: AluaState) -> AnaState {
+    match alua {
+        AluaState::ActiveOptimized => AnaState::Optimized,
+        AluaState::ActiveNonOptimized => AnaState::NonOptimized,
+        AluaState::Standby => AnaState::Inaccessible,
     }
 }
 
@@ -374,12 +445,26 @@ mod tests {
         let scsi = crate::server::build_scsi_targets(&config).unwrap();
         let portals = [SocketAddr::from(([0, 0, 0, 0], 4420))];
         let state = NvmeState::new(&config, &scsi, &portals, &[]);
-        let base = &state.config.discovery;
+        let current = Arc::clone(&state.config.read().unwrap());
+        let base = &current.discovery;
         assert_eq!(base.len(), 1);
         assert_eq!(base[0].subsystem_nqn, "nqn.2026-11.io.iser-target:ram0");
         let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 4420)));
         assert_eq!(seen.discovery[0].address, "192.0.2.7");
         assert_eq!(seen.discovery[0].service_id, "4420");
+        let current = seen
+            .current_port
+            .as_ref()
+            .expect("the current discovery subsystem");
+        assert_eq!(
+            (
+                &*current.subsystem_nqn,
+                current.port_id,
+                &*current.address,
+                &*current.service_id
+            ),
+            (DISCOVERY_NQN, 1, "192.0.2.7", "4420")
+        );
         // The namespace: LUN 0 as NSID 1, its EUI-64 the LUN's NAA identifier.
         let ns = &seen.subsystems[0].namespaces[0];
         assert_eq!((ns.nsid, ns.blocks), (1, (1 << 30) / 512));
@@ -401,6 +486,12 @@ mod tests {
         assert_eq!(seen.discovery.len(), 1, "the I/O portal only");
         assert_eq!(seen.discovery[0].address, "192.0.2.7");
         assert_eq!(seen.discovery[0].service_id, "4420");
+        let current = seen.current_port.as_ref().unwrap();
+        assert_eq!(
+            (current.port_id, &*current.service_id),
+            (2, "8009"),
+            "the discovery portal, numbered after the I/O portal"
+        );
         assert!(
             !state
                 .config_for(SocketAddr::from(([192, 0, 2, 7], 4420)))

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::NvmeState;
+use super::{NvmeState, QueueHandle};
 use crate::iscsi::tcp::DataInBuf;
 use crate::iscsi::TaskId;
 use crate::nvme::{Action, CloseReason, Queue, DISCOVERY_SUBSYSTEM};
@@ -98,10 +98,16 @@ impl Resident for NvmeResident {
     }
 
     fn poked(&mut self, io: &mut ThreadIo<'_>) {
-        if !self.link.closing && self.control.requested() {
-            self.queue.handle_shutdown();
-            self.carry_out_actions(io);
+        if self.link.closing {
+            return;
         }
+        if self.control.requested() {
+            self.queue.handle_shutdown();
+        } else {
+            // The gateway's ANA state may have changed (NvmeState::set_alua_state).
+            self.follow_ana(io.now());
+        }
+        self.carry_out_actions(io);
     }
 
     fn timeout(&mut self, now: Instant, io: &mut ThreadIo<'_>) {
@@ -212,6 +218,9 @@ impl NvmeResident {
                     self.join(*cntlid, 0, request.subsystem, &request.host_nqn);
                 }
                 self.queue.handle_controller_created(result, io.now());
+                // The ANA state may have changed after this queue was accepted and before it
+                // was reachable for the poke that announces it.
+                self.follow_ana(io.now());
             }
             Action::JoinController(request) => {
                 let result = self.nvme.lock_registry().join(&request);
@@ -267,13 +276,22 @@ impl NvmeResident {
         }
     }
 
+    /// Hands the gateway's current ANA group to the queue: an admin queue whose controller
+    /// has not seen it yet reports it and sends the ANA change notice.
+    fn follow_ana(&mut self, now: Instant) {
+        self.queue.handle_ana_changed(self.nvme.ana(), now);
+    }
+
     /// The queue is now queue `qid` of controller `cntlid`: it can be reached to shut down,
     /// and an NVM subsystem's queue gets an engine session for its I/O. The I_T nexus of a
     /// controller is its host NQN and controller ID.
     fn join(&mut self, cntlid: u16, qid: u16, subsystem: usize, host_nqn: &str) {
         self.place = Some((cntlid, qid));
-        let control: Arc<dyn SessionControl> = self.control.clone();
-        self.nvme.lock_queues().insert((cntlid, qid), control);
+        let handle = QueueHandle {
+            control: self.control.clone(),
+            residence: self.residence.clone(),
+        };
+        self.nvme.lock_queues().insert((cntlid, qid), handle);
         if subsystem != DISCOVERY_SUBSYSTEM {
             let [hi, lo] = cntlid.to_be_bytes();
             let nexus = Arc::new(Nexus {
@@ -314,7 +332,7 @@ impl NvmeResident {
             let mine: Arc<dyn SessionControl> = self.control.clone();
             if queues
                 .get(&(cntlid, qid))
-                .is_some_and(|c| Arc::ptr_eq(c, &mine))
+                .is_some_and(|h| Arc::ptr_eq(&h.control, &mine))
             {
                 queues.remove(&(cntlid, qid));
             }
