@@ -131,6 +131,7 @@ impl PairTarget {
                     data_out: &task.data_out,
                     expected_transfer_length: task.expected_transfer_length,
                     task_attr: task.attribute,
+                    unit_attentions: true,
                 });
                 self.conn.handle_scsi_complete(task.id, outcome);
             }

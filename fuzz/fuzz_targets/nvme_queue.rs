@@ -103,6 +103,7 @@ impl Harness {
                         data_out: &task.data_out,
                         expected_transfer_length: task.expected_transfer_length,
                         task_attr: task.attribute,
+                        unit_attentions: false,
                     };
                     let outcome: ScsiOutcome = match self.target.prepare(&request) {
                         Prepared::Done(outcome) => outcome,

@@ -200,6 +200,7 @@ mod tests {
             data_out: &task.data_out,
             expected_transfer_length: task.expected_transfer_length,
             task_attr: task.attribute,
+            unit_attentions: false,
         };
         match target.prepare(&request) {
             Prepared::Done(outcome) => outcome,
@@ -229,6 +230,17 @@ mod tests {
         let outcome = run(target, io(IoOp::Read { offset, len }, Vec::new()));
         assert_eq!(status_of(&outcome), Status::SUCCESS);
         outcome.data_in.to_vec()
+    }
+
+    /// SCSI unit attentions are for iSCSI nexuses: an NVMe host hears of an ALUA change by
+    /// its ANA notice and would otherwise fail its next command once with Namespace Not Ready.
+    #[test]
+    fn nvme_commands_see_no_scsi_unit_attention() {
+        let t = target();
+        read(&t, 0, 512);
+        let lu = t.lun(0).expect("LUN 0");
+        assert!(lu.set_alua_state(crate::scsi::AluaState::ActiveNonOptimized));
+        assert_eq!(read(&t, 0, 512), vec![0; 512]);
     }
 
     #[test]
@@ -308,6 +320,7 @@ mod tests {
                 data_out: &list,
                 expected_transfer_length: 24,
                 task_attr: TaskAttr::Simple,
+                unit_attentions: false,
             };
             match t.prepare(&request) {
                 Prepared::Done(outcome) => outcome.status,

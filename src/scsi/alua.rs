@@ -280,6 +280,7 @@ mod tests {
                 data_out: &[],
                 expected_transfer_length: 512,
                 task_attr: TaskAttr::Simple,
+                unit_attentions: true,
             })
         };
         let (one, two, late) = (nexus(1), nexus(2), nexus(3));

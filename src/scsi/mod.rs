@@ -182,6 +182,11 @@ pub struct ScsiRequest<'a> {
     pub expected_transfer_length: u32,
     /// Task attribute.
     pub task_attr: TaskAttr,
+    /// Whether the initiator's fabric reports SCSI unit attentions (iSCSI does). An NVMe host
+    /// learns of the same events through asynchronous events (ANA change, namespace attribute
+    /// changed), so its commands neither receive nor register unit attentions: otherwise each
+    /// state or capacity change would fail its next command once with Namespace Not Ready.
+    pub unit_attentions: bool,
 }
 
 /// The result of one command: status, sense, Data-In and how much Data-Out it called for.
@@ -445,7 +450,7 @@ impl LogicalUnit {
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
         self.follow_capacity();
-        if !cdb.is_empty() {
+        if !cdb.is_empty() && req.unit_attentions {
             if let Some(attention) = self.unit_attention(cdb, req.nexus) {
                 return Err(attention);
             }

@@ -549,6 +549,7 @@ mod tests {
             data_out,
             expected_transfer_length: data_out.len() as u32,
             task_attr: TaskAttr::Simple,
+            unit_attentions: true,
         })
     }
 

@@ -40,6 +40,7 @@ pub fn req<'a>(lun: u64, cdb: &'a [u8], data_out: &'a [u8]) -> ScsiRequest<'a> {
         data_out,
         expected_transfer_length: data_out.len() as u32,
         task_attr: TaskAttr::Simple,
+        unit_attentions: true,
     }
 }
 

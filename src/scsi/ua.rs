@@ -156,6 +156,7 @@ mod tests {
             data_out: &[],
             expected_transfer_length: 0,
             task_attr: super::super::TaskAttr::Simple,
+            unit_attentions: true,
         })
     }
 

@@ -75,6 +75,9 @@ struct SessionContext {
     /// Index of the session's target in the engine's targets.
     target: usize,
     nexus: Arc<Nexus>,
+    /// Whether its commands receive SCSI unit attentions (iSCSI sessions; see
+    /// [`ScsiRequest::unit_attentions`]).
+    unit_attentions: bool,
     report: Report,
     /// The engine thread running this session's commands.
     thread: usize,
@@ -107,6 +110,7 @@ impl Job {
             data_out: &self.task.data_out,
             expected_transfer_length: self.task.expected_transfer_length,
             task_attr: self.task.attribute,
+            unit_attentions: self.session.unit_attentions,
         }
     }
 }
@@ -398,7 +402,7 @@ impl Engine {
         nexus: Arc<Nexus>,
         sink: CompletionSink,
     ) -> EngineSession {
-        self.session_on(self.next_thread(), target, nexus, Report::Sink(sink))
+        self.session_on(self.next_thread(), target, nexus, true, Report::Sink(sink))
     }
 
     /// Attaches a session whose connection will live at `residence`: its commands run on that
@@ -413,6 +417,25 @@ impl Engine {
             residence.thread(),
             target,
             nexus,
+            true,
+            Report::Resident(residence.id()),
+        )
+    }
+
+    /// As [`Engine::resident_session`], for an NVMe controller's I/O queue: its commands
+    /// neither receive nor register SCSI unit attentions, since the host learns of the same
+    /// events through asynchronous events (ANA change, namespace attribute changed).
+    pub(crate) fn resident_nvme_session(
+        &self,
+        residence: &Residence,
+        subsystem: usize,
+        nexus: Arc<Nexus>,
+    ) -> EngineSession {
+        self.session_on(
+            residence.thread(),
+            subsystem,
+            nexus,
+            false,
             Report::Resident(residence.id()),
         )
     }
@@ -433,6 +456,7 @@ impl Engine {
         thread: usize,
         target: usize,
         nexus: Arc<Nexus>,
+        unit_attentions: bool,
         report: Report,
     ) -> EngineSession {
         EngineSession {
@@ -440,6 +464,7 @@ impl Engine {
             context: Arc::new(SessionContext {
                 target,
                 nexus,
+                unit_attentions,
                 report,
                 thread,
                 outstanding: Mutex::default(),

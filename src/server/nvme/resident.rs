@@ -298,10 +298,11 @@ impl NvmeResident {
                 initiator_name: host_nqn.to_string(),
                 isid: [0, 0, 0, 0, hi, lo],
             });
-            let session =
-                self.shared
-                    .engine
-                    .resident_session(&self.residence, subsystem, Arc::clone(&nexus));
+            let session = self.shared.engine.resident_nvme_session(
+                &self.residence,
+                subsystem,
+                Arc::clone(&nexus),
+            );
             self.engine = Some(Attached {
                 session,
                 subsystem,
