@@ -523,11 +523,11 @@ fn main() {
         scale: 1.0,
         filters: Vec::new(),
     };
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` passes --bench to harness-less benchmarks, after the arguments given to it
+    // (so it also follows a `--callgrind` workload).
+    let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            // `cargo bench` passes --bench to harness-less benchmarks.
-            "--bench" => {}
             "--runs" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) if n > 0 => options.runs = n,
                 _ => usage(),
