@@ -1057,6 +1057,26 @@ mod tests {
     }
 
     #[test]
+    fn a_send_is_its_headers_and_data_padded_to_four_bytes() {
+        for data_len in [0usize, 1, 3, 4, 18] {
+            let pdu = Pdu::with_data(Header::NopIn(NopIn::default()), vec![9; data_len]);
+            let header = pdu.encode_header();
+            let send = SendBytes::new(pdu);
+            let bytes = send.to_vec();
+            assert_eq!(send.len(), bytes.len());
+            assert_eq!(
+                bytes.len(),
+                (ISER_HEADER_LEN + BHS_LEN + data_len).next_multiple_of(4)
+            );
+            assert_eq!(&bytes[..ISER_HEADER_LEN], &IserHeader::CONTROL.encode()[..]);
+            assert_eq!(&bytes[ISER_HEADER_LEN..][..BHS_LEN], &header[..]);
+            let data = &bytes[ISER_HEADER_LEN + BHS_LEN..];
+            assert!(data[..data_len].iter().all(|&b| b == 9));
+            assert!(data[data_len..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
     fn login_answers_only_keys_open_iscsi_knows() {
         let now = Instant::now();
         let mut conn = IserConnection::new(config(), None, false, now);
