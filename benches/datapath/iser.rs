@@ -25,7 +25,7 @@ use mem_ffi::CountingAllocator;
 use crate::initiator::{Op, BLOCK, PATTERN, REGION};
 use crate::pair::TargetCost;
 
-/// iSER header flags: control PDU, write STag valid, read STag valid (RFC 7145 §9.2).
+/// iSER header flags: control PDU, write STag valid, read STag valid (as `iscsi::iser` reads them).
 const ISER_CTRL: u8 = 0x10;
 const ISER_WSV: u8 = 0x08;
 const ISER_RSV: u8 = 0x04;
@@ -218,7 +218,8 @@ impl IserBench {
                 read_va: BUFFER_VA,
                 ..IserHeader::CONTROL
             },
-            // WriteVA points past the immediate data (RFC 7145 §9.2.1).
+            // WriteVA points past the immediate data, as ib_iser sets it
+            // (drivers/infiniband/ulp/iser/iser_initiator.c, iser_prepare_write_cmd).
             Op::Write => IserHeader {
                 flags: ISER_CTRL | ISER_WSV,
                 write_stag: WRITE_STAG,
