@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod inthash;
 pub mod iscsi;
 pub mod nvme;
 pub mod scsi;

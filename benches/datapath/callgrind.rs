@@ -2,7 +2,8 @@
 //! under callgrind twice, with 0 and with COUNT commands of a workload (`--callgrind`), one
 //! output file per thread. Over TCP and NVMe/TCP, thread 1 is the main thread, which is the initiator; every
 //! other thread is the target. In the pair both sides share the main thread, so callgrind counts
-//! only inside the pair's `Wire::send` (`--toggle-collect`), which is where the target runs. The
+//! only inside the pair's `Wire::send` (`--toggle-collect`), which is where the target runs; in the
+//! iSER bench likewise inside `IserBench::target_side`. The
 //! difference between the two runs divided by COUNT is the cost of one command, without start-up,
 //! login, filling the LUN or shutdown.
 //!
@@ -17,6 +18,8 @@ use crate::Fabric;
 
 /// The function callgrind counts in, in the pair: the target's side of every exchange.
 const PAIR_TARGET: &str = "*PairTarget as *Wire>::send";
+/// The same in the iSER bench: the target's part of every command.
+const ISER_TARGET: &str = "*IserBench::target_side";
 
 /// glibc tunables that keep memcpy and memset in vector loops at every size.
 const NO_REP_STRINGS: &str =
@@ -46,6 +49,7 @@ pub fn report(fabric: Fabric, workload: &str, count: u64) {
         Fabric::Pair => "the pair",
         Fabric::Tcp => "TCP",
         Fabric::Nvme => "NVMe/TCP",
+        Fabric::Iser => "iSER (in process)",
     };
     println!("callgrind, {workload} at queue depth 1 over {over}, {count} commands:");
     println!(
@@ -54,7 +58,7 @@ pub fn report(fabric: Fabric, workload: &str, count: u64) {
         full.target,
         base.target
     );
-    if fabric != Fabric::Pair {
+    if !fabric.in_process() {
         println!(
             "  initiator {:>10.0} instructions per command",
             per_command(full.initiator, base.initiator)
@@ -82,6 +86,10 @@ fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
             command.arg(format!("--toggle-collect={PAIR_TARGET}"));
             "pair"
         }
+        Fabric::Iser => {
+            command.arg(format!("--toggle-collect={ISER_TARGET}"));
+            "iser"
+        }
         Fabric::Tcp => "tcp",
         Fabric::Nvme => "nvme",
     };
@@ -103,7 +111,7 @@ fn run(dir: &Path, fabric: Fabric, workload: &str, count: u64) -> Instructions {
     let mut sum = Instructions::default();
     for (thread, path) in thread_files(&prefix, fabric) {
         let instructions = totals(&path);
-        if thread == 1 && fabric != Fabric::Pair {
+        if thread == 1 && !fabric.in_process() {
             sum.initiator += instructions;
         } else {
             sum.target += instructions;
@@ -135,7 +143,7 @@ fn thread_files(prefix: &Path, fabric: Fabric) -> Vec<(u32, PathBuf)> {
         })
         .collect();
     assert!(
-        files.iter().any(|(t, _)| *t == 1) && (fabric == Fabric::Pair || files.len() > 1),
+        files.iter().any(|(t, _)| *t == 1) && (fabric.in_process() || files.len() > 1),
         "callgrind wrote no per-thread files for {}",
         prefix.display()
     );

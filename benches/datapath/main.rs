@@ -6,10 +6,12 @@
 //!   `framing::encode` and `PduReader` ([`pair`]);
 //! - `tcp`: the real `Server` on 127.0.0.1 with a RAM LUN, over a TCP connection ([`loopback`]);
 //! - `nvme`: the same over NVMe/TCP, queue depth 1 only, driven by the whole-binary tests' NVMe/TCP
-//!   host ([`nvme`]).
+//!   host ([`nvme`]);
+//! - `iser`: the sans-IO iSER connection, SCSI layer and RAM backend in this thread with a stand-in
+//!   for the RDMA fabric, queue depth 1 only ([`iser`]).
 //!
 //! Per command it prints wall time, allocations (count and bytes) and payload bytes copied in user
-//! space, the last two for the target side only: in the pair, what the target's code did in this
+//! space, the last two for the target side only: in the pair and iSER, what the target's code did in this
 //! thread; over TCP and NVMe/TCP, the whole process minus this (initiator) thread. Figures are medians of
 //! several runs after a warm-up. See docs/benchmarks.md.
 //!
@@ -21,6 +23,7 @@
 
 mod callgrind;
 mod initiator;
+mod iser;
 mod loopback;
 mod nvme;
 mod pair;
@@ -33,6 +36,7 @@ use iser_target::stats::{global_payload_copies, thread_payload_copies, CopyCount
 use mem_ffi::{AllocCounts, CountingAllocator};
 
 use initiator::{Initiator, Op, Wire};
+use iser::IserBench;
 use loopback::TcpWire;
 use nvme::NvmeBench;
 use pair::PairTarget;
@@ -60,6 +64,14 @@ enum Fabric {
     Pair,
     Tcp,
     Nvme,
+    Iser,
+}
+
+impl Fabric {
+    /// Both sides run in this thread (callgrind counts only inside the target's function).
+    fn in_process(self) -> bool {
+        matches!(self, Fabric::Pair | Fabric::Iser)
+    }
 }
 
 /// One measured workload.
@@ -77,6 +89,7 @@ impl Case {
             Fabric::Pair => "pair",
             Fabric::Tcp => "tcp",
             Fabric::Nvme => "nvme",
+            Fabric::Iser => "iser",
         };
         format!(
             "{fabric} {} qd{}",
@@ -88,8 +101,8 @@ impl Case {
     /// Commands per run: enough for a few hundred milliseconds on one core.
     fn commands(&self, scale: f64) -> u64 {
         let base = match (self.fabric, self.len <= 4096) {
-            (Fabric::Pair, true) => 20_000.0,
-            (Fabric::Pair, false) => 2_000.0,
+            (Fabric::Pair | Fabric::Iser, true) => 20_000.0,
+            (Fabric::Pair | Fabric::Iser, false) => 2_000.0,
             (Fabric::Tcp | Fabric::Nvme, true) => 5_000.0,
             (Fabric::Tcp | Fabric::Nvme, false) => 1_000.0,
         };
@@ -103,6 +116,41 @@ fn workload_name(op: Op, len: usize) -> String {
         Op::Write => "write",
     };
     format!("{}k-{op}", len >> 10)
+}
+
+/// [`measure`] for iSER: warms up (checking READ data), then `runs` runs of `commands` commands.
+fn measure_iser(bench: &mut IserBench, case: &Case, runs: usize, commands: u64) -> Vec<Figures> {
+    let reading = |bench: &IserBench| Reading {
+        target_time_ns: Some(bench.cost.time.as_nanos() as f64),
+        allocations: bench.cost.allocations,
+        copies: bench.cost.copies,
+    };
+    bench.set_verify(true);
+    bench.run(case.op, case.len, (commands / 4).max(64));
+    bench.set_verify(false);
+    (0..runs)
+        .map(|_| {
+            let before = reading(bench);
+            let started = Instant::now();
+            bench.run(case.op, case.len, commands);
+            let ns = started.elapsed().as_nanos() as f64;
+            let after = reading(bench);
+            let n = commands as f64;
+            let allocations = after.allocations - before.allocations;
+            let copies = after.copies - before.copies;
+            Figures {
+                ns: ns / n,
+                target_ns: after
+                    .target_time_ns
+                    .zip(before.target_time_ns)
+                    .map(|(a, b)| (a - b) / n),
+                allocations: allocations.allocations as f64 / n,
+                allocated_bytes: allocations.bytes as f64 / n,
+                copies: copies.copies as f64 / n,
+                copied_bytes: copies.bytes as f64 / n,
+            }
+        })
+        .collect()
 }
 
 /// Parses `4k-read`, `128k-write`, ...: sizes that divide 128 KiB.
@@ -277,12 +325,12 @@ struct Options {
 
 fn cases() -> Vec<Case> {
     let mut all = Vec::new();
-    for fabric in [Fabric::Pair, Fabric::Tcp, Fabric::Nvme] {
+    for fabric in [Fabric::Pair, Fabric::Tcp, Fabric::Nvme, Fabric::Iser] {
         for len in [4 << 10, 128 << 10] {
             for op in [Op::Read, Op::Write] {
                 for queue_depth in [1, 32] {
-                    // The NVMe/TCP host runs one command at a time.
-                    if fabric == Fabric::Nvme && queue_depth > 1 {
+                    // The NVMe/TCP host and the iSER bench run one command at a time.
+                    if matches!(fabric, Fabric::Nvme | Fabric::Iser) && queue_depth > 1 {
                         continue;
                     }
                     all.push(Case {
@@ -345,7 +393,7 @@ fn run_benchmarks(options: &Options) {
         .filter(|c| c.fabric == Fabric::Tcp)
         .collect();
     if !tcp_cases.is_empty() {
-        let server = loopback::start_server(config);
+        let server = loopback::start_server(config.clone());
         let mut wire = TcpWire::connect(&server);
         let mut initiator = Initiator::login(&mut wire, TARGET);
         initiator.fill_region(&mut wire);
@@ -376,6 +424,26 @@ fn run_benchmarks(options: &Options) {
         }
         bench.shutdown();
     }
+    let iser_cases: Vec<&Case> = selected
+        .iter()
+        .filter(|c| c.fabric == Fabric::Iser)
+        .collect();
+    if !iser_cases.is_empty() {
+        let mut bench = iser_bench(&config);
+        for case in iser_cases {
+            let runs = measure_iser(&mut bench, case, options.runs, case.commands(options.scale));
+            print_case(case, &runs);
+        }
+    }
+}
+
+/// A logged-in iSER connection on the benchmark's RAM LUN, configured as an iSER portal.
+fn iser_bench(config: &Config) -> IserBench {
+    let core = Arc::new(iser_target::server::iser_core_config(config));
+    let scsi = iser_target::server::build_scsi_targets(config)
+        .expect("RAM LUN")
+        .remove(0);
+    IserBench::login(core, scsi, TARGET)
 }
 
 /// Exactly `count` commands of one workload at queue depth 1 over `fabric`, after login and
@@ -410,14 +478,19 @@ fn run_fixed(fabric: Fabric, op: Op, len: usize, count: u64) {
             bench.run(op, len, count);
             bench.shutdown();
         }
+        Fabric::Iser => {
+            let mut bench = iser_bench(&config);
+            bench.set_verify(false);
+            bench.run(op, len, count);
+        }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: datapath [--runs N] [--scale X] [FILTER...]\n       \
-         datapath --callgrind WORKLOAD COUNT [tcp|pair|nvme]\n       \
-         datapath --callgrind-report WORKLOAD COUNT [tcp|pair|nvme]\n\
+         datapath --callgrind WORKLOAD COUNT [tcp|pair|nvme|iser]\n       \
+         datapath --callgrind-report WORKLOAD COUNT [tcp|pair|nvme|iser]\n\
          WORKLOAD: 4k-read, 4k-write, 128k-read, 128k-write, ...; fabric tcp unless given"
     );
     std::process::exit(2)
@@ -435,6 +508,7 @@ fn fixed_workload(mut args: impl Iterator<Item = String>) -> (Fabric, Op, usize,
         None | Some("tcp") => Fabric::Tcp,
         Some("pair") => Fabric::Pair,
         Some("nvme") => Fabric::Nvme,
+        Some("iser") => Fabric::Iser,
         Some(_) => usage(),
     };
     if args.next().is_some() {
@@ -449,11 +523,11 @@ fn main() {
         scale: 1.0,
         filters: Vec::new(),
     };
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` passes --bench to harness-less benchmarks, after the arguments given to it
+    // (so it also follows a `--callgrind` workload).
+    let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            // `cargo bench` passes --bench to harness-less benchmarks.
-            "--bench" => {}
             "--runs" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) if n > 0 => options.runs = n,
                 _ => usage(),

@@ -129,7 +129,9 @@ impl Harness {
         while let Some(op) = self.conn.poll_op() {
             assert!(!self.closed, "{op:?} after Close");
             match op {
-                FabricOp::Send { bytes, invalidate } => self.check_send(&bytes, invalidate),
+                FabricOp::Send { bytes, invalidate } => {
+                    self.check_send(&bytes.to_vec(), invalidate)
+                }
                 FabricOp::EnterFullFeature => {
                     assert!(!self.entered_full_feature, "EnterFullFeature twice");
                     self.entered_full_feature = true;

@@ -106,6 +106,14 @@ impl Payload {
     /// touches), or `None` when some of them are outside the pool (an empty buffer).
     pub fn pieces(&self, range: Range<usize>) -> Option<Vec<Piece>> {
         let mut pieces = Vec::new();
+        self.pieces_into(range, &mut pieces)?;
+        Some(pieces)
+    }
+
+    /// As [`Payload::pieces`], into `pieces` (cleared first), whose capacity a caller keeps so
+    /// that finding them allocates nothing per transfer.
+    pub fn pieces_into(&self, range: Range<usize>, pieces: &mut Vec<Piece>) -> Option<()> {
+        pieces.clear();
         let mut push = |arena: Option<Arena>, offset: Option<usize>, len: usize| {
             pieces.push(Piece {
                 arena: arena?,
@@ -138,7 +146,7 @@ impl Payload {
                 }
             }
         }
-        Some(pieces)
+        Some(())
     }
 
     /// The bytes in a buffer of their own: the owned buffer itself, or a copy of the lent

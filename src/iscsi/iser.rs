@@ -21,7 +21,7 @@ use super::connection::{
     TaskRef,
 };
 use super::pdu::{self, Header, Pdu, Stage, BHS_LEN};
-use super::tasks::IntMap;
+use crate::inthash::IntMap;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
 use mem_ffi::{Buf, Payload};
@@ -113,14 +113,61 @@ pub fn accept_private_data(request_private_data: &[u8]) -> [u8; 4] {
     [flags, 0, 0, 0]
 }
 
-/// Encodes a PDU as the payload of one Send: iSER header, BHS, AHS, data padded to 4 bytes.
-pub fn encode_send(pdu: &Pdu) -> Vec<u8> {
-    let mut out = IserHeader::CONTROL.encode().to_vec();
-    out.extend_from_slice(&pdu.encode_header());
-    out.extend_from_slice(&pdu.data);
-    out.resize(out.len() + pdu::padding(pdu.data.len()), 0);
-    out
+/// Zero bytes to pad a data segment with.
+const PAD: [u8; 3] = [0; 3];
+
+/// The payload of one Send of ours: the iSER header, the PDU's header (BHS, inline) and its data
+/// segment, padded to 4 bytes, kept as parts so that encoding a PDU allocates nothing: the data
+/// segment is the PDU's own `Vec`, moved, which is empty (no allocation) for a SCSI Response
+/// without sense data, a NOP-In, a TMF Response... The transport copies the parts, in order,
+/// into registered memory ([`SendBytes::parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendBytes {
+    header: pdu::HeaderBytes,
+    data: Vec<u8>,
 }
+
+impl SendBytes {
+    /// Encodes a PDU as the payload of one Send.
+    pub fn new(pdu: Pdu) -> Self {
+        SendBytes {
+            header: pdu.header.encode_bytes(pdu.data.len()),
+            data: pdu.data,
+        }
+    }
+
+    /// Bytes of the whole Send.
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(|part| part.len()).sum()
+    }
+
+    /// Always false: a Send carries at least its headers.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The Send's bytes in order: iSER header, BHS (and any AHS), data segment, pad bytes.
+    pub fn parts(&self) -> [&[u8]; 4] {
+        [
+            &CONTROL_HEADER,
+            &self.header,
+            &self.data,
+            &PAD[..pdu::padding(self.data.len())],
+        ]
+    }
+
+    /// The Send's bytes in one piece (for tests and the fuzz target).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts().concat()
+    }
+}
+
+/// [`IserHeader::CONTROL`], encoded.
+const CONTROL_HEADER: [u8; ISER_HEADER_LEN] = {
+    let mut b = [0u8; ISER_HEADER_LEN];
+    b[0] = ISER_ISCSI_CTRL;
+    b
+};
 
 /// One operation the RDMA fabric must perform, in order. A Send posted after an RDMA Write on
 /// the same QP is delivered after it (RC ordering), which is what makes a SCSI Response safe to
@@ -130,7 +177,7 @@ pub enum FabricOp {
     /// Post a Send whose payload is these bytes (iSER header + BHS + data); with `invalidate`,
     /// as Send-with-Invalidate of that rkey of the initiator's.
     Send {
-        bytes: Vec<u8>,
+        bytes: SendBytes,
         invalidate: Option<u32>,
     },
     /// RDMA Write bytes `range` of `data` (the task's read buffer, handed over until the write
@@ -469,8 +516,13 @@ impl IserConnection {
         let Some(write) = self.writes.get_mut(&read.task) else {
             return;
         };
-        write.landed.push((read.range.start, read.range.end));
         let before = write.received;
+        if read.range.start == write.received {
+            // In order, as always in practice: `landed` stays empty (and unallocated).
+            write.received = read.range.end;
+        } else {
+            write.landed.push((read.range.start, read.range.end));
+        }
         while let Some(pos) = write
             .landed
             .iter()
@@ -571,7 +623,7 @@ impl IserConnection {
     }
 
     /// Queues a Send behind the RDMA Reads `fence` names, and behind any Send already held.
-    fn emit_send(&mut self, bytes: Vec<u8>, invalidate: Option<u32>, fence: ReadFence) {
+    fn emit_send(&mut self, bytes: SendBytes, invalidate: Option<u32>, fence: ReadFence) {
         if self.closed || self.failed {
             return;
         }
@@ -664,24 +716,24 @@ impl IserConnection {
         match pdu.header {
             Header::NopIn(h) => {
                 // NOP-In carries no data over iSER (brief §1 rule 15).
-                self.send(&Pdu::new(Header::NopIn(h)), ReadFence::None);
+                self.send(Pdu::new(Header::NopIn(h)), ReadFence::None);
             }
             Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
-                self.send(&pdu, ReadFence::All)
+                self.send(pdu, ReadFence::All)
             }
             Header::LoginResponse(ref h)
                 if h.transit && h.next_stage == Stage::FullFeature && h.status_class == 0 =>
             {
                 self.emit(FabricOp::EnterFullFeature);
-                self.send(&pdu, ReadFence::None)
+                self.send(pdu, ReadFence::None)
             }
-            _ => self.send(&pdu, ReadFence::None),
+            _ => self.send(pdu, ReadFence::None),
         }
     }
 
     /// A Send that ends no task.
-    fn send(&mut self, pdu: &Pdu, fence: ReadFence) {
-        self.emit_send(encode_send(pdu), None, fence);
+    fn send(&mut self, pdu: Pdu, fence: ReadFence) {
+        self.emit_send(SendBytes::new(pdu), None, fence);
     }
 
     /// Drops what the datamover holds for a task that ended. Its reads still in flight stay
@@ -728,7 +780,7 @@ impl IserConnection {
             _ => None,
         };
 
-        self.emit_send(encode_send(&pdu), invalidate, ReadFence::Task(task.itt));
+        self.emit_send(SendBytes::new(pdu), invalidate, ReadFence::Task(task.itt));
     }
 
     /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
@@ -893,7 +945,9 @@ mod tests {
     }
 
     /// Decodes the PDU inside a Send we emitted.
-    fn sent_pdu(bytes: &[u8]) -> Pdu {
+    fn sent_pdu(bytes: &SendBytes) -> Pdu {
+        let bytes = &bytes.to_vec()[..];
+        assert_eq!(bytes.len(), bytes.len().next_multiple_of(4));
         assert_eq!(IserHeader::decode(bytes), Some(IserHeader::CONTROL));
         let rest = &bytes[ISER_HEADER_LEN..];
         let dl = pdu::data_segment_length(rest).unwrap() as usize;
@@ -999,6 +1053,26 @@ mod tests {
             exp_stat_sn: 8,
             cdb: cdb.into(),
             bidi_read_length: None,
+        }
+    }
+
+    #[test]
+    fn a_send_is_its_headers_and_data_padded_to_four_bytes() {
+        for data_len in [0usize, 1, 3, 4, 18] {
+            let pdu = Pdu::with_data(Header::NopIn(NopIn::default()), vec![9; data_len]);
+            let header = pdu.encode_header();
+            let send = SendBytes::new(pdu);
+            let bytes = send.to_vec();
+            assert_eq!(send.len(), bytes.len());
+            assert_eq!(
+                bytes.len(),
+                (ISER_HEADER_LEN + BHS_LEN + data_len).next_multiple_of(4)
+            );
+            assert_eq!(&bytes[..ISER_HEADER_LEN], &IserHeader::CONTROL.encode()[..]);
+            assert_eq!(&bytes[ISER_HEADER_LEN..][..BHS_LEN], &header[..]);
+            let data = &bytes[ISER_HEADER_LEN + BHS_LEN..];
+            assert!(data[..data_len].iter().all(|&b| b == 9));
+            assert!(data[data_len..].iter().all(|&b| b == 0));
         }
     }
 

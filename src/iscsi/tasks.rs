@@ -10,46 +10,13 @@
 //! "Arrived" means handed to the table: queued commands come in CmdSN order (the connection holds
 //! commands that are ahead of ExpCmdSN), immediate ones when they are received.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 
 use super::bytes::CdbBytes;
 use super::connection::TaskId;
 use super::pdu::TaskAttribute;
 
-/// A map keyed by task ids, ITTs or the iSER adapter's own read tokens, hashed with
-/// [`IntHasher`] instead of std's SipHash, which cost more per command than the rest of the
-/// table's work.
-pub(super) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
-
-/// One multiplication per integer key. It resists no chosen keys, and needs not: the keys are
-/// ITTs of one connection's own tasks, at most its command window plus a few immediate commands,
-/// so an initiator that picks colliding ITTs slows only its own lookups, and only to a scan of
-/// that many entries.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct IntHasher(u64);
-
-impl Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        // The product's high half depends on every bit of the key; rotated down, it picks the
-        // bucket, and hashbrown's 7-bit tag comes from the well-mixed bits above it.
-        self.0.rotate_left(32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+use crate::inthash::IntMap;
 
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

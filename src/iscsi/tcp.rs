@@ -24,7 +24,7 @@ use super::connection::{
 };
 use super::framing::{Arrival, Frame, FrameError, FrameSettings, PduReader, DIRECT_MIN};
 use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
-use super::tasks::IntMap;
+use crate::inthash::IntMap;
 use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;

@@ -13,7 +13,7 @@
 //! This file holds the connection phases, the PDU exchange and the data phase of commands
 //! (in-capsule data, R2T/H2CData, C2HData); `admin.rs` the fabrics and admin commands.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use super::pdu::{
     PduTail, SendSettings,
 };
 use crate::backend::BackendError;
+use crate::inthash::IntMap;
 use crate::scsi::{BlockReply, ScsiOutcome};
 use crate::Buf;
 use mem_ffi::Payload;
@@ -220,8 +221,11 @@ pub struct Queue {
     /// Registers and features; only on an admin queue.
     pub(super) admin: Option<AdminState>,
     pub(super) pending_connect: Option<PendingConnect>,
-    commands: HashMap<u16, Command>,
-    executing: HashMap<IoId, u16>,
+    /// Outstanding commands by the host's CIDs, and the running ones by the I/O ids we hand
+    /// out. A host picks only its own CIDs, at most SQSIZE of them in this queue's map, so
+    /// colliding ones slow only its own queue: the cheap hash ([`IntMap`]) is safe.
+    commands: IntMap<u16, Command>,
+    executing: IntMap<IoId, u16>,
     next_io: IoId,
     /// The time of the latest input, for keep-alive deadlines set by commands.
     pub(super) now: Instant,
@@ -254,8 +258,8 @@ impl Queue {
             binding: None,
             admin: None,
             pending_connect: None,
-            commands: HashMap::new(),
-            executing: HashMap::new(),
+            commands: IntMap::default(),
+            executing: IntMap::default(),
             next_io: 1,
             now,
         }

@@ -302,8 +302,9 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
 }
 
 /// The core configuration of the iSER portals: no digests, InitialR2T=Yes, receive-buffer-sized
-/// data segments, bursts of at most `max_io_size` (brief §4, §5.3).
-fn iser_core_config(config: &Config) -> CoreConfig {
+/// data segments, bursts of at most `max_io_size` (brief §4, §5.3). Public, as
+/// [`tcp_core_config`], for the data-path benchmark.
+pub fn iser_core_config(config: &Config) -> CoreConfig {
     let limits = &config.limits;
     let max_io = limits.max_io_size;
     let policy = TargetPolicy {

@@ -2,7 +2,7 @@
 //! it plans and runs (inline on RAM, on the ring, on an asynchronous backend or the blocking
 //! pool), and the loop that also runs the connections living on it (`resident.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use super::aio::{self, Planned};
 use super::resident::{Interest, Resident};
 use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, RING_SLOTS};
 use crate::backend::{BackendError, FuaMethod};
+use crate::inthash::IntMap;
 use crate::scsi::{finish, run, runs_exclusively, BlockReply, Prepared, Primitive, ScsiOutcome};
 use crate::server::gate::Access;
 
@@ -84,8 +85,10 @@ pub(super) struct EngineThread {
     completions: Vec<Completion<Token, Buf>>,
     /// Commands of residents that finished on this thread, not yet handed to them.
     pub(super) local: Vec<LocalCompletion>,
-    /// The connections living here (`None` while one is being called).
-    pub(super) residents: HashMap<u64, Option<Box<dyn Resident>>>,
+    /// The connections living here (`None` while one is being called), by the id the engine
+    /// handed out (`Engine::reserve_residence`): no peer picks these keys, so the cheap hash
+    /// ([`IntMap`]) is safe.
+    pub(super) residents: IntMap<u64, Option<Box<dyn Resident>>>,
     /// Residents that had events this turn: they write their output and are checked for the
     /// end once the turn's events are all in.
     pub(super) touched: Vec<u64>,
@@ -112,7 +115,7 @@ impl EngineThread {
             backlog: VecDeque::new(),
             completions: Vec::with_capacity(RING_SLOTS as usize),
             local: Vec::new(),
-            residents: HashMap::new(),
+            residents: IntMap::default(),
             touched: Vec::new(),
             spin_ids: Vec::new(),
             now: Instant::now(),

@@ -30,7 +30,7 @@
 mod post;
 mod resident;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +47,7 @@ use rdma_ffi::{
 };
 
 use super::ring::Ring;
+use crate::inthash::IntMap;
 use crate::iscsi::iser::{FabricOp, IserConnection};
 use crate::iscsi::{CloseReason, CoreConfig, ScsiTask, TaskId};
 use crate::scsi::ScsiOutcome;
@@ -193,8 +194,9 @@ struct Driver {
     arena: Option<(Arc<MemoryRegion>, Ring)>,
     /// Registrations of the buffer pool's arenas on this connection's PD, made the first time
     /// a task's buffer in the arena is met; RDMA Writes and Reads go straight from and into the
-    /// tasks' buffers through them. Before `res`, as `arena`.
-    pool_mrs: HashMap<ArenaId, Arc<MemoryRegion>>,
+    /// tasks' buffers through them. Before `res`, as `arena`. Arena ids are the pool's own
+    /// (no peer picks them), so the cheap hash ([`IntMap`]) is safe.
+    pool_mrs: IntMap<ArenaId, Arc<MemoryRegion>>,
     inflight: VecDeque<InFlight>,
     res: Resources,
     shared: Arc<Shared>,
@@ -212,6 +214,10 @@ struct Driver {
     read_batch: Vec<ReadWr>,
     /// Send-queue WRs gathered for the next `ibv_post_send` (kept: no allocation per post).
     sq: SendList,
+    /// Where a READ's data lies and the registrations its RDMA Writes go from (kept: no
+    /// allocation per READ; see [`Driver::write_sources`]).
+    write_pieces: Vec<mem_ffi::payload::Piece>,
+    write_sources: Vec<(Arc<MemoryRegion>, usize, usize)>,
     /// The receive CQ is armed: its next completion raises a channel event.
     recv_armed: bool,
     /// The send CQ is armed. It is armed only while something waits for a send completion
@@ -284,11 +290,13 @@ pub(super) fn serve(
         to_execute: Vec::new(),
         read_batch: Vec::new(),
         sq: SendList::new(),
+        write_pieces: Vec::new(),
+        write_sources: Vec::new(),
         recv_armed: false,
         send_armed: false,
         release_pending: false,
         arena: None,
-        pool_mrs: HashMap::new(),
+        pool_mrs: IntMap::default(),
         pending,
         inflight: VecDeque::new(),
         next_wr: 1,

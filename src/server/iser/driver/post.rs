@@ -13,7 +13,7 @@ use mem_ffi::{Arena, Payload};
 use rdma_ffi::{Access, MemoryRegion, SendOp, SendWr};
 
 use super::{Driver, Ending};
-use crate::iscsi::iser::FabricOp;
+use crate::iscsi::iser::{FabricOp, SendBytes};
 use crate::iscsi::CloseReason;
 
 /// Operations waiting to be posted, in order, with a bound on the Sends among them.
@@ -257,8 +257,7 @@ impl Driver {
                 };
                 let (mr, offset) = self.buffer_mr(&buffer);
                 let wr_id = self.next_wr();
-                let posted = mr
-                    .write(offset, &bytes)
+                let posted = write_send(&mr, offset, &bytes)
                     .and_then(|()| {
                         self.sq.push(SendWr {
                             wr_id,
@@ -283,7 +282,7 @@ impl Driver {
                 }
                 // Straight from the task's read buffer or the RAM LUN's memory: no copy.
                 let sources = self.write_sources(&data, range.clone())?;
-                if !self.room_for(sources.len()) {
+                if !self.room_for(sources) {
                     let op = FabricOp::RdmaWrite {
                         stag,
                         va,
@@ -292,8 +291,8 @@ impl Driver {
                     };
                     return Ok((Posted::Later, Some(op)));
                 }
-                let first = self.queue_writes(&sources, va, stag, true)?;
-                self.track_writes(first, sources.len(), data);
+                let first = self.queue_writes(va, stag, true)?;
+                self.track_writes(first, sources, data);
                 Ok((Posted::Yes, None))
             }
             FabricOp::RdmaRead { .. } => unreachable!("posted by post_reads"),
@@ -424,23 +423,22 @@ impl Driver {
             )))
         };
         let sources = self.write_sources(&data, range.clone())?;
-        if !self.room_for(sources.len() + 1) {
+        if !self.room_for(sources + 1) {
             return hand_back(data, range, bytes, invalidate);
         }
         let Some(send_buffer) = self.stage(bytes.len())? else {
             return hand_back(data, range, bytes, invalidate);
         };
         let (send_mr, send_offset) = self.buffer_mr(&send_buffer);
-        let queued = self.queue_writes(&sources, va, stag, false);
+        let queued = self.queue_writes(va, stag, false);
         if let Ok(first) = queued {
             // The Writes are tracked even when one is refused: the teardown that follows keeps
             // (or leaks) the data the device may still read.
-            self.track_writes(first, sources.len(), data);
+            self.track_writes(first, sources, data);
         }
         let send_wr = self.next_wr();
         let posted = queued.and_then(|_| {
-            send_mr
-                .write(send_offset, &bytes)
+            write_send(&send_mr, send_offset, &bytes)
                 .and_then(|()| {
                     self.sq.push(SendWr {
                         wr_id: send_wr,
@@ -492,36 +490,44 @@ impl Driver {
         self.inflight.len() + wrs <= self.res.max_send_wr
     }
 
-    /// The sources of the RDMA Writes for bytes `range` of a task's Data-In: one registration
-    /// (of the arena holding it), offset in it and length per piece (one for a pool buffer, one
-    /// per chunk or hole for a RAM LUN's lent memory).
+    /// The sources of the RDMA Writes for bytes `range` of a task's Data-In, into
+    /// `write_sources` (whose capacity the driver keeps: no allocation per READ): one
+    /// registration (of the arena holding it), offset in it and length per piece (one for a pool
+    /// buffer, one per chunk or hole for a RAM LUN's lent memory). Returns how many.
     fn write_sources(
         &mut self,
         data: &Payload,
         range: std::ops::Range<usize>,
-    ) -> Result<Vec<(Arc<MemoryRegion>, usize, usize)>, String> {
-        let pieces = data
-            .pieces(range)
-            .ok_or("an RDMA transfer of memory outside the pool")?;
-        pieces
-            .iter()
-            .map(|piece| Ok((self.arena_mr(&piece.arena)?, piece.offset, piece.len)))
-            .collect()
+    ) -> Result<usize, String> {
+        let mut pieces = std::mem::take(&mut self.write_pieces);
+        let found = data.pieces_into(range, &mut pieces);
+        self.write_sources.clear();
+        let mut registered = Ok(());
+        if found.is_some() {
+            for piece in &pieces {
+                match self.arena_mr(&piece.arena) {
+                    Ok(mr) => self.write_sources.push((mr, piece.offset, piece.len)),
+                    Err(e) => {
+                        registered = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.write_pieces = pieces;
+        found.ok_or("an RDMA transfer of memory outside the pool")?;
+        registered.map(|()| self.write_sources.len())
     }
 
-    /// Queues one RDMA Write per source, to consecutive remote addresses from `va`, chained in
-    /// order; only the last is signaled when `signal_last` (a Send that follows signals
-    /// instead). Their wr_ids follow one another from the one returned.
-    fn queue_writes(
-        &mut self,
-        sources: &[(Arc<MemoryRegion>, usize, usize)],
-        va: u64,
-        stag: u32,
-        signal_last: bool,
-    ) -> Result<u64, String> {
+    /// Queues one RDMA Write per source in `write_sources`, to consecutive remote addresses
+    /// from `va`, chained in order; only the last is signaled when `signal_last` (a Send that
+    /// follows signals instead). Their wr_ids follow one another from the one returned.
+    fn queue_writes(&mut self, va: u64, stag: u32, signal_last: bool) -> Result<u64, String> {
+        let sources = std::mem::take(&mut self.write_sources);
         let first = self.next_wr;
         let mut remote = va;
         let last = sources.len().saturating_sub(1);
+        let mut queued = Ok(first);
         for (i, (mr, offset, len)) in sources.iter().enumerate() {
             let wr = SendWr {
                 wr_id: self.next_wr(),
@@ -534,14 +540,16 @@ impl Driver {
                 len: *len,
                 signaled: signal_last && i == last,
             };
-            self.sq
-                .push(wr)
-                .map_err(|e| format!("posting an RDMA Write: {e}"))?;
+            if let Err(e) = self.sq.push(wr) {
+                queued = Err(format!("posting an RDMA Write: {e}"));
+                break;
+            }
             remote = remote.wrapping_add(*len as u64);
         }
         // Every source gets its wr_id even when one was refused, so the caller tracks them all.
         self.next_wr = first + sources.len() as u64;
-        Ok(first)
+        self.write_sources = sources;
+        queued
     }
 
     /// Tracks `count` posted RDMA Writes of `data` with wr_ids from `first` on: the last holds
@@ -597,13 +605,24 @@ impl Driver {
     }
 }
 
+/// Copies a Send's bytes, part by part, into registered memory at `offset`.
+fn write_send(mr: &MemoryRegion, offset: usize, bytes: &SendBytes) -> rdma_ffi::Result<()> {
+    let mut at = offset;
+    for part in bytes.parts() {
+        mr.write(at, part)?;
+        at += part.len();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iscsi::pdu::{Header, NopIn, Pdu};
 
     fn send() -> FabricOp {
         FabricOp::Send {
-            bytes: vec![0; 76],
+            bytes: SendBytes::new(Pdu::new(Header::NopIn(NopIn::default()))),
             invalidate: None,
         }
     }
