@@ -1,5 +1,6 @@
 //! Unit tests for the configuration layer.
 
+use super::identity::fnv1a64;
 use super::*;
 
 /// A minimal valid configuration; tests splice into it.
