@@ -15,7 +15,9 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::{check_abs_path, check_iscsi_name, err, CResult, ConfigError};
+use super::error::{err, CResult, ConfigError};
+use super::iscsi_name::check_iscsi_name;
+use super::values::check_abs_path;
 use crate::iscsi::chap::{Authentication, Credentials, Secret};
 
 /// Secrets shorter than this draw a warning: RFC 7143 §9.2.1 says a CHAP secret of fewer than 12
@@ -193,7 +195,7 @@ pub(super) fn resolve_initiator(
                 path,
                 format!(
                     "{} is not an initiator; use an iSCSI name or {{ name: IQN, chap: {{...}} }}",
-                    super::describe_value(&other)
+                    super::values::describe_value(&other)
                 ),
             )
         }

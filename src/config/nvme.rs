@@ -3,7 +3,7 @@
 //! `transport: nvme-tcp` portals (default port 4420), and discovery-only
 //! `transport: nvme-tcp-discovery` portals (default port 8009).
 
-use super::{err, CResult};
+use super::error::{err, CResult};
 use crate::nvme::DISCOVERY_NQN;
 
 /// The IANA-registered NVMe/TCP port, used when an `nvme-tcp` portal omits `port`.

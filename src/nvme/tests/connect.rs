@@ -356,6 +356,27 @@ fn discovery_controller() {
 
 /// A discovery-only portal (port 8009): the discovery controller as on any portal, and no
 /// Connect to an NVM subsystem.
+/// A discovery controller has no namespaces, so it announces no Namespace Attribute Changed
+/// notice in OAES (Linux's nvmet announces only Discovery Log Page Change there, which ours
+/// never sends); an NVM subsystem's controller still announces it and the ANA change notice.
+#[test]
+fn only_an_nvm_controller_announces_notices_in_oaes() {
+    let identify_controller = Sqe::new(0x06, 70, 0).cdw(10, 1).sgl(4096, false);
+    let mut disc = Pair::fresh();
+    assert_eq!(
+        disc.connect_admin_to(super::super::DISCOVERY_NQN, 0).status,
+        (0, 0)
+    );
+    assert_eq!(disc.set_cc(LINUX_CC).status, (0, 0));
+    let (id, _) = disc.data_in(&identify_controller);
+    assert_eq!(le32(&id, 92), 0, "OAES of the discovery controller");
+
+    let mut nvm = Pair::fresh();
+    nvm.bring_up(1);
+    let (id, _) = nvm.data_in(&identify_controller);
+    assert_eq!(le32(&id, 92), 1 << 8 | 1 << 11, "OAES of an NVM controller");
+}
+
 #[test]
 fn a_discovery_only_portal_refuses_nvm_subsystems() {
     let cfg = NvmeConfig {
