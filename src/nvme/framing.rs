@@ -117,6 +117,9 @@ pub struct PduReader {
     /// An H2CData payload of at least [`DIRECT_MIN`] bytes is due (an R2T is outstanding): a
     /// read at a PDU boundary brings only a header, so that payload can go direct.
     data_expected: bool,
+    /// The last rooms given were a direct transfer's payload and a second room behind it
+    /// ([`PduReader::read_buffers`]).
+    second_room: bool,
 }
 
 /// An H2CData PDU in the middle of a direct transfer.
@@ -129,6 +132,9 @@ struct Direct {
     filled: usize,
     /// Length of the data digest that follows the payload in the stream (0 or 4).
     digest_len: usize,
+    /// Length of an H2CData PDU's header and header digest on this connection: what the read
+    /// that ends the payload takes of the next PDU.
+    next_header: usize,
 }
 
 /// The PDU header length each host PDU type must have; `None` for types a host never sends.
@@ -164,11 +170,14 @@ impl PduReader {
     /// [`PduReader::push_read`] before using the reader otherwise.
     pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
         let size = size.max(1);
-        if let Some(direct) = &mut self.direct {
-            if direct.filled < direct.data.len() {
-                let end = direct.data.len().min(direct.filled + size);
-                return &mut direct.data[direct.filled..end];
-            }
+        if self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.filled < d.data.len())
+        {
+            let direct = self.direct.as_mut().expect("checked above");
+            let end = direct.data.len().min(direct.filled + size);
+            return &mut direct.data[direct.filled..end];
         }
         let boundary = self.consumed == self.filled;
         let size = if self.header_first || (self.data_expected && boundary) {
@@ -176,7 +185,34 @@ impl PduReader {
         } else {
             size
         };
-        if boundary {
+        let room = self.room(size);
+        &mut self.buffer[room]
+    }
+
+    /// Rooms for the transport's next vectored read, filled in order: while a direct transfer's
+    /// payload is still due, the whole rest of it and then room in the reader's buffer for its
+    /// data digest and the next PDU's header (an H2CData header, so a large payload behind it
+    /// can go direct too), no more; else [`PduReader::read_buffer`]'s room and an empty one.
+    /// The read that ends a payload then also takes what follows it, rather than stopping at
+    /// the payload's end and costing a header-sized read of its own.
+    pub fn read_buffers(&mut self, size: usize) -> (&mut [u8], &mut [u8]) {
+        let Some(trailer) = self
+            .direct
+            .as_ref()
+            .filter(|d| d.filled < d.data.len())
+            .map(|d| d.digest_len + d.next_header)
+        else {
+            return (self.read_buffer(size), &mut []);
+        };
+        let room = self.room(trailer);
+        self.second_room = true;
+        let direct = self.direct.as_mut().expect("checked above");
+        (&mut direct.data[direct.filled..], &mut self.buffer[room])
+    }
+
+    /// Makes room for `size` bytes behind the received ones and returns where it is.
+    fn room(&mut self, size: usize) -> std::ops::Range<usize> {
+        if self.consumed == self.filled {
             self.consumed = 0;
             self.filled = 0;
         } else if self.consumed > 0 && self.buffer.len() - self.filled < size {
@@ -188,7 +224,7 @@ impl PduReader {
         if self.buffer.len() - self.filled < size {
             self.buffer.resize(self.filled + size, 0);
         }
-        &mut self.buffer[self.filled..self.filled + size]
+        self.filled..self.filled + size
     }
 
     /// Whether an H2CData payload of at least [`DIRECT_MIN`] bytes is due: the queue says so
@@ -197,12 +233,18 @@ impl PduReader {
         self.data_expected = expected;
     }
 
-    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
-    pub fn push_read(&mut self, n: usize) {
+    /// The transport read `n` bytes into the rooms [`PduReader::read_buffer`] or
+    /// [`PduReader::read_buffers`] gave it.
+    pub fn push_read(&mut self, mut n: usize) {
+        let second_room = std::mem::take(&mut self.second_room);
         if let Some(direct) = &mut self.direct {
-            if direct.filled < direct.data.len() {
-                direct.filled = (direct.filled + n).min(direct.data.len());
-                return;
+            let room = direct.data.len() - direct.filled;
+            if room > 0 {
+                direct.filled += n.min(room);
+                if !second_room {
+                    return;
+                }
+                n -= n.min(room);
             }
         }
         self.filled = (self.filled + n).min(self.buffer.len());
@@ -281,6 +323,7 @@ impl PduReader {
                 filled: arrived.len(),
                 data,
                 digest_len: layout.data_digest_len,
+                next_header: hlen::DATA + if layout.header_digest { DIGEST_LEN } else { 0 },
             });
             self.consumed = self.filled;
             return Ok(None);
@@ -309,7 +352,9 @@ impl PduReader {
         let data_digest_ok =
             direct.digest_len == 0 || pending[..direct.digest_len] == digest(&direct.data);
         self.consumed += direct.digest_len;
-        self.header_first = true;
+        // Only a header's worth next, unless the read that ended the payload brought (part of)
+        // the next PDU already: then a read completes it.
+        self.header_first = self.consumed == self.filled;
         let Direct {
             pdu, header, data, ..
         } = self.direct.take()?;
@@ -609,6 +654,68 @@ mod tests {
             // After the first 4 KiB read, the payload's reads are the payload's rest (at most a
             // chunk each); after it only the next header's worth is read.
             assert!(rooms.contains(&HEADER_FIRST), "{rooms:?}");
+        }
+    }
+
+    /// The transport's vectored reads (`read_buffers`): the read that ends a direct payload
+    /// takes its data digest and the next H2CData header with it, so a stream of large
+    /// H2CData PDUs costs one read each and none of their payload bytes is copied after the
+    /// first PDU's; what follows (a command capsule) still arrives whole.
+    #[test]
+    fn the_read_that_ends_a_payload_takes_the_next_header() {
+        for (header_digest, data_digest) in [(false, false), (true, true), (false, true)] {
+            let limits = FrameLimits {
+                header_digest,
+                data_digest,
+                max_h2c_data: 128 * 1024,
+                ..LIMITS
+            };
+            let payload: Vec<u8> = (0..64 * 1024).map(|i| (i * 11) as u8).collect();
+            let stream = [
+                h2c_data(&payload, &limits),
+                h2c_data(&payload, &limits),
+                h2c_data(&payload, &limits),
+                capsule(&[4u8; 100], &limits),
+            ]
+            .concat();
+            let mut r = PduReader::new();
+            r.expect_data(true);
+            let (mut got, mut rooms, mut at) = (Vec::new(), Vec::new(), 0);
+            let copies = crate::stats::thread_payload_copies();
+            while at < stream.len() {
+                let (first, second) = r.read_buffers(256 * 1024);
+                rooms.push((first.len(), second.len()));
+                let mut n = 0;
+                for room in [first, second] {
+                    let k = room.len().min(stream.len() - at - n);
+                    room[..k].copy_from_slice(&stream[at + n..at + n + k]);
+                    n += k;
+                }
+                r.push_read(n);
+                at += n;
+                while let Some(pdu) = r.next_pdu(&limits).unwrap() {
+                    got.push(pdu);
+                }
+            }
+            let copied = crate::stats::thread_payload_copies() - copies;
+            assert_eq!(got.len(), 4, "{rooms:?}");
+            for pdu in &got[..3] {
+                assert_eq!(&pdu.data[..], &payload[..]);
+                assert!(pdu.data_digest_ok);
+            }
+            assert_eq!(&got[3].data[..], &[4u8; 100][..]);
+            assert_eq!(r.buffered(), 0);
+            // A header-sized read, then one read per payload whose second room is the digest
+            // and the next H2CData header, then the capsule's rest.
+            let hd = if header_digest { DIGEST_LEN } else { 0 };
+            let trailer = if data_digest { DIGEST_LEN } else { 0 } + hlen::DATA + hd;
+            assert_eq!(rooms.len(), 5, "{rooms:?}");
+            assert_eq!(rooms[0], (HEADER_FIRST, 0));
+            assert_eq!(rooms[1].1, trailer);
+            assert_eq!(rooms[2], (payload.len(), trailer));
+            assert_eq!(rooms[3], (payload.len(), trailer));
+            // Only the first payload's bytes that came with its header, and the capsule's data.
+            assert_eq!(copied.bytes, (HEADER_FIRST - hlen::DATA - hd + 100) as u64);
         }
     }
 
