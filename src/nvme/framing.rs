@@ -58,11 +58,6 @@ pub struct Received {
 /// extra small read a direct transfer costs.
 pub const DIRECT_MIN: usize = 16 * 1024;
 
-/// Bytes one read takes at a PDU boundary where an H2CData payload may come (right after a direct
-/// transfer, or while an R2T is outstanding): the rest of the last PDU (its data digest) and the
-/// next PDU's header, so a large payload after it can go direct.
-const HEADER_FIRST: usize = DIGEST_LEN + hlen::DATA + DIGEST_LEN;
-
 /// A received PDU header (CH and PSH, at most an ICReq's 128 bytes), held inline: receiving a
 /// PDU allocates nothing for it.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,6 +109,9 @@ pub struct PduReader {
     direct: Option<Direct>,
     /// The next read should bring only a header: right after a direct transfer.
     header_first: bool,
+    /// Header digests are on (as of the last [`PduReader::next_pdu`]): an H2CData header is
+    /// followed by one.
+    header_digest: bool,
     /// An H2CData payload of at least [`DIRECT_MIN`] bytes is due (an R2T is outstanding): a
     /// read at a PDU boundary brings only a header, so that payload can go direct.
     data_expected: bool,
@@ -132,9 +130,6 @@ struct Direct {
     filled: usize,
     /// Length of the data digest that follows the payload in the stream (0 or 4).
     digest_len: usize,
-    /// Length of an H2CData PDU's header and header digest on this connection: what the read
-    /// that ends the payload takes of the next PDU.
-    next_header: usize,
 }
 
 /// The PDU header length each host PDU type must have; `None` for types a host never sends.
@@ -179,9 +174,12 @@ impl PduReader {
             let end = direct.data.len().min(direct.filled + size);
             return &mut direct.data[direct.filled..end];
         }
-        let boundary = self.consumed == self.filled;
-        let size = if self.header_first || (self.data_expected && boundary) {
-            size.min(HEADER_FIRST)
+        // At a PDU boundary where an H2CData payload may come (right after a direct transfer,
+        // or while an R2T is outstanding) only the rest of the last PDU (a direct transfer's
+        // data digest) and the next H2CData header: a large payload behind it can go direct.
+        let header_due = self.header_first || self.data_expected || self.direct.is_some();
+        let size = if self.consumed == self.filled && header_due {
+            size.min(self.header_room())
         } else {
             size
         };
@@ -196,18 +194,24 @@ impl PduReader {
     /// The read that ends a payload then also takes what follows it, rather than stopping at
     /// the payload's end and costing a header-sized read of its own.
     pub fn read_buffers(&mut self, size: usize) -> (&mut [u8], &mut [u8]) {
-        let Some(trailer) = self
+        if !self
             .direct
             .as_ref()
-            .filter(|d| d.filled < d.data.len())
-            .map(|d| d.digest_len + d.next_header)
-        else {
+            .is_some_and(|d| d.filled < d.data.len())
+        {
             return (self.read_buffer(size), &mut []);
-        };
-        let room = self.room(trailer);
+        }
+        let room = self.room(self.header_room());
         self.second_room = true;
         let direct = self.direct.as_mut().expect("checked above");
         (&mut direct.data[direct.filled..], &mut self.buffer[room])
+    }
+
+    /// What a read at a PDU boundary takes when a header is due: a direct transfer's data
+    /// digest, if one is still to come, and an H2CData header with its digest.
+    fn header_room(&self) -> usize {
+        let trailer = self.direct.as_ref().map_or(0, |d| d.digest_len);
+        trailer + hlen::DATA + if self.header_digest { DIGEST_LEN } else { 0 }
     }
 
     /// Makes room for `size` bytes behind the received ones and returns where it is.
@@ -261,6 +265,7 @@ impl PduReader {
     /// The next whole PDU, `Ok(None)` while more bytes are needed, or the fatal error in the
     /// stream. After an error the reader must not be used again.
     pub fn next_pdu(&mut self, limits: &FrameLimits) -> Result<Option<Received>, FrameError> {
+        self.header_digest = limits.header_digest;
         if self.direct.is_some() {
             return Ok(self.finish_direct());
         }
@@ -323,7 +328,6 @@ impl PduReader {
                 filled: arrived.len(),
                 data,
                 digest_len: layout.data_digest_len,
-                next_header: hlen::DATA + if layout.header_digest { DIGEST_LEN } else { 0 },
             });
             self.consumed = self.filled;
             return Ok(None);
@@ -652,8 +656,9 @@ mod tests {
             assert_eq!(&got[2].data[..], &[3u8; 100][..]);
             assert_eq!(r.buffered(), 0);
             // After the first 4 KiB read, the payload's reads are the payload's rest (at most a
-            // chunk each); after it only the next header's worth is read.
-            assert!(rooms.contains(&HEADER_FIRST), "{rooms:?}");
+            // chunk each); after it only its data digest and the next header are read.
+            let digests = usize::from(header_digest) * 4 + usize::from(data_digest) * 4;
+            assert!(rooms.contains(&(hlen::DATA + digests)), "{rooms:?}");
         }
     }
 
@@ -679,6 +684,8 @@ mod tests {
             ]
             .concat();
             let mut r = PduReader::new();
+            // The reader learns the header digest setting from the PDUs before (ICReq, Connect).
+            assert_eq!(r.next_pdu(&limits), Ok(None));
             r.expect_data(true);
             let (mut got, mut rooms, mut at) = (Vec::new(), Vec::new(), 0);
             let copies = crate::stats::thread_payload_copies();
@@ -705,17 +712,17 @@ mod tests {
             }
             assert_eq!(&got[3].data[..], &[4u8; 100][..]);
             assert_eq!(r.buffered(), 0);
-            // A header-sized read, then one read per payload whose second room is the digest
+            // A header-sized read, then one read per payload whose second room is its digest
             // and the next H2CData header, then the capsule's rest.
             let hd = if header_digest { DIGEST_LEN } else { 0 };
             let trailer = if data_digest { DIGEST_LEN } else { 0 } + hlen::DATA + hd;
             assert_eq!(rooms.len(), 5, "{rooms:?}");
-            assert_eq!(rooms[0], (HEADER_FIRST, 0));
+            assert_eq!(rooms[0], (hlen::DATA + hd, 0));
             assert_eq!(rooms[1].1, trailer);
             assert_eq!(rooms[2], (payload.len(), trailer));
             assert_eq!(rooms[3], (payload.len(), trailer));
-            // Only the first payload's bytes that came with its header, and the capsule's data.
-            assert_eq!(copied.bytes, (HEADER_FIRST - hlen::DATA - hd + 100) as u64);
+            // No payload byte came with a header: only the capsule's data is copied.
+            assert_eq!(copied.bytes, 100);
         }
     }
 
@@ -785,15 +792,15 @@ mod tests {
         r.push_read(0);
         r.expect_data(true);
         // At a PDU boundary: a header's worth only, so the payload can go direct.
-        assert_eq!(r.read_buffer(256 * 1024).len(), HEADER_FIRST);
+        assert_eq!(r.read_buffer(256 * 1024).len(), hlen::DATA);
         r.push_read(0);
         let (got, rooms) = read_through(&mut r, &h2c_data(&payload, &limits), 256 * 1024, &limits);
         assert_eq!(&got[0].data[..], &payload[..]);
-        assert_eq!(rooms, vec![HEADER_FIRST, 128 * 1024 - (HEADER_FIRST - 24)]);
+        assert_eq!(rooms, vec![hlen::DATA, 128 * 1024]);
         r.expect_data(false);
         assert_eq!(
             r.read_buffer(256 * 1024).len(),
-            HEADER_FIRST,
+            hlen::DATA,
             "right after a direct one"
         );
         r.push_read(0);
