@@ -664,8 +664,8 @@ mod tests {
 
     /// The transport's vectored reads (`read_buffers`): the read that ends a direct payload
     /// takes its data digest and the next H2CData header with it, so a stream of large
-    /// H2CData PDUs costs one read each and none of their payload bytes is copied after the
-    /// first PDU's; what follows (a command capsule) still arrives whole.
+    /// H2CData PDUs costs one read each and none of their payload is copied; what follows (a
+    /// command capsule) still arrives whole.
     #[test]
     fn the_read_that_ends_a_payload_takes_the_next_header() {
         for (header_digest, data_digest) in [(false, false), (true, true), (false, true)] {
@@ -676,13 +676,8 @@ mod tests {
                 ..LIMITS
             };
             let payload: Vec<u8> = (0..64 * 1024).map(|i| (i * 11) as u8).collect();
-            let stream = [
-                h2c_data(&payload, &limits),
-                h2c_data(&payload, &limits),
-                h2c_data(&payload, &limits),
-                capsule(&[4u8; 100], &limits),
-            ]
-            .concat();
+            let mut stream = h2c_data(&payload, &limits).repeat(3);
+            stream.extend(capsule(&[4u8; 100], &limits));
             let mut r = PduReader::new();
             // The reader learns the header digest setting from the PDUs before (ICReq, Connect).
             assert_eq!(r.next_pdu(&limits), Ok(None));
@@ -714,13 +709,11 @@ mod tests {
             assert_eq!(r.buffered(), 0);
             // A header-sized read, then one read per payload whose second room is its digest
             // and the next H2CData header, then the capsule's rest.
-            let hd = if header_digest { DIGEST_LEN } else { 0 };
-            let trailer = if data_digest { DIGEST_LEN } else { 0 } + hlen::DATA + hd;
+            let hd = usize::from(header_digest) * DIGEST_LEN;
+            let trailer = usize::from(data_digest) * DIGEST_LEN + hlen::DATA + hd;
             assert_eq!(rooms.len(), 5, "{rooms:?}");
             assert_eq!(rooms[0], (hlen::DATA + hd, 0));
-            assert_eq!(rooms[1].1, trailer);
-            assert_eq!(rooms[2], (payload.len(), trailer));
-            assert_eq!(rooms[3], (payload.len(), trailer));
+            assert_eq!(rooms[1..4], [(payload.len(), trailer); 3]);
             // No payload byte came with a header: only the capsule's data is copied.
             assert_eq!(copied.bytes, 100);
         }
