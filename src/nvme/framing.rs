@@ -58,11 +58,6 @@ pub struct Received {
 /// extra small read a direct transfer costs.
 pub const DIRECT_MIN: usize = 16 * 1024;
 
-/// Bytes one read takes at a PDU boundary where an H2CData payload may come (right after a direct
-/// transfer, or while an R2T is outstanding): the rest of the last PDU (its data digest) and the
-/// next PDU's header, so a large payload after it can go direct.
-const HEADER_FIRST: usize = DIGEST_LEN + hlen::DATA + DIGEST_LEN;
-
 /// A received PDU header (CH and PSH, at most an ICReq's 128 bytes), held inline: receiving a
 /// PDU allocates nothing for it.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,9 +109,15 @@ pub struct PduReader {
     direct: Option<Direct>,
     /// The next read should bring only a header: right after a direct transfer.
     header_first: bool,
+    /// Header digests are on (as of the last [`PduReader::next_pdu`]): an H2CData header is
+    /// followed by one.
+    header_digest: bool,
     /// An H2CData payload of at least [`DIRECT_MIN`] bytes is due (an R2T is outstanding): a
     /// read at a PDU boundary brings only a header, so that payload can go direct.
     data_expected: bool,
+    /// The last rooms given were a direct transfer's payload and a second room behind it
+    /// ([`PduReader::read_buffers`]).
+    second_room: bool,
 }
 
 /// An H2CData PDU in the middle of a direct transfer.
@@ -164,19 +165,58 @@ impl PduReader {
     /// [`PduReader::push_read`] before using the reader otherwise.
     pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
         let size = size.max(1);
-        if let Some(direct) = &mut self.direct {
-            if direct.filled < direct.data.len() {
-                let end = direct.data.len().min(direct.filled + size);
-                return &mut direct.data[direct.filled..end];
-            }
+        if self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.filled < d.data.len())
+        {
+            let direct = self.direct.as_mut().expect("checked above");
+            let end = direct.data.len().min(direct.filled + size);
+            return &mut direct.data[direct.filled..end];
         }
-        let boundary = self.consumed == self.filled;
-        let size = if self.header_first || (self.data_expected && boundary) {
-            size.min(HEADER_FIRST)
+        // At a PDU boundary where an H2CData payload may come (right after a direct transfer,
+        // or while an R2T is outstanding) only the rest of the last PDU (a direct transfer's
+        // data digest) and the next H2CData header: a large payload behind it can go direct.
+        let header_due = self.header_first || self.data_expected || self.direct.is_some();
+        let size = if self.consumed == self.filled && header_due {
+            size.min(self.header_room())
         } else {
             size
         };
-        if boundary {
+        let room = self.room(size);
+        &mut self.buffer[room]
+    }
+
+    /// Rooms for the transport's next vectored read, filled in order: while a direct transfer's
+    /// payload is still due, the whole rest of it and then room in the reader's buffer for its
+    /// data digest and the next PDU's header (an H2CData header, so a large payload behind it
+    /// can go direct too), no more; else [`PduReader::read_buffer`]'s room and an empty one.
+    /// The read that ends a payload then also takes what follows it, rather than stopping at
+    /// the payload's end and costing a header-sized read of its own.
+    pub fn read_buffers(&mut self, size: usize) -> (&mut [u8], &mut [u8]) {
+        if !self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.filled < d.data.len())
+        {
+            return (self.read_buffer(size), &mut []);
+        }
+        let room = self.room(self.header_room());
+        self.second_room = true;
+        let direct = self.direct.as_mut().expect("checked above");
+        (&mut direct.data[direct.filled..], &mut self.buffer[room])
+    }
+
+    /// What a read at a PDU boundary takes when a header is due: a direct transfer's data
+    /// digest, if one is still to come, and an H2CData header with its digest.
+    fn header_room(&self) -> usize {
+        let trailer = self.direct.as_ref().map_or(0, |d| d.digest_len);
+        trailer + hlen::DATA + if self.header_digest { DIGEST_LEN } else { 0 }
+    }
+
+    /// Makes room for `size` bytes behind the received ones and returns where it is.
+    fn room(&mut self, size: usize) -> std::ops::Range<usize> {
+        if self.consumed == self.filled {
             self.consumed = 0;
             self.filled = 0;
         } else if self.consumed > 0 && self.buffer.len() - self.filled < size {
@@ -188,7 +228,7 @@ impl PduReader {
         if self.buffer.len() - self.filled < size {
             self.buffer.resize(self.filled + size, 0);
         }
-        &mut self.buffer[self.filled..self.filled + size]
+        self.filled..self.filled + size
     }
 
     /// Whether an H2CData payload of at least [`DIRECT_MIN`] bytes is due: the queue says so
@@ -197,12 +237,18 @@ impl PduReader {
         self.data_expected = expected;
     }
 
-    /// The transport read `n` bytes into the room [`PduReader::read_buffer`] gave it.
-    pub fn push_read(&mut self, n: usize) {
+    /// The transport read `n` bytes into the rooms [`PduReader::read_buffer`] or
+    /// [`PduReader::read_buffers`] gave it.
+    pub fn push_read(&mut self, mut n: usize) {
+        let second_room = std::mem::take(&mut self.second_room);
         if let Some(direct) = &mut self.direct {
-            if direct.filled < direct.data.len() {
-                direct.filled = (direct.filled + n).min(direct.data.len());
-                return;
+            let room = direct.data.len() - direct.filled;
+            if room > 0 {
+                direct.filled += n.min(room);
+                if !second_room {
+                    return;
+                }
+                n -= n.min(room);
             }
         }
         self.filled = (self.filled + n).min(self.buffer.len());
@@ -219,6 +265,7 @@ impl PduReader {
     /// The next whole PDU, `Ok(None)` while more bytes are needed, or the fatal error in the
     /// stream. After an error the reader must not be used again.
     pub fn next_pdu(&mut self, limits: &FrameLimits) -> Result<Option<Received>, FrameError> {
+        self.header_digest = limits.header_digest;
         if self.direct.is_some() {
             return Ok(self.finish_direct());
         }
@@ -309,7 +356,9 @@ impl PduReader {
         let data_digest_ok =
             direct.digest_len == 0 || pending[..direct.digest_len] == digest(&direct.data);
         self.consumed += direct.digest_len;
-        self.header_first = true;
+        // Only a header's worth next, unless the read that ended the payload brought (part of)
+        // the next PDU already: then a read completes it.
+        self.header_first = self.consumed == self.filled;
         let Direct {
             pdu, header, data, ..
         } = self.direct.take()?;
@@ -607,8 +656,66 @@ mod tests {
             assert_eq!(&got[2].data[..], &[3u8; 100][..]);
             assert_eq!(r.buffered(), 0);
             // After the first 4 KiB read, the payload's reads are the payload's rest (at most a
-            // chunk each); after it only the next header's worth is read.
-            assert!(rooms.contains(&HEADER_FIRST), "{rooms:?}");
+            // chunk each); after it only its data digest and the next header are read.
+            let digests = usize::from(header_digest) * 4 + usize::from(data_digest) * 4;
+            assert!(rooms.contains(&(hlen::DATA + digests)), "{rooms:?}");
+        }
+    }
+
+    /// The transport's vectored reads (`read_buffers`): the read that ends a direct payload
+    /// takes its data digest and the next H2CData header with it, so a stream of large
+    /// H2CData PDUs costs one read each and none of their payload is copied; what follows (a
+    /// command capsule) still arrives whole.
+    #[test]
+    fn the_read_that_ends_a_payload_takes_the_next_header() {
+        for (header_digest, data_digest) in [(false, false), (true, true), (false, true)] {
+            let limits = FrameLimits {
+                header_digest,
+                data_digest,
+                max_h2c_data: 128 * 1024,
+                ..LIMITS
+            };
+            let payload: Vec<u8> = (0..64 * 1024).map(|i| (i * 11) as u8).collect();
+            let mut stream = h2c_data(&payload, &limits).repeat(3);
+            stream.extend(capsule(&[4u8; 100], &limits));
+            let mut r = PduReader::new();
+            // The reader learns the header digest setting from the PDUs before (ICReq, Connect).
+            assert_eq!(r.next_pdu(&limits), Ok(None));
+            r.expect_data(true);
+            let (mut got, mut rooms, mut at) = (Vec::new(), Vec::new(), 0);
+            let copies = crate::stats::thread_payload_copies();
+            while at < stream.len() {
+                let (first, second) = r.read_buffers(256 * 1024);
+                rooms.push((first.len(), second.len()));
+                let mut n = 0;
+                for room in [first, second] {
+                    let k = room.len().min(stream.len() - at - n);
+                    room[..k].copy_from_slice(&stream[at + n..at + n + k]);
+                    n += k;
+                }
+                r.push_read(n);
+                at += n;
+                while let Some(pdu) = r.next_pdu(&limits).unwrap() {
+                    got.push(pdu);
+                }
+            }
+            let copied = crate::stats::thread_payload_copies() - copies;
+            assert_eq!(got.len(), 4, "{rooms:?}");
+            for pdu in &got[..3] {
+                assert_eq!(&pdu.data[..], &payload[..]);
+                assert!(pdu.data_digest_ok);
+            }
+            assert_eq!(&got[3].data[..], &[4u8; 100][..]);
+            assert_eq!(r.buffered(), 0);
+            // A header-sized read, then one read per payload whose second room is its digest
+            // and the next H2CData header, then the capsule's rest.
+            let hd = usize::from(header_digest) * DIGEST_LEN;
+            let trailer = usize::from(data_digest) * DIGEST_LEN + hlen::DATA + hd;
+            assert_eq!(rooms.len(), 5, "{rooms:?}");
+            assert_eq!(rooms[0], (hlen::DATA + hd, 0));
+            assert_eq!(rooms[1..4], [(payload.len(), trailer); 3]);
+            // No payload byte came with a header: only the capsule's data is copied.
+            assert_eq!(copied.bytes, 100);
         }
     }
 
@@ -678,15 +785,15 @@ mod tests {
         r.push_read(0);
         r.expect_data(true);
         // At a PDU boundary: a header's worth only, so the payload can go direct.
-        assert_eq!(r.read_buffer(256 * 1024).len(), HEADER_FIRST);
+        assert_eq!(r.read_buffer(256 * 1024).len(), hlen::DATA);
         r.push_read(0);
         let (got, rooms) = read_through(&mut r, &h2c_data(&payload, &limits), 256 * 1024, &limits);
         assert_eq!(&got[0].data[..], &payload[..]);
-        assert_eq!(rooms, vec![HEADER_FIRST, 128 * 1024 - (HEADER_FIRST - 24)]);
+        assert_eq!(rooms, vec![hlen::DATA, 128 * 1024]);
         r.expect_data(false);
         assert_eq!(
             r.read_buffer(256 * 1024).len(),
-            HEADER_FIRST,
+            hlen::DATA,
             "right after a direct one"
         );
         r.push_read(0);

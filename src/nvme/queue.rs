@@ -1,7 +1,7 @@
 //! One NVMe/TCP connection, which is one queue of a controller (NVMe/TCP 1.0 §2.1), as a
 //! state machine.
 //!
-//! Inputs: [`Queue::handle_bytes`] or [`Queue::read_buffer`] and [`Queue::handle_read`] (what
+//! Inputs: [`Queue::handle_bytes`] or [`Queue::read_buffers`] and [`Queue::handle_read`] (what
 //! the socket read), [`Queue::handle_controller_created`]
 //! and [`Queue::handle_controller_joined`] (answers to the cross-connection actions),
 //! [`Queue::handle_io_complete`], [`Queue::handle_namespaces_changed`],
@@ -309,10 +309,11 @@ impl Queue {
         self.process();
     }
 
-    /// Room for the next socket read, at most `size` bytes: the transport reads into it and
-    /// reports how much with [`Queue::handle_read`], so large H2CData payloads land in their
-    /// command's buffer without a copy (see [`PduReader::read_buffer`]).
-    pub fn read_buffer(&mut self, size: usize) -> &mut [u8] {
+    /// Rooms for the next (vectored) socket read, filled in order, about `size` bytes: the
+    /// transport reads into them and reports how much with [`Queue::handle_read`], so large
+    /// H2CData payloads land in their command's buffer without a copy, and the read that ends
+    /// one takes the next PDU's header too (see [`PduReader::read_buffers`]).
+    pub fn read_buffers(&mut self, size: usize) -> (&mut [u8], &mut [u8]) {
         let expected = self.commands.values().any(|c| match c.state {
             CommandState::ReceivingData { next, r2t_end } => {
                 r2t_end.saturating_sub(next) as usize >= super::framing::DIRECT_MIN
@@ -320,10 +321,10 @@ impl Queue {
             _ => false,
         });
         self.reader.expect_data(expected);
-        self.reader.read_buffer(size)
+        self.reader.read_buffers(size)
     }
 
-    /// The socket read `n` bytes into [`Queue::read_buffer`]'s room.
+    /// The socket read `n` bytes into [`Queue::read_buffers`]' rooms.
     pub fn handle_read(&mut self, n: usize, now: Instant) {
         self.reader.push_read(n);
         if self.phase == Phase::Closed {

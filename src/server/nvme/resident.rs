@@ -3,7 +3,7 @@
 //! (controller creation and joins against the shared registry, I/O as SCSI commands on the
 //! namespace's LUN, PDUs into the outbox) and writes with non-blocking vectored writes.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +16,7 @@ use crate::scsi::{Nexus, ScsiOutcome};
 use crate::server::admission::AdmissionTicket;
 use crate::server::engine::{EngineSession, Interest, Residence, Resident, ThreadIo};
 use crate::server::registry::SessionControl;
-use crate::server::tcp::link::{ResidentControl, SocketLink, READS_PER_TURN, READ_CHUNK};
+use crate::server::tcp::link::{read_turn, ResidentControl, SocketLink, TurnReader, READ_CHUNK};
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
 
 /// Moves a freshly accepted connection to an engine thread.
@@ -37,7 +37,7 @@ pub(super) fn start(
     let queue = Queue::new(nvme.config_for(local), Instant::now());
     residence.attach(Box::new(NvmeResident {
         queue,
-        link: SocketLink::new(stream, peer, "host"),
+        link: SocketLink::new(stream, peer, "NVMe/TCP host"),
         nvme,
         shared,
         residence: residence.clone(),
@@ -86,7 +86,7 @@ impl Resident for NvmeResident {
 
     fn ready(&mut self, interest: Interest, result: io::Result<usize>, io: &mut ThreadIo<'_>) {
         if self.link.ready(interest, result) {
-            self.read(io);
+            read_turn(self, io);
         }
     }
 
@@ -148,49 +148,29 @@ impl Resident for NvmeResident {
     }
 }
 
-impl NvmeResident {
-    /// Reads what the socket has (a few buffers at most) and hands it to the queue.
-    fn read(&mut self, io: &mut ThreadIo<'_>) {
-        for _ in 0..READS_PER_TURN {
-            if !self.link.may_read() {
-                return;
-            }
-            // Read straight into the queue's framer, or into a command's buffer when a large
-            // H2CData payload is arriving: received bytes are not copied on their way in.
-            let buf = self.queue.read_buffer(READ_CHUNK);
-            let room = buf.len();
-            let result = (&*self.link.stream).read(buf);
-            if let Ok(n) = result {
-                if n > 0 {
-                    self.queue.handle_read(n, io.now());
-                    self.carry_out_actions(io);
-                }
-            }
-            match result {
-                Ok(0) => {
-                    if !self.queue.is_closed() {
-                        log::info!("{}: NVMe/TCP host closed the connection", self.link.peer);
-                    }
-                    self.link.break_off();
-                    return;
-                }
-                Ok(n) => {
-                    // A short read very likely emptied the socket: wait for the next poll
-                    // rather than spend a read on EAGAIN.
-                    if n < room {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.link.fail(format_args!("read failed: {e}"));
-                    return;
-                }
-            }
+impl TurnReader for NvmeResident {
+    fn link(&mut self) -> &mut SocketLink {
+        &mut self.link
+    }
+
+    fn rooms(&mut self) -> (&TcpStream, &mut [u8], &mut [u8]) {
+        let (first, second) = self.queue.read_buffers(READ_CHUNK);
+        (&self.link.stream, first, second)
+    }
+
+    fn received(&mut self, n: usize, _room: usize, io: &mut ThreadIo<'_>) {
+        self.queue.handle_read(n, io.now());
+        if n > 0 {
+            self.carry_out_actions(io);
         }
     }
 
+    fn ended(&self) -> bool {
+        self.queue.is_closed()
+    }
+}
+
+impl NvmeResident {
     fn carry_out_actions(&mut self, io: &mut ThreadIo<'_>) {
         while let Some(action) = self.queue.poll_action() {
             self.perform(action, io);

@@ -1,9 +1,10 @@
 //! The socket side of a TCP connection resident on an engine thread, the same for iSCSI/TCP and
 //! NVMe/TCP: the read and write polls it has armed, the outbox and how much of it the peer has
-//! not taken, the write stall deadline, and the order in which a closing connection stops
-//! reading, sends its last bytes and shuts the socket down.
+//! not taken, the write stall deadline, the order in which a closing connection stops
+//! reading, sends its last bytes and shuts the socket down, and a connection's turn of reads
+//! ([`read_turn`]).
 
-use std::io;
+use std::io::{self, IoSliceMut, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,8 +21,9 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// Smallest new buffer a read is given: a new buffer follows the size of recent reads, so a
 /// connection with small PDUs does not hold a large one.
 pub(crate) const MIN_READ_CHUNK: usize = 16 * 1024;
-/// Reads per readiness event: a peer that keeps its socket full gets its turn, then the
-/// thread's other connections get theirs (the poll is armed again and fires at once).
+/// Full reads' worth of bytes per readiness event: a peer that keeps its socket full gets its
+/// turn, then the thread's other connections get theirs (the poll is armed again and fires at
+/// once).
 pub(crate) const READS_PER_TURN: usize = 4;
 /// Output not yet taken by the peer beyond which the connection stops reading: a peer that
 /// sends commands without reading the answers is held back by TCP flow control instead of
@@ -197,6 +199,15 @@ impl SocketLink {
         self.broken = true;
     }
 
+    /// The peer closed its side (a read found the end of the stream): end the connection, and
+    /// say so in the log unless the protocol had `ended` it already.
+    fn peer_closed(&mut self, ended: bool) {
+        if !ended {
+            log::info!("{}: {} closed the connection", self.peer, self.role);
+        }
+        self.break_off();
+    }
+
     /// The peer closed or the connection was aborted: end it, dropping unsent output.
     pub(crate) fn break_off(&mut self) {
         self.closing = true;
@@ -206,5 +217,62 @@ impl SocketLink {
     /// The socket is shut down and no poll is armed any more.
     pub(crate) fn is_finished(&self) -> bool {
         self.shut && !self.read_armed && !self.write_armed
+    }
+}
+
+/// A resident connection as its turn of reads sees it ([`read_turn`]): where the socket's next
+/// read goes and what runs on what it brought.
+pub(crate) trait TurnReader {
+    /// The connection's socket side.
+    fn link(&mut self) -> &mut SocketLink;
+    /// The socket and the rooms of its next vectored read, filled in order: the framer's (a
+    /// command's buffer for a large payload, with room for the next header behind it).
+    fn rooms(&mut self) -> (&TcpStream, &mut [u8], &mut [u8]);
+    /// The read put `n` bytes into the rooms (`room` bytes in all; `n` is 0 after the end of
+    /// the stream or an error, which gives the rooms back): the framer takes them and what
+    /// they complete runs.
+    fn received(&mut self, n: usize, room: usize, io: &mut ThreadIo<'_>);
+    /// The protocol has ended the connection: the peer's close is expected, not news.
+    fn ended(&self) -> bool;
+}
+
+/// Reads what the socket of `conn` has (a few buffers' worth at most) and runs what it
+/// completes, read by read. The turn's share is counted in bytes, [`READS_PER_TURN`] full
+/// buffers: direct reads end at each large PDU's data, so counting reads would cut a turn of
+/// large writes to half the bytes and double the polls per PDU.
+pub(crate) fn read_turn(conn: &mut impl TurnReader, io: &mut ThreadIo<'_>) {
+    let mut budget = READS_PER_TURN * READ_CHUNK;
+    for _ in 0..READS_PER_TURN * 4 {
+        if !conn.link().may_read() || budget == 0 {
+            return;
+        }
+        // The socket is read straight into the framer's buffers or a command's buffer, with
+        // the next header behind it in one vectored read: received bytes are not copied on
+        // their way to the core.
+        let (mut stream, first, second) = conn.rooms();
+        let room = first.len() + second.len();
+        let result = stream.read_vectored(&mut [IoSliceMut::new(first), IoSliceMut::new(second)]);
+        conn.received(*result.as_ref().unwrap_or(&0), room, io);
+        match result {
+            Ok(0) => {
+                let ended = conn.ended();
+                conn.link().peer_closed(ended);
+                return;
+            }
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                if n < room {
+                    // The socket is very likely empty: wait for the next poll rather than
+                    // spend a read on EAGAIN.
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                conn.link().fail(format_args!("read failed: {e}"));
+                return;
+            }
+        }
     }
 }

@@ -6,12 +6,13 @@
 //! Binding the session may wait up to 10 s for a reinstated session to close, so it happens on
 //! a short-lived thread of its own before the connection moves to the engine thread.
 
-use std::io::{self, IoSliceMut, Read};
+use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::Handoff;
-use super::link::{ResidentControl, SocketLink, MIN_READ_CHUNK, READS_PER_TURN, READ_CHUNK};
+use super::link::{read_turn, ResidentControl, SocketLink, TurnReader, MIN_READ_CHUNK, READ_CHUNK};
 use crate::iscsi::framing::{FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, LoginStatus, TaskId};
@@ -123,7 +124,7 @@ impl Resident for TcpResident {
 
     fn ready(&mut self, interest: Interest, result: io::Result<usize>, io: &mut ThreadIo<'_>) {
         if self.link.ready(interest, result) {
-            self.read(io);
+            read_turn(self, io);
         }
     }
 
@@ -180,58 +181,35 @@ impl Resident for TcpResident {
     }
 }
 
-impl TcpResident {
-    /// Reads what the socket has (a few buffers' worth at most) and runs the PDUs it completes.
-    /// The turn's share is counted in bytes, [`READS_PER_TURN`] full buffers: direct reads end
-    /// at each large PDU's data, so counting reads would cut a turn of large writes to half
-    /// the bytes and double the polls per PDU.
-    fn read(&mut self, io: &mut ThreadIo<'_>) {
-        let mut budget = READS_PER_TURN * READ_CHUNK;
-        for _ in 0..READS_PER_TURN * 4 {
-            if !self.link.may_read() || budget == 0 {
-                return;
-            }
-            // The socket is read straight into the framer's buffers (reused once consumed), or
-            // into a task's buffer with the next header behind it (one vectored read):
-            // received bytes are not copied on their way to the core.
-            let (first, second) = self.reader.read_buffers(self.read_size);
-            let room = first.len() + second.len();
-            let mut rooms = [IoSliceMut::new(first), IoSliceMut::new(second)];
-            let result = (&*self.link.stream).read_vectored(&mut rooms);
-            self.reader.push_read(*result.as_ref().unwrap_or(&0));
-            match result {
-                Ok(0) => {
-                    if !self.conn.is_closed() {
-                        log::info!("{}: initiator closed the connection", self.link.peer);
-                    }
-                    self.link.break_off();
-                    return;
-                }
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    // A new buffer follows the size of recent reads.
-                    self.read_size = if n == room {
-                        (room * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
-                    } else {
-                        (n * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
-                    };
-                    self.consume_pdus(io.now(), io);
-                    if n < room {
-                        // The socket is very likely empty: wait for the next poll rather than
-                        // spend a read on EAGAIN.
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.link.fail(format_args!("read failed: {e}"));
-                    return;
-                }
-            }
+impl TurnReader for TcpResident {
+    fn link(&mut self) -> &mut SocketLink {
+        &mut self.link
+    }
+
+    fn rooms(&mut self) -> (&TcpStream, &mut [u8], &mut [u8]) {
+        let (first, second) = self.reader.read_buffers(self.read_size);
+        (&self.link.stream, first, second)
+    }
+
+    fn received(&mut self, n: usize, room: usize, io: &mut ThreadIo<'_>) {
+        self.reader.push_read(n);
+        if n > 0 {
+            // A new buffer follows the size of recent reads.
+            self.read_size = if n == room {
+                (room * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
+            } else {
+                (n * 2).clamp(MIN_READ_CHUNK, READ_CHUNK)
+            };
+            self.consume_pdus(io.now(), io);
         }
     }
 
+    fn ended(&self) -> bool {
+        self.conn.is_closed()
+    }
+}
+
+impl TcpResident {
     /// Decodes every complete PDU buffered, applying the core's actions after each one so frame
     /// settings change exactly after the final Login Response. The data of a Data-Out the
     /// datamover expects, and immediate data, goes straight into its task's buffer: read there
