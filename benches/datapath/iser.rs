@@ -250,6 +250,7 @@ impl IserBench {
                         data_out: &task.data_out,
                         expected_transfer_length: task.expected_transfer_length,
                         task_attr: task.attribute,
+                        unit_attentions: true,
                     });
                     self.conn.handle_scsi_complete(task.id, outcome);
                 }
