@@ -9,6 +9,7 @@
 //! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
 //! data-out that arrives in Sends is immediate data.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -245,7 +246,6 @@ enum Received {
 #[derive(Debug, Clone)]
 struct PendingRead {
     task: TaskId,
-    itt: u32,
     /// Where its bytes go in the task's buffer.
     range: Range<u32>,
 }
@@ -262,6 +262,16 @@ struct IserWrite {
     /// Pieces that completed ahead of an earlier one (completions of one QP come in order, so
     /// this stays empty in practice), as (start, end).
     landed: Vec<(u32, u32)>,
+    /// Its RDMA Reads in flight.
+    reads: u32,
+}
+
+/// The buffer of a write that ended while RDMA Reads into it were in flight.
+#[derive(Debug)]
+struct RetiredWrite {
+    buffer: Buf,
+    /// Its RDMA Reads still in flight: the buffer goes back to the pool when none is left.
+    reads: u32,
 }
 
 /// Which RDMA Reads a Send must not overtake (brief §6.4: a Send that lets the initiator free a
@@ -271,18 +281,30 @@ enum ReadFence {
     /// Nothing to wait for (NOP-In, Reject, Text...).
     None,
     /// The reads of this task: its SCSI Response ends its use of the STags.
-    Task(u32),
+    Task(TaskId),
     /// Every read in flight now: a TMF Response (the initiator invalidates the STags of every
     /// task it covers) or a Logout Response (the initiator tears down all its buffers).
     All,
+}
+
+/// What a held op waits for: the RDMA Reads its [`ReadFence`] named when it was queued, settled
+/// then so that checking it costs one lookup, whatever the number of reads in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldUntil {
+    /// Nothing of its own; only the held ops ahead of it.
+    Nothing,
+    /// The task's reads in flight are done (no read is made for a task after its response).
+    Task(TaskId),
+    /// Every read whose token is below this one is done: the reads in flight when it was queued
+    /// (tokens are handed out in increasing order), not those made later.
+    ReadsBefore(u64),
 }
 
 /// A Send (or the Close behind a Logout Response) waiting for RDMA Reads to complete.
 #[derive(Debug)]
 struct HeldOp {
     op: FabricOp,
-    /// Tokens of the reads still in flight that this op waits for.
-    waits_for: Vec<u64>,
+    until: HeldUntil,
 }
 
 /// A connection speaking iSER: the core plus iSER framing and data movement.
@@ -296,11 +318,14 @@ pub struct IserConnection {
     complete: IntMap<TaskId, Buf>,
     /// Buffers of writes that ended while RDMA Reads into them were in flight: kept until the
     /// last of those completes, so the pool never hands out memory the NIC may still write.
-    retired: IntMap<TaskId, Buf>,
+    retired: IntMap<TaskId, RetiredWrite>,
     /// The task whose read data just went out, with the count of MaxBurstLength pieces it spans:
     /// the ExpDataSN of its SCSI Response.
     data_in_sequences: Option<(TaskId, u32)>,
     next_token: u64,
+    /// No read below this token is in flight: where the search for the oldest read in flight
+    /// resumes ([`IserConnection::oldest_read_in_flight`]).
+    oldest_read: u64,
     /// Sends held back behind RDMA Reads that were in flight when they were queued (see
     /// [`ReadFence`]), in order; a later Send waits behind an earlier held one so responses keep
     /// their StatSN order. RDMA Reads and Writes never wait here: a read created later is not
@@ -334,6 +359,7 @@ impl IserConnection {
             retired: IntMap::default(),
             data_in_sequences: None,
             next_token: 1,
+            oldest_read: 1,
             held: VecDeque::new(),
             send_with_invalidate,
             ops: VecDeque::new(),
@@ -478,14 +504,16 @@ impl IserConnection {
     /// Forgets (leaks) the buffers that RDMA Reads still in flight may write: for a teardown
     /// whose QP drain failed, when the device may still write them.
     pub fn leak_buffers_under_reads(&mut self) {
-        let tasks: Vec<TaskId> = self.reads.values().map(|r| r.task).collect();
-        for task in tasks {
-            if let Some(write) = self.writes.remove(&task) {
+        for (task, write) in std::mem::take(&mut self.writes) {
+            if write.reads > 0 {
                 std::mem::forget(write.buffer);
+            } else {
+                self.writes.insert(task, write);
             }
-            if let Some(buffer) = self.retired.remove(&task) {
-                std::mem::forget(buffer);
-            }
+        }
+        // Every retired buffer has reads in flight.
+        for (_, retired) in self.retired.drain() {
+            std::mem::forget(retired.buffer);
         }
     }
 
@@ -502,7 +530,7 @@ impl IserConnection {
     /// An RDMA Read failed (remote access error, flush): the connection cannot go on.
     pub fn handle_rdma_read_failed(&mut self, token: u64) {
         if let Some(read) = self.reads.remove(&token) {
-            self.release_retired(read.task);
+            self.read_done(read.task);
         }
         let reason = CloseReason::ProtocolError("RDMA Read failed".into());
         // At once: whatever is held (a Logout Response) must not go out on a broken connection.
@@ -541,21 +569,43 @@ impl IserConnection {
         self.core.handle_data_received(read.task, before..after);
     }
 
-    /// Forgets a read that completed or failed; ops held for it may go.
+    /// Forgets a read that completed; ops held for it may go ([`IserConnection::release_held`]).
     fn read_finished(&mut self, token: u64) -> Option<PendingRead> {
-        for held in &mut self.held {
-            held.waits_for.retain(|t| *t != token);
-        }
         let read = self.reads.remove(&token)?;
-        self.release_retired(read.task);
+        self.read_done(read.task);
         Some(read)
     }
 
-    /// Returns an ended write's buffer to the pool once no RDMA Read into it is in flight.
-    fn release_retired(&mut self, task: TaskId) {
-        if self.retired.contains_key(&task) && !self.reads.values().any(|r| r.task == task) {
-            self.retired.remove(&task);
+    /// Counts off a task's read that completed or failed, and returns an ended write's buffer to
+    /// the pool once no RDMA Read into it is in flight.
+    fn read_done(&mut self, task: TaskId) {
+        if let Some(write) = self.writes.get_mut(&task) {
+            write.reads = write.reads.saturating_sub(1);
+        } else if let Entry::Occupied(mut retired) = self.retired.entry(task) {
+            let reads = &mut retired.get_mut().reads;
+            *reads = reads.saturating_sub(1);
+            if *reads == 0 {
+                retired.remove();
+            }
         }
+    }
+
+    /// RDMA Reads in flight into a task's buffer.
+    fn reads_in_flight(&self, task: TaskId) -> u32 {
+        match self.writes.get(&task) {
+            Some(write) => write.reads,
+            None => self.retired.get(&task).map_or(0, |retired| retired.reads),
+        }
+    }
+
+    /// The token of the oldest RDMA Read in flight, or the next token when none is. The search
+    /// resumes where the last one stopped, so it costs one lookup per read over the connection's
+    /// life.
+    fn oldest_read_in_flight(&mut self) -> u64 {
+        while self.oldest_read < self.next_token && !self.reads.contains_key(&self.oldest_read) {
+            self.oldest_read += 1;
+        }
+        self.oldest_read
     }
 
     /// Answer to [`FabricOp::BindSession`].
@@ -612,7 +662,7 @@ impl IserConnection {
                 // The Logout Response is held: close only after it went out.
                 self.held.push_back(HeldOp {
                     op: FabricOp::Close(reason),
-                    waits_for: Vec::new(),
+                    until: HeldUntil::Nothing,
                 });
             } else {
                 self.close_at_once(reason);
@@ -627,27 +677,22 @@ impl IserConnection {
         if self.closed || self.failed {
             return;
         }
-        let waits_for: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, read)| match fence {
-                ReadFence::None => false,
-                ReadFence::Task(itt) => read.itt == itt,
-                ReadFence::All => true,
-            })
-            .map(|(token, _)| *token)
-            .collect();
-        if fence == ReadFence::All && !waits_for.is_empty() {
-            log::debug!(
-                "TMF or Logout Response held behind {} RDMA Reads",
-                waits_for.len()
-            );
-        }
+        let until = match fence {
+            ReadFence::Task(task) if self.reads_in_flight(task) > 0 => HeldUntil::Task(task),
+            ReadFence::All if !self.reads.is_empty() => {
+                log::debug!(
+                    "TMF or Logout Response held behind {} RDMA Reads",
+                    self.reads.len()
+                );
+                HeldUntil::ReadsBefore(self.next_token)
+            }
+            _ => HeldUntil::Nothing,
+        };
         let op = FabricOp::Send { bytes, invalidate };
-        if waits_for.is_empty() && self.held.is_empty() {
+        if until == HeldUntil::Nothing && self.held.is_empty() {
             self.ops.push_back(op);
         } else {
-            self.held.push_back(HeldOp { op, waits_for });
+            self.held.push_back(HeldOp { op, until });
         }
     }
 
@@ -664,7 +709,15 @@ impl IserConnection {
 
     /// Releases held ops, in order, up to the first that still waits for a read.
     fn release_held(&mut self) {
-        while self.held.front().is_some_and(|h| h.waits_for.is_empty()) {
+        while let Some(&HeldOp { until, .. }) = self.held.front() {
+            let ready = match until {
+                HeldUntil::Nothing => true,
+                HeldUntil::Task(task) => self.reads_in_flight(task) == 0,
+                HeldUntil::ReadsBefore(token) => self.oldest_read_in_flight() >= token,
+            };
+            if !ready {
+                break;
+            }
             let held = self.held.pop_front().expect("checked");
             if matches!(held.op, FabricOp::Close(_)) {
                 self.close_emitted = true;
@@ -740,8 +793,12 @@ impl IserConnection {
     /// tracked, for the Sends that must wait for them; their bytes are not wanted.
     fn forget(&mut self, task: TaskId) {
         if let Some(write) = self.writes.remove(&task) {
-            if self.reads.values().any(|r| r.task == task) {
-                self.retired.insert(task, write.buffer);
+            if write.reads > 0 {
+                let retired = RetiredWrite {
+                    buffer: write.buffer,
+                    reads: write.reads,
+                };
+                self.retired.insert(task, retired);
             }
         }
         self.complete.remove(&task);
@@ -780,7 +837,7 @@ impl IserConnection {
             _ => None,
         };
 
-        self.emit_send(SendBytes::new(pdu), invalidate, ReadFence::Task(task.itt));
+        self.emit_send(SendBytes::new(pdu), invalidate, ReadFence::Task(task.id));
     }
 
     /// Read data → one RDMA Write to ReadVA + offset; the SCSI Response follows as its own Send.
@@ -840,15 +897,16 @@ impl IserConnection {
         let mut buffer = buffer;
         // The core sized the buffer for the whole transfer.
         buffer.set_len(range.end as usize);
+        let piece = self.core.params().max_burst_length.max(512);
         self.writes.insert(
             task.id,
             IserWrite {
                 buffer,
                 received: range.start,
                 landed: Vec::new(),
+                reads: (range.end - range.start).div_ceil(piece),
             },
         );
-        let piece = self.core.params().max_burst_length.max(512);
         let mut offset = range.start;
         while offset < range.end {
             let len = (range.end - offset).min(piece);
@@ -858,7 +916,6 @@ impl IserConnection {
                 token,
                 PendingRead {
                     task: task.id,
-                    itt: task.itt,
                     range: offset..offset + len,
                 },
             );
@@ -1766,6 +1823,80 @@ mod tests {
             conn.retired.is_empty(),
             "released once the read is reported"
         );
+    }
+
+    /// Reads completing out of order, several per task: an early SCSI Response waits for the
+    /// last of its task's reads, a TMF Response for every read in flight when it was queued
+    /// (not one made later), and an ended write's buffer stays out of the pool until its last
+    /// read; a teardown whose drain failed leaks the buffers reads may still write.
+    #[test]
+    fn held_sends_and_retired_buffers_follow_reads_completing_out_of_order() {
+        let (mut conn, now) = logged_in(false);
+        let burst = 512 * 1024;
+        let iser = IserHeader {
+            flags: ISER_ISCSI_CTRL | ISER_WSV,
+            write_stag: 0x80,
+            write_va: 0x10_0000,
+            ..IserHeader::default()
+        };
+        let cmd = command(0x80, 100, false, true, 3 * burst, 0x2a);
+        conn.handle_receive(&send_bytes(iser, &Pdu::new(Header::ScsiCommand(cmd))), now);
+        let a: Vec<u64> = drain(&mut conn)
+            .iter()
+            .map(|op| match op {
+                FabricOp::RdmaRead { token, .. } => *token,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(a.len(), 3);
+        let b = write_needing_read(&mut conn, 0x81, 101, now);
+        // Unsolicited Data-Out although InitialR2T=Yes: the core ends the first WRITE at once.
+        let data_out = Header::DataOut(DataOut {
+            final_flag: true,
+            lun: [0; 8],
+            itt: 0x80,
+            ttt: u32::MAX,
+            exp_stat_sn: 8,
+            data_sn: 0,
+            buffer_offset: 0,
+        });
+        conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
+            "response held: {headers:?}"
+        );
+        let burst = burst as usize;
+        complete_read(&mut conn, a[2], vec![0; burst], now);
+        complete_read(&mut conn, a[0], vec![0; burst], now);
+        assert!(drain(&mut conn).is_empty(), "one of its reads is still out");
+        assert_eq!(conn.retired.len(), 1);
+        conn.handle_receive(&abort_task(0x82, 0x81, 102), now);
+        assert!(drain(&mut conn).is_empty(), "TMF Response held");
+        complete_read(&mut conn, a[1], vec![0; burst], now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::ScsiResponse(pdu::ScsiResponse { itt: 0x80, .. })]
+            ),
+            "{headers:?}"
+        );
+        assert_eq!(conn.retired.len(), 1, "only the aborted WRITE's buffer");
+        let c = write_needing_read(&mut conn, 0x83, 102, now);
+        complete_read(&mut conn, b, vec![0; 4096], now);
+        let headers = sent_headers(&drain(&mut conn));
+        assert!(
+            matches!(
+                headers.as_slice(),
+                [Header::TaskMgmtResponse(TaskMgmtResponse { itt: 0x82, .. })]
+            ),
+            "not held behind the later read: {headers:?}"
+        );
+        assert!(conn.retired.is_empty());
+        assert!(conn.rdma_read_placement(c).is_some());
+        conn.leak_buffers_under_reads();
+        assert!(conn.writes.is_empty() && conn.rdma_read_placement(c).is_none());
     }
 
     /// A failed RDMA Read closes at once, even with a Logout Response held behind reads.
