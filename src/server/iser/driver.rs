@@ -3,8 +3,8 @@
 //! thread and by shutdown); once its session is bound it moves to that session's engine thread
 //! ([`resident`]), which polls the same two descriptors through an epoll set in its ring and
 //! runs the connection's commands without a thread hop. Either way it feeds receives and RDMA
-//! Read completions (polled [`CQ_BATCH`] at a time) to the sans-IO [`IserConnection`] and posts
-//! the fabric operations it asks for ([`post`]). Without io_uring the connection stays on its
+//! Read completions ([`completions`], polled [`CQ_BATCH`] at a time) to the sans-IO
+//! [`IserConnection`] and posts the fabric operations it asks for ([`post`]). Without io_uring the connection stays on its
 //! own thread to the end, its commands reporting through its mailbox.
 //!
 //! Resources: registered receive areas sliced into buffers — a couple for the login phase,
@@ -27,6 +27,7 @@
 //! connection: the QP is in error and nothing more will move on it. Teardown (disconnect, the
 //! wait for DISCONNECTED, the QP drain) blocks, so a resident hands it to a short-lived thread.
 
+mod completions;
 mod post;
 mod resident;
 
@@ -43,7 +44,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rdma_ffi::{
     Access, AsyncEventKind, CmEventKind, CompletionChannel, CompletionQueue, MemoryRegion,
-    ProtectionDomain, QueuePair, SendList, WcStatus, WorkCompletion,
+    ProtectionDomain, QueuePair, SendList, WorkCompletion,
 };
 
 use super::ring::Ring;
@@ -55,7 +56,7 @@ use crate::server::engine::Residence;
 use crate::server::registry::SessionControl;
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
-use post::{Backlog, Buffer, InFlight, Kind, ReadWr, Staged};
+use post::{Backlog, Buffer, InFlight, ReadWr};
 
 /// Completions taken from a CQ per `ibv_poll_cq`.
 const CQ_BATCH: usize = 32;
@@ -500,132 +501,6 @@ impl Driver {
         Ok(())
     }
 
-    /// Takes every completion of both CQs, [`CQ_BATCH`] per poll, handling each batch before
-    /// the next; `true` when there was any.
-    fn poll_cqs(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut seen = 0;
-            self.wcs.clear();
-            match self.res.recv_cq.poll(&mut self.wcs, CQ_BATCH) {
-                Ok(n) => seen += n,
-                Err(e) => {
-                    self.fail(format!("polling the receive CQ: {e}"));
-                    return any;
-                }
-            }
-            let wcs = std::mem::take(&mut self.wcs);
-            for wc in &wcs {
-                self.on_recv(wc);
-            }
-            self.wcs = wcs;
-            self.wcs.clear();
-            match self.res.send_cq.poll(&mut self.wcs, CQ_BATCH) {
-                Ok(n) => seen += n,
-                Err(e) => {
-                    self.fail(format!("polling the send CQ: {e}"));
-                    return any;
-                }
-            }
-            let wcs = std::mem::take(&mut self.wcs);
-            for wc in &wcs {
-                self.on_send(wc);
-            }
-            self.wcs = wcs;
-            any |= seen > 0;
-            if seen == 0 || self.done {
-                return any;
-            }
-            // Completions free room: post what waited, and handle what the core produced.
-            self.pump();
-            self.post_pending();
-        }
-    }
-
-    fn on_recv(&mut self, wc: &WorkCompletion) {
-        if wc.status != WcStatus::Success {
-            // A flush outside teardown means the QP went into error (the peer broke it).
-            self.fail(format!("receive completion {:?}", wc.status));
-            return;
-        }
-        let (area, slot) = recv_slot(wc.wr_id);
-        let Some(mr) = self.res.recv_areas.get(area).cloned() else {
-            return self.fail(format!("receive completion for unknown area {area}"));
-        };
-        let offset = slot * self.res.recv_stride;
-        let len = (wc.byte_len as usize).min(self.res.recv_stride);
-        if self.received.len() < len {
-            self.received.resize(self.res.recv_stride, 0);
-        }
-        if let Err(e) = mr.read(offset, &mut self.received[..len]) {
-            return self.fail(format!("reading receive buffer {slot}: {e}"));
-        }
-        // Re-post before the PDU is handled, so the buffer is back before any response leaves.
-        if self.ending.is_none() {
-            if let Err(e) = self
-                .res
-                .qp
-                .post_recv(wc.wr_id, &mr, offset, self.res.recv_stride)
-            {
-                return self.fail(format!("re-posting receive buffer {slot}: {e}"));
-            }
-        }
-        if self.ending.is_some() {
-            return;
-        }
-        log::trace!("{} <- {len} bytes", self.peer);
-        let now = self.now();
-        self.conn.handle_receive(&self.received[..len], now);
-    }
-
-    fn on_send(&mut self, wc: &WorkCompletion) {
-        let Some(pos) = self.inflight.iter().position(|f| f.wr_id == wc.wr_id) else {
-            log::warn!("{}: completion for unknown wr_id {}", self.peer, wc.wr_id);
-            return;
-        };
-        // Unsignaled WRs posted before this one (RDMA Writes chained ahead of their response,
-        // RDMA Reads chained ahead of the last of a batch) completed with it: a send queue
-        // completes in posting order.
-        for i in 0..=pos {
-            let Some(done) = self.inflight.pop_front() else {
-                break;
-            };
-            let status = if i == pos {
-                wc.status
-            } else {
-                WcStatus::Success
-            };
-            self.retire(done, status);
-        }
-        // A flush outside teardown means the QP went into error (the peer broke it).
-        if wc.status != WcStatus::Success {
-            self.fail(format!(
-                "send-queue completion {:?} (vendor error {:#x})",
-                wc.status, wc.vendor_err
-            ));
-        }
-    }
-
-    /// A completed send-queue WR: its staged bytes are freed, an RDMA Read reported to the
-    /// adapter, an RDMA Write's source buffer given back (only now).
-    fn retire(&mut self, done: InFlight, status: WcStatus) {
-        if let Buffer::Staged(Staged::Arena(start)) = &done.buffer {
-            self.free_staged(*start);
-        }
-        if let Kind::Read { token } = done.kind {
-            self.reads -= 1;
-            if self.ending.is_none() {
-                // The data landed in the task's buffer itself: nothing to copy.
-                if status == WcStatus::Success {
-                    let now = self.now();
-                    self.conn.handle_rdma_read_complete(token, now);
-                } else {
-                    self.conn.handle_rdma_read_failed(token);
-                }
-            }
-        }
-    }
-
     fn drain_inbox(&mut self) {
         while let Ok(event) = self.inbox.try_recv() {
             match event {
@@ -776,6 +651,7 @@ impl Driver {
         );
         Ok(())
     }
+
     /// The fabric failed: stop at once.
     fn fail(&mut self, why: String) {
         if self.ending.is_none() {
@@ -836,36 +712,4 @@ impl Driver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    /// A wake-up reads the eventfd only when it was rung, and leaves it unreadable then (a
-    /// level-triggered epoll set would otherwise wake the engine thread again and again).
-    #[test]
-    fn the_doorbell_is_read_only_when_rung() {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let bell = Doorbell::new().unwrap();
-        let readable = |bell: &Doorbell| {
-            let mut fds = [PollFd::new(bell.fd.as_fd(), PollFlags::POLLIN)];
-            poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
-        };
-        assert!(!readable(&bell));
-        bell.ring();
-        bell.ring();
-        assert!(readable(&bell));
-        bell.clear();
-        assert!(!readable(&bell), "one read takes every ring");
-        // A clear with nothing rung makes no read (and blocks on nothing).
-        bell.clear();
-        assert!(!readable(&bell));
-        bell.ring();
-        assert!(readable(&bell));
-    }
-
-    #[test]
-    fn receive_wr_ids_name_area_and_slot() {
-        let id = recv_wr_id(FULL_FEATURE_AREA, 143);
-        assert_eq!(recv_slot(id), (1, 143));
-        assert_eq!(recv_slot(recv_wr_id(LOGIN_AREA, 1)), (0, 1));
-        assert_ne!(id & WR_RECV, 0);
-    }
-}
+mod tests;
