@@ -156,10 +156,14 @@ impl IserConnection {
     /// Counts off a task's read that completed or failed, and returns an ended write's buffer to
     /// the pool once no RDMA Read into it is in flight.
     fn read_done(&mut self, task: TaskId) {
+        // Each read is counted once when posted and once here (its token left `reads`), so a
+        // count at zero is our bug, never the peer's doing.
         if let Some(write) = self.writes.get_mut(&task) {
+            debug_assert!(write.reads > 0, "a read of {task:?} counted off twice");
             write.reads = write.reads.saturating_sub(1);
         } else if let Entry::Occupied(mut retired) = self.retired.entry(task) {
             let reads = &mut retired.get_mut().reads;
+            debug_assert!(*reads > 0, "a read of retired {task:?} counted off twice");
             *reads = reads.saturating_sub(1);
             if *reads == 0 {
                 retired.remove();
