@@ -19,7 +19,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -84,11 +84,11 @@ pub(super) struct QueueHandle {
 
 /// State shared by every NVMe/TCP connection of the process.
 pub(crate) struct NvmeState {
-    /// Subsystems, limits, the discovery log (with the portals' configured addresses) and
-    /// the ANA group as it is now (replaced when the ANA state changes).
-    config: RwLock<Arc<NvmeConfig>>,
+    /// Subsystems, limits and the discovery log (with the portals' configured addresses); each
+    /// connection gets a copy with the ANA group as it is then ([`NvmeState::config_for`]).
+    config: NvmeConfig,
     /// The same for the discovery-only portals: only the discovery subsystem is connectable.
-    discovery_config: RwLock<Arc<NvmeConfig>>,
+    discovery_config: NvmeConfig,
     /// The NVMe/TCP I/O portals, with the ports bound (port IDs 1, 2...).
     io_portals: Vec<SocketAddr>,
     /// The discovery-only portals, with the ports bound (port IDs after the I/O portals').
@@ -182,8 +182,8 @@ impl NvmeState {
             ..nvme.clone()
         };
         Arc::new(NvmeState {
-            config: RwLock::new(Arc::new(nvme)),
-            discovery_config: RwLock::new(Arc::new(discovery_config)),
+            config: nvme,
+            discovery_config,
             io_portals: portals.to_vec(),
             discovery_portals: discovery_portals.to_vec(),
             registry: Mutex::new(ControllerRegistry::with_cntlids(gateway_cntlids(
@@ -205,7 +205,7 @@ impl NvmeState {
     /// thread is poked to hand it to its queue, which reports it with an incremented change
     /// count and an ANA change notice. Returns whether the state changed.
     pub(crate) fn set_alua_state(&self, alua: AluaState) -> bool {
-        let group = {
+        {
             let mut ana = self.ana.lock().unwrap_or_else(|p| p.into_inner());
             let state = ana_state_of(alua);
             if ana.state == state {
@@ -213,13 +213,6 @@ impl NvmeState {
             }
             ana.state = state;
             ana.change_count += 1;
-            *ana
-        };
-        for config in [&self.config, &self.discovery_config] {
-            let mut config = config.write().unwrap_or_else(|p| p.into_inner());
-            let mut changed = (**config).clone();
-            changed.ana = group;
-            *config = Arc::new(changed);
         }
         // A queue that joins its controller after this loop reads the new group itself
         // (resident.rs, after the join).
@@ -256,7 +249,8 @@ impl NvmeState {
         } else {
             &self.config
         };
-        let mut config = (**base.read().unwrap_or_else(|p| p.into_inner())).clone();
+        let mut config = base.clone();
+        config.ana = self.ana();
         let reached = local.ip().to_canonical();
         let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
@@ -445,8 +439,7 @@ mod tests {
         let scsi = crate::server::build_scsi_targets(&config).unwrap();
         let portals = [SocketAddr::from(([0, 0, 0, 0], 4420))];
         let state = NvmeState::new(&config, &scsi, &portals, &[]);
-        let current = Arc::clone(&state.config.read().unwrap());
-        let base = &current.discovery;
+        let base = &state.config.discovery;
         assert_eq!(base.len(), 1);
         assert_eq!(base[0].subsystem_nqn, "nqn.2026-11.io.iser-target:ram0");
         let seen = state.config_for(SocketAddr::from(([192, 0, 2, 7], 4420)));
