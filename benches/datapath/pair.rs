@@ -101,7 +101,11 @@ impl PairTarget {
                         data,
                         range,
                         ..
-                    } => self.frame(&header, &data[range]),
+                    } => {
+                        // The in-process pair runs on a RAM LUN: the data is in memory.
+                        let bytes = data.bytes().expect("a RAM LUN's Data-In is in memory");
+                        self.frame(&header, &bytes[range])
+                    }
                     TcpAction::SetFrameSettings(settings) => self.settings = settings,
                     TcpAction::BindSession(request) => {
                         self.nexus = Some(Nexus {

@@ -6,7 +6,8 @@
 //!   can RDMA straight from and into them (see [`pool`]).
 //! - [`Region`] and [`Lent`]: pool memory a RAM LUN keeps its blocks in, written and read by
 //!   copies only, and lent by address to transports that send from it (see [`shared`]);
-//!   [`Payload`], a command's Data-In either way.
+//!   [`Payload`], a command's Data-In either way, or a [`FileSpan`] of a file in memory that a
+//!   TCP transport sends from the page cache.
 //! - [`CountingAllocator`], a global allocator that wraps the system allocator and counts
 //!   allocations, so a benchmark can print allocations per command. It is installed with
 //!   `#[global_allocator]` in benchmark binaries only, never in the server.
@@ -19,6 +20,6 @@ pub mod pool;
 pub mod shared;
 
 pub use counting::{AllocCounts, CountingAllocator};
-pub use payload::{LentRanges, Payload};
+pub use payload::{FileSpan, LentRanges, Payload};
 pub use pool::{Arena, ArenaId, Buf, Pool};
 pub use shared::{Lent, Region};

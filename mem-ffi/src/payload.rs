@@ -1,10 +1,14 @@
-//! What a command sends to the initiator: a pool buffer of its own, or byte ranges lent from a
-//! RAM LUN's memory (see [`crate::shared`]).
+//! What a command sends to the initiator: a pool buffer of its own, byte ranges lent from a
+//! RAM LUN's memory (see [`crate::shared`]), or a span of a file whose pages are in memory.
 
 use crate::pool::{global, Arena};
 use crate::shared::Lent;
 use crate::Buf;
+use std::fs::File;
+use std::io;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// A command's Data-In: the pool buffer a backend read into, or the ranges of a RAM LUN's memory
 /// that hold the data, in order (a read may span chunks; holes are lent from the shared zero
@@ -16,6 +20,71 @@ pub enum Payload {
     Owned(Buf),
     /// Ranges lent from shared memory, to be sent one after the other.
     Lent(LentRanges),
+    /// Bytes of a file not read yet: a TCP transport hands the file's pages to the socket
+    /// (sendfile) without copying them through user space.
+    File(FileSpan),
+}
+
+/// `len` bytes of `file` from `offset`, to be sent from the file's page cache. Only a backend
+/// whose pages live in memory (tmpfs, ramfs) makes one, so sending it never waits for a device.
+/// What is sent is what the pages hold when the socket takes them, which is before the
+/// command's status leaves (it follows the data in the same stream).
+#[derive(Debug, Clone)]
+pub struct FileSpan {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+}
+
+impl PartialEq for FileSpan {
+    /// The same bytes of the same open file.
+    fn eq(&self, other: &FileSpan) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && (self.offset, self.len) == (other.offset, other.len)
+    }
+}
+
+impl Eq for FileSpan {}
+
+impl FileSpan {
+    /// Bytes `offset..offset + len` of `file`.
+    pub fn new(file: Arc<File>, offset: u64, len: usize) -> FileSpan {
+        FileSpan { file, offset, len }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the span starts in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes `range` of the span read into a pool buffer: a copy, for a sender that needs the
+    /// bytes themselves (a data digest). A file shorter than the span is an error.
+    pub fn read(&self, range: Range<usize>) -> io::Result<Buf> {
+        if range.start > range.end || range.end > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the file span",
+            ));
+        }
+        let mut buf = global().alloc(range.len());
+        self.file
+            .read_exact_at(&mut buf, self.offset + range.start as u64)?;
+        Ok(buf)
+    }
 }
 
 /// Lent ranges in order, the first two held inline: a transfer of up to 1 MiB touches at most
@@ -86,6 +155,7 @@ impl Payload {
         match self {
             Payload::Owned(buf) => buf.len(),
             Payload::Lent(ranges) => ranges.iter().map(Lent::len).sum(),
+            Payload::File(span) => span.len(),
         }
     }
 
@@ -97,13 +167,13 @@ impl Payload {
     /// The lent ranges, when the data is lent.
     pub fn lent(&self) -> Option<&LentRanges> {
         match self {
-            Payload::Owned(_) => None,
             Payload::Lent(ranges) => Some(ranges),
+            Payload::Owned(_) | Payload::File(_) => None,
         }
     }
 
     /// Where bytes `range` of the payload lie, piece by piece in order (one per lent range it
-    /// touches), or `None` when some of them are outside the pool (an empty buffer).
+    /// touches), or `None` when some of them are outside the pool (an empty buffer, a file).
     pub fn pieces(&self, range: Range<usize>) -> Option<Vec<Piece>> {
         let mut pieces = Vec::new();
         self.pieces_into(range, &mut pieces)?;
@@ -145,34 +215,45 @@ impl Payload {
                     return None;
                 }
             }
+            Payload::File(_) => return None,
         }
         Some(())
     }
 
     /// The bytes in a buffer of their own: the owned buffer itself, or a copy of the lent
-    /// ranges into a new buffer of the global pool.
-    pub fn into_buf(self) -> Buf {
+    /// ranges into a new buffer of the global pool. A file span is given back as it is:
+    /// reading it is I/O, which the caller does (or avoids) itself.
+    pub fn into_buf(self) -> Result<Buf, FileSpan> {
         match self {
-            Payload::Owned(buf) => buf,
-            Payload::Lent(ranges) => {
-                let mut buf = global().alloc(ranges.iter().map(Lent::len).sum());
-                let mut at = 0;
-                for lent in ranges.iter() {
-                    lent.copy_to(&mut buf[at..at + lent.len()]);
-                    at += lent.len();
-                }
-                buf
-            }
+            Payload::Owned(buf) => Ok(buf),
+            Payload::File(span) => Err(span),
+            Payload::Lent(ranges) => Ok(copy_lent(&ranges)),
         }
     }
 }
 
+/// The lent ranges copied, in order, into a new buffer of the global pool.
+fn copy_lent(ranges: &LentRanges) -> Buf {
+    let mut buf = global().alloc(ranges.iter().map(Lent::len).sum());
+    let mut at = 0;
+    for lent in ranges.iter() {
+        lent.copy_to(&mut buf[at..at + lent.len()]);
+        at += lent.len();
+    }
+    buf
+}
+
 impl Payload {
-    /// A copy of the bytes in a `Vec` (for tests and for replies inspected in memory).
+    /// A copy of the bytes in a `Vec` (for tests and for replies inspected in memory); of a
+    /// file span, the bytes that could be read (none when the read fails).
     pub fn to_vec(&self) -> Vec<u8> {
         match self {
             Payload::Owned(buf) => buf.to_vec(),
-            Payload::Lent(_) => self.clone().into_buf().to_vec(),
+            Payload::File(span) => span
+                .read(0..span.len())
+                .map(|b| b.to_vec())
+                .unwrap_or_default(),
+            Payload::Lent(ranges) => copy_lent(ranges).to_vec(),
         }
     }
 }
@@ -262,7 +343,7 @@ mod tests {
         assert!(payload.pieces(0..12289).is_none());
         let mut expected = vec![9u8; 4096];
         expected.resize(12288, 0);
-        assert_eq!(*payload.clone().into_buf(), expected[..]);
+        assert_eq!(*payload.clone().into_buf().unwrap(), expected[..]);
         assert_eq!(payload, Payload::from(Buf::copy_from_slice(&expected)));
         assert_eq!(payload.lent().map(LentRanges::len), Some(2));
 

@@ -2,6 +2,7 @@
 //! (pread/pwrite); [`BackendFiles`] hands the same descriptors to the io_uring executor.
 
 use super::{check_range, write_zero_buffers, Backend, BackendError};
+use mem_ffi::FileSpan;
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use std::fs::{File, OpenOptions};
@@ -98,6 +99,16 @@ impl BackendFiles {
     /// buffered write, a hand-off to a kernel worker) for each.
     pub fn in_memory(&self) -> bool {
         self.in_memory
+    }
+
+    /// Bytes `offset..offset + len` as a span of the file that a TCP transport sends from the
+    /// page cache, for a file in memory only: sending it never waits for a device, so the
+    /// engine thread that sends it never blocks (a disk file's pages may have to be read in
+    /// first; its reads keep going through io_uring into a pool buffer). The caller has
+    /// checked the range against the LU's size.
+    pub fn page_span(&self, offset: u64, len: usize) -> Option<FileSpan> {
+        self.in_memory
+            .then(|| FileSpan::new(Arc::clone(&self.buffered), offset, len))
     }
 
     /// How a FUA write submitted asynchronously becomes durable (see [`FuaMethod`]).
@@ -406,6 +417,16 @@ mod tests {
         let shm = PathBuf::from(format!("/dev/shm/iser-file-{}.img", std::process::id()));
         let b = FileBackend::open(&shm, Some(1 << 20), true, false).unwrap();
         assert!(b.files().unwrap().in_memory());
+        // Its READs may be sent from the page cache: the span reads back what was written.
+        b.write_at(b"page cache", 8192).unwrap();
+        let span = b
+            .files()
+            .unwrap()
+            .page_span(8192, 10)
+            .expect("a span of a tmpfs file");
+        assert_eq!((span.offset(), span.len()), (8192, 10));
+        assert_eq!(&span.read(0..10).unwrap()[..], b"page cache");
+        assert!(span.read(5..11).is_err(), "past the span");
         drop(b);
         std::fs::remove_file(&shm).unwrap();
         let dir = PathBuf::from(format!("/var/tmp/iser-file-{}", std::process::id()));
@@ -413,6 +434,7 @@ mod tests {
         let disk = dir.join("disk.img");
         let b = FileBackend::open(&disk, Some(1 << 20), true, false).unwrap();
         assert!(!b.files().unwrap().in_memory());
+        assert!(b.files().unwrap().page_span(0, 4096).is_none());
         drop(b);
         std::fs::remove_file(&disk).unwrap();
     }

@@ -504,18 +504,31 @@ impl FrameParts {
 
 /// Frames `header` around a data segment of `data` (see [`FrameParts`]).
 pub fn frame_parts(header: &pdu::Header, data: &[u8], settings: &FrameSettings) -> FrameParts {
-    let mut head = header.encode_bytes(data.len());
+    let data_crc = settings.data_digest.then(|| crc32c::crc32c(data));
+    frame_parts_sized(header, data.len(), data_crc, settings)
+}
+
+/// As [`frame_parts`], for `len` bytes of data held elsewhere (a file's pages), with the CRC32C
+/// of those bytes when the PDU carries a data digest (`settings.data_digest` is not consulted
+/// for it; the header digest follows `settings`).
+pub fn frame_parts_sized(
+    header: &pdu::Header,
+    len: usize,
+    data_crc: Option<u32>,
+    settings: &FrameSettings,
+) -> FrameParts {
+    let mut head = header.encode_bytes(len);
     if settings.header_digest {
         let d = digest(&head);
         head.extend_from_slice(&d);
     }
     let mut tail = [0u8; 7];
     let mut tail_len = 0;
-    if !data.is_empty() {
-        let pad = pdu::padding(data.len());
+    if len > 0 {
+        let pad = pdu::padding(len);
         tail_len = pad;
-        if settings.data_digest {
-            let crc = crc32c::crc32c_append(crc32c::crc32c(data), &tail[..pad]);
+        if let Some(crc) = data_crc {
+            let crc = crc32c::crc32c_append(crc, &tail[..pad]);
             tail[pad..pad + 4].copy_from_slice(&crc.to_le_bytes());
             tail_len += 4;
         }

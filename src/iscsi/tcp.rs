@@ -28,7 +28,7 @@ use crate::inthash::IntMap;
 use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
-use mem_ffi::{Buf, Payload};
+use mem_ffi::{Buf, FileSpan, Payload};
 
 /// The read buffer a Data-In PDU's data segment is a slice of: the task's own buffer when one
 /// PDU carries all of the data (no allocation), shared by the PDUs of a longer read.
@@ -38,16 +38,33 @@ pub enum DataInBuf {
     Whole(Buf),
     /// One of several PDUs' buffer.
     Shared(Arc<Buf>),
+    /// A file's bytes, sent from its pages without a copy in user space (for a connection
+    /// without data digests; a clone shares the file).
+    File(FileSpan),
 }
 
-impl std::ops::Deref for DataInBuf {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
+impl DataInBuf {
+    /// The bytes in memory; `None` for a file's, which only the sender reads.
+    pub fn bytes(&self) -> Option<&[u8]> {
         match self {
-            DataInBuf::Whole(buf) => buf,
-            DataInBuf::Shared(buf) => buf,
+            DataInBuf::Whole(buf) => Some(buf),
+            DataInBuf::Shared(buf) => Some(buf),
+            DataInBuf::File(_) => None,
         }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            DataInBuf::Whole(buf) => buf.len(),
+            DataInBuf::Shared(buf) => buf.len(),
+            DataInBuf::File(span) => span.len(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -298,21 +315,22 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         range: Range<u32>,
         numbers: SequenceNumbers,
     ) {
-        // Data-In PDUs are digested and written from a buffer of the connection's own: lent
-        // memory (a RAM LUN's) is copied into one, the single copy of an iSCSI/TCP READ.
+        // Data-In PDUs are written from a buffer of the connection's own, or from a file's pages
+        // (a file in memory; the sender reads them only if it must digest them). Lent memory
+        // (a RAM LUN's) is copied into a buffer: the single copy of an iSCSI/TCP READ.
         if let Some(lent) = data.lent() {
             lent.iter().for_each(|l| count_payload_copy(l.len()));
         }
-        let data = data.into_buf();
         let params = self.core.params();
         let max_pdu = params.initiator_max_recv_data_segment_length.max(512) as usize;
         let max_burst = params.max_burst_length.max(512) as usize;
         let (start, end) = (range.start as usize, (range.end as usize).min(data.len()));
         // One PDU (a 4 KiB READ) owns the buffer; several share it.
-        let mut data = if end.saturating_sub(start) <= max_pdu.min(max_burst) {
-            DataInBuf::Whole(data)
-        } else {
-            DataInBuf::Shared(Arc::new(data))
+        let one_pdu = end.saturating_sub(start) <= max_pdu.min(max_burst);
+        let mut data = match data.into_buf() {
+            Ok(buf) if one_pdu => DataInBuf::Whole(buf),
+            Ok(buf) => DataInBuf::Shared(Arc::new(buf)),
+            Err(span) => DataInBuf::File(span),
         };
         let mut offset = start;
         let mut data_sn = 0u32;

@@ -179,6 +179,8 @@ struct Pair {
     harness_copies: CopyCounts,
     /// Data-In PDUs sent from a buffer they own, and from one they share.
     data_in_buffers: (usize, usize),
+    /// Data-In PDUs sent from a file's pages.
+    data_in_files: usize,
     /// Reads the stream as a resident connection does, when set: through one reader with
     /// direct reads on, at most this many bytes per read.
     direct: Option<(PduReader, usize)>,
@@ -216,6 +218,7 @@ impl Pair {
             inbox_contexts: VecDeque::new(),
             harness_copies: CopyCounts::default(),
             data_in_buffers: (0, 0),
+            data_in_files: 0,
             direct: None,
         }
     }
@@ -293,12 +296,23 @@ impl Pair {
                     range,
                     context,
                 } => {
-                    match &data {
-                        DataInBuf::Whole(_) => self.data_in_buffers.0 += 1,
-                        DataInBuf::Shared(_) => self.data_in_buffers.1 += 1,
-                    }
-                    // The wire bytes a vectored write of header and buffer slice produces.
-                    let pdu = Pdu::with_data(header, data[range].to_vec());
+                    // The wire bytes a vectored write of header and buffer slice (or sendfile
+                    // of the file's pages) produces.
+                    let bytes = match &data {
+                        DataInBuf::Whole(buf) => {
+                            self.data_in_buffers.0 += 1;
+                            buf[range].to_vec()
+                        }
+                        DataInBuf::Shared(buf) => {
+                            self.data_in_buffers.1 += 1;
+                            buf[range].to_vec()
+                        }
+                        DataInBuf::File(span) => {
+                            self.data_in_files += 1;
+                            span.read(range).expect("the span's file reads").to_vec()
+                        }
+                    };
+                    let pdu = Pdu::with_data(header, bytes);
                     self.receive(pdu, Some(context));
                 }
                 TcpAction::SetFrameSettings(s) => {
@@ -1615,6 +1629,44 @@ fn tcp_transport_copies_a_lent_ram_read_once() {
             bytes: 8192
         }
     );
+}
+
+/// A READ left in a file in memory (the engine does so for TCP connections) goes out as
+/// Data-In PDUs that each name a slice of the file, for the socket to take from its pages:
+/// nothing is copied in user space, and the PDUs carry the file's bytes.
+#[test]
+fn tcp_transport_sends_a_file_read_from_its_pages() {
+    use mem_ffi::{FileSpan, Payload};
+    use std::os::unix::fs::FileExt;
+    let path = std::env::temp_dir().join(format!("iser-span-{}.img", std::process::id()));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let data = pattern(32768, 9);
+    file.write_all_at(&data, 4096).unwrap();
+    let span = FileSpan::new(std::sync::Arc::new(file), 4096, data.len());
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let mut back = Vec::new();
+    let read = target_copies(&mut pair, |pair| {
+        let cmd = pair.command(1, read10(0, 64), true, false, 32768);
+        pair.send_command(cmd, vec![]);
+        let task = pair.deferred.pop().expect("the READ was executed");
+        pair.complete_deferred(task.id, ScsiOutcome::with_buf(Payload::File(span)));
+        for p in pair.take() {
+            back.extend_from_slice(&p.data);
+        }
+    });
+    assert_eq!(back, data);
+    // 32 KiB in the initiator's 8 KiB data segments, none of them through a buffer.
+    assert_eq!(pair.data_in_files, 4);
+    assert_eq!(pair.data_in_buffers, (0, 0));
+    assert_eq!(read, CopyCounts::default());
 }
 
 /// A READ that one Data-In PDU answers hands its buffer to the transport by value (no

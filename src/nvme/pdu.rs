@@ -273,15 +273,25 @@ pub struct Framed {
 
 /// Frames a controller PDU: `psh` is the PDU-specific header (HLEN − 8 bytes), `data` its data
 /// (possibly empty). Digests and padding follow `settings`.
-pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendSettings) -> Framed {
+pub fn frame(pdu_type: u8, pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendSettings) -> Framed {
+    let data_digest = (s.data_digest && !data.is_empty()).then(|| digest(data));
+    frame_sized(pdu_type, pdu_flags, psh, data.len(), data_digest, s)
+}
+
+/// As [`frame`], for `data_len` bytes of data the caller holds elsewhere (a file's pages),
+/// with their digest when the PDU carries one. The header digest follows `settings`.
+pub fn frame_sized(
+    pdu_type: u8,
+    mut pdu_flags: u8,
+    psh: &[u8],
+    data_len: usize,
+    data_digest: Option<[u8; 4]>,
+    s: &SendSettings,
+) -> Framed {
     let hlen = CH_LEN + psh.len();
     let hdgst = if s.header_digest { DIGEST_LEN } else { 0 };
-    let ddgst = if s.data_digest && !data.is_empty() {
-        DIGEST_LEN
-    } else {
-        0
-    };
-    let pdo = if data.is_empty() {
+    let ddgst = if data_digest.is_some() { DIGEST_LEN } else { 0 };
+    let pdo = if data_len == 0 {
         0
     } else {
         (hlen + hdgst).next_multiple_of(s.data_alignment.max(4))
@@ -292,10 +302,10 @@ pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendS
     if ddgst > 0 {
         pdu_flags |= flags::DDGSTF;
     }
-    let plen = if data.is_empty() {
+    let plen = if data_len == 0 {
         hlen + hdgst
     } else {
-        pdo + data.len() + ddgst
+        pdo + data_len + ddgst
     };
     let mut header = [0u8; CH_LEN + 16 + DIGEST_LEN];
     let header = &mut header[..hlen + hdgst];
@@ -316,11 +326,7 @@ pub fn frame(pdu_type: u8, mut pdu_flags: u8, psh: &[u8], data: &[u8], s: &SendS
     if pdo > head.len() {
         head.extend_from_slice(&[0; 128][..pdo - head.len()]);
     }
-    let tail = if ddgst > 0 {
-        PduTail::from(digest(data))
-    } else {
-        PduTail::default()
-    };
+    let tail = data_digest.map(PduTail::from).unwrap_or_default();
     Framed { head, tail }
 }
 

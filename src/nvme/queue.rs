@@ -100,10 +100,11 @@ pub enum Action {
     /// costs no allocation).
     SendPdu(PduHead),
     /// Send `head`, bytes `range` of `data`, then `tail`: a C2HData PDU whose data is the
-    /// command's read buffer, moved here, not copied into the PDU.
+    /// command's read buffer, moved here, not copied into the PDU, or a span of a file whose
+    /// pages the transport sends as they are (never with a data digest).
     SendData {
         head: PduHead,
-        data: Buf,
+        data: Payload,
         range: Range<usize>,
         tail: PduTail,
     },
@@ -275,6 +276,13 @@ impl Queue {
         self.deadline.filter(|_| self.phase != Phase::Closed)
     }
 
+    /// Whether a READ's data may come as a file span ([`Payload::File`]), sent from the file's
+    /// pages as they are: only without a data digest, which would need the bytes in memory.
+    /// Fixed by the ICReq, before any command.
+    pub fn sends_file_pages(&self) -> bool {
+        !self.send.data_digest
+    }
+
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
     }
@@ -413,13 +421,21 @@ impl Queue {
                 if let Some(s) = &shared {
                     s.count_read(data.len() as u64);
                 }
-                // C2HData is digested and framed from a buffer of the queue's own: a RAM
-                // namespace's lent memory is copied into one (one copy, as for iSCSI/TCP).
+                // C2HData is digested and framed from a buffer of the queue's own (a RAM
+                // namespace's lent memory is copied into one: one copy, as for iSCSI/TCP), or,
+                // without a data digest, sent from a file's pages.
                 if let Some(lent) = data.lent() {
                     lent.iter()
                         .for_each(|l| crate::stats::count_payload_copy(l.len()));
                 }
-                self.send_data(cid, data.into_buf());
+                match data.into_buf() {
+                    Ok(buf) => self.send_data(cid, Payload::Owned(buf)),
+                    Err(span) if !self.send.data_digest => self.send_data(cid, Payload::File(span)),
+                    // The environment gives file pages only to queues that send them as
+                    // they are (`sends_file_pages`); anything else is answered as an
+                    // internal error rather than trusted.
+                    Err(_) => self.respond_about(cid, Status::INTERNAL_ERROR, 0, nsid, lba),
+                }
                 return;
             }
             Ok(None) => {
@@ -657,7 +673,7 @@ impl Queue {
                     self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
                 } else {
                     // Admin replies are small; a copy into a pool buffer keeps one data type.
-                    self.send_data(cid, Buf::copy_from_slice(&bytes));
+                    self.send_data(cid, Buf::copy_from_slice(&bytes).into());
                 }
             }
             Outcome::Pending(io, lba) => {
@@ -722,7 +738,7 @@ impl Queue {
     /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
     /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
     /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
-    fn send_data(&mut self, cid: u16, data: Buf) {
+    fn send_data(&mut self, cid: u16, data: Payload) {
         self.commands.remove(&cid);
         if data.is_empty() {
             return self.respond(cid, Status::SUCCESS, 0);
@@ -731,11 +747,16 @@ impl Queue {
         if self.sq_flow_disabled {
             pdu_flags |= flags::SUCCESS;
         }
-        let psh = c2h_data_psh(cid, 0, data.len() as u32);
-        let framed = pdu::frame(pdu_type::C2H_DATA, pdu_flags, &psh, &data, &self.send);
+        let len = data.len();
+        let psh = c2h_data_psh(cid, 0, len as u32);
+        let framed = match &data {
+            Payload::Owned(buf) => pdu::frame(pdu_type::C2H_DATA, pdu_flags, &psh, buf, &self.send),
+            // Never with a data digest (see `finish_io`).
+            _ => pdu::frame_sized(pdu_type::C2H_DATA, pdu_flags, &psh, len, None, &self.send),
+        };
         self.actions.push_back(Action::SendData {
             head: framed.head,
-            range: 0..data.len(),
+            range: 0..len,
             data,
             tail: framed.tail,
         });

@@ -78,6 +78,9 @@ struct SessionContext {
     /// Whether its commands receive SCSI unit attentions (iSCSI sessions; see
     /// [`ScsiRequest::unit_attentions`]).
     unit_attentions: bool,
+    /// Whether its connection sends a READ's data from a file's pages ([`mem_ffi::Payload::File`]):
+    /// TCP connections do, iSER (which RDMA-writes from registered memory) does not.
+    file_pages: bool,
     report: Report,
     /// The engine thread running this session's commands.
     thread: usize,
@@ -395,29 +398,40 @@ impl Engine {
     }
 
     /// Attaches a session of target `target` (index into the engine's targets) for `nexus`;
-    /// its commands run on the next engine thread in turn and report to `sink`.
+    /// its commands run on the next engine thread in turn and report to `sink`. `file_pages`:
+    /// its connection can send a READ's data from a file's pages ([`mem_ffi::Payload::File`]).
     pub(crate) fn session(
         &self,
         target: usize,
         nexus: Arc<Nexus>,
+        file_pages: bool,
         sink: CompletionSink,
     ) -> EngineSession {
-        self.session_on(self.next_thread(), target, nexus, true, Report::Sink(sink))
+        let thread = self.next_thread();
+        self.session_on(
+            thread,
+            target,
+            nexus,
+            (true, file_pages),
+            Report::Sink(sink),
+        )
     }
 
     /// Attaches a session whose connection will live at `residence`: its commands run on that
-    /// engine thread and report to the resident there.
+    /// engine thread and report to the resident there. `file_pages` as for
+    /// [`Engine::session`].
     pub(crate) fn resident_session(
         &self,
         residence: &Residence,
         target: usize,
         nexus: Arc<Nexus>,
+        file_pages: bool,
     ) -> EngineSession {
         self.session_on(
             residence.thread(),
             target,
             nexus,
-            true,
+            (true, file_pages),
             Report::Resident(residence.id()),
         )
     }
@@ -430,12 +444,13 @@ impl Engine {
         residence: &Residence,
         subsystem: usize,
         nexus: Arc<Nexus>,
+        file_pages: bool,
     ) -> EngineSession {
         self.session_on(
             residence.thread(),
             subsystem,
             nexus,
-            false,
+            (false, file_pages),
             Report::Resident(residence.id()),
         )
     }
@@ -456,7 +471,7 @@ impl Engine {
         thread: usize,
         target: usize,
         nexus: Arc<Nexus>,
-        unit_attentions: bool,
+        (unit_attentions, file_pages): (bool, bool),
         report: Report,
     ) -> EngineSession {
         EngineSession {
@@ -465,6 +480,7 @@ impl Engine {
                 target,
                 nexus,
                 unit_attentions,
+                file_pages,
                 report,
                 thread,
                 outstanding: Mutex::default(),

@@ -26,16 +26,19 @@ pub(crate) struct SessionSlot {
 impl SessionSlot {
     /// Answers `Action::BindSession` / `FabricOp::BindSession`: registers the session (waiting for
     /// a reinstated one to close) and, for a normal session, attaches it to the I/O engine,
-    /// reporting to `sink`. Returns the TSIH or the login failure status.
+    /// reporting to `sink`. `file_pages`: the connection sends a READ's data from a file's
+    /// pages when the engine leaves it there (TCP). Returns the TSIH or the login failure
+    /// status.
     pub(crate) fn bind(
         &mut self,
         shared: &Shared,
         request: &BindRequest,
         control: Arc<dyn SessionControl>,
+        file_pages: bool,
         sink: CompletionSink,
     ) -> Result<u16, LoginStatus> {
         self.bind_with(shared, request, control, |target, nexus| {
-            shared.engine.session(target, nexus, sink)
+            shared.engine.session(target, nexus, file_pages, sink)
         })
     }
 
@@ -46,10 +49,13 @@ impl SessionSlot {
         shared: &Shared,
         request: &BindRequest,
         control: Arc<dyn SessionControl>,
+        file_pages: bool,
         residence: &Residence,
     ) -> Result<u16, LoginStatus> {
         self.bind_with(shared, request, control, |target, nexus| {
-            shared.engine.resident_session(residence, target, nexus)
+            shared
+                .engine
+                .resident_session(residence, target, nexus, file_pages)
         })
     }
 

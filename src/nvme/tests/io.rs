@@ -458,3 +458,82 @@ fn vectored_reads_of_any_size_place_every_payload() {
         assert!(io.closed.is_none());
     }
 }
+
+/// A span of `data` in an unlinked temporary file.
+fn file_span(data: &[u8]) -> mem_ffi::FileSpan {
+    use std::os::unix::fs::FileExt;
+    let path = std::env::temp_dir().join(format!(
+        "iser-nvme-span-{}-{:?}.img",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file.write_all_at(data, 0).unwrap();
+    mem_ffi::FileSpan::new(std::sync::Arc::new(file), 0, data.len())
+}
+
+/// A READ left in a file's pages goes out as one C2HData PDU naming the span (the resident
+/// sends it with sendfile), copied nowhere in user space. A queue with data digests is never
+/// given one (`sends_file_pages`); if it were, the command fails, not the stream.
+#[test]
+fn file_pages_go_out_as_c2hdata_only_without_a_data_digest() {
+    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
+    let (admin, mut io) = admin_and_io();
+    assert!(io.queue.sends_file_pages());
+    io.defer_io = true;
+    let data: Vec<u8> = (0..32768u32).map(|i| (i % 249) as u8).collect();
+    assert!(io
+        .command(&Sqe::new(0x02, 1, 1).cdw(12, 63).sgl(32768, false), &[])
+        .is_empty());
+    let read = io.deferred.pop().unwrap();
+    reset_thread_payload_copies();
+    let span = mem_ffi::Payload::File(file_span(&data));
+    io.queue
+        .handle_io_complete(read.id, Ok(BlockReply::Data(span)));
+    io.pump();
+    assert_eq!(thread_payload_copies(), CopyCounts::default());
+    match io.take().as_slice() {
+        [Got::C2HData {
+            cid: 1, data: d, ..
+        }, Got::Resp(cqe)] => {
+            assert_eq!(d, &data);
+            assert_eq!(cqe.status, (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let cntlid = admin.queue.cntlid().unwrap();
+    let mut io = admin.sibling();
+    io.send(&ic_req(0, 0, false, true));
+    io.take();
+    io.host = HostFramer {
+        header_digest: false,
+        data_digest: true,
+    };
+    let cqe = io.resp(
+        &connect_sqe(1, 2, 15, 0),
+        &connect_data(cntlid, SUBSYSTEM, HOST),
+    );
+    assert_eq!(cqe.status, (0, 0));
+    assert!(!io.queue.sends_file_pages());
+    io.defer_io = true;
+    assert!(io
+        .command(&Sqe::new(0x02, 2, 1).cdw(12, 63).sgl(32768, false), &[])
+        .is_empty());
+    let read = io.deferred.pop().unwrap();
+    let span = mem_ffi::Payload::File(file_span(&data));
+    io.queue
+        .handle_io_complete(read.id, Ok(BlockReply::Data(span)));
+    io.pump();
+    match io.take().as_slice() {
+        [Got::Resp(cqe)] => assert_eq!(cqe.status, (0, 0x06), "internal error"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -437,7 +437,7 @@ impl Pair {
                     tail,
                 } => {
                     let mut bytes = head.to_vec();
-                    bytes.extend_from_slice(&data[range]);
+                    bytes.extend_from_slice(&data.to_vec()[range]);
                     bytes.extend_from_slice(&tail);
                     self.received.push(parse(
                         &bytes,

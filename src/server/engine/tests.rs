@@ -4,6 +4,7 @@ use crate::backend::{
 };
 use crate::scsi::testutil::params;
 use crate::scsi::{sense, status, LogicalUnit, TaskAttr};
+use mem_ffi::Payload;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -62,6 +63,11 @@ struct Client {
 
 impl Client {
     fn new(engine: &Engine) -> Client {
+        Client::with_file_pages(engine, false)
+    }
+
+    /// A session whose connection sends READs from a file's pages when left there (TCP).
+    fn with_file_pages(engine: &Engine, file_pages: bool) -> Client {
         let (tx, done) = crossbeam_channel::unbounded();
         let sink: CompletionSink = Arc::new(move |id, outcome| {
             let _ = tx.send((id, outcome));
@@ -71,7 +77,7 @@ impl Client {
             isid: [0, 2, 0x3d, 0, 0, 1],
         });
         Client {
-            session: engine.session(0, nexus, sink),
+            session: engine.session(0, nexus, file_pages, sink),
             done,
             next_id: AtomicU64::new(1),
         }
@@ -197,6 +203,44 @@ fn tmpfs_file_lun_runs_inline() {
     let bytes = std::fs::read(&path).unwrap();
     assert!(bytes[2 * BS..4 * BS].iter().all(|&b| b == 0xA1));
     assert!(bytes[4 * BS..5 * BS].iter().all(|&b| b == 0xB2));
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A large READ of a file in memory is left in the file for a session whose connection sends
+/// file pages (TCP): the outcome names the span and the bytes read from it are the file's. A
+/// small READ, and any READ for a session that cannot send pages (iSER), is read into a buffer.
+#[test]
+fn tmpfs_file_reads_are_left_in_the_file_for_tcp_sessions() {
+    let path = PathBuf::from(format!(
+        "/dev/shm/iser-engine-span-{}.img",
+        std::process::id()
+    ));
+    let backend = Arc::new(FileBackend::open(&path, Some(1 << 20), true, false).unwrap());
+    let engine = Engine::start(vec![target(backend, true)], 1, IoMode::Auto).unwrap();
+    let tcp = Client::with_file_pages(&engine, true);
+    let data: Vec<u8> = (0..64 * BS as u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(
+        tcp.exec(write16(8, 64, false), data.clone()).status,
+        status::GOOD
+    );
+    let large = tcp.exec(read16(8, 64), Vec::new());
+    assert_eq!(large.status, status::GOOD);
+    match &large.data_in {
+        Payload::File(span) => assert_eq!((span.offset(), span.len()), (8 * BS as u64, data.len())),
+        other => panic!("expected a file span, got {other:?}"),
+    }
+    assert_eq!(large.data_in.to_vec(), data);
+    let small = tcp.exec(read16(8, 8), Vec::new());
+    assert!(
+        matches!(small.data_in, Payload::Owned(_)),
+        "4 KiB is copied"
+    );
+    assert_eq!(small.data_in.to_vec(), data[..8 * BS]);
+    let iser = Client::new(&engine);
+    let large = iser.exec(read16(8, 64), Vec::new());
+    assert!(matches!(large.data_in, Payload::Owned(_)));
+    assert_eq!(large.data_in.to_vec(), data);
+    engine.shutdown();
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -679,7 +723,7 @@ fn a_resident_gets_its_completions_on_its_thread_with_the_count_already_down() {
         initiator_name: "iqn.2026-11.test:resident".into(),
         isid: [0, 2, 0x3d, 0, 0, 9],
     });
-    let session = engine.resident_session(&residence, 0, nexus);
+    let session = engine.resident_session(&residence, 0, nexus, false);
     let home = format!("io-engine-{}", residence.thread());
     let (seen, events) = crossbeam_channel::unbounded();
     residence.attach(Box::new(TestResident {

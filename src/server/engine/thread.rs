@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use mem_ffi::Buf;
+use mem_ffi::{Buf, Payload};
 use uring_ffi::{Completion, Ring};
 
 use super::aio::{self, Planned};
@@ -19,6 +19,12 @@ use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
 use crate::scsi::{finish, run, runs_exclusively, BlockReply, Prepared, Primitive, ScsiOutcome};
 use crate::server::gate::Access;
+
+/// Smallest READ of a file in memory whose data a TCP connection sends from the file's pages
+/// (sendfile) rather than from a buffer it was read into: below it, copying the bytes twice
+/// costs less than the page references and the extra system call (the socket's receive side
+/// reads large payloads in place from the same size on; `iscsi::framing::direct`).
+const FILE_PAGES_MIN: usize = 16 << 10;
 
 /// A command whose I/O is in the ring (the ring's token).
 pub(super) struct InFlight {
@@ -320,8 +326,21 @@ impl EngineThread {
             return Route::Pool;
         };
         let Some(files) = lu.backend().files().filter(|f| !f.in_memory()) else {
-            // In memory (RAM, or a file in tmpfs or ramfs): completes inline on this thread.
-            let result = run(&**lu.backend(), &request);
+            // In memory (RAM, or a file in tmpfs or ramfs): completes inline on this thread. A
+            // large READ of a file in memory is left in the file for a connection that sends
+            // its pages to the socket itself: no copy into a buffer and out again.
+            let span = match primitive {
+                Primitive::Read { offset, len }
+                    if job.session.file_pages && len >= FILE_PAGES_MIN =>
+                {
+                    lu.backend().files().and_then(|f| f.page_span(offset, len))
+                }
+                _ => None,
+            };
+            let result = match span {
+                Some(span) => Ok(BlockReply::Data(Payload::File(span))),
+                None => run(&**lu.backend(), &request),
+            };
             return Route::Done(finish(&request, result, data_out_length));
         };
         if self.ring.is_none() {

@@ -563,6 +563,7 @@ impl Driver {
                                 &self.shared,
                                 &request,
                                 control,
+                                false,
                                 residence,
                             );
                             // Bound to run on that engine thread: the connection moves there
@@ -576,7 +577,8 @@ impl Driver {
                                 Arc::new(move |id, outcome| {
                                     mailbox.post(Event::Completed(id, outcome))
                                 });
-                            self.session.bind(&self.shared, &request, control, sink)
+                            self.session
+                                .bind(&self.shared, &request, control, false, sink)
                         }
                     };
                     self.conn.handle_session_bound(result);

@@ -188,8 +188,12 @@ impl NvmeResident {
                 tail,
             } => {
                 let outbox = &mut self.link.outbox;
+                let data = match data.into_buf() {
+                    Ok(buf) => DataInBuf::Whole(buf),
+                    Err(span) => DataInBuf::File(span),
+                };
                 outbox.push_head(&head);
-                outbox.push_buffer(DataInBuf::Whole(data), range);
+                outbox.push_buffer(data, range);
                 outbox.push_head(&tail);
             }
             Action::CreateController(request) => {
@@ -282,6 +286,7 @@ impl NvmeResident {
                 &self.residence,
                 subsystem,
                 Arc::clone(&nexus),
+                self.queue.sends_file_pages(),
             );
             self.engine = Some(Attached {
                 session,

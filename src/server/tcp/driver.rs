@@ -334,7 +334,11 @@ impl Driver {
                 ..
             } => {
                 log::trace!("{} -> {:?} ({} bytes)", self.peer, header, range.len());
-                out.push_shared(&header, data, range, &self.settings);
+                if let Err(e) = out.push_shared(&header, data, range, &self.settings) {
+                    // The stream cannot go on without this PDU.
+                    log::warn!("{}: reading Data-In from the backing file: {e}", self.peer);
+                    self.closed = true;
+                }
             }
             TcpAction::SetFrameSettings(settings) => {
                 // Everything queued so far was framed with the old settings; send it first.
@@ -347,7 +351,9 @@ impl Driver {
                 let sink: crate::server::session::CompletionSink = Arc::new(move |id, outcome| {
                     let _ = events.send(Event::Completed(id, outcome));
                 });
-                let result = self.session.bind(&self.shared, &request, control, sink);
+                let result = self
+                    .session
+                    .bind(&self.shared, &request, control, true, sink);
                 self.conn.handle_session_bound(result);
             }
             TcpAction::Execute(task) => {

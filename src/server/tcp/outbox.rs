@@ -1,19 +1,69 @@
 //! PDUs framed for the socket but not written yet, kept as pieces (a header, a control PDU's
-//! data, a slice of a task's read buffer, padding and digest) and written with vectored writes,
-//! so no data segment is ever copied into a frame on its way out. Headers and trailers are held
-//! inline in the pieces and the I/O vectors are built on the stack: queueing and writing a PDU
-//! allocates nothing once the list of pieces has grown to its working size.
+//! data, a slice of a task's read buffer or of a file's pages, padding and digest) and written
+//! with vectored writes and, for a file's pages, sendfile(2), so no data segment is ever copied
+//! into a frame on its way out and a file's pages not even into user space. Headers and
+//! trailers are held inline in the pieces and the I/O vectors are built on the stack: queueing
+//! and writing a PDU allocates nothing once the list of pieces has grown to its working size.
 
+use std::fs::File;
 use std::io::{self, IoSlice, Write};
+use std::net::TcpStream;
 use std::ops::Range;
 
 use crate::iscsi::bytes::HeaderBytes;
-use crate::iscsi::framing::{frame_parts, FrameParts, FrameSettings};
+use crate::iscsi::framing::{frame_parts, frame_parts_sized, FrameParts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
 use crate::iscsi::tcp::DataInBuf;
 
 /// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024; this many fit on the stack).
 const MAX_IOVECS: usize = 64;
+
+/// Where an [`Outbox`] writes: a socket, or a stand-in for one.
+pub(crate) trait Wire: Write {
+    /// Writes `bufs` as [`Write::write_vectored`] does, telling the socket that more follows
+    /// at once (MSG_MORE), so a header leaves in one segment with the file pages after it.
+    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored(bufs)
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` and says how many went.
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize>;
+}
+
+impl Wire for &TcpStream {
+    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(*self).send_vectored_with_flags(bufs, libc::MSG_MORE)
+    }
+
+    /// sendfile(2): the socket takes references to the file's pages, no copy in user space
+    /// (nor in the kernel, for a loopback peer, until the receiver reads them).
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        let mut offset = libc::off64_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        Ok(nix::sys::sendfile::sendfile64(
+            *self,
+            file,
+            Some(&mut offset),
+            len,
+        )?)
+    }
+}
+
+impl Wire for TcpStream {
+    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self).write_vectored_more(bufs)
+    }
+
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        (&*self).send_file(file, offset, len)
+    }
+}
+
+impl Wire for io::Sink {
+    fn send_file(&mut self, _: &File, _: u64, len: usize) -> io::Result<usize> {
+        Ok(len)
+    }
+}
 
 /// One contiguous piece of the byte stream.
 enum Piece {
@@ -22,16 +72,25 @@ enum Piece {
     /// Padding and data digest after a data segment.
     Tail([u8; 7], u8),
     Owned(Vec<u8>),
+    /// Bytes `range` of a read's data: in memory, or a file's pages.
     Shared(DataInBuf, Range<usize>),
 }
 
 impl Piece {
-    fn bytes(&self) -> &[u8] {
+    /// The bytes, when they are in memory (not for a file's pages).
+    fn bytes(&self) -> Option<&[u8]> {
         match self {
-            Piece::Head(bytes) => bytes,
-            Piece::Tail(bytes, len) => &bytes[..usize::from(*len)],
-            Piece::Owned(bytes) => bytes,
-            Piece::Shared(buffer, range) => &buffer[range.clone()],
+            Piece::Head(bytes) => Some(bytes),
+            Piece::Tail(bytes, len) => Some(&bytes[..usize::from(*len)]),
+            Piece::Owned(bytes) => Some(bytes),
+            Piece::Shared(buffer, range) => buffer.bytes().map(|b| &b[range.clone()]),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Piece::Shared(_, range) => range.len(),
+            piece => piece.bytes().map_or(0, <[u8]>::len),
         }
     }
 }
@@ -71,18 +130,31 @@ impl Outbox {
         self.push_tail(&parts);
     }
 
-    /// Queues a PDU whose data segment is bytes `range` of `buffer`.
+    /// Queues a PDU whose data segment is bytes `range` of `buffer`. A file's pages that
+    /// must be digested are read into a buffer first: the error is that read's (the
+    /// connection cannot go on without the PDU it has announced).
     pub(super) fn push_shared(
         &mut self,
         header: &Header,
         buffer: DataInBuf,
         range: Range<usize>,
         settings: &FrameSettings,
-    ) {
-        let parts = frame_parts(header, &buffer[range.clone()], settings);
+    ) -> io::Result<()> {
+        let (buffer, range) = match buffer {
+            DataInBuf::File(span) if settings.data_digest => {
+                let len = range.len();
+                (DataInBuf::Whole(span.read(range)?), 0..len)
+            }
+            buffer => (buffer, range),
+        };
+        let parts = match buffer.bytes() {
+            Some(bytes) => frame_parts(header, &bytes[range.clone()], settings),
+            None => frame_parts_sized(header, range.len(), None, settings),
+        };
         self.push(Piece::Head(parts.head.clone()));
         self.push(Piece::Shared(buffer, range));
         self.push_tail(&parts);
+        Ok(())
     }
 
     fn push_tail(&mut self, parts: &FrameParts) {
@@ -92,8 +164,8 @@ impl Outbox {
         self.push(Piece::Tail(bytes, tail.len() as u8));
     }
 
-    /// Queues bytes `range` of `buffer` as they are (a read buffer framed by another
-    /// transport: NVMe/TCP C2HData).
+    /// Queues bytes `range` of `buffer` as they are (a read buffer or a file's pages framed by
+    /// another transport: NVMe/TCP C2HData).
     pub(crate) fn push_buffer(&mut self, buffer: DataInBuf, range: Range<usize>) {
         self.push(Piece::Shared(buffer, range));
     }
@@ -116,7 +188,7 @@ impl Outbox {
     }
 
     fn push(&mut self, piece: Piece) {
-        let len = piece.bytes().len();
+        let len = piece.len();
         if len > 0 {
             self.queued += len;
             self.pieces.push(piece);
@@ -124,7 +196,7 @@ impl Outbox {
     }
 
     /// Writes everything queued (blocking), then forgets it; on error the rest is dropped.
-    pub(super) fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+    pub(super) fn write_to(&mut self, out: &mut impl Wire) -> io::Result<()> {
         let result = self.write_all(out);
         self.clear();
         result
@@ -132,7 +204,7 @@ impl Outbox {
 
     /// Writes as much as `out` takes without blocking (a non-blocking socket); what it does not
     /// take stays queued. `Ok(true)` when everything is written, `Ok(false)` when `out` is full.
-    pub(crate) fn send(&mut self, out: &mut impl Write) -> io::Result<bool> {
+    pub(crate) fn send(&mut self, out: &mut impl Wire) -> io::Result<bool> {
         match self.write_all(out) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -141,32 +213,16 @@ impl Outbox {
     }
 
     /// Writes until everything is written or `out` fails; written pieces are dropped either way.
-    fn write_all(&mut self, out: &mut impl Write) -> io::Result<()> {
+    fn write_all(&mut self, out: &mut impl Wire) -> io::Result<()> {
         let mut first = 0;
         let result = self.write_pieces(out, &mut first);
         self.pieces.drain(..first);
         result
     }
 
-    fn write_pieces(&mut self, out: &mut impl Write, first: &mut usize) -> io::Result<()> {
+    fn write_pieces(&mut self, out: &mut impl Wire, first: &mut usize) -> io::Result<()> {
         while *first < self.pieces.len() {
-            let first_index = *first;
-            let end = (first_index + MAX_IOVECS).min(self.pieces.len());
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            for (i, (slice, piece)) in slices
-                .iter_mut()
-                .zip(&self.pieces[first_index..end])
-                .enumerate()
-            {
-                let bytes = piece.bytes();
-                *slice = IoSlice::new(if i == 0 {
-                    &bytes[self.written..]
-                } else {
-                    bytes
-                });
-            }
-            let slices = &slices[..end - first_index];
-            let mut n = match out.write_vectored(slices) {
+            let n = match self.write_some(out, *first) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -174,8 +230,9 @@ impl Outbox {
             };
             // Skip what went out: whole pieces, then part of the next.
             self.queued -= n;
+            let mut n = n;
             while n > 0 {
-                let left = self.pieces[*first].bytes().len() - self.written;
+                let left = self.pieces[*first].len() - self.written;
                 if n >= left {
                     n -= left;
                     *first += 1;
@@ -188,6 +245,44 @@ impl Outbox {
         }
         Ok(())
     }
+
+    /// One write from piece `first` on: sendfile when it is a file's pages, else one vectored
+    /// write of the pieces in memory up to the next file's (with MSG_MORE before one). A file
+    /// that ends before its span is an error: the PDU around it has been announced.
+    fn write_some(&self, out: &mut impl Wire, first: usize) -> io::Result<usize> {
+        if let Piece::Shared(DataInBuf::File(span), range) = &self.pieces[first] {
+            let at = range.start + self.written;
+            let n = out.send_file(span.file(), span.offset() + at as u64, range.end - at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backing file ends before the data being sent",
+                ));
+            }
+            return Ok(n);
+        }
+        let end = (first + MAX_IOVECS).min(self.pieces.len());
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        let mut file_next = false;
+        for (i, piece) in self.pieces[first..end].iter().enumerate() {
+            let Some(bytes) = piece.bytes() else {
+                file_next = true;
+                break;
+            };
+            slices[i] = IoSlice::new(if i == 0 {
+                &bytes[self.written..]
+            } else {
+                bytes
+            });
+            count += 1;
+        }
+        if file_next {
+            out.write_vectored_more(&slices[..count])
+        } else {
+            out.write_vectored(&slices[..count])
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +290,8 @@ mod tests {
     use super::*;
     use crate::iscsi::framing;
     use crate::iscsi::pdu::{DataIn, NopIn};
-    use mem_ffi::Buf;
+    use mem_ffi::{Buf, FileSpan};
+    use std::os::unix::fs::FileExt;
     use std::sync::Arc;
 
     /// A writer that takes at most a few bytes per call, to exercise partial vectored writes.
@@ -210,6 +306,15 @@ mod tests {
 
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
+        }
+    }
+
+    impl Wire for Trickle {
+        fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+            let mut bytes = vec![0; len.min(7)];
+            let n = file.read_at(&mut bytes, offset)?;
+            self.0.extend_from_slice(&bytes[..n]);
+            Ok(n)
         }
     }
 
@@ -228,12 +333,14 @@ mod tests {
         });
         let mut outbox = Outbox::default();
         outbox.push_pdu(nop.clone(), &settings);
-        outbox.push_shared(
-            &data_in,
-            DataInBuf::Shared(Arc::clone(&buffer)),
-            10..111,
-            &settings,
-        );
+        outbox
+            .push_shared(
+                &data_in,
+                DataInBuf::Shared(Arc::clone(&buffer)),
+                10..111,
+                &settings,
+            )
+            .unwrap();
         let mut wire = Trickle(Vec::new());
         outbox.write_to(&mut wire).unwrap();
         assert!(outbox.is_empty());
@@ -263,6 +370,163 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    impl Wire for Full {
+        fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut bytes = vec![0; len.min(self.room).min(7)];
+            let n = file.read_at(&mut bytes, offset)?;
+            self.room -= n;
+            self.wire.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+    }
+
+    /// A file holding `data` at offset 4096, already unlinked.
+    fn file_with(data: &[u8]) -> File {
+        let path = std::env::temp_dir().join(format!(
+            "iser-outbox-{}-{:?}.img",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all_at(data, 4096).unwrap();
+        file
+    }
+
+    /// Data-In from a file's pages produces on the wire what the same PDU from a buffer does,
+    /// with and without digests (with a data digest the pages are read into a buffer, since
+    /// the digest needs the bytes), written in pieces as small as a socket may take.
+    #[test]
+    fn file_pages_go_out_as_the_encoded_pdu() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let header = Header::DataIn(DataIn {
+            buffer_offset: 100,
+            ..DataIn::default()
+        });
+        for (header_digest, data_digest) in [(false, false), (true, false), (true, true)] {
+            let settings = FrameSettings {
+                header_digest,
+                data_digest,
+                max_data_segment_length: 8192,
+            };
+            let mut outbox = Outbox::default();
+            let file = DataInBuf::File(span.clone());
+            outbox
+                .push_shared(&header, file, 100..4099, &settings)
+                .unwrap();
+            let mut expected = framing::encode(
+                &Pdu::with_data(header.clone(), data[100..4099].to_vec()),
+                &settings,
+            );
+            assert_eq!(outbox.queued(), expected.len());
+            outbox.push_pdu(
+                Pdu::with_data(Header::NopIn(NopIn::default()), vec![7]),
+                &settings,
+            );
+            expected.extend_from_slice(&framing::encode(
+                &Pdu::with_data(Header::NopIn(NopIn::default()), vec![7]),
+                &settings,
+            ));
+            let mut wire = Trickle(Vec::new());
+            outbox.write_to(&mut wire).unwrap();
+            assert_eq!(wire.0, expected, "digests {header_digest}/{data_digest}");
+        }
+    }
+
+    /// A file's pages that the socket takes only part of stay queued from where it stopped.
+    #[test]
+    fn a_full_socket_resumes_inside_file_pages() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 13) as u8).collect();
+        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let settings = FrameSettings::default();
+        let header = Header::DataIn(DataIn::default());
+        let mut outbox = Outbox::default();
+        outbox
+            .push_shared(&header, DataInBuf::File(span), 0..3000, &settings)
+            .unwrap();
+        let expected = framing::encode(&Pdu::with_data(header, data), &settings);
+        let mut socket = Full {
+            wire: Vec::new(),
+            room: 1000,
+        };
+        assert!(!outbox.send(&mut socket).unwrap());
+        assert_eq!(outbox.queued(), expected.len() - 1000);
+        socket.room = usize::MAX;
+        assert!(outbox.send(&mut socket).unwrap());
+        assert_eq!(socket.wire, expected);
+    }
+
+    /// A backing file cut shorter than a span already announced in a PDU header is an error
+    /// of the write (the connection ends), never a short PDU on the wire.
+    #[test]
+    fn a_file_shorter_than_its_span_fails_the_write() {
+        let file = file_with(&[1; 100]);
+        let span = FileSpan::new(Arc::new(file), 4096, 8192);
+        let mut outbox = Outbox::default();
+        let header = Header::DataIn(DataIn::default());
+        outbox
+            .push_shared(
+                &header,
+                DataInBuf::File(span.clone()),
+                0..8192,
+                &FrameSettings::default(),
+            )
+            .unwrap();
+        let err = outbox.write_to(&mut Trickle(Vec::new())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // With a data digest the pages are read when queued: the failure comes from there.
+        let digests = FrameSettings {
+            data_digest: true,
+            ..FrameSettings::default()
+        };
+        assert!(outbox
+            .push_shared(&header, DataInBuf::File(span), 0..8192, &digests)
+            .is_err());
+        assert!(outbox.is_empty());
+    }
+
+    /// Over a real loopback socket: the header leaves with MSG_MORE, the pages by sendfile,
+    /// and the peer reads the encoded PDU.
+    #[test]
+    fn a_socket_receives_file_pages_by_sendfile() {
+        use std::io::Read;
+        use std::net::TcpListener;
+        let data: Vec<u8> = (0..70000u32).map(|i| (i % 241) as u8).collect();
+        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        let settings = FrameSettings {
+            header_digest: true,
+            data_digest: false,
+            max_data_segment_length: 1 << 20,
+        };
+        let header = Header::DataIn(DataIn::default());
+        let mut outbox = Outbox::default();
+        outbox
+            .push_shared(&header, DataInBuf::File(span), 0..70000, &settings)
+            .unwrap();
+        let expected = framing::encode(&Pdu::with_data(header, data), &settings);
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0; expected.len()];
+            receiver.read_exact(&mut got).unwrap();
+            got == expected
+        });
+        let mut wire = &sender;
+        outbox.write_to(&mut wire).unwrap();
+        assert!(reader.join().unwrap());
     }
 
     #[test]

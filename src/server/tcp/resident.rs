@@ -78,10 +78,13 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
         .spawn(move || {
             let mut connection = connection;
             let control: Arc<dyn SessionControl> = connection.control.clone();
-            let result =
-                connection
-                    .session
-                    .bind_resident(&connection.shared, &request, control, &residence);
+            let result = connection.session.bind_resident(
+                &connection.shared,
+                &request,
+                control,
+                true,
+                &residence,
+            );
             connection.first = Some(FirstStep::Bound(result));
             residence.attach(Box::new(connection));
         })?;
@@ -254,9 +257,15 @@ impl TcpResident {
                 ..
             } => {
                 log::trace!("{} -> {:?} ({} bytes)", self.link.peer, header, range.len());
-                self.link
+                let queued = self
+                    .link
                     .outbox
                     .push_shared(&header, data, range, &self.settings);
+                if let Err(e) = queued {
+                    // The stream cannot go on without this PDU.
+                    self.link
+                        .fail(format_args!("reading Data-In from the backing file: {e}"));
+                }
             }
             // PDUs are framed as they are queued, so later ones simply use the new settings.
             TcpAction::SetFrameSettings(settings) => self.settings = settings,
