@@ -15,9 +15,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use iser_target::iscsi::iser::initiator::ib_iser_login;
 use iser_target::iscsi::iser::{FabricOp, IserConnection, IserHeader, SendBytes};
-use iser_target::iscsi::pdu::{self, Header, LoginRequest, Pdu, ScsiCommand, Stage, TaskAttribute};
-use iser_target::iscsi::{text, CloseReason};
+use iser_target::iscsi::pdu::{self, Header, ScsiCommand, Stage, TaskAttribute};
+use iser_target::iscsi::CloseReason;
 use iser_target::scsi::{Nexus, ScsiRequest, ScsiTarget};
 use iser_target::stats::thread_payload_copies;
 use mem_ffi::CountingAllocator;
@@ -81,38 +82,12 @@ impl IserBench {
             verify: false,
             cost: TargetCost::default(),
         };
-        let keys: Vec<(String, String)> = [
-            ("InitiatorName", bench.nexus.initiator_name.as_str()),
-            ("TargetName", target),
-            ("SessionType", "Normal"),
-            ("InitialR2T", "No"),
-            ("ImmediateData", "Yes"),
-            ("MaxBurstLength", "16776192"),
-            ("FirstBurstLength", "262144"),
-            ("MaxOutstandingR2T", "1"),
-            ("ErrorRecoveryLevel", "0"),
-            ("RDMAExtensions", "Yes"),
-            ("InitiatorRecvDataSegmentLength", "262144"),
-            ("TargetRecvDataSegmentLength", "8192"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let request = Header::LoginRequest(LoginRequest {
-            transit: true,
-            continue_flag: false,
-            current_stage: Stage::Operational,
-            next_stage: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: bench.nexus.isid,
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: bench.cmd_sn,
-            exp_stat_sn: 0,
-        });
-        let pdu = Pdu::with_data(request, text::encode(&keys));
+        let pdu = ib_iser_login(
+            &bench.nexus.initiator_name,
+            target,
+            bench.nexus.isid,
+            bench.cmd_sn,
+        );
         let mut send = IserHeader::CONTROL.encode().to_vec();
         send.extend_from_slice(&pdu.encode_header());
         send.extend_from_slice(&pdu.data);

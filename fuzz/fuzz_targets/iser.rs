@@ -25,11 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iser_target::iscsi::connection::ISER_FULL_FEATURE_RESPONSE_DATA;
+use iser_target::iscsi::iser::initiator::ib_iser_login;
 use iser_target::iscsi::iser::{
     FabricOp, IserConnection, IserHeader, ISER_HEADER_LEN, RECV_DATA_CAPACITY,
 };
-use iser_target::iscsi::pdu::{self, Header, LoginRequest, Pdu, Stage, BHS_LEN};
-use iser_target::iscsi::text::{self, TargetPolicy};
+use iser_target::iscsi::pdu::{self, Header, Pdu, Stage, BHS_LEN};
+use iser_target::iscsi::text::TargetPolicy;
 use iser_target::iscsi::{CoreConfig, LoginStatus, TargetDescriptor};
 use iser_target_fuzz::{scsi_outcome, SequenceCheck};
 use libfuzzer_sys::fuzz_target;
@@ -354,40 +355,9 @@ fn config() -> Arc<CoreConfig> {
     })
 }
 
-/// The single operational-stage Login Request ib_iser sends.
-fn ib_iser_login() -> Vec<u8> {
-    let keys: Vec<(String, String)> = [
-        ("InitiatorName", "iqn.2026-01.fuzz:host"),
-        ("TargetName", TARGET),
-        ("SessionType", "Normal"),
-        ("InitialR2T", "No"),
-        ("ImmediateData", "Yes"),
-        ("MaxBurstLength", "16776192"),
-        ("FirstBurstLength", "262144"),
-        ("MaxOutstandingR2T", "1"),
-        ("ErrorRecoveryLevel", "0"),
-        ("RDMAExtensions", "Yes"),
-        ("InitiatorRecvDataSegmentLength", "262144"),
-        ("TargetRecvDataSegmentLength", "8192"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let request = Header::LoginRequest(LoginRequest {
-        transit: true,
-        continue_flag: false,
-        current_stage: Stage::Operational,
-        next_stage: Stage::FullFeature,
-        version_max: 0,
-        version_min: 0,
-        isid: [0, 2, 0x3d, 0, 0, 1],
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 0,
-        exp_stat_sn: 0,
-    });
-    let pdu = Pdu::with_data(request, text::encode(&keys));
+/// The single operational-stage Login Request ib_iser sends, as the Send that carries it.
+fn ib_iser_login_send() -> Vec<u8> {
+    let pdu = ib_iser_login("iqn.2026-01.fuzz:host", TARGET, [0, 2, 0x3d, 0, 0, 1], 0);
     let mut bytes = IserHeader::CONTROL.encode().to_vec();
     bytes.extend_from_slice(&pdu.encode_header());
     bytes.extend_from_slice(&pdu.data);
@@ -438,7 +408,7 @@ fuzz_target!(|data: &[u8]| {
         last_task: None,
     };
     if control & 2 != 0 {
-        h.receive(&ib_iser_login());
+        h.receive(&ib_iser_login_send());
         assert_eq!(h.full_feature, !h.refuse_binding);
     }
     let steering = control & 4 != 0;

@@ -47,7 +47,7 @@ pub struct RbdBackend {
 
 impl RbdBackend {
     /// Connects to the cluster of `spec.conf` as `spec.user`, opens (or, with `create`,
-    /// creates) the image, within [`OPEN_DEADLINE`]. `write_cache` turns librbd's cache on.
+    /// creates) the image, within `OPEN_DEADLINE` (30 s). `write_cache` turns librbd's cache on.
     pub fn open(spec: &RbdBacking, write_cache: bool) -> Result<Self, BackendError> {
         Self::open_within(spec, write_cache, OPEN_DEADLINE)
     }

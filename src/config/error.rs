@@ -118,7 +118,7 @@ impl ConfigError {
         &self.message
     }
 
-    /// The configuration file, when loaded with [`Config::load`].
+    /// The configuration file, when loaded with [`Config::load`](super::Config::load).
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()
     }

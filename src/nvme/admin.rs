@@ -40,6 +40,15 @@ mod fid {
     pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
 }
 
+/// The Asynchronous Event Configuration bits a discovery controller takes: Discovery Log Page
+/// Change Notices (bit 31, base 2.0 §5.27.1.7) alone. Like the kernel's nvmet
+/// (drivers/nvme/target/discovery.c: `nvmet_execute_disc_set_features` passes
+/// `NVMET_DISC_AEN_CFG_OPTIONAL` to `nvmet_set_feat_async_event`), any other bit fails the
+/// command with Invalid Field in Command and leaves the configuration as it was. Ours never
+/// sends that notice and its OAES does not offer it, so Linux's host, which enables what OAES
+/// offers (drivers/nvme/host/core.c, `nvme_enable_aen`), sets not even this bit.
+const DISCOVERY_AEN_CONFIG: u32 = 1 << 31;
+
 /// Admin commands an I/O controller accepts (for the command effects log).
 const ADMIN_COMMANDS: [u8; 7] = [
     admin_opcode::GET_LOG_PAGE,
@@ -619,6 +628,9 @@ impl Queue {
                 };
                 self.keep_alive();
                 Outcome::status(Status::SUCCESS)
+            }
+            fid::ASYNC_EVENT_CONFIG if discovery && cdw11 & !DISCOVERY_AEN_CONFIG != 0 => {
+                Outcome::status(Status::INVALID_FIELD)
             }
             fid::ASYNC_EVENT_CONFIG => {
                 admin.async_event_config = cdw11;

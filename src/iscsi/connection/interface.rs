@@ -230,7 +230,7 @@ pub struct TaskRef<C> {
     /// The LUN field of the SCSI Command, echoed in Data-In and R2T PDUs.
     pub lun: [u8; 8],
     /// The transport's context given with the SCSI Command (see
-    /// [`Connection::handle_pdu_with_context`]).
+    /// [`Connection::handle_pdu_with_context`](super::Connection::handle_pdu_with_context)).
     pub context: C,
 }
 
@@ -303,12 +303,12 @@ pub fn scsi_response_pdu(
 }
 
 /// An effect the transport must carry out, in order. `C` is the transport's per-task context
-/// (see [`Connection::handle_pdu_with_context`]).
+/// (see [`Connection::handle_pdu_with_context`](super::Connection::handle_pdu_with_context)).
 ///
 /// Data movement is said in meaning, as the iSCSI Datamover Interface (RFC 5047) splits it:
 /// [`Action::PutData`] (Put_Data), [`Action::GetData`] (Get_Data), [`Action::Respond`]
 /// (Send_Control of the SCSI Response). iSCSI/TCP turns them into Data-In, R2T and SCSI Response
-/// PDUs ([`super::tcp`]), iSER into RDMA Writes, RDMA Reads and a Send ([`super::iser`]).
+/// PDUs ([`crate::iscsi::tcp`]), iSER into RDMA Writes, RDMA Reads and a Send ([`crate::iscsi::iser`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<C = ()> {
     /// Transmit this control PDU (login, text, NOP-In, Reject, TMF and Logout responses); it
@@ -326,7 +326,7 @@ pub enum Action<C = ()> {
     /// A write task: `buffer` is its whole data-out buffer (capacity for `range.end` bytes),
     /// holding the immediate data (its length, `range.start` bytes, came with the command);
     /// bring the initiator's data for `range` into it and report each in-order piece with
-    /// [`Connection::handle_data_received`]. The initiator may send
+    /// [`Connection::handle_data_received`](super::Connection::handle_data_received). The initiator may send
     /// `range.start..unsolicited_end` unsolicited (InitialR2T=No); the rest must be solicited.
     /// An empty `range` asks for nothing: all data came with the command.
     GetData {
@@ -350,9 +350,9 @@ pub enum Action<C = ()> {
     Release(TaskRef<C>),
     /// From now on, frame PDUs with these settings (sent right after the final Login Response).
     SetFrameSettings(FrameSettings),
-    /// Settle session identity; answer with [`Connection::handle_session_bound`].
+    /// Settle session identity; answer with [`Connection::handle_session_bound`](super::Connection::handle_session_bound).
     BindSession(BindRequest),
-    /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`]. The
+    /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`](super::Connection::handle_scsi_complete). The
     /// datamover puts the buffer it brought the write data into in `data_out`.
     Execute(ScsiTask),
     /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset

@@ -9,6 +9,7 @@
 //! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
 //! data-out that arrives in Sends is immediate data.
 
+pub mod initiator;
 mod reads;
 #[cfg(test)]
 mod tests;

@@ -168,3 +168,43 @@ fn abort_reports_not_aborted_and_unknown_admin_opcodes_fail() {
     // Disconnect belongs on I/O queues.
     assert_eq!(admin.resp(&Sqe::fabrics(0x08, 63), &[]).status, (0, 0x02));
 }
+
+#[test]
+fn discovery_async_event_configuration_takes_only_the_discovery_log_change_notice() {
+    let mut disc = Pair::fresh();
+    let cqe = disc.connect_admin_to(super::super::DISCOVERY_NQN, 0);
+    assert_eq!(cqe.status, (0, 0));
+    assert_eq!(disc.set_cc(LINUX_CC).status, (0, 0));
+    let set = |cid: u16, value: u32| Sqe::new(0x09, cid, 0).cdw(10, 0x0B).cdw(11, value);
+    let get = Sqe::new(0x0A, 80, 0).cdw(10, 0x0B);
+    // Bit 31, Discovery Log Page Change Notices, as nvmet's discovery controller takes.
+    assert_eq!(disc.resp(&set(81, 1 << 31), &[]).status, (0, 0));
+    assert_eq!(disc.resp(&get, &[]).result, 1 << 31);
+    // Any other bit (the I/O controller's namespace attribute and ANA notices, a SMART
+    // warning, a reserved bit), alone or beside bit 31: Invalid Field in Command, DNR, and
+    // the configuration unchanged.
+    for (cid, bad) in [
+        (82, 1 << 8),
+        (83, 1 << 11),
+        (84, 1),
+        (85, 1 << 31 | 1 << 8),
+        (86, 1 << 20),
+    ] {
+        let cqe = disc.resp(&set(cid, bad), &[]);
+        assert_eq!((cqe.status, cqe.dnr), ((0, 0x02), true), "{bad:#x}");
+        assert_eq!(disc.resp(&get, &[]).result, 1 << 31, "{bad:#x}");
+    }
+    assert_eq!(disc.resp(&set(87, 0), &[]).status, (0, 0));
+    assert_eq!(disc.resp(&get, &[]).result, 0);
+}
+
+#[test]
+fn io_controller_async_event_configuration_is_unchanged() {
+    let (mut admin, _io) = admin_and_io();
+    let set = Sqe::new(0x09, 90, 0)
+        .cdw(10, 0x0B)
+        .cdw(11, 1 << 8 | 1 << 11);
+    assert_eq!(admin.resp(&set, &[]).status, (0, 0));
+    let get = Sqe::new(0x0A, 91, 0).cdw(10, 0x0B);
+    assert_eq!(admin.resp(&get, &[]).result, 1 << 8 | 1 << 11);
+}

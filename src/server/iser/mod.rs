@@ -1,5 +1,5 @@
 //! iSCSI over RDMA (iSER, RFC 7145): one rdma_cm event thread per portal routes CM events and the
-//! devices' asynchronous events; every connection runs on its own thread ([`driver`]), which sets
+//! devices' asynchronous events; every connection runs on its own thread (module `driver`), which sets
 //! the connection up, accepts it, and then moves bytes between the queue pair and the sans-IO
 //! [`crate::iscsi::iser::IserConnection`].
 //!

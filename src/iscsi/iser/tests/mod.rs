@@ -103,44 +103,9 @@ fn drain(conn: &mut IserConnection) -> Vec<FabricOp> {
 /// Logs in a normal iSER session the way ib_iser does (one operational request) and returns
 /// the final Login Response and its keys.
 fn login(conn: &mut IserConnection, now: Instant) -> (LoginResponse, Vec<text::KeyValue>) {
-    let keys = text::encode(&[
-        (
-            "InitiatorName".to_string(),
-            "iqn.2026-11.test:host".to_string(),
-        ),
-        ("TargetName".to_string(), TARGET.to_string()),
-        ("SessionType".to_string(), "Normal".to_string()),
-        ("InitialR2T".to_string(), "No".to_string()),
-        ("ImmediateData".to_string(), "Yes".to_string()),
-        ("MaxBurstLength".to_string(), "16776192".to_string()),
-        ("FirstBurstLength".to_string(), "262144".to_string()),
-        ("MaxOutstandingR2T".to_string(), "1".to_string()),
-        ("ErrorRecoveryLevel".to_string(), "0".to_string()),
-        ("RDMAExtensions".to_string(), "Yes".to_string()),
-        (
-            "InitiatorRecvDataSegmentLength".to_string(),
-            "262144".to_string(),
-        ),
-        (
-            "TargetRecvDataSegmentLength".to_string(),
-            "8192".to_string(),
-        ),
-    ]);
-    let request = Header::LoginRequest(LoginRequest {
-        transit: true,
-        continue_flag: false,
-        current_stage: Stage::Operational,
-        next_stage: Stage::FullFeature,
-        version_max: 0,
-        version_min: 0,
-        isid: [0, 2, 0x3d, 0, 0, 1],
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 100,
-        exp_stat_sn: 7,
-    });
-    conn.handle_receive(&ctrl(&Pdu::with_data(request, keys)), now);
+    let request =
+        initiator::ib_iser_login("iqn.2026-11.test:host", TARGET, [0, 2, 0x3d, 0, 0, 1], 100);
+    conn.handle_receive(&ctrl(&request), now);
     let ops = drain(conn);
     assert!(
         matches!(ops.as_slice(), [FabricOp::BindSession(_)]),
