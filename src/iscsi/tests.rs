@@ -1632,8 +1632,9 @@ fn tcp_transport_copies_a_lent_ram_read_once() {
 }
 
 /// A READ left in a file in memory (the engine does so for TCP connections) goes out as
-/// Data-In PDUs that each name a slice of the file, for the socket to take from its pages:
-/// nothing is copied in user space, and the PDUs carry the file's bytes.
+/// Data-In PDUs that each name a slice of the file: the core copies nothing, and the PDUs carry
+/// the file's bytes. (The connection's outbox sends large slices from the file's pages and
+/// reads the span once for small ones like these: `server::tcp::outbox`'s tests.)
 #[test]
 fn tcp_transport_sends_a_file_read_from_its_pages() {
     use mem_ffi::{FileSpan, Payload};

@@ -189,8 +189,9 @@ impl Primitive {
 pub enum BlockReply {
     /// Completed; nothing to return.
     Done,
-    /// Data read from the medium: a pool buffer it fills whole, or the backend's own memory
-    /// lent (RAM).
+    /// Data read from the medium: a pool buffer it fills whole, the backend's own memory lent
+    /// (RAM), or a span of a file in memory left unread for a connection that sends its pages
+    /// (the engine's choice for TCP sessions).
     Data(Payload),
     /// The compare failed at this byte offset within the compared data; nothing written.
     Miscompare { offset: u64 },

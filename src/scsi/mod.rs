@@ -198,8 +198,9 @@ pub struct ScsiOutcome {
     pub sense: SenseData,
     /// Data-In at the length the command itself wants; the iSCSI layer truncates to EDTL
     /// and computes residuals from this length. A READ's is the pool buffer the backend read
-    /// into (filled completely, or the read failed) or, from a RAM LUN, the ranges of its
-    /// memory lent; small replies are copied into a buffer.
+    /// into (filled completely, or the read failed), from a RAM LUN the ranges of its memory
+    /// lent, or, for a TCP connection, a span of a file in memory that it sends from the file's
+    /// pages; small replies are copied into a buffer.
     pub data_in: Payload,
     /// For Data-Out commands, how many bytes the command calls for (e.g. blocks × block
     /// size for WRITE); 0 otherwise. The iSCSI layer computes write residuals from it.

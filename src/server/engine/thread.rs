@@ -19,12 +19,7 @@ use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
 use crate::scsi::{finish, run, runs_exclusively, BlockReply, Prepared, Primitive, ScsiOutcome};
 use crate::server::gate::Access;
-
-/// Smallest READ of a file in memory whose data a TCP connection sends from the file's pages
-/// (sendfile) rather than from a buffer it was read into: below it, copying the bytes twice
-/// costs less than the page references and the extra system call (the socket's receive side
-/// reads large payloads in place from the same size on; `iscsi::framing::direct`).
-const FILE_PAGES_MIN: usize = 16 << 10;
+use crate::server::tcp::outbox::FILE_PAGES_MIN;
 
 /// A command whose I/O is in the ring (the ring's token).
 pub(super) struct InFlight {

@@ -14,9 +14,18 @@ use crate::iscsi::bytes::HeaderBytes;
 use crate::iscsi::framing::{frame_parts, frame_parts_sized, FrameParts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
 use crate::iscsi::tcp::DataInBuf;
+use mem_ffi::{Buf, FileSpan};
+use std::sync::Arc;
 
 /// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024; this many fit on the stack).
 const MAX_IOVECS: usize = 64;
+
+/// Smallest piece of a file's pages sent with sendfile: below it, copying the bytes (`pread`,
+/// then `writev` with the PDUs around them) costs less than a system call of its own per
+/// piece. The engine leaves smaller READs of a file in memory in a buffer for the same reason;
+/// the socket's receive side reads payloads in place from the same size on
+/// (`iscsi::framing::direct`).
+pub(crate) const FILE_PAGES_MIN: usize = 16 << 10;
 
 /// Where an [`Outbox`] writes: a socket, or a stand-in for one.
 pub(crate) trait Wire: Write {
@@ -103,6 +112,9 @@ pub(crate) struct Outbox {
     written: usize,
     /// Bytes queued and not written yet.
     queued: usize,
+    /// The file span last read into memory, and its bytes: the span's later PDUs take their
+    /// slices from them instead of reading again. Held until its last slice is queued.
+    read_span: Option<(FileSpan, Arc<Buf>)>,
 }
 
 impl Outbox {
@@ -120,6 +132,7 @@ impl Outbox {
         self.pieces.clear();
         self.written = 0;
         self.queued = 0;
+        self.read_span = None;
     }
 
     /// Queues a PDU; its data segment is moved in, not copied.
@@ -130,9 +143,11 @@ impl Outbox {
         self.push_tail(&parts);
     }
 
-    /// Queues a PDU whose data segment is bytes `range` of `buffer`. A file's pages that
-    /// must be digested are read into a buffer first: the error is that read's (the
-    /// connection cannot go on without the PDU it has announced).
+    /// Queues a PDU whose data segment is bytes `range` of `buffer`. A file's pages are read
+    /// into memory when they must be digested or the PDU's share of them is too small to be
+    /// worth a sendfile of its own (an initiator with small data segments): the whole span at
+    /// once, whose later PDUs then take their slices from that buffer. The error is that
+    /// read's (the connection cannot go on without the PDU it has announced).
     pub(super) fn push_shared(
         &mut self,
         header: &Header,
@@ -140,12 +155,11 @@ impl Outbox {
         range: Range<usize>,
         settings: &FrameSettings,
     ) -> io::Result<()> {
-        let (buffer, range) = match buffer {
-            DataInBuf::File(span) if settings.data_digest => {
-                let len = range.len();
-                (DataInBuf::Whole(span.read(range)?), 0..len)
+        let buffer = match buffer {
+            DataInBuf::File(span) if settings.data_digest || range.len() < FILE_PAGES_MIN => {
+                DataInBuf::Shared(self.span_bytes(span, range.end)?)
             }
-            buffer => (buffer, range),
+            buffer => buffer,
         };
         let parts = match buffer.bytes() {
             Some(bytes) => frame_parts(header, &bytes[range.clone()], settings),
@@ -155,6 +169,19 @@ impl Outbox {
         self.push(Piece::Shared(buffer, range));
         self.push_tail(&parts);
         Ok(())
+    }
+
+    /// The bytes of `span`, read once for all its PDUs; forgotten once the PDU ending at
+    /// `end` is the span's last.
+    fn span_bytes(&mut self, span: FileSpan, end: usize) -> io::Result<Arc<Buf>> {
+        let bytes = match self.read_span.take() {
+            Some((read, bytes)) if read == span => bytes,
+            _ => Arc::new(span.read(0..span.len())?),
+        };
+        if end < span.len() {
+            self.read_span = Some((span, Arc::clone(&bytes)));
+        }
+        Ok(bytes)
     }
 
     fn push_tail(&mut self, parts: &FrameParts) {
@@ -409,52 +436,82 @@ mod tests {
     /// the digest needs the bytes), written in pieces as small as a socket may take.
     #[test]
     fn file_pages_go_out_as_the_encoded_pdu() {
-        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..40000u32).map(|i| (i % 251) as u8).collect();
         let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
         let header = Header::DataIn(DataIn {
             buffer_offset: 100,
             ..DataIn::default()
         });
+        let slice = 100..20103;
         for (header_digest, data_digest) in [(false, false), (true, false), (true, true)] {
             let settings = FrameSettings {
                 header_digest,
                 data_digest,
-                max_data_segment_length: 8192,
+                max_data_segment_length: 1 << 20,
             };
             let mut outbox = Outbox::default();
             let file = DataInBuf::File(span.clone());
             outbox
-                .push_shared(&header, file, 100..4099, &settings)
+                .push_shared(&header, file, slice.clone(), &settings)
                 .unwrap();
             let mut expected = framing::encode(
-                &Pdu::with_data(header.clone(), data[100..4099].to_vec()),
+                &Pdu::with_data(header.clone(), data[slice.clone()].to_vec()),
                 &settings,
             );
             assert_eq!(outbox.queued(), expected.len());
-            outbox.push_pdu(
-                Pdu::with_data(Header::NopIn(NopIn::default()), vec![7]),
-                &settings,
-            );
-            expected.extend_from_slice(&framing::encode(
-                &Pdu::with_data(Header::NopIn(NopIn::default()), vec![7]),
-                &settings,
-            ));
+            let nop = Pdu::with_data(Header::NopIn(NopIn::default()), vec![7]);
+            outbox.push_pdu(nop.clone(), &settings);
+            expected.extend_from_slice(&framing::encode(&nop, &settings));
             let mut wire = Trickle(Vec::new());
             outbox.write_to(&mut wire).unwrap();
             assert_eq!(wire.0, expected, "digests {header_digest}/{data_digest}");
         }
     }
 
+    /// PDUs too small to be worth a sendfile each (an initiator's 8 KiB data segments) take
+    /// their slices from one read of the whole span: a change to the file after the first PDU
+    /// was queued shows in none of them.
+    #[test]
+    fn small_pdus_of_a_span_share_one_read() {
+        let data: Vec<u8> = (0..32768u32).map(|i| (i % 253) as u8).collect();
+        let file = Arc::new(file_with(&data));
+        let span = FileSpan::new(Arc::clone(&file), 4096, data.len());
+        let settings = FrameSettings::default();
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        for (i, at) in (0..data.len()).step_by(8192).enumerate() {
+            let header = Header::DataIn(DataIn {
+                buffer_offset: at as u32,
+                data_sn: i as u32,
+                ..DataIn::default()
+            });
+            let file_pages = DataInBuf::File(span.clone());
+            outbox
+                .push_shared(&header, file_pages, at..at + 8192, &settings)
+                .unwrap();
+            file.write_all_at(&[0xEE; 32768], 4096).unwrap();
+            let pdu = Pdu::with_data(header, data[at..at + 8192].to_vec());
+            expected.extend_from_slice(&framing::encode(&pdu, &settings));
+        }
+        assert!(
+            outbox.read_span.is_none(),
+            "released with the span's last PDU"
+        );
+        let mut wire = Trickle(Vec::new());
+        outbox.write_to(&mut wire).unwrap();
+        assert_eq!(wire.0, expected);
+    }
+
     /// A file's pages that the socket takes only part of stay queued from where it stopped.
     #[test]
     fn a_full_socket_resumes_inside_file_pages() {
-        let data: Vec<u8> = (0..3000u32).map(|i| (i % 13) as u8).collect();
+        let data: Vec<u8> = (0..20000u32).map(|i| (i % 13) as u8).collect();
         let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
         let settings = FrameSettings::default();
         let header = Header::DataIn(DataIn::default());
         let mut outbox = Outbox::default();
         outbox
-            .push_shared(&header, DataInBuf::File(span), 0..3000, &settings)
+            .push_shared(&header, DataInBuf::File(span), 0..20000, &settings)
             .unwrap();
         let expected = framing::encode(&Pdu::with_data(header, data), &settings);
         let mut socket = Full {
@@ -473,26 +530,22 @@ mod tests {
     #[test]
     fn a_file_shorter_than_its_span_fails_the_write() {
         let file = file_with(&[1; 100]);
-        let span = FileSpan::new(Arc::new(file), 4096, 8192);
+        let span = FileSpan::new(Arc::new(file), 4096, 32768);
         let mut outbox = Outbox::default();
         let header = Header::DataIn(DataIn::default());
+        let settings = FrameSettings::default();
         outbox
-            .push_shared(
-                &header,
-                DataInBuf::File(span.clone()),
-                0..8192,
-                &FrameSettings::default(),
-            )
+            .push_shared(&header, DataInBuf::File(span.clone()), 0..32768, &settings)
             .unwrap();
         let err = outbox.write_to(&mut Trickle(Vec::new())).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        // With a data digest the pages are read when queued: the failure comes from there.
+        // Pages read into memory (a data digest) are read when queued: the failure is there.
         let digests = FrameSettings {
             data_digest: true,
             ..FrameSettings::default()
         };
         assert!(outbox
-            .push_shared(&header, DataInBuf::File(span), 0..8192, &digests)
+            .push_shared(&header, DataInBuf::File(span), 0..32768, &digests)
             .is_err());
         assert!(outbox.is_empty());
     }
