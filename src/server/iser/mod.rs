@@ -600,8 +600,9 @@ fn set_up(
         let _ = qp.id().reject(&[]);
         (format!("{what}: {e}"), None)
     };
-    // Brief §2.3: the login receive buffers are posted before rdma_accept, since the first
-    // Login Request can arrive before ESTABLISHED.
+    // The login receive buffers are posted before rdma_accept, as LIO's ib_isert.c
+    // `isert_connect_request` does (`isert_login_post_recv`), since the first Login Request can
+    // arrive before ESTABLISHED.
     let login_mr = MemoryRegion::new(&pd, login_slots as usize * RECV_STRIDE, Access::LOCAL_WRITE)
         .map_err(|e| fail("registering login receive buffers", e))?;
     for slot in 0..login_slots {
