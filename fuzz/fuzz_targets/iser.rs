@@ -38,7 +38,8 @@ use libfuzzer_sys::fuzz_target;
 const TARGET: &str = "iqn.2026-01.fuzz:disk";
 const QUEUE_DEPTH: u32 = 8;
 const MAX_BURST: u32 = 256 * 1024;
-/// Largest Login or Text Response an initiator's login buffer holds (brief §4.1 R-b).
+/// Largest Login or Text Response an initiator's login buffer holds (Linux iscsi_iser.h
+/// ISER_RX_LOGIN_SIZE).
 const LOGIN_BUFFER_DATA: usize = 8192;
 
 /// A buffer a SCSI Command advertised in its iSER header.

@@ -53,7 +53,7 @@ pub struct EventChannel {
 }
 
 /// Connection parameters as received in an event (depths are already swapped
-/// by rdma_cm for the passive side, see the iSER brief §2.2).
+/// by rdma_cm for the passive side: Linux drivers/infiniband/core/cm.c `cm_format_req_event`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EventConnParams {
     /// Outstanding RDMA Reads/Atomics this side may issue.

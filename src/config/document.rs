@@ -77,7 +77,8 @@ impl RawConfig {
             let path = format!("portals[{i}]");
             let p = rp.resolve(&path)?;
             // TCP and RDMA CM have separate port spaces: a TCP and an iSER portal may share an
-            // address and port (brief §2.1), two portals of the same port space may not
+            // address and port (Linux drivers/infiniband/core/cma.c `cma_get_port` allocates
+            // from rdma_cm's own RDMA_PS_TCP space), two portals of the same port space may not
             // (iSCSI/TCP and NVMe/TCP are both TCP).
             let rdma = |t: Transport| t == Transport::Iser;
             if let Some(j) = portals.iter().position(|q| {

@@ -260,7 +260,7 @@ impl<C: Clone + Debug> Connection<C> {
         }
         if was_initial {
             // The leading Login Request must name the initiator and, for a normal session, the
-            // target; the first response carries TargetPortalGroupTag (brief §1 rule 6).
+            // target; the first response carries TargetPortalGroupTag (RFC 7143 §13.9).
             let Some(initiator) = state.initiator_name.clone() else {
                 return Outcome::Fail(LoginStatus::MISSING_PARAMETER);
             };

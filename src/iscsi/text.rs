@@ -94,7 +94,8 @@ pub struct TargetPolicy {
     pub max_outstanding_r2t: u16,
     /// CRC32C digests may be chosen (TCP). iSER carries no digests.
     pub digests_allowed: bool,
-    /// Force InitialR2T=Yes (iSER: libiscsi 1.19 cannot send unsolicited Data-Out, brief §1 rule 16).
+    /// Force InitialR2T=Yes (iSER: libiscsi cannot send unsolicited Data-Out; lib/iser.c
+    /// `iser_send_command` posts a Data-Out PDU's headers without its data).
     pub require_initial_r2t: bool,
     /// The connection runs over RDMA: RDMAExtensions=Yes is accepted and iSER keys are understood.
     pub iser: bool,
@@ -449,7 +450,8 @@ impl Negotiator {
             "InitiatorRecvDataSegmentLength" => match parse_number(value) {
                 Some(n @ 512..=16_777_215) => {
                     // What we may send; Linux really takes 128 bytes in full feature phase
-                    // whatever is agreed here (brief §4.1 R-a), which the core honours.
+                    // whatever is agreed here (drivers/infiniband/ulp/iser/iscsi_iser.h
+                    // ISER_RECV_DATA_SEG_LEN), which the core honours.
                     p.initiator_recv_data_segment_length =
                         (n as u32).min(pol.max_recv_data_segment_length);
                     reply(p.initiator_recv_data_segment_length.to_string())
@@ -458,7 +460,7 @@ impl Negotiator {
             },
             "TargetRecvDataSegmentLength" => match parse_number(value) {
                 // What the initiator may send us: never more than our receive buffers hold
-                // (brief §1 rule 5).
+                // (RFC 7145 §6.4).
                 Some(n @ 512..=16_777_215) => {
                     p.target_recv_data_segment_length =
                         (n as u32).min(pol.max_recv_data_segment_length);
@@ -476,7 +478,7 @@ impl Negotiator {
 
     /// Keys the target must declare on its own before the login completes: our
     /// MaxRecvDataSegmentLength (declarative, RFC 7143 §13.12) — once, and not over iSER where
-    /// libiscsi would adopt it as its send limit (brief §1 rule 5).
+    /// libiscsi would adopt it as its send limit (lib/login.c `iscsi_process_login_reply`).
     pub fn declarations(&mut self) -> Vec<KeyValue> {
         let mut out = Vec::new();
         if !self.declared_mrdsl && !self.params.rdma_extensions {

@@ -49,6 +49,24 @@ mod fid {
 /// offers (drivers/nvme/host/core.c, `nvme_enable_aen`), sets not even this bit.
 const DISCOVERY_AEN_CONFIG: u32 = 1 << 31;
 
+/// The Asynchronous Event Configuration bits an I/O controller takes, the kernel's nvmet's
+/// `NVMET_AEN_CFG_ALL` (drivers/nvme/target/nvmet.h, passed to `nvmet_set_feat_async_event` by
+/// admin-cmd.c `nvmet_execute_set_features`): the notices both announce in OAES and send,
+/// namespace attribute (bit 8) and ANA change (bit 11), plus the SMART / Health critical warnings
+/// of bits 0-4, which neither ever sends but which SPDK's host always enables
+/// (lib/nvme/nvme_ctrlr.c `nvme_ctrlr_configure_aer`; on failure it posts no Asynchronous Event
+/// Request at all). Any other bit (firmware activation, telemetry, a discovery log change, a
+/// reserved bit) fails the command with Invalid Field in Command, DNR, and leaves the
+/// configuration as it was. Linux's host asks for OAES's bits only (drivers/nvme/host/core.c
+/// `nvme_enable_aen`), which are all here.
+const IO_AEN_CONFIG: u32 = SMART_CRITICAL_WARNINGS
+    | Notice::NamespaceAttribute.enable_bit()
+    | Notice::AnaChange.enable_bit();
+
+/// SMART / Health critical warnings nvmet lets a host enable (spare, temperature, reliability,
+/// read only, volatile memory backup: `NVME_SMART_CRIT_*` in include/linux/nvme.h).
+const SMART_CRITICAL_WARNINGS: u32 = 0x1F;
+
 /// Admin commands an I/O controller accepts (for the command effects log).
 const ADMIN_COMMANDS: [u8; 7] = [
     admin_opcode::GET_LOG_PAGE,
@@ -603,6 +621,11 @@ impl Queue {
         let max_io_queues = self.config.max_io_queues;
         let cntlid = self.cntlid().unwrap_or(0);
         let discovery_kato = self.config.discovery_kato;
+        let aen_config = if discovery {
+            DISCOVERY_AEN_CONFIG
+        } else {
+            IO_AEN_CONFIG
+        };
         let admin = self.admin.as_mut().expect("admin queue");
         match (cdw10 & 0xFF) as u8 {
             fid::NUMBER_OF_QUEUES if !discovery => {
@@ -629,7 +652,7 @@ impl Queue {
                 self.keep_alive();
                 Outcome::status(Status::SUCCESS)
             }
-            fid::ASYNC_EVENT_CONFIG if discovery && cdw11 & !DISCOVERY_AEN_CONFIG != 0 => {
+            fid::ASYNC_EVENT_CONFIG if cdw11 & !aen_config != 0 => {
                 Outcome::status(Status::INVALID_FIELD)
             }
             fid::ASYNC_EVENT_CONFIG => {

@@ -154,7 +154,7 @@ impl Notice {
     pub const ALL: [Notice; 2] = [Notice::NamespaceAttribute, Notice::AnaChange];
 
     /// Its Asynchronous Event Configuration (and OAES) bit.
-    pub fn enable_bit(self) -> u32 {
+    pub const fn enable_bit(self) -> u32 {
         match self {
             Notice::NamespaceAttribute => 1 << 8,
             Notice::AnaChange => 1 << 11,

@@ -301,9 +301,9 @@ pub fn tcp_core_config(config: &Config) -> CoreConfig {
     )
 }
 
-/// The core configuration of the iSER portals: no digests, InitialR2T=Yes, receive-buffer-sized
-/// data segments, bursts of at most `max_io_size` (brief §4, §5.3). Public, as
-/// [`tcp_core_config`], for the data-path benchmark.
+/// The core configuration of the iSER portals: no digests (RFC 7145 §6.1), InitialR2T=Yes (see
+/// [`TargetPolicy::require_initial_r2t`]), receive-buffer-sized data segments, bursts of at most
+/// `max_io_size`. Public, as [`tcp_core_config`], for the data-path benchmark.
 pub fn iser_core_config(config: &Config) -> CoreConfig {
     let limits = &config.limits;
     let max_io = limits.max_io_size;

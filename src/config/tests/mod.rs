@@ -185,7 +185,8 @@ targets:
 
 #[test]
 fn tcp_and_iser_portals_may_share_an_address_and_port() {
-    // TCP and RDMA CM port spaces are separate (brief §2.1).
+    // TCP and RDMA CM port spaces are separate (Linux drivers/infiniband/core/cma.c
+    // `cma_get_port`).
     let c = ok("
 portals:
   - address: 192.168.77.1

@@ -5,9 +5,10 @@
 //! Data-In, R2T or Data-Out PDU is made or parsed for data that moves by RDMA. The transport only
 //! posts what [`FabricOp`]s say and reports completions back.
 //!
-//! Byte-level facts come from the project's protocol brief (docs: `iser-brief.md`): §3 the 28-byte
-//! header, §4 buffers, §6 data movement. The core negotiates InitialR2T=Yes for iSER, so the only
-//! data-out that arrives in Sends is immediate data.
+//! Byte-level facts come from RFC 7145 and the initiators' source (Linux
+//! drivers/infiniband/ulp/iser, libiscsi lib/iser.c), cited where they are used. The core
+//! negotiates InitialR2T=Yes for iSER, so the only data-out that arrives in Sends is immediate
+//! data.
 
 pub mod initiator;
 mod reads;
@@ -92,7 +93,8 @@ struct RemoteBuffers {
     read: Option<(u32, u64)>,
     write: Option<(u32, u64)>,
     /// Bytes that came in the command's Send (immediate data): the advertised WriteVA points past
-    /// them (brief §1 rule 8, §6.2).
+    /// them (Linux iser_initiator.c `iser_prepare_write_cmd`; libiscsi's lib/iser.c likewise
+    /// since 1.20).
     unsolicited: u32,
 }
 
@@ -104,8 +106,10 @@ enum Received {
     Command(pdu::ScsiCommand, Buf, RemoteBuffers),
 }
 
-/// Which RDMA Reads a Send must not overtake (brief §6.4: a Send that lets the initiator free a
-/// buffer may not pass an RDMA Read of it).
+/// Which RDMA Reads a Send must not overtake: a Send that lets the initiator free a buffer may
+/// not pass an RDMA Read of it, and on an RC QP only a fenced WR (IBV_SEND_FENCE) waits for earlier
+/// RDMA Reads. LIO answers a WRITE only from its Read completion (ib_isert.c
+/// `isert_rdma_read_done`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadFence {
     /// Nothing to wait for (NOP-In, Reject, Text...).
@@ -233,7 +237,8 @@ impl IserConnection {
         }
         let rest = &message[ISER_HEADER_LEN..];
         if rest.len() < BHS_LEN {
-            // LIO crashed on short login Sends (brief); we just refuse them.
+            // LIO read short login Sends past their end until ib_isert.c `isert_login_recv_done`
+            // learned to drop them ("login request length %u is too short"); we refuse them.
             return Err(format!(
                 "Send of {} bytes carries no whole BHS",
                 message.len()
@@ -287,7 +292,9 @@ impl IserConnection {
                 return Ok(None);
             }
         };
-        // STags count only on SCSI Commands (brief §3.3).
+        // STags count only on SCSI Commands: only those get WSV/RSV (Linux iser_initiator.c
+        // `iser_prepare_read_cmd`/`iser_prepare_write_cmd`; libiscsi lib/iser.c
+        // `iser_send_command`).
         let buffers = match &pdu.header {
             Header::ScsiCommand(_) => Self::remote_buffers(&header, pdu.data.len()),
             _ => RemoteBuffers::default(),
@@ -464,7 +471,8 @@ impl IserConnection {
     fn translate_send(&mut self, pdu: Pdu) {
         match pdu.header {
             Header::NopIn(h) => {
-                // NOP-In carries no data over iSER (brief §1 rule 15).
+                // NOP-In carries no data over iSER (Linux drivers/scsi/libiscsi.c
+                // `__iscsi_complete_pdu` fails the connection on a NOP-In with data).
                 self.send(Pdu::new(Header::NopIn(h)), ReadFence::None);
             }
             Header::TaskMgmtResponse(_) | Header::LogoutResponse(_) => {
@@ -486,10 +494,10 @@ impl IserConnection {
     }
 
     /// The SCSI Response that ends a task: the last use of its STags, which it invalidates when
-    /// both sides agreed and the task advertised exactly one (brief §6.3: never for a command
-    /// with both, as Linux checks the rkey against each direction). It waits for the task's RDMA
-    /// Reads still in flight (the core may end a task early, e.g. after a bad Data-Out that came
-    /// in a Send). Status never rides on data over iSER (brief §1 rule 10).
+    /// both sides agreed and the task advertised exactly one (never for a command with both, as
+    /// Linux checks the rkey against each direction: iser_initiator.c `iser_check_remote_inv`). It
+    /// waits for the task's RDMA Reads still in flight (the core may end a task early, e.g. after a
+    /// bad Data-Out that came in a Send). Status never rides on data over iSER (RFC 7145 §7.3.5).
     fn respond(
         &mut self,
         task: TaskRef<RemoteBuffers>,

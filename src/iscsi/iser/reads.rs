@@ -205,8 +205,9 @@ impl IserConnection {
     }
 
     /// A write's solicited data → RDMA Reads of the whole range at once from WriteVA + (offset −
-    /// immediate bytes) (brief §1 rule 8), in pieces of at most MaxBurstLength; the driver keeps
-    /// as many in flight as the initiator's RDMA Read depth allows.
+    /// immediate bytes) (Linux iser_initiator.c `iser_prepare_write_cmd`), in pieces of at most
+    /// MaxBurstLength; the driver keeps as many in flight as the initiator's RDMA Read depth
+    /// allows.
     pub(super) fn get_data(
         &mut self,
         task: TaskRef<RemoteBuffers>,

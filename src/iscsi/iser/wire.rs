@@ -1,5 +1,6 @@
-//! The iSER wire format (brief §2, §3): the 28-byte header in front of every PDU, the CM
-//! private data of the connection exchange, and the bytes of the Sends we post.
+//! The iSER wire format (RFC 7145 §9.2; Linux include/scsi/iser.h): the 28-byte header in front
+//! of every PDU, the CM private data of the connection exchange, and the bytes of the Sends we
+//! post.
 
 use crate::iscsi::pdu::{self, Pdu, BHS_LEN};
 
@@ -7,7 +8,8 @@ use crate::iscsi::pdu::{self, Pdu, BHS_LEN};
 pub const ISER_HEADER_LEN: usize = 28;
 
 /// Data bytes one of our receive buffers holds beyond the headers: the TargetRecvDataSegmentLength
-/// we agree to (brief §4.2: 76 + 8192 bytes).
+/// we agree to: the RFC 7145 §6.4 default and libiscsi's offer (lib/init.c); the initiators'
+/// login buffers hold as much (Linux iscsi_iser.h ISER_RX_LOGIN_SIZE = 76 + 8192 bytes).
 pub const RECV_DATA_CAPACITY: usize = 8192;
 
 /// Bytes a receive buffer needs: iSER header, BHS, room for an extended-CDB AHS, data.
@@ -16,7 +18,8 @@ pub const RECV_BUFFER_LEN: usize = ISER_HEADER_LEN + BHS_LEN + 64 + RECV_DATA_CA
 /// iSER opcode (high nibble of byte 0): an iSCSI control-type PDU follows.
 pub(super) const ISER_ISCSI_CTRL: u8 = 0x10;
 
-/// iSER opcode of a Hello message, which no initiator we serve sends (brief §3.2).
+/// iSER opcode of a Hello message, which no initiator we serve sends (optional by RFC 7145 §6.10;
+/// ib_isert.c `isert_recv_done` only logs one).
 pub(super) const ISER_HELLO: u8 = 0x20;
 
 /// Write STag valid.
@@ -25,7 +28,8 @@ pub(super) const ISER_WSV: u8 = 0x08;
 /// Read STag valid.
 pub(super) const ISER_RSV: u8 = 0x04;
 
-/// The 28-byte iSER header (brief §3.1); all fields big-endian.
+/// The 28-byte iSER header (RFC 7145 §9.2; Linux include/scsi/iser.h `struct iser_ctrl`); all
+/// fields big-endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IserHeader {
     pub flags: u8,
@@ -71,7 +75,8 @@ impl IserHeader {
     }
 }
 
-/// CM private-data flag: zero-based virtual addressing not supported (brief §2.2).
+/// CM private-data flag: zero-based virtual addressing not supported (Linux include/scsi/iser.h
+/// ISER_ZBVA_NOT_SUP).
 const CM_NO_ZBVA: u8 = 0x80;
 
 /// CM private-data flag: Send-with-Invalidate not supported.
@@ -86,8 +91,9 @@ pub fn initiator_allows_send_with_invalidate(request_private_data: &[u8]) -> boo
         .is_some_and(|flags| flags & CM_NO_SEND_WITH_INVALIDATE == 0)
 }
 
-/// The 4 bytes of CM private data we answer a connect request with (brief §2.3): no zero-based
-/// addressing, and Send-with-Invalidate exactly when the initiator allows it.
+/// The 4 bytes of CM private data we answer a connect request with (as LIO's ib_isert.c
+/// `isert_rdma_accept` does): no zero-based addressing, and Send-with-Invalidate exactly when the
+/// initiator allows it.
 pub fn accept_private_data(request_private_data: &[u8]) -> [u8; 4] {
     let mut flags = CM_NO_ZBVA;
     if !initiator_allows_send_with_invalidate(request_private_data) {

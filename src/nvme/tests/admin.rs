@@ -199,12 +199,32 @@ fn discovery_async_event_configuration_takes_only_the_discovery_log_change_notic
 }
 
 #[test]
-fn io_controller_async_event_configuration_is_unchanged() {
+fn io_controller_async_event_configuration_takes_what_nvmet_takes() {
     let (mut admin, _io) = admin_and_io();
-    let set = Sqe::new(0x09, 90, 0)
-        .cdw(10, 0x0B)
-        .cdw(11, 1 << 8 | 1 << 11);
-    assert_eq!(admin.resp(&set, &[]).status, (0, 0));
-    let get = Sqe::new(0x0A, 91, 0).cdw(10, 0x0B);
+    let set = |cid: u16, value: u32| Sqe::new(0x09, cid, 0).cdw(10, 0x0B).cdw(11, value);
+    let get = Sqe::new(0x0A, 90, 0).cdw(10, 0x0B);
+    // What Linux's host asks for (OAES: namespace attribute and ANA change notices).
+    assert_eq!(admin.resp(&set(91, 1 << 8 | 1 << 11), &[]).status, (0, 0));
     assert_eq!(admin.resp(&get, &[]).result, 1 << 8 | 1 << 11);
+    // What SPDK's host asks for: the SMART critical warnings (bits 0-4) as well.
+    let spdk = 0x1F | 1 << 8 | 1 << 11;
+    assert_eq!(admin.resp(&set(92, spdk), &[]).status, (0, 0));
+    assert_eq!(admin.resp(&get, &[]).result, u64::from(spdk));
+    // Notices we never send nor announce (firmware activation, telemetry, a discovery log
+    // change), a SMART bit nvmet does not take, a reserved bit, alone or beside good ones:
+    // Invalid Field in Command, DNR, and the configuration unchanged.
+    for (cid, bad) in [
+        (93, 1 << 9),
+        (94, 1 << 10),
+        (95, 1 << 31),
+        (96, 1 << 5),
+        (97, 1 << 20),
+        (98, 1 << 8 | 1 << 9),
+    ] {
+        let cqe = admin.resp(&set(cid, bad), &[]);
+        assert_eq!((cqe.status, cqe.dnr), ((0, 0x02), true), "{bad:#x}");
+        assert_eq!(admin.resp(&get, &[]).result, u64::from(spdk), "{bad:#x}");
+    }
+    assert_eq!(admin.resp(&set(99, 0), &[]).status, (0, 0));
+    assert_eq!(admin.resp(&get, &[]).result, 0);
 }

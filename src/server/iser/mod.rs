@@ -3,12 +3,12 @@
 //! the connection up, accepts it, and then moves bytes between the queue pair and the sans-IO
 //! [`crate::iscsi::iser::IserConnection`].
 //!
-//! Accept (brief §2.3): PD per device (shared while connections use it), one completion channel
-//! for the send and receive CQs, an RC QP sized from the queue depth, the login receive buffers
-//! posted before `rdma_accept`, private data from [`accept_private_data`], initiator depth
-//! limited by the device, responder resources 0. The full-feature receive buffers and the
-//! staging arena are allocated only when the login succeeds, so a connection that never logs in
-//! costs little.
+//! Accept (in the order of LIO's ib_isert.c `isert_connect_request`): PD per device (shared while
+//! connections use it), one completion channel for the send and receive CQs, an RC QP sized from
+//! the queue depth, the login receive buffers posted before `rdma_accept`, private data from
+//! [`accept_private_data`], initiator depth limited by the device, responder resources 0. The
+//! full-feature receive buffers and the staging arena are allocated only when the login succeeds,
+//! so a connection that never logs in costs little.
 
 mod driver;
 mod ring;
@@ -47,7 +47,8 @@ pub const SOFTROCE_HINT: &str =
 const RECV_STRIDE: usize = RECV_BUFFER_LEN.div_ceil(64) * 64;
 const _: () = assert!(RECV_STRIDE >= RECV_BUFFER_LEN && RECV_STRIDE % 64 == 0);
 /// Receive buffers beyond the CmdSN window: immediate PDUs (NOP-Out, TMF, Logout, Text) and
-/// NOP-Out answers to our pings (brief §4.3).
+/// NOP-Out answers to our pings (Linux drivers/scsi/libiscsi.c keeps at most one ping,
+/// `ping_task`, and one TMF, `tmf_state`, outstanding).
 const RECV_HEADROOM: u32 = 16;
 /// Receive buffers posted at accept, for the login phase: the initiator sends one Login Request
 /// at a time and waits for its response (RFC 7143 §6.2; Linux drivers/infiniband/ulp/iser/
@@ -502,9 +503,10 @@ fn set_up_and_accept(
     let peer = id
         .peer_addr()
         .map_or_else(|| "?".to_string(), |a| a.to_string());
-    // rdma_cm swaps the depths for the passive side (brief §2.2): our initiator_depth is the
-    // initiator's responder_resources, the RDMA Reads it lets us have outstanding. Without any,
-    // no WRITE beyond its immediate data could ever be fetched.
+    // rdma_cm swaps the depths for the passive side (Linux drivers/infiniband/core/cm.c
+    // `cm_format_req_event`): our initiator_depth is the initiator's responder_resources, the RDMA
+    // Reads it lets us have outstanding. Without any, no WRITE beyond its immediate data could
+    // ever be fetched.
     if request.conn.initiator_depth == 0 {
         log::warn!(
             "{peer}: the initiator offers no RDMA Read resources (responder_resources 0); \
@@ -598,8 +600,9 @@ fn set_up(
         let _ = qp.id().reject(&[]);
         (format!("{what}: {e}"), None)
     };
-    // Brief §2.3: the login receive buffers are posted before rdma_accept, since the first
-    // Login Request can arrive before ESTABLISHED.
+    // The login receive buffers are posted before rdma_accept, as LIO's ib_isert.c
+    // `isert_connect_request` does (`isert_login_post_recv`), since the first Login Request can
+    // arrive before ESTABLISHED.
     let login_mr = MemoryRegion::new(&pd, login_slots as usize * RECV_STRIDE, Access::LOCAL_WRITE)
         .map_err(|e| fail("registering login receive buffers", e))?;
     for slot in 0..login_slots {

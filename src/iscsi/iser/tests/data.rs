@@ -52,7 +52,7 @@ fn read_becomes_rdma_write_then_response() {
     };
     assert_eq!(
         resp.itt, 0x1000_0001,
-        "ITT echoed verbatim (brief §1 rule 13)"
+        "ITT echoed verbatim (Linux libiscsi.c iscsi_verify_itt checks its age bits)"
     );
     assert!(resp.overflow && !resp.underflow);
     assert_eq!(resp.residual_count, 4096);
@@ -146,7 +146,8 @@ fn write_reads_solicited_data_past_the_immediate_bytes() {
     else {
         panic!("{ops:?}")
     };
-    // WriteVA already points past the 4096 immediate bytes (brief §1 rule 8).
+    // WriteVA already points past the 4096 immediate bytes (Linux iser_initiator.c
+    // `iser_prepare_write_cmd`).
     assert_eq!((*stag, *va, *len), (0x77, 0x9000_1000, 8192));
     complete_read(&mut conn, *token, vec![2u8; 8192], now);
     let ops = drain(&mut conn);

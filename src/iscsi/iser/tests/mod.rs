@@ -83,7 +83,7 @@ fn sent_pdu(bytes: &SendBytes) -> Pdu {
     let dl = pdu::data_segment_length(rest).unwrap() as usize;
     assert!(
         rest.len() - BHS_LEN - dl < 4,
-        "at most 3 pad bytes (brief R-e)"
+        "at most 3 pad bytes (Linux iscsi_iser.c iscsi_iser_recv: \"wrong datalen\")"
     );
     Pdu::decode(&rest[..BHS_LEN], &[], rest[BHS_LEN..BHS_LEN + dl].to_vec()).unwrap()
 }
@@ -181,7 +181,7 @@ fn login_answers_only_keys_open_iscsi_knows() {
     assert_eq!(resp.exp_cmd_sn, 100);
     assert_eq!(
         resp.max_cmd_sn, 115,
-        "window of queue_depth 16 (brief §1 rule 14)"
+        "window of queue_depth 16 (RFC 7143 §4.2.2.1)"
     );
     let get = |k: &str| {
         keys.iter()
@@ -192,16 +192,16 @@ fn login_answers_only_keys_open_iscsi_knows() {
     assert_eq!(
         get("InitialR2T"),
         Some("Yes"),
-        "forced for iSER (brief §1 rule 16)"
+        "forced for iSER (libiscsi lib/iser.c sends Data-Out without its data)"
     );
     assert_eq!(get("TargetRecvDataSegmentLength"), Some("8192"));
     assert_eq!(get("TargetPortalGroupTag"), Some("1"));
     assert_eq!(
         get("MaxRecvDataSegmentLength"),
         None,
-        "never over iSER (brief §1 rule 5)"
+        "never over iSER (libiscsi lib/login.c would adopt it as its send limit)"
     );
-    // Every key answered is one open-iscsi's get_op_params_text_keys recognises (brief §5.3).
+    // Every key answered is one open-iscsi's usr/login.c get_op_params_text_keys recognises.
     let known = [
         "TargetAlias",
         "TargetAddress",
@@ -366,7 +366,10 @@ fn nop_in_carries_no_data() {
             ..
         })
     ));
-    assert!(pdu.data.is_empty(), "brief §1 rule 15");
+    assert!(
+        pdu.data.is_empty(),
+        "Linux libiscsi.c __iscsi_complete_pdu: NOP-In data is a protocol error"
+    );
 }
 
 #[test]
@@ -408,7 +411,8 @@ fn header_round_trip_is_big_endian() {
     assert_eq!(bytes[8], 0x11);
     assert_eq!(IserHeader::decode(&bytes), Some(h));
     // ib_iser (0x80): we agree to Send-with-Invalidate; libiscsi (0xC0): we decline.
-    // The passive side sees padded private data (brief §2.2): only byte 0 counts.
+    // The passive side sees padded private data (Linux drivers/infiniband/core/cma.c
+    // `cma_set_req_event_data`: the REQ's 92 bytes minus rdma_cm's header): only byte 0 counts.
     let mut padded = [0u8; 56];
     padded[0] = 0x80;
     assert_eq!(accept_private_data(&padded), [0x80, 0, 0, 0]);

@@ -1,4 +1,5 @@
-//! The order of Sends behind RDMA Reads (brief §6.4): a Send that lets the initiator free a
+//! The order of Sends behind RDMA Reads (only a fenced WR waits for earlier RDMA Reads on an RC
+//! QP, see `ReadFence`): a Send that lets the initiator free a
 //! buffer waits for the reads of it in flight, and buffers under reads stay out of the pool.
 
 use super::*;
