@@ -356,4 +356,35 @@ mod tests {
         assert_eq!(whole[0].offset, buf.arena_offset().unwrap() + 4096);
         assert!(Payload::empty().pieces(0..1).is_none());
     }
+
+    /// A file span is a payload with a length but no memory: no pieces for a device, no
+    /// buffer without a read, its bytes only through reading the file.
+    #[test]
+    fn a_file_span_is_sent_by_the_file_not_from_memory() {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("mem-ffi-span-{}.img", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all_at(b"0123456789", 0).unwrap();
+        let file = Arc::new(file);
+        let span = FileSpan::new(Arc::clone(&file), 2, 6);
+        let payload = Payload::File(span.clone());
+        assert_eq!(payload.len(), 6);
+        assert!(payload.lent().is_none() && payload.pieces(0..6).is_none());
+        assert_eq!(payload.to_vec(), b"234567");
+        assert_eq!(&span.read(1..3).unwrap()[..], b"34");
+        assert!(span.read(4..7).is_err(), "past the span");
+        assert!(
+            FileSpan::new(Arc::clone(&file), 8, 6).read(0..6).is_err(),
+            "past the file"
+        );
+        assert_eq!(payload.clone().into_buf().unwrap_err(), span);
+        assert_ne!(span, FileSpan::new(file, 2, 5));
+    }
 }
