@@ -342,6 +342,59 @@ fn two_io_queues_with_header_and_data_digests() {
     server.assert_alive();
 }
 
+/// A file LUN in tmpfs: its large READs leave from the file's pages (sendfile) over NVMe/TCP
+/// without a data digest and over iSCSI/TCP, and through a buffer with a data digest or when
+/// small. Every way reads back what was written, over a real socket.
+#[test]
+fn tmpfs_file_reads_sent_from_its_pages_read_back() {
+    /// Removes the file however the test ends.
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let path = Remove(format!(
+        "/dev/shm/iser-nvme-pages-{}.img",
+        std::process::id()
+    ));
+    let (mut server, port) = serve(TargetSpec::new(
+        TARGET,
+        vec![LunSpec::file(0, &path.0, "8M")],
+    ));
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 2);
+    let data = pattern(512 * 1024, 77);
+    let plain = Digests {
+        header: false,
+        data: false,
+    };
+    let both = Digests {
+        header: true,
+        data: true,
+    };
+    let mut q1 = io_queue_with(port, SUBSYSTEM, HOST_NQN, cntlid, 1, plain);
+    assert!(q1.write(1, 2048, &data, 512).unwrap().ok());
+    for (len, what) in [
+        (data.len(), "512 KiB"),
+        (128 * 1024, "128 KiB"),
+        (4096, "4 KiB"),
+    ] {
+        let (cqe, back) = q1.read(1, 2048, len, 512).unwrap();
+        assert!(cqe.ok(), "{what}: {cqe:?}");
+        assert!(back == data[..len], "{what} without digests");
+    }
+    let mut q2 = io_queue_with(port, SUBSYSTEM, HOST_NQN, cntlid, 2, both);
+    let (cqe, back) = q2.read(1, 2048, 128 * 1024, 512).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert!(back == data[..128 * 1024], "128 KiB with digests");
+    let mut iscsi = BlockSession::login(server.port(), TARGET, 0).unwrap();
+    assert!(
+        iscsi.read(2048, data.len(), 512).unwrap() == data,
+        "over iSCSI/TCP"
+    );
+    server.assert_alive();
+}
+
 /// Not a test: prints the mean round trip of 4 KiB READ and WRITE at queue depth 1 over
 /// NVMe/TCP and over iSCSI/TCP to the same RAM LUN on 127.0.0.1, each driven by a minimal
 /// synchronous host of `tests/common` (so the figures compare the target's two paths, not
