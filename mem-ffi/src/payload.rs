@@ -361,17 +361,10 @@ mod tests {
     /// buffer without a read, its bytes only through reading the file.
     #[test]
     fn a_file_span_is_sent_by_the_file_not_from_memory() {
-        use std::os::unix::fs::FileExt;
         let path = std::env::temp_dir().join(format!("mem-ffi-span-{}.img", std::process::id()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        file.write_all_at(b"0123456789", 0).unwrap();
         let file = Arc::new(file);
         let span = FileSpan::new(Arc::clone(&file), 2, 6);
         let payload = Payload::File(span.clone());

@@ -176,6 +176,25 @@ pub trait AsyncBackend: Send + Sync {
     fn submit(&self, op: AsyncOp, done: AsyncDone);
 }
 
+/// A new file in the temporary directory, already unlinked, holding `data` at offset `at`
+/// (tests of READs sent from a file's pages).
+#[cfg(test)]
+pub(crate) fn unlinked_file(data: &[u8], at: u64) -> Arc<std::fs::File> {
+    use std::os::unix::fs::FileExt;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("iser-unlinked-{}-{n}.img", std::process::id()));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create a scratch file");
+    std::fs::remove_file(&path).expect("unlink the scratch file");
+    file.write_all_at(data, at).expect("fill the scratch file");
+    Arc::new(file)
+}
+
 /// Size of the zero buffer used when zeroing by writing.
 const ZERO_CHUNK: u64 = 1 << 20;
 

@@ -1638,19 +1638,8 @@ fn tcp_transport_copies_a_lent_ram_read_once() {
 #[test]
 fn tcp_transport_sends_a_file_read_from_its_pages() {
     use mem_ffi::{FileSpan, Payload};
-    use std::os::unix::fs::FileExt;
-    let path = std::env::temp_dir().join(format!("iser-span-{}.img", std::process::id()));
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
     let data = pattern(32768, 9);
-    file.write_all_at(&data, 4096).unwrap();
-    let span = FileSpan::new(std::sync::Arc::new(file), 4096, data.len());
+    let span = FileSpan::new(crate::backend::unlinked_file(&data, 4096), 4096, data.len());
     let mut pair = logged_in(&[]);
     pair.auto_complete = false;
     let mut back = Vec::new();

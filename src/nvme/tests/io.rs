@@ -461,22 +461,7 @@ fn vectored_reads_of_any_size_place_every_payload() {
 
 /// A span of `data` in an unlinked temporary file.
 fn file_span(data: &[u8]) -> mem_ffi::FileSpan {
-    use std::os::unix::fs::FileExt;
-    let path = std::env::temp_dir().join(format!(
-        "iser-nvme-span-{}-{:?}.img",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file.write_all_at(data, 0).unwrap();
-    mem_ffi::FileSpan::new(std::sync::Arc::new(file), 0, data.len())
+    mem_ffi::FileSpan::new(crate::backend::unlinked_file(data, 0), 0, data.len())
 }
 
 /// A READ left in a file's pages goes out as one C2HData PDU naming the span (the resident

@@ -413,22 +413,8 @@ mod tests {
     }
 
     /// A file holding `data` at offset 4096, already unlinked.
-    fn file_with(data: &[u8]) -> File {
-        let path = std::env::temp_dir().join(format!(
-            "iser-outbox-{}-{:?}.img",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file.write_all_at(data, 4096).unwrap();
-        file
+    fn file_with(data: &[u8]) -> Arc<File> {
+        crate::backend::unlinked_file(data, 4096)
     }
 
     /// Data-In from a file's pages produces on the wire what the same PDU from a buffer does,
@@ -437,7 +423,7 @@ mod tests {
     #[test]
     fn file_pages_go_out_as_the_encoded_pdu() {
         let data: Vec<u8> = (0..40000u32).map(|i| (i % 251) as u8).collect();
-        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let span = FileSpan::new(file_with(&data), 4096, data.len());
         let header = Header::DataIn(DataIn {
             buffer_offset: 100,
             ..DataIn::default()
@@ -474,7 +460,7 @@ mod tests {
     #[test]
     fn small_pdus_of_a_span_share_one_read() {
         let data: Vec<u8> = (0..32768u32).map(|i| (i % 253) as u8).collect();
-        let file = Arc::new(file_with(&data));
+        let file = file_with(&data);
         let span = FileSpan::new(Arc::clone(&file), 4096, data.len());
         let settings = FrameSettings::default();
         let mut outbox = Outbox::default();
@@ -506,7 +492,7 @@ mod tests {
     #[test]
     fn a_full_socket_resumes_inside_file_pages() {
         let data: Vec<u8> = (0..20000u32).map(|i| (i % 13) as u8).collect();
-        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let span = FileSpan::new(file_with(&data), 4096, data.len());
         let settings = FrameSettings::default();
         let header = Header::DataIn(DataIn::default());
         let mut outbox = Outbox::default();
@@ -529,8 +515,7 @@ mod tests {
     /// of the write (the connection ends), never a short PDU on the wire.
     #[test]
     fn a_file_shorter_than_its_span_fails_the_write() {
-        let file = file_with(&[1; 100]);
-        let span = FileSpan::new(Arc::new(file), 4096, 32768);
+        let span = FileSpan::new(file_with(&[1; 100]), 4096, 32768);
         let mut outbox = Outbox::default();
         let header = Header::DataIn(DataIn::default());
         let settings = FrameSettings::default();
@@ -557,7 +542,7 @@ mod tests {
         use std::io::Read;
         use std::net::TcpListener;
         let data: Vec<u8> = (0..70000u32).map(|i| (i % 241) as u8).collect();
-        let span = FileSpan::new(Arc::new(file_with(&data)), 4096, data.len());
+        let span = FileSpan::new(file_with(&data), 4096, data.len());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut receiver, _) = listener.accept().unwrap();
