@@ -22,7 +22,7 @@ use crate::Buf;
 use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, TryLockError};
 
 /// Length of the shared zero region that [`zeroes`] lends from.
 pub const ZEROES_LEN: usize = 1 << 20;
@@ -218,10 +218,37 @@ impl Lent {
             self.len(),
             "copy of lent bytes to a slice of another length"
         );
-        let _cpu = self.memory.cpu.read().unwrap_or_else(|p| p.into_inner());
+        let _cpu = self.read_lock();
         // SAFETY: the lent range is mapped memory kept alive by `self.memory`; the lock keeps
         // every CPU write out while it is read; `dst` is the caller's own slice, no overlap.
         unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Bytes `range` of the lent range (counted from its start), lent on their own.
+    ///
+    /// # Panics
+    /// When `range` lies outside the lent range.
+    pub fn slice(&self, range: Range<usize>) -> Lent {
+        check(range.start, range.len(), self.len());
+        let start = self.range.start + range.start;
+        Lent {
+            memory: Arc::clone(&self.memory),
+            range: start..start + range.len(),
+        }
+    }
+
+    /// The memory's CPU read lock, which keeps CPU writes of it out while held.
+    pub(crate) fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.memory.cpu.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The memory's CPU read lock if it can be had without waiting.
+    pub(crate) fn try_read_lock(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        match self.memory.cpu.try_read() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Whether this and `other` lend from the same memory (for tests and statistics).
@@ -229,6 +256,15 @@ impl Lent {
         Arc::ptr_eq(&self.memory, &other.memory)
     }
 }
+
+impl PartialEq for Lent {
+    /// The same bytes of the same memory (not equal contents).
+    fn eq(&self, other: &Lent) -> bool {
+        self.same_memory(other) && self.range == other.range
+    }
+}
+
+impl Eq for Lent {}
 
 impl fmt::Debug for Lent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
