@@ -27,6 +27,10 @@ use std::sync::RwLockReadGuard;
 /// Pieces one call sends at most (Linux UIO_MAXIOV is 1024; this many fit on the stack).
 pub const MAX_PIECES: usize = 64;
 
+/// Distinct lent memories one call sends from at most (a RAM LUN's 1 MiB chunks: eight
+/// commands' worth at least, which one call rarely holds).
+const MAX_MEMORIES: usize = 8;
+
 /// One piece of the byte stream: bytes in memory the caller owns, or bytes lent.
 #[derive(Debug, Clone, Copy)]
 pub enum SendPiece<'a> {
@@ -61,7 +65,8 @@ impl SendPiece<'_> {
 /// Sends `pieces` in order to the socket `fd` with one sendmsg(2) (`MSG_MORE` when `more`:
 /// further bytes follow at once), and says how many bytes went, as a vectored write does: a
 /// partial send is a short count. At most [`MAX_PIECES`] pieces go per call, fewer when a
-/// lent piece's memory is being written (see the module documentation). A full non-blocking
+/// lent piece's memory is being written (see the module documentation) or is the ninth
+/// distinct memory of the call. A full non-blocking
 /// socket is [`io::ErrorKind::WouldBlock`]; a blocking one is waited for without locks held.
 ///
 /// # Panics
@@ -84,8 +89,8 @@ fn send_once(fd: BorrowedFd<'_>, pieces: &[SendPiece<'_>], more: bool) -> io::Re
         iov_len: 0,
     };
     let mut iovecs = [empty; MAX_PIECES];
-    let mut guards: [Option<RwLockReadGuard<'_, ()>>; MAX_PIECES] = std::array::from_fn(|_| None);
-    let mut locked: [Option<&Lent>; MAX_PIECES] = [None; MAX_PIECES];
+    // The memories locked and their guards; a piece from one more memory ends the vector.
+    let mut locks: [Option<(&Lent, RwLockReadGuard<'_, ()>)>; MAX_MEMORIES] = Default::default();
     let (mut count, mut held) = (0, 0);
     for piece in pieces.iter().take(MAX_PIECES) {
         let (base, len) = match *piece {
@@ -96,15 +101,15 @@ fn send_once(fd: BorrowedFd<'_>, pieces: &[SendPiece<'_>], more: bool) -> io::Re
                     "piece {start}+{len} outside a lent range of {}",
                     lent.len()
                 );
-                if !locked[..held].iter().flatten().any(|l| l.same_memory(lent)) {
-                    let guard = if held == 0 {
-                        Some(lent.read_lock())
-                    } else {
-                        lent.try_read_lock()
+                let mut locked = locks[..held].iter().flatten();
+                if !locked.any(|(l, _)| l.same_memory(lent)) {
+                    let guard = match held {
+                        0 => Some(lent.read_lock()),
+                        MAX_MEMORIES => None,
+                        _ => lent.try_read_lock(),
                     };
                     let Some(guard) = guard else { break };
-                    guards[held] = Some(guard);
-                    locked[held] = Some(lent);
+                    locks[held] = Some((lent, guard));
                     held += 1;
                 }
                 (lent.as_ptr().wrapping_add(start), len)
@@ -124,9 +129,9 @@ fn send_once(fd: BorrowedFd<'_>, pieces: &[SendPiece<'_>], more: bool) -> io::Re
     // SAFETY: every iovec names memory that stays mapped for the call: a caller's slice it
     // borrows, or lent memory kept alive by the `Lent` it borrows, inside its range (asserted
     // above). The kernel only reads it, and every lent memory's CPU read lock is held in
-    // `guards` until the call returns, so no CPU write of it runs meanwhile.
+    // `locks` until the call returns, so no CPU write of it runs meanwhile.
     let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
-    drop(guards);
+    drop(locks);
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -212,6 +217,33 @@ mod tests {
         expected.extend_from_slice(&data[4500..4510]);
         expected.extend_from_slice(b"tail");
         assert_eq!(got, expected);
+    }
+
+    /// Pieces from more distinct memories than one call locks end the call before the first
+    /// piece of one too many; pieces of memories already locked go on.
+    #[test]
+    fn one_call_sends_from_at_most_eight_memories() {
+        let pool = Pool::new();
+        let regions: Vec<Region> = (0..10u8).map(|i| region_with(pool, &[i; 10])).collect();
+        let lents: Vec<Lent> = regions.iter().map(|r| r.lend(0..10)).collect();
+        let mut pieces: Vec<SendPiece> = lents
+            .iter()
+            .map(|lent| SendPiece::Lent {
+                lent,
+                start: 0,
+                len: 10,
+            })
+            .collect();
+        pieces.insert(1, SendPiece::Bytes(b"x"));
+        let (a, mut b) = UnixStream::pair().unwrap();
+        assert_eq!(send_pieces(a.as_fd(), &pieces, false).unwrap(), 81);
+        assert_eq!(send_pieces(a.as_fd(), &pieces[9..], false).unwrap(), 20);
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), 101);
+        assert_eq!(&got[..11], b"\0\0\0\0\0\0\0\0\0\0x");
+        assert!(got[81..91].iter().all(|&x| x == 8));
     }
 
     /// A full non-blocking socket takes part of the pieces and says how much; the rest is
