@@ -2,7 +2,7 @@
 //!
 //! A RAM LUN keeps its blocks in pool memory so that a READ can be sent straight from them: the
 //! NIC reads them by RDMA Write (the arena registered as for any [`Buf`]) or the kernel by
-//! `writev`, while the LUN may already take the next WRITE to the same blocks. No Rust reference
+//! sendmsg ([`crate::send`]), while the LUN may already take the next WRITE to the same blocks. No Rust reference
 //! (`&[u8]` or `&mut [u8]`) is therefore ever made over this memory:
 //!
 //! - a [`Region`] is the one handle the CPU writes and reads through, by raw-pointer copies;
@@ -12,8 +12,9 @@
 //!   so freeing the region, as UNMAP does, leaves lent memory mapped until the last lender is
 //!   done) and gives its address and arena, never its bytes.
 //!
-//! A device or the kernel that reads lent memory while the region's owner writes the same bytes
-//! sees, per byte, the old or the new value: as with any storage target, a READ that overlaps a
+//! A device that reads lent memory while the region's owner writes the same bytes sees, per
+//! byte, the old or the new value (the kernel's copy into a socket holds the CPU read lock, so
+//! it sees each write whole or not at all): as with any storage target, a READ that overlaps a
 //! concurrent WRITE of the same blocks may return either. That reader is outside Rust's memory
 //! model, so this is no data race in the language's sense.
 
@@ -33,8 +34,9 @@ struct Memory {
     /// Start of the bytes (read once from the buffer; the buffer itself is never dereferenced).
     ptr: NonNull<u8>,
     len: usize,
-    /// Held for writing by every CPU write and for reading by [`Lent::copy_to`], so a CPU copy
-    /// out of lent memory never races a CPU write into it.
+    /// Held for writing by every CPU write and for reading by [`Lent::copy_to`] and by the
+    /// sendmsg of [`crate::send`], so neither a CPU copy out of lent memory nor the kernel's
+    /// races a CPU write into it.
     cpu: RwLock<()>,
     /// Owns the bytes; kept only so that dropping `Memory` gives them back to the pool.
     buffer: Buf,
@@ -207,7 +209,7 @@ impl Lent {
     }
 
     /// Copies the lent bytes into `dst` (of the same length), for a transport that must have
-    /// them in its own buffer (iSCSI/TCP, which digests and frames them). Waits for a CPU
+    /// them in its own buffer (a TCP transport with a data digest, which needs the bytes). Waits for a CPU
     /// write of the memory in progress, so the copy sees, per write, all of it or none.
     ///
     /// # Panics

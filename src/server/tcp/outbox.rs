@@ -37,8 +37,7 @@ pub(crate) trait Wire: Write {
     /// them went), telling the socket when more follows at once (`more`, MSG_MORE), so a header
     /// leaves in one segment with the file pages after it. A stand-in writes the first piece
     /// that holds bytes, copying lent ones out.
-    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], more: bool) -> io::Result<usize> {
-        let _ = more;
+    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], _more: bool) -> io::Result<usize> {
         match pieces.iter().find(|piece| !piece.is_empty()) {
             None => Ok(0),
             Some(SendPiece::Bytes(bytes)) => self.write(bytes),
