@@ -7,9 +7,10 @@
 //!
 //! Locking: while the kernel reads lent memory, this holds the CPU read lock of every memory
 //! the call sends from, as [`Lent::copy_to`] does for its copy. TCP copies the bytes into its
-//! own buffers inside the system call (no `MSG_ZEROCOPY`), so a WRITE of the same blocks is
-//! seen whole or not at all by the READ, which NVMe's atomic write unit (one block at least)
-//! asks for. The call never waits with a lock held: it sends with `MSG_DONTWAIT`, and on a
+//! own buffers inside the system call (no `MSG_ZEROCOPY`), so the bytes one call sends see a
+//! WRITE of the same blocks whole or not at all. (Bytes a full socket takes only in a later call
+//! may see a WRITE that came in between, as a device reading lent memory may: a READ overlapping
+//! a WRITE in flight may return either data, see [`crate::shared`].) The call never waits with a lock held: it sends with `MSG_DONTWAIT`, and on a
 //! blocking socket that is full it lets go of the locks, waits for room with poll(2) and tries
 //! again. A non-blocking socket takes what fits at once, so a writer of the same memory waits
 //! at most for the copy of a socket buffer's worth of bytes.
