@@ -247,6 +247,34 @@ mod tests {
         assert!(got[81..91].iter().all(|&x| x == 8));
     }
 
+    /// A piece whose memory a CPU writer holds ends the call's vector before it (only the
+    /// first memory is waited for), so the sender never waits for a lock while holding one.
+    #[test]
+    fn a_memory_being_written_ends_the_vector() {
+        let pool = Pool::new();
+        let (first, second) = (region_with(pool, &[1; 10]), region_with(pool, &[2; 10]));
+        let (a, b) = (first.lend(0..10), second.lend(0..10));
+        let piece = |lent| SendPiece::Lent {
+            lent,
+            start: 0,
+            len: 10,
+        };
+        let pieces = [piece(&a), SendPiece::Bytes(b"x"), piece(&b), piece(&a)];
+        let (tx, mut rx) = UnixStream::pair().unwrap();
+        let writer = b.write_lock();
+        assert_eq!(send_pieces(tx.as_fd(), &pieces, false).unwrap(), 11);
+        drop(writer);
+        assert_eq!(send_pieces(tx.as_fd(), &pieces[2..], false).unwrap(), 20);
+        drop(tx);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        let mut expected = vec![1; 10];
+        expected.push(b'x');
+        expected.extend_from_slice(&[2; 10]);
+        expected.extend_from_slice(&[1; 10]);
+        assert_eq!(got, expected);
+    }
+
     /// A full non-blocking socket takes part of the pieces and says how much; the rest is
     /// sent from there once the peer has read.
     #[test]

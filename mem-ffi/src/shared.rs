@@ -253,6 +253,12 @@ impl Lent {
         }
     }
 
+    /// The memory's CPU write lock, as a CPU write holds it (for tests of lock holders).
+    #[cfg(test)]
+    pub(crate) fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.memory.cpu.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether this and `other` lend from the same memory (for tests and statistics).
     pub fn same_memory(&self, other: &Lent) -> bool {
         Arc::ptr_eq(&self.memory, &other.memory)
