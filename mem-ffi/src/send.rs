@@ -10,9 +10,9 @@
 //! own buffers inside the system call (no `MSG_ZEROCOPY`), so the bytes one call sends see a
 //! WRITE of the same blocks whole or not at all. (Bytes a full socket takes only in a later call
 //! may see a WRITE that came in between, as a device reading lent memory may: a READ overlapping
-//! a WRITE in flight may return either data, see [`crate::shared`].) The call never waits with a lock held: it sends with `MSG_DONTWAIT`, and on a
-//! blocking socket that is full it lets go of the locks, waits for room with poll(2) and tries
-//! again. A non-blocking socket takes what fits at once, so a writer of the same memory waits
+//! a WRITE in flight may return either data, see [`crate::shared`].) The call never waits with
+//! a lock held: it sends with `MSG_DONTWAIT`, and on a blocking socket that is full it lets go
+//! of the locks, waits for room with poll(2) and tries again. A non-blocking socket takes what fits at once, so a writer of the same memory waits
 //! at most for the copy of a socket buffer's worth of bytes.
 //!
 //! Only the first lock is waited for; the others are tried, and a piece whose memory a writer
@@ -67,8 +67,8 @@ impl SendPiece<'_> {
 /// further bytes follow at once), and says how many bytes went, as a vectored write does: a
 /// partial send is a short count. At most [`MAX_PIECES`] pieces go per call, fewer when a
 /// lent piece's memory is being written (see the module documentation) or is the ninth
-/// distinct memory of the call. A full non-blocking
-/// socket is [`io::ErrorKind::WouldBlock`]; a blocking one is waited for without locks held.
+/// distinct memory of the call. A full non-blocking socket is [`io::ErrorKind::WouldBlock`]; a
+/// blocking one is waited for without locks held.
 ///
 /// # Panics
 /// When a lent piece names bytes outside its range.

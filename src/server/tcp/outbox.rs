@@ -181,6 +181,10 @@ impl Outbox {
             }
             buffer => buffer,
         };
+        debug_assert!(
+            !(settings.data_digest && matches!(buffer, DataInBuf::Lent(_))),
+            "lent memory is never sent with a data digest"
+        );
         let parts = match buffer.bytes() {
             Some(bytes) => frame_parts(header, &bytes[range.clone()], settings),
             // Lent memory only without a data digest (`TcpConnection::put_data`), a file's
