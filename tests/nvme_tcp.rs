@@ -342,6 +342,33 @@ fn two_io_queues_with_header_and_data_digests() {
     server.assert_alive();
 }
 
+/// A RAM namespace's READ across two of its 1 MiB chunks reads back over NVMe/TCP with a data
+/// digest (the queue copies the lent chunks to digest them) and without (the resident sends
+/// them from the chunks by address), and over iSCSI/TCP.
+#[test]
+fn ram_reads_across_two_chunks_read_back_with_and_without_a_data_digest() {
+    let (mut server, port) = serve(target());
+    let (_admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 2);
+    let data = pattern(256 * 1024, 77);
+    let lba = 2048 - 128; // 64 KiB before the second chunk
+    for (qid, data_digest) in [(1, false), (2, true)] {
+        let digests = Digests {
+            header: data_digest,
+            data: data_digest,
+        };
+        let mut q = io_queue_with(port, SUBSYSTEM, HOST_NQN, cntlid, qid, digests);
+        if qid == 1 {
+            assert!(q.write(1, lba, &data, 512).unwrap().ok());
+        }
+        let (cqe, back) = q.read(1, lba, data.len(), 512).unwrap();
+        assert!(cqe.ok(), "{digests:?}");
+        assert!(back == data, "{digests:?}");
+    }
+    let mut iscsi = BlockSession::login(server.port(), TARGET, 0).unwrap();
+    assert!(iscsi.read(lba, data.len(), 512).unwrap() == data);
+    server.assert_alive();
+}
+
 /// A file LUN in tmpfs: its large READs leave from the file's pages (sendfile) over NVMe/TCP
 /// without a data digest and over iSCSI/TCP, and through a buffer with a data digest or when
 /// small. Every way reads back what was written, over a real socket.

@@ -3,7 +3,8 @@
 //! server reads its socket into them) and go on into `iscsi::tcp::TcpConnection` (the core and its
 //! TCP datamover); its commands run at once on a `scsi::ScsiTarget` over the RAM backend; its PDUs
 //! go out framed as the server's vectored writes frame them (`framing::frame_parts` around the
-//! data where it lies; joining them here stands for the kernel's copy into the socket). Time,
+//! data where it lies, a RAM LUN's lent memory included; joining them here stands for the
+//! kernel's copy into the socket). Time,
 //! allocations and payload copies are counted only while the target side runs; the joined PDUs
 //! reuse their buffers.
 
@@ -11,13 +12,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iser_target::iscsi::framing::{frame_parts, FrameSettings, PduReader};
+use iser_target::iscsi::framing::{frame_parts, frame_parts_sized, FrameSettings, PduReader};
 use iser_target::iscsi::pdu::Header;
-use iser_target::iscsi::tcp::{TcpAction, TcpConnection};
+use iser_target::iscsi::tcp::{DataInBuf, TcpAction, TcpConnection};
 use iser_target::iscsi::{CloseReason, CoreConfig, ScsiTask};
 use iser_target::scsi::{Nexus, ScsiRequest, ScsiTarget};
 use iser_target::stats::{thread_payload_copies, CopyCounts};
-use mem_ffi::{AllocCounts, CountingAllocator};
+use mem_ffi::{AllocCounts, CountingAllocator, LentRanges};
+use std::ops::Range;
 
 use crate::initiator::Wire;
 
@@ -88,6 +90,28 @@ impl PairTarget {
         self.outbox.push_back(bytes);
     }
 
+    /// As `frame`, for bytes `range` of lent memory (sent without a data digest, so the header
+    /// is framed from the length alone), copied out range by range as the kernel would.
+    fn frame_lent(&mut self, header: &Header, ranges: &LentRanges, range: Range<usize>) {
+        let parts = frame_parts_sized(header, range.len(), None, &self.settings);
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&parts.head);
+        let mut at = 0;
+        for lent in ranges.iter() {
+            let (from, to) = (at, at + lent.len());
+            at = to;
+            let (lo, hi) = (range.start.max(from), range.end.min(to));
+            if lo < hi {
+                let n = bytes.len();
+                bytes.resize(n + hi - lo, 0);
+                lent.slice(lo - from..hi - from).copy_to(&mut bytes[n..]);
+            }
+        }
+        bytes.extend_from_slice(parts.tail());
+        self.outbox.push_back(bytes);
+    }
+
     /// Carries out the core's actions until it has none left, running commands as they come,
     /// as the server's connection thread and I/O workers would.
     fn pump(&mut self) {
@@ -101,11 +125,15 @@ impl PairTarget {
                         data,
                         range,
                         ..
-                    } => {
-                        // The in-process pair runs on a RAM LUN: the data is in memory.
-                        let bytes = data.bytes().expect("a RAM LUN's Data-In is in memory");
-                        self.frame(&header, &bytes[range])
-                    }
+                    } => match &data {
+                        // The in-process pair runs on a RAM LUN: the data is in memory, lent
+                        // when there is no data digest.
+                        DataInBuf::Lent(ranges) => self.frame_lent(&header, ranges, range),
+                        data => {
+                            let bytes = data.bytes().expect("a RAM LUN's Data-In is in memory");
+                            self.frame(&header, &bytes[range])
+                        }
+                    },
                     TcpAction::SetFrameSettings(settings) => self.settings = settings,
                     TcpAction::BindSession(request) => {
                         self.nexus = Some(Nexus {

@@ -89,7 +89,7 @@ impl FileSpan {
 
 /// Lent ranges in order, the first two held inline: a transfer of up to 1 MiB touches at most
 /// two of a RAM LUN's 1 MiB chunks, so such a READ allocates nothing to say where its data is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LentRanges {
     inline: [Option<Lent>; 2],
     more: Vec<Lent>,

@@ -2,7 +2,7 @@
 //!
 //! A RAM LUN keeps its blocks in pool memory so that a READ can be sent straight from them: the
 //! NIC reads them by RDMA Write (the arena registered as for any [`Buf`]) or the kernel by
-//! `writev`, while the LUN may already take the next WRITE to the same blocks. No Rust reference
+//! sendmsg ([`crate::send`]), while the LUN may already take the next WRITE to the same blocks. No Rust reference
 //! (`&[u8]` or `&mut [u8]`) is therefore ever made over this memory:
 //!
 //! - a [`Region`] is the one handle the CPU writes and reads through, by raw-pointer copies;
@@ -12,8 +12,9 @@
 //!   so freeing the region, as UNMAP does, leaves lent memory mapped until the last lender is
 //!   done) and gives its address and arena, never its bytes.
 //!
-//! A device or the kernel that reads lent memory while the region's owner writes the same bytes
-//! sees, per byte, the old or the new value: as with any storage target, a READ that overlaps a
+//! A device that reads lent memory while the region's owner writes the same bytes sees, per
+//! byte, the old or the new value (the kernel's copy into a socket holds the CPU read lock, so
+//! it sees each write whole or not at all): as with any storage target, a READ that overlaps a
 //! concurrent WRITE of the same blocks may return either. That reader is outside Rust's memory
 //! model, so this is no data race in the language's sense.
 
@@ -22,7 +23,7 @@ use crate::Buf;
 use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, TryLockError};
 
 /// Length of the shared zero region that [`zeroes`] lends from.
 pub const ZEROES_LEN: usize = 1 << 20;
@@ -33,8 +34,9 @@ struct Memory {
     /// Start of the bytes (read once from the buffer; the buffer itself is never dereferenced).
     ptr: NonNull<u8>,
     len: usize,
-    /// Held for writing by every CPU write and for reading by [`Lent::copy_to`], so a CPU copy
-    /// out of lent memory never races a CPU write into it.
+    /// Held for writing by every CPU write and for reading by [`Lent::copy_to`] and by the
+    /// sendmsg of [`crate::send`], so neither a CPU copy out of lent memory nor the kernel's
+    /// races a CPU write into it.
     cpu: RwLock<()>,
     /// Owns the bytes; kept only so that dropping `Memory` gives them back to the pool.
     buffer: Buf,
@@ -207,7 +209,7 @@ impl Lent {
     }
 
     /// Copies the lent bytes into `dst` (of the same length), for a transport that must have
-    /// them in its own buffer (iSCSI/TCP, which digests and frames them). Waits for a CPU
+    /// them in its own buffer (a TCP transport with a data digest, which needs the bytes). Waits for a CPU
     /// write of the memory in progress, so the copy sees, per write, all of it or none.
     ///
     /// # Panics
@@ -218,10 +220,43 @@ impl Lent {
             self.len(),
             "copy of lent bytes to a slice of another length"
         );
-        let _cpu = self.memory.cpu.read().unwrap_or_else(|p| p.into_inner());
+        let _cpu = self.read_lock();
         // SAFETY: the lent range is mapped memory kept alive by `self.memory`; the lock keeps
         // every CPU write out while it is read; `dst` is the caller's own slice, no overlap.
         unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Bytes `range` of the lent range (counted from its start), lent on their own.
+    ///
+    /// # Panics
+    /// When `range` lies outside the lent range.
+    pub fn slice(&self, range: Range<usize>) -> Lent {
+        check(range.start, range.len(), self.len());
+        let start = self.range.start + range.start;
+        Lent {
+            memory: Arc::clone(&self.memory),
+            range: start..start + range.len(),
+        }
+    }
+
+    /// The memory's CPU read lock, which keeps CPU writes of it out while held.
+    pub(crate) fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.memory.cpu.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The memory's CPU read lock if it can be had without waiting.
+    pub(crate) fn try_read_lock(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        match self.memory.cpu.try_read() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The memory's CPU write lock, as a CPU write holds it (for tests of lock holders).
+    #[cfg(test)]
+    pub(crate) fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.memory.cpu.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether this and `other` lend from the same memory (for tests and statistics).
@@ -229,6 +264,15 @@ impl Lent {
         Arc::ptr_eq(&self.memory, &other.memory)
     }
 }
+
+impl PartialEq for Lent {
+    /// The same bytes of the same memory (not equal contents).
+    fn eq(&self, other: &Lent) -> bool {
+        self.same_memory(other) && self.range == other.range
+    }
+}
+
+impl Eq for Lent {}
 
 impl fmt::Debug for Lent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -28,7 +28,7 @@ use crate::inthash::IntMap;
 use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
 use crate::stats::count_payload_copy;
-use mem_ffi::{Buf, FileSpan, Payload};
+use mem_ffi::{Buf, FileSpan, Lent, LentRanges, Payload};
 
 /// The read buffer a Data-In PDU's data segment is a slice of: the task's own buffer when one
 /// PDU carries all of the data (no allocation), shared by the PDUs of a longer read.
@@ -41,6 +41,9 @@ pub enum DataInBuf {
     /// A file's bytes, sent from its pages without a copy in user space (for a connection
     /// without data digests; a clone shares the file).
     File(FileSpan),
+    /// Ranges of a RAM LUN's memory, sent from there by address without a copy in user space
+    /// (for a connection without data digests; a clone shares the memory).
+    Lent(LentRanges),
 }
 
 impl DataInBuf {
@@ -49,7 +52,7 @@ impl DataInBuf {
         match self {
             DataInBuf::Whole(buf) => Some(buf),
             DataInBuf::Shared(buf) => Some(buf),
-            DataInBuf::File(_) => None,
+            DataInBuf::File(_) | DataInBuf::Lent(_) => None,
         }
     }
 
@@ -59,6 +62,7 @@ impl DataInBuf {
             DataInBuf::Whole(buf) => buf.len(),
             DataInBuf::Shared(buf) => buf.len(),
             DataInBuf::File(span) => span.len(),
+            DataInBuf::Lent(ranges) => ranges.iter().map(Lent::len).sum(),
         }
     }
 
@@ -315,22 +319,29 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         range: Range<u32>,
         numbers: SequenceNumbers,
     ) {
-        // Data-In PDUs are written from a buffer of the connection's own, or from a file's pages
-        // (a file in memory; the sender reads them only if it must digest them). Lent memory
-        // (a RAM LUN's) is copied into a buffer: the single copy of an iSCSI/TCP READ.
-        if let Some(lent) = data.lent() {
-            lent.iter().for_each(|l| count_payload_copy(l.len()));
-        }
+        // Data-In PDUs are written from a buffer of the connection's own, from a file's pages
+        // (a file in memory; the sender reads them only if it must digest them), or from lent
+        // memory (a RAM LUN's) by address. A data digest needs the bytes: lent memory is then
+        // copied into a buffer, the single copy of such a READ.
         let params = self.core.params();
+        let data_digest = params.data_digest;
         let max_pdu = params.initiator_max_recv_data_segment_length.max(512) as usize;
         let max_burst = params.max_burst_length.max(512) as usize;
         let (start, end) = (range.start as usize, (range.end as usize).min(data.len()));
         // One PDU (a 4 KiB READ) owns the buffer; several share it.
         let one_pdu = end.saturating_sub(start) <= max_pdu.min(max_burst);
-        let mut data = match data.into_buf() {
-            Ok(buf) if one_pdu => DataInBuf::Whole(buf),
-            Ok(buf) => DataInBuf::Shared(Arc::new(buf)),
-            Err(span) => DataInBuf::File(span),
+        let mut data = match data {
+            Payload::Lent(ranges) if !data_digest => DataInBuf::Lent(ranges),
+            data => {
+                if let Some(lent) = data.lent() {
+                    lent.iter().for_each(|l| count_payload_copy(l.len()));
+                }
+                match data.into_buf() {
+                    Ok(buf) if one_pdu => DataInBuf::Whole(buf),
+                    Ok(buf) => DataInBuf::Shared(Arc::new(buf)),
+                    Err(span) => DataInBuf::File(span),
+                }
+            }
         };
         let mut offset = start;
         let mut data_sn = 0u32;

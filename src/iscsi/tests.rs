@@ -181,6 +181,8 @@ struct Pair {
     data_in_buffers: (usize, usize),
     /// Data-In PDUs sent from a file's pages.
     data_in_files: usize,
+    /// Data-In PDUs sent from lent memory.
+    data_in_lent: usize,
     /// Reads the stream as a resident connection does, when set: through one reader with
     /// direct reads on, at most this many bytes per read.
     direct: Option<(PduReader, usize)>,
@@ -219,6 +221,7 @@ impl Pair {
             harness_copies: CopyCounts::default(),
             data_in_buffers: (0, 0),
             data_in_files: 0,
+            data_in_lent: 0,
             direct: None,
         }
     }
@@ -310,6 +313,10 @@ impl Pair {
                         DataInBuf::File(span) => {
                             self.data_in_files += 1;
                             span.read(range).expect("the span's file reads").to_vec()
+                        }
+                        DataInBuf::Lent(ranges) => {
+                            self.data_in_lent += 1;
+                            mem_ffi::Payload::Lent(ranges.clone()).to_vec()[range].to_vec()
                         }
                     };
                     let pdu = Pdu::with_data(header, bytes);
@@ -1598,37 +1605,46 @@ fn direct_reads_match_whole_reads_on_random_writes() {
     }
 }
 
-/// A READ from a RAM LUN reaches the iSCSI/TCP datamover as the LUN's memory lent; Data-In is
-/// digested and framed from a buffer of the connection's own, so the datamover copies it into
-/// one, once: the one copy of an iSCSI/TCP READ from RAM (the backend itself copies nothing).
+/// A READ from a RAM LUN reaches the iSCSI/TCP datamover as the LUN's memory lent. Without a
+/// data digest its Data-In PDUs name the lent memory and the connection sends it from there
+/// (`server::tcp::outbox`): no copy in user space. A data digest needs the bytes: the datamover
+/// copies them into a buffer of its own, once, the one copy of such a READ.
 #[test]
-fn tcp_transport_copies_a_lent_ram_read_once() {
+fn tcp_transport_copies_a_lent_ram_read_only_for_a_data_digest() {
     use crate::scsi::testutil::{assert_good, exec, ram_lu, read16, write16};
     let lu = ram_lu(64, BLOCK as u32);
     let data = pattern(8192, 5);
     assert_good(&exec(&lu, &write16(0, 16, false), &data));
-    let mut pair = logged_in(&[]);
-    pair.auto_complete = false;
-    let mut back = Vec::new();
-    let read = target_copies(&mut pair, |pair| {
-        let cmd = pair.command(1, read10(0, 16), true, false, 8192);
-        pair.send_command(cmd, vec![]);
-        let task = pair.deferred.pop().expect("the READ was executed");
-        let outcome = exec(&lu, &read16(0, 16), &[]);
-        assert!(outcome.data_in.lent().is_some(), "lent by the RAM LUN");
-        pair.complete_deferred(task.id, outcome);
-        for p in pair.take() {
-            back.extend_from_slice(&p.data);
-        }
-    });
-    assert_eq!(back, data);
-    assert_eq!(
-        read,
-        CopyCounts {
-            copies: 1,
-            bytes: 8192
-        }
-    );
+    for (digest, copies) in [("None", 0), ("CRC32C", 1)] {
+        let mut pair = logged_in(&[("DataDigest", digest)]);
+        pair.auto_complete = false;
+        let mut back = Vec::new();
+        let read = target_copies(&mut pair, |pair| {
+            let cmd = pair.command(1, read10(0, 16), true, false, 8192);
+            pair.send_command(cmd, vec![]);
+            let task = pair.deferred.pop().expect("the READ was executed");
+            let outcome = exec(&lu, &read16(0, 16), &[]);
+            assert!(outcome.data_in.lent().is_some(), "lent by the RAM LUN");
+            pair.complete_deferred(task.id, outcome);
+            for p in pair.take() {
+                back.extend_from_slice(&p.data);
+            }
+        });
+        assert_eq!(back, data, "DataDigest={digest}");
+        assert_eq!(
+            read,
+            CopyCounts {
+                copies,
+                bytes: copies * 8192
+            },
+            "DataDigest={digest}"
+        );
+        assert_eq!(
+            pair.data_in_lent,
+            1 - copies as usize,
+            "DataDigest={digest}"
+        );
+    }
 }
 
 /// A READ left in a file in memory (the engine does so for TCP connections) goes out as

@@ -421,9 +421,13 @@ impl Queue {
                 if let Some(s) = &shared {
                     s.count_read(data.len() as u64);
                 }
-                // C2HData is digested and framed from a buffer of the queue's own (a RAM
-                // namespace's lent memory is copied into one: one copy, as for iSCSI/TCP), or,
-                // without a data digest, sent from a file's pages.
+                // Without a data digest, C2HData is sent from a RAM namespace's lent memory by
+                // address or from a file's pages, as they are. A data digest needs the bytes:
+                // lent memory is then copied into a buffer of the queue's own (one copy, as
+                // for iSCSI/TCP).
+                if data.lent().is_some() && !self.send.data_digest {
+                    return self.send_data(cid, data);
+                }
                 if let Some(lent) = data.lent() {
                     lent.iter()
                         .for_each(|l| crate::stats::count_payload_copy(l.len()));
@@ -751,7 +755,7 @@ impl Queue {
         let psh = c2h_data_psh(cid, 0, len as u32);
         let framed = match &data {
             Payload::Owned(buf) => pdu::frame(pdu_type::C2H_DATA, pdu_flags, &psh, buf, &self.send),
-            // Never with a data digest (see `finish_io`).
+            // Lent memory or a file's pages: never with a data digest (see `finish_io`).
             _ => pdu::frame_sized(pdu_type::C2H_DATA, pdu_flags, &psh, len, None, &self.send),
         };
         self.actions.push_back(Action::SendData {

@@ -522,3 +522,78 @@ fn file_pages_go_out_as_c2hdata_only_without_a_data_digest() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A READ of a RAM namespace comes as its memory lent. Without a data digest its C2HData PDU
+/// names the lent memory (the resident sends it from there by address): no copy in user space.
+/// With a data digest, which needs the bytes, the queue copies them into a buffer once.
+#[test]
+fn lent_memory_goes_out_as_c2hdata_copied_only_for_a_data_digest() {
+    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 247) as u8).collect();
+    let mut region = mem_ffi::Region::zeroed(mem_ffi::pool::global(), 1 << 20);
+    region.write(4096, &data);
+    let lent = || {
+        let ranges = [region.lend(4096..8192), region.lend(8192..12288)];
+        mem_ffi::Payload::Lent(ranges.into_iter().collect())
+    };
+    let (admin, mut io) = admin_and_io();
+    io.defer_io = true;
+    assert!(io
+        .command(&Sqe::new(0x02, 1, 1).cdw(12, 15).sgl(8192, false), &[])
+        .is_empty());
+    let read = io.deferred.pop().unwrap();
+    reset_thread_payload_copies();
+    io.queue
+        .handle_io_complete(read.id, Ok(BlockReply::Data(lent())));
+    io.pump();
+    assert_eq!(thread_payload_copies(), CopyCounts::default());
+    match io.take().as_slice() {
+        [Got::C2HData {
+            cid: 1, data: d, ..
+        }, Got::Resp(cqe)] => {
+            assert_eq!(d, &data);
+            assert_eq!(cqe.status, (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let cntlid = admin.queue.cntlid().unwrap();
+    let mut io = admin.sibling();
+    io.send(&ic_req(0, 0, false, true));
+    io.take();
+    io.host = HostFramer {
+        header_digest: false,
+        data_digest: true,
+    };
+    let cqe = io.resp(
+        &connect_sqe(1, 2, 15, 0),
+        &connect_data(cntlid, SUBSYSTEM, HOST),
+    );
+    assert_eq!(cqe.status, (0, 0));
+    io.defer_io = true;
+    assert!(io
+        .command(&Sqe::new(0x02, 2, 1).cdw(12, 15).sgl(8192, false), &[])
+        .is_empty());
+    let read = io.deferred.pop().unwrap();
+    reset_thread_payload_copies();
+    io.queue
+        .handle_io_complete(read.id, Ok(BlockReply::Data(lent())));
+    io.pump();
+    assert_eq!(
+        thread_payload_copies(),
+        CopyCounts {
+            copies: 2,
+            bytes: 8192
+        },
+        "one copy of each lent range"
+    );
+    match io.take().as_slice() {
+        [Got::C2HData {
+            cid: 2, data: d, ..
+        }, Got::Resp(cqe)] => {
+            assert_eq!(d, &data);
+            assert_eq!(cqe.status, (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -18,6 +18,7 @@ use crate::server::engine::{EngineSession, Interest, Residence, Resident, Thread
 use crate::server::registry::SessionControl;
 use crate::server::tcp::link::{read_turn, ResidentControl, SocketLink, TurnReader, READ_CHUNK};
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
+use mem_ffi::Payload;
 
 /// Moves a freshly accepted connection to an engine thread.
 pub(super) fn start(
@@ -188,9 +189,10 @@ impl NvmeResident {
                 tail,
             } => {
                 let outbox = &mut self.link.outbox;
-                let data = match data.into_buf() {
-                    Ok(buf) => DataInBuf::Whole(buf),
-                    Err(span) => DataInBuf::File(span),
+                let data = match data {
+                    Payload::Owned(buf) => DataInBuf::Whole(buf),
+                    Payload::Lent(ranges) => DataInBuf::Lent(ranges),
+                    Payload::File(span) => DataInBuf::File(span),
                 };
                 outbox.push_head(&head);
                 outbox.push_buffer(data, range);

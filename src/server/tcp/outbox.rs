@@ -1,24 +1,28 @@
 //! PDUs framed for the socket but not written yet, kept as pieces (a header, a control PDU's
-//! data, a slice of a task's read buffer or of a file's pages, padding and digest) and written
-//! with vectored writes and, for a file's pages, sendfile(2), so no data segment is ever copied
-//! into a frame on its way out and a file's pages not even into user space. Headers and
-//! trailers are held inline in the pieces and the I/O vectors are built on the stack: queueing
-//! and writing a PDU allocates nothing once the list of pieces has grown to its working size.
+//! data, a slice of a task's read buffer, of a RAM LUN's lent memory or of a file's pages,
+//! padding and digest) and written with vectored writes (`mem_ffi::send_pieces`, which takes
+//! lent memory by address) and, for a file's pages, sendfile(2), so no data segment is ever
+//! copied into a frame on its way out, and neither lent memory nor a file's pages into a buffer
+//! of the target's own. Headers and trailers are held inline in the pieces and the I/O vectors
+//! are built on the stack: queueing and writing a PDU allocates nothing once the list of pieces
+//! has grown to its working size.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::ops::Range;
+use std::os::fd::AsFd;
 
 use crate::iscsi::bytes::HeaderBytes;
 use crate::iscsi::framing::{frame_parts, frame_parts_sized, FrameParts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
 use crate::iscsi::tcp::DataInBuf;
-use mem_ffi::{Buf, FileSpan};
+use mem_ffi::send::MAX_PIECES;
+use mem_ffi::{Buf, FileSpan, SendPiece};
 use std::sync::Arc;
 
-/// Pieces one `writev` takes at most (Linux UIO_MAXIOV is 1024; this many fit on the stack).
-const MAX_IOVECS: usize = 64;
+/// Pieces one vectored write takes at most: `mem_ffi::send_pieces`' limit, on the stack.
+const MAX_IOVECS: usize = MAX_PIECES;
 
 /// Smallest piece of a file's pages sent with sendfile: below it, copying the bytes (`pread`,
 /// then `writev` with the PDUs around them) costs less than a system call of its own per
@@ -29,10 +33,20 @@ pub(crate) const FILE_PAGES_MIN: usize = 16 << 10;
 
 /// Where an [`Outbox`] writes: a socket, or a stand-in for one.
 pub(crate) trait Wire: Write {
-    /// Writes `bufs` as [`Write::write_vectored`] does, telling the socket that more follows
-    /// at once (MSG_MORE), so a header leaves in one segment with the file pages after it.
-    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.write_vectored(bufs)
+    /// Writes `pieces` in order as a vectored write does (a short count when only some of
+    /// them went), telling the socket when more follows at once (`more`, MSG_MORE), so a header
+    /// leaves in one segment with the file pages after it. A stand-in writes the first piece
+    /// that holds bytes, copying lent ones out.
+    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], _more: bool) -> io::Result<usize> {
+        match pieces.iter().find(|piece| !piece.is_empty()) {
+            None => Ok(0),
+            Some(SendPiece::Bytes(bytes)) => self.write(bytes),
+            Some(SendPiece::Lent { lent, start, len }) => {
+                let mut bytes = vec![0; *len];
+                lent.slice(*start..start + len).copy_to(&mut bytes);
+                self.write(&bytes)
+            }
+        }
     }
 
     /// Sends up to `len` bytes of `file` from `offset` and says how many went.
@@ -40,8 +54,9 @@ pub(crate) trait Wire: Write {
 }
 
 impl Wire for &TcpStream {
-    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        socket2::SockRef::from(*self).send_vectored_with_flags(bufs, libc::MSG_MORE)
+    /// One sendmsg(2) of all the pieces, lent memory by address (no copy in user space).
+    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], more: bool) -> io::Result<usize> {
+        mem_ffi::send_pieces(self.as_fd(), pieces, more)
     }
 
     /// sendfile(2): the socket takes references to the file's pages, no copy in user space
@@ -59,8 +74,8 @@ impl Wire for &TcpStream {
 }
 
 impl Wire for TcpStream {
-    fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored_more(bufs)
+    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], more: bool) -> io::Result<usize> {
+        (&*self).send_pieces(pieces, more)
     }
 
     fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
@@ -69,6 +84,10 @@ impl Wire for TcpStream {
 }
 
 impl Wire for io::Sink {
+    fn send_pieces(&mut self, pieces: &[SendPiece<'_>], _: bool) -> io::Result<usize> {
+        Ok(pieces.iter().map(SendPiece::len).sum())
+    }
+
     fn send_file(&mut self, _: &File, _: u64, len: usize) -> io::Result<usize> {
         Ok(len)
     }
@@ -81,12 +100,13 @@ enum Piece {
     /// Padding and data digest after a data segment.
     Tail([u8; 7], u8),
     Owned(Vec<u8>),
-    /// Bytes `range` of a read's data: in memory, or a file's pages.
+    /// Bytes `range` of a read's data: in memory, lent memory, or a file's pages.
     Shared(DataInBuf, Range<usize>),
 }
 
 impl Piece {
-    /// The bytes, when they are in memory (not for a file's pages).
+    /// The bytes, when they are in the target's own memory (not lent memory nor a file's
+    /// pages).
     fn bytes(&self) -> Option<&[u8]> {
         match self {
             Piece::Head(bytes) => Some(bytes),
@@ -161,8 +181,14 @@ impl Outbox {
             }
             buffer => buffer,
         };
+        debug_assert!(
+            !(settings.data_digest && matches!(buffer, DataInBuf::Lent(_))),
+            "lent memory is never sent with a data digest"
+        );
         let parts = match buffer.bytes() {
             Some(bytes) => frame_parts(header, &bytes[range.clone()], settings),
+            // Lent memory only without a data digest (`TcpConnection::put_data`), a file's
+            // pages only then too (read into memory above otherwise).
             None => frame_parts_sized(header, range.len(), None, settings),
         };
         self.push(Piece::Head(parts.head.clone()));
@@ -191,8 +217,8 @@ impl Outbox {
         self.push(Piece::Tail(bytes, tail.len() as u8));
     }
 
-    /// Queues bytes `range` of `buffer` as they are (a read buffer or a file's pages framed by
-    /// another transport: NVMe/TCP C2HData).
+    /// Queues bytes `range` of `buffer` as they are (a read buffer, lent memory or a file's
+    /// pages framed by another transport: NVMe/TCP C2HData).
     pub(crate) fn push_buffer(&mut self, buffer: DataInBuf, range: Range<usize>) {
         self.push(Piece::Shared(buffer, range));
     }
@@ -274,8 +300,9 @@ impl Outbox {
     }
 
     /// One write from piece `first` on: sendfile when it is a file's pages, else one vectored
-    /// write of the pieces in memory up to the next file's (with MSG_MORE before one). A file
-    /// that ends before its span is an error: the PDU around it has been announced.
+    /// write of the pieces in memory (lent memory by address) up to the next file's (with
+    /// MSG_MORE before one). A file that ends before its span is an error: the PDU around it
+    /// has been announced.
     fn write_some(&self, out: &mut impl Wire, first: usize) -> io::Result<usize> {
         if let Piece::Shared(DataInBuf::File(span), range) = &self.pieces[first] {
             let at = range.start + self.written;
@@ -288,27 +315,44 @@ impl Outbox {
             }
             return Ok(n);
         }
-        let end = (first + MAX_IOVECS).min(self.pieces.len());
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut slices = [SendPiece::Bytes(&[]); MAX_IOVECS];
         let mut count = 0;
         let mut file_next = false;
-        for (i, piece) in self.pieces[first..end].iter().enumerate() {
-            let Some(bytes) = piece.bytes() else {
-                file_next = true;
+        for (i, piece) in self.pieces[first..].iter().enumerate() {
+            let skip = if i == 0 { self.written } else { 0 };
+            match piece {
+                Piece::Shared(DataInBuf::File(_), _) => {
+                    file_next = true;
+                    break;
+                }
+                Piece::Shared(DataInBuf::Lent(ranges), range) => {
+                    let mut at = 0;
+                    let start = range.start + skip;
+                    for lent in ranges.iter() {
+                        let (from, to) = (at, at + lent.len());
+                        at = to;
+                        let (lo, hi) = (start.max(from), range.end.min(to));
+                        if lo < hi && count < MAX_IOVECS {
+                            slices[count] = SendPiece::Lent {
+                                lent,
+                                start: lo - from,
+                                len: hi - lo,
+                            };
+                            count += 1;
+                        }
+                    }
+                }
+                piece => {
+                    let bytes = piece.bytes().expect("a piece in memory");
+                    slices[count] = SendPiece::Bytes(&bytes[skip..]);
+                    count += 1;
+                }
+            }
+            if count == MAX_IOVECS {
                 break;
-            };
-            slices[i] = IoSlice::new(if i == 0 {
-                &bytes[self.written..]
-            } else {
-                bytes
-            });
-            count += 1;
+            }
         }
-        if file_next {
-            out.write_vectored_more(&slices[..count])
-        } else {
-            out.write_vectored(&slices[..count])
-        }
+        out.send_pieces(&slices[..count], file_next)
     }
 }
 
@@ -590,5 +634,108 @@ mod tests {
         assert!(outbox.is_empty());
         assert_eq!(outbox.queued(), 0);
         assert_eq!(socket.wire, expected);
+    }
+
+    /// Lent ranges of `data` (from two regions, so a PDU's data spans both) as one payload.
+    fn lent_payload(data: &[u8]) -> (Vec<mem_ffi::Region>, mem_ffi::LentRanges) {
+        let half = data.len() / 2;
+        let regions: Vec<_> = [&data[..half], &data[half..]]
+            .into_iter()
+            .map(|part| {
+                let mut region = mem_ffi::Region::zeroed(mem_ffi::pool::global(), 1 << 20);
+                region.write(100, part);
+                region
+            })
+            .collect();
+        let ranges = regions
+            .iter()
+            .zip([half, data.len() - half])
+            .map(|(region, len)| region.lend(100..100 + len))
+            .collect();
+        (regions, ranges)
+    }
+
+    /// Data-In from lent memory spanning two regions produces the encoded PDU, written in
+    /// pieces as small as a socket may take, and a full socket resumes inside a lent range.
+    #[test]
+    fn lent_memory_goes_out_as_the_encoded_pdu_across_partial_writes() {
+        let data: Vec<u8> = (0..30000u32).map(|i| (i % 239) as u8).collect();
+        let (_regions, ranges) = lent_payload(&data);
+        let settings = FrameSettings {
+            header_digest: true,
+            data_digest: false,
+            max_data_segment_length: 1 << 20,
+        };
+        let mut expected = Vec::new();
+        let mut outbox = Outbox::default();
+        // Two PDUs: one inside the first range, one across both.
+        for (sn, slice) in [(0u32, 0..10001), (1, 10001..30000)] {
+            let header = Header::DataIn(DataIn {
+                buffer_offset: slice.start as u32,
+                data_sn: sn,
+                ..DataIn::default()
+            });
+            let lent = DataInBuf::Lent(ranges.clone());
+            outbox
+                .push_shared(&header, lent, slice.clone(), &settings)
+                .unwrap();
+            let pdu = Pdu::with_data(header, data[slice].to_vec());
+            expected.extend_from_slice(&framing::encode(&pdu, &settings));
+        }
+        assert_eq!(outbox.queued(), expected.len());
+        let mut socket = Full {
+            wire: Vec::new(),
+            room: 15000,
+        };
+        assert!(!outbox.send(&mut socket).unwrap());
+        assert_eq!(outbox.queued(), expected.len() - 15000);
+        socket.room = usize::MAX;
+        assert!(outbox.send(&mut socket).unwrap());
+        assert_eq!(socket.wire, expected);
+    }
+
+    /// Over a real socket: lent memory goes out by address (`mem_ffi::send_pieces`), a full
+    /// non-blocking socket resumes where it stopped, and the peer reads the encoded PDUs.
+    #[test]
+    fn a_socket_receives_lent_memory() {
+        use std::io::Read;
+        use std::net::TcpListener;
+        let data: Vec<u8> = (0..(600u32 << 10)).map(|i| (i % 241) as u8).collect();
+        let (_regions, ranges) = lent_payload(&data);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let settings = FrameSettings::default();
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        for (sn, at) in (0..data.len()).step_by(256 << 10).enumerate() {
+            let slice = at..(at + (256 << 10)).min(data.len());
+            let header = Header::DataIn(DataIn {
+                buffer_offset: at as u32,
+                data_sn: sn as u32,
+                ..DataIn::default()
+            });
+            outbox
+                .push_shared(
+                    &header,
+                    DataInBuf::Lent(ranges.clone()),
+                    slice.clone(),
+                    &settings,
+                )
+                .unwrap();
+            let pdu = Pdu::with_data(header, data[slice].to_vec());
+            expected.extend_from_slice(&framing::encode(&pdu, &settings));
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        let mut wire = &sender;
+        while !outbox.send(&mut wire).unwrap() {
+            let n = receiver.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(sender);
+        receiver.read_to_end(&mut got).unwrap();
+        assert_eq!(got, expected);
     }
 }
