@@ -6,12 +6,12 @@
 #   scripts/softroce-vm-watchdog-test.sh          the first boot hangs: it is
 #       killed after SOFTROCE_VM_BOOT_TIMEOUT (default here 25 s) and its
 #       console (kernel messages, sysrq task dump, QEMU's vCPUs) is kept; the
-#       next boot runs a guest script that fails with status 3, which must be
-#       the result, the script having run once (a failing script is never
-#       retried).  ~45 s.
+#       next boot (given 50 s) runs a guest script that fails with status 3,
+#       which must be the result, the script having run once (a failing
+#       script is never retried).  ~45 s.
 #   scripts/softroce-vm-watchdog-test.sh --all    also: every boot hangs, so
 #       the run gives up with 124 after 1 + SOFTROCE_VM_BOOT_RETRIES boots
-#       (retries set to 1 here).  ~65 s more.
+#       (retries set to 1 here).  ~90 s more.
 #
 # Exit status: 0 all checks passed, 1 a check failed, 77 the guest cannot run
 # here (as softroce-vm.sh).  Uses SOFTROCE_VM_CACHE etc. like softroce-vm.sh.

@@ -19,20 +19,23 @@
 #
 # Boot watchdog (not with --shell): a boot that has not started the guest
 # script within SOFTROCE_VM_BOOT_TIMEOUT seconds of QEMU starting is killed and
-# the guest booted again, at most SOFTROCE_VM_BOOT_RETRIES more times; stderr
-# says so and shows the hung console's tail, and the results dir keeps that
-# boot's whole console (console.boot<N>-hung.log, with QEMU's view of the
-# vCPUs and the guest's task stacks).  Only a boot is retried: once the guest
-# script has started, its failure or its timeout is the result, as is.
+# the guest booted again, at most SOFTROCE_VM_BOOT_RETRIES more times, each
+# retry given twice the time of the boot before it (a boot merely slowed by a
+# loaded host gets through); stderr says so and shows the hung console's
+# tail, and the results dir keeps that boot's whole console
+# (console.boot<N>-hung.log, with QEMU's view of the vCPUs and the guest's
+# task stacks).  Only a boot is retried: once the guest script has started,
+# its failure or its timeout is the result, as is.
 # The raw console of the boot that ran the script is console.log in the
 # results dir (every kernel message up to the guest script's start).
 #
 # Environment (all optional):
 #   SOFTROCE_VM_TIMEOUT   hard timeout in seconds for each boot's whole guest run
-#                         (600); with retried boots the worst case is
-#                         RETRIES x BOOT_TIMEOUT + TIMEOUT
+#                         (600); a boot that hung before the guest script adds
+#                         its boot timeout (+ ~10 s) to the run
 #   SOFTROCE_VM_BOOT_TIMEOUT  seconds from QEMU's start until the guest script
-#                         must have started, else the boot counts as hung (180)
+#                         must have started, else the first boot counts as hung
+#                         (120; boots take 10-17 s, 25-40 s on a loaded host)
 #   SOFTROCE_VM_BOOT_RETRIES  boots tried again after a hung one (2)
 #   SOFTROCE_VM_TEST_HANG_BOOTS  tests of the watchdog only: the first N boots
 #                         hang in the guest's init before the guest script (0)
@@ -57,7 +60,7 @@ REPO_ROOT="$(cd "$(dirname "$SELF")/.." && pwd -P)"
 GUEST_DIR="$REPO_ROOT/scripts/guest"
 
 TIMEOUT="${SOFTROCE_VM_TIMEOUT:-600}"
-BOOT_TIMEOUT="${SOFTROCE_VM_BOOT_TIMEOUT:-180}"
+BOOT_TIMEOUT="${SOFTROCE_VM_BOOT_TIMEOUT:-120}"
 BOOT_RETRIES="${SOFTROCE_VM_BOOT_RETRIES:-2}"
 HANG_BOOTS="${SOFTROCE_VM_TEST_HANG_BOOTS:-0}"
 MEM="${SOFTROCE_VM_MEM:-2048}"
@@ -372,7 +375,7 @@ run_guest() {
     # `timeout` puts QEMU in its own process group, so a Ctrl-C on the
     # terminal never reaches QEMU; forward INT/TERM to timeout (which passes
     # it on to QEMU) so an interrupted run does not leave a guest behind.
-    local interrupted=0 tpid="" hung=0 hung_lines=0 boot=1
+    local interrupted=0 tpid="" hung=0 hung_lines=0 boot=1 boot_timeout
     trap 'interrupted=1; [[ -n "$tpid" ]] && kill -TERM "$tpid" 2>/dev/null' INT TERM
     if [[ "$INTERACTIVE" == 1 ]]; then
         # Interactive: the terminal talks to the guest console directly
@@ -386,7 +389,7 @@ run_guest() {
             [[ $interrupted == 1 || $hung == 0 ]] && break
             local hung_log="$results/console.boot$boot-hung.log"
             mv "$results/console.log" "$hung_log"
-            log "BOOT HUNG: boot $boot did not start the guest script within ${BOOT_TIMEOUT}s (SOFTROCE_VM_BOOT_TIMEOUT); QEMU killed"
+            log "BOOT HUNG: boot $boot did not start the guest script within ${boot_timeout}s (SOFTROCE_VM_BOOT_TIMEOUT); QEMU killed"
             log "its console, guest task stacks and QEMU's view of the vCPUs: $hung_log"
             log "its console's last lines before the watchdog, then QEMU's vCPUs:"
             head -n "$hung_lines" "$hung_log" | tail -n 30 | sed 's/^/  | /' >&2
@@ -398,7 +401,7 @@ run_guest() {
                 exit 124
             fi
             boot=$((boot + 1))
-            log "retrying: boot $boot of at most $((BOOT_RETRIES + 1)) (a hung boot is retried; a failing guest script never is)"
+            log "retrying: boot $boot of at most $((BOOT_RETRIES + 1)), given $(( BOOT_TIMEOUT << (boot - 1) ))s (a hung boot is retried; a failing guest script never is)"
         done
     fi
     trap - INT TERM
@@ -432,12 +435,14 @@ run_guest() {
 # the console on stdout, raw into $results/console.log and, unless
 # SOFTROCE_VM_DEBUG=1, shown from the guest init's "guest up" line on.
 # The watchdog: until the guest's init writes $ctl/started (just before it
-# starts the guest script), at most BOOT_TIMEOUT seconds; past that the boot
-# is hung: its diagnostics are taken and QEMU is killed.  Sets (run_guest's)
-# qrc, tpid, hung and hung_lines (the console's length when it hung).
+# starts the guest script), at most BOOT_TIMEOUT seconds, doubled for each
+# boot before this one; past that the boot is hung: its diagnostics are taken
+# and QEMU is killed.  Sets (run_guest's) qrc, tpid, hung, hung_lines (the
+# console's length when it hung) and boot_timeout.
 boot_once() {
     local n="$1" boot_append="$append" console="$results/console.log"
     (( n <= HANG_BOOTS )) && boot_append+=" softroce_test_hang=1"
+    boot_timeout=$(( BOOT_TIMEOUT << (n - 1) ))
     rm -f "$ctl/started" "$ctl/status" "$ctl/timeout.pid" "$ctl/qemu.rc" "$ctl"/monitor.*
     : >"$console"
     # The QEMU monitor on a pair of FIFOs (QEMU opens both read-write, so
@@ -459,7 +464,7 @@ boot_once() {
     tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
     hung=0
     while [[ ! -e "$ctl/started" && $interrupted == 0 ]] && kill -0 "$ppid" 2>/dev/null; do
-        if (( SECONDS - b0 >= BOOT_TIMEOUT )); then
+        if (( SECONDS - b0 >= boot_timeout )); then
             hung=1
             hung_lines="$(wc -l <"$console")"
             boot_diagnostics "$console"
@@ -484,7 +489,7 @@ boot_once() {
 # stub, so RIP stays an address; the sysrq dumps carry symbols.
 boot_diagnostics() {
     local console="$1" mon="$ctl/monitor" fd
-    echo "=== softroce-vm boot watchdog: no guest script after ${BOOT_TIMEOUT}s; sysrq t and l, then QEMU's monitor" >>"$console"
+    echo "=== softroce-vm boot watchdog: no guest script after ${boot_timeout}s; sysrq t and l, then QEMU's monitor" >>"$console"
     # Opened read-write: never blocks, even if QEMU has just exited.
     exec {fd}<>"$mon.in"
     printf 'sendkey alt-sysrq-t\n' >&"$fd"
