@@ -63,6 +63,10 @@ TIMEOUT="${SOFTROCE_VM_TIMEOUT:-600}"
 BOOT_TIMEOUT="${SOFTROCE_VM_BOOT_TIMEOUT:-120}"
 BOOT_RETRIES="${SOFTROCE_VM_BOOT_RETRIES:-2}"
 HANG_BOOTS="${SOFTROCE_VM_TEST_HANG_BOOTS:-0}"
+for v in BOOT_TIMEOUT BOOT_RETRIES TEST_HANG_BOOTS; do
+    n="SOFTROCE_VM_$v"
+    [[ "${!n:-0}" =~ ^[0-9]+$ ]] || { echo "softroce-vm: error: $n=${!n} is not a whole number" >&2; exit 1; }
+done
 MEM="${SOFTROCE_VM_MEM:-2048}"
 SMP="${SOFTROCE_VM_SMP:-2}"
 DEBUG="${SOFTROCE_VM_DEBUG:-0}"
@@ -384,7 +388,7 @@ run_guest() {
         tpid=$!
         until wait "$tpid"; qrc=$?; ! kill -0 "$tpid" 2>/dev/null; do :; done
     else
-        while :; do
+        while [[ $interrupted == 0 ]]; do
             boot_once "$boot"
             [[ $interrupted == 1 || $hung == 0 ]] && break
             local hung_log="$results/console.boot$boot-hung.log"
@@ -443,6 +447,7 @@ boot_once() {
     local n="$1" boot_append="$append" console="$results/console.log"
     (( n <= HANG_BOOTS )) && boot_append+=" softroce_test_hang=1"
     boot_timeout=$(( BOOT_TIMEOUT << (n - 1) ))
+    tpid=""
     rm -f "$ctl/started" "$ctl/status" "$ctl/timeout.pid" "$ctl/qemu.rc" "$ctl"/monitor.*
     : >"$console"
     # The QEMU monitor on a pair of FIFOs (QEMU opens both read-write, so
@@ -463,7 +468,9 @@ boot_once() {
     while [[ ! -s "$ctl/timeout.pid" ]] && kill -0 "$ppid" 2>/dev/null; do sleep 0.05; done
     tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
     hung=0
-    while [[ ! -e "$ctl/started" && $interrupted == 0 ]] && kill -0 "$ppid" 2>/dev/null; do
+    while [[ ! -e "$ctl/started" ]] && kill -0 "$ppid" 2>/dev/null; do
+        # INT/TERM before tpid was known: the trap could not stop this QEMU.
+        if [[ $interrupted == 1 ]]; then kill -TERM "$tpid" 2>/dev/null || true; break; fi
         if (( SECONDS - b0 >= boot_timeout )); then
             hung=1
             hung_lines="$(wc -l <"$console")"
