@@ -5,10 +5,10 @@
 #
 #   scripts/softroce-vm-watchdog-test.sh          the first boot hangs: it is
 #       killed after SOFTROCE_VM_BOOT_TIMEOUT (default here 25 s) and its
-#       console (kernel messages, sysrq task dump, QEMU's vCPUs) is kept; the
-#       next boot (given 50 s) runs a guest script that fails with status 3,
-#       which must be the result, the script having run once (a failing
-#       script is never retried).  ~45 s.
+#       console (kernel messages, QEMU's threads, sysrq task dump, vCPUs) is
+#       kept; the next boot (given 50 s) runs a guest script that fails with
+#       status 3, which must be the result, the script having run once (a
+#       failing script is never retried).  ~45 s.
 #   scripts/softroce-vm-watchdog-test.sh --all    also: every boot hangs, so
 #       the run gives up with 124 after 1 + SOFTROCE_VM_BOOT_RETRIES boots
 #       (retries set to 1 here).  ~90 s more.
@@ -65,6 +65,7 @@ check "it shows where the boot stopped (the simulated hang's line)" \
     grep -q 'softroce_test_hang=1: init stops here' "$work/retry/console.boot1-hung.log"
 check "it has the guest's task dump (sysrq t)" grep -q 'sysrq: Show State' "$work/retry/console.boot1-hung.log"
 check "it has QEMU's view of the vCPUs" grep -q 'CPU #0' "$work/retry/console.boot1-hung.log"
+check "it has QEMU's threads, named" grep -q ' CPU 0/TCG$' "$work/retry/console.boot1-hung.log"
 check "the boot that ran the script keeps its raw console (console.log)" \
     grep -q 'Linux version' "$work/retry/console.log"
 check "the filtered view hides the boot's kernel messages" \

@@ -23,8 +23,8 @@
 # retry given twice the time of the boot before it (a boot merely slowed by a
 # loaded host gets through); stderr says so and shows the hung console's
 # tail, and the results dir keeps that boot's whole console
-# (console.boot<N>-hung.log, with QEMU's view of the vCPUs and the guest's
-# task stacks).  Only a boot is retried: once the guest script has started,
+# (console.boot<N>-hung.log, with QEMU's threads and view of the vCPUs and
+# the guest's task stacks).  Only a boot is retried: once the guest script has started,
 # its failure or its timeout is the result, as is.
 # The raw console of the boot that ran the script is console.log in the
 # results dir (every kernel message up to the guest script's start).
@@ -362,6 +362,9 @@ run_guest() {
     # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
     local qemu=("$QEMU"
         -nodefaults -no-user-config -no-reboot
+        # debug-threads: QEMU's threads get names ("CPU 0/TCG"), which a hung
+        # boot's post-mortem shows (boot_diagnostics).
+        -name softroce-vm,debug-threads=on
         -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
         -display none
         # No network device at all: guest traffic (rxe on dummy0) cannot leave.
@@ -394,11 +397,14 @@ run_guest() {
             local hung_log="$results/console.boot$boot-hung.log"
             mv "$results/console.log" "$hung_log"
             log "BOOT HUNG: boot $boot did not start the guest script within ${boot_timeout}s (SOFTROCE_VM_BOOT_TIMEOUT); QEMU killed"
-            log "its console, guest task stacks and QEMU's view of the vCPUs: $hung_log"
-            log "its console's last lines before the watchdog, then QEMU's vCPUs:"
-            head -n "$hung_lines" "$hung_log" | tail -n 30 | sed 's/^/  | /' >&2
-            # One line per vCPU: where it is (RIP, CPL 0 = kernel) and HLT=1 if idle.
-            grep -a '^RIP=' "$ctl/monitor.txt" 2>/dev/null | sed 's/^/  | /' >&2
+            log "its console, guest task stacks, QEMU's threads and vCPUs: $hung_log"
+            log "its console's last lines before the watchdog, QEMU's threads, its vCPUs:"
+            {
+                head -n "$hung_lines" "$hung_log" | tail -n 30
+                cat "$ctl/threads.txt" 2>/dev/null
+                # One line per vCPU: where it is (RIP, CPL 0 = kernel), HLT=1 if idle.
+                grep -a '^RIP=' "$ctl/monitor.txt" 2>/dev/null
+            } | sed 's/^/  | /' >&2
             if (( boot > BOOT_RETRIES )); then
                 log "FAIL: $boot boots in a row hung before the guest script started; giving up (SOFTROCE_VM_BOOT_RETRIES=$BOOT_RETRIES)"
                 rm -rf "$ctl"
@@ -495,8 +501,21 @@ boot_once() {
 # view of the vCPUs (halted or running, registers).  Debian's System.map is a
 # stub, so RIP stays an address; the sysrq dumps carry symbols.
 boot_diagnostics() {
-    local console="$1" mon="$ctl/monitor" fd
-    echo "=== softroce-vm boot watchdog: no guest script after ${boot_timeout}s; sysrq t and l, then QEMU's monitor" >>"$console"
+    local console="$1" mon="$ctl/monitor" fd qpid
+    echo "=== softroce-vm boot watchdog: no guest script after ${boot_timeout}s; QEMU's threads, sysrq t and l, QEMU's monitor" >>"$console"
+    # Which QEMU threads burn CPU (a vCPU spinning) or all sleep (waiting for
+    # an event), and on what: tells a guest hang from a QEMU one.
+    qpid="$(pgrep -P "$tpid" | head -n1)"
+    if [[ -n "$qpid" ]]; then
+        qemu_threads "$qpid" >"$ctl/threads.0"
+        sleep 1
+        qemu_threads "$qpid" >"$ctl/threads.1"
+        {
+            echo "=== QEMU (pid $qpid) threads: tid, state, CPU ticks (1/100 s) used in 1 s, wchan, name"
+            awk 'NR == FNR { t[$1] = $3; next } { $3 = $3 - t[$1]; print }' "$ctl/threads.0" "$ctl/threads.1"
+        } >"$ctl/threads.txt"
+        cat "$ctl/threads.txt" >>"$console"
+    fi
     # Opened read-write: never blocks, even if QEMU has just exited.
     exec {fd}<>"$mon.in"
     printf 'sendkey alt-sysrq-t\n' >&"$fd"
@@ -509,6 +528,19 @@ boot_diagnostics() {
     # The monitor's readline echoes each typed command with escape sequences.
     timeout 2 cat "$mon.out" | tr -d '\r' | grep -av $'\e' >"$ctl/monitor.txt" || true
     { echo "=== QEMU monitor"; cat "$ctl/monitor.txt"; } >>"$console"
+}
+
+# QEMU's (pid $1) threads, one a line: tid, state, CPU ticks (user+system),
+# wchan, name.
+qemu_threads() {
+    local t st f
+    for t in /proc/"$1"/task/*; do
+        st="$(cat "$t/stat" 2>/dev/null)" || continue
+        # The name (field 2) may hold spaces ("CPU 0/TCG"): split after its ')'.
+        read -r -a f <<<"${st##*) }"
+        printf '%s %s %s %s %s\n' "${t##*/}" "${f[0]}" $(( f[11] + f[12] )) \
+            "$(cat "$t/wchan" 2>/dev/null)" "$(cat "$t/comm" 2>/dev/null)"
+    done
 }
 
 main() {
