@@ -35,7 +35,7 @@
 #                         its boot timeout (+ ~10 s) to the run
 #   SOFTROCE_VM_BOOT_TIMEOUT  seconds from QEMU's start until the guest script
 #                         must have started, else the first boot counts as hung
-#                         (120; boots take 9-17 s, 25-53 s on a loaded host)
+#                         (120; boots take 8-20 s, 24-53 s on a loaded host)
 #   SOFTROCE_VM_BOOT_RETRIES  boots tried again after a hung one (2)
 #   SOFTROCE_VM_TEST_HANG_BOOTS  tests of the watchdog only: the first N boots
 #                         hang in the guest's init before the guest script (0)
