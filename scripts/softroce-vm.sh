@@ -495,11 +495,12 @@ boot_once() {
     qrc="$(cat "$ctl/qemu.rc" 2>/dev/null || echo 1)"
 }
 
-# A hung boot's post-mortem, appended to its console log ($1): the guest
-# kernel's sysrq dumps (t: every task's state and stack, l: backtraces of the
-# CPUs not idle), which need a guest that still takes interrupts, then QEMU's
-# view of the vCPUs (halted or running, registers).  Debian's System.map is a
-# stub, so RIP stays an address; the sysrq dumps carry symbols.
+# A hung boot's post-mortem, appended to its console log ($1): QEMU's
+# threads, the guest kernel's sysrq dumps (t: every task's state and stack,
+# l: backtraces of the CPUs not idle), which need a guest that still takes
+# interrupts, then QEMU's view of the vCPUs (halted or running, registers).
+# Debian's System.map is a stub, so RIP stays an address; the sysrq dumps
+# carry symbols.
 boot_diagnostics() {
     local console="$1" mon="$ctl/monitor" fd qpid
     echo "=== softroce-vm boot watchdog: no guest script after ${boot_timeout}s; QEMU's threads, sysrq t and l, QEMU's monitor" >>"$console"
