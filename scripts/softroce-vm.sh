@@ -184,6 +184,9 @@ KVER="$(uname -r)"
 for m in $(cat /modules.list); do
     insmod "/modules/$m.ko" || fail "insmod $m failed"
 done
+# Progress lines: the host shows them only with SOFTROCE_VM_DEBUG=1, but they
+# are in console.log, where a hung boot's console says how far it got.
+echo "softroce-vm stage1: modules loaded; mounting the host's / (9p) and the overlay"
 mkdir -p /lower /upper /newroot
 # msize: bigger is much faster (fewer 9p round trips); 512000 is the
 # virtio transport's maximum in 6.1 (net/9p/trans_virtio.c:
@@ -203,6 +206,7 @@ INIT="$(arg softroce_init)"
 [ -x "/newroot$INIT" ] || fail "stage-2 init $INIT not found/executable in host root"
 umount /proc /sys
 mount --move /dev /newroot/dev
+echo "softroce-vm stage1: switch_root to $INIT"
 exec switch_root /newroot "$INIT"
 EOF
 }

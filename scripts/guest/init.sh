@@ -27,6 +27,7 @@ poweroff_now() {
     sleep 30
 }
 
+echo "softroce-vm stage2: $0 started; mounting /proc, /sys, /run and the ctl and results shares"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 # /dev was moved over from the initramfs (devtmpfs: nodes appear without udev).
