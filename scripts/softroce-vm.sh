@@ -11,13 +11,34 @@
 #                                                   (lib.sh sourced; `exit` ends the VM)
 #   scripts/softroce-vm.sh --check                  only detect whether the VM can run
 #
-# Exit status: the guest script's exit status; 124 if the hard timeout fired;
+# Exit status: the guest script's exit status; 124 if the hard timeout fired,
+# or if every boot hung before the guest script started (boot watchdog below);
 # 77 ("skip") only when this machine truly cannot run the guest (no QEMU and no
 # way to install it, not x86_64 Linux, ...).  With SOFTROCE_VM_REQUIRE=1 the
 # "cannot run" case is a failure (exit 1) instead of a skip.
 #
+# Boot watchdog (not with --shell): a boot that has not started the guest
+# script within SOFTROCE_VM_BOOT_TIMEOUT seconds of QEMU starting is killed and
+# the guest booted again, at most SOFTROCE_VM_BOOT_RETRIES more times, each
+# retry given twice the time of the boot before it (a boot merely slowed by a
+# loaded host gets through); stderr says so and shows the hung console's
+# tail, and the results dir keeps that boot's whole console
+# (console.boot<N>-hung.log, with QEMU's threads and view of the vCPUs and
+# the guest's task stacks).  Only a boot is retried: once the guest script has started,
+# its failure or its timeout is the result, as is.
+# The raw console of the boot that ran the script is console.log in the
+# results dir (every kernel message up to the guest script's start).
+#
 # Environment (all optional):
-#   SOFTROCE_VM_TIMEOUT   hard timeout in seconds for the whole guest run (600)
+#   SOFTROCE_VM_TIMEOUT   hard timeout in seconds for each boot's whole guest run
+#                         (600); a boot that hung before the guest script adds
+#                         its boot timeout (+ ~10 s) to the run
+#   SOFTROCE_VM_BOOT_TIMEOUT  seconds from QEMU's start until the guest script
+#                         must have started, else the first boot counts as hung
+#                         (120; boots take 8-20 s, 24-53 s on a loaded host)
+#   SOFTROCE_VM_BOOT_RETRIES  boots tried again after a hung one (2)
+#   SOFTROCE_VM_TEST_HANG_BOOTS  tests of the watchdog only: the first N boots
+#                         hang in the guest's init before the guest script (0)
 #   SOFTROCE_VM_MEM       guest RAM in MiB (2048)
 #   SOFTROCE_VM_SMP       guest CPUs (2)
 #   SOFTROCE_VM_DEBUG     1 = show the full kernel console, `set -x` in guest init
@@ -39,6 +60,13 @@ REPO_ROOT="$(cd "$(dirname "$SELF")/.." && pwd -P)"
 GUEST_DIR="$REPO_ROOT/scripts/guest"
 
 TIMEOUT="${SOFTROCE_VM_TIMEOUT:-600}"
+BOOT_TIMEOUT="${SOFTROCE_VM_BOOT_TIMEOUT:-120}"
+BOOT_RETRIES="${SOFTROCE_VM_BOOT_RETRIES:-2}"
+HANG_BOOTS="${SOFTROCE_VM_TEST_HANG_BOOTS:-0}"
+for v in BOOT_TIMEOUT BOOT_RETRIES TEST_HANG_BOOTS; do
+    n="SOFTROCE_VM_$v"
+    [[ "${!n:-0}" =~ ^[0-9]+$ ]] || { echo "softroce-vm: error: $n=${!n} is not a whole number" >&2; exit 1; }
+done
 MEM="${SOFTROCE_VM_MEM:-2048}"
 SMP="${SOFTROCE_VM_SMP:-2}"
 DEBUG="${SOFTROCE_VM_DEBUG:-0}"
@@ -156,6 +184,9 @@ KVER="$(uname -r)"
 for m in $(cat /modules.list); do
     insmod "/modules/$m.ko" || fail "insmod $m failed"
 done
+# Progress lines: the host shows them only with SOFTROCE_VM_DEBUG=1, but they
+# are in console.log, where a hung boot's console says how far it got.
+echo "softroce-vm stage1: modules loaded; mounting the host's / (9p) and the overlay"
 mkdir -p /lower /upper /newroot
 # msize: bigger is much faster (fewer 9p round trips); 512000 is the
 # virtio transport's maximum in 6.1 (net/9p/trans_virtio.c:
@@ -175,6 +206,7 @@ INIT="$(arg softroce_init)"
 [ -x "/newroot$INIT" ] || fail "stage-2 init $INIT not found/executable in host root"
 umount /proc /sys
 mount --move /dev /newroot/dev
+echo "softroce-vm stage1: switch_root to $INIT"
 exec switch_root /newroot "$INIT"
 EOF
 }
@@ -311,54 +343,80 @@ run_guest() {
 
     local append="console=ttyS0 panic=-1 oops=panic softroce_moddir=$KDIR/root/lib/modules/$KVER"
     append+=" softroce_init=$GUEST_DIR/init.sh softroce_results=$results softroce_interactive=$INTERACTIVE"
-    if [[ "$DEBUG" == 1 ]]; then append+=" loglevel=7 softroce_debug=1"; else append+=" quiet loglevel=3"; fi
+    if [[ "$DEBUG" == 1 ]]; then
+        append+=" loglevel=7 softroce_debug=1"
+    elif [[ "$INTERACTIVE" == 1 ]]; then
+        append+=" quiet loglevel=3"
+    else
+        # Every kernel message reaches console.log until the guest script
+        # starts (a hung boot's console says how far it got); the guest's
+        # init then lowers the console to errors-and-worse, as `loglevel=3`
+        # did, and only from there on is the console shown (boot_once).
+        append+=" loglevel=7 softroce_quiet=1"
+    fi
     # TCG's emulated TSC is not tied to real time (it runs at the speed of
     # the emulation, which varies with host load); mark it unstable up front
     # so the guest does not pick it as clocksource.
     append+=" tsc=unstable"
+    # For a hung boot's post-mortem (boot_diagnostics): sysrq from the
+    # emulated keyboard may dump task stacks (Debian's default sysrq mask,
+    # 0x1b6, forbids dumps).
+    append+=" sysrq_always_enabled"
 
     # shellcheck disable=SC2054  # commas are QEMU option syntax, not array separators
     local qemu=("$QEMU"
         -nodefaults -no-user-config -no-reboot
+        # debug-threads: QEMU's threads get names ("CPU 0/TCG"), which a hung
+        # boot's post-mortem shows (boot_diagnostics).
+        -name softroce-vm,debug-threads=on
         -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
-        -display none -monitor none
+        -display none
         # No network device at all: guest traffic (rxe on dummy0) cannot leave.
         -nic none
         -kernel "$KDIR/root/boot/vmlinuz-$KVER" -initrd "$KDIR/initramfs.cpio.gz"
-        -append "$append"
         # Host / read-only; multidevs=remap because / spans several host
         # filesystems (inode numbers would collide otherwise, QEMU warns).
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$ctl,mount_tag=softroce_ctl,security_model=none,multidevs=remap"
         -virtfs "local,path=$results,mount_tag=softroce_results,security_model=none,multidevs=remap"
     )
-    [[ "$DEBUG" == 1 ]] && log "qemu: ${qemu[*]}"
+    [[ "$DEBUG" == 1 ]] && log "qemu: ${qemu[*]} -append '$append'"
     log "booting guest (kernel $KVER, timeout ${TIMEOUT}s, results in $results)"
     t0=$SECONDS
     # `timeout` puts QEMU in its own process group, so a Ctrl-C on the
     # terminal never reaches QEMU; forward INT/TERM to timeout (which passes
     # it on to QEMU) so an interrupted run does not leave a guest behind.
-    local interrupted=0 tpid=""
+    local interrupted=0 tpid="" hung=0 hung_lines=0 boot=1 boot_timeout
     trap 'interrupted=1; [[ -n "$tpid" ]] && kill -TERM "$tpid" 2>/dev/null' INT TERM
     if [[ "$INTERACTIVE" == 1 ]]; then
         # Interactive: the terminal talks to the guest console directly
         # (mon:stdio multiplexes the QEMU monitor: Ctrl-A x quits QEMU).
-        timeout -k 10 "$TIMEOUT" "${qemu[@]}" -serial mon:stdio &
+        timeout -k 10 "$TIMEOUT" "${qemu[@]}" -append "$append" -monitor none -serial mon:stdio &
         tpid=$!
         until wait "$tpid"; qrc=$?; ! kill -0 "$tpid" 2>/dev/null; do :; done
     else
-        qemu+=(-serial stdio)
-        # stdin from /dev/null: with a terminal on stdin QEMU would put it in
-        # raw mode and forward keystrokes to the guest.  sed -u strips the CR
-        # the guest tty's ONLCR adds and streams line by line.
-        ( timeout -k 10 "$TIMEOUT" "${qemu[@]}" </dev/null 2>&1 &
-          echo $! >"$ctl/timeout.pid"
-          wait $!; echo $? >"$ctl/qemu.rc" ) | sed -u 's/\r$//' &
-        local ppid=$!
-        while [[ ! -s "$ctl/timeout.pid" ]] && kill -0 "$ppid" 2>/dev/null; do sleep 0.05; done
-        tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
-        until wait "$ppid"; ! kill -0 "$ppid" 2>/dev/null; do :; done
-        qrc="$(cat "$ctl/qemu.rc" 2>/dev/null || echo 1)"
+        while [[ $interrupted == 0 ]]; do
+            boot_once "$boot"
+            [[ $interrupted == 1 || $hung == 0 ]] && break
+            local hung_log="$results/console.boot$boot-hung.log"
+            mv "$results/console.log" "$hung_log"
+            log "BOOT HUNG: boot $boot did not start the guest script within ${boot_timeout}s (SOFTROCE_VM_BOOT_TIMEOUT); QEMU killed"
+            log "its console, guest task stacks, QEMU's threads and vCPUs: $hung_log"
+            log "its console's last lines before the watchdog, QEMU's threads, its vCPUs:"
+            {
+                head -n "$hung_lines" "$hung_log" | tail -n 30
+                cat "$ctl/threads.txt" 2>/dev/null
+                # One line per vCPU: where it is (RIP, CPL 0 = kernel), HLT=1 if idle.
+                grep -a '^RIP=' "$ctl/monitor.txt" 2>/dev/null
+            } | sed 's/^/  | /' >&2
+            if (( boot > BOOT_RETRIES )); then
+                log "FAIL: $boot boots in a row hung before the guest script started; giving up (SOFTROCE_VM_BOOT_RETRIES=$BOOT_RETRIES)"
+                rm -rf "$ctl"
+                exit 124
+            fi
+            boot=$((boot + 1))
+            log "retrying: boot $boot of at most $((BOOT_RETRIES + 1)), given $(( BOOT_TIMEOUT << (boot - 1) ))s (a hung boot is retried; a failing guest script never is)"
+        done
     fi
     trap - INT TERM
     if [[ $interrupted == 1 ]]; then
@@ -375,11 +433,119 @@ run_guest() {
         rc="$(cat "$ctl/status")"
     else
         log "FAIL: guest exited without reporting a status (qemu rc=$qrc; kernel panic or init failure?)"
+        if [[ $INTERACTIVE == 0 && ! -e "$ctl/started" ]]; then
+            # The console before the guest script is not shown; show its end.
+            log "the guest script never started; the console's last lines ($results/console.log):"
+            tail -n 40 "$results/console.log" | sed 's/^/  | /' >&2
+        fi
         rc=1
     fi
     rm -rf "$ctl"
     log "guest finished in $((SECONDS - t0))s with status $rc"
     return "$rc"
+}
+
+# One non-interactive boot (number $1) of run_guest's guest: runs QEMU with
+# the console on stdout, raw into $results/console.log and, unless
+# SOFTROCE_VM_DEBUG=1, shown from the guest init's "guest up" line on.
+# The watchdog: until the guest's init writes $ctl/started (just before it
+# starts the guest script), at most BOOT_TIMEOUT seconds, doubled for each
+# boot before this one; past that the boot is hung: its diagnostics are taken
+# and QEMU is killed.  Sets (run_guest's) qrc, tpid, hung, hung_lines (the
+# console's length when it hung) and boot_timeout.
+boot_once() {
+    local n="$1" boot_append="$append" console="$results/console.log"
+    (( n <= HANG_BOOTS )) && boot_append+=" softroce_test_hang=1"
+    boot_timeout=$(( BOOT_TIMEOUT << (n - 1) ))
+    tpid=""
+    rm -f "$ctl/started" "$ctl/status" "$ctl/timeout.pid" "$ctl/qemu.rc" "$ctl"/monitor.*
+    : >"$console"
+    # The QEMU monitor on a pair of FIFOs (QEMU opens both read-write, so
+    # neither side blocks on open): boot_diagnostics talks to it.
+    mkfifo "$ctl/monitor.in" "$ctl/monitor.out"
+    # shellcheck disable=SC2016  # $p is sed's "to the last line", not a variable
+    local view=(sed -u -n '/softroce-vm: guest up after/,$p')
+    [[ "$DEBUG" == 1 ]] && view=(cat)
+    # stdin from /dev/null: with a terminal on stdin QEMU would put it in
+    # raw mode and forward keystrokes to the guest.  sed -u strips the CR
+    # the guest tty's ONLCR adds and streams line by line.
+    ( timeout -k 10 "$TIMEOUT" "${qemu[@]}" -append "$boot_append" -serial stdio \
+          -chardev "pipe,id=mon0,path=$ctl/monitor" -mon chardev=mon0,mode=readline \
+          </dev/null 2>&1 &
+      echo $! >"$ctl/timeout.pid"
+      wait $!; echo $? >"$ctl/qemu.rc" ) | sed -u 's/\r$//' | tee -a "$console" | "${view[@]}" &
+    local ppid=$! b0=$SECONDS
+    while [[ ! -s "$ctl/timeout.pid" ]] && kill -0 "$ppid" 2>/dev/null; do sleep 0.05; done
+    tpid="$(cat "$ctl/timeout.pid" 2>/dev/null || true)"
+    hung=0
+    while [[ ! -e "$ctl/started" ]] && kill -0 "$ppid" 2>/dev/null; do
+        # INT/TERM before tpid was known: the trap could not stop this QEMU.
+        if [[ $interrupted == 1 ]]; then kill -TERM "$tpid" 2>/dev/null || true; break; fi
+        if (( SECONDS - b0 >= boot_timeout )); then
+            hung=1
+            hung_lines="$(wc -l <"$console")"
+            boot_diagnostics "$console"
+            # timeout passes TERM on to QEMU; its process group (timeout
+            # made it) is KILLed if QEMU is still there 15 s later.
+            kill -TERM "$tpid" 2>/dev/null || true
+            local k=0
+            while kill -0 "$ppid" 2>/dev/null && (( k++ < 150 )); do sleep 0.1; done
+            kill -KILL -- "-$tpid" 2>/dev/null || true
+            break
+        fi
+        sleep 1
+    done
+    until wait "$ppid"; ! kill -0 "$ppid" 2>/dev/null; do :; done
+    qrc="$(cat "$ctl/qemu.rc" 2>/dev/null || echo 1)"
+}
+
+# A hung boot's post-mortem, appended to its console log ($1): QEMU's
+# threads, the guest kernel's sysrq dumps (t: every task's state and stack,
+# l: backtraces of the CPUs not idle), which need a guest that still takes
+# interrupts, then QEMU's view of the vCPUs (halted or running, registers).
+# Debian's System.map is a stub, so RIP stays an address; the sysrq dumps
+# carry symbols.
+boot_diagnostics() {
+    local console="$1" mon="$ctl/monitor" fd qpid
+    echo "=== softroce-vm boot watchdog: no guest script after ${boot_timeout}s; QEMU's threads, sysrq t and l, QEMU's monitor" >>"$console"
+    # Which QEMU threads burn CPU (a vCPU spinning) or all sleep (waiting for
+    # an event), and on what: tells a guest hang from a QEMU one.
+    qpid="$(pgrep -P "$tpid" | head -n1)"
+    if [[ -n "$qpid" ]]; then
+        qemu_threads "$qpid" >"$ctl/threads.0"
+        sleep 1
+        qemu_threads "$qpid" >"$ctl/threads.1"
+        {
+            echo "=== QEMU (pid $qpid) threads: tid, state, CPU ticks (1/100 s) used in 1 s, wchan, name"
+            awk 'NR == FNR { t[$1] = $3; next } { $3 = $3 - t[$1]; print }' "$ctl/threads.0" "$ctl/threads.1"
+        } >"$ctl/threads.txt"
+        cat "$ctl/threads.txt" >>"$console"
+    fi
+    # Opened read-write: never blocks, even if QEMU has just exited.
+    exec {fd}<>"$mon.in"
+    printf 'sendkey alt-sysrq-t\n' >&"$fd"
+    sleep 2
+    printf 'sendkey alt-sysrq-l\n' >&"$fd"
+    sleep 2
+    printf 'info status\ninfo cpus\ninfo registers -a\n' >&"$fd"
+    sleep 1
+    exec {fd}>&-
+    # The monitor's readline echoes each typed command with escape sequences.
+    timeout 2 cat "$mon.out" | tr -d '\r' | grep -av $'\e' >"$ctl/monitor.txt" || true
+    { echo "=== QEMU monitor"; cat "$ctl/monitor.txt"; } >>"$console"
+}
+
+# QEMU's (pid $1) threads, one a line: tid, state, CPU ticks (user+system),
+# wchan, name.
+qemu_threads() {
+    local t st f
+    for t in /proc/"$1"/task/*; do
+        st="$(cat "$t/stat" 2>/dev/null)" || continue
+        # The name (field 2) may hold spaces ("CPU 0/TCG"): split after its ')'.
+        read -r -a f <<<"${st##*) }"
+        printf '%s %s %s %s %s\n' "${t##*/}" "${f[0]}" $(( f[11] + f[12] )) \
+            "$(cat "$t/wchan" 2>/dev/null)" "$(cat "$t/comm" 2>/dev/null)"
+    done
 }
 
 main() {

@@ -10,7 +10,8 @@
 #   3r. RBD: a one-node Ceph cluster (scripts/ceph-cluster.sh; installs the Ceph packages),
 #      rbd-ffi's tests and RBD LUNs over iSCSI against it, then the cluster is stopped
 #   4. the SoftRoCE VM tier (scripts/softroce-vm.sh): real RDMA and the Linux
-#      initiator in a QEMU guest: the harness self-test against LIO, rdma-ffi on rxe,
+#      initiator in a QEMU guest: the harness self-test against LIO, its boot watchdog
+#      (scripts/softroce-vm-watchdog-test.sh: a simulated hung boot), rdma-ffi on rxe,
 #      and our target against the kernel initiator over TCP and over iSER, with and without CHAP,
 #      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh),
 #      two gateways under dm-multipath and under native NVMe multipath with ANA
@@ -93,6 +94,8 @@ scripts/ceph-cluster.sh stop
 # --- tier 4: SoftRoCE VM ----------------------------------------------------------
 # Each guest run may take up to 20 minutes before it counts as hung (the harness's default is 10;
 # iser-basic.sh alone takes 3 minutes on an idle 2-core machine and twice that under load).
+# A boot that hangs before the guest script starts is cut short and retried by the harness
+# (SOFTROCE_VM_BOOT_TIMEOUT, SOFTROCE_VM_BOOT_RETRIES): that costs minutes, not these 20.
 export SOFTROCE_VM_TIMEOUT="${SOFTROCE_VM_TIMEOUT:-1200}"
 if [[ ${SKIP_VM:-0} == 1 ]]; then
     echo "SKIPPED: SoftRoCE VM tier (SKIP_VM=1)" >&2
@@ -108,6 +111,8 @@ else
         echo "SoftRoCE VM self-test failed with status $status" >&2
         exit "$status"
     else
+        log "the harness's boot watchdog: a hung boot is retried, a failing guest script is not (~45 s)"
+        scripts/softroce-vm-watchdog-test.sh
         log "rdma-ffi on rxe: connect, Send, 1 MiB RDMA READ/WRITE, drop and kill teardown"
         scripts/guest/rdma-ffi-test.sh
         cargo build --release --bin iser-target

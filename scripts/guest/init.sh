@@ -27,6 +27,7 @@ poweroff_now() {
     sleep 30
 }
 
+echo "softroce-vm stage2: $0 started; mounting /proc, /sys, /run and the ctl and results shares"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 # /dev was moved over from the initramfs (devtmpfs: nodes appear without udev).
@@ -55,6 +56,16 @@ ulimit -l unlimited
 
 [[ "$(arg softroce_debug)" == 1 || "${SOFTROCE_VM_DEBUG:-0}" == 1 ]] && set -x
 
+if [[ "$(arg softroce_test_hang)" == 1 ]]; then
+    # Only for tests of softroce-vm.sh's boot watchdog (SOFTROCE_VM_TEST_HANG_BOOTS).
+    echo "softroce-vm: softroce_test_hang=1: init stops here, before the guest script, as a hung boot would"
+    while :; do sleep 3600; done
+fi
+# The boot is over: the host's boot watchdog stops at ctl/started and shows
+# the console from the next line on (lowered to errors-and-worse unless
+# SOFTROCE_VM_DEBUG=1: the kernel logged everything up to here, loglevel=7).
+[[ "$(arg softroce_quiet)" == 1 ]] && echo 3 >/proc/sys/kernel/printk
+cut -d' ' -f1 /proc/uptime >/run/softroce/ctl/started
 echo "softroce-vm: guest up after $(cut -d' ' -f1 /proc/uptime)s, running command"
 if [[ "$(arg softroce_interactive)" == 1 ]]; then
     # Interactive (--shell): the console must be the controlling tty, or bash
