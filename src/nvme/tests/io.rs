@@ -464,36 +464,24 @@ fn file_span(data: &[u8]) -> mem_ffi::FileSpan {
     mem_ffi::FileSpan::new(crate::backend::unlinked_file(data, 0), 0, data.len())
 }
 
-/// A READ left in a file's pages goes out as one C2HData PDU naming the span (the resident
-/// sends it with sendfile), copied nowhere in user space. A queue with data digests is never
-/// given one (`sends_file_pages`); if it were, the command fails, not the stream.
-#[test]
-fn file_pages_go_out_as_c2hdata_only_without_a_data_digest() {
-    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
-    let (admin, mut io) = admin_and_io();
-    assert!(io.queue.sends_file_pages());
+/// Reads `len` bytes at LBA 0 of namespace 1 as command `cid` on a deferring queue, completes
+/// the read with `payload` and returns what the queue sent.
+fn read_answered_with(io: &mut Pair, cid: u16, len: usize, payload: mem_ffi::Payload) -> Vec<Got> {
     io.defer_io = true;
-    let data: Vec<u8> = (0..32768u32).map(|i| (i % 249) as u8).collect();
-    assert!(io
-        .command(&Sqe::new(0x02, 1, 1).cdw(12, 63).sgl(32768, false), &[])
-        .is_empty());
+    let blocks = (len / 512) as u32;
+    let sqe = Sqe::new(0x02, cid, 1)
+        .cdw(12, blocks - 1)
+        .sgl(len as u32, false);
+    assert!(io.command(&sqe, &[]).is_empty());
     let read = io.deferred.pop().unwrap();
-    reset_thread_payload_copies();
-    let span = mem_ffi::Payload::File(file_span(&data));
     io.queue
-        .handle_io_complete(read.id, Ok(BlockReply::Data(span)));
+        .handle_io_complete(read.id, Ok(BlockReply::Data(payload)));
     io.pump();
-    assert_eq!(thread_payload_copies(), CopyCounts::default());
-    match io.take().as_slice() {
-        [Got::C2HData {
-            cid: 1, data: d, ..
-        }, Got::Resp(cqe)] => {
-            assert_eq!(d, &data);
-            assert_eq!(cqe.status, (0, 0));
-        }
-        other => panic!("{other:?}"),
-    }
+    io.take()
+}
 
+/// The admin pair's controller's I/O queue 2, connected with a data digest.
+fn data_digest_queue(admin: &Pair) -> Pair {
     let cntlid = admin.queue.cntlid().unwrap();
     let mut io = admin.sibling();
     io.send(&ic_req(0, 0, false, true));
@@ -507,17 +495,40 @@ fn file_pages_go_out_as_c2hdata_only_without_a_data_digest() {
         &connect_data(cntlid, SUBSYSTEM, HOST),
     );
     assert_eq!(cqe.status, (0, 0));
+    io
+}
+
+/// `got` is one C2HData PDU of command `cid` carrying `data`, then a successful completion.
+fn assert_data_then_success(got: &[Got], cid: u16, data: &[u8]) {
+    match got {
+        [Got::C2HData {
+            cid: c, data: d, ..
+        }, Got::Resp(cqe)] => {
+            assert_eq!((*c, d.as_slice()), (cid, data));
+            assert_eq!(cqe.status, (0, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A READ left in a file's pages goes out as one C2HData PDU naming the span (the resident
+/// sends it with sendfile), copied nowhere in user space. A queue with data digests is never
+/// given one (`sends_file_pages`); if it were, the command fails, not the stream.
+#[test]
+fn file_pages_go_out_as_c2hdata_only_without_a_data_digest() {
+    use crate::stats::{reset_thread_payload_copies, thread_payload_copies, CopyCounts};
+    let data: Vec<u8> = (0..32768u32).map(|i| (i % 249) as u8).collect();
+    let span = || mem_ffi::Payload::File(file_span(&data));
+    let (admin, mut io) = admin_and_io();
+    assert!(io.queue.sends_file_pages());
+    reset_thread_payload_copies();
+    let got = read_answered_with(&mut io, 1, data.len(), span());
+    assert_eq!(thread_payload_copies(), CopyCounts::default());
+    assert_data_then_success(&got, 1, &data);
+
+    let mut io = data_digest_queue(&admin);
     assert!(!io.queue.sends_file_pages());
-    io.defer_io = true;
-    assert!(io
-        .command(&Sqe::new(0x02, 2, 1).cdw(12, 63).sgl(32768, false), &[])
-        .is_empty());
-    let read = io.deferred.pop().unwrap();
-    let span = mem_ffi::Payload::File(file_span(&data));
-    io.queue
-        .handle_io_complete(read.id, Ok(BlockReply::Data(span)));
-    io.pump();
-    match io.take().as_slice() {
+    match read_answered_with(&mut io, 2, data.len(), span()).as_slice() {
         [Got::Resp(cqe)] => assert_eq!(cqe.status, (0, 0x06), "internal error"),
         other => panic!("{other:?}"),
     }
@@ -537,48 +548,14 @@ fn lent_memory_goes_out_as_c2hdata_copied_only_for_a_data_digest() {
         mem_ffi::Payload::Lent(ranges.into_iter().collect())
     };
     let (admin, mut io) = admin_and_io();
-    io.defer_io = true;
-    assert!(io
-        .command(&Sqe::new(0x02, 1, 1).cdw(12, 15).sgl(8192, false), &[])
-        .is_empty());
-    let read = io.deferred.pop().unwrap();
     reset_thread_payload_copies();
-    io.queue
-        .handle_io_complete(read.id, Ok(BlockReply::Data(lent())));
-    io.pump();
+    let got = read_answered_with(&mut io, 1, data.len(), lent());
     assert_eq!(thread_payload_copies(), CopyCounts::default());
-    match io.take().as_slice() {
-        [Got::C2HData {
-            cid: 1, data: d, ..
-        }, Got::Resp(cqe)] => {
-            assert_eq!(d, &data);
-            assert_eq!(cqe.status, (0, 0));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_data_then_success(&got, 1, &data);
 
-    let cntlid = admin.queue.cntlid().unwrap();
-    let mut io = admin.sibling();
-    io.send(&ic_req(0, 0, false, true));
-    io.take();
-    io.host = HostFramer {
-        header_digest: false,
-        data_digest: true,
-    };
-    let cqe = io.resp(
-        &connect_sqe(1, 2, 15, 0),
-        &connect_data(cntlid, SUBSYSTEM, HOST),
-    );
-    assert_eq!(cqe.status, (0, 0));
-    io.defer_io = true;
-    assert!(io
-        .command(&Sqe::new(0x02, 2, 1).cdw(12, 15).sgl(8192, false), &[])
-        .is_empty());
-    let read = io.deferred.pop().unwrap();
+    let mut io = data_digest_queue(&admin);
     reset_thread_payload_copies();
-    io.queue
-        .handle_io_complete(read.id, Ok(BlockReply::Data(lent())));
-    io.pump();
+    let got = read_answered_with(&mut io, 2, data.len(), lent());
     assert_eq!(
         thread_payload_copies(),
         CopyCounts {
@@ -587,13 +564,5 @@ fn lent_memory_goes_out_as_c2hdata_copied_only_for_a_data_digest() {
         },
         "one copy of each lent range"
     );
-    match io.take().as_slice() {
-        [Got::C2HData {
-            cid: 2, data: d, ..
-        }, Got::Resp(cqe)] => {
-            assert_eq!(d, &data);
-            assert_eq!(cqe.status, (0, 0));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_data_then_success(&got, 2, &data);
 }
