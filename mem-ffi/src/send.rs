@@ -12,7 +12,8 @@
 //! may see a WRITE that came in between, as a device reading lent memory may: a READ overlapping
 //! a WRITE in flight may return either data, see [`crate::shared`].) The call never waits with
 //! a lock held: it sends with `MSG_DONTWAIT`, and on a blocking socket that is full it lets go
-//! of the locks, waits for room with poll(2) and tries again. A non-blocking socket takes what fits at once, so a writer of the same memory waits
+//! of the locks, waits for room with poll(2) (for at most the socket's send timeout, which the
+//! connection threads of the blocking fallback set) and tries again. A non-blocking socket takes what fits at once, so a writer of the same memory waits
 //! at most for the copy of a socket buffer's worth of bytes.
 //!
 //! Only the first lock is waited for; the others are tried, and a piece whose memory a writer
@@ -68,7 +69,8 @@ impl SendPiece<'_> {
 /// partial send is a short count. At most [`MAX_PIECES`] pieces go per call, fewer when a
 /// lent piece's memory is being written (see the module documentation) or is the ninth
 /// distinct memory of the call. A full non-blocking socket is [`io::ErrorKind::WouldBlock`]; a
-/// blocking one is waited for without locks held.
+/// blocking one is waited for without locks held, for at most its send timeout (`SO_SNDTIMEO`,
+/// as a blocking write would: then [`io::ErrorKind::WouldBlock`] too).
 ///
 /// # Panics
 /// When a lent piece names bytes outside its range.
@@ -76,7 +78,9 @@ pub fn send_pieces(fd: BorrowedFd<'_>, pieces: &[SendPiece<'_>], more: bool) -> 
     loop {
         match send_once(fd, pieces, more) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nonblocking(fd)? => {
-                wait_for_room(fd)?
+                if !wait_for_room(fd)? {
+                    return Err(e);
+                }
             }
             result => return result,
         }
@@ -149,21 +153,51 @@ fn nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(flags & libc::O_NONBLOCK != 0)
 }
 
-/// Waits until the socket has room to send (or an error to report).
-fn wait_for_room(fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Waits until the socket has room to send (or an error to report), for at most its send
+/// timeout (none: for ever). `false` when the timeout passed first.
+fn wait_for_room(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: SO_SNDTIMEO is a `timeval`; `timeout` and `len` are valid for the call to write.
+    let got = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&mut timeout as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ms = i64::from(timeout.tv_sec) * 1000 + (i64::from(timeout.tv_usec) + 999) / 1000;
+    let ms = if ms == 0 {
+        -1
+    } else {
+        ms.min(i64::from(i32::MAX)) as i32
+    };
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
     // SAFETY: one valid `pollfd` for an open descriptor, the count given is 1.
-    if unsafe { libc::poll(&mut poll, 1, -1) } < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+    match unsafe { libc::poll(&mut poll, 1, ms) } {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(true)
+            } else {
+                Err(e)
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -339,5 +373,24 @@ mod tests {
         b.read_to_end(&mut got).unwrap();
         sender.join().unwrap();
         assert_eq!(got.len(), 1 << 20);
+    }
+
+    /// A blocking socket whose peer never reads gives up after its send timeout, as a
+    /// blocking write does: a connection thread is not held for ever by a silent initiator.
+    #[test]
+    fn a_blocking_send_gives_up_after_the_send_timeout() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_write_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let bytes = vec![1u8; 1 << 20];
+        let started = std::time::Instant::now();
+        let error = loop {
+            match send_pieces(a.as_fd(), &[SendPiece::Bytes(&bytes)], false) {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
     }
 }
