@@ -174,7 +174,7 @@ fn wait_for_room(fd: BorrowedFd<'_>) -> io::Result<bool> {
     if got < 0 {
         return Err(io::Error::last_os_error());
     }
-    let ms = i64::from(timeout.tv_sec) * 1000 + (i64::from(timeout.tv_usec) + 999) / 1000;
+    let ms = timeout.tv_sec * 1000 + (timeout.tv_usec + 999) / 1000;
     let ms = if ms == 0 {
         -1
     } else {
