@@ -51,13 +51,10 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn assert_inquiry_ok(out: &Output) {
-    assert!(out.status.success(), "{}", text(out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("DIRECT_ACCESS"),
-        "{}",
-        text(out)
-    );
+/// `out` is a successful INQUIRY; otherwise the failure shows the server's log beside it.
+fn assert_inquiry_ok(out: &Output, server: &Server) {
+    let ok = out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DIRECT_ACCESS");
+    assert!(ok, "{}--- server log ---\n{}", text(out), server.log());
 }
 
 fn assert_refused(out: &Output) {
@@ -73,9 +70,9 @@ fn assert_refused(out: &Output) {
 fn one_way_and_mutual_chap_with_iscsi_inq() {
     require_tools!("iscsi-inq");
     let mut server = Server::start(&[secure_target()]);
-    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), "")));
+    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), "")), &server);
     let mutual = format!("?target_user={TARGET_USER}&target_password={TARGET_SECRET}");
-    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), &mutual)));
+    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), &mutual)), &server);
     server.assert_alive();
     server.stop();
 }
@@ -114,7 +111,7 @@ fn mutual_chap_is_refused_without_mutual_credentials() {
         "auth: {{ chap: {{ username: {USER}, secret: {SECRET} }} }}"
     ));
     let server = Server::start(&[one_way]);
-    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), "")));
+    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), "")), &server);
     let mutual = format!("?target_user={TARGET_USER}&target_password={TARGET_SECRET}");
     assert_refused(&inq(&url(&server, Some((USER, SECRET)), &mutual)));
     server.stop();
@@ -143,7 +140,7 @@ fn per_initiator_credentials_and_discovery_auth() {
             QUICK,
         )
     };
-    assert_inquiry_ok(&as_bob(Some(("bob", "bobs-own-secret-99"))));
+    assert_inquiry_ok(&as_bob(Some(("bob", "bobs-own-secret-99"))), &server);
     assert_refused(&as_bob(None));
     assert_refused(&as_bob(Some((USER, SECRET))));
     let as_carol = run(
@@ -152,7 +149,7 @@ fn per_initiator_credentials_and_discovery_auth() {
             .arg(url(&server, None, "")),
         QUICK,
     );
-    assert_inquiry_ok(&as_carol);
+    assert_inquiry_ok(&as_carol, &server);
     // Discovery needs the discovery credentials.
     let portal = |who: &str| format!("iscsi://{who}127.0.0.1:{}", server.port());
     let ls = |who: &str| {
