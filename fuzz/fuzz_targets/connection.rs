@@ -47,7 +47,11 @@ impl Harness {
                     data,
                     range,
                     ..
-                } => self.check_sent(Pdu::with_data(header, data[range].to_vec())),
+                } => {
+                    // `scsi_outcome` answers with buffers only, never lent memory or files.
+                    let bytes = data.bytes().expect("Data-In from a buffer");
+                    self.check_sent(Pdu::with_data(header, bytes[range].to_vec()))
+                }
                 TcpAction::Send { pdu, .. } => self.check_sent(pdu),
                 TcpAction::SetFrameSettings(s) => self.settings = s,
                 TcpAction::BindSession(_) => self.conn.handle_session_bound(Ok(1)),

@@ -144,7 +144,7 @@ pub fn handle_control(
             tail,
         } => {
             let mut b = head.to_vec();
-            b.extend_from_slice(&data[range]);
+            b.extend_from_slice(&data.to_vec()[range]);
             b.extend_from_slice(&tail);
             check_pdu(&b, host);
         }
