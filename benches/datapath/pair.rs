@@ -97,16 +97,10 @@ impl PairTarget {
         let mut bytes = self.spare.pop().unwrap_or_default();
         bytes.clear();
         bytes.extend_from_slice(&parts.head);
-        let mut at = 0;
-        for lent in ranges.iter() {
-            let (from, to) = (at, at + lent.len());
-            at = to;
-            let (lo, hi) = (range.start.max(from), range.end.min(to));
-            if lo < hi {
-                let n = bytes.len();
-                bytes.resize(n + hi - lo, 0);
-                lent.slice(lo - from..hi - from).copy_to(&mut bytes[n..]);
-            }
+        for (lent, part) in ranges.within(range) {
+            let n = bytes.len();
+            bytes.resize(n + part.len(), 0);
+            lent.slice(part).copy_to(&mut bytes[n..]);
         }
         bytes.extend_from_slice(parts.tail());
         self.outbox.push_back(bytes);

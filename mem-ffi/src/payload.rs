@@ -123,6 +123,18 @@ impl LentRanges {
     pub fn is_empty(&self) -> bool {
         self.inline[0].is_none()
     }
+
+    /// Bytes `range` of the ranges taken as one run of bytes, piece by piece in order: each
+    /// range that holds some of them, and which of its own bytes those are.
+    pub fn within(&self, range: Range<usize>) -> impl Iterator<Item = (&Lent, Range<usize>)> {
+        let mut at = 0;
+        self.iter().filter_map(move |lent| {
+            let from = at;
+            at += lent.len();
+            let (start, end) = (range.start.max(from), range.end.min(at));
+            (start < end).then(|| (lent, start - from..end - from))
+        })
+    }
 }
 
 impl FromIterator<Lent> for LentRanges {
@@ -201,18 +213,12 @@ impl Payload {
                 push(buf.arena_extent(), start, range.len())?;
             }
             Payload::Lent(ranges) => {
-                let mut at = 0;
-                for lent in ranges.iter() {
-                    let (from, to) = (at, at + lent.len());
-                    at = to;
-                    let (start, end) = (range.start.max(from), range.end.min(to));
-                    if start < end {
-                        let offset = lent.arena_offset().map(|o| o + start - from);
-                        push(lent.arena_extent(), offset, end - start)?;
-                    }
-                }
-                if range.end > at {
+                if range.end > self.len() {
                     return None;
+                }
+                for (lent, part) in ranges.within(range) {
+                    let offset = lent.arena_offset().map(|o| o + part.start);
+                    push(lent.arena_extent(), offset, part.len())?;
                 }
             }
             Payload::File(_) => return None,
@@ -308,6 +314,28 @@ mod tests {
     use super::*;
     use crate::shared::{zeroes, Region};
     use crate::Pool;
+
+    /// A byte range of several lent ranges names, in order, the part of each it covers.
+    #[test]
+    fn within_names_the_part_of_each_range_a_byte_range_covers() {
+        let pool = Pool::new();
+        let region = Region::zeroed(pool, 8192);
+        let ranges: LentRanges = [0..100, 1000..1050, 2000..2100]
+            .into_iter()
+            .map(|r| region.lend(r))
+            .collect();
+        let parts: Vec<(usize, Range<usize>)> = ranges
+            .within(90..160)
+            .map(|(lent, part)| (lent.len(), part))
+            .collect();
+        assert_eq!(parts, [(100, 90..100), (50, 0..50), (100, 0..10)]);
+        assert_eq!(
+            ranges.within(100..150).count(),
+            1,
+            "exactly the middle range"
+        );
+        assert_eq!(ranges.within(250..300).count(), 0, "past the end");
+    }
 
     #[test]
     fn lent_ranges_keep_their_order_past_the_inline_ones() {

@@ -326,20 +326,14 @@ impl Outbox {
                     break;
                 }
                 Piece::Shared(DataInBuf::Lent(ranges), range) => {
-                    let mut at = 0;
-                    let start = range.start + skip;
-                    for lent in ranges.iter() {
-                        let (from, to) = (at, at + lent.len());
-                        at = to;
-                        let (lo, hi) = (start.max(from), range.end.min(to));
-                        if lo < hi && count < MAX_IOVECS {
-                            slices[count] = SendPiece::Lent {
-                                lent,
-                                start: lo - from,
-                                len: hi - lo,
-                            };
-                            count += 1;
-                        }
+                    let parts = ranges.within(range.start + skip..range.end);
+                    for (lent, part) in parts.take(MAX_IOVECS - count) {
+                        slices[count] = SendPiece::Lent {
+                            lent,
+                            start: part.start,
+                            len: part.len(),
+                        };
+                        count += 1;
                     }
                 }
                 piece => {
