@@ -51,6 +51,7 @@
 #   SOFTROCE_VM_NO_INSTALL   1 = never run apt-get (skip if something is missing)
 #   SOFTROCE_VM_REQUIRE   1 = "cannot run here" fails (exit 1) instead of skipping (77)
 #   SOFTROCE_VM_ENV       space-separated extra variable names to pass into the guest
+#   SOFTROCE_VM_APPEND    extra guest kernel parameters (experiments, e.g. idle=poll)
 #                         (SOFTROCE_*, RUST_LOG, RUST_BACKTRACE are always passed)
 #   CARGO_TARGET_DIR      honoured to locate the build tree
 set -euo pipefail
@@ -358,6 +359,10 @@ run_guest() {
     # the emulation, which varies with host load); mark it unstable up front
     # so the guest does not pick it as clocksource.
     append+=" tsc=unstable"
+    # Experiments only (e.g. idle=poll): extra guest kernel parameters.
+    if [[ -n "${SOFTROCE_VM_APPEND:-}" ]]; then
+        append+=" $SOFTROCE_VM_APPEND"
+    fi
     # For a hung boot's post-mortem (boot_diagnostics): sysrq from the
     # emulated keyboard may dump task stacks (Debian's default sysrq mask,
     # 0x1b6, forbids dumps).

@@ -16,7 +16,7 @@ pub mod raw_login;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -265,6 +265,16 @@ pub fn render_config_with_limits(
     y
 }
 
+/// How a server's start-up ended, short of a panic.
+enum Startup {
+    Listening,
+    /// Another process bound the port between [`free_port`] and the server's bind.
+    PortTaken,
+}
+
+/// Fresh ports tried before a start-up gives up.
+const PORT_ATTEMPTS: u32 = 5;
+
 /// A running `iser-target serve`. Dropping it sends SIGTERM and fails the
 /// test unless the server exits 0 within [`SHUTDOWN_TIMEOUT`].
 pub struct Server {
@@ -320,54 +330,74 @@ impl Server {
         top_level_yaml: &str,
         portals: &str,
     ) -> Server {
-        let dir = TempDir::new("serve");
-        let port = free_port();
-        let config = render_config_with_limits(port, targets, dir.path(), limits).replacen(
-            "targets:\n",
-            &format!("{portals}targets:\n"),
-            1,
-        ) + top_level_yaml;
-        let config_path = dir.path().join("config.yaml");
-        fs::write(&config_path, &config).expect("write config");
-        let log_path = dir.path().join("server.log");
-        let log = fs::File::create(&log_path).expect("create server log");
-        let child = Command::new(binary())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn iser-target");
-        let mut server = Server {
-            child: Some(child),
-            port,
-            dir,
-            config_path,
-            log_path,
-        };
-        server.wait_until_listening(&config);
-        server
+        let mut attempt = 1;
+        loop {
+            let dir = TempDir::new("serve");
+            let port = free_port();
+            let config = render_config_with_limits(port, targets, dir.path(), limits).replacen(
+                "targets:\n",
+                &format!("{portals}targets:\n"),
+                1,
+            ) + top_level_yaml;
+            let config_path = dir.path().join("config.yaml");
+            fs::write(&config_path, &config).expect("write config");
+            let log_path = dir.path().join("server.log");
+            let log = fs::File::create(&log_path).expect("create server log");
+            // The harness waits for the server's "listening on" line, logged at info.
+            let filter = match std::env::var("RUST_LOG") {
+                Ok(user) => format!("{user},iser_target::server=info"),
+                Err(_) => "info".into(),
+            };
+            let child = Command::new(binary())
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", filter)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn iser-target");
+            let mut server = Server {
+                child: Some(child),
+                port,
+                dir,
+                config_path,
+                log_path,
+            };
+            match server.wait_until_listening(&config) {
+                Startup::Listening => return server,
+                Startup::PortTaken if attempt < PORT_ATTEMPTS => attempt += 1,
+                Startup::PortTaken => panic!(
+                    "{PORT_ATTEMPTS} free ports were taken before the server could bind them\n\
+                     --- server output ---\n{}",
+                    server.log()
+                ),
+            }
+        }
     }
 
-    fn wait_until_listening(&mut self, config: &str) {
+    /// Waits until this server has logged that it listens on its port, which it does right
+    /// after binding it. Not a connect probe: a probe that connects proves only that something
+    /// listens there, and [`free_port`] leaves a window in which another process can take the
+    /// port. [`Startup::PortTaken`] when the server exited because the port was in use by then.
+    fn wait_until_listening(&mut self, config: &str) -> Startup {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let listening = format!("listening on {addr} (tcp)");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+            if self.log().contains(&listening) {
+                return Startup::Listening;
             }
             if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
                 self.child = None;
+                let log = self.log();
+                if log.contains(&format!("portal {addr}: Address already in use")) {
+                    return Startup::PortTaken;
+                }
                 panic!(
                     "iser-target exited ({status}) before listening on {addr}\n\
-                     --- config ---\n{config}--- server output ---\n{}",
-                    self.log()
+                     --- config ---\n{config}--- server output ---\n{log}"
                 );
             }
             if Instant::now() > deadline {
@@ -379,7 +409,7 @@ impl Server {
                     self.log()
                 );
             }
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
