@@ -135,22 +135,23 @@ impl Queue {
                 // address or from a file's pages, as they are. A data digest needs the bytes:
                 // lent memory is then copied into a buffer of the queue's own (one copy, as
                 // for iSCSI/TCP).
-                if data.lent().is_some() && !self.send.data_digest {
-                    return self.send_data(cid, data);
-                }
-                if let Some(lent) = data.lent() {
-                    lent.iter()
-                        .for_each(|l| crate::stats::count_payload_copy(l.len()));
-                }
-                match data.into_buf() {
-                    Ok(buf) => self.send_data(cid, Payload::Owned(buf)),
-                    Err(span) if !self.send.data_digest => self.send_data(cid, Payload::File(span)),
+                let data = match data {
+                    Payload::Lent(_) | Payload::File(_) if !self.send.data_digest => data,
+                    Payload::Owned(_) => data,
+                    Payload::Lent(ranges) => {
+                        ranges
+                            .iter()
+                            .for_each(|l| crate::stats::count_payload_copy(l.len()));
+                        Payload::Owned(ranges.to_buf())
+                    }
                     // The environment gives file pages only to queues that send them as
                     // they are (`sends_file_pages`); anything else is answered as an
                     // internal error rather than trusted.
-                    Err(_) => self.respond_about(cid, Status::INTERNAL_ERROR, 0, nsid, lba),
-                }
-                return;
+                    Payload::File(_) => {
+                        return self.respond_about(cid, Status::INTERNAL_ERROR, 0, nsid, lba)
+                    }
+                };
+                return self.send_data(cid, data);
             }
             Ok(None) => {
                 if let (Some(s), IoOp::Write { .. }) = (&shared, &op) {
