@@ -135,18 +135,8 @@ pub fn handle_control(
     now: Instant,
 ) {
     match action {
-        Action::Send(bytes) => check_pdu(&bytes, host),
-        Action::SendPdu(head) => check_pdu(&head, host),
-        Action::SendData {
-            head,
-            data,
-            range,
-            tail,
-        } => {
-            let mut b = head.to_vec();
-            b.extend_from_slice(&data.to_vec()[range]);
-            b.extend_from_slice(&tail);
-            check_pdu(&b, host);
+        Action::Send(_) | Action::SendPdu(_) | Action::SendData { .. } => {
+            check_pdu(&action.pdu_bytes().expect("a send action's PDU"), host)
         }
         Action::CreateController(req) => {
             let r = registry.create(&req);

@@ -124,6 +124,30 @@ pub enum Action {
     Close(CloseReason),
 }
 
+impl Action {
+    /// The whole PDU a send action puts on the wire, in one buffer (lent memory copied, a
+    /// file's pages read), for tests and fuzzers that read what the queue sends; `None` for
+    /// the actions that send nothing.
+    pub fn pdu_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Action::Send(bytes) => Some(bytes.clone()),
+            Action::SendPdu(head) => Some(head.to_vec()),
+            Action::SendData {
+                head,
+                data,
+                range,
+                tail,
+            } => {
+                let mut bytes = head.to_vec();
+                bytes.extend_from_slice(&data.to_vec()[range.clone()]);
+                bytes.extend_from_slice(tail);
+                Some(bytes)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Connection phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
