@@ -468,15 +468,26 @@ impl Queue {
         self.actions.push_back(Action::SendPdu(head));
     }
 
-    /// The Connect was accepted: the queue is live with these parameters.
-    pub(super) fn go_live(&mut self, connect: PendingConnect, binding: Binding) {
+    /// The Connect was accepted: the queue is live with these parameters, a queue of
+    /// controller `cntlid`.
+    pub(super) fn go_live(
+        &mut self,
+        connect: PendingConnect,
+        cntlid: u16,
+        shared: Arc<ControllerShared>,
+    ) {
         self.phase = Phase::Live;
         self.qid = connect.qid;
         self.sq_size = connect.sq_size;
         self.sq_flow_disabled = connect.sq_flow_disabled;
         // A Connect completes with the SQ head it left (one entry consumed).
         self.sqhd = 1 % self.sq_size.max(1);
-        self.binding = Some(binding);
+        self.binding = Some(Binding {
+            cntlid,
+            subsystem: connect.subsystem,
+            host_nqn: connect.host_nqn,
+            shared,
+        });
         if self.qid != 0 {
             self.limits.max_in_capsule = self.config.in_capsule_data;
         } else {
