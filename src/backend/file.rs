@@ -228,17 +228,7 @@ impl FileBackend {
             }
             None => current,
         };
-        if size == 0 {
-            return Err(BackendError::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: backing file has size 0", path.display()),
-            ));
-        }
-        Ok(FileBackend {
-            files,
-            size,
-            device: false,
-        })
+        FileBackend::sized(files, size, false, path)
     }
 
     /// Opens a block device read-write; its size is found by seeking to the end.
@@ -246,16 +236,28 @@ impl FileBackend {
     pub fn open_device(path: &Path, sync_writes: bool) -> Result<Self, BackendError> {
         let files = BackendFiles::open(path, false, sync_writes)?;
         let size = (&*files.buffered).seek(SeekFrom::End(0))?;
+        FileBackend::sized(files, size, true, path)
+    }
+
+    /// The backend over `files` exposing `size` bytes, opened from `path`; nothing to expose
+    /// is an error.
+    fn sized(
+        files: BackendFiles,
+        size: u64,
+        device: bool,
+        path: &Path,
+    ) -> Result<Self, BackendError> {
         if size == 0 {
+            let what = if device { "device" } else { "backing file" };
             return Err(BackendError::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: device has size 0", path.display()),
+                format!("{}: {what} has size 0", path.display()),
             ));
         }
         Ok(FileBackend {
             files,
             size,
-            device: true,
+            device,
         })
     }
 
