@@ -137,12 +137,7 @@ impl Action {
                 data,
                 range,
                 tail,
-            } => {
-                let mut bytes = head.to_vec();
-                bytes.extend_from_slice(&data.to_vec()[range.clone()]);
-                bytes.extend_from_slice(tail);
-                Some(bytes)
-            }
+            } => Some([head, &data.to_vec()[range.clone()], tail].concat()),
             _ => None,
         }
     }
