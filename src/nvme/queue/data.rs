@@ -1,6 +1,6 @@
-//! The data phase of commands: host data solicited with R2Ts and received in H2CData PDUs
-//! (NVMe/TCP 1.0 R2T and H2CData PDUs), and the completion of I/O, whose read data goes to the host in a
-//! C2HData PDU.
+//! The data phase of commands: host data solicited with R2Ts and received in H2CData PDUs, and
+//! the completion of I/O, whose read data goes to the host in a C2HData PDU (NVMe/TCP 1.0 R2T,
+//! H2CData and C2HData PDUs).
 
 use super::{Action, CommandState, Queue};
 use crate::backend::BackendError;
