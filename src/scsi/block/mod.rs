@@ -59,8 +59,10 @@ pub(super) fn limits_for(block_size: u32) -> Limits {
     }
 }
 
-/// A primitive block operation in byte units, produced by [`LogicalUnit::plan`](super::LogicalUnit::plan). Borrowed
+/// A primitive block operation in byte units, produced by [`LogicalUnit::plan`]. Borrowed
 /// data points into the request's Data-Out buffer.
+///
+/// [`LogicalUnit::plan`]: super::LogicalUnit::plan
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockRequest<'a> {
     /// Read `len` bytes at `offset`; replies with [`BlockReply::Data`].
@@ -205,7 +207,9 @@ pub enum BlockReply {
 const WRITE_SAME_BUF: u64 = 1 << 20;
 
 /// Executes a block request on a backend. Does not lock: callers needing COMPARE AND WRITE
-/// atomicity go through [`LogicalUnit::run`](super::LogicalUnit::run).
+/// atomicity go through [`LogicalUnit::run`].
+///
+/// [`LogicalUnit::run`]: super::LogicalUnit::run
 pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, BackendError> {
     let flush_if = |fua: bool| if fua { backend.flush() } else { Ok(()) };
     match req {
