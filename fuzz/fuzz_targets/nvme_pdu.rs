@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use iser_target::backend::{Backend, RamBackend};
 use iser_target::nvme::{
     Action, AddressFamily, ControllerRegistry, DiscoveryEntry, IoCommand, IoOp, NvmeConfig, Queue,
-    SubsystemDescriptor,
 };
-use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, SUBSYSTEM};
+use iser_target_fuzz::nvme::{
+    self, bring_up_admin, handle_control, join_io_queue, namespace, Host, SUBSYSTEM,
+};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
@@ -27,14 +28,6 @@ const BLOCKS: u64 = 256;
 fn config() -> NvmeConfig {
     let ns = |nsid, block_size, read_only| namespace(nsid, block_size, BLOCKS, read_only);
     NvmeConfig {
-        subsystems: vec![SubsystemDescriptor {
-            nqn: SUBSYSTEM.into(),
-            allowed_hosts: vec![],
-            namespaces: vec![ns(1, 512, false), ns(2, 4096, true)],
-            serial: "fuzz".into(),
-            model: "fuzz".into(),
-            firmware: "1".into(),
-        }],
         discovery: vec![DiscoveryEntry {
             subsystem_nqn: SUBSYSTEM.into(),
             port_id: 1,
@@ -42,12 +35,7 @@ fn config() -> NvmeConfig {
             address: "192.0.2.1".into(),
             service_id: "4420".into(),
         }],
-        max_queue_size: 16,
-        max_io_queues: 2,
-        in_capsule_data: 4096,
-        max_h2c_data: 8192,
-        max_transfer: 64 * 1024,
-        ..NvmeConfig::default()
+        ..nvme::config(vec![ns(1, 512, false), ns(2, 4096, true)])
     }
 }
 
@@ -148,12 +136,10 @@ fuzz_target!(|data: &[u8]| {
         deferred: Vec::new(),
         closed: false,
     };
-    let mut setup = admin_host.ic_req();
-    admin.queue.handle_bytes(&setup, now);
-    admin.pump();
-    setup = connect(&admin_host, 0, 0xFFFF, if io_queue { 0 } else { cattr });
-    setup.extend(enable(&admin_host));
-    admin.queue.handle_bytes(&setup, now);
+    let admin_cattr = if io_queue { 0 } else { cattr };
+    admin
+        .queue
+        .handle_bytes(&bring_up_admin(&admin_host, admin_cattr), now);
     admin.pump();
     assert!(admin.queue.is_live() && !admin.closed);
     let mut h = if io_queue {
@@ -168,9 +154,8 @@ fuzz_target!(|data: &[u8]| {
             deferred: Vec::new(),
             closed: false,
         };
-        h.queue.handle_bytes(&host.ic_req(), now);
-        h.pump();
-        h.queue.handle_bytes(&connect(&host, 1, cntlid, cattr), now);
+        h.queue
+            .handle_bytes(&join_io_queue(&host, cntlid, cattr), now);
         h.pump();
         assert!(h.queue.is_live(), "I/O queue connected");
         h

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use iser_target::backend::RamBackend;
 use iser_target::nvme::command::Status;
-use iser_target::nvme::{
-    scsi, Action, ControllerRegistry, IoOp, NvmeConfig, Queue, SubsystemDescriptor,
-};
+use iser_target::nvme::{scsi, Action, ControllerRegistry, IoOp, NvmeConfig, Queue};
 use iser_target::scsi::{
     finish, run, LogicalUnit, LunParams, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
 };
-use iser_target_fuzz::nvme::{connect, enable, handle_control, namespace, Host, HOST, SUBSYSTEM};
+use iser_target_fuzz::nvme::{
+    self, bring_up_admin, handle_control, join_io_queue, namespace, Host, HOST,
+};
 use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u64 = 256;
@@ -31,22 +31,7 @@ const BLOCK_SIZES: [u32; 2] = [512, 4096];
 
 fn config() -> NvmeConfig {
     let ns = |nsid, block_size| namespace(nsid, block_size, BLOCKS, false);
-    NvmeConfig {
-        subsystems: vec![SubsystemDescriptor {
-            nqn: SUBSYSTEM.into(),
-            allowed_hosts: vec![],
-            namespaces: vec![ns(1, BLOCK_SIZES[0]), ns(2, BLOCK_SIZES[1])],
-            serial: "fuzz".into(),
-            model: "fuzz".into(),
-            firmware: "1".into(),
-        }],
-        max_queue_size: 16,
-        max_io_queues: 2,
-        in_capsule_data: 4096,
-        max_h2c_data: 8192,
-        max_transfer: 64 * 1024,
-        ..NvmeConfig::default()
-    }
+    nvme::config(vec![ns(1, BLOCK_SIZES[0]), ns(2, BLOCK_SIZES[1])])
 }
 
 /// LUN id N is namespace N+1, as the server maps them.
@@ -205,17 +190,13 @@ fuzz_target!(|data: &[u8]| {
         closed: false,
     };
     // The admin queue, enabled with I/O queues granted; then the fuzzed I/O queue joins.
-    h.queue.handle_bytes(&plain.ic_req(), now);
-    let mut setup = connect(&plain, 0, 0xFFFF, 0);
-    setup.extend(enable(&plain));
-    h.queue.handle_bytes(&setup, now);
+    h.queue.handle_bytes(&bring_up_admin(&plain, 0), now);
     h.pump();
     let cntlid = h.queue.cntlid().expect("admin queue connected");
     let _admin = std::mem::replace(&mut h.queue, Queue::new(config, now));
     h.host = host;
-    h.queue.handle_bytes(&host.ic_req(), now);
-    h.pump();
-    h.queue.handle_bytes(&connect(&host, 1, cntlid, cattr), now);
+    h.queue
+        .handle_bytes(&join_io_queue(&host, cntlid, cattr), now);
     h.pump();
     assert!(h.queue.is_live(), "I/O queue connected");
     let chunk = 1 + (control as usize >> 5) * 13;

@@ -3,12 +3,36 @@
 
 use std::time::Instant;
 
-use iser_target::nvme::{Action, ControllerRegistry, NamespaceDescriptor, Queue};
+use iser_target::nvme::{
+    Action, ControllerRegistry, NamespaceDescriptor, NvmeConfig, Queue, SubsystemDescriptor,
+};
 
 /// The subsystem the fuzz targets connect to.
 pub const SUBSYSTEM: &str = "nqn.2026-01.fuzz:disk";
 /// The host NQN they connect as.
 pub const HOST: &str = "nqn.2026-01.fuzz:host";
+
+/// The fuzzed subsystem, serving `namespaces`: its limits small (16 queue entries, 4 KiB of
+/// in-capsule data, 8 KiB a H2CData PDU, 64 KiB a transfer) so that short inputs reach them
+/// and writes beyond the capsule need R2Ts.
+pub fn config(namespaces: Vec<NamespaceDescriptor>) -> NvmeConfig {
+    NvmeConfig {
+        subsystems: vec![SubsystemDescriptor {
+            nqn: SUBSYSTEM.into(),
+            allowed_hosts: vec![],
+            namespaces,
+            serial: "fuzz".into(),
+            model: "fuzz".into(),
+            firmware: "1".into(),
+        }],
+        max_queue_size: 16,
+        max_io_queues: 2,
+        in_capsule_data: 4096,
+        max_h2c_data: 8192,
+        max_transfer: 64 * 1024,
+        ..NvmeConfig::default()
+    }
+}
 
 /// Host-side PDU framing with the digests the host asked for.
 #[derive(Clone, Copy)]
@@ -62,8 +86,24 @@ pub fn sqe(opcode: u8, fctype: u8, cid: u16) -> [u8; 64] {
     s
 }
 
+/// What brings up an admin queue: ICReq, Connect to a new controller with attributes `cattr`,
+/// then enabling it with two I/O queues (which the queue holds until the controller exists).
+pub fn bring_up_admin(host: &Host, cattr: u8) -> Vec<u8> {
+    let mut b = host.ic_req();
+    b.extend(connect(host, 0, 0xFFFF, cattr));
+    b.extend(enable(host));
+    b
+}
+
+/// What joins I/O queue 1 to controller `cntlid`: ICReq, then Connect with attributes `cattr`.
+pub fn join_io_queue(host: &Host, cntlid: u16, cattr: u8) -> Vec<u8> {
+    let mut b = host.ic_req();
+    b.extend(connect(host, 1, cntlid, cattr));
+    b
+}
+
 /// Connect of queue `qid` to controller `cntlid` (0xFFFF: a new one) with attributes `cattr`.
-pub fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
+fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
     let mut s = sqe(0x7F, 0x01, 0xF000);
     s[32..36].copy_from_slice(&1024u32.to_le_bytes());
     s[39] = 0x01;
@@ -79,7 +119,7 @@ pub fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
 }
 
 /// Enable (CC.EN, IOSQES 6, IOCQES 4) and two I/O queues.
-pub fn enable(host: &Host) -> Vec<u8> {
+fn enable(host: &Host) -> Vec<u8> {
     let mut cc = sqe(0x7F, 0x00, 0xF001);
     cc[44..48].copy_from_slice(&0x14u32.to_le_bytes());
     cc[48..56].copy_from_slice(&(1u64 | 6 << 16 | 4 << 20).to_le_bytes());
@@ -135,18 +175,8 @@ pub fn handle_control(
     now: Instant,
 ) {
     match action {
-        Action::Send(bytes) => check_pdu(&bytes, host),
-        Action::SendPdu(head) => check_pdu(&head, host),
-        Action::SendData {
-            head,
-            data,
-            range,
-            tail,
-        } => {
-            let mut b = head.to_vec();
-            b.extend_from_slice(&data.to_vec()[range]);
-            b.extend_from_slice(&tail);
-            check_pdu(&b, host);
+        Action::Send(_) | Action::SendPdu(_) | Action::SendData { .. } => {
+            check_pdu(&action.pdu_bytes().expect("a send action's PDU"), host)
         }
         Action::CreateController(req) => {
             let r = registry.create(&req);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// A command's Data-In: the pool buffer a backend read into, or the ranges of a RAM LUN's memory
 /// that hold the data, in order (a read may span chunks; holes are lent from the shared zero
-/// region). Either way the transport sends from it by address; only [`Payload::into_buf`]
+/// region). Either way the transport sends from it by address; only [`LentRanges::to_buf`]
 /// makes a CPU copy, for a transport that needs the bytes in a buffer of its own.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -124,6 +124,18 @@ impl LentRanges {
         self.inline[0].is_none()
     }
 
+    /// The ranges' bytes copied, in order, into a new buffer of the global pool: for a
+    /// transport that needs the bytes in a buffer of its own (a data digest).
+    pub fn to_buf(&self) -> Buf {
+        let mut buf = global().alloc(self.iter().map(Lent::len).sum());
+        let mut at = 0;
+        for lent in self.iter() {
+            lent.copy_to(&mut buf[at..at + lent.len()]);
+            at += lent.len();
+        }
+        buf
+    }
+
     /// Bytes `range` of the ranges taken as one run of bytes, piece by piece in order: each
     /// range that holds some of them, and which of its own bytes those are.
     pub fn within(&self, range: Range<usize>) -> impl Iterator<Item = (&Lent, Range<usize>)> {
@@ -225,28 +237,6 @@ impl Payload {
         }
         Some(())
     }
-
-    /// The bytes in a buffer of their own: the owned buffer itself, or a copy of the lent
-    /// ranges into a new buffer of the global pool. A file span is given back as it is:
-    /// reading it is I/O, which the caller does (or avoids) itself.
-    pub fn into_buf(self) -> Result<Buf, FileSpan> {
-        match self {
-            Payload::Owned(buf) => Ok(buf),
-            Payload::File(span) => Err(span),
-            Payload::Lent(ranges) => Ok(copy_lent(&ranges)),
-        }
-    }
-}
-
-/// The lent ranges copied, in order, into a new buffer of the global pool.
-fn copy_lent(ranges: &LentRanges) -> Buf {
-    let mut buf = global().alloc(ranges.iter().map(Lent::len).sum());
-    let mut at = 0;
-    for lent in ranges.iter() {
-        lent.copy_to(&mut buf[at..at + lent.len()]);
-        at += lent.len();
-    }
-    buf
 }
 
 impl Payload {
@@ -259,7 +249,7 @@ impl Payload {
                 .read(0..span.len())
                 .map(|b| b.to_vec())
                 .unwrap_or_default(),
-            Payload::Lent(ranges) => copy_lent(ranges).to_vec(),
+            Payload::Lent(ranges) => ranges.to_buf().to_vec(),
         }
     }
 }
@@ -371,7 +361,7 @@ mod tests {
         assert!(payload.pieces(0..12289).is_none());
         let mut expected = vec![9u8; 4096];
         expected.resize(12288, 0);
-        assert_eq!(*payload.clone().into_buf().unwrap(), expected[..]);
+        assert_eq!(*payload.lent().unwrap().to_buf(), expected[..]);
         assert_eq!(payload, Payload::from(Buf::copy_from_slice(&expected)));
         assert_eq!(payload.lent().map(LentRanges::len), Some(2));
 
@@ -405,7 +395,6 @@ mod tests {
             FileSpan::new(Arc::clone(&file), 8, 6).read(0..6).is_err(),
             "past the file"
         );
-        assert_eq!(payload.clone().into_buf().unwrap_err(), span);
         assert_ne!(span, FileSpan::new(file, 2, 5));
     }
 }

@@ -191,28 +191,16 @@ fn try_fallocate(
     }
 }
 
-/// Deallocates (`PUNCH_HOLE`) or zeroes (`ZERO_RANGE`) a range of `file`, the storage of
-/// `backend`; where the file system or device cannot, writes zero buffers instead. Reads of the
-/// range return zeroes afterwards either way.
-fn fallocate_or_write_zeroes<B: Backend>(
-    backend: &B,
-    file: &File,
-    mode: FallocateFlags,
-    offset: u64,
-    len: u64,
-) -> Result<(), BackendError> {
-    check_range(offset, len, backend.size())?;
-    if try_fallocate(file, mode, offset, len)? {
-        Ok(())
-    } else {
-        write_zero_buffers(backend, offset, len)
-    }
-}
-
-/// A LUN stored in a regular (usually sparse) file.
+/// A LUN stored in a regular (usually sparse) file, or on a whole block device. Aligned
+/// requests (offset, length and buffer address all multiples of 4096) go through the O_DIRECT
+/// descriptor to bypass the page cache; everything else uses the buffered descriptor. The two
+/// kinds differ only in how they are opened and sized, and in that a device has no holes to
+/// report.
 pub struct FileBackend {
     files: BackendFiles,
     size: u64,
+    /// Opened as a block device ([`FileBackend::open_device`]).
+    device: bool,
 }
 
 impl FileBackend {
@@ -240,13 +228,54 @@ impl FileBackend {
             }
             None => current,
         };
+        FileBackend::sized(files, size, false, path)
+    }
+
+    /// Opens a block device read-write; its size is found by seeking to the end.
+    /// If O_DIRECT cannot be opened (some drivers refuse it) only the buffered path is used.
+    pub fn open_device(path: &Path, sync_writes: bool) -> Result<Self, BackendError> {
+        let files = BackendFiles::open(path, false, sync_writes)?;
+        let size = (&*files.buffered).seek(SeekFrom::End(0))?;
+        FileBackend::sized(files, size, true, path)
+    }
+
+    /// The backend over `files` exposing `size` bytes, opened from `path`; nothing to expose
+    /// is an error.
+    fn sized(
+        files: BackendFiles,
+        size: u64,
+        device: bool,
+        path: &Path,
+    ) -> Result<Self, BackendError> {
         if size == 0 {
+            let what = if device { "device" } else { "backing file" };
             return Err(BackendError::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: backing file has size 0", path.display()),
+                format!("{}: {what} has size 0", path.display()),
             ));
         }
-        Ok(FileBackend { files, size })
+        Ok(FileBackend {
+            files,
+            size,
+            device,
+        })
+    }
+
+    /// Deallocates (`PUNCH_HOLE`) or zeroes (`ZERO_RANGE`) a range; where the file system or
+    /// device cannot, writes zero buffers instead. Reads of the range return zeroes afterwards
+    /// either way.
+    fn fallocate_or_write_zeroes(
+        &self,
+        mode: FallocateFlags,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        check_range(offset, len, self.size)?;
+        if try_fallocate(&self.files.buffered, mode, offset, len)? {
+            Ok(())
+        } else {
+            write_zero_buffers(self, offset, len)
+        }
     }
 }
 
@@ -270,29 +299,20 @@ impl Backend for FileBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        fallocate_or_write_zeroes(
-            self,
-            &self.files.buffered,
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE,
-            offset,
-            len,
-        )
+        self.fallocate_or_write_zeroes(FallocateFlags::FALLOC_FL_PUNCH_HOLE, offset, len)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        fallocate_or_write_zeroes(
-            self,
-            &self.files.buffered,
-            FallocateFlags::FALLOC_FL_ZERO_RANGE,
-            offset,
-            len,
-        )
+        self.fallocate_or_write_zeroes(FallocateFlags::FALLOC_FL_ZERO_RANGE, offset, len)
     }
 
-    /// Holes and data via lseek(SEEK_DATA/SEEK_HOLE); file systems without support report
-    /// everything as data, which is correct (just not thin).
+    /// A file's holes and data via lseek(SEEK_DATA/SEEK_HOLE); file systems without support
+    /// report everything as data, which is correct (just not thin). A device is all data.
     fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
         check_range(offset, max_len, self.size)?;
+        if self.device {
+            return Ok((true, max_len));
+        }
         let fd = self.files.buffered.as_raw_fd();
         let end = offset + max_len;
         let clamp = |pos: libc::off_t| (u64::try_from(pos).unwrap_or(end)).min(end);
@@ -313,83 +333,11 @@ impl Backend for FileBackend {
     }
 
     fn kind(&self) -> &'static str {
-        "file"
-    }
-
-    fn files(&self) -> Option<&BackendFiles> {
-        Some(&self.files)
-    }
-}
-
-/// A LUN on a whole block device. Aligned requests (offset, length and buffer address all
-/// multiples of 4096) go through the O_DIRECT descriptor to bypass the page cache;
-/// everything else uses the buffered descriptor.
-pub struct BlockDeviceBackend {
-    files: BackendFiles,
-    size: u64,
-}
-
-impl BlockDeviceBackend {
-    /// Opens a block device read-write; its size is found by seeking to the end.
-    /// If O_DIRECT cannot be opened (some drivers refuse it) only the buffered path is used.
-    pub fn open(path: &Path, sync_writes: bool) -> Result<Self, BackendError> {
-        let files = BackendFiles::open(path, false, sync_writes)?;
-        let size = (&*files.buffered).seek(SeekFrom::End(0))?;
-        if size == 0 {
-            return Err(BackendError::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: device has size 0", path.display()),
-            ));
+        if self.device {
+            "block"
+        } else {
+            "file"
         }
-        Ok(BlockDeviceBackend { files, size })
-    }
-}
-
-impl Backend for BlockDeviceBackend {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.files.read_at(buf, offset)?)
-    }
-
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, data.len() as u64, self.size)?;
-        Ok(self.files.write_at(data, offset)?)
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        Ok(self.files.sync_file().sync_data()?)
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        fallocate_or_write_zeroes(
-            self,
-            &self.files.buffered,
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE,
-            offset,
-            len,
-        )
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        fallocate_or_write_zeroes(
-            self,
-            &self.files.buffered,
-            FallocateFlags::FALLOC_FL_ZERO_RANGE,
-            offset,
-            len,
-        )
-    }
-
-    fn supports_discard(&self) -> bool {
-        true
-    }
-
-    fn kind(&self) -> &'static str {
-        "block"
     }
 
     fn files(&self) -> Option<&BackendFiles> {
@@ -504,9 +452,11 @@ mod tests {
         // No block devices on the test host; the code paths are the same on a file.
         let p = temp_path("blk.img");
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
-        let b = BlockDeviceBackend::open(&p, false).unwrap();
+        let b = FileBackend::open_device(&p, false).unwrap();
         assert_eq!(b.size(), 1 << 20);
         assert_eq!(b.kind(), "block");
+        // Opened as a device, the sparse file has no holes to report.
+        assert_eq!(b.allocation(0, 1 << 20).unwrap(), (true, 1 << 20));
         // Unaligned (buffered) and possibly aligned (direct) transfers.
         b.write_at(&[5u8; 100], 10).unwrap();
         let mut v = vec![0u8; 3 * DIRECT_ALIGN];

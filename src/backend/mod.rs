@@ -10,7 +10,7 @@ mod file;
 mod ram;
 mod rbd;
 
-pub use file::{BackendFiles, BlockDeviceBackend, FileBackend, FuaMethod};
+pub use file::{BackendFiles, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 pub use rbd::RbdBackend;
 
@@ -235,7 +235,7 @@ pub fn open_path(
 ) -> Result<Arc<dyn Backend>, BackendError> {
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {
-            Ok(Arc::new(BlockDeviceBackend::open(path, sync_writes)?))
+            Ok(Arc::new(FileBackend::open_device(path, sync_writes)?))
         }
         Ok(_) => Ok(Arc::new(FileBackend::open(
             path,

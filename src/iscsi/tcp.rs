@@ -330,18 +330,21 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         let (start, end) = (range.start as usize, (range.end as usize).min(data.len()));
         // One PDU (a 4 KiB READ) owns the buffer; several share it.
         let one_pdu = end.saturating_sub(start) <= max_pdu.min(max_burst);
+        let in_memory = |buf| {
+            if one_pdu {
+                DataInBuf::Whole(buf)
+            } else {
+                DataInBuf::Shared(Arc::new(buf))
+            }
+        };
         let mut data = match data {
             Payload::Lent(ranges) if !data_digest => DataInBuf::Lent(ranges),
-            data => {
-                if let Some(lent) = data.lent() {
-                    lent.iter().for_each(|l| count_payload_copy(l.len()));
-                }
-                match data.into_buf() {
-                    Ok(buf) if one_pdu => DataInBuf::Whole(buf),
-                    Ok(buf) => DataInBuf::Shared(Arc::new(buf)),
-                    Err(span) => DataInBuf::File(span),
-                }
+            Payload::Lent(ranges) => {
+                ranges.iter().for_each(|l| count_payload_copy(l.len()));
+                in_memory(ranges.to_buf())
             }
+            Payload::Owned(buf) => in_memory(buf),
+            Payload::File(span) => DataInBuf::File(span),
         };
         let mut offset = start;
         let mut data_sn = 0u32;

@@ -17,8 +17,8 @@ use super::identify::{self, cns, MAX_HELD_EVENTS};
 use super::io::{self, IoCommand};
 use super::logs::{self, lid};
 use super::queue::{
-    Action, Binding, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Outcome,
-    PendingConnect, Queue,
+    Action, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Outcome, PendingConnect,
+    Queue,
 };
 use crate::Buf;
 
@@ -360,13 +360,7 @@ impl Queue {
             ..AdminState::default()
         });
         let cid = pending.cid;
-        let binding = Binding {
-            cntlid,
-            subsystem: pending.subsystem,
-            host_nqn: pending.host_nqn.clone(),
-            shared,
-        };
-        self.go_live(pending, binding);
+        self.go_live(pending, cntlid, shared);
         let sizes = self.namespace_sizes();
         if let Some(admin) = self.admin.as_mut() {
             admin.namespace_sizes = sizes;
@@ -390,15 +384,8 @@ impl Queue {
             Ok(shared) => shared,
             Err(refusal) => return self.refuse(pending.cid, refusal),
         };
-        let cid = pending.cid;
-        let cntlid = pending.cntlid;
-        let binding = Binding {
-            cntlid,
-            subsystem: pending.subsystem,
-            host_nqn: pending.host_nqn.clone(),
-            shared,
-        };
-        self.go_live(pending, binding);
+        let (cid, cntlid) = (pending.cid, pending.cntlid);
+        self.go_live(pending, cntlid, shared);
         self.complete(cid, Status::SUCCESS, u64::from(cntlid));
         self.process();
     }

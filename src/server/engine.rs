@@ -60,6 +60,22 @@ const RING_SLOTS: u32 = 256;
 /// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then).
 const BLOCKING_THREADS: usize = 2;
 
+/// Smallest READ of a file in memory that the engine leaves in the file ([`Payload::File`]) for
+/// a connection that sends its pages, and smallest piece of such a READ the TCP outbox sends
+/// with sendfile(2) (`server/tcp/outbox.rs`; a smaller piece, as an initiator with small data
+/// segments asks for, has the whole span read into a buffer once).
+///
+/// Why 16 KiB: a piece sent from the pages costs a system call of its own (sendfile, after its
+/// header's `sendmsg` with `MSG_MORE`), where a buffer leaves with the PDU around it in one
+/// `writev`; below 16 KiB copying it (`pread`, then `writev`) costs less than that call, and
+/// 8 KiB data segments would turn a 128 KiB READ into 16 sendmsg+sendfile pairs where `pread`
+/// and `writev` take two calls. It is the size from which the receive side, too, reads payloads
+/// in place rather than copying them (`iscsi::framing::direct::DIRECT_MIN`,
+/// `nvme::framing::DIRECT_MIN`); no benchmark has swept it.
+///
+/// [`Payload::File`]: mem_ffi::Payload::File
+pub(crate) const FILE_PAGES_MIN: usize = 16 << 10;
+
 /// How the engine does file and block I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IoMode {

@@ -17,9 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::{
-    Backend, BackendError, BlockDeviceBackend, FileBackend, RamBackend, RbdBackend,
-};
+use crate::backend::{Backend, BackendError, FileBackend, RamBackend, RbdBackend};
 use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
@@ -177,7 +175,7 @@ fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendErr
         Backing::File { path, size, create } => {
             Arc::new(FileBackend::open(path, *size, *create, write_through)?)
         }
-        Backing::Block { path } => Arc::new(BlockDeviceBackend::open(path, write_through)?),
+        Backing::Block { path } => Arc::new(FileBackend::open_device(path, write_through)?),
         Backing::Rbd(rbd) => Arc::new(RbdBackend::open(rbd, lun.write_cache)?),
     })
 }

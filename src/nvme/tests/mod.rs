@@ -421,29 +421,10 @@ impl Pair {
         while let Some(action) = self.queue.poll_action() {
             assert!(self.closed.is_none(), "action after Close: {action:?}");
             match action {
-                Action::Send(bytes) => self.received.push(parse(
-                    &bytes,
-                    self.host.header_digest,
-                    self.host.data_digest,
-                )),
-                Action::SendPdu(head) => {
-                    self.received
-                        .push(parse(&head, self.host.header_digest, self.host.data_digest))
-                }
-                Action::SendData {
-                    head,
-                    data,
-                    range,
-                    tail,
-                } => {
-                    let mut bytes = head.to_vec();
-                    bytes.extend_from_slice(&data.to_vec()[range]);
-                    bytes.extend_from_slice(&tail);
-                    self.received.push(parse(
-                        &bytes,
-                        self.host.header_digest,
-                        self.host.data_digest,
-                    ));
+                Action::Send(_) | Action::SendPdu(_) | Action::SendData { .. } => {
+                    let pdu = action.pdu_bytes().expect("a send action's PDU");
+                    let (hd, dd) = (self.host.header_digest, self.host.data_digest);
+                    self.received.push(parse(&pdu, hd, dd));
                 }
                 Action::CreateController(request) => {
                     let result = self.env.borrow_mut().registry.create(&request);

@@ -14,12 +14,11 @@ use uring_ffi::{Completion, Ring};
 
 use super::aio::{self, Planned};
 use super::resident::{Interest, Resident};
-use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, RING_SLOTS};
+use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, FILE_PAGES_MIN, RING_SLOTS};
 use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
 use crate::scsi::{finish, run, runs_exclusively, BlockReply, Prepared, Primitive, ScsiOutcome};
 use crate::server::gate::Access;
-use crate::server::tcp::outbox::FILE_PAGES_MIN;
 
 /// A command whose I/O is in the ring (the ring's token).
 pub(super) struct InFlight {

@@ -17,19 +17,10 @@ use crate::iscsi::bytes::HeaderBytes;
 use crate::iscsi::framing::{frame_parts, frame_parts_sized, FrameParts, FrameSettings};
 use crate::iscsi::pdu::{Header, Pdu};
 use crate::iscsi::tcp::DataInBuf;
+use crate::server::engine::FILE_PAGES_MIN;
 use mem_ffi::send::MAX_PIECES;
 use mem_ffi::{Buf, FileSpan, SendPiece};
 use std::sync::Arc;
-
-/// Pieces one vectored write takes at most: `mem_ffi::send_pieces`' limit, on the stack.
-const MAX_IOVECS: usize = MAX_PIECES;
-
-/// Smallest piece of a file's pages sent with sendfile: below it, copying the bytes (`pread`,
-/// then `writev` with the PDUs around them) costs less than a system call of its own per
-/// piece. The engine leaves smaller READs of a file in memory in a buffer for the same reason;
-/// the socket's receive side reads payloads in place from the same size on
-/// (`iscsi::framing::direct`).
-pub(crate) const FILE_PAGES_MIN: usize = 16 << 10;
 
 /// Where an [`Outbox`] writes: a socket, or a stand-in for one.
 pub(crate) trait Wire: Write {
@@ -315,7 +306,8 @@ impl Outbox {
             }
             return Ok(n);
         }
-        let mut slices = [SendPiece::Bytes(&[]); MAX_IOVECS];
+        // As many pieces as one `send_pieces` call takes, on the stack.
+        let mut slices = [SendPiece::Bytes(&[]); MAX_PIECES];
         let mut count = 0;
         let mut file_next = false;
         for (i, piece) in self.pieces[first..].iter().enumerate() {
@@ -327,7 +319,7 @@ impl Outbox {
                 }
                 Piece::Shared(DataInBuf::Lent(ranges), range) => {
                     let parts = ranges.within(range.start + skip..range.end);
-                    for (lent, part) in parts.take(MAX_IOVECS - count) {
+                    for (lent, part) in parts.take(MAX_PIECES - count) {
                         slices[count] = SendPiece::Lent {
                             lent,
                             start: part.start,
@@ -342,7 +334,7 @@ impl Outbox {
                     count += 1;
                 }
             }
-            if count == MAX_IOVECS {
+            if count == MAX_PIECES {
                 break;
             }
         }

@@ -7,7 +7,7 @@ mod ordering;
 
 use super::*;
 use crate::iscsi::pdu::{
-    DataOut, LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, TaskAttribute,
+    DataOut, LoginResponse, LogoutRequest, NopIn, NopOut, ScsiCommand, TaskAttribute,
     TaskMgmtRequest, TaskMgmtResponse,
 };
 use crate::iscsi::text::{self, TargetPolicy};
@@ -296,32 +296,14 @@ fn sent_headers(ops: &[FabricOp]) -> Vec<Header> {
 fn failed_login_posts_no_full_feature_buffers() {
     let now = Instant::now();
     let mut conn = IserConnection::new(config(), None, false, now);
-    let keys = text::encode(&[
-        (
-            "InitiatorName".to_string(),
-            "iqn.2026-11.test:host".to_string(),
-        ),
-        (
-            "TargetName".to_string(),
-            "iqn.2026-11.test:no-such-target".to_string(),
-        ),
-        ("SessionType".to_string(), "Normal".to_string()),
-    ]);
-    let request = Header::LoginRequest(LoginRequest {
-        transit: true,
-        continue_flag: false,
-        current_stage: Stage::Operational,
-        next_stage: Stage::FullFeature,
-        version_max: 0,
-        version_min: 0,
-        isid: [0, 2, 0x3d, 0, 0, 1],
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 1,
-        exp_stat_sn: 0,
-    });
-    conn.handle_receive(&ctrl(&Pdu::with_data(request, keys)), now);
+    // ib_iser's login, to a target the server does not have.
+    let request = initiator::ib_iser_login(
+        "iqn.2026-11.test:host",
+        "iqn.2026-11.test:no-such-target",
+        [0, 2, 0x3d, 0, 0, 1],
+        1,
+    );
+    conn.handle_receive(&ctrl(&request), now);
     let ops = drain(&mut conn);
     assert!(
         !ops.iter()

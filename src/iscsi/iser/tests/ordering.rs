@@ -134,17 +134,7 @@ fn logout_response_waits_for_every_read() {
 fn early_response_waits_for_its_tasks_reads() {
     let (mut conn, now) = logged_in(false);
     let token = write_needing_read(&mut conn, 0x60, 100, now);
-    // Unsolicited Data-Out although InitialR2T=Yes: the core rejects it and ends the task.
-    let data_out = Header::DataOut(DataOut {
-        final_flag: true,
-        lun: [0; 8],
-        itt: 0x60,
-        ttt: u32::MAX,
-        exp_stat_sn: 8,
-        data_sn: 0,
-        buffer_offset: 0,
-    });
-    conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+    end_write_early(&mut conn, 0x60, now);
     let headers = sent_headers(&drain(&mut conn));
     assert!(
         !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
@@ -174,17 +164,7 @@ fn an_ended_writes_buffer_is_not_recycled_under_its_read() {
     let token = write_needing_read(&mut conn, 0x92, 100, now);
     let place = conn.rdma_read_placement(token).unwrap();
     let span = place.arena.addr() + place.offset..place.arena.addr() + place.offset + place.len;
-    // Unsolicited Data-Out although InitialR2T=Yes: the core ends the task at once.
-    let data_out = Header::DataOut(DataOut {
-        final_flag: true,
-        lun: [0; 8],
-        itt: 0x92,
-        ttt: u32::MAX,
-        exp_stat_sn: 8,
-        data_sn: 0,
-        buffer_offset: 0,
-    });
-    conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+    end_write_early(&mut conn, 0x92, now);
     drain(&mut conn);
     assert_eq!(conn.rdma_read_placement(token), None, "the task is gone");
     assert_eq!(conn.retired.len(), 1, "its buffer is held for the read");
@@ -230,17 +210,7 @@ fn held_sends_and_retired_buffers_follow_reads_completing_out_of_order() {
         .collect();
     assert_eq!(a.len(), 3);
     let b = write_needing_read(&mut conn, 0x81, 101, now);
-    // Unsolicited Data-Out although InitialR2T=Yes: the core ends the first WRITE at once.
-    let data_out = Header::DataOut(DataOut {
-        final_flag: true,
-        lun: [0; 8],
-        itt: 0x80,
-        ttt: u32::MAX,
-        exp_stat_sn: 8,
-        data_sn: 0,
-        buffer_offset: 0,
-    });
-    conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
+    end_write_early(&mut conn, 0x80, now);
     let headers = sent_headers(&drain(&mut conn));
     assert!(
         !headers.iter().any(|h| matches!(h, Header::ScsiResponse(_))),
@@ -297,4 +267,19 @@ fn failed_read_closes_despite_held_logout() {
         "{ops:?}"
     );
     assert!(conn.is_closed());
+}
+
+/// Ends WRITE `itt` early: an unsolicited Data-Out although InitialR2T=Yes, which the core
+/// rejects by ending the task at once (its RDMA Reads may still be in flight).
+fn end_write_early(conn: &mut IserConnection, itt: u32, now: Instant) {
+    let data_out = Header::DataOut(DataOut {
+        final_flag: true,
+        lun: [0; 8],
+        itt,
+        ttt: u32::MAX,
+        exp_stat_sn: 8,
+        data_sn: 0,
+        buffer_offset: 0,
+    });
+    conn.handle_receive(&ctrl(&Pdu::with_data(data_out, vec![0; 512])), now);
 }

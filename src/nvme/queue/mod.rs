@@ -10,26 +10,28 @@
 //! passed in. The first fatal error ends the queue: a C2HTermReq when the host broke the
 //! protocol, then [`Action::Close`], and nothing after it.
 //!
-//! This file holds the connection phases, the PDU exchange and the data phase of commands
-//! (in-capsule data, R2T/H2CData, C2HData); `admin.rs` the fabrics and admin commands.
+//! This file holds the connection phases, the PDU exchange and what the queue keeps of its
+//! commands; `capsule.rs` takes command capsules in and dispatches them, `data.rs` moves their
+//! data (R2T/H2CData in, C2HData out) and completes I/O; `../admin.rs` holds the fabrics and
+//! admin commands.
+
+mod capsule;
+mod data;
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::command::{sgl_type, Completion, Sqe, Status, FABRICS_OPCODE};
+pub(super) use capsule::Outcome;
+
+use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
 use super::controller::{AdminState, ControllerShared};
 use super::framing::{FrameError, FrameLimits, PduReader, Received};
-use super::io::{backend_status, IoCommand, IoId, IoOp};
-use super::pdu::{
-    self, c2h_data_psh, flags, pdu_type, Fes, H2CDataHeader, HostPdu, IcReq, IcResp, PduHead,
-    PduTail, SendSettings,
-};
-use crate::backend::BackendError;
+use super::io::{IoCommand, IoId, IoOp};
+use super::pdu::{self, Fes, HostPdu, IcReq, IcResp, PduHead, PduTail, SendSettings};
 use crate::inthash::IntMap;
-use crate::scsi::{BlockReply, ScsiOutcome};
 use crate::Buf;
 use mem_ffi::Payload;
 
@@ -122,6 +124,25 @@ pub enum Action {
     Close(CloseReason),
 }
 
+impl Action {
+    /// The whole PDU a send action puts on the wire, in one buffer (lent memory copied, a
+    /// file's pages read), for tests and fuzzers that read what the queue sends; `None` for
+    /// the actions that send nothing.
+    pub fn pdu_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Action::Send(bytes) => Some(bytes.clone()),
+            Action::SendPdu(head) => Some(head.to_vec()),
+            Action::SendData {
+                head,
+                data,
+                range,
+                tail,
+            } => Some([head, &data.to_vec()[range.clone()], tail].concat()),
+            _ => None,
+        }
+    }
+}
+
 /// Connection phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -180,26 +201,6 @@ struct Command {
     /// A data digest failed on some of its data: it completes with a transient error.
     digest_failed: bool,
     state: CommandState,
-}
-
-/// What handling a command produced.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    /// Complete now with this status and result (DW0/DW1).
-    Complete(Status, u64),
-    /// Send this data to the host, then complete successfully.
-    Data(Vec<u8>),
-    /// Handed to the environment; completes later.
-    Pending(IoCommand, u64),
-    /// The command is held (Asynchronous Event Request) or waits for the environment
-    /// (Connect).
-    Held,
-}
-
-impl Outcome {
-    pub fn status(status: Status) -> Self {
-        Outcome::Complete(status, 0)
-    }
 }
 
 /// One NVMe/TCP queue.
@@ -379,80 +380,6 @@ impl Queue {
         }
     }
 
-    /// The backend finished I/O `id`.
-    pub fn handle_io_complete(&mut self, id: IoId, result: Result<BlockReply, BackendError>) {
-        self.finish_io(id, |op| match result {
-            Ok(BlockReply::Data(data)) => Ok(Some(data)),
-            Ok(BlockReply::Miscompare { .. }) => Err(Status::COMPARE_FAILURE),
-            Ok(BlockReply::Done) => Ok(None),
-            Err(e) => Err(backend_status(op, &e)),
-        });
-    }
-
-    /// The LUN finished I/O `id`, run as the SCSI command [`super::scsi::lower`] made of it.
-    pub fn handle_scsi_complete(&mut self, id: IoId, outcome: ScsiOutcome) {
-        self.finish_io(id, |op| match super::scsi::status_of(&outcome) {
-            s if !s.is_success() => Err(s),
-            _ if matches!(op, IoOp::Read { .. }) => Ok(Some(outcome.data_in)),
-            _ => Ok(None),
-        });
-    }
-
-    /// Completes I/O `id` with what `result` makes of its operation: data for the host, done,
-    /// or a failure status.
-    fn finish_io(
-        &mut self,
-        id: IoId,
-        result: impl FnOnce(&IoOp) -> Result<Option<Payload>, Status>,
-    ) {
-        let Some(cid) = self.executing.remove(&id) else {
-            return;
-        };
-        let Some(command) = self.commands.remove(&cid) else {
-            return;
-        };
-        let CommandState::Executing { op, lba, bytes, .. } = command.state else {
-            return;
-        };
-        let shared = self.binding.as_ref().map(|b| b.shared.clone());
-        let nsid = command.sqe.nsid();
-        let status = match result(&op) {
-            Ok(Some(data)) => {
-                if let Some(s) = &shared {
-                    s.count_read(data.len() as u64);
-                }
-                // Without a data digest, C2HData is sent from a RAM namespace's lent memory by
-                // address or from a file's pages, as they are. A data digest needs the bytes:
-                // lent memory is then copied into a buffer of the queue's own (one copy, as
-                // for iSCSI/TCP).
-                if data.lent().is_some() && !self.send.data_digest {
-                    return self.send_data(cid, data);
-                }
-                if let Some(lent) = data.lent() {
-                    lent.iter()
-                        .for_each(|l| crate::stats::count_payload_copy(l.len()));
-                }
-                match data.into_buf() {
-                    Ok(buf) => self.send_data(cid, Payload::Owned(buf)),
-                    Err(span) if !self.send.data_digest => self.send_data(cid, Payload::File(span)),
-                    // The environment gives file pages only to queues that send them as
-                    // they are (`sends_file_pages`); anything else is answered as an
-                    // internal error rather than trusted.
-                    Err(_) => self.respond_about(cid, Status::INTERNAL_ERROR, 0, nsid, lba),
-                }
-                return;
-            }
-            Ok(None) => {
-                if let (Some(s), IoOp::Write { .. }) = (&shared, &op) {
-                    s.count_write(bytes);
-                }
-                Status::SUCCESS
-            }
-            Err(status) => status,
-        };
-        self.respond_about(cid, status, 0, nsid, lba);
-    }
-
     fn handle_pdu(&mut self, received: Received) {
         let Received {
             pdu,
@@ -499,209 +426,6 @@ impl Queue {
         self.phase = Phase::AwaitingConnect;
     }
 
-    fn handle_capsule(&mut self, sqe: Sqe, data: Buf, data_digest_ok: bool) {
-        if self.phase == Phase::Live {
-            self.sqhd = (self.sqhd + 1) % self.sq_size.max(1);
-            if self.commands.len() >= usize::from(self.sq_size) {
-                // More commands than the queue has entries: the host ignored SQ flow control.
-                let mut header = vec![pdu_type::CAPSULE_CMD];
-                header.extend_from_slice(&sqe.0[..8]);
-                return self.terminate(Fes::PduSequenceError, 0, &header);
-            }
-        }
-        let cid = sqe.cid();
-        if self.commands.contains_key(&cid) {
-            return self.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
-        }
-        if !data_digest_ok {
-            return self.respond(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
-        }
-        if self.phase == Phase::AwaitingConnect
-            && !(sqe.opcode() == FABRICS_OPCODE && sqe.fctype() == super::command::fctype::CONNECT)
-        {
-            // Linux drivers/nvme/target/core.c answers any command on an unconnected queue
-            // this way (nvmet_parse_connect_cmd).
-            return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
-        }
-        if let Err(status) = self.check_before_data(&sqe) {
-            return self.respond(cid, status, 0);
-        }
-        let sgl = sqe.sgl();
-        // Data direction from the opcode's low two bits (base 2.0 §5,; fabrics
-        // command types likewise, NVMe-oF 1.1): bit 0 is host to controller.
-        let direction = if sqe.opcode() == FABRICS_OPCODE {
-            sqe.fctype()
-        } else {
-            sqe.opcode()
-        } & 3;
-        let takes_host_data = direction & 1 != 0 && sgl.length > 0;
-        if sqe.psdt() == 0 && sgl.length > 0 {
-            return self.respond(cid, Status::INVALID_FIELD, 0);
-        }
-        let mut command = Command {
-            sqe,
-            data: Buf::empty(),
-            host_data: if takes_host_data { sgl.length } else { 0 },
-            digest_failed: false,
-            state: CommandState::ReceivingData {
-                next: 0,
-                r2t_end: 0,
-            },
-        };
-        match sgl.descriptor_type {
-            _ if sgl.length == 0 && data.is_empty() => {}
-            sgl_type::IN_CAPSULE if takes_host_data => {
-                let start = usize::try_from(sgl.address).unwrap_or(usize::MAX);
-                let Some(end) = start
-                    .checked_add(sgl.length as usize)
-                    .filter(|&end| end <= data.len())
-                else {
-                    return self.respond(cid, Status::SGL_OFFSET_INVALID, 0);
-                };
-                command.data = if start == 0 && end == data.len() {
-                    data
-                } else {
-                    Buf::copy_from_slice(&data[start..end])
-                };
-            }
-            sgl_type::TRANSPORT if data.is_empty() => {
-                if sgl.length > self.config.max_transfer {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                if takes_host_data {
-                    self.commands.insert(cid, command);
-                    return self.solicit(cid);
-                }
-            }
-            _ => return self.respond(cid, Status::SGL_TYPE_INVALID, 0),
-        }
-        self.commands.insert(cid, command);
-        self.dispatch(cid);
-    }
-
-    /// Sends an R2T for the next piece of a command's host data (one R2T outstanding per
-    /// command, MAXR2T 0 suffices).
-    fn solicit(&mut self, cid: u16) {
-        let max = self.config.maxh2cdata();
-        let Some(command) = self.commands.get_mut(&cid) else {
-            return;
-        };
-        let offset = command.data.len() as u32;
-        let length = (command.host_data - offset).min(max);
-        command.state = CommandState::ReceivingData {
-            next: offset,
-            r2t_end: offset + length,
-        };
-        // The transfer tag is the command's CID: unique among outstanding commands.
-        let head = pdu::r2t(cid, cid, offset, length, &self.send);
-        self.actions.push_back(Action::SendPdu(head));
-    }
-
-    /// H2CData (NVMe/TCP 1.0 H2CData PDU): in order, within the R2T it answers.
-    fn handle_h2c_data(&mut self, h: H2CDataHeader, data: Buf, digest_ok: bool, hdr: &[u8]) {
-        let Some(command) = self.commands.get_mut(&h.cccid) else {
-            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
-        };
-        let CommandState::ReceivingData { next, r2t_end } = command.state else {
-            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::CCCID_OFFSET, hdr);
-        };
-        if h.ttag != h.cccid {
-            return self.terminate(Fes::InvalidHeaderField, H2CDataHeader::TTAG_OFFSET, hdr);
-        }
-        if h.datao != next {
-            return self.terminate(Fes::DataOutOfRange, H2CDataHeader::DATAO_OFFSET, hdr);
-        }
-        let end = u64::from(h.datao) + u64::from(h.datal);
-        if end > u64::from(r2t_end) {
-            return self.terminate(Fes::DataOutOfRange, H2CDataHeader::DATAL_OFFSET, hdr);
-        }
-        let end = end as u32;
-        // LAST_PDU marks the last H2CData of an R2T, no sooner and no later.
-        if h.last != (end == r2t_end) {
-            return self.terminate(Fes::InvalidHeaderField, 1, hdr);
-        }
-        if command.data.is_empty() && data.len() == command.host_data as usize {
-            // All the command's data in one PDU: its buffer is the command's.
-            command.data = data;
-        } else {
-            if command.data.capacity() < command.host_data as usize {
-                // A buffer for the whole transfer, which the PDUs' data is gathered into.
-                let mut whole = mem_ffi::pool::global().with_capacity(command.host_data as usize);
-                whole.extend_from_slice(&command.data);
-                command.data = whole;
-            }
-            command.data.extend_from_slice(&data);
-            crate::stats::count_payload_copy(data.len());
-        }
-        command.digest_failed |= !digest_ok;
-        command.state = CommandState::ReceivingData { next: end, r2t_end };
-        if end < r2t_end {
-            return;
-        }
-        if end < command.host_data {
-            return self.solicit(h.cccid);
-        }
-        if command.digest_failed {
-            // A data digest error fails the command with Transient Transport Error, not the
-            // connection: the header, and so the stream, was intact.
-            self.commands.remove(&h.cccid);
-            return self.respond(h.cccid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
-        }
-        self.dispatch(h.cccid);
-    }
-
-    /// Runs a command whose host data is all in.
-    fn dispatch(&mut self, cid: u16) {
-        let Some(command) = self.commands.get_mut(&cid) else {
-            return;
-        };
-        // A copy on the stack: dispatching allocates nothing for it.
-        let sqe: Sqe = command.sqe.clone();
-        let data = std::mem::take(&mut command.data);
-        let outcome = if sqe.opcode() == FABRICS_OPCODE {
-            self.fabrics_command(&sqe, &data)
-        } else if self.qid == 0 {
-            self.admin_command(&sqe)
-        } else {
-            self.io_command(&sqe, data)
-        };
-        match outcome {
-            Outcome::Complete(status, result) => {
-                self.commands.remove(&cid);
-                self.respond_about(cid, status, result, sqe.nsid(), 0)
-            }
-            Outcome::Data(bytes) => {
-                self.commands.remove(&cid);
-                let sgl_len = sqe.sgl().length as usize;
-                if sgl_len < bytes.len() {
-                    self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
-                } else {
-                    // Admin replies are small; a copy into a pool buffer keeps one data type.
-                    self.send_data(cid, Buf::copy_from_slice(&bytes).into());
-                }
-            }
-            Outcome::Pending(io, lba) => {
-                let id = io.id;
-                self.executing.insert(id, cid);
-                if let Some(c) = self.commands.get_mut(&cid) {
-                    c.state = CommandState::Executing {
-                        op: io.op.clone(),
-                        lba,
-                        bytes: io.data.len() as u64,
-                    };
-                }
-                self.actions.push_back(Action::Execute(io));
-            }
-            Outcome::Held => {
-                if let Some(c) = self.commands.get_mut(&cid) {
-                    c.state = CommandState::Held;
-                }
-                // A held Asynchronous Event Request may take a notice at once.
-                self.deliver_notice();
-            }
-        }
-    }
-
     /// A fresh I/O ID.
     pub(super) fn next_io_id(&mut self) -> IoId {
         let id = self.next_io;
@@ -739,45 +463,26 @@ impl Queue {
         self.actions.push_back(Action::SendPdu(head));
     }
 
-    /// Sends `data` in a C2HData PDU, then the successful completion: a CapsuleResp, or the
-    /// SUCCESS flag when the host disabled SQ flow control (NVMe/TCP 1.0 C2HData PDU; Linux
-    /// drivers/nvme/target/tcp.c does the same when sqhd_disabled).
-    fn send_data(&mut self, cid: u16, data: Payload) {
-        self.commands.remove(&cid);
-        if data.is_empty() {
-            return self.respond(cid, Status::SUCCESS, 0);
-        }
-        let mut pdu_flags = flags::LAST_PDU;
-        if self.sq_flow_disabled {
-            pdu_flags |= flags::SUCCESS;
-        }
-        let len = data.len();
-        let psh = c2h_data_psh(cid, 0, len as u32);
-        let framed = match &data {
-            Payload::Owned(buf) => pdu::frame(pdu_type::C2H_DATA, pdu_flags, &psh, buf, &self.send),
-            // Lent memory or a file's pages: never with a data digest (see `finish_io`).
-            _ => pdu::frame_sized(pdu_type::C2H_DATA, pdu_flags, &psh, len, None, &self.send),
-        };
-        self.actions.push_back(Action::SendData {
-            head: framed.head,
-            range: 0..len,
-            data,
-            tail: framed.tail,
-        });
-        if !self.sq_flow_disabled {
-            self.respond(cid, Status::SUCCESS, 0);
-        }
-    }
-
-    /// The Connect was accepted: the queue is live with these parameters.
-    pub(super) fn go_live(&mut self, connect: PendingConnect, binding: Binding) {
+    /// The Connect was accepted: the queue is live with these parameters, a queue of
+    /// controller `cntlid`.
+    pub(super) fn go_live(
+        &mut self,
+        connect: PendingConnect,
+        cntlid: u16,
+        shared: Arc<ControllerShared>,
+    ) {
         self.phase = Phase::Live;
         self.qid = connect.qid;
         self.sq_size = connect.sq_size;
         self.sq_flow_disabled = connect.sq_flow_disabled;
         // A Connect completes with the SQ head it left (one entry consumed).
         self.sqhd = 1 % self.sq_size.max(1);
-        self.binding = Some(binding);
+        self.binding = Some(Binding {
+            cntlid,
+            subsystem: connect.subsystem,
+            host_nqn: connect.host_nqn,
+            shared,
+        });
         if self.qid != 0 {
             self.limits.max_in_capsule = self.config.in_capsule_data;
         } else {
