@@ -5,7 +5,7 @@
 //! one-way CHAP; `?target_user=NAME&target_password=SECRET` after the LUN for mutual CHAP, which
 //! libiscsi 1.19 checks (it refuses a target whose CHAP_N or CHAP_R is wrong, lib/login.c).
 //! libiscsi offers MD5 only (`CHAP_A=5`). libiscsi 1.19's iscsi-test-cu has no iSCSICHAP suite
-//! (it came with 1.20), so its cases are pinned as unit tests in src/iscsi/tests.rs instead.
+//! (it came with 1.20), so its cases are pinned as unit tests in src/iscsi/tests/chap.rs instead.
 
 #[macro_use]
 mod common;
