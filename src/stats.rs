@@ -53,6 +53,13 @@ thread_local! {
     static THREAD_BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Lent memory copied into a buffer of its own, for a transport that needs the bytes (a data
+/// digest), counted as one copy per lent range.
+pub fn copy_lent(ranges: &mem_ffi::LentRanges) -> mem_ffi::Buf {
+    ranges.iter().for_each(|l| count_payload_copy(l.len()));
+    ranges.to_buf()
+}
+
 /// Records one user-space copy of `bytes` payload bytes (nothing for an empty copy).
 pub fn count_payload_copy(bytes: usize) {
     if bytes == 0 {

@@ -27,7 +27,7 @@ use super::pdu::{DataIn, DataOut, Header, Pdu, ReadyToTransfer, RESERVED_TAG};
 use crate::inthash::IntMap;
 use crate::scsi::sense::SenseData;
 use crate::scsi::ScsiOutcome;
-use crate::stats::count_payload_copy;
+use crate::stats::{copy_lent, count_payload_copy};
 use mem_ffi::{Buf, FileSpan, Lent, LentRanges, Payload};
 
 /// The read buffer a Data-In PDU's data segment is a slice of: the task's own buffer when one
@@ -339,10 +339,7 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
         };
         let mut data = match data {
             Payload::Lent(ranges) if !data_digest => DataInBuf::Lent(ranges),
-            Payload::Lent(ranges) => {
-                ranges.iter().for_each(|l| count_payload_copy(l.len()));
-                in_memory(ranges.to_buf())
-            }
+            Payload::Lent(ranges) => in_memory(copy_lent(&ranges)),
             Payload::Owned(buf) => in_memory(buf),
             Payload::File(span) => DataInBuf::File(span),
         };

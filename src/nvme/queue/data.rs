@@ -138,12 +138,7 @@ impl Queue {
                 let data = match data {
                     Payload::Lent(_) | Payload::File(_) if !self.send.data_digest => data,
                     Payload::Owned(_) => data,
-                    Payload::Lent(ranges) => {
-                        ranges
-                            .iter()
-                            .for_each(|l| crate::stats::count_payload_copy(l.len()));
-                        Payload::Owned(ranges.to_buf())
-                    }
+                    Payload::Lent(ranges) => Payload::Owned(crate::stats::copy_lent(&ranges)),
                     // The environment gives file pages only to queues that send them as
                     // they are (`sends_file_pages`); anything else is answered as an
                     // internal error rather than trusted.
