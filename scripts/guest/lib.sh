@@ -75,12 +75,18 @@ rxe_setup() {
     sr_modprobe dummy rdma_rxe ib_uverbs rdma_ucm
     ip link show "$dev" >/dev/null 2>&1 || ip link add "$dev" type dummy
     ip addr add "$cidr" dev "$dev" 2>/dev/null || true
+    # SOFTROCE_NETDEV_MTU: the netdev's MTU, from which rxe derives its RoCE path MTU (1500, the
+    # default, gives 1024; 4200 or more gives 4096, the largest RoCE MTU). Set before the rxe
+    # link exists so every QP takes it.
+    if [[ -n "${SOFTROCE_NETDEV_MTU:-}" ]]; then
+        ip link set "$dev" mtu "$SOFTROCE_NETDEV_MTU" || sr_die "cannot set $dev mtu $SOFTROCE_NETDEV_MTU"
+    fi
     ip link set "$dev" up
     if ! rdma link show "$rxe/1" >/dev/null 2>&1; then
         rdma link add "$rxe" type rxe netdev "$dev" || sr_die "rdma link add $rxe failed"
     fi
     sr_wait 30 rxe_port_active "$rxe" || sr_die "$rxe port did not become ACTIVE"
-    sr_log "$rxe on $dev ($cidr) is ACTIVE"
+    sr_log "$rxe on $dev ($cidr) is ACTIVE, $(ibv_devinfo -d "$rxe" 2>/dev/null | grep -o 'active_mtu:.*' || echo 'active_mtu unknown')"
 }
 
 rxe_port_active() {
