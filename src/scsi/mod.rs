@@ -427,13 +427,32 @@ impl LogicalUnit {
         self.unit_attentions().remove(nexus);
     }
 
-    /// LOGICAL UNIT RESET: releases the SPC-2 reservation (persistent ones are kept).
+    /// LOGICAL UNIT RESET: releases the SPC-2 reservation (persistent ones are kept) and
+    /// tells every I_T nexus by a BUS DEVICE RESET FUNCTION OCCURRED unit attention (SAM-5
+    /// 6.3.3; LIO's target_tmr_work() does the same with target_dev_ua_allocate()). Linux's
+    /// initiator expects it after the reset it asked for (`expecting_cc_ua`, scsi_error.c).
     pub fn reset(&self) {
         self.reservations().reset();
+        self.unit_attentions().establish_all(Sense::new(
+            sense::UNIT_ATTENTION,
+            sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
+        ));
     }
 
-    fn set_write_cache(&self, on: bool) {
-        self.wce.store(on, Ordering::Relaxed);
+    /// Sets WCE on behalf of `by` (MODE SELECT). A change is logged and every other I_T
+    /// nexus gets MODE PARAMETERS CHANGED (SPC-4 5.14): its idea of the cache is stale.
+    fn set_write_cache(&self, on: bool, by: &Nexus) {
+        if self.wce.swap(on, Ordering::Relaxed) != on {
+            log::info!(
+                "LUN {}: write cache {}",
+                self.params.lun,
+                if on { "on" } else { "off" }
+            );
+            self.unit_attentions().establish_others(
+                Sense::new(sense::UNIT_ATTENTION, sense::MODE_PARAMETERS_CHANGED),
+                by,
+            );
+        }
     }
 
     fn block_size(&self) -> u64 {
@@ -487,6 +506,7 @@ impl LogicalUnit {
                 done(ScsiOutcome::good().with_data_out_length(mode::mode_select(
                     self,
                     cdb,
+                    nexus,
                     req.data_out,
                 )?))
             }
@@ -513,11 +533,16 @@ impl LogicalUnit {
             op::PERSISTENT_RESERVE_IN => done(ScsiOutcome::with_data(
                 self.reservations().persistent_reserve_in(cdb)?,
             )),
-            op::PERSISTENT_RESERVE_OUT => done(self.reservations().persistent_reserve_out(
-                cdb,
-                nexus,
-                req.data_out,
-            )),
+            op::PERSISTENT_RESERVE_OUT => {
+                let (outcome, notices) =
+                    self.reservations()
+                        .persistent_reserve_out(cdb, nexus, req.data_out);
+                let mut ua = self.unit_attentions();
+                for (to, condition) in notices {
+                    ua.establish(&to, condition);
+                }
+                done(outcome)
+            }
             op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
                 done(ScsiOutcome::with_data(read_defect_data(cdb)))
             }

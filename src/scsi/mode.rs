@@ -3,7 +3,7 @@
 
 use super::cdb::Cdb;
 use super::sense::{self, Sense};
-use super::{op, truncate, CmdResult, LogicalUnit};
+use super::{op, truncate, CmdResult, LogicalUnit, Nexus};
 
 /// Pages we implement, in the order MODE SENSE page 3Fh returns them.
 const PAGES: [u8; 4] = [0x01, 0x08, 0x0A, 0x1C];
@@ -125,7 +125,12 @@ pub(super) fn mode_sense(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
 /// MODE SELECT(6)/(10): validates the whole parameter list against the current values and
 /// the changeable mask, then applies WCE. Returns the parameter list length (Data-Out the
 /// command calls for).
-pub(super) fn mode_select(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &[u8]) -> CmdResult<u32> {
+pub(super) fn mode_select(
+    lu: &LogicalUnit,
+    cdb: Cdb<'_>,
+    nexus: &Nexus,
+    data_out: &[u8],
+) -> CmdResult<u32> {
     let ten = cdb.opcode() == op::MODE_SELECT_10;
     if cdb.byte(1) & 0x01 != 0 {
         return Err(Sense::invalid_cdb_field(1, Some(0))); // SP: no saved pages
@@ -219,14 +224,7 @@ pub(super) fn mode_select(lu: &LogicalUnit, cdb: Cdb<'_>, data_out: &[u8]) -> Cm
         pos += len;
     }
     if let Some(wce) = new_wce {
-        if wce != lu.write_cache_enabled() {
-            log::info!(
-                "LUN {}: write cache {}",
-                lu.params().lun,
-                if wce { "on" } else { "off" }
-            );
-        }
-        lu.set_write_cache(wce);
+        lu.set_write_cache(wce, nexus);
     }
     Ok(plen as u32)
 }

@@ -47,6 +47,15 @@ fn all_registrants(t: u8) -> bool {
     matches!(t, ty::WE_ALL_REGISTRANTS | ty::EA_ALL_REGISTRANTS)
 }
 
+fn registrants_only(t: u8) -> bool {
+    matches!(t, ty::WE_REGISTRANTS_ONLY | ty::EA_REGISTRANTS_ONLY)
+}
+
+/// The unit attentions a PERSISTENT RESERVE OUT establishes for other I_T nexuses (SPC-4
+/// 5.13.11): each nexus with its condition. The LU queues them once the reservation state is
+/// settled.
+pub(super) type PrNotices = Vec<(Nexus, Sense)>;
+
 /// One registration: an I_T nexus and its reservation key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Registration {
@@ -321,9 +330,21 @@ impl PrState {
         cdb: Cdb<'_>,
         nexus: &Nexus,
         data_out: &[u8],
-    ) -> ScsiOutcome {
+    ) -> (ScsiOutcome, PrNotices) {
         let plen = cdb.be32(5);
-        outcome(self.prout(cdb, nexus, data_out, plen as usize)).with_data_out_length(plen)
+        let mut notices = PrNotices::new();
+        let result = self.prout(cdb, nexus, data_out, plen as usize, &mut notices);
+        (outcome(result).with_data_out_length(plen), notices)
+    }
+
+    /// Queues `condition` for every registered nexus but `except`.
+    fn notify_registrants(&self, except: &Nexus, condition: (u8, u8), notices: &mut PrNotices) {
+        notices.extend(self.regs.iter().filter(|r| &r.nexus != except).map(|r| {
+            (
+                r.nexus.clone(),
+                Sense::new(sense::UNIT_ATTENTION, condition),
+            )
+        }));
     }
 
     fn prout(
@@ -332,6 +353,7 @@ impl PrState {
         nexus: &Nexus,
         data_out: &[u8],
         plen: usize,
+        notices: &mut PrNotices,
     ) -> Result<(), PrError> {
         let action = cdb.service_action();
         if action > sa::REGISTER_AND_IGNORE {
@@ -385,7 +407,17 @@ impl PrState {
                     self.generation = self.generation.wrapping_add(1);
                 }
                 (Some(_), 0) => {
+                    // A registrants-only reservation goes with its holder's registration,
+                    // and the other registrants are told (SPC-4 5.13.11.2.3).
+                    let releases = self.is_holder(nexus)
+                        && self
+                            .reservation
+                            .as_ref()
+                            .is_some_and(|r| registrants_only(r.rtype));
                     self.unregister(nexus);
+                    if releases {
+                        self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
+                    }
                     self.generation = self.generation.wrapping_add(1);
                 }
                 (Some(_), k) => {
@@ -422,18 +454,24 @@ impl PrState {
                         )
                         .into());
                     }
+                    // Other registrants shared the reservation's access: they are told it
+                    // is gone (SPC-4 5.13.11.2.2).
+                    if registrants_only(r.rtype) || all_registrants(r.rtype) {
+                        self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
+                    }
                     self.reservation = None;
                     Ok(())
                 }
                 _ => Ok(()), // not the holder / no reservation: GOOD, nothing changes
             },
             sa::CLEAR => {
+                self.notify_registrants(nexus, sense::RESERVATIONS_PREEMPTED, notices);
                 self.regs.clear();
                 self.reservation = None;
                 self.generation = self.generation.wrapping_add(1);
                 Ok(())
             }
-            _ => self.preempt(nexus, sark, rtype),
+            _ => self.preempt(nexus, sark, rtype, notices),
         }
     }
 
@@ -455,17 +493,26 @@ impl PrState {
     }
 
     /// PREEMPT / PREEMPT AND ABORT (SPC-4 5.13.11.4). Task abort is not needed: commands
-    /// of other nexuses are not queued behind reservations here.
-    fn preempt(&mut self, nexus: &Nexus, sark: u64, rtype: u8) -> Result<(), PrError> {
+    /// of other nexuses are not queued behind reservations here. Every nexus whose
+    /// registration goes gets REGISTRATIONS PREEMPTED; when the holder is preempted with
+    /// another type, the registrants that stay get RESERVATIONS RELEASED.
+    fn preempt(
+        &mut self,
+        nexus: &Nexus,
+        sark: u64,
+        rtype: u8,
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
         let Some(res) = self.reservation.clone() else {
             if sark == 0 {
                 return Err(Sense::invalid_param_field(8).into());
             }
-            return self.remove_key(nexus, sark);
+            return self.remove_key(nexus, sark, notices);
         };
         if all_registrants(res.rtype) {
             if sark == 0 {
                 // Remove every other registration and take the reservation.
+                self.notify_registrants(nexus, sense::REGISTRATIONS_PREEMPTED, notices);
                 self.regs.retain(|r| &r.nexus == nexus);
                 self.reservation = Some(Reservation {
                     holder: nexus.clone(),
@@ -474,11 +521,21 @@ impl PrState {
                 self.generation = self.generation.wrapping_add(1);
                 return Ok(());
             }
-            return self.remove_key(nexus, sark);
+            return self.remove_key(nexus, sark, notices);
         }
         let holder_key = self.key_of(&res.holder);
         if Some(sark) == holder_key {
+            let preempted = Sense::new(sense::UNIT_ATTENTION, sense::REGISTRATIONS_PREEMPTED);
+            notices.extend(
+                self.regs
+                    .iter()
+                    .filter(|r| r.key == sark && &r.nexus != nexus)
+                    .map(|r| (r.nexus.clone(), preempted)),
+            );
             self.regs.retain(|r| r.key != sark || &r.nexus == nexus);
+            if res.rtype != rtype {
+                self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
+            }
             self.reservation = Some(Reservation {
                 holder: nexus.clone(),
                 rtype,
@@ -489,11 +546,17 @@ impl PrState {
         if sark == 0 {
             return Err(Sense::invalid_param_field(8).into());
         }
-        self.remove_key(nexus, sark)
+        self.remove_key(nexus, sark, notices)
     }
 
-    /// Removes the registrations with key `sark` (other than `nexus`'s); none ⇒ conflict.
-    fn remove_key(&mut self, nexus: &Nexus, sark: u64) -> Result<(), PrError> {
+    /// Removes the registrations with key `sark` (other than `nexus`'s), each nexus told by
+    /// REGISTRATIONS PREEMPTED; none ⇒ conflict.
+    fn remove_key(
+        &mut self,
+        nexus: &Nexus,
+        sark: u64,
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
         let victims: Vec<Nexus> = self
             .regs
             .iter()
@@ -503,8 +566,12 @@ impl PrState {
         if victims.is_empty() {
             return Err(PrError::Conflict);
         }
-        for v in &victims {
-            self.unregister(v);
+        for v in victims {
+            self.unregister(&v);
+            notices.push((
+                v,
+                Sense::new(sense::UNIT_ATTENTION, sense::REGISTRATIONS_PREEMPTED),
+            ));
         }
         self.generation = self.generation.wrapping_add(1);
         Ok(())

@@ -47,6 +47,21 @@ pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
 pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
 /// ASC/ASCQ: space allocation failed write protect (thin backing store is full).
 pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
+/// ASC/ASCQ: bus device reset function occurred (unit attention after a LOGICAL UNIT RESET or a
+/// target reset, SAM-5 6.3.3).
+pub const BUS_DEVICE_RESET_FUNCTION_OCCURRED: (u8, u8) = (0x29, 0x03);
+/// ASC/ASCQ: mode parameters changed (unit attention for the other I_T nexuses after a MODE
+/// SELECT changed a value, SPC-4 5.14).
+pub const MODE_PARAMETERS_CHANGED: (u8, u8) = (0x2A, 0x01);
+/// ASC/ASCQ: reservations preempted (unit attention after another nexus's PERSISTENT RESERVE
+/// OUT CLEAR).
+pub const RESERVATIONS_PREEMPTED: (u8, u8) = (0x2A, 0x03);
+/// ASC/ASCQ: reservations released (unit attention after a registrants-only or all-registrants
+/// reservation was released, or its type changed by PREEMPT).
+pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2A, 0x04);
+/// ASC/ASCQ: registrations preempted (unit attention for a nexus whose registration another
+/// nexus's PREEMPT removed).
+pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2A, 0x05);
 /// ASC/ASCQ: capacity data has changed (unit attention after the LU was resized).
 pub const CAPACITY_DATA_HAS_CHANGED: (u8, u8) = (0x2A, 0x09);
 /// ASC/ASCQ: asymmetric access state changed (unit attention after the target port group's

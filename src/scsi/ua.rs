@@ -53,13 +53,24 @@ impl UnitAttentions {
     /// nexus is not queued twice.
     pub fn establish_all(&mut self, sense: Sense) {
         for (_, queue) in &mut self.nexuses {
-            if queue.contains(&sense) {
-                continue;
-            }
-            if queue.len() == MAX_QUEUED {
-                queue.pop_front();
-            }
-            queue.push_back(sense);
+            queue_once(queue, sense);
+        }
+    }
+
+    /// Establishes `sense` for every known nexus but `except`, the one whose command changed
+    /// the state (MODE PARAMETERS CHANGED, SPC-4 5.14).
+    pub fn establish_others(&mut self, sense: Sense, except: &Nexus) {
+        for (_, queue) in self.nexuses.iter_mut().filter(|(n, _)| n != except) {
+            queue_once(queue, sense);
+        }
+    }
+
+    /// Establishes `sense` for `nexus` alone. A nexus not known yet is recorded with it: a
+    /// registration outlives its session, and the condition waits for the nexus's return.
+    pub fn establish(&mut self, nexus: &Nexus, sense: Sense) {
+        match self.nexuses.iter_mut().find(|(n, _)| n == nexus) {
+            Some((_, queue)) => queue_once(queue, sense),
+            None => self.nexuses.push((nexus.clone(), VecDeque::from([sense]))),
         }
     }
 
@@ -69,6 +80,17 @@ impl UnitAttentions {
             self.nexuses.swap_remove(at);
         }
     }
+}
+
+/// Queues `sense` unless it is already pending; a full queue drops its oldest condition.
+fn queue_once(queue: &mut VecDeque<Sense>, sense: Sense) {
+    if queue.contains(&sense) {
+        return;
+    }
+    if queue.len() == MAX_QUEUED {
+        queue.pop_front();
+    }
+    queue.push_back(sense);
 }
 
 #[cfg(test)]

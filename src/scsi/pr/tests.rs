@@ -75,6 +75,21 @@ fn access(lu: &LogicalUnit, n: &Nexus) -> (bool, bool) {
     (r == status::GOOD, w == status::GOOD)
 }
 
+/// The unit attention `n`'s next command (TEST UNIT READY) reports, if any; taking it clears it.
+fn unit_attention(lu: &LogicalUnit, n: &Nexus) -> Option<(u8, u8)> {
+    let o = run_as(lu, n, &[0, 0, 0, 0, 0, 0], &[]);
+    if o.status == status::CHECK_CONDITION {
+        assert_eq!(o.sense_key(), UNIT_ATTENTION, "sense {:02x?}", o.sense);
+        return Some(o.asc_ascq());
+    }
+    assert!(
+        o.status == status::GOOD || o.status == status::RESERVATION_CONFLICT,
+        "status {:#x}",
+        o.status
+    );
+    None
+}
+
 const GOOD: u8 = status::GOOD;
 const CONFLICT: u8 = status::RESERVATION_CONFLICT;
 
@@ -185,6 +200,10 @@ fn access_per_reservation_type() {
         assert_check(&o, ILLEGAL_REQUEST, INVALID_RELEASE_OF_PR);
         assert_eq!(prout(&lu, &a, sa::RELEASE, rtype, 0xA, 0), GOOD);
         assert_eq!(be32(&prin(&lu, &a, 1), 4), 0);
+        // b shared a registrants-only or all-registrants reservation: it is told it went.
+        let told =
+            (registrants_only(rtype) || all_registrants(rtype)).then_some(RESERVATIONS_RELEASED);
+        assert_eq!(unit_attention(&lu, &b), told, "type {rtype}");
         assert_eq!(access(&lu, &b), (true, true));
     }
 }
@@ -216,6 +235,7 @@ fn preempt_and_clear() {
     let (gen, _) = keys(&lu, &a);
     assert_eq!(prout(&lu, &b, sa::PREEMPT, 3, 0xB, 0xA), GOOD);
     assert_eq!(keys(&lu, &b), (gen + 1, vec![0xB]));
+    assert_eq!(unit_attention(&lu, &a), Some(REGISTRATIONS_PREEMPTED));
     // Unknown key: conflict; unregistered preemptor: conflict.
     assert_eq!(prout(&lu, &b, sa::PREEMPT, 3, 0xB, 0x77), CONFLICT);
     assert_eq!(prout(&lu, &a, sa::PREEMPT, 3, 0xA, 0xB), CONFLICT);
@@ -241,6 +261,7 @@ fn preempt_and_clear() {
     assert_eq!(u64::from_be_bytes(rr[8..16].try_into().unwrap()), 0xB);
     assert_eq!(rr[21], ty::WRITE_EXCLUSIVE);
     assert_eq!(keys(&lu, &b).1, vec![0xB]);
+    assert_eq!(unit_attention(&lu, &a), Some(REGISTRATIONS_PREEMPTED));
     assert_eq!(access(&lu, &a), (true, false));
     // CLEAR needs a registered key; it drops everything.
     assert_eq!(prout(&lu, &a, sa::CLEAR, 0, 0xA, 0), CONFLICT);
@@ -317,11 +338,28 @@ fn reserve6_conflicts_and_is_released_on_nexus_loss() {
     t.reset_lun(1); // not ours: nothing happens
     assert_eq!(access(&lu, &a), (false, false));
     t.reset_lun(0);
+    // Every nexus hears of the reset once, on its next command.
+    assert_eq!(
+        unit_attention(&lu, &a),
+        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    );
+    assert_eq!(
+        unit_attention(&lu, &b),
+        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    );
     assert_eq!(access(&lu, &a), (true, true));
     assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &a, &[0x17], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
     t.reset_target();
+    assert_eq!(
+        unit_attention(&lu, &a),
+        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    );
+    assert_eq!(
+        unit_attention(&lu, &b),
+        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    );
     assert_eq!(access(&lu, &a), (true, true));
     // Persistent registrations survive nexus loss; RESERVE(6) conflicts under a PR.
     prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
@@ -330,4 +368,98 @@ fn reserve6_conflicts_and_is_released_on_nexus_loss() {
     assert_eq!(keys(&lu, &b).1, vec![0xA]);
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, CONFLICT);
     assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, CONFLICT);
+}
+
+/// SPC-4 5.13.11.4: PREEMPT tells each nexus whose registration it removed, and when the
+/// preempted holder's type changes, the registrants that stay; the preempting nexus and
+/// nexuses without a registration hear nothing.
+#[test]
+fn preempt_tells_the_preempted() {
+    let lu = ram_lu(64, 512);
+    let (a, b, c, d) = (
+        nexus("iqn.a", 1),
+        nexus("iqn.b", 2),
+        nexus("iqn.c", 3),
+        nexus("iqn.d", 4),
+    );
+    assert_eq!(unit_attention(&lu, &d), None);
+    for (n, key) in [(&a, 0xA), (&b, 0xB), (&c, 0xC)] {
+        prout(&lu, n, sa::REGISTER, 0, 0, key);
+    }
+    prout(&lu, &b, sa::RESERVE, ty::WE_REGISTRANTS_ONLY, 0xB, 0);
+    // The holder preempted, same type: only the holder is told.
+    prout(&lu, &a, sa::PREEMPT, ty::WE_REGISTRANTS_ONLY, 0xA, 0xB);
+    assert_eq!(unit_attention(&lu, &b), Some(REGISTRATIONS_PREEMPTED));
+    assert_eq!(unit_attention(&lu, &b), None);
+    for n in [&a, &c, &d] {
+        assert_eq!(unit_attention(&lu, n), None);
+    }
+    // The holder (now a) preempted by c with another type: a loses its registration, and b,
+    // registered again, hears that the reservation it shared was released.
+    prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+    prout(&lu, &c, sa::PREEMPT, ty::EXCLUSIVE_ACCESS, 0xC, 0xA);
+    assert_eq!(unit_attention(&lu, &a), Some(REGISTRATIONS_PREEMPTED));
+    assert_eq!(unit_attention(&lu, &b), Some(RESERVATIONS_RELEASED));
+    assert_eq!(unit_attention(&lu, &c), None);
+    assert_eq!(unit_attention(&lu, &d), None);
+    // Without a reservation PREEMPT only removes registrations.
+    prout(&lu, &c, sa::RELEASE, ty::EXCLUSIVE_ACCESS, 0xC, 0);
+    prout(&lu, &c, sa::PREEMPT, ty::EXCLUSIVE_ACCESS, 0xC, 0xB);
+    assert_eq!(unit_attention(&lu, &b), Some(REGISTRATIONS_PREEMPTED));
+    assert_eq!(keys(&lu, &c).1, vec![0xC]);
+}
+
+/// A preempted nexus whose session had ended hears of it when it comes back: registrations
+/// outlive sessions, and so does what happened to them.
+#[test]
+fn a_preempted_nexus_hears_of_it_after_coming_back() {
+    let lu = ram_lu(64, 512);
+    let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+    prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+    prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+    lu.release_nexus(&b);
+    prout(&lu, &a, sa::PREEMPT, ty::WRITE_EXCLUSIVE, 0xA, 0xB);
+    assert_eq!(unit_attention(&lu, &b), Some(REGISTRATIONS_PREEMPTED));
+    assert_eq!(unit_attention(&lu, &a), None);
+}
+
+/// CLEAR tells every other registrant RESERVATIONS PREEMPTED; RELEASE of a reservation the
+/// registrants shared tells them RESERVATIONS RELEASED, and so does its holder unregistering;
+/// releasing an exclusive reservation tells nobody.
+#[test]
+fn clear_and_release_tell_the_registrants() {
+    let lu = ram_lu(64, 512);
+    let (a, b, d) = (nexus("iqn.a", 1), nexus("iqn.b", 2), nexus("iqn.d", 4));
+    assert_eq!(unit_attention(&lu, &d), None);
+    let register_both = || {
+        prout(&lu, &a, sa::REGISTER_AND_IGNORE, 0, 0, 0xA);
+        prout(&lu, &b, sa::REGISTER_AND_IGNORE, 0, 0, 0xB);
+    };
+    register_both();
+    prout(&lu, &a, sa::RESERVE, ty::WRITE_EXCLUSIVE, 0xA, 0);
+    prout(&lu, &a, sa::CLEAR, 0, 0xA, 0);
+    assert_eq!(unit_attention(&lu, &b), Some(RESERVATIONS_PREEMPTED));
+    for n in [&a, &b, &d] {
+        assert_eq!(unit_attention(&lu, n), None);
+    }
+    for (rtype, told) in [
+        (ty::WRITE_EXCLUSIVE, None),
+        (ty::EXCLUSIVE_ACCESS, None),
+        (ty::WE_REGISTRANTS_ONLY, Some(RESERVATIONS_RELEASED)),
+        (ty::EA_REGISTRANTS_ONLY, Some(RESERVATIONS_RELEASED)),
+        (ty::WE_ALL_REGISTRANTS, Some(RESERVATIONS_RELEASED)),
+        (ty::EA_ALL_REGISTRANTS, Some(RESERVATIONS_RELEASED)),
+    ] {
+        register_both();
+        prout(&lu, &a, sa::RESERVE, rtype, 0xA, 0);
+        prout(&lu, &a, sa::RELEASE, rtype, 0xA, 0);
+        assert_eq!(unit_attention(&lu, &b), told, "type {rtype}");
+        assert_eq!(unit_attention(&lu, &a), None);
+        assert_eq!(unit_attention(&lu, &d), None);
+    }
+    // The holder of a registrants-only reservation unregisters: the reservation goes.
+    prout(&lu, &a, sa::RESERVE, ty::EA_REGISTRANTS_ONLY, 0xA, 0);
+    prout(&lu, &a, sa::REGISTER, 0, 0xA, 0);
+    assert_eq!(unit_attention(&lu, &b), Some(RESERVATIONS_RELEASED));
+    assert_eq!(unit_attention(&lu, &a), None);
 }

@@ -160,3 +160,36 @@ fn mode_select_toggles_wce() {
     );
     assert_good(&exec(&lu, &[0x15, 0x10, 0, 0, 0, 0], &[]));
 }
+
+/// SPC-4 5.14: a MODE SELECT that changes WCE leaves MODE PARAMETERS CHANGED for every other
+/// I_T nexus the LU knows, once; the sender hears nothing, and a MODE SELECT that changes
+/// nothing tells nobody.
+#[test]
+fn a_wce_change_tells_the_other_nexuses() {
+    let lu = ram_lu(100, 512);
+    let other = Nexus {
+        initiator_name: "iqn.2026-11.test:other".into(),
+        isid: [0x80, 0, 0, 0, 0, 9],
+    };
+    let tur_as = |n: &Nexus| {
+        lu.execute(&ScsiRequest {
+            nexus: n,
+            ..req(0, &[0; 16], &[])
+        })
+    };
+    assert_good(&tur_as(&other));
+    let o = exec(&lu, &mode_sense6(0x08, 0x08, 0, 255), &[]);
+    let mut page = o.data_in.to_vec()[4..].to_vec();
+    let select = |page: &[u8]| {
+        let mut list = vec![0, 0, 0, 0];
+        list.extend_from_slice(page);
+        assert_good(&exec(&lu, &[0x15, 0x10, 0, 0, list.len() as u8, 0], &list));
+    };
+    select(&page); // no change
+    assert_good(&tur_as(&other));
+    page[2] &= !0x04;
+    select(&page);
+    assert_check(&tur_as(&other), UNIT_ATTENTION, MODE_PARAMETERS_CHANGED);
+    assert_good(&tur_as(&other));
+    assert_good(&tur_as(&TEST_NEXUS));
+}

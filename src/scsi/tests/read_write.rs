@@ -148,7 +148,7 @@ fn fua_and_write_through_flush() {
         ILLEGAL_REQUEST,
         LBA_OUT_OF_RANGE,
     );
-    lu.set_write_cache(false);
+    lu.set_write_cache(false, &TEST_NEXUS);
     write_blocks(&lu, 0, &[1; 512]);
     assert_eq!(flushes(), 3, "write-through flushes every write");
 }
