@@ -337,29 +337,24 @@ fn reserve6_conflicts_and_is_released_on_nexus_loss() {
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
     t.reset_lun(1); // not ours: nothing happens
     assert_eq!(access(&lu, &a), (false, false));
+    // Every nexus hears of a reset once, on its next command.
+    let both_told_of_the_reset = || {
+        for n in [&a, &b] {
+            assert_eq!(
+                unit_attention(&lu, n),
+                Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+            );
+            assert_eq!(unit_attention(&lu, n), None);
+        }
+    };
     t.reset_lun(0);
-    // Every nexus hears of the reset once, on its next command.
-    assert_eq!(
-        unit_attention(&lu, &a),
-        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-    );
-    assert_eq!(
-        unit_attention(&lu, &b),
-        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-    );
+    both_told_of_the_reset();
     assert_eq!(access(&lu, &a), (true, true));
     assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &a, &[0x17], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
     t.reset_target();
-    assert_eq!(
-        unit_attention(&lu, &a),
-        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-    );
-    assert_eq!(
-        unit_attention(&lu, &b),
-        Some(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-    );
+    both_told_of_the_reset();
     assert_eq!(access(&lu, &a), (true, true));
     // Persistent registrations survive nexus loss; RESERVE(6) conflicts under a PR.
     prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
