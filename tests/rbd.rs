@@ -181,7 +181,7 @@ fn target_ceph_option(conf: &std::path::Path, server: &Server, name: &str) -> St
 }
 
 #[test]
-fn write_cache_setting_decides_librbd_cache() {
+fn write_cache_setting_decides_librbd_cache_and_zero_copy_writes() {
     let Some((conf, _cluster)) = cluster_conf() else {
         return;
     };
@@ -190,6 +190,12 @@ fn write_cache_setting_decides_librbd_cache() {
         let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![lun])]);
         assert_eq!(
             target_ceph_option(&conf, &server, "rbd_cache"),
+            write_cache.to_string(),
+            "write_cache: {write_cache}"
+        );
+        // Zero-copy writes exactly when there is no cache to keep the data.
+        assert_eq!(
+            target_ceph_option(&conf, &server, "rbd_disable_zero_copy_writes"),
             write_cache.to_string(),
             "write_cache: {write_cache}"
         );

@@ -134,6 +134,16 @@ fn open_image(
     let op_timeout = spec.timeout_secs.to_string();
     let options = [
         ("rbd_cache", if write_cache { "true" } else { "false" }),
+        // Without librbd's cache, let it send a write's data from our buffer instead of
+        // copying it first (Ceph's default copies). Safe: librbd holds back an asynchronous
+        // write's completion until it has dropped its last reference to the caller's memory
+        // (librbd.cc, `UserBufferDeleter`), and rbd-ffi owns the buffer until that completion.
+        // With the cache on, librbd keeps written data after completing the write: sharing our
+        // buffer would hold each completion back until write-back, so it keeps its copy.
+        (
+            "rbd_disable_zero_copy_writes",
+            if write_cache { "true" } else { "false" },
+        ),
         // The target advertises LBPRZ (unmapped blocks read as zeroes): librbd must zero
         // the parts of a discard that do not cover whole objects instead of skipping them.
         ("rbd_skip_partial_discard", "false"),
