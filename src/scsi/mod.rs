@@ -539,7 +539,7 @@ impl LogicalUnit {
                         .persistent_reserve_out(cdb, nexus, req.data_out);
                 let mut ua = self.unit_attentions();
                 for (to, condition) in notices {
-                    ua.establish(&to, condition);
+                    ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
                 }
                 done(outcome)
             }

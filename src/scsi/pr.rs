@@ -52,9 +52,9 @@ fn registrants_only(t: u8) -> bool {
 }
 
 /// The unit attentions a PERSISTENT RESERVE OUT establishes for other I_T nexuses (SPC-4
-/// 5.13.11): each nexus with its condition. The LU queues them once the reservation state is
-/// settled.
-pub(super) type PrNotices = Vec<(Nexus, Sense)>;
+/// 5.13.11): each nexus with its condition's ASC/ASCQ. The LU queues them once the
+/// reservation state is settled.
+pub(super) type PrNotices = Vec<(Nexus, (u8, u8))>;
 
 /// One registration: an I_T nexus and its reservation key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,12 +339,24 @@ impl PrState {
 
     /// Queues `condition` for every registered nexus but `except`.
     fn notify_registrants(&self, except: &Nexus, condition: (u8, u8), notices: &mut PrNotices) {
-        notices.extend(self.regs.iter().filter(|r| &r.nexus != except).map(|r| {
-            (
-                r.nexus.clone(),
-                Sense::new(sense::UNIT_ATTENTION, condition),
-            )
-        }));
+        notices.extend(
+            self.regs
+                .iter()
+                .filter(|r| &r.nexus != except)
+                .map(|r| (r.nexus.clone(), condition)),
+        );
+    }
+
+    /// The nexuses registered with `key`, other than `except`: whom a PREEMPT of `key` removes.
+    fn others_with_key<'a>(
+        &'a self,
+        key: u64,
+        except: &'a Nexus,
+    ) -> impl Iterator<Item = &'a Nexus> + 'a {
+        self.regs
+            .iter()
+            .filter(move |r| r.key == key && &r.nexus != except)
+            .map(|r| &r.nexus)
     }
 
     fn prout(
@@ -525,12 +537,9 @@ impl PrState {
         }
         let holder_key = self.key_of(&res.holder);
         if Some(sark) == holder_key {
-            let preempted = Sense::new(sense::UNIT_ATTENTION, sense::REGISTRATIONS_PREEMPTED);
             notices.extend(
-                self.regs
-                    .iter()
-                    .filter(|r| r.key == sark && &r.nexus != nexus)
-                    .map(|r| (r.nexus.clone(), preempted)),
+                self.others_with_key(sark, nexus)
+                    .map(|n| (n.clone(), sense::REGISTRATIONS_PREEMPTED)),
             );
             self.regs.retain(|r| r.key != sark || &r.nexus == nexus);
             if res.rtype != rtype {
@@ -557,21 +566,13 @@ impl PrState {
         sark: u64,
         notices: &mut PrNotices,
     ) -> Result<(), PrError> {
-        let victims: Vec<Nexus> = self
-            .regs
-            .iter()
-            .filter(|r| r.key == sark && &r.nexus != nexus)
-            .map(|r| r.nexus.clone())
-            .collect();
+        let victims: Vec<Nexus> = self.others_with_key(sark, nexus).cloned().collect();
         if victims.is_empty() {
             return Err(PrError::Conflict);
         }
         for v in victims {
             self.unregister(&v);
-            notices.push((
-                v,
-                Sense::new(sense::UNIT_ATTENTION, sense::REGISTRATIONS_PREEMPTED),
-            ));
+            notices.push((v, sense::REGISTRATIONS_PREEMPTED));
         }
         self.generation = self.generation.wrapping_add(1);
         Ok(())
