@@ -3,7 +3,13 @@
 use super::block::{limits, limits_for};
 use super::cdb::Cdb;
 use super::sense::Sense;
-use super::{truncate, CmdResult, LogicalUnit};
+use super::{truncate, CmdResult, LogicalUnit, LunParams};
+
+/// Designation descriptor code set: binary.
+pub(super) const CODE_SET_BINARY: u8 = 0x01;
+/// Designation descriptor byte 1 of the LU's NAA designator: association 00b (the logical
+/// unit), designator type 3 (NAA).
+pub(super) const NAA_LU_DESIGNATOR: u8 = 0x03;
 
 /// Length of our standard INQUIRY data (with version descriptors).
 const STD_LEN: usize = 96;
@@ -30,7 +36,8 @@ fn standard(lu: Option<&LogicalUnit>, byte0: u8) -> Vec<u8> {
     d[3] = 0x12; // HiSup | response data format 2
     d[4] = (STD_LEN - 5) as u8;
     if lu.is_some() {
-        d[5] = super::alua::TPGS_IMPLICIT;
+        // TPGS; 3PC: the LU is a copy manager (EXTENDED COPY, xcopy.rs).
+        d[5] = super::alua::TPGS_IMPLICIT | 0x08;
     }
     d[7] = 0x02; // CmdQue
     if let Some(lu) = lu {
@@ -86,9 +93,8 @@ pub(super) fn inquiry(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
 /// relative target port and target port group of this gateway (see [`super::alua`]).
 fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     let p = lu.params();
-    let naa = (p.naa_id & 0x0FFF_FFFF_FFFF_FFFF) | (5 << 60);
-    let mut d = vec![0x01, 0x03, 0x00, 0x08];
-    d.extend_from_slice(&naa.to_be_bytes());
+    let mut d = vec![CODE_SET_BINARY, NAA_LU_DESIGNATOR, 0x00, 0x08];
+    d.extend_from_slice(&naa_designator(p));
     let mut t10 = vec![0u8; 8];
     ascii_field(&mut t10, &p.vendor);
     t10.extend(p.serial.bytes().filter(u8::is_ascii_graphic).take(64));
@@ -96,6 +102,11 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     d.extend_from_slice(&t10);
     d.extend_from_slice(&p.alua.designators());
     d
+}
+
+/// The LU's NAA designator: NAA 5 (IEEE Registered) over the configured identifier.
+pub(super) fn naa_designator(p: &LunParams) -> [u8; 8] {
+    ((p.naa_id & 0x0FFF_FFFF_FFFF_FFFF) | (5 << 60)).to_be_bytes()
 }
 
 /// VPD 0xB0 Block Limits body (page length 0x3C).

@@ -21,12 +21,14 @@ mod pr;
 pub mod sense;
 mod target;
 mod ua;
+mod xcopy;
 
 pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
+pub use xcopy::{CopyJob, CopyList};
 
 use crate::backend::{Backend, BackendError};
 use cdb::Cdb;
@@ -78,6 +80,8 @@ mod op {
     pub const MODE_SENSE_10: u8 = 0x5A;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
@@ -280,6 +284,14 @@ pub enum Plan<'a> {
         /// Data-Out bytes the command called for, passed through to the outcome.
         data_out_length: u32,
     },
+    /// EXTENDED COPY: look up the list's copy targets among the target's LUs
+    /// ([`ScsiTarget::prepare`]), then run the copy like a block request.
+    Copy {
+        /// The decoded parameter list.
+        list: CopyList,
+        /// Data-Out bytes the command called for (its parameter list length).
+        data_out_length: u32,
+    },
 }
 
 impl From<Sense> for Plan<'_> {
@@ -306,6 +318,9 @@ pub struct LogicalUnit {
     unit_attentions: Mutex<ua::UnitAttentions>,
     /// The target port group's current asymmetric access state ([`AluaState::code`]).
     alua_state: AtomicU8,
+    /// Copy statuses held for RECEIVE COPY RESULTS (this LU as copy manager); shared with the
+    /// EXTENDED COPY jobs that record them.
+    copies: Arc<Mutex<xcopy::HeldCopies>>,
 }
 
 impl LogicalUnit {
@@ -322,6 +337,7 @@ impl LogicalUnit {
             pr: Mutex::new(pr::PrState::default()),
             unit_attentions: Mutex::new(ua::UnitAttentions::default()),
             alua_state,
+            copies: Arc::default(),
         }
     }
 
@@ -376,6 +392,15 @@ impl LogicalUnit {
         self.pr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn held_copies(&self) -> MutexGuard<'_, xcopy::HeldCopies> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the EXTENDED COPY jobs this LU receives hold their status.
+    fn held_copies_handle(&self) -> Arc<Mutex<xcopy::HeldCopies>> {
+        Arc::clone(&self.copies)
+    }
+
     fn unit_attentions(&self) -> MutexGuard<'_, ua::UnitAttentions> {
         self.unit_attentions
             .lock()
@@ -420,11 +445,13 @@ impl LogicalUnit {
         }
     }
 
-    /// I_T nexus loss: drops the SPC-2 (RESERVE(6)) reservation held by `nexus` and its
-    /// pending unit attentions. Persistent reservation registrations survive.
+    /// I_T nexus loss: drops the SPC-2 (RESERVE(6)) reservation held by `nexus`, its
+    /// pending unit attentions and its held copy statuses. Persistent reservation
+    /// registrations survive.
     pub fn release_nexus(&self, nexus: &Nexus) {
         self.reservations().release_nexus(nexus);
         self.unit_attentions().remove(nexus);
+        self.held_copies().forget(nexus);
     }
 
     /// LOGICAL UNIT RESET: releases the SPC-2 reservation (persistent ones are kept) and
@@ -433,6 +460,7 @@ impl LogicalUnit {
     /// initiator expects it after the reset it asked for (`expecting_cc_ua`, scsi_error.c).
     pub fn reset(&self) {
         self.reservations().reset();
+        self.held_copies().clear();
         self.unit_attentions().establish_all(Sense::new(
             sense::UNIT_ATTENTION,
             sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
@@ -543,6 +571,16 @@ impl LogicalUnit {
                 }
                 done(outcome)
             }
+            op::EXTENDED_COPY => match xcopy::decode(cdb, req.data_out)? {
+                None => done(ScsiOutcome::good()),
+                Some(list) => Ok(Plan::Copy {
+                    list,
+                    data_out_length: cdb.be32(10),
+                }),
+            },
+            op::RECEIVE_COPY_RESULTS => done(ScsiOutcome::with_data(xcopy::receive_copy_results(
+                self, cdb, nexus,
+            )?)),
             op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
                 done(ScsiOutcome::with_data(read_defect_data(cdb)))
             }
@@ -603,6 +641,17 @@ impl LogicalUnit {
                 let result = self.run(&request);
                 finish(&request, result, data_out_length)
             }
+            // Alone, a LU is the only copy target an EXTENDED COPY can name.
+            Plan::Copy {
+                list,
+                data_out_length,
+            } => match list.resolve(self, std::iter::once(self), req.nexus) {
+                Ok(job) => {
+                    let request = BlockRequest::Copy(Box::new(job));
+                    finish(&request, self.run(&request), data_out_length)
+                }
+                Err(outcome) => outcome.with_data_out_length(data_out_length),
+            },
         }
     }
 }
@@ -620,6 +669,12 @@ pub fn runs_exclusively(cdb: &[u8]) -> bool {
         cdb.first(),
         Some(&(op::COMPARE_AND_WRITE | op::ORWRITE_16 | op::WRITE_ATOMIC_16))
     )
+}
+
+/// Whether a CDB is an EXTENDED COPY, a command that may run for seconds (an executor gives
+/// it threads of its own). Decided from the operation code alone, like [`runs_exclusively`].
+pub fn is_extended_copy(cdb: &[u8]) -> bool {
+    cdb.first() == Some(&op::EXTENDED_COPY)
 }
 
 /// True when the received CDB is shorter than its opcode's CDB length.

@@ -130,6 +130,21 @@ static COMMANDS: &[OpInfo] = &[
         6,
         &[0x5F, 0x1F, FF, 0, 0, FF, FF, FF, FF, 0],
     ),
+    sa(
+        op::EXTENDED_COPY,
+        0x00, // LID1
+        &[0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
+    sa(
+        op::RECEIVE_COPY_RESULTS,
+        crate::scsi::xcopy::SA_COPY_STATUS,
+        &[0x84, 0x1F, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
+    sa(
+        op::RECEIVE_COPY_RESULTS,
+        crate::scsi::xcopy::SA_OPERATING_PARAMETERS,
+        &[0x84, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
     e(
         op::READ_16,
         &[

@@ -106,6 +106,9 @@ fn pr_access(cdb: Cdb<'_>) -> Access {
             Access::Always
         }
         op::PREVENT_ALLOW if cdb.byte(4) & 0x03 == 0 => Access::Always,
+        // The copy manager checks each copy target as the READ or WRITE it does would be
+        // checked (xcopy.rs); the command itself touches no medium of the LU it is sent to.
+        op::EXTENDED_COPY | op::RECEIVE_COPY_RESULTS => Access::Always,
         op::READ_6
         | op::READ_10
         | op::READ_12

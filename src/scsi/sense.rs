@@ -14,6 +14,8 @@ pub const ILLEGAL_REQUEST: u8 = 0x5;
 pub const UNIT_ATTENTION: u8 = 0x6;
 /// Sense key: write to a write-protected LU.
 pub const DATA_PROTECT: u8 = 0x7;
+/// Sense key: an EXTENDED COPY stopped after it had begun (SPC-4 6.4.5).
+pub const COPY_ABORTED: u8 = 0xA;
 /// Sense key: command aborted.
 pub const ABORTED_COMMAND: u8 = 0xB;
 /// Sense key: VERIFY / COMPARE AND WRITE data did not match the medium.
@@ -21,8 +23,14 @@ pub const MISCOMPARE: u8 = 0xE;
 
 /// ASC/ASCQ: no additional sense information.
 pub const NO_ADDITIONAL_SENSE: (u8, u8) = (0x00, 0x00);
+/// ASC/ASCQ: operation in progress (an EXTENDED COPY with the list identifier of one still
+/// running on the same I_T nexus).
+pub const OPERATION_IN_PROGRESS: (u8, u8) = (0x00, 0x16);
 /// ASC/ASCQ: write error.
 pub const WRITE_ERROR: (u8, u8) = (0x0C, 0x00);
+/// ASC/ASCQ: copy target device not reachable (an EXTENDED COPY names a logical unit or a range
+/// the copy manager cannot reach).
+pub const COPY_TARGET_DEVICE_NOT_REACHABLE: (u8, u8) = (0x0D, 0x02);
 /// ASC/ASCQ: invalid field in command information unit (data-out shorter than the CDB needs).
 pub const INVALID_FIELD_IN_CIU: (u8, u8) = (0x0E, 0x03);
 /// ASC/ASCQ: unrecovered read error.
@@ -41,6 +49,14 @@ pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
 pub const LU_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
 /// ASC/ASCQ: invalid field in parameter list.
 pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
+/// ASC/ASCQ: more CSCD (target) descriptors than the copy manager takes.
+pub const TOO_MANY_TARGET_DESCRIPTORS: (u8, u8) = (0x26, 0x06);
+/// ASC/ASCQ: a CSCD (target) descriptor type the copy manager does not implement.
+pub const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE: (u8, u8) = (0x26, 0x07);
+/// ASC/ASCQ: more segment descriptors than the copy manager takes.
+pub const TOO_MANY_SEGMENT_DESCRIPTORS: (u8, u8) = (0x26, 0x08);
+/// ASC/ASCQ: a segment descriptor type the copy manager does not implement.
+pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE: (u8, u8) = (0x26, 0x09);
 /// ASC/ASCQ: invalid release of persistent reservation.
 pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
 /// ASC/ASCQ: write protected.

@@ -123,6 +123,18 @@ impl ScsiTarget {
                     request,
                     data_out_length,
                 },
+                Plan::Copy {
+                    list,
+                    data_out_length,
+                } => match list.resolve(lu, self.luns.iter().map(|l| &**l), req.nexus) {
+                    Ok(job) => Prepared::Io {
+                        lu,
+                        lun_index,
+                        request: BlockRequest::Copy(Box::new(job)),
+                        data_out_length,
+                    },
+                    Err(outcome) => Prepared::Done(outcome.with_data_out_length(data_out_length)),
+                },
             };
         }
         Prepared::Done(Self::absent_lun(cdb))

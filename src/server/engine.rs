@@ -14,7 +14,9 @@
 //!   where it is finished (see `engine/aio.rs`);
 //! - everything rare (UNMAP, WRITE SAME, COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, GET LBA
 //!   STATUS, VERIFY) runs on a small process-wide blocking pool, as does all file and block I/O
-//!   when io_uring is unavailable.
+//!   when io_uring is unavailable;
+//! - EXTENDED COPY, which may move up to 256 MiB, runs on a copy pool of its own, so that copies
+//!   never hold up the rare commands of other LUs.
 //!
 //! COMPARE AND WRITE, ORWRITE and WRITE ATOMIC run alone on their LU: every command passes the
 //! LU's [`IoGate`], which parks work instead of blocking a thread (see `gate.rs`).
@@ -37,7 +39,9 @@ use uring_ffi::{Ring, SetupError, Sleep, Waker};
 use super::gate::{Access, IoGate};
 use crate::backend::{AsyncReply, BackendError};
 use crate::iscsi::{ScsiTask, TaskId};
-use crate::scsi::{finish, run, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget};
+use crate::scsi::{
+    finish, is_extended_copy, run, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
+};
 
 mod resident;
 
@@ -59,6 +63,8 @@ enum Report {
 const RING_SLOTS: u32 = 256;
 /// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then).
 const BLOCKING_THREADS: usize = 2;
+/// Copy-pool threads: EXTENDED COPY commands running at once; more wait their turn.
+const COPY_THREADS: usize = 2;
 
 /// Smallest READ of a file in memory that the engine leaves in the file ([`Payload::File`]) for
 /// a connection that sends its pages, and smallest piece of such a READ the TCP outbox sends
@@ -200,6 +206,8 @@ struct EngineShared {
     inboxes: Vec<Inbox>,
     pool: Sender<PoolMessage>,
     pool_threads: usize,
+    /// The copy pool's queue ([`COPY_THREADS`] threads run EXTENDED COPY).
+    copy_pool: Sender<PoolMessage>,
     next_thread: AtomicUsize,
     /// Ids handed out to residents.
     next_resident: AtomicU64,
@@ -277,8 +285,13 @@ impl EngineShared {
     }
 
     fn to_pool(&self, job: Job, access: Access, lun_index: usize) {
-        // The pool outlives every job (it is stopped after the engine threads).
-        let _ = self.pool.send(PoolMessage::Run {
+        let pool = if is_extended_copy(&job.task.cdb) {
+            &self.copy_pool
+        } else {
+            &self.pool
+        };
+        // The pools outlive every job (they are stopped after the engine threads).
+        let _ = pool.send(PoolMessage::Run {
             job,
             access,
             lun_index,
@@ -341,6 +354,7 @@ impl Engine {
             threads.max(BLOCKING_THREADS)
         };
         let (pool, pool_queue) = crossbeam_channel::unbounded();
+        let (copy_pool, copy_queue) = crossbeam_channel::unbounded();
         let mut inboxes = Vec::with_capacity(threads);
         let mut queues = Vec::with_capacity(threads);
         let mut rings = rings.into_iter();
@@ -363,6 +377,7 @@ impl Engine {
             inboxes,
             pool,
             pool_threads,
+            copy_pool,
             next_thread: AtomicUsize::new(0),
             next_resident: AtomicU64::new(1),
             outstanding: AtomicUsize::new(0),
@@ -380,13 +395,19 @@ impl Engine {
                 .spawn(move || worker.run(&queue))?;
             engine.threads_mut().push(handle);
         }
-        for index in 0..pool_threads {
-            let shared = Arc::clone(&shared);
-            let queue = pool_queue.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("io-blocking-{index}"))
-                .spawn(move || blocking_worker(&shared, &queue))?;
-            engine.threads_mut().push(handle);
+        let pools = [
+            ("io-blocking", pool_threads, pool_queue),
+            ("io-copy", COPY_THREADS, copy_queue),
+        ];
+        for (name, count, queue) in pools {
+            for index in 0..count {
+                let shared = Arc::clone(&shared);
+                let queue = queue.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("{name}-{index}"))
+                    .spawn(move || blocking_worker(&shared, &queue))?;
+                engine.threads_mut().push(handle);
+            }
         }
         Ok(engine)
     }
@@ -520,6 +541,9 @@ impl Engine {
         for _ in 0..self.shared.pool_threads {
             let _ = self.shared.pool.send(PoolMessage::Stop);
         }
+        for _ in 0..COPY_THREADS {
+            let _ = self.shared.copy_pool.send(PoolMessage::Stop);
+        }
         for handle in threads.drain(..) {
             let _ = handle.join();
         }
@@ -587,7 +611,8 @@ impl EngineSession {
     }
 }
 
-/// A blocking-pool thread: runs admitted commands synchronously, then completes them.
+/// A blocking-pool or copy-pool thread: runs admitted commands synchronously, then completes
+/// them.
 fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
     for message in queue {
         let PoolMessage::Run {

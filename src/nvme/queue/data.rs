@@ -95,6 +95,9 @@ impl Queue {
             Ok(BlockReply::Data(data)) => Ok(Some(data)),
             Ok(BlockReply::Miscompare { .. }) => Err(Status::COMPARE_FAILURE),
             Ok(BlockReply::Done) => Ok(None),
+            Ok(BlockReply::Check(s)) => {
+                Err(crate::nvme::scsi::status_of(&ScsiOutcome::from_sense(&s)))
+            }
             Err(e) => Err(backend_status(op, &e)),
         });
     }

@@ -107,6 +107,8 @@ pub enum BlockRequest<'a> {
         data: &'a [u8],
         fua: bool,
     },
+    /// EXTENDED COPY: blocks moved between LUs (or within one) by the copy manager.
+    Copy(Box<crate::scsi::CopyJob>),
     /// GET LBA STATUS: LBA status descriptors from block `lba` to the end of an LU of
     /// `num_blocks` blocks of `block_size` bytes; replies with the parameter data cut to
     /// `alloc` bytes.
@@ -201,13 +203,16 @@ pub enum BlockReply {
     Data(Payload),
     /// The compare failed at this byte offset within the compared data; nothing written.
     Miscompare { offset: u64 },
+    /// Ended with this condition, decided by the operation itself (an EXTENDED COPY that
+    /// stopped: COPY ABORTED and why).
+    Check(Sense),
 }
 
 /// Size of the buffer used to expand WRITE SAME patterns.
 const WRITE_SAME_BUF: u64 = 1 << 20;
 
-/// Executes a block request on a backend. Does not lock: callers needing COMPARE AND WRITE
-/// atomicity go through [`LogicalUnit::run`].
+/// Executes a block request on a backend (an EXTENDED COPY on the backends it names). Does
+/// not lock: callers needing COMPARE AND WRITE atomicity go through [`LogicalUnit::run`].
 ///
 /// [`LogicalUnit::run`]: super::LogicalUnit::run
 pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, BackendError> {
@@ -293,6 +298,8 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
                 None => BlockReply::Done,
             })
         }
+        // The job carries its own source and destination backends.
+        BlockRequest::Copy(job) => Ok(job.run()),
     }
 }
 
@@ -398,6 +405,7 @@ fn outcome(
             information: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
             ..Sense::new(sense::MISCOMPARE, sense::MISCOMPARE_DURING_VERIFY)
         }),
+        Ok(BlockReply::Check(s)) => ScsiOutcome::from_sense(&s),
         // The backend gave up waiting (an RBD operation past its timeout): nothing is known
         // to have failed, so the initiator is asked to retry (SAM-5 5.3.1, BUSY).
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {

@@ -8,6 +8,7 @@ mod identify;
 mod mode;
 mod other_commands;
 mod read_write;
+mod xcopy;
 
 use super::sense::*;
 use super::testutil::*;

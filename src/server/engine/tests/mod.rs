@@ -3,6 +3,7 @@
 //! One file per kind of user of the engine; the helpers they share live here.
 
 mod async_backend;
+mod copies;
 mod luns;
 mod residents;
 

@@ -1,0 +1,173 @@
+//! EXTENDED COPY through the engine: copies run on a pool of their own, so copies held up by
+//! a slow backend hold up neither the rare commands of other LUNs nor their I/O.
+
+use super::*;
+use std::sync::atomic::AtomicUsize;
+
+/// A RAM backend whose reads wait until it is opened, counting the reads waiting.
+struct Gated {
+    inner: RamBackend,
+    open: Mutex<bool>,
+    opened: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gated {
+    fn new(size: u64) -> Gated {
+        Gated {
+            inner: RamBackend::new(size),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test does not leave copies waiting (and the
+/// engine's shutdown with them).
+struct OpenOnDrop<'a>(&'a Gated);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl Backend for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
+        self.inner.write_at(data, offset)
+    }
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.inner.discard(offset, len)
+    }
+    fn supports_discard(&self) -> bool {
+        true
+    }
+    fn kind(&self) -> &'static str {
+        "gated"
+    }
+}
+
+/// The LU's NAA designator, from VPD page 83h as an initiator learns it.
+fn naa_designator(c: &Client) -> Vec<u8> {
+    let o = c.exec(vec![0x12, 0x01, 0x83, 0, 255, 0], Vec::new());
+    let page = o.data_in.to_vec();
+    assert_eq!(
+        &page[4..8],
+        &[0x01, 0x03, 0x00, 0x08],
+        "NAA designator first"
+    );
+    page[8..16].to_vec()
+}
+
+/// An EXTENDED COPY (LID1) parameter list `list_id`: one identification CSCD descriptor for
+/// `designator`, one block-to-block segment of `blocks` blocks within that LU.
+fn copy_within(
+    list_id: u8,
+    designator: &[u8],
+    blocks: u16,
+    source_lba: u64,
+    dest_lba: u64,
+) -> Vec<u8> {
+    let mut d = vec![0u8; 16];
+    d[0] = list_id;
+    d[1] = 0b10 << 3; // LIST ID USAGE: unique, nothing held
+    d[3] = 32;
+    d[11] = 28;
+    let mut cscd = vec![0u8; 32];
+    cscd[0] = 0xE4;
+    cscd[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 0x08]);
+    cscd[8..16].copy_from_slice(designator);
+    cscd[30] = (BS >> 8) as u8;
+    d.extend(cscd);
+    let mut seg = vec![0u8; 28];
+    seg[0] = 0x02;
+    seg[3] = 24;
+    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
+    seg[12..20].copy_from_slice(&source_lba.to_be_bytes());
+    seg[20..28].copy_from_slice(&dest_lba.to_be_bytes());
+    d.extend(seg);
+    d
+}
+
+fn extended_copy(len: usize) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+#[test]
+fn copies_stuck_on_a_slow_backend_stall_neither_rare_commands_nor_other_luns() {
+    let slow = Arc::new(Gated::new(1 << 20));
+    let lun0 = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
+    let lun1 = LogicalUnit::new(params(1, BS as u32), Arc::new(RamBackend::new(1 << 20)));
+    let target = ScsiTarget::new(vec![Arc::new(lun0), Arc::new(lun1)]);
+    let engine = Engine::start(vec![Arc::new(target)], 2, IoMode::Auto).unwrap();
+    let c = Client::new(&engine);
+    // Dropped before the engine, whose shutdown waits for the copies.
+    let _unstick = OpenOnDrop(&slow);
+    let designator = naa_designator(&c);
+    assert_eq!(
+        c.exec(write16(0, 8, false), vec![0xC3; 8 * BS]).status,
+        status::GOOD
+    );
+
+    // As many copies as the copy pool has threads, each waiting in LUN 0's reads. (Their list
+    // identifiers differ: two copies running with one are refused, OPERATION IN PROGRESS.)
+    let copies: Vec<_> = (0..COPY_THREADS as u64)
+        .map(|i| {
+            let list = copy_within(i as u8, &designator, 8, 0, 100 + 8 * i);
+            c.submit(0, extended_copy(list.len()), list)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.waiting.load(Ordering::SeqCst) < copies.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the copies never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Meanwhile LUN 1 answers a WRITE SAME with a pattern (a blocking-pool command) and a READ.
+    let ws = c.submit(1, cdb16(0x93, 0, 0, 4), vec![0x5A; BS]);
+    let (id, o) = c.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (ws, status::GOOD), "{o:?}");
+    let read = c.submit(1, read16(0, 4), Vec::new());
+    let (id, o) = c.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (read, status::GOOD));
+    assert_eq!(o.data_in.to_vec(), vec![0x5A; 4 * BS]);
+
+    slow.open();
+    for _ in &copies {
+        let (id, o) = c.done.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(copies.contains(&id));
+        assert_eq!(o.status, status::GOOD, "{o:?}");
+    }
+    for i in 0..copies.len() as u64 {
+        assert_eq!(c.read(100 + 8 * i, 8), vec![0xC3; 8 * BS]);
+    }
+    c.session.drain();
+}
