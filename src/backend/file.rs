@@ -146,6 +146,48 @@ impl BackendFiles {
         self.direct.is_some()
     }
 
+    /// Copies `len` bytes at `source_offset` of `source` to `offset` of this file inside the
+    /// kernel (copy_file_range(2)): no copy through user space, and a clone of the extents
+    /// where the file system shares them (XFS, btrfs). `Ok(false)`, with nothing copied, when
+    /// the kernel cannot do it for these two: not both regular files, different file systems,
+    /// or overlapping ranges of one file (EINVAL, EXDEV, EOPNOTSUPP, ENOSYS); the caller then
+    /// copies through memory. The caller has checked both ranges against the LUs' sizes.
+    pub fn copy_in(
+        &self,
+        source: &BackendFiles,
+        source_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool, BackendError> {
+        if !(self.regular && source.regular) {
+            return Ok(false);
+        }
+        let mut from = off_t(source_offset)?;
+        let mut to = off_t(offset)?;
+        let mut left = len;
+        while left > 0 {
+            let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+            let copied = match nix::fcntl::copy_file_range(
+                &*source.buffered,
+                Some(&mut from),
+                &*self.buffered,
+                Some(&mut to),
+                chunk,
+            ) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                Ok(n) => n as u64,
+                Err(Errno::EINVAL | Errno::EXDEV | Errno::EOPNOTSUPP | Errno::ENOSYS)
+                    if left == len =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(io::Error::from(e).into()),
+            };
+            left -= copied.min(left);
+        }
+        Ok(true)
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.for_transfer(buf.as_ptr() as usize, buf.len(), offset)
             .read_exact_at(buf, offset)
@@ -385,6 +427,28 @@ mod tests {
         assert!(b.files().unwrap().page_span(0, 4096).is_none());
         drop(b);
         std::fs::remove_file(&disk).unwrap();
+    }
+
+    /// copy_file_range between two files, and the refusal (nothing copied) for overlapping
+    /// ranges of one file, which the caller then copies through memory.
+    #[test]
+    fn copies_between_files_inside_the_kernel() {
+        let (a, b) = (temp_path("copy-a.img"), temp_path("copy-b.img"));
+        let from = FileBackend::open(&a, Some(4 << 20), true, false).unwrap();
+        let to = FileBackend::open(&b, Some(4 << 20), true, false).unwrap();
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i / 4096) as u8).collect();
+        from.write_at(&data, 4096).unwrap();
+        let (ff, tf) = (from.files().unwrap(), to.files().unwrap());
+        assert!(tf.copy_in(ff, 4096, 8192, 3 << 20).unwrap());
+        let mut back = vec![0u8; 3 << 20];
+        to.read_at(&mut back, 8192).unwrap();
+        assert!(back == data);
+        assert!(
+            !ff.copy_in(ff, 4096, 8192, 1 << 20).unwrap(),
+            "overlapping ranges"
+        );
+        std::fs::remove_file(&a).unwrap();
+        std::fs::remove_file(&b).unwrap();
     }
 
     #[test]

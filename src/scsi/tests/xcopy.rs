@@ -416,3 +416,32 @@ fn corrupted_parameter_lists_never_panic() {
         }
     }
 }
+
+/// File LUNs: between two files the kernel copies (copy_file_range); overlapping ranges of one
+/// file, which it refuses, go through memory. Both read back what the source held.
+#[test]
+fn copies_between_and_within_file_luns() {
+    let dir = std::env::temp_dir().join(format!("iser-xcopy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |name: &str, lun: u64| {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let backend = FileBackend::open(&path, Some(8 << 20), true, false).unwrap();
+        Arc::new(LogicalUnit::new(params(lun, 512), Arc::new(backend)))
+    };
+    let (a, b) = (open("a.img", 0), open("b.img", 1));
+    let target = ScsiTarget::new(vec![Arc::clone(&a), Arc::clone(&b)]);
+    let blocks = 4096; // 2 MiB: several pieces when copied through memory
+    let data = numbered(blocks, 11);
+    write_blocks(&a, 0, &data);
+    let cscds = [cscd(a.params().naa_id, 512), cscd(b.params().naa_id, 512)];
+    let across = list(1, NO_HOLD, &cscds, &[segment(0, 1, blocks as u16, 0, 100)]);
+    let within = list(2, NO_HOLD, &cscds, &[segment(0, 0, blocks as u16, 0, 1000)]);
+    for param in [across, within] {
+        let cdb = xcopy_cdb(param.len());
+        assert_good(&target.execute(&req(0, &cdb, &param)));
+    }
+    assert_eq!(read_blocks(&b, 100, blocks as u32), data);
+    assert_eq!(read_blocks(&a, 1000, blocks as u32), data);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -39,11 +39,14 @@ pub(super) struct CopySegment {
 }
 
 impl CopySegment {
-    /// Copies the segment in pieces through one pool buffer. When source and destination
-    /// overlap with the destination behind, the pieces go from the end so that none is
-    /// overwritten before it was read.
+    /// Copies the segment: between two files inside the kernel when it can (see
+    /// [`BackendFiles::copy_in`]), else in pieces through one pool buffer. When source and
+    /// destination overlap with the destination behind, the pieces go from the end so that none
+    /// is overwritten before it was read.
+    ///
+    /// [`BackendFiles::copy_in`]: crate::backend::BackendFiles::copy_in
     fn copy(&self) -> Result<(), Sense> {
-        if self.len > 0 {
+        if self.len > 0 && !self.copy_in_kernel()? {
             let piece = PIECE_BYTES.min(self.len);
             let mut buf = mem_ffi::pool::global().alloc(piece as usize);
             let pieces = self.len.div_ceil(piece);
@@ -66,6 +69,15 @@ impl CopySegment {
             self.destination.flush().map_err(|e| aborted(&e, false))?;
         }
         Ok(())
+    }
+
+    /// Whether the segment was copied file to file by the kernel (nothing copied otherwise).
+    fn copy_in_kernel(&self) -> Result<bool, Sense> {
+        let (Some(from), Some(to)) = (self.source.files(), self.destination.files()) else {
+            return Ok(false);
+        };
+        to.copy_in(from, self.source_offset, self.destination_offset, self.len)
+            .map_err(|e| aborted(&e, false))
     }
 }
 
