@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::backend::RamBackend;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Condvar;
 
 /// Parameters of a test LU.
 pub fn params(lun: u64, block_size: u32) -> LunParams {
@@ -83,6 +85,91 @@ pub fn write16(lba: u64, blocks: u32, fua: bool) -> Vec<u8> {
         c[1] = 0x08;
     }
     c
+}
+
+/// Asserts an outcome is well formed: no sense data without CHECK CONDITION, 18 bytes with it,
+/// and only the statuses the SCSI layer answers with.
+#[track_caller]
+pub fn assert_well_formed(o: &ScsiOutcome) {
+    match o.status {
+        status::GOOD | status::RESERVATION_CONFLICT => assert!(o.sense.is_empty()),
+        status::CHECK_CONDITION => assert_eq!(o.sense.len(), 18),
+        s => panic!("unexpected status {s:#x}"),
+    }
+}
+
+/// A RAM backend that tests watch: it counts flushes (FUA, write-through), and when made
+/// [`ProbeBackend::gated`] holds every read until [`ProbeBackend::open`], counting those
+/// waiting.
+pub struct ProbeBackend {
+    inner: RamBackend,
+    /// Flushes so far.
+    pub flushes: AtomicUsize,
+    /// Reads waiting at the gate.
+    pub waiting: AtomicUsize,
+    /// Whether reads pass, and its signal; `None`: they always do.
+    gate: Option<(Mutex<bool>, Condvar)>,
+}
+
+impl ProbeBackend {
+    /// `size` bytes whose reads always pass.
+    pub fn new(size: u64) -> ProbeBackend {
+        ProbeBackend {
+            inner: RamBackend::new(size),
+            flushes: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            gate: None,
+        }
+    }
+
+    /// `size` bytes whose reads wait until [`ProbeBackend::open`].
+    pub fn gated(size: u64) -> ProbeBackend {
+        ProbeBackend {
+            gate: Some((Mutex::new(false), Condvar::new())),
+            ..ProbeBackend::new(size)
+        }
+    }
+
+    /// Lets every read through from now on.
+    pub fn open(&self) {
+        if let Some((open, opened)) = &self.gate {
+            *open.lock().unwrap() = true;
+            opened.notify_all();
+        }
+    }
+}
+
+impl Backend for ProbeBackend {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+        if let Some((open, opened)) = &self.gate {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = opened.wait(is_open).unwrap();
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
+        self.inner.write_at(data, offset)
+    }
+    fn flush(&self) -> Result<(), BackendError> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.inner.discard(offset, len)
+    }
+    fn supports_discard(&self) -> bool {
+        true
+    }
+    fn kind(&self) -> &'static str {
+        "probe"
+    }
 }
 
 /// A tiny deterministic PRNG (xorshift64*) for fuzz-style tests.

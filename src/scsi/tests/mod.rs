@@ -14,38 +14,6 @@ use super::sense::*;
 use super::testutil::*;
 use super::*;
 use crate::backend::{FileBackend, RamBackend};
-use std::sync::atomic::AtomicUsize;
-
-/// A RAM backend that counts flushes, to check FUA / write-through behaviour.
-struct CountingBackend {
-    inner: RamBackend,
-    flushes: AtomicUsize,
-}
-
-impl Backend for CountingBackend {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        self.inner.write_at(data, offset)
-    }
-    fn flush(&self) -> Result<(), BackendError> {
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.inner.discard(offset, len)
-    }
-    fn supports_discard(&self) -> bool {
-        true
-    }
-    fn kind(&self) -> &'static str {
-        "counting"
-    }
-}
 
 fn inquiry(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
     let a = alloc.to_be_bytes();

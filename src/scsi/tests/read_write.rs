@@ -122,10 +122,7 @@ fn write_with_short_data_out_writes_what_arrived() {
 
 #[test]
 fn fua_and_write_through_flush() {
-    let be = Arc::new(CountingBackend {
-        inner: RamBackend::new(1 << 20),
-        flushes: AtomicUsize::new(0),
-    });
+    let be = Arc::new(ProbeBackend::new(1 << 20));
     let lu = LogicalUnit::new(params(0, 512), be.clone());
     let flushes = || be.flushes.load(Ordering::SeqCst);
     write_blocks(&lu, 0, &[1; 512]);

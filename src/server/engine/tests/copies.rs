@@ -2,70 +2,15 @@
 //! a slow backend hold up neither the rare commands of other LUNs nor their I/O.
 
 use super::*;
-use std::sync::atomic::AtomicUsize;
-
-/// A RAM backend whose reads wait until it is opened, counting the reads waiting.
-struct Gated {
-    inner: RamBackend,
-    open: Mutex<bool>,
-    opened: Condvar,
-    waiting: AtomicUsize,
-}
-
-impl Gated {
-    fn new(size: u64) -> Gated {
-        Gated {
-            inner: RamBackend::new(size),
-            open: Mutex::new(false),
-            opened: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
+use crate::scsi::testutil::ProbeBackend;
 
 /// Opens the gate when dropped, so that a failing test does not leave copies waiting (and the
 /// engine's shutdown with them).
-struct OpenOnDrop<'a>(&'a Gated);
+struct OpenOnDrop<'a>(&'a ProbeBackend);
 
 impl Drop for OpenOnDrop<'_> {
     fn drop(&mut self) {
         self.0.open();
-    }
-}
-
-impl Backend for Gated {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        drop(open);
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        self.inner.write_at(data, offset)
-    }
-    fn flush(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.inner.discard(offset, len)
-    }
-    fn supports_discard(&self) -> bool {
-        true
-    }
-    fn kind(&self) -> &'static str {
-        "gated"
     }
 }
 
@@ -120,7 +65,7 @@ fn extended_copy(len: usize) -> Vec<u8> {
 
 #[test]
 fn copies_stuck_on_a_slow_backend_stall_neither_rare_commands_nor_other_luns() {
-    let slow = Arc::new(Gated::new(1 << 20));
+    let slow = Arc::new(ProbeBackend::gated(1 << 20));
     let lun0 = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
     let lun1 = LogicalUnit::new(params(1, BS as u32), Arc::new(RamBackend::new(1 << 20)));
     let target = ScsiTarget::new(vec![Arc::new(lun0), Arc::new(lun1)]);
