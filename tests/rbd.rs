@@ -22,10 +22,11 @@ const TEST_IQN: &str = "iqn.2026-11.io.iser-target:rbd";
 /// The NVMe subsystem NQN derived from [`TEST_IQN`].
 const TEST_NQN: &str = "nqn.2026-11.io.iser-target:rbd";
 const MIB: usize = 1 << 20;
-/// Tests of the SBC suites run below that pass on an RBD LUN (libiscsi 1.19.0, Ceph 16), as
-/// many as on a RAM LUN; the 7 others are skipped on both as not applicable (e.g. LBPPB < 2),
-/// none fails. Fewer fails the test.
-const SBC_PASSED: u64 = 52;
+/// Tests of the SBC suites run below, and of EXTENDED COPY (through librbd's blocking reads
+/// and writes), that pass on an RBD LUN (libiscsi 1.19.0, Ceph 16), as many as on a RAM LUN;
+/// the 7 others are skipped on both as not applicable (e.g. LBPPB < 2), none fails. Fewer
+/// fails the test.
+const SBC_PASSED: u64 = 60;
 
 /// Held shared by the tests that use the cluster, exclusively by the one that stops its OSD.
 static CLUSTER_USE: RwLock<()> = RwLock::new(());
@@ -215,7 +216,8 @@ fn iscsi_test_cu_sbc_suites_pass() {
     let out_dir = server.dir().join("sbc");
     let suites = "SCSI.Read10,SCSI.Read16,SCSI.Write10,SCSI.Write16,SCSI.WriteVerify16,\
                   SCSI.Unmap,SCSI.WriteSame10,SCSI.WriteSame16,SCSI.CompareAndWrite,\
-                  SCSI.SynchronizeCache10,SCSI.SynchronizeCache16,SCSI.GetLBAStatus";
+                  SCSI.SynchronizeCache10,SCSI.SynchronizeCache16,SCSI.GetLBAStatus,\
+                  SCSI.ExtendedCopy,SCSI.ReceiveCopyResults";
     let conformance = ConformanceRun::run(
         &["--tests", suites, "--stall", "120", "--timeout", "600"],
         &server.lun_url(TEST_IQN, 0),
