@@ -483,6 +483,19 @@ impl LogicalUnit {
         }
     }
 
+    /// Whether `cdb` from `nexus` may run on this LU now, as far as the port's ALUA state and
+    /// the reservations go; otherwise its answer (NOT READY for a standby port, RESERVATION
+    /// CONFLICT). Every command passes here, and so does each copy target of an EXTENDED COPY.
+    fn admits(&self, cdb: Cdb<'_>, nexus: &Nexus) -> Result<(), ScsiOutcome> {
+        self.alua_port()
+            .check_access(cdb)
+            .map_err(|s| ScsiOutcome::from_sense(&s))?;
+        if self.reservations().conflicts(cdb, nexus) {
+            return Err(pr::conflict());
+        }
+        Ok(())
+    }
+
     fn block_size(&self) -> u64 {
         u64::from(self.params.block_size)
     }
@@ -514,11 +527,10 @@ impl LogicalUnit {
         if cdb_too_short(cdb) {
             return Err(Sense::invalid_cdb_field(0, None));
         }
-        self.alua_port().check_access(cdb)?;
         let done = |o: ScsiOutcome| Ok(Plan::Done(o));
         let nexus = req.nexus;
-        if self.reservations().conflicts(cdb, nexus) {
-            return done(pr::conflict());
+        if let Err(refused) = self.admits(cdb, nexus) {
+            return done(refused);
         }
         match opcode {
             op::TEST_UNIT_READY => done(ScsiOutcome::good()),
@@ -646,10 +658,7 @@ impl LogicalUnit {
                 list,
                 data_out_length,
             } => match list.resolve(self, std::iter::once(self), req.nexus) {
-                Ok(job) => {
-                    let request = BlockRequest::Copy(Box::new(job));
-                    finish(&request, self.run(&request), data_out_length)
-                }
+                Ok(request) => finish(&request, self.run(&request), data_out_length),
                 Err(outcome) => outcome.with_data_out_length(data_out_length),
             },
         }

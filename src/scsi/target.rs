@@ -127,10 +127,10 @@ impl ScsiTarget {
                     list,
                     data_out_length,
                 } => match list.resolve(lu, self.luns.iter().map(|l| &**l), req.nexus) {
-                    Ok(job) => Prepared::Io {
+                    Ok(request) => Prepared::Io {
                         lu,
                         lun_index,
-                        request: BlockRequest::Copy(Box::new(job)),
+                        request,
                         data_out_length,
                     },
                     Err(outcome) => Prepared::Done(outcome.with_data_out_length(data_out_length)),

@@ -20,7 +20,7 @@ pub(super) use job::HeldCopies;
 
 use super::cdb::Cdb;
 use super::sense::{self, Sense};
-use super::{inquiry, op, pr, truncate, CmdResult, LogicalUnit, Nexus, ScsiOutcome};
+use super::{inquiry, op, truncate, BlockRequest, CmdResult, LogicalUnit, Nexus, ScsiOutcome};
 use job::{CopySegment, ListIdUsage};
 
 /// Copy manager limits, reported by RECEIVE COPY RESULTS (OPERATING PARAMETERS).
@@ -237,16 +237,17 @@ impl Cscd {
 impl CopyList {
     /// Looks up the copy targets among `luns` (the LUs of the target the command came
     /// through) and checks each as a READ from its source and a WRITE to its destination sent
-    /// by `nexus` would be. The job records its status with `manager`, the LU that received
-    /// the command. Every check is made before any block moves.
+    /// by `nexus` would be; the block request that runs the copy, which records its status
+    /// with `manager`, the LU that received the command. Every check is made before any block
+    /// moves.
     pub(super) fn resolve<'l>(
         self,
         manager: &LogicalUnit,
         luns: impl Iterator<Item = &'l LogicalUnit> + Clone,
         nexus: &Nexus,
-    ) -> Result<CopyJob, ScsiOutcome> {
+    ) -> Result<BlockRequest<'static>, ScsiOutcome> {
         let failed = |s: Sense| ScsiOutcome::from_sense(&s);
-        let lookup = |index: usize| -> Result<(&Cscd, &'l LogicalUnit), ScsiOutcome> {
+        let lookup = |index: usize| -> Result<&'l LogicalUnit, ScsiOutcome> {
             let cscd = self
                 .cscds
                 .get(index)
@@ -258,12 +259,12 @@ impl CopyList {
             if cscd.block_length != lu.params().block_size {
                 return Err(failed(Sense::invalid_param_field((cscd.at + 29) as u16)));
             }
-            Ok((cscd, lu))
+            Ok(lu)
         };
         let mut segments = Vec::with_capacity(self.segments.len());
         for seg in &self.segments {
-            let (_, source) = lookup(seg.source)?;
-            let (_, destination) = lookup(seg.destination)?;
+            let source = lookup(seg.source)?;
+            let destination = lookup(seg.destination)?;
             check_access(source, nexus, false)?;
             check_access(destination, nexus, true)?;
             let (source_bs, destination_bs) = (source.block_size(), destination.block_size());
@@ -291,13 +292,13 @@ impl CopyList {
                 flush: !destination.write_cache_enabled(),
             });
         }
-        Ok(CopyJob::new(
+        Ok(BlockRequest::Copy(Box::new(CopyJob::new(
             manager.held_copies_handle(),
             nexus.clone(),
             self.list_id,
             self.usage,
             segments,
-        ))
+        ))))
     }
 }
 
@@ -318,13 +319,7 @@ fn byte_range(lu: &LogicalUnit, lba: u64, len: u64) -> Result<u64, ScsiOutcome> 
 fn check_access(lu: &LogicalUnit, nexus: &Nexus, write: bool) -> Result<(), ScsiOutcome> {
     let mut cdb = [0u8; 16];
     cdb[0] = if write { op::WRITE_16 } else { op::READ_16 };
-    let cdb = Cdb::new(&cdb);
-    lu.alua_port()
-        .check_access(cdb)
-        .map_err(|s| ScsiOutcome::from_sense(&s))?;
-    if lu.reservations().conflicts(cdb, nexus) {
-        return Err(pr::conflict());
-    }
+    lu.admits(Cdb::new(&cdb), nexus)?;
     if write && lu.params().read_only {
         return Err(ScsiOutcome::from_sense(&Sense::new(
             sense::DATA_PROTECT,
