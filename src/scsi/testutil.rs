@@ -172,6 +172,73 @@ impl Backend for ProbeBackend {
     }
 }
 
+/// LIST ID USAGE of an EXTENDED COPY parameter list: the copy status is held for RECEIVE
+/// COPY RESULTS.
+pub const LIST_ID_HOLD: u8 = 0b00;
+/// LIST ID USAGE: the list identifier is unique, nothing is held.
+pub const LIST_ID_NO_HOLD: u8 = 0b10;
+
+/// An identification CSCD descriptor (E4h) naming the LU with NAA `designator` (8 bytes,
+/// as VPD page 83h gives it) and `block_size`-byte blocks.
+pub fn cscd_descriptor(designator: &[u8], block_size: u32) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0] = 0xE4;
+    d[4] = 0x01; // binary
+    d[5] = 0x03; // LU association, NAA
+    d[7] = designator.len() as u8;
+    d[8..8 + designator.len()].copy_from_slice(designator);
+    d[29..32].copy_from_slice(&block_size.to_be_bytes()[1..]);
+    d
+}
+
+/// A block-to-block segment descriptor (02h): `blocks` blocks from `source_lba` of CSCD
+/// descriptor `source` to `dest_lba` of CSCD descriptor `destination`.
+pub fn segment_descriptor(
+    source: u16,
+    destination: u16,
+    blocks: u16,
+    source_lba: u64,
+    dest_lba: u64,
+) -> Vec<u8> {
+    let mut d = vec![0u8; 28];
+    d[0] = 0x02;
+    d[2..4].copy_from_slice(&24u16.to_be_bytes());
+    d[4..6].copy_from_slice(&source.to_be_bytes());
+    d[6..8].copy_from_slice(&destination.to_be_bytes());
+    d[10..12].copy_from_slice(&blocks.to_be_bytes());
+    d[12..20].copy_from_slice(&source_lba.to_be_bytes());
+    d[20..28].copy_from_slice(&dest_lba.to_be_bytes());
+    d
+}
+
+/// An EXTENDED COPY (LID1) parameter list: the header (LIST ID USAGE `usage`), then the
+/// descriptors.
+pub fn copy_parameter_list(
+    list_id: u8,
+    usage: u8,
+    cscds: &[Vec<u8>],
+    segments: &[Vec<u8>],
+) -> Vec<u8> {
+    let cscd_bytes: usize = cscds.iter().map(Vec::len).sum();
+    let segment_bytes: usize = segments.iter().map(Vec::len).sum();
+    let mut d = vec![0u8; 16];
+    d[0] = list_id;
+    d[1] = usage << 3;
+    d[2..4].copy_from_slice(&(cscd_bytes as u16).to_be_bytes());
+    d[8..12].copy_from_slice(&(segment_bytes as u32).to_be_bytes());
+    d.extend(cscds.concat());
+    d.extend(segments.concat());
+    d
+}
+
+/// EXTENDED COPY (LID1) CDB with a parameter list of `len` bytes.
+pub fn extended_copy_cdb(len: usize) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
 /// A tiny deterministic PRNG (xorshift64*) for fuzz-style tests.
 pub struct Rng(pub u64);
 

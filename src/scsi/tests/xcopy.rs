@@ -2,62 +2,17 @@
 
 use super::*;
 
-/// One identification CSCD descriptor (E4h) naming the LU with NAA identifier `naa_id`.
+/// One identification CSCD descriptor naming the LU with NAA identifier `naa_id`.
 fn cscd(naa_id: u64, block_size: u32) -> Vec<u8> {
-    let mut d = vec![0u8; 32];
-    d[0] = 0xE4;
-    d[4] = 0x01; // binary
-    d[5] = 0x03; // LU association, NAA
-    d[7] = 8;
     let p = LunParams {
         naa_id,
         ..params(0, block_size)
     };
-    d[8..16].copy_from_slice(&inquiry::naa_designator(&p));
-    d[29..32].copy_from_slice(&block_size.to_be_bytes()[1..]);
-    d
-}
-
-/// One block-to-block segment descriptor (02h).
-fn segment(source: u16, destination: u16, blocks: u16, source_lba: u64, dest_lba: u64) -> Vec<u8> {
-    let mut d = vec![0u8; 28];
-    d[0] = 0x02;
-    d[2..4].copy_from_slice(&24u16.to_be_bytes());
-    d[4..6].copy_from_slice(&source.to_be_bytes());
-    d[6..8].copy_from_slice(&destination.to_be_bytes());
-    d[10..12].copy_from_slice(&blocks.to_be_bytes());
-    d[12..20].copy_from_slice(&source_lba.to_be_bytes());
-    d[20..28].copy_from_slice(&dest_lba.to_be_bytes());
-    d
-}
-
-/// A parameter list: header (LIST ID USAGE `usage`), then the descriptors.
-fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segments: &[Vec<u8>]) -> Vec<u8> {
-    let cscd_bytes: usize = cscds.iter().map(Vec::len).sum();
-    let segment_bytes: usize = segments.iter().map(Vec::len).sum();
-    let mut d = vec![0u8; 16];
-    d[0] = list_id;
-    d[1] = usage << 3;
-    d[2..4].copy_from_slice(&(cscd_bytes as u16).to_be_bytes());
-    d[8..12].copy_from_slice(&(segment_bytes as u32).to_be_bytes());
-    d.extend(cscds.concat());
-    d.extend(segments.concat());
-    d
-}
-
-/// LIST ID USAGE: hold the status, hold nothing, no list identifier.
-const HOLD: u8 = 0b00;
-const NO_HOLD: u8 = 0b10;
-
-fn xcopy_cdb(len: usize) -> Vec<u8> {
-    let mut c = vec![0u8; 16];
-    c[0] = 0x83;
-    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
-    c
+    cscd_descriptor(&inquiry::naa_designator(&p), block_size)
 }
 
 fn xcopy(lu: &LogicalUnit, param: &[u8]) -> ScsiOutcome {
-    exec(lu, &xcopy_cdb(param.len()), param)
+    exec(lu, &extended_copy_cdb(param.len()), param)
 }
 
 fn receive_copy_results(lu: &LogicalUnit, sa: u8, list_id: u8) -> ScsiOutcome {
@@ -84,7 +39,12 @@ fn copies_blocks_within_a_lu() {
     let naa = lu.params().naa_id;
     let o = xcopy(
         &lu,
-        &list(1, NO_HOLD, &[cscd(naa, 512)], &[segment(0, 0, 16, 0, 1000)]),
+        &copy_parameter_list(
+            1,
+            LIST_ID_NO_HOLD,
+            &[cscd(naa, 512)],
+            &[segment_descriptor(0, 0, 16, 0, 1000)],
+        ),
     );
     assert_good(&o);
     assert_eq!(o.data_out_length, 16 + 32 + 28);
@@ -96,7 +56,7 @@ fn copies_blocks_within_a_lu() {
 #[test]
 fn an_empty_parameter_list_is_good() {
     let lu = ram_lu(64, 512);
-    assert_good(&exec(&lu, &xcopy_cdb(0), &[]));
+    assert_good(&exec(&lu, &extended_copy_cdb(0), &[]));
 }
 
 /// Pieces of a segment whose destination overlaps its source from behind go from the end, so
@@ -108,8 +68,11 @@ fn an_overlapping_copy_moves_every_block_intact() {
     let before = numbered(blocks, 7);
     write_blocks(&lu, 0, &before);
     let naa = lu.params().naa_id;
-    let seg = segment(0, 0, blocks as u16, 0, 1024);
-    assert_good(&xcopy(&lu, &list(0, 0b11, &[cscd(naa, 512)], &[seg])));
+    let seg = segment_descriptor(0, 0, blocks as u16, 0, 1024);
+    assert_good(&xcopy(
+        &lu,
+        &copy_parameter_list(0, 0b11, &[cscd(naa, 512)], &[seg]),
+    ));
     assert_eq!(read_blocks(&lu, 1024, blocks as u32), before);
 }
 
@@ -122,17 +85,17 @@ fn copies_between_logical_units_of_one_target() {
     ));
     write_blocks(&source, 10, &numbered(8, 3));
     let target = ScsiTarget::new(vec![Arc::clone(&source), Arc::clone(&destination)]);
-    let param = list(
+    let param = copy_parameter_list(
         5,
-        NO_HOLD,
+        LIST_ID_NO_HOLD,
         &[
             cscd(source.params().naa_id, 512),
             cscd(destination.params().naa_id, 512),
         ],
-        &[segment(0, 1, 8, 10, 100)],
+        &[segment_descriptor(0, 1, 8, 10, 100)],
     );
     // Sent to LUN 0, the source: the copy manager reaches LUN 1 of the same target.
-    let cdb = xcopy_cdb(param.len());
+    let cdb = extended_copy_cdb(param.len());
     assert_good(&target.execute(&req(0, &cdb, &param)));
     assert_eq!(read_blocks(&destination, 100, 8), numbered(8, 3));
 }
@@ -144,16 +107,16 @@ fn a_lu_outside_the_target_is_not_reachable() {
     let lu = ram_lu(64, 512);
     let elsewhere = LogicalUnit::new(params(7, 512), Arc::new(RamBackend::new(64 * 512)));
     let target = ScsiTarget::new(vec![Arc::clone(&lu)]);
-    let param = list(
+    let param = copy_parameter_list(
         1,
-        NO_HOLD,
+        LIST_ID_NO_HOLD,
         &[
             cscd(lu.params().naa_id, 512),
             cscd(elsewhere.params().naa_id, 512),
         ],
-        &[segment(0, 1, 1, 0, 0)],
+        &[segment_descriptor(0, 1, 1, 0, 0)],
     );
-    let cdb = xcopy_cdb(param.len());
+    let cdb = extended_copy_cdb(param.len());
     let o = target.execute(&req(0, &cdb, &param));
     assert_check(&o, COPY_ABORTED, COPY_TARGET_DEVICE_NOT_REACHABLE);
 }
@@ -164,8 +127,14 @@ fn a_lu_outside_the_target_is_not_reachable() {
 fn a_segment_that_cannot_be_carried_out_is_copy_aborted() {
     let lu = ram_lu(64, 512);
     let naa = lu.params().naa_id;
-    for seg in [segment(0, 1, 1, 0, 0), segment(0, 0, 2, 0, 63)] {
-        let o = xcopy(&lu, &list(1, HOLD, &[cscd(naa, 512)], &[seg]));
+    for seg in [
+        segment_descriptor(0, 1, 1, 0, 0),
+        segment_descriptor(0, 0, 2, 0, 63),
+    ] {
+        let o = xcopy(
+            &lu,
+            &copy_parameter_list(1, LIST_ID_HOLD, &[cscd(naa, 512)], &[seg]),
+        );
         assert_check(&o, COPY_ABORTED, COPY_TARGET_DEVICE_NOT_REACHABLE);
     }
     // Nothing began, so no status is held.
@@ -180,33 +149,33 @@ fn malformed_parameter_lists_are_illegal_requests() {
     let lu = ram_lu(4096, 512);
     let naa = lu.params().naa_id;
     let one = || cscd(naa, 512);
-    let seg = || segment(0, 0, 8, 0, 100);
-    let good = list(1, HOLD, &[one()], &[seg()]);
+    let seg = || segment_descriptor(0, 0, 8, 0, 100);
+    let good = copy_parameter_list(1, LIST_ID_HOLD, &[one()], &[seg()]);
 
     // Cut inside the CSCD descriptor, then inside the segment descriptor.
     for len in [16 + 31, 16 + 32 + 27] {
-        let o = exec(&lu, &xcopy_cdb(len), &good[..len]);
+        let o = exec(&lu, &extended_copy_cdb(len), &good[..len]);
         assert_check(&o, ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR);
     }
     let cases: Vec<(Vec<u8>, (u8, u8))> = vec![
         (
-            list(1, HOLD, &vec![one(); 9], &[seg()]),
+            copy_parameter_list(1, LIST_ID_HOLD, &vec![one(); 9], &[seg()]),
             TOO_MANY_TARGET_DESCRIPTORS,
         ),
         (
-            list(1, HOLD, &[one()], &vec![seg(); 17]),
+            copy_parameter_list(1, LIST_ID_HOLD, &[one()], &vec![seg(); 17]),
             TOO_MANY_SEGMENT_DESCRIPTORS,
         ),
         // More descriptor bytes than MAXIMUM DESCRIPTOR LIST LENGTH.
         (
-            list(1, HOLD, &vec![one(); 9], &vec![seg(); 34]),
+            copy_parameter_list(1, LIST_ID_HOLD, &vec![one(); 9], &vec![seg(); 34]),
             PARAMETER_LIST_LENGTH_ERROR,
         ),
         (
             {
                 let mut fc = one();
                 fc[0] = 0xE0; // Fibre Channel N_Port_Name
-                list(1, HOLD, &[fc], &[seg()])
+                copy_parameter_list(1, LIST_ID_HOLD, &[fc], &[seg()])
             },
             UNSUPPORTED_TARGET_DESCRIPTOR_TYPE,
         ),
@@ -214,17 +183,17 @@ fn malformed_parameter_lists_are_illegal_requests() {
             {
                 let mut stream = seg();
                 stream[0] = 0x03; // stream to stream
-                list(1, HOLD, &[one()], &[stream])
+                copy_parameter_list(1, LIST_ID_HOLD, &[one()], &[stream])
             },
             UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE,
         ),
         (
-            list(1, HOLD, &[cscd(naa, 4096)], &[seg()]),
+            copy_parameter_list(1, LIST_ID_HOLD, &[cscd(naa, 4096)], &[seg()]),
             INVALID_FIELD_IN_PARAMETER_LIST,
         ),
         // LIST ID USAGE 11b (no list identifier) with one.
         (
-            list(1, 0b11, &[one()], &[seg()]),
+            copy_parameter_list(1, 0b11, &[one()], &[seg()]),
             INVALID_FIELD_IN_PARAMETER_LIST,
         ),
     ];
@@ -241,7 +210,12 @@ fn lu_id_type_is_ignored() {
     d[1] = 0x80; // LU ID TYPE 10b (reserved)
     assert_good(&xcopy(
         &lu,
-        &list(1, NO_HOLD, &[d], &[segment(0, 0, 1, 0, 1)]),
+        &copy_parameter_list(
+            1,
+            LIST_ID_NO_HOLD,
+            &[d],
+            &[segment_descriptor(0, 0, 1, 0, 1)],
+        ),
     ));
 }
 
@@ -276,10 +250,15 @@ fn copy_status_is_held_when_asked_for_and_reported_once() {
     let no_status = receive_copy_results(&lu, 0x00, 1);
     assert_check(&no_status, ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB);
 
-    let seg = segment(0, 0, 2048, 0, 2048);
+    let seg = segment_descriptor(0, 0, 2048, 0, 2048);
     assert_good(&xcopy(
         &lu,
-        &list(1, HOLD, &[cscd(naa, 512)], std::slice::from_ref(&seg)),
+        &copy_parameter_list(
+            1,
+            LIST_ID_HOLD,
+            &[cscd(naa, 512)],
+            std::slice::from_ref(&seg),
+        ),
     ));
     let o = receive_copy_results(&lu, 0x00, 1);
     assert_good(&o);
@@ -292,7 +271,10 @@ fn copy_status_is_held_when_asked_for_and_reported_once() {
     let again = receive_copy_results(&lu, 0x00, 1);
     assert_check(&again, ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB);
 
-    assert_good(&xcopy(&lu, &list(2, NO_HOLD, &[cscd(naa, 512)], &[seg])));
+    assert_good(&xcopy(
+        &lu,
+        &copy_parameter_list(2, LIST_ID_NO_HOLD, &[cscd(naa, 512)], &[seg]),
+    ));
     let none = receive_copy_results(&lu, 0x00, 2);
     assert_check(&none, ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB);
 }
@@ -304,7 +286,12 @@ fn copy_status_is_held_when_asked_for_and_reported_once() {
 fn copy_targets_are_checked_like_reads_and_writes() {
     let lu = ram_lu(64, 512);
     let naa = lu.params().naa_id;
-    let param = list(1, NO_HOLD, &[cscd(naa, 512)], &[segment(0, 0, 1, 0, 1)]);
+    let param = copy_parameter_list(
+        1,
+        LIST_ID_NO_HOLD,
+        &[cscd(naa, 512)],
+        &[segment_descriptor(0, 0, 1, 0, 1)],
+    );
     let other = Nexus {
         initiator_name: "iqn.2026-11.test:other".into(),
         isid: [0; 6],
@@ -351,11 +338,11 @@ fn a_write_through_destination_is_flushed() {
         },
         Arc::clone(&backend) as Arc<dyn Backend>,
     );
-    let param = list(
+    let param = copy_parameter_list(
         1,
-        NO_HOLD,
+        LIST_ID_NO_HOLD,
         &[cscd(lu.params().naa_id, 512)],
-        &[segment(0, 0, 4, 0, 8)],
+        &[segment_descriptor(0, 0, 4, 0, 8)],
     );
     assert_good(&xcopy(&lu, &param));
     assert_eq!(backend.flushes.load(Ordering::SeqCst), 1);
@@ -378,11 +365,14 @@ fn corrupted_parameter_lists_never_panic() {
         Arc::new(RamBackend::new(256 * 512)),
     ));
     let target = ScsiTarget::new(vec![Arc::clone(&a), Arc::clone(&b)]);
-    let valid = list(
+    let valid = copy_parameter_list(
         3,
-        HOLD,
+        LIST_ID_HOLD,
         &[cscd(a.params().naa_id, 512), cscd(b.params().naa_id, 512)],
-        &[segment(0, 1, 8, 0, 8), segment(1, 0, 4, 200, 250)],
+        &[
+            segment_descriptor(0, 1, 8, 0, 8),
+            segment_descriptor(1, 0, 4, 200, 250),
+        ],
     );
     let mut rng = Rng(0x00C0_FFEE_1234_5678);
     for _ in 0..20_000 {
@@ -404,7 +394,7 @@ fn corrupted_parameter_lists_never_panic() {
             0 => rng.next() as u32 as usize,
             _ => param.len(),
         };
-        let cdb = xcopy_cdb(claimed);
+        let cdb = extended_copy_cdb(claimed);
         assert_well_formed(&target.execute(&req(rng.next() % 2, &cdb, &param)));
     }
 }
@@ -427,10 +417,20 @@ fn copies_between_and_within_file_luns() {
     let data = numbered(blocks, 11);
     write_blocks(&a, 0, &data);
     let cscds = [cscd(a.params().naa_id, 512), cscd(b.params().naa_id, 512)];
-    let across = list(1, NO_HOLD, &cscds, &[segment(0, 1, blocks as u16, 0, 100)]);
-    let within = list(2, NO_HOLD, &cscds, &[segment(0, 0, blocks as u16, 0, 1000)]);
+    let across = copy_parameter_list(
+        1,
+        LIST_ID_NO_HOLD,
+        &cscds,
+        &[segment_descriptor(0, 1, blocks as u16, 0, 100)],
+    );
+    let within = copy_parameter_list(
+        2,
+        LIST_ID_NO_HOLD,
+        &cscds,
+        &[segment_descriptor(0, 0, blocks as u16, 0, 1000)],
+    );
     for param in [across, within] {
-        let cdb = xcopy_cdb(param.len());
+        let cdb = extended_copy_cdb(param.len());
         assert_good(&target.execute(&req(0, &cdb, &param)));
     }
     assert_eq!(read_blocks(&b, 100, blocks as u32), data);

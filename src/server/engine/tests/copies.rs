@@ -2,7 +2,10 @@
 //! a slow backend hold up neither the rare commands of other LUNs nor their I/O.
 
 use super::*;
-use crate::scsi::testutil::ProbeBackend;
+use crate::scsi::testutil::{
+    copy_parameter_list, cscd_descriptor, extended_copy_cdb, segment_descriptor, ProbeBackend,
+    LIST_ID_NO_HOLD,
+};
 
 /// Opens the gate when dropped, so that a failing test does not leave copies waiting (and the
 /// engine's shutdown with them).
@@ -26,43 +29,6 @@ fn naa_designator(c: &Client) -> Vec<u8> {
     page[8..16].to_vec()
 }
 
-/// An EXTENDED COPY (LID1) parameter list `list_id`: one identification CSCD descriptor for
-/// `designator`, one block-to-block segment of `blocks` blocks within that LU.
-fn copy_within(
-    list_id: u8,
-    designator: &[u8],
-    blocks: u16,
-    source_lba: u64,
-    dest_lba: u64,
-) -> Vec<u8> {
-    let mut d = vec![0u8; 16];
-    d[0] = list_id;
-    d[1] = 0b10 << 3; // LIST ID USAGE: unique, nothing held
-    d[3] = 32;
-    d[11] = 28;
-    let mut cscd = vec![0u8; 32];
-    cscd[0] = 0xE4;
-    cscd[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 0x08]);
-    cscd[8..16].copy_from_slice(designator);
-    cscd[30] = (BS >> 8) as u8;
-    d.extend(cscd);
-    let mut seg = vec![0u8; 28];
-    seg[0] = 0x02;
-    seg[3] = 24;
-    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
-    seg[12..20].copy_from_slice(&source_lba.to_be_bytes());
-    seg[20..28].copy_from_slice(&dest_lba.to_be_bytes());
-    d.extend(seg);
-    d
-}
-
-fn extended_copy(len: usize) -> Vec<u8> {
-    let mut c = vec![0u8; 16];
-    c[0] = 0x83;
-    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
-    c
-}
-
 #[test]
 fn copies_stuck_on_a_slow_backend_stall_neither_rare_commands_nor_other_luns() {
     let slow = Arc::new(ProbeBackend::gated(1 << 20));
@@ -83,8 +49,13 @@ fn copies_stuck_on_a_slow_backend_stall_neither_rare_commands_nor_other_luns() {
     // identifiers differ: two copies running with one are refused, OPERATION IN PROGRESS.)
     let copies: Vec<_> = (0..COPY_THREADS as u64)
         .map(|i| {
-            let list = copy_within(i as u8, &designator, 8, 0, 100 + 8 * i);
-            c.submit(0, extended_copy(list.len()), list)
+            let list = copy_parameter_list(
+                i as u8,
+                LIST_ID_NO_HOLD,
+                &[cscd_descriptor(&designator, BS as u32)],
+                &[segment_descriptor(0, 0, 8, 0, 100 + 8 * i)],
+            );
+            c.submit(0, extended_copy_cdb(list.len()), list)
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
