@@ -3,7 +3,7 @@
 use super::block::{limits, limits_for};
 use super::cdb::Cdb;
 use super::sense::Sense;
-use super::{truncate, CmdResult, LogicalUnit, LunParams};
+use super::{truncate, CmdResult, LogicalUnit};
 
 /// Designation descriptor code set: binary.
 pub(super) const CODE_SET_BINARY: u8 = 0x01;
@@ -94,7 +94,7 @@ pub(super) fn inquiry(lu: &LogicalUnit, cdb: Cdb<'_>) -> CmdResult<Vec<u8>> {
 fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     let p = lu.params();
     let mut d = vec![CODE_SET_BINARY, NAA_LU_DESIGNATOR, 0x00, 0x08];
-    d.extend_from_slice(&naa_designator(p));
+    d.extend_from_slice(&p.naa_designator());
     let mut t10 = vec![0u8; 8];
     ascii_field(&mut t10, &p.vendor);
     t10.extend(p.serial.bytes().filter(u8::is_ascii_graphic).take(64));
@@ -102,11 +102,6 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     d.extend_from_slice(&t10);
     d.extend_from_slice(&p.alua.designators());
     d
-}
-
-/// The LU's NAA designator: NAA 5 (IEEE Registered) over the configured identifier.
-pub(super) fn naa_designator(p: &LunParams) -> [u8; 8] {
-    ((p.naa_id & 0x0FFF_FFFF_FFFF_FFFF) | (5 << 60)).to_be_bytes()
 }
 
 /// VPD 0xB0 Block Limits body (page length 0x3C).

@@ -27,6 +27,7 @@ pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
+pub use pr::{RecordError, ReservationStore, Reservations};
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
 pub use xcopy::{CopyJob, CopyList};
 
@@ -138,6 +139,15 @@ pub struct LunParams {
     /// The target port this LU is reached through, for ALUA (see [`AluaPort`]), in its
     /// initial state ([`LogicalUnit::set_alua_state`] changes it at run time).
     pub alua: AluaPort,
+}
+
+impl LunParams {
+    /// The LU's NAA designator as VPD 0x83 reports it (NAA 5 over the low 60 bits of
+    /// [`LunParams::naa_id`]): its identity to initiators, and the name of what the server
+    /// keeps for it across restarts.
+    pub fn naa_designator(&self) -> [u8; 8] {
+        ((self.naa_id & 0x0FFF_FFFF_FFFF_FFFF) | (5 << 60)).to_be_bytes()
+    }
 }
 
 /// SAM task attribute from the iSCSI header (ordering is enforced by the iSCSI layer).
@@ -312,8 +322,9 @@ pub struct LogicalUnit {
     /// COMPARE AND WRITE, ORWRITE and WRITE ATOMIC hold it exclusively. The server's engine
     /// orders I/O with its own non-blocking gate instead.
     io_lock: RwLock<()>,
-    /// Persistent and SPC-2 reservations, shared by all sessions.
-    pr: Mutex<pr::PrState>,
+    /// Persistent and SPC-2 reservations, shared by all sessions (and, for a PERSISTENT
+    /// RESERVE OUT that must be saved, by the request that saves them).
+    pr: Arc<Reservations>,
     /// Unit attention conditions pending per I_T nexus.
     unit_attentions: Mutex<ua::UnitAttentions>,
     /// The target port group's current asymmetric access state ([`AluaState::code`]).
@@ -324,8 +335,19 @@ pub struct LogicalUnit {
 }
 
 impl LogicalUnit {
-    /// Creates a LU over `backend`; capacity is the backend size in whole blocks.
+    /// Creates a LU over `backend` whose reservations live in memory only; capacity is the
+    /// backend size in whole blocks.
     pub fn new(params: LunParams, backend: Arc<dyn Backend>) -> Self {
+        Self::with_reservations(params, backend, Reservations::in_memory())
+    }
+
+    /// As [`LogicalUnit::new`], with reservations that may persist through a restart
+    /// ([`Reservations::persistent`]).
+    pub fn with_reservations(
+        params: LunParams,
+        backend: Arc<dyn Backend>,
+        reservations: Reservations,
+    ) -> Self {
         let num_blocks = blocks_of(backend.size(), params.block_size);
         let alua_state = AtomicU8::new(params.alua.state.code());
         LogicalUnit {
@@ -334,7 +356,7 @@ impl LogicalUnit {
             backend,
             num_blocks: AtomicU64::new(num_blocks),
             io_lock: RwLock::new(()),
-            pr: Mutex::new(pr::PrState::default()),
+            pr: Arc::new(reservations),
             unit_attentions: Mutex::new(ua::UnitAttentions::default()),
             alua_state,
             copies: Arc::default(),
@@ -389,7 +411,7 @@ impl LogicalUnit {
     }
 
     fn reservations(&self) -> MutexGuard<'_, pr::PrState> {
-        self.pr.lock().unwrap_or_else(|p| p.into_inner())
+        self.pr.state()
     }
 
     fn held_copies(&self) -> MutexGuard<'_, xcopy::HeldCopies> {
@@ -574,14 +596,24 @@ impl LogicalUnit {
                 self.reservations().persistent_reserve_in(cdb)?,
             )),
             op::PERSISTENT_RESERVE_OUT => {
-                let (outcome, notices) =
-                    self.reservations()
-                        .persistent_reserve_out(cdb, nexus, req.data_out);
+                let pr::PrOutcome {
+                    outcome,
+                    notices,
+                    save,
+                } = self
+                    .reservations()
+                    .persistent_reserve_out(cdb, nexus, req.data_out);
                 let mut ua = self.unit_attentions();
                 for (to, condition) in notices {
                     ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
                 }
-                done(outcome)
+                if !save {
+                    return done(outcome);
+                }
+                Ok(Plan::Io {
+                    request: BlockRequest::SaveReservations(Arc::clone(&self.pr)),
+                    data_out_length: outcome.data_out_length,
+                })
             }
             op::EXTENDED_COPY => match xcopy::decode(cdb, req.data_out)? {
                 None => done(ScsiOutcome::good()),

@@ -4,11 +4,19 @@
 //! State lives in one `Mutex<PrState>` per logical unit, shared by all sessions. The LU has
 //! a single target port, so an I_T nexus is identified by the [`Nexus`] alone.
 //! Registrations survive I_T nexus loss; SPC-2 reservations do not (see
-//! [`PrState::release_nexus`]). APTPL is not supported (nothing is persisted).
+//! [`PrState::release_nexus`]). When the LU has a [`ReservationStore`], a REGISTER with APTPL
+//! makes the registrations and the reservation persist through a restart ([`persist`]);
+//! without one APTPL is refused.
 
 use super::cdb::Cdb;
 use super::sense::{self, Sense};
 use super::{op, status, truncate, CmdResult, Nexus, ScsiOutcome};
+
+mod persist;
+mod record;
+
+pub use persist::{ReservationStore, Reservations};
+pub use record::RecordError;
 
 /// Reservation types (SPC-4 Table 193).
 pub(super) mod ty {
@@ -56,6 +64,16 @@ fn registrants_only(t: u8) -> bool {
 /// reservation state is settled.
 pub(super) type PrNotices = Vec<(Nexus, (u8, u8))>;
 
+/// What a PERSISTENT RESERVE OUT did (see [`PrState::persistent_reserve_out`]).
+pub(super) struct PrOutcome {
+    /// The answer, once the state is saved when `save` says so.
+    pub outcome: ScsiOutcome,
+    /// The unit attentions it establishes for other I_T nexuses.
+    pub notices: PrNotices,
+    /// Whether the state must be saved ([`Reservations::save`]) before the command is GOOD.
+    pub save: bool,
+}
+
 /// One registration: an I_T nexus and its reservation key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Registration {
@@ -73,6 +91,10 @@ struct Reservation {
 /// Reservation state of one logical unit.
 #[derive(Debug, Default)]
 pub(super) struct PrState {
+    /// Whether the LU can persist reservations through power loss (PTPL_C).
+    persistent: bool,
+    /// The last valid APTPL bit received (PTPL_A): the state below is saved on every change.
+    aptpl: bool,
     generation: u32,
     /// Registrations in registration order.
     regs: Vec<Registration>,
@@ -292,10 +314,10 @@ impl PrState {
                 d = vec![
                     0x00,
                     0x08,                             // length
-                    0x10,                             // CRH; SIP_C, ATP_C, PTPL_C = 0
-                    0x90, // TMV, ALLOW COMMANDS = 001b (TUR allowed under WE/EA)
+                    0x10 | u8::from(self.persistent), // CRH, PTPL_C; SIP_C, ATP_C = 0
+                    0x90 | u8::from(self.aptpl), // TMV, ALLOW COMMANDS = 001b (TUR under WE/EA), PTPL_A
                     0x80 | 0x40 | 0x20 | 0x08 | 0x02, // WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
-                    0x01, // EX_AC_AR
+                    0x01,                        // EX_AC_AR
                     0,
                     0,
                 ];
@@ -326,18 +348,25 @@ impl PrState {
         Ok(truncate(d, alloc))
     }
 
-    /// PERSISTENT RESERVE OUT (SPC-4 6.17). Returns the outcome and the Data-Out length the
-    /// command called for.
+    /// PERSISTENT RESERVE OUT (SPC-4 6.17): the outcome (with the Data-Out length the command
+    /// called for), the unit attentions it establishes, and whether the state must now be
+    /// saved before the command is GOOD (APTPL was on before it or is on after it).
     pub(super) fn persistent_reserve_out(
         &mut self,
         cdb: Cdb<'_>,
         nexus: &Nexus,
         data_out: &[u8],
-    ) -> (ScsiOutcome, PrNotices) {
+    ) -> PrOutcome {
         let plen = cdb.be32(5);
         let mut notices = PrNotices::new();
+        let aptpl_before = self.aptpl;
         let result = self.prout(cdb, nexus, data_out, plen as usize, &mut notices);
-        (outcome(result).with_data_out_length(plen), notices)
+        let save = result.is_ok() && (aptpl_before || self.aptpl);
+        PrOutcome {
+            outcome: outcome(result).with_data_out_length(plen),
+            notices,
+            save,
+        }
     }
 
     /// Queues `condition` for every registered nexus but `except`.
@@ -392,8 +421,12 @@ impl PrState {
         if flags & 0x04 != 0 {
             return Err(Sense::invalid_param_field(20).into()); // ALL_TG_PT: ATP_C = 0
         }
-        if flags & 0x01 != 0 {
-            return Err(Sense::invalid_param_field(20).into()); // APTPL: PTPL_C = 0
+        // APTPL counts only in REGISTER and REGISTER AND IGNORE EXISTING KEY; other service
+        // actions ignore it (SPC-4 6.17.3). Linux's sd_pr_register() sets it on every REGISTER.
+        let aptpl = flags & 0x01 != 0;
+        let registers = matches!(action, sa::REGISTER | sa::REGISTER_AND_IGNORE);
+        if registers && aptpl && !self.persistent {
+            return Err(Sense::invalid_param_field(20).into()); // APTPL with PTPL_C = 0
         }
         let needs_type = matches!(
             action,
@@ -411,6 +444,9 @@ impl PrState {
         if action == sa::REGISTER || action == sa::REGISTER_AND_IGNORE {
             if action == sa::REGISTER && current.unwrap_or(0) != rk {
                 return Err(PrError::Conflict);
+            }
+            if current.is_some() || sark != 0 {
+                self.aptpl = aptpl;
             }
             match (current, sark) {
                 (None, 0) => {}

@@ -26,6 +26,9 @@ pub const NO_ADDITIONAL_SENSE: (u8, u8) = (0x00, 0x00);
 /// ASC/ASCQ: operation in progress (an EXTENDED COPY with the list identifier of one still
 /// running on the same I_T nexus).
 pub const OPERATION_IN_PROGRESS: (u8, u8) = (0x00, 0x16);
+/// ASC/ASCQ: logical unit communication failure (a PERSISTENT RESERVE OUT whose record could not
+/// be saved, as LIO answers).
+pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: (u8, u8) = (0x08, 0x00);
 /// ASC/ASCQ: write error.
 pub const WRITE_ERROR: (u8, u8) = (0x0C, 0x00);
 /// ASC/ASCQ: copy target device not reachable (an EXTENDED COPY names a logical unit or a range

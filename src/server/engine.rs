@@ -40,7 +40,8 @@ use super::gate::{Access, IoGate};
 use crate::backend::{AsyncReply, BackendError};
 use crate::iscsi::{ScsiTask, TaskId};
 use crate::scsi::{
-    finish, is_extended_copy, run, Nexus, Prepared, ScsiOutcome, ScsiRequest, ScsiTarget,
+    finish, is_extended_copy, run, BlockRequest, Nexus, Prepared, ScsiOutcome, ScsiRequest,
+    ScsiTarget,
 };
 
 mod resident;
@@ -173,11 +174,13 @@ struct AsyncDone {
 
 /// What the blocking pool receives.
 enum PoolMessage {
-    /// Run an admitted command of LU `lun_index` synchronously.
+    /// Run an admitted command of LU `lun_index` synchronously: `planned` when the engine
+    /// thread's plan could travel (see [`BlockRequest::detached`]), else planned again.
     Run {
         job: Job,
         access: Access,
         lun_index: usize,
+        planned: Option<(BlockRequest<'static>, u32)>,
     },
     Stop,
 }
@@ -269,7 +272,7 @@ impl EngineShared {
     /// thread.
     fn run_admitted(&self, access: Access, lun_index: usize, job: Job) {
         if access == Access::Exclusive && !self.is_asynchronous(&job, lun_index) {
-            self.to_pool(job, access, lun_index)
+            self.to_pool(job, access, lun_index, None)
         } else {
             self.inboxes[job.session.thread].send(Message::Admitted(job, access, lun_index))
         }
@@ -284,7 +287,13 @@ impl EngineShared {
             .is_some()
     }
 
-    fn to_pool(&self, job: Job, access: Access, lun_index: usize) {
+    fn to_pool(
+        &self,
+        job: Job,
+        access: Access,
+        lun_index: usize,
+        planned: Option<(BlockRequest<'static>, u32)>,
+    ) {
         let pool = if is_extended_copy(&job.task.cdb) {
             &self.copy_pool
         } else {
@@ -295,6 +304,7 @@ impl EngineShared {
             job,
             access,
             lun_index,
+            planned,
         });
     }
 }
@@ -619,11 +629,18 @@ fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
             job,
             access,
             lun_index,
+            planned,
         } = message
         else {
             return;
         };
         let target = &shared.targets[job.session.target];
+        if let Some((request, data_out_length)) = planned {
+            let backend = target.luns()[lun_index].backend();
+            let outcome = finish(&request, run(&**backend, &request), data_out_length);
+            shared.complete(job, outcome, Some((access, lun_index)), None);
+            continue;
+        }
         // Planned again here: the plan borrows the command's buffers, which travel by value.
         let outcome = match target.prepare(&job.request()) {
             Prepared::Done(outcome) => outcome,

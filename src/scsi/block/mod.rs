@@ -109,6 +109,9 @@ pub enum BlockRequest<'a> {
     },
     /// EXTENDED COPY: blocks moved between LUs (or within one) by the copy manager.
     Copy(Box<crate::scsi::CopyJob>),
+    /// PERSISTENT RESERVE OUT under APTPL: the LU's reservations, already changed, written to
+    /// their store before the command is GOOD.
+    SaveReservations(std::sync::Arc<crate::scsi::Reservations>),
     /// GET LBA STATUS: LBA status descriptors from block `lba` to the end of an LU of
     /// `num_blocks` blocks of `block_size` bytes; replies with the parameter data cut to
     /// `alloc` bytes.
@@ -129,6 +132,44 @@ impl BlockRequest<'_> {
                 | BlockRequest::OrWrite { .. }
                 | BlockRequest::AtomicWrite { .. }
         )
+    }
+
+    /// The request apart from the command's buffers, when it borrows none of them: it can then
+    /// travel to another thread and run there without the command being planned again (which
+    /// for a PERSISTENT RESERVE OUT would apply it twice).
+    pub fn detached(self) -> Option<BlockRequest<'static>> {
+        Some(match self {
+            BlockRequest::Read { offset, len } => BlockRequest::Read { offset, len },
+            BlockRequest::Flush => BlockRequest::Flush,
+            BlockRequest::Unmap { ranges } => BlockRequest::Unmap { ranges },
+            BlockRequest::WriteSame {
+                offset,
+                len,
+                pattern: None,
+                unmap,
+                fua,
+            } => BlockRequest::WriteSame {
+                offset,
+                len,
+                pattern: None,
+                unmap,
+                fua,
+            },
+            BlockRequest::Copy(job) => BlockRequest::Copy(job),
+            BlockRequest::SaveReservations(r) => BlockRequest::SaveReservations(r),
+            BlockRequest::LbaStatus {
+                lba,
+                num_blocks,
+                block_size,
+                alloc,
+            } => BlockRequest::LbaStatus {
+                lba,
+                num_blocks,
+                block_size,
+                alloc,
+            },
+            _ => return None,
+        })
     }
 
     /// Whether the request only reads the medium (decides MEDIUM ERROR read vs write ASC).
@@ -300,6 +341,10 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
         }
         // The job carries its own source and destination backends.
         BlockRequest::Copy(job) => Ok(job.run()),
+        BlockRequest::SaveReservations(reservations) => Ok(match reservations.save() {
+            Ok(()) => BlockReply::Done,
+            Err(s) => BlockReply::Check(s),
+        }),
     }
 }
 

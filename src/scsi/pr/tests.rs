@@ -458,3 +458,5 @@ fn clear_and_release_tell_the_registrants() {
     assert_eq!(unit_attention(&lu, &b), Some(RESERVATIONS_RELEASED));
     assert_eq!(unit_attention(&lu, &a), None);
 }
+
+mod persistence;

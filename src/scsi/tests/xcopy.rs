@@ -8,7 +8,7 @@ fn cscd(naa_id: u64, block_size: u32) -> Vec<u8> {
         naa_id,
         ..params(0, block_size)
     };
-    cscd_descriptor(&inquiry::naa_designator(&p), block_size)
+    cscd_descriptor(&p.naa_designator(), block_size)
 }
 
 fn xcopy(lu: &LogicalUnit, param: &[u8]) -> ScsiOutcome {

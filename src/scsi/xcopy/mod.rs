@@ -230,7 +230,7 @@ impl Cscd {
     fn names(&self, lu: &LogicalUnit) -> bool {
         self.code_set == inquiry::CODE_SET_BINARY
             && self.association_and_type == inquiry::NAA_LU_DESIGNATOR
-            && self.designator == inquiry::naa_designator(lu.params())
+            && self.designator == lu.params().naa_designator()
     }
 }
 

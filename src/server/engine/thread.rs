@@ -17,7 +17,9 @@ use super::resident::{Interest, Resident};
 use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, FILE_PAGES_MIN, RING_SLOTS};
 use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
-use crate::scsi::{finish, run, runs_exclusively, BlockReply, Prepared, Primitive, ScsiOutcome};
+use crate::scsi::{
+    finish, run, runs_exclusively, BlockReply, BlockRequest, Prepared, Primitive, ScsiOutcome,
+};
 use crate::server::gate::Access;
 
 /// A command whose I/O is in the ring (the ring's token).
@@ -62,8 +64,9 @@ enum Route {
     Ring(RingOp),
     /// Submit to the LU's asynchronous backend (with the command's Data-Out length).
     Async(Planned, u32),
-    /// Run on the blocking pool.
-    Pool,
+    /// Run on the blocking pool: the request as planned here when it borrows none of the
+    /// command's buffers (with the Data-Out length), else planned again there.
+    Pool(Option<(BlockRequest<'static>, u32)>),
 }
 
 /// What a ring operation of an engine thread is for.
@@ -253,7 +256,7 @@ impl EngineThread {
         let gate = &self.shared.gates[job.session.target][lun_index];
         if let Some(job) = gate.enter(access, job) {
             if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
-                self.shared.to_pool(job, access, lun_index)
+                self.shared.to_pool(job, access, lun_index, None)
             } else {
                 self.start(job, access, lun_index)
             }
@@ -270,7 +273,7 @@ impl EngineThread {
                 let local = Some((self.index, &mut self.local));
                 self.shared.complete(job, outcome, gate, local)
             }
-            Route::Pool => self.shared.to_pool(job, access, lun_index),
+            Route::Pool(planned) => self.shared.to_pool(job, access, lun_index, planned),
             Route::Async(planned, data_out_length) => {
                 self.submit_async(job, access, lun_index, planned, data_out_length)
             }
@@ -310,14 +313,17 @@ impl EngineThread {
                 ..
             } => (lu, request, data_out_length),
         };
+        let to_pool = |request: BlockRequest<'_>| {
+            Route::Pool(request.detached().map(|r| (r, data_out_length)))
+        };
         if lu.backend().asynchronous().is_some() {
             return match Planned::of(&request, &job.task.data_out) {
                 Some(planned) => Route::Async(planned, data_out_length),
-                None => Route::Pool,
+                None => to_pool(request),
             };
         }
         let Some(primitive) = request.primitive(&job.task.data_out) else {
-            return Route::Pool;
+            return to_pool(request);
         };
         let Some(files) = lu.backend().files().filter(|f| !f.in_memory()) else {
             // In memory (RAM, or a file in tmpfs or ramfs): completes inline on this thread. A
@@ -338,7 +344,7 @@ impl EngineThread {
             return Route::Done(finish(&request, result, data_out_length));
         };
         if self.ring.is_none() {
-            return Route::Pool;
+            return to_pool(request);
         }
         let mut sync_after = None;
         let (file, submission) = match primitive {
