@@ -60,6 +60,9 @@ pub struct Config {
     pub target_port_group: u16,
     /// The asymmetric access state this gateway reports for its LUs (default active/optimized).
     pub alua_state: AluaState,
+    /// Where the process keeps what must outlive it (`state_dir:`): persistent reservations
+    /// set with APTPL. `None`: nothing is kept, and REGISTER with APTPL is refused.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One listening endpoint.
@@ -357,6 +360,7 @@ impl Config {
             discovery_auth: None,
             target_port_group: 1,
             alua_state: AluaState::ActiveOptimized,
+            state_dir: None,
         }
     }
 

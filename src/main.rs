@@ -196,7 +196,27 @@ fn default_config() -> Config {
     } else {
         log::warn!("io_uring is unavailable here: no NVMe/TCP portal (it needs io_uring)");
     }
+    config.state_dir = default_state_dir();
+    if let Some(dir) = &config.state_dir {
+        log::info!(
+            "state (persistent reservations set with APTPL) kept in {}",
+            dir.display()
+        );
+    }
     config
+}
+
+/// Where the built-in default keeps its state: /var/lib/iser-target where this process may
+/// create it (root), else $XDG_STATE_HOME/iser-target or ~/.local/state/iser-target.
+fn default_state_dir() -> Option<PathBuf> {
+    let system = PathBuf::from("/var/lib/iser-target");
+    if std::fs::create_dir_all(&system).is_ok() {
+        return Some(system);
+    }
+    let user_state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(user_state.join("iser-target"))
 }
 
 /// With the embedded default, tell the user what is served and how to reach it.

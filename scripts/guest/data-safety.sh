@@ -35,16 +35,6 @@ start_target() {
     wait_rdma_listen "$ADDR:$PORT" 30
 }
 
-# session_logged_in IQN: the kernel initiator's session to IQN is up again.
-session_logged_in() {
-    local s
-    for s in /sys/class/iscsi_session/session*; do
-        [[ "$(cat "$s/targetname" 2>/dev/null)" == "$1" ]] || continue
-        [[ "$(cat "$s/state" 2>/dev/null)" == LOGGED_IN ]] && return 0
-    done
-    return 1
-}
-
 writes_logged() { grep -c '^W ' "$1" 2>/dev/null || echo 0; }
 
 # crash_test NAME IQN SYNC_EVERY: write, SIGKILL the target, restart it, let the

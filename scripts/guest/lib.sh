@@ -214,6 +214,16 @@ session_disk() {
     done
 }
 
+# session_logged_in IQN: the kernel initiator's session to IQN is up again.
+session_logged_in() {
+    local s
+    for s in /sys/class/iscsi_session/session*; do
+        [[ "$(cat "$s/targetname" 2>/dev/null)" == "$1" ]] || continue
+        [[ "$(cat "$s/state" 2>/dev/null)" == LOGGED_IN ]] && return 0
+    done
+    return 1
+}
+
 # session_transport IQN: "iser" or "tcp" for the logged-in session to IQN.
 session_transport() {
     iscsiadm -m session 2>/dev/null | awk -v iqn="$1" '$4 == iqn { sub(":", "", $1); print $1; exit }'

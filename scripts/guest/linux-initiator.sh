@@ -48,13 +48,18 @@ targets:
     luns:
       - { id: 0, backing: { type: ram, size: 64M } }
 limits: { nop_interval_secs: 5, nop_timeout_secs: 10 }
+state_dir: $WORK/state
 EOF
-bg_start target env RUST_LOG=info "$BIN" serve --config "$WORK/config.yaml"
-if [[ $TRANSPORT == iser ]]; then
-    wait_rdma_listen "$ADDR:$PORT" || sr_die "target did not listen (see target.log)"
-else
-    wait_tcp_listen "$ADDR:$PORT" || sr_die "target did not listen (see target.log)"
-fi
+# start_target NAME: serve the configuration as background job NAME; wait until it listens.
+start_target() {
+    bg_start "$1" env RUST_LOG=info "$BIN" serve --config "$WORK/config.yaml"
+    if [[ $TRANSPORT == iser ]]; then
+        wait_rdma_listen "$ADDR:$PORT"
+    else
+        wait_tcp_listen "$ADDR:$PORT"
+    fi
+}
+start_target target || sr_die "target did not listen (see target.log)"
 
 # --- discovery and login ------------------------------------------------------------------
 found="$(iscsi_discover "$ADDR" "$TRANSPORT" "$PORT" || true)"
@@ -172,9 +177,59 @@ check "target still up after the faults" kill -0 "$SR_BG_target"
 iscsi_login "$ADDR" "$IQN_B" "$TRANSPORT" "$PORT" >/dev/null && sleep 1
 check "new login after the faults works" test -n "$(session_disk "$IQN_B")"
 
+# --- persistent reservations from Linux's block layer, through a target SIGKILL ------------
+# linux_pr DISK OP ARGS...: the IOC_PR_* ioctls of include/uapi/linux/pr.h on DISK. The
+# kernel's sd_pr_register() (drivers/scsi/sd.c) sets APTPL on every REGISTER, so a target
+# that refuses APTPL fails them all ("PR command failed", INVALID FIELD IN PARAMETER LIST).
+# Linux 6.1 hands such a failure back as a positive SCSI result, which reaches user space as
+# success: every step is checked with sg_persist.
+linux_pr() {
+    python3 - "$@" <<'PY'
+import fcntl, os, struct, sys
+dev, op, args = sys.argv[1], sys.argv[2], [int(a, 0) for a in sys.argv[3:]]
+fd = os.open(dev, os.O_RDWR)
+if op == "register":  # old key, new key (0: unregister)
+    fcntl.ioctl(fd, 0x401870C8, struct.pack("=QQII", args[0], args[1], 0, 0))
+else:  # reserve / release: key, pr_type (1: write exclusive)
+    nr = {"reserve": 0xC9, "release": 0xCA}[op]
+    fcntl.ioctl(fd, 0x40107000 | nr, struct.pack("=QII", args[0], args[1], 0))
+PY
+}
+# reserved_by DISK KEY: READ RESERVATION shows a Write Exclusive reservation held with KEY.
+reserved_by() {
+    local out
+    out="$(sg_persist --in --read-reservation "$1")" || return 1
+    grep -q "Key=$2" <<<"$out" && grep -q "type: Write Exclusive" <<<"$out"
+}
+# register_and_reserve DISK KEY / release_and_unregister DISK KEY
+register_and_reserve() {
+    linux_pr "$1" register 0 "$2" && linux_pr "$1" reserve "$2" 1 && reserved_by "$1" "$2"
+}
+release_and_unregister() {
+    linux_pr "$1" release "$2" 1 && linux_pr "$1" register "$2" 0 || return 1
+    sg_persist --in --read-keys "$1" | grep -q "there are NO registered reservation keys"
+}
+# survives_sigkill: the target SIGKILLed and started again on its state_dir; once the kernel
+# initiator has logged in again, the reservation is still there.
+survives_sigkill() {
+    kill -KILL "$SR_BG_target"
+    wait "$SR_BG_target" 2>/dev/null || true
+    start_target target2 || return 1
+    sr_wait 120 session_logged_in "$IQN_A" || return 1
+    reserved_by "$file_disk" 0x1dea
+}
+file_disk="$(disk_of_size "$IQN_A" 134217728)"
+check "IOC_PR_REGISTER (with APTPL) and IOC_PR_RESERVE on the file LUN" \
+    register_and_reserve "$file_disk" 0x1dea
+check "sg_persist: PTPL_A, the reservation persists through power loss" \
+    bash -c "sg_persist --in --report-capabilities '$file_disk' | grep -q 'PTPL_A): 1'"
+check "the reservation survives a SIGKILLed and restarted target" survives_sigkill
+check "IOC_PR_RELEASE and unregister after the restart" \
+    release_and_unregister "$file_disk" 0x1dea
+
 # --- shutdown -------------------------------------------------------------------------------
 iscsi_logout || true
-check "SIGTERM: clean exit 0" bg_stop target
+check "SIGTERM: clean exit 0" bg_stop target2
 check "no suspicious kernel messages" dmesg_check
 
 sr_checks_done linux-initiator || exit 1

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -29,6 +30,7 @@ pub(super) struct RawConfig {
     discovery_auth: Option<auth::RawAuth>,
     target_port_group: Option<u64>,
     alua_state: Option<String>,
+    state_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +189,17 @@ impl RawConfig {
             }
         };
 
+        let state_dir = match self.state_dir {
+            None => None,
+            Some(dir) if dir.trim().is_empty() => {
+                return err(
+                    "state_dir",
+                    "empty; give a directory this process alone uses, such as /var/lib/iser-target, or leave the key out",
+                )
+            }
+            Some(dir) => Some(PathBuf::from(dir)),
+        };
+
         Ok(Config {
             portals,
             targets,
@@ -194,6 +207,7 @@ impl RawConfig {
             discovery_auth,
             target_port_group,
             alua_state,
+            state_dir,
         })
     }
 }

@@ -25,6 +25,7 @@ impl Config {
             discovery_auth,
             target_port_group,
             alua_state,
+            state_dir,
         } = new;
         let mut needs_restart = Vec::new();
         let mut differs = |key: &'static str, same: bool| {
@@ -40,6 +41,7 @@ impl Config {
             "target_port_group",
             *target_port_group == self.target_port_group,
         );
+        differs("state_dir", *state_dir == self.state_dir);
         Reload {
             alua_state: (*alua_state != self.alua_state).then_some(*alua_state),
             needs_restart,
@@ -79,13 +81,20 @@ mod tests {
         let other = parse(
             "portals: [{ address: 127.0.0.1, port: 3261 }]\n\
              targets: [{ name: iqn.2026-12.org.example:t, luns: [{ id: 0, backing: { type: ram, size: 2M } }] }]\n\
-             target_port_group: 2\nalua_state: active-non-optimized\nlimits: { max_sessions: 3 }\n",
+             target_port_group: 2\nalua_state: active-non-optimized\nlimits: { max_sessions: 3 }\n\
+             state_dir: /var/lib/iser-target\n",
         );
         let reload = running.reload_to(&other);
         assert_eq!(reload.alua_state, Some(AluaState::ActiveNonOptimized));
         assert_eq!(
             reload.needs_restart,
-            ["portals", "targets", "limits", "target_port_group"]
+            [
+                "portals",
+                "targets",
+                "limits",
+                "target_port_group",
+                "state_dir"
+            ]
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod iser;
 mod nvme;
 mod registry;
 mod session;
+mod state_dir;
 mod tcp;
 
 use std::collections::HashMap;
@@ -22,7 +23,10 @@ use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
-use crate::scsi::{AluaPort, AluaState, LogicalUnit, LunParams, ScsiTarget};
+use crate::scsi::{
+    AluaPort, AluaState, LogicalUnit, LunParams, ReservationStore, Reservations, ScsiTarget,
+};
+use state_dir::StateDir;
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
 pub use registry::{SessionControl, SessionGuard, SessionRegistry};
@@ -42,6 +46,9 @@ pub enum ServerError {
         lun: u64,
         source: BackendError,
     },
+    /// The state directory could not be used, or a LU's saved reservations not read back.
+    #[error("state_dir: {0}")]
+    StateDir(String),
     /// A portal could not be bound.
     #[error("portal {addr}: {source}")]
     Bind {
@@ -186,8 +193,13 @@ pub fn nvme_tcp_available() -> bool {
     uring_ffi::Ring::<mem_ffi::Buf>::new(8).is_ok()
 }
 
-/// Builds the SCSI view of every configured target.
+/// Builds the SCSI view of every configured target. With a `state_dir`, each LU's
+/// reservations persist there when an initiator asks (APTPL), restored from what it holds.
 pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, ServerError> {
+    let state_dir = match &config.state_dir {
+        Some(path) => Some(StateDir::open(path).map_err(|e| ServerError::StateDir(e.to_string()))?),
+        None => None,
+    };
     let mut out = Vec::new();
     for target in &config.targets {
         let mut luns = Vec::new();
@@ -224,7 +236,27 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
                 backend.size(),
                 if lun.read_only { ", read-only" } else { "" }
             );
-            luns.push(Arc::new(LogicalUnit::new(params, backend)));
+            let reservations = match &state_dir {
+                Some(dir) => {
+                    let (store, saved) = dir
+                        .reservation_store(params.naa_designator())
+                        .map_err(|e| ServerError::StateDir(e.to_string()))?;
+                    let location = store.location();
+                    Reservations::persistent(Box::new(store), saved.as_deref()).map_err(|e| {
+                        ServerError::StateDir(format!(
+                            "{location}: {e} (the saved persistent reservations of {} LUN {}; \
+                             move the file away to start without them)",
+                            target.name, lun.id
+                        ))
+                    })?
+                }
+                None => Reservations::in_memory(),
+            };
+            luns.push(Arc::new(LogicalUnit::with_reservations(
+                params,
+                backend,
+                reservations,
+            )));
         }
         out.push(Arc::new(ScsiTarget::new(luns)));
     }

@@ -76,6 +76,27 @@ impl BlockSession {
     /// Writes `data` (a whole number of `block_size` blocks) at block `lba`.
     pub fn write(&mut self, lba: u64, data: &[u8], block_size: usize) -> io::Result<()> {
         let itt = self.send_command(0x8A, lba, data.len(), block_size)?;
+        let (status, response_data) = self.answer_r2ts(itt, data)?;
+        check_status(status, &response_data)
+    }
+
+    /// Runs a command with Data-Out (`cdb`, up to 16 bytes; `data` sent as the target asks
+    /// for it): returns its status and sense data (without the SenseLength prefix).
+    pub fn command_out(&mut self, cdb: &[u8], data: &[u8]) -> io::Result<CommandReply> {
+        let mut padded = vec![0u8; 16];
+        padded[..cdb.len()].copy_from_slice(cdb);
+        let itt = self.send_cdb(padded, data.len(), false, true)?;
+        let (status, response_data) = self.answer_r2ts(itt, data)?;
+        Ok(CommandReply {
+            status,
+            data: Vec::new(),
+            sense: response_data.get(2..).unwrap_or_default().to_vec(),
+        })
+    }
+
+    /// Answers the target's R2Ts for command `itt` from `data` until its SCSI Response:
+    /// returns the response's status and data segment.
+    fn answer_r2ts(&mut self, itt: u32, data: &[u8]) -> io::Result<(u8, Vec<u8>)> {
         loop {
             let pdu = self.next_pdu()?;
             match pdu.header {
@@ -100,7 +121,7 @@ impl BlockSession {
                 }
                 Header::ScsiResponse(r) => {
                     self.exp_stat_sn = r.stat_sn.wrapping_add(1);
-                    return check_status(r.status, &pdu.data);
+                    return Ok((r.status, pdu.data));
                 }
                 other => return Err(io::Error::other(format!("unexpected {other:?}"))),
             }

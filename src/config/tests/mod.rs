@@ -596,6 +596,21 @@ fn alua_port_defaults_and_choices() {
     );
 }
 
+#[test]
+fn state_dir_is_optional_and_not_empty() {
+    assert_eq!(ok(MINIMAL).state_dir, None);
+    let c = ok(&format!("{MINIMAL}state_dir: /var/lib/iser-target\n"));
+    assert_eq!(
+        c.state_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/iser-target"))
+    );
+    fails(
+        &format!("{MINIMAL}state_dir: \"  \"\n"),
+        "state_dir",
+        "empty",
+    );
+}
+
 mod chap;
 mod limits;
 mod luns;
