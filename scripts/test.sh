@@ -80,8 +80,8 @@ log "whole-binary tests (NVMe/TCP: queues, I/O in-capsule and by R2T, discovery,
 cargo test --release --test nvme_tcp -- --test-threads=2
 log "two gateways on one LUN (ALUA: VPD 0x83, REPORT TARGET PORT GROUPS, standby, libiscsi MultipathIO)"
 cargo test --release --test gateways -- --test-threads=2
-log "persistent reservations through a killed target (APTPL with state_dir)"
-cargo test --release --test reservations -- --test-threads=2
+log "operating a running target: reservations kept through a killed target (APTPL, state_dir), LUNs grown by SIGHUP"
+cargo test --release --test operations -- --test-threads=2
 
 # --- tier 3r: Ceph RBD ----------------------------------------------------------------
 # The cluster must come up: a machine that cannot install or start Ceph fails here.

@@ -139,7 +139,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// SIGHUP: re-reads the configuration file and applies a changed `alua_state`; any other
+/// SIGHUP: re-reads the configuration file, applies a changed `alua_state` and grows file and
+/// block LUNs (to a file LUN's new `size`, or to what a file or device now holds); any other
 /// difference is logged as needing a restart and left unapplied (and reported again on the
 /// next reload, since `running` keeps the values in force). A file that does not parse
 /// changes nothing.
@@ -160,6 +161,15 @@ fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
     for key in &reload.needs_restart {
         log::warn!("SIGHUP: `{key}` changed in {file}: that takes a restart; not applied");
     }
+    let grown = server.grow_luns(&new);
+    if reload.file_sizes_changed {
+        if grown {
+            running.targets = new.targets;
+            log::info!("SIGHUP: the file LUN sizes of {file} applied");
+        } else {
+            log::error!("SIGHUP: a LUN of {file} could not take its size (see above)");
+        }
+    }
     match reload.alua_state {
         Some(state) => {
             let from = running.alua_state;
@@ -167,8 +177,8 @@ fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
             running.alua_state = state;
             log::info!("SIGHUP: ALUA state changed from {from} to {state}");
         }
-        None if reload.needs_restart.is_empty() => {
-            log::info!("SIGHUP: {file} re-read; nothing changed");
+        None if reload.needs_restart.is_empty() && !reload.file_sizes_changed => {
+            log::info!("SIGHUP: {file} re-read; nothing else changed");
         }
         None => {}
     }

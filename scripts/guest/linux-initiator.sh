@@ -227,6 +227,22 @@ check "the reservation survives a SIGKILLed and restarted target" survives_sigki
 check "IOC_PR_RELEASE and unregister after the restart" \
     release_and_unregister "$file_disk" 0x1dea
 
+# --- the file LUN grown while served ----------------------------------------------------------
+# A larger `size` and SIGHUP; the kernel initiator hears CAPACITY DATA HAS CHANGED on its next
+# command, and a rescan (iscsiadm -R, as an administrator does after growing a LUN) gives the
+# disk its new size; the new blocks take writes that read back.
+grown_file_lun() {
+    sed -i 's/size: 128M/size: 192M/' "$WORK/config.yaml" && kill -HUP "$SR_BG_target2" || return 1
+    sr_wait 10 grep -q "grew to 201326592 bytes" "${SOFTROCE_RESULTS:-/tmp}/target2.log" || return 1
+    dd if="$file_disk" of=/dev/null bs=4k count=1 iflag=direct status=none || true
+    iscsiadm -m session -R >/dev/null || return 1
+    sr_wait 30 test "$(blockdev --getsize64 "$file_disk")" = 201326592 || return 1
+    head -c 4M /dev/urandom >"$WORK/tail"
+    dd if="$WORK/tail" of="$file_disk" bs=1M seek=188 oflag=direct conv=fsync status=none &&
+        cmp -s "$WORK/tail" <(dd if="$file_disk" bs=1M skip=188 count=4 iflag=direct status=none)
+}
+check "file LUN grown from 128 to 192 MiB by SIGHUP: the disk takes the new size" grown_file_lun
+
 # --- shutdown -------------------------------------------------------------------------------
 iscsi_logout || true
 check "SIGTERM: clean exit 0" bg_stop target2

@@ -13,7 +13,10 @@
 # fsck; disconnect, reconnect, the files intact; two I/O queues with header and data digests
 # (nvme connect -g -G -i 2) under a verifying fio; the keep-alive timeout tearing down the
 # controller of a host that vanished (an nftables rule drops all traffic of a host connected
-# from a second address) while the target goes on serving others; nvme connect-all. One
+# from a second address) while the target goes on serving others; nvme connect-all; the
+# namespace grown by 64 MiB under a connected host (nvmet: the loop device's file extended and
+# `revalidate_size`; ours: a larger `size` and SIGHUP), the host seeing the new size by itself
+# and writing there. One
 # PASS/FAIL line per check, a "N/M passed" line per target (also in
 # $SOFTROCE_RESULTS/nvme-tcp-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
@@ -27,6 +30,7 @@ REPO="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd -P)"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
 WORK=/run/nvme-tcp-test
 NS_MIB=256
+GROWN_MIB=$((NS_MIB + 64))
 KATO=5
 declare -A PORT=([nvmet]=4420 [ours]=4421)
 declare -A NQN=([nvmet]=nqn.2026-11.io.iser-target:nvmet-ref [ours]=nqn.2026-11.io.iser-target:guest)
@@ -214,9 +218,34 @@ still_serving() {
     connect_and_find && fio_verify "$DEV" 16M 64k 8 && nvme_disconnect "$N"
 }
 
+grow_nvmet() {
+    truncate -s "${GROWN_MIB}M" "$WORK/nvmet.img" && losetup -c "$NVMET_LOOP" &&
+        echo 1 >"$CONFIGFS_NVMET/subsystems/$N/namespaces/1/revalidate_size"
+}
+grow_ours() {
+    sed -i "s/size: ${NS_MIB}M/size: ${GROWN_MIB}M/" "$WORK/ours.yaml" && kill -HUP "$SR_BG_ours"
+}
+# The namespace grown under a connected host: the target tells it (a Namespace Attribute
+# Changed notice), the host scans the namespace again and the block device takes the new size
+# with nothing done on the host; the new blocks take writes that read back.
+grown_while_connected() {
+    local written=0
+    connect_and_find && "grow_$T" || return 1
+    if ! sr_wait 30 test "$(blockdev --getsize64 "$DEV")" = $((GROWN_MIB << 20)); then
+        sr_log "$T: the host still sees $(blockdev --getsize64 "$DEV") bytes"
+        nvme_disconnect "$N"
+        return 1
+    fi
+    head -c 8M /dev/urandom >"$WORK/tail"
+    dd if="$WORK/tail" of="$DEV" bs=1M seek=$((GROWN_MIB - 8)) oflag=direct conv=fsync status=none &&
+        cmp -s "$WORK/tail" <(dd if="$DEV" bs=1M skip=$((GROWN_MIB - 8)) count=8 iflag=direct status=none) &&
+        written=1
+    nvme_disconnect "$N" && ((written))
+}
+
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
-    local failed_before=$FAILED total=21
+    local failed_before=$FAILED total=22
     sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
     check "$T: nvme discover lists $N" discover_lists
     if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
@@ -251,6 +280,8 @@ run_checks() {
     check "$T: keep-alive timeout tears down a vanished host's controller" keep_alive_teardown
     check "$T: still serving a new host afterwards" still_serving
     check "$T: nvme connect-all" connect_all
+    check "$T: namespace grown by 64 MiB while connected: the host sees it and writes there" \
+        grown_while_connected
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
 

@@ -10,6 +10,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Alignment of buffer address, offset and length for the O_DIRECT descriptor: 4096 is a
@@ -240,7 +241,8 @@ fn try_fallocate(
 /// report.
 pub struct FileBackend {
     files: BackendFiles,
-    size: u64,
+    /// Bytes exposed; grows with [`Backend::grow`].
+    size: AtomicU64,
     /// Opened as a block device ([`FileBackend::open_device`]).
     device: bool,
 }
@@ -298,7 +300,7 @@ impl FileBackend {
         }
         Ok(FileBackend {
             files,
-            size,
+            size: AtomicU64::new(size),
             device,
         })
     }
@@ -312,7 +314,7 @@ impl FileBackend {
         offset: u64,
         len: u64,
     ) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         if try_fallocate(&self.files.buffered, mode, offset, len)? {
             Ok(())
         } else {
@@ -323,16 +325,16 @@ impl FileBackend {
 
 impl Backend for FileBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         Ok(self.files.read_at(buf, offset)?)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), BackendError> {
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
         Ok(self.files.write_at(data, offset)?)
     }
 
@@ -351,7 +353,7 @@ impl Backend for FileBackend {
     /// A file's holes and data via lseek(SEEK_DATA/SEEK_HOLE); file systems without support
     /// report everything as data, which is correct (just not thin). A device is all data.
     fn allocation(&self, offset: u64, max_len: u64) -> Result<(bool, u64), BackendError> {
-        check_range(offset, max_len, self.size)?;
+        check_range(offset, max_len, self.size())?;
         if self.device {
             return Ok((true, max_len));
         }
@@ -372,6 +374,43 @@ impl Backend for FileBackend {
 
     fn supports_discard(&self) -> bool {
         true
+    }
+
+    /// A device is measured again (an LV extended, a disk grown); a file is extended sparsely to
+    /// `size` when that is given, else measured again (grown with `truncate` from outside).
+    /// Growth and I/O may run at once: the file is extended before the new size is exposed.
+    fn grow(&self, size: Option<u64>) -> Result<Option<u64>, BackendError> {
+        let file = &self.files.buffered;
+        let now = if self.device {
+            (&**file).seek(SeekFrom::End(0))?
+        } else {
+            match size {
+                Some(wanted) => {
+                    if file.metadata()?.len() < wanted {
+                        file.set_len(wanted)?;
+                    }
+                    wanted
+                }
+                None => file.metadata()?.len(),
+            }
+        };
+        let before = self.size();
+        if now < before {
+            let what = if self.device {
+                "the device"
+            } else {
+                "the file"
+            };
+            return Err(BackendError::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{what} would shrink from {before} to {now} bytes: a LUN only grows while \
+                     it is served"
+                ),
+            ));
+        }
+        self.size.store(now, Ordering::Release);
+        Ok((now > before).then_some(now))
     }
 
     fn kind(&self) -> &'static str {
@@ -538,6 +577,40 @@ mod tests {
         b.read_at(&mut small, 8192).unwrap();
         assert!(small.iter().all(|&x| x == 0));
         b.flush().unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_file_grows_while_served_and_never_shrinks() {
+        let p = temp_path("grow.img");
+        let b = FileBackend::open(&p, Some(1 << 20), true, false).unwrap();
+        assert_eq!(b.grow(Some(1 << 20)).unwrap(), None, "same size: no change");
+        assert_eq!(b.grow(Some(2 << 20)).unwrap(), Some(2 << 20));
+        assert_eq!(
+            (b.size(), std::fs::metadata(&p).unwrap().len()),
+            (2 << 20, 2 << 20)
+        );
+        b.write_at(b"past the old end", (2 << 20) - 16).unwrap();
+        let shrink = b.grow(Some(1 << 20)).unwrap_err();
+        assert!(shrink.to_string().contains("only grows"), "{shrink}");
+        assert_eq!(b.size(), 2 << 20);
+        // Without a configured size the file is measured again, as `truncate -s` left it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3 << 20)
+            .unwrap();
+        assert_eq!(b.grow(None).unwrap(), Some(3 << 20));
+        // A device is measured again whatever the configuration says.
+        let d = FileBackend::open_device(&p, false).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        assert_eq!(d.grow(Some(1)).unwrap(), Some(4 << 20));
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -116,6 +116,16 @@ pub trait Backend: Send + Sync {
         check_range(offset, len, self.size())?;
         Ok(None)
     }
+    /// Grows the backend while it serves: to `size` bytes, or with `None` to what its file or
+    /// device holds now (extended from outside). Returns the new size when it grew, `None`
+    /// when it stayed; a smaller size is refused (blocks an initiator may use would vanish).
+    /// The LU notices the new size at its next command ([`crate::scsi::LogicalUnit`] follows
+    /// its backend). The default changes nothing: a RAM LUN keeps its size until a restart,
+    /// and an RBD image's size is followed as the image changes.
+    fn grow(&self, size: Option<u64>) -> Result<Option<u64>, BackendError> {
+        let _ = size;
+        Ok(None)
+    }
     /// Short backend name for logs: "ram", "file" or "block".
     fn kind(&self) -> &'static str;
     /// The descriptors of a backend stored in a file or block device, for executors that

@@ -1,14 +1,17 @@
-//! What re-reading the configuration file (SIGHUP) may change in a running gateway: only its
-//! ALUA state, which is how a gateway is drained for maintenance (docs/multipath.md). Every
-//! other difference takes a restart; the caller reports it and leaves it unapplied.
+//! What re-reading the configuration file (SIGHUP) may change in a running gateway: its ALUA
+//! state, which is how a gateway is drained for maintenance (docs/multipath.md), and the size
+//! of file LUNs, which grow while served. Every other difference takes a restart; the caller
+//! reports it and leaves it unapplied.
 
-use super::{AluaState, Config};
+use super::{AluaState, Backing, Config, Target};
 
 /// The difference between the running configuration and the one re-read from its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reload {
     /// The new ALUA state, when it differs from the running one: applied live.
     pub alua_state: Option<AluaState>,
+    /// The targets differ only in the `size` of file LUNs: applied live by growing them.
+    pub file_sizes_changed: bool,
     /// The top-level settings that differ otherwise, by their key in the file: they take a
     /// restart.
     pub needs_restart: Vec<&'static str>,
@@ -34,7 +37,10 @@ impl Config {
             }
         };
         differs("portals", *portals == self.portals);
-        differs("targets", *targets == self.targets);
+        let same_targets = *targets == self.targets;
+        let file_sizes_changed =
+            !same_targets && without_file_sizes(targets) == without_file_sizes(&self.targets);
+        differs("targets", same_targets || file_sizes_changed);
         differs("limits", *limits == self.limits);
         differs("discovery_auth", *discovery_auth == self.discovery_auth);
         differs(
@@ -44,9 +50,21 @@ impl Config {
         differs("state_dir", *state_dir == self.state_dir);
         Reload {
             alua_state: (*alua_state != self.alua_state).then_some(*alua_state),
+            file_sizes_changed,
             needs_restart,
         }
     }
+}
+
+/// `targets` with every file LUN's `size` left out, to tell a resize from other changes.
+fn without_file_sizes(targets: &[Target]) -> Vec<Target> {
+    let mut targets = targets.to_vec();
+    for lun in targets.iter_mut().flat_map(|t| t.luns.iter_mut()) {
+        if let Backing::File { size, .. } = &mut lun.backing {
+            *size = None;
+        }
+    }
+    targets
 }
 
 #[cfg(test)]
@@ -68,6 +86,7 @@ mod tests {
             same,
             Reload {
                 alua_state: None,
+                file_sizes_changed: false,
                 needs_restart: vec![]
             }
         );
@@ -96,5 +115,30 @@ mod tests {
                 "state_dir"
             ]
         );
+        // A RAM LUN's size takes a restart (above); a file LUN's grows live.
+        assert!(!reload.file_sizes_changed);
+    }
+
+    #[test]
+    fn a_file_lun_size_is_applied_live() {
+        let file = |size: &str| {
+            parse(&format!(
+                "portals: [{{ address: 127.0.0.1 }}]\n\
+                 targets: [{{ name: iqn.2026-12.org.example:t, luns: [{{ id: 0, backing: \
+                 {{ type: file, path: /srv/t.img, size: {size} }} }}] }}]\n"
+            ))
+        };
+        let reload = file("1G").reload_to(&file("2G"));
+        assert!(reload.file_sizes_changed);
+        assert!(reload.needs_restart.is_empty());
+        assert!(!file("1G").reload_to(&file("1G")).file_sizes_changed);
+        let moved = parse(
+            "portals: [{ address: 127.0.0.1 }]\n\
+             targets: [{ name: iqn.2026-12.org.example:t, luns: [{ id: 0, backing: \
+             { type: file, path: /srv/other.img, size: 2G } }] }]\n",
+        );
+        let reload = file("1G").reload_to(&moved);
+        assert!(!reload.file_sizes_changed);
+        assert_eq!(reload.needs_restart, ["targets"]);
     }
 }

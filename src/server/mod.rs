@@ -541,6 +541,49 @@ impl Server {
         changed
     }
 
+    /// Grows file and block LUNs while they serve (SIGHUP): a file LUN to the `size` `config`
+    /// gives it, or without one to the file's length now; a block LUN to its device's size
+    /// now. LUNs are matched by target name, LUN id and backing path. Each LU reports its new
+    /// capacity from its next command (a CAPACITY DATA HAS CHANGED unit attention; over
+    /// NVMe/TCP a Namespace Attribute Changed notice). Returns false when a LUN could not
+    /// grow (asked to shrink, or the file could not be extended): the others still do.
+    pub fn grow_luns(&self, config: &Config) -> bool {
+        let mut all_grew = true;
+        for (running, scsi) in self.shared.targets.iter().zip(&self.shared.scsi_targets) {
+            let Some(wanted) = config.targets.iter().find(|t| t.name == running.name) else {
+                continue;
+            };
+            for lun in &running.luns {
+                let Some(new) = wanted.luns.iter().find(|l| l.id == lun.id) else {
+                    continue;
+                };
+                let size = match (&lun.backing, &new.backing) {
+                    (Backing::File { path: a, .. }, Backing::File { path: b, size, .. })
+                        if a == b =>
+                    {
+                        *size
+                    }
+                    (Backing::Block { path: a }, Backing::Block { path: b }) if a == b => None,
+                    _ => continue,
+                };
+                let Some(lu) = scsi.lun(lun.id) else {
+                    continue;
+                };
+                match lu.backend().grow(size) {
+                    Ok(Some(bytes)) => {
+                        log::info!("{} LUN {}: grew to {bytes} bytes", running.name, lun.id)
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::error!("{} LUN {}: {e}", running.name, lun.id);
+                        all_grew = false;
+                    }
+                }
+            }
+        }
+        all_grew
+    }
+
     /// The bound portal addresses (with the real port when 0 was configured).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs

@@ -1,8 +1,14 @@
+//! Operating a running target.
+//!
 //! Persistent reservations through a restart (APTPL, SPC-4 5.13.5) with `state_dir:`: an
 //! initiator registers with APTPL (as Linux's sd_pr_register() always does) and reserves; the
 //! target is killed (SIGKILL, no shutdown) and started again on the same state directory; the
 //! reservation still fences other initiators and the holder's key still works. A state
 //! directory belongs to one process.
+//!
+//! A file LUN grown while served: its `size` raised in the configuration and SIGHUP; iSCSI
+//! sessions get CAPACITY DATA HAS CHANGED and the new capacity, an NVMe/TCP host the new
+//! namespace size; a smaller size is refused.
 
 #[macro_use]
 mod common;
@@ -11,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::block_io::{BlockSession, CommandReply};
+use common::nvme_host::{admin_queue, NvmeQueue, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use nix::sys::signal::Signal;
 
@@ -147,4 +154,74 @@ fn a_state_dir_belongs_to_one_process() {
         "{said}"
     );
     first.stop();
+}
+
+const MIB: u64 = 1 << 20;
+
+/// READ CAPACITY(16): the last LBA.
+fn last_lba(s: &mut BlockSession) -> u64 {
+    let reply = good(
+        s.command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], 32)
+            .expect("READ CAPACITY(16)"),
+    );
+    u64::from_be_bytes(reply[..8].try_into().unwrap())
+}
+
+/// NSZE of namespace 1 (Identify Namespace), in blocks.
+fn namespace_size(admin: &mut NvmeQueue) -> u64 {
+    let (cqe, ns) = admin.identify(0x00, 1).expect("Identify Namespace");
+    assert!(cqe.ok(), "Identify Namespace: {cqe:?}");
+    u64::from_le_bytes(ns[0..8].try_into().unwrap())
+}
+
+#[test]
+fn a_file_lun_grows_on_sighup_and_never_shrinks() {
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let lun = LunSpec::file(0, "grow.img", "8M");
+    let mut server = Server::start_with_portals(&[TargetSpec::new(TEST_IQN, vec![lun])], &portals);
+    let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let (mut admin, _) = admin_queue(nvme_port, &format!("nqn.{}", &TEST_IQN[4..]), HOST_NQN, 1);
+    assert_eq!(last_lba(&mut s), 8 * MIB / BLOCK as u64 - 1);
+    assert_eq!(namespace_size(&mut admin), 8 * MIB / BLOCK as u64);
+
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    assert!(config.contains("size: 8M"), "{config}");
+    let said = server.reload(&config.replace("size: 8M", "size: 16M"));
+    assert!(said.contains("file LUN sizes"), "{said}");
+    assert!(
+        server.log().contains("LUN 0: grew to 16777216 bytes"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        std::fs::metadata(server.dir().join("grow.img"))
+            .unwrap()
+            .len(),
+        16 * MIB
+    );
+
+    // The session's next command reports the change once; then the new capacity.
+    let attention = s.command(&[0; 6], 0).expect("TEST UNIT READY");
+    assert_eq!(attention.status, CHECK_CONDITION, "no unit attention");
+    let sense = &attention.sense;
+    assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x6, 0x2A, 0x09));
+    assert_eq!(last_lba(&mut s), 16 * MIB / BLOCK as u64 - 1);
+    assert_eq!(namespace_size(&mut admin), 16 * MIB / BLOCK as u64);
+    let tail = vec![0xA5u8; 64 * 1024];
+    let lba = (16 * MIB - tail.len() as u64) / BLOCK as u64;
+    s.write(lba, &tail, BLOCK).expect("WRITE past the old end");
+    assert!(s.read(lba, tail.len(), BLOCK).expect("READ") == tail);
+
+    // Shrinking would drop blocks in use: refused, the LUN keeps its size.
+    let said = server.reload(&config.replace("size: 8M", "size: 4M"));
+    assert!(said.contains("could not take its size"), "{said}");
+    assert!(
+        server.log().contains("only grows while it is served"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(last_lba(&mut s), 16 * MIB / BLOCK as u64 - 1);
+    drop((s, admin));
+    server.stop();
 }
