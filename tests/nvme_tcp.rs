@@ -62,10 +62,8 @@ fn connect_identify_and_round_trip_data_on_both_namespaces() {
     assert!(cqe.ok());
     assert_eq!(&list[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
     // Identify Namespace: NSZE in 512-byte blocks.
-    let (_, ns) = admin.identify(0x00, 1).unwrap();
-    assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 16 << 11);
-    let (_, ns) = admin.identify(0x00, 2).unwrap();
-    assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 4 << 11);
+    assert_eq!(admin.namespace_size(1).unwrap(), 16 << 11);
+    assert_eq!(admin.namespace_size(2).unwrap(), 4 << 11);
 
     let mut q1 = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
     let mut q2 = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 2);

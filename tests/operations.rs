@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::block_io::{BlockSession, CommandReply};
-use common::nvme_host::{admin_queue, NvmeQueue, HOST_NQN};
+use common::nvme_host::{admin_queue, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use nix::sys::signal::Signal;
 
@@ -158,22 +158,6 @@ fn a_state_dir_belongs_to_one_process() {
 
 const MIB: u64 = 1 << 20;
 
-/// READ CAPACITY(16): the last LBA.
-fn last_lba(s: &mut BlockSession) -> u64 {
-    let reply = good(
-        s.command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], 32)
-            .expect("READ CAPACITY(16)"),
-    );
-    u64::from_be_bytes(reply[..8].try_into().unwrap())
-}
-
-/// NSZE of namespace 1 (Identify Namespace), in blocks.
-fn namespace_size(admin: &mut NvmeQueue) -> u64 {
-    let (cqe, ns) = admin.identify(0x00, 1).expect("Identify Namespace");
-    assert!(cqe.ok(), "Identify Namespace: {cqe:?}");
-    u64::from_le_bytes(ns[0..8].try_into().unwrap())
-}
-
 #[test]
 fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     let nvme_port = free_port();
@@ -182,8 +166,14 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     let mut server = Server::start_with_portals(&[TargetSpec::new(TEST_IQN, vec![lun])], &portals);
     let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
     let (mut admin, _) = admin_queue(nvme_port, &format!("nqn.{}", &TEST_IQN[4..]), HOST_NQN, 1);
-    assert_eq!(last_lba(&mut s), 8 * MIB / BLOCK as u64 - 1);
-    assert_eq!(namespace_size(&mut admin), 8 * MIB / BLOCK as u64);
+    assert_eq!(
+        s.last_lba().expect("READ CAPACITY(16)"),
+        8 * MIB / BLOCK as u64 - 1
+    );
+    assert_eq!(
+        admin.namespace_size(1).expect("Identify Namespace"),
+        8 * MIB / BLOCK as u64
+    );
 
     let config = std::fs::read_to_string(server.config_path()).unwrap();
     assert!(config.contains("size: 8M"), "{config}");
@@ -206,8 +196,14 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     assert_eq!(attention.status, CHECK_CONDITION, "no unit attention");
     let sense = &attention.sense;
     assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x6, 0x2A, 0x09));
-    assert_eq!(last_lba(&mut s), 16 * MIB / BLOCK as u64 - 1);
-    assert_eq!(namespace_size(&mut admin), 16 * MIB / BLOCK as u64);
+    assert_eq!(
+        s.last_lba().expect("READ CAPACITY(16)"),
+        16 * MIB / BLOCK as u64 - 1
+    );
+    assert_eq!(
+        admin.namespace_size(1).expect("Identify Namespace"),
+        16 * MIB / BLOCK as u64
+    );
     let tail = vec![0xA5u8; 64 * 1024];
     let lba = (16 * MIB - tail.len() as u64) / BLOCK as u64;
     s.write(lba, &tail, BLOCK).expect("WRITE past the old end");
@@ -221,7 +217,10 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
         "{}",
         server.log()
     );
-    assert_eq!(last_lba(&mut s), 16 * MIB / BLOCK as u64 - 1);
+    assert_eq!(
+        s.last_lba().expect("READ CAPACITY(16)"),
+        16 * MIB / BLOCK as u64 - 1
+    );
     drop((s, admin));
     server.stop();
 }

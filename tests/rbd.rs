@@ -15,7 +15,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use common::block_io::BlockSession;
-use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Sqe, HOST_NQN};
+use common::nvme_host::{admin_queue, io_queue, Sqe, HOST_NQN};
 use common::{free_port, run, Backing, ConformanceRun, LunSpec, Server, TargetSpec, TempDir};
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:rbd";
@@ -351,15 +351,6 @@ fn two_gateways_on_one_image() {
     b.stop();
 }
 
-/// The last LBA READ CAPACITY(16) reports.
-fn last_lba(session: &mut BlockSession) -> u64 {
-    let reply = session
-        .command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32], 32)
-        .expect("READ CAPACITY(16)");
-    assert_eq!(reply.status, 0, "READ CAPACITY(16): {reply:02x?}");
-    u64::from_be_bytes(reply.data[..8].try_into().unwrap())
-}
-
 #[test]
 fn resizing_the_image_changes_capacity_with_a_unit_attention() {
     let Some((conf, _cluster)) = cluster_conf() else {
@@ -372,8 +363,14 @@ fn resizing_the_image_changes_capacity_with_a_unit_attention() {
     )]);
     let mut first = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
     let mut second = BlockSession::login_as(server.port(), TEST_IQN, 0, 8).expect("login");
-    assert_eq!(last_lba(&mut first), 16 * MIB as u64 / 512 - 1);
-    assert_eq!(last_lba(&mut second), 16 * MIB as u64 / 512 - 1);
+    assert_eq!(
+        first.last_lba().expect("READ CAPACITY(16)"),
+        16 * MIB as u64 / 512 - 1
+    );
+    assert_eq!(
+        second.last_lba().expect("READ CAPACITY(16)"),
+        16 * MIB as u64 / 512 - 1
+    );
 
     // Another client grows the image.
     rbd_resize(&conf, &image, "32M");
@@ -396,14 +393,20 @@ fn resizing_the_image_changes_capacity_with_a_unit_attention() {
         0,
         "reported once"
     );
-    assert_eq!(last_lba(&mut first), 32 * MIB as u64 / 512 - 1);
+    assert_eq!(
+        first.last_lba().expect("READ CAPACITY(16)"),
+        32 * MIB as u64 / 512 - 1
+    );
     // The other session gets it through REQUEST SENSE, as GOOD status with the sense data.
     let sensed = second
         .command(&[0x03, 0, 0, 0, 18, 0], 18)
         .expect("REQUEST SENSE");
     assert_eq!(sensed.status, 0);
     assert_eq!(key_asc_ascq(&sensed.data), (0x6, 0x2A, 0x09));
-    assert_eq!(last_lba(&mut second), 32 * MIB as u64 / 512 - 1);
+    assert_eq!(
+        second.last_lba().expect("READ CAPACITY(16)"),
+        32 * MIB as u64 / 512 - 1
+    );
 
     // The new blocks are usable up to the new end.
     let tail = pattern(MIB);
@@ -430,13 +433,6 @@ fn rbd_resize(conf: &std::path::Path, image: &str, size: &str) {
     assert!(out.status.success(), "rbd resize failed");
 }
 
-/// NSZE of namespace 1 (Identify Namespace), in blocks.
-fn namespace_size(admin: &mut NvmeQueue) -> u64 {
-    let (cqe, ns) = admin.identify(0x00, 1).expect("Identify Namespace");
-    assert!(cqe.ok(), "Identify Namespace: {cqe:?}");
-    u64::from_le_bytes(ns[0..8].try_into().unwrap())
-}
-
 /// The same resize seen by an NVMe/TCP host: the controller completes its held Asynchronous
 /// Event Request with a Namespace Attribute Changed notice, the Changed Namespace List (04h)
 /// names NSID 1 and Identify Namespace shows the new size, as Linux's host reads them
@@ -457,7 +453,10 @@ fn resizing_the_image_reaches_an_nvme_host_as_a_namespace_attribute_notice() {
         &portals,
     );
     let (mut admin, cntlid) = admin_queue(nvme_port, TEST_NQN, HOST_NQN, 1);
-    assert_eq!(namespace_size(&mut admin), 16 * MIB as u64 / 512);
+    assert_eq!(
+        admin.namespace_size(1).expect("Identify Namespace"),
+        16 * MIB as u64 / 512
+    );
     assert!(admin.enable_notices(1 << 8).expect("Set Features").ok());
     let aer = admin.post_async_event_request().expect("AER");
 
@@ -501,7 +500,10 @@ fn resizing_the_image_reaches_an_nvme_host_as_a_namespace_attribute_notice() {
     assert!(cqe.ok(), "{cqe:?}");
     let nsid = |at: usize| u32::from_le_bytes(changed[at..at + 4].try_into().unwrap());
     assert_eq!((nsid(0), nsid(4)), (1, 0), "NSID 1 alone");
-    assert_eq!(namespace_size(&mut admin), 32 * MIB as u64 / 512);
+    assert_eq!(
+        admin.namespace_size(1).expect("Identify Namespace"),
+        32 * MIB as u64 / 512
+    );
 
     // The new blocks are usable up to the new end.
     let mut io = io_queue(nvme_port, TEST_NQN, HOST_NQN, cntlid, 1);

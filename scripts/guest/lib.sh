@@ -214,6 +214,9 @@ session_disk() {
     done
 }
 
+# disk_size_is DEV BYTES: the block device DEV has BYTES now (for sr_wait: measured on each try).
+disk_size_is() { [[ "$(blockdev --getsize64 "$1")" == "$2" ]]; }
+
 # session_logged_in IQN: the kernel initiator's session to IQN is up again.
 session_logged_in() {
     local s

@@ -28,7 +28,7 @@ WORK=/run/iser-target-test
 disk_of_size() {
     local d
     for d in $(session_disk "$1"); do
-        if [[ "$(blockdev --getsize64 "$d")" == "$2" ]]; then echo "$d"; fi
+        if disk_size_is "$d" "$2"; then echo "$d"; fi
     done
 }
 
@@ -236,7 +236,7 @@ grown_file_lun() {
     sr_wait 10 grep -q "grew to 201326592 bytes" "${SOFTROCE_RESULTS:-/tmp}/target2.log" || return 1
     dd if="$file_disk" of=/dev/null bs=4k count=1 iflag=direct status=none || true
     iscsiadm -m session -R >/dev/null || return 1
-    sr_wait 30 test "$(blockdev --getsize64 "$file_disk")" = 201326592 || return 1
+    sr_wait 30 disk_size_is "$file_disk" 201326592 || return 1
     head -c 4M /dev/urandom >"$WORK/tail"
     dd if="$WORK/tail" of="$file_disk" bs=1M seek=188 oflag=direct conv=fsync status=none &&
         cmp -s "$WORK/tail" <(dd if="$file_disk" bs=1M skip=188 count=4 iflag=direct status=none)

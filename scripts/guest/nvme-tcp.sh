@@ -231,7 +231,7 @@ grow_ours() {
 grown_while_connected() {
     local written=0
     connect_and_find && "grow_$T" || return 1
-    if ! sr_wait 30 test "$(blockdev --getsize64 "$DEV")" = $((GROWN_MIB << 20)); then
+    if ! sr_wait 30 disk_size_is "$DEV" $((GROWN_MIB << 20)); then
         sr_log "$T: the host still sees $(blockdev --getsize64 "$DEV") bytes"
         nvme_disconnect "$N"
         return 1

@@ -194,6 +194,17 @@ impl BlockSession {
         }
     }
 
+    /// READ CAPACITY(16): the last LBA.
+    pub fn last_lba(&mut self) -> io::Result<u64> {
+        let reply = self.command(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32], 32)?;
+        check_status(reply.status, &reply.sense)?;
+        let last = reply
+            .data
+            .get(..8)
+            .ok_or_else(|| io::Error::other("short READ CAPACITY"))?;
+        Ok(u64::from_be_bytes(last.try_into().unwrap()))
+    }
+
     /// Sends a READ(16) (0x88) or WRITE(16) (0x8A) command; returns its ITT.
     fn send_command(
         &mut self,

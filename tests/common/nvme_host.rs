@@ -463,6 +463,15 @@ impl NvmeQueue {
         self.command(Sqe::new(0x06, nsid).cdw(10, u32::from(cns)), &[], 4096)
     }
 
+    /// NSZE of namespace `nsid` (Identify Namespace), in blocks.
+    pub fn namespace_size(&mut self, nsid: u32) -> io::Result<u64> {
+        let (cqe, ns) = self.identify(0x00, nsid)?;
+        if !cqe.ok() {
+            return Err(io::Error::other(format!("Identify Namespace: {cqe:?}")));
+        }
+        Ok(u64::from_le_bytes(ns[0..8].try_into().unwrap()))
+    }
+
     /// Get Log Page `lid`, `len` bytes (a multiple of 4).
     pub fn get_log_page(&mut self, lid: u8, len: usize) -> io::Result<(Cqe, Vec<u8>)> {
         let numd = (len / 4 - 1) as u32;
