@@ -245,6 +245,14 @@ pub struct Limits {
     /// before it sleeps (0..=1000; default 0: it sleeps at once). Trades a core's time for
     /// latency.
     pub busy_poll_us: u32,
+    /// NVMe/TCP: entries of the largest I/O queue a host may create (CAP.MQES + 1 and MAXCMD;
+    /// 16..=1024, default 128, Linux's default queue size).
+    pub nvme_queue_size: u16,
+    /// NVMe/TCP: I/O queues a controller may have (1..=128, default 64).
+    pub nvme_io_queues: u16,
+    /// NVMe/TCP: largest in-capsule data of an I/O command, in bytes (IOCCSZ; 4096..=131072,
+    /// a multiple of 16, default 8192).
+    pub nvme_in_capsule_data: u32,
 }
 
 impl Default for Limits {
@@ -267,6 +275,9 @@ impl Default for Limits {
             max_io_size: 524_288,
             io_threads: default_io_threads(),
             busy_poll_us: 0,
+            nvme_queue_size: 128,
+            nvme_io_queues: 64,
+            nvme_in_capsule_data: 8192,
         }
     }
 }

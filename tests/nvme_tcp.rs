@@ -255,6 +255,58 @@ fn allowed_hosts_refuses_other_hosts() {
     server.assert_alive();
 }
 
+/// `limits.nvme_queue_size` and `nvme_io_queues`: CAP.MQES and MAXCMD say the queue size, a
+/// Connect within it is accepted and one beyond it refused, Number of Queues grants no more
+/// than the limit and a Connect for a higher queue ID is refused.
+#[test]
+fn queue_limits_follow_the_configuration() {
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let limits = "nvme_queue_size: 512, nvme_io_queues: 2, nvme_in_capsule_data: 16384";
+    let server = Server::start_full(&[target()], limits, "", &portals);
+    let (mut admin, cqe) =
+        NvmeQueue::connect(nvme_port, &Options::admin(SUBSYSTEM, HOST_NQN)).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    let cntlid = cqe.result as u16;
+    assert_eq!(admin.capabilities().unwrap() & 0xFFFF, 511, "CAP.MQES");
+    admin.enable().unwrap();
+    let (cqe, ctrl) = admin.identify(0x01, 0).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(u16::from_le_bytes([ctrl[514], ctrl[515]]), 512, "MAXCMD");
+    assert_eq!(
+        u32::from_le_bytes(ctrl[1792..1796].try_into().unwrap()),
+        (64 + 16384) / 16,
+        "IOCCSZ"
+    );
+    let granted = admin.set_io_queues(8).unwrap();
+    assert!(granted.ok(), "{granted:?}");
+    assert_eq!(
+        granted.result & 0xFFFF,
+        1,
+        "two I/O submission queues (0's based)"
+    );
+    let io = |qid: u16, sqsize: u16| {
+        let options = Options {
+            subsystem: SUBSYSTEM,
+            host_nqn: HOST_NQN,
+            qid,
+            cntlid,
+            sqsize,
+            kato_ms: 0,
+        };
+        NvmeQueue::connect(nvme_port, &options).unwrap().1
+    };
+    assert!(io(1, 511).ok(), "512 entries");
+    assert_eq!(
+        io(2, 512).status,
+        (1, 0x82),
+        "513 entries: Connect Invalid Parameters"
+    );
+    assert_eq!(io(3, 31).status, (1, 0x82), "queue 3 of 2");
+    drop(admin);
+    server.stop();
+}
+
 #[test]
 fn closing_the_admin_queue_ends_the_controller_and_its_io_queues() {
     let (mut server, port) = serve(target());

@@ -26,6 +26,9 @@ pub(super) struct RawLimits {
     max_io_size: Option<u64>,
     io_threads: Option<u64>,
     busy_poll_us: Option<u64>,
+    nvme_queue_size: Option<u64>,
+    nvme_io_queues: Option<u64>,
+    nvme_in_capsule_data: Option<u64>,
 }
 
 impl RawLimits {
@@ -133,6 +136,27 @@ impl RawLimits {
                 0,
                 1000,
             )?,
+            nvme_queue_size: ranged(
+                &f("nvme_queue_size"),
+                self.nvme_queue_size,
+                d.nvme_queue_size,
+                16,
+                1024,
+            )?,
+            nvme_io_queues: ranged(
+                &f("nvme_io_queues"),
+                self.nvme_io_queues,
+                d.nvme_io_queues,
+                1,
+                128,
+            )?,
+            nvme_in_capsule_data: ranged(
+                &f("nvme_in_capsule_data"),
+                self.nvme_in_capsule_data,
+                d.nvme_in_capsule_data,
+                4096,
+                131_072,
+            )?,
         };
         if l.first_burst_length > l.max_burst_length {
             return err(
@@ -140,6 +164,15 @@ impl RawLimits {
                 format!(
                     "{} is larger than max_burst_length {}; FirstBurstLength must not exceed MaxBurstLength (RFC 7143)",
                     l.first_burst_length, l.max_burst_length
+                ),
+            );
+        }
+        if l.nvme_in_capsule_data % 16 != 0 {
+            return err(
+                &f("nvme_in_capsule_data"),
+                format!(
+                    "{} is not a multiple of 16 (IOCCSZ counts 16-byte units)",
+                    l.nvme_in_capsule_data
                 ),
             );
         }

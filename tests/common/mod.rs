@@ -324,7 +324,9 @@ impl Server {
         Server::start_full(targets, limits, top_level_yaml, "")
     }
 
-    fn start_full(
+    /// Serves `targets` with everything the other constructors set: extra `limits` entries,
+    /// `top_level_yaml` and extra `portals` (see [`Server::start_with_portals`]).
+    pub fn start_full(
         targets: &[TargetSpec],
         limits: &str,
         top_level_yaml: &str,

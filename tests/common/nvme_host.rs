@@ -434,6 +434,13 @@ impl NvmeQueue {
         Ok(cqe.result)
     }
 
+    /// CAP, the 8-byte Controller Capabilities property (Property Get with ATTRIB 1).
+    pub fn capabilities(&mut self) -> io::Result<u64> {
+        let (cqe, _) = self.command(Sqe::fabrics(0x04).cdw(10, 1).cdw(11, 0), &[], 0)?;
+        assert!(cqe.ok(), "Property Get CAP: {cqe:?}");
+        Ok(cqe.result)
+    }
+
     /// Enables the controller (CC.EN with 64-byte SQEs and 16-byte CQEs) and waits for
     /// CSTS.RDY, as Linux's host does.
     pub fn enable(&mut self) -> io::Result<()> {

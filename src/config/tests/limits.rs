@@ -19,6 +19,9 @@ fn limits_ranges() {
         ("discovery_idle_timeout_secs", 1, 3600),
         ("max_io_size", 4096, 16 << 20),
         ("busy_poll_us", 0, 1000),
+        ("nvme_queue_size", 16, 1024),
+        ("nvme_io_queues", 1, 128),
+        ("nvme_in_capsule_data", 4096, 131_072),
     ];
     for &(key, min, max) in cases {
         ok(&with_limits(&format!(
@@ -48,6 +51,17 @@ fn limits_ranges() {
         &with_limits("first_burst_length: 16777216"),
         "limits.first_burst_length",
         "512..=16777215",
+    );
+}
+
+#[test]
+fn nvme_in_capsule_data_counts_16_byte_units() {
+    let l = ok(&with_limits("nvme_in_capsule_data: 16400")).limits;
+    assert_eq!(l.nvme_in_capsule_data, 16400);
+    fails(
+        &with_limits("nvme_in_capsule_data: 8200"),
+        "limits.nvme_in_capsule_data",
+        "multiple of 16",
     );
 }
 

@@ -175,6 +175,9 @@ impl NvmeState {
             // One R2T and one H2CData PDU for a whole write (Linux's nvmet announces 4 MiB):
             // the PDU's buffer is then the command's, with no gathering copy.
             max_h2c_data: defaults.max_transfer,
+            max_queue_size: config.limits.nvme_queue_size,
+            max_io_queues: config.limits.nvme_io_queues,
+            in_capsule_data: config.limits.nvme_in_capsule_data,
             ..defaults
         };
         let discovery_config = NvmeConfig {
