@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::block_io::{BlockSession, CommandReply};
-use common::nvme_host::{admin_queue, HOST_NQN};
+use common::nvme_host::{admin_queue, NvmeQueue, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use nix::sys::signal::Signal;
 
@@ -166,24 +166,23 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     let mut server = Server::start_with_portals(&[TargetSpec::new(TEST_IQN, vec![lun])], &portals);
     let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
     let (mut admin, _) = admin_queue(nvme_port, &format!("nqn.{}", &TEST_IQN[4..]), HOST_NQN, 1);
-    assert_eq!(
-        s.last_lba().expect("READ CAPACITY(16)"),
-        8 * MIB / BLOCK as u64 - 1
-    );
-    assert_eq!(
-        admin.namespace_size(1).expect("Identify Namespace"),
-        8 * MIB / BLOCK as u64
-    );
+    // The size both fabrics report, in bytes.
+    let sizes = |s: &mut BlockSession, admin: &mut NvmeQueue| {
+        let scsi = (s.last_lba().expect("READ CAPACITY(16)") + 1) * BLOCK as u64;
+        let nvme = admin.namespace_size(1).expect("Identify Namespace") * BLOCK as u64;
+        (scsi, nvme)
+    };
+    assert_eq!(sizes(&mut s, &mut admin), (8 * MIB, 8 * MIB));
 
     let config = std::fs::read_to_string(server.config_path()).unwrap();
     assert!(config.contains("size: 8M"), "{config}");
+    let logged = |server: &Server, text: &str| {
+        let log = server.log();
+        assert!(log.contains(text), "no {text:?} in the log:\n{log}");
+    };
     let said = server.reload(&config.replace("size: 8M", "size: 16M"));
     assert!(said.contains("file LUN sizes"), "{said}");
-    assert!(
-        server.log().contains("LUN 0: grew to 16777216 bytes"),
-        "{}",
-        server.log()
-    );
+    logged(&server, "LUN 0: grew to 16777216 bytes");
     assert_eq!(
         std::fs::metadata(server.dir().join("grow.img"))
             .unwrap()
@@ -196,14 +195,7 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     assert_eq!(attention.status, CHECK_CONDITION, "no unit attention");
     let sense = &attention.sense;
     assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x6, 0x2A, 0x09));
-    assert_eq!(
-        s.last_lba().expect("READ CAPACITY(16)"),
-        16 * MIB / BLOCK as u64 - 1
-    );
-    assert_eq!(
-        admin.namespace_size(1).expect("Identify Namespace"),
-        16 * MIB / BLOCK as u64
-    );
+    assert_eq!(sizes(&mut s, &mut admin), (16 * MIB, 16 * MIB));
     let tail = vec![0xA5u8; 64 * 1024];
     let lba = (16 * MIB - tail.len() as u64) / BLOCK as u64;
     s.write(lba, &tail, BLOCK).expect("WRITE past the old end");
@@ -212,15 +204,8 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     // Shrinking would drop blocks in use: refused, the LUN keeps its size.
     let said = server.reload(&config.replace("size: 8M", "size: 4M"));
     assert!(said.contains("could not take its size"), "{said}");
-    assert!(
-        server.log().contains("only grows while it is served"),
-        "{}",
-        server.log()
-    );
-    assert_eq!(
-        s.last_lba().expect("READ CAPACITY(16)"),
-        16 * MIB / BLOCK as u64 - 1
-    );
+    logged(&server, "only grows while it is served");
+    assert_eq!(sizes(&mut s, &mut admin), (16 * MIB, 16 * MIB));
     drop((s, admin));
     server.stop();
 }

@@ -594,22 +594,17 @@ mod tests {
         let shrink = b.grow(Some(1 << 20)).unwrap_err();
         assert!(shrink.to_string().contains("only grows"), "{shrink}");
         assert_eq!(b.size(), 2 << 20);
-        // Without a configured size the file is measured again, as `truncate -s` left it.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(3 << 20)
-            .unwrap();
+        // `truncate -s`, from outside.
+        let extend = |len: u64| {
+            let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            file.set_len(len).unwrap();
+        };
+        // Without a configured size the file is measured again.
+        extend(3 << 20);
         assert_eq!(b.grow(None).unwrap(), Some(3 << 20));
         // A device is measured again whatever the configuration says.
         let d = FileBackend::open_device(&p, false).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
+        extend(4 << 20);
         assert_eq!(d.grow(Some(1)).unwrap(), Some(4 << 20));
         std::fs::remove_file(&p).unwrap();
     }
