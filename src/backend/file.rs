@@ -247,6 +247,25 @@ pub struct FileBackend {
     device: bool,
 }
 
+/// The bytes a backend over `file` exposes, at opening and again when it grows: a device's
+/// size (found by seeking to its end); a file's `size`, extended sparsely first when the file
+/// is shorter (a longer file keeps its length); without `size`, the file's length.
+fn exposed_bytes(file: &File, device: bool, size: Option<u64>) -> io::Result<u64> {
+    if device {
+        return (&*file).seek(SeekFrom::End(0));
+    }
+    let length = file.metadata()?.len();
+    match size {
+        Some(wanted) => {
+            if length < wanted {
+                file.set_len(wanted)?;
+            }
+            Ok(wanted)
+        }
+        None => Ok(length),
+    }
+}
+
 impl FileBackend {
     /// Opens (or with `create`, creates) a backing file.
     ///
@@ -261,17 +280,7 @@ impl FileBackend {
         sync_writes: bool,
     ) -> Result<Self, BackendError> {
         let files = BackendFiles::open(path, create, sync_writes)?;
-        let file = &files.buffered;
-        let current = file.metadata()?.len();
-        let size = match size {
-            Some(s) => {
-                if current < s {
-                    file.set_len(s)?;
-                }
-                s
-            }
-            None => current,
-        };
+        let size = exposed_bytes(&files.buffered, false, size)?;
         FileBackend::sized(files, size, false, path)
     }
 
@@ -279,7 +288,7 @@ impl FileBackend {
     /// If O_DIRECT cannot be opened (some drivers refuse it) only the buffered path is used.
     pub fn open_device(path: &Path, sync_writes: bool) -> Result<Self, BackendError> {
         let files = BackendFiles::open(path, false, sync_writes)?;
-        let size = (&*files.buffered).seek(SeekFrom::End(0))?;
+        let size = exposed_bytes(&files.buffered, true, None)?;
         FileBackend::sized(files, size, true, path)
     }
 
@@ -380,20 +389,7 @@ impl Backend for FileBackend {
     /// `size` when that is given, else measured again (grown with `truncate` from outside).
     /// Growth and I/O may run at once: the file is extended before the new size is exposed.
     fn grow(&self, size: Option<u64>) -> Result<Option<u64>, BackendError> {
-        let file = &self.files.buffered;
-        let now = if self.device {
-            (&**file).seek(SeekFrom::End(0))?
-        } else {
-            match size {
-                Some(wanted) => {
-                    if file.metadata()?.len() < wanted {
-                        file.set_len(wanted)?;
-                    }
-                    wanted
-                }
-                None => file.metadata()?.len(),
-            }
-        };
+        let now = exposed_bytes(&self.files.buffered, self.device, size)?;
         let before = self.size();
         if now < before {
             let what = if self.device {
