@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::block_io::{BlockSession, CommandReply};
+use common::block_io::{good, BlockSession, CommandReply};
 use common::nvme_host::{admin_queue, io_queue, HOST_NQN};
 use common::{free_port, run_ok, LunSpec, Server, TargetSpec, TempDir};
 
@@ -31,11 +31,6 @@ fn gateway(file: &std::path::Path, group: u16, state: Option<&str>) -> Server {
 
 fn session(server: &Server) -> BlockSession {
     BlockSession::login(server.port(), TEST_IQN, 0).expect("login")
-}
-
-fn good(reply: CommandReply) -> Vec<u8> {
-    assert_eq!(reply.status, 0, "sense {:02x?}", reply.sense);
-    reply.data
 }
 
 /// INQUIRY VPD page `page`.

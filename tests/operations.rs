@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::block_io::{BlockSession, CommandReply};
+use common::block_io::{good, BlockSession, CommandReply};
 use common::nvme_host::{admin_queue, NvmeQueue, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use nix::sys::signal::Signal;
@@ -41,11 +41,6 @@ fn prout(
     list.extend_from_slice(&sa_key.to_be_bytes());
     list.extend_from_slice(&[0, 0, 0, 0, u8::from(aptpl), 0, 0, 0]);
     s.command_out(&cdb, &list).expect("PERSISTENT RESERVE OUT")
-}
-
-fn good(reply: CommandReply) -> Vec<u8> {
-    assert_eq!(reply.status, 0, "sense {:02x?}", reply.sense);
-    reply.data
 }
 
 /// PERSISTENT RESERVE IN with `action` (0 READ KEYS, 1 READ RESERVATION, 2 REPORT CAPABILITIES).

@@ -28,6 +28,13 @@ pub struct CommandReply {
     pub sense: Vec<u8>,
 }
 
+/// The Data-In of a command that must have ended GOOD (else a panic showing its sense data).
+#[track_caller]
+pub fn good(reply: CommandReply) -> Vec<u8> {
+    assert_eq!(reply.status, 0, "sense {:02x?}", reply.sense);
+    reply.data
+}
+
 /// A logged-in normal session on LUN `lun` of a target.
 pub struct BlockSession {
     stream: TcpStream,
