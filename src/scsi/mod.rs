@@ -14,6 +14,7 @@
 mod alua;
 mod block;
 mod cdb;
+mod counters;
 mod inquiry;
 mod mode;
 mod opcodes;
@@ -27,7 +28,8 @@ pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
-pub use pr::{RecordError, ReservationStore, Reservations};
+pub use counters::IoTotals;
+pub use pr::{RecordError, ReservationStore, ReservationSummary, Reservations};
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
 pub use xcopy::{CopyJob, CopyList};
 
@@ -332,6 +334,8 @@ pub struct LogicalUnit {
     /// Copy statuses held for RECEIVE COPY RESULTS (this LU as copy manager); shared with the
     /// EXTENDED COPY jobs that record them.
     copies: Arc<Mutex<xcopy::HeldCopies>>,
+    /// Commands, reads and writes asked of this LU ([`LogicalUnit::io_totals`]).
+    counters: counters::IoCounters,
 }
 
 impl LogicalUnit {
@@ -360,6 +364,7 @@ impl LogicalUnit {
             unit_attentions: Mutex::new(ua::UnitAttentions::default()),
             alua_state,
             copies: Arc::default(),
+            counters: counters::IoCounters::default(),
         }
     }
 
@@ -403,6 +408,11 @@ impl LogicalUnit {
             sense::ASYMMETRIC_ACCESS_STATE_CHANGED,
         ));
         true
+    }
+
+    /// Who is registered and who holds the persistent reservation, for an operator.
+    pub fn reservation_summary(&self) -> ReservationSummary {
+        self.reservations().summary()
     }
 
     /// The backing storage.
@@ -526,10 +536,18 @@ impl LogicalUnit {
     /// REPORT LUNS is a target-level command: see [`ScsiTarget::execute`].
     pub fn plan<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
         let cdb = Cdb::new(req.cdb);
-        match self.plan_inner(cdb, req) {
+        let plan = match self.plan_inner(cdb, req) {
             Ok(p) => p,
             Err(s) => s.into(),
-        }
+        };
+        self.counters.count(&plan);
+        plan
+    }
+
+    /// What this LU has been asked to do since it was opened: commands, and the reads and
+    /// writes among them that went to the backend, with their bytes.
+    pub fn io_totals(&self) -> IoTotals {
+        self.counters.totals()
     }
 
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {

@@ -88,6 +88,33 @@ struct Reservation {
     rtype: u8,
 }
 
+/// A LU's persistent reservations as an operator reads them ([`PrState::summary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationSummary {
+    /// Registered I_T nexuses.
+    pub registrations: usize,
+    /// The persistent reservation's type (SPC-4 Table 193) and, unless every registrant holds
+    /// it, its holder's initiator port name.
+    pub reservation: Option<(&'static str, Option<String>)>,
+    /// Whether the state is saved through a restart (APTPL set by the last REGISTER).
+    pub persists: bool,
+    /// The initiator port holding an SPC-2 RESERVE(6), if any.
+    pub spc2_holder: Option<String>,
+}
+
+/// The name of a reservation type, as sg_persist prints it.
+fn type_name(rtype: u8) -> &'static str {
+    match rtype {
+        ty::WRITE_EXCLUSIVE => "write exclusive",
+        ty::EXCLUSIVE_ACCESS => "exclusive access",
+        ty::WE_REGISTRANTS_ONLY => "write exclusive, registrants only",
+        ty::EA_REGISTRANTS_ONLY => "exclusive access, registrants only",
+        ty::WE_ALL_REGISTRANTS => "write exclusive, all registrants",
+        ty::EA_ALL_REGISTRANTS => "exclusive access, all registrants",
+        _ => "unknown",
+    }
+}
+
 /// Reservation state of one logical unit.
 #[derive(Debug, Default)]
 pub(super) struct PrState {
@@ -190,6 +217,19 @@ fn outcome(r: Result<(), PrError>) -> ScsiOutcome {
 const PROUT_LIST_LEN: usize = 24;
 
 impl PrState {
+    /// The state for an operator's eyes (`iser-target status`).
+    pub(super) fn summary(&self) -> ReservationSummary {
+        ReservationSummary {
+            registrations: self.regs.len(),
+            reservation: self.reservation.as_ref().map(|r| {
+                let holder = (!all_registrants(r.rtype)).then(|| r.holder.initiator_port());
+                (type_name(r.rtype), holder)
+            }),
+            persists: self.aptpl,
+            spc2_holder: self.spc2.as_ref().map(Nexus::initiator_port),
+        }
+    }
+
     fn key_of(&self, nexus: &Nexus) -> Option<u64> {
         self.regs.iter().find(|r| &r.nexus == nexus).map(|r| r.key)
     }

@@ -460,3 +460,28 @@ fn clear_and_release_tell_the_registrants() {
 }
 
 mod persistence;
+
+#[test]
+fn the_summary_names_registrations_the_holder_and_the_type() {
+    let lu = ram_lu(8, 512);
+    let (a, b) = (nexus("iqn.a", 1), nexus("iqn.b", 2));
+    let empty = lu.reservation_summary();
+    assert_eq!((empty.registrations, empty.reservation), (0, None));
+    prout(&lu, &a, sa::REGISTER, 0, 0, 0xA);
+    prout(&lu, &b, sa::REGISTER, 0, 0, 0xB);
+    prout(&lu, &a, sa::RESERVE, ty::WRITE_EXCLUSIVE, 0xA, 0);
+    let held = lu.reservation_summary();
+    assert_eq!(held.registrations, 2);
+    assert_eq!(
+        held.reservation,
+        Some(("write exclusive", Some("iqn.a,i,0x800000000001".into())))
+    );
+    assert!(!held.persists, "no APTPL without a store");
+    prout(&lu, &a, sa::RELEASE, ty::WRITE_EXCLUSIVE, 0xA, 0);
+    prout(&lu, &a, sa::RESERVE, ty::WE_ALL_REGISTRANTS, 0xA, 0);
+    // Every registrant holds an all-registrants reservation: no one holder is named.
+    assert_eq!(
+        lu.reservation_summary().reservation,
+        Some(("write exclusive, all registrants", None))
+    );
+}

@@ -172,3 +172,37 @@ fn a_timed_out_backend_operation_is_answered_busy_other_errors_check_condition()
         UNRECOVERED_READ_ERROR,
     );
 }
+
+#[test]
+fn every_command_is_counted_with_the_reads_and_writes_and_their_bytes() {
+    let lu = ram_lu(64, 512);
+    assert_good(&exec(&lu, &write16(0, 2, false), &[7; 1024]));
+    assert_good(&exec(&lu, &read16(0, 3), &[]));
+    assert_good(&exec(&lu, &[0; 6], &[])); // TEST UNIT READY
+                                           // Past the end: counted as a command, not as a read.
+    assert_check(&exec(&lu, &read16(64, 1), &[]), 0x05, (0x21, 0x00));
+    let totals = lu.io_totals();
+    assert_eq!(
+        totals,
+        IoTotals {
+            commands: 4,
+            reads: 1,
+            read_bytes: 1536,
+            writes: 1,
+            write_bytes: 1024,
+        }
+    );
+    // Threads add to shards of their own; the reading sums them all.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    assert_good(&exec(&lu, &read16(1, 1), &[]));
+                }
+            });
+        }
+    });
+    let after = lu.io_totals();
+    assert_eq!((after.commands, after.reads), (404, 401));
+    assert_eq!(after.read_bytes, 1536 + 400 * 512);
+}

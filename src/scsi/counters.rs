@@ -1,0 +1,114 @@
+//! What each logical unit has been asked to do since the target started: commands, and the
+//! reads and writes among them with their bytes. `iser-target status` reports them (LIO keeps
+//! the like in configfs, `statistics/scsi_lu`).
+//!
+//! Commands of one LU arrive on every engine thread, so one shared set of atomics would bounce
+//! its cache line between cores on each command. Each thread instead adds to a shard of its
+//! own (threads are spread over [`SHARDS`] cache-line-aligned shards as they first count), and
+//! a reader sums the shards. A reading is therefore not one instant's: each counter is exact
+//! for the commands it has seen, and a command counted in one field may not yet show in
+//! another.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::{BlockRequest, Plan};
+
+/// Shards per LU: enough that the engine threads of a usual host rarely share one.
+const SHARDS: usize = 16;
+
+/// One thread's share, alone on its cache line (128 bytes: adjacent-line prefetch pairs 64).
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    commands: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+}
+
+/// The shard each thread adds to, handed out round robin as threads first count.
+fn shard_of_this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A LU's counters.
+pub(super) struct IoCounters {
+    shards: [Shard; SHARDS],
+}
+
+impl Default for IoCounters {
+    fn default() -> Self {
+        IoCounters {
+            shards: std::array::from_fn(|_| Shard::default()),
+        }
+    }
+}
+
+/// A reading of a LU's counters (see [`super::LogicalUnit::io_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoTotals {
+    /// Every command addressed to the LU, whatever its outcome.
+    pub commands: u64,
+    /// READ commands (and NVMe Reads) that passed their checks and went to the backend.
+    pub reads: u64,
+    /// The bytes those READs asked for.
+    pub read_bytes: u64,
+    /// Commands that carry data to write: WRITE, WRITE AND VERIFY, ORWRITE, WRITE ATOMIC,
+    /// COMPARE AND WRITE (and NVMe Writes), once past their checks.
+    pub writes: u64,
+    /// The bytes those commands write.
+    pub write_bytes: u64,
+}
+
+impl IoCounters {
+    /// Counts one command and what its plan reads or writes.
+    pub(super) fn count(&self, plan: &Plan<'_>) {
+        let shard = &self.shards[shard_of_this_thread()];
+        bump(&shard.commands, 1);
+        let Plan::Io { request, .. } = plan else {
+            return;
+        };
+        match request {
+            BlockRequest::Read { len, .. } => {
+                bump(&shard.reads, 1);
+                bump(&shard.read_bytes, *len as u64);
+            }
+            BlockRequest::Write { data, .. }
+            | BlockRequest::OrWrite { data, .. }
+            | BlockRequest::AtomicWrite { data, .. }
+            | BlockRequest::CompareAndWrite { write: data, .. } => {
+                bump(&shard.writes, 1);
+                bump(&shard.write_bytes, data.len() as u64);
+            }
+            _ => {}
+        }
+    }
+
+    /// The sums over every shard.
+    pub(super) fn totals(&self) -> IoTotals {
+        let sum = |field: fn(&Shard) -> &AtomicU64| {
+            self.shards
+                .iter()
+                .map(|s| field(s).load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
+        IoTotals {
+            commands: sum(|s| &s.commands),
+            reads: sum(|s| &s.reads),
+            read_bytes: sum(|s| &s.read_bytes),
+            writes: sum(|s| &s.writes),
+            write_bytes: sum(|s| &s.write_bytes),
+        }
+    }
+}
+
+/// Adds to a counter of the calling thread's shard. Threads that share a shard (more of them
+/// than [`SHARDS`]) may add at once, hence a real atomic addition; it is uncontended otherwise.
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
