@@ -97,6 +97,16 @@ impl Transport {
     pub fn is_nvme(self) -> bool {
         matches!(self, Transport::NvmeTcp | Transport::NvmeTcpDiscovery)
     }
+
+    /// The name a portal's `transport:` gives it in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Iser => "iser",
+            Transport::NvmeTcp => "nvme-tcp",
+            Transport::NvmeTcpDiscovery => "nvme-tcp-discovery",
+        }
+    }
 }
 
 /// One iSCSI target: a name initiators log in to, an access list and its LUNs.

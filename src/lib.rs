@@ -8,7 +8,8 @@
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`server`]: transports that only move bytes (TCP and iSER) and the I/O workers.
 //!
-//! [`stats`] counts payload bytes copied in user space, for the benchmarks.
+//! [`stats`] counts payload bytes copied in user space, for the benchmarks; [`status`] is what
+//! a running target reports of itself to `iser-target status`.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod nvme;
 pub mod scsi;
 pub mod server;
 pub mod stats;
+pub mod status;
 
 /// The pool buffer that carries a command's payload through every layer.
 pub use mem_ffi::Buf;

@@ -9,6 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use iser_target::config::{Config, Portal, Transport, DEFAULT_NVME_TCP_PORT, DEFAULT_PORT};
 use iser_target::server::Server;
+use iser_target::status::control_socket;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,18 @@ enum Command {
     },
     /// List the RDMA devices iSER portals can use: ports, state, MTU and GIDs.
     Devices,
+    /// Show what a running target serves and who is connected: portals, LUNs with their I/O
+    /// counts and reservations, iSCSI sessions and NVMe/TCP controllers. It asks the control
+    /// socket in the target's state directory.
+    Status {
+        /// The running target's configuration (for its `state_dir`); without it, the built-in
+        /// default's state directory (/var/lib/iser-target, else ~/.local/state/iser-target).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file without serving it.
     CheckConfig {
         /// The YAML configuration to check.
@@ -62,6 +75,60 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(config),
         Command::Devices => devices(),
+        Command::Status { config, json } => status(config.as_deref(), json),
+    }
+}
+
+/// `iser-target status`.
+fn status(config: Option<&Path>, json: bool) -> ExitCode {
+    let socket = match config {
+        Some(file) => match Config::load(file) {
+            Ok(Config {
+                state_dir: Some(dir),
+                ..
+            }) => control_socket(&dir),
+            Ok(_) => {
+                eprintln!(
+                    "{}: no state_dir, so the target has no control socket to ask (add \
+                     `state_dir:` and restart it)",
+                    file.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        // The first default state directory with a socket in it, else the first (for the
+        // error message).
+        None => {
+            let sockets: Vec<PathBuf> = default_state_dirs()
+                .iter()
+                .map(|d| control_socket(d))
+                .collect();
+            match sockets.iter().find(|s| s.exists()).or(sockets.first()) {
+                Some(socket) => socket.clone(),
+                None => {
+                    eprintln!("no default state directory here (no HOME): use --config");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    match iser_target::status::query(&socket) {
+        Ok((raw, report)) => {
+            if json {
+                println!("{}", raw.trim_end());
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -206,7 +273,12 @@ fn default_config() -> Config {
     } else {
         log::warn!("io_uring is unavailable here: no NVMe/TCP portal (it needs io_uring)");
     }
-    config.state_dir = default_state_dir();
+    let mut dirs = default_state_dirs().into_iter();
+    // The system directory only where this process may create it (root), else the user's.
+    config.state_dir = dirs
+        .next()
+        .filter(|system| std::fs::create_dir_all(system).is_ok())
+        .or_else(|| dirs.next());
     if let Some(dir) = &config.state_dir {
         log::info!(
             "state (persistent reservations set with APTPL) kept in {}",
@@ -216,17 +288,19 @@ fn default_config() -> Config {
     config
 }
 
-/// Where the built-in default keeps its state: /var/lib/iser-target where this process may
-/// create it (root), else $XDG_STATE_HOME/iser-target or ~/.local/state/iser-target.
-fn default_state_dir() -> Option<PathBuf> {
-    let system = PathBuf::from("/var/lib/iser-target");
-    if std::fs::create_dir_all(&system).is_ok() {
-        return Some(system);
-    }
+/// The built-in default's state directory when run as root.
+const SYSTEM_STATE_DIR: &str = "/var/lib/iser-target";
+
+/// Where the built-in default may keep its state, in order of preference: /var/lib/iser-target
+/// (where this process may create it: root), else $XDG_STATE_HOME/iser-target or
+/// ~/.local/state/iser-target.
+fn default_state_dirs() -> Vec<PathBuf> {
     let user_state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    Some(user_state.join("iser-target"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    std::iter::once(PathBuf::from(SYSTEM_STATE_DIR))
+        .chain(user_state.map(|d| d.join("iser-target")))
+        .collect()
 }
 
 /// With the embedded default, tell the user what is served and how to reach it.
@@ -266,6 +340,9 @@ fn print_connect_help(config: &Config, server: &Server) {
             "  iscsiadm -m node -T {} -p {portal}{iface} --login",
             target.name
         );
+    }
+    if config.state_dir.is_some() {
+        println!("See sessions and I/O counts with: iser-target status");
     }
     println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
 }

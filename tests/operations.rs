@@ -9,16 +9,21 @@
 //! A file LUN grown while served: its `size` raised in the configuration and SIGHUP; iSCSI
 //! sessions get CAPACITY DATA HAS CHANGED and the new capacity, an NVMe/TCP host the new
 //! namespace size; a smaller size is refused.
+//!
+//! `iser-target status` asks a running target, through the control socket in its state
+//! directory, what it serves and who is connected: the LUNs with their I/O counts and
+//! reservations, the iSCSI sessions and the NVMe/TCP controllers.
 
 #[macro_use]
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::block_io::{good, BlockSession, CommandReply};
-use common::nvme_host::{admin_queue, NvmeQueue, HOST_NQN};
+use common::nvme_host::{admin_queue, io_queue, NvmeQueue, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
+use iser_target::status::StatusReport;
 use nix::sys::signal::Signal;
 
 const TEST_IQN: &str = "iqn.2026-11.io.iser-target:reserved";
@@ -202,5 +207,155 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     logged(&server, "only grows while it is served");
     assert_eq!(sizes(&mut s, &mut admin), (16 * MIB, 16 * MIB));
     drop((s, admin));
+    server.stop();
+}
+
+/// `iser-target status --config <the server's>` and its arguments: the output when it succeeds.
+fn status(server: &Server, json: bool) -> Output {
+    let mut cmd = Command::new(common::binary());
+    cmd.args(["status", "--config"]).arg(server.config_path());
+    if json {
+        cmd.arg("--json");
+    }
+    run(&mut cmd, Duration::from_secs(30))
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn status_shows_what_is_served_and_who_is_connected() {
+    let state_dir = TempDir::new("state");
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let top = format!("state_dir: {}\n", state_dir.path().display());
+    let luns = vec![LunSpec::ram(0, "1M"), LunSpec::file(1, "status.img", "2M")];
+    let server = Server::start_with_portals_and(&[TargetSpec::new(TEST_IQN, luns)], &portals, &top);
+    let mut s = BlockSession::login_as(server.port(), TEST_IQN, 0, 3).expect("login");
+    s.write(4, &[0x11; 2 * BLOCK], BLOCK).expect("WRITE");
+    s.read(4, 3 * BLOCK, BLOCK).expect("READ");
+    good(prout(&mut s, 0, 0, 0, 0x77, false));
+    good(prout(&mut s, 1, WRITE_EXCLUSIVE, 0x77, 0, false));
+    let subsystem = format!("nqn.{}", &TEST_IQN[4..]);
+    let (admin, cntlid) = admin_queue(nvme_port, &subsystem, HOST_NQN, 1);
+    let io = io_queue(nvme_port, &subsystem, HOST_NQN, cntlid, 1);
+
+    let report: StatusReport =
+        serde_json::from_str(&stdout_of(&status(&server, true))).expect("JSON report");
+    assert_eq!(report.pid, server.pid());
+    let transports: Vec<&str> = report
+        .portals
+        .iter()
+        .map(|p| p.transport.as_str())
+        .collect();
+    assert_eq!(transports, ["tcp", "nvme-tcp"]);
+    assert_eq!(report.portals[1].address.port(), nvme_port);
+    let [target] = &report.targets[..] else {
+        panic!("one target: {report:?}")
+    };
+    assert_eq!(
+        (target.name.as_str(), target.nqn.as_str()),
+        (TEST_IQN, &*subsystem)
+    );
+    let (ram, file) = (&target.luns[0], &target.luns[1]);
+    assert_eq!((ram.backing.as_str(), ram.size_bytes), ("ram", MIB));
+    assert!(file.backing.ends_with("/status.img"), "{}", file.backing);
+    assert!(file.backing.starts_with("file /"), "{}", file.backing);
+    assert_eq!(file.size_bytes, 2 * MIB);
+    let io_counts = &ram.io;
+    assert_eq!(
+        (io_counts.writes, io_counts.write_bytes),
+        (1, 2 * BLOCK as u64)
+    );
+    assert_eq!(
+        (io_counts.reads, io_counts.read_bytes),
+        (1, 3 * BLOCK as u64)
+    );
+    // The login's commands, the WRITE, the READ and the two PERSISTENT RESERVE OUTs at least.
+    assert!(io_counts.commands >= 4, "{io_counts:?}");
+    assert_eq!(file.io.reads + file.io.writes, 0);
+    let pr = &ram.reservations;
+    assert_eq!(pr.registrations, 1);
+    assert_eq!(pr.reservation_type.as_deref(), Some("write exclusive"));
+    assert_eq!(
+        pr.holder.as_deref(),
+        Some("iqn.2026-11.io.iser-target:block-io,i,0x801234000003")
+    );
+    let [session] = &report.iscsi_sessions[..] else {
+        panic!("one iSCSI session: {report:?}")
+    };
+    assert_eq!(session.initiator, "iqn.2026-11.io.iser-target:block-io");
+    assert_eq!(session.isid, "801234000003");
+    assert_eq!(session.target.as_deref(), Some(TEST_IQN));
+    assert_eq!(session.transport, "tcp");
+    assert!(session.peer.starts_with("127.0.0.1:"), "{}", session.peer);
+    let [controller] = &report.nvme_controllers[..] else {
+        panic!("one NVMe controller: {report:?}")
+    };
+    assert_eq!(controller.cntlid, cntlid);
+    assert_eq!(controller.host_nqn, HOST_NQN);
+    assert_eq!(controller.subsystem, subsystem);
+    assert_eq!(controller.io_queues, 1);
+
+    // The same for a person.
+    let text = stdout_of(&status(&server, false));
+    for expected in [
+        "LUN 0: ram, 1.0 MiB (1048576 bytes)",
+        "1 reads (1.5 KiB), 1 writes (1.0 KiB)",
+        "1 registration(s), reserved write exclusive by iqn.2026-11.io.iser-target:block-io",
+        "iSCSI sessions: 1",
+        "NVMe/TCP controllers: 1",
+        HOST_NQN,
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+
+    // Who left is gone from the report.
+    drop((s, io, admin));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report: StatusReport =
+            serde_json::from_str(&stdout_of(&status(&server, true))).unwrap();
+        if report.iscsi_sessions.is_empty() && report.nvme_controllers.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed: {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once the target has stopped, its configuration (kept aside) leads nowhere.
+    let kept = TempDir::new("kept");
+    let config_path = kept.path().join("config.yaml");
+    std::fs::copy(server.config_path(), &config_path).unwrap();
+    server.stop();
+    let out = run(
+        Command::new(common::binary())
+            .args(["status", "--config"])
+            .arg(&config_path),
+        Duration::from_secs(30),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "status of a stopped target: {said}");
+    assert!(said.contains("cannot reach"), "{said}");
+}
+
+#[test]
+fn status_needs_a_state_dir() {
+    let server = Server::start(&[TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "1M")])]);
+    let out = status(&server, false);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("no state_dir"), "{said}");
     server.stop();
 }

@@ -43,6 +43,17 @@ struct Entry {
     io_queues: BTreeSet<u16>,
 }
 
+/// A live controller as an operator sees it ([`ControllerRegistry::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerListing {
+    pub cntlid: u16,
+    /// Its subsystem's index ([`crate::nvme::DISCOVERY_SUBSYSTEM`] for discovery).
+    pub subsystem: usize,
+    pub host_nqn: String,
+    /// I/O queues connected now.
+    pub io_queues: usize,
+}
+
 /// All live controllers.
 #[derive(Debug)]
 pub struct ControllerRegistry {
@@ -153,6 +164,19 @@ impl ControllerRegistry {
             .remove(&cntlid)
             .map(|e| e.io_queues.into_iter().collect())
             .unwrap_or_default()
+    }
+
+    /// Every live controller, by controller ID.
+    pub fn list(&self) -> Vec<ControllerListing> {
+        self.controllers
+            .iter()
+            .map(|(cntlid, e)| ControllerListing {
+                cntlid: *cntlid,
+                subsystem: e.subsystem,
+                host_nqn: e.host_nqn.clone(),
+                io_queues: e.io_queues.len(),
+            })
+            .collect()
     }
 
     /// Controllers alive.

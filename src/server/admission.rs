@@ -31,13 +31,7 @@ pub struct PortalKey {
 
 impl fmt::Display for PortalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let transport = match self.transport {
-            Transport::Tcp => "tcp",
-            Transport::Iser => "iser",
-            Transport::NvmeTcp => "nvme-tcp",
-            Transport::NvmeTcpDiscovery => "nvme-tcp-discovery",
-        };
-        write!(f, "{} ({transport})", self.addr)
+        write!(f, "{} ({})", self.addr, self.transport.name())
     }
 }
 

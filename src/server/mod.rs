@@ -2,6 +2,7 @@
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
 mod admission;
+mod control;
 mod engine;
 mod gate;
 pub mod iser;
@@ -29,7 +30,7 @@ use crate::scsi::{
 use state_dir::StateDir;
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
-pub use registry::{SessionControl, SessionGuard, SessionRegistry};
+pub use registry::{SessionControl, SessionGuard, SessionListing, SessionOrigin, SessionRegistry};
 
 /// How long shutdown waits for connections to finish their running commands.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -171,6 +172,8 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     /// The NVMe/TCP view (its ANA state follows the ALUA state).
     nvme: Arc<nvme::NvmeState>,
+    /// The state directory, locked for as long as the server runs.
+    state_dir: Option<StateDir>,
 }
 
 /// Opens one LUN's backing store. With the write cache off, files and devices are opened
@@ -196,10 +199,24 @@ pub fn nvme_tcp_available() -> bool {
 /// Builds the SCSI view of every configured target. With a `state_dir`, each LU's
 /// reservations persist there when an initiator asks (APTPL), restored from what it holds.
 pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, ServerError> {
-    let state_dir = match &config.state_dir {
-        Some(path) => Some(StateDir::open(path).map_err(|e| ServerError::StateDir(e.to_string()))?),
-        None => None,
-    };
+    build_scsi_targets_in(config, open_state_dir(config)?.as_ref())
+}
+
+/// The configured state directory, opened and locked.
+fn open_state_dir(config: &Config) -> Result<Option<StateDir>, ServerError> {
+    config
+        .state_dir
+        .as_deref()
+        .map(StateDir::open)
+        .transpose()
+        .map_err(|e| ServerError::StateDir(e.to_string()))
+}
+
+/// [`build_scsi_targets`] with the state directory already open.
+fn build_scsi_targets_in(
+    config: &Config,
+    state_dir: Option<&StateDir>,
+) -> Result<Vec<Arc<ScsiTarget>>, ServerError> {
     let mut out = Vec::new();
     for target in &config.targets {
         let mut luns = Vec::new();
@@ -236,7 +253,7 @@ pub fn build_scsi_targets(config: &Config) -> Result<Vec<Arc<ScsiTarget>>, Serve
                 backend.size(),
                 if lun.read_only { ", read-only" } else { "" }
             );
-            let reservations = match &state_dir {
+            let reservations = match state_dir {
                 Some(dir) => {
                     let (store, saved) = dir
                         .reservation_store(params.naa_designator())
@@ -389,7 +406,9 @@ impl Server {
             Ok(_) => {}
             Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
         }
-        let scsi_targets = build_scsi_targets(config)?;
+        let started = Instant::now();
+        let state_dir = open_state_dir(config)?;
+        let scsi_targets = build_scsi_targets_in(config, state_dir.as_ref())?;
         let engine = engine::Engine::start(
             scsi_targets.clone(),
             config.limits.io_threads as usize,
@@ -454,6 +473,7 @@ impl Server {
             iser_portals: Vec::new(),
             local_addrs: Vec::new(),
             nvme: Arc::clone(&nvme_state),
+            state_dir,
         };
         for portal in &config.portals {
             let addr = SocketAddr::new(portal.address, portal.port);
@@ -483,7 +503,36 @@ impl Server {
                 return Err(e);
             }
         }
+        if let Err(e) = server.start_control(config, started) {
+            let _ = server.shutdown();
+            return Err(e);
+        }
         Ok(server)
+    }
+
+    /// Answers `iser-target status` on the state directory's control socket (none without a
+    /// state directory).
+    fn start_control(&mut self, config: &Config, started: Instant) -> Result<(), ServerError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let source = control::StatusSource {
+            shared: Arc::clone(&self.shared),
+            nvme: Arc::clone(&self.nvme),
+            // Every portal bound one address, in the configuration's order.
+            portals: config
+                .portals
+                .iter()
+                .map(|p| p.transport)
+                .zip(self.local_addrs.iter().copied())
+                .collect(),
+            started,
+        };
+        let path = crate::status::control_socket(dir.path());
+        let thread = control::spawn(path, source, Arc::clone(&self.stop_accepting))
+            .map_err(|e| ServerError::StateDir(e.to_string()))?;
+        self.listeners.push(thread);
+        Ok(())
     }
 
     fn start_tcp(&mut self, addr: SocketAddr, core: &Arc<CoreConfig>) -> Result<(), ServerError> {

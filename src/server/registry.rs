@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::admission::LogThrottle;
+use crate::config::Transport;
 use crate::iscsi::{BindRequest, LoginStatus};
 
 /// At most one line per interval about logins refused for a full session limit.
@@ -29,9 +30,34 @@ struct SessionKey {
     target: Option<String>,
 }
 
+/// Where a session's connection comes from, for the status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOrigin {
+    /// `Tcp` or `Iser`.
+    pub transport: Transport,
+    /// The initiator's address.
+    pub peer: String,
+}
+
+/// A live session as the status report lists it ([`SessionRegistry::list`]).
+#[derive(Debug, Clone)]
+pub struct SessionListing {
+    pub tsih: u16,
+    /// The initiator's name as it logged in.
+    pub initiator: String,
+    pub isid: [u8; 6],
+    /// The target's name; `None` for a discovery session.
+    pub target: Option<String>,
+    pub origin: SessionOrigin,
+    /// When the session was bound (its login completed).
+    pub since: Instant,
+}
+
 struct Entry {
     key: SessionKey,
     control: Arc<dyn SessionControl>,
+    /// What the status report shows (the key holds names folded to lower case).
+    listing: SessionListing,
 }
 
 struct Sessions {
@@ -119,6 +145,7 @@ impl SessionRegistry {
         request: &BindRequest,
         target_name: Option<&str>,
         control: Arc<dyn SessionControl>,
+        origin: SessionOrigin,
     ) -> Result<SessionGuard, LoginStatus> {
         if request.tsih != 0 {
             // Adding a connection to an existing session: we allow one connection per session.
@@ -189,11 +216,38 @@ impl SessionRegistry {
             tsih = tsih.wrapping_add(1);
         }
         sessions.next_tsih = tsih.wrapping_add(1);
-        sessions.by_tsih.insert(tsih, Entry { key, control });
+        let listing = SessionListing {
+            tsih,
+            initiator: request.initiator_name.clone(),
+            isid: request.isid,
+            target: target_name.map(str::to_string),
+            origin,
+            since: Instant::now(),
+        };
+        sessions.by_tsih.insert(
+            tsih,
+            Entry {
+                key,
+                control,
+                listing,
+            },
+        );
         Ok(SessionGuard {
             registry: Arc::clone(self),
             tsih,
         })
+    }
+
+    /// Every live session, by TSIH.
+    pub fn list(&self) -> Vec<SessionListing> {
+        let mut all: Vec<SessionListing> = self
+            .lock()
+            .by_tsih
+            .values()
+            .map(|e| e.listing.clone())
+            .collect();
+        all.sort_by_key(|l| l.tsih);
+        all
     }
 
     /// Asks every session to end (server shutdown).
@@ -224,6 +278,13 @@ mod tests {
         }
     }
 
+    fn origin() -> SessionOrigin {
+        SessionOrigin {
+            transport: Transport::Tcp,
+            peer: "127.0.0.1:50000".into(),
+        }
+    }
+
     fn request(isid: u8) -> BindRequest {
         BindRequest {
             initiator_name: "iqn.2026-11.test:init".into(),
@@ -237,19 +298,39 @@ mod tests {
     fn allocates_distinct_tsihs_and_enforces_the_limit() {
         let registry = SessionRegistry::new(2, 2, Duration::from_millis(50));
         let a = registry
-            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(1),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
             .unwrap();
         let b = registry
-            .bind(&request(2), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(2),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
             .unwrap();
         assert_ne!(a.tsih(), b.tsih());
         assert!(matches!(
-            registry.bind(&request(3), Some("t"), Arc::new(Counter::default())),
+            registry.bind(
+                &request(3),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin()
+            ),
             Err(LoginStatus::OUT_OF_RESOURCES)
         ));
         drop(a);
         assert!(registry
-            .bind(&request(3), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(3),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin()
+            )
             .is_ok());
     }
 
@@ -262,21 +343,31 @@ mod tests {
             r
         };
         let _d1 = registry
-            .bind(&discovery(1), None, Arc::new(Counter::default()))
+            .bind(&discovery(1), None, Arc::new(Counter::default()), origin())
             .unwrap();
         let _d2 = registry
-            .bind(&discovery(2), None, Arc::new(Counter::default()))
+            .bind(&discovery(2), None, Arc::new(Counter::default()), origin())
             .unwrap();
         assert!(matches!(
-            registry.bind(&discovery(3), None, Arc::new(Counter::default())),
+            registry.bind(&discovery(3), None, Arc::new(Counter::default()), origin()),
             Err(LoginStatus::OUT_OF_RESOURCES)
         ));
         // Full discovery slots leave the normal session slot free.
         let _normal = registry
-            .bind(&request(4), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(4),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
             .unwrap();
         assert!(matches!(
-            registry.bind(&request(5), Some("t"), Arc::new(Counter::default())),
+            registry.bind(
+                &request(5),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin()
+            ),
             Err(LoginStatus::OUT_OF_RESOURCES)
         ));
         assert_eq!(registry.len(), 3);
@@ -287,7 +378,7 @@ mod tests {
         let registry = SessionRegistry::new(8, 8, Duration::from_secs(5));
         let old_control = Arc::new(Counter::default());
         let old = registry
-            .bind(&request(1), Some("t"), old_control.clone())
+            .bind(&request(1), Some("t"), old_control.clone(), origin())
             .unwrap();
         let releaser = std::thread::spawn(move || {
             while old_control.0.load(Ordering::SeqCst) == 0 {
@@ -295,7 +386,12 @@ mod tests {
             }
             drop(old);
         });
-        let new = registry.bind(&request(1), Some("t"), Arc::new(Counter::default()));
+        let new = registry.bind(
+            &request(1),
+            Some("t"),
+            Arc::new(Counter::default()),
+            origin(),
+        );
         assert!(new.is_ok());
         releaser.join().unwrap();
         assert_eq!(registry.len(), 1);
@@ -305,10 +401,20 @@ mod tests {
     fn reinstatement_times_out_with_a_retry_status() {
         let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let _stuck = registry
-            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(1),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
             .unwrap();
         assert!(matches!(
-            registry.bind(&request(1), Some("t"), Arc::new(Counter::default())),
+            registry.bind(
+                &request(1),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin()
+            ),
             Err(LoginStatus::SERVICE_UNAVAILABLE)
         ));
     }
@@ -317,18 +423,55 @@ mod tests {
     fn nonzero_tsih_is_refused() {
         let registry = SessionRegistry::new(8, 8, Duration::from_millis(30));
         let a = registry
-            .bind(&request(1), Some("t"), Arc::new(Counter::default()))
+            .bind(
+                &request(1),
+                Some("t"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
             .unwrap();
         let mut join = request(1);
         join.tsih = a.tsih();
         assert!(matches!(
-            registry.bind(&join, Some("t"), Arc::new(Counter::default())),
+            registry.bind(&join, Some("t"), Arc::new(Counter::default()), origin()),
             Err(LoginStatus::TOO_MANY_CONNECTIONS)
         ));
         join.tsih = a.tsih().wrapping_add(100);
         assert!(matches!(
-            registry.bind(&join, Some("t"), Arc::new(Counter::default())),
+            registry.bind(&join, Some("t"), Arc::new(Counter::default()), origin()),
             Err(LoginStatus::SESSION_DOES_NOT_EXIST)
         ));
+    }
+
+    #[test]
+    fn sessions_are_listed_as_their_initiators_named_them() {
+        let registry = SessionRegistry::new(8, 8, Duration::from_secs(5));
+        let mut named = request(2);
+        named.initiator_name = "iqn.2026-11.Test:Mixed".into();
+        let _b = registry
+            .bind(
+                &named,
+                Some("Target"),
+                Arc::new(Counter::default()),
+                origin(),
+            )
+            .unwrap();
+        let _a = registry
+            .bind(&request(1), None, Arc::new(Counter::default()), origin())
+            .unwrap();
+        let listed = registry.list();
+        let names: Vec<_> = listed
+            .iter()
+            .map(|l| (l.tsih, l.initiator.as_str(), l.target.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (1, "iqn.2026-11.Test:Mixed", Some("Target")),
+                (2, "iqn.2026-11.test:init", None)
+            ]
+        );
+        assert_eq!(listed[0].origin, origin());
+        assert_eq!(listed[0].isid, [0, 2, 0x3d, 0, 0, 2]);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 pub(crate) use super::engine::CompletionSink;
 use super::engine::{EngineSession, Residence, ThreadIo};
-use super::registry::{SessionControl, SessionGuard};
+use super::registry::{SessionControl, SessionGuard, SessionOrigin};
 use super::Shared;
 use crate::iscsi::{BindRequest, LoginStatus, ScsiTask};
 use crate::scsi::{Nexus, ScsiOutcome};
@@ -15,8 +15,9 @@ use crate::scsi::{Nexus, ScsiOutcome};
 ///
 /// Release order matters: the session's commands are drained before the session is
 /// unregistered, because a reinstating login waits on the registration.
-#[derive(Default)]
 pub(crate) struct SessionSlot {
+    /// The connection's transport and peer, registered with the session.
+    origin: SessionOrigin,
     engine: Option<EngineSession>,
     /// Target index and I_T nexus of a normal session, for resets and nexus loss.
     nexus: Option<(usize, Arc<Nexus>)>,
@@ -24,6 +25,16 @@ pub(crate) struct SessionSlot {
 }
 
 impl SessionSlot {
+    /// The slot of a connection from `origin`, before its login is bound.
+    pub(crate) fn new(origin: SessionOrigin) -> Self {
+        SessionSlot {
+            origin,
+            engine: None,
+            nexus: None,
+            session: None,
+        }
+    }
+
     /// Answers `Action::BindSession` / `FabricOp::BindSession`: registers the session (waiting for
     /// a reinstated one to close) and, for a normal session, attaches it to the I/O engine,
     /// reporting to `sink`. `file_pages`: the connection sends a READ's data from a file's
@@ -67,9 +78,12 @@ impl SessionSlot {
         attach: impl FnOnce(usize, Arc<Nexus>) -> EngineSession,
     ) -> Result<u16, LoginStatus> {
         let target_name = request.target.map(|t| shared.targets[t].name.clone());
-        let guard = shared
-            .registry
-            .bind(request, target_name.as_deref(), control)?;
+        let guard = shared.registry.bind(
+            request,
+            target_name.as_deref(),
+            control,
+            self.origin.clone(),
+        )?;
         let tsih = guard.tsih();
         if let Some(target) = request.target {
             let nexus = Arc::new(Nexus {

@@ -19,6 +19,7 @@ use crate::scsi::ReservationStore;
 
 /// An opened, locked state directory.
 pub struct StateDir {
+    path: PathBuf,
     reservations: PathBuf,
     /// The lock, shared by every store made here: released when the last one goes.
     lock: Arc<Flock<File>>,
@@ -52,9 +53,15 @@ impl StateDir {
             )
         })?;
         Ok(StateDir {
+            path: path.to_path_buf(),
             reservations,
             lock: Arc::new(lock),
         })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The store of the LU with NAA designator `naa`, and the record it holds (if any).

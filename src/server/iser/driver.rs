@@ -48,12 +48,13 @@ use rdma_ffi::{
 };
 
 use super::ring::Ring;
+use crate::config::Transport;
 use crate::inthash::IntMap;
 use crate::iscsi::iser::{FabricOp, IserConnection};
 use crate::iscsi::{CloseReason, CoreConfig, ScsiTask, TaskId};
 use crate::scsi::ScsiOutcome;
 use crate::server::engine::Residence;
-use crate::server::registry::SessionControl;
+use crate::server::registry::{SessionControl, SessionOrigin};
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
 use post::{Backlog, Buffer, InFlight, ReadWr};
@@ -285,7 +286,10 @@ pub(super) fn serve(
         shared,
         mailbox,
         inbox,
-        session: SessionSlot::default(),
+        session: SessionSlot::new(SessionOrigin {
+            transport: Transport::Iser,
+            peer: peer.clone(),
+        }),
         residence,
         moving_in: false,
         to_execute: Vec::new(),

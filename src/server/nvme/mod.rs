@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
@@ -37,6 +37,7 @@ use crate::nvme::{
     NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 use crate::scsi::{AluaState, ScsiTarget};
+use crate::status::NvmeControllerStatus;
 
 /// How often the listener looks at the stop flag while no connection arrives.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
@@ -80,6 +81,9 @@ pub(super) struct QueueHandle {
     pub control: Arc<dyn SessionControl>,
     /// Its engine thread, poked to look at a changed ANA state.
     pub residence: Residence,
+    /// The host's address, and when the queue joined its controller (the status report).
+    pub peer: SocketAddr,
+    pub since: Instant,
 }
 
 /// State shared by every NVMe/TCP connection of the process.
@@ -196,6 +200,35 @@ impl NvmeState {
             ana: Mutex::new(ana),
             namespaces,
         })
+    }
+
+    /// Every live controller for the status report: its host, subsystem and queues, and where
+    /// and when its admin queue connected.
+    pub(crate) fn controllers(&self, now: Instant) -> Vec<NvmeControllerStatus> {
+        let listed = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list();
+        let queues = self.lock_queues();
+        listed
+            .into_iter()
+            .map(|c| {
+                let admin = queues.get(&(c.cntlid, 0));
+                let subsystem = match self.config.subsystems.get(c.subsystem) {
+                    Some(s) => s.nqn.clone(),
+                    None => DISCOVERY_NQN.to_string(),
+                };
+                NvmeControllerStatus {
+                    cntlid: c.cntlid,
+                    host_nqn: c.host_nqn,
+                    subsystem,
+                    io_queues: c.io_queues,
+                    peer: admin.map_or_else(|| "?".into(), |q| q.peer.to_string()),
+                    connected_secs: admin.map_or(0, |q| now.duration_since(q.since).as_secs()),
+                }
+            })
+            .collect()
     }
 
     /// The gateway's ANA group as it is now.

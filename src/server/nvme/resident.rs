@@ -276,6 +276,8 @@ impl NvmeResident {
         let handle = QueueHandle {
             control: self.control.clone(),
             residence: self.residence.clone(),
+            peer: self.link.peer,
+            since: Instant::now(),
         };
         self.nvme.lock_queues().insert((cntlid, qid), handle);
         if subsystem != DISCOVERY_SUBSYSTEM {

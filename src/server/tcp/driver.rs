@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::outbox::Outbox;
+use crate::config::Transport;
 use crate::iscsi::framing::{FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, TaskId};
 use crate::scsi::ScsiOutcome;
 use crate::server::admission::AdmissionTicket;
-use crate::server::registry::SessionControl;
+use crate::server::registry::{SessionControl, SessionOrigin};
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionSet, Shared};
 
@@ -217,7 +218,10 @@ fn run_connection(
         shared,
         events,
         backlog,
-        session: SessionSlot::default(),
+        session: SessionSlot::new(SessionOrigin {
+            transport: Transport::Tcp,
+            peer: peer.to_string(),
+        }),
         closed: false,
     };
     if driver.shared.stopping() {

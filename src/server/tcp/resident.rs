@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use super::driver::Handoff;
 use super::link::{read_turn, ResidentControl, SocketLink, TurnReader, MIN_READ_CHUNK, READ_CHUNK};
+use crate::config::Transport;
 use crate::iscsi::framing::{FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
 use crate::iscsi::{CloseReason, LoginStatus, TaskId};
 use crate::scsi::ScsiOutcome;
 use crate::server::admission::AdmissionTicket;
 use crate::server::engine::{Interest, Resident, ThreadIo};
-use crate::server::registry::SessionControl;
+use crate::server::registry::{SessionControl, SessionOrigin};
 use crate::server::session::SessionSlot;
 use crate::server::{ConnectionRegistration, ConnectionSet, Shared};
 
@@ -59,7 +60,10 @@ pub(super) fn hand_over(handoff: Handoff, shared: Arc<Shared>) -> io::Result<()>
         settings,
         reader,
         shared,
-        session: SessionSlot::default(),
+        session: SessionSlot::new(SessionOrigin {
+            transport: Transport::Tcp,
+            peer: peer.to_string(),
+        }),
         control,
         first: None,
         read_size: READ_CHUNK,

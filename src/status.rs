@@ -1,0 +1,424 @@
+//! What a running target reports of itself to `iser-target status`: its portals, its targets'
+//! LUNs with their I/O counts and reservations, and who is connected (iSCSI sessions, NVMe
+//! controllers). The server answers on its control socket with a [`StatusReport`] as JSON
+//! (`src/server/control.rs`); [`query`] fetches one and [`StatusReport::render`] prints it.
+//!
+//! The control socket is `control` in the state directory (`state_dir:`), which only its
+//! owner can enter: whoever can read the reservations there can see the status too.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The one request the control socket understands today, a line of its own.
+pub const STATUS_REQUEST: &str = "status\n";
+
+/// How long [`query`] waits for the target's answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control socket of the process that owns `state_dir`.
+pub fn control_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("control")
+}
+
+/// A running target as it reports itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The target's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Its process ID.
+    pub pid: u32,
+    /// Seconds since it started serving.
+    pub uptime_secs: u64,
+    /// The portals it listens on, with the ports bound.
+    pub portals: Vec<PortalStatus>,
+    pub targets: Vec<TargetStatus>,
+    /// Live iSCSI sessions, discovery sessions included, by TSIH.
+    pub iscsi_sessions: Vec<IscsiSessionStatus>,
+    /// Live NVMe/TCP controllers, by controller ID.
+    pub nvme_controllers: Vec<NvmeControllerStatus>,
+}
+
+/// A portal: its transport as the configuration names it, and its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalStatus {
+    pub transport: String,
+    pub address: SocketAddr,
+}
+
+/// A target (also an NVMe subsystem when NVMe/TCP is served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub nqn: String,
+    pub luns: Vec<LunStatus>,
+}
+
+/// A LUN as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunStatus {
+    pub id: u64,
+    /// What holds its blocks: `ram`, `file <path>`, `block <path>`, `rbd <pool>/<image>`.
+    pub backing: String,
+    /// The capacity reported now (blocks × block size).
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub read_only: bool,
+    /// The write cache as initiators see it now (MODE SELECT can change it).
+    pub write_cache: bool,
+    /// This gateway's ALUA state (`active-optimized`, `active-non-optimized`, `standby`).
+    pub alua_state: String,
+    pub io: IoStatus,
+    pub reservations: ReservationStatus,
+}
+
+/// What a LUN has been asked to do since the target started, over every fabric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStatus {
+    /// Every command addressed to the LUN, whatever its outcome.
+    pub commands: u64,
+    /// Reads that passed their checks and went to the backend, and their bytes.
+    pub reads: u64,
+    pub read_bytes: u64,
+    /// Commands with data to write that passed their checks, and their bytes.
+    pub writes: u64,
+    pub write_bytes: u64,
+}
+
+/// A LUN's reservations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationStatus {
+    /// Registered I_T nexuses (persistent reservations).
+    pub registrations: usize,
+    /// The persistent reservation's type, if one is held.
+    pub reservation_type: Option<String>,
+    /// Its holder's initiator port, unless every registrant holds it.
+    pub holder: Option<String>,
+    /// Whether the state survives a restart (an initiator set APTPL).
+    pub persists: bool,
+    /// The initiator port holding an SPC-2 RESERVE(6), if any.
+    pub spc2_holder: Option<String>,
+}
+
+/// A live iSCSI session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IscsiSessionStatus {
+    pub tsih: u16,
+    /// The initiator's name, as it logged in.
+    pub initiator: String,
+    /// The initiator session ID, 12 hex digits.
+    pub isid: String,
+    /// The target logged in to; `None` for a discovery session.
+    pub target: Option<String>,
+    /// `tcp` or `iser`.
+    pub transport: String,
+    /// The initiator's address.
+    pub peer: String,
+    /// Seconds since the login completed.
+    pub connected_secs: u64,
+}
+
+/// A live NVMe/TCP controller (its admin queue and I/O queues).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvmeControllerStatus {
+    pub cntlid: u16,
+    pub host_nqn: String,
+    /// The subsystem's NQN (the discovery subsystem's for a discovery controller).
+    pub subsystem: String,
+    /// I/O queues connected now.
+    pub io_queues: usize,
+    /// The host's address, as its admin queue connected from.
+    pub peer: String,
+    /// Seconds since the admin queue connected.
+    pub connected_secs: u64,
+}
+
+/// Why [`query`] found no report.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Nothing listens on the socket (no target runs with this state directory).
+    #[error("cannot reach {path}: {source} (is an iser-target serving with this state_dir?)")]
+    Connect { path: PathBuf, source: io::Error },
+    /// The conversation broke off.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The answer is not a report this version understands.
+    #[error("{path}: unreadable answer: {source}")]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Asks the target listening on `socket` for its status: the raw JSON answer and its reading.
+pub fn query(socket: &Path) -> Result<(String, StatusReport), QueryError> {
+    let io_error = |source| QueryError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| QueryError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(QUERY_TIMEOUT))
+        .map_err(io_error)?;
+    stream
+        .write_all(STATUS_REQUEST.as_bytes())
+        .map_err(io_error)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(io_error)?;
+    let report = serde_json::from_str(&answer).map_err(|source| QueryError::Decode {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    Ok((answer, report))
+}
+
+impl StatusReport {
+    /// The report as JSON, one document (what the control socket sends).
+    pub fn to_json(&self) -> String {
+        // Plain structs of strings and integers always serialize.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The report for a person to read.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "iser-target {}, pid {}, up {}",
+            self.version,
+            self.pid,
+            duration(self.uptime_secs)
+        );
+        let _ = writeln!(out, "\nportals:");
+        for p in &self.portals {
+            let _ = writeln!(out, "  {:<19} {}", p.transport, p.address);
+        }
+        for t in &self.targets {
+            let _ = writeln!(out, "\ntarget {}\n  nqn {}", t.name, t.nqn);
+            for l in &t.luns {
+                render_lun(&mut out, l);
+            }
+        }
+        let _ = writeln!(out, "\niSCSI sessions: {}", self.iscsi_sessions.len());
+        for s in &self.iscsi_sessions {
+            let _ = writeln!(
+                out,
+                "  tsih {} {} (isid {})\n    {} from {} to {}, up {}",
+                s.tsih,
+                s.initiator,
+                s.isid,
+                s.transport,
+                s.peer,
+                s.target.as_deref().unwrap_or("discovery"),
+                duration(s.connected_secs)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nNVMe/TCP controllers: {}",
+            self.nvme_controllers.len()
+        );
+        for c in &self.nvme_controllers {
+            let _ = writeln!(
+                out,
+                "  cntlid {} {}\n    from {} to {}, {} I/O queue(s), up {}",
+                c.cntlid,
+                c.host_nqn,
+                c.peer,
+                c.subsystem,
+                c.io_queues,
+                duration(c.connected_secs)
+            );
+        }
+        out
+    }
+}
+
+fn render_lun(out: &mut String, l: &LunStatus) {
+    let _ = writeln!(
+        out,
+        "  LUN {}: {}, {} ({} bytes), {}-byte blocks, write cache {}{}, {}",
+        l.id,
+        l.backing,
+        bytes(l.size_bytes),
+        l.size_bytes,
+        l.block_size,
+        if l.write_cache { "on" } else { "off" },
+        if l.read_only { ", read-only" } else { "" },
+        l.alua_state
+    );
+    let io = &l.io;
+    let _ = writeln!(
+        out,
+        "    {} commands; {} reads ({}), {} writes ({})",
+        io.commands,
+        io.reads,
+        bytes(io.read_bytes),
+        io.writes,
+        bytes(io.write_bytes)
+    );
+    let r = &l.reservations;
+    if r.registrations > 0 || r.reservation_type.is_some() {
+        let _ = write!(out, "    {} registration(s)", r.registrations);
+        if let Some(kind) = &r.reservation_type {
+            let _ = write!(out, ", reserved {kind}");
+            if let Some(holder) = &r.holder {
+                let _ = write!(out, " by {holder}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            if r.persists {
+                ", kept through restarts"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(holder) = &r.spc2_holder {
+        let _ = writeln!(out, "    reserved (RESERVE(6)) by {holder}");
+    }
+}
+
+/// `n` bytes in the largest binary unit that keeps a whole part (`1.5 GiB`).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds as `3d 4h`, `2h 5m`, `7m 30s` or `12s`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_secs: 3725,
+            portals: vec![PortalStatus {
+                transport: "tcp".into(),
+                address: "127.0.0.1:3260".parse().unwrap(),
+            }],
+            targets: vec![TargetStatus {
+                name: "iqn.2026-11.io.iser-target:disk".into(),
+                nqn: "nqn.2026-11.io.iser-target:disk".into(),
+                luns: vec![LunStatus {
+                    id: 0,
+                    backing: "file /srv/disk.img".into(),
+                    size_bytes: 3 << 29,
+                    block_size: 512,
+                    read_only: false,
+                    write_cache: true,
+                    alua_state: "active-optimized".into(),
+                    io: IoStatus {
+                        commands: 10,
+                        reads: 4,
+                        read_bytes: 16384,
+                        writes: 2,
+                        write_bytes: 1024,
+                    },
+                    reservations: ReservationStatus {
+                        registrations: 2,
+                        reservation_type: Some("write exclusive".into()),
+                        holder: Some("iqn.a,i,0x023d00000001".into()),
+                        persists: true,
+                        spc2_holder: None,
+                    },
+                }],
+            }],
+            iscsi_sessions: vec![IscsiSessionStatus {
+                tsih: 1,
+                initiator: "iqn.a".into(),
+                isid: "023d00000001".into(),
+                target: None,
+                transport: "tcp".into(),
+                peer: "127.0.0.1:50000".into(),
+                connected_secs: 59,
+            }],
+            nvme_controllers: vec![NvmeControllerStatus {
+                cntlid: 1,
+                host_nqn: "nqn.2014-08.org.nvmexpress:uuid:h".into(),
+                subsystem: "nqn.2026-11.io.iser-target:disk".into(),
+                io_queues: 2,
+                peer: "127.0.0.1:50001".into(),
+                connected_secs: 90061,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let report = report();
+        let back: StatusReport = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn rendering_names_every_part() {
+        let text = report().render();
+        for expected in [
+            "iser-target 0.1.0, pid 42, up 1h 2m",
+            "  tcp                 127.0.0.1:3260",
+            "target iqn.2026-11.io.iser-target:disk",
+            "LUN 0: file /srv/disk.img, 1.5 GiB (1610612736 bytes), 512-byte blocks, \
+             write cache on, active-optimized",
+            "10 commands; 4 reads (16.0 KiB), 2 writes (1.0 KiB)",
+            "2 registration(s), reserved write exclusive by iqn.a,i,0x023d00000001, kept \
+             through restarts",
+            "tsih 1 iqn.a (isid 023d00000001)\n    tcp from 127.0.0.1:50000 to discovery, up 59s",
+            "cntlid 1 nqn.2014-08.org.nvmexpress:uuid:h\n    from 127.0.0.1:50001 to \
+             nqn.2026-11.io.iser-target:disk, 2 I/O queue(s), up 1d 1h",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_read_naturally() {
+        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(450), "7m 30s");
+        assert_eq!(duration(7500), "2h 5m");
+    }
+
+    #[test]
+    fn a_missing_target_is_a_clear_error() {
+        let err = query(Path::new("/nonexistent/iser-target/control")).unwrap_err();
+        assert!(matches!(err, QueryError::Connect { .. }));
+        assert!(err.to_string().contains("/nonexistent/iser-target/control"));
+    }
+}
