@@ -79,6 +79,21 @@ mapfile -t disks < <(session_disk "$IQN_A" | sort)
 ram_disk="$(disk_of_size "$IQN_A" 268435456)"
 file_disk="$(disk_of_size "$IQN_A" 134217728)"
 check "session is $TRANSPORT" test "$(session_transport "$IQN_A")" = "$TRANSPORT"
+
+# status_lists_session: `iser-target status --json` lists the kernel's session to IQN_A, with
+# this initiator's name and the transport it logged in over.
+status_lists_session() {
+    local json
+    json="$("$BIN" status --config "$WORK/config.yaml" --json)" || return 1
+    python3 - "$json" "$IQN_A" "$TRANSPORT" "$SOFTROCE_INITIATOR_IQN" <<'PY'
+import json, sys
+report = json.loads(sys.argv[1])
+target, transport, initiator = sys.argv[2:]
+sessions = [(s["target"], s["transport"], s["initiator"]) for s in report["iscsi_sessions"]]
+sys.exit(0 if (target, transport, initiator) in sessions else f"not listed: {sessions}")
+PY
+}
+check "iser-target status lists the session over $TRANSPORT" status_lists_session
 check "RAM LUN is 256 MiB ($ram_disk)" test -n "$ram_disk"
 check "file LUN is 128 MiB ($file_disk)" test -n "$file_disk"
 
