@@ -63,6 +63,9 @@ pub struct Config {
     /// Where the process keeps what must outlive it (`state_dir:`): persistent reservations
     /// set with APTPL. `None`: nothing is kept, and REGISTER with APTPL is refused.
     pub state_dir: Option<PathBuf>,
+    /// Where to serve Prometheus metrics over HTTP (`metrics: ADDRESS:PORT`): the status
+    /// report's LUN counts, sessions and controllers. `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// One listening endpoint.
@@ -382,6 +385,7 @@ impl Config {
             target_port_group: 1,
             alua_state: AluaState::ActiveOptimized,
             state_dir: None,
+            metrics: None,
         }
     }
 

@@ -242,6 +242,143 @@ impl StatusReport {
     }
 }
 
+/// Where a metric's samples come from.
+enum Samples {
+    /// Samples of the whole process: each with its labels (`{...}` or empty).
+    Process(fn(&StatusReport) -> Vec<(String, u64)>),
+    /// One sample per LUN, labelled with its target and LUN ID.
+    Lun(fn(&LunStatus) -> u64),
+}
+
+/// A metric [`StatusReport::to_prometheus`] writes: name, type, help line and samples.
+struct Metric(&'static str, &'static str, &'static str, Samples);
+
+const METRICS: [Metric; 12] = [
+    Metric(
+        "iser_target_uptime_seconds",
+        "gauge",
+        "Seconds since the target started serving.",
+        Samples::Process(|r| vec![(String::new(), r.uptime_secs)]),
+    ),
+    Metric(
+        "iser_target_lun_size_bytes",
+        "gauge",
+        "Capacity of the LUN as reported now.",
+        Samples::Lun(|l| l.size_bytes),
+    ),
+    Metric(
+        "iser_target_lun_commands_total",
+        "counter",
+        "Commands addressed to the LUN, over every fabric.",
+        Samples::Lun(|l| l.io.commands),
+    ),
+    Metric(
+        "iser_target_lun_reads_total",
+        "counter",
+        "Reads that went to the LUN's backend.",
+        Samples::Lun(|l| l.io.reads),
+    ),
+    Metric(
+        "iser_target_lun_read_bytes_total",
+        "counter",
+        "Bytes those reads asked for.",
+        Samples::Lun(|l| l.io.read_bytes),
+    ),
+    Metric(
+        "iser_target_lun_writes_total",
+        "counter",
+        "Commands with data written to the LUN's backend.",
+        Samples::Lun(|l| l.io.writes),
+    ),
+    Metric(
+        "iser_target_lun_written_bytes_total",
+        "counter",
+        "Bytes those commands wrote.",
+        Samples::Lun(|l| l.io.write_bytes),
+    ),
+    Metric(
+        "iser_target_lun_write_cache_enabled",
+        "gauge",
+        "1 when the LUN's write cache is on.",
+        Samples::Lun(|l| u64::from(l.write_cache)),
+    ),
+    Metric(
+        "iser_target_lun_reservation_registrations",
+        "gauge",
+        "Persistent reservation registrations on the LUN.",
+        Samples::Lun(|l| l.reservations.registrations as u64),
+    ),
+    Metric(
+        "iser_target_lun_reserved",
+        "gauge",
+        "1 when a persistent reservation is held on the LUN.",
+        Samples::Lun(|l| u64::from(l.reservations.reservation_type.is_some())),
+    ),
+    Metric(
+        "iser_target_iscsi_sessions",
+        "gauge",
+        "Live iSCSI sessions by transport (discovery sessions included).",
+        Samples::Process(|r| {
+            ["tcp", "iser"]
+                .iter()
+                .map(|transport| {
+                    let n = r
+                        .iscsi_sessions
+                        .iter()
+                        .filter(|s| s.transport == *transport);
+                    (format!("{{transport=\"{transport}\"}}"), n.count() as u64)
+                })
+                .collect()
+        }),
+    ),
+    Metric(
+        "iser_target_nvme_controllers",
+        "gauge",
+        "Live NVMe/TCP controllers.",
+        Samples::Process(|r| vec![(String::new(), r.nvme_controllers.len() as u64)]),
+    ),
+];
+
+impl StatusReport {
+    /// The report in Prometheus' text exposition format (version 0.0.4): what a monitoring
+    /// system scrapes from `metrics:` (docs/configuration.md). LUNs are labelled with their
+    /// target's name and LUN ID.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        for Metric(name, kind, help, samples) in &METRICS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            match samples {
+                Samples::Process(of) => {
+                    for (labels, value) in of(self) {
+                        let _ = writeln!(out, "{name}{labels} {value}");
+                    }
+                }
+                Samples::Lun(of) => {
+                    for t in &self.targets {
+                        for l in &t.luns {
+                            let target = label_value(&t.name);
+                            let value = of(l);
+                            let _ = writeln!(
+                                out,
+                                "{name}{{target=\"{target}\",lun=\"{}\"}} {value}",
+                                l.id
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn render_lun(out: &mut String, l: &LunStatus) {
     let _ = writeln!(
         out,
@@ -404,6 +541,36 @@ mod tests {
                 "{expected:?} missing from:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn prometheus_exposition_has_every_metric_once_with_labels() {
+        let text = report().to_prometheus();
+        for Metric(name, kind, _, _) in &METRICS {
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} {kind}\n")).count(),
+                1,
+                "{name}"
+            );
+        }
+        for expected in [
+            "iser_target_uptime_seconds 3725\n",
+            "iser_target_lun_commands_total{target=\"iqn.2026-11.io.iser-target:disk\",lun=\"0\"} 10\n",
+            "iser_target_lun_read_bytes_total{target=\"iqn.2026-11.io.iser-target:disk\",lun=\"0\"} 16384\n",
+            "iser_target_lun_written_bytes_total{target=\"iqn.2026-11.io.iser-target:disk\",lun=\"0\"} 1024\n",
+            "iser_target_lun_reserved{target=\"iqn.2026-11.io.iser-target:disk\",lun=\"0\"} 1\n",
+            "iser_target_iscsi_sessions{transport=\"tcp\"} 1\n",
+            "iser_target_iscsi_sessions{transport=\"iser\"} 0\n",
+            "iser_target_nvme_controllers 1\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+        }
+        // Every sample line is a name, optional labels and an integer.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<u64>().is_ok(), "{line}");
+        }
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]

@@ -359,3 +359,47 @@ fn status_needs_a_state_dir() {
     assert!(said.contains("no state_dir"), "{said}");
     server.stop();
 }
+
+/// `GET path` over HTTP/1.1 from 127.0.0.1:`port`: the status line and the body.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_are_served_for_prometheus() {
+    let port = free_port();
+    let top = format!("metrics: 127.0.0.1:{port}\n");
+    let luns = vec![LunSpec::ram(0, "1M"), LunSpec::ram(3, "2M")];
+    let server = Server::start_with(&[TargetSpec::new(TEST_IQN, luns)], &top);
+    let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    s.write(0, &[0x22; 4 * BLOCK], BLOCK).expect("WRITE");
+
+    let (status_line, body) = http_get(port, "/metrics");
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
+    let lun = |n: u64| format!("{{target=\"{TEST_IQN}\",lun=\"{n}\"}}");
+    for expected in [
+        format!("iser_target_lun_writes_total{} 1\n", lun(0)),
+        format!("iser_target_lun_written_bytes_total{} 2048\n", lun(0)),
+        format!("iser_target_lun_writes_total{} 0\n", lun(3)),
+        format!("iser_target_lun_size_bytes{} 2097152\n", lun(3)),
+        "iser_target_iscsi_sessions{transport=\"tcp\"} 1\n".to_string(),
+        "# TYPE iser_target_lun_commands_total counter\n".to_string(),
+    ] {
+        assert!(
+            body.contains(&expected),
+            "{expected:?} missing from:\n{body}"
+        );
+    }
+    assert_eq!(http_get(port, "/").0, "HTTP/1.1 404 Not Found");
+    drop(s);
+    server.stop();
+}

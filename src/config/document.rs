@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     target_port_group: Option<u64>,
     alua_state: Option<String>,
     state_dir: Option<String>,
+    metrics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +201,22 @@ impl RawConfig {
             Some(dir) => Some(PathBuf::from(dir)),
         };
 
+        let metrics = match self.metrics {
+            None => None,
+            Some(text) => match text.trim().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    return err(
+                        "metrics",
+                        format!(
+                            "\"{text}\" is not an address and port; use e.g. 127.0.0.1:9469 \
+                             or [::1]:9469"
+                        ),
+                    )
+                }
+            },
+        };
+
         Ok(Config {
             portals,
             targets,
@@ -208,6 +225,7 @@ impl RawConfig {
             target_port_group,
             alua_state,
             state_dir,
+            metrics,
         })
     }
 }

@@ -29,6 +29,7 @@ impl Config {
             target_port_group,
             alua_state,
             state_dir,
+            metrics,
         } = new;
         let mut needs_restart = Vec::new();
         let mut differs = |key: &'static str, same: bool| {
@@ -48,6 +49,7 @@ impl Config {
             *target_port_group == self.target_port_group,
         );
         differs("state_dir", *state_dir == self.state_dir);
+        differs("metrics", *metrics == self.metrics);
         Reload {
             alua_state: (*alua_state != self.alua_state).then_some(*alua_state),
             file_sizes_changed,

@@ -88,7 +88,8 @@ struct Reservation {
     rtype: u8,
 }
 
-/// A LU's persistent reservations as an operator reads them ([`PrState::summary`]).
+/// A LU's persistent reservations as an operator reads them
+/// ([`super::LogicalUnit::reservation_summary`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationSummary {
     /// Registered I_T nexuses.

@@ -138,7 +138,7 @@ fn lun_status(lun: &crate::config::Lun, lu: &crate::scsi::LogicalUnit) -> LunSta
 /// the socket file is removed when the thread ends.
 pub(super) fn spawn(
     path: PathBuf,
-    source: StatusSource,
+    source: Arc<StatusSource>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     match std::fs::remove_file(&path) {

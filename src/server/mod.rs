@@ -6,6 +6,7 @@ mod control;
 mod engine;
 mod gate;
 pub mod iser;
+mod metrics;
 mod nvme;
 mod registry;
 mod session;
@@ -53,6 +54,12 @@ pub enum ServerError {
     /// A portal could not be bound.
     #[error("portal {addr}: {source}")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The metrics endpoint (`metrics:`) could not be bound.
+    #[error("metrics {addr}: {source}")]
+    Metrics {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -511,12 +518,9 @@ impl Server {
     }
 
     /// Answers `iser-target status` on the state directory's control socket (none without a
-    /// state directory).
+    /// state directory), and serves Prometheus metrics where `metrics:` says.
     fn start_control(&mut self, config: &Config, started: Instant) -> Result<(), ServerError> {
-        let Some(dir) = &self.state_dir else {
-            return Ok(());
-        };
-        let source = control::StatusSource {
+        let source = Arc::new(control::StatusSource {
             shared: Arc::clone(&self.shared),
             nvme: Arc::clone(&self.nvme),
             // Every portal bound one address, in the configuration's order.
@@ -527,11 +531,20 @@ impl Server {
                 .zip(self.local_addrs.iter().copied())
                 .collect(),
             started,
-        };
-        let path = crate::status::control_socket(dir.path());
-        let thread = control::spawn(path, source, Arc::clone(&self.stop_accepting))
-            .map_err(|e| ServerError::StateDir(e.to_string()))?;
-        self.listeners.push(thread);
+        });
+        if let Some(dir) = &self.state_dir {
+            let path = crate::status::control_socket(dir.path());
+            let stop = Arc::clone(&self.stop_accepting);
+            let thread = control::spawn(path, Arc::clone(&source), stop)
+                .map_err(|e| ServerError::StateDir(e.to_string()))?;
+            self.listeners.push(thread);
+        }
+        if let Some(addr) = config.metrics {
+            let stop = Arc::clone(&self.stop_accepting);
+            let thread = metrics::spawn(addr, source, stop)
+                .map_err(|source| ServerError::Metrics { addr, source })?;
+            self.listeners.push(thread);
+        }
         Ok(())
     }
 

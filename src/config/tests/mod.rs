@@ -597,6 +597,20 @@ fn alua_port_defaults_and_choices() {
 }
 
 #[test]
+fn metrics_is_an_address_and_port() {
+    assert_eq!(ok(MINIMAL).metrics, None);
+    let c = ok(&format!("{MINIMAL}metrics: 127.0.0.1:9469\n"));
+    assert_eq!(c.metrics, Some("127.0.0.1:9469".parse().unwrap()));
+    let c = ok(&format!("{MINIMAL}metrics: \"[::1]:9469\"\n"));
+    assert_eq!(c.metrics, Some("[::1]:9469".parse().unwrap()));
+    fails(
+        &format!("{MINIMAL}metrics: 9469\n"),
+        "metrics",
+        "127.0.0.1:9469",
+    );
+}
+
+#[test]
 fn state_dir_is_optional_and_not_empty() {
     assert_eq!(ok(MINIMAL).state_dir, None);
     let c = ok(&format!("{MINIMAL}state_dir: /var/lib/iser-target\n"));
