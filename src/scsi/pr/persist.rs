@@ -65,10 +65,11 @@ impl Reservations {
         saved: Option<&[u8]>,
     ) -> Result<Self, RecordError> {
         let restored = saved.map(record::decode).transpose()?.flatten();
-        let state = restored.unwrap_or(PrState {
+        // A store is what makes the LU able to persist (PTPL_C), whatever the record held.
+        let state = PrState {
             persistent: true,
-            ..PrState::default()
-        });
+            ..restored.unwrap_or_default()
+        };
         if state.aptpl {
             log::info!(
                 "restored {} registration(s){} from {}",

@@ -62,8 +62,8 @@ pub(super) fn encode(state: &PrState) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// Reads a record back: the state it restores (APTPL on, persistence available), or `None`
-/// when its APTPL bit is off.
+/// Reads a record back: the state it restores (APTPL on), or `None` when its APTPL bit is
+/// off. Whether the LU can persist (PTPL_C) is not in the record: its store decides that.
 pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
     let text = std::str::from_utf8(bytes).map_err(|e| RecordError {
         line: 1 + bytes[..e.valid_up_to()]
@@ -72,10 +72,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
             .count(),
         message: "not UTF-8 text".into(),
     })?;
-    let mut state = PrState {
-        persistent: true,
-        ..PrState::default()
-    };
+    let mut state = PrState::default();
     let (mut version, mut aptpl) = (None, None);
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -253,10 +250,7 @@ mod tests {
         assert_eq!(encode(&back), bytes);
         assert_eq!(back.regs, state.regs);
         assert_eq!(back.reservation, state.reservation);
-        assert_eq!(
-            (back.generation, back.aptpl, back.persistent),
-            (12, true, true)
-        );
+        assert_eq!((back.generation, back.aptpl), (12, true));
     }
 
     #[test]
@@ -309,7 +303,7 @@ mod tests {
             }
             bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
             if let Ok(Some(state)) = decode(&bytes) {
-                assert!(state.aptpl && state.persistent);
+                assert!(state.aptpl);
             }
         }
     }
