@@ -162,21 +162,41 @@ fn context(e: io::Error, path: &Path) -> io::Error {
 }
 
 fn serve(listener: &UnixListener, source: &StatusSource, stop: &AtomicBool) {
+    answer_one_at_a_time(
+        "control socket",
+        listener,
+        || listener.accept().map(|(stream, _)| stream),
+        |stream| answer(stream, source),
+        stop,
+    );
+}
+
+/// Accepts connections on the non-blocking `listener` with `accept` and hands each to
+/// `answer`, one at a time, until `stop` is set (looked at every [`ACCEPT_POLL`]). `what`
+/// names the listener in the log. For the status and metrics endpoints, whose answers are
+/// small and quick.
+pub(super) fn answer_one_at_a_time<S>(
+    what: &str,
+    listener: &impl AsFd,
+    accept: impl Fn() -> io::Result<S>,
+    answer: impl Fn(S) -> io::Result<()>,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::SeqCst) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(ACCEPT_POLL).unwrap_or(PollTimeout::NONE);
         if nix::poll::poll(&mut fds, timeout).is_err() {
             continue;
         }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, source) {
-                    log::debug!("control socket: {e}");
+        match accept() {
+            Ok(stream) => {
+                if let Err(e) = answer(stream) {
+                    log::debug!("{what}: {e}");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
-                log::warn!("control socket: accept: {e}");
+                log::warn!("{what}: accept: {e}");
                 std::thread::sleep(ACCEPT_POLL);
             }
         }

@@ -7,18 +7,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use super::control::{answer_one_at_a_time, StatusSource};
 
-use super::control::StatusSource;
-
-/// How often the thread looks at the stop flag while no scrape arrives.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// How long a client may take to send its request or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a request read: its head (what a scraper sends fits easily).
@@ -46,25 +41,15 @@ pub(super) fn spawn(
 }
 
 fn serve(listener: &TcpListener, source: &StatusSource, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        let timeout = PollTimeout::try_from(ACCEPT_POLL).unwrap_or(PollTimeout::NONE);
-        if nix::poll::poll(&mut fds, timeout).is_err() {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if let Err(e) = answer(stream, source) {
-                    log::debug!("metrics: {peer}: {e}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                log::warn!("metrics: accept: {e}");
-                std::thread::sleep(ACCEPT_POLL);
-            }
-        }
-    }
+    answer_one_at_a_time(
+        "metrics",
+        listener,
+        || listener.accept(),
+        |(stream, peer)| {
+            answer(stream, source).map_err(|e| io::Error::new(e.kind(), format!("{peer}: {e}")))
+        },
+        stop,
+    );
 }
 
 /// How a request is answered, from its request line.
