@@ -100,21 +100,13 @@ fn status(config: Option<&Path>, json: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        // The first default state directory with a socket in it, else the first (for the
+        // The first default state directory with a socket in it, else the system one (for the
         // error message).
-        None => {
-            let sockets: Vec<PathBuf> = default_state_dirs()
-                .iter()
-                .map(|d| control_socket(d))
-                .collect();
-            match sockets.iter().find(|s| s.exists()).or(sockets.first()) {
-                Some(socket) => socket.clone(),
-                None => {
-                    eprintln!("no default state directory here (no HOME): use --config");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+        None => default_state_dirs()
+            .iter()
+            .map(|dir| control_socket(dir))
+            .find(|socket| socket.exists())
+            .unwrap_or_else(|| control_socket(Path::new(SYSTEM_STATE_DIR))),
     };
     match iser_target::status::query(&socket) {
         Ok((raw, report)) => {
