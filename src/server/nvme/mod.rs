@@ -205,11 +205,7 @@ impl NvmeState {
     /// Every live controller for the status report: its host, subsystem and queues, and where
     /// and when its admin queue connected.
     pub(crate) fn controllers(&self, now: Instant) -> Vec<NvmeControllerStatus> {
-        let listed = self
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .list();
+        let listed = self.lock_registry().list();
         let queues = self.lock_queues();
         listed
             .into_iter()
