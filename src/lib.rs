@@ -24,3 +24,14 @@ pub mod status;
 
 /// The pool buffer that carries a command's payload through every layer.
 pub use mem_ffi::Buf;
+
+/// Lower-case hexadecimal digits of `bytes`, two per byte (identifiers in names, logs and
+/// records: ISIDs, NVMe Host Identifiers, NAA designators).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(text, "{b:02x}");
+    }
+    text
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::block_io::BlockSession;
 use common::nvme_host::{
-    self, admin_queue, io_queue, io_queue_with, pdu_type, read_pdu, Digests, NvmeQueue, Options,
-    Sqe, DISCOVERY_NQN, HOST_NQN,
+    self, admin_queue, host_id, io_queue, io_queue_with, pdu_type, read_pdu, Digests, NvmeQueue,
+    Options, Sqe, DISCOVERY_NQN, HOST_NQN,
 };
 use common::{free_port, LunSpec, Server, TargetSpec};
 
@@ -93,6 +93,96 @@ fn connect_identify_and_round_trip_data_on_both_namespaces() {
     // The same LUN over iSCSI sees what NVMe wrote.
     let mut iscsi = BlockSession::login(server.port(), TARGET, 1).unwrap();
     assert_eq!(iscsi.read(8, 4096, 512).unwrap(), pattern(4096, 2));
+    server.assert_alive();
+}
+
+/// Two keys, little-endian: the data of Reservation Register and Acquire.
+fn reservation_keys(current: u64, new: u64) -> Vec<u8> {
+    let mut data = current.to_le_bytes().to_vec();
+    data.extend_from_slice(&new.to_le_bytes());
+    data
+}
+
+/// NVMe reservations, as Linux's host and nvme-cli send them: two hosts register and one
+/// takes Write Exclusive; the other host's writes and an iSCSI initiator's writes to the same
+/// LUN conflict while reads pass; the Report lists both hosts by Host Identifier; releasing
+/// lets the writes through.
+#[test]
+fn reservations_fence_other_hosts_and_iscsi_initiators() {
+    const OTHER_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0c0d4d6c-2f53-4c33-9a7a-aa0000000002";
+    let (mut server, port) = serve(target());
+    let (mut admin, cntlid) = admin_queue(port, SUBSYSTEM, HOST_NQN, 1);
+    let (_, ctrl) = admin.identify(0x01, 0).unwrap();
+    assert_ne!(ctrl[520] & 1 << 5, 0, "ONCS: reservations");
+    let (_, ns) = admin.identify(0x00, 1).unwrap();
+    assert_eq!(
+        ns[31], 0xFE,
+        "RESCAP: every type and IEKEY; no state_dir, no PTPL"
+    );
+    let get_host_id = Sqe::new(0x0A, 0).cdw(10, 0x81).cdw(11, 1);
+    let (cqe, id) = admin.command(get_host_id, &[], 16).unwrap();
+    assert!(cqe.ok(), "Get Features, Host Identifier: {cqe:?}");
+    assert_eq!(id, host_id(HOST_NQN));
+    let mut mine = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
+    let (_other_admin, other_cntlid) = admin_queue(port, SUBSYSTEM, OTHER_HOST, 1);
+    let mut other = io_queue(port, SUBSYSTEM, OTHER_HOST, other_cntlid, 1);
+
+    // Register (CPTPL 11b, as Linux's host sends it), then acquire Write Exclusive.
+    let register = |queue: &mut NvmeQueue, key: u64| {
+        let sqe = Sqe::new(0x0D, 1).cdw(10, 0b11 << 30);
+        queue.command(sqe, &reservation_keys(0, key), 0).unwrap().0
+    };
+    assert!(register(&mut mine, 0xA).ok());
+    assert!(register(&mut other, 0xB).ok());
+    let acquire = Sqe::new(0x11, 1).cdw(10, 1 << 8);
+    let (cqe, _) = mine.command(acquire, &reservation_keys(0xA, 0), 0).unwrap();
+    assert!(cqe.ok(), "Acquire: {cqe:?}");
+
+    let data = pattern(4096, 3);
+    let conflict = other.write(1, 0, &data, 512).unwrap();
+    assert_eq!((conflict.status, conflict.dnr), ((0, 0x83), true));
+    assert!(other.read(1, 0, 4096, 512).unwrap().0.ok(), "reads pass");
+    assert!(
+        mine.write(1, 0, &data, 512).unwrap().ok(),
+        "the holder writes"
+    );
+    let mut iscsi = BlockSession::login(server.port(), TARGET, 0).unwrap();
+    let mut write16 = [0u8; 16];
+    write16[0] = 0x8A;
+    write16[13] = 8;
+    let reply = iscsi.command_out(&write16, &data).unwrap();
+    assert_eq!(reply.status, 0x18, "RESERVATION CONFLICT over iSCSI");
+    assert_eq!(iscsi.read(0, 4096, 512).unwrap(), data);
+
+    // Report (extended data structure): both hosts, the holder marked.
+    let report = Sqe::new(0x0E, 1).cdw(10, 4096 / 4 - 1).cdw(11, 1);
+    let (cqe, status) = other.command(report, &[], 4096).unwrap();
+    assert!(cqe.ok(), "Report: {cqe:?}");
+    assert_eq!(
+        (status[4], status[5]),
+        (1, 2),
+        "type Write Exclusive, 2 registrants"
+    );
+    let entry = |i: usize| &status[64 + 64 * i..128 + 64 * i];
+    assert_eq!(
+        (entry(0)[2], &entry(0)[8..16]),
+        (1, &0xAu64.to_le_bytes()[..])
+    );
+    assert_eq!(&entry(0)[16..32], &host_id(HOST_NQN));
+    assert_eq!(
+        (entry(1)[2], &entry(1)[16..32]),
+        (0, &host_id(OTHER_HOST)[..])
+    );
+    // Without the extended structure: Host Identifier Inconsistent Format.
+    let (cqe, _) = other
+        .command(Sqe::new(0x0E, 1).cdw(10, 15), &[], 64)
+        .unwrap();
+    assert_eq!((cqe.status, cqe.dnr), ((0, 0x18), true));
+
+    let release = Sqe::new(0x15, 1).cdw(10, 1 << 8);
+    let (cqe, _) = mine.command(release, &0xAu64.to_le_bytes(), 0).unwrap();
+    assert!(cqe.ok(), "Release: {cqe:?}");
+    assert!(other.write(1, 0, &data, 512).unwrap().ok());
     server.assert_alive();
 }
 

@@ -24,6 +24,9 @@ use iser_target::stats::thread_payload_copies;
 use mem_ffi::CountingAllocator;
 
 use crate::initiator::{Op, BLOCK, PATTERN, REGION};
+
+/// The benchmark initiator's ISID.
+const BENCH_ISID: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x78, 0x9b];
 use crate::pair::TargetCost;
 
 /// iSER header flags: control PDU, write STag valid, read STag valid (as `iscsi::iser` reads them).
@@ -68,10 +71,7 @@ impl IserBench {
         let mut bench = IserBench {
             conn: IserConnection::new(core, None, true, now),
             scsi,
-            nexus: Nexus {
-                initiator_name: "iqn.2026-11.io.iser-target:bench-initiator".into(),
-                isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9b],
-            },
+            nexus: Nexus::iscsi("iqn.2026-11.io.iser-target:bench-initiator", BENCH_ISID),
             now,
             pattern: (0..PATTERN).map(|i| (i % 251) as u8).collect(),
             send: Vec::new(),
@@ -85,7 +85,7 @@ impl IserBench {
         let pdu = ib_iser_login(
             &bench.nexus.initiator_name,
             target,
-            bench.nexus.isid,
+            BENCH_ISID,
             bench.cmd_sn,
         );
         let mut send = IserHeader::CONTROL.encode().to_vec();
@@ -225,7 +225,6 @@ impl IserBench {
                         data_out: &task.data_out,
                         expected_transfer_length: task.expected_transfer_length,
                         task_attr: task.attribute,
-                        unit_attentions: true,
                     });
                     self.conn.handle_scsi_complete(task.id, outcome);
                 }

@@ -130,10 +130,8 @@ impl PairTarget {
                     },
                     TcpAction::SetFrameSettings(settings) => self.settings = settings,
                     TcpAction::BindSession(request) => {
-                        self.nexus = Some(Nexus {
-                            initiator_name: request.initiator_name.clone(),
-                            isid: request.isid,
-                        });
+                        self.nexus =
+                            Some(Nexus::iscsi(request.initiator_name.clone(), request.isid));
                         self.conn.handle_session_bound(Ok(1));
                     }
                     TcpAction::Execute(task) => ready.push(task),
@@ -157,7 +155,6 @@ impl PairTarget {
                     data_out: &task.data_out,
                     expected_transfer_length: task.expected_transfer_length,
                     task_attr: task.attribute,
-                    unit_attentions: true,
                 });
                 self.conn.handle_scsi_complete(task.id, outcome);
             }

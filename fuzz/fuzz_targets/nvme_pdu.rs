@@ -69,7 +69,7 @@ impl Harness {
                         IoOp::Deallocate { ranges } => {
                             assert!(ranges.iter().all(|&(o, l)| inside(o, l)))
                         }
-                        IoOp::Flush => {}
+                        IoOp::Flush | IoOp::Reservation(_) => {}
                     }
                     if self.defer {
                         self.deferred.push(io);

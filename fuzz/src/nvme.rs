@@ -208,5 +208,6 @@ pub fn namespace(nsid: u32, block_size: u32, blocks: u64, read_only: bool) -> Na
         nguid: [nsid as u8; 16],
         eui64: [nsid as u8; 8],
         uuid: [nsid as u8; 16],
+        persistent_reservations: false,
     }
 }

@@ -433,12 +433,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 /// `0x` and lowercase hex, the form every initiator reads (libiscsi only parses `CHAP_C=0x` and
 /// `CHAP_R=0x`, lib/login.c).
 pub fn encode_hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 + bytes.len() * 2);
-    out.push_str("0x");
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("0x{}", crate::hex(bytes))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ mod fid {
     pub const NUMBER_OF_QUEUES: u8 = 0x07;
     pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
     pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
+    pub const HOST_IDENTIFIER: u8 = 0x81;
 }
 
 /// The Asynchronous Event Configuration bits a discovery controller takes: Discovery Log Page
@@ -304,6 +305,7 @@ impl Queue {
             cid: sqe.cid(),
             cntlid,
             host_nqn: host_nqn.to_string(),
+            host_id,
             qid,
             sq_size: sqsize + 1,
             kato_ms: sqe.connect_kato(),
@@ -651,6 +653,10 @@ impl Queue {
             fid::VOLATILE_WRITE_CACHE if !discovery => {
                 Outcome::status(Status::FEATURE_NOT_CHANGEABLE)
             }
+            // Over fabrics the Host Identifier is Connect's (NVMe-oF 1.1 §3.3); Linux's nvmet
+            // answers a Set the same way (drivers/nvme/target/admin-cmd.c
+            // nvmet_execute_set_features).
+            fid::HOST_IDENTIFIER if !discovery => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
             _ => Outcome::status(Status::INVALID_FIELD),
         }
     }
@@ -666,7 +672,7 @@ impl Queue {
         let max_io_queues = self.config.max_io_queues;
         let admin = self.admin.as_ref().expect("admin queue");
         let known = match feature {
-            fid::NUMBER_OF_QUEUES | fid::VOLATILE_WRITE_CACHE => !discovery,
+            fid::NUMBER_OF_QUEUES | fid::VOLATILE_WRITE_CACHE | fid::HOST_IDENTIFIER => !discovery,
             fid::KEEP_ALIVE_TIMER | fid::ASYNC_EVENT_CONFIG => true,
             _ => false,
         };
@@ -676,8 +682,17 @@ impl Queue {
         // SEL 3: supported capabilities (base 2.0): changeable (bit 2), except the
         // cache, which is fixed.
         if select == 3 {
-            let changeable = feature != fid::VOLATILE_WRITE_CACHE;
+            let changeable = !matches!(feature, fid::VOLATILE_WRITE_CACHE | fid::HOST_IDENTIFIER);
             return Outcome::Complete(Status::SUCCESS, u64::from(changeable) << 2);
+        }
+        if feature == fid::HOST_IDENTIFIER {
+            // EXHID (CDW11 bit 0) asks for the 128-bit form, the only one a fabrics host has
+            // (NVMe-oF 1.1 §3.3); the 64-bit form does not exist here.
+            if sqe.cdw(11) & 1 == 0 {
+                return Outcome::status(Status::INVALID_FIELD);
+            }
+            let host_id = self.binding.as_ref().map_or([0; 16], |b| b.host_id);
+            return Outcome::Data(host_id.to_vec());
         }
         let value = match feature {
             fid::NUMBER_OF_QUEUES => {

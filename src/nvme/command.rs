@@ -188,6 +188,9 @@ impl Status {
     /// A reservation held over another fabric (SCSI persistent reservations) fences the
     /// namespace.
     pub const RESERVATION_CONFLICT: Self = Self::new(0, 0x83, true);
+    /// A Reservation Report without the extended data structure: this subsystem's Host
+    /// Identifiers are 128 bits (NVMe-oF 1.1 §3.3), which only that structure holds.
+    pub const HOST_ID_INCONSISTENT_FORMAT: Self = Self::new(0, 0x18, true);
     pub const INVALID_QUEUE_IDENTIFIER: Self = Self::new(1, 0x01, true);
     pub const ASYNC_EVENT_LIMIT_EXCEEDED: Self = Self::new(1, 0x05, true);
     pub const INVALID_LOG_PAGE: Self = Self::new(1, 0x09, true);
@@ -263,6 +266,10 @@ pub mod io_opcode {
     pub const COMPARE: u8 = 0x05;
     pub const WRITE_ZEROES: u8 = 0x08;
     pub const DATASET_MANAGEMENT: u8 = 0x09;
+    pub const RESERVATION_REGISTER: u8 = 0x0D;
+    pub const RESERVATION_REPORT: u8 = 0x0E;
+    pub const RESERVATION_ACQUIRE: u8 = 0x11;
+    pub const RESERVATION_RELEASE: u8 = 0x15;
 }
 
 /// Fabrics command types (NVMe-oF 1.1 §3).

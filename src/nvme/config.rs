@@ -27,6 +27,9 @@ pub struct NamespaceDescriptor {
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub uuid: [u8; 16],
+    /// Its reservations can persist through a restart (a state directory keeps them):
+    /// RESCAP's PTPLS, and what Register's CPTPL can turn on.
+    pub persistent_reservations: bool,
 }
 
 impl NamespaceDescriptor {

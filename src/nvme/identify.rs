@@ -138,9 +138,10 @@ pub fn controller(
                                 // MNAN: Linux refuses ANA when it is 0 or above NN (drivers/nvme/host/multipath.c
                                 // nvme_mpath_init_identify, "Invalid MNAN value") and sizes its ANA log buffer by it.
         put32(&mut d, 540, nn);
-        put16(&mut d, 520, 1 | 1 << 2 | 1 << 3); // ONCS: Compare, DSM, Write Zeroes
-                                                 // VWC: a volatile write cache is present; bits 2:1 = 10b, Flush with the broadcast
-                                                 // NSID is not supported.
+        // ONCS: Compare, Dataset Management, Write Zeroes, Reservations.
+        put16(&mut d, 520, 1 | 1 << 2 | 1 << 3 | 1 << 5);
+        // VWC: a volatile write cache is present; bits 2:1 = 10b, Flush with the broadcast
+        // NSID is not supported.
         d[525] = u8::from(s.namespaces.iter().any(|n| n.volatile_write_cache)) | 0b100;
     }
     // SGLS: SGLs supported, and in-capsule data at an offset (Linux
@@ -165,7 +166,8 @@ pub fn namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec<u8> {
     put64(&mut d, 16, ns.blocks); // NUSE
     d[24] = u8::from(ns.thin); // NSFEAT: thin provisioning
     d[30] = 1; // NMIC: may be attached to several controllers
-               // DLFEAT: deallocated blocks read as zeroes; Write Zeroes can deallocate.
+    d[31] = rescap(ns);
+    // DLFEAT: deallocated blocks read as zeroes; Write Zeroes can deallocate.
     d[33] = 0x01 | 1 << 3;
     let bytes = u128::from(ns.blocks) * u128::from(ns.block_size);
     d[48..64].copy_from_slice(&bytes.to_le_bytes()); // NVMCAP
@@ -176,6 +178,12 @@ pub fn namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec<u8> {
     // LBA format 0: no metadata, LBADS, best relative performance.
     put32(&mut d, 128, ns.lba_shift() << 16);
     d
+}
+
+/// RESCAP (base 2.0 Figure 280): every reservation type, IEKEY as NVMe 1.3 and later define
+/// it, and Persist Through Power Loss when the namespace's reservations can persist.
+fn rescap(ns: &NamespaceDescriptor) -> u8 {
+    0x80 | 0x7E | u8::from(ns.persistent_reservations)
 }
 
 /// Active Namespace ID list: NSIDs above `after`, ascending, up to 1024.
@@ -217,6 +225,7 @@ pub fn csi_independent_namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec
     let mut d = vec![0u8; IDENTIFY_LEN];
     d[0] = u8::from(ns.thin); // NSFEAT
     d[1] = 1; // NMIC: may be attached to several controllers
+    d[2] = rescap(ns);
     put32(&mut d, 4, anagrpid); // ANAGRPID
     d[8] = u8::from(ns.read_only); // NSATTR
     d[14] = 1; // NSTAT: ready
@@ -265,6 +274,7 @@ mod tests {
             nguid: [0x11; 16],
             eui64: [0x22; 8],
             uuid: [0x33; 16],
+            persistent_reservations: false,
         }
     }
 
@@ -273,6 +283,13 @@ mod tests {
         let d = namespace(&ns(), 7);
         assert_eq!(&d[0..8], &1000u64.to_le_bytes());
         assert_eq!(d[30], 1, "NMIC: shared");
+        assert_eq!(d[31], 0xFE, "RESCAP: every type, IEKEY, no PTPL");
+        let persistent = NamespaceDescriptor {
+            persistent_reservations: true,
+            ..ns()
+        };
+        assert_eq!(namespace(&persistent, 7)[31], 0xFF, "RESCAP with PTPL");
+        assert_eq!(csi_independent_namespace(&persistent, 7)[2], 0xFF);
         assert_eq!(&d[92..96], &7u32.to_le_bytes(), "ANAGRPID");
         assert_eq!(d[99], 1);
         assert_eq!(&d[104..120], &[0x11; 16]);

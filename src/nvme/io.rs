@@ -6,7 +6,7 @@
 use super::command::{io_opcode, Sqe, Status};
 use super::config::NamespaceDescriptor;
 use crate::backend::{Backend, BackendError};
-use crate::scsi::{BlockReply, BlockRequest};
+use crate::scsi::{BlockReply, BlockRequest, NvmeReservation, NvmeReservationKind};
 use crate::Buf;
 
 /// Identifies an I/O command handed to the environment, unique within its queue.
@@ -32,6 +32,22 @@ pub enum IoOp {
     },
     /// Compare the command's data with the medium at `offset`.
     Compare { offset: u64 },
+    /// A reservation command, run on the namespace's LUN's reservations.
+    Reservation(NvmeReservation),
+}
+
+impl IoOp {
+    /// Whether the operation answers with data for the host (Read, Reservation Report).
+    pub fn returns_data(&self) -> bool {
+        matches!(
+            self,
+            IoOp::Read { .. }
+                | IoOp::Reservation(NvmeReservation {
+                    kind: NvmeReservationKind::Report,
+                    ..
+                })
+        )
+    }
 }
 
 /// An I/O command for the environment to run: answer with
@@ -47,9 +63,10 @@ pub struct IoCommand {
 }
 
 impl IoCommand {
-    /// The operation as the SCSI layer's block request (borrowing the data).
-    pub fn block_request(&self) -> BlockRequest<'_> {
-        match &self.op {
+    /// The operation as the SCSI layer's block request (borrowing the data); a reservation
+    /// command has none (it runs on the LUN's reservations, see [`crate::nvme::scsi::lower`]).
+    pub fn block_request(&self) -> Option<BlockRequest<'_>> {
+        Some(match &self.op {
             IoOp::Read { offset, len } => BlockRequest::Read {
                 offset: *offset,
                 len: *len,
@@ -79,13 +96,20 @@ impl IoCommand {
                 offset: *offset,
                 expected: &self.data,
             },
-        }
+            IoOp::Reservation(_) => return None,
+        })
     }
 
     /// Runs the command synchronously on `backend` (tests, tools; the engine submits the
-    /// block request itself).
+    /// block request itself). A reservation command, which needs the LUN, is refused.
     pub fn execute(&self, backend: &dyn Backend) -> Result<BlockReply, BackendError> {
-        crate::scsi::run(backend, &self.block_request())
+        match self.block_request() {
+            Some(request) => crate::scsi::run(backend, &request),
+            None => Ok(BlockReply::Check(crate::scsi::sense::Sense::new(
+                crate::scsi::sense::ILLEGAL_REQUEST,
+                crate::scsi::sense::INVALID_COMMAND_OPCODE,
+            ))),
+        }
     }
 }
 
@@ -187,7 +211,85 @@ pub fn plan(sqe: &Sqe, ns: &NamespaceDescriptor, max_transfer: u32) -> Result<Io
                 };
             Ok(plan(IoOp::Deallocate { ranges: Vec::new() }, host_data, 0))
         }
+        io_opcode::RESERVATION_REGISTER
+        | io_opcode::RESERVATION_REPORT
+        | io_opcode::RESERVATION_ACQUIRE
+        | io_opcode::RESERVATION_RELEASE => {
+            let (command, host_data, controller_data) = reservation(sqe)?;
+            if controller_data > 0 {
+                transfer(controller_data as u64)?;
+            }
+            Ok(IoPlan {
+                op: IoOp::Reservation(command),
+                host_data,
+                controller_data,
+                lba: 0,
+            })
+        }
         _ => Err(Status::INVALID_OPCODE),
+    }
+}
+
+/// Bytes of Reservation Register and Acquire data (CRKEY and NRKEY or PRKEY), and of
+/// Reservation Release data (CRKEY).
+const RESERVATION_KEYS_LEN: usize = 16;
+const RESERVATION_KEY_LEN: usize = 8;
+
+/// Decodes a reservation command (NVMe base 2.0 §7.2–7.5): the command for the LUN and the
+/// bytes of host data and of data for the host it moves. The fields the command set defines
+/// are checked here; the rules that depend on the reservation state are the LUN's.
+fn reservation(sqe: &Sqe) -> Result<(NvmeReservation, usize, usize), Status> {
+    let kind = match sqe.opcode() {
+        io_opcode::RESERVATION_REGISTER => NvmeReservationKind::Register,
+        io_opcode::RESERVATION_REPORT => NvmeReservationKind::Report,
+        io_opcode::RESERVATION_ACQUIRE => NvmeReservationKind::Acquire,
+        _ => NvmeReservationKind::Release,
+    };
+    let command = NvmeReservation {
+        kind,
+        cdw10: sqe.cdw(10),
+        cdw11: sqe.cdw(11),
+    };
+    let (max_action, typed) = match kind {
+        NvmeReservationKind::Register => (2, false),
+        NvmeReservationKind::Acquire => (2, true),
+        NvmeReservationKind::Release => (1, false),
+        NvmeReservationKind::Report => (0, false),
+    };
+    if kind != NvmeReservationKind::Report && command.action() > max_action {
+        return Err(Status::INVALID_FIELD);
+    }
+    match kind {
+        // CPTPL 01b is reserved.
+        NvmeReservationKind::Register if command.cptpl() == 0b01 => Err(Status::INVALID_FIELD),
+        NvmeReservationKind::Register => Ok((command, RESERVATION_KEYS_LEN, 0)),
+        // IEKEY is only for Register (NVMe base 2.0 §7.2, §7.5: "shall be cleared to 0").
+        NvmeReservationKind::Acquire | NvmeReservationKind::Release if command.ignore_key() => {
+            Err(Status::INVALID_FIELD)
+        }
+        NvmeReservationKind::Acquire if typed && !(1..=6).contains(&command.nvme_type()) => {
+            Err(Status::INVALID_FIELD)
+        }
+        NvmeReservationKind::Acquire => Ok((command, RESERVATION_KEYS_LEN, 0)),
+        // Linux's host sends every reservation command with 16 bytes of data (drivers/nvme/
+        // host/pr.c nvme_pr_command), Release too, whose data is one 8-byte key: either
+        // length is taken.
+        NvmeReservationKind::Release => {
+            let sgl = sqe.sgl().length as usize;
+            let len = if sgl == RESERVATION_KEYS_LEN {
+                sgl
+            } else {
+                RESERVATION_KEY_LEN
+            };
+            Ok((command, len, 0))
+        }
+        NvmeReservationKind::Report if !command.extended() => {
+            Err(Status::HOST_ID_INCONSISTENT_FORMAT)
+        }
+        NvmeReservationKind::Report => {
+            let len = usize::try_from(command.report_length()).unwrap_or(usize::MAX);
+            Ok((command, 0, len))
+        }
     }
 }
 
@@ -252,6 +354,7 @@ mod tests {
             nguid: [0; 16],
             eui64: [0; 8],
             uuid: [0; 16],
+            persistent_reservations: false,
         }
     }
 

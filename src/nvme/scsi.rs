@@ -11,6 +11,7 @@
 //! | Compare | VERIFY(16) with BYTCHK=01b |
 //! | Write Zeroes | WRITE SAME(16) with NDOB (UNMAP when DEAC); with FUA a WRITE(16) FUA of zeroes |
 //! | Dataset Management (deallocate) | UNMAP |
+//! | Reservation Register, Report, Acquire, Release | the LUN's reservations, in the CDB that carries them ([`crate::scsi::NvmeReservation`]) |
 //!
 //! Because the SCSI layer checks reservations on every command, a SCSI persistent reservation
 //! held by an iSCSI initiator fences NVMe hosts too (Reservation Conflict).
@@ -19,7 +20,9 @@ use super::command::Status;
 use super::io::{IoCommand, IoOp};
 use crate::iscsi::bytes::CdbBytes;
 use crate::iscsi::ScsiTask;
-use crate::scsi::{sense, status, ScsiOutcome, TaskAttr};
+use crate::scsi::{
+    sense, status, NvmeReservationKind, ScsiOutcome, TaskAttr, NVME_RESERVATION_OPCODE,
+};
 use crate::Buf;
 
 /// The SCSI operation codes used (SBC-3).
@@ -103,9 +106,18 @@ pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTas
             let len = list.len();
             (Buf::copy_from_slice(&list), len)
         }
+        IoOp::Reservation(command) => {
+            let carrier = command.cdb();
+            cdb[..carrier.len()].copy_from_slice(&carrier);
+            let expected = match command.kind {
+                NvmeReservationKind::Report => command.report_length() as usize,
+                _ => data.len(),
+            };
+            (data, expected)
+        }
     };
     let cdb_len = match cdb[0] {
-        op::UNMAP => 10,
+        op::UNMAP | NVME_RESERVATION_OPCODE => 10,
         _ => 16,
     };
     ScsiTask {
@@ -189,10 +201,7 @@ mod tests {
 
     fn run(target: &ScsiTarget, io: IoCommand) -> ScsiOutcome {
         let task = lower(io, 0, 0, 512);
-        let nexus = Nexus {
-            initiator_name: "nqn.2014-08.org.nvmexpress:uuid:host".into(),
-            isid: [0; 6],
-        };
+        let nexus = Nexus::nvme("nqn.2014-08.org.nvmexpress:uuid:host", [7; 16]);
         let request = ScsiRequest {
             nexus: &nexus,
             lun: task.lun,
@@ -200,7 +209,6 @@ mod tests {
             data_out: &task.data_out,
             expected_transfer_length: task.expected_transfer_length,
             task_attr: task.attribute,
-            unit_attentions: false,
         };
         match target.prepare(&request) {
             Prepared::Done(outcome) => outcome,
@@ -300,10 +308,7 @@ mod tests {
     #[test]
     fn a_scsi_reservation_fences_nvme_writes() {
         let t = target();
-        let iscsi = Nexus {
-            initiator_name: "iqn.2026-11.org.example:initiator".into(),
-            isid: [0x80, 0, 0, 0, 0, 1],
-        };
+        let iscsi = Nexus::iscsi("iqn.2026-11.org.example:initiator", [0x80, 0, 0, 0, 0, 1]);
         let prout = |service_action: u8, rtype: u8, rk: u64, sark: u64| {
             let mut cdb = [0u8; 10];
             cdb[0] = 0x5F;
@@ -320,7 +325,6 @@ mod tests {
                 data_out: &list,
                 expected_transfer_length: 24,
                 task_attr: TaskAttr::Simple,
-                unit_attentions: false,
             };
             match t.prepare(&request) {
                 Prepared::Done(outcome) => outcome.status,

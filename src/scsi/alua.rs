@@ -266,10 +266,7 @@ mod tests {
     #[test]
     fn a_state_change_is_reported_by_rtpg_and_a_unit_attention_per_nexus() {
         let lu = lu_with(AluaState::ActiveOptimized);
-        let nexus = |isid: u8| Nexus {
-            initiator_name: "iqn.2026-12.test:alua".into(),
-            isid: [0, 0, 0, 0, 0, isid],
-        };
+        let nexus = |isid: u8| Nexus::iscsi("iqn.2026-12.test:alua", [0, 0, 0, 0, 0, isid]);
         let run = |n: &Nexus, cdb: &[u8]| {
             let mut c = [0u8; 16];
             c[..cdb.len()].copy_from_slice(cdb);
@@ -280,7 +277,6 @@ mod tests {
                 data_out: &[],
                 expected_transfer_length: 512,
                 task_attr: TaskAttr::Simple,
-                unit_attentions: true,
             })
         };
         let (one, two, late) = (nexus(1), nexus(2), nexus(3));

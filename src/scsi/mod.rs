@@ -29,11 +29,15 @@ pub use alua::{AluaPort, AluaState};
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 pub use counters::IoTotals;
-pub use pr::{RecordError, ReservationStore, ReservationSummary, Reservations};
+pub use pr::{
+    NvmeReservation, NvmeReservationKind, RecordError, ReservationStore, ReservationSummary,
+    Reservations, NVME_RESERVATION_OPCODE,
+};
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
 pub use xcopy::{CopyJob, CopyList};
 
 use crate::backend::{Backend, BackendError};
+use crate::hex;
 use cdb::Cdb;
 use mem_ffi::{Buf, Payload};
 use sense::{Sense, SenseData};
@@ -170,18 +174,64 @@ pub enum TaskAttr {
 /// The initiator side of an I_T nexus: who sent a command. Reservations are held per nexus.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Nexus {
-    /// iSCSI initiator name (as given at login).
+    /// iSCSI initiator name (as given at login), or an NVMe host's NQN.
     pub initiator_name: String,
-    /// Initiator session ID: with the name it identifies the initiator port.
-    pub isid: [u8; 6],
+    /// What tells this initiator port from others of the same name.
+    pub port: InitiatorPort,
+}
+
+/// The second half of an initiator's identity, which also says which fabric it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InitiatorPort {
+    /// An iSCSI session's initiator session ID (RFC 7143 §4.2.7.2): each session of one
+    /// initiator is its own I_T nexus.
+    Isid([u8; 6]),
+    /// An NVMe host's Host Identifier (from Connect, NVMe-oF 1.1 §3.3): every controller of
+    /// one host is the same registrant to reservations (NVMe base 2.0 §8.19).
+    HostId([u8; 16]),
 }
 
 impl Nexus {
-    /// The iSCSI initiator port name (RFC 7143 §4.2.7.2): `name,i,0x<ISID>`, used in
-    /// TransportIDs.
+    /// The nexus of an iSCSI session.
+    pub fn iscsi(initiator_name: impl Into<String>, isid: [u8; 6]) -> Self {
+        Nexus {
+            initiator_name: initiator_name.into(),
+            port: InitiatorPort::Isid(isid),
+        }
+    }
+
+    /// The nexus of an NVMe host's controllers.
+    pub fn nvme(host_nqn: impl Into<String>, host_id: [u8; 16]) -> Self {
+        Nexus {
+            initiator_name: host_nqn.into(),
+            port: InitiatorPort::HostId(host_id),
+        }
+    }
+
+    /// Whether the initiator hears of events through SCSI unit attentions (iSCSI does). An
+    /// NVMe host learns of the same events through asynchronous events (ANA change, namespace
+    /// attribute changed), so its commands neither receive nor register unit attentions:
+    /// otherwise each state or capacity change would fail its next command once with
+    /// Namespace Not Ready.
+    pub fn hears_unit_attentions(&self) -> bool {
+        matches!(self.port, InitiatorPort::Isid(_))
+    }
+
+    /// The NVMe Host Identifier, for a host's nexus.
+    pub fn host_id(&self) -> Option<[u8; 16]> {
+        match self.port {
+            InitiatorPort::HostId(id) => Some(id),
+            InitiatorPort::Isid(_) => None,
+        }
+    }
+
+    /// The initiator port's name: for iSCSI `name,i,0x<ISID>` (RFC 7143 §4.2.7.2, as
+    /// TransportIDs carry it), for NVMe `<host NQN>,hostid,<Host Identifier in hex>`.
     pub fn initiator_port(&self) -> String {
-        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{},i,0x{isid}", self.initiator_name)
+        match &self.port {
+            InitiatorPort::Isid(isid) => format!("{},i,0x{}", self.initiator_name, hex(isid)),
+            InitiatorPort::HostId(id) => format!("{},hostid,{}", self.initiator_name, hex(id)),
+        }
     }
 }
 
@@ -200,11 +250,6 @@ pub struct ScsiRequest<'a> {
     pub expected_transfer_length: u32,
     /// Task attribute.
     pub task_attr: TaskAttr,
-    /// Whether the initiator's fabric reports SCSI unit attentions (iSCSI does). An NVMe host
-    /// learns of the same events through asynchronous events (ANA change, namespace attribute
-    /// changed), so its commands neither receive nor register unit attentions: otherwise each
-    /// state or capacity change would fail its next command once with Namespace Not Ready.
-    pub unit_attentions: bool,
 }
 
 /// The result of one command: status, sense, Data-In and how much Data-Out it called for.
@@ -410,6 +455,12 @@ impl LogicalUnit {
         true
     }
 
+    /// Whether the reservations can persist through a restart (the LU has a store for
+    /// them): what SCSI reports as PTPL_C and NVMe as RESCAP's PTPLS.
+    pub fn reservations_can_persist(&self) -> bool {
+        self.pr.can_persist()
+    }
+
     /// Who is registered and who holds the persistent reservation, for an operator.
     pub fn reservation_summary(&self) -> ReservationSummary {
         self.reservations().summary()
@@ -528,6 +579,43 @@ impl LogicalUnit {
         Ok(())
     }
 
+    /// What a change of the reservations comes to: the unit attentions it establishes for
+    /// the iSCSI nexuses it affects, then its answer, or first saving the state when it
+    /// persists (the command is good only once the store holds it).
+    fn settle_reservation_change<'a>(&self, change: pr::PrOutcome) -> Plan<'a> {
+        let pr::PrOutcome {
+            outcome,
+            notices,
+            save,
+        } = change;
+        let mut ua = self.unit_attentions();
+        for (to, condition) in notices {
+            if to.hears_unit_attentions() {
+                ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
+            }
+        }
+        if !save {
+            return Plan::Done(outcome);
+        }
+        Plan::Io {
+            request: BlockRequest::SaveReservations(Arc::clone(&self.pr)),
+            data_out_length: outcome.data_out_length,
+        }
+    }
+
+    /// An NVMe reservation command from an NVMe host's nexus (see [`NvmeReservation`]).
+    fn nvme_reservation<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
+        let command =
+            NvmeReservation::from_cdb(req.cdb).ok_or(Sense::invalid_cdb_field(1, None))?;
+        if let Err(refused) = self.admits(cdb, req.nexus) {
+            return Ok(Plan::Done(refused));
+        }
+        let change = self
+            .reservations()
+            .nvme_reservation(command, req.nexus, req.data_out);
+        Ok(self.settle_reservation_change(change))
+    }
+
     fn block_size(&self) -> u64 {
         u64::from(self.params.block_size)
     }
@@ -553,10 +641,13 @@ impl LogicalUnit {
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
         self.follow_capacity();
-        if !cdb.is_empty() && req.unit_attentions {
+        if !cdb.is_empty() && req.nexus.hears_unit_attentions() {
             if let Some(attention) = self.unit_attention(cdb, req.nexus) {
                 return Err(attention);
             }
+        }
+        if opcode == pr::NVME_RESERVATION_OPCODE && req.nexus.host_id().is_some() {
+            return self.nvme_reservation(cdb, req);
         }
         if cdb.is_empty() || !opcodes::is_supported(opcode, cdb.service_action()) {
             return Err(Sense::new(
@@ -614,24 +705,10 @@ impl LogicalUnit {
                 self.reservations().persistent_reserve_in(cdb)?,
             )),
             op::PERSISTENT_RESERVE_OUT => {
-                let pr::PrOutcome {
-                    outcome,
-                    notices,
-                    save,
-                } = self
+                let change = self
                     .reservations()
                     .persistent_reserve_out(cdb, nexus, req.data_out);
-                let mut ua = self.unit_attentions();
-                for (to, condition) in notices {
-                    ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
-                }
-                if !save {
-                    return done(outcome);
-                }
-                Ok(Plan::Io {
-                    request: BlockRequest::SaveReservations(Arc::clone(&self.pr)),
-                    data_out_length: outcome.data_out_length,
-                })
+                Ok(self.settle_reservation_change(change))
             }
             op::EXTENDED_COPY => match xcopy::decode(cdb, req.data_out)? {
                 None => done(ScsiOutcome::good()),

@@ -10,11 +10,13 @@
 
 use super::cdb::Cdb;
 use super::sense::{self, Sense};
-use super::{op, status, truncate, CmdResult, Nexus, ScsiOutcome};
+use super::{op, status, truncate, CmdResult, InitiatorPort, Nexus, ScsiOutcome};
 
+mod nvme;
 mod persist;
 mod record;
 
+pub use nvme::{NvmeReservation, NvmeReservationKind, NVME_RESERVATION_OPCODE};
 pub use persist::{ReservationStore, Reservations};
 pub use record::RecordError;
 
@@ -151,7 +153,8 @@ fn pr_access(cdb: Cdb<'_>) -> Access {
         | op::READ_CAPACITY_10
         | op::MAINTENANCE_IN
         | op::PERSISTENT_RESERVE_IN
-        | op::PERSISTENT_RESERVE_OUT => Access::Always,
+        | op::PERSISTENT_RESERVE_OUT
+        | NVME_RESERVATION_OPCODE => Access::Always,
         op::SERVICE_ACTION_IN_16 if cdb.service_action() == op::SA_READ_CAPACITY_16 => {
             Access::Always
         }
@@ -499,17 +502,7 @@ impl PrState {
                     self.generation = self.generation.wrapping_add(1);
                 }
                 (Some(_), 0) => {
-                    // A registrants-only reservation goes with its holder's registration,
-                    // and the other registrants are told (SPC-4 5.13.11.2.3).
-                    let releases = self.is_holder(nexus)
-                        && self
-                            .reservation
-                            .as_ref()
-                            .is_some_and(|r| registrants_only(r.rtype));
-                    self.unregister(nexus);
-                    if releases {
-                        self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
-                    }
+                    self.unregister_notifying(nexus, notices);
                     self.generation = self.generation.wrapping_add(1);
                 }
                 (Some(_), k) => {
@@ -526,44 +519,79 @@ impl PrState {
             return Err(PrError::Conflict);
         }
         match action {
-            sa::RESERVE => match &self.reservation {
-                None => {
-                    self.reservation = Some(Reservation {
-                        holder: nexus.clone(),
-                        rtype,
-                    });
-                    Ok(())
-                }
-                Some(r) if self.is_holder(nexus) && r.rtype == rtype => Ok(()),
-                Some(_) => Err(PrError::Conflict),
-            },
-            sa::RELEASE => match &self.reservation {
-                Some(r) if self.is_holder(nexus) => {
-                    if r.rtype != rtype {
-                        return Err(Sense::new(
-                            sense::ILLEGAL_REQUEST,
-                            sense::INVALID_RELEASE_OF_PR,
-                        )
-                        .into());
-                    }
-                    // Other registrants shared the reservation's access: they are told it
-                    // is gone (SPC-4 5.13.11.2.2).
-                    if registrants_only(r.rtype) || all_registrants(r.rtype) {
-                        self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
-                    }
-                    self.reservation = None;
-                    Ok(())
-                }
-                _ => Ok(()), // not the holder / no reservation: GOOD, nothing changes
-            },
+            sa::RESERVE => self.reserve(nexus, rtype),
+            sa::RELEASE => self.release(nexus, rtype, notices),
             sa::CLEAR => {
-                self.notify_registrants(nexus, sense::RESERVATIONS_PREEMPTED, notices);
-                self.regs.clear();
-                self.reservation = None;
-                self.generation = self.generation.wrapping_add(1);
+                self.clear(nexus, notices);
                 Ok(())
             }
             _ => self.preempt(nexus, sark, rtype, notices),
+        }
+    }
+
+    /// Takes the reservation of type `rtype` for the registered `nexus` (SPC-4 5.13.8): none
+    /// held, or already its own of that type; anything else conflicts.
+    fn reserve(&mut self, nexus: &Nexus, rtype: u8) -> Result<(), PrError> {
+        match &self.reservation {
+            None => {
+                self.reservation = Some(Reservation {
+                    holder: nexus.clone(),
+                    rtype,
+                });
+                Ok(())
+            }
+            Some(r) if self.is_holder(nexus) && r.rtype == rtype => Ok(()),
+            Some(_) => Err(PrError::Conflict),
+        }
+    }
+
+    /// Releases the reservation `nexus` holds, which must be of type `rtype` (SPC-4
+    /// 5.13.10.2); from anyone else a release does nothing and succeeds.
+    fn release(
+        &mut self,
+        nexus: &Nexus,
+        rtype: u8,
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
+        match &self.reservation {
+            Some(r) if self.is_holder(nexus) => {
+                if r.rtype != rtype {
+                    return Err(
+                        Sense::new(sense::ILLEGAL_REQUEST, sense::INVALID_RELEASE_OF_PR).into(),
+                    );
+                }
+                // Other registrants shared the reservation's access: they are told it is gone
+                // (SPC-4 5.13.11.2.2).
+                if registrants_only(r.rtype) || all_registrants(r.rtype) {
+                    self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
+                }
+                self.reservation = None;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every registration and the reservation (SPC-4 5.13.10.3); the other
+    /// registrants are told.
+    fn clear(&mut self, nexus: &Nexus, notices: &mut PrNotices) {
+        self.notify_registrants(nexus, sense::RESERVATIONS_PREEMPTED, notices);
+        self.regs.clear();
+        self.reservation = None;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Unregisters `nexus` at its own request: a registrants-only reservation goes with its
+    /// holder's registration, and the other registrants are told (SPC-4 5.13.11.2.3).
+    fn unregister_notifying(&mut self, nexus: &Nexus, notices: &mut PrNotices) {
+        let releases = self.is_holder(nexus)
+            && self
+                .reservation
+                .as_ref()
+                .is_some_and(|r| registrants_only(r.rtype));
+        self.unregister(nexus);
+        if releases {
+            self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
         }
     }
 
@@ -659,15 +687,20 @@ impl PrState {
     }
 }
 
-/// iSCSI TransportID, format 01b (initiator port name: `name,i,0x<ISID>`), SPC-4 7.6.4.6:
-/// NUL-terminated and padded to a multiple of 4 bytes.
+/// The TransportID of a registrant (SPC-4 7.6.4.6): for an iSCSI initiator port format 01b,
+/// `name,i,0x<ISID>`; an NVMe host, which SPC-4 has no protocol identifier for, is shown as
+/// an iSCSI device name (format 00b), its host NQN. NUL-terminated and padded to a multiple
+/// of 4 bytes.
 fn transport_id(nexus: &Nexus) -> Vec<u8> {
-    let mut name = nexus.initiator_port().into_bytes();
+    let (format, mut name) = match nexus.port {
+        InitiatorPort::Isid(_) => (0x40, nexus.initiator_port().into_bytes()),
+        InitiatorPort::HostId(_) => (0x00, nexus.initiator_name.clone().into_bytes()),
+    };
     name.push(0);
     while name.len() % 4 != 0 {
         name.push(0);
     }
-    let mut t = vec![0x40 | 0x05, 0];
+    let mut t = vec![format | 0x05, 0];
     t.extend_from_slice(&(name.len() as u16).to_be_bytes());
     t.extend_from_slice(&name);
     t

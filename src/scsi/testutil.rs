@@ -28,9 +28,8 @@ pub fn ram_lu(blocks: u64, block_size: u32) -> Arc<LogicalUnit> {
 }
 
 /// The nexus unit tests send from.
-pub static TEST_NEXUS: std::sync::LazyLock<Nexus> = std::sync::LazyLock::new(|| Nexus {
-    initiator_name: "iqn.2026-11.test:initiator".into(),
-    isid: [0x00, 0x02, 0x3d, 0, 0, 1],
+pub static TEST_NEXUS: std::sync::LazyLock<Nexus> = std::sync::LazyLock::new(|| {
+    Nexus::iscsi("iqn.2026-11.test:initiator", [0x00, 0x02, 0x3d, 0, 0, 1])
 });
 
 /// A request to LUN `lun` with Data-Out.
@@ -42,7 +41,6 @@ pub fn req<'a>(lun: u64, cdb: &'a [u8], data_out: &'a [u8]) -> ScsiRequest<'a> {
         data_out,
         expected_transfer_length: data_out.len() as u32,
         task_attr: TaskAttr::Simple,
-        unit_attentions: true,
     }
 }
 

@@ -99,10 +99,7 @@ mod tests {
     use super::*;
 
     fn nexus(isid: u8) -> Nexus {
-        Nexus {
-            initiator_name: "iqn.2026-11.test:ua".into(),
-            isid: [0, 0, 0, 0, 0, isid],
-        }
+        Nexus::iscsi("iqn.2026-11.test:ua", [0, 0, 0, 0, 0, isid])
     }
 
     const CAPACITY: Sense = Sense::new(sense::UNIT_ATTENTION, sense::CAPACITY_DATA_HAS_CHANGED);
@@ -178,7 +175,6 @@ mod tests {
             data_out: &[],
             expected_transfer_length: 0,
             task_attr: super::super::TaskAttr::Simple,
-            unit_attentions: true,
         })
     }
 

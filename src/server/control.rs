@@ -70,7 +70,7 @@ impl StatusSource {
             .map(|s| IscsiSessionStatus {
                 tsih: s.tsih,
                 initiator: s.initiator,
-                isid: s.isid.iter().map(|b| format!("{b:02x}")).collect(),
+                isid: crate::hex(&s.isid),
                 target: s.target,
                 transport: s.origin.transport.name().to_string(),
                 peer: s.origin.peer,

@@ -98,9 +98,6 @@ struct SessionContext {
     /// Index of the session's target in the engine's targets.
     target: usize,
     nexus: Arc<Nexus>,
-    /// Whether its commands receive SCSI unit attentions (iSCSI sessions; see
-    /// [`ScsiRequest::unit_attentions`]).
-    unit_attentions: bool,
     /// Whether its connection sends a READ's data from a file's pages ([`mem_ffi::Payload::File`]):
     /// TCP connections do, iSER (which RDMA-writes from registered memory) does not.
     file_pages: bool,
@@ -136,7 +133,6 @@ impl Job {
             data_out: &self.task.data_out,
             expected_transfer_length: self.task.expected_transfer_length,
             task_attr: self.task.attribute,
-            unit_attentions: self.session.unit_attentions,
         }
     }
 }
@@ -455,13 +451,7 @@ impl Engine {
         sink: CompletionSink,
     ) -> EngineSession {
         let thread = self.next_thread();
-        self.session_on(
-            thread,
-            target,
-            nexus,
-            (true, file_pages),
-            Report::Sink(sink),
-        )
+        self.session_on(thread, target, nexus, file_pages, Report::Sink(sink))
     }
 
     /// Attaches a session whose connection will live at `residence`: its commands run on that
@@ -478,26 +468,7 @@ impl Engine {
             residence.thread(),
             target,
             nexus,
-            (true, file_pages),
-            Report::Resident(residence.id()),
-        )
-    }
-
-    /// As [`Engine::resident_session`], for an NVMe controller's I/O queue: its commands
-    /// neither receive nor register SCSI unit attentions, since the host learns of the same
-    /// events through asynchronous events (ANA change, namespace attribute changed).
-    pub(crate) fn resident_nvme_session(
-        &self,
-        residence: &Residence,
-        subsystem: usize,
-        nexus: Arc<Nexus>,
-        file_pages: bool,
-    ) -> EngineSession {
-        self.session_on(
-            residence.thread(),
-            subsystem,
-            nexus,
-            (false, file_pages),
+            file_pages,
             Report::Resident(residence.id()),
         )
     }
@@ -518,7 +489,7 @@ impl Engine {
         thread: usize,
         target: usize,
         nexus: Arc<Nexus>,
-        (unit_attentions, file_pages): (bool, bool),
+        file_pages: bool,
         report: Report,
     ) -> EngineSession {
         EngineSession {
@@ -526,7 +497,6 @@ impl Engine {
             context: Arc::new(SessionContext {
                 target,
                 nexus,
-                unit_attentions,
                 file_pages,
                 report,
                 thread,

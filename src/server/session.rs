@@ -86,10 +86,7 @@ impl SessionSlot {
         )?;
         let tsih = guard.tsih();
         if let Some(target) = request.target {
-            let nexus = Arc::new(Nexus {
-                initiator_name: request.initiator_name.clone(),
-                isid: request.isid,
-            });
+            let nexus = Arc::new(Nexus::iscsi(request.initiator_name.clone(), request.isid));
             self.engine = Some(attach(target, Arc::clone(&nexus)));
             self.nexus = Some((target, nexus));
         }

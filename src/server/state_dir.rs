@@ -69,7 +69,7 @@ impl StateDir {
         &self,
         naa: [u8; 8],
     ) -> io::Result<(FileReservationStore, Option<Vec<u8>>)> {
-        let name: String = naa.iter().map(|b| format!("{b:02x}")).collect();
+        let name = crate::hex(&naa);
         let path = self.reservations.join(name);
         let saved = match fs::read(&path) {
             Ok(bytes) => Some(bytes),

@@ -291,7 +291,7 @@ impl NvmeQueue {
     ) -> io::Result<(NvmeQueue, Cqe)> {
         let mut queue = NvmeQueue::open_with(port, digests)?;
         let mut data = vec![0u8; 1024];
-        data[0..16].copy_from_slice(&[0x5A; 16]); // host ID
+        data[0..16].copy_from_slice(&host_id(options.host_nqn));
         data[16..18].copy_from_slice(&options.cntlid.to_le_bytes());
         data[256..256 + options.subsystem.len()].copy_from_slice(options.subsystem.as_bytes());
         data[512..512 + options.host_nqn.len()].copy_from_slice(options.host_nqn.as_bytes());
@@ -511,6 +511,15 @@ impl NvmeQueue {
         let blocks = (len / block_size) as u16;
         self.command(Sqe::new(0x02, nsid).lba(slba, blocks), &[], len)
     }
+}
+
+/// The Host Identifier this host sends with `host_nqn`: one per NQN, as a real host has.
+pub fn host_id(host_nqn: &str) -> [u8; 16] {
+    let mut id = [0x5Au8; 16];
+    for (i, b) in host_nqn.bytes().enumerate() {
+        id[i % 16] = id[i % 16].wrapping_mul(31) ^ b;
+    }
+    id
 }
 
 /// Connects an admin queue to `subsystem`, enables the controller and asks for `io_queues`

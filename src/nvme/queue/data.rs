@@ -106,7 +106,7 @@ impl Queue {
     pub fn handle_scsi_complete(&mut self, id: IoId, outcome: ScsiOutcome) {
         self.finish_io(id, |op| match crate::nvme::scsi::status_of(&outcome) {
             s if !s.is_success() => Err(s),
-            _ if matches!(op, IoOp::Read { .. }) => Ok(Some(outcome.data_in)),
+            _ if op.returns_data() => Ok(Some(outcome.data_in)),
             _ => Ok(None),
         });
     }
@@ -131,7 +131,7 @@ impl Queue {
         let nsid = command.sqe.nsid();
         let status = match result(&op) {
             Ok(Some(data)) => {
-                if let Some(s) = &shared {
+                if let (Some(s), IoOp::Read { .. }) = (&shared, &op) {
                     s.count_read(data.len() as u64);
                 }
                 // Without a data digest, C2HData is sent from a RAM namespace's lent memory by

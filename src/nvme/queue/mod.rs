@@ -163,6 +163,8 @@ pub(super) struct Binding {
     /// Index of the subsystem; `None` for the discovery controller.
     pub subsystem: Option<usize>,
     pub host_nqn: String,
+    /// The Host Identifier from Connect (Get Features, Host Identifier).
+    pub host_id: [u8; 16],
     pub shared: Arc<ControllerShared>,
 }
 
@@ -173,6 +175,7 @@ pub(super) struct PendingConnect {
     /// The controller an I/O queue joins (from the Connect data).
     pub cntlid: u16,
     pub host_nqn: String,
+    pub host_id: [u8; 16],
     pub qid: u16,
     pub sq_size: u16,
     pub kato_ms: u32,
@@ -481,6 +484,7 @@ impl Queue {
             cntlid,
             subsystem: connect.subsystem,
             host_nqn: connect.host_nqn,
+            host_id: connect.host_id,
             shared,
         });
         if self.qid != 0 {

@@ -89,6 +89,11 @@ impl Reservations {
         })
     }
 
+    /// Whether a store keeps the state through a restart.
+    pub fn can_persist(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// The state, locked.
     pub(in crate::scsi) fn state(&self) -> MutexGuard<'_, PrState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -13,14 +13,15 @@
 //! ```
 //!
 //! A `registration` line is a reservation key, the ISID and the initiator name of one I_T
-//! nexus (the initiator port, RFC 7143 §4.2.7.2; the LU has one target port); `reservation` is
-//! the type and the nexus that holds it. Name bytes outside printable ASCII, and `%`, are
+//! nexus (the initiator port, RFC 7143 §4.2.7.2; the LU has one target port); an NVMe host's
+//! is `hostid-` and its Host Identifier (32 hexadecimal digits) then its host NQN.
+//! `reservation` is the type and the nexus that holds it. Name bytes outside printable ASCII, and `%`, are
 //! written as `%XX`. A record with `aptpl 0` (the last REGISTER cleared APTPL) restores
 //! nothing.
 
 use std::fmt::Write as _;
 
-use super::super::Nexus;
+use super::super::{InitiatorPort, Nexus};
 use super::{valid_type, PrState, Registration, Reservation};
 
 /// The record format written by this version.
@@ -148,9 +149,16 @@ fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
         .map_err(|_| format!("{text:?} is not a number here"))
 }
 
-/// `<ISID as 12 hex digits> <initiator name, escaped>`.
+/// The prefix of an NVMe Host Identifier where an ISID would stand.
+const HOST_ID_PREFIX: &str = "hostid-";
+
+/// `<ISID as 12 hex digits> <initiator name, escaped>`, or for an NVMe host
+/// `hostid-<Host Identifier as 32 hex digits> <host NQN, escaped>`.
 fn nexus_field(nexus: &Nexus) -> String {
-    let mut field: String = nexus.isid.iter().map(|b| format!("{b:02x}")).collect();
+    let mut field = match &nexus.port {
+        InitiatorPort::Isid(isid) => crate::hex(isid),
+        InitiatorPort::HostId(id) => format!("{HOST_ID_PREFIX}{}", crate::hex(id)),
+    };
     field.push(' ');
     for &b in nexus.initiator_name.as_bytes() {
         if b.is_ascii_graphic() && b != b'%' {
@@ -162,16 +170,33 @@ fn nexus_field(nexus: &Nexus) -> String {
     field
 }
 
+/// `N` bytes from exactly `2 * N` hexadecimal digits.
+fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut bytes = [0u8; N];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(bytes)
+}
+
 fn parse_nexus(text: &str) -> Result<Nexus, String> {
-    let (isid_hex, name) = text
+    let (port_hex, name) = text
         .split_once(' ')
         .ok_or_else(|| format!("{text:?} is not `<ISID> <initiator name>`"))?;
-    let isid_value = u64::from_str_radix(isid_hex, 16)
-        .ok()
-        .filter(|_| isid_hex.len() == 12)
-        .ok_or_else(|| format!("{isid_hex:?} is not an ISID of 12 hexadecimal digits"))?;
-    let mut isid = [0u8; 6];
-    isid.copy_from_slice(&isid_value.to_be_bytes()[2..]);
+    let port = match port_hex.strip_prefix(HOST_ID_PREFIX) {
+        Some(id) => {
+            InitiatorPort::HostId(hex_bytes(id).ok_or_else(|| {
+                format!("{id:?} is not a Host Identifier of 32 hexadecimal digits")
+            })?)
+        }
+        None => InitiatorPort::Isid(
+            hex_bytes(port_hex)
+                .ok_or_else(|| format!("{port_hex:?} is not an ISID of 12 hexadecimal digits"))?,
+        ),
+    };
     let mut bytes = Vec::with_capacity(name.len());
     let mut rest = name.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {
@@ -195,7 +220,7 @@ fn parse_nexus(text: &str) -> Result<Nexus, String> {
     }
     Ok(Nexus {
         initiator_name,
-        isid,
+        port,
     })
 }
 
@@ -205,10 +230,7 @@ mod tests {
     use super::*;
 
     fn nexus(name: &str, last: u8) -> Nexus {
-        Nexus {
-            initiator_name: name.into(),
-            isid: [0x00, 0x02, 0x3d, 0, 0, last],
-        }
+        Nexus::iscsi(name, [0x00, 0x02, 0x3d, 0, 0, last])
     }
 
     fn sample() -> PrState {
@@ -228,6 +250,10 @@ mod tests {
                     nexus: nexus("odd name % with ü", 2),
                     key: u64::MAX,
                 },
+                Registration {
+                    nexus: Nexus::nvme("nqn.2014-08.org.nvmexpress:uuid:h1", [0xA1; 16]),
+                    key: 7,
+                },
             ],
             reservation: Some(Reservation {
                 holder,
@@ -246,6 +272,10 @@ mod tests {
             "registration 00000000000000ab 00023d000001 iqn.1993-08.org.debian:01:host1\n"
         ));
         assert!(text.contains("odd%20name%20%25%20with%20%C3%BC"));
+        assert!(text.contains(&format!(
+            "registration 0000000000000007 hostid-{} nqn.2014-08.org.nvmexpress:uuid:h1\n",
+            "a1".repeat(16)
+        )));
         let back = decode(&bytes).unwrap().expect("APTPL on");
         assert_eq!(encode(&back), bytes);
         assert_eq!(back.regs, state.regs);
@@ -272,6 +302,7 @@ mod tests {
             ("version 1\naptpl 1\nregistration 0 00023d000001 iqn.a\n", 3, "nonzero"),
             ("version 1\naptpl 1\nregistration 1 00023d0001 iqn.a\n", 3, "12 hexadecimal"),
             ("version 1\naptpl 1\nregistration 1 00023d000001\n", 3, "<ISID>"),
+            ("version 1\naptpl 1\nregistration 1 hostid-a1a1 nqn.h\n", 3, "32 hexadecimal"),
             ("version 1\naptpl 1\nregistration 1 00023d000001 a%zz\n", 3, "bad escape"),
             ("version 1\naptpl 1\nreservation 5 00023d000001 iqn.a\n", 3, "follow its holder"),
             ("version 1\naptpl 1\nregistration 1 00023d000001 iqn.a\nreservation 2 00023d000001 iqn.a\n", 4, "not a reservation type"),

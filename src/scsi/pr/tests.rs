@@ -4,10 +4,7 @@ use super::super::{status, LogicalUnit, ScsiOutcome, ScsiRequest, ScsiTarget, Ta
 use super::*;
 
 fn nexus(name: &str, last: u8) -> Nexus {
-    Nexus {
-        initiator_name: name.into(),
-        isid: [0x80, 0, 0, 0, 0, last],
-    }
+    Nexus::iscsi(name, [0x80, 0, 0, 0, 0, last])
 }
 
 fn run_as(lu: &LogicalUnit, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> ScsiOutcome {
@@ -20,7 +17,6 @@ fn run_as(lu: &LogicalUnit, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> ScsiOutco
         data_out,
         expected_transfer_length: data_out.len() as u32,
         task_attr: TaskAttr::Simple,
-        unit_attentions: true,
     })
 }
 
@@ -459,6 +455,7 @@ fn clear_and_release_tell_the_registrants() {
     assert_eq!(unit_attention(&lu, &a), None);
 }
 
+mod nvme;
 mod persistence;
 
 #[test]

@@ -167,10 +167,7 @@ fn mode_select_toggles_wce() {
 #[test]
 fn a_wce_change_tells_the_other_nexuses() {
     let lu = ram_lu(100, 512);
-    let other = Nexus {
-        initiator_name: "iqn.2026-11.test:other".into(),
-        isid: [0x80, 0, 0, 0, 0, 9],
-    };
+    let other = Nexus::iscsi("iqn.2026-11.test:other", [0x80, 0, 0, 0, 0, 9]);
     let tur_as = |n: &Nexus| {
         lu.execute(&ScsiRequest {
             nexus: n,

@@ -292,10 +292,7 @@ fn copy_targets_are_checked_like_reads_and_writes() {
         &[cscd(naa, 512)],
         &[segment_descriptor(0, 0, 1, 0, 1)],
     );
-    let other = Nexus {
-        initiator_name: "iqn.2026-11.test:other".into(),
-        isid: [0; 6],
-    };
+    let other = Nexus::iscsi("iqn.2026-11.test:other", [0; 6]);
     // PERSISTENT RESERVE OUT from the other nexus: REGISTER key ABh, then RESERVE WRITE
     // EXCLUSIVE with it. Parameter list: RESERVATION KEY, SERVICE ACTION RESERVATION KEY.
     let as_other = |service_action: u8, rtype: u8, key: u64, sa_key: u64| {

@@ -126,14 +126,14 @@ impl NvmeState {
             let mut target_backends = Vec::new();
             for lun in &target.luns {
                 let nsid = (lun.id + 1) as u32;
-                let backend = scsi
-                    .luns()
-                    .iter()
-                    .find(|lu| lu.params().lun == lun.id)
-                    .map(|lu| Arc::clone(lu.backend()));
+                let lu = scsi.luns().iter().find(|lu| lu.params().lun == lun.id);
+                let backend = lu.map(|lu| Arc::clone(lu.backend()));
                 let size = backend.as_ref().map_or(0, |b| b.size());
                 target_backends.extend(backend.map(|b| (nsid, b)));
-                descriptors.push(namespace_descriptor(lun, nsid, size));
+                let mut descriptor = namespace_descriptor(lun, nsid, size);
+                descriptor.persistent_reservations =
+                    lu.is_some_and(|lu| lu.reservations_can_persist());
+                descriptors.push(descriptor);
                 luns.push(NamespaceLun {
                     nsid,
                     lun: lun.id,
@@ -382,6 +382,7 @@ fn namespace_descriptor(lun: &crate::config::Lun, nsid: u32, size: u64) -> Names
         nguid,
         eui64: naa,
         uuid,
+        persistent_reservations: false,
     }
 }
 

@@ -201,7 +201,8 @@ impl NvmeResident {
             Action::CreateController(request) => {
                 let result = self.nvme.lock_registry().create(&request);
                 if let Ok((cntlid, _)) = &result {
-                    self.join(*cntlid, 0, request.subsystem, &request.host_nqn);
+                    let host = (request.host_nqn.as_str(), request.host_id);
+                    self.join((*cntlid, 0), request.subsystem, host);
                 }
                 self.queue.handle_controller_created(result, io.now());
                 // The ANA state may have changed after this queue was accepted and before it
@@ -211,12 +212,8 @@ impl NvmeResident {
             Action::JoinController(request) => {
                 let result = self.nvme.lock_registry().join(&request);
                 if result.is_ok() {
-                    self.join(
-                        request.cntlid,
-                        request.qid,
-                        request.subsystem,
-                        &request.host_nqn,
-                    );
+                    let host = (request.host_nqn.as_str(), request.host_id);
+                    self.join((request.cntlid, request.qid), request.subsystem, host);
                 }
                 self.queue.handle_controller_joined(result, io.now());
             }
@@ -269,9 +266,10 @@ impl NvmeResident {
     }
 
     /// The queue is now queue `qid` of controller `cntlid`: it can be reached to shut down,
-    /// and an NVM subsystem's queue gets an engine session for its I/O. The I_T nexus of a
-    /// controller is its host NQN and controller ID.
-    fn join(&mut self, cntlid: u16, qid: u16, subsystem: usize, host_nqn: &str) {
+    /// and an NVM subsystem's queue gets an engine session for its I/O. The nexus is the
+    /// host's (NQN and Host Identifier), shared by all its controllers: reservations bind a
+    /// host, not one controller (NVMe base 2.0 §8.19).
+    fn join(&mut self, (cntlid, qid): (u16, u16), subsystem: usize, host: (&str, [u8; 16])) {
         self.place = Some((cntlid, qid));
         let handle = QueueHandle {
             control: self.control.clone(),
@@ -281,12 +279,8 @@ impl NvmeResident {
         };
         self.nvme.lock_queues().insert((cntlid, qid), handle);
         if subsystem != DISCOVERY_SUBSYSTEM {
-            let [hi, lo] = cntlid.to_be_bytes();
-            let nexus = Arc::new(Nexus {
-                initiator_name: host_nqn.to_string(),
-                isid: [0, 0, 0, 0, hi, lo],
-            });
-            let session = self.shared.engine.resident_nvme_session(
+            let nexus = Arc::new(Nexus::nvme(host.0, host.1));
+            let session = self.shared.engine.resident_session(
                 &self.residence,
                 subsystem,
                 Arc::clone(&nexus),

@@ -8,7 +8,7 @@ use crate::scsi::{finish, testutil, BlockRequest, Plan, ReservationStore, Reserv
 
 /// A store in memory: the records saved, in order; fails while `failing` is set.
 #[derive(Default)]
-struct MemoryStore {
+pub(super) struct MemoryStore {
     saved: Mutex<Vec<Vec<u8>>>,
     failing: std::sync::atomic::AtomicBool,
 }
@@ -28,7 +28,7 @@ impl ReservationStore for Arc<MemoryStore> {
 }
 
 impl MemoryStore {
-    fn saves(&self) -> usize {
+    pub(super) fn saves(&self) -> usize {
         self.saved.lock().unwrap().len()
     }
 
@@ -38,7 +38,7 @@ impl MemoryStore {
 }
 
 /// A LU whose reservations persist in `store`, restored from its last record (a restart).
-fn persistent_lu(store: &Arc<MemoryStore>) -> LogicalUnit {
+pub(super) fn persistent_lu(store: &Arc<MemoryStore>) -> LogicalUnit {
     let reservations =
         Reservations::persistent(Box::new(Arc::clone(store)), store.last().as_deref()).unwrap();
     let backend = Arc::new(RamBackend::new(64 * 512));
@@ -195,7 +195,6 @@ fn saves_out_of_order_still_leave_the_newest_state() {
             data_out: data,
             expected_transfer_length: data.len() as u32,
             task_attr: TaskAttr::Simple,
-            unit_attentions: true,
         };
         match lu.plan(&r) {
             Plan::Io {

@@ -81,10 +81,10 @@ impl Client {
         let sink: CompletionSink = Arc::new(move |id, outcome| {
             let _ = tx.send((id, outcome));
         });
-        let nexus = Arc::new(Nexus {
-            initiator_name: "iqn.2026-11.test:engine".into(),
-            isid: [0, 2, 0x3d, 0, 0, 1],
-        });
+        let nexus = Arc::new(Nexus::iscsi(
+            "iqn.2026-11.test:engine",
+            [0, 2, 0x3d, 0, 0, 1],
+        ));
         Client {
             session: engine.session(0, nexus, file_pages, sink),
             done,

@@ -102,10 +102,10 @@ fn a_resident_gets_its_completions_on_its_thread_with_the_count_already_down() {
     .unwrap();
     assert!(engine.runs_connections());
     let residence = engine.reserve_residence();
-    let nexus = Arc::new(Nexus {
-        initiator_name: "iqn.2026-11.test:resident".into(),
-        isid: [0, 2, 0x3d, 0, 0, 9],
-    });
+    let nexus = Arc::new(Nexus::iscsi(
+        "iqn.2026-11.test:resident",
+        [0, 2, 0x3d, 0, 0, 9],
+    ));
     let session = engine.resident_session(&residence, 0, nexus, false);
     let home = format!("io-engine-{}", residence.thread());
     let (seen, events) = crossbeam_channel::unbounded();

@@ -1,0 +1,330 @@
+//! NVMe reservations (NVMe base 2.0 §7.2–7.5 and §8.19) on the LU's one reservation state.
+//!
+//! A namespace's reservations are its LUN's: a host registered over NVMe/TCP is a registrant
+//! beside the iSCSI initiators, and whoever holds the reservation fences the others over
+//! either fabric. The registrant of an NVMe host is the host (its Host Identifier and NQN),
+//! whichever of its controllers sends the command. The NVMe rules differ from SCSI's where
+//! the command sets differ: Register of a registered host succeeds only with its current key;
+//! Unregister and Replace need a registered host; keys travel little-endian.
+//!
+//! The command reaches the LU as a [`NvmeReservation`] carried in a vendor-specific CDB
+//! ([`NVME_RESERVATION_OPCODE`]), so it goes the way of every other command (the I/O gate,
+//! the executor's blocking pool when the state must be saved) and only an NVMe host's nexus
+//! may send it.
+
+use super::super::sense::Sense;
+use super::super::{truncate, Nexus, ScsiOutcome};
+use super::{ty, PrError, PrNotices, PrOutcome, PrState, Registration};
+
+/// The operation code of the CDB that carries an NVMe reservation command to a LU (SPC-4
+/// §4.2.5.1 leaves C0h–FFh to vendors). Only an NVMe host's nexus may send it.
+pub const NVME_RESERVATION_OPCODE: u8 = 0xC5;
+
+/// The four NVMe reservation commands (NVM command set opcodes 0Dh, 0Eh, 11h, 15h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NvmeReservationKind {
+    Register,
+    Report,
+    Acquire,
+    Release,
+}
+
+/// An NVMe reservation command as the LU runs it: its kind and its command dwords 10 and 11
+/// (the data, keys little-endian as the host sent them, is the request's Data-Out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvmeReservation {
+    pub kind: NvmeReservationKind,
+    pub cdw10: u32,
+    pub cdw11: u32,
+}
+
+/// Length of the carrier CDB.
+const CARRIER_LEN: usize = 10;
+
+impl NvmeReservation {
+    /// The CDB that carries the command to the LU: the vendor-specific operation code, the
+    /// kind, CDW10 and CDW11 (little-endian).
+    pub fn cdb(&self) -> [u8; CARRIER_LEN] {
+        let mut cdb = [0u8; CARRIER_LEN];
+        cdb[0] = NVME_RESERVATION_OPCODE;
+        cdb[1] = self.kind as u8;
+        cdb[2..6].copy_from_slice(&self.cdw10.to_le_bytes());
+        cdb[6..10].copy_from_slice(&self.cdw11.to_le_bytes());
+        cdb
+    }
+
+    /// The command a carrier CDB holds.
+    pub(in crate::scsi) fn from_cdb(cdb: &[u8]) -> Option<Self> {
+        let cdb = cdb.get(..CARRIER_LEN)?;
+        let kind = match cdb[1] {
+            0 => NvmeReservationKind::Register,
+            1 => NvmeReservationKind::Report,
+            2 => NvmeReservationKind::Acquire,
+            3 => NvmeReservationKind::Release,
+            _ => return None,
+        };
+        let dword = |at: usize| u32::from_le_bytes(cdb[at..at + 4].try_into().expect("4 bytes"));
+        Some(NvmeReservation {
+            kind,
+            cdw10: dword(2),
+            cdw11: dword(6),
+        })
+    }
+
+    /// The action field (CDW10 bits 2:0: RREGA, RACQA or RRELA).
+    pub fn action(&self) -> u8 {
+        (self.cdw10 & 0x07) as u8
+    }
+
+    /// Ignore Existing Key (CDW10 bit 3).
+    pub fn ignore_key(&self) -> bool {
+        self.cdw10 & 1 << 3 != 0
+    }
+
+    /// The NVMe reservation type (CDW10 bits 15:8) of Acquire and Release.
+    pub fn nvme_type(&self) -> u8 {
+        (self.cdw10 >> 8) as u8
+    }
+
+    /// Change Persist Through Power Loss State (Register CDW10 bits 31:30).
+    pub fn cptpl(&self) -> u8 {
+        (self.cdw10 >> 30) as u8
+    }
+
+    /// Bytes of the Report's data structure the host asked for (CDW10: dwords, 0's based).
+    pub fn report_length(&self) -> u64 {
+        (u64::from(self.cdw10) + 1) * 4
+    }
+
+    /// Whether the Report asks for the extended data structure (CDW11 bit 0).
+    pub fn extended(&self) -> bool {
+        self.cdw11 & 1 != 0
+    }
+}
+
+/// Register actions (RREGA).
+mod register {
+    pub const REGISTER: u8 = 0;
+    pub const UNREGISTER: u8 = 1;
+    pub const REPLACE: u8 = 2;
+}
+
+/// Acquire actions (RACQA).
+mod acquire {
+    pub const ACQUIRE: u8 = 0;
+    pub const PREEMPT: u8 = 1;
+    pub const PREEMPT_AND_ABORT: u8 = 2;
+}
+
+/// Release actions (RRELA).
+mod release {
+    pub const RELEASE: u8 = 0;
+    pub const CLEAR: u8 = 1;
+}
+
+/// CPTPL values.
+mod cptpl {
+    pub const CLEAR: u8 = 0b10;
+    pub const SET: u8 = 0b11;
+}
+
+/// The SCSI reservation type of an NVMe one (NVMe base 2.0 Figure 8.19: Write Exclusive,
+/// Exclusive Access, then each Registrants Only and All Registrants): the semantics match.
+pub(super) fn scsi_type(nvme: u8) -> Option<u8> {
+    Some(match nvme {
+        1 => ty::WRITE_EXCLUSIVE,
+        2 => ty::EXCLUSIVE_ACCESS,
+        3 => ty::WE_REGISTRANTS_ONLY,
+        4 => ty::EA_REGISTRANTS_ONLY,
+        5 => ty::WE_ALL_REGISTRANTS,
+        6 => ty::EA_ALL_REGISTRANTS,
+        _ => return None,
+    })
+}
+
+/// The NVMe reservation type of a SCSI one (0 for none).
+fn nvme_type(scsi: u8) -> u8 {
+    (1..=6).find(|&t| scsi_type(t) == Some(scsi)).unwrap_or(0)
+}
+
+/// Bytes of the extended Reservation Status header and of each registrant's entry
+/// (NVMe base 2.0 Figures 381–382).
+const REPORT_HEADER_LEN: usize = 64;
+const REPORT_ENTRY_LEN: usize = 64;
+/// Controller ID reported for every registrant: the NVM subsystem uses the dynamic
+/// controller model (NVMe base 2.0 Figure 382).
+const DYNAMIC_CNTLID: u16 = 0xFFFF;
+
+fn le64(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// An invalid field: the NVMe answer is Invalid Field in Command.
+fn invalid(byte: u16) -> PrError {
+    PrError::Sense(Sense::invalid_cdb_field(byte, None))
+}
+
+impl PrState {
+    /// Runs an NVMe reservation command from `nexus` (an NVMe host's), with the host's data.
+    pub(in crate::scsi) fn nvme_reservation(
+        &mut self,
+        command: NvmeReservation,
+        nexus: &Nexus,
+        data: &[u8],
+    ) -> PrOutcome {
+        let mut notices = PrNotices::new();
+        let aptpl_before = self.aptpl;
+        let result = match command.kind {
+            NvmeReservationKind::Report => {
+                return PrOutcome {
+                    outcome: ScsiOutcome::with_data(self.nvme_report(command)),
+                    notices,
+                    save: false,
+                }
+            }
+            NvmeReservationKind::Register => self.nvme_register(command, nexus, data, &mut notices),
+            NvmeReservationKind::Acquire => self.nvme_acquire(command, nexus, data, &mut notices),
+            NvmeReservationKind::Release => self.nvme_release(command, nexus, data, &mut notices),
+        };
+        let save = result.is_ok() && (aptpl_before || self.aptpl);
+        PrOutcome {
+            outcome: super::outcome(result),
+            notices,
+            save,
+        }
+    }
+
+    /// Reservation Register (NVMe base 2.0 §7.3).
+    fn nvme_register(
+        &mut self,
+        command: NvmeReservation,
+        nexus: &Nexus,
+        data: &[u8],
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
+        let (Some(crkey), Some(nrkey)) = (le64(data, 0), le64(data, 8)) else {
+            return Err(invalid(0));
+        };
+        let current = self.key_of(nexus);
+        match command.action() {
+            // Key 0 is "no registration" to the SCSI side of the state (READ RESERVATION,
+            // PREEMPT): refused as a new key, as SPDK's nvmf reservation code refuses it.
+            register::REGISTER if nrkey == 0 => return Err(invalid(8)),
+            register::REGISTER => match current {
+                Some(key) if key == nrkey => {}
+                Some(_) => return Err(PrError::Conflict),
+                None => {
+                    self.regs.push(Registration {
+                        nexus: nexus.clone(),
+                        key: nrkey,
+                    });
+                    self.generation = self.generation.wrapping_add(1);
+                }
+            },
+            action @ (register::UNREGISTER | register::REPLACE) => {
+                if current.is_none() || !(command.ignore_key() || current == Some(crkey)) {
+                    return Err(PrError::Conflict);
+                }
+                // Linux's block layer unregisters with a new key of 0 (Documentation/block/
+                // pr.rst, IOC_PR_REGISTER), which its NVMe host sends as Replace with NRKEY 0
+                // (drivers/nvme/host/pr.c nvme_pr_register): Replace to key 0 unregisters.
+                if action == register::UNREGISTER || nrkey == 0 {
+                    self.unregister_notifying(nexus, notices);
+                } else if let Some(r) = self.regs.iter_mut().find(|r| &r.nexus == nexus) {
+                    r.key = nrkey;
+                }
+                self.generation = self.generation.wrapping_add(1);
+            }
+            _ => return Err(invalid(2)),
+        }
+        // CPTPL: Linux's host asks for persistence on every Register (nvme_pr_register sets
+        // CPTPL to 11b). Without a store the LU cannot persist (RESCAP bit 0 clear), and the
+        // request is let pass as Linux's nvmet lets it (drivers/nvme/target/pr.c ignores it).
+        match command.cptpl() {
+            cptpl::SET if self.persistent => self.aptpl = true,
+            cptpl::CLEAR => self.aptpl = false,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reservation Acquire (NVMe base 2.0 §7.2): acquire, preempt, preempt and abort, with
+    /// the SCSI rules of RESERVE and PREEMPT, which NVMe shares.
+    fn nvme_acquire(
+        &mut self,
+        command: NvmeReservation,
+        nexus: &Nexus,
+        data: &[u8],
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
+        let (Some(crkey), Some(prkey)) = (le64(data, 0), le64(data, 8)) else {
+            return Err(invalid(0));
+        };
+        let rtype = scsi_type(command.nvme_type()).ok_or_else(|| invalid(3))?;
+        if command.ignore_key() {
+            return Err(invalid(2));
+        }
+        if self.key_of(nexus) != Some(crkey) {
+            return Err(PrError::Conflict);
+        }
+        match command.action() {
+            acquire::ACQUIRE => self.reserve(nexus, rtype),
+            acquire::PREEMPT | acquire::PREEMPT_AND_ABORT => {
+                self.preempt(nexus, prkey, rtype, notices)
+            }
+            _ => Err(invalid(2)),
+        }
+    }
+
+    /// Reservation Release (NVMe base 2.0 §7.5): release or clear.
+    fn nvme_release(
+        &mut self,
+        command: NvmeReservation,
+        nexus: &Nexus,
+        data: &[u8],
+        notices: &mut PrNotices,
+    ) -> Result<(), PrError> {
+        let crkey = le64(data, 0).ok_or_else(|| invalid(0))?;
+        if command.ignore_key() {
+            return Err(invalid(2));
+        }
+        if self.key_of(nexus) != Some(crkey) {
+            return Err(PrError::Conflict);
+        }
+        match command.action() {
+            release::RELEASE => {
+                // A type that is no type never matches the reservation: Invalid Field when
+                // the host holds one, nothing to do otherwise.
+                let rtype = scsi_type(command.nvme_type()).unwrap_or(0);
+                self.release(nexus, rtype, notices)
+            }
+            release::CLEAR => {
+                self.clear(nexus, notices);
+                Ok(())
+            }
+            _ => Err(invalid(2)),
+        }
+    }
+
+    /// Reservation Report with the extended data structure (NVMe base 2.0 §7.4, Figures
+    /// 381–382): the generation, the type, the persistence state, then each registrant with
+    /// its key, whether it holds the reservation and its Host Identifier (zero for an iSCSI
+    /// initiator, which has none). Cut to the length the host asked for.
+    fn nvme_report(&self, command: NvmeReservation) -> Vec<u8> {
+        let mut d = vec![0u8; REPORT_HEADER_LEN];
+        d[0..4].copy_from_slice(&self.generation.to_le_bytes());
+        d[4] = self.reservation.as_ref().map_or(0, |r| nvme_type(r.rtype));
+        d[5..7].copy_from_slice(&(self.regs.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+        d[9] = u8::from(self.aptpl);
+        for r in &self.regs {
+            let mut entry = [0u8; REPORT_ENTRY_LEN];
+            entry[0..2].copy_from_slice(&DYNAMIC_CNTLID.to_le_bytes());
+            entry[2] = u8::from(self.is_holder(&r.nexus));
+            entry[8..16].copy_from_slice(&r.key.to_le_bytes());
+            entry[16..32].copy_from_slice(&r.nexus.host_id().unwrap_or_default());
+            d.extend_from_slice(&entry);
+        }
+        let wanted = usize::try_from(command.report_length()).unwrap_or(usize::MAX);
+        truncate(d, wanted)
+    }
+}
