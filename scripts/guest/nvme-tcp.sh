@@ -243,9 +243,99 @@ grown_while_connected() {
     nvme_disconnect "$N" && ((written))
 }
 
+# --- reservations (ours: Debian 12's 6.1 kernel has no nvmet reservations; they came with
+# drivers/nvme/target/pr.c in 6.13) -----------------------------------------------------------
+# A second host on this guest: its own NQN and Host Identifier, its own controller.
+HOSTNQN2="nqn.2014-08.org.nvmexpress:uuid:5e1f0c0e-0000-4000-8000-000000000002"
+HOSTID2="5e1f0c0e-0000-4000-8000-000000000002"
+
+# pr_ioctl register OLD NEW | reserve KEY TYPE | release KEY TYPE: Linux's persistent
+# reservation ioctls (include/uapi/linux/pr.h) on the namespace's block device, as cluster
+# software uses them. The NVMe host returns a failed command's status as the ioctl's
+# (positive) result, so the result must be 0.
+pr_ioctl() {
+    python3 - "$DEV" "$@" <<'PY'
+import fcntl, os, struct, sys
+dev, op, a, b = sys.argv[1], sys.argv[2], int(sys.argv[3], 0), int(sys.argv[4], 0)
+def iow(nr, size):
+    return 1 << 30 | size << 16 | ord("p") << 8 | nr
+requests = {
+    "register": (iow(200, 24), struct.pack("<QQII", a, b, 0, 0)),
+    "reserve": (iow(201, 16), struct.pack("<QII", a, b, 0)),
+    "release": (iow(202, 16), struct.pack("<QII", a, b, 0)),
+}
+request, arg = requests[op]
+fd = os.open(dev, os.O_RDONLY)
+result = fcntl.ioctl(fd, request, bytearray(arg), True)
+sys.exit(f"{op} {a:#x} {b:#x}: status {result:#x}" if result else 0)
+PY
+}
+
+# report_is TYPE [KEY:HOLDS:HOSTID ...]: `nvme resv-report --eds` says the reservation type is
+# TYPE and lists exactly these registrants (key, 1 if it holds the reservation, Host ID).
+report_is() {
+    local report
+    report="$(nvme resv-report "$DEV" --eds -o json)" || return 1
+    python3 - "$report" "$@" <<'PY' || { printf '%s\n' "$report" >&2; return 1; }
+import json, sys
+report, rtype, wanted = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+got = sorted(f"{r['rkey']:#x}:{r['rcsts'] & 1}:{r['hostid'].replace('-', '')}"
+             for r in report.get("regctlext", []))
+expected = sorted(f"{int(k, 0):#x}:{h}:{i.replace('-', '')}"
+                  for k, h, i in (w.split(":") for w in wanted))
+sys.exit(0 if report["rtype"] == rtype and got == expected else f"got {got}, type {report['rtype']}")
+PY
+}
+
+# Connects the second host through the kernel's fabrics interface itself (nvme-cli 2.3 refuses
+# a second connection to a connected portal as "already connected", whatever the host NQN):
+# prints its controller's name.
+connect_second_host() {
+    local reply=""
+    exec 3<>/dev/nvme-fabrics || return 1
+    printf 'transport=tcp,traddr=%s,trsvcid=%s,nqn=%s,hostnqn=%s,hostid=%s' \
+        "$ADDR" "$P" "$N" "$HOSTNQN2" "$HOSTID2" >&3 && IFS= read -r reply <&3
+    exec 3>&-
+    [[ $reply =~ instance=([0-9]+) ]] || { sr_log "nvme-fabrics answered [$reply]"; return 1; }
+    echo "nvme${BASH_REMATCH[1]}"
+}
+
+# Reservations through Linux's own host: registered and reserved with the block layer's
+# ioctls; a second host registers with nvme-cli, and its writes through its own controller
+# meet Reservation Conflict while its reads pass; resv-report lists both hosts by Host ID;
+# released, then unregistered the block layer's way (a new key of 0, which Linux's host sends
+# as Replace with key 0); finally cleared.
+reservations() {
+    local ctrl2="" out="" ok=0
+    connect_and_find || return 1
+    head -c 512 /dev/urandom >"$WORK/block"
+    if pr_ioctl register 0 0xA && pr_ioctl reserve 0xA 1 &&
+        report_is 1 "0xA:1:$SOFTROCE_HOSTID" &&
+        ctrl2="$(connect_second_host)" &&
+        nvme resv-register "/dev/$ctrl2" -n 1 -k 0xB -r 0 >/dev/null &&
+        report_is 1 "0xA:1:$SOFTROCE_HOSTID" "0xB:0:$HOSTID2"; then
+        out="$(nvme io-passthru "/dev/$ctrl2" -o 1 -n 1 -l 512 -w -i "$WORK/block" 2>&1)" &&
+            sr_log "the second host's write went through: $out"
+        if grep -qi conflict <<<"$out" &&
+            nvme io-passthru "/dev/$ctrl2" -o 2 -n 1 -l 512 -r >/dev/null 2>&1; then
+            ok=1
+        else
+            sr_log "second host: write [$out], or its read failed"
+        fi
+    fi
+    [[ -n "$ctrl2" ]] && nvme disconnect -d "$ctrl2" >/dev/null
+    ((ok)) && pr_ioctl release 0xA 1 && pr_ioctl register 0xA 0 &&
+        report_is 0 "0xB:0:$HOSTID2" || ok=0
+    # Leave the namespace as it was: register again and clear every registration.
+    pr_ioctl register 0 0xC && nvme resv-release "$DEV" -c 0xC -a 1 >/dev/null && report_is 0 || ok=0
+    nvme_disconnect "$N"
+    ((ok))
+}
+
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
     local failed_before=$FAILED total=22
+    [[ $T == ours ]] && total=23
     sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
     check "$T: nvme discover lists $N" discover_lists
     if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
@@ -282,6 +372,9 @@ run_checks() {
     check "$T: nvme connect-all" connect_all
     check "$T: namespace grown by 64 MiB while connected: the host sees it and writes there" \
         grown_while_connected
+    if [[ $T == ours ]]; then
+        check "$T: reservations: Linux's PR ioctls and nvme-cli, a second host fenced" reservations
+    fi
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
 
