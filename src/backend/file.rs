@@ -409,6 +409,14 @@ impl Backend for FileBackend {
         Ok((now > before).then_some(now))
     }
 
+    fn measure_device(&self) -> Result<Option<u64>, BackendError> {
+        if self.device {
+            self.grow(None)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn kind(&self) -> &'static str {
         if self.device {
             "block"
@@ -598,10 +606,15 @@ mod tests {
         // Without a configured size the file is measured again.
         extend(3 << 20);
         assert_eq!(b.grow(None).unwrap(), Some(3 << 20));
-        // A device is measured again whatever the configuration says.
+        // A device is measured again whatever the configuration says, and by READ
+        // CAPACITY's `measure_device`; a file keeps the size it exposes.
         let d = FileBackend::open_device(&p, false).unwrap();
         extend(4 << 20);
         assert_eq!(d.grow(Some(1)).unwrap(), Some(4 << 20));
+        extend(5 << 20);
+        assert_eq!(d.measure_device().unwrap(), Some(5 << 20));
+        assert_eq!(b.measure_device().unwrap(), None);
+        assert_eq!(b.size(), 3 << 20);
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -126,6 +126,12 @@ pub trait Backend: Send + Sync {
         let _ = size;
         Ok(None)
     }
+    /// Measures a block device again (an LV extended, a disk grown): like `grow(None)`, for
+    /// the backends whose size is their device's. Everything else keeps its size here: a
+    /// file LUN exposes the `size` it was configured with, which may be less than the file.
+    fn measure_device(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
     /// Short backend name for logs: "ram", "file" or "block".
     fn kind(&self) -> &'static str;
     /// The descriptors of a backend stored in a file or block device, for executors that

@@ -514,6 +514,17 @@ impl LogicalUnit {
         }
     }
 
+    /// Measures a block device again before READ CAPACITY, as LIO's iblock backend reads the
+    /// device's size for it: an LV extended is served without a SIGHUP once an initiator asks
+    /// for the capacity (Linux does on a rescan, `iscsiadm -m session -R`). The change then
+    /// raises CAPACITY DATA HAS CHANGED like any other ([`LogicalUnit::follow_capacity`]),
+    /// this READ CAPACITY first. One system call per READ CAPACITY of a block LUN.
+    fn measure_backend(&self) {
+        if let Err(e) = self.backend.measure_device() {
+            log::warn!("LUN {}: {e}", self.params.lun);
+        }
+    }
+
     /// The unit attention, if any, that `cdb` from `nexus` is answered with instead of being
     /// run (SPC-4 5.14): every command but INQUIRY, REPORT LUNS and REQUEST SENSE reports
     /// and clears the oldest pending one. Records the nexus so later conditions reach it.
@@ -640,6 +651,12 @@ impl LogicalUnit {
 
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let opcode = cdb.opcode();
+        if opcode == op::READ_CAPACITY_10
+            || (opcode == op::SERVICE_ACTION_IN_16
+                && cdb.service_action() == op::SA_READ_CAPACITY_16)
+        {
+            self.measure_backend();
+        }
         self.follow_capacity();
         if !cdb.is_empty() && req.nexus.hears_unit_attentions() {
             if let Some(attention) = self.unit_attention(cdb, req.nexus) {

@@ -135,10 +135,13 @@ mod tests {
         assert_eq!(ua.take(&nexus(1)), None);
     }
 
-    /// A RAM backend whose reported size the test sets, as an RBD image resized from outside.
+    /// A RAM backend whose reported size the test sets, as an RBD image resized from outside;
+    /// or, with `device` non-zero, a block device of that size, which the backend reports
+    /// once measured again.
     struct Resizable {
         ram: crate::backend::RamBackend,
         size: std::sync::atomic::AtomicU64,
+        device: std::sync::atomic::AtomicU64,
     }
 
     impl crate::backend::Backend for Resizable {
@@ -159,6 +162,15 @@ mod tests {
         }
         fn supports_discard(&self) -> bool {
             true
+        }
+        fn measure_device(&self) -> Result<Option<u64>, crate::backend::BackendError> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let device = self.device.load(Relaxed);
+            let grew = device > self.size.load(Relaxed);
+            if grew {
+                self.size.store(device, Relaxed);
+            }
+            Ok(grew.then_some(device))
         }
         fn kind(&self) -> &'static str {
             "ram"
@@ -190,6 +202,7 @@ mod tests {
         let be = std::sync::Arc::new(Resizable {
             ram: crate::backend::RamBackend::new(1 << 20),
             size: std::sync::atomic::AtomicU64::new(1 << 19),
+            device: std::sync::atomic::AtomicU64::new(0),
         });
         let lu = super::super::LogicalUnit::new(params(0, 512), be.clone());
         let (one, two, late) = (nexus(1), nexus(2), nexus(3));
@@ -216,5 +229,36 @@ mod tests {
         assert_good(&execute(&lu, &two, &tur));
         // A nexus that first came after the change has nothing pending.
         assert_eq!(last_lba(&lu, &late), 2047);
+    }
+
+    /// A block device grown from outside (an LV extended) is measured again by READ
+    /// CAPACITY, as LIO's iblock does, and by nothing else: the READ CAPACITY reports CAPACITY
+    /// DATA HAS CHANGED, the next one the new size.
+    #[test]
+    fn read_capacity_measures_a_grown_device() {
+        use super::super::testutil::{assert_check, assert_good, params};
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let be = std::sync::Arc::new(Resizable {
+            ram: crate::backend::RamBackend::new(1 << 20),
+            size: AtomicU64::new(1 << 19),
+            device: AtomicU64::new(1 << 19),
+        });
+        let lu = super::super::LogicalUnit::new(params(0, 512), be.clone());
+        let one = nexus(1);
+        assert_eq!(last_lba(&lu, &one), 1023);
+        be.device.store(1 << 20, Relaxed);
+        assert_good(&execute(&lu, &one, &[0u8; 6]));
+        assert_eq!(
+            be.size.load(Relaxed),
+            1 << 19,
+            "only READ CAPACITY measures"
+        );
+        let read_capacity_10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_check(
+            &execute(&lu, &one, &read_capacity_10),
+            sense::UNIT_ATTENTION,
+            sense::CAPACITY_DATA_HAS_CHANGED,
+        );
+        assert_eq!(last_lba(&lu, &one), 2047);
     }
 }

@@ -248,6 +248,23 @@ impl PrState {
         Ok(())
     }
 
+    /// What Acquire and Release ask first: IEKEY clear (NVMe base 2.0 §7.2, §7.5: only
+    /// Register may ignore the key) and the host registered with `crkey`.
+    fn check_current_key(
+        &self,
+        command: NvmeReservation,
+        nexus: &Nexus,
+        crkey: u64,
+    ) -> Result<(), PrError> {
+        if command.ignore_key() {
+            return Err(invalid(2));
+        }
+        if self.key_of(nexus) != Some(crkey) {
+            return Err(PrError::Conflict);
+        }
+        Ok(())
+    }
+
     /// Reservation Acquire (NVMe base 2.0 §7.2): acquire, preempt, preempt and abort, with
     /// the SCSI rules of RESERVE and PREEMPT, which NVMe shares.
     fn nvme_acquire(
@@ -261,12 +278,7 @@ impl PrState {
             return Err(invalid(0));
         };
         let rtype = scsi_type(command.nvme_type()).ok_or_else(|| invalid(3))?;
-        if command.ignore_key() {
-            return Err(invalid(2));
-        }
-        if self.key_of(nexus) != Some(crkey) {
-            return Err(PrError::Conflict);
-        }
+        self.check_current_key(command, nexus, crkey)?;
         match command.action() {
             acquire::ACQUIRE => self.reserve(nexus, rtype),
             acquire::PREEMPT | acquire::PREEMPT_AND_ABORT => {
@@ -285,12 +297,7 @@ impl PrState {
         notices: &mut PrNotices,
     ) -> Result<(), PrError> {
         let crkey = le64(data, 0).ok_or_else(|| invalid(0))?;
-        if command.ignore_key() {
-            return Err(invalid(2));
-        }
-        if self.key_of(nexus) != Some(crkey) {
-            return Err(PrError::Conflict);
-        }
+        self.check_current_key(command, nexus, crkey)?;
         match command.action() {
             release::RELEASE => {
                 // A type that is no type never matches the reservation: Invalid Field when
