@@ -22,6 +22,7 @@ REPO="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd -P)"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/iser-target"
 IQN_A=iqn.2026-11.io.iser-target:guest-a
 IQN_B=iqn.2026-11.io.iser-target:guest-b
+IQN_C=iqn.2026-11.io.iser-target:guest-block
 WORK=/run/iser-target-test
 
 # disk_of_size IQN BYTES: the disk of the session to IQN with that capacity (LUNs differ in size).
@@ -35,6 +36,10 @@ disk_of_size() {
 [[ -x "$BIN" ]] || sr_die "$BIN missing: run 'cargo build --release' on the host first"
 softroce_setup
 mkdir -p "$WORK"
+# A block LUN: a loop device over a 64 MiB file, grown under the target later.
+sr_modprobe loop
+truncate -s 64M "$WORK/block.img"
+LOOP="$(losetup -f --show "$WORK/block.img")" || sr_die "no loop device"
 
 cat >"$WORK/config.yaml" <<EOF
 portals:
@@ -47,6 +52,9 @@ targets:
   - name: $IQN_B
     luns:
       - { id: 0, backing: { type: ram, size: 64M } }
+  - name: $IQN_C
+    luns:
+      - { id: 0, backing: { type: block, path: $LOOP }, write_cache: false }
 limits: { nop_interval_secs: 5, nop_timeout_secs: 10 }
 state_dir: $WORK/state
 EOF
@@ -258,10 +266,35 @@ grown_file_lun() {
 }
 check "file LUN grown from 128 to 192 MiB by SIGHUP: the disk takes the new size" grown_file_lun
 
+# --- a block LUN grown under the target -----------------------------------------------------
+# The device grows (an LV extended; here the loop device's file, `losetup -c`) with nothing
+# said to the target: a rescan's READ CAPACITY measures the device again, as LIO's iblock does,
+# and the disk takes the new size; the new blocks take writes that read back.
+grown_block_lun() {
+    local disk ok=0
+    iscsi_login "$ADDR" "$IQN_C" "$TRANSPORT" "$PORT" >/dev/null || return 1
+    sr_wait 10 test -n "$(session_disk "$IQN_C")" || return 1
+    disk="$(session_disk "$IQN_C" | head -n1)"
+    if disk_size_is "$disk" $((64 << 20)) && truncate -s 96M "$WORK/block.img" &&
+        losetup -c "$LOOP" && iscsiadm -m session -R >/dev/null &&
+        sr_wait 30 disk_size_is "$disk" $((96 << 20)); then
+        head -c 4M /dev/urandom >"$WORK/block-tail"
+        dd if="$WORK/block-tail" of="$disk" bs=1M seek=92 oflag=direct conv=fsync status=none &&
+            cmp -s "$WORK/block-tail" <(dd if="$disk" bs=1M skip=92 count=4 iflag=direct status=none) &&
+            ok=1
+    else
+        sr_log "block LUN: the disk is $(blockdev --getsize64 "$disk") bytes"
+    fi
+    iscsi_logout "$IQN_C" || true
+    ((ok))
+}
+check "block LUN grown from 64 to 96 MiB under the target: a rescan sees it, no SIGHUP" grown_block_lun
+
 # --- shutdown -------------------------------------------------------------------------------
 iscsi_logout || true
 check "SIGTERM: clean exit 0" bg_stop target2
 check "no suspicious kernel messages" dmesg_check
+losetup -d "$LOOP" || true
 
 sr_checks_done linux-initiator || exit 1
 sr_log "all checks passed over $TRANSPORT"
