@@ -124,7 +124,7 @@ fn reservations_fence_other_hosts_and_iscsi_initiators() {
     assert!(cqe.ok(), "Get Features, Host Identifier: {cqe:?}");
     assert_eq!(id, host_id(HOST_NQN));
     let mut mine = io_queue(port, SUBSYSTEM, HOST_NQN, cntlid, 1);
-    let (_other_admin, other_cntlid) = admin_queue(port, SUBSYSTEM, OTHER_HOST, 1);
+    let (mut other_admin, other_cntlid) = admin_queue(port, SUBSYSTEM, OTHER_HOST, 1);
     let mut other = io_queue(port, SUBSYSTEM, OTHER_HOST, other_cntlid, 1);
 
     // Register (CPTPL 11b, as Linux's host sends it), then acquire Write Exclusive.
@@ -178,6 +178,40 @@ fn reservations_fence_other_hosts_and_iscsi_initiators() {
         .command(Sqe::new(0x0E, 1).cdw(10, 15), &[], 64)
         .unwrap();
     assert_eq!((cqe.status, cqe.dnr), ((0, 0x18), true));
+
+    // The holder preempts the other host's registration: that host's controller announces
+    // Reservation Log Page Available on its held AER (seen at its next admin command, here a
+    // Keep Alive), and the log page says Registration Preempted on namespace 1.
+    let aer = other_admin.post_async_event_request().unwrap();
+    let preempt = Sqe::new(0x11, 1).cdw(10, 1 | 1 << 8);
+    let (cqe, _) = mine
+        .command(preempt, &reservation_keys(0xA, 0xB), 0)
+        .unwrap();
+    assert!(cqe.ok(), "Preempt: {cqe:?}");
+    let keep_alive = other_admin.post(Sqe::new(0x18, 0)).unwrap();
+    let mut completions =
+        [0; 2].map(|_| other_admin.next_completion(Duration::from_secs(5)).unwrap());
+    completions.sort_by_key(|c| c.cid != aer);
+    assert_eq!(
+        (completions[0].cid, completions[0].result),
+        (aer, 0x80_00_06)
+    );
+    assert_eq!(completions[1].cid, keep_alive);
+    let log = || Sqe::new(0x02, 0xFFFF_FFFF).cdw(10, 0x80 | 15 << 16);
+    let (cqe, page) = other_admin.command(log(), &[], 64).unwrap();
+    assert!(cqe.ok(), "Get Log Page 80h: {cqe:?}");
+    assert_eq!((page[0], page[8], page[9], page[12]), (1, 1, 0, 1));
+    let (_, empty) = other_admin.command(log(), &[], 64).unwrap();
+    assert_eq!(empty, vec![0; 64], "read once");
+    // The mask (feature 82h) per namespace, and persistence (83h) off without a state_dir.
+    let get = |feature: u32| Sqe::new(0x0A, 1).cdw(10, feature);
+    let set_mask = Sqe::new(0x09, 0xFFFF_FFFF).cdw(10, 0x82).cdw(11, 1 << 1);
+    assert!(other_admin.command(set_mask, &[], 0).unwrap().0.ok());
+    assert_eq!(
+        other_admin.command(get(0x82), &[], 0).unwrap().0.result,
+        1 << 1
+    );
+    assert_eq!(other_admin.command(get(0x83), &[], 0).unwrap().0.result, 0);
 
     let release = Sqe::new(0x15, 1).cdw(10, 1 << 8);
     let (cqe, _) = mine.command(release, &0xAu64.to_le_bytes(), 0).unwrap();

@@ -39,6 +39,8 @@ mod fid {
     pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
     pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
     pub const HOST_IDENTIFIER: u8 = 0x81;
+    pub const RESERVATION_NOTIFICATION_MASK: u8 = 0x82;
+    pub const RESERVATION_PERSISTENCE: u8 = 0x83;
 }
 
 /// The Asynchronous Event Configuration bits a discovery controller takes: Discovery Log Page
@@ -80,13 +82,17 @@ const ADMIN_COMMANDS: [u8; 7] = [
 ];
 
 /// I/O commands, with whether they change logical block content.
-const IO_COMMANDS: [(u8, bool); 6] = [
+const IO_COMMANDS: [(u8, bool); 10] = [
     (io_opcode::FLUSH, false),
     (io_opcode::WRITE, true),
     (io_opcode::READ, false),
     (io_opcode::COMPARE, false),
     (io_opcode::WRITE_ZEROES, true),
     (io_opcode::DATASET_MANAGEMENT, true),
+    (io_opcode::RESERVATION_REGISTER, false),
+    (io_opcode::RESERVATION_REPORT, false),
+    (io_opcode::RESERVATION_ACQUIRE, false),
+    (io_opcode::RESERVATION_RELEASE, false),
 ];
 
 /// Connect's "invalid parameter" result: IATTR (1: in the data, 0: in the SQE) in bits 23:16
@@ -118,7 +124,8 @@ fn current_blocks(config: &NvmeConfig, index: usize, ns: &NamespaceDescriptor) -
 }
 
 impl Queue {
-    fn subsystem(&self) -> Option<&SubsystemDescriptor> {
+    /// This queue's NVM subsystem; `None` for the discovery controller or before Connect.
+    pub(super) fn subsystem(&self) -> Option<&SubsystemDescriptor> {
         let index = self.binding.as_ref()?.subsystem?;
         self.config.subsystems.get(index)
     }
@@ -482,6 +489,7 @@ impl Queue {
         }
         self.keep_alive();
         self.check_capacity();
+        self.check_reservations();
         let discovery = self.subsystem().is_none();
         match sqe.opcode() {
             admin_opcode::IDENTIFY => self.identify(sqe),
@@ -583,6 +591,7 @@ impl Queue {
                 // LSP bit 0 (CDW10 bit 8) is RGO, Return Groups Only.
                 logs::ana(admin.ana, &nsids, cdw10 & 1 << 8 != 0)
             }
+            (lid::RESERVATION_NOTIFICATION, Some(_)) => self.reservation_log(retain_event),
             (lid::CHANGED_NAMESPACES, Some(_)) => {
                 let admin = self.admin.as_mut().expect("admin queue");
                 let log = logs::changed_namespaces(&admin.changed_namespaces);
@@ -657,6 +666,11 @@ impl Queue {
             // answers a Set the same way (drivers/nvme/target/admin-cmd.c
             // nvmet_execute_set_features).
             fid::HOST_IDENTIFIER if !discovery => Outcome::status(Status::COMMAND_SEQUENCE_ERROR),
+            fid::RESERVATION_NOTIFICATION_MASK if !discovery => self.set_reservation_mask(sqe),
+            // Persistence changes with Reservation Register's CPTPL, which saves the state.
+            fid::RESERVATION_PERSISTENCE if !discovery => {
+                Outcome::status(Status::FEATURE_NOT_CHANGEABLE)
+            }
             _ => Outcome::status(Status::INVALID_FIELD),
         }
     }
@@ -672,7 +686,11 @@ impl Queue {
         let max_io_queues = self.config.max_io_queues;
         let admin = self.admin.as_ref().expect("admin queue");
         let known = match feature {
-            fid::NUMBER_OF_QUEUES | fid::VOLATILE_WRITE_CACHE | fid::HOST_IDENTIFIER => !discovery,
+            fid::NUMBER_OF_QUEUES
+            | fid::VOLATILE_WRITE_CACHE
+            | fid::HOST_IDENTIFIER
+            | fid::RESERVATION_NOTIFICATION_MASK
+            | fid::RESERVATION_PERSISTENCE => !discovery,
             fid::KEEP_ALIVE_TIMER | fid::ASYNC_EVENT_CONFIG => true,
             _ => false,
         };
@@ -682,8 +700,24 @@ impl Queue {
         // SEL 3: supported capabilities (base 2.0): changeable (bit 2), except the
         // cache, which is fixed.
         if select == 3 {
-            let changeable = !matches!(feature, fid::VOLATILE_WRITE_CACHE | fid::HOST_IDENTIFIER);
-            return Outcome::Complete(Status::SUCCESS, u64::from(changeable) << 2);
+            let changeable = !matches!(
+                feature,
+                fid::VOLATILE_WRITE_CACHE | fid::HOST_IDENTIFIER | fid::RESERVATION_PERSISTENCE
+            );
+            let per_namespace = matches!(
+                feature,
+                fid::RESERVATION_NOTIFICATION_MASK | fid::RESERVATION_PERSISTENCE
+            );
+            return Outcome::Complete(
+                Status::SUCCESS,
+                u64::from(changeable) << 2 | u64::from(per_namespace) << 1,
+            );
+        }
+        if matches!(
+            feature,
+            fid::RESERVATION_NOTIFICATION_MASK | fid::RESERVATION_PERSISTENCE
+        ) {
+            return self.get_reservation_feature(sqe, feature == fid::RESERVATION_PERSISTENCE);
         }
         if feature == fid::HOST_IDENTIFIER {
             // EXHID (CDW11 bit 0) asks for the 128-bit form, the only one a fabrics host has
@@ -767,7 +801,7 @@ impl Queue {
             let Some(admin) = self.admin.as_ref() else {
                 return;
             };
-            let enabled = admin.async_event_config & notice.enable_bit() != 0;
+            let enabled = notice.enabled(admin.async_event_config);
             let state = admin.notices[notice as usize];
             if !state.pending || state.masked || !enabled {
                 continue;

@@ -1,6 +1,7 @@
 //! What the NVMe/TCP core needs from configuration: subsystems with their namespaces and allowed
 //! hosts, the discovery log entries, and queue limits. Shared by every queue of a portal.
 
+use crate::scsi::ReservationNotice;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,24 @@ pub trait NamespaceCapacity: Send + Sync + Debug {
     fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64>;
 }
 
+/// What a controller asks of its namespaces' reservations, which live with their LUNs in the
+/// environment (`crate::scsi::LogicalUnit`): the notices for its host (the Reservation
+/// Notification log page, NVMe base 2.0 §5.16.1.25) and the persistence state (feature 83h).
+pub trait NamespaceReservations: Send + Sync + Debug {
+    /// The notices for host `host` on namespace `nsid` of subsystem `subsystem` numbered after
+    /// `after`, oldest first, and the number to ask after next time; with `after` `None` (a
+    /// controller's first look) only that number. `None` when there is no such namespace.
+    fn notices(
+        &self,
+        subsystem: usize,
+        nsid: u32,
+        host: [u8; 16],
+        after: Option<u64>,
+    ) -> Option<(Vec<ReservationNotice>, u64)>;
+    /// Whether the namespace's reservations persist through power loss (PTPL).
+    fn persists(&self, subsystem: usize, nsid: u32) -> Option<bool>;
+}
+
 /// Everything the core needs from configuration.
 #[derive(Debug, Clone)]
 pub struct NvmeConfig {
@@ -143,6 +162,8 @@ pub struct NvmeConfig {
     pub ana: AnaGroup,
     /// The namespaces' current sizes; `None`: [`NamespaceDescriptor::blocks`] for ever.
     pub capacity: Option<Arc<dyn NamespaceCapacity>>,
+    /// The namespaces' reservations; `None`: no notices, persistence off.
+    pub reservations: Option<Arc<dyn NamespaceReservations>>,
     /// A discovery-only portal (port 8009): Connect to an NVM subsystem is refused, only the
     /// discovery subsystem is served.
     pub discovery_only: bool,
@@ -188,6 +209,7 @@ impl Default for NvmeConfig {
             subsystems: Vec::new(),
             ana: AnaGroup::default(),
             capacity: None,
+            reservations: None,
             discovery_only: false,
             discovery: Vec::new(),
             current_port: None,

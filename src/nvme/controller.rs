@@ -147,27 +147,46 @@ pub enum Notice {
     /// NVME_AEN_SUPPORTED) and answers it by reading the ANA log again
     /// (nvme_handle_aen_notice, NVME_AER_NOTICE_ANA, which queues ana_work).
     AnaChange,
+    /// Reservation Log Page Available (event type 6, I/O command specific; information 00h):
+    /// read the Reservation Notification log. No Asynchronous Event Configuration bit: the
+    /// Reservation Notification Mask (feature 82h) filters it per namespace instead.
+    ReservationLog,
 }
 
 impl Notice {
     /// Every notice, in the order pending ones are delivered.
-    pub const ALL: [Notice; 2] = [Notice::NamespaceAttribute, Notice::AnaChange];
+    pub const ALL: [Notice; 3] = [
+        Notice::NamespaceAttribute,
+        Notice::AnaChange,
+        Notice::ReservationLog,
+    ];
 
-    /// Its Asynchronous Event Configuration (and OAES) bit.
+    /// Its Asynchronous Event Configuration (and OAES) bit; 0 for one that has none.
     pub const fn enable_bit(self) -> u32 {
         match self {
             Notice::NamespaceAttribute => 1 << 8,
             Notice::AnaChange => 1 << 11,
+            Notice::ReservationLog => 0,
         }
     }
 
-    /// The completion's Dword 0: event type 2 (notice), the information, the log page.
+    /// Whether Asynchronous Event Configuration `config` lets it be sent.
+    pub const fn enabled(self, config: u32) -> bool {
+        match self {
+            Notice::ReservationLog => true,
+            _ => config & self.enable_bit() != 0,
+        }
+    }
+
+    /// The completion's Dword 0: the event type, the information, the log page.
     pub fn result(self) -> u64 {
-        let (information, log) = match self {
-            Notice::NamespaceAttribute => (0x00u64, super::logs::lid::CHANGED_NAMESPACES),
-            Notice::AnaChange => (0x03, super::logs::lid::ANA),
+        use super::logs::lid;
+        let (event_type, information, log) = match self {
+            Notice::NamespaceAttribute => (2u64, 0x00u64, lid::CHANGED_NAMESPACES),
+            Notice::AnaChange => (2, 0x03, lid::ANA),
+            Notice::ReservationLog => (6, 0x00, lid::RESERVATION_NOTIFICATION),
         };
-        2 | information << 8 | u64::from(log) << 16
+        event_type | information << 8 | u64::from(log) << 16
     }
 }
 
@@ -195,13 +214,16 @@ pub struct AdminState {
     pub held_events: Vec<u16>,
     /// Namespaces changed since the Changed Namespace List log was last read.
     pub changed_namespaces: Vec<u32>,
-    /// The namespace attribute and ANA change notices (indexed as [`Notice::ALL`]).
-    pub notices: [NoticeState; 2],
+    /// The namespace attribute, ANA change and reservation log notices (indexed as
+    /// [`Notice::ALL`]).
+    pub notices: [NoticeState; 3],
     /// The namespaces' sizes (NSID, blocks) when this controller last looked: a change is a
     /// namespace attribute change.
     pub namespace_sizes: Vec<(u32, u64)>,
     /// The ANA group and state this controller reports (the ANA log).
     pub ana: super::config::AnaGroup,
+    /// Its host's reservation notices and masks.
+    pub reservations: super::reservations::ReservationLog,
 }
 
 impl AdminState {
@@ -301,6 +323,8 @@ mod tests {
         // Dword 0 as Linux decodes it: type in bits 2:0, information in 15:8, log in 23:16.
         assert_eq!(Notice::NamespaceAttribute.result(), 0x04_00_02);
         assert_eq!(Notice::AnaChange.result(), 0x0C_03_02);
+        // Type 6 (I/O command specific), Reservation Log Page Available, log 80h.
+        assert_eq!(Notice::ReservationLog.result(), 0x80_00_06);
         let mut admin = AdminState::default();
         admin.notice(Notice::AnaChange).pending = true;
         assert_eq!(
@@ -310,7 +334,8 @@ mod tests {
                 NoticeState {
                     pending: true,
                     masked: false
-                }
+                },
+                NoticeState::default(),
             ]
         );
     }

@@ -14,6 +14,7 @@ pub mod lid {
     pub const COMMAND_EFFECTS: u8 = 0x05;
     pub const ANA: u8 = 0x0C;
     pub const DISCOVERY: u8 = 0x70;
+    pub const RESERVATION_NOTIFICATION: u8 = 0x80;
 }
 
 /// The transport type of NVMe/TCP in log entries (NVMe-oF 1.1).

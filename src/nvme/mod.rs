@@ -10,7 +10,8 @@
 //! Layers: [`pdu`] (PDU headers and encoders), [`framing`] (stream → validated PDUs),
 //! [`command`] (SQE/CQE, status codes), `queue` (phases, data movement), `admin` (fabrics and
 //! admin commands), [`io`] (I/O commands), [`identify`] and [`logs`] (data structures),
-//! [`controller`] (registers, features, shared counters), [`registry`].
+//! [`controller`] (registers, features, shared counters), `reservations` (a controller's
+//! reservation notices and features), [`registry`].
 
 mod admin;
 pub mod command;
@@ -23,12 +24,13 @@ pub mod logs;
 pub mod pdu;
 mod queue;
 pub mod registry;
+mod reservations;
 pub mod scsi;
 
 pub use admin::DISCOVERY_SUBSYSTEM;
 pub use config::{
     AddressFamily, AnaGroup, AnaState, DiscoveryEntry, NamespaceCapacity, NamespaceDescriptor,
-    NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
+    NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 pub use controller::ControllerShared;
 pub use io::{IoCommand, IoId, IoOp};

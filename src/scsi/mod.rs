@@ -30,8 +30,8 @@ pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 pub use counters::IoTotals;
 pub use pr::{
-    NvmeReservation, NvmeReservationKind, RecordError, ReservationStore, ReservationSummary,
-    Reservations, NVME_RESERVATION_OPCODE,
+    NvmeReservation, NvmeReservationKind, RecordError, ReservationNotice, ReservationStore,
+    ReservationSummary, Reservations, NVME_RESERVATION_OPCODE,
 };
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
 pub use xcopy::{CopyJob, CopyList};
@@ -461,6 +461,23 @@ impl LogicalUnit {
         self.pr.can_persist()
     }
 
+    /// The reservation notices for NVMe host `host` numbered after `after`, and the number to
+    /// ask after next time (`after` `None`: only the number); see
+    /// [`crate::nvme::NamespaceReservations`].
+    pub fn nvme_notices(
+        &self,
+        host: [u8; 16],
+        after: Option<u64>,
+    ) -> (Vec<ReservationNotice>, u64) {
+        self.reservations().host_notices_since(host, after)
+    }
+
+    /// Whether the reservations persist through power loss now (an initiator asked: SCSI
+    /// APTPL, NVMe CPTPL).
+    pub fn reservations_persist(&self) -> bool {
+        self.reservations().persists()
+    }
+
     /// Who is registered and who holds the persistent reservation, for an operator.
     pub fn reservation_summary(&self) -> ReservationSummary {
         self.reservations().summary()
@@ -591,7 +608,8 @@ impl LogicalUnit {
     }
 
     /// What a change of the reservations comes to: the unit attentions it establishes for
-    /// the iSCSI nexuses it affects, then its answer, or first saving the state when it
+    /// the iSCSI nexuses it affects (NVMe hosts' notices are filed with the state), then its
+    /// answer, or first saving the state when it
     /// persists (the command is good only once the store holds it).
     fn settle_reservation_change<'a>(&self, change: pr::PrOutcome) -> Plan<'a> {
         let pr::PrOutcome {
@@ -601,9 +619,7 @@ impl LogicalUnit {
         } = change;
         let mut ua = self.unit_attentions();
         for (to, condition) in notices {
-            if to.hears_unit_attentions() {
-                ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
-            }
+            ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
         }
         if !save {
             return Plan::Done(outcome);

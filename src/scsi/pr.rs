@@ -16,7 +16,7 @@ mod nvme;
 mod persist;
 mod record;
 
-pub use nvme::{NvmeReservation, NvmeReservationKind, NVME_RESERVATION_OPCODE};
+pub use nvme::{NvmeReservation, NvmeReservationKind, ReservationNotice, NVME_RESERVATION_OPCODE};
 pub use persist::{ReservationStore, Reservations};
 pub use record::RecordError;
 
@@ -63,14 +63,15 @@ fn registrants_only(t: u8) -> bool {
 
 /// The unit attentions a PERSISTENT RESERVE OUT establishes for other I_T nexuses (SPC-4
 /// 5.13.11): each nexus with its condition's ASC/ASCQ. The LU queues them once the
-/// reservation state is settled.
+/// reservation state is settled; those for NVMe hosts become their notices
+/// ([`PrState::file_host_notices`]).
 pub(super) type PrNotices = Vec<(Nexus, (u8, u8))>;
 
 /// What a PERSISTENT RESERVE OUT did (see [`PrState::persistent_reserve_out`]).
 pub(super) struct PrOutcome {
     /// The answer, once the state is saved when `save` says so.
     pub outcome: ScsiOutcome,
-    /// The unit attentions it establishes for other I_T nexuses.
+    /// The unit attentions it establishes for other iSCSI I_T nexuses.
     pub notices: PrNotices,
     /// Whether the state must be saved ([`Reservations::save`]) before the command is GOOD.
     pub save: bool,
@@ -131,6 +132,8 @@ pub(super) struct PrState {
     reservation: Option<Reservation>,
     /// SPC-2 RESERVE(6) holder.
     spc2: Option<Nexus>,
+    /// What NVMe hosts are told of changes they did not make.
+    host_notices: nvme::HostNotices,
 }
 
 /// How a command is treated in the presence of reservations.
@@ -408,7 +411,7 @@ impl PrState {
         let save = result.is_ok() && (aptpl_before || self.aptpl);
         PrOutcome {
             outcome: outcome(result).with_data_out_length(plen),
-            notices,
+            notices: self.file_host_notices(notices),
             save,
         }
     }

@@ -12,7 +12,9 @@
 //! the executor's blocking pool when the state must be saved) and only an NVMe host's nexus
 //! may send it.
 
-use super::super::sense::Sense;
+use std::collections::VecDeque;
+
+use super::super::sense::{self, Sense};
 use super::super::{truncate, Nexus, ScsiOutcome};
 use super::{ty, PrError, PrNotices, PrOutcome, PrState, Registration};
 
@@ -189,7 +191,7 @@ impl PrState {
         let save = result.is_ok() && (aptpl_before || self.aptpl);
         PrOutcome {
             outcome: super::outcome(result),
-            notices,
+            notices: self.file_host_notices(notices),
             save,
         }
     }
@@ -333,5 +335,91 @@ impl PrState {
         }
         let wanted = usize::try_from(command.report_length()).unwrap_or(usize::MAX);
         truncate(d, wanted)
+    }
+}
+
+/// What an NVMe host is told of a change it did not make (NVMe base 2.0 Figure 292, the
+/// Reservation Notification log page's types), as the unit attention an iSCSI initiator gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationNotice {
+    /// Its registration was removed by a preempt.
+    RegistrationPreempted = 1,
+    /// The reservation was released, or went with its holder's registration.
+    ReservationReleased = 2,
+    /// The reservation (and every registration) was cleared, or preempted with another type.
+    ReservationPreempted = 3,
+}
+
+impl ReservationNotice {
+    /// The notice of a reservation unit attention condition (ASC, ASCQ).
+    fn of_condition(condition: (u8, u8)) -> Option<Self> {
+        match condition {
+            sense::REGISTRATIONS_PREEMPTED => Some(ReservationNotice::RegistrationPreempted),
+            sense::RESERVATIONS_RELEASED => Some(ReservationNotice::ReservationReleased),
+            sense::RESERVATIONS_PREEMPTED => Some(ReservationNotice::ReservationPreempted),
+            _ => None,
+        }
+    }
+}
+
+/// Notices kept for NVMe hosts at most; past that the oldest go (a controller that collects
+/// less often than this many changes misses some, and its log page count shows the gap).
+const HOST_NOTICES_KEPT: usize = 256;
+
+/// The notices for NVMe hosts, numbered, for their controllers to collect
+/// ([`PrState::host_notices_since`]): a host may have several controllers, each of which logs
+/// every notice once.
+#[derive(Debug, Default)]
+pub(super) struct HostNotices {
+    /// The number of the newest notice (0: none yet).
+    newest: u64,
+    kept: VecDeque<(u64, [u8; 16], ReservationNotice)>,
+}
+
+impl PrState {
+    /// Takes the notices meant for NVMe hosts out of `notices` into their log, leaving the
+    /// unit attentions for iSCSI nexuses.
+    pub(super) fn file_host_notices(&mut self, notices: PrNotices) -> PrNotices {
+        let mut for_iscsi = PrNotices::new();
+        for (nexus, condition) in notices {
+            match (nexus.host_id(), ReservationNotice::of_condition(condition)) {
+                (Some(host), Some(notice)) => {
+                    let log = &mut self.host_notices;
+                    log.newest += 1;
+                    if log.kept.len() == HOST_NOTICES_KEPT {
+                        log.kept.pop_front();
+                    }
+                    log.kept.push_back((log.newest, host, notice));
+                }
+                (Some(_), None) => {}
+                (None, _) => for_iscsi.push((nexus, condition)),
+            }
+        }
+        for_iscsi
+    }
+
+    /// The notices for host `host` numbered after `after`, oldest first, and the number to ask
+    /// after next time; with `after` `None` (a controller's first look) none, only the number.
+    pub(in crate::scsi) fn host_notices_since(
+        &self,
+        host: [u8; 16],
+        after: Option<u64>,
+    ) -> (Vec<ReservationNotice>, u64) {
+        let log = &self.host_notices;
+        let notices = match after {
+            None => Vec::new(),
+            Some(after) => log
+                .kept
+                .iter()
+                .filter(|(number, to, _)| *number > after && *to == host)
+                .map(|&(_, _, notice)| notice)
+                .collect(),
+        };
+        (notices, log.newest)
+    }
+
+    /// Whether the state persists through power loss (SCSI PTPL_A, NVMe PTPL).
+    pub(in crate::scsi) fn persists(&self) -> bool {
+        self.aptpl
     }
 }

@@ -260,6 +260,7 @@ mod tests {
                 rtype: super::super::ty::WE_REGISTRANTS_ONLY,
             }),
             spc2: None,
+            host_notices: Default::default(),
         }
     }
 

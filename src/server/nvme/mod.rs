@@ -29,14 +29,13 @@ use super::admission::PortalKey;
 use super::engine::Residence;
 use super::registry::SessionControl;
 use super::Shared;
-use crate::backend::Backend;
 use crate::config::{Backing, Config};
 use crate::nvme::registry::gateway_cntlids;
 use crate::nvme::{
     AddressFamily, AnaGroup, AnaState, ControllerRegistry, DiscoveryEntry, NamespaceCapacity,
-    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
+    NamespaceDescriptor, NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
-use crate::scsi::{AluaState, ScsiTarget};
+use crate::scsi::{AluaState, LogicalUnit, ReservationNotice, ScsiTarget};
 use crate::status::NvmeControllerStatus;
 
 /// How often the listener looks at the stop flag while no connection arrives.
@@ -50,27 +49,45 @@ pub(super) struct NamespaceLun {
     pub block_size: u32,
 }
 
-/// The namespaces' backends, whose sizes the core reads (an RBD image may be resized under a
-/// running target; the others keep their size).
-struct BackendCapacity {
-    /// Per subsystem (= target index): (NSID, the LUN's backend).
-    backends: Vec<Vec<(u32, Arc<dyn Backend>)>>,
+/// The namespaces' LUNs, which the core asks for their current sizes (an RBD image may be
+/// resized under a running target) and for their reservations' notices and persistence.
+struct NamespaceLuns {
+    /// Per subsystem (= target index): (NSID, the LUN).
+    luns: Vec<Vec<(u32, Arc<LogicalUnit>)>>,
 }
 
-impl std::fmt::Debug for BackendCapacity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendCapacity").finish_non_exhaustive()
+impl NamespaceLuns {
+    fn lun(&self, subsystem: usize, nsid: u32) -> Option<&LogicalUnit> {
+        let (_, lu) = self.luns.get(subsystem)?.iter().find(|(n, _)| *n == nsid)?;
+        Some(lu)
     }
 }
 
-impl NamespaceCapacity for BackendCapacity {
+impl std::fmt::Debug for NamespaceLuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceLuns").finish_non_exhaustive()
+    }
+}
+
+impl NamespaceCapacity for NamespaceLuns {
     fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64> {
-        let (_, backend) = self
-            .backends
-            .get(subsystem)?
-            .iter()
-            .find(|(n, _)| *n == nsid)?;
-        Some(backend.size())
+        Some(self.lun(subsystem, nsid)?.backend().size())
+    }
+}
+
+impl NamespaceReservations for NamespaceLuns {
+    fn notices(
+        &self,
+        subsystem: usize,
+        nsid: u32,
+        host: [u8; 16],
+        after: Option<u64>,
+    ) -> Option<(Vec<ReservationNotice>, u64)> {
+        Some(self.lun(subsystem, nsid)?.nvme_notices(host, after))
+    }
+
+    fn persists(&self, subsystem: usize, nsid: u32) -> Option<bool> {
+        Some(self.lun(subsystem, nsid)?.reservations_persist())
     }
 }
 
@@ -119,17 +136,16 @@ impl NvmeState {
     ) -> Arc<NvmeState> {
         let mut subsystems = Vec::new();
         let mut namespaces = Vec::new();
-        let mut backends = Vec::new();
+        let mut namespace_luns = Vec::new();
         for (target, scsi) in config.targets.iter().zip(scsi_targets) {
             let mut descriptors = Vec::new();
             let mut luns = Vec::new();
-            let mut target_backends = Vec::new();
+            let mut target_luns = Vec::new();
             for lun in &target.luns {
                 let nsid = (lun.id + 1) as u32;
                 let lu = scsi.luns().iter().find(|lu| lu.params().lun == lun.id);
-                let backend = lu.map(|lu| Arc::clone(lu.backend()));
-                let size = backend.as_ref().map_or(0, |b| b.size());
-                target_backends.extend(backend.map(|b| (nsid, b)));
+                let size = lu.map_or(0, |lu| lu.backend().size());
+                target_luns.extend(lu.map(|lu| (nsid, Arc::clone(lu))));
                 let mut descriptor = namespace_descriptor(lun, nsid, size);
                 descriptor.persistent_reservations =
                     lu.is_some_and(|lu| lu.reservations_can_persist());
@@ -149,7 +165,7 @@ impl NvmeState {
                 firmware: env!("CARGO_PKG_VERSION").chars().take(8).collect(),
             });
             namespaces.push(luns);
-            backends.push(target_backends);
+            namespace_luns.push(target_luns);
         }
         let mut discovery = Vec::new();
         for (index, portal) in portals.iter().enumerate() {
@@ -164,6 +180,9 @@ impl NvmeState {
             }
         }
         let defaults = NvmeConfig::default();
+        let namespace_luns = Arc::new(NamespaceLuns {
+            luns: namespace_luns,
+        });
         // The gateway's ALUA target port group is its ANA group, in the state that matches its
         // ALUA state.
         let ana = AnaGroup {
@@ -174,7 +193,8 @@ impl NvmeState {
         let nvme = NvmeConfig {
             subsystems,
             ana,
-            capacity: Some(Arc::new(BackendCapacity { backends })),
+            capacity: Some(namespace_luns.clone()),
+            reservations: Some(namespace_luns),
             discovery,
             // One R2T and one H2CData PDU for a whole write (Linux's nvmet announces 4 MiB):
             // the PDU's buffer is then the command's, with no gathering copy.

@@ -290,3 +290,39 @@ fn persistence_follows_cptpl_where_the_lu_can_persist() {
     assert_eq!(store.saves(), 3);
     assert!(report(&persistent_lu(&store), &h).3.is_empty());
 }
+
+/// What an NVMe host would be told by a unit attention is kept for its controllers to
+/// collect: released, preempted, cleared, each for the hosts SPC-4 names; never for the host
+/// that made the change, and never for an iSCSI initiator (which gets its unit attention).
+#[test]
+fn nvme_hosts_get_notices_where_iscsi_initiators_get_unit_attentions() {
+    use crate::scsi::ReservationNotice::*;
+    let lu = ram_lu(8, 512);
+    let (a, b, i) = (host(1), host(2), nexus("iqn.2026-12.test:i", 1));
+    let (none, start) = lu.nvme_notices([2; 16], None);
+    assert!(none.is_empty());
+    register(&lu, &a, 0, false, 0, 0xA);
+    register(&lu, &b, 0, false, 0, 0xB);
+    assert_eq!(prout(&lu, &i, sa::REGISTER, 0, 0, 0xC), GOOD);
+    // A takes and releases a registrants-only reservation: B and the initiator are told.
+    assert_eq!(acquire(&lu, &a, 0, 3, 0xA, 0), GOOD);
+    assert_eq!(release(&lu, &a, 0, 3, 0xA), GOOD);
+    assert_eq!(unit_attention(&lu, &i), Some(RESERVATIONS_RELEASED));
+    let (told, mark) = lu.nvme_notices([2; 16], Some(start));
+    assert_eq!(told, vec![ReservationReleased]);
+    assert!(
+        lu.nvme_notices([1; 16], Some(start)).0.is_empty(),
+        "not the releaser"
+    );
+    // A preempts B's registration; then the initiator clears everything.
+    assert_eq!(acquire(&lu, &a, 1, 1, 0xA, 0xB), GOOD);
+    assert_eq!(prout(&lu, &i, sa::CLEAR, 0, 0xC, 0), GOOD);
+    assert_eq!(
+        lu.nvme_notices([2; 16], Some(mark)).0,
+        vec![RegistrationPreempted]
+    );
+    assert_eq!(
+        lu.nvme_notices([1; 16], Some(mark)).0,
+        vec![ReservationPreempted]
+    );
+}
