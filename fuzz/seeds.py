@@ -329,12 +329,16 @@ def nvme_admin_stream():
         capsule(sqe(0x18, 15)),                                      # Keep Alive
         capsule(sqe(0x08, 16, 0, {10: 1 | 3 << 16})),                # Abort
         capsule(fabrics(0x04, 17, {11: 0x1C})),                      # Property Get CSTS
+        capsule(sqe(0x02, 18, 0xFFFFFFFF, {10: 0x80 | numd(64)}, 64)),  # reservation log
+        capsule(sqe(0x0A, 19, 0, {10: 0x81, 11: 1}, 16)),            # Host Identifier
+        capsule(sqe(0x0A, 20, 1, {10: 0x82})),                       # notification mask
+        capsule(sqe(0x0A, 21, 1, {10: 0x83})),                       # persistence
     ])
 
 
 def nvme_io_stream(**d):
     """I/O on queue 1: in-capsule write, a write by R2T (TTAG = CID) in two H2CData PDUs, read,
-    flush, Write Zeroes, Dataset Management, Compare, Disconnect."""
+    flush, Write Zeroes, Dataset Management, Compare, the reservation commands, Disconnect."""
     out = [
         capsule(sqe(0x01, 1, 1, {12: 7}, 4096, True), b"\x11" * 4096, **d),
         capsule(sqe(0x01, 2, 1, {10: 8, 12: 31}, 16384), **d),
@@ -347,6 +351,11 @@ def nvme_io_stream(**d):
         capsule(sqe(0x09, 6, 1, {10: 0, 11: 4}, 16, True), struct.pack("<IIQ", 0, 8, 48), **d),
         capsule(sqe(0x05, 7, 1, {12: 0}, 512, True), b"\x11" * 512, **d),
         capsule(sqe(0x02, 8, 2, {12: 0}, 4096), **d),
+        # Reservations as Linux's host sends them (16 bytes of data each, Release too).
+        capsule(sqe(0x0D, 10, 1, {10: 3 << 30}, 16, True), struct.pack("<QQ", 0, 0xA), **d),
+        capsule(sqe(0x11, 11, 1, {10: 1 << 8}, 16, True), struct.pack("<QQ", 0xA, 0), **d),
+        capsule(sqe(0x0E, 12, 1, {10: 1023, 11: 1}, 4096), **d),
+        capsule(sqe(0x15, 13, 1, {10: 1 << 8}, 16, True), struct.pack("<QQ", 0xA, 0), **d),
         capsule(fabrics(0x08, 9), **d),                              # Disconnect
     ]
     return b"".join(out)
@@ -358,6 +367,9 @@ def nvme_pdu_seeds():
     write("nvme_pdu", "admin", bytes([7 << 5]) + nvme_admin_stream())
     write("nvme_pdu", "io", bytes([0b00100 | 7 << 5]) + nvme_io_stream())
     write("nvme_pdu", "io-digests-deferred", bytes([0b11111 | 2 << 5]) + nvme_io_stream(hdgst=True, ddgst=True))
+    # A connected I/O queue run through the SCSI lowering: control bits 0-1 digests, 2 CATTR,
+    # 5-7 chunk size.
+    write("nvme_queue", "io-with-reservations", bytes([7 << 5]) + nvme_io_stream())
 
 
 if __name__ == "__main__":

@@ -300,11 +300,22 @@ connect_second_host() {
     echo "nvme${BASH_REMATCH[1]}"
 }
 
+# notice_is CTRL TYPE: controller CTRL's Reservation Notification log page (80h) holds a
+# notice of TYPE (1: registration preempted) for namespace 1.
+notice_is() {
+    local page bytes
+    page="$(nvme get-log "$1" --log-id=0x80 --log-len=64 --raw-binary | od -An -tu1 -v | tr -s ' \n' ' ')" ||
+        return 1
+    read -ra bytes <<<"$page"
+    ((${#bytes[@]} == 64 && bytes[8] == $2 && bytes[12] == 1)) || { sr_log "log page 80h: $page"; return 1; }
+}
+
 # Reservations through Linux's own host: registered and reserved with the block layer's
 # ioctls; a second host registers with nvme-cli, and its writes through its own controller
-# meet Reservation Conflict while its reads pass; resv-report lists both hosts by Host ID;
-# released, then unregistered the block layer's way (a new key of 0, which Linux's host sends
-# as Replace with key 0); finally cleared.
+# meet Reservation Conflict while its reads pass; resv-report lists both hosts by Host ID; the
+# holder preempts the second host, whose controller's Reservation Notification log then says
+# so; released, then unregistered the block layer's way (a new key of 0, which Linux's host
+# sends as Replace with key 0); finally cleared.
 reservations() {
     local ctrl2="" out="" ok=0
     connect_and_find || return 1
@@ -316,16 +327,18 @@ reservations() {
         report_is 1 "0xA:1:$SOFTROCE_HOSTID" "0xB:0:$HOSTID2"; then
         out="$(nvme io-passthru "/dev/$ctrl2" -o 1 -n 1 -l 512 -w -i "$WORK/block" 2>&1)" &&
             sr_log "the second host's write went through: $out"
-        if grep -qi conflict <<<"$out" &&
-            nvme io-passthru "/dev/$ctrl2" -o 2 -n 1 -l 512 -r >/dev/null 2>&1; then
-            ok=1
-        else
+        if ! grep -qi conflict <<<"$out" ||
+            ! nvme io-passthru "/dev/$ctrl2" -o 2 -n 1 -l 512 -r >/dev/null 2>&1; then
             sr_log "second host: write [$out], or its read failed"
+        # Through the first host's own controller: the namespace's block device may take
+        # either host's path now.
+        elif nvme resv-acquire "$CTRL" -n 1 -c 0xA -p 0xB -t 1 -a 1 >/dev/null &&
+            notice_is "/dev/$ctrl2" 1 && report_is 1 "0xA:1:$SOFTROCE_HOSTID"; then
+            ok=1
         fi
     fi
     [[ -n "$ctrl2" ]] && nvme disconnect -d "$ctrl2" >/dev/null
-    ((ok)) && pr_ioctl release 0xA 1 && pr_ioctl register 0xA 0 &&
-        report_is 0 "0xB:0:$HOSTID2" || ok=0
+    ((ok)) && pr_ioctl release 0xA 1 && pr_ioctl register 0xA 0 && report_is 0 || ok=0
     # Leave the namespace as it was: register again and clear every registration.
     pr_ioctl register 0 0xC && nvme resv-release "$DEV" -c 0xC -a 1 >/dev/null && report_is 0 || ok=0
     nvme_disconnect "$N"
@@ -373,7 +386,8 @@ run_checks() {
     check "$T: namespace grown by 64 MiB while connected: the host sees it and writes there" \
         grown_while_connected
     if [[ $T == ours ]]; then
-        check "$T: reservations: Linux's PR ioctls and nvme-cli, a second host fenced" reservations
+        check "$T: reservations: Linux's PR ioctls and nvme-cli, a second host fenced and told" \
+            reservations
     fi
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
