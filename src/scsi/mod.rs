@@ -830,14 +830,20 @@ fn blocks_of(bytes: u64, block_size: u32) -> u64 {
     bytes.checked_div(u64::from(block_size)).unwrap_or(0)
 }
 
-/// Whether a command with this CDB must run with no other I/O in flight on its LU (COMPARE AND
-/// WRITE, ORWRITE, WRITE ATOMIC: exactly the commands whose [`BlockRequest::needs_exclusive`]).
-/// Decided from the operation code alone, so an executor can order a command before planning it.
+/// Whether a command with this CDB must run with no other I/O in flight on its LU: COMPARE AND
+/// WRITE, ORWRITE and WRITE ATOMIC (the commands whose [`BlockRequest::needs_exclusive`]), and
+/// a preempt that aborts (SCSI PREEMPT AND ABORT, NVMe Reservation Acquire's Preempt and
+/// Abort). The preempted initiators' commands cannot be recalled once they reach the backend,
+/// so the preempt waits for every command in flight and is done before any later one is
+/// planned: when it completes, nothing the preempted initiators sent before it can still
+/// change the medium (SPC-4 5.13.11.2.6; Linux's nvmet waits for them too, drivers/nvme/
+/// target/pr.c nvmet_pr_do_abort). Decided from the CDB's first bytes alone, so an executor can
+/// order a command before planning it.
 pub fn runs_exclusively(cdb: &[u8]) -> bool {
     matches!(
         cdb.first(),
         Some(&(op::COMPARE_AND_WRITE | op::ORWRITE_16 | op::WRITE_ATOMIC_16))
-    )
+    ) || pr::preempts_and_aborts(cdb)
 }
 
 /// Whether a CDB is an EXTENDED COPY, a command that may run for seconds (an executor gives

@@ -192,6 +192,20 @@ fn spc2_allowed(cdb: Cdb<'_>) -> bool {
     }
 }
 
+/// Whether a CDB is a preempt that aborts the preempted initiators' commands: PERSISTENT
+/// RESERVE OUT PREEMPT AND ABORT, or the NVMe Reservation Acquire with Preempt and Abort.
+pub(super) fn preempts_and_aborts(cdb: &[u8]) -> bool {
+    match cdb.first() {
+        Some(&op::PERSISTENT_RESERVE_OUT) => cdb
+            .get(1)
+            .is_some_and(|b| b & 0x1F == sa::PREEMPT_AND_ABORT),
+        Some(&NVME_RESERVATION_OPCODE) => NvmeReservation::from_cdb(cdb).is_some_and(|c| {
+            c.kind == NvmeReservationKind::Acquire && c.action() == nvme::PREEMPT_AND_ABORT
+        }),
+        _ => false,
+    }
+}
+
 /// The RESERVATION CONFLICT outcome (no sense data).
 pub(super) fn conflict() -> ScsiOutcome {
     ScsiOutcome {
@@ -615,8 +629,9 @@ impl PrState {
         }
     }
 
-    /// PREEMPT / PREEMPT AND ABORT (SPC-4 5.13.11.4). Task abort is not needed: commands
-    /// of other nexuses are not queued behind reservations here. Every nexus whose
+    /// PREEMPT / PREEMPT AND ABORT (SPC-4 5.13.11.4). The abort is the executor's: it runs
+    /// PREEMPT AND ABORT with nothing else in flight on the LU ([`super::runs_exclusively`]),
+    /// and commands are not queued behind reservations here. Every nexus whose
     /// registration goes gets REGISTRATIONS PREEMPTED; when the holder is preempted with
     /// another type, the registrants that stay get RESERVATIONS RELEASED.
     fn preempt(

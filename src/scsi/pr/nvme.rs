@@ -118,6 +118,9 @@ mod acquire {
     pub const PREEMPT_AND_ABORT: u8 = 2;
 }
 
+/// Reservation Acquire's Preempt and Abort action (RACQA 010b).
+pub(super) const PREEMPT_AND_ABORT: u8 = acquire::PREEMPT_AND_ABORT;
+
 /// Release actions (RRELA).
 mod release {
     pub const RELEASE: u8 = 0;

@@ -326,3 +326,22 @@ fn nvme_hosts_get_notices_where_iscsi_initiators_get_unit_attentions() {
         vec![ReservationPreempted]
     );
 }
+
+/// Preempt and Abort, over either fabric, runs alone on its LU (the executor's abort); a plain
+/// preempt does not.
+#[test]
+fn preempt_and_abort_is_ordered_alone() {
+    use crate::scsi::runs_exclusively;
+    let acquire = |action: u32| {
+        NvmeReservation {
+            kind: Kind::Acquire,
+            cdw10: action | 1 << 8,
+            cdw11: 0,
+        }
+        .cdb()
+    };
+    assert!(runs_exclusively(&acquire(2)));
+    assert!(!runs_exclusively(&acquire(1)));
+    assert!(runs_exclusively(&prout_cdb(sa::PREEMPT_AND_ABORT, 1)));
+    assert!(!runs_exclusively(&prout_cdb(sa::PREEMPT, 1)));
+}

@@ -7,16 +7,6 @@ use crate::scsi::testutil::{
     LIST_ID_NO_HOLD,
 };
 
-/// Opens the gate when dropped, so that a failing test does not leave copies waiting (and the
-/// engine's shutdown with them).
-struct OpenOnDrop<'a>(&'a ProbeBackend);
-
-impl Drop for OpenOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
 /// The LU's NAA designator, from VPD page 83h as an initiator learns it.
 fn naa_designator(c: &Client) -> Vec<u8> {
     let o = c.exec(vec![0x12, 0x01, 0x83, 0, 255, 0], Vec::new());

@@ -1,6 +1,7 @@
 //! RAM and file LUNs through the engine: read, write and flush on io_uring, inline and on
 //! the blocking fallback, O_DIRECT for aligned pool buffers, short reads, backend errors as
-//! sense, COMPARE AND WRITE atomicity, sessions spread over threads and the drain at shutdown.
+//! sense, COMPARE AND WRITE atomicity, PREEMPT AND ABORT waiting for the preempted commands,
+//! sessions spread over threads and the drain at shutdown.
 
 use super::*;
 
@@ -209,6 +210,69 @@ fn compare_and_write_is_atomic_on_a_file_through_io_uring() {
     assert!(engine.uses_io_uring());
     caw_is_atomic(&engine);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// PERSISTENT RESERVE OUT with the basic parameter list (reservation key, service action
+/// reservation key).
+fn prout(action: u8, rtype: u8, key: u64, sa_key: u64) -> (Vec<u8>, Vec<u8>) {
+    let cdb = vec![0x5F, action, rtype, 0, 0, 0, 0, 0, 24, 0];
+    let mut list = key.to_be_bytes().to_vec();
+    list.extend_from_slice(&sa_key.to_be_bytes());
+    list.resize(24, 0);
+    (cdb, list)
+}
+
+/// PREEMPT AND ABORT completes only once the preempted initiator's command in flight has:
+/// after it, nothing that initiator sent before can still reach the medium (a fenced node's
+/// writes stop there).
+#[test]
+fn preempt_and_abort_waits_for_the_preempted_commands_in_flight() {
+    use crate::scsi::testutil::ProbeBackend;
+    let slow = Arc::new(ProbeBackend::gated(1 << 20));
+    let lu = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
+    let target = Arc::new(ScsiTarget::new(vec![Arc::new(lu)]));
+    let engine = Engine::start(vec![target], 2, IoMode::Auto).unwrap();
+    // Dropped before the engine, whose shutdown waits for the held READ.
+    let _unstick = OpenOnDrop(&slow);
+    let (fencer, fenced) = (
+        Client::of_initiator_port(&engine, 1),
+        Client::of_initiator_port(&engine, 2),
+    );
+    for (client, key) in [(&fencer, 0xA), (&fenced, 0xB)] {
+        let (cdb, list) = prout(0x00, 0, 0, key);
+        assert_eq!(client.exec(cdb, list).status, status::GOOD, "REGISTER");
+    }
+    let (cdb, list) = prout(0x01, 0x01, 0xA, 0);
+    assert_eq!(fencer.exec(cdb, list).status, status::GOOD, "RESERVE");
+    // The fenced initiator's READ waits in the backend.
+    let held = fenced.submit(0, read16(0, 1), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.waiting.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the READ never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (cdb, list) = prout(0x05, 0x01, 0xA, 0xB);
+    let preempt = fencer.submit(0, cdb, list);
+    assert!(
+        fencer
+            .done
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "PREEMPT AND ABORT completed while the preempted READ was in flight"
+    );
+    slow.open();
+    let (id, o) = fenced.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (held, status::GOOD));
+    let (id, o) = fencer.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (preempt, status::GOOD), "{o:?}");
+    // Its next command hears REGISTRATIONS PREEMPTED; the one after meets the reservation.
+    let o = fenced.exec(write16(0, 1, false), vec![1; BS]);
+    assert_eq!(o.asc_ascq(), sense::REGISTRATIONS_PREEMPTED, "{o:?}");
+    let o = fenced.exec(write16(0, 1, false), vec![1; BS]);
+    assert_eq!(o.status, status::RESERVATION_CONFLICT);
 }
 
 #[test]

@@ -63,6 +63,16 @@ fn caw(lba: u64) -> Vec<u8> {
     c
 }
 
+/// Opens a gated backend when dropped, so that a failing test does not leave commands waiting
+/// in it (and the engine's shutdown with them).
+struct OpenOnDrop<'a>(&'a crate::scsi::testutil::ProbeBackend);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 /// One session on the engine, collecting its completions.
 struct Client {
     session: EngineSession,
@@ -77,13 +87,22 @@ impl Client {
 
     /// A session whose connection sends READs from a file's pages when left there (TCP).
     fn with_file_pages(engine: &Engine, file_pages: bool) -> Client {
+        Client::session(engine, file_pages, 1)
+    }
+
+    /// A session of another initiator port (its ISID ends in `isid`), for reservations.
+    fn of_initiator_port(engine: &Engine, isid: u8) -> Client {
+        Client::session(engine, false, isid)
+    }
+
+    fn session(engine: &Engine, file_pages: bool, isid: u8) -> Client {
         let (tx, done) = crossbeam_channel::unbounded();
         let sink: CompletionSink = Arc::new(move |id, outcome| {
             let _ = tx.send((id, outcome));
         });
         let nexus = Arc::new(Nexus::iscsi(
             "iqn.2026-11.test:engine",
-            [0, 2, 0x3d, 0, 0, 1],
+            [0, 2, 0x3d, 0, 0, isid],
         ));
         Client {
             session: engine.session(0, nexus, file_pages, sink),
