@@ -137,7 +137,7 @@ pub trait NamespaceCapacity: Send + Sync + Debug {
 
 /// What a controller asks of its namespaces' reservations, which live with their LUNs in the
 /// environment (`crate::scsi::LogicalUnit`): the notices for its host (the Reservation
-/// Notification log page, NVMe base 2.0 §5.16.1.25) and the persistence state (feature 83h).
+/// Notification log page) and the persistence state (feature 83h).
 pub trait NamespaceReservations: Send + Sync + Debug {
     /// The notices for host `host` on namespace `nsid` of subsystem `subsystem` numbered after
     /// `after`, oldest first, and the number to ask after next time; with `after` `None` (a

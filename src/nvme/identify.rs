@@ -180,7 +180,7 @@ pub fn namespace(ns: &NamespaceDescriptor, anagrpid: u32) -> Vec<u8> {
     d
 }
 
-/// RESCAP (base 2.0 Figure 280): every reservation type, IEKEY as NVMe 1.3 and later define
+/// RESCAP (Reservation Capabilities): every reservation type, IEKEY as NVMe 1.3 and later define
 /// it, and Persist Through Power Loss when the namespace's reservations can persist.
 fn rescap(ns: &NamespaceDescriptor) -> u8 {
     0x80 | 0x7E | u8::from(ns.persistent_reservations)

@@ -235,7 +235,7 @@ pub fn plan(sqe: &Sqe, ns: &NamespaceDescriptor, max_transfer: u32) -> Result<Io
 const RESERVATION_KEYS_LEN: usize = 16;
 const RESERVATION_KEY_LEN: usize = 8;
 
-/// Decodes a reservation command (NVMe base 2.0 §7.2–7.5): the command for the LUN and the
+/// Decodes a reservation command (NVMe base 2.0): the command for the LUN and the
 /// bytes of host data and of data for the host it moves. The fields the command set defines
 /// are checked here; the rules that depend on the reservation state are the LUN's.
 fn reservation(sqe: &Sqe) -> Result<(NvmeReservation, usize, usize), Status> {
@@ -263,7 +263,7 @@ fn reservation(sqe: &Sqe) -> Result<(NvmeReservation, usize, usize), Status> {
         // CPTPL 01b is reserved.
         NvmeReservationKind::Register if command.cptpl() == 0b01 => Err(Status::INVALID_FIELD),
         NvmeReservationKind::Register => Ok((command, RESERVATION_KEYS_LEN, 0)),
-        // IEKEY is only for Register (NVMe base 2.0 §7.2, §7.5: "shall be cleared to 0").
+        // IEKEY is only for Register: Acquire and Release have it reserved (NVMe base 2.0).
         NvmeReservationKind::Acquire | NvmeReservationKind::Release if command.ignore_key() => {
             Err(Status::INVALID_FIELD)
         }

@@ -18,7 +18,7 @@ use crate::scsi::ReservationNotice;
 /// that the oldest go, and the log page count shows the host the gap.
 const MAX_ENTRIES: usize = 255;
 
-/// Bytes of the Reservation Notification log page (NVMe base 2.0 Figure 291).
+/// Bytes of the Reservation Notification log page (NVMe base 2.0).
 pub const LOG_LEN: usize = 64;
 
 /// The Reservation Notification Mask bits a host may set: one per notice type (bit N masks
@@ -91,7 +91,7 @@ impl ReservationLog {
     }
 
     /// Reads the log page: the oldest unread entry, which the read removes, with the number
-    /// of entries still unread; all zeros when there is none (NVMe base 2.0 §5.16.1.25).
+    /// of entries still unread; all zeros when there is none (NVMe base 2.0).
     pub fn read(&mut self) -> Vec<u8> {
         let mut page = vec![0u8; LOG_LEN];
         if let Some(entry) = self.entries.pop_front() {

@@ -1,4 +1,5 @@
-//! NVMe reservations (NVMe base 2.0 §7.2–7.5 and §8.19) on the LU's one reservation state.
+//! NVMe reservations (NVMe base 2.0: Reservation Register, Report, Acquire and Release, and
+//! §8.19) on the LU's one reservation state.
 //!
 //! A namespace's reservations are its LUN's: a host registered over NVMe/TCP is a registrant
 //! beside the iSCSI initiators, and whoever holds the reservation fences the others over
@@ -133,7 +134,7 @@ mod cptpl {
     pub const SET: u8 = 0b11;
 }
 
-/// The SCSI reservation type of an NVMe one (NVMe base 2.0 Figure 8.19: Write Exclusive,
+/// The SCSI reservation type of an NVMe one (NVMe base 2.0, Reservation Type: Write Exclusive,
 /// Exclusive Access, then each Registrants Only and All Registrants): the semantics match.
 pub(super) fn scsi_type(nvme: u8) -> Option<u8> {
     Some(match nvme {
@@ -153,11 +154,11 @@ fn nvme_type(scsi: u8) -> u8 {
 }
 
 /// Bytes of the extended Reservation Status header and of each registrant's entry
-/// (NVMe base 2.0 Figures 381–382).
+/// (NVMe base 2.0: the extended Reservation Status and Registered Controller structures).
 const REPORT_HEADER_LEN: usize = 64;
 const REPORT_ENTRY_LEN: usize = 64;
 /// Controller ID reported for every registrant: the NVM subsystem uses the dynamic
-/// controller model (NVMe base 2.0 Figure 382).
+/// controller model (NVMe base 2.0, the Registered Controller extended structure).
 const DYNAMIC_CNTLID: u16 = 0xFFFF;
 
 fn le64(data: &[u8], at: usize) -> Option<u64> {
@@ -199,7 +200,7 @@ impl PrState {
         }
     }
 
-    /// Reservation Register (NVMe base 2.0 §7.3).
+    /// Reservation Register (NVMe base 2.0).
     fn nvme_register(
         &mut self,
         command: NvmeReservation,
@@ -253,8 +254,8 @@ impl PrState {
         Ok(())
     }
 
-    /// What Acquire and Release ask first: IEKEY clear (NVMe base 2.0 §7.2, §7.5: only
-    /// Register may ignore the key) and the host registered with `crkey`.
+    /// What Acquire and Release ask first: IEKEY clear (NVMe base 2.0: only Register may
+    /// ignore the key) and the host registered with `crkey`.
     fn check_current_key(
         &self,
         command: NvmeReservation,
@@ -270,7 +271,7 @@ impl PrState {
         Ok(())
     }
 
-    /// Reservation Acquire (NVMe base 2.0 §7.2): acquire, preempt, preempt and abort, with
+    /// Reservation Acquire (NVMe base 2.0): acquire, preempt, preempt and abort, with
     /// the SCSI rules of RESERVE and PREEMPT, which NVMe shares.
     fn nvme_acquire(
         &mut self,
@@ -293,7 +294,7 @@ impl PrState {
         }
     }
 
-    /// Reservation Release (NVMe base 2.0 §7.5): release or clear.
+    /// Reservation Release (NVMe base 2.0): release or clear.
     fn nvme_release(
         &mut self,
         command: NvmeReservation,
@@ -318,10 +319,10 @@ impl PrState {
         }
     }
 
-    /// Reservation Report with the extended data structure (NVMe base 2.0 §7.4, Figures
-    /// 381–382): the generation, the type, the persistence state, then each registrant with
-    /// its key, whether it holds the reservation and its Host Identifier (zero for an iSCSI
-    /// initiator, which has none). Cut to the length the host asked for.
+    /// Reservation Report with the extended data structure (NVMe base 2.0): the generation, the
+    /// type, the persistence state, then each registrant with its key, whether it holds the
+    /// reservation and its Host Identifier (zero for an iSCSI initiator, which has none). Cut
+    /// to the length the host asked for.
     fn nvme_report(&self, command: NvmeReservation) -> Vec<u8> {
         let mut d = vec![0u8; REPORT_HEADER_LEN];
         d[0..4].copy_from_slice(&self.generation.to_le_bytes());
@@ -341,7 +342,7 @@ impl PrState {
     }
 }
 
-/// What an NVMe host is told of a change it did not make (NVMe base 2.0 Figure 292, the
+/// What an NVMe host is told of a change it did not make (NVMe base 2.0, the
 /// Reservation Notification log page's types), as the unit attention an iSCSI initiator gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationNotice {

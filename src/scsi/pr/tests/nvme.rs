@@ -76,7 +76,7 @@ fn outcome_status(o: &ScsiOutcome) -> u8 {
 /// A registrant in a Report: its key, whether it holds the reservation, its Host Identifier.
 type Registrant = (u64, bool, [u8; 16]);
 
-/// The extended Reservation Status (NVMe base 2.0 Figures 381–382): (generation, NVMe type,
+/// The extended Reservation Status (NVMe base 2.0): (generation, NVMe type,
 /// PTPLS, registrants).
 fn report(lu: &LogicalUnit, n: &Nexus) -> (u32, u8, u8, Vec<Registrant>) {
     let o = nvme(lu, n, Kind::Report, 4096 / 4 - 1, &[]);
@@ -109,7 +109,7 @@ fn register_unregister_and_replace_follow_the_nvme_rules() {
         "key 0 is no key"
     );
     assert_eq!(register(&lu, &h, 0, false, 0, 0xA), GOOD);
-    // Registering again succeeds only with the key it holds (NVMe base 2.0 §8.19.2).
+    // Registering again succeeds only with the key it holds (NVMe base 2.0 §8.19).
     assert_eq!(register(&lu, &h, 0, false, 0, 0xA), GOOD);
     assert_eq!(register(&lu, &h, 0, false, 0, 0xB), CONFLICT);
     assert_eq!(
