@@ -157,8 +157,13 @@ impl Queue {
     /// at least every KATO / 2 (Linux drivers/nvme/host/core.c nvme_keep_alive_work_period),
     /// so a resize is reported within seconds without a clock in the core.
     fn check_capacity(&mut self) {
-        if self.config.capacity.is_none() {
+        let Some(capacity) = &self.config.capacity else {
             return;
+        };
+        if let Some(subsystem) = self.binding.as_ref().and_then(|b| b.subsystem) {
+            for ns in &self.config.subsystems[subsystem].namespaces {
+                capacity.measure(subsystem, ns.nsid);
+            }
         }
         let now = self.namespace_sizes();
         let Some(admin) = self.admin.as_mut() else {

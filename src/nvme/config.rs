@@ -133,6 +133,12 @@ pub trait NamespaceCapacity: Send + Sync + Debug {
     /// The size in bytes of namespace `nsid` of subsystem `subsystem` (an index into
     /// [`NvmeConfig::subsystems`]), if it has one.
     fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64>;
+    /// Measures the namespace again where its size is its device's (a block LUN whose LV was
+    /// extended): called on each admin command, before the sizes are compared, never on the
+    /// I/O path. The default has nothing to measure.
+    fn measure(&self, subsystem: usize, nsid: u32) {
+        let _ = (subsystem, nsid);
+    }
 }
 
 /// What a controller asks of its namespaces' reservations, which live with their LUNs in the

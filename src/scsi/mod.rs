@@ -381,6 +381,9 @@ pub struct LogicalUnit {
     copies: Arc<Mutex<xcopy::HeldCopies>>,
     /// Commands, reads and writes asked of this LU ([`LogicalUnit::io_totals`]).
     counters: counters::IoCounters,
+    /// A shrunk device was reported ([`LogicalUnit::measure_device`]): said once, not on
+    /// every measurement.
+    shrink_reported: AtomicBool,
 }
 
 impl LogicalUnit {
@@ -410,6 +413,7 @@ impl LogicalUnit {
             alua_state,
             copies: Arc::default(),
             counters: counters::IoCounters::default(),
+            shrink_reported: AtomicBool::new(false),
         }
     }
 
@@ -531,14 +535,21 @@ impl LogicalUnit {
         }
     }
 
-    /// Measures a block device again before READ CAPACITY, as LIO's iblock backend reads the
-    /// device's size for it: an LV extended is served without a SIGHUP once an initiator asks
-    /// for the capacity (Linux does on a rescan, `iscsiadm -m session -R`). The change then
-    /// raises CAPACITY DATA HAS CHANGED like any other ([`LogicalUnit::follow_capacity`]),
-    /// this READ CAPACITY first. One system call per READ CAPACITY of a block LUN.
-    fn measure_backend(&self) {
-        if let Err(e) = self.backend.measure_device() {
-            log::warn!("LUN {}: {e}", self.params.lun);
+    /// Measures a block device again (one system call; nothing for other backends): before
+    /// READ CAPACITY, as LIO's iblock backend reads the device's size for it, so an LV
+    /// extended is served without a SIGHUP once an initiator asks for the capacity (Linux does
+    /// on a rescan, `iscsiadm -m session -R`); and on an NVMe controller's admin commands. The
+    /// change then raises CAPACITY DATA HAS CHANGED like any other
+    /// ([`LogicalUnit::follow_capacity`]). A device that shrank is kept at its old size and
+    /// reported once.
+    pub fn measure_device(&self) {
+        match self.backend.measure_device() {
+            Ok(_) => self.shrink_reported.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if !self.shrink_reported.swap(true, Ordering::Relaxed) {
+                    log::warn!("LUN {}: {e}", self.params.lun);
+                }
+            }
         }
     }
 
@@ -671,7 +682,7 @@ impl LogicalUnit {
             || (opcode == op::SERVICE_ACTION_IN_16
                 && cdb.service_action() == op::SA_READ_CAPACITY_16)
         {
-            self.measure_backend();
+            self.measure_device();
         }
         self.follow_capacity();
         if !cdb.is_empty() && req.nexus.hears_unit_attentions() {

@@ -276,3 +276,65 @@ fn a_resized_namespace_is_announced_reported_and_usable() {
     }
     assert_eq!(io.resp(&read_at(beyond), &[]).status, (0, 0x80));
 }
+
+/// A namespace whose size is its device's: the device grows, and the backend reports the new
+/// size only once measured again.
+#[derive(Debug)]
+struct Device {
+    size: AtomicU64,
+    device: AtomicU64,
+}
+
+impl NamespaceCapacity for Device {
+    fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64> {
+        (subsystem == 0 && nsid == 1).then(|| self.size.load(Ordering::Relaxed))
+    }
+
+    fn measure(&self, subsystem: usize, nsid: u32) {
+        if subsystem == 0 && nsid == 1 {
+            let device = self.device.load(Ordering::Relaxed);
+            self.size.fetch_max(device, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A block device grown under the target (an LV extended) is measured on the next admin
+/// command, the host's Keep Alive, and announced; I/O never measures it.
+#[test]
+fn a_grown_device_is_measured_by_the_next_admin_command() {
+    let blocks = NS1_BLOCKS * 512;
+    let size = Arc::new(Device {
+        size: AtomicU64::new(blocks),
+        device: AtomicU64::new(blocks),
+    });
+    let mut cfg = config();
+    cfg.capacity = Some(size.clone());
+    let env = env(&cfg);
+    env.borrow_mut()
+        .backends
+        .insert((0, 1), Arc::new(RamBackend::new(4 * blocks)));
+    let mut admin = Pair::new(Arc::new(cfg), env, Instant::now());
+    let cntlid = admin.bring_up(1);
+    let mut io = admin.sibling();
+    assert_eq!(io.connect_io(cntlid, 1, 15).status, (0, 0));
+    let aec = Sqe::new(0x09, 20, 0).cdw(10, 0x0B).cdw(11, 1 << 8);
+    assert_eq!(admin.resp(&aec, &[]).status, (0, 0));
+    assert!(admin.command(&Sqe::new(0x0C, 21, 0), &[]).is_empty());
+
+    size.device.store(2 * blocks, Ordering::Relaxed);
+    let beyond = Sqe::new(0x02, 5, 1).slba(NS1_BLOCKS + 10).sgl(512, false);
+    assert_eq!(
+        io.resp(&beyond, &[]).status,
+        (0, 0x80),
+        "I/O does not measure"
+    );
+    match admin.command(&Sqe::new(0x18, 22, 0), &[]).as_slice() {
+        [Got::Resp(aen), Got::Resp(keep_alive)] => {
+            assert_eq!((aen.cid, aen.result), (21, 0x04_00_02));
+            assert_eq!(keep_alive.cid, 22);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (data, cqe) = io.data_in(&beyond);
+    assert_eq!((cqe.status, data.len()), ((0, 0), 512));
+}

@@ -73,6 +73,12 @@ impl NamespaceCapacity for NamespaceLuns {
     fn bytes(&self, subsystem: usize, nsid: u32) -> Option<u64> {
         Some(self.lun(subsystem, nsid)?.backend().size())
     }
+
+    fn measure(&self, subsystem: usize, nsid: u32) {
+        if let Some(lu) = self.lun(subsystem, nsid) {
+            lu.measure_device();
+        }
+    }
 }
 
 impl NamespaceReservations for NamespaceLuns {
