@@ -345,10 +345,45 @@ reservations() {
     ((ok))
 }
 
+# A block namespace grown under the target (ours only): a second target process serves a
+# loop device; the device grows (truncate, losetup -c) with nothing said to the target; the
+# host's next Keep Alive has the controller measure it again and send the Namespace Attribute
+# Changed notice, and the block device takes the new size by itself.
+grown_block_namespace() {
+    local port=4422 nqn=nqn.2026-11.io.iser-target:guest-block loop dev ok=0
+    sr_modprobe loop
+    truncate -s 64M "$WORK/block.img"
+    loop="$(losetup -f --show "$WORK/block.img")" || return 1
+    cat >"$WORK/block.yaml" <<EOF
+portals:
+  - { address: $ADDR, port: $port, transport: nvme-tcp }
+targets:
+  - name: iqn.2026-11.io.iser-target:guest-block
+    nqn: $nqn
+    luns:
+      - { id: 0, backing: { type: block, path: $loop }, write_cache: false }
+EOF
+    bg_start block env RUST_LOG=info "$BIN" serve --config "$WORK/block.yaml"
+    if wait_tcp_listen "$ADDR:$port" &&
+        nvme connect -t tcp -a "$ADDR" -s "$port" -n "$nqn" >/dev/null &&
+        dev="$(nvme_wait_ns "$nqn" 30)" && disk_size_is "$dev" $((64 << 20)) &&
+        truncate -s 96M "$WORK/block.img" && losetup -c "$loop"; then
+        if sr_wait 30 disk_size_is "$dev" $((96 << 20)); then
+            ok=1
+        else
+            sr_log "the host still sees $(blockdev --getsize64 "$dev") bytes"
+        fi
+    fi
+    nvme_disconnect "$nqn" >/dev/null 2>&1 || true
+    bg_stop block || ok=0
+    losetup -d "$loop" || true
+    ((ok))
+}
+
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
     local failed_before=$FAILED total=22
-    [[ $T == ours ]] && total=23
+    [[ $T == ours ]] && total=24
     sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
     check "$T: nvme discover lists $N" discover_lists
     if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
@@ -388,6 +423,8 @@ run_checks() {
     if [[ $T == ours ]]; then
         check "$T: reservations: Linux's PR ioctls and nvme-cli, a second host fenced and told" \
             reservations
+        check "$T: a block namespace grown under the target: the host sees it, no SIGHUP" \
+            grown_block_namespace
     fi
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
