@@ -540,7 +540,7 @@ impl LogicalUnit {
     /// extended is served without a SIGHUP once an initiator asks for the capacity (Linux does
     /// on a rescan, `iscsiadm -m session -R`); and on an NVMe controller's admin commands. The
     /// change then raises CAPACITY DATA HAS CHANGED like any other
-    /// ([`LogicalUnit::follow_capacity`]). A device that shrank is kept at its old size and
+    /// (`follow_capacity`). A device that shrank is kept at its old size and
     /// reported once.
     pub fn measure_device(&self) {
         match self.backend.measure_device() {
