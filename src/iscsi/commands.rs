@@ -471,6 +471,13 @@ impl<C: Clone + Debug> Connection<C> {
     /// among them ends the session only after every response released with it went out, so
     /// nothing follows the connection's Close.
     fn release_tmfs(&mut self, finished: TaskId) {
+        if matches!(self.phase, Phase::Closed) {
+            // The connection closed (a ping timed out, the transport failed) while a TMF
+            // waited for a task the backend still held: its response has nowhere to go, and
+            // nothing may follow the Close. Found by the `connection` fuzz target.
+            self.pending_tmfs.clear();
+            return;
+        }
         for tmf in &mut self.pending_tmfs {
             tmf.waiting_for.retain(|&id| id != finished);
         }

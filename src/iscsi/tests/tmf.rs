@@ -50,6 +50,26 @@ fn abort_running_task_holds_the_tmf_response() {
     assert_eq!(pair.deferred.len(), 1);
 }
 
+/// fuzz connection: an ABORT TASK held for a running task, then the connection closed (its
+/// ping unanswered) before the backend finished: the TMF response must not follow the Close
+/// (the pair fails on any action after Close).
+#[test]
+fn a_held_tmf_response_does_not_follow_the_close() {
+    let mut pair = logged_in(&[]);
+    pair.auto_complete = false;
+    let cmd = pair.command(1, read10(0, 1), true, false, 512);
+    pair.send_command(cmd, vec![]);
+    let id = pair.deferred[0].id;
+    pair.tmf(ABORT_TASK, 0, 1, FIRST_CMD_SN);
+    assert!(pair.take().is_empty(), "TMF response waits for the backend");
+    pair.advance(Duration::from_secs(15));
+    pair.take();
+    pair.advance(Duration::from_secs(30));
+    assert_eq!(pair.closed, Some(CloseReason::Timeout));
+    pair.complete_deferred(id, ScsiOutcome::good());
+    assert!(pair.take().is_empty());
+}
+
 #[test]
 fn tmfs_piling_up_behind_a_running_task_are_rejected() {
     let mut pair = logged_in(&[]);
