@@ -250,11 +250,10 @@ fn reservation(sqe: &Sqe) -> Result<(NvmeReservation, usize, usize), Status> {
         cdw10: sqe.cdw(10),
         cdw11: sqe.cdw(11),
     };
-    let (max_action, typed) = match kind {
-        NvmeReservationKind::Register => (2, false),
-        NvmeReservationKind::Acquire => (2, true),
-        NvmeReservationKind::Release => (1, false),
-        NvmeReservationKind::Report => (0, false),
+    let max_action = match kind {
+        NvmeReservationKind::Register | NvmeReservationKind::Acquire => 2,
+        NvmeReservationKind::Release => 1,
+        NvmeReservationKind::Report => 0,
     };
     if kind != NvmeReservationKind::Report && command.action() > max_action {
         return Err(Status::INVALID_FIELD);
@@ -267,7 +266,7 @@ fn reservation(sqe: &Sqe) -> Result<(NvmeReservation, usize, usize), Status> {
         NvmeReservationKind::Acquire | NvmeReservationKind::Release if command.ignore_key() => {
             Err(Status::INVALID_FIELD)
         }
-        NvmeReservationKind::Acquire if typed && !(1..=6).contains(&command.nvme_type()) => {
+        NvmeReservationKind::Acquire if !(1..=6).contains(&command.nvme_type()) => {
             Err(Status::INVALID_FIELD)
         }
         NvmeReservationKind::Acquire => Ok((command, RESERVATION_KEYS_LEN, 0)),
