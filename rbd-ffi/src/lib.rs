@@ -182,7 +182,7 @@ impl Pool {
             handle,
             in_flight: Arc::new(InFlight::default()),
             watch: Mutex::new(None),
-            _pool: Arc::clone(self),
+            pool: Arc::clone(self),
         })
     }
 }
@@ -291,7 +291,7 @@ pub struct Image {
     /// The size watch, once [`Image::watch_size`] registered it.
     watch: Mutex<Option<watch::SizeWatch>>,
     /// Keeps the I/O context open while the image is.
-    _pool: Arc<Pool>,
+    pool: Arc<Pool>,
 }
 
 // SAFETY: librbd image handles are thread-safe (ImageCtx locks internally; QEMU and tgt
@@ -308,6 +308,34 @@ struct Buffers {
 }
 
 impl Image {
+    /// The image's pool, so a caller can keep an object beside the image (e.g. one
+    /// named after [`Image::id`]).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The image's id (`rbd_get_id`): unlike its name, stable across renames. Old-format
+    /// (v1) images have none: EINVAL.
+    pub fn id(&self) -> Result<String, Error> {
+        // Ids are short (a dozen hex digits); ERANGE asks for a larger buffer.
+        let mut len = 64;
+        loop {
+            let mut buf = vec![0u8; len];
+            // SAFETY: the image is open; `buf` is valid for writes of `len` bytes, and librbd
+            // writes at most `len` bytes, NUL included.
+            let ret = unsafe { sys::rbd_get_id(self.handle, buf.as_mut_ptr().cast(), len) };
+            if ret == -libc::ERANGE && len < 1 << 16 {
+                len *= 4;
+                continue;
+            }
+            check("rbd_get_id", ret.into())?;
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(len);
+            buf.truncate(end);
+            return String::from_utf8(buf)
+                .map_err(|_| Error::new("rbd_get_id", -i64::from(libc::EILSEQ)));
+        }
+    }
+
     /// The image's size in bytes.
     pub fn size(&self) -> Result<u64, Error> {
         let mut size = 0u64;
@@ -575,7 +603,7 @@ impl Drop for Image {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
             in_flight: Arc::clone(&self.in_flight),
-            _pool: Arc::clone(&self._pool),
+            _pool: Arc::clone(&self.pool),
         };
         if IN_COMPLETION.with(|flag| flag.get()) {
             // Closing waits for librbd's callbacks, this one included: not on this thread.

@@ -33,6 +33,7 @@ extern "C" {
     ) -> c_int;
     pub fn rbd_close(image: RbdImageT) -> c_int;
     pub fn rbd_get_size(image: RbdImageT, size: *mut u64) -> c_int;
+    pub fn rbd_get_id(image: RbdImageT, id: *mut c_char, id_len: size_t) -> c_int;
     pub fn rbd_resize(image: RbdImageT, size: u64) -> c_int;
     pub fn rbd_update_watch(
         image: RbdImageT,

@@ -277,3 +277,17 @@ fn resize_is_seen_by_the_size_watch() {
     // Dropping the image removes the watch and ends its thread.
     drop(image);
 }
+
+#[test]
+fn image_knows_its_pool_and_id() {
+    let Some((pool, image)) = fresh_image("id", MIB as u64) else {
+        return;
+    };
+    assert!(Arc::ptr_eq(image.pool(), &pool));
+    let id = image.id().expect("image id");
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    assert_eq!(image.id().unwrap(), id, "stable");
+}
