@@ -5,6 +5,8 @@
 //! * [`Cluster::pool`] → [`Pool`]: an I/O context; [`Pool::create_image`], [`Pool::open_image`].
 //! * [`Image`]: size (followed as others resize it: [`Image::watch_size`]), resizing, blocking
 //!   I/O, and asynchronous I/O (`rbd_aio_*`).
+//! * [`Pool::shared_object`] → [`SharedObject`]: one small RADOS object several processes keep
+//!   a versioned record in, replaced by compare-and-swap and announced by watch/notify.
 //!
 //! # Asynchronous operations
 //! Each `Image::aio_*` call takes its buffers by value and a `done` closure. The buffers belong
@@ -18,8 +20,11 @@
 //! Dropping an [`Image`] waits until every submitted operation has called its `done`, then
 //! closes it; dropped inside a `done`, it is closed on a thread of its own.
 
+mod object;
 mod sys;
 mod watch;
+
+pub use object::{SharedObject, WatchEvent};
 
 use mem_ffi::Buf;
 use std::ffi::{c_void, CString};
@@ -135,7 +140,7 @@ impl Cluster {
         check("rados_ioctx_create", ret.into())?;
         Ok(Arc::new(Pool {
             handle,
-            _cluster: Arc::clone(self),
+            cluster: Arc::clone(self),
         }))
     }
 }
@@ -152,7 +157,7 @@ impl Drop for Cluster {
 pub struct Pool {
     handle: sys::RadosIoctxT,
     /// Keeps the cluster connected while the context lives.
-    _cluster: Arc<Cluster>,
+    cluster: Arc<Cluster>,
 }
 
 // SAFETY: librados I/O contexts may be used from several threads (librbd does so itself).
@@ -184,6 +189,12 @@ impl Pool {
             watch: Mutex::new(None),
             pool: Arc::clone(self),
         })
+    }
+
+    /// A handle on object `name` in this pool (the object need not exist yet): a record
+    /// several processes share, see [`SharedObject`]. An interior NUL in `name` is EINVAL.
+    pub fn shared_object(self: &Arc<Self>, name: &str) -> Result<SharedObject, Error> {
+        SharedObject::new(Arc::clone(self), name)
     }
 }
 
@@ -308,8 +319,8 @@ struct Buffers {
 }
 
 impl Image {
-    /// The image's pool, so a caller can keep an object beside the image (e.g. one
-    /// named after [`Image::id`]).
+    /// The image's pool, so a caller can keep an object beside the image (e.g. a
+    /// [`SharedObject`] named after [`Image::id`]).
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }

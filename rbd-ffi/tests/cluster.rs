@@ -5,10 +5,10 @@
 use mem_ffi::Buf;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rbd_ffi::{Cluster, Compared, Image, Pool};
+use rbd_ffi::{Cluster, Compared, Image, Pool, SharedObject, WatchEvent};
 
 const MIB: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(60);
@@ -290,4 +290,179 @@ fn image_knows_its_pool_and_id() {
         "{id:?}"
     );
     assert_eq!(image.id().unwrap(), id, "stable");
+}
+
+/// A fresh connection ("gateway") to the test cluster's pool `rbd`.
+fn gateway(conf: &std::path::Path) -> Arc<Pool> {
+    Cluster::connect(conf, "admin", &[])
+        .expect("connect")
+        .pool("rbd")
+        .expect("pool rbd")
+}
+
+/// The name of a shared object for test `name`, removed if a previous run left it.
+fn fresh_object_name(pool: &Arc<Pool>, name: &str) -> String {
+    let name = format!("ffi-obj-{name}-{}", std::process::id());
+    match pool.shared_object(&name).unwrap().remove() {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.errno(), libc::ENOENT, "{e}"),
+    }
+    name
+}
+
+/// A watch callback recording each notification's payload.
+fn recorder(seen: &Arc<Mutex<Vec<Vec<u8>>>>) -> impl Fn(WatchEvent<'_>) + Send + Sync + 'static {
+    let seen = Arc::clone(seen);
+    move |event| {
+        if let WatchEvent::Notified(payload) = event {
+            seen.lock().unwrap().push(payload.to_vec());
+        }
+    }
+}
+
+#[test]
+fn shared_object_replace_is_compare_and_swap_on_the_version() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let pool = gateway(&conf);
+    let name = fresh_object_name(&pool, "cas");
+    let object = pool.shared_object(&name).unwrap();
+    assert_eq!(object.read().unwrap(), None, "missing object");
+    assert!(object.replace(None, 1, b"first").unwrap(), "created");
+    assert_eq!(object.read().unwrap(), Some((1, b"first".to_vec())));
+    assert!(
+        !object.replace(None, 2, b"second").unwrap(),
+        "exists already"
+    );
+    assert!(
+        !object.replace(Some(7), 2, b"second").unwrap(),
+        "stale version"
+    );
+    assert_eq!(
+        object.read().unwrap(),
+        Some((1, b"first".to_vec())),
+        "nothing written on a lost race"
+    );
+    assert!(object.replace(Some(1), 2, b"second").unwrap());
+    assert_eq!(object.read().unwrap(), Some((2, b"second".to_vec())));
+
+    // A shorter record replaces the whole data; a record larger than the first read's
+    // buffer is read whole; an empty one is empty.
+    assert!(object.replace(Some(2), 3, b"x").unwrap());
+    assert_eq!(object.read().unwrap(), Some((3, b"x".to_vec())));
+    let large: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(object.replace(Some(3), 4, &large).unwrap());
+    assert_eq!(object.read().unwrap(), Some((4, large)));
+    assert!(object.replace(Some(4), 5, b"").unwrap());
+    assert_eq!(object.read().unwrap(), Some((5, Vec::new())));
+
+    object.remove().unwrap();
+    assert_eq!(object.read().unwrap(), None);
+    assert!(
+        !object.replace(Some(5), 6, b"gone").unwrap(),
+        "removed by another writer"
+    );
+    assert_eq!(object.read().unwrap(), None, "nothing created");
+    assert_eq!(object.remove().unwrap_err().errno(), libc::ENOENT);
+    let e = object.watch(|_| {}).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "watching creates nothing: {e}");
+}
+
+#[test]
+fn notify_returns_after_every_watcher_saw_the_payload() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let (pool_a, pool_b) = (gateway(&conf), gateway(&conf));
+    let name = fresh_object_name(&pool_a, "notify");
+    let a = pool_a.shared_object(&name).unwrap();
+    let b = pool_b.shared_object(&name).unwrap();
+    assert!(a.replace(None, 1, b"record").unwrap());
+    let seen_a = Arc::new(Mutex::new(Vec::new()));
+    let seen_b = Arc::new(Mutex::new(Vec::new()));
+    a.watch(recorder(&seen_a)).unwrap();
+    b.watch(recorder(&seen_b)).unwrap();
+    assert_eq!(
+        a.watch(|_| {}).unwrap_err().errno(),
+        libc::EBUSY,
+        "one watch per handle"
+    );
+
+    a.notify(b"changed", Duration::from_secs(30)).unwrap();
+    // Acknowledged after the callbacks: both ran by now, no waiting needed.
+    assert_eq!(*seen_a.lock().unwrap(), [b"changed".to_vec()]);
+    assert_eq!(*seen_b.lock().unwrap(), [b"changed".to_vec()]);
+    b.notify(b"", Duration::from_secs(30)).unwrap();
+    assert_eq!(seen_a.lock().unwrap().last().unwrap(), b"");
+    assert_eq!(seen_b.lock().unwrap().len(), 2);
+
+    drop((a, b));
+    pool_a.shared_object(&name).unwrap().remove().unwrap();
+}
+
+#[test]
+fn notify_times_out_on_a_slow_watcher() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let (pool_a, pool_b) = (gateway(&conf), gateway(&conf));
+    let name = fresh_object_name(&pool_a, "slow");
+    let notifier = pool_a.shared_object(&name).unwrap();
+    assert!(notifier.replace(None, 1, b"record").unwrap());
+    // On its own connection: it holds up that connection's watch callbacks while it sleeps.
+    let slow = pool_b.shared_object(&name).unwrap();
+    slow.watch(|_| std::thread::sleep(Duration::from_secs(3)))
+        .unwrap();
+    let started = Instant::now();
+    let e = notifier
+        .notify(b"anyone?", Duration::from_secs(1))
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(
+        (e.op(), e.errno()),
+        ("rados_notify2", libc::ETIMEDOUT),
+        "{e}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "gave up after the timeout, before the watcher answered: {waited:?}"
+    );
+    // Dropping the watcher waits for its callback to end.
+    drop(slow);
+    notifier.remove().unwrap();
+}
+
+#[test]
+fn dropping_a_watching_handle_removes_its_watch() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    let (pool_a, pool_b) = (gateway(&conf), gateway(&conf));
+    let name = fresh_object_name(&pool_a, "drop");
+    let a: SharedObject = pool_a.shared_object(&name).unwrap();
+    let b = pool_b.shared_object(&name).unwrap();
+    assert!(a.replace(None, 1, b"record").unwrap());
+    let seen_a = Arc::new(Mutex::new(Vec::new()));
+    let seen_b = Arc::new(Mutex::new(Vec::new()));
+    a.watch(recorder(&seen_a)).unwrap();
+    b.watch(recorder(&seen_b)).unwrap();
+    a.notify(b"one", Duration::from_secs(30)).unwrap();
+    drop(a);
+    // a's connection stays up (pool_a lives), so only the unwatch can have removed it: a
+    // watch left behind would never acknowledge, and the notify would time out.
+    let started = Instant::now();
+    b.notify(b"two", Duration::from_secs(10)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(*seen_a.lock().unwrap(), [b"one".to_vec()]);
+    assert_eq!(*seen_b.lock().unwrap(), [b"one".to_vec(), b"two".to_vec()]);
+    // A handle without a watch drops at once; the object stays.
+    let c = pool_a.shared_object(&name).unwrap();
+    drop(c);
+    assert_eq!(b.read().unwrap(), Some((1, b"record".to_vec())));
+    b.remove().unwrap();
 }
