@@ -466,3 +466,48 @@ fn dropping_a_watching_handle_removes_its_watch() {
     assert_eq!(b.read().unwrap(), Some((1, b"record".to_vec())));
     b.remove().unwrap();
 }
+
+#[test]
+fn a_lost_watch_is_registered_again_and_reported() {
+    let Some(conf) = cluster_conf() else {
+        return;
+    };
+    // This connection never pings its watches (the objecter's tick sends the pings), so the
+    // OSD drops its watch after osd_client_watch_timeout (30 s) and librados reports it lost.
+    let silent = Cluster::connect(&conf, "admin", &[("objecter_tick_interval", "3600")])
+        .expect("connect")
+        .pool("rbd")
+        .expect("pool rbd");
+    let pool = gateway(&conf);
+    let name = fresh_object_name(&pool, "rewatch");
+    let notifier = pool.shared_object(&name).unwrap();
+    assert!(notifier.replace(None, 1, b"record").unwrap());
+    let watcher = silent.shared_object(&name).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    watcher
+        .watch(move |event| {
+            let event = match event {
+                WatchEvent::Notified(payload) => Some(payload.to_vec()),
+                WatchEvent::Reestablished => None,
+            };
+            tx.lock().unwrap().send(event).unwrap();
+        })
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("re-watched"),
+        None,
+        "Reestablished"
+    );
+    eprintln!(
+        "watch lost and registered again after {:?}",
+        started.elapsed()
+    );
+    // The new watch delivers notifications.
+    notifier.notify(b"after", Duration::from_secs(10)).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), Some(b"after".to_vec()));
+    drop(watcher);
+    notifier.remove().unwrap();
+}
