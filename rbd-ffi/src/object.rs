@@ -85,7 +85,8 @@ impl SharedObject {
     }
 
     /// The record and its version; `Ok(None)` when the object does not exist. Record and
-    /// version come from one read op, so they belong together.
+    /// version come from one read op, so they belong together. An object without a valid
+    /// version (not written by [`replace`](SharedObject::replace)) is EBADMSG.
     pub fn read(&self) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let mut capacity = FIRST_READ;
         loop {
