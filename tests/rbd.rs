@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use common::block_io::BlockSession;
+use common::block_io::{good, BlockSession};
 use common::nvme_host::{admin_queue, io_queue, Sqe, HOST_NQN};
 use common::{free_port, run, Backing, ConformanceRun, LunSpec, Server, TargetSpec, TempDir};
 
@@ -349,6 +349,110 @@ fn two_gateways_on_one_image() {
     drop((sa, sb));
     a.stop();
     b.stop();
+}
+
+/// PERSISTENT RESERVE OUT `action` of type `rtype` with key `key` and service action key
+/// `sa_key`: its status.
+fn prout(s: &mut BlockSession, action: u8, rtype: u8, key: u64, sa_key: u64) -> u8 {
+    let mut list = key.to_be_bytes().to_vec();
+    list.extend_from_slice(&sa_key.to_be_bytes());
+    list.extend_from_slice(&[0; 8]);
+    let reply = s
+        .command_out(&[0x5F, action, rtype, 0, 0, 0, 0, 0, 24, 0], &list)
+        .expect("PERSISTENT RESERVE OUT");
+    assert_ne!(reply.status, 2, "sense {:02x?}", reply.sense);
+    reply.status
+}
+
+/// READ FULL STATUS: (key, relative target port, holder) of each registration.
+fn full_status(s: &mut BlockSession) -> Vec<(u64, u16, bool)> {
+    let d = good(
+        s.command(&[0x5E, 3, 0, 0, 0, 0, 0, 0x04, 0, 0], 1024)
+            .expect("PERSISTENT RESERVE IN"),
+    );
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at + 24 <= d.len() {
+        let key = u64::from_be_bytes(d[at..at + 8].try_into().unwrap());
+        let port = u16::from_be_bytes([d[at + 18], d[at + 19]]);
+        out.push((key, port, d[at + 12] & 1 != 0));
+        at += 24 + u32::from_be_bytes(d[at + 20..at + 24].try_into().unwrap()) as usize;
+    }
+    out
+}
+
+/// Two gateways of one image keep one reservation state, in an object beside the image: a
+/// reservation taken through one fences initiators on the other, a PREEMPT through one
+/// reaches the preempted initiator through the other as a unit attention, and a gateway
+/// restarted finds the state where it was.
+#[test]
+fn reservations_through_one_gateway_bind_the_other() {
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    const REGISTER: u8 = 0;
+    const RESERVE: u8 = 1;
+    const PREEMPT: u8 = 4;
+    const CLEAR: u8 = 3;
+    const WRITE_EXCLUSIVE: u8 = 1;
+    const CONFLICT: u8 = 0x18;
+    let lun = rbd_lun(&conf, &image_name("reservations"), "16M", false);
+    let targets = [TargetSpec::new(TEST_IQN, vec![lun])];
+    let a = Server::start_with(&targets, "target_port_group: 1\n");
+    let b = Server::start_with(&targets, "target_port_group: 2\n");
+    assert!(
+        b.log().contains("persistent reservations shared"),
+        "{}",
+        b.log()
+    );
+    let mut x = BlockSession::login(a.port(), TEST_IQN, 0).expect("X logs in to A");
+    let mut y = BlockSession::login_as(b.port(), TEST_IQN, 0, 8).expect("Y logs in to B");
+    let block = pattern(512);
+
+    assert_eq!(prout(&mut x, REGISTER, 0, 0, 0xA), 0);
+    assert_eq!(prout(&mut x, RESERVE, WRITE_EXCLUSIVE, 0xA, 0), 0);
+    let status = |s: &mut BlockSession| s.command_out(&write10(0, 1), &block).unwrap().status;
+    assert_eq!(status(&mut y), CONFLICT, "Y through B is fenced");
+    assert!(y.read(0, 512, 512).is_ok(), "Y still reads");
+    assert_eq!(status(&mut x), 0);
+    assert_eq!(full_status(&mut y), vec![(0xA, 1, true)]);
+
+    // Y takes over: X's registration and reservation go, and X hears of it through A.
+    assert_eq!(prout(&mut y, REGISTER, 0, 0, 0xB), 0);
+    assert_eq!(prout(&mut y, PREEMPT, WRITE_EXCLUSIVE, 0xB, 0xA), 0);
+    let tur = x.command(&[0; 6], 0).expect("TEST UNIT READY");
+    assert_eq!(tur.status, 2);
+    assert_eq!(
+        (tur.sense[12], tur.sense[13]),
+        (0x2A, 0x05),
+        "REGISTRATIONS PREEMPTED"
+    );
+    assert_eq!(status(&mut x), CONFLICT, "X through A is fenced now");
+    assert_eq!(status(&mut y), 0);
+
+    // B restarted reads the state back; Y's new session (same ISID) holds it again.
+    drop(y);
+    b.stop();
+    let b = Server::start_with(&targets, "target_port_group: 2\n");
+    let mut y = BlockSession::login_as(b.port(), TEST_IQN, 0, 8).expect("Y logs in to B again");
+    assert_eq!(full_status(&mut y), vec![(0xB, 2, true)]);
+    assert_eq!(status(&mut y), 0);
+    assert_eq!(status(&mut x), CONFLICT);
+    assert_eq!(prout(&mut y, CLEAR, 0, 0xB, 0), 0);
+    assert_eq!(status(&mut x), 0, "cleared through B, A lets X write");
+    drop((x, y));
+    a.stop();
+    b.stop();
+}
+
+/// WRITE(10) of `blocks` blocks at `lba`.
+fn write10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0x2A, 0];
+    cdb.extend_from_slice(&lba.to_be_bytes());
+    cdb.push(0);
+    cdb.extend_from_slice(&blocks.to_be_bytes());
+    cdb.push(0);
+    cdb
 }
 
 #[test]

@@ -9,10 +9,12 @@
 mod file;
 mod ram;
 mod rbd;
+mod rbd_reservations;
 
 pub use file::{BackendFiles, FileBackend, FuaMethod};
 pub use ram::RamBackend;
 pub use rbd::RbdBackend;
+pub use rbd_reservations::RbdReservationStore;
 
 use mem_ffi::LentRanges;
 use std::io;

@@ -26,7 +26,10 @@ use std::time::Duration;
 use mem_ffi::Buf;
 use rbd_ffi::{Cluster, Compared, Image};
 
-use super::{check_range, AsyncBackend, AsyncDone, AsyncOp, AsyncReply, Backend, BackendError};
+use super::{
+    check_range, AsyncBackend, AsyncDone, AsyncOp, AsyncReply, Backend, BackendError,
+    RbdReservationStore,
+};
 use crate::config::RbdBacking;
 
 /// How long start-up may take to reach the cluster, the pool and the image.
@@ -43,6 +46,8 @@ pub struct RbdBackend {
     size: Arc<AtomicU64>,
     /// Whether librbd's cache is on: only then does a FUA write need a flush after it.
     cache: bool,
+    /// `<pool>/<image>`, for log messages.
+    name: String,
 }
 
 impl RbdBackend {
@@ -119,7 +124,28 @@ impl RbdBackend {
             image: Arc::new(image),
             size: followed,
             cache: write_cache,
+            name: format!("{}/{}", spec.pool, spec.image),
         })
+    }
+
+    /// The persistent reservations every gateway of this image shares: the object beside
+    /// the image that holds them ([`RbdReservationStore`]).
+    pub fn reservation_store(&self) -> Result<RbdReservationStore, BackendError> {
+        let fail = |doing: &str, e: rbd_ffi::Error| {
+            BackendError::new(
+                io::Error::from(e.clone()).kind(),
+                format!("RBD image {}: {doing}: {e}", self.name),
+            )
+        };
+        let id = self.image.id().map_err(|e| fail("reading its id", e))?;
+        let name = super::rbd_reservations::object_name(&id);
+        let object = self
+            .image
+            .pool()
+            .shared_object(&name)
+            .map_err(|e| fail("the reservations object", e))?;
+        let pool = self.name.split('/').next().unwrap_or_default();
+        Ok(RbdReservationStore::new(object, format!("{pool}/{name}")))
     }
 }
 

@@ -30,8 +30,9 @@ pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
 pub use counters::IoTotals;
 pub use pr::{
-    NvmeReservation, NvmeReservationKind, RecordError, ReservationNotice, ReservationStore,
-    ReservationSummary, Reservations, NVME_RESERVATION_OPCODE,
+    NvmeReservation, NvmeReservationKind, RecordError, ReservationChange, ReservationNotice,
+    ReservationStore, ReservationSummary, Reservations, SharedError, SharedReservationStore,
+    NVME_RESERVATION_OPCODE,
 };
 pub use target::{decode_lun, encode_lun, Prepared, ScsiTarget};
 pub use xcopy::{CopyJob, CopyList};
@@ -390,7 +391,8 @@ impl LogicalUnit {
     /// Creates a LU over `backend` whose reservations live in memory only; capacity is the
     /// backend size in whole blocks.
     pub fn new(params: LunParams, backend: Arc<dyn Backend>) -> Self {
-        Self::with_reservations(params, backend, Reservations::in_memory())
+        let port = params.alua.group;
+        Self::with_reservations(params, backend, Reservations::in_memory(port))
     }
 
     /// As [`LogicalUnit::new`], with reservations that may persist through a restart
@@ -618,20 +620,33 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// What a change of the reservations comes to: the unit attentions it establishes for
-    /// the iSCSI nexuses it affects (NVMe hosts' notices are filed with the state), then its
-    /// answer, or first saving the state when it
-    /// persists (the command is good only once the store holds it).
-    fn settle_reservation_change<'a>(&self, change: pr::PrOutcome) -> Plan<'a> {
+    /// A change of the reservations (PERSISTENT RESERVE OUT, an NVMe reservation command).
+    /// Made here on the state in memory: the unit attentions it establishes are queued, then
+    /// it is answered, or first the state is saved when it persists (the command is good only
+    /// once the store holds it). On a state the LU's gateways share it is tried on a copy:
+    /// refused, or changing nothing, it is answered; otherwise it is made in the run step on
+    /// the shared state ([`Reservations`]).
+    fn change_reservations<'a>(&self, change: ReservationChange) -> Plan<'a> {
+        if self.pr.is_shared() {
+            let mut trial = self.reservations().clone();
+            let outcome = change.apply(&mut trial).outcome;
+            if outcome.status != status::GOOD || self.reservations().holds_as(&trial) {
+                return Plan::Done(outcome);
+            }
+            return Plan::Io {
+                request: BlockRequest::ChangeSharedReservations(
+                    Arc::clone(&self.pr),
+                    Box::new(change),
+                ),
+                data_out_length: outcome.data_out_length,
+            };
+        }
         let pr::PrOutcome {
             outcome,
             notices,
             save,
-        } = change;
-        let mut ua = self.unit_attentions();
-        for (to, condition) in notices {
-            ua.establish(&to, Sense::new(sense::UNIT_ATTENTION, condition));
-        }
+        } = change.apply(&mut self.reservations());
+        self.queue_reservation_notices(notices);
         if !save {
             return Plan::Done(outcome);
         }
@@ -641,6 +656,37 @@ impl LogicalUnit {
         }
     }
 
+    /// Queues what a reservation change tells others: NVMe hosts' notices, and unit
+    /// attentions for the iSCSI I_T nexuses through this gateway's port (another gateway
+    /// queues its own).
+    fn queue_reservation_notices(&self, notices: pr::PrNotices) {
+        let for_iscsi = self.reservations().file_host_notices(notices);
+        let mut ua = self.unit_attentions();
+        for notice in for_iscsi {
+            if notice.port == self.params.alua.group {
+                ua.establish(
+                    &notice.nexus,
+                    Sense::new(sense::UNIT_ATTENTION, notice.condition),
+                );
+            }
+        }
+    }
+
+    /// Takes an announcement of the reservation state this LU's gateways share (from
+    /// [`SharedReservationStore::announce`], of any gateway, this one included): adopts the
+    /// state when newer and queues the unit attentions and notices the change establishes
+    /// for this gateway's I_T nexuses and NVMe hosts.
+    pub fn reservations_announced(&self, message: &[u8]) {
+        let notices = self.pr.announced(message);
+        self.queue_reservation_notices(notices);
+    }
+
+    /// Reads the shared reservation state again (announcements may have been missed: a
+    /// watch on the store was lost and is back). Nothing for unshared reservations.
+    pub fn refresh_reservations(&self) -> std::io::Result<()> {
+        self.pr.refresh()
+    }
+
     /// An NVMe reservation command from an NVMe host's nexus (see [`NvmeReservation`]).
     fn nvme_reservation<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {
         let command =
@@ -648,10 +694,7 @@ impl LogicalUnit {
         if let Err(refused) = self.admits(cdb, req.nexus) {
             return Ok(Plan::Done(refused));
         }
-        let change = self
-            .reservations()
-            .nvme_reservation(command, req.nexus, req.data_out);
-        Ok(self.settle_reservation_change(change))
+        Ok(self.change_reservations(ReservationChange::nvme(command, req.nexus, req.data_out)))
     }
 
     fn block_size(&self) -> u64 {
@@ -749,10 +792,7 @@ impl LogicalUnit {
                 self.reservations().persistent_reserve_in(cdb)?,
             )),
             op::PERSISTENT_RESERVE_OUT => {
-                let change = self
-                    .reservations()
-                    .persistent_reserve_out(cdb, nexus, req.data_out);
-                Ok(self.settle_reservation_change(change))
+                Ok(self.change_reservations(ReservationChange::scsi(req.cdb, nexus, req.data_out)))
             }
             op::EXTENDED_COPY => match xcopy::decode(cdb, req.data_out)? {
                 None => done(ScsiOutcome::good()),

@@ -1,8 +1,11 @@
 //! Reservations: SPC-4 persistent reservations (PERSISTENT RESERVE IN/OUT) and SPC-2
 //! RESERVE(6)/RELEASE(6), plus the reservation-conflict check every command goes through.
 //!
-//! State lives in one `Mutex<PrState>` per logical unit, shared by all sessions. The LU has
-//! a single target port, so an I_T nexus is identified by the [`Nexus`] alone.
+//! State lives in one `Mutex<PrState>` per logical unit, shared by all sessions. An I_T
+//! nexus is the initiator's [`Nexus`] and the relative target port it came through: a
+//! gateway process has one (its target port group), and registrations made through other
+//! gateways are in the state when the LU's reservations are shared between gateways
+//! ([`persist`]). An NVMe host is one registrant whatever port it comes through.
 //! Registrations survive I_T nexus loss; SPC-2 reservations do not (see
 //! [`PrState::release_nexus`]). When the LU has a [`ReservationStore`], a REGISTER with APTPL
 //! makes the registrations and the reservation persist through a restart ([`persist`]);
@@ -17,7 +20,9 @@ mod persist;
 mod record;
 
 pub use nvme::{NvmeReservation, NvmeReservationKind, ReservationNotice, NVME_RESERVATION_OPCODE};
-pub use persist::{ReservationStore, Reservations};
+pub use persist::{
+    ReservationChange, ReservationStore, Reservations, SharedError, SharedReservationStore,
+};
 pub use record::RecordError;
 
 /// Reservation types (SPC-4 Table 193).
@@ -61,17 +66,28 @@ fn registrants_only(t: u8) -> bool {
     matches!(t, ty::WE_REGISTRANTS_ONLY | ty::EA_REGISTRANTS_ONLY)
 }
 
-/// The unit attentions a PERSISTENT RESERVE OUT establishes for other I_T nexuses (SPC-4
-/// 5.13.11): each nexus with its condition's ASC/ASCQ. The LU queues them once the
-/// reservation state is settled; those for NVMe hosts become their notices
-/// ([`PrState::file_host_notices`]).
-pub(super) type PrNotices = Vec<(Nexus, (u8, u8))>;
+/// A unit attention a PERSISTENT RESERVE OUT establishes for another I_T nexus (SPC-4
+/// 5.13.11). The LU queues them once the reservation state is settled; those for NVMe hosts
+/// become their notices ([`PrState::file_host_notices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PrNotice {
+    /// The initiator told.
+    pub nexus: Nexus,
+    /// The relative target port of its I_T nexus.
+    pub port: u16,
+    /// The condition's ASC/ASCQ.
+    pub condition: (u8, u8),
+}
+
+/// The unit attentions of one change, in the order they arose.
+pub(super) type PrNotices = Vec<PrNotice>;
 
 /// What a PERSISTENT RESERVE OUT did (see [`PrState::persistent_reserve_out`]).
 pub(super) struct PrOutcome {
     /// The answer, once the state is saved when `save` says so.
     pub outcome: ScsiOutcome,
-    /// The unit attentions it establishes for other iSCSI I_T nexuses.
+    /// The unit attentions it establishes for other I_T nexuses (NVMe hosts' become their
+    /// notices: [`PrState::file_host_notices`]).
     pub notices: PrNotices,
     /// Whether the state must be saved ([`Reservations::save`]) before the command is GOOD.
     pub save: bool,
@@ -81,14 +97,33 @@ pub(super) struct PrOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Registration {
     nexus: Nexus,
+    /// The relative target port the registration came through.
+    port: u16,
     key: u64,
+}
+
+impl Registration {
+    /// Whether this is the registration of `nexus` through `port`.
+    fn is(&self, nexus: &Nexus, port: u16) -> bool {
+        same_nexus(&self.nexus, self.port, nexus, port)
+    }
 }
 
 /// The persistent reservation: its type and (for non all-registrants types) its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reservation {
     holder: Nexus,
+    /// The relative target port of the holder's I_T nexus.
+    port: u16,
     rtype: u8,
+}
+
+/// Whether two I_T nexuses are one: the same initiator port through the same relative target
+/// port, or the same NVMe host through any (NVMe base 2.0 §8.19: a host is one registrant on
+/// all the controllers of a subsystem, and each gateway's controllers are the same
+/// subsystem's).
+fn same_nexus(a: &Nexus, a_port: u16, b: &Nexus, b_port: u16) -> bool {
+    a == b && (a_port == b_port || a.host_id().is_some())
 }
 
 /// A LU's persistent reservations as an operator reads them
@@ -120,8 +155,10 @@ fn type_name(rtype: u8) -> &'static str {
 }
 
 /// Reservation state of one logical unit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct PrState {
+    /// This gateway's relative target port: the port of every command's I_T nexus.
+    port: u16,
     /// Whether the LU can persist reservations through power loss (PTPL_C).
     persistent: bool,
     /// The last valid APTPL bit received (PTPL_A): the state below is saved on every change.
@@ -238,6 +275,32 @@ fn outcome(r: Result<(), PrError>) -> ScsiOutcome {
 const PROUT_LIST_LEN: usize = 24;
 
 impl PrState {
+    /// No reservations, for commands through relative target port `port`.
+    pub(super) fn at_port(port: u16) -> Self {
+        PrState {
+            port,
+            ..PrState::default()
+        }
+    }
+
+    /// Takes the persistent reservations of `shared`, the state the LU's gateways share;
+    /// what is this gateway's own (SPC-2 reservations, NVMe hosts' notices, its port) stays.
+    pub(super) fn take_shared(&mut self, shared: PrState) {
+        self.aptpl = shared.aptpl;
+        self.generation = shared.generation;
+        self.regs = shared.regs;
+        self.reservation = shared.reservation;
+    }
+
+    /// Whether `other` holds the same persistent reservations (registrations, reservation,
+    /// APTPL, generation) as this state: a change tried on a copy changed nothing.
+    pub(super) fn holds_as(&self, other: &PrState) -> bool {
+        self.aptpl == other.aptpl
+            && self.generation == other.generation
+            && self.regs == other.regs
+            && self.reservation == other.reservation
+    }
+
     /// The state for an operator's eyes (`iser-target status`).
     pub(super) fn summary(&self) -> ReservationSummary {
         ReservationSummary {
@@ -251,22 +314,33 @@ impl PrState {
         }
     }
 
+    /// The key of `nexus` through `port`, when registered.
+    fn key_at(&self, nexus: &Nexus, port: u16) -> Option<u64> {
+        self.regs.iter().find(|r| r.is(nexus, port)).map(|r| r.key)
+    }
+
+    /// The key of `nexus` through this gateway's port, when registered.
     fn key_of(&self, nexus: &Nexus) -> Option<u64> {
-        self.regs.iter().find(|r| &r.nexus == nexus).map(|r| r.key)
+        self.key_at(nexus, self.port)
     }
 
     fn is_registered(&self, nexus: &Nexus) -> bool {
         self.key_of(nexus).is_some()
     }
 
-    /// Whether `nexus` holds the persistent reservation (every registrant does for the
-    /// all-registrants types).
-    fn is_holder(&self, nexus: &Nexus) -> bool {
+    /// Whether `nexus` through `port` holds the persistent reservation (every registrant
+    /// does for the all-registrants types).
+    fn is_holder_at(&self, nexus: &Nexus, port: u16) -> bool {
         match &self.reservation {
-            Some(r) if all_registrants(r.rtype) => self.is_registered(nexus),
-            Some(r) => &r.holder == nexus,
+            Some(r) if all_registrants(r.rtype) => self.key_at(nexus, port).is_some(),
+            Some(r) => same_nexus(&r.holder, r.port, nexus, port),
             None => false,
         }
+    }
+
+    /// Whether `nexus`, through this gateway's port, holds the persistent reservation.
+    fn is_holder(&self, nexus: &Nexus) -> bool {
+        self.is_holder_at(nexus, self.port)
     }
 
     /// The reservation-conflict check done before any command runs. `true` means the
@@ -362,7 +436,7 @@ impl PrState {
                         let key = if all_registrants(r.rtype) {
                             0
                         } else {
-                            self.key_of(&r.holder).unwrap_or(0)
+                            self.key_at(&r.holder, r.port).unwrap_or(0)
                         };
                         d.extend_from_slice(&key.to_be_bytes());
                         d.extend_from_slice(&[0; 4]);
@@ -387,7 +461,7 @@ impl PrState {
                 // READ FULL STATUS
                 let mut descs = Vec::new();
                 for r in &self.regs {
-                    let holder = self.is_holder(&r.nexus);
+                    let holder = self.is_holder_at(&r.nexus, r.port);
                     descs.extend_from_slice(&r.key.to_be_bytes());
                     descs.extend_from_slice(&[0; 4]);
                     descs.push(u8::from(holder)); // ALL_TG_PT = 0, R_HOLDER
@@ -396,7 +470,7 @@ impl PrState {
                         _ => 0,
                     });
                     descs.extend_from_slice(&[0; 4]);
-                    descs.extend_from_slice(&1u16.to_be_bytes()); // relative target port 1
+                    descs.extend_from_slice(&r.port.to_be_bytes()); // relative target port
                     let tid = transport_id(&r.nexus);
                     descs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
                     descs.extend_from_slice(&tid);
@@ -425,31 +499,34 @@ impl PrState {
         let save = result.is_ok() && (aptpl_before || self.aptpl);
         PrOutcome {
             outcome: outcome(result).with_data_out_length(plen),
-            notices: self.file_host_notices(notices),
+            notices,
             save,
         }
     }
 
-    /// Queues `condition` for every registered nexus but `except`.
+    /// Queues `condition` for every registered nexus but `except` (through this port).
     fn notify_registrants(&self, except: &Nexus, condition: (u8, u8), notices: &mut PrNotices) {
         notices.extend(
             self.regs
                 .iter()
-                .filter(|r| &r.nexus != except)
-                .map(|r| (r.nexus.clone(), condition)),
+                .filter(|r| !r.is(except, self.port))
+                .map(|r| PrNotice {
+                    nexus: r.nexus.clone(),
+                    port: r.port,
+                    condition,
+                }),
         );
     }
 
-    /// The nexuses registered with `key`, other than `except`: whom a PREEMPT of `key` removes.
+    /// The registrations with `key`, other than `except`'s: whom a PREEMPT of `key` removes.
     fn others_with_key<'a>(
         &'a self,
         key: u64,
         except: &'a Nexus,
-    ) -> impl Iterator<Item = &'a Nexus> + 'a {
+    ) -> impl Iterator<Item = &'a Registration> + 'a {
         self.regs
             .iter()
-            .filter(move |r| r.key == key && &r.nexus != except)
-            .map(|r| &r.nexus)
+            .filter(move |r| r.key == key && !r.is(except, self.port))
     }
 
     fn prout(
@@ -514,6 +591,7 @@ impl PrState {
                 (None, k) => {
                     self.regs.push(Registration {
                         nexus: nexus.clone(),
+                        port: self.port,
                         key: k,
                     });
                     self.generation = self.generation.wrapping_add(1);
@@ -523,7 +601,8 @@ impl PrState {
                     self.generation = self.generation.wrapping_add(1);
                 }
                 (Some(_), k) => {
-                    if let Some(r) = self.regs.iter_mut().find(|r| &r.nexus == nexus) {
+                    let port = self.port;
+                    if let Some(r) = self.regs.iter_mut().find(|r| r.is(nexus, port)) {
                         r.key = k;
                     }
                     self.generation = self.generation.wrapping_add(1);
@@ -553,6 +632,7 @@ impl PrState {
             None => {
                 self.reservation = Some(Reservation {
                     holder: nexus.clone(),
+                    port: self.port,
                     rtype,
                 });
                 Ok(())
@@ -606,17 +686,17 @@ impl PrState {
                 .reservation
                 .as_ref()
                 .is_some_and(|r| registrants_only(r.rtype));
-        self.unregister(nexus);
+        self.unregister(nexus, self.port);
         if releases {
             self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
         }
     }
 
-    /// Removes `nexus`'s registration; releases the reservation when it was the holder
-    /// (or the last registrant of an all-registrants reservation).
-    fn unregister(&mut self, nexus: &Nexus) {
-        let was_holder = self.is_holder(nexus);
-        self.regs.retain(|r| &r.nexus != nexus);
+    /// Removes the registration of `nexus` through `port`; releases the reservation when it
+    /// was the holder (or the last registrant of an all-registrants reservation).
+    fn unregister(&mut self, nexus: &Nexus, port: u16) {
+        let was_holder = self.is_holder_at(nexus, port);
+        self.regs.retain(|r| !r.is(nexus, port));
         if let Some(res) = &self.reservation {
             let release = if all_registrants(res.rtype) {
                 self.regs.is_empty()
@@ -651,9 +731,11 @@ impl PrState {
             if sark == 0 {
                 // Remove every other registration and take the reservation.
                 self.notify_registrants(nexus, sense::REGISTRATIONS_PREEMPTED, notices);
-                self.regs.retain(|r| &r.nexus == nexus);
+                let port = self.port;
+                self.regs.retain(|r| r.is(nexus, port));
                 self.reservation = Some(Reservation {
                     holder: nexus.clone(),
+                    port,
                     rtype,
                 });
                 self.generation = self.generation.wrapping_add(1);
@@ -661,18 +743,21 @@ impl PrState {
             }
             return self.remove_key(nexus, sark, notices);
         }
-        let holder_key = self.key_of(&res.holder);
+        let holder_key = self.key_at(&res.holder, res.port);
         if Some(sark) == holder_key {
-            notices.extend(
-                self.others_with_key(sark, nexus)
-                    .map(|n| (n.clone(), sense::REGISTRATIONS_PREEMPTED)),
-            );
-            self.regs.retain(|r| r.key != sark || &r.nexus == nexus);
+            notices.extend(self.others_with_key(sark, nexus).map(|r| PrNotice {
+                nexus: r.nexus.clone(),
+                port: r.port,
+                condition: sense::REGISTRATIONS_PREEMPTED,
+            }));
+            let port = self.port;
+            self.regs.retain(|r| r.key != sark || r.is(nexus, port));
             if res.rtype != rtype {
                 self.notify_registrants(nexus, sense::RESERVATIONS_RELEASED, notices);
             }
             self.reservation = Some(Reservation {
                 holder: nexus.clone(),
+                port,
                 rtype,
             });
             self.generation = self.generation.wrapping_add(1);
@@ -692,13 +777,20 @@ impl PrState {
         sark: u64,
         notices: &mut PrNotices,
     ) -> Result<(), PrError> {
-        let victims: Vec<Nexus> = self.others_with_key(sark, nexus).cloned().collect();
+        let victims: Vec<(Nexus, u16)> = self
+            .others_with_key(sark, nexus)
+            .map(|r| (r.nexus.clone(), r.port))
+            .collect();
         if victims.is_empty() {
             return Err(PrError::Conflict);
         }
-        for v in victims {
-            self.unregister(&v);
-            notices.push((v, sense::REGISTRATIONS_PREEMPTED));
+        for (victim, port) in victims {
+            self.unregister(&victim, port);
+            notices.push(PrNotice {
+                nexus: victim,
+                port,
+                condition: sense::REGISTRATIONS_PREEMPTED,
+            });
         }
         self.generation = self.generation.wrapping_add(1);
         Ok(())

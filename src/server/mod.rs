@@ -20,13 +20,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, BackendError, FileBackend, RamBackend, RbdBackend};
+use crate::backend::{
+    Backend, BackendError, FileBackend, RamBackend, RbdBackend, RbdReservationStore,
+};
 use crate::config::{Backing, Config, Transport};
 use crate::iscsi::chap::RandomUnavailable;
 use crate::iscsi::text::TargetPolicy;
 use crate::iscsi::{CoreConfig, TargetDescriptor};
 use crate::scsi::{
     AluaPort, AluaState, LogicalUnit, LunParams, ReservationStore, Reservations, ScsiTarget,
+    SharedError, SharedReservationStore,
 };
 use state_dir::StateDir;
 
@@ -185,15 +188,26 @@ pub struct Server {
 
 /// Opens one LUN's backing store. With the write cache off, files and devices are opened
 /// write-through (O_DSYNC) so every write is durable before GOOD.
-fn open_backend(lun: &crate::config::Lun) -> Result<Arc<dyn Backend>, BackendError> {
+/// A LUN's backend, and for an RBD image the persistent reservations its gateways share.
+fn open_backend(
+    lun: &crate::config::Lun,
+) -> Result<(Arc<dyn Backend>, Option<RbdReservationStore>), BackendError> {
     let write_through = !lun.write_cache;
     Ok(match &lun.backing {
-        Backing::Ram { size } => Arc::new(RamBackend::new(*size)),
-        Backing::File { path, size, create } => {
-            Arc::new(FileBackend::open(path, *size, *create, write_through)?)
+        Backing::Ram { size } => (Arc::new(RamBackend::new(*size)), None),
+        Backing::File { path, size, create } => (
+            Arc::new(FileBackend::open(path, *size, *create, write_through)?),
+            None,
+        ),
+        Backing::Block { path } => (
+            Arc::new(FileBackend::open_device(path, write_through)?),
+            None,
+        ),
+        Backing::Rbd(rbd) => {
+            let backend = RbdBackend::open(rbd, lun.write_cache)?;
+            let shared = backend.reservation_store()?;
+            (Arc::new(backend), Some(shared))
         }
-        Backing::Block { path } => Arc::new(FileBackend::open_device(path, write_through)?),
-        Backing::Rbd(rbd) => Arc::new(RbdBackend::open(rbd, lun.write_cache)?),
     })
 }
 
@@ -228,11 +242,23 @@ fn build_scsi_targets_in(
     for target in &config.targets {
         let mut luns = Vec::new();
         for lun in &target.luns {
-            let backend = open_backend(lun).map_err(|source| ServerError::Backend {
+            let failed = |source| ServerError::Backend {
                 target: target.name.clone(),
                 lun: lun.id,
                 source,
-            })?;
+            };
+            let (backend, shared) = open_backend(lun).map_err(failed)?;
+            let port = config.target_port_group;
+            let shared_failed = |store: &RbdReservationStore, e: SharedError| {
+                let kind = match &e {
+                    SharedError::Store(e) => e.kind(),
+                    SharedError::Saved(_) => std::io::ErrorKind::InvalidData,
+                };
+                failed(BackendError::new(
+                    kind,
+                    format!("persistent reservations in {}: {e}", store.location()),
+                ))
+            };
             let params = LunParams {
                 lun: lun.id,
                 block_size: lun.block_size,
@@ -260,27 +286,56 @@ fn build_scsi_targets_in(
                 backend.size(),
                 if lun.read_only { ", read-only" } else { "" }
             );
-            let reservations = match state_dir {
-                Some(dir) => {
+            let reservations = match (&shared, state_dir) {
+                // The image's gateways share its reservations; they persist with the image.
+                // A record this gateway saved before is where the first gateway starts from.
+                (Some(store), dir) => {
+                    let saved = match dir {
+                        Some(dir) => {
+                            dir.reservation_store(params.naa_designator())
+                                .map_err(|e| ServerError::StateDir(e.to_string()))?
+                                .1
+                        }
+                        None => None,
+                    };
+                    Reservations::shared(port, Box::new(store.clone()), saved.as_deref())
+                        .map_err(|e| shared_failed(store, e))?
+                }
+                (None, Some(dir)) => {
                     let (store, saved) = dir
                         .reservation_store(params.naa_designator())
                         .map_err(|e| ServerError::StateDir(e.to_string()))?;
                     let location = store.location();
-                    Reservations::persistent(Box::new(store), saved.as_deref()).map_err(|e| {
-                        ServerError::StateDir(format!(
-                            "{location}: {e} (the saved persistent reservations of {} LUN {}; \
+                    Reservations::persistent(port, Box::new(store), saved.as_deref()).map_err(
+                        |e| {
+                            ServerError::StateDir(format!(
+                                "{location}: {e} (the saved persistent reservations of {} LUN {}; \
                              move the file away to start without them)",
-                            target.name, lun.id
-                        ))
-                    })?
+                                target.name, lun.id
+                            ))
+                        },
+                    )?
                 }
-                None => Reservations::in_memory(),
+                (None, None) => Reservations::in_memory(port),
             };
-            luns.push(Arc::new(LogicalUnit::with_reservations(
+            let lu = Arc::new(LogicalUnit::with_reservations(
                 params,
                 backend,
                 reservations,
-            )));
+            ));
+            if let Some(store) = &shared {
+                store
+                    .deliver_to(&lu)
+                    .map_err(|e| shared_failed(store, e.into()))?;
+                log::info!(
+                    "{} LUN {}: persistent reservations shared with the image's other \
+                     gateways in {}",
+                    target.name,
+                    lun.id,
+                    store.location()
+                );
+            }
+            luns.push(lu);
         }
         out.push(Arc::new(ScsiTarget::new(luns)));
     }

@@ -98,6 +98,10 @@ impl Queue {
             Ok(BlockReply::Check(s)) => {
                 Err(crate::nvme::scsi::status_of(&ScsiOutcome::from_sense(&s)))
             }
+            Ok(BlockReply::Answer(answer)) => match crate::nvme::scsi::status_of(&answer) {
+                s if !s.is_success() => Err(s),
+                _ => Ok(None),
+            },
             Err(e) => Err(backend_status(op, &e)),
         });
     }

@@ -112,6 +112,13 @@ pub enum BlockRequest<'a> {
     /// PERSISTENT RESERVE OUT under APTPL: the LU's reservations, already changed, written to
     /// their store before the command is GOOD.
     SaveReservations(std::sync::Arc<crate::scsi::Reservations>),
+    /// PERSISTENT RESERVE OUT or an NVMe reservation command on reservations the LU's
+    /// gateways share: the change made on the shared state, written and announced to every
+    /// gateway before the command is answered ([`crate::scsi::Reservations`]).
+    ChangeSharedReservations(
+        std::sync::Arc<crate::scsi::Reservations>,
+        Box<crate::scsi::ReservationChange>,
+    ),
     /// GET LBA STATUS: LBA status descriptors from block `lba` to the end of an LU of
     /// `num_blocks` blocks of `block_size` bytes; replies with the parameter data cut to
     /// `alloc` bytes.
@@ -157,6 +164,9 @@ impl BlockRequest<'_> {
             },
             BlockRequest::Copy(job) => BlockRequest::Copy(job),
             BlockRequest::SaveReservations(r) => BlockRequest::SaveReservations(r),
+            BlockRequest::ChangeSharedReservations(r, change) => {
+                BlockRequest::ChangeSharedReservations(r, change)
+            }
             BlockRequest::LbaStatus {
                 lba,
                 num_blocks,
@@ -247,6 +257,9 @@ pub enum BlockReply {
     /// Ended with this condition, decided by the operation itself (an EXTENDED COPY that
     /// stopped: COPY ABORTED and why).
     Check(Sense),
+    /// Answered by the operation itself, status and all (a reservation change made on the
+    /// state the LU's gateways share: GOOD, RESERVATION CONFLICT, CHECK CONDITION, BUSY).
+    Answer(ScsiOutcome),
 }
 
 /// Size of the buffer used to expand WRITE SAME patterns.
@@ -345,6 +358,9 @@ pub fn run(backend: &dyn Backend, req: &BlockRequest<'_>) -> Result<BlockReply, 
             Ok(()) => BlockReply::Done,
             Err(s) => BlockReply::Check(s),
         }),
+        BlockRequest::ChangeSharedReservations(reservations, change) => {
+            Ok(BlockReply::Answer(reservations.change_shared(change)))
+        }
     }
 }
 
@@ -451,6 +467,7 @@ fn outcome(
             ..Sense::new(sense::MISCOMPARE, sense::MISCOMPARE_DURING_VERIFY)
         }),
         Ok(BlockReply::Check(s)) => ScsiOutcome::from_sense(&s),
+        Ok(BlockReply::Answer(answer)) => answer,
         // The backend gave up waiting (an RBD operation past its timeout): nothing is known
         // to have failed, so the initiator is asked to retry (SAM-5 5.3.1, BUSY).
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {

@@ -195,7 +195,7 @@ impl PrState {
         let save = result.is_ok() && (aptpl_before || self.aptpl);
         PrOutcome {
             outcome: super::outcome(result),
-            notices: self.file_host_notices(notices),
+            notices,
             save,
         }
     }
@@ -222,6 +222,7 @@ impl PrState {
                 None => {
                     self.regs.push(Registration {
                         nexus: nexus.clone(),
+                        port: self.port,
                         key: nrkey,
                     });
                     self.generation = self.generation.wrapping_add(1);
@@ -332,7 +333,7 @@ impl PrState {
         for r in &self.regs {
             let mut entry = [0u8; REPORT_ENTRY_LEN];
             entry[0..2].copy_from_slice(&DYNAMIC_CNTLID.to_le_bytes());
-            entry[2] = u8::from(self.is_holder(&r.nexus));
+            entry[2] = u8::from(self.is_holder_at(&r.nexus, r.port));
             entry[8..16].copy_from_slice(&r.key.to_le_bytes());
             entry[16..32].copy_from_slice(&r.nexus.host_id().unwrap_or_default());
             d.extend_from_slice(&entry);
@@ -373,7 +374,7 @@ const HOST_NOTICES_KEPT: usize = 256;
 /// The notices for NVMe hosts, numbered, for their controllers to collect
 /// ([`PrState::host_notices_since`]): a host may have several controllers, each of which logs
 /// every notice once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct HostNotices {
     /// The number of the newest notice (0: none yet).
     newest: u64,
@@ -383,20 +384,23 @@ pub(super) struct HostNotices {
 impl PrState {
     /// Takes the notices meant for NVMe hosts out of `notices` into their log, leaving the
     /// unit attentions for iSCSI nexuses.
-    pub(super) fn file_host_notices(&mut self, notices: PrNotices) -> PrNotices {
+    pub(in crate::scsi) fn file_host_notices(&mut self, notices: PrNotices) -> PrNotices {
         let mut for_iscsi = PrNotices::new();
-        for (nexus, condition) in notices {
-            match (nexus.host_id(), ReservationNotice::of_condition(condition)) {
-                (Some(host), Some(notice)) => {
+        for notice in notices {
+            match (
+                notice.nexus.host_id(),
+                ReservationNotice::of_condition(notice.condition),
+            ) {
+                (Some(host), Some(told)) => {
                     let log = &mut self.host_notices;
                     log.newest += 1;
                     if log.kept.len() == HOST_NOTICES_KEPT {
                         log.kept.pop_front();
                     }
-                    log.kept.push_back((log.newest, host, notice));
+                    log.kept.push_back((log.newest, host, told));
                 }
                 (Some(_), None) => {}
-                (None, _) => for_iscsi.push((nexus, condition)),
+                (None, _) => for_iscsi.push(notice),
             }
         }
         for_iscsi

@@ -5,27 +5,32 @@
 //!
 //! ```text
 //! # iser-target persistent reservations of one logical unit (SPC-4 APTPL)
-//! version 1
+//! version 2
 //! aptpl 1
 //! generation 12
-//! registration 00000000000000ab 023d00000001 iqn.1993-08.org.debian:01:host1
-//! reservation 5 023d00000001 iqn.1993-08.org.debian:01:host1
+//! registration 00000000000000ab 1 023d00000001 iqn.1993-08.org.debian:01:host1
+//! reservation 5 1 023d00000001 iqn.1993-08.org.debian:01:host1
 //! ```
 //!
-//! A `registration` line is a reservation key, the ISID and the initiator name of one I_T
-//! nexus (the initiator port, RFC 7143 §4.2.7.2; the LU has one target port); an NVMe host's
-//! is `hostid-` and its Host Identifier (32 hexadecimal digits) then its host NQN.
-//! `reservation` is the type and the nexus that holds it. Name bytes outside printable ASCII, and `%`, are
-//! written as `%XX`. A record with `aptpl 0` (the last REGISTER cleared APTPL) restores
-//! nothing.
+//! A `registration` line is a reservation key, then the I_T nexus: the relative target port
+//! it came through (the gateway's target port group), the ISID and the initiator name (the
+//! initiator port, RFC 7143 §4.2.7.2); an NVMe host's is `hostid-` and its Host Identifier
+//! (32 hexadecimal digits) then its host NQN. `reservation` is the type and the nexus that
+//! holds it. Name bytes outside printable ASCII, and `%`, are written as `%XX`. Version 1
+//! records, written before nexuses had a target port, are read as this gateway's port's.
+//! A record with `aptpl 0` (the last REGISTER cleared APTPL) restores nothing from a state
+//! directory; a record shared between gateways is the whole state whatever its APTPL.
 
 use std::fmt::Write as _;
 
 use super::super::{InitiatorPort, Nexus};
-use super::{valid_type, PrState, Registration, Reservation};
+use super::{valid_type, PrNotice, PrNotices, PrState, Registration, Reservation};
 
 /// The record format written by this version.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+
+/// The version whose nexuses have no target port.
+const VERSION_WITHOUT_PORTS: u32 = 1;
 
 /// Why a saved record could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,25 +52,28 @@ pub(super) fn encode(state: &PrState) -> Vec<u8> {
     for r in &state.regs {
         let _ = writeln!(
             text,
-            "registration {:016x} {}",
+            "registration {:016x} {} {}",
             r.key,
+            r.port,
             nexus_field(&r.nexus)
         );
     }
     if let Some(res) = &state.reservation {
         let _ = writeln!(
             text,
-            "reservation {} {}",
+            "reservation {} {} {}",
             res.rtype,
+            res.port,
             nexus_field(&res.holder)
         );
     }
     text.into_bytes()
 }
 
-/// Reads a record back: the state it restores (APTPL on), or `None` when its APTPL bit is
-/// off. Whether the LU can persist (PTPL_C) is not in the record: its store decides that.
-pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
+/// Reads a record back as the state of a LU whose own relative target port is `port`, its
+/// APTPL bit as recorded. Whether the LU can persist (PTPL_C) is not in the record: its store
+/// decides that.
+pub(super) fn decode(bytes: &[u8], port: u16) -> Result<PrState, RecordError> {
     let text = std::str::from_utf8(bytes).map_err(|e| RecordError {
         line: 1 + bytes[..e.valid_up_to()]
             .iter()
@@ -73,7 +81,10 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
             .count(),
         message: "not UTF-8 text".into(),
     })?;
-    let mut state = PrState::default();
+    let mut state = PrState {
+        port,
+        ..PrState::default()
+    };
     let (mut version, mut aptpl) = (None, None);
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -89,7 +100,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
         match word {
             "version" => {
                 let v: u32 = number(rest).map_err(fail)?;
-                if v != VERSION {
+                if v != VERSION && v != VERSION_WITHOUT_PORTS {
                     return Err(fail(format!(
                         "version {v} is not one this target reads ({VERSION})"
                     )));
@@ -104,14 +115,14 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
                     .ok()
                     .filter(|&k| k != 0)
                     .ok_or_else(|| fail(format!("{key:?} is not a nonzero hexadecimal key")))?;
-                let nexus = parse_nexus(nexus_text).map_err(fail)?;
-                if state.is_registered(&nexus) {
+                let (port, nexus) = parse_it_nexus(nexus_text, version, port).map_err(fail)?;
+                if state.key_at(&nexus, port).is_some() {
                     return Err(fail(format!(
                         "{} is registered twice",
                         nexus.initiator_port()
                     )));
                 }
-                state.regs.push(Registration { nexus, key });
+                state.regs.push(Registration { nexus, port, key });
             }
             "reservation" => {
                 let (rtype, nexus_text) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -119,13 +130,17 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
                     .ok()
                     .filter(|&t| valid_type(t))
                     .ok_or_else(|| fail(format!("{rtype:?} is not a reservation type")))?;
-                let holder = parse_nexus(nexus_text).map_err(fail)?;
-                if !state.is_registered(&holder) || state.reservation.is_some() {
+                let (port, holder) = parse_it_nexus(nexus_text, version, port).map_err(fail)?;
+                if state.key_at(&holder, port).is_none() || state.reservation.is_some() {
                     return Err(fail(
                         "a reservation must follow its holder's registration, once".into(),
                     ));
                 }
-                state.reservation = Some(Reservation { holder, rtype });
+                state.reservation = Some(Reservation {
+                    holder,
+                    port,
+                    rtype,
+                });
             }
             other => return Err(fail(format!("unknown entry {other:?}"))),
         }
@@ -135,12 +150,93 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Option<PrState>, RecordError> {
         message: format!("no `{what}` line"),
     };
     version.ok_or_else(|| missing("version"))?;
-    match aptpl.ok_or_else(|| missing("aptpl"))? {
-        true => {
-            state.aptpl = true;
-            Ok(Some(state))
+    state.aptpl = aptpl.ok_or_else(|| missing("aptpl"))?;
+    Ok(state)
+}
+
+/// `<relative target port> <nexus>` (version 2), or a version 1 `<nexus>` through `own_port`.
+fn parse_it_nexus(text: &str, version: Option<u32>, own_port: u16) -> Result<(u16, Nexus), String> {
+    if version == Some(VERSION_WITHOUT_PORTS) {
+        return Ok((own_port, parse_nexus(text)?));
+    }
+    let (port, nexus) = text
+        .split_once(' ')
+        .ok_or_else(|| format!("{text:?} is not `<port> <ISID> <initiator name>`"))?;
+    let port = number::<u16>(port)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{port:?} is not a relative target port (1-65535)"))?;
+    Ok((port, parse_nexus(nexus)?))
+}
+
+/// The message that tells every gateway of a shared LU of version `version` of its state,
+/// `record`, and of the unit attentions the change establishes:
+///
+/// ```text
+/// announcement 8
+/// notice 2a03 2 00023d000002 iqn.1993-08.org.debian:01:host2
+/// # iser-target persistent reservations of one logical unit (SPC-4 APTPL)
+/// version 2
+/// ...
+/// ```
+///
+/// A `notice` line is the condition's ASC and ASCQ, then the I_T nexus told.
+pub(super) fn encode_announcement(version: u64, notices: &PrNotices, record: &[u8]) -> Vec<u8> {
+    let mut text = format!("announcement {version}\n");
+    for n in notices {
+        let (asc, ascq) = n.condition;
+        let _ = writeln!(
+            text,
+            "notice {asc:02x}{ascq:02x} {} {}",
+            n.port,
+            nexus_field(&n.nexus)
+        );
+    }
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(record);
+    bytes
+}
+
+/// Reads an announcement: its version, its unit attentions and the state, for a LU whose
+/// own relative target port is `port`.
+pub(super) fn decode_announcement(
+    bytes: &[u8],
+    port: u16,
+) -> Result<(u64, PrNotices, PrState), RecordError> {
+    let mut rest = bytes;
+    let mut line = 0;
+    let mut version = None;
+    let mut notices = PrNotices::new();
+    loop {
+        line += 1;
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let fail = |message: String| RecordError { line, message };
+        let text = std::str::from_utf8(&rest[..end]).map_err(|_| fail("not UTF-8 text".into()))?;
+        let (word, field) = text.split_once(' ').unwrap_or((text, ""));
+        match (word, version) {
+            ("announcement", None) => version = Some(number::<u64>(field).map_err(fail)?),
+            (_, None) => return Err(fail("an announcement starts with `announcement`".into())),
+            ("notice", Some(_)) => {
+                let (code, nexus_text) = field.split_once(' ').unwrap_or((field, ""));
+                let code = hex_bytes::<2>(code)
+                    .ok_or_else(|| fail(format!("{code:?} is not an ASC and ASCQ")))?;
+                let (port, nexus) =
+                    parse_it_nexus(nexus_text, Some(VERSION), port).map_err(fail)?;
+                notices.push(PrNotice {
+                    nexus,
+                    port,
+                    condition: (code[0], code[1]),
+                });
+            }
+            (_, Some(version)) => {
+                let state = decode(rest, port).map_err(|e| RecordError {
+                    line: line - 1 + e.line,
+                    message: e.message,
+                })?;
+                return Ok((version, notices, state));
+            }
         }
-        false => Ok(None),
+        rest = rest.get(end + 1..).unwrap_or_default();
     }
 }
 
@@ -236,27 +332,32 @@ mod tests {
     fn sample() -> PrState {
         let holder = nexus("iqn.1993-08.org.debian:01:host1", 1);
         PrState {
+            port: 1,
             persistent: true,
             aptpl: true,
             generation: 12,
             regs: vec![
                 Registration {
                     nexus: holder.clone(),
+                    port: 1,
                     key: 0xAB,
                 },
                 // Names outside iSCSI's rules still round-trip (an NVMe host NQN may hold
                 // anything): spaces, '%', non-ASCII.
                 Registration {
                     nexus: nexus("odd name % with ü", 2),
+                    port: 2,
                     key: u64::MAX,
                 },
                 Registration {
                     nexus: Nexus::nvme("nqn.2014-08.org.nvmexpress:uuid:h1", [0xA1; 16]),
+                    port: 3,
                     key: 7,
                 },
             ],
             reservation: Some(Reservation {
                 holder,
+                port: 1,
                 rtype: super::super::ty::WE_REGISTRANTS_ONLY,
             }),
             spc2: None,
@@ -270,18 +371,56 @@ mod tests {
         let bytes = encode(&state);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains(
-            "registration 00000000000000ab 00023d000001 iqn.1993-08.org.debian:01:host1\n"
+            "registration 00000000000000ab 1 00023d000001 iqn.1993-08.org.debian:01:host1\n"
         ));
+        assert!(text.contains("reservation 5 1 00023d000001 iqn.1993-08.org.debian:01:host1\n"));
         assert!(text.contains("odd%20name%20%25%20with%20%C3%BC"));
         assert!(text.contains(&format!(
-            "registration 0000000000000007 hostid-{} nqn.2014-08.org.nvmexpress:uuid:h1\n",
+            "registration 0000000000000007 3 hostid-{} nqn.2014-08.org.nvmexpress:uuid:h1\n",
             "a1".repeat(16)
         )));
-        let back = decode(&bytes).unwrap().expect("APTPL on");
+        let back = decode(&bytes, 1).unwrap();
         assert_eq!(encode(&back), bytes);
         assert_eq!(back.regs, state.regs);
         assert_eq!(back.reservation, state.reservation);
         assert_eq!((back.generation, back.aptpl), (12, true));
+    }
+
+    /// Records written before nexuses had a target port hold this gateway's registrations.
+    #[test]
+    fn a_version_1_record_reads_as_this_ports() {
+        let text = "version 1\naptpl 1\ngeneration 3\n\
+                    registration 00000000000000ab 00023d000001 iqn.a\n\
+                    reservation 5 00023d000001 iqn.a\n";
+        let state = decode(text.as_bytes(), 7).unwrap();
+        assert_eq!(state.regs[0].port, 7);
+        assert_eq!(state.reservation.unwrap().port, 7);
+        let bad_port = "version 2\naptpl 1\nregistration 1 0 00023d000001 iqn.a\n";
+        let e = decode(bad_port.as_bytes(), 1).unwrap_err();
+        assert!(e.to_string().contains("relative target port"), "{e}");
+    }
+
+    #[test]
+    fn an_announcement_reads_back_with_its_notices() {
+        let state = sample();
+        let notices = vec![PrNotice {
+            nexus: Nexus::nvme("nqn.h", [0xA1; 16]),
+            port: 2,
+            condition: (0x2A, 0x05),
+        }];
+        let message = encode_announcement(9, &notices, &encode(&state));
+        let (version, back_notices, back) = decode_announcement(&message, 1).unwrap();
+        assert_eq!((version, back_notices), (9, notices));
+        assert_eq!(encode(&back), encode(&state));
+        for bad in [
+            &b"notice 2a05 1 00023d000001 iqn.a\n"[..],
+            b"announcement 9\nnotice 2a 1 00023d000001 iqn.a\n",
+            b"announcement 9\n",
+        ] {
+            assert!(decode_announcement(bad, 1).is_err(), "{bad:?}");
+        }
+        let cut = &message[..message.len() - 20];
+        assert!(decode_announcement(cut, 1).is_err());
     }
 
     #[test]
@@ -290,7 +429,7 @@ mod tests {
             aptpl: false,
             ..sample()
         };
-        assert!(decode(&encode(&state)).unwrap().is_none());
+        assert!(!decode(&encode(&state), 1).unwrap().aptpl);
     }
 
     #[test]
@@ -298,7 +437,7 @@ mod tests {
         let good = String::from_utf8(encode(&sample())).unwrap();
         let cases = [
             ("aptpl 1\n", 1, "must start with `version`"),
-            ("version 2\naptpl 1\n", 1, "version 2"),
+            ("version 3\naptpl 1\n", 1, "version 3"),
             ("version 1\n", 1, "no `aptpl` line"),
             ("version 1\naptpl 1\nregistration 0 00023d000001 iqn.a\n", 3, "nonzero"),
             ("version 1\naptpl 1\nregistration 1 00023d0001 iqn.a\n", 3, "12 hexadecimal"),
@@ -310,16 +449,16 @@ mod tests {
             ("version 1\naptpl 1\nkeys 4\n", 3, "unknown entry"),
         ];
         for (text, line, words) in cases {
-            let e = decode(text.as_bytes()).unwrap_err();
+            let e = decode(text.as_bytes(), 1).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");
             assert!(e.to_string().contains(words), "{text:?}: {e}");
         }
         let twice = good.replace("reservation 5", "registration 00000000000000ac");
-        assert!(decode(twice.as_bytes())
+        assert!(decode(twice.as_bytes(), 1)
             .unwrap_err()
             .to_string()
             .contains("registered twice"));
-        assert_eq!(decode(b"version 1\n\xff\n").unwrap_err().line, 2);
+        assert_eq!(decode(b"version 1\n\xff\n", 1).unwrap_err().line, 2);
     }
 
     /// Corrupted records (flipped bytes, cut short) are refused or read, never a panic.
@@ -334,8 +473,8 @@ mod tests {
                 bytes[at] = rng.next() as u8;
             }
             bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
-            if let Ok(Some(state)) = decode(&bytes) {
-                assert!(state.aptpl);
+            if let Ok(state) = decode(&bytes, 1) {
+                assert_eq!(state.port, 1);
             }
         }
     }

@@ -457,6 +457,7 @@ fn clear_and_release_tell_the_registrants() {
 
 mod nvme;
 mod persistence;
+mod shared;
 
 #[test]
 fn the_summary_names_registrations_the_holder_and_the_type() {

@@ -6,7 +6,7 @@ use super::persistence::{persistent_lu, MemoryStore};
 use super::*;
 use crate::scsi::{NvmeReservation, NvmeReservationKind as Kind};
 
-fn host(last: u8) -> Nexus {
+pub(super) fn host(last: u8) -> Nexus {
     Nexus::nvme(
         format!("nqn.2014-08.org.nvmexpress:uuid:host{last}"),
         [last; 16],
@@ -29,7 +29,14 @@ fn keys_le(first: u64, second: u64) -> Vec<u8> {
 }
 
 /// Reservation Register: RREGA, IEKEY, CPTPL as Linux's host sets them (11b) unless told.
-fn register(lu: &LogicalUnit, n: &Nexus, action: u32, iekey: bool, crkey: u64, nrkey: u64) -> u8 {
+pub(super) fn register(
+    lu: &LogicalUnit,
+    n: &Nexus,
+    action: u32,
+    iekey: bool,
+    crkey: u64,
+    nrkey: u64,
+) -> u8 {
     let cdw10 = action | u32::from(iekey) << 3;
     let o = nvme(
         lu,
@@ -41,7 +48,14 @@ fn register(lu: &LogicalUnit, n: &Nexus, action: u32, iekey: bool, crkey: u64, n
     outcome_status(&o)
 }
 
-fn acquire(lu: &LogicalUnit, n: &Nexus, action: u32, nvme_type: u32, crkey: u64, prkey: u64) -> u8 {
+pub(super) fn acquire(
+    lu: &LogicalUnit,
+    n: &Nexus,
+    action: u32,
+    nvme_type: u32,
+    crkey: u64,
+    prkey: u64,
+) -> u8 {
     outcome_status(&nvme(
         lu,
         n,

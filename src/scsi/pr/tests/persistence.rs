@@ -40,7 +40,7 @@ impl MemoryStore {
 /// A LU whose reservations persist in `store`, restored from its last record (a restart).
 pub(super) fn persistent_lu(store: &Arc<MemoryStore>) -> LogicalUnit {
     let reservations =
-        Reservations::persistent(Box::new(Arc::clone(store)), store.last().as_deref()).unwrap();
+        Reservations::persistent(1, Box::new(Arc::clone(store)), store.last().as_deref()).unwrap();
     let backend = Arc::new(RamBackend::new(64 * 512));
     LogicalUnit::with_reservations(testutil::params(0, 512), backend, reservations)
 }
