@@ -382,7 +382,7 @@ fn full_status(s: &mut BlockSession) -> Vec<(u64, u16, bool)> {
 }
 
 /// Two gateways of one image keep one reservation state, in an object beside the image: a
-/// reservation taken through one fences initiators on the other, a PREEMPT through one
+/// reservation taken through one fences initiators on the other, a PREEMPT AND ABORT through one
 /// reaches the preempted initiator through the other as a unit attention, and a gateway
 /// restarted finds the state where it was.
 #[test]
@@ -392,7 +392,7 @@ fn reservations_through_one_gateway_bind_the_other() {
     };
     const REGISTER: u8 = 0;
     const RESERVE: u8 = 1;
-    const PREEMPT: u8 = 4;
+    const PREEMPT_AND_ABORT: u8 = 5;
     const CLEAR: u8 = 3;
     const WRITE_EXCLUSIVE: u8 = 1;
     const CONFLICT: u8 = 0x18;
@@ -417,9 +417,10 @@ fn reservations_through_one_gateway_bind_the_other() {
     assert_eq!(status(&mut x), 0);
     assert_eq!(full_status(&mut y), vec![(0xA, 1, true)]);
 
-    // Y takes over: X's registration and reservation go, and X hears of it through A.
+    // Y takes over, aborting X's commands (A waits for those it has in flight): X's
+    // registration and reservation go, and X hears of it through A.
     assert_eq!(prout(&mut y, REGISTER, 0, 0, 0xB), 0);
-    assert_eq!(prout(&mut y, PREEMPT, WRITE_EXCLUSIVE, 0xB, 0xA), 0);
+    assert_eq!(prout(&mut y, PREEMPT_AND_ABORT, WRITE_EXCLUSIVE, 0xB, 0xA), 0);
     let tur = x.command(&[0; 6], 0).expect("TEST UNIT READY");
     assert_eq!(tur.status, 2);
     assert_eq!(
@@ -428,6 +429,11 @@ fn reservations_through_one_gateway_bind_the_other() {
         "REGISTRATIONS PREEMPTED"
     );
     assert_eq!(status(&mut x), CONFLICT, "X through A is fenced now");
+    assert!(
+        a.log().contains("preempted and aborted through another gateway"),
+        "A waited for its commands in flight: {}",
+        a.log()
+    );
     assert_eq!(status(&mut y), 0);
 
     // B restarted reads the state back; Y's new session (same ISID) holds it again.

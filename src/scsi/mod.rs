@@ -385,7 +385,12 @@ pub struct LogicalUnit {
     /// A shrunk device was reported ([`LogicalUnit::measure_device`]): said once, not on
     /// every measurement.
     shrink_reported: AtomicBool,
+    /// Waits for the commands in flight on this LU ([`LogicalUnit::set_in_flight_waiter`]).
+    in_flight_waiter: Mutex<Option<InFlightWaiter>>,
 }
+
+/// What waits for a LU's commands in flight: the executor's, which alone knows them.
+pub type InFlightWaiter = Box<dyn Fn() + Send + Sync>;
 
 impl LogicalUnit {
     /// Creates a LU over `backend` whose reservations live in memory only; capacity is the
@@ -416,6 +421,7 @@ impl LogicalUnit {
             copies: Arc::default(),
             counters: counters::IoCounters::default(),
             shrink_reported: AtomicBool::new(false),
+            in_flight_waiter: Mutex::new(None),
         }
     }
 
@@ -677,8 +683,31 @@ impl LogicalUnit {
     /// state when newer and queues the unit attentions and notices the change establishes
     /// for this gateway's I_T nexuses and NVMe hosts.
     pub fn reservations_announced(&self, message: &[u8]) {
-        let notices = self.pr.announced(message);
-        self.queue_reservation_notices(notices);
+        let announced = self.pr.announced(message);
+        if announced.aborts {
+            // Another gateway preempted and aborted: a command the preempted initiators
+            // started here before the state changed must be done before the preempt is
+            // (SPC-4 5.13.11.2.6); later ones now conflict.
+            let waiter = self.in_flight_waiter.lock();
+            if let Some(wait) = &*waiter.unwrap_or_else(|p| p.into_inner()) {
+                wait();
+                log::info!(
+                    "LUN {}: preempted and aborted through another gateway; the commands \
+                     in flight here are done",
+                    self.params.lun
+                );
+            }
+        }
+        self.queue_reservation_notices(announced.notices);
+    }
+
+    /// Sets what waits for this LU's commands in flight (the executor that runs them): a
+    /// PREEMPT AND ABORT made through another gateway waits with it before it is done.
+    pub fn set_in_flight_waiter(&self, waiter: InFlightWaiter) {
+        *self
+            .in_flight_waiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(waiter);
     }
 
     /// Reads the shared reservation state again (announcements may have been missed: a

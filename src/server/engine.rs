@@ -217,6 +217,24 @@ struct EngineShared {
 }
 
 impl EngineShared {
+    /// Gives every LU a way to wait for its commands in flight here, which it uses when
+    /// another gateway preempts and aborts ([`LogicalUnit::set_in_flight_waiter`]).
+    fn wait_in_flight_on_abort(self: &Arc<Self>) {
+        for (target, scsi) in self.targets.iter().enumerate() {
+            for (lun_index, lu) in scsi.luns().iter().enumerate() {
+                let engine = Arc::downgrade(self);
+                lu.set_in_flight_waiter(Box::new(move || {
+                    if let Some(engine) = engine.upgrade() {
+                        let admitted = engine.gates[target][lun_index].drain();
+                        for (access, job) in admitted {
+                            engine.run_admitted(access, lun_index, job);
+                        }
+                    }
+                }));
+            }
+        }
+    }
+
     /// Reports `outcome`, releases the LU's gate (resubmitting what it admits) and accounts
     /// the command as finished. Called on whichever thread finished the I/O; an engine thread
     /// passes its index and its list of local completions, so a resident of that thread gets
@@ -389,6 +407,7 @@ impl Engine {
             outstanding: AtomicUsize::new(0),
             busy_poll_us: AtomicU64::new(0),
         });
+        shared.wait_in_flight_on_abort();
         let engine = Engine {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Vec::new()),

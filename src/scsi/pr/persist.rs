@@ -62,6 +62,15 @@ enum Keeping {
     Shared(Box<dyn SharedReservationStore>),
 }
 
+/// What an announcement asks of a gateway ([`Reservations::announced`]).
+#[derive(Debug, Default)]
+pub(in crate::scsi) struct Announced {
+    /// The unit attentions (and NVMe notices) it establishes, the first time it is seen.
+    pub notices: PrNotices,
+    /// Another gateway preempted and aborted: this one must wait for its commands in flight.
+    pub aborts: bool,
+}
+
 /// What a shared state in memory is of the store's.
 #[derive(Debug, Default)]
 struct SharedMarks {
@@ -81,6 +90,8 @@ pub struct Reservations {
     saving: Mutex<()>,
     /// Shared: which version of the store's the state is.
     marks: Mutex<SharedMarks>,
+    /// Shared: who this is among the gateways, in its announcements.
+    origin: u64,
 }
 
 impl fmt::Debug for Reservations {
@@ -157,6 +168,14 @@ impl ReservationChange {
                 command,
                 data: data.to_vec(),
             },
+        }
+    }
+
+    /// Whether it preempts and aborts (SCSI PREEMPT AND ABORT, NVMe Preempt and Abort).
+    fn aborts(&self) -> bool {
+        match &self.command {
+            ChangeCommand::Scsi { cdb, .. } => super::preempts_and_aborts(cdb),
+            ChangeCommand::Nvme { command, .. } => super::preempts_and_aborts(&command.cdb()),
         }
     }
 
@@ -244,6 +263,7 @@ impl Reservations {
             keeping,
             saving: Mutex::new(()),
             marks: Mutex::new(SharedMarks::default()),
+            origin: random_origin(),
         }
     }
 
@@ -308,7 +328,15 @@ impl Reservations {
             match store.replace(Some(version), version + 1, &after) {
                 Ok(true) => {
                     self.adopt(version + 1, &after);
-                    let message = record::encode_announcement(version + 1, &notices, &after);
+                    let message = record::encode_announcement(
+                        &record::Announcement {
+                            version: version + 1,
+                            origin: self.origin,
+                            aborts: change.aborts(),
+                            notices,
+                        },
+                        &after,
+                    );
                     if let Err(e) = store.announce(&message) {
                         // The change is in the store; a gateway that did not take it in time
                         // is down or cut off from the cluster (and so from the image).
@@ -353,24 +381,28 @@ impl Reservations {
     }
 
     /// Takes an announcement of the shared state: adopts the state when it is newer than the
-    /// one in memory, and returns the unit attentions it carries the first time it is seen
-    /// (an announcement may arrive more than once). A damaged one is logged and dropped.
-    pub(in crate::scsi) fn announced(&self, message: &[u8]) -> PrNotices {
+    /// one in memory, and the first time it is seen (an announcement may arrive more than
+    /// once) returns what it asks: its unit attentions, and whether another gateway
+    /// preempted and aborted. A damaged one is logged and dropped.
+    pub(in crate::scsi) fn announced(&self, message: &[u8]) -> Announced {
         let port = self.state().port;
-        let (version, notices, state) = match record::decode_announcement(message, port) {
+        let (announcement, state) = match record::decode_announcement(message, port) {
             Ok(announced) => announced,
             Err(e) => {
                 log::error!("persistent reservations: a damaged announcement ignored: {e}");
-                return PrNotices::new();
+                return Announced::default();
             }
         };
-        self.install(version, state);
+        self.install(announcement.version, state);
         let mut marks = self.marks();
-        if version <= marks.announced {
-            return PrNotices::new();
+        if announcement.version <= marks.announced {
+            return Announced::default();
         }
-        marks.announced = version;
-        notices
+        marks.announced = announcement.version;
+        Announced {
+            notices: announcement.notices,
+            aborts: announcement.aborts && announcement.origin != self.origin,
+        }
     }
 
     /// Adopts `record`, version `version` of the shared store, when newer than the state.
@@ -393,6 +425,15 @@ impl Reservations {
         marks.version = version;
         self.state().take_shared(shared);
     }
+}
+
+/// A number that tells this LU's gateway from the others in announcements: random per
+/// process and LU (std's hasher keys are drawn from the operating system's randomness).
+fn random_origin() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// NOT READY, LOGICAL UNIT COMMUNICATION FAILURE: the store did not take the state.

@@ -169,21 +169,41 @@ fn parse_it_nexus(text: &str, version: Option<u32>, own_port: u16) -> Result<(u1
     Ok((port, parse_nexus(nexus)?))
 }
 
-/// The message that tells every gateway of a shared LU of version `version` of its state,
-/// `record`, and of the unit attentions the change establishes:
+/// What an announcement says beside the record: the version it makes, who made it, whether
+/// the change preempted and aborted, and the unit attentions it establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Announcement {
+    pub version: u64,
+    /// The announcing gateway's number for this LU.
+    pub origin: u64,
+    pub aborts: bool,
+    pub notices: PrNotices,
+}
+
+/// The message that tells every gateway of a shared LU of a new version of its state,
+/// `record`:
 ///
 /// ```text
 /// announcement 8
-/// notice 2a03 2 00023d000002 iqn.1993-08.org.debian:01:host2
+/// from 5f1c0a9e7d3b2468
+/// aborts
+/// notice 2a05 2 00023d000002 iqn.1993-08.org.debian:01:host2
 /// # iser-target persistent reservations of one logical unit (SPC-4 APTPL)
 /// version 2
 /// ...
 /// ```
 ///
-/// A `notice` line is the condition's ASC and ASCQ, then the I_T nexus told.
-pub(super) fn encode_announcement(version: u64, notices: &PrNotices, record: &[u8]) -> Vec<u8> {
-    let mut text = format!("announcement {version}\n");
-    for n in notices {
+/// `aborts` is there when the change preempted and aborted. A `notice` line is a unit
+/// attention's ASC and ASCQ, then the I_T nexus told.
+pub(super) fn encode_announcement(announcement: &Announcement, record: &[u8]) -> Vec<u8> {
+    let mut text = format!(
+        "announcement {}\nfrom {:016x}\n",
+        announcement.version, announcement.origin
+    );
+    if announcement.aborts {
+        text.push_str("aborts\n");
+    }
+    for n in &announcement.notices {
         let (asc, ascq) = n.condition;
         let _ = writeln!(
             text,
@@ -197,15 +217,16 @@ pub(super) fn encode_announcement(version: u64, notices: &PrNotices, record: &[u
     bytes
 }
 
-/// Reads an announcement: its version, its unit attentions and the state, for a LU whose
-/// own relative target port is `port`.
+/// Reads an announcement: what it says and the state, for a LU whose own relative target
+/// port is `port`.
 pub(super) fn decode_announcement(
     bytes: &[u8],
     port: u16,
-) -> Result<(u64, PrNotices, PrState), RecordError> {
+) -> Result<(Announcement, PrState), RecordError> {
     let mut rest = bytes;
     let mut line = 0;
-    let mut version = None;
+    let (mut version, mut origin) = (None, None);
+    let mut aborts = false;
     let mut notices = PrNotices::new();
     loop {
         line += 1;
@@ -213,10 +234,18 @@ pub(super) fn decode_announcement(
         let fail = |message: String| RecordError { line, message };
         let text = std::str::from_utf8(&rest[..end]).map_err(|_| fail("not UTF-8 text".into()))?;
         let (word, field) = text.split_once(' ').unwrap_or((text, ""));
-        match (word, version) {
-            ("announcement", None) => version = Some(number::<u64>(field).map_err(fail)?),
-            (_, None) => return Err(fail("an announcement starts with `announcement`".into())),
-            ("notice", Some(_)) => {
+        match (word, version, origin) {
+            ("announcement", None, _) => version = Some(number::<u64>(field).map_err(fail)?),
+            (_, None, _) => return Err(fail("an announcement starts with `announcement`".into())),
+            ("from", _, None) => {
+                origin = Some(
+                    u64::from_str_radix(field, 16)
+                        .map_err(|_| fail(format!("{field:?} is not a gateway number")))?,
+                )
+            }
+            (_, _, None) => return Err(fail("`from` must follow `announcement`".into())),
+            ("aborts", ..) => aborts = true,
+            ("notice", ..) => {
                 let (code, nexus_text) = field.split_once(' ').unwrap_or((field, ""));
                 let code = hex_bytes::<2>(code)
                     .ok_or_else(|| fail(format!("{code:?} is not an ASC and ASCQ")))?;
@@ -228,12 +257,18 @@ pub(super) fn decode_announcement(
                     condition: (code[0], code[1]),
                 });
             }
-            (_, Some(version)) => {
+            (_, Some(version), Some(origin)) => {
                 let state = decode(rest, port).map_err(|e| RecordError {
                     line: line - 1 + e.line,
                     message: e.message,
                 })?;
-                return Ok((version, notices, state));
+                let announcement = Announcement {
+                    version,
+                    origin,
+                    aborts,
+                    notices,
+                };
+                return Ok((announcement, state));
             }
         }
         rest = rest.get(end + 1..).unwrap_or_default();
@@ -408,14 +443,29 @@ mod tests {
             port: 2,
             condition: (0x2A, 0x05),
         }];
-        let message = encode_announcement(9, &notices, &encode(&state));
-        let (version, back_notices, back) = decode_announcement(&message, 1).unwrap();
-        assert_eq!((version, back_notices), (9, notices));
+        let announcement = Announcement {
+            version: 9,
+            origin: 0x5F1C_0A9E_7D3B_2468,
+            aborts: true,
+            notices,
+        };
+        let message = encode_announcement(&announcement, &encode(&state));
+        let (back_announcement, back) = decode_announcement(&message, 1).unwrap();
+        assert_eq!(back_announcement, announcement);
         assert_eq!(encode(&back), encode(&state));
+        let quiet = Announcement {
+            aborts: false,
+            notices: Vec::new(),
+            ..announcement
+        };
+        let message = encode_announcement(&quiet, &encode(&state));
+        assert_eq!(decode_announcement(&message, 1).unwrap().0, quiet);
         for bad in [
             &b"notice 2a05 1 00023d000001 iqn.a\n"[..],
-            b"announcement 9\nnotice 2a 1 00023d000001 iqn.a\n",
-            b"announcement 9\n",
+            b"announcement 9\nnotice 2a05 1 00023d000001 iqn.a\n",
+            b"announcement 9\nfrom 1\nnotice 2a 1 00023d000001 iqn.a\n",
+            b"announcement 9\nfrom x1\n",
+            b"announcement 9\nfrom 1\n",
         ] {
             assert!(decode_announcement(bad, 1).is_err(), "{bad:?}");
         }
@@ -459,6 +509,35 @@ mod tests {
             .to_string()
             .contains("registered twice"));
         assert_eq!(decode(b"version 1\n\xff\n", 1).unwrap_err().line, 2);
+    }
+
+    /// Announcements come from the cluster: damaged ones are refused or read, never a panic.
+    #[test]
+    fn corrupted_announcements_never_panic() {
+        let notices = vec![PrNotice {
+            nexus: nexus("iqn.b", 2),
+            port: 2,
+            condition: (0x2A, 0x05),
+        }];
+        let announcement = Announcement {
+            version: 3,
+            origin: 7,
+            aborts: true,
+            notices,
+        };
+        let good = encode_announcement(&announcement, &encode(&sample()));
+        let mut rng = Rng(0xA770_C0DE);
+        for _ in 0..20_000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() as usize) % bytes.len();
+                bytes[at] = rng.next() as u8;
+            }
+            bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
+            if let Ok((_, state)) = decode_announcement(&bytes, 1) {
+                assert_eq!(state.port, 1);
+            }
+        }
     }
 
     /// Corrupted records (flipped bytes, cut short) are refused or read, never a panic.

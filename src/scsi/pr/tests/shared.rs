@@ -253,7 +253,13 @@ fn announcements_are_taken_once_and_in_order() {
         port: 2,
         condition: REGISTRATIONS_PREEMPTED,
     }];
-    let message = super::super::record::encode_announcement(record.0, &preempted, &record.1);
+    let announcement = super::super::record::Announcement {
+        version: record.0,
+        origin: 1,
+        aborts: false,
+        notices: preempted,
+    };
+    let message = super::super::record::encode_announcement(&announcement, &record.1);
     b.reservations_announced(&message);
     assert_eq!(
         unit_attention(&b, &y),
@@ -324,4 +330,50 @@ fn the_shared_state_starts_from_a_saved_record() {
         unsaved.state().regs.is_empty(),
         "APTPL off: nothing restored"
     );
+}
+
+/// A PREEMPT AND ABORT through one gateway waits, on every other gateway, for the commands in
+/// flight there before it is done; the gateway that runs it waits for its own in its gate.
+#[test]
+fn preempt_and_abort_waits_for_the_other_gateways_commands_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let (_object, a, b) = two_gateways();
+    let waits = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    for (lu, count) in [(&a, &waits[0]), (&b, &waits[1])] {
+        let count = Arc::clone(count);
+        lu.set_in_flight_waiter(Box::new(move || {
+            count.fetch_add(1, SeqCst);
+        }));
+    }
+    let (x, y) = (nexus("iqn.x", 1), nexus("iqn.y", 2));
+    assert_eq!(prout(&b, &y, sa::REGISTER, 0, 0, 0xB), GOOD);
+    assert_eq!(
+        prout(&b, &y, sa::RESERVE, ty::WRITE_EXCLUSIVE, 0xB, 0),
+        GOOD
+    );
+    assert_eq!(prout(&a, &x, sa::REGISTER, 0, 0, 0xA), GOOD);
+    assert_eq!(
+        prout(&a, &x, sa::PREEMPT, ty::WRITE_EXCLUSIVE, 0xA, 0xB),
+        GOOD
+    );
+    assert_eq!(
+        waits.each_ref().map(|w| w.load(SeqCst)),
+        [0, 0],
+        "a plain preempt aborts nothing"
+    );
+    assert_eq!(unit_attention(&b, &y), Some(REGISTRATIONS_PREEMPTED));
+    assert_eq!(prout(&b, &y, sa::REGISTER, 0, 0, 0xC), GOOD);
+    assert_eq!(
+        prout(
+            &a,
+            &x,
+            sa::PREEMPT_AND_ABORT,
+            ty::EXCLUSIVE_ACCESS,
+            0xA,
+            0xC
+        ),
+        GOOD
+    );
+    assert_eq!(waits.each_ref().map(|w| w.load(SeqCst)), [0, 1]);
+    assert_eq!(unit_attention(&b, &y), Some(REGISTRATIONS_PREEMPTED));
 }
