@@ -420,7 +420,10 @@ fn reservations_through_one_gateway_bind_the_other() {
     // Y takes over, aborting X's commands (A waits for those it has in flight): X's
     // registration and reservation go, and X hears of it through A.
     assert_eq!(prout(&mut y, REGISTER, 0, 0, 0xB), 0);
-    assert_eq!(prout(&mut y, PREEMPT_AND_ABORT, WRITE_EXCLUSIVE, 0xB, 0xA), 0);
+    assert_eq!(
+        prout(&mut y, PREEMPT_AND_ABORT, WRITE_EXCLUSIVE, 0xB, 0xA),
+        0
+    );
     let tur = x.command(&[0; 6], 0).expect("TEST UNIT READY");
     assert_eq!(tur.status, 2);
     assert_eq!(
@@ -430,7 +433,8 @@ fn reservations_through_one_gateway_bind_the_other() {
     );
     assert_eq!(status(&mut x), CONFLICT, "X through A is fenced now");
     assert!(
-        a.log().contains("preempted and aborted through another gateway"),
+        a.log()
+            .contains("preempted and aborted through another gateway"),
         "A waited for its commands in flight: {}",
         a.log()
     );
@@ -449,6 +453,78 @@ fn reservations_through_one_gateway_bind_the_other() {
     drop((x, y));
     a.stop();
     b.stop();
+}
+
+/// An NVMe host is one registrant through both gateways of an image: it registers through
+/// A and takes Write Exclusive through B, which fences an iSCSI initiator on A; the
+/// initiator's PREEMPT through A then fences the host on B.
+#[test]
+fn an_nvme_host_and_an_iscsi_initiator_share_reservations_across_gateways() {
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    const RESERVATION_CONFLICT: (u8, u8) = (0, 0x83);
+    let lun = rbd_lun(&conf, &image_name("nvme-reservations"), "16M", false);
+    let targets = [TargetSpec::new(TEST_IQN, vec![lun])];
+    let nvme_ports = [free_port(), free_port()];
+    let gateways: Vec<Server> = nvme_ports
+        .iter()
+        .zip([1, 2])
+        .map(|(port, group)| {
+            Server::start_with_portals_and(
+                &targets,
+                &format!("  - {{ address: 127.0.0.1, port: {port}, transport: nvme-tcp }}\n"),
+                &format!("target_port_group: {group}\n"),
+            )
+        })
+        .collect();
+    let mut queues: Vec<_> = nvme_ports
+        .iter()
+        .map(|&port| {
+            let (admin, cntlid) = admin_queue(port, TEST_NQN, HOST_NQN, 1);
+            (admin, io_queue(port, TEST_NQN, HOST_NQN, cntlid, 1))
+        })
+        .collect();
+    let keys = |current: u64, new: u64| {
+        let mut d = current.to_le_bytes().to_vec();
+        d.extend_from_slice(&new.to_le_bytes());
+        d
+    };
+    // Reservation Register (0Dh) through A: register key 0xA, CPTPL 11b as Linux sends it.
+    let (cqe, _) = queues[0]
+        .1
+        .command(Sqe::new(0x0D, 1).cdw(10, 0b11 << 30), &keys(0, 0xA), 0)
+        .expect("Reservation Register");
+    assert!(cqe.ok(), "{cqe:?}");
+    // Reservation Acquire (11h) through B with the key registered through A: Write Exclusive.
+    let (cqe, _) = queues[1]
+        .1
+        .command(Sqe::new(0x11, 1).cdw(10, 1 << 8), &keys(0xA, 0), 0)
+        .expect("Reservation Acquire");
+    assert!(cqe.ok(), "one registrant through both gateways: {cqe:?}");
+
+    let block = pattern(512);
+    let mut y = BlockSession::login(gateways[0].port(), TEST_IQN, 0).expect("Y logs in to A");
+    let status = |s: &mut BlockSession| s.command_out(&write10(0, 1), &block).unwrap().status;
+    assert_eq!(status(&mut y), 0x18, "the host's reservation fences Y on A");
+    for (_, io) in &mut queues {
+        assert!(
+            io.write(1, 0, &block, 512).expect("WRITE").ok(),
+            "the holder writes"
+        );
+    }
+    assert_eq!(prout(&mut y, 0, 0, 0, 0xB), 0);
+    assert_eq!(prout(&mut y, 4, 1, 0xB, 0xA), 0, "Y preempts the host");
+    for (_, io) in &mut queues {
+        let cqe = io.write(1, 0, &block, 512).expect("WRITE");
+        assert_eq!(cqe.status, RESERVATION_CONFLICT, "{cqe:?}");
+    }
+    assert_eq!(status(&mut y), 0);
+    assert_eq!(prout(&mut y, 3, 0, 0xB, 0), 0, "CLEAR");
+    drop((queues, y));
+    for gateway in gateways {
+        gateway.stop();
+    }
 }
 
 /// WRITE(10) of `blocks` blocks at `lba`.
