@@ -400,6 +400,20 @@ mod tests {
         }
     }
 
+    /// An announcement of a preempt and abort that told an NVMe host.
+    fn sample_announcement() -> Announcement {
+        Announcement {
+            version: 9,
+            origin: 0x5F1C_0A9E_7D3B_2468,
+            aborts: true,
+            notices: vec![PrNotice {
+                nexus: Nexus::nvme("nqn.h", [0xA1; 16]),
+                port: 2,
+                condition: (0x2A, 0x05),
+            }],
+        }
+    }
+
     #[test]
     fn a_record_reads_back_as_the_state_it_was_written_from() {
         let state = sample();
@@ -438,17 +452,7 @@ mod tests {
     #[test]
     fn an_announcement_reads_back_with_its_notices() {
         let state = sample();
-        let notices = vec![PrNotice {
-            nexus: Nexus::nvme("nqn.h", [0xA1; 16]),
-            port: 2,
-            condition: (0x2A, 0x05),
-        }];
-        let announcement = Announcement {
-            version: 9,
-            origin: 0x5F1C_0A9E_7D3B_2468,
-            aborts: true,
-            notices,
-        };
+        let announcement = sample_announcement();
         let message = encode_announcement(&announcement, &encode(&state));
         let (back_announcement, back) = decode_announcement(&message, 1).unwrap();
         assert_eq!(back_announcement, announcement);
@@ -514,18 +518,7 @@ mod tests {
     /// Announcements come from the cluster: damaged ones are refused or read, never a panic.
     #[test]
     fn corrupted_announcements_never_panic() {
-        let notices = vec![PrNotice {
-            nexus: nexus("iqn.b", 2),
-            port: 2,
-            condition: (0x2A, 0x05),
-        }];
-        let announcement = Announcement {
-            version: 3,
-            origin: 7,
-            aborts: true,
-            notices,
-        };
-        let good = encode_announcement(&announcement, &encode(&sample()));
+        let good = encode_announcement(&sample_announcement(), &encode(&sample()));
         let mut rng = Rng(0xA770_C0DE);
         for _ in 0..20_000 {
             let mut bytes = good.clone();
