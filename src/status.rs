@@ -103,6 +103,9 @@ pub struct ReservationStatus {
     pub persists: bool,
     /// The initiator port holding an SPC-2 RESERVE(6), if any.
     pub spc2_holder: Option<String>,
+    /// Where the persistent reservations the LU's gateways share live (an RBD LUN's object).
+    #[serde(default)]
+    pub shared_in: Option<String>,
 }
 
 /// A live iSCSI session.
@@ -411,15 +414,12 @@ fn render_lun(out: &mut String, l: &LunStatus) {
                 let _ = write!(out, " by {holder}");
             }
         }
-        let _ = writeln!(
-            out,
-            "{}",
-            if r.persists {
-                ", kept through restarts"
-            } else {
-                ""
-            }
-        );
+        let kept = match &r.shared_in {
+            Some(location) => format!(", shared by the gateways in {location}"),
+            None if r.persists => ", kept through restarts".to_string(),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "{kept}");
     }
     if let Some(holder) = &r.spc2_holder {
         let _ = writeln!(out, "    reserved (RESERVE(6)) by {holder}");
@@ -490,6 +490,7 @@ mod tests {
                         holder: Some("iqn.a,i,0x023d00000001".into()),
                         persists: true,
                         spc2_holder: None,
+                        shared_in: None,
                     },
                 }],
             }],
@@ -541,6 +542,31 @@ mod tests {
                 "{expected:?} missing from:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn shared_reservations_say_where_they_live() {
+        let mut report = report();
+        report.targets[0].luns[0].reservations.shared_in =
+            Some("rbd/iser-target.reservations.10ab".into());
+        let text = report.render();
+        assert!(
+            text.contains(
+                "2 registration(s), reserved write exclusive by iqn.a,i,0x023d00000001, shared \
+                 by the gateways in rbd/iser-target.reservations.10ab\n"
+            ),
+            "{text}"
+        );
+        // A report from a target that predates the field still reads.
+        let mut json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let reservations = &mut json["targets"][0]["luns"][0]["reservations"];
+        assert!(reservations
+            .as_object_mut()
+            .unwrap()
+            .remove("shared_in")
+            .is_some());
+        let back: StatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.targets[0].luns[0].reservations.shared_in, None);
     }
 
     #[test]

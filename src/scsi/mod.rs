@@ -492,7 +492,7 @@ impl LogicalUnit {
 
     /// Who is registered and who holds the persistent reservation, for an operator.
     pub fn reservation_summary(&self) -> ReservationSummary {
-        self.reservations().summary()
+        self.pr.summary()
     }
 
     /// The backing storage.

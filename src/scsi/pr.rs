@@ -139,6 +139,8 @@ pub struct ReservationSummary {
     pub persists: bool,
     /// The initiator port holding an SPC-2 RESERVE(6), if any.
     pub spc2_holder: Option<String>,
+    /// Where the state the LU's gateways share lives, when it is shared.
+    pub shared_in: Option<String>,
 }
 
 /// The name of a reservation type, as sg_persist prints it.
@@ -311,6 +313,7 @@ impl PrState {
             }),
             persists: self.aptpl,
             spc2_holder: self.spc2.as_ref().map(Nexus::initiator_port),
+            shared_in: None,
         }
     }
 

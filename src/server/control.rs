@@ -130,6 +130,7 @@ fn lun_status(lun: &crate::config::Lun, lu: &crate::scsi::LogicalUnit) -> LunSta
             holder,
             persists: pr.persists,
             spc2_holder: pr.spc2_holder,
+            shared_in: pr.shared_in,
         },
     }
 }

@@ -277,6 +277,17 @@ impl Reservations {
         matches!(self.keeping, Keeping::Shared(_))
     }
 
+    /// Who is registered and who holds the reservation, and where the state is shared.
+    pub(in crate::scsi) fn summary(&self) -> super::ReservationSummary {
+        super::ReservationSummary {
+            shared_in: match &self.keeping {
+                Keeping::Shared(store) => Some(store.location()),
+                _ => None,
+            },
+            ..self.state().summary()
+        }
+    }
+
     /// The state, locked.
     pub(in crate::scsi) fn state(&self) -> MutexGuard<'_, PrState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
