@@ -455,6 +455,67 @@ fn reservations_through_one_gateway_bind_the_other() {
     b.stop();
 }
 
+/// A gateway that cannot answer (stopped) while another changes the reservations: the change
+/// completes after the announcement's 10 s, the log names the silent gateway's client and how
+/// to fence it, and the stopped gateway, resumed, takes the change it missed.
+#[test]
+fn a_silent_gateway_is_named_and_catches_up() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some((conf, _cluster)) = cluster_conf() else {
+        return;
+    };
+    let lun = rbd_lun(&conf, &image_name("silent"), "16M", false);
+    let targets = [TargetSpec::new(TEST_IQN, vec![lun])];
+    let a = Server::start_with(&targets, "target_port_group: 1\n");
+    let b = Server::start_with(&targets, "target_port_group: 2\n");
+    let client_of = |log: &str| {
+        let at = log
+            .find("(this gateway is client.")
+            .expect("client id logged")
+            + 24;
+        log[at..].split(' ').next().unwrap().to_string()
+    };
+    let b_client = client_of(&b.log());
+    let mut x = BlockSession::login(a.port(), TEST_IQN, 0).expect("X logs in to A");
+    let mut y = BlockSession::login_as(b.port(), TEST_IQN, 0, 8).expect("Y logs in to B");
+    x.set_response_timeout(Duration::from_secs(30)).unwrap();
+
+    let b_pid = Pid::from_raw(b.pid() as i32);
+    kill(b_pid, Signal::SIGSTOP).expect("SIGSTOP B");
+    let started = Instant::now();
+    let registered = prout(&mut x, 0, 0, 0, 0xA);
+    let waited = started.elapsed();
+    kill(b_pid, Signal::SIGCONT).expect("SIGCONT B");
+    assert_eq!(registered, 0, "the change stands");
+    assert!(waited >= Duration::from_secs(9), "waited for B: {waited:?}");
+    let log = a.log();
+    assert!(
+        log.contains(&format!("{b_client} did not confirm"))
+            && log.contains("ceph osd blocklist add"),
+        "A names B ({b_client}): {log}"
+    );
+    // B, resumed, takes the announcement it was sent while stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys = good(
+            y.command(&[0x5E, 0, 0, 0, 0, 0, 0, 0x04, 0, 0], 1024)
+                .unwrap(),
+        );
+        if keys.len() >= 16 && keys[8..16] == 0xAu64.to_be_bytes() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took the registration: {keys:02x?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((x, y));
+    a.stop();
+    b.stop();
+}
+
 /// An NVMe host is one registrant through both gateways of an image: it registers through
 /// A and takes Write Exclusive through B, which fences an iSCSI initiator on A; the
 /// initiator's PREEMPT through A then fences the host on B.

@@ -104,6 +104,15 @@ unsafe impl Send for Cluster {}
 unsafe impl Sync for Cluster {}
 
 impl Cluster {
+    /// This connection's client id: it is `client.<id>` to the cluster, in notify replies,
+    /// `rados listwatchers` and `ceph osd blocklist ls`.
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: the handle is connected for as long as this Cluster lives.
+        unsafe { sys::rados_get_instance_id(self.handle) }
+    }
+}
+
+impl Cluster {
     /// Connects as cephx id `user` (without `client.`), reading `conf`, then applying
     /// `options` (Ceph option name, value) on top, e.g. `("rbd_cache", "false")`.
     pub fn connect(conf: &Path, user: &str, options: &[(&str, &str)]) -> Result<Arc<Self>, Error> {

@@ -212,12 +212,14 @@ impl SharedObject {
     }
 
     /// Sends `payload` to every watcher of the object (this process's included) and returns
-    /// once all acknowledged it, i.e. once their `on_event` returned. An error with errno
-    /// ETIMEDOUT when some watcher did not within `timeout`.
+    /// once all acknowledged it, i.e. once their `on_event` returned: an empty list. When
+    /// some did not within `timeout`, the client ids (`client.<id>`) of those that did not
+    /// (a watcher [`client_id`](SharedObject::client_id) tells its own). Other failures are
+    /// errors.
     ///
     /// librados hands the OSD whole seconds (`timeout_ms / 1000`, where 0 means its own
     /// default), so `timeout` is rounded up to whole seconds, at least one.
-    pub fn notify(&self, payload: &[u8], timeout: Duration) -> Result<(), Error> {
+    pub fn notify(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u64>, Error> {
         let len = libc::c_int::try_from(payload.len())
             .map_err(|_| Error::new("rados_notify2", -i64::from(libc::EINVAL)))?;
         let mut reply: *mut libc::c_char = ptr::null_mut();
@@ -235,12 +237,29 @@ impl SharedObject {
                 &mut reply_len,
             )
         };
-        // The reply (who acknowledged, who timed out) is set even on failure; unused.
-        if !reply.is_null() {
-            // SAFETY: librados allocated the reply for us; freed once.
+        // The reply (who acknowledged, who timed out) is set even on ETIMEDOUT.
+        let silent = if reply.is_null() {
+            None
+        } else {
+            // SAFETY: librados allocated `reply_len` bytes at `reply` for us; they are read
+            // here and freed once, below.
+            let bytes = unsafe { std::slice::from_raw_parts(reply.cast::<u8>(), reply_len) };
+            let silent = timed_out_clients(bytes);
+            // SAFETY: as above; not used after this.
             unsafe { sys::rados_buffer_free(reply) };
+            silent
+        };
+        match (ret, silent) {
+            (0, _) => Ok(Vec::new()),
+            (ret, Some(silent)) if ret == -libc::ETIMEDOUT && !silent.is_empty() => Ok(silent),
+            (ret, _) => check("rados_notify2", ret.into()).map(|_| Vec::new()),
         }
-        check("rados_notify2", ret.into()).map(drop)
+    }
+
+    /// The client id of this handle's cluster connection (`client.<id>`), as others'
+    /// [`notify`](SharedObject::notify) name it when it does not acknowledge.
+    pub fn client_id(&self) -> u64 {
+        self.pool.cluster.instance_id()
     }
 
     /// Watches the object: `on_event` gets each notification ([`WatchEvent::Notified`], on
@@ -434,6 +453,36 @@ fn parse_version(text: &[u8]) -> Option<u64> {
 /// `timeout` as `rados_notify2` wants it: librados passes the OSD `timeout_ms / 1000`
 /// seconds in 32 bits, and 0 means librados's default (`client_notify_timeout`). Rounded
 /// up to whole seconds, at least one, at most `u32::MAX`.
+/// The client ids listed as timed out in a notify reply (librados.h, `rados_notify2`):
+/// `le32 acks, {le64 gid, le64 cookie, le32 len, len bytes}*, le32 timeouts, {le64 gid,
+/// le64 cookie}*`. `None` when the reply is cut short.
+fn timed_out_clients(reply: &[u8]) -> Option<Vec<u64>> {
+    let mut at = 0usize;
+    let mut take = |n: usize| {
+        let bytes = reply.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(bytes)
+    };
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
+    let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    let acks = le32(take(4)?);
+    for _ in 0..acks {
+        take(16)?;
+        let len = le32(take(4)?);
+        take(len)?;
+    }
+    let timeouts = le32(take(4)?);
+    let mut clients = Vec::new();
+    for _ in 0..timeouts {
+        let gid = le64(take(8)?);
+        take(8)?;
+        if !clients.contains(&gid) {
+            clients.push(gid);
+        }
+    }
+    Some(clients)
+}
+
 fn notify_timeout_ms(timeout: Duration) -> u64 {
     let secs = timeout
         .as_secs()
@@ -693,6 +742,33 @@ fn flush_or_leak(state: Arc<WatchState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A notify reply as librados.h lays it out: acknowledgements with payloads, then the
+    /// watchers that timed out (one client twice: two watches of one connection).
+    #[test]
+    fn a_notify_reply_names_the_clients_that_timed_out() {
+        let mut reply = 2u32.to_le_bytes().to_vec();
+        for (gid, payload) in [(4101u64, &b""[..]), (4102, b"ack")] {
+            reply.extend_from_slice(&gid.to_le_bytes());
+            reply.extend_from_slice(&7u64.to_le_bytes());
+            reply.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            reply.extend_from_slice(payload);
+        }
+        reply.extend_from_slice(&3u32.to_le_bytes());
+        for (gid, cookie) in [(4200u64, 1u64), (4300, 2), (4200, 3)] {
+            reply.extend_from_slice(&gid.to_le_bytes());
+            reply.extend_from_slice(&cookie.to_le_bytes());
+        }
+        assert_eq!(timed_out_clients(&reply), Some(vec![4200, 4300]));
+        for cut in 0..reply.len() {
+            assert_eq!(timed_out_clients(&reply[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(
+            timed_out_clients(&[0, 0, 0, 0, 0, 0, 0, 0]),
+            Some(vec![]),
+            "nobody acknowledged, nobody timed out"
+        );
+    }
 
     #[test]
     fn versions_are_canonical_decimal() {

@@ -41,6 +41,7 @@ extern "C" {
     pub fn rados_ioctx_destroy(io: RadosIoctxT);
     pub fn rados_remove(io: RadosIoctxT, oid: *const c_char) -> c_int;
     pub fn rados_buffer_free(buf: *mut c_char);
+    pub fn rados_get_instance_id(cluster: RadosT) -> u64;
 
     pub fn rados_create_write_op() -> RadosWriteOpT;
     pub fn rados_release_write_op(write_op: RadosWriteOpT);

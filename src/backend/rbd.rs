@@ -145,7 +145,7 @@ impl RbdBackend {
             .shared_object(&name)
             .map_err(|e| fail("the reservations object", e))?;
         let pool = self.name.split('/').next().unwrap_or_default();
-        Ok(RbdReservationStore::new(object, format!("{pool}/{name}")))
+        Ok(RbdReservationStore::new(object, pool, name))
     }
 }
 

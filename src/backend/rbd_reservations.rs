@@ -25,16 +25,26 @@ pub(super) fn object_name(image_id: &str) -> String {
 #[derive(Clone)]
 pub struct RbdReservationStore {
     object: Arc<SharedObject>,
+    pool: String,
+    name: String,
     /// `<pool>/<object>`, for log messages.
     location: String,
 }
 
 impl RbdReservationStore {
-    pub(super) fn new(object: SharedObject, location: String) -> Self {
+    pub(super) fn new(object: SharedObject, pool: &str, name: String) -> Self {
         RbdReservationStore {
             object: Arc::new(object),
-            location,
+            location: format!("{pool}/{name}"),
+            pool: pool.to_string(),
+            name,
         }
+    }
+
+    /// The client id this gateway watches the object as (`client.<id>`): how another
+    /// gateway's log names it when it does not confirm a change.
+    pub fn client_id(&self) -> u64 {
+        self.object.client_id()
     }
 
     /// Delivers every announcement to `lu` for as long as it lives, then reads the state
@@ -77,10 +87,27 @@ impl SharedReservationStore for RbdReservationStore {
             .map_err(io::Error::from)
     }
 
+    /// Names the gateways that did not confirm in time, and how to fence one off.
     fn announce(&self, message: &[u8]) -> io::Result<()> {
-        self.object
+        let silent = self
+            .object
             .notify(message, ANNOUNCE_TIMEOUT)
-            .map_err(io::Error::from)
+            .map_err(io::Error::from)?;
+        if silent.is_empty() {
+            return Ok(());
+        }
+        let clients: Vec<String> = silent.iter().map(|id| format!("client.{id}")).collect();
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{} did not confirm within {} s (`rados -p {} listwatchers {}` shows their \
+                 addresses; `ceph osd blocklist add ADDRESS` fences one off the cluster)",
+                clients.join(", "),
+                ANNOUNCE_TIMEOUT.as_secs(),
+                self.pool,
+                self.name
+            ),
+        ))
     }
 
     fn location(&self) -> String {

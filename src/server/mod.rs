@@ -329,10 +329,11 @@ fn build_scsi_targets_in(
                     .map_err(|e| shared_failed(store, e.into()))?;
                 log::info!(
                     "{} LUN {}: persistent reservations shared with the image's other \
-                     gateways in {}",
+                     gateways in {} (this gateway is client.{} there)",
                     target.name,
                     lun.id,
-                    store.location()
+                    store.location(),
+                    store.client_id()
                 );
             }
             luns.push(lu);

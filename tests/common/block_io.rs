@@ -52,6 +52,12 @@ impl BlockSession {
         Self::login_as(port, target, lun, 7)
     }
 
+    /// Waits up to `timeout` for each answer from now on (a command the target is known to
+    /// hold longer than [`RESPONSE_TIMEOUT`]).
+    pub fn set_response_timeout(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        self.stream.set_read_timeout(Some(timeout))
+    }
+
     /// As [`BlockSession::login`], with ISID number `isid_n` (see [`isid`]): sessions with
     /// different ISIDs are different I_T nexuses; the same ISID reinstates the session.
     pub fn login_as(port: u16, target: &str, lun: u8, isid_n: u16) -> io::Result<BlockSession> {
