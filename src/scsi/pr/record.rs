@@ -519,32 +519,32 @@ mod tests {
     #[test]
     fn corrupted_announcements_never_panic() {
         let good = encode_announcement(&sample_announcement(), &encode(&sample()));
-        let mut rng = Rng(0xA770_C0DE);
-        for _ in 0..20_000 {
-            let mut bytes = good.clone();
-            for _ in 0..1 + rng.next() % 4 {
-                let at = (rng.next() as usize) % bytes.len();
-                bytes[at] = rng.next() as u8;
-            }
-            bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
+        for bytes in corruptions(&good, 0xA770_C0DE) {
             if let Ok((_, state)) = decode_announcement(&bytes, 1) {
                 assert_eq!(state.port, 1);
             }
         }
     }
 
-    /// Corrupted records (flipped bytes, cut short) are refused or read, never a panic.
-    #[test]
-    fn corrupted_records_never_panic() {
-        let good = encode(&sample());
-        let mut rng = Rng(0x5EED_AB7B);
-        for _ in 0..20_000 {
-            let mut bytes = good.clone();
+    /// 20,000 copies of `good`, each with a few bytes changed and cut at a random length.
+    fn corruptions(good: &[u8], seed: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let mut rng = Rng(seed);
+        (0..20_000).map(move |_| {
+            let mut bytes = good.to_vec();
             for _ in 0..1 + rng.next() % 4 {
                 let at = (rng.next() as usize) % bytes.len();
                 bytes[at] = rng.next() as u8;
             }
             bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
+            bytes
+        })
+    }
+
+    /// Corrupted records (flipped bytes, cut short) are refused or read, never a panic.
+    #[test]
+    fn corrupted_records_never_panic() {
+        let good = encode(&sample());
+        for bytes in corruptions(&good, 0x5EED_AB7B) {
             if let Ok(state) = decode(&bytes, 1) {
                 assert_eq!(state.port, 1);
             }
