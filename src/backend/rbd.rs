@@ -46,8 +46,10 @@ pub struct RbdBackend {
     size: Arc<AtomicU64>,
     /// Whether librbd's cache is on: only then does a FUA write need a flush after it.
     cache: bool,
-    /// `<pool>/<image>`, for log messages.
-    name: String,
+    /// The pool the image is in: the reservations object lives there too.
+    pool: String,
+    /// The image's name, for messages.
+    image_name: String,
 }
 
 impl RbdBackend {
@@ -124,7 +126,8 @@ impl RbdBackend {
             image: Arc::new(image),
             size: followed,
             cache: write_cache,
-            name: format!("{}/{}", spec.pool, spec.image),
+            pool: spec.pool.clone(),
+            image_name: spec.image.clone(),
         })
     }
 
@@ -134,7 +137,7 @@ impl RbdBackend {
         let fail = |doing: &str, e: rbd_ffi::Error| {
             BackendError::new(
                 io::Error::from(e.clone()).kind(),
-                format!("RBD image {}: {doing}: {e}", self.name),
+                format!("RBD image {}/{}: {doing}: {e}", self.pool, self.image_name),
             )
         };
         let id = self.image.id().map_err(|e| fail("reading its id", e))?;
@@ -144,8 +147,7 @@ impl RbdBackend {
             .pool()
             .shared_object(&name)
             .map_err(|e| fail("the reservations object", e))?;
-        let pool = self.name.split('/').next().unwrap_or_default();
-        Ok(RbdReservationStore::new(object, pool, name))
+        Ok(RbdReservationStore::new(object, &self.pool, name))
     }
 }
 

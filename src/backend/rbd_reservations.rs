@@ -27,15 +27,12 @@ pub struct RbdReservationStore {
     object: Arc<SharedObject>,
     pool: String,
     name: String,
-    /// `<pool>/<object>`, for log messages.
-    location: String,
 }
 
 impl RbdReservationStore {
     pub(super) fn new(object: SharedObject, pool: &str, name: String) -> Self {
         RbdReservationStore {
             object: Arc::new(object),
-            location: format!("{pool}/{name}"),
             pool: pool.to_string(),
             name,
         }
@@ -50,7 +47,7 @@ impl RbdReservationStore {
     /// Delivers every announcement to `lu` for as long as it lives, then reads the state
     /// once more: a change announced before the watch was in place is not missed.
     pub fn deliver_to(&self, lu: &Arc<LogicalUnit>) -> io::Result<()> {
-        let (weak, location) = (Arc::downgrade(lu), self.location.clone());
+        let (weak, location) = (Arc::downgrade(lu), self.location());
         self.object
             .watch(move |event| deliver(&weak, &location, event))
             .map_err(io::Error::from)?;
@@ -110,7 +107,8 @@ impl SharedReservationStore for RbdReservationStore {
         ))
     }
 
+    /// `<pool>/<object>`.
     fn location(&self) -> String {
-        self.location.clone()
+        format!("{}/{}", self.pool, self.name)
     }
 }

@@ -107,6 +107,15 @@ impl Registration {
     fn is(&self, nexus: &Nexus, port: u16) -> bool {
         same_nexus(&self.nexus, self.port, nexus, port)
     }
+
+    /// `condition` for this registration's I_T nexus.
+    fn notice(&self, condition: (u8, u8)) -> PrNotice {
+        PrNotice {
+            nexus: self.nexus.clone(),
+            port: self.port,
+            condition,
+        }
+    }
 }
 
 /// The persistent reservation: its type and (for non all-registrants types) its holder.
@@ -513,11 +522,7 @@ impl PrState {
             self.regs
                 .iter()
                 .filter(|r| !r.is(except, self.port))
-                .map(|r| PrNotice {
-                    nexus: r.nexus.clone(),
-                    port: r.port,
-                    condition,
-                }),
+                .map(|r| r.notice(condition)),
         );
     }
 
@@ -748,11 +753,10 @@ impl PrState {
         }
         let holder_key = self.key_at(&res.holder, res.port);
         if Some(sark) == holder_key {
-            notices.extend(self.others_with_key(sark, nexus).map(|r| PrNotice {
-                nexus: r.nexus.clone(),
-                port: r.port,
-                condition: sense::REGISTRATIONS_PREEMPTED,
-            }));
+            notices.extend(
+                self.others_with_key(sark, nexus)
+                    .map(|r| r.notice(sense::REGISTRATIONS_PREEMPTED)),
+            );
             let port = self.port;
             self.regs.retain(|r| r.key != sark || r.is(nexus, port));
             if res.rtype != rtype {

@@ -186,9 +186,9 @@ pub struct Server {
     state_dir: Option<StateDir>,
 }
 
-/// Opens one LUN's backing store. With the write cache off, files and devices are opened
-/// write-through (O_DSYNC) so every write is durable before GOOD.
-/// A LUN's backend, and for an RBD image the persistent reservations its gateways share.
+/// Opens one LUN's backing store, and for an RBD image the persistent reservations its
+/// gateways share. With the write cache off, files and devices are opened write-through
+/// (O_DSYNC) so every write is durable before GOOD.
 fn open_backend(
     lun: &crate::config::Lun,
 ) -> Result<(Arc<dyn Backend>, Option<RbdReservationStore>), BackendError> {

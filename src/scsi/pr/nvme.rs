@@ -237,7 +237,7 @@ impl PrState {
                 // (drivers/nvme/host/pr.c nvme_pr_register): Replace to key 0 unregisters.
                 if action == register::UNREGISTER || nrkey == 0 {
                     self.unregister_notifying(nexus, notices);
-                } else if let Some(r) = self.regs.iter_mut().find(|r| &r.nexus == nexus) {
+                } else if let Some(r) = self.regs.iter_mut().find(|r| r.is(nexus, self.port)) {
                     r.key = nrkey;
                 }
                 self.generation = self.generation.wrapping_add(1);

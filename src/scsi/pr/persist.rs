@@ -325,17 +325,14 @@ impl Reservations {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..SHARED_ATTEMPTS {
             let version = self.marks().version;
-            let (before, mut draft) = {
-                let state = self.state();
-                (record::encode(&state), state.clone())
-            };
+            let mut draft = self.state().clone();
             let PrOutcome {
                 outcome, notices, ..
             } = change.apply(&mut draft);
-            let after = record::encode(&draft);
-            if outcome.status != status::GOOD || after == before {
+            if outcome.status != status::GOOD || self.state().holds_as(&draft) {
                 return outcome;
             }
+            let after = record::encode(&draft);
             match store.replace(Some(version), version + 1, &after) {
                 Ok(true) => {
                     self.adopt(version + 1, &after);
