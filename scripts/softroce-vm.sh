@@ -47,6 +47,12 @@
 #                         guest at the same path and in $SOFTROCE_RESULTS
 #   SOFTROCE_VM_CACHE     cache dir for kernel + initramfs (target/softroce-vm)
 #   SOFTROCE_VM_KERNEL_PKG   Debian kernel package (default: what linux-image-amd64 depends on)
+#   SOFTROCE_VM_KERNEL_SUITE  boot the kernel of another Debian suite, e.g. bookworm-backports
+#                         (what that suite's linux-image-amd64 depends on, in that suite's
+#                         version); as root, a suite apt has no lists of gets an apt source
+#                         (/etc/apt/sources.list.d/softroce-vm-SUITE.sources, deb.debian.org)
+#                         and `apt-get update`.  Each suite keeps its own cached build
+#                         (default: none, the host's own suites' linux-image-amd64)
 #   SOFTROCE_VM_QEMU      QEMU binary (qemu-system-x86_64)
 #   SOFTROCE_VM_NO_INSTALL   1 = never run apt-get (skip if something is missing)
 #   SOFTROCE_VM_REQUIRE   1 = "cannot run here" fails (exit 1) instead of skipping (77)
@@ -76,12 +82,17 @@ QEMU="${SOFTROCE_VM_QEMU:-qemu-system-x86_64}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 CACHE="${SOFTROCE_VM_CACHE:-$TARGET_DIR/softroce-vm}"
+KERNEL_SUITE="${SOFTROCE_VM_KERNEL_SUITE:-}"
+# The archive a SOFTROCE_VM_KERNEL_SUITE gets its apt source from, when apt has none.
+KERNEL_MIRROR=http://deb.debian.org/debian
 
-# Modules the busybox initramfs must insmod, in dependency order, to mount the
-# host's / over virtio-9p and put an overlay on it (Debian builds all of these
-# as modules, none built in; order established by hand, see issue #3).
-INITRAMFS_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-                   9pnet 9pnet_virtio netfs fscache 9p overlay)
+# Modules the busybox initramfs must insmod to mount the host's / over
+# virtio-9p and put an overlay on it.  build_initramfs adds what they depend on,
+# in dependency order, from the kernel package's own modules.dep: the set
+# differs between kernels (6.1: virtio_ring virtio virtio_pci_legacy_dev
+# virtio_pci_modern_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay,
+# all modules; 6.12: virtio and virtio_pci built in, fscache part of netfs).
+INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p overlay)
 
 # Host packages the guest uses (the guest runs the host's userspace over 9p).
 PACKAGES=(qemu-system-x86 busybox-static rdma-core ibverbs-utils perftest rdmacm-utils
@@ -163,9 +174,62 @@ kernel_package() {
     if [[ -n "${SOFTROCE_VM_KERNEL_PKG:-}" ]]; then
         printf '%s\n' "$SOFTROCE_VM_KERNEL_PKG"; return
     fi
-    # linux-image-amd64 is a metapackage: "Depends: linux-image-6.1.0-NN-amd64".
-    apt-cache depends linux-image-amd64 2>/dev/null \
+    # linux-image-amd64 is a metapackage: "Depends: linux-image-6.1.0-NN-amd64"; with a suite,
+    # that suite's version of it ("linux-image-amd64/bookworm-backports": "Depends:
+    # linux-image-6.12.43+deb12-amd64"), whatever the pins say.
+    apt-cache depends "linux-image-amd64${KERNEL_SUITE:+/$KERNEL_SUITE}" 2>/dev/null \
         | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
+# kernel_version PKG: the version of PKG to fetch: apt's candidate, or with a suite the newest
+# version that suite has (a backports package is pinned at 100, below the host's suites).
+kernel_version() {
+    if [[ -z "$KERNEL_SUITE" ]]; then
+        apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }'
+        return
+    fi
+    # "PKG | VERSION | http://deb.debian.org/debian SUITE/main amd64 Packages", newest first.
+    apt-cache madison "$1" 2>/dev/null \
+        | awk -F ' [|] ' -v s=" $KERNEL_SUITE/" 'index($3, s) { print $2; exit }'
+}
+
+# suite_has_lists SUITE: apt has package lists of SUITE (a source names it and was fetched).
+suite_has_lists() {
+    apt-cache policy 2>/dev/null | awk -v s="$1/main" '$3 == s { found = 1 } END { exit !found }'
+}
+
+# With SOFTROCE_VM_KERNEL_SUITE: make sure apt has that suite's package lists.  A suite no
+# source names gets one of its own (Debian's main archive, signed by Debian's archive keys);
+# only that source is then fetched.  Needs root; without it (or with SOFTROCE_VM_NO_INSTALL=1)
+# ensure_kernel falls back to a cached build of the suite, if any.
+ensure_kernel_suite() {
+    local suite="$KERNEL_SUITE" src update=(apt-get update -q)
+    [[ -z "$suite" ]] && return 0
+    [[ "$suite" =~ ^[a-z0-9][a-z0-9.-]*$ ]] || die "SOFTROCE_VM_KERNEL_SUITE=$suite is not a Debian suite name"
+    suite_has_lists "$suite" && return 0
+    if [[ "$(id -u)" != 0 || "${SOFTROCE_VM_NO_INSTALL:-0}" == 1 ]]; then
+        log "warning: apt has no package lists of $suite and may not add them (not root, or SOFTROCE_VM_NO_INSTALL=1)"
+        return 0
+    fi
+    src="/etc/apt/sources.list.d/softroce-vm-$suite.sources"
+    if [[ ! -e "$src" ]] && ! grep -rqsE "^[^#]*[[:space:]]$suite([[:space:]]|\$)" \
+            /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        log "adding apt source $src (Debian suite $suite, for the guest kernel)"
+        cat >"$src" <<EOS
+# Added by softroce-vm.sh (SOFTROCE_VM_KERNEL_SUITE=$suite): the guest kernel's suite.
+Types: deb
+URIs: $KERNEL_MIRROR
+Suites: $suite
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
+    fi
+    if [[ -e "$src" ]]; then
+        # Fetch only this source's lists; leave the others (and their age) as they are.
+        update+=(-o "Dir::Etc::SourceList=$src" -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0)
+    fi
+    "${update[@]}" >&2 || die "apt-get update for suite $suite failed"
+    suite_has_lists "$suite" || die "apt has no package lists of suite $suite after apt-get update"
 }
 
 # Stage-1 init: runs from the initramfs as PID 1 under busybox.
@@ -229,30 +293,52 @@ build_kernel_cache() {
     # The package ships no modules.dep (normally generated by its postinst).
     depmod -b "$tmp/root" "$kver"
     build_initramfs "$tmp" "$kver"
+    # Which suite the build came from (none: the default), for ensure_kernel's clean-up.
+    [[ -n "$KERNEL_SUITE" ]] && printf '%s\n' "$KERNEL_SUITE" >"$tmp/suite"
     printf '%s\n' "$kver" >"$tmp/kver"
     rm -rf "$kdir"
     mv "$tmp" "$kdir"
 }
 
 build_initramfs() {
-    local kd="$1" kver="$2" m f
+    local kd="$1" kver="$2" m f deps kind
     local ir="$kd/initramfs"
     mkdir -p "$ir/bin" "$ir/modules" "$ir/proc" "$ir/sys" "$ir/dev"
     cp /bin/busybox "$ir/bin/busybox"
     : >"$ir/modules.list"
-    for m in "${INITRAMFS_MODULES[@]}"; do
-        f="$(find "$kd/root/lib/modules/$kver" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)"
-        [[ -n "$f" ]] || die "module $m not found in kernel package"
+    # One "insmod PATH" line per module to load, its dependencies before it (a
+    # module shared by several appears once for each), "builtin NAME" for one the
+    # kernel has built in; fails when one is in neither.
+    deps="$(modprobe -d "$kd/root" -S "$kver" --show-depends -a "${INITRAMFS_MODULES[@]}")" \
+        || die "the kernel package lacks a module the initramfs needs (${INITRAMFS_MODULES[*]})"
+    while read -r kind f; do
+        [[ "$kind" == insmod ]] || continue
+        m="$(basename "$f")"
+        m="${m%%.ko*}"
+        grep -qxF "$m" "$ir/modules.list" && continue
+        # busybox insmod wants them plain (Debian 12's 6.1 ships .ko, its 6.12 backport .ko.xz).
         case "$f" in
-            *.xz) xz -dc "$f" >"$ir/modules/$m.ko" ;;
-            *) cp "$f" "$ir/modules/$m.ko" ;;
-        esac
+            *.ko.xz) xz -dc "$f" >"$ir/modules/$m.ko" ;;
+            *.ko.zst) zstd -qdc "$f" >"$ir/modules/$m.ko" ;;
+            *.ko.gz) gzip -dc "$f" >"$ir/modules/$m.ko" ;;
+            *.ko) cp "$f" "$ir/modules/$m.ko" ;;
+            *) die "module $f: unknown compression" ;;
+        esac || die "cannot unpack module $f"
         echo "$m" >>"$ir/modules.list"
-    done
+    done <<<"$deps"
     stage1_init >"$ir/init"
     chmod 755 "$ir/init"
     (cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$kd/initramfs.cpio.gz"
     rm -rf "$ir"
+}
+
+# cached_builds: the finished kernel builds in the cache that came from this run's suite (a
+# build without a "suite" file came from the default one), oldest name first.
+cached_builds() {
+    local d
+    for d in "$CACHE"/kernel-*; do
+        [[ -f "$d/kver" && "$(cat "$d/suite" 2>/dev/null)" == "$KERNEL_SUITE" ]] && printf '%s\n' "$d"
+    done | sort
 }
 
 # Sets KDIR and KVER.  Cache key = package name + version + stage-1 init hash,
@@ -260,7 +346,8 @@ build_initramfs() {
 # of stage1_init rebuilds; otherwise the cache is reused.
 ensure_kernel() {
     mkdir -p "$CACHE"
-    local pkg ver="" key
+    local pkg ver="" key d
+    ensure_kernel_suite
     pkg="$(kernel_package)"
     if [[ -z "$pkg" && "$(id -u)" == 0 && "${SOFTROCE_VM_NO_INSTALL:-0}" != 1 ]]; then
         # Fresh machine / cleaned apt lists (container images): no package
@@ -268,11 +355,11 @@ ensure_kernel() {
         apt-get update -q >&2 || true
         pkg="$(kernel_package)"
     fi
-    [[ -n "$pkg" ]] && ver="$(apt-cache policy "$pkg" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }')"
+    [[ -n "$pkg" ]] && ver="$(kernel_version "$pkg")"
     if [[ -z "$ver" || "$ver" == "(none)" ]]; then
         # Offline with stale lists: reuse the newest cached build, if any.
-        KDIR="$(find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' -exec test -f '{}/kver' ';' -print | sort | tail -n1)"
-        [[ -n "$KDIR" ]] || die "cannot resolve the guest kernel package (apt-cache depends linux-image-amd64 / policy); run apt-get update or set SOFTROCE_VM_KERNEL_PKG"
+        KDIR="$(cached_builds | tail -n1)"
+        [[ -n "$KDIR" ]] || die "cannot resolve the guest kernel package (apt-cache depends linux-image-amd64${KERNEL_SUITE:+/$KERNEL_SUITE} / policy); run apt-get update or set SOFTROCE_VM_KERNEL_PKG"
         log "warning: cannot resolve the kernel package version; reusing $KDIR"
     else
         key="$(stage1_init | sha256sum | cut -c1-12)"
@@ -282,10 +369,16 @@ ensure_kernel() {
             exec 9>"$CACHE/.lock"
             flock 9
             if [[ ! -f "$KDIR/kver" ]]; then
-                # Drop builds of other versions (each is ~400 MB unpacked) and
+                # Drop this suite's builds of other versions (each is ~400 MB
+                # unpacked; another suite's build stays for its own runs) and
                 # half-finished builds of runs killed mid-way.
                 rm -rf "$CACHE"/.build.*
-                find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' ! -path "$KDIR" -exec rm -rf {} +
+                for d in "$CACHE"/kernel-*; do
+                    [[ -d "$d" && "$d" != "$KDIR" ]] || continue
+                    if [[ ! -f "$d/kver" || "$(cat "$d/suite" 2>/dev/null)" == "$KERNEL_SUITE" ]]; then
+                        rm -rf "$d"
+                    fi
+                done
                 build_kernel_cache "$pkg" "$ver" "$KDIR"
             fi
             flock -u 9
