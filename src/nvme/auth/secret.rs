@@ -251,6 +251,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_from_nvme_cli_parse() {
+        // Printed by nvme-cli 2.4's `nvme gen-dhchap-key -m 1 -n nqn.2026-11.org.example:host1`
+        // and `nvme gen-dhchap-key -m 0 -l 48` (libnvme computes the CRC-32 its own way).
+        let sha = "DHHC-1:01:vwrbGqSjhSqqA1A6Tt77S25TczwykKkNX9SFPXd8VStD7hJ0:";
+        let secret = DhchapSecret::parse(sha).unwrap();
+        assert_eq!(
+            (secret.transform, secret.key.len()),
+            (Some(HashFunction::Sha256), 32)
+        );
+        let plain =
+            "DHHC-1:00:Gur8w85pUTdiTuGJJbeEHuFugAJbogeQdlo0IS1Zi9eBRPrAhV9+RRivYSci0nV9OrR4NA==:";
+        let secret = DhchapSecret::parse(plain).unwrap();
+        assert_eq!((secret.transform, secret.key.len()), (None, 48));
+        assert_eq!(DhchapSecret::encode(None, &secret.key), plain);
+    }
+
+    #[test]
     fn bad_secrets_are_refused_with_their_reason() {
         let good = DhchapSecret::encode(Some(HashFunction::Sha256), &[7; 32]);
         assert_eq!(DhchapSecret::parse("secret"), Err(SecretError::Format));

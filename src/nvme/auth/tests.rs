@@ -147,9 +147,10 @@ fn negotiation_takes_the_hosts_first_usable_hash_or_refuses() {
 }
 
 #[test]
-fn linux_6_1s_dh_list_right_after_the_hashes_still_offers_null() {
-    // Linux before 6.2 put the DH group IDs at idlist[3..] (fixed to idlist[30..]): byte 30 on
-    // is then zeros, which read as NULL groups, so the NULL group is found either way.
+fn a_dh_list_right_after_the_hashes_still_offers_null() {
+    // Linux's host as its DH-HMAC-CHAP patch series was first posted put the DH group IDs at
+    // idlist[3..]; the specification's place, and today's host's, is idlist[30..]. Bytes 30
+    // on are then zeros, which read as NULL groups, so the NULL group is found either way.
     let mut m = negotiate_with(6, &[1, 2, 3], &[], 0);
     m[8 + 3] = 6;
     m[8 + 4 + 3..8 + 4 + 9].copy_from_slice(&[0, 1, 2, 3, 4, 5]);
