@@ -128,8 +128,9 @@ pub struct Target {
     pub initiator_auth: Vec<(String, Authentication)>,
     /// NVMe subsystem NQN (`nqn:`; default [`default_nqn`] of the name), unique.
     pub nqn: String,
-    /// Host NQNs allowed to connect over NVMe/TCP; empty means any host.
-    pub allowed_hosts: Vec<String>,
+    /// Hosts allowed to connect over NVMe/TCP, with the secrets they authenticate with; empty
+    /// means any host.
+    pub allowed_hosts: Vec<crate::nvme::AllowedHost>,
 }
 
 /// One logical unit of a target.

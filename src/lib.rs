@@ -17,6 +17,7 @@ pub mod config;
 pub mod inthash;
 pub mod iscsi;
 pub mod nvme;
+pub mod random;
 pub mod scsi;
 pub mod server;
 pub mod stats;

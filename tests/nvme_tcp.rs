@@ -379,6 +379,70 @@ fn allowed_hosts_refuses_other_hosts() {
     server.assert_alive();
 }
 
+/// A host whose `allowed_hosts` entry has a DH-HMAC-CHAP secret: Connect sets ATR, nothing but
+/// the exchange runs until it has authenticated, on the admin queue and on an I/O queue; the
+/// wrong secret gets a Failure1 and the connection closes; a host listed without a secret
+/// connects as before. (The kernel's host against ours: scripts/guest/nvme-auth.sh.)
+#[test]
+fn a_host_with_a_dhchap_secret_authenticates_on_every_queue() {
+    use iser_target::nvme::auth::testing;
+    let open_host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+    let yaml = format!(
+        "allowed_hosts:\n      - {open_host}\n      - {{ nqn: {HOST_NQN}, dhchap_secret: \"{}\" }}",
+        testing::secret_text(0x11)
+    );
+    let (mut server, port) = serve(target().with_yaml(&yaml));
+    let atr = 1u64 << 17;
+
+    let options = Options::admin(SUBSYSTEM, HOST_NQN);
+    let (mut admin, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert!(cqe.ok() && cqe.result & atr != 0, "{cqe:?}");
+    let cntlid = cqe.result as u16;
+    let (cqe, _) = admin
+        .command(Sqe::fabrics(0x04).cdw(11, 0x1C), &[], 0)
+        .unwrap();
+    assert_eq!(
+        (cqe.status, cqe.dnr),
+        ((1, 0x91), true),
+        "Authentication Required"
+    );
+    let last = admin
+        .authenticate(&testing::secret(0x11), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(testing::read_success1(&last), (32, None));
+    admin.enable().unwrap();
+    assert!(admin.set_io_queues(1).unwrap().ok());
+
+    let options = Options {
+        qid: 1,
+        cntlid,
+        sqsize: 31,
+        ..Options::admin(SUBSYSTEM, HOST_NQN)
+    };
+    let (mut io, cqe) = NvmeQueue::connect(port, &options).unwrap();
+    assert!(cqe.ok() && cqe.result & atr != 0, "{cqe:?}");
+    assert_eq!(io.write(1, 0, &[7; 512], 512).unwrap().status, (1, 0x91));
+    io.authenticate(&testing::secret(0x11), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert!(io.write(1, 0, &[7; 512], 512).unwrap().ok());
+
+    // The wrong secret: a Failure1 (reason 01h, explanation "failed"), then the connection ends.
+    let (mut wrong, _) = NvmeQueue::connect(port, &Options::admin(SUBSYSTEM, HOST_NQN)).unwrap();
+    let last = wrong
+        .authenticate(&testing::secret(0x12), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(testing::read_failure1(&last), (0x01, 0x01));
+    assert!(
+        read_pdu(wrong.stream()).is_err(),
+        "the controller closed the connection"
+    );
+
+    // A host listed without a secret connects as before.
+    let (_plain, cqe) = NvmeQueue::connect(port, &Options::admin(SUBSYSTEM, open_host)).unwrap();
+    assert!(cqe.ok() && cqe.result & atr == 0, "{cqe:?}");
+    server.assert_alive();
+}
+
 /// `limits.nvme_queue_size` and `nvme_io_queues`: CAP.MQES and MAXCMD say the queue size, a
 /// Connect within it is accepted and one beyond it refused, Number of Queues grants no more
 /// than the limit and a Connect for a higher queue ID is refused.

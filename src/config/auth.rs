@@ -176,20 +176,9 @@ pub(super) fn resolve_initiator(
             check_iscsi_name(path, &name)?;
             return Ok((name, None));
         }
-        Value::Mapping(_) => serde_yaml::from_value::<RawInitiatorEntry>(value).map_err(|e| {
-            let inner = ConfigError::from_yaml(e);
-            let field = if inner.field().is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}.{}", inner.field())
-            };
-            ConfigError::new(
-                field,
-                inner
-                    .message()
-                    .replace("struct RawInitiatorEntry", "a mapping"),
-            )
-        })?,
+        Value::Mapping(_) => {
+            super::values::from_mapping::<RawInitiatorEntry>(path, value, "RawInitiatorEntry")?
+        }
         other => {
             return err(
                 path,

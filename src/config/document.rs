@@ -51,7 +51,9 @@ struct RawTarget {
     luns: Option<Vec<RawLun>>,
     auth: Option<auth::RawAuth>,
     nqn: Option<String>,
-    allowed_hosts: Option<Vec<String>>,
+    /// Host NQNs or `{ nqn, dhchap_secret, dhchap_ctrl_secret }` mappings, told apart in
+    /// [`nvme`].
+    allowed_hosts: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]

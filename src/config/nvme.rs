@@ -1,10 +1,24 @@
 //! The NVMe side of the configuration: each target is also an NVM subsystem with an NQN and
-//! a list of allowed host NQNs (`nqn:` and `allowed_hosts:` on a target), served on
+//! a list of allowed hosts (`nqn:` and `allowed_hosts:` on a target), served on
 //! `transport: nvme-tcp` portals (default port 4420), and discovery-only
 //! `transport: nvme-tcp-discovery` portals (default port 8009).
+//!
+//! ```yaml
+//! allowed_hosts:
+//!   - nqn.2014-08.org.nvmexpress:uuid:...           # connects without authentication
+//!   - nqn: nqn.2026-11.org.example:host1
+//!     dhchap_secret: "DHHC-1:01:...:"               # the host proves itself (DH-HMAC-CHAP)
+//!     dhchap_ctrl_secret: "DHHC-1:01:...:"          # optional: the target proves itself back
+//! ```
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_yaml::Value;
 
 use super::error::{err, CResult};
-use crate::nvme::DISCOVERY_NQN;
+use crate::nvme::auth::{DhchapSecret, HostSecrets};
+use crate::nvme::{AllowedHost, DISCOVERY_NQN};
 
 /// The IANA-registered NVMe/TCP port, used when an `nvme-tcp` portal omits `port`.
 pub const DEFAULT_NVME_TCP_PORT: u16 = 4420;
@@ -96,21 +110,84 @@ pub fn resolve_nqn(path: &str, nqn: Option<String>, target_name: &str) -> CResul
     Ok(nqn)
 }
 
-/// Resolves `allowed_hosts`: host NQNs, each once.
-pub fn resolve_hosts(path: &str, hosts: Option<Vec<String>>) -> CResult<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, host) in hosts.unwrap_or_default().into_iter().enumerate() {
+/// A structured `allowed_hosts` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    nqn: Option<String>,
+    dhchap_secret: Option<String>,
+    dhchap_ctrl_secret: Option<String>,
+}
+
+/// Resolves `allowed_hosts`: host NQNs, or `{ nqn, dhchap_secret, dhchap_ctrl_secret }`
+/// mappings, each host once.
+pub fn resolve_hosts(path: &str, hosts: Option<Vec<Value>>) -> CResult<Vec<AllowedHost>> {
+    let mut out: Vec<AllowedHost> = Vec::new();
+    for (i, entry) in hosts.unwrap_or_default().into_iter().enumerate() {
         let field = format!("{path}.allowed_hosts[{i}]");
-        check_nqn(&field, &host)?;
-        if let Some(j) = out.iter().position(|h| *h == host) {
+        let host = resolve_host(&field, entry)?;
+        if let Some(j) = out.iter().position(|h| h.nqn == host.nqn) {
             return err(
                 &field,
-                format!("\"{host}\" is already {path}.allowed_hosts[{j}]"),
+                format!("\"{}\" is already {path}.allowed_hosts[{j}]", host.nqn),
             );
         }
         out.push(host);
     }
     Ok(out)
+}
+
+fn resolve_host(field: &str, entry: Value) -> CResult<AllowedHost> {
+    let raw = match entry {
+        Value::String(nqn) => {
+            check_nqn(field, &nqn)?;
+            return Ok(AllowedHost::open(&nqn));
+        }
+        Value::Mapping(_) => super::values::from_mapping::<RawHost>(field, entry, "RawHost")?,
+        other => {
+            return err(
+                field,
+                format!(
+                    "{} is not a host; use a host NQN or {{ nqn: NQN, dhchap_secret: DHHC-1:... }}",
+                    super::values::describe_value(&other)
+                ),
+            )
+        }
+    };
+    let Some(nqn) = raw.nqn else {
+        return err(&format!("{field}.nqn"), "required: the host's NQN");
+    };
+    check_nqn(&format!("{field}.nqn"), &nqn)?;
+    let secret = |key: &str, text: Option<String>| -> CResult<Option<DhchapSecret>> {
+        text.map(|t| {
+            DhchapSecret::parse(&t).map_err(|e| {
+                super::error::ConfigError::new(
+                    format!("{field}.{key}"),
+                    format!("not a DH-HMAC-CHAP secret: {e}; make one with `nvme gen-dhchap-key`"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let host = secret("dhchap_secret", raw.dhchap_secret)?;
+    let controller = secret("dhchap_ctrl_secret", raw.dhchap_ctrl_secret)?;
+    let secrets = match (host, controller) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return err(
+                &format!("{field}.dhchap_ctrl_secret"),
+                "needs dhchap_secret: the controller proves itself only to a host that proved itself",
+            )
+        }
+        (Some(host), Some(controller)) if host == controller => {
+            return err(
+                &format!("{field}.dhchap_ctrl_secret"),
+                "must differ from dhchap_secret (one secret for both sides lets a response be reflected)",
+            )
+        }
+        (Some(host), controller) => Some(Arc::new(HostSecrets { host, controller })),
+    };
+    Ok(AllowedHost { nqn, secrets })
 }
 
 #[cfg(test)]
@@ -166,7 +243,7 @@ mod tests {
         let keys = format!("    nqn: nqn.2026-11.org.example:sub\n    allowed_hosts: [{host}]\n");
         let c = Config::from_yaml_str(&yaml(&keys)).unwrap();
         assert_eq!(c.targets[0].nqn, "nqn.2026-11.org.example:sub");
-        assert_eq!(c.targets[0].allowed_hosts, vec![host.to_string()]);
+        assert_eq!(c.targets[0].allowed_hosts, vec![AllowedHost::open(host)]);
         let e = Config::from_yaml_str(&yaml("    nqn: iqn.2026-11.org.example:x\n")).unwrap_err();
         assert!(e.to_string().contains("targets[0].nqn"), "{e}");
         let e = Config::from_yaml_str(&yaml("    allowed_hosts: [host1]\n")).unwrap_err();
@@ -183,6 +260,65 @@ mod tests {
         let clash = yaml("").replace("{ address: 0.0.0.0 }", "{ address: 0.0.0.0, port: 4420 }");
         let e = Config::from_yaml_str(&clash).unwrap_err();
         assert!(e.to_string().contains("portals[1]"), "{e}");
+    }
+
+    #[test]
+    fn hosts_with_dh_hmac_chap_secrets() {
+        use crate::nvme::auth::HashFunction;
+        let host_secret = DhchapSecret::encode(Some(HashFunction::Sha256), &[1; 32]);
+        let ctrl_secret = DhchapSecret::encode(None, &[2; 48]);
+        let entry = |keys: &str| {
+            let yaml = format!(
+                "portals: [{{ address: 0.0.0.0, transport: nvme-tcp }}]\n\
+                 targets:\n  - name: iqn.2026-11.org.example:a\n    allowed_hosts:\n      \
+                 - nqn.2026-11.org.example:open\n      - {{ nqn: nqn.2026-11.org.example:h{keys} }}\n    \
+                 luns: [{{ backing: {{ type: ram, size: 1M }} }}]\n"
+            );
+            crate::config::Config::from_yaml_str(&yaml)
+        };
+        let c = entry(&format!(
+            ", dhchap_secret: \"{host_secret}\", dhchap_ctrl_secret: \"{ctrl_secret}\""
+        ))
+        .unwrap();
+        let hosts = &c.targets[0].allowed_hosts;
+        assert_eq!(hosts[0], AllowedHost::open("nqn.2026-11.org.example:open"));
+        let secrets = hosts[1].secrets.as_ref().unwrap();
+        assert_eq!(secrets.host, DhchapSecret::parse(&host_secret).unwrap());
+        assert_eq!(secrets.controller, DhchapSecret::parse(&ctrl_secret).ok());
+        assert!(entry("").unwrap().targets[0].allowed_hosts[1]
+            .secrets
+            .is_none());
+
+        for (keys, field, words) in [
+            (
+                format!(", dhchap_ctrl_secret: \"{ctrl_secret}\""),
+                "allowed_hosts[1].dhchap_ctrl_secret",
+                "needs dhchap_secret",
+            ),
+            (
+                format!(
+                    ", dhchap_secret: \"{host_secret}\", dhchap_ctrl_secret: \"{host_secret}\""
+                ),
+                "allowed_hosts[1].dhchap_ctrl_secret",
+                "must differ",
+            ),
+            (
+                ", dhchap_secret: \"DHHC-1:01:abc:\"".to_string(),
+                "allowed_hosts[1].dhchap_secret",
+                "nvme gen-dhchap-key",
+            ),
+            (", secret: x".to_string(), "allowed_hosts[1]", "secret"),
+        ] {
+            let e = entry(&keys).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(words), "{keys}: {e}");
+        }
+        let e = crate::config::Config::from_yaml_str(
+            "portals: [{ address: 0.0.0.0 }]\ntargets:\n  - name: iqn.2026-11.org.example:a\n    \
+             allowed_hosts: [[x]]\n    \
+             luns: [{ backing: { type: ram, size: 1M } }]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a host"), "{e}");
     }
 
     #[test]
@@ -203,7 +339,7 @@ mod tests {
         )
         .unwrap();
         assert!(resolve_nqn("t", Some(DISCOVERY_NQN.into()), "x").is_err());
-        let dup = vec!["nqn.2026-11.org.example:h".to_string(); 2];
+        let dup = vec![Value::String("nqn.2026-11.org.example:h".into()); 2];
         assert!(resolve_hosts("t", Some(dup)).is_err());
     }
 }

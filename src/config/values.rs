@@ -125,3 +125,26 @@ pub(super) fn describe_value(v: &Value) -> String {
         Value::Tagged(_) => "a tagged value".to_string(),
     }
 }
+
+/// A list entry given as a mapping, read into `T` (a `Raw*` struct named `type_name`), with
+/// errors located under `path` and naming "a mapping" rather than the struct.
+pub(super) fn from_mapping<T: serde::de::DeserializeOwned>(
+    path: &str,
+    value: Value,
+    type_name: &str,
+) -> CResult<T> {
+    serde_yaml::from_value::<T>(value).map_err(|e| {
+        let inner = ConfigError::from_yaml(e);
+        let field = if inner.field().is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{}", inner.field())
+        };
+        ConfigError::new(
+            field,
+            inner
+                .message()
+                .replace(&format!("struct {type_name}"), "a mapping"),
+        )
+    })
+}

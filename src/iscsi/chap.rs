@@ -76,21 +76,7 @@ pub struct Authentication {
     pub mutual_chap: Option<Credentials>,
 }
 
-/// The random source could not deliver (the operating system's CSPRNG failed, or none was
-/// injected).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no random bytes for a CHAP challenge: {0}")]
-pub struct RandomUnavailable(pub String);
-
-/// Fills a buffer with unpredictable bytes. The core has no RNG of its own: the transport
-/// injects one (the server passes the operating system's CSPRNG).
-pub type RandomSource = fn(&mut [u8]) -> Result<(), RandomUnavailable>;
-
-/// The default [`RandomSource`] of a core configuration built without one: it always fails, so a
-/// CHAP login on such a core ends with a target error instead of a guessable challenge.
-pub fn no_random_source(_: &mut [u8]) -> Result<(), RandomUnavailable> {
-    Err(RandomUnavailable("no random source configured".into()))
-}
+pub use crate::random::{no_random_source, RandomSource, RandomUnavailable};
 
 /// The digests CHAP may use over iSCSI, by their `CHAP_A` numbers: MD5 (RFC 1994), SHA-1,
 /// SHA-256 and SHA3-256 (the IANA "PPP Authentication Algorithms" registry values that Linux's

@@ -188,6 +188,9 @@ impl Queue {
             if sqe.fctype() == fctype::CONNECT && sgl_len != CONNECT_DATA_LEN {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
             }
+            if matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECEIVE) {
+                return super::fabrics_auth::check(sqe);
+            }
             return Ok(());
         }
         if self.qid == 0 {
@@ -252,11 +255,12 @@ impl Queue {
                 self.keep_alive();
                 self.property_set(sqe)
             }
-            fctype::DISCONNECT if self.qid != 0 => {
-                self.respond(sqe.cid(), Status::SUCCESS, 0);
-                self.close(super::queue::CloseReason::Disconnect);
-                Outcome::Held
-            }
+            fctype::AUTH_SEND if connected => self.auth_send(data),
+            fctype::AUTH_RECEIVE if connected => self.auth_receive(sqe),
+            fctype::DISCONNECT if self.qid != 0 => Outcome::Closing(
+                Box::new(Outcome::status(Status::SUCCESS)),
+                super::queue::CloseReason::Disconnect,
+            ),
             // Property commands belong on the admin queue and Disconnect on an I/O queue
             // (NVMe-oF 1.1 §3.4, §3.5); anything else is unknown.
             fctype::PROPERTY_GET | fctype::PROPERTY_SET | fctype::DISCONNECT => {
@@ -324,6 +328,7 @@ impl Queue {
             subsystem,
             // CATTR bit 2: the host disabled SQ flow control (NVMe-oF 1.1).
             sq_flow_disabled: sqe.connect_cattr() & 1 << 2 != 0,
+            secrets: subsystem.and_then(|i| self.config.subsystems[i].host_secrets(host_nqn)),
         };
         let subsystem_index = subsystem.unwrap_or(DISCOVERY_SUBSYSTEM);
         let action = if qid == 0 {
@@ -379,8 +384,10 @@ impl Queue {
         if let Some(admin) = self.admin.as_mut() {
             admin.namespace_sizes = sizes;
         }
-        self.keep_alive();
-        self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        if !self.awaiting_authentication() {
+            self.keep_alive();
+        }
+        self.complete(cid, Status::SUCCESS, self.connect_result(cntlid));
         self.process();
     }
 
@@ -400,7 +407,7 @@ impl Queue {
         };
         let (cid, cntlid) = (pending.cid, pending.cntlid);
         self.go_live(pending, cntlid, shared);
-        self.complete(cid, Status::SUCCESS, u64::from(cntlid));
+        self.complete(cid, Status::SUCCESS, self.connect_result(cntlid));
         self.process();
     }
 
@@ -420,9 +427,16 @@ impl Queue {
         self.refuse_connect(cid, status, result);
     }
 
+    /// Connect's result: the controller ID, and AUTHREQ's ATR bit (17) when the host must
+    /// authenticate (NVMe-oF 1.1 Connect response; Linux `NVME_CONNECT_AUTHREQ_ATR`, which its
+    /// host reads to start DH-HMAC-CHAP on the queue).
+    fn connect_result(&self, cntlid: u16) -> u64 {
+        u64::from(cntlid) | u64::from(self.awaiting_authentication()) << 17
+    }
+
     /// Restarts the keep alive timer of an admin queue (any command counts: a host that sends
     /// commands is alive).
-    fn keep_alive(&mut self) {
+    pub(super) fn keep_alive(&mut self) {
         let Some(admin) = &self.admin else {
             return;
         };

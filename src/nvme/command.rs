@@ -131,6 +131,17 @@ impl Sqe {
     pub fn property_value(&self) -> u64 {
         self.le64(48)
     }
+
+    /// AUTH_Send / AUTH_Receive: (SECP, SPSP0, SPSP1), the security protocol and its
+    /// specific fields (NVMe base 2.0 §6.2, §6.3; Linux `nvmf_auth_send_command`).
+    pub fn auth_protocol(&self) -> (u8, u8, u8) {
+        (self.0[43], self.0[41], self.0[42])
+    }
+
+    /// AUTH_Send's TL (transfer length) or AUTH_Receive's AL (allocation length).
+    pub fn auth_length(&self) -> u32 {
+        self.le32(44)
+    }
 }
 
 /// SGL descriptor types a fabrics host uses (base 2.0 §4.3.2; NVMe/TCP 1.0 §3.3.2).
@@ -204,6 +215,8 @@ impl Status {
     pub const CONNECT_INVALID_PARAMETERS: Self = Self::new(1, 0x82, true);
     /// Fabrics Connect: the host NQN is not allowed on the subsystem.
     pub const CONNECT_INVALID_HOST: Self = Self::new(1, 0x84, true);
+    /// The queue must authenticate first (NVMe base 2.0 §8.13; Linux NVME_SC_AUTH_REQUIRED).
+    pub const AUTH_REQUIRED: Self = Self::new(1, 0x91, true);
     /// Path related: the namespace is not accessible through this controller (base 2.0
     /// Asymmetric Access Inaccessible); a multipathing host tries another path.
     pub const ASYMMETRIC_ACCESS_INACCESSIBLE: Self = Self::new(3, 0x02, false);
@@ -277,6 +290,8 @@ pub mod fctype {
     pub const PROPERTY_SET: u8 = 0x00;
     pub const CONNECT: u8 = 0x01;
     pub const PROPERTY_GET: u8 = 0x04;
+    pub const AUTH_SEND: u8 = 0x05;
+    pub const AUTH_RECEIVE: u8 = 0x06;
     pub const DISCONNECT: u8 = 0x08;
 }
 
@@ -316,6 +331,11 @@ mod tests {
             (3, 127, 4)
         );
         assert_eq!(s.connect_kato(), 5000);
+        let mut b = [0u8; 64];
+        b[41..44].copy_from_slice(&[1, 2, 0xE9]);
+        b[44..48].copy_from_slice(&4096u32.to_le_bytes());
+        let s = Sqe(b);
+        assert_eq!((s.auth_protocol(), s.auth_length()), ((0xE9, 1, 2), 4096));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the NVMe/TCP core needs from configuration: subsystems with their namespaces and allowed
 //! hosts, the discovery log entries, and queue limits. Shared by every queue of a portal.
 
+use super::auth::HostSecrets;
+use crate::random::{no_random_source, RandomSource};
 use crate::scsi::ReservationNotice;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -44,8 +46,8 @@ impl NamespaceDescriptor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubsystemDescriptor {
     pub nqn: String,
-    /// Host NQNs allowed to connect; empty means any.
-    pub allowed_hosts: Vec<String>,
+    /// Hosts allowed to connect; empty means any host, none authenticated.
+    pub allowed_hosts: Vec<AllowedHost>,
     pub namespaces: Vec<NamespaceDescriptor>,
     /// Serial number reported by Identify Controller (ASCII, up to 20 characters).
     pub serial: String,
@@ -58,12 +60,36 @@ pub struct SubsystemDescriptor {
 impl SubsystemDescriptor {
     /// Whether `host_nqn` may connect.
     pub fn allows(&self, host_nqn: &str) -> bool {
-        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h == host_nqn)
+        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h.nqn == host_nqn)
+    }
+
+    /// The secrets `host_nqn` authenticates with, if its entry has them.
+    pub fn host_secrets(&self, host_nqn: &str) -> Option<Arc<HostSecrets>> {
+        let host = self.allowed_hosts.iter().find(|h| h.nqn == host_nqn)?;
+        host.secrets.clone()
     }
 
     /// The namespace with this NSID.
     pub fn namespace(&self, nsid: u32) -> Option<&NamespaceDescriptor> {
         self.namespaces.iter().find(|n| n.nsid == nsid)
+    }
+}
+
+/// A host allowed to connect to a subsystem, and the secrets it must authenticate with (none: it
+/// connects without authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    pub nqn: String,
+    pub secrets: Option<Arc<HostSecrets>>,
+}
+
+impl AllowedHost {
+    /// A host that connects without authentication.
+    pub fn open(nqn: &str) -> Self {
+        AllowedHost {
+            nqn: nqn.to_string(),
+            secrets: None,
+        }
     }
 }
 
@@ -196,8 +222,12 @@ pub struct NvmeConfig {
     /// nvme-cli connects discovery controllers with KATO 0, and a forgotten one must not live
     /// for ever (Linux drivers/nvme/target/core.c uses NVMET_DISC_KATO_MS, 120 s).
     pub discovery_kato: Duration,
-    /// Bound on the time between accepting a connection and a completed Connect.
+    /// Bound on the time between accepting a connection and a completed Connect, and between
+    /// Connect and a completed authentication.
     pub connect_timeout: Duration,
+    /// Where DH-HMAC-CHAP challenges come from (the server passes the operating system's
+    /// CSPRNG; the default fails every authentication).
+    pub random: RandomSource,
 }
 
 impl NvmeConfig {
@@ -226,6 +256,7 @@ impl Default for NvmeConfig {
             max_transfer: 1 << 20,
             discovery_kato: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(15),
+            random: no_random_source,
         }
     }
 }

@@ -11,12 +11,15 @@
 //! [`command`] (SQE/CQE, status codes), `queue` (phases, data movement), `admin` (fabrics and
 //! admin commands), [`io`] (I/O commands), [`identify`] and [`logs`] (data structures),
 //! [`controller`] (registers, features, shared counters), `reservations` (a controller's
-//! reservation notices and features), [`registry`].
+//! reservation notices and features), [`registry`], [`auth`] (in-band authentication,
+//! DH-HMAC-CHAP).
 
 mod admin;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod controller;
+mod fabrics_auth;
 pub mod framing;
 pub mod identify;
 pub mod io;
@@ -29,8 +32,8 @@ pub mod scsi;
 
 pub use admin::DISCOVERY_SUBSYSTEM;
 pub use config::{
-    AddressFamily, AnaGroup, AnaState, DiscoveryEntry, NamespaceCapacity, NamespaceDescriptor,
-    NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
+    AddressFamily, AllowedHost, AnaGroup, AnaState, DiscoveryEntry, NamespaceCapacity,
+    NamespaceDescriptor, NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
 };
 pub use controller::ControllerShared;
 pub use io::{IoCommand, IoId, IoOp};

@@ -385,8 +385,9 @@ fn core_config(
     }
 }
 
-/// CHAP identifiers and challenges come from the operating system's CSPRNG (getrandom(2)).
-fn os_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
+/// CHAP identifiers and challenges (iSCSI's and NVMe's) come from the operating system's CSPRNG
+/// (getrandom(2)).
+pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
     getrandom::fill(buf).map_err(|e| RandomUnavailable(e.to_string()))
 }
 

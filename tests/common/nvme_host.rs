@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use iser_target::nvme::auth::{testing, DhchapSecret};
+
 /// How long a response may take.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The host NQN the tests use unless they need another.
@@ -510,6 +512,51 @@ impl NvmeQueue {
     ) -> io::Result<(Cqe, Vec<u8>)> {
         let blocks = (len / block_size) as u16;
         self.command(Sqe::new(0x02, nsid).lba(slba, blocks), &[], len)
+    }
+}
+
+impl NvmeQueue {
+    /// The host's side of a unidirectional DH-HMAC-CHAP exchange as Linux's host runs it
+    /// (SHA-256 first, the NULL DH group, a 4 KiB AUTH_Receive buffer), with `secret`: the
+    /// controller's last message, a Success1 or a Failure1.
+    pub fn authenticate(
+        &mut self,
+        secret: &DhchapSecret,
+        host_nqn: &str,
+        subsystem: &str,
+    ) -> io::Result<Vec<u8>> {
+        let negotiate = testing::negotiate(1);
+        self.auth_send(&negotiate)?;
+        let challenge = testing::read_challenge(&self.auth_receive()?);
+        let response = testing::response_as(secret, &challenge, host_nqn, subsystem);
+        self.auth_send(&testing::reply(challenge.transaction, &response, None))?;
+        self.auth_receive()
+    }
+
+    fn auth_sqe(fctype: u8, length: usize) -> Sqe {
+        // SPSP0, SPSP1, SECP (DH-HMAC-CHAP), TL or AL.
+        Sqe::fabrics(fctype)
+            .bytes(41, &[1, 1, 0xE9])
+            .cdw(11, length as u32)
+    }
+
+    fn auth_send(&mut self, message: &[u8]) -> io::Result<()> {
+        let (cqe, _) = self.command(Self::auth_sqe(0x05, message.len()), message, 0)?;
+        expect_ok("AUTH_Send", cqe)
+    }
+
+    fn auth_receive(&mut self) -> io::Result<Vec<u8>> {
+        let (cqe, data) = self.command(Self::auth_sqe(0x06, 4096), &[], 4096)?;
+        expect_ok("AUTH_Receive", cqe)?;
+        Ok(data)
+    }
+}
+
+fn expect_ok(what: &str, cqe: Cqe) -> io::Result<()> {
+    if cqe.ok() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{what}: {cqe:?}")))
     }
 }
 

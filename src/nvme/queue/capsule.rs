@@ -2,7 +2,7 @@
 //! taken from the capsule or solicited (`data.rs`), then dispatched to the fabrics, admin or I/O
 //! command set, and what that produced carried out.
 
-use super::{Action, Command, CommandState, Phase, Queue};
+use super::{Action, CloseReason, Command, CommandState, Phase, Queue};
 use crate::nvme::command::{fctype, sgl_type, Sqe, Status, FABRICS_OPCODE};
 use crate::nvme::io::IoCommand;
 use crate::nvme::pdu::{pdu_type, Fes};
@@ -20,6 +20,9 @@ pub(in crate::nvme) enum Outcome {
     /// The command is held (Asynchronous Event Request) or waits for the environment
     /// (Connect).
     Held,
+    /// Carry out the first, then close the queue for this reason (Disconnect, a failed
+    /// authentication).
+    Closing(Box<Outcome>, CloseReason),
 }
 
 impl Outcome {
@@ -54,6 +57,14 @@ impl Queue {
             // Linux drivers/nvme/target/core.c answers any command on an unconnected queue
             // this way (nvmet_parse_connect_cmd).
             return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+        }
+        if self.awaiting_authentication()
+            && !(sqe.opcode() == FABRICS_OPCODE
+                && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECEIVE))
+        {
+            // Until the queue has authenticated, Linux's nvmet answers anything else this way
+            // (drivers/nvme/target/core.c nvmet_req_init, nvmet_check_auth_status).
+            return self.respond(cid, Status::AUTH_REQUIRED, 0);
         }
         if let Err(status) = self.check_before_data(&sqe) {
             return self.respond(cid, status, 0);
@@ -126,6 +137,11 @@ impl Queue {
         } else {
             self.io_command(&sqe, data)
         };
+        self.carry_out(cid, &sqe, outcome);
+    }
+
+    /// Does what a command's handling produced.
+    fn carry_out(&mut self, cid: u16, sqe: &Sqe, outcome: Outcome) {
         match outcome {
             Outcome::Complete(status, result) => {
                 self.commands.remove(&cid);
@@ -159,6 +175,10 @@ impl Queue {
                 }
                 // A held Asynchronous Event Request may take a notice at once.
                 self.deliver_notice();
+            }
+            Outcome::Closing(first, reason) => {
+                self.carry_out(cid, sqe, *first);
+                self.close(reason);
             }
         }
     }

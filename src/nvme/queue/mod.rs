@@ -25,6 +25,7 @@ use std::time::Instant;
 
 pub(super) use capsule::Outcome;
 
+use super::auth::{HostSecrets, QueueAuthentication};
 use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
 use super::controller::{AdminState, ControllerShared};
@@ -89,6 +90,8 @@ pub enum CloseReason {
     KeepAliveExpired,
     /// No ICReq or Connect in time.
     ConnectTimeout,
+    /// The host did not authenticate: its exchange failed, or did not end in time.
+    AuthenticationFailed(String),
     /// The environment asked (controller reset, target shutdown).
     Shutdown,
 }
@@ -181,6 +184,8 @@ pub(super) struct PendingConnect {
     pub kato_ms: u32,
     pub subsystem: Option<usize>,
     pub sq_flow_disabled: bool,
+    /// The secrets the host must authenticate with on this queue, if its entry has them.
+    pub secrets: Option<Arc<HostSecrets>>,
 }
 
 /// Where a command is in its life.
@@ -226,6 +231,8 @@ pub struct Queue {
     /// Registers and features; only on an admin queue.
     pub(super) admin: Option<AdminState>,
     pub(super) pending_connect: Option<PendingConnect>,
+    /// In-band authentication, when the host must authenticate on this queue.
+    pub(super) auth: Option<QueueAuthentication>,
     /// Outstanding commands by the host's CIDs, and the running ones by the I/O ids we hand
     /// out. A host picks only its own CIDs, at most SQSIZE of them in this queue's map, so
     /// colliding ones slow only its own queue: the cheap hash ([`IntMap`]) is safe.
@@ -263,6 +270,7 @@ impl Queue {
             binding: None,
             admin: None,
             pending_connect: None,
+            auth: None,
             commands: IntMap::default(),
             executing: IntMap::default(),
             next_io: 1,
@@ -294,6 +302,12 @@ impl Queue {
     /// True once Connect completed.
     pub fn is_live(&self) -> bool {
         self.phase == Phase::Live
+    }
+
+    /// Connected, but the host has not authenticated yet: only AUTH_Send and AUTH_Receive
+    /// may run.
+    pub fn awaiting_authentication(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| !a.is_authenticated())
     }
 
     /// The queue ID (0: admin queue), valid once live.
@@ -365,7 +379,11 @@ impl Queue {
         self.now = now;
         match self.deadline {
             Some(d) if d <= now && self.phase != Phase::Closed => {
-                let reason = if self.phase == Phase::Live {
+                let reason = if self.phase == Phase::Live && self.awaiting_authentication() {
+                    CloseReason::AuthenticationFailed(
+                        "the host did not authenticate in time (the connect timeout)".into(),
+                    )
+                } else if self.phase == Phase::Live {
                     CloseReason::KeepAliveExpired
                 } else {
                     CloseReason::ConnectTimeout
@@ -480,6 +498,13 @@ impl Queue {
         self.sq_flow_disabled = connect.sq_flow_disabled;
         // A Connect completes with the SQ head it left (one entry consumed).
         self.sqhd = 1 % self.sq_size.max(1);
+        let subsystem_nqn = connect
+            .subsystem
+            .and_then(|i| self.config.subsystems.get(i))
+            .map_or("", |s| s.nqn.as_str());
+        self.auth = connect
+            .secrets
+            .map(|secrets| QueueAuthentication::new(secrets, &connect.host_nqn, subsystem_nqn));
         self.binding = Some(Binding {
             cntlid,
             subsystem: connect.subsystem,
@@ -492,7 +517,11 @@ impl Queue {
         } else {
             self.limits.max_in_capsule = ADMIN_IN_CAPSULE_DATA;
         }
-        self.deadline = None;
+        // A queue that must authenticate has the connect timeout to do it; the admin queue's
+        // keep alive starts once it has.
+        self.deadline = self
+            .awaiting_authentication()
+            .then(|| self.now + self.config.connect_timeout);
     }
 
     /// Marks Connect as waiting for the environment.

@@ -5,6 +5,7 @@
 
 mod admin;
 mod ana;
+mod auth;
 mod connect;
 mod errors;
 mod io;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{
-    AddressFamily, DiscoveryEntry, NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
+    AddressFamily, AllowedHost, DiscoveryEntry, NamespaceDescriptor, NvmeConfig,
+    SubsystemDescriptor,
 };
 use super::{Action, CloseReason, ControllerRegistry, IoCommand, Queue};
 use crate::backend::{Backend, RamBackend};
@@ -64,7 +66,7 @@ pub fn config() -> NvmeConfig {
             },
             SubsystemDescriptor {
                 nqn: SECRET.into(),
-                allowed_hosts: vec!["nqn.2026-01.test:other-host".into()],
+                allowed_hosts: vec![AllowedHost::open("nqn.2026-01.test:other-host")],
                 namespaces: vec![namespace(1, 512, 8, false)],
                 serial: "serial-2".into(),
                 model: "test model".into(),

@@ -208,6 +208,7 @@ impl NvmeState {
             max_queue_size: config.limits.nvme_queue_size,
             max_io_queues: config.limits.nvme_io_queues,
             in_capsule_data: config.limits.nvme_in_capsule_data,
+            random: super::os_random,
             ..defaults
         };
         let discovery_config = NvmeConfig {

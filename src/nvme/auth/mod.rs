@@ -1,0 +1,320 @@
+//! NVMe in-band authentication with DH-HMAC-CHAP (NVMe base 2.0 §8.13), one exchange per queue:
+//! a host whose `allowed_hosts` entry has a secret proves, on the admin queue and on each I/O
+//! queue, that it holds that secret, and may ask the controller to prove it holds the
+//! controller's. Connect tells the host to authenticate (its result's ATR bit); until it has,
+//! the queue takes nothing but AUTH_Send and AUTH_Receive.
+//!
+//! Supported: the NULL DH group (the challenge is used as it is, as with Linux's nvmet by
+//! default), SHA-256, SHA-384 and SHA-512, secrets with and without a transform, unidirectional
+//! and bidirectional. Not: the finite-field DH groups, secure channel concatenation (a TLS PSK
+//! derived from the exchange). The state machine follows Linux's
+//! drivers/nvme/target/fabrics-cmd-auth.c: any message out of order, a host's Failure2, or a
+//! failed exchange once its Failure1 is read, ends the queue (nvmet raises a fatal controller
+//! error there).
+
+pub mod message;
+pub mod secret;
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::random::RandomSource;
+use message::{auth_id, auth_type, failure, Header, Negotiate, Reply, DH_GROUP_NULL};
+pub use secret::{DhchapSecret, Exchange, HashFunction, SecretError};
+
+/// A host's secrets: its own, and the controller's for a host that asks the controller to
+/// authenticate too (`nvme connect --dhchap-secret` and `--dhchap-ctrl-secret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSecrets {
+    pub host: DhchapSecret,
+    pub controller: Option<DhchapSecret>,
+}
+
+/// Why an exchange failed, for the log and for the Failure1 explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the host's Negotiate offers nothing we can use (explanation {0:#04x})")]
+    Negotiation(u8),
+    #[error("the host's Reply is malformed or of another transaction")]
+    IncorrectPayload,
+    #[error("the host's response does not match its secret")]
+    WrongResponse,
+    #[error(
+        "the host asked the controller to authenticate, but its entry has no dhchap_ctrl_secret"
+    )]
+    NoControllerSecret,
+    #[error("the host rejected the controller's response (Failure2, explanation {0:#04x})")]
+    HostRejected(u8),
+    #[error("message {auth_type:#04x}/{auth_id:#04x} out of sequence")]
+    OutOfSequence { auth_type: u8, auth_id: u8 },
+    #[error("AUTH_Receive with no message to read")]
+    NothingToRead,
+}
+
+impl AuthError {
+    /// The Failure1 reason code explanation for it.
+    fn explanation(&self) -> u8 {
+        match self {
+            AuthError::Negotiation(code) => *code,
+            AuthError::IncorrectPayload => failure::INCORRECT_PAYLOAD,
+            AuthError::OutOfSequence { .. } => failure::INCORRECT_MESSAGE,
+            _ => failure::FAILED,
+        }
+    }
+}
+
+/// Where an exchange is: which message comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Waiting for the host's Negotiate.
+    Negotiate,
+    /// The host reads our Challenge next.
+    Challenge,
+    /// Waiting for the host's Reply.
+    Reply,
+    /// The host reads our Success1 next.
+    Success1,
+    /// Waiting for the host's Success2 (it asked us to authenticate).
+    Success2,
+    /// The exchange failed: the host reads our Failure1 next.
+    Failure1(AuthError),
+    /// Done; a new Negotiate starts again (re-authentication).
+    Done,
+}
+
+/// What an AUTH_Receive reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The next message of the exchange.
+    Message(Vec<u8>),
+    /// A Failure1: once the host has it, the queue ends.
+    Failed(Vec<u8>, AuthError),
+}
+
+/// The authentication of one queue.
+#[derive(Debug)]
+pub struct QueueAuthentication {
+    secrets: Arc<HostSecrets>,
+    host_nqn: String,
+    subsystem_nqn: String,
+    step: Step,
+    transaction: u16,
+    hash: HashFunction,
+    /// Our challenge C1 and its sequence number S1.
+    challenge: Vec<u8>,
+    seqnum: u32,
+    /// The host's challenge C2 and S2, when it asked us to authenticate.
+    host_challenge: Option<(Vec<u8>, u32)>,
+    authenticated: bool,
+}
+
+impl QueueAuthentication {
+    pub fn new(secrets: Arc<HostSecrets>, host_nqn: &str, subsystem_nqn: &str) -> Self {
+        QueueAuthentication {
+            secrets,
+            host_nqn: host_nqn.to_string(),
+            subsystem_nqn: subsystem_nqn.to_string(),
+            step: Step::Negotiate,
+            transaction: 0,
+            hash: HashFunction::Sha256,
+            challenge: Vec::new(),
+            seqnum: 0,
+            host_challenge: None,
+            authenticated: false,
+        }
+    }
+
+    /// The host has proven itself (and, when it asked, read our proof and accepted it).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The hash function of the latest exchange.
+    pub fn hash(&self) -> HashFunction {
+        self.hash
+    }
+
+    /// Whether the host asked the controller to authenticate in the latest exchange.
+    pub fn bidirectional(&self) -> bool {
+        self.host_challenge.is_some()
+    }
+
+    /// An AUTH_Send's message. `Err`: the exchange is over and failed; the queue answers the
+    /// command and ends.
+    pub fn send(&mut self, data: &[u8]) -> Result<(), AuthError> {
+        let Some(header) = Header::parse(data) else {
+            return Err(AuthError::IncorrectPayload);
+        };
+        let out_of_sequence = AuthError::OutOfSequence {
+            auth_type: header.auth_type,
+            auth_id: header.auth_id,
+        };
+        match (header.auth_type, header.auth_id) {
+            // A Negotiate starts an exchange, or starts it again (nvmet: "Restart
+            // negotiation"); it picks the transaction ID.
+            (auth_type::COMMON, auth_id::NEGOTIATE) => {
+                self.transaction = header.transaction;
+                self.host_challenge = None;
+                self.step = match self.negotiate(data) {
+                    Ok(hash) => {
+                        self.hash = hash;
+                        Step::Challenge
+                    }
+                    Err(e) => Step::Failure1(e),
+                };
+                Ok(())
+            }
+            (auth_type::COMMON, auth_id::FAILURE2) => {
+                Err(AuthError::HostRejected(message::failure2_explanation(data)))
+            }
+            (auth_type::DHCHAP, auth_id::REPLY) if self.step == Step::Reply => {
+                self.step = match self
+                    .check_transaction(header)
+                    .and_then(|()| self.reply(data))
+                {
+                    Ok(()) => Step::Success1,
+                    Err(e) => Step::Failure1(e),
+                };
+                Ok(())
+            }
+            (auth_type::DHCHAP, auth_id::SUCCESS2) if self.step == Step::Success2 => {
+                self.check_transaction(header)?;
+                self.authenticated = true;
+                self.step = Step::Done;
+                Ok(())
+            }
+            _ => Err(out_of_sequence),
+        }
+    }
+
+    /// What an AUTH_Receive reads next; `Err` when the random source failed.
+    pub fn receive(
+        &mut self,
+        random: RandomSource,
+    ) -> Result<Received, crate::random::RandomUnavailable> {
+        let transaction = self.transaction;
+        let received = match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Challenge => {
+                let mut challenge = vec![0; self.hash.digest_len()];
+                let mut seqnum = [0; 4];
+                if let Err(e) = random(&mut challenge).and_then(|()| random(&mut seqnum)) {
+                    self.step = Step::Challenge;
+                    return Err(e);
+                }
+                // 0 is not a sequence number (NVMe base 2.0 §8.13.5.3: it says "no
+                // authentication" in a Reply).
+                self.seqnum = u32::from_le_bytes(seqnum).max(1);
+                self.challenge = challenge;
+                self.step = Step::Reply;
+                Received::Message(message::challenge(
+                    transaction,
+                    self.hash.id(),
+                    self.seqnum,
+                    &self.challenge,
+                ))
+            }
+            Step::Success1 => match self.controller_response() {
+                Ok(response) => {
+                    self.step = if response.is_some() {
+                        Step::Success2
+                    } else {
+                        Step::Done
+                    };
+                    Received::Message(message::success1(
+                        transaction,
+                        self.hash.digest_len(),
+                        response.as_deref(),
+                    ))
+                }
+                Err(e) => Self::failed(transaction, e),
+            },
+            Step::Failure1(e) => Self::failed(transaction, e),
+            // nvmet answers an AUTH_Receive out of turn with a Failure1 ("unhandled step").
+            _ => Self::failed(transaction, AuthError::NothingToRead),
+        };
+        Ok(received)
+    }
+
+    fn failed(transaction: u16, e: AuthError) -> Received {
+        Received::Failed(message::failure1(transaction, e.explanation()), e)
+    }
+
+    fn check_transaction(&self, header: Header) -> Result<(), AuthError> {
+        if header.transaction == self.transaction {
+            Ok(())
+        } else {
+            Err(AuthError::IncorrectPayload)
+        }
+    }
+
+    /// The hash function for a Negotiate: the host's first choice among ours, with the NULL
+    /// DH group and no secure channel concatenation.
+    fn negotiate(&self, data: &[u8]) -> Result<HashFunction, AuthError> {
+        let negotiate = Negotiate::parse(data).map_err(AuthError::Negotiation)?;
+        if negotiate.secure_channel() != 0 {
+            return Err(AuthError::Negotiation(failure::CONCAT_MISMATCH));
+        }
+        let hash = negotiate
+            .hashes()
+            .iter()
+            .find_map(|&id| HashFunction::from_id(id))
+            .ok_or(AuthError::Negotiation(failure::HASH_UNUSABLE))?;
+        if !negotiate.dh_groups().contains(&DH_GROUP_NULL) {
+            return Err(AuthError::Negotiation(failure::DHGROUP_UNUSABLE));
+        }
+        Ok(hash)
+    }
+
+    /// Checks the host's response; keeps its challenge when it asks us to authenticate.
+    fn reply(&mut self, data: &[u8]) -> Result<(), AuthError> {
+        let reply = Reply::parse(data).map_err(|_| AuthError::IncorrectPayload)?;
+        if reply.hash_len() != self.hash.digest_len() || reply.dh_value_len() != 0 {
+            return Err(AuthError::IncorrectPayload);
+        }
+        let expected = self
+            .exchange(&self.challenge, self.seqnum)
+            .host_response(&self.secrets.host);
+        if !bool::from(expected.ct_eq(reply.response())) {
+            return Err(AuthError::WrongResponse);
+        }
+        // A challenge with sequence number 0 asks for no controller authentication (NVMe base
+        // 2.0 §8.13.5.5; nvmet drops it likewise).
+        match reply.challenge().filter(|_| reply.seqnum() != 0) {
+            Some(challenge) => self.host_challenge = Some((challenge.to_vec(), reply.seqnum())),
+            None => self.authenticated = true,
+        }
+        Ok(())
+    }
+
+    /// Our response to the host's challenge, if it sent one.
+    fn controller_response(&self) -> Result<Option<Vec<u8>>, AuthError> {
+        let Some((challenge, seqnum)) = &self.host_challenge else {
+            return Ok(None);
+        };
+        let secret = self
+            .secrets
+            .controller
+            .as_ref()
+            .ok_or(AuthError::NoControllerSecret)?;
+        Ok(Some(
+            self.exchange(challenge, *seqnum)
+                .controller_response(secret),
+        ))
+    }
+
+    fn exchange<'a>(&'a self, challenge: &'a [u8], seqnum: u32) -> Exchange<'a> {
+        Exchange {
+            hash: self.hash,
+            challenge,
+            seqnum,
+            transaction: self.transaction,
+            host_nqn: &self.host_nqn,
+            subsystem_nqn: &self.subsystem_nqn,
+        }
+    }
+}
+
+pub mod testing;
+#[cfg(test)]
+mod tests;
