@@ -13,7 +13,8 @@
 #      initiator in a QEMU guest: the harness self-test against LIO, its boot watchdog
 #      (scripts/softroce-vm-watchdog-test.sh: a simulated hung boot), rdma-ffi on rxe,
 #      and our target against the kernel initiator over TCP and over iSER, with and without CHAP,
-#      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh),
+#      and against the kernel's NVMe/TCP host beside nvmet-tcp (scripts/guest/nvme-tcp.sh), with
+#      DH-HMAC-CHAP on Debian's bookworm-backports kernel (scripts/guest/nvme-auth.sh),
 #      two gateways under dm-multipath and under native NVMe multipath with ANA
 #
 # Environment: SKIP_VM=1 skips tier 4, SKIP_FUZZ=1 the fuzz tier (both say so loudly); everything
@@ -128,6 +129,10 @@ else
         scripts/softroce-vm.sh scripts/guest/chap.sh
         log "NVMe/TCP: the kernel's nvme-tcp host and nvme-cli against nvmet-tcp and against ours"
         scripts/softroce-vm.sh scripts/guest/nvme-tcp.sh
+        # Debian 12's 6.1 kernel has no NVMe authentication; its bookworm-backports 6.12 has it
+        # (the harness adds that suite's apt source and caches its kernel beside the 6.1 one).
+        log "NVMe DH-HMAC-CHAP: the kernel's host against nvmet-tcp and against ours (bookworm-backports kernel)"
+        SOFTROCE_VM_KERNEL_SUITE=bookworm-backports scripts/softroce-vm.sh scripts/guest/nvme-auth.sh
         log "two gateways, one LUN: dm-multipath with ALUA, fio verify across a gateway SIGKILL"
         scripts/softroce-vm.sh scripts/guest/multipath.sh
         log "two gateways over NVMe/TCP: native NVMe multipath with ANA, port 8009, fio verify across a SIGKILL"
