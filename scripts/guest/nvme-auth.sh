@@ -170,18 +170,24 @@ connect_logged() {
     sr_log "$T: $(grep -o "nvme $CTRL: qid 0: authenticated with.*" <<<"$(dmesg_new)" || true)"
 }
 
-# authenticated_io [CONNECT OPTIONS...]: the host authenticates with its secret, the kernel
-# says so, fio verifies 16 MiB, disconnect.
+# authenticated_io: the host authenticates with its secret, the kernel says so, fio verifies
+# 8 MiB, disconnect.
 authenticated_io() {
-    connect_logged "qid 0: authenticated" -S "$HOST_KEY" "$@" && fio_verify "$DEV" 16M 64k 8 &&
+    connect_logged "qid 0: authenticated" -S "$HOST_KEY" && fio_verify "$DEV" 8M 64k 8 &&
         nvme_disconnect "$N"
+}
+
+# still_serving: right after a refused connect, the right secret connects and reads.
+still_serving() {
+    connect_logged "qid 0: authenticated" -S "$HOST_KEY" &&
+        dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"
 }
 
 # bidirectional_io: the controller proves itself back too (the kernel logs "controller
 # authenticated" once it checked the controller's response), fio verifies, disconnect.
 bidirectional_io() {
     connect_logged "qid 0: controller authenticated" -S "$HOST_KEY" -C "$CTRL_KEY" &&
-        fio_verify "$DEV" 16M 64k 8 && nvme_disconnect "$N"
+        fio_verify "$DEV" 8M 64k 8 && nvme_disconnect "$N"
 }
 
 # Two I/O queues, each authenticated both ways: the controller has 3 queues (admin + 2 I/O), the
@@ -197,7 +203,7 @@ two_queues_io() {
             { sr_log "$T: no Success2 on I/O queue $q"; dmesg_new | grep "qid $q" >&2; return 1; }
     done
     fio --name=auth-queues --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k \
-        --iodepth=8 --numjobs=2 --size=16M --offset_increment=16M --verify=crc32c --do_verify=1 \
+        --iodepth=8 --numjobs=2 --size=8M --offset_increment=8M --verify=crc32c --do_verify=1 \
         --verify_fatal=1 --output-format=terse >/dev/null || return 1
     nvme_disconnect "$N"
 }
@@ -260,7 +266,7 @@ run_checks() {
         bidirectional_io
     tcheck "two I/O queues (-i 2), each authenticated: 3 queues, fio 2 jobs verify" two_queues_io
     tcheck "a wrong host secret is refused, no block device" refused -S "$WRONG_HOST_KEY"
-    tcheck "still serving: the right secret connects right after" authenticated_io
+    tcheck "still serving: the right secret connects right after" still_serving
     tcheck "a wrong controller secret is refused, no block device" \
         refused -S "$HOST_KEY" -C "$WRONG_CTRL_KEY"
     tcheck "no secret, for a host configured with one, is refused" refused
