@@ -337,7 +337,9 @@ build_initramfs() {
 cached_builds() {
     local d
     for d in "$CACHE"/kernel-*; do
-        [[ -f "$d/kver" && "$(cat "$d/suite" 2>/dev/null)" == "$KERNEL_SUITE" ]] && printf '%s\n' "$d"
+        if [[ -f "$d/kver" && "$(cat "$d/suite" 2>/dev/null)" == "$KERNEL_SUITE" ]]; then
+            printf '%s\n' "$d"
+        fi
     done | sort
 }
 
