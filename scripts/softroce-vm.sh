@@ -176,21 +176,23 @@ kernel_package() {
     fi
     # linux-image-amd64 is a metapackage: "Depends: linux-image-6.1.0-NN-amd64"; with a suite,
     # that suite's version of it ("linux-image-amd64/bookworm-backports": "Depends:
-    # linux-image-6.12.43+deb12-amd64"), whatever the pins say.
+    # linux-image-6.12.43+deb12-amd64"), whatever the pins say.  Prints nothing when apt does
+    # not know it (no lists: apt-cache fails with 100, which under pipefail and set -e would
+    # end the script before ensure_kernel's apt-get update or cached-build fallbacks).
     apt-cache depends "linux-image-amd64${KERNEL_SUITE:+/$KERNEL_SUITE}" 2>/dev/null \
-        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }' || true
 }
 
 # kernel_version PKG: the version of PKG to fetch: apt's candidate, or with a suite the newest
 # version that suite has (a backports package is pinned at 100, below the host's suites).
 kernel_version() {
     if [[ -z "$KERNEL_SUITE" ]]; then
-        apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }'
+        apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }' || true
         return
     fi
     # "PKG | VERSION | http://deb.debian.org/debian SUITE/main amd64 Packages", newest first.
     apt-cache madison "$1" 2>/dev/null \
-        | awk -F ' [|] ' -v s=" $KERNEL_SUITE/" 'index($3, s) { print $2; exit }'
+        | awk -F ' [|] ' -v s=" $KERNEL_SUITE/" 'index($3, s) { print $2; exit }' || true
 }
 
 # suite_has_lists SUITE: apt has package lists of SUITE (a source names it and was fetched).
