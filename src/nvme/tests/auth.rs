@@ -77,6 +77,8 @@ fn a_host_with_a_secret_authenticates_before_anything_else() {
     authenticate(&mut admin, &host::secret(0x11));
     let (hl, response) = host::read_success1(&auth_receive(&mut admin));
     assert_eq!((hl, response), (32, None));
+    let how = admin.authenticated.expect("the environment is told");
+    assert_eq!(how.to_string(), "DH-HMAC-CHAP SHA-256");
     assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
     assert_eq!(admin.get_property(0x1C, false).result & 1, 1, "CSTS.RDY");
     assert!(admin.closed.is_none());
@@ -140,7 +142,12 @@ fn the_controller_proves_itself_and_the_host_confirms() {
         3,
     );
     assert_eq!(proof, Some(expected));
+    assert!(admin.authenticated.is_none(), "not before Success2");
     assert_eq!(auth_send(&mut admin, &host::success2(3)).status, (0, 0));
+    assert_eq!(
+        admin.authenticated.map(|a| a.to_string()).as_deref(),
+        Some("DH-HMAC-CHAP SHA-256, bidirectional")
+    );
     assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
 }
 
