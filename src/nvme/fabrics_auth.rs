@@ -92,6 +92,7 @@ impl Queue {
         if let Some(auth) = &self.auth {
             let done = Authentication {
                 hash: auth.hash(),
+                dh_group: auth.dh_group(),
                 bidirectional: auth.bidirectional(),
             };
             self.push(Action::Authenticated(done));

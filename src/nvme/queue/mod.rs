@@ -25,6 +25,7 @@ use std::time::Instant;
 
 pub(super) use capsule::Outcome;
 
+use super::auth::dh::DhGroup;
 use super::auth::{HashFunction, HostSecrets, QueueAuthentication};
 use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
@@ -153,6 +154,7 @@ impl Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Authentication {
     pub hash: HashFunction,
+    pub dh_group: DhGroup,
     pub bidirectional: bool,
 }
 
@@ -164,6 +166,9 @@ impl std::fmt::Display for Authentication {
             HashFunction::Sha512 => "SHA-512",
         };
         write!(f, "DH-HMAC-CHAP {hash}")?;
+        if self.dh_group != DhGroup::Null {
+            write!(f, ", {}", self.dh_group.name())?;
+        }
         if self.bidirectional {
             f.write_str(", bidirectional")?;
         }
