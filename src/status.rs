@@ -139,6 +139,10 @@ pub struct NvmeControllerStatus {
     pub peer: String,
     /// Seconds since the admin queue connected.
     pub connected_secs: u64,
+    /// How the host authenticated on the admin queue ("DH-HMAC-CHAP SHA-256"); `None`: it
+    /// did not have to.
+    #[serde(default)]
+    pub authentication: Option<String>,
 }
 
 /// Why [`query`] found no report.
@@ -230,7 +234,7 @@ impl StatusReport {
             self.nvme_controllers.len()
         );
         for c in &self.nvme_controllers {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "  cntlid {} {}\n    from {} to {}, {} I/O queue(s), up {}",
                 c.cntlid,
@@ -240,6 +244,12 @@ impl StatusReport {
                 c.io_queues,
                 duration(c.connected_secs)
             );
+            match &c.authentication {
+                Some(how) => {
+                    let _ = writeln!(out, ", authenticated ({how})");
+                }
+                None => out.push('\n'),
+            }
         }
         out
     }
@@ -510,6 +520,7 @@ mod tests {
                 io_queues: 2,
                 peer: "127.0.0.1:50001".into(),
                 connected_secs: 90061,
+                authentication: Some("DH-HMAC-CHAP SHA-256".into()),
             }],
         }
     }
@@ -535,7 +546,8 @@ mod tests {
              through restarts",
             "tsih 1 iqn.a (isid 023d00000001)\n    tcp from 127.0.0.1:50000 to discovery, up 59s",
             "cntlid 1 nqn.2014-08.org.nvmexpress:uuid:h\n    from 127.0.0.1:50001 to \
-             nqn.2026-11.io.iser-target:disk, 2 I/O queue(s), up 1d 1h",
+             nqn.2026-11.io.iser-target:disk, 2 I/O queue(s), up 1d 1h, authenticated \
+             (DH-HMAC-CHAP SHA-256)\n",
         ] {
             assert!(
                 text.contains(expected),

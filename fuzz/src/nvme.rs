@@ -189,6 +189,7 @@ pub fn handle_control(
         Action::ControllerChanged { cntlid, state } => {
             registry.update(cntlid, state);
         }
+        Action::Authenticated(_) => {}
         Action::Execute(_) | Action::Close(_) => {
             unreachable!("the fuzz target handles {action:?} itself")
         }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::error::{err, CResult};
+use crate::nvme::auth::dh::DhGroup;
 use crate::nvme::auth::{DhchapSecret, HostSecrets};
 use crate::nvme::{AllowedHost, DISCOVERY_NQN};
 
@@ -117,6 +118,7 @@ struct RawHost {
     nqn: Option<String>,
     dhchap_secret: Option<String>,
     dhchap_ctrl_secret: Option<String>,
+    dhchap_dhgroup: Option<String>,
 }
 
 /// Resolves `allowed_hosts`: host NQNs, or `{ nqn, dhchap_secret, dhchap_ctrl_secret }`
@@ -171,6 +173,24 @@ fn resolve_host(field: &str, entry: Value) -> CResult<AllowedHost> {
     };
     let host = secret("dhchap_secret", raw.dhchap_secret)?;
     let controller = secret("dhchap_ctrl_secret", raw.dhchap_ctrl_secret)?;
+    let dh_group = match raw.dhchap_dhgroup {
+        None => DhGroup::Null,
+        Some(_) if host.is_none() => {
+            return err(
+                &format!("{field}.dhchap_dhgroup"),
+                "needs dhchap_secret: the group is that of the host's authentication",
+            )
+        }
+        Some(name) => DhGroup::from_name(&name).ok_or_else(|| {
+            super::error::ConfigError::new(
+                format!("{field}.dhchap_dhgroup"),
+                format!(
+                    "\"{name}\" is not a DH group; use one of null, ffdhe2048, ffdhe3072, \
+                     ffdhe4096, ffdhe6144, ffdhe8192"
+                ),
+            )
+        })?,
+    };
     let secrets = match (host, controller) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -185,7 +205,11 @@ fn resolve_host(field: &str, entry: Value) -> CResult<AllowedHost> {
                 "must differ from dhchap_secret (one secret for both sides lets a response be reflected)",
             )
         }
-        (Some(host), controller) => Some(Arc::new(HostSecrets { host, controller })),
+        (Some(host), controller) => Some(Arc::new(HostSecrets {
+            host,
+            controller,
+            dh_group,
+        })),
     };
     Ok(AllowedHost { nqn, secrets })
 }
@@ -277,7 +301,8 @@ mod tests {
             crate::config::Config::from_yaml_str(&yaml)
         };
         let c = entry(&format!(
-            ", dhchap_secret: \"{host_secret}\", dhchap_ctrl_secret: \"{ctrl_secret}\""
+            ", dhchap_secret: \"{host_secret}\", dhchap_ctrl_secret: \"{ctrl_secret}\", \
+             dhchap_dhgroup: ffdhe3072"
         ))
         .unwrap();
         let hosts = &c.targets[0].allowed_hosts;
@@ -285,6 +310,7 @@ mod tests {
         let secrets = hosts[1].secrets.as_ref().unwrap();
         assert_eq!(secrets.host, DhchapSecret::parse(&host_secret).unwrap());
         assert_eq!(secrets.controller, DhchapSecret::parse(&ctrl_secret).ok());
+        assert_eq!(secrets.dh_group, DhGroup::Ffdhe3072);
         assert!(entry("").unwrap().targets[0].allowed_hosts[1]
             .secrets
             .is_none());
@@ -308,6 +334,16 @@ mod tests {
                 "nvme gen-dhchap-key",
             ),
             (", secret: x".to_string(), "allowed_hosts[1]", "secret"),
+            (
+                format!(", dhchap_secret: \"{host_secret}\", dhchap_dhgroup: ffdhe1024"),
+                "allowed_hosts[1].dhchap_dhgroup",
+                "ffdhe2048",
+            ),
+            (
+                ", dhchap_dhgroup: ffdhe2048".to_string(),
+                "allowed_hosts[1].dhchap_dhgroup",
+                "needs dhchap_secret",
+            ),
         ] {
             let e = entry(&keys).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains(words), "{keys}: {e}");

@@ -4,7 +4,7 @@
 use super::auth::message::{SECURITY_PROTOCOL, SECURITY_PROTOCOL_SPECIFIC};
 use super::auth::Received;
 use super::command::{Sqe, Status};
-use super::queue::{CloseReason, Outcome, Queue};
+use super::queue::{Action, Authentication, CloseReason, Outcome, Queue};
 
 /// The checks before an AUTH command's data moves, as Linux's nvmet makes them
 /// (drivers/nvme/target/fabrics-cmd-auth.c): the DH-HMAC-CHAP security protocol, a non-zero
@@ -82,12 +82,20 @@ impl Queue {
     }
 
     /// The host has authenticated: an admin queue's keep alive starts, an I/O queue's deadline
-    /// ends.
+    /// ends, and the environment hears of it.
     fn authenticated(&mut self) {
         if self.qid == 0 {
             self.keep_alive();
         } else {
             self.set_deadline(None);
+        }
+        if let Some(auth) = &self.auth {
+            let done = Authentication {
+                hash: auth.hash(),
+                dh_group: auth.dh_group(),
+                bidirectional: auth.bidirectional(),
+            };
+            self.push(Action::Authenticated(done));
         }
     }
 }

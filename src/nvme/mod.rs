@@ -38,7 +38,8 @@ pub use config::{
 pub use controller::ControllerShared;
 pub use io::{IoCommand, IoId, IoOp};
 pub use queue::{
-    Action, CloseReason, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Queue,
+    Action, Authentication, CloseReason, ConnectRefusal, ControllerState, CreateRequest,
+    JoinRequest, Queue,
 };
 pub use registry::ControllerRegistry;
 

@@ -41,9 +41,6 @@ const REASON_FAILED: u8 = 0x01;
 /// The DH-HMAC-CHAP protocol identifier in a Negotiate's protocol descriptor.
 const DHCHAP_PROTOCOL: u8 = 0x01;
 
-/// The NULL DH group: responses without a Diffie-Hellman exchange.
-pub const DH_GROUP_NULL: u8 = 0x00;
-
 /// A protocol descriptor's identifier list: hash function identifiers from its start, DH group
 /// identifiers from byte 30 (NVMe base 2.0; Linux `NVME_AUTH_DHCHAP_MAX_HASH_IDS` and the DH
 /// list at `idlist[30]`).
@@ -168,6 +165,12 @@ impl<'a> Reply<'a> {
     pub fn dh_value_len(&self) -> usize {
         usize::from(u16::from_le_bytes([self.data[10], self.data[11]]))
     }
+
+    /// The host's DH public value, after its challenge.
+    pub fn dh_value(&self) -> &'a [u8] {
+        let at = Self::VALUES_AT + 2 * self.hash_len;
+        &self.data[at..at + self.dh_value_len()]
+    }
 }
 
 /// A host's Failure2: why it rejected the controller.
@@ -175,18 +178,28 @@ pub fn failure2_explanation(data: &[u8]) -> u8 {
     data.get(7).copied().unwrap_or(0)
 }
 
-/// The controller's Challenge: hash `hash_id`, `challenge`'s length, the NULL DH group.
-pub fn challenge(transaction: u16, hash_id: u8, seqnum: u32, challenge: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + challenge.len());
+/// The controller's Challenge: hash `hash_id`, the challenge, and DH group `dh_group` with our
+/// public value in it (empty with the NULL group).
+pub fn challenge(
+    transaction: u16,
+    hash_id: u8,
+    dh_group: u8,
+    seqnum: u32,
+    challenge: &[u8],
+    dh_value: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + challenge.len() + dh_value.len());
     Header {
         auth_type: auth_type::DHCHAP,
         auth_id: auth_id::CHALLENGE,
         transaction,
     }
     .encode(&mut out);
-    out.extend_from_slice(&[challenge.len() as u8, 0, hash_id, DH_GROUP_NULL, 0, 0]);
+    out.extend_from_slice(&[challenge.len() as u8, 0, hash_id, dh_group]);
+    out.extend_from_slice(&(dh_value.len() as u16).to_le_bytes());
     out.extend_from_slice(&seqnum.to_le_bytes());
     out.extend_from_slice(challenge);
+    out.extend_from_slice(dh_value);
     out
 }
 

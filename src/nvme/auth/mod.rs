@@ -4,14 +4,16 @@
 //! controller's. Connect tells the host to authenticate (its result's ATR bit); until it has,
 //! the queue takes nothing but AUTH_Send and AUTH_Receive.
 //!
-//! Supported: the NULL DH group (the challenge is used as it is, as with Linux's nvmet by
-//! default), SHA-256, SHA-384 and SHA-512, secrets with and without a transform, unidirectional
-//! and bidirectional. Not: the finite-field DH groups, secure channel concatenation (a TLS PSK
-//! derived from the exchange). The state machine follows Linux's
+//! Supported: SHA-256, SHA-384 and SHA-512; the NULL DH group (the challenge is used as it is,
+//! Linux's nvmet's default) and RFC 7919's ffdhe2048 to ffdhe8192 (a fresh key pair per
+//! exchange, the challenges augmented with the shared secret: [`dh`]); secrets with and
+//! without a transform; unidirectional and bidirectional. Not: secure channel concatenation (a
+//! TLS PSK derived from the exchange). The state machine follows Linux's
 //! drivers/nvme/target/fabrics-cmd-auth.c: any message out of order, a host's Failure2, or a
 //! failed exchange once its Failure1 is read, ends the queue (nvmet raises a fatal controller
 //! error there).
 
+pub mod dh;
 pub mod message;
 pub mod secret;
 
@@ -20,15 +22,20 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::random::RandomSource;
-use message::{auth_id, auth_type, failure, Header, Negotiate, Reply, DH_GROUP_NULL};
+use dh::{DhGroup, KeyPair};
+use message::{auth_id, auth_type, failure, Header, Negotiate, Reply};
 pub use secret::{DhchapSecret, Exchange, HashFunction, SecretError};
 
 /// A host's secrets: its own, and the controller's for a host that asks the controller to
-/// authenticate too (`nvme connect --dhchap-secret` and `--dhchap-ctrl-secret`).
+/// authenticate too (`nvme connect --dhchap-secret` and `--dhchap-ctrl-secret`); and the DH
+/// group its exchanges use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSecrets {
     pub host: DhchapSecret,
     pub controller: Option<DhchapSecret>,
+    /// The group to use. NULL (the default) takes the NULL group, or the host's first group
+    /// when it does not offer NULL; another group must be offered, or the exchange fails.
+    pub dh_group: DhGroup,
 }
 
 /// Why an exchange failed, for the log and for the Failure1 explanation.
@@ -38,6 +45,8 @@ pub enum AuthError {
     Negotiation(u8),
     #[error("the host's Reply is malformed or of another transaction")]
     IncorrectPayload,
+    #[error("the host's DH value is not one of the group's")]
+    InvalidDhValue,
     #[error("the host's response does not match its secret")]
     WrongResponse,
     #[error(
@@ -58,6 +67,7 @@ impl AuthError {
         match self {
             AuthError::Negotiation(code) => *code,
             AuthError::IncorrectPayload => failure::INCORRECT_PAYLOAD,
+            AuthError::InvalidDhValue => failure::DHGROUP_UNUSABLE,
             AuthError::OutOfSequence { .. } => failure::INCORRECT_MESSAGE,
             _ => failure::FAILED,
         }
@@ -101,6 +111,10 @@ pub struct QueueAuthentication {
     step: Step,
     transaction: u16,
     hash: HashFunction,
+    dh_group: DhGroup,
+    /// Our key pair, with a DH group, and the secret shared with the host.
+    key_pair: Option<KeyPair>,
+    session_key: Option<Vec<u8>>,
     /// Our challenge C1 and its sequence number S1.
     challenge: Vec<u8>,
     seqnum: u32,
@@ -118,6 +132,9 @@ impl QueueAuthentication {
             step: Step::Negotiate,
             transaction: 0,
             hash: HashFunction::Sha256,
+            dh_group: DhGroup::Null,
+            key_pair: None,
+            session_key: None,
             challenge: Vec::new(),
             seqnum: 0,
             host_challenge: None,
@@ -133,6 +150,11 @@ impl QueueAuthentication {
     /// The hash function of the latest exchange.
     pub fn hash(&self) -> HashFunction {
         self.hash
+    }
+
+    /// The DH group of the latest exchange.
+    pub fn dh_group(&self) -> DhGroup {
+        self.dh_group
     }
 
     /// Whether the host asked the controller to authenticate in the latest exchange.
@@ -156,9 +178,12 @@ impl QueueAuthentication {
             (auth_type::COMMON, auth_id::NEGOTIATE) => {
                 self.transaction = header.transaction;
                 self.host_challenge = None;
+                self.key_pair = None;
+                self.session_key = None;
                 self.step = match self.negotiate(data) {
-                    Ok(hash) => {
+                    Ok((hash, dh_group)) => {
                         self.hash = hash;
+                        self.dh_group = dh_group;
                         Step::Challenge
                     }
                     Err(e) => Step::Failure1(e),
@@ -198,21 +223,34 @@ impl QueueAuthentication {
             Step::Challenge => {
                 let mut challenge = vec![0; self.hash.digest_len()];
                 let mut seqnum = [0; 4];
-                if let Err(e) = random(&mut challenge).and_then(|()| random(&mut seqnum)) {
-                    self.step = Step::Challenge;
-                    return Err(e);
-                }
+                let key_pair = random(&mut challenge)
+                    .and_then(|()| random(&mut seqnum))
+                    .and_then(|()| match self.dh_group {
+                        DhGroup::Null => Ok(None),
+                        group => KeyPair::generate(group, random).map(Some),
+                    });
+                let key_pair = match key_pair {
+                    Ok(key_pair) => key_pair,
+                    Err(e) => {
+                        self.step = Step::Challenge;
+                        return Err(e);
+                    }
+                };
                 // 0 is not a sequence number (NVMe base 2.0 §8.13.5.3: it says "no
                 // authentication" in a Reply).
                 self.seqnum = u32::from_le_bytes(seqnum).max(1);
                 self.challenge = challenge;
                 self.step = Step::Reply;
-                Received::Message(message::challenge(
+                let message = message::challenge(
                     transaction,
                     self.hash.id(),
+                    self.dh_group.id(),
                     self.seqnum,
                     &self.challenge,
-                ))
+                    key_pair.as_ref().map_or(&[], |k| k.public_value()),
+                );
+                self.key_pair = key_pair;
+                Received::Message(message)
             }
             Step::Success1 => match self.controller_response() {
                 Ok(response) => {
@@ -248,9 +286,9 @@ impl QueueAuthentication {
         }
     }
 
-    /// The hash function for a Negotiate: the host's first choice among ours, with the NULL
-    /// DH group and no secure channel concatenation.
-    fn negotiate(&self, data: &[u8]) -> Result<HashFunction, AuthError> {
+    /// The hash function and DH group for a Negotiate: the host's first hash among ours, the
+    /// host's entry's group ([`HostSecrets::dh_group`]), no secure channel concatenation.
+    fn negotiate(&self, data: &[u8]) -> Result<(HashFunction, DhGroup), AuthError> {
         let negotiate = Negotiate::parse(data).map_err(AuthError::Negotiation)?;
         if negotiate.secure_channel() != 0 {
             return Err(AuthError::Negotiation(failure::CONCAT_MISMATCH));
@@ -260,17 +298,35 @@ impl QueueAuthentication {
             .iter()
             .find_map(|&id| HashFunction::from_id(id))
             .ok_or(AuthError::Negotiation(failure::HASH_UNUSABLE))?;
-        if !negotiate.dh_groups().contains(&DH_GROUP_NULL) {
+        let offered = |group: DhGroup| negotiate.dh_groups().contains(&group.id());
+        let configured = self.secrets.dh_group;
+        let dh_group = if offered(configured) {
+            configured
+        } else if configured == DhGroup::Null {
+            negotiate
+                .dh_groups()
+                .iter()
+                .find_map(|&id| DhGroup::from_id(id))
+                .ok_or(AuthError::Negotiation(failure::DHGROUP_UNUSABLE))?
+        } else {
             return Err(AuthError::Negotiation(failure::DHGROUP_UNUSABLE));
-        }
-        Ok(hash)
+        };
+        Ok((hash, dh_group))
     }
 
     /// Checks the host's response; keeps its challenge when it asks us to authenticate.
     fn reply(&mut self, data: &[u8]) -> Result<(), AuthError> {
         let reply = Reply::parse(data).map_err(|_| AuthError::IncorrectPayload)?;
-        if reply.hash_len() != self.hash.digest_len() || reply.dh_value_len() != 0 {
+        if reply.hash_len() != self.hash.digest_len()
+            || reply.dh_value_len() != self.dh_group.value_len()
+        {
             return Err(AuthError::IncorrectPayload);
+        }
+        if let Some(key_pair) = &self.key_pair {
+            let shared = key_pair
+                .shared_secret(reply.dh_value())
+                .map_err(|_| AuthError::InvalidDhValue)?;
+            self.session_key = Some(shared);
         }
         let expected = self
             .exchange(&self.challenge, self.seqnum)
@@ -307,6 +363,7 @@ impl QueueAuthentication {
         Exchange {
             hash: self.hash,
             challenge,
+            session_key: self.session_key.as_deref(),
             seqnum,
             transaction: self.transaction,
             host_nqn: &self.host_nqn,

@@ -7,7 +7,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha2::{Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// The hash functions of DH-HMAC-CHAP, by their identifiers (NVMe base 2.0 §8.13.5.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,15 @@ impl HashFunction {
             HashFunction::Sha256 => 32,
             HashFunction::Sha384 => 48,
             HashFunction::Sha512 => 64,
+        }
+    }
+
+    /// The plain digest of `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            HashFunction::Sha256 => Sha256::digest(data).to_vec(),
+            HashFunction::Sha384 => Sha384::digest(data).to_vec(),
+            HashFunction::Sha512 => Sha512::digest(data).to_vec(),
         }
     }
 
@@ -159,11 +168,13 @@ impl DhchapSecret {
 }
 
 /// What a response binds besides the key: the challenge, its sequence number and transaction,
-/// and the two NQNs.
+/// the two NQNs, and the Diffie-Hellman shared secret when the group is not NULL.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
     pub hash: HashFunction,
     pub challenge: &'a [u8],
+    /// g^xy mod p of the exchange's DH group; `None` with the NULL group.
+    pub session_key: Option<&'a [u8]>,
     pub seqnum: u32,
     pub transaction: u16,
     pub host_nqn: &'a str,
@@ -172,8 +183,8 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     /// The host's response R1 = HMAC(Kh', C1 || S1 || T_ID || SC_C || "HostHost" || NQNh ||
-    /// 00h || NQNs) with the NULL DH group, where the challenge is used as it is, and no
-    /// secure channel concatenation (SC_C 0) (NVMe base 2.0 §8.13.5.5; Linux
+    /// 00h || NQNs), with no secure channel concatenation (SC_C 0) and C1 augmented with the
+    /// session key when there is one (NVMe base 2.0 §8.13.5.5; Linux
     /// drivers/nvme/target/auth.c `nvmet_auth_host_hash`).
     pub fn host_response(&self, host_secret: &DhchapSecret) -> Vec<u8> {
         let key = host_secret.transformed(self.host_nqn);
@@ -187,11 +198,21 @@ impl Exchange<'_> {
         self.response(&key, b"Controller", self.subsystem_nqn, self.host_nqn)
     }
 
+    /// The challenge as the responses use it: with a DH group, Ca = HMAC(H(g^xy mod p), C)
+    /// (NVMe base 2.0 §8.13.5.5; Linux drivers/nvme/common/auth.c
+    /// `nvme_auth_augmented_challenge`), else the challenge itself.
+    fn challenge(&self) -> Vec<u8> {
+        match self.session_key {
+            Some(key) => self.hash.hmac(&self.hash.digest(key), &[self.challenge]),
+            None => self.challenge.to_vec(),
+        }
+    }
+
     fn response(&self, key: &[u8], role: &[u8], first: &str, second: &str) -> Vec<u8> {
         self.hash.hmac(
             key,
             &[
-                self.challenge,
+                &self.challenge(),
                 &self.seqnum.to_le_bytes(),
                 &self.transaction.to_le_bytes(),
                 &[0],
@@ -341,9 +362,10 @@ mod tests {
     #[test]
     fn host_and_controller_responses_differ_by_role_and_order() {
         let secret = DhchapSecret::parse(&DhchapSecret::encode(None, &[3; 32])).unwrap();
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             hash: HashFunction::Sha256,
             challenge: &[0xC1; 32],
+            session_key: None,
             seqnum: 0x0102_0304,
             transaction: 0x0506,
             host_nqn: "nqn.h",
@@ -369,5 +391,20 @@ mod tests {
             ],
         );
         assert_eq!(exchange.controller_response(&secret), expected);
+
+        // With a DH group the challenge is first augmented: HMAC(SHA-256(g^xy), C).
+        exchange.session_key = Some(&[0x5E; 256]);
+        let augmented =
+            HashFunction::Sha256.hmac(&HashFunction::Sha256.digest(&[0x5E; 256]), &[&[0xC1; 32]]);
+        let expected = HashFunction::Sha256.hmac(
+            &[3; 32],
+            &[
+                &augmented,
+                &[4, 3, 2, 1, 6, 5, 0],
+                b"HostHost",
+                b"nqn.h\0nqn.s",
+            ],
+        );
+        assert_eq!(exchange.host_response(&secret), expected);
     }
 }

@@ -2,7 +2,9 @@
 //! byte by byte from the layouts in NVMe base 2.0 §8.13.5 (Linux include/linux/nvme.h), not
 //! with the controller's codec, and the controller's read back the same way.
 
+use super::dh::{DhGroup, KeyPair};
 use super::secret::{DhchapSecret, Exchange, HashFunction};
+use crate::random::RandomSource;
 
 pub const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
 pub const SUBSYSTEM_NQN: &str = "nqn.2026-01.test:disk";
@@ -48,32 +50,61 @@ pub struct Challenge {
     pub dh_group: u8,
     pub seqnum: u32,
     pub value: Vec<u8>,
+    /// The controller's DH public value (empty with the NULL group).
+    pub dh_value: Vec<u8>,
 }
 
 pub fn read_challenge(m: &[u8]) -> Challenge {
     assert_eq!((m[0], m[1]), (0x01, 0x01), "a Challenge");
     let hl = usize::from(m[6]);
-    assert_eq!(u16::from_le_bytes([m[10], m[11]]), 0, "no DH value");
+    let dh_len = usize::from(u16::from_le_bytes([m[10], m[11]]));
     Challenge {
         transaction: u16::from_le_bytes([m[4], m[5]]),
         hash_id: m[8],
         dh_group: m[9],
         seqnum: u32::from_le_bytes(m[12..16].try_into().expect("4 bytes")),
         value: m[16..16 + hl].to_vec(),
+        dh_value: m[16 + hl..16 + hl + dh_len].to_vec(),
     }
 }
 
+/// The host's side of the DH exchange `challenge` asks for: its public value (from
+/// `random`) and the shared secret; `None` with the NULL group.
+pub fn host_dh(challenge: &Challenge, random: RandomSource) -> Option<(Vec<u8>, Vec<u8>)> {
+    let group = DhGroup::from_id(challenge.dh_group).expect("a known group");
+    if group == DhGroup::Null {
+        return None;
+    }
+    let key_pair = KeyPair::generate(group, random).expect("random bytes");
+    let session_key = key_pair
+        .shared_secret(&challenge.dh_value)
+        .expect("the controller's value is in the group");
+    Some((key_pair.public_value().to_vec(), session_key))
+}
+
 /// The response of host `host_nqn` to `challenge` with `secret`, for subsystem
-/// `subsystem_nqn`.
+/// `subsystem_nqn`, with the NULL DH group.
 pub fn response_as(
     secret: &DhchapSecret,
     challenge: &Challenge,
     host_nqn: &str,
     subsystem_nqn: &str,
 ) -> Vec<u8> {
+    response_with(secret, challenge, None, host_nqn, subsystem_nqn)
+}
+
+/// [`response_as`] with the DH shared secret, when the group is not NULL.
+pub fn response_with(
+    secret: &DhchapSecret,
+    challenge: &Challenge,
+    session_key: Option<&[u8]>,
+    host_nqn: &str,
+    subsystem_nqn: &str,
+) -> Vec<u8> {
     Exchange {
         hash: HashFunction::from_id(challenge.hash_id).expect("a known hash"),
         challenge: &challenge.value,
+        session_key,
         seqnum: challenge.seqnum,
         transaction: challenge.transaction,
         host_nqn,
@@ -88,20 +119,32 @@ pub fn response(secret: &DhchapSecret, challenge: &Challenge) -> Vec<u8> {
 }
 
 /// Reply: the response, and the host's own challenge C2 with S2 when it asks the controller
-/// to authenticate (zeros and S2 0 otherwise, as Linux sends it).
+/// to authenticate (zeros and S2 0 otherwise, as Linux sends it), with the NULL DH group.
 pub fn reply(transaction: u16, response: &[u8], host_challenge: Option<(&[u8], u32)>) -> Vec<u8> {
+    reply_with_dh(transaction, response, host_challenge, &[])
+}
+
+/// [`reply`] with the host's DH public value after the challenge.
+pub fn reply_with_dh(
+    transaction: u16,
+    response: &[u8],
+    host_challenge: Option<(&[u8], u32)>,
+    dh_value: &[u8],
+) -> Vec<u8> {
     let hl = response.len();
     let mut m = vec![0u8; 16 + 2 * hl];
     m[0] = 0x01;
     m[1] = 0x02;
     m[4..6].copy_from_slice(&transaction.to_le_bytes());
     m[6] = hl as u8;
+    m[10..12].copy_from_slice(&(dh_value.len() as u16).to_le_bytes());
     m[16..16 + hl].copy_from_slice(response);
     if let Some((c2, s2)) = host_challenge {
         m[8] = 1;
         m[12..16].copy_from_slice(&s2.to_le_bytes());
         m[16 + hl..16 + 2 * hl].copy_from_slice(c2);
     }
+    m.extend_from_slice(dh_value);
     m
 }
 
@@ -135,7 +178,7 @@ pub fn failure2(transaction: u16, explanation: u8) -> Vec<u8> {
     m
 }
 
-/// The controller's response the host expects for its challenge.
+/// The controller's response the host expects for its challenge, with the NULL DH group.
 pub fn controller_response(
     secret: &DhchapSecret,
     hash: HashFunction,
@@ -143,9 +186,22 @@ pub fn controller_response(
     seqnum: u32,
     transaction: u16,
 ) -> Vec<u8> {
+    controller_response_with(secret, hash, challenge, seqnum, transaction, None)
+}
+
+/// [`controller_response`] with the DH shared secret.
+pub fn controller_response_with(
+    secret: &DhchapSecret,
+    hash: HashFunction,
+    challenge: &[u8],
+    seqnum: u32,
+    transaction: u16,
+    session_key: Option<&[u8]>,
+) -> Vec<u8> {
     Exchange {
         hash,
         challenge,
+        session_key,
         seqnum,
         transaction,
         host_nqn: HOST_NQN,

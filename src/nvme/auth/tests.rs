@@ -2,15 +2,27 @@
 
 use std::sync::Arc;
 
+use super::dh::DhGroup;
 use super::testing::*;
 use super::*;
 
 fn queue_auth(controller: Option<DhchapSecret>) -> QueueAuthentication {
+    queue_auth_in(controller, DhGroup::Null)
+}
+
+fn queue_auth_in(controller: Option<DhchapSecret>, dh_group: DhGroup) -> QueueAuthentication {
     let secrets = HostSecrets {
         host: secret(0x11),
         controller,
+        dh_group,
     };
     QueueAuthentication::new(Arc::new(secrets), HOST_NQN, SUBSYSTEM_NQN)
+}
+
+/// A host random source other than the controller's.
+fn host_random(buf: &mut [u8]) -> Result<(), crate::random::RandomUnavailable> {
+    buf.fill(0xA7);
+    Ok(())
 }
 
 fn read(auth: &mut QueueAuthentication) -> Received {
@@ -80,6 +92,83 @@ fn the_controller_proves_itself_when_the_host_asks() {
 }
 
 #[test]
+fn with_a_dh_group_the_challenges_are_augmented_by_the_shared_secret() {
+    let mut auth = queue_auth_in(Some(secret(0x22)), DhGroup::Ffdhe2048);
+    let challenge = challenged(&mut auth, 12);
+    assert_eq!((challenge.dh_group, challenge.dh_value.len()), (1, 256));
+    let (public, session) = host_dh(&challenge, host_random).unwrap();
+    // The NULL group's response does not do.
+    let plain = response(&secret(0x11), &challenge);
+    let with_dh = response_with(
+        &secret(0x11),
+        &challenge,
+        Some(&session),
+        HOST_NQN,
+        SUBSYSTEM_NQN,
+    );
+    assert_ne!(plain, with_dh);
+    let c2 = [0x2C; 32];
+    auth.send(&reply_with_dh(12, &with_dh, Some((&c2, 3)), &public))
+        .unwrap();
+    let (_, controller) = read_success1(&message(read(&mut auth)));
+    let expected = controller_response_with(
+        &secret(0x22),
+        HashFunction::Sha256,
+        &c2,
+        3,
+        12,
+        Some(&session),
+    );
+    assert_eq!(controller, Some(expected));
+    auth.send(&success2(12)).unwrap();
+    assert!(auth.is_authenticated());
+    assert_eq!(auth.dh_group(), DhGroup::Ffdhe2048);
+}
+
+#[test]
+fn a_dh_exchange_fails_without_the_shared_secret_or_a_good_value() {
+    // The NULL group's response to a DH challenge.
+    let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
+    let challenge = challenged(&mut auth, 1);
+    let (public, _) = host_dh(&challenge, host_random).unwrap();
+    auth.send(&reply_with_dh(
+        1,
+        &response(&secret(0x11), &challenge),
+        None,
+        &public,
+    ))
+    .unwrap();
+    assert_eq!(failure(read(&mut auth)).1, AuthError::WrongResponse);
+    // No DH value, or one outside the group.
+    for value in [vec![], vec![0u8; 256], vec![0xFF; 256]] {
+        let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
+        let challenge = challenged(&mut auth, 1);
+        let r = response(&secret(0x11), &challenge);
+        auth.send(&reply_with_dh(1, &r, None, &value)).unwrap();
+        let ((_, explanation), _) = failure(read(&mut auth));
+        let expected = if value.is_empty() {
+            message::failure::INCORRECT_PAYLOAD
+        } else {
+            message::failure::DHGROUP_UNUSABLE
+        };
+        assert_eq!(explanation, expected, "{}", value.len());
+    }
+}
+
+#[test]
+fn the_configured_group_must_be_offered_and_null_falls_back_to_the_hosts() {
+    let mut auth = queue_auth_in(None, DhGroup::Ffdhe8192);
+    auth.send(&negotiate_with(1, &[1], &[0, 1], 0)).unwrap();
+    let ((_, explanation), _) = failure(read(&mut auth));
+    assert_eq!(explanation, message::failure::DHGROUP_UNUSABLE);
+
+    let mut auth = queue_auth(None);
+    auth.send(&negotiate_with(1, &[1], &[2], 0)).unwrap();
+    let challenge = read_challenge(&message(read(&mut auth)));
+    assert_eq!((challenge.dh_group, challenge.dh_value.len()), (2, 384));
+}
+
+#[test]
 fn a_wrong_response_fails_the_exchange() {
     let mut auth = queue_auth(None);
     let challenge = challenged(&mut auth, 1);
@@ -123,7 +212,7 @@ fn negotiation_takes_the_hosts_first_usable_hash_or_refuses() {
 
     for (negotiate, explanation) in [
         (
-            negotiate_with(5, &[1], &[1, 2], 0),
+            negotiate_with(5, &[1], &[6, 7], 0),
             message::failure::DHGROUP_UNUSABLE,
         ),
         (

@@ -25,7 +25,8 @@ use std::time::Instant;
 
 pub(super) use capsule::Outcome;
 
-use super::auth::{HostSecrets, QueueAuthentication};
+use super::auth::dh::DhGroup;
+use super::auth::{HashFunction, HostSecrets, QueueAuthentication};
 use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
 use super::controller::{AdminState, ControllerShared};
@@ -123,6 +124,8 @@ pub enum Action {
     ControllerChanged { cntlid: u16, state: ControllerState },
     /// Run this block operation on namespace `nsid` of the queue's subsystem.
     Execute(IoCommand),
+    /// The host has authenticated on this queue (for the log and the status report).
+    Authenticated(Authentication),
     /// Flush what was sent and close the connection. Nothing follows.
     Close(CloseReason),
 }
@@ -143,6 +146,33 @@ impl Action {
             } => Some([head, &data.to_vec()[range.clone()], tail].concat()),
             _ => None,
         }
+    }
+}
+
+/// How a host authenticated on a queue: DH-HMAC-CHAP with this hash function, and whether the
+/// controller proved itself too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authentication {
+    pub hash: HashFunction,
+    pub dh_group: DhGroup,
+    pub bidirectional: bool,
+}
+
+impl std::fmt::Display for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hash = match self.hash {
+            HashFunction::Sha256 => "SHA-256",
+            HashFunction::Sha384 => "SHA-384",
+            HashFunction::Sha512 => "SHA-512",
+        };
+        write!(f, "DH-HMAC-CHAP {hash}")?;
+        if self.dh_group != DhGroup::Null {
+            write!(f, ", {}", self.dh_group.name())?;
+        }
+        if self.bidirectional {
+            f.write_str(", bidirectional")?;
+        }
+        Ok(())
     }
 }
 

@@ -5,18 +5,24 @@
 use std::time::Duration;
 
 use super::*;
+use crate::nvme::auth::dh::DhGroup;
 use crate::nvme::auth::testing as host;
 use crate::nvme::auth::{DhchapSecret, HostSecrets};
 
 /// The test configuration with HOST the only host of SUBSYSTEM, holding secret 0x11 (and the
 /// controller secret 0x22 when `controller`).
 fn auth_pair(controller: bool) -> Pair {
+    auth_pair_in(controller, DhGroup::Null)
+}
+
+fn auth_pair_in(controller: bool, dh_group: DhGroup) -> Pair {
     let mut config = config();
     config.subsystems[0].allowed_hosts = vec![AllowedHost {
         nqn: HOST.into(),
         secrets: Some(Arc::new(HostSecrets {
             host: host::secret(0x11),
             controller: controller.then(|| host::secret(0x22)),
+            dh_group,
         })),
     }];
     config.random = host::counting_random;
@@ -77,6 +83,8 @@ fn a_host_with_a_secret_authenticates_before_anything_else() {
     authenticate(&mut admin, &host::secret(0x11));
     let (hl, response) = host::read_success1(&auth_receive(&mut admin));
     assert_eq!((hl, response), (32, None));
+    let how = admin.authenticated.expect("the environment is told");
+    assert_eq!(how.to_string(), "DH-HMAC-CHAP SHA-256");
     assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
     assert_eq!(admin.get_property(0x1C, false).result & 1, 1, "CSTS.RDY");
     assert!(admin.closed.is_none());
@@ -102,6 +110,30 @@ fn each_io_queue_authenticates_too() {
     auth_receive(&mut io);
     let (data, cqe) = io.data_in(&Sqe::new(0x02, 4, 1).slba(0).cdw(12, 0).sgl(512, false));
     assert_eq!((cqe.status, data.len()), ((0, 0), 512));
+}
+
+#[test]
+fn a_dh_group_exchange_through_the_queue() {
+    let mut admin = auth_pair_in(false, DhGroup::Ffdhe3072);
+    admin.connect_admin_to(SUBSYSTEM, 5000);
+    auth_send(&mut admin, &host::negotiate(2));
+    let challenge = host::read_challenge(&auth_receive(&mut admin));
+    let (public, session) = host::host_dh(&challenge, host::counting_random).unwrap();
+    let response = host::response_with(
+        &host::secret(0x11),
+        &challenge,
+        Some(&session),
+        HOST,
+        SUBSYSTEM,
+    );
+    let reply = host::reply_with_dh(2, &response, None, &public);
+    assert_eq!(auth_send(&mut admin, &reply).status, (0, 0));
+    host::read_success1(&auth_receive(&mut admin));
+    assert_eq!(
+        admin.authenticated.map(|a| a.to_string()).as_deref(),
+        Some("DH-HMAC-CHAP SHA-256, ffdhe3072")
+    );
+    assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
 }
 
 #[test]
@@ -140,7 +172,12 @@ fn the_controller_proves_itself_and_the_host_confirms() {
         3,
     );
     assert_eq!(proof, Some(expected));
+    assert!(admin.authenticated.is_none(), "not before Success2");
     assert_eq!(auth_send(&mut admin, &host::success2(3)).status, (0, 0));
+    assert_eq!(
+        admin.authenticated.map(|a| a.to_string()).as_deref(),
+        Some("DH-HMAC-CHAP SHA-256, bidirectional")
+    );
     assert_eq!(admin.set_cc(LINUX_CC).status, (0, 0));
 }
 

@@ -375,6 +375,8 @@ pub struct Pair {
     /// PDUs from the controller not yet taken.
     pub received: Vec<Got>,
     pub closed: Option<CloseReason>,
+    /// What the queue said of the host's authentication.
+    pub authenticated: Option<super::Authentication>,
     /// Hold I/O commands instead of running them at once.
     pub defer_io: bool,
     pub deferred: Vec<IoCommand>,
@@ -390,6 +392,7 @@ impl Pair {
             now,
             received: Vec::new(),
             closed: None,
+            authenticated: None,
             defer_io: false,
             deferred: Vec::new(),
             next_cid: 1,
@@ -443,6 +446,7 @@ impl Pair {
                     env.shut_down
                         .extend(queues.into_iter().map(|q| (cntlid, q)));
                 }
+                Action::Authenticated(how) => self.authenticated = Some(how),
                 Action::Execute(io) if self.defer_io => self.deferred.push(io),
                 Action::Execute(io) => {
                     let result = self.run(&io);

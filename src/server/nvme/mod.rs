@@ -107,6 +107,8 @@ pub(super) struct QueueHandle {
     /// The host's address, and when the queue joined its controller (the status report).
     pub peer: SocketAddr,
     pub since: Instant,
+    /// How the host authenticated on the queue, once it has (the status report).
+    pub authentication: Option<crate::nvme::Authentication>,
 }
 
 /// State shared by every NVMe/TCP connection of the process.
@@ -249,6 +251,7 @@ impl NvmeState {
                     io_queues: c.io_queues,
                     peer: admin.map_or_else(|| "?".into(), |q| q.peer.to_string()),
                     connected_secs: admin.map_or(0, |q| now.duration_since(q.since).as_secs()),
+                    authentication: admin.and_then(|q| q.authentication).map(|a| a.to_string()),
                 }
             })
             .collect()

@@ -221,6 +221,18 @@ impl NvmeResident {
                 let ended = self.nvme.lock_registry().update(cntlid, state);
                 self.nvme.shut_down_queues(cntlid, &ended);
             }
+            Action::Authenticated(how) => {
+                if let Some(place @ (cntlid, qid)) = self.place {
+                    log::info!(
+                        "{}: NVMe/TCP host authenticated on queue {qid} of controller {cntlid} \
+                         ({how})",
+                        self.link.peer
+                    );
+                    if let Some(handle) = self.nvme.lock_queues().get_mut(&place) {
+                        handle.authentication = Some(how);
+                    }
+                }
+            }
             Action::Execute(command) => {
                 let id = command.id;
                 let target = self.engine.as_ref().and_then(|e| {
@@ -276,6 +288,7 @@ impl NvmeResident {
             residence: self.residence.clone(),
             peer: self.link.peer,
             since: Instant::now(),
+            authentication: None,
         };
         self.nvme.lock_queues().insert((cntlid, qid), handle);
         if subsystem != DISCOVERY_SUBSYSTEM {
