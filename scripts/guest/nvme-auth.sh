@@ -1,5 +1,5 @@
 #!/bin/bash
-# NVMe in-band authentication (DH-HMAC-CHAP, NVMe base 2.0 §8.13, NULL DH group) between the
+# NVMe in-band authentication (DH-HMAC-CHAP, NVMe base 2.0 §8.13) between the
 # kernel's NVMe/TCP host (nvme-tcp + nvme-cli) and the kernel's NVMe/TCP target (nvmet-tcp,
 # configfs) as the reference, then ours: the same checks on both.
 #
@@ -18,16 +18,19 @@
 #     (nvme gen-dhchap-key -m 1: SHA-256 key transforms);
 #   - an "open" host listed without a key;
 #   - three hosts with a key each, transformed with SHA-256, SHA-384 and SHA-512 (-m 1, 2, 3;
-#     nvmet's dhchap_hash for each the same hash).
+#     nvmet's dhchap_hash for each the same hash);
+#   - two hosts with a host key and a controller key whose entries name a Diffie-Hellman group,
+#     ffdhe2048 and ffdhe8192 (nvmet's dhchap_dhgroup, our dhchap_dhgroup).
 # The checks, run against each target in turn: connect with the host's secret (the kernel logs
 # "qid 0: authenticated") and fio verify; with the controller's secret too (bidirectional: the
 # kernel logs "qid 0: controller authenticated") and fio verify; two I/O queues (each queue
 # authenticates both ways: the host's debug messages, turned on for drivers/nvme/host/auth.c,
-# show each queue's Success2) and fio verify with two jobs; a wrong host secret, a wrong controller secret,
-# no secret, and a host not listed are refused with no block device appearing, and the target
-# still serves a right connect right after; the open host connects without a secret; each
-# hash's key authenticates. One PASS/FAIL line per check, a "N/M passed" line per target (also
-# in $SOFTROCE_RESULTS/nvme-auth-summary.txt); exits non-zero when a check failed.
+# show each queue's Success2) and fio verify with two jobs; a wrong host secret, a wrong
+# controller secret, no secret, and a host not listed are refused with no block device
+# appearing, and the target still serves a right connect right after; the open host connects
+# without a secret; each hash's key authenticates; each DH group's host authenticates both ways
+# on every queue. One PASS/FAIL line per check, a "N/M passed" line per target (also in
+# $SOFTROCE_RESULTS/nvme-auth-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -53,6 +56,11 @@ declare -A HASH_ID=([1]=5e1f0c0e-0000-4000-8000-0000000000a1 [2]=5e1f0c0e-0000-4
 declare -A HASH_NAME=([1]=SHA-256 [2]=SHA-384 [3]=SHA-512)
 declare -A HASH_HMAC=([1]="hmac(sha256)" [2]="hmac(sha384)" [3]="hmac(sha512)")
 declare -A HASH_KEY=()
+# Two more hosts whose exchanges add a Diffie-Hellman exchange (RFC 7919 groups; the smallest and
+# the largest), each with a host key and a controller key.
+DH_GROUPS=(ffdhe2048 ffdhe8192)
+declare -A DH_ID=([ffdhe2048]=5e1f0c0e-0000-4000-8000-0000000000b1 [ffdhe8192]=5e1f0c0e-0000-4000-8000-0000000000b2)
+declare -A DH_KEY=() DH_CTRL_KEY=()
 
 # gen_key HMAC NQN: a new DHHC-1 secret, its key transformed with HMAC (1-3: SHA-256/384/512).
 gen_key() { nvme gen-dhchap-key --hmac="$1" --nqn="$2"; }
@@ -60,32 +68,37 @@ gen_key() { nvme gen-dhchap-key --hmac="$1" --nqn="$2"; }
 # The keys, made afresh in every run; the same for both targets (the kernel host transforms a
 # controller key with the subsystem's NQN, so each target's key differs after all).
 make_keys() {
-    local m
+    local m g
     HOST_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" && CTRL_KEY="$(gen_key 1 "${NQN[nvmet]}")" &&
         WRONG_HOST_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" && WRONG_CTRL_KEY="$(gen_key 1 "${NQN[nvmet]}")" ||
         return 1
     for m in 1 2 3; do
         HASH_KEY[$m]="$(gen_key "$m" "$(host_nqn "${HASH_ID[$m]}")")" || return 1
     done
+    for g in "${DH_GROUPS[@]}"; do
+        DH_KEY[$g]="$(gen_key 1 "$(host_nqn "${DH_ID[$g]}")")" && DH_CTRL_KEY[$g]="$(gen_key 1 "${NQN[nvmet]}")" ||
+            return 1
+    done
     sr_log "host key $HOST_KEY, controller key $CTRL_KEY"
 }
 
 # --- target setup ----------------------------------------------------------------------------
-# nvmet_host NQN [KEY [CTRL_KEY [HASH]]]: host NQN allowed into subsystem $N, authenticating with
-# KEY (and proving the controller with CTRL_KEY) with HASH (default hmac(sha256)), NULL DH group.
+# nvmet_host NQN [KEY [CTRL_KEY [HASH [DHGROUP]]]]: host NQN allowed into subsystem $N,
+# authenticating with KEY (and proving the controller with CTRL_KEY) with HASH (default
+# hmac(sha256)) and DHGROUP (default null).
 nvmet_host() {
     local h="$CONFIGFS_NVMET/hosts/$1" s="$CONFIGFS_NVMET/subsystems/$N"
     mkdir "$h" || return 1
     if [[ -n "${2:-}" ]]; then
         echo -n "$2" >"$h/dhchap_key" && echo -n "${4:-hmac(sha256)}" >"$h/dhchap_hash" &&
-            echo -n null >"$h/dhchap_dhgroup" || return 1
+            echo -n "${5:-null}" >"$h/dhchap_dhgroup" || return 1
     fi
     if [[ -n "${3:-}" ]]; then echo -n "$3" >"$h/dhchap_ctrl_key" || return 1; fi
     ln -s "$h" "$s/allowed_hosts/$1"
 }
 
 start_nvmet() {
-    local m
+    local m g
     sr_modprobe loop
     truncate -s "${NS_MIB}M" "$WORK/nvmet.img"
     NVMET_LOOP="$(losetup -f --show "$WORK/nvmet.img")" || return 1
@@ -103,7 +116,10 @@ start_nvmet() {
     for m in 1 2 3; do
         nvmet_host "$(host_nqn "${HASH_ID[$m]}")" "${HASH_KEY[$m]}" "" "${HASH_HMAC[$m]}" || return 1
     done
-    sr_log "nvmet-tcp: $N allows 5 hosts, 4 of them with DH-HMAC-CHAP keys"
+    for g in "${DH_GROUPS[@]}"; do
+        nvmet_host "$(host_nqn "${DH_ID[$g]}")" "${DH_KEY[$g]}" "${DH_CTRL_KEY[$g]}" "" "$g" || return 1
+    done
+    sr_log "nvmet-tcp: $N allows 7 hosts, 6 of them with DH-HMAC-CHAP keys"
 }
 stop_nvmet() {
     local h
@@ -114,7 +130,7 @@ stop_nvmet() {
 }
 
 start_ours() {
-    local m
+    local m g
     [[ -x "$BIN" ]] || { sr_log "$BIN missing: run 'cargo build --release' on the host first"; return 1; }
     {
         cat <<EOF
@@ -131,6 +147,10 @@ targets:
 EOF
         for m in 1 2 3; do
             printf '      - nqn: %s\n        dhchap_secret: "%s"\n' "$(host_nqn "${HASH_ID[$m]}")" "${HASH_KEY[$m]}"
+        done
+        for g in "${DH_GROUPS[@]}"; do
+            printf '      - nqn: %s\n        dhchap_secret: "%s"\n        dhchap_ctrl_secret: "%s"\n        dhchap_dhgroup: %s\n' \
+                "$(host_nqn "${DH_ID[$g]}")" "${DH_KEY[$g]}" "${DH_CTRL_KEY[$g]}" "$g"
         done
         cat <<EOF
     luns:
@@ -246,6 +266,20 @@ hash_host_io() {
         dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"
 }
 
+# dh_host_io GROUP: the host whose entry names GROUP authenticates both ways with a
+# Diffie-Hellman exchange in it on every queue (the kernel logs the group; each I/O queue
+# reaches its Success2), and reads.
+dh_host_io() {
+    local id="${DH_ID[$1]}" q
+    connect_logged "qid 0: authenticated with hash [^ ]* dhgroup $1\$" -q "$(host_nqn "$id")" -I "$id" \
+        -S "${DH_KEY[$1]}" -C "${DH_CTRL_KEY[$1]}" || return 1
+    for q in 0 1 2; do
+        dmesg_new_has "nvme $CTRL: .*: qid $q send success2" ||
+            { sr_log "$T: no Success2 on queue $q"; dmesg_new | grep "qid $q" >&2; return 1; }
+    done
+    dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"
+}
+
 # tcheck NAME CMD...: check, counted for the target's summary; leaves no controller behind.
 tcheck() {
     CHECKS=$((CHECKS + 1))
@@ -258,7 +292,7 @@ tcheck() {
 
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL="" CHECKS=0
-    local failed_before=$FAILED m
+    local failed_before=$FAILED m g
     sr_log "=== $T: DH-HMAC-CHAP checks on $ADDR:$P ==="
     tcheck "the host's secret (unidirectional): connect, 'authenticated' logged, fio verify, disconnect" \
         authenticated_io
@@ -275,6 +309,9 @@ run_checks() {
     for m in 1 2 3; do
         tcheck "a key transformed with ${HASH_NAME[$m]} (gen-dhchap-key -m $m) authenticates" \
             hash_host_io "$m"
+    done
+    for g in "${DH_GROUPS[@]}"; do
+        tcheck "DH group $g (both secrets): every queue authenticates with a DH exchange" dh_host_io "$g"
     done
     echo "$T: $((CHECKS - (FAILED - failed_before)))/$CHECKS passed" | tee -a "$RESULTS/nvme-auth-summary.txt"
 }
