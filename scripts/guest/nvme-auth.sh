@@ -18,7 +18,7 @@
 #     (nvme gen-dhchap-key -m 1: SHA-256 key transforms);
 #   - an "open" host listed without a key;
 #   - three hosts with a key each, transformed with SHA-256, SHA-384 and SHA-512 (-m 1, 2, 3;
-#     nvmet's dhchap_hash for each the same hash);
+#     the exchange in that hash too: nvmet's dhchap_hash, our dhchap_hash);
 #   - two hosts with a host key and a controller key whose entries name a Diffie-Hellman group,
 #     ffdhe2048 and ffdhe8192 (nvmet's dhchap_dhgroup, our dhchap_dhgroup).
 # The checks, run against each target in turn: connect with the host's secret (the kernel logs
@@ -28,7 +28,7 @@
 # show each queue's Success2) and fio verify with two jobs; a wrong host secret, a wrong
 # controller secret, no secret, and a host not listed are refused with no block device
 # appearing, and the target still serves a right connect right after; the open host connects
-# without a secret; each hash's key authenticates; each DH group's host authenticates both ways
+# without a secret; each hash's key authenticates, in that hash; each DH group's host authenticates both ways
 # on every queue. One PASS/FAIL line per check, a "N/M passed" line per target (also in
 # $SOFTROCE_RESULTS/nvme-auth-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
@@ -146,7 +146,8 @@ targets:
         dhchap_ctrl_secret: "$CTRL_KEY"
 EOF
         for m in 1 2 3; do
-            printf '      - nqn: %s\n        dhchap_secret: "%s"\n' "$(host_nqn "${HASH_ID[$m]}")" "${HASH_KEY[$m]}"
+            printf '      - nqn: %s\n        dhchap_secret: "%s"\n        dhchap_hash: "%s"\n' \
+                "$(host_nqn "${HASH_ID[$m]}")" "${HASH_KEY[$m]}" "${HASH_HMAC[$m]}"
         done
         for g in "${DH_GROUPS[@]}"; do
             printf '      - nqn: %s\n        dhchap_secret: "%s"\n        dhchap_ctrl_secret: "%s"\n        dhchap_dhgroup: %s\n' \
@@ -258,11 +259,13 @@ open_host_io() {
     fio_verify "$DEV" 8M 64k 8 && nvme_disconnect "$N"
 }
 
-# hash_host_io M: the host whose key was transformed with hash M (gen-dhchap-key -m M)
-# authenticates; the log names the hash the controller chose for the protocol.
+# hash_host_io M: the host whose key was transformed with hash M (gen-dhchap-key -m M), and
+# whose entry names the same hash for the exchange (nvmet's dhchap_hash, our dhchap_hash),
+# authenticates with that hash: the kernel logs it.
 hash_host_io() {
     local id="${HASH_ID[$1]}"
-    connect_logged "qid 0: authenticated" -q "$(host_nqn "$id")" -I "$id" -S "${HASH_KEY[$1]}" &&
+    connect_logged "qid 0: authenticated with hash ${HASH_HMAC[$1]} " -q "$(host_nqn "$id")" \
+        -I "$id" -S "${HASH_KEY[$1]}" &&
         dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"
 }
 
@@ -307,7 +310,7 @@ run_checks() {
     tcheck "a host not listed is refused" refused -q "$(host_nqn "$UNLISTED_ID")" -I "$UNLISTED_ID"
     tcheck "a host listed without a secret connects without one, fio verify" open_host_io
     for m in 1 2 3; do
-        tcheck "a key transformed with ${HASH_NAME[$m]} (gen-dhchap-key -m $m) authenticates" \
+        tcheck "a key transformed with ${HASH_NAME[$m]} (gen-dhchap-key -m $m) authenticates with ${HASH_NAME[$m]}" \
             hash_host_io "$m"
     done
     for g in "${DH_GROUPS[@]}"; do

@@ -18,7 +18,7 @@ use serde_yaml::Value;
 
 use super::error::{err, CResult};
 use crate::nvme::auth::dh::DhGroup;
-use crate::nvme::auth::{DhchapSecret, HostSecrets};
+use crate::nvme::auth::{DhchapSecret, HashFunction, HostSecrets};
 use crate::nvme::{AllowedHost, DISCOVERY_NQN};
 
 /// The IANA-registered NVMe/TCP port, used when an `nvme-tcp` portal omits `port`.
@@ -119,6 +119,7 @@ struct RawHost {
     dhchap_secret: Option<String>,
     dhchap_ctrl_secret: Option<String>,
     dhchap_dhgroup: Option<String>,
+    dhchap_hash: Option<String>,
 }
 
 /// Resolves `allowed_hosts`: host NQNs, or `{ nqn, dhchap_secret, dhchap_ctrl_secret }`
@@ -191,6 +192,21 @@ fn resolve_host(field: &str, entry: Value) -> CResult<AllowedHost> {
             )
         })?,
     };
+    let hash = match raw.dhchap_hash {
+        None => None,
+        Some(_) if host.is_none() => {
+            return err(
+                &format!("{field}.dhchap_hash"),
+                "needs dhchap_secret: the hash is that of the host's authentication",
+            )
+        }
+        Some(name) => Some(HashFunction::from_name(&name).ok_or_else(|| {
+            super::error::ConfigError::new(
+                format!("{field}.dhchap_hash"),
+                format!("\"{name}\" is not a DH-HMAC-CHAP hash; use sha256, sha384 or sha512"),
+            )
+        })?),
+    };
     let secrets = match (host, controller) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -209,6 +225,7 @@ fn resolve_host(field: &str, entry: Value) -> CResult<AllowedHost> {
             host,
             controller,
             dh_group,
+            hash,
         })),
     };
     Ok(AllowedHost { nqn, secrets })
@@ -302,7 +319,7 @@ mod tests {
         };
         let c = entry(&format!(
             ", dhchap_secret: \"{host_secret}\", dhchap_ctrl_secret: \"{ctrl_secret}\", \
-             dhchap_dhgroup: ffdhe3072"
+             dhchap_dhgroup: ffdhe3072, dhchap_hash: \"hmac(sha512)\""
         ))
         .unwrap();
         let hosts = &c.targets[0].allowed_hosts;
@@ -311,6 +328,7 @@ mod tests {
         assert_eq!(secrets.host, DhchapSecret::parse(&host_secret).unwrap());
         assert_eq!(secrets.controller, DhchapSecret::parse(&ctrl_secret).ok());
         assert_eq!(secrets.dh_group, DhGroup::Ffdhe3072);
+        assert_eq!(secrets.hash, Some(HashFunction::Sha512));
         assert!(entry("").unwrap().targets[0].allowed_hosts[1]
             .secrets
             .is_none());
@@ -343,6 +361,11 @@ mod tests {
                 ", dhchap_dhgroup: ffdhe2048".to_string(),
                 "allowed_hosts[1].dhchap_dhgroup",
                 "needs dhchap_secret",
+            ),
+            (
+                format!(", dhchap_secret: \"{host_secret}\", dhchap_hash: md5"),
+                "allowed_hosts[1].dhchap_hash",
+                "sha384",
             ),
         ] {
             let e = entry(&keys).unwrap_err().to_string();

@@ -36,6 +36,8 @@ pub struct HostSecrets {
     /// The group to use. NULL (the default) takes the NULL group, or the host's first group
     /// when it does not offer NULL; another group must be offered, or the exchange fails.
     pub dh_group: DhGroup,
+    /// The hash function to use; it must be offered. `None`: the host's first choice.
+    pub hash: Option<HashFunction>,
 }
 
 /// Why an exchange failed, for the log and for the Failure1 explanation.
@@ -286,18 +288,22 @@ impl QueueAuthentication {
         }
     }
 
-    /// The hash function and DH group for a Negotiate: the host's first hash among ours, the
-    /// host's entry's group ([`HostSecrets::dh_group`]), no secure channel concatenation.
+    /// The hash function and DH group for a Negotiate: the host's entry's hash, or the host's
+    /// first among ours, the entry's group ([`HostSecrets::dh_group`]), no secure channel
+    /// concatenation.
     fn negotiate(&self, data: &[u8]) -> Result<(HashFunction, DhGroup), AuthError> {
         let negotiate = Negotiate::parse(data).map_err(AuthError::Negotiation)?;
         if negotiate.secure_channel() != 0 {
             return Err(AuthError::Negotiation(failure::CONCAT_MISMATCH));
         }
-        let hash = negotiate
-            .hashes()
-            .iter()
-            .find_map(|&id| HashFunction::from_id(id))
-            .ok_or(AuthError::Negotiation(failure::HASH_UNUSABLE))?;
+        let hash = match self.secrets.hash {
+            Some(hash) => negotiate.hashes().contains(&hash.id()).then_some(hash),
+            None => negotiate
+                .hashes()
+                .iter()
+                .find_map(|&id| HashFunction::from_id(id)),
+        }
+        .ok_or(AuthError::Negotiation(failure::HASH_UNUSABLE))?;
         let offered = |group: DhGroup| negotiate.dh_groups().contains(&group.id());
         let configured = self.secrets.dh_group;
         let dh_group = if offered(configured) {

@@ -31,6 +31,31 @@ impl HashFunction {
         self as u8
     }
 
+    /// Its name in our configuration (`sha256`), Linux's being `hmac(sha256)`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashFunction::Sha256 => "sha256",
+            HashFunction::Sha384 => "sha384",
+            HashFunction::Sha512 => "sha512",
+        }
+    }
+
+    /// The hash named `sha256`, `sha384` or `sha512`, or as Linux's nvmet names it in
+    /// `dhchap_hash` (`hmac(sha256)`...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name
+            .strip_prefix("hmac(")
+            .and_then(|n| n.strip_suffix(')'))
+            .unwrap_or(name);
+        [
+            HashFunction::Sha256,
+            HashFunction::Sha384,
+            HashFunction::Sha512,
+        ]
+        .into_iter()
+        .find(|h| h.name() == name)
+    }
+
     /// The digest's length in bytes: also the length of challenges and responses.
     pub fn digest_len(self) -> usize {
         match self {

@@ -15,6 +15,7 @@ fn queue_auth_in(controller: Option<DhchapSecret>, dh_group: DhGroup) -> QueueAu
         host: secret(0x11),
         controller,
         dh_group,
+        hash: None,
     };
     QueueAuthentication::new(Arc::new(secrets), HOST_NQN, SUBSYSTEM_NQN)
 }
@@ -123,6 +124,38 @@ fn with_a_dh_group_the_challenges_are_augmented_by_the_shared_secret() {
     auth.send(&success2(12)).unwrap();
     assert!(auth.is_authenticated());
     assert_eq!(auth.dh_group(), DhGroup::Ffdhe2048);
+}
+
+#[test]
+fn a_configured_hash_is_used_when_offered_else_refused() {
+    let secrets = |hash| {
+        Arc::new(HostSecrets {
+            host: secret(0x11),
+            controller: None,
+            dh_group: DhGroup::Null,
+            hash: Some(hash),
+        })
+    };
+    let mut auth = QueueAuthentication::new(secrets(HashFunction::Sha384), HOST_NQN, SUBSYSTEM_NQN);
+    let challenge = challenged(&mut auth, 1);
+    assert_eq!((challenge.hash_id, challenge.value.len()), (2, 48));
+    auth.send(&reply(1, &response(&secret(0x11), &challenge), None))
+        .unwrap();
+    assert!(auth.is_authenticated());
+
+    let mut auth = QueueAuthentication::new(secrets(HashFunction::Sha512), HOST_NQN, SUBSYSTEM_NQN);
+    auth.send(&negotiate_with(1, &[1, 2], &[0], 0)).unwrap();
+    let ((_, explanation), _) = failure(read(&mut auth));
+    assert_eq!(explanation, message::failure::HASH_UNUSABLE);
+    assert_eq!(
+        HashFunction::from_name("hmac(sha512)"),
+        Some(HashFunction::Sha512)
+    );
+    assert_eq!(
+        HashFunction::from_name("sha384"),
+        Some(HashFunction::Sha384)
+    );
+    assert_eq!(HashFunction::from_name("md5"), None);
 }
 
 #[test]

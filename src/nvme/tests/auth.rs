@@ -23,6 +23,7 @@ fn auth_pair_in(controller: bool, dh_group: DhGroup) -> Pair {
             host: host::secret(0x11),
             controller: controller.then(|| host::secret(0x22)),
             dh_group,
+            hash: None,
         })),
     }];
     config.random = host::counting_random;
