@@ -372,6 +372,60 @@ def nvme_pdu_seeds():
     write("nvme_queue", "io-with-reservations", bytes([7 << 5]) + nvme_io_stream())
 
 
+def nvme_auth_seeds():
+    """Operations in the nvme_auth target's format (see the top of fuzz_targets/nvme_auth.rs):
+    a control byte (bit 0 bidirectional, 1-2 digests, 3 SQ flow control disabled, 4 the I/O
+    queue), then operations, each an opcode byte and its arguments."""
+    def negotiate_linux(transaction):
+        return bytes([1]) + struct.pack("<H", transaction)
+
+    def negotiate(transaction, hashes, groups, sc_c=0):
+        return (bytes([0]) + struct.pack("<H", transaction) + bytes([len(hashes)]) + bytes(hashes)
+                + bytes([len(groups)]) + bytes(groups) + bytes([sc_c]))
+
+    def right_reply(host_challenge=None):
+        # flags bit 0: a host challenge (S2, the byte C2 is filled with).
+        s2, fill = host_challenge or (0, 0)
+        return bytes([2, 1 if host_challenge else 0]) + struct.pack("<I", s2) + bytes([fill])
+
+    def fuzzed_reply(hl, response, cvalid=0, seqnum=0):
+        # Transaction XOR the latest (0: the right one), HL, CVALID, DHVLEN, SEQNUM, values.
+        values = response + b"\0" * hl
+        return (bytes([3]) + struct.pack("<HBBHI", 0, hl, cvalid, 0, seqnum)
+                + bytes([len(values)]) + values)
+
+    success2 = bytes([4, 0, 0])
+    receive = bytes([7, 0, 0, 0])  # AL 4096
+
+    def probes(*selectors):
+        return b"".join(bytes([8, s]) for s in selectors)
+
+    def wait(quarter_seconds):
+        return bytes([9, quarter_seconds])
+
+    one_way = negotiate_linux(1) + receive + right_reply() + receive
+    write("nvme_auth", "one-way", bytes([0]) + probes(0) + one_way + probes(0, 1, 2) + wait(200))
+    write("nvme_auth", "bidirectional", bytes([1]) + negotiate_linux(3) + receive
+          + right_reply((1234, 0x5C)) + probes(0) + receive + success2 + probes(0, 1, 2))
+    write("nvme_auth", "wrong-reply", bytes([0]) + negotiate_linux(1) + receive
+          + fuzzed_reply(32, b"\x42" * 32) + probes(0) + receive)
+    write("nvme_auth", "host-challenge-without-controller-secret", bytes([0]) + negotiate_linux(2)
+          + receive + right_reply((7, 1)) + receive)
+    write("nvme_auth", "host-rejects-controller", bytes([1]) + negotiate_linux(4) + receive
+          + right_reply((9, 2)) + receive + bytes([5, 0, 0, 1]))
+    # SHA-512 only, then re-authentication with SHA-384 once authenticated.
+    write("nvme_auth", "sha512-then-reauthenticate", bytes([1])
+          + negotiate(5, [3], [0, 1]) + receive + right_reply() + receive + probes(0)
+          + negotiate(6, [2, 1], [0]) + receive + right_reply((77, 3)) + receive + success2
+          + probes(1, 2))
+    write("nvme_auth", "connect-timeout", bytes([0]) + negotiate_linux(1) + receive + wait(40)
+          + probes(0) + wait(21))
+    # I/O queue 1 with digests and SQ flow control disabled: reads and a flush.
+    write("nvme_auth", "io-queue", bytes([0b11110]) + probes(0) + one_way + probes(0, 1) + wait(255))
+    write("nvme_auth", "io-queue-bidirectional", bytes([0b10001]) + negotiate_linux(8) + receive
+          + right_reply((5, 0xA5)) + receive + success2 + probes(0, 1))
+
+
 if __name__ == "__main__":
     chap_seeds()
     iser_seeds()
@@ -379,3 +433,4 @@ if __name__ == "__main__":
     pdu_decode_seeds()
     text_parse_seeds()
     nvme_pdu_seeds()
+    nvme_auth_seeds()

@@ -1,5 +1,5 @@
 //! Host-side NVMe/TCP framing and checks shared by the NVMe fuzz targets (`nvme_pdu`,
-//! `nvme_queue`), written apart from the crate's codec.
+//! `nvme_queue`, `nvme_auth`), written apart from the crate's codec.
 
 use std::time::Instant;
 
@@ -104,6 +104,19 @@ pub fn join_io_queue(host: &Host, cntlid: u16, cattr: u8) -> Vec<u8> {
 
 /// Connect of queue `qid` to controller `cntlid` (0xFFFF: a new one) with attributes `cattr`.
 fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
+    connect_as(host, qid, cntlid, cattr, SUBSYSTEM, HOST)
+}
+
+/// The same Connect to subsystem `subsystem` as host `host_nqn` (`nvme_auth` connects with the
+/// NQNs its secrets are bound to).
+pub fn connect_as(
+    host: &Host,
+    qid: u16,
+    cntlid: u16,
+    cattr: u8,
+    subsystem: &str,
+    host_nqn: &str,
+) -> Vec<u8> {
     let mut s = sqe(0x7F, 0x01, 0xF000);
     s[32..36].copy_from_slice(&1024u32.to_le_bytes());
     s[39] = 0x01;
@@ -113,13 +126,13 @@ fn connect(host: &Host, qid: u16, cntlid: u16, cattr: u8) -> Vec<u8> {
     s[48..52].copy_from_slice(&10_000u32.to_le_bytes());
     let mut d = vec![0u8; 1024];
     d[16..18].copy_from_slice(&cntlid.to_le_bytes());
-    d[256..256 + SUBSYSTEM.len()].copy_from_slice(SUBSYSTEM.as_bytes());
-    d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
+    d[256..256 + subsystem.len()].copy_from_slice(subsystem.as_bytes());
+    d[512..512 + host_nqn.len()].copy_from_slice(host_nqn.as_bytes());
     host.capsule(&s, &d)
 }
 
 /// Enable (CC.EN, IOSQES 6, IOCQES 4) and two I/O queues.
-fn enable(host: &Host) -> Vec<u8> {
+pub fn enable(host: &Host) -> Vec<u8> {
     let mut cc = sqe(0x7F, 0x00, 0xF001);
     cc[44..48].copy_from_slice(&0x14u32.to_le_bytes());
     cc[48..56].copy_from_slice(&(1u64 | 6 << 16 | 4 << 20).to_le_bytes());
@@ -129,6 +142,20 @@ fn enable(host: &Host) -> Vec<u8> {
     let mut b = host.capsule(&cc, &[]);
     b.extend(host.capsule(&queues, &[]));
     b
+}
+
+/// AUTH_Send (`fctype` 05h, host data in the capsule) or AUTH_Receive (06h, data by C2HData)
+/// as Linux's host builds them (drivers/nvme/host/auth.c `nvme_auth_submit`): SECP E9h in byte
+/// 43, SPSP0 and SPSP1 01h in bytes 41 and 42, TL / AL in CDW11 equal to the SGL length.
+pub fn auth_sqe(fctype: u8, cid: u16, length: u32) -> [u8; 64] {
+    let mut s = sqe(0x7F, fctype, cid);
+    s[32..36].copy_from_slice(&length.to_le_bytes());
+    s[39] = if fctype & 1 != 0 { 0x01 } else { 0x5A };
+    s[41] = 0x01;
+    s[42] = 0x01;
+    s[43] = 0xE9;
+    s[44..48].copy_from_slice(&length.to_le_bytes());
+    s
 }
 
 /// Checks one PDU the controller sent; panics when it is malformed.
