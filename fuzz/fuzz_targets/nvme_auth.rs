@@ -27,7 +27,9 @@
 //! latest Challenge it read, and, when that Reply carried a host challenge, read a Success1
 //! with the right controller response (`testing::controller_response`) and then sent a
 //! Success2 of the exchange's transaction; until then it fails with Authentication Required.
-//! A Challenge comes only after a Negotiate, of its transaction, with a hash the host offered;
+//! A Challenge comes only after a Negotiate, of its transaction, with a hash the host offered
+//! and the NULL DH group when offered, else the host's first known group (the harness then does
+//! the host's side of the DH exchange, and the right Reply carries its value);
 //! a Success1 only after the right Reply, carrying the controller's response exactly when the
 //! host asked and always the right one; a Failure1 ends the queue; a Negotiate a controller
 //! can use is answered with a Challenge and the right Reply with a Success1 (or, one-way with
@@ -75,8 +77,8 @@ fn config(bidirectional: bool) -> NvmeConfig {
         secrets: Some(Arc::new(HostSecrets {
             host: testing::secret(HOST_SECRET),
             controller: bidirectional.then(|| testing::secret(CONTROLLER_SECRET)),
-            // The NULL group: a DH exchange per input would slow the fuzzer a hundredfold,
-            // and the unit tests cover the groups.
+            // NULL, the default: the NULL group when the host offers it, else the host's
+            // first group (a Negotiate without NULL brings a DH exchange in).
             dh_group: DhGroup::Null,
             hash: None,
         })),
@@ -143,10 +145,15 @@ type HostChallenge = (Vec<u8>, u32);
 struct Model {
     /// The latest Negotiate taken and not yet answered by a Challenge: its transaction, the
     /// hashes it offered (when the harness built it), and whether a controller that supports
-    /// SHA-2 and the NULL DH group can use it.
+    /// SHA-2 and the RFC 7919 groups can use it.
     negotiated: Option<(u16, Option<Vec<u8>>, bool)>,
+    /// The DH groups of that Negotiate, when the harness built it.
+    offered_groups: Option<Vec<u8>>,
     /// The latest Challenge read, until a Reply or a Negotiate.
     challenge: Option<Challenge>,
+    /// The host's side of the latest Challenge's DH exchange (its public value and the shared
+    /// secret); `None` with the NULL group.
+    dh: Option<(Vec<u8>, Vec<u8>)>,
     /// The right Reply was taken: its host challenge (C2, S2), if it carried one. Until a
     /// Success1 is read.
     replied: Option<(Challenge, Option<HostChallenge>)>,
@@ -258,6 +265,8 @@ impl Harness {
         match (m[0], m[1]) {
             (0x00, 0x00) => {
                 model.negotiated = Some((transaction, None, false));
+                model.offered_groups = None;
+                model.dh = None;
                 model.challenge = None;
                 model.replied = None;
                 model.proved = None;
@@ -267,7 +276,8 @@ impl Harness {
                     .challenge
                     .take()
                     .expect("a Reply taken with no Challenge read");
-                model.replied = right_reply(m, &c).map(|host_challenge| (c, host_challenge));
+                model.replied =
+                    right_reply(m, &c, model.dh.as_ref()).map(|host_challenge| (c, host_challenge));
                 if let Some((_, None)) = model.replied {
                     model.authenticated = true;
                 }
@@ -341,10 +351,25 @@ impl Harness {
                 if let Some(offered) = offered {
                     assert!(offered.contains(&hash), "hash {hash} not offered");
                 }
-                assert_eq!((m[9], m[10], m[11]), (0, 0, 0), "NULL DH group");
-                assert!(m.len() >= 16 + hl);
+                // The NULL group when the host offers it, else the host's first known group.
+                let group = DhGroup::from_id(m[9]).expect("a known DH group");
+                if let Some(groups) = &model.offered_groups {
+                    let expected = if groups.contains(&0) {
+                        Some(0)
+                    } else {
+                        groups
+                            .iter()
+                            .copied()
+                            .find(|&g| DhGroup::from_id(g).is_some())
+                    };
+                    assert_eq!(Some(m[9]), expected, "the DH group of {groups:?}");
+                }
+                let dh_len = usize::from(u16::from_le_bytes([m[10], m[11]]));
+                assert_eq!(dh_len, group.value_len(), "DHVLEN of group {}", m[9]);
+                assert!(m.len() >= 16 + hl + dh_len);
                 let challenge = testing::read_challenge(&m);
                 assert_ne!(challenge.seqnum, 0);
+                model.dh = testing::host_dh(&challenge, host_random);
                 model.challenge = Some(challenge);
                 assert!(self.closed.is_none());
             }
@@ -362,12 +387,13 @@ impl Harness {
                         assert!(self.bidirectional, "a response without a controller secret");
                         let hash = HashFunction::from_id(challenge.hash_id).expect("known");
                         let secret = testing::secret(CONTROLLER_SECRET);
-                        let right = testing::controller_response(
+                        let right = testing::controller_response_with(
                             &secret,
                             hash,
                             &c2,
                             s2,
                             challenge.transaction,
+                            model.dh.as_ref().map(|(_, session)| &session[..]),
                         );
                         assert_eq!(response, right, "the controller's response");
                         model.proved = Some(challenge.transaction);
@@ -468,20 +494,44 @@ fn read_pdu(b: &[u8], answer: &mut Answer) {
 /// Whether `m` is the right Reply to `challenge` (NVMe base 2.0 Figure DH-HMAC-CHAP_Reply: HL
 /// byte 6, CVALID byte 8 bit 0, DHVLEN bytes 10-11, SEQNUM bytes 12-15, then the response,
 /// C2 and the DH value): `Some` of its host challenge (none when absent or S2 is 0).
-fn right_reply(m: &[u8], challenge: &Challenge) -> Option<Option<HostChallenge>> {
+fn right_reply(
+    m: &[u8],
+    challenge: &Challenge,
+    dh: Option<&(Vec<u8>, Vec<u8>)>,
+) -> Option<Option<HostChallenge>> {
     let hl = usize::from(*m.get(6)?);
+    let public = dh.map_or(&[][..], |(public, _)| &public[..]);
     let right = m.len() >= 16 + 2 * hl
         && u16::from_le_bytes([m[4], m[5]]) == challenge.transaction
         && Some(hl) == digest_len(challenge.hash_id)
-        && m[10..12] == [0, 0]
-        && m[16..16 + hl] == expected_response(challenge)[..];
+        && usize::from(u16::from_le_bytes([m[10], m[11]])) == public.len()
+        && m.get(16 + 2 * hl..16 + 2 * hl + public.len()) == Some(public)
+        && m[16..16 + hl] == expected_response(challenge, dh)[..];
     let s2 = u32::from_le_bytes(m.get(12..16)?.try_into().unwrap());
     right.then(|| (m[8] & 1 != 0 && s2 != 0).then(|| (m[16 + hl..16 + 2 * hl].to_vec(), s2)))
 }
 
-fn expected_response(challenge: &Challenge) -> Vec<u8> {
+fn expected_response(challenge: &Challenge, dh: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
     let secret = testing::secret(HOST_SECRET);
-    testing::response_as(&secret, challenge, HOST_NQN, SUBSYSTEM_NQN)
+    let session = dh.map(|(_, session)| &session[..]);
+    testing::response_with(&secret, challenge, session, HOST_NQN, SUBSYSTEM_NQN)
+}
+
+/// The host's random source for its DH key pairs (the controller's is `counting_random`).
+fn host_random(buf: &mut [u8]) -> Result<(), iser_target::random::RandomUnavailable> {
+    buf.fill(0x77);
+    Ok(())
+}
+
+/// `response` as a Reply carrying the host's DH value, if the exchange has one.
+fn reply_for(
+    transaction: u16,
+    response: &[u8],
+    host_challenge: Option<(&[u8], u32)>,
+    dh: Option<&(Vec<u8>, Vec<u8>)>,
+) -> Vec<u8> {
+    let public = dh.map_or(&[][..], |(public, _)| &public[..]);
+    testing::reply_with_dh(transaction, response, host_challenge, public)
 }
 
 /// A queue of `config` for `host`, ICReq and Connect (to controller `cntlid` for queue `qid`)
@@ -524,7 +574,13 @@ fn authenticate(h: &mut Harness) {
     h.auth_send(&testing::negotiate(1), [0; 3], 0);
     h.auth_receive(4096, 0);
     let challenge = h.model.challenge.clone().expect("a Challenge");
-    let reply = testing::reply(1, &expected_response(&challenge), None);
+    let dh = h.model.dh.clone();
+    let reply = reply_for(
+        1,
+        &expected_response(&challenge, dh.as_ref()),
+        None,
+        dh.as_ref(),
+    );
     h.auth_send(&reply, [0; 3], 0);
     h.auth_receive(4096, 0);
     assert!(h.model.authenticated && h.closed.is_none());
@@ -586,9 +642,10 @@ fuzz_target!(|data: &[u8]| {
                 h.auth_send(&m, [0; 3], 0);
                 if let Some(negotiated) = h.model.negotiated.as_mut() {
                     let usable = hashes.iter().any(|&id| digest_len(id).is_some())
-                        && groups.contains(&0)
+                        && groups.iter().any(|&g| DhGroup::from_id(g).is_some())
                         && sc_c == 0;
                     *negotiated = (transaction, Some(hashes), usable);
+                    h.model.offered_groups = Some(groups);
                 }
             }
             1 => {
@@ -596,6 +653,7 @@ fuzz_target!(|data: &[u8]| {
                 h.auth_send(&testing::negotiate(transaction), [0; 3], 0);
                 if let Some(negotiated) = h.model.negotiated.as_mut() {
                     *negotiated = (transaction, Some(vec![1, 2, 3]), true);
+                    h.model.offered_groups = Some(vec![0, 1, 2, 3, 4, 5]);
                 }
             }
             2 => {
@@ -611,11 +669,12 @@ fuzz_target!(|data: &[u8]| {
                     value: vec![0; 32],
                     dh_value: Vec::new(),
                 });
-                let response = expected_response(&challenge);
+                let dh = h.model.dh.clone();
+                let response = expected_response(&challenge, dh.as_ref());
                 let c2 = vec![fill; response.len()];
                 let host_challenge = (flags & 1 != 0).then_some((&c2[..], s2));
                 let transaction = challenge.transaction ^ u16::from(flags >> 1 & 1);
-                let m = testing::reply(transaction, &response, host_challenge);
+                let m = reply_for(transaction, &response, host_challenge, dh.as_ref());
                 h.auth_send(&m, [0; 3], 0);
             }
             3 => {
