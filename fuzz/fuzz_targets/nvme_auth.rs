@@ -9,7 +9,7 @@
 //!
 //! - 0 Negotiate: transaction u16, n (mod 8) hash IDs, n (mod 8) DH group IDs, SC_C.
 //! - 1 Negotiate as Linux's host sends it: transaction u16.
-//! - 2 the right Reply to the latest Challenge read (`testing::response_as`): flags (bit 0 carry
+//! - 2 the right Reply to the latest Challenge read (`testing::response_with`): flags (bit 0 carry
 //!   a host challenge, bit 1 a wrong transaction), S2 u32, the byte C2 is filled with.
 //! - 3 a Reply of fuzzed bytes: transaction u16 (XOR the latest), HL, CVALID, DHVLEN u16,
 //!   SEQNUM u32, n, then n bytes of values.

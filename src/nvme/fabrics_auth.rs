@@ -4,7 +4,7 @@
 use super::auth::message::{SECURITY_PROTOCOL, SECURITY_PROTOCOL_SPECIFIC};
 use super::auth::Received;
 use super::command::{Sqe, Status};
-use super::queue::{Action, Authentication, CloseReason, Outcome, Queue};
+use super::queue::{Action, CloseReason, Outcome, Queue};
 
 /// The checks before an AUTH command's data moves, as Linux's nvmet makes them
 /// (drivers/nvme/target/fabrics-cmd-auth.c): the DH-HMAC-CHAP security protocol, a non-zero
@@ -89,12 +89,7 @@ impl Queue {
         } else {
             self.set_deadline(None);
         }
-        if let Some(auth) = &self.auth {
-            let done = Authentication {
-                hash: auth.hash(),
-                dh_group: auth.dh_group(),
-                bidirectional: auth.bidirectional(),
-            };
+        if let Some(done) = self.auth.as_ref().and_then(|a| a.completed()) {
             self.push(Action::Authenticated(done));
         }
     }

@@ -31,6 +31,7 @@ mod reservations;
 pub mod scsi;
 
 pub use admin::DISCOVERY_SUBSYSTEM;
+pub use auth::Authentication;
 pub use config::{
     AddressFamily, AllowedHost, AnaGroup, AnaState, DiscoveryEntry, NamespaceCapacity,
     NamespaceDescriptor, NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
@@ -38,8 +39,7 @@ pub use config::{
 pub use controller::ControllerShared;
 pub use io::{IoCommand, IoId, IoOp};
 pub use queue::{
-    Action, Authentication, CloseReason, ConnectRefusal, ControllerState, CreateRequest,
-    JoinRequest, Queue,
+    Action, CloseReason, ConnectRefusal, ControllerState, CreateRequest, JoinRequest, Queue,
 };
 pub use registry::ControllerRegistry;
 

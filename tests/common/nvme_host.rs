@@ -528,7 +528,7 @@ impl NvmeQueue {
         let negotiate = testing::negotiate(1);
         self.auth_send(&negotiate)?;
         let challenge = testing::read_challenge(&self.auth_receive()?);
-        let response = testing::response_as(secret, &challenge, host_nqn, subsystem);
+        let response = testing::response_with(secret, &challenge, None, host_nqn, subsystem);
         self.auth_send(&testing::reply(challenge.transaction, &response, None))?;
         self.auth_receive()
     }

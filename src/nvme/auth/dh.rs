@@ -271,13 +271,6 @@ const FFDHE8192: &str = "\
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
     #[test]
     fn the_primes_are_rfc_7919s() {
         for group in &DhGroup::ALL[1..] {
@@ -292,11 +285,15 @@ mod tests {
         }
         // OpenSSL 3.0's `genpkey -algorithm DH -pkeyopt group:ffdhe2048`: this private key
         // gives this public key, so the prime is the one OpenSSL has.
-        let private = hex("0102958f034ee819c22725b05b76e86350a668ba62132ef03f7cff9f9b");
+        let private = BigUint::parse_bytes(
+            b"0102958f034ee819c22725b05b76e86350a668ba62132ef03f7cff9f9b",
+            16,
+        )
+        .unwrap();
         let public = "224d06805b9c5cb4288d919e2e1bd14c0e8ca014d22902a42327a5919b44b19e4cfb45613da537f80907c34edc70311ba0be3857924c3255d6d9c476fbe7c608b39733ff3dc1fbfb286eb840c8e3626f1bc2b937a9f73748877459d9a0795338aad5aa0866d2bd7daa2aa0d8dbc2aed6afe3b17a5f592a1f1639a81a9ee78d6d77f911ea197e24f74327c678ca216698c067afb03470e1645528bc7714ab5c14a1104e277d5ca0b8b7fb77875e16d68584d9ff7bb8575c6ad691f411390b5af873bc1b8683b206a255a126c0a22d837dd472ff21747a7ca8e76ceaa547f3b98d2108d4c498eb1fdd2db28a03e6d7062a29447b4778e0628c9c5be1e85266d7b6";
         let p = DhGroup::Ffdhe2048.prime().unwrap();
-        let y = BigUint::from(2u8).modpow(&BigUint::from_bytes_be(&private), p);
-        assert_eq!(padded(&y, 256), hex(public));
+        let y = BigUint::from(2u8).modpow(&private, p);
+        assert_eq!(crate::hex(&padded(&y, 256)), public);
     }
 
     fn fill(value: u8) -> RandomSource {

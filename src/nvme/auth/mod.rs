@@ -40,6 +40,28 @@ pub struct HostSecrets {
     pub hash: Option<HashFunction>,
 }
 
+/// How a host authenticated on a queue: DH-HMAC-CHAP with this hash function and DH group, and
+/// whether the controller proved itself too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authentication {
+    pub hash: HashFunction,
+    pub dh_group: DhGroup,
+    pub bidirectional: bool,
+}
+
+impl std::fmt::Display for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DH-HMAC-CHAP {}", self.hash)?;
+        if self.dh_group != DhGroup::Null {
+            write!(f, ", {}", self.dh_group.name())?;
+        }
+        if self.bidirectional {
+            f.write_str(", bidirectional")?;
+        }
+        Ok(())
+    }
+}
+
 /// Why an exchange failed, for the log and for the Failure1 explanation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -149,19 +171,14 @@ impl QueueAuthentication {
         self.authenticated
     }
 
-    /// The hash function of the latest exchange.
-    pub fn hash(&self) -> HashFunction {
-        self.hash
-    }
-
-    /// The DH group of the latest exchange.
-    pub fn dh_group(&self) -> DhGroup {
-        self.dh_group
-    }
-
-    /// Whether the host asked the controller to authenticate in the latest exchange.
-    pub fn bidirectional(&self) -> bool {
-        self.host_challenge.is_some()
+    /// How the host authenticated, once it has: the latest exchange's hash function and DH
+    /// group, and whether the host asked the controller to authenticate too.
+    pub fn completed(&self) -> Option<Authentication> {
+        self.authenticated.then(|| Authentication {
+            hash: self.hash,
+            dh_group: self.dh_group,
+            bidirectional: self.host_challenge.is_some(),
+        })
     }
 
     /// An AUTH_Send's message. `Err`: the exchange is over and failed; the queue answers the

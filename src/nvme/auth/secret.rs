@@ -18,13 +18,14 @@ pub enum HashFunction {
 }
 
 impl HashFunction {
+    pub const ALL: [HashFunction; 3] = [
+        HashFunction::Sha256,
+        HashFunction::Sha384,
+        HashFunction::Sha512,
+    ];
+
     pub fn from_id(id: u8) -> Option<Self> {
-        match id {
-            1 => Some(HashFunction::Sha256),
-            2 => Some(HashFunction::Sha384),
-            3 => Some(HashFunction::Sha512),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|h| h.id() == id)
     }
 
     pub fn id(self) -> u8 {
@@ -47,13 +48,7 @@ impl HashFunction {
             .strip_prefix("hmac(")
             .and_then(|n| n.strip_suffix(')'))
             .unwrap_or(name);
-        [
-            HashFunction::Sha256,
-            HashFunction::Sha384,
-            HashFunction::Sha512,
-        ]
-        .into_iter()
-        .find(|h| h.name() == name)
+        Self::ALL.into_iter().find(|h| h.name() == name)
     }
 
     /// The digest's length in bytes: also the length of challenges and responses.
@@ -89,6 +84,17 @@ impl HashFunction {
             HashFunction::Sha384 => run::<Hmac<Sha384>>(key, parts),
             HashFunction::Sha512 => run::<Hmac<Sha512>>(key, parts),
         }
+    }
+}
+
+/// As people write it: `SHA-256`.
+impl fmt::Display for HashFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HashFunction::Sha256 => "SHA-256",
+            HashFunction::Sha384 => "SHA-384",
+            HashFunction::Sha512 => "SHA-512",
+        })
     }
 }
 

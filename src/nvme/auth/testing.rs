@@ -83,17 +83,7 @@ pub fn host_dh(challenge: &Challenge, random: RandomSource) -> Option<(Vec<u8>, 
 }
 
 /// The response of host `host_nqn` to `challenge` with `secret`, for subsystem
-/// `subsystem_nqn`, with the NULL DH group.
-pub fn response_as(
-    secret: &DhchapSecret,
-    challenge: &Challenge,
-    host_nqn: &str,
-    subsystem_nqn: &str,
-) -> Vec<u8> {
-    response_with(secret, challenge, None, host_nqn, subsystem_nqn)
-}
-
-/// [`response_as`] with the DH shared secret, when the group is not NULL.
+/// `subsystem_nqn`, with the DH shared secret when the group is not NULL.
 pub fn response_with(
     secret: &DhchapSecret,
     challenge: &Challenge,
@@ -113,9 +103,9 @@ pub fn response_with(
     .host_response(secret)
 }
 
-/// [`response_as`] of [`HOST_NQN`] for [`SUBSYSTEM_NQN`].
+/// [`response_with`] of [`HOST_NQN`] for [`SUBSYSTEM_NQN`], with the NULL DH group.
 pub fn response(secret: &DhchapSecret, challenge: &Challenge) -> Vec<u8> {
-    response_as(secret, challenge, HOST_NQN, SUBSYSTEM_NQN)
+    response_with(secret, challenge, None, HOST_NQN, SUBSYSTEM_NQN)
 }
 
 /// Reply: the response, and the host's own challenge C2 with S2 when it asks the controller

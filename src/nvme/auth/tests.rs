@@ -71,7 +71,11 @@ fn a_host_with_the_right_secret_authenticates() {
         (32, None),
         "HL set even without a response"
     );
-    assert!(!auth.bidirectional());
+    let done = auth.completed().expect("authenticated");
+    assert_eq!(
+        (done.hash, done.dh_group, done.bidirectional),
+        (HashFunction::Sha256, DhGroup::Null, false)
+    );
 }
 
 #[test]
@@ -89,7 +93,7 @@ fn the_controller_proves_itself_when_the_host_asks() {
     let expected = controller_response(&secret(0x22), HashFunction::Sha256, &c2, 77, 9);
     assert_eq!(controller, Some(expected));
     auth.send(&success2(9)).unwrap();
-    assert!(auth.is_authenticated() && auth.bidirectional());
+    assert!(auth.completed().is_some_and(|done| done.bidirectional));
 }
 
 #[test]
@@ -123,7 +127,10 @@ fn with_a_dh_group_the_challenges_are_augmented_by_the_shared_secret() {
     assert_eq!(controller, Some(expected));
     auth.send(&success2(12)).unwrap();
     assert!(auth.is_authenticated());
-    assert_eq!(auth.dh_group(), DhGroup::Ffdhe2048);
+    assert_eq!(
+        auth.completed().map(|done| done.dh_group),
+        Some(DhGroup::Ffdhe2048)
+    );
 }
 
 #[test]
@@ -229,7 +236,7 @@ fn a_host_challenge_with_sequence_number_zero_asks_for_nothing() {
     let challenge = challenged(&mut auth, 3);
     let r = response(&secret(0x11), &challenge);
     auth.send(&reply(3, &r, Some((&[1; 32], 0)))).unwrap();
-    assert!(auth.is_authenticated() && !auth.bidirectional());
+    assert!(auth.completed().is_some_and(|done| !done.bidirectional));
     assert_eq!(read_success1(&message(read(&mut auth))).1, None);
 }
 

@@ -25,8 +25,7 @@ use std::time::Instant;
 
 pub(super) use capsule::Outcome;
 
-use super::auth::dh::DhGroup;
-use super::auth::{HashFunction, HostSecrets, QueueAuthentication};
+use super::auth::{Authentication, HostSecrets, QueueAuthentication};
 use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
 use super::controller::{AdminState, ControllerShared};
@@ -146,33 +145,6 @@ impl Action {
             } => Some([head, &data.to_vec()[range.clone()], tail].concat()),
             _ => None,
         }
-    }
-}
-
-/// How a host authenticated on a queue: DH-HMAC-CHAP with this hash function, and whether the
-/// controller proved itself too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Authentication {
-    pub hash: HashFunction,
-    pub dh_group: DhGroup,
-    pub bidirectional: bool,
-}
-
-impl std::fmt::Display for Authentication {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hash = match self.hash {
-            HashFunction::Sha256 => "SHA-256",
-            HashFunction::Sha384 => "SHA-384",
-            HashFunction::Sha512 => "SHA-512",
-        };
-        write!(f, "DH-HMAC-CHAP {hash}")?;
-        if self.dh_group != DhGroup::Null {
-            write!(f, ", {}", self.dh_group.name())?;
-        }
-        if self.bidirectional {
-            f.write_str(", bidirectional")?;
-        }
-        Ok(())
     }
 }
 
