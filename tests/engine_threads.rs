@@ -118,10 +118,22 @@ fn threads(pid: u32) -> usize {
         .unwrap_or_else(|| panic!("no Threads in\n{status}"))
 }
 
+/// The names of a process's threads, sorted, to say which thread a count has too many.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list tasks")
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_stalled_initiator_does_not_hold_up_the_other_connections_of_its_thread() {
     let server = Server::start_with_limits(&[target()], ONE_THREAD);
     let baseline = threads(server.pid());
+    let baseline_names = thread_names(server.pid());
     let (mut stalled, stalled_login) = log_in(&server, Ipv4Addr::new(127, 0, 0, 2), 1);
     let sent = stall(&mut stalled, &stalled_login);
     assert!(
@@ -157,7 +169,9 @@ fn a_stalled_initiator_does_not_hold_up_the_other_connections_of_its_thread() {
     assert_eq!(
         threads(server.pid()),
         baseline,
-        "threads grew with connections"
+        "threads grew with connections: {:?} at the start, {:?} now",
+        baseline_names,
+        thread_names(server.pid())
     );
 
     // The stalled initiator's pings were valid: it gets its answers once it reads.

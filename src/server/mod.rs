@@ -171,6 +171,9 @@ impl Shared {
     }
 }
 
+/// Logged once [`Server::start`] has started every portal and service thread.
+pub const READY_LINE: &str = "ready: every portal accepts connections";
+
 /// A started target: listening on its portals until [`Server::shutdown`].
 pub struct Server {
     shared: Arc<Shared>,
@@ -571,6 +574,8 @@ impl Server {
             let _ = server.shutdown();
             return Err(e);
         }
+        // Every listener, control and metrics thread runs by now; scripts and tests wait for it.
+        log::info!("{READY_LINE}");
         Ok(server)
     }
 

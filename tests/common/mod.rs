@@ -380,15 +380,18 @@ impl Server {
     }
 
     /// Waits until this server has logged that it listens on its port, which it does right
-    /// after binding it. Not a connect probe: a probe that connects proves only that something
-    /// listens there, and [`free_port`] leaves a window in which another process can take the
-    /// port. [`Startup::PortTaken`] when the server exited because the port was in use by then.
+    /// after binding it, and then that it is ready: every listener, control and metrics thread
+    /// started (tests count its threads). Not a connect probe: a probe that connects proves
+    /// only that something listens there, and [`free_port`] leaves a window in which another
+    /// process can take the port. [`Startup::PortTaken`] when the server exited because the
+    /// port was in use by then.
     fn wait_until_listening(&mut self, config: &str) -> Startup {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let listening = format!("listening on {addr} (tcp)");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if self.log().contains(&listening) {
+            let log = self.log();
+            if log.contains(&listening) && log.contains(iser_target::server::READY_LINE) {
                 return Startup::Listening;
             }
             if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
