@@ -198,11 +198,11 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// SIGHUP: re-reads the configuration file, applies a changed `alua_state` and grows file and
-/// block LUNs (to a file LUN's new `size`, or to what a file or device now holds); any other
-/// difference is logged as needing a restart and left unapplied (and reported again on the
-/// next reload, since `running` keeps the values in force). A file that does not parse
-/// changes nothing.
+/// SIGHUP: re-reads the configuration file, applies a changed `alua_state` and access control
+/// (who may log in or connect, and with which secrets), and grows file and block LUNs (to a
+/// file LUN's new `size`, or to what a file or device now holds); any other difference is
+/// logged as needing a restart and left unapplied (and reported again on the next reload,
+/// since `running` keeps the values in force). A file that does not parse changes nothing.
 fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
     let Some(path) = path else {
         log::warn!("SIGHUP: serving the built-in configuration (no --config): nothing to re-read");
@@ -220,6 +220,11 @@ fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
     for key in &reload.needs_restart {
         log::warn!("SIGHUP: `{key}` changed in {file}: that takes a restart; not applied");
     }
+    if reload.access_changed {
+        server.set_access(&new);
+        running.adopt_access(&new);
+        log::info!("SIGHUP: the access control of {file} applied to logins and connects");
+    }
     let grown = server.grow_luns(&new);
     if reload.file_sizes_changed {
         if grown {
@@ -236,7 +241,10 @@ fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
             running.alua_state = state;
             log::info!("SIGHUP: ALUA state changed from {from} to {state}");
         }
-        None if reload.needs_restart.is_empty() && !reload.file_sizes_changed => {
+        None if reload.needs_restart.is_empty()
+            && !reload.file_sizes_changed
+            && !reload.access_changed =>
+        {
             log::info!("SIGHUP: {file} re-read; nothing else changed");
         }
         None => {}

@@ -104,6 +104,33 @@ fn wrong_and_missing_credentials_are_refused() {
     server.stop();
 }
 
+/// A secret rotated by editing the file and SIGHUP: logins from then on need the new one, with
+/// no restart; an open target made secure likewise.
+#[test]
+fn a_secret_changed_by_sighup_applies_to_the_next_login() {
+    require_tools!("iscsi-inq");
+    let mut server = Server::start(&[secure_target()]);
+    let config = fs::read_to_string(server.config_path()).unwrap();
+    const ROTATED: &str = "a-rotated-secret-16";
+    let said = server.reload(&config.replace(SECRET, ROTATED));
+    assert!(said.contains("access control"), "{said}");
+    assert_refused(&inq(&url(&server, Some((USER, SECRET)), "")));
+    assert_inquiry_ok(&inq(&url(&server, Some((USER, ROTATED)), "")), &server);
+
+    let open = config
+        .lines()
+        .filter(|l| !l.contains("auth:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(open, config.trim_end());
+    server.reload(&open);
+    assert_inquiry_ok(&inq(&url(&server, None, "")), &server);
+    server.reload(&config);
+    assert_refused(&inq(&url(&server, None, "")));
+    assert_inquiry_ok(&inq(&url(&server, Some((USER, SECRET)), "")), &server);
+    server.stop();
+}
+
 #[test]
 fn mutual_chap_is_refused_without_mutual_credentials() {
     require_tools!("iscsi-inq");

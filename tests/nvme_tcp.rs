@@ -443,6 +443,64 @@ fn a_host_with_a_dhchap_secret_authenticates_on_every_queue() {
     server.assert_alive();
 }
 
+/// A host's DH-HMAC-CHAP secret rotated by SIGHUP: the host's live queues keep running (as
+/// with nvmet, a host proves itself again when a queue connects again), and every queue that
+/// connects from then on must prove the new secret, not the old.
+#[test]
+fn a_dhchap_secret_rotated_by_sighup_is_what_the_next_queue_proves() {
+    use iser_target::nvme::auth::testing;
+    let entry = |key: u8| {
+        format!(
+            "allowed_hosts: [{{ nqn: {HOST_NQN}, dhchap_secret: \"{}\" }}]",
+            testing::secret_text(key)
+        )
+    };
+    let (mut server, port) = serve(target().with_yaml(&entry(0x11)));
+    let (mut admin, cqe) = NvmeQueue::connect(port, &Options::admin(SUBSYSTEM, HOST_NQN)).unwrap();
+    assert!(cqe.ok(), "{cqe:?}");
+    let cntlid = cqe.result as u16;
+    admin
+        .authenticate(&testing::secret(0x11), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    admin.enable().unwrap();
+    assert!(admin.set_io_queues(2).unwrap().ok());
+
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    let said = server.reload(&config.replace(&entry(0x11), &entry(0x12)));
+    assert!(said.contains("access control"), "{said}");
+    assert!(
+        admin.namespace_size(1).is_ok(),
+        "the live admin queue keeps running"
+    );
+    let io_queue = |qid: u16| {
+        let options = Options {
+            qid,
+            cntlid,
+            sqsize: 31,
+            ..Options::admin(SUBSYSTEM, HOST_NQN)
+        };
+        let (queue, cqe) = NvmeQueue::connect(port, &options).unwrap();
+        assert!(cqe.ok(), "{cqe:?}");
+        queue
+    };
+    let mut old = io_queue(1);
+    let last = old
+        .authenticate(&testing::secret(0x11), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(
+        testing::read_failure1(&last),
+        (0x01, 0x01),
+        "the old secret"
+    );
+    let mut new = io_queue(2);
+    let last = new
+        .authenticate(&testing::secret(0x12), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(testing::read_success1(&last), (32, None), "the new secret");
+    assert!(new.write(1, 0, &[3; 512], 512).unwrap().ok());
+    server.assert_alive();
+}
+
 /// `limits.nvme_queue_size` and `nvme_io_queues`: CAP.MQES and MAXCMD say the queue size, a
 /// Connect within it is accepted and one beyond it refused, Number of Queues grants no more
 /// than the limit and a Connect for a higher queue ID is refused.

@@ -10,6 +10,10 @@
 //! sessions get CAPACITY DATA HAS CHANGED and the new capacity, an NVMe/TCP host the new
 //! namespace size; a smaller size is refused.
 //!
+//! Access control changed by SIGHUP: an initiator taken out of `allowed_initiators` and a host
+//! out of `allowed_hosts` lose their live iSCSI session and NVMe controller and cannot log in
+//! or connect again; put back, they can.
+//!
 //! `iser-target status` asks a running target, through the control socket in its state
 //! directory, what it serves and who is connected: the LUNs with their I/O counts and
 //! reservations, the iSCSI sessions and the NVMe/TCP controllers.
@@ -21,7 +25,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::block_io::{good, BlockSession, CommandReply};
-use common::nvme_host::{admin_queue, io_queue, NvmeQueue, HOST_NQN};
+use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Options, HOST_NQN};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use iser_target::status::StatusReport;
 use nix::sys::signal::Signal;
@@ -207,6 +211,76 @@ fn a_file_lun_grows_on_sighup_and_never_shrinks() {
     logged(&server, "only grows while it is served");
     assert_eq!(sizes(&mut s, &mut admin), (16 * MIB, 16 * MIB));
     drop((s, admin));
+    server.stop();
+}
+
+#[test]
+fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
+    const BLOCK_IO_INITIATOR: &str = "iqn.2026-11.io.iser-target:block-io";
+    const OTHER_INITIATOR: &str = "iqn.2026-11.io.iser-target:someone-else";
+    const OTHER_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0c0d4d6c-2f53-4c33-9a7a-aa00000000ff";
+    let nvme_port = free_port();
+    let portals = format!("  - {{ address: 127.0.0.1, port: {nvme_port}, transport: nvme-tcp }}\n");
+    let target = TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "4M")])
+        .allow(BLOCK_IO_INITIATOR)
+        .allow(OTHER_INITIATOR)
+        .with_yaml(&format!("allowed_hosts: [{HOST_NQN}, {OTHER_HOST}]"));
+    let mut server = Server::start_with_portals(&[target], &portals);
+    let subsystem = format!("nqn.{}", &TEST_IQN[4..]);
+    let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
+    let (mut admin, cntlid) = admin_queue(nvme_port, &subsystem, HOST_NQN, 1);
+    let mut io = io_queue(nvme_port, &subsystem, HOST_NQN, cntlid, 1);
+    assert!(io.write(1, 0, &[7; 4096], BLOCK).unwrap().ok());
+
+    let allowing_all = std::fs::read_to_string(server.config_path()).unwrap();
+    let allowing_others = allowing_all
+        .replace(&format!("      - {BLOCK_IO_INITIATOR}\n"), "")
+        .replace(&format!("[{HOST_NQN}, "), "[");
+    assert_ne!(allowing_others, allowing_all);
+    let said = server.reload(&allowing_others);
+    assert!(said.contains("access control"), "{said}");
+    assert!(!said.contains("restart"), "{said}");
+    let log = server.log();
+    assert!(
+        log.contains(&format!("ending the session of {BLOCK_IO_INITIATOR}"))
+            && log.contains(&format!("ending NVMe controller {cntlid} of {HOST_NQN}")),
+        "{log}"
+    );
+    // The session and both queues close (a command sent before the shutdown reached them
+    // may still be answered); nothing new gets in.
+    let closes = |what: &str, mut answers: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {what} still answers"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    closes("session", Box::new(|| s.command(&[0; 6], 0).is_ok()));
+    closes("admin queue", Box::new(|| admin.namespace_size(1).is_ok()));
+    closes("I/O queue", Box::new(|| io.read(1, 0, 4096, BLOCK).is_ok()));
+    let refused = BlockSession::login(server.port(), TEST_IQN, 0)
+        .err()
+        .expect("login refused");
+    assert!(refused.to_string().contains("status 2/2"), "{refused}");
+    let (_, cqe) = NvmeQueue::connect(nvme_port, &Options::admin(&subsystem, HOST_NQN)).unwrap();
+    assert_eq!(
+        (cqe.status, cqe.dnr),
+        ((1, 0x84), true),
+        "Connect Invalid Host"
+    );
+    // A host still allowed connects; the initiator and host put back log in and connect.
+    admin_queue(nvme_port, &subsystem, OTHER_HOST, 1);
+    let said = server.reload(&allowing_all);
+    assert!(said.contains("access control"), "{said}");
+    let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login allowed again");
+    assert_eq!(s.command(&[0; 6], 0).expect("TEST UNIT READY").status, 0);
+    let (_admin, cntlid) = admin_queue(nvme_port, &subsystem, HOST_NQN, 1);
+    let mut io = io_queue(nvme_port, &subsystem, HOST_NQN, cntlid, 1);
+    let (cqe, data) = io.read(1, 0, 4096, BLOCK).unwrap();
+    assert!(cqe.ok() && data == [7; 4096], "{cqe:?}");
     server.stop();
 }
 

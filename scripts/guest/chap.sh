@@ -12,7 +12,10 @@
 #     O_DIRECT write/read compare;
 #   - mutual CHAP with MD5 only (open-iscsi's default), and a compare;
 #   - a wrong secret, a wrong user (the target answers 0x0201) and a wrong target secret (mutual:
-#     the initiator refuses our response) refuse the login, and no disk appears.
+#     the initiator refuses our response) refuse the login, and no disk appears;
+#   - the secret rotated by editing the config and SIGHUP: the old one refused, the new one logs
+#     in; the initiator taken out of allowed_initiators by SIGHUP: its live session is ended and
+#     does not come back logged in.
 # Prints PASS/FAIL per check; exits non-zero on any failure.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
@@ -168,6 +171,50 @@ discover() {
     return "$rc"
 }
 
+# reload SED_SCRIPT: apply SED_SCRIPT to the original configuration, SIGHUP the target and wait
+# until it has applied the new access control.
+reload() {
+    local before
+    before="$(grep -c "SIGHUP: the access control" "$TARGET_LOG" || true)"
+    sed -e "$1" "$WORK/config.orig" >"$WORK/config.yaml"
+    # shellcheck disable=SC2154 # set by bg_start
+    kill -HUP "$SR_BG_target"
+    sr_wait 10 bash -c "(( \$(grep -c 'SIGHUP: the access control' '$TARGET_LOG') > $before ))"
+}
+
+# logged_in IQN: a session to IQN is in state LOGGED_IN.
+logged_in() {
+    iscsiadm -m session -P 1 2>/dev/null | awk -v iqn="$1" '
+        /^Target: / { mine = ($2 == iqn) }
+        mine && /iSCSI Session State: LOGGED_IN/ { found = 1 }
+        END { exit !found }'
+}
+
+# revoked TRANSPORT: logged in with the rotated secret, the initiator is taken out of the
+# target's allowed_initiators by SIGHUP: the target ends the session (its log says so), and
+# within 30 s no session to the target is logged in (the kernel's reconnect is refused).
+revoked() {
+    local transport="$1" rc=0 ended
+    chap_login "$IQN_ONE" "$transport" "${ROTATED_ONE_WAY[@]}" >>"$INITIATOR_LOG" 2>&1 \
+        || { sr_log "login refused"; forget; return 1; }
+    find_new_disk 60 >/dev/null || rc=1
+    ended="$(grep -c "ending the session of $SOFTROCE_INITIATOR_IQN on $IQN_ONE" "$TARGET_LOG" || true)"
+    reload "s/secret: $SECRET }/secret: $ROTATED }/; /name: $IQN_ONE/a\\    allowed_initiators: [iqn.2026-12.org.example:someone-else]" \
+        || { sr_log "no reload"; rc=1; }
+    if (( $(grep -c "ending the session of $SOFTROCE_INITIATOR_IQN on $IQN_ONE" "$TARGET_LOG" || true) <= ended )); then
+        sr_log "the target's log does not say it ended the session"; rc=1
+    fi
+    if ! sr_wait 30 bash -c "$(declare -f logged_in); ! logged_in $IQN_ONE"; then
+        sr_log "still logged in: $(iscsiadm -m session -P 1 2>&1)"; rc=1
+    fi
+    forget
+    reload "s/secret: $SECRET }/secret: $ROTATED }/" || rc=1
+    return "$rc"
+}
+
+ROTATED=alice-rotated-4321
+cp "$WORK/config.yaml" "$WORK/config.orig"
+ROTATED_ONE_WAY=(node.session.auth.username="$USER" node.session.auth.password="$ROTATED")
 ONE_WAY=(node.session.auth.username="$USER" node.session.auth.password="$SECRET")
 MUTUAL=("${ONE_WAY[@]}" node.session.auth.username_in="$TARGET_USER"
         node.session.auth.password_in="$TARGET_SECRET")
@@ -198,6 +245,16 @@ for transport in tcp iser; do
     check "$transport: wrong target secret (mutual) is refused by the initiator, no disk" \
         attempt login_refused "target authenticated back" "$IQN_MUT" "$transport" "${ONE_WAY[@]}" \
         node.session.auth.username_in="$TARGET_USER" node.session.auth.password_in=not-the-target-1
+
+    # Access control changed while the target runs (SIGHUP), then put back.
+    reload "s/secret: $SECRET }/secret: $ROTATED }/" || fail "$transport: SIGHUP not applied"
+    check "$transport: after SIGHUP rotated the secret, the old one is refused, no disk" \
+        attempt login_refused "CHAP_R is wrong" "$IQN_ONE" "$transport" "${ONE_WAY[@]}"
+    check "$transport: after SIGHUP rotated the secret, the new one logs in, 4 MiB compare" \
+        attempt login_works "$IQN_ONE" "$transport" "${ROTATED_ONE_WAY[@]}"
+    check "$transport: taken out of allowed_initiators by SIGHUP, the session ends for good" \
+        revoked "$transport"
+    reload "" || fail "$transport: SIGHUP back to the original not applied"
 done
 
 check "SHA3-256 chosen from open-iscsi's full list" \
@@ -205,7 +262,7 @@ check "SHA3-256 chosen from open-iscsi's full list" \
 check "MD5 when the initiator offers only MD5, mutual" \
     grep -q "alice authenticated with Md5, target authenticated back (mutual)" "$TARGET_LOG"
 check "no secret in the target's log" \
-    bash -c "! grep -qF -e '$SECRET' -e '$TARGET_SECRET' -e '$DISC_SECRET' '$TARGET_LOG'"
+    bash -c "! grep -qF -e '$SECRET' -e '$TARGET_SECRET' -e '$DISC_SECRET' -e '$ROTATED' '$TARGET_LOG'"
 check "SIGTERM: clean exit 0" bg_stop target
 check "no suspicious kernel messages" dmesg_check
 

@@ -423,6 +423,7 @@ impl Queue {
                 Status::CONNECT_INVALID_PARAMETERS,
                 u64::from(sqe_offset::QID),
             ),
+            ConnectRefusal::HostNotAllowed => (Status::CONNECT_INVALID_HOST, 0),
         };
         self.refuse_connect(cid, status, result);
     }

@@ -60,7 +60,7 @@ pub struct SubsystemDescriptor {
 impl SubsystemDescriptor {
     /// Whether `host_nqn` may connect.
     pub fn allows(&self, host_nqn: &str) -> bool {
-        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h.nqn == host_nqn)
+        AllowedHost::admit(&self.allowed_hosts, host_nqn)
     }
 
     /// The secrets `host_nqn` authenticates with, if its entry has them.
@@ -84,6 +84,12 @@ pub struct AllowedHost {
 }
 
 impl AllowedHost {
+    /// Whether a subsystem whose allowed hosts are `hosts` lets `host_nqn` connect: an empty
+    /// list lets any host.
+    pub fn admit(hosts: &[AllowedHost], host_nqn: &str) -> bool {
+        hosts.is_empty() || hosts.iter().any(|h| h.nqn == host_nqn)
+    }
+
     /// A host that connects without authentication.
     pub fn open(nqn: &str) -> Self {
         AllowedHost {

@@ -1,6 +1,7 @@
 //! The running target: opens the backends, binds the portals, accepts connections and shuts down
 //! cleanly. Transports only move bytes; every protocol decision is made in [`crate::iscsi`].
 
+mod access;
 mod admission;
 mod control;
 mod engine;
@@ -31,6 +32,7 @@ use crate::scsi::{
     AluaPort, AluaState, LogicalUnit, LunParams, ReservationStore, Reservations, ScsiTarget,
     SharedError, SharedReservationStore,
 };
+use access::CurrentCore;
 use state_dir::StateDir;
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
@@ -162,12 +164,25 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<Admission>,
     /// The process-wide I/O engine running every session's commands.
     pub(crate) engine: engine::Engine,
+    /// What new iSCSI/TCP and iSER connections start with (access control changes on reload).
+    pub(crate) tcp_core: Arc<CurrentCore>,
+    pub(crate) iser_core: Arc<CurrentCore>,
     stopping: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether `initiator` may log in to target `target` under the access control in force
+    /// now (both transports' cores carry the same target descriptors).
+    pub(crate) fn allows(&self, target: usize, initiator: &str) -> bool {
+        self.tcp_core
+            .get()
+            .targets
+            .get(target)
+            .is_some_and(|t| t.allows(initiator))
     }
 }
 
@@ -346,6 +361,17 @@ fn build_scsi_targets_in(
     Ok(out)
 }
 
+/// The core's view of one target: its name, ACL, CHAP credentials and LUN numbers.
+fn target_descriptor(target: &crate::config::Target) -> TargetDescriptor {
+    TargetDescriptor {
+        name: target.name.clone(),
+        allowed_initiators: target.allowed_initiators.clone(),
+        luns: target.luns.iter().map(|l| l.id).collect(),
+        auth: target.auth.clone(),
+        initiator_auth: target.initiator_auth.clone(),
+    }
+}
+
 /// The core's view of the configuration for the portals of one transport.
 fn core_config(
     config: &Config,
@@ -361,17 +387,7 @@ fn core_config(
         .map(|p| SocketAddr::new(p.address, p.port))
         .collect();
     CoreConfig {
-        targets: config
-            .targets
-            .iter()
-            .map(|t| TargetDescriptor {
-                name: t.name.clone(),
-                allowed_initiators: t.allowed_initiators.clone(),
-                luns: t.luns.iter().map(|l| l.id).collect(),
-                auth: t.auth.clone(),
-                initiator_auth: t.initiator_auth.clone(),
-            })
-            .collect(),
+        targets: config.targets.iter().map(target_descriptor).collect(),
         portals,
         // One port per gateway process: its portal group tag is its target port group.
         portal_group_tag: config.target_port_group,
@@ -502,10 +518,10 @@ impl Server {
             connections: ConnectionSet::new(),
             admission: Admission::new(&config.limits),
             engine,
+            tcp_core: CurrentCore::new(tcp_core_config(config)),
+            iser_core: CurrentCore::new(iser_core_config(config)),
             stopping: AtomicBool::new(false),
         });
-        let tcp_core = Arc::new(tcp_core_config(config));
-        let iser_core = Arc::new(iser_core_config(config));
         let sizing = iser::Sizing::new(&config.limits);
         let wants_nvme = config.portals.iter().any(|p| p.transport.is_nvme());
         if wants_nvme {
@@ -545,10 +561,9 @@ impl Server {
         for portal in &config.portals {
             let addr = SocketAddr::new(portal.address, portal.port);
             let started = match portal.transport {
-                Transport::Tcp => server.start_tcp(addr, &tcp_core),
+                Transport::Tcp => server.start_tcp(addr),
                 Transport::Iser => iser::start_portal(
                     addr,
-                    Arc::clone(&iser_core),
                     Arc::clone(&server.shared),
                     sizing,
                     Arc::clone(&server.stop_accepting),
@@ -610,7 +625,7 @@ impl Server {
         Ok(())
     }
 
-    fn start_tcp(&mut self, addr: SocketAddr, core: &Arc<CoreConfig>) -> Result<(), ServerError> {
+    fn start_tcp(&mut self, addr: SocketAddr) -> Result<(), ServerError> {
         let listener =
             TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
         listener.set_nonblocking(true)?;
@@ -622,7 +637,6 @@ impl Server {
                 transport: Transport::Tcp,
                 addr,
             },
-            Arc::clone(core),
             Arc::clone(&self.shared),
             Arc::clone(&self.stop_accepting),
         )?);
@@ -647,6 +661,36 @@ impl Server {
             Arc::clone(&self.stop_accepting),
         )?);
         Ok(())
+    }
+
+    /// Applies a reloaded configuration's access control (see
+    /// [`crate::config::Reload::access_changed`]; `config` differs from the running one in
+    /// nothing else but file sizes): logins and NVMe connects from now on are checked against
+    /// its `allowed_initiators`, CHAP credentials, `discovery_auth` and `allowed_hosts`, and
+    /// the iSCSI sessions and NVMe controllers of initiators and hosts it no longer allows are
+    /// ended, each logged. Sessions of initiators still allowed keep running, whatever their
+    /// credentials now (they prove themselves again at their next login, as in LIO and nvmet).
+    pub fn set_access(&self, config: &Config) {
+        let core = self.shared.tcp_core.set_access(config);
+        self.shared.iser_core.set_access(config);
+        let refused = |session: &SessionListing| {
+            session.target.as_deref().is_some_and(|name| {
+                !core
+                    .targets
+                    .iter()
+                    .any(|t| t.name.eq_ignore_ascii_case(name) && t.allows(&session.initiator))
+            })
+        };
+        for session in self.shared.registry.shut_down_where(refused) {
+            log::warn!(
+                "ending the session of {} on {} (TSIH {}): the initiator is no longer in its \
+                 allowed_initiators",
+                session.initiator,
+                session.target.unwrap_or_default(),
+                session.tsih
+            );
+        }
+        self.nvme.set_allowed_hosts(config);
     }
 
     /// Changes this gateway's ALUA state while it runs (a reloaded configuration, to drain

@@ -250,6 +250,20 @@ impl SessionRegistry {
         all
     }
 
+    /// Asks every session for which `ends` holds to end (access revoked by a reload), and
+    /// returns them.
+    pub fn shut_down_where(&self, ends: impl Fn(&SessionListing) -> bool) -> Vec<SessionListing> {
+        let mut ended: Vec<SessionListing> = Vec::new();
+        for entry in self.lock().by_tsih.values() {
+            if ends(&entry.listing) {
+                entry.control.request_shutdown();
+                ended.push(entry.listing.clone());
+            }
+        }
+        ended.sort_by_key(|l| l.tsih);
+        ended
+    }
+
     /// Asks every session to end (server shutdown).
     pub fn shutdown_all(&self) {
         for entry in self.lock().by_tsih.values() {

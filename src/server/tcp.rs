@@ -28,18 +28,16 @@ use std::thread::JoinHandle;
 
 use super::admission::PortalKey;
 use super::Shared;
-use crate::iscsi::CoreConfig;
 
 /// Accepts connections on one TCP portal and carries them through login until `stop` is set.
 pub(super) fn spawn_listener(
     listener: TcpListener,
     portal: PortalKey,
-    core: Arc<CoreConfig>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let local = listener.local_addr()?;
-    let poller = login::LoginPoller::new(listener, portal, core, shared);
+    let poller = login::LoginPoller::new(listener, portal, shared);
     std::thread::Builder::new()
         .name(format!("listen-{local}"))
         .spawn(move || poller.run(&stop))

@@ -66,6 +66,10 @@ pub enum ConnectRefusal {
     ControllerNotReady,
     #[error("the queue ID is beyond the queues granted, or already connected")]
     InvalidQueue,
+    /// The host passed the queue's check, but a reload took it out of `allowed_hosts` before
+    /// the controller took the queue.
+    #[error("the host is no longer allowed to connect to the subsystem")]
+    HostNotAllowed,
 }
 
 /// What an admin queue tells the environment of its controller.

@@ -33,7 +33,6 @@ use crate::config::{Limits, Transport};
 use crate::iscsi::iser::{
     accept_private_data, initiator_allows_send_with_invalidate, RECV_BUFFER_LEN,
 };
-use crate::iscsi::CoreConfig;
 use driver::{Doorbell, Event, Mailbox, Resources};
 
 pub use crate::iscsi::iser::RECV_DATA_CAPACITY;
@@ -97,7 +96,6 @@ pub(super) struct Portal {
 /// connections are gone.
 pub(super) fn start_portal(
     addr: SocketAddr,
-    core: Arc<CoreConfig>,
     shared: Arc<Shared>,
     sizing: Sizing,
     stop: Arc<AtomicBool>,
@@ -114,7 +112,6 @@ pub(super) fn start_portal(
         addr,
         channel,
         listener: Some(listener),
-        core,
         shared,
         sizing,
         stop,
@@ -211,7 +208,6 @@ struct Listener {
     addr: SocketAddr,
     channel: EventChannel,
     listener: Option<CmId>,
-    core: Arc<CoreConfig>,
     shared: Arc<Shared>,
     sizing: Sizing,
     stop: Arc<AtomicBool>,
@@ -450,7 +446,7 @@ impl Listener {
             private_data: event.private_data,
             conn: event.conn,
         };
-        let core = Arc::clone(&self.core);
+        let core = self.shared.iser_core.get();
         let shared = Arc::clone(&self.shared);
         let pds = Arc::clone(&self.pds);
         let sizing = self.sizing;

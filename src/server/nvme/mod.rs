@@ -32,8 +32,9 @@ use super::Shared;
 use crate::config::{Backing, Config};
 use crate::nvme::registry::gateway_cntlids;
 use crate::nvme::{
-    AddressFamily, AnaGroup, AnaState, ControllerRegistry, DiscoveryEntry, NamespaceCapacity,
-    NamespaceDescriptor, NamespaceReservations, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
+    AddressFamily, AllowedHost, AnaGroup, AnaState, ConnectRefusal, ControllerRegistry,
+    DiscoveryEntry, NamespaceCapacity, NamespaceDescriptor, NamespaceReservations, NvmeConfig,
+    SubsystemDescriptor, DISCOVERY_NQN,
 };
 use crate::scsi::{AluaState, LogicalUnit, ReservationNotice, ScsiTarget};
 use crate::status::NvmeControllerStatus;
@@ -127,6 +128,9 @@ pub(crate) struct NvmeState {
     queues: Mutex<HashMap<(u16, u16), QueueHandle>>,
     /// The gateway's ANA group and its state now.
     ana: Mutex<AnaGroup>,
+    /// Per subsystem (= target index): the hosts allowed now, which a reload may change
+    /// ([`NvmeState::set_allowed_hosts`]); connections accepted from then on see them.
+    allowed_hosts: Mutex<Vec<Vec<AllowedHost>>>,
     /// Per subsystem (= target index): its namespaces' LUNs.
     namespaces: Vec<Vec<NamespaceLun>>,
 }
@@ -217,7 +221,13 @@ impl NvmeState {
             discovery_only: true,
             ..nvme.clone()
         };
+        let allowed_hosts = nvme
+            .subsystems
+            .iter()
+            .map(|s| s.allowed_hosts.clone())
+            .collect();
         Arc::new(NvmeState {
+            allowed_hosts: Mutex::new(allowed_hosts),
             config: nvme,
             discovery_config,
             io_portals: portals.to_vec(),
@@ -286,6 +296,43 @@ impl NvmeState {
         true
     }
 
+    /// Takes the `allowed_hosts` of `config`'s targets (whose subsystems are this state's):
+    /// connections accepted from now on are checked against them, and every queue of a
+    /// controller whose host they no longer allow is asked to close, each controller logged.
+    /// A host still allowed keeps its controllers whatever its secrets now (as nvmet: a host
+    /// proves itself again when its queues connect again).
+    pub(crate) fn set_allowed_hosts(&self, config: &Config) {
+        for (hosts, target) in self.lock_allowed_hosts().iter_mut().zip(&config.targets) {
+            hosts.clone_from(&target.allowed_hosts);
+        }
+        // The registry's lock, then the hosts' (as `admit`): a queue whose Connect checked the
+        // old hosts either took its controller before this scan, which ends it, or is refused.
+        let registry = self.lock_registry();
+        let allowed = self.lock_allowed_hosts();
+        let mut refused = Vec::new();
+        for controller in registry.list() {
+            let Some(subsystem) = self.config.subsystems.get(controller.subsystem) else {
+                continue; // A discovery controller.
+            };
+            if !AllowedHost::admit(&allowed[controller.subsystem], &controller.host_nqn) {
+                log::warn!(
+                    "ending NVMe controller {} of {} on {}: the host is no longer in its \
+                     allowed_hosts",
+                    controller.cntlid,
+                    controller.host_nqn,
+                    subsystem.nqn
+                );
+                refused.push(controller.cntlid);
+            }
+        }
+        drop((allowed, registry));
+        for ((cntlid, _), queue) in self.lock_queues().iter() {
+            if refused.contains(cntlid) {
+                queue.control.request_shutdown();
+            }
+        }
+    }
+
     /// The configuration a connection accepted at `local` sees: a discovery-only portal's
     /// when `local` is one, and a discovery entry of a wildcard portal (0.0.0.0, ::) names the
     /// address the host reached instead, which is one it can connect to (0.0.0.0 would make
@@ -313,6 +360,11 @@ impl NvmeState {
         };
         let mut config = base.clone();
         config.ana = self.ana();
+        let allowed = self.lock_allowed_hosts();
+        for (subsystem, hosts) in config.subsystems.iter_mut().zip(allowed.iter()) {
+            subsystem.allowed_hosts = hosts.clone();
+        }
+        drop(allowed);
         let reached = local.ip().to_canonical();
         let reachable = |entry: &DiscoveryEntry| match entry.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => a.is_unspecified() && reached.is_ipv4(),
@@ -333,6 +385,32 @@ impl NvmeState {
             service_id: local.port().to_string(),
         });
         Arc::new(config)
+    }
+
+    /// Runs `take` (a controller's creation, or a queue joining one) on the registry if
+    /// `host_nqn` may still connect to `subsystem` (a discovery controller's always may): the
+    /// queue's Connect checked the hosts its connection started with, and a reload may have
+    /// changed them since.
+    pub(super) fn admit<T>(
+        &self,
+        subsystem: usize,
+        host_nqn: &str,
+        take: impl FnOnce(&mut ControllerRegistry) -> Result<T, ConnectRefusal>,
+    ) -> Result<T, ConnectRefusal> {
+        let mut registry = self.lock_registry();
+        let allowed = self.lock_allowed_hosts();
+        if !allowed
+            .get(subsystem)
+            .map_or(true, |hosts| AllowedHost::admit(hosts, host_nqn))
+        {
+            return Err(ConnectRefusal::HostNotAllowed);
+        }
+        drop(allowed);
+        take(&mut registry)
+    }
+
+    fn lock_allowed_hosts(&self) -> std::sync::MutexGuard<'_, Vec<Vec<AllowedHost>>> {
+        self.allowed_hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, ControllerRegistry> {

@@ -199,7 +199,11 @@ impl NvmeResident {
                 outbox.push_head(&tail);
             }
             Action::CreateController(request) => {
-                let result = self.nvme.lock_registry().create(&request);
+                let result = self
+                    .nvme
+                    .admit(request.subsystem, &request.host_nqn, |registry| {
+                        registry.create(&request)
+                    });
                 if let Ok((cntlid, _)) = &result {
                     let host = (request.host_nqn.as_str(), request.host_id);
                     self.join((*cntlid, 0), request.subsystem, host);
@@ -210,7 +214,11 @@ impl NvmeResident {
                 self.follow_ana(io.now());
             }
             Action::JoinController(request) => {
-                let result = self.nvme.lock_registry().join(&request);
+                let result = self
+                    .nvme
+                    .admit(request.subsystem, &request.host_nqn, |registry| {
+                        registry.join(&request)
+                    });
                 if result.is_ok() {
                     let host = (request.host_nqn.as_str(), request.host_id);
                     self.join((request.cntlid, request.qid), request.subsystem, host);

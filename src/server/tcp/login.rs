@@ -18,7 +18,7 @@ use super::driver::{self, Handoff};
 use super::resident;
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
-use crate::iscsi::{CloseReason, CoreConfig};
+use crate::iscsi::CloseReason;
 use crate::server::admission::{AdmissionTicket, LogThrottle, PortalKey};
 use crate::server::Shared;
 
@@ -171,7 +171,6 @@ impl PendingLogin {
 pub(super) struct LoginPoller {
     listener: TcpListener,
     portal: PortalKey,
-    core: Arc<CoreConfig>,
     shared: Arc<Shared>,
     /// Oldest first.
     pending: VecDeque<PendingLogin>,
@@ -183,16 +182,10 @@ pub(super) struct LoginPoller {
 }
 
 impl LoginPoller {
-    pub(super) fn new(
-        listener: TcpListener,
-        portal: PortalKey,
-        core: Arc<CoreConfig>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(super) fn new(listener: TcpListener, portal: PortalKey, shared: Arc<Shared>) -> Self {
         LoginPoller {
             listener,
             portal,
-            core,
             shared,
             pending: VecDeque::new(),
             accept_paused_until: None,
@@ -414,7 +407,7 @@ impl LoginPoller {
         log::debug!("connection from {peer}");
         let local = stream.local_addr().ok();
         self.pending.push_back(PendingLogin {
-            conn: TcpConnection::new(Arc::clone(&self.core), local, now),
+            conn: TcpConnection::new(self.shared.tcp_core.get(), local, now),
             stream,
             peer,
             accepted: now,
