@@ -29,7 +29,8 @@
 # controller secret, no secret, and a host not listed are refused with no block device
 # appearing, and the target still serves a right connect right after; the open host connects
 # without a secret; each hash's key authenticates, in that hash; each DH group's host authenticates both ways
-# on every queue. One PASS/FAIL line per check, a "N/M passed" line per target (also in
+# on every queue; the host's key changed on the running target (nvmet: its configfs dhchap_key;
+# ours: the configuration edited and SIGHUP) refuses the old key and takes the new. One PASS/FAIL line per check, a "N/M passed" line per target (also in
 # $SOFTROCE_RESULTS/nvme-auth-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
 # shellcheck source=scripts/guest/lib.sh
@@ -70,8 +71,8 @@ gen_key() { nvme gen-dhchap-key --hmac="$1" --nqn="$2"; }
 make_keys() {
     local m g
     HOST_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" && CTRL_KEY="$(gen_key 1 "${NQN[nvmet]}")" &&
-        WRONG_HOST_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" && WRONG_CTRL_KEY="$(gen_key 1 "${NQN[nvmet]}")" ||
-        return 1
+        WRONG_HOST_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" && WRONG_CTRL_KEY="$(gen_key 1 "${NQN[nvmet]}")" &&
+        ROTATED_KEY="$(gen_key 1 "$SOFTROCE_HOSTNQN")" || return 1
     for m in 1 2 3; do
         HASH_KEY[$m]="$(gen_key "$m" "$(host_nqn "${HASH_ID[$m]}")")" || return 1
     done
@@ -283,6 +284,37 @@ dh_host_io() {
     dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"
 }
 
+# set_host_key OLD NEW: the guest host's key on the running target goes from OLD to NEW: nvmet's
+# through its configfs attribute, ours by editing its configuration and SIGHUP (waiting until it
+# says it applied it).
+set_host_key() {
+    case "$T" in
+        nvmet) echo -n "$2" >"$CONFIGFS_NVMET/hosts/$SOFTROCE_HOSTNQN/dhchap_key" ;;
+        ours)
+            local log="$RESULTS/ours.log" before
+            before="$(grep -c 'SIGHUP: the access control' "$log" || true)"
+            sed -i "s|dhchap_secret: \"$1\"|dhchap_secret: \"$2\"|" "$WORK/ours.yaml"
+            grep -qF "$2" "$WORK/ours.yaml" || return 1
+            # shellcheck disable=SC2154 # set by bg_start
+            kill -HUP "$SR_BG_ours"
+            sr_wait 10 bash -c "(( \$(grep -c 'SIGHUP: the access control' '$log') > $before ))"
+            ;;
+    esac
+}
+
+# rotated_key_io: the host's key changed on the running target: a connect with the old key is
+# refused, one with the new key authenticates and reads; then the old key is put back.
+rotated_key_io() {
+    local rc=0
+    set_host_key "$HOST_KEY" "$ROTATED_KEY" || { sr_log "$T: the key did not change"; return 1; }
+    refused -S "$HOST_KEY" || rc=1
+    { connect_logged "qid 0: authenticated" -S "$ROTATED_KEY" &&
+        dd if="$DEV" of=/dev/null bs=1M count=4 iflag=direct status=none && nvme_disconnect "$N"; } ||
+        rc=1
+    set_host_key "$ROTATED_KEY" "$HOST_KEY" || rc=1
+    return "$rc"
+}
+
 # tcheck NAME CMD...: check, counted for the target's summary; leaves no controller behind.
 tcheck() {
     CHECKS=$((CHECKS + 1))
@@ -316,6 +348,8 @@ run_checks() {
     for g in "${DH_GROUPS[@]}"; do
         tcheck "DH group $g (both secrets): every queue authenticates with a DH exchange" dh_host_io "$g"
     done
+    tcheck "the host's key changed on the running target: the old key refused, the new one reads" \
+        rotated_key_io
     echo "$T: $((CHECKS - (FAILED - failed_before)))/$CHECKS passed" | tee -a "$RESULTS/nvme-auth-summary.txt"
 }
 
