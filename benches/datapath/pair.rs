@@ -135,7 +135,6 @@ impl PairTarget {
                         self.conn.handle_session_bound(Ok(1));
                     }
                     TcpAction::Execute(task) => ready.push(task),
-                    TcpAction::Reset { .. } => {}
                     TcpAction::Close(CloseReason::Logout) => {}
                     TcpAction::Close(reason) => {
                         panic!("the target closed the connection: {reason:?}")

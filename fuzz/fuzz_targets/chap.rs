@@ -190,7 +190,6 @@ fuzz_target!(|data: &[u8]| {
                 Action::Close(_) => closed = true,
                 Action::SetFrameSettings(_)
                 | Action::Execute(_)
-                | Action::Reset { .. }
                 | Action::PutData { .. }
                 | Action::GetData { .. }
                 | Action::Respond { .. }

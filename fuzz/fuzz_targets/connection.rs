@@ -57,7 +57,9 @@ impl Harness {
                 TcpAction::BindSession(_) => self.conn.handle_session_bound(Ok(1)),
                 TcpAction::Execute(task) => {
                     assert!(task.data_out.len() as u64 <= task.expected_transfer_length as u64);
-                    if task.cdb[0] == 0x2a && !task.data_out.is_empty() {
+                    // A logical unit reset has no CDB (nor data); its outcome is not looked at.
+                    let opcode = task.cdb.first().copied().unwrap_or_default();
+                    if opcode == 0x2a && !task.data_out.is_empty() {
                         assert!(
                             self.write_cdbs.contains(&task.cdb.to_vec()),
                             "write without command"
@@ -66,12 +68,10 @@ impl Harness {
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));
                     } else {
-                        let outcome = scsi_outcome(task.expected_transfer_length, task.cdb[0]);
+                        let outcome = scsi_outcome(task.expected_transfer_length, opcode);
                         self.conn.handle_scsi_complete(task.id, outcome);
                     }
                 }
-                // Nothing of SCSI state lives in the harness: a reset has nothing to clear.
-                TcpAction::Reset { .. } => {}
                 TcpAction::Close(_) => self.closed = true,
             }
         }

@@ -186,12 +186,13 @@ impl Harness {
                     if self.defer {
                         self.running.push((task.id, task.expected_transfer_length));
                     } else {
-                        let outcome = scsi_outcome(task.expected_transfer_length, task.cdb[0]);
+                        // A logical unit reset has no CDB; its outcome is not looked at.
+                        let opcode = task.cdb.first().copied().unwrap_or_default();
+                        let outcome = scsi_outcome(task.expected_transfer_length, opcode);
                         self.last_task = Some(task.id);
                         self.conn.handle_scsi_complete(task.id, outcome);
                     }
                 }
-                FabricOp::Reset { .. } => {}
                 FabricOp::Close(_) => {
                     self.closed = true;
                     assert!(self.conn.is_closed());

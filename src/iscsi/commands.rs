@@ -5,9 +5,10 @@
 
 use std::fmt::Debug;
 
+use super::bytes::CdbBytes;
 use super::connection::{
     reject_reason, sn_lt, Action, Connection, Phase, Residual, ScsiTask, SequenceNumbers, TaskId,
-    TaskRef,
+    TaskKind, TaskRef,
 };
 use super::pdu::{
     self, Header, Pdu, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
@@ -45,7 +46,12 @@ mod tmf {
 /// aborted tasks to leave the backend.
 pub(super) const IMMEDIATE_COMMAND_HEADROOM: u32 = 16;
 
-/// A TMF response held until the tasks it aborted have left the backend.
+/// The first task id of a logical unit reset; the task table's ids count up from 1 and never
+/// reach it.
+pub(super) const FIRST_RESET_ID: TaskId = 1 << 63;
+
+/// A TMF response held until the tasks it aborted have left the backend (and the LUs it
+/// reset have no command of any session in flight).
 #[derive(Debug)]
 pub(super) struct PendingTmf {
     itt: u32,
@@ -270,12 +276,37 @@ impl<C: Clone + Debug> Connection<C> {
             data_out: Buf::empty(),
             expected_transfer_length: task.expected_length,
             attribute,
+            kind: TaskKind::Command,
         };
         self.actions.push_back(Action::Execute(scsi));
     }
 
+    /// Hands a reset of logical unit `lun` to the backend ([`TaskKind::LunReset`]): the id
+    /// its completion will carry.
+    fn start_reset(&mut self, target: usize, lun: u64) -> TaskId {
+        let id = self.next_reset_id;
+        self.next_reset_id += 1;
+        self.resets_running.push(id);
+        self.actions.push_back(Action::Execute(ScsiTask {
+            id,
+            target,
+            lun,
+            cdb: CdbBytes::default(),
+            data_out: Buf::empty(),
+            expected_transfer_length: 0,
+            attribute: TaskAttr::Simple,
+            kind: TaskKind::LunReset,
+        }));
+        id
+    }
+
     /// Answer to [`Action::Execute`].
     pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
+        if let Some(reset) = self.resets_running.iter().position(|&r| r == id) {
+            self.resets_running.swap_remove(reset);
+            self.release_tmfs(id);
+            return;
+        }
         let Some(task_ref) = self.task_ref(id) else {
             return;
         };
@@ -395,6 +426,8 @@ impl<C: Clone + Debug> Connection<C> {
             _ => false,
         };
         let mut close_after = false;
+        // The LUs a reset function resets (each through the backend, see below).
+        let mut resets: Vec<u64> = Vec::new();
         let (response, victims): (u8, Vec<TaskId>) = match h.function {
             tmf::ABORT_TASK => {
                 match self.tasks.id_of_itt(h.referenced_task_tag) {
@@ -426,14 +459,16 @@ impl<C: Clone + Debug> Connection<C> {
                         .map(|(id, _)| id)
                         .collect();
                     if h.function == tmf::LOGICAL_UNIT_RESET {
-                        self.actions.push_back(Action::Reset { lun: Some(l) });
+                        resets.push(l);
                     }
                     (tmf::FUNCTION_COMPLETE, ids)
                 }
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 close_after = h.function == tmf::TARGET_COLD_RESET;
-                self.actions.push_back(Action::Reset { lun: None });
+                if let Some(target) = self.target {
+                    resets.clone_from(&self.config.targets[target].luns);
+                }
                 (
                     tmf::FUNCTION_COMPLETE,
                     self.tasks.iter().map(|(id, _)| id).collect(),
@@ -455,6 +490,16 @@ impl<C: Clone + Debug> Connection<C> {
                 waiting_for.push(id);
             } else {
                 self.drop_task(id);
+            }
+        }
+        // A reset also ends the tasks of the LU's other sessions (SAM-5 7.8): the response
+        // waits until none of them is in flight any more, so no write of theirs lands after
+        // it (LIO's core_tmr_lun_reset drains them too). They cannot be recalled from the
+        // backend; the reset runs once they have left it.
+        if let Some(target) = self.target {
+            for lun in resets {
+                let id = self.start_reset(target, lun);
+                waiting_for.push(id);
             }
         }
         self.pending_tmfs.push(PendingTmf {

@@ -20,7 +20,7 @@ pub mod text;
 
 pub use connection::{
     Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
-    SequenceNumbers, TargetDescriptor, TaskId, TaskRef,
+    SequenceNumbers, TargetDescriptor, TaskId, TaskKind, TaskRef,
 };
 
 #[cfg(test)]

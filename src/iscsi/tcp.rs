@@ -94,8 +94,6 @@ pub enum TcpAction<C = ()> {
     /// As [`Action::Execute`], with the write data in `data_out`; answer with
     /// [`TcpConnection::handle_scsi_complete`].
     Execute(ScsiTask),
-    /// As [`Action::Reset`].
-    Reset { lun: Option<u64> },
     /// As [`Action::Close`].
     Close(CloseReason),
 }
@@ -294,7 +292,6 @@ impl<C: Clone + Debug + Default> TcpConnection<C> {
                     }
                     self.out.push_back(TcpAction::Execute(task));
                 }
-                Action::Reset { lun } => self.out.push_back(TcpAction::Reset { lun }),
                 Action::Close(reason) => self.out.push_back(TcpAction::Close(reason)),
             }
         }

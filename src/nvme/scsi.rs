@@ -19,7 +19,7 @@
 use super::command::Status;
 use super::io::{IoCommand, IoOp};
 use crate::iscsi::bytes::CdbBytes;
-use crate::iscsi::ScsiTask;
+use crate::iscsi::{ScsiTask, TaskKind};
 use crate::scsi::{
     sense, status, NvmeReservationKind, ScsiOutcome, TaskAttr, NVME_RESERVATION_OPCODE,
 };
@@ -121,6 +121,7 @@ pub fn lower(io: IoCommand, target: usize, lun: u64, block_size: u32) -> ScsiTas
         _ => 16,
     };
     ScsiTask {
+        kind: TaskKind::Command,
         id,
         target,
         lun,

@@ -184,20 +184,6 @@ impl ScsiTarget {
         }
     }
 
-    /// LOGICAL UNIT RESET of `lun`: releases its SPC-2 reservation. Unknown LUNs are ignored.
-    pub fn reset_lun(&self, lun: u64) {
-        if let Some(lu) = self.lun(lun) {
-            lu.reset();
-        }
-    }
-
-    /// TARGET (warm/cold) RESET: releases the SPC-2 reservations of every LU.
-    pub fn reset_target(&self) {
-        for lu in &self.luns {
-            lu.reset();
-        }
-    }
-
     /// Flush every LUN's backend (used at shutdown); reports the first failure.
     pub fn flush_all(&self) -> Result<(), BackendError> {
         let mut first = Ok(());

@@ -38,7 +38,7 @@ use uring_ffi::{Ring, SetupError, Sleep, Waker};
 
 use super::gate::{Access, IoGate};
 use crate::backend::{AsyncReply, BackendError};
-use crate::iscsi::{ScsiTask, TaskId};
+use crate::iscsi::{ScsiTask, TaskId, TaskKind};
 use crate::scsi::{
     finish, is_extended_copy, run, BlockRequest, Nexus, Prepared, ScsiOutcome, ScsiRequest,
     ScsiTarget,
@@ -285,11 +285,28 @@ impl EngineShared {
     /// (unless their LU's backend is asynchronous), the others back to their session's engine
     /// thread.
     fn run_admitted(&self, access: Access, lun_index: usize, job: Job) {
-        if access == Access::Exclusive && !self.is_asynchronous(&job, lun_index) {
+        if job.task.kind == TaskKind::LunReset {
+            self.reset(job, lun_index, None)
+        } else if access == Access::Exclusive && !self.is_asynchronous(&job, lun_index) {
             self.to_pool(job, access, lun_index, None)
         } else {
             self.inboxes[job.session.thread].send(Message::Admitted(job, access, lun_index))
         }
+    }
+
+    /// Runs a logical unit reset the LU's gate has admitted: alone, once no command of any
+    /// session is in flight on the LU (SAM-5 7.8). Resetting is quick (the SPC-2 reservation,
+    /// the held copy results, the unit attention), so it runs on whichever thread admitted it.
+    fn reset(&self, job: Job, lun_index: usize, local: Option<(usize, &mut Vec<LocalCompletion>)>) {
+        let lu = &self.targets[job.session.target].luns()[lun_index];
+        lu.reset();
+        log::info!(
+            "LUN {}: reset by {}; no command of any session was left in flight",
+            lu.params().lun,
+            job.session.nexus.initiator_name
+        );
+        let gate = Some((Access::Exclusive, lun_index));
+        self.complete(job, ScsiOutcome::good(), gate, local)
     }
 
     /// Whether the job's LU has an asynchronous backend (whose exclusive commands are

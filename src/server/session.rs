@@ -137,17 +137,6 @@ impl SessionSlot {
         self.engine.as_ref().map_or(0, EngineSession::outstanding)
     }
 
-    /// Answers `Reset`: LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET of the session's target.
-    pub(crate) fn reset(&self, shared: &Shared, lun: Option<u64>) {
-        if let Some((target, _)) = &self.nexus {
-            let scsi = &shared.scsi_targets[*target];
-            match lun {
-                Some(lun) => scsi.reset_lun(lun),
-                None => scsi.reset_target(),
-            }
-        }
-    }
-
     /// Lets running commands finish, applies I_T nexus loss, then unregisters the session
     /// (a reinstating login waits on that). Drivers call it when the core closes the
     /// connection, before its last PDUs go out, and again at teardown, where it does nothing

@@ -201,6 +201,21 @@ pub struct ScsiTask {
     pub data_out: Buf,
     pub expected_transfer_length: u32,
     pub attribute: TaskAttr,
+    /// A command, or a reset of the logical unit `lun`.
+    pub kind: TaskKind,
+}
+
+/// What an [`Action::Execute`] asks the backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// The SCSI command in the task's CDB.
+    Command,
+    /// A LOGICAL UNIT RESET (or one LU's part of a TARGET RESET), SAM-5 7.8: it runs once no
+    /// command from any session is in flight on the LU, with nothing else beside it; it
+    /// releases the SPC-2 reservation and establishes the reset unit attention. Its
+    /// completion (status GOOD) tells the core every task the reset ended has left the
+    /// backend. No CDB, no data.
+    LunReset,
 }
 
 /// Why the connection is closing.
@@ -355,9 +370,6 @@ pub enum Action<C = ()> {
     /// Run this command in the backend; answer with [`Connection::handle_scsi_complete`](super::Connection::handle_scsi_complete). The
     /// datamover puts the buffer it brought the write data into in `data_out`.
     Execute(ScsiTask),
-    /// LOGICAL UNIT RESET (`Some(lun)`) or TARGET RESET (`None`): reset the SCSI state a reset
-    /// clears (SPC-2 reservations) on the session's target. No answer.
-    Reset { lun: Option<u64> },
     /// Flush what was sent and close the connection. Nothing follows.
     Close(CloseReason),
 }

@@ -79,8 +79,6 @@ pub enum FabricOp {
     /// moment it has it; Linux drivers/infiniband/ulp/isert/ib_isert.c isert_put_login_tx does
     /// the same).
     EnterFullFeature,
-    /// LOGICAL UNIT RESET / TARGET RESET of SCSI state (as [`Action::Reset`]).
-    Reset { lun: Option<u64> },
     /// Disconnect, drain, free. Nothing follows.
     Close(CloseReason),
 }
@@ -460,7 +458,6 @@ impl IserConnection {
                     }
                     self.emit(FabricOp::Execute(task))
                 }
-                Action::Reset { lun } => self.emit(FabricOp::Reset { lun }),
                 Action::Close(reason) => self.emit(FabricOp::Close(reason)),
             }
         }

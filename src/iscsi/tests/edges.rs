@@ -76,7 +76,7 @@ fn cold_reset_answers_then_closes() {
     let mut pair = logged_in(&[]);
     pair.tmf(7, 0, RESERVED_TAG, 0);
     assert_eq!(tmf_response(&pair.take_one()).response, 0);
-    assert_eq!(pair.resets, vec![None]);
+    assert_eq!(pair.resets, vec![0, 1], "every LU of the target is reset");
     assert_eq!(pair.closed, Some(CloseReason::Shutdown));
 }
 
@@ -96,6 +96,13 @@ fn cold_reset_released_with_another_tmf_closes_last() {
         pair.take().is_empty(),
         "both TMF responses wait for the backend"
     );
+    // The reset of each LU (LUNs 0 and 1) is done; the aborted read is still running.
+    let resets: Vec<TaskId> = pair.deferred[1..].iter().map(|t| t.id).collect();
+    assert_eq!(pair.resets, vec![0, 1]);
+    for reset in resets {
+        pair.complete_deferred(reset, ScsiOutcome::good());
+    }
+    assert!(pair.take().is_empty());
     pair.complete_deferred(id, ScsiOutcome::good());
     let itts: Vec<u32> = pair.take().iter().map(|r| tmf_response(r).itt).collect();
     assert_eq!(itts, vec![reset_itt, abort_itt]);

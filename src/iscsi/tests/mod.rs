@@ -31,7 +31,7 @@ use super::chap::{
     RandomUnavailable, Secret,
 };
 use super::connection::{
-    sn_lt, CloseReason, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor, TaskId,
+    sn_lt, CloseReason, CoreConfig, LoginStatus, ScsiTask, TargetDescriptor, TaskId, TaskKind,
 };
 use super::framing::{self, FrameError, FrameSettings, PduReader};
 use super::pdu::{

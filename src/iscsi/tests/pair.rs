@@ -67,8 +67,9 @@ pub(super) struct Pair {
     pub(super) deferred: Vec<ScsiTask>,
     /// Every Execute the target issued.
     pub(super) executed: Vec<ScsiTask>,
-    /// `Action::Reset` scopes seen, in order.
-    pub(super) resets: Vec<Option<u64>>,
+    /// The LUNs of the logical unit resets handed to the backend, in order (not in
+    /// `executed`; completed like commands, deferred too when `auto_complete` is off).
+    pub(super) resets: Vec<u64>,
     pub(super) backend: RamBackend,
     pub(super) closed: Option<CloseReason>,
     pub(super) frame_settings_seen: Vec<FrameSettings>,
@@ -248,15 +249,21 @@ impl Pair {
                     self.conn.handle_session_bound(self.bind_answer);
                 }
                 TcpAction::Execute(task) => {
-                    self.executed.push(task.clone());
+                    if task.kind == TaskKind::LunReset {
+                        self.resets.push(task.lun);
+                    } else {
+                        self.executed.push(task.clone());
+                    }
                     if self.auto_complete {
-                        let outcome = self.backend.run(&task);
+                        let outcome = match task.kind {
+                            TaskKind::Command => self.backend.run(&task),
+                            TaskKind::LunReset => ScsiOutcome::good(),
+                        };
                         self.conn.handle_scsi_complete(task.id, outcome);
                     } else {
                         self.deferred.push(task);
                     }
                 }
-                TcpAction::Reset { lun } => self.resets.push(lun),
                 TcpAction::Close(reason) => self.closed = Some(reason),
             }
         }

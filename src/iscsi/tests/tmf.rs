@@ -164,16 +164,41 @@ fn task_set_tmfs_on_missing_lun_and_target_reset() {
     let cmd = pair.command(2, write10(0, 1), false, true, 512);
     pair.send_command(cmd, vec![]);
     assert!(matches!(pair.take_one().header, Header::ReadyToTransfer(_)));
-    // A reset of LUN 1 touches neither.
-    pair.tmf(LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0);
-    assert_eq!(tmf_response(&pair.take_one()).response, 0);
+    // A reset of LUN 1 touches neither. It goes to the backend, which runs it once no
+    // session has a command in flight on LUN 1; the response waits for that.
+    let read = pair.deferred[0].id;
+    let lun_reset_itt = pair.tmf(LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0);
+    assert_eq!(pair.resets, vec![1], "the backend resets LUN 1");
+    assert!(pair.take().is_empty(), "no response before the LU is reset");
+    let reset = pair.deferred[1].id;
+    assert_eq!(
+        (
+            pair.deferred[1].kind,
+            pair.deferred[1].lun,
+            pair.deferred[1].cdb.len()
+        ),
+        (TaskKind::LunReset, 1, 0)
+    );
+    pair.complete_deferred(reset, ScsiOutcome::good());
+    let r = pair.take_one();
+    assert_eq!(
+        (tmf_response(&r).itt, tmf_response(&r).response),
+        (lun_reset_itt, 0)
+    );
     assert_eq!(pair.conn.core().running_tasks(), 1);
-    assert_eq!(pair.resets, vec![Some(1)], "the SCSI layer resets LUN 1");
+    // A target reset resets every LU of the target, and answers once they and the running
+    // read (aborted) have all left the backend, in any order.
     let reset_itt = pair.tmf(TARGET_WARM_RESET, 0, RESERVED_TAG, 0);
-    assert_eq!(pair.resets, vec![Some(1), None], "then the whole target");
-    assert!(pair.take().is_empty());
-    let id = pair.deferred[0].id;
-    pair.complete_deferred(id, ScsiOutcome::good());
+    assert_eq!(pair.resets, vec![1, 0, 1], "then the whole target");
+    let resets: Vec<TaskId> = pair.deferred[1..].iter().map(|t| t.id).collect();
+    for id in resets {
+        pair.complete_deferred(id, ScsiOutcome::good());
+        assert!(
+            pair.take().is_empty(),
+            "the aborted read is still in the backend"
+        );
+    }
+    pair.complete_deferred(read, ScsiOutcome::good());
     let r = pair.take_one();
     assert_eq!(
         (tmf_response(&r).itt, tmf_response(&r).response),

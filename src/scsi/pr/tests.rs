@@ -331,7 +331,6 @@ fn reserve6_conflicts_and_is_released_on_nexus_loss() {
     t.release_nexus(&a);
     assert_eq!(access(&lu, &b), (true, true));
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
-    t.reset_lun(1); // not ours: nothing happens
     assert_eq!(access(&lu, &a), (false, false));
     // Every nexus hears of a reset once, on its next command.
     let both_told_of_the_reset = || {
@@ -343,13 +342,13 @@ fn reserve6_conflicts_and_is_released_on_nexus_loss() {
             assert_eq!(unit_attention(&lu, n), None);
         }
     };
-    t.reset_lun(0);
+    lu.reset();
     both_told_of_the_reset();
     assert_eq!(access(&lu, &a), (true, true));
     assert_eq!(run_as(&lu, &a, &[0x16], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &a, &[0x17], &[]).status, GOOD);
     assert_eq!(run_as(&lu, &b, &[0x16], &[]).status, GOOD);
-    t.reset_target();
+    lu.reset();
     both_told_of_the_reset();
     assert_eq!(access(&lu, &a), (true, true));
     // Persistent registrations survive nexus loss; RESERVE(6) conflicts under a PR.

@@ -17,6 +17,7 @@ use super::resident::{Interest, Resident};
 use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, FILE_PAGES_MIN, RING_SLOTS};
 use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
+use crate::iscsi::TaskKind;
 use crate::scsi::{
     finish, run, runs_exclusively, BlockReply, BlockRequest, Prepared, Primitive, ScsiOutcome,
 };
@@ -248,14 +249,18 @@ impl EngineThread {
             self.shared.complete(job, outcome, None, local);
             return;
         };
-        let access = if runs_exclusively(&job.task.cdb) {
+        let resets = job.task.kind == TaskKind::LunReset;
+        let access = if resets || runs_exclusively(&job.task.cdb) {
             Access::Exclusive
         } else {
             Access::Shared
         };
         let gate = &self.shared.gates[job.session.target][lun_index];
         if let Some(job) = gate.enter(access, job) {
-            if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
+            if resets {
+                let local = Some((self.index, &mut self.local));
+                self.shared.reset(job, lun_index, local)
+            } else if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
                 self.shared.to_pool(job, access, lun_index, None)
             } else {
                 self.start(job, access, lun_index)

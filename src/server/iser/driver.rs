@@ -595,7 +595,6 @@ impl Driver {
                         self.conn.handle_scsi_complete(id, outcome);
                     }
                 }
-                FabricOp::Reset { lun } => self.session.reset(&self.shared, lun),
                 FabricOp::EnterFullFeature => {
                     if let Err(e) = self.enter_full_feature() {
                         return self.fail(e);

@@ -365,7 +365,6 @@ impl Driver {
                     self.conn.handle_scsi_complete(id, outcome);
                 }
             }
-            TcpAction::Reset { lun } => self.session.reset(&self.shared, lun),
             TcpAction::Close(reason) => {
                 // I_T nexus loss before the last PDUs (a Logout Response) go out: an initiator
                 // that logs in again at once must not meet this session's SPC-2 reservation

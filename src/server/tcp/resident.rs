@@ -284,7 +284,6 @@ impl TcpResident {
                     self.conn.handle_scsi_complete(id, outcome);
                 }
             }
-            TcpAction::Reset { lun } => self.session.reset(&self.shared, lun),
             TcpAction::Close(reason) => {
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {

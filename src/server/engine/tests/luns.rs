@@ -222,6 +222,80 @@ fn prout(action: u8, rtype: u8, key: u64, sa_key: u64) -> (Vec<u8>, Vec<u8>) {
     (cdb, list)
 }
 
+/// A LUN reset (the core's [`TaskKind::LunReset`] for LOGICAL UNIT RESET or a target reset)
+/// completes only once no session has a command in flight on the LU: another initiator's READ
+/// held in the backend holds it up. Then the LU is reset (every nexus hears of it once) and
+/// a command sent while the reset waited runs after it.
+#[test]
+fn a_lun_reset_waits_for_every_sessions_commands_in_flight() {
+    use crate::iscsi::TaskKind;
+    use crate::scsi::testutil::ProbeBackend;
+    let slow = Arc::new(ProbeBackend::gated(1 << 20));
+    let lu = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
+    let target = Arc::new(ScsiTarget::new(vec![Arc::new(lu)]));
+    let engine = Engine::start(vec![target], 2, IoMode::Auto).unwrap();
+    let _unstick = OpenOnDrop(&slow);
+    let (resetter, other) = (
+        Client::of_initiator_port(&engine, 1),
+        Client::of_initiator_port(&engine, 2),
+    );
+    // Each nexus has seen (and cleared) its first unit attention, if any, before the reset.
+    resetter.exec(vec![0; 6], Vec::new());
+    other.exec(vec![0; 6], Vec::new());
+    let held = other.submit(0, read16(0, 1), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.waiting.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the READ never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reset = resetter.next_id.fetch_add(1, Ordering::Relaxed);
+    resetter.session.submit(ScsiTask {
+        id: reset,
+        target: 0,
+        lun: 0,
+        cdb: Default::default(),
+        data_out: mem_ffi::Buf::empty(),
+        expected_transfer_length: 0,
+        attribute: TaskAttr::Simple,
+        kind: TaskKind::LunReset,
+    });
+    // Parked behind the reset: it runs after it, and hears of it.
+    let later = resetter.submit(0, vec![0; 6], Vec::new());
+    assert!(
+        resetter
+            .done
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "the reset completed while another session's READ was in flight"
+    );
+    slow.open();
+    let (id, o) = other.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        (id, o.status),
+        (held, status::GOOD),
+        "the READ itself completes"
+    );
+    let (id, o) = resetter.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (reset, status::GOOD), "{o:?}");
+    let (id, o) = resetter.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(id, later);
+    assert_eq!(
+        o.asc_ascq(),
+        sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
+        "{o:?}"
+    );
+    let o = other.exec(vec![0; 6], Vec::new());
+    assert_eq!(
+        o.asc_ascq(),
+        sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
+        "{o:?}"
+    );
+    assert_eq!(other.exec(vec![0; 6], Vec::new()).status, status::GOOD);
+}
+
 /// PREEMPT AND ABORT completes only once the preempted initiator's command in flight has:
 /// after it, nothing that initiator sent before can still reach the medium (a fenced node's
 /// writes stop there).

@@ -122,6 +122,7 @@ impl Client {
             data_out: mem_ffi::Buf::copy_from_slice(&data_out),
             expected_transfer_length,
             attribute: TaskAttr::Simple,
+            kind: crate::iscsi::TaskKind::Command,
         });
         id
     }

@@ -34,6 +34,7 @@ impl Resident for TestResident {
                 data_out: mem_ffi::Buf::copy_from_slice(&[id as u8; BS]),
                 expected_transfer_length: BS as u32,
                 attribute: TaskAttr::Simple,
+                kind: crate::iscsi::TaskKind::Command,
             };
             io.execute(&self.session, task);
         }
@@ -47,6 +48,7 @@ impl Resident for TestResident {
             data_out: mem_ffi::Buf::copy_from_slice(&data),
             expected_transfer_length: 2 * BS as u32,
             attribute: TaskAttr::Simple,
+            kind: crate::iscsi::TaskKind::Command,
         };
         io.execute(&self.session, task);
         self.commands = 9;

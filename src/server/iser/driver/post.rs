@@ -296,10 +296,7 @@ impl Driver {
                 Ok((Posted::Yes, None))
             }
             FabricOp::RdmaRead { .. } => unreachable!("posted by post_reads"),
-            FabricOp::BindSession(_)
-            | FabricOp::Execute(_)
-            | FabricOp::Reset { .. }
-            | FabricOp::EnterFullFeature => {
+            FabricOp::BindSession(_) | FabricOp::Execute(_) | FabricOp::EnterFullFeature => {
                 unreachable!("handled in pump")
             }
         }
