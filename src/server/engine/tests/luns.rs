@@ -222,27 +222,18 @@ fn prout(action: u8, rtype: u8, key: u64, sa_key: u64) -> (Vec<u8>, Vec<u8>) {
     (cdb, list)
 }
 
-/// A LUN reset (the core's [`TaskKind::LunReset`] for LOGICAL UNIT RESET or a target reset)
-/// completes only once no session has a command in flight on the LU: another initiator's READ
-/// held in the backend holds it up. Then the LU is reset (every nexus hears of it once) and
-/// a command sent while the reset waited runs after it.
-#[test]
-fn a_lun_reset_waits_for_every_sessions_commands_in_flight() {
-    use crate::iscsi::TaskKind;
-    use crate::scsi::testutil::ProbeBackend;
-    let slow = Arc::new(ProbeBackend::gated(1 << 20));
+/// An engine of two threads serving one LU (LUN 0) whose READs wait in its backend until
+/// that is opened.
+fn gated_engine() -> (Arc<crate::scsi::testutil::ProbeBackend>, Engine) {
+    let slow = Arc::new(crate::scsi::testutil::ProbeBackend::gated(1 << 20));
     let lu = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
     let target = Arc::new(ScsiTarget::new(vec![Arc::new(lu)]));
-    let engine = Engine::start(vec![target], 2, IoMode::Auto).unwrap();
-    let _unstick = OpenOnDrop(&slow);
-    let (resetter, other) = (
-        Client::of_initiator_port(&engine, 1),
-        Client::of_initiator_port(&engine, 2),
-    );
-    // Each nexus has seen (and cleared) its first unit attention, if any, before the reset.
-    resetter.exec(vec![0; 6], Vec::new());
-    other.exec(vec![0; 6], Vec::new());
-    let held = other.submit(0, read16(0, 1), Vec::new());
+    (slow, Engine::start(vec![target], 2, IoMode::Auto).unwrap())
+}
+
+/// Submits a READ of `client` and waits until it is held in `slow`'s backend: its id.
+fn read_held_in(slow: &crate::scsi::testutil::ProbeBackend, client: &Client) -> TaskId {
+    let held = client.submit(0, read16(0, 1), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(10);
     while slow.waiting.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -251,6 +242,26 @@ fn a_lun_reset_waits_for_every_sessions_commands_in_flight() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    held
+}
+
+/// A LUN reset (the core's [`TaskKind::LunReset`] for LOGICAL UNIT RESET or a target reset)
+/// completes only once no session has a command in flight on the LU: another initiator's READ
+/// held in the backend holds it up. Then the LU is reset (every nexus hears of it once) and
+/// a command sent while the reset waited runs after it.
+#[test]
+fn a_lun_reset_waits_for_every_sessions_commands_in_flight() {
+    use crate::iscsi::TaskKind;
+    let (slow, engine) = gated_engine();
+    let _unstick = OpenOnDrop(&slow);
+    let (resetter, other) = (
+        Client::of_initiator_port(&engine, 1),
+        Client::of_initiator_port(&engine, 2),
+    );
+    // Each nexus has seen (and cleared) its first unit attention, if any, before the reset.
+    resetter.exec(vec![0; 6], Vec::new());
+    other.exec(vec![0; 6], Vec::new());
+    let held = read_held_in(&slow, &other);
     let reset = resetter.next_id.fetch_add(1, Ordering::Relaxed);
     resetter.session.submit(ScsiTask {
         id: reset,
@@ -301,11 +312,7 @@ fn a_lun_reset_waits_for_every_sessions_commands_in_flight() {
 /// writes stop there).
 #[test]
 fn preempt_and_abort_waits_for_the_preempted_commands_in_flight() {
-    use crate::scsi::testutil::ProbeBackend;
-    let slow = Arc::new(ProbeBackend::gated(1 << 20));
-    let lu = LogicalUnit::new(params(0, BS as u32), Arc::clone(&slow) as Arc<dyn Backend>);
-    let target = Arc::new(ScsiTarget::new(vec![Arc::new(lu)]));
-    let engine = Engine::start(vec![target], 2, IoMode::Auto).unwrap();
+    let (slow, engine) = gated_engine();
     // Dropped before the engine, whose shutdown waits for the held READ.
     let _unstick = OpenOnDrop(&slow);
     let (fencer, fenced) = (
@@ -319,15 +326,7 @@ fn preempt_and_abort_waits_for_the_preempted_commands_in_flight() {
     let (cdb, list) = prout(0x01, 0x01, 0xA, 0);
     assert_eq!(fencer.exec(cdb, list).status, status::GOOD, "RESERVE");
     // The fenced initiator's READ waits in the backend.
-    let held = fenced.submit(0, read16(0, 1), Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while slow.waiting.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the READ never reached the backend"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let held = read_held_in(&slow, &fenced);
     let (cdb, list) = prout(0x05, 0x01, 0xA, 0xB);
     let preempt = fencer.submit(0, cdb, list);
     assert!(
