@@ -76,13 +76,15 @@ impl Config {
     }
 
     /// Takes `new`'s access control (see [`Reload::access_changed`]) into this running
-    /// configuration, whose targets are `new`'s but for it and file sizes.
+    /// configuration, whose targets are `new`'s but for it and file sizes: each target
+    /// becomes `new`'s with its running LUNs (which hold the sizes in force).
     pub fn adopt_access(&mut self, new: &Config) {
         for (running, new) in self.targets.iter_mut().zip(&new.targets) {
-            running.allowed_initiators = new.allowed_initiators.clone();
-            running.auth = new.auth.clone();
-            running.initiator_auth = new.initiator_auth.clone();
-            running.allowed_hosts = new.allowed_hosts.clone();
+            let luns = std::mem::take(&mut running.luns);
+            *running = Target {
+                luns,
+                ..new.clone()
+            };
         }
         self.discovery_auth = new.discovery_auth.clone();
     }

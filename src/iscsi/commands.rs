@@ -283,10 +283,12 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Hands a reset of logical unit `lun` to the backend ([`TaskKind::LunReset`]): the id
     /// its completion will carry.
-    fn start_reset(&mut self, target: usize, lun: u64) -> TaskId {
+    fn start_reset(&mut self, lun: u64) -> TaskId {
+        let target = self
+            .target
+            .expect("a reset function needs a normal session's target");
         let id = self.next_reset_id;
         self.next_reset_id += 1;
-        self.resets_running.push(id);
         self.actions.push_back(Action::Execute(ScsiTask {
             id,
             target,
@@ -302,8 +304,8 @@ impl<C: Clone + Debug> Connection<C> {
 
     /// Answer to [`Action::Execute`].
     pub fn handle_scsi_complete(&mut self, id: TaskId, outcome: ScsiOutcome) {
-        if let Some(reset) = self.resets_running.iter().position(|&r| r == id) {
-            self.resets_running.swap_remove(reset);
+        if id >= FIRST_RESET_ID {
+            // A logical unit reset is done: the TMF waiting for it may go.
             self.release_tmfs(id);
             return;
         }
@@ -496,11 +498,9 @@ impl<C: Clone + Debug> Connection<C> {
         // waits until none of them is in flight any more, so no write of theirs lands after
         // it (LIO's core_tmr_lun_reset drains them too). They cannot be recalled from the
         // backend; the reset runs once they have left it.
-        if let Some(target) = self.target {
-            for lun in resets {
-                let id = self.start_reset(target, lun);
-                waiting_for.push(id);
-            }
+        for lun in resets {
+            let id = self.start_reset(lun);
+            waiting_for.push(id);
         }
         self.pending_tmfs.push(PendingTmf {
             itt: h.itt,

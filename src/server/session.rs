@@ -84,16 +84,14 @@ impl SessionSlot {
             control,
             self.origin.clone(),
         )?;
-        // A reload may have taken the initiator out of the target's ACL after its login was
-        // checked: the reload ended every session registered before it looked, and a session
-        // registered after that sees the new ACL here.
+        let tsih = guard.tsih();
         if let Some(target) = request.target {
+            // A reload may have taken the initiator out of the target's ACL after its login
+            // was checked: the reload ended every session registered before it looked, and a
+            // session registered after that sees the new ACL here.
             if !shared.allows(target, &request.initiator_name) {
                 return Err(LoginStatus::AUTHORIZATION_FAILED);
             }
-        }
-        let tsih = guard.tsih();
-        if let Some(target) = request.target {
             let nexus = Arc::new(Nexus::iscsi(request.initiator_name.clone(), request.isid));
             self.engine = Some(attach(target, Arc::clone(&nexus)));
             self.nexus = Some((target, nexus));

@@ -103,9 +103,8 @@ pub struct Connection<C = ()> {
     held: BTreeMap<u32, Option<(Pdu, C)>>,
     pub(super) next_ttt: u32,
     pub(super) pending_tmfs: Vec<PendingTmf>,
-    /// Logical unit resets handed to the backend and not yet done, by their task ids (from
+    /// The task id of the next logical unit reset handed to the backend (from
     /// [`FIRST_RESET_ID`](super::commands) on, apart from the task table's).
-    pub(super) resets_running: Vec<TaskId>,
     pub(super) next_reset_id: TaskId,
     pending_text: Option<PendingText>,
     /// Logout response to send once running tasks finish.
@@ -139,7 +138,6 @@ impl<C: Clone + Debug> Connection<C> {
             held: BTreeMap::new(),
             next_ttt: 1,
             pending_tmfs: Vec::new(),
-            resets_running: Vec::new(),
             next_reset_id: super::commands::FIRST_RESET_ID,
             pending_text: None,
             pending_logout: None,
