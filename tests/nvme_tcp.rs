@@ -443,6 +443,40 @@ fn a_host_with_a_dhchap_secret_authenticates_on_every_queue() {
     server.assert_alive();
 }
 
+/// With a DH group the exchange's exponentiations run on the engine's blocking pool, not on the
+/// queue's I/O thread (`nvme::auth::dh::DhWork`): the Challenge and the Reply wait for them,
+/// and the host authenticates over the wire with the shared secret; the wrong secret still
+/// fails.
+#[test]
+fn a_host_authenticates_in_an_ffdhe_group() {
+    use iser_target::nvme::auth::testing;
+    let yaml = format!(
+        "allowed_hosts:\n      - {{ nqn: {HOST_NQN}, dhchap_secret: \"{}\", dhchap_dhgroup: ffdhe8192 }}",
+        testing::secret_text(0x11)
+    );
+    let (mut server, port) = serve(target().with_yaml(&yaml));
+    let options = Options::admin(SUBSYSTEM, HOST_NQN);
+    let (mut admin, _) = NvmeQueue::connect(port, &options).unwrap();
+    let last = admin
+        .authenticate(&testing::secret(0x11), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(testing::read_success1(&last), (32, None));
+    assert!(
+        server
+            .log()
+            .contains("queue 0 of controller 1 (DH-HMAC-CHAP SHA-256, ffdhe8192)"),
+        "{}",
+        server.log()
+    );
+    admin.enable().unwrap();
+    let (mut wrong, _) = NvmeQueue::connect(port, &options).unwrap();
+    let last = wrong
+        .authenticate(&testing::secret(0x12), HOST_NQN, SUBSYSTEM)
+        .unwrap();
+    assert_eq!(testing::read_failure1(&last), (0x01, 0x01));
+    server.assert_alive();
+}
+
 /// A host's DH-HMAC-CHAP secret rotated by SIGHUP: the host's live queues keep running (as
 /// with nvmet, a host proves itself again when a queue connects again), and every queue that
 /// connects from then on must prove the new secret, not the old.

@@ -216,6 +216,7 @@ pub fn handle_control(
         Action::ControllerChanged { cntlid, state } => {
             registry.update(cntlid, state);
         }
+        Action::Compute(work) => queue.handle_computed(work.run(), now),
         Action::Authenticated(_) => {}
         Action::Execute(_) | Action::Close(_) => {
             unreachable!("the fuzz target handles {action:?} itself")

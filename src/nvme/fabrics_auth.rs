@@ -34,7 +34,8 @@ impl Queue {
         };
         let was_authenticated = auth.is_authenticated();
         match auth.send(data) {
-            Ok(()) => {
+            Ok(Some(work)) => Outcome::Compute(work),
+            Ok(None) => {
                 if !was_authenticated && auth.is_authenticated() {
                     self.authenticated();
                 }
@@ -58,6 +59,7 @@ impl Queue {
         let (mut bytes, failed) = match auth.receive(random) {
             Ok(Received::Message(bytes)) => (bytes, None),
             Ok(Received::Failed(bytes, e)) => (bytes, Some(e.to_string())),
+            Ok(Received::Compute(work)) => return Outcome::Compute(work),
             // nvmet answers a challenge it cannot make with an internal error.
             Err(_) => return Outcome::status(Status::INTERNAL_ERROR),
         };

@@ -62,7 +62,8 @@ enum Report {
 
 /// Operation slots of each engine thread's ring (more commands wait in its backlog).
 const RING_SLOTS: u32 = 256;
-/// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then).
+/// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then, and
+/// the exponentiations of NVMe in-band authentication, [`Engine::run_blocking`]).
 const BLOCKING_THREADS: usize = 2;
 /// Copy-pool threads: EXTENDED COPY commands running at once; more wait their turn.
 const COPY_THREADS: usize = 2;
@@ -178,6 +179,8 @@ enum PoolMessage {
         lun_index: usize,
         planned: Option<(BlockRequest<'static>, u32)>,
     },
+    /// Run this computation ([`Engine::run_blocking`]).
+    Call(Box<dyn FnOnce() + Send>),
     Stop,
 }
 
@@ -542,6 +545,13 @@ impl Engine {
         }
     }
 
+    /// Runs `work` on the blocking pool: computation too slow for a thread that serves
+    /// connections (an NVMe queue's DH exponentiations). `work` tells its connection itself,
+    /// by poking its [`Residence`]. Work still queued at shutdown runs before the pool stops.
+    pub(crate) fn run_blocking(&self, work: impl FnOnce() + Send + 'static) {
+        let _ = self.shared.pool.send(PoolMessage::Call(Box::new(work)));
+    }
+
     /// Waits for every submitted command to complete, then stops the threads. Idempotent.
     pub(crate) fn shutdown(&self) {
         let mut threads = self.threads_mut();
@@ -631,14 +641,18 @@ impl EngineSession {
 /// them.
 fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
     for message in queue {
-        let PoolMessage::Run {
-            job,
-            access,
-            lun_index,
-            planned,
-        } = message
-        else {
-            return;
+        let (job, access, lun_index, planned) = match message {
+            PoolMessage::Run {
+                job,
+                access,
+                lun_index,
+                planned,
+            } => (job, access, lun_index, planned),
+            PoolMessage::Call(work) => {
+                work();
+                continue;
+            }
+            PoolMessage::Stop => return,
         };
         let target = &shared.targets[job.session.target];
         if let Some((request, data_out_length)) = planned {

@@ -517,8 +517,9 @@ impl NvmeQueue {
 
 impl NvmeQueue {
     /// The host's side of a unidirectional DH-HMAC-CHAP exchange as Linux's host runs it
-    /// (SHA-256 first, the NULL DH group, a 4 KiB AUTH_Receive buffer), with `secret`: the
-    /// controller's last message, a Success1 or a Failure1.
+    /// (SHA-256 first, the NULL DH group first, a 4 KiB AUTH_Receive buffer), with `secret`,
+    /// in the DH group the controller's Challenge names: the controller's last message, a
+    /// Success1 or a Failure1.
     pub fn authenticate(
         &mut self,
         secret: &DhchapSecret,
@@ -528,8 +529,14 @@ impl NvmeQueue {
         let negotiate = testing::negotiate(1);
         self.auth_send(&negotiate)?;
         let challenge = testing::read_challenge(&self.auth_receive()?);
-        let response = testing::response_with(secret, &challenge, None, host_nqn, subsystem);
-        self.auth_send(&testing::reply(challenge.transaction, &response, None))?;
+        let dh = testing::host_dh(&challenge, testing::counting_random);
+        let (public, session) = match &dh {
+            Some((public, session)) => (public.as_slice(), Some(session.as_slice())),
+            None => (&[][..], None),
+        };
+        let response = testing::response_with(secret, &challenge, session, host_nqn, subsystem);
+        let reply = testing::reply_with_dh(challenge.transaction, &response, None, public);
+        self.auth_send(&reply)?;
         self.auth_receive()
     }
 

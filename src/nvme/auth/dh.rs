@@ -69,9 +69,8 @@ impl DhGroup {
 
     /// Bytes of our private exponents: at least twice the group's security strength in bits
     /// (RFC 7919 §5.2 and its Table 2: 103 to 200 bits of strength), the sizes OpenSSL uses
-    /// (225 to 400 bits), rounded up to bytes. Longer ones only cost time: the exchange runs on
-    /// the connection's I/O thread.
-    fn private_len(self) -> usize {
+    /// (225 to 400 bits), rounded up to bytes. Longer ones only cost time.
+    pub fn private_len(self) -> usize {
         match self {
             DhGroup::Null => 0,
             DhGroup::Ffdhe2048 => 29,
@@ -96,6 +95,7 @@ impl DhGroup {
 }
 
 /// One side's key pair for one exchange.
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyPair {
     group: DhGroup,
     private: BigUint,
@@ -116,20 +116,26 @@ pub struct InvalidPublicValue;
 impl KeyPair {
     /// A fresh key pair in `group` (not NULL) from `random`.
     pub fn generate(group: DhGroup, random: RandomSource) -> Result<KeyPair, RandomUnavailable> {
+        let mut private = vec![0u8; group.private_len()];
+        random(&mut private)?;
+        Ok(KeyPair::from_private(group, &private))
+    }
+
+    /// The key pair in `group` (not NULL) whose private exponent is `private`, big-endian
+    /// (fresh random bytes, [`DhGroup::private_len`] of them).
+    pub fn from_private(group: DhGroup, private: &[u8]) -> KeyPair {
         let prime = group.prime().expect("a group with a prime");
-        let mut bytes = vec![0u8; group.private_len()];
-        random(&mut bytes)?;
         // At least 2: a private exponent of 0 or 1 gives a public value of 1 or 2.
-        let private = BigUint::from_bytes_be(&bytes).max(BigUint::from(2u8));
+        let private = BigUint::from_bytes_be(private).max(BigUint::from(2u8));
         let public = padded(
             &BigUint::from(2u8).modpow(&private, prime),
             group.value_len(),
         );
-        Ok(KeyPair {
+        KeyPair {
             group,
             private,
             public,
-        })
+        }
     }
 
     /// g^x mod p, big-endian, as long as the prime.
@@ -140,6 +146,13 @@ impl KeyPair {
     /// The shared secret y^x mod p with the peer's public value y, as long as the prime (Linux
     /// hashes it so, padded: crypto/dh.c writes the value to the prime's length).
     pub fn shared_secret(&self, peer: &[u8]) -> Result<Vec<u8>, InvalidPublicValue> {
+        let y = self.check_peer(peer)?;
+        Ok(self.exponentiate(&y))
+    }
+
+    /// The peer's public value as a number, if it is one of the group's (cheap: no
+    /// exponentiation).
+    pub fn check_peer(&self, peer: &[u8]) -> Result<BigUint, InvalidPublicValue> {
         let prime = self.group.prime().expect("a group with a prime");
         if peer.len() != self.group.value_len() {
             return Err(InvalidPublicValue);
@@ -149,10 +162,105 @@ impl KeyPair {
         if y <= one || y >= prime - &one {
             return Err(InvalidPublicValue);
         }
-        Ok(padded(
-            &y.modpow(&self.private, prime),
-            self.group.value_len(),
-        ))
+        Ok(y)
+    }
+
+    /// y^x mod p for a checked `y`, padded to the prime's length.
+    fn exponentiate(&self, y: &BigUint) -> Vec<u8> {
+        let prime = self.group.prime().expect("a group with a prime");
+        padded(&y.modpow(&self.private, prime), self.group.value_len())
+    }
+}
+
+/// An exponentiation an exchange waits for. Each takes from about a millisecond (ffdhe2048)
+/// to tens of them (ffdhe8192) on a core of today's servers, long enough to stall every other
+/// connection of an I/O thread, and any peer that names an allowed host can ask for two per
+/// queue before proving anything: so the state machine hands them out ([`DhWork::run`]) and
+/// the environment runs them off its I/O threads, as Linux's nvmet runs its exchanges on a
+/// workqueue (drivers/nvme/target/fabrics-cmd-auth.c).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DhWork(Work);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Work {
+    /// Our key pair from these private bytes.
+    Generate { group: DhGroup, private: Vec<u8> },
+    /// The secret shared with a peer whose public value was checked.
+    Shared {
+        key_pair: KeyPair,
+        peer: Vec<u8>,
+        y: BigUint,
+    },
+}
+
+/// What a [`DhWork`] computed, for the exchange that asked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DhResult(Computed);
+
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum Computed {
+    Generated(KeyPair),
+    /// The shared secret with the peer whose public value is `peer`.
+    Shared {
+        peer: Vec<u8>,
+        secret: Vec<u8>,
+    },
+}
+
+impl DhWork {
+    /// Work that generates a key pair in `group` from `private` ([`KeyPair::from_private`]).
+    pub(super) fn generate(group: DhGroup, private: Vec<u8>) -> DhWork {
+        DhWork(Work::Generate { group, private })
+    }
+
+    /// Work that computes the secret `key_pair` shares with `peer`, or `Err` at once when
+    /// `peer` is not one of the group's.
+    pub(super) fn shared(key_pair: &KeyPair, peer: &[u8]) -> Result<DhWork, InvalidPublicValue> {
+        let y = key_pair.check_peer(peer)?;
+        Ok(DhWork(Work::Shared {
+            key_pair: key_pair.clone(),
+            peer: peer.to_vec(),
+            y,
+        }))
+    }
+
+    /// Does the exponentiation; on any thread.
+    pub fn run(self) -> DhResult {
+        DhResult(match self.0 {
+            Work::Generate { group, private } => {
+                Computed::Generated(KeyPair::from_private(group, &private))
+            }
+            Work::Shared { key_pair, peer, y } => Computed::Shared {
+                secret: key_pair.exponentiate(&y),
+                peer,
+            },
+        })
+    }
+}
+
+impl DhResult {
+    pub(super) fn into_computed(self) -> Computed {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for DhWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Work::Generate { group, .. } => write!(f, "DhWork(generate {})", group.name()),
+            Work::Shared { key_pair, .. } => {
+                write!(f, "DhWork(shared secret in {})", key_pair.group.name())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DhResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Computed::Generated(key_pair) => write!(f, "DhResult({key_pair:?})"),
+            Computed::Shared { .. } => f.write_str("DhResult(<shared secret>)"),
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! Supported: SHA-256, SHA-384 and SHA-512; the NULL DH group (the challenge is used as it is,
 //! Linux's nvmet's default) and RFC 7919's ffdhe2048 to ffdhe8192 (a fresh key pair per
-//! exchange, the challenges augmented with the shared secret: [`dh`]); secrets with and
+//! exchange, the challenges augmented with the shared secret: [`dh`], whose exponentiations
+//! the environment runs off its I/O threads, [`dh::DhWork`]); secrets with and
 //! without a transform; unidirectional and bidirectional. Not: secure channel concatenation (a
 //! TLS PSK derived from the exchange). The state machine follows Linux's
 //! drivers/nvme/target/fabrics-cmd-auth.c: any message out of order, a host's Failure2, or a
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::random::RandomSource;
-use dh::{DhGroup, KeyPair};
+use dh::{Computed, DhGroup, DhResult, DhWork, KeyPair};
 use message::{auth_id, auth_type, failure, Header, Negotiate, Reply};
 pub use secret::{DhchapSecret, Exchange, HashFunction, SecretError};
 
@@ -124,6 +125,9 @@ pub enum Received {
     Message(Vec<u8>),
     /// A Failure1: once the host has it, the queue ends.
     Failed(Vec<u8>, AuthError),
+    /// The message needs this computation first: hand its result to
+    /// [`QueueAuthentication::computed`], then receive again.
+    Compute(DhWork),
 }
 
 /// The authentication of one queue.
@@ -139,6 +143,11 @@ pub struct QueueAuthentication {
     /// Our key pair, with a DH group, and the secret shared with the host.
     key_pair: Option<KeyPair>,
     session_key: Option<Vec<u8>>,
+    /// A shared secret computed for the host's public value (the first), which the Reply that
+    /// carries it takes when sent again.
+    shared: Option<(Vec<u8>, Vec<u8>)>,
+    /// A [`DhWork`] is out: until its result comes, any message is out of sequence.
+    computing: bool,
     /// Our challenge C1 and its sequence number S1.
     challenge: Vec<u8>,
     seqnum: u32,
@@ -159,6 +168,8 @@ impl QueueAuthentication {
             dh_group: DhGroup::Null,
             key_pair: None,
             session_key: None,
+            shared: None,
+            computing: false,
             challenge: Vec::new(),
             seqnum: 0,
             host_challenge: None,
@@ -181,9 +192,10 @@ impl QueueAuthentication {
         })
     }
 
-    /// An AUTH_Send's message. `Err`: the exchange is over and failed; the queue answers the
-    /// command and ends.
-    pub fn send(&mut self, data: &[u8]) -> Result<(), AuthError> {
+    /// An AUTH_Send's message. `Ok(Some(work))`: the message needs this computation first;
+    /// hand its result to [`QueueAuthentication::computed`], then send the same message again.
+    /// `Err`: the exchange is over and failed; the queue answers the command and ends.
+    pub fn send(&mut self, data: &[u8]) -> Result<Option<DhWork>, AuthError> {
         let Some(header) = Header::parse(data) else {
             return Err(AuthError::IncorrectPayload);
         };
@@ -191,6 +203,9 @@ impl QueueAuthentication {
             auth_type: header.auth_type,
             auth_id: header.auth_id,
         };
+        if self.computing {
+            return Err(out_of_sequence);
+        }
         match (header.auth_type, header.auth_id) {
             // A Negotiate starts an exchange, or starts it again (nvmet: "Restart
             // negotiation"); it picks the transaction ID.
@@ -199,6 +214,7 @@ impl QueueAuthentication {
                 self.host_challenge = None;
                 self.key_pair = None;
                 self.session_key = None;
+                self.shared = None;
                 self.step = match self.negotiate(data) {
                     Ok((hash, dh_group)) => {
                         self.hash = hash;
@@ -207,7 +223,7 @@ impl QueueAuthentication {
                     }
                     Err(e) => Step::Failure1(e),
                 };
-                Ok(())
+                Ok(None)
             }
             (auth_type::COMMON, auth_id::FAILURE2) => {
                 Err(AuthError::HostRejected(message::failure2_explanation(data)))
@@ -217,16 +233,20 @@ impl QueueAuthentication {
                     .check_transaction(header)
                     .and_then(|()| self.reply(data))
                 {
-                    Ok(()) => Step::Success1,
+                    Ok(Some(work)) => {
+                        self.computing = true;
+                        return Ok(Some(work));
+                    }
+                    Ok(None) => Step::Success1,
                     Err(e) => Step::Failure1(e),
                 };
-                Ok(())
+                Ok(None)
             }
             (auth_type::DHCHAP, auth_id::SUCCESS2) if self.step == Step::Success2 => {
                 self.check_transaction(header)?;
                 self.authenticated = true;
                 self.step = Step::Done;
-                Ok(())
+                Ok(None)
             }
             _ => Err(out_of_sequence),
         }
@@ -238,38 +258,38 @@ impl QueueAuthentication {
         random: RandomSource,
     ) -> Result<Received, crate::random::RandomUnavailable> {
         let transaction = self.transaction;
+        if self.computing {
+            return Ok(Self::failed(transaction, AuthError::NothingToRead));
+        }
         let received = match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Challenge if self.dh_group != DhGroup::Null && self.key_pair.is_none() => {
+                // Our key pair first, computed off the I/O thread; this message is read again.
+                self.step = Step::Challenge;
+                let mut private = vec![0; self.dh_group.private_len()];
+                random(&mut private)?;
+                self.computing = true;
+                Received::Compute(DhWork::generate(self.dh_group, private))
+            }
             Step::Challenge => {
                 let mut challenge = vec![0; self.hash.digest_len()];
                 let mut seqnum = [0; 4];
-                let key_pair = random(&mut challenge)
-                    .and_then(|()| random(&mut seqnum))
-                    .and_then(|()| match self.dh_group {
-                        DhGroup::Null => Ok(None),
-                        group => KeyPair::generate(group, random).map(Some),
-                    });
-                let key_pair = match key_pair {
-                    Ok(key_pair) => key_pair,
-                    Err(e) => {
-                        self.step = Step::Challenge;
-                        return Err(e);
-                    }
-                };
+                if let Err(e) = random(&mut challenge).and_then(|()| random(&mut seqnum)) {
+                    self.step = Step::Challenge;
+                    return Err(e);
+                }
                 // 0 is not a sequence number (NVMe base 2.0 §8.13.5.3: it says "no
                 // authentication" in a Reply).
                 self.seqnum = u32::from_le_bytes(seqnum).max(1);
                 self.challenge = challenge;
                 self.step = Step::Reply;
-                let message = message::challenge(
+                Received::Message(message::challenge(
                     transaction,
                     self.hash.id(),
                     self.dh_group.id(),
                     self.seqnum,
                     &self.challenge,
-                    key_pair.as_ref().map_or(&[], |k| k.public_value()),
-                );
-                self.key_pair = key_pair;
-                Received::Message(message)
+                    self.key_pair.as_ref().map_or(&[], |k| k.public_value()),
+                ))
             }
             Step::Success1 => match self.controller_response() {
                 Ok(response) => {
@@ -291,6 +311,17 @@ impl QueueAuthentication {
             _ => Self::failed(transaction, AuthError::NothingToRead),
         };
         Ok(received)
+    }
+
+    /// The result of the [`DhWork`] that [`QueueAuthentication::send`] or
+    /// [`QueueAuthentication::receive`] handed out; the message that asked for it is sent or
+    /// received again next.
+    pub fn computed(&mut self, result: DhResult) {
+        self.computing = false;
+        match result.into_computed() {
+            Computed::Generated(key_pair) => self.key_pair = Some(key_pair),
+            Computed::Shared { peer, secret } => self.shared = Some((peer, secret)),
+        }
     }
 
     fn failed(transaction: u16, e: AuthError) -> Received {
@@ -338,7 +369,8 @@ impl QueueAuthentication {
     }
 
     /// Checks the host's response; keeps its challenge when it asks us to authenticate.
-    fn reply(&mut self, data: &[u8]) -> Result<(), AuthError> {
+    /// `Some(work)`: the secret shared with the host's DH value must be computed first.
+    fn reply(&mut self, data: &[u8]) -> Result<Option<DhWork>, AuthError> {
         let reply = Reply::parse(data).map_err(|_| AuthError::IncorrectPayload)?;
         if reply.hash_len() != self.hash.digest_len()
             || reply.dh_value_len() != self.dh_group.value_len()
@@ -346,10 +378,14 @@ impl QueueAuthentication {
             return Err(AuthError::IncorrectPayload);
         }
         if let Some(key_pair) = &self.key_pair {
-            let shared = key_pair
-                .shared_secret(reply.dh_value())
-                .map_err(|_| AuthError::InvalidDhValue)?;
-            self.session_key = Some(shared);
+            match self.shared.take() {
+                Some((peer, secret)) if peer == reply.dh_value() => self.session_key = Some(secret),
+                _ => {
+                    return DhWork::shared(key_pair, reply.dh_value())
+                        .map(Some)
+                        .map_err(|_| AuthError::InvalidDhValue)
+                }
+            }
         }
         let expected = self
             .exchange(&self.challenge, self.seqnum)
@@ -363,7 +399,7 @@ impl QueueAuthentication {
             Some(challenge) => self.host_challenge = Some((challenge.to_vec(), reply.seqnum())),
             None => self.authenticated = true,
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Our response to the host's challenge, if it sent one.

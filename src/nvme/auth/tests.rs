@@ -26,21 +26,35 @@ fn host_random(buf: &mut [u8]) -> Result<(), crate::random::RandomUnavailable> {
     Ok(())
 }
 
+/// What an AUTH_Receive reads, its computation (if any) run here as the environment runs it.
 fn read(auth: &mut QueueAuthentication) -> Received {
-    auth.receive(counting_random).unwrap()
+    loop {
+        match auth.receive(counting_random).unwrap() {
+            Received::Compute(work) => auth.computed(work.run()),
+            received => return received,
+        }
+    }
+}
+
+/// An AUTH_Send of `m`, its computation (if any) run here and `m` sent again.
+fn send(auth: &mut QueueAuthentication, m: &[u8]) -> Result<(), AuthError> {
+    while let Some(work) = auth.send(m)? {
+        auth.computed(work.run());
+    }
+    Ok(())
 }
 
 fn message(received: Received) -> Vec<u8> {
     match received {
         Received::Message(m) => m,
-        Received::Failed(_, e) => panic!("failed: {e}"),
+        other => panic!("not a message: {other:?}"),
     }
 }
 
 fn failure(received: Received) -> ((u8, u8), AuthError) {
     match received {
         Received::Failed(m, e) => (read_failure1(&m), e),
-        Received::Message(m) => panic!("not a failure: {m:?}"),
+        other => panic!("not a failure: {other:?}"),
     }
 }
 
@@ -113,8 +127,11 @@ fn with_a_dh_group_the_challenges_are_augmented_by_the_shared_secret() {
     );
     assert_ne!(plain, with_dh);
     let c2 = [0x2C; 32];
-    auth.send(&reply_with_dh(12, &with_dh, Some((&c2, 3)), &public))
-        .unwrap();
+    send(
+        &mut auth,
+        &reply_with_dh(12, &with_dh, Some((&c2, 3)), &public),
+    )
+    .unwrap();
     let (_, controller) = read_success1(&message(read(&mut auth)));
     let expected = controller_response_with(
         &secret(0x22),
@@ -131,6 +148,50 @@ fn with_a_dh_group_the_challenges_are_augmented_by_the_shared_secret() {
         auth.completed().map(|done| done.dh_group),
         Some(DhGroup::Ffdhe2048)
     );
+}
+
+#[test]
+fn dh_exponentiations_are_handed_out_and_nothing_runs_while_one_is_out() {
+    let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
+    auth.send(&negotiate(5)).unwrap();
+    // Our key pair: the Challenge waits for it, and any message meanwhile ends the exchange.
+    let Received::Compute(generate) = auth.receive(counting_random).unwrap() else {
+        panic!("the challenge needs our key pair first");
+    };
+    assert!(matches!(
+        auth.receive(counting_random),
+        Ok(Received::Failed(_, AuthError::NothingToRead))
+    ));
+    assert!(matches!(
+        auth.send(&negotiate(6)),
+        Err(AuthError::OutOfSequence { .. })
+    ));
+    auth.computed(generate.run());
+    let challenge = read_challenge(&message(auth.receive(counting_random).unwrap()));
+    assert_eq!(challenge.dh_value.len(), 256);
+    // The shared secret: the Reply waits for it, then the same Reply goes through.
+    let (public, session) = host_dh(&challenge, host_random).unwrap();
+    let r = response_with(
+        &secret(0x11),
+        &challenge,
+        Some(&session),
+        HOST_NQN,
+        SUBSYSTEM_NQN,
+    );
+    let m = reply_with_dh(5, &r, None, &public);
+    let shared = auth
+        .send(&m)
+        .unwrap()
+        .expect("the shared secret to compute");
+    assert!(!auth.is_authenticated());
+    auth.computed(shared.run());
+    assert_eq!(auth.send(&m), Ok(None));
+    assert!(auth.is_authenticated());
+    // No random bytes for our key: no challenge, and the step is kept.
+    let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
+    auth.send(&negotiate(7)).unwrap();
+    assert!(auth.receive(crate::random::no_random_source).is_err());
+    assert_eq!(read_challenge(&message(read(&mut auth))).dh_group, 1);
 }
 
 #[test]
@@ -171,20 +232,15 @@ fn a_dh_exchange_fails_without_the_shared_secret_or_a_good_value() {
     let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
     let challenge = challenged(&mut auth, 1);
     let (public, _) = host_dh(&challenge, host_random).unwrap();
-    auth.send(&reply_with_dh(
-        1,
-        &response(&secret(0x11), &challenge),
-        None,
-        &public,
-    ))
-    .unwrap();
+    let r = response(&secret(0x11), &challenge);
+    send(&mut auth, &reply_with_dh(1, &r, None, &public)).unwrap();
     assert_eq!(failure(read(&mut auth)).1, AuthError::WrongResponse);
     // No DH value, or one outside the group.
     for value in [vec![], vec![0u8; 256], vec![0xFF; 256]] {
         let mut auth = queue_auth_in(None, DhGroup::Ffdhe2048);
         let challenge = challenged(&mut auth, 1);
         let r = response(&secret(0x11), &challenge);
-        auth.send(&reply_with_dh(1, &r, None, &value)).unwrap();
+        send(&mut auth, &reply_with_dh(1, &r, None, &value)).unwrap();
         let ((_, explanation), _) = failure(read(&mut auth));
         let expected = if value.is_empty() {
             message::failure::INCORRECT_PAYLOAD

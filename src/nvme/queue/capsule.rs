@@ -3,6 +3,7 @@
 //! command set, and what that produced carried out.
 
 use super::{Action, CloseReason, Command, CommandState, Phase, Queue};
+use crate::nvme::auth::dh::DhWork;
 use crate::nvme::command::{fctype, sgl_type, Sqe, Status, FABRICS_OPCODE};
 use crate::nvme::io::IoCommand;
 use crate::nvme::pdu::{pdu_type, Fes};
@@ -20,6 +21,8 @@ pub(in crate::nvme) enum Outcome {
     /// The command is held (Asynchronous Event Request) or waits for the environment
     /// (Connect).
     Held,
+    /// An AUTH command waits for this computation ([`Action::Compute`]), then runs again.
+    Compute(DhWork),
     /// Carry out the first, then close the queue for this reason (Disconnect, a failed
     /// authentication).
     Closing(Box<Outcome>, CloseReason),
@@ -131,7 +134,12 @@ impl Queue {
         let sqe: Sqe = command.sqe.clone();
         let data = std::mem::take(&mut command.data);
         let outcome = if sqe.opcode() == FABRICS_OPCODE {
-            self.fabrics_command(&sqe, &data)
+            let outcome = self.fabrics_command(&sqe, &data);
+            if let (Outcome::Compute(_), Some(command)) = (&outcome, self.commands.get_mut(&cid)) {
+                // Its message is handled again once computed.
+                command.data = data;
+            }
+            outcome
         } else if self.qid == 0 {
             self.admin_command(&sqe)
         } else {
@@ -175,6 +183,13 @@ impl Queue {
                 }
                 // A held Asynchronous Event Request may take a notice at once.
                 self.deliver_notice();
+            }
+            Outcome::Compute(work) => {
+                if let Some(c) = self.commands.get_mut(&cid) {
+                    c.state = CommandState::Computing;
+                }
+                self.computing = Some(cid);
+                self.actions.push_back(Action::Compute(work));
             }
             Outcome::Closing(first, reason) => {
                 self.carry_out(cid, sqe, *first);

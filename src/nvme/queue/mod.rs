@@ -4,7 +4,7 @@
 //! Inputs: [`Queue::handle_bytes`] or [`Queue::read_buffers`] and [`Queue::handle_read`] (what
 //! the socket read), [`Queue::handle_controller_created`]
 //! and [`Queue::handle_controller_joined`] (answers to the cross-connection actions),
-//! [`Queue::handle_io_complete`], [`Queue::handle_namespaces_changed`],
+//! [`Queue::handle_io_complete`], [`Queue::handle_computed`], [`Queue::handle_namespaces_changed`],
 //! [`Queue::handle_timeout`] and [`Queue::handle_shutdown`]. Outputs: [`Action`]s from
 //! [`Queue::poll_action`] and the next deadline from [`Queue::poll_timeout`]. Time is always
 //! passed in. The first fatal error ends the queue: a C2HTermReq when the host broke the
@@ -25,6 +25,7 @@ use std::time::Instant;
 
 pub(super) use capsule::Outcome;
 
+use super::auth::dh::{DhResult, DhWork};
 use super::auth::{Authentication, HostSecrets, QueueAuthentication};
 use super::command::{Completion, Sqe, Status};
 use super::config::{NvmeConfig, ADMIN_IN_CAPSULE_DATA};
@@ -127,6 +128,9 @@ pub enum Action {
     ControllerChanged { cntlid: u16, state: ControllerState },
     /// Run this block operation on namespace `nsid` of the queue's subsystem.
     Execute(IoCommand),
+    /// Run this exponentiation of the queue's DH-HMAC-CHAP exchange, off the I/O thread
+    /// (it takes milliseconds), and answer with [`Queue::handle_computed`].
+    Compute(DhWork),
     /// The host has authenticated on this queue (for the log and the status report).
     Authenticated(Authentication),
     /// Flush what was sent and close the connection. Nothing follows.
@@ -203,6 +207,8 @@ enum CommandState {
     Executing { op: IoOp, lba: u64, bytes: u64 },
     /// An Asynchronous Event Request, held.
     Held,
+    /// An AUTH command waiting for its [`Action::Compute`]; dispatched again once computed.
+    Computing,
 }
 
 #[derive(Debug)]
@@ -244,6 +250,8 @@ pub struct Queue {
     /// colliding ones slow only its own queue: the cheap hash ([`IntMap`]) is safe.
     commands: IntMap<u16, Command>,
     executing: IntMap<IoId, u16>,
+    /// The AUTH command whose [`Action::Compute`] is out.
+    computing: Option<u16>,
     next_io: IoId,
     /// The time of the latest input, for keep-alive deadlines set by commands.
     pub(super) now: Instant,
@@ -279,6 +287,7 @@ impl Queue {
             auth: None,
             commands: IntMap::default(),
             executing: IntMap::default(),
+            computing: None,
             next_io: 1,
             now,
         }
@@ -398,6 +407,20 @@ impl Queue {
             }
             _ => {}
         }
+    }
+
+    /// The result of the queue's [`Action::Compute`]: the AUTH command that waited for it
+    /// runs again and completes.
+    pub fn handle_computed(&mut self, result: DhResult, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = now;
+        let (Some(cid), Some(auth)) = (self.computing.take(), self.auth.as_mut()) else {
+            return;
+        };
+        auth.computed(result);
+        self.dispatch(cid);
     }
 
     /// The environment ends the queue (controller reset or shutdown, target shutdown).
@@ -587,6 +610,7 @@ impl Queue {
         self.pending_connect = None;
         self.commands.clear();
         self.executing.clear();
+        self.computing = None;
         self.actions.push_back(Action::Close(reason));
     }
 }

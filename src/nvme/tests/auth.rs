@@ -138,6 +138,51 @@ fn a_dh_group_exchange_through_the_queue() {
 }
 
 #[test]
+fn dh_computations_leave_the_queue_and_an_auth_command_meanwhile_ends_it() {
+    let mut admin = auth_pair_in(false, DhGroup::Ffdhe2048);
+    admin.connect_admin_to(SUBSYSTEM, 5000);
+    auth_send(&mut admin, &host::negotiate(2));
+    admin.defer_compute = true;
+    // The Challenge waits for our key pair, computed elsewhere: nothing comes back yet.
+    let cid = admin.cid();
+    assert!(admin
+        .command(&auth_sqe(0x06, cid, 4096, false), &[])
+        .is_empty());
+    let work = admin.computations.pop().expect("our key pair to compute");
+    admin.queue.handle_computed(work.run(), admin.now);
+    admin.pump();
+    let challenge = match admin.take().as_slice() {
+        [Got::C2HData { data, .. }, Got::Resp(cqe)] if cqe.cid == cid => host::read_challenge(data),
+        other => panic!("expected the Challenge, got {other:?}"),
+    };
+    // The Reply waits for the shared secret; an AUTH command meanwhile ends the queue.
+    let (public, session) = host::host_dh(&challenge, host::counting_random).unwrap();
+    let response = host::response_with(
+        &host::secret(0x11),
+        &challenge,
+        Some(&session),
+        HOST,
+        SUBSYSTEM,
+    );
+    let reply = host::reply_with_dh(2, &response, None, &public);
+    let cid = admin.cid();
+    assert!(admin
+        .command(&auth_sqe(0x05, cid, reply.len() as u32, true), &reply)
+        .is_empty());
+    assert_eq!(admin.computations.len(), 1);
+    let meanwhile = admin.cid();
+    admin.command(&auth_sqe(0x06, meanwhile, 4096, false), &[]);
+    assert!(matches!(
+        admin.closed,
+        Some(CloseReason::AuthenticationFailed(_))
+    ));
+    // Its result, come late, is dropped.
+    let work = admin.computations.pop().unwrap();
+    admin.queue.handle_computed(work.run(), admin.now);
+    assert!(admin.queue.poll_action().is_none());
+}
+
+#[test]
 fn a_wrong_secret_reads_failure1_and_the_queue_closes() {
     let mut admin = auth_pair(false);
     admin.connect_admin_to(SUBSYSTEM, 5000);

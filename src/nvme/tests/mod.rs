@@ -380,6 +380,9 @@ pub struct Pair {
     /// Hold I/O commands instead of running them at once.
     pub defer_io: bool,
     pub deferred: Vec<IoCommand>,
+    /// Hold DH computations instead of running them at once.
+    pub defer_compute: bool,
+    pub computations: Vec<crate::nvme::auth::dh::DhWork>,
     next_cid: u16,
 }
 
@@ -395,6 +398,8 @@ impl Pair {
             authenticated: None,
             defer_io: false,
             deferred: Vec::new(),
+            defer_compute: false,
+            computations: Vec::new(),
             next_cid: 1,
         }
     }
@@ -446,6 +451,8 @@ impl Pair {
                     env.shut_down
                         .extend(queues.into_iter().map(|q| (cntlid, q)));
                 }
+                Action::Compute(work) if self.defer_compute => self.computations.push(work),
+                Action::Compute(work) => self.queue.handle_computed(work.run(), self.now),
                 Action::Authenticated(how) => self.authenticated = Some(how),
                 Action::Execute(io) if self.defer_io => self.deferred.push(io),
                 Action::Execute(io) => {

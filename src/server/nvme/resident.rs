@@ -5,12 +5,13 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{NvmeState, QueueHandle};
 use crate::iscsi::tcp::DataInBuf;
 use crate::iscsi::TaskId;
+use crate::nvme::auth::dh::DhResult;
 use crate::nvme::{Action, CloseReason, Queue, DISCOVERY_SUBSYSTEM};
 use crate::scsi::{Nexus, ScsiOutcome};
 use crate::server::admission::AdmissionTicket;
@@ -46,6 +47,7 @@ pub(super) fn start(
         engine: None,
         place: None,
         released: false,
+        computed: Arc::default(),
         _registration: registration,
         _ticket: ticket,
     }));
@@ -73,6 +75,9 @@ struct NvmeResident {
     /// Its I/O drained and its place in the controller given up (a closing queue is released
     /// once its I/O is reported).
     released: bool,
+    /// Where the blocking pool leaves the result of the queue's [`Action::Compute`] before it
+    /// pokes the queue.
+    computed: Arc<Mutex<Option<DhResult>>>,
     _registration: ConnectionRegistration,
     _ticket: AdmissionTicket,
 }
@@ -101,6 +106,14 @@ impl Resident for NvmeResident {
     fn poked(&mut self, io: &mut ThreadIo<'_>) {
         if self.link.closing {
             return;
+        }
+        let computed = self
+            .computed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(result) = computed {
+            self.queue.handle_computed(result, io.now());
         }
         if self.control.requested() {
             self.queue.handle_shutdown();
@@ -228,6 +241,14 @@ impl NvmeResident {
             Action::ControllerChanged { cntlid, state } => {
                 let ended = self.nvme.lock_registry().update(cntlid, state);
                 self.nvme.shut_down_queues(cntlid, &ended);
+            }
+            Action::Compute(work) => {
+                let (slot, residence) = (Arc::clone(&self.computed), self.residence.clone());
+                self.shared.engine.run_blocking(move || {
+                    let result = work.run();
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    residence.poke();
+                });
             }
             Action::Authenticated(how) => {
                 if let Some(place @ (cntlid, qid)) = self.place {
