@@ -443,7 +443,7 @@ fn a_host_with_a_dhchap_secret_authenticates_on_every_queue() {
     server.assert_alive();
 }
 
-/// With a DH group the exchange's exponentiations run on the engine's blocking pool, not on the
+/// With a DH group the exchange's exponentiations run on the engine's authentication pool, not on the
 /// queue's I/O thread (`nvme::auth::dh::DhWork`): the Challenge and the Reply wait for them,
 /// and the host authenticates over the wire with the shared secret; the wrong secret still
 /// fails.

@@ -62,11 +62,14 @@ enum Report {
 
 /// Operation slots of each engine thread's ring (more commands wait in its backlog).
 const RING_SLOTS: u32 = 256;
-/// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then, and
-/// the exponentiations of NVMe in-band authentication, [`Engine::run_blocking`]).
+/// Blocking-pool threads while io_uring is in use (the pool only runs rare commands then).
 const BLOCKING_THREADS: usize = 2;
 /// Copy-pool threads: EXTENDED COPY commands running at once; more wait their turn.
 const COPY_THREADS: usize = 2;
+/// Threads that run the Diffie-Hellman exponentiations of NVMe in-band authentication
+/// ([`Engine::compute`]): a pool of their own, so that a storm of connects neither stalls the
+/// connections' engine threads nor holds up the rare commands of the blocking pool.
+const AUTH_THREADS: usize = 2;
 
 /// Smallest READ of a file in memory that the engine leaves in the file ([`Payload::File`]) for
 /// a connection that sends its pages, and smallest piece of such a READ the TCP outbox sends
@@ -179,7 +182,7 @@ enum PoolMessage {
         lun_index: usize,
         planned: Option<(BlockRequest<'static>, u32)>,
     },
-    /// Run this computation ([`Engine::run_blocking`]).
+    /// Run this computation ([`Engine::compute`]).
     Call(Box<dyn FnOnce() + Send>),
     Stop,
 }
@@ -210,6 +213,8 @@ struct EngineShared {
     pool_threads: usize,
     /// The copy pool's queue ([`COPY_THREADS`] threads run EXTENDED COPY).
     copy_pool: Sender<PoolMessage>,
+    /// The authentication pool's queue ([`AUTH_THREADS`]).
+    auth_pool: Sender<PoolMessage>,
     next_thread: AtomicUsize,
     /// Ids handed out to residents.
     next_resident: AtomicU64,
@@ -399,6 +404,7 @@ impl Engine {
         };
         let (pool, pool_queue) = crossbeam_channel::unbounded();
         let (copy_pool, copy_queue) = crossbeam_channel::unbounded();
+        let (auth_pool, auth_queue) = crossbeam_channel::unbounded();
         let mut inboxes = Vec::with_capacity(threads);
         let mut queues = Vec::with_capacity(threads);
         let mut rings = rings.into_iter();
@@ -422,6 +428,7 @@ impl Engine {
             pool,
             pool_threads,
             copy_pool,
+            auth_pool,
             next_thread: AtomicUsize::new(0),
             next_resident: AtomicU64::new(1),
             outstanding: AtomicUsize::new(0),
@@ -443,6 +450,7 @@ impl Engine {
         let pools = [
             ("io-blocking", pool_threads, pool_queue),
             ("io-copy", COPY_THREADS, copy_queue),
+            ("auth", AUTH_THREADS, auth_queue),
         ];
         for (name, count, queue) in pools {
             for index in 0..count {
@@ -545,11 +553,15 @@ impl Engine {
         }
     }
 
-    /// Runs `work` on the blocking pool: computation too slow for a thread that serves
-    /// connections (an NVMe queue's DH exponentiations). `work` tells its connection itself,
-    /// by poking its [`Residence`]. Work still queued at shutdown runs before the pool stops.
-    pub(crate) fn run_blocking(&self, work: impl FnOnce() + Send + 'static) {
-        let _ = self.shared.pool.send(PoolMessage::Call(Box::new(work)));
+    /// Runs `work` on the authentication pool ([`AUTH_THREADS`]): an NVMe queue's DH
+    /// exponentiations, too slow for a thread that serves connections. `work` tells its
+    /// connection itself, by poking its [`Residence`]. Work still queued at shutdown runs
+    /// before the pool stops.
+    pub(crate) fn compute(&self, work: impl FnOnce() + Send + 'static) {
+        let _ = self
+            .shared
+            .auth_pool
+            .send(PoolMessage::Call(Box::new(work)));
     }
 
     /// Waits for every submitted command to complete, then stops the threads. Idempotent.
@@ -566,6 +578,9 @@ impl Engine {
         }
         for _ in 0..self.shared.pool_threads {
             let _ = self.shared.pool.send(PoolMessage::Stop);
+        }
+        for _ in 0..AUTH_THREADS {
+            let _ = self.shared.auth_pool.send(PoolMessage::Stop);
         }
         for _ in 0..COPY_THREADS {
             let _ = self.shared.copy_pool.send(PoolMessage::Stop);

@@ -75,7 +75,7 @@ struct NvmeResident {
     /// Its I/O drained and its place in the controller given up (a closing queue is released
     /// once its I/O is reported).
     released: bool,
-    /// Where the blocking pool leaves the result of the queue's [`Action::Compute`] before it
+    /// Where the authentication pool leaves the result of the queue's [`Action::Compute`] before it
     /// pokes the queue.
     computed: Arc<Mutex<Option<DhResult>>>,
     _registration: ConnectionRegistration,
@@ -244,7 +244,7 @@ impl NvmeResident {
             }
             Action::Compute(work) => {
                 let (slot, residence) = (Arc::clone(&self.computed), self.residence.clone());
-                self.shared.engine.run_blocking(move || {
+                self.shared.engine.compute(move || {
                     let result = work.run();
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                     residence.poke();
