@@ -42,6 +42,26 @@ pub struct StatusReport {
     pub iscsi_sessions: Vec<IscsiSessionStatus>,
     /// Live NVMe/TCP controllers, by controller ID.
     pub nvme_controllers: Vec<NvmeControllerStatus>,
+    /// Logins and connects refused since the start.
+    #[serde(default)]
+    pub refusals: RefusalStatus,
+}
+
+/// Logins and connects refused since the target started, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalStatus {
+    /// iSCSI logins that failed CHAP (status 0201h).
+    pub iscsi_authentication: u64,
+    /// iSCSI logins of initiators the target does not allow (0202h).
+    pub iscsi_authorization: u64,
+    /// iSCSI logins to a target that is not there (0203h, 0204h).
+    pub iscsi_not_found: u64,
+    /// iSCSI logins refused for anything else: bad requests, limits.
+    pub iscsi_other: u64,
+    /// NVMe/TCP Connects from a host the subsystem does not allow (Connect Invalid Host).
+    pub nvme_host_not_allowed: u64,
+    /// NVMe/TCP queues whose DH-HMAC-CHAP exchange failed or did not end in time.
+    pub nvme_authentication: u64,
 }
 
 /// A portal: its transport as the configuration names it, and its address.
@@ -251,6 +271,19 @@ impl StatusReport {
                 None => out.push('\n'),
             }
         }
+        let r = &self.refusals;
+        let _ = writeln!(
+            out,
+            "\nrefused since the start:\n  iSCSI logins: {} authentication, {} authorization, \
+             {} target not found, {} other\n  NVMe/TCP: {} connects of hosts not allowed, {} \
+             failed authentications",
+            r.iscsi_authentication,
+            r.iscsi_authorization,
+            r.iscsi_not_found,
+            r.iscsi_other,
+            r.nvme_host_not_allowed,
+            r.nvme_authentication
+        );
         out
     }
 }
@@ -266,7 +299,7 @@ enum Samples {
 /// A metric [`StatusReport::to_prometheus`] writes: name, type, help line and samples.
 struct Metric(&'static str, &'static str, &'static str, Samples);
 
-const METRICS: [Metric; 12] = [
+const METRICS: [Metric; 14] = [
     Metric(
         "iser_target_uptime_seconds",
         "gauge",
@@ -349,6 +382,40 @@ const METRICS: [Metric; 12] = [
         "gauge",
         "Live NVMe/TCP controllers.",
         Samples::Process(|r| vec![(String::new(), r.nvme_controllers.len() as u64)]),
+    ),
+    Metric(
+        "iser_target_iscsi_login_failures_total",
+        "counter",
+        "iSCSI logins refused, by reason (authentication: CHAP failed; authorization: initiator \
+         not allowed; not_found: no such target; other).",
+        Samples::Process(|r| {
+            let f = &r.refusals;
+            [
+                ("authentication", f.iscsi_authentication),
+                ("authorization", f.iscsi_authorization),
+                ("not_found", f.iscsi_not_found),
+                ("other", f.iscsi_other),
+            ]
+            .iter()
+            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
+            .collect()
+        }),
+    ),
+    Metric(
+        "iser_target_nvme_refusals_total",
+        "counter",
+        "NVMe/TCP connects refused, by reason (host_not_allowed: not in allowed_hosts; \
+         authentication: DH-HMAC-CHAP failed or not done in time).",
+        Samples::Process(|r| {
+            let f = &r.refusals;
+            [
+                ("host_not_allowed", f.nvme_host_not_allowed),
+                ("authentication", f.nvme_authentication),
+            ]
+            .iter()
+            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
+            .collect()
+        }),
     ),
 ];
 
@@ -522,6 +589,12 @@ mod tests {
                 connected_secs: 90061,
                 authentication: Some("DH-HMAC-CHAP SHA-256".into()),
             }],
+            refusals: RefusalStatus {
+                iscsi_authentication: 3,
+                iscsi_authorization: 1,
+                nvme_host_not_allowed: 2,
+                ..RefusalStatus::default()
+            },
         }
     }
 
@@ -548,6 +621,8 @@ mod tests {
             "cntlid 1 nqn.2014-08.org.nvmexpress:uuid:h\n    from 127.0.0.1:50001 to \
              nqn.2026-11.io.iser-target:disk, 2 I/O queue(s), up 1d 1h, authenticated \
              (DH-HMAC-CHAP SHA-256)\n",
+            "iSCSI logins: 3 authentication, 1 authorization, 0 target not found, 0 other\n",
+            "NVMe/TCP: 2 connects of hosts not allowed, 0 failed authentications\n",
         ] {
             assert!(
                 text.contains(expected),
@@ -582,6 +657,15 @@ mod tests {
     }
 
     #[test]
+    fn a_report_without_refusals_reads_as_none() {
+        // From a target that predates the field.
+        let mut json: serde_json::Value = serde_json::from_str(&report().to_json()).unwrap();
+        assert!(json.as_object_mut().unwrap().remove("refusals").is_some());
+        let back: StatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.refusals, RefusalStatus::default());
+    }
+
+    #[test]
     fn prometheus_exposition_has_every_metric_once_with_labels() {
         let text = report().to_prometheus();
         for Metric(name, kind, _, _) in &METRICS {
@@ -600,6 +684,9 @@ mod tests {
             "iser_target_iscsi_sessions{transport=\"tcp\"} 1\n",
             "iser_target_iscsi_sessions{transport=\"iser\"} 0\n",
             "iser_target_nvme_controllers 1\n",
+            "iser_target_iscsi_login_failures_total{reason=\"authentication\"} 3\n",
+            "iser_target_iscsi_login_failures_total{reason=\"other\"} 0\n",
+            "iser_target_nvme_refusals_total{reason=\"host_not_allowed\"} 2\n",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
         }

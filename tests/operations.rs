@@ -225,7 +225,9 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
         .allow(BLOCK_IO_INITIATOR)
         .allow(OTHER_INITIATOR)
         .with_yaml(&format!("allowed_hosts: [{HOST_NQN}, {OTHER_HOST}]"));
-    let mut server = Server::start_with_portals(&[target], &portals);
+    let metrics_port = free_port();
+    let top = format!("metrics: 127.0.0.1:{metrics_port}\n");
+    let mut server = Server::start_with_portals_and(&[target], &portals, &top);
     let subsystem = format!("nqn.{}", &TEST_IQN[4..]);
     let mut s = BlockSession::login(server.port(), TEST_IQN, 0).expect("login");
     let (mut admin, cntlid) = admin_queue(nvme_port, &subsystem, HOST_NQN, 1);
@@ -271,6 +273,25 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
         ((1, 0x84), true),
         "Connect Invalid Host"
     );
+    // Both refusals are logged and counted for the monitoring system.
+    assert!(
+        server.log().contains(&format!(
+            "NVMe/TCP host {HOST_NQN} is not allowed to connect to {subsystem}"
+        )),
+        "{}",
+        server.log()
+    );
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    for expected in [
+        "iser_target_iscsi_login_failures_total{reason=\"authorization\"} 1\n",
+        "iser_target_iscsi_login_failures_total{reason=\"authentication\"} 0\n",
+        "iser_target_nvme_refusals_total{reason=\"host_not_allowed\"} 1\n",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected:?} missing from:\n{metrics}"
+        );
+    }
     // A host still allowed connects; the initiator and host put back log in and connect.
     admin_queue(nvme_port, &subsystem, OTHER_HOST, 1);
     let said = server.reload(&allowing_all);

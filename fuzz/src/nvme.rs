@@ -217,7 +217,7 @@ pub fn handle_control(
             registry.update(cntlid, state);
         }
         Action::Compute(work) => queue.handle_computed(work.run(), now),
-        Action::Authenticated(_) => {}
+        Action::Authenticated(_) | Action::HostNotAllowed { .. } => {}
         Action::Execute(_) | Action::Close(_) => {
             unreachable!("the fuzz target handles {action:?} itself")
         }

@@ -422,7 +422,7 @@ impl<C: Clone + Debug> Connection<C> {
         );
         // The connection ends, so the window does not matter: ExpCmdSN = MaxCmdSN = CmdSN.
         self.send_login_response(state.response(0, status), &[]);
-        self.close(CloseReason::LoginFailed);
+        self.close(CloseReason::LoginFailed(status));
     }
 
     /// Sends the final Login Response (or the failure) once the session is bound.

@@ -301,6 +301,7 @@ impl Queue {
         };
         if let Some(i) = subsystem {
             if !self.config.subsystems[i].allows(host_nqn) {
+                self.host_not_allowed(host_nqn, i);
                 return Outcome::status(Status::CONNECT_INVALID_HOST);
             }
         }
@@ -363,7 +364,7 @@ impl Queue {
         };
         let (cntlid, shared) = match result {
             Ok(created) => created,
-            Err(refusal) => return self.refuse(pending.cid, refusal),
+            Err(refusal) => return self.refuse(&pending, refusal),
         };
         let kato_ms = if pending.kato_ms == 0 && pending.subsystem.is_none() {
             self.config
@@ -403,7 +404,7 @@ impl Queue {
         };
         let shared = match result {
             Ok(shared) => shared,
-            Err(refusal) => return self.refuse(pending.cid, refusal),
+            Err(refusal) => return self.refuse(&pending, refusal),
         };
         let (cid, cntlid) = (pending.cid, pending.cntlid);
         self.go_live(pending, cntlid, shared);
@@ -411,7 +412,10 @@ impl Queue {
         self.process();
     }
 
-    fn refuse(&mut self, cid: u16, refusal: ConnectRefusal) {
+    fn refuse(&mut self, pending: &PendingConnect, refusal: ConnectRefusal) {
+        if let (ConnectRefusal::HostNotAllowed, Some(subsystem)) = (refusal, pending.subsystem) {
+            self.host_not_allowed(&pending.host_nqn, subsystem);
+        }
         let (status, result) = match refusal {
             ConnectRefusal::ControllerBusy => (Status::CONNECT_CONTROLLER_BUSY, 0),
             ConnectRefusal::UnknownController => (
@@ -425,7 +429,15 @@ impl Queue {
             ),
             ConnectRefusal::HostNotAllowed => (Status::CONNECT_INVALID_HOST, 0),
         };
-        self.refuse_connect(cid, status, result);
+        self.refuse_connect(pending.cid, status, result);
+    }
+
+    /// Tells the environment that `host_nqn` may not connect to subsystem `subsystem`.
+    fn host_not_allowed(&mut self, host_nqn: &str, subsystem: usize) {
+        self.push(Action::HostNotAllowed {
+            host_nqn: host_nqn.to_string(),
+            subsystem_nqn: self.config.subsystems[subsystem].nqn.clone(),
+        });
     }
 
     /// Connect's result: the controller ID, and AUTHREQ's ATR bit (17) when the host must

@@ -1,5 +1,6 @@
 //! Who may connect, as a reloaded configuration changes it: the core configuration each new
-//! iSCSI connection starts with, and the sessions a new configuration no longer allows.
+//! iSCSI connection starts with, and the sessions a new configuration no longer allows; and
+//! how many logins and connects access control and authentication refused ([`Refusals`]).
 //!
 //! As in LIO, whose `allowed_initiators` counterpart is a node ACL: a login from now on is
 //! checked against the new lists and credentials; a live session whose initiator is no longer
@@ -7,10 +8,12 @@
 //! core_tpg_del_initiator_node_acl); a session that logged in with credentials since changed
 //! keeps running until it logs in again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
-use crate::iscsi::CoreConfig;
+use crate::iscsi::{CloseReason, CoreConfig, LoginStatus};
+use crate::status::RefusalStatus;
 
 /// The core configuration new connections of one transport start with. A reload that
 /// changes access control replaces it; connections already running keep theirs.
@@ -43,6 +46,61 @@ impl CurrentCore {
     }
 }
 
+/// Logins and connects refused since the start, by why: a monitoring system watches them for
+/// guessed secrets and misconfigured initiators and hosts (`iser-target status`, the
+/// `metrics` endpoint). Each refusal is also logged where it happens.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    iscsi_authentication: AtomicU64,
+    iscsi_authorization: AtomicU64,
+    iscsi_not_found: AtomicU64,
+    iscsi_other: AtomicU64,
+    nvme_host_not_allowed: AtomicU64,
+    nvme_authentication: AtomicU64,
+}
+
+impl Refusals {
+    /// An iSCSI connection ended for `reason`: counted when its login failed.
+    pub(crate) fn iscsi_closed(&self, reason: &CloseReason) {
+        if let CloseReason::LoginFailed(status) = reason {
+            self.iscsi_login_failed(*status);
+        }
+    }
+
+    /// An iSCSI login failed with `status` (RFC 7143 §11.13.5).
+    pub(crate) fn iscsi_login_failed(&self, status: LoginStatus) {
+        let counter = match status {
+            LoginStatus::AUTHENTICATION_FAILED => &self.iscsi_authentication,
+            LoginStatus::AUTHORIZATION_FAILED => &self.iscsi_authorization,
+            LoginStatus::NOT_FOUND | LoginStatus::TARGET_REMOVED => &self.iscsi_not_found,
+            _ => &self.iscsi_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An NVMe/TCP Connect named a host the subsystem does not allow.
+    pub(crate) fn nvme_host_not_allowed(&self) {
+        self.nvme_host_not_allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An NVMe/TCP queue's DH-HMAC-CHAP exchange failed or did not end in time.
+    pub(crate) fn nvme_authentication_failed(&self) {
+        self.nvme_authentication.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn status(&self) -> RefusalStatus {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RefusalStatus {
+            iscsi_authentication: get(&self.iscsi_authentication),
+            iscsi_authorization: get(&self.iscsi_authorization),
+            iscsi_not_found: get(&self.iscsi_not_found),
+            iscsi_other: get(&self.iscsi_other),
+            nvme_host_not_allowed: get(&self.nvme_host_not_allowed),
+            nvme_authentication: get(&self.nvme_authentication),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +120,37 @@ mod tests {
         assert_eq!(after.queue_depth, before.queue_depth);
         assert_eq!(after.portals, before.portals);
         assert!(before.targets[0].allows("iqn.2026-12.org.example:anyone"));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_why() {
+        let refusals = Refusals::default();
+        for status in [
+            LoginStatus::AUTHENTICATION_FAILED,
+            LoginStatus::AUTHENTICATION_FAILED,
+            LoginStatus::AUTHORIZATION_FAILED,
+            LoginStatus::NOT_FOUND,
+            LoginStatus::TARGET_REMOVED,
+            LoginStatus::TOO_MANY_CONNECTIONS,
+        ] {
+            refusals.iscsi_closed(&CloseReason::LoginFailed(status));
+        }
+        // Connections that end otherwise are no refusals.
+        refusals.iscsi_closed(&CloseReason::Logout);
+        refusals.iscsi_closed(&CloseReason::Timeout);
+        refusals.nvme_host_not_allowed();
+        refusals.nvme_authentication_failed();
+        refusals.nvme_authentication_failed();
+        assert_eq!(
+            refusals.status(),
+            RefusalStatus {
+                iscsi_authentication: 2,
+                iscsi_authorization: 1,
+                iscsi_not_found: 2,
+                iscsi_other: 1,
+                nvme_host_not_allowed: 1,
+                nvme_authentication: 2,
+            }
+        );
     }
 }

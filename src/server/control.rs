@@ -92,6 +92,7 @@ impl StatusSource {
             targets,
             iscsi_sessions,
             nvme_controllers: self.nvme.controllers(now),
+            refusals: self.shared.refusals.status(),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::scsi::{
     AluaPort, AluaState, LogicalUnit, LunParams, ReservationStore, Reservations, ScsiTarget,
     SharedError, SharedReservationStore,
 };
-use access::CurrentCore;
+use access::{CurrentCore, Refusals};
 use state_dir::StateDir;
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     /// What new iSCSI/TCP and iSER connections start with (access control changes on reload).
     pub(crate) tcp_core: Arc<CurrentCore>,
     pub(crate) iser_core: Arc<CurrentCore>,
+    /// Logins and connects refused, counted for the status report and the metrics.
+    pub(crate) refusals: Refusals,
     stopping: AtomicBool,
 }
 
@@ -520,6 +522,7 @@ impl Server {
             engine,
             tcp_core: CurrentCore::new(tcp_core_config(config)),
             iser_core: CurrentCore::new(iser_core_config(config)),
+            refusals: Refusals::default(),
             stopping: AtomicBool::new(false),
         });
         let sizing = iser::Sizing::new(&config.limits);

@@ -223,8 +223,8 @@ pub enum TaskKind {
 pub enum CloseReason {
     /// Logout completed.
     Logout,
-    /// The login failed (a failure status was sent).
-    LoginFailed,
+    /// The login failed with this status, which was sent.
+    LoginFailed(LoginStatus),
     /// The peer violated the protocol in a way that cannot be answered.
     ProtocolError(String),
     /// The initiator stopped answering pings, login took too long, or a discovery session sat

@@ -109,7 +109,7 @@ fn hex_response(algorithm: Algorithm, id: u8, secret: &[u8], challenge: &[u8]) -
 fn assert_refused(pair: &Pair, r: &Pdu, status: (u8, u8)) {
     assert_eq!(login_status(r), status);
     assert!(!transit(r));
-    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+    assert_eq!(pair.closed, failed_with(status.0, status.1));
     assert!(!pair.conn.core().is_full_feature());
     assert_eq!(pair.bind_requests, 0, "never reaches session binding");
     assert!(pair.executed.is_empty());
@@ -395,7 +395,7 @@ fn chap_mutual_refusals() {
         let r = mutual_keys(&mut pair, i, c);
         assert_eq!(login_status(&r), (2, 1), "{what}");
         assert!(keys_of(&r).is_empty(), "{what}: no CHAP_R leaks out");
-        assert_eq!(pair.closed, Some(CloseReason::LoginFailed), "{what}");
+        assert_eq!(pair.closed, failed_with(2, 1), "{what}");
     }
     // Initiator challenges longer than Linux's target accepts (1024 bytes) are refused too.
     let mut pair = Pair::new(chap_config(true));

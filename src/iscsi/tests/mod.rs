@@ -177,6 +177,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// How a connection closes after a login failed with status (`class`, `detail`).
+fn failed_with(class: u8, detail: u8) -> Option<CloseReason> {
+    Some(CloseReason::LoginFailed(LoginStatus { class, detail }))
+}
+
 fn login_failure(config: CoreConfig, stage: Stage, keys: &[(&str, &str)]) -> ((u8, u8), Pair) {
     let mut pair = Pair::new(config);
     let next = if stage == Stage::Security {
@@ -185,7 +190,10 @@ fn login_failure(config: CoreConfig, stage: Stage, keys: &[(&str, &str)]) -> ((u
         Stage::FullFeature
     };
     let r = pair.login_step(stage, Some(next), keys);
-    assert_eq!(pair.closed, Some(CloseReason::LoginFailed));
+    assert_eq!(
+        pair.closed,
+        failed_with(login_status(&r).0, login_status(&r).1)
+    );
     let Header::LoginResponse(h) = &r.header else {
         unreachable!()
     };

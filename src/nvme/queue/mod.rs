@@ -133,6 +133,12 @@ pub enum Action {
     Compute(DhWork),
     /// The host has authenticated on this queue (for the log and the status report).
     Authenticated(Authentication),
+    /// A Connect named a host the subsystem does not allow; it is answered with Connect
+    /// Invalid Host (for the log and the refusal count).
+    HostNotAllowed {
+        host_nqn: String,
+        subsystem_nqn: String,
+    },
     /// Flush what was sent and close the connection. Nothing follows.
     Close(CloseReason),
 }

@@ -123,6 +123,13 @@ fn connect_refusals() {
         p.initialize(false, false);
         let cqe = p.resp(&sqe, &data);
         assert!(p.closed.is_none(), "the host may try again");
+        // Only a host refused by `allowed_hosts` is reported, for the log and the count.
+        let refused = if cqe.status == (1, 0x84) {
+            vec![HOST.to_string()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(p.refused_hosts, refused);
         cqe
     };
     // Unknown subsystem: invalid parameter in the data (IATTR 1) at SUBNQN (256).

@@ -383,6 +383,8 @@ pub struct Pair {
     /// Hold DH computations instead of running them at once.
     pub defer_compute: bool,
     pub computations: Vec<crate::nvme::auth::dh::DhWork>,
+    /// Hosts the queue said were not allowed to connect.
+    pub refused_hosts: Vec<String>,
     next_cid: u16,
 }
 
@@ -400,6 +402,7 @@ impl Pair {
             deferred: Vec::new(),
             defer_compute: false,
             computations: Vec::new(),
+            refused_hosts: Vec::new(),
             next_cid: 1,
         }
     }
@@ -454,6 +457,7 @@ impl Pair {
                 Action::Compute(work) if self.defer_compute => self.computations.push(work),
                 Action::Compute(work) => self.queue.handle_computed(work.run(), self.now),
                 Action::Authenticated(how) => self.authenticated = Some(how),
+                Action::HostNotAllowed { host_nqn, .. } => self.refused_hosts.push(host_nqn),
                 Action::Execute(io) if self.defer_io => self.deferred.push(io),
                 Action::Execute(io) => {
                     let result = self.run(&io);

@@ -285,7 +285,23 @@ impl NvmeResident {
                         .handle_scsi_complete(id, ScsiOutcome::check_condition(0x04, 0x44, 0)),
                 }
             }
+            Action::HostNotAllowed {
+                host_nqn,
+                subsystem_nqn,
+            } => {
+                // As nvmet logs it (drivers/nvme/target/fabrics-cmd.c): "connect by host ...
+                // for subsystem ... not allowed".
+                log::warn!(
+                    "{}: NVMe/TCP host {host_nqn} is not allowed to connect to {subsystem_nqn} \
+                     (allowed_hosts)",
+                    self.link.peer
+                );
+                self.shared.refusals.nvme_host_not_allowed();
+            }
             Action::Close(reason) => {
+                if matches!(reason, CloseReason::AuthenticationFailed(_)) {
+                    self.shared.refusals.nvme_authentication_failed();
+                }
                 match &reason {
                     CloseReason::Disconnect | CloseReason::Shutdown => {
                         log::debug!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)

@@ -371,6 +371,7 @@ impl Driver {
                 // (libiscsi's Reserve6.Logout does exactly that).
                 self.session.release(&self.shared);
                 self.flush(out);
+                self.shared.refusals.iscsi_closed(&reason);
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {
                         log::debug!("{}: closing ({reason:?})", self.peer)

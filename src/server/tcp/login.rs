@@ -18,7 +18,7 @@ use super::driver::{self, Handoff};
 use super::resident;
 use crate::iscsi::framing::{self, FrameSettings, PduReader};
 use crate::iscsi::tcp::{TcpAction, TcpConnection};
-use crate::iscsi::CloseReason;
+use crate::iscsi::{CloseReason, LoginStatus};
 use crate::server::admission::{AdmissionTicket, LogThrottle, PortalKey};
 use crate::server::Shared;
 
@@ -58,6 +58,8 @@ struct PendingLogin {
     outbox: Vec<u8>,
     ticket: AdmissionTicket,
     progress: Progress,
+    /// The status the login failed with, when the core failed it.
+    failed: Option<LoginStatus>,
 }
 
 impl PendingLogin {
@@ -121,6 +123,9 @@ impl PendingLogin {
                 TcpAction::Close(reason) => {
                     // A login reject is a few hundred bytes: the socket buffer takes it.
                     self.send_outbox();
+                    if let CloseReason::LoginFailed(status) = reason {
+                        self.failed = Some(status);
+                    }
                     self.progress = Progress::Closed(match reason {
                         CloseReason::Shutdown => None,
                         reason => Some(format!("{reason:?}")),
@@ -306,6 +311,9 @@ impl LoginPoller {
         self.pending = still;
         let now = Instant::now();
         for pending in done {
+            if let Some(status) = pending.failed {
+                self.shared.refusals.iscsi_login_failed(status);
+            }
             // Closed: dropping the socket closes it and frees its place.
             let first = match pending.progress {
                 Progress::HandOff(first) => first,
@@ -416,6 +424,7 @@ impl LoginPoller {
             outbox: Vec::new(),
             ticket,
             progress: Progress::LoggingIn,
+            failed: None,
         });
     }
 }

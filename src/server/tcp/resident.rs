@@ -285,6 +285,7 @@ impl TcpResident {
                 }
             }
             TcpAction::Close(reason) => {
+                self.shared.refusals.iscsi_closed(&reason);
                 match reason {
                     CloseReason::Logout | CloseReason::Shutdown => {
                         log::debug!("{}: closing ({reason:?})", self.link.peer)

@@ -232,6 +232,7 @@ impl Driver {
         match op {
             FabricOp::Close(reason) => {
                 if self.ending.is_none() {
+                    self.shared.refusals.iscsi_closed(&reason);
                     match &reason {
                         CloseReason::Logout | CloseReason::Shutdown => {
                             log::debug!("{}: closing ({reason:?})", self.peer)
