@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use common::block_io::{good, BlockSession, CommandReply};
 use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Options, HOST_NQN};
+use common::raw_login::{self, wait_for_close, PeerState, SessionType};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use iser_target::status::StatusReport;
 use nix::sys::signal::Signal;
@@ -233,6 +234,22 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
     let (mut admin, cntlid) = admin_queue(nvme_port, &subsystem, HOST_NQN, 1);
     let mut io = io_queue(nvme_port, &subsystem, HOST_NQN, cntlid, 1);
     assert!(io.write(1, 0, &[7; 4096], BLOCK).unwrap().ok());
+    // A discovery session of each initiator: SendTargets would go on listing the target to
+    // the one taken out, so its session ends; the other's view is the same, so it stays.
+    let discovery = |initiator: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let response = raw_login::login(
+            &mut stream,
+            initiator,
+            raw_login::isid(9),
+            SessionType::Discovery,
+        )
+        .expect("discovery login");
+        assert_eq!((response.status_class, response.status_detail), (0, 0));
+        stream
+    };
+    let mut revoked_discovery = discovery(BLOCK_IO_INITIATOR);
+    let mut other_discovery = discovery(OTHER_INITIATOR);
 
     let allowing_all = std::fs::read_to_string(server.config_path()).unwrap();
     let allowing_others = allowing_all
@@ -261,6 +278,14 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
         }
     };
     closes("session", Box::new(|| s.command(&[0; 6], 0).is_ok()));
+    assert!(matches!(
+        wait_for_close(&mut revoked_discovery, Duration::from_secs(10)),
+        PeerState::Closed
+    ));
+    assert!(matches!(
+        wait_for_close(&mut other_discovery, Duration::from_millis(300)),
+        PeerState::Open
+    ));
     closes("admin queue", Box::new(|| admin.namespace_size(1).is_ok()));
     closes("I/O queue", Box::new(|| io.read(1, 0, 4096, BLOCK).is_ok()));
     let refused = BlockSession::login(server.port(), TEST_IQN, 0)

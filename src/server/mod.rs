@@ -673,25 +673,42 @@ impl Server {
     /// the iSCSI sessions and NVMe controllers of initiators and hosts it no longer allows are
     /// ended, each logged. Sessions of initiators still allowed keep running, whatever their
     /// credentials now (they prove themselves again at their next login, as in LIO and nvmet).
+    /// A discovery session ends too when its initiator may no longer see a target it could
+    /// (SendTargets would still list it) or when `discovery_auth` changed: it logs in again
+    /// under the new lists and credentials.
     pub fn set_access(&self, config: &Config) {
+        let before = self.shared.tcp_core.get();
         let core = self.shared.tcp_core.set_access(config);
         self.shared.iser_core.set_access(config);
-        let refused = |session: &SessionListing| {
-            session.target.as_deref().is_some_and(|name| {
-                !core
-                    .targets
-                    .iter()
-                    .any(|t| t.name.eq_ignore_ascii_case(name) && t.allows(&session.initiator))
-            })
+        let may_see = |core: &CoreConfig, target: &str, initiator: &str| {
+            core.targets
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(target) && t.allows(initiator))
+        };
+        let refused = |session: &SessionListing| match session.target.as_deref() {
+            Some(name) => !may_see(&core, name, &session.initiator),
+            None => {
+                core.discovery_auth != before.discovery_auth
+                    || before.targets.iter().any(|t| {
+                        t.allows(&session.initiator) && !may_see(&core, &t.name, &session.initiator)
+                    })
+            }
         };
         for session in self.shared.registry.shut_down_where(refused) {
-            log::warn!(
-                "ending the session of {} on {} (TSIH {}): the initiator is no longer in its \
-                 allowed_initiators",
-                session.initiator,
-                session.target.unwrap_or_default(),
-                session.tsih
-            );
+            match session.target {
+                Some(target) => log::warn!(
+                    "ending the session of {} on {target} (TSIH {}): the initiator is no \
+                     longer in its allowed_initiators",
+                    session.initiator,
+                    session.tsih
+                ),
+                None => log::info!(
+                    "ending the discovery session of {} (TSIH {}): the targets it may see or \
+                     discovery_auth changed",
+                    session.initiator,
+                    session.tsih
+                ),
+            }
         }
         self.nvme.set_allowed_hosts(config);
     }
