@@ -529,13 +529,8 @@ impl NvmeQueue {
         let negotiate = testing::negotiate(1);
         self.auth_send(&negotiate)?;
         let challenge = testing::read_challenge(&self.auth_receive()?);
-        let dh = testing::host_dh(&challenge, testing::counting_random);
-        let (public, session) = match &dh {
-            Some((public, session)) => (public.as_slice(), Some(session.as_slice())),
-            None => (&[][..], None),
-        };
-        let response = testing::response_with(secret, &challenge, session, host_nqn, subsystem);
-        let reply = testing::reply_with_dh(challenge.transaction, &response, None, public);
+        let random = testing::counting_random;
+        let reply = testing::reply_to(secret, &challenge, host_nqn, subsystem, random);
         self.auth_send(&reply)?;
         self.auth_receive()
     }

@@ -103,6 +103,25 @@ pub fn response_with(
     .host_response(secret)
 }
 
+/// The Reply of host `host_nqn` to `challenge` with `secret`, for subsystem `subsystem_nqn`,
+/// asking nothing of the controller: with the DH exchange the challenge's group asks for (the
+/// host's key pair from `random`) and the response augmented by its shared secret.
+pub fn reply_to(
+    secret: &DhchapSecret,
+    challenge: &Challenge,
+    host_nqn: &str,
+    subsystem_nqn: &str,
+    random: RandomSource,
+) -> Vec<u8> {
+    let dh = host_dh(challenge, random);
+    let (public, session) = match &dh {
+        Some((public, session)) => (public.as_slice(), Some(session.as_slice())),
+        None => (&[][..], None),
+    };
+    let response = response_with(secret, challenge, session, host_nqn, subsystem_nqn);
+    reply_with_dh(challenge.transaction, &response, None, public)
+}
+
 /// [`response_with`] of [`HOST_NQN`] for [`SUBSYSTEM_NQN`], with the NULL DH group.
 pub fn response(secret: &DhchapSecret, challenge: &Challenge) -> Vec<u8> {
     response_with(secret, challenge, None, HOST_NQN, SUBSYSTEM_NQN)

@@ -67,6 +67,12 @@ fn authenticate(pair: &mut Pair, secret: &DhchapSecret) {
     );
 }
 
+/// The host's Reply with secret 0x11 to a Challenge in a DH group.
+fn dh_reply(challenge: &host::Challenge) -> Vec<u8> {
+    let (secret, random) = (host::secret(0x11), host::counting_random);
+    host::reply_to(&secret, challenge, HOST, SUBSYSTEM, random)
+}
+
 const AUTH_REQUIRED: (u8, u8) = (1, 0x91);
 const ATR: u64 = 1 << 17;
 
@@ -119,15 +125,7 @@ fn a_dh_group_exchange_through_the_queue() {
     admin.connect_admin_to(SUBSYSTEM, 5000);
     auth_send(&mut admin, &host::negotiate(2));
     let challenge = host::read_challenge(&auth_receive(&mut admin));
-    let (public, session) = host::host_dh(&challenge, host::counting_random).unwrap();
-    let response = host::response_with(
-        &host::secret(0x11),
-        &challenge,
-        Some(&session),
-        HOST,
-        SUBSYSTEM,
-    );
-    let reply = host::reply_with_dh(2, &response, None, &public);
+    let reply = dh_reply(&challenge);
     assert_eq!(auth_send(&mut admin, &reply).status, (0, 0));
     host::read_success1(&auth_receive(&mut admin));
     assert_eq!(
@@ -156,15 +154,7 @@ fn dh_computations_leave_the_queue_and_an_auth_command_meanwhile_ends_it() {
         other => panic!("expected the Challenge, got {other:?}"),
     };
     // The Reply waits for the shared secret; an AUTH command meanwhile ends the queue.
-    let (public, session) = host::host_dh(&challenge, host::counting_random).unwrap();
-    let response = host::response_with(
-        &host::secret(0x11),
-        &challenge,
-        Some(&session),
-        HOST,
-        SUBSYSTEM,
-    );
-    let reply = host::reply_with_dh(2, &response, None, &public);
+    let reply = dh_reply(&challenge);
     let cid = admin.cid();
     assert!(admin
         .command(&auth_sqe(0x05, cid, reply.len() as u32, true), &reply)
