@@ -25,7 +25,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::block_io::{good, BlockSession, CommandReply};
-use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Options, HOST_NQN};
+use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Options, DISCOVERY_NQN, HOST_NQN};
 use common::raw_login::{self, wait_for_close, PeerState, SessionType};
 use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
 use iser_target::status::StatusReport;
@@ -250,6 +250,16 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
     };
     let mut revoked_discovery = discovery(BLOCK_IO_INITIATOR);
     let mut other_discovery = discovery(OTHER_INITIATOR);
+    // The host's persistent discovery controller, waiting for a discovery log change.
+    let (mut nvme_discovery, _) = admin_queue(nvme_port, DISCOVERY_NQN, HOST_NQN, 0);
+    assert!(nvme_discovery.enable_notices(1 << 31).unwrap().ok());
+    let entries = |d: &mut NvmeQueue| {
+        let (cqe, log) = d.get_log_page(0x70, 1024).unwrap();
+        assert!(cqe.ok(), "{cqe:?}");
+        u64::from_le_bytes(log[8..16].try_into().unwrap())
+    };
+    let before = entries(&mut nvme_discovery);
+    nvme_discovery.post_async_event_request().unwrap();
 
     let allowing_all = std::fs::read_to_string(server.config_path()).unwrap();
     let allowing_others = allowing_all
@@ -286,6 +296,12 @@ fn access_control_changes_on_sighup_and_ends_what_it_no_longer_allows() {
         wait_for_close(&mut other_discovery, Duration::from_millis(300)),
         PeerState::Open
     ));
+    // Discovery Log Page Change (notice F0h, log 70h); the subsystem is no longer listed.
+    let notice = nvme_discovery
+        .next_completion(Duration::from_secs(10))
+        .expect("a discovery log change notice");
+    assert_eq!(notice.result & 0xFF_FF_FF, 0x70_F0_02, "{notice:?}");
+    assert_eq!(entries(&mut nvme_discovery), before - 1);
     closes("admin queue", Box::new(|| admin.namespace_size(1).is_ok()));
     closes("I/O queue", Box::new(|| io.read(1, 0, 4096, BLOCK).is_ok()));
     let refused = BlockSession::login(server.port(), TEST_IQN, 0)

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::command::{admin_opcode, fctype, io_opcode, sqe_offset, Sqe, Status};
 use super::config::AnaGroup;
 use super::config::{
-    NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE,
+    AllowedHost, DiscoveryEntry, NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
+    DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE,
 };
 use super::controller::{
     property, AdminState, CcChange, ControllerShared, Notice, NoticeState, VERSION,
@@ -47,10 +48,9 @@ mod fid {
 /// Change Notices (bit 31, base 2.0 §5.27.1.7) alone. Like the kernel's nvmet
 /// (drivers/nvme/target/discovery.c: `nvmet_execute_disc_set_features` passes
 /// `NVMET_DISC_AEN_CFG_OPTIONAL` to `nvmet_set_feat_async_event`), any other bit fails the
-/// command with Invalid Field in Command and leaves the configuration as it was. Ours never
-/// sends that notice and its OAES does not offer it, so Linux's host, which enables what OAES
-/// offers (drivers/nvme/host/core.c, `nvme_enable_aen`), sets not even this bit.
-const DISCOVERY_AEN_CONFIG: u32 = 1 << 31;
+/// command with Invalid Field in Command and leaves the configuration as it was. OAES offers
+/// it, so Linux's host enables it (drivers/nvme/host/core.c, `nvme_enable_aen`).
+const DISCOVERY_AEN_CONFIG: u32 = Notice::DiscoveryLogChange.enable_bit();
 
 /// The Asynchronous Event Configuration bits an I/O controller takes, the kernel's nvmet's
 /// `NVMET_AEN_CFG_ALL` (drivers/nvme/target/nvmet.h, passed to `nvmet_set_feat_async_event` by
@@ -607,7 +607,12 @@ impl Queue {
                 let current = self.config.current_port.as_ref();
                 let unnumbered = logs::discovery(current, &entries, 0);
                 let generation = u64::from(crc32c::crc32c(&unnumbered));
-                logs::discovery(current, &entries, generation)
+                let log = logs::discovery(current, &entries, generation);
+                if !retain_event {
+                    let admin = self.admin.as_mut().expect("admin queue");
+                    *admin.notice(Notice::DiscoveryLogChange) = NoticeState::default();
+                }
+                log
             }
             (lid::SMART, Some(_)) => logs::smart(&binding.shared.counters()),
             (lid::FIRMWARE_SLOT, Some(s)) => logs::firmware_slot(&s.firmware),
@@ -824,6 +829,44 @@ impl Queue {
         admin.ana = group;
         admin.notice(Notice::AnaChange).pending = true;
         self.deliver_notice();
+    }
+
+    /// The subsystems' allowed hosts changed (a reload; `allowed` by subsystem index): a
+    /// discovery controller takes the new lists, and when its host now sees other entries in
+    /// the discovery log it is told by a Discovery Log Page Change notice, as nvmet tells it
+    /// when a host is allowed or disallowed (drivers/nvme/target/configfs.c
+    /// nvmet_allowed_hosts_allow_link and _drop_link call nvmet_subsys_disc_changed). An NVM
+    /// subsystem's controllers keep their copy: the environment ends those of hosts no longer
+    /// allowed.
+    pub fn handle_allowed_hosts_changed(&mut self, allowed: &[Vec<AllowedHost>], now: Instant) {
+        let Some(binding) = &self.binding else {
+            return;
+        };
+        let unchanged = self
+            .config
+            .subsystems
+            .iter()
+            .zip(allowed)
+            .all(|(s, hosts)| s.allowed_hosts == *hosts);
+        if self.is_closed() || binding.subsystem.is_some() || self.admin.is_none() || unchanged {
+            return;
+        }
+        self.now = now;
+        let host = binding.host_nqn.clone();
+        let visible = |config: &NvmeConfig| -> Vec<DiscoveryEntry> {
+            let seen = |e: &&DiscoveryEntry| logs::visible(e, &config.subsystems, &host);
+            config.discovery.iter().filter(seen).cloned().collect()
+        };
+        let before = visible(&self.config);
+        let config = Arc::make_mut(&mut self.config);
+        for (subsystem, hosts) in config.subsystems.iter_mut().zip(allowed) {
+            subsystem.allowed_hosts.clone_from(hosts);
+        }
+        if visible(&self.config) != before {
+            let admin = self.admin.as_mut().expect("admin queue");
+            admin.notice(Notice::DiscoveryLogChange).pending = true;
+            self.deliver_notice();
+        }
     }
 
     /// Completes held Asynchronous Event Requests with the notices that are pending, enabled

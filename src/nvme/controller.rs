@@ -151,14 +151,19 @@ pub enum Notice {
     /// read the Reservation Notification log. No Asynchronous Event Configuration bit: the
     /// Reservation Notification Mask (feature 82h) filters it per namespace instead.
     ReservationLog,
+    /// Discovery Log Page Change (information F0h), a discovery controller's only notice: the
+    /// subsystems its host may see changed; read the discovery log again. Linux's host
+    /// answers it with a uevent on which nvme-cli's autoconnect rules run `nvme connect-all`.
+    DiscoveryLogChange,
 }
 
 impl Notice {
     /// Every notice, in the order pending ones are delivered.
-    pub const ALL: [Notice; 3] = [
+    pub const ALL: [Notice; 4] = [
         Notice::NamespaceAttribute,
         Notice::AnaChange,
         Notice::ReservationLog,
+        Notice::DiscoveryLogChange,
     ];
 
     /// Its Asynchronous Event Configuration (and OAES) bit; 0 for one that has none.
@@ -167,6 +172,7 @@ impl Notice {
             Notice::NamespaceAttribute => 1 << 8,
             Notice::AnaChange => 1 << 11,
             Notice::ReservationLog => 0,
+            Notice::DiscoveryLogChange => 1 << 31,
         }
     }
 
@@ -185,6 +191,7 @@ impl Notice {
             Notice::NamespaceAttribute => (2u64, 0x00u64, lid::CHANGED_NAMESPACES),
             Notice::AnaChange => (2, 0x03, lid::ANA),
             Notice::ReservationLog => (6, 0x00, lid::RESERVATION_NOTIFICATION),
+            Notice::DiscoveryLogChange => (2, 0xF0, lid::DISCOVERY),
         };
         event_type | information << 8 | u64::from(log) << 16
     }
@@ -214,9 +221,9 @@ pub struct AdminState {
     pub held_events: Vec<u16>,
     /// Namespaces changed since the Changed Namespace List log was last read.
     pub changed_namespaces: Vec<u32>,
-    /// The namespace attribute, ANA change and reservation log notices (indexed as
-    /// [`Notice::ALL`]).
-    pub notices: [NoticeState; 3],
+    /// The namespace attribute, ANA change, reservation log and discovery log change notices
+    /// (indexed as [`Notice::ALL`]).
+    pub notices: [NoticeState; 4],
     /// The namespaces' sizes (NSID, blocks) when this controller last looked: a change is a
     /// namespace attribute change.
     pub namespace_sizes: Vec<(u32, u64)>,
@@ -325,6 +332,7 @@ mod tests {
         assert_eq!(Notice::AnaChange.result(), 0x0C_03_02);
         // Type 6 (I/O command specific), Reservation Log Page Available, log 80h.
         assert_eq!(Notice::ReservationLog.result(), 0x80_00_06);
+        assert_eq!(Notice::DiscoveryLogChange.result(), 0x70_F0_02);
         let mut admin = AdminState::default();
         admin.notice(Notice::AnaChange).pending = true;
         assert_eq!(
@@ -335,6 +343,7 @@ mod tests {
                     pending: true,
                     masked: false
                 },
+                NoticeState::default(),
                 NoticeState::default(),
             ]
         );

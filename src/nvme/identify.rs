@@ -99,14 +99,13 @@ pub fn controller(
     put16(&mut d, 78, cntlid);
     put32(&mut d, 80, VERSION);
     // OAES, the notices this controller may send: an NVM subsystem's sends namespace attribute
-    // and ANA change notices. A discovery controller has no namespaces and no ANA: Linux's
-    // nvmet announces only Discovery Log Page Change for it (drivers/nvme/target/discovery.c
-    // nvmet_execute_disc_identify, NVMET_DISC_AEN_CFG_OPTIONAL), sent when its ports change
-    // through configfs. Our discovery log comes from the configuration the controller was
-    // created with and never changes under it, so ours announces no notice at all.
+    // and ANA change notices. A discovery controller has no namespaces and no ANA: like Linux's
+    // nvmet (drivers/nvme/target/discovery.c nvmet_execute_disc_identify,
+    // NVMET_DISC_AEN_CFG_OPTIONAL) it announces Discovery Log Page Change alone, sent when a
+    // reload changes the subsystems its host may see (Queue::handle_allowed_hosts_changed).
     let oaes = match subsystem {
         Some(_) => Notice::NamespaceAttribute.enable_bit() | Notice::AnaChange.enable_bit(),
-        None => 0,
+        None => Notice::DiscoveryLogChange.enable_bit(),
     };
     put32(&mut d, 92, oaes);
     put32(&mut d, 96, 1); // CTRATT: 128-bit host identifier

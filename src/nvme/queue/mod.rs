@@ -5,6 +5,7 @@
 //! the socket read), [`Queue::handle_controller_created`]
 //! and [`Queue::handle_controller_joined`] (answers to the cross-connection actions),
 //! [`Queue::handle_io_complete`], [`Queue::handle_computed`], [`Queue::handle_namespaces_changed`],
+//! [`Queue::handle_ana_changed`], [`Queue::handle_allowed_hosts_changed`],
 //! [`Queue::handle_timeout`] and [`Queue::handle_shutdown`]. Outputs: [`Action`]s from
 //! [`Queue::poll_action`] and the next deadline from [`Queue::poll_timeout`]. Time is always
 //! passed in. The first fatal error ends the queue: a C2HTermReq when the host broke the

@@ -364,10 +364,10 @@ fn discovery_controller() {
 /// A discovery-only portal (port 8009): the discovery controller as on any portal, and no
 /// Connect to an NVM subsystem.
 /// A discovery controller has no namespaces, so it announces no Namespace Attribute Changed
-/// notice in OAES (Linux's nvmet announces only Discovery Log Page Change there, which ours
-/// never sends); an NVM subsystem's controller still announces it and the ANA change notice.
+/// notice in OAES, only Discovery Log Page Change (as Linux's nvmet); an NVM subsystem's
+/// controller announces namespace attribute and ANA change notices.
 #[test]
-fn only_an_nvm_controller_announces_notices_in_oaes() {
+fn each_controller_announces_its_own_notices_in_oaes() {
     let identify_controller = Sqe::new(0x06, 70, 0).cdw(10, 1).sgl(4096, false);
     let mut disc = Pair::fresh();
     assert_eq!(
@@ -376,12 +376,68 @@ fn only_an_nvm_controller_announces_notices_in_oaes() {
     );
     assert_eq!(disc.set_cc(LINUX_CC).status, (0, 0));
     let (id, _) = disc.data_in(&identify_controller);
-    assert_eq!(le32(&id, 92), 0, "OAES of the discovery controller");
+    assert_eq!(le32(&id, 92), 1 << 31, "OAES of the discovery controller");
 
     let mut nvm = Pair::fresh();
     nvm.bring_up(1);
     let (id, _) = nvm.data_in(&identify_controller);
     assert_eq!(le32(&id, 92), 1 << 8 | 1 << 11, "OAES of an NVM controller");
+}
+
+/// A reload that changes which subsystems the host may see: its discovery controller, with
+/// the notice enabled, completes a held Asynchronous Event Request with Discovery Log Page
+/// Change (as nvmet when a host is allowed or disallowed), the log read then lists what the
+/// host sees now and re-arms the notice. Lists that change nothing this host sees send none.
+#[test]
+fn a_discovery_controller_announces_a_changed_view_of_the_subsystems() {
+    let mut disc = Pair::fresh();
+    disc.connect_admin_to(super::super::DISCOVERY_NQN, 0);
+    disc.set_cc(LINUX_CC);
+    let enable = Sqe::new(0x09, 80, 0).cdw(10, 0x0B).cdw(11, 1 << 31);
+    assert_eq!(disc.resp(&enable, &[]).status, (0, 0));
+    let records = |disc: &mut Pair, cid: u16| {
+        let header = Sqe::new(0x02, cid, 0)
+            .cdw(10, 0x70 | 255 << 16)
+            .sgl(1024, false);
+        let (h, _) = disc.data_in(&header);
+        u64::from_le_bytes(h[8..16].try_into().unwrap())
+    };
+    assert_eq!(records(&mut disc, 81), 1);
+    assert!(disc.command(&Sqe::new(0x0C, 82, 0), &[]).is_empty(), "held");
+    let mut allowed: Vec<Vec<AllowedHost>> = (disc.queue.config.subsystems.iter())
+        .map(|s| s.allowed_hosts.clone())
+        .collect();
+    // Another host let in: nothing changes for this one.
+    allowed[1].push(AllowedHost::open("nqn.2026-01.test:third-host"));
+    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
+    disc.pump();
+    assert!(disc.take().is_empty());
+    // This host let in: the notice (type 2, information F0h, log 70h), then two records.
+    allowed[1].push(AllowedHost::open(HOST));
+    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
+    disc.pump();
+    match disc.take().as_slice() {
+        [Got::Resp(cqe)] => assert_eq!((cqe.cid, cqe.result), (82, 0x70_F0_02)),
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    assert_eq!(records(&mut disc, 83), 2);
+    // Taken out again: the log was read, so the next notice goes out too.
+    assert!(disc.command(&Sqe::new(0x0C, 84, 0), &[]).is_empty(), "held");
+    allowed[1].pop();
+    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
+    disc.pump();
+    match disc.take().as_slice() {
+        [Got::Resp(cqe)] => assert_eq!((cqe.cid, cqe.result), (84, 0x70_F0_02)),
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    assert_eq!(records(&mut disc, 85), 1);
+    // An NVM subsystem's controller takes no notice of it.
+    let (mut admin, _io) = admin_and_io();
+    admin
+        .queue
+        .handle_allowed_hosts_changed(&allowed, admin.now);
+    admin.pump();
+    assert!(admin.take().is_empty());
 }
 
 #[test]

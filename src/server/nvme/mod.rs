@@ -326,9 +326,14 @@ impl NvmeState {
             }
         }
         drop((allowed, registry));
-        for ((cntlid, _), queue) in self.lock_queues().iter() {
+        // The rest hear of the new lists (a discovery controller's host may see other
+        // subsystems now: `Queue::handle_allowed_hosts_changed`). A discovery queue that joins
+        // its controller after this loop reads them itself (resident.rs, after the join).
+        for ((cntlid, qid), queue) in self.lock_queues().iter() {
             if refused.contains(cntlid) {
                 queue.control.request_shutdown();
+            } else if *qid == 0 {
+                queue.residence.poke();
             }
         }
     }

@@ -118,8 +118,10 @@ impl Resident for NvmeResident {
         if self.control.requested() {
             self.queue.handle_shutdown();
         } else {
-            // The gateway's ANA state may have changed (NvmeState::set_alua_state).
+            // The gateway's ANA state or the allowed hosts may have changed
+            // (NvmeState::set_alua_state, NvmeState::set_allowed_hosts).
             self.follow_ana(io.now());
+            self.follow_allowed_hosts(io.now());
         }
         self.carry_out_actions(io);
     }
@@ -222,9 +224,10 @@ impl NvmeResident {
                     self.join((*cntlid, 0), request.subsystem, host);
                 }
                 self.queue.handle_controller_created(result, io.now());
-                // The ANA state may have changed after this queue was accepted and before it
-                // was reachable for the poke that announces it.
+                // The ANA state or the allowed hosts may have changed after this queue was
+                // accepted and before it was reachable for the poke that announces them.
                 self.follow_ana(io.now());
+                self.follow_allowed_hosts(io.now());
             }
             Action::JoinController(request) => {
                 let result = self
@@ -320,6 +323,13 @@ impl NvmeResident {
     /// has not seen it yet reports it and sends the ANA change notice.
     fn follow_ana(&mut self, now: Instant) {
         self.queue.handle_ana_changed(self.nvme.ana(), now);
+    }
+
+    /// Hands the subsystems' allowed hosts to the queue: a discovery controller whose host
+    /// sees other subsystems now sends a Discovery Log Page Change notice.
+    fn follow_allowed_hosts(&mut self, now: Instant) {
+        let allowed = self.nvme.lock_allowed_hosts();
+        self.queue.handle_allowed_hosts_changed(&allowed, now);
     }
 
     /// The queue is now queue `qid` of controller `cntlid`: it can be reached to shut down,
