@@ -16,7 +16,9 @@
 # from a second address) while the target goes on serving others; nvme connect-all; the
 # namespace grown by 64 MiB under a connected host (nvmet: the loop device's file extended and
 # `revalidate_size`; ours: a larger `size` and SIGHUP), the host seeing the new size by itself
-# and writing there. One
+# and writing there; a persistent discovery controller (nvme discover --persistent) told by a
+# Discovery Log Page Change notice when the host is let into a second subsystem (nvmet: the
+# host linked into its allowed_hosts; ours: `allowed_hosts` edited and SIGHUP). One
 # PASS/FAIL line per check, a "N/M passed" line per target (also in
 # $SOFTROCE_RESULTS/nvme-tcp-summary.txt); exits non-zero when a check failed.
 set -euo pipefail
@@ -34,6 +36,9 @@ GROWN_MIB=$((NS_MIB + 64))
 KATO=5
 declare -A PORT=([nvmet]=4420 [ours]=4421)
 declare -A NQN=([nvmet]=nqn.2026-11.io.iser-target:nvmet-ref [ours]=nqn.2026-11.io.iser-target:guest)
+# A second subsystem, closed to this host until the discovery change check lets it in.
+GATED_NQN=nqn.2026-11.io.iser-target:gated
+OTHER_HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:5e1f0c0e-0000-4000-8000-0000000000ff
 RESULTS="${SOFTROCE_RESULTS:-/tmp}"
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=(nvmet ours)
@@ -46,6 +51,9 @@ start_nvmet() {
     nvmet_setup "$ADDR" "${PORT[nvmet]}" "${NQN[nvmet]}" "$NVMET_LOOP" 1
 }
 stop_nvmet() {
+    # The discovery change check's host link and host, which nvmet_teardown does not know.
+    find "$CONFIGFS_NVMET/subsystems" -path '*/allowed_hosts/*' -type l -delete 2>/dev/null || true
+    rmdir "$CONFIGFS_NVMET/hosts/$SOFTROCE_HOSTNQN" 2>/dev/null || true
     nvmet_teardown
     losetup -d "$NVMET_LOOP"
 }
@@ -60,6 +68,11 @@ targets:
     nqn: ${NQN[ours]}
     luns:
       - { id: 0, backing: { type: file, path: $WORK/ours.img, size: ${NS_MIB}M, create: true } }
+  - name: iqn.2026-11.io.iser-target:gated
+    nqn: $GATED_NQN
+    allowed_hosts: [$OTHER_HOSTNQN]
+    luns:
+      - { id: 0, backing: { type: ram, size: 16M } }
 EOF
     bg_start ours env RUST_LOG=info "$BIN" serve --config "$WORK/ours.yaml"
     wait_tcp_listen "$ADDR:${PORT[ours]}" || { sr_log "our target does not listen (see ours.log)"; return 1; }
@@ -243,6 +256,50 @@ grown_while_connected() {
     nvme_disconnect "$N" && ((written))
 }
 
+# --- discovery log change -----------------------------------------------------------------------
+# The second subsystem, closed to this host: nvmet's made now (no namespace needed to be listed),
+# ours configured at start.
+add_gated_nvmet() {
+    local s="$CONFIGFS_NVMET/subsystems/$GATED_NQN"
+    mkdir "$s" && echo 0 >"$s/attr_allow_any_host" &&
+        ln -s "$s" "$CONFIGFS_NVMET/ports/1/subsystems/$GATED_NQN"
+}
+add_gated_ours() { true; }
+allow_gated_nvmet() {
+    local h="$CONFIGFS_NVMET/hosts/$SOFTROCE_HOSTNQN"
+    { [[ -d "$h" ]] || mkdir "$h"; } &&
+        ln -s "$h" "$CONFIGFS_NVMET/subsystems/$GATED_NQN/allowed_hosts/$SOFTROCE_HOSTNQN"
+}
+allow_gated_ours() {
+    sed -i "s/allowed_hosts: \[$OTHER_HOSTNQN\]/allowed_hosts: [$OTHER_HOSTNQN, $SOFTROCE_HOSTNQN]/" \
+        "$WORK/ours.yaml" && kill -HUP "$SR_BG_ours"
+}
+# A persistent discovery controller, then the host let into the second subsystem: the target
+# sends a Discovery Log Page Change notice, which the kernel passes on as a uevent of the
+# discovery controller, NVME_AEN=0x70f002 (drivers/nvme/host/core.c nvme_aen_uevent; nvme-cli's
+# autoconnect udev rule runs connect-all on it), and the log then lists the subsystem.
+discovery_change() {
+    local monitor="$WORK/uevents" ok=1 pid out
+    "add_gated_$T" || return 1
+    nvme discover -t tcp -a "$ADDR" -s "$P" --persistent >/dev/null || return 1
+    udevadm monitor --kernel --property --subsystem-match=nvme >"$monitor" 2>&1 &
+    pid=$!
+    sleep 1
+    if ! "allow_gated_$T"; then
+        ok=0
+    elif ! sr_wait 20 grep -qi '^NVME_AEN=0x70f002$' "$monitor"; then
+        sr_log "$T: no discovery log change uevent; the monitor saw:"
+        cat "$monitor" >&2
+        ok=0
+    fi
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+    out="$(nvme discover -t tcp -a "$ADDR" -s "$P")" || ok=0
+    grep -q "subnqn: *$GATED_NQN *\$" <<<"$out" || { sr_log "$T: $GATED_NQN not listed"; ok=0; }
+    nvme disconnect -n nqn.2014-08.org.nvmexpress.discovery >/dev/null || true
+    ((ok))
+}
+
 # --- reservations (ours: Debian 12's 6.1 kernel has no nvmet reservations; they came with
 # drivers/nvme/target/pr.c in 6.13) -----------------------------------------------------------
 # A second host on this guest: its own NQN and Host Identifier, its own controller.
@@ -382,8 +439,8 @@ EOF
 
 run_checks() {
     T="$1" P="${PORT[$1]}" N="${NQN[$1]}" DEV="" CTRL=""
-    local failed_before=$FAILED total=22
-    [[ $T == ours ]] && total=24
+    local failed_before=$FAILED total=23
+    [[ $T == ours ]] && total=25
     sr_log "=== $T: NVMe/TCP checks on $ADDR:$P ==="
     check "$T: nvme discover lists $N" discover_lists
     if ! check "$T: nvme connect" connect_and_find || [[ -z "$DEV" ]]; then
@@ -426,6 +483,8 @@ run_checks() {
         check "$T: a block namespace grown under the target: the host sees it, no SIGHUP" \
             grown_block_namespace
     fi
+    check "$T: a persistent discovery controller is told of a subsystem the host is let into" \
+        discovery_change
     echo "$T: $((total - (FAILED - failed_before)))/$total passed" | tee -a "$RESULTS/nvme-tcp-summary.txt"
 }
 
