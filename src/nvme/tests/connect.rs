@@ -407,37 +407,31 @@ fn a_discovery_controller_announces_a_changed_view_of_the_subsystems() {
     let mut allowed: Vec<Vec<AllowedHost>> = (disc.queue.config.subsystems.iter())
         .map(|s| s.allowed_hosts.clone())
         .collect();
+    // The lists applied, what the controller sent: nothing, or one notice completing `cid`.
+    let apply = |pair: &mut Pair, allowed: &[Vec<AllowedHost>]| {
+        pair.queue.handle_allowed_hosts_changed(allowed, pair.now);
+        pair.pump();
+        match pair.take().as_slice() {
+            [] => None,
+            [Got::Resp(cqe)] => Some((cqe.cid, cqe.result)),
+            other => panic!("expected a notice or nothing, got {other:?}"),
+        }
+    };
     // Another host let in: nothing changes for this one.
     allowed[1].push(AllowedHost::open("nqn.2026-01.test:third-host"));
-    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
-    disc.pump();
-    assert!(disc.take().is_empty());
+    assert_eq!(apply(&mut disc, &allowed), None);
     // This host let in: the notice (type 2, information F0h, log 70h), then two records.
     allowed[1].push(AllowedHost::open(HOST));
-    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
-    disc.pump();
-    match disc.take().as_slice() {
-        [Got::Resp(cqe)] => assert_eq!((cqe.cid, cqe.result), (82, 0x70_F0_02)),
-        other => panic!("expected the notice, got {other:?}"),
-    }
+    assert_eq!(apply(&mut disc, &allowed), Some((82, 0x70_F0_02)));
     assert_eq!(records(&mut disc, 83), 2);
     // Taken out again: the log was read, so the next notice goes out too.
     assert!(disc.command(&Sqe::new(0x0C, 84, 0), &[]).is_empty(), "held");
     allowed[1].pop();
-    disc.queue.handle_allowed_hosts_changed(&allowed, disc.now);
-    disc.pump();
-    match disc.take().as_slice() {
-        [Got::Resp(cqe)] => assert_eq!((cqe.cid, cqe.result), (84, 0x70_F0_02)),
-        other => panic!("expected the notice, got {other:?}"),
-    }
+    assert_eq!(apply(&mut disc, &allowed), Some((84, 0x70_F0_02)));
     assert_eq!(records(&mut disc, 85), 1);
     // An NVM subsystem's controller takes no notice of it.
     let (mut admin, _io) = admin_and_io();
-    admin
-        .queue
-        .handle_allowed_hosts_changed(&allowed, admin.now);
-    admin.pump();
-    assert!(admin.take().is_empty());
+    assert_eq!(apply(&mut admin, &allowed), None);
 }
 
 #[test]
