@@ -365,16 +365,14 @@ const METRICS: [Metric; 14] = [
         "gauge",
         "Live iSCSI sessions by transport (discovery sessions included).",
         Samples::Process(|r| {
-            ["tcp", "iser"]
-                .iter()
-                .map(|transport| {
-                    let n = r
-                        .iscsi_sessions
-                        .iter()
-                        .filter(|s| s.transport == *transport);
-                    (format!("{{transport=\"{transport}\"}}"), n.count() as u64)
-                })
-                .collect()
+            let count = |transport| {
+                let n = r.iscsi_sessions.iter().filter(|s| s.transport == transport);
+                n.count() as u64
+            };
+            labelled(
+                "transport",
+                &[("tcp", count("tcp")), ("iser", count("iser"))],
+            )
         }),
     ),
     Metric(
@@ -390,15 +388,15 @@ const METRICS: [Metric; 14] = [
          not allowed; not_found: no such target; other).",
         Samples::Process(|r| {
             let f = &r.refusals;
-            [
-                ("authentication", f.iscsi_authentication),
-                ("authorization", f.iscsi_authorization),
-                ("not_found", f.iscsi_not_found),
-                ("other", f.iscsi_other),
-            ]
-            .iter()
-            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
-            .collect()
+            labelled(
+                "reason",
+                &[
+                    ("authentication", f.iscsi_authentication),
+                    ("authorization", f.iscsi_authorization),
+                    ("not_found", f.iscsi_not_found),
+                    ("other", f.iscsi_other),
+                ],
+            )
         }),
     ),
     Metric(
@@ -408,13 +406,13 @@ const METRICS: [Metric; 14] = [
          authentication: DH-HMAC-CHAP failed or not done in time).",
         Samples::Process(|r| {
             let f = &r.refusals;
-            [
-                ("host_not_allowed", f.nvme_host_not_allowed),
-                ("authentication", f.nvme_authentication),
-            ]
-            .iter()
-            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
-            .collect()
+            labelled(
+                "reason",
+                &[
+                    ("host_not_allowed", f.nvme_host_not_allowed),
+                    ("authentication", f.nvme_authentication),
+                ],
+            )
         }),
     ),
 ];
@@ -450,6 +448,13 @@ impl StatusReport {
         }
         out
     }
+}
+
+/// One sample per `(value, n)`, labelled `key="value"` (values that need no escaping).
+fn labelled(key: &str, samples: &[(&str, u64)]) -> Vec<(String, u64)> {
+    (samples.iter())
+        .map(|(value, n)| (format!("{{{key}=\"{value}\"}}"), *n))
+        .collect()
 }
 
 /// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.

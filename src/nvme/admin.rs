@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::command::{admin_opcode, fctype, io_opcode, sqe_offset, Sqe, Status};
 use super::config::AnaGroup;
 use super::config::{
-    AllowedHost, DiscoveryEntry, NamespaceDescriptor, NvmeConfig, SubsystemDescriptor,
-    DISCOVERY_NQN, MAX_ADMIN_QUEUE_SIZE,
+    AllowedHost, NamespaceDescriptor, NvmeConfig, SubsystemDescriptor, DISCOVERY_NQN,
+    MAX_ADMIN_QUEUE_SIZE,
 };
 use super::controller::{
     property, AdminState, CcChange, ControllerShared, Notice, NoticeState, VERSION,
@@ -596,13 +596,7 @@ impl Queue {
         let log = match (log_id, subsystem) {
             (lid::ERROR, _) => logs::error_information(&binding.shared.errors()),
             (lid::DISCOVERY, None) => {
-                let entries: Vec<_> = self
-                    .config
-                    .discovery
-                    .iter()
-                    .filter(|e| logs::visible(e, &self.config.subsystems, &binding.host_nqn))
-                    .cloned()
-                    .collect();
+                let entries = logs::visible_entries(&self.config, &binding.host_nqn);
                 // GENCTR changes whenever the entries do: a checksum of their log.
                 let current = self.config.current_port.as_ref();
                 let unnumbered = logs::discovery(current, &entries, 0);
@@ -839,30 +833,27 @@ impl Queue {
     /// subsystem's controllers keep their copy: the environment ends those of hosts no longer
     /// allowed.
     pub fn handle_allowed_hosts_changed(&mut self, allowed: &[Vec<AllowedHost>], now: Instant) {
-        let Some(binding) = &self.binding else {
-            return;
+        // Only a live discovery controller: the cheap checks before the lists are compared
+        // (every admin queue is poked on a reload, and for other reasons).
+        let host = match &self.binding {
+            Some(b) if b.subsystem.is_none() && self.admin.is_some() && !self.is_closed() => {
+                b.host_nqn.clone()
+            }
+            _ => return,
         };
-        let unchanged = self
-            .config
-            .subsystems
-            .iter()
+        let unchanged = (self.config.subsystems.iter())
             .zip(allowed)
             .all(|(s, hosts)| s.allowed_hosts == *hosts);
-        if self.is_closed() || binding.subsystem.is_some() || self.admin.is_none() || unchanged {
+        if unchanged {
             return;
         }
         self.now = now;
-        let host = binding.host_nqn.clone();
-        let visible = |config: &NvmeConfig| -> Vec<DiscoveryEntry> {
-            let seen = |e: &&DiscoveryEntry| logs::visible(e, &config.subsystems, &host);
-            config.discovery.iter().filter(seen).cloned().collect()
-        };
-        let before = visible(&self.config);
+        let before = logs::visible_entries(&self.config, &host);
         let config = Arc::make_mut(&mut self.config);
         for (subsystem, hosts) in config.subsystems.iter_mut().zip(allowed) {
             subsystem.allowed_hosts.clone_from(hosts);
         }
-        if visible(&self.config) != before {
+        if logs::visible_entries(&self.config, &host) != before {
             let admin = self.admin.as_mut().expect("admin queue");
             admin.notice(Notice::DiscoveryLogChange).pending = true;
             self.deliver_notice();

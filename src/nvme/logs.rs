@@ -2,7 +2,7 @@
 //! Page cuts the requested window out of them.
 
 use super::command::Status;
-use super::config::{AnaGroup, DiscoveryEntry, SubsystemDescriptor};
+use super::config::{AnaGroup, DiscoveryEntry, NvmeConfig};
 use super::controller::{Counters, ErrorEntry};
 
 /// Log page identifiers we serve.
@@ -194,13 +194,15 @@ pub fn window(log: &[u8], offset: u64, len: usize) -> Result<Vec<u8>, Status> {
     Ok(d)
 }
 
-/// Whether `host` may see `entry` in the discovery log: a subsystem that does not allow it
-/// is left out (Linux drivers/nvme/target/discovery.c lists only allowed subsystems).
-pub fn visible(entry: &DiscoveryEntry, subsystems: &[SubsystemDescriptor], host: &str) -> bool {
-    subsystems
-        .iter()
-        .find(|s| s.nqn == entry.subsystem_nqn)
-        .map_or(true, |s| s.allows(host))
+/// The entries of `config`'s discovery log that `host` may see: a subsystem that does not
+/// allow it is left out (Linux drivers/nvme/target/discovery.c lists only allowed subsystems).
+pub fn visible_entries(config: &NvmeConfig, host: &str) -> Vec<DiscoveryEntry> {
+    let allowed = |entry: &&DiscoveryEntry| {
+        (config.subsystems.iter())
+            .find(|s| s.nqn == entry.subsystem_nqn)
+            .map_or(true, |s| s.allows(host))
+    };
+    config.discovery.iter().filter(allowed).cloned().collect()
 }
 
 #[cfg(test)]
