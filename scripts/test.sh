@@ -27,8 +27,8 @@ log() { printf '\n=== %s\n' "$*"; }
 # --- packages -------------------------------------------------------------------
 need_pkgs=()
 # libibverbs-dev, librdmacm-dev and libclang-dev build rdma-ffi (bindgen over rdma-core);
-# librbd-dev (with librados-dev) links rbd-ffi.
-for pkg in libiscsi-bin pkg-config libibverbs-dev librdmacm-dev libclang-dev librbd-dev; do
+# librbd-dev (with librados-dev) links rbd-ffi. systemd's systemd-analyze checks the installed unit.
+for pkg in libiscsi-bin pkg-config libibverbs-dev librdmacm-dev libclang-dev librbd-dev systemd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

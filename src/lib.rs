@@ -9,7 +9,9 @@
 //! - [`server`]: transports that only move bytes (TCP and iSER) and the I/O workers.
 //!
 //! [`stats`] counts payload bytes copied in user space, for the benchmarks; [`status`] is what
-//! a running target reports of itself to `iser-target status`.
+//! a running target reports of itself to `iser-target status`; [`service_manager`] tells
+//! systemd (or another manager speaking its protocol) when the target is ready, reloading or
+//! stopping.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -20,6 +22,7 @@ pub mod nvme;
 pub mod random;
 pub mod scsi;
 pub mod server;
+pub mod service_manager;
 pub mod stats;
 pub mod status;
 

@@ -9,6 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use iser_target::config::{Config, Portal, Transport, DEFAULT_NVME_TCP_PORT, DEFAULT_PORT};
 use iser_target::server::Server;
+use iser_target::service_manager::ServiceManager;
 use iser_target::status::control_socket;
 
 #[derive(Parser)]
@@ -24,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM. SIGHUP re-reads the configuration
-    /// file and applies a changed `alua_state` (docs/multipath.md, draining a gateway).
+    /// file and applies what can change live (docs/configuration.md). Under systemd
+    /// (`Type=notify`, $NOTIFY_SOCKET) it reports when every portal listens.
     Serve {
         /// YAML configuration; without it, one 1 GiB RAM LUN is served on TCP 0.0.0.0:3260 (and
         /// iSER 0.0.0.0:3260 when an RDMA device has an active port).
@@ -175,9 +177,21 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     if path.is_none() {
         print_connect_help(&config, &server);
     }
+    let manager = ServiceManager::from_environment();
+    if let Some(manager) = &manager {
+        manager.ready(&serving(&config));
+    }
     let signal = loop {
         match signals.wait() {
-            Ok(Signal::SIGHUP) => reload(&server, path.as_deref(), &mut config),
+            Ok(Signal::SIGHUP) => {
+                if let Some(manager) = &manager {
+                    manager.reloading();
+                }
+                let outcome = reload(&server, path.as_deref(), &mut config);
+                if let Some(manager) = &manager {
+                    manager.ready(&format!("{}; last SIGHUP: {outcome}", serving(&config)));
+                }
+            }
             Ok(signal) => break signal,
             Err(e) => {
                 eprintln!("waiting for signals: {e}");
@@ -186,6 +200,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     log::info!("{signal:?} received: finishing in-flight commands");
+    if let Some(manager) = &manager {
+        manager.stopping();
+    }
     match server.shutdown() {
         Ok(()) => {
             log::info!("stopped cleanly");
@@ -198,25 +215,37 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// What the service manager shows while the target serves `config`.
+fn serving(config: &Config) -> String {
+    let luns: usize = config.targets.iter().map(|t| t.luns.len()).sum();
+    format!(
+        "serving {} target(s), {luns} LUN(s) on {} portal(s)",
+        config.targets.len(),
+        config.portals.len()
+    )
+}
+
 /// SIGHUP: re-reads the configuration file, applies a changed `alua_state` and access control
 /// (who may log in or connect, and with which secrets), and grows file and block LUNs (to a
 /// file LUN's new `size`, or to what a file or device now holds); any other difference is
 /// logged as needing a restart and left unapplied (and reported again on the next reload,
 /// since `running` keeps the values in force). A file that does not parse changes nothing.
-fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
+/// Returns what happened, in a few words, for the service manager's status line.
+fn reload(server: &Server, path: Option<&Path>, running: &mut Config) -> String {
     let Some(path) = path else {
         log::warn!("SIGHUP: serving the built-in configuration (no --config): nothing to re-read");
-        return;
+        return "no configuration file to re-read".into();
     };
     let file = path.display();
     let new = match Config::load(path) {
         Ok(new) => new,
         Err(e) => {
             log::error!("SIGHUP: {file} rejected, the running configuration stays: {e}");
-            return;
+            return format!("{file} rejected (see the log)");
         }
     };
     let reload = running.reload_to(&new);
+    let mut applied = Vec::new();
     for key in &reload.needs_restart {
         log::warn!("SIGHUP: `{key}` changed in {file}: that takes a restart; not applied");
     }
@@ -224,30 +253,48 @@ fn reload(server: &Server, path: Option<&Path>, running: &mut Config) {
         server.set_access(&new);
         running.adopt_access(&new);
         log::info!("SIGHUP: the access control of {file} applied to logins and connects");
+        applied.push("access control");
     }
     let grown = server.grow_luns(&new);
     if reload.file_sizes_changed {
         if grown {
             running.targets = new.targets;
             log::info!("SIGHUP: the file LUN sizes of {file} applied");
+            applied.push("file LUN sizes");
         } else {
             log::error!("SIGHUP: a LUN of {file} could not take its size (see above)");
         }
     }
-    match reload.alua_state {
-        Some(state) => {
-            let from = running.alua_state;
-            server.set_alua_state(state);
-            running.alua_state = state;
-            log::info!("SIGHUP: ALUA state changed from {from} to {state}");
-        }
-        None if reload.needs_restart.is_empty()
-            && !reload.file_sizes_changed
-            && !reload.access_changed =>
-        {
-            log::info!("SIGHUP: {file} re-read; nothing else changed");
-        }
-        None => {}
+    if let Some(state) = reload.alua_state {
+        let from = running.alua_state;
+        server.set_alua_state(state);
+        running.alua_state = state;
+        log::info!("SIGHUP: ALUA state changed from {from} to {state}");
+        applied.push("ALUA state");
+    }
+    let nothing_else = reload.needs_restart.is_empty()
+        && !reload.file_sizes_changed
+        && !reload.access_changed
+        && reload.alua_state.is_none();
+    if nothing_else {
+        log::info!("SIGHUP: {file} re-read; nothing else changed");
+    }
+    let mut outcome = Vec::new();
+    if !applied.is_empty() {
+        outcome.push(format!("applied {}", applied.join(", ")));
+    }
+    if !reload.needs_restart.is_empty() {
+        let keys: Vec<String> = reload
+            .needs_restart
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect();
+        outcome.push(format!("{} wait for a restart", keys.join(", ")));
+    }
+    if outcome.is_empty() {
+        "nothing changed".into()
+    } else {
+        outcome.join("; ")
     }
 }
 

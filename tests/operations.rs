@@ -14,6 +14,13 @@
 //! out of `allowed_hosts` lose their live iSCSI session and NVMe controller and cannot log in
 //! or connect again; put back, they can.
 //!
+//! Under a service manager (systemd's `Type=notify`): the target reports READY=1 once it
+//! listens, RELOADING=1 and READY=1 around each SIGHUP with what the reload did, and
+//! STOPPING=1 on SIGTERM, to the socket `$NOTIFY_SOCKET` names (sd_notify(3)).
+//!
+//! `scripts/install.sh` installs a unit that systemd accepts (`systemd-analyze verify`) and a
+//! configuration that validates, and never overwrites a configuration already there.
+//!
 //! `iser-target status` asks a running target, through the control socket in its state
 //! directory, what it serves and who is connected: the LUNs with their I/O counts and
 //! reservations, the iSCSI sessions and the NVMe/TCP controllers.
@@ -21,13 +28,17 @@
 #[macro_use]
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::block_io::{good, BlockSession, CommandReply};
 use common::nvme_host::{admin_queue, io_queue, NvmeQueue, Options, DISCOVERY_NQN, HOST_NQN};
 use common::raw_login::{self, wait_for_close, PeerState, SessionType};
-use common::{free_port, render_config, run, LunSpec, Server, TargetSpec, TempDir};
+use common::{
+    binary, free_port, manifest_dir, render_config, run, run_ok, LunSpec, Server, TargetSpec,
+    TempDir,
+};
 use iser_target::status::StatusReport;
 use nix::sys::signal::Signal;
 
@@ -538,4 +549,117 @@ fn metrics_are_served_for_prometheus() {
     assert_eq!(http_get(port, "/").0, "HTTP/1.1 404 Not Found");
     drop(s);
     server.stop();
+}
+
+#[test]
+fn a_service_manager_hears_ready_reloading_and_stopping() {
+    let dir = TempDir::new("notify");
+    let socket = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket).expect("bind the manager's socket");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 1024];
+        let n = manager.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
+    };
+    let target = TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "8M")]);
+    let mut server = Server::start_with_env(&[target], &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    let serving = "serving 1 target(s), 1 LUN(s) on 1 portal(s)";
+    assert_eq!(next(), format!("READY=1\nSTATUS={serving}"));
+    BlockSession::login(server.port(), TEST_IQN, 0).expect("login once ready");
+
+    // Each SIGHUP: RELOADING=1 with the monotonic time of the reload, then READY=1 and what the
+    // reload did.
+    let reloaded = |said: String| {
+        let mut lines = said.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"), "{said}");
+        let stamp = lines.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC="));
+        assert!(
+            stamp.is_some_and(|usec| usec.parse::<u64>().is_ok()),
+            "{said}"
+        );
+        next()
+    };
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    let allowing = config.replace(
+        "allowed_initiators: []",
+        "allowed_initiators: [iqn.2026-11.org.example:host1]",
+    );
+    server.reload(&allowing);
+    assert_eq!(
+        reloaded(next()),
+        format!("READY=1\nSTATUS={serving}; last SIGHUP: applied access control")
+    );
+    let port = format!("port: {}", server.port());
+    server.reload(&allowing.replace(&port, &format!("port: {}", free_port())));
+    assert_eq!(
+        reloaded(next()),
+        format!("READY=1\nSTATUS={serving}; last SIGHUP: `portals` wait for a restart")
+    );
+    server.reload("portals: [");
+    assert!(reloaded(next()).ends_with("config.yaml rejected (see the log)"));
+
+    server.stop();
+    assert_eq!(
+        next(),
+        "STOPPING=1\nSTATUS=stopping: finishing in-flight commands"
+    );
+}
+
+#[test]
+fn the_installed_service_is_one_systemd_accepts() {
+    require_tools!("systemd-analyze");
+    let root = TempDir::new("install");
+    let prefix = root.path().join("usr");
+    let sysconf = root.path().join("etc");
+    let install = || {
+        run_ok(
+            Command::new(manifest_dir().join("scripts/install.sh"))
+                .env("PREFIX", &prefix)
+                .env("SYSCONFDIR", &sysconf)
+                .env("BINARY", binary()),
+            Duration::from_secs(60),
+        )
+    };
+    let said = install();
+    assert!(said.contains("installed"), "{said}");
+    let unit = prefix.join("lib/systemd/system/iser-target.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let config = sysconf.join("iser-target/config.yaml");
+    let exec = format!(
+        "ExecStart={} serve --config {}",
+        prefix.join("sbin/iser-target").display(),
+        config.display()
+    );
+    assert!(text.contains(&exec), "{text}");
+    assert!(!text.contains('@'), "a placeholder left: {text}");
+    // verify exits 0 on what it only warns about (an unknown key, say): no output at all.
+    let verified = run(
+        Command::new("systemd-analyze").arg("verify").arg(&unit),
+        Duration::from_secs(60),
+    );
+    let complaints = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && complaints.is_empty(),
+        "systemd-analyze verify: {}\n{complaints}",
+        verified.status
+    );
+    let checked = run_ok(
+        Command::new(prefix.join("sbin/iser-target"))
+            .arg("check-config")
+            .arg(&config),
+        Duration::from_secs(10),
+    );
+    assert!(
+        checked.contains("valid (2 portal(s), 1 target(s), 1 LUN(s))"),
+        "{checked}"
+    );
+
+    // An administrator's configuration survives a reinstall.
+    let edited = std::fs::read_to_string(&config).unwrap() + "# edited\n";
+    std::fs::write(&config, &edited).unwrap();
+    assert!(install().contains("kept"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }

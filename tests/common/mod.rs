@@ -13,6 +13,7 @@ pub mod block_io;
 pub mod nvme_host;
 pub mod raw_login;
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
@@ -71,7 +72,7 @@ pub fn check_tool(module: &str, tool: &str) -> bool {
     // The test harness names each test's thread after the test.
     let current = thread::current();
     let test = current.name().unwrap_or(module);
-    let advice = "apt-get install libiscsi-bin (scripts/test.sh does this)";
+    let advice = "scripts/test.sh installs every tool the tests use";
     assert!(
         !tools_required(),
         "{test}: `{tool}` is not installed and this run requires it (CI=true or \
@@ -332,6 +333,21 @@ impl Server {
         top_level_yaml: &str,
         portals: &str,
     ) -> Server {
+        Server::start_in_environment(targets, limits, top_level_yaml, portals, &[])
+    }
+
+    /// Like [`Server::start`], with environment variables `env` set for the server process.
+    pub fn start_with_env(targets: &[TargetSpec], env: &[(&str, &OsStr)]) -> Server {
+        Server::start_in_environment(targets, "", "", "", env)
+    }
+
+    fn start_in_environment(
+        targets: &[TargetSpec],
+        limits: &str,
+        top_level_yaml: &str,
+        portals: &str,
+        env: &[(&str, &OsStr)],
+    ) -> Server {
         let mut attempt = 1;
         loop {
             let dir = TempDir::new("serve");
@@ -355,6 +371,9 @@ impl Server {
                 .arg("--config")
                 .arg(&config_path)
                 .env("RUST_LOG", filter)
+                // Only a test's own socket: never the manager that may run the tests.
+                .env_remove("NOTIFY_SOCKET")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("dup log"))
                 .stderr(log)
