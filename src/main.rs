@@ -1,15 +1,20 @@
 //! `iser-target`: serve block devices, files and RAM disks over iSCSI.
 
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use iser_target::config::{Config, Portal, Transport, DEFAULT_NVME_TCP_PORT, DEFAULT_PORT};
 use iser_target::server::Server;
-use iser_target::service_manager::ServiceManager;
+use iser_target::service_manager::{ServiceManager, Watchdog};
 use iser_target::status::control_socket;
 
 #[derive(Parser)]
@@ -158,15 +163,21 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         None => default_config(),
     };
     // Block the stop and reload signals before any thread starts so that every thread inherits
-    // the mask and only the sigwait below sees them.
+    // the mask and only the signalfd below sees them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGHUP);
-    if let Err(e) = signals.thread_block() {
-        eprintln!("cannot block SIGINT/SIGTERM/SIGHUP: {e}");
-        return ExitCode::FAILURE;
-    }
+    let signal_fd = match signals
+        .thread_block()
+        .and_then(|()| SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC))
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("cannot block SIGINT/SIGTERM/SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -181,9 +192,18 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     if let Some(manager) = &manager {
         manager.ready(&serving(&config));
     }
+    let mut watchdog = manager
+        .as_ref()
+        .and_then(|m| Watchdog::start(m, Instant::now(), server.heartbeat()));
     let signal = loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => {
+        let timeout = watchdog.as_ref().map(|w| w.time_left(Instant::now()));
+        match next_signal(&signal_fd, timeout) {
+            Ok(None) => {
+                if let Some(watchdog) = &mut watchdog {
+                    watchdog.tick(Instant::now(), || server.heartbeat());
+                }
+            }
+            Ok(Some(Signal::SIGHUP)) => {
                 if let Some(manager) = &manager {
                     manager.reloading();
                 }
@@ -192,7 +212,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                     manager.ready(&format!("{}; last SIGHUP: {outcome}", serving(&config)));
                 }
             }
-            Ok(signal) => break signal,
+            Ok(Some(signal)) => break signal,
             Err(e) => {
                 eprintln!("waiting for signals: {e}");
                 break Signal::SIGTERM;
@@ -212,6 +232,27 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             eprintln!("error during shutdown: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The next stop or reload signal, or `None` once `timeout` has passed first.
+fn next_signal(fd: &SignalFd, timeout: Option<Duration>) -> nix::Result<Option<Signal>> {
+    let timeout = match timeout {
+        // Rounded up: a wait of 0 ms before the deadline would spin.
+        Some(t) => {
+            PollTimeout::try_from(t + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
+        }
+        None => PollTimeout::NONE,
+    };
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) | Err(Errno::EINTR) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(e),
+    }
+    match fd.read_signal()? {
+        Some(info) => Signal::try_from(info.ssi_signo as i32).map(Some),
+        None => Ok(None),
     }
 }
 

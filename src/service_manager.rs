@@ -8,24 +8,37 @@
 //! lines sent to the `AF_UNIX` socket named by `$NOTIFY_SOCKET`, a file-system path or, with a
 //! leading `@`, a name in Linux's abstract namespace. Nothing answers; a manager that is gone
 //! costs a logged warning, never the service.
+//!
+//! With `WatchdogSec=` the manager also expects `WATCHDOG=1` more often than that period
+//! (`$WATCHDOG_USEC`) and restarts a service that falls silent; the target sends it only while
+//! every engine thread answers (`server::Heartbeat`).
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
 
+use crate::server::Heartbeat;
+
 /// The environment variable naming the manager's socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// The watchdog period in microseconds, when the manager keeps one (`WatchdogSec=`).
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The process the watchdog period is meant for, when set.
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// The service manager that started this process, reached through its notification socket.
 #[derive(Debug)]
 pub struct ServiceManager {
     socket: UnixDatagram,
     address: SocketAddr,
+    /// How often the manager wants to hear `WATCHDOG=1`; `None`: it keeps no watchdog.
+    watchdog: Option<Duration>,
     /// Only the first failure to send is logged: a manager that went away stays away.
     failed: AtomicBool,
 }
@@ -39,7 +52,15 @@ impl ServiceManager {
             return None;
         }
         match ServiceManager::connect(&name) {
-            Ok(manager) => Some(manager),
+            Ok(mut manager) => {
+                let variable = |name| std::env::var(name).ok();
+                manager.watchdog = watchdog_period(
+                    variable(WATCHDOG_USEC).as_deref(),
+                    variable(WATCHDOG_PID).as_deref(),
+                    std::process::id(),
+                );
+                Some(manager)
+            }
             Err(e) => {
                 log::warn!(
                     "{NOTIFY_SOCKET}={}: not a usable notification socket ({e}); the service \
@@ -57,6 +78,7 @@ impl ServiceManager {
         Ok(ServiceManager {
             socket: UnixDatagram::unbound()?,
             address,
+            watchdog: None,
             failed: AtomicBool::new(false),
         })
     }
@@ -77,6 +99,17 @@ impl ServiceManager {
         self.send(&message);
     }
 
+    /// The period within which the manager wants to hear [`ServiceManager::alive`], if it
+    /// keeps a watchdog.
+    pub fn watchdog_period(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    /// The target still serves: feeds the manager's watchdog.
+    pub fn alive(&self) {
+        self.send("WATCHDOG=1");
+    }
+
     /// The target is shutting down: in-flight commands finish, then the backends are flushed.
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping: finishing in-flight commands");
@@ -89,6 +122,76 @@ impl ServiceManager {
             }
         }
     }
+}
+
+/// Feeds the service manager's watchdog (`WatchdogSec=`) while every engine thread answers a
+/// [`Heartbeat`]: three rounds per period, each checking the answers to the one before, so a
+/// stuck thread leaves the manager unfed within the period and it restarts the target.
+#[derive(Debug)]
+pub struct Watchdog<'a> {
+    manager: &'a ServiceManager,
+    round: Duration,
+    next: Instant,
+    asked: Arc<Heartbeat>,
+}
+
+impl<'a> Watchdog<'a> {
+    /// The watchdog `manager` keeps, if any, its first round started at `now` by `asked`.
+    pub fn start(
+        manager: &'a ServiceManager,
+        now: Instant,
+        asked: Arc<Heartbeat>,
+    ) -> Option<Watchdog<'a>> {
+        let period = manager.watchdog_period()?;
+        let round = period / 3;
+        log::info!(
+            "watchdog: every engine thread answers within {round:?}, or the service manager \
+             is no longer told that the target serves (WatchdogSec {period:?})"
+        );
+        Some(Watchdog {
+            manager,
+            round,
+            next: now + round,
+            asked,
+        })
+    }
+
+    /// How long until the round ends and [`Watchdog::tick`] has work.
+    pub fn time_left(&self, now: Instant) -> Duration {
+        self.next.saturating_duration_since(now)
+    }
+
+    /// Once the round has ended: tells the manager the target is alive if every engine thread
+    /// answered (else logs which did not), and starts the next round with `ask`.
+    pub fn tick(&mut self, now: Instant, ask: impl FnOnce() -> Arc<Heartbeat>) {
+        if now < self.next {
+            return;
+        }
+        let silent = self.asked.silent();
+        if silent.is_empty() {
+            self.manager.alive();
+        } else {
+            let names: Vec<String> = silent.iter().map(|i| format!("io-engine-{i}")).collect();
+            log::error!(
+                "watchdog: {} did not answer within {:?}: not telling the service manager \
+                 that the target serves",
+                names.join(", "),
+                self.round
+            );
+        }
+        self.asked = ask();
+        self.next = now + self.round;
+    }
+}
+
+/// The watchdog period of `$WATCHDOG_USEC`, unless `$WATCHDOG_PID` names another process (a
+/// child that inherited the variables from the service's main process): sd_watchdog_enabled(3).
+fn watchdog_period(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+    if pid.is_some_and(|pid| pid.parse() != Ok(own_pid)) {
+        return None;
+    }
+    let usec: u64 = usec?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// The socket address `$NOTIFY_SOCKET` names: a path (absolute, as systemd sets it), or `@`
@@ -181,6 +284,72 @@ mod tests {
         let manager = ServiceManager::connect(OsStr::new(&format!("@{name}"))).unwrap();
         manager.ready("serving");
         assert_eq!(receive(&listener), "READY=1\nSTATUS=serving");
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_every_engine_thread_answers() {
+        let name = format!("iser-target-watchdog-{}", std::process::id());
+        let listener =
+            UnixDatagram::bind_addr(&abstract_address(name.as_bytes()).unwrap()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut manager = ServiceManager::connect(OsStr::new(&format!("@{name}"))).unwrap();
+        manager.watchdog = Some(Duration::from_secs(30));
+        let heard = || {
+            let mut buf = [0u8; 64];
+            let mut said = Vec::new();
+            while let Ok(n) = listener.recv(&mut buf) {
+                said.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+            }
+            said
+        };
+        // Two engine threads; a round of questions answered by those in `answering`.
+        let round = |answering: &[usize]| {
+            let heartbeat = Arc::new(Heartbeat::new(2));
+            for &index in answering {
+                heartbeat.answer(index);
+            }
+            heartbeat
+        };
+        let start = Instant::now();
+        let mut watchdog = Watchdog::start(&manager, start, round(&[0, 1])).unwrap();
+        assert_eq!(watchdog.time_left(start), Duration::from_secs(10));
+
+        watchdog.tick(start + Duration::from_secs(9), || unreachable!("mid-round"));
+        assert!(heard().is_empty(), "fed before the round ended");
+        // Both answered the first round; thread 1 sits on the second.
+        watchdog.tick(start + Duration::from_secs(10), || round(&[0]));
+        assert_eq!(heard(), ["WATCHDOG=1"]);
+        watchdog.tick(start + Duration::from_secs(20), || round(&[0, 1]));
+        assert!(heard().is_empty(), "fed while io-engine-1 was silent");
+        watchdog.tick(start + Duration::from_secs(30), || round(&[0, 1]));
+        assert_eq!(heard(), ["WATCHDOG=1"], "fed again once it answers");
+    }
+
+    #[test]
+    fn a_manager_without_a_watchdog_gets_none() {
+        let manager = ServiceManager::connect(OsStr::new("@unused")).unwrap();
+        assert!(Watchdog::start(&manager, Instant::now(), Arc::new(Heartbeat::new(1))).is_none());
+    }
+
+    #[test]
+    fn the_watchdog_period_is_for_this_process_only() {
+        let period = |usec, pid| watchdog_period(usec, pid, 42);
+        assert_eq!(
+            period(Some("30000000"), None),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            period(Some("500000"), Some("42")),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            period(Some("500000"), Some("43")),
+            None,
+            "another process's"
+        );
+        assert_eq!(period(Some("0"), None), None);
+        assert_eq!(period(Some("soon"), None), None);
+        assert_eq!(period(None, Some("42")), None);
     }
 
     #[test]

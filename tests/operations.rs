@@ -16,7 +16,8 @@
 //!
 //! Under a service manager (systemd's `Type=notify`): the target reports READY=1 once it
 //! listens, RELOADING=1 and READY=1 around each SIGHUP with what the reload did, and
-//! STOPPING=1 on SIGTERM, to the socket `$NOTIFY_SOCKET` names (sd_notify(3)).
+//! STOPPING=1 on SIGTERM, to the socket `$NOTIFY_SOCKET` names (sd_notify(3)); with a
+//! watchdog (`$WATCHDOG_USEC`), WATCHDOG=1 several times per period while its engine turns.
 //!
 //! `scripts/install.sh` installs a unit that systemd accepts (`systemd-analyze verify`) and a
 //! configuration that validates, and never overwrites a configuration already there.
@@ -606,6 +607,45 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
         next(),
         "STOPPING=1\nSTATUS=stopping: finishing in-flight commands"
     );
+}
+
+#[test]
+fn a_service_manager_keeping_a_watchdog_is_fed_while_the_engine_turns() {
+    let dir = TempDir::new("watchdog");
+    let socket = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket).expect("bind the manager's socket");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let period = Duration::from_millis(600);
+    let usec = period.as_micros().to_string();
+    let target = TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "8M")]);
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_os_str()),
+        ("WATCHDOG_USEC", std::ffi::OsStr::new(&usec)),
+    ];
+    let server = Server::start_with_env(&[target], &env);
+    let mut buf = [0u8; 1024];
+    let mut next = || {
+        let n = manager.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
+    };
+    assert!(next().starts_with("READY=1\n"));
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    // Three rounds per period: five feeds take five thirds of it, and less than the period
+    // passes between two.
+    assert!(
+        started.elapsed() >= period * 4 / 3,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server
+        .log()
+        .contains("watchdog: every engine thread answers within 200ms"));
+    server.stop();
 }
 
 #[test]

@@ -44,8 +44,10 @@ use crate::scsi::{
     ScsiTarget,
 };
 
+mod heartbeat;
 mod resident;
 
+pub use heartbeat::Heartbeat;
 pub(crate) use resident::{Interest, Residence, Resident, ThreadIo};
 
 /// Where finished commands are reported (the connection's event queue).
@@ -157,6 +159,8 @@ enum Message {
     Poke(u64),
     /// Close every resident, and leave once nothing is in flight.
     Stop,
+    /// Answer that this thread still turns.
+    Heartbeat(Arc<Heartbeat>),
 }
 
 /// A command of a resident's session that finished on the resident's own thread.
@@ -562,6 +566,16 @@ impl Engine {
             .shared
             .auth_pool
             .send(PoolMessage::Call(Box::new(work)));
+    }
+
+    /// Asks every engine thread to answer between two turns of its loop; the answers
+    /// accumulate in the returned [`Heartbeat`].
+    pub(crate) fn heartbeat(&self) -> Arc<Heartbeat> {
+        let heartbeat = Arc::new(Heartbeat::new(self.shared.inboxes.len()));
+        for inbox in &self.shared.inboxes {
+            inbox.send(Message::Heartbeat(Arc::clone(&heartbeat)));
+        }
+        heartbeat
     }
 
     /// Waits for every submitted command to complete, then stops the threads. Idempotent.

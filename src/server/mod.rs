@@ -36,6 +36,7 @@ use access::{CurrentCore, Refusals};
 use state_dir::StateDir;
 
 pub use admission::{Admission, AdmissionTicket, PortalKey, Refusal};
+pub use engine::Heartbeat;
 pub use registry::{SessionControl, SessionGuard, SessionListing, SessionOrigin, SessionRegistry};
 
 /// How long shutdown waits for connections to finish their running commands.
@@ -711,6 +712,12 @@ impl Server {
             }
         }
         self.nvme.set_allowed_hosts(config);
+    }
+
+    /// Asks every engine thread to answer from its loop (see [`Heartbeat`]): the answers
+    /// arrive in the returned value while the threads turn.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.shared.engine.heartbeat()
     }
 
     /// Changes this gateway's ALUA state while it runs (a reloaded configuration, to drain

@@ -230,6 +230,7 @@ impl EngineThread {
                 self.stop_residents();
                 return false;
             }
+            Message::Heartbeat(heartbeat) => heartbeat.answer(self.index),
         }
         true
     }

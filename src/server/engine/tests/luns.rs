@@ -374,3 +374,39 @@ fn sessions_spread_over_threads_and_shutdown_drains() {
     assert!(bytes[..4 * BS].iter().all(|&b| b == 1));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Answers to `heartbeat` once those that can answer have (a stuck thread never will).
+fn silent_after_a_while(heartbeat: &Heartbeat, expected: &[usize]) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let silent = heartbeat.silent();
+        if silent == expected || Instant::now() > deadline {
+            return silent;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A thread held in a backend call does not answer a heartbeat (the watchdog's question);
+/// the other thread does, and so does the held one once the call returns.
+#[test]
+fn a_heartbeat_goes_unanswered_by_a_thread_stuck_in_its_backend() {
+    let (slow, engine) = gated_engine();
+    let _unstick = OpenOnDrop(&slow);
+    assert_eq!(
+        silent_after_a_while(&engine.heartbeat(), &[]),
+        Vec::<usize>::new()
+    );
+    let client = Client::new(&engine);
+    let held = read_held_in(&slow, &client);
+    let stuck = client.session.context.thread;
+    let during = engine.heartbeat();
+    assert_eq!(silent_after_a_while(&during, &[stuck]), [stuck]);
+    // A little longer: still no answer while the READ is held.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(during.silent(), [stuck]);
+    slow.open();
+    let (id, o) = client.done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((id, o.status), (held, status::GOOD));
+    assert_eq!(silent_after_a_while(&during, &[]), Vec::<usize>::new());
+}
