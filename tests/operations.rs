@@ -552,21 +552,43 @@ fn metrics_are_served_for_prometheus() {
     server.stop();
 }
 
+/// A service manager's end of sd_notify(3): the datagram socket `$NOTIFY_SOCKET` names.
+struct ServiceManager {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl ServiceManager {
+    fn listen(tag: &str) -> ServiceManager {
+        let dir = TempDir::new(tag);
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).expect("bind the manager's socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        ServiceManager {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The next notification, as sent.
+    fn next(&self) -> String {
+        let mut buf = [0u8; 1024];
+        let n = self.socket.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
+    }
+}
+
 #[test]
 fn a_service_manager_hears_ready_reloading_and_stopping() {
-    let dir = TempDir::new("notify");
-    let socket = dir.path().join("notify");
-    let manager = UnixDatagram::bind(&socket).expect("bind the manager's socket");
-    manager
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let next = || {
-        let mut buf = [0u8; 1024];
-        let n = manager.recv(&mut buf).expect("a notification");
-        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
-    };
+    let manager = ServiceManager::listen("notify");
+    let next = || manager.next();
     let target = TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "8M")]);
-    let mut server = Server::start_with_env(&[target], &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    let mut server =
+        Server::start_with_env(&[target], &[("NOTIFY_SOCKET", manager.path.as_os_str())]);
     let serving = "serving 1 target(s), 1 LUN(s) on 1 portal(s)";
     assert_eq!(next(), format!("READY=1\nSTATUS={serving}"));
     BlockSession::login(server.port(), TEST_IQN, 0).expect("login once ready");
@@ -611,25 +633,16 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
 
 #[test]
 fn a_service_manager_keeping_a_watchdog_is_fed_while_the_engine_turns() {
-    let dir = TempDir::new("watchdog");
-    let socket = dir.path().join("notify");
-    let manager = UnixDatagram::bind(&socket).expect("bind the manager's socket");
-    manager
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let manager = ServiceManager::listen("watchdog");
     let period = Duration::from_millis(600);
     let usec = period.as_micros().to_string();
     let target = TargetSpec::new(TEST_IQN, vec![LunSpec::ram(0, "8M")]);
     let env = [
-        ("NOTIFY_SOCKET", socket.as_os_str()),
+        ("NOTIFY_SOCKET", manager.path.as_os_str()),
         ("WATCHDOG_USEC", std::ffi::OsStr::new(&usec)),
     ];
     let server = Server::start_with_env(&[target], &env);
-    let mut buf = [0u8; 1024];
-    let mut next = || {
-        let n = manager.recv(&mut buf).expect("a notification");
-        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
-    };
+    let next = || manager.next();
     assert!(next().starts_with("READY=1\n"));
     let started = std::time::Instant::now();
     for _ in 0..5 {
