@@ -18,7 +18,9 @@ use std::sync::Arc;
 /// block, so it is safe on 512e and 4Kn devices alike.
 const DIRECT_ALIGN: usize = 4096;
 
-/// Opens `path` read-write, with O_DSYNC when `sync_writes` (write-through LUNs).
+/// Opens `path` read-write, with O_DSYNC when `sync_writes` (write-through LUNs). A file
+/// created here is its owner's alone (0600): it holds an initiator's whole disk, which the
+/// process umask (commonly 022) would leave readable by every local user.
 fn open_rw(path: &Path, create: bool, sync_writes: bool, extra_flags: i32) -> io::Result<File> {
     let mut flags = extra_flags;
     if sync_writes {
@@ -28,6 +30,7 @@ fn open_rw(path: &Path, create: bool, sync_writes: bool, extra_flags: i32) -> io
         .read(true)
         .write(true)
         .create(create)
+        .mode(0o600)
         .truncate(false)
         .custom_flags(flags)
         .open(path)
@@ -433,6 +436,7 @@ impl Backend for FileBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
     fn temp_path(name: &str) -> PathBuf {
@@ -520,6 +524,12 @@ mod tests {
         let p = temp_path("rt.img");
         let b = FileBackend::open(&p, Some(8 << 20), true, false).unwrap();
         assert_eq!(b.size(), 8 << 20);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "a created disk image is its owner's alone"
+        );
         b.write_at(&[0xAB; 4096], 4096).unwrap();
         b.flush().unwrap();
         let mut buf = [0u8; 8192];
