@@ -3,6 +3,7 @@
 #
 #   sudo scripts/install.sh                 # build, install, tell systemd
 #   sudo systemctl enable --now iser-target
+#   sudo scripts/install.sh --uninstall     # stop and remove it; keeps the configuration and data
 #
 # Installs $PREFIX/sbin/iser-target, the unit $PREFIX/lib/systemd/system/iser-target.service
 # (from packaging/systemd/), the docs in $PREFIX/share/doc/iser-target/ and, unless one is there
@@ -19,6 +20,26 @@ sbindir=$PREFIX/sbin
 unitdir=$PREFIX/lib/systemd/system
 docdir=$PREFIX/share/doc/iser-target
 confdir=$SYSCONFDIR/iser-target
+tell_systemd=0
+if [[ $PREFIX == /usr/local && $SYSCONFDIR == /etc && -d /run/systemd/system ]]; then
+    tell_systemd=1
+fi
+
+if [[ ${1:-} == --uninstall ]]; then
+    if ((tell_systemd)); then
+        systemctl disable --now iser-target 2>/dev/null || true
+    fi
+    rm -f "$sbindir/iser-target" "$unitdir/iser-target.service"
+    rm -rf "$docdir"
+    if ((tell_systemd)); then
+        systemctl daemon-reload
+    fi
+    echo "removed iser-target; kept $confdir and /var/lib/iser-target (the configuration, file LUNs, reservations)"
+    exit 0
+elif [[ -n ${1:-} ]]; then
+    echo "usage: $0 [--uninstall]" >&2
+    exit 2
+fi
 
 binary=${BINARY:-}
 if [[ -z $binary ]]; then
@@ -47,7 +68,7 @@ else
 fi
 "$sbindir/iser-target" check-config "$confdir/config.yaml"
 
-if [[ $PREFIX == /usr/local && $SYSCONFDIR == /etc && -d /run/systemd/system ]]; then
+if ((tell_systemd)); then
     systemctl daemon-reload
     echo "start it with: systemctl enable --now iser-target   (reload: systemctl reload iser-target)"
 else

@@ -20,7 +20,8 @@
 //! watchdog (`$WATCHDOG_USEC`), WATCHDOG=1 several times per period while its engine turns.
 //!
 //! `scripts/install.sh` installs a unit that systemd accepts (`systemd-analyze verify`) and a
-//! configuration that validates, and never overwrites a configuration already there.
+//! configuration that validates, never overwrites a configuration already there, and
+//! `--uninstall` removes what it installed but the configuration.
 //!
 //! `iser-target status` asks a running target, through the control socket in its state
 //! directory, what it serves and who is connected: the LUNs with their I/O counts and
@@ -714,5 +715,17 @@ fn the_installed_service_is_one_systemd_accepts() {
     let edited = std::fs::read_to_string(&config).unwrap() + "# edited\n";
     std::fs::write(&config, &edited).unwrap();
     assert!(install().contains("kept"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+
+    // Uninstalling removes what was installed, and keeps the configuration.
+    run_ok(
+        Command::new(manifest_dir().join("scripts/install.sh"))
+            .arg("--uninstall")
+            .env("PREFIX", &prefix)
+            .env("SYSCONFDIR", &sysconf),
+        Duration::from_secs(60),
+    );
+    assert!(!unit.exists() && !prefix.join("sbin/iser-target").exists());
+    assert!(!prefix.join("share/doc/iser-target").exists());
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }
