@@ -1,6 +1,7 @@
 //! What each logical unit has been asked to do since the target started: commands, and the
-//! reads and writes among them with their bytes. `iser-target status` reports them (LIO keeps
-//! the like in configfs, `statistics/scsi_lu`).
+//! reads and writes among them with their bytes and the time they took. `iser-target status`
+//! reports them (LIO keeps the like in configfs, `statistics/scsi_lu`; the times are those of
+//! a Linux disk's /proc/diskstats, from which a monitor derives the mean latency).
 //!
 //! Commands of one LU arrive on every engine thread, so one shared set of atomics would bounce
 //! its cache line between cores on each command. Each thread instead adds to a shard of its
@@ -10,6 +11,7 @@
 //! another.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::{BlockRequest, Plan};
 
@@ -25,6 +27,37 @@ struct Shard {
     read_bytes: AtomicU64,
     writes: AtomicU64,
     write_bytes: AtomicU64,
+    read_nanos: AtomicU64,
+    write_nanos: AtomicU64,
+}
+
+/// The way a counted read or write moves data: what its time is added to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    Read,
+    Write,
+}
+
+impl Transfer {
+    /// What `request` counts as, with its bytes: READs are reads; WRITE, WRITE AND VERIFY,
+    /// ORWRITE, WRITE ATOMIC and COMPARE AND WRITE (and their NVMe kin) are writes.
+    fn of_with_bytes(request: &BlockRequest<'_>) -> Option<(Transfer, u64)> {
+        match request {
+            BlockRequest::Read { len, .. } => Some((Transfer::Read, *len as u64)),
+            BlockRequest::Write { data, .. }
+            | BlockRequest::OrWrite { data, .. }
+            | BlockRequest::AtomicWrite { data, .. }
+            | BlockRequest::CompareAndWrite { write: data, .. } => {
+                Some((Transfer::Write, data.len() as u64))
+            }
+            _ => None,
+        }
+    }
+
+    /// What `request` counts as, if it is a read or a write.
+    pub fn of(request: &BlockRequest<'_>) -> Option<Transfer> {
+        Transfer::of_with_bytes(request).map(|(transfer, _)| transfer)
+    }
 }
 
 /// The shard each thread adds to, handed out round robin as threads first count.
@@ -63,6 +96,11 @@ pub struct IoTotals {
     pub writes: u64,
     /// The bytes those commands write.
     pub write_bytes: u64,
+    /// The time those reads took, summed: each from its arrival at the I/O engine to its
+    /// completion (gate, backend and all). Divided by `reads`: their mean latency.
+    pub read_nanos: u64,
+    /// The same for the writes.
+    pub write_nanos: u64,
 }
 
 impl IoCounters {
@@ -73,19 +111,26 @@ impl IoCounters {
         let Plan::Io { request, .. } = plan else {
             return;
         };
-        match request {
-            BlockRequest::Read { len, .. } => {
+        match Transfer::of_with_bytes(request) {
+            Some((Transfer::Read, bytes)) => {
                 bump(&shard.reads, 1);
-                bump(&shard.read_bytes, *len as u64);
+                bump(&shard.read_bytes, bytes);
             }
-            BlockRequest::Write { data, .. }
-            | BlockRequest::OrWrite { data, .. }
-            | BlockRequest::AtomicWrite { data, .. }
-            | BlockRequest::CompareAndWrite { write: data, .. } => {
+            Some((Transfer::Write, bytes)) => {
                 bump(&shard.writes, 1);
-                bump(&shard.write_bytes, data.len() as u64);
+                bump(&shard.write_bytes, bytes);
             }
-            _ => {}
+            None => {}
+        }
+    }
+
+    /// Adds the time a counted read or write took, from arrival to completion.
+    pub(super) fn count_time(&self, transfer: Transfer, took: Duration) {
+        let shard = &self.shards[shard_of_this_thread()];
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        match transfer {
+            Transfer::Read => bump(&shard.read_nanos, nanos),
+            Transfer::Write => bump(&shard.write_nanos, nanos),
         }
     }
 
@@ -103,6 +148,8 @@ impl IoCounters {
             read_bytes: sum(|s| &s.read_bytes),
             writes: sum(|s| &s.writes),
             write_bytes: sum(|s| &s.write_bytes),
+            read_nanos: sum(|s| &s.read_nanos),
+            write_nanos: sum(|s| &s.write_nanos),
         }
     }
 }

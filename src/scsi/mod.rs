@@ -28,7 +28,7 @@ pub use alua::{AluaPort, AluaState};
 /// Largest data transfer one command may ask for (VPD B0 MAXIMUM TRANSFER LENGTH, in bytes).
 pub use block::limits::{MAX_TRANSFER_BYTES, MAX_UNMAP_BYTES};
 pub use block::{finish, run, BlockReply, BlockRequest, Primitive};
-pub use counters::IoTotals;
+pub use counters::{IoTotals, Transfer};
 pub use pr::{
     NvmeReservation, NvmeReservationKind, RecordError, ReservationChange, ReservationNotice,
     ReservationStore, ReservationSummary, Reservations, SharedError, SharedReservationStore,
@@ -733,19 +733,30 @@ impl LogicalUnit {
     /// Decodes and validates a command addressed to this LU (pure: no backend I/O).
     /// REPORT LUNS is a target-level command: see [`ScsiTarget::execute`].
     pub fn plan<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
-        let cdb = Cdb::new(req.cdb);
-        let plan = match self.plan_inner(cdb, req) {
-            Ok(p) => p,
-            Err(s) => s.into(),
-        };
+        let plan = self.plan_again(req);
         self.counters.count(&plan);
         plan
     }
 
+    /// [`LogicalUnit::plan`] without counting the command: for one planned before whose plan
+    /// could not travel with it (see [`ScsiTarget::prepare_again`]).
+    pub fn plan_again<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
+        match self.plan_inner(Cdb::new(req.cdb), req) {
+            Ok(p) => p,
+            Err(s) => s.into(),
+        }
+    }
+
     /// What this LU has been asked to do since it was opened: commands, and the reads and
-    /// writes among them that went to the backend, with their bytes.
+    /// writes among them that went to the backend, with their bytes and times.
     pub fn io_totals(&self) -> IoTotals {
         self.counters.totals()
+    }
+
+    /// Adds the time a read or write that [`LogicalUnit::plan`] counted took, from its arrival
+    /// to its completion (the I/O engine measures it).
+    pub fn count_time(&self, transfer: Transfer, took: std::time::Duration) {
+        self.counters.count_time(transfer, took);
     }
 
     fn plan_inner<'a>(&self, cdb: Cdb<'_>, req: &ScsiRequest<'a>) -> CmdResult<Plan<'a>> {

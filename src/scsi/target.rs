@@ -103,6 +103,17 @@ impl ScsiTarget {
     /// Decodes one command (pure: no backend I/O): target-level commands and unknown LUNs are
     /// answered here, everything else is planned by its LU.
     pub fn prepare<'t, 'a>(&'t self, req: &ScsiRequest<'a>) -> Prepared<'t, 'a> {
+        self.prepare_counted(req, true)
+    }
+
+    /// [`ScsiTarget::prepare`] for a command prepared once already whose plan could not travel
+    /// with it (it borrows the command's buffers): planned again where it runs, and not
+    /// counted again in its LU's [`LogicalUnit::io_totals`].
+    pub fn prepare_again<'t, 'a>(&'t self, req: &ScsiRequest<'a>) -> Prepared<'t, 'a> {
+        self.prepare_counted(req, false)
+    }
+
+    fn prepare_counted<'t, 'a>(&'t self, req: &ScsiRequest<'a>, count: bool) -> Prepared<'t, 'a> {
         let cdb = Cdb::new(req.cdb);
         if cdb.opcode() == op::REPORT_LUNS && !cdb.is_empty() {
             return Prepared::Done(match self.report_luns(cdb) {
@@ -112,7 +123,12 @@ impl ScsiTarget {
         }
         if let Some(lun_index) = self.lun_index(req.lun) {
             let lu = &self.luns[lun_index];
-            return match lu.plan(req) {
+            let plan = if count {
+                lu.plan(req)
+            } else {
+                lu.plan_again(req)
+            };
+            return match plan {
                 Plan::Done(outcome) => Prepared::Done(outcome),
                 Plan::Io {
                     request,

@@ -31,7 +31,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use uring_ffi::{Ring, SetupError, Sleep, Waker};
@@ -41,7 +41,7 @@ use crate::backend::{AsyncReply, BackendError};
 use crate::iscsi::{ScsiTask, TaskId, TaskKind};
 use crate::scsi::{
     finish, is_extended_copy, run, BlockRequest, Nexus, Prepared, ScsiOutcome, ScsiRequest,
-    ScsiTarget,
+    ScsiTarget, Transfer,
 };
 
 mod heartbeat;
@@ -128,6 +128,12 @@ struct Outstanding {
 struct Job {
     task: ScsiTask,
     session: Arc<SessionContext>,
+    /// When the engine took the command: its LU is told how long a read or write took.
+    arrived: Instant,
+    /// Whether the command has been planned (and counted by its LU) on an engine thread.
+    planned: bool,
+    /// The read or write the command counts as, once planned.
+    transfer: Option<Transfer>,
 }
 
 impl Job {
@@ -269,6 +275,10 @@ impl EngineShared {
             }
             (Report::Resident(id), _) => Some(Message::Completed(*id, job.task.id, outcome)),
         };
+        if let (Some(transfer), Some((_, lun_index))) = (job.transfer, gate) {
+            let lu = &self.targets[job.session.target].luns()[lun_index];
+            lu.count_time(transfer, job.arrived.elapsed());
+        }
         if let Some((access, lun_index)) = gate {
             let admitted = self.gates[job.session.target][lun_index].leave(access);
             for (access, next) in admitted {
@@ -635,6 +645,9 @@ impl EngineSession {
         Job {
             task,
             session: Arc::clone(&self.context),
+            arrived: Instant::now(),
+            planned: false,
+            transfer: None,
         }
     }
 
@@ -670,7 +683,7 @@ impl EngineSession {
 /// them.
 fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
     for message in queue {
-        let (job, access, lun_index, planned) = match message {
+        let (mut job, access, lun_index, planned) = match message {
             PoolMessage::Run {
                 job,
                 access,
@@ -690,16 +703,25 @@ fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
             shared.complete(job, outcome, Some((access, lun_index)), None);
             continue;
         }
-        // Planned again here: the plan borrows the command's buffers, which travel by value.
-        let outcome = match target.prepare(&job.request()) {
-            Prepared::Done(outcome) => outcome,
+        // Planned here, or again (the plan borrows the command's buffers, which travel by value).
+        let prepared = if job.planned {
+            target.prepare_again(&job.request())
+        } else {
+            target.prepare(&job.request())
+        };
+        let (outcome, transfer) = match prepared {
+            Prepared::Done(outcome) => (outcome, None),
             Prepared::Io {
                 lu,
                 request,
                 data_out_length,
                 ..
-            } => finish(&request, run(&**lu.backend(), &request), data_out_length),
+            } => (
+                finish(&request, run(&**lu.backend(), &request), data_out_length),
+                Transfer::of(&request),
+            ),
         };
+        job.transfer = transfer;
         shared.complete(job, outcome, Some((access, lun_index)), None);
     }
 }

@@ -2,6 +2,7 @@
 //! random CDBs and backend timeouts.
 
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn plan_is_pure_and_run_finish_complete_it() {
@@ -190,8 +191,16 @@ fn every_command_is_counted_with_the_reads_and_writes_and_their_bytes() {
             read_bytes: 1536,
             writes: 1,
             write_bytes: 1024,
+            read_nanos: 0,
+            write_nanos: 0,
         }
     );
+    // The engine measures times and adds them; they sum like the rest.
+    lu.count_time(Transfer::Read, Duration::from_micros(30));
+    lu.count_time(Transfer::Read, Duration::from_micros(50));
+    lu.count_time(Transfer::Write, Duration::from_millis(2));
+    let timed = lu.io_totals();
+    assert_eq!((timed.read_nanos, timed.write_nanos), (80_000, 2_000_000));
     // Threads add to shards of their own; the reading sums them all.
     std::thread::scope(|s| {
         for _ in 0..4 {

@@ -19,7 +19,8 @@ use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
 use crate::iscsi::TaskKind;
 use crate::scsi::{
-    finish, run, runs_exclusively, BlockReply, BlockRequest, Prepared, Primitive, ScsiOutcome,
+    finish, run, runs_exclusively, BlockReply, BlockRequest, LogicalUnit, Prepared, Primitive,
+    ScsiOutcome, Transfer,
 };
 use crate::server::gate::Access;
 
@@ -273,7 +274,9 @@ impl EngineThread {
     /// backend, or on the pool.
     fn start(&mut self, mut job: Job, access: Access, lun_index: usize) {
         let gate = Some((access, lun_index));
-        let route = self.route(&job);
+        let (route, transfer) = self.route(&job);
+        job.planned = true;
+        job.transfer = transfer;
         match route {
             Route::Done(outcome) => {
                 let local = Some((self.index, &mut self.local));
@@ -307,18 +310,32 @@ impl EngineThread {
         }
     }
 
-    /// Decides where a command runs; RAM I/O is done here and now.
-    fn route(&self, job: &Job) -> Route {
+    /// Plans a command and decides where it runs (RAM I/O is done here and now); with the
+    /// read or write it counts as, whose time the LU is told at completion.
+    fn route(&self, job: &Job) -> (Route, Option<Transfer>) {
         let target = &self.shared.targets[job.session.target];
-        let (lu, request, data_out_length) = match target.prepare(&job.request()) {
-            Prepared::Done(outcome) => return Route::Done(outcome),
+        match target.prepare(&job.request()) {
+            Prepared::Done(outcome) => (Route::Done(outcome), None),
             Prepared::Io {
                 lu,
                 request,
                 data_out_length,
                 ..
-            } => (lu, request, data_out_length),
-        };
+            } => {
+                let transfer = Transfer::of(&request);
+                (self.route_io(job, lu, request, data_out_length), transfer)
+            }
+        }
+    }
+
+    /// Where a planned I/O runs.
+    fn route_io(
+        &self,
+        job: &Job,
+        lu: &Arc<LogicalUnit>,
+        request: BlockRequest<'_>,
+        data_out_length: u32,
+    ) -> Route {
         let to_pool = |request: BlockRequest<'_>| {
             Route::Pool(request.detached().map(|r| (r, data_out_length)))
         };

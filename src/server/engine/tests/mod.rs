@@ -182,6 +182,19 @@ fn read_write_flush(engine: &Engine) {
     assert_eq!(o.asc_ascq(), sense::LU_NOT_SUPPORTED);
     assert_eq!(c.exec(vec![0; 6], Vec::new()).status, status::GOOD);
     c.session.drain();
+    // Each command counted once by LUN 0, wherever it ran (a plan that cannot travel to the
+    // blocking pool is made again there), and every read and write timed.
+    let totals = engine.shared.targets[0].luns()[0].io_totals();
+    let (writes, reads) = (2 + 32, 1 + 32);
+    assert_eq!(
+        (totals.commands, totals.writes, totals.reads),
+        (writes + reads + 2, writes, reads),
+        "{totals:?}"
+    );
+    assert!(
+        totals.read_nanos > 0 && totals.write_nanos > 0,
+        "{totals:?}"
+    );
 }
 
 /// Each client increments a counter in block 0 by read + COMPARE AND WRITE (retrying on
