@@ -428,6 +428,15 @@ fn status_shows_what_is_served_and_who_is_connected() {
     );
     // The login's commands, the WRITE, the READ and the two PERSISTENT RESERVE OUTs at least.
     assert!(io_counts.commands >= 4, "{io_counts:?}");
+    // Both were timed, from arrival at the engine to completion.
+    assert!(
+        io_counts.mean_read().is_some_and(|t| t > Duration::ZERO),
+        "{io_counts:?}"
+    );
+    assert!(
+        io_counts.mean_write().is_some_and(|t| t > Duration::ZERO),
+        "{io_counts:?}"
+    );
     assert_eq!(file.io.reads + file.io.writes, 0);
     let pr = &ram.reservations;
     assert_eq!(pr.registrations, 1);
@@ -456,7 +465,8 @@ fn status_shows_what_is_served_and_who_is_connected() {
     let text = stdout_of(&status(&server, false));
     for expected in [
         "LUN 0: ram, 1.0 MiB (1048576 bytes)",
-        "1 reads (1.5 KiB), 1 writes (1.0 KiB)",
+        "1 reads (1.5 KiB, mean ",
+        "1 writes (1.0 KiB, mean ",
         "1 registration(s), reserved write exclusive by iqn.2026-11.io.iser-target:block-io",
         "iSCSI sessions: 1",
         "NVMe/TCP controllers: 1",
@@ -548,6 +558,15 @@ fn metrics_are_served_for_prometheus() {
             "{expected:?} missing from:\n{body}"
         );
     }
+    // The WRITE's time, in seconds: more than nothing, less than the test has run.
+    let sample = format!("iser_target_lun_write_time_seconds_total{} ", lun(0));
+    let seconds: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .expect("a write time sample")
+        .parse()
+        .expect("seconds");
+    assert!(seconds > 0.0 && seconds < 60.0, "{seconds}");
     assert_eq!(http_get(port, "/").0, "HTTP/1.1 404 Not Found");
     drop(s);
     server.stop();

@@ -124,6 +124,8 @@ fn lun_status(lun: &crate::config::Lun, lu: &crate::scsi::LogicalUnit) -> LunSta
             read_bytes: io.read_bytes,
             writes: io.writes,
             write_bytes: io.write_bytes,
+            read_time_ns: io.read_nanos,
+            write_time_ns: io.write_nanos,
         },
         reservations: ReservationStatus {
             registrations: pr.registrations,
