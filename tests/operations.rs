@@ -428,15 +428,9 @@ fn status_shows_what_is_served_and_who_is_connected() {
     );
     // The login's commands, the WRITE, the READ and the two PERSISTENT RESERVE OUTs at least.
     assert!(io_counts.commands >= 4, "{io_counts:?}");
-    // Both were timed, from arrival at the engine to completion.
-    assert!(
-        io_counts.mean_read().is_some_and(|t| t > Duration::ZERO),
-        "{io_counts:?}"
-    );
-    assert!(
-        io_counts.mean_write().is_some_and(|t| t > Duration::ZERO),
-        "{io_counts:?}"
-    );
+    // Both were timed (a RAM LUN's finish in the engine turn they arrive in: no time at that
+    // granularity; the engine's own tests see file I/O take some).
+    assert!(io_counts.mean_read().is_some() && io_counts.mean_write().is_some());
     assert_eq!(file.io.reads + file.io.writes, 0);
     let pr = &ram.reservations;
     assert_eq!(pr.registrations, 1);
@@ -558,7 +552,8 @@ fn metrics_are_served_for_prometheus() {
             "{expected:?} missing from:\n{body}"
         );
     }
-    // The WRITE's time, in seconds: more than nothing, less than the test has run.
+    // The WRITE's time, in seconds (none at the engine's granularity for a RAM LUN; less than
+    // the test has run in any case).
     let sample = format!("iser_target_lun_write_time_seconds_total{} ", lun(0));
     let seconds: f64 = body
         .lines()
@@ -566,7 +561,7 @@ fn metrics_are_served_for_prometheus() {
         .expect("a write time sample")
         .parse()
         .expect("seconds");
-    assert!(seconds > 0.0 && seconds < 60.0, "{seconds}");
+    assert!((0.0..60.0).contains(&seconds), "{seconds}");
     assert_eq!(http_get(port, "/").0, "HTTP/1.1 404 Not Found");
     drop(s);
     server.stop();

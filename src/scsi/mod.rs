@@ -740,6 +740,7 @@ impl LogicalUnit {
 
     /// [`LogicalUnit::plan`] without counting the command: for one planned before whose plan
     /// could not travel with it (see [`ScsiTarget::prepare_again`]).
+    #[inline(always)]
     pub fn plan_again<'a>(&self, req: &ScsiRequest<'a>) -> Plan<'a> {
         match self.plan_inner(Cdb::new(req.cdb), req) {
             Ok(p) => p,

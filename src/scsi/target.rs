@@ -113,6 +113,7 @@ impl ScsiTarget {
         self.prepare_counted(req, false)
     }
 
+    #[inline(always)]
     fn prepare_counted<'t, 'a>(&'t self, req: &ScsiRequest<'a>, count: bool) -> Prepared<'t, 'a> {
         let cdb = Cdb::new(req.cdb);
         if cdb.opcode() == op::REPORT_LUNS && !cdb.is_empty() {

@@ -28,6 +28,7 @@
 //! socket readiness comes from polls in the same ring, their commands are ordered without an
 //! inbox hop and their completions are handed straight back to them (see `resident.rs`).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -46,9 +47,11 @@ use crate::scsi::{
 
 mod heartbeat;
 mod resident;
+mod stamp;
 
 pub use heartbeat::Heartbeat;
 pub(crate) use resident::{Interest, Residence, Resident, ThreadIo};
+use stamp::{EngineClock, JobStamp};
 
 /// Where finished commands are reported (the connection's event queue).
 pub type CompletionSink = Arc<dyn Fn(TaskId, ScsiOutcome) + Send + Sync>;
@@ -128,12 +131,10 @@ struct Outstanding {
 struct Job {
     task: ScsiTask,
     session: Arc<SessionContext>,
-    /// When the engine took the command: its LU is told how long a read or write took.
-    arrived: Instant,
-    /// Whether the command has been planned (and counted by its LU) on an engine thread.
-    planned: bool,
-    /// The read or write the command counts as, once planned.
-    transfer: Option<Transfer>,
+    /// When the engine took the command (its thread's last wake-up), and whether it has been
+    /// planned (counted by its LU) as a read, a write or neither: the LU is told how long a read
+    /// or write took. A cell: the plan borrows the job while it is noted.
+    stamp: Cell<JobStamp>,
 }
 
 impl Job {
@@ -171,6 +172,14 @@ enum Message {
 
 /// A command of a resident's session that finished on the resident's own thread.
 type LocalCompletion = (u64, TaskId, ScsiOutcome);
+
+/// The engine thread a command finishes on: its index, the completions it hands to its
+/// residents after the current event, and when it last woke up (on the [`EngineClock`]).
+struct OnThread<'a> {
+    index: usize,
+    local: &'a mut Vec<LocalCompletion>,
+    now: u64,
+}
 
 /// A finished asynchronous backend operation, on its way back to the command's engine thread.
 struct AsyncDone {
@@ -216,6 +225,8 @@ impl Inbox {
 /// State shared by the engine threads, the blocking pool and the sessions.
 struct EngineShared {
     targets: Vec<Arc<ScsiTarget>>,
+    /// The clock of jobs' arrivals and completions.
+    clock: EngineClock,
     /// One gate per LU: `gates[target][lun_index]`.
     gates: Vec<Vec<IoGate<Job>>>,
     inboxes: Vec<Inbox>,
@@ -262,23 +273,30 @@ impl EngineShared {
         job: Job,
         outcome: ScsiOutcome,
         gate: Option<(Access, usize)>,
-        local: Option<(usize, &mut Vec<LocalCompletion>)>,
+        on_thread: Option<OnThread<'_>>,
     ) {
-        let remote = match (&job.session.report, local) {
+        let stamp = job.stamp.get();
+        if let (Some(transfer), Some((_, lun_index))) = (stamp.transfer(), gate) {
+            // At the engine's wake-up granularity, without a clock read per command: a command
+            // finished in the turn it arrived (RAM, a file in memory) took no time.
+            let now = match &on_thread {
+                Some(here) => here.now,
+                None => self.clock.nanos(Instant::now()),
+            };
+            let lu = &self.targets[job.session.target].luns()[lun_index];
+            lu.count_time(transfer, stamp.taken_by(now));
+        }
+        let remote = match (&job.session.report, on_thread) {
             (Report::Sink(sink), _) => {
                 sink(job.task.id, outcome);
                 None
             }
-            (Report::Resident(id), Some((thread, local))) if thread == job.session.thread => {
-                local.push((*id, job.task.id, outcome));
+            (Report::Resident(id), Some(here)) if here.index == job.session.thread => {
+                here.local.push((*id, job.task.id, outcome));
                 None
             }
             (Report::Resident(id), _) => Some(Message::Completed(*id, job.task.id, outcome)),
         };
-        if let (Some(transfer), Some((_, lun_index))) = (job.transfer, gate) {
-            let lu = &self.targets[job.session.target].luns()[lun_index];
-            lu.count_time(transfer, job.arrived.elapsed());
-        }
         if let Some((access, lun_index)) = gate {
             let admitted = self.gates[job.session.target][lun_index].leave(access);
             for (access, next) in admitted {
@@ -319,7 +337,7 @@ impl EngineShared {
     /// Runs a logical unit reset the LU's gate has admitted: alone, once no command of any
     /// session is in flight on the LU (SAM-5 7.8). Resetting is quick (the SPC-2 reservation,
     /// the held copy results, the unit attention), so it runs on whichever thread admitted it.
-    fn reset(&self, job: Job, lun_index: usize, local: Option<(usize, &mut Vec<LocalCompletion>)>) {
+    fn reset(&self, job: Job, lun_index: usize, on_thread: Option<OnThread<'_>>) {
         let lu = &self.targets[job.session.target].luns()[lun_index];
         lu.reset();
         log::info!(
@@ -328,7 +346,7 @@ impl EngineShared {
             job.session.nexus.initiator_name
         );
         let gate = Some((Access::Exclusive, lun_index));
-        self.complete(job, ScsiOutcome::good(), gate, local)
+        self.complete(job, ScsiOutcome::good(), gate, on_thread)
     }
 
     /// Whether the job's LU has an asynchronous backend (whose exclusive commands are
@@ -437,6 +455,7 @@ impl Engine {
             .collect();
         let shared = Arc::new(EngineShared {
             targets,
+            clock: EngineClock::start(),
             gates,
             inboxes,
             pool,
@@ -630,12 +649,13 @@ pub(crate) struct EngineSession {
 impl EngineSession {
     /// Queues a command; its outcome goes to the session's sink.
     pub(crate) fn submit(&self, task: ScsiTask) {
-        let job = self.job(task);
+        let job = self.job(task, self.shared.clock.nanos(Instant::now()));
         self.shared.inboxes[self.context.thread].send(Message::Run(job));
     }
 
-    /// Accounts a command as outstanding and makes it a job of this session.
-    fn job(&self, task: ScsiTask) -> Job {
+    /// Accounts a command arrived at `arrived` (on the [`EngineClock`]) as outstanding and
+    /// makes it a job of this session.
+    fn job(&self, task: ScsiTask, arrived: u64) -> Job {
         self.context
             .outstanding
             .lock()
@@ -645,9 +665,7 @@ impl EngineSession {
         Job {
             task,
             session: Arc::clone(&self.context),
-            arrived: Instant::now(),
-            planned: false,
-            transfer: None,
+            stamp: Cell::new(JobStamp::arrived(arrived)),
         }
     }
 
@@ -683,7 +701,7 @@ impl EngineSession {
 /// them.
 fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
     for message in queue {
-        let (mut job, access, lun_index, planned) = match message {
+        let (job, access, lun_index, planned) = match message {
             PoolMessage::Run {
                 job,
                 access,
@@ -704,24 +722,24 @@ fn blocking_worker(shared: &EngineShared, queue: &Receiver<PoolMessage>) {
             continue;
         }
         // Planned here, or again (the plan borrows the command's buffers, which travel by value).
-        let prepared = if job.planned {
+        let prepared = if job.stamp.get().is_planned() {
             target.prepare_again(&job.request())
         } else {
             target.prepare(&job.request())
         };
-        let (outcome, transfer) = match prepared {
-            Prepared::Done(outcome) => (outcome, None),
+        let outcome = match prepared {
+            Prepared::Done(outcome) => outcome,
             Prepared::Io {
                 lu,
                 request,
                 data_out_length,
                 ..
-            } => (
-                finish(&request, run(&**lu.backend(), &request), data_out_length),
-                Transfer::of(&request),
-            ),
+            } => {
+                job.stamp
+                    .set(job.stamp.get().planned(Transfer::of(&request)));
+                finish(&request, run(&**lu.backend(), &request), data_out_length)
+            }
         };
-        job.transfer = transfer;
         shared.complete(job, outcome, Some((access, lun_index)), None);
     }
 }

@@ -106,7 +106,7 @@ impl ThreadIo<'_> {
     /// once, RAM I/O inline (its completion is handed over after the current event), file
     /// I/O into the ring.
     pub(crate) fn execute(&mut self, session: &EngineSession, task: ScsiTask) {
-        let job = session.job(task);
+        let job = session.job(task, self.thread.now_nanos);
         self.thread.order(job);
     }
 

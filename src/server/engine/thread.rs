@@ -14,13 +14,15 @@ use uring_ffi::{Completion, Ring};
 
 use super::aio::{self, Planned};
 use super::resident::{Interest, Resident};
-use super::{AsyncDone, EngineShared, Job, LocalCompletion, Message, FILE_PAGES_MIN, RING_SLOTS};
+use super::{
+    AsyncDone, EngineShared, Job, LocalCompletion, Message, OnThread, FILE_PAGES_MIN, RING_SLOTS,
+};
 use crate::backend::{BackendError, FuaMethod};
 use crate::inthash::IntMap;
 use crate::iscsi::TaskKind;
 use crate::scsi::{
-    finish, run, runs_exclusively, BlockReply, BlockRequest, LogicalUnit, Prepared, Primitive,
-    ScsiOutcome, Transfer,
+    finish, run, runs_exclusively, BlockReply, BlockRequest, Prepared, Primitive, ScsiOutcome,
+    Transfer,
 };
 use crate::server::gate::Access;
 
@@ -104,6 +106,8 @@ pub(super) struct EngineThread {
     /// clock (QEMU/TCG) each read is a system call. Timers are coarse (seconds), so a wait
     /// bounded from this slightly old time ends at most one turn's work late.
     pub(super) now: Instant,
+    /// The same on the engine's clock: when the commands of this turn arrived or completed.
+    pub(super) now_nanos: u64,
 }
 
 impl EngineThread {
@@ -113,7 +117,7 @@ impl EngineThread {
         shared: Arc<EngineShared>,
         ring: Option<Ring<Token, Buf>>,
     ) -> EngineThread {
-        EngineThread {
+        let mut thread = EngineThread {
             index,
             shared,
             ring,
@@ -124,7 +128,16 @@ impl EngineThread {
             touched: Vec::new(),
             spin_ids: Vec::new(),
             now: Instant::now(),
-        }
+            now_nanos: 0,
+        };
+        thread.woke();
+        thread
+    }
+
+    /// The thread woke up: the time of this turn.
+    fn woke(&mut self) {
+        self.now = Instant::now();
+        self.now_nanos = self.shared.clock.nanos(self.now);
     }
 
     pub(super) fn run(mut self, queue: &Receiver<Message>) {
@@ -167,7 +180,10 @@ impl EngineThread {
                 log::error!("io_uring wait failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.now = Instant::now();
+            self.woke();
+            let Some(ring) = self.ring.as_mut() else {
+                return;
+            };
             ring.reap(&mut self.completions);
             let mut completions = std::mem::take(&mut self.completions);
             for completion in completions.drain(..) {
@@ -202,7 +218,7 @@ impl EngineThread {
         let spin = timeout.map_or(spin, |t| t.min(spin));
         loop {
             if self.spin_residents() {
-                self.now = Instant::now();
+                self.woke();
                 return true;
             }
             let ring_ready = self.ring.as_mut().is_some_and(Ring::has_completions);
@@ -221,7 +237,11 @@ impl EngineThread {
             Message::AsyncDone(done) => {
                 let outcome = aio::outcome(done.is_read, done.result, done.data_out_length);
                 let gate = Some((done.access, done.lun_index));
-                let local = Some((self.index, &mut self.local));
+                let local = Some(OnThread {
+                    index: self.index,
+                    local: &mut self.local,
+                    now: self.now_nanos,
+                });
                 self.shared.complete(done.job, outcome, gate, local);
             }
             Message::Attach(id, resident) => self.attach(id, resident),
@@ -247,7 +267,11 @@ impl EngineThread {
                 // rather than trusted.
                 Prepared::Io { .. } => ScsiOutcome::check_condition(0x04, 0x44, 0x00),
             };
-            let local = Some((self.index, &mut self.local));
+            let local = Some(OnThread {
+                index: self.index,
+                local: &mut self.local,
+                now: self.now_nanos,
+            });
             self.shared.complete(job, outcome, None, local);
             return;
         };
@@ -260,7 +284,11 @@ impl EngineThread {
         let gate = &self.shared.gates[job.session.target][lun_index];
         if let Some(job) = gate.enter(access, job) {
             if resets {
-                let local = Some((self.index, &mut self.local));
+                let local = Some(OnThread {
+                    index: self.index,
+                    local: &mut self.local,
+                    now: self.now_nanos,
+                });
                 self.shared.reset(job, lun_index, local)
             } else if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
                 self.shared.to_pool(job, access, lun_index, None)
@@ -274,12 +302,14 @@ impl EngineThread {
     /// backend, or on the pool.
     fn start(&mut self, mut job: Job, access: Access, lun_index: usize) {
         let gate = Some((access, lun_index));
-        let (route, transfer) = self.route(&job);
-        job.planned = true;
-        job.transfer = transfer;
+        let route = self.route(&job);
         match route {
             Route::Done(outcome) => {
-                let local = Some((self.index, &mut self.local));
+                let local = Some(OnThread {
+                    index: self.index,
+                    local: &mut self.local,
+                    now: self.now_nanos,
+                });
                 self.shared.complete(job, outcome, gate, local)
             }
             Route::Pool(planned) => self.shared.to_pool(job, access, lun_index, planned),
@@ -310,32 +340,24 @@ impl EngineThread {
         }
     }
 
-    /// Plans a command and decides where it runs (RAM I/O is done here and now); with the
-    /// read or write it counts as, whose time the LU is told at completion.
-    fn route(&self, job: &Job) -> (Route, Option<Transfer>) {
+    /// Plans a command and decides where it runs; RAM I/O is done here and now. Notes on the
+    /// job the read or write it counts as, whose time the LU is told at completion.
+    fn route(&self, job: &Job) -> Route {
         let target = &self.shared.targets[job.session.target];
-        match target.prepare(&job.request()) {
-            Prepared::Done(outcome) => (Route::Done(outcome), None),
+        let (lu, request, data_out_length) = match target.prepare(&job.request()) {
+            Prepared::Done(outcome) => {
+                job.stamp.set(job.stamp.get().planned(None));
+                return Route::Done(outcome);
+            }
             Prepared::Io {
                 lu,
                 request,
                 data_out_length,
                 ..
-            } => {
-                let transfer = Transfer::of(&request);
-                (self.route_io(job, lu, request, data_out_length), transfer)
-            }
-        }
-    }
-
-    /// Where a planned I/O runs.
-    fn route_io(
-        &self,
-        job: &Job,
-        lu: &Arc<LogicalUnit>,
-        request: BlockRequest<'_>,
-        data_out_length: u32,
-    ) -> Route {
+            } => (lu, request, data_out_length),
+        };
+        job.stamp
+            .set(job.stamp.get().planned(Transfer::of(&request)));
         let to_pool = |request: BlockRequest<'_>| {
             Route::Pool(request.detached().map(|r| (r, data_out_length)))
         };
@@ -416,7 +438,11 @@ impl EngineThread {
             // Unreachable: routed here only for asynchronous backends. Answered as an
             // internal target failure rather than trusted.
             let outcome = ScsiOutcome::check_condition(0x04, 0x44, 0x00);
-            let local = Some((self.index, &mut self.local));
+            let local = Some(OnThread {
+                index: self.index,
+                local: &mut self.local,
+                now: self.now_nanos,
+            });
             return self
                 .shared
                 .complete(job, outcome, Some((access, lun_index)), local);
@@ -516,7 +542,11 @@ impl EngineThread {
             Err(e) => Err(BackendError::from(e)),
         };
         let outcome = primitive.finish(result, data_out_length);
-        let local = Some((self.index, &mut self.local));
+        let local = Some(OnThread {
+            index: self.index,
+            local: &mut self.local,
+            now: self.now_nanos,
+        });
         self.shared
             .complete(job, outcome, Some((Access::Shared, lun_index)), local);
     }
