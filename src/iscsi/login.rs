@@ -10,7 +10,7 @@ use std::fmt::Debug;
 
 use super::chap::{Authentication, ChapError, ChapExchange, ChapKeys};
 use super::connection::{
-    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Phase,
+    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginRefusal, LoginStatus, Phase,
 };
 use super::pdu::{Header, LoginRequest, LoginResponse, Pdu, Stage};
 use super::text::{self, KeyAnswer, KeyPhase, KeyValue, Negotiator};
@@ -103,7 +103,8 @@ enum Outcome {
     Respond(LoginResponse, Vec<KeyValue>),
     /// Login complete pending session binding.
     Bind(LoginResponse, Vec<KeyValue>),
-    Fail(LoginStatus),
+    /// Refuse the login with this status, for this reason (in words, for the log).
+    Fail(LoginStatus, String),
 }
 
 impl<C: Clone + Debug> Connection<C> {
@@ -114,12 +115,11 @@ impl<C: Clone + Debug> Connection<C> {
         let Header::LoginRequest(req) = pdu.header else {
             // Anything but a Login Request before login completes: RFC 7143 §6.1 says the target
             // must not answer, so close without a word.
-            log::warn!(
-                "{:?} PDU before login completed; closing",
-                pdu.header.opcode()
-            );
             self.phase = Phase::Login(state);
-            self.close(CloseReason::ProtocolError("PDU before login".into()));
+            self.close(CloseReason::ProtocolError(format!(
+                "{:?} PDU before login completed",
+                pdu.header.opcode()
+            )));
             return;
         };
         let outcome = self.login_step(&mut state, &req, pdu.data);
@@ -139,7 +139,7 @@ impl<C: Clone + Debug> Connection<C> {
                 self.phase = Phase::Binding(state);
                 self.actions.push_back(Action::BindSession(request));
             }
-            Outcome::Fail(status) => self.fail_login(&state, status),
+            Outcome::Fail(status, why) => self.fail_login(&state, status, why),
         }
     }
 
@@ -151,7 +151,10 @@ impl<C: Clone + Debug> Connection<C> {
         if state.first {
             state.isid = req.isid;
             if req.version_min > 0 {
-                return Outcome::Fail(LoginStatus::UNSUPPORTED_VERSION);
+                return Outcome::Fail(
+                    LoginStatus::UNSUPPORTED_VERSION,
+                    format!("iSCSI version {} and up asked for", req.version_min),
+                );
             }
             state.first = false;
             state.tsih = req.tsih;
@@ -159,10 +162,19 @@ impl<C: Clone + Debug> Connection<C> {
             // The first response starts this connection's StatSN where the initiator expects it.
             self.stat_sn = req.exp_stat_sn;
         } else if req.isid != state.isid || req.tsih != state.tsih {
-            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+            return Outcome::Fail(
+                LoginStatus::INITIATOR_ERROR,
+                "ISID or TSIH changed during the login".into(),
+            );
         }
         if req.current_stage != state.stage || req.current_stage == Stage::FullFeature {
-            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+            return Outcome::Fail(
+                LoginStatus::INITIATOR_ERROR,
+                format!(
+                    "a request in stage {:?} during {:?}",
+                    req.current_stage, state.stage
+                ),
+            );
         }
         let window = self.config.queue_depth.max(1) - 1;
         let mut response = state.response(
@@ -176,7 +188,10 @@ impl<C: Clone + Debug> Connection<C> {
         if req.continue_flag {
             // More text follows in the next Login Request: acknowledge with an empty response.
             if state.partial.len() > 64 * 1024 {
-                return Outcome::Fail(LoginStatus::OUT_OF_RESOURCES);
+                return Outcome::Fail(
+                    LoginStatus::OUT_OF_RESOURCES,
+                    "login text over 64 KiB".into(),
+                );
             }
             return Outcome::Respond(response, Vec::new());
         }
@@ -184,8 +199,7 @@ impl<C: Clone + Debug> Connection<C> {
         let pairs = match text::parse(&text) {
             Ok(pairs) => pairs,
             Err(e) => {
-                log::warn!("login text: {e}");
-                return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+                return Outcome::Fail(LoginStatus::INITIATOR_ERROR, format!("login text: {e}"))
             }
         };
         let was_initial = self.initiator_name.is_empty() && state.initiator_name.is_none();
@@ -203,7 +217,9 @@ impl<C: Clone + Debug> Connection<C> {
             match key.as_str() {
                 "InitiatorName" => {
                     if value.is_empty() {
-                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                        failure.get_or_insert_with(|| {
+                            (LoginStatus::INITIATOR_ERROR, "empty InitiatorName".into())
+                        });
                     }
                     state.initiator_name = Some(value.clone());
                 }
@@ -212,7 +228,12 @@ impl<C: Clone + Debug> Connection<C> {
                     "Discovery" => state.discovery = true,
                     "Normal" => state.discovery = false,
                     _ => {
-                        failure.get_or_insert(LoginStatus::SESSION_TYPE_NOT_SUPPORTED);
+                        failure.get_or_insert_with(|| {
+                            (
+                                LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
+                                format!("SessionType={value}"),
+                            )
+                        });
                     }
                 },
                 "TargetName" => {
@@ -222,25 +243,43 @@ impl<C: Clone + Debug> Connection<C> {
                         .iter()
                         .position(|t| t.name.eq_ignore_ascii_case(value));
                     if state.target.is_none() {
-                        failure.get_or_insert(LoginStatus::NOT_FOUND);
+                        failure.get_or_insert_with(|| {
+                            (LoginStatus::NOT_FOUND, format!("no target named {value}"))
+                        });
                     }
                 }
                 "AuthMethod" => {
                     if phase != KeyPhase::Security || auth_offer.replace(value.clone()).is_some() {
-                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                        failure.get_or_insert_with(|| {
+                            (
+                                LoginStatus::INITIATOR_ERROR,
+                                "AuthMethod twice or outside the security stage".into(),
+                            )
+                        });
                     }
                 }
                 k if k.starts_with("CHAP_") => {
                     if phase != KeyPhase::Security {
-                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                        failure.get_or_insert_with(|| {
+                            (
+                                LoginStatus::AUTHENTICATION_FAILED,
+                                format!("{k} outside the security stage"),
+                            )
+                        });
                     } else if let Err(e) = chap_keys.take(k, value) {
-                        log::warn!("CHAP: {e}");
-                        failure.get_or_insert(LoginStatus::AUTHENTICATION_FAILED);
+                        failure.get_or_insert_with(|| {
+                            (LoginStatus::AUTHENTICATION_FAILED, format!("CHAP: {e}"))
+                        });
                     }
                 }
                 // Keys only a target may send.
                 "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
-                    failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                    failure.get_or_insert_with(|| {
+                        (
+                            LoginStatus::INITIATOR_ERROR,
+                            format!("{key} sent to a target"),
+                        )
+                    });
                 }
                 _ => match state.negotiator.offer(key, value, phase, state.tsih == 0) {
                     Ok(KeyAnswer::Reply(kv)) => answer.push(kv),
@@ -249,31 +288,40 @@ impl<C: Clone + Debug> Connection<C> {
                         answer.push((key.clone(), "NotUnderstood".to_string()))
                     }
                     Err(e) => {
-                        log::warn!("login key: {e}");
-                        failure.get_or_insert(LoginStatus::INITIATOR_ERROR);
+                        failure.get_or_insert_with(|| {
+                            (LoginStatus::INITIATOR_ERROR, format!("login key: {e}"))
+                        });
                     }
                 },
             }
         }
-        if let Some(status) = failure {
-            return Outcome::Fail(status);
+        if let Some((status, why)) = failure {
+            return Outcome::Fail(status, why);
         }
         if was_initial {
             // The leading Login Request must name the initiator and, for a normal session, the
             // target; the first response carries TargetPortalGroupTag (RFC 7143 §13.9).
             let Some(initiator) = state.initiator_name.clone() else {
-                return Outcome::Fail(LoginStatus::MISSING_PARAMETER);
+                return Outcome::Fail(
+                    LoginStatus::MISSING_PARAMETER,
+                    "no InitiatorName in the first request".into(),
+                );
             };
             if !state.discovery {
                 let Some(target) = state.target else {
-                    return Outcome::Fail(LoginStatus::MISSING_PARAMETER);
+                    return Outcome::Fail(
+                        LoginStatus::MISSING_PARAMETER,
+                        "no TargetName for a normal session".into(),
+                    );
                 };
                 if !self.config.targets[target].allows(&initiator) {
-                    log::warn!(
-                        "initiator {initiator} is not allowed on {}",
-                        self.config.targets[target].name
+                    return Outcome::Fail(
+                        LoginStatus::AUTHORIZATION_FAILED,
+                        format!(
+                            "not allowed on {} (allowed_initiators)",
+                            self.config.targets[target].name
+                        ),
                     );
-                    return Outcome::Fail(LoginStatus::AUTHORIZATION_FAILED);
                 }
             }
             state.required_auth = if state.discovery {
@@ -290,27 +338,25 @@ impl<C: Clone + Debug> Connection<C> {
                 self.config.portal_group_tag.to_string(),
             ));
         }
-        if let Err(status) = self.authenticate(state, auth_offer, chap_keys, &mut answer) {
-            return Outcome::Fail(status);
+        if let Err((status, why)) = self.authenticate(state, auth_offer, chap_keys, &mut answer) {
+            return Outcome::Fail(status, why);
         }
         if state.required_auth.is_some() && !state.auth.authenticated() {
             if state.stage != Stage::Security {
                 // libiscsi without credentials skips the security stage: its first Login Request
                 // already has CSG=1 (lib/login.c, iscsi_login_add_* with no user set). tgt answers
                 // that with an authentication failure, and so do we.
-                log::warn!(
-                    "login of {} skips the CHAP authentication it needs",
-                    self.initiator_name
+                return Outcome::Fail(
+                    LoginStatus::AUTHENTICATION_FAILED,
+                    "skips the CHAP authentication it needs".into(),
                 );
-                return Outcome::Fail(LoginStatus::AUTHENTICATION_FAILED);
             }
             if req.transit {
                 if matches!(state.auth, AuthProgress::Pending) {
-                    log::warn!(
-                        "login of {} leaves the security stage without authenticating",
-                        self.initiator_name
+                    return Outcome::Fail(
+                        LoginStatus::AUTHENTICATION_FAILED,
+                        "leaves the security stage without authenticating".into(),
                     );
-                    return Outcome::Fail(LoginStatus::AUTHENTICATION_FAILED);
                 }
                 // CHAP is under way: stay in the security stage with a partial response (T=0,
                 // "more negotiation needed", RFC 7143 §11.13). libiscsi asks to transit in its
@@ -322,7 +368,10 @@ impl<C: Clone + Debug> Connection<C> {
             return Outcome::Respond(response, answer);
         }
         if req.next_stage <= state.stage {
-            return Outcome::Fail(LoginStatus::INITIATOR_ERROR);
+            return Outcome::Fail(
+                LoginStatus::INITIATOR_ERROR,
+                format!("a transit from {:?} to {:?}", state.stage, req.next_stage),
+            );
         }
         response.transit = true;
         response.next_stage = req.next_stage;
@@ -348,11 +397,13 @@ impl<C: Clone + Debug> Connection<C> {
         offer: Option<String>,
         keys: ChapKeys,
         answer: &mut Vec<KeyValue>,
-    ) -> Result<(), LoginStatus> {
+    ) -> Result<(), (LoginStatus, String)> {
         if let Some(offer) = offer {
             if !matches!(state.auth, AuthProgress::Pending) {
-                log::warn!("AuthMethod offered again after it was settled");
-                return Err(LoginStatus::INITIATOR_ERROR);
+                return Err((
+                    LoginStatus::INITIATOR_ERROR,
+                    "AuthMethod offered again after it was settled".into(),
+                ));
             }
             let offers = |method: &str| offer.split(',').any(|m| m == method);
             let choice = match &state.required_auth {
@@ -361,22 +412,20 @@ impl<C: Clone + Debug> Connection<C> {
                     "CHAP"
                 }
                 Some(_) => {
-                    log::warn!(
-                        "{} offers AuthMethod={offer} but CHAP is required",
-                        self.initiator_name
-                    );
-                    return Err(LoginStatus::AUTHENTICATION_FAILED);
+                    return Err((
+                        LoginStatus::AUTHENTICATION_FAILED,
+                        format!("offers AuthMethod={offer} but CHAP is required"),
+                    ));
                 }
                 None if offers("None") => {
                     state.auth = AuthProgress::NotRequired;
                     "None"
                 }
                 None => {
-                    log::warn!(
-                        "{} offers AuthMethod={offer}; no credentials are configured for it",
-                        self.initiator_name
-                    );
-                    return Err(LoginStatus::AUTHENTICATION_FAILED);
+                    return Err((
+                        LoginStatus::AUTHENTICATION_FAILED,
+                        format!("offers AuthMethod={offer}; no credentials are configured for it"),
+                    ));
                 }
             };
             answer.push(("AuthMethod".to_string(), choice.to_string()));
@@ -385,19 +434,18 @@ impl<C: Clone + Debug> Connection<C> {
             AuthProgress::Chap(exchange) => match exchange.step(keys, self.config.random) {
                 Ok(keys) => answer.extend(keys),
                 Err(e) => {
-                    log::warn!("CHAP login of {} failed: {e}", self.initiator_name);
-                    return Err(match e {
+                    let status = match e {
                         ChapError::Random(_) => LoginStatus::TARGET_ERROR,
                         _ => LoginStatus::AUTHENTICATION_FAILED,
-                    });
+                    };
+                    return Err((status, format!("CHAP: {e}")));
                 }
             },
             _ if !keys.is_empty() => {
-                log::warn!(
-                    "{} sends CHAP keys without AuthMethod=CHAP",
-                    self.initiator_name
-                );
-                return Err(LoginStatus::AUTHENTICATION_FAILED);
+                return Err((
+                    LoginStatus::AUTHENTICATION_FAILED,
+                    "CHAP keys without AuthMethod=CHAP".into(),
+                ));
             }
             _ => {}
         }
@@ -410,19 +458,15 @@ impl<C: Clone + Debug> Connection<C> {
         self.send(pdu);
     }
 
-    fn fail_login(&mut self, state: &LoginState, status: LoginStatus) {
-        log::warn!(
-            "login of {} failed: status {:#04x}{:02x}",
-            state
-                .initiator_name
-                .as_deref()
-                .unwrap_or("unnamed initiator"),
-            status.class,
-            status.detail
-        );
+    /// Refuses the login with `status`; the transport logs the refusal with `why`.
+    fn fail_login(&mut self, state: &LoginState, status: LoginStatus, why: String) {
         // The connection ends, so the window does not matter: ExpCmdSN = MaxCmdSN = CmdSN.
         self.send_login_response(state.response(0, status), &[]);
-        self.close(CloseReason::LoginFailed(status));
+        self.close(CloseReason::LoginFailed(LoginRefusal {
+            status,
+            initiator: state.initiator_name.clone(),
+            why,
+        }));
     }
 
     /// Sends the final Login Response (or the failure) once the session is bound.
@@ -454,7 +498,8 @@ impl<C: Clone + Debug> Connection<C> {
                     self.initiator_name
                 );
             }
-            Err(status) => self.fail_login(&state, status),
+            // The server said why when it refused to bind the session.
+            Err(status) => self.fail_login(&state, status, String::new()),
         }
     }
 }

@@ -19,8 +19,8 @@ pub mod tcp;
 pub mod text;
 
 pub use connection::{
-    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginStatus, Residual, ScsiTask,
-    SequenceNumbers, TargetDescriptor, TaskId, TaskKind, TaskRef,
+    Action, BindRequest, CloseReason, Connection, CoreConfig, LoginRefusal, LoginStatus, Residual,
+    ScsiTask, SequenceNumbers, TargetDescriptor, TaskId, TaskKind, TaskRef,
 };
 
 #[cfg(test)]

@@ -8,9 +8,12 @@
 //! core_tpg_del_initiator_node_acl); a session that logged in with credentials since changed
 //! keeps running until it logs in again.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use super::admission::LogThrottle;
 use crate::config::Config;
 use crate::iscsi::{CloseReason, CoreConfig, LoginStatus};
 use crate::status::RefusalStatus;
@@ -46,9 +49,15 @@ impl CurrentCore {
     }
 }
 
+/// Refused logins and connects logged per [`REFUSAL_LOG_INTERVAL`], over both fabrics and all
+/// portals; the first line after a flood counts those held back.
+const REFUSALS_LOGGED: u32 = 5;
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Logins and connects refused since the start, by why: a monitoring system watches them for
 /// guessed secrets and misconfigured initiators and hosts (`iser-target status`, the
-/// `metrics` endpoint). Each refusal is also logged where it happens.
+/// `metrics` endpoint). The transports also log each one through [`Refusals::log`], which
+/// keeps a flood of them (a password guesser, a scanner) from flooding the log.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     iscsi_authentication: AtomicU64,
@@ -57,13 +66,50 @@ pub(crate) struct Refusals {
     iscsi_other: AtomicU64,
     nvme_host_not_allowed: AtomicU64,
     nvme_authentication: AtomicU64,
+    log: RefusalLog,
+}
+
+/// The process-wide rate limit of refusal lines.
+#[derive(Debug)]
+struct RefusalLog(Mutex<LogThrottle>);
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog(Mutex::new(LogThrottle::with_burst(
+            REFUSAL_LOG_INTERVAL,
+            REFUSALS_LOGGED,
+        )))
+    }
 }
 
 impl Refusals {
+    /// Logs one refused or failed login or connect at warn, unless more than a few came in the
+    /// last interval; returns whether the line was logged.
+    pub(crate) fn log(&self, now: Instant, line: fmt::Arguments<'_>) -> bool {
+        let permit = self
+            .log
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .permit(now);
+        let Some(held_back) = permit else {
+            return false;
+        };
+        if held_back > 0 {
+            log::warn!(
+                "{held_back} more failed logins and connects were not logged (at most \
+                 {REFUSALS_LOGGED} per {}s; the counts are in `iser-target status`)",
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+        }
+        log::warn!("{line}");
+        true
+    }
+
     /// An iSCSI connection ended for `reason`: counted when its login failed.
     pub(crate) fn iscsi_closed(&self, reason: &CloseReason) {
-        if let CloseReason::LoginFailed(status) = reason {
-            self.iscsi_login_failed(*status);
+        if let CloseReason::LoginFailed(refusal) = reason {
+            self.iscsi_login_failed(refusal.status);
         }
     }
 
@@ -104,6 +150,7 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iscsi::LoginRefusal;
 
     #[test]
     fn new_connections_see_the_new_access_control_and_old_ones_keep_theirs() {
@@ -123,6 +170,20 @@ mod tests {
     }
 
     #[test]
+    fn refusal_lines_are_limited_across_the_process() {
+        let refusals = Refusals::default();
+        let start = Instant::now();
+        let logged = (0..20)
+            .filter(|i| {
+                let at = start + Duration::from_millis(i * 100);
+                refusals.log(at, format_args!("refusal {i}"))
+            })
+            .count();
+        assert_eq!(logged, REFUSALS_LOGGED as usize);
+        assert!(refusals.log(start + REFUSAL_LOG_INTERVAL, format_args!("later")));
+    }
+
+    #[test]
     fn refusals_are_counted_by_why() {
         let refusals = Refusals::default();
         for status in [
@@ -133,7 +194,11 @@ mod tests {
             LoginStatus::TARGET_REMOVED,
             LoginStatus::TOO_MANY_CONNECTIONS,
         ] {
-            refusals.iscsi_closed(&CloseReason::LoginFailed(status));
+            refusals.iscsi_closed(&CloseReason::LoginFailed(LoginRefusal {
+                status,
+                initiator: None,
+                why: String::new(),
+            }));
         }
         // Connections that end otherwise are no refusals.
         refusals.iscsi_closed(&CloseReason::Logout);

@@ -59,21 +59,34 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Lets one line through per interval and counts the ones held back, so that a flood of
-/// identical events (refused connections, failing accepts) cannot flood the log.
+/// Lets a few lines through per interval and counts the ones held back, so that a flood of
+/// events (refused connections, failing accepts, refused logins) cannot flood the log.
 #[derive(Debug)]
 pub(crate) struct LogThrottle {
     interval: Duration,
-    last: Option<Instant>,
+    /// Lines let through per interval.
+    burst: u32,
+    /// When the current interval began, with its first line.
+    window_start: Option<Instant>,
+    /// Lines let through since `window_start`.
+    in_window: u32,
     held_back: u64,
 }
 
 impl LogThrottle {
     /// A throttle letting one line through per `interval`.
     pub(crate) fn new(interval: Duration) -> Self {
+        Self::with_burst(interval, 1)
+    }
+
+    /// A throttle letting `burst` lines through per `interval`: the first few of a flood say
+    /// what it is, the rest are counted.
+    pub(crate) fn with_burst(interval: Duration, burst: u32) -> Self {
         LogThrottle {
             interval,
-            last: None,
+            burst: burst.max(1),
+            window_start: None,
+            in_window: 0,
             held_back: 0,
         }
     }
@@ -81,13 +94,19 @@ impl LogThrottle {
     /// `Some(n)` if a line may be logged now, `n` being how many were held back since the last
     /// one; `None` if this one must be held back.
     pub(crate) fn permit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.held_back += 1;
-                None
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < self.interval => {
+                if self.in_window < self.burst {
+                    self.in_window += 1;
+                    Some(0)
+                } else {
+                    self.held_back += 1;
+                    None
+                }
             }
             _ => {
-                self.last = Some(now);
+                self.window_start = Some(now);
+                self.in_window = 1;
                 Some(std::mem::take(&mut self.held_back))
             }
         }
@@ -399,6 +418,25 @@ mod tests {
         assert_eq!(throttle.permit(start + Duration::from_secs(10)), Some(500));
         assert_eq!(throttle.permit(start + Duration::from_secs(11)), None);
         assert_eq!(throttle.permit(start + Duration::from_secs(21)), Some(1));
+    }
+
+    #[test]
+    fn throttle_with_a_burst_lets_that_many_lines_per_interval() {
+        let start = Instant::now();
+        let mut throttle = LogThrottle::with_burst(Duration::from_secs(10), 3);
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(throttle.permit(at(0)), Some(0));
+        assert_eq!(throttle.permit(at(1)), Some(0));
+        assert_eq!(throttle.permit(at(2)), Some(0));
+        for ms in 3..100 {
+            assert_eq!(throttle.permit(at(ms)), None);
+        }
+        // The next interval's first line counts the 97 held back; its burst starts afresh.
+        assert_eq!(throttle.permit(at(10_000)), Some(97));
+        assert_eq!(throttle.permit(at(10_001)), Some(0));
+        assert_eq!(throttle.permit(at(10_002)), Some(0));
+        assert_eq!(throttle.permit(at(10_003)), None);
+        assert_eq!(throttle.permit(at(30_000)), Some(1));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the core and its transports exchange: the core's configuration, the descriptions of
 //! targets, sessions and tasks it hands out, and its [`Action`]s.
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -218,13 +218,43 @@ pub enum TaskKind {
     LunReset,
 }
 
+/// A login the target refused: the status sent to the initiator, and why in words. The core
+/// does not log it: a flood of refused logins is the transport's to log, with a rate limit
+/// across the whole process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRefusal {
+    pub status: LoginStatus,
+    /// The initiator's name, once it gave one.
+    pub initiator: Option<String>,
+    /// What was wrong ("CHAP_R is wrong"); empty when the status says it all.
+    pub why: String,
+}
+
+impl fmt::Display for LoginRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.initiator {
+            Some(name) => write!(f, "login of {name} refused")?,
+            None => write!(f, "login of an unnamed initiator refused")?,
+        }
+        write!(
+            f,
+            " with status {:#04x}{:02x}",
+            self.status.class, self.status.detail
+        )?;
+        if !self.why.is_empty() {
+            write!(f, ": {}", self.why)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why the connection is closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// Logout completed.
     Logout,
-    /// The login failed with this status, which was sent.
-    LoginFailed(LoginStatus),
+    /// The login failed; its status was sent.
+    LoginFailed(LoginRefusal),
     /// The peer violated the protocol in a way that cannot be answered.
     ProtocolError(String),
     /// The initiator stopped answering pings, login took too long, or a discovery session sat
@@ -232,6 +262,18 @@ pub enum CloseReason {
     Timeout,
     /// The target is shutting down, or the session is being reinstated elsewhere.
     Shutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Logout => f.write_str("logged out"),
+            CloseReason::LoginFailed(refusal) => fmt::Display::fmt(refusal, f),
+            CloseReason::ProtocolError(what) => write!(f, "protocol error: {what}"),
+            CloseReason::Timeout => f.write_str("timed out"),
+            CloseReason::Shutdown => f.write_str("shut down"),
+        }
+    }
 }
 
 /// The task a data-movement action belongs to, with what a datamover needs to address it.

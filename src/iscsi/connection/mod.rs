@@ -193,8 +193,8 @@ impl<C: Clone + Debug> Connection<C> {
     /// sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
+            // The transport logs a close during login, with a rate limit.
             Phase::Login(_) if now >= self.login_deadline => {
-                log::warn!("login did not complete in {:?}", self.config.login_timeout);
                 self.close(CloseReason::Timeout);
             }
             Phase::FullFeature
@@ -328,7 +328,10 @@ impl<C: Clone + Debug> Connection<C> {
     pub fn handle_frame_error(&mut self, error: FrameError, now: Instant) {
         self.last_activity = now;
         if error.is_fatal() || !matches!(self.phase, Phase::FullFeature) {
-            log::warn!("closing connection: {error}");
+            // The transport logs a close during login, with a rate limit.
+            if !matches!(self.phase, Phase::Login(_)) {
+                log::warn!("closing connection: {error}");
+            }
             self.close(CloseReason::ProtocolError(error.to_string()));
             return;
         }

@@ -109,7 +109,7 @@ fn hex_response(algorithm: Algorithm, id: u8, secret: &[u8], challenge: &[u8]) -
 fn assert_refused(pair: &Pair, r: &Pdu, status: (u8, u8)) {
     assert_eq!(login_status(r), status);
     assert!(!transit(r));
-    assert_eq!(pair.closed, failed_with(status.0, status.1));
+    assert_eq!(refused_with(&pair.closed), Some((status.0, status.1)));
     assert!(!pair.conn.core().is_full_feature());
     assert_eq!(pair.bind_requests, 0, "never reaches session binding");
     assert!(pair.executed.is_empty());
@@ -278,6 +278,24 @@ fn chap_wrong_name_or_response_fails_with_0201() {
     }
 }
 
+/// The core leaves the log to the transport: the close says who was refused and why, in the
+/// words the operator reads (and scripts/guest/chap.sh looks for).
+#[test]
+fn chap_refusal_names_the_initiator_and_why() {
+    let mut pair = Pair::new(chap_config(false));
+    let (algorithm, id, challenge) = pair.chap_challenge(&chap_first_keys(INITIATOR), "5");
+    let wrong = hex_response(algorithm, id, b"not-the-secret!!", &challenge);
+    pair.chap_respond(&[("CHAP_N", CHAP_USER), ("CHAP_R", &wrong)]);
+    let Some(CloseReason::LoginFailed(refusal)) = &pair.closed else {
+        panic!("not refused: {:?}", pair.closed);
+    };
+    assert_eq!(refusal.initiator.as_deref(), Some(INITIATOR));
+    assert_eq!(
+        refusal.to_string(),
+        format!("login of {INITIATOR} refused with status 0x0201: CHAP: CHAP_R is wrong")
+    );
+}
+
 #[test]
 fn chap_target_refuses_logins_that_do_not_authenticate() {
     let base = [
@@ -395,7 +413,7 @@ fn chap_mutual_refusals() {
         let r = mutual_keys(&mut pair, i, c);
         assert_eq!(login_status(&r), (2, 1), "{what}");
         assert!(keys_of(&r).is_empty(), "{what}: no CHAP_R leaks out");
-        assert_eq!(pair.closed, failed_with(2, 1), "{what}");
+        assert_eq!(refused_with(&pair.closed), Some((2, 1)), "{what}");
     }
     // Initiator challenges longer than Linux's target accepts (1024 bytes) are refused too.
     let mut pair = Pair::new(chap_config(true));

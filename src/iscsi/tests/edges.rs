@@ -179,7 +179,7 @@ fn login_isid_change_mid_login_fails() {
     }
     pair.send(req);
     assert_eq!(login_status(&pair.take_one()), (2, 0));
-    assert_eq!(pair.closed, failed_with(2, 0));
+    assert_eq!(refused_with(&pair.closed), Some((2, 0)));
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn login_stage_going_backwards_fails() {
     assert_eq!(login_status(&r), (0, 0));
     let r = pair.login_step(Stage::Operational, Some(Stage::Security), &[]);
     assert_eq!(login_status(&r), (2, 0));
-    assert_eq!(pair.closed, failed_with(2, 0));
+    assert_eq!(refused_with(&pair.closed), Some((2, 0)));
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn endless_continued_login_text_runs_out_of_resources() {
         }
     }
     assert_eq!(status, (3, 2));
-    assert_eq!(pair.closed, failed_with(3, 2));
+    assert_eq!(refused_with(&pair.closed), Some((3, 2)));
 }
 
 #[test]

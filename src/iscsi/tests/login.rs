@@ -171,7 +171,7 @@ fn login_rejects_unsupported_version() {
     }
     pair.send(req);
     assert_eq!(login_status(&pair.take_one()), (2, 5));
-    assert_eq!(pair.closed, failed_with(2, 5));
+    assert_eq!(refused_with(&pair.closed), Some((2, 5)));
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn login_bind_failure_is_reported() {
         &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
     );
     assert_eq!(login_status(&r), (2, 6));
-    assert_eq!(pair.closed, failed_with(2, 6));
+    assert_eq!(refused_with(&pair.closed), Some((2, 6)));
     assert!(pair.frame_settings_seen.is_empty());
 }
 

@@ -294,10 +294,13 @@ impl NvmeResident {
             } => {
                 // As nvmet logs it (drivers/nvme/target/fabrics-cmd.c): "connect by host ...
                 // for subsystem ... not allowed".
-                log::warn!(
-                    "{}: NVMe/TCP host {host_nqn} is not allowed to connect to {subsystem_nqn} \
-                     (allowed_hosts)",
-                    self.link.peer
+                self.shared.refusals.log(
+                    Instant::now(),
+                    format_args!(
+                        "{}: NVMe/TCP host {host_nqn} is not allowed to connect to \
+                         {subsystem_nqn} (allowed_hosts)",
+                        self.link.peer
+                    ),
                 );
                 self.shared.refusals.nvme_host_not_allowed();
             }
@@ -311,6 +314,12 @@ impl NvmeResident {
                     }
                     CloseReason::HostTerminated { .. } => {
                         log::info!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)
+                    }
+                    CloseReason::AuthenticationFailed(_) => {
+                        self.shared.refusals.log(
+                            Instant::now(),
+                            format_args!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer),
+                        );
                     }
                     _ => log::warn!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer),
                 }

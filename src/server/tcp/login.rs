@@ -32,8 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// After a failed accept (typically EMFILE: out of file descriptors) the listener is left alone
 /// this long; the pending connection stays in the kernel's backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one line per interval about failed accepts, evictions or failed logins, so that a
-/// client cycling through connections cannot flood the log.
+/// At most one line per interval about failed accepts or evictions, so that a client cycling
+/// through connections cannot flood the log (failed logins: `Refusals::log`).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where a connection stands after its latest input.
@@ -123,12 +123,13 @@ impl PendingLogin {
                 TcpAction::Close(reason) => {
                     // A login reject is a few hundred bytes: the socket buffer takes it.
                     self.send_outbox();
-                    if let CloseReason::LoginFailed(status) = reason {
-                        self.failed = Some(status);
-                    }
                     self.progress = Progress::Closed(match reason {
                         CloseReason::Shutdown => None,
-                        reason => Some(format!("{reason:?}")),
+                        CloseReason::LoginFailed(refusal) => {
+                            self.failed = Some(refusal.status);
+                            Some(refusal.to_string())
+                        }
+                        reason => Some(format!("closed during login: {reason}")),
                     });
                     return;
                 }
@@ -183,7 +184,6 @@ pub(super) struct LoginPoller {
     accept_paused_until: Option<Instant>,
     accept_errors: LogThrottle,
     evictions: LogThrottle,
-    login_failures: LogThrottle,
 }
 
 impl LoginPoller {
@@ -196,7 +196,6 @@ impl LoginPoller {
             accept_paused_until: None,
             accept_errors: LogThrottle::new(LOG_INTERVAL),
             evictions: LogThrottle::new(LOG_INTERVAL),
-            login_failures: LogThrottle::new(LOG_INTERVAL),
         }
     }
 
@@ -318,14 +317,10 @@ impl LoginPoller {
             let first = match pending.progress {
                 Progress::HandOff(first) => first,
                 Progress::Closed(Some(reason)) => {
-                    if let Some(held_back) = self.login_failures.permit(now) {
-                        log::warn!(
-                            "{}: closed during login: {reason} ({held_back} more failed logins \
-                             on {} since the last report)",
-                            pending.peer,
-                            self.portal
-                        );
-                    }
+                    self.shared.refusals.log(
+                        now,
+                        format_args!("{} on {}: {reason}", pending.peer, self.portal),
+                    );
                     continue;
                 }
                 Progress::Closed(None) | Progress::LoggingIn => continue,

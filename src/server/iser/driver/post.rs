@@ -235,9 +235,15 @@ impl Driver {
                     self.shared.refusals.iscsi_closed(&reason);
                     match &reason {
                         CloseReason::Logout | CloseReason::Shutdown => {
-                            log::debug!("{}: closing ({reason:?})", self.peer)
+                            log::debug!("{}: closing ({reason})", self.peer)
                         }
-                        _ => log::warn!("{}: closing ({reason:?})", self.peer),
+                        CloseReason::LoginFailed(refusal) => {
+                            self.shared.refusals.log(
+                                Instant::now(),
+                                format_args!("{} (iSER): {refusal}", self.peer),
+                            );
+                        }
+                        _ => log::warn!("{}: closing ({reason})", self.peer),
                     }
                     self.ending = Some(Ending::Core(reason.clone(), Instant::now()));
                 }
