@@ -308,6 +308,14 @@ impl NvmeResident {
                 if matches!(reason, CloseReason::AuthenticationFailed(_)) {
                     self.shared.refusals.nvme_authentication_failed();
                 }
+                // Failures before a queue serves a namespace (no Connect in time, garbage
+                // instead of an ICReq, a failed DH-HMAC-CHAP) cost a stranger nothing: they
+                // are logged under the refusal limit, like refused iSCSI logins.
+                let stranger = match &reason {
+                    CloseReason::AuthenticationFailed(_) | CloseReason::ConnectTimeout => true,
+                    CloseReason::ProtocolError(_) => self.engine.is_none(),
+                    _ => false,
+                };
                 match &reason {
                     CloseReason::Disconnect | CloseReason::Shutdown => {
                         log::debug!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)
@@ -315,7 +323,7 @@ impl NvmeResident {
                     CloseReason::HostTerminated { .. } => {
                         log::info!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer)
                     }
-                    CloseReason::AuthenticationFailed(_) => {
+                    _ if stranger => {
                         self.shared.refusals.log(
                             Instant::now(),
                             format_args!("{}: NVMe/TCP queue closing ({reason:?})", self.link.peer),
