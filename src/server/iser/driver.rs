@@ -210,6 +210,8 @@ struct Driver {
     residence: Option<Residence>,
     /// The session is bound at `residence`: the connection thread hands the driver over.
     moving_in: bool,
+    /// The login completed: a close from now on is a session's end, not a failed login.
+    logged_in: bool,
     /// Commands the core asked to run, for the resident to hand to its engine thread.
     to_execute: Vec<ScsiTask>,
     /// RDMA Reads being gathered into one post (kept: no allocation per WRITE).
@@ -292,6 +294,7 @@ pub(super) fn serve(
         }),
         residence,
         moving_in: false,
+        logged_in: false,
         to_execute: Vec::new(),
         read_batch: Vec::new(),
         sq: SendList::new(),
@@ -599,6 +602,7 @@ impl Driver {
                     if let Err(e) = self.enter_full_feature() {
                         return self.fail(e);
                     }
+                    self.logged_in = true;
                 }
                 FabricOp::Close(reason) => {
                     // I_T nexus loss before the Logout Response queued ahead of this Close is

@@ -237,10 +237,17 @@ impl Driver {
                         CloseReason::Logout | CloseReason::Shutdown => {
                             log::debug!("{}: closing ({reason})", self.peer)
                         }
+                        // Under the process-wide limit of refusal lines, as over TCP.
                         CloseReason::LoginFailed(refusal) => {
                             self.shared.refusals.log(
                                 Instant::now(),
                                 format_args!("{} (iSER): {refusal}", self.peer),
+                            );
+                        }
+                        _ if !self.logged_in => {
+                            self.shared.refusals.log(
+                                Instant::now(),
+                                format_args!("{} (iSER): closed during login: {reason}", self.peer),
                             );
                         }
                         _ => log::warn!("{}: closing ({reason})", self.peer),
