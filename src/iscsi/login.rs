@@ -465,6 +465,10 @@ impl<C: Clone + Debug> Connection<C> {
         self.close(CloseReason::LoginFailed(LoginRefusal {
             status,
             initiator: state.initiator_name.clone(),
+            target: (!state.discovery)
+                .then(|| state.target.map(|t| self.config.targets[t].name.clone()))
+                .flatten(),
+            discovery: state.discovery,
             why,
         }));
     }

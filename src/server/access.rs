@@ -197,6 +197,8 @@ mod tests {
             refusals.iscsi_closed(&CloseReason::LoginFailed(LoginRefusal {
                 status,
                 initiator: None,
+                target: None,
+                discovery: false,
                 why: String::new(),
             }));
         }

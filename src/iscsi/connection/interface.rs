@@ -226,16 +226,27 @@ pub struct LoginRefusal {
     pub status: LoginStatus,
     /// The initiator's name, once it gave one.
     pub initiator: Option<String>,
+    /// The target it logged in to, once it named one we serve.
+    pub target: Option<String>,
+    /// A discovery session's login.
+    pub discovery: bool,
     /// What was wrong ("CHAP_R is wrong"); empty when the status says it all.
     pub why: String,
 }
 
 impl fmt::Display for LoginRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.initiator {
-            Some(name) => write!(f, "login of {name} refused")?,
-            None => write!(f, "login of an unnamed initiator refused")?,
+        if self.discovery {
+            f.write_str("discovery ")?;
         }
+        match &self.initiator {
+            Some(name) => write!(f, "login of {name}")?,
+            None => f.write_str("login of an unnamed initiator")?,
+        }
+        if let Some(target) = &self.target {
+            write!(f, " to {target}")?;
+        }
+        f.write_str(" refused")?;
         write!(
             f,
             " with status {:#04x}{:02x}",

@@ -292,7 +292,28 @@ fn chap_refusal_names_the_initiator_and_why() {
     assert_eq!(refusal.initiator.as_deref(), Some(INITIATOR));
     assert_eq!(
         refusal.to_string(),
-        format!("login of {INITIATOR} refused with status 0x0201: CHAP: CHAP_R is wrong")
+        format!(
+            "login of {INITIATOR} to {TARGET} refused with status 0x0201: CHAP: CHAP_R is wrong"
+        )
+    );
+    // A discovery login that skips the CHAP its portal asks for.
+    let mut cfg = config();
+    cfg.discovery_auth = Some(chap_auth(false));
+    let mut pair = Pair::new(cfg);
+    pair.login_step(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        &[("InitiatorName", INITIATOR), ("SessionType", "Discovery")],
+    );
+    let Some(CloseReason::LoginFailed(refusal)) = &pair.closed else {
+        panic!("not refused: {:?}", pair.closed);
+    };
+    assert_eq!(
+        refusal.to_string(),
+        format!(
+            "discovery login of {INITIATOR} refused with status 0x0201: skips the CHAP \
+             authentication it needs"
+        )
     );
 }
 
