@@ -465,9 +465,10 @@ impl<C: Clone + Debug> Connection<C> {
         self.close(CloseReason::LoginFailed(LoginRefusal {
             status,
             initiator: state.initiator_name.clone(),
-            target: (!state.discovery)
-                .then(|| state.target.map(|t| self.config.targets[t].name.clone()))
-                .flatten(),
+            target: state
+                .target
+                .filter(|_| !state.discovery)
+                .map(|t| self.config.targets[t].name.clone()),
             discovery: state.discovery,
             why,
         }));

@@ -181,6 +181,12 @@ struct OnThread<'a> {
     now: u64,
 }
 
+impl<'a> OnThread<'a> {
+    fn new(index: usize, local: &'a mut Vec<LocalCompletion>, now: u64) -> Self {
+        OnThread { index, local, now }
+    }
+}
+
 /// A finished asynchronous backend operation, on its way back to the command's engine thread.
 struct AsyncDone {
     job: Job,

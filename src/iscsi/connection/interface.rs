@@ -275,6 +275,17 @@ pub enum CloseReason {
     Shutdown,
 }
 
+impl CloseReason {
+    /// How a connection ended whose login had not completed, in words for the log: the
+    /// refusal, or "closed during login: " and why.
+    pub fn during_login(&self) -> String {
+        match self {
+            CloseReason::LoginFailed(refusal) => refusal.to_string(),
+            reason => format!("closed during login: {reason}"),
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

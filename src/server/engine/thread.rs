@@ -237,11 +237,7 @@ impl EngineThread {
             Message::AsyncDone(done) => {
                 let outcome = aio::outcome(done.is_read, done.result, done.data_out_length);
                 let gate = Some((done.access, done.lun_index));
-                let local = Some(OnThread {
-                    index: self.index,
-                    local: &mut self.local,
-                    now: self.now_nanos,
-                });
+                let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
                 self.shared.complete(done.job, outcome, gate, local);
             }
             Message::Attach(id, resident) => self.attach(id, resident),
@@ -267,11 +263,7 @@ impl EngineThread {
                 // rather than trusted.
                 Prepared::Io { .. } => ScsiOutcome::check_condition(0x04, 0x44, 0x00),
             };
-            let local = Some(OnThread {
-                index: self.index,
-                local: &mut self.local,
-                now: self.now_nanos,
-            });
+            let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
             self.shared.complete(job, outcome, None, local);
             return;
         };
@@ -284,11 +276,7 @@ impl EngineThread {
         let gate = &self.shared.gates[job.session.target][lun_index];
         if let Some(job) = gate.enter(access, job) {
             if resets {
-                let local = Some(OnThread {
-                    index: self.index,
-                    local: &mut self.local,
-                    now: self.now_nanos,
-                });
+                let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
                 self.shared.reset(job, lun_index, local)
             } else if access == Access::Exclusive && !self.shared.is_asynchronous(&job, lun_index) {
                 self.shared.to_pool(job, access, lun_index, None)
@@ -305,11 +293,7 @@ impl EngineThread {
         let route = self.route(&job);
         match route {
             Route::Done(outcome) => {
-                let local = Some(OnThread {
-                    index: self.index,
-                    local: &mut self.local,
-                    now: self.now_nanos,
-                });
+                let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
                 self.shared.complete(job, outcome, gate, local)
             }
             Route::Pool(planned) => self.shared.to_pool(job, access, lun_index, planned),
@@ -438,11 +422,7 @@ impl EngineThread {
             // Unreachable: routed here only for asynchronous backends. Answered as an
             // internal target failure rather than trusted.
             let outcome = ScsiOutcome::check_condition(0x04, 0x44, 0x00);
-            let local = Some(OnThread {
-                index: self.index,
-                local: &mut self.local,
-                now: self.now_nanos,
-            });
+            let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
             return self
                 .shared
                 .complete(job, outcome, Some((access, lun_index)), local);
@@ -542,11 +522,7 @@ impl EngineThread {
             Err(e) => Err(BackendError::from(e)),
         };
         let outcome = primitive.finish(result, data_out_length);
-        let local = Some(OnThread {
-            index: self.index,
-            local: &mut self.local,
-            now: self.now_nanos,
-        });
+        let local = Some(OnThread::new(self.index, &mut self.local, self.now_nanos));
         self.shared
             .complete(job, outcome, Some((Access::Shared, lun_index)), local);
     }

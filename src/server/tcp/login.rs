@@ -123,13 +123,12 @@ impl PendingLogin {
                 TcpAction::Close(reason) => {
                     // A login reject is a few hundred bytes: the socket buffer takes it.
                     self.send_outbox();
+                    if let CloseReason::LoginFailed(refusal) = &reason {
+                        self.failed = Some(refusal.status);
+                    }
                     self.progress = Progress::Closed(match reason {
                         CloseReason::Shutdown => None,
-                        CloseReason::LoginFailed(refusal) => {
-                            self.failed = Some(refusal.status);
-                            Some(refusal.to_string())
-                        }
-                        reason => Some(format!("closed during login: {reason}")),
+                        reason => Some(reason.during_login()),
                     });
                     return;
                 }

@@ -237,17 +237,12 @@ impl Driver {
                         CloseReason::Logout | CloseReason::Shutdown => {
                             log::debug!("{}: closing ({reason})", self.peer)
                         }
-                        // Under the process-wide limit of refusal lines, as over TCP.
-                        CloseReason::LoginFailed(refusal) => {
-                            self.shared.refusals.log(
-                                Instant::now(),
-                                format_args!("{} (iSER): {refusal}", self.peer),
-                            );
-                        }
+                        // A refused or failed login (a login ends before full feature phase):
+                        // under the process-wide limit of refusal lines, as over TCP.
                         _ if !self.logged_in => {
                             self.shared.refusals.log(
                                 Instant::now(),
-                                format_args!("{} (iSER): closed during login: {reason}", self.peer),
+                                format_args!("{} (iSER): {}", self.peer, reason.during_login()),
                             );
                         }
                         _ => log::warn!("{}: closing ({reason})", self.peer),
